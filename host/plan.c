@@ -1,0 +1,305 @@
+/*
+ * plan.c - the public entry points: plan building, rebinding, dispatch of the
+ * step calls to the CPU path or the CUDA backend, and results.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "gclip_internal.h"
+
+/* Most chunks a plan may have: chunk indices are 32-bit in the kernels. */
+#define GCLIP_MAX_CHUNKS ((uint64_t)INT32_MAX)
+
+gclip_norm_options gclip_norm_options_default(void)
+{
+    gclip_norm_options o = GCLIP_NORM_OPTIONS_INIT;
+    return o;
+}
+
+int gclip_cuda_device_count(void)
+{
+    return gclip_cuda_count_devices();
+}
+
+static void plan_free(gclip_plan *p)
+{
+    if (!p)
+        return;
+    if (p->device == GCLIP_DEVICE_CPU)
+        gclip_cpu_release(p);
+    else
+        gclip_cuda_release(p);
+    gclip_host_free(p->saved_data);
+    gclip_host_free(p->scratch);
+    gclip_host_free(p->chunks);
+    gclip_host_free(p->tensors);
+    gclip_host_free(p);
+}
+
+static gclip_status check_device(int device)
+{
+    if (device == GCLIP_DEVICE_CPU)
+        return GCLIP_STATUS_SUCCESS;
+    if (device < GCLIP_DEVICE_CPU)
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
+                          "device %d: use GCLIP_DEVICE_CPU (-1) or a CUDA ordinal >= 0", device);
+    return GCLIP_STATUS_SUCCESS; /* the CUDA backend checks the ordinal */
+}
+
+/* Copy and validate the descriptors, count chunks. */
+static gclip_status build_tensor_table(gclip_plan *p, const gclip_tensor *tensors)
+{
+    uint64_t chunks = 0;
+    for (size_t i = 0; i < p->count; i++) {
+        gclip_status s = gclip_validate_tensor(&tensors[i], i);
+        if (s != GCLIP_STATUS_SUCCESS)
+            return s;
+        gclip_tensor_desc *d = &p->tensors[i];
+        d->data = tensors[i].data;
+        d->numel = tensors[i].numel;
+        d->dtype = (int32_t)tensors[i].dtype;
+        d->num_chunks = gclip_chunks_for(tensors[i].numel);
+        d->first_chunk = (uint32_t)chunks;
+        d->pad_ = 0;
+        chunks += d->num_chunks;
+        if (chunks > GCLIP_MAX_CHUNKS)
+            return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
+                              "the plan's tensors hold more than %lld elements in all",
+                              (long long)(GCLIP_MAX_CHUNKS * (uint64_t)GCLIP_CHUNK_ELEMS));
+    }
+    p->num_chunks = (uint32_t)chunks;
+    return GCLIP_STATUS_SUCCESS;
+}
+
+static void build_chunk_table(gclip_plan *p)
+{
+    for (size_t i = 0; i < p->count; i++)
+        for (uint32_t k = 0; k < p->tensors[i].num_chunks; k++) {
+            gclip_chunk *c = &p->chunks[p->tensors[i].first_chunk + k];
+            c->tensor = (uint32_t)i;
+            c->index = k;
+        }
+}
+
+static void *alloc_array(size_t n, size_t size)
+{
+    if (n != 0 && size > SIZE_MAX / n)
+        return NULL;
+    return gclip_host_alloc(n * size);
+}
+
+gclip_status gclip_plan_create(gclip_plan **plan, const gclip_tensor *tensors, size_t count,
+                               int device)
+{
+    gclip_clear_error();
+    if (!plan)
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "plan is NULL");
+    *plan = NULL;
+    if (!tensors && count > 0)
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "tensors is NULL but count is %zu", count);
+    if (count > UINT32_MAX)
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "count %zu exceeds %u tensors", count,
+                          (unsigned)UINT32_MAX);
+    gclip_status s = check_device(device);
+    if (s != GCLIP_STATUS_SUCCESS)
+        return s;
+
+    gclip_plan *p = gclip_host_alloc(sizeof *p);
+    if (!p)
+        return gclip_fail(GCLIP_STATUS_OUT_OF_MEMORY, "plan: host allocation failed");
+    memset(p, 0, sizeof *p);
+    p->device = device;
+    p->count = count;
+    p->tensors = alloc_array(count, sizeof *p->tensors);
+    p->scratch = alloc_array(count, sizeof *p->scratch);
+    p->saved_data = alloc_array(count, sizeof *p->saved_data);
+    if (!p->tensors || !p->scratch || !p->saved_data) {
+        plan_free(p);
+        return gclip_fail(GCLIP_STATUS_OUT_OF_MEMORY, "plan: tensor table allocation failed");
+    }
+    s = build_tensor_table(p, tensors);
+    if (s == GCLIP_STATUS_SUCCESS)
+        s = gclip_check_overlap(p->tensors, count, p->scratch);
+    if (s != GCLIP_STATUS_SUCCESS) {
+        plan_free(p);
+        return s;
+    }
+    p->chunks = alloc_array(p->num_chunks, sizeof *p->chunks);
+    if (!p->chunks) {
+        plan_free(p);
+        return gclip_fail(GCLIP_STATUS_OUT_OF_MEMORY, "plan: chunk table allocation failed");
+    }
+    build_chunk_table(p);
+    s = device == GCLIP_DEVICE_CPU ? gclip_cpu_init(p) : gclip_cuda_init(p);
+    if (s != GCLIP_STATUS_SUCCESS) {
+        plan_free(p);
+        return s;
+    }
+    *plan = p;
+    return GCLIP_STATUS_SUCCESS;
+}
+
+gclip_status gclip_plan_destroy(gclip_plan *plan)
+{
+    gclip_clear_error();
+    plan_free(plan);
+    return GCLIP_STATUS_SUCCESS;
+}
+
+gclip_status gclip_plan_rebind(gclip_plan *plan, void *const *data, size_t count,
+                               gclip_stream stream)
+{
+    gclip_clear_error();
+    if (!plan)
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "plan is NULL");
+    if (!data && count > 0)
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "data is NULL but count is %zu", count);
+    if (count != plan->count)
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
+                          "count %zu differs from the plan's %zu tensors", count, plan->count);
+    for (size_t i = 0; i < count; i++) {
+        gclip_tensor t = {data[i], plan->tensors[i].numel, (gclip_dtype)plan->tensors[i].dtype};
+        gclip_status s = gclip_validate_tensor(&t, i);
+        if (s != GCLIP_STATUS_SUCCESS)
+            return s;
+    }
+    /* Swap the new pointers in, keeping the old ones to restore on failure. */
+    for (size_t i = 0; i < count; i++) {
+        plan->saved_data[i] = plan->tensors[i].data;
+        plan->tensors[i].data = data[i];
+    }
+    gclip_status s = gclip_check_overlap(plan->tensors, count, plan->scratch);
+    if (s == GCLIP_STATUS_SUCCESS && plan->device != GCLIP_DEVICE_CPU)
+        s = gclip_cuda_upload_tensors(plan, stream);
+    if (s != GCLIP_STATUS_SUCCESS)
+        for (size_t i = 0; i < count; i++)
+            plan->tensors[i].data = plan->saved_data[i];
+    return s;
+}
+
+gclip_status gclip_plan_tensor_count(const gclip_plan *plan, size_t *count)
+{
+    gclip_clear_error();
+    if (!plan || !count)
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "plan or count is NULL");
+    *count = plan->count;
+    return GCLIP_STATUS_SUCCESS;
+}
+
+gclip_status gclip_plan_device(const gclip_plan *plan, int *device)
+{
+    gclip_clear_error();
+    if (!plan || !device)
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "plan or device is NULL");
+    *device = plan->device;
+    return GCLIP_STATUS_SUCCESS;
+}
+
+gclip_status gclip_plan_set_num_threads(gclip_plan *plan, int num_threads)
+{
+    gclip_clear_error();
+    if (!plan)
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "plan is NULL");
+    if (num_threads < 0)
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
+                          "num_threads %d must be >= 0 (0 = OpenMP's default)", num_threads);
+    plan->num_threads = num_threads;
+    return GCLIP_STATUS_SUCCESS;
+}
+
+/* Shared by the three norm operations: validate, then run on the backend. */
+static gclip_status norm_op(gclip_plan *plan, const gclip_norm_options *options, int32_t op,
+                            gclip_stream stream)
+{
+    gclip_clear_error();
+    if (!plan)
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "plan is NULL");
+    if (!options && op != GCLIP_OP_TOTAL)
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
+                          "options is NULL: clipping needs an explicit max_norm "
+                          "(start from GCLIP_NORM_OPTIONS_INIT)");
+    gclip_norm_params np;
+    gclip_status s = gclip_make_params(options, op, &np);
+    if (s != GCLIP_STATUS_SUCCESS)
+        return s;
+    s = plan->device == GCLIP_DEVICE_CPU ? gclip_cpu_norm_op(plan, &np)
+                                         : gclip_cuda_norm_op(plan, &np, stream);
+    if (s == GCLIP_STATUS_SUCCESS) {
+        plan->last.has_norm = 1;
+        plan->last.error_policy = np.policy == GCLIP_NONFINITE_ERROR;
+    }
+    return s;
+}
+
+gclip_status gclip_total_norm(gclip_plan *plan, const gclip_norm_options *options,
+                              gclip_stream stream)
+{
+    return norm_op(plan, options, GCLIP_OP_TOTAL, stream);
+}
+
+gclip_status gclip_clip_grad_norm(gclip_plan *plan, const gclip_norm_options *options,
+                                  gclip_stream stream)
+{
+    return norm_op(plan, options, GCLIP_OP_GLOBAL, stream);
+}
+
+gclip_status gclip_clip_grad_norm_per_tensor(gclip_plan *plan, const gclip_norm_options *options,
+                                             gclip_stream stream)
+{
+    return norm_op(plan, options, GCLIP_OP_PER_TENSOR, stream);
+}
+
+gclip_status gclip_clip_grad_value(gclip_plan *plan, float clip_value, gclip_stream stream)
+{
+    gclip_clear_error();
+    if (!plan)
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "plan is NULL");
+    if (isnan(clip_value) || clip_value < 0.0f)
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
+                          "clip_value %g must be >= 0 (+inf leaves the gradients as they are)",
+                          (double)clip_value);
+    gclip_status s = plan->device == GCLIP_DEVICE_CPU ? gclip_cpu_value_op(plan, clip_value)
+                                                      : gclip_cuda_value_op(plan, clip_value, stream);
+    if (s == GCLIP_STATUS_SUCCESS) {
+        plan->last.has_norm = 0;
+        plan->last.error_policy = 0;
+    }
+    return s;
+}
+
+gclip_status gclip_get_result(gclip_plan *plan, gclip_result *result)
+{
+    gclip_clear_error();
+    if (!plan || !result)
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "plan or result is NULL");
+    gclip_result_slot slot;
+    if (plan->device == GCLIP_DEVICE_CPU) {
+        slot = plan->result;
+    } else {
+        gclip_status s = gclip_cuda_fetch_result(plan, &slot);
+        if (s != GCLIP_STATUS_SUCCESS)
+            return s;
+    }
+    result->total_norm = plan->last.has_norm ? slot.total_norm : NAN;
+    result->clip_coef = slot.clip_coef;
+    result->scale = slot.scale;
+    result->nonfinite = slot.nonfinite;
+    result->has_norm = plan->last.has_norm;
+    if (plan->last.error_policy && slot.nonfinite)
+        return gclip_fail(GCLIP_STATUS_NONFINITE,
+                          "total norm is %g: no gradient was changed (GCLIP_NONFINITE_ERROR)",
+                          (double)slot.total_norm);
+    return GCLIP_STATUS_SUCCESS;
+}
+
+gclip_status gclip_plan_device_result(const gclip_plan *plan, const gclip_device_result **result)
+{
+    gclip_clear_error();
+    if (!plan || !result)
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "plan or result is NULL");
+    if (plan->device == GCLIP_DEVICE_CPU)
+        *result = (const gclip_device_result *)(const void *)&plan->result;
+    else
+        *result = gclip_cuda_device_result(plan);
+    return GCLIP_STATUS_SUCCESS;
+}

@@ -1,0 +1,146 @@
+/*
+ * validate.c - checks of tensor lists and options. Every check runs before
+ * anything is written, so a rejected call leaves all gradients untouched.
+ */
+#include <math.h>
+
+#include "gclip_internal.h"
+
+gclip_status gclip_validate_tensor(const gclip_tensor *t, size_t index)
+{
+    if (t->dtype != GCLIP_F32 && t->dtype != GCLIP_F16 && t->dtype != GCLIP_BF16)
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
+                          "tensor %zu: unknown dtype %d (expected GCLIP_F32, GCLIP_F16 or GCLIP_BF16)",
+                          index, (int)t->dtype);
+    if (t->numel < 0)
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "tensor %zu: negative numel %lld", index,
+                          (long long)t->numel);
+    if (t->numel > 0 && t->data == NULL)
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "tensor %zu: data is NULL but numel is %lld",
+                          index, (long long)t->numel);
+    /* the byte size must fit in the address space */
+    if ((uint64_t)t->numel > (uint64_t)(INTPTR_MAX / 4))
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "tensor %zu: numel %lld is too large", index,
+                          (long long)t->numel);
+    int size = gclip_dtype_size(t->dtype);
+    if ((uintptr_t)t->data % (uintptr_t)size != 0)
+        return gclip_fail(GCLIP_STATUS_MISALIGNED,
+                          "tensor %zu: data %p is not aligned to its %d-byte elements", index,
+                          t->data, size);
+    return GCLIP_STATUS_SUCCESS;
+}
+
+static uintptr_t start_of(const gclip_tensor_desc *t)
+{
+    return (uintptr_t)t->data;
+}
+
+static uintptr_t end_of(const gclip_tensor_desc *t)
+{
+    return (uintptr_t)t->data + (uintptr_t)t->numel * (uintptr_t)gclip_dtype_size(t->dtype);
+}
+
+/* Order by start address, then by index, so the sort is total. */
+static int before(const gclip_tensor_desc *t, size_t a, size_t b)
+{
+    uintptr_t sa = start_of(&t[a]), sb = start_of(&t[b]);
+    return sa < sb || (sa == sb && a < b);
+}
+
+/* Heap sort of the index array: O(n log n), no recursion, no allocation. */
+static void sift_down(const gclip_tensor_desc *t, size_t *v, size_t root, size_t n)
+{
+    for (;;) {
+        size_t child = 2 * root + 1;
+        if (child >= n)
+            return;
+        if (child + 1 < n && before(t, v[child], v[child + 1]))
+            child++;
+        if (!before(t, v[root], v[child]))
+            return;
+        size_t tmp = v[root];
+        v[root] = v[child];
+        v[child] = tmp;
+        root = child;
+    }
+}
+
+static void sort_by_address(const gclip_tensor_desc *t, size_t *v, size_t n)
+{
+    for (size_t i = n / 2; i-- > 0;)
+        sift_down(t, v, i, n);
+    for (size_t end = n; end-- > 1;) {
+        size_t tmp = v[0];
+        v[0] = v[end];
+        v[end] = tmp;
+        sift_down(t, v, 0, end);
+    }
+}
+
+gclip_status gclip_check_overlap(const gclip_tensor_desc *tensors, size_t n, size_t *order)
+{
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++)
+        if (tensors[i].numel > 0) /* empty tensors own no bytes */
+            order[m++] = i;
+    sort_by_address(tensors, order, m);
+    /* After sorting, a tensor overlaps an earlier one iff it starts before
+     * the largest end seen so far. */
+    size_t widest = 0;
+    for (size_t k = 0; k < m; k++) {
+        size_t i = order[k];
+        if (k > 0 && start_of(&tensors[i]) < end_of(&tensors[widest])) {
+            size_t a = widest < i ? widest : i, b = widest < i ? i : widest;
+            return gclip_fail(GCLIP_STATUS_OVERLAP,
+                              "tensors %zu and %zu overlap (%s); each buffer must appear once",
+                              a, b, start_of(&tensors[a]) == start_of(&tensors[b]) ? "same start address" : "shared bytes");
+        }
+        if (k == 0 || end_of(&tensors[i]) > end_of(&tensors[widest]))
+            widest = i;
+    }
+    return GCLIP_STATUS_SUCCESS;
+}
+
+static int kind_of(float p)
+{
+    if (p == 2.0f)
+        return GCLIP_KIND_L2;
+    if (p == 1.0f)
+        return GCLIP_KIND_L1;
+    if (isinf(p))
+        return GCLIP_KIND_INF;
+    return GCLIP_KIND_P;
+}
+
+gclip_status gclip_make_params(const gclip_norm_options *options, int32_t op,
+                               gclip_norm_params *out)
+{
+    gclip_norm_options o = options ? *options : gclip_norm_options_default();
+    if (isnan(o.max_norm) || o.max_norm < 0.0f)
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
+                          "max_norm %g must be >= 0 (0 zeroes the gradients, +inf never clips)",
+                          (double)o.max_norm);
+    if (isnan(o.norm_type) || !(o.norm_type > 0.0f))
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
+                          "norm_type %g must be > 0 (2, 1, INFINITY or any finite p > 0)",
+                          (double)o.norm_type);
+    if (!isfinite(o.eps) || o.eps < 0.0f)
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "eps %g must be finite and >= 0",
+                          (double)o.eps);
+    if (!isfinite(o.inv_scale) || !(o.inv_scale > 0.0f))
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "inv_scale %g must be finite and > 0",
+                          (double)o.inv_scale);
+    if (o.nonfinite != GCLIP_NONFINITE_SKIP && o.nonfinite != GCLIP_NONFINITE_PROPAGATE &&
+        o.nonfinite != GCLIP_NONFINITE_ERROR)
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "unknown non-finite policy %d",
+                          (int)o.nonfinite);
+    out->kind = kind_of(o.norm_type);
+    out->op = op;
+    out->policy = (int32_t)o.nonfinite;
+    out->p = o.norm_type;
+    out->max_norm = o.max_norm;
+    out->eps = o.eps;
+    out->inv_scale = o.inv_scale;
+    out->tensor_norms = o.tensor_norms;
+    return GCLIP_STATUS_SUCCESS;
+}
