@@ -22,6 +22,15 @@
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
+/* The chunk loops are compiled twice, for AVX2 and for baseline x86-64, and
+ * the loader picks one per machine. Contraction into FMA stays off
+ * (-ffp-contract=off), so both clones round every operation alike. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define CPU_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define CPU_CLONES
+#endif
+
 gclip_status gclip_cpu_init(gclip_plan *plan)
 {
     plan->partials = gclip_host_alloc((size_t)plan->num_chunks * sizeof(double));
@@ -60,24 +69,51 @@ ALWAYS_INLINE double accumulate(const void *data, int32_t dtype, int64_t begin, 
     for (; i + LANES <= n; i += LANES)
         for (int j = 0; j < LANES; j++)
             lane[j] = gclip_term_add(lane[j], gclip_load(data, dtype, begin + i + j), kind, p);
-    for (int j = 0; i < n; i++, j++)
-        lane[j] = gclip_term_add(lane[j], gclip_load(data, dtype, begin + i), kind, p);
+    /* the tail has its own accumulator: indexing the lanes with a run-time
+     * value would keep them in memory for the whole main loop */
+    double rest = GCLIP_TERM_ZERO;
+    for (; i < n; i++)
+        rest = gclip_term_add(rest, gclip_load(data, dtype, begin + i), kind, p);
     /* pairwise fold of the lanes */
     for (int width = LANES / 2; width > 0; width /= 2)
         for (int j = 0; j < width; j++)
             lane[j] = gclip_term_combine(lane[j], lane[j + width], kind);
-    return lane[0];
+    return gclip_term_combine(lane[0], rest, kind);
+}
+
+/* max|x| of n elements, on the floats' bit patterns: with the sign cleared
+ * they order as integers like the values do, with Inf above every finite
+ * value and NaN above Inf, so NaN wins without a branch and the loop
+ * vectorizes. */
+ALWAYS_INLINE double max_abs(const void *data, int32_t dtype, int64_t begin, int64_t n)
+{
+    uint32_t lane[LANES];
+    for (int j = 0; j < LANES; j++)
+        lane[j] = 0;
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int j = 0; j < LANES; j++) {
+            uint32_t b = gclip_f32_bits(gclip_load(data, dtype, begin + i + j)) & 0x7fffffffu;
+            lane[j] = b > lane[j] ? b : lane[j];
+        }
+    for (; i < n; i++) {
+        uint32_t b = gclip_f32_bits(gclip_load(data, dtype, begin + i)) & 0x7fffffffu;
+        lane[0] = b > lane[0] ? b : lane[0];
+    }
+    for (int j = 1; j < LANES; j++)
+        lane[0] = lane[j] > lane[0] ? lane[j] : lane[0];
+    return (double)gclip_bits_f32(lane[0]);
 }
 
 #define ACCUMULATE_KIND(dt)                                                     \
     switch (kind) {                                                             \
     case GCLIP_KIND_L2: return accumulate(data, dt, begin, n, GCLIP_KIND_L2, p);  \
     case GCLIP_KIND_L1: return accumulate(data, dt, begin, n, GCLIP_KIND_L1, p);  \
-    case GCLIP_KIND_INF: return accumulate(data, dt, begin, n, GCLIP_KIND_INF, p); \
+    case GCLIP_KIND_INF: return max_abs(data, dt, begin, n);                       \
     default: return accumulate(data, dt, begin, n, GCLIP_KIND_P, p);              \
     }
 
-static double chunk_terms(const gclip_tensor_desc *t, uint32_t index, int32_t kind, float p)
+CPU_CLONES static double chunk_terms(const gclip_tensor_desc *t, uint32_t index, int32_t kind, float p)
 {
     int64_t begin, n;
     gclip_chunk_range(t->numel, index, &begin, &n);
@@ -118,7 +154,7 @@ ALWAYS_INLINE void clamp_elems(void *data, int32_t dtype, int64_t begin, int64_t
 }
 
 /* Chunk c times its factor: the global factor, or its tensor's. */
-static void scale_chunk(const gclip_tensor_desc *t, uint32_t index, float f)
+CPU_CLONES static void scale_chunk(const gclip_tensor_desc *t, uint32_t index, float f)
 {
     int64_t begin, n;
     gclip_chunk_range(t->numel, index, &begin, &n);
@@ -130,7 +166,7 @@ static void scale_chunk(const gclip_tensor_desc *t, uint32_t index, float f)
         scale_elems(t->data, GCLIP_BF16, begin, n, f);
 }
 
-static void clamp_chunk(const gclip_tensor_desc *t, uint32_t index, float v)
+CPU_CLONES static void clamp_chunk(const gclip_tensor_desc *t, uint32_t index, float v)
 {
     int64_t begin, n;
     gclip_chunk_range(t->numel, index, &begin, &n);

@@ -157,17 +157,18 @@ GCLIP_HD uint16_t gclip_f32_to_bf16(float f)
 
 GCLIP_HD float gclip_f16_to_f32(uint16_t h)
 {
+    /* Branch-free so that loops over halves vectorize, and free of float
+     * subnormal arithmetic (slow on x86): normal halves are rebiased in the
+     * exponent bits, subnormal halves converted from their integer mantissa
+     * (exact: m * 2^-24 is a normal float), Inf and NaN keep an all-ones
+     * exponent. */
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-    uint32_t exp = (h >> 10) & 0x1fu;
-    uint32_t man = h & 0x3ffu;
-    if (exp == 0x1fu) /* Inf or NaN */
-        return gclip_bits_f32(sign | 0x7f800000u | (man << 13));
-    if (exp == 0) {
-        /* zero or subnormal: man * 2^-24, exact in float */
-        float v = (float)man * 5.9604644775390625e-8f;
-        return sign ? -v : v;
-    }
-    return gclip_bits_f32(sign | ((exp + 112u) << 23) | (man << 13));
+    uint32_t em = h & 0x7fffu;
+    uint32_t normal = (em << 13) + (112u << 23);
+    uint32_t subnormal = gclip_f32_bits((float)em * 5.9604644775390625e-8f); /* 2^-24 */
+    uint32_t special = (em << 13) | 0x7f800000u;
+    uint32_t bits = em >= 0x7c00u ? special : (em >= 0x400u ? normal : subnormal);
+    return gclip_bits_f32(sign | bits);
 }
 
 GCLIP_HD uint16_t gclip_f32_to_f16(float f)

@@ -1,0 +1,8 @@
+/* gpt2_device.h - device memory for the example; no-ops without CUDA. */
+#ifndef GPT2_DEVICE_H
+#define GPT2_DEVICE_H
+#include <stdint.h>
+/* Copy n floats to new device memory; returns 0 on success. */
+int gpt2_device_upload(const float *host, int64_t n, float **device);
+void gpt2_device_free(float *device);
+#endif

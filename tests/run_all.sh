@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The whole test suite, stage by stage. Stops at the first failing stage.
+#
+#   tests/run_all.sh            everything
+#   GCLIP_FUZZ_SECONDS=600 tests/run_all.sh   a longer fuzz run
+set -euo pipefail
+cd "$(dirname "$0")/.."
+jobs=$(nproc 2>/dev/null || echo 2)
+fuzz_seconds=${GCLIP_FUZZ_SECONDS:-120}
+t_start=$(date +%s)
+stage() { echo; echo "==== [$(( $(date +%s) - t_start ))s] $*"; }
+
+stage "release build (CUDA backend if nvcc is present) and the cpu, emu, nvcc, gpu and robust labels"
+cmake --preset default
+cmake --build --preset default -j "$jobs"
+ctest --preset default -j "$jobs"
+
+stage "the emulator catches planted kernel bugs"
+ctest --test-dir build/default -L emu-mutants --output-on-failure --no-tests=error
+
+stage "AddressSanitizer + UndefinedBehaviorSanitizer build: cpu, emu and robust labels"
+cmake --preset asan
+cmake --build --preset asan -j "$jobs"
+ctest --preset asan -j "$jobs"
+
+stage "valgrind memcheck of the cpu and robust suites"
+tests/robust/valgrind.sh build/default
+
+stage "libFuzzer, ${fuzz_seconds}s"
+tests/robust/fuzz.sh "$fuzz_seconds"
+
+stage "scale: a bf16 tensor over 2^31 elements and 100,000 tensors"
+ctest --test-dir build/default -L large --output-on-failure --no-tests=error
+
+stage "install, then build a consumer with find_package(gclip) and with pkg-config"
+tests/install/check_install.sh build/default
+
+stage "all stages passed in $(( $(date +%s) - t_start ))s"
