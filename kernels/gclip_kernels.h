@@ -1,6 +1,6 @@
 /*
  * gclip_kernels.h - the kernel launchers, callable from C (host/cuda_backend.c)
- * and from the SIMT emulator tests. Defined in kernels/*.cu.
+ * and from the SIMT emulator tests. Defined in the .cu files of kernels/.
  *
  * Every launcher enqueues exactly one kernel on `stream`, checks the launch
  * error and returns it as an int (0 = success, otherwise a cudaError_t

@@ -1,0 +1,183 @@
+/*
+ * bench.h - types shared by the parts of gclip-bench.
+ *
+ * The benchmark times each operation on each workload for every
+ * implementation present (gclip on the CPU and on CUDA, a naive C loop, and
+ * PyTorch through bench/torch_baseline.py) and compares the achieved
+ * bandwidth with the machine's own limit measured in the same run.
+ * Compiles as C11 and as C++ (the CUDA part is a .cu file).
+ */
+#ifndef GCLIP_BENCH_H
+#define GCLIP_BENCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "gclip.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- operations ----------------------------------------------------------- */
+
+typedef enum bench_op {
+    BENCH_NORM = 0,        /* total norm only */
+    BENCH_CLIP = 1,        /* global-norm clipping, coefficient < 1 */
+    BENCH_CLIP_NOOP = 2,   /* global-norm clipping, coefficient == 1 */
+    BENCH_VALUE = 3,       /* value clipping */
+    BENCH_TENSOR_NORM = 4, /* per-tensor norm clipping, every tensor clipped */
+    BENCH_UNSCALE_CLIP = 5, /* AMP inv_scale fused with global-norm clipping */
+    BENCH_OP_COUNT = 6
+} bench_op;
+
+const char *bench_op_name(bench_op op);
+/* Whether the operation writes the gradients (its data is restored between runs). */
+int bench_op_writes(bench_op op);
+/* Minimal bytes the operation must move over data of `data_bytes` bytes:
+ * norm and clip-noop read once; value reads and writes once; the clipping
+ * ops read once for the norm, then read and write once. */
+double bench_op_bytes(bench_op op, double data_bytes);
+/* The matching roofline from a read bandwidth and a read-write bandwidth
+ * (both in GB/s counting every byte moved). */
+double bench_op_roofline(bench_op op, double read_gbps, double rw_gbps);
+
+/* Arguments of one operation, chosen per workload from its pristine data so
+ * that each op is in the regime it is named for (see bench_params_for). */
+typedef struct bench_params {
+    float max_norm;   /* clip, clip-noop, tensor-norm, unscale-clip */
+    float clip_value; /* value */
+    float inv_scale;  /* unscale-clip (1 otherwise) */
+} bench_params;
+
+/* ---- workloads -------------------------------------------------------------- */
+
+typedef struct bench_shape {
+    int rank;
+    int64_t dims[4];
+    gclip_dtype dtype;
+} bench_shape;
+
+typedef struct bench_workload {
+    const char *name;
+    size_t count;
+    bench_shape *shapes;    /* [count] */
+    gclip_tensor *tensors;  /* [count], pointing into `data` */
+    unsigned char *data;    /* the working copy the ops run on */
+    unsigned char *pristine; /* the generated values, restored before writing runs */
+    size_t arena_bytes;     /* bytes of `data` including alignment padding */
+    double data_bytes;      /* sum of numel * element size */
+    int64_t elems;
+    /* from the pristine data, in double */
+    double norm;            /* global L2 norm */
+    double min_tensor_norm; /* smallest per-tensor L2 norm */
+    double rms;             /* root mean square of the elements */
+    int dirty;              /* `data` was written since it was restored */
+} bench_workload;
+
+/* Names of the workloads, in the order they run. */
+extern const char *const bench_workload_names[];
+extern const size_t bench_workload_count;
+
+/* Build workload `name` with seeded normal data. `huge_elems` is the size of
+ * one-huge. Returns 0 on success. */
+int bench_workload_create(bench_workload *w, const char *name, int64_t huge_elems,
+                          int threads);
+void bench_workload_destroy(bench_workload *w);
+/* Before a run: restore the pristine values if the op writes or the last
+ * one did, then evict the caches. */
+void bench_workload_prepare(bench_workload *w, int writes, int threads);
+/* Per-op arguments that put op in its regime on this workload's data. */
+bench_params bench_params_for(const bench_workload *w, bench_op op);
+
+/* bf16 <-> float for the data generator and the naive baseline (finite
+ * values only; round to nearest even). */
+static inline float bench_bf16_load(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static inline uint16_t bench_bf16_round(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+/* ---- CPU roofline kernels (roofline.c) --------------------------------------- */
+
+void *bench_alloc(size_t bytes);
+void bench_free(void *p);
+/* Sum of squares of n floats with independent vector accumulators. */
+double bench_read_kernel(const float *x, size_t n, int threads);
+/* x *= a in place: the read-write pattern of an in-place clip. */
+void bench_scale_kernel(float *x, size_t n, float a, int threads);
+/* Evict the caches by streaming through a buffer larger than the last level. */
+void bench_flush_caches(int threads);
+void bench_flush_release(void);
+/* Median read and read-write (in-place scale) bandwidth in GB/s, counting
+ * every byte moved, over a buffer far larger than the caches. */
+int bench_cpu_roofline(int threads, int runs, double *read_gbps, double *rw_gbps);
+
+/* ---- timing ------------------------------------------------------------------- */
+
+typedef struct bench_stats {
+    double median_ms, min_ms, max_ms;
+} bench_stats;
+
+double bench_now_ms(void);
+bench_stats bench_stats_of(double *ms, int n); /* sorts ms */
+
+/* ---- results -------------------------------------------------------------------- */
+
+typedef struct bench_record {
+    char workload[24];
+    char op[16];
+    char impl[16];
+    char backend[8];
+    int threads;
+    bench_stats t;
+    double bytes;
+    double gbps;
+    double roofline_gbps;
+    int launches_per_step; /* CUDA only; -1 elsewhere */
+    char note[96];
+} bench_record;
+
+typedef struct bench_results {
+    bench_record *r;
+    size_t n, cap;
+} bench_results;
+
+/* A new zeroed record at the end of `res` (NULL if out of memory). */
+bench_record *bench_results_add(bench_results *res);
+void bench_results_free(bench_results *res);
+/* The readable table: one row per record, with its ratio to the roofline
+ * and gclip's speed-up over the naive loop and over PyTorch. */
+void bench_print_table(const bench_results *res);
+/* One JSON object per record, in an array. Returns 0 on success. */
+int bench_write_json(const bench_results *res, const char *path);
+
+/* ---- PyTorch (torch_runner.c) -------------------------------------------------------- */
+
+/* Find an interpreter that imports torch: `preferred` if given, else
+ * python3, then /usr/bin/python3. Writes its path and torch's version.
+ * Returns 0 if found. */
+int bench_torch_find(const char *preferred, char *python, size_t python_size,
+                     char *version, size_t version_size);
+/* Run the PyTorch baseline on the shapes of `w` and append its records.
+ * `ops` is a bit mask over bench_op; `devices` e.g. "cpu" or "cpu,cuda". */
+int bench_torch_run(const char *python, const char *script, const bench_workload *w,
+                    unsigned ops, int warmup, int runs, int threads, const char *devices,
+                    bench_results *res);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* GCLIP_BENCH_H */

@@ -1,0 +1,61 @@
+/*
+ * impl.h - one implementation under test, behind a common interface so the
+ * timing loop is written once.
+ */
+#ifndef GCLIP_BENCH_IMPL_H
+#define GCLIP_BENCH_IMPL_H
+
+#include "bench.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct bench_impl {
+    const char *impl;    /* "gclip", "naive" */
+    const char *backend; /* "cpu", "cuda" */
+    int threads;         /* CPU threads used (0 for CUDA) */
+    void *ctx;
+    /* Outside the timed region, before every run: start from the pristine
+     * data (`writes`: the op about to run writes it), evict the caches. */
+    void (*prepare)(void *ctx, int writes);
+    /* One timed run in milliseconds; negative on failure, with the reason
+     * in `err` (at least 96 bytes). */
+    double (*run)(void *ctx, bench_op op, const bench_params *p, char *err);
+    /* After the runs: 0 if the last run was in the op's regime (clipped,
+     * not clipped, norm as expected), else nonzero with a note. */
+    int (*check)(void *ctx, bench_op op, const bench_params *p, char *note);
+    /* Kernel launches per step of `op` (CUDA), or -1. */
+    int (*launches)(void *ctx, bench_op op, const bench_params *p);
+    void (*close)(void *ctx);
+} bench_impl;
+
+/* gclip on the CPU path with `threads` OpenMP threads (impl_gclip.c). */
+int bench_gclip_cpu_open(bench_impl *impl, bench_workload *w, int threads);
+/* The hand-written baseline: one thread, per-tensor loops (naive.c).
+ * `threads` is only used to evict the caches between runs. */
+int bench_naive_open(bench_impl *impl, bench_workload *w, int threads);
+
+/* Shared by the CPU and CUDA implementations of gclip (impl_gclip.c). */
+gclip_status bench_gclip_step(gclip_plan *plan, bench_op op, const bench_params *p,
+                              gclip_stream stream);
+int bench_gclip_check(gclip_plan *plan, const bench_workload *w, bench_op op,
+                      const bench_params *p, char *note);
+/* Whether a norm matches the workload's double-precision reference. */
+int bench_norm_matches(double got, double want);
+
+#ifdef GCLIP_BENCH_CUDA
+/* gclip on CUDA device 0, timed with CUDA events (cuda_impl.cu). */
+int bench_gclip_cuda_open(bench_impl *impl, bench_workload *w);
+/* Device-to-device copy bandwidth in GB/s (read + write bytes), median of
+ * `runs`, or a negative value on failure. */
+double bench_cuda_copy_gbps(size_t bytes, int runs);
+/* The device's name for the report. */
+const char *bench_cuda_device_name(void);
+#endif
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* GCLIP_BENCH_IMPL_H */

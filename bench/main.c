@@ -1,0 +1,318 @@
+/*
+ * main.c - gclip-bench: what gradient clipping costs per step, against the
+ * machine's own limits and against the alternatives, measured in one run.
+ *
+ *   gclip-bench [--quick] [--runs N] [--threads N] [--workload LIST]
+ *               [--op LIST] [--impl LIST] [--json FILE] [--python PATH]
+ *
+ * See docs/benchmark.md.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <getopt.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "impl.h"
+
+#ifndef GCLIP_BENCH_SOURCE_DIR
+#define GCLIP_BENCH_SOURCE_DIR "bench"
+#endif
+
+enum { IMPL_GCLIP = 1, IMPL_NAIVE = 2, IMPL_TORCH = 4 };
+static const char *const impl_names[] = {"gclip", "naive", "torch"};
+static const char *const op_list[] = {"norm", "clip", "clip-noop", "value", "tensor-norm",
+                                      "unscale-clip"};
+
+typedef struct options {
+    unsigned workloads, ops, impls;
+    int runs, warmup, threads, quick;
+    const char *json, *python, *torch_script;
+} options;
+
+/* The machine's limits measured in this run. */
+typedef struct limits {
+    double read_gbps, rw_gbps; /* CPU */
+    double copy_gbps;          /* GPU device-to-device, <= 0 without */
+} limits;
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: gclip-bench [options]\n"
+            "  --workload LIST  gpt2-124m,resnet50,many-small,one-huge,mixed (default all)\n"
+            "  --op LIST        norm,clip,clip-noop,value,tensor-norm,unscale-clip (default all)\n"
+            "  --impl LIST      gclip,naive,torch (default all)\n"
+            "  --runs N         timed runs after warm-up (default 10; --quick 3)\n"
+            "  --threads N      CPU threads (default: the machine's processors)\n"
+            "  --quick          fewer runs and a smaller one-huge (256 Mi -> 32 Mi elements)\n"
+            "  --json FILE      write one record per (workload, op, impl, backend)\n"
+            "  --python PATH    interpreter for bench/torch_baseline.py\n"
+            "                   (default: python3, then /usr/bin/python3)\n"
+            "  --torch-script PATH  location of torch_baseline.py\n");
+}
+
+/* Bit mask of the comma-separated names in `arg` (all of them for "all"). */
+static int parse_list(const char *arg, const char *const *names, size_t n, unsigned *mask)
+{
+    *mask = 0;
+    char *copy = strdup(arg), *save = NULL;
+    if (!copy)
+        return -1;
+    for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        size_t i = 0;
+        while (i < n && strcmp(tok, names[i]) && strcmp(tok, "all"))
+            i++;
+        if (i == n) {
+            fprintf(stderr, "gclip-bench: unknown name '%s'\n", tok);
+            free(copy);
+            return -1;
+        }
+        *mask |= strcmp(tok, "all") ? 1u << i : (1u << n) - 1;
+    }
+    free(copy);
+    return *mask ? 0 : -1;
+}
+
+static int parse_options(int argc, char **argv, options *o)
+{
+    static const struct option longs[] = {
+        {"workload", required_argument, 0, 'w'}, {"op", required_argument, 0, 'o'},
+        {"impl", required_argument, 0, 'i'},     {"runs", required_argument, 0, 'r'},
+        {"threads", required_argument, 0, 't'},  {"quick", no_argument, 0, 'q'},
+        {"json", required_argument, 0, 'j'},     {"python", required_argument, 0, 'p'},
+        {"torch-script", required_argument, 0, 's'}, {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
+    memset(o, 0, sizeof *o);
+    o->workloads = (1u << bench_workload_count) - 1;
+    o->ops = (1u << BENCH_OP_COUNT) - 1;
+    o->impls = IMPL_GCLIP | IMPL_NAIVE | IMPL_TORCH;
+    o->runs = -1;
+    o->threads = omp_get_num_procs();
+    o->torch_script = GCLIP_BENCH_SOURCE_DIR "/torch_baseline.py";
+    int c, bad = 0;
+    while (!bad && (c = getopt_long(argc, argv, "h", longs, NULL)) != -1) {
+        switch (c) {
+        case 'w': bad = parse_list(optarg, bench_workload_names, bench_workload_count, &o->workloads); break;
+        case 'o': bad = parse_list(optarg, op_list, BENCH_OP_COUNT, &o->ops); break;
+        case 'i': bad = parse_list(optarg, impl_names, 3, &o->impls); break;
+        case 'r': o->runs = atoi(optarg); bad = o->runs < 1; break;
+        case 't': o->threads = atoi(optarg); bad = o->threads < 1; break;
+        case 'q': o->quick = 1; break;
+        case 'j': o->json = optarg; break;
+        case 'p': o->python = optarg; break;
+        case 's': o->torch_script = optarg; break;
+        case 'h': usage(stdout); exit(0);
+        default: bad = 1;
+        }
+    }
+    if (bad || optind != argc) {
+        usage(stderr);
+        return -1;
+    }
+    if (o->runs < 0)
+        o->runs = o->quick ? 3 : 10;
+    o->warmup = o->quick ? 1 : 2;
+    return 0;
+}
+
+static void print_load(const char *when)
+{
+    char buf[128] = "?";
+    FILE *f = fopen("/proc/loadavg", "r");
+    if (f) {
+        if (fgets(buf, sizeof buf, f))
+            buf[strcspn(buf, "\n")] = '\0';
+        fclose(f);
+    }
+    printf("load average %s: %s\n", when, buf);
+}
+
+/* Warm-up, then the timed runs of one (impl, op); appends its record. */
+static void measure(const options *o, bench_impl *im, bench_workload *w, bench_op op,
+                    bench_results *res)
+{
+    bench_params p = bench_params_for(w, op);
+    bench_record *r = bench_results_add(res);
+    double *ms = malloc((size_t)o->runs * sizeof *ms);
+    if (!r || !ms) {
+        free(ms);
+        return;
+    }
+    snprintf(r->workload, sizeof r->workload, "%s", w->name);
+    snprintf(r->op, sizeof r->op, "%s", bench_op_name(op));
+    snprintf(r->impl, sizeof r->impl, "%s", im->impl);
+    snprintf(r->backend, sizeof r->backend, "%s", im->backend);
+    r->threads = im->threads;
+    r->bytes = bench_op_bytes(op, w->data_bytes);
+    r->launches_per_step = im->launches(im->ctx, op, &p);
+    if (!strcmp(im->backend, "cuda") && r->launches_per_step < 0)
+        snprintf(r->note, sizeof r->note, "step could not be captured: launches not counted");
+    for (int i = 0; i < o->warmup + o->runs; i++) {
+        im->prepare(im->ctx, bench_op_writes(op));
+        double t = im->run(im->ctx, op, &p, r->note);
+        if (t < 0) {
+            printf("  %-12s %s/%s failed: %s\n", r->op, r->impl, r->backend, r->note);
+            free(ms);
+            return;
+        }
+        if (i >= o->warmup)
+            ms[i - o->warmup] = t;
+    }
+    r->t = bench_stats_of(ms, o->runs);
+    r->gbps = r->bytes / r->t.median_ms / 1e6;
+    if (im->check(im->ctx, op, &p, r->note))
+        fprintf(stderr, "gclip-bench: warning: %s %s %s/%s: %s\n", w->name, r->op, r->impl,
+                r->backend, r->note);
+    printf("  %-12s %-5s %-4s %9.3f ms  %7.2f GB/s\n", r->op, r->impl, r->backend,
+           r->t.median_ms, r->gbps);
+    free(ms);
+}
+
+/* Open the implementations selected and present for workload w. */
+static int open_impls(const options *o, const limits *lim, bench_workload *w, bench_impl *im)
+{
+    int n = 0;
+    if ((o->impls & IMPL_GCLIP) && bench_gclip_cpu_open(&im[n], w, o->threads) == 0)
+        n++;
+#ifdef GCLIP_BENCH_CUDA
+    if ((o->impls & IMPL_GCLIP) && lim->copy_gbps > 0 && bench_gclip_cuda_open(&im[n], w) == 0)
+        n++;
+#else
+    (void)lim;
+#endif
+    if ((o->impls & IMPL_NAIVE) && bench_naive_open(&im[n], w, o->threads) == 0)
+        n++;
+    return n;
+}
+
+static void run_workload(const options *o, const limits *lim, const char *name,
+                         const char *python, bench_results *res)
+{
+    bench_workload w;
+    int64_t huge = o->quick ? (int64_t)32 << 20 : (int64_t)256 << 20;
+    double t0 = bench_now_ms();
+    if (bench_workload_create(&w, name, huge, o->threads)) {
+        fprintf(stderr, "gclip-bench: cannot build workload %s (out of memory?)\n", name);
+        bench_workload_destroy(&w);
+        return;
+    }
+    printf("\n%s: %zu tensors, %lld elements, %.1f MB, norm %.6g (generated in %.1f s)\n", name,
+           w.count, (long long)w.elems, w.data_bytes / 1e6, w.norm, (bench_now_ms() - t0) / 1e3);
+    bench_impl im[3];
+    int n = open_impls(o, lim, &w, im);
+    for (int op = 0; op < BENCH_OP_COUNT; op++)
+        for (int i = 0; i < n && (o->ops & (1u << op)); i++)
+            measure(o, &im[i], &w, (bench_op)op, res);
+    for (int i = 0; i < n; i++)
+        im[i].close(im[i].ctx);
+    if (python) {
+        size_t first = res->n;
+        const char *devices = lim->copy_gbps > 0 ? "cpu,cuda" : "cpu";
+        if (bench_torch_run(python, o->torch_script, &w, o->ops, o->warmup, o->runs, o->threads,
+                            devices, res))
+            fprintf(stderr, "gclip-bench: torch_baseline.py failed on %s\n", name);
+        for (size_t i = first; i < res->n; i++) {
+            const bench_record *r = &res->r[i];
+            if (r->t.median_ms > 0)
+                printf("  %-12s torch %-4s %9.3f ms  %7.2f GB/s\n", r->op, r->backend,
+                       r->t.median_ms, r->gbps);
+            else
+                printf("  %-12s torch %-4s %s\n", r->op, r->backend, r->note);
+        }
+    }
+    bench_workload_destroy(&w);
+}
+
+/* The CPU limits, measured at the start and again at the end of the run:
+ * the higher of the two is used, so a limit measured while the machine was
+ * busy cannot inflate the ratios. */
+static int cpu_limit(const options *o, limits *lim, const char *when)
+{
+    double read, rw;
+    if (bench_cpu_roofline(o->threads, o->runs, &read, &rw)) {
+        fprintf(stderr, "gclip-bench: out of memory\n");
+        return -1;
+    }
+    printf("CPU roofline %s: read %.2f GB/s, in-place read-write %.2f GB/s\n", when, read, rw);
+    lim->read_gbps = read > lim->read_gbps ? read : lim->read_gbps;
+    lim->rw_gbps = rw > lim->rw_gbps ? rw : lim->rw_gbps;
+    return 0;
+}
+
+static void assign_rooflines(bench_results *res, const limits *lim)
+{
+    for (size_t i = 0; i < res->n; i++) {
+        bench_record *r = &res->r[i];
+        bench_op op = BENCH_NORM;
+        while (op < BENCH_OP_COUNT && strcmp(r->op, bench_op_name(op)))
+            op = (bench_op)(op + 1);
+        r->roofline_gbps = !strcmp(r->backend, "cuda")
+                               ? lim->copy_gbps
+                               : bench_op_roofline(op, lim->read_gbps, lim->rw_gbps);
+    }
+}
+
+/* The CUDA device's copy bandwidth, or why the CUDA backend is skipped. */
+static double cuda_limit(const options *o)
+{
+#ifdef GCLIP_BENCH_CUDA
+    int devices = gclip_cuda_device_count();
+    if (devices <= 0) {
+        printf("CUDA backend: skipped (no CUDA device or driver)\n");
+        return 0.0;
+    }
+    double gbps = bench_cuda_copy_gbps((size_t)1 << 30, o->runs);
+    printf("CUDA backend: %s; device-to-device copy %.1f GB/s (read + write)\n",
+           bench_cuda_device_name(), gbps);
+    return gbps;
+#else
+    (void)o;
+    printf("CUDA backend: skipped (this build has no CUDA backend)\n");
+    return 0.0;
+#endif
+}
+
+int main(int argc, char **argv)
+{
+    options o;
+    if (parse_options(argc, argv, &o))
+        return 2;
+    printf("gclip-bench: gclip %d, %d CPU threads, %d warm-up + %d timed runs%s\n",
+           gclip_get_version(), o.threads, o.warmup, o.runs, o.quick ? " (quick)" : "");
+    print_load("at start");
+    limits lim = {0, 0, 0};
+    if (cpu_limit(&o, &lim, "at start"))
+        return 1;
+    lim.copy_gbps = cuda_limit(&o);
+    char python[512] = "", version[64] = "";
+    int torch = 0;
+    if (o.impls & IMPL_TORCH) {
+        torch = bench_torch_find(o.python, python, sizeof python, version, sizeof version) == 0;
+        if (torch)
+            printf("torch %s via %s\n", version, python);
+        else
+            printf("torch not importable: skipped (tried %s)\n",
+                   o.python ? o.python : "python3, /usr/bin/python3");
+    }
+    bench_results res = {0};
+    for (size_t i = 0; i < bench_workload_count; i++)
+        if (o.workloads & (1u << i))
+            run_workload(&o, &lim, bench_workload_names[i], torch ? python : NULL, &res);
+    bench_flush_release();
+    if (cpu_limit(&o, &lim, "at end"))
+        return 1;
+    assign_rooflines(&res, &lim);
+    bench_print_table(&res);
+    printf("CPU roofline used: read %.2f GB/s, in-place read-write %.2f GB/s (the higher of "
+           "start and end)\n", lim.read_gbps, lim.rw_gbps);
+    print_load("at end");
+    int rc = 0;
+    if (o.json && bench_write_json(&res, o.json)) {
+        fprintf(stderr, "gclip-bench: cannot write %s\n", o.json);
+        rc = 1;
+    }
+    bench_results_free(&res);
+    return rc;
+}

@@ -1,0 +1,164 @@
+/*
+ * roofline.c - the CPU's own limits, measured with the thread count of the
+ * benchmark: a STREAM-like read (sum of squares) and an in-place scale
+ * (read + write of the same lines, the access pattern of an in-place clip).
+ * Both are written so that the memory system, not the arithmetic, bounds
+ * them: 32-byte vectors, four independent accumulators per thread, and an
+ * AVX2 clone picked at load time where the CPU has it (as gclip's CPU path
+ * does), so the limit is never lower than what the library can reach.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "bench.h"
+
+typedef float v8f __attribute__((vector_size(32)));
+
+/* Elements per loop step: four vectors, one per accumulator. */
+#define STEP 32
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define CLONES
+#endif
+
+/* Flush buffer: four times the largest last-level cache of the machines we
+ * run on (32 MiB), so a streamed read evicts all of a workload. */
+#define FLUSH_BYTES ((size_t)128 << 20)
+
+void *bench_alloc(size_t bytes)
+{
+    void *p = NULL;
+    /* page aligned, so that every buffer gets the same TLB treatment */
+    if (posix_memalign(&p, 4096, bytes ? bytes : 1))
+        return NULL;
+    return p;
+}
+
+void bench_free(void *p)
+{
+    free(p);
+}
+
+/* Unaligned vector load; a macro, as a function returning a 32-byte vector
+ * would have a different ABI in the two clones. */
+#define LOAD8(v, p) memcpy(&(v), (p), sizeof(v8f))
+
+CLONES double bench_read_kernel(const float *x, size_t n, int threads)
+{
+    size_t steps = n / STEP;
+    double total = 0.0;
+#pragma omp parallel num_threads(threads) reduction(+ : total)
+    {
+        v8f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+#pragma omp for schedule(static)
+        for (size_t s = 0; s < steps; s++) {
+            const float *p = x + s * STEP;
+            v8f v0, v1, v2, v3;
+            LOAD8(v0, p);
+            LOAD8(v1, p + 8);
+            LOAD8(v2, p + 16);
+            LOAD8(v3, p + 24);
+            a0 += v0 * v0;
+            a1 += v1 * v1;
+            a2 += v2 * v2;
+            a3 += v3 * v3;
+        }
+        v8f a = (a0 + a1) + (a2 + a3);
+        for (int k = 0; k < 8; k++)
+            total += (double)a[k];
+    }
+    for (size_t i = steps * STEP; i < n; i++)
+        total += (double)x[i] * x[i];
+    return total;
+}
+
+CLONES void bench_scale_kernel(float *x, size_t n, float a, int threads)
+{
+    size_t steps = n / STEP;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (size_t s = 0; s < steps; s++) {
+        float *p = x + s * STEP;
+        for (int k = 0; k < STEP; k += 8) {
+            v8f v;
+            LOAD8(v, p + k);
+            v *= a;
+            memcpy(p + k, &v, sizeof v);
+        }
+    }
+    for (size_t i = steps * STEP; i < n; i++)
+        x[i] *= a;
+}
+
+static float *flush_buf;
+
+/* Results of timed reads are stored here so the reads cannot be optimized away. */
+volatile double bench_sink;
+
+void bench_flush_caches(int threads)
+{
+    size_t n = FLUSH_BYTES / sizeof(float);
+    if (!flush_buf) {
+        flush_buf = bench_alloc(FLUSH_BYTES);
+        if (!flush_buf)
+            return;
+#pragma omp parallel for schedule(static) num_threads(threads)
+        for (size_t i = 0; i < n; i++)
+            flush_buf[i] = 1.0f;
+    }
+    bench_sink = bench_read_kernel(flush_buf, n, threads);
+}
+
+void bench_flush_release(void)
+{
+    bench_free(flush_buf);
+    flush_buf = NULL;
+}
+
+/* Roofline buffer: eight times the last-level cache, so nothing is served
+ * from cache. */
+#define ROOF_BYTES ((size_t)256 << 20)
+
+static double median_gbps(double *ms, int runs, double bytes)
+{
+    bench_stats s = bench_stats_of(ms, runs);
+    return bytes / s.median_ms / 1e6;
+}
+
+int bench_cpu_roofline(int threads, int runs, double *read_gbps, double *rw_gbps)
+{
+    size_t n = ROOF_BYTES / sizeof(float);
+    float *x = bench_alloc(ROOF_BYTES);
+    double *ms = malloc((size_t)runs * sizeof *ms);
+    if (!x || !ms) {
+        bench_free(x);
+        free(ms);
+        return -1;
+    }
+    /* first touch by the same static schedule the kernels use */
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (size_t i = 0; i < n; i++)
+        x[i] = 1.0f;
+    const int warmup = 2;
+    for (int i = 0; i < warmup + runs; i++) {
+        double t0 = bench_now_ms();
+        bench_sink = bench_read_kernel(x, n, threads);
+        double t = bench_now_ms() - t0;
+        if (i >= warmup)
+            ms[i - warmup] = t;
+    }
+    *read_gbps = median_gbps(ms, runs, (double)ROOF_BYTES);
+    for (int i = 0; i < warmup + runs; i++) {
+        double t0 = bench_now_ms();
+        /* -1 is exact and cannot be folded away: every run reads and writes */
+        bench_scale_kernel(x, n, -1.0f, threads);
+        double t = bench_now_ms() - t0;
+        if (i >= warmup)
+            ms[i - warmup] = t;
+    }
+    *rw_gbps = median_gbps(ms, runs, 2.0 * (double)ROOF_BYTES);
+    bench_free(x);
+    free(ms);
+    return 0;
+}

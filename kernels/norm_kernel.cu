@@ -1,0 +1,101 @@
+/*
+ * norm_kernel.cu - kernel 1 of a clip step: the norm of every tensor of the
+ * plan in one launch, finalized by the last block to finish.
+ *
+ * One block per chunk of the plan's chunk table (device memory, uploaded once
+ * at plan creation, so the launch carries no per-tensor arguments and any
+ * number of tensors of any mix of f32/f16/bf16 fits one launch). Each thread
+ * accumulates its elements' norm terms in double (gclip_term_add), the block
+ * reduces them and thread 0 stores the block's partial in partials[chunk]:
+ * the slot is the chunk's index, never a function of the SM count.
+ *
+ * Why the finalize is a last-block-done step rather than a separate one-block
+ * kernel: a clip step is then the norm kernel plus the scale kernel, two
+ * launches whatever the tensor count, and a norm-only step is one launch.
+ * A separate finalize kernel would add a third launch (a few microseconds of
+ * launch latency and a dependent-kernel gap on every step) for no gain in
+ * determinism: the finalize's order does not depend on which block arrives
+ * last (see norm_finalize.cuh). The price is one atomic per block and a
+ * ticket counter that the last block resets to 0, so that the next step and
+ * every replay of a captured CUDA graph start from 0 with no memset.
+ *
+ * ---- kernels
+ */
+#include "block_reduce.cuh"
+#include "chunk_walk.cuh"
+#include "norm_finalize.cuh"
+
+/* Accumulates the norm terms of the elements it is shown. KIND is a template
+ * argument so that each norm kind gets its own branch-free inner loop. */
+template <int KIND>
+struct gclip_term_sum {
+    double acc;
+    float p;
+    __device__ __forceinline__ void operator()(float x) { acc = gclip_term_add(acc, x, KIND, p); }
+};
+
+template <int KIND>
+__device__ __forceinline__ double gclip_chunk_terms(const gclip_chunk_view &c, float p)
+{
+    gclip_term_sum<KIND> f = {GCLIP_TERM_ZERO, p};
+    gclip_walk_chunk<false>(c, f);
+    return f.acc;
+}
+
+/* This thread's accumulator over its elements of chunk `c`. */
+__device__ __forceinline__ double gclip_thread_terms(const gclip_chunk_view &c,
+                                                     const gclip_norm_params &np)
+{
+    switch (np.kind) {
+    case GCLIP_KIND_L2:
+        return gclip_chunk_terms<GCLIP_KIND_L2>(c, np.p);
+    case GCLIP_KIND_L1:
+        return gclip_chunk_terms<GCLIP_KIND_L1>(c, np.p);
+    case GCLIP_KIND_INF:
+        return gclip_chunk_terms<GCLIP_KIND_INF>(c, np.p);
+    default:
+        return gclip_chunk_terms<GCLIP_KIND_P>(c, np.p);
+    }
+}
+
+static __global__ void __launch_bounds__(GCLIP_BLOCK_THREADS)
+    gclip_norm_kernel(gclip_device_tables t, gclip_norm_params params)
+{
+    __shared__ gclip_reduce_storage red;
+    __shared__ gclip_finalize_shared fin;
+    __shared__ unsigned int is_last;
+
+    /* a local copy: the finalize math takes its address, and a kernel
+     * parameter whose address escapes would be copied to the stack */
+    const gclip_norm_params np = params;
+
+    /* an empty plan launches one block with no chunk: it only finalizes */
+    double acc = GCLIP_TERM_ZERO;
+    if (blockIdx.x < t.num_chunks)
+        acc = gclip_thread_terms(gclip_chunk_at(t, blockIdx.x), np);
+    const double partial = gclip_block_reduce(red, acc, np.kind);
+
+    if (threadIdx.x == 0) {
+        if (blockIdx.x < t.num_chunks)
+            t.partials[blockIdx.x] = partial;
+        /* the partial is visible device-wide before the ticket counts it */
+        __threadfence();
+        is_last = atomicAdd(t.ticket, 1u) == gridDim.x - 1;
+    }
+    __syncthreads();
+    if (!is_last)
+        return;
+    /* pairs with the other blocks' fences: their partials are visible now */
+    __threadfence();
+    gclip_finalize(t, np, fin, red);
+}
+
+/* ---- launcher */
+
+extern "C" int gclip_launch_norm(const gclip_device_tables *t, const gclip_norm_params *np,
+                                 gclip_stream stream)
+{
+    GCLIP_LAUNCH(gclip_norm_kernel, gclip_kernel_grid(t->num_chunks), GCLIP_BLOCK_THREADS,
+                 stream, *t, *np);
+    return GCLIP_LAUNCH_STATUS();
+}

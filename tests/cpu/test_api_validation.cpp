@@ -1,0 +1,409 @@
+// Every bad input of the validation table in docs/semantics.md: the exact
+// status, a non-empty detail message, and a checksum over every gradient
+// proving that nothing was written. Also the library queries (version,
+// status strings, device ordinals).
+#include "oracle.hpp"
+#include "plan_util.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+using oracle::TestBuffer;
+using testutil::make_plan;
+using testutil::PlanPtr;
+
+namespace {
+
+// ---- library queries ---------------------------------------------------------
+
+TEST(LibraryQueries, VersionMatchesTheHeader)
+{
+    EXPECT_EQ(gclip_get_version(), GCLIP_VERSION);
+    EXPECT_EQ(GCLIP_VERSION,
+              GCLIP_VERSION_MAJOR * 10000 + GCLIP_VERSION_MINOR * 100 + GCLIP_VERSION_PATCH);
+}
+
+TEST(LibraryQueries, EveryStatusHasItsOwnNonEmptyString)
+{
+    std::set<std::string> seen;
+    for (int s = GCLIP_STATUS_SUCCESS; s <= GCLIP_STATUS_INTERNAL_ERROR; ++s) {
+        const char *text = gclip_status_string(static_cast<gclip_status>(s));
+        ASSERT_NE(text, nullptr) << s;
+        EXPECT_GT(std::string(text).size(), 0u) << s;
+        EXPECT_TRUE(seen.insert(text).second) << "duplicate string for status " << s;
+    }
+    // a value outside the enum still gets a sentence, never NULL
+    const char *unknown = gclip_status_string(static_cast<gclip_status>(1234));
+    ASSERT_NE(unknown, nullptr);
+    EXPECT_GT(std::string(unknown).size(), 0u);
+}
+
+TEST(LibraryQueries, StatusNumbersAreTheAbi)
+{
+    EXPECT_EQ(GCLIP_STATUS_SUCCESS, 0);
+    EXPECT_EQ(GCLIP_STATUS_INVALID_ARGUMENT, 1);
+    EXPECT_EQ(GCLIP_STATUS_MISALIGNED, 2);
+    EXPECT_EQ(GCLIP_STATUS_OVERLAP, 3);
+    EXPECT_EQ(GCLIP_STATUS_NOT_SUPPORTED, 4);
+    EXPECT_EQ(GCLIP_STATUS_NO_DEVICE, 5);
+    EXPECT_EQ(GCLIP_STATUS_OUT_OF_MEMORY, 6);
+    EXPECT_EQ(GCLIP_STATUS_CUDA_ERROR, 7);
+    EXPECT_EQ(GCLIP_STATUS_NONFINITE, 8);
+    EXPECT_EQ(GCLIP_STATUS_INTERNAL_ERROR, 9);
+}
+
+TEST(LibraryQueries, LastErrorIsPerThread)
+{
+    gclip_plan *p = nullptr;
+    ASSERT_EQ(gclip_plan_create(&p, nullptr, 3, GCLIP_DEVICE_CPU), GCLIP_STATUS_INVALID_ARGUMENT);
+    const std::string mine = gclip_last_error();
+    EXPECT_FALSE(mine.empty());
+    std::string other = "unset";
+    std::thread([&] { other = gclip_last_error(); }).join();
+    EXPECT_EQ(other, "");
+    EXPECT_EQ(std::string(gclip_last_error()), mine);
+}
+
+// ---- fixture: a few seeded gradients and a checksum over them ---------------
+
+class Validation : public ::testing::Test {
+protected:
+    void SetUp() override
+    {
+        oracle::Rng rng(20240601);
+        const gclip_dtype dts[] = {GCLIP_F32, GCLIP_F16, GCLIP_BF16, GCLIP_F32, GCLIP_F16};
+        const int64_t sizes[] = {7, 65537, 5, 1000, 3};
+        for (int i = 0; i < 5; ++i) {
+            bufs.emplace_back(dts[i], sizes[i], i % 3);
+            bufs.back().fill(rng, 4.0);
+        }
+        tensors = oracle::tensors_of(bufs);
+        before = oracle::checksum(bufs);
+        ASSERT_EQ(make_plan(plan, tensors), GCLIP_STATUS_SUCCESS) << gclip_last_error();
+        // a first, successful clip so the result slot holds known values
+        gclip_norm_options o = testutil::norm_options(1e30f);
+        ASSERT_EQ(gclip_clip_grad_norm(plan.get(), &o, nullptr), GCLIP_STATUS_SUCCESS);
+        ASSERT_EQ(oracle::checksum(bufs), before); // factor 1: nothing written
+    }
+
+    // The call was rejected with `want`, said why, and wrote nothing.
+    void expect_rejected(gclip_status got, gclip_status want, const char *what)
+    {
+        EXPECT_EQ(got, want) << what;
+        EXPECT_STRNE(gclip_last_error(), "") << what;
+        EXPECT_EQ(oracle::checksum(bufs), before) << what << ": a gradient changed";
+    }
+
+    std::vector<TestBuffer> bufs;
+    std::vector<gclip_tensor> tensors;
+    uint64_t before = 0;
+    PlanPtr plan;
+};
+
+// Plan creation with a modified copy of the fixture's list; *plan must be
+// NULL afterwards.
+gclip_status create_with(const std::vector<gclip_tensor> &t, int device = GCLIP_DEVICE_CPU)
+{
+    gclip_plan *p = reinterpret_cast<gclip_plan *>(&p); // any non-NULL value
+    const gclip_status s = gclip_plan_create(&p, t.data(), t.size(), device);
+    if (s == GCLIP_STATUS_SUCCESS)
+        gclip_plan_destroy(p);
+    else
+        EXPECT_EQ(p, nullptr) << "a failed create must set *plan to NULL";
+    return s;
+}
+
+// ---- plan creation --------------------------------------------------------
+
+TEST_F(Validation, NullPlanPointer)
+{
+    expect_rejected(gclip_plan_create(nullptr, tensors.data(), tensors.size(), GCLIP_DEVICE_CPU),
+                    GCLIP_STATUS_INVALID_ARGUMENT, "plan NULL");
+}
+
+TEST_F(Validation, NullListWithPositiveCount)
+{
+    gclip_plan *p = reinterpret_cast<gclip_plan *>(&p);
+    expect_rejected(gclip_plan_create(&p, nullptr, 5, GCLIP_DEVICE_CPU), GCLIP_STATUS_INVALID_ARGUMENT,
+                    "tensors NULL");
+    EXPECT_EQ(p, nullptr);
+}
+
+TEST_F(Validation, NegativeNumelNamesTheIndex)
+{
+    auto t = tensors;
+    t[3].numel = -1;
+    expect_rejected(create_with(t), GCLIP_STATUS_INVALID_ARGUMENT, "numel < 0");
+    EXPECT_TRUE(testutil::names_index(gclip_last_error(), 3)) << gclip_last_error();
+}
+
+TEST_F(Validation, NullDataWithElementsNamesTheIndex)
+{
+    auto t = tensors;
+    t[2].data = nullptr;
+    expect_rejected(create_with(t), GCLIP_STATUS_INVALID_ARGUMENT, "data NULL");
+    EXPECT_TRUE(testutil::names_index(gclip_last_error(), 2)) << gclip_last_error();
+}
+
+TEST_F(Validation, UnknownDtypeNamesTheIndex)
+{
+    for (int bad : {3, -1, 100}) {
+        auto t = tensors;
+        t[4].dtype = static_cast<gclip_dtype>(bad);
+        expect_rejected(create_with(t), GCLIP_STATUS_INVALID_ARGUMENT, "dtype");
+        EXPECT_TRUE(testutil::names_index(gclip_last_error(), 4)) << gclip_last_error();
+    }
+}
+
+TEST_F(Validation, MisalignedDataNamesTheIndex)
+{
+    // f32 one and two bytes off its element size; f16/bf16 one byte off
+    for (int k : {0, 1, 2}) {
+        for (int shift : {1, 2, 3}) {
+            if (k != 0 && shift != 1)
+                continue;
+            auto t = tensors;
+            t[k].data = static_cast<char *>(t[k].data) + shift;
+            t[k].numel -= 1; // stay inside the allocation
+            expect_rejected(create_with(t), GCLIP_STATUS_MISALIGNED, "misaligned");
+            EXPECT_TRUE(testutil::names_index(gclip_last_error(), k)) << gclip_last_error();
+        }
+    }
+}
+
+TEST_F(Validation, NullDataWithZeroElementsIsAccepted)
+{
+    auto t = tensors;
+    t.push_back(gclip_tensor{nullptr, 0, GCLIP_F16});
+    t.push_back(gclip_tensor{nullptr, 0, GCLIP_F32});
+    EXPECT_EQ(create_with(t), GCLIP_STATUS_SUCCESS) << gclip_last_error();
+}
+
+TEST_F(Validation, EmptyListIsAcceptedAndHasNormZero)
+{
+    for (bool null_list : {true, false}) {
+        gclip_plan *p = nullptr;
+        gclip_tensor dummy{};
+        ASSERT_EQ(gclip_plan_create(&p, null_list ? nullptr : &dummy, 0, GCLIP_DEVICE_CPU),
+                  GCLIP_STATUS_SUCCESS);
+        PlanPtr guard(p);
+        gclip_norm_options o = testutil::norm_options(1.0f);
+        ASSERT_EQ(gclip_clip_grad_norm(p, &o, nullptr), GCLIP_STATUS_SUCCESS);
+        const gclip_result r = testutil::result_of(p);
+        EXPECT_EQ(r.total_norm, 0.0f);
+        EXPECT_EQ(r.clip_coef, 1.0f);
+        EXPECT_EQ(r.scale, 1.0f);
+        EXPECT_EQ(r.nonfinite, 0);
+        EXPECT_EQ(r.has_norm, 1);
+    }
+}
+
+TEST_F(Validation, RepeatedTensorNamesBothIndices)
+{
+    auto t = tensors;
+    t.push_back(t[1]); // tied weights passed twice: index 1 and index 5
+    expect_rejected(create_with(t), GCLIP_STATUS_OVERLAP, "repeat");
+    EXPECT_TRUE(testutil::names_index(gclip_last_error(), 1)) << gclip_last_error();
+    EXPECT_TRUE(testutil::names_index(gclip_last_error(), 5)) << gclip_last_error();
+}
+
+TEST_F(Validation, OneSharedByteIsAnOverlap)
+{
+    // tensor 5 is a f16 view starting at the last 2 bytes of tensor 3 (f32)
+    auto t = tensors;
+    char *last = static_cast<char *>(t[3].data) + 4 * (t[3].numel - 1) + 2;
+    t.push_back(gclip_tensor{last, 1, GCLIP_F16});
+    expect_rejected(create_with(t), GCLIP_STATUS_OVERLAP, "one byte");
+    EXPECT_TRUE(testutil::names_index(gclip_last_error(), 3)) << gclip_last_error();
+    EXPECT_TRUE(testutil::names_index(gclip_last_error(), 5)) << gclip_last_error();
+}
+
+TEST_F(Validation, TensorInsideAnotherIsAnOverlap)
+{
+    auto t = tensors;
+    // tensor 0 becomes a view into the middle of tensor 1, listed first
+    t[0] = gclip_tensor{static_cast<char *>(t[1].data) + 2 * 1000, 10, GCLIP_BF16};
+    expect_rejected(create_with(t), GCLIP_STATUS_OVERLAP, "nested");
+    EXPECT_TRUE(testutil::names_index(gclip_last_error(), 0)) << gclip_last_error();
+    EXPECT_TRUE(testutil::names_index(gclip_last_error(), 1)) << gclip_last_error();
+}
+
+TEST_F(Validation, AdjacentViewsOfOneBufferAreNotAnOverlap)
+{
+    TestBuffer whole(GCLIP_F32, 100);
+    oracle::Rng rng(3);
+    whole.fill(rng, 1.0);
+    float *f = static_cast<float *>(whole.data());
+    std::vector<gclip_tensor> t = {{f, 40, GCLIP_F32}, {f + 40, 60, GCLIP_F32}};
+    EXPECT_EQ(create_with(t), GCLIP_STATUS_SUCCESS) << gclip_last_error();
+    // an empty tensor owns no bytes, wherever it points
+    t.push_back(gclip_tensor{f + 10, 0, GCLIP_F32});
+    EXPECT_EQ(create_with(t), GCLIP_STATUS_SUCCESS) << gclip_last_error();
+}
+
+TEST_F(Validation, DeviceBelowMinusOneIsInvalid)
+{
+    for (int d : {-2, -100})
+        expect_rejected(create_with(tensors, d), GCLIP_STATUS_INVALID_ARGUMENT, "device < -1");
+}
+
+TEST_F(Validation, CudaOrdinalWithoutTheBackendOrDevice)
+{
+    const int n = gclip_cuda_device_count();
+    ASSERT_GE(n, 0);
+#if GCLIP_TEST_HAVE_CUDA
+    // with the backend, an ordinal past the last device does not exist
+    expect_rejected(create_with(tensors, n), GCLIP_STATUS_NO_DEVICE, "ordinal >= count");
+    expect_rejected(create_with(tensors, n + 7), GCLIP_STATUS_NO_DEVICE, "ordinal >= count");
+#else
+    EXPECT_EQ(n, 0) << "a build without CUDA counts no device";
+    expect_rejected(create_with(tensors, 0), GCLIP_STATUS_NOT_SUPPORTED, "no CUDA build");
+    expect_rejected(create_with(tensors, 3), GCLIP_STATUS_NOT_SUPPORTED, "no CUDA build");
+#endif
+}
+
+// ---- options of the norm operations -----------------------------------------
+
+using NormOp = gclip_status (*)(gclip_plan *, const gclip_norm_options *, gclip_stream);
+
+struct NamedOp {
+    const char *name;
+    NormOp fn;
+};
+
+const NamedOp kNormOps[] = {{"total_norm", gclip_total_norm},
+                            {"clip_grad_norm", gclip_clip_grad_norm},
+                            {"clip_grad_norm_per_tensor", gclip_clip_grad_norm_per_tensor}};
+
+// Each option's bad values, as {field setter, values}.
+struct BadOption {
+    const char *field;
+    void (*set)(gclip_norm_options &, float);
+    std::vector<float> values;
+};
+
+std::vector<BadOption> bad_options()
+{
+    const float nan = NAN, inf = INFINITY;
+    return {
+        {"max_norm", [](gclip_norm_options &o, float v) { o.max_norm = v; }, {nan, -1.0f, -1e-30f, -inf}},
+        {"norm_type", [](gclip_norm_options &o, float v) { o.norm_type = v; }, {nan, 0.0f, -0.0f, -2.0f, -inf}},
+        {"eps", [](gclip_norm_options &o, float v) { o.eps = v; }, {nan, inf, -1e-6f}},
+        {"inv_scale", [](gclip_norm_options &o, float v) { o.inv_scale = v; }, {nan, inf, 0.0f, -1.0f}},
+        {"nonfinite", [](gclip_norm_options &o, float v) { o.nonfinite = static_cast<gclip_nonfinite_policy>(static_cast<int>(v)); }, {3.0f, -1.0f}},
+    };
+}
+
+TEST_F(Validation, EveryBadOptionOfEveryNormOperation)
+{
+    for (const NamedOp &op : kNormOps) {
+        for (const BadOption &bad : bad_options()) {
+            for (float v : bad.values) {
+                gclip_norm_options o = testutil::norm_options(0.01f); // would clip
+                bad.set(o, v);
+                const std::string what = std::string(op.name) + " " + bad.field + "=" + std::to_string(v);
+                expect_rejected(op.fn(plan.get(), &o, nullptr), GCLIP_STATUS_INVALID_ARGUMENT, what.c_str());
+            }
+        }
+    }
+}
+
+TEST_F(Validation, NullOptionsOnlyForTotalNorm)
+{
+    expect_rejected(gclip_clip_grad_norm(plan.get(), nullptr, nullptr), GCLIP_STATUS_INVALID_ARGUMENT,
+                    "clip_grad_norm options NULL");
+    expect_rejected(gclip_clip_grad_norm_per_tensor(plan.get(), nullptr, nullptr),
+                    GCLIP_STATUS_INVALID_ARGUMENT, "per_tensor options NULL");
+    // NULL means the defaults for the total norm: L2, no scale
+    ASSERT_EQ(gclip_total_norm(plan.get(), nullptr, nullptr), GCLIP_STATUS_SUCCESS);
+    const gclip_result r = testutil::result_of(plan.get());
+    EXPECT_TRUE(oracle::rel_close(r.total_norm, oracle::norms(bufs, 2.0).total, 1e-6L));
+    EXPECT_EQ(oracle::checksum(bufs), before);
+}
+
+TEST_F(Validation, NullPlanForEveryStepCall)
+{
+    gclip_norm_options o = testutil::norm_options(0.01f);
+    for (const NamedOp &op : kNormOps)
+        expect_rejected(op.fn(nullptr, &o, nullptr), GCLIP_STATUS_INVALID_ARGUMENT, op.name);
+    expect_rejected(gclip_clip_grad_value(nullptr, 1.0f, nullptr), GCLIP_STATUS_INVALID_ARGUMENT,
+                    "value NULL plan");
+}
+
+TEST_F(Validation, BadClipValue)
+{
+    for (float v : {NAN, -1.0f, -1e-30f, -INFINITY})
+        expect_rejected(gclip_clip_grad_value(plan.get(), v, nullptr), GCLIP_STATUS_INVALID_ARGUMENT,
+                        ("clip_value " + std::to_string(v)).c_str());
+}
+
+TEST_F(Validation, RejectedStepLeavesThePreviousResult)
+{
+    const gclip_result r0 = testutil::result_of(plan.get());
+    gclip_norm_options o = testutil::norm_options(-1.0f);
+    expect_rejected(gclip_clip_grad_norm(plan.get(), &o, nullptr), GCLIP_STATUS_INVALID_ARGUMENT,
+                    "negative max_norm");
+    const gclip_result r1 = testutil::result_of(plan.get());
+    EXPECT_EQ(r1.total_norm, r0.total_norm);
+    EXPECT_EQ(r1.clip_coef, r0.clip_coef);
+    EXPECT_EQ(r1.scale, r0.scale);
+    EXPECT_EQ(r1.has_norm, r0.has_norm);
+}
+
+TEST_F(Validation, NegativeThreadCount)
+{
+    expect_rejected(gclip_plan_set_num_threads(plan.get(), -1), GCLIP_STATUS_INVALID_ARGUMENT, "threads -1");
+    expect_rejected(gclip_plan_set_num_threads(nullptr, 2), GCLIP_STATUS_INVALID_ARGUMENT, "threads NULL plan");
+    EXPECT_EQ(gclip_plan_set_num_threads(plan.get(), 0), GCLIP_STATUS_SUCCESS);
+}
+
+TEST_F(Validation, NullOutputPointers)
+{
+    gclip_result r{};
+    const gclip_device_result *dr = nullptr;
+    size_t n = 0;
+    int dev = 0;
+    expect_rejected(gclip_get_result(plan.get(), nullptr), GCLIP_STATUS_INVALID_ARGUMENT, "result NULL");
+    expect_rejected(gclip_get_result(nullptr, &r), GCLIP_STATUS_INVALID_ARGUMENT, "get_result plan NULL");
+    expect_rejected(gclip_plan_device_result(plan.get(), nullptr), GCLIP_STATUS_INVALID_ARGUMENT, "dev result NULL");
+    expect_rejected(gclip_plan_device_result(nullptr, &dr), GCLIP_STATUS_INVALID_ARGUMENT, "dev result plan NULL");
+    expect_rejected(gclip_plan_tensor_count(plan.get(), nullptr), GCLIP_STATUS_INVALID_ARGUMENT, "count NULL");
+    expect_rejected(gclip_plan_tensor_count(nullptr, &n), GCLIP_STATUS_INVALID_ARGUMENT, "count plan NULL");
+    expect_rejected(gclip_plan_device(plan.get(), nullptr), GCLIP_STATUS_INVALID_ARGUMENT, "device NULL");
+    expect_rejected(gclip_plan_device(nullptr, &dev), GCLIP_STATUS_INVALID_ARGUMENT, "device plan NULL");
+}
+
+TEST_F(Validation, PlanQueriesReportTheList)
+{
+    size_t n = 0;
+    int dev = 42;
+    ASSERT_EQ(gclip_plan_tensor_count(plan.get(), &n), GCLIP_STATUS_SUCCESS);
+    ASSERT_EQ(gclip_plan_device(plan.get(), &dev), GCLIP_STATUS_SUCCESS);
+    EXPECT_EQ(n, tensors.size());
+    EXPECT_EQ(dev, GCLIP_DEVICE_CPU);
+    EXPECT_EQ(gclip_plan_destroy(nullptr), GCLIP_STATUS_SUCCESS);
+}
+
+TEST(ResultBeforeAnyOperation, IsTheDocumentedEmptyResult)
+{
+    TestBuffer b(GCLIP_F32, 9);
+    oracle::Rng rng(1);
+    b.fill(rng, 1.0);
+    PlanPtr plan;
+    ASSERT_EQ(make_plan(plan, {b.tensor()}), GCLIP_STATUS_SUCCESS);
+    gclip_status s;
+    const gclip_result r = testutil::result_of(plan.get(), &s);
+    EXPECT_EQ(s, GCLIP_STATUS_SUCCESS);
+    EXPECT_EQ(r.has_norm, 0);
+    EXPECT_TRUE(std::isnan(r.total_norm));
+    EXPECT_EQ(r.clip_coef, 1.0f);
+    EXPECT_EQ(r.scale, 1.0f);
+    EXPECT_EQ(r.nonfinite, 0);
+}
+
+} // namespace

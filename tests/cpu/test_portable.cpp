@@ -1,0 +1,258 @@
+// The portable per-thread helpers (kernels/gclip_portable.h), which both the
+// CUDA kernels and the CPU path run, checked against the oracle's
+// independently written conversions and arithmetic.
+#include "gclip_portable.h"
+#include "oracle.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cfloat>
+#include <cmath>
+#include <vector>
+
+namespace {
+
+bool same_float(float a, float b)
+{
+    if (std::isnan(a) || std::isnan(b))
+        return std::isnan(a) && std::isnan(b);
+    return oracle::float_to_bits(a) == oracle::float_to_bits(b);
+}
+
+TEST(PortableConversions, EveryHalfAndBfloatPatternDecodesLikeTheOracle)
+{
+    for (uint32_t h = 0; h < 65536; ++h) {
+        const uint16_t b = static_cast<uint16_t>(h);
+        ASSERT_TRUE(same_float(gclip_f16_to_f32(b), oracle::f16_to_float(b))) << std::hex << h;
+        ASSERT_TRUE(same_float(gclip_bf16_to_f32(b), oracle::bf16_to_float(b))) << std::hex << h;
+    }
+}
+
+// Floats just around every rounding boundary of the 16-bit formats: each
+// representable value and each midpoint between neighbours (the ties), with
+// the floats one ulp either side.
+// `inf_bits` is the format's +Inf pattern, the end of the finite values.
+std::vector<float> boundary_floats(float (*decode)(uint16_t), uint32_t inf_bits)
+{
+    std::vector<float> out;
+    for (uint32_t h = 0; h < inf_bits; ++h) {
+        const float a = decode(static_cast<uint16_t>(h));
+        const float b = decode(static_cast<uint16_t>(h + 1));
+        const float mids[] = {a, static_cast<float>((static_cast<long double>(a) + b) / 2)};
+        for (float m : mids) {
+            if (!std::isfinite(m))
+                continue;
+            for (float v : {m, std::nextafter(m, 0.0f), std::nextafter(m, INFINITY)}) {
+                out.push_back(v);
+                out.push_back(-v);
+            }
+        }
+    }
+    return out;
+}
+
+TEST(PortableConversions, HalfEncodingRoundsToNearestEvenAtEveryBoundary)
+{
+    for (float f : boundary_floats(oracle::f16_to_float, 0x7c00))
+        ASSERT_EQ(gclip_f32_to_f16(f), oracle::float_to_f16(f)) << f;
+    for (float f : {65504.0f, 65519.99f, 65520.0f, 1e30f, FLT_MAX, INFINITY, -INFINITY,
+                    FLT_MIN, FLT_TRUE_MIN, 2.9802322e-8f, 2.9802326e-8f, -0.0f})
+        EXPECT_EQ(gclip_f32_to_f16(f), oracle::float_to_f16(f)) << f;
+}
+
+TEST(PortableConversions, BfloatEncodingRoundsToNearestEvenAtEveryBoundary)
+{
+    for (float f : boundary_floats(oracle::bf16_to_float, 0x7f80))
+        ASSERT_EQ(gclip_f32_to_bf16(f), oracle::float_to_bf16(f)) << f;
+    for (float f : {FLT_MAX, INFINITY, -INFINITY, FLT_MIN, FLT_TRUE_MIN, -0.0f})
+        EXPECT_EQ(gclip_f32_to_bf16(f), oracle::float_to_bf16(f)) << f;
+}
+
+TEST(PortableConversions, SampledFloatsEncodeLikeTheOracle)
+{
+    // a prime stride through all 2^32 patterns reaches every exponent
+    for (uint64_t u = 0; u < (1ull << 32); u += 3989) {
+        const float f = oracle::bits_to_float(static_cast<uint32_t>(u));
+        if (std::isnan(f)) {
+            EXPECT_TRUE(std::isnan(gclip_f16_to_f32(gclip_f32_to_f16(f))));
+            EXPECT_TRUE(std::isnan(gclip_bf16_to_f32(gclip_f32_to_bf16(f))));
+            continue;
+        }
+        ASSERT_EQ(gclip_f32_to_f16(f), oracle::float_to_f16(f)) << std::hex << u;
+        ASSERT_EQ(gclip_f32_to_bf16(f), oracle::float_to_bf16(f)) << std::hex << u;
+    }
+}
+
+TEST(PortableConversions, NanStaysNanWithItsSign)
+{
+    const float nans[] = {oracle::bits_to_float(0x7fc00000u), oracle::bits_to_float(0xffc00001u),
+                          oracle::bits_to_float(0x7f800001u), oracle::bits_to_float(0xff812345u)};
+    for (float n : nans) {
+        const float h = gclip_f16_to_f32(gclip_f32_to_f16(n));
+        const float b = gclip_bf16_to_f32(gclip_f32_to_bf16(n));
+        EXPECT_TRUE(std::isnan(h));
+        EXPECT_TRUE(std::isnan(b));
+        EXPECT_EQ(std::signbit(h), std::signbit(n));
+        EXPECT_EQ(std::signbit(b), std::signbit(n));
+    }
+}
+
+TEST(PortableLoadStore, RoundTripsEveryDtypeAtTheRightElement)
+{
+    oracle::Rng rng(11);
+    for (gclip_dtype dt : {GCLIP_F32, GCLIP_F16, GCLIP_BF16}) {
+        oracle::TestBuffer buf(dt, 37, 3);
+        buf.fill(rng, 3.0);
+        for (int64_t i = 0; i < buf.numel(); ++i)
+            ASSERT_TRUE(same_float(gclip_load(buf.data(), dt, i), buf.get(i))) << i;
+        oracle::TestBuffer out(dt, 37, 1);
+        for (int64_t i = 0; i < buf.numel(); ++i) {
+            const float v = static_cast<float>(rng.normal(100.0));
+            gclip_store(out.data(), dt, i, v);
+            ASSERT_TRUE(same_float(out.get(i), oracle::quantize(v, dt))) << i;
+        }
+    }
+}
+
+TEST(PortableChunks, ChunkRangesTileEveryTensorExactly)
+{
+    for (int64_t numel : {int64_t{1}, int64_t{2}, int64_t{65535}, int64_t{65536}, int64_t{65537},
+                          int64_t{3} * 65536 + 5, (int64_t{1} << 33) + 7}) {
+        const uint32_t n = gclip_chunks_for(numel);
+        EXPECT_EQ(static_cast<int64_t>(n), (numel + 65535) / 65536);
+        int64_t next = 0;
+        for (uint32_t c = 0; c < n; ++c) {
+            int64_t begin = -1, count = -1;
+            gclip_chunk_range(numel, c, &begin, &count);
+            EXPECT_EQ(begin, next);
+            EXPECT_GT(count, 0);
+            EXPECT_LE(count, GCLIP_CHUNK_ELEMS);
+            next = begin + count;
+        }
+        EXPECT_EQ(next, numel);
+    }
+    EXPECT_EQ(gclip_chunks_for(0), 0u);
+}
+
+// The split must cover [addr, addr + count*size) exactly, with every vector
+// 16-byte aligned and the head shorter than one vector.
+TEST(PortableSplit, HeadVectorsTailCoverTheRangeWithAlignedVectors)
+{
+    for (int size : {2, 4}) {
+        for (uintptr_t addr = 4096; addr < 4096 + 32; addr += size) {
+            for (int64_t count = 0; count < 40; ++count) {
+                const gclip_split s = gclip_split_vectors(addr, count, size);
+                ASSERT_GE(s.head, 0);
+                ASSERT_GE(s.vectors, 0);
+                ASSERT_GE(s.tail, 0);
+                ASSERT_EQ(s.head + s.vectors * (16 / size) + s.tail, count);
+                ASSERT_LT(s.tail, 16 / size);
+                if (s.vectors > 0) {
+                    ASSERT_EQ((addr + s.head * size) % 16, 0u) << addr << " " << count;
+                    ASSERT_LT(s.head, 16 / size);
+                }
+            }
+        }
+    }
+}
+
+TEST(PortableTerms, AccumulatorsMatchTheLongDoubleOracle)
+{
+    oracle::Rng rng(5);
+    oracle::TestBuffer buf(GCLIP_F32, 1000);
+    buf.fill(rng, 10.0);
+    const gclip_tensor t = buf.tensor();
+    for (float p : {1.0f, 2.0f, 3.0f, 0.5f, INFINITY}) {
+        const int32_t kind = std::isinf(p) ? GCLIP_KIND_INF
+                             : p == 1.0f  ? GCLIP_KIND_L1
+                             : p == 2.0f  ? GCLIP_KIND_L2
+                                          : GCLIP_KIND_P;
+        // two halves combined, as two chunks would be
+        double a = GCLIP_TERM_ZERO, b = GCLIP_TERM_ZERO;
+        for (int64_t i = 0; i < 500; ++i)
+            a = gclip_term_add(a, buf.get(i), kind, p);
+        for (int64_t i = 500; i < 1000; ++i)
+            b = gclip_term_add(b, buf.get(i), kind, p);
+        const double n = gclip_term_root(gclip_term_combine(a, b, kind), kind, p);
+        const long double want = oracle::norms(&t, 1, p).total;
+        EXPECT_NEAR(static_cast<long double>(n), want, 1e-12L * want) << p;
+    }
+}
+
+TEST(PortableTerms, MaxKeepsNan)
+{
+    const double nan = std::nan("");
+    EXPECT_TRUE(std::isnan(gclip_term_add(1.0, NAN, GCLIP_KIND_INF, 0)));
+    EXPECT_TRUE(std::isnan(gclip_term_add(nan, 5.0f, GCLIP_KIND_INF, 0)));
+    EXPECT_TRUE(std::isnan(gclip_term_combine(nan, 3.0, GCLIP_KIND_INF)));
+    EXPECT_TRUE(std::isnan(gclip_term_combine(3.0, nan, GCLIP_KIND_INF)));
+}
+
+TEST(PortableFinalize, CoefficientIsPyTorchsFloatFormula)
+{
+    oracle::Rng rng(17);
+    for (int i = 0; i < 10000; ++i) {
+        const float n = static_cast<float>(std::fabs(rng.normal(10.0)));
+        const float c = static_cast<float>(std::fabs(rng.normal(10.0)));
+        ASSERT_TRUE(same_float(gclip_clip_coef(n, c, 1e-6f), oracle::expected_coef(n, c, 1e-6f)));
+    }
+    EXPECT_EQ(gclip_clip_coef(0.0f, 1.0f, 1e-6f), 1.0f);
+    EXPECT_EQ(gclip_clip_coef(INFINITY, 1.0f, 1e-6f), 0.0f);
+    EXPECT_TRUE(std::isnan(gclip_clip_coef(NAN, 1.0f, 1e-6f)));
+    EXPECT_EQ(gclip_clip_coef(5.0f, 0.0f, 1e-6f), 0.0f);
+}
+
+TEST(PortableFinalize, TotalSlotFollowsThePolicyTable)
+{
+    gclip_norm_params np{};
+    np.kind = GCLIP_KIND_L2;
+    np.op = GCLIP_OP_GLOBAL;
+    np.max_norm = 1.0f;
+    np.eps = 1e-6f;
+    np.inv_scale = 0.5f;
+    gclip_result_slot s{};
+
+    gclip_finalize_total(16.0, &np, 0, &s); // N = sqrt(16) * 0.5 = 2
+    EXPECT_EQ(s.total_norm, 2.0f);
+    EXPECT_EQ(s.clip_coef, oracle::expected_coef(2.0f, 1.0f, 1e-6f));
+    EXPECT_EQ(s.scale, s.clip_coef * 0.5f);
+    EXPECT_EQ(s.nonfinite, 0);
+
+    np.policy = GCLIP_NONFINITE_SKIP;
+    gclip_finalize_total(INFINITY, &np, 0, &s);
+    EXPECT_TRUE(std::isinf(s.total_norm));
+    EXPECT_EQ(s.clip_coef, 1.0f);
+    EXPECT_EQ(s.scale, 1.0f);
+    EXPECT_EQ(s.nonfinite, 1);
+
+    np.policy = GCLIP_NONFINITE_PROPAGATE;
+    gclip_finalize_total(INFINITY, &np, 0, &s);
+    EXPECT_EQ(s.clip_coef, 0.0f);
+    EXPECT_EQ(s.scale, 0.0f);
+    EXPECT_EQ(s.nonfinite, 1);
+
+    // a true norm above FLT_MAX is Inf, hence non-finite
+    np.policy = GCLIP_NONFINITE_SKIP;
+    np.inv_scale = 1.0f;
+    gclip_finalize_total(1e80, &np, 0, &s);
+    EXPECT_TRUE(std::isinf(s.total_norm));
+    EXPECT_EQ(s.nonfinite, 1);
+
+    np.op = GCLIP_OP_TOTAL;
+    gclip_finalize_total(9.0, &np, 0, &s);
+    EXPECT_EQ(s.total_norm, 3.0f);
+    EXPECT_EQ(s.clip_coef, 1.0f);
+    EXPECT_EQ(s.scale, 1.0f);
+}
+
+TEST(PortableElementwise, ClampKeepsNanAndBounds)
+{
+    EXPECT_EQ(gclip_clamp(-3.0f, 1.0f), -1.0f);
+    EXPECT_EQ(gclip_clamp(0.5f, 1.0f), 0.5f);
+    EXPECT_EQ(gclip_clamp(2.0f, 1.0f), 1.0f);
+    EXPECT_TRUE(std::isnan(gclip_clamp(NAN, 1.0f)));
+    EXPECT_EQ(gclip_clamp(-INFINITY, 0.0f), 0.0f);
+    EXPECT_EQ(gclip_clamp(1e30f, INFINITY), 1e30f);
+}
+
+} // namespace

@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# plant_bugs.sh - shows that the emulator tests catch kernel bugs.
+#
+#   tests/emu/plant_bugs.sh SOURCE_DIR WORK_DIR [MUTANT...]
+#
+# Copies kernels/ to WORK_DIR/kernels, builds the emulator tests against that
+# copy (GCLIP_EMU_KERNEL_DIR) and checks that they pass; then, for each
+# mutant, plants one bug in a fresh copy, rebuilds and checks that the tests
+# FAIL. Exits nonzero if the unmutated kernels fail, if any mutant survives,
+# or if a mutation cannot be applied exactly as written (a kernel edit moved
+# the code it targets: update the pattern here rather than let it pass).
+#
+# Environment: GCLIP_MUTANT_JOBS (build jobs, default 2),
+#              GCLIP_MUTANT_TIMEOUT (seconds per test run, default 900).
+set -euo pipefail
+
+die() { echo "plant_bugs: $*" >&2; exit 2; }
+[[ $# -ge 2 ]] || die "usage: $0 SOURCE_DIR WORK_DIR [MUTANT...]"
+src=$(cd "$1" && pwd)
+mkdir -p "$2"
+work=$(cd "$2" && pwd)
+shift 2
+kdir=$work/kernels
+build=$work/build
+jobs=${GCLIP_MUTANT_JOBS:-2}
+limit=${GCLIP_MUTANT_TIMEOUT:-900}
+
+# Tests that run every kernel on unaligned starts, vector and chunk ends,
+# more chunks than a block has threads, read-only data and replays, in
+# every schedule. They stop at the first failure: one is enough here.
+filter='Plans/EmuNorm.*/BoundariesF16_L2_*:Plans/EmuNorm.*/BoundariesF32_L1_Global'
+filter+=':Plans/EmuNorm.*/Spanning_L2_PerTensor:EmuScale.FactorOneWritesNothing'
+filter+=':EmuClamp.EveryDtypeAroundVectorAndChunkEnds:EmuReplay.EmptyPlanStillFinalizes'
+filter+=':EmuReplay.ClampReplaysIdentically'
+
+# Make kdir equal to the sources, rewriting only files that differ, so a
+# rebuild recompiles what the previous mutant touched and nothing else.
+fresh_copy() {
+    local f base
+    mkdir -p "$kdir"
+    for f in "$kdir"/*; do
+        [[ -e $f ]] || continue
+        base=${f##*/}
+        [[ -e $src/kernels/$base ]] || rm -rf "$f"
+    done
+    for f in "$src"/kernels/*; do
+        base=${f##*/}
+        cmp -s "$f" "$kdir/$base" || cp "$f" "$kdir/$base"
+    done
+}
+
+# mutate FILE SED_SCRIPT: edit one line of the fresh copy; anything but
+# exactly one changed line means the pattern no longer fits the source.
+mutate() {
+    local file=$kdir/$1 changed
+    [[ -f $file ]] || die "mutant $name: $1 does not exist"
+    cp "$file" "$file.orig"
+    sed -i -e "$2" "$file"
+    changed=$(diff "$file.orig" "$file" | grep -c '^>' || true)
+    rm -f "$file.orig"
+    [[ $changed -eq 1 ]] || die "mutant $name: expected 1 changed line in $1, got $changed"
+}
+
+# Each mutant: a name, a line saying what it plants, and the edit.
+plant() {
+    case $1 in
+    tail_off_by_one) # scalar tail reads one element past the chunk
+        mutate chunk_walk.cuh 's/if (tid < s\.tail)/if (tid <= s.tail)/' ;;
+    missing_barrier) # other threads read is_last before thread 0 wrote it
+        mutate norm_kernel.cu '/is_last = atomicAdd/,/__syncthreads();/s/__syncthreads();/\/* barrier removed *\//' ;;
+    misaligned_vector) # vector accesses start at the tensor start, not after the head
+        mutate chunk_walk.cuh 's/(char \*)base + s\.head \* vt::elem_bytes)/(char *)base)/' ;;
+    ticket_not_reset) # the last block leaves the ticket counter at the grid size
+        mutate norm_finalize.cuh 's/atomicExch(t\.ticket, 0u);/\/* ticket reset removed *\//' ;;
+    writes_factor_one) # the scale kernel no longer skips chunks whose factor is 1
+        mutate scale_kernel.cu 's/if (factor == 1\.0f)/if (factor != factor)/' ;;
+    *) die "unknown mutant $1" ;;
+    esac
+}
+
+all_mutants=(tail_off_by_one missing_barrier misaligned_vector ticket_not_reset writes_factor_one)
+if [[ $# -gt 0 ]]; then mutants=("$@"); else mutants=("${all_mutants[@]}"); fi
+
+build_tests() {
+    cmake --build "$build" -j "$jobs" --target gclip_emu_kernels_test >"$work/build.log" 2>&1 \
+        || { tail -40 "$work/build.log" >&2; die "build failed ($1)"; }
+}
+
+# run_tests LOG: status of the filtered kernel tests
+run_tests() {
+    local rc=0
+    timeout "$limit" "$build/tests/emu/gclip_emu_kernels_test" --gtest_filter="$filter" \
+        --gtest_fail_fast >"$1" 2>&1 || rc=$?
+    return $rc
+}
+
+# the first lines that say why a run failed
+why() {
+    grep -m 3 -E 'Failure|runtime error|ERROR: AddressSanitizer|divergent|SEGV|Segmentation|results depend|ticket' "$1" \
+        | sed 's/^/      /' || true
+}
+
+name=unmutated
+fresh_copy
+cmake -S "$src" -B "$build" -DGCLIP_EMU_KERNEL_DIR="$kdir" -DGCLIP_ENABLE_CUDA=OFF \
+    -DGCLIP_BUILD_BENCH=OFF -DGCLIP_BUILD_EXAMPLES=OFF -DCMAKE_BUILD_TYPE=Release \
+    >"$work/configure.log" 2>&1 || { tail -40 "$work/configure.log" >&2; die "configure failed"; }
+build_tests unmutated
+if ! run_tests "$work/unmutated.log"; then
+    why "$work/unmutated.log"
+    die "the unmutated kernels fail the tests; see $work/unmutated.log"
+fi
+echo "unmutated kernels: tests pass"
+
+survivors=0
+for name in "${mutants[@]}"; do
+    fresh_copy
+    plant "$name"
+    build_tests "$name"
+    rc=0
+    run_tests "$work/$name.log" || rc=$?
+    if [[ $rc -eq 0 ]]; then
+        echo "SURVIVED $name: the tests pass with this bug planted"
+        survivors=$((survivors + 1))
+    else
+        echo "caught   $name (exit $rc)"
+        why "$work/$name.log"
+    fi
+done
+
+fresh_copy # leave the work tree matching the sources
+if [[ $survivors -ne 0 ]]; then
+    echo "$survivors of ${#mutants[@]} planted bugs went unnoticed"
+    exit 1
+fi
+echo "all ${#mutants[@]} planted bugs caught"

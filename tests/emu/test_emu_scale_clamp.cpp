@@ -1,0 +1,176 @@
+// test_emu_scale_clamp.cpp - the scale and clamp kernels run by the SIMT
+// emulator: value clipping of every dtype (NaN kept), factors of exactly 1
+// that must write nothing (the data sits in read-only pages, so any store
+// faults), and the non-finite policies, all against the CPU path.
+#include "emu_harness.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <string>
+
+namespace {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+std::vector<emu::Spec> every_dtype_boundaries()
+{
+    std::vector<emu::Spec> v;
+    for (gclip_dtype dt : {GCLIP_F32, GCLIP_F16, GCLIP_BF16})
+        for (const emu::Spec &s : emu::boundary_sizes(dt))
+            v.push_back(s);
+    return v;
+}
+
+// Clamp in every schedule; results equal the CPU path's and one another.
+void expect_clamp_everywhere(emu::Fixture &f, float v)
+{
+    f.reset_host();
+    ASSERT_EQ(f.cpu_clamp(v), GCLIP_STATUS_SUCCESS) << gclip_last_error();
+    emu::for_every_schedule(
+        f, [&] { return f.emu_clamp(v); }, [&] { f.expect_clamp_matches(v); });
+}
+
+TEST(EmuClamp, EveryDtypeAroundVectorAndChunkEnds)
+{
+    emu::Fixture f(every_dtype_boundaries(), 21);
+    expect_clamp_everywhere(f, 0.75f);
+}
+
+TEST(EmuClamp, KeepsNaNAndClampsInfinities)
+{
+    emu::Fixture f(every_dtype_boundaries(), 22);
+    for (std::size_t k = 0; k < f.count(); k += 3) {
+        f.set_element(k, 0, kNaN);
+        f.set_element(k + 1, 0, kInf);
+        f.set_element(k + 2, 0, -kInf);
+    }
+    expect_clamp_everywhere(f, 0.5f);
+}
+
+TEST(EmuClamp, ZeroAndInfiniteBounds)
+{
+    emu::Fixture f(emu::mixed_many(23, 40), 23);
+    expect_clamp_everywhere(f, 0.0f);
+    expect_clamp_everywhere(f, kInf);
+}
+
+TEST(EmuClamp, ManyTensorsAndEmptyPlans)
+{
+    emu::Fixture many(emu::mixed_many(24, 300), 24);
+    expect_clamp_everywhere(many, 1.0f);
+    emu::Fixture none({}, 25);
+    expect_clamp_everywhere(none, 1.0f); // block 0 still writes the result
+}
+
+// The data is read only while the kernels run: a single store faults.
+void expect_no_write(const std::vector<emu::Spec> &specs, gclip_norm_options o, int32_t op)
+{
+    emu::Fixture f(specs, 31, 1.0, /*paged=*/true);
+    ASSERT_EQ(f.cpu_norm_op(o, op), GCLIP_STATUS_SUCCESS) << gclip_last_error();
+    auto run = [&] {
+        f.set_read_only(true);
+        const int rc = f.emu_norm_op(o, op);
+        f.set_read_only(false);
+        return rc;
+    };
+    emu::for_every_schedule(f, run, [&] {
+        f.expect_norm_op_matches(o, op);
+        f.expect_data_unchanged();
+    });
+}
+
+TEST(EmuScale, FactorOneWritesNothing)
+{
+    gclip_norm_options o = GCLIP_NORM_OPTIONS_INIT;
+    o.max_norm = kInf;
+    expect_no_write(every_dtype_boundaries(), o, GCLIP_OP_GLOBAL);
+    expect_no_write(every_dtype_boundaries(), o, GCLIP_OP_PER_TENSOR);
+    o.max_norm = 1e30f; // coefficient 1 from the division, not from +Inf
+    expect_no_write(emu::mixed_many(32, 100), o, GCLIP_OP_GLOBAL);
+}
+
+TEST(EmuScale, TotalNormWritesNothing)
+{
+    gclip_norm_options o = GCLIP_NORM_OPTIONS_INIT;
+    o.max_norm = 1e-3f; // would clip hard, but the norm-only op writes nothing
+    expect_no_write(every_dtype_boundaries(), o, GCLIP_OP_TOTAL);
+}
+
+TEST(EmuScale, InvScaleAloneAndMaxNormZero)
+{
+    for (float max_norm : {kInf, 0.0f}) {
+        gclip_norm_options o = GCLIP_NORM_OPTIONS_INIT;
+        o.max_norm = max_norm;
+        o.inv_scale = 0.125f;
+        for (int32_t op : {int32_t{GCLIP_OP_GLOBAL}, int32_t{GCLIP_OP_PER_TENSOR}}) {
+            emu::Fixture f(every_dtype_boundaries(), 33);
+            ASSERT_EQ(f.cpu_norm_op(o, op), GCLIP_STATUS_SUCCESS) << gclip_last_error();
+            emu::use(emu::schedules()[2].s);
+            ASSERT_EQ(f.emu_norm_op(o, op), 0) << gclip_emu::error_message();
+            f.expect_norm_op_matches(o, op);
+        }
+    }
+}
+
+struct NonfiniteCase {
+    float value;
+    gclip_nonfinite_policy policy;
+    int32_t op;
+};
+
+class EmuNonfinite : public ::testing::TestWithParam<NonfiniteCase> {};
+
+// One NaN or Inf element: SKIP and ERROR write nothing, PROPAGATE applies
+// PyTorch's arithmetic; the flag is raised either way.
+TEST_P(EmuNonfinite, FollowsThePolicyLikeTheCpuPath)
+{
+    const NonfiniteCase c = GetParam();
+    gclip_norm_options o = GCLIP_NORM_OPTIONS_INIT;
+    o.nonfinite = c.policy;
+    float sentinel;
+    o.tensor_norms = &sentinel;
+    const bool writes = c.policy == GCLIP_NONFINITE_PROPAGATE;
+    emu::Fixture f(emu::mixed_many(41, 30), 41, 1.0, /*paged=*/!writes);
+    f.set_element(7, 0, c.value);
+    ASSERT_EQ(f.cpu_norm_op(o, c.op), GCLIP_STATUS_SUCCESS) << gclip_last_error();
+    auto run = [&] {
+        f.set_read_only(!writes);
+        const int rc = f.emu_norm_op(o, c.op);
+        f.set_read_only(false);
+        return rc;
+    };
+    emu::for_every_schedule(f, run, [&] {
+        f.expect_norm_op_matches(o, c.op);
+        EXPECT_EQ(f.emu_result().nonfinite, 1);
+        if (!writes)
+            f.expect_data_unchanged();
+    });
+}
+
+std::vector<NonfiniteCase> nonfinite_cases()
+{
+    std::vector<NonfiniteCase> v;
+    for (float value : {kNaN, kInf, -kInf})
+        for (gclip_nonfinite_policy p :
+             {GCLIP_NONFINITE_SKIP, GCLIP_NONFINITE_PROPAGATE, GCLIP_NONFINITE_ERROR})
+            for (int32_t op : {int32_t{GCLIP_OP_GLOBAL}, int32_t{GCLIP_OP_PER_TENSOR}})
+                v.push_back(NonfiniteCase{value, p, op});
+    return v;
+}
+
+std::string nonfinite_name(const ::testing::TestParamInfo<NonfiniteCase> &info)
+{
+    const NonfiniteCase &c = info.param;
+    std::string n = std::isnan(c.value) ? "NaN" : c.value > 0 ? "Inf" : "MinusInf";
+    n += c.policy == GCLIP_NONFINITE_SKIP ? "_Skip" : c.policy == GCLIP_NONFINITE_ERROR ? "_Error" : "_Propagate";
+    n += c.op == GCLIP_OP_GLOBAL ? "_Global" : "_PerTensor";
+    return n;
+}
+
+INSTANTIATE_TEST_SUITE_P(Policies, EmuNonfinite, ::testing::ValuesIn(nonfinite_cases()),
+                         nonfinite_name);
+
+} // namespace

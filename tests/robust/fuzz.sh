@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Builds the libFuzzer target (clang, ASan + UBSan) from host/*.c and
+# tests/robust/fuzz_plan.cpp, then fuzzes for a bounded time starting from
+# the committed seed corpus.
+#
+#   tests/robust/fuzz.sh [seconds (default 120)] [work dir (default build/fuzz)]
+#
+# Prints the number of executions and the target's counters; exits non-zero
+# when libFuzzer reports a crash, leak, timeout or failed check (the input is
+# saved as <work dir>/crash-* etc.; replay it with `<work dir>/fuzz_plan FILE`).
+set -euo pipefail
+
+seconds=${1:-120}
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+work=${2:-$root/build/fuzz}
+CC=${CC:-clang}
+CXX=${CXX:-clang++}
+
+mkdir -p "$work/obj"
+san=(-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g -O1)
+inc=(-I"$root/include" -I"$root/host" -I"$root/kernels" -I"$root/tests/common")
+# the CPU build of the library: every host file except the CUDA glue
+for src in "$root"/host/*.c; do
+    [ "$(basename "$src")" = cuda_backend.c ] && continue
+    "$CC" -std=c11 "${san[@]}" -fsanitize=fuzzer-no-link -fopenmp "${inc[@]}" \
+        -c "$src" -o "$work/obj/$(basename "$src" .c).o"
+done
+"$CXX" -std=c++17 "${san[@]}" -fsanitize=fuzzer -fopenmp "${inc[@]}" \
+    "$here/fuzz_plan.cpp" "$work"/obj/*.o -lm -o "$work/fuzz_plan"
+
+# fuzz a copy, so that the committed seeds stay as they are
+rm -rf "$work/corpus"
+mkdir -p "$work/corpus"
+cp "$here"/corpus/* "$work/corpus/"
+rm -f "$work"/crash-* "$work"/leak-* "$work"/timeout-* "$work"/oom-*
+
+set +e
+OMP_NUM_THREADS=2 "$work/fuzz_plan" "$work/corpus" -max_total_time="$seconds" \
+    -max_len=4096 -timeout=20 -rss_limit_mb=4096 -print_final_stats=1 \
+    -artifact_prefix="$work/" >"$work/fuzz.log" 2>&1
+rc=$?
+set -e
+
+execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$work/fuzz.log" | grep -o '[0-9]*$' || true)
+echo "fuzz_plan: ${execs:-?} executions in ${seconds} s (log: $work/fuzz.log)"
+grep '^gclip fuzz:' "$work/fuzz.log" | tail -n 3 || true
+echo "corpus: $(ls "$work/corpus" | wc -l) inputs after the run"
+findings=$(ls "$work"/crash-* "$work"/leak-* "$work"/timeout-* "$work"/oom-* 2>/dev/null || true)
+if [ "$rc" -ne 0 ] || [ -n "$findings" ]; then
+    echo "FINDING (libFuzzer exit code $rc):"
+    grep -E 'ERROR|SUMMARY|check failed|norm .* oracle' "$work/fuzz.log" | head -n 20 || true
+    echo "${findings:-no artifact saved}"
+    exit 1
+fi
+echo "no crash, leak or failed check"
