@@ -117,9 +117,9 @@ void bench_free(void *p);
 double bench_read_kernel(const float *x, size_t n, int threads);
 /* x *= a in place: the read-write pattern of an in-place clip. */
 void bench_scale_kernel(float *x, size_t n, float a, int threads);
-/* Evict the caches by streaming through a buffer larger than the last level. */
-void bench_flush_caches(int threads);
-void bench_flush_release(void);
+/* Take `bytes` at `data` out of the CPU caches (outside timed regions). */
+void bench_evict(const void *data, size_t bytes, int threads);
+void bench_evict_release(void);
 /* Median read and read-write (in-place scale) bandwidth in GB/s, counting
  * every byte moved, over a buffer far larger than the caches. */
 int bench_cpu_roofline(int threads, int runs, double *read_gbps, double *rw_gbps);

@@ -20,6 +20,10 @@
 #define GCLIP_BENCH_SOURCE_DIR "bench"
 #endif
 
+/* --quick runs the baselines (naive, PyTorch) only on the workload the
+ * comparison targets are set on. */
+#define QUICK_BASELINE_WORKLOAD "gpt2-124m"
+
 enum { IMPL_GCLIP = 1, IMPL_NAIVE = 2, IMPL_TORCH = 4 };
 static const char *const impl_names[] = {"gclip", "naive", "torch"};
 static const char *const op_list[] = {"norm", "clip", "clip-noop", "value", "tensor-norm",
@@ -46,7 +50,8 @@ static void usage(FILE *f)
             "  --impl LIST      gclip,naive,torch (default all)\n"
             "  --runs N         timed runs after warm-up (default 10; --quick 3)\n"
             "  --threads N      CPU threads (default: the machine's processors)\n"
-            "  --quick          fewer runs and a smaller one-huge (256 Mi -> 32 Mi elements)\n"
+            "  --quick          fewer runs, a smaller one-huge (256 Mi -> 32 Mi elements),\n"
+            "                   naive and PyTorch on gpt2-124m only: under a minute on 2 cores\n"
             "  --json FILE      write one record per (workload, op, impl, backend)\n"
             "  --python PATH    interpreter for bench/torch_baseline.py\n"
             "                   (default: python3, then /usr/bin/python3)\n"
@@ -171,7 +176,8 @@ static void measure(const options *o, bench_impl *im, bench_workload *w, bench_o
 }
 
 /* Open the implementations selected and present for workload w. */
-static int open_impls(const options *o, const limits *lim, bench_workload *w, bench_impl *im)
+static int open_impls(const options *o, const limits *lim, bench_workload *w, int baselines,
+                      bench_impl *im)
 {
     int n = 0;
     if ((o->impls & IMPL_GCLIP) && bench_gclip_cpu_open(&im[n], w, o->threads) == 0)
@@ -182,7 +188,7 @@ static int open_impls(const options *o, const limits *lim, bench_workload *w, be
 #else
     (void)lim;
 #endif
-    if ((o->impls & IMPL_NAIVE) && bench_naive_open(&im[n], w, o->threads) == 0)
+    if (baselines && (o->impls & IMPL_NAIVE) && bench_naive_open(&im[n], w, o->threads) == 0)
         n++;
     return n;
 }
@@ -201,14 +207,18 @@ static void run_workload(const options *o, const limits *lim, const char *name,
     printf("\n%s: %zu tensors, %lld elements, %.1f MB, norm %.6g (generated in %.1f s)\n", name,
            w.count, (long long)w.elems, w.data_bytes / 1e6, w.norm, (bench_now_ms() - t0) / 1e3);
     bench_impl im[3];
-    int n = open_impls(o, lim, &w, im);
+    int baselines = !o->quick || !strcmp(name, QUICK_BASELINE_WORKLOAD);
+    int n = open_impls(o, lim, &w, baselines, im);
+    t0 = bench_now_ms();
     for (int op = 0; op < BENCH_OP_COUNT; op++)
         for (int i = 0; i < n && (o->ops & (1u << op)); i++)
             measure(o, &im[i], &w, (bench_op)op, res);
     for (int i = 0; i < n; i++)
         im[i].close(im[i].ctx);
-    if (python) {
+    printf("  (%.1f s)\n", (bench_now_ms() - t0) / 1e3);
+    if (python && baselines) {
         size_t first = res->n;
+        t0 = bench_now_ms();
         const char *devices = lim->copy_gbps > 0 ? "cpu,cuda" : "cpu";
         if (bench_torch_run(python, o->torch_script, &w, o->ops, o->warmup, o->runs, o->threads,
                             devices, res))
@@ -221,6 +231,7 @@ static void run_workload(const options *o, const limits *lim, const char *name,
             else
                 printf("  %-12s torch %-4s %s\n", r->op, r->backend, r->note);
         }
+        printf("  (torch: %.1f s)\n", (bench_now_ms() - t0) / 1e3);
     }
     bench_workload_destroy(&w);
 }
@@ -280,7 +291,8 @@ int main(int argc, char **argv)
     if (parse_options(argc, argv, &o))
         return 2;
     printf("gclip-bench: gclip %d, %d CPU threads, %d warm-up + %d timed runs%s\n",
-           gclip_get_version(), o.threads, o.warmup, o.runs, o.quick ? " (quick)" : "");
+           gclip_get_version(), o.threads, o.warmup, o.runs,
+           o.quick ? " (--quick: naive and torch on " QUICK_BASELINE_WORKLOAD " only)" : "");
     print_load("at start");
     limits lim = {0, 0, 0};
     if (cpu_limit(&o, &lim, "at start"))
@@ -300,7 +312,7 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < bench_workload_count; i++)
         if (o.workloads & (1u << i))
             run_workload(&o, &lim, bench_workload_names[i], torch ? python : NULL, &res);
-    bench_flush_release();
+    bench_evict_release();
     if (cpu_limit(&o, &lim, "at end"))
         return 1;
     assign_rooflines(&res, &lim);

@@ -13,7 +13,7 @@
 
 typedef struct naive_ctx {
     bench_workload *w;
-    int flush_threads;
+    int threads;
     double last_norm;
 } naive_ctx;
 
@@ -124,7 +124,7 @@ static double naive_run(void *vctx, bench_op op, const bench_params *p, char *er
 static void naive_prepare(void *vctx, int writes)
 {
     naive_ctx *c = vctx;
-    bench_workload_prepare(c->w, writes, c->flush_threads);
+    bench_workload_prepare(c->w, writes, c->threads);
 }
 
 static int naive_check(void *vctx, bench_op op, const bench_params *p, char *note)
@@ -159,7 +159,7 @@ int bench_naive_open(bench_impl *impl, bench_workload *w, int threads)
     if (!c)
         return -1;
     c->w = w;
-    c->flush_threads = threads;
+    c->threads = threads;
     impl->impl = "naive";
     impl->backend = "cpu";
     impl->threads = 1;

@@ -23,10 +23,6 @@ typedef float v8f __attribute__((vector_size(32)));
 #define CLONES
 #endif
 
-/* Flush buffer: four times the largest last-level cache of the machines we
- * run on (32 MiB), so a streamed read evicts all of a workload. */
-#define FLUSH_BYTES ((size_t)128 << 20)
-
 void *bench_alloc(size_t bytes)
 {
     void *p = NULL;
@@ -91,13 +87,38 @@ CLONES void bench_scale_kernel(float *x, size_t n, float a, int threads)
         x[i] *= a;
 }
 
-static float *flush_buf;
-
 /* Results of timed reads are stored here so the reads cannot be optimized away. */
 volatile double bench_sink;
 
-void bench_flush_caches(int threads)
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+
+/* clflush takes every line of the range out of every cache level (writing
+ * dirty ones back): unlike streaming another buffer through the caches, it
+ * does not depend on the last level's replacement policy. */
+void bench_evict(const void *data, size_t bytes, int threads)
 {
+    const char *p = data;
+    int64_t lines = (int64_t)((bytes + 63) / 64);
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t i = 0; i < lines; i++)
+        _mm_clflush(p + i * 64);
+    _mm_mfence();
+}
+
+void bench_evict_release(void)
+{
+}
+#else
+/* Elsewhere: stream a buffer four times the largest last-level cache of the
+ * machines we run on (32 MiB) through the caches. */
+#define FLUSH_BYTES ((size_t)128 << 20)
+static float *flush_buf;
+
+void bench_evict(const void *data, size_t bytes, int threads)
+{
+    (void)data;
+    (void)bytes;
     size_t n = FLUSH_BYTES / sizeof(float);
     if (!flush_buf) {
         flush_buf = bench_alloc(FLUSH_BYTES);
@@ -110,11 +131,12 @@ void bench_flush_caches(int threads)
     bench_sink = bench_read_kernel(flush_buf, n, threads);
 }
 
-void bench_flush_release(void)
+void bench_evict_release(void)
 {
     bench_free(flush_buf);
     flush_buf = NULL;
 }
+#endif
 
 /* Roofline buffer: eight times the last-level cache, so nothing is served
  * from cache. */

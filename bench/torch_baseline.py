@@ -26,7 +26,10 @@ DATA_SIGMA = 1e-3    # gradient-like magnitude, as the C benchmark
 LOSS_SCALE = 1024.0  # unscale-clip: the data carries this loss scale
 EPS = 1e-6
 ALIGN = 16           # elements: tensors start 64-byte aligned, as in the C arena
-FLUSH_BYTES = 128 << 20
+# Eviction between runs streams (read + write) a buffer through the caches:
+# four times the data for small workloads, so no replacement policy can keep
+# them cached; large ones do not fit anyway.
+FLUSH_MIN_BYTES = 128 << 20
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16}
 WRITES = {"clip", "value", "tensor-norm", "unscale-clip"}
 # passes over the data: (reads for the norm, read-write passes)
@@ -77,7 +80,8 @@ class Workload:
         self.norm = sum(sq) ** 0.5
         self.min_tensor_norm = min(s ** 0.5 for s in sq)
         self.rms = (sum(sq) / sum(g.numel() for g in self.grads)) ** 0.5
-        self.flush_buf = torch.ones(FLUSH_BYTES // 4, device=device)
+        flush_bytes = max(FLUSH_MIN_BYTES, 4 * self.data_bytes if self.data_bytes < 256 << 20 else 0)
+        self.flush_buf = torch.ones(flush_bytes // 4, device=device)
         self.dirty = False
 
     def prepare(self, writes):

@@ -183,7 +183,7 @@ void bench_workload_prepare(bench_workload *w, int writes, int threads)
     if (writes || w->dirty)
         parallel_copy(w->data, w->pristine, w->arena_bytes, threads);
     w->dirty = writes;
-    bench_flush_caches(threads);
+    bench_evict(w->data, w->arena_bytes, threads);
 }
 
 bench_params bench_params_for(const bench_workload *w, bench_op op)

@@ -110,9 +110,11 @@ typedef struct CUstream_st *gclip_stream;
  *               values are rejected (PyTorch would flip the gradients' sign).
  *  norm_type    p: 2, 1, INFINITY or any finite p > 0. For p other than
  *               1, 2 and Inf the sum of |x|^p is accumulated in double, so it
- *               is exact to 1e-6 while max|x|^p stays below ~1e308.
- *  eps          added to the norm before dividing: coef = min(1, C/(N+eps)).
- *               Default 1e-6 (PyTorch). Must be finite and >= 0.
+ *               is exact to 1e-6 while every nonzero |x|^p and their sum stay
+ *               in double's normal range and p >= 1e-3 (docs/semantics.md).
+ *  eps          added to the norm before dividing: coef = min(1, C*(1/(N+eps)))
+ *               in float, rounded as PyTorch rounds it. Default 1e-6 (PyTorch).
+ *               Must be finite and >= 0.
  *  inv_scale    AMP loss-scale factor (1/scale), applied in the same pass.
  *               The norm reported and clipped is that of the unscaled
  *               gradients. Must be finite and > 0. Default 1.

@@ -95,10 +95,11 @@ TEST(ClipGradNorm, ElementsMatchTheOracleForEveryNormAndScale)
         EXPECT_EQ(r.scale, r.clip_coef * c.inv_scale);
         EXPECT_EQ(r.nonfinite, 0);
         EXPECT_EQ(r.has_norm, 1);
-        if (c.max_over_norm < 1)
+        if (c.max_over_norm < 1) {
             EXPECT_LT(r.clip_coef, 1.0f);
-        else
+        } else {
             EXPECT_EQ(r.clip_coef, 1.0f);
+        }
         expect_scaled(before, bufs, std::vector<float>(bufs.size(), r.scale));
     }
 }

@@ -95,8 +95,9 @@ TEST_P(NonFinite, SkipAndErrorWriteNothingAndRaiseTheFlag)
             gclip_status s;
             const gclip_result r = testutil::result_of(plan.get(), &s);
             EXPECT_EQ(s, pc.policy == GCLIP_NONFINITE_ERROR ? GCLIP_STATUS_NONFINITE : GCLIP_STATUS_SUCCESS);
-            if (s == GCLIP_STATUS_NONFINITE)
+            if (s == GCLIP_STATUS_NONFINITE) {
                 EXPECT_STRNE(gclip_last_error(), "");
+            }
             EXPECT_EQ(r.nonfinite, 1);
             EXPECT_EQ(r.has_norm, 1);
             EXPECT_EQ(r.clip_coef, 1.0f);
@@ -119,9 +120,9 @@ INSTANTIATE_TEST_SUITE_P(Policies, NonFinite,
                                            PolicyCase{GCLIP_NONFINITE_SKIP, true},
                                            PolicyCase{GCLIP_NONFINITE_ERROR, false},
                                            PolicyCase{GCLIP_NONFINITE_ERROR, true}),
-                         [](const auto &info) {
-                             return std::string(info.param.policy == GCLIP_NONFINITE_SKIP ? "Skip" : "Error") +
-                                    (info.param.per_tensor ? "PerTensor" : "Global");
+                         [](const auto &tp) {
+                             return std::string(tp.param.policy == GCLIP_NONFINITE_SKIP ? "Skip" : "Error") +
+                                    (tp.param.per_tensor ? "PerTensor" : "Global");
                          });
 
 TEST(NonFinitePropagate, InfZeroesFiniteGradientsAndInfBecomesNan)
@@ -190,8 +191,9 @@ TEST(NonFinitePropagate, PerTensorClipsEachTensorByItsOwnNorm)
     EXPECT_EQ(r.nonfinite, 1);
     for (size_t k = 0; k < bufs.size(); ++k) {
         const float f = oracle::expected_coef(norms[k], 1.0f, o.eps);
-        if (k != 1)
+        if (k != 1) {
             EXPECT_TRUE(oracle::rel_close(norms[k], want.per_tensor[k], 1e-6L));
+        }
         for (int64_t i = 0; i < bufs[k].numel(); ++i) {
             const float w = oracle::expected_scaled(before[k].get(i), f, bufs[k].dtype());
             const float got = bufs[k].get(i);

@@ -100,9 +100,9 @@ TEST_P(NormBySize, EverySizeAtEveryOffsetMatchesTheOracle)
 INSTANTIATE_TEST_SUITE_P(AllDtypesAndNorms, NormBySize,
                          ::testing::Combine(::testing::Values(GCLIP_F32, GCLIP_F16, GCLIP_BF16),
                                             ::testing::ValuesIn(kNormTypes)),
-                         [](const auto &info) {
-                             return std::string(oracle::dtype_name(std::get<0>(info.param))) + "_p" +
-                                    norm_name(std::get<1>(info.param));
+                         [](const auto &tp) {
+                             return std::string(oracle::dtype_name(std::get<0>(tp.param))) + "_p" +
+                                    norm_name(std::get<1>(tp.param));
                          });
 
 // `count` tensors of random dtype, size (mostly small, some across chunk

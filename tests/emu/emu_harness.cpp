@@ -383,9 +383,10 @@ void Fixture::expect_norm_op_matches(const gclip_norm_options &o, int32_t op) co
         EXPECT_TRUE(close(factor, cpu_factor, kNormTol))
             << "tensor " << k << " factor: emulated " << factor << ", CPU " << cpu_factor;
         expect_scaled(k, factor);
-        if (same(factor, cpu_factor)) // same factor: the CPU path's bytes exactly
+        if (same(factor, cpu_factor)) { // same factor: the CPU path's bytes exactly
             EXPECT_TRUE(same_bytes(dev_[k].data(), host_[k].data(), pristine_[k].size()))
                 << "tensor " << k << " differs from the CPU path";
+        }
     }
 }
 

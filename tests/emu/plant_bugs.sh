@@ -100,6 +100,11 @@ why() {
         | sed 's/^/      /' || true
 }
 
+# Every edit must apply before anything is built: a stale pattern fails here.
+for name in "${mutants[@]}"; do
+    fresh_copy
+    plant "$name"
+done
 name=unmutated
 fresh_copy
 cmake -S "$src" -B "$build" -DGCLIP_EMU_KERNEL_DIR="$kdir" -DGCLIP_ENABLE_CUDA=OFF \

@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <limits>
+#include <ostream>
 #include <string>
 
 namespace {
@@ -161,13 +162,20 @@ std::vector<NonfiniteCase> nonfinite_cases()
     return v;
 }
 
-std::string nonfinite_name(const ::testing::TestParamInfo<NonfiniteCase> &info)
+std::string name_of(const NonfiniteCase &c)
 {
-    const NonfiniteCase &c = info.param;
     std::string n = std::isnan(c.value) ? "NaN" : c.value > 0 ? "Inf" : "MinusInf";
     n += c.policy == GCLIP_NONFINITE_SKIP ? "_Skip" : c.policy == GCLIP_NONFINITE_ERROR ? "_Error" : "_Propagate";
     n += c.op == GCLIP_OP_GLOBAL ? "_Global" : "_PerTensor";
     return n;
+}
+
+// gtest prints parameters in test listings (and so in ctest names).
+void PrintTo(const NonfiniteCase &c, std::ostream *os) { *os << name_of(c); }
+
+std::string nonfinite_name(const ::testing::TestParamInfo<NonfiniteCase> &info)
+{
+    return name_of(info.param);
 }
 
 INSTANTIATE_TEST_SUITE_P(Policies, EmuNonfinite, ::testing::ValuesIn(nonfinite_cases()),

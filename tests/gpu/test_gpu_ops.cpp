@@ -47,17 +47,21 @@ TEST_P(GpuOpsTest, MatchesCpuPathOnEdgeSizesAndUnalignedStarts)
     pair.run_and_compare(a);
 }
 
+std::string op_case_name(const ::testing::TestParamInfo<OpCase> &param_info)
+{
+    const Op op = std::get<0>(param_info.param);
+    const Mix mix = std::get<1>(param_info.param);
+    const float p = std::get<2>(param_info.param);
+    const std::string pn = std::isinf(p) ? "inf" : p == 0.5f ? "half" : std::to_string(int(p));
+    return std::string(op_name(op)) + "_" + mix_name(mix) + "_p" + pn;
+}
+
 INSTANTIATE_TEST_SUITE_P(
     AllOpsDtypesNorms, GpuOpsTest,
     ::testing::Combine(::testing::Values(Op::total, Op::global, Op::per_tensor, Op::value),
                        ::testing::Values(Mix::f32, Mix::f16, Mix::bf16, Mix::mixed),
                        ::testing::Values(1.0f, 2.0f, 3.0f, 0.5f, INFINITY)),
-    [](const ::testing::TestParamInfo<OpCase> &info) {
-        const float p = std::get<2>(info.param);
-        const std::string pn = std::isinf(p) ? "inf" : p == 0.5f ? "half" : std::to_string(int(p));
-        return std::string(op_name(std::get<0>(info.param))) + "_" +
-               mix_name(std::get<1>(info.param)) + "_p" + pn;
-    });
+    op_case_name);
 
 class GpuTensorCountTest : public GpuTest, public ::testing::WithParamInterface<std::size_t> {};
 
