@@ -14,32 +14,7 @@
 
 #include "gclip.h"
 #include "gpt2_device.h"
-
-#define LAYERS 12
-#define D 768
-#define VOCAB 50257
-#define CTX 1024
-
-/* GPT-2 small's parameter shapes, in the order of the model's state dict. */
-static size_t gpt2_shapes(int64_t *numel)
-{
-    size_t n = 0;
-    numel[n++] = (int64_t)VOCAB * D; /* wte */
-    numel[n++] = (int64_t)CTX * D;   /* wpe */
-    for (int l = 0; l < LAYERS; l++) {
-        const int64_t layer[] = {D, D,                 /* ln_1 weight, bias */
-                                 (int64_t)D * 3 * D, 3 * D, /* attn.c_attn */
-                                 (int64_t)D * D, D,    /* attn.c_proj */
-                                 D, D,                 /* ln_2 */
-                                 (int64_t)D * 4 * D, 4 * D, /* mlp.c_fc */
-                                 (int64_t)4 * D * D, D};    /* mlp.c_proj */
-        for (size_t k = 0; k < sizeof layer / sizeof layer[0]; k++)
-            numel[n++] = layer[k];
-    }
-    numel[n++] = D; /* ln_f weight */
-    numel[n++] = D; /* ln_f bias */
-    return n;
-}
+#include "shapes.h" /* the benchmark's workload shapes */
 
 /* xorshift64* uniform in [-scale, scale): cheap, seeded, never all zero. */
 static void fill_random(float *x, int64_t n, uint64_t seed, float scale)
@@ -87,11 +62,19 @@ int main(int argc, char **argv)
             return 2;
         }
     }
+    bench_shape *shapes;
+    size_t count;
+    if (bench_shapes_for("gpt2-124m", 0, &shapes, &count) != 0 || count > 160) {
+        fprintf(stderr, "no GPT-2 shape list\n");
+        return 1;
+    }
     int64_t numel[160];
-    size_t count = gpt2_shapes(numel);
     int64_t total = 0;
-    for (size_t i = 0; i < count; i++)
+    for (size_t i = 0; i < count; i++) {
+        numel[i] = bench_shape_numel(&shapes[i]);
         total += numel[i];
+    }
+    free(shapes);
 
     int device = !force_cpu && gclip_cuda_device_count() > 0 ? 0 : GCLIP_DEVICE_CPU;
     printf("gclip %d: GPT-2 small, %zu tensors, %lld f32 elements, backend %s\n",
@@ -128,19 +111,18 @@ int main(int argc, char **argv)
     opt.max_norm = max_norm;
     gclip_result r;
 
-    /* warm-up step, then timed steps; each step's gradients are the previous
-     * step's clipped ones, so later steps are mostly no-op clips (coef 1)
-     * unless --max-norm is below the norm */
+    /* the first step clips at --max-norm; each timed step then clips the
+     * previous step's output to half its norm, so every step writes */
     CHECK(gclip_clip_grad_norm(plan, &opt, NULL));
     CHECK(gclip_get_result(plan, &r));
     printf("step 0: total_norm %.6g  clip_coef %.6g  nonfinite %d\n", (double)r.total_norm,
            (double)r.clip_coef, r.nonfinite);
-    opt.max_norm = r.total_norm * 0.5f; /* every timed step clips */
+    opt.max_norm = r.total_norm * r.clip_coef * 0.5f;
     double t0 = now_ms();
     for (int s = 0; s < steps; s++) {
         CHECK(gclip_clip_grad_norm(plan, &opt, NULL));
         CHECK(gclip_get_result(plan, &r));
-        opt.max_norm = r.total_norm * 0.5f;
+        opt.max_norm = r.total_norm * r.clip_coef * 0.5f;
     }
     double ms = (now_ms() - t0) / (steps > 0 ? steps : 1);
     printf("last step: total_norm %.6g  clip_coef %.6g\n", (double)r.total_norm,
