@@ -290,6 +290,7 @@ int main(int argc, char **argv)
     options o;
     if (parse_options(argc, argv, &o))
         return 2;
+    setvbuf(stdout, NULL, _IOLBF, 0); /* progress lines appear as they are measured */
     printf("gclip-bench: gclip %d, %d CPU threads, %d warm-up + %d timed runs%s\n",
            gclip_get_version(), o.threads, o.warmup, o.runs,
            o.quick ? " (--quick: naive and torch on " QUICK_BASELINE_WORKLOAD " only)" : "");

@@ -141,41 +141,29 @@ static void read_pass(gclip_plan *plan, int32_t kind, float p)
 
 /* ---- write passes --------------------------------------------------------- */
 
-ALWAYS_INLINE void scale_elems(void *data, int32_t dtype, int64_t begin, int64_t n, float f)
+/* Multiply n elements by f, or clamp them to [-f, f]. Inlined with a constant
+ * dtype; the clamp test sits outside the loops. */
+ALWAYS_INLINE void update_elems(void *data, int32_t dtype, int64_t begin, int64_t n, int clamp,
+                                float f)
 {
-    for (int64_t i = begin; i < begin + n; i++)
-        gclip_store(data, dtype, i, gclip_load(data, dtype, i) * f);
+    if (clamp)
+        for (int64_t i = begin; i < begin + n; i++)
+            gclip_store(data, dtype, i, gclip_clamp(gclip_load(data, dtype, i), f));
+    else
+        for (int64_t i = begin; i < begin + n; i++)
+            gclip_store(data, dtype, i, gclip_load(data, dtype, i) * f);
 }
 
-ALWAYS_INLINE void clamp_elems(void *data, int32_t dtype, int64_t begin, int64_t n, float v)
-{
-    for (int64_t i = begin; i < begin + n; i++)
-        gclip_store(data, dtype, i, gclip_clamp(gclip_load(data, dtype, i), v));
-}
-
-/* Chunk c times its factor: the global factor, or its tensor's. */
-CPU_CLONES static void scale_chunk(const gclip_tensor_desc *t, uint32_t index, float f)
+CPU_CLONES static void update_chunk(const gclip_tensor_desc *t, uint32_t index, int clamp, float f)
 {
     int64_t begin, n;
     gclip_chunk_range(t->numel, index, &begin, &n);
     if (t->dtype == GCLIP_F32)
-        scale_elems(t->data, GCLIP_F32, begin, n, f);
+        update_elems(t->data, GCLIP_F32, begin, n, clamp, f);
     else if (t->dtype == GCLIP_F16)
-        scale_elems(t->data, GCLIP_F16, begin, n, f);
+        update_elems(t->data, GCLIP_F16, begin, n, clamp, f);
     else
-        scale_elems(t->data, GCLIP_BF16, begin, n, f);
-}
-
-CPU_CLONES static void clamp_chunk(const gclip_tensor_desc *t, uint32_t index, float v)
-{
-    int64_t begin, n;
-    gclip_chunk_range(t->numel, index, &begin, &n);
-    if (t->dtype == GCLIP_F32)
-        clamp_elems(t->data, GCLIP_F32, begin, n, v);
-    else if (t->dtype == GCLIP_F16)
-        clamp_elems(t->data, GCLIP_F16, begin, n, v);
-    else
-        clamp_elems(t->data, GCLIP_BF16, begin, n, v);
+        update_elems(t->data, GCLIP_BF16, begin, n, clamp, f);
 }
 
 /* Multiply every chunk by `global` (per_tensor == 0) or by its tensor's
@@ -190,7 +178,7 @@ static void write_pass(gclip_plan *plan, int per_tensor, float global)
     for (int64_t c = 0; c < n; c++) {
         float f = per_tensor ? factor[chunks[c].tensor] : global;
         if (f != 1.0f)
-            scale_chunk(&tensors[chunks[c].tensor], chunks[c].index, f);
+            update_chunk(&tensors[chunks[c].tensor], chunks[c].index, 0, f);
     }
 }
 
@@ -241,7 +229,7 @@ gclip_status gclip_cpu_value_op(gclip_plan *plan, float clip_value)
     if (clip_value != INFINITY) {
 #pragma omp parallel for schedule(static) num_threads(thread_count(plan)) if (n > 1)
         for (int64_t c = 0; c < n; c++)
-            clamp_chunk(&tensors[chunks[c].tensor], chunks[c].index, clip_value);
+            update_chunk(&tensors[chunks[c].tensor], chunks[c].index, 1, clip_value);
     }
     plan->result.total_norm = NAN;
     plan->result.clip_coef = 1.0f;

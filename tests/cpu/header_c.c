@@ -1,13 +1,14 @@
-/* The public header must compile as strict C99 (-std=c99 -pedantic -Werror).
- * This file reports how C99 lays out the public structs, so that the C++
- * test can check that C and C++ callers see the same ABI. */
+/* The public header must compile as strict C99 and C11 (-pedantic -Werror):
+ * this file is built once per standard, with GCLIP_HEADER_ABI_FN naming its
+ * entry point, and reports how that standard lays out the public structs so
+ * that the C++ test can check that C and C++ callers see the same ABI. */
 #include "gclip.h"
 
 #include <stddef.h>
 
 #include "header_abi.h"
 
-void gclip_header_abi_c99(struct header_abi *out)
+void GCLIP_HEADER_ABI_FN(struct header_abi *out)
 {
     gclip_norm_options opts = GCLIP_NORM_OPTIONS_INIT;
     out->version = GCLIP_VERSION;
