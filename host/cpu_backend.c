@@ -19,6 +19,8 @@
 /* Independent accumulators per chunk: enough to hide the add latency and let
  * the compiler vectorize the lanes; fixed, so the summation order is too. */
 #define LANES 8
+/* Sequential streams each chunk is read as (see accumulate). */
+#define STREAMS 4
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
@@ -58,27 +60,39 @@ static int thread_count(const gclip_plan *plan)
 /* ---- read pass ----------------------------------------------------------- */
 
 /* Accumulate n elements from element `begin` of `data`. Inlined with constant
- * dtype and kind, so each combination becomes its own branch-free loop. */
+ * dtype and kind, so each combination becomes its own branch-free loop.
+ *
+ * The elements are read as STREAMS equal parts walked in lockstep, each with
+ * its own LANES accumulators: several sequential streams per core keep more
+ * memory requests in flight than one. The order of every addition is fixed
+ * by n alone. */
 ALWAYS_INLINE double accumulate(const void *data, int32_t dtype, int64_t begin, int64_t n,
                                 int32_t kind, float p)
 {
-    double lane[LANES];
-    for (int j = 0; j < LANES; j++)
-        lane[j] = GCLIP_TERM_ZERO;
-    int64_t i = 0;
-    for (; i + LANES <= n; i += LANES)
+    double lane[STREAMS][LANES];
+    for (int s = 0; s < STREAMS; s++)
         for (int j = 0; j < LANES; j++)
-            lane[j] = gclip_term_add(lane[j], gclip_load(data, dtype, begin + i + j), kind, p);
+            lane[s][j] = GCLIP_TERM_ZERO;
+    const int64_t part = n / (STREAMS * LANES) * LANES; /* elements per stream */
+    for (int64_t i = 0; i < part; i += LANES)
+        for (int s = 0; s < STREAMS; s++)
+            for (int j = 0; j < LANES; j++)
+                lane[s][j] = gclip_term_add(lane[s][j],
+                                            gclip_load(data, dtype, begin + s * part + i + j), kind, p);
     /* the tail has its own accumulator: indexing the lanes with a run-time
      * value would keep them in memory for the whole main loop */
     double rest = GCLIP_TERM_ZERO;
-    for (; i < n; i++)
+    for (int64_t i = STREAMS * part; i < n; i++)
         rest = gclip_term_add(rest, gclip_load(data, dtype, begin + i), kind, p);
-    /* pairwise fold of the lanes */
-    for (int width = LANES / 2; width > 0; width /= 2)
-        for (int j = 0; j < width; j++)
-            lane[j] = gclip_term_combine(lane[j], lane[j + width], kind);
-    return gclip_term_combine(lane[0], rest, kind);
+    /* pairwise fold of each stream's lanes, then the streams in order */
+    double acc = GCLIP_TERM_ZERO;
+    for (int s = 0; s < STREAMS; s++) {
+        for (int width = LANES / 2; width > 0; width /= 2)
+            for (int j = 0; j < width; j++)
+                lane[s][j] = gclip_term_combine(lane[s][j], lane[s][j + width], kind);
+        acc = gclip_term_combine(acc, lane[s][0], kind);
+    }
+    return gclip_term_combine(acc, rest, kind);
 }
 
 /* max|x| of n elements, on the floats' bit patterns: with the sign cleared
