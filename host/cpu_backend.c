@@ -155,29 +155,44 @@ static void read_pass(gclip_plan *plan, int32_t kind, float p)
 
 /* ---- write passes --------------------------------------------------------- */
 
-/* Multiply n elements by f, or clamp them to [-f, f]. Inlined with a constant
- * dtype; the clamp test sits outside the loops. */
+/* Multiply n elements by f, or clamp them to [-f, f], as STREAMS parts in
+ * lockstep like the read pass. Inlined with constant dtype and clamp, so
+ * each combination is its own vectorized loop. */
 ALWAYS_INLINE void update_elems(void *data, int32_t dtype, int64_t begin, int64_t n, int clamp,
                                 float f)
 {
-    if (clamp)
-        for (int64_t i = begin; i < begin + n; i++)
-            gclip_store(data, dtype, i, gclip_clamp(gclip_load(data, dtype, i), f));
-    else
-        for (int64_t i = begin; i < begin + n; i++)
-            gclip_store(data, dtype, i, gclip_load(data, dtype, i) * f);
+    const int64_t part = n / (STREAMS * LANES) * LANES;
+    for (int64_t i = begin; i < begin + part; i += LANES)
+        for (int s = 0; s < STREAMS; s++)
+            for (int j = 0; j < LANES; j++) {
+                const int64_t k = i + s * part + j;
+                const float x = gclip_load(data, dtype, k);
+                gclip_store(data, dtype, k, clamp ? gclip_clamp(x, f) : x * f);
+            }
+    for (int64_t k = begin + STREAMS * part; k < begin + n; k++) {
+        const float x = gclip_load(data, dtype, k);
+        gclip_store(data, dtype, k, clamp ? gclip_clamp(x, f) : x * f);
+    }
 }
+
+#define UPDATE_DTYPE(clamp)                                                 \
+    do {                                                                    \
+        if (t->dtype == GCLIP_F32)                                          \
+            update_elems(t->data, GCLIP_F32, begin, n, clamp, f);           \
+        else if (t->dtype == GCLIP_F16)                                     \
+            update_elems(t->data, GCLIP_F16, begin, n, clamp, f);           \
+        else                                                                \
+            update_elems(t->data, GCLIP_BF16, begin, n, clamp, f);          \
+    } while (0)
 
 CPU_CLONES static void update_chunk(const gclip_tensor_desc *t, uint32_t index, int clamp, float f)
 {
     int64_t begin, n;
     gclip_chunk_range(t->numel, index, &begin, &n);
-    if (t->dtype == GCLIP_F32)
-        update_elems(t->data, GCLIP_F32, begin, n, clamp, f);
-    else if (t->dtype == GCLIP_F16)
-        update_elems(t->data, GCLIP_F16, begin, n, clamp, f);
+    if (clamp)
+        UPDATE_DTYPE(1);
     else
-        update_elems(t->data, GCLIP_BF16, begin, n, clamp, f);
+        UPDATE_DTYPE(0);
 }
 
 /* Multiply every chunk by `global` (per_tensor == 0) or by its tensor's
