@@ -286,60 +286,55 @@ done:
     return st;
 }
 
-static gclip_status launch_failed(int err, const char *kernel)
+/* The launches of one step: the norm kernel, then (for clipping) the scale
+ * kernel, or the clamp kernel alone. Returns 0 or the first launch error and
+ * names the kernel that failed. */
+static int launch_step(const gclip_cuda_state *s, const gclip_norm_params *np, float clip_value,
+                       gclip_stream stream, const char **kernel)
 {
-    return cuda_fail((cudaError_t)err, kernel, __FILE__, __LINE__);
+    if (!np) {
+        *kernel = "clamp kernel launch";
+        return gclip_launch_clamp(&s->tables, clip_value, stream);
+    }
+    *kernel = "norm kernel launch";
+    int err = gclip_launch_norm(&s->tables, np, stream);
+    if (err == 0 && np->op != GCLIP_OP_TOTAL) {
+        *kernel = "scale kernel launch";
+        err = gclip_launch_scale(&s->tables, np->op, stream);
+    }
+    return err;
+}
+
+/* One step on the plan's device: launches, then the event (or none while
+ * the stream is being captured). */
+static gclip_status run_step(gclip_plan *plan, const gclip_norm_params *np, float clip_value,
+                             gclip_stream stream)
+{
+    gclip_cuda_state *s = plan->cuda;
+    device_guard g;
+    int captured = 0;
+    const char *kernel = "";
+    gclip_status st = enter_device(plan->device, &g);
+    if (st != GCLIP_STATUS_SUCCESS)
+        return st;
+    st = capture_state(stream, &captured);
+    if (st == GCLIP_STATUS_SUCCESS) {
+        int err = launch_step(s, np, clip_value, stream, &kernel);
+        st = err != 0 ? cuda_fail((cudaError_t)err, kernel, __FILE__, __LINE__)
+                      : finish_op(s, stream, captured);
+    }
+    leave_device(&g);
+    return st;
 }
 
 gclip_status gclip_cuda_norm_op(gclip_plan *plan, const gclip_norm_params *np, gclip_stream stream)
 {
-    gclip_cuda_state *s = plan->cuda;
-    device_guard g;
-    int captured = 0, err;
-    gclip_status st = enter_device(plan->device, &g);
-    if (st != GCLIP_STATUS_SUCCESS)
-        return st;
-    st = capture_state(stream, &captured);
-    if (st != GCLIP_STATUS_SUCCESS)
-        goto done;
-    err = gclip_launch_norm(&s->tables, np, stream);
-    if (err != 0) {
-        st = launch_failed(err, "norm kernel launch");
-        goto done;
-    }
-    if (np->op != GCLIP_OP_TOTAL) {
-        err = gclip_launch_scale(&s->tables, np->op, stream);
-        if (err != 0) {
-            st = launch_failed(err, "scale kernel launch");
-            goto done;
-        }
-    }
-    st = finish_op(s, stream, captured);
-done:
-    leave_device(&g);
-    return st;
+    return run_step(plan, np, 0.0f, stream);
 }
 
 gclip_status gclip_cuda_value_op(gclip_plan *plan, float clip_value, gclip_stream stream)
 {
-    gclip_cuda_state *s = plan->cuda;
-    device_guard g;
-    int captured = 0, err;
-    gclip_status st = enter_device(plan->device, &g);
-    if (st != GCLIP_STATUS_SUCCESS)
-        return st;
-    st = capture_state(stream, &captured);
-    if (st != GCLIP_STATUS_SUCCESS)
-        goto done;
-    err = gclip_launch_clamp(&s->tables, clip_value, stream);
-    if (err != 0) {
-        st = launch_failed(err, "clamp kernel launch");
-        goto done;
-    }
-    st = finish_op(s, stream, captured);
-done:
-    leave_device(&g);
-    return st;
+    return run_step(plan, NULL, clip_value, stream);
 }
 
 /* ---- results ----------------------------------------------------------------------- */
