@@ -219,8 +219,9 @@ gclip_status gclip_clip_grad_norm(gclip_plan *plan, const gclip_norm_options *op
 
 /* Per-tensor norm clipping, in place (Keras clipnorm, tf.clip_by_norm): each
  * tensor i is multiplied by min(1, max_norm / (N_i + eps)) * inv_scale.
- * total_norm of the result is still the global norm. If any tensor's norm is
- * non-finite, SKIP and ERROR leave every tensor untouched. */
+ * total_norm of the result is still the global norm; its clip_coef and scale
+ * are 1 (each tensor has its own factor). If any tensor's norm is non-finite,
+ * SKIP and ERROR leave every tensor untouched. */
 gclip_status gclip_clip_grad_norm_per_tensor(gclip_plan *plan,
                                              const gclip_norm_options *options,
                                              gclip_stream stream);

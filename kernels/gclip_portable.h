@@ -290,9 +290,9 @@ GCLIP_HD int gclip_is_finite(float x)
     return (gclip_f32_bits(x) & 0x7f800000u) != 0x7f800000u;
 }
 
-/* Fill the result slot from the total accumulator. For GCLIP_OP_PER_TENSOR,
- * `min_coef`/`min_scale` are the smallest per-tensor values and
- * `any_nonfinite` says whether a tensor norm was not finite. */
+/* Fill the result slot from the total accumulator. `any_nonfinite` says
+ * whether a tensor norm was not finite (used by GCLIP_OP_PER_TENSOR, whose
+ * slot keeps coefficient and scale 1: each tensor has its own factor). */
 GCLIP_HD void gclip_finalize_total(double total_acc, const gclip_norm_params *np,
                                    int any_nonfinite, gclip_result_slot *out)
 {
