@@ -3,10 +3,15 @@
  * upload of the tensor and chunk tables, the launches of each step and the
  * reading of results. Compiled only in builds with GCLIP_ENABLE_CUDA.
  *
- * Step calls (norm_op, value_op) only launch kernels and record an event: no
- * allocation, copy, memset or synchronization, so a step can be captured in
- * a CUDA graph. Every function works on the plan's device and gives the
- * caller's current device back before returning.
+ * A step waits for the plan's previous operation (its event), launches its
+ * kernels and records the event again: no allocation, copy or
+ * synchronization, so a step can be captured in a CUDA graph. While a stream
+ * is captured, the wait and the record become external event nodes of the
+ * graph, so every replay also waits for the plan's previous operation and
+ * marks itself as the plan's last one: gclip_get_result and destroy wait on
+ * that one event whatever mix of eager calls and replays ran, with no
+ * cudaDeviceSynchronize. Every function works on the plan's device and gives
+ * the caller's current device back before returning.
  *
  * Every CUDA failure becomes GCLIP_STATUS_CUDA_ERROR (OUT_OF_MEMORY for a
  * failed allocation) with the call, the CUDA error name and string and
@@ -20,17 +25,14 @@
 #include "gclip_internal.h"
 #include "gclip_kernels.h"
 
-_Static_assert(sizeof(gclip_result_slot) == sizeof(gclip_device_result),
-               "the kernels' result slot is what gclip_plan_device_result exposes");
 
-/* The plan's CUDA state (plan->cuda). */
+/* The plan's CUDA state (plan->engine). */
 typedef struct gclip_cuda_state {
     gclip_device_tables tables;  /* what the kernels get, all in `block` */
     gclip_tensor_desc *tensors;  /* writable alias of tables.tensors, for rebind */
     void *block;                 /* the one device allocation of the plan */
-    cudaEvent_t done;            /* recorded after every eager operation */
+    cudaEvent_t done;            /* recorded by every operation, replays included */
     cudaStream_t copy_stream;    /* private, non-blocking: setup uploads and result reads */
-    int last_captured;           /* last operation went into a CUDA graph: no event */
 } gclip_cuda_state;
 
 /* ---- errors -------------------------------------------------------------- */
@@ -43,8 +45,6 @@ static const char *base_name(const char *path)
 
 static gclip_status cuda_fail(cudaError_t e, const char *what, const char *file, int line)
 {
-    /* clear a non-sticky error so that a later launch check does not report it again */
-    (void)cudaGetLastError();
     gclip_status s = e == cudaErrorMemoryAllocation ? GCLIP_STATUS_OUT_OF_MEMORY
                                                     : GCLIP_STATUS_CUDA_ERROR;
     return gclip_fail(s, "%s failed: %s (%s) at %s:%d", what, cudaGetErrorName(e),
@@ -94,7 +94,7 @@ static void leave_device(const device_guard *g)
 /* Offsets in the plan's device allocation; gclip_kernel_grid sizes the
  * partials, so the workspace and the launch shape come from one function. */
 typedef struct layout {
-    size_t tensors, chunks, partials, factors, ticket, result, total;
+    size_t tensors, chunks, partials, factors, tickets, partial, result, total;
 } layout;
 
 static size_t align_up(size_t x)
@@ -114,8 +114,10 @@ static layout plan_layout(const gclip_plan *plan)
     off = align_up(off + (size_t)gclip_kernel_grid(plan->num_chunks) * sizeof(double));
     l.factors = off;
     off = align_up(off + plan->count * sizeof(float));
-    l.ticket = off;
-    off = align_up(off + sizeof(unsigned int));
+    l.tickets = off;
+    off = align_up(off + 2 * sizeof(unsigned int));
+    l.partial = off;
+    off = align_up(off + sizeof(gclip_partial));
     l.result = off;
     l.total = off + sizeof(gclip_result_slot);
     return l;
@@ -131,13 +133,15 @@ static void point_tables(gclip_cuda_state *s, const gclip_plan *plan, const layo
     s->tables.num_chunks = plan->num_chunks;
     s->tables.partials = (double *)(void *)(b + l->partials);
     s->tables.tensor_factor = (float *)(void *)(b + l->factors);
-    s->tables.ticket = (unsigned int *)(void *)(b + l->ticket);
+    s->tables.ticket = (unsigned int *)(void *)(b + l->tickets);
+    s->tables.apply_ticket = s->tables.ticket + 1;
+    s->tables.partial = (gclip_partial *)(void *)(b + l->partial);
     s->tables.result = (gclip_result_slot *)(void *)(b + l->result);
 }
 
 /* ---- setup and teardown ---------------------------------------------------------- */
 
-int gclip_cuda_count_devices(void)
+int gclip_cuda_visible_devices(void)
 {
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess) {
@@ -159,11 +163,12 @@ static void free_state(gclip_cuda_state *s)
     gclip_host_free(s);
 }
 
-/* Tables, a zero ticket and the "no operation yet" result slot, uploaded once. */
+/* Tables, zero tickets, a zero partial and the "no operation yet" result
+ * slot, uploaded once. */
 static gclip_status upload_initial(gclip_cuda_state *s, const gclip_plan *plan)
 {
     gclip_status st = GCLIP_STATUS_SUCCESS;
-    const gclip_result_slot initial = {NAN, 1.0f, 1.0f, 0};
+    const gclip_result_slot initial = {NAN, 1.0f, 1.0f, 0, GCLIP_OP_NONE, 0, 0, 0, 0, 0};
     cudaStream_t cs = s->copy_stream;
     if (plan->count > 0)
         CUDA_TRY(cudaMemcpyAsync(s->tensors, plan->tensors, plan->count * sizeof(gclip_tensor_desc),
@@ -172,7 +177,8 @@ static gclip_status upload_initial(gclip_cuda_state *s, const gclip_plan *plan)
         CUDA_TRY(cudaMemcpyAsync((void *)s->tables.chunks, plan->chunks,
                                  (size_t)plan->num_chunks * sizeof(gclip_chunk),
                                  cudaMemcpyHostToDevice, cs));
-    CUDA_TRY(cudaMemsetAsync(s->tables.ticket, 0, sizeof(unsigned int), cs));
+    CUDA_TRY(cudaMemsetAsync(s->tables.ticket, 0, 2 * sizeof(unsigned int), cs));
+    CUDA_TRY(cudaMemsetAsync(s->tables.partial, 0, sizeof(gclip_partial), cs));
     CUDA_TRY(cudaMemcpyAsync(s->tables.result, &initial, sizeof initial, cudaMemcpyHostToDevice, cs));
     /* the host sources live on this stack and in the plan: wait for the copies */
     CUDA_TRY(cudaStreamSynchronize(cs));
@@ -180,7 +186,7 @@ done:
     return st;
 }
 
-gclip_status gclip_cuda_init(gclip_plan *plan)
+static gclip_status cuda_init(gclip_plan *plan)
 {
     int n = 0;
     cudaError_t e = cudaGetDeviceCount(&n);
@@ -214,53 +220,29 @@ gclip_status gclip_cuda_init(gclip_plan *plan)
     st = upload_initial(s, plan);
 done:
     if (st == GCLIP_STATUS_SUCCESS)
-        plan->cuda = s;
+        plan->engine = s;
     else
         free_state(s);
     leave_device(&g);
     return st;
 }
 
-void gclip_cuda_release(gclip_plan *plan)
+static void cuda_release(gclip_plan *plan)
 {
-    gclip_cuda_state *s = plan->cuda;
+    gclip_cuda_state *s = plan->engine;
     if (!s)
         return;
     device_guard g;
     const int entered = enter_device(plan->device, &g) == GCLIP_STATUS_SUCCESS;
-    /* pending work of the plan may still use its tables and workspace;
-     * a captured step may be replayed in any stream, hence the device-wide wait */
-    if (s->last_captured)
-        (void)cudaDeviceSynchronize();
-    else
-        (void)cudaEventSynchronize(s->done);
+    /* the plan's last operation, eager or replayed, may still use its tables */
+    (void)cudaEventSynchronize(s->done);
     free_state(s);
-    plan->cuda = NULL;
+    plan->engine = NULL;
     if (entered)
         leave_device(&g);
 }
 
-/* ---- rebind ------------------------------------------------------------------------ */
-
-gclip_status gclip_cuda_upload_tensors(gclip_plan *plan, gclip_stream stream)
-{
-    gclip_cuda_state *s = plan->cuda;
-    device_guard g;
-    gclip_status st = enter_device(plan->device, &g);
-    if (st != GCLIP_STATUS_SUCCESS)
-        return st;
-    if (plan->count > 0) {
-        /* in stream order, so that steps already queued on `stream` use the old pointers */
-        CUDA_TRY(cudaMemcpyAsync(s->tensors, plan->tensors, plan->count * sizeof(gclip_tensor_desc),
-                                 cudaMemcpyHostToDevice, (cudaStream_t)stream));
-        CUDA_TRY(cudaStreamSynchronize((cudaStream_t)stream));
-    }
-done:
-    leave_device(&g);
-    return st;
-}
-
-/* ---- step calls -------------------------------------------------------------------- */
+/* ---- ordering ------------------------------------------------------------------------ */
 
 /* Whether `stream` is being captured into a CUDA graph. */
 static gclip_status capture_state(gclip_stream stream, int *captured)
@@ -273,83 +255,171 @@ static gclip_status capture_state(gclip_stream stream, int *captured)
     return GCLIP_STATUS_SUCCESS;
 }
 
-/* Mark the end of an operation for gclip_cuda_fetch_result. An event recorded
- * during capture cannot be waited on later, so a captured operation records
- * none and the fetch waits for the device instead. */
-static gclip_status finish_op(gclip_cuda_state *s, gclip_stream stream, int captured)
+/* Make `stream` wait for the plan's previous operation, whatever stream (or
+ * graph replay) issued it. */
+static gclip_status after_previous(gclip_cuda_state *s, gclip_stream stream, int captured)
 {
-    gclip_status st = GCLIP_STATUS_SUCCESS;
-    s->last_captured = captured;
-    if (!captured)
-        CUDA_TRY(cudaEventRecord(s->done, (cudaStream_t)stream));
-done:
-    return st;
+    cudaError_t e = cudaStreamWaitEvent((cudaStream_t)stream, s->done,
+                                        captured ? cudaEventWaitExternal : cudaEventWaitDefault);
+    return e == cudaSuccess ? GCLIP_STATUS_SUCCESS
+                            : cuda_fail(e, "cudaStreamWaitEvent", __FILE__, __LINE__);
 }
 
-/* The launches of one step: the norm kernel, then (for clipping) the scale
- * kernel, or the clamp kernel alone. Returns 0 or the first launch error and
- * names the kernel that failed. */
-static int launch_step(const gclip_cuda_state *s, const gclip_norm_params *np, float clip_value,
-                       gclip_stream stream, const char **kernel)
+/* Mark the end of an operation; in a captured stream the record is a node of
+ * the graph, so that each replay records the event when it runs. */
+static gclip_status mark_done(gclip_cuda_state *s, gclip_stream stream, int captured)
 {
-    if (!np) {
-        *kernel = "clamp kernel launch";
-        return gclip_launch_clamp(&s->tables, clip_value, stream);
-    }
-    *kernel = "norm kernel launch";
-    int err = gclip_launch_norm(&s->tables, np, stream);
-    if (err == 0 && np->op != GCLIP_OP_TOTAL) {
-        *kernel = "scale kernel launch";
-        err = gclip_launch_scale(&s->tables, np->op, stream);
-    }
-    return err;
+    cudaError_t e = cudaEventRecordWithFlags(s->done, (cudaStream_t)stream,
+                                             captured ? cudaEventRecordExternal
+                                                      : cudaEventRecordDefault);
+    return e == cudaSuccess ? GCLIP_STATUS_SUCCESS
+                            : cuda_fail(e, "cudaEventRecordWithFlags", __FILE__, __LINE__);
 }
 
-/* One step on the plan's device: launches, then the event (or none while
- * the stream is being captured). */
-static gclip_status run_step(gclip_plan *plan, const gclip_norm_params *np, float clip_value,
-                             gclip_stream stream)
+/* ---- rebind ------------------------------------------------------------------------ */
+
+/* The new table is copied in `stream` order after the plan's previous
+ * operation, and the copy becomes the plan's last operation, so operations
+ * queued before keep the old pointers and later ones, on any stream, see the
+ * new ones. A copy from pageable memory has consumed its source when the
+ * call returns, so the next rebind may overwrite the host table at once. */
+static gclip_status cuda_upload_tensors(gclip_plan *plan, gclip_stream stream)
 {
-    gclip_cuda_state *s = plan->cuda;
+    gclip_cuda_state *s = plan->engine;
     device_guard g;
     int captured = 0;
-    const char *kernel = "";
     gclip_status st = enter_device(plan->device, &g);
     if (st != GCLIP_STATUS_SUCCESS)
         return st;
     st = capture_state(stream, &captured);
+    if (st == GCLIP_STATUS_SUCCESS && captured)
+        st = gclip_fail(GCLIP_STATUS_NOT_SUPPORTED,
+                        "gclip_plan_rebind on a stream being captured: a graph would keep the "
+                        "host table's address; rebind before capturing");
+    if (st == GCLIP_STATUS_SUCCESS)
+        st = after_previous(s, stream, 0);
+    if (st == GCLIP_STATUS_SUCCESS && plan->count > 0)
+        CUDA_TRY(cudaMemcpyAsync(s->tensors, plan->tensors, plan->count * sizeof(gclip_tensor_desc),
+                                 cudaMemcpyHostToDevice, (cudaStream_t)stream));
+    if (st == GCLIP_STATUS_SUCCESS)
+        st = mark_done(s, stream, 0);
+done:
+    leave_device(&g);
+    return st;
+}
+
+/* ---- step calls -------------------------------------------------------------------- */
+
+/* The kernels of each op, in launch order. */
+typedef int (*launcher_fn)(const gclip_device_tables *, const gclip_norm_params *, gclip_stream);
+
+static int launch_clamp_step(const gclip_device_tables *t, const gclip_norm_params *np,
+                             gclip_stream stream);
+
+typedef struct launch_plan {
+    int n;
+    launcher_fn fn[2];
+    const char *name[2];
+} launch_plan;
+
+static launch_plan launches_of(int32_t op)
+{
+    launch_plan lp = {0, {NULL, NULL}, {NULL, NULL}};
+    switch (op) {
+    case GCLIP_OP_CLIP_VALUE:
+        lp.fn[lp.n] = launch_clamp_step;
+        lp.name[lp.n++] = "clamp kernel";
+        break;
+    case GCLIP_OP_FINALIZE:
+        lp.fn[lp.n] = gclip_launch_finalize;
+        lp.name[lp.n++] = "finalize kernel";
+        break;
+    case GCLIP_OP_CLIP_WITH_NORM:
+    case GCLIP_OP_APPLY:
+        lp.fn[lp.n] = gclip_launch_scale;
+        lp.name[lp.n++] = "scale kernel";
+        break;
+    default:
+        lp.fn[lp.n] = gclip_launch_norm;
+        lp.name[lp.n++] = "norm kernel";
+        if (gclip_op_applies(op)) {
+            lp.fn[lp.n] = gclip_launch_scale;
+            lp.name[lp.n++] = "scale kernel";
+        }
+        break;
+    }
+    return lp;
+}
+
+/* The clamp launcher takes its bound in np->max_norm (see cuda_run). */
+static int launch_clamp_step(const gclip_device_tables *t, const gclip_norm_params *np,
+                             gclip_stream stream)
+{
+    return gclip_launch_clamp(t, np->max_norm, stream);
+}
+
+/* After launch k > 0 failed, launch k - 1 has left a slot whose factor was
+ * never applied: say so in the slot itself, in stream order. */
+static void mark_failed(gclip_cuda_state *s, gclip_stream stream)
+{
+    (void)cudaMemsetAsync(&s->tables.result->failed, 0xff, sizeof(int32_t),
+                          (cudaStream_t)stream);
+}
+
+static gclip_status cuda_run(gclip_plan *plan, const gclip_step *step, gclip_stream stream)
+{
+    gclip_cuda_state *s = plan->engine;
+    device_guard g;
+    int captured = 0;
+    gclip_status st = enter_device(plan->device, &g);
+    if (st != GCLIP_STATUS_SUCCESS)
+        return st;
+    st = capture_state(stream, &captured);
+    if (st == GCLIP_STATUS_SUCCESS)
+        st = after_previous(s, stream, captured);
     if (st == GCLIP_STATUS_SUCCESS) {
-        int err = launch_step(s, np, clip_value, stream, &kernel);
-        st = err != 0 ? cuda_fail((cudaError_t)err, kernel, __FILE__, __LINE__)
-                      : finish_op(s, stream, captured);
+        gclip_norm_params np = step->np;
+        if (step->op == GCLIP_OP_CLIP_VALUE)
+            np.max_norm = step->clip_value;
+        const launch_plan lp = launches_of(step->op);
+        int queued = 0;
+        for (int k = 0; k < lp.n; k++) {
+            const cudaError_t err = (cudaError_t)lp.fn[k](&s->tables, &np, stream);
+            if (err != cudaSuccess) {
+                if (k > 0)
+                    mark_failed(s, stream);
+                st = gclip_fail(err == cudaErrorMemoryAllocation ? GCLIP_STATUS_OUT_OF_MEMORY
+                                                                 : GCLIP_STATUS_CUDA_ERROR,
+                                "%s: %s launch failed: %s (%s); %s", gclip_op_name(step->op),
+                                lp.name[k], cudaGetErrorName(err), cudaGetErrorString(err),
+                                k > 0 ? "the norm was computed but no gradient was written, "
+                                        "and the result slot is marked failed"
+                                      : "nothing was queued and the result slot is unchanged");
+                break;
+            }
+            queued++;
+        }
+        /* whatever was queued is the plan's last operation */
+        if (queued > 0) {
+            const gclip_status m = mark_done(s, stream, captured);
+            if (st == GCLIP_STATUS_SUCCESS)
+                st = m;
+        }
     }
     leave_device(&g);
     return st;
 }
 
-gclip_status gclip_cuda_norm_op(gclip_plan *plan, const gclip_norm_params *np, gclip_stream stream)
-{
-    return run_step(plan, np, 0.0f, stream);
-}
-
-gclip_status gclip_cuda_value_op(gclip_plan *plan, float clip_value, gclip_stream stream)
-{
-    return run_step(plan, NULL, clip_value, stream);
-}
-
 /* ---- results ----------------------------------------------------------------------- */
 
-gclip_status gclip_cuda_fetch_result(gclip_plan *plan, gclip_result_slot *out)
+static gclip_status cuda_read_result(gclip_plan *plan, gclip_result_slot *out)
 {
-    gclip_cuda_state *s = plan->cuda;
+    gclip_cuda_state *s = plan->engine;
     device_guard g;
     gclip_status st = enter_device(plan->device, &g);
     if (st != GCLIP_STATUS_SUCCESS)
         return st;
-    if (s->last_captured)
-        CUDA_TRY(cudaDeviceSynchronize());
-    else
-        CUDA_TRY(cudaEventSynchronize(s->done));
+    CUDA_TRY(cudaEventSynchronize(s->done));
     /* a private non-blocking stream: no implicit wait for the caller's other work */
     CUDA_TRY(cudaMemcpyAsync(out, s->tables.result, sizeof *out, cudaMemcpyDeviceToHost,
                              s->copy_stream));
@@ -359,8 +429,19 @@ done:
     return st;
 }
 
-const gclip_device_result *gclip_cuda_device_result(const gclip_plan *plan)
+static const gclip_result_slot *cuda_result_slot(const gclip_plan *plan)
 {
-    const gclip_cuda_state *s = plan->cuda;
-    return s ? (const gclip_device_result *)(const void *)s->tables.result : NULL;
+    const gclip_cuda_state *s = plan->engine;
+    return s->tables.result;
 }
+
+static const gclip_partial *cuda_partial(const gclip_plan *plan)
+{
+    const gclip_cuda_state *s = plan->engine;
+    return s->tables.partial;
+}
+
+const gclip_backend gclip_cuda_backend = {
+    "cuda",     cuda_init,        cuda_release,     cuda_upload_tensors,
+    cuda_run,   cuda_read_result, cuda_result_slot, cuda_partial,
+};

@@ -1,41 +1,63 @@
 /*
- * gclip_internal.h - the plan, error reporting and the backend entry points.
- * Not installed. Included by the host C files, the CUDA glue and the tests.
+ * gclip_internal.h - the plan, the backend interface, error reporting,
+ * allocation and validation. Not installed. Included by the host C files,
+ * the CUDA glue and the tests.
  */
 #ifndef GCLIP_INTERNAL_H
 #define GCLIP_INTERNAL_H
 
 #include "gclip.h"
-#include "gclip_portable.h"
+#include "gclip_norm_math.h"
+#include "gclip_tables.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-/* The last operation, as needed by gclip_get_result. */
-typedef struct gclip_last_op {
-    int32_t has_norm;     /* 0: none yet or value clipping */
-    int32_t error_policy; /* last norm op used GCLIP_NONFINITE_ERROR */
-} gclip_last_op;
+/* One step as the backends see it: the op and its validated parameters. */
+typedef struct gclip_step {
+    int32_t op;           /* gclip_op */
+    gclip_norm_params np; /* every op but GCLIP_OP_CLIP_VALUE; np.op == op */
+    float clip_value;     /* GCLIP_OP_CLIP_VALUE */
+} gclip_step;
+
+/* A backend: what a plan needs from the engine that runs it. The entry
+ * points in host/plan.c and host/steps.c validate, then call through this
+ * table; they never ask which backend it is. */
+typedef struct gclip_backend {
+    const char *name;
+    /* workspace, device tables and result slot of a new plan */
+    gclip_status (*init)(gclip_plan *plan);
+    /* waits for the plan's last operation, frees */
+    void (*release)(gclip_plan *plan);
+    /* the host tensor table changed (rebind): make the engine's copy follow */
+    gclip_status (*upload_tensors)(gclip_plan *plan, gclip_stream stream);
+    /* run (or enqueue) one step */
+    gclip_status (*run)(gclip_plan *plan, const gclip_step *step, gclip_stream stream);
+    /* wait for the plan's last operation and copy its result slot */
+    gclip_status (*read_result)(gclip_plan *plan, gclip_result_slot *out);
+    /* the slot and the plan's partial in the engine's memory */
+    const gclip_result_slot *(*result_slot)(const gclip_plan *plan);
+    const gclip_partial *(*partial)(const gclip_plan *plan);
+} gclip_backend;
+
+extern const gclip_backend gclip_cpu_backend;  /* host/cpu_backend.c */
+extern const gclip_backend gclip_cuda_backend; /* host/cuda_backend.c or host/cuda_stub.c */
+
+/* CUDA devices visible to this build (0 without the CUDA backend). */
+int gclip_cuda_visible_devices(void);
 
 struct gclip_plan {
-    int device;                /* GCLIP_DEVICE_CPU or CUDA ordinal */
-    size_t count;              /* tensors */
+    const gclip_backend *backend;
+    int device;                 /* GCLIP_DEVICE_CPU or CUDA ordinal */
+    size_t count;               /* tensors */
     uint32_t num_chunks;
     gclip_tensor_desc *tensors; /* host copy, [count] */
     gclip_chunk *chunks;        /* host copy, [num_chunks] */
     size_t *scratch;            /* [count], order for the overlap check */
     void **saved_data;          /* [count], old pointers while rebinding */
-    gclip_last_op last;
-
-    /* CPU path workspace (NULL on CUDA plans) */
-    int num_threads;
-    double *partials;     /* [num_chunks] */
-    float *tensor_factor; /* [count] per-tensor scale factors */
-    gclip_result_slot result;
-
-    /* CUDA backend state (struct gclip_cuda_state, host/cuda_backend.c) */
-    void *cuda;
+    int num_threads;            /* CPU plans: OpenMP threads, 0 = default */
+    void *engine;               /* the backend's own state */
 };
 
 /* ---- errors (host/status.c) ---- */
@@ -50,6 +72,9 @@ gclip_status gclip_fail(gclip_status status, const char *fmt, ...)
 
 /* Clear the calling thread's detail message (done by every entry point). */
 void gclip_clear_error(void);
+
+/* The name of an op as the API spells it ("gclip_clip_grad_norm"). */
+const char *gclip_op_name(int32_t op);
 
 /* ---- host allocation (host/alloc.c): every host allocation goes through
  * here, so that tests can make each one fail in turn. ---- */
@@ -71,28 +96,28 @@ gclip_status gclip_validate_tensor(const gclip_tensor *t, size_t index);
  * scratch of n entries. Names both indices on failure. */
 gclip_status gclip_check_overlap(const gclip_tensor_desc *tensors, size_t n, size_t *order);
 
-/* Translate and check user options into kernel parameters. */
+/* Translate and check user options into the step parameters of `op`
+ * (options NULL = defaults). */
 gclip_status gclip_make_params(const gclip_norm_options *options, int32_t op,
                                gclip_norm_params *out);
 
-/* ---- CPU path (host/cpu_backend.c) ---- */
-gclip_status gclip_cpu_init(gclip_plan *plan);
-void gclip_cpu_release(gclip_plan *plan);
-gclip_status gclip_cpu_norm_op(gclip_plan *plan, const gclip_norm_params *np);
-gclip_status gclip_cpu_value_op(gclip_plan *plan, float clip_value);
+/* ---- the CPU twins of the kernels (host/norm_cpu.c and its siblings) ---- */
 
-/* ---- CUDA backend (host/cuda_backend.c, or host/cuda_stub.c without CUDA).
- * All return GCLIP_STATUS_NOT_SUPPORTED in builds without CUDA. ---- */
-int gclip_cuda_count_devices(void);
-gclip_status gclip_cuda_init(gclip_plan *plan);     /* workspace, upload tables */
-void gclip_cuda_release(gclip_plan *plan);          /* waits, frees */
-gclip_status gclip_cuda_upload_tensors(gclip_plan *plan, gclip_stream stream); /* rebind */
-gclip_status gclip_cuda_norm_op(gclip_plan *plan, const gclip_norm_params *np,
-                                gclip_stream stream);
-gclip_status gclip_cuda_value_op(gclip_plan *plan, float clip_value, gclip_stream stream);
-/* Wait for the plan's last operation and copy its result slot to the host. */
-gclip_status gclip_cuda_fetch_result(gclip_plan *plan, gclip_result_slot *out);
-const gclip_device_result *gclip_cuda_device_result(const gclip_plan *plan);
+/* The CPU plan's workspace (plan->engine of a CPU plan). */
+typedef struct gclip_cpu_state {
+    double *partials;         /* [num_chunks] */
+    float *tensor_factor;     /* [count] per-tensor scale factors */
+    gclip_partial partial;    /* the plan's own partial */
+    gclip_result_slot result; /* the plan's result slot */
+} gclip_cpu_state;
+
+void gclip_norm_cpu(gclip_plan *plan, const gclip_norm_params *np);     /* norm_kernel.cu */
+void gclip_finalize_cpu(gclip_plan *plan, const gclip_norm_params *np); /* finalize_kernel.cu */
+void gclip_scale_cpu(gclip_plan *plan, const gclip_norm_params *np);    /* scale_kernel.cu */
+void gclip_clamp_cpu(gclip_plan *plan, float clip_value);               /* clamp_kernel.cu */
+
+/* OpenMP threads for a CPU plan. */
+int gclip_cpu_threads(const gclip_plan *plan);
 
 #ifdef __cplusplus
 }

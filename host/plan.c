@@ -1,6 +1,6 @@
 /*
- * plan.c - the public entry points: plan building, rebinding, dispatch of the
- * step calls to the CPU path or the CUDA backend, and results.
+ * plan.c - building, rebinding and destroying plans. The step calls and the
+ * results are in steps.c; both reach the engine through plan->backend.
  */
 #include <math.h>
 #include <string.h>
@@ -10,25 +10,17 @@
 /* Most chunks a plan may have: chunk indices are 32-bit in the kernels. */
 #define GCLIP_MAX_CHUNKS ((uint64_t)INT32_MAX)
 
-gclip_norm_options gclip_norm_options_default(void)
-{
-    gclip_norm_options o = GCLIP_NORM_OPTIONS_INIT;
-    return o;
-}
-
 int gclip_cuda_device_count(void)
 {
-    return gclip_cuda_count_devices();
+    return gclip_cuda_visible_devices();
 }
 
 static void plan_free(gclip_plan *p)
 {
     if (!p)
         return;
-    if (p->device == GCLIP_DEVICE_CPU)
-        gclip_cpu_release(p);
-    else
-        gclip_cuda_release(p);
+    if (p->backend)
+        p->backend->release(p);
     gclip_host_free(p->saved_data);
     gclip_host_free(p->scratch);
     gclip_host_free(p->chunks);
@@ -109,6 +101,7 @@ gclip_status gclip_plan_create(gclip_plan **plan, const gclip_tensor *tensors, s
         return gclip_fail(GCLIP_STATUS_OUT_OF_MEMORY, "plan: host allocation failed");
     memset(p, 0, sizeof *p);
     p->device = device;
+    p->backend = device == GCLIP_DEVICE_CPU ? &gclip_cpu_backend : &gclip_cuda_backend;
     p->count = count;
     p->tensors = alloc_array(count, sizeof *p->tensors);
     p->scratch = alloc_array(count, sizeof *p->scratch);
@@ -130,7 +123,7 @@ gclip_status gclip_plan_create(gclip_plan **plan, const gclip_tensor *tensors, s
         return gclip_fail(GCLIP_STATUS_OUT_OF_MEMORY, "plan: chunk table allocation failed");
     }
     build_chunk_table(p);
-    s = device == GCLIP_DEVICE_CPU ? gclip_cpu_init(p) : gclip_cuda_init(p);
+    s = p->backend->init(p);
     if (s != GCLIP_STATUS_SUCCESS) {
         plan_free(p);
         return s;
@@ -169,8 +162,8 @@ gclip_status gclip_plan_rebind(gclip_plan *plan, void *const *data, size_t count
         plan->tensors[i].data = data[i];
     }
     gclip_status s = gclip_check_overlap(plan->tensors, count, plan->scratch);
-    if (s == GCLIP_STATUS_SUCCESS && plan->device != GCLIP_DEVICE_CPU)
-        s = gclip_cuda_upload_tensors(plan, stream);
+    if (s == GCLIP_STATUS_SUCCESS)
+        s = plan->backend->upload_tensors(plan, stream);
     if (s != GCLIP_STATUS_SUCCESS)
         for (size_t i = 0; i < count; i++)
             plan->tensors[i].data = plan->saved_data[i];
@@ -204,102 +197,5 @@ gclip_status gclip_plan_set_num_threads(gclip_plan *plan, int num_threads)
         return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
                           "num_threads %d must be >= 0 (0 = OpenMP's default)", num_threads);
     plan->num_threads = num_threads;
-    return GCLIP_STATUS_SUCCESS;
-}
-
-/* Shared by the three norm operations: validate, then run on the backend. */
-static gclip_status norm_op(gclip_plan *plan, const gclip_norm_options *options, int32_t op,
-                            gclip_stream stream)
-{
-    gclip_clear_error();
-    if (!plan)
-        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "plan is NULL");
-    if (!options && op != GCLIP_OP_TOTAL)
-        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
-                          "options is NULL: clipping needs an explicit max_norm "
-                          "(start from GCLIP_NORM_OPTIONS_INIT)");
-    gclip_norm_params np;
-    gclip_status s = gclip_make_params(options, op, &np);
-    if (s != GCLIP_STATUS_SUCCESS)
-        return s;
-    s = plan->device == GCLIP_DEVICE_CPU ? gclip_cpu_norm_op(plan, &np)
-                                         : gclip_cuda_norm_op(plan, &np, stream);
-    if (s == GCLIP_STATUS_SUCCESS) {
-        plan->last.has_norm = 1;
-        plan->last.error_policy = np.policy == GCLIP_NONFINITE_ERROR;
-    }
-    return s;
-}
-
-gclip_status gclip_total_norm(gclip_plan *plan, const gclip_norm_options *options,
-                              gclip_stream stream)
-{
-    return norm_op(plan, options, GCLIP_OP_TOTAL, stream);
-}
-
-gclip_status gclip_clip_grad_norm(gclip_plan *plan, const gclip_norm_options *options,
-                                  gclip_stream stream)
-{
-    return norm_op(plan, options, GCLIP_OP_GLOBAL, stream);
-}
-
-gclip_status gclip_clip_grad_norm_per_tensor(gclip_plan *plan, const gclip_norm_options *options,
-                                             gclip_stream stream)
-{
-    return norm_op(plan, options, GCLIP_OP_PER_TENSOR, stream);
-}
-
-gclip_status gclip_clip_grad_value(gclip_plan *plan, float clip_value, gclip_stream stream)
-{
-    gclip_clear_error();
-    if (!plan)
-        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "plan is NULL");
-    if (isnan(clip_value) || clip_value < 0.0f)
-        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
-                          "clip_value %g must be >= 0 (+inf leaves the gradients as they are)",
-                          (double)clip_value);
-    gclip_status s = plan->device == GCLIP_DEVICE_CPU ? gclip_cpu_value_op(plan, clip_value)
-                                                      : gclip_cuda_value_op(plan, clip_value, stream);
-    if (s == GCLIP_STATUS_SUCCESS) {
-        plan->last.has_norm = 0;
-        plan->last.error_policy = 0;
-    }
-    return s;
-}
-
-gclip_status gclip_get_result(gclip_plan *plan, gclip_result *result)
-{
-    gclip_clear_error();
-    if (!plan || !result)
-        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "plan or result is NULL");
-    gclip_result_slot slot;
-    if (plan->device == GCLIP_DEVICE_CPU) {
-        slot = plan->result;
-    } else {
-        gclip_status s = gclip_cuda_fetch_result(plan, &slot);
-        if (s != GCLIP_STATUS_SUCCESS)
-            return s;
-    }
-    result->total_norm = plan->last.has_norm ? slot.total_norm : NAN;
-    result->clip_coef = slot.clip_coef;
-    result->scale = slot.scale;
-    result->nonfinite = slot.nonfinite;
-    result->has_norm = plan->last.has_norm;
-    if (plan->last.error_policy && slot.nonfinite)
-        return gclip_fail(GCLIP_STATUS_NONFINITE,
-                          "total norm is %g: no gradient was changed (GCLIP_NONFINITE_ERROR)",
-                          (double)slot.total_norm);
-    return GCLIP_STATUS_SUCCESS;
-}
-
-gclip_status gclip_plan_device_result(const gclip_plan *plan, const gclip_device_result **result)
-{
-    gclip_clear_error();
-    if (!plan || !result)
-        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "plan or result is NULL");
-    if (plan->device == GCLIP_DEVICE_CPU)
-        *result = (const gclip_device_result *)(const void *)&plan->result;
-    else
-        *result = gclip_cuda_device_result(plan);
     return GCLIP_STATUS_SUCCESS;
 }

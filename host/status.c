@@ -38,8 +38,41 @@ const char *gclip_status_string(gclip_status status)
         return "the total norm is NaN or Inf; no gradient was changed, skip this optimizer step";
     case GCLIP_STATUS_INTERNAL_ERROR:
         return "internal error in gclip; please report it with gclip_last_error()";
+    case GCLIP_STATUS_MISMATCH:
+        return "partials made with other options: every rank must use the same norm_type and "
+               "non-finite policy; nothing was written";
+    case GCLIP_STATUS_VERSION_MISMATCH:
+        return "options struct of an unknown size or version: initialize it with its "
+               "GCLIP_..._INIT macro and rebuild against this library's gclip.h";
     }
     return "unknown gclip_status value";
+}
+
+const char *gclip_op_name(int32_t op)
+{
+    switch (op) {
+    case GCLIP_OP_NONE:
+        return "no operation";
+    case GCLIP_OP_TOTAL_NORM:
+        return "gclip_total_norm";
+    case GCLIP_OP_CLIP_NORM:
+        return "gclip_clip_grad_norm";
+    case GCLIP_OP_CLIP_PER_TENSOR:
+        return "gclip_clip_grad_norm_per_tensor";
+    case GCLIP_OP_CLIP_VALUE:
+        return "gclip_clip_grad_value";
+    case GCLIP_OP_CLIP_FACTOR:
+        return "gclip_compute_clip_factor";
+    case GCLIP_OP_CLIP_WITH_NORM:
+        return "gclip_clip_grads_with_norm";
+    case GCLIP_OP_ACCUMULATE:
+        return "gclip_norm_accumulate";
+    case GCLIP_OP_FINALIZE:
+        return "gclip_norm_finalize";
+    case GCLIP_OP_APPLY:
+        return "gclip_apply_clip_factor";
+    }
+    return "unknown operation";
 }
 
 const char *gclip_last_error(void)

@@ -3,14 +3,17 @@
  * anything is written, so a rejected call leaves all gradients untouched.
  */
 #include <math.h>
+#include <string.h>
 
 #include "gclip_internal.h"
 
 gclip_status gclip_validate_tensor(const gclip_tensor *t, size_t index)
 {
-    if (t->dtype != GCLIP_F32 && t->dtype != GCLIP_F16 && t->dtype != GCLIP_BF16)
+    if (t->dtype != GCLIP_F32 && t->dtype != GCLIP_F16 && t->dtype != GCLIP_BF16 &&
+        t->dtype != GCLIP_F64)
         return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
-                          "tensor %zu: unknown dtype %d (expected GCLIP_F32, GCLIP_F16 or GCLIP_BF16)",
+                          "tensor %zu: unknown dtype %d (expected GCLIP_F32, GCLIP_F16, "
+                          "GCLIP_BF16 or GCLIP_F64)",
                           index, (int)t->dtype);
     if (t->numel < 0)
         return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "tensor %zu: negative numel %lld", index,
@@ -19,7 +22,7 @@ gclip_status gclip_validate_tensor(const gclip_tensor *t, size_t index)
         return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "tensor %zu: data is NULL but numel is %lld",
                           index, (long long)t->numel);
     /* the byte size must fit in the address space */
-    if ((uint64_t)t->numel > (uint64_t)(INTPTR_MAX / 4))
+    if ((uint64_t)t->numel > (uint64_t)(INTPTR_MAX / 8))
         return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "tensor %zu: numel %lld is too large", index,
                           (long long)t->numel);
     int size = gclip_dtype_size(t->dtype);
@@ -101,22 +104,41 @@ gclip_status gclip_check_overlap(const gclip_tensor_desc *tensors, size_t n, siz
     return GCLIP_STATUS_SUCCESS;
 }
 
-static int kind_of(float p)
+/* Size of the options struct of each version; index 0 is unused. */
+static const size_t options_size_of_version[GCLIP_OPTIONS_VERSION + 1] = {
+    0, sizeof(gclip_norm_options)};
+
+/* Copy the caller's options over the defaults, checking the size and version
+ * the initializer stamped on them. */
+static gclip_status read_options(const gclip_norm_options *options, gclip_norm_options *o)
 {
-    if (p == 2.0f)
-        return GCLIP_KIND_L2;
-    if (p == 1.0f)
-        return GCLIP_KIND_L1;
-    if (isinf(p))
-        return GCLIP_KIND_INF;
-    return GCLIP_KIND_P;
+    *o = gclip_norm_options_default();
+    if (!options)
+        return GCLIP_STATUS_SUCCESS;
+    if (options->version == 0 || options->size == 0)
+        return gclip_fail(GCLIP_STATUS_VERSION_MISMATCH,
+                          "options were not initialized: start from GCLIP_NORM_OPTIONS_INIT or "
+                          "gclip_norm_options_default() (size %zu, version %u)",
+                          options->size, (unsigned)options->version);
+    if (options->version > GCLIP_OPTIONS_VERSION ||
+        options->size != options_size_of_version[options->version])
+        return gclip_fail(GCLIP_STATUS_VERSION_MISMATCH,
+                          "options of version %u and size %zu: this library knows versions up "
+                          "to %d (version %d is %zu bytes); rebuild against its gclip.h",
+                          (unsigned)options->version, options->size, GCLIP_OPTIONS_VERSION,
+                          GCLIP_OPTIONS_VERSION, sizeof(gclip_norm_options));
+    memcpy(o, options, options->size);
+    return GCLIP_STATUS_SUCCESS;
 }
 
 gclip_status gclip_make_params(const gclip_norm_options *options, int32_t op,
                                gclip_norm_params *out)
 {
-    gclip_norm_options o = options ? *options : gclip_norm_options_default();
-    if (isnan(o.max_norm) || o.max_norm < 0.0f)
+    gclip_norm_options o;
+    gclip_status s = read_options(options, &o);
+    if (s != GCLIP_STATUS_SUCCESS)
+        return s;
+    if (!o.max_norm_ptr && (isnan(o.max_norm) || o.max_norm < 0.0f))
         return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
                           "max_norm %g must be >= 0 (0 zeroes the gradients, +inf never clips)",
                           (double)o.max_norm);
@@ -127,20 +149,24 @@ gclip_status gclip_make_params(const gclip_norm_options *options, int32_t op,
     if (!isfinite(o.eps) || o.eps < 0.0f)
         return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "eps %g must be finite and >= 0",
                           (double)o.eps);
-    if (!isfinite(o.inv_scale) || !(o.inv_scale > 0.0f))
+    if (!o.inv_scale_ptr && (!isfinite(o.inv_scale) || !(o.inv_scale > 0.0f)))
         return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "inv_scale %g must be finite and > 0",
                           (double)o.inv_scale);
     if (o.nonfinite != GCLIP_NONFINITE_SKIP && o.nonfinite != GCLIP_NONFINITE_PROPAGATE &&
         o.nonfinite != GCLIP_NONFINITE_ERROR)
         return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "unknown non-finite policy %d",
                           (int)o.nonfinite);
-    out->kind = kind_of(o.norm_type);
+    memset(out, 0, sizeof *out);
+    out->kind = gclip_kind_of(o.norm_type);
     out->op = op;
     out->policy = (int32_t)o.nonfinite;
+    out->fingerprint = gclip_fingerprint(o.norm_type, (int32_t)o.nonfinite);
     out->p = o.norm_type;
     out->max_norm = o.max_norm;
     out->eps = o.eps;
     out->inv_scale = o.inv_scale;
+    out->max_norm_ptr = o.max_norm_ptr;
+    out->inv_scale_ptr = o.inv_scale_ptr;
     out->tensor_norms = o.tensor_norms;
     return GCLIP_STATUS_SUCCESS;
 }

@@ -23,6 +23,8 @@
 #include "gclip_cuda_compat.h"
 #include "gclip_kernels.h"
 
+#include <string.h>
+
 #if defined(GCLIP_SIMT_EMULATION)
 #define GCLIP_UNROLL
 #else
@@ -80,11 +82,20 @@ __device__ __forceinline__ gclip_chunk_view gclip_chunk_at(const gclip_device_ta
     return v;
 }
 
-/* Lanes of one 16-byte vector for element type DTYPE. */
+/* One 16-byte vector for element type DTYPE: its lanes and the type the
+ * functor sees (float for f32/f16/bf16, double for f64). */
 template <int DTYPE>
 struct gclip_vec_traits {
+    typedef float value_type;
     static const int elem_bytes = DTYPE == GCLIP_F32 ? 4 : 2;
     static const int lanes = GCLIP_VEC_BYTES / elem_bytes;
+};
+
+template <>
+struct gclip_vec_traits<GCLIP_F64> {
+    typedef double value_type;
+    static const int elem_bytes = 8;
+    static const int lanes = 2;
 };
 
 template <int DTYPE>
@@ -99,35 +110,64 @@ __device__ __forceinline__ uint32_t gclip_f32_to_half_bits(float x)
     return DTYPE == GCLIP_F16 ? gclip_f32_to_f16(x) : gclip_f32_to_bf16(x);
 }
 
+__device__ __forceinline__ double gclip_bits_f64(uint32_t lo, uint32_t hi)
+{
+    const uint64_t u = ((uint64_t)hi << 32) | lo;
+    double d;
+    memcpy(&d, &u, sizeof d);
+    return d;
+}
+
+__device__ __forceinline__ uint64_t gclip_f64_bits(double d)
+{
+    uint64_t u;
+    memcpy(&u, &d, sizeof u);
+    return u;
+}
+
 /* Decode a vector into its lanes, in memory order (little endian: the lower
  * half of each 32-bit word is the earlier element). */
 template <int DTYPE>
-__device__ __forceinline__ void gclip_unpack(const uint4 &v,
-                                             float (&x)[gclip_vec_traits<DTYPE>::lanes])
+__device__ __forceinline__ void gclip_unpack(
+    const uint4 &v, typename gclip_vec_traits<DTYPE>::value_type (&x)[gclip_vec_traits<DTYPE>::lanes])
 {
     const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-    GCLIP_UNROLL
-    for (int i = 0; i < 4; ++i) {
-        if constexpr (DTYPE == GCLIP_F32) {
-            x[i] = gclip_bits_f32(w[i]);
-        } else {
-            x[2 * i] = gclip_half_bits_to_f32<DTYPE>(w[i] & 0xffffu);
-            x[2 * i + 1] = gclip_half_bits_to_f32<DTYPE>(w[i] >> 16);
+    if constexpr (DTYPE == GCLIP_F64) {
+        x[0] = gclip_bits_f64(w[0], w[1]);
+        x[1] = gclip_bits_f64(w[2], w[3]);
+    } else {
+        GCLIP_UNROLL
+        for (int i = 0; i < 4; ++i) {
+            if constexpr (DTYPE == GCLIP_F32) {
+                x[i] = gclip_bits_f32(w[i]);
+            } else {
+                x[2 * i] = gclip_half_bits_to_f32<DTYPE>(w[i] & 0xffffu);
+                x[2 * i + 1] = gclip_half_bits_to_f32<DTYPE>(w[i] >> 16);
+            }
         }
     }
 }
 
 template <int DTYPE>
-__device__ __forceinline__ uint4 gclip_pack(const float (&x)[gclip_vec_traits<DTYPE>::lanes])
+__device__ __forceinline__ uint4 gclip_pack(
+    const typename gclip_vec_traits<DTYPE>::value_type (&x)[gclip_vec_traits<DTYPE>::lanes])
 {
     uint32_t w[4];
-    GCLIP_UNROLL
-    for (int i = 0; i < 4; ++i) {
-        if constexpr (DTYPE == GCLIP_F32)
-            w[i] = gclip_f32_bits(x[i]);
-        else
-            w[i] = gclip_f32_to_half_bits<DTYPE>(x[2 * i]) |
-                   (gclip_f32_to_half_bits<DTYPE>(x[2 * i + 1]) << 16);
+    if constexpr (DTYPE == GCLIP_F64) {
+        const uint64_t a = gclip_f64_bits(x[0]), b = gclip_f64_bits(x[1]);
+        w[0] = (uint32_t)a;
+        w[1] = (uint32_t)(a >> 32);
+        w[2] = (uint32_t)b;
+        w[3] = (uint32_t)(b >> 32);
+    } else {
+        GCLIP_UNROLL
+        for (int i = 0; i < 4; ++i) {
+            if constexpr (DTYPE == GCLIP_F32)
+                w[i] = gclip_f32_bits(x[i]);
+            else
+                w[i] = gclip_f32_to_half_bits<DTYPE>(x[2 * i]) |
+                       (gclip_f32_to_half_bits<DTYPE>(x[2 * i + 1]) << 16);
+        }
     }
     uint4 v;
     v.x = w[0];
@@ -141,18 +181,26 @@ __device__ __forceinline__ uint4 gclip_pack(const float (&x)[gclip_vec_traits<DT
 template <int DTYPE, bool WRITE, class F>
 __device__ __forceinline__ void gclip_visit_scalar(void *base, int64_t i, F &f)
 {
-    const float x = gclip_load(base, DTYPE, i);
-    if constexpr (WRITE)
-        gclip_store(base, DTYPE, i, f(x));
-    else
-        f(x);
+    if constexpr (DTYPE == GCLIP_F64) {
+        double *p = (double *)base + i;
+        if constexpr (WRITE)
+            *p = f(*p);
+        else
+            f(*p);
+    } else {
+        const float x = gclip_load(base, DTYPE, i);
+        if constexpr (WRITE)
+            gclip_store(base, DTYPE, i, f(x));
+        else
+            f(x);
+    }
 }
 
 /* One loaded vector `r` that lives at `dst`. */
 template <int DTYPE, bool WRITE, class F>
 __device__ __forceinline__ void gclip_visit_vector(const uint4 &r, uint4 *dst, F &f)
 {
-    float x[gclip_vec_traits<DTYPE>::lanes];
+    typename gclip_vec_traits<DTYPE>::value_type x[gclip_vec_traits<DTYPE>::lanes];
     gclip_unpack<DTYPE>(r, x);
     GCLIP_UNROLL
     for (int j = 0; j < gclip_vec_traits<DTYPE>::lanes; ++j) {
@@ -204,7 +252,8 @@ __device__ __forceinline__ void gclip_walk_typed(void *base, int64_t count, F &f
 
 /* Visit every element of chunk `c` with `f`: read mode (WRITE = false) calls
  * f(x) for each element; write mode replaces each element x with f(x),
- * computed in float and rounded back to the element type. */
+ * computed in float and rounded back to the element type (in double for
+ * f64). `f` takes float and double. */
 template <bool WRITE, class F>
 __device__ __forceinline__ void gclip_walk_chunk(const gclip_chunk_view &c, F &f)
 {
@@ -214,6 +263,9 @@ __device__ __forceinline__ void gclip_walk_chunk(const gclip_chunk_view &c, F &f
         break;
     case GCLIP_F16:
         gclip_walk_typed<GCLIP_F16, WRITE>(c.base, c.count, f);
+        break;
+    case GCLIP_F64:
+        gclip_walk_typed<GCLIP_F64, WRITE>(c.base, c.count, f);
         break;
     default:
         gclip_walk_typed<GCLIP_BF16, WRITE>(c.base, c.count, f);

@@ -1,6 +1,7 @@
 /*
  * clamp_kernel.cu - value clipping: every element clamped in place to
  * [-clip_value, clip_value] in one read-write pass, NaN kept (gclip_clamp).
+ * CPU twin: host/clamp_cpu.c.
  *
  * One block per chunk. Block 0 also writes the result slot, since value
  * clipping computes no norm: total_norm NaN, coefficient and scale 1, no
@@ -15,6 +16,10 @@
 struct gclip_clamp_to {
     float bound;
     __device__ __forceinline__ float operator()(float x) const { return gclip_clamp(x, bound); }
+    __device__ __forceinline__ double operator()(double x) const
+    {
+        return gclip_clamp_f64(x, (double)bound);
+    }
 };
 
 static __global__ void __launch_bounds__(GCLIP_BLOCK_THREADS)
@@ -22,10 +27,7 @@ static __global__ void __launch_bounds__(GCLIP_BLOCK_THREADS)
 {
     if (blockIdx.x == 0 && threadIdx.x == 0) {
         gclip_result_slot slot;
-        slot.total_norm = gclip_bits_f32(0x7fc00000u); /* quiet NaN: no norm computed */
-        slot.clip_coef = 1.0f;
-        slot.scale = 1.0f;
-        slot.nonfinite = 0;
+        gclip_value_slot(t.result->sequence, &slot);
         *t.result = slot;
     }
     if (blockIdx.x >= t.num_chunks)
@@ -39,7 +41,6 @@ static __global__ void __launch_bounds__(GCLIP_BLOCK_THREADS)
 extern "C" int gclip_launch_clamp(const gclip_device_tables *t, float clip_value,
                                   gclip_stream stream)
 {
-    GCLIP_LAUNCH(gclip_clamp_kernel, gclip_kernel_grid(t->num_chunks), GCLIP_BLOCK_THREADS,
-                 stream, *t, clip_value);
-    return GCLIP_LAUNCH_STATUS();
+    return GCLIP_LAUNCH(gclip_clamp_kernel, gclip_kernel_grid(t->num_chunks), GCLIP_BLOCK_THREADS,
+                        stream, *t, clip_value);
 }

@@ -4,22 +4,37 @@
  * emulator (tests/emu). Kernel files include this and use plain CUDA C++ plus
  * the two macros below; nothing else in them depends on the mode.
  *
- *   GCLIP_LAUNCH(kernel, grid, block, stream, args...)  launch one kernel
- *   GCLIP_LAUNCH_STATUS()  the launch error as int (0 = success)
+ *   GCLIP_LAUNCH(kernel, grid, block, stream, args...)
+ *       launch one kernel; evaluates to that launch's own status as an int
+ *       (0 = success), never to an error left by an earlier call
  */
 #ifndef GCLIP_CUDA_COMPAT_H
 #define GCLIP_CUDA_COMPAT_H
 
 #if defined(GCLIP_SIMT_EMULATION)
 /* tests/emu/simt_emu.h defines threadIdx, blockIdx, blockDim, gridDim,
- * __syncthreads, __threadfence, atomicAdd, atomicExch, uint4, the CUDA
- * keywords, gclip_emu_block_reduce and both macros. */
+ * __syncthreads, __threadfence, the atomics, uint4, the CUDA keywords,
+ * gclip_emu_block_reduce and GCLIP_LAUNCH. */
 #include "simt_emu.h"
 #elif defined(__CUDACC__)
 #include <cuda_runtime.h>
+/* cudaLaunchKernelEx returns the status of this launch; a <<<>>> launch
+ * checked with cudaGetLastError() could report an earlier, unrelated error. */
+template <class... P, class... A>
+static inline int gclip_launch_ex(void (*kernel)(P...), unsigned grid, unsigned block,
+                                  cudaStream_t stream, A &&...args)
+{
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(grid);
+    cfg.blockDim = dim3(block);
+    cfg.dynamicSmemBytes = 0;
+    cfg.stream = stream;
+    cfg.attrs = nullptr;
+    cfg.numAttrs = 0;
+    return (int)cudaLaunchKernelEx(&cfg, kernel, static_cast<A &&>(args)...);
+}
 #define GCLIP_LAUNCH(kernel, grid, block, stream, ...) \
-    kernel<<<(grid), (block), 0, (cudaStream_t)(stream)>>>(__VA_ARGS__)
-#define GCLIP_LAUNCH_STATUS() ((int)cudaGetLastError())
+    gclip_launch_ex(kernel, (grid), (block), (cudaStream_t)(stream), __VA_ARGS__)
 #else
 #error "kernel sources are compiled by nvcc or with GCLIP_SIMT_EMULATION"
 #endif

@@ -2,15 +2,16 @@
  * gclip_kernels.h - the kernel launchers, callable from C (host/cuda_backend.c)
  * and from the SIMT emulator tests. Defined in the .cu files of kernels/.
  *
- * Every launcher enqueues exactly one kernel on `stream`, checks the launch
- * error and returns it as an int (0 = success, otherwise a cudaError_t
- * value). None allocates, copies or synchronizes.
+ * Every launcher enqueues exactly one kernel on `stream` and returns that
+ * launch's own status as an int (0 = success, otherwise a cudaError_t value;
+ * never an error left over from an earlier call). None allocates, copies or
+ * synchronizes.
  */
 #ifndef GCLIP_KERNELS_H
 #define GCLIP_KERNELS_H
 
-#include "gclip.h"
-#include "gclip_portable.h"
+#include "gclip_norm_math.h"
+#include "gclip_tables.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -20,9 +21,8 @@ extern "C" {
 #define GCLIP_BLOCK_THREADS 256
 
 /* The plan's device-resident tables and workspace. All pointers are device
- * memory. Built once by gclip_cuda_init; its sizes come from
- * gclip_kernel_workspace so that one function decides both the workspace and
- * the launch shape. */
+ * memory. Built once at plan creation; its sizes come from gclip_kernel_grid,
+ * so one function decides both the workspace and the launch shape. */
 typedef struct gclip_device_tables {
     const gclip_tensor_desc *tensors; /* [num_tensors] */
     const gclip_chunk *chunks;        /* [num_chunks] */
@@ -30,7 +30,9 @@ typedef struct gclip_device_tables {
     uint32_t num_chunks;
     double *partials;          /* [gclip_kernel_grid(num_chunks)] one slot per block */
     float *tensor_factor;      /* [num_tensors] per-tensor scale factors */
-    unsigned int *ticket;      /* one counter, 0 between operations */
+    unsigned int *ticket;      /* norm kernel: blocks done, modulo the grid */
+    unsigned int *apply_ticket; /* scale kernel under GCLIP_OP_APPLY: the same */
+    gclip_partial *partial;    /* the plan's own partial (accumulate phase) */
     gclip_result_slot *result; /* the plan's result slot */
 } gclip_device_tables;
 
@@ -41,16 +43,24 @@ static inline uint32_t gclip_kernel_grid(uint32_t num_chunks)
     return num_chunks > 0 ? num_chunks : 1u;
 }
 
-/* Kernel 1: per-chunk partials of the norm terms; the last block to finish
- * reduces them in chunk order, writes per-tensor norms (np->tensor_norms),
- * per-tensor factors, the result slot, and resets the ticket. */
+/* Norm kernel: per-chunk partials of the norm terms; the last block to finish
+ * folds them in chunk order into per-tensor norms (np->tensor_norms), the
+ * plan's partial and, for every op but GCLIP_OP_ACCUMULATE, the result slot
+ * and per-tensor factors. */
 int gclip_launch_norm(const gclip_device_tables *t, const gclip_norm_params *np,
                       gclip_stream stream);
 
-/* Kernel 2: multiply in place by result->scale (GCLIP_OP_GLOBAL) or by
- * tensor_factor[tensor] (GCLIP_OP_PER_TENSOR); blocks whose factor is exactly
- * 1 return without writing. */
-int gclip_launch_scale(const gclip_device_tables *t, int32_t op, gclip_stream stream);
+/* Finalize kernel (GCLIP_OP_FINALIZE), one block: folds np->partials (or the
+ * plan's partial) in index order into the result slot. */
+int gclip_launch_finalize(const gclip_device_tables *t, const gclip_norm_params *np,
+                          gclip_stream stream);
+
+/* Scale kernel: multiply in place by the slot's factor (GCLIP_OP_CLIP_NORM,
+ * GCLIP_OP_APPLY), by tensor_factor[tensor] (GCLIP_OP_CLIP_PER_TENSOR) or by
+ * the factor of a given norm (GCLIP_OP_CLIP_WITH_NORM, which also writes the
+ * slot). Blocks whose factor is exactly 1 return without writing. */
+int gclip_launch_scale(const gclip_device_tables *t, const gclip_norm_params *np,
+                       gclip_stream stream);
 
 /* Value clipping in one read-write pass; block 0 also writes the result slot
  * (no norm: total_norm NaN, coef 1, scale 1, nonfinite 0). */

@@ -3,8 +3,10 @@
  * norm kernel once every chunk's partial is in place.
  *
  * It reduces the per-chunk partials to per-tensor accumulators, writes the
- * per-tensor norms and factors, reduces the tensor accumulators to the total
- * and fills the result slot.
+ * per-tensor norms and factors, reduces the tensor accumulators to the
+ * plan's partial (the accumulate phase ends here) and, for every op but
+ * GCLIP_OP_ACCUMULATE, fills the result slot from it. CPU twin:
+ * host/norm_cpu.c.
  *
  * The reduction order is fixed by the chunk table and the block size alone:
  *
@@ -32,14 +34,15 @@
 /* Shared memory of the finalize; declared by the kernel at function scope. */
 typedef struct gclip_finalize_shared {
     double head[GCLIP_BLOCK_THREADS]; /* thread i's piece of a tensor begun earlier */
-    unsigned int nonfinite;           /* some tensor norm is NaN or Inf */
+    unsigned int nonfinite;           /* tensors whose norm is NaN or Inf */
     unsigned int skip_all;            /* per-tensor op: nothing may be written */
 } gclip_finalize_shared;
 
 /* What one thread carries through the finalize. */
 typedef struct gclip_finalize_thread {
-    double total;    /* this thread's share of the total accumulator */
-    int nonfinite;   /* a tensor this thread finished has a non-finite norm */
+    double total;       /* this thread's share of the total accumulator */
+    unsigned nonfinite; /* tensors it finished whose norm is not finite */
+    gclip_scalars sc;   /* max_norm and inv_scale as read at execution */
 } gclip_finalize_thread;
 
 /* First chunk of thread i's range (thread B's is C, the end of the table). */
@@ -62,13 +65,13 @@ __device__ __forceinline__ void gclip_finish_tensor(const gclip_device_tables &t
                                                     const gclip_norm_params &np, uint32_t tensor,
                                                     double acc, gclip_finalize_thread &th)
 {
-    const float n = gclip_norm_value(acc, &np);
+    const float n = gclip_norm_value(acc, np.kind, np.p, th.sc.inv_scale);
     if (np.tensor_norms)
         np.tensor_norms[tensor] = n;
-    if (np.op == GCLIP_OP_PER_TENSOR)
+    if (np.op == GCLIP_OP_CLIP_PER_TENSOR)
         t.tensor_factor[tensor] = n;
     th.total = gclip_term_combine(th.total, acc, np.kind);
-    th.nonfinite |= !gclip_is_finite(n);
+    th.nonfinite += !gclip_is_finite(n);
 }
 
 /* Fold chunks [c, end) while they belong to `tensor`; returns where it stopped. */
@@ -143,29 +146,36 @@ __device__ __forceinline__ void gclip_finalize(const gclip_device_tables &t,
     gclip_finalize_thread th;
     th.total = GCLIP_TERM_ZERO;
     th.nonfinite = 0;
+    th.sc = gclip_resolve_scalars(&np);
     if (tid == 0)
         sh.nonfinite = 0; /* published by the barrier inside gclip_finalize_tensors */
 
     gclip_finalize_tensors(t, np, sh, th);
     if (th.nonfinite)
-        sh.nonfinite = 1;
+        atomicAdd(&sh.nonfinite, th.nonfinite);
     const double total = gclip_block_reduce(red, th.total, np.kind);
     __syncthreads(); /* sh.nonfinite is complete */
 
     if (tid == 0) {
-        const int any = np.op == GCLIP_OP_PER_TENSOR && sh.nonfinite != 0;
+        gclip_partial part;
+        part.acc = total;
+        part.nonfinite = sh.nonfinite;
+        part.fingerprint = np.fingerprint;
+        *t.partial = part;
+        const float n = gclip_norm_value(total, np.kind, np.p, th.sc.inv_scale);
         gclip_result_slot slot;
-        gclip_finalize_total(total, &np, any, &slot);
+        gclip_finalize_slot(n, part.nonfinite, &np, &th.sc, th.sc.status, t.result->sequence,
+                            &slot);
         *t.result = slot;
-        sh.skip_all = slot.nonfinite && np.policy != GCLIP_NONFINITE_PROPAGATE;
-        /* ready for the next operation and for CUDA-graph replays */
-        atomicExch(t.ticket, 0u);
+        sh.skip_all = (slot.nonfinite && np.policy != GCLIP_NONFINITE_PROPAGATE) ||
+                      slot.status != GCLIP_STATUS_SUCCESS;
     }
-    if (np.op != GCLIP_OP_PER_TENSOR)
+    if (np.op != GCLIP_OP_CLIP_PER_TENSOR)
         return;
     __syncthreads(); /* sh.skip_all and every parked tensor norm are visible */
     for (uint32_t i = tid; i < t.num_tensors; i += GCLIP_BLOCK_THREADS)
-        t.tensor_factor[i] = gclip_tensor_factor(t.tensor_factor[i], &np, (int)sh.skip_all);
+        t.tensor_factor[i] =
+            gclip_tensor_factor(t.tensor_factor[i], &np, &th.sc, (int)sh.skip_all);
 }
 
 #endif /* GCLIP_NORM_FINALIZE_CUH */

@@ -1,6 +1,7 @@
 /*
- * norm_kernel.cu - kernel 1 of a clip step: the norm of every tensor of the
- * plan in one launch, finalized by the last block to finish.
+ * norm_kernel.cu - the accumulate phase of a step (and, fused into its last
+ * block, the finalize): the norm of every tensor of the plan in one launch.
+ * CPU twin: host/norm_cpu.c.
  *
  * One block per chunk of the plan's chunk table (device memory, uploaded once
  * at plan creation, so the launch carries no per-tensor arguments and any
@@ -15,9 +16,15 @@
  * A separate finalize kernel would add a third launch (a few microseconds of
  * launch latency and a dependent-kernel gap on every step) for no gain in
  * determinism: the finalize's order does not depend on which block arrives
- * last (see norm_finalize.cuh). The price is one atomic per block and a
- * ticket counter that the last block resets to 0, so that the next step and
- * every replay of a captured CUDA graph start from 0 with no memset.
+ * last (see norm_finalize.cuh). The price is one atomic per block on a
+ * ticket counter.
+ *
+ * The ticket counts modulo the grid (atomicInc wraps to 0 after grid - 1),
+ * so every complete launch leaves it where it found it, with no reset and no
+ * memset: the next step and every replay of a captured CUDA graph start from
+ * 0. Even two launches of one plan that ran unordered (a misuse the stream
+ * rule prevents) add two whole grids and leave it at 0, so one bad step
+ * cannot poison every later one.
  *
  * ---- kernels
  */
@@ -31,7 +38,11 @@ template <int KIND>
 struct gclip_term_sum {
     double acc;
     float p;
-    __device__ __forceinline__ void operator()(float x) { acc = gclip_term_add(acc, x, KIND, p); }
+    __device__ __forceinline__ void operator()(float x)
+    {
+        acc = gclip_term_add(acc, (double)x, KIND, p);
+    }
+    __device__ __forceinline__ void operator()(double x) { acc = gclip_term_add(acc, x, KIND, p); }
 };
 
 template <int KIND>
@@ -80,7 +91,7 @@ static __global__ void __launch_bounds__(GCLIP_BLOCK_THREADS)
             t.partials[blockIdx.x] = partial;
         /* the partial is visible device-wide before the ticket counts it */
         __threadfence();
-        is_last = atomicAdd(t.ticket, 1u) == gridDim.x - 1;
+        is_last = atomicInc(t.ticket, gridDim.x - 1) == gridDim.x - 1;
     }
     __syncthreads();
     if (!is_last)
@@ -95,7 +106,6 @@ static __global__ void __launch_bounds__(GCLIP_BLOCK_THREADS)
 extern "C" int gclip_launch_norm(const gclip_device_tables *t, const gclip_norm_params *np,
                                  gclip_stream stream)
 {
-    GCLIP_LAUNCH(gclip_norm_kernel, gclip_kernel_grid(t->num_chunks), GCLIP_BLOCK_THREADS,
-                 stream, *t, *np);
-    return GCLIP_LAUNCH_STATUS();
+    return GCLIP_LAUNCH(gclip_norm_kernel, gclip_kernel_grid(t->num_chunks), GCLIP_BLOCK_THREADS,
+                        stream, *t, *np);
 }

@@ -1,14 +1,25 @@
 /*
- * scale_kernel.cu - kernel 2 of a clip step: multiply every element in place
- * by the factor the norm kernel left in device memory.
+ * scale_kernel.cu - the apply phase of a step: multiply every element in
+ * place by a factor that lives in device memory. CPU twin: host/scale_cpu.c.
  *
- * GCLIP_OP_GLOBAL reads result->scale (clip coefficient x inv_scale),
- * GCLIP_OP_PER_TENSOR reads tensor_factor[tensor] of the block's chunk. The
- * factor is read on the device, so the step needs no host round trip and can
- * be captured in a CUDA graph. A block whose factor is exactly 1 returns
+ * Where the factor comes from depends on the op:
+ *   GCLIP_OP_CLIP_NORM       result->scale, left by the norm kernel's finalize
+ *   GCLIP_OP_APPLY           result->scale, left by gclip_norm_finalize or
+ *                            gclip_compute_clip_factor (only while it is
+ *                            pending: never applied twice)
+ *   GCLIP_OP_CLIP_PER_TENSOR tensor_factor[tensor] of the block's chunk
+ *   GCLIP_OP_CLIP_WITH_NORM  computed by every block from the given norm and
+ *                            the scalars; block 0 writes the result slot
+ * The factor is read on the device, so the step needs no host round trip and
+ * can be captured in a CUDA graph. A block whose factor is exactly 1 returns
  * before touching its chunk: an unclipped step reads and writes no gradient.
  * One block per chunk; f16/bf16 are scaled in float and rounded back to
- * nearest even (gclip_portable.h).
+ * nearest even, f64 is scaled in double.
+ *
+ * Under GCLIP_OP_APPLY the slot is both read (by every block) and updated
+ * (op, flags, sequence), so the update is done by the last block to have
+ * read it, found with a ticket that counts modulo the grid as the norm
+ * kernel's does.
  *
  * ---- kernels
  */
@@ -17,17 +28,51 @@
 struct gclip_scale_by {
     float factor;
     __device__ __forceinline__ float operator()(float x) const { return x * factor; }
+    __device__ __forceinline__ double operator()(double x) const { return x * (double)factor; }
 };
 
-static __global__ void __launch_bounds__(GCLIP_BLOCK_THREADS)
-    gclip_scale_kernel(gclip_device_tables t, int32_t op)
+/* The factor of this block's chunk; thread 0 only. */
+__device__ __forceinline__ float gclip_block_factor(const gclip_device_tables &t,
+                                                    const gclip_norm_params &np)
 {
-    if (blockIdx.x >= t.num_chunks)
-        return;
+    switch (np.op) {
+    case GCLIP_OP_CLIP_PER_TENSOR:
+        return blockIdx.x < t.num_chunks ? t.tensor_factor[t.chunks[blockIdx.x].tensor] : 1.0f;
+    case GCLIP_OP_CLIP_WITH_NORM: {
+        gclip_result_slot slot;
+        gclip_given_norm_slot(&np, t.result->sequence, &slot);
+        if (blockIdx.x == 0)
+            *t.result = slot;
+        return slot.scale;
+    }
+    case GCLIP_OP_APPLY: {
+        const gclip_result_slot *r = t.result;
+        const float f = gclip_factor_pending(r) ? r->scale : 1.0f;
+        /* every block has read the slot before the last one updates it */
+        __threadfence();
+        if (atomicInc(t.apply_ticket, gridDim.x - 1) == gridDim.x - 1) {
+            gclip_result_slot slot = *r;
+            gclip_applied_slot(&slot);
+            *t.result = slot;
+        }
+        return f;
+    }
+    default: /* GCLIP_OP_CLIP_NORM */
+        return t.result->scale;
+    }
+}
+
+static __global__ void __launch_bounds__(GCLIP_BLOCK_THREADS)
+    gclip_scale_kernel(gclip_device_tables t, gclip_norm_params params)
+{
+    __shared__ float block_factor;
+    const gclip_norm_params np = params;
     /* the factor first: a block that has nothing to write reads no tensor data */
-    const float factor = op == GCLIP_OP_GLOBAL ? t.result->scale
-                                               : t.tensor_factor[t.chunks[blockIdx.x].tensor];
-    if (factor == 1.0f)
+    if (threadIdx.x == 0)
+        block_factor = gclip_block_factor(t, np);
+    __syncthreads();
+    const float factor = block_factor;
+    if (factor == 1.0f || blockIdx.x >= t.num_chunks)
         return;
     const gclip_scale_by f = {factor};
     gclip_walk_chunk<true>(gclip_chunk_at(t, blockIdx.x), f);
@@ -35,9 +80,9 @@ static __global__ void __launch_bounds__(GCLIP_BLOCK_THREADS)
 
 /* ---- launcher */
 
-extern "C" int gclip_launch_scale(const gclip_device_tables *t, int32_t op, gclip_stream stream)
+extern "C" int gclip_launch_scale(const gclip_device_tables *t, const gclip_norm_params *np,
+                                  gclip_stream stream)
 {
-    GCLIP_LAUNCH(gclip_scale_kernel, gclip_kernel_grid(t->num_chunks), GCLIP_BLOCK_THREADS,
-                 stream, *t, op);
-    return GCLIP_LAUNCH_STATUS();
+    return GCLIP_LAUNCH(gclip_scale_kernel, gclip_kernel_grid(t->num_chunks), GCLIP_BLOCK_THREADS,
+                        stream, *t, *np);
 }

@@ -35,11 +35,14 @@ using ld = long double;
 
 // ---- element conversions ----------------------------------------------------
 
-inline std::size_t dtype_size(gclip_dtype dt) { return dt == GCLIP_F32 ? 4 : 2; }
+inline std::size_t dtype_size(gclip_dtype dt)
+{
+    return dt == GCLIP_F64 ? 8 : dt == GCLIP_F32 ? 4 : 2;
+}
 
 inline const char *dtype_name(gclip_dtype dt)
 {
-    return dt == GCLIP_F32 ? "f32" : dt == GCLIP_F16 ? "f16" : "bf16";
+    return dt == GCLIP_F64 ? "f64" : dt == GCLIP_F32 ? "f32" : dt == GCLIP_F16 ? "f16" : "bf16";
 }
 
 inline float bits_to_float(uint32_t u)
@@ -148,9 +151,19 @@ inline uint16_t float_to_bf16(float f)
     return static_cast<uint16_t>(float_to_bits(static_cast<float>(r)) >> 16);
 }
 
-// Element i of a buffer of `dt`, as float.
+// Element i of an f64 buffer.
+inline double load_f64(const void *p, int64_t i)
+{
+    double d;
+    std::memcpy(&d, static_cast<const char *>(p) + 8 * i, 8);
+    return d;
+}
+
+// Element i of a buffer of `dt`, as float (f64 rounded; see load_exact).
 inline float load(const void *p, gclip_dtype dt, int64_t i)
 {
+    if (dt == GCLIP_F64)
+        return static_cast<float>(load_f64(p, i));
     if (dt == GCLIP_F32) {
         float f;
         std::memcpy(&f, static_cast<const char *>(p) + 4 * i, 4);
@@ -161,10 +174,21 @@ inline float load(const void *p, gclip_dtype dt, int64_t i)
     return dt == GCLIP_F16 ? f16_to_float(h) : bf16_to_float(h);
 }
 
+// Element i with its full value, for every dtype.
+inline ld load_exact(const void *p, gclip_dtype dt, int64_t i)
+{
+    return dt == GCLIP_F64 ? static_cast<ld>(load_f64(p, i)) : static_cast<ld>(load(p, dt, i));
+}
+
 // Store float v as element i of a buffer of `dt`, rounding to nearest even.
 inline void store(void *p, gclip_dtype dt, int64_t i, float v)
 {
     char *c = static_cast<char *>(p);
+    if (dt == GCLIP_F64) {
+        const double d = v;
+        std::memcpy(c + 8 * i, &d, 8);
+        return;
+    }
     if (dt == GCLIP_F32) {
         std::memcpy(c + 4 * i, &v, 4);
         return;
@@ -173,9 +197,15 @@ inline void store(void *p, gclip_dtype dt, int64_t i, float v)
     std::memcpy(c + 2 * i, &h, 2);
 }
 
-// Raw bits of element i (f32: 32 bits, f16/bf16: 16 bits).
+// Raw bits of element i (f32: 32 bits, f16/bf16: 16 bits, f64: a 32-bit
+// fold of its 64 bits).
 inline uint32_t raw_bits(const void *p, gclip_dtype dt, int64_t i)
 {
+    if (dt == GCLIP_F64) {
+        uint64_t u;
+        std::memcpy(&u, static_cast<const char *>(p) + 8 * i, 8);
+        return static_cast<uint32_t>(u ^ (u >> 32));
+    }
     if (dt == GCLIP_F32) {
         uint32_t u;
         std::memcpy(&u, static_cast<const char *>(p) + 4 * i, 4);
@@ -189,7 +219,7 @@ inline uint32_t raw_bits(const void *p, gclip_dtype dt, int64_t i)
 // The value `v` would have after a round trip through `dt`.
 inline float quantize(float v, gclip_dtype dt)
 {
-    if (dt == GCLIP_F32)
+    if (dt == GCLIP_F32 || dt == GCLIP_F64)
         return v;
     return dt == GCLIP_F16 ? f16_to_float(float_to_f16(v)) : bf16_to_float(float_to_bf16(v));
 }
@@ -228,6 +258,13 @@ private:
 // positive value of the format, so the buffer is never all zeros.
 inline void fill_random(void *p, gclip_dtype dt, int64_t n, Rng &rng, double scale)
 {
+    if (dt == GCLIP_F64) { // full double values, not floats widened
+        for (int64_t i = 0; i < n; ++i) {
+            const double v = rng.normal(scale);
+            std::memcpy(static_cast<char *>(p) + 8 * i, &v, 8);
+        }
+        return;
+    }
     for (int64_t i = 0; i < n; ++i) {
         float v = static_cast<float>(rng.normal(scale));
         if (quantize(v, dt) == 0.0f || std::isinf(quantize(v, dt)))
@@ -286,6 +323,7 @@ public:
     gclip_tensor tensor() const { return gclip_tensor{data(), numel_, dt_}; }
 
     float get(int64_t i) const { return load(data(), dt_, i); }
+    long double get_exact(int64_t i) const { return load_exact(data(), dt_, i); }
     void set(int64_t i, float v) { store(data(), dt_, i, v); }
     uint32_t bits(int64_t i) const { return raw_bits(data(), dt_, i); }
 
@@ -382,7 +420,7 @@ inline Norms norms(const gclip_tensor *t, std::size_t count, double p, double in
         ld acc = 0;
         bool nan = false;
         for (int64_t i = 0; i < t[k].numel; ++i) {
-            const ld a = std::fabs(static_cast<ld>(load(t[k].data, t[k].dtype, i)));
+            const ld a = std::fabs(load_exact(t[k].data, t[k].dtype, i));
             if (std::isnan(a))
                 nan = true;
             else if (std::isinf(p))

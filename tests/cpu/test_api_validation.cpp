@@ -152,7 +152,7 @@ TEST_F(Validation, NullDataWithElementsNamesTheIndex)
 
 TEST_F(Validation, UnknownDtypeNamesTheIndex)
 {
-    for (int bad : {3, -1, 100}) {
+    for (int bad : {4, -1, 100}) {
         auto t = tensors;
         t[4].dtype = static_cast<gclip_dtype>(bad);
         expect_rejected(create_with(t), GCLIP_STATUS_INVALID_ARGUMENT, "dtype");

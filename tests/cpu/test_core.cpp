@@ -1,7 +1,9 @@
-// The portable per-thread helpers (kernels/gclip_portable.h), which both the
-// CUDA kernels and the CPU path run, checked against the oracle's
-// independently written conversions and arithmetic.
-#include "gclip_portable.h"
+// The per-thread core (kernels/gclip_dtype.h, gclip_tables.h,
+// gclip_norm_math.h), which both the CUDA kernels and the CPU path run,
+// checked against the oracle's independently written conversions and
+// arithmetic.
+#include "gclip_norm_math.h"
+#include "gclip_tables.h"
 #include "oracle.hpp"
 
 #include <gtest/gtest.h>
@@ -19,7 +21,7 @@ bool same_float(float a, float b)
     return oracle::float_to_bits(a) == oracle::float_to_bits(b);
 }
 
-TEST(PortableConversions, EveryHalfAndBfloatPatternDecodesLikeTheOracle)
+TEST(CoreConversions, EveryHalfAndBfloatPatternDecodesLikeTheOracle)
 {
     for (uint32_t h = 0; h < 65536; ++h) {
         const uint16_t b = static_cast<uint16_t>(h);
@@ -51,7 +53,7 @@ std::vector<float> boundary_floats(float (*decode)(uint16_t), uint32_t inf_bits)
     return out;
 }
 
-TEST(PortableConversions, HalfEncodingRoundsToNearestEvenAtEveryBoundary)
+TEST(CoreConversions, HalfEncodingRoundsToNearestEvenAtEveryBoundary)
 {
     for (float f : boundary_floats(oracle::f16_to_float, 0x7c00))
         ASSERT_EQ(gclip_f32_to_f16(f), oracle::float_to_f16(f)) << f;
@@ -60,7 +62,7 @@ TEST(PortableConversions, HalfEncodingRoundsToNearestEvenAtEveryBoundary)
         EXPECT_EQ(gclip_f32_to_f16(f), oracle::float_to_f16(f)) << f;
 }
 
-TEST(PortableConversions, BfloatEncodingRoundsToNearestEvenAtEveryBoundary)
+TEST(CoreConversions, BfloatEncodingRoundsToNearestEvenAtEveryBoundary)
 {
     for (float f : boundary_floats(oracle::bf16_to_float, 0x7f80))
         ASSERT_EQ(gclip_f32_to_bf16(f), oracle::float_to_bf16(f)) << f;
@@ -68,7 +70,7 @@ TEST(PortableConversions, BfloatEncodingRoundsToNearestEvenAtEveryBoundary)
         EXPECT_EQ(gclip_f32_to_bf16(f), oracle::float_to_bf16(f)) << f;
 }
 
-TEST(PortableConversions, SampledFloatsEncodeLikeTheOracle)
+TEST(CoreConversions, SampledFloatsEncodeLikeTheOracle)
 {
     // a prime stride through all 2^32 patterns reaches every exponent
     for (uint64_t u = 0; u < (1ull << 32); u += 3989) {
@@ -83,7 +85,7 @@ TEST(PortableConversions, SampledFloatsEncodeLikeTheOracle)
     }
 }
 
-TEST(PortableConversions, NanStaysNanWithItsSign)
+TEST(CoreConversions, NanStaysNanWithItsSign)
 {
     const float nans[] = {oracle::bits_to_float(0x7fc00000u), oracle::bits_to_float(0xffc00001u),
                           oracle::bits_to_float(0x7f800001u), oracle::bits_to_float(0xff812345u)};
@@ -97,7 +99,7 @@ TEST(PortableConversions, NanStaysNanWithItsSign)
     }
 }
 
-TEST(PortableLoadStore, RoundTripsEveryDtypeAtTheRightElement)
+TEST(CoreLoadStore, RoundTripsEveryDtypeAtTheRightElement)
 {
     oracle::Rng rng(11);
     for (gclip_dtype dt : {GCLIP_F32, GCLIP_F16, GCLIP_BF16}) {
@@ -114,7 +116,7 @@ TEST(PortableLoadStore, RoundTripsEveryDtypeAtTheRightElement)
     }
 }
 
-TEST(PortableChunks, ChunkRangesTileEveryTensorExactly)
+TEST(CoreChunks, ChunkRangesTileEveryTensorExactly)
 {
     for (int64_t numel : {int64_t{1}, int64_t{2}, int64_t{65535}, int64_t{65536}, int64_t{65537},
                           int64_t{3} * 65536 + 5, (int64_t{1} << 33) + 7}) {
@@ -136,7 +138,7 @@ TEST(PortableChunks, ChunkRangesTileEveryTensorExactly)
 
 // The split must cover [addr, addr + count*size) exactly, with every vector
 // 16-byte aligned and the head shorter than one vector.
-TEST(PortableSplit, HeadVectorsTailCoverTheRangeWithAlignedVectors)
+TEST(CoreSplit, HeadVectorsTailCoverTheRangeWithAlignedVectors)
 {
     for (int size : {2, 4}) {
         for (uintptr_t addr = 4096; addr < 4096 + 32; addr += size) {
@@ -156,7 +158,7 @@ TEST(PortableSplit, HeadVectorsTailCoverTheRangeWithAlignedVectors)
     }
 }
 
-TEST(PortableTerms, AccumulatorsMatchTheLongDoubleOracle)
+TEST(CoreTerms, AccumulatorsMatchTheLongDoubleOracle)
 {
     oracle::Rng rng(5);
     oracle::TestBuffer buf(GCLIP_F32, 1000);
@@ -179,7 +181,7 @@ TEST(PortableTerms, AccumulatorsMatchTheLongDoubleOracle)
     }
 }
 
-TEST(PortableTerms, MaxKeepsNan)
+TEST(CoreTerms, MaxKeepsNan)
 {
     const double nan = std::nan("");
     EXPECT_TRUE(std::isnan(gclip_term_add(1.0, NAN, GCLIP_KIND_INF, 0)));
@@ -188,7 +190,7 @@ TEST(PortableTerms, MaxKeepsNan)
     EXPECT_TRUE(std::isnan(gclip_term_combine(3.0, nan, GCLIP_KIND_INF)));
 }
 
-TEST(PortableFinalize, CoefficientIsPyTorchsFloatFormula)
+TEST(CoreFinalize, CoefficientIsPyTorchsFloatFormula)
 {
     oracle::Rng rng(17);
     for (int i = 0; i < 10000; ++i) {
@@ -202,50 +204,190 @@ TEST(PortableFinalize, CoefficientIsPyTorchsFloatFormula)
     EXPECT_EQ(gclip_clip_coef(5.0f, 0.0f, 1e-6f), 0.0f);
 }
 
-TEST(PortableFinalize, TotalSlotFollowsThePolicyTable)
+gclip_norm_params global_params(float max_norm, float inv_scale, int32_t policy)
 {
     gclip_norm_params np{};
     np.kind = GCLIP_KIND_L2;
-    np.op = GCLIP_OP_GLOBAL;
-    np.max_norm = 1.0f;
+    np.op = GCLIP_OP_CLIP_NORM;
+    np.p = 2.0f;
+    np.policy = policy;
+    np.fingerprint = gclip_fingerprint(2.0f, policy);
+    np.max_norm = max_norm;
     np.eps = 1e-6f;
-    np.inv_scale = 0.5f;
-    gclip_result_slot s{};
+    np.inv_scale = inv_scale;
+    return np;
+}
 
-    gclip_finalize_total(16.0, &np, 0, &s); // N = sqrt(16) * 0.5 = 2
+gclip_result_slot slot_of(double acc, const gclip_norm_params &np, uint32_t nonfinite_tensors = 0)
+{
+    const gclip_scalars sc = gclip_resolve_scalars(&np);
+    gclip_result_slot s{};
+    const float n = gclip_norm_value(acc, np.kind, np.p, sc.inv_scale);
+    gclip_finalize_slot(n, nonfinite_tensors, &np, &sc, sc.status, 41u, &s);
+    return s;
+}
+
+TEST(CoreFinalize, SlotFollowsThePolicyTable)
+{
+    gclip_norm_params np = global_params(1.0f, 0.5f, GCLIP_NONFINITE_SKIP);
+    gclip_result_slot s = slot_of(16.0, np); // N = sqrt(16) * 0.5 = 2
     EXPECT_EQ(s.total_norm, 2.0f);
     EXPECT_EQ(s.clip_coef, oracle::expected_coef(2.0f, 1.0f, 1e-6f));
     EXPECT_EQ(s.scale, s.clip_coef * 0.5f);
     EXPECT_EQ(s.nonfinite, 0);
+    EXPECT_EQ(s.op, GCLIP_OP_CLIP_NORM);
+    EXPECT_EQ(s.flags, GCLIP_RESULT_HAS_NORM | GCLIP_RESULT_APPLIES);
+    EXPECT_EQ(s.status, GCLIP_STATUS_SUCCESS);
+    EXPECT_EQ(s.sequence, 42u);
 
-    np.policy = GCLIP_NONFINITE_SKIP;
-    gclip_finalize_total(INFINITY, &np, 0, &s);
+    s = slot_of(INFINITY, np);
     EXPECT_TRUE(std::isinf(s.total_norm));
     EXPECT_EQ(s.clip_coef, 1.0f);
     EXPECT_EQ(s.scale, 1.0f);
     EXPECT_EQ(s.nonfinite, 1);
 
-    np.policy = GCLIP_NONFINITE_PROPAGATE;
-    gclip_finalize_total(INFINITY, &np, 0, &s);
+    np = global_params(1.0f, 0.5f, GCLIP_NONFINITE_PROPAGATE);
+    s = slot_of(INFINITY, np);
     EXPECT_EQ(s.clip_coef, 0.0f);
     EXPECT_EQ(s.scale, 0.0f);
     EXPECT_EQ(s.nonfinite, 1);
+    EXPECT_TRUE(s.flags & GCLIP_RESULT_PROPAGATE);
 
     // a true norm above FLT_MAX is Inf, hence non-finite
-    np.policy = GCLIP_NONFINITE_SKIP;
-    np.inv_scale = 1.0f;
-    gclip_finalize_total(1e80, &np, 0, &s);
+    np = global_params(1.0f, 1.0f, GCLIP_NONFINITE_ERROR);
+    s = slot_of(1e80, np);
     EXPECT_TRUE(std::isinf(s.total_norm));
     EXPECT_EQ(s.nonfinite, 1);
+    EXPECT_TRUE(s.flags & GCLIP_RESULT_ERROR_POLICY);
 
-    np.op = GCLIP_OP_TOTAL;
-    gclip_finalize_total(9.0, &np, 0, &s);
+    // a non-finite tensor norm counts even when the caller's total is finite
+    np = global_params(1.0f, 1.0f, GCLIP_NONFINITE_SKIP);
+    s = slot_of(9.0, np, 1);
+    EXPECT_EQ(s.nonfinite, 1);
+    EXPECT_EQ(s.scale, 1.0f);
+
+    np.op = GCLIP_OP_TOTAL_NORM;
+    s = slot_of(9.0, np);
     EXPECT_EQ(s.total_norm, 3.0f);
     EXPECT_EQ(s.clip_coef, 1.0f);
     EXPECT_EQ(s.scale, 1.0f);
+    EXPECT_EQ(s.flags, GCLIP_RESULT_HAS_NORM);
+
+    np.op = GCLIP_OP_CLIP_FACTOR; // computed, not applied
+    s = slot_of(9.0, np);
+    EXPECT_EQ(s.clip_coef, oracle::expected_coef(3.0f, 1.0f, 1e-6f));
+    EXPECT_EQ(s.flags, GCLIP_RESULT_HAS_NORM);
+
+    np.op = GCLIP_OP_ACCUMULATE;
+    s = slot_of(9.0, np);
+    EXPECT_EQ(s.scale, 1.0f);
+    EXPECT_EQ(s.flags, GCLIP_RESULT_HAS_NORM | GCLIP_RESULT_LOCAL);
 }
 
-TEST(PortableElementwise, ClampKeepsNanAndBounds)
+TEST(CoreScalars, DeviceScalarsAreReadAndRangeChecked)
+{
+    gclip_norm_params np = global_params(1.0f, 1.0f, GCLIP_NONFINITE_SKIP);
+    float c = 0.25f, inv = 0.125f;
+    np.max_norm_ptr = &c;
+    np.inv_scale_ptr = &inv;
+    gclip_scalars sc = gclip_resolve_scalars(&np);
+    EXPECT_EQ(sc.max_norm, 0.25f);
+    EXPECT_EQ(sc.inv_scale, 0.125f);
+    EXPECT_EQ(sc.status, GCLIP_STATUS_SUCCESS);
+    c = 0.5f; // read when resolved, not when the params were made
+    EXPECT_EQ(gclip_resolve_scalars(&np).max_norm, 0.5f);
+
+    for (float bad : {-1.0f, NAN}) {
+        c = bad;
+        EXPECT_EQ(gclip_resolve_scalars(&np).status, GCLIP_STATUS_INVALID_ARGUMENT) << bad;
+    }
+    c = 1.0f;
+    for (float bad : {0.0f, -1.0f, INFINITY, NAN}) {
+        inv = bad;
+        EXPECT_EQ(gclip_resolve_scalars(&np).status, GCLIP_STATUS_INVALID_ARGUMENT) << bad;
+    }
+    // an invalid scalar writes nothing: factor 1 and the status in the slot
+    inv = 0.0f;
+    const gclip_result_slot s = slot_of(100.0, np);
+    EXPECT_EQ(s.status, GCLIP_STATUS_INVALID_ARGUMENT);
+    EXPECT_EQ(s.scale, 1.0f);
+}
+
+TEST(CorePartials, FoldInIndexOrderAndRejectForeignFingerprints)
+{
+    gclip_norm_params np = global_params(1.0f, 1.0f, GCLIP_NONFINITE_SKIP);
+    np.op = GCLIP_OP_FINALIZE;
+    const gclip_partial parts[3] = {{9.0, 0, np.fingerprint},
+                                    {16.0, 0, np.fingerprint},
+                                    {0.0, 0, np.fingerprint}};
+    gclip_result_slot s{};
+    gclip_finalize_partials(parts, 3, nullptr, &np, 0u, &s);
+    EXPECT_EQ(s.total_norm, 5.0f);
+    EXPECT_EQ(s.status, GCLIP_STATUS_SUCCESS);
+    EXPECT_EQ(s.clip_coef, oracle::expected_coef(5.0f, 1.0f, 1e-6f));
+
+    gclip_partial odd[2] = {parts[0], parts[1]};
+    odd[1].fingerprint = gclip_fingerprint(1.0f, GCLIP_NONFINITE_SKIP);
+    gclip_finalize_partials(odd, 2, nullptr, &np, 0u, &s);
+    EXPECT_EQ(s.status, GCLIP_STATUS_MISMATCH);
+    EXPECT_EQ(s.scale, 1.0f);
+
+    // the policy is part of the fingerprint, and the kind sits in its low bits
+    EXPECT_NE(gclip_fingerprint(2.0f, GCLIP_NONFINITE_SKIP),
+              gclip_fingerprint(2.0f, GCLIP_NONFINITE_PROPAGATE));
+    EXPECT_EQ(gclip_fingerprint(INFINITY, GCLIP_NONFINITE_SKIP) & 3u, (uint32_t)GCLIP_KIND_INF);
+    EXPECT_EQ(gclip_fingerprint(3.0f, GCLIP_NONFINITE_SKIP) & 3u, (uint32_t)GCLIP_KIND_P);
+
+    // a NaN on one rank reaches everyone's total; counts add
+    gclip_partial nan_parts[2] = {parts[0], {NAN, 1, np.fingerprint}};
+    gclip_finalize_partials(nan_parts, 2, nullptr, &np, 0u, &s);
+    EXPECT_EQ(s.nonfinite, 1);
+    EXPECT_EQ(s.scale, 1.0f);
+}
+
+TEST(CoreApply, AFactorIsAppliedOnceAtMost)
+{
+    gclip_result_slot s{};
+    s.op = GCLIP_OP_FINALIZE;
+    s.scale = 0.5f;
+    s.clip_coef = 0.5f;
+    s.sequence = 7;
+    EXPECT_TRUE(gclip_factor_pending(&s));
+    gclip_applied_slot(&s);
+    EXPECT_EQ(s.op, GCLIP_OP_APPLY);
+    EXPECT_TRUE(s.flags & GCLIP_RESULT_APPLIES);
+    EXPECT_EQ(s.sequence, 8u);
+    EXPECT_FALSE(gclip_factor_pending(&s)); // a second apply finds nothing
+    gclip_applied_slot(&s);
+    EXPECT_EQ(s.status, GCLIP_STATUS_INVALID_ARGUMENT);
+    EXPECT_EQ(s.scale, 1.0f);
+
+    s = gclip_result_slot{};
+    s.op = GCLIP_OP_CLIP_NORM; // already applied by the op itself
+    s.scale = 0.5f;
+    EXPECT_FALSE(gclip_factor_pending(&s));
+    s.op = GCLIP_OP_CLIP_FACTOR;
+    s.failed = -1;
+    EXPECT_FALSE(gclip_factor_pending(&s));
+}
+
+TEST(CoreGivenNorm, FactorOfAGivenNormFollowsThePolicy)
+{
+    gclip_norm_params np = global_params(6.5f, 1.0f, GCLIP_NONFINITE_SKIP);
+    np.op = GCLIP_OP_CLIP_WITH_NORM;
+    np.given_norm = 13.0f;
+    gclip_result_slot s{};
+    gclip_given_norm_slot(&np, 0u, &s);
+    EXPECT_EQ(s.total_norm, 13.0f);
+    EXPECT_EQ(s.scale, oracle::expected_coef(13.0f, 6.5f, 1e-6f));
+    float device_norm = NAN;
+    np.given_norm_ptr = &device_norm;
+    gclip_given_norm_slot(&np, 0u, &s);
+    EXPECT_EQ(s.nonfinite, 1);
+    EXPECT_EQ(s.scale, 1.0f);
+}
+
+TEST(CoreElementwise, ClampKeepsNanAndBounds)
 {
     EXPECT_EQ(gclip_clamp(-3.0f, 1.0f), -1.0f);
     EXPECT_EQ(gclip_clamp(0.5f, 1.0f), 0.5f);

@@ -1,0 +1,87 @@
+/*
+ * norm_cpu.c - the CPU twin of kernels/norm_kernel.cu and its finalize
+ * (kernels/norm_finalize.cuh): the accumulate phase and, for every op but
+ * GCLIP_OP_ACCUMULATE, the finalize into the result slot.
+ *
+ * Work is split into the plan's chunks (64 Ki elements of one tensor each).
+ * Each chunk's norm terms are accumulated in double in a fixed lane order and
+ * written to the chunk's own slot; the slots are then folded serially in
+ * chunk order. The thread count only decides who computes which chunk, so the
+ * results are bitwise identical for any number of threads.
+ */
+#include <omp.h>
+
+#include "cpu_walk.h"
+
+#define ACCUMULATE_KIND(dt)                                                              \
+    switch (kind) {                                                                      \
+    case GCLIP_KIND_L2: return gclip_walk_accumulate(data, dt, begin, n, GCLIP_KIND_L2, p); \
+    case GCLIP_KIND_L1: return gclip_walk_accumulate(data, dt, begin, n, GCLIP_KIND_L1, p); \
+    case GCLIP_KIND_INF: return gclip_walk_max_abs(data, dt, begin, n);                     \
+    default: return gclip_walk_accumulate(data, dt, begin, n, GCLIP_KIND_P, p);             \
+    }
+
+CPU_CLONES static double chunk_terms(const gclip_tensor_desc *t, uint32_t index, int32_t kind,
+                                     float p)
+{
+    int64_t begin, n;
+    gclip_chunk_range(t->numel, index, &begin, &n);
+    const void *data = t->data;
+    switch (t->dtype) {
+    case GCLIP_F32:
+        ACCUMULATE_KIND(GCLIP_F32)
+    case GCLIP_F16:
+        ACCUMULATE_KIND(GCLIP_F16)
+    case GCLIP_F64:
+        /* no bit-pattern max for doubles: the generic max keeps NaN too */
+        return gclip_walk_accumulate(data, GCLIP_F64, begin, n, kind, p);
+    default:
+        ACCUMULATE_KIND(GCLIP_BF16)
+    }
+}
+
+static void read_pass(gclip_plan *plan, double *partials, int32_t kind, float p)
+{
+    const gclip_tensor_desc *tensors = plan->tensors;
+    const gclip_chunk *chunks = plan->chunks;
+    int64_t n = plan->num_chunks;
+#pragma omp parallel for schedule(static) num_threads(gclip_cpu_threads(plan)) if (n > 1)
+    for (int64_t c = 0; c < n; c++)
+        partials[c] = chunk_terms(&tensors[chunks[c].tensor], chunks[c].index, kind, p);
+}
+
+void gclip_norm_cpu(gclip_plan *plan, const gclip_norm_params *np)
+{
+    gclip_cpu_state *st = plan->engine;
+    read_pass(plan, st->partials, np->kind, np->p);
+
+    /* fold the chunk slots in chunk order into tensor accumulators and the total */
+    const gclip_scalars sc = gclip_resolve_scalars(np);
+    double total = GCLIP_TERM_ZERO;
+    uint32_t nonfinite = 0;
+    for (size_t i = 0; i < plan->count; i++) {
+        const gclip_tensor_desc *t = &plan->tensors[i];
+        double acc = GCLIP_TERM_ZERO;
+        for (uint32_t k = 0; k < t->num_chunks; k++)
+            acc = gclip_term_combine(acc, st->partials[t->first_chunk + k], np->kind);
+        total = gclip_term_combine(total, acc, np->kind);
+        const float norm = gclip_norm_value(acc, np->kind, np->p, sc.inv_scale);
+        nonfinite += !gclip_is_finite(norm);
+        if (np->tensor_norms)
+            np->tensor_norms[i] = norm;
+        st->tensor_factor[i] = norm; /* turned into factors below */
+    }
+    st->partial.acc = total;
+    st->partial.nonfinite = nonfinite;
+    st->partial.fingerprint = np->fingerprint;
+
+    const float n = gclip_norm_value(total, np->kind, np->p, sc.inv_scale);
+    gclip_finalize_slot(n, nonfinite, np, &sc, sc.status, st->result.sequence, &st->result);
+    if (np->op == GCLIP_OP_CLIP_PER_TENSOR) {
+        const int skip_all =
+            (st->result.nonfinite && np->policy != GCLIP_NONFINITE_PROPAGATE) ||
+            st->result.status != GCLIP_STATUS_SUCCESS;
+        for (size_t i = 0; i < plan->count; i++)
+            st->tensor_factor[i] = gclip_tensor_factor(st->tensor_factor[i], np, &sc, skip_all);
+    }
+}

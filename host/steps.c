@@ -1,0 +1,280 @@
+/*
+ * steps.c - the step calls and the results: validate on the host, build the
+ * step's parameters, hand the step to the plan's backend; decode the result
+ * slot, the one place results live.
+ */
+#include <math.h>
+
+#include "gclip_internal.h"
+
+gclip_norm_options gclip_norm_options_default(void)
+{
+    gclip_norm_options o = GCLIP_NORM_OPTIONS_INIT;
+    return o;
+}
+
+gclip_status gclip_partial_combine(gclip_partial *a, const gclip_partial *b)
+{
+    gclip_clear_error();
+    if (!a || !b)
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "partial a or b is NULL");
+    /* the fingerprint's low bits are the norm kind: how the two combine */
+    const int32_t kind = (int32_t)(a->fingerprint & 3u);
+    if (gclip_partial_fold(a, b, kind))
+        return gclip_fail(GCLIP_STATUS_MISMATCH,
+                          "partials of different options (fingerprints %08x and %08x): "
+                          "every rank must use the same norm_type and non-finite policy",
+                          (unsigned)a->fingerprint, (unsigned)b->fingerprint);
+    return GCLIP_STATUS_SUCCESS;
+}
+
+static gclip_status check_plan(const gclip_plan *plan)
+{
+    if (!plan)
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "plan is NULL");
+    return GCLIP_STATUS_SUCCESS;
+}
+
+/* Validate `options` for `op` and run the step on the plan's backend. */
+static gclip_status run_norm_step(gclip_plan *plan, const gclip_norm_options *options, int32_t op,
+                                  gclip_stream stream, gclip_step *step)
+{
+    gclip_status s = gclip_make_params(options, op, &step->np);
+    if (s != GCLIP_STATUS_SUCCESS)
+        return s;
+    step->op = op;
+    step->clip_value = 0.0f;
+    return plan->backend->run(plan, step, stream);
+}
+
+static gclip_status norm_step(gclip_plan *plan, const gclip_norm_options *options, int32_t op,
+                              gclip_stream stream)
+{
+    gclip_clear_error();
+    gclip_status s = check_plan(plan);
+    if (s != GCLIP_STATUS_SUCCESS)
+        return s;
+    if (!options && gclip_op_has_coef(op))
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
+                          "options is NULL: %s needs an explicit max_norm "
+                          "(start from GCLIP_NORM_OPTIONS_INIT)",
+                          gclip_op_name(op));
+    if (!options && op == GCLIP_OP_CLIP_PER_TENSOR)
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
+                          "options is NULL: %s needs an explicit max_norm "
+                          "(start from GCLIP_NORM_OPTIONS_INIT)",
+                          gclip_op_name(op));
+    gclip_step step;
+    return run_norm_step(plan, options, op, stream, &step);
+}
+
+gclip_status gclip_total_norm(gclip_plan *plan, const gclip_norm_options *options,
+                              gclip_stream stream)
+{
+    return norm_step(plan, options, GCLIP_OP_TOTAL_NORM, stream);
+}
+
+gclip_status gclip_clip_grad_norm(gclip_plan *plan, const gclip_norm_options *options,
+                                  gclip_stream stream)
+{
+    return norm_step(plan, options, GCLIP_OP_CLIP_NORM, stream);
+}
+
+gclip_status gclip_compute_clip_factor(gclip_plan *plan, const gclip_norm_options *options,
+                                       gclip_stream stream)
+{
+    return norm_step(plan, options, GCLIP_OP_CLIP_FACTOR, stream);
+}
+
+gclip_status gclip_clip_grad_norm_per_tensor(gclip_plan *plan, const gclip_norm_options *options,
+                                             gclip_stream stream)
+{
+    return norm_step(plan, options, GCLIP_OP_CLIP_PER_TENSOR, stream);
+}
+
+gclip_status gclip_norm_accumulate(gclip_plan *plan, const gclip_norm_options *options,
+                                   gclip_stream stream)
+{
+    return norm_step(plan, options, GCLIP_OP_ACCUMULATE, stream);
+}
+
+gclip_status gclip_clip_grads_with_norm(gclip_plan *plan, const gclip_norm_options *options,
+                                        float total_norm, const float *total_norm_ptr,
+                                        gclip_stream stream)
+{
+    gclip_clear_error();
+    gclip_status s = check_plan(plan);
+    if (s != GCLIP_STATUS_SUCCESS)
+        return s;
+    if (!options)
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
+                          "options is NULL: gclip_clip_grads_with_norm needs an explicit "
+                          "max_norm (start from GCLIP_NORM_OPTIONS_INIT)");
+    if (options->tensor_norms)
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
+                          "tensor_norms is set, but gclip_clip_grads_with_norm computes no "
+                          "norm; leave it NULL");
+    gclip_step step;
+    s = gclip_make_params(options, GCLIP_OP_CLIP_WITH_NORM, &step.np);
+    if (s != GCLIP_STATUS_SUCCESS)
+        return s;
+    step.np.given_norm = total_norm;
+    step.np.given_norm_ptr = total_norm_ptr;
+    step.op = GCLIP_OP_CLIP_WITH_NORM;
+    step.clip_value = 0.0f;
+    return plan->backend->run(plan, &step, stream);
+}
+
+gclip_status gclip_norm_finalize(gclip_plan *plan, const gclip_norm_options *options,
+                                 const gclip_partial *partials, size_t count, gclip_stream stream)
+{
+    gclip_clear_error();
+    gclip_status s = check_plan(plan);
+    if (s != GCLIP_STATUS_SUCCESS)
+        return s;
+    if (!options)
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
+                          "options is NULL: gclip_norm_finalize needs an explicit max_norm "
+                          "(start from GCLIP_NORM_OPTIONS_INIT)");
+    if (count > 0 && !partials)
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "partials is NULL but count is %zu",
+                          count);
+    if (count == 0 && partials)
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
+                          "partials is set but count is 0 (NULL and 0 fold the plan's own partial)");
+    if (count > UINT32_MAX)
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "count %zu exceeds %u partials", count,
+                          (unsigned)UINT32_MAX);
+    if (options->tensor_norms)
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
+                          "tensor_norms is set, but gclip_norm_finalize sees no tensor; "
+                          "ask gclip_norm_accumulate for them");
+    gclip_step step;
+    s = gclip_make_params(options, GCLIP_OP_FINALIZE, &step.np);
+    if (s != GCLIP_STATUS_SUCCESS)
+        return s;
+    step.np.partials = partials;
+    step.np.num_partials = (uint32_t)count;
+    step.op = GCLIP_OP_FINALIZE;
+    step.clip_value = 0.0f;
+    return plan->backend->run(plan, &step, stream);
+}
+
+gclip_status gclip_apply_clip_factor(gclip_plan *plan, gclip_stream stream)
+{
+    gclip_clear_error();
+    gclip_status s = check_plan(plan);
+    if (s != GCLIP_STATUS_SUCCESS)
+        return s;
+    gclip_step step;
+    s = gclip_make_params(NULL, GCLIP_OP_APPLY, &step.np);
+    if (s != GCLIP_STATUS_SUCCESS)
+        return s;
+    step.op = GCLIP_OP_APPLY;
+    step.clip_value = 0.0f;
+    return plan->backend->run(plan, &step, stream);
+}
+
+gclip_status gclip_clip_grad_value(gclip_plan *plan, float clip_value, gclip_stream stream)
+{
+    gclip_clear_error();
+    gclip_status s = check_plan(plan);
+    if (s != GCLIP_STATUS_SUCCESS)
+        return s;
+    if (isnan(clip_value) || clip_value < 0.0f)
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
+                          "clip_value %g must be >= 0 (+inf leaves the gradients as they are)",
+                          (double)clip_value);
+    gclip_step step;
+    s = gclip_make_params(NULL, GCLIP_OP_CLIP_VALUE, &step.np);
+    if (s != GCLIP_STATUS_SUCCESS)
+        return s;
+    step.op = GCLIP_OP_CLIP_VALUE;
+    step.clip_value = clip_value;
+    return plan->backend->run(plan, &step, stream);
+}
+
+gclip_status gclip_plan_partial(const gclip_plan *plan, const gclip_partial **partial)
+{
+    gclip_clear_error();
+    if (!plan || !partial)
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "plan or partial is NULL");
+    *partial = plan->backend->partial(plan);
+    return GCLIP_STATUS_SUCCESS;
+}
+
+gclip_status gclip_plan_device_result(const gclip_plan *plan, const gclip_device_result **result)
+{
+    gclip_clear_error();
+    if (!plan || !result)
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "plan or result is NULL");
+    *result = plan->backend->result_slot(plan);
+    return GCLIP_STATUS_SUCCESS;
+}
+
+/* ---- decoding the result slot ----------------------------------------------- */
+
+/* Whether the op of the slot changed gradients. */
+static int32_t slot_applied(const gclip_result_slot *s)
+{
+    if (!(s->flags & GCLIP_RESULT_APPLIES) || s->status != GCLIP_STATUS_SUCCESS || s->failed)
+        return 0;
+    if (s->op == GCLIP_OP_CLIP_VALUE)
+        return 1;
+    if (s->nonfinite && !(s->flags & GCLIP_RESULT_PROPAGATE))
+        return 0;
+    if (s->op == GCLIP_OP_CLIP_PER_TENSOR)
+        return 1; /* each tensor by its own factor, where it differs from 1 */
+    return s->scale != 1.0f;
+}
+
+gclip_status gclip_get_result(gclip_plan *plan, gclip_result *result)
+{
+    gclip_clear_error();
+    if (!plan || !result)
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "plan or result is NULL");
+    gclip_result_slot slot;
+    gclip_status s = plan->backend->read_result(plan, &slot);
+    if (s != GCLIP_STATUS_SUCCESS)
+        return s;
+    const int has_norm = (slot.flags & GCLIP_RESULT_HAS_NORM) != 0;
+    result->total_norm = has_norm ? slot.total_norm : NAN;
+    result->clip_coef = slot.clip_coef;
+    result->scale = slot.scale;
+    result->nonfinite = slot.nonfinite;
+    result->has_norm = has_norm;
+    result->applied = slot_applied(&slot);
+    result->op = (gclip_op)slot.op;
+    result->sequence = slot.sequence;
+    const char *op = gclip_op_name(slot.op);
+    if (slot.failed)
+        return gclip_fail(GCLIP_STATUS_CUDA_ERROR,
+                          "%s: a later launch of the operation failed, so no gradient was "
+                          "written; the slot holds what the earlier launch computed",
+                          op);
+    switch (slot.status) {
+    case GCLIP_STATUS_SUCCESS:
+        break;
+    case GCLIP_STATUS_MISMATCH:
+        return gclip_fail(GCLIP_STATUS_MISMATCH,
+                          "%s: a partial was made with another norm_type or non-finite policy "
+                          "than this call's options; nothing was written",
+                          op);
+    default:
+        if (slot.op == GCLIP_OP_APPLY)
+            return gclip_fail((gclip_status)slot.status,
+                              "gclip_apply_clip_factor found no pending factor (it follows "
+                              "gclip_norm_finalize or gclip_compute_clip_factor, once); "
+                              "nothing was written");
+        return gclip_fail((gclip_status)slot.status,
+                          "%s: max_norm or inv_scale read from device memory at execution was "
+                          "out of range (max_norm must be >= 0, inv_scale finite and > 0); "
+                          "nothing was written",
+                          op);
+    }
+    if ((slot.flags & GCLIP_RESULT_ERROR_POLICY) && slot.nonfinite)
+        return gclip_fail(GCLIP_STATUS_NONFINITE,
+                          "total norm is %g: no gradient was changed (GCLIP_NONFINITE_ERROR)",
+                          (double)slot.total_norm);
+    return GCLIP_STATUS_SUCCESS;
+}

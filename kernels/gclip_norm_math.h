@@ -1,0 +1,329 @@
+/*
+ * gclip_norm_math.h - the arithmetic of a step, shared by the kernels and the
+ * CPU path: per-element norm terms, their combine and root, the scalars of a
+ * step (given as values or read from memory at execution), the coefficient
+ * and factor, and the result slot every operation writes.
+ */
+#ifndef GCLIP_NORM_MATH_H
+#define GCLIP_NORM_MATH_H
+
+#include "gclip_dtype.h"
+
+/* How the norm terms are formed and combined. */
+typedef enum gclip_norm_kind {
+    GCLIP_KIND_L2 = 0,  /* sum of x^2, root sqrt      */
+    GCLIP_KIND_L1 = 1,  /* sum of |x|                 */
+    GCLIP_KIND_INF = 2, /* max of |x| (NaN wins)      */
+    GCLIP_KIND_P = 3    /* sum of |x|^p, root 1/p     */
+} gclip_norm_kind;
+
+/* Scalar parameters of one step, passed by value to the kernels. Each of
+ * max_norm, inv_scale and given_norm is read from its pointer at execution
+ * when the pointer is set (plan-device memory), else taken from the value. */
+typedef struct gclip_norm_params {
+    int32_t kind;         /* gclip_norm_kind */
+    int32_t op;           /* gclip_op */
+    int32_t policy;       /* gclip_nonfinite_policy */
+    uint32_t fingerprint; /* gclip_fingerprint(p, policy) */
+    float p;              /* norm_type */
+    float max_norm;
+    float eps;
+    float inv_scale;
+    float given_norm;     /* GCLIP_OP_CLIP_WITH_NORM */
+    uint32_t num_partials; /* GCLIP_OP_FINALIZE: 0 = the plan's own partial */
+    const float *max_norm_ptr;
+    const float *inv_scale_ptr;
+    const float *given_norm_ptr;
+    const gclip_partial *partials; /* GCLIP_OP_FINALIZE, [num_partials] */
+    float *tensor_norms;  /* optional output, plan-device memory */
+} gclip_norm_params;
+
+/* The result slot is gclip_device_result (gclip.h); the kernels use this name. */
+typedef gclip_device_result gclip_result_slot;
+
+/* ---- per-element norm terms ----------------------------------------------- */
+
+/* Neutral element of the combine for every kind (0 for sums and for max|x|). */
+#define GCLIP_TERM_ZERO 0.0
+
+/* Add element x (a float converted exactly, or an f64 element) to
+ * accumulator acc. Sums are in double: x^2 of any float (FLT_MAX and
+ * denormals included) is exact-range in double, so nothing overflows or
+ * underflows before the final root. Max keeps NaN. */
+GCLIP_HD double gclip_term_add(double acc, double x, int32_t kind, float p)
+{
+    double a = fabs(x);
+    switch (kind) {
+    case GCLIP_KIND_L2:
+        return acc + a * a;
+    case GCLIP_KIND_L1:
+        return acc + a;
+    case GCLIP_KIND_INF:
+        return (a > acc || a != a) ? a : acc;
+    default:
+        /* |x|^p as 2^(p log2|x|): CUDA's double pow is an out-of-line call
+         * whose register save forces stack spills in the norm kernel's loop,
+         * while exp2 and log2 inline. |p log2|x|| < 1100 wherever the term
+         * is a finite nonzero double, so the relative error stays below
+         * ~3e-13, far inside the 1e-6 contract. 0, Inf and NaN map to
+         * 0, Inf and NaN as with pow. */
+        return acc + exp2((double)p * log2(a));
+    }
+}
+
+/* Combine two partial accumulators (sum, or max keeping NaN). */
+GCLIP_HD double gclip_term_combine(double a, double b, int32_t kind)
+{
+    if (kind == GCLIP_KIND_INF)
+        return (b > a || b != b) ? b : a;
+    return a + b;
+}
+
+/* The norm from a combined accumulator. */
+GCLIP_HD double gclip_term_root(double acc, int32_t kind, float p)
+{
+    switch (kind) {
+    case GCLIP_KIND_L2:
+        return sqrt(acc);
+    case GCLIP_KIND_L1:
+    case GCLIP_KIND_INF:
+        return acc;
+    default:
+        /* acc^(1/p) as 2^(log2(acc)/p), inlined on the GPU like the terms
+         * (see gclip_term_add); relative error below ~2e-13 */
+        return exp2(log2(acc) / (double)p);
+    }
+}
+
+GCLIP_HD gclip_norm_kind gclip_kind_of(float p)
+{
+    if (p == 2.0f)
+        return GCLIP_KIND_L2;
+    if (p == 1.0f)
+        return GCLIP_KIND_L1;
+    if (p > 3.4e38f) /* +Inf */
+        return GCLIP_KIND_INF;
+    return GCLIP_KIND_P;
+}
+
+/* Identifies the options a partial was made with: the norm type's bits and
+ * the policy (FNV-1a over 8 bytes), with the norm kind in the low two bits so
+ * that a partial says how it combines. Ranks that disagree on either are
+ * caught when their partials meet. */
+GCLIP_HD uint32_t gclip_fingerprint(float p, int32_t policy)
+{
+    uint32_t words[2];
+    words[0] = gclip_f32_bits(p);
+    words[1] = (uint32_t)policy;
+    uint32_t h = 2166136261u;
+    for (int w = 0; w < 2; w++)
+        for (int b = 0; b < 4; b++) {
+            h ^= (words[w] >> (8 * b)) & 0xffu;
+            h *= 16777619u;
+        }
+    return (h & ~3u) | (uint32_t)gclip_kind_of(p);
+}
+
+GCLIP_HD int gclip_is_finite(float x)
+{
+    return (gclip_f32_bits(x) & 0x7f800000u) != 0x7f800000u;
+}
+
+/* ---- the scalars of a step ------------------------------------------------ */
+
+/* max_norm and inv_scale as the step sees them when it executes. */
+typedef struct gclip_scalars {
+    float max_norm;
+    float inv_scale;
+    int32_t status; /* GCLIP_STATUS_SUCCESS or INVALID_ARGUMENT (out of range) */
+} gclip_scalars;
+
+/* Resolve the scalars; the range checks are those the host applies to values
+ * (max_norm >= 0 and not NaN, inv_scale finite and > 0), repeated here for
+ * values that only exist at execution. */
+GCLIP_HD gclip_scalars gclip_resolve_scalars(const gclip_norm_params *np)
+{
+    gclip_scalars s;
+    s.max_norm = np->max_norm_ptr ? *np->max_norm_ptr : np->max_norm;
+    s.inv_scale = np->inv_scale_ptr ? *np->inv_scale_ptr : np->inv_scale;
+    const int max_ok = s.max_norm >= 0.0f; /* false for NaN */
+    const int inv_ok = s.inv_scale > 0.0f && gclip_is_finite(s.inv_scale);
+    s.status = max_ok && inv_ok ? GCLIP_STATUS_SUCCESS : GCLIP_STATUS_INVALID_ARGUMENT;
+    return s;
+}
+
+/* ---- coefficient, factor and result slot ------------------------------------ */
+
+/* A norm as reported: the root of the accumulator times inv_scale, rounded
+ * once to float (Inf only if the true value exceeds FLT_MAX). */
+GCLIP_HD float gclip_norm_value(double acc, int32_t kind, float p, float inv_scale)
+{
+    return (float)(gclip_term_root(acc, kind, p) * (double)inv_scale);
+}
+
+/* PyTorch's coefficient in float arithmetic: min(1, C / (N + eps)), NaN kept.
+ * PyTorch evaluates `max_norm / tensor` as max_norm * reciprocal(tensor), which
+ * differs from a true division by an ulp for some inputs (N = 6, C = 3), so
+ * the same two roundings are used here. */
+GCLIP_HD float gclip_clip_coef(float norm, float max_norm, float eps)
+{
+    float c = max_norm * (1.0f / (norm + eps));
+    return c > 1.0f ? 1.0f : c;
+}
+
+/* Whether the op's own factor is applied to the gradients (by the op itself or
+ * by a later gclip_apply_clip_factor). */
+GCLIP_HD int gclip_op_applies(int32_t op)
+{
+    return op == GCLIP_OP_CLIP_NORM || op == GCLIP_OP_CLIP_PER_TENSOR ||
+           op == GCLIP_OP_CLIP_WITH_NORM;
+}
+
+/* Whether the op computes a clipping coefficient for the whole plan. */
+GCLIP_HD int gclip_op_has_coef(int32_t op)
+{
+    return op == GCLIP_OP_CLIP_NORM || op == GCLIP_OP_CLIP_FACTOR ||
+           op == GCLIP_OP_CLIP_WITH_NORM || op == GCLIP_OP_FINALIZE;
+}
+
+/* Fill the result slot of a norm operation from its (total) norm `n` and the
+ * number of tensors whose own norm was not finite. `prev_sequence` is the
+ * slot's sequence before the operation. */
+GCLIP_HD void gclip_finalize_slot(float n, uint32_t nonfinite_tensors, const gclip_norm_params *np,
+                                  const gclip_scalars *sc, int32_t status,
+                                  uint32_t prev_sequence, gclip_result_slot *out)
+{
+    const int nonfinite = !gclip_is_finite(n) || nonfinite_tensors != 0;
+    float coef = 1.0f, scale = 1.0f;
+    if (status == GCLIP_STATUS_SUCCESS && gclip_op_has_coef(np->op) &&
+        (!nonfinite || np->policy == GCLIP_NONFINITE_PROPAGATE)) {
+        coef = gclip_clip_coef(n, sc->max_norm, np->eps);
+        scale = coef * sc->inv_scale;
+    }
+    int32_t flags = GCLIP_RESULT_HAS_NORM;
+    if (gclip_op_applies(np->op))
+        flags |= GCLIP_RESULT_APPLIES;
+    if (np->policy == GCLIP_NONFINITE_ERROR)
+        flags |= GCLIP_RESULT_ERROR_POLICY;
+    if (np->policy == GCLIP_NONFINITE_PROPAGATE)
+        flags |= GCLIP_RESULT_PROPAGATE;
+    if (np->op == GCLIP_OP_ACCUMULATE)
+        flags |= GCLIP_RESULT_LOCAL;
+    out->total_norm = n;
+    out->clip_coef = coef;
+    out->scale = scale;
+    out->nonfinite = nonfinite;
+    out->op = np->op;
+    out->flags = flags;
+    out->status = status;
+    out->failed = 0;
+    out->sequence = prev_sequence + 1u;
+    out->reserved_ = 0;
+}
+
+/* The slot of value clipping, which computes no norm. */
+GCLIP_HD void gclip_value_slot(uint32_t prev_sequence, gclip_result_slot *out)
+{
+    out->total_norm = gclip_bits_f32(0x7fc00000u); /* quiet NaN: no norm */
+    out->clip_coef = 1.0f;
+    out->scale = 1.0f;
+    out->nonfinite = 0;
+    out->op = GCLIP_OP_CLIP_VALUE;
+    out->flags = GCLIP_RESULT_APPLIES;
+    out->status = GCLIP_STATUS_SUCCESS;
+    out->failed = 0;
+    out->sequence = prev_sequence + 1u;
+    out->reserved_ = 0;
+}
+
+/* Fold partial b into a (index order is the caller's). Returns 0, or 1 when
+ * the fingerprints differ (a is then left as it was). */
+GCLIP_HD int gclip_partial_fold(gclip_partial *a, const gclip_partial *b, int32_t kind)
+{
+    if (a->fingerprint != b->fingerprint)
+        return 1;
+    a->acc = gclip_term_combine(a->acc, b->acc, kind);
+    a->nonfinite += b->nonfinite;
+    return 0;
+}
+
+/* GCLIP_OP_FINALIZE: fold `count` partials in index order (or the plan's
+ * own partial when count is 0) and fill the slot. */
+GCLIP_HD void gclip_finalize_partials(const gclip_partial *parts, uint32_t count,
+                                      const gclip_partial *own, const gclip_norm_params *np,
+                                      uint32_t prev_sequence, gclip_result_slot *out)
+{
+    gclip_partial acc;
+    acc.acc = GCLIP_TERM_ZERO;
+    acc.nonfinite = 0;
+    acc.fingerprint = np->fingerprint;
+    int mismatch = 0;
+    if (count == 0)
+        mismatch = gclip_partial_fold(&acc, own, np->kind);
+    for (uint32_t i = 0; i < count; i++)
+        mismatch |= gclip_partial_fold(&acc, &parts[i], np->kind);
+    const gclip_scalars sc = gclip_resolve_scalars(np);
+    const int32_t status = mismatch ? GCLIP_STATUS_MISMATCH : sc.status;
+    const float n = gclip_norm_value(acc.acc, np->kind, np->p, sc.inv_scale);
+    gclip_finalize_slot(n, acc.nonfinite, np, &sc, status, prev_sequence, out);
+}
+
+/* GCLIP_OP_CLIP_WITH_NORM: the slot, and so the factor, from a norm computed
+ * elsewhere (the value, or the float at given_norm_ptr). */
+GCLIP_HD void gclip_given_norm_slot(const gclip_norm_params *np, uint32_t prev_sequence,
+                                    gclip_result_slot *out)
+{
+    const gclip_scalars sc = gclip_resolve_scalars(np);
+    const float n = np->given_norm_ptr ? *np->given_norm_ptr : np->given_norm;
+    gclip_finalize_slot(n, 0, np, &sc, sc.status, prev_sequence, out);
+}
+
+/* GCLIP_OP_APPLY: whether the slot holds a factor that is still to be
+ * applied (left by gclip_norm_finalize or gclip_compute_clip_factor, with
+ * no failure), and the slot once the apply has run. */
+GCLIP_HD int gclip_factor_pending(const gclip_result_slot *s)
+{
+    return (s->op == GCLIP_OP_FINALIZE || s->op == GCLIP_OP_CLIP_FACTOR) &&
+           s->status == GCLIP_STATUS_SUCCESS && s->failed == 0;
+}
+
+GCLIP_HD void gclip_applied_slot(gclip_result_slot *s)
+{
+    if (gclip_factor_pending(s)) {
+        s->flags |= GCLIP_RESULT_APPLIES;
+    } else {
+        /* nothing was pending: nothing was written, and the slot says why
+         * (a failed status of the earlier operation is kept) */
+        if (s->status == GCLIP_STATUS_SUCCESS)
+            s->status = GCLIP_STATUS_INVALID_ARGUMENT;
+        s->scale = 1.0f;
+        s->clip_coef = 1.0f;
+    }
+    s->op = GCLIP_OP_APPLY;
+    s->sequence += 1u;
+}
+
+/* Factor of one tensor under per-tensor clipping. `skip_all` is set when a
+ * non-finite norm or a bad scalar means nothing may be written. */
+GCLIP_HD float gclip_tensor_factor(float tensor_norm, const gclip_norm_params *np,
+                                   const gclip_scalars *sc, int skip_all)
+{
+    if (skip_all)
+        return 1.0f;
+    return gclip_clip_coef(tensor_norm, sc->max_norm, np->eps) * sc->inv_scale;
+}
+
+/* ---- per-element updates -------------------------------------------------- */
+
+GCLIP_HD float gclip_clamp(float x, float v)
+{
+    /* NaN compares false both ways and is returned unchanged */
+    return x < -v ? -v : (x > v ? v : x);
+}
+
+GCLIP_HD double gclip_clamp_f64(double x, double v)
+{
+    return x < -v ? -v : (x > v ? v : x);
+}
+
+#endif /* GCLIP_NORM_MATH_H */

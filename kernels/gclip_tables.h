@@ -1,0 +1,74 @@
+/*
+ * gclip_tables.h - the plan's tables as every engine reads them: the tensor
+ * table, the chunk table (the unit of work and of the fixed reduction
+ * order), and the split of a chunk into scalar head, 16-byte vectors and
+ * scalar tail.
+ */
+#ifndef GCLIP_TABLES_H
+#define GCLIP_TABLES_H
+
+#include "gclip_dtype.h"
+
+/* Elements per chunk. A chunk is the unit of work of one CUDA block and of
+ * one OpenMP iteration, and the unit of the fixed reduction order: each chunk
+ * writes one partial to its own slot. 64 Ki elements = 256 KiB of f32. */
+#define GCLIP_CHUNK_ELEMS ((int64_t)65536)
+
+/* Bytes of one vector access (a 16-byte load or store). */
+#define GCLIP_VEC_BYTES 16
+
+/* Per-tensor entry of the plan's tensor table (host and device copies). */
+typedef struct gclip_tensor_desc {
+    void *data;
+    int64_t numel;
+    int32_t dtype;        /* gclip_dtype */
+    uint32_t first_chunk; /* index of the tensor's first chunk */
+    uint32_t num_chunks;
+    uint32_t pad_;
+} gclip_tensor_desc;
+
+/* One entry of the chunk table: chunk `index` of tensor `tensor`. Its
+ * elements are [index * GCLIP_CHUNK_ELEMS, min(numel, (index+1)*...)). */
+typedef struct gclip_chunk {
+    uint32_t tensor;
+    uint32_t index;
+} gclip_chunk;
+
+GCLIP_HD uint32_t gclip_chunks_for(int64_t numel)
+{
+    return (uint32_t)((numel + GCLIP_CHUNK_ELEMS - 1) / GCLIP_CHUNK_ELEMS);
+}
+
+/* First element and element count of chunk `index` of a tensor. */
+GCLIP_HD void gclip_chunk_range(int64_t numel, uint32_t index, int64_t *begin, int64_t *count)
+{
+    int64_t b = (int64_t)index * GCLIP_CHUNK_ELEMS;
+    int64_t n = numel - b;
+    *begin = b;
+    *count = n < GCLIP_CHUNK_ELEMS ? n : GCLIP_CHUNK_ELEMS;
+}
+
+/* Split `count` elements of `elem_size` bytes starting at address `addr` into
+ * a scalar head (up to the first 16-byte boundary), whole 16-byte vectors and
+ * a scalar tail. addr must be aligned to elem_size. */
+typedef struct gclip_split {
+    int64_t head;    /* scalar elements before the first vector */
+    int64_t vectors; /* number of 16-byte vectors */
+    int64_t tail;    /* scalar elements after the last vector */
+} gclip_split;
+
+GCLIP_HD gclip_split gclip_split_vectors(uintptr_t addr, int64_t count, int elem_size)
+{
+    gclip_split s;
+    int64_t per_vec = GCLIP_VEC_BYTES / elem_size;
+    int64_t mis = (int64_t)(addr % GCLIP_VEC_BYTES);
+    int64_t head = mis == 0 ? 0 : (GCLIP_VEC_BYTES - mis) / elem_size;
+    if (head > count)
+        head = count;
+    s.head = head;
+    s.vectors = (count - head) / per_vec;
+    s.tail = count - head - s.vectors * per_vec;
+    return s;
+}
+
+#endif /* GCLIP_TABLES_H */
