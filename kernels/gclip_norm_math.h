@@ -101,7 +101,7 @@ GCLIP_HD gclip_norm_kind gclip_kind_of(float p)
         return GCLIP_KIND_L2;
     if (p == 1.0f)
         return GCLIP_KIND_L1;
-    if (p > 3.4e38f) /* +Inf */
+    if (gclip_f32_bits(p) == 0x7f800000u) /* +Inf; FLT_MAX is a finite p */
         return GCLIP_KIND_INF;
     return GCLIP_KIND_P;
 }

@@ -284,6 +284,15 @@ TEST(CoreFinalize, SlotFollowsThePolicyTable)
     EXPECT_EQ(s.flags, GCLIP_RESULT_HAS_NORM | GCLIP_RESULT_LOCAL);
 }
 
+TEST(CoreKinds, OnlyPositiveInfinityIsTheMaxNorm)
+{
+    EXPECT_EQ(gclip_kind_of(INFINITY), GCLIP_KIND_INF);
+    EXPECT_EQ(gclip_kind_of(FLT_MAX), GCLIP_KIND_P); // a huge but finite p
+    EXPECT_EQ(gclip_kind_of(2.0f), GCLIP_KIND_L2);
+    EXPECT_EQ(gclip_kind_of(1.0f), GCLIP_KIND_L1);
+    EXPECT_EQ(gclip_kind_of(0.5f), GCLIP_KIND_P);
+}
+
 TEST(CoreScalars, DeviceScalarsAreReadAndRangeChecked)
 {
     gclip_norm_params np = global_params(1.0f, 1.0f, GCLIP_NONFINITE_SKIP);

@@ -116,7 +116,7 @@ void set_raw(E &field, int32_t v)
 
 bool known_dtype(const gclip_dtype &d)
 {
-    return raw(d) == GCLIP_F32 || raw(d) == GCLIP_F16 || raw(d) == GCLIP_BF16;
+    return raw(d) == GCLIP_F32 || raw(d) == GCLIP_F16 || raw(d) == GCLIP_BF16 || raw(d) == GCLIP_F64;
 }
 
 bool tensor_ok(const gclip_tensor &t)

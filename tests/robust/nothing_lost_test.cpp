@@ -54,7 +54,7 @@ TEST(NothingLost, RejectedPlanCreation)
     const std::vector<BadList> bad = {
         {"negative numel", [](auto &t) { t[2].numel = -1; }, GCLIP_STATUS_INVALID_ARGUMENT},
         {"NULL data, numel > 0", [](auto &t) { t[4].data = nullptr; }, GCLIP_STATUS_INVALID_ARGUMENT},
-        {"unknown dtype 3", [](auto &t) { robust::set_raw(t[1].dtype, 3); },
+        {"unknown dtype 4", [](auto &t) { robust::set_raw(t[1].dtype, 4); },
          GCLIP_STATUS_INVALID_ARGUMENT},
         {"unknown dtype -1", [](auto &t) { robust::set_raw(t[0].dtype, -1); },
          GCLIP_STATUS_INVALID_ARGUMENT},
