@@ -11,9 +11,15 @@
 
 #include "gclip_internal.h"
 
+/* Below this many elements a step is over in microseconds, less than waking
+ * a team of OpenMP threads costs; the default is then one thread. */
+#define GCLIP_CPU_PARALLEL_ELEMS ((int64_t)1 << 18)
+
 int gclip_cpu_threads(const gclip_plan *plan)
 {
-    return plan->num_threads > 0 ? plan->num_threads : omp_get_max_threads();
+    if (plan->num_threads > 0)
+        return plan->num_threads;
+    return plan->total_elems < GCLIP_CPU_PARALLEL_ELEMS ? 1 : omp_get_max_threads();
 }
 
 static gclip_status cpu_init(gclip_plan *plan)

@@ -54,7 +54,9 @@ struct gclip_plan {
     uint32_t num_chunks;
     gclip_tensor_desc *tensors; /* host copy, [count] */
     gclip_chunk *chunks;        /* host copy, [num_chunks] */
-    size_t *scratch;            /* [count], order for the overlap check */
+    size_t *scratch;            /* [count], the non-empty tensors by address (overlap check) */
+    size_t nonempty;            /* tensors with numel > 0 */
+    int64_t total_elems;        /* elements of all tensors */
     void **saved_data;          /* [count], old pointers while rebinding */
     int num_threads;            /* CPU plans: OpenMP threads, 0 = default */
     void *engine;               /* the backend's own state */
@@ -95,6 +97,12 @@ gclip_status gclip_validate_tensor(const gclip_tensor *t, size_t index);
 /* Check that no two of the n (data, bytes) ranges overlap. `order` is
  * scratch of n entries. Names both indices on failure. */
 gclip_status gclip_check_overlap(const gclip_tensor_desc *tensors, size_t n, size_t *order);
+
+/* Whether the m tensors listed in `order` (the non-empty ones, in the order
+ * the last gclip_check_overlap left) still start each at or after the end of
+ * the one before: then no two overlap. O(m), for rebinds where the allocator
+ * handed back addresses in the same order. */
+int gclip_still_disjoint(const gclip_tensor_desc *tensors, const size_t *order, size_t m);
 
 /* Translate and check user options into the step parameters of `op`
  * (options NULL = defaults). */

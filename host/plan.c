@@ -52,6 +52,8 @@ static gclip_status build_tensor_table(gclip_plan *p, const gclip_tensor *tensor
         d->dtype = (int32_t)tensors[i].dtype;
         d->num_chunks = gclip_chunks_for(tensors[i].numel);
         d->first_chunk = (uint32_t)chunks;
+        p->nonempty += tensors[i].numel > 0;
+        p->total_elems += tensors[i].numel;
         d->pad_ = 0;
         chunks += d->num_chunks;
         if (chunks > GCLIP_MAX_CHUNKS)
@@ -161,7 +163,9 @@ gclip_status gclip_plan_rebind(gclip_plan *plan, void *const *data, size_t count
         plan->saved_data[i] = plan->tensors[i].data;
         plan->tensors[i].data = data[i];
     }
-    gclip_status s = gclip_check_overlap(plan->tensors, count, plan->scratch);
+    gclip_status s = gclip_still_disjoint(plan->tensors, plan->scratch, plan->nonempty)
+                         ? GCLIP_STATUS_SUCCESS
+                         : gclip_check_overlap(plan->tensors, count, plan->scratch);
     if (s == GCLIP_STATUS_SUCCESS)
         s = plan->backend->upload_tensors(plan, stream);
     if (s != GCLIP_STATUS_SUCCESS)

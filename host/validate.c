@@ -104,6 +104,14 @@ gclip_status gclip_check_overlap(const gclip_tensor_desc *tensors, size_t n, siz
     return GCLIP_STATUS_SUCCESS;
 }
 
+int gclip_still_disjoint(const gclip_tensor_desc *tensors, const size_t *order, size_t m)
+{
+    for (size_t k = 1; k < m; k++)
+        if (start_of(&tensors[order[k]]) < end_of(&tensors[order[k - 1]]))
+            return 0;
+    return 1;
+}
+
 /* Size of the options struct of each version; index 0 is unused. */
 static const size_t options_size_of_version[GCLIP_OPTIONS_VERSION + 1] = {
     0, sizeof(gclip_norm_options)};

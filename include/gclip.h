@@ -309,8 +309,9 @@ GCLIP_API gclip_status gclip_plan_rebind(gclip_plan *plan, void *const *data, si
 GCLIP_API gclip_status gclip_plan_tensor_count(const gclip_plan *plan, size_t *count);
 GCLIP_API gclip_status gclip_plan_device(const gclip_plan *plan, int *device);
 
-/* CPU plans: number of OpenMP threads used (0 = OpenMP's default). Results do
- * not depend on it. Ignored by CUDA plans. */
+/* CPU plans: number of OpenMP threads used (0 = OpenMP's default, or one
+ * thread for plans of fewer than 2^18 elements, where starting a team costs
+ * more than the work). Results do not depend on it. Ignored by CUDA plans. */
 GCLIP_API gclip_status gclip_plan_set_num_threads(gclip_plan *plan, int num_threads);
 
 /* ---- step calls: no allocation, no host synchronization ------------------ */

@@ -166,3 +166,89 @@ TEST_F(Rebind, OverlapWithANewNeighbour)
 }
 
 } // namespace
+
+namespace {
+
+// Rebinding every step (as a framework whose allocator hands gradients new
+// addresses does): addresses in the same order as before take a linear
+// check, any other order the full one. Either way the verdict must equal a
+// brute-force pairwise overlap test, and a rejected rebind keeps the plan.
+TEST(RebindEveryStep, VerdictEqualsPairwiseOverlapWhateverTheAddressOrder)
+{
+    constexpr int kTensors = 40;
+    constexpr int64_t kElems = 16; // f32: 64 bytes each
+    std::vector<float> arena(kTensors * kElems * 3);
+    oracle::Rng rng(4242);
+    std::vector<int64_t> sizes(kTensors);
+    for (int i = 0; i < kTensors; ++i)
+        sizes[i] = i % 7 == 3 ? 0 : rng.range(1, kElems);
+    auto tensors_at = [&](const std::vector<int64_t> &slot) {
+        std::vector<gclip_tensor> t(kTensors);
+        for (int i = 0; i < kTensors; ++i)
+            t[i] = gclip_tensor{arena.data() + slot[i], sizes[i], GCLIP_F32};
+        return t;
+    };
+    auto pairwise_overlap = [&](const std::vector<int64_t> &slot) {
+        for (int a = 0; a < kTensors; ++a)
+            for (int b = a + 1; b < kTensors; ++b)
+                if (sizes[a] > 0 && sizes[b] > 0 && slot[a] < slot[b] + sizes[b] &&
+                    slot[b] < slot[a] + sizes[a])
+                    return true;
+        return false;
+    };
+    std::vector<int64_t> slot(kTensors);
+    for (int i = 0; i < kTensors; ++i)
+        slot[i] = i * kElems;
+    PlanPtr plan;
+    ASSERT_EQ(testutil::make_plan(plan, tensors_at(slot)), GCLIP_STATUS_SUCCESS);
+    std::vector<int64_t> bound = slot; // what the plan points at
+    int rejected = 0, same_order = 0;
+    for (int step = 0; step < 400; ++step) {
+        std::vector<int64_t> next = bound;
+        switch (step % 4) {
+        case 0: // same order, shifted: the linear check suffices
+            for (auto &s : next)
+                s += kElems * kTensors;
+            ++same_order;
+            break;
+        case 1: // a fresh random placement
+            for (int i = 0; i < kTensors; ++i)
+                next[i] = (rng.range(0, 3 * kTensors - 1)) * kElems / 2;
+            break;
+        case 2: // one tensor moved onto a random neighbour's bytes
+            next[rng.range(0, kTensors - 1)] = next[rng.range(0, kTensors - 1)] + rng.range(0, 3);
+            break;
+        default: // back to disjoint slots in a shuffled order
+            for (int i = 0; i < kTensors; ++i)
+                next[i] = ((i * 17) % kTensors) * kElems;
+            break;
+        }
+        for (auto &s : next)
+            s %= static_cast<int64_t>(arena.size()) - kElems;
+        const auto t = tensors_at(next);
+        std::vector<void *> ptrs;
+        for (const auto &x : t)
+            ptrs.push_back(x.data);
+        const bool overlap = pairwise_overlap(next);
+        const gclip_status s = gclip_plan_rebind(plan.get(), ptrs.data(), ptrs.size(), nullptr);
+        ASSERT_EQ(s, overlap ? GCLIP_STATUS_OVERLAP : GCLIP_STATUS_SUCCESS) << "step " << step;
+        if (overlap)
+            ++rejected;
+        else
+            bound = next;
+    }
+    EXPECT_GT(rejected, 20);
+    EXPECT_GT(same_order, 50);
+    // the plan still reads what it was last bound to
+    std::fill(arena.begin(), arena.end(), 0.0f);
+    for (int i = 0; i < kTensors; ++i)
+        for (int64_t e = 0; e < sizes[i]; ++e)
+            arena[bound[i] + e] = 1.0f;
+    ASSERT_EQ(gclip_total_norm(plan.get(), nullptr, nullptr), GCLIP_STATUS_SUCCESS);
+    int64_t total = 0;
+    for (int64_t n : sizes)
+        total += n;
+    EXPECT_EQ(testutil::result_of(plan.get()).total_norm, std::sqrt(static_cast<float>(total)));
+}
+
+} // namespace

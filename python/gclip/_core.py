@@ -1,0 +1,415 @@
+"""Plans and the framework-neutral Clipper."""
+
+from __future__ import annotations
+
+import ctypes
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from . import _dlpack, _lib
+from ._lib import fn, check
+
+_POLICIES = {"skip": _lib.SKIP, "propagate": _lib.PROPAGATE, "error": _lib.ERROR}
+_c_void_p = ctypes.c_void_p
+
+
+def policy_code(name: str) -> int:
+    try:
+        return _POLICIES[name]
+    except KeyError:
+        raise ValueError(f"gclip: nonfinite must be 'skip', 'propagate' or 'error', got {name!r}") from None
+
+
+def stream_handle(stream) -> int:
+    """A cudaStream_t address from an int, a torch.cuda.Stream (.cuda_stream),
+    a CuPy stream (.ptr) or None (the legacy default stream)."""
+    if stream is None:
+        return 0
+    if isinstance(stream, int):
+        return stream
+    for attr in ("cuda_stream", "ptr", "handle"):
+        h = getattr(stream, attr, None)
+        if isinstance(h, int):
+            return h
+    raise TypeError(f"gclip: cannot read a CUDA stream handle from {type(stream).__name__}")
+
+
+@dataclass(frozen=True)
+class ClipResult:
+    """The plan's result slot, decoded on the host (gclip_result)."""
+    total_norm: float
+    clip_coef: float
+    scale: float
+    nonfinite: bool
+    has_norm: bool
+    applied: bool
+    op: str
+    sequence: int
+
+
+class Plan:
+    """One gclip plan: fixed element counts and dtypes on one device; the data
+    pointers are given again (rebound) before every operation."""
+
+    __slots__ = ("handle", "count", "device", "key", "_ptrs", "_opts", "_result",
+                 "_slot", "_partial", "__weakref__")
+
+    def __init__(self, numels: Sequence[int], dtypes: Sequence[int], device: int,
+                 ptrs: Optional[Sequence[int]] = None):
+        n = len(numels)
+        descs = (_lib.Tensor * max(n, 1))()
+        for i in range(n):
+            d = descs[i]
+            d.numel = numels[i]
+            d.dtype = dtypes[i]
+            d.data = ptrs[i] if ptrs is not None else None
+        h = _c_void_p()
+        if ptrs is None and any(numels):
+            # Placeholder pointers: aligned, disjoint, never dereferenced
+            # (the real ones are bound before any operation).
+            addr = 1 << 20
+            for i in range(n):
+                descs[i].data = addr
+                addr += (numels[i] * _lib.DTYPE_SIZE[dtypes[i]] + 255) // 256 * 256 + 256
+        check(fn.plan_create(ctypes.byref(h), descs, n, device), "gclip_plan_create")
+        self.handle = h.value
+        self.count = n
+        self.device = device
+        self.key = None
+        self._ptrs = (_c_void_p * max(n, 1))()
+        self._opts = _lib.default_options()
+        self._result = _lib.Result()
+        self._slot = None
+        self._partial = None
+
+    def __del__(self):
+        h = getattr(self, "handle", None)
+        if h:
+            self.handle = None
+            try:
+                fn.plan_destroy(h)
+            except Exception:  # interpreter shutdown
+                pass
+
+    # -- pointers ----------------------------------------------------------------
+    def rebind(self, ptrs, stream: int = 0) -> None:
+        p = self._ptrs
+        p[: self.count] = ptrs
+        st = fn.plan_rebind(self.handle, p, self.count, stream)
+        if st:
+            raise _lib.error_for(st, "gclip_plan_rebind")
+
+    def set_num_threads(self, n: int) -> None:
+        check(fn.plan_set_num_threads(self.handle, n), "gclip_plan_set_num_threads")
+
+    # -- options -----------------------------------------------------------------
+    def options(self, max_norm=1.0, norm_type=2.0, eps=1e-6, inv_scale=1.0,
+                nonfinite=_lib.SKIP, tensor_norms=0, max_norm_ptr=0, inv_scale_ptr=0):
+        o = self._opts
+        o.max_norm = max_norm
+        o.norm_type = norm_type
+        o.eps = eps
+        o.inv_scale = inv_scale
+        o.nonfinite = nonfinite
+        o.tensor_norms = tensor_norms or None
+        if _lib.LEGACY:
+            if max_norm_ptr or inv_scale_ptr:
+                raise _lib.NotSupportedError(
+                    _lib.NOT_SUPPORTED,
+                    "device scalars (max_norm / inv_scale in device memory) need a gclip 0.2 library")
+        else:
+            o.max_norm_ptr = max_norm_ptr or None
+            o.inv_scale_ptr = inv_scale_ptr or None
+        return o
+
+    # -- operations (each writes the result slot) ------------------------------------
+    def run(self, name: str, opts, stream: int = 0) -> None:
+        st = getattr(fn, name)(self.handle, ctypes.byref(opts), stream)
+        if st:
+            raise _lib.error_for(st, "gclip_" + name)
+
+    def clip_grads_with_norm(self, opts, total_norm: float, total_norm_ptr: int, stream: int = 0):
+        st = fn.clip_grads_with_norm(self.handle, ctypes.byref(opts), total_norm,
+                                     total_norm_ptr or None, stream)
+        if st:
+            raise _lib.error_for(st, "gclip_clip_grads_with_norm")
+
+    def clip_grad_value(self, clip_value: float, stream: int = 0) -> None:
+        st = fn.clip_grad_value(self.handle, clip_value, stream)
+        if st:
+            raise _lib.error_for(st, "gclip_clip_grad_value")
+
+    def finalize(self, opts, partials_ptr: int, count: int, stream: int = 0) -> None:
+        st = fn.norm_finalize(self.handle, ctypes.byref(opts), partials_ptr or None, count, stream)
+        if st:
+            raise _lib.error_for(st, "gclip_norm_finalize")
+
+    def apply_clip_factor(self, stream: int = 0) -> None:
+        st = fn.apply_clip_factor(self.handle, stream)
+        if st:
+            raise _lib.error_for(st, "gclip_apply_clip_factor")
+
+    # -- results -------------------------------------------------------------------
+    def get_result(self):
+        """(status, gclip_result) after waiting for the plan's last operation."""
+        r = self._result
+        st = fn.get_result(self.handle, ctypes.byref(r))
+        return st, r
+
+    def result(self) -> ClipResult:
+        st, r = self.get_result()
+        if st not in (_lib.SUCCESS, _lib.NONFINITE):
+            raise _lib.error_for(st, "gclip_get_result")
+        res = decode(r)
+        if st == _lib.NONFINITE:
+            err = _lib.error_for(st, "gclip: the total norm is not finite (nonfinite='error')")
+            err.result = res
+            raise err
+        return res
+
+    def slot_address(self) -> int:
+        if self._slot is None:
+            p = _c_void_p()
+            check(fn.plan_device_result(self.handle, ctypes.byref(p)), "gclip_plan_device_result")
+            self._slot = p.value
+        return self._slot
+
+    def partial_address(self) -> int:
+        if self._partial is None:
+            p = _c_void_p()
+            check(fn.plan_partial(self.handle, ctypes.byref(p)), "gclip_plan_partial")
+            self._partial = p.value
+        return self._partial
+
+
+def decode(r) -> ClipResult:
+    if _lib.LEGACY:
+        return ClipResult(r.total_norm, r.clip_coef, r.scale, bool(r.nonfinite),
+                          bool(r.has_norm), r.scale != 1.0, "unknown", 0)
+    return ClipResult(r.total_norm, r.clip_coef, r.scale, bool(r.nonfinite), bool(r.has_norm),
+                      bool(r.applied), _lib.OPS.get(r.op, str(r.op)), r.sequence)
+
+
+class DeviceResultView:
+    """Views of a plan's result slot in the memory of its device, readable with
+    no host synchronization (in stream order after the operation). Each member
+    exports DLPack: ``torch.from_dlpack(view.scale)``, ``numpy.from_dlpack(...)``.
+
+    norm, coef, scale: float32 scalars; nonfinite: int32 scalar (0 or 1);
+    values: float32 [norm, coef, scale]; status and op: int32 scalars
+    (0.2 libraries only)."""
+
+    def __init__(self, plan: Plan):
+        addr = plan.slot_address()
+        dev = plan.device
+        mk = _dlpack.MemoryView
+        self.norm = mk(plan, addr, dev, "float32")
+        self.coef = mk(plan, addr + 4, dev, "float32")
+        self.scale = mk(plan, addr + 8, dev, "float32")
+        self.nonfinite = mk(plan, addr + 12, dev, "int32")
+        self.values = mk(plan, addr, dev, "float32", (3,))
+        if not _lib.LEGACY:
+            self.op = mk(plan, addr + 16, dev, "int32")
+            self.flags = mk(plan, addr + 20, dev, "int32")
+            self.status = mk(plan, addr + 24, dev, "int32")
+            self.sequence = mk(plan, addr + 32, dev, "int32")
+
+
+def _scalar_ptr(x, device: int, what: str) -> int:
+    info = _dlpack.describe(x)
+    if info.dtype != _lib.F32 or info.numel < 1:
+        raise TypeError(f"gclip: {what} in device memory must be a float32 array of >= 1 element")
+    if info.device != device:
+        raise ValueError(f"gclip: {what} lives on device {info.device}, the plan on {device}")
+    return info.ptr
+
+
+class Clipper:
+    """Gradient clipping for a training loop, on any arrays with __dlpack__.
+
+    Holds one plan per (device, element counts, dtypes) seen, never keyed by
+    data pointers: the pointers are rebound before every operation, so
+    gradients that are reallocated every step are fine.
+
+    Defaults follow gclip's policy: on a NaN or Inf norm nothing is written and
+    the non-finite flag is raised (`nonfinite="skip"`); "propagate" is
+    PyTorch's arithmetic, "error" makes `result()` raise NonFiniteError.
+
+    Operations are queued on `stream` (CUDA) and never synchronize; `result()`
+    waits and decodes, `device_result()` gives views readable on the device.
+    """
+
+    def __init__(self, max_norm: float = 1.0, norm_type: float = 2.0, *, eps: float = 1e-6,
+                 nonfinite: str = "skip", inv_scale=1.0, num_threads: Optional[int] = None,
+                 max_plans: int = 8):
+        norm_type = float(norm_type)
+        if not norm_type > 0:
+            raise ValueError(f"gclip: norm_type must be > 0 (2, 1, inf or any p > 0), got {norm_type}")
+        self.max_norm = max_norm
+        self.norm_type = norm_type
+        self.eps = float(eps)
+        self.nonfinite = nonfinite
+        self._policy = policy_code(nonfinite)
+        self.inv_scale = inv_scale
+        self.num_threads = num_threads
+        self._plans: "OrderedDict[tuple, Plan]" = OrderedDict()
+        self._max_plans = max_plans
+        self.plan: Optional[Plan] = None  # the plan of the last operation
+
+    # -- plans -------------------------------------------------------------------
+    def _describe(self, tensors, stream):
+        return [_dlpack.describe(t, None) for t in tensors]
+
+    def _bind(self, tensors, stream, writable: bool) -> Plan:
+        infos = self._describe(tensors, stream)
+        devices = {i.device for i in infos}
+        if len(devices) > 1:
+            raise ValueError(f"gclip: the tensors of one call must be on one device, got {sorted(devices)}")
+        device = devices.pop() if devices else _lib.DEVICE_CPU
+        for k, i in enumerate(infos):
+            if not i.dense:
+                raise ValueError(f"gclip: tensor {k} is not dense (it has gaps or overlaps); "
+                                 "pass a contiguous array")
+            if writable and not i.writable:
+                raise ValueError(f"gclip: tensor {k} is read-only; in-place clipping needs writable "
+                                 "buffers (for JAX use gclip.jax)")
+        key = (device, tuple((i.numel, i.dtype) for i in infos))
+        plan = self._get_plan(key)
+        plan.rebind([i.ptr for i in infos], stream)
+        self.plan = plan
+        return plan
+
+    def _get_plan(self, key) -> Plan:
+        plan = self._plans.get(key)
+        if plan is None:
+            device, sig = key
+            plan = Plan([s[0] for s in sig], [s[1] for s in sig], device)
+            plan.key = key
+            if self.num_threads is not None:
+                plan.set_num_threads(self.num_threads)
+            self._plans[key] = plan
+            while len(self._plans) > self._max_plans:
+                self._plans.popitem(last=False)
+        else:
+            self._plans.move_to_end(key)
+        return plan
+
+    def _opts(self, plan, max_norm=None, inv_scale=None, tensor_norms=None, norm_type=None):
+        mn = self.max_norm if max_norm is None else max_norm
+        isc = self.inv_scale if inv_scale is None else inv_scale
+        mn_val, mn_ptr = (float(mn), 0) if _is_number(mn) else (0.0, _scalar_ptr(mn, plan.device, "max_norm"))
+        is_val, is_ptr = (float(isc), 0) if _is_number(isc) else (1.0, _scalar_ptr(isc, plan.device, "inv_scale"))
+        tn = 0
+        if tensor_norms is not None:
+            info = _dlpack.describe(tensor_norms)
+            if info.dtype != _lib.F32 or info.numel < plan.count or not info.writable or not info.dense:
+                raise ValueError(f"gclip: tensor_norms must be a writable float32 array of "
+                                 f"{plan.count} elements")
+            if info.device != plan.device:
+                raise ValueError("gclip: tensor_norms must be on the plan's device")
+            tn = info.ptr
+        p = self.norm_type if norm_type is None else float(norm_type)
+        return plan.options(mn_val, p, self.eps, is_val, self._policy, tn, mn_ptr, is_ptr)
+
+    # -- operations ----------------------------------------------------------------
+    def clip_grad_norm(self, tensors, max_norm=None, *, inv_scale=None, tensor_norms=None,
+                       stream=None) -> None:
+        """Global-norm clipping in place (gclip_clip_grad_norm)."""
+        s = stream_handle(stream)
+        plan = self._bind(tensors, s, True)
+        plan.run("clip_grad_norm", self._opts(plan, max_norm, inv_scale, tensor_norms), s)
+
+    def total_norm(self, tensors, *, inv_scale=None, tensor_norms=None, stream=None) -> None:
+        """The norm only, nothing written (gclip_total_norm). Read-only arrays are fine."""
+        s = stream_handle(stream)
+        plan = self._bind(tensors, s, False)
+        plan.run("total_norm", self._opts(plan, None, inv_scale, tensor_norms), s)
+
+    def compute_clip_factor(self, tensors, max_norm=None, *, inv_scale=None, tensor_norms=None,
+                            stream=None) -> None:
+        """Norm, coefficient and factor into the result slot, not applied."""
+        s = stream_handle(stream)
+        plan = self._bind(tensors, s, False)
+        plan.run("compute_clip_factor", self._opts(plan, max_norm, inv_scale, tensor_norms), s)
+
+    def clip_grads_with_norm(self, tensors, total_norm, max_norm=None, *, inv_scale=None,
+                             stream=None) -> None:
+        """Clip with a norm computed elsewhere: a float, or a float32 scalar in
+        the plan's device memory (read when the step executes)."""
+        s = stream_handle(stream)
+        plan = self._bind(tensors, s, True)
+        opts = self._opts(plan, max_norm, inv_scale)
+        if _is_number(total_norm):
+            plan.clip_grads_with_norm(opts, float(total_norm), 0, s)
+        else:
+            plan.clip_grads_with_norm(opts, 0.0, _scalar_ptr(total_norm, plan.device, "total_norm"), s)
+
+    def clip_grad_norm_per_tensor(self, tensors, max_norm=None, *, inv_scale=None,
+                                  tensor_norms=None, stream=None) -> None:
+        """Each tensor clipped to its own norm (Keras clipnorm)."""
+        s = stream_handle(stream)
+        plan = self._bind(tensors, s, True)
+        plan.run("clip_grad_norm_per_tensor", self._opts(plan, max_norm, inv_scale, tensor_norms), s)
+
+    def clip_grad_value(self, tensors, clip_value: float, *, stream=None) -> None:
+        """Clamp every element to [-clip_value, clip_value]; NaN stays NaN."""
+        s = stream_handle(stream)
+        plan = self._bind(tensors, s, True)
+        plan.clip_grad_value(float(clip_value), s)
+
+    # phases
+    def norm_accumulate(self, tensors, *, inv_scale=None, tensor_norms=None, stream=None) -> None:
+        """Phase 1: this rank's partial (see `partial()`), for a reduction elsewhere."""
+        s = stream_handle(stream)
+        plan = self._bind(tensors, s, False)
+        plan.run("norm_accumulate", self._opts(plan, None, inv_scale, tensor_norms), s)
+
+    def norm_finalize(self, partials=None, count: int = 0, *, max_norm=None, inv_scale=None,
+                      stream=None) -> None:
+        """Phase 2: fold `count` partials (an array of gclip_partial records in
+        the plan's device memory, e.g. gathered from every rank) into the result
+        slot; None folds the plan's own partial."""
+        plan = self._require_plan()
+        s = stream_handle(stream)
+        ptr = 0
+        if partials is not None:
+            ptr = partials if isinstance(partials, int) else _dlpack.describe(partials).ptr
+        plan.finalize(self._opts(plan, max_norm, inv_scale), ptr, count, s)
+
+    def apply_clip_factor(self, tensors=None, *, stream=None) -> None:
+        """Phase 3: multiply the gradients by the slot's factor. `tensors`
+        rebinds the pointers first (same shapes as the last operation)."""
+        s = stream_handle(stream)
+        plan = self._bind(tensors, s, True) if tensors is not None else self._require_plan()
+        plan.apply_clip_factor(s)
+
+    def partial(self) -> "_dlpack.MemoryView":
+        """View of the plan's gclip_partial (16 bytes: double acc, uint32
+        nonfinite, uint32 fingerprint) as 4 int32, for a communicator."""
+        plan = self._require_plan()
+        return _dlpack.MemoryView(plan, plan.partial_address(), plan.device, "int32", (4,))
+
+    # -- results -------------------------------------------------------------------
+    def _require_plan(self) -> Plan:
+        if self.plan is None:
+            raise RuntimeError("gclip: no operation has run on this Clipper yet")
+        return self.plan
+
+    def result(self) -> ClipResult:
+        """Wait for the last operation and decode its result. Raises
+        NonFiniteError (with `.result`) under nonfinite='error'."""
+        return self._require_plan().result()
+
+    def device_result(self) -> DeviceResultView:
+        """DLPack views of the last plan's result slot (no synchronization)."""
+        return DeviceResultView(self._require_plan())
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) or type(x).__name__ in ("float32", "float64", "int64", "int32")
+
+
+def finite(x: float) -> bool:
+    return math.isfinite(x)

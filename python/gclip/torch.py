@@ -1,0 +1,592 @@
+"""PyTorch drop-ins for torch.nn.utils' clipping functions, and a Clipper
+that takes parameters.
+
+    import gclip.torch as gt
+    total_norm = gt.clip_grad_norm_(model.parameters(), max_norm=1.0)
+
+The four functions have PyTorch's names, signatures, defaults and return
+values, and by default PyTorch's results, non-finite norms included. Two
+deliberate differences are each one keyword away:
+
+* ``fp32_norm=True``: for float16/bfloat16 gradients the norm is computed to
+  1e-6 of the exact value and returned as float32, and the coefficient is
+  computed in float32 (PyTorch rounds the norm to the gradient dtype, where
+  float16 overflows at 65504).
+* ``nonfinite="skip"``: when the norm is NaN or Inf no gradient is written
+  (PyTorch zeroes them or turns them into NaN); the norm is still returned.
+
+float32 gradients (and float16/bfloat16 with ``fp32_norm=True``) on one device
+are clipped entirely by gclip: one call, norm and scaling fused, nothing
+written when the coefficient is 1. Other inputs reproduce PyTorch's
+arithmetic step by step: gclip computes the per-tensor norms and PyTorch's
+own operations combine and apply them (float16/bfloat16 norms rounded to the
+gradient dtype, several devices, float64, norm types <= 0, a negative
+max_norm).
+"""
+
+from __future__ import annotations
+
+import math
+import types
+import warnings
+from typing import Iterable, List, Optional, Union
+
+import torch
+from torch import Tensor
+
+from . import _core, _dlpack, _lib
+from ._core import ClipResult, DeviceResultView, Plan, policy_code  # noqa: F401
+
+__all__ = [
+    "clip_grad_norm_", "clip_grad_value_", "get_total_norm", "clip_grads_with_norm_",
+    "Clipper", "describe_tensor",
+]
+
+_tensor_or_tensors = Union[Tensor, Iterable[Tensor]]
+
+_DTYPE_CODES = {torch.float32: _lib.F32, torch.float16: _lib.F16, torch.bfloat16: _lib.BF16,
+                torch.float64: _lib.F64}
+_FAST_DTYPES = {torch.float32: _lib.F32, torch.float16: _lib.F16, torch.bfloat16: _lib.BF16}
+_get_dtype = Tensor.dtype.__get__
+_numel = Tensor.numel
+_data_ptr = Tensor.data_ptr
+_get_device = Tensor.get_device
+_is_contiguous = Tensor.is_contiguous
+
+_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
+try:  # the C++ scan, built when PyTorch was importable at build time
+    from . import _torch_fast
+except ImportError:  # pragma: no cover - depends on the build
+    _torch_fast = None
+
+_SMALL_PLAN = 1 << 20  # elements below which a CPU plan runs on one thread
+
+
+def _current_stream(device_index: int) -> int:
+    if device_index < 0:
+        return 0
+    if _raw_stream is not None:
+        return _raw_stream(device_index)
+    return torch.cuda.current_stream(device_index).cuda_stream
+
+
+# ---- describing tensors ------------------------------------------------------------
+
+def _dense(t: Tensor) -> bool:
+    return t.is_contiguous() or _dlpack.dense_strides(t.shape, t.stride())
+
+
+def describe_tensor(t: Tensor) -> _dlpack.ArrayInfo:
+    """gclip's view of one tensor (used by gclip.Clipper for torch tensors)."""
+    _check_tensor(t, 0)
+    code = _DTYPE_CODES[t.dtype]
+    dev = t.get_device() if t.is_cuda else -1
+    return _dlpack.ArrayInfo(t.data_ptr(), t.numel(), code, dev, True, _dense(t))
+
+
+def _check_tensor(g: Tensor, index: int) -> None:
+    if g.layout is not torch.strided:
+        raise TypeError(f"gclip: gradient {index} has layout {g.layout}; gclip takes dense "
+                        "(strided) gradients only, sparse gradients are not supported")
+    if g.dtype not in _DTYPE_CODES:
+        raise TypeError(f"gclip: gradient {index} has dtype {g.dtype}; gclip takes float32, "
+                        "float16, bfloat16 and float64")
+    if g.device.type not in ("cpu", "cuda"):
+        raise TypeError(f"gclip: gradient {index} is on a '{g.device.type}' device; gclip runs "
+                        "on the CPU and on CUDA devices")
+    if not _dense(g):
+        raise ValueError(f"gclip: gradient {index} is not dense (shape {tuple(g.shape)}, strides "
+                         f"{g.stride()}); gclip needs gradients without gaps or overlaps")
+
+
+def _validate(grads: List[Tensor]) -> None:
+    """Every check that can reject the input, run before anything is written."""
+    for i, g in enumerate(grads):
+        _check_tensor(g, i)
+
+
+# ---- plan cache of the drop-ins -------------------------------------------------------
+
+class _PlanEntry:
+    __slots__ = ("plan", "norm_view", "norms_buf")
+
+    def __init__(self, plan: Plan, device: torch.device):
+        self.plan = plan
+        addr = plan.slot_address()
+        if device.type == "cpu":
+            import ctypes
+            buf = (ctypes.c_float * 3).from_address(addr)
+            self.norm_view = torch.frombuffer(buf, dtype=torch.float32, count=1)[0]
+            self.norm_view._gclip_plan = plan  # keep the slot's owner alive
+        else:
+            self.norm_view = torch.from_dlpack(_dlpack.MemoryView(plan, addr, plan.device, "float32"))
+        self.norms_buf = None
+
+    def tensor_norms(self, device: torch.device) -> Tensor:
+        if self.norms_buf is None:
+            self.norms_buf = torch.empty(max(self.plan.count, 1), dtype=torch.float32, device=device)
+        return self.norms_buf
+
+
+class _PlanCache:
+    def __init__(self, capacity: int = 32):
+        self._plans = {}
+        self._capacity = capacity
+
+    def get(self, grads: List[Tensor], device: torch.device, dev_index: int,
+            dtypes: Optional[list] = None) -> _PlanEntry:
+        if dtypes is None:
+            dtypes = list(map(_get_dtype, grads))
+        numels = tuple(map(_numel, grads))
+        key = (dev_index, numels, tuple(dtypes))
+        entry = self._plans.get(key)
+        if entry is None:
+            _validate(grads)
+            codes = [_DTYPE_CODES[d] for d in dtypes]
+            plan = Plan(list(numels), codes, dev_index, list(map(_data_ptr, grads)))
+            if dev_index < 0 and sum(numels) < _SMALL_PLAN:
+                plan.set_num_threads(1)  # a parallel region costs more than the work
+            entry = _PlanEntry(plan, device)
+            if len(self._plans) >= self._capacity:
+                self._plans.pop(next(iter(self._plans)))
+            self._plans[key] = entry
+        return entry
+
+
+_cache = _PlanCache()
+
+
+class _Scanner:
+    """The C++ scan: one pass over the parameters fills a shared pointer array
+    and returns the signature (counts, dtypes, device) that keys the plan."""
+
+    def __init__(self):
+        self._sig_plans = {}
+        self._grow(1024)
+
+    def _grow(self, n):
+        import ctypes
+        self.capacity = n
+        self.buf = (ctypes.c_void_p * n)()
+        self.addr = ctypes.addressof(self.buf)
+
+    def scan(self, items, from_params: bool):
+        r = _torch_fast.scan(items, from_params, self.addr, self.capacity)
+        if r[0] > self.capacity:
+            self._grow(max(r[0], 2 * self.capacity))
+            r = _torch_fast.scan(items, from_params, self.addr, self.capacity)
+        return r
+
+    def entry(self, sig, items, from_params, device_code):
+        """The plan entry for a scanned signature (created on first sight)."""
+        entry = self._sig_plans.get(sig)
+        if entry is None:
+            grads = _grads_list(items, from_params)
+            device = grads[0].device
+            entry = _cache.get(grads, device, device_code)
+            if len(self._sig_plans) >= 32:
+                self._sig_plans.pop(next(iter(self._sig_plans)))
+            self._sig_plans[sig] = entry
+        return entry
+
+    def rebind(self, entry, count, stream):
+        st = _lib.fn.plan_rebind(entry.plan.handle, self.buf, count, stream)
+        if st:
+            raise _lib.error_for(st, "gclip_plan_rebind")
+
+
+_scanner = _Scanner() if _torch_fast is not None else None
+
+
+def _grads_list(items, from_params):
+    if from_params:
+        return [p.grad for p in items if p.grad is not None]
+    return list(items)
+
+
+def _scan_fast(items, from_params: bool, fp32_norm: bool):
+    """The plan entry, stream and count when the fused gclip path applies to
+    these gradients (one CPU/CUDA device, dense, float32 or with fp32_norm
+    float16/bfloat16), with their pointers bound; else (None, 0, count)."""
+    count, sig, flags, dev = _scanner.scan(items, from_params)
+    F = _torch_fast
+    ok_dtype = flags & (F.FAST_DTYPES if fp32_norm else F.ALL_F32)
+    if count == 0 or not ok_dtype or not (flags & F.ONE_DEVICE) or not (flags & F.DENSE) or dev < -1:
+        return None, 0, count
+    entry = _scanner.entry(sig, items, from_params, dev)
+    stream = _current_stream(dev)
+    _scanner.rebind(entry, count, stream)
+    return entry, stream, count
+
+
+def _bind(grads: List[Tensor], device: torch.device, dev_index: int, stream: int,
+          dtypes: Optional[list] = None) -> _PlanEntry:
+    """The cached plan for these shapes, dtypes and device, rebound to the
+    gradients' current data pointers."""
+    entry = _cache.get(grads, device, dev_index, dtypes)
+    try:
+        contiguous = all(map(_is_contiguous, grads))
+    except RuntimeError:  # sparse and other layouts
+        contiguous = False
+    if not contiguous:
+        _validate(grads)
+    entry.plan.rebind(list(map(_data_ptr, grads)), stream)
+    return entry
+
+
+def _single_device(grads: List[Tensor]):
+    """(device, index) when every gradient is on one CPU/CUDA device, else None."""
+    devs = list(map(_get_device, grads))
+    first = devs[0]
+    if devs.count(first) != len(devs):
+        return None
+    device = grads[0].device
+    if device.type not in ("cpu", "cuda"):
+        _check_tensor(grads[0], 0)
+    return device, (first if device.type == "cuda" else -1)
+
+
+def _fast_dtypes(dtypes, fp32_norm: bool) -> bool:
+    if fp32_norm:
+        return all(d in _FAST_DTYPES for d in set(dtypes))
+    return all(d is torch.float32 for d in set(dtypes))
+
+
+# ---- PyTorch's arithmetic on gclip's per-tensor norms ------------------------------------
+
+def _nonfinite_message(norm_type: float) -> str:
+    return (f"The total norm of order {float(norm_type)} for gradients from `parameters` is "
+            "non-finite, so it cannot be clipped. To disable this error and scale the gradients "
+            "by the non-finite norm anyway, set `error_if_nonfinite=False`")
+
+
+def _group_by_device(tensors: List[Tensor]):
+    groups = {}
+    for t in tensors:
+        groups.setdefault(t.device, []).append(t)
+    return groups
+
+
+def _per_tensor_norms(tensors: List[Tensor], norm_type: float, fp32_norm: bool) -> List[Tensor]:
+    """One norm per tensor, in PyTorch's order of devices: gclip computes them
+    (float32, exact to 1e-6); rounded to each tensor's dtype unless fp32_norm.
+    float64 tensors and norm types <= 0 use PyTorch's own kernels."""
+    norms: List[Tensor] = []
+    use_gclip = norm_type > 0 and not math.isnan(norm_type)
+    for device, group in _group_by_device(tensors).items():
+        gtensors = [t for t in group if t.dtype in _FAST_DTYPES] if use_gclip else []
+        others = [t for t in group if t.dtype not in _FAST_DTYPES] if use_gclip else group
+        out = {}
+        if gtensors:
+            dev_index = device.index if device.type == "cuda" else -1
+            if device.type == "cuda" and dev_index is None:
+                dev_index = torch.cuda.current_device()
+            stream = _current_stream(dev_index)
+            entry = _bind(gtensors, device, dev_index, stream)
+            buf = torch.empty(len(gtensors), dtype=torch.float32, device=device)
+            plan = entry.plan
+            opts = plan.options(1.0, norm_type, 1e-6, 1.0, _lib.PROPAGATE, buf.data_ptr())
+            plan.run("total_norm", opts, stream)
+            for t, n in zip(gtensors, buf.unbind(0)):
+                out[id(t)] = n if fp32_norm else n.to(t.dtype)
+        for t in others:
+            out[id(t)] = torch.linalg.vector_norm(t, norm_type)
+        norms.extend(out[id(t)] for t in group)
+    return norms
+
+
+def _combine(norms: List[Tensor], norm_type: float, first_device: torch.device) -> Tensor:
+    return torch.linalg.vector_norm(torch.stack([n.to(first_device) for n in norms]), norm_type)
+
+
+def _apply_coef(grads: List[Tensor], max_norm: float, total_norm: Tensor, skip: bool) -> None:
+    """PyTorch's clip_grads_with_norm_ arithmetic, grouped by device and dtype."""
+    clip_coef = max_norm / (total_norm + 1e-6)
+    coef = torch.clamp(clip_coef, max=1.0)
+    if skip:
+        coef = torch.where(torch.isfinite(total_norm), coef, torch.ones_like(coef))
+    groups = {}
+    for g in grads:
+        groups.setdefault((g.device, g.dtype), []).append(g)
+    for (device, _), gs in groups.items():
+        torch._foreach_mul_(gs, coef.to(device))
+
+
+def _raise_if_nonfinite(total_norm: Tensor, norm_type: float) -> None:
+    if not bool(torch.isfinite(total_norm)):
+        raise RuntimeError(_nonfinite_message(norm_type))
+
+
+# ---- the drop-ins -----------------------------------------------------------------------
+
+def _as_list(parameters, warn_empty_generator: bool) -> list:
+    if isinstance(parameters, Tensor):
+        return [parameters]
+    is_generator = isinstance(parameters, types.GeneratorType)
+    parameters = list(parameters)
+    if warn_empty_generator and is_generator and len(parameters) == 0:
+        warnings.warn("`parameters` is an empty generator, no gradient clipping will occur.",
+                      stacklevel=4)
+    return parameters
+
+
+def _check_nonfinite_arg(nonfinite: str) -> bool:
+    if nonfinite not in ("propagate", "skip"):
+        raise ValueError(f"gclip: nonfinite must be 'propagate' (PyTorch) or 'skip', got {nonfinite!r}")
+    return nonfinite == "skip"
+
+
+@torch.no_grad()
+def clip_grad_norm_(parameters: _tensor_or_tensors, max_norm: float, norm_type: float = 2.0,
+                    error_if_nonfinite: bool = False, foreach: Optional[bool] = None, *,
+                    fp32_norm: bool = False, nonfinite: str = "propagate") -> Tensor:
+    r"""Clip the gradient norm of an iterable of parameters, in place.
+
+    Same arguments, defaults and return value as
+    :func:`torch.nn.utils.clip_grad_norm_`: the total norm of the gradients
+    (before clipping) as a 0-dim tensor on their device. ``foreach`` is
+    accepted and has no effect (gclip always processes the list at once).
+
+    Keyword-only extensions: ``fp32_norm=True`` returns a float32 norm exact
+    to 1e-6 for float16/bfloat16 gradients and computes the coefficient in
+    float32; ``nonfinite="skip"`` leaves every gradient untouched when the
+    norm is NaN or Inf.
+    """
+    skip = _check_nonfinite_arg(nonfinite)
+    params = parameters if type(parameters) in (list, tuple) else _as_list(parameters, True)
+    norm_type = float(norm_type)
+    max_norm = float(max_norm)
+    if _scanner is not None and norm_type > 0 and max_norm >= 0 and not torch.compiler.is_compiling():
+        entry, stream, count = _scan_fast(params, True, fp32_norm)
+        if entry is not None:
+            return _run_clip(entry, stream, max_norm, norm_type, error_if_nonfinite, skip)
+        if count == 0:
+            return torch.tensor(0.0)
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.tensor(0.0)
+    if torch.compiler.is_compiling():
+        return torch.ops.gclip.clip_grad_norm_(grads, max_norm, norm_type, error_if_nonfinite,
+                                                fp32_norm, skip)
+    return _clip_grad_norm_impl(grads, max_norm, norm_type, error_if_nonfinite, fp32_norm, skip)
+
+
+def _run_clip(entry, stream, max_norm, norm_type, error_if_nonfinite, skip):
+    plan = entry.plan
+    policy = _lib.ERROR if error_if_nonfinite else (_lib.SKIP if skip else _lib.PROPAGATE)
+    plan.run("clip_grad_norm", plan.options(max_norm, norm_type, 1e-6, 1.0, policy), stream)
+    if error_if_nonfinite:
+        st, _ = plan.get_result()
+        if st == _lib.NONFINITE:
+            raise RuntimeError(_nonfinite_message(norm_type))
+        if st:
+            raise _lib.error_for(st, "gclip_clip_grad_norm")
+    return entry.norm_view.clone()
+
+
+def _clip_grad_norm_impl(grads, max_norm, norm_type, error_if_nonfinite, fp32_norm, skip):
+    dtypes = list(map(_get_dtype, grads))
+    single = _single_device(grads)
+    if (single is not None and _fast_dtypes(dtypes, fp32_norm) and norm_type > 0
+            and max_norm >= 0):
+        device, dev_index = single
+        stream = _current_stream(dev_index)
+        entry = _bind(grads, device, dev_index, stream, dtypes)
+        return _run_clip(entry, stream, max_norm, norm_type, error_if_nonfinite, skip)
+    _validate(grads)
+    total = _combine(_per_tensor_norms(grads, norm_type, fp32_norm), norm_type, grads[0].device)
+    if error_if_nonfinite:
+        _raise_if_nonfinite(total, norm_type)
+    _apply_coef(grads, max_norm, total, skip)
+    return total
+
+
+@torch.no_grad()
+def get_total_norm(tensors: _tensor_or_tensors, norm_type: float = 2.0,
+                   error_if_nonfinite: bool = False, foreach: Optional[bool] = None, *,
+                   fp32_norm: bool = False) -> Tensor:
+    r"""The norm of an iterable of tensors, as :func:`torch.nn.utils.get_total_norm`.
+
+    Takes the tensors themselves (the gradients), not parameters. Returns a
+    0-dim tensor on the first tensor's device; ``torch.tensor(0.0)`` for an
+    empty list. ``fp32_norm=True``: float32 result for float16/bfloat16 input.
+    """
+    tensors = [tensors] if isinstance(tensors, Tensor) else list(tensors)
+    norm_type = float(norm_type)
+    if not tensors:
+        return torch.tensor(0.0)
+    if torch.compiler.is_compiling():
+        return torch.ops.gclip.get_total_norm(tensors, norm_type, error_if_nonfinite, fp32_norm)
+    return _get_total_norm_impl(tensors, norm_type, error_if_nonfinite, fp32_norm)
+
+
+def _get_total_norm_impl(tensors, norm_type, error_if_nonfinite, fp32_norm):
+    dtypes = list(map(_get_dtype, tensors))
+    single = _single_device(tensors)
+    if single is not None and _fast_dtypes(dtypes, fp32_norm) and norm_type > 0:
+        device, dev_index = single
+        stream = _current_stream(dev_index)
+        entry = _bind(tensors, device, dev_index, stream, dtypes)
+        plan = entry.plan
+        plan.run("total_norm", plan.options(1.0, norm_type, 1e-6, 1.0, _lib.PROPAGATE), stream)
+        total = entry.norm_view.clone()
+    else:
+        _validate(tensors)
+        total = _combine(_per_tensor_norms(tensors, norm_type, fp32_norm), norm_type,
+                         tensors[0].device)
+    if error_if_nonfinite:
+        _raise_if_nonfinite(total, norm_type)
+    return total
+
+
+@torch.no_grad()
+def clip_grads_with_norm_(parameters: _tensor_or_tensors, max_norm: float, total_norm: Tensor,
+                          foreach: Optional[bool] = None, *, nonfinite: str = "propagate") -> None:
+    r"""Scale the gradients by ``min(1, max_norm / (total_norm + 1e-6))``, in
+    place, as :func:`torch.nn.utils.clip_grads_with_norm_`. ``total_norm`` is
+    a tensor (e.g. from :func:`get_total_norm`); it is read on the device, with
+    no host synchronization. Returns None."""
+    skip = _check_nonfinite_arg(nonfinite)
+    params = _as_list(parameters, False)
+    grads = [p.grad for p in params if p.grad is not None]
+    max_norm = float(max_norm)
+    if not grads:
+        return None
+    if torch.compiler.is_compiling():
+        torch.ops.gclip.clip_grads_with_norm_(grads, max_norm, total_norm, skip)
+        return None
+    _clip_grads_with_norm_impl(grads, max_norm, total_norm, skip)
+    return None
+
+
+_HAS_WITH_NORM = _lib.has_function("clip_grads_with_norm") and not _lib.LEGACY
+
+
+def _clip_grads_with_norm_impl(grads, max_norm, total_norm, skip):
+    if not isinstance(total_norm, Tensor):
+        total_norm = torch.tensor(float(total_norm))
+    dtypes = list(map(_get_dtype, grads))
+    single = _single_device(grads)
+    if (_HAS_WITH_NORM and single is not None and _fast_dtypes(dtypes, False) and max_norm >= 0
+            and total_norm.dtype is torch.float32 and total_norm.numel() == 1):
+        device, dev_index = single
+        tn = total_norm if total_norm.device == device else total_norm.to(device)
+        tn = tn.contiguous()
+        stream = _current_stream(dev_index)
+        entry = _bind(grads, device, dev_index, stream, dtypes)
+        plan = entry.plan
+        opts = plan.options(max_norm, 2.0, 1e-6, 1.0, _lib.SKIP if skip else _lib.PROPAGATE)
+        try:
+            plan.clip_grads_with_norm(opts, 0.0, tn.data_ptr(), stream)
+            return
+        except _lib.NotSupportedError:
+            pass
+    _validate(grads)
+    _apply_coef(grads, max_norm, total_norm, skip)
+
+
+@torch.no_grad()
+def clip_grad_value_(parameters: _tensor_or_tensors, clip_value: float,
+                     foreach: Optional[bool] = None) -> None:
+    r"""Clamp the gradients to ``[-clip_value, clip_value]`` in place, as
+    :func:`torch.nn.utils.clip_grad_value_` (NaN stays NaN). Returns None."""
+    params = _as_list(parameters, False)
+    clip_value = float(clip_value)
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return None
+    if torch.compiler.is_compiling():
+        torch.ops.gclip.clip_grad_value_(grads, clip_value)
+        return None
+    _clip_grad_value_impl(grads, clip_value)
+    return None
+
+
+def _clip_grad_value_impl(grads, clip_value):
+    dtypes = list(map(_get_dtype, grads))
+    single = _single_device(grads)
+    if single is not None and _fast_dtypes(dtypes, True) and clip_value >= 0:
+        device, dev_index = single
+        stream = _current_stream(dev_index)
+        entry = _bind(grads, device, dev_index, stream, dtypes)
+        entry.plan.clip_grad_value(clip_value, stream)
+        return
+    # negative or NaN clip_value, float64, several devices: PyTorch's own clamps
+    _validate(grads)
+    groups = {}
+    for g in grads:
+        groups.setdefault((g.device, g.dtype), []).append(g)
+    for gs in groups.values():
+        torch._foreach_clamp_min_(gs, -clip_value)
+        torch._foreach_clamp_max_(gs, clip_value)
+
+
+# ---- the native API for parameters ----------------------------------------------------------
+
+class Clipper(_core.Clipper):
+    """gclip.Clipper for PyTorch: takes parameters (their .grad; parameters
+    without a gradient are skipped) or tensors, queues work on the current CUDA
+    stream unless `stream` is given, and returns the device result and
+    per-tensor norms as tensors.
+
+        clipper = gclip.torch.Clipper(max_norm=1.0)          # skip on NaN/Inf
+        clipper.clip_grad_norm(model.parameters(), inv_scale=1 / scaler.get_scale())
+        res = clipper.device_result()                        # tensors, no sync
+        optimizer_step_unless(res["nonfinite"])
+    """
+
+    def _describe(self, tensors, stream):
+        grads = _grads_of(tensors)
+        _validate(grads)
+        return [describe_tensor(g) for g in grads]
+
+    def _bind(self, tensors, stream, writable):
+        grads = _grads_of(tensors)
+        if not grads:
+            raise ValueError("gclip: no gradients to clip")
+        single = _single_device(grads)
+        if single is None:
+            raise ValueError("gclip: the gradients of one call must be on one device")
+        device, dev_index = single
+        if stream == 0 and dev_index >= 0:
+            stream = _current_stream(dev_index)
+        entry = _bind(grads, device, dev_index, stream)
+        self.plan = entry.plan
+        self._entry = entry
+        self._device = device
+        return entry.plan
+
+    def device_result(self) -> dict:
+        """The last operation's result slot as tensors on its device, read with
+        no host synchronization: float32 ``norm``, ``coef``, ``scale``, int32
+        ``nonfinite`` (and ``status``, ``op`` with a 0.2 library). They are
+        views: the next operation on the same plan overwrites them."""
+        view = super().device_result()
+        out = {k: torch.from_dlpack(getattr(view, k)) for k in ("norm", "coef", "scale", "nonfinite")}
+        if not _lib.LEGACY:
+            out["status"] = torch.from_dlpack(view.status)
+            out["op"] = torch.from_dlpack(view.op)
+        return out
+
+    def tensor_norms(self, parameters, *, inv_scale=None, stream=None) -> Tensor:
+        """Each gradient's own norm (float32, on the gradients' device)."""
+        grads = _grads_of(parameters)
+        out = torch.empty(len(grads), dtype=torch.float32, device=grads[0].device)
+        self.total_norm(grads, inv_scale=inv_scale, tensor_norms=out, stream=stream)
+        return out
+
+
+def _grads_of(tensors) -> List[Tensor]:
+    items = [tensors] if isinstance(tensors, Tensor) else list(tensors)
+    out = []
+    for t in items:
+        if isinstance(t, torch.nn.Parameter) or (t.requires_grad and t.is_leaf):
+            if t.grad is not None:
+                out.append(t.grad)
+        else:
+            out.append(t)
+    return out
+
+
+from . import _torch_ops  # noqa: E402,F401  (registers torch.ops.gclip.*)

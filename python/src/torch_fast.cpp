@@ -1,0 +1,131 @@
+// gclip._torch_fast: the per-call scan of gclip.torch's drop-ins in C++.
+//
+// One pass over a list of parameters (or tensors) reads, for each gradient,
+// what the plan cache needs (element count, dtype, device) and what the plan
+// needs (the data pointer), with no Python call per tensor. Built only when
+// PyTorch is importable at build time; gclip.torch falls back to Python
+// otherwise.
+#include <Python.h>
+
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include <torch/csrc/autograd/python_variable.h>
+
+namespace {
+
+// Signature record of one gradient: what a plan is keyed by.
+struct SigEntry {
+    int64_t numel;
+    int32_t dtype;   // c10::ScalarType
+    int32_t device;  // -1 CPU, CUDA ordinal, or -2 - device type for others
+};
+
+enum : long {
+    kDense = 1,       // every gradient is strided and non-overlapping-and-dense
+    kOneDevice = 2,   // every gradient is on the first one's device
+    kAllF32 = 4,      // every gradient is float32
+    kFastDtypes = 8,  // every gradient is float32, float16 or bfloat16
+};
+
+int32_t device_code(const at::Tensor &t)
+{
+    const c10::Device d = t.device();
+    if (d.is_cpu())
+        return -1;
+    if (d.is_cuda())
+        return d.index();
+    return -2 - static_cast<int32_t>(d.type());
+}
+
+// scan(items, from_params, ptr_address, capacity)
+//   -> (count, signature: bytes, flags: int, device: int)
+// Writes the data pointers of the first `capacity` gradients to the
+// uintptr_t array at ptr_address (0 to skip). from_params: read .grad of each
+// item and skip None; else take the items themselves.
+PyObject *scan(PyObject *, PyObject *args)
+{
+    PyObject *items;
+    int from_params;
+    unsigned long long ptr_address;
+    Py_ssize_t capacity;
+    if (!PyArg_ParseTuple(args, "OpKn", &items, &from_params, &ptr_address, &capacity))
+        return nullptr;
+    PyObject *seq = PySequence_Fast(items, "gclip: expected a list or tuple of tensors");
+    if (!seq)
+        return nullptr;
+    const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject **objs = PySequence_Fast_ITEMS(seq);
+    auto *ptrs = reinterpret_cast<uintptr_t *>(static_cast<uintptr_t>(ptr_address));
+
+    std::vector<SigEntry> sig;
+    sig.reserve(static_cast<size_t>(n));
+    long flags = kDense | kOneDevice | kAllF32 | kFastDtypes;
+    int32_t first_device = 0;
+    Py_ssize_t count = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *o = objs[i];
+        if (!THPVariable_Check(o)) {
+            Py_DECREF(seq);
+            PyErr_Format(PyExc_TypeError, "gclip: item %zd is a %s, not a tensor", i,
+                         Py_TYPE(o)->tp_name);
+            return nullptr;
+        }
+        const at::Tensor &v = THPVariable_Unpack(o);
+        const at::Tensor &t = from_params ? v.grad() : v;
+        if (!t.defined())
+            continue;
+        const int32_t dev = device_code(t);
+        if (count == 0)
+            first_device = dev;
+        else if (dev != first_device)
+            flags &= ~kOneDevice;
+        const c10::ScalarType st = t.scalar_type();
+        if (st != c10::ScalarType::Float)
+            flags &= ~kAllF32;
+        if (st != c10::ScalarType::Float && st != c10::ScalarType::Half &&
+            st != c10::ScalarType::BFloat16)
+            flags &= ~kFastDtypes;
+        uintptr_t data = 0;
+        if (t.layout() != c10::kStrided || !t.has_storage() ||
+            !(t.is_contiguous() || t.is_non_overlapping_and_dense())) {
+            flags &= ~kDense;
+        } else {
+            data = reinterpret_cast<uintptr_t>(t.data_ptr());
+        }
+        if (ptrs && count < capacity)
+            ptrs[count] = data;
+        sig.push_back(SigEntry{t.numel(), static_cast<int32_t>(st), dev});
+        count++;
+    }
+    Py_DECREF(seq);
+    PyObject *sig_bytes = PyBytes_FromStringAndSize(reinterpret_cast<const char *>(sig.data()),
+                                                    static_cast<Py_ssize_t>(sig.size() * sizeof(SigEntry)));
+    if (!sig_bytes)
+        return nullptr;
+    return Py_BuildValue("(nNli)", count, sig_bytes, flags, static_cast<int>(first_device));
+}
+
+PyMethodDef methods[] = {
+    {"scan", scan, METH_VARARGS,
+     "scan(items, from_params, ptr_address, capacity) -> (count, signature, flags, device)"},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+PyModuleDef module = {PyModuleDef_HEAD_INIT, "_torch_fast", nullptr, -1, methods,
+                      nullptr, nullptr, nullptr, nullptr};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit__torch_fast(void)
+{
+    PyObject *m = PyModule_Create(&module);
+    if (!m)
+        return nullptr;
+    PyModule_AddIntConstant(m, "DENSE", kDense);
+    PyModule_AddIntConstant(m, "ONE_DEVICE", kOneDevice);
+    PyModule_AddIntConstant(m, "ALL_F32", kAllF32);
+    PyModule_AddIntConstant(m, "FAST_DTYPES", kFastDtypes);
+    return m;
+}

@@ -1,0 +1,231 @@
+"""gclip.Clipper (native API) on NumPy arrays, PyTorch tensors and JAX
+arrays, against float64 references."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import gclip
+import gclip.torch as gt
+from conftest import device_params, needs_function
+from test_torch_dropin import ref_norm
+
+
+def arrays(rng, shapes=((50,), (7, 9), (1,), (1000,)), dtype=np.float32, scale=1.0):
+    return [(rng.standard_normal(s) * scale).astype(dtype) for s in shapes]
+
+
+@pytest.mark.parametrize("p", [2.0, 1.0, math.inf, 2.5])
+def test_numpy_clip_grad_norm(rng, p):
+    xs = arrays(rng, scale=3.0)
+    x0 = [x.astype(np.float64) for x in xs]
+    ref = ref_norm(x0, p)
+    c = gclip.Clipper(max_norm=ref / 4, norm_type=p)
+    c.clip_grad_norm(xs)
+    r = c.result()
+    assert r.has_norm and not r.nonfinite
+    assert abs(r.total_norm - ref) <= 1e-6 * ref
+    coef = (ref / 4) / (ref + 1e-6)
+    assert r.clip_coef == pytest.approx(coef, rel=1e-6)
+    for x, g in zip(xs, x0):
+        np.testing.assert_allclose(x, g * coef, rtol=2e-6)
+
+
+def test_numpy_inv_scale_and_tensor_norms(rng):
+    xs = arrays(rng, scale=1024.0)
+    x0 = [x.astype(np.float64) for x in xs]
+    ref = ref_norm(x0, 2) / 1024
+    out = np.zeros(len(xs), dtype=np.float32)
+    c = gclip.Clipper(max_norm=1e9)
+    c.clip_grad_norm(xs, inv_scale=1 / 1024, tensor_norms=out)
+    r = c.result()
+    assert abs(r.total_norm - ref) <= 1e-6 * ref and r.scale == pytest.approx(1 / 1024)
+    np.testing.assert_allclose(out, [ref_norm([g], 2) / 1024 for g in x0], rtol=1e-6)
+    for x, g in zip(xs, x0):
+        np.testing.assert_allclose(x, g / 1024, rtol=1e-7)
+
+
+def test_numpy_skip_default_and_error_policy(rng):
+    xs = arrays(rng)
+    xs[1][3, 3] = np.nan
+    before = [x.copy() for x in xs]
+    c = gclip.Clipper(max_norm=0.1)
+    c.clip_grad_norm(xs)
+    r = c.result()
+    assert r.nonfinite and math.isnan(r.total_norm)
+    for x, b in zip(xs, before):
+        np.testing.assert_array_equal(x, b)
+    c = gclip.Clipper(max_norm=0.1, nonfinite="error")
+    c.clip_grad_norm(xs)
+    with pytest.raises(gclip.NonFiniteError) as e:
+        c.result()
+    assert e.value.result.nonfinite
+    c = gclip.Clipper(max_norm=0.1, nonfinite="propagate")
+    c.clip_grad_norm(xs)
+    assert all(np.isnan(x).all() for x in xs)
+
+
+def test_numpy_per_tensor_and_value(rng):
+    xs = arrays(rng, scale=2.0)
+    x0 = [x.astype(np.float64) for x in xs]
+    c = gclip.Clipper(max_norm=1.5)
+    c.clip_grad_norm_per_tensor(xs)
+    for x, g in zip(xs, x0):
+        n = ref_norm([g], 2)
+        np.testing.assert_allclose(x, g * min(1.0, 1.5 / (n + 1e-6)), rtol=2e-6)
+    assert c.result().total_norm == pytest.approx(ref_norm(x0, 2), rel=1e-6)
+    ys = arrays(rng, scale=2.0)
+    y0 = [y.copy() for y in ys]
+    c.clip_grad_value(ys, 0.75)
+    for y, g in zip(ys, y0):
+        np.testing.assert_array_equal(y, np.clip(g, -0.75, 0.75))
+    assert not c.result().has_norm
+
+
+def test_numpy_total_norm_reads_readonly_and_rejects_writes(rng):
+    xs = arrays(rng)
+    for x in xs:
+        x.flags.writeable = False
+    c = gclip.Clipper(nonfinite="propagate")
+    c.total_norm(xs)
+    assert c.result().total_norm == pytest.approx(ref_norm(xs, 2), rel=1e-6)
+    with pytest.raises(ValueError, match="read-only"):
+        c.clip_grad_norm(xs)
+
+
+def test_numpy_float64_and_low_precision(rng):
+    xs = arrays(rng, dtype=np.float16) + arrays(rng, shapes=((33,),))
+    ref = ref_norm(xs, 2)
+    c = gclip.Clipper()
+    c.total_norm(xs)
+    assert c.result().total_norm == pytest.approx(ref, rel=1e-6)
+    f64 = arrays(rng, dtype=np.float64)
+    try:
+        c.total_norm(f64)
+    except gclip.GclipError as e:
+        pytest.skip(f"this gclip library has no float64 support yet: {e}")
+    assert c.result().total_norm == pytest.approx(ref_norm(f64, 2), rel=1e-6)
+
+
+def test_device_result_views(rng):
+    xs = arrays(rng, scale=5.0)
+    ref = ref_norm(xs, 2)
+    c = gclip.Clipper(max_norm=1.0)
+    c.clip_grad_norm(xs)
+    v = c.device_result()
+    vals = np.from_dlpack(v.values)
+    np.testing.assert_allclose(vals[0], ref, rtol=1e-6)
+    assert vals[2] == pytest.approx(1.0 / (ref + 1e-6), rel=1e-6)
+    assert int(np.from_dlpack(v.nonfinite)) == 0
+    t = torch.from_dlpack(v.scale)
+    assert float(t) == pytest.approx(vals[2])
+    del c, v
+    assert float(t) == pytest.approx(vals[2])  # the view keeps the plan alive
+
+
+def test_plans_are_reused_and_rebound(rng):
+    c = gclip.Clipper(max_norm=0.5)
+    for step in range(4):
+        xs = arrays(rng, scale=step + 1)
+        x0 = [x.astype(np.float64) for x in xs]
+        c.clip_grad_norm(xs)
+        ref = ref_norm(x0, 2)
+        for x, g in zip(xs, x0):
+            np.testing.assert_allclose(x, g * (0.5 / (ref + 1e-6)), rtol=2e-6)
+    assert len(c._plans) == 1
+
+
+@pytest.mark.parametrize("device", device_params())
+def test_torch_clipper_parameters(rng, device):
+    params = []
+    for s in [(20, 3), (7,), (128,)]:
+        p = torch.nn.Parameter(torch.zeros(s, device=device))
+        p.grad = torch.from_numpy(rng.standard_normal(s).astype(np.float32) * 4).to(device)
+        params.append(p)
+    params.append(torch.nn.Parameter(torch.zeros(3, device=device)))  # no grad: skipped
+    g0 = [p.grad.double().cpu().numpy() for p in params[:3]]
+    ref = ref_norm(g0, 2)
+    c = gt.Clipper(max_norm=1.0)
+    norms = c.tensor_norms(params)
+    np.testing.assert_allclose(norms.cpu().numpy(), [ref_norm([g], 2) for g in g0], rtol=1e-6)
+    c.clip_grad_norm(params)
+    res = c.device_result()
+    assert res["norm"].device.type == torch.device(device).type
+    assert float(res["norm"]) == pytest.approx(ref, rel=1e-6)
+    assert int(res["nonfinite"]) == 0
+    for p, g in zip(params, g0):
+        np.testing.assert_allclose(p.grad.double().cpu().numpy(), g / (ref + 1e-6), rtol=2e-6)
+
+
+@needs_function("clip_grads_with_norm")
+@pytest.mark.parametrize("device", device_params())
+def test_device_scalars(rng, device):
+    """max_norm, inv_scale and the total norm as device tensors, read when the step runs."""
+    grads = [torch.from_numpy(rng.standard_normal(s).astype(np.float32) * 64).to(device)
+             for s in [(30,), (5, 5)]]
+    g0 = [g.double().cpu().numpy() for g in grads]
+    inv = torch.tensor([1 / 64], device=device)
+    mx = torch.tensor([0.25], device=device)
+    c = gclip.Clipper()
+    c.clip_grad_norm(grads, max_norm=mx, inv_scale=inv)
+    ref = ref_norm(g0, 2) / 64
+    r = c.result()
+    assert r.total_norm == pytest.approx(ref, rel=1e-6)
+    for g, x in zip(grads, g0):
+        np.testing.assert_allclose(g.double().cpu().numpy(), x / 64 * (0.25 / (ref + 1e-6)), rtol=3e-6)
+    norm = torch.tensor([100.0], device=device)
+    before = [g.clone() for g in grads]
+    c.clip_grads_with_norm(grads, norm, max_norm=1.0)
+    for g, b in zip(grads, before):
+        torch.testing.assert_close(g, b * (1.0 / (100.0 + 1e-6)))
+
+
+@needs_function("compute_clip_factor")
+def test_clip_factor_then_apply(rng):
+    xs = arrays(rng, scale=3.0)
+    x0 = [x.copy() for x in xs]
+    c = gclip.Clipper(max_norm=1.0)
+    c.compute_clip_factor(xs)
+    r = c.result()
+    for x, g in zip(xs, x0):
+        np.testing.assert_array_equal(x, g)  # not applied
+    c.apply_clip_factor(xs)
+    for x, g in zip(xs, x0):
+        np.testing.assert_allclose(x, g * np.float32(r.scale), rtol=1e-7)
+
+
+@needs_function("norm_accumulate")
+def test_phases_accumulate_finalize_apply(rng):
+    xs = arrays(rng, scale=3.0)
+    x0 = [x.astype(np.float64) for x in xs]
+    ref = ref_norm(x0, 2)
+    c = gclip.Clipper(max_norm=1.0)
+    c.norm_accumulate(xs)
+    c.norm_finalize()
+    assert c.result().total_norm == pytest.approx(ref, rel=1e-6)
+    c.apply_clip_factor()
+    for x, g in zip(xs, x0):
+        np.testing.assert_allclose(x, g / (ref + 1e-6), rtol=2e-6)
+
+
+def test_jax_norms_and_functional_clip(rng):
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+    import gclip.jax as gj
+    tree = {"w": jnp.asarray(rng.standard_normal((6, 5)).astype(np.float32) * 3),
+            "b": [jnp.asarray(rng.standard_normal(4).astype(np.float32))]}
+    leaves = [np.asarray(x, dtype=np.float64) for x in jax.tree_util.tree_leaves(tree)]
+    ref = ref_norm(leaves, 2)
+    assert gj.global_norm(tree) == pytest.approx(ref, rel=1e-6)
+    norms = gj.tensor_norms(tree)
+    assert float(norms["w"]) == pytest.approx(ref_norm([np.asarray(tree["w"])], 2), rel=1e-6)
+    new, info = gj.clip_by_global_norm(tree, 1.0)
+    assert info.total_norm == pytest.approx(ref, rel=1e-6)
+    np.testing.assert_allclose(np.asarray(new["w"]), np.asarray(tree["w"]) / (ref + 1e-6), rtol=2e-6)
+    assert float(jnp.abs(tree["w"]).max()) > 1.0  # the input is untouched
+    clipped = gj.clip_by_value(tree, 0.5)
+    np.testing.assert_array_equal(np.asarray(clipped["b"][0]), np.clip(np.asarray(tree["b"][0]), -0.5, 0.5))
+    per, _ = gj.clip_by_norm_per_leaf(tree, 0.1)
+    assert ref_norm([np.asarray(per["w"])], 2) == pytest.approx(0.1, rel=1e-5)

@@ -1,0 +1,317 @@
+"""gclip.torch's drop-ins against an independent float64 reference (NumPy)
+and against torch.nn.utils, on seeded random gradients."""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import gclip.torch as gt
+from conftest import device_params
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def ref_norm(arrays, p):
+    """Flat p-norm in float64 (long double sums for general p)."""
+    flat = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays])
+    if math.isinf(p):
+        return float(np.max(np.abs(flat))) if flat.size else 0.0
+    if p == 2:
+        return float(np.sqrt(np.sum(flat.astype(np.longdouble) ** 2)))
+    return float(np.sum(np.abs(flat).astype(np.longdouble) ** p) ** (1.0 / p))
+
+
+def to_np(t):
+    return t.detach().float().cpu().numpy().astype(np.float64)
+
+
+def make_params(rng, shapes, dtype, device, scale=1.0):
+    params = []
+    for s in shapes:
+        p = torch.nn.Parameter(torch.zeros(s, dtype=dtype, device=device))
+        p.grad = torch.from_numpy(rng.standard_normal(s) * scale).to(dtype=dtype, device=device)
+        params.append(p)
+    return params
+
+
+def clone_params(params):
+    out = []
+    for p in params:
+        q = torch.nn.Parameter(p.detach().clone())
+        q.grad = None if p.grad is None else p.grad.clone()
+        out.append(q)
+    return out
+
+
+SHAPES = [(37, 11), (5,), (3, 4, 5), (1,), (300,), (0,)]
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("p", [2.0, 1.0, math.inf, 3.0, 0.5])
+def test_norm_and_clip_match_float64_reference_and_torch(rng, device, p):
+    # (PyTorch raises for the inf-norm of an empty tensor; gclip counts it as 0,
+    # see test_empty_tensors_contribute_zero)
+    shapes = SHAPES[:-1] if math.isinf(p) else SHAPES
+    params = make_params(rng, shapes, torch.float32, device, scale=2.0)
+    grads0 = [to_np(q.grad) for q in params]
+    ref = ref_norm(grads0, p)
+    torch_params = clone_params(params)
+    max_norm = ref / 3
+
+    n = gt.clip_grad_norm_(params, max_norm, norm_type=p)
+    n_t = torch.nn.utils.clip_grad_norm_(torch_params, max_norm, norm_type=p)
+
+    assert n.dtype == torch.float32 and n.dim() == 0 and n.device.type == torch.device(device).type
+    assert abs(float(n) - ref) <= 1e-6 * ref
+    torch.testing.assert_close(n, n_t)
+    coef = max_norm / (ref + 1e-6)
+    for q, q_t, g0 in zip(params, torch_params, grads0):
+        np.testing.assert_allclose(to_np(q.grad), g0 * coef, rtol=2e-6, atol=1e-30)
+        torch.testing.assert_close(q.grad, q_t.grad)
+
+
+def test_empty_tensors_contribute_zero(rng):
+    params = make_params(rng, [(0,), (4,), (0, 3)], torch.float32, "cpu")
+    for p in (2.0, math.inf):
+        assert float(gt.get_total_norm([q.grad for q in params], p)) == pytest.approx(
+            ref_norm([to_np(params[1].grad)], p), rel=1e-6)
+
+
+@pytest.mark.parametrize("device", device_params())
+def test_no_clip_leaves_gradients_bit_identical(rng, device):
+    params = make_params(rng, SHAPES, torch.float32, device)
+    before = [q.grad.clone() for q in params]
+    n = gt.clip_grad_norm_(params, 1e6)
+    assert abs(float(n) - ref_norm([to_np(b) for b in before], 2)) <= 1e-6 * float(n)
+    for q, b in zip(params, before):
+        assert torch.equal(q.grad, b)
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_default_is_pytorch(rng, device, dtype):
+    params = make_params(rng, SHAPES, dtype, device, scale=3.0)
+    torch_params = clone_params(params)
+    n = gt.clip_grad_norm_(params, 1.0)
+    n_t = torch.nn.utils.clip_grad_norm_(torch_params, 1.0)
+    assert n.dtype == dtype == n_t.dtype
+    torch.testing.assert_close(n, n_t)
+    for q, q_t in zip(params, torch_params):
+        torch.testing.assert_close(q.grad, q_t.grad)
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_fp32_norm_is_exact_and_float32(rng, device, dtype):
+    params = make_params(rng, SHAPES, dtype, device, scale=3.0)
+    grads0 = [to_np(q.grad) for q in params]
+    ref = ref_norm(grads0, 2)
+    n = gt.clip_grad_norm_(params, 1.0, fp32_norm=True)
+    assert n.dtype == torch.float32
+    assert abs(float(n) - ref) <= 1e-6 * ref
+    coef = np.float32(1.0) * np.float32(1.0 / (np.float32(ref) + np.float32(1e-6)))
+    for q, g0 in zip(params, grads0):
+        exp = torch.from_numpy(g0 * float(coef)).to(dtype)
+        torch.testing.assert_close(q.grad.cpu(), exp, atol=0, rtol=1e-2)
+
+
+@pytest.mark.parametrize("device", device_params())
+def test_f16_norm_above_65504(device):
+    g = torch.full((1024,), 4000.0, dtype=torch.float16, device=device)  # norm 128000
+    p = torch.nn.Parameter(torch.zeros_like(g))
+    p.grad = g.clone()
+    n16 = gt.get_total_norm([p.grad])
+    assert n16.dtype == torch.float16 and math.isinf(float(n16))  # PyTorch: overflow
+    n32 = gt.get_total_norm([p.grad], fp32_norm=True)
+    assert n32.dtype == torch.float32 and abs(float(n32) - 128000.0) <= 0.2
+    gt.clip_grad_norm_([p], 64000.0, fp32_norm=True)
+    torch.testing.assert_close(p.grad.float(), torch.full((1024,), 2000.0, device=device), rtol=1e-3, atol=0)
+
+
+@pytest.mark.parametrize("device", device_params())
+def test_mixed_dtypes_follow_pytorch(rng, device):
+    params = make_params(rng, [(40,), (7, 3)], torch.float32, device)
+    params += make_params(rng, [(9,)], torch.float16, device)
+    torch_params = clone_params(params)
+    n = gt.clip_grad_norm_(params, 0.5)
+    n_t = torch.nn.utils.clip_grad_norm_(torch_params, 0.5)
+    assert n.dtype == n_t.dtype
+    torch.testing.assert_close(n, n_t, rtol=1e-3, atol=0)
+    for q, q_t in zip(params, torch_params):
+        torch.testing.assert_close(q.grad, q_t.grad, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", device_params())
+def test_nonfinite_propagates_by_default_and_skip_keeps_gradients(rng, device):
+    for bad in (math.inf, math.nan):
+        params = make_params(rng, [(10,), (4, 4)], torch.float32, device)
+        params[1].grad[2, 1] = bad
+        torch_params = clone_params(params)
+        n = gt.clip_grad_norm_(params, 1.0)
+        n_t = torch.nn.utils.clip_grad_norm_(torch_params, 1.0)
+        torch.testing.assert_close(n, n_t, equal_nan=True)
+        for q, q_t in zip(params, torch_params):
+            torch.testing.assert_close(q.grad, q_t.grad, equal_nan=True)
+
+        params = make_params(rng, [(10,), (4, 4)], torch.float32, device)
+        params[1].grad[2, 1] = bad
+        before = [q.grad.clone() for q in params]
+        n = gt.clip_grad_norm_(params, 1.0, nonfinite="skip")
+        assert not math.isfinite(float(n))
+        for q, b in zip(params, before):
+            torch.testing.assert_close(q.grad, b, equal_nan=True, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", device_params())
+def test_error_if_nonfinite_raises_before_writing(rng, device):
+    params = make_params(rng, [(10,), (4, 4)], torch.float32, device, scale=10.0)
+    params[0].grad[3] = math.inf
+    before = [q.grad.clone() for q in params]
+    with pytest.raises(RuntimeError, match="The total norm of order 2.0 for gradients"):
+        gt.clip_grad_norm_(params, 1.0, error_if_nonfinite=True)
+    for q, b in zip(params, before):
+        assert torch.equal(q.grad, b)
+    with pytest.raises(RuntimeError, match="non-finite"):
+        gt.get_total_norm([q.grad for q in params], error_if_nonfinite=True)
+
+
+def test_conformance_vectors():
+    """CONFORMANCE.md section 1, vectors 1-9, as printed by PyTorch."""
+    def mk(*gs):
+        ps = []
+        for g in gs:
+            p = torch.nn.Parameter(torch.zeros(len(g)))
+            p.grad = torch.tensor(g, dtype=torch.float32)
+            ps.append(p)
+        return ps
+
+    ps = mk([3, 4], [12])
+    assert float(gt.clip_grad_norm_(ps, 6.5)) == 13.0
+    torch.testing.assert_close(ps[0].grad, torch.tensor([1.499999881, 1.999999881]), rtol=0, atol=1e-7)
+    torch.testing.assert_close(ps[1].grad, torch.tensor([5.999999523]), rtol=0, atol=1e-6)
+    ps = mk([3, 4], [12])
+    assert float(gt.clip_grad_norm_(ps, 20)) == 13.0
+    assert ps[0].grad.tolist() == [3, 4] and ps[1].grad.tolist() == [12]
+    ps = mk([-3, 1], [2, -5])
+    assert float(gt.clip_grad_norm_(ps, 2, norm_type=math.inf)) == 5.0
+    torch.testing.assert_close(ps[1].grad, torch.tensor([0.799999833, -1.999999523]), rtol=0, atol=1e-7)
+    ps = mk([1, -2], [3])
+    assert float(gt.clip_grad_norm_(ps, 3, norm_type=1)) == 6.0
+    torch.testing.assert_close(ps[0].grad, torch.tensor([0.499999940, -0.999999881]), rtol=0, atol=1e-8)
+    ps = mk([0, 0, 5], [1, 2, 3], [0, 0])
+    assert float(gt.get_total_norm([p.grad for p in ps], norm_type=0)) == 2.0
+    ps = mk([0, 0], [0])
+    assert float(gt.clip_grad_norm_(ps, 0)) == 0.0 and ps[0].grad.tolist() == [0, 0]
+    ps = mk([1, math.inf], [2])
+    assert math.isinf(float(gt.clip_grad_norm_(ps, 1)))
+    assert ps[0].grad[0] == 0 and math.isnan(ps[0].grad[1]) and ps[1].grad.tolist() == [0]
+    ps = mk([3, 4])
+    assert float(gt.clip_grad_norm_(ps, -1)) == 5.0  # negative max_norm flips the sign, as PyTorch
+    torch.testing.assert_close(ps[0].grad, torch.tensor([-0.599999905, -0.799999833]), rtol=0, atol=1e-7)
+    ps = mk([-3, 0.5, 2, math.nan])
+    gt.clip_grad_value_(ps, 1)
+    torch.testing.assert_close(ps[0].grad, torch.tensor([-1, 0.5, 1, math.nan]), equal_nan=True)
+    ps = mk([-3, 0.5, 2, math.nan])
+    gt.clip_grad_value_(ps, -1)
+    torch.testing.assert_close(ps[0].grad, torch.tensor([-1, -1, -1, math.nan]), equal_nan=True)
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_clip_grad_value_matches_torch(rng, device, dtype):
+    params = make_params(rng, SHAPES, dtype, device, scale=3.0)
+    params[0].grad[0, 0] = math.nan
+    torch_params = clone_params(params)
+    gt.clip_grad_value_(params, 1.7)
+    torch.nn.utils.clip_grad_value_(torch_params, 1.7)
+    for q, q_t in zip(params, torch_params):
+        torch.testing.assert_close(q.grad, q_t.grad, equal_nan=True, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", device_params())
+def test_clip_grads_with_norm_matches_torch(rng, device):
+    params = make_params(rng, SHAPES, torch.float32, device, scale=2.0)
+    torch_params = clone_params(params)
+    total = gt.get_total_norm([q.grad for q in params])
+    total_t = torch.nn.utils.get_total_norm([q.grad for q in torch_params])
+    torch.testing.assert_close(total, total_t)
+    assert gt.clip_grads_with_norm_(params, 1.0, total) is None
+    torch.nn.utils.clip_grads_with_norm_(torch_params, 1.0, total_t)
+    for q, q_t in zip(params, torch_params):
+        torch.testing.assert_close(q.grad, q_t.grad)
+
+
+def test_parameters_without_grad_are_skipped_and_empty_inputs(rng):
+    params = make_params(rng, [(5,), (6,)], torch.float32, "cpu")
+    params.append(torch.nn.Parameter(torch.ones(3)))  # no grad
+    n = gt.clip_grad_norm_(params, 1e9)
+    assert abs(float(n) - ref_norm([to_np(params[0].grad), to_np(params[1].grad)], 2)) <= 1e-5
+    assert params[2].grad is None
+    e = gt.clip_grad_norm_([], 1.0)
+    assert e.dtype == torch.float32 and float(e) == 0.0 and e.device.type == "cpu"
+    assert float(gt.get_total_norm([])) == 0.0
+    assert gt.clip_grad_value_([], 1.0) is None
+    assert gt.clip_grads_with_norm_([], 1.0, torch.tensor(1.0)) is None
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        gt.clip_grad_norm_((p for p in []), 1.0)
+    assert len(w) == 1 and w[0].filename == __file__
+
+
+def test_generator_input(rng):
+    model = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.Linear(4, 2))
+    x = torch.from_numpy(rng.standard_normal((3, 8)).astype(np.float32))
+    model(x).pow(2).sum().backward()
+    ref = ref_norm([to_np(p.grad) for p in model.parameters()], 2)
+    n = gt.clip_grad_norm_(model.parameters(), 1e9)
+    assert abs(float(n) - ref) <= 1e-6 * ref
+
+
+def test_reallocated_gradients_are_rebound(rng):
+    """Plans are cached by shapes, never by pointers: new gradient tensors
+    (zero_grad(set_to_none=True)) every step must be clipped, not the old ones."""
+    params = make_params(rng, SHAPES, torch.float32, "cpu")
+    for step in range(5):
+        keep = [q.grad for q in params]  # hold the old tensors so addresses differ
+        for q in params:
+            q.grad = torch.from_numpy(rng.standard_normal(q.shape).astype(np.float32) * (step + 1))
+        g0 = [to_np(q.grad) for q in params]
+        ref = ref_norm(g0, 2)
+        n = gt.clip_grad_norm_(params, 0.5)
+        assert abs(float(n) - ref) <= 1e-6 * ref
+        for q, g in zip(params, g0):
+            np.testing.assert_allclose(to_np(q.grad), g * (0.5 / (ref + 1e-6)), rtol=2e-6)
+        del keep
+
+
+def test_channels_last_gradients(rng):
+    p = torch.nn.Parameter(torch.zeros(2, 3, 4, 5).to(memory_format=torch.channels_last))
+    p.grad = torch.from_numpy(rng.standard_normal((2, 3, 4, 5)).astype(np.float32)).to(
+        memory_format=torch.channels_last)
+    g0 = to_np(p.grad)
+    ref = ref_norm([g0], 2)
+    n = gt.clip_grad_norm_([p], 1.0)
+    assert abs(float(n) - ref) <= 1e-6 * ref
+    np.testing.assert_allclose(to_np(p.grad), g0 / (ref + 1e-6), rtol=2e-6)
+
+
+def test_rejected_inputs_change_nothing(rng):
+    good = make_params(rng, [(6,)], torch.float32, "cpu")[0]
+    before = good.grad.clone()
+    strided = torch.nn.Parameter(torch.zeros(4, 3))
+    strided.grad = torch.from_numpy(rng.standard_normal((4, 6)).astype(np.float32))[:, ::2]
+    with pytest.raises(ValueError, match="not dense"):
+        gt.clip_grad_norm_([good, strided], 0.1)
+    assert torch.equal(good.grad, before)
+    sparse = torch.nn.Parameter(torch.zeros(5))
+    sparse.grad = torch.sparse_coo_tensor([[1, 3]], [2.0, -1.0], (5,))
+    with pytest.raises(TypeError, match="sparse"):
+        gt.clip_grad_norm_([good, sparse], 0.1)
+    with pytest.raises(TypeError, match="sparse"):
+        gt.clip_grad_value_([good, sparse], 0.1)
+    assert torch.equal(good.grad, before)
+    with pytest.raises(ValueError, match="nonfinite"):
+        gt.clip_grad_norm_([good], 0.1, nonfinite="maybe")

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Create (or reuse) the Python environment of the gclip package and install
+# the package from this checkout into it. The last line printed on stdout is
+# the path of the environment's python; everything else goes to stderr.
+#
+#   GCLIP_VENV           where the environment lives
+#                        (default: $HOME/.cache/gclip/venv, outside the clone)
+#   GCLIP_ENABLE_CUDA    ON/OFF: build the CUDA backend (default: if nvcc is found)
+#   GCLIP_PY_BUILD_DIR   CMake build directory of the package
+#                        (default: $GCLIP_VENV/../build-<hash of the checkout path>)
+#
+# Usage:  PY=$(tests/python_env.sh) && "$PY" -m pytest python/tests
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+venv=${GCLIP_VENV:-$HOME/.cache/gclip/venv}
+python=${PYTHON:-python3}
+
+# Third-party requirements. Changing this list rebuilds the environment.
+requirements=(torch numpy pytest "jax[cpu]" scikit-build-core matplotlib)
+stamp_text="gclip-env 1: ${requirements[*]}"
+stamp="$venv/.gclip-env-complete"
+
+log() { printf 'python_env: %s\n' "$*" >&2; }
+
+if [[ -x "$venv/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$stamp_text" ]]; then
+    log "reusing $venv"
+else
+    log "creating $venv (torch from PyPI: a large first download)"
+    rm -rf "$venv"
+    mkdir -p "$(dirname "$venv")"
+    "$python" -m venv "$venv"
+    start=$(date +%s)
+    "$venv/bin/python" -m pip install --quiet --upgrade pip >&2
+    "$venv/bin/python" -m pip install --quiet "${requirements[@]}" >&2
+    log "third-party packages installed in $(( $(date +%s) - start )) s, $(du -sh "$venv" | cut -f1)"
+    printf '%s\n' "$stamp_text" >"$stamp"
+fi
+
+# The package itself, from this checkout, every time (CMake rebuilds only
+# what changed in its persistent build directory).
+hash=$(printf '%s' "$root" | cksum | cut -d' ' -f1)
+build_dir=${GCLIP_PY_BUILD_DIR:-$(dirname "$venv")/build-$hash}
+log "installing gclip from $root/python (build dir $build_dir)"
+"$venv/bin/python" -m pip install --quiet --no-build-isolation --no-deps \
+    --config-settings=build-dir="$build_dir" "$root/python" >&2
+
+echo "$venv/bin/python"
