@@ -72,6 +72,13 @@ static gclip_status cpu_run(gclip_plan *plan, const gclip_step *step, gclip_stre
     case GCLIP_OP_APPLY:
         gclip_scale_cpu(plan, &step->np);
         break;
+    case GCLIP_OP_ADAPTIVE_CLIP:
+    case GCLIP_OP_ADAPTIVE_SKIP:
+        gclip_norm_cpu(plan, &step->np);
+        gclip_adapt_cpu(plan, &step->np);
+        if (step->op == GCLIP_OP_ADAPTIVE_CLIP)
+            gclip_adapt_scale_cpu(plan, &step->np);
+        break;
     default:
         gclip_norm_cpu(plan, &step->np);
         if (gclip_op_applies(step->op))

@@ -318,14 +318,25 @@ static int launch_clamp_step(const gclip_device_tables *t, const gclip_norm_para
 
 typedef struct launch_plan {
     int n;
-    launcher_fn fn[2];
-    const char *name[2];
+    launcher_fn fn[3];
+    const char *name[3];
 } launch_plan;
 
 static launch_plan launches_of(int32_t op)
 {
-    launch_plan lp = {0, {NULL, NULL}, {NULL, NULL}};
+    launch_plan lp = {0, {NULL, NULL, NULL}, {NULL, NULL, NULL}};
     switch (op) {
+    case GCLIP_OP_ADAPTIVE_CLIP:
+    case GCLIP_OP_ADAPTIVE_SKIP:
+        lp.fn[lp.n] = gclip_launch_norm;
+        lp.name[lp.n++] = "norm kernel";
+        lp.fn[lp.n] = gclip_launch_adapt;
+        lp.name[lp.n++] = "adapt kernel";
+        if (op == GCLIP_OP_ADAPTIVE_CLIP) {
+            lp.fn[lp.n] = gclip_launch_adapt_scale;
+            lp.name[lp.n++] = "scale kernel";
+        }
+        break;
     case GCLIP_OP_CLIP_VALUE:
         lp.fn[lp.n] = launch_clamp_step;
         lp.name[lp.n++] = "clamp kernel";

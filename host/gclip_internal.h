@@ -127,6 +127,26 @@ void gclip_clamp_cpu(gclip_plan *plan, float clip_value);               /* clamp
 /* OpenMP threads for a CPU plan. */
 int gclip_cpu_threads(const gclip_plan *plan);
 
+/* ---- adaptive clipping (host/adapt.c, host/adapt_cpu.c, host/adapt_memory.c) ---- */
+
+void gclip_adapt_cpu(gclip_plan *plan, const gclip_norm_params *np);       /* adapt_kernel.cu */
+void gclip_adapt_scale_cpu(gclip_plan *plan, const gclip_norm_params *np); /* its scale launch */
+
+/* The adaptive's memory on the plan's device: one allocation, written and
+ * read back whole or in part with the host waiting for the copy. */
+typedef struct gclip_adapt_memory {
+    void *ptr;     /* in the plan device's memory */
+    void *stream;  /* CUDA plans: a private non-blocking stream for the copies */
+    int device;
+} gclip_adapt_memory;
+
+gclip_status gclip_adapt_mem_alloc(const gclip_plan *plan, size_t bytes, gclip_adapt_memory *m);
+void gclip_adapt_mem_free(gclip_adapt_memory *m);
+gclip_status gclip_adapt_mem_write(const gclip_adapt_memory *m, size_t offset, const void *src,
+                                   size_t bytes);
+gclip_status gclip_adapt_mem_read(const gclip_adapt_memory *m, size_t offset, void *dst,
+                                  size_t bytes);
+
 #ifdef __cplusplus
 }
 #endif

@@ -71,6 +71,10 @@ const char *gclip_op_name(int32_t op)
         return "gclip_norm_finalize";
     case GCLIP_OP_APPLY:
         return "gclip_apply_clip_factor";
+    case GCLIP_OP_ADAPTIVE_CLIP:
+        return "gclip_adaptive_step (clipping)";
+    case GCLIP_OP_ADAPTIVE_SKIP:
+        return "gclip_adaptive_step (spike skip)";
     }
     return "unknown operation";
 }

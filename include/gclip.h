@@ -144,7 +144,9 @@ typedef enum gclip_op {
     GCLIP_OP_CLIP_WITH_NORM = 6,  /* gclip_clip_grads_with_norm */
     GCLIP_OP_ACCUMULATE = 7,      /* gclip_norm_accumulate */
     GCLIP_OP_FINALIZE = 8,        /* gclip_norm_finalize */
-    GCLIP_OP_APPLY = 9            /* gclip_apply_clip_factor */
+    GCLIP_OP_APPLY = 9,           /* gclip_apply_clip_factor */
+    GCLIP_OP_ADAPTIVE_CLIP = 10,  /* gclip_adaptive_step (gclip_adapt.h), clipping methods */
+    GCLIP_OP_ADAPTIVE_SKIP = 11   /* gclip_adaptive_step, spike step-skip */
 } gclip_op;
 
 /* Bits of gclip_device_result.flags. */
@@ -154,7 +156,8 @@ enum {
                                       (nothing is written when scale == 1) */
     GCLIP_RESULT_ERROR_POLICY = 4, /* the operation used GCLIP_NONFINITE_ERROR */
     GCLIP_RESULT_LOCAL = 8,        /* the norm is this plan's part only (accumulate) */
-    GCLIP_RESULT_PROPAGATE = 16    /* the operation used GCLIP_NONFINITE_PROPAGATE */
+    GCLIP_RESULT_PROPAGATE = 16,   /* the operation used GCLIP_NONFINITE_PROPAGATE */
+    GCLIP_RESULT_SKIP_STEP = 32    /* spike step-skip: the optimizer should skip this step */
 };
 
 /* Opaque plan. */

@@ -24,7 +24,7 @@ work=$3
 mkdir -p "$work"
 
 archs=(75 80 86 89 90)
-kernels=(norm_kernel scale_kernel clamp_kernel finalize_kernel)
+kernels=(norm_kernel scale_kernel clamp_kernel finalize_kernel adapt_kernel)
 vector_load_kernels=(norm_kernel scale_kernel)
 
 flags=(-std=c++17 -O3 -I"$src/include" -I"$src/kernels" -I"$src/host"

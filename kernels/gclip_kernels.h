@@ -66,6 +66,16 @@ int gclip_launch_scale(const gclip_device_tables *t, const gclip_norm_params *np
  * (no norm: total_norm NaN, coef 1, scale 1, nonfinite 0). */
 int gclip_launch_clamp(const gclip_device_tables *t, float clip_value, gclip_stream stream);
 
+/* Adapt kernel (GCLIP_OP_ADAPTIVE_*), one block: from the slot the norm
+ * kernel left, the per-tensor norms and the adaptive's state (np->adapt),
+ * the per-tensor factors (tensor_factor), the updated state and the slot. */
+int gclip_launch_adapt(const gclip_device_tables *t, const gclip_norm_params *np,
+                       gclip_stream stream);
+
+/* The scale kernel under the per-tensor factors the adapt kernel left. */
+int gclip_launch_adapt_scale(const gclip_device_tables *t, const gclip_norm_params *np,
+                             gclip_stream stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -36,6 +36,7 @@ typedef struct gclip_norm_params {
     const float *given_norm_ptr;
     const gclip_partial *partials; /* GCLIP_OP_FINALIZE, [num_partials] */
     float *tensor_norms;  /* optional output, plan-device memory */
+    struct gclip_adapt_device *adapt; /* GCLIP_OP_ADAPTIVE_*: the adaptive's state */
 } gclip_norm_params;
 
 /* The result slot is gclip_device_result (gclip.h); the kernels use this name. */
