@@ -1,5 +1,5 @@
-// simt_emu.cpp - fibers, barrier, schedules and shared-memory refill of the
-// SIMT emulator (see simt_emu.h for the model).
+// simt_emu.cpp - fibers, resident-block window, barrier, schedules and
+// shared-memory swapping of the SIMT emulator (see simt_emu.h for the model).
 #include "simt_emu.h"
 
 #include <sys/mman.h>
@@ -11,7 +11,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <map>
+#include <memory>
 #include <numeric>
 #include <random>
 #include <string>
@@ -23,6 +25,9 @@
 #if __has_feature(address_sanitizer)
 #define GCLIP_EMU_ASAN 1
 #endif
+#endif
+#if defined(__SSE2__)
+#include <emmintrin.h>
 #endif
 #ifdef GCLIP_EMU_ASAN
 #include <sanitizer/asan_interface.h>
@@ -50,34 +55,78 @@ constexpr unsigned kMaxThreads = 1024;
 
 enum class State { idle, runnable, waiting, done, aborted };
 
+struct Slot;
+
 struct Fiber {
     ucontext_t ctx;
     char *stack = nullptr; // usable part, above a PROT_NONE guard page
-    State state = State::idle;
+    char *low = nullptr;   // below it, ASan's shadow of the stack is clean
+    bool has_context = false;
     const char *site_file = nullptr;
     int site_line = 0;
     void *fake_stack = nullptr; // ASan's fake stack of this fiber
+    Slot *slot = nullptr;       // the resident-block slot that owns it
+    unsigned tid = 0;
+};
+
+// One kernel launch: its shape, body and the progress of its blocks.
+struct Launch {
+    dim3 grid, block;
+    unsigned threads = 0;
+    void (*body)(void *) = nullptr;
+    void *ctx = nullptr;
+    void (*destroy)(void *) = nullptr; // frees ctx of a recorded launch
+    std::vector<unsigned> order;       // block order, drawn when the launch may start
+    std::size_t admitted = 0, retired = 0;
+};
+
+// The launches of one stream, run in order.
+struct Stream {
+    std::vector<Launch *> launches;
+    std::size_t current = 0;
+};
+
+// A place in the window of resident blocks. Its fibers (and their stacks)
+// are reused by every block that occupies it in turn; a ucontext_t must not
+// move once used, hence the deque.
+struct Slot {
+    std::deque<Fiber> fibers;
+    std::vector<State> states; // of the fibers, by thread index (scanned often)
+    bool live = false;
+    Launch *launch = nullptr;
+    unsigned block = 0; // blockIdx.x of the resident block
+    unsigned threads = 0;
+    std::vector<unsigned> order; // thread order of the current barrier phase
+    std::size_t pos = 0;         // position in `order` of the block's current fiber
+    bool advance = false;        // that fiber has handed its turn on
+    unsigned char pattern = 0xff;
+    std::vector<unsigned char> shared; // the block's copy of the __shared__ section
+    std::map<const void *, std::vector<unsigned char>> scratch;
 };
 
 struct Runtime {
     Schedule sched;
     std::mt19937_64 rng{1};
-    std::vector<Fiber> fibers;
-    ucontext_t home;                  // the launching thread's context
+    std::vector<std::unique_ptr<Slot>> slots;
+    std::vector<Slot *> live;          // resident blocks, in the order they entered
+    ucontext_t home;                   // the launching thread's context
     const void *home_bottom = nullptr; // its stack, for ASan's switch annotations
     std::size_t home_size = 0;
-    int current = -1; // running fiber, -1 outside a block
-    std::vector<unsigned> order; // thread order of the current pass
-    std::size_t pos = 0;         // position of the running fiber in `order`
-    bool from_home = false;      // the running fiber was entered from home
-    void (*body)(void *) = nullptr;
-    void *body_ctx = nullptr;
+    Fiber *current = nullptr; // running fiber, null outside a launch
+    bool from_home = false;   // the running fiber was entered from home
+    Slot *section_owner = nullptr; // the block whose copy the section holds
+    Slot *finished = nullptr;      // block whose last fiber exited, for home to retire
     int status = kOk;
-    int block_failed = 0;
+    bool failed = false;
     std::string message;
     unsigned launches = 0;
     unsigned blocks_run = 0; // selects the garbage pattern
-    std::map<const void *, std::vector<unsigned char>> scratch;
+    std::size_t stacks = 0;
+    bool recording = false;
+    std::vector<std::vector<std::unique_ptr<Launch>>> recorded; // per stream
+    std::size_t recording_stream = 0;
+    int recording_status = kOk; // first launch rejected while recording
+    std::map<const void *, std::vector<unsigned char>> outside_scratch;
 };
 
 Runtime &rt()
@@ -104,55 +153,112 @@ void annotate_finish(void *fake, const void **bottom_old, std::size_t *size_old)
 #endif
 }
 
-void set_current(int tid)
+std::size_t below(std::size_t n)
 {
-    rt().current = tid;
-    g_thread_idx = uint3{static_cast<unsigned>(tid < 0 ? 0 : tid), 0, 0};
+    return static_cast<std::size_t>(rt().rng() % n);
 }
 
-// Leave the running fiber for the next runnable fiber of the pass, or for
-// the launching thread at the end of the pass or after an error. Going
-// straight to the next fiber halves the number of context switches. A fiber
-// that will not run again passes no fake-stack slot, which tells ASan to
-// drop its fake stack.
-void switch_away(bool exiting)
+// ---- the __shared__ section ----------------------------------------------------
+
+std::size_t section_bytes()
+{
+    if (!__start_gclip_emu_shared || !__stop_gclip_emu_shared)
+        return 0;
+    return static_cast<std::size_t>(__stop_gclip_emu_shared - __start_gclip_emu_shared);
+}
+
+// Copies that bypass ASan: the section holds redzones between the
+// variables, and a plain loop could become a memcpy call that ASan
+// intercepts. 16-byte vector moves where available (a block switch copies
+// the section twice), else bytes through volatile pointers.
+__attribute__((no_sanitize_address)) void copy_bytes(unsigned char *to, const unsigned char *from,
+                                                     std::size_t n)
+{
+    std::size_t i = 0;
+#if defined(__SSE2__)
+    for (; i + 16 <= n; i += 16)
+        _mm_storeu_si128(reinterpret_cast<__m128i *>(to + i),
+                         _mm_loadu_si128(reinterpret_cast<const __m128i *>(from + i)));
+#endif
+    volatile unsigned char *t = to;
+    const volatile unsigned char *f = from;
+    for (; i < n; ++i)
+        t[i] = f[i];
+}
+
+// The section holds `from`'s copy (if any); make it hold `to`'s.
+void swap_section(Slot *from, Slot *to)
+{
+    unsigned char *sec = reinterpret_cast<unsigned char *>(__start_gclip_emu_shared);
+    const std::size_t n = section_bytes();
+    if (n == 0)
+        return;
+    if (from)
+        copy_bytes(from->shared.data(), sec, n);
+    copy_bytes(sec, to->shared.data(), n);
+}
+
+// ---- fibers ----------------------------------------------------------------------
+
+// Make `f` the running fiber: its coordinates, and its block's copy of the
+// section if another block's copy is in place.
+void activate(Fiber &f)
 {
     Runtime &r = rt();
-    Fiber &self = r.fibers[static_cast<std::size_t>(r.current)];
-    ucontext_t *to = &r.home;
-    const void *bottom = r.home_bottom;
-    std::size_t size = r.home_size;
-    if (!r.block_failed) {
-        while (++r.pos < r.order.size() && r.fibers[r.order[r.pos]].state != State::runnable) {
-        }
-        if (r.pos < r.order.size()) {
-            Fiber &next = r.fibers[r.order[r.pos]];
-            set_current(static_cast<int>(r.order[r.pos]));
-            r.from_home = false;
-            to = &next.ctx;
-            bottom = next.stack;
-            size = kStackBytes;
-        }
+    r.current = &f;
+    g_thread_idx = uint3{f.tid, 0, 0};
+    Slot &s = *f.slot;
+    if (r.section_owner != &s) {
+        swap_section(r.section_owner, &s);
+        r.section_owner = &s;
+        g_block_idx = uint3{s.block, 0, 0};
+        g_block_dim = s.launch->block;
+        g_grid_dim = s.launch->grid;
     }
-    annotate_start(exiting ? nullptr : &self.fake_stack, bottom, size);
-    swapcontext(&self.ctx, to);
+}
+
+// Below the frame of the switch function itself, the switch runs only
+// uninstrumented code (libc and the sanitizer runtime), which poisons nothing.
+constexpr std::size_t kSwitchMargin = 4096;
+
+// The running fiber is about to switch away: its live frames, whose
+// redzones stay poisoned if it never returns, lie above this frame.
+__attribute__((always_inline)) inline void note_stack_use(Fiber &self)
+{
+    char *sp = static_cast<char *>(__builtin_frame_address(0));
+    const std::size_t above_end = static_cast<std::size_t>(sp - self.stack);
+    char *low = sp - std::min(kSwitchMargin, above_end);
+    self.low = std::min(self.low, low);
+}
+
+// Leave the running fiber for good: back to the launching thread, which
+// retires a finished block or stops after an error. Passing no fake-stack
+// slot tells ASan to drop this fiber's fake stack.
+[[noreturn]] void go_home()
+{
+    Runtime &r = rt();
+    Fiber &self = *r.current;
+    note_stack_use(self);
+    annotate_start(nullptr, r.home_bottom, r.home_size);
+    swapcontext(&self.ctx, &r.home);
+    std::abort(); // never resumed
+}
+
+// Switch from the running fiber straight to `next` (going through home
+// would double the context switches). A fiber that will not run again
+// passes no fake-stack slot.
+void switch_to(Fiber &next, bool exiting)
+{
+    Runtime &r = rt();
+    Fiber &self = *r.current;
+    if (&next == &self)
+        return;
+    note_stack_use(self);
+    activate(next);
+    r.from_home = false;
+    annotate_start(exiting ? nullptr : &self.fake_stack, next.stack, kStackBytes);
+    swapcontext(&self.ctx, &next.ctx);
     annotate_finish(self.fake_stack, nullptr, nullptr);
-}
-
-void fiber_main()
-{
-    Runtime &r = rt();
-    const void *from_bottom = nullptr;
-    std::size_t from_size = 0;
-    annotate_finish(nullptr, &from_bottom, &from_size);
-    if (r.from_home) {
-        r.home_bottom = from_bottom;
-        r.home_size = from_size;
-    }
-    r.body(r.body_ctx);
-    r.fibers[static_cast<std::size_t>(r.current)].state = State::done;
-    switch_away(true);
-    std::abort(); // a finished fiber is never resumed
 }
 
 char *map_stack()
@@ -166,20 +272,31 @@ char *map_stack()
     }
     // A stack overflow hits the guard page instead of the next fiber's stack.
     mprotect(p, page, PROT_NONE);
+    ++rt().stacks;
     return static_cast<char *>(p) + page;
 }
 
-void start_fiber(unsigned tid)
+void fiber_main();
+
+void start_fiber(Fiber &f)
 {
-    Runtime &r = rt();
-    Fiber &f = r.fibers[tid];
-    if (!f.stack)
+    if (!f.stack) {
         f.stack = map_stack();
+        f.low = f.stack;
+    }
 #ifdef GCLIP_EMU_ASAN
-    // An aborted fiber leaves its frames' redzones poisoned.
-    __asan_unpoison_memory_region(f.stack, kStackBytes);
+    // The frames that were live when the previous fiber on this stack last
+    // switched away (all of them, if it was abandoned) left their redzones
+    // poisoned; they all lie above `low`.
+    __asan_unpoison_memory_region(f.low, static_cast<std::size_t>(f.stack + kStackBytes - f.low));
 #endif
-    getcontext(&f.ctx);
+    f.low = f.stack + kStackBytes;
+    // makecontext needs a context from getcontext; one saved by a switch
+    // serves as well, and the deque never moves it.
+    if (!f.has_context) {
+        getcontext(&f.ctx);
+        f.has_context = true;
+    }
     f.ctx.uc_stack.ss_sp = f.stack;
     f.ctx.uc_stack.ss_size = kStackBytes;
     f.ctx.uc_link = nullptr;
@@ -187,27 +304,11 @@ void start_fiber(unsigned tid)
     // ASan's swapcontext interceptor clears the shadow of the target
     // context's whole stack on every switch, which costs time and forgets
     // the redzones of the suspended frames. Forget the stack bounds instead:
-    // makecontext has consumed them, and the switches are annotated below.
+    // makecontext has consumed them, and the switches are annotated.
     f.ctx.uc_stack.ss_sp = nullptr;
     f.ctx.uc_stack.ss_size = 0;
-    f.state = State::runnable;
+    f.slot->states[f.tid] = State::runnable;
     f.fake_stack = nullptr;
-}
-
-// Run the pass of the current order from position `pos` (a runnable fiber)
-// until it comes back to the launching thread.
-void run_pass_from(std::size_t pos)
-{
-    Runtime &r = rt();
-    const unsigned tid = r.order[pos];
-    r.pos = pos;
-    set_current(static_cast<int>(tid));
-    r.from_home = true;
-    void *fake = nullptr;
-    annotate_start(&fake, r.fibers[tid].stack, kStackBytes);
-    swapcontext(&r.home, &r.fibers[tid].ctx);
-    annotate_finish(fake, nullptr, nullptr);
-    set_current(-1);
 }
 
 std::vector<unsigned> make_order(unsigned n, Order o)
@@ -221,23 +322,29 @@ std::vector<unsigned> make_order(unsigned n, Order o)
     return v;
 }
 
-// Fill shared memory with garbage: all-ones bytes (NaN doubles and floats,
-// 0xffffffff counters) and 0x7f bytes (huge finite values) on alternate
-// blocks. Bypasses ASan because the section holds redzones between variables.
-__attribute__((no_sanitize_address)) void refill_shared()
+// ---- errors ------------------------------------------------------------------------
+
+void record_error(int status, const char *fmt, va_list ap)
 {
     Runtime &r = rt();
-    const unsigned char pat = (r.blocks_run & 1u) ? 0x7f : 0xff;
-    if (__start_gclip_emu_shared && __stop_gclip_emu_shared) {
-        volatile unsigned char *p = reinterpret_cast<unsigned char *>(__start_gclip_emu_shared);
-        const std::size_t n =
-            static_cast<std::size_t>(__stop_gclip_emu_shared - __start_gclip_emu_shared);
-        for (std::size_t i = 0; i < n; ++i)
-            p[i] = pat;
-    }
-    for (auto &kv : r.scratch)
-        std::fill(kv.second.begin(), kv.second.end(), pat);
+    char buf[1024];
+    std::vsnprintf(buf, sizeof buf, fmt, ap);
+    if (r.message.empty())
+        r.message = buf;
+    if (!r.failed)
+        r.status = status;
+    r.failed = true;
 }
+
+__attribute__((format(printf, 2, 3))) void record_error(int status, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    record_error(status, fmt, ap);
+    va_end(ap);
+}
+
+// ---- barrier and the next fiber of a block -----------------------------------------
 
 const char *site_name(const Fiber &f, char *buf, std::size_t n)
 {
@@ -245,74 +352,290 @@ const char *site_name(const Fiber &f, char *buf, std::size_t n)
     return buf;
 }
 
-// Every live fiber is waiting: check they all wait at one barrier call site
-// and nobody exited, then release them. Returns false on divergence.
-bool release_barrier(unsigned nthreads, unsigned block)
+// Every live fiber of the block is waiting: check they all wait at one
+// barrier call site and nobody exited, then release them. Returns false on
+// divergence.
+bool release_barrier(Slot &s)
 {
-    Runtime &r = rt();
     int first_wait = -1, first_done = -1;
-    for (unsigned t = 0; t < nthreads; ++t) {
-        const Fiber &f = r.fibers[t];
-        if (f.state == State::waiting && first_wait < 0)
+    for (unsigned t = 0; t < s.threads; ++t) {
+        if (s.states[t] == State::waiting && first_wait < 0)
             first_wait = static_cast<int>(t);
-        if (f.state == State::done && first_done < 0)
+        if (s.states[t] == State::done && first_done < 0)
             first_done = static_cast<int>(t);
     }
-    if (first_wait < 0)
-        return true; // every thread finished
     char a[512], b[512];
-    const Fiber &w = r.fibers[static_cast<std::size_t>(first_wait)];
+    const Fiber &w = s.fibers[static_cast<std::size_t>(first_wait)];
     if (first_done >= 0) {
-        fail(kErrDivergence,
-             "divergent __syncthreads in block %u: thread %d exited while thread %d waits at %s",
-             block, first_done, first_wait, site_name(w, a, sizeof a));
+        record_error(kErrDivergence,
+                     "divergent __syncthreads in block %u: thread %d exited while thread %d waits "
+                     "at %s",
+                     s.block, first_done, first_wait, site_name(w, a, sizeof a));
         return false;
     }
-    for (unsigned t = 0; t < nthreads; ++t) {
-        const Fiber &f = r.fibers[t];
+    for (unsigned t = 0; t < s.threads; ++t) {
+        const Fiber &f = s.fibers[t];
         if (f.site_line != w.site_line || std::strcmp(f.site_file, w.site_file) != 0) {
-            fail(kErrDivergence,
-                 "divergent __syncthreads in block %u: thread %d waits at %s, thread %u at %s",
-                 block, first_wait, site_name(w, a, sizeof a), t, site_name(f, b, sizeof b));
+            record_error(kErrDivergence,
+                         "divergent __syncthreads in block %u: thread %d waits at %s, thread %u "
+                         "at %s",
+                         s.block, first_wait, site_name(w, a, sizeof a), t,
+                         site_name(f, b, sizeof b));
             return false;
         }
     }
-    for (unsigned t = 0; t < nthreads; ++t)
-        r.fibers[t].state = State::runnable;
+    for (unsigned t = 0; t < s.threads; ++t)
+        s.states[t] = State::runnable;
     return true;
 }
 
-// Run one block: phases of "run every runnable fiber in schedule order until
-// none is runnable", separated by barrier checks.
-bool run_block(unsigned block, unsigned nthreads)
+constexpr int kPickDone = -1;   // every fiber of the block exited
+constexpr int kPickFailed = -2; // the barrier found divergence
+
+// The fiber of block `s` to run next: the current one unless it handed its
+// turn on, else the next runnable one in the pass; after the pass a new one
+// over the same order while some fiber is runnable (yields), else the
+// barrier or the end of the block.
+int pick_in_block(Slot &s)
+{
+    std::size_t p = s.advance ? s.pos + 1 : s.pos;
+    s.advance = false;
+    const std::size_t n = s.order.size();
+    for (;;) {
+        while (p < n && s.states[s.order[p]] != State::runnable)
+            ++p;
+        if (p < n) {
+            s.pos = p;
+            return static_cast<int>(s.order[p]);
+        }
+        bool runnable = false, all_done = true;
+        for (unsigned t = 0; t < s.threads; ++t) {
+            runnable = runnable || s.states[t] == State::runnable;
+            all_done = all_done && s.states[t] == State::done;
+        }
+        p = 0;
+        if (runnable)
+            continue;
+        if (all_done) {
+            rt().finished = &s;
+            return kPickDone;
+        }
+        if (!release_barrier(s))
+            return kPickFailed;
+        s.order = make_order(s.threads, rt().sched.threads);
+    }
+}
+
+// Another resident block to switch to at a switch point, or null to stay.
+Slot *maybe_other_block()
 {
     Runtime &r = rt();
-    g_block_idx = uint3{block, 0, 0};
-    refill_shared();
-    ++r.blocks_run;
-    for (unsigned t = 0; t < nthreads; ++t)
-        start_fiber(t);
-    for (;;) {
-        r.order = make_order(nthreads, r.sched.threads);
-        // passes over the order until no fiber is runnable (yields leave
-        // fibers runnable for the next pass)
-        for (;;) {
-            std::size_t first = 0;
-            while (first < nthreads && r.fibers[r.order[first]].state != State::runnable)
-                ++first;
-            if (first == nthreads)
-                break;
-            run_pass_from(first);
-            if (r.block_failed)
-                return false;
+    const double rate = r.sched.block_switch_rate;
+    if (r.live.size() < 2 || !(rate > 0.0))
+        return nullptr;
+    if (rate < 1.0 && static_cast<double>(r.rng() >> 11) * 0x1.0p-53 >= rate)
+        return nullptr;
+    std::size_t k = below(r.live.size() - 1);
+    if (r.live[k] == r.current->slot)
+        k = r.live.size() - 1;
+    return r.live[k];
+}
+
+// The running fiber gives up the processor to the next fiber of block `t`
+// (its own or another resident one), or goes home when `t` has finished
+// or failed.
+void reschedule(Slot &t, bool exiting)
+{
+    const int next = pick_in_block(t);
+    if (next < 0)
+        go_home();
+    switch_to(t.fibers[static_cast<std::size_t>(next)], exiting);
+}
+
+void fiber_main()
+{
+    Runtime &r = rt();
+    const void *from_bottom = nullptr;
+    std::size_t from_size = 0;
+    annotate_finish(nullptr, &from_bottom, &from_size);
+    if (r.from_home) {
+        r.home_bottom = from_bottom;
+        r.home_size = from_size;
+    }
+    const Launch &l = *r.current->slot->launch;
+    l.body(l.ctx);
+    Fiber &self = *r.current;
+    self.slot->states[self.tid] = State::done;
+    self.slot->advance = true;
+    reschedule(*self.slot, true);
+    std::abort(); // a finished fiber is never resumed
+}
+
+// ---- the window of resident blocks ----------------------------------------------
+
+// The launch a stream runs now, or null when it has run them all.
+Launch *stream_launch(Stream &st)
+{
+    return st.current < st.launches.size() ? st.launches[st.current] : nullptr;
+}
+
+void begin_launch(Launch &l)
+{
+    l.order = make_order(l.grid.x, rt().sched.blocks);
+}
+
+// Put block `block` of `l` into a free slot: fresh fibers, a garbage-filled
+// copy of shared memory and scratch, the first thread order.
+void admit_block(Launch &l, unsigned block)
+{
+    Runtime &r = rt();
+    Slot *s = nullptr;
+    for (auto &p : r.slots)
+        if (!p->live) {
+            s = p.get();
+            break;
         }
-        bool finished = true;
-        for (unsigned t = 0; t < nthreads; ++t)
-            finished = finished && r.fibers[t].state == State::done;
-        if (finished)
-            return true;
-        if (!release_barrier(nthreads, block))
-            return false;
+    if (!s) {
+        r.slots.push_back(std::make_unique<Slot>());
+        s = r.slots.back().get();
+    }
+    s->live = true;
+    s->launch = &l;
+    s->block = block;
+    s->threads = l.threads;
+    s->pattern = (r.blocks_run & 1u) ? 0x7f : 0xff;
+    ++r.blocks_run;
+    s->shared.assign(section_bytes(), s->pattern);
+    for (auto &kv : s->scratch)
+        std::fill(kv.second.begin(), kv.second.end(), s->pattern);
+    while (s->fibers.size() < l.threads)
+        s->fibers.emplace_back();
+    s->states.assign(l.threads, State::idle);
+    for (unsigned t = 0; t < l.threads; ++t) {
+        Fiber &f = s->fibers[t];
+        f.slot = s;
+        f.tid = t;
+        start_fiber(f);
+    }
+    s->order = make_order(l.threads, r.sched.threads);
+    s->pos = 0;
+    s->advance = false;
+    r.live.push_back(s);
+}
+
+// Fill the window: the next block of a stream whose current launch has
+// blocks left (a seeded choice when several streams have).
+void admit(std::vector<Stream> &streams)
+{
+    Runtime &r = rt();
+    const unsigned window =
+        std::min(std::max(r.sched.resident_blocks, 1u), kMaxResidentBlocks);
+    std::vector<Launch *> ready;
+    while (r.live.size() < window) {
+        ready.clear();
+        for (Stream &st : streams) {
+            Launch *l = stream_launch(st);
+            if (l && l->admitted < l->order.size())
+                ready.push_back(l);
+        }
+        if (ready.empty())
+            return;
+        Launch &l = *ready[ready.size() == 1 ? 0 : below(ready.size())];
+        admit_block(l, l.order[l.admitted++]);
+    }
+}
+
+void retire(Slot &s, std::vector<Stream> &streams)
+{
+    Runtime &r = rt();
+    s.live = false;
+    r.live.erase(std::find(r.live.begin(), r.live.end(), &s));
+    if (r.section_owner == &s)
+        r.section_owner = nullptr;
+    Launch &l = *s.launch;
+    if (++l.retired < l.order.size())
+        return;
+    for (Stream &st : streams)
+        if (stream_launch(st) == &l) {
+            ++st.current;
+            if (Launch *n = stream_launch(st))
+                begin_launch(*n);
+        }
+}
+
+// Run `f` from the launching thread until some fiber comes back home.
+void enter(Fiber &f)
+{
+    Runtime &r = rt();
+    activate(f);
+    r.from_home = true;
+    void *fake = nullptr;
+    annotate_start(&fake, f.stack, kStackBytes);
+    swapcontext(&r.home, &f.ctx);
+    annotate_finish(fake, nullptr, nullptr);
+    r.current = nullptr;
+    g_thread_idx = uint3{0, 0, 0};
+}
+
+// Run every launch of every stream; returns the first error.
+int run_streams(std::vector<Stream> &streams)
+{
+    Runtime &r = rt();
+    for (Stream &st : streams)
+        if (Launch *l = stream_launch(st))
+            begin_launch(*l);
+    for (;;) {
+        admit(streams);
+        if (r.live.empty() || r.failed)
+            break;
+        Slot &s = *r.live[r.live.size() == 1 ? 0 : below(r.live.size())];
+        const int next = pick_in_block(s);
+        if (next == kPickFailed)
+            break;
+        if (next == kPickDone) {
+            r.finished = nullptr;
+            retire(s, streams);
+            continue;
+        }
+        enter(s.fibers[static_cast<std::size_t>(next)]);
+        if (r.failed)
+            break;
+        if (r.finished) {
+            Slot *done = r.finished;
+            r.finished = nullptr;
+            retire(*done, streams);
+        }
+    }
+    // after an error the fibers of the resident blocks are abandoned
+    for (auto &p : r.slots) {
+        p->live = false;
+        std::fill(p->states.begin(), p->states.end(), State::idle);
+    }
+    r.live.clear();
+    r.section_owner = nullptr;
+    r.finished = nullptr;
+    r.current = nullptr;
+    return r.status;
+}
+
+bool shape_ok(dim3 grid, dim3 block)
+{
+    const unsigned threads = block.x * block.y * block.z;
+    if (grid.x == 0 || grid.y != 1 || grid.z != 1 || block.y != 1 || block.z != 1 ||
+        threads == 0 || threads > kMaxThreads) {
+        record_error(kErrConfiguration,
+                     "launch shape grid (%u,%u,%u) block (%u,%u,%u) not supported", grid.x,
+                     grid.y, grid.z, block.x, block.y, block.z);
+        return false;
+    }
+    return true;
+}
+
+void no_launch_from_kernel(const char *what)
+{
+    if (rt().current) {
+        std::fprintf(stderr, "simt_emu: %s inside a kernel\n", what);
+        std::abort();
     }
 }
 
@@ -336,85 +659,149 @@ const char *error_message() { return rt().message.c_str(); }
 void clear_error() { rt().message.clear(); }
 unsigned launch_count() { return rt().launches; }
 void reset_launch_count() { rt().launches = 0; }
+std::size_t fiber_stacks() { return rt().stacks; }
 
 void fail(int status, const char *fmt, ...)
 {
     Runtime &r = rt();
-    char buf[1024];
     va_list ap;
     va_start(ap, fmt);
-    std::vsnprintf(buf, sizeof buf, fmt, ap);
+    record_error(status, fmt, ap);
     va_end(ap);
-    if (r.message.empty())
-        r.message = buf;
-    r.status = status;
-    r.block_failed = 1;
-    if (r.current >= 0) {
-        // abandon this fiber: the launch stops, nothing of the block resumes
-        r.fibers[static_cast<std::size_t>(r.current)].state = State::aborted;
-        switch_away(true); // goes home: the block has failed
-        std::abort();
+    if (r.current) {
+        // abandon this fiber: the launch stops, nothing of it resumes
+        r.current->slot->states[r.current->tid] = State::aborted;
+        go_home();
     }
 }
 
 int launch(dim3 grid, dim3 block, void (*body)(void *), void *ctx)
 {
     Runtime &r = rt();
+    no_launch_from_kernel("a kernel launch");
     ++r.launches;
     r.status = kOk;
-    r.block_failed = 0;
-    if (r.current >= 0) {
-        std::fprintf(stderr, "simt_emu: a kernel launched a kernel\n");
-        std::abort();
-    }
-    const unsigned threads = block.x * block.y * block.z;
-    if (grid.x == 0 || grid.y != 1 || grid.z != 1 || block.y != 1 || block.z != 1 ||
-        threads == 0 || threads > kMaxThreads) {
-        fail(kErrConfiguration, "launch shape grid (%u,%u,%u) block (%u,%u,%u) not supported",
-             grid.x, grid.y, grid.z, block.x, block.y, block.z);
+    r.failed = false;
+    if (!shape_ok(grid, block))
+        return r.status;
+    Launch l;
+    l.grid = grid;
+    l.block = block;
+    l.threads = block.x;
+    l.body = body;
+    l.ctx = ctx;
+    std::vector<Stream> streams(1);
+    streams[0].launches.push_back(&l);
+    return run_streams(streams);
+}
+
+bool recording() { return rt().recording; }
+
+int record_launch(dim3 grid, dim3 block, void (*body)(void *), void *ctx,
+                  void (*destroy)(void *))
+{
+    Runtime &r = rt();
+    ++r.launches;
+    r.status = kOk;
+    r.failed = false;
+    auto l = std::make_unique<Launch>();
+    l->body = body;
+    l->ctx = ctx;
+    l->destroy = destroy;
+    if (!shape_ok(grid, block)) {
+        destroy(ctx);
+        l->ctx = nullptr;
+        if (r.recording_status == kOk)
+            r.recording_status = r.status;
         return r.status;
     }
-    if (r.fibers.size() < threads)
-        r.fibers.resize(threads);
-    r.body = body;
-    r.body_ctx = ctx;
-    g_grid_dim = grid;
-    g_block_dim = block;
-    for (unsigned b : make_order(grid.x, r.sched.blocks))
-        if (!run_block(b, threads))
-            break;
-    for (auto &f : r.fibers)
-        f.state = State::idle;
+    l->grid = grid;
+    l->block = block;
+    l->threads = block.x;
+    r.recorded[r.recording_stream].push_back(std::move(l));
+    return kOk;
+}
+
+int launch_concurrent(const std::vector<std::function<void()>> &streams)
+{
+    Runtime &r = rt();
+    no_launch_from_kernel("launch_concurrent");
+    if (r.recording) {
+        std::fprintf(stderr, "simt_emu: launch_concurrent inside launch_concurrent\n");
+        std::abort();
+    }
+    // Frees the recorded launches and ends recording however this returns.
+    struct Recorded {
+        Runtime &r;
+        ~Recorded()
+        {
+            r.recording = false;
+            for (auto &st : r.recorded)
+                for (auto &l : st)
+                    if (l->ctx)
+                        l->destroy(l->ctx);
+            r.recorded.clear();
+        }
+    } guard{r};
+    r.recorded.clear();
+    r.recorded.resize(streams.size());
+    r.recording = true;
+    r.recording_status = kOk;
+    for (std::size_t i = 0; i < streams.size(); ++i) {
+        r.recording_stream = i;
+        streams[i]();
+    }
+    r.recording = false;
+    const int first = r.recording_status;
+    std::vector<Stream> run(streams.size());
+    for (std::size_t i = 0; i < streams.size(); ++i)
+        for (auto &l : r.recorded[i])
+            run[i].launches.push_back(l.get());
+    r.status = kOk;
+    r.failed = false;
+    const int st = run_streams(run);
+    r.status = first != kOk ? first : st;
     return r.status;
 }
 
 void syncthreads(const char *file, int line)
 {
     Runtime &r = rt();
-    if (r.current < 0) {
+    if (!r.current) {
         std::fprintf(stderr, "simt_emu: __syncthreads() outside a kernel at %s:%d\n", file, line);
         std::abort();
     }
-    Fiber &f = r.fibers[static_cast<std::size_t>(r.current)];
-    f.state = State::waiting;
+    Fiber &f = *r.current;
+    f.slot->states[f.tid] = State::waiting;
     f.site_file = file;
     f.site_line = line;
-    switch_away(false);
+    f.slot->advance = true;
+    Slot *other = maybe_other_block();
+    reschedule(other ? *other : *f.slot, false);
 }
 
 void yield_point()
 {
     Runtime &r = rt();
-    if (r.current >= 0 && r.sched.yield_at_atomics)
-        switch_away(false); // stays runnable: the pass moves on to the next fiber
+    if (!r.current)
+        return;
+    Slot *other = maybe_other_block();
+    if (!other && !r.sched.yield_at_atomics)
+        return;
+    // stays runnable; hands its turn on within its block only if asked to
+    Slot &own = *r.current->slot;
+    own.advance = r.sched.yield_at_atomics;
+    reschedule(other ? *other : own, false);
 }
 
 void *block_scratch(const void *key, std::size_t bytes)
 {
-    std::vector<unsigned char> &v = rt().scratch[key];
+    Runtime &r = rt();
+    Slot *s = r.current ? r.current->slot : nullptr;
+    std::vector<unsigned char> &v = s ? s->scratch[key] : r.outside_scratch[key];
     if (v.size() != bytes) {
         // first use, in the middle of a block: garbage as after a refill
-        v.assign(bytes, 0xff);
+        v.assign(bytes, s ? s->pattern : 0xff);
     }
     return v.data();
 }

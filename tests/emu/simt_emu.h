@@ -3,22 +3,57 @@
 // (kernels/gclip_cuda_compat.h includes this header in that mode).
 //
 // Model
-//   Every CUDA thread is a fiber (ucontext) with its own stack. The blocks of
-//   a launch run one after another on the calling OS thread; inside a block
-//   the fibers run one at a time and switch at every __syncthreads() (and, if
-//   the schedule asks, at atomics and fences). Thread order and block order
-//   are forward, reverse or a seeded shuffle, so a result that depends on an
-//   unsynchronized order shows up as a difference between schedules.
+//   Every CUDA thread is a fiber (ucontext) with its own stack, and
+//   everything runs on the calling OS thread, one fiber at a time. A launch
+//   keeps a window of Schedule::resident_blocks blocks resident, as the SMs
+//   of a GPU hold several blocks at once: every fiber of a resident block
+//   exists, and the fibers of different resident blocks interleave. Blocks
+//   enter the window in the schedule's block order; when a resident block
+//   finishes, the next block in that order takes its place and a seeded
+//   choice among the resident blocks decides which one runs next. With
+//   resident_blocks = 1 the blocks run one after another.
+//
+//   Inside a block the fibers take turns in passes over the thread order
+//   (forward, reverse or a seeded shuffle, drawn anew after every barrier).
+//   A fiber runs until it reaches a switch point:
+//     - __syncthreads(): the fiber waits; the next fiber of the pass runs.
+//     - an atomic or __threadfence(): with Schedule::yield_at_atomics the
+//       next fiber of the pass runs, otherwise the fiber goes on.
+//     - at each of these points, with probability block_switch_rate (seeded),
+//       a different resident block, chosen at random, continues where it
+//       stopped instead; the interrupted block later resumes at the same
+//       fiber (or at the next one, if the point handed the turn on).
+//   So a last-block-done ticket is drawn while other blocks are between
+//   their own atomic and the code that acts on it, and a result that depends
+//   on an unsynchronized order of threads or blocks shows up as a difference
+//   between schedules. The atomic's update happens before the switch. A
+//   block that waits for another block to make progress (a spin loop across
+//   blocks) is not supported, as CUDA does not promise co-residency either.
 //
 //   __syncthreads() is a barrier that checks the block is convergent: a thread
 //   that exited while others wait, or threads waiting at different barrier
-//   call sites, abort the launch with an error (GCLIP_LAUNCH_STATUS() != 0).
+//   call sites, abort the launch with an error (the launch's status != 0);
+//   the other resident blocks are abandoned with it.
 //
-//   __shared__ variables are static storage placed in one linker section; it
-//   is filled with a garbage pattern before every block, so a read of shared
-//   memory that no thread of the block wrote gives NaN or a huge value. (GCC
-//   ignores the section attribute on static locals of function templates:
-//   such variables are shared but not refilled.)
+//   __shared__ variables are static storage placed in one linker section, of
+//   which each resident block has its own copy: the section holds the copy
+//   of the block whose fiber runs, and is swapped (saved and reloaded) on
+//   every switch to a fiber of another block. A block's copy is filled with
+//   a garbage pattern when the block enters the window (all-ones and 0x7f
+//   bytes on alternate blocks), so a read of shared memory that no thread of
+//   the block wrote gives NaN or a huge value. block_scratch() storage is
+//   per resident block and refilled alike. (GCC ignores the section
+//   attribute on static locals of function templates: such variables are
+//   one object for all blocks, neither swapped nor refilled.)
+//
+//   Memory stays bounded whatever the grid: the fibers (and their 128 KiB
+//   stacks) belong to resident-block slots and are reused by the blocks
+//   that occupy a slot in turn, so at most resident_blocks x blockDim stacks
+//   exist (resident_blocks is capped at kMaxResidentBlocks).
+//
+//   launch_concurrent() runs the launches of several streams with their
+//   blocks interleaved in one window, for code that must survive unordered
+//   streams (see there).
 //
 //   uint4 is 16-byte aligned; builds with -fsanitize=alignment report a
 //   vector access through a misaligned uint4 pointer.
@@ -27,10 +62,12 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <tuple>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 // ---- CUDA keywords -----------------------------------------------------------
 
@@ -84,20 +121,28 @@ namespace gclip_emu {
 
 enum class Order { forward, reverse, shuffled };
 
+// Most blocks resident at once (Schedule::resident_blocks is clamped to it):
+// bounds the fibers and stacks to 16 x blockDim.
+constexpr unsigned kMaxResidentBlocks = 16;
+
 struct Schedule {
     Order threads = Order::forward;
     Order blocks = Order::forward;
-    uint64_t seed = 1;            // drives both shuffles
-    bool yield_at_atomics = false; // also switch fibers at atomics and fences
+    uint64_t seed = 1;             // drives the shuffles and every random switch
+    bool yield_at_atomics = false; // atomics and fences hand the turn to the next thread
+    unsigned resident_blocks = 4;  // blocks in flight at once; 1 (or 0) = one after another
+    // Probability, at each atomic, fence and barrier arrival, of switching to
+    // another resident block (0 = only when a block finishes).
+    double block_switch_rate = 0.25;
 };
 
-// The schedule of the following launches (the shuffle generator restarts
+// The schedule of the following launches (the random generator restarts
 // from `seed`, so a sequence of launches replays exactly).
 void set_schedule(const Schedule &s);
 const Schedule &schedule();
 const char *order_name(Order o);
 
-// Status codes of a launch (0 = success), returned by GCLIP_LAUNCH_STATUS().
+// Status codes of a launch (0 = success), returned by GCLIP_LAUNCH.
 enum : int {
     kOk = 0,
     kErrDivergence = 9001,   // __syncthreads not reached by every thread alike
@@ -105,18 +150,50 @@ enum : int {
     kErrReduceShape = 9003    // gclip_emu_block_reduce<BLOCK> in a block of another size
 };
 
-// Status of the most recent launch.
+// Status of the most recent launch (or launch_concurrent).
 int last_status();
 // Message of the first error since clear_error() ("" if none).
 const char *error_message();
 void clear_error();
 // Launches since the last reset_launch_count(); lets tests count the
-// launches of one operation.
+// launches of one operation. A launch recorded by launch_concurrent counts
+// when it is recorded.
 unsigned launch_count();
 void reset_launch_count();
+// Fiber stacks mapped so far (they are reused, never unmapped): at most
+// kMaxResidentBlocks x the largest block launched.
+std::size_t fiber_stacks();
 
 // Run `body(ctx)` as every thread of a grid x block launch; returns its status.
+// Runs at once, even while launch_concurrent is recording.
 int launch(dim3 grid, dim3 block, void (*body)(void *), void *ctx);
+
+// Several streams at once, as CUDA streams with no ordering between them.
+// Each function in `streams` is the host code of one stream: it runs first,
+// in turn, and the launches it makes through GCLIP_LAUNCH (or launch_fn) are
+// recorded, not run; there GCLIP_LAUNCH returns 0, or kErrConfiguration for
+// a shape the emulator rejects, which is not recorded. Then the recorded
+// launches run under the current schedule, in one window of resident
+// blocks: those of one stream in the order they were made (a launch's blocks
+// enter the window only after every block of the stream's previous launch
+// finished), those of different streams interleaved block by block. Each
+// launch's blocks enter in the schedule's block order; when several streams
+// have a block ready, a seeded choice picks the stream. Returns the first
+// error (recording errors first); an error in any block stops all the
+// streams. The host code must not depend on what its launches compute, since
+// they run only after it returns; nesting launch_concurrent, or calling it
+// from a kernel, aborts.
+//
+//     int st = gclip_emu::launch_concurrent({[&] { gclip_launch_norm(&t, &np, nullptr); },
+//                                            [&] { gclip_launch_norm(&t, &np, nullptr); }});
+int launch_concurrent(const std::vector<std::function<void()>> &streams);
+
+// Whether launch_concurrent is recording launches.
+bool recording();
+// Records a launch for launch_concurrent: `ctx` is owned by the emulator and
+// freed with `destroy` after the run. Returns 0 or kErrConfiguration.
+int record_launch(dim3 grid, dim3 block, void (*body)(void *), void *ctx,
+                  void (*destroy)(void *));
 
 template <class F>
 void invoke_body(void *f)
@@ -125,20 +202,40 @@ void invoke_body(void *f)
 }
 
 template <class F>
+void destroy_body(void *f)
+{
+    delete static_cast<F *>(f);
+}
+
+template <class F>
 int launch_fn(dim3 grid, dim3 block, F f)
 {
+    if (recording())
+        return record_launch(grid, block, &invoke_body<F>, new F(std::move(f)), &destroy_body<F>);
     return launch(grid, block, &invoke_body<F>, &f);
 }
 
 // Barrier of the current block at call site file:line.
 void syncthreads(const char *file, int line);
-// A point where the schedule may switch fibers (atomics, fences).
+// A point where the schedule may switch fibers or blocks (atomics, fences).
 void yield_point();
 // Records an error and makes the current launch fail.
 void fail(int status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-// Per-block scratch of `bytes` for one emulator-internal shared object,
-// refilled with the garbage pattern before every block.
+// Scratch of `bytes` for one emulator-internal shared object, one per
+// resident block, refilled with the garbage pattern for every new block.
 void *block_scratch(const void *key, std::size_t bytes);
+
+// Read-modify-write of one word, then the switch point: the switch comes
+// after the update, so other threads and blocks run between an atomic and
+// the code that acts on its result.
+template <class T, class Op>
+inline T atomic_rmw(T *address, Op op)
+{
+    const T old = *address;
+    *address = op(old);
+    yield_point();
+    return old;
+}
 
 } // namespace gclip_emu
 
@@ -149,22 +246,63 @@ inline void __threadfence()
     ::gclip_emu::yield_point();
 }
 
-// The switch comes after the update, so other threads run between an atomic
-// and the code that acts on its result.
 inline unsigned atomicAdd(unsigned *address, unsigned val)
 {
-    unsigned old = *address;
-    *address = old + val;
-    ::gclip_emu::yield_point();
-    return old;
+    return ::gclip_emu::atomic_rmw(address, [val](unsigned o) { return o + val; });
+}
+
+inline int atomicAdd(int *address, int val)
+{
+    // wraps like the GPU's two's-complement add, without signed overflow
+    return ::gclip_emu::atomic_rmw(address, [val](int o) {
+        return static_cast<int>(static_cast<unsigned>(o) + static_cast<unsigned>(val));
+    });
+}
+
+inline unsigned long long atomicAdd(unsigned long long *address, unsigned long long val)
+{
+    return ::gclip_emu::atomic_rmw(address, [val](unsigned long long o) { return o + val; });
+}
+
+// ((old >= val) ? 0 : old + 1): counts modulo val + 1.
+inline unsigned atomicInc(unsigned *address, unsigned val)
+{
+    return ::gclip_emu::atomic_rmw(address, [val](unsigned o) { return o >= val ? 0u : o + 1u; });
 }
 
 inline unsigned atomicExch(unsigned *address, unsigned val)
 {
-    unsigned old = *address;
-    *address = val;
-    ::gclip_emu::yield_point();
-    return old;
+    return ::gclip_emu::atomic_rmw(address, [val](unsigned) { return val; });
+}
+
+inline int atomicExch(int *address, int val)
+{
+    return ::gclip_emu::atomic_rmw(address, [val](int) { return val; });
+}
+
+inline unsigned long long atomicExch(unsigned long long *address, unsigned long long val)
+{
+    return ::gclip_emu::atomic_rmw(address, [val](unsigned long long) { return val; });
+}
+
+// Stores val if the word equals compare; returns the old word either way.
+inline unsigned atomicCAS(unsigned *address, unsigned compare, unsigned val)
+{
+    return ::gclip_emu::atomic_rmw(address,
+                                   [compare, val](unsigned o) { return o == compare ? val : o; });
+}
+
+inline int atomicCAS(int *address, int compare, int val)
+{
+    return ::gclip_emu::atomic_rmw(address,
+                                   [compare, val](int o) { return o == compare ? val : o; });
+}
+
+inline unsigned long long atomicCAS(unsigned long long *address, unsigned long long compare,
+                                    unsigned long long val)
+{
+    return ::gclip_emu::atomic_rmw(
+        address, [compare, val](unsigned long long o) { return o == compare ? val : o; });
 }
 
 // ---- block reduction ---------------------------------------------------------
@@ -203,12 +341,16 @@ template <class... P, class... A>
 int launch_kernel(dim3 grid, dim3 block, void (*kernel)(P...), A &&...args)
 {
     std::tuple<std::decay_t<P>...> params(std::forward<A>(args)...);
-    return launch_fn(grid, block, [kernel, &params]() { std::apply(kernel, params); });
+    // the closure owns the parameters: a recorded launch runs after this returns
+    return launch_fn(grid, block,
+                     [kernel, params = std::move(params)]() { std::apply(kernel, params); });
 }
 
 } // namespace gclip_emu
 
-// Runs the whole grid before it returns; `stream` is evaluated and ignored.
+// Runs the whole grid before it returns (or records it, inside
+// launch_concurrent) and evaluates to its status; `stream` is evaluated and
+// ignored.
 #define GCLIP_LAUNCH(kernel, grid, block, stream, ...)                                    \
     ((void)(stream), ::gclip_emu::launch_kernel(dim3(grid), dim3(block), kernel, ##__VA_ARGS__))
 #define GCLIP_LAUNCH_STATUS() (::gclip_emu::last_status())
