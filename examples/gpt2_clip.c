@@ -14,7 +14,7 @@
 
 #include "gclip.h"
 #include "gpt2_device.h"
-#include "shapes.h" /* the benchmark's workload shapes */
+#include "gpt2_shapes.h"
 
 /* xorshift64* uniform in [-scale, scale): cheap, seeded, never all zero. */
 static void fill_random(float *x, int64_t n, uint64_t seed, float scale)
@@ -62,19 +62,11 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    bench_shape *shapes;
-    size_t count;
-    if (bench_shapes_for("gpt2-124m", 0, &shapes, &count) != 0 || count > 160) {
-        fprintf(stderr, "no GPT-2 shape list\n");
-        return 1;
-    }
-    int64_t numel[160];
+    int64_t numel[GPT2_SMALL_TENSORS];
+    size_t count = gpt2_small_numel(numel);
     int64_t total = 0;
-    for (size_t i = 0; i < count; i++) {
-        numel[i] = bench_shape_numel(&shapes[i]);
+    for (size_t i = 0; i < count; i++)
         total += numel[i];
-    }
-    free(shapes);
 
     int device = !force_cpu && gclip_cuda_device_count() > 0 ? 0 : GCLIP_DEVICE_CPU;
     printf("gclip %d: GPT-2 small, %zu tensors, %lld f32 elements, backend %s\n",
@@ -90,7 +82,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "out of host memory\n");
         return 1;
     }
-    gclip_tensor tensors[160];
+    gclip_tensor tensors[GPT2_SMALL_TENSORS];
     int64_t off = 0;
     for (size_t i = 0; i < count; i++) {
         fill_random(host + off, numel[i], 1234 + i, 1e-3f);

@@ -17,8 +17,10 @@
         }                                                                   \
     } while (0)
 
-CPU_CLONES void gclip_update_chunk_cpu(const gclip_tensor_desc *t, uint32_t index, int clamp,
-                                       float f)
+/* static: GCC exports the ifunc of a non-static target_clones function
+ * whatever its visibility */
+CPU_CLONES static void update_chunk(const gclip_tensor_desc *t, uint32_t index, int clamp,
+                                    float f)
 {
     int64_t begin, n;
     gclip_chunk_range(t->numel, index, &begin, &n);
@@ -26,6 +28,11 @@ CPU_CLONES void gclip_update_chunk_cpu(const gclip_tensor_desc *t, uint32_t inde
         UPDATE_DTYPE(1);
     else
         UPDATE_DTYPE(0);
+}
+
+void gclip_update_chunk_cpu(const gclip_tensor_desc *t, uint32_t index, int clamp, float f)
+{
+    update_chunk(t, index, clamp, f);
 }
 
 /* The factor of the whole plan under a global op (1 = nothing to write);

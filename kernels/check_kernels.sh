@@ -14,20 +14,21 @@
 # Runs without a GPU. Exit status 0 = all checks passed.
 set -euo pipefail
 
-if [ $# -ne 3 ]; then
-    echo "usage: $0 NVCC SOURCE_DIR WORK_DIR" >&2
+if [ $# -ne 4 ]; then
+    echo "usage: $0 NVCC SOURCE_DIR WORK_DIR GENERATED_INCLUDE_DIR" >&2
     exit 2
 fi
 nvcc=$1
 src=$2
 work=$3
+gen_include=$4
 mkdir -p "$work"
 
 archs=(75 80 86 89 90)
 kernels=(norm_kernel scale_kernel clamp_kernel finalize_kernel adapt_kernel)
 vector_load_kernels=(norm_kernel scale_kernel)
 
-flags=(-std=c++17 -O3 -I"$src/include" -I"$src/kernels" -I"$src/host"
+flags=(-std=c++17 -O3 -I"$src/include" -I"$gen_include" -I"$src/kernels" -I"$src/host"
        -Werror=all-warnings -Xcompiler=-Wall,-Wextra,-Werror)
 gencode=()
 for a in "${archs[@]}"; do

@@ -1,19 +1,32 @@
 #!/usr/bin/env bash
-# The whole test suite, stage by stage. Stops at the first failing stage.
+# The whole test suite, stage by stage, after the machine's set-up
+# (tests/setup.sh: missing Debian packages, PATH). Stops at the first failing
+# stage.
 #
 #   tests/run_all.sh            everything
 #   GCLIP_FUZZ_SECONDS=600 tests/run_all.sh   a longer fuzz run
 set -euo pipefail
 cd "$(dirname "$0")/.."
-jobs=$(nproc 2>/dev/null || echo 2)
-fuzz_seconds=${GCLIP_FUZZ_SECONDS:-120}
 t_start=$(date +%s)
 stage() { echo; echo "==== [$(( $(date +%s) - t_start ))s] $*"; }
 
-stage "release build (CUDA backend if nvcc is present) and the cpu, emu, nvcc, gpu and robust labels"
+stage "set-up: Debian packages, PATH, the Python environment (tests/setup.sh)"
+. tests/setup.sh
+jobs=$(nproc 2>/dev/null || echo 2)
+fuzz_seconds=${GCLIP_FUZZ_SECONDS:-120}
+
+stage "release build (CUDA backend if nvcc is present) and the cpu, emu, nvcc, gpu, robust and dist labels"
 cmake --preset default
 cmake --build --preset default -j "$jobs"
 ctest --preset default -j "$jobs"
+
+stage "clang build, CPU path: the cpu and emu labels"
+cmake --preset clang
+cmake --build --preset clang -j "$jobs"
+ctest --preset clang -j "$jobs"
+
+stage "Python package: pytest against PyTorch, NumPy, JAX and the reference packages"
+"$GCLIP_PYTHON" -m pytest -q python/tests
 
 stage "the emulator catches planted kernel bugs"
 ctest --test-dir build/default -L emu-mutants --output-on-failure --no-tests=error

@@ -95,6 +95,8 @@ void DevBuf::set_read_only(bool ro)
 
 // ---- Fixture -----------------------------------------------------------------------
 
+static_assert(specs::kChunkElems == GCLIP_CHUNK_ELEMS, "tests/common/specs.hpp is out of date");
+
 namespace {
 
 constexpr std::size_t kGuard = 16; // garbage bytes before every device tensor
@@ -123,6 +125,15 @@ bool close(float a, float b, double tol)
     return std::fabs(static_cast<double>(a) - b) <= tol * std::fabs(static_cast<double>(b));
 }
 
+bool close_f64(double a, double b, double tol)
+{
+    if (std::isnan(a) || std::isnan(b))
+        return std::isnan(a) && std::isnan(b);
+    if (std::isinf(a) || std::isinf(b))
+        return a == b;
+    return std::fabs(a - b) <= tol * std::fabs(b);
+}
+
 // memcmp that accepts the NULL data of empty tensors.
 bool same_bytes(const void *a, const void *b, std::size_t n)
 {
@@ -137,13 +148,36 @@ bool same(float a, float b)
     return oracle::float_to_bits(a) == oracle::float_to_bits(b);
 }
 
+bool same_f64(double a, double b)
+{
+    if (std::isnan(a) || std::isnan(b))
+        return std::isnan(a) && std::isnan(b);
+    return std::memcmp(&a, &b, sizeof a) == 0;
+}
+
 // Emulated norms differ from the CPU path's only by the reduction order of
 // doubles (relative 1e-15) and the final rounding to float (6e-8).
 constexpr double kNormTol = 1e-6;
 // The oracle sums in long double: the same bound plus its own rounding.
 constexpr double kOracleTol = 2e-6;
+// Accumulators of the plan's partial: the same terms summed in another order.
+constexpr double kAccTol = 1e-12;
+
+// Whether the op's launch sequence starts with the norm kernel, so that the
+// slot's norm, the partial and tensor_norms are this plan's.
+bool runs_norm_kernel(int32_t op)
+{
+    return op == GCLIP_OP_TOTAL_NORM || op == GCLIP_OP_CLIP_NORM ||
+           op == GCLIP_OP_CLIP_PER_TENSOR || op == GCLIP_OP_CLIP_FACTOR ||
+           op == GCLIP_OP_ACCUMULATE;
+}
 
 } // namespace
+
+unsigned launches_of(int32_t op)
+{
+    return op == GCLIP_OP_CLIP_NORM || op == GCLIP_OP_CLIP_PER_TENSOR ? 2u : 1u;
+}
 
 Fixture::Fixture(std::vector<Spec> specs, uint64_t seed, double scale, bool paged)
     : specs_(std::move(specs))
@@ -172,9 +206,13 @@ Fixture::Fixture(std::vector<Spec> specs, uint64_t seed, double scale, bool page
     partials_ = DevBuf(sizeof(double) * gclip_kernel_grid(plan_->num_chunks));
     factors_ = DevBuf(sizeof(float) * count());
     ticket_ = DevBuf(sizeof(unsigned));
+    apply_ticket_ = DevBuf(sizeof(unsigned));
+    partial_ = DevBuf(sizeof(gclip_partial));
     result_ = DevBuf(sizeof(gclip_result_slot));
     norms_ = DevBuf(sizeof(float) * count());
-    *ticket_.as<unsigned>() = 0; // as the plan's workspace starts
+    // as the plan's workspace starts: tickets at 0 (never reset again)
+    *ticket_.as<unsigned>() = 0;
+    *apply_ticket_.as<unsigned>() = 0;
     cpu_norms_.assign(count(), 0.0f);
 
     tables_.tensors = tensors_.as<const gclip_tensor_desc>();
@@ -184,9 +222,11 @@ Fixture::Fixture(std::vector<Spec> specs, uint64_t seed, double scale, bool page
     tables_.partials = partials_.as<double>();
     tables_.tensor_factor = factors_.as<float>();
     tables_.ticket = ticket_.as<unsigned>();
+    tables_.apply_ticket = apply_ticket_.as<unsigned>();
+    tables_.partial = partial_.as<gclip_partial>();
     tables_.result = result_.as<gclip_result_slot>();
-    reset();
     reset_host();
+    reset();
 }
 
 Fixture::~Fixture()
@@ -198,8 +238,7 @@ Fixture::~Fixture()
 void Fixture::set_element(std::size_t k, int64_t i, float v)
 {
     oracle::store(pristine_[k].data(), specs_[k].dtype, i, v);
-    reset();
-    reset_host();
+    reset_both();
 }
 
 void Fixture::reset()
@@ -207,11 +246,15 @@ void Fixture::reset()
     for (std::size_t k = 0; k < count(); ++k)
         if (!pristine_[k].empty())
             std::memcpy(dev_[k].data(), pristine_[k].data(), pristine_[k].size());
-    // garbage, so that a slot the kernels fail to write shows up
+    // garbage, so that whatever the kernels fail to write shows up
     partials_.fill(0xff);
     factors_.fill(0xff);
+    partial_.fill(0xff);
     result_.fill(0xff);
     norms_.fill(0xff);
+    // ... but for the slot's sequence, which every operation counts on
+    tables_.result->sequence = sequence_mark_;
+    tickets_ok_ = true;
 }
 
 void Fixture::reset_host()
@@ -220,6 +263,7 @@ void Fixture::reset_host()
         if (!pristine_[k].empty())
             std::memcpy(host_[k].data(), pristine_[k].data(), pristine_[k].size());
     std::fill(cpu_norms_.begin(), cpu_norms_.end(), std::nanf(""));
+    sequence_mark_ = cpu_slot().sequence;
 }
 
 void Fixture::set_read_only(bool ro)
@@ -228,27 +272,97 @@ void Fixture::set_read_only(bool ro)
         b.set_read_only(ro);
 }
 
-int Fixture::emu_norm_op(const gclip_norm_options &o, int32_t op)
+gclip_norm_params Fixture::params(const gclip_norm_options &o, int32_t op)
 {
     gclip_norm_params np;
     if (gclip_make_params(&o, op, &np) != GCLIP_STATUS_SUCCESS)
         throw std::runtime_error(std::string("gclip_make_params: ") + gclip_last_error());
+    if (o.tensor_norms && !runs_norm_kernel(op))
+        throw std::invalid_argument("tensor_norms is only written by the norm kernel's ops");
     with_norms_ = o.tensor_norms != nullptr;
     np.tensor_norms = with_norms_ ? norms_.as<float>() : nullptr;
+    return np;
+}
+
+int Fixture::checked(int rc)
+{
+    tickets_ok_ = tickets_ok_ && ticket() == 0 && apply_ticket() == 0;
+    return rc;
+}
+
+int Fixture::emu_launch(const gclip_norm_params &np)
+{
+    // host/cuda_backend.c, launches_of: the kernels of each op in launch order
     gclip_emu::reset_launch_count();
-    int rc = gclip_launch_norm(&tables_, &np, nullptr);
-    if (rc == 0 && op != GCLIP_OP_TOTAL)
-        rc = gclip_launch_scale(&tables_, op, nullptr);
+    int rc = 0;
+    switch (np.op) {
+    case GCLIP_OP_TOTAL_NORM:
+    case GCLIP_OP_ACCUMULATE:
+    case GCLIP_OP_CLIP_FACTOR:
+        rc = checked(gclip_launch_norm(&tables_, &np, nullptr));
+        break;
+    case GCLIP_OP_CLIP_NORM:
+    case GCLIP_OP_CLIP_PER_TENSOR:
+        rc = checked(gclip_launch_norm(&tables_, &np, nullptr));
+        if (rc == 0)
+            rc = checked(gclip_launch_scale(&tables_, &np, nullptr));
+        break;
+    case GCLIP_OP_CLIP_WITH_NORM:
+    case GCLIP_OP_APPLY:
+        rc = checked(gclip_launch_scale(&tables_, &np, nullptr));
+        break;
+    case GCLIP_OP_FINALIZE:
+        rc = checked(gclip_launch_finalize(&tables_, &np, nullptr));
+        break;
+    case GCLIP_OP_CLIP_VALUE: /* the backend passes the bound in max_norm */
+        rc = checked(gclip_launch_clamp(&tables_, np.max_norm, nullptr));
+        break;
+    default:
+        throw std::invalid_argument("emu_launch: unknown op");
+    }
     launches_ = gclip_emu::launch_count();
     return rc;
 }
 
+int Fixture::emu_norm_op(const gclip_norm_options &o, int32_t op)
+{
+    if (!runs_norm_kernel(op))
+        throw std::invalid_argument("emu_norm_op: not a norm-kernel op");
+    return emu_launch(params(o, op));
+}
+
+int Fixture::emu_with_norm(const gclip_norm_options &o, float norm, const float *norm_ptr)
+{
+    gclip_norm_params np = params(o, GCLIP_OP_CLIP_WITH_NORM);
+    np.given_norm = norm;
+    np.given_norm_ptr = norm_ptr;
+    return emu_launch(np);
+}
+
+int Fixture::emu_finalize(const gclip_norm_options &o, const gclip_partial *partials,
+                          std::size_t n)
+{
+    gclip_norm_params np = params(o, GCLIP_OP_FINALIZE);
+    np.partials = partials;
+    np.num_partials = static_cast<uint32_t>(n);
+    return emu_launch(np);
+}
+
+int Fixture::emu_apply()
+{
+    gclip_norm_params np;
+    if (gclip_make_params(nullptr, GCLIP_OP_APPLY, &np) != GCLIP_STATUS_SUCCESS)
+        throw std::runtime_error(std::string("gclip_make_params: ") + gclip_last_error());
+    return emu_launch(np);
+}
+
 int Fixture::emu_clamp(float clip_value)
 {
-    gclip_emu::reset_launch_count();
-    const int rc = gclip_launch_clamp(&tables_, clip_value, nullptr);
-    launches_ = gclip_emu::launch_count();
-    return rc;
+    gclip_norm_params np;
+    if (gclip_make_params(nullptr, GCLIP_OP_CLIP_VALUE, &np) != GCLIP_STATUS_SUCCESS)
+        throw std::runtime_error(std::string("gclip_make_params: ") + gclip_last_error());
+    np.max_norm = clip_value;
+    return emu_launch(np);
 }
 
 gclip_status Fixture::cpu_norm_op(const gclip_norm_options &o, int32_t op)
@@ -256,25 +370,67 @@ gclip_status Fixture::cpu_norm_op(const gclip_norm_options &o, int32_t op)
     gclip_norm_options c = o;
     c.tensor_norms = o.tensor_norms ? cpu_norms_.data() : nullptr;
     switch (op) {
-    case GCLIP_OP_TOTAL:
+    case GCLIP_OP_TOTAL_NORM:
         return gclip_total_norm(plan_, &c, nullptr);
-    case GCLIP_OP_GLOBAL:
+    case GCLIP_OP_CLIP_NORM:
         return gclip_clip_grad_norm(plan_, &c, nullptr);
-    default:
+    case GCLIP_OP_CLIP_PER_TENSOR:
         return gclip_clip_grad_norm_per_tensor(plan_, &c, nullptr);
+    case GCLIP_OP_CLIP_FACTOR:
+        return gclip_compute_clip_factor(plan_, &c, nullptr);
+    case GCLIP_OP_ACCUMULATE:
+        return gclip_norm_accumulate(plan_, &c, nullptr);
+    default:
+        throw std::invalid_argument("cpu_norm_op: not a norm-kernel op");
     }
 }
+
+gclip_status Fixture::cpu_with_norm(const gclip_norm_options &o, float norm, const float *norm_ptr)
+{
+    return gclip_clip_grads_with_norm(plan_, &o, norm, norm_ptr, nullptr);
+}
+
+gclip_status Fixture::cpu_finalize(const gclip_norm_options &o, const gclip_partial *partials,
+                                   std::size_t n)
+{
+    return gclip_norm_finalize(plan_, &o, partials, n, nullptr);
+}
+
+gclip_status Fixture::cpu_apply() { return gclip_apply_clip_factor(plan_, nullptr); }
 
 gclip_status Fixture::cpu_clamp(float clip_value)
 {
     return gclip_clip_grad_value(plan_, clip_value, nullptr);
 }
 
-gclip_result Fixture::cpu_result() const
+const gclip_result_slot &Fixture::cpu_slot() const
+{
+    const gclip_device_result *slot = nullptr;
+    if (gclip_plan_device_result(plan_, &slot) != GCLIP_STATUS_SUCCESS || !slot)
+        throw std::runtime_error("gclip_plan_device_result failed");
+    return *slot;
+}
+
+gclip_result Fixture::cpu_result(gclip_status *status) const
 {
     gclip_result r{};
-    gclip_get_result(plan_, &r); // NONFINITE under the ERROR policy still fills r
+    const gclip_status s = gclip_get_result(plan_, &r); // statuses other than SUCCESS fill r too
+    if (status)
+        *status = s;
     return r;
+}
+
+const gclip_partial &Fixture::cpu_partial() const
+{
+    const gclip_partial *p = nullptr;
+    if (gclip_plan_partial(plan_, &p) != GCLIP_STATUS_SUCCESS || !p)
+        throw std::runtime_error("gclip_plan_partial failed");
+    return *p;
+}
+
+float Fixture::cpu_tensor_factor(std::size_t k) const
+{
+    return static_cast<const gclip_cpu_state *>(plan_->engine)->tensor_factor[k];
 }
 
 Snapshot Fixture::snapshot() const
@@ -283,7 +439,7 @@ Snapshot Fixture::snapshot() const
         const unsigned char *p = b.as<const unsigned char>();
         return std::vector<unsigned char>(p, p + b.bytes());
     };
-    Snapshot s{bytes(result_), bytes(norms_), bytes(factors_), {}};
+    Snapshot s{bytes(result_), bytes(partial_), bytes(norms_), bytes(factors_), {}};
     for (const DevBuf &b : dev_) {
         const unsigned char *p = b.as<const unsigned char>();
         s.data.insert(s.data.end(), p, p + b.bytes());
@@ -293,34 +449,50 @@ Snapshot Fixture::snapshot() const
 
 bool Snapshot::operator==(const Snapshot &o) const
 {
-    return result == o.result && tensor_norms == o.tensor_norms &&
+    return result == o.result && partial == o.partial && tensor_norms == o.tensor_norms &&
            tensor_factor == o.tensor_factor && data == o.data;
 }
 
 std::string Fixture::describe() const
 {
-    std::ostringstream os;
-    os << count() << " tensors, " << num_chunks() << " chunks:";
-    for (std::size_t k = 0; k < count() && k < 6; ++k)
-        os << ' ' << oracle::dtype_name(specs_[k].dtype) << '[' << specs_[k].numel << "]@+"
-           << specs_[k].offset;
-    if (count() > 6)
-        os << " ...";
-    return os.str();
+    return specs::describe(specs_) + " (" + std::to_string(num_chunks()) + " chunks)";
 }
 
+// The factor the op applied to tensor k: the slot's (which says 1 when
+// nothing was applied), or the tensor's own.
 float Fixture::emu_factor(int32_t op, std::size_t k) const
 {
-    if (op == GCLIP_OP_GLOBAL)
+    switch (op) {
+    case GCLIP_OP_CLIP_NORM:
+    case GCLIP_OP_CLIP_WITH_NORM:
+    case GCLIP_OP_APPLY:
         return emu_result().scale;
-    if (op == GCLIP_OP_PER_TENSOR)
-        return factors_.as<const float>()[k];
-    return 1.0f;
+    case GCLIP_OP_CLIP_PER_TENSOR:
+        return emu_tensor_factor(k);
+    default:
+        return 1.0f;
+    }
+}
+
+float Fixture::cpu_factor(int32_t op, std::size_t k) const
+{
+    switch (op) {
+    case GCLIP_OP_CLIP_NORM:
+    case GCLIP_OP_CLIP_WITH_NORM:
+    case GCLIP_OP_APPLY:
+        return cpu_slot().scale;
+    case GCLIP_OP_CLIP_PER_TENSOR:
+        return cpu_tensor_factor(k);
+    default:
+        return 1.0f;
+    }
 }
 
 void Fixture::expect_infrastructure() const
 {
-    EXPECT_EQ(ticket(), 0u) << "the ticket counter must be 0 after every launch";
+    EXPECT_TRUE(tickets_ok_) << "a ticket counter was not back at 0 after a launch";
+    EXPECT_EQ(ticket(), 0u) << "the norm kernel's ticket must be 0 after every launch";
+    EXPECT_EQ(apply_ticket(), 0u) << "the apply ticket must be 0 after every launch";
     for (std::size_t k = 0; k < count(); ++k)
         EXPECT_TRUE(dev_[k].lead_intact()) << "bytes before tensor " << k << " were written";
 }
@@ -335,6 +507,17 @@ void Fixture::expect_scaled(std::size_t k, float factor) const
         return;
     }
     for (int64_t i = 0; i < s.numel; ++i) {
+        if (s.dtype == GCLIP_F64) { // scaled in double
+            const double x = oracle::load_f64(pristine_[k].data(), i);
+            const double want = x * static_cast<double>(factor);
+            const double g = oracle::load_f64(got, i);
+            if (!same_f64(g, want)) {
+                ADD_FAILURE() << "f64 tensor " << k << " element " << i << " of " << s.numel
+                              << ": " << x << " * " << factor << " gave " << g << ", want " << want;
+                return;
+            }
+            continue;
+        }
         const float x = oracle::load(pristine_[k].data(), s.dtype, i);
         const float want = oracle::expected_scaled(x, factor, s.dtype);
         const float g = oracle::load(got, s.dtype, i);
@@ -346,44 +529,77 @@ void Fixture::expect_scaled(std::size_t k, float factor) const
     }
 }
 
+void Fixture::expect_slot_matches(bool bitwise) const
+{
+    const gclip_result_slot &e = emu_result();
+    const gclip_result_slot &c = cpu_slot();
+    EXPECT_EQ(e.op, c.op);
+    EXPECT_EQ(e.flags, c.flags);
+    EXPECT_EQ(e.status, c.status);
+    EXPECT_EQ(e.failed, c.failed);
+    EXPECT_EQ(e.nonfinite, c.nonfinite);
+    EXPECT_EQ(e.sequence, c.sequence);
+    EXPECT_EQ(e.reserved_, c.reserved_);
+    EXPECT_TRUE(close(e.total_norm, c.total_norm, kNormTol))
+        << "total norm: emulated " << e.total_norm << ", CPU " << c.total_norm;
+    EXPECT_TRUE(close(e.clip_coef, c.clip_coef, kNormTol))
+        << "coefficient: emulated " << e.clip_coef << ", CPU " << c.clip_coef;
+    EXPECT_TRUE(close(e.scale, c.scale, kNormTol))
+        << "scale: emulated " << e.scale << ", CPU " << c.scale;
+    // the same norm, the same scalars: the same coefficient and factor, bit for bit
+    if (bitwise || same(e.total_norm, c.total_norm)) {
+        EXPECT_EQ(std::memcmp(&e, &c, sizeof e), 0)
+            << "slots differ: emulated norm " << e.total_norm << " coef " << e.clip_coef
+            << " scale " << e.scale << ", CPU norm " << c.total_norm << " coef " << c.clip_coef
+            << " scale " << c.scale;
+    }
+}
+
+void Fixture::expect_partial_matches() const
+{
+    const gclip_partial &e = emu_partial();
+    const gclip_partial &c = cpu_partial();
+    EXPECT_EQ(e.fingerprint, c.fingerprint);
+    EXPECT_EQ(e.nonfinite, c.nonfinite);
+    EXPECT_TRUE(close_f64(e.acc, c.acc, kAccTol))
+        << "partial accumulator: emulated " << e.acc << ", CPU " << c.acc;
+}
+
 void Fixture::expect_norm_op_matches(const gclip_norm_options &o, int32_t op) const
 {
     SCOPED_TRACE(describe() + ", op " + op_name(op) + ", p " + std::to_string(o.norm_type));
     expect_infrastructure();
-    EXPECT_LE(launches_, op == GCLIP_OP_TOTAL ? 1u : 2u);
-    const gclip_result r = cpu_result();
+    EXPECT_EQ(launches_, launches_of(op)) << "launches of " << op_name(op);
+    expect_slot_matches();
     const gclip_result_slot &e = emu_result();
-    EXPECT_TRUE(close(e.total_norm, r.total_norm, kNormTol))
-        << "total norm: emulated " << e.total_norm << ", CPU " << r.total_norm;
-    EXPECT_EQ(e.nonfinite, r.nonfinite);
-    EXPECT_TRUE(close(e.clip_coef, r.clip_coef, kNormTol))
-        << "coefficient: emulated " << e.clip_coef << ", CPU " << r.clip_coef;
-    EXPECT_TRUE(close(e.scale, r.scale, kNormTol))
-        << "scale: emulated " << e.scale << ", CPU " << r.scale;
 
-    std::vector<gclip_tensor> orig;
-    for (std::size_t k = 0; k < count(); ++k)
-        orig.push_back(gclip_tensor{const_cast<unsigned char *>(pristine_[k].data()),
-                                    specs_[k].numel, specs_[k].dtype});
-    const oracle::Norms ref = oracle::norms(orig.data(), orig.size(), o.norm_type, o.inv_scale);
-    EXPECT_TRUE(oracle::rel_close(e.total_norm, ref.total, kOracleTol))
-        << "total norm " << e.total_norm << ", long-double oracle " << static_cast<double>(ref.total);
+    if (op != GCLIP_OP_CLIP_WITH_NORM) { // the slot's norm is this plan's own
+        expect_partial_matches();
+        std::vector<gclip_tensor> orig;
+        for (std::size_t k = 0; k < count(); ++k)
+            orig.push_back(gclip_tensor{const_cast<unsigned char *>(pristine_[k].data()),
+                                        specs_[k].numel, specs_[k].dtype});
+        const float inv = effective_inv_scale(o);
+        const oracle::Norms ref = oracle::norms(orig.data(), orig.size(), o.norm_type, inv);
+        EXPECT_TRUE(oracle::rel_close(e.total_norm, ref.total, kOracleTol))
+            << "total norm " << e.total_norm << ", long-double oracle "
+            << static_cast<double>(ref.total);
+        if (with_norms_ && runs_norm_kernel(op))
+            for (std::size_t k = 0; k < count(); ++k) {
+                const float n = norms_.as<const float>()[k];
+                EXPECT_TRUE(close(n, cpu_norms_[k], kNormTol))
+                    << "tensor " << k << " norm: emulated " << n << ", CPU " << cpu_norms_[k];
+                EXPECT_TRUE(oracle::rel_close(n, ref.per_tensor[k], kOracleTol)) << "tensor " << k;
+            }
+    }
 
     for (std::size_t k = 0; k < count(); ++k) {
-        const float cpu_factor = op == GCLIP_OP_GLOBAL ? r.scale
-                                 : op == GCLIP_OP_PER_TENSOR ? plan_->tensor_factor[k]
-                                                             : 1.0f;
+        const float cf = cpu_factor(op, k);
         const float factor = emu_factor(op, k);
-        if (with_norms_) {
-            const float n = norms_.as<const float>()[k];
-            EXPECT_TRUE(close(n, cpu_norms_[k], kNormTol))
-                << "tensor " << k << " norm: emulated " << n << ", CPU " << cpu_norms_[k];
-            EXPECT_TRUE(oracle::rel_close(n, ref.per_tensor[k], kOracleTol)) << "tensor " << k;
-        }
-        EXPECT_TRUE(close(factor, cpu_factor, kNormTol))
-            << "tensor " << k << " factor: emulated " << factor << ", CPU " << cpu_factor;
+        EXPECT_TRUE(close(factor, cf, kNormTol))
+            << "tensor " << k << " factor: emulated " << factor << ", CPU " << cf;
         expect_scaled(k, factor);
-        if (same(factor, cpu_factor)) { // same factor: the CPU path's bytes exactly
+        if (same(factor, cf)) { // same factor: the CPU path's bytes exactly
             EXPECT_TRUE(same_bytes(dev_[k].data(), host_[k].data(), pristine_[k].size()))
                 << "tensor " << k << " differs from the CPU path";
         }
@@ -400,21 +616,45 @@ void Fixture::expect_clamp_matches(float clip_value) const
     EXPECT_EQ(e.clip_coef, 1.0f);
     EXPECT_EQ(e.scale, 1.0f);
     EXPECT_EQ(e.nonfinite, 0);
+    expect_slot_matches(/*bitwise=*/true);
     for (std::size_t k = 0; k < count(); ++k) {
         const Spec &s = specs_[k];
         for (int64_t i = 0; i < s.numel; ++i) {
-            const float x = oracle::load(pristine_[k].data(), s.dtype, i);
-            const float want = oracle::expected_clamped(x, clip_value, s.dtype);
-            const float g = oracle::load(dev_[k].data(), s.dtype, i);
-            if (!same(g, want)) {
-                ADD_FAILURE() << "tensor " << k << " element " << i << ": clamp(" << x << ") gave "
-                              << g << ", want " << want;
+            bool ok;
+            if (s.dtype == GCLIP_F64) { // clamped in double
+                const double x = oracle::load_f64(pristine_[k].data(), i);
+                const double v = clip_value;
+                const double want = std::isnan(x) ? x : x < -v ? -v : (x > v ? v : x);
+                ok = same_f64(oracle::load_f64(dev_[k].data(), i), want);
+            } else {
+                const float x = oracle::load(pristine_[k].data(), s.dtype, i);
+                ok = same(oracle::load(dev_[k].data(), s.dtype, i),
+                          oracle::expected_clamped(x, clip_value, s.dtype));
+            }
+            if (!ok) {
+                ADD_FAILURE() << "tensor " << k << " (" << oracle::dtype_name(s.dtype)
+                              << ") element " << i << ": clamp("
+                              << oracle::load(pristine_[k].data(), s.dtype, i) << ") gave "
+                              << oracle::load(dev_[k].data(), s.dtype, i);
                 break;
             }
         }
         EXPECT_TRUE(same_bytes(dev_[k].data(), host_[k].data(), pristine_[k].size()))
             << "tensor " << k << " differs from the CPU path";
     }
+}
+
+void Fixture::expect_scaled_by(float factor) const
+{
+    for (std::size_t k = 0; k < count(); ++k)
+        expect_scaled(k, factor);
+}
+
+void Fixture::expect_data_equals_cpu() const
+{
+    for (std::size_t k = 0; k < count(); ++k)
+        EXPECT_TRUE(same_bytes(dev_[k].data(), host_[k].data(), pristine_[k].size()))
+            << "tensor " << k << " differs from the CPU path";
 }
 
 void Fixture::expect_data_unchanged() const
@@ -424,16 +664,18 @@ void Fixture::expect_data_unchanged() const
             << "tensor " << k << " was written";
 }
 
-// ---- schedules and plans ----------------------------------------------------------
+// ---- schedules, plans, scalars -----------------------------------------------------
 
 const std::vector<NamedSchedule> &schedules()
 {
     using O = gclip_emu::Order;
+    // thread order, block order, seed, yield at atomics, resident blocks,
+    // rate of switches between resident blocks
     static const std::vector<NamedSchedule> s = {
-        {"forward", {O::forward, O::forward, 1, false}},
-        {"reverse", {O::reverse, O::reverse, 2, false}},
-        {"shuffled", {O::shuffled, O::shuffled, 3, false}},
-        {"shuffled-yield", {O::shuffled, O::reverse, 4, true}},
+        {"forward", {O::forward, O::forward, 1, false, 1, 0.0}},
+        {"reverse", {O::reverse, O::reverse, 2, false, 4, 0.25}},
+        {"shuffled", {O::shuffled, O::shuffled, 3, false, 8, 0.5}},
+        {"shuffled-yield", {O::shuffled, O::reverse, 4, true, 16, 1.0}},
     };
     return s;
 }
@@ -444,47 +686,39 @@ void use(const gclip_emu::Schedule &s)
     gclip_emu::clear_error();
 }
 
-std::vector<Spec> boundary_sizes(gclip_dtype dt)
-{
-    const int64_t c = GCLIP_CHUNK_ELEMS;
-    const int64_t sizes[] = {1, 2, 3, 7, 8, 9, 15, 16, 17, 33, c - 1, c, c + 1, 2 * c + 9};
-    std::vector<Spec> v;
-    int offset = 0;
-    for (int64_t n : sizes)
-        v.push_back(Spec{dt, n, offset++ % 8});
-    return v;
-}
-
-std::vector<Spec> mixed_many(uint64_t seed, int n)
-{
-    oracle::Rng rng(seed);
-    const gclip_dtype dts[] = {GCLIP_F32, GCLIP_F16, GCLIP_BF16};
-    std::vector<Spec> v;
-    for (int i = 0; i < n; ++i) {
-        const int64_t r = rng.range(0, 99);
-        const int64_t numel = r < 5 ? 0 : r < 90 ? rng.range(1, 64) : rng.range(65, 5000);
-        v.push_back(Spec{dts[rng.range(0, 2)], numel, static_cast<int>(rng.range(0, 7))});
-    }
-    return v;
-}
-
-std::vector<Spec> spanning_chunks()
-{
-    // 250 one-chunk tensors, then multi-chunk tensors: 264 chunks, more than
-    // the finalize's 256 threads, so tensors cross the threads' chunk ranges.
-    std::vector<Spec> v = mixed_many(77, 250);
-    for (Spec &s : v)
-        s.numel = s.numel == 0 ? 1 : s.numel;
-    const int64_t c = GCLIP_CHUNK_ELEMS;
-    v.push_back(Spec{GCLIP_F16, 9 * c + 5, 3});
-    v.push_back(Spec{GCLIP_BF16, 2 * c, 1});
-    v.push_back(Spec{GCLIP_F32, c + 4465, 3});
-    return v;
-}
-
 const char *op_name(int32_t op)
 {
-    return op == GCLIP_OP_TOTAL ? "total" : op == GCLIP_OP_GLOBAL ? "global" : "per-tensor";
+    switch (op) {
+    case GCLIP_OP_TOTAL_NORM: return "TotalNorm";
+    case GCLIP_OP_CLIP_NORM: return "ClipNorm";
+    case GCLIP_OP_CLIP_PER_TENSOR: return "PerTensor";
+    case GCLIP_OP_CLIP_VALUE: return "ClipValue";
+    case GCLIP_OP_CLIP_FACTOR: return "ClipFactor";
+    case GCLIP_OP_CLIP_WITH_NORM: return "ClipWithNorm";
+    case GCLIP_OP_ACCUMULATE: return "Accumulate";
+    case GCLIP_OP_FINALIZE: return "Finalize";
+    case GCLIP_OP_APPLY: return "Apply";
+    default: return "None";
+    }
+}
+
+float effective_max_norm(const gclip_norm_options &o)
+{
+    return o.max_norm_ptr ? *o.max_norm_ptr : o.max_norm;
+}
+
+float effective_inv_scale(const gclip_norm_options &o)
+{
+    return o.inv_scale_ptr ? *o.inv_scale_ptr : o.inv_scale;
+}
+
+long double oracle_total(const Fixture &f, float norm_type, float inv_scale)
+{
+    std::vector<gclip_tensor> t;
+    for (std::size_t k = 0; k < f.count(); ++k)
+        t.push_back(gclip_tensor{const_cast<void *>(f.pristine_data(k)), f.specs()[k].numel,
+                                 f.specs()[k].dtype});
+    return oracle::norms(t.data(), t.size(), norm_type, inv_scale).total;
 }
 
 } // namespace emu

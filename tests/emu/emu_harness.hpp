@@ -1,11 +1,21 @@
 // emu_harness.hpp - one plan run twice: by the CPU path on host copies of the
 // data (the reference) and by the emulated CUDA kernels on "device" copies,
-// each in an exact-size allocation, through the kernels' own launchers.
+// each in an exact-size allocation, through the kernels' own launchers and
+// in the launch sequence the CUDA backend issues for each operation.
 //
 //   DevBuf     device stand-in memory: exact size, garbage lead bytes
-//   Spec       shape of one tensor (dtype, elements, start offset)
+//   Spec       shape of one tensor (tests/common/specs.hpp)
 //   Fixture    the two runs of one plan and their comparison
 //   schedules  the thread/block orders every kernel test runs in
+//
+// The result slot. Every kernel reads the slot's sequence (and the apply
+// reads its factor), so the emulated slot cannot start as garbage. The CPU
+// plan's slot is the reference: reset_host() marks where a sequence of CPU
+// operations starts, and reset() gives the emulated slot garbage in every
+// field but `sequence`, which it takes from that mark. After the same
+// operations both slots must agree field by field (op, flags, status,
+// failed, nonfinite, sequence exactly; norm, coefficient and factor to the
+// reduction order's rounding, or bitwise where the inputs are the same).
 #ifndef GCLIP_EMU_HARNESS_HPP
 #define GCLIP_EMU_HARNESS_HPP
 
@@ -13,6 +23,7 @@
 #include "gclip_kernels.h"
 #include "oracle.hpp"
 #include "simt_emu.h"
+#include "specs.hpp"
 
 #include <gtest/gtest.h>
 
@@ -22,6 +33,8 @@
 #include <vector>
 
 namespace emu {
+
+using specs::Spec;
 
 // Memory the kernels see as device memory. The data starts `lead` bytes into
 // the allocation; the lead is filled with 0xff (NaN in every dtype), so a
@@ -54,17 +67,14 @@ private:
     std::size_t bytes_ = 0, lead_ = 0, mapped_ = 0;
 };
 
-struct Spec {
-    gclip_dtype dtype;
-    int64_t numel;
-    int offset; // elements between a 16-byte boundary and the tensor start
-};
-
 // The device-resident state after an operation, byte for byte.
 struct Snapshot {
-    std::vector<unsigned char> result, tensor_norms, tensor_factor, data;
+    std::vector<unsigned char> result, partial, tensor_norms, tensor_factor, data;
     bool operator==(const Snapshot &o) const;
 };
+
+// Launches of each operation, as host/cuda_backend.c (launches_of) issues them.
+unsigned launches_of(int32_t op);
 
 class Fixture {
 public:
@@ -76,43 +86,98 @@ public:
 
     std::size_t count() const { return specs_.size(); }
     uint32_t num_chunks() const { return tables_.num_chunks; }
+    const std::vector<Spec> &specs() const { return specs_; }
 
     // Element i of tensor k in the pristine data and both copies.
     void set_element(std::size_t k, int64_t i, float v);
-    // Device data back to the pristine values; workspace, result and
-    // per-tensor norms refilled with garbage (the ticket stays as it is).
+    // Device data back to the pristine values; workspace, partial, per-tensor
+    // norms and every field of the result slot but its sequence refilled with
+    // garbage (the tickets stay as they are: no memset between steps).
     void reset();
-    // Host data back to the pristine values, before the next CPU operation.
+    // Host data back to the pristine values, before the next CPU operation;
+    // marks the CPU slot's sequence that the next reset() gives the device.
     void reset_host();
+    void reset_both()
+    {
+        reset_host();
+        reset();
+    }
     void set_read_only(bool ro);
 
-    // The kernels' launch sequence of each operation, as the CUDA backend
-    // issues it. Returns the first nonzero launcher status.
+    // The step parameters the host builds for `op` (host/steps.c), with
+    // tensor_norms pointing at the fixture's device buffer when asked for.
+    gclip_norm_params params(const gclip_norm_options &o, int32_t op);
+
+    // The kernels' launch sequence of np.op, exactly as the CUDA backend
+    // issues it. Returns the first nonzero launcher status. After every
+    // launch both tickets must be back at 0.
+    int emu_launch(const gclip_norm_params &np);
+    // The same, from options (TOTAL_NORM, CLIP_NORM, CLIP_PER_TENSOR,
+    // CLIP_FACTOR, ACCUMULATE) and for the ops with arguments of their own.
     int emu_norm_op(const gclip_norm_options &o, int32_t op);
+    int emu_with_norm(const gclip_norm_options &o, float norm, const float *norm_ptr = nullptr);
+    int emu_finalize(const gclip_norm_options &o, const gclip_partial *partials, std::size_t n);
+    int emu_apply();
     int emu_clamp(float clip_value);
-    // The same operation by the CPU path.
+
+    // The same operations by the CPU path, through the public API.
     gclip_status cpu_norm_op(const gclip_norm_options &o, int32_t op);
+    gclip_status cpu_with_norm(const gclip_norm_options &o, float norm,
+                               const float *norm_ptr = nullptr);
+    gclip_status cpu_finalize(const gclip_norm_options &o, const gclip_partial *partials,
+                              std::size_t n);
+    gclip_status cpu_apply();
     gclip_status cpu_clamp(float clip_value);
 
+    gclip_plan *cpu_plan() const { return plan_; }
+    // The plan's emulated device tables, for launches the harness does not
+    // sequence itself (concurrent streams).
+    const gclip_device_tables &tables() const { return tables_; }
     const gclip_result_slot &emu_result() const { return *tables_.result; }
-    gclip_result cpu_result() const;
+    const gclip_partial &emu_partial() const { return *tables_.partial; }
+    // The CPU plan's slot (gclip_plan_device_result) and its decoding
+    // (gclip_get_result, whose status is returned in `status`).
+    const gclip_result_slot &cpu_slot() const;
+    gclip_result cpu_result(gclip_status *status = nullptr) const;
+    const gclip_partial &cpu_partial() const;
+    float cpu_tensor_factor(std::size_t k) const;
+    float emu_tensor_factor(std::size_t k) const { return tables_.tensor_factor[k]; }
     unsigned ticket() const { return *tables_.ticket; }
+    unsigned apply_ticket() const { return *tables_.apply_ticket; }
+    unsigned launches() const { return launches_; }
     Snapshot snapshot() const;
+    // The device copy of tensor k, and the pristine values.
+    const void *device_data(std::size_t k) const { return dev_[k].data(); }
+    const void *host_data(std::size_t k) const { return host_[k].data(); }
+    const void *pristine_data(std::size_t k) const { return pristine_[k].data(); }
 
-    // gtest checks: the emulated result against the CPU path and the
-    // long-double oracle; every element against the expected arithmetic with
-    // the factor the kernels used; guards, ticket and launch count.
+    // gtest checks: the emulated slot, partial and per-tensor norms against
+    // the CPU path and the long-double oracle; every element against the
+    // expected arithmetic with the factor the kernels used; guards, tickets
+    // and launch count. `op` is the last operation run.
     void expect_norm_op_matches(const gclip_norm_options &o, int32_t op) const;
     void expect_clamp_matches(float clip_value) const;
+    // The slot field by field against the CPU plan's; `bitwise` also for
+    // the norm, coefficient and factor.
+    void expect_slot_matches(bool bitwise = false) const;
+    // The plan's partial against the CPU plan's.
+    void expect_partial_matches() const;
+    // Every device element is its pristine value times `factor`.
+    void expect_scaled_by(float factor) const;
+    // Every device element bitwise as the CPU path left it.
+    void expect_data_equals_cpu() const;
     // Nothing written: every device element bitwise as before.
     void expect_data_unchanged() const;
-    // Ticket back at 0, no byte before any tensor written.
+    // Tickets back at 0 after every launch, no byte before any tensor written.
     void expect_infrastructure() const;
     std::string describe() const;
 
 private:
     void expect_scaled(std::size_t k, float factor) const;
     float emu_factor(int32_t op, std::size_t k) const;
+    float cpu_factor(int32_t op, std::size_t k) const;
+    // One launch; records whether both tickets are back at 0 after it.
+    int checked(int rc);
 
     std::vector<Spec> specs_;
     std::vector<std::vector<unsigned char>> pristine_;
@@ -120,9 +185,11 @@ private:
     std::vector<DevBuf> dev_;
     gclip_plan *plan_ = nullptr;
     std::vector<float> cpu_norms_;
-    DevBuf tensors_, chunks_, partials_, factors_, ticket_, result_, norms_;
+    DevBuf tensors_, chunks_, partials_, factors_, ticket_, apply_ticket_, partial_, result_, norms_;
     gclip_device_tables tables_{};
+    uint32_t sequence_mark_ = 0;
     bool with_norms_ = false;
+    bool tickets_ok_ = true;
     unsigned launches_ = 0;
 };
 
@@ -158,12 +225,19 @@ void for_every_schedule(Fixture &f, Run run, Check check)
     }
 }
 
-// Plans used across the kernel tests.
-std::vector<Spec> boundary_sizes(gclip_dtype dt);  // sizes around vector and chunk ends
-std::vector<Spec> mixed_many(uint64_t seed, int n); // n small tensors, every dtype
-std::vector<Spec> spanning_chunks();                // > 256 chunks, tensors across thread ranges
+// Plans used across the kernel tests (tests/common/specs.hpp).
+using specs::boundary_sizes;
+using specs::mixed_many;
+using specs::spanning_chunks;
 
 const char *op_name(int32_t op);
+
+// max_norm and inv_scale as a step reads them (the float behind a pointer).
+float effective_max_norm(const gclip_norm_options &o);
+float effective_inv_scale(const gclip_norm_options &o);
+
+// The long-double oracle's total norm of a fixture's pristine data.
+long double oracle_total(const Fixture &f, float norm_type, float inv_scale);
 
 } // namespace emu
 

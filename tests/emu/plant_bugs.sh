@@ -26,12 +26,14 @@ jobs=${GCLIP_MUTANT_JOBS:-2}
 limit=${GCLIP_MUTANT_TIMEOUT:-900}
 
 # Tests that run every kernel on unaligned starts, vector and chunk ends,
-# more chunks than a block has threads, read-only data and replays, in
-# every schedule. They stop at the first failure: one is enough here.
-filter='Plans/EmuNorm.*/BoundariesF16_L2_*:Plans/EmuNorm.*/BoundariesF32_L1_Global'
-filter+=':Plans/EmuNorm.*/Spanning_L2_PerTensor:EmuScale.FactorOneWritesNothing'
-filter+=':EmuClamp.EveryDtypeAroundVectorAndChunkEnds:EmuReplay.EmptyPlanStillFinalizes'
-filter+=':EmuReplay.ClampReplaysIdentically'
+# more chunks than a block has threads, read-only data and replays, the
+# phases of the step contract and concurrent launches, in every schedule.
+# They stop at the first failure: one is enough here.
+filter='Plans/EmuNorm.*/BoundariesF16_ClipNorm:Plans/EmuNorm.*/BoundariesF32_PerTensor'
+filter+=':Plans/EmuNorm.*/BoundariesF64_ClipNorm:Plans/EmuNorm.*/Spanning_PerTensor'
+filter+=':EmuScale.FactorOneWritesNothing:EmuClamp.EveryDtypeAroundVectorAndChunkEnds'
+filter+=':EmuReplay.EmptyPlanStillFinalizes:EmuReplay.ClampReplaysIdentically'
+filter+=':EmuDeviceScalars.*:EmuApply.*:EmuUnorderedStreams.*'
 
 # Make kdir equal to the sources, rewriting only files that differ, so a
 # rebuild recompiles what the previous mutant touched and nothing else.
@@ -61,24 +63,41 @@ mutate() {
     [[ $changed -eq 1 ]] || die "mutant $name: expected 1 changed line in $1, got $changed"
 }
 
-# Each mutant: a name, a line saying what it plants, and the edit.
+# Each mutant: a name, a line saying what it plants, and the edit (one
+# changed line per mutate call).
 plant() {
     case $1 in
     tail_off_by_one) # scalar tail reads one element past the chunk
         mutate chunk_walk.cuh 's/if (tid < s\.tail)/if (tid <= s.tail)/' ;;
     missing_barrier) # other threads read is_last before thread 0 wrote it
-        mutate norm_kernel.cu '/is_last = atomicAdd/,/__syncthreads();/s/__syncthreads();/\/* barrier removed *\//' ;;
+        mutate norm_kernel.cu '/is_last = atomicInc/,/__syncthreads();/s/__syncthreads();/\/* barrier removed *\//' ;;
     misaligned_vector) # vector accesses start at the tensor start, not after the head
         mutate chunk_walk.cuh 's/(char \*)base + s\.head \* vt::elem_bytes)/(char *)base)/' ;;
-    ticket_not_reset) # the last block leaves the ticket counter at the grid size
-        mutate norm_finalize.cuh 's/atomicExch(t\.ticket, 0u);/\/* ticket reset removed *\//' ;;
+    ticket_not_wrapped) # the ticket counts up for ever: the next launch finds no last block
+        mutate norm_kernel.cu 's/atomicInc(t\.ticket, gridDim\.x - 1)/atomicAdd(t.ticket, 1u)/' ;;
+    ticket_reset_at_end) # a ticket that counts up and that the last block resets to 0
+        # when its finalize is done: two unordered launches of one plan lose
+        # counts to the reset and leave it off 0, poisoning every later step
+        mutate norm_kernel.cu 's/atomicInc(t\.ticket, gridDim\.x - 1)/atomicAdd(t.ticket, 1u)/'
+        mutate norm_finalize.cuh 's/^\( *\)\*t\.result = slot;$/\1*t.result = slot; atomicExch(t.ticket, 0u);/' ;;
     writes_factor_one) # the scale kernel no longer skips chunks whose factor is 1
-        mutate scale_kernel.cu 's/if (factor == 1\.0f)/if (factor != factor)/' ;;
+        mutate scale_kernel.cu 's/if (factor == 1\.0f ||/if (factor != factor ||/' ;;
+    apply_twice) # every slot counts as holding a pending factor: applied again
+        mutate gclip_norm_math.h '/gclip_factor_pending(const gclip_result_slot \*s)$/{n;s/^{$/{ return 1;/}' ;;
+    apply_ticket_not_wrapped) # the apply's ticket counts up for ever
+        mutate scale_kernel.cu 's/atomicInc(t\.apply_ticket, gridDim\.x - 1)/atomicAdd(t.apply_ticket, 1u)/' ;;
+    scalars_from_params) # the finalize takes max_norm from the launch parameters, so a
+        # replayed graph keeps the value of its capture
+        mutate norm_finalize.cuh 's/^\( *\)th\.sc = gclip_resolve_scalars(&np);$/\1th.sc = gclip_resolve_scalars(\&np); th.sc.max_norm = np.max_norm;/' ;;
+    f64_scaled_in_float) # f64 elements multiplied in float
+        mutate scale_kernel.cu 's/return x \* (double)factor;/return (double)((float)x * factor);/' ;;
     *) die "unknown mutant $1" ;;
     esac
 }
 
-all_mutants=(tail_off_by_one missing_barrier misaligned_vector ticket_not_reset writes_factor_one)
+all_mutants=(tail_off_by_one missing_barrier misaligned_vector ticket_not_wrapped
+             ticket_reset_at_end writes_factor_one apply_twice apply_ticket_not_wrapped
+             scalars_from_params f64_scaled_in_float)
 if [[ $# -gt 0 ]]; then mutants=("$@"); else mutants=("${all_mutants[@]}"); fi
 
 build_tests() {

@@ -1,7 +1,11 @@
 // test_emu_norm.cpp - the norm kernel (and the scale kernel after it) run by
-// the SIMT emulator, for every norm type and norm operation, on plans built
-// around the vector and chunk boundaries, against the CPU path, in every
-// schedule, with bitwise identical results across schedules.
+// the SIMT emulator for the one-call norm operations, every row of each op's
+// conformance table (tests/common/specs.hpp), on plans built around the
+// vector and chunk boundaries, against the CPU path and the long-double
+// oracle. Each row runs in another schedule; the first row runs in every
+// schedule, with bitwise identical results across them. The phases
+// (compute the factor, accumulate) run the same norm kernel; their tables
+// run in test_emu_contract.cpp.
 #include "emu_harness.hpp"
 
 #include <gtest/gtest.h>
@@ -26,49 +30,62 @@ const std::vector<PlanShape> &shapes()
         {"BoundariesF32", [] { return emu::boundary_sizes(GCLIP_F32); }},
         {"BoundariesF16", [] { return emu::boundary_sizes(GCLIP_F16); }},
         {"BoundariesBF16", [] { return emu::boundary_sizes(GCLIP_BF16); }},
+        {"BoundariesF64", [] { return emu::boundary_sizes(GCLIP_F64); }},
         {"Mixed300", [] { return emu::mixed_many(300, 300); }},
         {"Empty", [] { return std::vector<emu::Spec>{}; }},
-        {"ZeroSized", [] { return std::vector<emu::Spec>{{GCLIP_F16, 0, 0}, {GCLIP_F32, 0, 3}}; }},
+        {"ZeroSized",
+         [] { return std::vector<emu::Spec>{{GCLIP_F16, 0, 0}, {GCLIP_F32, 0, 3}, {GCLIP_F64, 0, 1}}; }},
         {"Spanning", [] { return emu::spanning_chunks(); }},
     };
     return s;
 }
 
-using Param = std::tuple<std::size_t, float, int32_t>; // shape, norm type, op
+const int32_t kNormOps[] = {GCLIP_OP_TOTAL_NORM, GCLIP_OP_CLIP_NORM, GCLIP_OP_CLIP_PER_TENSOR};
+
+using Param = std::tuple<std::size_t, int32_t>; // shape, op
 
 class EmuNorm : public ::testing::TestWithParam<Param> {};
 
-TEST_P(EmuNorm, MatchesCpuPathInEveryScheduleBitwiseAlike)
+TEST_P(EmuNorm, EveryRowOfTheOpsTableMatchesTheCpuPath)
 {
-    const auto [shape, p, op] = GetParam();
+    const auto [shape, op] = GetParam();
     emu::Fixture f(shapes()[shape].make(), 1000 + shape);
-    gclip_norm_options o = GCLIP_NORM_OPTIONS_INIT;
-    o.norm_type = p;
-    o.max_norm = 2.0f; // clips big tensors and the total, not the smallest tensors
-    o.inv_scale = p == 1.0f ? 0.25f : 1.0f;
-    float sentinel;
-    o.tensor_norms = &sentinel; // ask for per-tensor norms (the fixture supplies buffers)
+    const std::vector<specs::NormCase> rows = specs::norm_cases(op);
+    for (std::size_t r = 0; r < rows.size(); ++r) {
+        const specs::NormCase &row = rows[r];
+        SCOPED_TRACE("row " + row.name());
+        const auto total = emu::oracle_total(f, row.norm_type, row.inv_scale);
+        gclip_norm_options o = row.options(static_cast<float>(total));
+        float sentinel;
+        o.tensor_norms = &sentinel; // ask for per-tensor norms (the fixture supplies buffers)
 
-    ASSERT_EQ(f.cpu_norm_op(o, op), GCLIP_STATUS_SUCCESS) << gclip_last_error();
-    emu::for_every_schedule(
-        f, [&] { return f.emu_norm_op(o, op); }, [&] { f.expect_norm_op_matches(o, op); });
+        f.reset_host();
+        ASSERT_EQ(f.cpu_norm_op(o, op), GCLIP_STATUS_SUCCESS) << gclip_last_error();
+        if (r == 0) {
+            emu::for_every_schedule(
+                f, [&] { return f.emu_norm_op(o, op); }, [&] { f.expect_norm_op_matches(o, op); });
+        } else {
+            const emu::NamedSchedule &s = emu::schedules()[r % emu::schedules().size()];
+            SCOPED_TRACE(std::string("schedule ") + s.name);
+            f.reset();
+            emu::use(s.s);
+            ASSERT_EQ(f.emu_norm_op(o, op), 0) << gclip_emu::error_message();
+            f.expect_norm_op_matches(o, op);
+        }
+        if (::testing::Test::HasFailure())
+            return;
+    }
 }
 
 std::string param_name(const ::testing::TestParamInfo<Param> &info)
 {
-    const auto [shape, p, op] = info.param;
-    std::string n = shapes()[shape].name;
-    n += std::isinf(p) ? "_Linf" : "_L" + std::to_string(static_cast<int>(p));
-    n += op == GCLIP_OP_TOTAL ? "_Total" : op == GCLIP_OP_GLOBAL ? "_Global" : "_PerTensor";
-    return n;
+    const auto [shape, op] = info.param;
+    return std::string(shapes()[shape].name) + "_" + emu::op_name(op);
 }
 
 INSTANTIATE_TEST_SUITE_P(Plans, EmuNorm,
-                         ::testing::Combine(::testing::Range<std::size_t>(0, 8),
-                                            ::testing::Values(1.0f, 2.0f, 3.0f, INFINITY),
-                                            ::testing::Values(int32_t{GCLIP_OP_TOTAL},
-                                                              int32_t{GCLIP_OP_GLOBAL},
-                                                              int32_t{GCLIP_OP_PER_TENSOR})),
+                         ::testing::Combine(::testing::Range<std::size_t>(0, 9),
+                                            ::testing::ValuesIn(kNormOps)),
                          param_name);
 
 } // namespace

@@ -1,7 +1,8 @@
 // test_emu_scale_clamp.cpp - the scale and clamp kernels run by the SIMT
-// emulator: value clipping of every dtype (NaN kept), factors of exactly 1
-// that must write nothing (the data sits in read-only pages, so any store
-// faults), and the non-finite policies, all against the CPU path.
+// emulator: value clipping of every dtype (NaN kept) for every bound of the
+// shared table, factors of exactly 1 that must write nothing (the data sits
+// in read-only pages, so any store faults), and the non-finite policies,
+// all against the CPU path.
 #include "emu_harness.hpp"
 
 #include <gtest/gtest.h>
@@ -19,7 +20,7 @@ constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 std::vector<emu::Spec> every_dtype_boundaries()
 {
     std::vector<emu::Spec> v;
-    for (gclip_dtype dt : {GCLIP_F32, GCLIP_F16, GCLIP_BF16})
+    for (gclip_dtype dt : specs::all_dtypes())
         for (const emu::Spec &s : emu::boundary_sizes(dt))
             v.push_back(s);
     return v;
@@ -40,10 +41,22 @@ TEST(EmuClamp, EveryDtypeAroundVectorAndChunkEnds)
     expect_clamp_everywhere(f, 0.75f);
 }
 
+// Every bound of value clipping's table, on many tensors of every dtype.
+TEST(EmuClamp, EveryBoundOfTheTable)
+{
+    emu::Fixture f(emu::mixed_many(26, 120), 26);
+    for (float v : specs::value_clip_bounds()) {
+        SCOPED_TRACE("bound " + specs::bound_name(v));
+        expect_clamp_everywhere(f, v);
+        if (::testing::Test::HasFailure())
+            return;
+    }
+}
+
 TEST(EmuClamp, KeepsNaNAndClampsInfinities)
 {
     emu::Fixture f(every_dtype_boundaries(), 22);
-    for (std::size_t k = 0; k < f.count(); k += 3) {
+    for (std::size_t k = 0; k + 2 < f.count(); k += 3) {
         f.set_element(k, 0, kNaN);
         f.set_element(k + 1, 0, kInf);
         f.set_element(k + 2, 0, -kInf);
@@ -87,17 +100,19 @@ TEST(EmuScale, FactorOneWritesNothing)
 {
     gclip_norm_options o = GCLIP_NORM_OPTIONS_INIT;
     o.max_norm = kInf;
-    expect_no_write(every_dtype_boundaries(), o, GCLIP_OP_GLOBAL);
-    expect_no_write(every_dtype_boundaries(), o, GCLIP_OP_PER_TENSOR);
+    expect_no_write(every_dtype_boundaries(), o, GCLIP_OP_CLIP_NORM);
+    expect_no_write(every_dtype_boundaries(), o, GCLIP_OP_CLIP_PER_TENSOR);
     o.max_norm = 1e30f; // coefficient 1 from the division, not from +Inf
-    expect_no_write(emu::mixed_many(32, 100), o, GCLIP_OP_GLOBAL);
+    expect_no_write(emu::mixed_many(32, 100), o, GCLIP_OP_CLIP_NORM);
 }
 
-TEST(EmuScale, TotalNormWritesNothing)
+TEST(EmuScale, OpsThatDoNotApplyWriteNothing)
 {
     gclip_norm_options o = GCLIP_NORM_OPTIONS_INIT;
     o.max_norm = 1e-3f; // would clip hard, but the norm-only op writes nothing
-    expect_no_write(every_dtype_boundaries(), o, GCLIP_OP_TOTAL);
+    expect_no_write(every_dtype_boundaries(), o, GCLIP_OP_TOTAL_NORM);
+    expect_no_write(every_dtype_boundaries(), o, GCLIP_OP_CLIP_FACTOR);
+    expect_no_write(every_dtype_boundaries(), o, GCLIP_OP_ACCUMULATE);
 }
 
 TEST(EmuScale, InvScaleAloneAndMaxNormZero)
@@ -106,7 +121,7 @@ TEST(EmuScale, InvScaleAloneAndMaxNormZero)
         gclip_norm_options o = GCLIP_NORM_OPTIONS_INIT;
         o.max_norm = max_norm;
         o.inv_scale = 0.125f;
-        for (int32_t op : {int32_t{GCLIP_OP_GLOBAL}, int32_t{GCLIP_OP_PER_TENSOR}}) {
+        for (int32_t op : {int32_t{GCLIP_OP_CLIP_NORM}, int32_t{GCLIP_OP_CLIP_PER_TENSOR}}) {
             emu::Fixture f(every_dtype_boundaries(), 33);
             ASSERT_EQ(f.cpu_norm_op(o, op), GCLIP_STATUS_SUCCESS) << gclip_last_error();
             emu::use(emu::schedules()[2].s);
@@ -135,6 +150,7 @@ TEST_P(EmuNonfinite, FollowsThePolicyLikeTheCpuPath)
     o.tensor_norms = &sentinel;
     const bool writes = c.policy == GCLIP_NONFINITE_PROPAGATE;
     emu::Fixture f(emu::mixed_many(41, 30), 41, 1.0, /*paged=*/!writes);
+    ASSERT_GT(f.specs()[7].numel, 0);
     f.set_element(7, 0, c.value);
     ASSERT_EQ(f.cpu_norm_op(o, c.op), GCLIP_STATUS_SUCCESS) << gclip_last_error();
     auto run = [&] {
@@ -157,7 +173,7 @@ std::vector<NonfiniteCase> nonfinite_cases()
     for (float value : {kNaN, kInf, -kInf})
         for (gclip_nonfinite_policy p :
              {GCLIP_NONFINITE_SKIP, GCLIP_NONFINITE_PROPAGATE, GCLIP_NONFINITE_ERROR})
-            for (int32_t op : {int32_t{GCLIP_OP_GLOBAL}, int32_t{GCLIP_OP_PER_TENSOR}})
+            for (int32_t op : {int32_t{GCLIP_OP_CLIP_NORM}, int32_t{GCLIP_OP_CLIP_PER_TENSOR}})
                 v.push_back(NonfiniteCase{value, p, op});
     return v;
 }
@@ -166,7 +182,7 @@ std::string name_of(const NonfiniteCase &c)
 {
     std::string n = std::isnan(c.value) ? "NaN" : c.value > 0 ? "Inf" : "MinusInf";
     n += c.policy == GCLIP_NONFINITE_SKIP ? "_Skip" : c.policy == GCLIP_NONFINITE_ERROR ? "_Error" : "_Propagate";
-    n += c.op == GCLIP_OP_GLOBAL ? "_Global" : "_PerTensor";
+    n += c.op == GCLIP_OP_CLIP_NORM ? "_Global" : "_PerTensor";
     return n;
 }
 

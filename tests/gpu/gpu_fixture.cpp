@@ -20,26 +20,93 @@ DeviceBuffer::~DeviceBuffer()
         cudaFree(ptr_);
 }
 
-const char *op_name(Op op)
+Stream::Stream() { EXPECT_EQ(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking), cudaSuccess); }
+
+Stream::~Stream()
+{
+    if (s_)
+        cudaStreamDestroy(s_);
+}
+
+const char *op_name(int32_t op)
 {
     switch (op) {
-    case Op::total: return "total_norm";
-    case Op::global: return "clip_grad_norm";
-    case Op::per_tensor: return "clip_grad_norm_per_tensor";
-    default: return "clip_grad_value";
+    case GCLIP_OP_TOTAL_NORM: return "total_norm";
+    case GCLIP_OP_CLIP_NORM: return "clip_grad_norm";
+    case GCLIP_OP_CLIP_PER_TENSOR: return "clip_grad_norm_per_tensor";
+    case GCLIP_OP_CLIP_VALUE: return "clip_grad_value";
+    case GCLIP_OP_CLIP_FACTOR: return "compute_clip_factor";
+    case GCLIP_OP_CLIP_WITH_NORM: return "clip_grads_with_norm";
+    case GCLIP_OP_ACCUMULATE: return "norm_accumulate";
+    case GCLIP_OP_FINALIZE: return "norm_finalize";
+    case GCLIP_OP_APPLY: return "apply_clip_factor";
+    default: return "none";
     }
+}
+
+unsigned kernels_of(int32_t op)
+{
+    return op == GCLIP_OP_CLIP_NORM || op == GCLIP_OP_CLIP_PER_TENSOR ? 2u : 1u;
+}
+
+bool writes_tensor_norms(int32_t op)
+{
+    return op == GCLIP_OP_TOTAL_NORM || op == GCLIP_OP_CLIP_NORM ||
+           op == GCLIP_OP_CLIP_PER_TENSOR || op == GCLIP_OP_CLIP_FACTOR ||
+           op == GCLIP_OP_ACCUMULATE;
 }
 
 gclip_status run_op(gclip_plan *plan, const OpArgs &a, float *tensor_norms, gclip_stream stream)
 {
     gclip_norm_options o = a.options;
-    o.tensor_norms = tensor_norms;
+    o.tensor_norms = writes_tensor_norms(a.op) ? tensor_norms : nullptr;
     switch (a.op) {
-    case Op::total: return gclip_total_norm(plan, &o, stream);
-    case Op::global: return gclip_clip_grad_norm(plan, &o, stream);
-    case Op::per_tensor: return gclip_clip_grad_norm_per_tensor(plan, &o, stream);
+    case GCLIP_OP_TOTAL_NORM: return gclip_total_norm(plan, &o, stream);
+    case GCLIP_OP_CLIP_NORM: return gclip_clip_grad_norm(plan, &o, stream);
+    case GCLIP_OP_CLIP_PER_TENSOR: return gclip_clip_grad_norm_per_tensor(plan, &o, stream);
+    case GCLIP_OP_CLIP_FACTOR: return gclip_compute_clip_factor(plan, &o, stream);
+    case GCLIP_OP_ACCUMULATE: return gclip_norm_accumulate(plan, &o, stream);
+    case GCLIP_OP_CLIP_WITH_NORM:
+        return gclip_clip_grads_with_norm(plan, &o, a.given_norm, nullptr, stream);
+    case GCLIP_OP_FINALIZE: return gclip_norm_finalize(plan, &o, nullptr, 0, stream);
+    case GCLIP_OP_APPLY: return gclip_apply_clip_factor(plan, stream);
     default: return gclip_clip_grad_value(plan, a.clip_value, stream);
     }
+}
+
+Steps steps_for(int32_t op, const gclip_norm_options &o, float given_norm)
+{
+    auto step = [&](int32_t k) {
+        OpArgs a;
+        a.op = k;
+        a.options = o;
+        a.given_norm = given_norm;
+        return a;
+    };
+    switch (op) {
+    case GCLIP_OP_CLIP_FACTOR:
+        return {step(GCLIP_OP_CLIP_FACTOR), step(GCLIP_OP_APPLY)};
+    case GCLIP_OP_FINALIZE:
+        return {step(GCLIP_OP_ACCUMULATE), step(GCLIP_OP_FINALIZE), step(GCLIP_OP_APPLY)};
+    default:
+        return {step(op)};
+    }
+}
+
+gclip_device_result read_slot(gclip_plan *plan)
+{
+    gclip_device_result d{};
+    const gclip_device_result *slot = nullptr;
+    EXPECT_EQ(gclip_plan_device_result(plan, &slot), GCLIP_STATUS_SUCCESS);
+    if (slot)
+        GPU_EXPECT_CUDA(cudaMemcpy(&d, slot, sizeof d, cudaMemcpyDeviceToHost));
+    return d;
+}
+
+gclip_result without_sequence(gclip_result r)
+{
+    r.sequence = 0;
+    return r;
 }
 
 // ---- layout and data --------------------------------------------------------
@@ -57,7 +124,7 @@ std::size_t Paired::layout(const std::vector<Spec> &specs, std::vector<std::size
 }
 
 Paired::Paired(std::vector<Spec> specs, uint64_t seed, double scale)
-    : specs_(std::move(specs)), dev_(layout(specs_, offsets_) + 1)
+    : specs_(std::move(specs)), dev_(layout(specs_, offsets_) + 1), dev_pristine_(dev_.bytes())
 {
     const std::size_t bytes = dev_.bytes() - 1;
     pristine_.assign(bytes, 0);
@@ -69,13 +136,23 @@ Paired::Paired(std::vector<Spec> specs, uint64_t seed, double scale)
     const auto addr = reinterpret_cast<uintptr_t>(host_storage_.data());
     pad_ = (16 - addr % 16) % 16;
     host_ = host_storage_.data();
+    probe_storage_.assign(bytes + 16, 0);
     reset();
 
     const auto ht = tensors_at(host_ + pad_);
     const auto dt = device_tensors();
+    const auto pt = tensors_at(probe_bytes());
     EXPECT_EQ(testutil::make_plan(cpu_plan_, ht, GCLIP_DEVICE_CPU), GCLIP_STATUS_SUCCESS)
         << gclip_last_error();
     EXPECT_EQ(testutil::make_plan(gpu_plan_, dt, 0), GCLIP_STATUS_SUCCESS) << gclip_last_error();
+    EXPECT_EQ(testutil::make_plan(probe_plan_, pt, GCLIP_DEVICE_CPU), GCLIP_STATUS_SUCCESS)
+        << gclip_last_error();
+}
+
+unsigned char *Paired::probe_bytes()
+{
+    const auto addr = reinterpret_cast<uintptr_t>(probe_storage_.data());
+    return probe_storage_.data() + (16 - addr % 16) % 16;
 }
 
 std::vector<gclip_tensor> Paired::tensors_at(void *base) const
@@ -102,11 +179,22 @@ void Paired::reset()
     if (pristine_.empty())
         return;
     std::memcpy(host_ + pad_, pristine_.data(), pristine_.size());
+    std::memcpy(probe_bytes(), pristine_.data(), pristine_.size());
     GPU_ASSERT_CUDA(cudaMemcpy(dev_.get(), pristine_.data(), pristine_.size(),
+                               cudaMemcpyHostToDevice));
+    GPU_ASSERT_CUDA(cudaMemcpy(dev_pristine_.get(), pristine_.data(), pristine_.size(),
                                cudaMemcpyHostToDevice));
     // a pageable upload may still be in flight when cudaMemcpy returns, and
     // tests run on non-blocking streams that do not wait for it
     GPU_ASSERT_CUDA(cudaDeviceSynchronize());
+}
+
+void Paired::reset_async(cudaStream_t stream)
+{
+    if (pristine_.empty())
+        return;
+    GPU_EXPECT_CUDA(cudaMemcpyAsync(dev_.get(), dev_pristine_.get(), pristine_.size(),
+                                    cudaMemcpyDeviceToDevice, stream));
 }
 
 std::vector<unsigned char> Paired::download() const
@@ -117,6 +205,16 @@ std::vector<unsigned char> Paired::download() const
         EXPECT_EQ(e, cudaSuccess) << cudaGetErrorString(e);
     }
     return out;
+}
+
+float Paired::total_norm(float norm_type, float inv_scale) const
+{
+    gclip_norm_options o = GCLIP_NORM_OPTIONS_INIT;
+    o.norm_type = norm_type;
+    o.inv_scale = inv_scale;
+    EXPECT_EQ(gclip_total_norm(probe_plan_.get(), &o, nullptr), GCLIP_STATUS_SUCCESS)
+        << gclip_last_error();
+    return testutil::result_of(probe_plan_.get()).total_norm;
 }
 
 // ---- comparison ----------------------------------------------------------------
@@ -141,7 +239,9 @@ static bool factor_close(float gpu, float cpu)
 
 void expect_results_close(const gclip_result &gpu, const gclip_result &cpu)
 {
+    EXPECT_EQ(gpu.op, cpu.op);
     EXPECT_EQ(gpu.has_norm, cpu.has_norm);
+    EXPECT_EQ(gpu.applied, cpu.applied);
     EXPECT_EQ(gpu.nonfinite, cpu.nonfinite);
     EXPECT_TRUE(norm_close(gpu.total_norm, cpu.total_norm))
         << "total_norm gpu " << gpu.total_norm << " cpu " << cpu.total_norm;
@@ -151,9 +251,10 @@ void expect_results_close(const gclip_result &gpu, const gclip_result &cpu)
         << "scale gpu " << gpu.scale << " cpu " << cpu.scale;
 }
 
-// One element of the two paths: f32 within 4 ulps (the factor may differ by
-// a few ulps), f16/bf16 within one unit of the format after rounding.
-static bool element_close(float gpu, float cpu, gclip_dtype dt)
+// One element of the two paths: f32 and f64 within 4 f32 ulps (the factor,
+// a float, may differ by a few ulps), f16/bf16 within one unit of the format
+// after rounding.
+static bool element_close(double gpu, double cpu, gclip_dtype dt)
 {
     if (std::isnan(cpu) || std::isnan(gpu))
         return std::isnan(cpu) && std::isnan(gpu);
@@ -161,11 +262,19 @@ static bool element_close(float gpu, float cpu, gclip_dtype dt)
         return true;
     if (std::isinf(cpu) || std::isinf(gpu))
         return false;
-    const double rel = dt == GCLIP_F32 ? std::ldexp(4.0, -24) : dt == GCLIP_F16 ? std::ldexp(1.0, -10)
-                                                                                : std::ldexp(1.0, -7);
-    const double quantum = dt == GCLIP_F32 ? 1e-45 : dt == GCLIP_F16 ? std::ldexp(1.0, -24)
-                                                                     : std::ldexp(1.0, -133);
-    return std::fabs(static_cast<double>(gpu) - cpu) <= rel * std::fabs(cpu) + quantum;
+    const double rel = dt == GCLIP_F32 || dt == GCLIP_F64 ? std::ldexp(4.0, -24)
+                       : dt == GCLIP_F16                  ? std::ldexp(1.0, -10)
+                                                          : std::ldexp(1.0, -7);
+    const double quantum = dt == GCLIP_F64 ? 1e-300
+                           : dt == GCLIP_F32 ? 1e-45
+                           : dt == GCLIP_F16 ? std::ldexp(1.0, -24)
+                                             : std::ldexp(1.0, -133);
+    return std::fabs(gpu - cpu) <= rel * std::fabs(cpu) + quantum;
+}
+
+static double element(const unsigned char *p, gclip_dtype dt, int64_t i)
+{
+    return dt == GCLIP_F64 ? oracle::load_f64(p, i) : static_cast<double>(oracle::load(p, dt, i));
 }
 
 void Paired::expect_data_match(bool bitwise) const
@@ -179,19 +288,19 @@ void Paired::expect_data_match(bool bitwise) const
         const unsigned char *h = host_bytes() + offsets_[k];
         for (int64_t i = 0; i < s.numel; ++i) {
             const bool ok = bitwise ? oracle::raw_bits(d, s.dtype, i) == oracle::raw_bits(h, s.dtype, i)
-                                    : element_close(oracle::load(d, s.dtype, i),
-                                                    oracle::load(h, s.dtype, i), s.dtype);
+                                    : element_close(element(d, s.dtype, i),
+                                                    element(h, s.dtype, i), s.dtype);
             if (!ok && mismatches++ == 0)
                 first = "tensor " + std::to_string(k) + " (" + oracle::dtype_name(s.dtype) +
                         ") element " + std::to_string(i) + ": gpu " +
-                        std::to_string(oracle::load(d, s.dtype, i)) + " cpu " +
-                        std::to_string(oracle::load(h, s.dtype, i));
+                        std::to_string(element(d, s.dtype, i)) + " cpu " +
+                        std::to_string(element(h, s.dtype, i));
         }
     }
     EXPECT_EQ(mismatches, 0) << (bitwise ? "bitwise " : "") << "data mismatches, first: " << first;
 }
 
-void Paired::run_and_compare(const OpArgs &a, gclip_result *cpu_result, gclip_stream stream)
+void Paired::run_and_compare(const Steps &steps, gclip_result *cpu_result, gclip_stream stream)
 {
     const std::size_t n = count();
     std::vector<float> cpu_norms(n + 1, -1.0f), gpu_norms(n + 1, -1.0f);
@@ -200,21 +309,41 @@ void Paired::run_and_compare(const OpArgs &a, gclip_result *cpu_result, gclip_st
                                cudaMemcpyHostToDevice));
     GPU_ASSERT_CUDA(cudaDeviceSynchronize());
 
-    const gclip_status cs = run_op(cpu(), a, cpu_norms.data(), nullptr);
-    const gclip_status gs = run_op(gpu(), a, static_cast<float *>(dev_norms.get()), stream);
-    ASSERT_EQ(cs, GCLIP_STATUS_SUCCESS) << gclip_last_error();
-    ASSERT_EQ(gs, GCLIP_STATUS_SUCCESS) << gclip_last_error();
+    const uint32_t cpu_before = testutil::result_of(cpu()).sequence;
+    const uint32_t gpu_before = testutil::result_of(gpu()).sequence;
+    bool norms_written = false, values_only = true;
+    for (const OpArgs &a : steps) {
+        SCOPED_TRACE(op_name(a.op));
+        const gclip_status cs = run_op(cpu(), a, cpu_norms.data(), nullptr);
+        const gclip_status gs = run_op(gpu(), a, static_cast<float *>(dev_norms.get()), stream);
+        ASSERT_EQ(cs, GCLIP_STATUS_SUCCESS) << gclip_last_error();
+        ASSERT_EQ(gs, GCLIP_STATUS_SUCCESS) << gclip_last_error();
+        norms_written = norms_written || writes_tensor_norms(a.op);
+        values_only = values_only && a.op == GCLIP_OP_CLIP_VALUE;
+    }
 
     gclip_status cstat, gstat;
     const gclip_result cr = testutil::result_of(cpu(), &cstat);
     const gclip_result gr = testutil::result_of(gpu(), &gstat);
     EXPECT_EQ(gstat, cstat) << gclip_last_error();
     expect_results_close(gr, cr);
+    EXPECT_EQ(gr.sequence - gpu_before, steps.size()) << "operations counted by the CUDA plan";
+    EXPECT_EQ(cr.sequence - cpu_before, steps.size()) << "operations counted by the CPU plan";
     if (cpu_result)
         *cpu_result = cr;
 
     // get_result waited for the CUDA plan's operation, on whatever stream
-    if (a.op != Op::value) {
+    const gclip_device_result gs_slot = read_slot(gpu());
+    const gclip_device_result *cs_slot = nullptr;
+    EXPECT_EQ(gclip_plan_device_result(cpu(), &cs_slot), GCLIP_STATUS_SUCCESS);
+    if (cs_slot) {
+        EXPECT_EQ(gs_slot.op, cs_slot->op);
+        EXPECT_EQ(gs_slot.flags, cs_slot->flags);
+        EXPECT_EQ(gs_slot.status, cs_slot->status);
+        EXPECT_EQ(gs_slot.failed, cs_slot->failed);
+        EXPECT_EQ(gs_slot.sequence, gr.sequence);
+    }
+    if (norms_written) {
         GPU_ASSERT_CUDA(cudaMemcpy(gpu_norms.data(), dev_norms.get(), (n + 1) * sizeof(float),
                                    cudaMemcpyDeviceToHost));
         for (std::size_t k = 0; k < n; ++k)
@@ -222,35 +351,7 @@ void Paired::run_and_compare(const OpArgs &a, gclip_result *cpu_result, gclip_st
                 << "tensor " << k << " norm gpu " << gpu_norms[k] << " cpu " << cpu_norms[k];
         EXPECT_EQ(gpu_norms[n], -1.0f) << "tensor_norms written past its end";
     }
-    expect_data_match(a.op == Op::value);
-}
-
-// ---- shapes ----------------------------------------------------------------------
-
-std::vector<Spec> edge_specs(gclip_dtype dtype, bool mixed)
-{
-    static const int64_t sizes[] = {0, 1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 33,
-                                    255, 256, 257, 65535, 65536, 65537, 3 * 65536 + 5, 1000003};
-    static const gclip_dtype all[] = {GCLIP_F32, GCLIP_F16, GCLIP_BF16};
-    std::vector<Spec> specs;
-    int k = 0;
-    for (int offset : {0, 1, 3, 7})
-        for (int64_t n : sizes) {
-            const gclip_dtype dt = mixed ? all[k % 3] : dtype;
-            specs.push_back(Spec{dt, n, offset});
-            ++k;
-        }
-    return specs;
-}
-
-std::vector<Spec> random_specs(std::size_t count, int64_t max_numel, uint64_t seed)
-{
-    static const gclip_dtype all[] = {GCLIP_F32, GCLIP_F16, GCLIP_BF16};
-    oracle::Rng rng(seed);
-    std::vector<Spec> specs;
-    for (std::size_t k = 0; k < count; ++k)
-        specs.push_back(Spec{all[k % 3], rng.range(0, max_numel), static_cast<int>(rng.range(0, 7))});
-    return specs;
+    expect_data_match(values_only);
 }
 
 } // namespace gpu

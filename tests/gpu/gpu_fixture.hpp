@@ -4,7 +4,8 @@
 // values, a host copy driven by a CPU plan and a device copy driven by a CUDA
 // plan. Both copies use the same byte layout, so every tensor starts at the
 // same address modulo 16 on both sides (unaligned starts exercise the scalar
-// head and tail of the kernels' chunk walk).
+// head and tail of the kernels' chunk walk). Plan shapes and the per-op
+// tables of cases are those of every engine (tests/common/specs.hpp).
 //
 // Tolerances: both paths accumulate the norm terms in double and round once
 // to float, but in different orders (the CPU folds 8 lanes per chunk, the GPU
@@ -12,14 +13,18 @@
 // 1e-15 and the reported float norms to at most 1 ulp; a 2-ulp bound leaves
 // room for exp2/log2 of p-norms differing in the last double bit. The
 // coefficient max_norm/(N+eps) and scale then differ by at most a few ulps,
-// and each scaled element by a few f32 ulps or one unit of f16/bf16 after
-// rounding. Value clipping involves no norm and must match bit for bit.
+// and each scaled element by a few f32 ulps (f64: the same relative bound,
+// the factor being a float), or one unit of f16/bf16 after rounding. Value
+// clipping involves no norm and must match bit for bit. The finalize of the
+// same partials runs the same arithmetic on both (no reduction order), so it
+// matches bit for bit where no exp2/log2 is involved (p = 1, 2, Inf).
 #ifndef GCLIP_GPU_FIXTURE_HPP
 #define GCLIP_GPU_FIXTURE_HPP
 
 #include "gclip.h"
 #include "oracle.hpp"
 #include "plan_util.hpp"
+#include "specs.hpp"
 
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
@@ -34,6 +39,12 @@ namespace gpu {
     do {                                                                            \
         const cudaError_t e_ = (call);                                              \
         ASSERT_EQ(e_, cudaSuccess) << #call << ": " << cudaGetErrorString(e_);      \
+    } while (0)
+
+#define GPU_EXPECT_CUDA(call)                                                       \
+    do {                                                                            \
+        const cudaError_t e_ = (call);                                              \
+        EXPECT_EQ(e_, cudaSuccess) << #call << ": " << cudaGetErrorString(e_);      \
     } while (0)
 
 #define GPU_ASSERT_OK(call)                                                         \
@@ -53,11 +64,7 @@ protected:
     }
 };
 
-struct Spec {
-    gclip_dtype dtype;
-    int64_t numel;
-    int offset; // elements between a 16-byte boundary and the tensor start
-};
+using specs::Spec;
 
 // Device memory owned for the scope of a test.
 class DeviceBuffer {
@@ -67,6 +74,8 @@ public:
     DeviceBuffer(const DeviceBuffer &) = delete;
     DeviceBuffer &operator=(const DeviceBuffer &) = delete;
     void *get() const { return ptr_; }
+    template <class T>
+    T *as() const { return static_cast<T *>(ptr_); }
     std::size_t bytes() const { return bytes_; }
 
 private:
@@ -74,18 +83,47 @@ private:
     std::size_t bytes_ = 0;
 };
 
-enum class Op { total, global, per_tensor, value };
-const char *op_name(Op op);
+// A non-blocking stream owned for the scope of a test.
+class Stream {
+public:
+    Stream();
+    ~Stream();
+    Stream(const Stream &) = delete;
+    Stream &operator=(const Stream &) = delete;
+    cudaStream_t get() const { return s_; }
 
-// One operation with its arguments.
-struct OpArgs {
-    Op op = Op::global;
-    gclip_norm_options options = GCLIP_NORM_OPTIONS_INIT;
-    float clip_value = 1.0f;
+private:
+    cudaStream_t s_ = nullptr;
 };
 
-// Run `a` on `plan` with `tensor_norms` (memory of the plan's device, or NULL).
+// The name of an op for traces and test names (letters only).
+const char *op_name(int32_t op);
+
+// Launches of each op on the CUDA backend (gclip.h documents each count).
+unsigned kernels_of(int32_t op);
+
+// One operation with its arguments. GCLIP_OP_FINALIZE folds the plan's own
+// partial; GCLIP_OP_CLIP_WITH_NORM uses the value `given_norm`.
+struct OpArgs {
+    int32_t op = GCLIP_OP_CLIP_NORM;
+    gclip_norm_options options = GCLIP_NORM_OPTIONS_INIT;
+    float clip_value = 1.0f;
+    float given_norm = 0.0f;
+};
+
+// The steps of one call sequence: e.g. factor then apply.
+using Steps = std::vector<OpArgs>;
+
+// Whether op writes tensor_norms when asked (the ops that read the tensors).
+bool writes_tensor_norms(int32_t op);
+
+// Run `a` on `plan` with `tensor_norms` (memory of the plan's device, or
+// NULL; ignored by the ops that write none).
 gclip_status run_op(gclip_plan *plan, const OpArgs &a, float *tensor_norms, gclip_stream stream);
+
+// The step sequences of an op as a table row runs it: the op alone, the
+// factor then its apply, accumulate then finalize then apply.
+Steps steps_for(int32_t op, const gclip_norm_options &o, float given_norm = 0.0f);
 
 class Paired {
 public:
@@ -104,6 +142,9 @@ public:
     void set_element(std::size_t k, int64_t i, float v);
     // Both copies back to the pristine data.
     void reset();
+    // The device copy back to the pristine data in `stream` order, with no
+    // host synchronization (from a device copy of the pristine bytes).
+    void reset_async(cudaStream_t stream);
     // The device copy, as bytes of this layout.
     std::vector<unsigned char> download() const;
     const unsigned char *host_bytes() const { return host_ + pad_; }
@@ -112,11 +153,21 @@ public:
     // The tensors of the CUDA plan (device pointers).
     std::vector<gclip_tensor> device_tensors() const;
 
-    // Run `a` on both plans (the CUDA one on `stream`) and compare results,
-    // per-tensor norms and data within the tolerances above. The CPU plan's
-    // result is returned in `cpu_result` if given.
-    void run_and_compare(const OpArgs &a, gclip_result *cpu_result = nullptr,
+    // The total norm of the pristine data by the CPU path (a plan of its own,
+    // so that neither paired plan counts an operation).
+    float total_norm(float norm_type, float inv_scale = 1.0f) const;
+
+    // Run `steps` on both plans (the CUDA one on `stream`) and compare
+    // results (op, flags, status and sequence exactly, norms within the
+    // tolerances above), per-tensor norms and data. The CPU plan's result is
+    // returned in `cpu_result` if given.
+    void run_and_compare(const Steps &steps, gclip_result *cpu_result = nullptr,
                          gclip_stream stream = nullptr);
+    void run_and_compare(const OpArgs &a, gclip_result *cpu_result = nullptr,
+                         gclip_stream stream = nullptr)
+    {
+        run_and_compare(Steps{a}, cpu_result, stream);
+    }
 
     // The device data against the host data: bitwise, or within tolerance.
     void expect_data_match(bool bitwise) const;
@@ -128,27 +179,32 @@ private:
     std::vector<unsigned char> host_storage_;
     unsigned char *host_ = nullptr; // 16-byte aligned start in host_storage_
     std::size_t pad_ = 0;
-    DeviceBuffer dev_;
-    testutil::PlanPtr cpu_plan_, gpu_plan_;
+    DeviceBuffer dev_, dev_pristine_;
+    std::vector<unsigned char> probe_storage_;
+    testutil::PlanPtr cpu_plan_, gpu_plan_, probe_plan_;
 
     static std::size_t layout(const std::vector<Spec> &specs, std::vector<std::size_t> &offsets);
     std::vector<gclip_tensor> tensors_at(void *base) const;
+    unsigned char *probe_bytes();
 };
 
-// Results of the two paths within the tolerances above.
+// The plan's result slot read from device memory in stream order (a
+// cudaMemcpy, which waits for the legacy default stream only).
+gclip_device_result read_slot(gclip_plan *plan);
+
+// Results of the two paths: op, flags and status exactly, norms within the
+// tolerances above.
 void expect_results_close(const gclip_result &gpu, const gclip_result &cpu);
 
 // Norms of two paths within 2 ulps (NaN equal to NaN).
 bool norm_close(float gpu, float cpu);
 
-// A mix of the sizes that stress the chunk walk (0, 1, 2, 3, 4, 5, 7, 8,
-// around one chunk, several chunks) at odd starts, in `dtype`
-// (GCLIP_F32/F16/BF16), or rotating through all three when `mixed`.
-std::vector<Spec> edge_specs(gclip_dtype dtype, bool mixed);
+// A gclip_result with its sequence cleared, for bitwise comparisons of
+// results of different operations.
+gclip_result without_sequence(gclip_result r);
 
-// `count` tensors of random small sizes (0..max_numel) at random offsets,
-// dtypes rotating, seeded.
-std::vector<Spec> random_specs(std::size_t count, int64_t max_numel, uint64_t seed);
+using specs::edge_specs;
+using specs::random_specs;
 
 } // namespace gpu
 

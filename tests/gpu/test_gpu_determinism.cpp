@@ -7,8 +7,8 @@
 namespace gpu {
 namespace {
 
-// Everything a step leaves on the device, as bytes: data, result slot and
-// per-tensor norms.
+// Everything a step leaves on the device, as bytes: data, result slot (but
+// its sequence, which counts the plan's operations) and per-tensor norms.
 struct Outcome {
     std::vector<unsigned char> data, slot, norms;
     bool operator==(const Outcome &o) const
@@ -29,8 +29,11 @@ Outcome run_once(Paired &pair, gclip_plan *plan, const OpArgs &a)
     out.data = pair.download();
     const gclip_device_result *slot = nullptr;
     EXPECT_EQ(gclip_plan_device_result(plan, &slot), GCLIP_STATUS_SUCCESS);
-    out.slot.resize(sizeof(gclip_device_result));
-    EXPECT_EQ(cudaMemcpy(out.slot.data(), slot, out.slot.size(), cudaMemcpyDeviceToHost), cudaSuccess);
+    gclip_device_result d{};
+    EXPECT_EQ(cudaMemcpy(&d, slot, sizeof d, cudaMemcpyDeviceToHost), cudaSuccess);
+    d.sequence = 0;
+    const auto *b = reinterpret_cast<const unsigned char *>(&d);
+    out.slot.assign(b, b + sizeof d);
     out.norms.resize(pair.count() * sizeof(float));
     EXPECT_EQ(cudaMemcpy(out.norms.data(), norms.get(), out.norms.size(), cudaMemcpyDeviceToHost),
               cudaSuccess);
@@ -42,7 +45,8 @@ using GpuDeterminismTest = GpuTest;
 TEST_F(GpuDeterminismTest, RepeatedStepsAreBitwiseIdentical)
 {
     Paired pair(random_specs(400, 200000, 88), 89);
-    for (Op op : {Op::total, Op::global, Op::per_tensor})
+    for (int32_t op : {GCLIP_OP_TOTAL_NORM, GCLIP_OP_CLIP_NORM, GCLIP_OP_CLIP_PER_TENSOR,
+                       GCLIP_OP_CLIP_FACTOR, GCLIP_OP_ACCUMULATE})
         for (float p : {2.0f, 3.0f, INFINITY}) {
             SCOPED_TRACE(std::string(op_name(op)) + " p " + std::to_string(p));
             OpArgs a;
@@ -64,7 +68,7 @@ TEST_F(GpuDeterminismTest, TwoPlansOverTheSameTensorsAgreeBitwise)
     ASSERT_EQ(testutil::make_plan(second, pair.device_tensors(), 0), GCLIP_STATUS_SUCCESS)
         << gclip_last_error();
     OpArgs a;
-    a.op = Op::per_tensor;
+    a.op = GCLIP_OP_CLIP_PER_TENSOR;
     a.options.max_norm = 0.5f;
     EXPECT_TRUE(run_once(pair, pair.gpu(), a) == run_once(pair, second.get(), a));
 }
@@ -83,19 +87,27 @@ TEST_F(GpuDeterminismTest, DeviceResultSlotHoldsTheStepsResult)
     EXPECT_EQ(before.scale, 1.0f);
     EXPECT_EQ(before.nonfinite, 0);
 
-    for (Op op : {Op::global, Op::value}) {
+    EXPECT_EQ(before.op, GCLIP_OP_NONE);
+    EXPECT_EQ(before.sequence, 0u);
+
+    uint32_t sequence = 0;
+    for (int32_t op : {GCLIP_OP_CLIP_NORM, GCLIP_OP_CLIP_VALUE}) {
         SCOPED_TRACE(op_name(op));
         pair.reset();
         OpArgs a;
         a.op = op;
         a.options.max_norm = 0.1f;
         GPU_ASSERT_OK(run_op(pair.gpu(), a, nullptr, nullptr));
-        // read in stream order, without gclip_get_result
+        // read in stream order (the default stream), without gclip_get_result
         gclip_device_result d;
         GPU_ASSERT_CUDA(cudaMemcpy(&d, slot, sizeof d, cudaMemcpyDeviceToHost));
         gclip_result r;
         GPU_ASSERT_OK(gclip_get_result(pair.gpu(), &r));
-        if (op == Op::global) {
+        EXPECT_EQ(d.op, op);
+        EXPECT_EQ(d.status, GCLIP_STATUS_SUCCESS);
+        EXPECT_EQ(d.sequence, ++sequence);
+        EXPECT_EQ(r.sequence, sequence);
+        if (op == GCLIP_OP_CLIP_NORM) {
             EXPECT_EQ(d.total_norm, r.total_norm);
             EXPECT_LT(d.scale, 1.0f);
         } else {

@@ -1,4 +1,5 @@
-// test_gpu_ops.cpp - every operation, dtype and norm type on the CUDA backend
+// test_gpu_ops.cpp - every operation (the phases and their sequences
+// included), dtype and row of the op's conformance table on the CUDA backend
 // against the CPU path, on seeded random data.
 #include "gpu_fixture.hpp"
 
@@ -8,60 +9,71 @@
 namespace gpu {
 namespace {
 
-// A max_norm that makes the clip coefficient about 1/2, so that the scale
-// kernel really writes.
-float half_of_norm(const Paired &p, float norm_type)
-{
-    gclip_norm_options o = GCLIP_NORM_OPTIONS_INIT;
-    o.norm_type = norm_type;
-    EXPECT_EQ(gclip_total_norm(p.cpu(), &o, nullptr), GCLIP_STATUS_SUCCESS);
-    const gclip_result r = testutil::result_of(p.cpu());
-    return r.total_norm * 0.5f;
-}
-
-enum class Mix { f32, f16, bf16, mixed };
+enum class Mix { f32, f16, bf16, f64, mixed };
 
 gclip_dtype dtype_of(Mix m)
 {
-    return m == Mix::f16 ? GCLIP_F16 : m == Mix::bf16 ? GCLIP_BF16 : GCLIP_F32;
+    return m == Mix::f16 ? GCLIP_F16 : m == Mix::bf16 ? GCLIP_BF16 : m == Mix::f64 ? GCLIP_F64 : GCLIP_F32;
 }
 
 const char *mix_name(Mix m)
 {
-    return m == Mix::f32 ? "f32" : m == Mix::f16 ? "f16" : m == Mix::bf16 ? "bf16" : "mixed";
+    return m == Mix::f32    ? "f32"
+           : m == Mix::f16  ? "f16"
+           : m == Mix::bf16 ? "bf16"
+           : m == Mix::f64  ? "f64"
+                            : "mixed";
 }
 
-using OpCase = std::tuple<Op, Mix, float>;
+// The ops a table row runs as: alone, or (the phases) as the sequence of
+// calls they are made for (steps_for).
+const int32_t kTableOps[] = {GCLIP_OP_TOTAL_NORM,  GCLIP_OP_CLIP_NORM, GCLIP_OP_CLIP_PER_TENSOR,
+                             GCLIP_OP_CLIP_FACTOR, GCLIP_OP_ACCUMULATE, GCLIP_OP_FINALIZE,
+                             GCLIP_OP_CLIP_WITH_NORM, GCLIP_OP_CLIP_VALUE};
+
+using OpCase = std::tuple<int32_t, Mix>;
 
 class GpuOpsTest : public GpuTest, public ::testing::WithParamInterface<OpCase> {};
 
-TEST_P(GpuOpsTest, MatchesCpuPathOnEdgeSizesAndUnalignedStarts)
+TEST_P(GpuOpsTest, EveryRowOfTheOpsTableMatchesCpuPathOnEdgeSizesAndUnalignedStarts)
 {
-    const auto [op, mix, p] = GetParam();
+    const auto [op, mix] = GetParam();
     Paired pair(edge_specs(dtype_of(mix), mix == Mix::mixed), 1234, 2.0);
-    OpArgs a;
-    a.op = op;
-    a.options.norm_type = p;
-    a.options.max_norm = half_of_norm(pair, p);
-    a.clip_value = 0.5f;
-    pair.run_and_compare(a);
+    if (op == GCLIP_OP_CLIP_VALUE) {
+        for (float v : specs::value_clip_bounds()) {
+            SCOPED_TRACE("bound " + specs::bound_name(v));
+            pair.reset();
+            OpArgs a;
+            a.op = op;
+            a.clip_value = v;
+            pair.run_and_compare(a);
+            if (HasFailure())
+                return;
+        }
+        return;
+    }
+    for (const specs::NormCase &row : specs::norm_cases(op)) {
+        SCOPED_TRACE("row " + row.name());
+        pair.reset();
+        const float n = pair.total_norm(row.norm_type, row.inv_scale);
+        pair.run_and_compare(steps_for(op, row.options(n), n));
+        if (HasFailure())
+            return;
+    }
 }
 
 std::string op_case_name(const ::testing::TestParamInfo<OpCase> &param_info)
 {
-    const Op op = std::get<0>(param_info.param);
+    const int32_t op = std::get<0>(param_info.param);
     const Mix mix = std::get<1>(param_info.param);
-    const float p = std::get<2>(param_info.param);
-    const std::string pn = std::isinf(p) ? "inf" : p == 0.5f ? "half" : std::to_string(int(p));
-    return std::string(op_name(op)) + "_" + mix_name(mix) + "_p" + pn;
+    return std::string(op_name(op)) + "_" + mix_name(mix);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    AllOpsDtypesNorms, GpuOpsTest,
-    ::testing::Combine(::testing::Values(Op::total, Op::global, Op::per_tensor, Op::value),
-                       ::testing::Values(Mix::f32, Mix::f16, Mix::bf16, Mix::mixed),
-                       ::testing::Values(1.0f, 2.0f, 3.0f, 0.5f, INFINITY)),
-    op_case_name);
+INSTANTIATE_TEST_SUITE_P(AllOpsDtypesRows, GpuOpsTest,
+                         ::testing::Combine(::testing::ValuesIn(kTableOps),
+                                            ::testing::Values(Mix::f32, Mix::f16, Mix::bf16,
+                                                              Mix::f64, Mix::mixed)),
+                         op_case_name);
 
 class GpuTensorCountTest : public GpuTest, public ::testing::WithParamInterface<std::size_t> {};
 
@@ -69,12 +81,11 @@ TEST_P(GpuTensorCountTest, ClipGradNormAndPerTensorMatchCpuPath)
 {
     const std::size_t n = GetParam();
     Paired pair(random_specs(n, 3000, 77 + n), 99 + n);
-    for (Op op : {Op::global, Op::per_tensor}) {
+    for (int32_t op : {GCLIP_OP_CLIP_NORM, GCLIP_OP_CLIP_PER_TENSOR, GCLIP_OP_CLIP_FACTOR}) {
         pair.reset();
-        OpArgs a;
-        a.op = op;
-        a.options.max_norm = half_of_norm(pair, 2.0f);
-        pair.run_and_compare(a);
+        gclip_norm_options o = GCLIP_NORM_OPTIONS_INIT;
+        o.max_norm = 0.5f * pair.total_norm(2.0f);
+        pair.run_and_compare(steps_for(op, o));
     }
 }
 
@@ -88,21 +99,23 @@ using GpuShapesTest = GpuTest;
 // several threads and joined in shared memory.
 TEST_F(GpuShapesTest, TensorsSpanningManyFinalizeRangesMatchCpuPath)
 {
-    std::vector<Spec> specs = {{GCLIP_F32, 5, 1},
-                               {GCLIP_BF16, 600 * 65536 + 17, 3},
-                               {GCLIP_F16, 0, 0},
-                               {GCLIP_F32, 70 * 65536 - 1, 2},
-                               {GCLIP_F16, 65537, 5},
-                               {GCLIP_BF16, 1, 0}};
-    Paired pair(specs, 4242, 0.01);
-    for (Op op : {Op::total, Op::global, Op::per_tensor})
+    const int64_t c = specs::kChunkElems;
+    std::vector<Spec> shapes = {{GCLIP_F32, 5, 1},
+                                {GCLIP_BF16, 600 * c + 17, 3},
+                                {GCLIP_F16, 0, 0},
+                                {GCLIP_F32, 70 * c - 1, 2},
+                                {GCLIP_F64, 40 * c + 3, 1},
+                                {GCLIP_F16, c + 1, 5},
+                                {GCLIP_BF16, 1, 0}};
+    Paired pair(shapes, 4242, 0.01);
+    for (int32_t op : {GCLIP_OP_TOTAL_NORM, GCLIP_OP_CLIP_NORM, GCLIP_OP_CLIP_PER_TENSOR,
+                       GCLIP_OP_FINALIZE})
         for (float p : {2.0f, INFINITY}) {
             pair.reset();
-            OpArgs a;
-            a.op = op;
-            a.options.norm_type = p;
-            a.options.max_norm = half_of_norm(pair, p);
-            pair.run_and_compare(a);
+            gclip_norm_options o = GCLIP_NORM_OPTIONS_INIT;
+            o.norm_type = p;
+            o.max_norm = 0.5f * pair.total_norm(p);
+            pair.run_and_compare(steps_for(op, o));
         }
 }
 
@@ -115,37 +128,45 @@ TEST_F(GpuShapesTest, EmptyPlanAndZeroSizeTensorsGiveNormZero)
     gclip_result r = testutil::result_of(empty.get());
     EXPECT_EQ(r.total_norm, 0.0f);
     EXPECT_EQ(r.clip_coef, 1.0f);
+    EXPECT_EQ(r.sequence, 1u);
 
-    Paired zeros({{GCLIP_F32, 0, 0}, {GCLIP_F16, 0, 3}, {GCLIP_BF16, 0, 1}}, 5);
+    Paired zeros({{GCLIP_F32, 0, 0}, {GCLIP_F16, 0, 3}, {GCLIP_BF16, 0, 1}, {GCLIP_F64, 0, 1}}, 5);
     OpArgs a;
-    a.op = Op::per_tensor;
+    a.op = GCLIP_OP_CLIP_PER_TENSOR;
     gclip_result cr;
     zeros.run_and_compare(a, &cr);
+    EXPECT_EQ(cr.total_norm, 0.0f);
+    zeros.run_and_compare(steps_for(GCLIP_OP_FINALIZE, a.options), &cr);
     EXPECT_EQ(cr.total_norm, 0.0f);
 }
 
 TEST_F(GpuShapesTest, UnclippedStepWritesNothing)
 {
     Paired pair(edge_specs(GCLIP_F16, true), 31);
-    OpArgs a;
-    a.op = Op::global;
-    a.options.max_norm = INFINITY;
-    pair.run_and_compare(a);
-    const auto dev = pair.download();
-    EXPECT_EQ(oracle::fnv1a(dev.data(), dev.size()), oracle::fnv1a(pair.pristine_bytes(), pair.bytes()));
+    for (int32_t op : {GCLIP_OP_CLIP_NORM, GCLIP_OP_CLIP_FACTOR, GCLIP_OP_CLIP_WITH_NORM}) {
+        SCOPED_TRACE(op_name(op));
+        gclip_norm_options o = GCLIP_NORM_OPTIONS_INIT;
+        o.max_norm = INFINITY;
+        pair.reset();
+        pair.run_and_compare(steps_for(op, o, 3.0f));
+        const auto dev = pair.download();
+        EXPECT_EQ(oracle::fnv1a(dev.data(), dev.size()),
+                  oracle::fnv1a(pair.pristine_bytes(), pair.bytes()));
+    }
 }
 
 TEST_F(GpuShapesTest, InvScaleIsAppliedInTheSamePass)
 {
     Paired pair(edge_specs(GCLIP_F32, true), 8);
-    OpArgs a;
-    a.op = Op::global;
-    a.options.inv_scale = 1.0f / 1024.0f;
-    a.options.max_norm = half_of_norm(pair, 2.0f) / 1024.0f;
-    pair.run_and_compare(a);
-    a.op = Op::per_tensor;
-    pair.reset();
-    pair.run_and_compare(a);
+    gclip_norm_options o = GCLIP_NORM_OPTIONS_INIT;
+    o.inv_scale = 1.0f / 1024.0f;
+    o.max_norm = 0.5f * pair.total_norm(2.0f, o.inv_scale);
+    for (int32_t op : {GCLIP_OP_CLIP_NORM, GCLIP_OP_CLIP_PER_TENSOR, GCLIP_OP_CLIP_FACTOR,
+                       GCLIP_OP_FINALIZE}) {
+        SCOPED_TRACE(op_name(op));
+        pair.reset();
+        pair.run_and_compare(steps_for(op, o));
+    }
 }
 
 using GpuNonFiniteTest = GpuTest;
@@ -155,26 +176,30 @@ TEST_F(GpuNonFiniteTest, EveryPolicyMatchesCpuPath)
     for (float bad : {NAN, INFINITY})
         for (gclip_nonfinite_policy pol :
              {GCLIP_NONFINITE_SKIP, GCLIP_NONFINITE_PROPAGATE, GCLIP_NONFINITE_ERROR})
-            for (Op op : {Op::global, Op::per_tensor}) {
+            for (int32_t op : {GCLIP_OP_CLIP_NORM, GCLIP_OP_CLIP_PER_TENSOR, GCLIP_OP_CLIP_FACTOR,
+                               GCLIP_OP_FINALIZE, GCLIP_OP_CLIP_WITH_NORM}) {
                 Paired pair(edge_specs(GCLIP_F32, true), 55);
                 pair.set_element(20, 3, bad);
                 pair.reset();
-                OpArgs a;
-                a.op = op;
-                a.options.nonfinite = pol;
-                a.options.max_norm = 1.0f;
+                gclip_norm_options o = GCLIP_NORM_OPTIONS_INIT;
+                o.nonfinite = pol;
+                o.max_norm = 1.0f;
                 SCOPED_TRACE(std::string(op_name(op)) + " policy " + std::to_string(pol) +
                              " value " + std::to_string(bad));
-                const gclip_status cs = run_op(pair.cpu(), a, nullptr, nullptr);
-                const gclip_status gs = run_op(pair.gpu(), a, nullptr, nullptr);
-                ASSERT_EQ(cs, GCLIP_STATUS_SUCCESS);
-                ASSERT_EQ(gs, GCLIP_STATUS_SUCCESS) << gclip_last_error();
+                const Steps steps = steps_for(op, o, bad);
+                for (const OpArgs &a : steps) {
+                    ASSERT_EQ(run_op(pair.cpu(), a, nullptr, nullptr), GCLIP_STATUS_SUCCESS);
+                    ASSERT_EQ(run_op(pair.gpu(), a, nullptr, nullptr), GCLIP_STATUS_SUCCESS)
+                        << gclip_last_error();
+                }
                 gclip_status cst, gst;
                 const gclip_result cr = testutil::result_of(pair.cpu(), &cst);
                 const gclip_result gr = testutil::result_of(pair.gpu(), &gst);
                 EXPECT_EQ(gst, cst);
-                EXPECT_EQ(gst, pol == GCLIP_NONFINITE_ERROR ? GCLIP_STATUS_NONFINITE
-                                                            : GCLIP_STATUS_SUCCESS);
+                if (steps.back().op != GCLIP_OP_APPLY) {
+                    EXPECT_EQ(gst, pol == GCLIP_NONFINITE_ERROR ? GCLIP_STATUS_NONFINITE
+                                                                : GCLIP_STATUS_SUCCESS);
+                }
                 EXPECT_EQ(gr.nonfinite, 1);
                 expect_results_close(gr, cr);
                 // SKIP and ERROR write nothing: bit for bit. PROPAGATE makes

@@ -1,5 +1,5 @@
 // test_gpu_streams_graphs.cpp - steps on non-default streams, steps captured
-// into CUDA graphs and replayed, and the launch count of each step.
+// into CUDA graphs and replayed, and the nodes of each step's graph.
 #include "gpu_fixture.hpp"
 
 #include <cuda_runtime_api.h>
@@ -9,51 +9,47 @@
 namespace gpu {
 namespace {
 
-// A non-blocking stream owned for the scope of a test.
-class Stream {
-public:
-    Stream() { EXPECT_EQ(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking), cudaSuccess); }
-    ~Stream() { cudaStreamDestroy(s_); }
-    Stream(const Stream &) = delete;
-    Stream &operator=(const Stream &) = delete;
-    cudaStream_t get() const { return s_; }
-
-private:
-    cudaStream_t s_ = nullptr;
-};
-
-// The plan's device result slot, as raw bytes.
+// The plan's device result slot with its sequence cleared, as raw bytes.
 std::vector<unsigned char> slot_bytes(gclip_plan *plan)
 {
-    const gclip_device_result *slot = nullptr;
-    EXPECT_EQ(gclip_plan_device_result(plan, &slot), GCLIP_STATUS_SUCCESS);
-    std::vector<unsigned char> b(sizeof(gclip_device_result));
-    EXPECT_EQ(cudaMemcpy(b.data(), slot, b.size(), cudaMemcpyDeviceToHost), cudaSuccess);
-    return b;
+    gclip_device_result d = read_slot(plan);
+    d.sequence = 0;
+    const auto *p = reinterpret_cast<const unsigned char *>(&d);
+    return std::vector<unsigned char>(p, p + sizeof d);
 }
 
-OpArgs clipping(Op op, const Paired &pair)
+OpArgs clipping(int32_t op, const Paired &pair)
 {
     OpArgs a;
     a.op = op;
-    gclip_norm_options o = GCLIP_NORM_OPTIONS_INIT;
-    EXPECT_EQ(gclip_total_norm(pair.cpu(), &o, nullptr), GCLIP_STATUS_SUCCESS);
-    a.options.max_norm = testutil::result_of(pair.cpu()).total_norm * 0.25f;
+    a.options.max_norm = 0.25f * pair.total_norm(2.0f);
     a.clip_value = 0.3f;
+    a.given_norm = 2.0f * a.options.max_norm;
     return a;
 }
 
-// Capture one operation on `stream` into a graph (global mode: any call that
-// is illegal during capture, in any thread, fails the capture).
-cudaGraph_t capture(gclip_plan *plan, const OpArgs &a, cudaStream_t stream)
+// Capture the steps on `stream` into a graph (global mode: any call that is
+// illegal during capture, in any thread, fails the capture).
+cudaGraph_t capture(gclip_plan *plan, const Steps &steps, cudaStream_t stream)
 {
     cudaGraph_t graph = nullptr;
     EXPECT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), cudaSuccess);
-    const gclip_status s = run_op(plan, a, nullptr, stream);
-    EXPECT_EQ(s, GCLIP_STATUS_SUCCESS) << gclip_last_error();
+    for (const OpArgs &a : steps) {
+        const gclip_status s = run_op(plan, a, nullptr, stream);
+        EXPECT_EQ(s, GCLIP_STATUS_SUCCESS) << gclip_last_error();
+    }
     EXPECT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
     return graph;
 }
+
+cudaGraph_t capture(gclip_plan *plan, const OpArgs &a, cudaStream_t stream)
+{
+    return capture(plan, Steps{a}, stream);
+}
+
+const int32_t kAllOps[] = {GCLIP_OP_TOTAL_NORM,  GCLIP_OP_CLIP_NORM, GCLIP_OP_CLIP_PER_TENSOR,
+                           GCLIP_OP_CLIP_VALUE,  GCLIP_OP_CLIP_FACTOR, GCLIP_OP_CLIP_WITH_NORM,
+                           GCLIP_OP_ACCUMULATE, GCLIP_OP_FINALIZE, GCLIP_OP_APPLY};
 
 using GpuStreamTest = GpuTest;
 
@@ -61,10 +57,14 @@ TEST_F(GpuStreamTest, NonDefaultStreamMatchesCpuPath)
 {
     Stream stream;
     Paired pair(edge_specs(GCLIP_F32, true), 606);
-    for (Op op : {Op::total, Op::global, Op::per_tensor, Op::value}) {
+    for (int32_t op : {GCLIP_OP_TOTAL_NORM, GCLIP_OP_CLIP_NORM, GCLIP_OP_CLIP_PER_TENSOR,
+                       GCLIP_OP_CLIP_VALUE, GCLIP_OP_CLIP_FACTOR, GCLIP_OP_FINALIZE,
+                       GCLIP_OP_CLIP_WITH_NORM}) {
         SCOPED_TRACE(op_name(op));
         pair.reset();
-        pair.run_and_compare(clipping(op, pair), nullptr, stream.get());
+        const OpArgs a = clipping(op, pair);
+        Steps steps = op == GCLIP_OP_CLIP_VALUE ? Steps{a} : steps_for(op, a.options, a.given_norm);
+        pair.run_and_compare(steps, nullptr, stream.get());
     }
 }
 
@@ -75,7 +75,7 @@ TEST_F(GpuStreamTest, CallerCurrentDeviceIsKept)
     const int mine = n - 1; // a device other than the plan's when there are two
     GPU_ASSERT_CUDA(cudaSetDevice(0)); // the data and the plan live on device 0
     Paired pair({{GCLIP_F32, 1000, 1}}, 3);
-    const OpArgs a = clipping(Op::global, pair);
+    const OpArgs a = clipping(GCLIP_OP_CLIP_NORM, pair);
 
     GPU_ASSERT_CUDA(cudaSetDevice(mine));
     int now = -1;
@@ -89,13 +89,56 @@ TEST_F(GpuStreamTest, CallerCurrentDeviceIsKept)
     GPU_ASSERT_CUDA(cudaSetDevice(0));
 }
 
+// One plan used from two streams in turn, with no host synchronization and
+// no event of the caller's: the plan's own event orders each step after the
+// previous one, so the steps (each reading what the previous one wrote) give
+// bitwise what they give on one stream.
+TEST_F(GpuStreamTest, OnePlanOnTwoStreamsInTurnIsOrderedByThePlan)
+{
+    Stream a, b, one;
+    Paired pair(random_specs(64, 400000, 17), 18);
+    gclip_norm_options o = GCLIP_NORM_OPTIONS_INIT;
+    o.max_norm = 0.9f * pair.total_norm(2.0f);
+    // each step reads the gradients the previous step wrote
+    const Steps cycle = {
+        steps_for(GCLIP_OP_CLIP_NORM, o)[0],   steps_for(GCLIP_OP_CLIP_PER_TENSOR, o)[0],
+        steps_for(GCLIP_OP_CLIP_FACTOR, o)[0], steps_for(GCLIP_OP_CLIP_FACTOR, o)[1],
+        steps_for(GCLIP_OP_CLIP_NORM, o)[0]};
+    const int kSteps = 40;
+    auto run = [&](bool alternate) {
+        pair.reset();
+        const uint32_t before = testutil::result_of(pair.gpu()).sequence;
+        for (int i = 0; i < kSteps; ++i) {
+            const cudaStream_t s = !alternate ? one.get() : (i % 2 ? a.get() : b.get());
+            EXPECT_EQ(run_op(pair.gpu(), cycle[static_cast<std::size_t>(i) % cycle.size()],
+                             nullptr, s),
+                      GCLIP_STATUS_SUCCESS)
+                << gclip_last_error();
+        }
+        gclip_result r;
+        EXPECT_EQ(gclip_get_result(pair.gpu(), &r), GCLIP_STATUS_SUCCESS) << gclip_last_error();
+        EXPECT_EQ(r.sequence - before, static_cast<uint32_t>(kSteps));
+        return std::make_pair(without_sequence(r), pair.download());
+    };
+    const auto single = run(false);
+    for (int attempt = 0; attempt < 3; ++attempt) {
+        const auto alternating = run(true);
+        EXPECT_EQ(std::memcmp(&alternating.first, &single.first, sizeof(gclip_result)), 0)
+            << "attempt " << attempt;
+        EXPECT_TRUE(alternating.second == single.second)
+            << "attempt " << attempt << ": steps on two streams overlapped or reordered";
+    }
+}
+
 using GpuGraphTest = GpuTest;
 
-TEST_F(GpuGraphTest, EveryStepIsAtMostTwoKernelsAndNothingElse)
+// A captured step is its kernels, one wait for the plan's previous operation
+// and one record of the plan's event: no memset, copy or host node.
+TEST_F(GpuGraphTest, EveryStepIsItsKernelsAndThePlansEventNodes)
 {
     Stream stream;
     Paired pair(random_specs(300, 100000, 12), 13);
-    for (Op op : {Op::total, Op::global, Op::per_tensor, Op::value}) {
+    for (int32_t op : kAllOps) {
         SCOPED_TRACE(op_name(op));
         cudaGraph_t graph = capture(pair.gpu(), clipping(op, pair), stream.get());
         ASSERT_NE(graph, nullptr);
@@ -103,15 +146,20 @@ TEST_F(GpuGraphTest, EveryStepIsAtMostTwoKernelsAndNothingElse)
         GPU_ASSERT_CUDA(cudaGraphGetNodes(graph, nullptr, &n));
         std::vector<cudaGraphNode_t> nodes(n);
         GPU_ASSERT_CUDA(cudaGraphGetNodes(graph, nodes.data(), &n));
-        std::size_t kernels = 0;
+        std::size_t kernels = 0, waits = 0, records = 0;
         for (cudaGraphNode_t node : nodes) {
             cudaGraphNodeType t;
             GPU_ASSERT_CUDA(cudaGraphNodeGetType(node, &t));
-            EXPECT_EQ(t, cudaGraphNodeTypeKernel) << "a step may only launch kernels";
             kernels += t == cudaGraphNodeTypeKernel;
+            waits += t == cudaGraphNodeTypeWaitEvent;
+            records += t == cudaGraphNodeTypeEventRecord;
+            EXPECT_TRUE(t == cudaGraphNodeTypeKernel || t == cudaGraphNodeTypeWaitEvent ||
+                        t == cudaGraphNodeTypeEventRecord)
+                << "a step may only launch kernels and wait for and record the plan's event";
         }
-        const std::size_t want = op == Op::global || op == Op::per_tensor ? 2 : 1;
-        EXPECT_EQ(kernels, want);
+        EXPECT_EQ(kernels, kernels_of(op));
+        EXPECT_EQ(waits, 1u);
+        EXPECT_EQ(records, 1u);
         cudaGraphDestroy(graph);
     }
 }
@@ -120,19 +168,22 @@ TEST_F(GpuGraphTest, ReplaysGiveTheEagerStepsResultsBitwise)
 {
     Stream stream;
     Paired pair(edge_specs(GCLIP_F32, true), 2024);
-    for (Op op : {Op::global, Op::per_tensor, Op::value}) {
+    for (int32_t op : {GCLIP_OP_CLIP_NORM, GCLIP_OP_CLIP_PER_TENSOR, GCLIP_OP_CLIP_VALUE,
+                       GCLIP_OP_CLIP_FACTOR, GCLIP_OP_FINALIZE, GCLIP_OP_CLIP_WITH_NORM}) {
         SCOPED_TRACE(op_name(op));
         const OpArgs a = clipping(op, pair);
+        const Steps steps = op == GCLIP_OP_CLIP_VALUE ? Steps{a} : steps_for(op, a.options, a.given_norm);
 
         pair.reset();
-        GPU_ASSERT_OK(run_op(pair.gpu(), a, nullptr, stream.get()));
+        for (const OpArgs &s : steps)
+            GPU_ASSERT_OK(run_op(pair.gpu(), s, nullptr, stream.get()));
         gclip_result eager;
         GPU_ASSERT_OK(gclip_get_result(pair.gpu(), &eager));
         const auto eager_data = pair.download();
         const auto eager_slot = slot_bytes(pair.gpu());
 
         pair.reset();
-        cudaGraph_t graph = capture(pair.gpu(), a, stream.get());
+        cudaGraph_t graph = capture(pair.gpu(), steps, stream.get());
         ASSERT_NE(graph, nullptr);
         const auto captured_data = pair.download();
         EXPECT_EQ(std::memcmp(captured_data.data(), pair.pristine_bytes(), pair.bytes()), 0)
@@ -149,7 +200,9 @@ TEST_F(GpuGraphTest, ReplaysGiveTheEagerStepsResultsBitwise)
             EXPECT_EQ(slot_bytes(pair.gpu()), eager_slot);
             gclip_result r;
             GPU_ASSERT_OK(gclip_get_result(pair.gpu(), &r));
-            EXPECT_EQ(std::memcmp(&r, &eager, sizeof r), 0);
+            const gclip_result want = without_sequence(eager), got = without_sequence(r);
+            EXPECT_EQ(std::memcmp(&got, &want, sizeof got), 0);
+            EXPECT_EQ(r.sequence, eager.sequence + steps.size() * (replay + 1));
         }
         cudaGraphExecDestroy(exec);
         cudaGraphDestroy(graph);
@@ -162,7 +215,7 @@ TEST_F(GpuGraphTest, ReplayAfterRebindUsesTheNewPointers)
 {
     Stream stream;
     Paired pair(random_specs(50, 70000, 5), 6);
-    const OpArgs a = clipping(Op::global, pair);
+    const OpArgs a = clipping(GCLIP_OP_CLIP_NORM, pair);
     pair.reset();
     GPU_ASSERT_OK(run_op(pair.gpu(), a, nullptr, stream.get()));
     gclip_result eager;

@@ -17,9 +17,13 @@ work=${2:-$root/build/fuzz}
 CC=${CC:-clang}
 CXX=${CXX:-clang++}
 
-mkdir -p "$work/obj"
+# objects of this run only: a host file renamed since the last run must not link
+rm -rf "$work/obj"
+mkdir -p "$work/obj" "$work/include"
+# gclip_version.h, which a CMake build generates from the project version
+cmake -DOUTPUT="$work/include/gclip_version.h" -P "$root/cmake/gclip_version_header.cmake"
 san=(-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g -O1)
-inc=(-I"$root/include" -I"$root/host" -I"$root/kernels" -I"$root/tests/common")
+inc=(-I"$root/include" -I"$work/include" -I"$root/host" -I"$root/kernels" -I"$root/tests/common")
 # the CPU build of the library: every host file except the CUDA glue
 for src in "$root"/host/*.c; do
     [ "$(basename "$src")" = cuda_backend.c ] && continue

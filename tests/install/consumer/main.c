@@ -1,4 +1,5 @@
-/* Clips [3, 4] to norm 2.5 through an installed gclip; exits 0 on the right answer. */
+/* Clips [3, 4] to norm 2.5 through an installed gclip; exits 0 on the right
+ * answer from a library of the installed headers' version. */
 #include <math.h>
 #include <stdio.h>
 
@@ -23,5 +24,9 @@ int main(void)
     int ok = r.total_norm == 5.0f && g[0] == 1.5f && g[1] == 2.0f;
     printf("norm %g -> [%g, %g]: %s\n", (double)r.total_norm, (double)g[0], (double)g[1],
            ok ? "ok" : "WRONG");
+    if (gclip_get_version() != GCLIP_VERSION) {
+        printf("library version %d, headers %d\n", gclip_get_version(), GCLIP_VERSION);
+        ok = 0;
+    }
     return ok ? 0 : 1;
 }
