@@ -17,7 +17,7 @@ venv=${GCLIP_VENV:-$HOME/.cache/gclip/venv}
 python=${PYTHON:-python3}
 
 # Third-party requirements. Changing this list rebuilds the environment.
-requirements=(torch numpy pytest "jax[cpu]" scikit-build-core matplotlib)
+requirements=(torch numpy pytest "jax[cpu]" scikit-build-core matplotlib zclip==1.0.0 autoclip==0.2.1 pytorch-optimizer timm)
 stamp_text="gclip-env 1: ${requirements[*]}"
 stamp="$venv/.gclip-env-complete"
 

@@ -1,6 +1,7 @@
 """Performance of gclip.torch against torch.nn.utils, in one run.
 
     python python/benchmarks/bench_clip.py [--device cpu|cuda] [--repeat N] [--json out.json]
+                                           [--markdown] [--alternate block|call]
 
 Workloads (the targets of the Python package):
   host-148      GPT-2 small's tensor count with 1-element tensors: host time per
@@ -11,14 +12,25 @@ Workloads (the targets of the Python package):
   gpt2-clip     GPT-2 small's 148 gradient shapes, clipping (>= 1x torch)
   gpt2-noop     the same, max_norm above the norm (>= 2x torch)
 
-Each number is the median of `repeat` timings of one call (gradients are
-restored between calls only where clipping changes them, outside the timing).
+Each number is the median of `repeat` timings of one call (host-148 takes at
+least 200). gclip and torch take turns so that both see the same machine: by
+blocks of calls (default; each block starts with an untimed call) or, with
+--alternate call, call by call. In gpt2-clip, which writes the gradients,
+they are restored before every call, outside the timing. On CUDA the device
+is synchronized around each timed call; the host rows use 1-element tensors,
+so what they measure is the host's work per call. The run ends with what it
+ran on (torch threads, OMP_NUM_THREADS, load average): on a machine shared
+with other busy processes the multi-threaded rows can be many times slower
+than on one thread, for both libraries; OMP_NUM_THREADS=1 in the environment
+runs torch and gclip on one thread each. --markdown also prints the table as
+Markdown.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -47,17 +59,31 @@ def make_params(shapes, device, scale):
     return params
 
 
-def timeit(fn, repeat, sync):
-    fn()
-    sync()
-    times = []
-    for _ in range(repeat):
+def timeit(fns, repeat, sync, setup=None, alternate="block", rounds=5):
+    """Median time of one call of each function. The functions take turns, so
+    a change in the machine's load during the run reaches all of them alike:
+    alternate="block" runs `rounds` rounds of one untimed and repeat/rounds
+    timed calls of each (back-to-back calls, caches warm with the function's
+    own data); alternate="call" switches after every call, after two untimed
+    calls of each (every call starts with what the other one left in the
+    caches)."""
+    times = [[] for _ in fns]
+    if alternate == "call":
+        schedule = [(k, r >= 2) for r in range(repeat + 2) for k in range(len(fns))]
+    else:
+        per = -(-repeat // rounds)
+        schedule = [(k, i > 0) for _ in range(rounds) for k in range(len(fns))
+                    for i in range(per + 1)]
+    for k, timed in schedule:
+        if setup:
+            setup()
         sync()
         t0 = time.perf_counter()
-        fn()
+        fns[k]()
         sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        if timed:
+            times[k].append(time.perf_counter() - t0)
+    return [statistics.median(ts) for ts in times]
 
 
 def main():
@@ -66,15 +92,27 @@ def main():
     ap.add_argument("--repeat", type=int, default=30)
     ap.add_argument("--json", default=None)
     ap.add_argument("--skip-gpt2", action="store_true")
+    ap.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
+    ap.add_argument("--alternate", choices=("block", "call"), default="block",
+                    help="gclip and torch take turns by blocks of calls (default) or call by call")
     args = ap.parse_args()
     dev = torch.device(args.device)
     sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
     rows = []
 
-    def compare(name, params, max_norm, target_ratio=None, target_us=None, repeat=args.repeat):
-        # host time: no synchronization inside the timing for the host rows
-        t_g = timeit(lambda: gt.clip_grad_norm_(params, max_norm), repeat, sync)
-        t_t = timeit(lambda: torch.nn.utils.clip_grad_norm_(params, max_norm), repeat, sync)
+    def compare(name, params, max_norm, target_ratio=None, target_us=None, repeat=args.repeat,
+                restore=False):
+        setup = None
+        if restore:  # put the original gradients back before each call
+            saved = [p.grad.clone() for p in params]
+
+            def setup():
+                with torch.no_grad():
+                    for p, g in zip(params, saved):
+                        p.grad.copy_(g)
+        t_g, t_t = timeit([lambda: gt.clip_grad_norm_(params, max_norm),
+                           lambda: torch.nn.utils.clip_grad_norm_(params, max_norm)],
+                          repeat, sync, setup, args.alternate)
         row = {"workload": name, "tensors": len(params), "gclip_us": t_g * 1e6,
                "torch_us": t_t * 1e6, "speedup": t_t / t_g}
         if target_ratio is not None:
@@ -100,11 +138,32 @@ def main():
         compare("gpt2-noop", params, 1e30, target_ratio=2)
         # clipping: a max_norm far below the norm, so every call scales (and
         # writes) every gradient
-        compare("gpt2-clip", params, 1e-20, target_ratio=1)
-    print(f"torch {torch.__version__}, device {dev}, gclip library {gt._lib.version_string()}")
+        compare("gpt2-clip", params, 1e-20, target_ratio=1, restore=True)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    machine = {"device": str(dev), "torch": torch.__version__,
+               "gclip": gt._lib.version_string(), "cpus": os.cpu_count(),
+               "torch_threads": torch.get_num_threads(),
+               "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset"),
+               "alternate": args.alternate, "repeat": args.repeat, "load_1min": load}
+    print(f"torch {torch.__version__}, device {dev}, gclip library {machine['gclip']}, "
+          f"{machine['cpus']} CPUs, torch threads {machine['torch_threads']}, "
+          f"OMP_NUM_THREADS {machine['omp_num_threads']}, turns by {args.alternate}, "
+          f"load average {load:.2f}")
+    if args.markdown:
+        print()
+        print("| workload | tensors | gclip | torch | gclip speedup | target | met |")
+        print("|---|---:|---:|---:|---:|---|---|")
+        for r in rows:
+            print(f"| {r['workload']} | {r['tensors']:,} | {_fmt_us(r['gclip_us'])} | "
+                  f"{_fmt_us(r['torch_us'])} | {r['speedup']:.1f}x | {r.get('target', '')} | "
+                  f"{'yes' if r.get('met') else 'no' if 'met' in r else ''} |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": str(dev), "torch": torch.__version__, "rows": rows}, f, indent=1)
+            json.dump({**machine, "rows": rows}, f, indent=1)
+
+
+def _fmt_us(us):
+    return f"{us:,.1f} us" if us < 1000 else f"{us / 1000:,.2f} ms"
 
 
 if __name__ == "__main__":

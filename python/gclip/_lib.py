@@ -29,6 +29,7 @@ STATUS_NAMES = {
 }
 SUCCESS, INVALID_ARGUMENT, MISALIGNED, OVERLAP, NOT_SUPPORTED = 0, 1, 2, 3, 4
 NONFINITE = 8
+MISMATCH, VERSION_MISMATCH = 10, 11
 
 F32, F16, BF16, F64 = 0, 1, 2, 3
 DTYPE_SIZE = {F32: 4, F16: 2, BF16: 2, F64: 8}
@@ -43,6 +44,13 @@ OPS = {
 }
 
 RESULT_HAS_NORM, RESULT_APPLIES, RESULT_ERROR_POLICY, RESULT_LOCAL = 1, 2, 4, 8
+RESULT_PROPAGATE, RESULT_SKIP_STEP = 16, 32
+OPS.update({10: "adaptive_clip", 11: "adaptive_skip"})
+
+# gclip_adapt.h
+ADAPTIVE_ZCLIP, ADAPTIVE_AUTOCLIP, ADAPTIVE_ADAGC, ADAPTIVE_SPIKE_SKIP = 0, 1, 2, 3
+ZCLIP_ZSCORE, ZCLIP_PERCENTILE = 0, 1
+ZCLIP_ADAPTIVE_SCALING, ZCLIP_MEAN = 0, 1
 
 
 # ---- errors ------------------------------------------------------------------
@@ -141,6 +149,49 @@ class Partial(ctypes.Structure):
                 ("fingerprint", ctypes.c_uint32)]
 
 
+class AdaptiveOptions(ctypes.Structure):
+    """gclip_adaptive_options (gclip_adapt.h)."""
+    _fields_ = [
+        ("size", ctypes.c_size_t),
+        ("version", ctypes.c_uint32),
+        ("method", ctypes.c_int),
+        ("zclip_alpha", ctypes.c_double),
+        ("zclip_z_thresh", ctypes.c_double),
+        ("zclip_max_grad_norm", ctypes.c_double),
+        ("zclip_eps", ctypes.c_double),
+        ("zclip_warmup_steps", ctypes.c_uint32),
+        ("zclip_mode", ctypes.c_int),
+        ("zclip_clip_option", ctypes.c_int),
+        ("zclip_skip_update_on_spike", ctypes.c_int32),
+        ("zclip_clip_factor", ctypes.c_double),
+        ("autoclip_quantile", ctypes.c_double),
+        ("autoclip_history_length", ctypes.c_uint32),
+        ("autoclip_global", ctypes.c_int32),
+        ("adagc_beta", ctypes.c_double),
+        ("adagc_lambda_abs", ctypes.c_double),
+        ("adagc_lambda_rel", ctypes.c_double),
+        ("adagc_eps", ctypes.c_double),
+        ("adagc_warmup_steps", ctypes.c_uint32),
+        ("spike_window", ctypes.c_uint32),
+        ("spike_min_values", ctypes.c_uint32),
+        ("spike_sigma", ctypes.c_double),
+    ]
+
+
+class AdaptiveInfo(ctypes.Structure):
+    """gclip_adaptive_info: what one adaptive step decided."""
+    _fields_ = [
+        ("total_norm", ctypes.c_float),
+        ("threshold", ctypes.c_float),
+        ("clip_coef", ctypes.c_float),
+        ("spike", ctypes.c_int32),
+        ("warmup", ctypes.c_int32),
+        ("recorded", ctypes.c_int32),
+        ("clipped", ctypes.c_uint32),
+        ("steps", ctypes.c_uint32),
+    ]
+
+
 # ---- loading -------------------------------------------------------------------
 
 def _find_library() -> str:
@@ -187,6 +238,14 @@ _SIGNATURES = {
     "gclip_partial_combine": (_S, [ctypes.POINTER(Partial), ctypes.POINTER(Partial)]),
     "gclip_get_result": (_S, [_P, _P]),
     "gclip_plan_device_result": (_S, [_P, ctypes.POINTER(_P)]),
+    "gclip_adaptive_create": (_S, [ctypes.POINTER(_P), _P, _P]),
+    "gclip_adaptive_destroy": (_S, [_P]),
+    "gclip_adaptive_step": (_S, [_P, _P, _P]),
+    "gclip_adaptive_get_info": (_S, [_P, _P]),
+    "gclip_adaptive_device_info": (_S, [_P, ctypes.POINTER(_P)]),
+    "gclip_adaptive_state_size": (_S, [_P, ctypes.POINTER(ctypes.c_size_t)]),
+    "gclip_adaptive_export": (_S, [_P, _P, ctypes.c_size_t]),
+    "gclip_adaptive_import": (_S, [_P, _P, ctypes.c_size_t]),
 }
 
 
@@ -276,3 +335,20 @@ def default_options() -> NormOptions:
     o.max_norm, o.norm_type, o.eps, o.inv_scale = 1.0, 2.0, 1e-6, 1.0
     o.nonfinite = SKIP
     return o
+
+
+try:
+    lib.gclip_adaptive_options_default.restype = AdaptiveOptions
+    lib.gclip_adaptive_options_default.argtypes = []
+    _adaptive_options_default = lib.gclip_adaptive_options_default
+except AttributeError:  # a library without gclip_adapt.h
+    _adaptive_options_default = None
+
+
+def default_adaptive_options() -> AdaptiveOptions:
+    """A fresh gclip_adaptive_options filled by gclip_adaptive_options_default()
+    (the references' defaults, method ZCLIP)."""
+    if _adaptive_options_default is None:
+        raise NotSupportedError(
+            NOT_SUPPORTED, f"adaptive clipping is not in the loaded gclip library ({_path})")
+    return _adaptive_options_default()

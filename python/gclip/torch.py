@@ -590,3 +590,9 @@ def _grads_of(tensors) -> List[Tensor]:
 
 
 from . import _torch_ops  # noqa: E402,F401  (registers torch.ops.gclip.*)
+from .adaptive import (  # noqa: E402,F401  (adaptive clipping, state on the device)
+    AdaGC, QuantileClip, SpikeSkip, ZClip, adaptive_clip_grad,
+    TorchAdaptiveClipper as AdaptiveClipper,
+)
+
+__all__ += ["ZClip", "QuantileClip", "AdaGC", "SpikeSkip", "AdaptiveClipper", "adaptive_clip_grad"]

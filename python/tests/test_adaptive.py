@@ -1,0 +1,728 @@
+"""Adaptive clipping from Python (gclip.adaptive, gclip.torch.ZClip /
+QuantileClip / AdaGC / SpikeSkip / adaptive_clip_grad, gclip.AdaptiveClipper):
+the hand-derived vectors of CONFORMANCE.md (ZClip 14, AutoClip 15), runs side
+by side with the reference packages over a few hundred steps with synthetic
+spikes, checkpoints that resume bit for bit, rejected hyperparameters and
+NaN norms that never enter the statistics."""
+
+import io
+import math
+from collections import deque
+
+import numpy as np
+import pytest
+import torch
+
+import gclip
+import gclip.torch as gt
+from conftest import needs_cuda
+
+SHAPES = [(16, 8), (16,), (4, 16), (4,)]  # Linear(8, 16) -> Linear(16, 4)
+
+
+def make_model(device="cpu"):
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(),
+                               torch.nn.Linear(16, 4)).to(device)
+
+
+def gradient_stream(rng, steps, *, base=0.5, tensor_spikes=False):
+    """Seeded training-like gradients: a total norm drifting around `base`
+    with noise, a spike of 5-30x every 37 steps, and (tensor_spikes) one
+    tensor alone spiking every 11 steps. Never all zeros."""
+    for k in range(steps):
+        target = base * (1.0 + 0.3 * math.sin(k / 17.0)) * (1.0 + 0.1 * rng.standard_normal())
+        if k % 37 == 36:
+            target *= rng.uniform(5.0, 30.0)
+        gs = [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
+        total = math.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in gs))
+        gs = [(g * (target / total)).astype(np.float32) for g in gs]
+        if tensor_spikes and k % 11 == 10:
+            i = int(rng.integers(len(gs)))
+            gs[i] = (gs[i] * rng.uniform(10.0, 50.0)).astype(np.float32)
+        yield gs
+
+
+def set_grads(model, gs):
+    for p, g in zip(model.parameters(), gs):
+        p.grad = torch.from_numpy(g.copy()).to(p.device)
+
+
+def grads_of(model):
+    return [p.grad.detach().clone() for p in model.parameters()]
+
+
+def assert_grads_close(a, b, rtol=3e-6):
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=rtol, atol=1e-9)
+
+
+def assert_grads_equal(a, b):
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+
+
+def scalar_param(x):
+    p = torch.zeros(1, requires_grad=True)
+    p.grad = torch.tensor([x], dtype=torch.float32)
+    return p
+
+
+# ---- hand-derived vectors ----------------------------------------------------------------
+
+def run_vector14(**kwargs):
+    z = gt.ZClip(warmup_steps=2, max_grad_norm=None, **kwargs)
+    for x in (1.0, 3.0):
+        p = scalar_param(x)
+        assert z.step([p]).item() == x
+        assert p.grad.item() == x
+    return z
+
+
+def test_zclip_vector14_zscore_adaptive_scaling():
+    """Norms 1, 3 warm up (mean 2, var 1); 7 is an outlier: z = 4.999995,
+    T = 3.25000125, coef 0.46428583 and the EMAs take in T; 2.5 is not
+    clipped."""
+    z = run_vector14()
+    assert z.initialized and z.mean == 2.0 and z.var == 1.0
+    p = scalar_param(7.0)
+    norm = z.step([p])
+    assert norm.dim() == 0 and norm.dtype == torch.float32 and norm.item() == 7.0
+    info = z.info()
+    assert info.spike and not info.warmup and info.recorded
+    assert info.threshold == pytest.approx(3.25000125, abs=1e-6)
+    assert info.clip_coef == pytest.approx(0.46428583, abs=1e-7)
+    assert torch.equal(p.grad, torch.tensor([7.0]) * torch.tensor([info.clip_coef]))
+    assert z.mean == pytest.approx(2.0375000375, abs=1e-9)
+    assert z.var == pytest.approx(1.0141047757, abs=1e-9)
+    p = scalar_param(2.5)
+    z.step([p])
+    assert p.grad.item() == 2.5 and not z.info().spike
+    assert z.mean == pytest.approx(2.051375036, abs=1e-9)
+    assert z.var == pytest.approx(0.9897195632, abs=1e-9)
+
+
+def test_zclip_vector14_mean_and_percentile_modes():
+    z = run_vector14(clip_option="mean")
+    z.step([scalar_param(7.0)])
+    assert z.info().clip_coef == pytest.approx(0.28571424, abs=1e-7)
+    assert z.info().threshold == 2.0
+    z = run_vector14(mode="percentile")
+    z.step([scalar_param(7.0)])
+    assert z.info().threshold == 4.5
+    assert z.info().clip_coef == pytest.approx(0.64285705, abs=1e-7)
+    assert z.mean == 0.97 * 2.0 + (1 - 0.97) * 4.5
+
+
+def test_zclip_eps_is_the_zscore_eps():
+    """eps divides the z-score (z = 5 / 1.5 after vector 14's warm-up), not
+    the coefficient: T = 2 + 2.5 / (z / 2.5) = 3.875, coef = T / (7 + 1e-6)."""
+    z = run_vector14(eps=0.5)
+    z.step([scalar_param(7.0)])
+    assert z.info().threshold == 3.875
+    assert z.info().clip_coef == np.float32(3.875 / (7.0 + np.float32(1e-6)))
+
+
+@pytest.mark.parametrize("global_threshold", [True, False])
+def test_autoclip_vector15_and_first_step(global_threshold):
+    """After norms 1, 2, 3, 4, 10 the 10th percentile is 1.4: a norm of 10
+    is clipped by 0.139999986. The first step does not clip."""
+    p = scalar_param(1.0)
+    q = gt.QuantileClip([p], quantile=0.1, global_threshold=global_threshold)
+    q.step()
+    assert p.grad.item() == 1.0
+    if global_threshold:
+        assert math.isinf(q.info().threshold)
+    for x in (2.0, 3.0, 4.0, 10.0):
+        p.grad = torch.tensor([x])
+        q.step()
+    p.grad = torch.tensor([10.0])
+    q.step()
+    coef = p.grad.item() / 10.0
+    assert coef == pytest.approx(0.139999986, abs=2e-8)
+    if global_threshold:
+        assert q.info().threshold == pytest.approx(1.4, abs=1e-7)
+        assert q.info().clip_coef == pytest.approx(0.139999986, abs=2e-8)
+    assert q.statistics()["histories"][0].tolist() == [1, 2, 3, 4, 10, 10]
+
+
+# ---- side by side with the references ------------------------------------------------------
+
+ZCLIP_CASES = [
+    {},
+    {"max_grad_norm": 0.6, "warmup_steps": 30},  # the cap clips in and after the warm-up
+    {"max_grad_norm": None},
+    {"max_grad_norm": None, "mode": "percentile"},
+    {"max_grad_norm": None, "clip_option": "mean", "warmup_steps": 10},
+    {"max_grad_norm": 5.0, "skip_update_on_spike": True, "clip_factor": 0.8, "z_thresh": 2.0},
+]
+
+
+@pytest.mark.parametrize("kwargs", ZCLIP_CASES, ids=lambda k: ",".join(k) or "defaults")
+def test_zclip_matches_reference(rng, kwargs):
+    zclip = pytest.importorskip("zclip", reason="the reference package zclip==1.0.0")
+    ref, ours = zclip.ZClip(**kwargs), gt.ZClip(**kwargs)
+    m_ref, m_ours = make_model(), make_model()
+    spikes = 0
+    for k, gs in enumerate(gradient_stream(rng, 300)):
+        set_grads(m_ref, gs)
+        set_grads(m_ours, gs)
+        warm = not ref.initialized
+        expected = None
+        if not warm:
+            g = ref._compute_grad_norm(m_ref)
+            t = ref._compute_clip_val(g)
+            adaptive = t if t is not None else g
+            expected = adaptive if ref.max_grad_norm is None else min(adaptive, ref.max_grad_norm)
+            spikes += t is not None
+        n_ref = ref.step(m_ref)
+        n = ours.step(m_ours)
+        assert n.dim() == 0 and n.item() == pytest.approx(n_ref, rel=1e-6), k
+        assert_grads_close(grads_of(m_ours), grads_of(m_ref))
+        info = ours.info()
+        assert info.warmup == warm, k
+        if not warm:
+            assert info.threshold == pytest.approx(expected, rel=1e-5), k
+            assert info.spike == (t is not None), k
+        if ref.initialized:
+            st = ours.statistics()
+            assert st["mean"] == pytest.approx(ref.mean, rel=1e-5), k
+            assert st["var"] == pytest.approx(ref.var, rel=1e-4, abs=1e-12), k
+    assert spikes >= 3  # the run exercised the outlier rule
+
+
+@pytest.mark.parametrize("case", ["per_tensor", "global", "groups"])
+def test_quantileclip_matches_autoclip(rng, case):
+    autoclip = pytest.importorskip("autoclip.torch", reason="the reference package autoclip==0.2.1")
+    m_ref, m_ours = make_model(), make_model()
+
+    def groups(m):
+        if case != "groups":
+            return m.parameters()
+        ps = list(m.parameters())
+        return [{"params": ps[:2], "quantile": 0.5}, {"params": ps[2:], "history_length": 17}]
+
+    kw = {"quantile": 0.9, "history_length": 40, "global_threshold": case == "global"}
+    ref = autoclip.QuantileClip(groups(m_ref), **kw)
+    ours = gt.QuantileClip(groups(m_ours), **kw)
+    params_ref = list(m_ref.parameters())
+    clipped = 0
+    for k, gs in enumerate(gradient_stream(rng, 250, tensor_spikes=True)):
+        set_grads(m_ref, gs)
+        set_grads(m_ours, gs)
+        ref.step()
+        ours.step()
+        after = grads_of(m_ours)
+        # the quantile's rank q * (n - 1) is rounded to float by gclip, kept in
+        # double by torch.quantile: thresholds agree to a few ulps of the rank
+        assert_grads_close(after, grads_of(m_ref), rtol=2e-5)
+        clipped += sum(not torch.equal(a, torch.from_numpy(g)) for a, g in zip(after, gs))
+        if case == "global":
+            hist = [ref.state["global_history"]]
+            mine = ours.statistics()["histories"]
+        else:
+            hist = [ref.state[p]["history"] for p in params_ref]
+            mine = ours.statistics(0)["histories"]
+            if case == "groups":
+                mine = mine + ours.statistics(1)["histories"]
+        assert len(mine) == len(hist)
+        for a, b in zip(mine, hist):
+            torch.testing.assert_close(a, b.reshape(-1), rtol=1e-6, atol=0)
+    assert clipped > 20
+
+
+def test_adagc_matches_pytorch_optimizer(rng):
+    po = pytest.importorskip("pytorch_optimizer", reason="the reference package pytorch-optimizer")
+    m_ref, m_ours = make_model(), make_model()
+    # beta1 = 0 makes the reference's exp_avg its clipped gradient, exactly;
+    # no weight decay, so the gradients reach the clipping as given
+    ref = po.AdaGC(m_ref.parameters(), lr=1e-3, betas=(0.0, 0.999), weight_decay=0.0,
+                   warmup_steps=20, lambda_abs=0.45)
+    ours = gt.AdaGC(warmup_steps=20, lambda_abs=0.45)
+    params_ref = list(m_ref.parameters())
+    clipped = warm_clipped = 0
+    for k, gs in enumerate(gradient_stream(rng, 200, tensor_spikes=True)):
+        set_grads(m_ref, gs)
+        set_grads(m_ours, gs)
+        ref.step()
+        n = ours.step(m_ours)
+        assert n.item() == pytest.approx(math.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2))
+                                                       for g in gs)), rel=1e-6)
+        info = ours.info()
+        assert info.warmup == (k + 1 < 20)
+        assert_grads_close(grads_of(m_ours), [ref.state[p]["exp_avg"] for p in params_ref],
+                           rtol=1e-5)
+        gamma = ours.statistics()["gamma"]
+        torch.testing.assert_close(gamma, torch.stack([ref.state[p]["gamma"].reshape(())
+                                                       for p in params_ref]),
+                                   rtol=1e-5, atol=0)
+        clipped += info.clipped if not info.warmup else 0
+        warm_clipped += info.warmup and info.clipped > 0
+    assert clipped > 10 and warm_clipped > 3
+
+
+def spike_skip_rule(window, min_values, sigma):
+    """CONFORMANCE.md section 9: z-score over the rolling window (unbiased
+    std), a skipped step's norm kept out of it."""
+    values = deque(maxlen=window)
+
+    def step(norm):
+        skip, threshold = False, math.inf
+        if len(values) >= min_values:
+            n = len(values)
+            mean = sum(values) / n
+            std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+            skip = (norm - mean) / std > sigma
+            threshold = mean + sigma * std
+        if not skip:
+            values.append(norm)
+        return skip, threshold, list(values)
+    return step
+
+
+def test_spike_skip_matches_the_window_rule(rng):
+    ref = spike_skip_rule(32, 8, 3.0)
+    ours = gt.SpikeSkip(window=32, min_values=8, sigma=3.0)
+    model = make_model()
+    skips = 0
+    for k, gs in enumerate(gradient_stream(rng, 300)):
+        set_grads(model, gs)
+        norm = float(torch.linalg.vector_norm(torch.cat([torch.from_numpy(g).reshape(-1)
+                                                         for g in gs])))
+        skip, threshold, window = ref(norm)
+        flag = ours.step(model)
+        assert flag.dim() == 0 and flag.dtype == torch.int32
+        assert bool(flag) == skip, k
+        assert_grads_equal(grads_of(model), [torch.from_numpy(g) for g in gs])
+        info = ours.info()
+        assert info.threshold == pytest.approx(threshold, rel=1e-5), k
+        assert ours.result().op == "adaptive_skip"
+        torch.testing.assert_close(ours.statistics()["window"],
+                                   torch.tensor(window, dtype=torch.float32), rtol=1e-6, atol=0)
+        skips += skip
+    assert skips >= 3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("norm_type", [2.0, 1.0])
+@pytest.mark.parametrize("clip_factor", [0.01, 0.3])
+def test_adaptive_clip_grad_matches_timm_bitwise(rng, dtype, norm_type, clip_factor):
+    agc = pytest.importorskip("timm.utils.agc", reason="the reference package timm")
+    shapes = [(8, 3, 3, 3), (16, 8), (16,), (), (1, 10), (6, 4)]
+    torch.manual_seed(int(rng.integers(1 << 30)))
+
+    def params():
+        ps = []
+        for k, s in enumerate(shapes):
+            w = torch.randn(s, dtype=dtype) * (0.0 if k == 5 else 1.0)  # zero weights: eps applies
+            p = torch.nn.Parameter(w)
+            unit = (s[0],) + (1,) * (len(s) - 1) if len(s) > 1 else ()
+            scale = 10.0 ** torch.empty(unit).uniform_(-4.0, 0.0)  # some units clipped, some not
+            p.grad = (torch.randn(s) * scale).to(dtype)
+            ps.append(p)
+        return ps
+
+    a = params()
+    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+    for p, q in zip(a, b):
+        q.grad = p.grad.clone()
+    before = [p.grad.clone() for p in a]
+    agc.adaptive_clip_grad(a, clip_factor=clip_factor, norm_type=norm_type)
+    gt.adaptive_clip_grad(b, clip_factor=clip_factor, norm_type=norm_type)
+    changed = kept = 0
+    for p, q, g in zip(a, b, before):
+        assert torch.equal(p.grad, q.grad)
+        eq = p.grad == g
+        same = eq.reshape(eq.shape[0], -1).all(1) if p.dim() > 1 else eq.all()
+        changed += int((~same).sum())
+        kept += int(same.sum())
+    assert changed and kept  # both sides of the trigger were exercised
+
+
+def test_adaptive_clip_grad_single_tensor_and_missing_grad():
+    p = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
+    p.grad = torch.tensor([3.0, 4.0])
+    q = torch.nn.Parameter(torch.ones(3))
+    gt.adaptive_clip_grad(p, clip_factor=0.1)
+    gt.adaptive_clip_grad([q])
+    torch.testing.assert_close(p.grad, torch.tensor([0.3, 0.4]), rtol=1e-6, atol=0)
+    assert q.grad is None
+
+
+# ---- checkpoints -------------------------------------------------------------------------
+
+def build(kind, model):
+    return {
+        "zclip": lambda: gt.ZClip(warmup_steps=10),
+        "zclip_nocap": lambda: gt.ZClip(warmup_steps=10, max_grad_norm=None),
+        "autoclip": lambda: gt.QuantileClip(model.parameters(), quantile=0.75, history_length=9),
+        "autoclip_global": lambda: gt.QuantileClip(model.parameters(), history_length=9,
+                                                   global_threshold=True),
+        "adagc": lambda: gt.AdaGC(warmup_steps=8),
+        "spike_skip": lambda: gt.SpikeSkip(window=12, min_values=4, sigma=2.0),
+    }[kind]()
+
+
+def run_step(kind, clipper, model):
+    if kind.startswith("autoclip"):
+        clipper.step()
+        return None
+    return clipper.step(model)
+
+
+KINDS = ["zclip", "zclip_nocap", "autoclip", "autoclip_global", "adagc", "spike_skip"]
+
+
+@pytest.mark.parametrize("warm_importer", [False, True], ids=["fresh", "used"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_state_dict_round_trip_resumes_bit_identically(rng, kind, warm_importer):
+    """Stop at step 23, save with torch.save, load into a new clipper (fresh,
+    or one that already ran other steps), continue: returned values,
+    gradients and state equal the uninterrupted run bit for bit."""
+    stream = list(gradient_stream(rng, 70, tensor_spikes=True))
+    m_a, m_b = make_model(), make_model()
+    a, b = build(kind, m_a), build(kind, m_b)
+    for gs in stream[:23]:
+        set_grads(m_a, gs)
+        run_step(kind, a, m_a)
+    if warm_importer:
+        for gs in stream[40:45]:
+            set_grads(m_b, gs)
+            run_step(kind, b, m_b)
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    buf.seek(0)
+    b.load_state_dict(torch.load(buf, weights_only=True))
+    for gs in stream[23:]:
+        set_grads(m_a, gs)
+        set_grads(m_b, gs)
+        ra, rb = run_step(kind, a, m_a), run_step(kind, b, m_b)
+        if ra is not None:
+            assert torch.equal(ra, rb)
+        assert_grads_equal(grads_of(m_a), grads_of(m_b))
+    sa, sb = a.state_dict(), b.state_dict()
+    key = "clippers" if kind.startswith("autoclip") else None
+    if key:
+        sa, sb = sa[key][0], sb[key][0]
+    assert torch.equal(sa["state"], sb["state"])
+    assert sa["hyperparameters"] == sb["hyperparameters"]
+
+
+def test_load_state_dict_restores_hyperparameters_and_rejects_foreign_state(rng):
+    m = make_model()
+    z = gt.ZClip(warmup_steps=5, max_grad_norm=None)
+    for gs in gradient_stream(rng, 8):
+        set_grads(m, gs)
+        z.step(m)
+    sd = z.state_dict()
+    other = gt.ZClip()
+    other.load_state_dict(sd)
+    assert other.warmup_steps == 5 and other.max_grad_norm is None
+    before = z.state_dict()
+    spike = gt.SpikeSkip()
+    set_grads(m, next(gradient_stream(rng, 1)))
+    spike.step(m)
+    bad = [
+        dict(sd, method="adagc"),
+        dict(sd, hyperparameters=dict(sd["hyperparameters"], alpha=1.5)),
+        dict(sd, state=spike.state_dict()["state"]),
+        dict(sd, state=torch.zeros(40, dtype=torch.uint8)),
+        dict(sd, state=sd["state"][:20]),
+    ]
+    for d in bad:
+        with pytest.raises(ValueError):
+            z.load_state_dict(d)
+    after = z.state_dict()
+    assert torch.equal(before["state"], after["state"])
+    assert before["hyperparameters"] == after["hyperparameters"]
+    # per-tensor state of another tensor count: refused at load, nothing changed
+    q = gt.QuantileClip(m.parameters())
+    q.step()
+    q2 = gt.QuantileClip(list(m.parameters())[:2])
+    q2.step()
+    saved = q2.state_dict()
+    with pytest.raises(ValueError):
+        q2.load_state_dict(q.state_dict())
+    assert torch.equal(q2.state_dict()["clippers"][0]["state"], saved["clippers"][0]["state"])
+
+
+# ---- bad input -----------------------------------------------------------------------------
+
+def _params():
+    return make_model().parameters()
+
+
+INVALID = {
+    "zclip_alpha_1": lambda: gt.ZClip(alpha=1.0),
+    "zclip_alpha_0": lambda: gt.ZClip(alpha=0.0),
+    "zclip_z_thresh_negative": lambda: gt.ZClip(z_thresh=-2.5),
+    "zclip_z_thresh_nan": lambda: gt.ZClip(z_thresh=float("nan")),
+    "zclip_max_grad_norm_negative": lambda: gt.ZClip(max_grad_norm=-1.0),
+    "zclip_max_grad_norm_zero": lambda: gt.ZClip(max_grad_norm=0.0),
+    "zclip_eps_negative": lambda: gt.ZClip(eps=-1e-6),
+    "zclip_warmup_0": lambda: gt.ZClip(warmup_steps=0),
+    "zclip_mode": lambda: gt.ZClip(mode="median"),
+    "zclip_clip_option": lambda: gt.ZClip(clip_option="max"),
+    "zclip_clip_factor": lambda: gt.ZClip(clip_factor=0.0),
+    "quantile_above_1": lambda: gt.QuantileClip(_params(), quantile=1.5),
+    "quantile_negative": lambda: gt.QuantileClip(_params(), quantile=-0.1),
+    "quantile_nan": lambda: gt.QuantileClip(_params(), quantile=float("nan")),
+    "history_length_0": lambda: gt.QuantileClip(_params(), history_length=0),
+    "group_quantile": lambda: gt.QuantileClip([{"params": list(_params()), "quantile": 2.0}]),
+    "empty_parameters": lambda: gt.QuantileClip([]),
+    "adagc_beta_1": lambda: gt.AdaGC(beta=1.0),
+    "adagc_lambda_rel_negative": lambda: gt.AdaGC(lambda_rel=-1.0),
+    "adagc_lambda_abs_zero": lambda: gt.AdaGC(lambda_abs=0.0),
+    "adagc_eps_negative": lambda: gt.AdaGC(eps=-1e-8),
+    "adagc_warmup_negative": lambda: gt.AdaGC(warmup_steps=-1),
+    "spike_window_1": lambda: gt.SpikeSkip(window=1),
+    "spike_min_values_above_window": lambda: gt.SpikeSkip(min_values=200),
+    "spike_sigma_negative": lambda: gt.SpikeSkip(sigma=-6.0),
+    "native_method": lambda: gclip.AdaptiveClipper("median"),
+    "native_quantile": lambda: gclip.AdaptiveClipper("autoclip", quantile=2.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(INVALID))
+def test_invalid_hyperparameters_raise_value_error(name):
+    with pytest.raises(ValueError):
+        INVALID[name]()
+
+
+def test_wrong_types_raise_type_error():
+    with pytest.raises(TypeError):
+        gt.QuantileClip(_params(), history_length=2.5)
+    with pytest.raises(TypeError):
+        gt.ZClip(alpha="0.9")
+    with pytest.raises(TypeError):
+        gclip.AdaptiveClipper("zclip", quantile=0.5)
+
+
+def test_hyperparameters_are_read_only():
+    z = gt.ZClip(alpha=0.9)
+    assert z.alpha == 0.9 and z.mode == "zscore"
+    with pytest.raises(AttributeError):
+        z.alpha = 0.5
+
+
+def test_rejected_step_changes_nothing(rng):
+    """A gradient with gaps, or gradients on two dtypes of one per-tensor
+    state, is refused before any gradient or statistic is written."""
+    z = gt.ZClip(warmup_steps=3)
+    good = [torch.from_numpy(g) for g in next(gradient_stream(rng, 1))]
+    for _ in range(4):
+        z.step([g.clone() for g in good])
+    state = z.state_dict()["state"]
+    grads = [g.clone() * 10 for g in good]
+    strided = torch.randn(4, 8)[:, ::2]
+    with pytest.raises(ValueError):
+        z.step(grads + [strided])
+    assert_grads_equal(grads, [g * 10 for g in good])
+    assert torch.equal(z.state_dict()["state"], state)
+
+    m = make_model()
+    q = gt.QuantileClip(m.parameters())
+    set_grads(m, next(gradient_stream(rng, 1)))
+    q.step()
+    saved = q.state_dict()["clippers"][0]["state"]
+    params = list(m.parameters())
+    params[1].grad = None
+    kept = params[0].grad.clone()
+    with pytest.raises(ValueError, match="per tensor"):
+        q.step()
+    assert torch.equal(params[0].grad, kept)
+    assert torch.equal(q.state_dict()["clippers"][0]["state"], saved)
+
+
+def test_global_state_follows_a_changing_set_of_gradients(rng):
+    """Parameters without .grad are left out, as the reference does; the
+    state of a global method moves to the new set."""
+    zclip = pytest.importorskip("zclip", reason="the reference package zclip==1.0.0")
+    ref, ours = zclip.ZClip(warmup_steps=5, max_grad_norm=None), gt.ZClip(warmup_steps=5,
+                                                                          max_grad_norm=None)
+    m_ref, m_ours = make_model(), make_model()
+    for k, gs in enumerate(gradient_stream(rng, 60)):
+        set_grads(m_ref, gs)
+        set_grads(m_ours, gs)
+        if 20 <= k < 30:
+            for m in (m_ref, m_ours):
+                list(m.parameters())[3].grad = None
+        assert ours.step(m_ours).item() == pytest.approx(ref.step(m_ref), rel=1e-6)
+        assert_grads_close([p.grad for p in list(m_ours.parameters())[:3]],
+                           [p.grad for p in list(m_ref.parameters())[:3]])
+    assert ours.mean == pytest.approx(ref.mean, rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_nan_norm_never_enters_the_statistics(rng, kind):
+    """A NaN norm leaves the state as it was: the clipper then goes on bit
+    for bit as a twin that never saw that step."""
+    stream = list(gradient_stream(rng, 30, tensor_spikes=True))
+    m, m_twin = make_model(), make_model()
+    clipper, twin = build(kind, m), build(kind, m_twin)
+    for gs in stream[:14]:
+        set_grads(m, gs)
+        run_step(kind, clipper, m)
+    saved = clipper.state_dict()
+    gs = [g.copy() for g in stream[14]]
+    gs[1][3] = np.nan
+    set_grads(m, gs)
+    run_step(kind, clipper, m)
+    info = clipper.info()
+    assert not info.recorded and math.isnan(info.total_norm)
+    twin.load_state_dict(saved)
+    for gs in stream[15:]:
+        set_grads(m, gs)
+        set_grads(m_twin, gs)
+        ra, rb = run_step(kind, clipper, m), run_step(kind, twin, m_twin)
+        if ra is not None:
+            assert torch.equal(ra, rb)
+        assert_grads_equal(grads_of(m), grads_of(m_twin))
+
+
+def test_nonfinite_skip_writes_nothing(rng):
+    m = make_model()
+    z = gt.ZClip(warmup_steps=3, nonfinite="skip")
+    for gs in gradient_stream(rng, 5):
+        set_grads(m, gs)
+        z.step(m)
+    gs = next(gradient_stream(rng, 1))
+    gs[0][0, 0] = np.inf
+    set_grads(m, gs)
+    z.step(m)
+    assert_grads_equal(grads_of(m), [torch.from_numpy(g) for g in gs])
+    assert z.result().nonfinite
+
+
+# ---- the native clipper and device views ---------------------------------------------------
+
+def test_native_adaptive_clipper_on_numpy_matches_torch(rng):
+    """gclip.AdaptiveClipper on NumPy arrays gives the bits of gclip.torch.ZClip."""
+    c = gclip.AdaptiveClipper("zclip", warmup_steps=4, max_grad_norm=None)
+    z = gt.ZClip(warmup_steps=4, max_grad_norm=None, nonfinite="skip")
+    for gs in gradient_stream(rng, 60):
+        xs = [g.copy() for g in gs]
+        ts = [torch.from_numpy(g.copy()) for g in gs]
+        c.step(xs)
+        z.step(ts)
+        for x, t in zip(xs, ts):
+            assert np.array_equal(x, t.numpy())
+    assert c.result().op == "adaptive_clip"
+    assert c.statistics()["mean"] == z.statistics()["mean"]
+    assert c.statistics()["var"] == z.statistics()["var"]
+    view = c.device_info()
+    assert np.from_dlpack(view.total_norm) == np.float32(c.info().total_norm)
+    assert int(np.from_dlpack(view.steps)) == 60
+    assert c.state_dict()["state"] == bytes(z.state_dict()["state"].numpy())
+
+
+@pytest.mark.parametrize("method,kw", [("autoclip", {"global_threshold": True}),
+                                       ("adagc", {"warmup_steps": 3}),
+                                       ("spike_skip", {"window": 8, "min_values": 3})])
+def test_native_adaptive_clipper_methods(rng, method, kw):
+    c = gclip.AdaptiveClipper(method, **kw)
+    for gs in gradient_stream(rng, 20):
+        c.step([g.copy() for g in gs])
+    r = c.result()
+    assert r.op == ("adaptive_skip" if method == "spike_skip" else "adaptive_clip")
+    assert c.info().steps >= 19
+    restored = gclip.AdaptiveClipper(method, **kw)
+    restored.load_state_dict(c.state_dict())
+    assert restored.state_dict() == c.state_dict()
+
+
+def test_returned_norm_is_a_copy_and_views_are_live(rng):
+    m = make_model()
+    z = gt.ZClip(warmup_steps=3)
+    stream = gradient_stream(rng, 2)
+    set_grads(m, next(stream))
+    n1 = z.step(m)
+    live = z.device_info()["total_norm"]
+    assert live.item() == n1.item()
+    set_grads(m, next(stream))
+    n2 = z.step(m)
+    assert n1.item() != n2.item() and live.item() == n2.item()
+    assert z.device_info()["steps"].item() == 2
+
+
+def test_torch_adaptive_clipper_takes_parameters(rng):
+    m_a, m_b = make_model(), make_model()
+    c = gt.AdaptiveClipper("zclip", warmup_steps=3)
+    z = gt.ZClip(warmup_steps=3)
+    for gs in gradient_stream(rng, 10):
+        set_grads(m_a, gs)
+        set_grads(m_b, gs)
+        c.step(m_a.parameters())
+        z.step(m_b)
+        assert_grads_equal(grads_of(m_a), grads_of(m_b))
+    for p in m_a.parameters():  # the parameters themselves are untouched
+        assert p.grad is not None and p.requires_grad
+
+
+# ---- CUDA ------------------------------------------------------------------------------------
+
+@needs_cuda
+@pytest.mark.parametrize("kind", KINDS)
+def test_cuda_state_and_gradients_equal_the_cpu_bitwise(rng, kind):
+    stream = list(gradient_stream(rng, 60, tensor_spikes=True))
+    m_cpu, m_gpu = make_model(), make_model("cuda")
+    c_cpu, c_gpu = build(kind, m_cpu), build(kind, m_gpu)
+    for gs in stream:
+        set_grads(m_cpu, gs)
+        set_grads(m_gpu, gs)
+        r_cpu, r_gpu = run_step(kind, c_cpu, m_cpu), run_step(kind, c_gpu, m_gpu)
+        if r_cpu is not None:
+            assert r_gpu.device.type == "cuda"
+            assert torch.equal(r_cpu, r_gpu.cpu())
+        assert_grads_equal(grads_of(m_cpu), [g.cpu() for g in grads_of(m_gpu)])
+    s_cpu, s_gpu = c_cpu.state_dict(), c_gpu.state_dict()
+    if kind.startswith("autoclip"):
+        s_cpu, s_gpu = s_cpu["clippers"][0], s_gpu["clippers"][0]
+    assert torch.equal(s_cpu["state"], s_gpu["state"])
+
+
+@needs_cuda
+def test_cuda_step_does_not_synchronize(rng):
+    m = make_model("cuda")
+    z = gt.ZClip(warmup_steps=3)
+    stream = [[torch.from_numpy(g).cuda() for g in gs] for gs in gradient_stream(rng, 10)]
+    for p, g in zip(m.parameters(), stream[0]):
+        p.grad = g.clone()
+    z.step(m)  # builds the plan and the state
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for gs in stream[1:]:
+            for p, g in zip(m.parameters(), gs):
+                p.grad.copy_(g)
+            norm = z.step(m)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert norm.device.type == "cuda"
+
+
+@needs_cuda
+def test_cuda_graph_replay_updates_the_state_as_eager_steps(rng):
+    stream = list(gradient_stream(rng, 40))
+    m_e, m_g = make_model("cuda"), make_model("cuda")
+    eager, graphed = gt.ZClip(warmup_steps=5), gt.ZClip(warmup_steps=5)
+    for m in (m_e, m_g):
+        set_grads(m, stream[0])
+    eager.step(m_e)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        graphed.step(m_g)  # builds the plan and state outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = graphed.step(m_g)
+    for gs in stream[1:]:
+        for m in (m_e, m_g):
+            for p, g in zip(m.parameters(), gs):
+                p.grad.copy_(torch.from_numpy(g))
+        ref = eager.step(m_e)
+        graph.replay()
+        assert torch.equal(ref, out)
+        assert_grads_equal(grads_of(m_e), grads_of(m_g))
+    assert torch.equal(eager.state_dict()["state"], graphed.state_dict()["state"])
