@@ -214,6 +214,8 @@ def _scan_fast(items, from_params: bool, fp32_norm: bool):
     ok_dtype = flags & (F.FAST_DTYPES if fp32_norm else F.ALL_F32)
     if count == 0 or not ok_dtype or not (flags & F.ONE_DEVICE) or not (flags & F.DENSE) or dev < -1:
         return None, 0, count
+    if not _scanner.buf[0]:  # no data pointer: an empty tensor, or a DTensor's wrapper
+        return None, 0, count
     entry = _scanner.entry(sig, items, from_params, dev)
     stream = _current_stream(dev)
     _scanner.rebind(entry, count, stream)
@@ -340,7 +342,8 @@ def _check_nonfinite_arg(nonfinite: str) -> bool:
 @torch.no_grad()
 def clip_grad_norm_(parameters: _tensor_or_tensors, max_norm: float, norm_type: float = 2.0,
                     error_if_nonfinite: bool = False, foreach: Optional[bool] = None, *,
-                    fp32_norm: bool = False, nonfinite: str = "propagate") -> Tensor:
+                    fp32_norm: bool = False, nonfinite: str = "propagate",
+                    process_group=None) -> Tensor:
     r"""Clip the gradient norm of an iterable of parameters, in place.
 
     Same arguments, defaults and return value as
@@ -352,8 +355,17 @@ def clip_grad_norm_(parameters: _tensor_or_tensors, max_norm: float, norm_type: 
     to 1e-6 for float16/bfloat16 gradients and computes the coefficient in
     float32; ``nonfinite="skip"`` leaves every gradient untouched when the
     norm is NaN or Inf.
+
+    Across ranks: DTensor gradients (FSDP2, tensor parallel) are reduced over
+    their device mesh as PyTorch reduces them, and the norm returned is the
+    global one, a replicated DTensor, bitwise identical on every rank.
+    ``process_group=`` does the same for plain tensors sharded over that
+    group (ZeRO style). See gclip.distributed.
     """
     skip = _check_nonfinite_arg(nonfinite)
+    if process_group is not None:
+        return _clip_distributed(parameters, max_norm, norm_type, error_if_nonfinite, fp32_norm,
+                                 skip, process_group)
     params = parameters if type(parameters) in (list, tuple) else _as_list(parameters, True)
     norm_type = float(norm_type)
     max_norm = float(max_norm)
@@ -366,10 +378,21 @@ def clip_grad_norm_(parameters: _tensor_or_tensors, max_norm: float, norm_type: 
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return torch.tensor(0.0)
+    if _distributed.any_dtensor(grads):
+        return _distributed.clip_grad_norm(grads, max_norm, norm_type, error_if_nonfinite,
+                                           fp32_norm, skip)
     if torch.compiler.is_compiling():
         return torch.ops.gclip.clip_grad_norm_(grads, max_norm, norm_type, error_if_nonfinite,
                                                 fp32_norm, skip)
     return _clip_grad_norm_impl(grads, max_norm, norm_type, error_if_nonfinite, fp32_norm, skip)
+
+
+def _clip_distributed(parameters, max_norm, norm_type, error_if_nonfinite, fp32_norm, skip,
+                      process_group):
+    params = _as_list(parameters, True)
+    grads = [p.grad for p in params if p.grad is not None]
+    return _distributed.clip_grad_norm(grads, float(max_norm), float(norm_type),
+                                       error_if_nonfinite, fp32_norm, skip, process_group)
 
 
 def _run_clip(entry, stream, max_norm, norm_type, error_if_nonfinite, skip):
@@ -405,15 +428,20 @@ def _clip_grad_norm_impl(grads, max_norm, norm_type, error_if_nonfinite, fp32_no
 @torch.no_grad()
 def get_total_norm(tensors: _tensor_or_tensors, norm_type: float = 2.0,
                    error_if_nonfinite: bool = False, foreach: Optional[bool] = None, *,
-                   fp32_norm: bool = False) -> Tensor:
+                   fp32_norm: bool = False, process_group=None) -> Tensor:
     r"""The norm of an iterable of tensors, as :func:`torch.nn.utils.get_total_norm`.
 
     Takes the tensors themselves (the gradients), not parameters. Returns a
     0-dim tensor on the first tensor's device; ``torch.tensor(0.0)`` for an
     empty list. ``fp32_norm=True``: float32 result for float16/bfloat16 input.
+    DTensors, and plain tensors sharded over ``process_group=``, give the
+    global norm on every rank (see :func:`clip_grad_norm_`).
     """
     tensors = [tensors] if isinstance(tensors, Tensor) else list(tensors)
     norm_type = float(norm_type)
+    if process_group is not None or (tensors and _distributed.any_dtensor(tensors)):
+        return _distributed.total_norm(tensors, norm_type, error_if_nonfinite, fp32_norm,
+                                       process_group)
     if not tensors:
         return torch.tensor(0.0)
     if torch.compiler.is_compiling():
@@ -590,6 +618,7 @@ def _grads_of(tensors) -> List[Tensor]:
 
 
 from . import _torch_ops  # noqa: E402,F401  (registers torch.ops.gclip.*)
+from . import distributed as _distributed  # noqa: E402  (DTensor and process_group= paths)
 from .adaptive import (  # noqa: E402,F401  (adaptive clipping, state on the device)
     AdaGC, QuantileClip, SpikeSkip, ZClip, adaptive_clip_grad,
     TorchAdaptiveClipper as AdaptiveClipper,

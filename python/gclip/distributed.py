@@ -1,0 +1,337 @@
+"""Clipping across ranks with torch.distributed.
+
+``gclip.torch.clip_grad_norm_`` and ``gclip.torch.get_total_norm`` come here
+when the gradients are DTensors (FSDP2, tensor parallel) or when a
+``process_group=`` is given for plain sharded tensors (ZeRO style). One step:
+
+1. accumulate: the tensors this rank counts are read into the 16-byte
+   ``gclip_partial`` of a plan (``gclip_norm_accumulate``);
+2. gather: every rank's partial is all-gathered with
+   ``torch.distributed.all_gather_into_tensor`` (a uint8 tensor; gloo on the
+   CPU, NCCL on the current CUDA stream, no host synchronization);
+3. finalize: ``gclip_norm_finalize`` folds the gathered array in rank order,
+   so the norm, coefficient and factor are bitwise identical on every rank;
+4. apply: ``gclip_apply_clip_factor`` scales this rank's local gradients.
+
+What counts on this rank, for a DTensor on a device mesh (as PyTorch's own
+``clip_grad_norm_`` reduces DTensors):
+
+* ``Shard(d)`` (and strided shards): every coordinate of that mesh dimension
+  holds distinct elements, so each one counts;
+* ``Replicate()``: every coordinate holds the same elements, so they count on
+  coordinate 0 only;
+* ``Partial()``: the gradient is an unreduced sum. Its norm is that of the sum,
+  so the sum is formed first (``redistribute`` to ``Replicate``, a collective)
+  and counted on coordinate 0; the local partial values are scaled in place
+  (scaling is linear, so the sum is scaled by the same factor).
+
+A mesh of several dimensions is gathered dimension by dimension, last first,
+which leaves every rank of the mesh with the same array in row-major mesh
+order. With ``process_group=``, every tensor given counts on this rank and the
+partials are gathered over that group.
+
+Options that every rank must share: the norm type and the non-finite policy
+travel with each partial, and a rank that meets a foreign one raises
+``GclipError`` (status MISMATCH) on every rank, writing nothing. ``max_norm``
+is not compared.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from . import _dlpack, _lib
+
+__all__ = ["is_dtensor", "any_dtensor", "clip_grad_norm", "total_norm"]
+
+try:
+    from torch.distributed.tensor import DTensor, Replicate
+    from torch.distributed.tensor.placement_types import _StridedShard
+except ImportError:  # pragma: no cover - torch without DTensor
+    DTensor = None
+    Replicate = None
+    _StridedShard = ()
+
+_SLOT_WORDS = 10     # gclip_device_result: 10 32-bit words
+_SLOT_STATUS = 6     # index of its `status` word
+_PARTIAL_BYTES = 16  # sizeof(gclip_partial)
+
+
+def is_dtensor(t) -> bool:
+    return DTensor is not None and isinstance(t, DTensor)
+
+
+def any_dtensor(tensors) -> bool:
+    if DTensor is None:
+        return False
+    for t in tensors:
+        if isinstance(t, DTensor):
+            return True
+    return False
+
+
+# ---- which local tensors count ----------------------------------------------------------
+
+class _Split:
+    """This rank's view of the gradients: the local tensors to scale, those to
+    count, and how to gather (a device mesh or a process group)."""
+
+    __slots__ = ("apply", "counted", "mesh", "group")
+
+    def __init__(self, apply, counted, mesh=None, group=None):
+        self.apply = apply
+        self.counted = counted
+        self.mesh = mesh
+        self.group = group
+
+
+def _is_sharded(p) -> bool:
+    return p.is_shard() or isinstance(p, _StridedShard)
+
+
+def _split_dtensors(grads: List[Tensor]) -> _Split:
+    mesh = None
+    for i, g in enumerate(grads):
+        if not is_dtensor(g):
+            raise TypeError(f"gclip: gradient {i} is a plain tensor among DTensor gradients; "
+                            "pass all DTensors (on one device mesh) or all plain tensors")
+        if mesh is None:
+            mesh = g.device_mesh
+        elif g.device_mesh != mesh:
+            raise ValueError(f"gclip: gradient {i} is on another device mesh than gradient 0 "
+                             f"({g.device_mesh} vs {mesh}); the gradients of one call must share "
+                             "one mesh")
+    coord = mesh.get_coordinate()
+    if coord is None:
+        raise ValueError("gclip: this rank is not part of the gradients' device mesh")
+    apply, counted = [], []
+    for i, g in enumerate(grads):
+        placements = tuple(g.placements)
+        local = g.to_local()
+        apply.append(local)
+        source = local
+        if any(p.is_partial() for p in placements):
+            reduced = g.redistribute(mesh, [Replicate() if p.is_partial() else p
+                                            for p in placements])
+            source = reduced.to_local()
+        counts = True
+        for d, p in enumerate(placements):
+            if _is_sharded(p):
+                continue
+            if p.is_replicate() or p.is_partial():
+                if coord[d] != 0:
+                    counts = False
+                continue
+            raise TypeError(f"gclip: gradient {i} has placement {p} on mesh dimension {d}; "
+                            "gclip takes Shard, Replicate and Partial placements")
+        if counts:
+            counted.append(source)
+    return _Split(apply, counted, mesh=mesh)
+
+
+def _split_group(grads: List[Tensor], group) -> _Split:
+    for i, g in enumerate(grads):
+        if is_dtensor(g):
+            raise TypeError(f"gclip: gradient {i} is a DTensor; process_group= is for plain "
+                            "tensors (DTensors are reduced over their own device mesh)")
+    return _Split(list(grads), list(grads), group=group)
+
+
+# ---- the step ------------------------------------------------------------------------------
+
+def _device_of(tensors: List[Tensor]):
+    device = tensors[0].device
+    for i, t in enumerate(tensors):
+        if t.device != device:
+            raise ValueError(f"gclip: local gradient {i} is on {t.device}, gradient 0 on "
+                             f"{device}; the local gradients of a rank must be on one device")
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return device, index
+    if device.type != "cpu":
+        raise TypeError(f"gclip: gradients on a '{device.type}' device; gclip runs on the CPU "
+                        "and on CUDA devices")
+    return device, -1
+
+
+def _group_device(group):
+    """The device of a rank that holds no tensor: the group's backend decides."""
+    if str(dist.get_backend(group)).lower() == "nccl":
+        index = torch.cuda.current_device()
+        return torch.device("cuda", index), index
+    return torch.device("cpu"), -1
+
+
+def _slot_words(entry, device: torch.device) -> Tensor:
+    plan = entry.plan
+    view = _dlpack.MemoryView(plan, plan.slot_address(), plan.device, "int32", (_SLOT_WORDS,))
+    return torch.from_dlpack(view)
+
+
+def _partial_bytes(entry) -> Tensor:
+    plan = entry.plan
+    view = _dlpack.MemoryView(plan, plan.partial_address(), plan.device, "int32", (4,))
+    return torch.from_dlpack(view).view(torch.uint8)
+
+
+def _gather(send: Tensor, split: _Split) -> Tensor:
+    """Every rank's 16-byte partial, in rank order of the group (row-major
+    order of the mesh), identical on every rank."""
+    if split.mesh is not None:
+        groups = [split.mesh.get_group(d) for d in reversed(range(split.mesh.ndim))]
+    else:
+        groups = [split.group]
+    buf = send
+    for group in groups:
+        n = dist.get_world_size(group)
+        if n == 1:
+            continue
+        out = torch.empty(n * buf.numel(), dtype=torch.uint8, device=buf.device)
+        dist.all_gather_into_tensor(out, buf, group=group)
+        buf = out
+    return buf
+
+
+def _mismatch_error() -> _lib.GclipError:
+    return _lib.GclipError(
+        _lib.MISMATCH,
+        "gclip: ranks disagree on the norm type or the non-finite policy (a gathered partial "
+        "was made with other options than this rank's); every rank must pass the same "
+        "norm_type, nonfinite and error_if_nonfinite. Nothing was written.")
+
+
+def _run(split: _Split, norm_type: float, max_norm: float, policy: int, apply: bool):
+    """Accumulate, gather, finalize and (when `apply`) apply. Returns the
+    plan entry whose result slot holds the global result."""
+    from . import torch as gt
+
+    every = split.apply + split.counted
+    device, dev_index = _local_device(split)
+    for i, t in enumerate(every):
+        gt._check_tensor(t, i)
+    stream = gt._current_stream(dev_index)
+
+    counted = gt._bind(split.counted, device, dev_index, stream) if split.counted else \
+        gt._cache.get([], device, dev_index, [])
+    plan = counted.plan
+    plan.run("norm_accumulate", plan.options(1.0, norm_type, 1e-6, 1.0, policy), stream)
+    send = torch.empty(_PARTIAL_BYTES, dtype=torch.uint8, device=device)
+    send.copy_(_partial_bytes(counted))
+    gathered = _gather(send, split)
+    count = gathered.numel() // _PARTIAL_BYTES
+
+    target = gt._bind(split.apply, device, dev_index, stream) if split.apply else counted
+    plan = target.plan
+    plan.finalize(plan.options(max_norm, norm_type, 1e-6, 1.0, policy), gathered.data_ptr(),
+                  count, stream)
+    if dev_index < 0 and int(_slot_words(target, device)[_SLOT_STATUS]) == _lib.MISMATCH:
+        raise _mismatch_error()
+    if apply and split.apply:
+        plan.apply_clip_factor(stream)
+    return target
+
+
+def _status_checked(target, device, dev_index: int) -> Tensor:
+    """The norm; on CUDA, NaN when the slot says MISMATCH (read on the device)."""
+    norm = target.norm_view.clone()
+    if dev_index >= 0:
+        status = _slot_words(target, device)[_SLOT_STATUS]
+        norm = torch.where(status == _lib.SUCCESS, norm, torch.full_like(norm, math.nan))
+    return norm
+
+
+def _local_device(split: _Split):
+    every = split.apply + split.counted
+    return _device_of(every) if every else _group_device(split.group)
+
+
+def _wrap(norm: Tensor, split: _Split) -> Tensor:
+    if split.mesh is None:
+        return norm
+    return DTensor.from_local(norm, split.mesh, [Replicate()] * split.mesh.ndim, run_check=False)
+
+
+def _nonfinite_message(norm_type: float) -> str:
+    from . import torch as gt
+    return gt._nonfinite_message(norm_type)
+
+
+def _split(grads: List[Tensor], process_group) -> _Split:
+    if process_group is not None:
+        return _split_group(grads, process_group)
+    return _split_dtensors(grads)
+
+
+def _gclip_takes(grads: List[Tensor], norm_type: float, fp32_norm: bool, is_mesh: bool) -> bool:
+    if not (norm_type > 0) or math.isnan(norm_type):
+        return False
+    if not is_mesh:
+        return True
+    allowed = (torch.float32, torch.float16, torch.bfloat16) if fp32_norm else (torch.float32,)
+    return all(g.dtype in allowed for g in grads)
+
+
+def clip_grad_norm(grads: List[Tensor], max_norm: float, norm_type: float,
+                   error_if_nonfinite: bool, fp32_norm: bool, skip: bool,
+                   process_group=None) -> Tensor:
+    """Global-norm clipping of DTensor gradients, or of plain tensors sharded
+    over `process_group`. Returns the global norm on every rank (a replicated
+    DTensor for DTensor gradients, a float32 tensor otherwise)."""
+    is_mesh = process_group is None
+    if not _gclip_takes(grads, norm_type, fp32_norm, is_mesh) or max_norm < 0:
+        if not is_mesh:
+            raise ValueError(f"gclip: process_group= takes norm types > 0 and max_norm >= 0 "
+                             f"(got norm_type={norm_type}, max_norm={max_norm})")
+        return _torch_clip(grads, max_norm, norm_type, error_if_nonfinite, skip)
+    split = _split(grads, process_group)
+    policy = _lib.ERROR if error_if_nonfinite else (_lib.SKIP if skip else _lib.PROPAGATE)
+    target = _run(split, norm_type, max_norm, policy, True)
+    device, dev_index = _local_device(split)
+    if error_if_nonfinite:
+        st, _ = target.plan.get_result()
+        if st == _lib.NONFINITE:
+            raise RuntimeError(_nonfinite_message(norm_type))
+        if st == _lib.MISMATCH:
+            raise _mismatch_error()
+        if st:
+            raise _lib.error_for(st, "gclip_norm_finalize")
+    return _wrap(_status_checked(target, device, dev_index), split)
+
+
+def total_norm(tensors: List[Tensor], norm_type: float, error_if_nonfinite: bool,
+               fp32_norm: bool, process_group=None) -> Tensor:
+    """The global norm of DTensors, or of plain tensors sharded over
+    `process_group`, on every rank."""
+    is_mesh = process_group is None
+    if not _gclip_takes(tensors, norm_type, fp32_norm, is_mesh):
+        if not is_mesh:
+            raise ValueError(f"gclip: process_group= takes norm types > 0 (got {norm_type})")
+        return torch.nn.utils.get_total_norm(tensors, norm_type, error_if_nonfinite)
+    split = _split(tensors, process_group)
+    target = _run(split, norm_type, 1.0, _lib.PROPAGATE, False)
+    device, dev_index = _local_device(split)
+    norm = _status_checked(target, device, dev_index)
+    if error_if_nonfinite and not bool(torch.isfinite(norm)):
+        raise RuntimeError(_nonfinite_message(norm_type))
+    return _wrap(norm, split)
+
+
+def _torch_clip(grads, max_norm, norm_type, error_if_nonfinite, skip) -> Tensor:
+    """PyTorch's own DTensor arithmetic, for what gclip does not take here
+    (float64, float16/bfloat16 norms rounded to the gradient dtype, norm types
+    <= 0, a negative max_norm)."""
+    total = torch.nn.utils.get_total_norm(grads, norm_type, error_if_nonfinite)
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    if skip:
+        coef = torch.where(torch.isfinite(total), coef, torch.ones_like(coef))
+    groups = {}
+    for g in grads:
+        groups.setdefault((g.device, g.dtype), []).append(g)
+    for (device, _), gs in groups.items():
+        torch._foreach_mul_(gs, coef.to(device))
+    return total

@@ -1,0 +1,530 @@
+"""Clipping across ranks with torch.distributed: DTensor gradients on 1-D and
+2-D device meshes, and plain sharded tensors with process_group=.
+
+Each world size (2, 3, 4) is one torch.multiprocessing spawn with gloo on the
+CPU that runs every scenario; each rank records its checks and its norms'
+bits, and the tests below read those records. Data is seeded and never all
+zero; the same full tensors are built on every rank.
+"""
+
+import json
+import math
+import os
+import struct
+import traceback
+from datetime import timedelta
+
+import pytest
+
+torch = pytest.importorskip("torch")
+dist = pytest.importorskip("torch.distributed")
+if not dist.is_available():  # pragma: no cover
+    pytest.skip("torch.distributed is not available", allow_module_level=True)
+pytest.importorskip("torch.distributed.tensor")
+
+import torch.multiprocessing as mp  # noqa: E402
+from torch.distributed.tensor import (  # noqa: E402
+    DTensor, Partial, Replicate, Shard, distribute_tensor, init_device_mesh,
+)
+
+import gclip  # noqa: E402
+import gclip.torch as gt  # noqa: E402
+
+WORLD_SIZES = (2, 3, 4)
+MAX_NORM = 0.5
+
+
+# ---- helpers used inside the ranks ---------------------------------------------------------
+
+def _bits(x: float) -> str:
+    return struct.pack("<f", float(x)).hex()
+
+
+def _ref_norm(fulls, p: float) -> float:
+    """The norm of the full tensors, in float64 (math.fsum for p = 1, 2, 3)."""
+    flat = torch.cat([f.reshape(-1).double() for f in fulls]) if fulls else torch.zeros(0)
+    if math.isinf(p):
+        return float(flat.abs().max()) if flat.numel() else 0.0
+    terms = (flat.abs() ** p).tolist()
+    return math.fsum(terms) ** (1.0 / p)
+
+
+def _maxdiff(a, b) -> float:
+    return float((a - b).abs().max()) if a.numel() else 0.0
+
+
+def _full(shape, gen, scale=1.0):
+    return (torch.randn(*shape, generator=gen) * scale).float()
+
+
+def _params_like(fulls_and_placements, mesh):
+    """(torch params, gclip params): DTensor parameters with DTensor gradients."""
+    out = ([], [])
+    for full, placements in fulls_and_placements:
+        for side in out:
+            p = torch.nn.Parameter(distribute_tensor(torch.zeros_like(full), mesh, placements))
+            if any(isinstance(pl, Partial) for pl in placements):
+                p.grad = _partial_dtensor(full, mesh, placements)
+            else:
+                p.grad = distribute_tensor(full.clone(), mesh, placements)
+            side.append(p)
+    return out
+
+
+def _partial_dtensor(full, mesh, placements):
+    """A DTensor whose Partial dimensions hold exact pieces of `full`: element
+    i goes to coordinate (i mod size); the sum is `full` bit for bit."""
+    shard_pl = [pl if not isinstance(pl, Partial) else Replicate() for pl in placements]
+    local = distribute_tensor(full.clone(), mesh, shard_pl).to_local().clone()
+    coord = mesh.get_coordinate()
+    idx = torch.arange(local.numel()).reshape(local.shape)
+    for d, pl in enumerate(placements):
+        if isinstance(pl, Partial):
+            local = torch.where(idx % mesh.size(d) == coord[d], local, torch.zeros_like(local))
+    return DTensor.from_local(local, mesh, placements, run_check=False)
+
+
+class _Recorder:
+    def __init__(self, rank):
+        self.rank = rank
+        self.checks = {}
+        self.bits = {}
+
+    def check(self, name, ok, detail=""):
+        prev = self.checks.get(name)
+        if prev is not None and not prev[0]:
+            return
+        self.checks[name] = (bool(ok), str(detail))
+
+    def close(self, name, got, want, rtol, detail=""):
+        ok = (math.isnan(got) and math.isnan(want)) or abs(got - want) <= rtol * max(abs(want), 1e-30)
+        self.check(name, ok, f"{detail} got {got!r} want {want!r} (rtol {rtol})")
+
+
+def _all_bits_equal(rec, name, value):
+    """Record whether `value` (a float32) has the same bits on every rank."""
+    mine = _bits(value)
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    rec.check(name, len(set(everyone)) == 1, f"bits per rank {everyone}")
+    rec.bits.setdefault(name, []).append(mine)
+
+
+def _as_float(norm):
+    if isinstance(norm, DTensor):
+        norm = norm.full_tensor()
+    return float(norm)
+
+
+# ---- the scenarios ---------------------------------------------------------------------------
+
+def _scenario_1d(rec, ws, rank):
+    mesh = init_device_mesh("cpu", (ws,))
+    gen = torch.Generator().manual_seed(1234)
+    spec = [
+        (_full((13, 7), gen), [Shard(0)]),
+        (_full((12, 5), gen, 2.0), [Shard(0)]),
+        (_full((11,), gen, 0.5), [Replicate()]),
+        (_full((6, 10), gen), [Shard(1)]),
+        (_full((5, 4), gen, 3.0), [Partial()]),
+    ]
+    fulls = [f for f, _ in spec]
+    ref = _ref_norm(fulls, 2.0)
+    tparams, gparams = _params_like(spec, mesh)
+
+    for p in (2.0, 1.0, math.inf, 3.0):
+        tn = torch.nn.utils.get_total_norm([q.grad for q in tparams], p)
+        gn = gt.get_total_norm([q.grad for q in gparams], p)
+        rec.check("1d_total_norm_is_replicated_dtensor",
+                  isinstance(gn, DTensor) and all(pl.is_replicate() for pl in gn.placements),
+                  f"{type(gn)}")
+        rec.close("1d_total_norm_matches_torch", _as_float(gn), _as_float(tn), 2e-6, f"p={p}")
+        rec.close("1d_total_norm_matches_reference", _as_float(gn), _ref_norm(fulls, p), 1e-6,
+                  f"p={p}")
+        _all_bits_equal(rec, "1d_total_norm_bitwise_across_ranks", gn.to_local())
+
+    tn = torch.nn.utils.clip_grad_norm_(tparams, MAX_NORM)
+    gn = gt.clip_grad_norm_(gparams, MAX_NORM)
+    rec.close("1d_clip_norm_matches_torch", _as_float(gn), _as_float(tn), 2e-6)
+    rec.close("1d_clip_norm_matches_reference", _as_float(gn), ref, 1e-6)
+    _all_bits_equal(rec, "1d_clip_norm_bitwise_across_ranks", gn.to_local())
+    coef = MAX_NORM / (ref + 1e-6)
+    for i, (tp, gp) in enumerate(zip(tparams, gparams)):
+        g_full = gp.grad.full_tensor()
+        t_full = tp.grad.full_tensor()
+        rec.check("1d_clipped_grads_match_torch", torch.allclose(g_full, t_full, rtol=1e-5, atol=1e-7),
+                  f"tensor {i}: max diff {_maxdiff(g_full, t_full)}")
+        want = fulls[i].double() * coef
+        rec.check("1d_clipped_grads_match_reference",
+                  torch.allclose(g_full.double(), want, rtol=2e-6, atol=1e-9),
+                  f"tensor {i}: max diff {_maxdiff(g_full.double(), want)}")
+        _all_bits_equal(rec, "1d_clipped_grads_bitwise_across_ranks",
+                        float(gp.grad.full_tensor().double().sum()))
+
+    # a shard that is empty on some ranks (3 rows over 4 ranks); PyTorch's
+    # _foreach_norm rejects p = inf on an empty tensor, so only the reference
+    small = _full((3, 5), gen, 2.0)
+    dts = [distribute_tensor(small.clone(), mesh, [Shard(0)]),
+           distribute_tensor(fulls[0].clone(), mesh, [Shard(0)])]
+    for p in (2.0, math.inf):
+        gn = gt.get_total_norm(dts, p)
+        rec.close("1d_empty_shard_matches_reference", _as_float(gn),
+                  _ref_norm([small, fulls[0]], p), 1e-6, f"p={p}")
+
+    # replicated tensors count once
+    rep_full = _full((17, 3), gen)
+    rep = distribute_tensor(rep_full.clone(), mesh, [Replicate()])
+    gn = _as_float(gt.get_total_norm([rep]))
+    one = _ref_norm([rep_full], 2.0)
+    rec.close("replicated_counted_once", gn, one, 1e-6)
+    rec.check("replicated_counted_once", abs(gn - math.sqrt(ws) * one) > 1e-3 * one,
+              "the norm equals the norm counted on every rank")
+    rec.close("replicated_counted_once",
+              _as_float(torch.nn.utils.get_total_norm([rep])), gn, 2e-6, "torch")
+
+
+def _scenario_2d(rec, ws, rank):
+    if ws != 4:
+        return
+    mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp"))
+    gen = torch.Generator().manual_seed(99)
+    spec = [
+        (_full((8, 6), gen), [Shard(0), Shard(1)]),
+        (_full((7, 5), gen, 2.0), [Shard(0), Replicate()]),
+        (_full((9,), gen, 0.25), [Replicate(), Shard(0)]),
+        (_full((4, 3), gen), [Replicate(), Replicate()]),
+        (_full((6, 2), gen, 1.5), [Shard(0), Partial()]),
+    ]
+    fulls = [f for f, _ in spec]
+    tparams, gparams = _params_like(spec, mesh)
+    for p in (2.0, math.inf):
+        tn = torch.nn.utils.get_total_norm([q.grad for q in tparams], p)
+        gn = gt.get_total_norm([q.grad for q in gparams], p)
+        rec.close("2d_total_norm_matches_torch", _as_float(gn), _as_float(tn), 2e-6, f"p={p}")
+        rec.close("2d_total_norm_matches_reference", _as_float(gn), _ref_norm(fulls, p), 1e-6,
+                  f"p={p}")
+        _all_bits_equal(rec, "2d_bitwise_across_ranks", gn.to_local())
+    tn = torch.nn.utils.clip_grad_norm_(tparams, MAX_NORM)
+    gn = gt.clip_grad_norm_(gparams, MAX_NORM)
+    rec.close("2d_clip_matches_torch", _as_float(gn), _as_float(tn), 2e-6)
+    rec.close("2d_clip_matches_reference", _as_float(gn), _ref_norm(fulls, 2.0), 1e-6)
+    _all_bits_equal(rec, "2d_bitwise_across_ranks", gn.to_local())
+    for i, (tp, gp) in enumerate(zip(tparams, gparams)):
+        g_full, t_full = gp.grad.full_tensor(), tp.grad.full_tensor()
+        rec.check("2d_clip_matches_torch", torch.allclose(g_full, t_full, rtol=1e-5, atol=1e-7),
+                  f"tensor {i}: max diff {_maxdiff(g_full, t_full)}")
+
+
+def _scenario_nonfinite(rec, ws, rank):
+    mesh = init_device_mesh("cpu", (ws,))
+    gen = torch.Generator().manual_seed(7)
+    for bad in (math.nan, math.inf):
+        full = _full((4 * ws, 3), gen)
+        full[-1, 1] = bad  # on the last rank only
+        other = _full((5,), gen)
+        spec = [(full, [Shard(0)]), (other, [Replicate()])]
+        name = "nan" if math.isnan(bad) else "inf"
+
+        # default: PyTorch's semantics, on every rank
+        tparams, gparams = _params_like(spec, mesh)
+        tn = torch.nn.utils.clip_grad_norm_(tparams, MAX_NORM)
+        gn = gt.clip_grad_norm_(gparams, MAX_NORM)
+        g_norm, t_norm = float(gn.to_local()), float(tn.full_tensor())
+        rec.check(f"{name}_propagate_every_rank",
+                  (math.isnan(g_norm) and math.isnan(t_norm)) or g_norm == t_norm,
+                  f"gclip {g_norm} torch {t_norm}")
+        for tp, gp in zip(tparams, gparams):
+            gl, tl = gp.grad.to_local(), tp.grad.to_local()
+            rec.check(f"{name}_propagate_every_rank", torch.equal(gl.isnan(), tl.isnan()) and
+                      torch.equal(torch.nan_to_num(gl), torch.nan_to_num(tl)),
+                      f"rank {rank}: local gradients differ from torch's")
+
+        # skip: nothing written on any rank, the norm still says what happened
+        _, gparams = _params_like(spec, mesh)
+        before = [gp.grad.to_local().clone() for gp in gparams]
+        gn = gt.clip_grad_norm_(gparams, MAX_NORM, nonfinite="skip")
+        g_norm = float(gn.to_local())
+        rec.check(f"{name}_skip_every_rank", not math.isfinite(g_norm), f"norm {g_norm}")
+        for b, gp in zip(before, gparams):
+            rec.check(f"{name}_skip_every_rank", torch.equal(b.view(torch.int32),
+                                                            gp.grad.to_local().view(torch.int32)),
+                      f"rank {rank}: a gradient was written under nonfinite='skip'")
+
+        # error_if_nonfinite raises on every rank and writes nothing
+        _, gparams = _params_like(spec, mesh)
+        before = [gp.grad.to_local().clone() for gp in gparams]
+        try:
+            gt.clip_grad_norm_(gparams, MAX_NORM, error_if_nonfinite=True)
+            rec.check(f"{name}_error_every_rank", False, "no exception")
+        except RuntimeError as e:
+            rec.check(f"{name}_error_every_rank", "non-finite" in str(e), str(e))
+        for b, gp in zip(before, gparams):
+            rec.check(f"{name}_error_every_rank", torch.equal(b.view(torch.int32),
+                                                             gp.grad.to_local().view(torch.int32)),
+                      "a gradient was written")
+
+
+def _zero_shards(fulls, rank, ws):
+    """ZeRO-style flat shards: each full tensor flattened, split in ws chunks."""
+    return [torch.tensor_split(f.reshape(-1), ws)[rank].clone() for f in fulls]
+
+
+def _scenario_process_group(rec, ws, rank):
+    gen = torch.Generator().manual_seed(2024)
+    fulls = [_full((31,), gen), _full((2,), gen, 4.0), _full((10, 10), gen, 0.1)]
+    group = dist.group.WORLD
+    for p in (2.0, 1.0, math.inf):
+        shards = _zero_shards(fulls, rank, ws)
+        gn = gt.get_total_norm(shards, p, process_group=group)
+        rec.check("pg_returns_plain_float32", type(gn) is torch.Tensor and gn.dtype == torch.float32,
+                  f"{type(gn)} {gn.dtype}")
+        rec.close("pg_total_norm_matches_reference", float(gn), _ref_norm(fulls, p), 1e-6, f"p={p}")
+        _all_bits_equal(rec, "pg_bitwise_across_ranks", float(gn))
+        local = gt.get_total_norm(shards, p)
+        rec.close("pg_default_none_is_local", float(local), _ref_norm(shards, p), 1e-6, f"p={p}")
+
+    params = []
+    for s in _zero_shards(fulls, rank, ws):
+        q = torch.nn.Parameter(torch.zeros_like(s))
+        q.grad = s
+        params.append(q)
+    ref = _ref_norm(fulls, 2.0)
+    gn = gt.clip_grad_norm_(params, MAX_NORM, process_group=group)
+    rec.close("pg_clip_matches_reference", float(gn), ref, 1e-6)
+    _all_bits_equal(rec, "pg_bitwise_across_ranks", float(gn))
+    coef = MAX_NORM / (ref + 1e-6)
+    for q, s in zip(params, _zero_shards(fulls, rank, ws)):
+        rec.check("pg_clip_matches_reference",
+                  torch.allclose(q.grad.double(), s.double() * coef, rtol=2e-6, atol=1e-9),
+                  f"max diff {_maxdiff(q.grad.double(), s.double() * coef)}")
+
+    # a rank that holds nothing still takes part
+    shards = _zero_shards(fulls, rank, ws) if rank != ws - 1 else []
+    counted = [f for f in fulls]
+    if ws > 1:
+        last = [torch.tensor_split(f.reshape(-1), ws)[ws - 1] for f in fulls]
+        want = math.sqrt(max(_ref_norm(fulls, 2.0) ** 2 - _ref_norm(last, 2.0) ** 2, 0.0))
+    else:
+        want = _ref_norm(counted, 2.0)
+    gn = gt.get_total_norm(shards, process_group=group)
+    rec.close("pg_rank_without_tensors", float(gn), want, 1e-5)
+    _all_bits_equal(rec, "pg_rank_without_tensors", float(gn))
+
+    # a sub-group: ranks {0, 1} and the rest, each its own reduction
+    if ws >= 3:
+        lo, hi = list(range(2)), list(range(2, ws))
+        g_lo, g_hi = dist.new_group(lo), dist.new_group(hi)
+        mine = g_lo if rank in lo else g_hi
+        members = lo if rank in lo else hi
+        my_fulls = [_full((9, 4), torch.Generator().manual_seed(50 + len(members)))]
+        shard = torch.tensor_split(my_fulls[0].reshape(-1), len(members))[members.index(rank)]
+        gn = gt.get_total_norm([shard.clone()], process_group=mine)
+        rec.close("pg_subgroup", float(gn), _ref_norm(my_fulls, 2.0), 1e-6)
+
+
+def _scenario_mismatch(rec, ws, rank):
+    mesh = init_device_mesh("cpu", (ws,))
+    gen = torch.Generator().manual_seed(5)
+    spec = [(_full((3 * ws, 4), gen), [Shard(0)])]
+    _, gparams = _params_like(spec, mesh)
+    before = gparams[0].grad.to_local().clone()
+    norm_type = 1.0 if rank == 0 else 2.0
+    for name, call in (
+        ("clip", lambda: gt.clip_grad_norm_(gparams, MAX_NORM, norm_type=norm_type)),
+        ("total", lambda: gt.get_total_norm([g.grad for g in gparams], norm_type)),
+        ("policy", lambda: gt.clip_grad_norm_(gparams, MAX_NORM,
+                                              nonfinite="skip" if rank == 0 else "propagate")),
+        ("pg", lambda: gt.get_total_norm([gparams[0].grad.to_local().clone()], norm_type,
+                                         process_group=dist.group.WORLD)),
+    ):
+        try:
+            call()
+            rec.check("mismatch_raises_every_rank", False, f"{name}: no exception")
+        except gclip.GclipError as e:
+            rec.check("mismatch_raises_every_rank",
+                      e.status_name == "MISMATCH" and "norm type" in str(e), f"{name}: {e}")
+    rec.check("mismatch_raises_every_rank",
+              torch.equal(before.view(torch.int32), gparams[0].grad.to_local().view(torch.int32)),
+              "a gradient was written")
+    # the next call with agreeing options is whole again
+    gn = gt.get_total_norm([g.grad for g in gparams])
+    rec.close("mismatch_raises_every_rank", _as_float(gn), _ref_norm([spec[0][0]], 2.0), 1e-6,
+              "after the mismatch")
+
+
+def _worker(rank, ws, store, outdir):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=ws,
+                            timeout=timedelta(seconds=60))
+    rec = _Recorder(rank)
+    try:
+        for scenario in (_scenario_1d, _scenario_2d, _scenario_nonfinite,
+                         _scenario_process_group, _scenario_mismatch):
+            scenario(rec, ws, rank)
+            dist.barrier()
+    except Exception:
+        rec.check("worker_ran", False, traceback.format_exc())
+        raise
+    finally:
+        with open(os.path.join(outdir, f"rank{rank}.json"), "w") as f:
+            json.dump({"checks": rec.checks, "bits": rec.bits}, f)
+    dist.destroy_process_group()
+
+
+# ---- the tests --------------------------------------------------------------------------------
+
+_RUNS = {}
+
+
+def _run_world(ws, tmp_path_factory):
+    if ws not in _RUNS:
+        d = tmp_path_factory.mktemp(f"ws{ws}")
+        error = None
+        try:
+            mp.spawn(_worker, args=(ws, str(d / "store"), str(d)), nprocs=ws, join=True)
+        except Exception as e:  # a rank failed: its record says why
+            error = str(e)
+        ranks = []
+        for r in range(ws):
+            path = d / f"rank{r}.json"
+            ranks.append(json.loads(path.read_text()) if path.exists() else None)
+        _RUNS[ws] = (ranks, error)
+    return _RUNS[ws]
+
+
+def _expect(ws, name, tmp_path_factory):
+    ranks, error = _run_world(ws, tmp_path_factory)
+    assert error is None, f"a rank failed: {error}"
+    for r, rec in enumerate(ranks):
+        assert rec is not None, f"rank {r} left no record"
+        assert name in rec["checks"], f"rank {r} did not run check {name}"
+        ok, detail = rec["checks"][name]
+        assert ok, f"rank {r}: {name}: {detail}"
+
+
+ws_params = pytest.mark.parametrize("ws", WORLD_SIZES, ids=[f"ws{w}" for w in WORLD_SIZES])
+
+
+@ws_params
+@pytest.mark.parametrize("name", [
+    "1d_total_norm_is_replicated_dtensor",
+    "1d_total_norm_matches_torch",
+    "1d_total_norm_matches_reference",
+    "1d_total_norm_bitwise_across_ranks",
+    "1d_clip_norm_matches_torch",
+    "1d_clip_norm_matches_reference",
+    "1d_clip_norm_bitwise_across_ranks",
+    "1d_clipped_grads_match_torch",
+    "1d_clipped_grads_match_reference",
+    "1d_clipped_grads_bitwise_across_ranks",
+    "1d_empty_shard_matches_reference",
+])
+def test_dtensor_1d_shard_replicate_partial(ws, name, tmp_path_factory):
+    """Shard(0), Shard(1), Replicate and Partial DTensors on a 1-D mesh: the
+    norm and the clipped gradients match torch.nn.utils.clip_grad_norm_ on the
+    same DTensors and the float64 reference, bitwise equal on every rank."""
+    _expect(ws, name, tmp_path_factory)
+
+
+@pytest.mark.parametrize("name", [
+    "2d_total_norm_matches_torch", "2d_total_norm_matches_reference", "2d_clip_matches_torch",
+    "2d_clip_matches_reference", "2d_bitwise_across_ranks",
+])
+def test_dtensor_2d_mesh_mix(name, tmp_path_factory):
+    """A 2 x 2 mesh with (Shard, Shard), (Shard, Replicate), (Replicate, Shard),
+    (Replicate, Replicate) and (Shard, Partial) gradients."""
+    _expect(4, name, tmp_path_factory)
+
+
+@ws_params
+def test_replicated_counted_once(ws, tmp_path_factory):
+    _expect(ws, "replicated_counted_once", tmp_path_factory)
+
+
+@ws_params
+@pytest.mark.parametrize("name", ["nan_propagate_every_rank", "inf_propagate_every_rank",
+                                  "nan_skip_every_rank", "inf_skip_every_rank",
+                                  "nan_error_every_rank", "inf_error_every_rank"])
+def test_nonfinite_on_one_rank(ws, name, tmp_path_factory):
+    """NaN or Inf on the last rank only: PyTorch's result by default on every
+    rank, nothing written anywhere under nonfinite='skip', an exception on
+    every rank with error_if_nonfinite=True."""
+    _expect(ws, name, tmp_path_factory)
+
+
+@ws_params
+@pytest.mark.parametrize("name", ["pg_returns_plain_float32", "pg_total_norm_matches_reference",
+                                  "pg_bitwise_across_ranks", "pg_default_none_is_local",
+                                  "pg_clip_matches_reference", "pg_rank_without_tensors"])
+def test_process_group_plain_shards(ws, name, tmp_path_factory):
+    """ZeRO-style flat shards of plain tensors with process_group=."""
+    _expect(ws, name, tmp_path_factory)
+
+
+@pytest.mark.parametrize("ws", (3, 4), ids=["ws3", "ws4"])
+def test_process_group_subgroups(ws, tmp_path_factory):
+    _expect(ws, "pg_subgroup", tmp_path_factory)
+
+
+@ws_params
+def test_mismatched_norm_types_raise_on_every_rank(ws, tmp_path_factory):
+    """Rank 0 passes another norm type (or non-finite policy): every rank
+    raises GclipError MISMATCH, nothing is written, the next call works."""
+    _expect(ws, "mismatch_raises_every_rank", tmp_path_factory)
+
+
+def test_results_bitwise_identical_across_runs(tmp_path_factory):
+    """A second run at 3 ranks gives the same bits as the first."""
+    first, _ = _run_world(3, tmp_path_factory)
+    d = tmp_path_factory.mktemp("ws3_again")
+    mp.spawn(_worker, args=(3, str(d / "store"), str(d)), nprocs=3, join=True)
+    again = json.loads((d / "rank0.json").read_text())
+    assert again["bits"] == first[0]["bits"]
+
+
+def test_process_group_rejects_norm_types_not_above_zero():
+    with pytest.raises(ValueError, match="norm types > 0"):
+        gt.get_total_norm([torch.ones(3)], 0.0, process_group=object())
+
+
+_NCCL_REASON = ("needs torch.distributed with NCCL, a CUDA device and gclip's CUDA backend")
+
+
+def _nccl_ok(n):
+    return (torch.cuda.is_available() and torch.cuda.device_count() >= n
+            and dist.is_nccl_available() and gclip.cuda_device_count() >= n)
+
+
+def _nccl_worker(rank, ws, store, outdir):
+    torch.cuda.set_device(rank)
+    dist.init_process_group("nccl", init_method=f"file://{store}", rank=rank, world_size=ws)
+    gen = torch.Generator().manual_seed(11)
+    fulls = [_full((1000, 7), gen), _full((33,), gen)]
+    shards = [torch.tensor_split(f.reshape(-1), ws)[rank].cuda() for f in fulls]
+    params = []
+    for s in shards:
+        q = torch.nn.Parameter(torch.zeros_like(s))
+        q.grad = s.clone()
+        params.append(q)
+    gn = gt.clip_grad_norm_(params, MAX_NORM, process_group=dist.group.WORLD)
+    mesh = init_device_mesh("cuda", (ws,))
+    dt = [distribute_tensor(f.cuda(), mesh, [Shard(0)]) for f in fulls]
+    dn = gt.get_total_norm(dt)
+    out = {"pg": float(gn), "dtensor": float(dn.to_local()), "ref": _ref_norm(fulls, 2.0)}
+    with open(os.path.join(outdir, f"rank{rank}.json"), "w") as f:
+        json.dump(out, f)
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("ws", (1, 2), ids=["nccl1", "nccl2"])
+def test_nccl_on_the_current_stream(ws, tmp_path_factory):
+    if not _nccl_ok(ws):
+        pytest.skip(f"{_NCCL_REASON}; {ws} device(s) needed, "
+                    f"{torch.cuda.device_count() if torch.cuda.is_available() else 0} visible")
+    d = tmp_path_factory.mktemp(f"nccl{ws}")
+    mp.spawn(_nccl_worker, args=(ws, str(d / "store"), str(d)), nprocs=ws, join=True)
+    recs = [json.loads((d / f"rank{r}.json").read_text()) for r in range(ws)]
+    for rec in recs:
+        assert abs(rec["pg"] - rec["ref"]) <= 1e-6 * rec["ref"]
+        assert abs(rec["dtensor"] - rec["ref"]) <= 1e-6 * rec["ref"]
+    assert len({_bits(r["pg"]) for r in recs}) == 1
