@@ -48,7 +48,10 @@ class EmuNorm : public ::testing::TestWithParam<Param> {};
 
 TEST_P(EmuNorm, EveryRowOfTheOpsTableMatchesTheCpuPath)
 {
-    const auto [shape, op] = GetParam();
+    // plain variables: lambdas below capture them (C++17 forbids capturing
+    // structured bindings, and clang enforces it)
+    const std::size_t shape = std::get<0>(GetParam());
+    const int32_t op = std::get<1>(GetParam());
     emu::Fixture f(shapes()[shape].make(), 1000 + shape);
     const std::vector<specs::NormCase> rows = specs::norm_cases(op);
     for (std::size_t r = 0; r < rows.size(); ++r) {

@@ -135,25 +135,24 @@ TEST_F(GpuContractTest, DeviceScalarsChangedBetweenGraphReplaysAreUsed)
 }
 
 // gclip_get_result waits for whichever operation of the plan was issued
-// last, an eager call or a replay, with no synchronization by the caller,
-// and the slot's sequence counts every operation: capture counts none, each
-// replay counts the operations it holds.
+// last, an eager call or a replay, on whatever stream, with no
+// synchronization by the caller, and the slot's sequence counts every
+// operation: capture counts none, each replay counts the operations it
+// holds. The graph computes the factor without applying it, so the
+// gradients stay as they are until the last, eager, clip.
 TEST_F(GpuContractTest, GetResultFollowsCaptureEagerCallsAndReplays)
 {
     Stream s1, s2;
     Paired pair(random_specs(40, 100000, 21), 22);
-    // the replayed clip brings the norm to 0.9 N, the eager one to 0.5 N, so
-    // that every coefficient is clearly below 1 or clearly 1
-    const float n0 = pair.total_norm(2.0f);
-    OpArgs clip, clip_more, total;
-    clip.op = clip_more.op = GCLIP_OP_CLIP_NORM;
-    clip.options.max_norm = 0.9f * n0;
-    clip_more.options.max_norm = 0.5f * n0;
+    OpArgs factor, clip, total;
+    factor.op = GCLIP_OP_CLIP_FACTOR;
+    clip.op = GCLIP_OP_CLIP_NORM;
+    factor.options.max_norm = clip.options.max_norm = 0.5f * pair.total_norm(2.0f);
     total.op = GCLIP_OP_TOTAL_NORM;
 
     cudaGraph_t graph = nullptr;
     GPU_ASSERT_CUDA(cudaStreamBeginCapture(s1.get(), cudaStreamCaptureModeGlobal));
-    const gclip_status cs = run_op(pair.gpu(), clip, nullptr, s1.get());
+    const gclip_status cs = run_op(pair.gpu(), factor, nullptr, s1.get());
     GPU_ASSERT_CUDA(cudaStreamEndCapture(s1.get(), &graph));
     ASSERT_EQ(cs, GCLIP_STATUS_SUCCESS) << gclip_last_error();
     cudaGraphExec_t exec = nullptr;
@@ -170,15 +169,19 @@ TEST_F(GpuContractTest, GetResultFollowsCaptureEagerCallsAndReplays)
         std::function<void()> gpu;
         const OpArgs *cpu;
     };
+    auto eager = [&](const OpArgs &a, cudaStream_t s) {
+        EXPECT_EQ(run_op(pair.gpu(), a, nullptr, s), GCLIP_STATUS_SUCCESS) << gclip_last_error();
+    };
     const std::vector<Issue> issues = {
-        {"eager total_norm on s2", [&] { EXPECT_EQ(run_op(pair.gpu(), total, nullptr, s2.get()), GCLIP_STATUS_SUCCESS); }, &total},
-        {"replay on s1", [&] { GPU_EXPECT_CUDA(cudaGraphLaunch(exec, s1.get())); }, &clip},
-        {"eager clip on s2", [&] { EXPECT_EQ(run_op(pair.gpu(), clip_more, nullptr, s2.get()), GCLIP_STATUS_SUCCESS); }, &clip_more},
-        {"replay on s2", [&] { GPU_EXPECT_CUDA(cudaGraphLaunch(exec, s2.get())); }, &clip},
-        {"eager total_norm on s1", [&] { EXPECT_EQ(run_op(pair.gpu(), total, nullptr, s1.get()), GCLIP_STATUS_SUCCESS); }, &total},
-        {"replay on s1 again", [&] { GPU_EXPECT_CUDA(cudaGraphLaunch(exec, s1.get())); }, &clip},
+        {"eager total_norm on s2", [&] { eager(total, s2.get()); }, &total},
+        {"replay on s1", [&] { GPU_EXPECT_CUDA(cudaGraphLaunch(exec, s1.get())); }, &factor},
+        {"eager total_norm on s1", [&] { eager(total, s1.get()); }, &total},
+        {"replay on s2", [&] { GPU_EXPECT_CUDA(cudaGraphLaunch(exec, s2.get())); }, &factor},
+        {"replay on s1 again", [&] { GPU_EXPECT_CUDA(cudaGraphLaunch(exec, s1.get())); }, &factor},
+        {"eager clip on s2", [&] { eager(clip, s2.get()); }, &clip},
     };
     uint32_t sequence = 0;
+    gclip_result first_replay{};
     for (const Issue &is : issues) {
         SCOPED_TRACE(is.what);
         is.gpu();
@@ -189,9 +192,16 @@ TEST_F(GpuContractTest, GetResultFollowsCaptureEagerCallsAndReplays)
         EXPECT_EQ(r.sequence, sequence);
         EXPECT_EQ(r.op, is.cpu->op);
         expect_results_close(r, cr);
+        if (is.cpu == &factor) {
+            if (first_replay.op == GCLIP_OP_NONE)
+                first_replay = r;
+            const gclip_result a = without_sequence(r), b = without_sequence(first_replay);
+            EXPECT_EQ(std::memcmp(&a, &b, sizeof a), 0) << "replays disagree";
+        }
         // the data the step left, read after get_result alone
         pair.expect_data_match(false);
     }
+    EXPECT_EQ(r.applied, 1);
     cudaGraphExecDestroy(exec);
     cudaGraphDestroy(graph);
 }
