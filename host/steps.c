@@ -28,44 +28,43 @@ gclip_status gclip_partial_combine(gclip_partial *a, const gclip_partial *b)
     return GCLIP_STATUS_SUCCESS;
 }
 
-static gclip_status check_plan(const gclip_plan *plan)
+/* The checks every step call starts with: the plan, the options (required
+ * by every op that clips or computes a factor: they carry max_norm), their
+ * translation into the step's parameters. */
+static gclip_status begin_step(gclip_plan *plan, const gclip_norm_options *options, int32_t op,
+                               gclip_step *step)
 {
+    gclip_clear_error();
     if (!plan)
         return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "plan is NULL");
-    return GCLIP_STATUS_SUCCESS;
-}
-
-/* Validate `options` for `op` and run the step on the plan's backend. */
-static gclip_status run_norm_step(gclip_plan *plan, const gclip_norm_options *options, int32_t op,
-                                  gclip_stream stream, gclip_step *step)
-{
-    gclip_status s = gclip_make_params(options, op, &step->np);
-    if (s != GCLIP_STATUS_SUCCESS)
-        return s;
+    const int needs_options = gclip_op_has_coef(op) || op == GCLIP_OP_CLIP_PER_TENSOR;
+    if (!options && needs_options)
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
+                          "options is NULL: %s needs an explicit max_norm "
+                          "(start from GCLIP_NORM_OPTIONS_INIT)",
+                          gclip_op_name(op));
     step->op = op;
     step->clip_value = 0.0f;
-    return plan->backend->run(plan, step, stream);
+    return gclip_make_params(options, op, &step->np);
+}
+
+/* Ops that see no tensor of their own cannot report per-tensor norms. */
+static gclip_status no_tensor_norms(const gclip_norm_options *options, int32_t op)
+{
+    if (options->tensor_norms)
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
+                          "tensor_norms is set, but %s computes no tensor norm; leave it NULL "
+                          "(gclip_norm_accumulate writes them)",
+                          gclip_op_name(op));
+    return GCLIP_STATUS_SUCCESS;
 }
 
 static gclip_status norm_step(gclip_plan *plan, const gclip_norm_options *options, int32_t op,
                               gclip_stream stream)
 {
-    gclip_clear_error();
-    gclip_status s = check_plan(plan);
-    if (s != GCLIP_STATUS_SUCCESS)
-        return s;
-    if (!options && gclip_op_has_coef(op))
-        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
-                          "options is NULL: %s needs an explicit max_norm "
-                          "(start from GCLIP_NORM_OPTIONS_INIT)",
-                          gclip_op_name(op));
-    if (!options && op == GCLIP_OP_CLIP_PER_TENSOR)
-        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
-                          "options is NULL: %s needs an explicit max_norm "
-                          "(start from GCLIP_NORM_OPTIONS_INIT)",
-                          gclip_op_name(op));
     gclip_step step;
-    return run_norm_step(plan, options, op, stream, &step);
+    const gclip_status s = begin_step(plan, options, op, &step);
+    return s != GCLIP_STATUS_SUCCESS ? s : plan->backend->run(plan, &step, stream);
 }
 
 gclip_status gclip_total_norm(gclip_plan *plan, const gclip_norm_options *options,
@@ -102,40 +101,26 @@ gclip_status gclip_clip_grads_with_norm(gclip_plan *plan, const gclip_norm_optio
                                         float total_norm, const float *total_norm_ptr,
                                         gclip_stream stream)
 {
-    gclip_clear_error();
-    gclip_status s = check_plan(plan);
-    if (s != GCLIP_STATUS_SUCCESS)
-        return s;
-    if (!options)
-        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
-                          "options is NULL: gclip_clip_grads_with_norm needs an explicit "
-                          "max_norm (start from GCLIP_NORM_OPTIONS_INIT)");
-    if (options->tensor_norms)
-        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
-                          "tensor_norms is set, but gclip_clip_grads_with_norm computes no "
-                          "norm; leave it NULL");
     gclip_step step;
-    s = gclip_make_params(options, GCLIP_OP_CLIP_WITH_NORM, &step.np);
+    gclip_status s = begin_step(plan, options, GCLIP_OP_CLIP_WITH_NORM, &step);
+    if (s == GCLIP_STATUS_SUCCESS)
+        s = no_tensor_norms(options, GCLIP_OP_CLIP_WITH_NORM);
     if (s != GCLIP_STATUS_SUCCESS)
         return s;
     step.np.given_norm = total_norm;
     step.np.given_norm_ptr = total_norm_ptr;
-    step.op = GCLIP_OP_CLIP_WITH_NORM;
-    step.clip_value = 0.0f;
     return plan->backend->run(plan, &step, stream);
 }
 
 gclip_status gclip_norm_finalize(gclip_plan *plan, const gclip_norm_options *options,
                                  const gclip_partial *partials, size_t count, gclip_stream stream)
 {
-    gclip_clear_error();
-    gclip_status s = check_plan(plan);
+    gclip_step step;
+    gclip_status s = begin_step(plan, options, GCLIP_OP_FINALIZE, &step);
+    if (s == GCLIP_STATUS_SUCCESS)
+        s = no_tensor_norms(options, GCLIP_OP_FINALIZE);
     if (s != GCLIP_STATUS_SUCCESS)
         return s;
-    if (!options)
-        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
-                          "options is NULL: gclip_norm_finalize needs an explicit max_norm "
-                          "(start from GCLIP_NORM_OPTIONS_INIT)");
     if (count > 0 && !partials)
         return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "partials is NULL but count is %zu",
                           count);
@@ -145,51 +130,26 @@ gclip_status gclip_norm_finalize(gclip_plan *plan, const gclip_norm_options *opt
     if (count > UINT32_MAX)
         return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "count %zu exceeds %u partials", count,
                           (unsigned)UINT32_MAX);
-    if (options->tensor_norms)
-        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
-                          "tensor_norms is set, but gclip_norm_finalize sees no tensor; "
-                          "ask gclip_norm_accumulate for them");
-    gclip_step step;
-    s = gclip_make_params(options, GCLIP_OP_FINALIZE, &step.np);
-    if (s != GCLIP_STATUS_SUCCESS)
-        return s;
     step.np.partials = partials;
     step.np.num_partials = (uint32_t)count;
-    step.op = GCLIP_OP_FINALIZE;
-    step.clip_value = 0.0f;
     return plan->backend->run(plan, &step, stream);
 }
 
 gclip_status gclip_apply_clip_factor(gclip_plan *plan, gclip_stream stream)
 {
-    gclip_clear_error();
-    gclip_status s = check_plan(plan);
-    if (s != GCLIP_STATUS_SUCCESS)
-        return s;
-    gclip_step step;
-    s = gclip_make_params(NULL, GCLIP_OP_APPLY, &step.np);
-    if (s != GCLIP_STATUS_SUCCESS)
-        return s;
-    step.op = GCLIP_OP_APPLY;
-    step.clip_value = 0.0f;
-    return plan->backend->run(plan, &step, stream);
+    return norm_step(plan, NULL, GCLIP_OP_APPLY, stream);
 }
 
 gclip_status gclip_clip_grad_value(gclip_plan *plan, float clip_value, gclip_stream stream)
 {
-    gclip_clear_error();
-    gclip_status s = check_plan(plan);
+    gclip_step step;
+    gclip_status s = begin_step(plan, NULL, GCLIP_OP_CLIP_VALUE, &step);
     if (s != GCLIP_STATUS_SUCCESS)
         return s;
     if (isnan(clip_value) || clip_value < 0.0f)
         return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
                           "clip_value %g must be >= 0 (+inf leaves the gradients as they are)",
                           (double)clip_value);
-    gclip_step step;
-    s = gclip_make_params(NULL, GCLIP_OP_CLIP_VALUE, &step.np);
-    if (s != GCLIP_STATUS_SUCCESS)
-        return s;
-    step.op = GCLIP_OP_CLIP_VALUE;
     step.clip_value = clip_value;
     return plan->backend->run(plan, &step, stream);
 }
