@@ -136,7 +136,10 @@ static gclip_status capturing(gclip_stream stream, int *captured)
     return GCLIP_STATUS_SUCCESS;
 }
 
-static gclip_status cuda_begin(gclip_dist_plan *p, gclip_stream stream)
+/* A step waits for the plan's previous operation (begin) and marks itself as
+ * the plan's last one (end); in a captured stream both are external event
+ * nodes, so every replay does the same. */
+static gclip_status cuda_order(gclip_dist_plan *p, gclip_stream stream, int record)
 {
     cuda_state *s = p->memory_state;
     device_guard g;
@@ -146,32 +149,27 @@ static gclip_status cuda_begin(gclip_dist_plan *p, gclip_stream stream)
         return st;
     st = capturing(stream, &captured);
     if (st == GCLIP_STATUS_SUCCESS) {
-        const cudaError_t e = cudaStreamWaitEvent(
-            (cudaStream_t)stream, s->done, captured ? cudaEventWaitExternal : cudaEventWaitDefault);
+        const cudaError_t e =
+            record ? cudaEventRecordWithFlags(s->done, (cudaStream_t)stream,
+                                              captured ? cudaEventRecordExternal
+                                                       : cudaEventRecordDefault)
+                   : cudaStreamWaitEvent((cudaStream_t)stream, s->done,
+                                         captured ? cudaEventWaitExternal : cudaEventWaitDefault);
         if (e != cudaSuccess)
-            st = cuda_fail(e, "cudaStreamWaitEvent");
+            st = cuda_fail(e, record ? "cudaEventRecordWithFlags" : "cudaStreamWaitEvent");
     }
     leave(&g);
     return st;
 }
 
+static gclip_status cuda_begin(gclip_dist_plan *p, gclip_stream stream)
+{
+    return cuda_order(p, stream, 0);
+}
+
 static gclip_status cuda_end(gclip_dist_plan *p, gclip_stream stream)
 {
-    cuda_state *s = p->memory_state;
-    device_guard g;
-    int captured = 0;
-    gclip_status st = enter(p, &g);
-    if (st != GCLIP_STATUS_SUCCESS)
-        return st;
-    st = capturing(stream, &captured);
-    if (st == GCLIP_STATUS_SUCCESS) {
-        const cudaError_t e = cudaEventRecordWithFlags(
-            s->done, (cudaStream_t)stream, captured ? cudaEventRecordExternal : cudaEventRecordDefault);
-        if (e != cudaSuccess)
-            st = cuda_fail(e, "cudaEventRecordWithFlags");
-    }
-    leave(&g);
-    return st;
+    return cuda_order(p, stream, 1);
 }
 
 static gclip_status cuda_copy(gclip_dist_plan *p, void *dst, const void *src, size_t bytes,

@@ -565,25 +565,12 @@ def _torch():
 
 
 def _gradients(model_or_parameters) -> list:
-    """The gradients of a module, a tensor or an iterable of tensors:
-    parameters (leaves that require grad) give their .grad when it is set,
-    other tensors are taken as gradients themselves."""
+    """The gradients of a module, a tensor or an iterable of tensors, picked
+    as gclip.torch's drop-ins pick them."""
     torch = _torch()
+    from .torch import _grads_of
     x = model_or_parameters
-    if isinstance(x, torch.nn.Module):
-        items = x.parameters()
-    elif isinstance(x, torch.Tensor):
-        items = [x]
-    else:
-        items = x
-    out = []
-    for t in items:
-        if isinstance(t, torch.nn.Parameter) or (t.requires_grad and t.is_leaf):
-            if t.grad is not None:
-                out.append(t.grad)
-        else:
-            out.append(t)
-    return out
+    return _grads_of(x.parameters() if isinstance(x, torch.nn.Module) else x)
 
 
 _SMALL_PLAN = 1 << 20  # elements below which a CPU plan runs on one thread
