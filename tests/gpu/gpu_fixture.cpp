@@ -93,6 +93,47 @@ Steps steps_for(int32_t op, const gclip_norm_options &o, float given_norm)
     }
 }
 
+const int32_t kAllOps[9] = {GCLIP_OP_TOTAL_NORM,  GCLIP_OP_CLIP_NORM,   GCLIP_OP_CLIP_PER_TENSOR,
+                            GCLIP_OP_CLIP_VALUE,  GCLIP_OP_CLIP_FACTOR, GCLIP_OP_CLIP_WITH_NORM,
+                            GCLIP_OP_ACCUMULATE, GCLIP_OP_FINALIZE,    GCLIP_OP_APPLY};
+
+OpArgs clipping(int32_t op, const Paired &pair)
+{
+    OpArgs a;
+    a.op = op;
+    a.options.max_norm = 0.25f * pair.total_norm(2.0f);
+    a.clip_value = 0.3f;
+    a.given_norm = 2.0f * a.options.max_norm;
+    return a;
+}
+
+cudaGraph_t capture(gclip_plan *plan, const Steps &steps, cudaStream_t stream)
+{
+    cudaGraph_t graph = nullptr;
+    EXPECT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), cudaSuccess);
+    for (const OpArgs &a : steps) {
+        const gclip_status s = run_op(plan, a, nullptr, stream);
+        EXPECT_EQ(s, GCLIP_STATUS_SUCCESS) << gclip_last_error();
+    }
+    EXPECT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+    return graph;
+}
+
+GraphExec::GraphExec(cudaGraph_t graph) : graph_(graph)
+{
+    EXPECT_NE(graph_, nullptr) << "no graph was captured";
+    if (graph_)
+        GPU_EXPECT_CUDA(cudaGraphInstantiate(&exec_, graph_, 0));
+}
+
+GraphExec::~GraphExec()
+{
+    if (exec_)
+        cudaGraphExecDestroy(exec_);
+    if (graph_)
+        cudaGraphDestroy(graph_);
+}
+
 gclip_device_result read_slot(gclip_plan *plan)
 {
     gclip_device_result d{};
@@ -111,7 +152,7 @@ gclip_result without_sequence(gclip_result r)
 
 // ---- layout and data --------------------------------------------------------
 
-std::size_t Paired::layout(const std::vector<Spec> &specs, std::vector<std::size_t> &offsets)
+std::size_t pack_layout(const std::vector<Spec> &specs, std::vector<std::size_t> &offsets)
 {
     std::size_t off = 0;
     for (const Spec &s : specs) {
@@ -124,7 +165,7 @@ std::size_t Paired::layout(const std::vector<Spec> &specs, std::vector<std::size
 }
 
 Paired::Paired(std::vector<Spec> specs, uint64_t seed, double scale)
-    : specs_(std::move(specs)), dev_(layout(specs_, offsets_) + 1), dev_pristine_(dev_.bytes())
+    : specs_(std::move(specs)), dev_(pack_layout(specs_, offsets_) + 1), dev_pristine_(dev_.bytes())
 {
     const std::size_t bytes = dev_.bytes() - 1;
     pristine_.assign(bytes, 0);
@@ -155,13 +196,19 @@ unsigned char *Paired::probe_bytes()
     return probe_storage_.data() + (16 - addr % 16) % 16;
 }
 
-std::vector<gclip_tensor> Paired::tensors_at(void *base) const
+std::vector<gclip_tensor> tensors_in(const std::vector<Spec> &specs,
+                                     const std::vector<std::size_t> &offsets, void *base)
 {
     std::vector<gclip_tensor> t;
-    for (std::size_t k = 0; k < specs_.size(); ++k)
-        t.push_back(gclip_tensor{static_cast<unsigned char *>(base) + offsets_[k], specs_[k].numel,
-                                 specs_[k].dtype});
+    for (std::size_t k = 0; k < specs.size(); ++k)
+        t.push_back(gclip_tensor{static_cast<unsigned char *>(base) + offsets[k], specs[k].numel,
+                                 specs[k].dtype});
     return t;
+}
+
+std::vector<gclip_tensor> Paired::tensors_at(void *base) const
+{
+    return tensors_in(specs_, offsets_, base);
 }
 
 std::vector<gclip_tensor> Paired::device_tensors() const
@@ -197,14 +244,19 @@ void Paired::reset_async(cudaStream_t stream)
                                     cudaMemcpyDeviceToDevice, stream));
 }
 
-std::vector<unsigned char> Paired::download() const
+std::vector<unsigned char> download_bytes(const void *dev, std::size_t bytes)
 {
-    std::vector<unsigned char> out(pristine_.size());
-    if (!out.empty()) {
-        const cudaError_t e = cudaMemcpy(out.data(), dev_.get(), out.size(), cudaMemcpyDeviceToHost);
+    std::vector<unsigned char> out(bytes);
+    if (bytes) {
+        const cudaError_t e = cudaMemcpy(out.data(), dev, bytes, cudaMemcpyDeviceToHost);
         EXPECT_EQ(e, cudaSuccess) << cudaGetErrorString(e);
     }
     return out;
+}
+
+std::vector<unsigned char> Paired::download() const
+{
+    return download_bytes(dev_.get(), pristine_.size());
 }
 
 float Paired::total_norm(float norm_type, float inv_scale) const

@@ -96,6 +96,18 @@ private:
     cudaStream_t s_ = nullptr;
 };
 
+// The byte layout every fixture uses for `specs`: each tensor starts
+// `offset` elements past a 16-byte boundary. Fills `offsets` and returns the
+// bytes of the whole layout.
+std::size_t pack_layout(const std::vector<Spec> &specs, std::vector<std::size_t> &offsets);
+
+// The tensors of `specs` laid out by pack_layout from `base`.
+std::vector<gclip_tensor> tensors_in(const std::vector<Spec> &specs,
+                                     const std::vector<std::size_t> &offsets, void *base);
+
+// `bytes` of device memory at `dev`, copied to the host (legacy stream).
+std::vector<unsigned char> download_bytes(const void *dev, std::size_t bytes);
+
 // The name of an op for traces and test names (letters only).
 const char *op_name(int32_t op);
 
@@ -124,6 +136,9 @@ gclip_status run_op(gclip_plan *plan, const OpArgs &a, float *tensor_norms, gcli
 // The step sequences of an op as a table row runs it: the op alone, the
 // factor then its apply, accumulate then finalize then apply.
 Steps steps_for(int32_t op, const gclip_norm_options &o, float given_norm = 0.0f);
+
+// Every op, in an order where each apply has a factor pending before it.
+extern const int32_t kAllOps[9];
 
 class Paired {
 public:
@@ -183,9 +198,36 @@ private:
     std::vector<unsigned char> probe_storage_;
     testutil::PlanPtr cpu_plan_, gpu_plan_, probe_plan_;
 
-    static std::size_t layout(const std::vector<Spec> &specs, std::vector<std::size_t> &offsets);
     std::vector<gclip_tensor> tensors_at(void *base) const;
     unsigned char *probe_bytes();
+};
+
+// `op` with arguments that clip on `pair`'s data: max_norm a quarter of its
+// L2 norm, clip value 0.3, a given norm of twice max_norm.
+OpArgs clipping(int32_t op, const Paired &pair);
+
+// Capture the steps on `stream` into a graph (global mode: any call that is
+// illegal during capture, in any thread, fails the capture).
+cudaGraph_t capture(gclip_plan *plan, const Steps &steps, cudaStream_t stream);
+inline cudaGraph_t capture(gclip_plan *plan, const OpArgs &a, cudaStream_t stream)
+{
+    return capture(plan, Steps{a}, stream);
+}
+
+// A captured graph and its executable, owned for the scope of a test.
+class GraphExec {
+public:
+    // Takes `graph` (from capture) and instantiates it.
+    explicit GraphExec(cudaGraph_t graph);
+    ~GraphExec();
+    GraphExec(const GraphExec &) = delete;
+    GraphExec &operator=(const GraphExec &) = delete;
+    bool ok() const { return exec_ != nullptr; }
+    cudaError_t launch(cudaStream_t stream) const { return cudaGraphLaunch(exec_, stream); }
+
+private:
+    cudaGraph_t graph_ = nullptr;
+    cudaGraphExec_t exec_ = nullptr;
 };
 
 // The plan's result slot read from device memory in stream order (a

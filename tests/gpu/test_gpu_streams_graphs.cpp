@@ -18,39 +18,6 @@ std::vector<unsigned char> slot_bytes(gclip_plan *plan)
     return std::vector<unsigned char>(p, p + sizeof d);
 }
 
-OpArgs clipping(int32_t op, const Paired &pair)
-{
-    OpArgs a;
-    a.op = op;
-    a.options.max_norm = 0.25f * pair.total_norm(2.0f);
-    a.clip_value = 0.3f;
-    a.given_norm = 2.0f * a.options.max_norm;
-    return a;
-}
-
-// Capture the steps on `stream` into a graph (global mode: any call that is
-// illegal during capture, in any thread, fails the capture).
-cudaGraph_t capture(gclip_plan *plan, const Steps &steps, cudaStream_t stream)
-{
-    cudaGraph_t graph = nullptr;
-    EXPECT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), cudaSuccess);
-    for (const OpArgs &a : steps) {
-        const gclip_status s = run_op(plan, a, nullptr, stream);
-        EXPECT_EQ(s, GCLIP_STATUS_SUCCESS) << gclip_last_error();
-    }
-    EXPECT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
-    return graph;
-}
-
-cudaGraph_t capture(gclip_plan *plan, const OpArgs &a, cudaStream_t stream)
-{
-    return capture(plan, Steps{a}, stream);
-}
-
-const int32_t kAllOps[] = {GCLIP_OP_TOTAL_NORM,  GCLIP_OP_CLIP_NORM, GCLIP_OP_CLIP_PER_TENSOR,
-                           GCLIP_OP_CLIP_VALUE,  GCLIP_OP_CLIP_FACTOR, GCLIP_OP_CLIP_WITH_NORM,
-                           GCLIP_OP_ACCUMULATE, GCLIP_OP_FINALIZE, GCLIP_OP_APPLY};
-
 using GpuStreamTest = GpuTest;
 
 TEST_F(GpuStreamTest, NonDefaultStreamMatchesCpuPath)
