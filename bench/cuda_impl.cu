@@ -7,7 +7,10 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cmath>
 #include <cstdlib>
+#include <cstring>
+#include <string>
 #include <vector>
 
 #include "impl.h"
@@ -67,6 +70,22 @@ static int cuda_check(void *vctx, bench_op op, const bench_params *p, char *note
     return bench_gclip_check(c->plan, c->w, op, p, note);
 }
 
+// Kernel nodes of a captured graph: the launches the captured work makes.
+static int kernel_nodes(cudaGraph_t graph)
+{
+    size_t n = 0;
+    cudaGraphGetNodes(graph, nullptr, &n);
+    std::vector<cudaGraphNode_t> nodes(n);
+    cudaGraphGetNodes(graph, nodes.data(), &n);
+    int kernels = 0;
+    for (size_t i = 0; i < n; i++) {
+        cudaGraphNodeType type;
+        if (cudaGraphNodeGetType(nodes[i], &type) == cudaSuccess && type == cudaGraphNodeTypeKernel)
+            kernels++;
+    }
+    return kernels;
+}
+
 // Kernel launches of one step, counted by capturing it into a CUDA graph
 // (the capture records the work without running it). -1 if it cannot be
 // captured.
@@ -82,16 +101,7 @@ static int cuda_launches(void *vctx, bench_op op, const bench_params *p)
         cudaGetLastError();
         return -1;
     }
-    size_t n = 0;
-    cudaGraphGetNodes(graph, nullptr, &n);
-    std::vector<cudaGraphNode_t> nodes(n);
-    cudaGraphGetNodes(graph, nodes.data(), &n);
-    int kernels = 0;
-    for (size_t i = 0; i < n; i++) {
-        cudaGraphNodeType type;
-        if (cudaGraphNodeGetType(nodes[i], &type) == cudaSuccess && type == cudaGraphNodeTypeKernel)
-            kernels++;
-    }
+    int kernels = kernel_nodes(graph);
     cudaGraphDestroy(graph);
     return kernels;
 }
@@ -189,4 +199,274 @@ extern "C" const char *bench_cuda_device_name(void)
     if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess)
         return "unknown device";
     return prop.name;
+}
+
+// ---- steady state: many steps back to back ---------------------------------
+//
+// gclip-bench --cuda-steps PREFIX: the cost a training loop sees. Each op
+// runs many steps back to back on one stream, with no host synchronization
+// between the two CUDA events that time them, both as eager calls and as
+// replays of a captured graph; the data stays where the previous step left
+// it. Beside it, a device-to-device cudaMemcpyAsync of the same bytes timed
+// the same way, and the kernel launches of one step (the kernel nodes of
+// its captured graph). Writes PREFIX.csv and PREFIX.json.
+
+enum steady_op { STEADY_NORM, STEADY_CLIP, STEADY_CLIP_NOOP, STEADY_OPS };
+static const char *const steady_names[STEADY_OPS] = {"norm", "clip", "clip-noop"};
+static const bench_op steady_bench_op[STEADY_OPS] = {BENCH_NORM, BENCH_CLIP, BENCH_CLIP_NOOP};
+
+// The options of each step. clip alternates a clip by about 0.5 with an
+// unclipped step of inv_scale 2 (factor exactly 2), so that every step reads
+// and writes every element while the values stay where they started.
+struct steady_args {
+    gclip_norm_options norm, clip, grow, noop;
+};
+
+static steady_args steady_args_for(const bench_workload *w)
+{
+    steady_args a = {GCLIP_NORM_OPTIONS_INIT, GCLIP_NORM_OPTIONS_INIT, GCLIP_NORM_OPTIONS_INIT,
+                     GCLIP_NORM_OPTIONS_INIT};
+    a.clip.max_norm = static_cast<float>(0.5 * w->norm);
+    a.grow.max_norm = INFINITY;
+    a.grow.inv_scale = 2.0f;
+    a.noop.max_norm = static_cast<float>(2.0 * w->norm); // factor exactly 1: nothing written
+    return a;
+}
+
+static gclip_status steady_step(cuda_ctx *c, const steady_args &a, steady_op op, long i)
+{
+    switch (op) {
+    case STEADY_NORM: return gclip_total_norm(c->plan, &a.norm, c->stream);
+    case STEADY_CLIP: return gclip_clip_grad_norm(c->plan, i % 2 ? &a.grow : &a.clip, c->stream);
+    default: return gclip_clip_grad_norm(c->plan, &a.noop, c->stream);
+    }
+}
+
+// Microseconds per step of `steps` steps issued back to back by issue(k),
+// between two events with no host synchronization: the median of `runs`.
+// Negative if an issue or the wait failed.
+template <class Issue>
+static double us_per_step(cuda_ctx *c, int runs, long steps, Issue issue)
+{
+    std::vector<double> us;
+    for (int r = 0; r < runs; r++) {
+        cudaEventRecord(c->start, c->stream);
+        for (long k = 0; k < steps; k++)
+            if (!issue(k))
+                return -1.0;
+        cudaEventRecord(c->stop, c->stream);
+        float ms = 0.0f;
+        if (!ok(cudaEventSynchronize(c->stop), "timed steps") ||
+            !ok(cudaEventElapsedTime(&ms, c->start, c->stop), "event time"))
+            return -1.0;
+        us.push_back(1e3 * ms / static_cast<double>(steps));
+    }
+    std::sort(us.begin(), us.end());
+    return us[us.size() / 2];
+}
+
+// Steps per timed run: about 20 ms of work, even (the clip's pairs), after
+// a warm-up of 20 steps that also measures one step.
+template <class Issue>
+static long steps_per_run(cuda_ctx *c, Issue issue)
+{
+    const double one = us_per_step(c, 1, 20, issue);
+    if (one <= 0.0)
+        return -1;
+    const long n = static_cast<long>(2e4 / one);
+    return std::max(20L, std::min(20000L, n + n % 2));
+}
+
+struct steady_row {
+    const char *workload, *op, *mode;
+    size_t tensors;
+    double data_bytes, bytes_per_step;
+    int launches;
+    long steps;
+    double us, gbps, copy_gbps;
+};
+
+// The kernel launches of step 0 of `op`, from its captured graph (-1 if it
+// cannot be captured).
+static int steady_launches(cuda_ctx *c, const steady_args &a, steady_op op)
+{
+    cudaGraph_t graph = nullptr;
+    if (cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal) != cudaSuccess)
+        return -1;
+    const gclip_status st = steady_step(c, a, op, 0);
+    const cudaError_t e = cudaStreamEndCapture(c->stream, &graph);
+    int n = -1;
+    if (st == GCLIP_STATUS_SUCCESS && e == cudaSuccess && graph)
+        n = kernel_nodes(graph);
+    if (graph)
+        cudaGraphDestroy(graph);
+    cudaGetLastError();
+    return n;
+}
+
+// A graph of two consecutive steps of `op`, instantiated (NULL on failure).
+static cudaGraphExec_t steady_pair_graph(cuda_ctx *c, const steady_args &a, steady_op op)
+{
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    if (cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal) != cudaSuccess)
+        return nullptr;
+    const bool issued = steady_step(c, a, op, 0) == GCLIP_STATUS_SUCCESS &&
+                        steady_step(c, a, op, 1) == GCLIP_STATUS_SUCCESS;
+    if (cudaStreamEndCapture(c->stream, &graph) == cudaSuccess && issued && graph)
+        cudaGraphInstantiate(&exec, graph, 0);
+    if (graph)
+        cudaGraphDestroy(graph);
+    cudaGetLastError();
+    return exec;
+}
+
+// Every op of one workload, eager and replayed; appends its rows. Returns
+// the number of measurements that failed.
+static int steady_workload(bench_workload *w, int runs, std::vector<steady_row> &rows)
+{
+    bench_impl im;
+    if (bench_gclip_cuda_open(&im, w))
+        return 1;
+    cuda_ctx *c = static_cast<cuda_ctx *>(im.ctx);
+    const steady_args a = steady_args_for(w);
+    const size_t bytes = static_cast<size_t>(w->data_bytes);
+    int failed = 0;
+
+    auto copy = [&](long) {
+        return ok(cudaMemcpyAsync(c->data, c->pristine, bytes, cudaMemcpyDeviceToDevice, c->stream),
+                  "copy");
+    };
+    const long copy_steps = steps_per_run(c, copy);
+    const double copy_us = copy_steps > 0 ? us_per_step(c, runs, copy_steps, copy) : -1.0;
+    const double copy_gbps = copy_us > 0 ? 2.0 * w->data_bytes / copy_us / 1e3 : 0.0;
+    rows.push_back({w->name, "d2d-copy", "eager", w->count, w->data_bytes, 2.0 * w->data_bytes, 0,
+                    copy_steps, copy_us, copy_gbps, copy_gbps});
+    failed += copy_us <= 0;
+    // the last copy left the pristine values in place for the steps
+
+    for (int k = 0; k < STEADY_OPS; k++) {
+        const steady_op op = static_cast<steady_op>(k);
+        const int launches = steady_launches(c, a, op);
+        const double per_step = bench_op_bytes(steady_bench_op[k], w->data_bytes);
+        auto eager = [&](long i) {
+            const gclip_status st = steady_step(c, a, op, i);
+            if (st != GCLIP_STATUS_SUCCESS)
+                std::fprintf(stderr, "gclip-bench: %s %s: %s: %s\n", w->name, steady_names[k],
+                             gclip_status_string(st), gclip_last_error());
+            return st == GCLIP_STATUS_SUCCESS;
+        };
+        cudaGraphExec_t pair = steady_pair_graph(c, a, op);
+        auto replay = [&](long i) {
+            return i % 2 == 1 || (pair && ok(cudaGraphLaunch(pair, c->stream), "graph launch"));
+        };
+        const char *const modes[2] = {"eager", "graph"};
+        for (int m = 0; m < 2; m++) {
+            const long steps = m ? steps_per_run(c, replay) : steps_per_run(c, eager);
+            const double us = steps <= 0 ? -1.0
+                              : m    ? us_per_step(c, runs, steps, replay)
+                                     : us_per_step(c, runs, steps, eager);
+            rows.push_back({w->name, steady_names[k], modes[m], w->count, w->data_bytes, per_step,
+                            launches, steps, us, us > 0 ? per_step / us / 1e3 : 0.0, copy_gbps});
+            failed += us <= 0;
+        }
+        if (pair)
+            cudaGraphExecDestroy(pair);
+        // the norm the steps computed is the workload's own
+        gclip_result r;
+        const gclip_status st = gclip_get_result(c->plan, &r);
+        if (op == STEADY_NORM && (st != GCLIP_STATUS_SUCCESS || !bench_norm_matches(r.total_norm, w->norm))) {
+            std::fprintf(stderr, "gclip-bench: %s: norm %.9g, expected %.9g (%s)\n", w->name,
+                         r.total_norm, w->norm, gclip_status_string(st));
+            failed++;
+        }
+    }
+    im.close(im.ctx);
+    return failed;
+}
+
+static int write_steady(const std::vector<steady_row> &rows, const std::string &prefix,
+                        const char *device)
+{
+    FILE *csv = std::fopen((prefix + ".csv").c_str(), "w");
+    FILE *json = std::fopen((prefix + ".json").c_str(), "w");
+    if (!csv || !json) {
+        if (csv)
+            std::fclose(csv);
+        if (json)
+            std::fclose(json);
+        return -1;
+    }
+    std::fprintf(csv, "device,workload,tensors,data_bytes,op,mode,launches_per_step,steps_per_run,"
+                      "us_per_step,bytes_per_step,gbps,copy_gbps,fraction_of_copy\n");
+    std::fprintf(json, "[\n");
+    for (size_t i = 0; i < rows.size(); i++) {
+        const steady_row &r = rows[i];
+        const double frac = r.copy_gbps > 0 ? r.gbps / r.copy_gbps : 0.0;
+        std::fprintf(csv, "\"%s\",%s,%zu,%.0f,%s,%s,%d,%ld,%.3f,%.0f,%.2f,%.2f,%.4f\n", device,
+                     r.workload, r.tensors, r.data_bytes, r.op, r.mode, r.launches, r.steps, r.us,
+                     r.bytes_per_step, r.gbps, r.copy_gbps, frac);
+        std::fprintf(json,
+                     "  {\"device\": \"%s\", \"workload\": \"%s\", \"tensors\": %zu, "
+                     "\"data_bytes\": %.0f, \"op\": \"%s\", \"mode\": \"%s\", "
+                     "\"launches_per_step\": %d, \"steps_per_run\": %ld, \"us_per_step\": %.3f, "
+                     "\"bytes_per_step\": %.0f, \"gbps\": %.2f, \"copy_gbps\": %.2f, "
+                     "\"fraction_of_copy\": %.4f}%s\n",
+                     device, r.workload, r.tensors, r.data_bytes, r.op, r.mode, r.launches, r.steps,
+                     r.us, r.bytes_per_step, r.gbps, r.copy_gbps, frac,
+                     i + 1 < rows.size() ? "," : "");
+    }
+    std::fprintf(json, "]\n");
+    const bool good = std::fclose(csv) == 0;
+    return std::fclose(json) == 0 && good ? 0 : -1;
+}
+
+extern "C" int bench_cuda_steps(unsigned workloads, int runs, int threads, const char *prefix)
+{
+    if (gclip_cuda_device_count() <= 0) {
+        std::fprintf(stderr, "gclip-bench: --cuda-steps: no CUDA device or driver "
+                             "(gclip_cuda_device_count() is 0); nothing measured\n");
+        return 1;
+    }
+    // the default (every workload) means the three the steady state is for
+    if (workloads == (1u << bench_workload_count) - 1) {
+        workloads = 0;
+        for (size_t i = 0; i < bench_workload_count; i++)
+            if (!std::strcmp(bench_workload_names[i], "gpt2-124m") ||
+                !std::strcmp(bench_workload_names[i], "many-small") ||
+                !std::strcmp(bench_workload_names[i], "tiny-100k"))
+                workloads |= 1u << i;
+    }
+    const char *device = bench_cuda_device_name();
+    std::printf("gclip-bench --cuda-steps: %s, median of %d timed runs per row\n", device, runs);
+    std::printf("%-10s %-10s %-5s %8s %10s %12s %9s %9s %7s\n", "workload", "op", "mode",
+                "launches", "steps/run", "us/step", "GB/s", "copy GB/s", "of copy");
+    std::vector<steady_row> rows;
+    int failed = 0;
+    for (size_t i = 0; i < bench_workload_count; i++) {
+        if (!(workloads & (1u << i)))
+            continue;
+        bench_workload w;
+        if (bench_workload_create(&w, bench_workload_names[i], (int64_t)256 << 20, threads)) {
+            std::fprintf(stderr, "gclip-bench: cannot build workload %s\n", bench_workload_names[i]);
+            bench_workload_destroy(&w);
+            failed++;
+            continue;
+        }
+        const size_t first = rows.size();
+        failed += steady_workload(&w, runs, rows);
+        for (size_t k = first; k < rows.size(); k++) {
+            const steady_row &r = rows[k];
+            std::printf("%-10s %-10s %-5s %8d %10ld %12.3f %9.1f %9.1f %6.1f%%\n", r.workload, r.op,
+                        r.mode, r.launches, r.steps, r.us, r.gbps, r.copy_gbps,
+                        r.copy_gbps > 0 ? 100.0 * r.gbps / r.copy_gbps : 0.0);
+        }
+        bench_workload_destroy(&w);
+    }
+    if (write_steady(rows, prefix, device)) {
+        std::fprintf(stderr, "gclip-bench: cannot write %s.csv / %s.json\n", prefix, prefix);
+        return 1;
+    }
+    std::printf("wrote %s.csv and %s.json\n", prefix, prefix);
+    return failed ? 1 : 0;
 }

@@ -33,6 +33,7 @@ typedef struct options {
     unsigned workloads, ops, impls;
     int runs, warmup, threads, quick;
     const char *json, *python, *torch_script;
+    const char *cuda_steps; /* --cuda-steps PREFIX */
 } options;
 
 /* The machine's limits measured in this run. */
@@ -45,7 +46,7 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: gclip-bench [options]\n"
-            "  --workload LIST  gpt2-124m,resnet50,many-small,one-huge,mixed (default all)\n"
+            "  --workload LIST  gpt2-124m,resnet50,many-small,one-huge,mixed,tiny-100k (default all)\n"
             "  --op LIST        norm,clip,clip-noop,value,tensor-norm,unscale-clip (default all)\n"
             "  --impl LIST      gclip,naive,torch (default all)\n"
             "  --runs N         timed runs after warm-up (default 10; --quick 3)\n"
@@ -55,7 +56,11 @@ static void usage(FILE *f)
             "  --json FILE      write one record per (workload, op, impl, backend)\n"
             "  --python PATH    interpreter for bench/torch_baseline.py\n"
             "                   (default: python3, then /usr/bin/python3)\n"
-            "  --torch-script PATH  location of torch_baseline.py\n");
+            "  --torch-script PATH  location of torch_baseline.py\n"
+            "  --cuda-steps PREFIX  only the CUDA steady state: us per step of many steps with\n"
+            "                   no host sync (eager and graph), against a device-to-device\n"
+            "                   copy, launches per step; PREFIX.csv, PREFIX.json (default\n"
+            "                   workloads gpt2-124m,many-small,tiny-100k)\n");
 }
 
 /* Bit mask of the comma-separated names in `arg` (all of them for "all"). */
@@ -88,6 +93,7 @@ static int parse_options(int argc, char **argv, options *o)
         {"threads", required_argument, 0, 't'},  {"quick", no_argument, 0, 'q'},
         {"json", required_argument, 0, 'j'},     {"python", required_argument, 0, 'p'},
         {"torch-script", required_argument, 0, 's'}, {"help", no_argument, 0, 'h'},
+        {"cuda-steps", required_argument, 0, 'c'},
         {0, 0, 0, 0}};
     memset(o, 0, sizeof *o);
     o->workloads = (1u << bench_workload_count) - 1;
@@ -108,6 +114,7 @@ static int parse_options(int argc, char **argv, options *o)
         case 'j': o->json = optarg; break;
         case 'p': o->python = optarg; break;
         case 's': o->torch_script = optarg; break;
+        case 'c': o->cuda_steps = optarg; break;
         case 'h': usage(stdout); exit(0);
         default: bad = 1;
         }
@@ -291,6 +298,14 @@ int main(int argc, char **argv)
     if (parse_options(argc, argv, &o))
         return 2;
     setvbuf(stdout, NULL, _IOLBF, 0); /* progress lines appear as they are measured */
+    if (o.cuda_steps) {
+#ifdef GCLIP_BENCH_CUDA
+        return bench_cuda_steps(o.workloads, o.runs, o.threads, o.cuda_steps);
+#else
+        fprintf(stderr, "gclip-bench: --cuda-steps: this build has no CUDA backend\n");
+        return 1;
+#endif
+    }
     printf("gclip-bench: gclip %d, %d CPU threads, %d warm-up + %d timed runs%s\n",
            gclip_get_version(), o.threads, o.warmup, o.runs,
            o.quick ? " (--quick: naive and torch on " QUICK_BASELINE_WORKLOAD " only)" : "");

@@ -104,7 +104,7 @@ static void resnet50(shape_list *l)
 }
 
 const char *const bench_workload_names[] = {"gpt2-124m", "resnet50", "many-small", "one-huge",
-                                            "mixed"};
+                                            "mixed", "tiny-100k"};
 const size_t bench_workload_count = sizeof bench_workload_names / sizeof bench_workload_names[0];
 
 int bench_shapes_for(const char *name, int64_t huge_elems, bench_shape **shapes, size_t *count)
@@ -119,6 +119,9 @@ int bench_shapes_for(const char *name, int64_t huge_elems, bench_shape **shapes,
     else if (!strcmp(name, "many-small"))
         for (int i = 0; i < 10000; i++)
             vec(&l, GCLIP_F32, 1000);
+    else if (!strcmp(name, "tiny-100k")) /* per-tensor costs: 100,000 tensors of 100 elements */
+        for (int i = 0; i < 100000; i++)
+            vec(&l, GCLIP_F32, 100);
     else if (!strcmp(name, "one-huge"))
         vec(&l, GCLIP_F32, huge_elems);
     else

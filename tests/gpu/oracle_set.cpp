@@ -54,6 +54,25 @@ oracle::Norms OracleSet::norms(double p, double inv_scale) const
     return oracle::norms(t.data(), t.size(), p, inv_scale);
 }
 
+std::vector<float> OracleSet::expect_norms(const gclip_result &r, const oracle::Norms &want,
+                                           const DeviceBuffer &tensor_norms) const
+{
+    EXPECT_TRUE(norm_matches(r.total_norm, want.total)) << "total " << norm_pair(r.total_norm, want.total);
+    EXPECT_EQ(r.nonfinite, !std::isfinite(oracle::as_reported(want.total)) ? 1 : 0);
+    std::vector<float> tn(count());
+    if (!tn.empty())
+        EXPECT_EQ(cudaMemcpy(tn.data(), tensor_norms.get(), tn.size() * sizeof(float),
+                             cudaMemcpyDeviceToHost), cudaSuccess);
+    int64_t bad = 0;
+    std::string first;
+    for (std::size_t k = 0; k < count(); ++k)
+        if (!norm_matches(tn[k], want.per_tensor[k]) && bad++ == 0)
+            first = "tensor " + std::to_string(k) + " (" + oracle::dtype_name(specs_[k].dtype) + "[" +
+                    std::to_string(specs_[k].numel) + "]) " + norm_pair(tn[k], want.per_tensor[k]);
+    EXPECT_EQ(bad, 0) << "per-tensor norms that differ from the oracle, first: " << first;
+    return tn;
+}
+
 template <class F>
 void OracleSet::expect_each(const char *what, F expected) const
 {

@@ -45,6 +45,12 @@ public:
     // The long-double norms of the host values.
     oracle::Norms norms(double p, double inv_scale = 1.0) const;
 
+    // The result's total norm and non-finite flag, and the per-tensor norms
+    // the operation wrote to `tensor_norms`, against `want`; returns the
+    // per-tensor norms.
+    std::vector<float> expect_norms(const gclip_result &r, const oracle::Norms &want,
+                                    const DeviceBuffer &tensor_norms) const;
+
     // Whether the device data equals the host values with tensor k scaled
     // by factor[k] (the host values themselves where factor[k] is 1).
     void expect_scaled(const std::vector<float> &factor) const;
