@@ -375,7 +375,8 @@ static int steady_workload(bench_workload *w, int runs, std::vector<steady_row> 
         // the norm the steps computed is the workload's own
         gclip_result r;
         const gclip_status st = gclip_get_result(c->plan, &r);
-        if (op == STEADY_NORM && (st != GCLIP_STATUS_SUCCESS || !bench_norm_matches(r.total_norm, w->norm))) {
+        if (op == STEADY_NORM &&
+            (st != GCLIP_STATUS_SUCCESS || !bench_norm_matches(r.total_norm, w->norm))) {
             std::fprintf(stderr, "gclip-bench: %s: norm %.9g, expected %.9g (%s)\n", w->name,
                          r.total_norm, w->norm, gclip_status_string(st));
             failed++;

@@ -57,7 +57,8 @@ oracle::Norms OracleSet::norms(double p, double inv_scale) const
 std::vector<float> OracleSet::expect_norms(const gclip_result &r, const oracle::Norms &want,
                                            const DeviceBuffer &tensor_norms) const
 {
-    EXPECT_TRUE(norm_matches(r.total_norm, want.total)) << "total " << norm_pair(r.total_norm, want.total);
+    EXPECT_TRUE(norm_matches(r.total_norm, want.total))
+        << "total " << norm_pair(r.total_norm, want.total);
     EXPECT_EQ(r.nonfinite, !std::isfinite(oracle::as_reported(want.total)) ? 1 : 0);
     std::vector<float> tn(count());
     if (!tn.empty())

@@ -44,10 +44,11 @@ public:
         o.tensor_norms = norms_.as<float>() + static_cast<std::size_t>(i) * pair_.count();
         EXPECT_EQ(gclip_total_norm(probe_.get(), &o, stream), GCLIP_STATUS_SUCCESS)
             << gclip_last_error();
-        if (i % snap_every_ == 0)
-            GPU_EXPECT_CUDA(cudaMemcpyAsync(snaps_.as<unsigned char>() + (i / snap_every_) * pair_.bytes(),
-                                            pair_.device_base(), pair_.bytes(),
+        if (i % snap_every_ == 0) {
+            unsigned char *snap = snaps_.as<unsigned char>() + (i / snap_every_) * pair_.bytes();
+            GPU_EXPECT_CUDA(cudaMemcpyAsync(snap, pair_.device_base(), pair_.bytes(),
                                             cudaMemcpyDeviceToDevice, stream));
+        }
     }
 
     // After the one host synchronization: every step's slot (but its
@@ -312,9 +313,10 @@ TEST_F(GpuOrderingTest, TwoPlansOverlappingOnTwoStreamsDoNotInterfere)
     GPU_ASSERT_CUDA(cudaMemcpy(host.data(), norms.get(), host.size() * sizeof(float),
                                cudaMemcpyDeviceToHost));
     int differ = 0;
-    for (int i = 2; i < 2 * kNorms; ++i) {
-        const std::size_t ref = static_cast<std::size_t>((i / 2) % 2) * 2 * n; // same p, step 0 or 1
-        differ += std::memcmp(&host[static_cast<std::size_t>(i) * n], &host[ref], n * sizeof(float)) != 0;
+    for (int i = 1; i < 2 * kNorms; ++i) {
+        // the first plan's row of step 0 or 1, of the same p
+        const std::size_t row = static_cast<std::size_t>(i), ref = (row / 2) % 2 * 2;
+        differ += std::memcmp(&host[row * n], &host[ref * n], n * sizeof(float)) != 0;
     }
     EXPECT_EQ(differ, 0) << "norms of the same data by two concurrent plans differ";
     expect_tickets_at_zero(p1.gpu(), "first plan, after the concurrent norms");

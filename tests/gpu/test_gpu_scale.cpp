@@ -79,7 +79,8 @@ TEST_F(GpuScaleTest, MoreThan65536ChunksMatchTheOracle)
         // per-tensor clipping: most of the small tensors are clipped
         o.max_norm = 2.0f;
         GPU_ASSERT_OK(gclip_clip_grad_norm_per_tensor(set.plan(), &o, nullptr));
-        const std::vector<float> tn = set.expect_norms(testutil::result_of(set.plan()), want, tensor_norms);
+        const std::vector<float> tn =
+            set.expect_norms(testutil::result_of(set.plan()), want, tensor_norms);
         std::vector<float> factor(set.count());
         for (std::size_t k = 0; k < set.count(); ++k)
             factor[k] = oracle::expected_coef(tn[k], o.max_norm, o.eps);
@@ -154,7 +155,8 @@ TEST_P(GpuHugeTensorTest, TensorOfMoreThan2Pow31ElementsMatchesTheOracle)
     gclip_norm_options o = GCLIP_NORM_OPTIONS_INIT;
     o.norm_type = INFINITY;
     GPU_ASSERT_OK(gclip_total_norm(plan.get(), &o, nullptr));
-    EXPECT_EQ(testutil::result_of(plan.get()).total_norm, 1024.0f) << "the element past 2^31 was missed";
+    EXPECT_EQ(testutil::result_of(plan.get()).total_norm, 1024.0f)
+        << "the element past 2^31 was missed";
 
     o.norm_type = 2.0f;
     o.max_norm = 0.5f * static_cast<float>(want);

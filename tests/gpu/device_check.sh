@@ -1,0 +1,227 @@
+#!/usr/bin/env bash
+# device_check.sh - everything gclip checks on a CUDA device, in one command
+# that stays under 8 minutes on one H200 (docs/device-check.md):
+#
+#   1. configure and build a Release build for this GPU's architecture only
+#      (CMAKE_CUDA_ARCHITECTURES=native) with the GPU suite and gclip-bench;
+#   2. ctest -L gpu: the whole GPU suite (tests/gpu), JUnit XML kept;
+#   3. compute-sanitizer memcheck (leak check on), racecheck and synccheck
+#      on the suite's small every-op case (GpuSanitizerTest.*);
+#   4. the CUDA bench: gclip-bench --cuda-steps (us per step with no host
+#      sync, eager and graph, against a device-to-device copy; launches per
+#      step) on gpt2-124m, many-small (10,000 x 1,000) and tiny-100k.
+#
+# Every stage has its own time limit and the whole has one; a stage that
+# fails or runs out of time does not stop the next ones (those that need the
+# build are skipped when it failed). Logs, results and summary.txt (status
+# and wall time per stage) go to OUT_DIR.
+#
+#   bash tests/gpu/device_check.sh [OUT_DIR]
+#     OUT_DIR  default: $OUT if set, else build/device-check
+#     GCLIP_DEVICE_BUILD_DIR  build folder (default build/device)
+#   For a dry run of the stages on a machine without a device (the GPU
+#   stage then fails: its tests skip), GCLIP_DEVICE_CHECK_ASSUME_DEVICE=1 and
+#   GCLIP_DEVICE_CUDA_ARCH=90 (native needs a device to detect).
+#
+# Exit status: 0 every stage passed; 1 a stage failed, timed out or was
+# skipped; 2 a tool the check needs (cmake, nvcc) is missing; 77 no CUDA
+# device on this machine (nothing is built or run; this takes a second).
+set -u -o pipefail
+cd "$(dirname "$0")/../.."
+root=$PWD
+out=${1:-${OUT:-build/device-check}}
+mkdir -p "$out" || exit 2
+out=$(cd "$out" && pwd)
+build=${GCLIP_DEVICE_BUILD_DIR:-build/device}
+jobs=$(nproc 2>/dev/null || echo 4)
+t_start=$(date +%s)
+total_budget=470                 # seconds, everything included
+deadline=$((t_start + total_budget))
+summary=$out/summary.txt
+filter='GpuSanitizerTest.*'      # the small case the sanitizers run
+: >"$out/stages.tsv"
+
+say() { echo "[$(($(date +%s) - t_start))s] $*"; }
+
+header() {
+    local rev
+    rev=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
+    git -C "$root" diff --quiet HEAD 2>/dev/null || rev="$rev (with uncommitted changes)"
+    {
+        echo "gclip device check, $(date -u '+%Y-%m-%d %H:%M:%S UTC'), commit $rev"
+        echo "host: $(hostname), $jobs CPUs"
+        echo "device: ${gpu_desc:-none}"
+        echo "nvcc: $(nvcc --version 2>/dev/null | grep -o 'release [0-9.]*' || echo missing)," \
+             "cmake: $(cmake --version 2>/dev/null | head -1 | awk '{print $3}' || echo missing)"
+        echo
+    } >"$summary"
+}
+
+# ---- no device, no tools: say so and stop at once ------------------------------
+gpu_desc=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null |
+           grep -m1 ',')
+if [ -z "$gpu_desc" ] && [ "${GCLIP_DEVICE_CHECK_ASSUME_DEVICE:-0}" = 1 ]; then
+    gpu_desc="none detected; a device assumed (GCLIP_DEVICE_CHECK_ASSUME_DEVICE=1: a dry run)"
+elif [ -z "$gpu_desc" ]; then
+    if ls /dev/nvidia[0-9]* >/dev/null 2>&1; then
+        gpu_desc="a device node exists (/dev/nvidia*), but nvidia-smi gave no description"
+    else
+        header
+        echo "NO DEVICE: no CUDA device on this machine (nvidia-smi lists none, no /dev/nvidia*);" \
+             "nothing was built or run" >>"$summary"
+        echo "device_check: no CUDA device on this machine (nvidia-smi lists none and there is" \
+             "no /dev/nvidia*): nothing built or run; exit 77. Summary: $summary" >&2
+        exit 77
+    fi
+fi
+missing=
+for tool in cmake ctest nvcc timeout; do
+    command -v "$tool" >/dev/null 2>&1 || missing="$missing $tool"
+done
+if [ -n "$missing" ]; then
+    header
+    echo "MISSING TOOLS:$missing; nothing was built or run" >>"$summary"
+    echo "device_check: missing$missing (is the CUDA toolkit's bin folder on PATH?); exit 2" >&2
+    exit 2
+fi
+sanitizer=$(command -v compute-sanitizer ||
+            ls "$(dirname "$(command -v nvcc)")/compute-sanitizer" \
+               /usr/local/cuda/compute-sanitizer/compute-sanitizer 2>/dev/null | head -1)
+header
+
+# ---- stages ------------------------------------------------------------------------
+failed=0
+
+# record NAME STATUS SECONDS LIMIT LOG NOTE
+record() {
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$out/stages.tsv"
+    [ "$2" = PASS ] || failed=1
+    say "$1: $2 (${3}s of ${4}s)${6:+, $6}; log $5"
+}
+
+# stage NAME BUDGET LOG COMMAND...: runs COMMAND under the smaller of its
+# budget and the time left; sets stage_status (PASS, FAIL, TIMEOUT, SKIP).
+stage() {
+    local name=$1 budget=$2 log=$3 left limit t rc
+    shift 3
+    left=$((deadline - $(date +%s)))
+    limit=$((budget < left ? budget : left))
+    stage_secs=0
+    stage_limit=$limit
+    if [ "$limit" -lt 10 ]; then
+        stage_status=SKIP
+        stage_note="no time left of the ${total_budget}s"
+        return
+    fi
+    say "$name (limit ${limit}s) ..."
+    t=$(date +%s)
+    timeout --kill-after=10 "$limit" "$@" >"$out/$log" 2>&1
+    rc=$?
+    stage_secs=$(($(date +%s) - t))
+    stage_note=
+    if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+        stage_status=TIMEOUT
+    elif [ $rc -ne 0 ]; then
+        stage_status=FAIL
+        stage_note="exit status $rc"
+    else
+        stage_status=PASS
+    fi
+}
+
+finish() { record "$1" "$stage_status" "$stage_secs" "$stage_limit" "$2" "$stage_note"; }
+
+skip() { # NAME WHY
+    stage_status=SKIP stage_secs=0 stage_limit=0 stage_note=$2
+    finish "$1" -
+}
+
+# 1. configure and build
+stage configure 45 configure.log \
+    cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release \
+          -DCMAKE_CUDA_ARCHITECTURES="${GCLIP_DEVICE_CUDA_ARCH:-native}" -DGCLIP_ENABLE_CUDA=ON -DGCLIP_BUILD_TESTS=ON -DGCLIP_BUILD_BENCH=ON \
+          -DGCLIP_BUILD_EMU_TESTS=OFF -DGCLIP_BUILD_EXAMPLES=OFF
+finish configure configure.log
+built=0
+if [ "$stage_status" = PASS ]; then
+    stage build 165 build.log \
+        cmake --build "$build" -j "$jobs" --target gclip_gpu_tests gclip-bench
+    finish build build.log
+    [ "$stage_status" = PASS ] && built=1
+else
+    skip build "configure failed"
+fi
+gpu_tests=$build/tests/gpu/gclip_gpu_tests
+
+# 2. the GPU suite. Several test processes share the device; a test that
+# skipped because no device was usable fails the stage (a test that skipped
+# for want of memory is counted in the note).
+if [ $built = 1 ]; then
+    stage gpu-tests 100 ctest-gpu.log \
+        ctest --test-dir "$build" -L gpu -j 4 --timeout 90 --no-tests=error \
+              --output-on-failure --output-junit "$out/ctest-gpu.xml"
+    skipped=$(grep -c '(Skipped)' "$out/ctest-gpu.log")
+    if grep -q 'no CUDA device' "$out/ctest-gpu.xml" 2>/dev/null; then
+        stage_status=FAIL
+        stage_note="tests skipped for want of a device although nvidia-smi lists one"
+    elif [ "$skipped" -gt 0 ]; then
+        stage_note="${stage_note:+$stage_note, }$skipped skipped (see ctest-gpu.log)"
+    fi
+    finish gpu-tests ctest-gpu.log
+else
+    skip gpu-tests "no build"
+fi
+
+# 3. compute-sanitizer on the small case; the case must have run, not skipped
+for tool in memcheck racecheck synccheck; do
+    if [ $built = 0 ]; then
+        skip "$tool" "no build"
+        continue
+    fi
+    if [ -z "$sanitizer" ]; then
+        skip "$tool" "compute-sanitizer not found (PATH, the nvcc folder, /usr/local/cuda)"
+        continue
+    fi
+    extra=()
+    [ "$tool" = memcheck ] && extra=(--leak-check full)
+    budget=40
+    [ "$tool" = synccheck ] && budget=30
+    stage "$tool" "$budget" "$tool.log" \
+        "$sanitizer" --tool "$tool" ${extra[@]+"${extra[@]}"} --error-exitcode 1 \
+        --log-file "$out/$tool-report.txt" "$gpu_tests" --gtest_filter="$filter" \
+        --gtest_output="xml:$out/$tool-gtest.xml"
+    if [ "$stage_status" = PASS ] && ! grep -q '\[  PASSED  \] 1 test' "$out/$tool.log"; then
+        stage_status=FAIL
+        stage_note="the case did not run (skipped or filtered out)"
+    fi
+    finish "$tool" "$tool.log"
+done
+
+# 4. the CUDA bench
+if [ $built = 1 ]; then
+    stage bench 45 bench.log \
+        "$build/bench/gclip-bench" --cuda-steps "$out/bench-cuda" --runs 7 \
+        --workload gpt2-124m,many-small,tiny-100k
+    finish bench bench.log
+else
+    skip bench "no build"
+fi
+
+# ---- summary ---------------------------------------------------------------------------
+total=$(($(date +%s) - t_start))
+{
+    printf '%-10s %-8s %8s %8s  %s\n' stage status seconds limit "log / note"
+    while IFS=$'\t' read -r name status secs limit log note; do
+        printf '%-10s %-8s %8s %8s  %s%s\n' "$name" "$status" "$secs" "$limit" "$log" \
+               "${note:+  ($note)}"
+    done <"$out/stages.tsv"
+    printf '%-10s %-8s %8s %8s\n' total "$([ $failed = 0 ] && echo PASS || echo FAIL)" \
+           "$total" "$total_budget"
+    if [ -f "$out/bench-cuda.csv" ]; then
+        echo
+        echo "CUDA bench (bench-cuda.csv):"
+        grep -E '^ *(workload|gpt2|many|tiny)' "$out/bench.log" || true
+    fi
+} >>"$summary"
+cat "$summary"
+exit $failed
