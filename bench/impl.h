@@ -52,7 +52,7 @@ int bench_gclip_cuda_open(bench_impl *impl, bench_workload *w);
 double bench_cuda_copy_gbps(size_t bytes, int runs);
 /* The device's name for the report. */
 const char *bench_cuda_device_name(void);
-/* --cuda-steps: µs per step of many steps back to back (eager and graph
+/* --cuda-steps: microseconds per step of many steps back to back (eager and graph
  * replays), against a device-to-device copy, and launches per step, for the
  * workloads in the bit mask; writes PREFIX.csv and PREFIX.json. Nonzero
  * without a device or when a measurement failed. */

@@ -84,6 +84,7 @@ if [ -n "$missing" ]; then
     echo "device_check: missing$missing (is the CUDA toolkit's bin folder on PATH?); exit 2" >&2
     exit 2
 fi
+nvidia-smi >"$out/nvidia-smi.txt" 2>&1 || true
 sanitizer=$(command -v compute-sanitizer ||
             ls "$(dirname "$(command -v nvcc)")/compute-sanitizer" \
                /usr/local/cuda/compute-sanitizer/compute-sanitizer 2>/dev/null | head -1)
