@@ -61,9 +61,10 @@ std::vector<float> OracleSet::expect_norms(const gclip_result &r, const oracle::
         << "total " << norm_pair(r.total_norm, want.total);
     EXPECT_EQ(r.nonfinite, !std::isfinite(oracle::as_reported(want.total)) ? 1 : 0);
     std::vector<float> tn(count());
-    if (!tn.empty())
+    if (!tn.empty()) {
         EXPECT_EQ(cudaMemcpy(tn.data(), tensor_norms.get(), tn.size() * sizeof(float),
                              cudaMemcpyDeviceToHost), cudaSuccess);
+    }
     int64_t bad = 0;
     std::string first;
     for (std::size_t k = 0; k < count(); ++k)
