@@ -42,7 +42,7 @@
  * in thread order. The same float groups, the same tree, the same order:
  * the partial is bitwise the emulator's. */
 
-#define NT GCLIP_BLOCK_THREADS
+#define NT GCLIP_BLOCK_THREADS /* threads of one norm-kernel block */
 #define WALK_BATCH 4 /* GCLIP_WALK_BATCH of chunk_walk.cuh */
 #define VEC_BYTES GCLIP_VEC_BYTES
 
@@ -104,24 +104,59 @@ ALWAYS_INLINE double elem_f64(const char *base, int32_t dtype, int64_t i)
     return (double)gclip_load(base, dtype, i);
 }
 
+/* The term of 16-bit word j of a half row as float. */
+ALWAYS_INLINE float half_term(const uint16_t *r, int64_t j, int32_t dtype, int32_t kind)
+{
+    const float x = dtype == GCLIP_F16 ? gclip_f16_to_f32(r[j]) : gclip_bf16_to_f32(r[j]);
+    return gclip_term_f32(x, kind);
+}
+
 /* One full batch of every thread for L2/L1 of f32/f16/bf16: thread t's
- * group is word t*4 + m of the rows at row + k * NT * 16 bytes (k < 4). The
- * first two tree levels (vector k with k + 2, then k with k + 1) run over
- * all words of the rows at once, which vectorizes. */
+ * group is words 4t..4t+3 of the four rows at row + k * NT * 16 bytes, its
+ * tree row k with k + 2, then k with k + 1, then the words. The groups' sums
+ * are folded together when all are in the safe range: loops that vectorize. */
 ALWAYS_INLINE void batch_rows(const char *row, int32_t dtype, int32_t kind, double *acc)
 {
     const int64_t rs = (int64_t)NT * VEC_BYTES; /* bytes between the batch's vectors */
-    float w[4 * NT];
-    for (int m = 0; m < 4 * NT; m++) {
-        const char *v = row + (int64_t)(m / 4) * VEC_BYTES;
-        const int q = m % 4;
-        const float a = gclip_fadd(word_term(v, dtype, q, kind), word_term(v + 2 * rs, dtype, q, kind));
-        const float b = gclip_fadd(word_term(v + rs, dtype, q, kind), word_term(v + 3 * rs, dtype, q, kind));
-        w[m] = gclip_fadd(a, b);
-    }
     float s[NT];
-    for (int t = 0; t < NT; t++)
-        s[t] = gclip_fadd(gclip_fadd(w[4 * t], w[4 * t + 2]), gclip_fadd(w[4 * t + 1], w[4 * t + 3]));
+    int unsafe = 0;
+    if (dtype == GCLIP_F32) {
+        /* per thread, its 4 words of each row (a loop over the words, with
+         * the rows' 4 KiB spacing, vectorizes less well here) */
+        const float *r0 = (const float *)row, *r1 = (const float *)(row + rs);
+        const float *r2 = (const float *)(row + 2 * rs), *r3 = (const float *)(row + 3 * rs);
+        for (int t = 0; t < NT; t++) {
+            float w[4];
+            for (int q = 0; q < 4; q++) {
+                const int m = 4 * t + q;
+                w[q] = gclip_fadd(gclip_fadd(gclip_term_f32(r0[m], kind), gclip_term_f32(r2[m], kind)),
+                                  gclip_fadd(gclip_term_f32(r1[m], kind), gclip_term_f32(r3[m], kind)));
+            }
+            s[t] = gclip_fadd(gclip_fadd(w[0], w[2]), gclip_fadd(w[1], w[3]));
+            unsafe |= !gclip_group_safe(s[t], kind);
+        }
+    } else {
+        /* halves: every word of the rows at once, then per thread */
+        const uint16_t *r0 = (const uint16_t *)row, *r1 = (const uint16_t *)(row + rs);
+        const uint16_t *r2 = (const uint16_t *)(row + 2 * rs), *r3 = (const uint16_t *)(row + 3 * rs);
+        float w[4 * NT];
+        for (int m = 0; m < 4 * NT; m++) {
+            const float p0 = gclip_fadd(half_term(r0, 2 * m, dtype, kind), half_term(r0, 2 * m + 1, dtype, kind));
+            const float p1 = gclip_fadd(half_term(r1, 2 * m, dtype, kind), half_term(r1, 2 * m + 1, dtype, kind));
+            const float p2 = gclip_fadd(half_term(r2, 2 * m, dtype, kind), half_term(r2, 2 * m + 1, dtype, kind));
+            const float p3 = gclip_fadd(half_term(r3, 2 * m, dtype, kind), half_term(r3, 2 * m + 1, dtype, kind));
+            w[m] = gclip_fadd(gclip_fadd(p0, p2), gclip_fadd(p1, p3));
+        }
+        for (int t = 0; t < NT; t++) {
+            s[t] = gclip_fadd(gclip_fadd(w[4 * t], w[4 * t + 2]), gclip_fadd(w[4 * t + 1], w[4 * t + 3]));
+            unsafe |= !gclip_group_safe(s[t], kind);
+        }
+    }
+    if (!unsafe) {
+        for (int t = 0; t < NT; t++)
+            acc[t] = acc[t] + (double)s[t];
+        return;
+    }
     for (int t = 0; t < NT; t++) {
         const double g = gclip_group_safe(s[t], kind)
                              ? (double)s[t]

@@ -91,10 +91,10 @@ done
 
 # ---- norm arithmetic and conversions (docs/gpu-arithmetic.md) ----------------
 # Static checks of the per-thread arithmetic, from ptxas -v and from the SASS
-# (cuobjdump) of kernels/probes/walk_probes.cu, whose kernels each run one
+# (cuobjdump) of tests/nvcc/walk_probes.cu, whose kernels each run one
 # element type and norm kind of the norm kernel's accumulation, or one type
 # of the scale kernel's update, through the kernels' own walk and functors.
-# In the main loop of each (kernels/probes/loop_stats.awk: common path, all
+# In the main loop of each (tests/nvcc/loop_stats.awk: common path, all
 # groups in the safe range), on sm_90 and sm_80:
 #   - L2/L1 of f32/f16/bf16: fp64 instructions (F2F.F64.F32 included) per
 #     element at most 1/8 of the 2 per element of a per-element double sum;
@@ -104,7 +104,7 @@ done
 #     a hundred); scale of bf16 from sm_80: F2FP.BF16 packing.
 # And: the norm kernel at most 64 registers on sm_90 (4 blocks of 256 threads
 # per SM); spills and stack are checked above for every architecture.
-probe_src="$src/kernels/probes/walk_probes.cu"
+probe_src="$src/tests/nvcc/walk_probes.cu"
 cuobjdump=${GCLIP_CUOBJDUMP:-}
 if [ -z "$cuobjdump" ]; then
     for c in "$(dirname "$nvcc")/cuobjdump" "$(command -v cuobjdump || true)" \
@@ -133,7 +133,7 @@ else
         if grep -E 'bytes stack frame' "$work/walk_probes_sm$a.ptxas.log" | grep -vq '^ *0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads'; then
             fail "walk_probes.cu: a probe has a stack frame or spills on sm_$a"
         fi
-        stat() { "$cuobjdump" -sass -fun "$1" "$obj" | awk -f "$src/kernels/probes/loop_stats.awk"; }
+        stat() { "$cuobjdump" -sass -fun "$1" "$obj" | awk -f "$src/tests/nvcc/loop_stats.awk"; }
         field() { echo "$1" | tr ' ' '\n' | awk -F= -v k="$2" '$1 == k { print $2 }'; }
         for dt in f32 f16 bf16; do
             lanes=4; [ "$dt" = f32 ] || lanes=8

@@ -1,14 +1,14 @@
 /*
  * walk_probes.cu - kernels that exist only for the static checks of
- * kernels/check_kernels.sh (never built into the library): each runs one
+ * kernels/check_kernels.sh (never built into the library or the emulator): each runs one
  * element type and norm kind of the norm kernel's per-thread accumulation,
  * or one element type of the scale kernel's update, through the same walk
  * (chunk_walk.cuh) and the same functors, so that its machine code can be
  * read in isolation (cuobjdump -sass -fun NAME) and its inner loop measured:
  * fp64 instructions per element, conversions and branches.
  */
-#include "../norm_kernel.cu"
-#include "../scale_kernel.cu"
+#include "norm_kernel.cu"
+#include "scale_kernel.cu"
 
 #define GCLIP_PROBE_NORM(name, dtype, kind)                                                  \
     extern "C" __global__ void __launch_bounds__(GCLIP_BLOCK_THREADS, GCLIP_NORM_MIN_BLOCKS) \
