@@ -165,6 +165,33 @@ ALWAYS_INLINE void batch_rows(const char *row, int32_t dtype, int32_t kind, doub
     }
 }
 
+/* Single vectors of threads t0 <= t < t1 for L2/L1 of f32/f16/bf16: thread
+ * t's group is words 4t..4t+3 of the row (its tree: word q with q + 2, then
+ * the two). */
+ALWAYS_INLINE void single_rows(const char *row, int t0, int t1, int32_t dtype, int32_t kind,
+                               double *acc)
+{
+    float s[NT];
+    int unsafe = 0;
+    for (int t = t0; t < t1; t++) {
+        float w[4];
+        for (int q = 0; q < 4; q++) {
+            const int m = 4 * t + q;
+            if (dtype == GCLIP_F32)
+                w[q] = gclip_term_f32(((const float *)row)[m], kind);
+            else
+                w[q] = gclip_fadd(half_term((const uint16_t *)row, 2 * m, dtype, kind),
+                                  half_term((const uint16_t *)row, 2 * m + 1, dtype, kind));
+        }
+        s[t] = gclip_fadd(gclip_fadd(w[0], w[2]), gclip_fadd(w[1], w[3]));
+        unsafe |= !gclip_group_safe(s[t], kind);
+    }
+    for (int t = t0; t < t1; t++)
+        acc[t] = acc[t] + (unsafe && !gclip_group_safe(s[t], kind)
+                               ? group_value(row + (int64_t)t * VEC_BYTES, 0, 1, dtype, kind)
+                               : (double)s[t]);
+}
+
 /* The partial of the n elements from element `begin` of `data` for a sum
  * kind (L2, L1, P). Inlined with constant dtype and kind. */
 ALWAYS_INLINE double gclip_chunk_sum(const void *data, int32_t dtype, int64_t begin, int64_t n,
@@ -194,17 +221,27 @@ ALWAYS_INLINE double gclip_chunk_sum(const void *data, int32_t dtype, int64_t be
                                         dtype, kind, p);
         }
     }
-    /* the rest, thread by thread: the batches some threads still take, then
-     * single vectors */
-    for (int t = 0; t < NT; t++) {
-        int64_t v = t + full * WALK_BATCH * NT;
-        for (; v + (WALK_BATCH - 1) * NT < nv; v += WALK_BATCH * NT)
-            acc[t] = floats ? acc[t] + group_value(vec + v * VEC_BYTES, rs, WALK_BATCH, dtype, kind)
-                            : group_elements(acc[t], vec + v * VEC_BYTES, rs, WALK_BATCH, dtype,
-                                             kind, p);
-        for (; v < nv; v += NT)
-            acc[t] = floats ? acc[t] + group_value(vec + v * VEC_BYTES, rs, 1, dtype, kind)
-                            : group_elements(acc[t], vec + v * VEC_BYTES, rs, 1, dtype, kind, p);
+    /* the rest, fewer than 4 NT vectors: threads t < R - 3 NT take one more
+     * batch, the others up to 4 single vectors (rows of NT vectors) */
+    const int64_t rest = nv - full * WALK_BATCH * NT;
+    const char *tail_rows = vec + full * WALK_BATCH * rs;
+    const int with_batch = rest > (WALK_BATCH - 1) * NT ? (int)(rest - (WALK_BATCH - 1) * NT) : 0;
+    for (int t = 0; t < with_batch; t++)
+        acc[t] = floats ? acc[t] + group_value(tail_rows + (int64_t)t * VEC_BYTES, rs, WALK_BATCH,
+                                               dtype, kind)
+                        : group_elements(acc[t], tail_rows + (int64_t)t * VEC_BYTES, rs,
+                                         WALK_BATCH, dtype, kind, p);
+    for (int j = 0; j < WALK_BATCH; j++) {
+        const int64_t in_row = rest - (int64_t)j * NT;
+        const int end = in_row >= NT ? NT : (int)(in_row > 0 ? in_row : 0);
+        const char *row = tail_rows + j * rs;
+        if (floats) {
+            if (with_batch < end)
+                single_rows(row, with_batch, end, dtype, kind, acc);
+        } else {
+            for (int t = with_batch; t < end; t++)
+                acc[t] = group_elements(acc[t], row + (int64_t)t * VEC_BYTES, rs, 1, dtype, kind, p);
+        }
     }
     for (int t = 0; t < sp.tail; t++)
         acc[t] = gclip_term_add(acc[t], elem_f64(base, dtype, sp.head + nv * lanes + t), kind, p);
