@@ -2,12 +2,12 @@
  * cpu_walk.h - how the CPU path walks the elements of one chunk: the twin of
  * kernels/chunk_walk.cuh, shared by norm_cpu.c, scale_cpu.c and clamp_cpu.c.
  *
- * The norm's read pass runs the norm kernel's per-thread accumulation (see
- * below). The update pass: each chunk is written as STREAMS equal parts walked in lockstep,
- * each with LANES independent accumulators: several sequential streams per
- * core keep more memory requests in flight than one, and the lanes let the
- * compiler vectorize. The order of every addition is fixed by the chunk's
- * length alone, so a chunk's partial does not depend on the thread count.
+ * The norm's read pass computes a chunk's partial as one block of the norm
+ * kernel does (see below), so it is the emulated kernel's bit for bit and
+ * does not depend on the thread count. The update pass (scale, clamp) walks
+ * each chunk as STREAMS equal parts in lockstep, LANES elements at a time:
+ * several sequential streams per core keep more memory requests in flight
+ * than one, and the lanes let the compiler vectorize.
  */
 #ifndef GCLIP_CPU_WALK_H
 #define GCLIP_CPU_WALK_H
@@ -15,8 +15,7 @@
 #include "gclip_internal.h"
 #include "gclip_kernels.h"
 
-/* Independent accumulators per stream: enough to hide the add latency and
- * let the compiler vectorize the lanes; fixed, so the summation order is too. */
+/* Elements per stream and step of the update pass. */
 #define LANES 8
 /* Sequential streams each chunk is walked as. */
 #define STREAMS 4
