@@ -2,19 +2,20 @@
  * cpu_walk.h - how the CPU path walks the elements of one chunk: the twin of
  * kernels/chunk_walk.cuh, shared by norm_cpu.c, scale_cpu.c and clamp_cpu.c.
  *
- * Each chunk is read (and written) as STREAMS equal parts walked in lockstep,
- * each with LANES independent accumulators: several sequential streams per
- * core keep more memory requests in flight than one, and the lanes let the
- * compiler vectorize. The order of every addition is fixed by the chunk's
- * length alone, so a chunk's partial does not depend on the thread count.
+ * The norm's read pass computes a chunk's partial as one block of the norm
+ * kernel does (see below), so it is the emulated kernel's bit for bit and
+ * does not depend on the thread count. The update pass (scale, clamp) walks
+ * each chunk as STREAMS equal parts in lockstep, LANES elements at a time:
+ * several sequential streams per core keep more memory requests in flight
+ * than one, and the lanes let the compiler vectorize.
  */
 #ifndef GCLIP_CPU_WALK_H
 #define GCLIP_CPU_WALK_H
 
 #include "gclip_internal.h"
+#include "gclip_kernels.h"
 
-/* Independent accumulators per stream: enough to hide the add latency and
- * let the compiler vectorize the lanes; fixed, so the summation order is too. */
+/* Elements per stream and step of the update pass. */
 #define LANES 8
 /* Sequential streams each chunk is walked as. */
 #define STREAMS 4
@@ -30,67 +31,247 @@
 #define CPU_CLONES
 #endif
 
-/* Element i as double, for any dtype (exact). Inlined with a constant dtype. */
-ALWAYS_INLINE double gclip_load_f64(const void *data, int32_t dtype, int64_t i)
+/* ---- the norm's read pass: the norm kernel's per-thread accumulation ------
+ *
+ * A chunk's partial is computed exactly as one block of the norm kernel
+ * computes it under the emulator (kernels/norm_kernel.cu, gclip_term_sum;
+ * kernels/chunk_walk.cuh): GCLIP_BLOCK_THREADS thread accumulators, each fed
+ * its head element, its groups of GCLIP_WALK_BATCH vectors v, v + B, ...,
+ * its single vectors and its tail element in the walk's order, then folded
+ * in thread order. The same float groups, the same tree, the same order:
+ * the partial is bitwise the emulator's. */
+
+#define NT GCLIP_BLOCK_THREADS /* threads of one norm-kernel block */
+#define WALK_BATCH 4 /* GCLIP_WALK_BATCH of chunk_walk.cuh */
+#define VEC_BYTES GCLIP_VEC_BYTES
+
+/* Element j of the vector at `vec` (16 bytes of dtype), as float. */
+ALWAYS_INLINE float vec_elem(const char *vec, int32_t dtype, int j)
+{
+    return gclip_load(vec, dtype, j);
+}
+
+/* The term of 32-bit word m of a vector of f32/f16/bf16 (the two halves of a
+ * word added first), as gclip_term_sum::group forms it. */
+ALWAYS_INLINE float word_term(const char *vec, int32_t dtype, int m, int32_t kind)
+{
+    if (dtype == GCLIP_F32)
+        return gclip_term_f32(vec_elem(vec, dtype, m), kind);
+    return gclip_fadd(gclip_term_f32(vec_elem(vec, dtype, 2 * m), kind),
+                      gclip_term_f32(vec_elem(vec, dtype, 2 * m + 1), kind));
+}
+
+/* The value of one group of `nv` vectors (vector k at vec + k * stride
+ * bytes) for L2/L1 of f32/f16/bf16: the float tree, or the exact sum. */
+ALWAYS_INLINE double group_value(const char *vec, int64_t stride, int nv, int32_t dtype,
+                                 int32_t kind)
+{
+    float t[4 * WALK_BATCH];
+    for (int k = 0; k < nv; k++)
+        for (int m = 0; m < 4; m++)
+            t[4 * k + m] = word_term(vec + k * stride, dtype, m, kind);
+    const float s = gclip_group_tree_f32(t, 4 * nv);
+    if (gclip_group_safe(s, kind))
+        return (double)s;
+    const int lanes = VEC_BYTES / gclip_dtype_size(dtype);
+    double g = 0.0;
+    for (int k = 0; k < nv; k++)
+        for (int j = 0; j < lanes; j++)
+            g = gclip_group_exact_add(g, vec_elem(vec + k * stride, dtype, j), kind);
+    return g;
+}
+
+/* The element-by-element kinds (P of any dtype, every sum kind of f64):
+ * the group's elements added to acc in order. */
+ALWAYS_INLINE double group_elements(double acc, const char *vec, int64_t stride, int nv,
+                                    int32_t dtype, int32_t kind, float p)
+{
+    const int lanes = VEC_BYTES / gclip_dtype_size(dtype);
+    for (int k = 0; k < nv; k++)
+        for (int j = 0; j < lanes; j++) {
+            const double x = dtype == GCLIP_F64 ? ((const double *)(vec + k * stride))[j]
+                                                : (double)vec_elem(vec + k * stride, dtype, j);
+            acc = gclip_term_add(acc, x, kind, p);
+        }
+    return acc;
+}
+
+ALWAYS_INLINE double elem_f64(const char *base, int32_t dtype, int64_t i)
 {
     if (dtype == GCLIP_F64)
-        return ((const double *)data)[i];
-    return (double)gclip_load(data, dtype, i);
+        return ((const double *)base)[i];
+    return (double)gclip_load(base, dtype, i);
 }
 
-/* Accumulate n elements from element `begin` of `data`. Inlined with constant
- * dtype and kind, so each combination becomes its own branch-free loop. */
-ALWAYS_INLINE double gclip_walk_accumulate(const void *data, int32_t dtype, int64_t begin,
-                                           int64_t n, int32_t kind, float p)
+/* The term of 16-bit word j of a half row as float. */
+ALWAYS_INLINE float half_term(const uint16_t *r, int64_t j, int32_t dtype, int32_t kind)
 {
-    double lane[STREAMS][LANES];
-    for (int s = 0; s < STREAMS; s++)
-        for (int j = 0; j < LANES; j++)
-            lane[s][j] = GCLIP_TERM_ZERO;
-    const int64_t part = n / (STREAMS * LANES) * LANES; /* elements per stream */
-    for (int64_t i = 0; i < part; i += LANES)
-        for (int s = 0; s < STREAMS; s++)
-            for (int j = 0; j < LANES; j++)
-                lane[s][j] = gclip_term_add(
-                    lane[s][j], gclip_load_f64(data, dtype, begin + s * part + i + j), kind, p);
-    /* the tail has its own accumulator: indexing the lanes with a run-time
-     * value would keep them in memory for the whole main loop */
-    double rest = GCLIP_TERM_ZERO;
-    for (int64_t i = STREAMS * part; i < n; i++)
-        rest = gclip_term_add(rest, gclip_load_f64(data, dtype, begin + i), kind, p);
-    /* pairwise fold of each stream's lanes, then the streams in order */
-    double acc = GCLIP_TERM_ZERO;
-    for (int s = 0; s < STREAMS; s++) {
-        for (int width = LANES / 2; width > 0; width /= 2)
-            for (int j = 0; j < width; j++)
-                lane[s][j] = gclip_term_combine(lane[s][j], lane[s][j + width], kind);
-        acc = gclip_term_combine(acc, lane[s][0], kind);
-    }
-    return gclip_term_combine(acc, rest, kind);
+    const float x = dtype == GCLIP_F16 ? gclip_f16_to_f32(r[j]) : gclip_bf16_to_f32(r[j]);
+    return gclip_term_f32(x, kind);
 }
 
-/* max|x| of n 16- or 32-bit elements, on the floats' bit patterns: with the
- * sign cleared they order as integers like the values do, with Inf above
- * every finite value and NaN above Inf, so NaN wins without a branch and the
- * loop vectorizes. */
-ALWAYS_INLINE double gclip_walk_max_abs(const void *data, int32_t dtype, int64_t begin, int64_t n)
+/* One full batch of every thread for L2/L1 of f32/f16/bf16: thread t's
+ * group is words 4t..4t+3 of the four rows at row + k * NT * 16 bytes, its
+ * tree row k with k + 2, then k with k + 1, then the words. The groups' sums
+ * are folded together when all are in the safe range: loops that vectorize. */
+ALWAYS_INLINE void batch_rows(const char *row, int32_t dtype, int32_t kind, double *acc)
 {
-    uint32_t lane[LANES];
-    for (int j = 0; j < LANES; j++)
-        lane[j] = 0;
-    int64_t i = 0;
-    for (; i + LANES <= n; i += LANES)
-        for (int j = 0; j < LANES; j++) {
-            uint32_t b = gclip_f32_bits(gclip_load(data, dtype, begin + i + j)) & 0x7fffffffu;
-            lane[j] = b > lane[j] ? b : lane[j];
+    const int64_t rs = (int64_t)NT * VEC_BYTES; /* bytes between the batch's vectors */
+    float s[NT];
+    int unsafe = 0;
+    if (dtype == GCLIP_F32) {
+        /* per thread, its 4 words of each row (a loop over the words, with
+         * the rows' 4 KiB spacing, vectorizes less well here) */
+        const float *r0 = (const float *)row, *r1 = (const float *)(row + rs);
+        const float *r2 = (const float *)(row + 2 * rs), *r3 = (const float *)(row + 3 * rs);
+        for (int t = 0; t < NT; t++) {
+            float w[4];
+            for (int q = 0; q < 4; q++) {
+                const int m = 4 * t + q;
+                w[q] = gclip_fadd(gclip_fadd(gclip_term_f32(r0[m], kind), gclip_term_f32(r2[m], kind)),
+                                  gclip_fadd(gclip_term_f32(r1[m], kind), gclip_term_f32(r3[m], kind)));
+            }
+            s[t] = gclip_fadd(gclip_fadd(w[0], w[2]), gclip_fadd(w[1], w[3]));
+            unsafe |= !gclip_group_safe(s[t], kind);
         }
-    for (; i < n; i++) {
-        uint32_t b = gclip_f32_bits(gclip_load(data, dtype, begin + i)) & 0x7fffffffu;
-        lane[0] = b > lane[0] ? b : lane[0];
+    } else {
+        /* halves: every word of the rows at once, then per thread */
+        const uint16_t *r0 = (const uint16_t *)row, *r1 = (const uint16_t *)(row + rs);
+        const uint16_t *r2 = (const uint16_t *)(row + 2 * rs), *r3 = (const uint16_t *)(row + 3 * rs);
+        float w[4 * NT];
+        for (int m = 0; m < 4 * NT; m++) {
+            const float p0 = gclip_fadd(half_term(r0, 2 * m, dtype, kind), half_term(r0, 2 * m + 1, dtype, kind));
+            const float p1 = gclip_fadd(half_term(r1, 2 * m, dtype, kind), half_term(r1, 2 * m + 1, dtype, kind));
+            const float p2 = gclip_fadd(half_term(r2, 2 * m, dtype, kind), half_term(r2, 2 * m + 1, dtype, kind));
+            const float p3 = gclip_fadd(half_term(r3, 2 * m, dtype, kind), half_term(r3, 2 * m + 1, dtype, kind));
+            w[m] = gclip_fadd(gclip_fadd(p0, p2), gclip_fadd(p1, p3));
+        }
+        for (int t = 0; t < NT; t++) {
+            s[t] = gclip_fadd(gclip_fadd(w[4 * t], w[4 * t + 2]), gclip_fadd(w[4 * t + 1], w[4 * t + 3]));
+            unsafe |= !gclip_group_safe(s[t], kind);
+        }
     }
-    for (int j = 1; j < LANES; j++)
+    if (!unsafe) {
+        for (int t = 0; t < NT; t++)
+            acc[t] = acc[t] + (double)s[t];
+        return;
+    }
+    for (int t = 0; t < NT; t++) {
+        const double g = gclip_group_safe(s[t], kind)
+                             ? (double)s[t]
+                             : group_value(row + (int64_t)t * VEC_BYTES, rs, WALK_BATCH, dtype, kind);
+        acc[t] = acc[t] + g;
+    }
+}
+
+/* Single vectors of threads t0 <= t < t1 for L2/L1 of f32/f16/bf16: thread
+ * t's group is words 4t..4t+3 of the row (its tree: word q with q + 2, then
+ * the two). */
+ALWAYS_INLINE void single_rows(const char *row, int t0, int t1, int32_t dtype, int32_t kind,
+                               double *acc)
+{
+    float s[NT];
+    int unsafe = 0;
+    for (int t = t0; t < t1; t++) {
+        float w[4];
+        for (int q = 0; q < 4; q++) {
+            const int m = 4 * t + q;
+            if (dtype == GCLIP_F32)
+                w[q] = gclip_term_f32(((const float *)row)[m], kind);
+            else
+                w[q] = gclip_fadd(half_term((const uint16_t *)row, 2 * m, dtype, kind),
+                                  half_term((const uint16_t *)row, 2 * m + 1, dtype, kind));
+        }
+        s[t] = gclip_fadd(gclip_fadd(w[0], w[2]), gclip_fadd(w[1], w[3]));
+        unsafe |= !gclip_group_safe(s[t], kind);
+    }
+    for (int t = t0; t < t1; t++)
+        acc[t] = acc[t] + (unsafe && !gclip_group_safe(s[t], kind)
+                               ? group_value(row + (int64_t)t * VEC_BYTES, 0, 1, dtype, kind)
+                               : (double)s[t]);
+}
+
+/* The partial of the n elements from element `begin` of `data` for a sum
+ * kind (L2, L1, P). Inlined with constant dtype and kind. */
+ALWAYS_INLINE double gclip_chunk_sum(const void *data, int32_t dtype, int64_t begin, int64_t n,
+                                     int32_t kind, float p)
+{
+    const int esize = gclip_dtype_size(dtype);
+    const int lanes = VEC_BYTES / esize;
+    const char *base = (const char *)data + begin * esize;
+    const gclip_split sp = gclip_split_vectors((uintptr_t)base, n, esize);
+    const char *vec = base + sp.head * esize;
+    const int64_t nv = sp.vectors, rs = (int64_t)NT * VEC_BYTES;
+    const int floats = dtype != GCLIP_F64 && kind != GCLIP_KIND_P;
+    double acc[NT];
+    for (int t = 0; t < NT; t++)
+        acc[t] = GCLIP_TERM_ZERO;
+    for (int t = 0; t < sp.head; t++)
+        acc[t] = gclip_term_add(acc[t], elem_f64(base, dtype, t), kind, p);
+    /* batches every thread takes: thread NT-1 still has v + 3 NT < nv */
+    const int64_t full = nv >= WALK_BATCH * NT ? (nv - WALK_BATCH * NT) / (WALK_BATCH * NT) + 1 : 0;
+    for (int64_t b = 0; b < full; b++) {
+        const char *row = vec + b * WALK_BATCH * rs;
+        if (floats) {
+            batch_rows(row, dtype, kind, acc);
+        } else {
+            for (int t = 0; t < NT; t++)
+                acc[t] = group_elements(acc[t], row + (int64_t)t * VEC_BYTES, rs, WALK_BATCH,
+                                        dtype, kind, p);
+        }
+    }
+    /* the rest, fewer than 4 NT vectors: threads t < R - 3 NT take one more
+     * batch, the others up to 4 single vectors (rows of NT vectors) */
+    const int64_t rest = nv - full * WALK_BATCH * NT;
+    const char *tail_rows = vec + full * WALK_BATCH * rs;
+    const int with_batch = rest > (WALK_BATCH - 1) * NT ? (int)(rest - (WALK_BATCH - 1) * NT) : 0;
+    for (int t = 0; t < with_batch; t++)
+        acc[t] = floats ? acc[t] + group_value(tail_rows + (int64_t)t * VEC_BYTES, rs, WALK_BATCH,
+                                               dtype, kind)
+                        : group_elements(acc[t], tail_rows + (int64_t)t * VEC_BYTES, rs,
+                                         WALK_BATCH, dtype, kind, p);
+    for (int j = 0; j < WALK_BATCH; j++) {
+        const int64_t in_row = rest - (int64_t)j * NT;
+        const int end = in_row >= NT ? NT : (int)(in_row > 0 ? in_row : 0);
+        const char *row = tail_rows + j * rs;
+        if (floats) {
+            if (with_batch < end)
+                single_rows(row, with_batch, end, dtype, kind, acc);
+        } else {
+            for (int t = with_batch; t < end; t++)
+                acc[t] = group_elements(acc[t], row + (int64_t)t * VEC_BYTES, rs, 1, dtype, kind, p);
+        }
+    }
+    for (int t = 0; t < sp.tail; t++)
+        acc[t] = gclip_term_add(acc[t], elem_f64(base, dtype, sp.head + nv * lanes + t), kind, p);
+    /* the block's fold in thread order (the emulator's block reduction) */
+    double r = acc[0];
+    for (int t = 1; t < NT; t++)
+        r = gclip_term_combine(r, acc[t], kind);
+    return r;
+}
+
+/* max|x| of n elements as an integer max of magnitude bits (order free, so
+ * any order gives the kernel's result), NaN made canonical. */
+ALWAYS_INLINE double gclip_chunk_max(const void *data, int32_t dtype, int64_t begin, int64_t n)
+{
+    if (dtype == GCLIP_F64) {
+        const uint64_t *u = (const uint64_t *)data + begin;
+        uint64_t m = 0;
+        for (int64_t i = 0; i < n; i++)
+            m = gclip_max_bits64(m, u[i]);
+        return gclip_max_bits64_value(m);
+    }
+    uint32_t lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++)
+            lane[j] = gclip_max_bits(lane[j], gclip_f32_bits(gclip_load(data, dtype, begin + i + j)));
+    for (; i < n; i++)
+        lane[0] = gclip_max_bits(lane[0], gclip_f32_bits(gclip_load(data, dtype, begin + i)));
+    for (int j = 1; j < 8; j++)
         lane[0] = lane[j] > lane[0] ? lane[j] : lane[0];
-    return (double)gclip_bits_f32(lane[0]);
+    return gclip_max_bits_value(lane[0]);
 }
 
 /* Multiply n elements by f, or clamp them to [-f, f], as STREAMS parts in

@@ -4,8 +4,9 @@
  * GCLIP_OP_ACCUMULATE, the finalize into the result slot.
  *
  * Work is split into the plan's chunks (64 Ki elements of one tensor each).
- * Each chunk's norm terms are accumulated in double in a fixed lane order and
- * written to the chunk's own slot; the slots are then folded serially in
+ * Each chunk's partial is computed as the norm kernel's block computes it
+ * (float groups folded into double, per-thread accumulators folded in thread
+ * order: host/cpu_walk.h) and written to the chunk's own slot; the slots are then folded serially in
  * chunk order. The thread count only decides who computes which chunk, so the
  * results are bitwise identical for any number of threads.
  */
@@ -13,12 +14,12 @@
 
 #include "cpu_walk.h"
 
-#define ACCUMULATE_KIND(dt)                                                              \
-    switch (kind) {                                                                      \
-    case GCLIP_KIND_L2: return gclip_walk_accumulate(data, dt, begin, n, GCLIP_KIND_L2, p); \
-    case GCLIP_KIND_L1: return gclip_walk_accumulate(data, dt, begin, n, GCLIP_KIND_L1, p); \
-    case GCLIP_KIND_INF: return gclip_walk_max_abs(data, dt, begin, n);                     \
-    default: return gclip_walk_accumulate(data, dt, begin, n, GCLIP_KIND_P, p);             \
+#define ACCUMULATE_KIND(dt)                                                           \
+    switch (kind) {                                                                   \
+    case GCLIP_KIND_L2: return gclip_chunk_sum(data, dt, begin, n, GCLIP_KIND_L2, p); \
+    case GCLIP_KIND_L1: return gclip_chunk_sum(data, dt, begin, n, GCLIP_KIND_L1, p); \
+    case GCLIP_KIND_INF: return gclip_chunk_max(data, dt, begin, n);                  \
+    default: return gclip_chunk_sum(data, dt, begin, n, GCLIP_KIND_P, p);             \
     }
 
 CPU_CLONES static double chunk_terms(const gclip_tensor_desc *t, uint32_t index, int32_t kind,
@@ -33,8 +34,7 @@ CPU_CLONES static double chunk_terms(const gclip_tensor_desc *t, uint32_t index,
     case GCLIP_F16:
         ACCUMULATE_KIND(GCLIP_F16)
     case GCLIP_F64:
-        /* no bit-pattern max for doubles: the generic max keeps NaN too */
-        return gclip_walk_accumulate(data, GCLIP_F64, begin, n, kind, p);
+        ACCUMULATE_KIND(GCLIP_F64)
     default:
         ACCUMULATE_KIND(GCLIP_BF16)
     }

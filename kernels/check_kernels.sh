@@ -89,6 +89,81 @@ for k in "${vector_load_kernels[@]}"; do
     fi
 done
 
+# ---- norm arithmetic and conversions (docs/gpu-arithmetic.md) ----------------
+# Static checks of the per-thread arithmetic, from ptxas -v and from the SASS
+# (cuobjdump) of tests/nvcc/walk_probes.cu, whose kernels each run one
+# element type and norm kind of the norm kernel's accumulation, or one type
+# of the scale kernel's update, through the kernels' own walk and functors.
+# In the main loop of each (tests/nvcc/loop_stats.awk: common path, all
+# groups in the safe range), on sm_90 and sm_80:
+#   - L2/L1 of f32/f16/bf16: fp64 instructions (F2F.F64.F32 included) per
+#     element at most 1/8 of the 2 per element of a per-element double sum;
+#   - Inf-norm of f32/f16/bf16: no fp64 instruction at all;
+#   - scale of f16: paired conversions (F2FP) packing, HADD2.F32 unpacking,
+#     and at most 4 branches per 32 elements (a software conversion has over
+#     a hundred); scale of bf16 from sm_80: F2FP.BF16 packing.
+# And: the norm kernel at most 64 registers on sm_90 (4 blocks of 256 threads
+# per SM); spills and stack are checked above for every architecture.
+probe_src="$src/tests/nvcc/walk_probes.cu"
+cuobjdump=${GCLIP_CUOBJDUMP:-}
+if [ -z "$cuobjdump" ]; then
+    for c in "$(dirname "$nvcc")/cuobjdump" "$(command -v cuobjdump || true)" \
+             "$HOME"/.cache/gclip/venv/lib/python3*/site-packages/triton/backends/nvidia/bin/cuobjdump; do
+        if [ -n "$c" ] && [ -x "$c" ]; then cuobjdump=$c; break; fi
+    done
+fi
+regs=$(awk '/Compiling entry function .*gclip_norm_kernel.*sm_90/ { f = 1 }
+            f && /Used [0-9]+ registers/ { for (i = 1; i <= NF; i++) if ($i == "Used") print $(i + 1); exit }' \
+       "$work/norm_kernel.ptxas.log")
+echo "norm_kernel.cu: ${regs:-?} registers on sm_90"
+if [ -z "$regs" ] || [ "$regs" -gt 64 ]; then
+    fail "norm_kernel.cu: ${regs:-unknown} registers on sm_90, more than 64 (4 blocks per SM)"
+fi
+if [ -z "$cuobjdump" ]; then
+    fail "cuobjdump not found (next to nvcc, on PATH, GCLIP_CUOBJDUMP): the SASS checks cannot run"
+else
+    for a in 90 80; do
+        obj="$work/walk_probes_sm$a.o"
+        if ! "$nvcc" "${flags[@]}" -gencode "arch=compute_$a,code=sm_$a" -Xptxas -v -c "$probe_src" \
+                -o "$obj" >"$work/walk_probes_sm$a.ptxas.log" 2>&1; then
+            cat "$work/walk_probes_sm$a.ptxas.log"
+            fail "walk_probes.cu does not compile for sm_$a"
+            continue
+        fi
+        if grep -E 'bytes stack frame' "$work/walk_probes_sm$a.ptxas.log" | grep -vq '^ *0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads'; then
+            fail "walk_probes.cu: a probe has a stack frame or spills on sm_$a"
+        fi
+        stat() { "$cuobjdump" -sass -fun "$1" "$obj" | awk -f "$src/tests/nvcc/loop_stats.awk"; }
+        field() { echo "$1" | tr ' ' '\n' | awk -F= -v k="$2" '$1 == k { print $2 }'; }
+        for dt in f32 f16 bf16; do
+            lanes=4; [ "$dt" = f32 ] || lanes=8
+            for kind in l2 l1 inf; do
+                s=$(stat "gclip_probe_norm_${dt}_$kind")
+                loads=$(field "$s" vec_loads); fp64=$(field "$s" fp64)
+                elems=$((loads * lanes))
+                echo "  sm_$a norm $dt $kind: $s ($elems elements per iteration)"
+                if [ "${loads:-0}" -lt 4 ]; then
+                    fail "sm_$a norm $dt $kind: no main loop of 16-byte loads found"
+                elif [ "$kind" = inf ] && [ "$fp64" -ne 0 ]; then
+                    fail "sm_$a norm $dt inf: $fp64 fp64 instructions in the main loop (integer max expected)"
+                elif [ "$kind" != inf ] && [ $((fp64 * 4)) -gt "$elems" ]; then
+                    fail "sm_$a norm $dt $kind: $fp64 fp64 instructions for $elems elements (more than 1/4 per element)"
+                fi
+            done
+        done
+        s=$(stat gclip_probe_scale_f16)
+        echo "  sm_$a scale f16: $s (32 elements per iteration)"
+        if [ "$(field "$s" pack)" -lt 16 ] || [ "$(field "$s" cvt16)" -lt 32 ] || [ "$(field "$s" branches)" -gt 4 ]; then
+            fail "sm_$a scale f16: expected 16 paired F2FP packs, 32 HADD2.F32 unpacks and at most 4 branches per 32 elements"
+        fi
+        s=$(stat gclip_probe_scale_bf16)
+        echo "  sm_$a scale bf16: $s (32 elements per iteration)"
+        if [ "$(field "$s" pack)" -lt 16 ] || [ "$(field "$s" branches)" -gt 4 ]; then
+            fail "sm_$a scale bf16: expected 16 paired F2FP.BF16 packs and at most 4 branches per 32 elements"
+        fi
+    done
+fi
+
 if [ "$failures" -ne 0 ]; then
     echo "check_kernels: $failures check(s) failed"
     exit 1

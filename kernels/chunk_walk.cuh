@@ -13,6 +13,19 @@
  * and the block size alone, which is what makes each thread's accumulation
  * (and so the block's partial) reproducible.
  *
+ * Read mode hands the visitor whole groups: the GCLIP_WALK_BATCH vectors a
+ * thread loads at once, then each single vector, then each head or tail
+ * element alone (the norm's float groups, docs/gpu-arithmetic.md; the CPU
+ * twin forms the same groups).
+ *
+ * Conversions: on the GPU, f16 and bf16 are converted by the conversion
+ * instructions, two elements at a time (cvt.f32.f16; cvt.rn.f16x2.f32 and,
+ * from sm_80, cvt.rn.bf16x2.f32: one instruction per packed pair), with the
+ * results gclip_dtype.h's functions give, which the emulator runs
+ * (round to nearest even, subnormals kept, every NaN to the canonical NaN).
+ * bf16 to f32 is a shift everywhere; sm_75 has no bf16 conversion
+ * instruction and rounds to bf16 with gclip_f32_to_bf16.
+ *
  * Writes: a vector is stored only when one of its bits changed. The memory
  * then holds exactly what an unconditional store would leave, but value
  * clipping, which usually changes few elements, writes few vectors.
@@ -24,6 +37,11 @@
 #include "gclip_kernels.h"
 
 #include <string.h>
+
+#if !defined(GCLIP_SIMT_EMULATION)
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#endif
 
 #if defined(GCLIP_SIMT_EMULATION)
 #define GCLIP_UNROLL
@@ -98,16 +116,73 @@ struct gclip_vec_traits<GCLIP_F64> {
     static const int lanes = 2;
 };
 
+/* One f16 or bf16 element (its 16 bits) as float, and a float rounded to one. */
 template <int DTYPE>
-__device__ __forceinline__ float gclip_half_bits_to_f32(uint32_t h)
+__device__ __forceinline__ float gclip_half_to_f32(uint32_t h)
 {
-    return DTYPE == GCLIP_F16 ? gclip_f16_to_f32((uint16_t)h) : gclip_bf16_to_f32((uint16_t)h);
+    if constexpr (DTYPE == GCLIP_BF16) {
+        return gclip_bits_f32(h << 16);
+    } else {
+#if defined(__CUDA_ARCH__)
+        return __half2float(__ushort_as_half((unsigned short)h));
+#else
+        return gclip_f16_to_f32((uint16_t)h);
+#endif
+    }
 }
 
 template <int DTYPE>
-__device__ __forceinline__ uint32_t gclip_f32_to_half_bits(float x)
+__device__ __forceinline__ uint32_t gclip_f32_to_half(float x)
 {
+#if defined(__CUDA_ARCH__)
+    if constexpr (DTYPE == GCLIP_F16)
+        return __half_as_ushort(__float2half_rn(x));
+#if __CUDA_ARCH__ >= 800
+    else
+        return __bfloat16_as_ushort(__float2bfloat16_rn(x));
+#endif
+#endif
     return DTYPE == GCLIP_F16 ? gclip_f32_to_f16(x) : gclip_f32_to_bf16(x);
+}
+
+/* The two elements of one 32-bit word (the lower half is the earlier one). */
+template <int DTYPE>
+__device__ __forceinline__ void gclip_unpack_pair(uint32_t w, float &lo, float &hi)
+{
+    if constexpr (DTYPE == GCLIP_BF16) {
+        lo = gclip_bits_f32(w << 16);
+        hi = gclip_bits_f32(w & 0xffff0000u);
+    } else {
+#if defined(__CUDA_ARCH__)
+        const float2 f = __half22float2(__halves2half2(__ushort_as_half((unsigned short)w),
+                                                       __ushort_as_half((unsigned short)(w >> 16))));
+        lo = f.x;
+        hi = f.y;
+#else
+        lo = gclip_f16_to_f32((uint16_t)w);
+        hi = gclip_f16_to_f32((uint16_t)(w >> 16));
+#endif
+    }
+}
+
+template <int DTYPE>
+__device__ __forceinline__ uint32_t gclip_pack_pair(float lo, float hi)
+{
+#if defined(__CUDA_ARCH__)
+    if constexpr (DTYPE == GCLIP_F16) {
+        const __half2 h = __floats2half2_rn(lo, hi);
+        return (uint32_t)__half_as_ushort(__low2half(h)) |
+               ((uint32_t)__half_as_ushort(__high2half(h)) << 16);
+    }
+#if __CUDA_ARCH__ >= 800
+    if constexpr (DTYPE == GCLIP_BF16) {
+        const __nv_bfloat162 b = __floats2bfloat162_rn(lo, hi);
+        return (uint32_t)__bfloat16_as_ushort(__low2bfloat16(b)) |
+               ((uint32_t)__bfloat16_as_ushort(__high2bfloat16(b)) << 16);
+    }
+#endif
+#endif
+    return gclip_f32_to_half<DTYPE>(lo) | (gclip_f32_to_half<DTYPE>(hi) << 16);
 }
 
 __device__ __forceinline__ double gclip_bits_f64(uint32_t lo, uint32_t hi)
@@ -128,8 +203,8 @@ __device__ __forceinline__ uint64_t gclip_f64_bits(double d)
 /* Decode a vector into its lanes, in memory order (little endian: the lower
  * half of each 32-bit word is the earlier element). */
 template <int DTYPE>
-__device__ __forceinline__ void gclip_unpack(
-    const uint4 &v, typename gclip_vec_traits<DTYPE>::value_type (&x)[gclip_vec_traits<DTYPE>::lanes])
+__device__ __forceinline__ void gclip_unpack(const uint4 &v,
+                                             typename gclip_vec_traits<DTYPE>::value_type *x)
 {
     const uint32_t w[4] = {v.x, v.y, v.z, v.w};
     if constexpr (DTYPE == GCLIP_F64) {
@@ -141,8 +216,7 @@ __device__ __forceinline__ void gclip_unpack(
             if constexpr (DTYPE == GCLIP_F32) {
                 x[i] = gclip_bits_f32(w[i]);
             } else {
-                x[2 * i] = gclip_half_bits_to_f32<DTYPE>(w[i] & 0xffffu);
-                x[2 * i + 1] = gclip_half_bits_to_f32<DTYPE>(w[i] >> 16);
+                gclip_unpack_pair<DTYPE>(w[i], x[2 * i], x[2 * i + 1]);
             }
         }
     }
@@ -165,8 +239,7 @@ __device__ __forceinline__ uint4 gclip_pack(
             if constexpr (DTYPE == GCLIP_F32)
                 w[i] = gclip_f32_bits(x[i]);
             else
-                w[i] = gclip_f32_to_half_bits<DTYPE>(x[2 * i]) |
-                       (gclip_f32_to_half_bits<DTYPE>(x[2 * i + 1]) << 16);
+                w[i] = gclip_pack_pair<DTYPE>(x[2 * i], x[2 * i + 1]);
         }
     }
     uint4 v;
@@ -181,40 +254,51 @@ __device__ __forceinline__ uint4 gclip_pack(
 template <int DTYPE, bool WRITE, class F>
 __device__ __forceinline__ void gclip_visit_scalar(void *base, int64_t i, F &f)
 {
-    if constexpr (DTYPE == GCLIP_F64) {
-        double *p = (double *)base + i;
+    if constexpr (DTYPE == GCLIP_F64 || DTYPE == GCLIP_F32) {
+        typedef typename gclip_vec_traits<DTYPE>::value_type T;
+        T *p = (T *)base + i;
         if constexpr (WRITE)
             *p = f(*p);
         else
             f(*p);
     } else {
-        const float x = gclip_load(base, DTYPE, i);
+        uint16_t *p = (uint16_t *)base + i;
+        const float x = gclip_half_to_f32<DTYPE>(*p);
         if constexpr (WRITE)
-            gclip_store(base, DTYPE, i, f(x));
+            *p = (uint16_t)gclip_f32_to_half<DTYPE>(f(x));
         else
             f(x);
     }
 }
 
-/* One loaded vector `r` that lives at `dst`. */
-template <int DTYPE, bool WRITE, class F>
-__device__ __forceinline__ void gclip_visit_vector(const uint4 &r, uint4 *dst, F &f)
+/* Write mode: the loaded vector `r` that lives at `dst` replaced by f of
+ * each lane. */
+template <int DTYPE, class F>
+__device__ __forceinline__ void gclip_update_vector(const uint4 &r, uint4 *dst, F &f)
 {
     typename gclip_vec_traits<DTYPE>::value_type x[gclip_vec_traits<DTYPE>::lanes];
     gclip_unpack<DTYPE>(r, x);
     GCLIP_UNROLL
-    for (int j = 0; j < gclip_vec_traits<DTYPE>::lanes; ++j) {
-        if constexpr (WRITE)
-            x[j] = f(x[j]);
-        else
-            f(x[j]);
-    }
+    for (int j = 0; j < gclip_vec_traits<DTYPE>::lanes; ++j)
+        x[j] = f(x[j]);
+    const uint4 w = gclip_pack<DTYPE>(x);
+    if (w.x != r.x || w.y != r.y || w.z != r.z || w.w != r.w)
+        gclip_store_vec(dst, w);
+}
+
+/* N loaded vectors, vector k living at dst + k * stride: read mode hands
+ * them to the visitor as one group (f.group<DTYPE, N>(r, dst, stride)),
+ * write mode updates each. */
+template <int DTYPE, bool WRITE, int N, class F>
+__device__ __forceinline__ void gclip_visit_vectors(const uint4 (&r)[N], uint4 *dst, int64_t stride,
+                                                    F &f)
+{
     if constexpr (WRITE) {
-        const uint4 w = gclip_pack<DTYPE>(x);
-        if (w.x != r.x || w.y != r.y || w.z != r.z || w.w != r.w)
-            gclip_store_vec(dst, w);
+        GCLIP_UNROLL
+        for (int k = 0; k < N; ++k)
+            gclip_update_vector<DTYPE>(r[k], dst + k * stride, f);
     } else {
-        (void)dst;
+        f.template group<DTYPE, N>(r, dst, stride);
     }
 }
 
@@ -237,13 +321,11 @@ __device__ __forceinline__ void gclip_walk_typed(void *base, int64_t count, F &f
         GCLIP_UNROLL
         for (int k = 0; k < GCLIP_WALK_BATCH; ++k)
             r[k] = gclip_load_vec(vec + v + k * nt);
-        GCLIP_UNROLL
-        for (int k = 0; k < GCLIP_WALK_BATCH; ++k)
-            gclip_visit_vector<DTYPE, WRITE>(r[k], vec + v + k * nt, f);
+        gclip_visit_vectors<DTYPE, WRITE>(r, vec + v, nt, f);
     }
     for (; v < s.vectors; v += nt) {
-        const uint4 r = gclip_load_vec(vec + v);
-        gclip_visit_vector<DTYPE, WRITE>(r, vec + v, f);
+        const uint4 r[1] = {gclip_load_vec(vec + v)};
+        gclip_visit_vectors<DTYPE, WRITE>(r, vec + v, nt, f);
     }
 
     if (tid < s.tail)
@@ -251,7 +333,8 @@ __device__ __forceinline__ void gclip_walk_typed(void *base, int64_t count, F &f
 }
 
 /* Visit every element of chunk `c` with `f`: read mode (WRITE = false) calls
- * f(x) for each element; write mode replaces each element x with f(x),
+ * f(x) for each head and tail element and f.group<DTYPE, N>(r, at, stride)
+ * for each group of N loaded vectors; write mode replaces each element x with f(x),
  * computed in float and rounded back to the element type (in double for
  * f64). `f` takes float and double. */
 template <bool WRITE, class F>

@@ -1,7 +1,15 @@
 /*
  * gclip_dtype.h - element types: sizes, and bit-exact conversions between
- * f16/bf16 and f32 (round to nearest even, NaN kept quiet), shared by the
- * kernels and the CPU path.
+ * f16/bf16 and f32 (round to nearest even), shared by the kernels and the
+ * CPU path.
+ *
+ * NaN: every NaN converts to the canonical NaN of the target format
+ * (0x7fff for f16 and bf16 from f32, 0x7fffffff for f32 from f16), sign and
+ * payload dropped, as the GPU's conversion instructions do (cvt.rn.f16.f32,
+ * cvt.rn.bf16.f32 and their paired forms, cvt.f32.f16). The kernels use those
+ * instructions where the GPU has them (chunk_walk.cuh) and these functions
+ * elsewhere, so every engine stores the same bits (docs/gpu-arithmetic.md).
+ * bf16 to f32 is a shift on every engine: NaN payloads pass unchanged.
  */
 #ifndef GCLIP_DTYPE_H
 #define GCLIP_DTYPE_H
@@ -42,8 +50,8 @@ GCLIP_HD float gclip_bf16_to_f32(uint16_t h)
 GCLIP_HD uint16_t gclip_f32_to_bf16(float f)
 {
     uint32_t u = gclip_f32_bits(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) /* NaN: keep sign, force quiet */
-        return (uint16_t)((u >> 16) | 0x0040u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) /* NaN: the canonical bf16 NaN */
+        return 0x7fffu;
     u += 0x7fffu + ((u >> 16) & 1u);
     return (uint16_t)(u >> 16);
 }
@@ -53,15 +61,15 @@ GCLIP_HD float gclip_f16_to_f32(uint16_t h)
     /* Branch-free so that loops over halves vectorize, and free of float
      * subnormal arithmetic (slow on x86): normal halves are rebiased in the
      * exponent bits, subnormal halves converted from their integer mantissa
-     * (exact: m * 2^-24 is a normal float), Inf and NaN keep an all-ones
-     * exponent. */
+     * (exact: m * 2^-24 is a normal float), Inf keeps its sign, NaN becomes
+     * the canonical f32 NaN. */
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
     uint32_t em = h & 0x7fffu;
     uint32_t normal = (em << 13) + (112u << 23);
     uint32_t subnormal = gclip_f32_bits((float)em * 5.9604644775390625e-8f); /* 2^-24 */
-    uint32_t special = (em << 13) | 0x7f800000u;
+    uint32_t special = 0x7f800000u; /* Inf (NaN is handled below) */
     uint32_t bits = em >= 0x7c00u ? special : (em >= 0x400u ? normal : subnormal);
-    return gclip_bits_f32(sign | bits);
+    return gclip_bits_f32(em > 0x7c00u ? 0x7fffffffu : (sign | bits));
 }
 
 GCLIP_HD uint16_t gclip_f32_to_f16(float f)
@@ -69,8 +77,8 @@ GCLIP_HD uint16_t gclip_f32_to_f16(float f)
     uint32_t u = gclip_f32_bits(f);
     uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
     uint32_t a = u & 0x7fffffffu;
-    if (a > 0x7f800000u) /* NaN */
-        return (uint16_t)(sign | 0x7e00u | ((a >> 13) & 0x3ffu));
+    if (a > 0x7f800000u) /* NaN: the canonical f16 NaN */
+        return 0x7fffu;
     if (a >= 0x477ff000u) /* rounds to >= 65520: Inf */
         return (uint16_t)(sign | 0x7c00u);
     if (a < 0x38800000u) { /* below 2^-14: subnormal half or zero */

@@ -47,29 +47,139 @@ typedef gclip_device_result gclip_result_slot;
 /* Neutral element of the combine for every kind (0 for sums and for max|x|). */
 #define GCLIP_TERM_ZERO 0.0
 
+/* Products and sums that the CUDA compiler may not fuse into an FMA: the
+ * engines must round every operation of the float groups alike (the host
+ * library and the emulator are built without contraction). */
+GCLIP_HD float gclip_fmul(float a, float b)
+{
+#if defined(__CUDA_ARCH__)
+    return __fmul_rn(a, b);
+#else
+    return a * b;
+#endif
+}
+
+GCLIP_HD float gclip_fadd(float a, float b)
+{
+#if defined(__CUDA_ARCH__)
+    return __fadd_rn(a, b);
+#else
+    return a + b;
+#endif
+}
+
+/* The term of element x in double: x^2, |x| or |x|^p (kind L2, L1, P).
+ * x^2 of a float is exact in double (so a fused multiply-add with it rounds
+ * as the separate product and sum do); for f64 elements the CUDA compiler
+ * fuses acc + x^2 into one FMA, the host does not. |x|^p is 2^(p log2|x|): CUDA's double
+ * pow is an out-of-line call whose register save forces stack spills in the
+ * norm kernel's loop, while exp2 and log2 inline. |p log2|x|| < 1100
+ * wherever the term is a finite nonzero double, so its relative error stays
+ * below ~3e-13. 0, Inf and NaN map to 0, Inf and NaN as with pow. */
+GCLIP_HD double gclip_term_exact(double x, int32_t kind, float p)
+{
+    const double a = fabs(x);
+    if (kind == GCLIP_KIND_L2)
+        return a * a;
+    if (kind == GCLIP_KIND_L1)
+        return a;
+    return exp2((double)p * log2(a));
+}
+
 /* Add element x (a float converted exactly, or an f64 element) to
- * accumulator acc. Sums are in double: x^2 of any float (FLT_MAX and
- * denormals included) is exact-range in double, so nothing overflows or
- * underflows before the final root. Max keeps NaN. */
+ * accumulator acc, in double. Max keeps NaN. */
 GCLIP_HD double gclip_term_add(double acc, double x, int32_t kind, float p)
 {
-    double a = fabs(x);
-    switch (kind) {
-    case GCLIP_KIND_L2:
-        return acc + a * a;
-    case GCLIP_KIND_L1:
-        return acc + a;
-    case GCLIP_KIND_INF:
+    if (kind == GCLIP_KIND_INF) {
+        const double a = fabs(x);
         return (a > acc || a != a) ? a : acc;
-    default:
-        /* |x|^p as 2^(p log2|x|): CUDA's double pow is an out-of-line call
-         * whose register save forces stack spills in the norm kernel's loop,
-         * while exp2 and log2 inline. |p log2|x|| < 1100 wherever the term
-         * is a finite nonzero double, so the relative error stays below
-         * ~3e-13, far inside the 1e-6 contract. 0, Inf and NaN map to
-         * 0, Inf and NaN as with pow. */
-        return acc + exp2((double)p * log2(a));
     }
+    return acc + gclip_term_exact(x, kind, p);
+}
+
+/* ---- float groups (docs/gpu-arithmetic.md) ----------------------------------
+ *
+ * The L2 and L1 norms of f32, f16 and bf16 elements are summed in float over
+ * small groups (the vectors one thread loads at once: up to 32 elements),
+ * with the fixed pairwise tree of gclip_group_tree_f32, and each group's sum
+ * is converted once and added once to the thread's double accumulator. A
+ * group whose float sum is outside the safe range (not finite: an Inf or NaN
+ * element, or squares that overflowed; or, for L2, below 2^-110, where
+ * squares may have lost bits to underflow) is summed again in double, its
+ * exact terms added in element order (gclip_group_exact_add). Every engine
+ * forms the same groups in the same order (kernels/chunk_walk.cuh,
+ * host/cpu_walk.h). */
+
+/* Bits of 2^-110, the smallest float sum of squares taken as it is. */
+#define GCLIP_GROUP_SAFE_MIN_BITS 0x08800000u
+
+/* The float term of element x: x^2 (L2) or |x| (L1). */
+GCLIP_HD float gclip_term_f32(float x, int32_t kind)
+{
+    const float a = fabsf(x);
+    return kind == GCLIP_KIND_L2 ? gclip_fmul(a, a) : a;
+}
+
+/* Whether a group's float sum s is the group's value: finite, and for L2 at
+ * least 2^-110 (one compare of the bit pattern; NaN fails it). */
+GCLIP_HD int gclip_group_safe(float s, int32_t kind)
+{
+    const uint32_t b = gclip_f32_bits(s);
+    if (kind == GCLIP_KIND_L2)
+        return b - GCLIP_GROUP_SAFE_MIN_BITS < 0x7f800000u - GCLIP_GROUP_SAFE_MIN_BITS;
+    return b < 0x7f800000u;
+}
+
+/* The fixed pairwise tree over the n 32-bit words of a group (n a power of
+ * two, at most 16): t[i] += t[i + w] for w = n/2, n/4, ..., 1, where t[i] is
+ * the term of word i % 4 of vector i / 4: an f32 element's term, or the sum
+ * of the terms of the word's two halves (lower + upper). The first levels
+ * add whole vectors, the last ones the words of one vector. The terms are
+ * overwritten. */
+GCLIP_HD float gclip_group_tree_f32(float *t, int n)
+{
+    for (int w = n / 2; w > 0; w /= 2)
+        for (int i = 0; i < w; i++)
+            t[i] = gclip_fadd(t[i], t[i + w]);
+    return t[0];
+}
+
+/* One element of a group outside the safe range, added to the group's double
+ * sum g (its term is exact in double: no fused multiply-add can change it). */
+GCLIP_HD double gclip_group_exact_add(double g, float x, int32_t kind)
+{
+    return g + gclip_term_exact((double)x, kind, 0.0f);
+}
+
+/* The inf-norm as an integer max of magnitude bits: with the sign cleared,
+ * float (and half) bit patterns order as integers like their magnitudes, Inf
+ * above every finite value and NaN above Inf, so NaN wins. The result is a
+ * float magnitude's bits with every NaN made the canonical NaN, so that the
+ * engines agree bit for bit whichever NaN they met first. */
+GCLIP_HD uint32_t gclip_max_bits(uint32_t m, uint32_t bits)
+{
+    const uint32_t a = bits & 0x7fffffffu;
+    return a > m ? a : m;
+}
+
+GCLIP_HD double gclip_max_bits_value(uint32_t m)
+{
+    return (double)gclip_bits_f32(m > 0x7f800000u ? 0x7fffffffu : m);
+}
+
+/* The same for f64 elements. */
+GCLIP_HD uint64_t gclip_max_bits64(uint64_t m, uint64_t bits)
+{
+    const uint64_t a = bits & 0x7fffffffffffffffull;
+    return a > m ? a : m;
+}
+
+GCLIP_HD double gclip_max_bits64_value(uint64_t m)
+{
+    const uint64_t u = m > 0x7ff0000000000000ull ? 0x7fffffffffffffffull : m;
+    double d;
+    memcpy(&d, &u, sizeof d);
+    return d;
 }
 
 /* Combine two partial accumulators (sum, or max keeping NaN). */
@@ -91,7 +201,7 @@ GCLIP_HD double gclip_term_root(double acc, int32_t kind, float p)
         return acc;
     default:
         /* acc^(1/p) as 2^(log2(acc)/p), inlined on the GPU like the terms
-         * (see gclip_term_add); relative error below ~2e-13 */
+         * (see gclip_term_exact); relative error below ~2e-13 */
         return exp2(log2(acc) / (double)p);
     }
 }

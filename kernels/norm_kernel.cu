@@ -6,7 +6,8 @@
  * One block per chunk of the plan's chunk table (device memory, uploaded once
  * at plan creation, so the launch carries no per-tensor arguments and any
  * number of tensors of any mix of f32/f16/bf16 fits one launch). Each thread
- * accumulates its elements' norm terms in double (gclip_term_add), the block
+ * accumulates its elements' norm terms (gclip_term_sum: float groups folded
+ * into double, an integer max for the inf-norm), the block
  * reduces them and thread 0 stores the block's partial in partials[chunk]:
  * the slot is the chunk's index, never a function of the SM count.
  *
@@ -32,25 +33,175 @@
 #include "chunk_walk.cuh"
 #include "norm_finalize.cuh"
 
-/* Accumulates the norm terms of the elements it is shown. KIND is a template
- * argument so that each norm kind gets its own branch-free inner loop. */
+/* Accumulates the norm terms of the elements it is shown, one group at a
+ * time (chunk_walk.cuh; docs/gpu-arithmetic.md). KIND is a template argument
+ * so that each norm kind gets its own inner loop.
+ *   L2, L1 of f32/f16/bf16: each group summed in float (gclip_group_tree_f32),
+ *       converted once and added once to the double accumulator; a group
+ *       outside the safe range is summed exactly in double instead.
+ *   Inf: an integer max of magnitude bits (gclip_max_bits), no floating
+ *       point at all; f16/bf16 compare their 16-bit magnitudes and convert
+ *       one per group.
+ *   P, and every kind of f64: each element added in double (gclip_term_add).
+ * The CPU twin (host/cpu_walk.h) adds the same groups in the same order. */
 template <int KIND>
 struct gclip_term_sum {
-    double acc;
+    double acc;     /* L2, L1, P */
+    uint32_t max32; /* Inf over f32/f16/bf16: float magnitude bits */
+    uint64_t max64; /* Inf over f64 */
     float p;
+
     __device__ __forceinline__ void operator()(float x)
     {
-        acc = gclip_term_add(acc, (double)x, KIND, p);
+        if constexpr (KIND == GCLIP_KIND_INF)
+            max32 = gclip_max_bits(max32, gclip_f32_bits(x));
+        else
+            acc = gclip_term_add(acc, (double)x, KIND, p);
     }
-    __device__ __forceinline__ void operator()(double x) { acc = gclip_term_add(acc, x, KIND, p); }
+    __device__ __forceinline__ void operator()(double x)
+    {
+        if constexpr (KIND == GCLIP_KIND_INF)
+            max64 = gclip_max_bits64(max64, gclip_f64_bits(x));
+        else
+            acc = gclip_term_add(acc, x, KIND, p);
+    }
+
+    /* The group's value exactly (gclip_group_exact_add): its terms in double,
+     * added in element order. The group is read again from memory (vector k
+     * at src + k * stride), so that the common path need not keep the loaded
+     * vectors alive; a group of zeros skips the arithmetic. */
+    template <int DTYPE, int N>
+    __device__ __forceinline__ static double exact(const uint4 *src, int64_t stride)
+    {
+        typedef gclip_vec_traits<DTYPE> vt;
+        uint4 r[N];
+        uint32_t any = 0;
+        GCLIP_UNROLL
+        for (int k = 0; k < N; ++k) {
+            /* volatile: a load the compiler cannot merge with the first one */
+            const volatile uint32_t *q = (const volatile uint32_t *)(src + k * stride);
+            r[k].x = q[0];
+            r[k].y = q[1];
+            r[k].z = q[2];
+            r[k].w = q[3];
+            any |= (r[k].x | r[k].y | r[k].z | r[k].w) & (DTYPE == GCLIP_F32 ? 0x7fffffffu : 0x7fff7fffu);
+        }
+        double g = 0.0;
+        if (any == 0) /* every element is +-0: the sum below is +0 too */
+            return g;
+        GCLIP_UNROLL
+        for (int k = 0; k < N; ++k) {
+            float x[vt::lanes];
+            gclip_unpack<DTYPE>(r[k], x);
+            GCLIP_UNROLL
+            for (int j = 0; j < vt::lanes; ++j)
+                g = gclip_group_exact_add(g, x[j], KIND);
+        }
+        return g;
+    }
+
+    template <int DTYPE, int N>
+    __device__ __forceinline__ void group(const uint4 (&r)[N], const uint4 *src, int64_t stride)
+    {
+        typedef gclip_vec_traits<DTYPE> vt;
+        typedef typename vt::value_type T;
+        if constexpr (KIND == GCLIP_KIND_INF && DTYPE == GCLIP_F64) {
+            GCLIP_UNROLL
+            for (int k = 0; k < N; ++k) {
+                max64 = gclip_max_bits64(max64, ((uint64_t)r[k].y << 32) | r[k].x);
+                max64 = gclip_max_bits64(max64, ((uint64_t)r[k].w << 32) | r[k].z);
+            }
+        } else if constexpr (KIND == GCLIP_KIND_INF && DTYPE == GCLIP_F32) {
+            GCLIP_UNROLL
+            for (int k = 0; k < N; ++k) {
+                max32 = gclip_max_bits(max32, r[k].x);
+                max32 = gclip_max_bits(max32, r[k].y);
+                max32 = gclip_max_bits(max32, r[k].z);
+                max32 = gclip_max_bits(max32, r[k].w);
+            }
+        } else if constexpr (KIND == GCLIP_KIND_INF) {
+            /* halves: the largest 16-bit magnitude of each word's lower and
+             * upper half (compared in place), converted once */
+            uint32_t lo = 0, hi = 0;
+            GCLIP_UNROLL
+            for (int k = 0; k < N; ++k) {
+                const uint32_t w[4] = {r[k].x, r[k].y, r[k].z, r[k].w};
+                GCLIP_UNROLL
+                for (int i = 0; i < 4; ++i) {
+                    const uint32_t a = w[i] & 0x7fffu, b = w[i] & 0x7fff0000u;
+                    lo = a > lo ? a : lo;
+                    hi = b > hi ? b : hi;
+                }
+            }
+            const uint32_t h = (hi >> 16) > lo ? (hi >> 16) : lo;
+            max32 = gclip_max_bits(max32, gclip_f32_bits(gclip_half_to_f32<DTYPE>(h)));
+        } else if constexpr (KIND == GCLIP_KIND_P) {
+            /* element by element, read again: the inlined exp2 and log2 of a
+             * whole group at once would take more than the kernel's registers */
+#if !defined(GCLIP_SIMT_EMULATION)
+#pragma unroll 1
+#endif
+            for (int i = 0; i < vt::lanes * N; ++i) {
+                const void *v = src + (i / vt::lanes) * stride;
+                double x;
+                if constexpr (DTYPE == GCLIP_F64 || DTYPE == GCLIP_F32)
+                    x = ((const T *)v)[i % vt::lanes];
+                else
+                    x = gclip_half_to_f32<DTYPE>(((const uint16_t *)v)[i % vt::lanes]);
+                acc = gclip_term_add(acc, x, KIND, p);
+            }
+        } else if constexpr (DTYPE == GCLIP_F64) {
+            GCLIP_UNROLL
+            for (int k = 0; k < N; ++k) {
+                T x[vt::lanes];
+                gclip_unpack<DTYPE>(r[k], x);
+                GCLIP_UNROLL
+                for (int j = 0; j < vt::lanes; ++j)
+                    acc = gclip_term_add(acc, (double)x[j], KIND, p);
+            }
+        } else {
+            /* the term of each 32-bit word (two halves added first), then
+             * the tree over the words */
+            float t[4 * N];
+            GCLIP_UNROLL
+            for (int k = 0; k < N; ++k) {
+                const uint32_t w[4] = {r[k].x, r[k].y, r[k].z, r[k].w};
+                GCLIP_UNROLL
+                for (int m = 0; m < 4; ++m) {
+                    if constexpr (DTYPE == GCLIP_F32) {
+                        t[4 * k + m] = gclip_term_f32(gclip_bits_f32(w[m]), KIND);
+                    } else {
+                        float lo, hi;
+                        gclip_unpack_pair<DTYPE>(w[m], lo, hi);
+                        t[4 * k + m] = gclip_fadd(gclip_term_f32(lo, KIND), gclip_term_f32(hi, KIND));
+                    }
+                }
+            }
+            const float s = gclip_group_tree_f32(t, 4 * N);
+            if (__builtin_expect(gclip_group_safe(s, KIND), 1))
+                acc = acc + (double)s;
+            else
+                acc = acc + exact<DTYPE, N>(src, stride);
+        }
+    }
+
+    /* The thread's accumulator as the block reduction combines it. */
+    __device__ __forceinline__ double value() const
+    {
+        if constexpr (KIND == GCLIP_KIND_INF)
+            return gclip_term_combine(gclip_max_bits_value(max32), gclip_max_bits64_value(max64),
+                                      GCLIP_KIND_INF);
+        else
+            return acc;
+    }
 };
 
 template <int KIND>
 __device__ __forceinline__ double gclip_chunk_terms(const gclip_chunk_view &c, float p)
 {
-    gclip_term_sum<KIND> f = {GCLIP_TERM_ZERO, p};
+    gclip_term_sum<KIND> f = {GCLIP_TERM_ZERO, 0u, 0ull, p};
     gclip_walk_chunk<false>(c, f);
-    return f.acc;
+    return f.value();
 }
 
 /* This thread's accumulator over its elements of chunk `c`. */
@@ -69,7 +220,11 @@ __device__ __forceinline__ double gclip_thread_terms(const gclip_chunk_view &c,
     }
 }
 
-static __global__ void __launch_bounds__(GCLIP_BLOCK_THREADS)
+/* At least this many blocks of the norm kernel resident per SM: caps its
+ * registers at 64 per thread (docs/gpu-arithmetic.md). */
+#define GCLIP_NORM_MIN_BLOCKS 4
+
+static __global__ void __launch_bounds__(GCLIP_BLOCK_THREADS, GCLIP_NORM_MIN_BLOCKS)
     gclip_norm_kernel(gclip_device_tables t, gclip_norm_params params)
 {
     __shared__ gclip_reduce_storage red;

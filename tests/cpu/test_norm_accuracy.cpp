@@ -3,6 +3,7 @@
 // offset, for 1 to 10,000 tensors, and at the extremes of the float range
 // (near FLT_MAX, denormals, f16 norms beyond 65504). Norm operations write
 // no gradient.
+#include "gclip_dtype.h"
 #include "oracle.hpp"
 #include "plan_util.hpp"
 
@@ -184,15 +185,22 @@ TEST(NormEmpty, EmptyTensorsContributeZero)
 
 // ---- extremes of the float range --------------------------------------------
 
-// `n` f32 values with magnitudes uniform in [lo, hi] and random signs.
-TestBuffer magnitudes(oracle::Rng &rng, gclip_dtype dt, int64_t n, double lo, double hi, int64_t off)
+// `n` elements of magnitude draw() and random signs.
+template <class Draw>
+TestBuffer signed_values(gclip_dtype dt, int64_t n, int64_t off, oracle::Rng &rng, Draw draw)
 {
     TestBuffer b(dt, n, off);
     for (int64_t i = 0; i < n; ++i) {
-        const double m = rng.uniform(lo, hi);
+        const double m = draw();
         b.set(i, static_cast<float>(rng.range(0, 1) ? m : -m));
     }
     return b;
+}
+
+// `n` f32 values with magnitudes uniform in [lo, hi] and random signs.
+TestBuffer magnitudes(oracle::Rng &rng, gclip_dtype dt, int64_t n, double lo, double hi, int64_t off)
+{
+    return signed_values(dt, n, off, rng, [&] { return rng.uniform(lo, hi); });
 }
 
 TEST(NormExtremes, ManyValuesNearFltMaxDoNotOverflow)
@@ -284,6 +292,177 @@ TEST(NormExtremes, MixedMagnitudesAcrossDtypes)
     bufs.push_back(magnitudes(rng, GCLIP_F32, 1000, 1e-40, 1e-38, 3));
     for (float p : kNormTypes)
         check_norms(bufs, p);
+}
+
+// ---- float groups at the edges of their safe range (docs/gpu-arithmetic.md) ----
+//
+// L2 and L1 are summed in float over groups of up to 32 elements and folded
+// into double; groups whose float sum overflows, or (L2) falls below 2^-110,
+// are summed exactly. Each case puts whole tensors, or single groups, on
+// either side of those edges.
+
+// `n` elements with log10|x| uniform in [lo, hi] and random signs.
+TestBuffer log_uniform(oracle::Rng &rng, gclip_dtype dt, int64_t n, double lo, double hi,
+                       int64_t off)
+{
+    return signed_values(dt, n, off, rng, [&] { return std::pow(10.0, rng.uniform(lo, hi)); });
+}
+
+TEST(NormGroups, SquaresOverflowingFloatInEveryGroup)
+{
+    oracle::Rng rng(60);
+    // |x| in [1e19, 1e37]: every square overflows float, the norm does not
+    std::vector<TestBuffer> bufs;
+    bufs.push_back(log_uniform(rng, GCLIP_F32, 70001, 19.0, 37.0, 1));
+    bufs.push_back(log_uniform(rng, GCLIP_BF16, 9000, 19.0, 37.0, 3));
+    for (float p : kNormTypes)
+        check_norms(bufs, p);
+    // L1 groups near FLT_MAX: 32 of them overflow a float sum
+    std::vector<TestBuffer> l1;
+    l1.push_back(log_uniform(rng, GCLIP_F32, 5, 37.0, 37.5, 0));
+    check_norms(l1, 1.0f);
+}
+
+TEST(NormGroups, AllTinyTensors)
+{
+    oracle::Rng rng(61);
+    // squares below 2^-110 (|x| < 2.8e-17) down to denormals: every group
+    // takes the exact path; f16's smallest subnormals square to 2^-48, inside
+    for (auto range : {std::pair<double, double>{-36.0, -17.0}, {-44.8, -38.0}, {-25.0, -20.0}}) {
+        std::vector<TestBuffer> bufs;
+        bufs.push_back(log_uniform(rng, GCLIP_F32, 66000, range.first, range.second, 2));
+        bufs.push_back(log_uniform(rng, GCLIP_BF16, 7000, range.first, range.second, 5));
+        for (float p : kNormTypes)
+            check_norms(bufs, p);
+    }
+    std::vector<TestBuffer> halves;
+    halves.push_back(log_uniform(rng, GCLIP_F16, 40000, -7.7, -4.3, 1));
+    for (float p : kNormTypes)
+        check_norms(halves, p);
+}
+
+TEST(NormGroups, HugeAndTinyInTheSameGroups)
+{
+    oracle::Rng rng(62);
+    // 1e-30, 1e30 and ordinary values interleaved: every group mixes them
+    for (gclip_dtype dt : {GCLIP_F32, GCLIP_BF16}) {
+        TestBuffer b(dt, 3 * 65536 + 11, 3);
+        for (int64_t i = 0; i < b.numel(); ++i) {
+            const double e = i % 3 == 0 ? rng.uniform(-31, -29) : i % 3 == 1 ? rng.uniform(29, 31)
+                                                                             : rng.uniform(-2, 2);
+            const double m = std::pow(10.0, e);
+            b.set(i, static_cast<float>(rng.range(0, 1) ? m : -m));
+        }
+        std::vector<TestBuffer> bufs;
+        bufs.push_back(b);
+        for (float p : kNormTypes)
+            check_norms(bufs, p);
+    }
+    // one tensor of 1e-30s next to one of 1e30s (the tiny one must not vanish
+    // from its own per-tensor norm)
+    std::vector<TestBuffer> two;
+    two.push_back(log_uniform(rng, GCLIP_F32, 50000, -30.5, -29.5, 0));
+    two.push_back(log_uniform(rng, GCLIP_F32, 50000, 29.5, 30.5, 1));
+    for (float p : kNormTypes)
+        check_norms(two, p);
+}
+
+TEST(NormGroups, HalfExtremes)
+{
+    oracle::Rng rng(63);
+    // f16 from its largest finite values (65504) to its smallest subnormal
+    TestBuffer h(GCLIP_F16, 65536 * 2 + 5, 1);
+    for (int64_t i = 0; i < h.numel(); ++i) {
+        const double e = i % 2 ? rng.uniform(4.0, 4.8163) : rng.uniform(-7.7, -4.0);
+        h.set(i, static_cast<float>(std::pow(10.0, e)) * (i % 3 ? 1.0f : -1.0f));
+    }
+    h.set(7, 65504.0f);
+    h.set(8, oracle::f16_to_float(1)); // 2^-24
+    // bf16 across float's whole range
+    TestBuffer b(GCLIP_BF16, 65536 + 9, 3);
+    for (int64_t i = 0; i < b.numel(); ++i)
+        b.set(i, static_cast<float>(std::pow(10.0, rng.uniform(-40.0, 38.3))));
+    std::vector<TestBuffer> bufs;
+    bufs.push_back(h);
+    bufs.push_back(b);
+    for (float p : kNormTypes)
+        check_norms(bufs, p);
+}
+
+TEST(NormGroups, SparseTensorsWithGroupsOfZeros)
+{
+    oracle::Rng rng(64);
+    for (gclip_dtype dt : {GCLIP_F32, GCLIP_F16, GCLIP_BF16}) {
+        TestBuffer b(dt, 65536 + 4000, 2);
+        for (int64_t i = 0; i < b.numel(); ++i)
+            b.set(i, (i / 40) % 7 == 0 ? static_cast<float>(rng.normal(1.0)) : (i % 2 ? -0.0f : 0.0f));
+        std::vector<TestBuffer> bufs;
+        bufs.push_back(b);
+        for (float p : kNormTypes)
+            check_norms(bufs, p);
+    }
+}
+
+// ---- f16/bf16 conversions against the oracle's (docs/gpu-arithmetic.md) ----
+//
+// The software conversions must give the GPU conversion instructions'
+// results: round to nearest even with subnormals, every NaN to the canonical
+// NaN (0x7fff, or 0x7fffffff for f32).
+
+TEST(NormConversions, EveryHalfToFloat)
+{
+    for (uint32_t h = 0; h < 65536; ++h) {
+        const uint16_t u = static_cast<uint16_t>(h);
+        const float f16 = gclip_f16_to_f32(u), bf16 = gclip_bf16_to_f32(u);
+        const float want16 = oracle::f16_to_float(u), want_bf = oracle::bf16_to_float(u);
+        if (std::isnan(want16))
+            ASSERT_EQ(oracle::float_to_bits(f16), 0x7fffffffu) << std::hex << h;
+        else
+            ASSERT_EQ(oracle::float_to_bits(f16), oracle::float_to_bits(want16)) << std::hex << h;
+        // bf16 widens by a shift: every pattern, NaN payloads included
+        ASSERT_EQ(oracle::float_to_bits(bf16), h << 16) << std::hex << h;
+        if (!std::isnan(want_bf))
+            ASSERT_EQ(bf16, want_bf) << std::hex << h;
+    }
+}
+
+// Every float on a rounding boundary of each format (the midpoints between
+// neighbouring halves, one float ulp either side), every representable half,
+// float NaNs of many payloads and a sample of 2^22 random floats.
+TEST(NormConversions, FloatToHalfAtEveryRoundingBoundary)
+{
+    std::vector<uint32_t> probes;
+    for (uint32_t h = 0; h < 0x7c00; ++h) { // f16: the midpoint to the next half
+        const float lo = oracle::f16_to_float(static_cast<uint16_t>(h));
+        const float hi = h + 1 < 0x7c00 ? oracle::f16_to_float(static_cast<uint16_t>(h + 1)) : 65520.0f;
+        const uint32_t mid = oracle::float_to_bits(static_cast<float>((static_cast<double>(lo) + hi) / 2));
+        for (uint32_t b : {oracle::float_to_bits(lo), mid - 1, mid, mid + 1})
+            for (uint32_t sign : {0u, 0x80000000u})
+                probes.push_back(b | sign);
+    }
+    for (uint32_t h = 0; h < 0x7f80; ++h) // bf16: the midpoint is bits h.8000
+        for (uint32_t low : {0x0000u, 0x7fffu, 0x8000u, 0x8001u})
+            for (uint32_t sign : {0u, 0x80000000u})
+                probes.push_back(((h << 16) | low) | sign);
+    oracle::Rng rng(65);
+    for (int i = 0; i < (1 << 22); ++i)
+        probes.push_back(static_cast<uint32_t>(rng.engine()()));
+    for (uint32_t m = 1; m < (1u << 23); m = m * 3 + 1)
+        for (uint32_t sign : {0u, 0x80000000u})
+            probes.push_back(sign | 0x7f800000u | m);
+    probes.push_back(0x7f800000u);
+    probes.push_back(0xff800000u);
+    for (uint32_t u : probes) {
+        const float f = oracle::bits_to_float(u);
+        const uint16_t h = gclip_f32_to_f16(f), b = gclip_f32_to_bf16(f);
+        if (std::isnan(f)) {
+            ASSERT_EQ(h, 0x7fff) << std::hex << u;
+            ASSERT_EQ(b, 0x7fff) << std::hex << u;
+        } else {
+            ASSERT_EQ(h, oracle::float_to_f16(f)) << std::hex << u;
+            ASSERT_EQ(b, oracle::float_to_bf16(f)) << std::hex << u;
+        }
+    }
 }
 
 // ---- inv_scale: the norm is that of the unscaled gradients ---------------------
