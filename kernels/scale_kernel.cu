@@ -84,13 +84,15 @@ static __global__ void __launch_bounds__(GCLIP_BLOCK_THREADS)
         block_factor = gclip_block_factor(t, np);
     __syncthreads();
     const float factor = block_factor;
+    /* unclipped: every block reads the factor and leaves */
     if (factor == 1.0f || blockIdx.x >= t.num_chunks)
         return;
     const int per_tensor = np.op == GCLIP_OP_CLIP_PER_TENSOR;
     for (uint32_t c = blockIdx.x; c < t.num_chunks; c += gridDim.x) {
         const gclip_scale_by f = {per_tensor ? gclip_chunk_factor(t, c) : factor};
-        if (f.factor != 1.0f)
-            gclip_walk_chunk<true>(gclip_chunk_at(t, c), f);
+        if (per_tensor && f.factor == 1.0f)
+            continue; /* a tensor that is not clipped */
+        gclip_walk_chunk<true>(gclip_chunk_at(t, c), f);
     }
 }
 

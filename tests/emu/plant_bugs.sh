@@ -83,6 +83,9 @@ plant() {
         mutate norm_finalize.cuh 's/^\( *\)\*t\.result = slot;$/\1*t.result = slot; atomicExch(t.ticket, 0u);/' ;;
     writes_factor_one) # the scale kernel no longer skips chunks whose factor is 1
         mutate scale_kernel.cu 's/if (factor == 1\.0f ||/if (factor != factor ||/' ;;
+    per_tensor_writes_factor_one) # nor, under the per-tensor op, the chunks of
+        # tensors whose own factor is 1
+        mutate scale_kernel.cu 's/if (per_tensor \&\& f\.factor == 1\.0f)/if (per_tensor \&\& f.factor != f.factor)/' ;;
     apply_twice) # every slot counts as holding a pending factor: applied again
         mutate gclip_norm_math.h '/gclip_factor_pending(const gclip_result_slot \*s)$/{n;s/^{$/{ return 1;/}' ;;
     apply_ticket_not_wrapped) # the apply's ticket counts up for ever
@@ -105,9 +108,9 @@ plant() {
 }
 
 all_mutants=(tail_off_by_one missing_barrier misaligned_vector ticket_not_wrapped
-             ticket_reset_at_end writes_factor_one apply_twice apply_ticket_not_wrapped
-             scalars_from_params f64_scaled_in_float norm_one_chunk_per_block
-             scale_one_chunk_per_block fold_drops_pieces)
+             ticket_reset_at_end writes_factor_one per_tensor_writes_factor_one apply_twice
+             apply_ticket_not_wrapped scalars_from_params f64_scaled_in_float
+             norm_one_chunk_per_block scale_one_chunk_per_block fold_drops_pieces)
 if [[ $# -gt 0 ]]; then mutants=("$@"); else mutants=("${all_mutants[@]}"); fi
 
 build_tests() {
