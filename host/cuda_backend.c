@@ -92,7 +92,7 @@ static void leave_device(const device_guard *g)
 /* ---- workspace layout -------------------------------------------------------- */
 
 /* Offsets in the plan's device allocation; gclip_kernel_grid sizes the
- * partials, so the workspace and the launch shape come from one function. */
+ * partials (one slot per chunk, whatever the grid). */
 typedef struct layout {
     size_t tensors, chunks, partials, factors, tickets, partial, result, total;
 } layout;
@@ -186,6 +186,33 @@ done:
     return st;
 }
 
+/* The grid caps (gclip_device_tables), once per plan: the norm kernel fills
+ * every SM at its occupancy; the scale and clamp kernels take two blocks per
+ * SM (fewer if fewer fit), which keeps 2 x 256 threads x 4 16-byte loads
+ * in flight per SM, enough to stream at full bandwidth, while an unclipped
+ * scale launch stays a couple of blocks per SM that read the factor and
+ * leave. No step asks the device anything. */
+static gclip_status grid_caps(int device, gclip_device_tables *t)
+{
+    int sms = 0, norm_blocks = 0, scale_blocks = 0;
+    cudaError_t e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    if (e != cudaSuccess)
+        return cuda_fail(e, "cudaDeviceGetAttribute(MultiProcessorCount)", __FILE__, __LINE__);
+    e = (cudaError_t)gclip_norm_blocks_per_sm(&norm_blocks);
+    if (e != cudaSuccess)
+        return cuda_fail(e, "cudaOccupancyMaxActiveBlocksPerMultiprocessor(norm kernel)",
+                         __FILE__, __LINE__);
+    e = (cudaError_t)gclip_scale_blocks_per_sm(&scale_blocks);
+    if (e != cudaSuccess)
+        return cuda_fail(e, "cudaOccupancyMaxActiveBlocksPerMultiprocessor(scale kernel)",
+                         __FILE__, __LINE__);
+    if (scale_blocks > 2)
+        scale_blocks = 2;
+    t->norm_grid_cap = (uint32_t)(sms > 0 && norm_blocks > 0 ? sms * norm_blocks : 0);
+    t->scale_grid_cap = (uint32_t)(sms > 0 && scale_blocks > 0 ? sms * scale_blocks : 0);
+    return GCLIP_STATUS_SUCCESS;
+}
+
 static gclip_status cuda_init(gclip_plan *plan)
 {
     int n = 0;
@@ -217,7 +244,9 @@ static gclip_status cuda_init(gclip_plan *plan)
     CUDA_TRY(cudaEventCreateWithFlags(&s->done, cudaEventDisableTiming));
     CUDA_TRY(cudaMalloc(&s->block, l.total));
     point_tables(s, plan, &l);
-    st = upload_initial(s, plan);
+    st = grid_caps(plan->device, &s->tables);
+    if (st == GCLIP_STATUS_SUCCESS)
+        st = upload_initial(s, plan);
 done:
     if (st == GCLIP_STATUS_SUCCESS)
         plan->engine = s;

@@ -1,7 +1,10 @@
 /*
- * finalize_cpu.c - the CPU twin of kernels/finalize_kernel.cu: fold the given
- * partials (or the plan's own) in index order into the result slot.
+ * finalize_cpu.c - the CPU twins of the finalize: of kernels/finalize_kernel.cu
+ * (fold the given partials, or the plan's own, in index order into the
+ * result slot), and of the fold the norm kernel's last block runs
+ * (kernels/norm_finalize.cuh), used by host/norm_cpu.c.
  */
+#include "gclip_fold.h"
 #include "gclip_internal.h"
 
 void gclip_finalize_cpu(gclip_plan *plan, const gclip_norm_params *np)
@@ -9,4 +12,129 @@ void gclip_finalize_cpu(gclip_plan *plan, const gclip_norm_params *np)
     gclip_cpu_state *st = plan->engine;
     gclip_finalize_partials(np->partials, np->num_partials, &st->partial, np,
                             st->result.sequence, &st->result);
+}
+
+/* ---- the fold of the chunk partials (gclip_fold.h) ---- */
+
+/* What the kernel's lanes keep: each lane's leading piece (later its share),
+ * the tensor its range continues, whether the range lies inside it, and the
+ * run it leaves open. */
+typedef struct fold_state {
+    const gclip_norm_params *np;
+    const gclip_scalars *sc;
+    float *tensor_factor;
+    double lane[GCLIP_FOLD_LANES];
+    uint32_t cont[GCLIP_FOLD_LANES];
+    unsigned char whole[GCLIP_FOLD_LANES];
+    uint32_t run[GCLIP_FOLD_LANES];
+    double run_acc[GCLIP_FOLD_LANES];
+    double share[GCLIP_FOLD_LANES];
+    uint32_t nonfinite;
+} fold_state;
+
+/* gclip_finish_tensor of norm_finalize.cuh, for lane `i`. */
+static void finish_tensor(fold_state *f, uint32_t i, uint32_t tensor, double acc)
+{
+    const gclip_norm_params *np = f->np;
+    const float n = gclip_norm_value(acc, np->kind, np->p, f->sc->inv_scale);
+    if (np->tensor_norms)
+        np->tensor_norms[tensor] = n;
+    if (np->op == GCLIP_OP_CLIP_PER_TENSOR)
+        f->tensor_factor[tensor] =
+            gclip_tensor_factor(n, np, f->sc, f->sc->status != GCLIP_STATUS_SUCCESS);
+    f->share[i] = gclip_term_combine(f->share[i], acc, np->kind);
+    f->nonfinite += !gclip_is_finite(n);
+}
+
+static void finish_empty(fold_state *f, uint32_t i, uint32_t from, uint32_t to)
+{
+    for (uint32_t k = from; k < to; k++)
+        finish_tensor(f, i, k, GCLIP_TERM_ZERO);
+}
+
+/* Lane i up to its barrier: the runs of its range. */
+static void lane_runs(fold_state *f, uint32_t i, const gclip_chunk *chunks, uint32_t num_chunks,
+                      const double *partials)
+{
+    const uint32_t begin = gclip_fold_lane_begin(num_chunks, i);
+    const uint32_t end = gclip_fold_lane_begin(num_chunks, i + 1);
+    const uint32_t before = begin < end && begin > 0 ? chunks[begin - 1].tensor : GCLIP_NO_TENSOR;
+    uint32_t run = before;
+    double acc = GCLIP_TERM_ZERO;
+    int leading = 1, continues = 0;
+    for (uint32_t c = begin; c < end; c++) {
+        if (chunks[c].tensor != run) {
+            if (leading)
+                f->lane[i] = acc;
+            else
+                finish_tensor(f, i, run, acc);
+            leading = 0;
+            finish_empty(f, i, run + 1u, chunks[c].tensor);
+            run = chunks[c].tensor;
+            acc = GCLIP_TERM_ZERO;
+        } else if (c == begin) {
+            continues = 1;
+        }
+        acc = gclip_term_combine(acc, partials[c], f->np->kind);
+    }
+    if (leading)
+        f->lane[i] = acc;
+    f->cont[i] = continues ? before : GCLIP_NO_TENSOR;
+    f->whole[i] = (unsigned char)(begin < end && leading);
+    f->run[i] = run;
+    f->run_acc[i] = acc;
+}
+
+/* Lane i after its barrier: the open run, then the tensors without chunks
+ * that are its to complete. */
+static void lane_close(fold_state *f, uint32_t i, uint32_t num_chunks, uint32_t num_tensors)
+{
+    const int32_t kind = f->np->kind;
+    const uint32_t begin = gclip_fold_lane_begin(num_chunks, i);
+    const uint32_t end = gclip_fold_lane_begin(num_chunks, i + 1);
+    const uint32_t run = f->run[i];
+    if (begin < end && !f->whole[i]) {
+        double acc = f->run_acc[i];
+        for (uint32_t k = i + 1; k < GCLIP_FOLD_LANES; k++) {
+            if (gclip_fold_lane_begin(num_chunks, k) == gclip_fold_lane_begin(num_chunks, k + 1))
+                continue;
+            if (f->cont[k] != run)
+                break;
+            acc = gclip_term_combine(acc, f->lane[k], kind);
+            if (!f->whole[k])
+                break;
+        }
+        finish_tensor(f, i, run, acc);
+    }
+    if (num_chunks > 0 && end == num_chunks && begin < end)
+        finish_empty(f, i, run + 1u, num_tensors);
+    if (num_chunks == 0)
+        for (uint32_t k = i; k < num_tensors; k += GCLIP_FOLD_LANES)
+            finish_tensor(f, i, k, GCLIP_TERM_ZERO);
+}
+
+void gclip_fold_partials_cpu(const gclip_chunk *chunks, uint32_t num_chunks, uint32_t num_tensors,
+                             const double *partials, const gclip_norm_params *np,
+                             const gclip_scalars *sc, float *tensor_factor, double *acc,
+                             uint32_t *nonfinite)
+{
+    fold_state f;
+    f.np = np;
+    f.sc = sc;
+    f.tensor_factor = tensor_factor;
+    f.nonfinite = 0;
+    for (uint32_t i = 0; i < GCLIP_FOLD_LANES; i++) {
+        f.lane[i] = GCLIP_TERM_ZERO;
+        f.share[i] = GCLIP_TERM_ZERO;
+    }
+    for (uint32_t i = 0; i < GCLIP_FOLD_LANES; i++)
+        lane_runs(&f, i, chunks, num_chunks, partials);
+    for (uint32_t i = 0; i < GCLIP_FOLD_LANES; i++)
+        lane_close(&f, i, num_chunks, num_tensors);
+    /* the fixed halving tree of the lanes' shares */
+    for (uint32_t half = GCLIP_FOLD_LANES / 2; half > 0; half /= 2)
+        for (uint32_t i = 0; i < half; i++)
+            f.share[i] = gclip_term_combine(f.share[i], f.share[i + half], np->kind);
+    *acc = f.share[0];
+    *nonfinite = f.nonfinite;
 }

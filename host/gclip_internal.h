@@ -124,6 +124,16 @@ void gclip_finalize_cpu(gclip_plan *plan, const gclip_norm_params *np); /* final
 void gclip_scale_cpu(gclip_plan *plan, const gclip_norm_params *np);    /* scale_kernel.cu */
 void gclip_clamp_cpu(gclip_plan *plan, float clip_value);               /* clamp_kernel.cu */
 
+/* The norm kernel's fold of the chunk partials (kernels/gclip_fold.h), as its
+ * last block runs it: per-tensor norms into np->tensor_norms (if set), under
+ * the per-tensor op the factors into tensor_factor (as if the step writes),
+ * the plan's accumulator and the number of tensors whose norm is not
+ * finite. Bitwise what the kernel computes from the same partials. */
+void gclip_fold_partials_cpu(const gclip_chunk *chunks, uint32_t num_chunks, uint32_t num_tensors,
+                             const double *partials, const gclip_norm_params *np,
+                             const gclip_scalars *sc, float *tensor_factor, double *acc,
+                             uint32_t *nonfinite);
+
 /* OpenMP threads for a CPU plan. */
 int gclip_cpu_threads(const gclip_plan *plan);
 

@@ -6,9 +6,11 @@
  * Work is split into the plan's chunks (64 Ki elements of one tensor each).
  * Each chunk's partial is computed as the norm kernel's block computes it
  * (float groups folded into double, per-thread accumulators folded in thread
- * order: host/cpu_walk.h) and written to the chunk's own slot; the slots are then folded serially in
- * chunk order. The thread count only decides who computes which chunk, so the
- * results are bitwise identical for any number of threads.
+ * order: host/cpu_walk.h) and written to the chunk's own slot; the slots are
+ * then folded in the order the kernel's last block folds them
+ * (gclip_fold_partials_cpu, gclip_fold.h). The thread count only decides who
+ * computes which chunk, so the results are bitwise identical for any number
+ * of threads.
  */
 #include <omp.h>
 
@@ -55,22 +57,12 @@ void gclip_norm_cpu(gclip_plan *plan, const gclip_norm_params *np)
     gclip_cpu_state *st = plan->engine;
     read_pass(plan, st->partials, np->kind, np->p);
 
-    /* fold the chunk slots in chunk order into tensor accumulators and the total */
+    /* the norm kernel's fold of the chunk slots (kernels/gclip_fold.h) */
     const gclip_scalars sc = gclip_resolve_scalars(np);
     double total = GCLIP_TERM_ZERO;
     uint32_t nonfinite = 0;
-    for (size_t i = 0; i < plan->count; i++) {
-        const gclip_tensor_desc *t = &plan->tensors[i];
-        double acc = GCLIP_TERM_ZERO;
-        for (uint32_t k = 0; k < t->num_chunks; k++)
-            acc = gclip_term_combine(acc, st->partials[t->first_chunk + k], np->kind);
-        total = gclip_term_combine(total, acc, np->kind);
-        const float norm = gclip_norm_value(acc, np->kind, np->p, sc.inv_scale);
-        nonfinite += !gclip_is_finite(norm);
-        if (np->tensor_norms)
-            np->tensor_norms[i] = norm;
-        st->tensor_factor[i] = norm; /* turned into factors below */
-    }
+    gclip_fold_partials_cpu(plan->chunks, plan->num_chunks, (uint32_t)plan->count, st->partials,
+                            np, &sc, st->tensor_factor, &total, &nonfinite);
     st->partial.acc = total;
     st->partial.nonfinite = nonfinite;
     st->partial.fingerprint = np->fingerprint;
@@ -81,7 +73,8 @@ void gclip_norm_cpu(gclip_plan *plan, const gclip_norm_params *np)
         const int skip_all =
             (st->result.nonfinite && np->policy != GCLIP_NONFINITE_PROPAGATE) ||
             st->result.status != GCLIP_STATUS_SUCCESS;
-        for (size_t i = 0; i < plan->count; i++)
-            st->tensor_factor[i] = gclip_tensor_factor(st->tensor_factor[i], np, &sc, skip_all);
+        if (skip_all)
+            for (size_t i = 0; i < plan->count; i++)
+                st->tensor_factor[i] = 1.0f;
     }
 }

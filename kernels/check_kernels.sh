@@ -164,6 +164,52 @@ else
     done
 fi
 
+# ---- launch shape: the finalize's batched fold, the norm kernel's occupancy ----
+# - The last block's fold loads a whole batch of partials before folding any
+#   of them (norm_finalize.cuh), so a lane waits for memory once per batch:
+#   the compute_90 PTX of the norm kernel must hold at least GCLIP_FOLD_BATCH
+#   loads of partials (ld.global.ca.f64, __ldca of a double), and the sm_90
+#   SASS at least as many 64-bit global loads (LDG.E.64*). A fold that gates
+#   each chunk on a load of the table has one.
+# - The norm kernel keeps at least two blocks of GCLIP_BLOCK_THREADS per SM
+#   on every architecture (at most 128 registers), so the grid-stride grid
+#   of SMs x occupancy still has two blocks' loads in flight per SM.
+fold_batch=$(sed -n 's/^#define GCLIP_FOLD_BATCH \([0-9][0-9]*\).*/\1/p' "$src/kernels/gclip_fold.h")
+if [ -z "$fold_batch" ]; then
+    fail "GCLIP_FOLD_BATCH not found in kernels/gclip_fold.h"
+else
+    n=$(grep -cE 'ld\.global\.ca\.f64' "$work/norm_kernel.ptx" || true)
+    echo "norm_kernel.cu: $n ld.global.ca.f64 in the compute_90 PTX (fold batch $fold_batch)"
+    if [ "$n" -lt "$fold_batch" ]; then
+        fail "norm_kernel.cu: $n batched partial loads in the PTX, fewer than GCLIP_FOLD_BATCH=$fold_batch"
+    fi
+    # cuobjdump as found for the arithmetic checks (their absence has
+    # already failed the run)
+    if [ -z "$cuobjdump" ]; then
+        :
+    elif sass=$("$cuobjdump" -sass "$work/norm_kernel.o" 2>&1); then
+        n=$(echo "$sass" | awk '/Function : .*gclip_norm_kernel/ { on = 1 } /arch = sm_/ { arch = $0 }
+                                on && arch ~ /sm_90/ && /LDG\.E\.64/ { n++ }
+                                END { print n + 0 }')
+        echo "norm_kernel.cu: $n 64-bit global loads (LDG.E.64*) in the sm_90 SASS"
+        if [ "$n" -lt "$fold_batch" ]; then
+            fail "norm_kernel.cu: $n batched partial loads in the sm_90 SASS, fewer than GCLIP_FOLD_BATCH=$fold_batch"
+        fi
+    else
+        fail "cuobjdump -sass failed on norm_kernel.o"
+    fi
+fi
+regs=$(awk '/Compiling entry function .*gclip_norm_kernel/ { on = 1; next }
+            on && /Used [0-9]+ registers/ { for (i = 1; i <= NF; i++) if ($i == "Used") print $(i + 1); on = 0 }' \
+       "$work/norm_kernel.ptxas.log")
+for r in $regs; do
+    if [ "$r" -gt 128 ]; then
+        fail "norm_kernel.cu: $r registers per thread, fewer than two blocks of 256 threads per SM"
+    fi
+done
+echo "norm_kernel.cu: registers per architecture: $(echo $regs)"
+# ---- end of the launch-shape checks
+
 if [ "$failures" -ne 0 ]; then
     echo "check_kernels: $failures check(s) failed"
     exit 1

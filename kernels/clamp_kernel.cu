@@ -3,7 +3,8 @@
  * [-clip_value, clip_value] in one read-write pass, NaN kept (gclip_clamp).
  * CPU twin: host/clamp_cpu.c.
  *
- * One block per chunk. Block 0 also writes the result slot, since value
+ * The scale kernel's capped grid, each block walking chunks blockIdx.x,
+ * + gridDim.x, ... Block 0 also writes the result slot, since value
  * clipping computes no norm: total_norm NaN, coefficient and scale 1, no
  * non-finite flag. A vector is written back only if clamping changed it
  * (chunk_walk.cuh), so the usual step, where few elements exceed the bound,
@@ -30,10 +31,9 @@ static __global__ void __launch_bounds__(GCLIP_BLOCK_THREADS)
         gclip_value_slot(t.result->sequence, &slot);
         *t.result = slot;
     }
-    if (blockIdx.x >= t.num_chunks)
-        return;
     const gclip_clamp_to f = {clip_value};
-    gclip_walk_chunk<true>(gclip_chunk_at(t, blockIdx.x), f);
+    for (uint32_t c = blockIdx.x; c < t.num_chunks; c += gridDim.x)
+        gclip_walk_chunk<true>(gclip_chunk_at(t, c), f);
 }
 
 /* ---- launcher */
@@ -41,6 +41,6 @@ static __global__ void __launch_bounds__(GCLIP_BLOCK_THREADS)
 extern "C" int gclip_launch_clamp(const gclip_device_tables *t, float clip_value,
                                   gclip_stream stream)
 {
-    return GCLIP_LAUNCH(gclip_clamp_kernel, gclip_kernel_grid(t->num_chunks), GCLIP_BLOCK_THREADS,
-                        stream, *t, clip_value);
+    return GCLIP_LAUNCH(gclip_clamp_kernel, gclip_launch_grid(t->num_chunks, t->scale_grid_cap),
+                        GCLIP_BLOCK_THREADS, stream, *t, clip_value);
 }

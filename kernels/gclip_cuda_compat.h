@@ -7,6 +7,11 @@
  *   GCLIP_LAUNCH(kernel, grid, block, stream, args...)
  *       launch one kernel; evaluates to that launch's own status as an int
  *       (0 = success), never to an error left by an earlier call
+ *   GCLIP_BLOCKS_PER_SM(out, kernel, block)
+ *       blocks of `kernel` one SM holds at once (host code, asked once at
+ *       plan creation); evaluates to a status as GCLIP_LAUNCH does
+ * and one function, gclip_prefetch_l1(p): a hint that the calling thread
+ * will soon read the line at p (no effect in the emulator).
  */
 #ifndef GCLIP_CUDA_COMPAT_H
 #define GCLIP_CUDA_COMPAT_H
@@ -16,6 +21,11 @@
  * __syncthreads, __threadfence, the atomics, uint4, the CUDA keywords,
  * gclip_emu_block_reduce and GCLIP_LAUNCH. */
 #include "simt_emu.h"
+#define GCLIP_BLOCKS_PER_SM(out, kernel, block) ((void)(kernel), (void)(block), *(out) = 4, 0)
+inline void gclip_prefetch_l1(const void *p)
+{
+    (void)p;
+}
 #elif defined(__CUDACC__)
 #include <cuda_runtime.h>
 /* cudaLaunchKernelEx returns the status of this launch; a <<<>>> launch
@@ -35,6 +45,12 @@ static inline int gclip_launch_ex(void (*kernel)(P...), unsigned grid, unsigned 
 }
 #define GCLIP_LAUNCH(kernel, grid, block, stream, ...) \
     gclip_launch_ex(kernel, (grid), (block), (cudaStream_t)(stream), __VA_ARGS__)
+#define GCLIP_BLOCKS_PER_SM(out, kernel, block) \
+    ((int)cudaOccupancyMaxActiveBlocksPerMultiprocessor((out), (kernel), (block), 0))
+__device__ __forceinline__ void gclip_prefetch_l1(const void *p)
+{
+    asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
+}
 #else
 #error "kernel sources are compiled by nvcc or with GCLIP_SIMT_EMULATION"
 #endif

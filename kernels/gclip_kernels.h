@@ -10,6 +10,7 @@
 #ifndef GCLIP_KERNELS_H
 #define GCLIP_KERNELS_H
 
+#include "gclip_fold.h"
 #include "gclip_norm_math.h"
 #include "gclip_tables.h"
 
@@ -21,32 +22,39 @@ extern "C" {
 #define GCLIP_BLOCK_THREADS 256
 
 /* The plan's device-resident tables and workspace. All pointers are device
- * memory. Built once at plan creation; its sizes come from gclip_kernel_grid,
- * so one function decides both the workspace and the launch shape. */
+ * memory. Built once at plan creation: the partials are sized by
+ * gclip_kernel_grid (one slot per chunk), the launch grids by
+ * gclip_launch_grid with the caps below. */
 typedef struct gclip_device_tables {
     const gclip_tensor_desc *tensors; /* [num_tensors] */
     const gclip_chunk *chunks;        /* [num_chunks] */
     uint32_t num_tensors;
     uint32_t num_chunks;
-    double *partials;          /* [gclip_kernel_grid(num_chunks)] one slot per block */
+    double *partials;          /* [gclip_kernel_grid(num_chunks)] one slot per chunk */
     float *tensor_factor;      /* [num_tensors] per-tensor scale factors */
     unsigned int *ticket;      /* norm kernel: blocks done, modulo the grid */
     unsigned int *apply_ticket; /* scale kernel under GCLIP_OP_APPLY: the same */
     gclip_partial *partial;    /* the plan's own partial (accumulate phase) */
     gclip_result_slot *result; /* the plan's result slot */
+    /* Most blocks of a norm launch and of a scale or clamp launch (0 = one
+     * per chunk), fixed at plan creation from the device's SM count and the
+     * kernels' occupancy. Each block walks chunks blockIdx.x, + gridDim.x,
+     * ...; no result depends on these. */
+    uint32_t norm_grid_cap;
+    uint32_t scale_grid_cap;
 } gclip_device_tables;
 
-/* Blocks of the norm, scale and clamp kernels: one per chunk, at least one
- * (so that an empty plan still writes its result). */
+/* Partial slots of the norm kernel: one per chunk, at least one. */
 static inline uint32_t gclip_kernel_grid(uint32_t num_chunks)
 {
     return num_chunks > 0 ? num_chunks : 1u;
 }
 
-/* Norm kernel: per-chunk partials of the norm terms; the last block to finish
- * folds them in chunk order into per-tensor norms (np->tensor_norms), the
- * plan's partial and, for every op but GCLIP_OP_ACCUMULATE, the result slot
- * and per-tensor factors. */
+/* Norm kernel: per-chunk partials of the norm terms, each in its chunk's
+ * slot, over a grid of gclip_launch_grid(num_chunks, norm_grid_cap) blocks;
+ * the last block to finish folds them (gclip_fold.h) into per-tensor norms
+ * (np->tensor_norms), the plan's partial and, for every op but
+ * GCLIP_OP_ACCUMULATE, the result slot and per-tensor factors. */
 int gclip_launch_norm(const gclip_device_tables *t, const gclip_norm_params *np,
                       gclip_stream stream);
 
@@ -55,16 +63,25 @@ int gclip_launch_norm(const gclip_device_tables *t, const gclip_norm_params *np,
 int gclip_launch_finalize(const gclip_device_tables *t, const gclip_norm_params *np,
                           gclip_stream stream);
 
-/* Scale kernel: multiply in place by the slot's factor (GCLIP_OP_CLIP_NORM,
+/* Scale kernel, gclip_launch_grid(num_chunks, scale_grid_cap) blocks:
+ * multiply in place by the slot's factor (GCLIP_OP_CLIP_NORM,
  * GCLIP_OP_APPLY), by tensor_factor[tensor] (GCLIP_OP_CLIP_PER_TENSOR) or by
  * the factor of a given norm (GCLIP_OP_CLIP_WITH_NORM, which also writes the
  * slot). Blocks whose factor is exactly 1 return without writing. */
 int gclip_launch_scale(const gclip_device_tables *t, const gclip_norm_params *np,
                        gclip_stream stream);
 
-/* Value clipping in one read-write pass; block 0 also writes the result slot
+/* Value clipping in one read-write pass (the scale kernel's grid); block 0
+ * also writes the result slot
  * (no norm: total_norm NaN, coef 1, scale 1, nonfinite 0). */
 int gclip_launch_clamp(const gclip_device_tables *t, float clip_value, gclip_stream stream);
+
+/* Blocks per SM of the norm kernel and of the scale kernel at full
+ * occupancy (the CUDA runtime's answer for the current device; a fixed 4 in
+ * the emulator). Asked once, at plan creation, to cap the grids. Return 0
+ * or a cudaError_t. */
+int gclip_norm_blocks_per_sm(int *blocks);
+int gclip_scale_blocks_per_sm(int *blocks);
 
 /* Adapt kernel (GCLIP_OP_ADAPTIVE_*), one block: from the slot the norm
  * kernel left, the per-tensor norms and the adaptive's state (np->adapt),

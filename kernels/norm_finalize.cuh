@@ -2,65 +2,75 @@
  * norm_finalize.cuh - the global-norm finalize, run by the last block of the
  * norm kernel once every chunk's partial is in place.
  *
- * It reduces the per-chunk partials to per-tensor accumulators, writes the
- * per-tensor norms and factors, reduces the tensor accumulators to the
+ * It folds the per-chunk partials into per-tensor accumulators, writes the
+ * per-tensor norms and factors, folds the tensor accumulators into the
  * plan's partial (the accumulate phase ends here) and, for every op but
  * GCLIP_OP_ACCUMULATE, fills the result slot from it. CPU twin:
- * host/norm_cpu.c.
+ * host/finalize_cpu.c (gclip_fold_partials_cpu), which runs the same steps
+ * lane by lane and gives the same bits from the same partials.
  *
- * The reduction order is fixed by the chunk table and the block size alone:
+ * The order is the one gclip_fold.h defines, fixed by the number of chunks:
+ * thread i is lane i; it folds the runs of its contiguous range of chunks,
+ * completes the run it leaves open with the leading pieces of the following
+ * lanes (exchanged in shared memory), and the lanes' shares meet in a fixed
+ * halving tree. Nothing depends on the grid, on which block arrives last or
+ * on the number of SMs.
  *
- *  1. Thread i owns the contiguous chunk range [C*i/B, C*(i+1)/B) (C chunks,
- *     B threads) and folds each tensor's partials within that range in chunk
- *     order. A tensor whose chunks run past the range is finished by the
- *     thread holding its first chunk: it appends, in thread order, the pieces
- *     the following threads folded ("head" pieces, exchanged in shared
- *     memory). So a tensor accumulator is a left fold over contiguous runs of
- *     its chunks, the runs fixed by C and B.
- *  2. Each thread folds the accumulators of the tensors it finished, in the
- *     order it finished them, into its share of the total; the block
- *     reduction (a fixed tree for a fixed B) combines the shares.
- *
- * Nothing depends on which block arrives last or on the number of SMs, so
- * the results are bitwise identical from run to run and across GPUs. Work per
- * thread is about C/B partials plus the tensors it finishes, so a tensor of
- * thousands of chunks is not folded by one thread alone.
+ * No global load waits for another one's value: a lane's range and its
+ * batches are arithmetic on the chunk count, and "a new tensor starts here"
+ * is read from the batch itself (its chunk's tensor index differs from the
+ * previous chunk's), so a lane loads a whole batch (GCLIP_FOLD_BATCH
+ * partials and tensor indices) before folding any of it and waits for
+ * memory once per batch, never once per chunk. gclip_fold_load_rounds
+ * counts the rounds: 27 for 100,000 one-chunk tensors.
  */
 #ifndef GCLIP_NORM_FINALIZE_CUH
 #define GCLIP_NORM_FINALIZE_CUH
 
-#include "block_reduce.cuh"
+#include "gclip_cuda_compat.h"
+#include "gclip_kernels.h"
+
+#if !defined(GCLIP_SIMT_EMULATION)
+#define GCLIP_FOLD_UNROLL _Pragma("unroll")
+#else
+#define GCLIP_FOLD_UNROLL
+#endif
+
+static_assert(GCLIP_FOLD_LANES == GCLIP_BLOCK_THREADS, "one fold lane per thread");
 
 /* Shared memory of the finalize; declared by the kernel at function scope. */
 typedef struct gclip_finalize_shared {
-    double head[GCLIP_BLOCK_THREADS]; /* thread i's piece of a tensor begun earlier */
-    unsigned int nonfinite;           /* tensors whose norm is NaN or Inf */
-    unsigned int skip_all;            /* per-tensor op: nothing may be written */
+    double lane[GCLIP_FOLD_LANES];        /* lane i's leading piece, later its share */
+    uint32_t cont[GCLIP_FOLD_LANES];      /* tensor lane i's range continues, or GCLIP_NO_TENSOR */
+    unsigned char whole[GCLIP_FOLD_LANES]; /* lane i's range lies inside that tensor */
+    unsigned int nonfinite;               /* tensors whose norm is NaN or Inf */
+    unsigned int skip_all;                /* per-tensor op: nothing may be written */
 } gclip_finalize_shared;
 
-/* What one thread carries through the finalize. */
+/* What one lane carries through the finalize. */
 typedef struct gclip_finalize_thread {
-    double total;       /* this thread's share of the total accumulator */
-    unsigned nonfinite; /* tensors it finished whose norm is not finite */
+    double total;       /* this lane's share of the total accumulator */
+    unsigned nonfinite; /* tensors it completed whose norm is not finite */
     gclip_scalars sc;   /* max_norm and inv_scale as read at execution */
 } gclip_finalize_thread;
 
-/* First chunk of thread i's range (thread B's is C, the end of the table). */
-__device__ __forceinline__ uint32_t gclip_range_begin(uint32_t num_chunks, uint32_t i)
-{
-    return (uint32_t)((uint64_t)num_chunks * i / GCLIP_BLOCK_THREADS);
-}
-
-/* Partials were written by other blocks: read them from memory, not from a
- * cache line this SM may hold from before. */
+/* Partials were written by other blocks. The kernel's fence after the
+ * ticket orders these loads after every block's fenced store (the two
+ * fences synchronize through the ticket), so weak loads see them, and they
+ * may come through L1: a lane's batch is consecutive doubles, four to a
+ * 32-byte sector, fetched once rather than once per load. */
 __device__ __forceinline__ double gclip_load_partial(const double *partials, uint32_t c)
 {
+#if defined(GCLIP_SIMT_EMULATION)
     return *(const volatile double *)(partials + c);
+#else
+    return __ldca(partials + c);
+#endif
 }
 
-/* A tensor's accumulator is complete: report its norm and add it to the
- * thread's share of the total. For the per-tensor op the norm is parked in
- * tensor_factor and turned into the factor once every tensor is known. */
+/* A tensor's accumulator is complete: report its norm and factor and add it
+ * to the lane's share. The per-tensor factor assumes the step may write; if
+ * the total says otherwise the factors are overwritten with 1 at the end. */
 __device__ __forceinline__ void gclip_finish_tensor(const gclip_device_tables &t,
                                                     const gclip_norm_params &np, uint32_t tensor,
                                                     double acc, gclip_finalize_thread &th)
@@ -69,78 +79,106 @@ __device__ __forceinline__ void gclip_finish_tensor(const gclip_device_tables &t
     if (np.tensor_norms)
         np.tensor_norms[tensor] = n;
     if (np.op == GCLIP_OP_CLIP_PER_TENSOR)
-        t.tensor_factor[tensor] = n;
+        t.tensor_factor[tensor] =
+            gclip_tensor_factor(n, &np, &th.sc, th.sc.status != GCLIP_STATUS_SUCCESS);
     th.total = gclip_term_combine(th.total, acc, np.kind);
     th.nonfinite += !gclip_is_finite(n);
 }
 
-/* Fold chunks [c, end) while they belong to `tensor`; returns where it stopped. */
-__device__ __forceinline__ uint32_t gclip_fold_run(const gclip_device_tables &t, int32_t kind,
-                                                   uint32_t c, uint32_t end, uint32_t tensor,
-                                                   double *acc)
+/* Tensors [from, to) have no chunk (0 elements): norm 0. */
+__device__ __forceinline__ void gclip_finish_empty(const gclip_device_tables &t,
+                                                   const gclip_norm_params &np, uint32_t from,
+                                                   uint32_t to, gclip_finalize_thread &th)
 {
-    for (; c < end && t.chunks[c].tensor == tensor; ++c)
-        *acc = gclip_term_combine(*acc, gclip_load_partial(t.partials, c), kind);
-    return c;
+    for (uint32_t i = from; i < to; ++i)
+        gclip_finish_tensor(t, np, i, GCLIP_TERM_ZERO, th);
 }
 
-/* Step 1: the tensors whose first chunk lies in this thread's range. */
-__device__ __forceinline__ void gclip_finalize_tensors(const gclip_device_tables &t,
-                                                       const gclip_norm_params &np,
-                                                       gclip_finalize_shared &sh,
-                                                       gclip_finalize_thread &th)
+/* The lanes' folds. */
+__device__ __forceinline__ void gclip_fold_lanes(const gclip_device_tables &t,
+                                                 const gclip_norm_params &np,
+                                                 gclip_finalize_shared &sh,
+                                                 gclip_finalize_thread &th)
 {
     const uint32_t tid = threadIdx.x;
-    const uint32_t end = gclip_range_begin(t.num_chunks, tid + 1);
-    uint32_t c = gclip_range_begin(t.num_chunks, tid);
+    const uint32_t num_chunks = t.num_chunks;
+    const uint32_t begin = gclip_fold_lane_begin(num_chunks, tid);
+    const uint32_t end = gclip_fold_lane_begin(num_chunks, tid + 1);
+    const uint32_t before = begin < end && begin > 0 ? t.chunks[begin - 1].tensor : GCLIP_NO_TENSOR;
 
-    /* the range may start inside a tensor begun by an earlier thread */
-    double head = GCLIP_TERM_ZERO;
-    if (c < end && t.chunks[c].index != 0)
-        c = gclip_fold_run(t, np.kind, c, end, t.chunks[c].tensor, &head);
-    sh.head[tid] = head;
-
-    /* tensors starting here; the last one may continue past the range */
-    uint32_t open_tensor = 0;
-    double open_acc = GCLIP_TERM_ZERO;
-    int open = 0;
-    while (c < end) {
-        const uint32_t tensor = t.chunks[c].tensor;
-        double acc = GCLIP_TERM_ZERO;
-        c = gclip_fold_run(t, np.kind, c, end, tensor, &acc);
-        if (c == end && end < t.num_chunks && t.chunks[end].tensor == tensor) {
-            open = 1;
-            open_tensor = tensor;
-            open_acc = acc;
-        } else {
-            gclip_finish_tensor(t, np, tensor, acc, th);
+    /* the run in progress: first the range's leading piece, which belongs
+     * to the tensor of the chunk before the range (empty if a tensor starts
+     * at `begin`) */
+    uint32_t run = before;
+    double acc = GCLIP_TERM_ZERO;
+    int leading = 1;
+    int continues = 0; /* the first chunk continues `before` */
+    for (uint32_t base = begin; base < end; base += GCLIP_FOLD_BATCH) {
+        double part[GCLIP_FOLD_BATCH];
+        uint32_t tensor[GCLIP_FOLD_BATCH];
+        GCLIP_FOLD_UNROLL
+        for (int k = 0; k < GCLIP_FOLD_BATCH; ++k)
+            if (base + k < end) {
+                part[k] = gclip_load_partial(t.partials, base + k);
+                tensor[k] = t.chunks[base + k].tensor;
+            }
+        /* one copy of the fold step, which takes the batch's head element
+         * and shifts the rest down: the batch stays in registers */
+        const uint32_t n = end - base < GCLIP_FOLD_BATCH ? end - base : GCLIP_FOLD_BATCH;
+        for (uint32_t k = 0; k < n; ++k) {
+            if (tensor[0] != run) {
+                if (leading)
+                    sh.lane[tid] = acc;
+                else
+                    gclip_finish_tensor(t, np, run, acc, th);
+                leading = 0;
+                /* tensors between the two runs have no chunk */
+                gclip_finish_empty(t, np, run + 1u, tensor[0], th);
+                run = tensor[0];
+                acc = GCLIP_TERM_ZERO;
+            } else if (base + k == begin) {
+                continues = 1;
+            }
+            acc = gclip_term_combine(acc, part[0], np.kind);
+            GCLIP_FOLD_UNROLL
+            for (int j = 0; j + 1 < GCLIP_FOLD_BATCH; ++j) {
+                part[j] = part[j + 1];
+                tensor[j] = tensor[j + 1];
+            }
         }
     }
-    __syncthreads(); /* every head piece is in shared memory */
+    if (leading) /* an empty range, or one inside a single tensor */
+        sh.lane[tid] = acc;
+    sh.cont[tid] = continues ? before : GCLIP_NO_TENSOR;
+    sh.whole[tid] = (unsigned char)(begin < end && leading);
+    __syncthreads(); /* every leading piece is in shared memory */
 
-    if (open) {
-        const gclip_tensor_desc *d = &t.tensors[open_tensor];
-        const uint32_t last = d->first_chunk + d->num_chunks - 1;
-        /* threads whose range starts inside the tensor hold its next pieces
-         * (an empty range holds the neutral element) */
-        for (uint32_t k = tid + 1;
-             k < GCLIP_BLOCK_THREADS && gclip_range_begin(t.num_chunks, k) <= last; ++k)
-            open_acc = gclip_term_combine(open_acc, sh.head[k], np.kind);
-        gclip_finish_tensor(t, np, open_tensor, open_acc, th);
+    if (begin < end && !leading) {
+        /* the last run goes on in the following lanes while they continue it */
+        for (uint32_t k = tid + 1; k < GCLIP_FOLD_LANES; ++k) {
+            if (gclip_fold_lane_begin(num_chunks, k) == gclip_fold_lane_begin(num_chunks, k + 1))
+                continue; /* an empty range */
+            if (sh.cont[k] != run)
+                break;
+            acc = gclip_term_combine(acc, sh.lane[k], np.kind);
+            if (!sh.whole[k])
+                break;
+        }
+        gclip_finish_tensor(t, np, run, acc, th);
     }
-
-    /* tensors of 0 elements have no chunk: norm 0 */
-    for (uint32_t i = tid; i < t.num_tensors; i += GCLIP_BLOCK_THREADS)
-        if (t.tensors[i].num_chunks == 0)
+    /* tensors after the last chunk's have no chunk; with no chunk at all,
+     * every tensor is empty and lane i takes tensors i, i + LANES, ... */
+    if (num_chunks > 0 && end == num_chunks && begin < end)
+        gclip_finish_empty(t, np, run + 1u, t.num_tensors, th);
+    if (num_chunks == 0)
+        for (uint32_t i = tid; i < t.num_tensors; i += GCLIP_FOLD_LANES)
             gclip_finish_tensor(t, np, i, GCLIP_TERM_ZERO, th);
 }
 
-/* The whole finalize, called by every thread of the last block. `red` may
- * be reused: the caller has a barrier after its own last use. */
+/* The whole finalize, called by every thread of the last block. */
 __device__ __forceinline__ void gclip_finalize(const gclip_device_tables &t,
                                                const gclip_norm_params &np,
-                                               gclip_finalize_shared &sh,
-                                               gclip_reduce_storage &red)
+                                               gclip_finalize_shared &sh)
 {
     const uint32_t tid = threadIdx.x;
     gclip_finalize_thread th;
@@ -148,21 +186,27 @@ __device__ __forceinline__ void gclip_finalize(const gclip_device_tables &t,
     th.nonfinite = 0;
     th.sc = gclip_resolve_scalars(&np);
     if (tid == 0)
-        sh.nonfinite = 0; /* published by the barrier inside gclip_finalize_tensors */
+        sh.nonfinite = 0; /* published by the barrier inside gclip_fold_lanes */
 
-    gclip_finalize_tensors(t, np, sh, th);
+    gclip_fold_lanes(t, np, sh, th);
     if (th.nonfinite)
         atomicAdd(&sh.nonfinite, th.nonfinite);
-    const double total = gclip_block_reduce(red, th.total, np.kind);
-    __syncthreads(); /* sh.nonfinite is complete */
+    __syncthreads(); /* the leading pieces are read: sh.lane takes the shares */
+    sh.lane[tid] = th.total;
+    __syncthreads();
+    for (uint32_t half = GCLIP_FOLD_LANES / 2; half > 0; half /= 2) {
+        if (tid < half)
+            sh.lane[tid] = gclip_term_combine(sh.lane[tid], sh.lane[tid + half], np.kind);
+        __syncthreads(); /* the last one also completes sh.nonfinite */
+    }
 
     if (tid == 0) {
         gclip_partial part;
-        part.acc = total;
+        part.acc = sh.lane[0];
         part.nonfinite = sh.nonfinite;
         part.fingerprint = np.fingerprint;
         *t.partial = part;
-        const float n = gclip_norm_value(total, np.kind, np.p, th.sc.inv_scale);
+        const float n = gclip_norm_value(part.acc, np.kind, np.p, th.sc.inv_scale);
         gclip_result_slot slot;
         gclip_finalize_slot(n, part.nonfinite, &np, &th.sc, th.sc.status, t.result->sequence,
                             &slot);
@@ -172,10 +216,10 @@ __device__ __forceinline__ void gclip_finalize(const gclip_device_tables &t,
     }
     if (np.op != GCLIP_OP_CLIP_PER_TENSOR)
         return;
-    __syncthreads(); /* sh.skip_all and every parked tensor norm are visible */
-    for (uint32_t i = tid; i < t.num_tensors; i += GCLIP_BLOCK_THREADS)
-        t.tensor_factor[i] =
-            gclip_tensor_factor(t.tensor_factor[i], &np, &th.sc, (int)sh.skip_all);
+    __syncthreads(); /* sh.skip_all is set */
+    if (sh.skip_all)
+        for (uint32_t i = tid; i < t.num_tensors; i += GCLIP_FOLD_LANES)
+            t.tensor_factor[i] = 1.0f;
 }
 
 #endif /* GCLIP_NORM_FINALIZE_CUH */

@@ -3,13 +3,21 @@
  * block, the finalize): the norm of every tensor of the plan in one launch.
  * CPU twin: host/norm_cpu.c.
  *
- * One block per chunk of the plan's chunk table (device memory, uploaded once
- * at plan creation, so the launch carries no per-tensor arguments and any
- * number of tensors of any mix of f32/f16/bf16 fits one launch). Each thread
+ * The work is the plan's chunk table (device memory, uploaded once at plan
+ * creation, so the launch carries no per-tensor arguments and any number of
+ * tensors of any mix of dtypes fits one launch). The grid is capped at plan
+ * creation to what the device holds at once (gclip_launch_grid) and each
+ * block walks chunks blockIdx.x, blockIdx.x + gridDim.x, ...: every thread
  * accumulates its elements' norm terms (gclip_term_sum: float groups folded
  * into double, an integer max for the inf-norm), the block
- * reduces them and thread 0 stores the block's partial in partials[chunk]:
- * the slot is the chunk's index, never a function of the SM count.
+ * reduces them and thread 0 stores the chunk's partial in partials[chunk].
+ * The slot is the chunk's index and a chunk is always walked by one whole
+ * block in the same way, so which block took which chunk never shows in a
+ * result: the bits are the same for any grid. What a block pays once rather
+ * than per chunk: its launch, the fence and the ticket. While it walks one
+ * chunk it already has the next chunk's table entry in flight and asks for
+ * that chunk's tensor descriptor before its reduction, so the two dependent
+ * table loads of a chunk are off the critical path.
  *
  * Why the finalize is a last-block-done step rather than a separate one-block
  * kernel: a clip step is then the norm kernel plus the scale kernel, two
@@ -236,15 +244,20 @@ static __global__ void __launch_bounds__(GCLIP_BLOCK_THREADS, GCLIP_NORM_MIN_BLO
     const gclip_norm_params np = params;
 
     /* an empty plan launches one block with no chunk: it only finalizes */
-    double acc = GCLIP_TERM_ZERO;
-    if (blockIdx.x < t.num_chunks)
-        acc = gclip_thread_terms(gclip_chunk_at(t, blockIdx.x), np);
-    const double partial = gclip_block_reduce(red, acc, np.kind);
+    for (uint32_t c = blockIdx.x; c < t.num_chunks; c += gridDim.x) {
+        const uint32_t next = c + gridDim.x;
+        const uint32_t next_tensor = next < t.num_chunks ? t.chunks[next].tensor : 0u;
+        const double acc = gclip_thread_terms(gclip_chunk_at(t, c), np);
+        if (next < t.num_chunks)
+            gclip_prefetch_l1(&t.tensors[next_tensor]);
+        const double partial = gclip_block_reduce(red, acc, np.kind);
+        if (threadIdx.x == 0)
+            t.partials[c] = partial;
+        __syncthreads(); /* `red` is reused by the next chunk's reduction */
+    }
 
     if (threadIdx.x == 0) {
-        if (blockIdx.x < t.num_chunks)
-            t.partials[blockIdx.x] = partial;
-        /* the partial is visible device-wide before the ticket counts it */
+        /* the block's partials are visible device-wide before the ticket counts it */
         __threadfence();
         is_last = atomicInc(t.ticket, gridDim.x - 1) == gridDim.x - 1;
     }
@@ -253,7 +266,7 @@ static __global__ void __launch_bounds__(GCLIP_BLOCK_THREADS, GCLIP_NORM_MIN_BLO
         return;
     /* pairs with the other blocks' fences: their partials are visible now */
     __threadfence();
-    gclip_finalize(t, np, fin, red);
+    gclip_finalize(t, np, fin);
 }
 
 /* ---- launcher */
@@ -261,6 +274,11 @@ static __global__ void __launch_bounds__(GCLIP_BLOCK_THREADS, GCLIP_NORM_MIN_BLO
 extern "C" int gclip_launch_norm(const gclip_device_tables *t, const gclip_norm_params *np,
                                  gclip_stream stream)
 {
-    return GCLIP_LAUNCH(gclip_norm_kernel, gclip_kernel_grid(t->num_chunks), GCLIP_BLOCK_THREADS,
-                        stream, *t, *np);
+    return GCLIP_LAUNCH(gclip_norm_kernel, gclip_launch_grid(t->num_chunks, t->norm_grid_cap),
+                        GCLIP_BLOCK_THREADS, stream, *t, *np);
+}
+
+extern "C" int gclip_norm_blocks_per_sm(int *blocks)
+{
+    return GCLIP_BLOCKS_PER_SM(blocks, gclip_norm_kernel, GCLIP_BLOCK_THREADS);
 }

@@ -7,14 +7,18 @@
  *   GCLIP_OP_APPLY           result->scale, left by gclip_norm_finalize or
  *                            gclip_compute_clip_factor (only while it is
  *                            pending: never applied twice)
- *   GCLIP_OP_CLIP_PER_TENSOR tensor_factor[tensor] of the block's chunk
+ *   GCLIP_OP_CLIP_PER_TENSOR tensor_factor[tensor] of each chunk
  *   GCLIP_OP_CLIP_WITH_NORM  computed by every block from the given norm and
  *                            the scalars; block 0 writes the result slot
  * The factor is read on the device, so the step needs no host round trip and
- * can be captured in a CUDA graph. A block whose factor is exactly 1 returns
- * before touching its chunk: an unclipped step reads and writes no gradient.
- * One block per chunk; f16/bf16 are scaled in float and rounded back to
- * nearest even, f64 is scaled in double.
+ * can be captured in a CUDA graph. The grid is capped at plan creation
+ * (gclip_launch_grid with scale_grid_cap: a couple of blocks per SM, as many
+ * as keep enough 16-byte loads in flight to stream at full bandwidth) and
+ * each block walks chunks blockIdx.x, + gridDim.x, ...; a block whose factor
+ * is exactly 1 returns before touching any chunk, so an unclipped step is
+ * that many blocks that each read one float and leave: it reads and writes
+ * no gradient. f16/bf16 are scaled in float and rounded back to nearest
+ * even, f64 is scaled in double.
  *
  * Under GCLIP_OP_APPLY the slot is both read (by every block) and updated
  * (op, flags, sequence), so the update is done by the last block to have
@@ -31,13 +35,14 @@ struct gclip_scale_by {
     __device__ __forceinline__ double operator()(double x) const { return x * (double)factor; }
 };
 
-/* The factor of this block's chunk; thread 0 only. */
+/* The factor of this block's chunks; thread 0 only. Under the per-tensor op
+ * each chunk has its own (gclip_chunk_factor) and this is 0, "not 1". */
 __device__ __forceinline__ float gclip_block_factor(const gclip_device_tables &t,
                                                     const gclip_norm_params &np)
 {
     switch (np.op) {
     case GCLIP_OP_CLIP_PER_TENSOR:
-        return blockIdx.x < t.num_chunks ? t.tensor_factor[t.chunks[blockIdx.x].tensor] : 1.0f;
+        return 0.0f;
     case GCLIP_OP_CLIP_WITH_NORM: {
         gclip_result_slot slot;
         gclip_given_norm_slot(&np, t.result->sequence, &slot);
@@ -62,6 +67,13 @@ __device__ __forceinline__ float gclip_block_factor(const gclip_device_tables &t
     }
 }
 
+/* The factor of chunk c under the per-tensor op (every thread reads it: one
+ * broadcast load per warp, no barrier). */
+__device__ __forceinline__ float gclip_chunk_factor(const gclip_device_tables &t, uint32_t c)
+{
+    return t.tensor_factor[t.chunks[c].tensor];
+}
+
 static __global__ void __launch_bounds__(GCLIP_BLOCK_THREADS)
     gclip_scale_kernel(gclip_device_tables t, gclip_norm_params params)
 {
@@ -72,10 +84,16 @@ static __global__ void __launch_bounds__(GCLIP_BLOCK_THREADS)
         block_factor = gclip_block_factor(t, np);
     __syncthreads();
     const float factor = block_factor;
+    /* unclipped: every block reads the factor and leaves */
     if (factor == 1.0f || blockIdx.x >= t.num_chunks)
         return;
-    const gclip_scale_by f = {factor};
-    gclip_walk_chunk<true>(gclip_chunk_at(t, blockIdx.x), f);
+    const int per_tensor = np.op == GCLIP_OP_CLIP_PER_TENSOR;
+    for (uint32_t c = blockIdx.x; c < t.num_chunks; c += gridDim.x) {
+        const gclip_scale_by f = {per_tensor ? gclip_chunk_factor(t, c) : factor};
+        if (per_tensor && f.factor == 1.0f)
+            continue; /* a tensor that is not clipped */
+        gclip_walk_chunk<true>(gclip_chunk_at(t, c), f);
+    }
 }
 
 /* ---- launcher */
@@ -83,6 +101,11 @@ static __global__ void __launch_bounds__(GCLIP_BLOCK_THREADS)
 extern "C" int gclip_launch_scale(const gclip_device_tables *t, const gclip_norm_params *np,
                                   gclip_stream stream)
 {
-    return GCLIP_LAUNCH(gclip_scale_kernel, gclip_kernel_grid(t->num_chunks), GCLIP_BLOCK_THREADS,
-                        stream, *t, *np);
+    return GCLIP_LAUNCH(gclip_scale_kernel, gclip_launch_grid(t->num_chunks, t->scale_grid_cap),
+                        GCLIP_BLOCK_THREADS, stream, *t, *np);
+}
+
+extern "C" int gclip_scale_blocks_per_sm(int *blocks)
+{
+    return GCLIP_BLOCKS_PER_SM(blocks, gclip_scale_kernel, GCLIP_BLOCK_THREADS);
 }

@@ -134,6 +134,16 @@ public:
     // sequence itself (concurrent streams).
     const gclip_device_tables &tables() const { return tables_; }
     const gclip_result_slot &emu_result() const { return *tables_.result; }
+    // The launch grids' caps (gclip_device_tables; 0, the default, = one
+    // block per chunk), as a device's SM count and occupancy would set them.
+    void set_grid_caps(uint32_t norm, uint32_t scale)
+    {
+        tables_.norm_grid_cap = norm;
+        tables_.scale_grid_cap = scale;
+    }
+    // The per-chunk partials and per-tensor norms the last norm launch left.
+    const double *emu_partials() const { return tables_.partials; }
+    float emu_tensor_norm(std::size_t k) const { return norms_.as<const float>()[k]; }
     const gclip_partial &emu_partial() const { return *tables_.partial; }
     // The CPU plan's slot (gclip_plan_device_result) and its decoding
     // (gclip_get_result, whose status is returned in `status`).

@@ -34,6 +34,7 @@ filter+=':Plans/EmuNorm.*/BoundariesF64_ClipNorm:Plans/EmuNorm.*/Spanning_PerTen
 filter+=':EmuScale.FactorOneWritesNothing:EmuClamp.EveryDtypeAroundVectorAndChunkEnds'
 filter+=':EmuReplay.EmptyPlanStillFinalizes:EmuReplay.ClampReplaysIdentically'
 filter+=':EmuDeviceScalars.*:EmuApply.*:EmuUnorderedStreams.*'
+filter+=':EmuGrid.*'
 
 # Make kdir equal to the sources, rewriting only files that differ, so a
 # rebuild recompiles what the previous mutant touched and nothing else.
@@ -82,6 +83,9 @@ plant() {
         mutate norm_finalize.cuh 's/^\( *\)\*t\.result = slot;$/\1*t.result = slot; atomicExch(t.ticket, 0u);/' ;;
     writes_factor_one) # the scale kernel no longer skips chunks whose factor is 1
         mutate scale_kernel.cu 's/if (factor == 1\.0f ||/if (factor != factor ||/' ;;
+    per_tensor_writes_factor_one) # nor, under the per-tensor op, the chunks of
+        # tensors whose own factor is 1
+        mutate scale_kernel.cu 's/if (per_tensor \&\& f\.factor == 1\.0f)/if (per_tensor \&\& f.factor != f.factor)/' ;;
     apply_twice) # every slot counts as holding a pending factor: applied again
         mutate gclip_norm_math.h '/gclip_factor_pending(const gclip_result_slot \*s)$/{n;s/^{$/{ return 1;/}' ;;
     apply_ticket_not_wrapped) # the apply's ticket counts up for ever
@@ -91,13 +95,22 @@ plant() {
         mutate norm_finalize.cuh 's/^\( *\)th\.sc = gclip_resolve_scalars(&np);$/\1th.sc = gclip_resolve_scalars(\&np); th.sc.max_norm = np.max_norm;/' ;;
     f64_scaled_in_float) # f64 elements multiplied in float
         mutate scale_kernel.cu 's/return x \* (double)factor;/return (double)((float)x * factor);/' ;;
+    norm_one_chunk_per_block) # a norm block walks only its first chunk: under a capped
+        # grid the other chunks' partials are never written
+        mutate norm_kernel.cu 's/for (uint32_t c = blockIdx\.x; c < t\.num_chunks; c += gridDim\.x) {/for (uint32_t c = blockIdx.x; c < t.num_chunks; c = t.num_chunks) {/' ;;
+    scale_one_chunk_per_block) # a scale block scales only its first chunk
+        mutate scale_kernel.cu 's/for (uint32_t c = blockIdx\.x; c < t\.num_chunks; c += gridDim\.x) {/for (uint32_t c = blockIdx.x; c < t.num_chunks; c = t.num_chunks) {/' ;;
+    fold_drops_pieces) # the run a lane leaves open is finished without the pieces
+        # the following lanes folded
+        mutate norm_finalize.cuh 's/^\( *\)acc = gclip_term_combine(acc, sh\.lane\[k\], np\.kind);$/\1(void)sh.lane[k];/' ;;
     *) die "unknown mutant $1" ;;
     esac
 }
 
 all_mutants=(tail_off_by_one missing_barrier misaligned_vector ticket_not_wrapped
-             ticket_reset_at_end writes_factor_one apply_twice apply_ticket_not_wrapped
-             scalars_from_params f64_scaled_in_float)
+             ticket_reset_at_end writes_factor_one per_tensor_writes_factor_one apply_twice
+             apply_ticket_not_wrapped scalars_from_params f64_scaled_in_float
+             norm_one_chunk_per_block scale_one_chunk_per_block fold_drops_pieces)
 if [[ $# -gt 0 ]]; then mutants=("$@"); else mutants=("${all_mutants[@]}"); fi
 
 build_tests() {

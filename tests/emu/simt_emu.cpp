@@ -120,6 +120,7 @@ struct Runtime {
     bool failed = false;
     std::string message;
     unsigned launches = 0;
+    unsigned last_grid = 0; // blocks of the most recent launch
     unsigned blocks_run = 0; // selects the garbage pattern
     std::size_t stacks = 0;
     bool recording = false;
@@ -658,6 +659,7 @@ int last_status() { return rt().status; }
 const char *error_message() { return rt().message.c_str(); }
 void clear_error() { rt().message.clear(); }
 unsigned launch_count() { return rt().launches; }
+unsigned last_grid() { return rt().last_grid; }
 void reset_launch_count() { rt().launches = 0; }
 std::size_t fiber_stacks() { return rt().stacks; }
 
@@ -680,6 +682,7 @@ int launch(dim3 grid, dim3 block, void (*body)(void *), void *ctx)
     Runtime &r = rt();
     no_launch_from_kernel("a kernel launch");
     ++r.launches;
+    r.last_grid = grid.x * grid.y * grid.z;
     r.status = kOk;
     r.failed = false;
     if (!shape_ok(grid, block))
@@ -702,6 +705,7 @@ int record_launch(dim3 grid, dim3 block, void (*body)(void *), void *ctx,
 {
     Runtime &r = rt();
     ++r.launches;
+    r.last_grid = grid.x * grid.y * grid.z;
     r.status = kOk;
     r.failed = false;
     auto l = std::make_unique<Launch>();

@@ -160,6 +160,8 @@ void clear_error();
 // when it is recorded.
 unsigned launch_count();
 void reset_launch_count();
+// Blocks of the most recent launch (or recorded launch).
+unsigned last_grid();
 // Fiber stacks mapped so far (they are reused, never unmapped): at most
 // kMaxResidentBlocks x the largest block launched.
 std::size_t fiber_stacks();

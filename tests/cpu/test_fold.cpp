@@ -1,0 +1,161 @@
+// test_fold.cpp - the finalize's fold (kernels/gclip_fold.h) through its CPU
+// twin, gclip_fold_partials_cpu: every chunk partial reaches its tensor and
+// the total exactly once, for chunk tables of every shape around the fold's
+// lanes; and the fold's longest chain of dependent global loads, from the
+// plan's own chunk count, for the plans the performance targets name.
+#include "gclip_fold.h"
+#include "gclip_internal.h"
+#include "oracle.hpp"
+#include "plan_util.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+// A chunk table from chunks per tensor (0 = a tensor without elements).
+std::vector<gclip_chunk> table_of(const std::vector<uint32_t> &chunks_per_tensor)
+{
+    std::vector<gclip_chunk> t;
+    for (std::size_t i = 0; i < chunks_per_tensor.size(); ++i)
+        for (uint32_t k = 0; k < chunks_per_tensor[i]; ++k)
+            t.push_back(gclip_chunk{static_cast<uint32_t>(i), k});
+    return t;
+}
+
+// Layouts around the lanes: fewer chunks than lanes, exactly as many, runs
+// crossing many lanes, tensors without chunks at both ends and in between.
+std::vector<std::vector<uint32_t>> layouts()
+{
+    std::vector<std::vector<uint32_t>> v = {
+        {},
+        {0, 0, 0},
+        {1},
+        {0, 3, 0, 0, 1, 2, 0},
+        std::vector<uint32_t>(256, 1),
+        std::vector<uint32_t>(257, 1),
+        {1000},
+        {1, 700, 0, 1, 300, 0},
+    };
+    oracle::Rng rng(2024);
+    for (int n : {10, 100, 1000, 5000}) {
+        std::vector<uint32_t> l;
+        for (int i = 0; i < n; ++i) {
+            const int64_t r = rng.range(0, 99);
+            l.push_back(static_cast<uint32_t>(r < 10 ? 0 : r < 90 ? 1 : rng.range(2, 600)));
+        }
+        v.push_back(l);
+    }
+    return v;
+}
+
+TEST(Fold, EveryPartialReachesItsTensorAndTheTotalOnce)
+{
+    for (const std::vector<uint32_t> &layout : layouts()) {
+        const std::vector<gclip_chunk> chunks = table_of(layout);
+        SCOPED_TRACE(std::to_string(layout.size()) + " tensors, " +
+                     std::to_string(chunks.size()) + " chunks");
+        oracle::Rng rng(chunks.size() + 7);
+        std::vector<double> partials(chunks.size());
+        for (double &p : partials)
+            p = static_cast<double>(rng.range(1, 1000000)) * 1e-3; // terms of squares: >= 0
+        for (float norm_type : {2.0f, 1.0f, INFINITY}) {
+            gclip_norm_options o = GCLIP_NORM_OPTIONS_INIT;
+            o.norm_type = norm_type;
+            o.max_norm = 1.0f;
+            gclip_norm_params np;
+            ASSERT_EQ(gclip_make_params(&o, GCLIP_OP_CLIP_PER_TENSOR, &np), GCLIP_STATUS_SUCCESS);
+            std::vector<float> norms(layout.size(), NAN), factors(layout.size(), NAN);
+            np.tensor_norms = norms.data();
+            const gclip_scalars sc = gclip_resolve_scalars(&np);
+            double acc = -1.0;
+            uint32_t nonfinite = 99;
+            gclip_fold_partials_cpu(chunks.data(), static_cast<uint32_t>(chunks.size()),
+                                    static_cast<uint32_t>(layout.size()), partials.data(), &np,
+                                    &sc, factors.data(), &acc, &nonfinite);
+            // the reference: each tensor's partials summed (or maxed) in long double
+            long double total = 0.0L;
+            std::size_t c = 0;
+            for (std::size_t i = 0; i < layout.size(); ++i) {
+                long double t = 0.0L;
+                for (uint32_t k = 0; k < layout[i]; ++k, ++c)
+                    t = np.kind == GCLIP_KIND_INF ? std::fmax(t, (long double)partials[c])
+                                                  : t + partials[c];
+                total = np.kind == GCLIP_KIND_INF ? std::fmax(total, t) : total + t;
+                const long double want = np.kind == GCLIP_KIND_L2 ? std::sqrt(t) : t;
+                ASSERT_FALSE(std::isnan(norms[i])) << "tensor " << i << " norm never written";
+                EXPECT_NEAR(norms[i], static_cast<double>(want), 1e-6 * static_cast<double>(want))
+                    << "tensor " << i;
+                EXPECT_EQ(factors[i], gclip_tensor_factor(norms[i], &np, &sc, 0)) << i;
+            }
+            EXPECT_NEAR(acc, static_cast<double>(total), 1e-12 * static_cast<double>(total));
+            EXPECT_EQ(nonfinite, 0u);
+        }
+    }
+}
+
+TEST(Fold, NonFiniteTensorsAreCountedOnce)
+{
+    const std::vector<uint32_t> layout = {3, 0, 1, 40, 2, 300, 1};
+    const std::vector<gclip_chunk> chunks = table_of(layout);
+    std::vector<double> partials(chunks.size(), 0.5);
+    partials[1] = NAN;      // tensor 0
+    partials[4 + 17] = INFINITY; // tensor 3
+    partials[4 + 40 + 2 + 299] = INFINITY; // tensor 5, last chunk
+    gclip_norm_params np;
+    ASSERT_EQ(gclip_make_params(nullptr, GCLIP_OP_TOTAL_NORM, &np), GCLIP_STATUS_SUCCESS);
+    const gclip_scalars sc = gclip_resolve_scalars(&np);
+    double acc = 0.0;
+    uint32_t nonfinite = 0;
+    gclip_fold_partials_cpu(chunks.data(), static_cast<uint32_t>(chunks.size()),
+                            static_cast<uint32_t>(layout.size()), partials.data(), &np, &sc,
+                            nullptr, &acc, &nonfinite);
+    EXPECT_EQ(nonfinite, 3u);
+    EXPECT_TRUE(std::isnan(acc));
+}
+
+// The fold's longest chain of dependent global loads (gclip_fold_load_rounds)
+// for the plans the targets name, from plans built by gclip_plan_create.
+TEST(Fold, LongestLoadChainStaysShort)
+{
+    struct Case {
+        const char *name;
+        std::vector<int64_t> sizes;
+        uint32_t at_most;
+    };
+    std::vector<Case> cases = {
+        // with GCLIP_FOLD_BATCH = 4 (what fits the norm kernel's 64 registers):
+        // 1 + ceil(longest range / 4) + 1
+        {"100,000 tensors of 1,000 elements", std::vector<int64_t>(100000, 1000), 100},
+        {"10,000 tensors of 1,000 elements", std::vector<int64_t>(10000, 1000), 12},
+        {"one tensor of 2^31 + 1 elements", {(int64_t(1) << 31) + 1}, 35},
+    };
+    for (const Case &c : cases) {
+        std::vector<gclip_tensor> t;
+        // the plan reads only addresses and sizes: give each tensor a distinct address
+        const uintptr_t base = uintptr_t(1) << 40;
+        uintptr_t at = base;
+        for (int64_t n : c.sizes) {
+            t.push_back(gclip_tensor{reinterpret_cast<void *>(at), n, GCLIP_F32});
+            at += static_cast<uintptr_t>(n) * 4 + 64;
+        }
+        testutil::PlanPtr plan;
+        ASSERT_EQ(testutil::make_plan(plan, t), GCLIP_STATUS_SUCCESS) << gclip_last_error();
+        const uint32_t rounds = gclip_fold_load_rounds(plan->num_chunks);
+        std::printf("[fold] %s: %u chunks, longest lane range %u chunks, %u dependent load "
+                    "rounds\n",
+                    c.name, plan->num_chunks, (plan->num_chunks + GCLIP_FOLD_LANES - 1) /
+                                                  GCLIP_FOLD_LANES,
+                    rounds);
+        EXPECT_LE(rounds, c.at_most) << c.name;
+        // each lane waits once per batch: a per-chunk wait would be the range itself
+        EXPECT_LT(rounds, 2 + (plan->num_chunks + GCLIP_FOLD_LANES - 1) / GCLIP_FOLD_LANES)
+            << c.name;
+    }
+}
+
+} // namespace

@@ -1,0 +1,223 @@
+// test_emu_grid.cpp - the launch shape: grid-stride norm, scale and clamp
+// kernels under capped grids, and the last block's fold of the partials.
+//
+//   - any grid cap gives bitwise the same slot, partial, per-tensor norms and
+//     factors and data (the fold's order is fixed by the chunk table), in
+//     every schedule, and the tickets end every launch at 0;
+//   - the fold of the kernel's own partials by the CPU twin
+//     (gclip_fold_partials_cpu) gives the kernel's per-tensor norms, factors
+//     and accumulator bit for bit;
+//   - the launchers use gclip_launch_grid's grid, and an unclipped scale
+//     launch writes nothing whatever its grid.
+#include "emu_harness.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace {
+
+using emu::Spec;
+
+// Chunks around the fold's corners: fewer chunks than lanes (empty lanes an
+// open run passes), tensors without chunks first, between and last, runs
+// that continue across lanes.
+std::vector<Spec> few_chunks_with_gaps()
+{
+    const int64_t c = GCLIP_CHUNK_ELEMS;
+    return {{GCLIP_F32, 0, 0},      {GCLIP_F16, 0, 1},      {GCLIP_F32, 3 * c + 1, 1},
+            {GCLIP_BF16, 0, 0},     {GCLIP_F16, 5, 3},      {GCLIP_F32, 0, 2},
+            {GCLIP_F64, 0, 0},      {GCLIP_BF16, 2 * c, 1}, {GCLIP_F64, 700, 1},
+            {GCLIP_F32, 0, 0}};
+}
+
+struct Plan {
+    const char *name;
+    std::vector<Spec> (*make)();
+};
+
+const Plan kPlans[] = {
+    {"spanning", [] { return emu::spanning_chunks(); }},
+    {"gaps", few_chunks_with_gaps},
+    {"mixed", [] { return emu::mixed_many(91, 400); }},
+    {"empty_tensors_only",
+     [] { return std::vector<Spec>{{GCLIP_F32, 0, 0}, {GCLIP_F16, 0, 0}, {GCLIP_F64, 0, 0}}; }},
+};
+
+// 0 = one block per chunk; the others make blocks walk several chunks.
+const uint32_t kCaps[] = {0, 1, 2, 3, 7, 64};
+
+bool same_bits(float a, float b) { return std::memcmp(&a, &b, sizeof a) == 0; }
+
+TEST(EmuGrid, AnyGridGivesTheSameBits)
+{
+    for (const Plan &p : kPlans) {
+        SCOPED_TRACE(p.name);
+        emu::Fixture f(p.make(), 4242);
+        for (int32_t op : {int32_t{GCLIP_OP_CLIP_PER_TENSOR}, int32_t{GCLIP_OP_CLIP_NORM},
+                           int32_t{GCLIP_OP_CLIP_VALUE}}) {
+            SCOPED_TRACE(emu::op_name(op));
+            gclip_norm_options o = GCLIP_NORM_OPTIONS_INIT;
+            o.max_norm = 0.25f; // clips: the scale kernel writes
+            float sentinel;
+            o.tensor_norms = &sentinel;
+            // the CPU path first: reset() gives the device its slot's sequence
+            f.reset_host();
+            const gclip_status cs = op == GCLIP_OP_CLIP_VALUE ? f.cpu_clamp(0.5f)
+                                                              : f.cpu_norm_op(o, op);
+            ASSERT_EQ(cs, GCLIP_STATUS_SUCCESS) << gclip_last_error();
+            emu::Snapshot first;
+            for (uint32_t cap : kCaps) {
+                for (std::size_t s = 0; s < emu::schedules().size(); s += 3) {
+                    SCOPED_TRACE("cap " + std::to_string(cap) + ", schedule " +
+                                 emu::schedules()[s].name);
+                    f.set_grid_caps(cap, cap);
+                    f.reset();
+                    emu::use(emu::schedules()[s].s);
+                    const int rc = op == GCLIP_OP_CLIP_VALUE ? f.emu_clamp(0.5f)
+                                                             : f.emu_norm_op(o, op);
+                    ASSERT_EQ(rc, 0) << gclip_emu::error_message();
+                    f.expect_infrastructure();
+                    if (cap == 0 && s == 0) {
+                        if (op == GCLIP_OP_CLIP_VALUE)
+                            f.expect_clamp_matches(0.5f);
+                        else
+                            f.expect_norm_op_matches(o, op);
+                        first = f.snapshot();
+                    } else {
+                        EXPECT_TRUE(f.snapshot() == first) << "results depend on the grid";
+                    }
+                    if (::testing::Test::HasFailure())
+                        return;
+                }
+            }
+        }
+    }
+}
+
+// The CPU twin of the fold, given the kernel's own chunk partials, must
+// reproduce what the kernel's last block made of them, bit for bit.
+TEST(EmuGrid, CpuTwinFoldsTheKernelsPartialsToTheSameBits)
+{
+    for (const Plan &p : kPlans) {
+        SCOPED_TRACE(p.name);
+        emu::Fixture f(p.make(), 5151);
+        for (float norm_type : {2.0f, 1.0f, INFINITY, 3.0f}) {
+            SCOPED_TRACE("p " + std::to_string(norm_type));
+            gclip_norm_options o = GCLIP_NORM_OPTIONS_INIT;
+            o.norm_type = norm_type;
+            o.max_norm = 0.5f;
+            float sentinel;
+            o.tensor_norms = &sentinel;
+            const gclip_norm_params np_emu = f.params(o, GCLIP_OP_CLIP_PER_TENSOR);
+            f.set_grid_caps(5, 3);
+            f.reset();
+            emu::use(emu::schedules()[1].s);
+            ASSERT_EQ(f.emu_launch(np_emu), 0) << gclip_emu::error_message();
+
+            const gclip_plan *plan = f.cpu_plan();
+            std::vector<float> norms(f.count(), -1.0f), factors(f.count(), -1.0f);
+            gclip_norm_params np = np_emu;
+            np.tensor_norms = norms.data();
+            const gclip_scalars sc = gclip_resolve_scalars(&np);
+            double acc = -1.0;
+            uint32_t nonfinite = 99;
+            gclip_fold_partials_cpu(plan->chunks, plan->num_chunks, (uint32_t)f.count(),
+                                    f.emu_partials(), &np, &sc, factors.data(), &acc, &nonfinite);
+            EXPECT_EQ(std::memcmp(&acc, &f.emu_partial().acc, sizeof acc), 0)
+                << "accumulator: CPU fold " << acc << ", kernel " << f.emu_partial().acc;
+            EXPECT_EQ(nonfinite, f.emu_partial().nonfinite);
+            for (std::size_t k = 0; k < f.count(); ++k) {
+                EXPECT_TRUE(same_bits(norms[k], f.emu_tensor_norm(k)))
+                    << "tensor " << k << " norm: CPU fold " << norms[k] << ", kernel "
+                    << f.emu_tensor_norm(k);
+                EXPECT_TRUE(same_bits(factors[k], f.emu_tensor_factor(k)))
+                    << "tensor " << k << " factor: CPU fold " << factors[k] << ", kernel "
+                    << f.emu_tensor_factor(k);
+            }
+            if (::testing::Test::HasFailure())
+                return;
+        }
+    }
+}
+
+// The launchers' grids are gclip_launch_grid's: capped, one per chunk below
+// the cap, one for an empty plan.
+TEST(EmuGrid, LaunchersUseTheCappedGrid)
+{
+    emu::Fixture f(emu::spanning_chunks(), 17);
+    ASSERT_GT(f.num_chunks(), 64u);
+    gclip_norm_options o = GCLIP_NORM_OPTIONS_INIT;
+    emu::use(emu::schedules().front().s);
+    for (uint32_t cap : {0u, 5u, 64u, 100000u}) {
+        SCOPED_TRACE("cap " + std::to_string(cap));
+        f.set_grid_caps(cap, cap / 2);
+        f.reset();
+        const gclip_norm_params np = f.params(o, GCLIP_OP_TOTAL_NORM);
+        ASSERT_EQ(gclip_launch_norm(&f.tables(), &np, nullptr), 0);
+        EXPECT_EQ(gclip_emu::last_grid(), gclip_launch_grid(f.num_chunks(), cap));
+        EXPECT_EQ(gclip_emu::last_grid(), cap == 0 || cap > f.num_chunks() ? f.num_chunks() : cap);
+        ASSERT_EQ(gclip_launch_clamp(&f.tables(), 1.0f, nullptr), 0);
+        EXPECT_EQ(gclip_emu::last_grid(), gclip_launch_grid(f.num_chunks(), cap / 2));
+    }
+    emu::Fixture empty({}, 18);
+    empty.set_grid_caps(8, 8);
+    const gclip_norm_params enp = empty.params(o, GCLIP_OP_TOTAL_NORM);
+    ASSERT_EQ(gclip_launch_norm(&empty.tables(), &enp, nullptr), 0);
+    EXPECT_EQ(gclip_emu::last_grid(), 1u);
+}
+
+// An unclipped step under a capped grid: every block reads the factor and
+// leaves; on read-only memory any store would fault.
+TEST(EmuGrid, UnclippedScaleUnderACappedGridWritesNothing)
+{
+    emu::Fixture f(emu::spanning_chunks(), 23, 1.0, /*paged=*/true);
+    gclip_norm_options o = GCLIP_NORM_OPTIONS_INIT;
+    o.max_norm = 1e30f; // never clips: factor 1
+    for (uint32_t cap : {1u, 3u, 8u}) {
+        SCOPED_TRACE("cap " + std::to_string(cap));
+        f.set_grid_caps(cap, cap);
+        f.reset();
+        f.set_read_only(true);
+        emu::use(emu::schedules()[2].s);
+        ASSERT_EQ(f.emu_norm_op(o, GCLIP_OP_CLIP_NORM), 0) << gclip_emu::error_message();
+        EXPECT_EQ(gclip_emu::last_grid(), cap);
+        f.set_read_only(false);
+        EXPECT_EQ(f.emu_result().scale, 1.0f);
+        f.expect_infrastructure();
+        f.expect_data_unchanged();
+    }
+}
+
+// The apply's ticket counts modulo the capped grid too: the pending factor
+// is applied once, and a second apply writes nothing.
+TEST(EmuGrid, ApplyUnderACappedGridAppliesOnce)
+{
+    emu::Fixture f(emu::mixed_many(29, 120), 29);
+    gclip_norm_options o = GCLIP_NORM_OPTIONS_INIT;
+    o.max_norm = 0.5f;
+    for (uint32_t cap : {1u, 2u, 5u}) {
+        SCOPED_TRACE("cap " + std::to_string(cap));
+        f.set_grid_caps(cap + 1, cap);
+        f.reset_host();
+        ASSERT_EQ(f.cpu_norm_op(o, GCLIP_OP_CLIP_FACTOR), GCLIP_STATUS_SUCCESS);
+        ASSERT_EQ(f.cpu_apply(), GCLIP_STATUS_SUCCESS);
+        (void)f.cpu_apply(); // nothing pending: INVALID_ARGUMENT in the slot
+        f.reset();
+        emu::use(emu::schedules()[3].s);
+        ASSERT_EQ(f.emu_norm_op(o, GCLIP_OP_CLIP_FACTOR), 0) << gclip_emu::error_message();
+        const float factor = f.emu_result().scale;
+        ASSERT_LT(factor, 1.0f) << "the case must clip";
+        ASSERT_EQ(f.emu_apply(), 0) << gclip_emu::error_message();
+        ASSERT_EQ(f.emu_apply(), 0) << gclip_emu::error_message();
+        EXPECT_EQ(gclip_emu::last_grid(), cap);
+        f.expect_infrastructure();
+        f.expect_slot_matches();
+        EXPECT_EQ(f.emu_result().status, GCLIP_STATUS_INVALID_ARGUMENT);
+        f.expect_scaled_by(factor);
+    }
+}
+
+} // namespace
