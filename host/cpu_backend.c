@@ -72,6 +72,9 @@ static gclip_status cpu_run(gclip_plan *plan, const gclip_step *step, gclip_stre
     case GCLIP_OP_APPLY:
         gclip_scale_cpu(plan, &step->np);
         break;
+    case GCLIP_OP_AGC:
+        gclip_agc_cpu(plan, &step->np);
+        break;
     case GCLIP_OP_ADAPTIVE_CLIP:
     case GCLIP_OP_ADAPTIVE_SKIP:
         gclip_norm_cpu(plan, &step->np);

@@ -337,6 +337,12 @@ static launch_plan launches_of(int32_t op)
             lp.name[lp.n++] = "scale kernel";
         }
         break;
+    case GCLIP_OP_AGC:
+        lp.fn[lp.n] = gclip_launch_agc_norm;
+        lp.name[lp.n++] = "AGC norm kernel";
+        lp.fn[lp.n] = gclip_launch_agc_scale;
+        lp.name[lp.n++] = "AGC scale kernel";
+        break;
     case GCLIP_OP_CLIP_VALUE:
         lp.fn[lp.n] = launch_clamp_step;
         lp.name[lp.n++] = "clamp kernel";

@@ -131,6 +131,10 @@ int gclip_cpu_threads(const gclip_plan *plan);
 
 void gclip_adapt_cpu(gclip_plan *plan, const gclip_norm_params *np);       /* adapt_kernel.cu */
 void gclip_adapt_scale_cpu(gclip_plan *plan, const gclip_norm_params *np); /* its scale launch */
+void gclip_agc_cpu(gclip_plan *plan, const gclip_norm_params *np);         /* agc_kernel.cu */
+/* The step parameters of an AGC step (host/agc.c): op, tables, pieces. */
+struct gclip_agc;
+gclip_status gclip_agc_params(const struct gclip_agc *agc, gclip_norm_params *np);
 
 /* The adaptive's memory on the plan's device: one allocation, written and
  * read back whole or in part with the host waiting for the copy. */
