@@ -28,8 +28,8 @@ __device__ __forceinline__ void gclip_agc_lane(const void *w, const void *g, int
 {
     double a = GCLIP_TERM_ZERO, b = GCLIP_TERM_ZERO;
     for (int64_t k = threadIdx.x; k < count; k += GCLIP_AGC_THREADS) {
-        a = gclip_term_add(a, gclip_agc_load(w, dtype, begin + k), kind, p);
-        b = gclip_term_add(b, gclip_agc_load(g, dtype, begin + k), kind, p);
+        a = gclip_agc_term(a, gclip_agc_load(w, dtype, begin + k), kind, p);
+        b = gclip_agc_term(b, gclip_agc_load(g, dtype, begin + k), kind, p);
     }
     *ws = a;
     *gs = b;

@@ -54,6 +54,16 @@ typedef struct gclip_agc_device {
     double *partials;              /* [2 * num_pieces] per piece: parameter sum, gradient sum */
 } gclip_agc_device;
 
+/* Add element x's term to a lane. The square is rounded on its own
+ * (gclip_muld), so nvcc cannot fuse it with the sum: for p = 2, 1 and inf
+ * the GPU adds exactly the CPU's numbers. */
+GCLIP_HD double gclip_agc_term(double acc, double x, int32_t kind, float p)
+{
+    if (kind == GCLIP_KIND_L2)
+        return acc + gclip_muld(x, x);
+    return gclip_term_add(acc, x, kind, p);
+}
+
 /* Element k of `data` as double (exact for every dtype). */
 GCLIP_HD double gclip_agc_load(const void *data, int32_t dtype, int64_t k)
 {
