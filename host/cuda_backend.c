@@ -458,7 +458,63 @@ static const gclip_partial *cuda_partial(const gclip_plan *plan)
     return s->tables.partial;
 }
 
+/* ---- memory for what is built on the plan ------------------------------------------ */
+
+static gclip_status cuda_mem_alloc(const gclip_plan *plan, size_t bytes, void **ptr)
+{
+    device_guard g;
+    *ptr = NULL;
+    gclip_status st = enter_device(plan->device, &g);
+    if (st != GCLIP_STATUS_SUCCESS)
+        return st;
+    CUDA_TRY(cudaMalloc(ptr, bytes));
+done:
+    leave_device(&g);
+    return st;
+}
+
+static void cuda_mem_free(const gclip_plan *plan, void *ptr)
+{
+    device_guard g;
+    const int entered = enter_device(plan->device, &g) == GCLIP_STATUS_SUCCESS;
+    if (ptr)
+        (void)cudaFree(ptr);
+    (void)cudaGetLastError();
+    if (entered)
+        leave_device(&g);
+}
+
+/* On the plan's private non-blocking stream, waited for: the caller's
+ * streams are neither waited for nor disturbed. */
+static gclip_status cuda_mem_copy(const gclip_plan *plan, void *dst, const void *src,
+                                  size_t bytes, enum cudaMemcpyKind kind)
+{
+    const gclip_cuda_state *s = plan->engine;
+    device_guard g;
+    gclip_status st = enter_device(plan->device, &g);
+    if (st != GCLIP_STATUS_SUCCESS)
+        return st;
+    CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, kind, s->copy_stream));
+    CUDA_TRY(cudaStreamSynchronize(s->copy_stream));
+done:
+    leave_device(&g);
+    return st;
+}
+
+static gclip_status cuda_mem_write(const gclip_plan *plan, void *dst, const void *src,
+                                   size_t bytes)
+{
+    return cuda_mem_copy(plan, dst, src, bytes, cudaMemcpyHostToDevice);
+}
+
+static gclip_status cuda_mem_read(const gclip_plan *plan, void *dst, const void *src,
+                                  size_t bytes)
+{
+    return cuda_mem_copy(plan, dst, src, bytes, cudaMemcpyDeviceToHost);
+}
+
 const gclip_backend gclip_cuda_backend = {
     "cuda",     cuda_init,        cuda_release,     cuda_upload_tensors,
     cuda_run,   cuda_read_result, cuda_result_slot, cuda_partial,
+    cuda_mem_alloc, cuda_mem_free, cuda_mem_write,  cuda_mem_read,
 };
