@@ -81,6 +81,24 @@ CPU_CLONES static void agc_scale(void *data, int32_t dtype, int64_t begin, int64
     }
 }
 
+/* Piece c's unit: fold its pieces' sums in order, take the factor, scale
+ * the piece unless the unit is kept. */
+static void agc_apply_piece(const gclip_agc_device *a, const gclip_tensor_desc *tensors,
+                            int64_t c)
+{
+    const gclip_agc_piece *pc = &a->pieces[c];
+    const gclip_tensor_desc *d = &tensors[pc->tensor];
+    double w = GCLIP_TERM_ZERO, g = GCLIP_TERM_ZERO;
+    for (uint32_t k = pc->first; k < pc->first + pc->pieces; k++) {
+        w = gclip_term_combine(w, a->partials[2u * k], a->kind);
+        g = gclip_term_combine(g, a->partials[2u * k + 1u], a->kind);
+    }
+    int keep = 0;
+    const double f = gclip_agc_factor(a, d->dtype, w, g, &keep);
+    if (!keep)
+        agc_scale(d->data, d->dtype, pc->begin, pc->count, f);
+}
+
 void gclip_agc_cpu(gclip_plan *plan, const gclip_norm_params *np)
 {
     gclip_cpu_state *st = plan->engine;
@@ -90,6 +108,9 @@ void gclip_agc_cpu(gclip_plan *plan, const gclip_norm_params *np)
     const int threads = gclip_cpu_threads(plan);
 #pragma omp parallel num_threads(threads) if (n > 1 && threads > 1)
     {
+        /* A unit of one piece (every row up to 16384 elements) is scaled
+         * right after its sums, while its gradient is still in the cache;
+         * the factor is the same as after the barrier. */
 #pragma omp for schedule(static)
         for (int64_t c = 0; c < n; c++) {
             const gclip_agc_piece *pc = &a->pieces[c];
@@ -98,22 +119,14 @@ void gclip_agc_cpu(gclip_plan *plan, const gclip_norm_params *np)
                                          a->kind, a->p);
             a->partials[2 * c + 1] =
                 agc_sum(d->data, d->dtype, pc->begin, pc->count, a->kind, a->p);
+            if (pc->pieces == 1)
+                agc_apply_piece(a, tensors, c);
         }
         /* the implicit barrier: every piece's sums are in */
 #pragma omp for schedule(static)
-        for (int64_t c = 0; c < n; c++) {
-            const gclip_agc_piece *pc = &a->pieces[c];
-            const gclip_tensor_desc *d = &tensors[pc->tensor];
-            double w = GCLIP_TERM_ZERO, g = GCLIP_TERM_ZERO;
-            for (uint32_t k = pc->first; k < pc->first + pc->pieces; k++) {
-                w = gclip_term_combine(w, a->partials[2u * k], a->kind);
-                g = gclip_term_combine(g, a->partials[2u * k + 1u], a->kind);
-            }
-            int keep = 0;
-            const double f = gclip_agc_factor(a, d->dtype, w, g, &keep);
-            if (!keep)
-                agc_scale(d->data, d->dtype, pc->begin, pc->count, f);
-        }
+        for (int64_t c = 0; c < n; c++)
+            if (a->pieces[c].pieces > 1)
+                agc_apply_piece(a, tensors, c);
     }
     gclip_agc_slot(st->result.sequence, &st->result);
 }
