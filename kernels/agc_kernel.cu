@@ -4,7 +4,8 @@
  * unit scaled by its factor. CPU twin: host/agc_cpu.c; the order of the sums
  * and the factor are gclip_agc_math.h.
  *
- * Two kernels, one block per piece (a unit, or a part of a long unit):
+ * Two launches of one kernel, one block per piece (a unit, or a part of a
+ * long unit):
  *   norm   thread t sums the terms of elements t, t + B, ... of the piece in
  *          the parameter and in the gradient; a pairwise tree in shared
  *          memory folds the threads; the piece's two sums go to its slot.
@@ -35,12 +36,11 @@ __device__ __forceinline__ void gclip_agc_lane(const void *w, const void *g, int
     *gs = b;
 }
 
-static __global__ void __launch_bounds__(GCLIP_AGC_THREADS)
-    gclip_agc_norm_kernel(gclip_device_tables t, gclip_norm_params params)
+/* The sums of this block's piece into its slot. */
+__device__ __forceinline__ void gclip_agc_norm_phase(const gclip_device_tables &t,
+                                                     const gclip_agc_device *a, double *wsh,
+                                                     double *gsh)
 {
-    __shared__ double wsh[GCLIP_AGC_THREADS];
-    __shared__ double gsh[GCLIP_AGC_THREADS];
-    const gclip_agc_device *a = params.agc;
     const gclip_agc_piece pc = a->pieces[blockIdx.x];
     const gclip_tensor_desc d = t.tensors[pc.tensor];
     const int32_t kind = a->kind;
@@ -63,12 +63,12 @@ static __global__ void __launch_bounds__(GCLIP_AGC_THREADS)
     }
 }
 
-static __global__ void __launch_bounds__(GCLIP_AGC_THREADS)
-    gclip_agc_scale_kernel(gclip_device_tables t, gclip_norm_params params)
+/* The factor of this block's piece's unit and the piece's scaling; block 0
+ * writes the slot. */
+__device__ __forceinline__ void gclip_agc_scale_phase(const gclip_device_tables &t,
+                                                      const gclip_agc_device *a,
+                                                      double &factor_sh, int &keep_sh)
 {
-    __shared__ double factor_sh;
-    __shared__ int keep_sh;
-    const gclip_agc_device *a = params.agc;
     if (blockIdx.x == 0 && threadIdx.x == 0) {
         gclip_result_slot slot;
         gclip_agc_slot(t.result->sequence, &slot);
@@ -103,6 +103,21 @@ static __global__ void __launch_bounds__(GCLIP_AGC_THREADS)
     }
 }
 
+/* One entry function for both launches (phase 0: norm, 1: scale), so the
+ * file has one kernel per architecture as the resource check expects. */
+static __global__ void __launch_bounds__(GCLIP_AGC_THREADS)
+    gclip_agc_kernel(gclip_device_tables t, gclip_norm_params params, int phase)
+{
+    __shared__ double wsh[GCLIP_AGC_THREADS];
+    __shared__ double gsh[GCLIP_AGC_THREADS];
+    __shared__ double factor_sh;
+    __shared__ int keep_sh;
+    if (phase == 0)
+        gclip_agc_norm_phase(t, params.agc, wsh, gsh);
+    else
+        gclip_agc_scale_phase(t, params.agc, factor_sh, keep_sh);
+}
+
 /* ---- launchers */
 
 extern "C" int gclip_launch_agc_norm(const gclip_device_tables *t, const gclip_norm_params *np,
@@ -110,13 +125,13 @@ extern "C" int gclip_launch_agc_norm(const gclip_device_tables *t, const gclip_n
 {
     if (np->num_partials == 0)
         return 0;
-    return GCLIP_LAUNCH(gclip_agc_norm_kernel, np->num_partials, GCLIP_AGC_THREADS, stream, *t,
-                        *np);
+    return GCLIP_LAUNCH(gclip_agc_kernel, np->num_partials, GCLIP_AGC_THREADS, stream, *t, *np,
+                        0);
 }
 
 extern "C" int gclip_launch_agc_scale(const gclip_device_tables *t, const gclip_norm_params *np,
                                       gclip_stream stream)
 {
-    return GCLIP_LAUNCH(gclip_agc_scale_kernel, gclip_kernel_grid(np->num_partials),
-                        GCLIP_AGC_THREADS, stream, *t, *np);
+    return GCLIP_LAUNCH(gclip_agc_kernel, gclip_kernel_grid(np->num_partials), GCLIP_AGC_THREADS,
+                        stream, *t, *np, 1);
 }
