@@ -10,7 +10,7 @@
 #include "gclip_adapt_math.h"
 #include "gclip_internal.h"
 
-/* Longest history or window: keeps q * (n - 1) exact in float and the
+/* Longest history or window: keeps q * (n - 1) exact in double and the
  * state of a per-tensor history within reason. */
 #define GCLIP_ADAPT_MAX_HISTORY (1u << 20)
 

@@ -72,6 +72,9 @@ static gclip_status cpu_run(gclip_plan *plan, const gclip_step *step, gclip_stre
     case GCLIP_OP_APPLY:
         gclip_scale_cpu(plan, &step->np);
         break;
+    case GCLIP_OP_AGC:
+        gclip_agc_cpu(plan, &step->np);
+        break;
     case GCLIP_OP_ADAPTIVE_CLIP:
     case GCLIP_OP_ADAPTIVE_SKIP:
         gclip_norm_cpu(plan, &step->np);
@@ -104,7 +107,31 @@ static const gclip_partial *cpu_partial(const gclip_plan *plan)
     return &((const gclip_cpu_state *)plan->engine)->partial;
 }
 
+/* Host memory; a copy is a memcpy. */
+static gclip_status cpu_mem_alloc(const gclip_plan *plan, size_t bytes, void **ptr)
+{
+    (void)plan;
+    *ptr = gclip_host_alloc(bytes);
+    return *ptr ? GCLIP_STATUS_SUCCESS
+                : gclip_fail(GCLIP_STATUS_OUT_OF_MEMORY, "host allocation of %zu bytes failed",
+                             bytes);
+}
+
+static void cpu_mem_free(const gclip_plan *plan, void *ptr)
+{
+    (void)plan;
+    gclip_host_free(ptr);
+}
+
+static gclip_status cpu_mem_copy(const gclip_plan *plan, void *dst, const void *src, size_t bytes)
+{
+    (void)plan;
+    memcpy(dst, src, bytes);
+    return GCLIP_STATUS_SUCCESS;
+}
+
 const gclip_backend gclip_cpu_backend = {
     "cpu",           cpu_init,        cpu_release,     cpu_upload_tensors,
     cpu_run,         cpu_read_result, cpu_result_slot, cpu_partial,
+    cpu_mem_alloc,   cpu_mem_free,    cpu_mem_copy,    cpu_mem_copy,
 };

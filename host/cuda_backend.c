@@ -366,6 +366,12 @@ static launch_plan launches_of(int32_t op)
             lp.name[lp.n++] = "scale kernel";
         }
         break;
+    case GCLIP_OP_AGC:
+        lp.fn[lp.n] = gclip_launch_agc_norm;
+        lp.name[lp.n++] = "AGC norm kernel";
+        lp.fn[lp.n] = gclip_launch_agc_scale;
+        lp.name[lp.n++] = "AGC scale kernel";
+        break;
     case GCLIP_OP_CLIP_VALUE:
         lp.fn[lp.n] = launch_clamp_step;
         lp.name[lp.n++] = "clamp kernel";
@@ -481,7 +487,63 @@ static const gclip_partial *cuda_partial(const gclip_plan *plan)
     return s->tables.partial;
 }
 
+/* ---- memory for what is built on the plan ------------------------------------------ */
+
+static gclip_status cuda_mem_alloc(const gclip_plan *plan, size_t bytes, void **ptr)
+{
+    device_guard g;
+    *ptr = NULL;
+    gclip_status st = enter_device(plan->device, &g);
+    if (st != GCLIP_STATUS_SUCCESS)
+        return st;
+    CUDA_TRY(cudaMalloc(ptr, bytes));
+done:
+    leave_device(&g);
+    return st;
+}
+
+static void cuda_mem_free(const gclip_plan *plan, void *ptr)
+{
+    device_guard g;
+    const int entered = enter_device(plan->device, &g) == GCLIP_STATUS_SUCCESS;
+    if (ptr)
+        (void)cudaFree(ptr);
+    (void)cudaGetLastError();
+    if (entered)
+        leave_device(&g);
+}
+
+/* On the plan's private non-blocking stream, waited for: the caller's
+ * streams are neither waited for nor disturbed. */
+static gclip_status cuda_mem_copy(const gclip_plan *plan, void *dst, const void *src,
+                                  size_t bytes, enum cudaMemcpyKind kind)
+{
+    const gclip_cuda_state *s = plan->engine;
+    device_guard g;
+    gclip_status st = enter_device(plan->device, &g);
+    if (st != GCLIP_STATUS_SUCCESS)
+        return st;
+    CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, kind, s->copy_stream));
+    CUDA_TRY(cudaStreamSynchronize(s->copy_stream));
+done:
+    leave_device(&g);
+    return st;
+}
+
+static gclip_status cuda_mem_write(const gclip_plan *plan, void *dst, const void *src,
+                                   size_t bytes)
+{
+    return cuda_mem_copy(plan, dst, src, bytes, cudaMemcpyHostToDevice);
+}
+
+static gclip_status cuda_mem_read(const gclip_plan *plan, void *dst, const void *src,
+                                  size_t bytes)
+{
+    return cuda_mem_copy(plan, dst, src, bytes, cudaMemcpyDeviceToHost);
+}
+
 const gclip_backend gclip_cuda_backend = {
     "cuda",     cuda_init,        cuda_release,     cuda_upload_tensors,
     cuda_run,   cuda_read_result, cuda_result_slot, cuda_partial,
+    cuda_mem_alloc, cuda_mem_free, cuda_mem_write,  cuda_mem_read,
 };

@@ -25,4 +25,5 @@ static void no_cuda_release(gclip_plan *plan)
 
 const gclip_backend gclip_cuda_backend = {
     "cuda (not built)", no_cuda_init, no_cuda_release, NULL, NULL, NULL, NULL, NULL,
+    NULL, NULL, NULL, NULL,
 };

@@ -39,6 +39,13 @@ typedef struct gclip_backend {
     /* the slot and the plan's partial in the engine's memory */
     const gclip_result_slot *(*result_slot)(const gclip_plan *plan);
     const gclip_partial *(*partial)(const gclip_plan *plan);
+    /* memory of the plan's device for what is built on the plan (adaptive
+     * state, AGC tables): allocate, free, and copies from and to the host
+     * that have completed when the call returns (never in a step) */
+    gclip_status (*mem_alloc)(const gclip_plan *plan, size_t bytes, void **ptr);
+    void (*mem_free)(const gclip_plan *plan, void *ptr);
+    gclip_status (*mem_write)(const gclip_plan *plan, void *dst, const void *src, size_t bytes);
+    gclip_status (*mem_read)(const gclip_plan *plan, void *dst, const void *src, size_t bytes);
 } gclip_backend;
 
 extern const gclip_backend gclip_cpu_backend;  /* host/cpu_backend.c */
@@ -141,13 +148,17 @@ int gclip_cpu_threads(const gclip_plan *plan);
 
 void gclip_adapt_cpu(gclip_plan *plan, const gclip_norm_params *np);       /* adapt_kernel.cu */
 void gclip_adapt_scale_cpu(gclip_plan *plan, const gclip_norm_params *np); /* its scale launch */
+void gclip_agc_cpu(gclip_plan *plan, const gclip_norm_params *np);         /* agc_kernel.cu */
+/* The step parameters of an AGC step (host/agc.c): op, tables, pieces. */
+struct gclip_agc;
+gclip_status gclip_agc_params(const struct gclip_agc *agc, gclip_norm_params *np);
 
-/* The adaptive's memory on the plan's device: one allocation, written and
- * read back whole or in part with the host waiting for the copy. */
+/* The adaptive's memory on the plan's device: one allocation through the
+ * plan's backend, written and read back whole or in part with the host
+ * waiting for the copy. */
 typedef struct gclip_adapt_memory {
-    void *ptr;     /* in the plan device's memory */
-    void *stream;  /* CUDA plans: a private non-blocking stream for the copies */
-    int device;
+    void *ptr;               /* in the plan device's memory */
+    const gclip_plan *plan;  /* whose backend allocated it */
 } gclip_adapt_memory;
 
 gclip_status gclip_adapt_mem_alloc(const gclip_plan *plan, size_t bytes, gclip_adapt_memory *m);

@@ -75,6 +75,8 @@ const char *gclip_op_name(int32_t op)
         return "gclip_adaptive_step (clipping)";
     case GCLIP_OP_ADAPTIVE_SKIP:
         return "gclip_adaptive_step (spike skip)";
+    case GCLIP_OP_AGC:
+        return "gclip_agc_step";
     }
     return "unknown operation";
 }

@@ -146,7 +146,8 @@ typedef enum gclip_op {
     GCLIP_OP_FINALIZE = 8,        /* gclip_norm_finalize */
     GCLIP_OP_APPLY = 9,           /* gclip_apply_clip_factor */
     GCLIP_OP_ADAPTIVE_CLIP = 10,  /* gclip_adaptive_step (gclip_adapt.h), clipping methods */
-    GCLIP_OP_ADAPTIVE_SKIP = 11   /* gclip_adaptive_step, spike step-skip */
+    GCLIP_OP_ADAPTIVE_SKIP = 11,  /* gclip_adaptive_step, spike step-skip */
+    GCLIP_OP_AGC = 12             /* gclip_agc_step (gclip_adapt.h) */
 } gclip_op;
 
 /* Bits of gclip_device_result.flags. */

@@ -24,6 +24,9 @@
  *   SPIKE_SKIP  writes no gradient: raises GCLIP_RESULT_SKIP_STEP in the
  *               result slot when the norm's z-score over a rolling window
  *               exceeds sigma (OLMo-core SkipStepOptimizer).
+ *   AGC         unit-wise clipping against the parameters' unit norms
+ *               (timm adaptive_clip_grad): its own object, gclip_agc, below;
+ *               it keeps no state between steps.
  *
  * Non-finite norms
  *   A step whose total norm (or any tensor norm) is NaN or Inf never enters
@@ -210,6 +213,63 @@ GCLIP_API gclip_status gclip_adaptive_export(gclip_adaptive *ad, void *host_buf,
  * leaving the state as it was. Not capturable. */
 GCLIP_API gclip_status gclip_adaptive_import(gclip_adaptive *ad, const void *host_buf,
                                              size_t size);
+
+/* ---- AGC: unit-wise adaptive gradient clipping -------------------------------- */
+
+/* Unit-wise adaptive gradient clipping (Brock et al. 2021) with the
+ * arithmetic of timm.utils.agc.adaptive_clip_grad: each unit of a gradient
+ * (a row along dim 0, or the whole tensor for ndim <= 1) with
+ *     max_norm = clip_factor * max(||W_unit||, eps)
+ * is kept when ||g_unit|| < max_norm, else scaled by
+ *     max_norm / max(||g_unit||, 1e-6).
+ * Norms, max_norm and the factor are float for f32/f16/bf16 tensors and
+ * double for f64; an element is scaled in float (f64: double) and rounded
+ * back. A unit's norm terms are summed in double in a fixed order that
+ * depends on its length alone (docs/adaptive.md, "AGC"), the same on the CPU
+ * and the GPU. No non-finite policy: as timm, a NaN in a unit of W or g makes
+ * the unit NaN, an Inf gradient norm zeroes its finite elements, an Inf
+ * parameter norm keeps the unit. */
+
+/* Revision of gclip_agc_options (see GCLIP_OPTIONS_VERSION). */
+#define GCLIP_AGC_OPTIONS_VERSION 1
+
+/* clip_factor  finite and > 0. 0.01
+ * eps          lower bound of a parameter unit's norm, finite and >= 0. 1e-3
+ * norm_type    p > 0 or INFINITY (timm's unitwise_norm: any torch norm). 2 */
+typedef struct gclip_agc_options {
+    size_t size;
+    uint32_t version;
+    double clip_factor;
+    double eps;
+    float norm_type;
+} gclip_agc_options;
+
+#define GCLIP_AGC_OPTIONS_INIT \
+    {sizeof(gclip_agc_options), GCLIP_AGC_OPTIONS_VERSION, 0.01, 1e-3, 2.0f}
+
+/* Opaque AGC: a plan's gradients paired with their parameter tensors. */
+typedef struct gclip_agc gclip_agc;
+
+/* Pair the plan's gradients with their parameters: params[i] has the numel
+ * and dtype of the plan's tensor i, in the memory of the plan's device, and
+ * units[i] is its number of units (the size of dim 0 for ndim >= 2, else 1;
+ * a divisor of numel, >= 1 unless numel is 0). The AGC borrows the plan
+ * (destroy the AGC first) and follows its rebinds; the parameters' addresses
+ * are fixed at creation. Validates (INVALID_ARGUMENT / MISALIGNED /
+ * VERSION_MISMATCH naming the field or tensor), allocates its tables in the
+ * plan device's memory; may synchronize. On failure *agc is NULL. */
+GCLIP_API gclip_status gclip_agc_create(gclip_agc **agc, gclip_plan *plan,
+                                        const gclip_tensor *params, const int64_t *units,
+                                        const gclip_agc_options *options);
+
+/* Free the tables; waits for the plan's last operation. NULL is a no-op. */
+GCLIP_API gclip_status gclip_agc_destroy(gclip_agc *agc);
+
+/* One AGC step in place: two launches (unit norms, then scaling), no
+ * allocation, no host synchronization, capturable; ordered with the plan's
+ * other operations. The result slot: op GCLIP_OP_AGC, total_norm NaN,
+ * clip_coef and scale 1 (each unit has its own factor), flags APPLIES. */
+GCLIP_API gclip_status gclip_agc_step(gclip_agc *agc, gclip_stream stream);
 
 #ifdef __cplusplus
 } /* extern "C" */

@@ -25,7 +25,7 @@ gen_include=$4
 mkdir -p "$work"
 
 archs=(75 80 86 89 90)
-kernels=(norm_kernel scale_kernel clamp_kernel finalize_kernel adapt_kernel)
+kernels=(norm_kernel scale_kernel clamp_kernel finalize_kernel adapt_kernel agc_kernel)
 vector_load_kernels=(norm_kernel scale_kernel)
 
 flags=(-std=c++17 -O3 -I"$src/include" -I"$gen_include" -I"$src/kernels" -I"$src/host"

@@ -125,14 +125,35 @@ GCLIP_HD float gclip_lerpf(float start, float end, float w)
     return fabsf(w) < 0.5f ? start + gclip_mulf(w, d) : end - gclip_mulf(d, 1.0f - w);
 }
 
-/* torch.quantile(values, q) with linear interpolation, in float, of the n
- * values of `sorted` (ascending, n >= 1). */
+/* a * b + c rounded once. */
+GCLIP_HD float gclip_fmaf(float a, float b, float c)
+{
+#if defined(__CUDA_ARCH__)
+    return __fmaf_rn(a, b, c);
+#else
+    return fmaf(a, b, c);
+#endif
+}
+
+/* torch.lerp's two formulas, each product and sum rounded once (a fused
+ * multiply-add), as PyTorch's CPU lerp kernel evaluates them. */
+GCLIP_HD float gclip_lerpf_fused(float start, float end, float w)
+{
+    const float d = end - start;
+    return fabsf(w) < 0.5f ? gclip_fmaf(w, d, start) : gclip_fmaf(-d, 1.0f - w, end);
+}
+
+/* torch.quantile(values, q) with linear interpolation of the n values of
+ * `sorted` (ascending, n >= 1), bit for bit: q is a float (torch makes it a
+ * tensor of the values' dtype), the rank q * (n - 1) is taken in double
+ * (exact: 24 bits times at most 21), its fraction rounded to a float weight,
+ * and the two neighbours interpolated by the fused lerp. */
 GCLIP_HD float gclip_quantile(const float *sorted, uint32_t n, float q)
 {
-    const float rank = gclip_mulf(q, (float)(n - 1u));
+    const double rank = (double)q * (double)(n - 1u);
     const uint32_t lo = (uint32_t)rank;
-    const uint32_t hi = (uint32_t)ceilf(rank);
-    return gclip_lerpf(sorted[lo], sorted[hi], rank - (float)lo);
+    const uint32_t hi = (uint32_t)ceil(rank);
+    return gclip_lerpf_fused(sorted[lo], sorted[hi], (float)(rank - (double)lo));
 }
 
 /* Add x to a history of capacity h holding `filled` values: the ring keeps

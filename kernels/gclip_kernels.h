@@ -93,6 +93,14 @@ int gclip_launch_adapt(const gclip_device_tables *t, const gclip_norm_params *np
 int gclip_launch_adapt_scale(const gclip_device_tables *t, const gclip_norm_params *np,
                              gclip_stream stream);
 
+/* AGC (GCLIP_OP_AGC, np->agc, np->num_partials pieces): the unit norms of
+ * the parameters and gradients, one block per piece, into np->agc's
+ * partials; then each unit scaled by its factor (block 0 writes the slot). */
+int gclip_launch_agc_norm(const gclip_device_tables *t, const gclip_norm_params *np,
+                          gclip_stream stream);
+int gclip_launch_agc_scale(const gclip_device_tables *t, const gclip_norm_params *np,
+                           gclip_stream stream);
+
 #ifdef __cplusplus
 }
 #endif

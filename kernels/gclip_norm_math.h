@@ -37,6 +37,7 @@ typedef struct gclip_norm_params {
     const gclip_partial *partials; /* GCLIP_OP_FINALIZE, [num_partials] */
     float *tensor_norms;  /* optional output, plan-device memory */
     struct gclip_adapt_device *adapt; /* GCLIP_OP_ADAPTIVE_*: the adaptive's state */
+    const struct gclip_agc_device *agc; /* GCLIP_OP_AGC: the AGC's tables */
 } gclip_norm_params;
 
 /* The result slot is gclip_device_result (gclip.h); the kernels use this name. */

@@ -20,7 +20,7 @@ from ._lib import (  # noqa: F401
     version_string as _version_string,
 )
 from ._core import Clipper, ClipResult, DeviceResultView, Plan  # noqa: F401
-from .adaptive import AdaptiveClipper, AdaptiveInfo, AdaptiveInfoView  # noqa: F401
+from .adaptive import AGCClipper, AdaptiveClipper, AdaptiveInfo, AdaptiveInfoView  # noqa: F401
 
 __version__ = "0.2.0"
 library_version = _version_string()
@@ -30,4 +30,4 @@ __all__ = [
     "GclipError", "NonFiniteError", "NotSupportedError",
     "cuda_device_count", "has_function", "library_version",
 ]
-__all__ += ["AdaptiveClipper", "AdaptiveInfo", "AdaptiveInfoView"]
+__all__ += ["AGCClipper", "AdaptiveClipper", "AdaptiveInfo", "AdaptiveInfoView"]

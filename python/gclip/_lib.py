@@ -45,12 +45,13 @@ OPS = {
 
 RESULT_HAS_NORM, RESULT_APPLIES, RESULT_ERROR_POLICY, RESULT_LOCAL = 1, 2, 4, 8
 RESULT_PROPAGATE, RESULT_SKIP_STEP = 16, 32
-OPS.update({10: "adaptive_clip", 11: "adaptive_skip"})
+OPS.update({10: "adaptive_clip", 11: "adaptive_skip", 12: "agc"})
 
 # gclip_adapt.h
 ADAPTIVE_ZCLIP, ADAPTIVE_AUTOCLIP, ADAPTIVE_ADAGC, ADAPTIVE_SPIKE_SKIP = 0, 1, 2, 3
 ZCLIP_ZSCORE, ZCLIP_PERCENTILE = 0, 1
 ZCLIP_ADAPTIVE_SCALING, ZCLIP_MEAN = 0, 1
+AGC_OPTIONS_VERSION = 1
 
 
 # ---- errors ------------------------------------------------------------------
@@ -178,6 +179,17 @@ class AdaptiveOptions(ctypes.Structure):
     ]
 
 
+class AgcOptions(ctypes.Structure):
+    """gclip_agc_options (gclip_adapt.h)."""
+    _fields_ = [
+        ("size", ctypes.c_size_t),
+        ("version", ctypes.c_uint32),
+        ("clip_factor", ctypes.c_double),
+        ("eps", ctypes.c_double),
+        ("norm_type", ctypes.c_float),
+    ]
+
+
 class AdaptiveInfo(ctypes.Structure):
     """gclip_adaptive_info: what one adaptive step decided."""
     _fields_ = [
@@ -246,6 +258,9 @@ _SIGNATURES = {
     "gclip_adaptive_state_size": (_S, [_P, ctypes.POINTER(ctypes.c_size_t)]),
     "gclip_adaptive_export": (_S, [_P, _P, ctypes.c_size_t]),
     "gclip_adaptive_import": (_S, [_P, _P, ctypes.c_size_t]),
+    "gclip_agc_create": (_S, [ctypes.POINTER(_P), _P, _P, _P, _P]),
+    "gclip_agc_destroy": (_S, [_P]),
+    "gclip_agc_step": (_S, [_P, _P]),
 }
 
 

@@ -14,7 +14,8 @@ keeps between steps, for any array with __dlpack__.
 
 PyTorch (exported by gclip.torch): `ZClip`, `QuantileClip`, `AdaGC`,
 `SpikeSkip`, the `AdaptiveClipper` that takes parameters, and
-`adaptive_clip_grad` (AGC, with PyTorch operations: the C library has no AGC).
+`adaptive_clip_grad` (AGC: timm's function on the C library's gclip_agc_step).
+`AGCClipper` is gclip.Clipper running AGC on any arrays with __dlpack__.
 
 The state belongs to one set of gradients (element counts, dtypes, device);
 gradients reallocated every step are rebound on every call. If the set
@@ -38,7 +39,7 @@ from ._lib import fn
 __all__ = [
     "METHODS", "AdaptiveClipper", "AdaptiveInfo", "AdaptiveInfoView",
     "ZClip", "QuantileClip", "AdaGC", "SpikeSkip", "TorchAdaptiveClipper",
-    "adaptive_clip_grad",
+    "adaptive_clip_grad", "AGCClipper", "agc_hyperparameters",
 ]
 
 METHODS = {
@@ -298,6 +299,31 @@ class AdaptiveInfo:
     steps: int
 
 
+def _check_create(st: int, what: str) -> None:
+    """A creation's status: INVALID_ARGUMENT (a hyperparameter) as ValueError."""
+    if st == _lib.INVALID_ARGUMENT:
+        raise ValueError(f"gclip: {_lib.last_error()}")
+    _lib.check(st, what)
+
+
+def _destroy_borrowing(obj, destroy) -> None:
+    """Destroy obj.handle, an object that borrows obj.plan. The garbage
+    collector finalizes the objects of a cycle in any order: once the plan is
+    gone, destroying the object would touch it, so its memory is left to the
+    process's end instead."""
+    h = getattr(obj, "handle", None)
+    plan = getattr(obj, "plan", None)
+    if not h:
+        return
+    obj.handle = None
+    if plan is None or not plan.handle:
+        return
+    try:
+        destroy(h)
+    except Exception:  # interpreter shutdown
+        pass
+
+
 class Adaptive:
     """One gclip_adaptive on `plan`. Holds the plan, so the plan outlives it."""
 
@@ -306,10 +332,8 @@ class Adaptive:
     def __init__(self, plan: Plan, method: str, hp: dict):
         options = _c_options(method, hp)
         h = ctypes.c_void_p()
-        st = fn.adaptive_create(ctypes.byref(h), plan.handle, ctypes.byref(options))
-        if st == _lib.INVALID_ARGUMENT:
-            raise ValueError(f"gclip: {_lib.last_error()}")
-        _lib.check(st, "gclip_adaptive_create")
+        _check_create(fn.adaptive_create(ctypes.byref(h), plan.handle, ctypes.byref(options)),
+                      "gclip_adaptive_create")
         self.handle = h.value
         self.plan = plan
         self.method = method
@@ -318,19 +342,7 @@ class Adaptive:
         self._info_address = None
 
     def __del__(self):
-        h = getattr(self, "handle", None)
-        plan = getattr(self, "plan", None)
-        if h:
-            self.handle = None
-            # The garbage collector finalizes the objects of a cycle in any
-            # order: once the plan is gone, destroying the adaptive would touch
-            # it, so its memory is left to the process's end instead.
-            if plan is None or not plan.handle:
-                return
-            try:
-                fn.adaptive_destroy(h)
-            except Exception:  # interpreter shutdown
-                pass
+        _destroy_borrowing(self, fn.adaptive_destroy)
 
     def step(self, opts, stream: int) -> None:
         st = fn.adaptive_step(self.handle, ctypes.byref(opts), stream)
@@ -917,33 +929,183 @@ class QuantileClip(_Hyperparameters):
 
 # ---- AGC -----------------------------------------------------------------------------------
 
+def agc_hyperparameters(clip_factor=0.01, eps=1e-3, norm_type=2.0) -> tuple:
+    """(clip_factor, eps, norm_type) of AGC, validated as gclip_agc_create
+    does: clip_factor finite and > 0, eps finite and >= 0, norm_type > 0 or
+    inf. Raises ValueError or TypeError."""
+    cf = _positive("clip_factor", clip_factor)
+    e = _non_negative("eps", eps)
+    nt = _real("norm_type", norm_type)
+    _require(nt > 0, "norm_type", norm_type, "> 0 (2, 1, inf or any p > 0)")
+    return cf, e, nt
+
+
+def _units(shape) -> int:
+    """AGC units of a tensor of `shape`: the size of dim 0, or 1 for ndim <= 1."""
+    return int(shape[0]) if len(shape) > 1 else 1
+
+
+class Agc:
+    """One gclip_agc: the gradients of `plan` paired with parameters given as
+    (address, numel, dtype code) and their unit counts. Holds the plan."""
+
+    __slots__ = ("handle", "plan", "__weakref__")
+
+    def __init__(self, plan: Plan, params, units, clip_factor: float, eps: float,
+                 norm_type: float):
+        o = _lib.AgcOptions()
+        o.size = ctypes.sizeof(o)
+        o.version = _lib.AGC_OPTIONS_VERSION
+        o.clip_factor, o.eps, o.norm_type = clip_factor, eps, norm_type
+        n = len(params)
+        descs = (_lib.Tensor * max(n, 1))()
+        for i, (ptr, numel, dtype) in enumerate(params):
+            descs[i].data = ptr or None
+            descs[i].numel = numel
+            descs[i].dtype = dtype
+        counts = (ctypes.c_int64 * max(n, 1))(*units)
+        h = ctypes.c_void_p()
+        _check_create(fn.agc_create(ctypes.byref(h), plan.handle, descs, counts,
+                                    ctypes.byref(o)), "gclip_agc_create")
+        self.handle = h.value
+        self.plan = plan
+
+    def __del__(self):
+        _destroy_borrowing(self, fn.agc_destroy)
+
+    def step(self, stream: int) -> None:
+        st = fn.agc_step(self.handle, stream)
+        if st:
+            raise _lib.error_for(st, "gclip_agc_step")
+
+
+class AGCClipper(Clipper):
+    """gclip.Clipper running unit-wise adaptive gradient clipping (AGC,
+    gclip_agc_step, timm's arithmetic) on arrays with __dlpack__.
+
+        agc = gclip.AGCClipper(clip_factor=0.01)
+        agc.step(params, grads)         # in place, no host synchronization
+
+    Each gradient is paired with the parameter at the same position (same
+    element count and dtype, dense); its units are rows along dim 0 (the
+    whole array for ndim <= 1), or `units` when given. Every other Clipper
+    operation works on the gradients too."""
+
+    def __init__(self, clip_factor: float = 0.01, eps: float = 1e-3, norm_type: float = 2.0, *,
+                 num_threads: Optional[int] = None, max_plans: int = 8):
+        cf, e, nt = agc_hyperparameters(clip_factor, eps, norm_type)
+        super().__init__(math.inf, nt, num_threads=num_threads, max_plans=max_plans)
+        self.clip_factor, self.agc_eps = cf, e
+        self._agcs: "dict[tuple, Agc]" = {}
+
+    def step(self, params, grads, *, units=None, stream=None) -> None:
+        params, grads = list(params), list(grads)
+        if len(params) != len(grads):
+            raise ValueError(f"gclip: {len(params)} parameters for {len(grads)} gradients")
+        s = stream_handle(stream)
+        infos = [_dlpack.describe(p, None) for p in params]
+        for k, i in enumerate(infos):
+            if not i.dense:
+                raise ValueError(f"gclip: parameter {k} is not dense; pass a contiguous array")
+        if units is None:
+            units = [_units(getattr(p, "shape", ())) for p in params]
+        plan = self._bind(grads, s, True)
+        key = (plan.key, tuple((i.ptr, i.numel, i.dtype) for i in infos), tuple(units))
+        agc = self._agcs.get(key)
+        if agc is None or agc.plan is not plan:
+            agc = Agc(plan, [(i.ptr, i.numel, i.dtype) for i in infos], units, self.clip_factor,
+                      self.agc_eps, self.norm_type)
+            if len(self._agcs) >= 2 * self._max_plans:
+                self._agcs.clear()
+            self._agcs[key] = agc
+        agc.step(s)
+
+
 def _unitwise_norm(x, norm_type: float):
     if x.ndim <= 1:
         return x.norm(norm_type)
     return x.norm(norm_type, dim=tuple(range(1, x.ndim)), keepdim=True)
 
 
-def adaptive_clip_grad(parameters, clip_factor: float = 0.01, eps: float = 1e-3,
-                       norm_type: float = 2.0) -> None:
-    """Unit-wise adaptive gradient clipping (AGC, Brock et al. 2021), in place,
-    with timm's signature and results (`timm.utils.agc.adaptive_clip_grad`,
-    bit for bit): each unit (the slice at one index of dim 0, or the whole
-    tensor for ndim <= 1) of a gradient is scaled by
-    ``clip_factor * max(||W_unit||, eps) / max(||g_unit||, 1e-6)`` unless
-    ``||g_unit|| < clip_factor * max(||W_unit||, eps)``.
-
-    PyTorch operations, not a gclip kernel: per tensor, the two unit norms
-    and one in-place multiply of the gradient by the per-unit factor (timm
-    allocates the clipped gradient and copies it back)."""
+def _agc_torch(pairs, clip_factor, eps, norm_type) -> None:
+    """AGC with PyTorch operations, for the tensors the C path does not take."""
     torch = _torch()
-    if isinstance(parameters, torch.Tensor):
-        parameters = [parameters]
     with torch.no_grad():
-        for p in parameters:
-            if p.grad is None:
-                continue
-            g = p.grad.detach()
+        for p, g in pairs:
             max_norm = _unitwise_norm(p.detach(), norm_type).clamp_(min=eps).mul_(clip_factor)
             grad_norm = _unitwise_norm(g, norm_type)
             factor = torch.where(grad_norm < max_norm, 1.0, max_norm / grad_norm.clamp(min=1e-6))
             g.mul_(factor)
+
+
+# (plan, Agc) of each set of parameters seen, most recent last
+_AGC_CACHE: "dict[tuple, Agc]" = {}
+_AGC_CACHE_SIZE = 8
+
+
+def _agc_native(p, g) -> bool:
+    """Whether the C path takes this pair: dense strided tensors of one dtype
+    gclip knows, on the CPU or on a CUDA device of a CUDA build."""
+    torch = _torch()
+    if p.layout != torch.strided or g.layout != torch.strided or p.dtype != g.dtype:
+        return False
+    if p.dtype not in _dtype_codes() or p.device != g.device or p.numel() != g.numel():
+        return False
+    if not (p.is_contiguous() and g.is_contiguous()):
+        return False
+    return p.device.type == "cpu" or (p.device.type == "cuda" and _lib.cuda_device_count() > 0)
+
+
+def _agc_native_step(pairs, clip_factor, eps, norm_type) -> None:
+    """One gclip_agc_step over pairs on one device; the plan and AGC of the
+    parameters are kept, the gradients rebound each call."""
+    dev = pairs[0][0].device
+    index = -1 if dev.type == "cpu" else (dev.index if dev.index is not None
+                                           else _torch().cuda.current_device())
+    codes = _dtype_codes()
+    sig = tuple((p.data_ptr(), p.numel(), codes[p.dtype], _units(p.shape)) for p, _ in pairs)
+    key = (index, clip_factor, eps, norm_type, sig)
+    agc = _AGC_CACHE.pop(key, None)
+    if agc is None:
+        plan = Plan([s[1] for s in sig], [s[2] for s in sig], index)
+        agc = Agc(plan, [s[:3] for s in sig], [s[3] for s in sig], clip_factor, eps, norm_type)
+        while len(_AGC_CACHE) >= _AGC_CACHE_SIZE:
+            _AGC_CACHE.pop(next(iter(_AGC_CACHE)))
+    _AGC_CACHE[key] = agc
+    stream = 0 if index < 0 else _gt()._current_stream(index)
+    agc.plan.rebind([g.data_ptr() for _, g in pairs], stream)
+    agc.step(stream)
+
+
+def adaptive_clip_grad(parameters, clip_factor: float = 0.01, eps: float = 1e-3,
+                       norm_type: float = 2.0) -> None:
+    """Unit-wise adaptive gradient clipping (AGC, Brock et al. 2021), in place,
+    with timm's signature and arithmetic (`timm.utils.agc.adaptive_clip_grad`):
+    each unit (the slice at one index of dim 0, or the whole tensor for
+    ndim <= 1) of a gradient is scaled by
+    ``clip_factor * max(||W_unit||, eps) / max(||g_unit||, 1e-6)`` unless
+    ``||g_unit|| < clip_factor * max(||W_unit||, eps)``.
+
+    The C library's gclip_agc_step (two kernel launches on CUDA, no host
+    synchronization) for dense tensors; PyTorch operations for the others
+    (sparse or strided gradients, a gradient of another dtype). gclip sums a
+    unit's norm in double in a fixed order, PyTorch in float in its own, so
+    a factor can differ from timm's by a float rounding. Raises ValueError for
+    clip_factor <= 0, eps < 0 or norm_type <= 0 (non-finite included)."""
+    torch = _torch()
+    clip_factor, eps, norm_type = agc_hyperparameters(clip_factor, eps, norm_type)
+    if isinstance(parameters, torch.Tensor):
+        parameters = [parameters]
+    native, other = {}, []
+    for p in parameters:
+        g = p.grad
+        if g is None:
+            continue
+        if _agc_native(p, g):
+            native.setdefault(p.device, []).append((p.detach(), g))
+        else:
+            other.append((p, g))
+    for pairs in native.values():
+        _agc_native_step(pairs, clip_factor, eps, norm_type)
+    if other:
+        _agc_torch(other, clip_factor, eps, norm_type)

@@ -15,6 +15,7 @@
 #include "gclip_internal.h"
 #include "gclip_kernels.h"
 #include "simt_emu.h"
+#include "adapt_emu_util.hpp"
 
 #include <gtest/gtest.h>
 
@@ -102,18 +103,7 @@ struct Pair {
     Pair(const std::vector<TensorSpec> &s, const gclip_adaptive_options &o)
         : specs(s), cpu(s, o), emu(s, o)
     {
-        gclip_plan *p = emu.plan.get();
-        gclip_cpu_state *st = static_cast<gclip_cpu_state *>(p->engine);
-        tables.tensors = p->tensors;
-        tables.chunks = p->chunks;
-        tables.num_tensors = static_cast<uint32_t>(p->count);
-        tables.num_chunks = p->num_chunks;
-        tables.partials = st->partials;
-        tables.tensor_factor = st->tensor_factor;
-        tables.ticket = &tickets[0];
-        tables.apply_ticket = &tickets[1];
-        tables.partial = &st->partial;
-        tables.result = &st->result;
+        tables = cpu_plan_tables(emu.plan.get(), tickets);
     }
 
     // The step parameters gclip_adaptive_step builds.
@@ -218,13 +208,7 @@ constexpr int kMethods = 6;
 
 gclip_emu::Schedule schedule_of(int i)
 {
-    gclip_emu::Schedule s;
-    s.threads = i % 3 == 0 ? gclip_emu::Order::forward
-                           : (i % 3 == 1 ? gclip_emu::Order::reverse : gclip_emu::Order::shuffled);
-    s.blocks = i % 2 ? gclip_emu::Order::reverse : gclip_emu::Order::shuffled;
-    s.seed = 100u + static_cast<uint64_t>(i);
-    s.yield_at_atomics = i % 2 == 0;
-    return s;
+    return varied_schedule(i, 100u);
 }
 
 // Forty eager steps of every method, with spikes and a NaN step, each
