@@ -19,6 +19,7 @@ leaf scaled by min(1, max_norm / (its norm + eps)) in jnp (optax has no
 per-tensor clip by norm); unscale-clip: the leaves multiplied by 1/scale,
 then optax.clip_by_global_norm, in one jitted function.
 """
+import json
 import os
 import sys
 import time
@@ -41,6 +42,11 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*donated buffers.*")
+# XLA's compile time grows faster than the number of leaves: a jitted op
+# over 1,000 leaves compiles in about 20 s on the 2-core VM of
+# docs/benchmark.md, one over 10,000 had not compiled after 10 minutes.
+# Larger workloads are reported as not run.
+MAX_JIT_LEAVES = 2000
 DTYPES = {"f32": jnp.float32, "f16": jnp.float16, "bf16": jnp.bfloat16}
 
 
@@ -127,6 +133,12 @@ def main():
     devices = [d for d in args.devices.split(",") if d == "cpu"]
     if len(devices) < len(args.devices.split(",")):
         print("jax: only the cpu device is timed", file=sys.stderr)
+    if len(shapes) > MAX_JIT_LEAVES:
+        for op in args.ops.split(","):
+            print(json.dumps({"workload": args.workload, "op": op, "impl": "jax", "backend": "cpu",
+                              "error": f"not run: a jit over {len(shapes)} leaves compiles for "
+                                       "more than 10 minutes"}), flush=True)
+        return
 
     def bench_op(w, op):
         fn, donates, note = make_op(w, op)
