@@ -4,7 +4,10 @@ its ratio to the roofline measured next to it, the naive loop's and every
 peer's time for the same workload and op, gclip's speed-up over each, and
 whether the row meets the targets.
 
-    python3 bench/table.py bench.json [--backend cpu]
+    python3 bench/table.py bench.json [--backend cpu] [--compact]
+
+--compact prints one row per workload and op with the ratio and the
+speed-up over the fastest peer only (the README's table).
 
 Targets (CPU): every op at >= 0.85 of its roofline, and at least as fast as
 the fastest peer of the run; 2x the fastest peer for clip-noop and on
@@ -25,6 +28,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("json")
     ap.add_argument("--backend", default="cpu")
+    ap.add_argument("--compact", action="store_true")
     args = ap.parse_args()
     records = [r for r in json.load(open(args.json)) if r["backend"] == args.backend]
     by = {(r["workload"], r["op"], r["impl"]): r for r in records}
@@ -36,6 +40,8 @@ def main():
 
     head = ["workload", "op", "gclip ms", "ratio", "naive ms"] + [f"{p} ms" for p in peers] \
         + [f"vs {p}" for p in peers] + ["target met"]
+    if args.compact:
+        head = ["workload", "op", "roofline ratio", "vs fastest peer", "fastest peer", "target met"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     misses = []
@@ -58,9 +64,14 @@ def main():
         if met:
             misses.append(f"{w} {op}: " + ", ".join(met))
         naive = ms(w, op, "naive")
-        cells = [w, op, f"{g:.2f}", f"**{r['ratio']:.2f}**", f"{naive:.1f}" if naive else "-"]
-        cells += [f"{t:.2f}" if t else "-" for t in times]
-        cells += [f"{u:.2f}x" if u else "-" for u in ups]
+        if args.compact:
+            fastest = min((t, p) for t, p in zip(times, peers) if t) if any(times) else None
+            cells = [w, op, f"{r['ratio']:.2f}", f"{worst:.2f}x" if worst else "-",
+                     fastest[1] if fastest else "-"]
+        else:
+            cells = [w, op, f"{g:.2f}", f"**{r['ratio']:.2f}**", f"{naive:.1f}" if naive else "-"]
+            cells += [f"{t:.2f}" if t else "-" for t in times]
+            cells += [f"{u:.2f}x" if u else "-" for u in ups]
         cells.append("yes" if not met else "no")
         print("| " + " | ".join(cells) + " |")
     print(f"\n{len(misses)} rows below target" + (":" if misses else "."))
