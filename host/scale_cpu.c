@@ -12,11 +12,12 @@
  * times slower than memory on 2 cores.
  */
 #include <omp.h>
-#include <string.h>
+#include <stdatomic.h>
 
 #include "cpu_walk.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define GCLIP_F16C_PATH 1
 #endif
@@ -88,10 +89,19 @@ __attribute__((target("avx2"))) static void walk_update_bf16_avx2(uint16_t *x, i
 
 static int have_f16c(void)
 {
-    static int known = -1; /* a benign race: every thread stores the same value */
-    if (known < 0)
-        known = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
-    return known;
+    /* asked once (cpuid traps to the hypervisor in a VM); relaxed atomics:
+     * every thread that asks stores the same answer */
+    static _Atomic int known = -1;
+    int k = atomic_load_explicit(&known, memory_order_relaxed);
+    if (k < 0) {
+        /* F16C is CPUID.1:ECX bit 29 (not every compiler's
+         * __builtin_cpu_supports knows its name); AVX2 also says that the
+         * system saves the 32-byte registers */
+        unsigned a, b, c, d;
+        k = __builtin_cpu_supports("avx2") && __get_cpuid(1, &a, &b, &c, &d) && ((c >> 29) & 1u);
+        atomic_store_explicit(&known, k, memory_order_relaxed);
+    }
+    return k;
 }
 #endif
 
