@@ -3,13 +3,15 @@
  *
  * The benchmark times each operation on each workload for every
  * implementation present (gclip on the CPU and on CUDA, a naive C loop, and
- * PyTorch through bench/torch_baseline.py) and compares the achieved
- * bandwidth with the machine's own limit measured in the same run.
+ * the peers: PyTorch and JAX/optax through bench/torch_baseline.py and
+ * bench/jax_baseline.py) and compares the achieved bandwidth with the
+ * machine's own limit measured next to each op.
  * Compiles as C11 and as C++ (the CUDA part is a .cu file).
  */
 #ifndef GCLIP_BENCH_H
 #define GCLIP_BENCH_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -35,6 +37,8 @@ typedef enum bench_op {
 const char *bench_op_name(bench_op op);
 /* Whether the operation writes the gradients (its data is restored between runs). */
 int bench_op_writes(bench_op op);
+/* Passes over the data: reads (1 for the norm), read-write passes (1 to scale or clamp). */
+void bench_op_passes(bench_op op, int *reads, int *read_writes);
 /* Minimal bytes the operation must move over data of `data_bytes` bytes:
  * norm and clip-noop read once; value reads and writes once; the clipping
  * ops read once for the norm, then read and write once. */
@@ -109,6 +113,43 @@ static inline uint16_t bench_bf16_round(float f)
     return (uint16_t)(u >> 16);
 }
 
+/* f16 <-> float for the data generator and the naive baseline (finite
+ * values below 65504 only), through the C library's exact scaling: written
+ * apart from the library's bit manipulations on purpose. */
+static inline float bench_f16_load(uint16_t h)
+{
+    int e = (h >> 10) & 31, m = h & 1023;
+    float a = e ? ldexpf((float)(m | 1024), e - 25) : ldexpf((float)m, -24);
+    return (h & 0x8000u) ? -a : a;
+}
+
+static inline uint16_t bench_f16_round(float f)
+{
+    uint16_t sign = signbit(f) ? 0x8000u : 0;
+    float a = fabsf(f);
+    if (a < 0x1p-14f) /* subnormal half: a multiple of 2^-24, rounded to nearest even */
+        return (uint16_t)(sign | (uint16_t)nearbyintf(a * 0x1p24f));
+    int k;
+    float m = frexpf(a, &k); /* a = m * 2^k, m in [0.5, 1) */
+    int q = (int)nearbyintf(m * 2048.0f); /* 11 significant bits */
+    if (q == 2048) {
+        q = 1024;
+        k++;
+    }
+    return (uint16_t)(sign | (uint16_t)((k + 14) << 10) | (uint16_t)(q - 1024));
+}
+
+/* Any 16-bit element as float, and float rounded to a 16-bit element. */
+static inline float bench_half_load(gclip_dtype dtype, uint16_t h)
+{
+    return dtype == GCLIP_F16 ? bench_f16_load(h) : bench_bf16_load(h);
+}
+
+static inline uint16_t bench_half_round(gclip_dtype dtype, float f)
+{
+    return dtype == GCLIP_F16 ? bench_f16_round(f) : bench_bf16_round(f);
+}
+
 /* ---- CPU roofline kernels (roofline.c) --------------------------------------- */
 
 void *bench_alloc(size_t bytes);
@@ -120,9 +161,19 @@ void bench_scale_kernel(float *x, size_t n, float a, int threads);
 /* Take `bytes` at `data` out of the CPU caches (outside timed regions). */
 void bench_evict(const void *data, size_t bytes, int threads);
 void bench_evict_release(void);
-/* Median read and read-write (in-place scale) bandwidth in GB/s, counting
- * every byte moved, over a buffer far larger than the caches. */
-int bench_cpu_roofline(int threads, int runs, double *read_gbps, double *rw_gbps);
+/* The roofline buffer (256 MiB, far larger than the caches) and one timed
+ * pass over it: a read (sum of squares), or an in-place scale (read + write
+ * of every line). The benchmark runs these between the repetitions of each
+ * op, so an op's ratio compares two figures measured together. */
+typedef struct bench_roof bench_roof;
+bench_roof *bench_roof_create(int threads);
+void bench_roof_destroy(bench_roof *r);
+double bench_roof_bytes(void);
+double bench_roof_read_ms(bench_roof *r);
+double bench_roof_rw_ms(bench_roof *r);
+/* Median read and read-write bandwidth in GB/s of `runs` passes each,
+ * counting every byte moved. */
+int bench_cpu_roofline(bench_roof *r, int runs, double *read_gbps, double *rw_gbps);
 
 /* ---- timing ------------------------------------------------------------------- */
 
@@ -138,13 +189,14 @@ bench_stats bench_stats_of(double *ms, int n); /* sorts ms */
 typedef struct bench_record {
     char workload[24];
     char op[16];
-    char impl[16];
+    char impl[24]; /* "gclip", "naive", or a peer's label such as "torch-2.15.0" */
     char backend[8];
     int threads;
     bench_stats t;
     double bytes;
     double gbps;
-    double roofline_gbps;
+    double roofline_gbps;  /* the limit for this op's passes */
+    int roofline_interleaved; /* measured between this record's repetitions */
     int launches_per_step; /* CUDA only; -1 elsewhere */
     char note[96];
 } bench_record;
@@ -163,18 +215,28 @@ void bench_print_table(const bench_results *res);
 /* One JSON object per record, in an array. Returns 0 on success. */
 int bench_write_json(const bench_results *res, const char *path);
 
-/* ---- PyTorch (torch_runner.c) -------------------------------------------------------- */
+/* ---- peers (peer_runner.c) ------------------------------------------------------------ */
 
-/* Find an interpreter that imports torch: `preferred` if given, else
- * python3, then /usr/bin/python3. Writes its path and torch's version.
- * Returns 0 if found. */
-int bench_torch_find(const char *preferred, char *python, size_t python_size,
-                     char *version, size_t version_size);
-/* Run the PyTorch baseline on the shapes of `w` and append its records.
- * `ops` is a bit mask over bench_op; `devices` e.g. "cpu" or "cpu,cuda". */
-int bench_torch_run(const char *python, const char *script, const bench_workload *w,
-                    unsigned ops, int warmup, int runs, int threads, const char *devices,
-                    bench_results *res);
+/* A peer library in one Python interpreter: PyTorch (bench/torch_baseline.py)
+ * or JAX with optax, jitted (bench/jax_baseline.py). */
+typedef struct bench_peer {
+    char python[512];
+    char kind[8];      /* "torch" or "jax" */
+    char label[24];    /* the records' impl: "torch-2.15.0", "jax-0.10.2" */
+    char versions[64]; /* for the report: "torch 2.15.0+cu132", "jax 0.10.2, optax 0.2.5" */
+} bench_peer;
+
+/* The peers importable from the interpreters of the comma-separated `list`
+ * (NULL: python3, then /usr/bin/python3), at most `max`; one label is kept
+ * once. Prints what each interpreter offers, or that it offers nothing (a
+ * missing peer is reported, never an error). Returns the number found. */
+int bench_peers_find(const char *list, bench_peer *peers, int max);
+/* Run the peer's script (in `script_dir`) on the shapes of `w` and append
+ * its records. `ops` is a bit mask over bench_op; `devices` e.g. "cpu" or
+ * "cpu,cuda". */
+int bench_peer_run(const bench_peer *peer, const char *script_dir, const bench_workload *w,
+                   unsigned ops, int warmup, int runs, int threads, const char *devices,
+                   bench_results *res);
 
 #ifdef __cplusplus
 }

@@ -20,8 +20,7 @@ int bench_op_writes(bench_op op)
     return op != BENCH_NORM && op != BENCH_CLIP_NOOP;
 }
 
-/* Passes over the data: reads for the norm, and read-write passes. */
-static void op_passes(bench_op op, int *reads, int *read_writes)
+void bench_op_passes(bench_op op, int *reads, int *read_writes)
 {
     *reads = op == BENCH_VALUE ? 0 : 1;
     *read_writes = (op == BENCH_NORM || op == BENCH_CLIP_NOOP) ? 0 : 1;
@@ -30,14 +29,14 @@ static void op_passes(bench_op op, int *reads, int *read_writes)
 double bench_op_bytes(bench_op op, double data_bytes)
 {
     int r, rw;
-    op_passes(op, &r, &rw);
+    bench_op_passes(op, &r, &rw);
     return data_bytes * (r + 2 * rw);
 }
 
 double bench_op_roofline(bench_op op, double read_gbps, double rw_gbps)
 {
     int r, rw;
-    op_passes(op, &r, &rw);
+    bench_op_passes(op, &r, &rw);
     /* the time of each pass at its own limit, per byte of data */
     double seconds_per_byte = r / read_gbps + 2.0 * rw / rw_gbps;
     return (r + 2 * rw) / seconds_per_byte;

@@ -3,7 +3,7 @@
  * machine's own limits and against the alternatives, measured in one run.
  *
  *   gclip-bench [--quick] [--runs N] [--threads N] [--workload LIST]
- *               [--op LIST] [--impl LIST] [--json FILE] [--python PATH]
+ *               [--op LIST] [--impl LIST] [--json FILE] [--python LIST]
  *
  * See docs/benchmark.md.
  */
@@ -20,25 +20,26 @@
 #define GCLIP_BENCH_SOURCE_DIR "bench"
 #endif
 
-/* --quick runs the baselines (naive, PyTorch) only on the workload the
- * comparison targets are set on. */
+/* --quick runs the baselines (naive, the peers) only on this workload. */
 #define QUICK_BASELINE_WORKLOAD "gpt2-124m"
 
-enum { IMPL_GCLIP = 1, IMPL_NAIVE = 2, IMPL_TORCH = 4 };
-static const char *const impl_names[] = {"gclip", "naive", "torch"};
+enum { IMPL_GCLIP = 1, IMPL_NAIVE = 2, IMPL_PEERS = 4 };
+static const char *const impl_names[] = {"gclip", "naive", "peers"};
+#define MAX_PEERS 8
 static const char *const op_list[] = {"norm", "clip", "clip-noop", "value", "tensor-norm",
                                       "unscale-clip"};
 
 typedef struct options {
     unsigned workloads, ops, impls;
     int runs, warmup, threads, quick;
-    const char *json, *python, *torch_script;
+    const char *json, *python, *script_dir;
     const char *cuda_steps; /* --cuda-steps PREFIX */
 } options;
 
 /* The machine's limits measured in this run. */
 typedef struct limits {
-    double read_gbps, rw_gbps; /* CPU */
+    bench_roof *roof;          /* CPU: the buffer the interleaved passes run over */
+    double read_gbps, rw_gbps; /* CPU, at the start and end of the run */
     double copy_gbps;          /* GPU device-to-device, <= 0 without */
 } limits;
 
@@ -46,17 +47,19 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: gclip-bench [options]\n"
-            "  --workload LIST  gpt2-124m,resnet50,many-small,one-huge,mixed,tiny-100k (default all)\n"
+            "  --workload LIST  gpt2-124m,resnet50,many-small,one-huge,mixed,mixed-f16,\n"
+            "                   tiny-100k (default all)\n"
             "  --op LIST        norm,clip,clip-noop,value,tensor-norm,unscale-clip (default all)\n"
-            "  --impl LIST      gclip,naive,torch (default all)\n"
+            "  --impl LIST      gclip,naive,peers (default all)\n"
             "  --runs N         timed runs after warm-up (default 10; --quick 3)\n"
             "  --threads N      CPU threads (default: the machine's processors)\n"
             "  --quick          fewer runs, a smaller one-huge (256 Mi -> 32 Mi elements),\n"
-            "                   naive and PyTorch on gpt2-124m only: under a minute on 2 cores\n"
+            "                   naive and the peers on gpt2-124m only\n"
             "  --json FILE      write one record per (workload, op, impl, backend)\n"
-            "  --python PATH    interpreter for bench/torch_baseline.py\n"
-            "                   (default: python3, then /usr/bin/python3)\n"
-            "  --torch-script PATH  location of torch_baseline.py\n"
+            "  --python LIST    comma-separated interpreters; each one that imports torch\n"
+            "                   and/or jax+optax adds those peers, labelled by version\n"
+            "                   (default: python3,/usr/bin/python3)\n"
+            "  --script-dir DIR where torch_baseline.py and jax_baseline.py are\n"
             "  --cuda-steps PREFIX  only the CUDA steady state: us per step of many steps with\n"
             "                   no host sync (eager and graph), against a device-to-device\n"
             "                   copy, launches per step; PREFIX.csv, PREFIX.json (default\n"
@@ -92,16 +95,16 @@ static int parse_options(int argc, char **argv, options *o)
         {"impl", required_argument, 0, 'i'},     {"runs", required_argument, 0, 'r'},
         {"threads", required_argument, 0, 't'},  {"quick", no_argument, 0, 'q'},
         {"json", required_argument, 0, 'j'},     {"python", required_argument, 0, 'p'},
-        {"torch-script", required_argument, 0, 's'}, {"help", no_argument, 0, 'h'},
+        {"script-dir", required_argument, 0, 's'}, {"help", no_argument, 0, 'h'},
         {"cuda-steps", required_argument, 0, 'c'},
         {0, 0, 0, 0}};
     memset(o, 0, sizeof *o);
     o->workloads = (1u << bench_workload_count) - 1;
     o->ops = (1u << BENCH_OP_COUNT) - 1;
-    o->impls = IMPL_GCLIP | IMPL_NAIVE | IMPL_TORCH;
+    o->impls = IMPL_GCLIP | IMPL_NAIVE | IMPL_PEERS;
     o->runs = -1;
     o->threads = omp_get_num_procs();
-    o->torch_script = GCLIP_BENCH_SOURCE_DIR "/torch_baseline.py";
+    o->script_dir = GCLIP_BENCH_SOURCE_DIR;
     int c, bad = 0;
     while (!bad && (c = getopt_long(argc, argv, "h", longs, NULL)) != -1) {
         switch (c) {
@@ -113,7 +116,7 @@ static int parse_options(int argc, char **argv, options *o)
         case 'q': o->quick = 1; break;
         case 'j': o->json = optarg; break;
         case 'p': o->python = optarg; break;
-        case 's': o->torch_script = optarg; break;
+        case 's': o->script_dir = optarg; break;
         case 'c': o->cuda_steps = optarg; break;
         case 'h': usage(stdout); exit(0);
         default: bad = 1;
@@ -141,17 +144,46 @@ static void print_load(const char *when)
     printf("load average %s: %s\n", when, buf);
 }
 
-/* Warm-up, then the timed runs of one (impl, op); appends its record. */
-static void measure(const options *o, bench_impl *im, bench_workload *w, bench_op op,
-                    bench_results *res)
+/* One repetition of the roofline passes of op; their times go to read_ms
+ * and rw_ms at index k. */
+static void roof_rep(bench_roof *roof, bench_op op, int k, double *read_ms, double *rw_ms)
+{
+    int read, rw;
+    bench_op_passes(op, &read, &rw);
+    if (read)
+        read_ms[k] = bench_roof_read_ms(roof);
+    if (rw)
+        rw_ms[k] = bench_roof_rw_ms(roof);
+}
+
+/* The op's roofline from the medians of the passes measured with it. */
+static double interleaved_roofline(bench_op op, double *read_ms, double *rw_ms, int runs)
+{
+    int read, rw;
+    bench_op_passes(op, &read, &rw);
+    double bytes = bench_roof_bytes();
+    double read_gbps = read ? bytes / bench_stats_of(read_ms, runs).median_ms / 1e6 : 1.0;
+    double rw_gbps = rw ? 2.0 * bytes / bench_stats_of(rw_ms, runs).median_ms / 1e6 : 1.0;
+    return bench_op_roofline(op, read_gbps, rw_gbps);
+}
+
+/* Warm-up, then the timed runs of one (impl, op); appends its record. On
+ * the CPU each timed run is paired with a run of the op's roofline passes
+ * (before it on even runs, after it on odd ones), and the record's roofline
+ * is computed from their medians: the ratio compares two figures measured
+ * together, on a machine whose bandwidth moves from minute to minute. */
+static void measure(const options *o, const limits *lim, bench_impl *im, bench_workload *w,
+                    bench_op op, bench_results *res)
 {
     bench_params p = bench_params_for(w, op);
     bench_record *r = bench_results_add(res);
-    double *ms = malloc((size_t)o->runs * sizeof *ms);
+    double *ms = malloc(3 * (size_t)o->runs * sizeof *ms);
     if (!r || !ms) {
         free(ms);
         return;
     }
+    double *read_ms = ms + o->runs, *rw_ms = ms + 2 * o->runs;
+    bench_roof *roof = strcmp(im->backend, "cpu") ? NULL : lim->roof;
     snprintf(r->workload, sizeof r->workload, "%s", w->name);
     snprintf(r->op, sizeof r->op, "%s", bench_op_name(op));
     snprintf(r->impl, sizeof r->impl, "%s", im->impl);
@@ -162,6 +194,9 @@ static void measure(const options *o, bench_impl *im, bench_workload *w, bench_o
     if (!strcmp(im->backend, "cuda") && r->launches_per_step < 0)
         snprintf(r->note, sizeof r->note, "step could not be captured: launches not counted");
     for (int i = 0; i < o->warmup + o->runs; i++) {
+        int k = i - o->warmup, timed = k >= 0;
+        if (roof && timed && k % 2 == 0)
+            roof_rep(roof, op, k, read_ms, rw_ms);
         im->prepare(im->ctx, bench_op_writes(op));
         double t = im->run(im->ctx, op, &p, r->note);
         if (t < 0) {
@@ -169,16 +204,25 @@ static void measure(const options *o, bench_impl *im, bench_workload *w, bench_o
             free(ms);
             return;
         }
-        if (i >= o->warmup)
-            ms[i - o->warmup] = t;
+        if (roof && timed && k % 2 == 1)
+            roof_rep(roof, op, k, read_ms, rw_ms);
+        if (timed)
+            ms[k] = t;
     }
     r->t = bench_stats_of(ms, o->runs);
     r->gbps = r->bytes / r->t.median_ms / 1e6;
+    if (roof) {
+        r->roofline_gbps = interleaved_roofline(op, read_ms, rw_ms, o->runs);
+        r->roofline_interleaved = 1;
+    }
     if (im->check(im->ctx, op, &p, r->note))
         fprintf(stderr, "gclip-bench: warning: %s %s %s/%s: %s\n", w->name, r->op, r->impl,
                 r->backend, r->note);
-    printf("  %-12s %-5s %-4s %9.3f ms  %7.2f GB/s\n", r->op, r->impl, r->backend,
+    printf("  %-12s %-14s %-4s %9.3f ms  %7.2f GB/s", r->op, r->impl, r->backend,
            r->t.median_ms, r->gbps);
+    if (roof)
+        printf("  roofline %7.2f GB/s  ratio %.2f", r->roofline_gbps, r->gbps / r->roofline_gbps);
+    printf("\n");
     free(ms);
 }
 
@@ -200,8 +244,31 @@ static int open_impls(const options *o, const limits *lim, bench_workload *w, in
     return n;
 }
 
+static void run_peers(const options *o, const limits *lim, const bench_peer *peers,
+                      int npeers, bench_workload *w, bench_results *res)
+{
+    for (int k = 0; k < npeers; k++) {
+        size_t first = res->n;
+        double t0 = bench_now_ms();
+        const char *devices = lim->copy_gbps > 0 ? "cpu,cuda" : "cpu";
+        if (bench_peer_run(&peers[k], o->script_dir, w, o->ops, o->warmup, o->runs,
+                           o->threads, devices, res))
+            fprintf(stderr, "gclip-bench: %s_baseline.py (%s) failed on %s\n", peers[k].kind,
+                    peers[k].label, w->name);
+        for (size_t i = first; i < res->n; i++) {
+            const bench_record *r = &res->r[i];
+            if (r->t.median_ms > 0)
+                printf("  %-12s %-14s %-4s %9.3f ms  %7.2f GB/s\n", r->op, r->impl, r->backend,
+                       r->t.median_ms, r->gbps);
+            else
+                printf("  %-12s %-14s %-4s %s\n", r->op, r->impl, r->backend, r->note);
+        }
+        printf("  (%s: %.1f s)\n", peers[k].label, (bench_now_ms() - t0) / 1e3);
+    }
+}
+
 static void run_workload(const options *o, const limits *lim, const char *name,
-                         const char *python, bench_results *res)
+                         const bench_peer *peers, int npeers, bench_results *res)
 {
     bench_workload w;
     int64_t huge = o->quick ? (int64_t)32 << 20 : (int64_t)256 << 20;
@@ -219,27 +286,12 @@ static void run_workload(const options *o, const limits *lim, const char *name,
     t0 = bench_now_ms();
     for (int op = 0; op < BENCH_OP_COUNT; op++)
         for (int i = 0; i < n && (o->ops & (1u << op)); i++)
-            measure(o, &im[i], &w, (bench_op)op, res);
+            measure(o, lim, &im[i], &w, (bench_op)op, res);
     for (int i = 0; i < n; i++)
         im[i].close(im[i].ctx);
     printf("  (%.1f s)\n", (bench_now_ms() - t0) / 1e3);
-    if (python && baselines) {
-        size_t first = res->n;
-        t0 = bench_now_ms();
-        const char *devices = lim->copy_gbps > 0 ? "cpu,cuda" : "cpu";
-        if (bench_torch_run(python, o->torch_script, &w, o->ops, o->warmup, o->runs, o->threads,
-                            devices, res))
-            fprintf(stderr, "gclip-bench: torch_baseline.py failed on %s\n", name);
-        for (size_t i = first; i < res->n; i++) {
-            const bench_record *r = &res->r[i];
-            if (r->t.median_ms > 0)
-                printf("  %-12s torch %-4s %9.3f ms  %7.2f GB/s\n", r->op, r->backend,
-                       r->t.median_ms, r->gbps);
-            else
-                printf("  %-12s torch %-4s %s\n", r->op, r->backend, r->note);
-        }
-        printf("  (torch: %.1f s)\n", (bench_now_ms() - t0) / 1e3);
-    }
+    if (baselines)
+        run_peers(o, lim, peers, npeers, &w, res);
     bench_workload_destroy(&w);
 }
 
@@ -249,7 +301,7 @@ static void run_workload(const options *o, const limits *lim, const char *name,
 static int cpu_limit(const options *o, limits *lim, const char *when)
 {
     double read, rw;
-    if (bench_cpu_roofline(o->threads, o->runs, &read, &rw)) {
+    if (bench_cpu_roofline(lim->roof, o->runs, &read, &rw)) {
         fprintf(stderr, "gclip-bench: out of memory\n");
         return -1;
     }
@@ -259,10 +311,24 @@ static int cpu_limit(const options *o, limits *lim, const char *when)
     return 0;
 }
 
+/* Records without a roofline of their own (the peers', which run in
+ * another process) take that of gclip's record of the same workload, op and
+ * backend, else the higher of the start and end limits of the run. */
 static void assign_rooflines(bench_results *res, const limits *lim)
 {
     for (size_t i = 0; i < res->n; i++) {
         bench_record *r = &res->r[i];
+        if (r->roofline_gbps > 0)
+            continue;
+        for (size_t j = 0; j < res->n && r->roofline_gbps <= 0; j++) {
+            const bench_record *g = &res->r[j];
+            if (g->roofline_interleaved && !strcmp(g->impl, "gclip") &&
+                !strcmp(g->workload, r->workload) && !strcmp(g->op, r->op) &&
+                !strcmp(g->backend, r->backend))
+                r->roofline_gbps = g->roofline_gbps;
+        }
+        if (r->roofline_gbps > 0)
+            continue;
         bench_op op = BENCH_NORM;
         while (op < BENCH_OP_COUNT && strcmp(r->op, bench_op_name(op)))
             op = (bench_op)(op + 1);
@@ -308,33 +374,32 @@ int main(int argc, char **argv)
     }
     printf("gclip-bench: gclip %d, %d CPU threads, %d warm-up + %d timed runs%s\n",
            gclip_get_version(), o.threads, o.warmup, o.runs,
-           o.quick ? " (--quick: naive and torch on " QUICK_BASELINE_WORKLOAD " only)" : "");
+           o.quick ? " (--quick: naive and peers on " QUICK_BASELINE_WORKLOAD " only)" : "");
     print_load("at start");
-    limits lim = {0, 0, 0};
-    if (cpu_limit(&o, &lim, "at start"))
+    limits lim = {bench_roof_create(o.threads), 0, 0, 0};
+    if (!lim.roof || cpu_limit(&o, &lim, "at start")) {
+        fprintf(stderr, "gclip-bench: out of memory\n");
         return 1;
-    lim.copy_gbps = cuda_limit(&o);
-    char python[512] = "", version[64] = "";
-    int torch = 0;
-    if (o.impls & IMPL_TORCH) {
-        torch = bench_torch_find(o.python, python, sizeof python, version, sizeof version) == 0;
-        if (torch)
-            printf("torch %s via %s\n", version, python);
-        else
-            printf("torch not importable: skipped (tried %s)\n",
-                   o.python ? o.python : "python3, /usr/bin/python3");
     }
+    lim.copy_gbps = cuda_limit(&o);
+    bench_peer peers[MAX_PEERS];
+    int npeers = (o.impls & IMPL_PEERS) ? bench_peers_find(o.python, peers, MAX_PEERS) : 0;
+    if ((o.impls & IMPL_PEERS) && !npeers)
+        printf("no peer importable: peers skipped (tried %s)\n",
+               o.python ? o.python : "python3,/usr/bin/python3");
     bench_results res = {0};
     for (size_t i = 0; i < bench_workload_count; i++)
         if (o.workloads & (1u << i))
-            run_workload(&o, &lim, bench_workload_names[i], torch ? python : NULL, &res);
+            run_workload(&o, &lim, bench_workload_names[i], peers, npeers, &res);
     bench_evict_release();
     if (cpu_limit(&o, &lim, "at end"))
         return 1;
+    bench_roof_destroy(lim.roof);
     assign_rooflines(&res, &lim);
     bench_print_table(&res);
-    printf("CPU roofline used: read %.2f GB/s, in-place read-write %.2f GB/s (the higher of "
-           "start and end)\n", lim.read_gbps, lim.rw_gbps);
+    printf("roofline: each CPU record's own, measured between its repetitions; start/end "
+           "limits: read %.2f GB/s, in-place read-write %.2f GB/s (the higher of the two)\n",
+           lim.read_gbps, lim.rw_gbps);
     print_load("at end");
     int rc = 0;
     if (o.json && bench_write_json(&res, o.json)) {

@@ -27,7 +27,7 @@ static double sum_squares(const gclip_tensor *t)
     } else {
         const uint16_t *x = t->data;
         for (int64_t i = 0; i < t->numel; i++) {
-            double v = bench_bf16_load(x[i]);
+            double v = bench_half_load(t->dtype, x[i]);
             s += v * v;
         }
     }
@@ -43,7 +43,7 @@ static void scale(gclip_tensor *t, float f)
     } else {
         uint16_t *x = t->data;
         for (int64_t i = 0; i < t->numel; i++)
-            x[i] = bench_bf16_round(bench_bf16_load(x[i]) * f);
+            x[i] = bench_half_round(t->dtype, bench_half_load(t->dtype, x[i]) * f);
     }
 }
 
@@ -61,7 +61,7 @@ static void clamp(gclip_tensor *t, float v)
     } else {
         uint16_t *x = t->data;
         for (int64_t i = 0; i < t->numel; i++)
-            x[i] = bench_bf16_round(clamp1(bench_bf16_load(x[i]), v));
+            x[i] = bench_half_round(t->dtype, clamp1(bench_half_load(t->dtype, x[i]), v));
     }
 }
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Bar chart of gclip-bench --json output: achieved GB/s per op and
-implementation, one panel per workload, with each op's measured roofline
-drawn as a line over its bars.
+implementation (gclip, the naive loop and every peer of the run), one panel
+per workload, with each op's roofline, measured next to it, drawn as a line
+over its bars.
 
     python3 bench/plot.py bench.json -o docs/bench-cpu.png [--workload gpt2-124m]
 
@@ -16,8 +17,18 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
 OPS = ["norm", "clip", "clip-noop", "value", "tensor-norm", "unscale-clip"]
-COLORS = {"gclip/cpu": "#1f77b4", "gclip/cuda": "#17becf", "naive/cpu": "#7f7f7f",
-          "torch/cpu": "#ff7f0e", "torch/cuda": "#d62728"}
+FIXED = {"gclip/cpu": "#1f77b4", "gclip/cuda": "#17becf", "naive/cpu": "#7f7f7f"}
+# the peers (labelled by library and version) in the order they appear
+PEER_COLORS = ["#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
+
+
+def colors_of(records):
+    colors = dict(FIXED)
+    peers = [k for k in dict.fromkeys(f'{r["impl"]}/{r["backend"]}' for r in records)
+             if k not in FIXED]
+    for i, k in enumerate(peers):
+        colors[k] = PEER_COLORS[i % len(PEER_COLORS)]
+    return colors
 
 
 def load(path, workloads):
@@ -28,10 +39,10 @@ def load(path, workloads):
     return records
 
 
-def panel(ax, workload, records):
+def panel(ax, workload, records, colors):
     recs = [r for r in records if r["workload"] == workload]
     ops = [op for op in OPS if any(r["op"] == op for r in recs)]
-    impls = [k for k in COLORS if any(f'{r["impl"]}/{r["backend"]}' == k for r in recs)]
+    impls = [k for k in colors if any(f'{r["impl"]}/{r["backend"]}' == k for r in recs)]
     width = 0.8 / max(len(impls), 1)
     for j, impl in enumerate(impls):
         xs, ys = [], []
@@ -40,12 +51,14 @@ def panel(ax, workload, records):
                 if r["op"] == op and f'{r["impl"]}/{r["backend"]}' == impl:
                     xs.append(i - 0.4 + width * (j + 0.5))
                     ys.append(r["gbps"])
-        ax.bar(xs, ys, width, label=impl, color=COLORS[impl])
-    # each op's roofline (per backend) as a line across its group of bars
+        ax.bar(xs, ys, width, label=impl, color=colors[impl])
+    # each op's roofline (per backend, gclip's: measured next to it) as a
+    # line across its group of bars
     for i, op in enumerate(ops):
         for backend, style in (("cpu", "-"), ("cuda", "--")):
             roof = [r["roofline_gbps"] for r in recs
-                    if r["op"] == op and r["backend"] == backend and r.get("roofline_gbps")]
+                    if r["op"] == op and r["backend"] == backend and r["impl"] == "gclip"
+                    and r.get("roofline_gbps")]
             if roof:
                 label = f"{backend} roofline" if i == 0 else None
                 ax.hlines(roof[0], i - 0.45, i + 0.45, colors="black", linestyles=style,
@@ -70,8 +83,9 @@ def main():
         raise SystemExit("no timed records in " + args.json)
     fig, axes = plt.subplots(len(workloads), 1, figsize=(10, 3.6 * len(workloads)),
                              squeeze=False)
+    colors = colors_of(records)
     for ax, workload in zip(axes[:, 0], workloads):
-        panel(ax, workload, records)
+        panel(ax, workload, records, colors)
     fig.tight_layout()
     fig.savefig(args.output, dpi=110)
     print("wrote", args.output)

@@ -56,29 +56,49 @@ static void speedup(char *out, size_t n, const bench_record *base, const bench_r
         snprintf(out, n, "%8s", "");
 }
 
+static int is_peer(const bench_record *r)
+{
+    return strcmp(r->impl, "gclip") && strcmp(r->impl, "naive");
+}
+
+/* The fastest peer's record for the same workload, op and backend. */
+static const bench_record *best_peer(const bench_results *res, const bench_record *like)
+{
+    const bench_record *best = NULL;
+    for (size_t i = 0; i < res->n; i++) {
+        const bench_record *r = &res->r[i];
+        if (is_peer(r) && has_time(r) && !strcmp(r->workload, like->workload) &&
+            !strcmp(r->op, like->op) && !strcmp(r->backend, like->backend) &&
+            (!best || r->t.median_ms < best->t.median_ms))
+            best = r;
+    }
+    return best;
+}
+
 static void print_row(const bench_results *res, const bench_record *r)
 {
-    char vs_naive[16], vs_torch[16], launches[12] = "";
+    char vs_naive[16], vs_peer[16], launches[12] = "";
     int gclip = !strcmp(r->impl, "gclip");
+    const bench_record *peer = gclip ? best_peer(res, r) : NULL;
     speedup(vs_naive, sizeof vs_naive, gclip ? find(res, r, "naive", "cpu") : NULL, r);
-    speedup(vs_torch, sizeof vs_torch, gclip ? find(res, r, "torch", r->backend) : NULL, r);
+    speedup(vs_peer, sizeof vs_peer, peer, r);
     if (r->launches_per_step >= 0)
         snprintf(launches, sizeof launches, "%d", r->launches_per_step);
-    printf("%-10s %-12s %-5s %-4s %3d ", r->workload, r->op, r->impl, r->backend, r->threads);
+    printf("%-10s %-12s %-14s %-4s %3d ", r->workload, r->op, r->impl, r->backend, r->threads);
     if (has_time(r))
         printf("%9.3f %9.3f %9.3f %7.2f %7.2f %5.2f %s %s %3s", r->t.median_ms, r->t.min_ms,
                r->t.max_ms, r->gbps, r->roofline_gbps, r->gbps / r->roofline_gbps, vs_naive,
-               vs_torch, launches);
+               vs_peer, launches);
     else
         printf("%9s %9s %9s %7s %7s %5s %8s %8s %3s", "-", "-", "-", "-", "-", "-", "", "", "");
-    printf("  %s\n", r->note);
+    printf("  %s%s\n", peer ? peer->impl : "", peer ? "" : r->note);
 }
 
 void bench_print_table(const bench_results *res)
 {
-    printf("\n%-10s %-12s %-5s %-4s %3s %9s %9s %9s %7s %7s %5s %8s %8s %3s  %s\n", "workload",
+    printf("\n%-10s %-12s %-14s %-4s %3s %9s %9s %9s %7s %7s %5s %8s %8s %3s  %s\n", "workload",
            "op", "impl", "dev", "thr", "median_ms", "min_ms", "max_ms", "GB/s", "roof", "ratio",
-           "vs_naive", "vs_torch", "lps", "note");
+           "vs_naive", "vs_peer", "lps", "best peer / note");
     /* grouped by workload (in run order), then op, then implementation */
     for (size_t i = 0; i < res->n; i++) {
         const bench_record *w = &res->r[i];
@@ -94,9 +114,10 @@ void bench_print_table(const bench_results *res)
                     print_row(res, r);
             }
     }
-    printf("\nGB/s counts the minimal bytes each op moves; roof = the measured limit for that "
-           "op's passes;\nratio = GB/s / roof; vs_naive, vs_torch = speed-up of gclip (median "
-           "over median);\nlps = kernel launches per step (CUDA).\n");
+    printf("\nGB/s counts the minimal bytes each op moves; roof = the limit for that op's "
+           "passes,\nmeasured between the op's own repetitions (peers: gclip's of the same row);\n"
+           "ratio = GB/s / roof; vs_naive, vs_peer = speed-up of gclip over the naive loop and\n"
+           "over the fastest peer (median over median); lps = kernel launches per step (CUDA).\n");
 }
 
 static void json_string(FILE *f, const char *key, const char *s)
@@ -140,6 +161,7 @@ int bench_write_json(const bench_results *res, const char *path)
                        "\"bytes\": %.0f, \"gbps\": null, \"roofline_gbps\": %.6g, "
                        "\"ratio\": null, ",
                     r->bytes, r->roofline_gbps);
+        fprintf(f, "\"roofline_interleaved\": %s, ", r->roofline_interleaved ? "true" : "false");
         if (r->launches_per_step >= 0)
             fprintf(f, "\"launches_per_step\": %d, ", r->launches_per_step);
         else if (!strcmp(r->backend, "cuda"))

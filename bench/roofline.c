@@ -163,45 +163,74 @@ void bench_evict_release(void)
  * from cache. */
 #define ROOF_BYTES ((size_t)256 << 20)
 
-static double median_gbps(double *ms, int runs, double bytes)
-{
-    bench_stats s = bench_stats_of(ms, runs);
-    return bytes / s.median_ms / 1e6;
-}
+struct bench_roof {
+    float *x;
+    size_t n;
+    int threads;
+};
 
-int bench_cpu_roofline(int threads, int runs, double *read_gbps, double *rw_gbps)
+bench_roof *bench_roof_create(int threads)
 {
-    size_t n = ROOF_BYTES / sizeof(float);
-    float *x = bench_alloc(ROOF_BYTES);
-    double *ms = malloc((size_t)runs * sizeof *ms);
-    if (!x || !ms) {
-        bench_free(x);
-        free(ms);
-        return -1;
+    bench_roof *r = malloc(sizeof *r);
+    if (!r)
+        return NULL;
+    r->n = ROOF_BYTES / sizeof(float);
+    r->threads = threads;
+    r->x = bench_alloc(ROOF_BYTES);
+    if (!r->x) {
+        free(r);
+        return NULL;
     }
     /* first touch by the same static schedule the kernels use */
 #pragma omp parallel for schedule(static) num_threads(threads)
-    for (size_t i = 0; i < n; i++)
-        x[i] = 1.0f;
-    const int warmup = 2;
-    for (int i = 0; i < warmup + runs; i++) {
-        double t0 = bench_now_ms();
-        bench_sink = bench_read_kernel(x, n, threads);
-        double t = bench_now_ms() - t0;
-        if (i >= warmup)
-            ms[i - warmup] = t;
+    for (size_t i = 0; i < r->n; i++)
+        r->x[i] = 1.0f;
+    /* warm-up: page tables and the clone choice out of the first timing */
+    for (int i = 0; i < 2; i++) {
+        bench_roof_read_ms(r);
+        bench_roof_rw_ms(r);
     }
-    *read_gbps = median_gbps(ms, runs, (double)ROOF_BYTES);
-    for (int i = 0; i < warmup + runs; i++) {
-        double t0 = bench_now_ms();
-        /* -1 is exact and cannot be folded away: every run reads and writes */
-        bench_scale_kernel(x, n, -1.0f, threads);
-        double t = bench_now_ms() - t0;
-        if (i >= warmup)
-            ms[i - warmup] = t;
-    }
-    *rw_gbps = median_gbps(ms, runs, 2.0 * (double)ROOF_BYTES);
-    bench_free(x);
+    return r;
+}
+
+void bench_roof_destroy(bench_roof *r)
+{
+    if (r)
+        bench_free(r->x);
+    free(r);
+}
+
+double bench_roof_bytes(void)
+{
+    return (double)ROOF_BYTES;
+}
+
+double bench_roof_read_ms(bench_roof *r)
+{
+    double t0 = bench_now_ms();
+    bench_sink = bench_read_kernel(r->x, r->n, r->threads);
+    return bench_now_ms() - t0;
+}
+
+double bench_roof_rw_ms(bench_roof *r)
+{
+    double t0 = bench_now_ms();
+    /* -1 is exact and cannot be folded away: every run reads and writes */
+    bench_scale_kernel(r->x, r->n, -1.0f, r->threads);
+    return bench_now_ms() - t0;
+}
+
+int bench_cpu_roofline(bench_roof *r, int runs, double *read_gbps, double *rw_gbps)
+{
+    double *ms = malloc((size_t)runs * sizeof *ms);
+    if (!ms)
+        return -1;
+    for (int i = 0; i < runs; i++)
+        ms[i] = bench_roof_read_ms(r);
+    *read_gbps = ROOF_BYTES / bench_stats_of(ms, runs).median_ms / 1e6;
+    for (int i = 0; i < runs; i++)
+        ms[i] = bench_roof_rw_ms(r);
+    *rw_gbps = 2.0 * ROOF_BYTES / bench_stats_of(ms, runs).median_ms / 1e6;
     free(ms);
     return 0;
 }

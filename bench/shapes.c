@@ -104,7 +104,7 @@ static void resnet50(shape_list *l)
 }
 
 const char *const bench_workload_names[] = {"gpt2-124m", "resnet50", "many-small", "one-huge",
-                                            "mixed", "tiny-100k"};
+                                            "mixed",     "mixed-f16", "tiny-100k"};
 const size_t bench_workload_count = sizeof bench_workload_names / sizeof bench_workload_names[0];
 
 int bench_shapes_for(const char *name, int64_t huge_elems, bench_shape **shapes, size_t *count)
@@ -114,6 +114,8 @@ int bench_shapes_for(const char *name, int64_t huge_elems, bench_shape **shapes,
         gpt2(&l, GCLIP_F32);
     else if (!strcmp(name, "mixed"))
         gpt2(&l, GCLIP_BF16);
+    else if (!strcmp(name, "mixed-f16"))
+        gpt2(&l, GCLIP_F16);
     else if (!strcmp(name, "resnet50"))
         resnet50(&l);
     else if (!strcmp(name, "many-small"))

@@ -12,39 +12,17 @@ of gclip-bench's --json output.
     python3 bench/torch_baseline.py --shapes FILE --workload gpt2-124m \
         --ops norm,clip --runs 10 --threads 2 [--devices cpu,cuda] [--json OUT]
 
-Shapes file: one tensor per line, "<f32|bf16> <dim> [<dim>...]".
+Shapes file: one tensor per line, "<f32|f16|bf16> <dim> [<dim>...]".
 """
-import argparse
-import json
-import statistics
 import sys
 import time
 
 import torch
 
-DATA_SIGMA = 1e-3    # gradient-like magnitude, as the C benchmark
-LOSS_SCALE = 1024.0  # unscale-clip: the data carries this loss scale
-EPS = 1e-6
-ALIGN = 16           # elements: tensors start 64-byte aligned, as in the C arena
-# Eviction between runs streams (read + write) a buffer through the caches:
-# four times the data for small workloads, so no replacement policy can keep
-# them cached; large ones do not fit anyway.
-FLUSH_MIN_BYTES = 128 << 20
-DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16}
-WRITES = {"clip", "value", "tensor-norm", "unscale-clip"}
-# passes over the data: (reads for the norm, read-write passes)
-PASSES = {"norm": (1, 0), "clip-noop": (1, 0), "clip": (1, 1), "value": (0, 1),
-          "tensor-norm": (1, 1), "unscale-clip": (1, 1)}
+from peer_common import EPS, LOSS_SCALE, ALIGN, DATA_SIGMA, WRITES
+from peer_common import flush_bytes, parse_args, read_shapes, run_all, run_protocol
 
-
-def read_shapes(path):
-    shapes = []
-    with open(path) as f:
-        for line in f:
-            parts = line.split()
-            if parts:
-                shapes.append((DTYPES[parts[0]], tuple(int(d) for d in parts[1:])))
-    return shapes
+DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 
 
 class Workload:
@@ -80,8 +58,7 @@ class Workload:
         self.norm = sum(sq) ** 0.5
         self.min_tensor_norm = min(s ** 0.5 for s in sq)
         self.rms = (sum(sq) / sum(g.numel() for g in self.grads)) ** 0.5
-        flush_bytes = max(FLUSH_MIN_BYTES, 4 * self.data_bytes if self.data_bytes < 256 << 20 else 0)
-        self.flush_buf = torch.ones(flush_bytes // 4, device=device)
+        self.flush_buf = torch.ones(flush_bytes(self.data_bytes) // 4, device=device)
         self.dirty = False
 
     def prepare(self, writes):
@@ -167,65 +144,29 @@ def timed(fn, device):
     return (time.perf_counter() - t0) * 1e3
 
 
-def bench(w, op, device, warmup, runs):
-    fn, note = make_op(w, op)
-    times = []
-    for i in range(warmup + runs):
-        w.prepare(op in WRITES)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        ms = timed(fn, device)
-        if i >= warmup:
-            times.append(ms)
-    return times, note
-
-
-def record(args, w, op, device, times, note):
-    reads, rws = PASSES[op]
-    nbytes = w.data_bytes * (reads + 2 * rws)
-    med = statistics.median(times)
-    return {"workload": args.workload, "op": op, "impl": "torch", "backend": device,
-            "threads": args.threads if device == "cpu" else 0,
-            "median_ms": med, "min_ms": min(times), "max_ms": max(times),
-            "bytes": nbytes, "gbps": nbytes / med / 1e6, "roofline_gbps": None,
-            "torch_version": torch.__version__, "note": note}
-
-
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shapes", required=True)
-    ap.add_argument("--workload", required=True)
-    ap.add_argument("--ops", default="norm,clip,clip-noop,value,tensor-norm,unscale-clip")
-    ap.add_argument("--runs", type=int, default=10)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    ap.add_argument("--devices", default="cpu")
-    ap.add_argument("--json", help="also write the records to this file")
-    args = ap.parse_args()
+    args = parse_args(__doc__, torch.get_num_threads())
     torch.set_num_threads(args.threads)
-    shapes = read_shapes(args.shapes)
-    out = []
+    shapes = read_shapes(args.shapes, DTYPES)
+    devices = []
     for device in args.devices.split(","):
         if device == "cuda" and not torch.cuda.is_available():
             print(f"torch: no CUDA device visible to torch {torch.__version__}: cuda skipped",
                   file=sys.stderr)
             continue
-        w = Workload(shapes, device)
-        for op in args.ops.split(","):
-            try:
-                times, note = bench(w, op, device, args.warmup, args.runs)
-            except Exception as e:  # report, keep the other ops
-                print(json.dumps({"workload": args.workload, "op": op, "impl": "torch",
-                                  "backend": device, "error": f"{type(e).__name__}: {e}"}),
-                      flush=True)
-                continue
-            rec = record(args, w, op, device, times, note)
-            out.append(rec)
-            print(json.dumps(rec), flush=True)
-        del w
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+        devices.append(device)
+
+    def bench_op(w, op):
+        fn, note = make_op(w, op)
+        device = w.grads[0].device.type
+
+        def step():
+            if device == "cuda":
+                torch.cuda.synchronize()
+            return timed(fn, device)
+        return run_protocol(w.prepare, op in WRITES, step, args.warmup, args.runs), note
+
+    run_all(args, devices, lambda d: Workload(shapes, d), bench_op, "torch")
 
 
 if __name__ == "__main__":

@@ -61,10 +61,10 @@ static double fill_block(void *data, gclip_dtype dtype, int64_t begin, int64_t n
         for (int64_t k = 0; k < 2 && i + k < n; k++) {
             int64_t j = begin + i + k;
             float v = z[k] * (float)DATA_SIGMA;
-            if (dtype == GCLIP_BF16) {
-                uint16_t h = bench_bf16_round(v);
+            if (dtype != GCLIP_F32) {
+                uint16_t h = bench_half_round(dtype, v);
                 ((uint16_t *)data)[j] = h;
-                v = bench_bf16_load(h);
+                v = bench_half_load(dtype, h);
             } else {
                 ((float *)data)[j] = v;
             }

@@ -66,7 +66,8 @@ GCLIP_HD float gclip_f16_to_f32(uint16_t h)
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
     uint32_t em = h & 0x7fffu;
     uint32_t normal = (em << 13) + (112u << 23);
-    uint32_t subnormal = gclip_f32_bits((float)em * 5.9604644775390625e-8f); /* 2^-24 */
+    /* em < 2^15: through int32, a conversion that vectorizes on x86 */
+    uint32_t subnormal = gclip_f32_bits((float)(int32_t)em * 5.9604644775390625e-8f); /* 2^-24 */
     uint32_t special = 0x7f800000u; /* Inf (NaN is handled below) */
     uint32_t bits = em >= 0x7c00u ? special : (em >= 0x400u ? normal : subnormal);
     return gclip_bits_f32(em > 0x7c00u ? 0x7fffffffu : (sign | bits));

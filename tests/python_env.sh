@@ -37,6 +37,16 @@ else
     printf '%s\n' "$stamp_text" >"$stamp"
 fi
 
+# Added after the list above was stamped: installed into an existing
+# environment when missing, so adding one does not rebuild the environment.
+extras=(optax)
+for pkg in "${extras[@]}"; do
+    if ! "$venv/bin/python" -c "import $pkg" 2>/dev/null; then
+        log "installing $pkg"
+        "$venv/bin/python" -m pip install --quiet "$pkg" >&2
+    fi
+done
+
 # The package itself, from this checkout, every time (CMake rebuilds only
 # what changed in its persistent build directory).
 hash=$(printf '%s' "$root" | cksum | cut -d' ' -f1)

@@ -1,6 +1,8 @@
 /*
- * torch_runner.c - runs bench/torch_baseline.py as a subprocess on the
- * workload's shapes and reads back its JSON records (one per line).
+ * peer_runner.c - finds the peers (PyTorch, JAX/optax) in the Python
+ * interpreters given, runs bench/torch_baseline.py or bench/jax_baseline.py
+ * as a subprocess on the workload's shapes and reads back its JSON records
+ * (one per line).
  */
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
@@ -41,22 +43,59 @@ static int first_line(const char *cmd, char *out, size_t n)
     return pclose(f) == 0 ? 0 : -1;
 }
 
-int bench_torch_find(const char *preferred, char *python, size_t python_size, char *version,
-                     size_t version_size)
+/* One peer of `kind` in interpreter `python`, if its probe prints versions. */
+static int probe(const char *python, const char *kind, bench_peer *peer)
 {
-    const char *candidates[] = {"python3", "/usr/bin/python3"};
-    const char *const *list = preferred ? &preferred : candidates;
-    size_t count = preferred ? 1 : sizeof candidates / sizeof candidates[0];
-    for (size_t i = 0; i < count; i++) {
-        char q[512], cmd[768];
-        shell_quote(q, sizeof q, list[i]);
-        snprintf(cmd, sizeof cmd, "%s -c 'import torch; print(torch.__version__)' 2>/dev/null", q);
-        if (first_line(cmd, version, version_size) == 0 && version[0]) {
-            snprintf(python, python_size, "%s", list[i]);
-            return 0;
+    static const char torch_probe[] = "import torch; print(torch.__version__)";
+    static const char jax_probe[] =
+        "import jax, optax; print(jax.__version__, optax.__version__)";
+    char q[512], cmd[768], line[128];
+    shell_quote(q, sizeof q, python);
+    snprintf(cmd, sizeof cmd, "%s -c '%s' 2>/dev/null", q,
+             strcmp(kind, "torch") ? jax_probe : torch_probe);
+    if (first_line(cmd, line, sizeof line) || !line[0])
+        return -1;
+    memset(peer, 0, sizeof *peer);
+    snprintf(peer->python, sizeof peer->python, "%s", python);
+    snprintf(peer->kind, sizeof peer->kind, "%s", kind);
+    char first[64] = "", second[64] = "";
+    sscanf(line, "%63s %63s", first, second);
+    first[strcspn(first, "+")] = '\0'; /* "2.15.0+cu132" -> "2.15.0" */
+    snprintf(peer->label, sizeof peer->label, "%s-%.16s", kind, first);
+    if (second[0])
+        snprintf(peer->versions, sizeof peer->versions, "jax %.24s, optax %.24s", first, second);
+    else
+        snprintf(peer->versions, sizeof peer->versions, "torch %.48s", line);
+    return 0;
+}
+
+int bench_peers_find(const char *list, bench_peer *peers, int max)
+{
+    char *copy = strdup(list ? list : "python3,/usr/bin/python3"), *save = NULL;
+    int n = 0;
+    if (!copy)
+        return 0;
+    for (char *py = strtok_r(copy, ",", &save); py; py = strtok_r(NULL, ",", &save)) {
+        static const char *const kinds[] = {"torch", "jax"};
+        int offered = 0;
+        for (int k = 0; k < 2 && n < max; k++) {
+            bench_peer p;
+            if (probe(py, kinds[k], &p))
+                continue;
+            offered = 1;
+            int seen = 0;
+            for (int i = 0; i < n && !seen; i++)
+                seen = !strcmp(peers[i].label, p.label);
+            printf("peer %s (%s) via %s%s\n", p.label, p.versions, py,
+                   seen ? ": already found, not run twice" : "");
+            if (!seen)
+                peers[n++] = p;
         }
+        if (!offered)
+            printf("peer: %s imports neither torch nor jax+optax: absent\n", py);
     }
-    return -1;
+    free(copy);
+    return n;
 }
 
 /* Value of "key": "..." or "key": number in one json.dumps line. */
@@ -103,7 +142,7 @@ static int write_shapes(const bench_workload *w, char *path, size_t n)
     }
     for (size_t i = 0; i < w->count; i++) {
         const bench_shape *s = &w->shapes[i];
-        fputs(s->dtype == GCLIP_F32 ? "f32" : "bf16", f);
+        fputs(s->dtype == GCLIP_F32 ? "f32" : s->dtype == GCLIP_F16 ? "f16" : "bf16", f);
         for (int d = 0; d < s->rank; d++)
             fprintf(f, " %lld", (long long)s->dims[d]);
         fputc('\n', f);
@@ -122,12 +161,12 @@ static void ops_list(unsigned ops, char *out, size_t n)
 }
 
 /* One output line of the script into a record; 0 if it was one. */
-static int parse_record(const char *line, bench_record *r)
+static int parse_record(const char *line, const bench_peer *peer, bench_record *r)
 {
     double v = 0.0;
     if (json_str(line, "op", r->op, sizeof r->op) || json_str(line, "backend", r->backend, sizeof r->backend))
         return -1;
-    snprintf(r->impl, sizeof r->impl, "torch");
+    snprintf(r->impl, sizeof r->impl, "%s", peer->label);
     r->launches_per_step = -1;
     char err[160];
     if (json_str(line, "error", err, sizeof err) == 0) {
@@ -141,21 +180,21 @@ static int parse_record(const char *line, bench_record *r)
     json_num(line, "max_ms", &r->t.max_ms);
     json_num(line, "bytes", &r->bytes);
     json_num(line, "gbps", &r->gbps);
-    char version[32] = "", note[64] = "";
-    json_str(line, "torch_version", version, sizeof version);
+    char note[80] = "";
     json_str(line, "note", note, sizeof note);
-    snprintf(r->note, sizeof r->note, "torch %s: %s", version, note);
+    snprintf(r->note, sizeof r->note, "%s", note);
     return 0;
 }
 
-int bench_torch_run(const char *python, const char *script, const bench_workload *w,
-                    unsigned ops, int warmup, int runs, int threads, const char *devices,
-                    bench_results *res)
+int bench_peer_run(const bench_peer *peer, const char *script_dir, const bench_workload *w,
+                   unsigned ops, int warmup, int runs, int threads, const char *devices,
+                   bench_results *res)
 {
-    char shapes[64], qpy[512], qscript[1024], list[128], cmd[2048];
+    char shapes[64], qpy[600], script[1024], qscript[1100], list[128], cmd[2048];
     if (write_shapes(w, shapes, sizeof shapes))
         return -1;
-    shell_quote(qpy, sizeof qpy, python);
+    snprintf(script, sizeof script, "%s/%s_baseline.py", script_dir, peer->kind);
+    shell_quote(qpy, sizeof qpy, peer->python);
     shell_quote(qscript, sizeof qscript, script);
     ops_list(ops, list, sizeof list);
     snprintf(cmd, sizeof cmd,
@@ -171,7 +210,7 @@ int bench_torch_run(const char *python, const char *script, const bench_workload
     while (fgets(line, sizeof line, f)) {
         bench_record r;
         memset(&r, 0, sizeof r);
-        if (line[0] != '{' || parse_record(line, &r))
+        if (line[0] != '{' || parse_record(line, peer, &r))
             continue;
         snprintf(r.workload, sizeof r.workload, "%s", w->name);
         bench_record *slot = bench_results_add(res);

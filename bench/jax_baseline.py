@@ -1,0 +1,160 @@
+#!/usr/bin/env python3
+"""JAX/optax baseline for gclip-bench.
+
+Times optax's clipping transformations, jitted, on the same tensor shapes as
+the C benchmark (read from the shapes file it writes), with the same data
+distribution, the same per-op arguments and the same run protocol as
+bench/torch_baseline.py. JAX arrays are immutable: every op but the norm is
+jitted with its gradients donated, so XLA may write the result over them as
+an in-place library does; each run gets fresh copies of the pristine
+gradients, made outside the timed region. Prints one JSON record per
+(op, backend) on stdout.
+
+    python3 bench/jax_baseline.py --shapes FILE --workload gpt2-124m \
+        --ops norm,clip --runs 10 --threads 2 [--json OUT]
+
+The ops: norm: optax.tree.norm (optax.global_norm in older optax); clip,
+clip-noop: optax.clip_by_global_norm; value: optax.clip; tensor-norm: each
+leaf scaled by min(1, max_norm / (its norm + eps)) in jnp (optax has no
+per-tensor clip by norm); unscale-clip: the leaves multiplied by 1/scale,
+then optax.clip_by_global_norm, in one jitted function.
+"""
+import json
+import os
+import sys
+import time
+import warnings
+
+from peer_common import EPS, LOSS_SCALE, ALIGN, DATA_SIGMA, WRITES
+from peer_common import flush_bytes, parse_args, read_shapes, run_all, run_protocol
+
+ARGS = parse_args(__doc__, os.cpu_count())
+if ARGS.threads < (os.cpu_count() or 1):
+    # XLA's CPU thread pool is sized from these flags; they must be set
+    # before jax is imported
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               " --xla_cpu_multi_thread_eigen=false"
+                               f" intra_op_parallelism_threads={ARGS.threads}")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+warnings.filterwarnings("ignore", message=".*donated buffers.*")
+# XLA's compile time grows faster than the number of leaves: a jitted op
+# over 1,000 leaves compiles in about 20 s on the 2-core VM of
+# docs/benchmark.md, one over 10,000 had not compiled after 10 minutes.
+# Larger workloads are reported as not run.
+MAX_JIT_LEAVES = 2000
+DTYPES = {"f32": jnp.float32, "f16": jnp.float16, "bf16": jnp.bfloat16}
+
+
+def tree_norm(tree):
+    norm = getattr(getattr(optax, "tree", None), "norm", None)
+    return norm(tree) if norm is not None else optax.global_norm(tree)
+
+
+@jax.jit
+def copy_all(tree):
+    return jax.tree.map(jnp.copy, tree)
+
+
+class Workload:
+    """The pristine gradients as a list of jax arrays, the working list the
+    ops run on, and the per-op arguments."""
+
+    def __init__(self, shapes, device, seed=1234):
+        rng = np.random.default_rng(seed)
+        total = sum(int(np.prod(dims)) + ALIGN for _, dims in shapes)
+        flat = rng.standard_normal(total, dtype=np.float32) * np.float32(DATA_SIGMA)
+        self.pristine, off = [], 0
+        for dtype, dims in shapes:
+            n = int(np.prod(dims))
+            self.pristine.append(jnp.asarray(flat[off:off + n].reshape(dims)).astype(dtype))
+            off += n
+        del flat
+        jax.block_until_ready(self.pristine)
+        self.data_bytes = sum(g.size * g.dtype.itemsize for g in self.pristine)
+        sq = [float(np.sum(np.asarray(g, dtype=np.float64) ** 2)) for g in self.pristine]
+        self.norm = sum(sq) ** 0.5
+        self.min_tensor_norm = min(s ** 0.5 for s in sq)
+        self.rms = (sum(sq) / sum(g.size for g in self.pristine)) ** 0.5
+        self.flush_buf = jnp.ones(flush_bytes(self.data_bytes) // 4, jnp.float32)
+        self.flush = jax.jit(lambda b: b + 1.0, donate_argnums=0)
+        self.grads = copy_all(self.pristine)
+
+    def prepare(self, fresh):
+        """Fresh copies of the pristine gradients when the op consumes its
+        input, then the caches evicted."""
+        if fresh:
+            self.grads = copy_all(self.pristine)
+        self.flush_buf = self.flush(self.flush_buf)
+        jax.block_until_ready((self.grads, self.flush_buf))
+
+
+def make_op(w, op):
+    """A jitted function of the gradients for `op`, whether it donates them,
+    and a note naming the calls."""
+    state = optax.EmptyState()
+    if op == "norm":
+        return jax.jit(tree_norm), False, "optax.tree.norm"
+    if op in ("clip", "clip-noop"):
+        tx = optax.clip_by_global_norm(0.5 * w.norm if op == "clip" else 2.0 * w.norm)
+        fn, note = (lambda g: tx.update(g, state)[0]), "optax.clip_by_global_norm"
+    elif op == "value":
+        tx = optax.clip(w.rms)
+        fn, note = (lambda g: tx.update(g, state)[0]), "optax.clip"
+    elif op == "tensor-norm":
+        max_norm = 0.5 * w.min_tensor_norm
+
+        def fn(g):
+            def leaf(t):
+                coef = jnp.minimum(1.0, max_norm / (jnp.linalg.norm(t.ravel()) + EPS))
+                return t * coef.astype(t.dtype)
+            return jax.tree.map(leaf, g)
+        note = "per-leaf jnp.linalg.norm + multiply"
+    elif op == "unscale-clip":
+        tx = optax.clip_by_global_norm(0.5 * w.norm / LOSS_SCALE)
+        inv = 1.0 / LOSS_SCALE
+
+        def fn(g):
+            unscaled = jax.tree.map(lambda t: t * jnp.asarray(inv, t.dtype), g)
+            return tx.update(unscaled, state)[0]
+        note = "multiply by 1/scale + optax.clip_by_global_norm"
+    else:
+        raise ValueError(op)
+    return jax.jit(fn, donate_argnums=0), True, note
+
+
+def main():
+    args = ARGS
+    shapes = read_shapes(args.shapes, DTYPES)
+    devices = [d for d in args.devices.split(",") if d == "cpu"]
+    if len(devices) < len(args.devices.split(",")):
+        print("jax: only the cpu device is timed", file=sys.stderr)
+    if len(shapes) > MAX_JIT_LEAVES:
+        for op in args.ops.split(","):
+            print(json.dumps({"workload": args.workload, "op": op, "impl": "jax", "backend": "cpu",
+                              "error": f"not run: a jit over {len(shapes)} leaves compiles for "
+                                       "more than 10 minutes"}), flush=True)
+        return
+
+    def bench_op(w, op):
+        fn, donates, note = make_op(w, op)
+
+        def step():
+            t0 = time.perf_counter()
+            out = fn(w.grads)
+            jax.block_until_ready(out)
+            ms = (time.perf_counter() - t0) * 1e3
+            if donates:
+                w.grads = None  # consumed
+            return ms
+        return run_protocol(w.prepare, donates, step, args.warmup, args.runs), note
+
+    run_all(args, devices, lambda d: Workload(shapes, d), bench_op, "jax")
+
+
+if __name__ == "__main__":
+    main()
