@@ -22,9 +22,9 @@ ALWAYS_INLINE double agc_piece_sum(const void *data, int32_t dtype, int64_t begi
     int64_t k = 0;
     for (; k + GCLIP_AGC_LANES <= n; k += GCLIP_AGC_LANES)
         for (int j = 0; j < GCLIP_AGC_LANES; j++)
-            lane[j] = gclip_agc_term(lane[j], gclip_load_f64(data, dtype, begin + k + j), kind, p);
+            lane[j] = gclip_agc_term(lane[j], elem_f64((const char *)data, dtype, begin + k + j), kind, p);
     for (int j = 0; k + j < n; j++)
-        lane[j] = gclip_agc_term(lane[j], gclip_load_f64(data, dtype, begin + k + j), kind, p);
+        lane[j] = gclip_agc_term(lane[j], elem_f64((const char *)data, dtype, begin + k + j), kind, p);
     for (int w = GCLIP_AGC_LANES / 2; w > 0; w /= 2)
         for (int j = 0; j < w; j++)
             lane[j] = gclip_term_combine(lane[j], lane[j + w], kind);
