@@ -225,8 +225,31 @@ ALWAYS_INLINE void single_rows(const char *row, int t0, int t1, int32_t dtype, i
                                double *acc)
 {
     float s[NT];
+    gclip_v8i bad = {0, 0, 0, 0, 0, 0, 0, 0};
+    int t = t0;
+    for (; t + 8 <= t1; t += 8) {
+        /* eight threads at a time: the words' tree across lanes */
+        gclip_v8f w[4];
+        for (int i = 0; i < 4; i++) {
+            const char *v = row + (int64_t)(t + 2 * i) * VEC_BYTES;
+            if (dtype == GCLIP_F32) {
+                w[i] = term_v8f(load_v8f(v), kind);
+            } else {
+                float h[8];
+                for (int j = 0; j < 8; j++)
+                    h[j] = gclip_fadd(half_term((const uint16_t *)v, 2 * j, dtype, kind),
+                                      half_term((const uint16_t *)v, 2 * j + 1, dtype, kind));
+                w[i] = load_v8f(h);
+            }
+        }
+        const gclip_v8f g = group_tree_v8f(w[0], w[1], w[2], w[3]);
+        bad |= unsafe_v8f(g, kind);
+        memcpy(&s[t], &g, sizeof g);
+    }
     int unsafe = 0;
-    for (int t = t0; t < t1; t++) {
+    for (int i = 0; i < 8; i++)
+        unsafe |= bad[i];
+    for (; t < t1; t++) {
         float w[4];
         for (int q = 0; q < 4; q++) {
             const int m = 4 * t + q;
@@ -239,7 +262,7 @@ ALWAYS_INLINE void single_rows(const char *row, int t0, int t1, int32_t dtype, i
         s[t] = gclip_fadd(gclip_fadd(w[0], w[2]), gclip_fadd(w[1], w[3]));
         unsafe |= !gclip_group_safe(s[t], kind);
     }
-    for (int t = t0; t < t1; t++)
+    for (t = t0; t < t1; t++)
         acc[t] = acc[t] + (unsafe && !gclip_group_safe(s[t], kind)
                                ? group_value(row + (int64_t)t * VEC_BYTES, 0, 1, dtype, kind)
                                : (double)s[t]);
