@@ -110,29 +110,78 @@ ALWAYS_INLINE float half_term(const uint16_t *r, int64_t j, int32_t dtype, int32
     return gclip_term_f32(x, kind);
 }
 
+/* Eight floats, and their bits: GCC/Clang vector types that the AVX2 clone
+ * keeps in one register and the baseline clone in two. The helpers are
+ * always inlined, so no vector crosses a call: -Wpsabi's note on passing
+ * them without AVX does not apply (GCC gives it at the end of the file that
+ * includes this header, so it stays off there). */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+typedef float gclip_v8f __attribute__((vector_size(32)));
+typedef int32_t gclip_v8i __attribute__((vector_size(32)));
+
+ALWAYS_INLINE gclip_v8f load_v8f(const void *p)
+{
+    gclip_v8f v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* gclip_term_f32 of eight floats (x * x is |x| * |x| but for a NaN's sign,
+ * and a NaN makes its group unsafe either way). */
+ALWAYS_INLINE gclip_v8f term_v8f(gclip_v8f x, int32_t kind)
+{
+    return kind == GCLIP_KIND_L2 ? x * x : (gclip_v8f)((gclip_v8i)x & 0x7fffffff);
+}
+
+/* The group sums of eight threads from their 32 words w0..w3 (thread
+ * 2i + h's words in lanes 4h..4h+3 of wi): word q with q + 2, then the two
+ * (the last levels of gclip_group_tree_f32), lanes in thread order. */
+ALWAYS_INLINE gclip_v8f group_tree_v8f(gclip_v8f w0, gclip_v8f w1, gclip_v8f w2, gclip_v8f w3)
+{
+    /* per thread (w0 + w2, w1 + w3); lanes: threads 0 2 0 2 1 3 1 3 (+4) */
+    const gclip_v8f p01 = __builtin_shufflevector(w0, w1, 0, 1, 8, 9, 4, 5, 12, 13) +
+                          __builtin_shufflevector(w0, w1, 2, 3, 10, 11, 6, 7, 14, 15);
+    const gclip_v8f p23 = __builtin_shufflevector(w2, w3, 0, 1, 8, 9, 4, 5, 12, 13) +
+                          __builtin_shufflevector(w2, w3, 2, 3, 10, 11, 6, 7, 14, 15);
+    /* lanes: threads 0 2 4 6 1 3 5 7 */
+    const gclip_v8f s = __builtin_shufflevector(p01, p23, 0, 2, 8, 10, 4, 6, 12, 14) +
+                        __builtin_shufflevector(p01, p23, 1, 3, 9, 11, 5, 7, 13, 15);
+    return __builtin_shufflevector(s, s, 0, 4, 1, 5, 2, 6, 3, 7);
+}
+
+/* All-ones in the lanes whose sum is outside gclip_group_safe's range
+ * (the same test on the bits as signed integers). */
+ALWAYS_INLINE gclip_v8i unsafe_v8f(gclip_v8f s, int32_t kind)
+{
+    const gclip_v8i b = (gclip_v8i)s;
+    const int32_t lo = kind == GCLIP_KIND_L2 ? (int32_t)GCLIP_GROUP_SAFE_MIN_BITS : 0;
+    return (b < lo) | (b >= 0x7f800000);
+}
+
 /* One full batch of every thread for L2/L1 of f32/f16/bf16: thread t's
  * group is words 4t..4t+3 of the four rows at row + k * NT * 16 bytes, its
- * tree row k with k + 2, then k with k + 1, then the words. The groups' sums
- * are folded together when all are in the safe range: loops that vectorize. */
+ * tree row k with k + 2, then k with k + 1, then the words. Eight threads at
+ * a time: their words of the four rows summed lane by lane, then the words'
+ * tree across lanes. The groups' sums are folded together when all are in
+ * the safe range (one test per batch). */
 ALWAYS_INLINE void batch_rows(const char *row, int32_t dtype, int32_t kind, double *acc)
 {
     const int64_t rs = (int64_t)NT * VEC_BYTES; /* bytes between the batch's vectors */
     float s[NT];
-    int unsafe = 0;
+    gclip_v8i bad = {0, 0, 0, 0, 0, 0, 0, 0};
     if (dtype == GCLIP_F32) {
-        /* per thread, its 4 words of each row (a loop over the words, with
-         * the rows' 4 KiB spacing, vectorizes less well here) */
-        const float *r0 = (const float *)row, *r1 = (const float *)(row + rs);
-        const float *r2 = (const float *)(row + 2 * rs), *r3 = (const float *)(row + 3 * rs);
-        for (int t = 0; t < NT; t++) {
-            float w[4];
-            for (int q = 0; q < 4; q++) {
-                const int m = 4 * t + q;
-                w[q] = gclip_fadd(gclip_fadd(gclip_term_f32(r0[m], kind), gclip_term_f32(r2[m], kind)),
-                                  gclip_fadd(gclip_term_f32(r1[m], kind), gclip_term_f32(r3[m], kind)));
+        for (int t = 0; t < NT; t += 8) {
+            gclip_v8f w[4];
+            for (int i = 0; i < 4; i++) {
+                const char *r = row + (int64_t)(t + 2 * i) * VEC_BYTES;
+                w[i] = (term_v8f(load_v8f(r), kind) + term_v8f(load_v8f(r + 2 * rs), kind)) +
+                       (term_v8f(load_v8f(r + rs), kind) + term_v8f(load_v8f(r + 3 * rs), kind));
             }
-            s[t] = gclip_fadd(gclip_fadd(w[0], w[2]), gclip_fadd(w[1], w[3]));
-            unsafe |= !gclip_group_safe(s[t], kind);
+            const gclip_v8f g = group_tree_v8f(w[0], w[1], w[2], w[3]);
+            bad |= unsafe_v8f(g, kind);
+            memcpy(&s[t], &g, sizeof g);
         }
     } else {
         /* halves: every word of the rows at once, then per thread */
@@ -146,11 +195,16 @@ ALWAYS_INLINE void batch_rows(const char *row, int32_t dtype, int32_t kind, doub
             const float p3 = gclip_fadd(half_term(r3, 2 * m, dtype, kind), half_term(r3, 2 * m + 1, dtype, kind));
             w[m] = gclip_fadd(gclip_fadd(p0, p2), gclip_fadd(p1, p3));
         }
-        for (int t = 0; t < NT; t++) {
-            s[t] = gclip_fadd(gclip_fadd(w[4 * t], w[4 * t + 2]), gclip_fadd(w[4 * t + 1], w[4 * t + 3]));
-            unsafe |= !gclip_group_safe(s[t], kind);
+        for (int t = 0; t < NT; t += 8) {
+            const gclip_v8f g = group_tree_v8f(load_v8f(&w[4 * t]), load_v8f(&w[4 * t + 8]),
+                                               load_v8f(&w[4 * t + 16]), load_v8f(&w[4 * t + 24]));
+            bad |= unsafe_v8f(g, kind);
+            memcpy(&s[t], &g, sizeof g);
         }
     }
+    int unsafe = 0;
+    for (int i = 0; i < 8; i++)
+        unsafe |= bad[i];
     if (!unsafe) {
         for (int t = 0; t < NT; t++)
             acc[t] = acc[t] + (double)s[t];
@@ -171,8 +225,31 @@ ALWAYS_INLINE void single_rows(const char *row, int t0, int t1, int32_t dtype, i
                                double *acc)
 {
     float s[NT];
+    gclip_v8i bad = {0, 0, 0, 0, 0, 0, 0, 0};
+    int t = t0;
+    for (; t + 8 <= t1; t += 8) {
+        /* eight threads at a time: the words' tree across lanes */
+        gclip_v8f w[4];
+        for (int i = 0; i < 4; i++) {
+            const char *v = row + (int64_t)(t + 2 * i) * VEC_BYTES;
+            if (dtype == GCLIP_F32) {
+                w[i] = term_v8f(load_v8f(v), kind);
+            } else {
+                float h[8];
+                for (int j = 0; j < 8; j++)
+                    h[j] = gclip_fadd(half_term((const uint16_t *)v, 2 * j, dtype, kind),
+                                      half_term((const uint16_t *)v, 2 * j + 1, dtype, kind));
+                w[i] = load_v8f(h);
+            }
+        }
+        const gclip_v8f g = group_tree_v8f(w[0], w[1], w[2], w[3]);
+        bad |= unsafe_v8f(g, kind);
+        memcpy(&s[t], &g, sizeof g);
+    }
     int unsafe = 0;
-    for (int t = t0; t < t1; t++) {
+    for (int i = 0; i < 8; i++)
+        unsafe |= bad[i];
+    for (; t < t1; t++) {
         float w[4];
         for (int q = 0; q < 4; q++) {
             const int m = 4 * t + q;
@@ -185,7 +262,7 @@ ALWAYS_INLINE void single_rows(const char *row, int t0, int t1, int32_t dtype, i
         s[t] = gclip_fadd(gclip_fadd(w[0], w[2]), gclip_fadd(w[1], w[3]));
         unsafe |= !gclip_group_safe(s[t], kind);
     }
-    for (int t = t0; t < t1; t++)
+    for (t = t0; t < t1; t++)
         acc[t] = acc[t] + (unsafe && !gclip_group_safe(s[t], kind)
                                ? group_value(row + (int64_t)t * VEC_BYTES, 0, 1, dtype, kind)
                                : (double)s[t]);
@@ -203,8 +280,13 @@ ALWAYS_INLINE double gclip_chunk_sum(const void *data, int32_t dtype, int64_t be
     const char *vec = base + sp.head * esize;
     const int64_t nv = sp.vectors, rs = (int64_t)NT * VEC_BYTES;
     const int floats = dtype != GCLIP_F64 && kind != GCLIP_KIND_P;
+    /* threads that get an element: the others' accumulators stay +0, and
+     * adding +0 changes no sum of terms (never -0), so they are left out */
+    int64_t used = nv < NT ? nv : NT;
+    used = sp.head > used ? sp.head : used;
+    used = sp.tail > used ? sp.tail : used;
     double acc[NT];
-    for (int t = 0; t < NT; t++)
+    for (int64_t t = 0; t < used; t++)
         acc[t] = GCLIP_TERM_ZERO;
     for (int t = 0; t < sp.head; t++)
         acc[t] = gclip_term_add(acc[t], elem_f64(base, dtype, t), kind, p);
@@ -245,8 +327,8 @@ ALWAYS_INLINE double gclip_chunk_sum(const void *data, int32_t dtype, int64_t be
     for (int t = 0; t < sp.tail; t++)
         acc[t] = gclip_term_add(acc[t], elem_f64(base, dtype, sp.head + nv * lanes + t), kind, p);
     /* the block's fold in thread order (the emulator's block reduction) */
-    double r = acc[0];
-    for (int t = 1; t < NT; t++)
+    double r = used > 0 ? acc[0] : GCLIP_TERM_ZERO;
+    for (int64_t t = 1; t < used; t++)
         r = gclip_term_combine(r, acc[t], kind);
     return r;
 }
