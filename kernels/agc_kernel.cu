@@ -98,7 +98,7 @@ __device__ __forceinline__ void gclip_agc_scale_phase(const gclip_device_tables 
             double *x = (double *)d.data + i;
             *x = gclip_muld(*x, f);
         } else {
-            gclip_store(d.data, d.dtype, i, gclip_mulf(gclip_load(d.data, d.dtype, i), (float)f));
+            gclip_store(d.data, d.dtype, i, gclip_fmul(gclip_load(d.data, d.dtype, i), (float)f));
         }
     }
 }

@@ -15,7 +15,7 @@
  * The kernel runs the rows in parallel, the CPU in index order; each row
  * touches only its own state, so both give the same bits.
  *
- * Products are written with gclip_mulf / gclip_muld: nvcc would otherwise
+ * Products are written with gclip_fmul / gclip_muld: nvcc would otherwise
  * contract a product and a sum into one fused multiply-add, rounded once,
  * and the GPU's state would drift from the CPU's by an ulp at a time.
  */
@@ -27,14 +27,7 @@
 
 /* ---- products rounded on their own -------------------------------------------- */
 
-GCLIP_HD float gclip_mulf(float a, float b)
-{
-#if defined(__CUDA_ARCH__)
-    return __fmul_rn(a, b);
-#else
-    return a * b;
-#endif
-}
+/* gclip_fmul (gclip_norm_math.h) for float; in double: */
 
 GCLIP_HD double gclip_muld(double a, double b)
 {
@@ -122,7 +115,7 @@ GCLIP_HD float gclip_clamp_min(float x, float lo)
 GCLIP_HD float gclip_lerpf(float start, float end, float w)
 {
     const float d = end - start;
-    return fabsf(w) < 0.5f ? start + gclip_mulf(w, d) : end - gclip_mulf(d, 1.0f - w);
+    return fabsf(w) < 0.5f ? start + gclip_fmul(w, d) : end - gclip_fmul(d, 1.0f - w);
 }
 
 /* a * b + c rounded once. */
@@ -394,16 +387,16 @@ GCLIP_HD float gclip_adagc_row(const gclip_adapt_device *a, const gclip_adapt_in
     if (d->warmup) {
         h = d->warm_scale;
         if (in->record) {
-            const float clipped = gclip_mulf(n, h);
+            const float clipped = gclip_fmul(n, h);
             const float g = a->gamma[i];
             a->gamma[i] = a->state->steps == 0 ? clipped : (clipped < g ? clipped : g);
         }
         return h;
     }
-    const float num = gclip_mulf(c->adagc_lambda_rel, gclip_clamp_min(a->gamma[i], c->adagc_eps));
+    const float num = gclip_fmul(c->adagc_lambda_rel, gclip_clamp_min(a->gamma[i], c->adagc_eps));
     h = gclip_clamp_max(num / gclip_clamp_min(n, c->adagc_eps), 1.0f);
     if (in->record)
-        a->gamma[i] = gclip_lerpf(a->gamma[i], gclip_mulf(n, h), c->adagc_weight);
+        a->gamma[i] = gclip_lerpf(a->gamma[i], gclip_fmul(n, h), c->adagc_weight);
     return h;
 }
 
@@ -430,7 +423,7 @@ GCLIP_HD float gclip_adapt_row(const gclip_adapt_device *a, const gclip_adapt_in
 /* The factor a row's coefficient gives its tensor (1: nothing written). */
 GCLIP_HD float gclip_adapt_factor(const gclip_adapt_input *in, float coef)
 {
-    return in->apply ? gclip_mulf(coef, in->inv_scale) : 1.0f;
+    return in->apply ? gclip_fmul(coef, in->inv_scale) : 1.0f;
 }
 
 /* The shared scalars, the info record and the result slot (one thread,

@@ -91,7 +91,7 @@ GCLIP_HD double gclip_agc_factor(const gclip_agc_device *a, int32_t dtype, doubl
         return max_norm / (gn < 1e-6 ? 1e-6 : gn);
     }
     const float max_norm =
-        gclip_mulf(gclip_clamp_min((float)wn, (float)a->eps), (float)a->clip_factor);
+        gclip_fmul(gclip_clamp_min((float)wn, (float)a->eps), (float)a->clip_factor);
     const float g = (float)gn;
     *keep = g < max_norm;
     return (double)(max_norm / gclip_clamp_min(g, 1e-6f));
