@@ -165,39 +165,77 @@ else
 fi
 
 # ---- launch shape: the finalize's batched fold, the norm kernel's occupancy ----
-# - The last block's fold loads a whole batch of partials before folding any
-#   of them (norm_finalize.cuh), so a lane waits for memory once per batch:
-#   the compute_90 PTX of the norm kernel must hold at least GCLIP_FOLD_BATCH
-#   loads of partials (ld.global.ca.f64, __ldca of a double), and the sm_90
-#   SASS at least as many 64-bit global loads (LDG.E.64*). A fold that gates
-#   each chunk on a load of the table has one.
+# - The last block's fold loads a whole batch of partials and tensor indices
+#   before folding any of it (norm_finalize.cuh), so a lane waits for memory
+#   once per batch. From sm_80 the batch is staged in shared memory with
+#   cp.async: the compute_90 PTX of the norm kernel must hold at least
+#   GCLIP_FOLD_BATCH 8-byte copies (cp.async.ca.shared.global ..., 8) and
+#   the sm_90 SASS at least 2 x GCLIP_FOLD_BATCH LDGSTS (partials and tensor
+#   indices). On sm_75 the batch is held in registers: its SASS must hold at
+#   least GCLIP_FOLD_BATCH_REG 64-bit global loads (LDG.E.64*). A fold that
+#   gates each chunk on a load of the table has one of each.
+# - The norm kernel's static shared memory (the staging area included) lets
+#   four blocks of GCLIP_BLOCK_THREADS share an SM on every architecture
+#   (per SM: 64 KB on sm_75, 164 KB on sm_80, 100 KB on sm_86/sm_89, 228 KB
+#   on sm_90, less 1 KB the runtime reserves per block from sm_80).
 # - The norm kernel keeps at least two blocks of GCLIP_BLOCK_THREADS per SM
 #   on every architecture (at most 128 registers), so the grid-stride grid
 #   of SMs x occupancy still has two blocks' loads in flight per SM.
 fold_batch=$(sed -n 's/^#define GCLIP_FOLD_BATCH \([0-9][0-9]*\).*/\1/p' "$src/kernels/gclip_fold.h")
-if [ -z "$fold_batch" ]; then
-    fail "GCLIP_FOLD_BATCH not found in kernels/gclip_fold.h"
+fold_batch_reg=$(sed -n 's/^#define GCLIP_FOLD_BATCH_REG \([0-9][0-9]*\).*/\1/p' "$src/kernels/gclip_fold.h")
+if [ -z "$fold_batch" ] || [ -z "$fold_batch_reg" ]; then
+    fail "GCLIP_FOLD_BATCH or GCLIP_FOLD_BATCH_REG not found in kernels/gclip_fold.h"
 else
-    n=$(grep -cE 'ld\.global\.ca\.f64' "$work/norm_kernel.ptx" || true)
-    echo "norm_kernel.cu: $n ld.global.ca.f64 in the compute_90 PTX (fold batch $fold_batch)"
+    n=$(grep -cE 'cp\.async\.ca\.shared\.global.*, 8;' "$work/norm_kernel.ptx" || true)
+    echo "norm_kernel.cu: $n 8-byte cp.async in the compute_90 PTX (fold batch $fold_batch)"
     if [ "$n" -lt "$fold_batch" ]; then
-        fail "norm_kernel.cu: $n batched partial loads in the PTX, fewer than GCLIP_FOLD_BATCH=$fold_batch"
+        fail "norm_kernel.cu: $n staged partial loads in the PTX, fewer than GCLIP_FOLD_BATCH=$fold_batch"
     fi
     # cuobjdump as found for the arithmetic checks (their absence has
     # already failed the run)
     if [ -z "$cuobjdump" ]; then
         :
     elif sass=$("$cuobjdump" -sass "$work/norm_kernel.o" 2>&1); then
-        n=$(echo "$sass" | awk '/Function : .*gclip_norm_kernel/ { on = 1 } /arch = sm_/ { arch = $0 }
-                                on && arch ~ /sm_90/ && /LDG\.E\.64/ { n++ }
-                                END { print n + 0 }')
-        echo "norm_kernel.cu: $n 64-bit global loads (LDG.E.64*) in the sm_90 SASS"
-        if [ "$n" -lt "$fold_batch" ]; then
-            fail "norm_kernel.cu: $n batched partial loads in the sm_90 SASS, fewer than GCLIP_FOLD_BATCH=$fold_batch"
+        count() { # count ARCH REGEX: matching instructions of the norm kernel on ARCH
+            echo "$sass" | awk -v want="$1" -v re="$2" '
+                /arch = sm_/ { arch = $NF }
+                /Function : / { on = ($0 ~ /gclip_norm_kernel/) }
+                on && arch == want && $0 ~ re { n++ }
+                END { print n + 0 }'
+        }
+        n=$(count sm_90 'LDGSTS')
+        echo "norm_kernel.cu: $n LDGSTS in the sm_90 SASS (fold batch $fold_batch, two copies per chunk)"
+        if [ "$n" -lt $((2 * fold_batch)) ]; then
+            fail "norm_kernel.cu: $n staged loads (LDGSTS) in the sm_90 SASS, fewer than 2 x GCLIP_FOLD_BATCH=$fold_batch"
+        fi
+        n=$(count sm_75 'LDG\.E\.64')
+        echo "norm_kernel.cu: $n 64-bit global loads (LDG.E.64*) in the sm_75 SASS (register batch $fold_batch_reg)"
+        if [ "$n" -lt "$fold_batch_reg" ]; then
+            fail "norm_kernel.cu: $n batched partial loads in the sm_75 SASS, fewer than GCLIP_FOLD_BATCH_REG=$fold_batch_reg"
         fi
     else
         fail "cuobjdump -sass failed on norm_kernel.o"
     fi
+fi
+smem=$(awk '/Compiling entry function .*gclip_norm_kernel/ { on = 1; arch = $NF; gsub(/\047/, "", arch); next }
+            on && /Used [0-9]+ registers/ {
+                for (i = 1; i <= NF; i++) if ($i == "smem" || $i == "smem,") print arch, $(i - 2)
+                on = 0 }' "$work/norm_kernel.ptxas.log")
+while read -r arch bytes; do
+    [ -n "$arch" ] || continue
+    case $arch in
+        sm_75) per_sm=65536; reserved=0 ;;
+        sm_80) per_sm=167936; reserved=1024 ;;
+        sm_86 | sm_89) per_sm=102400; reserved=1024 ;;
+        *) per_sm=233472; reserved=1024 ;;
+    esac
+    echo "norm_kernel.cu: $bytes bytes of shared memory per block on $arch (4 blocks: $((4 * (bytes + reserved))) of $per_sm)"
+    if [ $((4 * (bytes + reserved))) -gt "$per_sm" ]; then
+        fail "norm_kernel.cu: $bytes bytes of shared memory on $arch, more than four blocks per SM hold"
+    fi
+done <<<"$smem"
+if [ "$(echo "$smem" | grep -c .)" -ne "${#archs[@]}" ]; then
+    fail "norm_kernel.cu: shared memory not reported for every architecture"
 fi
 regs=$(awk '/Compiling entry function .*gclip_norm_kernel/ { on = 1; next }
             on && /Used [0-9]+ registers/ { for (i = 1; i <= NF; i++) if ($i == "Used") print $(i + 1); on = 0 }' \

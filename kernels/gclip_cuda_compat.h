@@ -12,9 +12,22 @@
  *       plan creation); evaluates to a status as GCLIP_LAUNCH does
  * and one function, gclip_prefetch_l1(p): a hint that the calling thread
  * will soon read the line at p (no effect in the emulator).
+ *
+ * Staging of global data into shared memory with no register in between
+ * (cp.async, sm_80 and later; callers use them only there):
+ *   gclip_stage_f64(dst, src), gclip_stage_u32(dst, src)
+ *       start copying the 8 or 4 bytes at global `src` to shared `dst`
+ *       (through L1, like __ldca)
+ *   gclip_stage_wait()
+ *       every copy the calling thread started has landed and is visible to
+ *       it (not to other threads: they need a barrier)
+ * The emulator copies at once and its wait does nothing, so the code that
+ * uses them runs unchanged.
  */
 #ifndef GCLIP_CUDA_COMPAT_H
 #define GCLIP_CUDA_COMPAT_H
+
+#include <stdint.h>
 
 #if defined(GCLIP_SIMT_EMULATION)
 /* tests/emu/simt_emu.h defines threadIdx, blockIdx, blockDim, gridDim,
@@ -26,6 +39,16 @@ inline void gclip_prefetch_l1(const void *p)
 {
     (void)p;
 }
+/* volatile: the value another block stored, read when the copy is issued */
+inline void gclip_stage_f64(double *dst, const double *src)
+{
+    *dst = *(const volatile double *)src;
+}
+inline void gclip_stage_u32(uint32_t *dst, const uint32_t *src)
+{
+    *dst = *(const volatile uint32_t *)src;
+}
+inline void gclip_stage_wait() {}
 #elif defined(__CUDACC__)
 #include <cuda_runtime.h>
 /* cudaLaunchKernelEx returns the status of this launch; a <<<>>> launch
@@ -51,6 +74,22 @@ __device__ __forceinline__ void gclip_prefetch_l1(const void *p)
 {
     asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
 }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+__device__ __forceinline__ void gclip_stage_f64(double *dst, const double *src)
+{
+    const unsigned s = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" ::"r"(s), "l"(src) : "memory");
+}
+__device__ __forceinline__ void gclip_stage_u32(uint32_t *dst, const uint32_t *src)
+{
+    const unsigned s = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(s), "l"(src) : "memory");
+}
+__device__ __forceinline__ void gclip_stage_wait()
+{
+    asm volatile("cp.async.wait_all;" ::: "memory");
+}
+#endif
 #else
 #error "kernel sources are compiled by nvcc or with GCLIP_SIMT_EMULATION"
 #endif

@@ -29,8 +29,22 @@
 #define GCLIP_FOLD_LANES 256
 /* Chunks whose partial and tensor index a lane loads before folding any of
  * them: the loads of one batch depend on no loaded value, so they travel
- * together, and a lane waits for memory once per batch. */
-#define GCLIP_FOLD_BATCH 4
+ * together, and a lane waits for memory once per batch. The batch depends
+ * on the architecture (norm_finalize.cuh); it decides only how many loads
+ * travel together, never the order of the fold, so every batch gives the
+ * same bits.
+ *   sm_80 and later: the batch is staged in shared memory with cp.async (no
+ *   register holds a load in flight), as large as the shared memory of four
+ *   blocks per SM allows (docs/gpu-launch.md):
+ *     GCLIP_FOLD_BATCH       sm_90 (and the compute_90 PTX), the emulator
+ *     GCLIP_FOLD_BATCH_SM86  sm_86, sm_89 (100 KB of shared memory per SM)
+ *     GCLIP_FOLD_BATCH_SM80  sm_80 (164 KB per SM)
+ *   sm_75 (no cp.async): GCLIP_FOLD_BATCH_REG, held in registers, what fits
+ *   the norm kernel's 64 registers. */
+#define GCLIP_FOLD_BATCH 14
+#define GCLIP_FOLD_BATCH_SM80 11
+#define GCLIP_FOLD_BATCH_SM86 6
+#define GCLIP_FOLD_BATCH_REG 4
 /* "No tensor": the run before chunk 0, a lane range that starts a tensor. */
 #define GCLIP_NO_TENSOR 0xffffffffu
 
@@ -40,12 +54,13 @@ GCLIP_HD uint32_t gclip_fold_lane_begin(uint32_t num_chunks, uint32_t lane)
     return (uint32_t)((uint64_t)num_chunks * lane / GCLIP_FOLD_LANES);
 }
 
-/* Dependent rounds of global loads in the last block's fold: the ticket's
- * atomic, then the batches of the longest lane range (each batch one round:
- * its partials and tensor indices, plus the two table entries around the
- * range start in the first), then the slot's previous sequence. Everything
- * else the fold reads is shared memory. */
-GCLIP_HD uint32_t gclip_fold_load_rounds(uint32_t num_chunks)
+/* Dependent rounds of global loads in the last block's fold with a batch of
+ * `batch` chunks (GCLIP_FOLD_BATCH on sm_90): the ticket's atomic, then the
+ * batches of the longest lane range (each batch one round: its partials and
+ * tensor indices, plus the two table entries around the range start in the
+ * first), then the slot's previous sequence. Everything else the fold reads
+ * is shared memory. */
+GCLIP_HD uint32_t gclip_fold_load_rounds(uint32_t num_chunks, uint32_t batch)
 {
     uint32_t longest = 0;
     for (uint32_t i = 0; i < GCLIP_FOLD_LANES; i++) {
@@ -53,7 +68,7 @@ GCLIP_HD uint32_t gclip_fold_load_rounds(uint32_t num_chunks)
                            gclip_fold_lane_begin(num_chunks, i);
         longest = n > longest ? n : longest;
     }
-    return 1u + (longest + GCLIP_FOLD_BATCH - 1) / GCLIP_FOLD_BATCH + 1u;
+    return 1u + (longest + batch - 1) / batch + 1u;
 }
 
 /* Blocks of a grid-stride launch over `num_chunks` chunks: one per chunk up

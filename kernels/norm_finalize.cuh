@@ -19,10 +19,13 @@
  * No global load waits for another one's value: a lane's range and its
  * batches are arithmetic on the chunk count, and "a new tensor starts here"
  * is read from the batch itself (its chunk's tensor index differs from the
- * previous chunk's), so a lane loads a whole batch (GCLIP_FOLD_BATCH
+ * previous chunk's), so a lane loads a whole batch (GCLIP_FOLD_STAGE
  * partials and tensor indices) before folding any of it and waits for
- * memory once per batch, never once per chunk. gclip_fold_load_rounds
- * counts the rounds: 27 for 100,000 one-chunk tensors.
+ * memory once per batch, never once per chunk. From sm_80 the batch is
+ * staged in shared memory with cp.async, so it costs no register however
+ * large it is, and its size is set by shared memory (docs/gpu-launch.md);
+ * on sm_75 it is held in registers. gclip_fold_load_rounds counts the
+ * rounds: 30 on sm_90 for 100,000 one-chunk tensors.
  */
 #ifndef GCLIP_NORM_FINALIZE_CUH
 #define GCLIP_NORM_FINALIZE_CUH
@@ -38,8 +41,31 @@
 
 static_assert(GCLIP_FOLD_LANES == GCLIP_BLOCK_THREADS, "one fold lane per thread");
 
+/* The batch of this architecture (gclip_fold.h); GCLIP_FOLD_STAGED: staged
+ * in shared memory with cp.async rather than held in registers. The
+ * emulator runs the staged code with the sm_90 batch. */
+#if defined(GCLIP_SIMT_EMULATION) || (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900)
+#define GCLIP_FOLD_STAGED 1
+#define GCLIP_FOLD_STAGE GCLIP_FOLD_BATCH
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 860
+#define GCLIP_FOLD_STAGED 1
+#define GCLIP_FOLD_STAGE GCLIP_FOLD_BATCH_SM86
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#define GCLIP_FOLD_STAGED 1
+#define GCLIP_FOLD_STAGE GCLIP_FOLD_BATCH_SM80
+#else /* sm_75, and nvcc's host pass, which compiles no device code */
+#define GCLIP_FOLD_STAGED 0
+#define GCLIP_FOLD_STAGE GCLIP_FOLD_BATCH_REG
+#endif
+
 /* Shared memory of the finalize; declared by the kernel at function scope. */
 typedef struct gclip_finalize_shared {
+#if GCLIP_FOLD_STAGED
+    /* the lanes' batches, chunk k of lane i at [k][i] (consecutive lanes,
+     * consecutive banks); each lane reads only what it staged itself */
+    double stage_part[GCLIP_FOLD_STAGE][GCLIP_FOLD_LANES];
+    uint32_t stage_tensor[GCLIP_FOLD_STAGE][GCLIP_FOLD_LANES];
+#endif
     double lane[GCLIP_FOLD_LANES];        /* lane i's leading piece, later its share */
     uint32_t cont[GCLIP_FOLD_LANES];      /* tensor lane i's range continues, or GCLIP_NO_TENSOR */
     unsigned char whole[GCLIP_FOLD_LANES]; /* lane i's range lies inside that tensor */
@@ -94,6 +120,38 @@ __device__ __forceinline__ void gclip_finish_empty(const gclip_device_tables &t,
         gclip_finish_tensor(t, np, i, GCLIP_TERM_ZERO, th);
 }
 
+/* The run a lane is folding. */
+typedef struct gclip_fold_run {
+    uint32_t tensor; /* its tensor; first the tensor of the chunk before the range */
+    double acc;
+    int leading;   /* still the range's leading piece */
+    int continues; /* the range's first chunk continues the tensor before it */
+} gclip_fold_run;
+
+/* One chunk of the lane's range, in chunk order: `first` for the range's
+ * first chunk. */
+__device__ __forceinline__ void gclip_fold_chunk(const gclip_device_tables &t,
+                                                 const gclip_norm_params &np,
+                                                 gclip_finalize_shared &sh,
+                                                 gclip_finalize_thread &th, gclip_fold_run &r,
+                                                 uint32_t tensor, double part, bool first)
+{
+    if (tensor != r.tensor) {
+        if (r.leading)
+            sh.lane[threadIdx.x] = r.acc;
+        else
+            gclip_finish_tensor(t, np, r.tensor, r.acc, th);
+        r.leading = 0;
+        /* tensors between the two runs have no chunk */
+        gclip_finish_empty(t, np, r.tensor + 1u, tensor, th);
+        r.tensor = tensor;
+        r.acc = GCLIP_TERM_ZERO;
+    } else if (first) {
+        r.continues = 1;
+    }
+    r.acc = gclip_term_combine(r.acc, part, np.kind);
+}
+
 /* The lanes' folds. */
 __device__ __forceinline__ void gclip_fold_lanes(const gclip_device_tables &t,
                                                  const gclip_norm_params &np,
@@ -109,44 +167,50 @@ __device__ __forceinline__ void gclip_fold_lanes(const gclip_device_tables &t,
     /* the run in progress: first the range's leading piece, which belongs
      * to the tensor of the chunk before the range (empty if a tensor starts
      * at `begin`) */
-    uint32_t run = before;
-    double acc = GCLIP_TERM_ZERO;
-    int leading = 1;
-    int continues = 0; /* the first chunk continues `before` */
-    for (uint32_t base = begin; base < end; base += GCLIP_FOLD_BATCH) {
-        double part[GCLIP_FOLD_BATCH];
-        uint32_t tensor[GCLIP_FOLD_BATCH];
+    gclip_fold_run r;
+    r.tensor = before;
+    r.acc = GCLIP_TERM_ZERO;
+    r.leading = 1;
+    r.continues = 0;
+    for (uint32_t base = begin; base < end; base += GCLIP_FOLD_STAGE) {
+        const uint32_t n = end - base < GCLIP_FOLD_STAGE ? end - base : GCLIP_FOLD_STAGE;
+#if GCLIP_FOLD_STAGED
+        /* the whole batch in flight at once, then one wait */
         GCLIP_FOLD_UNROLL
-        for (int k = 0; k < GCLIP_FOLD_BATCH; ++k)
+        for (int k = 0; k < GCLIP_FOLD_STAGE; ++k)
+            if (base + k < end) {
+                gclip_stage_f64(&sh.stage_part[k][tid], t.partials + base + k);
+                gclip_stage_u32(&sh.stage_tensor[k][tid], &t.chunks[base + k].tensor);
+            }
+        gclip_stage_wait();
+        for (uint32_t k = 0; k < n; ++k)
+            gclip_fold_chunk(t, np, sh, th, r, sh.stage_tensor[k][tid], sh.stage_part[k][tid],
+                             base + k == begin);
+#else
+        double part[GCLIP_FOLD_STAGE];
+        uint32_t tensor[GCLIP_FOLD_STAGE];
+        GCLIP_FOLD_UNROLL
+        for (int k = 0; k < GCLIP_FOLD_STAGE; ++k)
             if (base + k < end) {
                 part[k] = gclip_load_partial(t.partials, base + k);
                 tensor[k] = t.chunks[base + k].tensor;
             }
         /* one copy of the fold step, which takes the batch's head element
          * and shifts the rest down: the batch stays in registers */
-        const uint32_t n = end - base < GCLIP_FOLD_BATCH ? end - base : GCLIP_FOLD_BATCH;
         for (uint32_t k = 0; k < n; ++k) {
-            if (tensor[0] != run) {
-                if (leading)
-                    sh.lane[tid] = acc;
-                else
-                    gclip_finish_tensor(t, np, run, acc, th);
-                leading = 0;
-                /* tensors between the two runs have no chunk */
-                gclip_finish_empty(t, np, run + 1u, tensor[0], th);
-                run = tensor[0];
-                acc = GCLIP_TERM_ZERO;
-            } else if (base + k == begin) {
-                continues = 1;
-            }
-            acc = gclip_term_combine(acc, part[0], np.kind);
+            gclip_fold_chunk(t, np, sh, th, r, tensor[0], part[0], base + k == begin);
             GCLIP_FOLD_UNROLL
-            for (int j = 0; j + 1 < GCLIP_FOLD_BATCH; ++j) {
+            for (int j = 0; j + 1 < GCLIP_FOLD_STAGE; ++j) {
                 part[j] = part[j + 1];
                 tensor[j] = tensor[j + 1];
             }
         }
+#endif
     }
+    const uint32_t run = r.tensor;
+    const int leading = r.leading;
+    const int continues = r.continues;
+    double acc = r.acc;
     if (leading) /* an empty range, or one inside a single tensor */
         sh.lane[tid] = acc;
     sh.cont[tid] = continues ? before : GCLIP_NO_TENSOR;

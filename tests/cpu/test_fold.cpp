@@ -10,6 +10,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -119,7 +120,9 @@ TEST(Fold, NonFiniteTensorsAreCountedOnce)
 }
 
 // The fold's longest chain of dependent global loads (gclip_fold_load_rounds)
-// for the plans the targets name, from plans built by gclip_plan_create.
+// for the plans the targets name, from plans built by gclip_plan_create. The
+// bound is for sm_80 and later, where the batch is staged in shared memory
+// (GCLIP_FOLD_BATCH = 14 on sm_90); the other batches are printed.
 TEST(Fold, LongestLoadChainStaysShort)
 {
     struct Case {
@@ -128,11 +131,10 @@ TEST(Fold, LongestLoadChainStaysShort)
         uint32_t at_most;
     };
     std::vector<Case> cases = {
-        // with GCLIP_FOLD_BATCH = 4 (what fits the norm kernel's 64 registers):
-        // 1 + ceil(longest range / 4) + 1
-        {"100,000 tensors of 1,000 elements", std::vector<int64_t>(100000, 1000), 100},
-        {"10,000 tensors of 1,000 elements", std::vector<int64_t>(10000, 1000), 12},
-        {"one tensor of 2^31 + 1 elements", {(int64_t(1) << 31) + 1}, 35},
+        // 1 + ceil(longest range / 14) + 1
+        {"100,000 tensors of 1,000 elements", std::vector<int64_t>(100000, 1000), 32},
+        {"10,000 tensors of 1,000 elements", std::vector<int64_t>(10000, 1000), 5},
+        {"one tensor of 2^31 + 1 elements", {(int64_t(1) << 31) + 1}, 12},
     };
     for (const Case &c : cases) {
         std::vector<gclip_tensor> t;
@@ -145,15 +147,26 @@ TEST(Fold, LongestLoadChainStaysShort)
         }
         testutil::PlanPtr plan;
         ASSERT_EQ(testutil::make_plan(plan, t), GCLIP_STATUS_SUCCESS) << gclip_last_error();
-        const uint32_t rounds = gclip_fold_load_rounds(plan->num_chunks);
+        const uint32_t rounds = gclip_fold_load_rounds(plan->num_chunks, GCLIP_FOLD_BATCH);
+        const uint32_t longest = (plan->num_chunks + GCLIP_FOLD_LANES - 1) / GCLIP_FOLD_LANES;
         std::printf("[fold] %s: %u chunks, longest lane range %u chunks, %u dependent load "
-                    "rounds\n",
-                    c.name, plan->num_chunks, (plan->num_chunks + GCLIP_FOLD_LANES - 1) /
-                                                  GCLIP_FOLD_LANES,
-                    rounds);
+                    "rounds on sm_90 (sm_80 %u, sm_86/sm_89 %u, sm_75 %u)\n",
+                    c.name, plan->num_chunks, longest, rounds,
+                    gclip_fold_load_rounds(plan->num_chunks, GCLIP_FOLD_BATCH_SM80),
+                    gclip_fold_load_rounds(plan->num_chunks, GCLIP_FOLD_BATCH_SM86),
+                    gclip_fold_load_rounds(plan->num_chunks, GCLIP_FOLD_BATCH_REG));
+        // the longest range itself, counted chunk by chunk
+        uint32_t widest = 0;
+        for (uint32_t i = 0; i < GCLIP_FOLD_LANES; ++i)
+            widest = std::max(widest, gclip_fold_lane_begin(plan->num_chunks, i + 1) -
+                                          gclip_fold_lane_begin(plan->num_chunks, i));
+        EXPECT_EQ(widest, longest) << c.name;
+        EXPECT_EQ(rounds, 2 + (widest + GCLIP_FOLD_BATCH - 1) / GCLIP_FOLD_BATCH) << c.name;
         EXPECT_LE(rounds, c.at_most) << c.name;
         // each lane waits once per batch: a per-chunk wait would be the range itself
-        EXPECT_LT(rounds, 2 + (plan->num_chunks + GCLIP_FOLD_LANES - 1) / GCLIP_FOLD_LANES)
+        EXPECT_LT(rounds, 2 + longest) << c.name;
+        // every architecture's batch waits less than once per chunk
+        EXPECT_LT(gclip_fold_load_rounds(plan->num_chunks, GCLIP_FOLD_BATCH_REG), 2 + longest)
             << c.name;
     }
 }
