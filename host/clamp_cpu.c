@@ -4,20 +4,18 @@
  * that no norm was computed.
  */
 #include <math.h>
-#include <omp.h>
 
 #include "cpu_walk.h"
+
+static void clamp_run(const gclip_plan *plan, uint32_t first, uint32_t last, const void *arg)
+{
+    gclip_update_run_cpu(plan, first, last, 1, *(const float *)arg, NULL);
+}
 
 void gclip_clamp_cpu(gclip_plan *plan, float clip_value)
 {
     gclip_cpu_state *st = plan->engine;
-    const gclip_tensor_desc *tensors = plan->tensors;
-    const gclip_chunk *chunks = plan->chunks;
-    int64_t n = plan->num_chunks;
-    if (clip_value != INFINITY) {
-#pragma omp parallel for schedule(static) num_threads(gclip_cpu_threads(plan)) if (n > 1)
-        for (int64_t c = 0; c < n; c++)
-            gclip_update_chunk_cpu(&tensors[chunks[c].tensor], chunks[c].index, 1, clip_value);
-    }
+    if (clip_value != INFINITY)
+        gclip_cpu_for_chunks(plan, clamp_run, &clip_value);
     gclip_value_slot(st->result.sequence, &st->result);
 }

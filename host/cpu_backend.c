@@ -22,6 +22,54 @@ int gclip_cpu_threads(const gclip_plan *plan)
     return plan->total_elems < GCLIP_CPU_PARALLEL_ELEMS ? 1 : omp_get_max_threads();
 }
 
+/* The threads take the chunks in grains: runs of contiguous chunks of about
+ * GRAIN_WEIGHT, a chunk weighing its elements plus CHUNK_WEIGHT for what
+ * starting a chunk costs (its table entries, its dispatch, the read pass's
+ * per-chunk fold). The grains are split among the threads in equal runs (a
+ * static schedule: a dynamic one measured 10% slower on 100,000 chunks of
+ * 100 elements), so a plan of large and tiny tensors is split by its bytes
+ * rather than by its chunk count, and each grain is one call. Which thread
+ * computes a chunk never changes its result. */
+#define GRAIN_WEIGHT ((int64_t)1 << 18)
+#define CHUNK_WEIGHT 256
+
+static uint32_t cut_grains(const gclip_plan *plan, uint32_t *first)
+{
+    uint32_t g = 0;
+    int64_t w = GRAIN_WEIGHT; /* a grain starts at chunk 0 */
+    for (uint32_t c = 0; c < plan->num_chunks; c++) {
+        if (w >= GRAIN_WEIGHT) {
+            if (first)
+                first[g] = c;
+            g++;
+            w = 0;
+        }
+        int64_t begin, n;
+        gclip_chunk_range(plan->tensors[plan->chunks[c].tensor].numel, plan->chunks[c].index,
+                          &begin, &n);
+        w += n + CHUNK_WEIGHT;
+    }
+    if (first)
+        first[g] = plan->num_chunks;
+    return g;
+}
+
+void gclip_cpu_for_chunks(const gclip_plan *plan, gclip_cpu_run_fn fn, const void *arg)
+{
+    const gclip_cpu_state *st = plan->engine;
+    const int threads = gclip_cpu_threads(plan);
+    const int64_t ng = st->num_grains;
+    if (threads == 1 || ng <= 1) {
+        if (plan->num_chunks > 0)
+            fn(plan, 0, plan->num_chunks, arg);
+        return;
+    }
+    const uint32_t *first = st->grain_first;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t k = 0; k < ng; k++)
+        fn(plan, first[k], first[k + 1], arg);
+}
+
 static gclip_status cpu_init(gclip_plan *plan)
 {
     gclip_cpu_state *st = gclip_host_alloc(sizeof *st);
@@ -31,8 +79,11 @@ static gclip_status cpu_init(gclip_plan *plan)
     plan->engine = st;
     st->partials = gclip_host_alloc((size_t)plan->num_chunks * sizeof(double));
     st->tensor_factor = gclip_host_alloc(plan->count * sizeof(float));
-    if (!st->partials || !st->tensor_factor)
+    st->num_grains = cut_grains(plan, NULL);
+    st->grain_first = gclip_host_alloc(((size_t)st->num_grains + 1) * sizeof(uint32_t));
+    if (!st->partials || !st->tensor_factor || !st->grain_first)
         return gclip_fail(GCLIP_STATUS_OUT_OF_MEMORY, "plan: CPU workspace allocation failed");
+    cut_grains(plan, st->grain_first);
     st->result.total_norm = NAN;
     st->result.clip_coef = 1.0f;
     st->result.scale = 1.0f;
@@ -47,6 +98,7 @@ static void cpu_release(gclip_plan *plan)
         return;
     gclip_host_free(st->partials);
     gclip_host_free(st->tensor_factor);
+    gclip_host_free(st->grain_first);
     gclip_host_free(st);
     plan->engine = NULL;
 }

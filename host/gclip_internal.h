@@ -124,6 +124,8 @@ typedef struct gclip_cpu_state {
     float *tensor_factor;     /* [count] per-tensor scale factors */
     gclip_partial partial;    /* the plan's own partial */
     gclip_result_slot result; /* the plan's result slot */
+    uint32_t *grain_first;    /* [num_grains + 1] first chunk of each grain, then num_chunks */
+    uint32_t num_grains;      /* runs of contiguous chunks the CPU threads take in turn */
 } gclip_cpu_state;
 
 void gclip_norm_cpu(gclip_plan *plan, const gclip_norm_params *np);     /* norm_kernel.cu */
@@ -143,6 +145,15 @@ void gclip_fold_partials_cpu(const gclip_chunk *chunks, uint32_t num_chunks, uin
 
 /* OpenMP threads for a CPU plan. */
 int gclip_cpu_threads(const gclip_plan *plan);
+/* Calls fn(plan, first, last, arg) on runs of contiguous chunks [first, last)
+ * covering the plan, on gclip_cpu_threads(plan) threads (cpu_backend.c). */
+typedef void (*gclip_cpu_run_fn)(const gclip_plan *plan, uint32_t first, uint32_t last,
+                                 const void *arg);
+void gclip_cpu_for_chunks(const gclip_plan *plan, gclip_cpu_run_fn fn, const void *arg);
+/* The update of chunks [first, last): clamped to [-f, f], or scaled by f (or
+ * by factor[tensor] when factor is set; factors of exactly 1 write nothing). */
+void gclip_update_run_cpu(const gclip_plan *plan, uint32_t first, uint32_t last, int clamp,
+                          float f, const float *factor);
 
 /* ---- adaptive clipping (host/adapt.c, host/adapt_cpu.c, host/adapt_memory.c) ---- */
 

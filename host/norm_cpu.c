@@ -12,8 +12,6 @@
  * computes which chunk, so the results are bitwise identical for any number
  * of threads.
  */
-#include <omp.h>
-
 #include "cpu_walk.h"
 
 #define ACCUMULATE_KIND(dt)                                                           \
@@ -24,8 +22,8 @@
     default: return gclip_chunk_sum(data, dt, begin, n, GCLIP_KIND_P, p);             \
     }
 
-CPU_CLONES static double chunk_terms(const gclip_tensor_desc *t, uint32_t index, int32_t kind,
-                                     float p)
+ALWAYS_INLINE double chunk_terms(const gclip_tensor_desc *t, uint32_t index, int32_t kind,
+                                 float p)
 {
     int64_t begin, n;
     gclip_chunk_range(t->numel, index, &begin, &n);
@@ -42,14 +40,29 @@ CPU_CLONES static double chunk_terms(const gclip_tensor_desc *t, uint32_t index,
     }
 }
 
-static void read_pass(gclip_plan *plan, double *partials, int32_t kind, float p)
+typedef struct read_arg {
+    double *partials;
+    int32_t kind;
+    float p;
+} read_arg;
+
+/* A run of chunks, each partial into its own slot; the clone is chosen once
+ * per run (static: GCC exports the ifunc of a non-static target_clones
+ * function whatever its visibility). */
+CPU_CLONES static void read_run(const gclip_plan *plan, uint32_t first, uint32_t last,
+                                const void *arg)
 {
+    const read_arg *a = arg;
     const gclip_tensor_desc *tensors = plan->tensors;
     const gclip_chunk *chunks = plan->chunks;
-    int64_t n = plan->num_chunks;
-#pragma omp parallel for schedule(static) num_threads(gclip_cpu_threads(plan)) if (n > 1)
-    for (int64_t c = 0; c < n; c++)
-        partials[c] = chunk_terms(&tensors[chunks[c].tensor], chunks[c].index, kind, p);
+    for (uint32_t c = first; c < last; c++)
+        a->partials[c] = chunk_terms(&tensors[chunks[c].tensor], chunks[c].index, a->kind, a->p);
+}
+
+static void read_pass(gclip_plan *plan, double *partials, int32_t kind, float p)
+{
+    const read_arg a = {partials, kind, p};
+    gclip_cpu_for_chunks(plan, read_run, &a);
 }
 
 void gclip_norm_cpu(gclip_plan *plan, const gclip_norm_params *np)

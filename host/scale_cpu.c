@@ -2,7 +2,7 @@
  * scale_cpu.c - the CPU twin of kernels/scale_kernel.cu: multiply the
  * gradients in place by the factor of the op (the slot's, each tensor's, or
  * that of a given norm); chunks whose factor is exactly 1 are not touched.
- * Also the element update clamp_cpu.c uses.
+ * Also the element update clamp_cpu.c uses (gclip_update_run_cpu).
  *
  * On x86 CPUs with AVX2 and F16C, f16 and bf16 chunks are updated with
  * explicit vector code whose conversions give the bits of the scalar ones
@@ -11,7 +11,6 @@
  * compiler turned the generic 16-bit loops into branchy scalar code, 3 to 10
  * times slower than memory on 2 cores.
  */
-#include <omp.h>
 #include <stdatomic.h>
 
 #include "cpu_walk.h"
@@ -126,10 +125,7 @@ static int have_f16c(void)
         }                                                                   \
     } while (0)
 
-/* static: GCC exports the ifunc of a non-static target_clones function
- * whatever its visibility */
-CPU_CLONES static void update_chunk(const gclip_tensor_desc *t, uint32_t index, int clamp,
-                                    float f)
+ALWAYS_INLINE void update_chunk(const gclip_tensor_desc *t, uint32_t index, int clamp, float f)
 {
     int64_t begin, n;
     gclip_chunk_range(t->numel, index, &begin, &n);
@@ -149,9 +145,30 @@ CPU_CLONES static void update_chunk(const gclip_tensor_desc *t, uint32_t index, 
         UPDATE_DTYPE(0);
 }
 
-void gclip_update_chunk_cpu(const gclip_tensor_desc *t, uint32_t index, int clamp, float f)
+/* A run of chunks in one call: the table reads and the dtype dispatch per
+ * chunk are inline, and the clone is chosen once per run rather than once
+ * per chunk. static: GCC exports the ifunc of a non-static
+ * target_clones function whatever its visibility. */
+CPU_CLONES static void update_run(const gclip_tensor_desc *tensors, const gclip_chunk *chunks,
+                                  uint32_t first, uint32_t last, int clamp, float f,
+                                  const float *factor)
 {
-    update_chunk(t, index, clamp, f);
+    for (uint32_t c = first; c < last; c++) {
+        const uint32_t i = chunks[c].tensor;
+        if (clamp) {
+            update_chunk(&tensors[i], chunks[c].index, 1, f);
+        } else {
+            const float fc = factor ? factor[i] : f;
+            if (fc != 1.0f)
+                update_chunk(&tensors[i], chunks[c].index, 0, fc);
+        }
+    }
+}
+
+void gclip_update_run_cpu(const gclip_plan *plan, uint32_t first, uint32_t last, int clamp,
+                          float f, const float *factor)
+{
+    update_run(plan->tensors, plan->chunks, first, last, clamp, f, factor);
 }
 
 /* The factor of the whole plan under a global op (1 = nothing to write);
@@ -172,21 +189,24 @@ static float global_factor(gclip_cpu_state *st, const gclip_norm_params *np)
     }
 }
 
+typedef struct scale_arg {
+    float global;        /* the factor of a global op */
+    const float *factor; /* or each tensor's */
+} scale_arg;
+
+static void scale_run(const gclip_plan *plan, uint32_t first, uint32_t last, const void *arg)
+{
+    const scale_arg *a = arg;
+    gclip_update_run_cpu(plan, first, last, 0, a->global, a->factor);
+}
+
 void gclip_scale_cpu(gclip_plan *plan, const gclip_norm_params *np)
 {
     gclip_cpu_state *st = plan->engine;
-    const gclip_tensor_desc *tensors = plan->tensors;
-    const gclip_chunk *chunks = plan->chunks;
-    const float *factor = st->tensor_factor;
     const int per_tensor = np->op == GCLIP_OP_CLIP_PER_TENSOR;
-    const float global = per_tensor ? 1.0f : global_factor(st, np);
-    if (!per_tensor && global == 1.0f)
+    const scale_arg a = {per_tensor ? 1.0f : global_factor(st, np),
+                         per_tensor ? st->tensor_factor : NULL};
+    if (!per_tensor && a.global == 1.0f)
         return;
-    int64_t n = plan->num_chunks;
-#pragma omp parallel for schedule(static) num_threads(gclip_cpu_threads(plan)) if (n > 1)
-    for (int64_t c = 0; c < n; c++) {
-        const float f = per_tensor ? factor[chunks[c].tensor] : global;
-        if (f != 1.0f)
-            gclip_update_chunk_cpu(&tensors[chunks[c].tensor], chunks[c].index, 0, f);
-    }
+    gclip_cpu_for_chunks(plan, scale_run, &a);
 }
