@@ -383,7 +383,4 @@ ALWAYS_INLINE void gclip_walk_update(void *data, int32_t dtype, int64_t begin, i
         gclip_walk_update_one(data, dtype, k, clamp, f);
 }
 
-/* Update chunk `index` of tensor t (scale by f, or clamp to [-f, f]). */
-void gclip_update_chunk_cpu(const gclip_tensor_desc *t, uint32_t index, int clamp, float f);
-
 #endif /* GCLIP_CPU_WALK_H */
