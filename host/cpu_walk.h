@@ -114,8 +114,10 @@ ALWAYS_INLINE float half_term(const uint16_t *r, int64_t j, int32_t dtype, int32
  * keeps in one register and the baseline clone in two. The helpers are
  * always inlined, so no vector crosses a call: -Wpsabi's note on passing
  * them without AVX does not apply (GCC gives it at the end of the file that
- * includes this header, so it stays off there). */
-#if defined(__GNUC__) && !defined(__clang__)
+ * includes this header, so it stays off there; Clang at each use). */
+#if defined(__clang__)
+#pragma clang diagnostic ignored "-Wpsabi"
+#elif defined(__GNUC__)
 #pragma GCC diagnostic ignored "-Wpsabi"
 #endif
 typedef float gclip_v8f __attribute__((vector_size(32)));
