@@ -53,7 +53,7 @@ class Plan:
     """One gclip plan: fixed element counts and dtypes on one device; the data
     pointers are given again (rebound) before every operation."""
 
-    __slots__ = ("handle", "count", "device", "key", "_ptrs", "_opts", "_result",
+    __slots__ = ("handle", "count", "device", "key", "num_threads", "_ptrs", "_opts", "_result",
                  "_slot", "_partial", "__weakref__")
 
     def __init__(self, numels: Sequence[int], dtypes: Sequence[int], device: int,
@@ -77,6 +77,7 @@ class Plan:
         self.handle = h.value
         self.count = n
         self.device = device
+        self.num_threads = 0  # 0: the library's default
         self.key = None
         self._ptrs = (_c_void_p * max(n, 1))()
         self._opts = _lib.default_options()
@@ -103,6 +104,7 @@ class Plan:
 
     def set_num_threads(self, n: int) -> None:
         check(fn.plan_set_num_threads(self.handle, n), "gclip_plan_set_num_threads")
+        self.num_threads = n
 
     # -- options -----------------------------------------------------------------
     def options(self, max_norm=1.0, norm_type=2.0, eps=1e-6, inv_scale=1.0,

@@ -109,7 +109,7 @@ def _validate(grads: List[Tensor]) -> None:
 # ---- plan cache of the drop-ins -------------------------------------------------------
 
 class _PlanEntry:
-    __slots__ = ("plan", "norm_view", "norms_buf")
+    __slots__ = ("plan", "norm_view", "norms_buf", "default_threads")
 
     def __init__(self, plan: Plan, device: torch.device):
         self.plan = plan
@@ -148,6 +148,7 @@ class _PlanCache:
             if dev_index < 0 and sum(numels) < _SMALL_PLAN:
                 plan.set_num_threads(1)  # a parallel region costs more than the work
             entry = _PlanEntry(plan, device)
+            entry.default_threads = plan.num_threads
             if len(self._plans) >= self._capacity:
                 self._plans.pop(next(iter(self._plans)))
             self._plans[key] = entry
@@ -191,6 +192,8 @@ class _Scanner:
         return entry
 
     def rebind(self, entry, count, stream):
+        if entry.plan.num_threads != entry.default_threads:  # a Clipper's own count
+            entry.plan.set_num_threads(entry.default_threads)
         st = _lib.fn.plan_rebind(entry.plan.handle, self.buf, count, stream)
         if st:
             raise _lib.error_for(st, "gclip_plan_rebind")
@@ -227,6 +230,8 @@ def _bind(grads: List[Tensor], device: torch.device, dev_index: int, stream: int
     """The cached plan for these shapes, dtypes and device, rebound to the
     gradients' current data pointers."""
     entry = _cache.get(grads, device, dev_index, dtypes)
+    if entry.plan.num_threads != entry.default_threads:  # a Clipper's own count
+        entry.plan.set_num_threads(entry.default_threads)
     try:
         contiguous = all(map(_is_contiguous, grads))
     except RuntimeError:  # sparse and other layouts
@@ -580,6 +585,11 @@ class Clipper(_core.Clipper):
         if stream == 0 and dev_index >= 0:
             stream = _current_stream(dev_index)
         entry = _bind(grads, device, dev_index, stream)
+        # plans are shared with the drop-ins: this Clipper's thread count, or
+        # the plan's own default, for the duration of each call
+        want = self.num_threads if self.num_threads is not None else entry.default_threads
+        if entry.plan.num_threads != want:
+            entry.plan.set_num_threads(want)
         self.plan = entry.plan
         self._entry = entry
         self._device = device

@@ -229,3 +229,43 @@ def test_jax_norms_and_functional_clip(rng):
     np.testing.assert_array_equal(np.asarray(clipped["b"][0]), np.clip(np.asarray(tree["b"][0]), -0.5, 0.5))
     per, _ = gj.clip_by_norm_per_leaf(tree, 0.1)
     assert ref_norm([np.asarray(per["w"])], 2) == pytest.approx(0.1, rel=1e-5)
+
+
+def test_torch_clipper_num_threads_reaches_the_shared_plan(rng):
+    # gclip.torch.Clipper shares its plans with the drop-ins: its own thread
+    # count is applied for its calls, the plan's default for theirs, and the
+    # bits do not depend on either
+    shapes = [(1024, 1100), (300,), (1000, 40)]  # above the one-thread size (2^20)
+    base = [torch.from_numpy(rng.standard_normal(s).astype(np.float32)) for s in shapes]
+
+    def params():
+        out = []
+        for b in base:
+            p = torch.nn.Parameter(torch.zeros_like(b))
+            p.grad = b.clone()
+            out.append(p)
+        return out
+
+    p1 = params()
+    clipper = gt.Clipper(max_norm=1.0, num_threads=1)
+    clipper.clip_grad_norm(p1)
+    n1 = float(clipper.device_result()["norm"])
+    assert clipper.plan.num_threads == 1
+    shared = clipper.plan
+
+    p2 = params()
+    n2 = gt.clip_grad_norm_(p2, max_norm=1.0)
+    assert shared.num_threads == 0  # the drop-in's default for a plan this size
+
+    p3 = params()
+    c3 = gt.Clipper(max_norm=1.0, num_threads=2)
+    c3.clip_grad_norm(p3)
+    n3 = float(c3.device_result()["norm"])
+    assert shared.num_threads == 2
+
+    expected = ref_norm([b.numpy() for b in base], 2.0)
+    assert float(n1) == float(n2) == float(n3)
+    assert abs(float(n1) - expected) <= 1e-6 * expected
+    for a, b, c in zip(p1, p2, p3):
+        assert torch.equal(a.grad, b.grad) and torch.equal(a.grad, c.grad)
+    assert not torch.equal(p1[0].grad, base[0])  # clipped: the norm is far above 1
