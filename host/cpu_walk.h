@@ -122,6 +122,7 @@ ALWAYS_INLINE float half_term(const uint16_t *r, int64_t j, int32_t dtype, int32
 #endif
 typedef float gclip_v8f __attribute__((vector_size(32)));
 typedef int32_t gclip_v8i __attribute__((vector_size(32)));
+typedef uint32_t gclip_v8u __attribute__((vector_size(32)));
 
 ALWAYS_INLINE gclip_v8f load_v8f(const void *p)
 {
@@ -135,6 +136,40 @@ ALWAYS_INLINE gclip_v8f load_v8f(const void *p)
 ALWAYS_INLINE gclip_v8f term_v8f(gclip_v8f x, int32_t kind)
 {
     return kind == GCLIP_KIND_L2 ? x * x : (gclip_v8f)((gclip_v8i)x & 0x7fffffff);
+}
+
+/* The terms of the eight 32-bit words at p, as gclip_term_sum::group forms
+ * them: an f32 element's term, or the sum of the terms of the word's two
+ * halves (lower + upper). The halves are decoded to their magnitude with
+ * integer operations: a finite half gives the bits gclip_f16_to_f32 or
+ * gclip_bf16_to_f32 gives its magnitude, so its term is the same; an Inf or
+ * NaN half gives a non-finite term, which makes the group unsafe, and an
+ * unsafe group is summed again from the scalar conversions. */
+ALWAYS_INLINE gclip_v8f half_terms_v8f(gclip_v8i h, int32_t dtype, int32_t kind)
+{
+    const gclip_v8i em = h & 0x7fff;
+    gclip_v8i mag;
+    if (dtype == GCLIP_BF16) {
+        mag = em << 16;
+    } else {
+        const gclip_v8i normal = (em << 13) + (112 << 23);
+        /* subnormal halves: the integer mantissa times 2^-24, exact */
+        const gclip_v8f sub = __builtin_convertvector(em, gclip_v8f) * 5.9604644775390625e-8f;
+        const gclip_v8i is_normal = em >= 0x400;
+        mag = (normal & is_normal) | ((gclip_v8i)sub & ~is_normal);
+        mag |= (em >= 0x7c00) & 0x7f800000; /* Inf and NaN stay non-finite */
+    }
+    return term_v8f((gclip_v8f)mag, kind);
+}
+
+ALWAYS_INLINE gclip_v8f words_v8f(const char *p, int32_t dtype, int32_t kind)
+{
+    if (dtype == GCLIP_F32)
+        return term_v8f(load_v8f(p), kind);
+    gclip_v8i w;
+    memcpy(&w, p, sizeof w);
+    const gclip_v8i lo = w & 0xffff, hi = (gclip_v8i)((gclip_v8u)w >> 16);
+    return half_terms_v8f(lo, dtype, kind) + half_terms_v8f(hi, dtype, kind);
 }
 
 /* The group sums of eight threads from their 32 words w0..w3 (thread
@@ -173,36 +208,23 @@ ALWAYS_INLINE void batch_rows(const char *row, int32_t dtype, int32_t kind, doub
     const int64_t rs = (int64_t)NT * VEC_BYTES; /* bytes between the batch's vectors */
     float s[NT];
     gclip_v8i bad = {0, 0, 0, 0, 0, 0, 0, 0};
-    if (dtype == GCLIP_F32) {
-        for (int t = 0; t < NT; t += 8) {
-            gclip_v8f w[4];
-            for (int i = 0; i < 4; i++) {
-                const char *r = row + (int64_t)(t + 2 * i) * VEC_BYTES;
-                w[i] = (term_v8f(load_v8f(r), kind) + term_v8f(load_v8f(r + 2 * rs), kind)) +
-                       (term_v8f(load_v8f(r + rs), kind) + term_v8f(load_v8f(r + 3 * rs), kind));
-            }
-            const gclip_v8f g = group_tree_v8f(w[0], w[1], w[2], w[3]);
-            bad |= unsafe_v8f(g, kind);
-            memcpy(&s[t], &g, sizeof g);
+    for (int t = 0; t < NT; t += 8) {
+        gclip_v8f w[4];
+        /* the next batch's lines, one batch ahead: the four rows are four
+         * pages read side by side, which the hardware prefetchers follow
+         * poorly */
+        for (int k = 0; k < 4; k++) {
+            __builtin_prefetch(row + (WALK_BATCH + k) * rs + t * VEC_BYTES, 0, 0);
+            __builtin_prefetch(row + (WALK_BATCH + k) * rs + t * VEC_BYTES + 64, 0, 0);
         }
-    } else {
-        /* halves: every word of the rows at once, then per thread */
-        const uint16_t *r0 = (const uint16_t *)row, *r1 = (const uint16_t *)(row + rs);
-        const uint16_t *r2 = (const uint16_t *)(row + 2 * rs), *r3 = (const uint16_t *)(row + 3 * rs);
-        float w[4 * NT];
-        for (int m = 0; m < 4 * NT; m++) {
-            const float p0 = gclip_fadd(half_term(r0, 2 * m, dtype, kind), half_term(r0, 2 * m + 1, dtype, kind));
-            const float p1 = gclip_fadd(half_term(r1, 2 * m, dtype, kind), half_term(r1, 2 * m + 1, dtype, kind));
-            const float p2 = gclip_fadd(half_term(r2, 2 * m, dtype, kind), half_term(r2, 2 * m + 1, dtype, kind));
-            const float p3 = gclip_fadd(half_term(r3, 2 * m, dtype, kind), half_term(r3, 2 * m + 1, dtype, kind));
-            w[m] = gclip_fadd(gclip_fadd(p0, p2), gclip_fadd(p1, p3));
+        for (int i = 0; i < 4; i++) {
+            const char *r = row + (int64_t)(t + 2 * i) * VEC_BYTES;
+            w[i] = (words_v8f(r, dtype, kind) + words_v8f(r + 2 * rs, dtype, kind)) +
+                   (words_v8f(r + rs, dtype, kind) + words_v8f(r + 3 * rs, dtype, kind));
         }
-        for (int t = 0; t < NT; t += 8) {
-            const gclip_v8f g = group_tree_v8f(load_v8f(&w[4 * t]), load_v8f(&w[4 * t + 8]),
-                                               load_v8f(&w[4 * t + 16]), load_v8f(&w[4 * t + 24]));
-            bad |= unsafe_v8f(g, kind);
-            memcpy(&s[t], &g, sizeof g);
-        }
+        const gclip_v8f g = group_tree_v8f(w[0], w[1], w[2], w[3]);
+        bad |= unsafe_v8f(g, kind);
+        memcpy(&s[t], &g, sizeof g);
     }
     int unsafe = 0;
     for (int i = 0; i < 8; i++)
@@ -232,18 +254,8 @@ ALWAYS_INLINE void single_rows(const char *row, int t0, int t1, int32_t dtype, i
     for (; t + 8 <= t1; t += 8) {
         /* eight threads at a time: the words' tree across lanes */
         gclip_v8f w[4];
-        for (int i = 0; i < 4; i++) {
-            const char *v = row + (int64_t)(t + 2 * i) * VEC_BYTES;
-            if (dtype == GCLIP_F32) {
-                w[i] = term_v8f(load_v8f(v), kind);
-            } else {
-                float h[8];
-                for (int j = 0; j < 8; j++)
-                    h[j] = gclip_fadd(half_term((const uint16_t *)v, 2 * j, dtype, kind),
-                                      half_term((const uint16_t *)v, 2 * j + 1, dtype, kind));
-                w[i] = load_v8f(h);
-            }
-        }
+        for (int i = 0; i < 4; i++)
+            w[i] = words_v8f(row + (int64_t)(t + 2 * i) * VEC_BYTES, dtype, kind);
         const gclip_v8f g = group_tree_v8f(w[0], w[1], w[2], w[3]);
         bad |= unsafe_v8f(g, kind);
         memcpy(&s[t], &g, sizeof g);
