@@ -15,6 +15,13 @@
 #include "gclip_internal.h"
 #include "gclip_kernels.h"
 
+/* Compiled with F16C (host/norm_cpu_f16c.c), the read pass converts f16
+ * vectors with vcvtph2ps: exact for every half, subnormals included. */
+#if defined(__F16C__) && defined(__AVX2__)
+#include <immintrin.h>
+#define GCLIP_WALK_F16C 1
+#endif
+
 /* Elements per stream and step of the update pass. */
 #define LANES 8
 /* Sequential streams each chunk is walked as. */
@@ -166,6 +173,16 @@ ALWAYS_INLINE gclip_v8f words_v8f(const char *p, int32_t dtype, int32_t kind)
 {
     if (dtype == GCLIP_F32)
         return term_v8f(load_v8f(p), kind);
+#ifdef GCLIP_WALK_F16C
+    if (dtype == GCLIP_F16) {
+        /* halves 0-7 and 8-15 in float; word m is halves 2m and 2m + 1 */
+        const gclip_v8f a = (gclip_v8f)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+        const gclip_v8f b = (gclip_v8f)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 16)));
+        const gclip_v8f ta = term_v8f(a, kind), tb = term_v8f(b, kind);
+        return __builtin_shufflevector(ta, tb, 0, 2, 4, 6, 8, 10, 12, 14) +
+               __builtin_shufflevector(ta, tb, 1, 3, 5, 7, 9, 11, 13, 15);
+    }
+#endif
     gclip_v8i w;
     memcpy(&w, p, sizeof w);
     const gclip_v8i lo = w & 0xffff, hi = (gclip_v8i)((gclip_v8u)w >> 16);
@@ -368,6 +385,47 @@ ALWAYS_INLINE double gclip_chunk_max(const void *data, int32_t dtype, int64_t be
     for (int j = 1; j < 8; j++)
         lane[0] = lane[j] > lane[0] ? lane[j] : lane[0];
     return gclip_max_bits_value(lane[0]);
+}
+
+/* ---- the read pass of a run of chunks (norm_cpu.c, norm_cpu_f16c.c) ---- */
+
+#define ACCUMULATE_KIND(dt)                                                           \
+    switch (kind) {                                                                   \
+    case GCLIP_KIND_L2: return gclip_chunk_sum(data, dt, begin, n, GCLIP_KIND_L2, p); \
+    case GCLIP_KIND_L1: return gclip_chunk_sum(data, dt, begin, n, GCLIP_KIND_L1, p); \
+    case GCLIP_KIND_INF: return gclip_chunk_max(data, dt, begin, n);                  \
+    default: return gclip_chunk_sum(data, dt, begin, n, GCLIP_KIND_P, p);             \
+    }
+
+ALWAYS_INLINE double gclip_chunk_terms(const gclip_tensor_desc *t, uint32_t index, int32_t kind,
+                                 float p)
+{
+    int64_t begin, n;
+    gclip_chunk_range(t->numel, index, &begin, &n);
+    const void *data = t->data;
+    switch (t->dtype) {
+    case GCLIP_F32:
+        ACCUMULATE_KIND(GCLIP_F32)
+    case GCLIP_F16:
+        ACCUMULATE_KIND(GCLIP_F16)
+    case GCLIP_F64:
+        ACCUMULATE_KIND(GCLIP_F64)
+    default:
+        ACCUMULATE_KIND(GCLIP_BF16)
+    }
+}
+
+
+/* The partial of each chunk of [first, last) into its slot. */
+ALWAYS_INLINE void gclip_read_chunks(const gclip_plan *plan, uint32_t first, uint32_t last,
+                                     const void *arg)
+{
+    const gclip_read_arg *a = arg;
+    const gclip_tensor_desc *tensors = plan->tensors;
+    const gclip_chunk *chunks = plan->chunks;
+    for (uint32_t c = first; c < last; c++)
+        a->partials[c] =
+            gclip_chunk_terms(&tensors[chunks[c].tensor], chunks[c].index, a->kind, a->p);
 }
 
 /* Multiply n elements by f, or clamp them to [-f, f], as STREAMS parts in

@@ -150,6 +150,20 @@ int gclip_cpu_threads(const gclip_plan *plan);
 typedef void (*gclip_cpu_run_fn)(const gclip_plan *plan, uint32_t first, uint32_t last,
                                  const void *arg);
 void gclip_cpu_for_chunks(const gclip_plan *plan, gclip_cpu_run_fn fn, const void *arg);
+/* The norm's read pass of a run of chunks: each chunk's partial into its
+ * slot (arg: a gclip_read_arg), as the norm kernel's block computes it. The
+ * generic one is compiled for the machine's baseline and AVX2 (norm_cpu.c). */
+typedef struct gclip_read_arg {
+    double *partials; /* one slot per chunk of the plan */
+    int32_t kind;
+    float p;
+} gclip_read_arg;
+void gclip_read_run_generic(const gclip_plan *plan, uint32_t first, uint32_t last, const void *arg);
+/* x86: whether the CPU has AVX2 and F16C (scale_cpu.c); asked once. */
+int gclip_cpu_has_f16c(void);
+/* The norm's read pass of a run of chunks, compiled for AVX2 and F16C
+ * (norm_cpu_f16c.c); only called when gclip_cpu_has_f16c(). */
+void gclip_read_run_f16c(const gclip_plan *plan, uint32_t first, uint32_t last, const void *arg);
 /* The update of chunks [first, last): clamped to [-f, f], or scaled by f (or
  * by factor[tensor] when factor is set; factors of exactly 1 write nothing). */
 void gclip_update_run_cpu(const gclip_plan *plan, uint32_t first, uint32_t last, int clamp,

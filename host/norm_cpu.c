@@ -14,54 +14,29 @@
  */
 #include "cpu_walk.h"
 
-#define ACCUMULATE_KIND(dt)                                                           \
-    switch (kind) {                                                                   \
-    case GCLIP_KIND_L2: return gclip_chunk_sum(data, dt, begin, n, GCLIP_KIND_L2, p); \
-    case GCLIP_KIND_L1: return gclip_chunk_sum(data, dt, begin, n, GCLIP_KIND_L1, p); \
-    case GCLIP_KIND_INF: return gclip_chunk_max(data, dt, begin, n);                  \
-    default: return gclip_chunk_sum(data, dt, begin, n, GCLIP_KIND_P, p);             \
-    }
-
-ALWAYS_INLINE double chunk_terms(const gclip_tensor_desc *t, uint32_t index, int32_t kind,
-                                 float p)
-{
-    int64_t begin, n;
-    gclip_chunk_range(t->numel, index, &begin, &n);
-    const void *data = t->data;
-    switch (t->dtype) {
-    case GCLIP_F32:
-        ACCUMULATE_KIND(GCLIP_F32)
-    case GCLIP_F16:
-        ACCUMULATE_KIND(GCLIP_F16)
-    case GCLIP_F64:
-        ACCUMULATE_KIND(GCLIP_F64)
-    default:
-        ACCUMULATE_KIND(GCLIP_BF16)
-    }
-}
-
-typedef struct read_arg {
-    double *partials;
-    int32_t kind;
-    float p;
-} read_arg;
-
 /* A run of chunks, each partial into its own slot; the clone is chosen once
  * per run (static: GCC exports the ifunc of a non-static target_clones
  * function whatever its visibility). */
 CPU_CLONES static void read_run(const gclip_plan *plan, uint32_t first, uint32_t last,
                                 const void *arg)
 {
-    const read_arg *a = arg;
-    const gclip_tensor_desc *tensors = plan->tensors;
-    const gclip_chunk *chunks = plan->chunks;
-    for (uint32_t c = first; c < last; c++)
-        a->partials[c] = chunk_terms(&tensors[chunks[c].tensor], chunks[c].index, a->kind, a->p);
+    gclip_read_chunks(plan, first, last, arg);
+}
+
+void gclip_read_run_generic(const gclip_plan *plan, uint32_t first, uint32_t last, const void *arg)
+{
+    read_run(plan, first, last, arg);
 }
 
 static void read_pass(gclip_plan *plan, double *partials, int32_t kind, float p)
 {
-    const read_arg a = {partials, kind, p};
+    const gclip_read_arg a = {partials, kind, p};
+#ifdef GCLIP_HAVE_READ_F16C
+    if (gclip_cpu_has_f16c()) {
+        gclip_cpu_for_chunks(plan, gclip_read_run_f16c, &a);
+        return;
+    }
+#endif
     gclip_cpu_for_chunks(plan, read_run, &a);
 }
 

@@ -97,7 +97,7 @@ __attribute__((target("avx2"))) static void walk_update_bf16_avx2(uint16_t *x, i
         gclip_walk_update_one(x, GCLIP_BF16, k, clamp, f);
 }
 
-static int have_f16c(void)
+int gclip_cpu_has_f16c(void)
 {
     /* asked once (cpuid traps to the hypervisor in a VM); relaxed atomics:
      * every thread that asks stores the same answer */
@@ -130,11 +130,11 @@ ALWAYS_INLINE void update_chunk(const gclip_tensor_desc *t, uint32_t index, int 
     int64_t begin, n;
     gclip_chunk_range(t->numel, index, &begin, &n);
 #ifdef GCLIP_F16C_PATH
-    if (t->dtype == GCLIP_F16 && have_f16c()) {
+    if (t->dtype == GCLIP_F16 && gclip_cpu_has_f16c()) {
         walk_update_f16c(t->data, begin, n, clamp, f);
         return;
     }
-    if (t->dtype == GCLIP_BF16 && have_f16c()) {
+    if (t->dtype == GCLIP_BF16 && gclip_cpu_has_f16c()) {
         walk_update_bf16_avx2(t->data, begin, n, clamp, f);
         return;
     }

@@ -1,0 +1,130 @@
+// The norm's CPU read pass exists in two builds: the generic one
+// (baseline x86-64 and AVX2 clones, or any other CPU), and on x86-64 one
+// compiled for AVX2 and F16C that converts f16 vectors with vcvtph2ps. The
+// library picks one per machine, so the other is not covered by the rest of
+// the suite; here both compute every chunk's partial of the same plans and
+// must agree bit for bit, and each finite partial must be within 1e-6 of the
+// long-double sum of its chunk's terms.
+#include "gclip_internal.h"
+#include "oracle.hpp"
+#include "plan_util.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+using oracle::TestBuffer;
+
+namespace {
+
+// Values from every part of a dtype's range: normal, subnormal (for f16 and
+// bf16 the smallest halves), zeros of both signs, and, when asked, an Inf or
+// a NaN now and then.
+void fill_wide(TestBuffer &b, oracle::Rng &rng, bool nonfinite)
+{
+    for (int64_t i = 0; i < b.numel(); ++i) {
+        const int64_t r = rng.range(0, 99);
+        float v;
+        if (r < 70)
+            v = static_cast<float>(rng.normal(1.0));
+        else if (r < 80)
+            v = static_cast<float>(std::pow(10.0, rng.uniform(-9.0, -4.0)));
+        else if (r < 85)
+            v = r % 2 ? 0.0f : -0.0f;
+        else if (r < 95)
+            v = static_cast<float>(std::pow(10.0, rng.uniform(1.0, 4.7)));
+        else
+            v = static_cast<float>(rng.normal(1e-3));
+        if (nonfinite && rng.range(0, 4999) == 0)
+            v = rng.range(0, 1) ? std::numeric_limits<float>::infinity()
+                                : std::numeric_limits<float>::quiet_NaN();
+        b.set(i, r % 3 ? v : -v);
+    }
+}
+
+// The sum of |x|^p over a chunk of `t`, in long double (the partial's value).
+long double chunk_terms(const TestBuffer &t, int64_t begin, int64_t n, int32_t kind, float p)
+{
+    long double s = 0.0L;
+    for (int64_t i = begin; i < begin + n; ++i) {
+        const long double a = std::fabs(t.get_exact(i));
+        s += kind == GCLIP_KIND_L2 ? a * a : kind == GCLIP_KIND_L1 ? a : std::pow(a, (long double)p);
+    }
+    return s;
+}
+
+std::vector<double> read_partials(gclip_plan *plan, int32_t kind, float p, bool f16c)
+{
+    std::vector<double> partials(plan->num_chunks, -1.0);
+    const gclip_read_arg arg = {partials.data(), kind, p};
+#if GCLIP_TEST_READ_F16C
+    if (f16c) {
+        gclip_read_run_f16c(plan, 0, plan->num_chunks, &arg);
+        return partials;
+    }
+#else
+    (void)f16c;
+#endif
+    gclip_read_run_generic(plan, 0, plan->num_chunks, &arg);
+    return partials;
+}
+
+} // namespace
+
+TEST(ReadPass, GenericAndF16cBuildsGiveTheSameBits)
+{
+#if GCLIP_TEST_READ_F16C
+    if (!gclip_cpu_has_f16c())
+        GTEST_SKIP() << "this CPU lacks AVX2 or F16C: only the generic read pass exists here";
+#else
+    GTEST_SKIP() << "the library was built without the F16C read pass (not x86-64 GCC/Clang)";
+#endif
+    oracle::Rng rng(2026);
+    // sizes that reach every part of a chunk's walk: head and tail elements
+    // (odd offsets), single vectors, a partial batch, whole batches, and
+    // more than one chunk
+    const int64_t sizes[] = {1, 7, 8, 9, 63, 100, 257, 1023, 4096 + 3, 8192 + 11, 16384,
+                             20000, 65536, 65536 + 4100, 200003};
+    for (gclip_dtype dt : {GCLIP_F16, GCLIP_BF16, GCLIP_F32}) {
+        std::vector<TestBuffer> bufs;
+        int k = 0;
+        for (int64_t n : sizes) {
+            bufs.emplace_back(dt, n, k % 8);
+            fill_wide(bufs.back(), rng, k % 4 == 3);
+            ++k;
+        }
+        testutil::PlanPtr plan;
+        ASSERT_EQ(testutil::make_plan(plan, oracle::tensors_of(bufs)), GCLIP_STATUS_SUCCESS);
+        const struct {
+            int32_t kind;
+            float p;
+        } kinds[] = {{GCLIP_KIND_L2, 2.0f}, {GCLIP_KIND_L1, 1.0f}, {GCLIP_KIND_P, 3.0f},
+                     {GCLIP_KIND_INF, INFINITY}};
+        for (const auto &kd : kinds) {
+            SCOPED_TRACE(std::string(oracle::dtype_name(dt)) + " kind " + std::to_string(kd.kind));
+            const std::vector<double> a = read_partials(plan.get(), kd.kind, kd.p, false);
+            const std::vector<double> b = read_partials(plan.get(), kd.kind, kd.p, true);
+            ASSERT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(double)), 0);
+            if (kd.kind == GCLIP_KIND_INF)
+                continue;
+            int checked = 0;
+            for (uint32_t c = 0; c < plan->num_chunks; ++c) {
+                const gclip_chunk &ch = plan->chunks[c];
+                int64_t begin, n;
+                gclip_chunk_range(bufs[ch.tensor].numel(), ch.index, &begin, &n);
+                const long double want = chunk_terms(bufs[ch.tensor], begin, n, kd.kind, kd.p);
+                if (!std::isfinite(want)) {
+                    EXPECT_FALSE(std::isfinite(a[c])) << "chunk " << c;
+                    continue;
+                }
+                EXPECT_LE(std::fabs((a[c] - want) / want), 1e-6L) << "chunk " << c;
+                ++checked;
+            }
+            EXPECT_GT(checked, 10);
+        }
+    }
+}
