@@ -44,9 +44,9 @@
  * computes it under the emulator (kernels/norm_kernel.cu, gclip_term_sum;
  * kernels/chunk_walk.cuh): GCLIP_BLOCK_THREADS thread accumulators, each fed
  * its head element, its groups of GCLIP_WALK_BATCH vectors v, v + B, ...,
- * its single vectors and its tail element in the walk's order, then folded
- * in thread order. The same float groups, the same tree, the same order:
- * the partial is bitwise the emulator's. */
+ * its single vectors and its tail element in the walk's order, then the
+ * block reduction's tree (gclip_block_tree_cpu). The same float groups, the
+ * same trees, the same order: the partial is bitwise the kernel's. */
 
 #define NT GCLIP_BLOCK_THREADS /* threads of one norm-kernel block */
 #define WALK_BATCH 4 /* GCLIP_WALK_BATCH of chunk_walk.cuh */
@@ -299,6 +299,38 @@ ALWAYS_INLINE void single_rows(const char *row, int t0, int t1, int32_t dtype, i
                                : (double)s[t]);
 }
 
+/* The block reduction of kernels/block_reduce.cuh over the first `used`
+ * thread values of acc (the other threads' values are +0): each warp's 32 in
+ * a halving tree (lane l with l + 16, 8, 4, 2, 1), then the eight warp
+ * values in a halving tree (i with i + 4, i + 2, i + 1). Adding +0 to a sum
+ * of terms changes nothing (no term is -0), so a pair whose upper value is a
+ * +0 of an unused thread is skipped. */
+ALWAYS_INLINE double gclip_block_tree_cpu(double *acc, int used, int32_t kind)
+{
+    double warp[NT / 32];
+    const int nw = (used + 31) / 32;
+    for (int w = 0; w < NT / 32; w++) {
+        double *a = acc + 32 * w;
+        const int n = w < nw ? (used - 32 * w < 32 ? used - 32 * w : 32) : 0;
+        if (n == 32) {
+            for (int h = 16; h >= 1; h /= 2)
+                for (int l = 0; l < h; l++)
+                    a[l] = gclip_term_combine(a[l], a[l + h], kind);
+        } else {
+            for (int h = 16; h >= 1; h /= 2)
+                for (int l = 0; l + h < n; l++)
+                    a[l] = gclip_term_combine(a[l], a[l + h], kind);
+        }
+        warp[w] = n > 0 ? a[0] : GCLIP_TERM_ZERO;
+    }
+    const double a0 = gclip_term_combine(warp[0], warp[4], kind);
+    const double a1 = gclip_term_combine(warp[1], warp[5], kind);
+    const double a2 = gclip_term_combine(warp[2], warp[6], kind);
+    const double a3 = gclip_term_combine(warp[3], warp[7], kind);
+    return gclip_term_combine(gclip_term_combine(a0, a2, kind), gclip_term_combine(a1, a3, kind),
+                              kind);
+}
+
 /* The partial of the n elements from element `begin` of `data` for a sum
  * kind (L2, L1, P). Inlined with constant dtype and kind. */
 ALWAYS_INLINE double gclip_chunk_sum(const void *data, int32_t dtype, int64_t begin, int64_t n,
@@ -357,11 +389,7 @@ ALWAYS_INLINE double gclip_chunk_sum(const void *data, int32_t dtype, int64_t be
     }
     for (int t = 0; t < sp.tail; t++)
         acc[t] = gclip_term_add(acc[t], elem_f64(base, dtype, sp.head + nv * lanes + t), kind, p);
-    /* the block's fold in thread order (the emulator's block reduction) */
-    double r = used > 0 ? acc[0] : GCLIP_TERM_ZERO;
-    for (int64_t t = 1; t < used; t++)
-        r = gclip_term_combine(r, acc[t], kind);
-    return r;
+    return gclip_block_tree_cpu(acc, (int)used, kind);
 }
 
 /* max|x| of n elements as an integer max of magnitude bits (order free, so

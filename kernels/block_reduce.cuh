@@ -1,10 +1,16 @@
 /*
- * block_reduce.cuh - the one block-wide reduction the gclip kernels use.
+ * block_reduce.cuh - the one block-wide reduction of the gclip kernels: a
+ * fixed tree over the GCLIP_BLOCK_THREADS values of a block, the same on a
+ * GPU, in the SIMT emulator and in the CPU twin (gclip_block_tree_cpu,
+ * host/cpu_walk.h), so a chunk's partial has the same bits on every engine.
  *
- * Under nvcc it is cub::BlockReduce<double, GCLIP_BLOCK_THREADS>; in the SIMT
- * emulator (GCLIP_SIMT_EMULATION) it is gclip_emu_block_reduce, which folds
- * the threads' values in thread order. Both combine with gclip_term_combine:
- * a sum for the p-norms, a max that keeps NaN for the Inf-norm.
+ * The tree, in two levels:
+ *   1. each warp's 32 values in a halving tree: lane l takes lane l + w for
+ *      w = 16, 8, 4, 2, 1 (warp shuffles, no shared memory, no barrier);
+ *   2. thread 0 takes the eight warp values in a halving tree: warp i with
+ *      i + 4, then i with i + 2, then 0 with 1.
+ * Values are combined with gclip_term_combine: a sum for the p-norms, a max
+ * that keeps NaN for the Inf-norm.
  *
  * Usage (every thread of the block calls it, with the same `kind`):
  *
@@ -14,9 +20,9 @@
  * The result is valid in thread 0 only. The storage is reused by the next
  * call, so a __syncthreads() must separate two calls on the same storage.
  *
- * Determinism: CUB's BlockReduce combines the values in a fixed tree that
- * depends only on the block size (no atomics), so for a fixed
- * GCLIP_BLOCK_THREADS the result is bitwise reproducible on every GPU.
+ * The emulator (tests/emu/simt_emu.h) provides __shfl_down_sync with CUDA's
+ * meaning for a block whose threads all call it together, so this source
+ * runs unchanged there.
  */
 #ifndef GCLIP_BLOCK_REDUCE_CUH
 #define GCLIP_BLOCK_REDUCE_CUH
@@ -24,45 +30,32 @@
 #include "gclip_cuda_compat.h"
 #include "gclip_kernels.h"
 
-#if !defined(GCLIP_SIMT_EMULATION)
-#include <cub/block/block_reduce.cuh>
-#endif
+#define GCLIP_WARP_THREADS 32
+#define GCLIP_BLOCK_WARPS (GCLIP_BLOCK_THREADS / GCLIP_WARP_THREADS)
+static_assert(GCLIP_BLOCK_WARPS == 8, "the tree's second level is written for 8 warps");
 
-/* The combine of the norm accumulators as a functor for the reduction. */
-struct gclip_combine_op {
-    int32_t kind;
-    __device__ __forceinline__ double operator()(const double &a, const double &b) const
-    {
-        return gclip_term_combine(a, b, kind);
-    }
-};
-
-#if defined(GCLIP_SIMT_EMULATION)
-
-/* The emulator keeps its own per-block scratch; the kernel still declares the
- * storage so that the kernel source is the same in both modes. */
 struct gclip_reduce_storage {
-    int unused;
+    double warp[GCLIP_BLOCK_WARPS];
 };
 
 __device__ __forceinline__ double gclip_block_reduce(gclip_reduce_storage &storage, double v,
                                                      int32_t kind)
 {
-    (void)storage;
-    return gclip_emu_block_reduce<GCLIP_BLOCK_THREADS>(v, gclip_combine_op{kind});
+    for (unsigned w = GCLIP_WARP_THREADS / 2; w >= 1; w /= 2)
+        v = gclip_term_combine(v, __shfl_down_sync(0xffffffffu, v, w), kind);
+    if (threadIdx.x % GCLIP_WARP_THREADS == 0)
+        storage.warp[threadIdx.x / GCLIP_WARP_THREADS] = v;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        const double *s = storage.warp;
+        const double a0 = gclip_term_combine(s[0], s[4], kind);
+        const double a1 = gclip_term_combine(s[1], s[5], kind);
+        const double a2 = gclip_term_combine(s[2], s[6], kind);
+        const double a3 = gclip_term_combine(s[3], s[7], kind);
+        v = gclip_term_combine(gclip_term_combine(a0, a2, kind), gclip_term_combine(a1, a3, kind),
+                               kind);
+    }
+    return v;
 }
-
-#else
-
-typedef cub::BlockReduce<double, GCLIP_BLOCK_THREADS> gclip_cub_block_reduce;
-typedef gclip_cub_block_reduce::TempStorage gclip_reduce_storage;
-
-__device__ __forceinline__ double gclip_block_reduce(gclip_reduce_storage &storage, double v,
-                                                     int32_t kind)
-{
-    return gclip_cub_block_reduce(storage).Reduce(v, gclip_combine_op{kind});
-}
-
-#endif
 
 #endif /* GCLIP_BLOCK_REDUCE_CUH */

@@ -147,7 +147,7 @@ enum : int {
     kOk = 0,
     kErrDivergence = 9001,   // __syncthreads not reached by every thread alike
     kErrConfiguration = 9002, // grid or block shape a GPU would reject
-    kErrReduceShape = 9003    // gclip_emu_block_reduce<BLOCK> in a block of another size
+    kErrShuffle = 9003        // __shfl_down_sync used in a way the emulator does not support
 };
 
 // Status of the most recent launch (or launch_concurrent).
@@ -307,30 +307,31 @@ inline unsigned long long atomicCAS(unsigned long long *address, unsigned long l
         address, [compare, val](unsigned long long o) { return o == compare ? val : o; });
 }
 
-// ---- block reduction ---------------------------------------------------------
+// ---- warp shuffle ------------------------------------------------------------
 
-// Stand-in for cub::BlockReduce: each thread publishes its value, a barrier,
-// then thread 0 folds the values in thread-index order with `op`. As with CUB
-// the result is valid in thread 0 only (the others get NaN here, so a kernel
-// that uses it elsewhere is caught), and the storage is reused by the next
-// call with the same BLOCK and Op, which therefore needs a barrier between.
-template <int BLOCK, class Op>
-double gclip_emu_block_reduce(double v, Op op)
+// __shfl_down_sync(mask, v, delta) as CUDA defines it: lane l of each warp
+// gets lane l + delta's v, or its own v where l + delta >= 32. Emulated for
+// the one way gclip uses it: every thread of the block calls it at the same
+// point with the full mask (kernels/block_reduce.cuh). Each thread publishes
+// its value, a barrier, each reads its source lane's, a barrier (so the next
+// call may overwrite the values). A partial mask, a delta of 32 or more, or
+// a block that is not whole warps fails the launch (kErrShuffle); threads
+// that call it at different points fail it as divergent barriers do.
+inline double __shfl_down_sync(unsigned mask, double v, unsigned delta)
 {
-    static char key; // one storage per instantiation, as a __shared__ TempStorage
-    if (blockDim.x != static_cast<unsigned>(BLOCK))
-        ::gclip_emu::fail(::gclip_emu::kErrReduceShape,
-                          "gclip_emu_block_reduce<%d> called in a block of %u threads", BLOCK,
-                          blockDim.x);
-    double *slots = static_cast<double *>(::gclip_emu::block_scratch(&key, sizeof(double) * BLOCK));
-    slots[threadIdx.x] = v;
-    ::gclip_emu::syncthreads("gclip_emu_block_reduce", BLOCK);
-    if (threadIdx.x != 0)
-        return std::numeric_limits<double>::quiet_NaN();
-    double acc = slots[0];
-    for (int i = 1; i < BLOCK; ++i)
-        acc = op(acc, slots[i]);
-    return acc;
+    static char key;
+    if (mask != 0xffffffffu || delta >= 32u || blockDim.x % 32u != 0u)
+        ::gclip_emu::fail(::gclip_emu::kErrShuffle,
+                          "__shfl_down_sync(0x%x, v, %u) in a block of %u threads: the emulator "
+                          "supports the full mask, delta < 32 and whole warps",
+                          mask, delta, blockDim.x);
+    double *slots = static_cast<double *>(::gclip_emu::block_scratch(&key, sizeof(double) * blockDim.x));
+    const unsigned t = threadIdx.x, lane = t % 32u;
+    slots[t] = v;
+    ::gclip_emu::syncthreads("__shfl_down_sync (publish)", 0);
+    const double got = lane + delta < 32u ? slots[t + delta] : v;
+    ::gclip_emu::syncthreads("__shfl_down_sync (read)", 0);
+    return got;
 }
 
 // ---- launch macros -----------------------------------------------------------------

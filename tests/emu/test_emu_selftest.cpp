@@ -115,23 +115,36 @@ __global__ void atomic_then_log(unsigned *counter)
     g_log.push_back(static_cast<int>(*counter));
 }
 
-struct OrderedFold {
-    // Not commutative: the result encodes the order of the operands.
-    double operator()(double a, double b) const { return a * 10.0 + b; }
-};
-
-__global__ void reduce_kernel(double *out, bool second_with_barrier)
+// Shuffles: each thread's index down by `delta`, then 1000 + its index (the
+// second call must not see the first one's values).
+__global__ void shuffle_kernel(double *out, unsigned delta)
 {
-    double first = gclip_emu_block_reduce<kThreads>(static_cast<double>(threadIdx.x), OrderedFold{});
-    if (second_with_barrier)
-        __syncthreads();
-    double second = gclip_emu_block_reduce<kThreads>(1.0, OrderedFold{});
-    if (threadIdx.x == 0) {
-        out[0] = first;
-        out[1] = second;
-    } else if (!std::isnan(first)) {
-        out[2] = 1.0; // other threads must not get a usable value
-    }
+    const double first = __shfl_down_sync(0xffffffffu, static_cast<double>(threadIdx.x), delta);
+    const double second = __shfl_down_sync(0xffffffffu, 1000.0 + threadIdx.x, delta);
+    out[threadIdx.x] = first;
+    out[blockDim.x + threadIdx.x] = second;
+}
+
+__global__ void partial_mask_shuffle(double *out)
+{
+    out[threadIdx.x] = __shfl_down_sync(0x0000ffffu, 1.0, 1);
+}
+
+__global__ void divergent_shuffle(double *out)
+{
+    if (threadIdx.x % 2)
+        out[threadIdx.x] = __shfl_down_sync(0xffffffffu, 1.0, 1);
+}
+
+// A warp's sum by shuffles (16, 8, 4, 2, 1) in every block at once: the
+// exchange storage of one block must not be another's.
+__global__ void shuffle_sum_per_block(double *sums)
+{
+    double v = blockIdx.x * 100.0 + threadIdx.x;
+    for (unsigned w = 16; w >= 1; w /= 2)
+        v += __shfl_down_sync(0xffffffffu, v, w);
+    if (threadIdx.x == 0)
+        sums[blockIdx.x] = v;
 }
 
 __global__ void load_vector(const float *p, unsigned *out)
@@ -227,15 +240,9 @@ __global__ void ticket_sum(unsigned *ticket, unsigned *partials, unsigned *sum, 
         atomicExch(ticket, 0u);
 }
 
-struct Plus {
-    double operator()(double a, double b) const { return a + b; }
-};
-
-// Each block keeps its own __shared__ copy and block-reduction scratch
-// across switch points while other blocks write theirs. `others_ran`
+// Each block keeps its own __shared__ copy across switch points while other blocks write theirs. `others_ran`
 // counts blocks that saw another block's write to a global in between.
-__global__ void shared_per_block(unsigned *last_writer, unsigned *wrong, unsigned *others_ran,
-                                 double *reduced)
+__global__ void shared_per_block(unsigned *last_writer, unsigned *wrong, unsigned *others_ran)
 {
     __shared__ unsigned mine[kThreads];
     mine[threadIdx.x] = blockIdx.x * 100 + threadIdx.x;
@@ -248,9 +255,6 @@ __global__ void shared_per_block(unsigned *last_writer, unsigned *wrong, unsigne
     for (unsigned t = 0; t < kThreads; ++t)
         if (mine[t] != blockIdx.x * 100 + t)
             atomicAdd(wrong, 1u);
-    const double r = gclip_emu_block_reduce<kThreads>(blockIdx.x * 100.0 + threadIdx.x, Plus{});
-    if (threadIdx.x == 0)
-        reduced[blockIdx.x] = r;
 }
 
 // Reads shared memory after a switch point, before any thread of the block
@@ -442,33 +446,32 @@ TEST(EmuAtomics, YieldAtAtomicsInterleavesThreads)
     EXPECT_EQ(g_log.front(), kThreads); // every thread reached its atomic first
 }
 
-TEST(EmuReduce, FoldsInThreadOrderIntoThreadZeroOnly)
+TEST(EmuShuffle, EachLaneGetsTheLaneDeltaAboveInItsWarp)
 {
-    const Order orders[] = {Order::forward, Order::reverse, Order::shuffled};
-    for (Order o : orders) {
-        double out[3] = {0, 0, 0};
-        use_schedule(o, Order::forward, 5);
-        ASSERT_EQ(GCLIP_LAUNCH(reduce_kernel, 1, kThreads, nullptr, out, true), 0);
-        EXPECT_EQ(out[0], 1234567.0) << gclip_emu::order_name(o); // digits 0..7 in order
-        EXPECT_EQ(out[1], 11111111.0) << gclip_emu::order_name(o);
-        EXPECT_EQ(out[2], 0.0) << "a thread other than 0 got a reduction value";
-    }
+    constexpr unsigned kBlock = 64;
+    for (Order o : {Order::forward, Order::reverse, Order::shuffled})
+        for (unsigned delta : {0u, 1u, 5u, 16u, 31u}) {
+            SCOPED_TRACE(std::string(gclip_emu::order_name(o)) + " delta " + std::to_string(delta));
+            std::vector<double> out(2 * kBlock, -1.0);
+            use_schedule(o, Order::forward, 5);
+            ASSERT_EQ(GCLIP_LAUNCH(shuffle_kernel, 1, kBlock, nullptr, out.data(), delta), 0);
+            for (unsigned t = 0; t < kBlock; ++t) {
+                const unsigned src = t % 32 + delta < 32 ? t + delta : t;
+                EXPECT_EQ(out[t], static_cast<double>(src)) << "thread " << t;
+                EXPECT_EQ(out[kBlock + t], 1000.0 + src) << "thread " << t;
+            }
+        }
 }
 
-TEST(EmuReduce, ReusingTheStorageWithoutABarrierIsCaughtInReverseOrder)
+TEST(EmuShuffle, UnsupportedUsesAreReported)
 {
-    double out[3] = {0, 0, 0};
-    use_schedule(Order::reverse, Order::forward);
-    ASSERT_EQ(GCLIP_LAUNCH(reduce_kernel, 1, kThreads, nullptr, out, false), 0);
-    EXPECT_NE(out[0], 1234567.0);
-}
-
-TEST(EmuReduce, WrongBlockSizeIsReported)
-{
-    double out[3] = {0, 0, 0};
+    std::vector<double> out(128, 0.0);
     use_schedule(Order::forward, Order::forward);
-    EXPECT_EQ(GCLIP_LAUNCH(reduce_kernel, 1, kThreads * 2, nullptr, out, true),
-              gclip_emu::kErrReduceShape);
+    EXPECT_EQ(GCLIP_LAUNCH(partial_mask_shuffle, 1, 32, nullptr, out.data()), gclip_emu::kErrShuffle);
+    EXPECT_EQ(GCLIP_LAUNCH(shuffle_kernel, 1, 48, nullptr, out.data(), 1u), gclip_emu::kErrShuffle);
+    EXPECT_EQ(GCLIP_LAUNCH(shuffle_kernel, 1, 32, nullptr, out.data(), 32u), gclip_emu::kErrShuffle);
+    EXPECT_EQ(GCLIP_LAUNCH(divergent_shuffle, 1, 32, nullptr, out.data()),
+              gclip_emu::kErrDivergence);
 }
 
 TEST(EmuLaunch, UnsupportedShapesAreRejected)
@@ -689,15 +692,16 @@ TEST(EmuBlocks, SharedMemoryAndScratchArePerBlock)
         for (Order o : {Order::forward, Order::reverse, Order::shuffled}) {
             SCOPED_TRACE(std::string(gclip_emu::order_name(o)) + " seed " + std::to_string(seed));
             unsigned last_writer = 0, wrong = 0, others_ran = 0;
-            std::vector<double> reduced(kGrid);
             use_schedule(o, Order::shuffled, seed, seed % 2 == 0, 4, 1.0);
             ASSERT_EQ(GCLIP_LAUNCH(shared_per_block, kGrid, kThreads, nullptr, &last_writer, &wrong,
-                                   &others_ran, reduced.data()),
+                                   &others_ran),
                       0);
             EXPECT_EQ(wrong, 0u) << "a block read another block's __shared__ values";
             EXPECT_GT(others_ran, 0u) << "no block ran between another's write and read";
+            std::vector<double> sums(kGrid, -1.0);
+            ASSERT_EQ(GCLIP_LAUNCH(shuffle_sum_per_block, kGrid, 32, nullptr, sums.data()), 0);
             for (unsigned b = 0; b < kGrid; ++b)
-                EXPECT_EQ(reduced[b], kThreads * 100.0 * b + 28.0) << "block " << b;
+                EXPECT_EQ(sums[b], 32 * 100.0 * b + 496.0) << "block " << b;
         }
 }
 
