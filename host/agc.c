@@ -182,10 +182,11 @@ gclip_status gclip_agc_create(gclip_agc **agc, gclip_plan *plan, const gclip_ten
     if (s != GCLIP_STATUS_SUCCESS)
         return s;
 
-    gclip_agc *a = gclip_host_alloc(sizeof *a);
-    if (!a)
-        return gclip_fail(GCLIP_STATUS_OUT_OF_MEMORY, "AGC: host allocation failed");
-    memset(a, 0, sizeof *a);
+    void *mem;
+    s = gclip_host_alloc_zeroed(sizeof(gclip_agc), "AGC", &mem);
+    if (s != GCLIP_STATUS_SUCCESS)
+        return s;
+    gclip_agc *a = mem;
     a->plan = plan;
     a->num_pieces = (uint32_t)pieces;
     const agc_layout l = agc_layout_of(plan->count, a->num_pieces);

@@ -3,6 +3,7 @@
  * fault-injection tests fail each allocation in turn.
  */
 #include <stdlib.h>
+#include <string.h>
 
 #include "gclip_internal.h"
 
@@ -21,6 +22,15 @@ void *gclip_host_alloc(size_t bytes)
         return NULL;
     /* never 0 bytes: a NULL from malloc(0) would read as a failure */
     return malloc(bytes ? bytes : 1);
+}
+
+gclip_status gclip_host_alloc_zeroed(size_t bytes, const char *what, void **ptr)
+{
+    *ptr = gclip_host_alloc(bytes);
+    if (!*ptr)
+        return gclip_fail(GCLIP_STATUS_OUT_OF_MEMORY, "%s: host allocation failed", what);
+    memset(*ptr, 0, bytes);
+    return GCLIP_STATUS_SUCCESS;
 }
 
 void gclip_host_free(void *ptr)

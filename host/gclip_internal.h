@@ -90,6 +90,11 @@ const char *gclip_op_name(int32_t op);
 void *gclip_host_alloc(size_t bytes);
 void gclip_host_free(void *ptr);
 
+/* A zeroed object of `bytes` in *ptr; on failure *ptr is NULL and the status
+ * is GCLIP_STATUS_OUT_OF_MEMORY, with the message "<what>: host allocation
+ * failed". */
+gclip_status gclip_host_alloc_zeroed(size_t bytes, const char *what, void **ptr);
+
 /* Test hook: when set, called before every host allocation with a running
  * index (0, 1, ...); returning nonzero makes that allocation fail. Not part of
  * the public API. */

@@ -98,10 +98,11 @@ gclip_status gclip_plan_create(gclip_plan **plan, const gclip_tensor *tensors, s
     if (s != GCLIP_STATUS_SUCCESS)
         return s;
 
-    gclip_plan *p = gclip_host_alloc(sizeof *p);
-    if (!p)
-        return gclip_fail(GCLIP_STATUS_OUT_OF_MEMORY, "plan: host allocation failed");
-    memset(p, 0, sizeof *p);
+    void *mem;
+    s = gclip_host_alloc_zeroed(sizeof(gclip_plan), "plan", &mem);
+    if (s != GCLIP_STATUS_SUCCESS)
+        return s;
+    gclip_plan *p = mem;
     p->device = device;
     p->backend = device == GCLIP_DEVICE_CPU ? &gclip_cpu_backend : &gclip_cuda_backend;
     p->count = count;

@@ -15,28 +15,16 @@
  * The kernel runs the rows in parallel, the CPU in index order; each row
  * touches only its own state, so both give the same bits.
  *
- * Products are written with gclip_fmul / gclip_muld: nvcc would otherwise
- * contract a product and a sum into one fused multiply-add, rounded once,
- * and the GPU's state would drift from the CPU's by an ulp at a time.
+ * Products are written with gclip_fmul / gclip_muld (gclip_norm_math.h):
+ * nvcc would otherwise contract a product and a sum into one fused
+ * multiply-add, rounded once, and the GPU's state would drift from the
+ * CPU's by an ulp at a time.
  */
 #ifndef GCLIP_ADAPT_MATH_H
 #define GCLIP_ADAPT_MATH_H
 
 #include "gclip_adapt.h"
 #include "gclip_norm_math.h"
-
-/* ---- products rounded on their own -------------------------------------------- */
-
-/* gclip_fmul (gclip_norm_math.h) for float; in double: */
-
-GCLIP_HD double gclip_muld(double a, double b)
-{
-#if defined(__CUDA_ARCH__)
-    return __dmul_rn(a, b);
-#else
-    return a * b;
-#endif
-}
 
 /* ---- the adaptive's memory ------------------------------------------------------ */
 

@@ -69,6 +69,16 @@ GCLIP_HD float gclip_fadd(float a, float b)
 #endif
 }
 
+/* The product in double (the adaptive's and the AGC's arithmetic). */
+GCLIP_HD double gclip_muld(double a, double b)
+{
+#if defined(__CUDA_ARCH__)
+    return __dmul_rn(a, b);
+#else
+    return a * b;
+#endif
+}
+
 /* The term of element x in double: x^2, |x| or |x|^p (kind L2, L1, P).
  * x^2 of a float is exact in double (so a fused multiply-add with it rounds
  * as the separate product and sum do); for f64 elements the CUDA compiler

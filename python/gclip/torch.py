@@ -155,6 +155,14 @@ class _PlanCache:
         return entry
 
 
+def _use_threads(entry: _PlanEntry, threads: Optional[int] = None) -> None:
+    """Set the plan's thread count to ``threads``, or back to the plan's own
+    default when None (plans are shared: a Clipper may have left its count)."""
+    want = entry.default_threads if threads is None else threads
+    if entry.plan.num_threads != want:
+        entry.plan.set_num_threads(want)
+
+
 _cache = _PlanCache()
 
 
@@ -192,8 +200,7 @@ class _Scanner:
         return entry
 
     def rebind(self, entry, count, stream):
-        if entry.plan.num_threads != entry.default_threads:  # a Clipper's own count
-            entry.plan.set_num_threads(entry.default_threads)
+        _use_threads(entry)
         st = _lib.fn.plan_rebind(entry.plan.handle, self.buf, count, stream)
         if st:
             raise _lib.error_for(st, "gclip_plan_rebind")
@@ -230,8 +237,7 @@ def _bind(grads: List[Tensor], device: torch.device, dev_index: int, stream: int
     """The cached plan for these shapes, dtypes and device, rebound to the
     gradients' current data pointers."""
     entry = _cache.get(grads, device, dev_index, dtypes)
-    if entry.plan.num_threads != entry.default_threads:  # a Clipper's own count
-        entry.plan.set_num_threads(entry.default_threads)
+    _use_threads(entry)
     try:
         contiguous = all(map(_is_contiguous, grads))
     except RuntimeError:  # sparse and other layouts
@@ -587,9 +593,7 @@ class Clipper(_core.Clipper):
         entry = _bind(grads, device, dev_index, stream)
         # plans are shared with the drop-ins: this Clipper's thread count, or
         # the plan's own default, for the duration of each call
-        want = self.num_threads if self.num_threads is not None else entry.default_threads
-        if entry.plan.num_threads != want:
-            entry.plan.set_num_threads(want)
+        _use_threads(entry, self.num_threads)
         self.plan = entry.plan
         self._entry = entry
         self._device = device
