@@ -102,6 +102,7 @@ done
 #   - scale of f16: paired conversions (F2FP) packing, HADD2.F32 unpacking,
 #     and at most 4 branches per 32 elements (a software conversion has over
 #     a hundred); scale of bf16 from sm_80: F2FP.BF16 packing.
+#   - L2/L1 of every type, whole probe: no FFMA or DFMA (bitwise the CPU's).
 # And: the norm kernel at most 64 registers on sm_90 (4 blocks of 256 threads
 # per SM); spills and stack are checked above for every architecture.
 probe_src="$src/tests/nvcc/walk_probes.cu"
@@ -150,6 +151,16 @@ else
                     fail "sm_$a norm $dt $kind: $fp64 fp64 instructions for $elems elements (more than 1/4 per element)"
                 fi
             done
+        done
+        # no fused multiply-add anywhere in the L2/L1 accumulation (the exact
+        # path and f64 included): the CPU path rounds every product and sum
+        # apart, and a chunk's partial is the same bits on every engine
+        for p in f32_l2 f32_l1 f16_l2 f16_l1 bf16_l2 bf16_l1 f64_l2; do
+            n=$("$cuobjdump" -sass -fun "gclip_probe_norm_$p" "$obj" | grep -cE '[[:space:]](FFMA|DFMA)[[:space:].]' || true)
+            echo "  sm_$a norm $p: ${n:-?} FFMA/DFMA"
+            if [ "${n:-1}" -ne 0 ]; then
+                fail "sm_$a norm $p: $n fused multiply-adds in the accumulation (the CPU path rounds product and sum apart)"
+            fi
         done
         s=$(stat gclip_probe_scale_f16)
         echo "  sm_$a scale f16: $s (32 elements per iteration)"

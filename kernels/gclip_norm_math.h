@@ -69,7 +69,8 @@ GCLIP_HD float gclip_fadd(float a, float b)
 #endif
 }
 
-/* The product in double (the adaptive's and the AGC's arithmetic). */
+/* The product in double, rounded on its own (the exact terms, the
+ * adaptive's and the AGC's arithmetic). */
 GCLIP_HD double gclip_muld(double a, double b)
 {
 #if defined(__CUDA_ARCH__)
@@ -91,7 +92,7 @@ GCLIP_HD double gclip_term_exact(double x, int32_t kind, float p)
 {
     const double a = fabs(x);
     if (kind == GCLIP_KIND_L2)
-        return a * a;
+        return gclip_muld(a, a); /* not fused with the add that follows */
     if (kind == GCLIP_KIND_L1)
         return a;
     return exp2((double)p * log2(a));
