@@ -300,35 +300,21 @@ ALWAYS_INLINE void single_rows(const char *row, int t0, int t1, int32_t dtype, i
 }
 
 /* The block reduction of kernels/block_reduce.cuh over the first `used`
- * thread values of acc (the other threads' values are +0): each warp's 32 in
- * a halving tree (lane l with l + 16, 8, 4, 2, 1), then the eight warp
- * values in a halving tree (i with i + 4, i + 2, i + 1). Adding +0 to a sum
- * of terms changes nothing (no term is -0), so a pair whose upper value is a
- * +0 of an unused thread is skipped. */
+ * thread values of acc (the other threads' values are +0): the halving
+ * tree, value t with t + 128, 64, ..., 1. A slot at or above `used` only
+ * ever receives from higher slots, so it stays +0, and adding +0 to a sum of
+ * terms changes nothing (no term is -0): the pairs whose upper slot is at or
+ * above `used` are skipped. */
 ALWAYS_INLINE double gclip_block_tree_cpu(double *acc, int used, int32_t kind)
 {
-    double warp[NT / 32];
-    const int nw = (used + 31) / 32;
-    for (int w = 0; w < NT / 32; w++) {
-        double *a = acc + 32 * w;
-        const int n = w < nw ? (used - 32 * w < 32 ? used - 32 * w : 32) : 0;
-        if (n == 32) {
-            for (int h = 16; h >= 1; h /= 2)
-                for (int l = 0; l < h; l++)
-                    a[l] = gclip_term_combine(a[l], a[l + h], kind);
-        } else {
-            for (int h = 16; h >= 1; h /= 2)
-                for (int l = 0; l + h < n; l++)
-                    a[l] = gclip_term_combine(a[l], a[l + h], kind);
-        }
-        warp[w] = n > 0 ? a[0] : GCLIP_TERM_ZERO;
+    if (used <= 0)
+        return GCLIP_TERM_ZERO;
+    for (int h = NT / 2; h >= 1; h /= 2) {
+        const int pairs = used - h < h ? used - h : h;
+        for (int t = 0; t < pairs; t++)
+            acc[t] = gclip_term_combine(acc[t], acc[t + h], kind);
     }
-    const double a0 = gclip_term_combine(warp[0], warp[4], kind);
-    const double a1 = gclip_term_combine(warp[1], warp[5], kind);
-    const double a2 = gclip_term_combine(warp[2], warp[6], kind);
-    const double a3 = gclip_term_combine(warp[3], warp[7], kind);
-    return gclip_term_combine(gclip_term_combine(a0, a2, kind), gclip_term_combine(a1, a3, kind),
-                              kind);
+    return acc[0];
 }
 
 /* The partial of the n elements from element `begin` of `data` for a sum

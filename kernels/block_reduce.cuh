@@ -4,13 +4,13 @@
  * GPU, in the SIMT emulator and in the CPU twin (gclip_block_tree_cpu,
  * host/cpu_walk.h), so a chunk's partial has the same bits on every engine.
  *
- * The tree, in two levels:
- *   1. each warp's 32 values in a halving tree: lane l takes lane l + w for
- *      w = 16, 8, 4, 2, 1 (warp shuffles, no shared memory, no barrier);
- *   2. thread 0 takes the eight warp values in a halving tree: warp i with
- *      i + 4, then i with i + 2, then 0 with 1.
- * Values are combined with gclip_term_combine: a sum for the p-norms, a max
- * that keeps NaN for the Inf-norm.
+ * The tree is the halving tree over the 256 values: value t takes t + 128,
+ * then t + 64, 32, 16, 8, 4, 2, 1 (the finalize's fold meets in the same
+ * shape). It runs in two steps through shared memory: threads 0-31 each
+ * take the eight values t, t + 32, ..., t + 224 (the levels 128, 64, 32),
+ * then thread 0 takes those 32 (the levels 16 to 1). Values are combined
+ * with gclip_term_combine: a sum for the p-norms, a max that keeps NaN for
+ * the Inf-norm.
  *
  * Usage (every thread of the block calls it, with the same `kind`):
  *
@@ -19,10 +19,6 @@
  *
  * The result is valid in thread 0 only. The storage is reused by the next
  * call, so a __syncthreads() must separate two calls on the same storage.
- *
- * The emulator (tests/emu/simt_emu.h) provides __shfl_down_sync with CUDA's
- * meaning for a block whose threads all call it together, so this source
- * runs unchanged there.
  */
 #ifndef GCLIP_BLOCK_REDUCE_CUH
 #define GCLIP_BLOCK_REDUCE_CUH
@@ -30,30 +26,35 @@
 #include "gclip_cuda_compat.h"
 #include "gclip_kernels.h"
 
-#define GCLIP_WARP_THREADS 32
-#define GCLIP_BLOCK_WARPS (GCLIP_BLOCK_THREADS / GCLIP_WARP_THREADS)
-static_assert(GCLIP_BLOCK_WARPS == 8, "the tree's second level is written for 8 warps");
+static_assert(GCLIP_BLOCK_THREADS == 256, "the tree is written for 256 threads");
 
 struct gclip_reduce_storage {
-    double warp[GCLIP_BLOCK_WARPS];
+    double v[GCLIP_BLOCK_THREADS];
 };
 
 __device__ __forceinline__ double gclip_block_reduce(gclip_reduce_storage &storage, double v,
                                                      int32_t kind)
 {
-    for (unsigned w = GCLIP_WARP_THREADS / 2; w >= 1; w /= 2)
-        v = gclip_term_combine(v, __shfl_down_sync(0xffffffffu, v, w), kind);
-    if (threadIdx.x % GCLIP_WARP_THREADS == 0)
-        storage.warp[threadIdx.x / GCLIP_WARP_THREADS] = v;
+    double *s = storage.v;
+    const unsigned t = threadIdx.x;
+    s[t] = v;
     __syncthreads();
-    if (threadIdx.x == 0) {
-        const double *s = storage.warp;
-        const double a0 = gclip_term_combine(s[0], s[4], kind);
-        const double a1 = gclip_term_combine(s[1], s[5], kind);
-        const double a2 = gclip_term_combine(s[2], s[6], kind);
-        const double a3 = gclip_term_combine(s[3], s[7], kind);
-        v = gclip_term_combine(gclip_term_combine(a0, a2, kind), gclip_term_combine(a1, a3, kind),
-                               kind);
+    if (t < 32) {
+        /* levels 128, 64, 32; thread t alone reads and then writes s[t] */
+        const double a0 = gclip_term_combine(s[t], s[t + 128], kind);
+        const double a1 = gclip_term_combine(s[t + 32], s[t + 160], kind);
+        const double a2 = gclip_term_combine(s[t + 64], s[t + 192], kind);
+        const double a3 = gclip_term_combine(s[t + 96], s[t + 224], kind);
+        s[t] = gclip_term_combine(gclip_term_combine(a0, a2, kind), gclip_term_combine(a1, a3, kind),
+                                  kind);
+    }
+    __syncthreads(); /* the 32 values are in s[0..31] */
+    if (t == 0) {
+        /* levels 16, 8, 4, 2, 1, in place (few live registers) */
+        for (int h = 16; h >= 1; h /= 2)
+            for (int i = 0; i < h; i++)
+                s[i] = gclip_term_combine(s[i], s[i + h], kind);
+        v = s[0];
     }
     return v;
 }

@@ -32,7 +32,7 @@
 #if defined(GCLIP_SIMT_EMULATION)
 /* tests/emu/simt_emu.h defines threadIdx, blockIdx, blockDim, gridDim,
  * __syncthreads, __threadfence, the atomics, uint4, the CUDA keywords,
- * __shfl_down_sync and GCLIP_LAUNCH. */
+ * and GCLIP_LAUNCH. */
 #include "simt_emu.h"
 #define GCLIP_BLOCKS_PER_SM(out, kernel, block) ((void)(kernel), (void)(block), *(out) = 4, 0)
 inline void gclip_prefetch_l1(const void *p)

@@ -147,7 +147,6 @@ enum : int {
     kOk = 0,
     kErrDivergence = 9001,   // __syncthreads not reached by every thread alike
     kErrConfiguration = 9002, // grid or block shape a GPU would reject
-    kErrShuffle = 9003        // __shfl_down_sync used in a way the emulator does not support
 };
 
 // Status of the most recent launch (or launch_concurrent).
@@ -305,33 +304,6 @@ inline unsigned long long atomicCAS(unsigned long long *address, unsigned long l
 {
     return ::gclip_emu::atomic_rmw(
         address, [compare, val](unsigned long long o) { return o == compare ? val : o; });
-}
-
-// ---- warp shuffle ------------------------------------------------------------
-
-// __shfl_down_sync(mask, v, delta) as CUDA defines it: lane l of each warp
-// gets lane l + delta's v, or its own v where l + delta >= 32. Emulated for
-// the one way gclip uses it: every thread of the block calls it at the same
-// point with the full mask (kernels/block_reduce.cuh). Each thread publishes
-// its value, a barrier, each reads its source lane's, a barrier (so the next
-// call may overwrite the values). A partial mask, a delta of 32 or more, or
-// a block that is not whole warps fails the launch (kErrShuffle); threads
-// that call it at different points fail it as divergent barriers do.
-inline double __shfl_down_sync(unsigned mask, double v, unsigned delta)
-{
-    static char key;
-    if (mask != 0xffffffffu || delta >= 32u || blockDim.x % 32u != 0u)
-        ::gclip_emu::fail(::gclip_emu::kErrShuffle,
-                          "__shfl_down_sync(0x%x, v, %u) in a block of %u threads: the emulator "
-                          "supports the full mask, delta < 32 and whole warps",
-                          mask, delta, blockDim.x);
-    double *slots = static_cast<double *>(::gclip_emu::block_scratch(&key, sizeof(double) * blockDim.x));
-    const unsigned t = threadIdx.x, lane = t % 32u;
-    slots[t] = v;
-    ::gclip_emu::syncthreads("__shfl_down_sync (publish)", 0);
-    const double got = lane + delta < 32u ? slots[t + delta] : v;
-    ::gclip_emu::syncthreads("__shfl_down_sync (read)", 0);
-    return got;
 }
 
 // ---- launch macros -----------------------------------------------------------------

@@ -115,38 +115,6 @@ __global__ void atomic_then_log(unsigned *counter)
     g_log.push_back(static_cast<int>(*counter));
 }
 
-// Shuffles: each thread's index down by `delta`, then 1000 + its index (the
-// second call must not see the first one's values).
-__global__ void shuffle_kernel(double *out, unsigned delta)
-{
-    const double first = __shfl_down_sync(0xffffffffu, static_cast<double>(threadIdx.x), delta);
-    const double second = __shfl_down_sync(0xffffffffu, 1000.0 + threadIdx.x, delta);
-    out[threadIdx.x] = first;
-    out[blockDim.x + threadIdx.x] = second;
-}
-
-__global__ void partial_mask_shuffle(double *out)
-{
-    out[threadIdx.x] = __shfl_down_sync(0x0000ffffu, 1.0, 1);
-}
-
-__global__ void divergent_shuffle(double *out)
-{
-    if (threadIdx.x % 2)
-        out[threadIdx.x] = __shfl_down_sync(0xffffffffu, 1.0, 1);
-}
-
-// A warp's sum by shuffles (16, 8, 4, 2, 1) in every block at once: the
-// exchange storage of one block must not be another's.
-__global__ void shuffle_sum_per_block(double *sums)
-{
-    double v = blockIdx.x * 100.0 + threadIdx.x;
-    for (unsigned w = 16; w >= 1; w /= 2)
-        v += __shfl_down_sync(0xffffffffu, v, w);
-    if (threadIdx.x == 0)
-        sums[blockIdx.x] = v;
-}
-
 __global__ void load_vector(const float *p, unsigned *out)
 {
     const uint4 v = reinterpret_cast<const uint4 *>(p)[threadIdx.x];
@@ -446,34 +414,6 @@ TEST(EmuAtomics, YieldAtAtomicsInterleavesThreads)
     EXPECT_EQ(g_log.front(), kThreads); // every thread reached its atomic first
 }
 
-TEST(EmuShuffle, EachLaneGetsTheLaneDeltaAboveInItsWarp)
-{
-    constexpr unsigned kBlock = 64;
-    for (Order o : {Order::forward, Order::reverse, Order::shuffled})
-        for (unsigned delta : {0u, 1u, 5u, 16u, 31u}) {
-            SCOPED_TRACE(std::string(gclip_emu::order_name(o)) + " delta " + std::to_string(delta));
-            std::vector<double> out(2 * kBlock, -1.0);
-            use_schedule(o, Order::forward, 5);
-            ASSERT_EQ(GCLIP_LAUNCH(shuffle_kernel, 1, kBlock, nullptr, out.data(), delta), 0);
-            for (unsigned t = 0; t < kBlock; ++t) {
-                const unsigned src = t % 32 + delta < 32 ? t + delta : t;
-                EXPECT_EQ(out[t], static_cast<double>(src)) << "thread " << t;
-                EXPECT_EQ(out[kBlock + t], 1000.0 + src) << "thread " << t;
-            }
-        }
-}
-
-TEST(EmuShuffle, UnsupportedUsesAreReported)
-{
-    std::vector<double> out(128, 0.0);
-    use_schedule(Order::forward, Order::forward);
-    EXPECT_EQ(GCLIP_LAUNCH(partial_mask_shuffle, 1, 32, nullptr, out.data()), gclip_emu::kErrShuffle);
-    EXPECT_EQ(GCLIP_LAUNCH(shuffle_kernel, 1, 48, nullptr, out.data(), 1u), gclip_emu::kErrShuffle);
-    EXPECT_EQ(GCLIP_LAUNCH(shuffle_kernel, 1, 32, nullptr, out.data(), 32u), gclip_emu::kErrShuffle);
-    EXPECT_EQ(GCLIP_LAUNCH(divergent_shuffle, 1, 32, nullptr, out.data()),
-              gclip_emu::kErrDivergence);
-}
-
 TEST(EmuLaunch, UnsupportedShapesAreRejected)
 {
     use_schedule(Order::forward, Order::forward);
@@ -698,10 +638,7 @@ TEST(EmuBlocks, SharedMemoryAndScratchArePerBlock)
                       0);
             EXPECT_EQ(wrong, 0u) << "a block read another block's __shared__ values";
             EXPECT_GT(others_ran, 0u) << "no block ran between another's write and read";
-            std::vector<double> sums(kGrid, -1.0);
-            ASSERT_EQ(GCLIP_LAUNCH(shuffle_sum_per_block, kGrid, 32, nullptr, sums.data()), 0);
-            for (unsigned b = 0; b < kGrid; ++b)
-                EXPECT_EQ(sums[b], 32 * 100.0 * b + 496.0) << "block " << b;
+
         }
 }
 
