@@ -130,6 +130,7 @@ ALWAYS_INLINE float half_term(const uint16_t *r, int64_t j, int32_t dtype, int32
 typedef float gclip_v8f __attribute__((vector_size(32)));
 typedef int32_t gclip_v8i __attribute__((vector_size(32)));
 typedef uint32_t gclip_v8u __attribute__((vector_size(32)));
+typedef double gclip_v4d __attribute__((vector_size(32)));
 
 ALWAYS_INLINE gclip_v8f load_v8f(const void *p)
 {
@@ -303,18 +304,34 @@ ALWAYS_INLINE void single_rows(const char *row, int t0, int t1, int32_t dtype, i
  * thread values of acc (the other threads' values are +0): the halving
  * tree, value t with t + 128, 64, ..., 1. A slot at or above `used` only
  * ever receives from higher slots, so it stays +0, and adding +0 to a sum of
- * terms changes nothing (no term is -0): the pairs whose upper slot is at or
- * above `used` are skipped. */
+ * terms changes nothing (no term is -0): the levels whose pairs all have an
+ * unused upper slot are skipped. */
 ALWAYS_INLINE double gclip_block_tree_cpu(double *acc, int used, int32_t kind)
 {
-    if (used <= 0)
-        return GCLIP_TERM_ZERO;
-    for (int h = NT / 2; h >= 1; h /= 2) {
-        const int pairs = used - h < h ? used - h : h;
-        for (int t = 0; t < pairs; t++)
-            acc[t] = gclip_term_combine(acc[t], acc[t + h], kind);
+    /* the levels from n/2 down, n the power of two from 32 that holds the
+     * used slots, with the slots from `used` to n set to +0: whole vectors
+     * at every level */
+    int n = 32;
+    while (n < used)
+        n *= 2;
+    for (int t = used > 0 ? used : 0; t < n; t++)
+        acc[t] = GCLIP_TERM_ZERO;
+    if (kind == GCLIP_KIND_INF) { /* (the read pass takes the max elsewhere) */
+        for (int h = n / 2; h >= 1; h /= 2)
+            for (int t = 0; t < h; t++)
+                acc[t] = gclip_term_combine(acc[t], acc[t + h], kind);
+        return acc[0];
     }
-    return acc[0];
+    /* sums: the levels down to 4 on four slots at a time */
+    for (int h = n / 2; h >= 4; h /= 2)
+        for (int t = 0; t < h; t += 4) {
+            gclip_v4d a, b;
+            memcpy(&a, &acc[t], sizeof a);
+            memcpy(&b, &acc[t + h], sizeof b);
+            a = a + b;
+            memcpy(&acc[t], &a, sizeof a);
+        }
+    return (acc[0] + acc[2]) + (acc[1] + acc[3]);
 }
 
 /* The partial of the n elements from element `begin` of `data` for a sum
