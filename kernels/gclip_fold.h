@@ -36,8 +36,9 @@
  *   sm_80 and later: the batch is staged in shared memory with cp.async (no
  *   register holds a load in flight), as large as the shared memory of four
  *   blocks per SM allows (docs/gpu-launch.md):
- *     GCLIP_FOLD_BATCH       sm_90 (and the compute_90 PTX), the emulator
- *     GCLIP_FOLD_BATCH_SM86  sm_86, sm_89 (100 KB of shared memory per SM)
+ *     GCLIP_FOLD_BATCH       sm_90 (and the compute_90 PTX)
+ *     GCLIP_FOLD_BATCH_SM86  sm_86, sm_89 (100 KB of shared memory per SM),
+ *                            the emulator
  *     GCLIP_FOLD_BATCH_SM80  sm_80 (164 KB per SM)
  *   sm_75 (no cp.async): GCLIP_FOLD_BATCH_REG, held in registers, what fits
  *   the norm kernel's 64 registers. */

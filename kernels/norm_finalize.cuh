@@ -43,11 +43,14 @@ static_assert(GCLIP_FOLD_LANES == GCLIP_BLOCK_THREADS, "one fold lane per thread
 
 /* The batch of this architecture (gclip_fold.h); GCLIP_FOLD_STAGED: staged
  * in shared memory with cp.async rather than held in registers. The
- * emulator runs the staged code with the sm_90 batch. */
-#if defined(GCLIP_SIMT_EMULATION) || (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900)
+ * emulator runs the staged code with the sm_86 batch: the smallest staged
+ * one, and the emulator copies a block's shared memory on every switch to
+ * another block, so its size is the emulator's main cost. The batch never
+ * changes the fold's order (gclip_fold.h). */
+#if !defined(GCLIP_SIMT_EMULATION) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 #define GCLIP_FOLD_STAGED 1
 #define GCLIP_FOLD_STAGE GCLIP_FOLD_BATCH
-#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 860
+#elif defined(GCLIP_SIMT_EMULATION) || (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 860)
 #define GCLIP_FOLD_STAGED 1
 #define GCLIP_FOLD_STAGE GCLIP_FOLD_BATCH_SM86
 #elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800

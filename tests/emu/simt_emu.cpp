@@ -34,11 +34,45 @@
 #include <sanitizer/common_interface_defs.h>
 #endif
 
-// Bounds of the __shared__ section, defined by the linker because the
-// section name is a C identifier. Weak: a program with no __shared__
-// variable has no such section.
-extern "C" char __start_gclip_emu_shared[] __attribute__((weak));
-extern "C" char __stop_gclip_emu_shared[] __attribute__((weak));
+// Fiber switches. On x86-64 a switch saves the callee-saved registers and
+// the SSE and x87 control words on the running stack and moves the stack
+// pointer: swapcontext would also save and restore the signal mask, one
+// system call per switch, and a launch switches fibers millions of times.
+// Elsewhere the emulator uses ucontext.
+#if defined(__x86_64__) && defined(__GNUC__)
+#define GCLIP_EMU_OWN_SWITCH 1
+// gclip_emu_switch(save, to): stores the running fiber's stack pointer in
+// *save and resumes the one saved at `to`.
+extern "C" void gclip_emu_switch(void **save, void *to);
+__asm__(".text\n"
+        ".p2align 4\n"
+        ".globl gclip_emu_switch\n"
+        ".hidden gclip_emu_switch\n"
+        ".type gclip_emu_switch, @function\n"
+        "gclip_emu_switch:\n"
+        "  pushq %rbp\n"
+        "  pushq %rbx\n"
+        "  pushq %r12\n"
+        "  pushq %r13\n"
+        "  pushq %r14\n"
+        "  pushq %r15\n"
+        "  subq $8, %rsp\n"
+        "  stmxcsr (%rsp)\n"
+        "  fnstcw 4(%rsp)\n"
+        "  movq %rsp, (%rdi)\n"
+        "  movq %rsi, %rsp\n"
+        "  ldmxcsr (%rsp)\n"
+        "  fldcw 4(%rsp)\n"
+        "  addq $8, %rsp\n"
+        "  popq %r15\n"
+        "  popq %r14\n"
+        "  popq %r13\n"
+        "  popq %r12\n"
+        "  popq %rbx\n"
+        "  popq %rbp\n"
+        "  ret\n"
+        ".size gclip_emu_switch, .-gclip_emu_switch\n");
+#endif
 
 namespace gclip_emu {
 
@@ -57,11 +91,20 @@ enum class State { idle, runnable, waiting, done, aborted };
 
 struct Slot;
 
+// A suspended fiber, or the launching thread while a fiber runs.
+struct Context {
+#ifdef GCLIP_EMU_OWN_SWITCH
+    void *sp = nullptr;
+#else
+    ucontext_t uc;
+    bool made = false; // uc came from getcontext or a switch
+#endif
+};
+
 struct Fiber {
-    ucontext_t ctx;
+    Context ctx;
     char *stack = nullptr; // usable part, above a PROT_NONE guard page
     char *low = nullptr;   // below it, ASan's shadow of the stack is clean
-    bool has_context = false;
     const char *site_file = nullptr;
     int site_line = 0;
     void *fake_stack = nullptr; // ASan's fake stack of this fiber
@@ -76,6 +119,7 @@ struct Launch {
     void (*body)(void *) = nullptr;
     void *ctx = nullptr;
     void (*destroy)(void *) = nullptr; // frees ctx of a recorded launch
+    Section sec;                       // the kernel's __shared__ section
     std::vector<unsigned> order;       // block order, drawn when the launch may start
     std::size_t admitted = 0, retired = 0;
 };
@@ -87,8 +131,8 @@ struct Stream {
 };
 
 // A place in the window of resident blocks. Its fibers (and their stacks)
-// are reused by every block that occupies it in turn; a ucontext_t must not
-// move once used, hence the deque.
+// are reused by every block that occupies it in turn; a saved context must
+// not move, hence the deque.
 struct Slot {
     std::deque<Fiber> fibers;
     std::vector<State> states; // of the fibers, by thread index (scanned often)
@@ -100,7 +144,7 @@ struct Slot {
     std::size_t pos = 0;         // position in `order` of the block's current fiber
     bool advance = false;        // that fiber has handed its turn on
     unsigned char pattern = 0xff;
-    std::vector<unsigned char> shared; // the block's copy of the __shared__ section
+    std::vector<unsigned char> shared; // the block's copy of its kernel's __shared__ section
     std::map<const void *, std::vector<unsigned char>> scratch;
 };
 
@@ -109,12 +153,14 @@ struct Runtime {
     std::mt19937_64 rng{1};
     std::vector<std::unique_ptr<Slot>> slots;
     std::vector<Slot *> live;          // resident blocks, in the order they entered
-    ucontext_t home;                   // the launching thread's context
+    Context home;                      // the launching thread's context
     const void *home_bottom = nullptr; // its stack, for ASan's switch annotations
     std::size_t home_size = 0;
     Fiber *current = nullptr; // running fiber, null outside a launch
     bool from_home = false;   // the running fiber was entered from home
-    Slot *section_owner = nullptr; // the block whose copy the section holds
+    Slot *active = nullptr; // the block of the fiber that ran last
+    // The block whose copy each section holds, by the section's start.
+    std::vector<std::pair<char *, Slot *>> owners;
     Slot *finished = nullptr;      // block whose last fiber exited, for home to retire
     int status = kOk;
     bool failed = false;
@@ -161,11 +207,11 @@ std::size_t below(std::size_t n)
 
 // ---- the __shared__ section ----------------------------------------------------
 
-std::size_t section_bytes()
+std::size_t section_bytes(const Section &sec)
 {
-    if (!__start_gclip_emu_shared || !__stop_gclip_emu_shared)
+    if (!sec.begin || !sec.end)
         return 0;
-    return static_cast<std::size_t>(__stop_gclip_emu_shared - __start_gclip_emu_shared);
+    return static_cast<std::size_t>(sec.end - sec.begin);
 }
 
 // Copies that bypass ASan: the section holds redzones between the
@@ -187,35 +233,71 @@ __attribute__((no_sanitize_address)) void copy_bytes(unsigned char *to, const un
         t[i] = f[i];
 }
 
-// The section holds `from`'s copy (if any); make it hold `to`'s.
-void swap_section(Slot *from, Slot *to)
+// The block whose copy section `begin` holds (null: none).
+Slot *&section_owner(char *begin)
 {
-    unsigned char *sec = reinterpret_cast<unsigned char *>(__start_gclip_emu_shared);
-    const std::size_t n = section_bytes();
+    Runtime &r = rt();
+    for (auto &o : r.owners)
+        if (o.first == begin)
+            return o.second;
+    r.owners.emplace_back(begin, nullptr);
+    return r.owners.back().second;
+}
+
+// Make the section of block `s`'s kernel hold `s`'s copy, saving the copy
+// of the block it held (a block of the same kernel: the same size).
+void load_section(Slot &s)
+{
+    const Section &sec = s.launch->sec;
+    const std::size_t n = section_bytes(sec);
     if (n == 0)
         return;
-    if (from)
-        copy_bytes(from->shared.data(), sec, n);
-    copy_bytes(sec, to->shared.data(), n);
+    Slot *&owner = section_owner(sec.begin);
+    if (owner == &s)
+        return;
+    unsigned char *p = reinterpret_cast<unsigned char *>(sec.begin);
+    if (owner)
+        copy_bytes(owner->shared.data(), p, n);
+    copy_bytes(p, s.shared.data(), n);
+    owner = &s;
+}
+
+// Block `s` leaves the window: no section holds its copy any more.
+void drop_sections(const Slot &s)
+{
+    for (auto &o : rt().owners)
+        if (o.second == &s)
+            o.second = nullptr;
 }
 
 // ---- fibers ----------------------------------------------------------------------
 
-// Make `f` the running fiber: its coordinates, and its block's copy of the
-// section if another block's copy is in place.
+// Make `f` the running fiber: its coordinates, and its block's copy of its
+// kernel's section if another block's copy is in place.
 void activate(Fiber &f)
 {
     Runtime &r = rt();
     r.current = &f;
     g_thread_idx = uint3{f.tid, 0, 0};
     Slot &s = *f.slot;
-    if (r.section_owner != &s) {
-        swap_section(r.section_owner, &s);
-        r.section_owner = &s;
+    if (r.active != &s) {
+        r.active = &s;
+        load_section(s);
         g_block_idx = uint3{s.block, 0, 0};
         g_block_dim = s.launch->block;
         g_grid_dim = s.launch->grid;
     }
+}
+
+// Save the running context in `save` and resume `to`.
+inline void switch_context(Context &save, Context &to)
+{
+#ifdef GCLIP_EMU_OWN_SWITCH
+    gclip_emu_switch(&save.sp, to.sp);
+#else
+    save.made = true;
+    swapcontext(&save.uc, &to.uc);
+#endif
 }
 
 // Below the frame of the switch function itself, the switch runs only
@@ -241,7 +323,7 @@ __attribute__((always_inline)) inline void note_stack_use(Fiber &self)
     Fiber &self = *r.current;
     note_stack_use(self);
     annotate_start(nullptr, r.home_bottom, r.home_size);
-    swapcontext(&self.ctx, &r.home);
+    switch_context(self.ctx, r.home);
     std::abort(); // never resumed
 }
 
@@ -258,7 +340,7 @@ void switch_to(Fiber &next, bool exiting)
     activate(next);
     r.from_home = false;
     annotate_start(exiting ? nullptr : &self.fake_stack, next.stack, kStackBytes);
-    swapcontext(&self.ctx, &next.ctx);
+    switch_context(self.ctx, next.ctx);
     annotate_finish(self.fake_stack, nullptr, nullptr);
 }
 
@@ -279,6 +361,47 @@ char *map_stack()
 
 void fiber_main();
 
+// A context that starts fiber_main on `f`'s stack when switched to.
+void make_context(Fiber &f)
+{
+#ifdef GCLIP_EMU_OWN_SWITCH
+    // What gclip_emu_switch pops, from its stack pointer up: the control
+    // words, r15, r14, r13, r12, rbx, rbp, the address it returns to. Its
+    // `ret` enters fiber_main as a call would have, the stack pointer 8 past
+    // a multiple of 16, below a null return address; rbp = 0 ends the frame
+    // chain for stack traces.
+    char *top = f.stack + kStackBytes; // page-aligned
+    void **frame = reinterpret_cast<void **>(top - 8 - 8 * 8);
+    unsigned mxcsr = 0;
+    unsigned short fcw = 0;
+    __asm__ volatile("stmxcsr %0" : "=m"(mxcsr));
+    __asm__ volatile("fnstcw %0" : "=m"(fcw));
+    std::memset(frame, 0, 9 * sizeof(void *));
+    std::memcpy(frame, &mxcsr, 4);
+    std::memcpy(reinterpret_cast<char *>(frame) + 4, &fcw, 2);
+    void (*entry)() = fiber_main;
+    std::memcpy(&frame[7], &entry, sizeof entry);
+    f.ctx.sp = frame;
+#else
+    // makecontext needs a context from getcontext; one saved by a switch
+    // serves as well, and the deque never moves it.
+    if (!f.ctx.made) {
+        getcontext(&f.ctx.uc);
+        f.ctx.made = true;
+    }
+    f.ctx.uc.uc_stack.ss_sp = f.stack;
+    f.ctx.uc.uc_stack.ss_size = kStackBytes;
+    f.ctx.uc.uc_link = nullptr;
+    makecontext(&f.ctx.uc, fiber_main, 0);
+    // ASan's swapcontext interceptor clears the shadow of the target
+    // context's whole stack on every switch, which costs time and forgets
+    // the redzones of the suspended frames. Forget the stack bounds instead:
+    // makecontext has consumed them, and the switches are annotated.
+    f.ctx.uc.uc_stack.ss_sp = nullptr;
+    f.ctx.uc.uc_stack.ss_size = 0;
+#endif
+}
+
 void start_fiber(Fiber &f)
 {
     if (!f.stack) {
@@ -292,22 +415,7 @@ void start_fiber(Fiber &f)
     __asan_unpoison_memory_region(f.low, static_cast<std::size_t>(f.stack + kStackBytes - f.low));
 #endif
     f.low = f.stack + kStackBytes;
-    // makecontext needs a context from getcontext; one saved by a switch
-    // serves as well, and the deque never moves it.
-    if (!f.has_context) {
-        getcontext(&f.ctx);
-        f.has_context = true;
-    }
-    f.ctx.uc_stack.ss_sp = f.stack;
-    f.ctx.uc_stack.ss_size = kStackBytes;
-    f.ctx.uc_link = nullptr;
-    makecontext(&f.ctx, fiber_main, 0);
-    // ASan's swapcontext interceptor clears the shadow of the target
-    // context's whole stack on every switch, which costs time and forgets
-    // the redzones of the suspended frames. Forget the stack bounds instead:
-    // makecontext has consumed them, and the switches are annotated.
-    f.ctx.uc_stack.ss_sp = nullptr;
-    f.ctx.uc_stack.ss_size = 0;
+    make_context(f);
     f.slot->states[f.tid] = State::runnable;
     f.fake_stack = nullptr;
 }
@@ -506,7 +614,7 @@ void admit_block(Launch &l, unsigned block)
     s->threads = l.threads;
     s->pattern = (r.blocks_run & 1u) ? 0x7f : 0xff;
     ++r.blocks_run;
-    s->shared.assign(section_bytes(), s->pattern);
+    s->shared.assign(section_bytes(l.sec), s->pattern);
     for (auto &kv : s->scratch)
         std::fill(kv.second.begin(), kv.second.end(), s->pattern);
     while (s->fibers.size() < l.threads)
@@ -551,8 +659,9 @@ void retire(Slot &s, std::vector<Stream> &streams)
     Runtime &r = rt();
     s.live = false;
     r.live.erase(std::find(r.live.begin(), r.live.end(), &s));
-    if (r.section_owner == &s)
-        r.section_owner = nullptr;
+    if (r.active == &s)
+        r.active = nullptr;
+    drop_sections(s);
     Launch &l = *s.launch;
     if (++l.retired < l.order.size())
         return;
@@ -572,7 +681,7 @@ void enter(Fiber &f)
     r.from_home = true;
     void *fake = nullptr;
     annotate_start(&fake, f.stack, kStackBytes);
-    swapcontext(&r.home, &f.ctx);
+    switch_context(r.home, f.ctx);
     annotate_finish(fake, nullptr, nullptr);
     r.current = nullptr;
     g_thread_idx = uint3{0, 0, 0};
@@ -613,7 +722,8 @@ int run_streams(std::vector<Stream> &streams)
         std::fill(p->states.begin(), p->states.end(), State::idle);
     }
     r.live.clear();
-    r.section_owner = nullptr;
+    r.active = nullptr;
+    r.owners.clear();
     r.finished = nullptr;
     r.current = nullptr;
     return r.status;
@@ -677,7 +787,7 @@ void fail(int status, const char *fmt, ...)
     }
 }
 
-int launch(dim3 grid, dim3 block, void (*body)(void *), void *ctx)
+int launch(dim3 grid, dim3 block, void (*body)(void *), void *ctx, Section sec)
 {
     Runtime &r = rt();
     no_launch_from_kernel("a kernel launch");
@@ -693,6 +803,7 @@ int launch(dim3 grid, dim3 block, void (*body)(void *), void *ctx)
     l.threads = block.x;
     l.body = body;
     l.ctx = ctx;
+    l.sec = sec;
     std::vector<Stream> streams(1);
     streams[0].launches.push_back(&l);
     return run_streams(streams);
@@ -701,7 +812,7 @@ int launch(dim3 grid, dim3 block, void (*body)(void *), void *ctx)
 bool recording() { return rt().recording; }
 
 int record_launch(dim3 grid, dim3 block, void (*body)(void *), void *ctx,
-                  void (*destroy)(void *))
+                  void (*destroy)(void *), Section sec)
 {
     Runtime &r = rt();
     ++r.launches;
@@ -711,6 +822,7 @@ int record_launch(dim3 grid, dim3 block, void (*body)(void *), void *ctx,
     auto l = std::make_unique<Launch>();
     l->body = body;
     l->ctx = ctx;
+    l->sec = sec;
     l->destroy = destroy;
     if (!shape_ok(grid, block)) {
         destroy(ctx);

@@ -35,10 +35,12 @@
 //   call sites, abort the launch with an error (the launch's status != 0);
 //   the other resident blocks are abandoned with it.
 //
-//   __shared__ variables are static storage placed in one linker section, of
-//   which each resident block has its own copy: the section holds the copy
-//   of the block whose fiber runs, and is swapped (saved and reloaded) on
-//   every switch to a fiber of another block. A block's copy is filled with
+//   __shared__ variables are static storage placed in a linker section, one
+//   per translation unit (GCLIP_EMU_SECTION), of which each resident block
+//   of a kernel defined there has its own copy: the section holds the copy
+//   of the block that ran last among those, and is swapped (saved and
+//   reloaded) when a fiber of another of those blocks runs. A block's copy
+//   is filled with
 //   a garbage pattern when the block enters the window (all-ones and 0x7f
 //   bytes on alternate blocks), so a read of shared memory that no thread of
 //   the block wrote gives NaN or a huge value. block_scratch() storage is
@@ -77,7 +79,22 @@
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __restrict__
-#define __shared__ static __attribute__((section("gclip_emu_shared")))
+// Each translation unit puts its __shared__ variables in its own section,
+// GCLIP_EMU_SECTION (the build defines one per kernel source; a C identifier,
+// so the linker defines its bounds), and its launches name that section:
+// the emulator then copies only the launched kernel's shared memory when it
+// switches blocks.
+#ifndef GCLIP_EMU_SECTION
+#define GCLIP_EMU_SECTION gclip_emu_shared
+#endif
+#define GCLIP_EMU_STR2(x) #x
+#define GCLIP_EMU_STR(x) GCLIP_EMU_STR2(x)
+#define GCLIP_EMU_CAT2(a, b) a##b
+#define GCLIP_EMU_CAT(a, b) GCLIP_EMU_CAT2(a, b)
+#define __shared__ static __attribute__((section(GCLIP_EMU_STR(GCLIP_EMU_SECTION))))
+// Weak: a translation unit with no __shared__ variable has no section.
+extern "C" char GCLIP_EMU_CAT(__start_, GCLIP_EMU_SECTION)[] __attribute__((weak));
+extern "C" char GCLIP_EMU_CAT(__stop_, GCLIP_EMU_SECTION)[] __attribute__((weak));
 
 // ---- built-in types and variables -----------------------------------------------
 
@@ -165,9 +182,16 @@ unsigned last_grid();
 // kMaxResidentBlocks x the largest block launched.
 std::size_t fiber_stacks();
 
+// The __shared__ section of the kernel a launch runs: [begin, end), or two
+// nulls when its translation unit has none.
+struct Section {
+    char *begin = nullptr;
+    char *end = nullptr;
+};
+
 // Run `body(ctx)` as every thread of a grid x block launch; returns its status.
 // Runs at once, even while launch_concurrent is recording.
-int launch(dim3 grid, dim3 block, void (*body)(void *), void *ctx);
+int launch(dim3 grid, dim3 block, void (*body)(void *), void *ctx, Section sec);
 
 // Several streams at once, as CUDA streams with no ordering between them.
 // Each function in `streams` is the host code of one stream: it runs first,
@@ -194,7 +218,7 @@ bool recording();
 // Records a launch for launch_concurrent: `ctx` is owned by the emulator and
 // freed with `destroy` after the run. Returns 0 or kErrConfiguration.
 int record_launch(dim3 grid, dim3 block, void (*body)(void *), void *ctx,
-                  void (*destroy)(void *));
+                  void (*destroy)(void *), Section sec);
 
 template <class F>
 void invoke_body(void *f)
@@ -209,11 +233,12 @@ void destroy_body(void *f)
 }
 
 template <class F>
-int launch_fn(dim3 grid, dim3 block, F f)
+int launch_fn(dim3 grid, dim3 block, F f, Section sec)
 {
     if (recording())
-        return record_launch(grid, block, &invoke_body<F>, new F(std::move(f)), &destroy_body<F>);
-    return launch(grid, block, &invoke_body<F>, &f);
+        return record_launch(grid, block, &invoke_body<F>, new F(std::move(f)), &destroy_body<F>,
+                             sec);
+    return launch(grid, block, &invoke_body<F>, &f, sec);
 }
 
 // Barrier of the current block at call site file:line.
@@ -313,12 +338,12 @@ namespace gclip_emu {
 // The arguments are evaluated once and converted to the kernel's parameter
 // types, as a CUDA launch copies them; each thread then gets its own copy.
 template <class... P, class... A>
-int launch_kernel(dim3 grid, dim3 block, void (*kernel)(P...), A &&...args)
+int launch_kernel(Section sec, dim3 grid, dim3 block, void (*kernel)(P...), A &&...args)
 {
     std::tuple<std::decay_t<P>...> params(std::forward<A>(args)...);
     // the closure owns the parameters: a recorded launch runs after this returns
-    return launch_fn(grid, block,
-                     [kernel, params = std::move(params)]() { std::apply(kernel, params); });
+    return launch_fn(
+        grid, block, [kernel, params = std::move(params)]() { std::apply(kernel, params); }, sec);
 }
 
 } // namespace gclip_emu
@@ -327,7 +352,10 @@ int launch_kernel(dim3 grid, dim3 block, void (*kernel)(P...), A &&...args)
 // launch_concurrent) and evaluates to its status; `stream` is evaluated and
 // ignored.
 #define GCLIP_LAUNCH(kernel, grid, block, stream, ...)                                    \
-    ((void)(stream), ::gclip_emu::launch_kernel(dim3(grid), dim3(block), kernel, ##__VA_ARGS__))
+    ((void)(stream),                                                                      \
+     ::gclip_emu::launch_kernel(::gclip_emu::Section{GCLIP_EMU_CAT(__start_, GCLIP_EMU_SECTION), \
+                                                     GCLIP_EMU_CAT(__stop_, GCLIP_EMU_SECTION)}, \
+                                dim3(grid), dim3(block), kernel, ##__VA_ARGS__))
 #define GCLIP_LAUNCH_STATUS() (::gclip_emu::last_status())
 
 #endif // GCLIP_SIMT_EMU_H
