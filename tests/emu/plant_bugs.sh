@@ -11,6 +11,7 @@
 # the code it targets: update the pattern here rather than let it pass).
 #
 # Environment: GCLIP_MUTANT_JOBS (build jobs, default 2),
+#              GCLIP_MUTANT_SHARDS (test processes side by side, default 2),
 #              GCLIP_MUTANT_TIMEOUT (seconds per test run, default 900).
 set -euo pipefail
 
@@ -24,6 +25,7 @@ kdir=$work/kernels
 build=$work/build
 jobs=${GCLIP_MUTANT_JOBS:-2}
 limit=${GCLIP_MUTANT_TIMEOUT:-900}
+shards=${GCLIP_MUTANT_SHARDS:-2}
 
 # Tests that run every kernel on unaligned starts, vector and chunk ends,
 # more chunks than a block has threads, read-only data and replays, the
@@ -131,12 +133,31 @@ build_tests() {
         || { tail -40 "$work/build.log" >&2; die "build failed ($1)"; }
 }
 
-# run_tests LOG [FILTER]: status of the filtered kernel tests
+# run_tests LOG [FILTER]: status of the filtered kernel tests, run as
+# $shards GoogleTest shards side by side; the first shard that fails stops
+# the others.
 run_tests() {
-    local rc=0
-    timeout "$limit" "$build/tests/emu/gclip_emu_kernels_test" --gtest_filter="${2:-$filter}" \
-        --gtest_fail_fast >"$1" 2>&1 || rc=$?
-    return $rc
+    local log=$1 tests=${2:-$filter} i pid rc failed=0
+    local -A running=()
+    for ((i = 0; i < shards; i++)); do
+        GTEST_TOTAL_SHARDS=$shards GTEST_SHARD_INDEX=$i timeout "$limit" \
+            "$build/tests/emu/gclip_emu_kernels_test" --gtest_filter="$tests" \
+            --gtest_fail_fast >"$log.$i" 2>&1 &
+        running[$!]=$i
+    done
+    while ((${#running[@]} > 0)); do
+        rc=0
+        wait -n -p pid "${!running[@]}" || rc=$?
+        unset "running[$pid]"
+        if ((rc != 0)); then
+            failed=$rc
+            for pid in "${!running[@]}"; do kill "$pid" 2>/dev/null || true; done
+            wait "${!running[@]}" 2>/dev/null || true
+            break
+        fi
+    done
+    for ((i = 0; i < shards; i++)); do cat "$log.$i"; rm -f "$log.$i"; done >"$log"
+    return $failed
 }
 
 # the first lines that say why a run failed
