@@ -47,34 +47,53 @@ slow_cpu+=:Determinism.IdenticalBitsForEveryThreadCountAndRun
 # spinning OpenMP workers crawl under valgrind's one-thread-at-a-time scheduler
 export OMP_WAIT_POLICY=passive OMP_NUM_THREADS=2
 
-status=0
-run() { # name, command...
+# memcheck runs a program's threads one at a time: the runs below go side by
+# side, the cpu suite as GoogleTest shards, one per CPU (at most 4).
+shards=$(nproc 2>/dev/null || echo 2)
+((shards > 4)) && shards=4
+((shards < 1)) && shards=1
+
+run() { # name, command...; its line and status go to $build/valgrind-NAME.result
     local name=$1 log="$build/valgrind-$1.log" t0=$SECONDS
     shift
     "${vg[@]}" "$@" >"$log" 2>&1
     local rc=$?
     local summary
     summary=$(grep -E 'ERROR SUMMARY|definitely lost:|indirectly lost:|possibly lost:' "$log" | sed 's/^==[0-9]*== *//' | tr '\n' ';')
-    printf '%-22s rc=%-3s %4ss  %s\n' "$name" "$rc" "$((SECONDS - t0))" "$summary"
-    if [ "$rc" -ne 0 ]; then
-        status=1
-        echo "  see $log"
-    fi
+    {
+        printf '%-26s rc=%-3s %4ss  %s\n' "$name" "$rc" "$((SECONDS - t0))" "$summary"
+        [ "$rc" -eq 0 ] || echo "  see $log"
+    } >"$build/valgrind-$name.result"
+    return "$rc"
 }
 
+names=()
 found=0
 for bin in "$build"/tests/cpu/gclip_cpu_tests "$build"/tests/robust/gclip_robust_tests; do
     [ -x "$bin" ] || continue
     found=1
-    case $bin in *cpu*) slow=$slow_cpu ;; *) slow=$slow_robust ;; esac
+    case $bin in *cpu*) slow=$slow_cpu n=$shards ;; *) slow=$slow_robust n=1 ;; esac
     filter="-$slow${extra_filter:+:$extra_filter}"
-    run "$(basename "$bin")" "$bin" --gtest_filter="$filter"
+    for ((i = 0; i < n; i++)); do
+        name=$(basename "$bin")
+        ((n > 1)) && name+=".shard$i"
+        names+=("$name")
+        GTEST_TOTAL_SHARDS=$n GTEST_SHARD_INDEX=$i run "$name" "$bin" --gtest_filter="$filter" &
+    done
 done
 if [ -x "$build/tests/robust/gclip_fuzz_replay" ]; then
-    run gclip_fuzz_replay "$build/tests/robust/gclip_fuzz_replay" "$here/corpus"
+    names+=(gclip_fuzz_replay)
+    run gclip_fuzz_replay "$build/tests/robust/gclip_fuzz_replay" "$here/corpus" &
 fi
 if [ "$found" -eq 0 ]; then
     echo "valgrind.sh: no test binaries under $build/tests; build the tests first" >&2
     exit 2
 fi
+status=0
+for pid in $(jobs -p); do
+    wait "$pid" || status=1
+done
+for name in "${names[@]}"; do
+    cat "$build/valgrind-$name.result" 2>/dev/null || { echo "$name: no result"; status=1; }
+done
 exit $status
