@@ -25,11 +25,20 @@ cmake -DOUTPUT="$work/include/gclip_version.h" -P "$root/cmake/gclip_version_hea
 san=(-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g -O1)
 inc=(-I"$root/include" -I"$work/include" -I"$root/host" -I"$root/kernels" -I"$root/tests/common")
 # the CPU build of the library: every host file except the CUDA glue
+# the host sources compiled side by side, one job per CPU; a failed
+# compile leaves a mark
+jobs=$(nproc 2>/dev/null || echo 2)
 for src in "$root"/host/*.c; do
     [ "$(basename "$src")" = cuda_backend.c ] && continue
-    "$CC" -std=c11 "${san[@]}" -fsanitize=fuzzer-no-link -fopenmp "${inc[@]}" \
-        -c "$src" -o "$work/obj/$(basename "$src" .c).o"
+    while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do sleep 0.2; done
+    { "$CC" -std=c11 "${san[@]}" -fsanitize=fuzzer-no-link -fopenmp "${inc[@]}" \
+        -c "$src" -o "$work/obj/$(basename "$src" .c).o" || touch "$work/obj/FAILED"; } &
 done
+wait
+if [ -e "$work/obj/FAILED" ]; then
+    echo "fuzz.sh: compiling the host sources failed" >&2
+    exit 1
+fi
 "$CXX" -std=c++17 "${san[@]}" -fsanitize=fuzzer -fopenmp "${inc[@]}" \
     "$here/fuzz_plan.cpp" "$work"/obj/*.o -lm -o "$work/fuzz_plan"
 
