@@ -3,7 +3,8 @@
 // (kernels/gclip_cuda_compat.h includes this header in that mode).
 //
 // Model
-//   Every CUDA thread is a fiber (ucontext) with its own stack, and
+//   Every CUDA thread is a fiber with its own stack (switched by a few
+//   instructions on x86-64, by ucontext elsewhere), and
 //   everything runs on the calling OS thread, one fiber at a time. A launch
 //   keeps a window of Schedule::resident_blocks blocks resident, as the SMs
 //   of a GPU hold several blocks at once: every fiber of a resident block
