@@ -131,6 +131,7 @@ typedef float gclip_v8f __attribute__((vector_size(32)));
 typedef int32_t gclip_v8i __attribute__((vector_size(32)));
 typedef uint32_t gclip_v8u __attribute__((vector_size(32)));
 typedef double gclip_v4d __attribute__((vector_size(32)));
+typedef float gclip_v4f __attribute__((vector_size(16)));
 
 ALWAYS_INLINE gclip_v8f load_v8f(const void *p)
 {
@@ -294,44 +295,100 @@ ALWAYS_INLINE void single_rows(const char *row, int t0, int t1, int32_t dtype, i
         s[t] = gclip_fadd(gclip_fadd(w[0], w[2]), gclip_fadd(w[1], w[3]));
         unsafe |= !gclip_group_safe(s[t], kind);
     }
+    if (!unsafe) {
+        /* every group safe: four slots at a time */
+        for (t = t0; t + 4 <= t1; t += 4) {
+            gclip_v4f f;
+            gclip_v4d a;
+            memcpy(&f, &s[t], sizeof f);
+            memcpy(&a, &acc[t], sizeof a);
+            a = a + __builtin_convertvector(f, gclip_v4d);
+            memcpy(&acc[t], &a, sizeof a);
+        }
+        for (; t < t1; t++)
+            acc[t] = acc[t] + (double)s[t];
+        return;
+    }
     for (t = t0; t < t1; t++)
-        acc[t] = acc[t] + (unsafe && !gclip_group_safe(s[t], kind)
+        acc[t] = acc[t] + (!gclip_group_safe(s[t], kind)
                                ? group_value(row + (int64_t)t * VEC_BYTES, 0, 1, dtype, kind)
                                : (double)s[t]);
 }
 
-/* The block reduction of kernels/block_reduce.cuh over the first `used`
- * thread values of acc (the other threads' values are +0): the halving
- * tree, value t with t + 128, 64, ..., 1. A slot at or above `used` only
- * ever receives from higher slots, so it stays +0, and adding +0 to a sum of
- * terms changes nothing (no term is -0): the levels whose pairs all have an
- * unused upper slot are skipped. */
-ALWAYS_INLINE double gclip_block_tree_cpu(double *acc, int used, int32_t kind)
+/* The slots the block tree runs on for `used` thread values: the power of
+ * two from 32 that holds them (levels whose pairs all have an unused upper
+ * slot are skipped: see gclip_block_tree_cpu). */
+ALWAYS_INLINE int tree_slots(int64_t used)
 {
-    /* the levels from n/2 down, n the power of two from 32 that holds the
-     * used slots, with the slots from `used` to n set to +0: whole vectors
-     * at every level */
     int n = 32;
     while (n < used)
         n *= 2;
-    for (int t = used > 0 ? used : 0; t < n; t++)
-        acc[t] = GCLIP_TERM_ZERO;
+    return n;
+}
+
+/* Slots 0..n-1 set to +0, four at a time. The empty asm hides that z is
+ * zero, so the loop stays vector stores instead of becoming a memset call
+ * or rep stos, whose start-up costs more than these few stores. */
+ALWAYS_INLINE void zero_slots(double *acc, int n)
+{
+    gclip_v4d z = {0.0, 0.0, 0.0, 0.0};
+#if defined(__GNUC__) && defined(__AVX__)
+    __asm__("" : "+x"(z));
+#endif
+    for (int t = 0; t < n; t += 4)
+        memcpy(&acc[t], &z, sizeof z);
+}
+
+/* Slots c, c + 32, ..., c + 32 (m - 1) of the four columns from acc folded
+ * by the tree's levels n/2 .. 32 (m = n/32): at each level the lower slot
+ * plus the upper one, as the block tree adds them. */
+ALWAYS_INLINE gclip_v4d load_v4d(const double *p)
+{
+    gclip_v4d v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+ALWAYS_INLINE gclip_v4d column_fold(const double *acc, int m)
+{
+#define C(k) load_v4d(acc + 32 * (k))
+    switch (m) {
+    case 1: return C(0);
+    case 2: return C(0) + C(1);
+    case 4: return (C(0) + C(2)) + (C(1) + C(3));
+    default: return ((C(0) + C(4)) + (C(2) + C(6))) + ((C(1) + C(5)) + (C(3) + C(7)));
+    }
+#undef C
+}
+
+/* The block reduction of kernels/block_reduce.cuh over slots 0..n-1 of acc
+ * (n = tree_slots(used); the slots from `used` hold +0): the halving tree,
+ * value t with t + 128, 64, ..., 1. A slot at or above `used` only ever
+ * receives from higher slots, so it stays +0, and adding +0 to a sum of
+ * terms changes nothing (no term is -0): the levels above n/2 are skipped.
+ * Slot t's value after the levels down to 32 depends only on the slots
+ * congruent to t mod 32, so those levels run column by column in registers
+ * (column_fold), then 16, 8 and 4 on the 32 results. */
+ALWAYS_INLINE double gclip_block_tree_cpu(const double *acc, int n, int32_t kind)
+{
     if (kind == GCLIP_KIND_INF) { /* (the read pass takes the max elsewhere) */
+        double v[NT];
+        memcpy(v, acc, (size_t)n * sizeof *v);
         for (int h = n / 2; h >= 1; h /= 2)
             for (int t = 0; t < h; t++)
-                acc[t] = gclip_term_combine(acc[t], acc[t + h], kind);
-        return acc[0];
+                v[t] = gclip_term_combine(v[t], v[t + h], kind);
+        return v[0];
     }
-    /* sums: the levels down to 4 on four slots at a time */
-    for (int h = n / 2; h >= 4; h /= 2)
-        for (int t = 0; t < h; t += 4) {
-            gclip_v4d a, b;
-            memcpy(&a, &acc[t], sizeof a);
-            memcpy(&b, &acc[t + h], sizeof b);
-            a = a + b;
-            memcpy(&acc[t], &a, sizeof a);
-        }
-    return (acc[0] + acc[2]) + (acc[1] + acc[3]);
+    const int m = n / 32;
+    gclip_v4d r[8];
+    for (int q = 0; q < 8; q++)
+        r[q] = column_fold(acc + 4 * q, m);
+    for (int q = 0; q < 4; q++)
+        r[q] = r[q] + r[q + 4];
+    r[0] = r[0] + r[2];
+    r[1] = r[1] + r[3];
+    r[0] = r[0] + r[1];
+    return (r[0][0] + r[0][2]) + (r[0][1] + r[0][3]);
 }
 
 /* The partial of the n elements from element `begin` of `data` for a sum
@@ -351,9 +408,9 @@ ALWAYS_INLINE double gclip_chunk_sum(const void *data, int32_t dtype, int64_t be
     int64_t used = nv < NT ? nv : NT;
     used = sp.head > used ? sp.head : used;
     used = sp.tail > used ? sp.tail : used;
+    const int slots = tree_slots(used);
     double acc[NT];
-    for (int64_t t = 0; t < used; t++)
-        acc[t] = GCLIP_TERM_ZERO;
+    zero_slots(acc, slots);
     for (int t = 0; t < sp.head; t++)
         acc[t] = gclip_term_add(acc[t], elem_f64(base, dtype, t), kind, p);
     /* batches every thread takes: thread NT-1 still has v + 3 NT < nv */
@@ -392,7 +449,7 @@ ALWAYS_INLINE double gclip_chunk_sum(const void *data, int32_t dtype, int64_t be
     }
     for (int t = 0; t < sp.tail; t++)
         acc[t] = gclip_term_add(acc[t], elem_f64(base, dtype, sp.head + nv * lanes + t), kind, p);
-    return gclip_block_tree_cpu(acc, (int)used, kind);
+    return gclip_block_tree_cpu(acc, slots, kind);
 }
 
 /* max|x| of n elements as an integer max of magnitude bits (order free, so
