@@ -7,6 +7,10 @@
 #include "gclip_fold.h"
 #include "gclip_internal.h"
 
+/* Below this many chunks the fold takes microseconds, less than waking a
+ * team of threads costs, and runs on the calling thread. */
+#define GCLIP_FOLD_PARALLEL_CHUNKS 8192
+
 void gclip_finalize_cpu(gclip_plan *plan, const gclip_norm_params *np)
 {
     gclip_cpu_state *st = plan->engine;
@@ -29,7 +33,7 @@ typedef struct fold_state {
     uint32_t run[GCLIP_FOLD_LANES];
     double run_acc[GCLIP_FOLD_LANES];
     double share[GCLIP_FOLD_LANES];
-    uint32_t nonfinite;
+    uint32_t nonfinite[GCLIP_FOLD_LANES];
 } fold_state;
 
 /* gclip_finish_tensor of norm_finalize.cuh, for lane `i`. */
@@ -43,7 +47,7 @@ static void finish_tensor(fold_state *f, uint32_t i, uint32_t tensor, double acc
         f->tensor_factor[tensor] =
             gclip_tensor_factor(n, np, f->sc, f->sc->status != GCLIP_STATUS_SUCCESS);
     f->share[i] = gclip_term_combine(f->share[i], acc, np->kind);
-    f->nonfinite += !gclip_is_finite(n);
+    f->nonfinite[i] += !gclip_is_finite(n);
 }
 
 static void finish_empty(fold_state *f, uint32_t i, uint32_t from, uint32_t to)
@@ -116,25 +120,38 @@ static void lane_close(fold_state *f, uint32_t i, uint32_t num_chunks, uint32_t 
 void gclip_fold_partials_cpu(const gclip_chunk *chunks, uint32_t num_chunks, uint32_t num_tensors,
                              const double *partials, const gclip_norm_params *np,
                              const gclip_scalars *sc, float *tensor_factor, double *acc,
-                             uint32_t *nonfinite)
+                             uint32_t *nonfinite, int threads)
 {
     fold_state f;
     f.np = np;
     f.sc = sc;
     f.tensor_factor = tensor_factor;
-    f.nonfinite = 0;
     for (uint32_t i = 0; i < GCLIP_FOLD_LANES; i++) {
         f.lane[i] = GCLIP_TERM_ZERO;
         f.share[i] = GCLIP_TERM_ZERO;
+        f.nonfinite[i] = 0;
     }
-    for (uint32_t i = 0; i < GCLIP_FOLD_LANES; i++)
-        lane_runs(&f, i, chunks, num_chunks, partials);
-    for (uint32_t i = 0; i < GCLIP_FOLD_LANES; i++)
-        lane_close(&f, i, num_chunks, num_tensors);
+    /* Each lane writes only its own entries, and the tensors it completes
+     * (each tensor is completed by one lane), so the lanes can run on any
+     * threads: only the barrier between the two passes matters. */
+    if (threads < 2 || num_chunks < GCLIP_FOLD_PARALLEL_CHUNKS)
+        threads = 1;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+#pragma omp for schedule(static)
+        for (int i = 0; i < GCLIP_FOLD_LANES; i++)
+            lane_runs(&f, (uint32_t)i, chunks, num_chunks, partials);
+#pragma omp for schedule(static)
+        for (int i = 0; i < GCLIP_FOLD_LANES; i++)
+            lane_close(&f, (uint32_t)i, num_chunks, num_tensors);
+    }
     /* the fixed halving tree of the lanes' shares */
+    uint32_t bad = 0;
+    for (uint32_t i = 0; i < GCLIP_FOLD_LANES; i++)
+        bad += f.nonfinite[i];
     for (uint32_t half = GCLIP_FOLD_LANES / 2; half > 0; half /= 2)
         for (uint32_t i = 0; i < half; i++)
             f.share[i] = gclip_term_combine(f.share[i], f.share[i + half], np->kind);
     *acc = f.share[0];
-    *nonfinite = f.nonfinite;
+    *nonfinite = bad;
 }

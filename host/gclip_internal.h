@@ -142,11 +142,12 @@ void gclip_clamp_cpu(gclip_plan *plan, float clip_value);               /* clamp
  * last block runs it: per-tensor norms into np->tensor_norms (if set), under
  * the per-tensor op the factors into tensor_factor (as if the step writes),
  * the plan's accumulator and the number of tensors whose norm is not
- * finite. Bitwise what the kernel computes from the same partials. */
+ * finite. Bitwise what the kernel computes from the same partials, on
+ * any number of threads (its lanes are split among up to `threads`). */
 void gclip_fold_partials_cpu(const gclip_chunk *chunks, uint32_t num_chunks, uint32_t num_tensors,
                              const double *partials, const gclip_norm_params *np,
                              const gclip_scalars *sc, float *tensor_factor, double *acc,
-                             uint32_t *nonfinite);
+                             uint32_t *nonfinite, int threads);
 
 /* OpenMP threads for a CPU plan. */
 int gclip_cpu_threads(const gclip_plan *plan);

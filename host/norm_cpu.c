@@ -50,7 +50,8 @@ void gclip_norm_cpu(gclip_plan *plan, const gclip_norm_params *np)
     double total = GCLIP_TERM_ZERO;
     uint32_t nonfinite = 0;
     gclip_fold_partials_cpu(plan->chunks, plan->num_chunks, (uint32_t)plan->count, st->partials,
-                            np, &sc, st->tensor_factor, &total, &nonfinite);
+                            np, &sc, st->tensor_factor, &total, &nonfinite,
+                            gclip_cpu_threads(plan));
     st->partial.acc = total;
     st->partial.nonfinite = nonfinite;
     st->partial.fingerprint = np->fingerprint;

@@ -1,7 +1,9 @@
 // Bitwise determinism: the same plan gives the same norm bits, the same
 // per-tensor norm bits and the same clipped bytes from run to run, for any
 // thread count (1, 2, 3, 7 and OpenMP's default), and a plan rebuilt over
-// the same data agrees with the first one.
+// the same data agrees with the first one. A plan of many small tensors
+// (more chunks than the fold runs on one thread) covers the fold's lanes
+// split among threads.
 #include "oracle.hpp"
 #include "plan_util.hpp"
 
@@ -103,6 +105,52 @@ TEST(Determinism, RepeatedNormsOnOnePlanAgree)
         // and the value itself is right
         EXPECT_TRUE(oracle::rel_close(oracle::bits_to_float(first), oracle::norms(bufs, p).total, 1e-6L));
     }
+}
+
+// 12,000 small tensors (more than the 8,192 chunks from which the fold of
+// the chunk partials is split among threads), of every float dtype, odd
+// sizes and offsets, some empty, values over six decades.
+std::vector<TestBuffer> many_small()
+{
+    oracle::Rng rng(501);
+    std::vector<TestBuffer> bufs;
+    for (int k = 0; k < 12000; ++k) {
+        const int64_t n = k % 997 == 5 ? 0 : 1 + static_cast<int64_t>(rng.range(0, 300));
+        bufs.emplace_back(static_cast<gclip_dtype>(k % 3), n, k % 5);
+        const double sd = std::pow(10.0, rng.range(-3, 3));
+        for (int64_t i = 0; i < n; ++i)
+            bufs.back().set(i, static_cast<float>(rng.normal(sd)));
+    }
+    return bufs;
+}
+
+TEST(Determinism, ManySmallTensorsIdenticalBitsForEveryThreadCount)
+{
+    auto bufs = many_small();
+    for (float p : {2.0f, 1.0f, 3.0f, INFINITY}) {
+        for (bool per_tensor : {false, true}) {
+            const Fingerprint ref = run(bufs, p, 1, per_tensor);
+            EXPECT_NE(ref.data, oracle::checksum(bufs)) << "the clip must write something";
+            const auto want = oracle::norms(bufs, p, 0.3);
+            ASSERT_EQ(ref.tensor_bits.size(), want.per_tensor.size());
+            for (std::size_t k = 0; k < want.per_tensor.size(); ++k)
+                ASSERT_TRUE(oracle::rel_close(oracle::bits_to_float(ref.tensor_bits[k]), want.per_tensor[k], 1e-6L))
+                    << "tensor " << k << " p=" << p;
+            EXPECT_TRUE(oracle::rel_close(oracle::bits_to_float(ref.total_bits), want.total, 1e-6L)) << "p=" << p;
+            for (int threads : {2, 3, 7, 0})
+                EXPECT_TRUE(run(bufs, p, threads, per_tensor) == ref)
+                    << "p=" << p << " threads=" << threads << " per_tensor=" << per_tensor;
+        }
+    }
+    // one NaN in a tensor near the end of a fold lane's range: its norm and
+    // the flag are the same on every thread count, and nothing is written
+    bufs[9001].set(0, NAN);
+    const Fingerprint nan_ref = run(bufs, 2.0f, 1, false);
+    EXPECT_TRUE(std::isnan(oracle::bits_to_float(nan_ref.tensor_bits[9001])));
+    EXPECT_FALSE(std::isnan(oracle::bits_to_float(nan_ref.tensor_bits[9000])));
+    EXPECT_EQ(nan_ref.data, oracle::checksum(bufs)) << "a skipped step writes nothing";
+    for (int threads : {2, 3})
+        EXPECT_TRUE(run(bufs, 2.0f, threads, false) == nan_ref) << "threads=" << threads;
 }
 
 } // namespace

@@ -70,53 +70,76 @@ TEST(Fold, EveryPartialReachesItsTensorAndTheTotalOnce)
             o.max_norm = 1.0f;
             gclip_norm_params np;
             ASSERT_EQ(gclip_make_params(&o, GCLIP_OP_CLIP_PER_TENSOR, &np), GCLIP_STATUS_SUCCESS);
-            std::vector<float> norms(layout.size(), NAN), factors(layout.size(), NAN);
-            np.tensor_norms = norms.data();
-            const gclip_scalars sc = gclip_resolve_scalars(&np);
-            double acc = -1.0;
-            uint32_t nonfinite = 99;
-            gclip_fold_partials_cpu(chunks.data(), static_cast<uint32_t>(chunks.size()),
-                                    static_cast<uint32_t>(layout.size()), partials.data(), &np,
-                                    &sc, factors.data(), &acc, &nonfinite);
-            // the reference: each tensor's partials summed (or maxed) in long double
-            long double total = 0.0L;
-            std::size_t c = 0;
-            for (std::size_t i = 0; i < layout.size(); ++i) {
-                long double t = 0.0L;
-                for (uint32_t k = 0; k < layout[i]; ++k, ++c)
-                    t = np.kind == GCLIP_KIND_INF ? std::fmax(t, (long double)partials[c])
-                                                  : t + partials[c];
-                total = np.kind == GCLIP_KIND_INF ? std::fmax(total, t) : total + t;
-                const long double want = np.kind == GCLIP_KIND_L2 ? std::sqrt(t) : t;
-                ASSERT_FALSE(std::isnan(norms[i])) << "tensor " << i << " norm never written";
-                EXPECT_NEAR(norms[i], static_cast<double>(want), 1e-6 * static_cast<double>(want))
-                    << "tensor " << i;
-                EXPECT_EQ(factors[i], gclip_tensor_factor(norms[i], &np, &sc, 0)) << i;
+            std::vector<float> first_norms;
+            double first_acc = 0.0;
+            // one thread, then the lanes split among 2 and 3 (from 8,192
+            // chunks): the same bits
+            for (int threads : {1, 2, 3}) {
+                std::vector<float> norms(layout.size(), NAN), factors(layout.size(), NAN);
+                np.tensor_norms = norms.data();
+                const gclip_scalars sc = gclip_resolve_scalars(&np);
+                double acc = -1.0;
+                uint32_t nonfinite = 99;
+                gclip_fold_partials_cpu(chunks.data(), static_cast<uint32_t>(chunks.size()),
+                                        static_cast<uint32_t>(layout.size()), partials.data(), &np,
+                                        &sc, factors.data(), &acc, &nonfinite, threads);
+                if (threads == 1) {
+                    first_norms = norms;
+                    first_acc = acc;
+                } else {
+                    EXPECT_EQ(std::memcmp(&acc, &first_acc, sizeof acc), 0) << threads << " threads";
+                    EXPECT_EQ(std::memcmp(norms.data(), first_norms.data(), norms.size() * sizeof(float)), 0)
+                        << threads << " threads";
+                }
+                // the reference: each tensor's partials summed (or maxed) in long double
+                long double total = 0.0L;
+                std::size_t c = 0;
+                for (std::size_t i = 0; i < layout.size(); ++i) {
+                    long double t = 0.0L;
+                    for (uint32_t k = 0; k < layout[i]; ++k, ++c)
+                        t = np.kind == GCLIP_KIND_INF ? std::fmax(t, (long double)partials[c])
+                                                      : t + partials[c];
+                    total = np.kind == GCLIP_KIND_INF ? std::fmax(total, t) : total + t;
+                    const long double want = np.kind == GCLIP_KIND_L2 ? std::sqrt(t) : t;
+                    ASSERT_FALSE(std::isnan(norms[i])) << "tensor " << i << " norm never written";
+                    EXPECT_NEAR(norms[i], static_cast<double>(want), 1e-6 * static_cast<double>(want))
+                        << "tensor " << i;
+                    EXPECT_EQ(factors[i], gclip_tensor_factor(norms[i], &np, &sc, 0)) << i;
+                }
+                EXPECT_NEAR(acc, static_cast<double>(total), 1e-12 * static_cast<double>(total));
+                EXPECT_EQ(nonfinite, 0u);
             }
-            EXPECT_NEAR(acc, static_cast<double>(total), 1e-12 * static_cast<double>(total));
-            EXPECT_EQ(nonfinite, 0u);
         }
     }
 }
 
 TEST(Fold, NonFiniteTensorsAreCountedOnce)
 {
-    const std::vector<uint32_t> layout = {3, 0, 1, 40, 2, 300, 1};
-    const std::vector<gclip_chunk> chunks = table_of(layout);
-    std::vector<double> partials(chunks.size(), 0.5);
-    partials[1] = NAN;      // tensor 0
-    partials[4 + 17] = INFINITY; // tensor 3
-    partials[4 + 40 + 2 + 299] = INFINITY; // tensor 5, last chunk
-    gclip_norm_params np;
-    ASSERT_EQ(gclip_make_params(nullptr, GCLIP_OP_TOTAL_NORM, &np), GCLIP_STATUS_SUCCESS);
-    const gclip_scalars sc = gclip_resolve_scalars(&np);
-    double acc = 0.0;
-    uint32_t nonfinite = 0;
-    gclip_fold_partials_cpu(chunks.data(), static_cast<uint32_t>(chunks.size()),
-                            static_cast<uint32_t>(layout.size()), partials.data(), &np, &sc,
-                            nullptr, &acc, &nonfinite);
-    EXPECT_EQ(nonfinite, 3u);
-    EXPECT_TRUE(std::isnan(acc));
+    // and the same with 10,000 one-chunk tensors after them, so that the
+    // lanes are split among threads
+    for (int tail : {0, 10000}) {
+        std::vector<uint32_t> layout = {3, 0, 1, 40, 2, 300, 1};
+        layout.resize(layout.size() + tail, 1);
+        const std::vector<gclip_chunk> chunks = table_of(layout);
+        std::vector<double> partials(chunks.size(), 0.5);
+        partials[1] = NAN;      // tensor 0
+        partials[4 + 17] = INFINITY; // tensor 3
+        partials[4 + 40 + 2 + 299] = INFINITY; // tensor 5, last chunk
+        if (tail)
+            partials[chunks.size() - 4321] = NAN; // a one-chunk tensor near the end
+        gclip_norm_params np;
+        ASSERT_EQ(gclip_make_params(nullptr, GCLIP_OP_TOTAL_NORM, &np), GCLIP_STATUS_SUCCESS);
+        const gclip_scalars sc = gclip_resolve_scalars(&np);
+        for (int threads : {1, 2, 3}) {
+            double acc = 0.0;
+            uint32_t nonfinite = 0;
+            gclip_fold_partials_cpu(chunks.data(), static_cast<uint32_t>(chunks.size()),
+                                    static_cast<uint32_t>(layout.size()), partials.data(), &np, &sc,
+                                    nullptr, &acc, &nonfinite, threads);
+            EXPECT_EQ(nonfinite, tail ? 4u : 3u) << threads << " threads";
+            EXPECT_TRUE(std::isnan(acc));
+        }
+    }
 }
 
 // The fold's longest chain of dependent global loads (gclip_fold_load_rounds)

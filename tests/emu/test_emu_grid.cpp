@@ -125,7 +125,7 @@ TEST(EmuGrid, CpuTwinFoldsTheKernelsPartialsToTheSameBits)
             double acc = -1.0;
             uint32_t nonfinite = 99;
             gclip_fold_partials_cpu(plan->chunks, plan->num_chunks, (uint32_t)f.count(),
-                                    f.emu_partials(), &np, &sc, factors.data(), &acc, &nonfinite);
+                                    f.emu_partials(), &np, &sc, factors.data(), &acc, &nonfinite, 1);
             EXPECT_EQ(std::memcmp(&acc, &f.emu_partial().acc, sizeof acc), 0)
                 << "accumulator: CPU fold " << acc << ", kernel " << f.emu_partial().acc;
             EXPECT_EQ(nonfinite, f.emu_partial().nonfinite);
