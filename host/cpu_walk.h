@@ -261,6 +261,22 @@ ALWAYS_INLINE void batch_rows(const char *row, int32_t dtype, int32_t kind, doub
     }
 }
 
+/* Thread t's group of one vector of the row, one word at a time (the tree
+ * of group_tree_v8f). */
+ALWAYS_INLINE float scalar_group(const char *row, int t, int32_t dtype, int32_t kind)
+{
+    float w[4];
+    for (int q = 0; q < 4; q++) {
+        const int m = 4 * t + q;
+        if (dtype == GCLIP_F32)
+            w[q] = gclip_term_f32(((const float *)row)[m], kind);
+        else
+            w[q] = gclip_fadd(half_term((const uint16_t *)row, 2 * m, dtype, kind),
+                              half_term((const uint16_t *)row, 2 * m + 1, dtype, kind));
+    }
+    return gclip_fadd(gclip_fadd(w[0], w[2]), gclip_fadd(w[1], w[3]));
+}
+
 /* Single vectors of threads t0 <= t < t1 for L2/L1 of f32/f16/bf16: thread
  * t's group is words 4t..4t+3 of the row (its tree: word q with q + 2, then
  * the two). */
@@ -283,16 +299,7 @@ ALWAYS_INLINE void single_rows(const char *row, int t0, int t1, int32_t dtype, i
     for (int i = 0; i < 8; i++)
         unsafe |= bad[i];
     for (; t < t1; t++) {
-        float w[4];
-        for (int q = 0; q < 4; q++) {
-            const int m = 4 * t + q;
-            if (dtype == GCLIP_F32)
-                w[q] = gclip_term_f32(((const float *)row)[m], kind);
-            else
-                w[q] = gclip_fadd(half_term((const uint16_t *)row, 2 * m, dtype, kind),
-                                  half_term((const uint16_t *)row, 2 * m + 1, dtype, kind));
-        }
-        s[t] = gclip_fadd(gclip_fadd(w[0], w[2]), gclip_fadd(w[1], w[3]));
+        s[t] = scalar_group(row, t, dtype, kind);
         unsafe |= !gclip_group_safe(s[t], kind);
     }
     if (!unsafe) {
@@ -391,6 +398,49 @@ ALWAYS_INLINE double gclip_block_tree_cpu(const double *acc, int n, int32_t kind
     return (r[0][0] + r[0][2]) + (r[0][1] + r[0][3]);
 }
 
+/* The partial of a chunk of nv <= NT whole vectors at row, no head or tail
+ * element, for L2/L1 of f32/f16/bf16, into *out: thread t's accumulator is
+ * +0 plus its one group, which is the group itself (no group is -0), so the
+ * groups go straight into the tree's slots. Returns 0, leaving the chunk to
+ * the general walk, when a group is outside the safe range. */
+ALWAYS_INLINE int single_row_chunk(const char *row, int nv, int32_t dtype, int32_t kind,
+                                   double *out)
+{
+    const int slots = tree_slots(nv);
+    double acc[NT];
+    gclip_v8i bad = {0, 0, 0, 0, 0, 0, 0, 0};
+    int t = 0;
+    for (; t + 8 <= nv; t += 8) {
+        gclip_v8f w[4];
+        for (int i = 0; i < 4; i++)
+            w[i] = words_v8f(row + (int64_t)(t + 2 * i) * VEC_BYTES, dtype, kind);
+        const gclip_v8f g = group_tree_v8f(w[0], w[1], w[2], w[3]);
+        bad |= unsafe_v8f(g, kind);
+        const gclip_v4f lo = __builtin_shufflevector(g, g, 0, 1, 2, 3);
+        const gclip_v4f hi = __builtin_shufflevector(g, g, 4, 5, 6, 7);
+        const gclip_v4d dlo = __builtin_convertvector(lo, gclip_v4d);
+        const gclip_v4d dhi = __builtin_convertvector(hi, gclip_v4d);
+        memcpy(&acc[t], &dlo, sizeof dlo);
+        memcpy(&acc[t + 4], &dhi, sizeof dhi);
+    }
+    int unsafe = 0;
+    for (int i = 0; i < 8; i++)
+        unsafe |= bad[i];
+    for (; t < nv; t++) {
+        const float g = scalar_group(row, t, dtype, kind);
+        unsafe |= !gclip_group_safe(g, kind);
+        acc[t] = (double)g;
+    }
+    if (unsafe)
+        return 0;
+    for (; t < slots && (t & 3); t++)
+        acc[t] = GCLIP_TERM_ZERO;
+    if (t < slots)
+        zero_slots(acc + t, slots - t);
+    *out = gclip_block_tree_cpu(acc, slots, kind);
+    return 1;
+}
+
 /* The partial of the n elements from element `begin` of `data` for a sum
  * kind (L2, L1, P). Inlined with constant dtype and kind. */
 ALWAYS_INLINE double gclip_chunk_sum(const void *data, int32_t dtype, int64_t begin, int64_t n,
@@ -403,6 +453,10 @@ ALWAYS_INLINE double gclip_chunk_sum(const void *data, int32_t dtype, int64_t be
     const char *vec = base + sp.head * esize;
     const int64_t nv = sp.vectors, rs = (int64_t)NT * VEC_BYTES;
     const int floats = dtype != GCLIP_F64 && kind != GCLIP_KIND_P;
+    double single;
+    if (floats && sp.head == 0 && sp.tail == 0 && nv <= NT &&
+        single_row_chunk(vec, (int)nv, dtype, kind, &single))
+        return single;
     /* threads that get an element: the others' accumulators stay +0, and
      * adding +0 changes no sum of terms (never -0), so they are left out */
     int64_t used = nv < NT ? nv : NT;

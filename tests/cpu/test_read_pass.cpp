@@ -131,3 +131,60 @@ TEST(ReadPass, GenericAndF16cBuildsGiveTheSameBits)
         }
     }
 }
+
+// Chunks of at most 256 whole vectors from an aligned start (no head or
+// tail element) take a shorter walk: each thread's one group goes straight
+// into the block tree, unless a group's float sum is outside the safe
+// range. Values whose squares overflow or underflow float make such groups
+// in f32 and bf16; each partial must still be within 1e-6 of the
+// long-double sum, in both builds, and bitwise the same in both.
+TEST(ReadPass, SmallAlignedChunksOfExtremeValues)
+{
+    oracle::Rng rng(2027);
+    const int64_t sizes[] = {8, 64, 100, 256, 1000, 1024, 1032, 2048, 2056};
+    for (gclip_dtype dt : {GCLIP_F32, GCLIP_BF16, GCLIP_F16}) {
+        std::vector<TestBuffer> bufs;
+        int k = 0;
+        for (int64_t n : sizes) {
+            for (int regime = 0; regime < 4; ++regime) {
+                bufs.emplace_back(dt, n, 0);
+                TestBuffer &b = bufs.back();
+                for (int64_t i = 0; i < n; ++i) {
+                    double lo = -1.0, hi = 1.0; // regime 0: ordinary values
+                    if (dt != GCLIP_F16 && regime == 1)
+                        lo = 22.0, hi = 30.0; // squares past float's range
+                    else if (dt != GCLIP_F16 && regime == 2)
+                        lo = -30.0, hi = -20.0; // squares below it
+                    else if (regime == 3)
+                        lo = i % 2 ? (dt == GCLIP_F16 ? -7.0 : -30.0) : -1.0,
+                        hi = i % 2 ? (dt == GCLIP_F16 ? -5.0 : 30.0) : 1.0; // both
+                    const float v = static_cast<float>(std::pow(10.0, rng.uniform(lo, hi)));
+                    b.set(i, (i + k) % 3 ? v : -v);
+                }
+                ++k;
+            }
+        }
+        testutil::PlanPtr plan;
+        ASSERT_EQ(testutil::make_plan(plan, oracle::tensors_of(bufs)), GCLIP_STATUS_SUCCESS);
+        for (const int32_t kind : {GCLIP_KIND_L2, GCLIP_KIND_L1}) {
+            SCOPED_TRACE(std::string(oracle::dtype_name(dt)) + " kind " + std::to_string(kind));
+            const float p = kind == GCLIP_KIND_L2 ? 2.0f : 1.0f;
+            const std::vector<double> a = read_partials(plan.get(), kind, p, false);
+#if GCLIP_TEST_READ_F16C
+            if (gclip_cpu_has_f16c()) {
+                const std::vector<double> b = read_partials(plan.get(), kind, p, true);
+                ASSERT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(double)), 0);
+            }
+#endif
+            ASSERT_EQ(plan->num_chunks, bufs.size());
+            for (uint32_t c = 0; c < plan->num_chunks; ++c) {
+                const TestBuffer &t = bufs[plan->chunks[c].tensor];
+                const long double want = chunk_terms(t, 0, t.numel(), kind, p);
+                ASSERT_TRUE(std::isfinite(a[c])) << "chunk " << c;
+                EXPECT_LE(std::fabs((a[c] - want) / want), 1e-6L)
+                    << "chunk " << c << " of " << t.numel() << " elements: " << a[c] << " vs "
+                    << static_cast<double>(want);
+            }
+        }
+    }
+}
