@@ -1,0 +1,112 @@
+/*
+ * chunk_cost.c - what one tensor costs the CPU path's norm: `count` tensors
+ * of `numel` elements, back to back in one buffer (64-byte aligned starts),
+ * gclip_total_norm timed `reps` times, the fastest kept. Small and without
+ * a roofline or peers, so that it runs under callgrind or perf in seconds:
+ *
+ *   gclip-chunk-cost COUNT NUMEL [f32|f16|bf16] [THREADS] [REPS]
+ *
+ * The data is seeded and never zero; the norm is printed so that the work
+ * cannot be skipped.
+ */
+#include <gclip.h>
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static double now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* xorshift64*: 24 random mantissa bits for a value in [-0.5, 0.5) */
+static float next_value(uint64_t *s)
+{
+    *s ^= *s >> 12;
+    *s ^= *s << 25;
+    *s ^= *s >> 27;
+    const uint64_t r = *s * 2685821657736338717ull;
+    return (float)(r >> 40) / 16777216.0f - 0.5f;
+}
+
+static void store(void *p, gclip_dtype dt, size_t i, float v)
+{
+    uint32_t b;
+    memcpy(&b, &v, sizeof b);
+    if (dt == GCLIP_F32) {
+        ((float *)p)[i] = v;
+    } else if (dt == GCLIP_BF16) {
+        ((uint16_t *)p)[i] = (uint16_t)(b >> 16);
+    } else { /* f16 of |v| < 0.5: a normal half (or zero) with the top 10 mantissa bits */
+        const uint32_t sign = (b >> 16) & 0x8000u;
+        const int e = (int)((b >> 23) & 0xff) - 127 + 15;
+        ((uint16_t *)p)[i] =
+            (uint16_t)(e <= 0 ? sign : sign | (uint32_t)e << 10 | ((b >> 13) & 0x3ffu));
+    }
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 3) {
+        fprintf(stderr, "usage: %s COUNT NUMEL [f32|f16|bf16] [THREADS] [REPS]\n", argv[0]);
+        return 2;
+    }
+    const size_t count = strtoull(argv[1], NULL, 10);
+    const int64_t numel = strtoll(argv[2], NULL, 10);
+    const char *dts = argc > 3 ? argv[3] : "f32";
+    const gclip_dtype dt = !strcmp(dts, "f16") ? GCLIP_F16 : !strcmp(dts, "bf16") ? GCLIP_BF16 : GCLIP_F32;
+    const int threads = argc > 4 ? atoi(argv[4]) : 1;
+    const int reps = argc > 5 ? atoi(argv[5]) : 40;
+    if (count == 0 || numel <= 0 || threads < 0 || reps <= 0) {
+        fprintf(stderr, "COUNT, NUMEL and REPS must be positive, THREADS >= 0\n");
+        return 2;
+    }
+    const size_t esize = dt == GCLIP_F32 ? 4 : 2;
+    const size_t stride = ((size_t)numel * esize + 63) / 64 * 64;
+    char *buf = NULL;
+    gclip_tensor *t = malloc(count * sizeof *t);
+    if (posix_memalign((void **)&buf, 4096, stride * count) || !t) {
+        fprintf(stderr, "out of memory\n");
+        return 1;
+    }
+    uint64_t seed = 0x9e3779b97f4a7c15ull;
+    for (size_t k = 0; k < count; k++) {
+        t[k].data = buf + k * stride;
+        t[k].numel = numel;
+        t[k].dtype = dt;
+        for (int64_t i = 0; i < numel; i++)
+            store(t[k].data, dt, (size_t)i, next_value(&seed));
+    }
+    gclip_plan *plan = NULL;
+    if (gclip_plan_create(&plan, t, count, GCLIP_DEVICE_CPU) != GCLIP_STATUS_SUCCESS ||
+        gclip_plan_set_num_threads(plan, threads) != GCLIP_STATUS_SUCCESS) {
+        fprintf(stderr, "plan: %s\n", gclip_last_error());
+        return 1;
+    }
+    const gclip_norm_options o = gclip_norm_options_default();
+    double best = 1e30;
+    for (int r = 0; r < reps; r++) {
+        const double a = now();
+        if (gclip_total_norm(plan, &o, NULL) != GCLIP_STATUS_SUCCESS) {
+            fprintf(stderr, "norm: %s\n", gclip_last_error());
+            return 1;
+        }
+        const double s = now() - a;
+        best = s < best ? s : best;
+    }
+    gclip_result res;
+    gclip_get_result(plan, &res);
+    printf("%zu x %lld %s, %d thread(s): best of %d %.3f ms, %.1f ns per tensor, %.2f GB/s, "
+           "norm %.7g\n",
+           count, (long long)numel, dts, threads, reps, best * 1e3, best * 1e9 / (double)count,
+           (double)count * (double)numel * (double)esize / best / 1e9, res.total_norm);
+    gclip_plan_destroy(plan);
+    free(t);
+    free(buf);
+    return 0;
+}
