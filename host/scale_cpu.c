@@ -153,7 +153,9 @@ CPU_CLONES static void update_run(const gclip_tensor_desc *tensors, const gclip_
                                   uint32_t first, uint32_t last, int clamp, float f,
                                   const float *factor)
 {
+    prefetch_cursor pc = {first, 0};
     for (uint32_t c = first; c < last; c++) {
+        prefetch_before(&pc, tensors, chunks, c, last, 1, clamp ? NULL : factor);
         const uint32_t i = chunks[c].tensor;
         if (clamp) {
             update_chunk(&tensors[i], chunks[c].index, 1, f);
