@@ -346,9 +346,6 @@ ALWAYS_INLINE void zero_slots(double *acc, int n)
         memcpy(&acc[t], &z, sizeof z);
 }
 
-/* Slots c, c + 32, ..., c + 32 (m - 1) of the four columns from acc folded
- * by the tree's levels n/2 .. 32 (m = n/32): at each level the lower slot
- * plus the upper one, as the block tree adds them. */
 ALWAYS_INLINE gclip_v4d load_v4d(const double *p)
 {
     gclip_v4d v;
@@ -356,6 +353,9 @@ ALWAYS_INLINE gclip_v4d load_v4d(const double *p)
     return v;
 }
 
+/* Slots c, c + 32, ..., c + 32 (m - 1) of the four columns from acc folded
+ * by the tree's levels n/2 .. 32 (m = n/32): at each level the lower slot
+ * plus the upper one, as the block tree adds them. */
 ALWAYS_INLINE gclip_v4d column_fold(const double *acc, int m)
 {
 #define C(k) load_v4d(acc + 32 * (k))
