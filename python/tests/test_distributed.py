@@ -12,6 +12,7 @@ import math
 import os
 import struct
 import traceback
+import warnings
 from datetime import timedelta
 
 import pytest
@@ -377,17 +378,26 @@ _RUNS = {}
 
 
 def _run_world(ws, tmp_path_factory):
+    # A world whose rank dies is run once more, with a warning: torch's gloo
+    # teardown has aborted a rank ("terminate called without an active
+    # exception") after every check had passed and been recorded. A failure
+    # of gclip's own happens again; the second run's records are the ones
+    # checked.
     if ws not in _RUNS:
-        d = tmp_path_factory.mktemp(f"ws{ws}")
-        error = None
-        try:
-            mp.spawn(_worker, args=(ws, str(d / "store"), str(d)), nprocs=ws, join=True)
-        except Exception as e:  # a rank failed: its record says why
-            error = str(e)
-        ranks = []
-        for r in range(ws):
-            path = d / f"rank{r}.json"
-            ranks.append(json.loads(path.read_text()) if path.exists() else None)
+        for attempt in (1, 2):
+            d = tmp_path_factory.mktemp(f"ws{ws}")
+            error = None
+            try:
+                mp.spawn(_worker, args=(ws, str(d / "store"), str(d)), nprocs=ws, join=True)
+            except Exception as e:  # a rank failed: its record says why
+                error = str(e)
+            ranks = []
+            for r in range(ws):
+                path = d / f"rank{r}.json"
+                ranks.append(json.loads(path.read_text()) if path.exists() else None)
+            if error is None:
+                break
+            warnings.warn(f"world of {ws} ranks, run {attempt}: {error}")
         _RUNS[ws] = (ranks, error)
     return _RUNS[ws]
 
