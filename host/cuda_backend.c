@@ -91,10 +91,10 @@ static void leave_device(const device_guard *g)
 
 /* ---- workspace layout -------------------------------------------------------- */
 
-/* Offsets in the plan's device allocation; gclip_kernel_grid sizes the
- * partials (one slot per chunk, whatever the grid). */
+/* Offsets in the plan's device allocation; gclip_partial_slots sizes the
+ * partials (one slot per chunk, whatever the grid, and a pad). */
 typedef struct layout {
-    size_t tensors, chunks, partials, factors, tickets, partial, result, total;
+    size_t tensors, chunks, partials, factors, tickets, fold, partial, result, total;
 } layout;
 
 static size_t align_up(size_t x)
@@ -111,11 +111,13 @@ static layout plan_layout(const gclip_plan *plan)
     l.chunks = off;
     off = align_up(off + (size_t)plan->num_chunks * sizeof(gclip_chunk));
     l.partials = off;
-    off = align_up(off + (size_t)gclip_kernel_grid(plan->num_chunks) * sizeof(double));
+    off = align_up(off + gclip_partial_slots(plan->num_chunks) * sizeof(double));
     l.factors = off;
     off = align_up(off + plan->count * sizeof(float));
     l.tickets = off;
     off = align_up(off + 2 * sizeof(unsigned int));
+    l.fold = off;
+    off = align_up(off + sizeof(gclip_fold_workspace));
     l.partial = off;
     off = align_up(off + sizeof(gclip_partial));
     l.result = off;
@@ -135,6 +137,7 @@ static void point_tables(gclip_cuda_state *s, const gclip_plan *plan, const layo
     s->tables.tensor_factor = (float *)(void *)(b + l->factors);
     s->tables.ticket = (unsigned int *)(void *)(b + l->tickets);
     s->tables.apply_ticket = s->tables.ticket + 1;
+    s->tables.fold = (gclip_fold_workspace *)(void *)(b + l->fold);
     s->tables.partial = (gclip_partial *)(void *)(b + l->partial);
     s->tables.result = (gclip_result_slot *)(void *)(b + l->result);
 }
@@ -163,7 +166,7 @@ static void free_state(gclip_cuda_state *s)
     gclip_host_free(s);
 }
 
-/* Tables, zero tickets, a zero partial and the "no operation yet" result
+/* Tables, zero tickets (the fold lanes' too), a zero partial and the "no operation yet" result
  * slot, uploaded once. */
 static gclip_status upload_initial(gclip_cuda_state *s, const gclip_plan *plan)
 {
@@ -178,6 +181,7 @@ static gclip_status upload_initial(gclip_cuda_state *s, const gclip_plan *plan)
                                  (size_t)plan->num_chunks * sizeof(gclip_chunk),
                                  cudaMemcpyHostToDevice, cs));
     CUDA_TRY(cudaMemsetAsync(s->tables.ticket, 0, 2 * sizeof(unsigned int), cs));
+    CUDA_TRY(cudaMemsetAsync(s->tables.fold, 0, sizeof(gclip_fold_workspace), cs));
     CUDA_TRY(cudaMemsetAsync(s->tables.partial, 0, sizeof(gclip_partial), cs));
     CUDA_TRY(cudaMemcpyAsync(s->tables.result, &initial, sizeof initial, cudaMemcpyHostToDevice, cs));
     /* the host sources live on this stack and in the plan: wait for the copies */

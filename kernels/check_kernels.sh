@@ -175,32 +175,49 @@ else
     done
 fi
 
-# ---- launch shape: the finalize's batched fold, the norm kernel's occupancy ----
-# - The last block's fold loads a whole batch of partials and tensor indices
-#   before folding any of it (norm_finalize.cuh), so a lane waits for memory
-#   once per batch. From sm_80 the batch is staged in shared memory with
-#   cp.async: the compute_90 PTX of the norm kernel must hold at least
-#   GCLIP_FOLD_BATCH 8-byte copies (cp.async.ca.shared.global ..., 8) and
-#   the sm_90 SASS at least 2 x GCLIP_FOLD_BATCH LDGSTS (partials and tensor
-#   indices). On sm_75 the batch is held in registers: its SASS must hold at
-#   least GCLIP_FOLD_BATCH_REG 64-bit global loads (LDG.E.64*). A fold that
-#   gates each chunk on a load of the table has one of each.
-# - The norm kernel's static shared memory (the staging area included) lets
+# ---- launch shape: the finalize's fold, the norm kernel's occupancy ----
+# - A fold lane is folded by the block that completes its chunks, found by
+#   the lane's own ticket; the last block only closes the lanes
+#   (norm_finalize.cuh). The sm_90 SASS of the norm kernel must hold two
+#   returning atomic increments (ATOMG ... INC): the norm ticket and the
+#   lanes' tickets. A fold left to the last block alone has one.
+# - The lane pass copies a window of partials and tensor indices before
+#   folding any of it, so it waits for memory once per window. From sm_80
+#   the window is copied with cp.async: the compute_90 PTX of the norm
+#   kernel must hold at least GCLIP_FOLD_BATCH / 2 16-byte L2-only copies
+#   (cp.async.cg.shared.global ..., 16: the partials, in pairs) and at least
+#   GCLIP_FOLD_BATCH 4-byte ones (the tensor indices), and no 8-byte
+#   cp.async: a partial copied through L1 could be a stale copy of a
+#   sector the next lane shares. The sm_90 SASS must hold at least
+#   GCLIP_FOLD_BATCH / 2 LDGSTS ... BYPASS.128. On sm_75 the batch goes
+#   through registers with ld.global.cg: its SASS must hold at least
+#   GCLIP_FOLD_BATCH_REG LDG.E.64.STRONG.GPU. A fold that gates each chunk
+#   on a load of the table has one of each.
+# - The norm kernel's static shared memory (the window included) lets
 #   four blocks of GCLIP_BLOCK_THREADS share an SM on every architecture
 #   (per SM: 64 KB on sm_75, 164 KB on sm_80, 100 KB on sm_86/sm_89, 228 KB
 #   on sm_90, less 1 KB the runtime reserves per block from sm_80).
 # - The norm kernel keeps at least two blocks of GCLIP_BLOCK_THREADS per SM
-#   on every architecture (at most 128 registers), so the grid-stride grid
-#   of SMs x occupancy still has two blocks' loads in flight per SM.
+#   on every architecture (at most 128 registers), so the grid of
+#   SMs x occupancy still has two blocks' loads in flight per SM.
 fold_batch=$(sed -n 's/^#define GCLIP_FOLD_BATCH \([0-9][0-9]*\).*/\1/p' "$src/kernels/gclip_fold.h")
 fold_batch_reg=$(sed -n 's/^#define GCLIP_FOLD_BATCH_REG \([0-9][0-9]*\).*/\1/p' "$src/kernels/gclip_fold.h")
 if [ -z "$fold_batch" ] || [ -z "$fold_batch_reg" ]; then
     fail "GCLIP_FOLD_BATCH or GCLIP_FOLD_BATCH_REG not found in kernels/gclip_fold.h"
 else
-    n=$(grep -cE 'cp\.async\.ca\.shared\.global.*, 8;' "$work/norm_kernel.ptx" || true)
-    echo "norm_kernel.cu: $n 8-byte cp.async in the compute_90 PTX (fold batch $fold_batch)"
+    n=$(grep -cE 'cp\.async\.cg\.shared\.global.*, 16;' "$work/norm_kernel.ptx" || true)
+    echo "norm_kernel.cu: $n 16-byte L2-only cp.async in the compute_90 PTX (fold batch $fold_batch)"
+    if [ "$n" -lt $((fold_batch / 2)) ]; then
+        fail "norm_kernel.cu: $n paired partial copies in the PTX, fewer than GCLIP_FOLD_BATCH/2=$((fold_batch / 2))"
+    fi
+    n=$(grep -cE 'cp\.async\.ca\.shared\.global.*, 4;' "$work/norm_kernel.ptx" || true)
+    echo "norm_kernel.cu: $n 4-byte cp.async in the compute_90 PTX (tensor indices)"
     if [ "$n" -lt "$fold_batch" ]; then
-        fail "norm_kernel.cu: $n staged partial loads in the PTX, fewer than GCLIP_FOLD_BATCH=$fold_batch"
+        fail "norm_kernel.cu: $n staged tensor-index copies in the PTX, fewer than GCLIP_FOLD_BATCH=$fold_batch"
+    fi
+    n=$(grep -cE 'cp\.async\.ca\.shared\.global.*, 8;' "$work/norm_kernel.ptx" || true)
+    if [ "$n" -ne 0 ]; then
+        fail "norm_kernel.cu: $n 8-byte cp.async through L1 in the PTX: partials must be read through L2 only"
     fi
     # cuobjdump as found for the arithmetic checks (their absence has
     # already failed the run)
@@ -214,13 +231,18 @@ else
                 on && arch == want && $0 ~ re { n++ }
                 END { print n + 0 }'
         }
-        n=$(count sm_90 'LDGSTS')
-        echo "norm_kernel.cu: $n LDGSTS in the sm_90 SASS (fold batch $fold_batch, two copies per chunk)"
-        if [ "$n" -lt $((2 * fold_batch)) ]; then
-            fail "norm_kernel.cu: $n staged loads (LDGSTS) in the sm_90 SASS, fewer than 2 x GCLIP_FOLD_BATCH=$fold_batch"
+        n=$(count sm_90 'ATOMG[.A-Z0-9]*INC')
+        echo "norm_kernel.cu: $n returning atomic increments in the sm_90 SASS (norm ticket, lane tickets)"
+        if [ "$n" -lt 2 ]; then
+            fail "norm_kernel.cu: $n ATOMG INC in the sm_90 SASS: the lanes are not folded behind their own tickets"
         fi
-        n=$(count sm_75 'LDG\.E\.64')
-        echo "norm_kernel.cu: $n 64-bit global loads (LDG.E.64*) in the sm_75 SASS (register batch $fold_batch_reg)"
+        n=$(count sm_90 'LDGSTS[.A-Z0-9]*BYPASS\.128')
+        echo "norm_kernel.cu: $n 16-byte L2-only LDGSTS in the sm_90 SASS (fold batch $fold_batch, partials in pairs)"
+        if [ "$n" -lt $((fold_batch / 2)) ]; then
+            fail "norm_kernel.cu: $n paired partial copies (LDGSTS BYPASS.128) in the sm_90 SASS, fewer than GCLIP_FOLD_BATCH/2=$((fold_batch / 2))"
+        fi
+        n=$(count sm_75 'LDG\.E\.64\.STRONG\.GPU')
+        echo "norm_kernel.cu: $n 64-bit L2 loads (LDG.E.64.STRONG.GPU) in the sm_75 SASS (batch $fold_batch_reg through registers)"
         if [ "$n" -lt "$fold_batch_reg" ]; then
             fail "norm_kernel.cu: $n batched partial loads in the sm_75 SASS, fewer than GCLIP_FOLD_BATCH_REG=$fold_batch_reg"
         fi

@@ -18,6 +18,9 @@
  *   gclip_stage_f64(dst, src), gclip_stage_u32(dst, src)
  *       start copying the 8 or 4 bytes at global `src` to shared `dst`
  *       (through L1, like __ldca)
+ *   gclip_stage_f64x2_l2(dst, src)
+ *       start copying the 16 bytes (two doubles) at global `src` to shared
+ *       `dst`, both 16-byte aligned, through L2 only (cp.async.cg)
  *   gclip_stage_wait()
  *       every copy the calling thread started has landed and is visible to
  *       it (not to other threads: they need a barrier)
@@ -47,6 +50,11 @@ inline void gclip_stage_f64(double *dst, const double *src)
 inline void gclip_stage_u32(uint32_t *dst, const uint32_t *src)
 {
     *dst = *(const volatile uint32_t *)src;
+}
+inline void gclip_stage_f64x2_l2(double *dst, const double *src)
+{
+    dst[0] = ((const volatile double *)src)[0];
+    dst[1] = ((const volatile double *)src)[1];
 }
 inline void gclip_stage_wait() {}
 #elif defined(__CUDACC__)
@@ -84,6 +92,11 @@ __device__ __forceinline__ void gclip_stage_u32(uint32_t *dst, const uint32_t *s
 {
     const unsigned s = (unsigned)__cvta_generic_to_shared(dst);
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(s), "l"(src) : "memory");
+}
+__device__ __forceinline__ void gclip_stage_f64x2_l2(double *dst, const double *src)
+{
+    const unsigned s = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(src) : "memory");
 }
 __device__ __forceinline__ void gclip_stage_wait()
 {

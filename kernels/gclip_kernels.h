@@ -23,28 +23,30 @@ extern "C" {
 
 /* The plan's device-resident tables and workspace. All pointers are device
  * memory. Built once at plan creation: the partials are sized by
- * gclip_kernel_grid (one slot per chunk), the launch grids by
+ * gclip_partial_slots (one slot per chunk, and a pad), the launch grids by
  * gclip_launch_grid with the caps below. */
 typedef struct gclip_device_tables {
     const gclip_tensor_desc *tensors; /* [num_tensors] */
     const gclip_chunk *chunks;        /* [num_chunks] */
     uint32_t num_tensors;
     uint32_t num_chunks;
-    double *partials;          /* [gclip_kernel_grid(num_chunks)] one slot per chunk */
+    double *partials;          /* [gclip_partial_slots(num_chunks)] one slot per chunk */
     float *tensor_factor;      /* [num_tensors] per-tensor scale factors */
     unsigned int *ticket;      /* norm kernel: blocks done, modulo the grid */
+    gclip_fold_workspace *fold; /* norm kernel: the lanes' tickets and results */
     unsigned int *apply_ticket; /* scale kernel under GCLIP_OP_APPLY: the same */
     gclip_partial *partial;    /* the plan's own partial (accumulate phase) */
     gclip_result_slot *result; /* the plan's result slot */
     /* Most blocks of a norm launch and of a scale or clamp launch (0 = one
      * per chunk), fixed at plan creation from the device's SM count and the
-     * kernels' occupancy. Each block walks chunks blockIdx.x, + gridDim.x,
-     * ...; no result depends on these. */
+     * kernels' occupancy. A norm block walks a contiguous range of chunks,
+     * a scale or clamp block chunks blockIdx.x, + gridDim.x, ...; no result
+     * depends on these. */
     uint32_t norm_grid_cap;
     uint32_t scale_grid_cap;
 } gclip_device_tables;
 
-/* Partial slots of the norm kernel: one per chunk, at least one. */
+/* One block per chunk (or AGC piece), at least one: the AGC kernels' grid. */
 static inline uint32_t gclip_kernel_grid(uint32_t num_chunks)
 {
     return num_chunks > 0 ? num_chunks : 1u;
@@ -52,7 +54,8 @@ static inline uint32_t gclip_kernel_grid(uint32_t num_chunks)
 
 /* Norm kernel: per-chunk partials of the norm terms, each in its chunk's
  * slot, over a grid of gclip_launch_grid(num_chunks, norm_grid_cap) blocks;
- * the last block to finish folds them (gclip_fold.h) into per-tensor norms
+ * the blocks that complete each lane's chunks and the last block to finish
+ * fold them (gclip_fold.h) into per-tensor norms
  * (np->tensor_norms), the plan's partial and, for every op but
  * GCLIP_OP_ACCUMULATE, the result slot and per-tensor factors. */
 int gclip_launch_norm(const gclip_device_tables *t, const gclip_norm_params *np,

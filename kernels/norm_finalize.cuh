@@ -1,6 +1,6 @@
 /*
- * norm_finalize.cuh - the global-norm finalize, run by the last block of the
- * norm kernel once every chunk's partial is in place.
+ * norm_finalize.cuh - the global-norm finalize, run by the norm kernel in two
+ * passes once the chunks' partials are in place.
  *
  * It folds the per-chunk partials into per-tensor accumulators, writes the
  * per-tensor norms and factors, folds the tensor accumulators into the
@@ -10,22 +10,29 @@
  * lane by lane and gives the same bits from the same partials.
  *
  * The order is the one gclip_fold.h defines, fixed by the number of chunks:
- * thread i is lane i; it folds the runs of its contiguous range of chunks,
- * completes the run it leaves open with the leading pieces of the following
- * lanes (exchanged in shared memory), and the lanes' shares meet in a fixed
- * halving tree. Nothing depends on the grid, on which block arrives last or
- * on the number of SMs.
+ * the chunks are cut into 256 contiguous lane ranges; each lane folds the
+ * runs of its range, and completes the run it leaves open with the leading
+ * pieces of the following lanes; the lanes' shares meet in a fixed halving
+ * tree. Who does which part:
  *
- * No global load waits for another one's value: a lane's range and its
- * batches are arithmetic on the chunk count, and "a new tensor starts here"
- * is read from the batch itself (its chunk's tensor index differs from the
- * previous chunk's), so a lane loads a whole batch (GCLIP_FOLD_STAGE
- * partials and tensor indices) before folding any of it and waits for
- * memory once per batch, never once per chunk. From sm_80 the batch is
- * staged in shared memory with cp.async, so it costs no register however
- * large it is, and its size is set by shared memory (docs/gpu-launch.md);
- * on sm_75 it is held in registers. gclip_fold_load_rounds counts the
- * rounds: 30 on sm_90 for 100,000 one-chunk tensors.
+ *   - the lane pass (gclip_fold_lane_pass): a norm block walks a contiguous
+ *     range of chunks and, each time it leaves a lane's range, counts itself
+ *     in that lane's ticket. The block that completes the count folds the
+ *     lane with all its threads: it copies a window of the lane's partials
+ *     and tensor indices into shared memory (one wait per window: 3,584
+ *     chunks on sm_90, 1,536 on sm_86/sm_89), every thread folds the runs
+ *     that start at its positions and reports the tensors they complete
+ *     (norms, factors), and thread 0 folds the lane's share in order. The
+ *     lane's results go to the plan's fold workspace.
+ *   - the close (gclip_finalize), by the last block to take the norm
+ *     ticket: thread i loads lane i's results, completes its open run with
+ *     the following lanes' leading pieces, and the shares meet in the tree.
+ *
+ * Nothing depends on the grid, on which block completes a lane or arrives
+ * last, or on the number of SMs: every addition is the CPU twin's, in its
+ * order. The longest chain of dependent global loads is a few rounds
+ * (gclip_fold_load_rounds: 7 on an H100 for 100,000 one-chunk tensors),
+ * not one per chunk of a lane.
  */
 #ifndef GCLIP_NORM_FINALIZE_CUH
 #define GCLIP_NORM_FINALIZE_CUH
@@ -41,34 +48,58 @@
 
 static_assert(GCLIP_FOLD_LANES == GCLIP_BLOCK_THREADS, "one fold lane per thread");
 
-/* The batch of this architecture (gclip_fold.h); GCLIP_FOLD_STAGED: staged
- * in shared memory with cp.async rather than held in registers. The
- * emulator runs the staged code with the sm_86 batch: the smallest staged
- * one, and the emulator copies a block's shared memory on every switch to
- * another block, so its size is the emulator's main cost. The batch never
- * changes the fold's order (gclip_fold.h). */
+/* The batch of this architecture (gclip_fold.h); GCLIP_FOLD_ASYNC: copied
+ * with cp.async rather than through registers. The emulator runs the
+ * cp.async code with the sm_86 batch (its copies happen when issued, its
+ * wait does nothing) and a window it can shrink at run time
+ * (gclip_emu_fold_window), so that small plans cross windows too. The batch
+ * never changes the fold's order (gclip_fold.h). */
 #if !defined(GCLIP_SIMT_EMULATION) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-#define GCLIP_FOLD_STAGED 1
+#define GCLIP_FOLD_ASYNC 1
 #define GCLIP_FOLD_STAGE GCLIP_FOLD_BATCH
 #elif defined(GCLIP_SIMT_EMULATION) || (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 860)
-#define GCLIP_FOLD_STAGED 1
+#define GCLIP_FOLD_ASYNC 1
 #define GCLIP_FOLD_STAGE GCLIP_FOLD_BATCH_SM86
 #elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-#define GCLIP_FOLD_STAGED 1
+#define GCLIP_FOLD_ASYNC 1
 #define GCLIP_FOLD_STAGE GCLIP_FOLD_BATCH_SM80
 #else /* sm_75, and nvcc's host pass, which compiles no device code */
-#define GCLIP_FOLD_STAGED 0
+#define GCLIP_FOLD_ASYNC 0
 #define GCLIP_FOLD_STAGE GCLIP_FOLD_BATCH_REG
+#endif
+#define GCLIP_FOLD_WINDOW_MAX (GCLIP_FOLD_STAGE * GCLIP_FOLD_LANES)
+/* 16-byte copies per thread for a window's partials: up to
+ * GCLIP_FOLD_WINDOW_MAX / 2 + 1 pairs */
+#define GCLIP_FOLD_PAIR_STEPS ((GCLIP_FOLD_WINDOW_MAX / 2 + 1 + GCLIP_FOLD_LANES - 1) / GCLIP_FOLD_LANES)
+#if defined(GCLIP_SIMT_EMULATION)
+/* the emulator's window, 1 to GCLIP_FOLD_WINDOW_MAX (tests/emu/simt_emu.cpp) */
+extern uint32_t gclip_emu_fold_window;
+#define GCLIP_FOLD_WINDOW                                                                          \
+    (gclip_emu_fold_window >= 1u && gclip_emu_fold_window < GCLIP_FOLD_WINDOW_MAX                 \
+         ? gclip_emu_fold_window                                                                   \
+         : (uint32_t)GCLIP_FOLD_WINDOW_MAX)
+#else
+#define GCLIP_FOLD_WINDOW ((uint32_t)GCLIP_FOLD_WINDOW_MAX)
 #endif
 
 /* Shared memory of the finalize; declared by the kernel at function scope. */
 typedef struct gclip_finalize_shared {
-#if GCLIP_FOLD_STAGED
-    /* the lanes' batches, chunk k of lane i at [k][i] (consecutive lanes,
-     * consecutive banks); each lane reads only what it staged itself */
-    double stage_part[GCLIP_FOLD_STAGE][GCLIP_FOLD_LANES];
-    uint32_t stage_tensor[GCLIP_FOLD_STAGE][GCLIP_FOLD_LANES];
-#endif
+    /* lane pass: a window of the lane's chunks, chunk w + k's partial at
+     * [k + gclip_fold_stage_offset(w)], its tensor index at [k]; after the
+     * runs are folded, a run's accumulator replaces the partial at its first
+     * position */
+    alignas(16) double stage_part[GCLIP_FOLD_WINDOW_MAX + 2];
+    uint32_t stage_tensor[GCLIP_FOLD_WINDOW_MAX];
+    /* lane pass: the run carried from one window to the next (thread 0
+     * writes them between barriers) */
+    double carried_acc;      /* its accumulator so far */
+    double lead;             /* the leading piece, once it has ended */
+    double share;            /* the lane's share so far */
+    uint32_t carried_tensor; /* its tensor (first the one before the range) */
+    uint32_t leading;        /* it is still the leading piece */
+    uint32_t continues;      /* the range's first chunk continues the tensor before it */
+    unsigned int lane_nonfinite; /* tensors the lane completed whose norm is not finite */
+    /* close */
     double lane[GCLIP_FOLD_LANES];        /* lane i's leading piece, later its share */
     uint32_t cont[GCLIP_FOLD_LANES];      /* tensor lane i's range continues, or GCLIP_NO_TENSOR */
     unsigned char whole[GCLIP_FOLD_LANES]; /* lane i's range lies inside that tensor */
@@ -76,31 +107,36 @@ typedef struct gclip_finalize_shared {
     unsigned int skip_all;                /* per-tensor op: nothing may be written */
 } gclip_finalize_shared;
 
-/* What one lane carries through the finalize. */
+/* What one thread carries through a pass. */
 typedef struct gclip_finalize_thread {
-    double total;       /* this lane's share of the total accumulator */
+    double total;       /* close: this lane's share of the total accumulator */
     unsigned nonfinite; /* tensors it completed whose norm is not finite */
     gclip_scalars sc;   /* max_norm and inv_scale as read at execution */
 } gclip_finalize_thread;
 
-/* Partials were written by other blocks. The kernel's fence after the
- * ticket orders these loads after every block's fenced store (the two
- * fences synchronize through the ticket), so weak loads see them, and they
- * may come through L1: a lane's batch is consecutive doubles, four to a
- * 32-byte sector, fetched once rather than once per load. */
-__device__ __forceinline__ double gclip_load_partial(const double *partials, uint32_t c)
+/* Loads of what other blocks wrote in this launch, through L2: the fences
+ * around the tickets order them after those blocks' fenced stores. */
+__device__ __forceinline__ double gclip_load_cg(const double *p)
 {
 #if defined(GCLIP_SIMT_EMULATION)
-    return *(const volatile double *)(partials + c);
+    return *(const volatile double *)p;
 #else
-    return __ldca(partials + c);
+    return __ldcg(p);
+#endif
+}
+__device__ __forceinline__ uint32_t gclip_load_cg(const uint32_t *p)
+{
+#if defined(GCLIP_SIMT_EMULATION)
+    return *(const volatile uint32_t *)p;
+#else
+    return __ldcg((const unsigned int *)p);
 #endif
 }
 
-/* A tensor's accumulator is complete: report its norm and factor and add it
- * to the lane's share. The per-tensor factor assumes the step may write; if
- * the total says otherwise the factors are overwritten with 1 at the end. */
-__device__ __forceinline__ void gclip_finish_tensor(const gclip_device_tables &t,
+/* A tensor's accumulator is complete: report its norm and factor. The
+ * per-tensor factor assumes the step may write; if the total says otherwise
+ * the factors are overwritten with 1 at the end. */
+__device__ __forceinline__ void gclip_report_tensor(const gclip_device_tables &t,
                                                     const gclip_norm_params &np, uint32_t tensor,
                                                     double acc, gclip_finalize_thread &th)
 {
@@ -110,53 +146,219 @@ __device__ __forceinline__ void gclip_finish_tensor(const gclip_device_tables &t
     if (np.op == GCLIP_OP_CLIP_PER_TENSOR)
         t.tensor_factor[tensor] =
             gclip_tensor_factor(n, &np, &th.sc, th.sc.status != GCLIP_STATUS_SUCCESS);
-    th.total = gclip_term_combine(th.total, acc, np.kind);
     th.nonfinite += !gclip_is_finite(n);
 }
 
 /* Tensors [from, to) have no chunk (0 elements): norm 0. */
-__device__ __forceinline__ void gclip_finish_empty(const gclip_device_tables &t,
+__device__ __forceinline__ void gclip_report_empty(const gclip_device_tables &t,
                                                    const gclip_norm_params &np, uint32_t from,
                                                    uint32_t to, gclip_finalize_thread &th)
 {
     for (uint32_t i = from; i < to; ++i)
-        gclip_finish_tensor(t, np, i, GCLIP_TERM_ZERO, th);
+        gclip_report_tensor(t, np, i, GCLIP_TERM_ZERO, th);
 }
 
-/* The run a lane is folding. */
-typedef struct gclip_fold_run {
-    uint32_t tensor; /* its tensor; first the tensor of the chunk before the range */
-    double acc;
-    int leading;   /* still the range's leading piece */
-    int continues; /* the range's first chunk continues the tensor before it */
-} gclip_fold_run;
-
-/* One chunk of the lane's range, in chunk order: `first` for the range's
- * first chunk. */
-__device__ __forceinline__ void gclip_fold_chunk(const gclip_device_tables &t,
-                                                 const gclip_norm_params &np,
-                                                 gclip_finalize_shared &sh,
-                                                 gclip_finalize_thread &th, gclip_fold_run &r,
-                                                 uint32_t tensor, double part, bool first)
+/* Reported, and added to the thread's share (the close). */
+__device__ __forceinline__ void gclip_finish_tensor(const gclip_device_tables &t,
+                                                    const gclip_norm_params &np, uint32_t tensor,
+                                                    double acc, gclip_finalize_thread &th)
 {
-    if (tensor != r.tensor) {
-        if (r.leading)
-            sh.lane[threadIdx.x] = r.acc;
-        else
-            gclip_finish_tensor(t, np, r.tensor, r.acc, th);
-        r.leading = 0;
-        /* tensors between the two runs have no chunk */
-        gclip_finish_empty(t, np, r.tensor + 1u, tensor, th);
-        r.tensor = tensor;
-        r.acc = GCLIP_TERM_ZERO;
-    } else if (first) {
-        r.continues = 1;
-    }
-    r.acc = gclip_term_combine(r.acc, part, np.kind);
+    gclip_report_tensor(t, np, tensor, acc, th);
+    th.total = gclip_term_combine(th.total, acc, np.kind);
 }
 
-/* The lanes' folds. */
-__device__ __forceinline__ void gclip_fold_lanes(const gclip_device_tables &t,
+/* Where position k of a window that starts at chunk w sits in
+ * stage_part: k + gclip_fold_stage_offset(w). */
+__device__ __forceinline__ uint32_t gclip_fold_stage_offset(uint32_t w)
+{
+#if GCLIP_FOLD_ASYNC
+    return w & 1u; /* pairs start at an even chunk */
+#else
+    (void)w;
+    return 0u;
+#endif
+}
+
+/* Copies chunks [w, w + n) of the partials and of the chunk table's tensor
+ * indices to the window, n <= GCLIP_FOLD_WINDOW, and waits for this
+ * thread's copies (the caller's barrier publishes them). A warp's loads are
+ * consecutive.
+ *
+ * The partials are read through L2 only, never through L1: lanes are
+ * folded at different times, and the 32-byte sector that holds a lane's
+ * last partials also holds the next lane's first ones, possibly not yet
+ * written when this lane is read; an L1 copy of that sector could still be
+ * there, stale, when the same SM folds the next lane. cp.async reads
+ * through L2 only in 16-byte copies, so from sm_80 the partials travel in
+ * aligned pairs from the even chunk at or before w (gclip_partial_slots
+ * allocates the slot past an odd last chunk); the pair's other half, outside
+ * the window, is never read. On sm_75 they are loaded with ld.global.cg into
+ * registers, then stored. The tensor indices are the plan's read-only
+ * table: cp.async through L1 from sm_80. */
+__device__ __forceinline__ void gclip_fold_stage_window(const gclip_device_tables &t,
+                                                        gclip_finalize_shared &sh, uint32_t w,
+                                                        uint32_t n)
+{
+#if GCLIP_FOLD_ASYNC
+    const uint32_t w0 = w & ~1u;
+    const uint32_t pairs = (w + n - w0 + 1u) / 2u;
+    GCLIP_FOLD_UNROLL
+    for (int j = 0; j < GCLIP_FOLD_PAIR_STEPS; ++j) {
+        const uint32_t q = threadIdx.x + (uint32_t)j * GCLIP_FOLD_LANES;
+        if (q < pairs)
+            gclip_stage_f64x2_l2(&sh.stage_part[2u * q], t.partials + w0 + 2u * q);
+    }
+    GCLIP_FOLD_UNROLL
+    for (int j = 0; j < GCLIP_FOLD_STAGE; ++j) {
+        const uint32_t k = threadIdx.x + (uint32_t)j * GCLIP_FOLD_LANES;
+        if (k < n)
+            gclip_stage_u32(&sh.stage_tensor[k], &t.chunks[w + k].tensor);
+    }
+    gclip_stage_wait();
+#else
+    double part[GCLIP_FOLD_STAGE];
+    uint32_t tensor[GCLIP_FOLD_STAGE];
+    GCLIP_FOLD_UNROLL
+    for (int j = 0; j < GCLIP_FOLD_STAGE; ++j) {
+        const uint32_t k = threadIdx.x + (uint32_t)j * GCLIP_FOLD_LANES;
+        if (k < n) {
+            part[j] = gclip_load_cg(t.partials + w + k);
+            tensor[j] = t.chunks[w + k].tensor;
+        }
+    }
+    GCLIP_FOLD_UNROLL
+    for (int j = 0; j < GCLIP_FOLD_STAGE; ++j) {
+        const uint32_t k = threadIdx.x + (uint32_t)j * GCLIP_FOLD_LANES;
+        if (k < n) {
+            sh.stage_part[k] = part[j];
+            sh.stage_tensor[k] = tensor[j];
+        }
+    }
+#endif
+}
+
+/* The lane pass: lane `lane`'s (non-empty) range folded by the whole block,
+ * once every partial of it is in place; the lane's results go to
+ * t.fold->lane[lane]. The steps and their order are lane_runs' in
+ * host/finalize_cpu.c:
+ *   - a run (the chunks of one tensor in a row) is left-folded from the
+ *     neutral element; the range's first run, if it continues the tensor
+ *     of the chunk before the range, is the leading piece;
+ *   - every run but the leading piece and the last one completes its
+ *     tensor; tensors between two runs' have no chunk and are completed
+ *     with the neutral element; the share is the left fold of the completed
+ *     tensors in order.
+ * Each window: every run that starts in it is folded by the thread that
+ * owns its first position (the run at position 0 goes on from the carried
+ * one if it continues it), which also reports the tensors it completes;
+ * then thread 0 walks the window's run starts in order for the share. */
+__device__ __forceinline__ void gclip_fold_lane_pass(const gclip_device_tables &t,
+                                                     const gclip_norm_params &np,
+                                                     gclip_finalize_shared &sh, uint32_t lane)
+{
+    const uint32_t tid = threadIdx.x;
+    const uint32_t num_chunks = t.num_chunks;
+    const uint32_t begin = gclip_fold_lane_begin(num_chunks, lane);
+    const uint32_t end = gclip_fold_lane_begin(num_chunks, lane + 1);
+    const uint32_t before = begin > 0 ? t.chunks[begin - 1].tensor : GCLIP_NO_TENSOR;
+    const uint32_t window = GCLIP_FOLD_WINDOW;
+    gclip_finalize_thread th;
+    th.total = GCLIP_TERM_ZERO;
+    th.nonfinite = 0;
+    th.sc = gclip_resolve_scalars(&np); /* the close reads the same */
+    if (tid == 0) { /* published by the first window's barrier */
+        sh.carried_acc = GCLIP_TERM_ZERO;
+        sh.lead = GCLIP_TERM_ZERO;
+        sh.share = GCLIP_TERM_ZERO;
+        sh.carried_tensor = before;
+        sh.leading = 1;
+        sh.continues = 0;
+        sh.lane_nonfinite = 0;
+    }
+    for (uint32_t w = begin; w < end; w += window) {
+        const uint32_t n = end - w < window ? end - w : window;
+        gclip_fold_stage_window(t, sh, w, n);
+        double *const part = sh.stage_part + gclip_fold_stage_offset(w);
+        __syncthreads(); /* the window and the carried run are in place */
+        const uint32_t prev0 = sh.carried_tensor;
+        const double carried = sh.carried_acc;
+        const bool leading = sh.leading != 0;
+        for (uint32_t k = tid; k < n; k += GCLIP_FOLD_LANES) {
+            const uint32_t tensor = sh.stage_tensor[k];
+            const uint32_t prev = k > 0 ? sh.stage_tensor[k - 1] : prev0;
+            if (k > 0 && tensor == prev)
+                continue; /* inside a run that starts earlier */
+            const bool goes_on = tensor == prev; /* position 0 continues the carried run */
+            double acc = goes_on ? carried : GCLIP_TERM_ZERO;
+            uint32_t e = k;
+            do {
+                acc = gclip_term_combine(acc, part[e], np.kind);
+                ++e;
+            } while (e < n && sh.stage_tensor[e] == tensor);
+            part[k] = acc; /* only this thread reads positions k..e-1 */
+            if (!goes_on) {
+                /* the run before ends here: the carried one at position 0
+                 * (the leading piece is not a tensor of this lane's) */
+                if (k == 0 && !leading)
+                    gclip_report_tensor(t, np, prev0, carried, th);
+                gclip_report_empty(t, np, prev + 1u, tensor, th);
+            }
+            /* a run that ends inside the window completes its tensor */
+            if (e < n && !(goes_on && leading))
+                gclip_report_tensor(t, np, tensor, acc, th);
+        }
+        if (th.nonfinite) {
+            atomicAdd(&sh.lane_nonfinite, th.nonfinite);
+            th.nonfinite = 0;
+        }
+        __syncthreads(); /* every run's accumulator is at its first position */
+        if (tid == 0) {
+            uint32_t cur = prev0;
+            double cur_acc = carried;
+            bool lead_on = leading;
+            double share = sh.share;
+            double lead = sh.lead;
+            for (uint32_t k = 0; k < n; ++k) {
+                const uint32_t tensor = sh.stage_tensor[k];
+                if (k > 0 && tensor == cur)
+                    continue;
+                if (tensor != cur) {
+                    if (lead_on)
+                        lead = cur_acc;
+                    else
+                        share = gclip_term_combine(share, cur_acc, np.kind);
+                    lead_on = false;
+                    for (uint32_t u = cur + 1u; u < tensor; ++u)
+                        share = gclip_term_combine(share, GCLIP_TERM_ZERO, np.kind);
+                    cur = tensor;
+                }
+                cur_acc = part[k];
+            }
+            if (w == begin)
+                sh.continues = sh.stage_tensor[0] == before;
+            sh.carried_tensor = cur;
+            sh.carried_acc = cur_acc;
+            sh.leading = lead_on;
+            sh.share = share;
+            sh.lead = lead;
+        }
+        __syncthreads(); /* the window may be refilled */
+    }
+    if (tid == 0) {
+        gclip_fold_lane *r = &t.fold->lane[lane];
+        r->lead = sh.leading ? sh.carried_acc : sh.lead;
+        r->run_acc = sh.carried_acc;
+        r->share = sh.share;
+        r->cont = sh.continues ? before : GCLIP_NO_TENSOR;
+        r->run = sh.carried_tensor;
+        r->nonfinite = sh.lane_nonfinite;
+        r->whole = sh.leading;
+    }
+}
+
+/* The close, by every thread of the last block once every lane is folded:
+ * thread i is lane i. */
+__device__ __forceinline__ void gclip_fold_close(const gclip_device_tables &t,
                                                  const gclip_norm_params &np,
                                                  gclip_finalize_shared &sh,
                                                  gclip_finalize_thread &th)
@@ -165,62 +367,27 @@ __device__ __forceinline__ void gclip_fold_lanes(const gclip_device_tables &t,
     const uint32_t num_chunks = t.num_chunks;
     const uint32_t begin = gclip_fold_lane_begin(num_chunks, tid);
     const uint32_t end = gclip_fold_lane_begin(num_chunks, tid + 1);
-    const uint32_t before = begin < end && begin > 0 ? t.chunks[begin - 1].tensor : GCLIP_NO_TENSOR;
-
-    /* the run in progress: first the range's leading piece, which belongs
-     * to the tensor of the chunk before the range (empty if a tensor starts
-     * at `begin`) */
-    gclip_fold_run r;
-    r.tensor = before;
-    r.acc = GCLIP_TERM_ZERO;
-    r.leading = 1;
-    r.continues = 0;
-    for (uint32_t base = begin; base < end; base += GCLIP_FOLD_STAGE) {
-        const uint32_t n = end - base < GCLIP_FOLD_STAGE ? end - base : GCLIP_FOLD_STAGE;
-#if GCLIP_FOLD_STAGED
-        /* the whole batch in flight at once, then one wait */
-        GCLIP_FOLD_UNROLL
-        for (int k = 0; k < GCLIP_FOLD_STAGE; ++k)
-            if (base + k < end) {
-                gclip_stage_f64(&sh.stage_part[k][tid], t.partials + base + k);
-                gclip_stage_u32(&sh.stage_tensor[k][tid], &t.chunks[base + k].tensor);
-            }
-        gclip_stage_wait();
-        for (uint32_t k = 0; k < n; ++k)
-            gclip_fold_chunk(t, np, sh, th, r, sh.stage_tensor[k][tid], sh.stage_part[k][tid],
-                             base + k == begin);
-#else
-        double part[GCLIP_FOLD_STAGE];
-        uint32_t tensor[GCLIP_FOLD_STAGE];
-        GCLIP_FOLD_UNROLL
-        for (int k = 0; k < GCLIP_FOLD_STAGE; ++k)
-            if (base + k < end) {
-                part[k] = gclip_load_partial(t.partials, base + k);
-                tensor[k] = t.chunks[base + k].tensor;
-            }
-        /* one copy of the fold step, which takes the batch's head element
-         * and shifts the rest down: the batch stays in registers */
-        for (uint32_t k = 0; k < n; ++k) {
-            gclip_fold_chunk(t, np, sh, th, r, tensor[0], part[0], base + k == begin);
-            GCLIP_FOLD_UNROLL
-            for (int j = 0; j + 1 < GCLIP_FOLD_STAGE; ++j) {
-                part[j] = part[j + 1];
-                tensor[j] = tensor[j + 1];
-            }
-        }
-#endif
+    uint32_t run = GCLIP_NO_TENSOR;
+    double acc = GCLIP_TERM_ZERO;
+    uint32_t whole = 0;
+    double lead = GCLIP_TERM_ZERO;
+    uint32_t cont = GCLIP_NO_TENSOR;
+    if (begin < end) { /* an empty range was never folded: it has nothing */
+        const gclip_fold_lane *r = &t.fold->lane[tid];
+        lead = gclip_load_cg(&r->lead);
+        acc = gclip_load_cg(&r->run_acc);
+        th.total = gclip_load_cg(&r->share);
+        cont = gclip_load_cg(&r->cont);
+        run = gclip_load_cg(&r->run);
+        th.nonfinite = gclip_load_cg(&r->nonfinite);
+        whole = gclip_load_cg(&r->whole);
     }
-    const uint32_t run = r.tensor;
-    const int leading = r.leading;
-    const int continues = r.continues;
-    double acc = r.acc;
-    if (leading) /* an empty range, or one inside a single tensor */
-        sh.lane[tid] = acc;
-    sh.cont[tid] = continues ? before : GCLIP_NO_TENSOR;
-    sh.whole[tid] = (unsigned char)(begin < end && leading);
+    sh.lane[tid] = lead;
+    sh.cont[tid] = cont;
+    sh.whole[tid] = (unsigned char)(whole != 0);
     __syncthreads(); /* every leading piece is in shared memory */
 
-    if (begin < end && !leading) {
+    if (begin < end && !whole) {
         /* the last run goes on in the following lanes while they continue it */
         for (uint32_t k = tid + 1; k < GCLIP_FOLD_LANES; ++k) {
             if (gclip_fold_lane_begin(num_chunks, k) == gclip_fold_lane_begin(num_chunks, k + 1))
@@ -236,13 +403,14 @@ __device__ __forceinline__ void gclip_fold_lanes(const gclip_device_tables &t,
     /* tensors after the last chunk's have no chunk; with no chunk at all,
      * every tensor is empty and lane i takes tensors i, i + LANES, ... */
     if (num_chunks > 0 && end == num_chunks && begin < end)
-        gclip_finish_empty(t, np, run + 1u, t.num_tensors, th);
+        for (uint32_t i = run + 1u; i < t.num_tensors; ++i)
+            gclip_finish_tensor(t, np, i, GCLIP_TERM_ZERO, th);
     if (num_chunks == 0)
         for (uint32_t i = tid; i < t.num_tensors; i += GCLIP_FOLD_LANES)
             gclip_finish_tensor(t, np, i, GCLIP_TERM_ZERO, th);
 }
 
-/* The whole finalize, called by every thread of the last block. */
+/* The close and the result, called by every thread of the last block. */
 __device__ __forceinline__ void gclip_finalize(const gclip_device_tables &t,
                                                const gclip_norm_params &np,
                                                gclip_finalize_shared &sh)
@@ -253,9 +421,9 @@ __device__ __forceinline__ void gclip_finalize(const gclip_device_tables &t,
     th.nonfinite = 0;
     th.sc = gclip_resolve_scalars(&np);
     if (tid == 0)
-        sh.nonfinite = 0; /* published by the barrier inside gclip_fold_lanes */
+        sh.nonfinite = 0; /* published by the barrier inside gclip_fold_close */
 
-    gclip_fold_lanes(t, np, sh, th);
+    gclip_fold_close(t, np, sh, th);
     if (th.nonfinite)
         atomicAdd(&sh.nonfinite, th.nonfinite);
     __syncthreads(); /* the leading pieces are read: sh.lane takes the shares */

@@ -1,39 +1,44 @@
 /*
- * norm_kernel.cu - the accumulate phase of a step (and, fused into its last
- * block, the finalize): the norm of every tensor of the plan in one launch.
+ * norm_kernel.cu - the accumulate phase of a step (and, fused into it, the
+ * finalize): the norm of every tensor of the plan in one launch.
  * CPU twin: host/norm_cpu.c.
  *
  * The work is the plan's chunk table (device memory, uploaded once at plan
  * creation, so the launch carries no per-tensor arguments and any number of
  * tensors of any mix of dtypes fits one launch). The grid is capped at plan
  * creation to what the device holds at once (gclip_launch_grid) and each
- * block walks chunks blockIdx.x, blockIdx.x + gridDim.x, ...: every thread
+ * block walks a contiguous range of chunks (gclip_split_begin): every thread
  * accumulates its elements' norm terms (gclip_term_sum: float groups folded
  * into double, an integer max for the inf-norm), the block
  * reduces them and thread 0 stores the chunk's partial in partials[chunk].
  * The slot is the chunk's index and a chunk is always walked by one whole
  * block in the same way, so which block took which chunk never shows in a
  * result: the bits are the same for any grid. What a block pays once rather
- * than per chunk: its launch, the fence and the ticket. While it walks one
+ * than per chunk: its launch, the fence and the ticket (and one fence and
+ * ticket per fold lane its range meets, 1 to 3 on the plans of
+ * docs/gpu-launch.md). While it walks one
  * chunk it already has the next chunk's table entry in flight and asks for
  * that chunk's tensor descriptor before its reduction, so the two dependent
  * table loads of a chunk are off the critical path.
  *
- * Why the finalize is a last-block-done step rather than a separate one-block
- * kernel: a clip step is then the norm kernel plus the scale kernel, two
+ * The finalize is fused in two passes (norm_finalize.cuh): the block that
+ * completes a fold lane's count folds that lane, and the last block to take
+ * the norm ticket closes the lanes and writes the result. Why not a
+ * separate one-block kernel: a clip step is then the norm kernel plus the scale kernel, two
  * launches whatever the tensor count, and a norm-only step is one launch.
  * A separate finalize kernel would add a third launch (a few microseconds of
  * launch latency and a dependent-kernel gap on every step) for no gain in
  * determinism: the finalize's order does not depend on which block arrives
  * last (see norm_finalize.cuh). The price is one atomic per block on a
- * ticket counter.
+ * ticket counter, and one per lane the block meets on the lane's.
  *
  * The ticket counts modulo the grid (atomicInc wraps to 0 after grid - 1),
  * so every complete launch leaves it where it found it, with no reset and no
  * memset: the next step and every replay of a captured CUDA graph start from
  * 0. Even two launches of one plan that ran unordered (a misuse the stream
  * rule prevents) add two whole grids and leave it at 0, so one bad step
- * cannot poison every later one.
+ * cannot poison every later one. The lanes' tickets count modulo the blocks
+ * that meet the lane (gclip_fold_lane_blocks) in the same way.
  *
  * ---- kernels
  */
@@ -243,21 +248,48 @@ static __global__ void __launch_bounds__(GCLIP_BLOCK_THREADS, GCLIP_NORM_MIN_BLO
      * parameter whose address escapes would be copied to the stack */
     const gclip_norm_params np = params;
 
-    /* an empty plan launches one block with no chunk: it only finalizes */
-    for (uint32_t c = blockIdx.x; c < t.num_chunks; c += gridDim.x) {
-        const uint32_t next = c + gridDim.x;
-        const uint32_t next_tensor = next < t.num_chunks ? t.chunks[next].tensor : 0u;
+    /* block b walks chunks [C * b / grid, C * (b + 1) / grid); an empty plan
+     * launches one block with no chunk: it only finalizes */
+    const uint32_t num_chunks = t.num_chunks;
+    const uint32_t first = gclip_split_begin(num_chunks, gridDim.x, blockIdx.x);
+    const uint32_t last = gclip_split_begin(num_chunks, gridDim.x, blockIdx.x + 1);
+    uint32_t lane = first < last ? gclip_fold_lane_of(num_chunks, first) : 0u;
+    uint32_t lane_end = gclip_fold_lane_begin(num_chunks, lane + 1);
+    for (uint32_t c = first; c < last; ++c) {
+        const uint32_t next = c + 1;
+        const uint32_t next_tensor = next < last ? t.chunks[next].tensor : 0u;
         const double acc = gclip_thread_terms(gclip_chunk_at(t, c), np);
-        if (next < t.num_chunks)
+        if (next < last)
             gclip_prefetch_l1(&t.tensors[next_tensor]);
         const double partial = gclip_block_reduce(red, acc, np.kind);
         if (threadIdx.x == 0)
             t.partials[c] = partial;
-        __syncthreads(); /* `red` is reused by the next chunk's reduction */
+        if (next == last || next == lane_end) {
+            /* the block is done with this lane's chunks: the block that
+             * completes the lane's count folds it */
+            if (threadIdx.x == 0) {
+                __threadfence(); /* its partials are visible before the ticket counts it */
+                const uint32_t blocks = gclip_fold_lane_blocks(num_chunks, gridDim.x, lane);
+                is_last = atomicInc(&t.fold->ticket[lane], blocks - 1) == blocks - 1;
+            }
+            __syncthreads();
+            if (is_last) {
+                __threadfence(); /* pairs with the other blocks' fences */
+                gclip_fold_lane_pass(t, np, fin, lane);
+                /* its norms, factors and results are visible before this
+                 * block's norm ticket (taken after the barrier below) */
+                __threadfence();
+            }
+            if (next < last) {
+                lane = gclip_fold_lane_of(num_chunks, next);
+                lane_end = gclip_fold_lane_begin(num_chunks, lane + 1);
+            }
+        }
+        __syncthreads(); /* `red` and `is_last` are reused */
     }
 
     if (threadIdx.x == 0) {
-        /* the block's partials are visible device-wide before the ticket counts it */
+        /* what the block wrote is visible device-wide before the ticket counts it */
         __threadfence();
         is_last = atomicInc(t.ticket, gridDim.x - 1) == gridDim.x - 1;
     }

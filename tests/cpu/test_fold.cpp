@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <set>
 #include <vector>
 
 namespace {
@@ -145,21 +146,29 @@ TEST(Fold, NonFiniteTensorsAreCountedOnce)
 }
 
 // The fold's longest chain of dependent global loads (gclip_fold_load_rounds)
-// for the plans the targets name, from plans built by gclip_plan_create. The
-// bound is for sm_80 and later, where the batch is staged in shared memory
-// (GCLIP_FOLD_BATCH = 14 on sm_90); the other batches are printed.
+// for the plans the targets name, from plans built by gclip_plan_create, on
+// the grids of real devices (SMs x 4 norm blocks) with each architecture's
+// window. The chain is recounted here chunk by chunk, lanes found by search.
 TEST(Fold, LongestLoadChainStaysShort)
 {
+    struct Device {
+        const char *name;
+        uint32_t sms, batch;
+    };
+    const Device devices[] = {
+        {"H100 (sm_90)", 132, GCLIP_FOLD_BATCH},  {"A100 (sm_80)", 108, GCLIP_FOLD_BATCH_SM80},
+        {"A10 (sm_86)", 72, GCLIP_FOLD_BATCH_SM86}, {"RTX 4090 (sm_89)", 128, GCLIP_FOLD_BATCH_SM86},
+        {"L4 (sm_89)", 58, GCLIP_FOLD_BATCH_SM86},  {"T4 (sm_75)", 40, GCLIP_FOLD_BATCH_REG},
+    };
     struct Case {
         const char *name;
         std::vector<int64_t> sizes;
         uint32_t at_most;
     };
     std::vector<Case> cases = {
-        // 1 + ceil(longest range / 14) + 1
         {"100,000 tensors of 1,000 elements", std::vector<int64_t>(100000, 1000), 32},
-        {"10,000 tensors of 1,000 elements", std::vector<int64_t>(10000, 1000), 5},
-        {"one tensor of 2^31 + 1 elements", {(int64_t(1) << 31) + 1}, 12},
+        {"10,000 tensors of 1,000 elements", std::vector<int64_t>(10000, 1000), 16},
+        {"one tensor of 2^31 + 1 elements", {(int64_t(1) << 31) + 1}, 32},
     };
     for (const Case &c : cases) {
         std::vector<gclip_tensor> t;
@@ -172,27 +181,80 @@ TEST(Fold, LongestLoadChainStaysShort)
         }
         testutil::PlanPtr plan;
         ASSERT_EQ(testutil::make_plan(plan, t), GCLIP_STATUS_SUCCESS) << gclip_last_error();
-        const uint32_t rounds = gclip_fold_load_rounds(plan->num_chunks, GCLIP_FOLD_BATCH);
-        const uint32_t longest = (plan->num_chunks + GCLIP_FOLD_LANES - 1) / GCLIP_FOLD_LANES;
-        std::printf("[fold] %s: %u chunks, longest lane range %u chunks, %u dependent load "
-                    "rounds on sm_90 (sm_80 %u, sm_86/sm_89 %u, sm_75 %u)\n",
-                    c.name, plan->num_chunks, longest, rounds,
-                    gclip_fold_load_rounds(plan->num_chunks, GCLIP_FOLD_BATCH_SM80),
-                    gclip_fold_load_rounds(plan->num_chunks, GCLIP_FOLD_BATCH_SM86),
-                    gclip_fold_load_rounds(plan->num_chunks, GCLIP_FOLD_BATCH_REG));
-        // the longest range itself, counted chunk by chunk
-        uint32_t widest = 0;
-        for (uint32_t i = 0; i < GCLIP_FOLD_LANES; ++i)
-            widest = std::max(widest, gclip_fold_lane_begin(plan->num_chunks, i + 1) -
-                                          gclip_fold_lane_begin(plan->num_chunks, i));
-        EXPECT_EQ(widest, longest) << c.name;
-        EXPECT_EQ(rounds, 2 + (widest + GCLIP_FOLD_BATCH - 1) / GCLIP_FOLD_BATCH) << c.name;
-        EXPECT_LE(rounds, c.at_most) << c.name;
-        // each lane waits once per batch: a per-chunk wait would be the range itself
-        EXPECT_LT(rounds, 2 + longest) << c.name;
-        // every architecture's batch waits less than once per chunk
-        EXPECT_LT(gclip_fold_load_rounds(plan->num_chunks, GCLIP_FOLD_BATCH_REG), 2 + longest)
-            << c.name;
+        const uint32_t chunks = plan->num_chunks;
+        std::vector<uint32_t> lane_begin(GCLIP_FOLD_LANES + 1);
+        for (uint32_t i = 0; i <= GCLIP_FOLD_LANES; ++i)
+            lane_begin[i] = static_cast<uint32_t>(uint64_t(chunks) * i / GCLIP_FOLD_LANES);
+        const uint32_t widest = (chunks + GCLIP_FOLD_LANES - 1) / GCLIP_FOLD_LANES;
+        for (const Device &d : devices) {
+            const uint32_t grid = gclip_launch_grid(chunks, d.sms * 4);
+            const uint32_t window = d.batch * GCLIP_FOLD_LANES;
+            // recount: every block's lanes, each its ticket and its windows
+            uint32_t longest = 0;
+            for (uint32_t b = 0; b < grid; ++b) {
+                const uint32_t first = static_cast<uint32_t>(uint64_t(chunks) * b / grid);
+                const uint32_t last = static_cast<uint32_t>(uint64_t(chunks) * (b + 1) / grid);
+                std::vector<uint32_t> met;
+                for (uint32_t ch = first; ch < last; ++ch) {
+                    const uint32_t lane = static_cast<uint32_t>(
+                        std::upper_bound(lane_begin.begin(), lane_begin.end(), ch) -
+                        lane_begin.begin() - 1);
+                    if (met.empty() || met.back() != lane)
+                        met.push_back(lane);
+                }
+                uint32_t rounds = 0;
+                for (uint32_t lane : met) {
+                    const uint32_t range = lane_begin[lane + 1] - lane_begin[lane];
+                    ASSERT_GT(range, 0u) << "chunk in an empty lane range";
+                    ASSERT_LE(range, widest);
+                    rounds += 1 + (range + window - 1) / window;
+                }
+                longest = std::max(longest, rounds);
+            }
+            const uint32_t rounds = gclip_fold_load_rounds(chunks, grid, window);
+            std::printf("[fold] %s on %s: %u chunks, %u blocks, lanes of up to %u chunks, "
+                        "%u dependent load rounds (a lane-by-lane fold in one block: %u)\n",
+                        c.name, d.name, chunks, grid, widest, rounds, 2 + (widest + d.batch - 1) / d.batch);
+            EXPECT_EQ(rounds, longest + 3) << c.name << " on " << d.name;
+            EXPECT_LE(rounds, c.at_most) << c.name << " on " << d.name;
+            // shorter than one round per chunk of a lane
+            EXPECT_LT(rounds, 2 + widest) << c.name << " on " << d.name;
+        }
+    }
+}
+
+// Which block meets which lane: gclip_fold_lane_blocks against a count of
+// the blocks whose contiguous range holds a chunk of the lane, and
+// gclip_fold_lane_of against the lane ranges, for chunk counts around the
+// lanes and grids around them.
+TEST(Fold, LaneBlocksCountTheBlocksThatMeetTheLane)
+{
+    for (uint32_t chunks : {1u, 2u, 3u, 255u, 256u, 257u, 511u, 1000u, 4099u}) {
+        for (uint32_t grid : {1u, 2u, 7u, 255u, 256u, 257u, 1000u}) {
+            if (grid > chunks)
+                continue; // gclip_launch_grid never gives more blocks than chunks
+            std::vector<std::set<uint32_t>> blocks(GCLIP_FOLD_LANES);
+            for (uint32_t b = 0; b < grid; ++b) {
+                const uint32_t first = gclip_split_begin(chunks, grid, b);
+                const uint32_t last = gclip_split_begin(chunks, grid, b + 1);
+                ASSERT_LT(first, last) << "an empty block range";
+                for (uint32_t c = first; c < last; ++c) {
+                    const uint32_t lane = gclip_fold_lane_of(chunks, c);
+                    ASSERT_LE(gclip_fold_lane_begin(chunks, lane), c);
+                    ASSERT_LT(c, gclip_fold_lane_begin(chunks, lane + 1));
+                    ASSERT_EQ(gclip_split_owner(chunks, grid, c), b);
+                    blocks[lane].insert(b);
+                }
+            }
+            for (uint32_t lane = 0; lane < GCLIP_FOLD_LANES; ++lane) {
+                if (gclip_fold_lane_begin(chunks, lane) == gclip_fold_lane_begin(chunks, lane + 1)) {
+                    EXPECT_TRUE(blocks[lane].empty());
+                    continue;
+                }
+                EXPECT_EQ(gclip_fold_lane_blocks(chunks, grid, lane), blocks[lane].size())
+                    << chunks << " chunks, " << grid << " blocks, lane " << lane;
+            }
+        }
     }
 }
 

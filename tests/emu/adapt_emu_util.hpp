@@ -9,7 +9,8 @@
 #include "simt_emu.h"
 
 // `tickets` (two counters, zero) stands in for the device's tickets.
-inline gclip_device_tables cpu_plan_tables(gclip_plan *p, unsigned *tickets)
+inline gclip_device_tables cpu_plan_tables(gclip_plan *p, unsigned *tickets,
+                                           gclip_fold_workspace *fold)
 {
     gclip_cpu_state *st = static_cast<gclip_cpu_state *>(p->engine);
     gclip_device_tables t{};
@@ -21,6 +22,7 @@ inline gclip_device_tables cpu_plan_tables(gclip_plan *p, unsigned *tickets)
     t.tensor_factor = st->tensor_factor;
     t.ticket = &tickets[0];
     t.apply_ticket = &tickets[1];
+    t.fold = fold;
     t.partial = &st->partial;
     t.result = &st->result;
     return t;

@@ -203,16 +203,18 @@ Fixture::Fixture(std::vector<Spec> specs, uint64_t seed, double scale, bool page
         desc[k].data = dev_[k].data();
     tensors_ = table_copy(desc.data(), desc.size());
     chunks_ = table_copy(plan_->chunks, plan_->num_chunks);
-    partials_ = DevBuf(sizeof(double) * gclip_kernel_grid(plan_->num_chunks));
+    partials_ = DevBuf(sizeof(double) * gclip_partial_slots(plan_->num_chunks));
     factors_ = DevBuf(sizeof(float) * count());
     ticket_ = DevBuf(sizeof(unsigned));
     apply_ticket_ = DevBuf(sizeof(unsigned));
+    fold_ = DevBuf(sizeof(gclip_fold_workspace));
     partial_ = DevBuf(sizeof(gclip_partial));
     result_ = DevBuf(sizeof(gclip_result_slot));
     norms_ = DevBuf(sizeof(float) * count());
     // as the plan's workspace starts: tickets at 0 (never reset again)
     *ticket_.as<unsigned>() = 0;
     *apply_ticket_.as<unsigned>() = 0;
+    fold_.fill(0);
     cpu_norms_.assign(count(), 0.0f);
 
     tables_.tensors = tensors_.as<const gclip_tensor_desc>();
@@ -223,6 +225,7 @@ Fixture::Fixture(std::vector<Spec> specs, uint64_t seed, double scale, bool page
     tables_.tensor_factor = factors_.as<float>();
     tables_.ticket = ticket_.as<unsigned>();
     tables_.apply_ticket = apply_ticket_.as<unsigned>();
+    tables_.fold = fold_.as<gclip_fold_workspace>();
     tables_.partial = partial_.as<gclip_partial>();
     tables_.result = result_.as<gclip_result_slot>();
     reset_host();
@@ -248,6 +251,8 @@ void Fixture::reset()
             std::memcpy(dev_[k].data(), pristine_[k].data(), pristine_[k].size());
     // garbage, so that whatever the kernels fail to write shows up
     partials_.fill(0xff);
+    // the lanes' results too (their tickets are the plan's and stay)
+    std::memset(static_cast<void *>(tables_.fold->lane), 0xff, sizeof tables_.fold->lane);
     factors_.fill(0xff);
     partial_.fill(0xff);
     result_.fill(0xff);
@@ -286,7 +291,7 @@ gclip_norm_params Fixture::params(const gclip_norm_options &o, int32_t op)
 
 int Fixture::checked(int rc)
 {
-    tickets_ok_ = tickets_ok_ && ticket() == 0 && apply_ticket() == 0;
+    tickets_ok_ = tickets_ok_ && ticket() == 0 && apply_ticket() == 0 && lane_tickets_off() == 0;
     return rc;
 }
 
@@ -493,6 +498,7 @@ void Fixture::expect_infrastructure() const
     EXPECT_TRUE(tickets_ok_) << "a ticket counter was not back at 0 after a launch";
     EXPECT_EQ(ticket(), 0u) << "the norm kernel's ticket must be 0 after every launch";
     EXPECT_EQ(apply_ticket(), 0u) << "the apply ticket must be 0 after every launch";
+    EXPECT_EQ(lane_tickets_off(), 0u) << "fold lanes' tickets must be 0 after every launch";
     for (std::size_t k = 0; k < count(); ++k)
         EXPECT_TRUE(dev_[k].lead_intact()) << "bytes before tensor " << k << " were written";
 }

@@ -154,6 +154,14 @@ public:
     float emu_tensor_factor(std::size_t k) const { return tables_.tensor_factor[k]; }
     unsigned ticket() const { return *tables_.ticket; }
     unsigned apply_ticket() const { return *tables_.apply_ticket; }
+    // fold lanes whose ticket is not 0
+    unsigned lane_tickets_off() const
+    {
+        unsigned n = 0;
+        for (unsigned v : tables_.fold->ticket)
+            n += v != 0;
+        return n;
+    }
     unsigned launches() const { return launches_; }
     Snapshot snapshot() const;
     // The device copy of tensor k, and the pristine values.
@@ -195,7 +203,8 @@ private:
     std::vector<DevBuf> dev_;
     gclip_plan *plan_ = nullptr;
     std::vector<float> cpu_norms_;
-    DevBuf tensors_, chunks_, partials_, factors_, ticket_, apply_ticket_, partial_, result_, norms_;
+    DevBuf tensors_, chunks_, partials_, factors_, ticket_, apply_ticket_, fold_, partial_, result_,
+        norms_;
     gclip_device_tables tables_{};
     uint32_t sequence_mark_ = 0;
     bool with_norms_ = false;

@@ -106,12 +106,18 @@ plant() {
         mutate scale_kernel.cu 's/return x \* (double)factor;/return (double)((float)x * factor);/' ;;
     norm_one_chunk_per_block) # a norm block walks only its first chunk: under a capped
         # grid the other chunks' partials are never written
-        mutate norm_kernel.cu 's/for (uint32_t c = blockIdx\.x; c < t\.num_chunks; c += gridDim\.x) {/for (uint32_t c = blockIdx.x; c < t.num_chunks; c = t.num_chunks) {/' ;;
+        mutate norm_kernel.cu 's/for (uint32_t c = first; c < last; ++c) {/for (uint32_t c = first; c < last; c = last) {/' ;;
     scale_one_chunk_per_block) # a scale block scales only its first chunk
         mutate scale_kernel.cu 's/for (uint32_t c = blockIdx\.x; c < t\.num_chunks; c += gridDim\.x) {/for (uint32_t c = blockIdx.x; c < t.num_chunks; c = t.num_chunks) {/' ;;
     fold_drops_pieces) # the run a lane leaves open is finished without the pieces
         # the following lanes folded
         mutate norm_finalize.cuh 's/^\( *\)acc = gclip_term_combine(acc, sh\.lane\[k\], np\.kind);$/\1(void)sh.lane[k];/' ;;
+    lane_ticket_not_wrapped) # a fold lane's ticket counts up for ever: the next launch
+        # finds no block to fold the lane
+        mutate norm_kernel.cu 's/atomicInc(&t\.fold->ticket\[lane\], blocks - 1)/atomicAdd(\&t.fold->ticket[lane], 1u)/' ;;
+    window_restarts_runs) # a run that goes on across a fold window's edge restarts
+        # from the neutral element: its first window's chunks are lost
+        mutate norm_finalize.cuh 's/double acc = goes_on ? carried : GCLIP_TERM_ZERO;/double acc = GCLIP_TERM_ZERO;/' ;;
     block_tree_order) # the block reduction pairs its values in another order: a
         # chunk's partial is no longer the CPU path's bits
         mutate block_reduce.cuh 's/gclip_term_combine(a0, a2, kind), gclip_term_combine(a1, a3, kind)/gclip_term_combine(a0, a1, kind), gclip_term_combine(a2, a3, kind)/' ;;
@@ -125,7 +131,8 @@ all_mutants=(tail_off_by_one missing_barrier misaligned_vector ticket_not_wrappe
              ticket_reset_at_end writes_factor_one per_tensor_writes_factor_one apply_twice
              apply_ticket_not_wrapped scalars_from_params f64_scaled_in_float
              norm_one_chunk_per_block scale_one_chunk_per_block fold_drops_pieces
-             block_tree_order block_reduce_no_barrier)
+             lane_ticket_not_wrapped window_restarts_runs block_tree_order
+             block_reduce_no_barrier)
 if [[ $# -gt 0 ]]; then mutants=("$@"); else mutants=("${all_mutants[@]}"); fi
 
 build_tests() {

@@ -74,6 +74,10 @@ __asm__(".text\n"
         ".size gclip_emu_switch, .-gclip_emu_switch\n");
 #endif
 
+// The fold window of the kernels compiled for the emulator
+// (kernels/norm_finalize.cuh): 0 is the largest, GCLIP_FOLD_WINDOW_MAX.
+uint32_t gclip_emu_fold_window = 0;
+
 namespace gclip_emu {
 
 uint3 g_thread_idx = {0, 0, 0};

@@ -117,6 +117,11 @@ inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w)
     return uint4{x, y, z, w};
 }
 
+// The fold window of the emulated norm kernel (kernels/norm_finalize.cuh):
+// the chunks a lane pass copies to shared memory at once. 0, the default, is
+// the sm_86 window; tests set 1, 2, ... so that small plans cross windows.
+extern uint32_t gclip_emu_fold_window;
+
 namespace gclip_emu {
 
 // The running fiber's coordinates. Written only by the emulator when it

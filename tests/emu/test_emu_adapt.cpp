@@ -98,12 +98,13 @@ struct Pair {
     std::vector<TensorSpec> specs;
     Side cpu, emu;
     unsigned tickets[2] = {0, 0};
+    gclip_fold_workspace fold{}; // zero tickets, as at plan creation
     gclip_device_tables tables{};
 
     Pair(const std::vector<TensorSpec> &s, const gclip_adaptive_options &o)
         : specs(s), cpu(s, o), emu(s, o)
     {
-        tables = cpu_plan_tables(emu.plan.get(), tickets);
+        tables = cpu_plan_tables(emu.plan.get(), tickets, &fold);
     }
 
     // The step parameters gclip_adaptive_step builds.
@@ -128,6 +129,8 @@ struct Pair {
         if (rc == 0 && np.op == GCLIP_OP_ADAPTIVE_CLIP)
             rc = gclip_launch_adapt_scale(&tables, &np, nullptr);
         EXPECT_EQ(tickets[0], 0u);
+        for (unsigned v : fold.ticket)
+            EXPECT_EQ(v, 0u) << "a fold lane's ticket is off 0";
         return rc;
     }
 

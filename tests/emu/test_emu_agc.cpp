@@ -85,11 +85,12 @@ struct Pair {
     std::vector<Shape> shapes;
     Side cpu, emu;
     unsigned tickets[2] = {0, 0};
+    gclip_fold_workspace fold{}; // zero tickets, as at plan creation
     gclip_device_tables tables{};
 
     Pair(const std::vector<Shape> &s, const gclip_agc_options &o) : shapes(s), cpu(s, o), emu(s, o)
     {
-        tables = cpu_plan_tables(emu.plan.get(), tickets);
+        tables = cpu_plan_tables(emu.plan.get(), tickets, &fold);
     }
 
     // the CUDA backend's launch sequence of GCLIP_OP_AGC

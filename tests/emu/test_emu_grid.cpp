@@ -1,5 +1,5 @@
-// test_emu_grid.cpp - the launch shape: grid-stride norm, scale and clamp
-// kernels under capped grids, and the last block's fold of the partials.
+// test_emu_grid.cpp - the launch shape: norm, scale and clamp kernels under
+// capped grids, and the fold of the partials (lane passes and the close).
 //
 //   - any grid cap gives bitwise the same slot, partial, per-tensor norms and
 //     factors and data (the fold's order is fixed by the chunk table), in
@@ -7,6 +7,8 @@
 //   - the fold of the kernel's own partials by the CPU twin
 //     (gclip_fold_partials_cpu) gives the kernel's per-tensor norms, factors
 //     and accumulator bit for bit;
+//   - any fold window (the chunks a lane pass copies at once) gives the same
+//     bits, with runs, leading pieces and gaps across windows;
 //   - the launchers use gclip_launch_grid's grid, and an unclipped scale
 //     launch writes nothing whatever its grid.
 #include "emu_harness.hpp"
@@ -14,6 +16,7 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -136,6 +139,58 @@ TEST(EmuGrid, CpuTwinFoldsTheKernelsPartialsToTheSameBits)
                 EXPECT_TRUE(same_bits(factors[k], f.emu_tensor_factor(k)))
                     << "tensor " << k << " factor: CPU fold " << factors[k] << ", kernel "
                     << f.emu_tensor_factor(k);
+            }
+            if (::testing::Test::HasFailure())
+                return;
+        }
+    }
+}
+
+// Lanes of several chunks folded through windows of 1, 2, 5 and 7 chunks
+// (and the largest): runs, leading pieces and tensors without chunks fall
+// on every side of a window's edge, lanes are met by one or several blocks,
+// and the lanes' tickets are drawn while other blocks are between theirs
+// and the fold. Every window and grid gives the CPU path's bits.
+TEST(EmuGrid, AnyFoldWindowGivesTheSameBits)
+{
+    std::vector<Spec> specs = emu::mixed_many(313, 1200);
+    specs.insert(specs.begin() + 700, Spec{GCLIP_BF16, GCLIP_CHUNK_ELEMS + 3, 1}); // two chunks
+    specs.insert(specs.begin() + 300, Spec{GCLIP_F32, 0, 0});
+    emu::Fixture f(specs, 6161);
+    ASSERT_GT(f.num_chunks(), 4u * GCLIP_FOLD_LANES) << "lanes of several chunks";
+    struct Restore {
+        ~Restore() { gclip_emu_fold_window = 0; }
+    } restore;
+    struct Run {
+        uint32_t window, cap;
+    };
+    // the first of each norm is the largest window, one block per chunk
+    const Run runs[] = {{0, 0}, {1, 97}, {2, 3}, {5, 0}, {7, 97}};
+    for (float norm_type : {2.0f, INFINITY}) {
+        SCOPED_TRACE("p " + std::to_string(norm_type));
+        gclip_norm_options o = GCLIP_NORM_OPTIONS_INIT;
+        o.norm_type = norm_type;
+        o.max_norm = 0.05f;
+        float sentinel;
+        o.tensor_norms = &sentinel;
+        f.reset_host();
+        ASSERT_EQ(f.cpu_norm_op(o, GCLIP_OP_CLIP_PER_TENSOR), GCLIP_STATUS_SUCCESS)
+            << gclip_last_error();
+        emu::Snapshot first;
+        for (std::size_t i = 0; i < std::size(runs); ++i) {
+            const Run &r = runs[i];
+            SCOPED_TRACE("window " + std::to_string(r.window) + ", cap " + std::to_string(r.cap));
+            gclip_emu_fold_window = r.window;
+            f.set_grid_caps(r.cap, r.cap);
+            f.reset();
+            emu::use(emu::schedules()[(i + (norm_type == 2.0f ? 0 : 2)) % emu::schedules().size()].s);
+            ASSERT_EQ(f.emu_norm_op(o, GCLIP_OP_CLIP_PER_TENSOR), 0) << gclip_emu::error_message();
+            f.expect_infrastructure();
+            if (i == 0) {
+                f.expect_norm_op_matches(o, GCLIP_OP_CLIP_PER_TENSOR);
+                first = f.snapshot();
+            } else {
+                EXPECT_TRUE(f.snapshot() == first) << "results depend on the fold window";
             }
             if (::testing::Test::HasFailure())
                 return;

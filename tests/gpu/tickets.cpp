@@ -22,7 +22,7 @@ Tickets read_tickets(gclip_plan *plan)
     // the CUDA state starts with the device tables the kernels get
     const auto *tables = static_cast<const gclip_device_tables *>(plan->engine);
     if (!tables || static_cast<const void *>(tables->result) != static_cast<const void *>(slot) ||
-        tables->partial != partial || !tables->ticket || !tables->apply_ticket) {
+        tables->partial != partial || !tables->ticket || !tables->apply_ticket || !tables->fold) {
         t.why = "the plan's CUDA state no longer starts with its device tables "
                 "(host/cuda_backend.c): update tests/gpu/tickets.cpp";
         return t;
@@ -35,6 +35,15 @@ Tickets read_tickets(gclip_plan *plan)
         t.why = std::string("cudaMemcpy of a ticket failed: ") + cudaGetErrorString(cudaGetLastError());
         return t;
     }
+    unsigned lanes[GCLIP_FOLD_LANES];
+    if (cudaMemcpy(lanes, tables->fold->ticket, sizeof lanes, cudaMemcpyDeviceToHost) != cudaSuccess) {
+        t.why = std::string("cudaMemcpy of the lanes' tickets failed: ") +
+                cudaGetErrorString(cudaGetLastError());
+        return t;
+    }
+    t.lanes_off = 0;
+    for (unsigned v : lanes)
+        t.lanes_off += v != 0;
     t.readable = true;
     return t;
 }
@@ -45,6 +54,7 @@ void expect_tickets_at_zero(gclip_plan *plan, const std::string &when)
     ASSERT_TRUE(t.readable) << when << ": " << t.why;
     EXPECT_EQ(t.norm, 0u) << when << ": the norm kernel's ticket is off 0";
     EXPECT_EQ(t.apply, 0u) << when << ": the apply ticket is off 0";
+    EXPECT_EQ(t.lanes_off, 0u) << when << ": fold lanes whose ticket is off 0";
 }
 
 } // namespace gpu

@@ -1,7 +1,8 @@
-// tickets.hpp - the two ticket counters of a CUDA plan, which the public API
-// does not expose. The norm kernel's last block and the apply's last block
-// are found by counters that count modulo the grid (docs/semantics.md,
-// "Streams and ordering"), so both must read 0 between operations, whatever
+// tickets.hpp - the ticket counters of a CUDA plan, which the public API
+// does not expose. The norm kernel's last block, the block that folds each
+// fold lane and the apply's last block are found by counters that count
+// modulo the blocks they wait for (docs/semantics.md, "Streams and
+// ordering"; docs/gpu-launch.md), so all must read 0 between operations, whatever
 // ran before: a counter left off 0 would make the next launch pick a wrong
 // last block.
 //
@@ -26,13 +27,14 @@ struct Tickets {
     std::string why;          // when not readable
     unsigned norm = ~0u;      // the norm kernel's counter
     unsigned apply = ~0u;     // the apply (scale kernel under GCLIP_OP_APPLY) counter
+    unsigned lanes_off = ~0u; // fold lanes whose counter is not 0
 };
 
 // Waits for the plan's last operation (gclip_get_result), then reads both
 // counters from device memory.
 Tickets read_tickets(gclip_plan *plan);
 
-// Both counters at 0; `when` names the moment in the failure message.
+// Every counter at 0; `when` names the moment in the failure message.
 void expect_tickets_at_zero(gclip_plan *plan, const std::string &when);
 
 } // namespace gpu
