@@ -277,6 +277,20 @@ ALWAYS_INLINE float scalar_group(const char *row, int t, int32_t dtype, int32_t 
     return gclip_fadd(gclip_fadd(w[0], w[2]), gclip_fadd(w[1], w[3]));
 }
 
+/* The groups of threads t..t+7 of a row of single vectors, for L2/L1 of
+ * f32/f16/bf16 (the words' tree across lanes); the lanes whose group is
+ * outside the safe range are set in *bad. */
+ALWAYS_INLINE gclip_v8f eight_groups(const char *row, int t, int32_t dtype, int32_t kind,
+                                     gclip_v8i *bad)
+{
+    gclip_v8f w[4];
+    for (int i = 0; i < 4; i++)
+        w[i] = words_v8f(row + (int64_t)(t + 2 * i) * VEC_BYTES, dtype, kind);
+    const gclip_v8f g = group_tree_v8f(w[0], w[1], w[2], w[3]);
+    *bad |= unsafe_v8f(g, kind);
+    return g;
+}
+
 /* Single vectors of threads t0 <= t < t1 for L2/L1 of f32/f16/bf16: thread
  * t's group is words 4t..4t+3 of the row (its tree: word q with q + 2, then
  * the two). */
@@ -287,12 +301,7 @@ ALWAYS_INLINE void single_rows(const char *row, int t0, int t1, int32_t dtype, i
     gclip_v8i bad = {0, 0, 0, 0, 0, 0, 0, 0};
     int t = t0;
     for (; t + 8 <= t1; t += 8) {
-        /* eight threads at a time: the words' tree across lanes */
-        gclip_v8f w[4];
-        for (int i = 0; i < 4; i++)
-            w[i] = words_v8f(row + (int64_t)(t + 2 * i) * VEC_BYTES, dtype, kind);
-        const gclip_v8f g = group_tree_v8f(w[0], w[1], w[2], w[3]);
-        bad |= unsafe_v8f(g, kind);
+        const gclip_v8f g = eight_groups(row, t, dtype, kind, &bad);
         memcpy(&s[t], &g, sizeof g);
     }
     int unsafe = 0;
@@ -411,11 +420,7 @@ ALWAYS_INLINE int single_row_chunk(const char *row, int nv, int32_t dtype, int32
     gclip_v8i bad = {0, 0, 0, 0, 0, 0, 0, 0};
     int t = 0;
     for (; t + 8 <= nv; t += 8) {
-        gclip_v8f w[4];
-        for (int i = 0; i < 4; i++)
-            w[i] = words_v8f(row + (int64_t)(t + 2 * i) * VEC_BYTES, dtype, kind);
-        const gclip_v8f g = group_tree_v8f(w[0], w[1], w[2], w[3]);
-        bad |= unsafe_v8f(g, kind);
+        const gclip_v8f g = eight_groups(row, t, dtype, kind, &bad);
         const gclip_v4f lo = __builtin_shufflevector(g, g, 0, 1, 2, 3);
         const gclip_v4f hi = __builtin_shufflevector(g, g, 4, 5, 6, 7);
         const gclip_v4d dlo = __builtin_convertvector(lo, gclip_v4d);
