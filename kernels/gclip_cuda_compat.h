@@ -15,8 +15,8 @@
  *
  * Staging of global data into shared memory with no register in between
  * (cp.async, sm_80 and later; callers use them only there):
- *   gclip_stage_f64(dst, src), gclip_stage_u32(dst, src)
- *       start copying the 8 or 4 bytes at global `src` to shared `dst`
+ *   gclip_stage_u32(dst, src)
+ *       start copying the 4 bytes at global `src` to shared `dst`
  *       (through L1, like __ldca)
  *   gclip_stage_f64x2_l2(dst, src)
  *       start copying the 16 bytes (two doubles) at global `src` to shared
@@ -43,10 +43,6 @@ inline void gclip_prefetch_l1(const void *p)
     (void)p;
 }
 /* volatile: the value another block stored, read when the copy is issued */
-inline void gclip_stage_f64(double *dst, const double *src)
-{
-    *dst = *(const volatile double *)src;
-}
 inline void gclip_stage_u32(uint32_t *dst, const uint32_t *src)
 {
     *dst = *(const volatile uint32_t *)src;
@@ -83,11 +79,6 @@ __device__ __forceinline__ void gclip_prefetch_l1(const void *p)
     asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
 }
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-__device__ __forceinline__ void gclip_stage_f64(double *dst, const double *src)
-{
-    const unsigned s = (unsigned)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" ::"r"(s), "l"(src) : "memory");
-}
 __device__ __forceinline__ void gclip_stage_u32(uint32_t *dst, const uint32_t *src)
 {
     const unsigned s = (unsigned)__cvta_generic_to_shared(dst);
