@@ -47,7 +47,7 @@
  *     GCLIP_FOLD_BATCH_SM80  sm_80 (164 KB per SM)
  *   sm_75 (no cp.async): GCLIP_FOLD_BATCH_REG, loaded into registers, then
  *   stored to shared memory. */
-#define GCLIP_FOLD_BATCH 14
+#define GCLIP_FOLD_BATCH 13
 #define GCLIP_FOLD_BATCH_SM80 11
 #define GCLIP_FOLD_BATCH_SM86 6
 #define GCLIP_FOLD_BATCH_REG 3
@@ -124,12 +124,13 @@ typedef struct gclip_fold_workspace {
 /* The longest chain of dependent rounds of global memory from a block's
  * last partial to the result, for a norm launch of `grid` blocks whose fold
  * copies `window` chunks at a time (GCLIP_FOLD_LANES x the batch): a block
- * that walks chunks of lanes L1..Lk waits for each lane's ticket (one round)
- * and, when it is the lane's last block, for each window of that lane (one
- * round each: partials and tensor indices, and in the first the table entry
- * before the range); the bound counts every lane it meets as folded by it.
- * Then the norm ticket, the last block's load of the lanes' results and the
- * slot's previous sequence: three more. Everything else is shared memory. */
+ * takes the tickets of the lanes its chunks meet (one round: the atomics
+ * travel together) and, for each lane whose count it completes, waits for
+ * each window of that lane (one round each: partials and tensor indices,
+ * and in the first the table entry before the range); the bound counts
+ * every lane the block meets as completed by it. Then the norm ticket, the
+ * last block's load of the lanes' records and the slot's previous sequence:
+ * three more. Everything else is shared memory. */
 GCLIP_HD uint32_t gclip_fold_load_rounds(uint32_t num_chunks, uint32_t grid, uint32_t window)
 {
     uint32_t longest = 0;
@@ -138,12 +139,12 @@ GCLIP_HD uint32_t gclip_fold_load_rounds(uint32_t num_chunks, uint32_t grid, uin
     for (uint32_t b = 0; b < grid; b++) {
         const uint32_t first = gclip_split_begin(num_chunks, grid, b);
         const uint32_t last = gclip_split_begin(num_chunks, grid, b + 1u);
-        uint32_t rounds = 0;
+        uint32_t rounds = 1u;
         for (uint32_t c = first; c < last;) {
             const uint32_t lane = gclip_fold_lane_of(num_chunks, c);
             const uint32_t lb = gclip_fold_lane_begin(num_chunks, lane);
             const uint32_t le = gclip_fold_lane_begin(num_chunks, lane + 1u);
-            rounds += 1u + (le - lb + window - 1u) / window;
+            rounds += (le - lb + window - 1u) / window;
             c = le;
         }
         longest = rounds > longest ? rounds : longest;

@@ -16,9 +16,9 @@
  * tree. Who does which part:
  *
  *   - the lane pass (gclip_fold_lane_pass): a norm block walks a contiguous
- *     range of chunks and, each time it leaves a lane's range, counts itself
- *     in that lane's ticket. The block that completes the count folds the
- *     lane with all its threads: it copies a window of the lane's partials
+ *     range of chunks and then counts itself in the ticket of every lane
+ *     its range meets (1 to 3 on large plans). The block that completes a
+ *     lane's count folds the lane with all its threads: it copies a window of the lane's partials
  *     and tensor indices into shared memory (one wait per window: 3,584
  *     chunks on sm_90, 1,536 on sm_86/sm_89), every thread folds the runs
  *     that start at its positions and reports the tensors they complete
@@ -99,6 +99,12 @@ typedef struct gclip_finalize_shared {
     uint32_t leading;        /* it is still the leading piece */
     uint32_t continues;      /* the range's first chunk continues the tensor before it */
     unsigned int lane_nonfinite; /* tensors the lane completed whose norm is not finite */
+    /* the lanes the block completed (norm_kernel.cu), 1 = fold it */
+    unsigned char mine[GCLIP_FOLD_LANES];
+    unsigned int any_mine; /* some mine[] is 1 */
+    uint32_t walk_end;     /* the end of the block's chunks (norm_kernel.cu) */
+    uint32_t lane0, lane1; /* the lanes the block's chunks meet: lane0..lane1 */
+    uint32_t next, current; /* the lane pass loop: where to look next, the lane now */
     /* close */
     double lane[GCLIP_FOLD_LANES];        /* lane i's leading piece, later its share */
     uint32_t cont[GCLIP_FOLD_LANES];      /* tensor lane i's range continues, or GCLIP_NO_TENSOR */
@@ -147,15 +153,6 @@ __device__ __forceinline__ void gclip_report_tensor(const gclip_device_tables &t
         t.tensor_factor[tensor] =
             gclip_tensor_factor(n, &np, &th.sc, th.sc.status != GCLIP_STATUS_SUCCESS);
     th.nonfinite += !gclip_is_finite(n);
-}
-
-/* Tensors [from, to) have no chunk (0 elements): norm 0. */
-__device__ __forceinline__ void gclip_report_empty(const gclip_device_tables &t,
-                                                   const gclip_norm_params &np, uint32_t from,
-                                                   uint32_t to, gclip_finalize_thread &th)
-{
-    for (uint32_t i = from; i < to; ++i)
-        gclip_report_tensor(t, np, i, GCLIP_TERM_ZERO, th);
 }
 
 /* Reported, and added to the thread's share (the close). */
@@ -296,16 +293,20 @@ __device__ __forceinline__ void gclip_fold_lane_pass(const gclip_device_tables &
                 ++e;
             } while (e < n && sh.stage_tensor[e] == tensor);
             part[k] = acc; /* only this thread reads positions k..e-1 */
-            if (!goes_on) {
-                /* the run before ends here: the carried one at position 0
-                 * (the leading piece is not a tensor of this lane's) */
-                if (k == 0 && !leading)
-                    gclip_report_tensor(t, np, prev0, carried, th);
-                gclip_report_empty(t, np, prev + 1u, tensor, th);
+            /* The tensors this position completes, in order (one call site,
+             * which keeps the norm kernel's registers within its cap):
+             *   item 0: the run before, if it ends here at position 0 (the
+             *           carried one; a leading piece is not the lane's);
+             *   items 1..gap: the tensors between the two runs' (no chunk);
+             *   item gap + 1: this run, if it ends inside the window. */
+            const uint32_t gap = goes_on ? 0u : tensor - (prev + 1u);
+            const uint32_t from = (k == 0 && !goes_on && !leading) ? 0u : 1u;
+            const uint32_t to = gap + 1u + ((e < n && !(goes_on && leading)) ? 1u : 0u);
+            for (uint32_t i = from; i < to; ++i) {
+                const uint32_t which = i == 0 ? prev0 : (i <= gap ? prev + i : tensor);
+                const double value = i == 0 ? carried : (i <= gap ? GCLIP_TERM_ZERO : acc);
+                gclip_report_tensor(t, np, which, value, th);
             }
-            /* a run that ends inside the window completes its tensor */
-            if (e < n && !(goes_on && leading))
-                gclip_report_tensor(t, np, tensor, acc, th);
         }
         if (th.nonfinite) {
             atomicAdd(&sh.lane_nonfinite, th.nonfinite);

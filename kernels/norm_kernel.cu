@@ -252,40 +252,77 @@ static __global__ void __launch_bounds__(GCLIP_BLOCK_THREADS, GCLIP_NORM_MIN_BLO
      * launches one block with no chunk: it only finalizes */
     const uint32_t num_chunks = t.num_chunks;
     const uint32_t first = gclip_split_begin(num_chunks, gridDim.x, blockIdx.x);
-    const uint32_t last = gclip_split_begin(num_chunks, gridDim.x, blockIdx.x + 1);
-    uint32_t lane = first < last ? gclip_fold_lane_of(num_chunks, first) : 0u;
-    uint32_t lane_end = gclip_fold_lane_begin(num_chunks, lane + 1);
-    for (uint32_t c = first; c < last; ++c) {
+    if (threadIdx.x == 0) {
+        const uint32_t last = gclip_split_begin(num_chunks, gridDim.x, blockIdx.x + 1);
+        /* the end of the walk, and the fold lanes whose ranges the block's
+         * chunks meet: lanes lane0..lane1 that are not empty (none when
+         * lane0 > lane1); kept in shared memory, not in registers across
+         * the walk, which needs all 64 */
+        fin.walk_end = last;
+        fin.lane0 = first < last ? gclip_fold_lane_of(num_chunks, first) : 1u;
+        fin.lane1 = first < last ? gclip_fold_lane_of(num_chunks, last - 1) : 0u;
+    }
+    __syncthreads();
+    for (uint32_t c = first; c < fin.walk_end; ++c) {
         const uint32_t next = c + 1;
-        const uint32_t next_tensor = next < last ? t.chunks[next].tensor : 0u;
+        const bool more = next < fin.walk_end;
+        const uint32_t next_tensor = more ? t.chunks[next].tensor : 0u;
         const double acc = gclip_thread_terms(gclip_chunk_at(t, c), np);
-        if (next < last)
+        if (more)
             gclip_prefetch_l1(&t.tensors[next_tensor]);
         const double partial = gclip_block_reduce(red, acc, np.kind);
         if (threadIdx.x == 0)
             t.partials[c] = partial;
-        if (next == last || next == lane_end) {
-            /* the block is done with this lane's chunks: the block that
-             * completes the lane's count folds it */
+        __syncthreads(); /* `red` is reused by the next chunk's reduction */
+    }
+
+    const uint32_t lane0 = fin.lane0, lane1 = fin.lane1;
+    if (lane0 <= lane1) {
+        /* The block counts itself in the ticket of each lane it met (one
+         * fence, the atomics all in flight together), then folds the lanes
+         * whose count it completed. */
+        if (threadIdx.x == 0) {
+            __threadfence(); /* the block's partials are visible before the tickets count it */
+            uint32_t any = 0;
+            for (uint32_t lane = lane0; lane <= lane1; ++lane) {
+                uint32_t mine = 0;
+                if (gclip_fold_lane_begin(t.num_chunks, lane) <
+                    gclip_fold_lane_begin(t.num_chunks, lane + 1)) {
+                    const uint32_t blocks = gclip_fold_lane_blocks(t.num_chunks, gridDim.x, lane);
+                    mine = atomicInc(&t.fold->ticket[lane], blocks - 1) == blocks - 1;
+                }
+                fin.mine[lane] = (unsigned char)mine;
+                any |= mine;
+            }
+            fin.any_mine = any;
+            fin.next = lane0;
+        }
+        __syncthreads();
+        if (fin.any_mine)
+            __threadfence(); /* pairs with the other blocks' fences */
+        /* the lanes to fold, one at a time; the next one is kept in shared
+         * memory, so no register outlives a lane pass (the norm kernel's
+         * registers stay within their cap) */
+        for (;;) {
             if (threadIdx.x == 0) {
-                __threadfence(); /* its partials are visible before the ticket counts it */
-                const uint32_t blocks = gclip_fold_lane_blocks(num_chunks, gridDim.x, lane);
-                is_last = atomicInc(&t.fold->ticket[lane], blocks - 1) == blocks - 1;
+                uint32_t lane = fin.next;
+                while (lane <= fin.lane1 && !fin.mine[lane])
+                    ++lane;
+                fin.current = lane;
+                fin.next = lane + 1;
             }
             __syncthreads();
-            if (is_last) {
-                __threadfence(); /* pairs with the other blocks' fences */
-                gclip_fold_lane_pass(t, np, fin, lane);
-                /* its norms, factors and results are visible before this
-                 * block's norm ticket (taken after the barrier below) */
-                __threadfence();
-            }
-            if (next < last) {
-                lane = gclip_fold_lane_of(num_chunks, next);
-                lane_end = gclip_fold_lane_begin(num_chunks, lane + 1);
-            }
+            const uint32_t lane = fin.current;
+            if (lane > fin.lane1)
+                break;
+            gclip_fold_lane_pass(t, np, fin, lane);
         }
-        __syncthreads(); /* `red` and `is_last` are reused */
+        if (fin.any_mine) {
+            /* the lanes' norms, factors and records are visible before the
+             * block's norm ticket (thread 0's, after the barrier) */
+            __threadfence();
+            __syncthreads();
+        }
     }
 
     if (threadIdx.x == 0) {
