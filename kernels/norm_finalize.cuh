@@ -19,7 +19,7 @@
  *     range of chunks and then counts itself in the ticket of every lane
  *     its range meets (1 to 3 on large plans). The block that completes a
  *     lane's count folds the lane with all its threads: it copies a window of the lane's partials
- *     and tensor indices into shared memory (one wait per window: 3,584
+ *     and tensor indices into shared memory (one wait per window: 3,328
  *     chunks on sm_90, 1,536 on sm_86/sm_89), every thread folds the runs
  *     that start at its positions and reports the tensors they complete
  *     (norms, factors), and thread 0 folds the lane's share in order. The
@@ -31,7 +31,7 @@
  * Nothing depends on the grid, on which block completes a lane or arrives
  * last, or on the number of SMs: every addition is the CPU twin's, in its
  * order. The longest chain of dependent global loads is a few rounds
- * (gclip_fold_load_rounds: 7 on an H100 for 100,000 one-chunk tensors),
+ * (gclip_fold_load_rounds: 6 on an H100 for 100,000 one-chunk tensors),
  * not one per chunk of a lane.
  */
 #ifndef GCLIP_NORM_FINALIZE_CUH

@@ -14,23 +14,24 @@
  * The slot is the chunk's index and a chunk is always walked by one whole
  * block in the same way, so which block took which chunk never shows in a
  * result: the bits are the same for any grid. What a block pays once rather
- * than per chunk: its launch, the fence and the ticket (and one fence and
- * ticket per fold lane its range meets, 1 to 3 on the plans of
- * docs/gpu-launch.md). While it walks one
- * chunk it already has the next chunk's table entry in flight and asks for
- * that chunk's tensor descriptor before its reduction, so the two dependent
- * table loads of a chunk are off the critical path.
+ * than per chunk: its launch, the fence and the ticket (and, after its
+ * walk, one more fence and the tickets of the fold lanes its range meets,
+ * 1 to 3 on the plans of docs/gpu-launch.md, in flight together). While it
+ * walks one chunk it already has the next chunk's table entry in flight and
+ * asks for that chunk's tensor descriptor before its reduction, so the two
+ * dependent table loads of a chunk are off the critical path.
  *
- * The finalize is fused in two passes (norm_finalize.cuh): the block that
- * completes a fold lane's count folds that lane, and the last block to take
- * the norm ticket closes the lanes and writes the result. Why not a
- * separate one-block kernel: a clip step is then the norm kernel plus the scale kernel, two
- * launches whatever the tensor count, and a norm-only step is one launch.
- * A separate finalize kernel would add a third launch (a few microseconds of
- * launch latency and a dependent-kernel gap on every step) for no gain in
- * determinism: the finalize's order does not depend on which block arrives
- * last (see norm_finalize.cuh). The price is one atomic per block on a
- * ticket counter, and one per lane the block meets on the lane's.
+ * The finalize is fused in two passes (norm_finalize.cuh): after its walk,
+ * the block that completes a fold lane's count folds that lane, and the
+ * last block to take the norm ticket closes the lanes and writes the
+ * result. Why not a separate one-block kernel: a clip step is then the norm
+ * kernel plus the scale kernel, two launches whatever the tensor count, and
+ * a norm-only step is one launch. A separate finalize kernel would add a
+ * third launch (a few microseconds of launch latency and a dependent-kernel
+ * gap on every step) for no gain in determinism: the finalize's order does
+ * not depend on which block arrives last (see norm_finalize.cuh). The price
+ * is one atomic per block on a ticket counter, and one per lane the block
+ * meets on the lane's.
  *
  * The ticket counts modulo the grid (atomicInc wraps to 0 after grid - 1),
  * so every complete launch leaves it where it found it, with no reset and no

@@ -106,7 +106,7 @@ plant() {
         mutate scale_kernel.cu 's/return x \* (double)factor;/return (double)((float)x * factor);/' ;;
     norm_one_chunk_per_block) # a norm block walks only its first chunk: under a capped
         # grid the other chunks' partials are never written
-        mutate norm_kernel.cu 's/for (uint32_t c = first; c < last; ++c) {/for (uint32_t c = first; c < last; c = last) {/' ;;
+        mutate norm_kernel.cu 's/for (uint32_t c = first; c < fin\.walk_end; ++c) {/for (uint32_t c = first; c < fin.walk_end; c = fin.walk_end) {/' ;;
     scale_one_chunk_per_block) # a scale block scales only its first chunk
         mutate scale_kernel.cu 's/for (uint32_t c = blockIdx\.x; c < t\.num_chunks; c += gridDim\.x) {/for (uint32_t c = blockIdx.x; c < t.num_chunks; c = t.num_chunks) {/' ;;
     fold_drops_pieces) # the run a lane leaves open is finished without the pieces
