@@ -42,15 +42,19 @@
  *   flight), as large as the shared memory of four blocks per SM allows
  *   (docs/gpu-launch.md):
  *     GCLIP_FOLD_BATCH       sm_90 (and the compute_90 PTX)
- *     GCLIP_FOLD_BATCH_SM86  sm_86, sm_89 (100 KB of shared memory per SM),
- *                            the emulator (whose window can be made smaller)
+ *     GCLIP_FOLD_BATCH_SM86  sm_86, sm_89 (100 KB of shared memory per SM)
  *     GCLIP_FOLD_BATCH_SM80  sm_80 (164 KB per SM)
+ *     GCLIP_FOLD_BATCH_EMU   the SIMT emulator, which copies a block's
+ *                            shared memory at every switch to another
+ *                            block, so the window's size is its main cost
+ *                            (and its window can be made smaller still)
  *   sm_75 (no cp.async): GCLIP_FOLD_BATCH_REG, loaded into registers, then
  *   stored to shared memory. */
 #define GCLIP_FOLD_BATCH 13
 #define GCLIP_FOLD_BATCH_SM80 11
 #define GCLIP_FOLD_BATCH_SM86 6
 #define GCLIP_FOLD_BATCH_REG 3
+#define GCLIP_FOLD_BATCH_EMU 2
 /* Partial slots a plan allocates: one per chunk, rounded up to an even
  * count (at least 2), because the fold copies partials in aligned pairs
  * (norm_finalize.cuh) and may read the slot past the last chunk. */

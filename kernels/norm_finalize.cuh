@@ -50,14 +50,17 @@ static_assert(GCLIP_FOLD_LANES == GCLIP_BLOCK_THREADS, "one fold lane per thread
 
 /* The batch of this architecture (gclip_fold.h); GCLIP_FOLD_ASYNC: copied
  * with cp.async rather than through registers. The emulator runs the
- * cp.async code with the sm_86 batch (its copies happen when issued, its
- * wait does nothing) and a window it can shrink at run time
- * (gclip_emu_fold_window), so that small plans cross windows too. The batch
- * never changes the fold's order (gclip_fold.h). */
-#if !defined(GCLIP_SIMT_EMULATION) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+ * cp.async code (its copies happen when issued, its wait does nothing) with
+ * a batch of its own, GCLIP_FOLD_BATCH_EMU, and a window it can shrink at
+ * run time (gclip_emu_fold_window), so that small plans cross windows too.
+ * The batch never changes the fold's order (gclip_fold.h). */
+#if defined(GCLIP_SIMT_EMULATION)
+#define GCLIP_FOLD_ASYNC 1
+#define GCLIP_FOLD_STAGE GCLIP_FOLD_BATCH_EMU
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 #define GCLIP_FOLD_ASYNC 1
 #define GCLIP_FOLD_STAGE GCLIP_FOLD_BATCH
-#elif defined(GCLIP_SIMT_EMULATION) || (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 860)
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 860
 #define GCLIP_FOLD_ASYNC 1
 #define GCLIP_FOLD_STAGE GCLIP_FOLD_BATCH_SM86
 #elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800

@@ -165,8 +165,11 @@ TEST(EmuGrid, AnyFoldWindowGivesTheSameBits)
         uint32_t window, cap;
     };
     // the first of each norm is the largest window, one block per chunk
-    const Run runs[] = {{0, 0}, {1, 97}, {2, 3}, {5, 0}, {7, 97}};
+    const Run runs_l2[] = {{0, 0}, {1, 97}, {2, 3}, {5, 0}};
+    const Run runs_inf[] = {{0, 0}, {7, 97}};
     for (float norm_type : {2.0f, INFINITY}) {
+        const Run *runs = norm_type == 2.0f ? runs_l2 : runs_inf;
+        const std::size_t num_runs = norm_type == 2.0f ? std::size(runs_l2) : std::size(runs_inf);
         SCOPED_TRACE("p " + std::to_string(norm_type));
         gclip_norm_options o = GCLIP_NORM_OPTIONS_INIT;
         o.norm_type = norm_type;
@@ -177,7 +180,7 @@ TEST(EmuGrid, AnyFoldWindowGivesTheSameBits)
         ASSERT_EQ(f.cpu_norm_op(o, GCLIP_OP_CLIP_PER_TENSOR), GCLIP_STATUS_SUCCESS)
             << gclip_last_error();
         emu::Snapshot first;
-        for (std::size_t i = 0; i < std::size(runs); ++i) {
+        for (std::size_t i = 0; i < num_runs; ++i) {
             const Run &r = runs[i];
             SCOPED_TRACE("window " + std::to_string(r.window) + ", cap " + std::to_string(r.cap));
             gclip_emu_fold_window = r.window;
