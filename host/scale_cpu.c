@@ -5,11 +5,12 @@
  * Also the element update clamp_cpu.c uses (gclip_update_run_cpu).
  *
  * On x86 CPUs with AVX2 and F16C, f16 and bf16 chunks are updated with
- * explicit vector code whose conversions give the bits of the scalar ones
- * of kernels/gclip_dtype.h for every input (tests/cpu/test_dtype_conversion.cpp
- * runs every 16-bit value and a large random set through both): the
- * compiler turned the generic 16-bit loops into branchy scalar code, 3 to 10
- * times slower than memory on 2 cores.
+ * explicit vector code that gives the bits of the scalar conversions of
+ * kernels/gclip_dtype.h for every input (tests/cpu/test_dtype_conversion.cpp
+ * runs every 16-bit value through both): a scale converts to float and
+ * back, a clamp works on the bits alone. The compiler turned the generic
+ * 16-bit loops into branchy scalar code, 3 to 10 times slower than memory on
+ * 2 cores.
  */
 #include <stdatomic.h>
 
@@ -35,16 +36,6 @@ __attribute__((target("avx2"))) static __m256i bf16_round_avx2(__m256 v)
     return _mm256_blendv_epi8(rounded, nan, is_nan);
 }
 
-/* gclip_clamp (NaN compares false both ways and is kept) or a multiply. */
-__attribute__((target("avx2"))) static __m256 update_avx2(__m256 v, int clamp, float f)
-{
-    if (!clamp)
-        return _mm256_mul_ps(v, _mm256_set1_ps(f));
-    v = _mm256_blendv_ps(v, _mm256_set1_ps(f), _mm256_cmp_ps(v, _mm256_set1_ps(f), _CMP_GT_OQ));
-    return _mm256_blendv_ps(v, _mm256_set1_ps(-f),
-                            _mm256_cmp_ps(v, _mm256_set1_ps(-f), _CMP_LT_OQ));
-}
-
 /* vcvtps2ph of eight floats, every NaN made the canonical f16 NaN 0x7fff
  * (vcvtps2ph itself keeps the sign and the high payload bits). */
 __attribute__((target("avx2,f16c"))) static __m128i f16_round_f16c(__m256 v)
@@ -61,25 +52,25 @@ __attribute__((target("avx2,f16c"))) static __m128i f16_round_f16c(__m256 v)
  * the update, so its payload never shows; tests/cpu/test_dtype_conversion.cpp
  * checks every pattern). The software conversions above cost about 4x the
  * memory time of f16 data on 2 cores. */
-__attribute__((target("avx2,f16c"))) static void walk_update_f16c(uint16_t *x, int64_t begin,
-                                                                  int64_t n, int clamp, float f)
+__attribute__((target("avx2,f16c"))) static void walk_scale_f16c(uint16_t *x, int64_t begin,
+                                                                 int64_t n, float f)
 {
     const int64_t part = n / (STREAMS * 8) * 8;
     for (int64_t i = begin; i < begin + part; i += 8)
         for (int s = 0; s < STREAMS; s++) {
             __m128i *p = (__m128i *)(x + i + s * part);
-            const __m256 v = update_avx2(_mm256_cvtph_ps(_mm_loadu_si128(p)), clamp, f);
+            const __m256 v = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128(p)), _mm256_set1_ps(f));
             _mm_storeu_si128(p, f16_round_f16c(v));
         }
     for (int64_t k = begin + STREAMS * part; k < begin + n; k++)
-        gclip_walk_update_one(x, GCLIP_F16, k, clamp, f);
+        gclip_walk_update_one(x, GCLIP_F16, k, 0, f);
 }
 
 /* bf16 sixteen elements at a time with AVX2: interleaving with zeros puts
  * each element in the high half of a 32-bit lane (the f32 it stands for),
  * and packing the rounded results undoes the interleave. */
-__attribute__((target("avx2"))) static void walk_update_bf16_avx2(uint16_t *x, int64_t begin,
-                                                                  int64_t n, int clamp, float f)
+__attribute__((target("avx2"))) static void walk_scale_bf16_avx2(uint16_t *x, int64_t begin,
+                                                                 int64_t n, float f)
 {
     const int64_t part = n / (STREAMS * 16) * 16;
     const __m256i zero = _mm256_setzero_si256();
@@ -89,12 +80,48 @@ __attribute__((target("avx2"))) static void walk_update_bf16_avx2(uint16_t *x, i
             const __m256i h = _mm256_loadu_si256(p);
             __m256 a = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, h));
             __m256 b = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, h));
-            a = update_avx2(a, clamp, f);
-            b = update_avx2(b, clamp, f);
+            a = _mm256_mul_ps(a, _mm256_set1_ps(f));
+            b = _mm256_mul_ps(b, _mm256_set1_ps(f));
             _mm256_storeu_si256(p, _mm256_packus_epi32(bf16_round_avx2(a), bf16_round_avx2(b)));
         }
     for (int64_t k = begin + STREAMS * part; k < begin + n; k++)
-        gclip_walk_update_one(x, GCLIP_BF16, k, clamp, f);
+        gclip_walk_update_one(x, GCLIP_BF16, k, 0, f);
+}
+
+/* The clamp of f16 or bf16 elements on their bits, sixteen at a time. An
+ * element beyond [-v, v] becomes v or -v rounded to the dtype; the halves'
+ * magnitudes are ordered like their bits, so comparing them with the bits
+ * `top` of |v| rounded gives the same result: no half lies strictly
+ * between |v| and `top`, and an element equal to `top` is what clamping
+ * would make it.
+ * A NaN becomes the canonical NaN 0x7fff. These are the bits gclip_clamp
+ * and the scalar conversions give, with no conversion to float and back
+ * (-0 included: v = -0 sends positive elements to -0 and negative ones to
+ * +0, as the contract's comparisons do). */
+__attribute__((target("avx2"))) static void walk_clamp_half_avx2(uint16_t *x, int32_t dtype,
+                                                                 int64_t begin, int64_t n, float v)
+{
+    const int f16 = dtype == GCLIP_F16;
+    const float a = v + 0.0f; /* |v|: v >= 0 or -0, made +0 */
+    const uint16_t top = f16 ? gclip_f32_to_f16(a) : gclip_f32_to_bf16(a);
+    const __m256i magmask = _mm256_set1_epi16(0x7fff), canon = magmask;
+    const __m256i inf = _mm256_set1_epi16((short)(f16 ? 0x7c00 : 0x7f80));
+    const __m256i topv = _mm256_set1_epi16((short)top);
+    const __m256i above = _mm256_set1_epi16((short)(f16 ? gclip_f32_to_f16(v) : gclip_f32_to_bf16(v)));
+    const __m256i below = _mm256_set1_epi16((short)(f16 ? gclip_f32_to_f16(-v) : gclip_f32_to_bf16(-v)));
+    const int64_t part = n / (STREAMS * 16) * 16;
+    for (int64_t i = begin; i < begin + part; i += 16)
+        for (int s = 0; s < STREAMS; s++) {
+            __m256i *p = (__m256i *)(x + i + s * part);
+            const __m256i h = _mm256_loadu_si256(p);
+            const __m256i mag = _mm256_and_si256(h, magmask);
+            const __m256i bound = _mm256_blendv_epi8(above, below, _mm256_srai_epi16(h, 15));
+            __m256i r = _mm256_blendv_epi8(h, bound, _mm256_cmpgt_epi16(mag, topv));
+            r = _mm256_blendv_epi8(r, canon, _mm256_cmpgt_epi16(mag, inf));
+            _mm256_storeu_si256(p, r);
+        }
+    for (int64_t k = begin + STREAMS * part; k < begin + n; k++)
+        gclip_walk_update_one(x, dtype, k, 1, v);
 }
 
 int gclip_cpu_has_f16c(void)
@@ -130,12 +157,16 @@ ALWAYS_INLINE void update_chunk(const gclip_tensor_desc *t, uint32_t index, int 
     int64_t begin, n;
     gclip_chunk_range(t->numel, index, &begin, &n);
 #ifdef GCLIP_F16C_PATH
+    if (clamp && (t->dtype == GCLIP_F16 || t->dtype == GCLIP_BF16) && gclip_cpu_has_f16c()) {
+        walk_clamp_half_avx2(t->data, t->dtype, begin, n, f);
+        return;
+    }
     if (t->dtype == GCLIP_F16 && gclip_cpu_has_f16c()) {
-        walk_update_f16c(t->data, begin, n, clamp, f);
+        walk_scale_f16c(t->data, begin, n, f);
         return;
     }
     if (t->dtype == GCLIP_BF16 && gclip_cpu_has_f16c()) {
-        walk_update_bf16_avx2(t->data, begin, n, clamp, f);
+        walk_scale_bf16_avx2(t->data, begin, n, f);
         return;
     }
 #endif

@@ -110,8 +110,18 @@ TEST_P(HalfUpdate, ClampOfEveryPatternIsBitExact)
 {
     const gclip_dtype dt = GetParam();
     // bounds between representable values (rounded on store), exact ones,
-    // subnormal ones, the largest half, and zero
-    const float bounds[] = {0.1f, 1.0f, 3e-6f, 6e-8f, 65504.0f, 1e30f, 0.0f};
+    // subnormal ones, the largest half, one that rounds to Inf (f16), a
+    // half-way one that rounds up, zero and -0 (which sends positive
+    // elements to -0 and negative ones to +0), then seeded random ones of
+    // every magnitude
+    std::vector<float> bounds = {0.1f,     1.0f,    3e-6f,           6e-8f, 65504.0f,
+                                 65520.0f, 1e30f,   1.0f + 0x1p-11f, 0.0f,  -0.0f,
+                                 0x1.ffffp-15f, 3.4e38f};
+    std::mt19937 rng(20261202u);
+    std::uniform_int_distribution<uint32_t> mant(0, (1u << 23) - 1);
+    std::uniform_int_distribution<int> expo(-28, 20);
+    for (int i = 0; i < 12; ++i)
+        bounds.push_back(std::ldexp(1.0f + static_cast<float>(mant(rng)) * 0x1p-23f, expo(rng)));
     int k = 0;
     for (float v : bounds) {
         Patterns p(static_cast<size_t>(k % 3), static_cast<size_t>(5 + 13 * k));
@@ -123,7 +133,8 @@ TEST_P(HalfUpdate, ClampOfEveryPatternIsBitExact)
         ASSERT_EQ(gclip_clip_grad_value(plan.get(), v, nullptr), GCLIP_STATUS_SUCCESS);
         // the contract's clamp, written here: NaN compares false and is kept
         auto clamp = [=](float x) { return x < -v ? -v : (x > v ? v : x); };
-        EXPECT_EQ(check(dt, before, p.data(), clamp, "clamp"), 0) << "clip_value " << v;
+        EXPECT_EQ(check(dt, before, p.data(), clamp, "clamp"), 0)
+            << "clip_value " << v << (std::signbit(v) ? " (negative sign)" : "");
     }
 }
 
