@@ -216,6 +216,15 @@ ALWAYS_INLINE gclip_v8i unsafe_v8f(gclip_v8f s, int32_t kind)
     return (b < lo) | (b >= 0x7f800000);
 }
 
+/* Whether any lane of m is set: the four 64-bit quarters or'd (fewer
+ * instructions than a loop over the eight lanes, in both clones). */
+ALWAYS_INLINE int any_lane(gclip_v8i m)
+{
+    uint64_t q[4];
+    memcpy(q, &m, sizeof q);
+    return ((q[0] | q[1]) | (q[2] | q[3])) != 0;
+}
+
 /* One full batch of every thread for L2/L1 of f32/f16/bf16: thread t's
  * group is words 4t..4t+3 of the four rows at row + k * NT * 16 bytes, its
  * tree row k with k + 2, then k with k + 1, then the words. Eight threads at
@@ -245,10 +254,7 @@ ALWAYS_INLINE void batch_rows(const char *row, int32_t dtype, int32_t kind, doub
         bad |= unsafe_v8f(g, kind);
         memcpy(&s[t], &g, sizeof g);
     }
-    int unsafe = 0;
-    for (int i = 0; i < 8; i++)
-        unsafe |= bad[i];
-    if (!unsafe) {
+    if (!any_lane(bad)) {
         for (int t = 0; t < NT; t++)
             acc[t] = acc[t] + (double)s[t];
         return;
@@ -304,9 +310,7 @@ ALWAYS_INLINE void single_rows(const char *row, int t0, int t1, int32_t dtype, i
         const gclip_v8f g = eight_groups(row, t, dtype, kind, &bad);
         memcpy(&s[t], &g, sizeof g);
     }
-    int unsafe = 0;
-    for (int i = 0; i < 8; i++)
-        unsafe |= bad[i];
+    int unsafe = any_lane(bad);
     for (; t < t1; t++) {
         s[t] = scalar_group(row, t, dtype, kind);
         unsafe |= !gclip_group_safe(s[t], kind);
@@ -384,17 +388,11 @@ ALWAYS_INLINE gclip_v4d column_fold(const double *acc, int m)
  * terms changes nothing (no term is -0): the levels above n/2 are skipped.
  * Slot t's value after the levels down to 32 depends only on the slots
  * congruent to t mod 32, so those levels run column by column in registers
- * (column_fold), then 16, 8 and 4 on the 32 results. */
-ALWAYS_INLINE double gclip_block_tree_cpu(const double *acc, int n, int32_t kind)
+ * (column_fold), then 16, 8 and 4 on the 32 results. For the sum kinds
+ * only, whose combine is an addition (the inf-norm's read pass is an
+ * integer max: gclip_chunk_max). */
+ALWAYS_INLINE double gclip_block_tree_cpu(const double *acc, int n)
 {
-    if (kind == GCLIP_KIND_INF) { /* (the read pass takes the max elsewhere) */
-        double v[NT];
-        memcpy(v, acc, (size_t)n * sizeof *v);
-        for (int h = n / 2; h >= 1; h /= 2)
-            for (int t = 0; t < h; t++)
-                v[t] = gclip_term_combine(v[t], v[t + h], kind);
-        return v[0];
-    }
     const int m = n / 32;
     gclip_v4d r[8];
     for (int q = 0; q < 8; q++)
@@ -428,9 +426,10 @@ ALWAYS_INLINE int single_row_chunk(const char *row, int nv, int32_t dtype, int32
         memcpy(&acc[t], &dlo, sizeof dlo);
         memcpy(&acc[t + 4], &dhi, sizeof dhi);
     }
-    int unsafe = 0;
-    for (int i = 0; i < 8; i++)
-        unsafe |= bad[i];
+    /* t is a multiple of 8 here, and so is slots - t: the slots from t
+     * cleared as vectors, then the last few groups written over them */
+    zero_slots(acc + t, slots - t);
+    int unsafe = any_lane(bad);
     for (; t < nv; t++) {
         const float g = scalar_group(row, t, dtype, kind);
         unsafe |= !gclip_group_safe(g, kind);
@@ -438,11 +437,7 @@ ALWAYS_INLINE int single_row_chunk(const char *row, int nv, int32_t dtype, int32
     }
     if (unsafe)
         return 0;
-    for (; t < slots && (t & 3); t++)
-        acc[t] = GCLIP_TERM_ZERO;
-    if (t < slots)
-        zero_slots(acc + t, slots - t);
-    *out = gclip_block_tree_cpu(acc, slots, kind);
+    *out = gclip_block_tree_cpu(acc, slots);
     return 1;
 }
 
@@ -508,7 +503,7 @@ ALWAYS_INLINE double gclip_chunk_sum(const void *data, int32_t dtype, int64_t be
     }
     for (int t = 0; t < sp.tail; t++)
         acc[t] = gclip_term_add(acc[t], elem_f64(base, dtype, sp.head + nv * lanes + t), kind, p);
-    return gclip_block_tree_cpu(acc, slots, kind);
+    return gclip_block_tree_cpu(acc, slots);
 }
 
 /* max|x| of n elements as an integer max of magnitude bits (order free, so
@@ -544,11 +539,10 @@ ALWAYS_INLINE double gclip_chunk_max(const void *data, int32_t dtype, int64_t be
     default: return gclip_chunk_sum(data, dt, begin, n, GCLIP_KIND_P, p);             \
     }
 
-ALWAYS_INLINE double gclip_chunk_terms(const gclip_tensor_desc *t, uint32_t index, int32_t kind,
-                                 float p)
+/* The partial of the n elements from `begin` of tensor t (a chunk's range). */
+ALWAYS_INLINE double gclip_chunk_terms(const gclip_tensor_desc *t, int64_t begin, int64_t n,
+                                       int32_t kind, float p)
 {
-    int64_t begin, n;
-    gclip_chunk_range(t->numel, index, &begin, &n);
     const void *data = t->data;
     switch (t->dtype) {
     case GCLIP_F32:
@@ -589,13 +583,14 @@ typedef struct prefetch_cursor {
     int64_t ahead; /* bytes requested past the chunk being walked */
 } prefetch_cursor;
 
-/* Before walking chunk c of a run ending at `last`: the chunks up to
- * PREFETCH_AHEAD bytes past it requested, for reading or (write) for an
- * update in place. Under the per-tensor factors `factor`, chunks that stay
- * untouched (factor 1) are neither requested nor counted. */
+/* Before walking chunk c of a run ending at `last`, c of `bytes` bytes (0
+ * when c is left untouched): the chunks up to PREFETCH_AHEAD bytes past it
+ * requested, for reading or (write) for an update in place. Under the
+ * per-tensor factors `factor`, chunks that stay untouched (factor 1) are
+ * neither requested nor counted. */
 ALWAYS_INLINE void prefetch_before(prefetch_cursor *pc, const gclip_tensor_desc *tensors,
                                    const gclip_chunk *chunks, uint32_t c, uint32_t last,
-                                   int write, const float *factor)
+                                   int write, const float *factor, int64_t bytes_c)
 {
     if (pc->next <= c) { /* c itself, on the first call */
         pc->next = c;
@@ -618,10 +613,7 @@ ALWAYS_INLINE void prefetch_before(prefetch_cursor *pc, const gclip_tensor_desc 
         }
         pc->ahead += bytes;
     }
-    if (!factor || factor[chunks[c].tensor] != 1.0f) {
-        const char *p;
-        pc->ahead -= chunk_bytes(tensors, &chunks[c], &p);
-    }
+    pc->ahead -= bytes_c;
 }
 
 /* The partial of each chunk of [first, last) into its slot. */
@@ -633,9 +625,11 @@ ALWAYS_INLINE void gclip_read_chunks(const gclip_plan *plan, uint32_t first, uin
     const gclip_chunk *chunks = plan->chunks;
     prefetch_cursor pc = {first, 0};
     for (uint32_t c = first; c < last; c++) {
-        prefetch_before(&pc, tensors, chunks, c, last, 0, NULL);
-        a->partials[c] =
-            gclip_chunk_terms(&tensors[chunks[c].tensor], chunks[c].index, a->kind, a->p);
+        const gclip_tensor_desc *t = &tensors[chunks[c].tensor];
+        int64_t begin, n;
+        gclip_chunk_range(t->numel, chunks[c].index, &begin, &n);
+        prefetch_before(&pc, tensors, chunks, c, last, 0, NULL, n * gclip_dtype_size(t->dtype));
+        a->partials[c] = gclip_chunk_terms(t, begin, n, a->kind, a->p);
     }
 }
 

@@ -152,10 +152,10 @@ int gclip_cpu_has_f16c(void)
         }                                                                   \
     } while (0)
 
-ALWAYS_INLINE void update_chunk(const gclip_tensor_desc *t, uint32_t index, int clamp, float f)
+/* The n elements from `begin` of tensor t (a chunk's range). */
+ALWAYS_INLINE void update_chunk(const gclip_tensor_desc *t, int64_t begin, int64_t n, int clamp,
+                                float f)
 {
-    int64_t begin, n;
-    gclip_chunk_range(t->numel, index, &begin, &n);
 #ifdef GCLIP_F16C_PATH
     if (clamp && (t->dtype == GCLIP_F16 || t->dtype == GCLIP_BF16) && gclip_cpu_has_f16c()) {
         walk_clamp_half_avx2(t->data, t->dtype, begin, n, f);
@@ -186,15 +186,16 @@ CPU_CLONES static void update_run(const gclip_tensor_desc *tensors, const gclip_
 {
     prefetch_cursor pc = {first, 0};
     for (uint32_t c = first; c < last; c++) {
-        prefetch_before(&pc, tensors, chunks, c, last, 1, clamp ? NULL : factor);
-        const uint32_t i = chunks[c].tensor;
-        if (clamp) {
-            update_chunk(&tensors[i], chunks[c].index, 1, f);
-        } else {
-            const float fc = factor ? factor[i] : f;
-            if (fc != 1.0f)
-                update_chunk(&tensors[i], chunks[c].index, 0, fc);
-        }
+        const gclip_tensor_desc *t = &tensors[chunks[c].tensor];
+        /* a global factor is never 1 here (the step returns before) */
+        const float fc = clamp || !factor ? f : factor[chunks[c].tensor];
+        const int touched = clamp || fc != 1.0f;
+        int64_t begin, n;
+        gclip_chunk_range(t->numel, chunks[c].index, &begin, &n);
+        prefetch_before(&pc, tensors, chunks, c, last, 1, clamp ? NULL : factor,
+                        touched ? n * gclip_dtype_size(t->dtype) : 0);
+        if (touched)
+            update_chunk(t, begin, n, clamp, fc);
     }
 }
 
