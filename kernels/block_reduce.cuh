@@ -32,6 +32,29 @@ struct gclip_reduce_storage {
     double v[GCLIP_BLOCK_THREADS];
 };
 
+/* Levels 128, 64 and 32 of the tree for one column: the values of slots
+ * t, t + 32, ..., t + 224 (v[k] is slot t + 32k), combined as the halving
+ * tree combines them into slot t. */
+__device__ __forceinline__ double gclip_tree_column(const double (&v)[8], int32_t kind)
+{
+    const double a0 = gclip_term_combine(v[0], v[4], kind);
+    const double a1 = gclip_term_combine(v[1], v[5], kind);
+    const double a2 = gclip_term_combine(v[2], v[6], kind);
+    const double a3 = gclip_term_combine(v[3], v[7], kind);
+    return gclip_term_combine(gclip_term_combine(a0, a2, kind), gclip_term_combine(a1, a3, kind),
+                              kind);
+}
+
+/* Levels 16, 8, 4, 2, 1 over the 32 columns s[0..31], in place (few live
+ * registers); returns the root. */
+__device__ __forceinline__ double gclip_tree_32(double *s, int32_t kind)
+{
+    for (int h = 16; h >= 1; h /= 2)
+        for (int i = 0; i < h; i++)
+            s[i] = gclip_term_combine(s[i], s[i + h], kind);
+    return s[0];
+}
+
 __device__ __forceinline__ double gclip_block_reduce(gclip_reduce_storage &storage, double v,
                                                      int32_t kind)
 {
@@ -40,22 +63,14 @@ __device__ __forceinline__ double gclip_block_reduce(gclip_reduce_storage &stora
     s[t] = v;
     __syncthreads();
     if (t < 32) {
-        /* levels 128, 64, 32; thread t alone reads and then writes s[t] */
-        const double a0 = gclip_term_combine(s[t], s[t + 128], kind);
-        const double a1 = gclip_term_combine(s[t + 32], s[t + 160], kind);
-        const double a2 = gclip_term_combine(s[t + 64], s[t + 192], kind);
-        const double a3 = gclip_term_combine(s[t + 96], s[t + 224], kind);
-        s[t] = gclip_term_combine(gclip_term_combine(a0, a2, kind), gclip_term_combine(a1, a3, kind),
-                                  kind);
+        /* thread t alone reads and then writes s[t] */
+        const double c[8] = {s[t],       s[t + 32],  s[t + 64],  s[t + 96],
+                             s[t + 128], s[t + 160], s[t + 192], s[t + 224]};
+        s[t] = gclip_tree_column(c, kind);
     }
     __syncthreads(); /* the 32 values are in s[0..31] */
-    if (t == 0) {
-        /* levels 16, 8, 4, 2, 1, in place (few live registers) */
-        for (int h = 16; h >= 1; h /= 2)
-            for (int i = 0; i < h; i++)
-                s[i] = gclip_term_combine(s[i], s[i + h], kind);
-        v = s[0];
-    }
+    if (t == 0)
+        v = gclip_tree_32(s, kind);
     return v;
 }
 

@@ -250,6 +250,21 @@ else
         fail "cuobjdump -sass failed on norm_kernel.o"
     fi
 fi
+# Small chunks a warp each (norm_kernel.cu): a lane reads the vectors of
+# block threads lane, lane + 32, ..., lane + 224, so the PTX holds 16-byte
+# loads at 512 x k bytes past a lane's first vector, k = 1..7, for each of
+# the four element types (the block walk's loads are 4096 bytes apart).
+if [ -f "$work/norm_kernel.ptx" ]; then
+    least=
+    for k in 1 2 3 4 5 6 7; do
+        n=$(grep -E "$vector_load" "$work/norm_kernel.ptx" | grep -cF "+$((512 * k))]" || true)
+        if [ -z "$least" ] || [ "$n" -lt "$least" ]; then least=$n; fi
+    done
+    echo "norm_kernel.cu: at least $least 16-byte loads at each of the offsets 512..3584 in the compute_90 PTX (small chunks a warp each)"
+    if [ "$least" -lt 4 ]; then
+        fail "norm_kernel.cu: fewer than 4 16-byte loads at some offset 512 x k (k = 1..7) in the PTX: small chunks are not walked a warp each"
+    fi
+fi
 smem=$(awk '/Compiling entry function .*gclip_norm_kernel/ { on = 1; arch = $NF; gsub(/\047/, "", arch); next }
             on && /Used [0-9]+ registers/ {
                 for (i = 1; i <= NF; i++) if ($i == "smem" || $i == "smem,") print arch, $(i - 2)

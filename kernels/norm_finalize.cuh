@@ -100,12 +100,14 @@ typedef struct gclip_finalize_shared {
     double share;            /* the lane's share so far */
     uint32_t carried_tensor; /* its tensor (first the one before the range) */
     uint32_t leading;        /* it is still the leading piece */
-    uint32_t continues;      /* the range's first chunk continues the tensor before it */
+    uint32_t continues;      /* the tensor before the range if the range's first chunk
+                              * continues it, else GCLIP_NO_TENSOR */
     unsigned int lane_nonfinite; /* tensors the lane completed whose norm is not finite */
     /* the lanes the block completed (norm_kernel.cu), 1 = fold it */
     unsigned char mine[GCLIP_FOLD_LANES];
     unsigned int any_mine; /* some mine[] is 1 */
     uint32_t walk_end;     /* the end of the block's chunks (norm_kernel.cu) */
+    unsigned char small[GCLIP_BLOCK_THREADS / 32]; /* the walk: chunk c + w is small */
     uint32_t lane0, lane1; /* the lanes the block's chunks meet: lane0..lane1 */
     uint32_t next, current; /* the lane pass loop: where to look next, the lane now */
     /* close */
@@ -272,7 +274,7 @@ __device__ __forceinline__ void gclip_fold_lane_pass(const gclip_device_tables &
         sh.share = GCLIP_TERM_ZERO;
         sh.carried_tensor = before;
         sh.leading = 1;
-        sh.continues = 0;
+        sh.continues = GCLIP_NO_TENSOR;
         sh.lane_nonfinite = 0;
     }
     for (uint32_t w = begin; w < end; w += window) {
@@ -338,8 +340,8 @@ __device__ __forceinline__ void gclip_fold_lane_pass(const gclip_device_tables &
                 }
                 cur_acc = part[k];
             }
-            if (w == begin)
-                sh.continues = sh.stage_tensor[0] == before;
+            if (w == begin) /* prev0 is the tensor before the range */
+                sh.continues = sh.stage_tensor[0] == prev0 ? prev0 : GCLIP_NO_TENSOR;
             sh.carried_tensor = cur;
             sh.carried_acc = cur_acc;
             sh.leading = lead_on;
@@ -353,7 +355,7 @@ __device__ __forceinline__ void gclip_fold_lane_pass(const gclip_device_tables &
         r->lead = sh.leading ? sh.carried_acc : sh.lead;
         r->run_acc = sh.carried_acc;
         r->share = sh.share;
-        r->cont = sh.continues ? before : GCLIP_NO_TENSOR;
+        r->cont = sh.continues;
         r->run = sh.carried_tensor;
         r->nonfinite = sh.lane_nonfinite;
         r->whole = sh.leading;

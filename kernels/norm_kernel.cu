@@ -11,9 +11,12 @@
  * accumulates its elements' norm terms (gclip_term_sum: float groups folded
  * into double, an integer max for the inf-norm), the block
  * reduces them and thread 0 stores the chunk's partial in partials[chunk].
- * The slot is the chunk's index and a chunk is always walked by one whole
- * block in the same way, so which block took which chunk never shows in a
- * result: the bits are the same for any grid. What a block pays once rather
+ * Runs of small chunks (at most one vector per thread) go a warp each, up
+ * to eight at once, each warp forming exactly the accumulators and tree
+ * levels the block would (see "small chunks" below). The slot is the
+ * chunk's index and a chunk's partial has the same bits however it was
+ * walked, so which block took which chunk never shows in a result: the
+ * bits are the same for any grid. What a block pays once rather
  * than per chunk: its launch, the fence and the ticket (and, after its
  * walk, one more fence and the tickets of the fold lanes its range meets,
  * 1 to 3 on the plans of docs/gpu-launch.md, in flight together). While it
@@ -234,6 +237,121 @@ __device__ __forceinline__ double gclip_thread_terms(const gclip_chunk_view &c,
     }
 }
 
+/* ---- small chunks, a warp each
+ *
+ * A chunk of at most GCLIP_BLOCK_THREADS vectors (up to 1,024 f32 or 2,048
+ * f16/bf16 elements, plus a head and a tail of up to 7) gives each thread
+ * of a block at most one vector, one head and one tail element: walked by
+ * the whole block, most threads would wait for one 16-byte load and the
+ * block would pay two barriers for a few kilobytes. So the block walks up
+ * to GCLIP_SMALL_BATCH such chunks at once, one per warp. Lane l of a warp
+ * forms the accumulators that threads l, l + 32, ..., l + 224 of the block
+ * walk would form (the same visitor, fed the same elements in the same
+ * order) and combines them as levels 128, 64 and 32 of the block tree do
+ * (gclip_tree_column); one thread of the warp then runs levels 16 to 1. A
+ * chunk's partial has the same bits whichever way it was walked, so the
+ * batches need not be fixed by the plan. */
+#define GCLIP_SMALL_BATCH (GCLIP_BLOCK_THREADS / 32)
+
+/* The accumulators of threads lane + 32 k, k in [k0, k0 + A), of the block
+ * walk of a small chunk (its split, in 32 bits: a small chunk has at most
+ * GCLIP_BLOCK_THREADS vectors; vec: its first whole vector), the A loads
+ * issued before any is used. */
+template <int KIND, int DTYPE, int A>
+__device__ __forceinline__ void gclip_small_slots(void *base, int head, int vectors, int tail,
+                                                  const uint4 *vec, int k0, float p, double *v)
+{
+    typedef gclip_vec_traits<DTYPE> vt;
+    const int lane = (int)(threadIdx.x % 32);
+    uint4 r[A];
+    GCLIP_UNROLL
+    for (int k = 0; k < A; ++k) {
+        const int t = lane + 32 * (k0 + k);
+        if (t < vectors)
+            r[k] = gclip_load_vec(vec + t);
+    }
+    GCLIP_UNROLL
+    for (int k = 0; k < A; ++k) {
+        const int t = lane + 32 * (k0 + k);
+        gclip_term_sum<KIND> f = {GCLIP_TERM_ZERO, 0u, 0ull, p};
+        if (t < head)
+            gclip_visit_scalar<DTYPE, false>(base, t, f);
+        if (t < vectors) {
+            const uint4 one[1] = {r[k]};
+            f.template group<DTYPE, 1>(one, vec + t, GCLIP_BLOCK_THREADS);
+        }
+        if (t < tail)
+            gclip_visit_scalar<DTYPE, false>(base, head + vectors * vt::lanes + t, f);
+        v[k] = f.value();
+    }
+}
+
+/* Column `lane` of the block tree over the small chunk c (levels 128 to 32:
+ * gclip_tree_column's combines, each slot k + 4 combined into slot k as
+ * soon as it is formed). */
+template <int KIND, int DTYPE>
+__device__ __forceinline__ double gclip_small_column(const gclip_chunk_view &c, float p)
+{
+    typedef gclip_vec_traits<DTYPE> vt;
+    const gclip_split s = gclip_split_vectors((uintptr_t)c.base, c.count, vt::elem_bytes);
+    const int head = (int)s.head, vectors = (int)s.vectors, tail = (int)s.tail;
+    const uint4 *vec = (const uint4 *)((const char *)c.base + head * vt::elem_bytes);
+    /* two loads in flight per lane (more spill at the kernel's 64
+     * registers); the p-norm's pow takes many registers: one */
+    constexpr int A = KIND == GCLIP_KIND_P ? 1 : 2;
+    double a[4];
+    GCLIP_UNROLL
+    for (int k = 0; k < 4; k += A)
+        gclip_small_slots<KIND, DTYPE, A>(c.base, head, vectors, tail, vec, k, p, a + k);
+    GCLIP_UNROLL
+    for (int k = 0; k < 4; k += A) {
+        double b[A];
+        gclip_small_slots<KIND, DTYPE, A>(c.base, head, vectors, tail, vec, 4 + k, p, b);
+        GCLIP_UNROLL
+        for (int j = 0; j < A; ++j)
+            a[k + j] = gclip_term_combine(a[k + j], b[j], KIND);
+    }
+    return gclip_term_combine(gclip_term_combine(a[0], a[2], KIND),
+                              gclip_term_combine(a[1], a[3], KIND), KIND);
+}
+
+template <int KIND>
+__device__ __forceinline__ double gclip_small_column_kind(const gclip_chunk_view &c, float p)
+{
+    switch (c.dtype) {
+    case GCLIP_F32:
+        return gclip_small_column<KIND, GCLIP_F32>(c, p);
+    case GCLIP_F16:
+        return gclip_small_column<KIND, GCLIP_F16>(c, p);
+    case GCLIP_F64:
+        return gclip_small_column<KIND, GCLIP_F64>(c, p);
+    default:
+        return gclip_small_column<KIND, GCLIP_BF16>(c, p);
+    }
+}
+
+__device__ __forceinline__ double gclip_small_column_of(const gclip_chunk_view &c,
+                                                        const gclip_norm_params &np)
+{
+    switch (np.kind) {
+    case GCLIP_KIND_L2:
+        return gclip_small_column_kind<GCLIP_KIND_L2>(c, np.p);
+    case GCLIP_KIND_L1:
+        return gclip_small_column_kind<GCLIP_KIND_L1>(c, np.p);
+    case GCLIP_KIND_INF:
+        return gclip_small_column_kind<GCLIP_KIND_INF>(c, np.p);
+    default:
+        return gclip_small_column_kind<GCLIP_KIND_P>(c, np.p);
+    }
+}
+
+/* A chunk the warp path takes: at most one vector per thread of a block. */
+__device__ __forceinline__ bool gclip_chunk_is_small(const gclip_chunk_view &c)
+{
+    const int es = gclip_dtype_size(c.dtype);
+    return gclip_split_vectors((uintptr_t)c.base, c.count, es).vectors <= GCLIP_BLOCK_THREADS;
+}
+
 /* At least this many blocks of the norm kernel resident per SM: caps its
  * registers at 64 per thread (docs/gpu-arithmetic.md). */
 #define GCLIP_NORM_MIN_BLOCKS 4
@@ -264,17 +382,38 @@ static __global__ void __launch_bounds__(GCLIP_BLOCK_THREADS, GCLIP_NORM_MIN_BLO
         fin.lane1 = first < last ? gclip_fold_lane_of(num_chunks, last - 1) : 0u;
     }
     __syncthreads();
-    for (uint32_t c = first; c < fin.walk_end; ++c) {
-        const uint32_t next = c + 1;
-        const bool more = next < fin.walk_end;
-        const uint32_t next_tensor = more ? t.chunks[next].tensor : 0u;
-        const double acc = gclip_thread_terms(gclip_chunk_at(t, c), np);
-        if (more)
-            gclip_prefetch_l1(&t.tensors[next_tensor]);
-        const double partial = gclip_block_reduce(red, acc, np.kind);
-        if (threadIdx.x == 0)
-            t.partials[c] = partial;
-        __syncthreads(); /* `red` is reused by the next chunk's reduction */
+    const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    for (uint32_t c = first; c < fin.walk_end;) {
+        /* warp w looks at chunk c + w: how many of the next chunks are small */
+        const uint32_t mine = c + warp;
+        if (lane == 0)
+            fin.small[warp] =
+                (unsigned char)(mine < fin.walk_end && gclip_chunk_is_small(gclip_chunk_at(t, mine)));
+        __syncthreads();
+        uint32_t n = 0;
+        while (n < GCLIP_SMALL_BATCH && fin.small[n])
+            ++n;
+        if (n >= 2) {
+            /* chunks c .. c + n - 1, one per warp */
+            if (warp < n) /* the chunk's table entries are in L1 by now */
+                red.v[threadIdx.x] = gclip_small_column_of(gclip_chunk_at(t, mine), params);
+            __syncthreads();
+            if (warp < n && lane == 0)
+                t.partials[mine] = gclip_tree_32(&red.v[threadIdx.x], params.kind);
+            c += n;
+        } else {
+            const uint32_t next = c + 1;
+            const bool more = next < fin.walk_end;
+            const uint32_t next_tensor = more ? t.chunks[next].tensor : 0u;
+            const double acc = gclip_thread_terms(gclip_chunk_at(t, c), params);
+            if (more)
+                gclip_prefetch_l1(&t.tensors[next_tensor]);
+            const double partial = gclip_block_reduce(red, acc, params.kind);
+            if (threadIdx.x == 0)
+                t.partials[c] = partial;
+            c = next;
+        }
+        __syncthreads(); /* `red` and `fin.small` are reused by the next step */
     }
 
     const uint32_t lane0 = fin.lane0, lane1 = fin.lane1;

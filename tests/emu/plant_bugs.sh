@@ -42,8 +42,9 @@ filter+=':EmuGrid.*'
 # can break, so such mutants run these alone (order_only below).
 bitwise='Ranges/EmuExtreme.PartialsBitwiseAndNormWithinOneInAMillion/HalfExtremes'
 bitwise+=':Ranges/EmuExtreme.PartialsBitwiseAndNormWithinOneInAMillion/NearFltMaxF32'
+bitwise+=':Ranges/EmuExtreme.PartialsBitwiseAndNormWithinOneInAMillion/SmallChunks'
 filter+=":$bitwise"
-order_only=" block_tree_order "
+order_only=" block_tree_order small_tree_order "
 # The fold-window test is slow under the sanitizers and only a mutant of
 # the lane pass's windows needs it: the other mutants run without it, that
 # one runs it alone (and the unmutated kernels both).
@@ -110,9 +111,9 @@ plant() {
         mutate norm_finalize.cuh 's/^\( *\)th\.sc = gclip_resolve_scalars(&np);$/\1th.sc = gclip_resolve_scalars(\&np); th.sc.max_norm = np.max_norm;/' ;;
     f64_scaled_in_float) # f64 elements multiplied in float
         mutate scale_kernel.cu 's/return x \* (double)factor;/return (double)((float)x * factor);/' ;;
-    norm_one_chunk_per_block) # a norm block walks only its first chunk: under a capped
-        # grid the other chunks' partials are never written
-        mutate norm_kernel.cu 's/for (uint32_t c = first; c < fin\.walk_end; ++c) {/for (uint32_t c = first; c < fin.walk_end; c = fin.walk_end) {/' ;;
+    norm_one_chunk_per_block) # a norm block walks only its first chunk (or first batch
+        # of small chunks): under a capped grid the others' partials are never written
+        mutate norm_kernel.cu 's|^\(        __syncthreads(); /\* .red. and .fin\.small. are reused by the next step \*/\)$|\1 break;|' ;;
     scale_one_chunk_per_block) # a scale block scales only its first chunk
         mutate scale_kernel.cu 's/for (uint32_t c = blockIdx\.x; c < t\.num_chunks; c += gridDim\.x) {/for (uint32_t c = blockIdx.x; c < t.num_chunks; c = t.num_chunks) {/' ;;
     fold_drops_pieces) # the run a lane leaves open is finished without the pieces
@@ -127,6 +128,12 @@ plant() {
     block_tree_order) # the block reduction pairs its values in another order: a
         # chunk's partial is no longer the CPU path's bits
         mutate block_reduce.cuh 's/gclip_term_combine(a0, a2, kind), gclip_term_combine(a1, a3, kind)/gclip_term_combine(a0, a1, kind), gclip_term_combine(a2, a3, kind)/' ;;
+    small_tree_order) # a warp's small chunk pairs its columns in another order
+        mutate norm_kernel.cu 's/    return gclip_term_combine(gclip_term_combine(a\[0\], a\[2\], KIND),/    return gclip_term_combine(gclip_term_combine(a[0], a[1], KIND),/' ;;
+    small_chunk_too_large) # a chunk of 257 vectors goes to a warp, which reads 256
+        mutate norm_kernel.cu 's/\.vectors <= GCLIP_BLOCK_THREADS;/.vectors <= GCLIP_BLOCK_THREADS + 1;/' ;;
+    small_tail_skipped) # a warp's small chunk leaves out its scalar tail
+        mutate norm_kernel.cu 's/^\( *\)gclip_visit_scalar<DTYPE, false>(base, head + vectors \* vt::lanes + t, f);$/\1(void)f;/' ;;
     block_reduce_no_barrier) # thread 0 reads the 32 values before threads 1-31 wrote them
         mutate block_reduce.cuh 's|^    __syncthreads(); /\* the 32 values are in s\[0\.\.31\] \*/$|    /* barrier removed */|' ;;
     *) die "unknown mutant $1" ;;
@@ -138,7 +145,7 @@ all_mutants=(tail_off_by_one missing_barrier misaligned_vector ticket_not_wrappe
              apply_ticket_not_wrapped scalars_from_params f64_scaled_in_float
              norm_one_chunk_per_block scale_one_chunk_per_block fold_drops_pieces
              lane_ticket_not_wrapped window_restarts_runs block_tree_order
-             block_reduce_no_barrier)
+             block_reduce_no_barrier small_tree_order small_chunk_too_large small_tail_skipped)
 if [[ $# -gt 0 ]]; then mutants=("$@"); else mutants=("${all_mutants[@]}"); fi
 
 build_tests() {

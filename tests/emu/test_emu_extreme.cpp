@@ -81,6 +81,39 @@ std::vector<ExtremeCase> cases()
                  [](std::size_t, int64_t i, oracle::Rng &r) {
                      return (i / 64) % 5 == 0 ? static_cast<float>(magnitude(r, -3.0, 1.0)) : 0.0f;
                  }});
+    // small chunks (at most 256 vectors: the norm kernel walks them a warp
+    // each when a block's range holds several) of every dtype, at sizes
+    // around 32, 128 and 256 vectors, with heads and tails, and a few of 257
+    // vectors and a chunk remainder between them; squares past float's top
+    // and bottom, mixed and ordinary values tensor by tensor
+    {
+        ExtremeCase sc{"SmallChunks", {}, nullptr};
+        int k = 0;
+        for (gclip_dtype dt : specs::all_dtypes()) {
+            const int64_t lanes = 16 / oracle::dtype_size(dt);
+            for (int64_t v : {1, 2, 31, 32, 33, 127, 128, 129, 200, 255, 256, 257})
+                sc.specs.push_back({dt, v * lanes + v % 3, k++ % 8});
+            sc.specs.push_back({dt, 256 * lanes + lanes, 0});
+        }
+        sc.specs.push_back({GCLIP_F32, kChunk + 700, 2});
+        sc.specs.push_back({GCLIP_F16, 5, 1});
+        const std::vector<emu::Spec> sp = sc.specs;
+        sc.value = [sp](std::size_t k, int64_t i, oracle::Rng &r) {
+            const bool f16 = sp[k].dtype == GCLIP_F16;
+            switch (k % 4) {
+            case 0: return static_cast<float>(f16 ? magnitude(r, 4.0, 4.8) : magnitude(r, 35.0, 37.0));
+            case 1: return static_cast<float>(f16 ? magnitude(r, -7.5, -5.0) : magnitude(r, -38.0, -20.0));
+            case 2:
+                if (f16)
+                    return static_cast<float>(i % 2 ? magnitude(r, 3.0, 4.5) : magnitude(r, -7.0, -3.0));
+                return static_cast<float>(i % 3 == 0   ? magnitude(r, -31.0, -29.0)
+                                          : i % 3 == 1 ? magnitude(r, 29.0, 31.0)
+                                                       : magnitude(r, -2.0, 2.0));
+            default: return static_cast<float>(magnitude(r, -2.0, 2.0));
+            }
+        };
+        c.push_back(sc);
+    }
     return c;
 }
 
@@ -116,24 +149,30 @@ TEST_P(EmuExtreme, PartialsBitwiseAndNormWithinOneInAMillion)
     const ExtremeCase ec = cases()[GetParam()];
     emu::Fixture f(ec.specs, 7000 + GetParam());
     fill(f, ec, 7100 + GetParam());
-    for (float p : {2.0f, 1.0f, INFINITY, 3.0f}) {
-        SCOPED_TRACE(std::string(ec.name) + " p=" + std::to_string(p));
-        gclip_norm_options o = GCLIP_NORM_OPTIONS_INIT;
-        o.max_norm = 1.0f;
-        o.norm_type = p;
-        float sentinel;
-        o.tensor_norms = &sentinel; // per-tensor norms too (the fixture's buffers)
-        f.reset_both();
-        ASSERT_EQ(f.cpu_norm_op(o, GCLIP_OP_TOTAL_NORM), GCLIP_STATUS_SUCCESS) << gclip_last_error();
-        ASSERT_EQ(f.emu_norm_op(o, GCLIP_OP_TOTAL_NORM), 0) << gclip_emu::error_message();
-        expect_partials_bitwise(f);
-        f.expect_norm_op_matches(o, GCLIP_OP_TOTAL_NORM);
-        if (::testing::Test::HasFailure())
-            return;
-    }
+    // cap 0: one block per chunk, every chunk walked by a whole block; cap 3:
+    // blocks walk ranges, and runs of small chunks go a warp each
+    for (uint32_t cap : {0u, 3u})
+        for (float p : {2.0f, 1.0f, INFINITY, 3.0f}) {
+            SCOPED_TRACE(std::string(ec.name) + " p=" + std::to_string(p) + " cap " +
+                         std::to_string(cap));
+            gclip_norm_options o = GCLIP_NORM_OPTIONS_INIT;
+            o.max_norm = 1.0f;
+            o.norm_type = p;
+            float sentinel;
+            o.tensor_norms = &sentinel; // per-tensor norms too (the fixture's buffers)
+            f.set_grid_caps(cap, cap);
+            f.reset_both();
+            ASSERT_EQ(f.cpu_norm_op(o, GCLIP_OP_TOTAL_NORM), GCLIP_STATUS_SUCCESS)
+                << gclip_last_error();
+            ASSERT_EQ(f.emu_norm_op(o, GCLIP_OP_TOTAL_NORM), 0) << gclip_emu::error_message();
+            expect_partials_bitwise(f);
+            f.expect_norm_op_matches(o, GCLIP_OP_TOTAL_NORM);
+            if (::testing::Test::HasFailure())
+                return;
+        }
 }
 
-INSTANTIATE_TEST_SUITE_P(Ranges, EmuExtreme, ::testing::Range<std::size_t>(0, 6),
+INSTANTIATE_TEST_SUITE_P(Ranges, EmuExtreme, ::testing::Range<std::size_t>(0, 7),
                          [](const ::testing::TestParamInfo<std::size_t> &i) {
                              return std::string(cases()[i.param].name);
                          });

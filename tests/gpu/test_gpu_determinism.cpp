@@ -3,6 +3,7 @@
 #include "gpu_fixture.hpp"
 
 #include <cstring>
+#include <initializer_list>
 
 namespace gpu {
 namespace {
@@ -79,14 +80,16 @@ TEST_F(GpuDeterminismTest, TwoPlansOverTheSameTensorsAgreeBitwise)
 // the finalize folds the partials in the same order. So the total and
 // per-tensor norms of p = 2, 1 and Inf equal the CPU path's bit for bit
 // (general p is left out: its terms use the device's exp2 and log2).
-TEST_F(GpuDeterminismTest, NormsOfL2L1AndInfEqualTheCpuPathBitwise)
+// The total norm of each op in `ops`, and under the per-tensor op every
+// tensor's norm, for p = 2, 1 and Inf, bit for bit as the CPU path's (p = 3
+// is left out: the device's exp2 and log2 are not the host's).
+void expect_norms_equal_cpu(Paired &pair, std::initializer_list<int32_t> ops)
 {
-    Paired pair(random_specs(300, 150000, 51), 52);
     const std::size_t n = pair.count();
     DeviceBuffer dev_norms(n * sizeof(float));
     for (float p : {2.0f, 1.0f, INFINITY}) {
         SCOPED_TRACE("p " + std::to_string(p));
-        for (int32_t op : {GCLIP_OP_TOTAL_NORM, GCLIP_OP_CLIP_PER_TENSOR}) {
+        for (int32_t op : ops) {
             SCOPED_TRACE(op_name(op));
             pair.reset();
             OpArgs a;
@@ -107,11 +110,28 @@ TEST_F(GpuDeterminismTest, NormsOfL2L1AndInfEqualTheCpuPathBitwise)
                 continue;
             GPU_ASSERT_CUDA(cudaMemcpy(gpu_norms.data(), dev_norms.get(), n * sizeof(float),
                                        cudaMemcpyDeviceToHost));
+            int bad = 0;
             for (std::size_t k = 0; k < n; ++k)
-                EXPECT_EQ(std::memcmp(&cpu_norms[k], &gpu_norms[k], sizeof(float)), 0)
-                    << "tensor " << k << " cpu " << cpu_norms[k] << " gpu " << gpu_norms[k];
+                if (std::memcmp(&cpu_norms[k], &gpu_norms[k], sizeof(float)) != 0 && ++bad <= 5)
+                    ADD_FAILURE() << "tensor " << k << " cpu " << cpu_norms[k] << " gpu "
+                                  << gpu_norms[k];
+            EXPECT_EQ(bad, 0);
         }
     }
+}
+
+TEST_F(GpuDeterminismTest, NormsOfL2L1AndInfEqualTheCpuPathBitwise)
+{
+    Paired pair(random_specs(300, 150000, 51), 52);
+    expect_norms_equal_cpu(pair, {GCLIP_OP_TOTAL_NORM, GCLIP_OP_CLIP_PER_TENSOR});
+}
+
+// More small tensors than the norm grid has blocks (SMs x occupancy), so
+// blocks walk ranges of chunks and runs of small chunks go a warp each.
+TEST_F(GpuDeterminismTest, ManySmallTensorsByWarpEqualTheCpuPathBitwise)
+{
+    Paired pair(random_specs(6000, 1100, 53), 54);
+    expect_norms_equal_cpu(pair, {GCLIP_OP_CLIP_PER_TENSOR});
 }
 
 TEST_F(GpuDeterminismTest, DeviceResultSlotHoldsTheStepsResult)
