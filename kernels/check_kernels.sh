@@ -254,15 +254,32 @@ fi
 # block threads lane, lane + 32, ..., lane + 224, so the PTX holds 16-byte
 # loads at 512 x k bytes past a lane's first vector, k = 1..7, for each of
 # the four element types (the block walk's loads are 4096 bytes apart).
-if [ -f "$work/norm_kernel.ptx" ]; then
-    least=
-    for k in 1 2 3 4 5 6 7; do
-        n=$(grep -E "$vector_load" "$work/norm_kernel.ptx" | grep -cF "+$((512 * k))]" || true)
+# fewest_strided_loads PTX K: the fewest 16-byte loads at any one of the
+# offsets 512, 1024, ..., 512 K bytes in PTX
+fewest_strided_loads() {
+    local k n least=
+    for ((k = 1; k <= $2; k++)); do
+        n=$(grep -E "$vector_load" "$1" | grep -cF "+$((512 * k))]" || true)
         if [ -z "$least" ] || [ "$n" -lt "$least" ]; then least=$n; fi
     done
+    echo "$least"
+}
+if [ -f "$work/norm_kernel.ptx" ]; then
+    least=$(fewest_strided_loads "$work/norm_kernel.ptx" 7)
     echo "norm_kernel.cu: at least $least 16-byte loads at each of the offsets 512..3584 in the compute_90 PTX (small chunks a warp each)"
     if [ "$least" -lt 4 ]; then
         fail "norm_kernel.cu: fewer than 4 16-byte loads at some offset 512 x k (k = 1..7) in the PTX: small chunks are not walked a warp each"
+    fi
+fi
+# The write kernels' small chunks (gclip_for_block_chunks): a warp walks a
+# chunk as a 32-thread block, so a lane's batch of four vectors is 512
+# bytes apart: 16-byte loads at +512, +1024 and +1536 in the scale
+# kernel's PTX, at least 4 of each (one per element type).
+if [ -f "$work/scale_kernel.ptx" ]; then
+    least=$(fewest_strided_loads "$work/scale_kernel.ptx" 3)
+    echo "scale_kernel.cu: at least $least 16-byte loads at each of the offsets 512, 1024, 1536 in the compute_90 PTX (small chunks a warp each)"
+    if [ "$least" -lt 4 ]; then
+        fail "scale_kernel.cu: fewer than 4 16-byte loads at some offset 512 x k (k = 1..3) in the PTX: small chunks are not updated a warp each"
     fi
 fi
 smem=$(awk '/Compiling entry function .*gclip_norm_kernel/ { on = 1; arch = $NF; gsub(/\047/, "", arch); next }

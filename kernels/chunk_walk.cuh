@@ -302,13 +302,13 @@ __device__ __forceinline__ void gclip_visit_vectors(const uint4 (&r)[N], uint4 *
     }
 }
 
-/* The walk over one chunk for a known element type. */
-template <int DTYPE, bool WRITE, class F>
-__device__ __forceinline__ void gclip_walk_typed(void *base, int64_t count, F &f)
+/* The walk over one chunk for a known element type by NT threads, this
+ * one being thread `tid` of them (a block, or a warp: see below). */
+template <int DTYPE, bool WRITE, int NT, class F>
+__device__ __forceinline__ void gclip_walk_typed(void *base, int64_t count, int64_t tid, F &f)
 {
     typedef gclip_vec_traits<DTYPE> vt;
-    const int64_t nt = GCLIP_BLOCK_THREADS;
-    const int64_t tid = (int64_t)threadIdx.x;
+    const int64_t nt = NT;
     const gclip_split s = gclip_split_vectors((uintptr_t)base, count, vt::elem_bytes);
 
     if (tid < s.head)
@@ -332,28 +332,97 @@ __device__ __forceinline__ void gclip_walk_typed(void *base, int64_t count, F &f
         gclip_visit_scalar<DTYPE, WRITE>(base, s.head + s.vectors * vt::lanes + tid, f);
 }
 
-/* Visit every element of chunk `c` with `f`: read mode (WRITE = false) calls
- * f(x) for each head and tail element and f.group<DTYPE, N>(r, at, stride)
- * for each group of N loaded vectors; write mode replaces each element x with f(x),
- * computed in float and rounded back to the element type (in double for
- * f64). `f` takes float and double. */
-template <bool WRITE, class F>
-__device__ __forceinline__ void gclip_walk_chunk(const gclip_chunk_view &c, F &f)
+/* Chunk `c` walked by NT threads, this one being thread `tid` of them. */
+template <bool WRITE, int NT, class F>
+__device__ __forceinline__ void gclip_walk_chunk_by(const gclip_chunk_view &c, int64_t tid, F &f)
 {
     switch (c.dtype) {
     case GCLIP_F32:
-        gclip_walk_typed<GCLIP_F32, WRITE>(c.base, c.count, f);
+        gclip_walk_typed<GCLIP_F32, WRITE, NT>(c.base, c.count, tid, f);
         break;
     case GCLIP_F16:
-        gclip_walk_typed<GCLIP_F16, WRITE>(c.base, c.count, f);
+        gclip_walk_typed<GCLIP_F16, WRITE, NT>(c.base, c.count, tid, f);
         break;
     case GCLIP_F64:
-        gclip_walk_typed<GCLIP_F64, WRITE>(c.base, c.count, f);
+        gclip_walk_typed<GCLIP_F64, WRITE, NT>(c.base, c.count, tid, f);
         break;
     default:
-        gclip_walk_typed<GCLIP_BF16, WRITE>(c.base, c.count, f);
+        gclip_walk_typed<GCLIP_BF16, WRITE, NT>(c.base, c.count, tid, f);
         break;
     }
+}
+
+/* Visit every element of chunk `c` with `f`, the whole block walking it:
+ * read mode (WRITE = false) calls f(x) for each head and tail element and
+ * f.group<DTYPE, N>(r, at, stride) for each group of N loaded vectors;
+ * write mode replaces each element x with f(x), computed in float and
+ * rounded back to the element type (in double for f64). `f` takes float
+ * and double. */
+template <bool WRITE, class F>
+__device__ __forceinline__ void gclip_walk_chunk(const gclip_chunk_view &c, F &f)
+{
+    gclip_walk_chunk_by<WRITE, GCLIP_BLOCK_THREADS>(c, (int64_t)threadIdx.x, f);
+}
+
+/* ---- small chunks
+ *
+ * A chunk of at most GCLIP_BLOCK_THREADS vectors gives each thread of a
+ * block at most one vector: walked by the whole block, most threads would
+ * wait for one 16-byte load. The kernels walk runs of such chunks a warp
+ * each, up to GCLIP_SMALL_BATCH at once. The write kernels' results do not
+ * depend on who updates an element; the norm kernel forms in each warp the
+ * block's own accumulators and tree (norm_kernel.cu). */
+#define GCLIP_SMALL_BATCH (GCLIP_BLOCK_THREADS / 32)
+
+__device__ __forceinline__ bool gclip_chunk_is_small(const gclip_chunk_view &c)
+{
+    const int es = gclip_dtype_size(c.dtype);
+    return gclip_split_vectors((uintptr_t)c.base, c.count, es).vectors <= GCLIP_BLOCK_THREADS;
+}
+
+/* How many of chunks c, c + stride, ..., c + 7 stride are small in a row
+ * (0 to GCLIP_SMALL_BATCH). Every thread computes it from the same tables,
+ * so a block agrees on it without a barrier; the tables are read for the
+ * eight chunks at once. */
+__device__ __forceinline__ uint32_t gclip_small_run(const gclip_device_tables &t, uint32_t c,
+                                                    uint32_t stride)
+{
+    uint32_t n = 0;
+    bool run = true;
+    GCLIP_UNROLL
+    for (int k = 0; k < GCLIP_SMALL_BATCH; ++k) {
+        const uint64_t ck = (uint64_t)c + (uint64_t)k * stride;
+        run = run && ck < t.num_chunks && gclip_chunk_is_small(gclip_chunk_at(t, (uint32_t)ck));
+        n += run ? 1u : 0u;
+    }
+    return n;
+}
+
+/* The chunks blockIdx.x, + gridDim.x, ... of a write kernel (scale,
+ * clamp), each visited once as visit(chunk, by_warp): by the whole block,
+ * or, in a run of at least two small chunks, the run's k-th chunk by warp k
+ * alone (gclip_walk_chunk_warp). No barrier: a warp with no chunk in a run
+ * goes on to the next step. */
+template <class Visit>
+__device__ __forceinline__ void gclip_for_block_chunks(const gclip_device_tables &t, Visit &visit)
+{
+    const uint32_t warp = threadIdx.x / 32;
+    uint32_t step = 1;
+    for (uint32_t c = blockIdx.x; c < t.num_chunks; c += step * gridDim.x) {
+        const uint32_t n = gclip_small_run(t, c, gridDim.x);
+        step = n >= 2 ? n : 1;
+        if (n < 2)
+            visit(c, false);
+        else if (warp < n)
+            visit(c + warp * gridDim.x, true);
+    }
+}
+
+/* Chunk `c` walked by the calling warp alone. */
+template <bool WRITE, class F>
+__device__ __forceinline__ void gclip_walk_chunk_warp(const gclip_chunk_view &c, F &f)
+{
+    gclip_walk_chunk_by<WRITE, 32>(c, (int64_t)(threadIdx.x % 32), f);
 }
 
 #endif /* GCLIP_CHUNK_WALK_CUH */

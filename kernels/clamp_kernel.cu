@@ -4,7 +4,7 @@
  * CPU twin: host/clamp_cpu.c.
  *
  * The scale kernel's capped grid, each block walking chunks blockIdx.x,
- * + gridDim.x, ... Block 0 also writes the result slot, since value
+ * + gridDim.x, ..., runs of small ones a warp each. Block 0 also writes the result slot, since value
  * clipping computes no norm: total_norm NaN, coefficient and scale 1, no
  * non-finite flag. A vector is written back only if clamping changed it
  * (chunk_walk.cuh), so the usual step, where few elements exceed the bound,
@@ -32,8 +32,13 @@ static __global__ void __launch_bounds__(GCLIP_BLOCK_THREADS)
         *t.result = slot;
     }
     const gclip_clamp_to f = {clip_value};
-    for (uint32_t c = blockIdx.x; c < t.num_chunks; c += gridDim.x)
-        gclip_walk_chunk<true>(gclip_chunk_at(t, c), f);
+    auto visit = [&](uint32_t c, bool by_warp) {
+        if (by_warp)
+            gclip_walk_chunk_warp<true>(gclip_chunk_at(t, c), f);
+        else
+            gclip_walk_chunk<true>(gclip_chunk_at(t, c), f);
+    };
+    gclip_for_block_chunks(t, visit);
 }
 
 /* ---- launcher */

@@ -251,8 +251,6 @@ __device__ __forceinline__ double gclip_thread_terms(const gclip_chunk_view &c,
  * (gclip_tree_column); one thread of the warp then runs levels 16 to 1. A
  * chunk's partial has the same bits whichever way it was walked, so the
  * batches need not be fixed by the plan. */
-#define GCLIP_SMALL_BATCH (GCLIP_BLOCK_THREADS / 32)
-
 /* The accumulators of threads lane + 32 k, k in [k0, k0 + A), of the block
  * walk of a small chunk (its split, in 32 bits: a small chunk has at most
  * GCLIP_BLOCK_THREADS vectors; vec: its first whole vector), the A loads
@@ -343,13 +341,6 @@ __device__ __forceinline__ double gclip_small_column_of(const gclip_chunk_view &
     default:
         return gclip_small_column_kind<GCLIP_KIND_P>(c, np.p);
     }
-}
-
-/* A chunk the warp path takes: at most one vector per thread of a block. */
-__device__ __forceinline__ bool gclip_chunk_is_small(const gclip_chunk_view &c)
-{
-    const int es = gclip_dtype_size(c.dtype);
-    return gclip_split_vectors((uintptr_t)c.base, c.count, es).vectors <= GCLIP_BLOCK_THREADS;
 }
 
 /* At least this many blocks of the norm kernel resident per SM: caps its

@@ -14,7 +14,8 @@
  * can be captured in a CUDA graph. The grid is capped at plan creation
  * (gclip_launch_grid with scale_grid_cap: a couple of blocks per SM, as many
  * as keep enough 16-byte loads in flight to stream at full bandwidth) and
- * each block walks chunks blockIdx.x, + gridDim.x, ...; a block whose factor
+ * each block walks chunks blockIdx.x, + gridDim.x, ..., runs of small ones
+ * a warp each (gclip_for_block_chunks); a block whose factor
  * is exactly 1 returns before touching any chunk, so an unclipped step is
  * that many blocks that each read one float and leave: it reads and writes
  * no gradient. f16/bf16 are scaled in float and rounded back to nearest
@@ -88,12 +89,16 @@ static __global__ void __launch_bounds__(GCLIP_BLOCK_THREADS)
     if (factor == 1.0f || blockIdx.x >= t.num_chunks)
         return;
     const int per_tensor = np.op == GCLIP_OP_CLIP_PER_TENSOR;
-    for (uint32_t c = blockIdx.x; c < t.num_chunks; c += gridDim.x) {
+    auto visit = [&](uint32_t c, bool by_warp) {
         const gclip_scale_by f = {per_tensor ? gclip_chunk_factor(t, c) : factor};
         if (per_tensor && f.factor == 1.0f)
-            continue; /* a tensor that is not clipped */
-        gclip_walk_chunk<true>(gclip_chunk_at(t, c), f);
-    }
+            return; /* a tensor that is not clipped */
+        if (by_warp)
+            gclip_walk_chunk_warp<true>(gclip_chunk_at(t, c), f);
+        else
+            gclip_walk_chunk<true>(gclip_chunk_at(t, c), f);
+    };
+    gclip_for_block_chunks(t, visit);
 }
 
 /* ---- launcher */

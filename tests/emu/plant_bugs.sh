@@ -114,8 +114,15 @@ plant() {
     norm_one_chunk_per_block) # a norm block walks only its first chunk (or first batch
         # of small chunks): under a capped grid the others' partials are never written
         mutate norm_kernel.cu 's|^\(        __syncthreads(); /\* .red. and .fin\.small. are reused by the next step \*/\)$|\1 break;|' ;;
-    scale_one_chunk_per_block) # a scale block scales only its first chunk
-        mutate scale_kernel.cu 's/for (uint32_t c = blockIdx\.x; c < t\.num_chunks; c += gridDim\.x) {/for (uint32_t c = blockIdx.x; c < t.num_chunks; c = t.num_chunks) {/' ;;
+    scale_one_chunk_per_block) # a scale or clamp block updates only its first chunk
+        # (or first run of small chunks)
+        mutate chunk_walk.cuh 's/for (uint32_t c = blockIdx\.x; c < t\.num_chunks; c += step \* gridDim\.x) {/for (uint32_t c = blockIdx.x; c < t.num_chunks; c = t.num_chunks) {/' ;;
+    write_run_skips_a_chunk) # after a run of small chunks, a scale or clamp block
+        # steps over the chunk that follows it
+        mutate chunk_walk.cuh 's/step = n >= 2 ? n : 1;/step = n >= 2 ? n + 1 : 1;/' ;;
+    warp_walk_half_stride) # a warp walks its chunk as if it had 16 lanes: lanes
+        # 16-31 update vectors lanes 0-15 also update
+        mutate chunk_walk.cuh 's/gclip_walk_chunk_by<WRITE, 32>(c, (int64_t)(threadIdx\.x % 32), f);/gclip_walk_chunk_by<WRITE, 16>(c, (int64_t)(threadIdx.x % 32), f);/' ;;
     fold_drops_pieces) # the run a lane leaves open is finished without the pieces
         # the following lanes folded
         mutate norm_finalize.cuh 's/^\( *\)acc = gclip_term_combine(acc, sh\.lane\[k\], np\.kind);$/\1(void)sh.lane[k];/' ;;
@@ -145,7 +152,8 @@ all_mutants=(tail_off_by_one missing_barrier misaligned_vector ticket_not_wrappe
              apply_ticket_not_wrapped scalars_from_params f64_scaled_in_float
              norm_one_chunk_per_block scale_one_chunk_per_block fold_drops_pieces
              lane_ticket_not_wrapped window_restarts_runs block_tree_order
-             block_reduce_no_barrier small_tree_order small_chunk_too_large small_tail_skipped)
+             block_reduce_no_barrier small_tree_order small_chunk_too_large small_tail_skipped
+             write_run_skips_a_chunk warp_walk_half_stride)
 if [[ $# -gt 0 ]]; then mutants=("$@"); else mutants=("${all_mutants[@]}"); fi
 
 build_tests() {

@@ -15,7 +15,7 @@
         name(void *base, int64_t count, float p, double *out)                                \
     {                                                                                        \
         gclip_term_sum<kind> f = {GCLIP_TERM_ZERO, 0u, 0ull, p};                             \
-        gclip_walk_typed<dtype, false>(base, count, f);                                      \
+        gclip_walk_typed<dtype, false, GCLIP_BLOCK_THREADS>(base, count, threadIdx.x, f);    \
         out[threadIdx.x] = f.value();                                                        \
     }
 
@@ -35,7 +35,7 @@ GCLIP_PROBE_NORM(gclip_probe_norm_f64_l2, GCLIP_F64, GCLIP_KIND_L2)
         name(void *base, int64_t count, float factor)                                        \
     {                                                                                        \
         const gclip_scale_by f = {factor};                                                   \
-        gclip_walk_typed<dtype, true>(base, count, f);                                       \
+        gclip_walk_typed<dtype, true, GCLIP_BLOCK_THREADS>(base, count, threadIdx.x, f);     \
     }
 
 GCLIP_PROBE_SCALE(gclip_probe_scale_f16, GCLIP_F16)
