@@ -240,8 +240,13 @@ Fixture::~Fixture()
 
 void Fixture::set_element(std::size_t k, int64_t i, float v)
 {
-    oracle::store(pristine_[k].data(), specs_[k].dtype, i, v);
+    set_pristine(k, i, v);
     reset_both();
+}
+
+void Fixture::set_pristine(std::size_t k, int64_t i, float v)
+{
+    oracle::store(pristine_[k].data(), specs_[k].dtype, i, v);
 }
 
 void Fixture::reset()

@@ -90,6 +90,9 @@ public:
 
     // Element i of tensor k in the pristine data and both copies.
     void set_element(std::size_t k, int64_t i, float v);
+    // Element i of tensor k in the pristine data only: the copies get it at
+    // the next reset_both() (many elements set at the cost of one copy).
+    void set_pristine(std::size_t k, int64_t i, float v);
     // Device data back to the pristine values; workspace, partial, per-tensor
     // norms and every field of the result slot but its sequence refilled with
     // garbage (the tickets stay as they are: no memset between steps).
