@@ -45,6 +45,11 @@ bitwise+=':Ranges/EmuExtreme.PartialsBitwiseAndNormWithinOneInAMillion/NearFltMa
 bitwise+=':Ranges/EmuExtreme.PartialsBitwiseAndNormWithinOneInAMillion/SmallChunks'
 filter+=":$bitwise"
 order_only=" block_tree_order small_tree_order "
+# Mutants of the small-chunk runs and of the capped grid's walk: the tests
+# that build such plans, alone (the others would run first and pass).
+small='Ranges/EmuExtreme.PartialsBitwiseAndNormWithinOneInAMillion/SmallChunks:EmuGrid.*'
+small_only=" small_chunk_too_large small_tail_skipped norm_one_chunk_per_block "
+small_only+="scale_one_chunk_per_block write_run_skips_a_chunk warp_walk_half_stride "
 # The fold-window test is slow under the sanitizers and only a mutant of
 # the lane pass's windows needs it: the other mutants run without it, that
 # one runs it alone (and the unmutated kernels both).
@@ -147,13 +152,17 @@ plant() {
     esac
 }
 
-all_mutants=(tail_off_by_one missing_barrier misaligned_vector ticket_not_wrapped
-             ticket_reset_at_end writes_factor_one per_tensor_writes_factor_one apply_twice
-             apply_ticket_not_wrapped scalars_from_params f64_scaled_in_float
-             norm_one_chunk_per_block scale_one_chunk_per_block fold_drops_pieces
-             lane_ticket_not_wrapped window_restarts_runs block_tree_order
-             block_reduce_no_barrier small_tree_order small_chunk_too_large small_tail_skipped
-             write_run_skips_a_chunk warp_walk_half_stride)
+# grouped by the file they edit: a rebuild recompiles what the previous
+# mutant and this one touched, once when both edit the same file
+all_mutants=(writes_factor_one per_tensor_writes_factor_one apply_ticket_not_wrapped
+             f64_scaled_in_float
+             missing_barrier ticket_not_wrapped norm_one_chunk_per_block lane_ticket_not_wrapped
+             small_tree_order small_tail_skipped ticket_reset_at_end
+             scalars_from_params fold_drops_pieces window_restarts_runs
+             block_tree_order block_reduce_no_barrier
+             tail_off_by_one misaligned_vector scale_one_chunk_per_block write_run_skips_a_chunk
+             warp_walk_half_stride small_chunk_too_large
+             apply_twice)
 if [[ $# -gt 0 ]]; then mutants=("$@"); else mutants=("${all_mutants[@]}"); fi
 
 build_tests() {
@@ -221,6 +230,7 @@ for name in "${mutants[@]}"; do
     tests=$filter
     [[ $order_only == *" $name "* ]] && tests=$bitwise
     [[ $window_only == *" $name "* ]] && tests=$windows
+    [[ $small_only == *" $name "* ]] && tests=$small-$windows
     run_tests "$work/$name.log" "$tests" || rc=$?
     if [[ $rc -eq 0 ]]; then
         echo "SURVIVED $name: the tests pass with this bug planted"

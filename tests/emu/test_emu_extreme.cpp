@@ -88,11 +88,11 @@ std::vector<ExtremeCase> cases()
     // and bottom, mixed and ordinary values tensor by tensor
     {
         ExtremeCase sc{"SmallChunks", {}, nullptr};
-        int k = 0;
+        int offset = 0;
         for (gclip_dtype dt : specs::all_dtypes()) {
             const int64_t lanes = 16 / oracle::dtype_size(dt);
             for (int64_t v : {1, 2, 31, 32, 33, 127, 128, 129, 200, 255, 256, 257})
-                sc.specs.push_back({dt, v * lanes + v % 3, k++ % 8});
+                sc.specs.push_back({dt, v * lanes + v % 3, offset++ % 8});
             sc.specs.push_back({dt, 256 * lanes + lanes, 0});
         }
         sc.specs.push_back({GCLIP_F32, kChunk + 700, 2});
