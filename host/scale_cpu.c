@@ -38,9 +38,10 @@ __attribute__((target("avx2"))) static __m256i bf16_round_avx2(__m256 v)
 
 /* vcvtps2ph of eight floats, every NaN made the canonical f16 NaN 0x7fff
  * (vcvtps2ph itself keeps the sign and the high payload bits). */
+#define GCLIP_RNE (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 __attribute__((target("avx2,f16c"))) static __m128i f16_round_f16c(__m256 v)
 {
-    const __m128i h = _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m128i h = _mm256_cvtps_ph(v, GCLIP_RNE);
     const __m256i m = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
     const __m128i m16 = _mm_packs_epi32(_mm256_castsi256_si128(m), _mm256_extracti128_si256(m, 1));
     return _mm_blendv_epi8(h, _mm_set1_epi16(0x7fff), m16);
@@ -48,41 +49,84 @@ __attribute__((target("avx2,f16c"))) static __m128i f16_round_f16c(__m256 v)
 
 /* f16 with the F16C conversions: vcvtph2ps is exact for numbers, and
  * vcvtps2ph with round-to-nearest-even gives the bits of gclip_f32_to_f16
- * for every float once NaN is made canonical (a NaN input stays NaN through
- * the update, so its payload never shows; tests/cpu/test_dtype_conversion.cpp
- * checks every pattern). The software conversions above cost about 4x the
- * memory time of f16 data on 2 cores. */
+ * for every float once NaN is made canonical (tests/cpu/test_dtype_conversion.cpp
+ * checks every pattern). With a finite nonzero factor a result is NaN
+ * exactly where the element is, so the NaN test is made on the sixteen
+ * elements' bits, once, rather than on each half of their results; any
+ * other factor takes the test on the results. The generic loop's software
+ * conversions cost about 4x the memory time of f16 data on 2 cores. */
 __attribute__((target("avx2,f16c"))) static void walk_scale_f16c(uint16_t *x, int64_t begin,
                                                                  int64_t n, float f)
 {
-    const int64_t part = n / (STREAMS * 8) * 8;
-    for (int64_t i = begin; i < begin + part; i += 8)
+    const int64_t part = n / (STREAMS * 16) * 16;
+    const __m256 fv = _mm256_set1_ps(f);
+    const int plain = f != 0.0f && f - f == 0.0f; /* the loop is unswitched on it */
+    const __m256i magmask = _mm256_set1_epi16(0x7fff), inf = _mm256_set1_epi16(0x7c00);
+    for (int64_t i = begin; i < begin + part; i += 16)
         for (int s = 0; s < STREAMS; s++) {
-            __m128i *p = (__m128i *)(x + i + s * part);
-            const __m256 v = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128(p)), _mm256_set1_ps(f));
-            _mm_storeu_si128(p, f16_round_f16c(v));
+            __m256i *p = (__m256i *)(x + i + s * part);
+            const __m256i h = _mm256_loadu_si256(p);
+            const __m256 lo = _mm256_mul_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(h)), fv);
+            const __m256 hi = _mm256_mul_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(h, 1)), fv);
+            __m256i r;
+            if (plain) {
+                r = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm256_cvtps_ph(lo, GCLIP_RNE)),
+                                            _mm256_cvtps_ph(hi, GCLIP_RNE), 1);
+                r = _mm256_blendv_epi8(r, magmask,
+                                       _mm256_cmpgt_epi16(_mm256_and_si256(h, magmask), inf));
+            } else {
+                r = _mm256_inserti128_si256(_mm256_castsi128_si256(f16_round_f16c(lo)),
+                                            f16_round_f16c(hi), 1);
+            }
+            _mm256_storeu_si256(p, r);
         }
     for (int64_t k = begin + STREAMS * part; k < begin + n; k++)
         gclip_walk_update_one(x, GCLIP_F16, k, 0, f);
 }
 
-/* bf16 sixteen elements at a time with AVX2: interleaving with zeros puts
- * each element in the high half of a 32-bit lane (the f32 it stands for),
- * and packing the rounded results undoes the interleave. */
+/* The rounding of gclip_f32_to_bf16 on eight lanes, left in the high half
+ * of each lane (the low half is what rounding carried past; NaN is not
+ * looked at). */
+__attribute__((target("avx2"))) static __m256i bf16_round_high(__m256 v)
+{
+    const __m256i u = _mm256_castps_si256(v);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    return _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), lsb);
+}
+
+/* bf16 sixteen elements at a time with AVX2. A shift left by 16 makes the
+ * even elements the floats they stand for, a mask of the high halves the
+ * odd ones; after the multiply and the rounding the odd results are in
+ * place and the even ones are shifted back, so one 16-bit blend stores all
+ * sixteen in their order. With a finite nonzero factor a result is NaN
+ * exactly where the element is, and the canonical NaN goes where the
+ * elements' bits say NaN; any other factor takes the NaN test on the
+ * results. */
 __attribute__((target("avx2"))) static void walk_scale_bf16_avx2(uint16_t *x, int64_t begin,
                                                                  int64_t n, float f)
 {
     const int64_t part = n / (STREAMS * 16) * 16;
-    const __m256i zero = _mm256_setzero_si256();
+    const __m256 fv = _mm256_set1_ps(f);
+    const __m256i high = _mm256_set1_epi32((int)0xffff0000u);
+    const __m256i magmask = _mm256_set1_epi16(0x7fff), inf = _mm256_set1_epi16(0x7f80);
+    const int plain = f != 0.0f && f - f == 0.0f; /* the loop is unswitched on it */
     for (int64_t i = begin; i < begin + part; i += 16)
         for (int s = 0; s < STREAMS; s++) {
             __m256i *p = (__m256i *)(x + i + s * part);
             const __m256i h = _mm256_loadu_si256(p);
-            __m256 a = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, h));
-            __m256 b = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, h));
-            a = _mm256_mul_ps(a, _mm256_set1_ps(f));
-            b = _mm256_mul_ps(b, _mm256_set1_ps(f));
-            _mm256_storeu_si256(p, _mm256_packus_epi32(bf16_round_avx2(a), bf16_round_avx2(b)));
+            const __m256 even = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_slli_epi32(h, 16)), fv);
+            const __m256 odd = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_and_si256(h, high)), fv);
+            __m256i r;
+            if (plain) {
+                r = _mm256_blend_epi16(_mm256_srli_epi32(bf16_round_high(even), 16),
+                                       bf16_round_high(odd), 0xaa);
+                r = _mm256_blendv_epi8(r, magmask,
+                                       _mm256_cmpgt_epi16(_mm256_and_si256(h, magmask), inf));
+            } else {
+                r = _mm256_blend_epi16(bf16_round_avx2(even),
+                                       _mm256_slli_epi32(bf16_round_avx2(odd), 16), 0xaa);
+            }
+            _mm256_storeu_si256(p, r);
         }
     for (int64_t k = begin + STREAMS * part; k < begin + n; k++)
         gclip_walk_update_one(x, GCLIP_BF16, k, 0, f);

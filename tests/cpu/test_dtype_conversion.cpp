@@ -83,20 +83,23 @@ TEST_P(HalfUpdate, ScaleOfEveryPatternIsBitExact)
     std::mt19937 rng(20240611u);
     std::uniform_int_distribution<uint32_t> mant(0, (1u << 23) - 1);
     std::uniform_int_distribution<int> expo(-30, 12);
-    for (int trial = 0; trial < 24; ++trial) {
+    for (int trial = 0; trial < 25; ++trial) {
         // factors of every magnitude: many results round, some to subnormal
-        // halves or zero, some (factor > 1) overflow to Inf
+        // halves or zero, some (factor > 1) overflow to Inf; and 0 (max_norm
+        // 0), which turns Inf into NaN
         float factor = std::ldexp(1.0f + static_cast<float>(mant(rng)) * 0x1p-23f, expo(rng));
         if (trial == 0)
             factor = 0.5f; // exact: no rounding at all
+        if (trial == 24)
+            factor = 0.0f;
         Patterns p(static_cast<size_t>(trial % 3), static_cast<size_t>(37 + 11 * trial));
         const std::vector<uint16_t> before(p.data(), p.data() + p.numel);
         testutil::PlanPtr plan;
         ASSERT_EQ(testutil::make_plan(plan, {gclip_tensor{p.data(), static_cast<int64_t>(p.numel), dt}}),
                   GCLIP_STATUS_SUCCESS);
         gclip_norm_options o = gclip_norm_options_default();
-        o.max_norm = 1e30f; // coefficient 1: the factor is inv_scale
-        o.inv_scale = factor;
+        o.max_norm = factor == 0.0f ? 0.0f : 1e30f; // coefficient 0, or 1: the factor is inv_scale
+        o.inv_scale = factor == 0.0f ? 1.0f : factor;
         ASSERT_EQ(gclip_clip_grads_with_norm(plan.get(), &o, 1.0f, nullptr, nullptr),
                   GCLIP_STATUS_SUCCESS);
         const float applied = testutil::result_of(plan.get()).scale;
