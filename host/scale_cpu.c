@@ -47,41 +47,29 @@ __attribute__((target("avx2,f16c"))) static __m128i f16_round_f16c(__m256 v)
     return _mm_blendv_epi8(h, _mm_set1_epi16(0x7fff), m16);
 }
 
-/* f16 with the F16C conversions: vcvtph2ps is exact for numbers, and
- * vcvtps2ph with round-to-nearest-even gives the bits of gclip_f32_to_f16
- * for every float once NaN is made canonical (tests/cpu/test_dtype_conversion.cpp
- * checks every pattern). With a finite nonzero factor a result is NaN
- * exactly where the element is, so the NaN test is made on the sixteen
- * elements' bits, once, rather than on each half of their results; any
- * other factor takes the test on the results. The generic loop's software
- * conversions cost about 4x the memory time of f16 data on 2 cores. */
-__attribute__((target("avx2,f16c"))) static void walk_scale_f16c(uint16_t *x, int64_t begin,
-                                                                 int64_t n, float f)
+/* Where the canonical NaN goes in a scale of halves (walk_scale_half). */
+#define F16_NAN_FROM_ELEMENTS 1 /* where an element is NaN */
+#define F16_NAN_FROM_RESULTS 0  /* where a result is NaN */
+
+/* Sixteen f16 elements times fv with the F16C conversions: vcvtph2ps is
+ * exact for numbers, and vcvtps2ph with round-to-nearest-even gives the
+ * bits of gclip_f32_to_f16 for every float once NaN is made canonical
+ * (tests/cpu/test_dtype_conversion.cpp checks every pattern). The generic
+ * loop's software conversions cost about 4x the memory time of f16 data on
+ * 2 cores. */
+__attribute__((target("avx2,f16c"), always_inline)) static inline __m256i
+f16_scale16(__m256i h, __m256 fv, int nan_from)
 {
-    const int64_t part = n / (STREAMS * 16) * 16;
-    const __m256 fv = _mm256_set1_ps(f);
-    const int plain = f != 0.0f && f - f == 0.0f; /* the loop is unswitched on it */
-    const __m256i magmask = _mm256_set1_epi16(0x7fff), inf = _mm256_set1_epi16(0x7c00);
-    for (int64_t i = begin; i < begin + part; i += 16)
-        for (int s = 0; s < STREAMS; s++) {
-            __m256i *p = (__m256i *)(x + i + s * part);
-            const __m256i h = _mm256_loadu_si256(p);
-            const __m256 lo = _mm256_mul_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(h)), fv);
-            const __m256 hi = _mm256_mul_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(h, 1)), fv);
-            __m256i r;
-            if (plain) {
-                r = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm256_cvtps_ph(lo, GCLIP_RNE)),
-                                            _mm256_cvtps_ph(hi, GCLIP_RNE), 1);
-                r = _mm256_blendv_epi8(r, magmask,
-                                       _mm256_cmpgt_epi16(_mm256_and_si256(h, magmask), inf));
-            } else {
-                r = _mm256_inserti128_si256(_mm256_castsi128_si256(f16_round_f16c(lo)),
-                                            f16_round_f16c(hi), 1);
-            }
-            _mm256_storeu_si256(p, r);
-        }
-    for (int64_t k = begin + STREAMS * part; k < begin + n; k++)
-        gclip_walk_update_one(x, GCLIP_F16, k, 0, f);
+    const __m256i magmask = _mm256_set1_epi16(0x7fff);
+    const __m256 lo = _mm256_mul_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(h)), fv);
+    const __m256 hi = _mm256_mul_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(h, 1)), fv);
+    if (nan_from == F16_NAN_FROM_RESULTS)
+        return _mm256_inserti128_si256(_mm256_castsi128_si256(f16_round_f16c(lo)),
+                                       f16_round_f16c(hi), 1);
+    const __m256i r = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm256_cvtps_ph(lo, GCLIP_RNE)),
+                                              _mm256_cvtps_ph(hi, GCLIP_RNE), 1);
+    const __m256i nan = _mm256_cmpgt_epi16(_mm256_and_si256(h, magmask), _mm256_set1_epi16(0x7c00));
+    return _mm256_blendv_epi8(r, magmask, nan);
 }
 
 /* The rounding of gclip_f32_to_bf16 on eight lanes, left in the high half
@@ -94,42 +82,63 @@ __attribute__((target("avx2"))) static __m256i bf16_round_high(__m256 v)
     return _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), lsb);
 }
 
-/* bf16 sixteen elements at a time with AVX2. A shift left by 16 makes the
- * even elements the floats they stand for, a mask of the high halves the
- * odd ones; after the multiply and the rounding the odd results are in
- * place and the even ones are shifted back, so one 16-bit blend stores all
- * sixteen in their order. With a finite nonzero factor a result is NaN
- * exactly where the element is, and the canonical NaN goes where the
- * elements' bits say NaN; any other factor takes the NaN test on the
- * results. */
-__attribute__((target("avx2"))) static void walk_scale_bf16_avx2(uint16_t *x, int64_t begin,
-                                                                 int64_t n, float f)
+/* Sixteen bf16 elements times fv. A shift left by 16 makes the even
+ * elements the floats they stand for, a mask of the high halves the odd
+ * ones; after the multiply and the rounding the odd results are in place
+ * and the even ones are shifted back, so one 16-bit blend puts all sixteen
+ * in their order (no unpacking and packing). */
+__attribute__((target("avx2,f16c"), always_inline)) static inline __m256i
+bf16_scale16(__m256i h, __m256 fv, int nan_from)
 {
-    const int64_t part = n / (STREAMS * 16) * 16;
-    const __m256 fv = _mm256_set1_ps(f);
+    const __m256i magmask = _mm256_set1_epi16(0x7fff);
     const __m256i high = _mm256_set1_epi32((int)0xffff0000u);
-    const __m256i magmask = _mm256_set1_epi16(0x7fff), inf = _mm256_set1_epi16(0x7f80);
-    const int plain = f != 0.0f && f - f == 0.0f; /* the loop is unswitched on it */
+    const __m256 even = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_slli_epi32(h, 16)), fv);
+    const __m256 odd = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_and_si256(h, high)), fv);
+    if (nan_from == F16_NAN_FROM_RESULTS)
+        return _mm256_blend_epi16(bf16_round_avx2(even), _mm256_slli_epi32(bf16_round_avx2(odd), 16),
+                                  0xaa);
+    const __m256i r = _mm256_blend_epi16(_mm256_srli_epi32(bf16_round_high(even), 16),
+                                         bf16_round_high(odd), 0xaa);
+    const __m256i nan = _mm256_cmpgt_epi16(_mm256_and_si256(h, magmask), _mm256_set1_epi16(0x7f80));
+    return _mm256_blendv_epi8(r, magmask, nan);
+}
+
+/* The first STREAMS * part elements from `begin`, as STREAMS parts in
+ * lockstep, sixteen at a time (inlined with constant bf16 and nan_from, so
+ * each of the four loops has no test in it). */
+__attribute__((target("avx2,f16c"), always_inline)) static inline void
+scale_half_parts(uint16_t *x, int64_t begin, int64_t part, __m256 fv, int bf16, int nan_from)
+{
     for (int64_t i = begin; i < begin + part; i += 16)
         for (int s = 0; s < STREAMS; s++) {
             __m256i *p = (__m256i *)(x + i + s * part);
             const __m256i h = _mm256_loadu_si256(p);
-            const __m256 even = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_slli_epi32(h, 16)), fv);
-            const __m256 odd = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_and_si256(h, high)), fv);
-            __m256i r;
-            if (plain) {
-                r = _mm256_blend_epi16(_mm256_srli_epi32(bf16_round_high(even), 16),
-                                       bf16_round_high(odd), 0xaa);
-                r = _mm256_blendv_epi8(r, magmask,
-                                       _mm256_cmpgt_epi16(_mm256_and_si256(h, magmask), inf));
-            } else {
-                r = _mm256_blend_epi16(bf16_round_avx2(even),
-                                       _mm256_slli_epi32(bf16_round_avx2(odd), 16), 0xaa);
-            }
-            _mm256_storeu_si256(p, r);
+            _mm256_storeu_si256(p, bf16 ? bf16_scale16(h, fv, nan_from) : f16_scale16(h, fv, nan_from));
         }
+}
+
+/* n f16 or bf16 elements from `begin` times f. With a finite nonzero
+ * factor a result is NaN exactly where the element is, so the canonical NaN
+ * is placed from the elements' bits (one test per sixteen, not one per
+ * eight results); any other factor takes the test on the results. */
+__attribute__((target("avx2,f16c"))) static void walk_scale_half(uint16_t *x, int32_t dtype,
+                                                                 int64_t begin, int64_t n, float f)
+{
+    const int64_t part = n / (STREAMS * 16) * 16;
+    const __m256 fv = _mm256_set1_ps(f);
+    const int bf16 = dtype == GCLIP_BF16;
+    if (f != 0.0f && f - f == 0.0f) {
+        if (bf16)
+            scale_half_parts(x, begin, part, fv, 1, F16_NAN_FROM_ELEMENTS);
+        else
+            scale_half_parts(x, begin, part, fv, 0, F16_NAN_FROM_ELEMENTS);
+    } else if (bf16) {
+        scale_half_parts(x, begin, part, fv, 1, F16_NAN_FROM_RESULTS);
+    } else {
+        scale_half_parts(x, begin, part, fv, 0, F16_NAN_FROM_RESULTS);
+    }
     for (int64_t k = begin + STREAMS * part; k < begin + n; k++)
-        gclip_walk_update_one(x, GCLIP_BF16, k, 0, f);
+        gclip_walk_update_one(x, dtype, k, 0, f);
 }
 
 /* The clamp of f16 or bf16 elements on their bits, sixteen at a time. An
@@ -205,12 +214,8 @@ ALWAYS_INLINE void update_chunk(const gclip_tensor_desc *t, int64_t begin, int64
         walk_clamp_half_avx2(t->data, t->dtype, begin, n, f);
         return;
     }
-    if (t->dtype == GCLIP_F16 && gclip_cpu_has_f16c()) {
-        walk_scale_f16c(t->data, begin, n, f);
-        return;
-    }
-    if (t->dtype == GCLIP_BF16 && gclip_cpu_has_f16c()) {
-        walk_scale_bf16_avx2(t->data, begin, n, f);
+    if ((t->dtype == GCLIP_F16 || t->dtype == GCLIP_BF16) && gclip_cpu_has_f16c()) {
+        walk_scale_half(t->data, t->dtype, begin, n, f);
         return;
     }
 #endif

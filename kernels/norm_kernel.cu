@@ -251,6 +251,7 @@ __device__ __forceinline__ double gclip_thread_terms(const gclip_chunk_view &c,
  * (gclip_tree_column); one thread of the warp then runs levels 16 to 1. A
  * chunk's partial has the same bits whichever way it was walked, so the
  * batches need not be fixed by the plan. */
+
 /* The accumulators of threads lane + 32 k, k in [k0, k0 + A), of the block
  * walk of a small chunk (its split, in 32 bits: a small chunk has at most
  * GCLIP_BLOCK_THREADS vectors; vec: its first whole vector), the A loads
@@ -354,8 +355,9 @@ static __global__ void __launch_bounds__(GCLIP_BLOCK_THREADS, GCLIP_NORM_MIN_BLO
     __shared__ gclip_finalize_shared fin;
     __shared__ unsigned int is_last;
 
-    /* a local copy: the finalize math takes its address, and a kernel
-     * parameter whose address escapes would be copied to the stack */
+    /* a local copy for the lane pass and the finalize, whose math takes its
+     * address (a kernel parameter whose address escapes would be copied to
+     * the stack); the walk reads `params` itself, from the constant bank */
     const gclip_norm_params np = params;
 
     /* block b walks chunks [C * b / grid, C * (b + 1) / grid); an empty plan
