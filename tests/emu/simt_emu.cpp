@@ -223,8 +223,7 @@ std::size_t section_bytes(const Section &sec)
 // intercepts. A block switch copies the section twice, and the norm
 // kernel's is 12 KB: on x86-64 one `rep movsb` (the CPU's own string copy,
 // 1.6x faster than the vector loop on Spanning_PerTensor), else 16-byte
-// vector moves, else bytes
-// through volatile pointers.
+// vector moves, else bytes through volatile pointers.
 __attribute__((no_sanitize_address)) void copy_bytes(unsigned char *to, const unsigned char *from,
                                                      std::size_t n)
 {
