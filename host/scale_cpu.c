@@ -23,13 +23,21 @@
 #endif
 
 #ifdef GCLIP_F16C_PATH
+/* The rounding of gclip_f32_to_bf16 on eight lanes, left in the high half
+ * of each lane (the low half is what rounding carried past; NaN is not
+ * looked at). */
+__attribute__((target("avx2"))) static __m256i bf16_round_high(__m256 v)
+{
+    const __m256i u = _mm256_castps_si256(v);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    return _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), lsb);
+}
+
 /* gclip_f32_to_bf16 on eight lanes, each result in the low half of its lane. */
 __attribute__((target("avx2"))) static __m256i bf16_round_avx2(__m256 v)
 {
     const __m256i u = _mm256_castps_si256(v);
-    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-    const __m256i rounded =
-        _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), lsb), 16);
+    const __m256i rounded = _mm256_srli_epi32(bf16_round_high(v), 16);
     const __m256i nan = _mm256_set1_epi32(0x7fff); /* the canonical bf16 NaN */
     const __m256i is_nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)),
                                               _mm256_set1_epi32(0x7f800000));
@@ -48,8 +56,17 @@ __attribute__((target("avx2,f16c"))) static __m128i f16_round_f16c(__m256 v)
 }
 
 /* Where the canonical NaN goes in a scale of halves (walk_scale_half). */
-#define F16_NAN_FROM_ELEMENTS 1 /* where an element is NaN */
-#define F16_NAN_FROM_RESULTS 0  /* where a result is NaN */
+#define HALF_NAN_FROM_ELEMENTS 1 /* where an element is NaN */
+#define HALF_NAN_FROM_RESULTS 0  /* where a result is NaN */
+
+/* r with the canonical NaN 0x7fff where the half h (whose Inf has the bits
+ * `inf`) is NaN: its magnitude bits are above Inf's. */
+__attribute__((target("avx2"))) static inline __m256i half_nan_where(__m256i r, __m256i h,
+                                                                     __m256i inf)
+{
+    const __m256i magmask = _mm256_set1_epi16(0x7fff);
+    return _mm256_blendv_epi8(r, magmask, _mm256_cmpgt_epi16(_mm256_and_si256(h, magmask), inf));
+}
 
 /* Sixteen f16 elements times fv with the F16C conversions: vcvtph2ps is
  * exact for numbers, and vcvtps2ph with round-to-nearest-even gives the
@@ -60,26 +77,14 @@ __attribute__((target("avx2,f16c"))) static __m128i f16_round_f16c(__m256 v)
 __attribute__((target("avx2,f16c"), always_inline)) static inline __m256i
 f16_scale16(__m256i h, __m256 fv, int nan_from)
 {
-    const __m256i magmask = _mm256_set1_epi16(0x7fff);
     const __m256 lo = _mm256_mul_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(h)), fv);
     const __m256 hi = _mm256_mul_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(h, 1)), fv);
-    if (nan_from == F16_NAN_FROM_RESULTS)
+    if (nan_from == HALF_NAN_FROM_RESULTS)
         return _mm256_inserti128_si256(_mm256_castsi128_si256(f16_round_f16c(lo)),
                                        f16_round_f16c(hi), 1);
     const __m256i r = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm256_cvtps_ph(lo, GCLIP_RNE)),
                                               _mm256_cvtps_ph(hi, GCLIP_RNE), 1);
-    const __m256i nan = _mm256_cmpgt_epi16(_mm256_and_si256(h, magmask), _mm256_set1_epi16(0x7c00));
-    return _mm256_blendv_epi8(r, magmask, nan);
-}
-
-/* The rounding of gclip_f32_to_bf16 on eight lanes, left in the high half
- * of each lane (the low half is what rounding carried past; NaN is not
- * looked at). */
-__attribute__((target("avx2"))) static __m256i bf16_round_high(__m256 v)
-{
-    const __m256i u = _mm256_castps_si256(v);
-    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-    return _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), lsb);
+    return half_nan_where(r, h, _mm256_set1_epi16(0x7c00));
 }
 
 /* Sixteen bf16 elements times fv. A shift left by 16 makes the even
@@ -90,17 +95,15 @@ __attribute__((target("avx2"))) static __m256i bf16_round_high(__m256 v)
 __attribute__((target("avx2,f16c"), always_inline)) static inline __m256i
 bf16_scale16(__m256i h, __m256 fv, int nan_from)
 {
-    const __m256i magmask = _mm256_set1_epi16(0x7fff);
     const __m256i high = _mm256_set1_epi32((int)0xffff0000u);
     const __m256 even = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_slli_epi32(h, 16)), fv);
     const __m256 odd = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_and_si256(h, high)), fv);
-    if (nan_from == F16_NAN_FROM_RESULTS)
+    if (nan_from == HALF_NAN_FROM_RESULTS)
         return _mm256_blend_epi16(bf16_round_avx2(even), _mm256_slli_epi32(bf16_round_avx2(odd), 16),
                                   0xaa);
     const __m256i r = _mm256_blend_epi16(_mm256_srli_epi32(bf16_round_high(even), 16),
                                          bf16_round_high(odd), 0xaa);
-    const __m256i nan = _mm256_cmpgt_epi16(_mm256_and_si256(h, magmask), _mm256_set1_epi16(0x7f80));
-    return _mm256_blendv_epi8(r, magmask, nan);
+    return half_nan_where(r, h, _mm256_set1_epi16(0x7f80));
 }
 
 /* The first STREAMS * part elements from `begin`, as STREAMS parts in
@@ -129,13 +132,13 @@ __attribute__((target("avx2,f16c"))) static void walk_scale_half(uint16_t *x, in
     const int bf16 = dtype == GCLIP_BF16;
     if (f != 0.0f && f - f == 0.0f) {
         if (bf16)
-            scale_half_parts(x, begin, part, fv, 1, F16_NAN_FROM_ELEMENTS);
+            scale_half_parts(x, begin, part, fv, 1, HALF_NAN_FROM_ELEMENTS);
         else
-            scale_half_parts(x, begin, part, fv, 0, F16_NAN_FROM_ELEMENTS);
+            scale_half_parts(x, begin, part, fv, 0, HALF_NAN_FROM_ELEMENTS);
     } else if (bf16) {
-        scale_half_parts(x, begin, part, fv, 1, F16_NAN_FROM_RESULTS);
+        scale_half_parts(x, begin, part, fv, 1, HALF_NAN_FROM_RESULTS);
     } else {
-        scale_half_parts(x, begin, part, fv, 0, F16_NAN_FROM_RESULTS);
+        scale_half_parts(x, begin, part, fv, 0, HALF_NAN_FROM_RESULTS);
     }
     for (int64_t k = begin + STREAMS * part; k < begin + n; k++)
         gclip_walk_update_one(x, dtype, k, 0, f);
@@ -157,7 +160,7 @@ __attribute__((target("avx2"))) static void walk_clamp_half_avx2(uint16_t *x, in
     const int f16 = dtype == GCLIP_F16;
     const float a = v + 0.0f; /* |v|: v >= 0 or -0, made +0 */
     const uint16_t top = f16 ? gclip_f32_to_f16(a) : gclip_f32_to_bf16(a);
-    const __m256i magmask = _mm256_set1_epi16(0x7fff), canon = magmask;
+    const __m256i magmask = _mm256_set1_epi16(0x7fff);
     const __m256i inf = _mm256_set1_epi16((short)(f16 ? 0x7c00 : 0x7f80));
     const __m256i topv = _mm256_set1_epi16((short)top);
     const __m256i above = _mm256_set1_epi16((short)(f16 ? gclip_f32_to_f16(v) : gclip_f32_to_bf16(v)));
@@ -170,7 +173,7 @@ __attribute__((target("avx2"))) static void walk_clamp_half_avx2(uint16_t *x, in
             const __m256i mag = _mm256_and_si256(h, magmask);
             const __m256i bound = _mm256_blendv_epi8(above, below, _mm256_srai_epi16(h, 15));
             __m256i r = _mm256_blendv_epi8(h, bound, _mm256_cmpgt_epi16(mag, topv));
-            r = _mm256_blendv_epi8(r, canon, _mm256_cmpgt_epi16(mag, inf));
+            r = half_nan_where(r, h, inf);
             _mm256_storeu_si256(p, r);
         }
     for (int64_t k = begin + STREAMS * part; k < begin + n; k++)
