@@ -110,13 +110,6 @@ ALWAYS_INLINE double elem_f64(const char *base, int32_t dtype, int64_t i)
     return (double)gclip_load(base, dtype, i);
 }
 
-/* The term of 16-bit word j of a half row as float. */
-ALWAYS_INLINE float half_term(const uint16_t *r, int64_t j, int32_t dtype, int32_t kind)
-{
-    const float x = dtype == GCLIP_F16 ? gclip_f16_to_f32(r[j]) : gclip_bf16_to_f32(r[j]);
-    return gclip_term_f32(x, kind);
-}
-
 /* Eight floats, and their bits: GCC/Clang vector types that the AVX2 clone
  * keeps in one register and the baseline clone in two. The helpers are
  * always inlined, so no vector crosses a call: -Wpsabi's note on passing
@@ -191,6 +184,35 @@ ALWAYS_INLINE gclip_v8f words_v8f(const char *p, int32_t dtype, int32_t kind)
     return half_terms_v8f(lo, dtype, kind) + half_terms_v8f(hi, dtype, kind);
 }
 
+/* The terms of the four 32-bit words of the one vector at p in lanes 0-3,
+ * +0 in lanes 4-7: words_v8f of a vector followed by a zero one, without
+ * reading past the vector. */
+ALWAYS_INLINE gclip_v8f word_one_v8f(const char *p, int32_t dtype, int32_t kind)
+{
+    const gclip_v4f z4 = {0, 0, 0, 0};
+    if (dtype == GCLIP_F32) {
+        gclip_v4f x;
+        memcpy(&x, p, sizeof x);
+        return term_v8f(__builtin_shufflevector(x, z4, 0, 1, 2, 3, 4, 5, 6, 7), kind);
+    }
+#ifdef GCLIP_WALK_F16C
+    if (dtype == GCLIP_F16) {
+        const gclip_v8f ta =
+            term_v8f((gclip_v8f)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)), kind);
+        const gclip_v8f z = {0, 0, 0, 0, 0, 0, 0, 0};
+        return __builtin_shufflevector(ta, z, 0, 2, 4, 6, 8, 8, 8, 8) +
+               __builtin_shufflevector(ta, z, 1, 3, 5, 7, 8, 8, 8, 8);
+    }
+#endif
+    typedef int32_t v4i __attribute__((vector_size(16)));
+    const v4i z4i = {0, 0, 0, 0};
+    v4i x;
+    memcpy(&x, p, sizeof x);
+    const gclip_v8i w = __builtin_shufflevector(x, z4i, 0, 1, 2, 3, 4, 5, 6, 7);
+    const gclip_v8i lo = w & 0xffff, hi = (gclip_v8i)((gclip_v8u)w >> 16);
+    return half_terms_v8f(lo, dtype, kind) + half_terms_v8f(hi, dtype, kind);
+}
+
 /* The group sums of eight threads from their 32 words w0..w3 (thread
  * 2i + h's words in lanes 4h..4h+3 of wi): word q with q + 2, then the two
  * (the last levels of gclip_group_tree_f32), lanes in thread order. */
@@ -207,13 +229,30 @@ ALWAYS_INLINE gclip_v8f group_tree_v8f(gclip_v8f w0, gclip_v8f w1, gclip_v8f w2,
     return __builtin_shufflevector(s, s, 0, 4, 1, 5, 2, 6, 3, 7);
 }
 
-/* All-ones in the lanes whose sum is outside gclip_group_safe's range
- * (the same test on the bits as signed integers). */
-ALWAYS_INLINE gclip_v8i unsafe_v8f(gclip_v8f s, int32_t kind)
+/* The groups' safety (gclip_group_safe), noted lane by lane. A sum is
+ * safe exactly when its bits minus the safe range's lowest, as unsigned
+ * (its excess), are below 0x7f800000 minus that lowest: below the range the
+ * difference wraps around, and Inf and NaN lie above. With AVX2 a lane of
+ * the note keeps the largest excess seen (a subtraction and a max per eight
+ * groups), otherwise all-ones once an unsafe sum was seen; both start at 0. */
+ALWAYS_INLINE uint32_t safe_lowest(int32_t kind)
 {
-    const gclip_v8i b = (gclip_v8i)s;
-    const int32_t lo = kind == GCLIP_KIND_L2 ? (int32_t)GCLIP_GROUP_SAFE_MIN_BITS : 0;
-    return (b < lo) | (b >= 0x7f800000);
+    return kind == GCLIP_KIND_L2 ? GCLIP_GROUP_SAFE_MIN_BITS : 0u;
+}
+
+ALWAYS_INLINE gclip_v8u excess_v8f(gclip_v8f s, int32_t kind)
+{
+    return (gclip_v8u)s - safe_lowest(kind);
+}
+
+ALWAYS_INLINE void note_excess(gclip_v8u *note, gclip_v8u e, int32_t kind)
+{
+#ifdef GCLIP_WALK_F16C
+    (void)kind;
+    *note = (gclip_v8u)_mm256_max_epu32((__m256i)*note, (__m256i)e);
+#else
+    *note |= (gclip_v8u)(e >= 0x7f800000u - safe_lowest(kind));
+#endif
 }
 
 /* Whether any lane of m is set: the four 64-bit quarters or'd (fewer
@@ -223,6 +262,17 @@ ALWAYS_INLINE int any_lane(gclip_v8i m)
     uint64_t q[4];
     memcpy(q, &m, sizeof q);
     return ((q[0] | q[1]) | (q[2] | q[3])) != 0;
+}
+
+/* Whether a note holds an unsafe group. */
+ALWAYS_INLINE int any_unsafe(gclip_v8u note, int32_t kind)
+{
+#ifdef GCLIP_WALK_F16C
+    return any_lane((gclip_v8i)(note >= 0x7f800000u - safe_lowest(kind)));
+#else
+    (void)kind;
+    return any_lane((gclip_v8i)note);
+#endif
 }
 
 /* One full batch of every thread for L2/L1 of f32/f16/bf16: thread t's
@@ -235,7 +285,7 @@ ALWAYS_INLINE void batch_rows(const char *row, int32_t dtype, int32_t kind, doub
 {
     const int64_t rs = (int64_t)NT * VEC_BYTES; /* bytes between the batch's vectors */
     float s[NT];
-    gclip_v8i bad = {0, 0, 0, 0, 0, 0, 0, 0};
+    gclip_v8u bad = {0, 0, 0, 0, 0, 0, 0, 0};
     for (int t = 0; t < NT; t += 8) {
         gclip_v8f w[4];
         /* the next batch's lines, one batch ahead: the four rows are four
@@ -251,10 +301,10 @@ ALWAYS_INLINE void batch_rows(const char *row, int32_t dtype, int32_t kind, doub
                    (words_v8f(r + rs, dtype, kind) + words_v8f(r + 3 * rs, dtype, kind));
         }
         const gclip_v8f g = group_tree_v8f(w[0], w[1], w[2], w[3]);
-        bad |= unsafe_v8f(g, kind);
+        note_excess(&bad, excess_v8f(g, kind), kind);
         memcpy(&s[t], &g, sizeof g);
     }
-    if (!any_lane(bad)) {
+    if (!any_unsafe(bad, kind)) {
         for (int t = 0; t < NT; t++)
             acc[t] = acc[t] + (double)s[t];
         return;
@@ -267,34 +317,70 @@ ALWAYS_INLINE void batch_rows(const char *row, int32_t dtype, int32_t kind, doub
     }
 }
 
-/* Thread t's group of one vector of the row, one word at a time (the tree
- * of group_tree_v8f). */
-ALWAYS_INLINE float scalar_group(const char *row, int t, int32_t dtype, int32_t kind)
-{
-    float w[4];
-    for (int q = 0; q < 4; q++) {
-        const int m = 4 * t + q;
-        if (dtype == GCLIP_F32)
-            w[q] = gclip_term_f32(((const float *)row)[m], kind);
-        else
-            w[q] = gclip_fadd(half_term((const uint16_t *)row, 2 * m, dtype, kind),
-                              half_term((const uint16_t *)row, 2 * m + 1, dtype, kind));
-    }
-    return gclip_fadd(gclip_fadd(w[0], w[2]), gclip_fadd(w[1], w[3]));
-}
-
 /* The groups of threads t..t+7 of a row of single vectors, for L2/L1 of
  * f32/f16/bf16 (the words' tree across lanes); the lanes whose group is
- * outside the safe range are set in *bad. */
+ * outside the safe range are noted in *bad (note_excess). */
 ALWAYS_INLINE gclip_v8f eight_groups(const char *row, int t, int32_t dtype, int32_t kind,
-                                     gclip_v8i *bad)
+                                     gclip_v8u *bad)
 {
     gclip_v8f w[4];
     for (int i = 0; i < 4; i++)
         w[i] = words_v8f(row + (int64_t)(t + 2 * i) * VEC_BYTES, dtype, kind);
     const gclip_v8f g = group_tree_v8f(w[0], w[1], w[2], w[3]);
-    *bad |= unsafe_v8f(g, kind);
+    note_excess(bad, excess_v8f(g, kind), kind);
     return g;
+}
+
+/* The groups of the r < 8 threads t..t+r-1 of a row of single vectors in
+ * lanes 0..r-1, +0 in the lanes from r (the groups of zero vectors); the
+ * first r lanes whose group is outside the safe range are noted in *bad. No
+ * byte past thread t+r-1's vector is read. */
+ALWAYS_INLINE gclip_v8f few_groups(const char *row, int t, int r, int32_t dtype, int32_t kind,
+                                   gclip_v8u *bad)
+{
+    const gclip_v8f z = {0, 0, 0, 0, 0, 0, 0, 0};
+    gclip_v8f w[4];
+    for (int i = 0; i < 4; i++) {
+        const char *p = row + (int64_t)(t + 2 * i) * VEC_BYTES;
+        w[i] = 2 * i + 2 <= r ? words_v8f(p, dtype, kind)
+               : 2 * i < r    ? word_one_v8f(p, dtype, kind)
+                              : z;
+    }
+    const gclip_v8f g = group_tree_v8f(w[0], w[1], w[2], w[3]);
+    const gclip_v8i lane = {0, 1, 2, 3, 4, 5, 6, 7};
+    note_excess(bad, excess_v8f(g, kind) & (gclip_v8u)(lane < r), kind);
+    return g;
+}
+
+/* Four floats as doubles. GCC converts a 4-float vector with two 2-float
+ * conversions and a trip through memory; with AVX the intrinsic is one
+ * vcvtps2pd. */
+ALWAYS_INLINE gclip_v4d widen_v4f(gclip_v4f f)
+{
+#ifdef GCLIP_WALK_F16C
+    return (gclip_v4d)_mm256_cvtps_pd((__m128)f);
+#else
+    return __builtin_convertvector(f, gclip_v4d);
+#endif
+}
+
+/* Lanes 0-3 and 4-7 of g as doubles. */
+ALWAYS_INLINE gclip_v4d widen_lo(gclip_v8f g)
+{
+    return widen_v4f(__builtin_shufflevector(g, g, 0, 1, 2, 3));
+}
+
+ALWAYS_INLINE gclip_v4d widen_hi(gclip_v8f g)
+{
+    return widen_v4f(__builtin_shufflevector(g, g, 4, 5, 6, 7));
+}
+
+/* Groups t..t+7 into slots t..t+7, as doubles. */
+ALWAYS_INLINE void store_groups(double *acc, int t, gclip_v8f g)
+{
+    const gclip_v4d lo = widen_lo(g), hi = widen_hi(g);
+    memcpy(&acc[t], &lo, sizeof lo);
+    memcpy(&acc[t + 4], &hi, sizeof hi);
 }
 
 /* Single vectors of threads t0 <= t < t1 for L2/L1 of f32/f16/bf16: thread
@@ -303,26 +389,25 @@ ALWAYS_INLINE gclip_v8f eight_groups(const char *row, int t, int32_t dtype, int3
 ALWAYS_INLINE void single_rows(const char *row, int t0, int t1, int32_t dtype, int32_t kind,
                                double *acc)
 {
-    float s[NT];
-    gclip_v8i bad = {0, 0, 0, 0, 0, 0, 0, 0};
+    float s[NT + 8]; /* the last eight may end past slot NT - 1 */
+    gclip_v8u bad = {0, 0, 0, 0, 0, 0, 0, 0};
     int t = t0;
     for (; t + 8 <= t1; t += 8) {
         const gclip_v8f g = eight_groups(row, t, dtype, kind, &bad);
         memcpy(&s[t], &g, sizeof g);
     }
-    int unsafe = any_lane(bad);
-    for (; t < t1; t++) {
-        s[t] = scalar_group(row, t, dtype, kind);
-        unsafe |= !gclip_group_safe(s[t], kind);
+    if (t < t1) {
+        const gclip_v8f g = few_groups(row, t, t1 - t, dtype, kind, &bad);
+        memcpy(&s[t], &g, sizeof g);
     }
-    if (!unsafe) {
+    if (!any_unsafe(bad, kind)) {
         /* every group safe: four slots at a time */
         for (t = t0; t + 4 <= t1; t += 4) {
             gclip_v4f f;
             gclip_v4d a;
             memcpy(&f, &s[t], sizeof f);
             memcpy(&a, &acc[t], sizeof a);
-            a = a + __builtin_convertvector(f, gclip_v4d);
+            a = a + widen_v4f(f);
             memcpy(&acc[t], &a, sizeof a);
         }
         for (; t < t1; t++)
@@ -381,6 +466,18 @@ ALWAYS_INLINE gclip_v4d column_fold(const double *acc, int m)
 #undef C
 }
 
+/* The tree's levels 16, 8, 4, 2 and 1 on slots 0..31, held four at a time
+ * in r[0..7]. */
+ALWAYS_INLINE double tree_levels_16_to_1(gclip_v4d r[8])
+{
+    for (int q = 0; q < 4; q++)
+        r[q] = r[q] + r[q + 4];
+    r[0] = r[0] + r[2];
+    r[1] = r[1] + r[3];
+    r[0] = r[0] + r[1];
+    return (r[0][0] + r[0][2]) + (r[0][1] + r[0][3]);
+}
+
 /* The block reduction of kernels/block_reduce.cuh over slots 0..n-1 of acc
  * (n = tree_slots(used); the slots from `used` hold +0): the halving tree,
  * value t with t + 128, 64, ..., 1. A slot at or above `used` only ever
@@ -397,45 +494,59 @@ ALWAYS_INLINE double gclip_block_tree_cpu(const double *acc, int n)
     gclip_v4d r[8];
     for (int q = 0; q < 8; q++)
         r[q] = column_fold(acc + 4 * q, m);
-    for (int q = 0; q < 4; q++)
-        r[q] = r[q] + r[q + 4];
-    r[0] = r[0] + r[2];
-    r[1] = r[1] + r[3];
-    r[0] = r[0] + r[1];
-    return (r[0][0] + r[0][2]) + (r[0][1] + r[0][3]);
+    return tree_levels_16_to_1(r);
+}
+
+/* The block tree of a chunk of at most 32 threads (tree_slots 32), from
+ * their groups in g[0..3] (threads 8i..8i+7 in g[i], +0 past the last):
+ * gclip_block_tree_cpu's operations in its order, in registers. */
+ALWAYS_INLINE double tree_of_32(const gclip_v8f g[4])
+{
+    gclip_v4d d[8];
+    for (int i = 0; i < 4; i++) {
+        d[2 * i] = widen_lo(g[i]);
+        d[2 * i + 1] = widen_hi(g[i]);
+    }
+    return tree_levels_16_to_1(d);
 }
 
 /* The partial of a chunk of nv <= NT whole vectors at row, no head or tail
  * element, for L2/L1 of f32/f16/bf16, into *out: thread t's accumulator is
  * +0 plus its one group, which is the group itself (no group is -0), so the
- * groups go straight into the tree's slots. Returns 0, leaving the chunk to
- * the general walk, when a group is outside the safe range. */
+ * groups go straight into the tree's slots, eight at a time; the last
+ * nv % 8 as eight with +0 in the slots past nv, which is what those slots
+ * hold. Up to 32 vectors the slots stay in registers. Returns 0, leaving
+ * the chunk to the general walk, when a group is outside the safe range. */
 ALWAYS_INLINE int single_row_chunk(const char *row, int nv, int32_t dtype, int32_t kind,
                                    double *out)
 {
+    gclip_v8u bad = {0, 0, 0, 0, 0, 0, 0, 0};
+    if (nv <= 32) {
+        const gclip_v8f z = {0, 0, 0, 0, 0, 0, 0, 0};
+        gclip_v8f g[4];
+        for (int i = 0; i < 4; i++) {
+            const int t = 8 * i;
+            g[i] = t + 8 <= nv ? eight_groups(row, t, dtype, kind, &bad)
+                   : t < nv    ? few_groups(row, t, nv - t, dtype, kind, &bad)
+                               : z;
+        }
+        if (any_unsafe(bad, kind))
+            return 0;
+        *out = tree_of_32(g);
+        return 1;
+    }
     const int slots = tree_slots(nv);
     double acc[NT];
-    gclip_v8i bad = {0, 0, 0, 0, 0, 0, 0, 0};
     int t = 0;
-    for (; t + 8 <= nv; t += 8) {
-        const gclip_v8f g = eight_groups(row, t, dtype, kind, &bad);
-        const gclip_v4f lo = __builtin_shufflevector(g, g, 0, 1, 2, 3);
-        const gclip_v4f hi = __builtin_shufflevector(g, g, 4, 5, 6, 7);
-        const gclip_v4d dlo = __builtin_convertvector(lo, gclip_v4d);
-        const gclip_v4d dhi = __builtin_convertvector(hi, gclip_v4d);
-        memcpy(&acc[t], &dlo, sizeof dlo);
-        memcpy(&acc[t + 4], &dhi, sizeof dhi);
+    for (; t + 8 <= nv; t += 8)
+        store_groups(acc, t, eight_groups(row, t, dtype, kind, &bad));
+    if (t < nv) {
+        store_groups(acc, t, few_groups(row, t, nv - t, dtype, kind, &bad));
+        t += 8;
     }
-    /* t is a multiple of 8 here, and so is slots - t: the slots from t
-     * cleared as vectors, then the last few groups written over them */
+    /* t is a multiple of 8 here, and so is slots - t */
     zero_slots(acc + t, slots - t);
-    int unsafe = any_lane(bad);
-    for (; t < nv; t++) {
-        const float g = scalar_group(row, t, dtype, kind);
-        unsafe |= !gclip_group_safe(g, kind);
-        acc[t] = (double)g;
-    }
-    if (unsafe)
+    if (any_unsafe(bad, kind))
         return 0;
     *out = gclip_block_tree_cpu(acc, slots);
     return 1;

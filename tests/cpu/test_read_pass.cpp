@@ -188,3 +188,90 @@ TEST(ReadPass, SmallAlignedChunksOfExtremeValues)
         }
     }
 }
+
+namespace {
+
+// A float product and sum each rounded on its own (a volatile store cannot
+// be fused into a multiply-add).
+float rounded(float v)
+{
+    volatile float r = v;
+    return r;
+}
+
+// The norm kernel's partial of a chunk of nv <= 256 whole vectors (no head
+// or tail element) whose groups all lie in the safe range, derived here from
+// the kernel's description: thread t < nv holds the float tree
+// (w0 + w2) + (w1 + w3) of its vector's four 32-bit words, a word being the
+// term of one f32 element or the sum of the terms of its two halves (lower
+// plus upper); that group widened to double is the thread's value, and the
+// block reduction adds slot t + s into slot t for s = 128, 64, ..., 1.
+double block_tree_model(const TestBuffer &b, int nv, int32_t kind)
+{
+    std::vector<double> slot(256, 0.0);
+    const int halves = b.dtype() == GCLIP_F32 ? 1 : 2;
+    for (int t = 0; t < nv; ++t) {
+        float w[4];
+        for (int m = 0; m < 4; ++m) {
+            float word = 0.0f;
+            for (int h = 0; h < halves; ++h) {
+                const float x = b.get((4 * t + m) * halves + h);
+                const float term = kind == GCLIP_KIND_L2 ? rounded(x * x) : std::fabs(x);
+                word = h == 0 ? term : rounded(word + term);
+            }
+            w[m] = word;
+        }
+        slot[t] = static_cast<double>(rounded(rounded(w[0] + w[2]) + rounded(w[1] + w[3])));
+    }
+    for (int s = 128; s >= 1; s /= 2)
+        for (int t = 0; t < s; ++t)
+            slot[t] += slot[t + s];
+    return slot[0];
+}
+
+} // namespace
+
+// Chunks of 1 to 256 whole vectors from an aligned start take the shortest
+// walk (groups eight at a time, the last nv % 8 padded with +0 without
+// reading past the chunk, and up to 32 vectors without the slots leaving
+// registers). Each partial must be bitwise the block tree of its groups,
+// in both builds. The buffers have their exact size, so AddressSanitizer
+// and valgrind catch a read past a chunk's last vector.
+TEST(ReadPass, WholeVectorChunksAreTheBlockTreeOfTheirGroups)
+{
+    oracle::Rng rng(2028);
+    for (gclip_dtype dt : {GCLIP_F32, GCLIP_F16, GCLIP_BF16}) {
+        const int64_t lanes = 16 / oracle::dtype_size(dt);
+        // magnitudes over 9 (f16) to 12 decades, so that the groups' sums in
+        // double round, and a tree that added them in another order would
+        // differ; every group stays in the safe range
+        const double lo = dt == GCLIP_F16 ? -4.0 : -6.0, hi = dt == GCLIP_F16 ? 4.5 : 6.0;
+        std::vector<TestBuffer> bufs;
+        for (int nv = 1; nv <= 256; ++nv) {
+            bufs.emplace_back(dt, nv * lanes, 0);
+            for (int64_t i = 0; i < nv * lanes; ++i) {
+                const float v = static_cast<float>(std::pow(10.0, rng.uniform(lo, hi)));
+                bufs.back().set(i, rng.range(0, 1) ? v : -v);
+            }
+        }
+        testutil::PlanPtr plan;
+        ASSERT_EQ(testutil::make_plan(plan, oracle::tensors_of(bufs)), GCLIP_STATUS_SUCCESS);
+        ASSERT_EQ(plan->num_chunks, bufs.size());
+        for (const int32_t kind : {GCLIP_KIND_L2, GCLIP_KIND_L1}) {
+            SCOPED_TRACE(std::string(oracle::dtype_name(dt)) + " kind " + std::to_string(kind));
+            const float p = kind == GCLIP_KIND_L2 ? 2.0f : 1.0f;
+            std::vector<std::vector<double>> builds = {read_partials(plan.get(), kind, p, false)};
+#if GCLIP_TEST_READ_F16C
+            if (gclip_cpu_has_f16c())
+                builds.push_back(read_partials(plan.get(), kind, p, true));
+#endif
+            for (uint32_t c = 0; c < plan->num_chunks; ++c) {
+                const int nv = static_cast<int>(c) + 1;
+                const double want = block_tree_model(bufs[plan->chunks[c].tensor], nv, kind);
+                for (const std::vector<double> &got : builds)
+                    ASSERT_EQ(std::memcmp(&got[c], &want, sizeof want), 0)
+                        << nv << " vectors: " << got[c] << " vs " << want;
+            }
+        }
+    }
+}
