@@ -668,65 +668,6 @@ ALWAYS_INLINE double gclip_chunk_terms(const gclip_tensor_desc *t, int64_t begin
 }
 
 
-/* Small chunks are walked one after another, each a short sequential
- * stream that the hardware prefetchers barely start on before it ends. The
- * read and update passes keep the lines of the next PREFETCH_AHEAD bytes of
- * chunks requested (a prefetch_cursor); a chunk over PREFETCH_CHUNK_MAX
- * bytes is left to the hardware and its own batches' prefetches
- * (batch_rows) but counts towards the distance. */
-#define PREFETCH_AHEAD 8192
-#define PREFETCH_CHUNK_MAX 16384
-
-/* The bytes of chunk ch, and its first byte. */
-ALWAYS_INLINE int64_t chunk_bytes(const gclip_tensor_desc *tensors, const gclip_chunk *ch,
-                                  const char **start)
-{
-    const gclip_tensor_desc *t = &tensors[ch->tensor];
-    int64_t begin, n;
-    gclip_chunk_range(t->numel, ch->index, &begin, &n);
-    const int es = gclip_dtype_size(t->dtype);
-    *start = (const char *)t->data + begin * es;
-    return n * es;
-}
-
-typedef struct prefetch_cursor {
-    uint32_t next; /* the first chunk not yet requested */
-    int64_t ahead; /* bytes requested past the chunk being walked */
-} prefetch_cursor;
-
-/* Before walking chunk c of a run ending at `last`, c of `bytes` bytes (0
- * when c is left untouched): the chunks up to PREFETCH_AHEAD bytes past it
- * requested, for reading or (write) for an update in place. Under the
- * per-tensor factors `factor`, chunks that stay untouched (factor 1) are
- * neither requested nor counted. */
-ALWAYS_INLINE void prefetch_before(prefetch_cursor *pc, const gclip_tensor_desc *tensors,
-                                   const gclip_chunk *chunks, uint32_t c, uint32_t last,
-                                   int write, const float *factor, int64_t bytes_c)
-{
-    if (pc->next <= c) { /* c itself, on the first call */
-        pc->next = c;
-        pc->ahead = 0;
-    }
-    while (pc->next < last && pc->ahead < PREFETCH_AHEAD) {
-        const gclip_chunk *ch = &chunks[pc->next++];
-        if (factor && factor[ch->tensor] == 1.0f)
-            continue;
-        const char *p;
-        const int64_t bytes = chunk_bytes(tensors, ch, &p);
-        if (bytes <= PREFETCH_CHUNK_MAX) {
-            const char *line = (const char *)((uintptr_t)p & ~(uintptr_t)63);
-            for (; line < p + bytes; line += 64) {
-                if (write)
-                    __builtin_prefetch(line, 1, 3);
-                else
-                    __builtin_prefetch(line, 0, 3);
-            }
-        }
-        pc->ahead += bytes;
-    }
-    pc->ahead -= bytes_c;
-}
-
 /* The partial of each chunk of [first, last) into its slot. */
 ALWAYS_INLINE void gclip_read_chunks(const gclip_plan *plan, uint32_t first, uint32_t last,
                                      const void *arg)
@@ -734,12 +675,10 @@ ALWAYS_INLINE void gclip_read_chunks(const gclip_plan *plan, uint32_t first, uin
     const gclip_read_arg *a = arg;
     const gclip_tensor_desc *tensors = plan->tensors;
     const gclip_chunk *chunks = plan->chunks;
-    prefetch_cursor pc = {first, 0};
     for (uint32_t c = first; c < last; c++) {
         const gclip_tensor_desc *t = &tensors[chunks[c].tensor];
         int64_t begin, n;
         gclip_chunk_range(t->numel, chunks[c].index, &begin, &n);
-        prefetch_before(&pc, tensors, chunks, c, last, 0, NULL, n * gclip_dtype_size(t->dtype));
         a->partials[c] = gclip_chunk_terms(t, begin, n, a->kind, a->p);
     }
 }
