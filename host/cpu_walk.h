@@ -26,6 +26,12 @@
 #define LANES 8
 /* Sequential streams each chunk is walked as. */
 #define STREAMS 4
+/* A chunk of at most this many bytes is updated as one stream: the update
+ * pass has requested its lines ahead (scale_cpu.c, prefetch_before), and
+ * four streams of a few hundred bytes each only broke the sequence the
+ * hardware prefetchers follow (docs/benchmark.md, "The update pass: small
+ * chunks as one stream"). */
+#define ONE_STREAM_BYTES 16384
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
@@ -701,6 +707,15 @@ ALWAYS_INLINE void gclip_walk_update_one(void *data, int32_t dtype, int64_t k, i
 ALWAYS_INLINE void gclip_walk_update(void *data, int32_t dtype, int64_t begin, int64_t n,
                                      int clamp, float f)
 {
+    if (n * gclip_dtype_size(dtype) <= ONE_STREAM_BYTES) {
+        int64_t i = begin;
+        for (; i + LANES <= begin + n; i += LANES)
+            for (int j = 0; j < LANES; j++)
+                gclip_walk_update_one(data, dtype, i + j, clamp, f);
+        for (; i < begin + n; i++)
+            gclip_walk_update_one(data, dtype, i, clamp, f);
+        return;
+    }
     const int64_t part = n / (STREAMS * LANES) * LANES;
     for (int64_t i = begin; i < begin + part; i += LANES)
         for (int s = 0; s < STREAMS; s++)

@@ -21,12 +21,15 @@ using oracle::TestBuffer;
 namespace {
 
 // A plan of every dtype and several sizes (across chunk boundaries too), at
-// odd offsets, with values of scale `scale`.
+// odd offsets, with values of scale `scale`. Tensor k is of dtype k % 3
+// (f32, f16, bf16); the last six sit on either side of the 16 KiB up to
+// which the CPU path updates a chunk as one stream (4096 f32, 8192 halves).
 std::vector<TestBuffer> mixed_buffers(uint64_t seed, double scale = 3.0)
 {
     oracle::Rng rng(seed);
     std::vector<TestBuffer> bufs;
-    const int64_t sizes[] = {1, 2, 3, 4, 5, 7, 8, 65535, 65536, 65537, 100, 0, 131075};
+    const int64_t sizes[] = {1,    2,    3,    4,    5,    7,    8,    65535, 65536, 65537,
+                             100,  0,    131075, 8192, 8193, 4096, 8191, 8192,  4097};
     int k = 0;
     for (int64_t n : sizes) {
         bufs.emplace_back(static_cast<gclip_dtype>(k % 3), n, k % 5);
