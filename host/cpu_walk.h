@@ -170,6 +170,13 @@ ALWAYS_INLINE gclip_v8f half_terms_v8f(gclip_v8i h, int32_t dtype, int32_t kind)
     return term_v8f((gclip_v8f)mag, kind);
 }
 
+/* The terms of eight words of f16/bf16 halves: lower plus upper. */
+ALWAYS_INLINE gclip_v8f word_halves_v8f(gclip_v8i w, int32_t dtype, int32_t kind)
+{
+    const gclip_v8i lo = w & 0xffff, hi = (gclip_v8i)((gclip_v8u)w >> 16);
+    return half_terms_v8f(lo, dtype, kind) + half_terms_v8f(hi, dtype, kind);
+}
+
 ALWAYS_INLINE gclip_v8f words_v8f(const char *p, int32_t dtype, int32_t kind)
 {
     if (dtype == GCLIP_F32)
@@ -186,8 +193,7 @@ ALWAYS_INLINE gclip_v8f words_v8f(const char *p, int32_t dtype, int32_t kind)
 #endif
     gclip_v8i w;
     memcpy(&w, p, sizeof w);
-    const gclip_v8i lo = w & 0xffff, hi = (gclip_v8i)((gclip_v8u)w >> 16);
-    return half_terms_v8f(lo, dtype, kind) + half_terms_v8f(hi, dtype, kind);
+    return word_halves_v8f(w, dtype, kind);
 }
 
 /* The terms of the four 32-bit words of the one vector at p in lanes 0-3,
@@ -214,9 +220,7 @@ ALWAYS_INLINE gclip_v8f word_one_v8f(const char *p, int32_t dtype, int32_t kind)
     const v4i z4i = {0, 0, 0, 0};
     v4i x;
     memcpy(&x, p, sizeof x);
-    const gclip_v8i w = __builtin_shufflevector(x, z4i, 0, 1, 2, 3, 4, 5, 6, 7);
-    const gclip_v8i lo = w & 0xffff, hi = (gclip_v8i)((gclip_v8u)w >> 16);
-    return half_terms_v8f(lo, dtype, kind) + half_terms_v8f(hi, dtype, kind);
+    return word_halves_v8f(__builtin_shufflevector(x, z4i, 0, 1, 2, 3, 4, 5, 6, 7), dtype, kind);
 }
 
 /* The group sums of eight threads from their 32 words w0..w3 (thread
@@ -323,24 +327,11 @@ ALWAYS_INLINE void batch_rows(const char *row, int32_t dtype, int32_t kind, doub
     }
 }
 
-/* The groups of threads t..t+7 of a row of single vectors, for L2/L1 of
- * f32/f16/bf16 (the words' tree across lanes); the lanes whose group is
- * outside the safe range are noted in *bad (note_excess). */
-ALWAYS_INLINE gclip_v8f eight_groups(const char *row, int t, int32_t dtype, int32_t kind,
-                                     gclip_v8u *bad)
-{
-    gclip_v8f w[4];
-    for (int i = 0; i < 4; i++)
-        w[i] = words_v8f(row + (int64_t)(t + 2 * i) * VEC_BYTES, dtype, kind);
-    const gclip_v8f g = group_tree_v8f(w[0], w[1], w[2], w[3]);
-    note_excess(bad, excess_v8f(g, kind), kind);
-    return g;
-}
-
-/* The groups of the r < 8 threads t..t+r-1 of a row of single vectors in
- * lanes 0..r-1, +0 in the lanes from r (the groups of zero vectors); the
- * first r lanes whose group is outside the safe range are noted in *bad. No
- * byte past thread t+r-1's vector is read. */
+/* The groups of the r <= 8 threads t..t+r-1 of a row of single vectors, for
+ * L2/L1 of f32/f16/bf16 (the words' tree across lanes), in lanes 0..r-1,
+ * +0 in the lanes from r (the groups of zero vectors); the first r lanes
+ * whose group is outside the safe range are noted in *bad (note_excess).
+ * No byte past thread t+r-1's vector is read. */
 ALWAYS_INLINE gclip_v8f few_groups(const char *row, int t, int r, int32_t dtype, int32_t kind,
                                    gclip_v8u *bad)
 {
@@ -356,6 +347,13 @@ ALWAYS_INLINE gclip_v8f few_groups(const char *row, int t, int r, int32_t dtype,
     const gclip_v8i lane = {0, 1, 2, 3, 4, 5, 6, 7};
     note_excess(bad, excess_v8f(g, kind) & (gclip_v8u)(lane < r), kind);
     return g;
+}
+
+/* The groups of threads t..t+7 (few_groups of all eight). */
+ALWAYS_INLINE gclip_v8f eight_groups(const char *row, int t, int32_t dtype, int32_t kind,
+                                     gclip_v8u *bad)
+{
+    return few_groups(row, t, 8, dtype, kind, bad);
 }
 
 /* Four floats as doubles. GCC converts a 4-float vector with two 2-float

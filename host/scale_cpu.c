@@ -231,13 +231,13 @@ ALWAYS_INLINE void update_chunk(const gclip_tensor_desc *t, int64_t begin, int64
 /* Small chunks are walked one after another, each a short sequential
  * stream. The update pass keeps the lines of the next PREFETCH_AHEAD bytes
  * of chunks it will write requested for writing (a prefetch_cursor), so
- * that they arrive owned; a chunk over PREFETCH_CHUNK_MAX bytes is left to
- * the hardware but counts towards the distance. The read pass requests
- * nothing ahead of its small chunks: the hardware prefetchers keep up with
- * them, and the requests only took time from the walk (docs/benchmark.md,
- * "The read pass without its small-chunk prefetch"). */
+ * that they arrive owned: the chunks it walks as one stream (at most
+ * ONE_STREAM_BYTES, cpu_walk.h); a larger chunk is left to the hardware but
+ * counts towards the distance. The read pass requests nothing ahead of its
+ * small chunks: the hardware prefetchers keep up with them, and the
+ * requests only took time from the walk (docs/benchmark.md, "The read pass
+ * without its small-chunk prefetch"). */
 #define PREFETCH_AHEAD 8192
-#define PREFETCH_CHUNK_MAX 16384
 
 /* The bytes of chunk ch, and its first byte. */
 ALWAYS_INLINE int64_t chunk_bytes(const gclip_tensor_desc *tensors, const gclip_chunk *ch,
@@ -274,7 +274,7 @@ ALWAYS_INLINE void prefetch_before(prefetch_cursor *pc, const gclip_tensor_desc 
             continue;
         const char *p;
         const int64_t bytes = chunk_bytes(tensors, ch, &p);
-        if (bytes <= PREFETCH_CHUNK_MAX) {
+        if (bytes <= ONE_STREAM_BYTES) {
             const char *line = (const char *)((uintptr_t)p & ~(uintptr_t)63);
             for (; line < p + bytes; line += 64)
                 __builtin_prefetch(line, 1, 3);
