@@ -278,7 +278,10 @@ ALWAYS_INLINE int any_lane(gclip_v8i m)
 ALWAYS_INLINE int any_unsafe(gclip_v8u note, int32_t kind)
 {
 #ifdef GCLIP_WALK_F16C
-    return any_lane((gclip_v8i)(note >= 0x7f800000u - safe_lowest(kind)));
+    /* lanes at or above the limit are those the max leaves unchanged */
+    const __m256i limit = _mm256_set1_epi32((int)(0x7f800000u - safe_lowest(kind)));
+    const __m256i over = _mm256_cmpeq_epi32(_mm256_max_epu32((__m256i)note, limit), (__m256i)note);
+    return !_mm256_testz_si256(over, over);
 #else
     (void)kind;
     return any_lane((gclip_v8i)note);
@@ -568,10 +571,6 @@ ALWAYS_INLINE double gclip_chunk_sum(const void *data, int32_t dtype, int64_t be
     const char *vec = base + sp.head * esize;
     const int64_t nv = sp.vectors, rs = (int64_t)NT * VEC_BYTES;
     const int floats = dtype != GCLIP_F64 && kind != GCLIP_KIND_P;
-    double single;
-    if (floats && sp.head == 0 && sp.tail == 0 && nv <= NT &&
-        single_row_chunk(vec, (int)nv, dtype, kind, &single))
-        return single;
     /* threads that get an element: the others' accumulators stay +0, and
      * adding +0 changes no sum of terms (never -0), so they are left out */
     int64_t used = nv < NT ? nv : NT;
@@ -672,18 +671,55 @@ ALWAYS_INLINE double gclip_chunk_terms(const gclip_tensor_desc *t, int64_t begin
 }
 
 
-/* The partial of each chunk of [first, last) into its slot. */
-ALWAYS_INLINE void gclip_read_chunks(const gclip_plan *plan, uint32_t first, uint32_t last,
-                                     const void *arg)
+/* The partial of a chunk of whole vectors, at most NT of them, of
+ * f32/f16/bf16 for L2/L1 (single_row_chunk with a constant dtype). */
+ALWAYS_INLINE int whole_row_chunk(const char *row, int nv, int32_t dtype, int32_t kind,
+                                  double *out)
 {
-    const gclip_read_arg *a = arg;
+    switch (dtype) {
+    case GCLIP_F32: return single_row_chunk(row, nv, GCLIP_F32, kind, out);
+    case GCLIP_F16: return single_row_chunk(row, nv, GCLIP_F16, kind, out);
+    default: return single_row_chunk(row, nv, GCLIP_BF16, kind, out);
+    }
+}
+
+/* The partial of each chunk of [first, last) into its slot, for one kind
+ * (inlined with a constant kind). A chunk of at most NT whole vectors of
+ * f32/f16/bf16, the whole of a small tensor, is tested for first: its
+ * start and its size in bytes are multiples of VEC_BYTES. */
+ALWAYS_INLINE void read_chunks_kind(const gclip_plan *plan, uint32_t first, uint32_t last,
+                                    double *partials, int32_t kind, float p)
+{
     const gclip_tensor_desc *tensors = plan->tensors;
     const gclip_chunk *chunks = plan->chunks;
     for (uint32_t c = first; c < last; c++) {
         const gclip_tensor_desc *t = &tensors[chunks[c].tensor];
         int64_t begin, n;
         gclip_chunk_range(t->numel, chunks[c].index, &begin, &n);
-        a->partials[c] = gclip_chunk_terms(t, begin, n, a->kind, a->p);
+        if ((kind == GCLIP_KIND_L2 || kind == GCLIP_KIND_L1) && t->dtype != GCLIP_F64) {
+            const int64_t es = t->dtype == GCLIP_F32 ? 4 : 2;
+            const char *row = (const char *)t->data + begin * es;
+            const int64_t bytes = n * es;
+            if ((((uintptr_t)row | (uintptr_t)bytes) % VEC_BYTES) == 0 &&
+                bytes <= (int64_t)NT * VEC_BYTES &&
+                whole_row_chunk(row, (int)(bytes / VEC_BYTES), t->dtype, kind, &partials[c]))
+                continue;
+        }
+        partials[c] = gclip_chunk_terms(t, begin, n, kind, p);
+    }
+}
+
+/* The partial of each chunk of [first, last) into its slot. */
+ALWAYS_INLINE void gclip_read_chunks(const gclip_plan *plan, uint32_t first, uint32_t last,
+                                     const void *arg)
+{
+    const gclip_read_arg *a = arg;
+    double *out = a->partials;
+    switch (a->kind) {
+    case GCLIP_KIND_L2: read_chunks_kind(plan, first, last, out, GCLIP_KIND_L2, a->p); break;
+    case GCLIP_KIND_L1: read_chunks_kind(plan, first, last, out, GCLIP_KIND_L1, a->p); break;
+    case GCLIP_KIND_INF: read_chunks_kind(plan, first, last, out, GCLIP_KIND_INF, a->p); break;
+    default: read_chunks_kind(plan, first, last, out, GCLIP_KIND_P, a->p); break;
     }
 }
 
