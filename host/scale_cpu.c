@@ -106,18 +106,32 @@ bf16_scale16(__m256i h, __m256 fv, int nan_from)
     return half_nan_where(r, h, _mm256_set1_epi16(0x7f80));
 }
 
-/* The first STREAMS * part elements from `begin`, as STREAMS parts in
- * lockstep, sixteen at a time (inlined with constant bf16 and nan_from, so
- * each of the four loops has no test in it). */
+/* The first `streams` * part elements from `begin`, as that many parts in
+ * lockstep, sixteen at a time (inlined with constant streams, bf16 and
+ * nan_from, so each loop has no test in it). */
 __attribute__((target("avx2,f16c"), always_inline)) static inline void
-scale_half_parts(uint16_t *x, int64_t begin, int64_t part, __m256 fv, int bf16, int nan_from)
+scale_half_parts(uint16_t *x, int64_t begin, int64_t part, int streams, __m256 fv, int bf16,
+                 int nan_from)
 {
     for (int64_t i = begin; i < begin + part; i += 16)
-        for (int s = 0; s < STREAMS; s++) {
+        for (int s = 0; s < streams; s++) {
             __m256i *p = (__m256i *)(x + i + s * part);
             const __m256i h = _mm256_loadu_si256(p);
             _mm256_storeu_si256(p, bf16 ? bf16_scale16(h, fv, nan_from) : f16_scale16(h, fv, nan_from));
         }
+}
+
+/* The elements from `begin` up to the last multiple of sixteen of n: the
+ * STREAMS parts, then what they leave, sixteen at a time in one stream
+ * (all of a chunk of fewer than 16 STREAMS elements). Returns how many. */
+__attribute__((target("avx2,f16c"), always_inline)) static inline int64_t
+scale_half_span(uint16_t *x, int64_t begin, int64_t n, __m256 fv, int bf16, int nan_from)
+{
+    const int64_t part = n / (STREAMS * 16) * 16, done = STREAMS * part;
+    const int64_t rest = (n - done) / 16 * 16;
+    scale_half_parts(x, begin, part, STREAMS, fv, bf16, nan_from);
+    scale_half_parts(x, begin + done, rest, 1, fv, bf16, nan_from);
+    return done + rest;
 }
 
 /* n f16 or bf16 elements from `begin` times f. With a finite nonzero
@@ -127,20 +141,16 @@ scale_half_parts(uint16_t *x, int64_t begin, int64_t part, __m256 fv, int bf16, 
 __attribute__((target("avx2,f16c"))) static void walk_scale_half(uint16_t *x, int32_t dtype,
                                                                  int64_t begin, int64_t n, float f)
 {
-    const int64_t part = n / (STREAMS * 16) * 16;
     const __m256 fv = _mm256_set1_ps(f);
     const int bf16 = dtype == GCLIP_BF16;
-    if (f != 0.0f && f - f == 0.0f) {
-        if (bf16)
-            scale_half_parts(x, begin, part, fv, 1, HALF_NAN_FROM_ELEMENTS);
-        else
-            scale_half_parts(x, begin, part, fv, 0, HALF_NAN_FROM_ELEMENTS);
-    } else if (bf16) {
-        scale_half_parts(x, begin, part, fv, 1, HALF_NAN_FROM_RESULTS);
-    } else {
-        scale_half_parts(x, begin, part, fv, 0, HALF_NAN_FROM_RESULTS);
-    }
-    for (int64_t k = begin + STREAMS * part; k < begin + n; k++)
+    int64_t done;
+    if (f != 0.0f && f - f == 0.0f)
+        done = bf16 ? scale_half_span(x, begin, n, fv, 1, HALF_NAN_FROM_ELEMENTS)
+                    : scale_half_span(x, begin, n, fv, 0, HALF_NAN_FROM_ELEMENTS);
+    else
+        done = bf16 ? scale_half_span(x, begin, n, fv, 1, HALF_NAN_FROM_RESULTS)
+                    : scale_half_span(x, begin, n, fv, 0, HALF_NAN_FROM_RESULTS);
+    for (int64_t k = begin + done; k < begin + n; k++)
         gclip_walk_update_one(x, dtype, k, 0, f);
 }
 
@@ -165,18 +175,25 @@ __attribute__((target("avx2"))) static void walk_clamp_half_avx2(uint16_t *x, in
     const __m256i topv = _mm256_set1_epi16((short)top);
     const __m256i above = _mm256_set1_epi16((short)(f16 ? gclip_f32_to_f16(v) : gclip_f32_to_bf16(v)));
     const __m256i below = _mm256_set1_epi16((short)(f16 ? gclip_f32_to_f16(-v) : gclip_f32_to_bf16(-v)));
-    const int64_t part = n / (STREAMS * 16) * 16;
+#define CLAMP16(ptr)                                                                            \
+    do {                                                                                        \
+        __m256i *p = (__m256i *)(ptr);                                                          \
+        const __m256i h = _mm256_loadu_si256(p);                                                \
+        const __m256i mag = _mm256_and_si256(h, magmask);                                       \
+        const __m256i bound = _mm256_blendv_epi8(above, below, _mm256_srai_epi16(h, 15));       \
+        const __m256i r = _mm256_blendv_epi8(h, bound, _mm256_cmpgt_epi16(mag, topv));          \
+        _mm256_storeu_si256(p, half_nan_where(r, h, inf));                                      \
+    } while (0)
+    /* STREAMS parts in lockstep, then what they leave in one stream */
+    const int64_t part = n / (STREAMS * 16) * 16, done = STREAMS * part;
+    const int64_t rest = (n - done) / 16 * 16;
     for (int64_t i = begin; i < begin + part; i += 16)
-        for (int s = 0; s < STREAMS; s++) {
-            __m256i *p = (__m256i *)(x + i + s * part);
-            const __m256i h = _mm256_loadu_si256(p);
-            const __m256i mag = _mm256_and_si256(h, magmask);
-            const __m256i bound = _mm256_blendv_epi8(above, below, _mm256_srai_epi16(h, 15));
-            __m256i r = _mm256_blendv_epi8(h, bound, _mm256_cmpgt_epi16(mag, topv));
-            r = half_nan_where(r, h, inf);
-            _mm256_storeu_si256(p, r);
-        }
-    for (int64_t k = begin + STREAMS * part; k < begin + n; k++)
+        for (int s = 0; s < STREAMS; s++)
+            CLAMP16(x + i + s * part);
+    for (int64_t i = begin + done; i < begin + done + rest; i += 16)
+        CLAMP16(x + i);
+#undef CLAMP16
+    for (int64_t k = begin + done + rest; k < begin + n; k++)
         gclip_walk_update_one(x, dtype, k, 1, v);
 }
 
