@@ -303,10 +303,13 @@ ALWAYS_INLINE void batch_rows(const char *row, int32_t dtype, int32_t kind, doub
         gclip_v8f w[4];
         /* the next batch's lines, one batch ahead: the four rows are four
          * pages read side by side, which the hardware prefetchers follow
-         * poorly */
+         * poorly. Into L2 (prefetcht1): requested 16 KiB ahead as
+         * non-temporal (prefetchnta), the read pass ran at 0.7 of the read
+         * roofline, here at 0.9 (docs/benchmark.md, "The batches'
+         * prefetch into L2") */
         for (int k = 0; k < 4; k++) {
-            __builtin_prefetch(row + (WALK_BATCH + k) * rs + t * VEC_BYTES, 0, 0);
-            __builtin_prefetch(row + (WALK_BATCH + k) * rs + t * VEC_BYTES + 64, 0, 0);
+            __builtin_prefetch(row + (WALK_BATCH + k) * rs + t * VEC_BYTES, 0, 2);
+            __builtin_prefetch(row + (WALK_BATCH + k) * rs + t * VEC_BYTES + 64, 0, 2);
         }
         for (int i = 0; i < 4; i++) {
             const char *r = row + (int64_t)(t + 2 * i) * VEC_BYTES;
