@@ -247,13 +247,14 @@ ALWAYS_INLINE void update_chunk(const gclip_tensor_desc *t, int64_t begin, int64
 
 /* Small chunks are walked one after another, each a short sequential
  * stream. The update pass keeps the lines of the next PREFETCH_AHEAD bytes
- * of chunks it will write requested for writing (a prefetch_cursor), so
- * that they arrive owned: the chunks it walks as one stream (at most
- * ONE_STREAM_BYTES, cpu_walk.h); a larger chunk is left to the hardware but
- * counts towards the distance. The read pass requests nothing ahead of its
- * small chunks: the hardware prefetchers keep up with them, and the
- * requests only took time from the walk (docs/benchmark.md, "The read pass
- * without its small-chunk prefetch"). */
+ * of chunks it will write requested into L2 (a prefetch_cursor): the
+ * chunks it walks as one stream (at most ONE_STREAM_BYTES, cpu_walk.h); a
+ * larger chunk is left to the hardware but counts towards the distance.
+ * prefetcht1 measured faster than prefetcht0 and than prefetchw
+ * (docs/benchmark.md, "Prefetching into L2"). The read pass requests
+ * nothing ahead of its small chunks: the hardware prefetchers keep up with
+ * them, and the requests only took time from the walk (docs/benchmark.md,
+ * "The read pass without its small-chunk prefetch"). */
 #define PREFETCH_AHEAD 8192
 
 /* The bytes of chunk ch, and its first byte. */
@@ -275,7 +276,7 @@ typedef struct prefetch_cursor {
 
 /* Before walking chunk c of a run ending at `last`, c of `bytes` bytes (0
  * when c is left untouched): the chunks up to PREFETCH_AHEAD bytes past it
- * requested for writing. Under the per-tensor factors `factor`, chunks that
+ * requested. Under the per-tensor factors `factor`, chunks that
  * stay untouched (factor 1) are neither requested nor counted. */
 ALWAYS_INLINE void prefetch_before(prefetch_cursor *pc, const gclip_tensor_desc *tensors,
                                    const gclip_chunk *chunks, uint32_t c, uint32_t last,
@@ -294,7 +295,7 @@ ALWAYS_INLINE void prefetch_before(prefetch_cursor *pc, const gclip_tensor_desc 
         if (bytes <= ONE_STREAM_BYTES) {
             const char *line = (const char *)((uintptr_t)p & ~(uintptr_t)63);
             for (; line < p + bytes; line += 64)
-                __builtin_prefetch(line, 1, 3);
+                __builtin_prefetch(line, 0, 2);
         }
         pc->ahead += bytes;
     }
