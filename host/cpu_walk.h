@@ -304,9 +304,9 @@ ALWAYS_INLINE void batch_rows(const char *row, int32_t dtype, int32_t kind, doub
         /* the next batch's lines, one batch ahead: the four rows are four
          * pages read side by side, which the hardware prefetchers follow
          * poorly. Into L2 (prefetcht1): requested 16 KiB ahead as
-         * non-temporal (prefetchnta), the read pass ran at 0.7 of the read
-         * roofline, here at 0.9 (docs/benchmark.md, "The batches'
-         * prefetch into L2") */
+         * non-temporal (prefetchnta), the large workloads' norm ran at
+         * 0.68-0.80 of the read roofline, into L2 at 0.84-1.02
+         * (docs/benchmark.md, "Prefetching into L2") */
         for (int k = 0; k < 4; k++) {
             __builtin_prefetch(row + (WALK_BATCH + k) * rs + t * VEC_BYTES, 0, 2);
             __builtin_prefetch(row + (WALK_BATCH + k) * rs + t * VEC_BYTES + 64, 0, 2);
@@ -526,7 +526,8 @@ ALWAYS_INLINE double tree_of_32(const gclip_v8f g[4])
  * groups go straight into the tree's slots, eight at a time; the last
  * nv % 8 as eight with +0 in the slots past nv, which is what those slots
  * hold. Up to 32 vectors the slots stay in registers. Returns 0, leaving
- * the chunk to the general walk, when a group is outside the safe range. */
+ * *out as it was and the chunk to the general walk (gclip_chunk_sum), when
+ * a group is outside the safe range. */
 ALWAYS_INLINE int single_row_chunk(const char *row, int nv, int32_t dtype, int32_t kind,
                                    double *out)
 {
