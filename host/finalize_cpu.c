@@ -76,7 +76,10 @@ static void lane_runs(fold_state *f, uint32_t i, const gclip_chunk *chunks, uint
             else
                 finish_tensor(f, i, run, acc);
             leading = 0;
-            finish_empty(f, i, run + 1u, chunks[c].tensor);
+            /* tensors without chunks in between (run + 1 wraps to 0 from
+             * GCLIP_NO_TENSOR); tested here, as there rarely are any */
+            if (run + 1u < chunks[c].tensor)
+                finish_empty(f, i, run + 1u, chunks[c].tensor);
             run = chunks[c].tensor;
             acc = GCLIP_TERM_ZERO;
         } else if (c == begin) {
