@@ -36,21 +36,32 @@ typedef struct fold_state {
     uint32_t nonfinite[GCLIP_FOLD_LANES];
 } fold_state;
 
-/* gclip_finish_tensor of norm_finalize.cuh, for lane `i`. Inlined: as a
- * call it cost more instructions (saved registers, reloaded parameters)
- * than its own work, once per tensor. */
-static inline __attribute__((always_inline)) void finish_tensor(fold_state *f, uint32_t i,
-                                                                uint32_t tensor, double acc)
+#define FOLD_INLINE static inline __attribute__((always_inline))
+
+/* gclip_finish_tensor of norm_finalize.cuh, for lane `i`, with the norm
+ * kind and whether anything is written per tensor (norms, factors) as
+ * parameters: constants where lane_runs inlines it. Inlined: as a call it
+ * cost more instructions (saved registers, reloaded parameters) than its
+ * own work, once per tensor. */
+FOLD_INLINE void finish_tensor_as(fold_state *f, uint32_t i, uint32_t tensor, double acc,
+                                  int32_t kind, int per_tensor)
 {
     const gclip_norm_params *np = f->np;
-    const float n = gclip_norm_value(acc, np->kind, np->p, f->sc->inv_scale);
-    if (np->tensor_norms)
-        np->tensor_norms[tensor] = n;
-    if (np->op == GCLIP_OP_CLIP_PER_TENSOR)
-        f->tensor_factor[tensor] =
-            gclip_tensor_factor(n, np, f->sc, f->sc->status != GCLIP_STATUS_SUCCESS);
-    f->share[i] = gclip_term_combine(f->share[i], acc, np->kind);
+    const float n = gclip_norm_value(acc, kind, np->p, f->sc->inv_scale);
+    if (per_tensor) {
+        if (np->tensor_norms)
+            np->tensor_norms[tensor] = n;
+        if (np->op == GCLIP_OP_CLIP_PER_TENSOR)
+            f->tensor_factor[tensor] =
+                gclip_tensor_factor(n, np, f->sc, f->sc->status != GCLIP_STATUS_SUCCESS);
+    }
+    f->share[i] = gclip_term_combine(f->share[i], acc, kind);
     f->nonfinite[i] += !gclip_is_finite(n);
+}
+
+FOLD_INLINE void finish_tensor(fold_state *f, uint32_t i, uint32_t tensor, double acc)
+{
+    finish_tensor_as(f, i, tensor, acc, f->np->kind, 1);
 }
 
 static void finish_empty(fold_state *f, uint32_t i, uint32_t from, uint32_t to)
@@ -59,9 +70,11 @@ static void finish_empty(fold_state *f, uint32_t i, uint32_t from, uint32_t to)
         finish_tensor(f, i, k, GCLIP_TERM_ZERO);
 }
 
-/* Lane i up to its barrier: the runs of its range. */
-static void lane_runs(fold_state *f, uint32_t i, const gclip_chunk *chunks, uint32_t num_chunks,
-                      const double *partials)
+/* Lane i up to its barrier: the runs of its range (inlined with constant
+ * kind and per_tensor). */
+FOLD_INLINE void lane_runs_as(fold_state *f, uint32_t i, const gclip_chunk *chunks,
+                              uint32_t num_chunks, const double *partials, int32_t kind,
+                              int per_tensor)
 {
     const uint32_t begin = gclip_fold_lane_begin(num_chunks, i);
     const uint32_t end = gclip_fold_lane_begin(num_chunks, i + 1);
@@ -74,7 +87,7 @@ static void lane_runs(fold_state *f, uint32_t i, const gclip_chunk *chunks, uint
             if (leading)
                 f->lane[i] = acc;
             else
-                finish_tensor(f, i, run, acc);
+                finish_tensor_as(f, i, run, acc, kind, per_tensor);
             leading = 0;
             /* tensors without chunks in between (run + 1 wraps to 0 from
              * GCLIP_NO_TENSOR); tested here, as there rarely are any */
@@ -85,7 +98,7 @@ static void lane_runs(fold_state *f, uint32_t i, const gclip_chunk *chunks, uint
         } else if (c == begin) {
             continues = 1;
         }
-        acc = gclip_term_combine(acc, partials[c], f->np->kind);
+        acc = gclip_term_combine(acc, partials[c], kind);
     }
     if (leading)
         f->lane[i] = acc;
@@ -94,6 +107,28 @@ static void lane_runs(fold_state *f, uint32_t i, const gclip_chunk *chunks, uint
     f->run[i] = run;
     f->run_acc[i] = acc;
 }
+
+#define LANE_RUNS_KIND(k)                                                        \
+    do {                                                                         \
+        if (per_tensor)                                                          \
+            lane_runs_as(f, i, chunks, num_chunks, partials, k, 1);              \
+        else                                                                     \
+            lane_runs_as(f, i, chunks, num_chunks, partials, k, 0);              \
+    } while (0)
+
+static void lane_runs(fold_state *f, uint32_t i, const gclip_chunk *chunks, uint32_t num_chunks,
+                      const double *partials)
+{
+    const gclip_norm_params *np = f->np;
+    const int per_tensor = np->tensor_norms != NULL || np->op == GCLIP_OP_CLIP_PER_TENSOR;
+    switch (np->kind) {
+    case GCLIP_KIND_L2: LANE_RUNS_KIND(GCLIP_KIND_L2); break;
+    case GCLIP_KIND_L1: LANE_RUNS_KIND(GCLIP_KIND_L1); break;
+    case GCLIP_KIND_INF: LANE_RUNS_KIND(GCLIP_KIND_INF); break;
+    default: LANE_RUNS_KIND(np->kind); break;
+    }
+}
+#undef LANE_RUNS_KIND
 
 /* Lane i after its barrier: the open run, then the tensors without chunks
  * that are its to complete. */

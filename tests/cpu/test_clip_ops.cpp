@@ -247,10 +247,13 @@ TEST(ClipPerTensor, TenThousandTensorsEachGetTheirOwnFactor)
         bufs.back().fill(rng, rng.uniform(0.1, 4.0));
     }
     const std::vector<TestBuffer> before = bufs;
+    std::vector<TestBuffer> unasked = bufs; // clipped without tensor_norms
     std::vector<float> norms_out(bufs.size());
-    testutil::PlanPtr plan;
+    testutil::PlanPtr plan, plan2;
     ASSERT_EQ(testutil::make_plan(plan, oracle::tensors_of(bufs)), GCLIP_STATUS_SUCCESS);
+    ASSERT_EQ(testutil::make_plan(plan2, oracle::tensors_of(unasked)), GCLIP_STATUS_SUCCESS);
     gclip_norm_options o = testutil::norm_options(2.0f);
+    ASSERT_EQ(gclip_clip_grad_norm_per_tensor(plan2.get(), &o, nullptr), GCLIP_STATUS_SUCCESS);
     o.tensor_norms = norms_out.data();
     ASSERT_EQ(gclip_clip_grad_norm_per_tensor(plan.get(), &o, nullptr), GCLIP_STATUS_SUCCESS);
     const oracle::Norms want = oracle::norms(before, 2.0);
@@ -260,6 +263,9 @@ TEST(ClipPerTensor, TenThousandTensorsEachGetTheirOwnFactor)
         factor.push_back(oracle::expected_coef(norms_out[k], o.max_norm, o.eps));
     }
     expect_scaled(before, bufs, factor);
+    // the factors do not depend on whether the norms are asked for (the
+    // fold writes them on another path when nothing else is per tensor)
+    expect_scaled(before, unasked, factor);
 }
 
 // ---- value clipping ------------------------------------------------------------------
