@@ -33,8 +33,6 @@
  * chunks as one stream"). */
 #define ONE_STREAM_BYTES 16384
 
-#define ALWAYS_INLINE static inline __attribute__((always_inline))
-
 /* The chunk loops are compiled twice, for AVX2 and for baseline x86-64, and
  * the loader picks one per machine. Contraction into FMA stays off
  * (-ffp-contract=off), so both clones round every operation alike. */
@@ -701,7 +699,7 @@ ALWAYS_INLINE void read_chunks_kind(const gclip_plan *plan, uint32_t first, uint
         int64_t begin, n;
         gclip_chunk_range(t->numel, chunks[c].index, &begin, &n);
         if ((kind == GCLIP_KIND_L2 || kind == GCLIP_KIND_L1) && t->dtype != GCLIP_F64) {
-            const int64_t es = t->dtype == GCLIP_F32 ? 4 : 2;
+            const int64_t es = gclip_dtype_size(t->dtype);
             const char *row = (const char *)t->data + begin * es;
             const int64_t bytes = n * es;
             if ((((uintptr_t)row | (uintptr_t)bytes) % VEC_BYTES) == 0 &&

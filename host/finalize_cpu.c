@@ -36,14 +36,12 @@ typedef struct fold_state {
     uint32_t nonfinite[GCLIP_FOLD_LANES];
 } fold_state;
 
-#define FOLD_INLINE static inline __attribute__((always_inline))
-
 /* gclip_finish_tensor of norm_finalize.cuh, for lane `i`, with the norm
  * kind and whether anything is written per tensor (norms, factors) as
  * parameters: constants where lane_runs inlines it. Inlined: as a call it
  * cost more instructions (saved registers, reloaded parameters) than its
  * own work, once per tensor. */
-FOLD_INLINE void finish_tensor_as(fold_state *f, uint32_t i, uint32_t tensor, double acc,
+ALWAYS_INLINE void finish_tensor_as(fold_state *f, uint32_t i, uint32_t tensor, double acc,
                                   int32_t kind, int per_tensor)
 {
     const gclip_norm_params *np = f->np;
@@ -59,7 +57,7 @@ FOLD_INLINE void finish_tensor_as(fold_state *f, uint32_t i, uint32_t tensor, do
     f->nonfinite[i] += !gclip_is_finite(n);
 }
 
-FOLD_INLINE void finish_tensor(fold_state *f, uint32_t i, uint32_t tensor, double acc)
+ALWAYS_INLINE void finish_tensor(fold_state *f, uint32_t i, uint32_t tensor, double acc)
 {
     finish_tensor_as(f, i, tensor, acc, f->np->kind, 1);
 }
@@ -72,7 +70,7 @@ static void finish_empty(fold_state *f, uint32_t i, uint32_t from, uint32_t to)
 
 /* Lane i up to its barrier: the runs of its range (inlined with constant
  * kind and per_tensor). */
-FOLD_INLINE void lane_runs_as(fold_state *f, uint32_t i, const gclip_chunk *chunks,
+ALWAYS_INLINE void lane_runs_as(fold_state *f, uint32_t i, const gclip_chunk *chunks,
                               uint32_t num_chunks, const double *partials, int32_t kind,
                               int per_tensor)
 {

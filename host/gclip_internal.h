@@ -10,6 +10,10 @@
 #include "gclip_norm_math.h"
 #include "gclip_tables.h"
 
+/* Inlined whatever the compiler's cost model says: the CPU path's
+ * per-element, per-chunk and per-tensor helpers. */
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
 #ifdef __cplusplus
 extern "C" {
 #endif

@@ -121,17 +121,27 @@ scale_half_parts(uint16_t *x, int64_t begin, int64_t part, int streams, __m256 f
         }
 }
 
-/* The elements from `begin` up to the last multiple of sixteen of n: the
- * STREAMS parts, then what they leave, sixteen at a time in one stream
- * (all of a chunk of fewer than 16 STREAMS elements). Returns how many. */
+/* How n halves are walked sixteen at a time: STREAMS lockstep parts of
+ * *part elements, then *rest elements in one stream after them (all of a
+ * chunk of fewer than 16 STREAMS elements). Returns STREAMS * part + rest;
+ * the elements from there go through the scalar conversions. */
+static inline int64_t half_split(int64_t n, int64_t *part, int64_t *rest)
+{
+    *part = n / (STREAMS * 16) * 16;
+    *rest = (n - STREAMS * *part) / 16 * 16;
+    return STREAMS * *part + *rest;
+}
+
+/* The elements half_split walks sixteen at a time, from `begin`. Returns
+ * how many. */
 __attribute__((target("avx2,f16c"), always_inline)) static inline int64_t
 scale_half_span(uint16_t *x, int64_t begin, int64_t n, __m256 fv, int bf16, int nan_from)
 {
-    const int64_t part = n / (STREAMS * 16) * 16, done = STREAMS * part;
-    const int64_t rest = (n - done) / 16 * 16;
+    int64_t part, rest;
+    const int64_t done = half_split(n, &part, &rest);
     scale_half_parts(x, begin, part, STREAMS, fv, bf16, nan_from);
-    scale_half_parts(x, begin + done, rest, 1, fv, bf16, nan_from);
-    return done + rest;
+    scale_half_parts(x, begin + STREAMS * part, rest, 1, fv, bf16, nan_from);
+    return done;
 }
 
 /* n f16 or bf16 elements from `begin` times f. With a finite nonzero
@@ -154,7 +164,8 @@ __attribute__((target("avx2,f16c"))) static void walk_scale_half(uint16_t *x, in
         gclip_walk_update_one(x, dtype, k, 0, f);
 }
 
-/* The clamp of f16 or bf16 elements on their bits, sixteen at a time. An
+/* The clamp of f16 or bf16 elements on their bits, sixteen at a time
+ * (clamp_half_parts, as scale_half_parts). An
  * element beyond [-v, v] becomes v or -v rounded to the dtype; the halves'
  * magnitudes are ordered like their bits, so comparing them with the bits
  * `top` of |v| rounded gives the same result: no half lies strictly
@@ -164,36 +175,41 @@ __attribute__((target("avx2,f16c"))) static void walk_scale_half(uint16_t *x, in
  * and the scalar conversions give, with no conversion to float and back
  * (-0 included: v = -0 sends positive elements to -0 and negative ones to
  * +0, as the contract's comparisons do). */
+/* The clamp of the first `streams` * part elements from `begin`, as that
+ * many parts in lockstep (inlined with constant streams): an element above
+ * `top` in magnitude becomes `above` or `below` by its sign, a NaN (above
+ * `inf`) the canonical NaN. */
+__attribute__((target("avx2"), always_inline)) static inline void
+clamp_half_parts(uint16_t *x, int64_t begin, int64_t part, int streams, __m256i top,
+                 __m256i above, __m256i below, __m256i inf)
+{
+    const __m256i magmask = _mm256_set1_epi16(0x7fff);
+    for (int64_t i = begin; i < begin + part; i += 16)
+        for (int s = 0; s < streams; s++) {
+            __m256i *p = (__m256i *)(x + i + s * part);
+            const __m256i h = _mm256_loadu_si256(p);
+            const __m256i mag = _mm256_and_si256(h, magmask);
+            const __m256i bound = _mm256_blendv_epi8(above, below, _mm256_srai_epi16(h, 15));
+            const __m256i r = _mm256_blendv_epi8(h, bound, _mm256_cmpgt_epi16(mag, top));
+            _mm256_storeu_si256(p, half_nan_where(r, h, inf));
+        }
+}
+
 __attribute__((target("avx2"))) static void walk_clamp_half_avx2(uint16_t *x, int32_t dtype,
                                                                  int64_t begin, int64_t n, float v)
 {
     const int f16 = dtype == GCLIP_F16;
     const float a = v + 0.0f; /* |v|: v >= 0 or -0, made +0 */
     const uint16_t top = f16 ? gclip_f32_to_f16(a) : gclip_f32_to_bf16(a);
-    const __m256i magmask = _mm256_set1_epi16(0x7fff);
     const __m256i inf = _mm256_set1_epi16((short)(f16 ? 0x7c00 : 0x7f80));
     const __m256i topv = _mm256_set1_epi16((short)top);
     const __m256i above = _mm256_set1_epi16((short)(f16 ? gclip_f32_to_f16(v) : gclip_f32_to_bf16(v)));
     const __m256i below = _mm256_set1_epi16((short)(f16 ? gclip_f32_to_f16(-v) : gclip_f32_to_bf16(-v)));
-#define CLAMP16(ptr)                                                                            \
-    do {                                                                                        \
-        __m256i *p = (__m256i *)(ptr);                                                          \
-        const __m256i h = _mm256_loadu_si256(p);                                                \
-        const __m256i mag = _mm256_and_si256(h, magmask);                                       \
-        const __m256i bound = _mm256_blendv_epi8(above, below, _mm256_srai_epi16(h, 15));       \
-        const __m256i r = _mm256_blendv_epi8(h, bound, _mm256_cmpgt_epi16(mag, topv));          \
-        _mm256_storeu_si256(p, half_nan_where(r, h, inf));                                      \
-    } while (0)
-    /* STREAMS parts in lockstep, then what they leave in one stream */
-    const int64_t part = n / (STREAMS * 16) * 16, done = STREAMS * part;
-    const int64_t rest = (n - done) / 16 * 16;
-    for (int64_t i = begin; i < begin + part; i += 16)
-        for (int s = 0; s < STREAMS; s++)
-            CLAMP16(x + i + s * part);
-    for (int64_t i = begin + done; i < begin + done + rest; i += 16)
-        CLAMP16(x + i);
-#undef CLAMP16
-    for (int64_t k = begin + done + rest; k < begin + n; k++)
+    int64_t part, rest;
+    const int64_t done = half_split(n, &part, &rest);
+    clamp_half_parts(x, begin, part, STREAMS, topv, above, below, inf);
+    clamp_half_parts(x, begin + STREAMS * part, rest, 1, topv, above, below, inf);
+    for (int64_t k = begin + done; k < begin + n; k++)
         gclip_walk_update_one(x, dtype, k, 1, v);
 }
 
