@@ -156,6 +156,8 @@ void *bench_alloc(size_t bytes);
 void bench_free(void *p);
 /* Sum of squares of n floats with independent vector accumulators. */
 double bench_read_kernel(const float *x, size_t n, int threads);
+/* Where timed reads store their result, so that they are not optimized away. */
+extern volatile double bench_sink;
 /* x *= a in place: the read-write pattern of an in-place clip. */
 void bench_scale_kernel(float *x, size_t n, float a, int threads);
 /* Take `bytes` at `data` out of the CPU caches (outside timed regions). */

@@ -4,13 +4,22 @@
  * gclip_total_norm timed `reps` times, the fastest kept. Small and without
  * a roofline or peers, so that it runs under callgrind or perf in seconds:
  *
- *   gclip-chunk-cost COUNT NUMEL [f32|f16|bf16] [THREADS] [REPS]
+ *   gclip-chunk-cost COUNT NUMEL [f32|f16|bf16] [THREADS] [REPS] [plain]
+ *
+ * With `plain`, each repetition is followed by a plain read of the same
+ * bytes (bench_read_kernel, the roofline's read: sum of squares, 32-byte
+ * vectors, several streams a thread), and the medians of both are printed
+ * with their ratio: the read pass against the memory's speed on this very
+ * buffer, two figures taken together on a machine whose bandwidth drifts.
  *
  * The data is seeded and never zero; the norm is printed so that the work
  * cannot be skipped.
  */
 #include <gclip.h>
 
+#include "bench.h"
+
+#include <omp.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,7 +62,8 @@ static void store(void *p, gclip_dtype dt, size_t i, float v)
 int main(int argc, char **argv)
 {
     if (argc < 3) {
-        fprintf(stderr, "usage: %s COUNT NUMEL [f32|f16|bf16] [THREADS] [REPS]\n", argv[0]);
+        fprintf(stderr, "usage: %s COUNT NUMEL [f32|f16|bf16] [THREADS] [REPS] [plain]\n",
+                argv[0]);
         return 2;
     }
     const size_t count = strtoull(argv[1], NULL, 10);
@@ -62,6 +72,7 @@ int main(int argc, char **argv)
     const gclip_dtype dt = !strcmp(dts, "f16") ? GCLIP_F16 : !strcmp(dts, "bf16") ? GCLIP_BF16 : GCLIP_F32;
     const int threads = argc > 4 ? atoi(argv[4]) : 1;
     const int reps = argc > 5 ? atoi(argv[5]) : 40;
+    const int plain = argc > 6 && !strcmp(argv[6], "plain");
     if (count == 0 || numel <= 0 || threads < 0 || reps <= 0) {
         fprintf(stderr, "COUNT, NUMEL and REPS must be positive, THREADS >= 0\n");
         return 2;
@@ -90,6 +101,11 @@ int main(int argc, char **argv)
     }
     const gclip_norm_options o = gclip_norm_options_default();
     double best = 1e30;
+    double *ms = malloc(2 * (size_t)reps * sizeof *ms), *plain_ms = ms + reps;
+    if (!ms) {
+        fprintf(stderr, "out of memory\n");
+        return 1;
+    }
     for (int r = 0; r < reps; r++) {
         const double a = now();
         if (gclip_total_norm(plan, &o, NULL) != GCLIP_STATUS_SUCCESS) {
@@ -98,6 +114,13 @@ int main(int argc, char **argv)
         }
         const double s = now() - a;
         best = s < best ? s : best;
+        ms[r] = s * 1e3;
+        if (plain) { /* the whole buffer, padding included, as floats */
+            const double b = now();
+            bench_sink = bench_read_kernel((const float *)buf, stride * count / 4,
+                                           threads > 0 ? threads : omp_get_max_threads());
+            plain_ms[r] = (now() - b) * 1e3;
+        }
     }
     gclip_result res;
     gclip_get_result(plan, &res);
@@ -105,6 +128,14 @@ int main(int argc, char **argv)
            "norm %.7g\n",
            count, (long long)numel, dts, threads, reps, best * 1e3, best * 1e9 / (double)count,
            (double)count * (double)numel * (double)esize / best / 1e9, res.total_norm);
+    if (plain) {
+        const double g = bench_stats_of(ms, reps).median_ms;
+        const double q = bench_stats_of(plain_ms, reps).median_ms;
+        printf("medians: norm %.3f ms (%.2f GB/s of the buffer), plain read %.3f ms (%.2f GB/s), "
+               "ratio %.3f\n",
+               g, (double)(stride * count) / g / 1e6, q, (double)(stride * count) / q / 1e6, q / g);
+    }
+    free(ms);
     gclip_plan_destroy(plan);
     free(t);
     free(buf);

@@ -171,6 +171,13 @@ ALWAYS_INLINE gclip_v8f half_terms_v8f(gclip_v8i h, int32_t dtype, int32_t kind)
 /* The terms of eight words of f16/bf16 halves: lower plus upper. */
 ALWAYS_INLINE gclip_v8f word_halves_v8f(gclip_v8i w, int32_t dtype, int32_t kind)
 {
+    if (dtype == GCLIP_BF16) {
+        /* a bf16 half is the upper half of an f32: the lower half shifted
+         * up, the upper one with the lower bits cleared; their terms are
+         * those of the magnitudes (term_v8f), with a NaN's sign aside */
+        const gclip_v8u u = (gclip_v8u)w;
+        return term_v8f((gclip_v8f)(u << 16), kind) + term_v8f((gclip_v8f)(u & 0xffff0000u), kind);
+    }
     const gclip_v8i lo = w & 0xffff, hi = (gclip_v8i)((gclip_v8u)w >> 16);
     return half_terms_v8f(lo, dtype, kind) + half_terms_v8f(hi, dtype, kind);
 }
@@ -291,32 +298,52 @@ ALWAYS_INLINE int any_unsafe(gclip_v8u note, int32_t kind)
  * tree row k with k + 2, then k with k + 1, then the words. Eight threads at
  * a time: their words of the four rows summed lane by lane, then the words'
  * tree across lanes. The groups' sums are folded together when all are in
- * the safe range (one test per batch). */
+ * the safe range (one test per batch).
+ *
+ * The rows are read one after the other, in address order, their words kept
+ * in two 4 KiB arrays (rows 0 + 2, row 1) until row 3 completes the sums;
+ * each pass requests the same row of the next batch into L1 (prefetcht0).
+ * The additions are those of the tree above, in its order, so the sums are
+ * bitwise the same as reading the four rows side by side; but four 4 KiB
+ * pages read side by side are four short streams that the hardware
+ * prefetchers follow poorly, and the read pass ran at 0.79 of a plain read
+ * of the same buffer that way, 0.86 this way (docs/benchmark.md, "The
+ * batch's rows in address order"). */
 ALWAYS_INLINE void batch_rows(const char *row, int32_t dtype, int32_t kind, double *acc)
 {
-    const int64_t rs = (int64_t)NT * VEC_BYTES; /* bytes between the batch's vectors */
+    const int64_t rs = (int64_t)NT * VEC_BYTES;
+    enum { WORDS = NT * VEC_BYTES / 32 }; /* words_v8f per row */
+    gclip_v8f even[WORDS], odd[WORDS];
     float s[NT];
     gclip_v8u bad = {0, 0, 0, 0, 0, 0, 0, 0};
-    for (int t = 0; t < NT; t += 8) {
+    const char *ahead = row + WALK_BATCH * rs;
+    for (int j = 0; j < WORDS; j += 4) {
+        __builtin_prefetch(ahead + j * 32, 0, 3);
+        __builtin_prefetch(ahead + j * 32 + 64, 0, 3);
+        for (int i = 0; i < 4; i++)
+            even[j + i] = words_v8f(row + (j + i) * 32, dtype, kind);
+    }
+    for (int j = 0; j < WORDS; j += 4) {
+        __builtin_prefetch(ahead + rs + j * 32, 0, 3);
+        __builtin_prefetch(ahead + rs + j * 32 + 64, 0, 3);
+        for (int i = 0; i < 4; i++)
+            odd[j + i] = words_v8f(row + rs + (j + i) * 32, dtype, kind);
+    }
+    for (int j = 0; j < WORDS; j += 4) {
+        __builtin_prefetch(ahead + 2 * rs + j * 32, 0, 3);
+        __builtin_prefetch(ahead + 2 * rs + j * 32 + 64, 0, 3);
+        for (int i = 0; i < 4; i++)
+            even[j + i] = even[j + i] + words_v8f(row + 2 * rs + (j + i) * 32, dtype, kind);
+    }
+    for (int j = 0; j < WORDS; j += 4) {
+        __builtin_prefetch(ahead + 3 * rs + j * 32, 0, 3);
+        __builtin_prefetch(ahead + 3 * rs + j * 32 + 64, 0, 3);
         gclip_v8f w[4];
-        /* the next batch's lines, one batch ahead: the four rows are four
-         * pages read side by side, which the hardware prefetchers follow
-         * poorly. Into L2 (prefetcht1): requested 16 KiB ahead as
-         * non-temporal (prefetchnta), the large workloads' norm ran at
-         * 0.68-0.80 of the read roofline, into L2 at 0.84-1.02
-         * (docs/benchmark.md, "Prefetching into L2") */
-        for (int k = 0; k < 4; k++) {
-            __builtin_prefetch(row + (WALK_BATCH + k) * rs + t * VEC_BYTES, 0, 2);
-            __builtin_prefetch(row + (WALK_BATCH + k) * rs + t * VEC_BYTES + 64, 0, 2);
-        }
-        for (int i = 0; i < 4; i++) {
-            const char *r = row + (int64_t)(t + 2 * i) * VEC_BYTES;
-            w[i] = (words_v8f(r, dtype, kind) + words_v8f(r + 2 * rs, dtype, kind)) +
-                   (words_v8f(r + rs, dtype, kind) + words_v8f(r + 3 * rs, dtype, kind));
-        }
+        for (int i = 0; i < 4; i++)
+            w[i] = even[j + i] + (odd[j + i] + words_v8f(row + 3 * rs + (j + i) * 32, dtype, kind));
         const gclip_v8f g = group_tree_v8f(w[0], w[1], w[2], w[3]);
         note_excess(&bad, excess_v8f(g, kind), kind);
-        memcpy(&s[t], &g, sizeof g);
+        memcpy(&s[2 * j], &g, sizeof g);
     }
     if (!any_unsafe(bad, kind)) {
         for (int t = 0; t < NT; t++)
