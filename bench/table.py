@@ -4,10 +4,16 @@ its ratio to the roofline measured next to it, the naive loop's and every
 peer's time for the same workload and op, gclip's speed-up over each, and
 whether the row meets the targets.
 
-    python3 bench/table.py bench.json [--backend cpu] [--compact]
+    python3 bench/table.py bench.json [more.json ...] [--backend cpu] [--compact]
 
 --compact prints one row per workload and op with the ratio and the
 speed-up over the fastest peer only (the README's table).
+
+Several files (full runs of the same build) give one table of medians:
+each run's ratio compares two figures measured together, and each run's
+speed-up over a peer compares gclip with that peer in the same run, so the
+medians are taken of those per-run figures, never of times from different
+runs. The range over the runs follows each median.
 
 Targets (CPU): every op at >= 0.85 of its roofline, and at least as fast as
 the fastest peer of the run; 2x the fastest peer for clip-noop and on
@@ -15,6 +21,7 @@ many-small, where the peers do avoidable work.
 """
 import argparse
 import json
+import statistics
 
 ROOFLINE_TARGET = 0.85
 FIXED = ("gclip", "naive")
@@ -24,20 +31,87 @@ def peer_target(workload, op):
     return 2.0 if op == "clip-noop" or workload == "many-small" else 1.0
 
 
+def index(records, backend):
+    """(workload, op, impl) -> median ms, and gclip's rows in run order."""
+    records = [r for r in records if r["backend"] == backend]
+    times = {(r["workload"], r["op"], r["impl"]): r["median_ms"]
+             for r in records if r.get("median_ms")}
+    rows = [r for r in records if r["impl"] == "gclip" and r.get("median_ms")]
+    return times, rows
+
+
+def summarize(runs, backend="cpu"):
+    """One entry per gclip row of the first run: the per-run figures
+    (ratio, and speed-up over each peer present in that run) and their
+    medians. `runs` is a list of record lists, one per gclip-bench run."""
+    indexed = [index(run, backend) for run in runs]
+    peers = list(dict.fromkeys(r["impl"] for run in runs for r in run
+                               if r["backend"] == backend and r["impl"] not in FIXED))
+    out = []
+    for row in indexed[0][1]:
+        w, op = row["workload"], row["op"]
+        ratios, ms, naive = [], [], []
+        ups = {p: [] for p in peers}
+        peer_ms = {p: [] for p in peers}
+        for times, rows in indexed:
+            g = next((r for r in rows if r["workload"] == w and r["op"] == op), None)
+            if g is None:
+                continue
+            ratios.append(g["ratio"])
+            ms.append(g["median_ms"])
+            if times.get((w, op, "naive")):
+                naive.append(times[(w, op, "naive")])
+            for p in peers:
+                t = times.get((w, op, p))
+                if t:
+                    ups[p].append(t / g["median_ms"])
+                    peer_ms[p].append(t)
+        med = {p: statistics.median(u) for p, u in ups.items() if u}
+        # the fastest peer gives the smallest (median) speed-up
+        fastest = min(med, key=med.get) if med else None
+        out.append({
+            "workload": w, "op": op, "runs": len(ratios),
+            "ratio": statistics.median(ratios), "ratios": ratios,
+            "ms": statistics.median(ms),
+            "naive_ms": statistics.median(naive) if naive else None,
+            "peer_ms": {p: statistics.median(t) for p, t in peer_ms.items() if t},
+            "ups": ups, "up": med, "fastest": fastest,
+        })
+    return peers, out
+
+
+def verdict(row):
+    """The targets the row misses (empty when it meets them all)."""
+    met = []
+    if row["ratio"] < ROOFLINE_TARGET:
+        met.append(f"roofline < {ROOFLINE_TARGET}")
+    want = peer_target(row["workload"], row["op"])
+    if row["fastest"] is not None and row["up"][row["fastest"]] < want:
+        met.append(f"< {want:g}x best peer")
+    return met
+
+
+def spread(values, fmt):
+    """'median' for one value, 'median (min-max)' for several."""
+    m = fmt.format(statistics.median(values))
+    if len(values) < 2:
+        return m
+    return f"{m} ({fmt.format(min(values))}-{fmt.format(max(values))})"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("json")
+    ap.add_argument("json", nargs="+")
     ap.add_argument("--backend", default="cpu")
     ap.add_argument("--compact", action="store_true")
     args = ap.parse_args()
-    records = [r for r in json.load(open(args.json)) if r["backend"] == args.backend]
-    by = {(r["workload"], r["op"], r["impl"]): r for r in records}
-    peers = list(dict.fromkeys(r["impl"] for r in records if r["impl"] not in FIXED))
-
-    def ms(w, op, impl):
-        r = by.get((w, op, impl))
-        return r["median_ms"] if r and r.get("median_ms") else None
-
+    runs = []
+    for path in args.json:
+        with open(path) as f:
+            runs.append(json.load(f))
+    peers, rows = summarize(runs, args.backend)
+    if len(runs) > 1:
+        print(f"Medians of {len(runs)} runs, the range over the runs in parentheses.\n")
     head = ["workload", "op", "gclip ms", "ratio", "naive ms"] + [f"{p} ms" for p in peers] \
         + [f"vs {p}" for p in peers] + ["target met"]
     if args.compact:
@@ -45,33 +119,22 @@ def main():
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     misses = []
-    for r in records:
-        if r["impl"] != "gclip" or not r.get("median_ms"):
-            continue
-        w, op, g = r["workload"], r["op"], r["median_ms"]
-        times = [ms(w, op, p) for p in peers]
-        ups = [t / g if t else None for t in times]
-        want = peer_target(w, op)
-        ok_roof = r["ratio"] >= ROOFLINE_TARGET
-        # the fastest peer gives the smallest speed-up
-        worst = min((u for u in ups if u), default=None)
-        ok_peer = worst is None or worst >= want
-        met = []
-        if not ok_roof:
-            met.append(f"roofline < {ROOFLINE_TARGET}")
-        if not ok_peer:
-            met.append(f"< {want:g}x best peer")
+    for row in rows:
+        w, op = row["workload"], row["op"]
+        met = verdict(row)
         if met:
             misses.append(f"{w} {op}: " + ", ".join(met))
-        naive = ms(w, op, "naive")
         if args.compact:
-            fastest = min((t, p) for t, p in zip(times, peers) if t) if any(times) else None
-            cells = [w, op, f"{r['ratio']:.2f}", f"{worst:.2f}x" if worst else "-",
-                     fastest[1] if fastest else "-"]
+            f = row["fastest"]
+            cells = [w, op, spread(row["ratios"], "{:.2f}"),
+                     spread(row["ups"][f], "{:.2f}x") if f else "-", f or "-"]
         else:
-            cells = [w, op, f"{g:.2f}", f"**{r['ratio']:.2f}**", f"{naive:.1f}" if naive else "-"]
-            cells += [f"{t:.2f}" if t else "-" for t in times]
-            cells += [f"{u:.2f}x" if u else "-" for u in ups]
+            naive = row["naive_ms"]
+            cells = [w, op, f"{row['ms']:.2f}", f"**{spread(row['ratios'], '{:.2f}')}**",
+                     f"{naive:.1f}" if naive else "-"]
+            cells += [f"{row['peer_ms'][p]:.2f}" if p in row["peer_ms"] else "-" for p in peers]
+            cells += [spread(row["ups"][p], "{:.2f}x") if row["ups"][p] else "-"
+                      for p in peers]
         cells.append("yes" if not met else "no")
         print("| " + " | ".join(cells) + " |")
     print(f"\n{len(misses)} rows below target" + (":" if misses else "."))

@@ -1,0 +1,84 @@
+"""bench/table.py: the medians over several gclip-bench runs are taken of
+per-run figures (each run's ratio, each run's speed-up over a peer), and the
+verdict follows the targets. Checked on seeded random runs against sums
+written out here."""
+import importlib.util
+import pathlib
+import random
+
+import pytest
+
+TABLE = pathlib.Path(__file__).resolve().parents[2] / "bench" / "table.py"
+
+
+@pytest.fixture(scope="module")
+def table():
+    spec = importlib.util.spec_from_file_location("gclip_bench_table", TABLE)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def make_runs(seed, nruns):
+    rng = random.Random(seed)
+    runs = []
+    for _ in range(nruns):
+        run = []
+        for w in ("gpt2-124m", "many-small"):
+            for op in ("norm", "clip-noop"):
+                g = rng.uniform(1.0, 20.0)
+                run.append({"workload": w, "op": op, "impl": "gclip", "backend": "cpu",
+                            "median_ms": g, "ratio": rng.uniform(0.6, 1.2)})
+                run.append({"workload": w, "op": op, "impl": "naive", "backend": "cpu",
+                            "median_ms": g * rng.uniform(1.0, 5.0)})
+                for peer in ("torch-2.15.0", "jax-0.10.2"):
+                    run.append({"workload": w, "op": op, "impl": peer, "backend": "cpu",
+                                "median_ms": g * rng.uniform(0.5, 3.0)})
+        runs.append(run)
+    return runs
+
+
+def middle(values):
+    v = sorted(values)
+    n = len(v)
+    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
+
+
+@pytest.mark.parametrize("nruns", [1, 2, 3, 5])
+def test_medians_are_of_per_run_figures(table, nruns):
+    runs = make_runs(1234 + nruns, nruns)
+    peers, rows = table.summarize(runs)
+    assert peers == ["torch-2.15.0", "jax-0.10.2"]
+    assert len(rows) == 4
+    for row in rows:
+        key = (row["workload"], row["op"])
+
+        def pick(run, impl):
+            return next(r for r in run if (r["workload"], r["op"]) == key and r["impl"] == impl)
+
+        ratios = [pick(run, "gclip")["ratio"] for run in runs]
+        assert row["ratio"] == pytest.approx(middle(ratios), rel=1e-12)
+        ups = {}
+        for p in peers:
+            ups[p] = [pick(run, p)["median_ms"] / pick(run, "gclip")["median_ms"] for run in runs]
+            assert row["up"][p] == pytest.approx(middle(ups[p]), rel=1e-12)
+        fastest = min(peers, key=lambda p: middle(ups[p]))
+        assert row["fastest"] == fastest
+        want = 2.0 if row["op"] == "clip-noop" or row["workload"] == "many-small" else 1.0
+        misses = table.verdict(row)
+        assert (middle(ratios) < 0.85) == any(m.startswith("roofline") for m in misses)
+        assert (middle(ups[fastest]) < want) == any("best peer" in m for m in misses)
+
+
+def test_a_peer_absent_from_some_runs_is_judged_on_the_runs_it_has(table):
+    runs = make_runs(99, 3)
+    runs[1] = [r for r in runs[1] if r["impl"] != "jax-0.10.2"]
+    _, rows = table.summarize(runs)
+    for row in rows:
+        assert len(row["ups"]["jax-0.10.2"]) == 2
+        assert len(row["ups"]["torch-2.15.0"]) == 3
+
+
+def test_spread_names_the_range_only_for_several_runs(table):
+    assert table.spread([0.9], "{:.2f}") == "0.90"
+    assert table.spread([0.95, 0.8, 1.1], "{:.2f}x") == "0.95x (0.80x-1.10x)"
