@@ -151,7 +151,7 @@ def main():
             if donates:
                 w.grads = None  # consumed
             return ms
-        return run_protocol(w.prepare, donates, step, args.warmup, args.runs), note
+        return run_protocol(w.prepare, donates, step, args.warmup, args.runs, op), note
 
     run_all(args, devices, lambda d: Workload(shapes, d), bench_op, "jax")
 

@@ -257,7 +257,11 @@ static void run_peers(const options *o, const limits *lim, const bench_peer *pee
                     peers[k].label, w->name);
         for (size_t i = first; i < res->n; i++) {
             const bench_record *r = &res->r[i];
-            if (r->t.median_ms > 0)
+            if (r->t.median_ms > 0 && r->roofline_gbps > 0)
+                printf("  %-12s %-14s %-4s %9.3f ms  %7.2f GB/s  roofline %7.2f GB/s  ratio %.2f\n",
+                       r->op, r->impl, r->backend, r->t.median_ms, r->gbps, r->roofline_gbps,
+                       r->gbps / r->roofline_gbps);
+            else if (r->t.median_ms > 0)
                 printf("  %-12s %-14s %-4s %9.3f ms  %7.2f GB/s\n", r->op, r->impl, r->backend,
                        r->t.median_ms, r->gbps);
             else
@@ -311,9 +315,9 @@ static int cpu_limit(const options *o, limits *lim, const char *when)
     return 0;
 }
 
-/* Records without a roofline of their own (the peers', which run in
- * another process) take that of gclip's record of the same workload, op and
- * backend, else the higher of the start and end limits of the run. */
+/* Records without a roofline of their own (a peer's run without the
+ * roofline library) take that of gclip's record of the same workload, op
+ * and backend, else the higher of the start and end limits of the run. */
 static void assign_rooflines(bench_results *res, const limits *lim)
 {
     for (size_t i = 0; i < res->n; i++) {

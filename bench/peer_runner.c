@@ -180,6 +180,11 @@ static int parse_record(const char *line, const bench_peer *peer, bench_record *
     json_num(line, "max_ms", &r->t.max_ms);
     json_num(line, "bytes", &r->bytes);
     json_num(line, "gbps", &r->gbps);
+    /* the roofline of the peer's own runs (--roof-lib), or null */
+    if (json_num(line, "roofline_gbps", &v) == 0 && v > 0) {
+        r->roofline_gbps = v;
+        r->roofline_interleaved = 1;
+    }
     char note[80] = "";
     json_str(line, "note", note, sizeof note);
     snprintf(r->note, sizeof r->note, "%s", note);
@@ -197,10 +202,18 @@ int bench_peer_run(const bench_peer *peer, const char *script_dir, const bench_w
     shell_quote(qpy, sizeof qpy, peer->python);
     shell_quote(qscript, sizeof qscript, script);
     ops_list(ops, list, sizeof list);
-    snprintf(cmd, sizeof cmd,
-             "%s %s --shapes %s --workload %s --ops %s --warmup %d --runs %d --threads %d "
-             "--devices %s",
-             qpy, qscript, shapes, w->name, list, warmup, runs, threads, devices);
+    int n = snprintf(cmd, sizeof cmd,
+                     "%s %s --shapes %s --workload %s --ops %s --warmup %d --runs %d "
+                     "--threads %d --devices %s",
+                     qpy, qscript, shapes, w->name, list, warmup, runs, threads, devices);
+#ifdef GCLIP_BENCH_ROOF_LIB
+    /* the peer pairs its CPU runs with the roofline passes, as gclip's are */
+    if (access(GCLIP_BENCH_ROOF_LIB, R_OK) == 0 && n > 0 && (size_t)n < sizeof cmd) {
+        char qlib[1100];
+        shell_quote(qlib, sizeof qlib, GCLIP_BENCH_ROOF_LIB);
+        snprintf(cmd + n, sizeof cmd - (size_t)n, " --roof-lib %s", qlib);
+    }
+#endif
     FILE *f = popen(cmd, "r");
     if (!f) {
         unlink(shapes);

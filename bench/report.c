@@ -115,7 +115,7 @@ void bench_print_table(const bench_results *res)
             }
     }
     printf("\nGB/s counts the minimal bytes each op moves; roof = the limit for that op's "
-           "passes,\nmeasured between the op's own repetitions (peers: gclip's of the same row);\n"
+           "passes,\nmeasured between the op's own repetitions (a peer's in its own process);\n"
            "ratio = GB/s / roof; vs_naive, vs_peer = speed-up of gclip over the naive loop and\n"
            "over the fastest peer (median over median); lps = kernel launches per step (CUDA).\n");
 }

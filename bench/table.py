@@ -9,6 +9,14 @@ whether the row meets the targets.
 --compact prints one row per workload and op with the ratio and the
 speed-up over the fastest peer only (the README's table).
 
+Two speed-ups over each peer: in time (the peer's median over gclip's),
+and at the same memory speed (gclip's ratio over the peer's), where the
+peer's runs were paired with roofline passes of their own (gclip-bench
+passes its roofline library to the peers' scripts). Peers run in their own
+processes, minutes away from gclip's run of the same op, on machines whose
+bandwidth drifts; the second speed-up compares the two at the memory speed
+each one was measured at, and the verdict uses it when it exists.
+
 Several files (full runs of the same build) give one table of medians:
 each run's ratio compares two figures measured together, and each run's
 speed-up over a peer compares gclip with that peer in the same run, so the
@@ -32,12 +40,21 @@ def peer_target(workload, op):
 
 
 def index(records, backend):
-    """(workload, op, impl) -> median ms, and gclip's rows in run order."""
+    """(workload, op, impl) -> record with a time, and gclip's rows in run order."""
     records = [r for r in records if r["backend"] == backend]
-    times = {(r["workload"], r["op"], r["impl"]): r["median_ms"]
-             for r in records if r.get("median_ms")}
+    timed = {(r["workload"], r["op"], r["impl"]): r for r in records if r.get("median_ms")}
     rows = [r for r in records if r["impl"] == "gclip" and r.get("median_ms")]
-    return times, rows
+    return timed, rows
+
+
+def speedups(g, peer):
+    """gclip's speed-up over one peer's record of the same run: in time, and
+    at the same memory speed (None unless the peer has its own roofline)."""
+    time_up = peer["median_ms"] / g["median_ms"]
+    mem_up = None
+    if peer.get("roofline_interleaved") and peer.get("ratio"):
+        mem_up = g["ratio"] / peer["ratio"]
+    return time_up, mem_up
 
 
 def summarize(runs, backend="cpu"):
@@ -51,22 +68,28 @@ def summarize(runs, backend="cpu"):
     for row in indexed[0][1]:
         w, op = row["workload"], row["op"]
         ratios, ms, naive = [], [], []
-        ups = {p: [] for p in peers}
+        ups = {p: [] for p in peers}      # in time
+        mem_ups = {p: [] for p in peers}  # at the same memory speed
+        judged = {p: [] for p in peers}   # the latter where it exists, else the former
         peer_ms = {p: [] for p in peers}
-        for times, rows in indexed:
+        for timed, rows in indexed:
             g = next((r for r in rows if r["workload"] == w and r["op"] == op), None)
             if g is None:
                 continue
             ratios.append(g["ratio"])
             ms.append(g["median_ms"])
-            if times.get((w, op, "naive")):
-                naive.append(times[(w, op, "naive")])
+            if (w, op, "naive") in timed:
+                naive.append(timed[(w, op, "naive")]["median_ms"])
             for p in peers:
-                t = times.get((w, op, p))
-                if t:
-                    ups[p].append(t / g["median_ms"])
-                    peer_ms[p].append(t)
-        med = {p: statistics.median(u) for p, u in ups.items() if u}
+                r = timed.get((w, op, p))
+                if r:
+                    time_up, mem_up = speedups(g, r)
+                    ups[p].append(time_up)
+                    if mem_up is not None:
+                        mem_ups[p].append(mem_up)
+                    judged[p].append(mem_up if mem_up is not None else time_up)
+                    peer_ms[p].append(r["median_ms"])
+        med = {p: statistics.median(u) for p, u in judged.items() if u}
         # the fastest peer gives the smallest (median) speed-up
         fastest = min(med, key=med.get) if med else None
         out.append({
@@ -75,7 +98,7 @@ def summarize(runs, backend="cpu"):
             "ms": statistics.median(ms),
             "naive_ms": statistics.median(naive) if naive else None,
             "peer_ms": {p: statistics.median(t) for p, t in peer_ms.items() if t},
-            "ups": ups, "up": med, "fastest": fastest,
+            "ups": ups, "mem_ups": mem_ups, "judged": judged, "up": med, "fastest": fastest,
         })
     return peers, out
 
@@ -99,6 +122,17 @@ def spread(values, fmt):
     return f"{m} ({fmt.format(min(values))}-{fmt.format(max(values))})"
 
 
+def speedup_cell(row, p):
+    """'time / same memory speed' speed-ups over peer p (the second only
+    where the peer's runs had a roofline of their own)."""
+    if not row["ups"][p]:
+        return "-"
+    cell = spread(row["ups"][p], "{:.2f}x")
+    if row["mem_ups"][p]:
+        cell += " / " + spread(row["mem_ups"][p], "{:.2f}x")
+    return cell
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("json", nargs="+")
@@ -113,9 +147,10 @@ def main():
     if len(runs) > 1:
         print(f"Medians of {len(runs)} runs, the range over the runs in parentheses.\n")
     head = ["workload", "op", "gclip ms", "ratio", "naive ms"] + [f"{p} ms" for p in peers] \
-        + [f"vs {p}" for p in peers] + ["target met"]
+        + [f"vs {p}, time / same memory speed" for p in peers] + ["target met"]
     if args.compact:
-        head = ["workload", "op", "roofline ratio", "vs fastest peer", "fastest peer", "target met"]
+        head = ["workload", "op", "roofline ratio", "vs fastest peer, same memory speed",
+                "vs fastest peer, time", "fastest peer", "target met"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     misses = []
@@ -127,14 +162,14 @@ def main():
         if args.compact:
             f = row["fastest"]
             cells = [w, op, spread(row["ratios"], "{:.2f}"),
+                     spread(row["mem_ups"][f], "{:.2f}x") if f and row["mem_ups"][f] else "-",
                      spread(row["ups"][f], "{:.2f}x") if f else "-", f or "-"]
         else:
             naive = row["naive_ms"]
             cells = [w, op, f"{row['ms']:.2f}", f"**{spread(row['ratios'], '{:.2f}')}**",
                      f"{naive:.1f}" if naive else "-"]
             cells += [f"{row['peer_ms'][p]:.2f}" if p in row["peer_ms"] else "-" for p in peers]
-            cells += [spread(row["ups"][p], "{:.2f}x") if row["ups"][p] else "-"
-                      for p in peers]
+            cells += [speedup_cell(row, p) for p in peers]
         cells.append("yes" if not met else "no")
         print("| " + " | ".join(cells) + " |")
     print(f"\n{len(misses)} rows below target" + (":" if misses else "."))

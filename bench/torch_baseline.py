@@ -164,7 +164,7 @@ def main():
             if device == "cuda":
                 torch.cuda.synchronize()
             return timed(fn, device)
-        return run_protocol(w.prepare, op in WRITES, step, args.warmup, args.runs), note
+        return run_protocol(w.prepare, op in WRITES, step, args.warmup, args.runs, op), note
 
     run_all(args, devices, lambda d: Workload(shapes, d), bench_op, "torch")
 
