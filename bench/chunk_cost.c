@@ -4,13 +4,17 @@
  * gclip_total_norm timed `reps` times, the fastest kept. Small and without
  * a roofline or peers, so that it runs under callgrind or perf in seconds:
  *
- *   gclip-chunk-cost COUNT NUMEL [f32|f16|bf16] [THREADS] [REPS] [plain]
+ *   gclip-chunk-cost COUNT NUMEL [f32|f16|bf16] [THREADS] [REPS] [plain] [cold]
  *
  * With `plain`, each repetition is followed by a plain read of the same
  * bytes (bench_read_kernel, the roofline's read: sum of squares, 32-byte
  * vectors, several streams a thread), and the medians of both are printed
  * with their ratio: the read pass against the memory's speed on this very
  * buffer, two figures taken together on a machine whose bandwidth drifts.
+ * With `cold`, the buffer is evicted from the caches before each timed
+ * norm and each plain read (bench_evict, as gclip-bench does before each
+ * run); without it, what a buffer smaller than the last-level cache leaves
+ * there is read again.
  *
  * The data is seeded and never zero; the norm is printed so that the work
  * cannot be skipped.
@@ -62,7 +66,7 @@ static void store(void *p, gclip_dtype dt, size_t i, float v)
 int main(int argc, char **argv)
 {
     if (argc < 3) {
-        fprintf(stderr, "usage: %s COUNT NUMEL [f32|f16|bf16] [THREADS] [REPS] [plain]\n",
+        fprintf(stderr, "usage: %s COUNT NUMEL [f32|f16|bf16] [THREADS] [REPS] [plain] [cold]\n",
                 argv[0]);
         return 2;
     }
@@ -72,7 +76,17 @@ int main(int argc, char **argv)
     const gclip_dtype dt = !strcmp(dts, "f16") ? GCLIP_F16 : !strcmp(dts, "bf16") ? GCLIP_BF16 : GCLIP_F32;
     const int threads = argc > 4 ? atoi(argv[4]) : 1;
     const int reps = argc > 5 ? atoi(argv[5]) : 40;
-    const int plain = argc > 6 && !strcmp(argv[6], "plain");
+    int plain = 0, cold = 0;
+    for (int i = 6; i < argc; i++) {
+        if (!strcmp(argv[i], "plain")) {
+            plain = 1;
+        } else if (!strcmp(argv[i], "cold")) {
+            cold = 1;
+        } else {
+            fprintf(stderr, "unknown word %s (plain, cold)\n", argv[i]);
+            return 2;
+        }
+    }
     if (count == 0 || numel <= 0 || threads < 0 || reps <= 0) {
         fprintf(stderr, "COUNT, NUMEL and REPS must be positive, THREADS >= 0\n");
         return 2;
@@ -106,7 +120,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "out of memory\n");
         return 1;
     }
+    const int team = threads > 0 ? threads : omp_get_max_threads();
     for (int r = 0; r < reps; r++) {
+        if (cold)
+            bench_evict(buf, stride * count, team);
         const double a = now();
         if (gclip_total_norm(plan, &o, NULL) != GCLIP_STATUS_SUCCESS) {
             fprintf(stderr, "norm: %s\n", gclip_last_error());
@@ -116,9 +133,10 @@ int main(int argc, char **argv)
         best = s < best ? s : best;
         ms[r] = s * 1e3;
         if (plain) { /* the whole buffer, padding included, as floats */
+            if (cold)
+                bench_evict(buf, stride * count, team);
             const double b = now();
-            bench_sink = bench_read_kernel((const float *)buf, stride * count / 4,
-                                           threads > 0 ? threads : omp_get_max_threads());
+            bench_sink = bench_read_kernel((const float *)buf, stride * count / 4, team);
             plain_ms[r] = (now() - b) * 1e3;
         }
     }

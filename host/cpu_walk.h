@@ -27,7 +27,7 @@
 /* Sequential streams each chunk is walked as. */
 #define STREAMS 4
 /* A chunk of at most this many bytes is updated as one stream: the update
- * pass has requested its lines ahead (scale_cpu.c, prefetch_before), and
+ * pass has requested its lines ahead (gclip_prefetch_before), and
  * four streams of a few hundred bytes each only broke the sequence the
  * hardware prefetchers follow (docs/benchmark.md, "The update pass: small
  * chunks as one stream"). */
@@ -712,6 +712,72 @@ ALWAYS_INLINE int whole_row_chunk(const char *row, int nv, int32_t dtype, int32_
     }
 }
 
+/* ---- requests ahead of a walk of small chunks (read and update passes) ---- */
+
+/* The bytes of chunk ch, and its first byte. */
+ALWAYS_INLINE int64_t gclip_chunk_bytes(const gclip_tensor_desc *tensors, const gclip_chunk *ch,
+                                        const char **start)
+{
+    const gclip_tensor_desc *t = &tensors[ch->tensor];
+    int64_t begin, n;
+    gclip_chunk_range(t->numel, ch->index, &begin, &n);
+    const int es = gclip_dtype_size(t->dtype);
+    *start = (const char *)t->data + begin * es;
+    return n * es;
+}
+
+typedef struct gclip_prefetch_cursor {
+    uint32_t next; /* the first chunk not yet requested */
+    int64_t ahead; /* bytes requested past the chunk being walked */
+} gclip_prefetch_cursor;
+
+/* Before walking chunk c of a run ending at `last`, c of `bytes_c` bytes (0
+ * when c is left untouched): the lines of the chunks up to `distance` bytes
+ * past it requested, into L1 (`into_l1`) or L2; a chunk larger than `small`
+ * is left to the hardware prefetchers but counts towards the distance.
+ * Under per-tensor factors `factor`, chunks that stay untouched (factor 1)
+ * are neither requested nor counted. Inlined with constant distance, size
+ * and level. */
+ALWAYS_INLINE void gclip_prefetch_before(gclip_prefetch_cursor *pc,
+                                         const gclip_tensor_desc *tensors,
+                                         const gclip_chunk *chunks, uint32_t c, uint32_t last,
+                                         const float *factor, int64_t bytes_c, int64_t distance,
+                                         int64_t small, int into_l1)
+{
+    if (pc->next <= c) { /* c itself, on the first call */
+        pc->next = c;
+        pc->ahead = 0;
+    }
+    while (pc->next < last && pc->ahead < distance) {
+        const gclip_chunk *ch = &chunks[pc->next++];
+        if (factor && factor[ch->tensor] == 1.0f)
+            continue;
+        const char *p;
+        const int64_t bytes = gclip_chunk_bytes(tensors, ch, &p);
+        if (bytes <= small) {
+            const char *line = (const char *)((uintptr_t)p & ~(uintptr_t)63);
+            for (; line < p + bytes; line += 64) {
+                if (into_l1)
+                    __builtin_prefetch(line, 0, 3);
+                else
+                    __builtin_prefetch(line, 0, 2);
+            }
+        }
+        pc->ahead += bytes;
+    }
+    pc->ahead -= bytes_c;
+}
+
+/* The read pass requests the lines of the next READ_AHEAD_BYTES of chunks of
+ * at most READ_AHEAD_SMALL bytes into L1. A tensor of 100 f32 takes a few
+ * hundred instructions for its 448 bytes: a thread walking such tensors
+ * issues its loads too slowly for the hardware prefetchers to keep ahead
+ * of it, and waits on most lines. Chunks of 1 KiB to 4 KiB, requested too,
+ * went faster out of the caches and slower in them (docs/benchmark.md,
+ * "Small chunks requested ahead, again"). */
+#define READ_AHEAD_BYTES 12288
+#define READ_AHEAD_SMALL 1024
+
 /* The partial of each chunk of [first, last) into its slot, for one kind
  * (inlined with a constant kind). A chunk of at most NT whole vectors of
  * f32/f16/bf16, the whole of a small tensor, is tested for first: its
@@ -721,10 +787,17 @@ ALWAYS_INLINE void read_chunks_kind(const gclip_plan *plan, uint32_t first, uint
 {
     const gclip_tensor_desc *tensors = plan->tensors;
     const gclip_chunk *chunks = plan->chunks;
+    gclip_prefetch_cursor pc = {first, 0};
     for (uint32_t c = first; c < last; c++) {
         const gclip_tensor_desc *t = &tensors[chunks[c].tensor];
         int64_t begin, n;
         gclip_chunk_range(t->numel, chunks[c].index, &begin, &n);
+        const int64_t bytes_c = n * gclip_dtype_size(t->dtype);
+        if (bytes_c <= READ_AHEAD_SMALL)
+            gclip_prefetch_before(&pc, tensors, chunks, c, last, NULL, bytes_c, READ_AHEAD_BYTES,
+                                  READ_AHEAD_SMALL, 1);
+        else /* a larger chunk gives the hardware time; the cursor starts again after it */
+            pc.next = 0;
         if ((kind == GCLIP_KIND_L2 || kind == GCLIP_KIND_L1) && t->dtype != GCLIP_F64) {
             const int64_t es = gclip_dtype_size(t->dtype);
             const char *row = (const char *)t->data + begin * es;

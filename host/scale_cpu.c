@@ -263,60 +263,13 @@ ALWAYS_INLINE void update_chunk(const gclip_tensor_desc *t, int64_t begin, int64
 
 /* Small chunks are walked one after another, each a short sequential
  * stream. The update pass keeps the lines of the next PREFETCH_AHEAD bytes
- * of chunks it will write requested into L2 (a prefetch_cursor): the
+ * of chunks it will write requested into L2 (gclip_prefetch_before): the
  * chunks it walks as one stream (at most ONE_STREAM_BYTES, cpu_walk.h); a
  * larger chunk is left to the hardware but counts towards the distance.
  * prefetcht1 measured faster than prefetcht0 and than prefetchw
- * (docs/benchmark.md, "Prefetching into L2"). The read pass requests
- * nothing ahead of its small chunks: the hardware prefetchers keep up with
- * them, and the requests only took time from the walk (docs/benchmark.md,
- * "The read pass without its small-chunk prefetch"). */
+ * (docs/benchmark.md, "Prefetching into L2"). The read pass has its own
+ * distance, size and cache level (READ_AHEAD_BYTES, cpu_walk.h). */
 #define PREFETCH_AHEAD 8192
-
-/* The bytes of chunk ch, and its first byte. */
-ALWAYS_INLINE int64_t chunk_bytes(const gclip_tensor_desc *tensors, const gclip_chunk *ch,
-                                  const char **start)
-{
-    const gclip_tensor_desc *t = &tensors[ch->tensor];
-    int64_t begin, n;
-    gclip_chunk_range(t->numel, ch->index, &begin, &n);
-    const int es = gclip_dtype_size(t->dtype);
-    *start = (const char *)t->data + begin * es;
-    return n * es;
-}
-
-typedef struct prefetch_cursor {
-    uint32_t next; /* the first chunk not yet requested */
-    int64_t ahead; /* bytes requested past the chunk being walked */
-} prefetch_cursor;
-
-/* Before walking chunk c of a run ending at `last`, c of `bytes` bytes (0
- * when c is left untouched): the chunks up to PREFETCH_AHEAD bytes past it
- * requested. Under the per-tensor factors `factor`, chunks that
- * stay untouched (factor 1) are neither requested nor counted. */
-ALWAYS_INLINE void prefetch_before(prefetch_cursor *pc, const gclip_tensor_desc *tensors,
-                                   const gclip_chunk *chunks, uint32_t c, uint32_t last,
-                                   const float *factor, int64_t bytes_c)
-{
-    if (pc->next <= c) { /* c itself, on the first call */
-        pc->next = c;
-        pc->ahead = 0;
-    }
-    while (pc->next < last && pc->ahead < PREFETCH_AHEAD) {
-        const gclip_chunk *ch = &chunks[pc->next++];
-        if (factor && factor[ch->tensor] == 1.0f)
-            continue;
-        const char *p;
-        const int64_t bytes = chunk_bytes(tensors, ch, &p);
-        if (bytes <= ONE_STREAM_BYTES) {
-            const char *line = (const char *)((uintptr_t)p & ~(uintptr_t)63);
-            for (; line < p + bytes; line += 64)
-                __builtin_prefetch(line, 0, 2);
-        }
-        pc->ahead += bytes;
-    }
-    pc->ahead -= bytes_c;
-}
 
 /* A run of chunks in one call: the table reads and the dtype dispatch per
  * chunk are inline, and the clone is chosen once per run rather than once
@@ -326,7 +279,7 @@ CPU_CLONES static void update_run(const gclip_tensor_desc *tensors, const gclip_
                                   uint32_t first, uint32_t last, int clamp, float f,
                                   const float *factor)
 {
-    prefetch_cursor pc = {first, 0};
+    gclip_prefetch_cursor pc = {first, 0};
     for (uint32_t c = first; c < last; c++) {
         const gclip_tensor_desc *t = &tensors[chunks[c].tensor];
         /* a global factor is never 1 here (the step returns before) */
@@ -334,8 +287,9 @@ CPU_CLONES static void update_run(const gclip_tensor_desc *tensors, const gclip_
         const int touched = clamp || fc != 1.0f;
         int64_t begin, n;
         gclip_chunk_range(t->numel, chunks[c].index, &begin, &n);
-        prefetch_before(&pc, tensors, chunks, c, last, clamp ? NULL : factor,
-                        touched ? n * gclip_dtype_size(t->dtype) : 0);
+        gclip_prefetch_before(&pc, tensors, chunks, c, last, clamp ? NULL : factor,
+                              touched ? n * gclip_dtype_size(t->dtype) : 0, PREFETCH_AHEAD,
+                              ONE_STREAM_BYTES, 0);
         if (touched)
             update_chunk(t, begin, n, clamp, fc);
     }
