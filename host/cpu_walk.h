@@ -733,8 +733,9 @@ typedef struct gclip_prefetch_cursor {
 
 /* Before walking chunk c of a run ending at `last`, c of `bytes_c` bytes (0
  * when c is left untouched): the lines of the chunks up to `distance` bytes
- * past it requested, into L1 (`into_l1`) or L2; a chunk larger than `small`
- * is left to the hardware prefetchers but counts towards the distance.
+ * past it requested, into L1 (`into_l1`) or L2; a chunk larger than
+ * `largest` is left to the hardware prefetchers but counts towards the
+ * distance.
  * Under per-tensor factors `factor`, chunks that stay untouched (factor 1)
  * are neither requested nor counted. Inlined with constant distance, size
  * and level. */
@@ -742,7 +743,7 @@ ALWAYS_INLINE void gclip_prefetch_before(gclip_prefetch_cursor *pc,
                                          const gclip_tensor_desc *tensors,
                                          const gclip_chunk *chunks, uint32_t c, uint32_t last,
                                          const float *factor, int64_t bytes_c, int64_t distance,
-                                         int64_t small, int into_l1)
+                                         int64_t largest, int into_l1)
 {
     if (pc->next <= c) { /* c itself, on the first call */
         pc->next = c;
@@ -754,7 +755,7 @@ ALWAYS_INLINE void gclip_prefetch_before(gclip_prefetch_cursor *pc,
             continue;
         const char *p;
         const int64_t bytes = gclip_chunk_bytes(tensors, ch, &p);
-        if (bytes <= small) {
+        if (bytes <= largest) {
             const char *line = (const char *)((uintptr_t)p & ~(uintptr_t)63);
             for (; line < p + bytes; line += 64) {
                 if (into_l1)
@@ -781,7 +782,8 @@ ALWAYS_INLINE void gclip_prefetch_before(gclip_prefetch_cursor *pc,
 /* The partial of each chunk of [first, last) into its slot, for one kind
  * (inlined with a constant kind). A chunk of at most NT whole vectors of
  * f32/f16/bf16, the whole of a small tensor, is tested for first: its
- * start and its size in bytes are multiples of VEC_BYTES. */
+ * start and its size in bytes are multiples of VEC_BYTES. Chunks of at
+ * most READ_AHEAD_SMALL bytes are requested READ_AHEAD_BYTES ahead. */
 ALWAYS_INLINE void read_chunks_kind(const gclip_plan *plan, uint32_t first, uint32_t last,
                                     double *partials, int32_t kind, float p)
 {
