@@ -794,16 +794,15 @@ ALWAYS_INLINE void read_chunks_kind(const gclip_plan *plan, uint32_t first, uint
         const gclip_tensor_desc *t = &tensors[chunks[c].tensor];
         int64_t begin, n;
         gclip_chunk_range(t->numel, chunks[c].index, &begin, &n);
-        const int64_t bytes_c = n * gclip_dtype_size(t->dtype);
-        if (bytes_c <= READ_AHEAD_SMALL)
-            gclip_prefetch_before(&pc, tensors, chunks, c, last, NULL, bytes_c, READ_AHEAD_BYTES,
+        const int64_t es = gclip_dtype_size(t->dtype);
+        const int64_t bytes = n * es;
+        if (bytes <= READ_AHEAD_SMALL)
+            gclip_prefetch_before(&pc, tensors, chunks, c, last, NULL, bytes, READ_AHEAD_BYTES,
                                   READ_AHEAD_SMALL, 1);
         else /* a larger chunk gives the hardware time; the cursor starts again after it */
             pc.next = 0;
         if ((kind == GCLIP_KIND_L2 || kind == GCLIP_KIND_L1) && t->dtype != GCLIP_F64) {
-            const int64_t es = gclip_dtype_size(t->dtype);
             const char *row = (const char *)t->data + begin * es;
-            const int64_t bytes = n * es;
             if ((((uintptr_t)row | (uintptr_t)bytes) % VEC_BYTES) == 0 &&
                 bytes <= (int64_t)NT * VEC_BYTES &&
                 whole_row_chunk(row, (int)(bytes / VEC_BYTES), t->dtype, kind, &partials[c]))
