@@ -53,6 +53,7 @@ typedef struct bench_params {
     float max_norm;   /* clip, clip-noop, tensor-norm, unscale-clip */
     float clip_value; /* value */
     float inv_scale;  /* unscale-clip (1 otherwise) */
+    int nonfinite;    /* gclip's gclip_nonfinite_policy (--policy; SKIP by default) */
 } bench_params;
 
 /* ---- workloads -------------------------------------------------------------- */
@@ -200,6 +201,7 @@ typedef struct bench_record {
     double roofline_gbps;  /* the limit for this op's passes */
     int roofline_interleaved; /* measured between this record's repetitions */
     int launches_per_step; /* CUDA only; -1 elsewhere */
+    char policy[12]; /* gclip's non-finite policy ("skip", "propagate"); empty for the others */
     char note[96];
 } bench_record;
 

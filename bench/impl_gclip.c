@@ -20,6 +20,7 @@ gclip_status bench_gclip_step(gclip_plan *plan, bench_op op, const bench_params 
     gclip_norm_options o = gclip_norm_options_default();
     o.max_norm = p->max_norm;
     o.inv_scale = p->inv_scale;
+    o.nonfinite = (gclip_nonfinite_policy)p->nonfinite;
     switch (op) {
     case BENCH_NORM:
         return gclip_total_norm(plan, &o, stream);

@@ -32,6 +32,7 @@ static const char *const op_list[] = {"norm", "clip", "clip-noop", "value", "ten
 typedef struct options {
     unsigned workloads, ops, impls;
     int runs, warmup, threads, quick;
+    int policy; /* gclip_nonfinite_policy of gclip's steps */
     const char *json, *python, *script_dir;
     const char *cuda_steps; /* --cuda-steps PREFIX */
 } options;
@@ -53,6 +54,9 @@ static void usage(FILE *f)
             "  --impl LIST      gclip,naive,peers (default all)\n"
             "  --runs N         timed runs after warm-up (default 10; --quick 3)\n"
             "  --threads N      CPU threads (default: the machine's processors)\n"
+            "  --policy P       gclip's non-finite policy: skip (default) or propagate;\n"
+            "                   under propagate the CPU path clips tensor-norm tensor by\n"
+            "                   tensor while the caches hold them (the peers propagate)\n"
             "  --quick          fewer runs, a smaller one-huge (256 Mi -> 32 Mi elements),\n"
             "                   naive and the peers on gpt2-124m only\n"
             "  --json FILE      write one record per (workload, op, impl, backend)\n"
@@ -96,7 +100,7 @@ static int parse_options(int argc, char **argv, options *o)
         {"threads", required_argument, 0, 't'},  {"quick", no_argument, 0, 'q'},
         {"json", required_argument, 0, 'j'},     {"python", required_argument, 0, 'p'},
         {"script-dir", required_argument, 0, 's'}, {"help", no_argument, 0, 'h'},
-        {"cuda-steps", required_argument, 0, 'c'},
+        {"cuda-steps", required_argument, 0, 'c'}, {"policy", required_argument, 0, 'P'},
         {0, 0, 0, 0}};
     memset(o, 0, sizeof *o);
     o->workloads = (1u << bench_workload_count) - 1;
@@ -118,6 +122,10 @@ static int parse_options(int argc, char **argv, options *o)
         case 'p': o->python = optarg; break;
         case 's': o->script_dir = optarg; break;
         case 'c': o->cuda_steps = optarg; break;
+        case 'P':
+            bad = strcmp(optarg, "skip") && strcmp(optarg, "propagate");
+            o->policy = strcmp(optarg, "propagate") ? GCLIP_NONFINITE_SKIP : GCLIP_NONFINITE_PROPAGATE;
+            break;
         case 'h': usage(stdout); exit(0);
         default: bad = 1;
         }
@@ -176,6 +184,7 @@ static void measure(const options *o, const limits *lim, bench_impl *im, bench_w
                     bench_op op, bench_results *res)
 {
     bench_params p = bench_params_for(w, op);
+    p.nonfinite = o->policy;
     bench_record *r = bench_results_add(res);
     double *ms = malloc(3 * (size_t)o->runs * sizeof *ms);
     if (!r || !ms) {
@@ -189,6 +198,9 @@ static void measure(const options *o, const limits *lim, bench_impl *im, bench_w
     snprintf(r->impl, sizeof r->impl, "%s", im->impl);
     snprintf(r->backend, sizeof r->backend, "%s", im->backend);
     r->threads = im->threads;
+    if (!strcmp(im->impl, "gclip"))
+        snprintf(r->policy, sizeof r->policy, "%s",
+                 o->policy == GCLIP_NONFINITE_PROPAGATE ? "propagate" : "skip");
     r->bytes = bench_op_bytes(op, w->data_bytes);
     r->launches_per_step = im->launches(im->ctx, op, &p);
     if (!strcmp(im->backend, "cuda") && r->launches_per_step < 0)
@@ -376,8 +388,9 @@ int main(int argc, char **argv)
         return 1;
 #endif
     }
-    printf("gclip-bench: gclip %d, %d CPU threads, %d warm-up + %d timed runs%s\n",
+    printf("gclip-bench: gclip %d, %d CPU threads, %d warm-up + %d timed runs, policy %s%s\n",
            gclip_get_version(), o.threads, o.warmup, o.runs,
+           o.policy == GCLIP_NONFINITE_PROPAGATE ? "propagate" : "skip",
            o.quick ? " (--quick: naive and peers on " QUICK_BASELINE_WORKLOAD " only)" : "");
     print_load("at start");
     limits lim = {bench_roof_create(o.threads), 0, 0, 0};

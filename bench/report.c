@@ -166,6 +166,10 @@ int bench_write_json(const bench_results *res, const char *path)
             fprintf(f, "\"launches_per_step\": %d, ", r->launches_per_step);
         else if (!strcmp(r->backend, "cuda"))
             fputs("\"launches_per_step\": null, ", f);
+        if (r->policy[0]) {
+            json_string(f, "policy", r->policy);
+            fputs(", ", f);
+        }
         json_string(f, "note", r->note);
         fprintf(f, "}%s\n", i + 1 < res->n ? "," : "");
     }

@@ -188,7 +188,7 @@ void bench_workload_prepare(bench_workload *w, int writes, int threads)
 
 bench_params bench_params_for(const bench_workload *w, bench_op op)
 {
-    bench_params p = {(float)w->norm, (float)w->rms, 1.0f};
+    bench_params p = {(float)w->norm, (float)w->rms, 1.0f, GCLIP_NONFINITE_SKIP};
     switch (op) {
     case BENCH_CLIP:
         p.max_norm = (float)(0.5 * w->norm); /* coefficient about 0.5 */

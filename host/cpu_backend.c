@@ -24,15 +24,13 @@ int gclip_cpu_threads(const gclip_plan *plan)
 }
 
 /* The threads take the chunks in grains: runs of contiguous chunks of about
- * GRAIN_WEIGHT, a chunk weighing its elements plus CHUNK_WEIGHT for what
- * starting a chunk costs (its table entries, its dispatch, the read pass's
- * per-chunk fold). The grains are split among the threads in equal runs (a
+ * GRAIN_WEIGHT, a chunk weighing its elements plus GCLIP_CPU_CHUNK_WEIGHT.
+ * The grains are split among the threads in equal runs (a
  * static schedule: a dynamic one measured 10% slower on 100,000 chunks of
  * 100 elements), so a plan of large and tiny tensors is split by its bytes
  * rather than by its chunk count, and each grain is one call. Which thread
  * computes a chunk never changes its result. */
 #define GRAIN_WEIGHT ((int64_t)1 << 18)
-#define CHUNK_WEIGHT 256
 
 static uint32_t cut_grains(const gclip_plan *plan, uint32_t *first)
 {
@@ -48,7 +46,7 @@ static uint32_t cut_grains(const gclip_plan *plan, uint32_t *first)
         int64_t begin, n;
         gclip_chunk_range(plan->tensors[plan->chunks[c].tensor].numel, plan->chunks[c].index,
                           &begin, &n);
-        w += n + CHUNK_WEIGHT;
+        w += n + GCLIP_CPU_CHUNK_WEIGHT;
     }
     if (first)
         first[g] = plan->num_chunks;
@@ -86,6 +84,9 @@ static gclip_status cpu_init(gclip_plan *plan)
     if (!st->partials || !st->tensor_factor || !st->grain_first)
         return gclip_fail(GCLIP_STATUS_OUT_OF_MEMORY, "plan: CPU workspace allocation failed");
     cut_grains(plan, st->grain_first);
+    gclip_status s = gclip_cpu_cut_segments(plan);
+    if (s != GCLIP_STATUS_SUCCESS)
+        return s;
     st->result.total_norm = NAN;
     st->result.clip_coef = 1.0f;
     st->result.scale = 1.0f;
@@ -101,6 +102,8 @@ static void cpu_release(gclip_plan *plan)
     gclip_host_free(st->partials);
     gclip_host_free(st->tensor_factor);
     gclip_host_free(st->grain_first);
+    gclip_host_free(st->segment_first);
+    gclip_host_free(st->chunk_weight_before);
     gclip_host_free(st);
     plan->engine = NULL;
 }
@@ -124,6 +127,14 @@ static gclip_status cpu_run(gclip_plan *plan, const gclip_step *step, gclip_stre
         break;
     case GCLIP_OP_CLIP_WITH_NORM:
     case GCLIP_OP_APPLY:
+        gclip_scale_cpu(plan, &step->np);
+        break;
+    case GCLIP_OP_CLIP_PER_TENSOR:
+        if (gclip_tensor_clip_blocked(plan, &step->np)) {
+            gclip_tensor_clip_cpu(plan, &step->np);
+            break;
+        }
+        gclip_norm_cpu(plan, &step->np);
         gclip_scale_cpu(plan, &step->np);
         break;
     case GCLIP_OP_AGC:

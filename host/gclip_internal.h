@@ -135,10 +135,31 @@ typedef struct gclip_cpu_state {
     gclip_result_slot result; /* the plan's result slot */
     uint32_t *grain_first;    /* [num_grains + 1] first chunk of each grain, then num_chunks */
     uint32_t num_grains;      /* runs of contiguous chunks the CPU threads take in turn */
+    uint32_t *segment_first;  /* [num_segments + 1] first chunk of each segment of whole
+                                 tensors (tensor_clip_cpu.c), then num_chunks */
+    uint32_t num_segments;
+    int64_t *chunk_weight_before; /* [num_chunks + 1] running weight of the chunks before */
 } gclip_cpu_state;
+
+/* What a chunk weighs when the CPU threads share chunks out: its elements
+ * plus this, for what starting a chunk costs (its table entries, its
+ * dispatch, the read pass's per-chunk fold). */
+#define GCLIP_CPU_CHUNK_WEIGHT 256
 
 void gclip_norm_cpu(gclip_plan *plan, const gclip_norm_params *np);     /* norm_kernel.cu */
 void gclip_finalize_cpu(gclip_plan *plan, const gclip_norm_params *np); /* finalize_kernel.cu */
+/* The tail of gclip_norm_cpu: the fold of the plan's partials into its
+ * partial and result slot (and, for the per-tensor op, the factors). */
+void gclip_norm_fold_cpu(gclip_plan *plan, const gclip_norm_params *np, const gclip_scalars *sc);
+/* The per-tensor op under GCLIP_NONFINITE_PROPAGATE, segment by segment
+ * (tensor_clip_cpu.c), when gclip_tensor_clip_blocked says it applies. */
+gclip_status gclip_cpu_cut_segments(gclip_plan *plan);
+int gclip_tensor_clip_blocked(const gclip_plan *plan, const gclip_norm_params *np);
+void gclip_tensor_clip_cpu(gclip_plan *plan, const gclip_norm_params *np);
+/* The accumulator the fold of gclip_fold.h gives the tensor whose chunks are
+ * [first, end) of num_chunks, from their partials alone. */
+double gclip_tensor_acc_cpu(const double *partials, uint32_t num_chunks, uint32_t first,
+                            uint32_t end, int32_t kind);
 void gclip_scale_cpu(gclip_plan *plan, const gclip_norm_params *np);    /* scale_kernel.cu */
 void gclip_clamp_cpu(gclip_plan *plan, float clip_value);               /* clamp_kernel.cu */
 

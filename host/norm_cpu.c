@@ -40,24 +40,21 @@ static void read_pass(gclip_plan *plan, double *partials, int32_t kind, float p)
     gclip_cpu_for_chunks(plan, read_run, &a);
 }
 
-void gclip_norm_cpu(gclip_plan *plan, const gclip_norm_params *np)
+void gclip_norm_fold_cpu(gclip_plan *plan, const gclip_norm_params *np, const gclip_scalars *sc)
 {
     gclip_cpu_state *st = plan->engine;
-    read_pass(plan, st->partials, np->kind, np->p);
-
     /* the norm kernel's fold of the chunk slots (kernels/gclip_fold.h) */
-    const gclip_scalars sc = gclip_resolve_scalars(np);
     double total = GCLIP_TERM_ZERO;
     uint32_t nonfinite = 0;
     gclip_fold_partials_cpu(plan->chunks, plan->num_chunks, (uint32_t)plan->count, st->partials,
-                            np, &sc, st->tensor_factor, &total, &nonfinite,
+                            np, sc, st->tensor_factor, &total, &nonfinite,
                             gclip_cpu_threads(plan));
     st->partial.acc = total;
     st->partial.nonfinite = nonfinite;
     st->partial.fingerprint = np->fingerprint;
 
-    const float n = gclip_norm_value(total, np->kind, np->p, sc.inv_scale);
-    gclip_finalize_slot(n, nonfinite, np, &sc, sc.status, st->result.sequence, &st->result);
+    const float n = gclip_norm_value(total, np->kind, np->p, sc->inv_scale);
+    gclip_finalize_slot(n, nonfinite, np, sc, sc->status, st->result.sequence, &st->result);
     if (np->op == GCLIP_OP_CLIP_PER_TENSOR) {
         const int skip_all =
             (st->result.nonfinite && np->policy != GCLIP_NONFINITE_PROPAGATE) ||
@@ -66,4 +63,12 @@ void gclip_norm_cpu(gclip_plan *plan, const gclip_norm_params *np)
             for (size_t i = 0; i < plan->count; i++)
                 st->tensor_factor[i] = 1.0f;
     }
+}
+
+void gclip_norm_cpu(gclip_plan *plan, const gclip_norm_params *np)
+{
+    gclip_cpu_state *st = plan->engine;
+    read_pass(plan, st->partials, np->kind, np->p);
+    const gclip_scalars sc = gclip_resolve_scalars(np);
+    gclip_norm_fold_cpu(plan, np, &sc);
 }

@@ -116,6 +116,53 @@ TEST(Fold, EveryPartialReachesItsTensorAndTheTotalOnce)
     }
 }
 
+// gclip_tensor_acc_cpu (the per-tensor clip under PROPAGATE, segment by
+// segment) gives each tensor the accumulator the fold gives it: with every
+// other tensor's partials zero, the fold's total is that tensor's
+// accumulator exactly (adding zeros, or taking the max with them, rounds
+// nothing). The partials span sixteen decades, so a tensor folded left to
+// right instead of lane by lane would differ in low bits.
+TEST(Fold, TensorAccumulatorIsTheFoldsOwn)
+{
+    int compared = 0;
+    for (const std::vector<uint32_t> &layout : layouts()) {
+        const std::vector<gclip_chunk> chunks = table_of(layout);
+        const uint32_t nc = static_cast<uint32_t>(chunks.size());
+        oracle::Rng rng(nc + 11);
+        std::vector<double> all(nc);
+        for (double &p : all)
+            p = static_cast<double>(rng.range(1, 1000000)) * std::pow(10.0, rng.range(-8, 8));
+        for (int32_t kind : {GCLIP_KIND_L2, GCLIP_KIND_INF}) {
+            gclip_norm_options o = GCLIP_NORM_OPTIONS_INIT;
+            o.norm_type = kind == GCLIP_KIND_L2 ? 2.0f : INFINITY;
+            gclip_norm_params np;
+            ASSERT_EQ(gclip_make_params(&o, GCLIP_OP_TOTAL_NORM, &np), GCLIP_STATUS_SUCCESS);
+            ASSERT_EQ(np.kind, kind);
+            const gclip_scalars sc = gclip_resolve_scalars(&np);
+            uint32_t first = 0;
+            // the multi-chunk tensors, and the first few of the others
+            int singles = 0;
+            for (std::size_t i = 0; i < layout.size(); first += layout[i], ++i) {
+                if (layout[i] == 0 || (layout[i] == 1 && ++singles > 5))
+                    continue;
+                std::vector<double> partials(nc, 0.0);
+                std::copy(all.begin() + first, all.begin() + first + layout[i], partials.begin() + first);
+                double acc = -1.0;
+                uint32_t nonfinite = 0;
+                gclip_fold_partials_cpu(chunks.data(), nc, static_cast<uint32_t>(layout.size()),
+                                        partials.data(), &np, &sc, nullptr, &acc, &nonfinite, 1);
+                const double got =
+                    gclip_tensor_acc_cpu(partials.data(), nc, first, first + layout[i], kind);
+                ASSERT_EQ(std::memcmp(&got, &acc, sizeof acc), 0)
+                    << "tensor " << i << " of " << layout.size() << ", kind " << kind << ": "
+                    << got << " vs " << acc;
+                ++compared;
+            }
+        }
+    }
+    EXPECT_GT(compared, 100);
+}
+
 TEST(Fold, NonFiniteTensorsAreCountedOnce)
 {
     // and the same with 10,000 one-chunk tensors after them, so that the
