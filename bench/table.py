@@ -26,6 +26,9 @@ runs. The range over the runs follows each median.
 Targets (CPU): every op at >= 0.85 of its roofline, and at least as fast as
 the fastest peer of the run; 2x the fastest peer for clip-noop and on
 many-small, where the peers do avoidable work.
+
+Runs of `gclip-bench --policy propagate` label gclip's rows with the
+policy ("tensor-norm (propagate)"); give the files of one policy at a time.
 """
 import argparse
 import json
@@ -92,8 +95,10 @@ def summarize(runs, backend="cpu"):
         med = {p: statistics.median(u) for p, u in judged.items() if u}
         # the fastest peer gives the smallest (median) speed-up
         fastest = min(med, key=med.get) if med else None
+        # gclip's non-finite policy, when not the default (gclip-bench --policy)
+        label = op if row.get("policy", "skip") == "skip" else f"{op} ({row['policy']})"
         out.append({
-            "workload": w, "op": op, "runs": len(ratios),
+            "workload": w, "op": op, "label": label, "runs": len(ratios),
             "ratio": statistics.median(ratios), "ratios": ratios,
             "ms": statistics.median(ms),
             "naive_ms": statistics.median(naive) if naive else None,
@@ -155,7 +160,7 @@ def main():
     print("|" + "---|" * len(head))
     misses = []
     for row in rows:
-        w, op = row["workload"], row["op"]
+        w, op = row["workload"], row["label"]
         met = verdict(row)
         if met:
             misses.append(f"{w} {op}: " + ", ".join(met))

@@ -4,6 +4,8 @@
  * result slot), and of the fold the norm kernel's last block runs
  * (kernels/norm_finalize.cuh), used by host/norm_cpu.c.
  */
+#include <string.h>
+
 #include "gclip_fold.h"
 #include "gclip_internal.h"
 
@@ -34,7 +36,34 @@ typedef struct fold_state {
     double run_acc[GCLIP_FOLD_LANES];
     double share[GCLIP_FOLD_LANES];
     uint32_t nonfinite[GCLIP_FOLD_LANES];
+    double first_nonfinite; /* first_nonfinite_acc of the step's kind and scale */
 } fold_state;
+
+/* The smallest accumulator whose norm (gclip_norm_value) is not finite, for
+ * the kinds whose root is correctly rounded or absent (L2: sqrt; L1 and inf:
+ * none). Their norm is then monotone in the accumulator (the root, the
+ * multiply by inv_scale and the rounding to float each are), so a norm is
+ * finite exactly when its accumulator is below this one (a NaN accumulator
+ * is below none). Found by halving the range of bit patterns of the
+ * non-negative doubles, whose order is theirs: 63 norms, once a step. The
+ * norm of +Inf is never finite, whatever inv_scale is. */
+static double first_nonfinite_acc(int32_t kind, float p, float inv_scale)
+{
+    uint64_t lo = 0, hi = 0x7ff0000000000000ull; /* 0 and +Inf */
+    double a;
+    if (!gclip_is_finite(gclip_norm_value(0.0, kind, p, inv_scale)))
+        return 0.0;
+    while (hi - lo > 1) {
+        const uint64_t mid = lo + (hi - lo) / 2;
+        memcpy(&a, &mid, sizeof a);
+        if (gclip_is_finite(gclip_norm_value(a, kind, p, inv_scale)))
+            lo = mid;
+        else
+            hi = mid;
+    }
+    memcpy(&a, &hi, sizeof a);
+    return a;
+}
 
 /* gclip_finish_tensor of norm_finalize.cuh, for lane `i`, with the norm
  * kind and whether anything is written per tensor (norms, factors) as
@@ -45,6 +74,14 @@ ALWAYS_INLINE void finish_tensor_as(fold_state *f, uint32_t i, uint32_t tensor, 
                                   int32_t kind, int per_tensor)
 {
     const gclip_norm_params *np = f->np;
+    f->share[i] = gclip_term_combine(f->share[i], acc, kind);
+    if (!per_tensor && kind != GCLIP_KIND_P) {
+        /* nothing is written per tensor: whether its norm is finite is
+         * whether its accumulator lies below the first one whose norm is not
+         * (a compare for a square root, a multiply and a rounding) */
+        f->nonfinite[i] += !(acc < f->first_nonfinite);
+        return;
+    }
     const float n = gclip_norm_value(acc, kind, np->p, f->sc->inv_scale);
     if (per_tensor) {
         if (np->tensor_norms)
@@ -53,7 +90,6 @@ ALWAYS_INLINE void finish_tensor_as(fold_state *f, uint32_t i, uint32_t tensor, 
             f->tensor_factor[tensor] =
                 gclip_tensor_factor(n, np, f->sc, f->sc->status != GCLIP_STATUS_SUCCESS);
     }
-    f->share[i] = gclip_term_combine(f->share[i], acc, kind);
     f->nonfinite[i] += !gclip_is_finite(n);
 }
 
@@ -165,6 +201,8 @@ void gclip_fold_partials_cpu(const gclip_chunk *chunks, uint32_t num_chunks, uin
     f.np = np;
     f.sc = sc;
     f.tensor_factor = tensor_factor;
+    f.first_nonfinite =
+        np->kind == GCLIP_KIND_P ? 0.0 : first_nonfinite_acc(np->kind, np->p, sc->inv_scale);
     for (uint32_t i = 0; i < GCLIP_FOLD_LANES; i++) {
         f.lane[i] = GCLIP_TERM_ZERO;
         f.share[i] = GCLIP_TERM_ZERO;

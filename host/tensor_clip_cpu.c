@@ -113,6 +113,8 @@ static uint32_t part_begin(const int64_t *before, uint32_t c0, uint32_t c1, int 
 double gclip_tensor_acc_cpu(const double *partials, uint32_t num_chunks, uint32_t a, uint32_t b,
                             int32_t kind)
 {
+    if (b - a == 1) /* one chunk: one piece (no lane arithmetic) */
+        return gclip_term_combine(GCLIP_TERM_ZERO, partials[a], kind);
     double acc = GCLIP_TERM_ZERO;
     int first_piece = 1;
     uint32_t c = a;

@@ -357,7 +357,11 @@ GCLIP_API gclip_status gclip_clip_grads_with_norm(gclip_plan *plan,
  * tensor i is multiplied by min(1, max_norm / (N_i + eps)) * inv_scale.
  * total_norm of the result is still the global norm; its clip_coef and scale
  * are 1 (each tensor has its own factor). If any tensor's norm is non-finite,
- * SKIP and ERROR leave every tensor untouched. Two launches. */
+ * SKIP and ERROR leave every tensor untouched, so no tensor is written before
+ * every norm is known. Under PROPAGATE a factor depends on its own tensor
+ * alone, and the CPU path clips a few hundred KiB of whole tensors at a time
+ * while the caches still hold them (the same bits, less memory traffic).
+ * Two launches. */
 GCLIP_API gclip_status gclip_clip_grad_norm_per_tensor(gclip_plan *plan,
                                                        const gclip_norm_options *options,
                                                        gclip_stream stream);

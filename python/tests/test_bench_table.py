@@ -95,3 +95,25 @@ def test_a_peer_absent_from_some_runs_is_judged_on_the_runs_it_has(table):
 def test_spread_names_the_range_only_for_several_runs(table):
     assert table.spread([0.9], "{:.2f}") == "0.90"
     assert table.spread([0.95, 0.8, 1.1], "{:.2f}x") == "0.95x (0.80x-1.10x)"
+
+
+def test_rows_of_another_policy_are_labelled_with_it(table):
+    # gclip-bench --policy propagate marks gclip's records; the op itself,
+    # and so its targets and the peers it is compared with, stay the same
+    runs = make_runs(77, 2)
+    for run in runs:
+        for r in run:
+            if r["impl"] == "gclip":
+                r["policy"] = "propagate" if r["op"] == "norm" else "skip"
+    _, rows = table.summarize(runs)
+    labels = {(row["workload"], row["label"]) for row in rows}
+    assert labels == {("gpt2-124m", "norm (propagate)"), ("gpt2-124m", "clip-noop"),
+                      ("many-small", "norm (propagate)"), ("many-small", "clip-noop")}
+    assert all(row["op"] in ("norm", "clip-noop") for row in rows)
+    # the verdict's peer target is the op's: 2x for clip-noop and many-small
+    missed = {(row["workload"], row["label"]): table.verdict(row) for row in rows}
+    for (w, label), met in missed.items():
+        row = next(r for r in rows if (r["workload"], r["label"]) == (w, label))
+        want = 2.0 if row["op"] == "clip-noop" or w == "many-small" else 1.0
+        below = row["fastest"] is not None and row["up"][row["fastest"]] < want
+        assert any("best peer" in m for m in met) == below

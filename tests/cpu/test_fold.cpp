@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -161,6 +162,59 @@ TEST(Fold, TensorAccumulatorIsTheFoldsOwn)
         }
     }
     EXPECT_GT(compared, 100);
+}
+
+// When nothing is written per tensor, the fold counts the tensors whose norm
+// is not finite by comparing each accumulator with the first one whose norm
+// is not (found once a step). The count must be that of the norms
+// themselves: checked on accumulators within a few thousand ulps of the
+// float overflow of the norm, for several inv_scale, with +Inf and NaN among
+// them, against each norm formed here as the library forms it.
+TEST(Fold, NonFiniteCountAtTheOverflowBoundary)
+{
+    oracle::Rng rng(909);
+    for (int32_t kind : {GCLIP_KIND_L2, GCLIP_KIND_L1, GCLIP_KIND_INF}) {
+        for (float inv : {1.0f, 1.0f / 1024.0f, 3.5f, 1e-30f, 7e30f}) {
+            gclip_norm_options o = GCLIP_NORM_OPTIONS_INIT;
+            o.norm_type = kind == GCLIP_KIND_L2 ? 2.0f : kind == GCLIP_KIND_L1 ? 1.0f : INFINITY;
+            o.inv_scale = inv;
+            gclip_norm_params np;
+            ASSERT_EQ(gclip_make_params(&o, GCLIP_OP_TOTAL_NORM, &np), GCLIP_STATUS_SUCCESS);
+            const gclip_scalars sc = gclip_resolve_scalars(&np);
+            // where the norm passes FLT_MAX (+ half an ulp), in the accumulator
+            const long double top = (long double)FLT_MAX + std::ldexp(1.0L, 103);
+            const long double n_at = top / (long double)inv;
+            const double boundary = static_cast<double>(kind == GCLIP_KIND_L2 ? n_at * n_at : n_at);
+            std::vector<double> accs = {0.0, 1.0, INFINITY, NAN};
+            if (std::isfinite(boundary)) {
+                double a = boundary;
+                for (int k = 0; k < 2000; ++k)
+                    a = std::nextafter(a, 0.0);
+                for (int k = 0; k < 4000; ++k, a = std::nextafter(a, INFINITY))
+                    if (rng.range(0, 9) < 3)
+                        accs.push_back(a);
+            }
+            const std::vector<gclip_chunk> chunks =
+                table_of(std::vector<uint32_t>(accs.size(), 1));
+            uint32_t want = 0;
+            int finite = 0;
+            for (double a : accs) {
+                const double root = kind == GCLIP_KIND_L2 ? std::sqrt(a) : a;
+                const bool ok = std::isfinite(static_cast<float>(root * static_cast<double>(inv)));
+                want += !ok;
+                finite += ok;
+            }
+            SCOPED_TRACE("kind " + std::to_string(kind) + " inv_scale " + std::to_string(inv));
+            EXPECT_GT(finite, 1);
+            EXPECT_GT(want, std::isfinite(boundary) ? 100u : 1u);
+            double acc = 0.0;
+            uint32_t nonfinite = 0;
+            gclip_fold_partials_cpu(chunks.data(), static_cast<uint32_t>(chunks.size()),
+                                    static_cast<uint32_t>(accs.size()), accs.data(), &np, &sc,
+                                    nullptr, &acc, &nonfinite, 1);
+            EXPECT_EQ(nonfinite, want);
+        }
+    }
 }
 
 TEST(Fold, NonFiniteTensorsAreCountedOnce)
