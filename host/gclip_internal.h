@@ -149,8 +149,11 @@ typedef struct gclip_cpu_state {
 void gclip_norm_cpu(gclip_plan *plan, const gclip_norm_params *np);     /* norm_kernel.cu */
 void gclip_finalize_cpu(gclip_plan *plan, const gclip_norm_params *np); /* finalize_kernel.cu */
 /* The tail of gclip_norm_cpu: the fold of the plan's partials into its
- * partial and result slot (and, for the per-tensor op, the factors). */
-void gclip_norm_fold_cpu(gclip_plan *plan, const gclip_norm_params *np, const gclip_scalars *sc);
+ * partial and result slot (and, for the per-tensor op, the factors). The
+ * fold runs with fold_np (np, or np with less to write per tensor), the
+ * slot is filled for np. */
+void gclip_norm_fold_cpu(gclip_plan *plan, const gclip_norm_params *np,
+                         const gclip_norm_params *fold_np, const gclip_scalars *sc);
 /* The per-tensor op under GCLIP_NONFINITE_PROPAGATE, segment by segment
  * (tensor_clip_cpu.c), when gclip_tensor_clip_blocked says it applies. */
 gclip_status gclip_cpu_cut_segments(gclip_plan *plan);

@@ -40,14 +40,15 @@ static void read_pass(gclip_plan *plan, double *partials, int32_t kind, float p)
     gclip_cpu_for_chunks(plan, read_run, &a);
 }
 
-void gclip_norm_fold_cpu(gclip_plan *plan, const gclip_norm_params *np, const gclip_scalars *sc)
+void gclip_norm_fold_cpu(gclip_plan *plan, const gclip_norm_params *np,
+                         const gclip_norm_params *fold_np, const gclip_scalars *sc)
 {
     gclip_cpu_state *st = plan->engine;
     /* the norm kernel's fold of the chunk slots (kernels/gclip_fold.h) */
     double total = GCLIP_TERM_ZERO;
     uint32_t nonfinite = 0;
     gclip_fold_partials_cpu(plan->chunks, plan->num_chunks, (uint32_t)plan->count, st->partials,
-                            np, sc, st->tensor_factor, &total, &nonfinite,
+                            fold_np, sc, st->tensor_factor, &total, &nonfinite,
                             gclip_cpu_threads(plan));
     st->partial.acc = total;
     st->partial.nonfinite = nonfinite;
@@ -70,5 +71,5 @@ void gclip_norm_cpu(gclip_plan *plan, const gclip_norm_params *np)
     gclip_cpu_state *st = plan->engine;
     read_pass(plan, st->partials, np->kind, np->p);
     const gclip_scalars sc = gclip_resolve_scalars(np);
-    gclip_norm_fold_cpu(plan, np, &sc);
+    gclip_norm_fold_cpu(plan, np, np, &sc);
 }

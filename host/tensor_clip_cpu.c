@@ -17,8 +17,8 @@
  * does not depend on who reads a chunk), each tensor's norm folded from them
  * as the fold of gclip_fold.h folds it (gclip_tensor_acc_cpu), the same factor, the
  * same update; the plan's total, the per-tensor norms and the result slot
- * then come from that fold over all the partials, as in gclip_norm_cpu. The
- * emulator tests compare this path with the emulated kernels bit for bit.
+ * then come from the fold of all the partials, as in gclip_norm_cpu, with
+ * no factor left to compute. The emulator tests compare this path with the emulated kernels bit for bit.
  */
 #include <omp.h>
 
@@ -210,5 +210,11 @@ void gclip_tensor_clip_cpu(gclip_plan *plan, const gclip_norm_params *np)
                 segment_part(plan, s, t, n, &a, read, np, &sc);
         }
     }
-    gclip_norm_fold_cpu(plan, np, &sc);
+    /* The factors are applied: the fold has the total, the count of
+     * non-finite norms and the per-tensor norms asked for to give, and
+     * without those, nothing per tensor (the same total and count). */
+    gclip_norm_params fold_np = *np;
+    if (!np->tensor_norms)
+        fold_np.op = GCLIP_OP_TOTAL_NORM;
+    gclip_norm_fold_cpu(plan, np, &fold_np, &sc);
 }
