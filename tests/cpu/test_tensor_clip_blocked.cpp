@@ -32,7 +32,7 @@ constexpr int64_t kChunk = int64_t(1) << 16;
 // 700 small tensors of every dtype (a few empty), with tensors of 3 to 9
 // chunks among them; each tensor's values have their own scale, over six
 // decades, so that another summation order changes low bits.
-std::vector<TestBuffer> mixed_plan()
+std::vector<TestBuffer> make_mixed_plan()
 {
     oracle::Rng rng(1200);
     std::vector<TestBuffer> bufs;
@@ -47,14 +47,24 @@ std::vector<TestBuffer> mixed_plan()
     return bufs;
 }
 
+// Made once (each test copies what it changes).
+const std::vector<TestBuffer> &mixed_plan()
+{
+    static const std::vector<TestBuffer> plan = make_mixed_plan();
+    return plan;
+}
+
 struct Outcome {
     gclip_result r{};
     std::vector<float> norms;
     std::vector<TestBuffer> grads;
 };
 
+// The clip of a copy of `original`; with_norms: tensor_norms asked for
+// (else out.norms stays all -1).
 Outcome clip(const std::vector<TestBuffer> &original, gclip_nonfinite_policy policy, float p,
-             float max_norm, float inv_scale, int threads, uint32_t *segments = nullptr)
+             float max_norm, float inv_scale, int threads, uint32_t *segments = nullptr,
+             bool with_norms = true)
 {
     Outcome out;
     out.grads = original;
@@ -67,7 +77,7 @@ Outcome clip(const std::vector<TestBuffer> &original, gclip_nonfinite_policy pol
     gclip_norm_options o = testutil::norm_options(max_norm, p);
     o.nonfinite = policy;
     o.inv_scale = inv_scale;
-    o.tensor_norms = out.norms.data();
+    o.tensor_norms = with_norms ? out.norms.data() : nullptr;
     // which path the CPU backend takes for these options
     gclip_norm_params np;
     EXPECT_EQ(gclip_make_params(&o, GCLIP_OP_CLIP_PER_TENSOR, &np), GCLIP_STATUS_SUCCESS);
@@ -98,7 +108,7 @@ void expect_same_bits(const Outcome &a, const Outcome &b)
 
 TEST(TensorClipBlocked, PlanHasLaneSplitTensorsAndSeveralSegments)
 {
-    const auto bufs = mixed_plan();
+    const auto &bufs = mixed_plan();
     int64_t chunks = 0, multi = 0;
     for (const auto &b : bufs) {
         chunks += (b.numel() + kChunk - 1) / kChunk;
@@ -115,7 +125,7 @@ TEST(TensorClipBlocked, PlanHasLaneSplitTensorsAndSeveralSegments)
 
 TEST(TensorClipBlocked, SameBitsAsTheTwoPassStepForEveryThreadCountAndNormType)
 {
-    const auto bufs = mixed_plan();
+    const auto &bufs = mixed_plan();
     for (float p : {2.0f, 1.0f, INFINITY, 3.0f}) {
         // about half the tensors clipped: the median of their norms
         const oracle::Norms want = oracle::norms(bufs, p);
@@ -134,10 +144,24 @@ TEST(TensorClipBlocked, SameBitsAsTheTwoPassStepForEveryThreadCountAndNormType)
     }
 }
 
+TEST(TensorClipBlocked, WithoutTensorNormsSameBitsAsTheTwoPassStep)
+{
+    // no per-tensor norm asked for: the closing fold then writes nothing per
+    // tensor, and the total and the non-finite count must not change
+    const auto &bufs = mixed_plan();
+    for (float p : {2.0f, INFINITY}) {
+        const Outcome two_pass = clip(bufs, GCLIP_NONFINITE_SKIP, p, 0.02f, 1.0f, 2, nullptr, false);
+        const Outcome blocked = clip(bufs, GCLIP_NONFINITE_PROPAGATE, p, 0.02f, 1.0f, 2, nullptr, false);
+        expect_same_bits(blocked, two_pass);
+        EXPECT_EQ(blocked.norms[0], -1.0f);
+        EXPECT_NE(oracle::checksum(blocked.grads), oracle::checksum(bufs)) << "p " << p;
+    }
+}
+
 TEST(TensorClipBlocked, UnscaledSameBitsAsTheTwoPassStep)
 {
     // with inv_scale every tensor is written, clipped or not
-    const auto bufs = mixed_plan();
+    const auto &bufs = mixed_plan();
     const float inv = 1.0f / 1024.0f;
     const Outcome two_pass = clip(bufs, GCLIP_NONFINITE_SKIP, 2.0f, 0.05f, inv, 2);
     const Outcome blocked = clip(bufs, GCLIP_NONFINITE_PROPAGATE, 2.0f, 0.05f, inv, 2);
@@ -146,7 +170,7 @@ TEST(TensorClipBlocked, UnscaledSameBitsAsTheTwoPassStep)
 
 TEST(TensorClipBlocked, MatchesTheOracle)
 {
-    const auto bufs = mixed_plan();
+    const auto &bufs = mixed_plan();
     const oracle::Norms want = oracle::norms(bufs, 2.0);
     std::vector<long double> sorted = want.per_tensor;
     std::sort(sorted.begin(), sorted.end());
