@@ -84,6 +84,43 @@ def test_numpy_per_tensor_and_value(rng):
     assert not c.result().has_norm
 
 
+def test_per_tensor_propagate_over_many_segments_matches_float64_and_torch(rng):
+    # 6 MB of tensors, so the CPU path clips them segment by segment; a NaN
+    # and an Inf spoil only their own tensors (PyTorch's per-tensor
+    # arithmetic: _foreach_norm, then each tensor times min(1, C / (n + eps)))
+    sizes = [int(rng.integers(1, 120_000)) for _ in range(30)]
+    xs = [(rng.standard_normal(n) * 10.0 ** rng.uniform(-2, 2)).astype(np.float32) for n in sizes]
+    xs[7][len(xs[7]) // 2] = np.nan
+    xs[20][0] = np.inf
+    x0 = [x.astype(np.float64) for x in xs]
+    norms0 = [math.sqrt(float(np.sum(g * g))) for g in x0]
+    max_norm = float(np.median([n for n in norms0 if math.isfinite(n)]))
+    ts = [torch.from_numpy(x.copy()) for x in xs]
+    with torch.no_grad():
+        for t, n in zip(ts, torch._foreach_norm(ts)):
+            t.mul_(torch.clamp(max_norm / (n + 1e-6), max=1.0))
+    out = np.zeros(len(xs), dtype=np.float32)
+    c = gclip.Clipper(max_norm=max_norm, nonfinite="propagate")
+    c.clip_grad_norm_per_tensor(xs, tensor_norms=out)
+    r = c.result()
+    assert r.nonfinite and math.isnan(r.total_norm)
+    clipped = 0
+    for k, (x, g, n, t) in enumerate(zip(xs, x0, norms0, ts)):
+        if k == 7:
+            assert np.isnan(x).all() and np.isnan(t.numpy()).all()
+        elif k == 20:
+            # 1 / (Inf + eps) = 0: finite elements become 0, the Inf NaN
+            assert np.isnan(x[0]) and (x[1:] == 0).all()
+            np.testing.assert_array_equal(x, t.numpy())
+        else:
+            assert out[k] == pytest.approx(n, rel=1e-6)
+            coef = min(1.0, max_norm / (n + 1e-6))
+            clipped += coef < 1.0
+            np.testing.assert_allclose(x, g * coef, rtol=2e-6)
+            np.testing.assert_allclose(x, t.numpy(), rtol=2e-6)
+    assert 5 < clipped < 25
+
+
 def test_numpy_total_norm_reads_readonly_and_rejects_writes(rng):
     xs = arrays(rng)
     for x in xs:
