@@ -15,10 +15,15 @@
  *
  * The bits are those of the two-pass step: the same partials (the read pass
  * does not depend on who reads a chunk), each tensor's norm folded from them
- * as the fold of gclip_fold.h folds it (gclip_tensor_acc_cpu), the same factor, the
- * same update; the plan's total, the per-tensor norms and the result slot
- * then come from the fold of all the partials, as in gclip_norm_cpu, with
- * no factor left to compute. The emulator tests compare this path with the emulated kernels bit for bit.
+ * as the fold of gclip_fold.h folds it (gclip_tensor_acc_cpu), the same
+ * factor, the same update; the plan's total, the per-tensor norms and the
+ * result slot then come from the fold of all the partials, as in
+ * gclip_norm_cpu, with no factor left to compute. The emulator tests compare
+ * this path with the emulated kernels bit for bit.
+ *
+ * The segments are cut when the plan is made, for the thread count it has
+ * then; a later gclip_plan_set_num_threads changes how each segment is
+ * shared out, not the segments (nor any bit).
  */
 #include <omp.h>
 
