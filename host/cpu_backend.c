@@ -32,6 +32,14 @@ int gclip_cpu_threads(const gclip_plan *plan)
  * computes a chunk never changes its result. */
 #define GRAIN_WEIGHT ((int64_t)1 << 18)
 
+int64_t gclip_cpu_chunk_weight(const gclip_plan *plan, uint32_t c)
+{
+    int64_t begin, n;
+    gclip_chunk_range(plan->tensors[plan->chunks[c].tensor].numel, plan->chunks[c].index, &begin,
+                      &n);
+    return n + GCLIP_CPU_CHUNK_WEIGHT;
+}
+
 static uint32_t cut_grains(const gclip_plan *plan, uint32_t *first)
 {
     uint32_t g = 0;
@@ -43,10 +51,7 @@ static uint32_t cut_grains(const gclip_plan *plan, uint32_t *first)
             g++;
             w = 0;
         }
-        int64_t begin, n;
-        gclip_chunk_range(plan->tensors[plan->chunks[c].tensor].numel, plan->chunks[c].index,
-                          &begin, &n);
-        w += n + GCLIP_CPU_CHUNK_WEIGHT;
+        w += gclip_cpu_chunk_weight(plan, c);
     }
     if (first)
         first[g] = plan->num_chunks;
@@ -129,14 +134,6 @@ static gclip_status cpu_run(gclip_plan *plan, const gclip_step *step, gclip_stre
     case GCLIP_OP_APPLY:
         gclip_scale_cpu(plan, &step->np);
         break;
-    case GCLIP_OP_CLIP_PER_TENSOR:
-        if (gclip_tensor_clip_blocked(plan, &step->np)) {
-            gclip_tensor_clip_cpu(plan, &step->np);
-            break;
-        }
-        gclip_norm_cpu(plan, &step->np);
-        gclip_scale_cpu(plan, &step->np);
-        break;
     case GCLIP_OP_AGC:
         gclip_agc_cpu(plan, &step->np);
         break;
@@ -148,6 +145,10 @@ static gclip_status cpu_run(gclip_plan *plan, const gclip_step *step, gclip_stre
             gclip_adapt_scale_cpu(plan, &step->np);
         break;
     default:
+        if (gclip_tensor_clip_blocked(plan, &step->np)) { /* per-tensor, PROPAGATE */
+            gclip_tensor_clip_cpu(plan, &step->np);
+            break;
+        }
         gclip_norm_cpu(plan, &step->np);
         if (gclip_op_applies(step->op))
             gclip_scale_cpu(plan, &step->np);

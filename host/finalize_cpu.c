@@ -36,7 +36,9 @@ typedef struct fold_state {
     double run_acc[GCLIP_FOLD_LANES];
     double share[GCLIP_FOLD_LANES];
     uint32_t nonfinite[GCLIP_FOLD_LANES];
-    double first_nonfinite; /* first_nonfinite_acc of the step's kind and scale */
+    int per_tensor;         /* per-tensor norms or factors are written */
+    double first_nonfinite; /* first_nonfinite_acc of the step's kind and scale, where
+                               nothing is written per tensor */
 } fold_state;
 
 /* The smallest accumulator whose norm (gclip_norm_value) is not finite, for
@@ -154,7 +156,7 @@ static void lane_runs(fold_state *f, uint32_t i, const gclip_chunk *chunks, uint
                       const double *partials)
 {
     const gclip_norm_params *np = f->np;
-    const int per_tensor = np->tensor_norms != NULL || np->op == GCLIP_OP_CLIP_PER_TENSOR;
+    const int per_tensor = f->per_tensor;
     switch (np->kind) {
     case GCLIP_KIND_L2: LANE_RUNS_KIND(GCLIP_KIND_L2); break;
     case GCLIP_KIND_L1: LANE_RUNS_KIND(GCLIP_KIND_L1); break;
@@ -201,8 +203,10 @@ void gclip_fold_partials_cpu(const gclip_chunk *chunks, uint32_t num_chunks, uin
     f.np = np;
     f.sc = sc;
     f.tensor_factor = tensor_factor;
-    f.first_nonfinite =
-        np->kind == GCLIP_KIND_P ? 0.0 : first_nonfinite_acc(np->kind, np->p, sc->inv_scale);
+    f.per_tensor = np->tensor_norms != NULL || np->op == GCLIP_OP_CLIP_PER_TENSOR;
+    f.first_nonfinite = f.per_tensor || np->kind == GCLIP_KIND_P
+                            ? 0.0
+                            : first_nonfinite_acc(np->kind, np->p, sc->inv_scale);
     for (uint32_t i = 0; i < GCLIP_FOLD_LANES; i++) {
         f.lane[i] = GCLIP_TERM_ZERO;
         f.share[i] = GCLIP_TERM_ZERO;

@@ -145,6 +145,7 @@ typedef struct gclip_cpu_state {
  * plus this, for what starting a chunk costs (its table entries, its
  * dispatch, the read pass's per-chunk fold). */
 #define GCLIP_CPU_CHUNK_WEIGHT 256
+int64_t gclip_cpu_chunk_weight(const gclip_plan *plan, uint32_t c); /* cpu_backend.c */
 
 void gclip_norm_cpu(gclip_plan *plan, const gclip_norm_params *np);     /* norm_kernel.cu */
 void gclip_finalize_cpu(gclip_plan *plan, const gclip_norm_params *np); /* finalize_kernel.cu */
@@ -193,6 +194,9 @@ typedef struct gclip_read_arg {
     float p;
 } gclip_read_arg;
 void gclip_read_run_generic(const gclip_plan *plan, uint32_t first, uint32_t last, const void *arg);
+/* The read pass's run of chunks for this CPU: the F16C one where it has
+ * AVX2 and F16C, else the generic one (norm_cpu.c). */
+gclip_cpu_run_fn gclip_cpu_read_run(void);
 /* x86: whether the CPU has AVX2 and F16C (scale_cpu.c); asked once. */
 int gclip_cpu_has_f16c(void);
 /* The norm's read pass of a run of chunks, compiled for AVX2 and F16C

@@ -28,16 +28,19 @@ void gclip_read_run_generic(const gclip_plan *plan, uint32_t first, uint32_t las
     read_run(plan, first, last, arg);
 }
 
+gclip_cpu_run_fn gclip_cpu_read_run(void)
+{
+#ifdef GCLIP_HAVE_READ_F16C
+    if (gclip_cpu_has_f16c())
+        return gclip_read_run_f16c;
+#endif
+    return read_run;
+}
+
 static void read_pass(gclip_plan *plan, double *partials, int32_t kind, float p)
 {
     const gclip_read_arg a = {partials, kind, p};
-#ifdef GCLIP_HAVE_READ_F16C
-    if (gclip_cpu_has_f16c()) {
-        gclip_cpu_for_chunks(plan, gclip_read_run_f16c, &a);
-        return;
-    }
-#endif
-    gclip_cpu_for_chunks(plan, read_run, &a);
+    gclip_cpu_for_chunks(plan, gclip_cpu_read_run(), &a);
 }
 
 void gclip_norm_fold_cpu(gclip_plan *plan, const gclip_norm_params *np,

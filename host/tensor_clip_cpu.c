@@ -34,14 +34,6 @@
  * the data read and the lines the update writes back both fit. */
 #define SEGMENT_BYTES_PER_THREAD ((int64_t)512 * 1024)
 
-static int64_t chunk_weight(const gclip_plan *plan, uint32_t c)
-{
-    int64_t begin, n;
-    gclip_chunk_range(plan->tensors[plan->chunks[c].tensor].numel, plan->chunks[c].index, &begin,
-                      &n);
-    return n + GCLIP_CPU_CHUNK_WEIGHT;
-}
-
 /* Segments of whole tensors for `threads` threads: the first chunk of each
  * into first (when set), and their count. */
 static uint32_t cut_segments(const gclip_plan *plan, int threads, uint32_t *first)
@@ -82,7 +74,7 @@ gclip_status gclip_cpu_cut_segments(gclip_plan *plan)
     cut_segments(plan, threads, first);
     weight[0] = 0;
     for (uint32_t c = 0; c < plan->num_chunks; c++)
-        weight[c + 1] = weight[c] + chunk_weight(plan, c);
+        weight[c + 1] = weight[c] + gclip_cpu_chunk_weight(plan, c);
     st->segment_first = first;
     st->num_segments = n;
     st->chunk_weight_before = weight;
@@ -198,11 +190,7 @@ void gclip_tensor_clip_cpu(gclip_plan *plan, const gclip_norm_params *np)
     gclip_cpu_state *st = plan->engine;
     const gclip_scalars sc = gclip_resolve_scalars(np);
     const gclip_read_arg a = {st->partials, np->kind, np->p};
-    gclip_cpu_run_fn read = gclip_read_run_generic;
-#ifdef GCLIP_HAVE_READ_F16C
-    if (gclip_cpu_has_f16c())
-        read = gclip_read_run_f16c;
-#endif
+    const gclip_cpu_run_fn read = gclip_cpu_read_run();
     const int threads = gclip_cpu_threads(plan);
     if (threads < 2) {
         for (uint32_t s = 0; s < st->num_segments; s++)
