@@ -560,6 +560,9 @@ ALWAYS_INLINE int single_row_chunk(const char *row, int nv, int32_t dtype, int32
     if (nv <= 32) {
         const gclip_v8f z = {0, 0, 0, 0, 0, 0, 0, 0};
         gclip_v8f g[4];
+        /* unrolled, so that g stays in registers (GCC kept the loop and g
+         * on the stack: ten instructions a round) */
+#pragma GCC unroll 4
         for (int i = 0; i < 4; i++) {
             const int t = 8 * i;
             g[i] = t + 8 <= nv ? eight_groups(row, t, dtype, kind, &bad)
