@@ -40,6 +40,21 @@ int64_t gclip_cpu_chunk_weight(const gclip_plan *plan, uint32_t c)
     return n + GCLIP_CPU_CHUNK_WEIGHT;
 }
 
+/* Each chunk's span, from the tensor table as it is now. */
+static void fill_spans(gclip_plan *plan)
+{
+    gclip_cpu_state *st = plan->engine;
+    for (uint32_t c = 0; c < plan->num_chunks; c++) {
+        const gclip_tensor_desc *t = &plan->tensors[plan->chunks[c].tensor];
+        int64_t begin, n;
+        gclip_chunk_range(t->numel, plan->chunks[c].index, &begin, &n);
+        const int64_t es = gclip_dtype_size(t->dtype);
+        st->spans[c].start = (const char *)t->data + begin * es;
+        st->spans[c].bytes = (int32_t)(n * es);
+        st->spans[c].dtype = t->dtype;
+    }
+}
+
 static uint32_t cut_grains(const gclip_plan *plan, uint32_t *first)
 {
     uint32_t g = 0;
@@ -86,9 +101,11 @@ static gclip_status cpu_init(gclip_plan *plan)
     st->tensor_factor = gclip_host_alloc(plan->count * sizeof(float));
     st->num_grains = cut_grains(plan, NULL);
     st->grain_first = gclip_host_alloc(((size_t)st->num_grains + 1) * sizeof(uint32_t));
-    if (!st->partials || !st->tensor_factor || !st->grain_first)
+    st->spans = gclip_host_alloc(((size_t)plan->num_chunks + 1) * sizeof(gclip_cpu_span));
+    if (!st->partials || !st->tensor_factor || !st->grain_first || !st->spans)
         return gclip_fail(GCLIP_STATUS_OUT_OF_MEMORY, "plan: CPU workspace allocation failed");
     cut_grains(plan, st->grain_first);
+    fill_spans(plan);
     gclip_status s = gclip_cpu_cut_segments(plan);
     if (s != GCLIP_STATUS_SUCCESS)
         return s;
@@ -109,14 +126,15 @@ static void cpu_release(gclip_plan *plan)
     gclip_host_free(st->grain_first);
     gclip_host_free(st->segment_first);
     gclip_host_free(st->chunk_weight_before);
+    gclip_host_free(st->spans);
     gclip_host_free(st);
     plan->engine = NULL;
 }
 
 static gclip_status cpu_upload_tensors(gclip_plan *plan, gclip_stream stream)
 {
-    (void)plan; /* the CPU path reads the host table itself */
-    (void)stream;
+    (void)stream; /* the CPU path reads the host table itself, but for the spans */
+    fill_spans(plan);
     return GCLIP_STATUS_SUCCESS;
 }
 

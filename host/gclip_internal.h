@@ -127,6 +127,15 @@ gclip_status gclip_make_params(const gclip_norm_options *options, int32_t op,
 
 /* ---- the CPU twins of the kernels (host/norm_cpu.c and its siblings) ---- */
 
+/* A chunk as the CPU path's read pass walks it: its first byte, its size in
+ * bytes and its dtype, looked up once per plan (and again after a rebind)
+ * rather than from the chunk and tensor tables at every step. */
+typedef struct gclip_cpu_span {
+    const char *start;
+    int32_t bytes; /* at most GCLIP_CHUNK_ELEMS * 8 */
+    int32_t dtype;
+} gclip_cpu_span;
+
 /* The CPU plan's workspace (plan->engine of a CPU plan). */
 typedef struct gclip_cpu_state {
     double *partials;         /* [num_chunks] */
@@ -139,6 +148,7 @@ typedef struct gclip_cpu_state {
                                  tensors (tensor_clip_cpu.c), then num_chunks */
     uint32_t num_segments;
     int64_t *chunk_weight_before; /* [num_chunks + 1] running weight of the chunks before */
+    gclip_cpu_span *spans;        /* [num_chunks] where each chunk's bytes are */
 } gclip_cpu_state;
 
 /* What a chunk weighs when the CPU threads share chunks out: its elements

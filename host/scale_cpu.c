@@ -289,7 +289,7 @@ CPU_CLONES static void update_run(const gclip_tensor_desc *tensors, const gclip_
         gclip_chunk_range(t->numel, chunks[c].index, &begin, &n);
         gclip_prefetch_before(&pc, tensors, chunks, c, last, clamp ? NULL : factor,
                               touched ? n * gclip_dtype_size(t->dtype) : 0, PREFETCH_AHEAD,
-                              ONE_STREAM_BYTES, 0);
+                              ONE_STREAM_BYTES);
         if (touched)
             update_chunk(t, begin, n, clamp, fc);
     }

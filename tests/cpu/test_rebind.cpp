@@ -6,6 +6,8 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -252,3 +254,49 @@ TEST(RebindEveryStep, VerdictEqualsPairwiseOverlapWhateverTheAddressOrder)
 }
 
 } // namespace
+
+// The CPU path keeps where each chunk's bytes are (its spans) and reads small
+// tensors of whole 16-byte vectors from there: a rebind must move those too.
+// Hundreds of such tensors of every 16-bit and 32-bit dtype, aligned, so
+// every one takes that path; the old buffers stay alive with other values.
+TEST(RebindSmallTensors, NormsAreThoseOfTheNewBuffers)
+{
+    oracle::Rng rng(4242);
+    const gclip_dtype dts[] = {GCLIP_F32, GCLIP_BF16, GCLIP_F16};
+    std::vector<TestBuffer> old_bufs, new_bufs;
+    for (int i = 0; i < 300; ++i) {
+        const gclip_dtype dt = dts[i % 3];
+        const int64_t per_vector = dt == GCLIP_F32 ? 4 : 8;
+        const int64_t numel = per_vector * rng.range(1, 40);
+        old_bufs.emplace_back(dt, numel);
+        old_bufs.back().fill(rng, 2.0);
+        new_bufs.emplace_back(dt, numel);
+        new_bufs.back().fill(rng, 5.0);
+        ASSERT_EQ(reinterpret_cast<uintptr_t>(new_bufs.back().data()) % 16, 0u);
+    }
+    PlanPtr plan;
+    ASSERT_EQ(testutil::make_plan(plan, oracle::tensors_of(old_bufs)), GCLIP_STATUS_SUCCESS);
+    std::vector<void *> ptrs;
+    for (const auto &b : new_bufs)
+        ptrs.push_back(b.data());
+    for (const float p : {2.0f, 1.0f}) {
+        const long double want_old = oracle::norms(old_bufs, p).total;
+        const long double want_new = oracle::norms(new_bufs, p).total;
+        ASSERT_GT(std::fabs(want_old - want_new), 1e-3L * want_new) << "p " << p;
+        gclip_norm_options o = testutil::norm_options(1.0f, p);
+        ASSERT_EQ(gclip_total_norm(plan.get(), &o, nullptr), GCLIP_STATUS_SUCCESS);
+        EXPECT_TRUE(oracle::rel_close(testutil::result_of(plan.get()).total_norm, want_old, 1e-6L))
+            << "p " << p << " before the rebind";
+        ASSERT_EQ(gclip_plan_rebind(plan.get(), ptrs.data(), ptrs.size(), nullptr),
+                  GCLIP_STATUS_SUCCESS)
+            << gclip_last_error();
+        ASSERT_EQ(gclip_total_norm(plan.get(), &o, nullptr), GCLIP_STATUS_SUCCESS);
+        EXPECT_TRUE(oracle::rel_close(testutil::result_of(plan.get()).total_norm, want_new, 1e-6L))
+            << "p " << p << ": the plan still reads the old buffers";
+        std::vector<void *> back;
+        for (const auto &b : old_bufs)
+            back.push_back(b.data());
+        ASSERT_EQ(gclip_plan_rebind(plan.get(), back.data(), back.size(), nullptr),
+                  GCLIP_STATUS_SUCCESS);
+    }
+}
