@@ -101,6 +101,7 @@ static gclip_status cpu_init(gclip_plan *plan)
     st->tensor_factor = gclip_host_alloc(plan->count * sizeof(float));
     st->num_grains = cut_grains(plan, NULL);
     st->grain_first = gclip_host_alloc(((size_t)st->num_grains + 1) * sizeof(uint32_t));
+    /* + 1: an allocation even for a plan without chunks */
     st->spans = gclip_host_alloc(((size_t)plan->num_chunks + 1) * sizeof(gclip_cpu_span));
     if (!st->partials || !st->tensor_factor || !st->grain_first || !st->spans)
         return gclip_fail(GCLIP_STATUS_OUT_OF_MEMORY, "plan: CPU workspace allocation failed");
@@ -133,8 +134,8 @@ static void cpu_release(gclip_plan *plan)
 
 static gclip_status cpu_upload_tensors(gclip_plan *plan, gclip_stream stream)
 {
-    (void)stream; /* the CPU path reads the host table itself, but for the spans */
-    fill_spans(plan);
+    (void)stream;
+    fill_spans(plan); /* the rest of the CPU path reads the host table itself */
     return GCLIP_STATUS_SUCCESS;
 }
 
