@@ -49,7 +49,7 @@ static void fill_spans(gclip_plan *plan)
         int64_t begin, n;
         gclip_chunk_range(t->numel, plan->chunks[c].index, &begin, &n);
         const int64_t es = gclip_dtype_size(t->dtype);
-        st->spans[c].start = (const char *)t->data + begin * es;
+        st->spans[c].start = (char *)t->data + begin * es;
         st->spans[c].bytes = (int32_t)(n * es);
         st->spans[c].dtype = t->dtype;
     }

@@ -717,53 +717,42 @@ ALWAYS_INLINE int whole_row_chunk(const char *row, int nv, int32_t dtype, int32_
 
 /* ---- requests ahead of a walk of small chunks (read and update passes) ---- */
 
-/* The bytes of chunk ch, and its first byte. */
-ALWAYS_INLINE int64_t gclip_chunk_bytes(const gclip_tensor_desc *tensors, const gclip_chunk *ch,
-                                        const char **start)
-{
-    const gclip_tensor_desc *t = &tensors[ch->tensor];
-    int64_t begin, n;
-    gclip_chunk_range(t->numel, ch->index, &begin, &n);
-    const int es = gclip_dtype_size(t->dtype);
-    *start = (const char *)t->data + begin * es;
-    return n * es;
-}
-
 typedef struct gclip_prefetch_cursor {
-    uint32_t next; /* the first chunk not yet requested */
-    int64_t ahead; /* bytes requested past the chunk being walked */
+    uint32_t next; /* the first chunk not yet looked at */
+    int64_t ahead; /* bytes looked at past the chunk being walked */
 } gclip_prefetch_cursor;
 
-/* The update pass (scale_cpu.c), before walking chunk c of a run ending at
- * `last`, c of `bytes_c` bytes (0 when c is left untouched): the lines of
- * the chunks up to `distance` bytes past it requested into L2; a chunk
- * larger than `largest` is left to the hardware prefetchers but counts
- * towards the distance.
- * Under per-tensor factors `factor`, chunks that stay untouched (factor 1)
- * are neither requested nor counted. Inlined with constant distance and
- * size. The read pass has its own cursor over the spans (read_chunks_kind). */
-ALWAYS_INLINE void gclip_prefetch_before(gclip_prefetch_cursor *pc,
-                                         const gclip_tensor_desc *tensors,
+/* Before walking chunk c of a run ending at `last`, c of `bytes_c` bytes (0
+ * when c is left untouched): the lines of the chunks up to `distance` bytes
+ * past it requested, into L1 (`into_l1`: the read pass) or L2 (the update
+ * pass), each chunk found from its span (gclip_cpu_span); a chunk larger
+ * than `largest` is left to the hardware prefetchers but counts towards the
+ * distance. Under per-tensor factors `factor` (then `chunks` gives each
+ * chunk's tensor), chunks that stay untouched (factor 1) are neither
+ * requested nor counted. Inlined with constant distance, size and level. */
+ALWAYS_INLINE void gclip_prefetch_before(gclip_prefetch_cursor *pc, const gclip_cpu_span *spans,
                                          const gclip_chunk *chunks, uint32_t c, uint32_t last,
                                          const float *factor, int64_t bytes_c, int64_t distance,
-                                         int64_t largest)
+                                         int64_t largest, int into_l1)
 {
     if (pc->next <= c) { /* c itself, on the first call */
         pc->next = c;
         pc->ahead = 0;
     }
-    while (pc->next < last && pc->ahead < distance) {
-        const gclip_chunk *ch = &chunks[pc->next++];
-        if (factor && factor[ch->tensor] == 1.0f)
+    for (; pc->next < last && pc->ahead < distance; pc->next++) {
+        if (factor && factor[chunks[pc->next].tensor] == 1.0f)
             continue;
-        const char *p;
-        const int64_t bytes = gclip_chunk_bytes(tensors, ch, &p);
-        if (bytes <= largest) {
-            const char *line = (const char *)((uintptr_t)p & ~(uintptr_t)63);
-            for (; line < p + bytes; line += 64)
-                __builtin_prefetch(line, 0, 2);
+        const gclip_cpu_span sp = spans[pc->next];
+        if (sp.bytes <= largest) {
+            const char *line = (const char *)((uintptr_t)sp.start & ~(uintptr_t)63);
+            for (; line < sp.start + sp.bytes; line += 64) {
+                if (into_l1)
+                    __builtin_prefetch(line, 0, 3);
+                else
+                    __builtin_prefetch(line, 0, 2);
+            }
         }
-        pc->ahead += bytes;
+        pc->ahead += sp.bytes;
     }
     pc->ahead -= bytes_c;
 }
@@ -778,46 +767,25 @@ ALWAYS_INLINE void gclip_prefetch_before(gclip_prefetch_cursor *pc,
 #define READ_AHEAD_BYTES 12288
 #define READ_AHEAD_SMALL 1024
 
-/* The lines of [p, p + bytes) requested into L1. */
-ALWAYS_INLINE void gclip_request_lines(const char *p, int64_t bytes)
-{
-    const char *line = (const char *)((uintptr_t)p & ~(uintptr_t)63);
-    for (; line < p + bytes; line += 64)
-        __builtin_prefetch(line, 0, 3);
-}
-
 /* The partial of each chunk of [first, last) into its slot, for one kind
- * (inlined with a constant kind). Each chunk is found from its span
- * (gclip_cpu_span). A chunk of at most READ_AHEAD_SMALL bytes keeps the
- * lines of the chunks of at most that size in the next READ_AHEAD_BYTES
- * requested (the cursor below: `next` is the first chunk not yet looked at,
- * `ahead` the bytes looked at past the chunk being walked); a larger chunk
- * gives the hardware time, and the cursor starts again after it. A chunk
- * of at most NT whole vectors of f32/f16/bf16, the whole of a small
- * tensor, is tested for first: its start and its size in bytes are
+ * (inlined with a constant kind), each chunk found from its span. Chunks of
+ * at most READ_AHEAD_SMALL bytes are requested READ_AHEAD_BYTES ahead; a
+ * larger chunk gives the hardware time, and the cursor starts again after
+ * it. A chunk of at most NT whole vectors of f32/f16/bf16, the whole of a
+ * small tensor, is tested for first: its start and its size in bytes are
  * multiples of VEC_BYTES. */
 ALWAYS_INLINE void read_chunks_kind(const gclip_plan *plan, uint32_t first, uint32_t last,
                                     double *partials, int32_t kind, float p)
 {
     const gclip_cpu_span *spans = ((const gclip_cpu_state *)plan->engine)->spans;
-    uint32_t next = first;
-    int64_t ahead = 0;
+    gclip_prefetch_cursor pc = {first, 0};
     for (uint32_t c = first; c < last; c++) {
         const gclip_cpu_span sp = spans[c];
-        if (sp.bytes <= READ_AHEAD_SMALL) {
-            if (next <= c) { /* after a larger chunk, or the first */
-                next = c;
-                ahead = 0;
-            }
-            for (; next < last && ahead < READ_AHEAD_BYTES; next++) {
-                if (spans[next].bytes <= READ_AHEAD_SMALL)
-                    gclip_request_lines(spans[next].start, spans[next].bytes);
-                ahead += spans[next].bytes;
-            }
-            ahead -= sp.bytes;
-        } else {
-            next = 0;
-        }
+        if (sp.bytes <= READ_AHEAD_SMALL)
+            gclip_prefetch_before(&pc, spans, NULL, c, last, NULL, sp.bytes, READ_AHEAD_BYTES,
+                                  READ_AHEAD_SMALL, 1);
+        else
+            pc.next = 0;
         if ((kind == GCLIP_KIND_L2 || kind == GCLIP_KIND_L1) && sp.dtype != GCLIP_F64 &&
             (((uintptr_t)sp.start | (uintptr_t)sp.bytes) % VEC_BYTES) == 0 &&
             sp.bytes <= NT * VEC_BYTES &&

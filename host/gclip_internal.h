@@ -127,11 +127,11 @@ gclip_status gclip_make_params(const gclip_norm_options *options, int32_t op,
 
 /* ---- the CPU twins of the kernels (host/norm_cpu.c and its siblings) ---- */
 
-/* A chunk as the CPU path's read pass walks it: its first byte, its size in
- * bytes and its dtype, looked up once per plan (and again after a rebind)
- * rather than from the chunk and tensor tables at every step. */
+/* A chunk as the CPU path's read and update passes walk it: its first byte,
+ * its size in bytes and its dtype, looked up once per plan (and again after
+ * a rebind) rather than from the chunk and tensor tables at every step. */
 typedef struct gclip_cpu_span {
-    const char *start;
+    char *start;
     int32_t bytes; /* at most GCLIP_CHUNK_ELEMS * 8 */
     int32_t dtype;
 } gclip_cpu_span;

@@ -231,27 +231,29 @@ int gclip_cpu_has_f16c(void)
 }
 #endif
 
-#define UPDATE_DTYPE(clamp)                                                 \
-    do {                                                                    \
-        switch (t->dtype) {                                                 \
-        case GCLIP_F32: gclip_walk_update(t->data, GCLIP_F32, begin, n, clamp, f); break;   \
-        case GCLIP_F16: gclip_walk_update(t->data, GCLIP_F16, begin, n, clamp, f); break;   \
-        case GCLIP_F64: gclip_walk_update(t->data, GCLIP_F64, begin, n, clamp, f); break;   \
-        default: gclip_walk_update(t->data, GCLIP_BF16, begin, n, clamp, f); break;         \
-        }                                                                   \
+#define UPDATE_DTYPE(clamp)                                                      \
+    do {                                                                         \
+        switch (dtype) {                                                         \
+        case GCLIP_F32: gclip_walk_update(data, GCLIP_F32, 0, n, clamp, f); break; \
+        case GCLIP_F16: gclip_walk_update(data, GCLIP_F16, 0, n, clamp, f); break; \
+        case GCLIP_F64: gclip_walk_update(data, GCLIP_F64, 0, n, clamp, f); break; \
+        default: gclip_walk_update(data, GCLIP_BF16, 0, n, clamp, f); break;       \
+        }                                                                        \
     } while (0)
 
-/* The n elements from `begin` of tensor t (a chunk's range). */
-ALWAYS_INLINE void update_chunk(const gclip_tensor_desc *t, int64_t begin, int64_t n, int clamp,
-                                float f)
+/* The elements of one chunk, found from its span. */
+ALWAYS_INLINE void update_chunk(gclip_cpu_span sp, int clamp, float f)
 {
+    void *data = sp.start;
+    const int32_t dtype = sp.dtype;
+    const int64_t n = sp.bytes / gclip_dtype_size(dtype);
 #ifdef GCLIP_F16C_PATH
-    if (clamp && (t->dtype == GCLIP_F16 || t->dtype == GCLIP_BF16) && gclip_cpu_has_f16c()) {
-        walk_clamp_half_avx2(t->data, t->dtype, begin, n, f);
+    if (clamp && (dtype == GCLIP_F16 || dtype == GCLIP_BF16) && gclip_cpu_has_f16c()) {
+        walk_clamp_half_avx2(data, dtype, 0, n, f);
         return;
     }
-    if ((t->dtype == GCLIP_F16 || t->dtype == GCLIP_BF16) && gclip_cpu_has_f16c()) {
-        walk_scale_half(t->data, t->dtype, begin, n, f);
+    if ((dtype == GCLIP_F16 || dtype == GCLIP_BF16) && gclip_cpu_has_f16c()) {
+        walk_scale_half(data, dtype, 0, n, f);
         return;
     }
 #endif
@@ -271,34 +273,31 @@ ALWAYS_INLINE void update_chunk(const gclip_tensor_desc *t, int64_t begin, int64
  * distance, size and cache level (READ_AHEAD_BYTES, cpu_walk.h). */
 #define PREFETCH_AHEAD 8192
 
-/* A run of chunks in one call: the table reads and the dtype dispatch per
- * chunk are inline, and the clone is chosen once per run rather than once
+/* A run of chunks in one call, each chunk found from its span: the dtype
+ * dispatch per chunk is inline, and the clone is chosen once per run rather than once
  * per chunk. static: GCC exports the ifunc of a non-static
  * target_clones function whatever its visibility. */
-CPU_CLONES static void update_run(const gclip_tensor_desc *tensors, const gclip_chunk *chunks,
-                                  uint32_t first, uint32_t last, int clamp, float f,
-                                  const float *factor)
+CPU_CLONES static void update_run(const gclip_plan *plan, uint32_t first, uint32_t last, int clamp,
+                                  float f, const float *factor)
 {
+    const gclip_chunk *chunks = plan->chunks;
+    const gclip_cpu_span *spans = ((const gclip_cpu_state *)plan->engine)->spans;
     gclip_prefetch_cursor pc = {first, 0};
     for (uint32_t c = first; c < last; c++) {
-        const gclip_tensor_desc *t = &tensors[chunks[c].tensor];
         /* a global factor is never 1 here (the step returns before) */
         const float fc = clamp || !factor ? f : factor[chunks[c].tensor];
         const int touched = clamp || fc != 1.0f;
-        int64_t begin, n;
-        gclip_chunk_range(t->numel, chunks[c].index, &begin, &n);
-        gclip_prefetch_before(&pc, tensors, chunks, c, last, clamp ? NULL : factor,
-                              touched ? n * gclip_dtype_size(t->dtype) : 0, PREFETCH_AHEAD,
-                              ONE_STREAM_BYTES);
+        gclip_prefetch_before(&pc, spans, chunks, c, last, clamp ? NULL : factor,
+                              touched ? spans[c].bytes : 0, PREFETCH_AHEAD, ONE_STREAM_BYTES, 0);
         if (touched)
-            update_chunk(t, begin, n, clamp, fc);
+            update_chunk(spans[c], clamp, fc);
     }
 }
 
 void gclip_update_run_cpu(const gclip_plan *plan, uint32_t first, uint32_t last, int clamp,
                           float f, const float *factor)
 {
-    update_run(plan->tensors, plan->chunks, first, last, clamp, f, factor);
+    update_run(plan, first, last, clamp, f, factor);
 }
 
 /* The factor of the whole plan under a global op (1 = nothing to write);
