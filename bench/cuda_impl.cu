@@ -209,7 +209,10 @@ extern "C" const char *bench_cuda_device_name(void)
 // replays of a captured graph; the data stays where the previous step left
 // it. Beside it, a device-to-device cudaMemcpyAsync of the same bytes timed
 // the same way, and the kernel launches of one step (the kernel nodes of
-// its captured graph). Writes PREFIX.csv and PREFIX.json.
+// its captured graph). On devices where the scale kernel is a dependent
+// launch (compute capability 9.0 and later), clip and clip-noop are also
+// timed by a plan created under GCLIP_DEPENDENT_LAUNCH=0 (modes eager-plain
+// and graph-plain). Writes PREFIX.csv and PREFIX.json.
 
 enum steady_op { STEADY_NORM, STEADY_CLIP, STEADY_CLIP_NOOP, STEADY_OPS };
 static const char *const steady_names[STEADY_OPS] = {"norm", "clip", "clip-noop"};
@@ -345,14 +348,42 @@ static int steady_workload(bench_workload *w, int runs, std::vector<steady_row> 
     failed += copy_us <= 0;
     // the last copy left the pristine values in place for the steps
 
-    for (int k = 0; k < STEADY_OPS; k++) {
-        const steady_op op = static_cast<steady_op>(k);
+    // The ops with the scale kernel as a dependent launch where the device
+    // has one (compute capability 9.0 and later: gclip's default), then, on
+    // those devices, clip and clip-noop again by a second plan over the same
+    // tensors created under GCLIP_DEPENDENT_LAUNCH=0 (modes eager-plain and
+    // graph-plain): what the dependent launch saves.
+    int device = 0, major = 0;
+    cudaGetDevice(&device);
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+    gclip_plan *dependent_plan = c->plan, *plain_plan = nullptr;
+    if (major >= 9) {
+        const char *old = std::getenv("GCLIP_DEPENDENT_LAUNCH");
+        const std::string kept = old ? old : "";
+        setenv("GCLIP_DEPENDENT_LAUNCH", "0", 1);
+        const gclip_status st = gclip_plan_create(&plain_plan, c->tensors.data(), w->count, 0);
+        if (old)
+            setenv("GCLIP_DEPENDENT_LAUNCH", kept.c_str(), 1);
+        else
+            unsetenv("GCLIP_DEPENDENT_LAUNCH");
+        if (st != GCLIP_STATUS_SUCCESS) {
+            std::fprintf(stderr, "gclip-bench: %s: plain-launch plan: %s: %s\n", w->name,
+                         gclip_status_string(st), gclip_last_error());
+            failed++;
+            plain_plan = nullptr;
+        }
+    }
+    for (int k = 0; k < STEADY_OPS + (plain_plan ? 2 : 0); k++) {
+        const bool plain = k >= STEADY_OPS;
+        const steady_op op = plain ? (k == STEADY_OPS ? STEADY_CLIP : STEADY_CLIP_NOOP)
+                                   : static_cast<steady_op>(k);
+        c->plan = plain ? plain_plan : dependent_plan;
         const int launches = steady_launches(c, a, op);
-        const double per_step = bench_op_bytes(steady_bench_op[k], w->data_bytes);
+        const double per_step = bench_op_bytes(steady_bench_op[op], w->data_bytes);
         auto eager = [&](long i) {
             const gclip_status st = steady_step(c, a, op, i);
             if (st != GCLIP_STATUS_SUCCESS)
-                std::fprintf(stderr, "gclip-bench: %s %s: %s: %s\n", w->name, steady_names[k],
+                std::fprintf(stderr, "gclip-bench: %s %s: %s: %s\n", w->name, steady_names[op],
                              gclip_status_string(st), gclip_last_error());
             return st == GCLIP_STATUS_SUCCESS;
         };
@@ -360,13 +391,14 @@ static int steady_workload(bench_workload *w, int runs, std::vector<steady_row> 
         auto replay = [&](long i) {
             return i % 2 == 1 || (pair && ok(cudaGraphLaunch(pair, c->stream), "graph launch"));
         };
-        const char *const modes[2] = {"eager", "graph"};
+        const char *const modes[2] = {plain ? "eager-plain" : "eager",
+                                      plain ? "graph-plain" : "graph"};
         for (int m = 0; m < 2; m++) {
             const long steps = m ? steps_per_run(c, replay) : steps_per_run(c, eager);
             const double us = steps <= 0 ? -1.0
                               : m    ? us_per_step(c, runs, steps, replay)
                                      : us_per_step(c, runs, steps, eager);
-            rows.push_back({w->name, steady_names[k], modes[m], w->count, w->data_bytes, per_step,
+            rows.push_back({w->name, steady_names[op], modes[m], w->count, w->data_bytes, per_step,
                             launches, steps, us, us > 0 ? per_step / us / 1e3 : 0.0, copy_gbps});
             failed += us <= 0;
         }
@@ -382,6 +414,9 @@ static int steady_workload(bench_workload *w, int runs, std::vector<steady_row> 
             failed++;
         }
     }
+    c->plan = dependent_plan;
+    if (plain_plan)
+        gclip_plan_destroy(plain_plan);
     im.close(im.ctx);
     return failed;
 }
@@ -440,7 +475,7 @@ extern "C" int bench_cuda_steps(unsigned workloads, int runs, int threads, const
     }
     const char *device = bench_cuda_device_name();
     std::printf("gclip-bench --cuda-steps: %s, median of %d timed runs per row\n", device, runs);
-    std::printf("%-10s %-10s %-5s %8s %10s %12s %9s %9s %7s\n", "workload", "op", "mode",
+    std::printf("%-10s %-10s %-11s %8s %10s %12s %9s %9s %7s\n", "workload", "op", "mode",
                 "launches", "steps/run", "us/step", "GB/s", "copy GB/s", "of copy");
     std::vector<steady_row> rows;
     int failed = 0;
@@ -458,7 +493,7 @@ extern "C" int bench_cuda_steps(unsigned workloads, int runs, int threads, const
         failed += steady_workload(&w, runs, rows);
         for (size_t k = first; k < rows.size(); k++) {
             const steady_row &r = rows[k];
-            std::printf("%-10s %-10s %-5s %8d %10ld %12.3f %9.1f %9.1f %6.1f%%\n", r.workload, r.op,
+            std::printf("%-10s %-10s %-11s %8d %10ld %12.3f %9.1f %9.1f %6.1f%%\n", r.workload, r.op,
                         r.mode, r.launches, r.steps, r.us, r.gbps, r.copy_gbps,
                         r.copy_gbps > 0 ? 100.0 * r.gbps / r.copy_gbps : 0.0);
         }

@@ -18,6 +18,7 @@
  * file:line in gclip_last_error().
  */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cuda_runtime_api.h>
@@ -195,7 +196,8 @@ done:
  * SM (fewer if fewer fit), which keeps 2 x 256 threads x 4 16-byte loads
  * in flight per SM, enough to stream at full bandwidth, while an unclipped
  * scale launch stays a couple of blocks per SM that read the factor and
- * leave. No step asks the device anything. */
+ * leave. No step asks the device anything. The same call decides whether the
+ * scale kernel is a dependent launch (gclip_dependent_launch_wanted). */
 static gclip_status grid_caps(int device, gclip_device_tables *t)
 {
     int sms = 0, norm_blocks = 0, scale_blocks = 0;
@@ -210,6 +212,12 @@ static gclip_status grid_caps(int device, gclip_device_tables *t)
     if (e != cudaSuccess)
         return cuda_fail(e, "cudaOccupancyMaxActiveBlocksPerMultiprocessor(scale kernel)",
                          __FILE__, __LINE__);
+    int major = 0;
+    e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+    if (e != cudaSuccess)
+        return cuda_fail(e, "cudaDeviceGetAttribute(ComputeCapabilityMajor)", __FILE__, __LINE__);
+    t->dependent_launch =
+        (uint32_t)gclip_dependent_launch_wanted(major, getenv("GCLIP_DEPENDENT_LAUNCH"));
     if (scale_blocks > 2)
         scale_blocks = 2;
     t->norm_grid_cap = (uint32_t)(sms > 0 && norm_blocks > 0 ? sms * norm_blocks : 0);

@@ -58,6 +58,13 @@ extern const gclip_backend gclip_cuda_backend; /* host/cuda_backend.c or host/cu
 /* CUDA devices visible to this build (0 without the CUDA backend). */
 int gclip_cuda_visible_devices(void);
 
+/* Whether a CUDA plan launches its scale kernel as a programmatic dependent
+ * launch: on devices of compute capability 9.0 and later, unless `setting`
+ * (the environment's GCLIP_DEPENDENT_LAUNCH at plan creation, NULL when
+ * unset) is "0". Any other setting, "1" included, keeps the default: older
+ * devices have no dependent launch to turn on. */
+int gclip_dependent_launch_wanted(int compute_major, const char *setting);
+
 struct gclip_plan {
     const gclip_backend *backend;
     int device;                 /* GCLIP_DEVICE_CPU or CUDA ordinal */

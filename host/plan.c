@@ -15,6 +15,13 @@ int gclip_cuda_device_count(void)
     return gclip_cuda_visible_devices();
 }
 
+int gclip_dependent_launch_wanted(int compute_major, const char *setting)
+{
+    if (setting && strcmp(setting, "0") == 0)
+        return 0;
+    return compute_major >= 9;
+}
+
 static void plan_free(gclip_plan *p)
 {
     if (!p)

@@ -35,6 +35,9 @@ static __global__ void __launch_bounds__(GCLIP_ADAPT_THREADS)
 
     const gclip_norm_params np = params;
     gclip_adapt_device *a = np.adapt;
+    /* the scale kernel after this one may be scheduled now (a dependent
+     * launch: it waits for this grid before it reads anything) */
+    gclip_release_dependents();
     if (threadIdx.x == 0) {
         const gclip_adapt_input in = gclip_adapt_begin(t.result, &np);
         gclip_adapt_decision d;

@@ -311,6 +311,51 @@ for r in $regs; do
     fi
 done
 echo "norm_kernel.cu: registers per architecture: $(echo $regs)"
+# Programmatic dependent launch (sm_90 and later, docs/gpu-launch.md): the
+# scale kernel may be scheduled before the norm kernel has finished, so it
+# must wait for the grids before it (griddepcontrol.wait, ACQBULK in the
+# SASS) before any access to global memory; the norm kernel lets it be
+# scheduled (griddepcontrol.launch_dependents, PREEXIT).
+# first_before_wait FILE ENTRY WAIT MEMORY: the first line of ENTRY's body in
+# FILE (PTX or SASS text) that matches the regex MEMORY before a line that
+# matches WAIT; "none" if the wait comes first, "nowait" if there is none.
+first_before_wait() {
+    awk -v entry="$2" -v wait="$3" -v mem="$4" '
+        /[.]entry |Function : / { on = (index($0, entry) > 0); next }
+        !on { next }
+        $0 ~ wait { print "none"; found = 1; exit }
+        $0 ~ mem { sub(/^[ \t]+/, ""); print; found = 1; exit }
+        END { if (!found) print "nowait" }' "$1"
+}
+# (bracketed dots and stars: awk -v would read a backslash as an escape)
+ptx_mem='^[[:space:]]*(@!?%p[0-9]+[[:space:]]+)?(ld|ldu|st|atom|red|prefetch|prefetchu|cp[.]async)([.]|[[:space:]])'
+ptx_local='^[[:space:]]*(@!?%p[0-9]+[[:space:]]+)?(ld|st)\.(param|shared|local|const)'
+if [ -f "$work/scale_kernel.ptx" ]; then
+    # the body without its .param, .shared, .local and .const accesses
+    grep -vE "$ptx_local" "$work/scale_kernel.ptx" >"$work/scale_kernel.global.ptx" || true
+    r=$(first_before_wait "$work/scale_kernel.global.ptx" gclip_scale_kernel 'griddepcontrol[.]wait' "$ptx_mem")
+    echo "scale_kernel.cu: compute_90 PTX, first global access before griddepcontrol.wait: $r"
+    if [ "$r" != none ]; then
+        fail "scale_kernel.cu: the scale kernel touches global memory before griddepcontrol.wait ($r)"
+    fi
+fi
+if [ -f "$work/norm_kernel.ptx" ] && ! grep -q 'griddepcontrol\.launch_dependents' "$work/norm_kernel.ptx"; then
+    fail "norm_kernel.cu: no griddepcontrol.launch_dependents in the compute_90 PTX"
+fi
+if [ -n "$cuobjdump" ]; then
+    sass_mem='^[[:space:]]*/[*][0-9a-f]+[*]/[[:space:]]+(@!?P[0-9T][[:space:]]+)?(LDG|STG|LD|ST|ATOMG|ATOM|RED|REDG|LDGSTS|CCTL)[.[:space:]]'
+    "$cuobjdump" -sass -arch sm_90 "$work/scale_kernel.o" >"$work/scale_kernel.sm_90.sass" 2>&1 || true
+    r=$(first_before_wait "$work/scale_kernel.sm_90.sass" gclip_scale_kernel '[[:space:]]ACQBULK[[:space:]]' "$sass_mem")
+    echo "scale_kernel.cu: sm_90 SASS, first global access before ACQBULK: $r"
+    if [ "$r" != none ]; then
+        fail "scale_kernel.cu: the sm_90 scale kernel touches global memory before ACQBULK ($r)"
+    fi
+    n=$("$cuobjdump" -sass -arch sm_90 "$work/norm_kernel.o" 2>/dev/null | grep -c '[[:space:]]PREEXIT[[:space:]]' || true)
+    echo "norm_kernel.cu: $n PREEXIT in the sm_90 SASS (dependents released)"
+    if [ "${n:-0}" -lt 1 ]; then
+        fail "norm_kernel.cu: no PREEXIT in the sm_90 SASS: the scale kernel's dependent launch waits for the whole grid to exit"
+    fi
+fi
 # ---- end of the launch-shape checks
 
 if [ "$failures" -ne 0 ]; then

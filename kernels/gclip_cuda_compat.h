@@ -7,11 +7,29 @@
  *   GCLIP_LAUNCH(kernel, grid, block, stream, args...)
  *       launch one kernel; evaluates to that launch's own status as an int
  *       (0 = success), never to an error left by an earlier call
+ *   GCLIP_LAUNCH_DEPENDENT(kernel, dependent, grid, block, stream, args...)
+ *       the same; when `dependent` is nonzero the launch is a programmatic
+ *       dependent launch (cudaLaunchAttributeProgrammaticStreamSerialization,
+ *       sm_90 and later): its blocks may be scheduled once every block of the
+ *       kernel before it in the stream has called gclip_release_dependents()
+ *       or exited, so the kernel must call gclip_wait_prior_grids() before
+ *       it touches global memory
  *   GCLIP_BLOCKS_PER_SM(out, kernel, block)
  *       blocks of `kernel` one SM holds at once (host code, asked once at
  *       plan creation); evaluates to a status as GCLIP_LAUNCH does
- * and one function, gclip_prefetch_l1(p): a hint that the calling thread
- * will soon read the line at p (no effect in the emulator).
+ * and these functions:
+ *   gclip_prefetch_l1(p)
+ *       a hint that the calling thread will soon read the line at p
+ *   gclip_wait_prior_grids()
+ *       the calling thread waits until the grids before this one in the
+ *       stream have completed and their memory operations are visible to
+ *       it (griddepcontrol.wait from sm_90; a launch without the dependent
+ *       attribute starts only after them anyway)
+ *   gclip_release_dependents()
+ *       this block lets a dependent launch after it be scheduled
+ *       (griddepcontrol.launch_dependents from sm_90)
+ * All three do nothing in the emulator, which runs each grid to its end
+ * before the next starts, and the last two do nothing before sm_90.
  *
  * Staging of global data into shared memory with no register in between
  * (cp.async, sm_80 and later; callers use them only there):
@@ -38,10 +56,14 @@
  * and GCLIP_LAUNCH. */
 #include "simt_emu.h"
 #define GCLIP_BLOCKS_PER_SM(out, kernel, block) ((void)(kernel), (void)(block), *(out) = 4, 0)
+#define GCLIP_LAUNCH_DEPENDENT(kernel, dependent, grid, block, stream, ...) \
+    ((void)(dependent), GCLIP_LAUNCH(kernel, grid, block, stream, __VA_ARGS__))
 inline void gclip_prefetch_l1(const void *p)
 {
     (void)p;
 }
+inline void gclip_wait_prior_grids() {}
+inline void gclip_release_dependents() {}
 /* volatile: the value another block stored, read when the copy is issued */
 inline void gclip_stage_u32(uint32_t *dst, const uint32_t *src)
 {
@@ -58,26 +80,44 @@ inline void gclip_stage_wait() {}
 /* cudaLaunchKernelEx returns the status of this launch; a <<<>>> launch
  * checked with cudaGetLastError() could report an earlier, unrelated error. */
 template <class... P, class... A>
-static inline int gclip_launch_ex(void (*kernel)(P...), unsigned grid, unsigned block,
-                                  cudaStream_t stream, A &&...args)
+static inline int gclip_launch_ex(void (*kernel)(P...), int dependent, unsigned grid,
+                                  unsigned block, cudaStream_t stream, A &&...args)
 {
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3(grid);
     cfg.blockDim = dim3(block);
     cfg.dynamicSmemBytes = 0;
     cfg.stream = stream;
-    cfg.attrs = nullptr;
-    cfg.numAttrs = 0;
+    cfg.attrs = dependent ? attr : nullptr;
+    cfg.numAttrs = dependent ? 1 : 0;
     return (int)cudaLaunchKernelEx(&cfg, kernel, static_cast<A &&>(args)...);
 }
 #define GCLIP_LAUNCH(kernel, grid, block, stream, ...) \
-    gclip_launch_ex(kernel, (grid), (block), (cudaStream_t)(stream), __VA_ARGS__)
+    gclip_launch_ex(kernel, 0, (grid), (block), (cudaStream_t)(stream), __VA_ARGS__)
+#define GCLIP_LAUNCH_DEPENDENT(kernel, dependent, grid, block, stream, ...) \
+    gclip_launch_ex(kernel, (dependent), (grid), (block), (cudaStream_t)(stream), __VA_ARGS__)
 #define GCLIP_BLOCKS_PER_SM(out, kernel, block) \
     ((int)cudaOccupancyMaxActiveBlocksPerMultiprocessor((out), (kernel), (block), 0))
 __device__ __forceinline__ void gclip_prefetch_l1(const void *p)
 {
     asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
 }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+__device__ __forceinline__ void gclip_wait_prior_grids()
+{
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+}
+__device__ __forceinline__ void gclip_release_dependents()
+{
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+}
+#else
+__device__ __forceinline__ void gclip_wait_prior_grids() {}
+__device__ __forceinline__ void gclip_release_dependents() {}
+#endif
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
 __device__ __forceinline__ void gclip_stage_u32(uint32_t *dst, const uint32_t *src)
 {

@@ -360,6 +360,12 @@ static __global__ void __launch_bounds__(GCLIP_BLOCK_THREADS, GCLIP_NORM_MIN_BLO
      * the stack); the walk reads `params` itself, from the constant bank */
     const gclip_norm_params np = params;
 
+    /* The scale kernel after this one may be scheduled as soon as every
+     * block of this grid is running: its blocks take the SM room this
+     * grid's blocks leave as they finish, then wait for the whole grid
+     * (gclip_wait_prior_grids) before they read the factor. */
+    gclip_release_dependents();
+
     /* block b walks chunks [C * b / grid, C * (b + 1) / grid); an empty plan
      * launches one block with no chunk: it only finalizes */
     const uint32_t num_chunks = t.num_chunks;

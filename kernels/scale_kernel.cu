@@ -80,6 +80,9 @@ static __global__ void __launch_bounds__(GCLIP_BLOCK_THREADS)
 {
     __shared__ float block_factor;
     const gclip_norm_params np = params;
+    /* a dependent launch may start before the kernel before it has
+     * finished: nothing in global memory is read or written until it has */
+    gclip_wait_prior_grids();
     /* the factor first: a block that has nothing to write reads no tensor data */
     if (threadIdx.x == 0)
         block_factor = gclip_block_factor(t, np);
@@ -106,8 +109,9 @@ static __global__ void __launch_bounds__(GCLIP_BLOCK_THREADS)
 extern "C" int gclip_launch_scale(const gclip_device_tables *t, const gclip_norm_params *np,
                                   gclip_stream stream)
 {
-    return GCLIP_LAUNCH(gclip_scale_kernel, gclip_launch_grid(t->num_chunks, t->scale_grid_cap),
-                        GCLIP_BLOCK_THREADS, stream, *t, *np);
+    return GCLIP_LAUNCH_DEPENDENT(gclip_scale_kernel, t->dependent_launch,
+                                  gclip_launch_grid(t->num_chunks, t->scale_grid_cap),
+                                  GCLIP_BLOCK_THREADS, stream, *t, *np);
 }
 
 extern "C" int gclip_scale_blocks_per_sm(int *blocks)
