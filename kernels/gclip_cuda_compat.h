@@ -2,7 +2,7 @@
  * gclip_cuda_compat.h - the one place where kernel sources learn whether they
  * are compiled by nvcc for a GPU or by the host compiler for the SIMT
  * emulator (tests/emu). Kernel files include this and use plain CUDA C++ plus
- * the two macros below; nothing else in them depends on the mode.
+ * the macros below; nothing else in them depends on the mode.
  *
  *   GCLIP_LAUNCH(kernel, grid, block, stream, args...)
  *       launch one kernel; evaluates to that launch's own status as an int
@@ -28,8 +28,8 @@
  *   gclip_release_dependents()
  *       this block lets a dependent launch after it be scheduled
  *       (griddepcontrol.launch_dependents from sm_90)
- * All three do nothing in the emulator, which runs each grid to its end
- * before the next starts, and the last two do nothing before sm_90.
+ * The last two do nothing before sm_90; the emulator models them
+ * (tests/emu/simt_emu.h) and gclip_prefetch_l1 does nothing there.
  *
  * Staging of global data into shared memory with no register in between
  * (cp.async, sm_80 and later; callers use them only there):
@@ -53,17 +53,21 @@
 #if defined(GCLIP_SIMT_EMULATION)
 /* tests/emu/simt_emu.h defines threadIdx, blockIdx, blockDim, gridDim,
  * __syncthreads, __threadfence, the atomics, uint4, the CUDA keywords,
- * and GCLIP_LAUNCH. */
+ * GCLIP_LAUNCH and GCLIP_LAUNCH_DEPENDENT, and models the dependent launch. */
 #include "simt_emu.h"
 #define GCLIP_BLOCKS_PER_SM(out, kernel, block) ((void)(kernel), (void)(block), *(out) = 4, 0)
-#define GCLIP_LAUNCH_DEPENDENT(kernel, dependent, grid, block, stream, ...) \
-    ((void)(dependent), GCLIP_LAUNCH(kernel, grid, block, stream, __VA_ARGS__))
 inline void gclip_prefetch_l1(const void *p)
 {
     (void)p;
 }
-inline void gclip_wait_prior_grids() {}
-inline void gclip_release_dependents() {}
+inline void gclip_wait_prior_grids()
+{
+    ::gclip_emu::wait_prior_grids();
+}
+inline void gclip_release_dependents()
+{
+    ::gclip_emu::release_dependents();
+}
 /* volatile: the value another block stored, read when the copy is issued */
 inline void gclip_stage_u32(uint32_t *dst, const uint32_t *src)
 {

@@ -313,6 +313,14 @@ int Fixture::emu_launch(const gclip_norm_params &np)
         break;
     case GCLIP_OP_CLIP_NORM:
     case GCLIP_OP_CLIP_PER_TENSOR:
+        if (tables_.dependent_launch) {
+            // one stream: the scale launch may start alongside the norm's tail
+            rc = checked(gclip_emu::launch_concurrent({[&] {
+                gclip_launch_norm(&tables_, &np, nullptr);
+                gclip_launch_scale(&tables_, &np, nullptr);
+            }}));
+            break;
+        }
         rc = checked(gclip_launch_norm(&tables_, &np, nullptr));
         if (rc == 0)
             rc = checked(gclip_launch_scale(&tables_, &np, nullptr));

@@ -144,6 +144,11 @@ public:
         tables_.norm_grid_cap = norm;
         tables_.scale_grid_cap = scale;
     }
+    // The scale kernel as a programmatic dependent launch (a device of
+    // compute capability 9.0 or later): emu_launch then issues the norm and
+    // scale launches of a clip as one stream (launch_concurrent), so that
+    // scale blocks start while the norm kernel's last blocks run.
+    void set_dependent_launch(bool on) { tables_.dependent_launch = on ? 1u : 0u; }
     // The per-chunk partials and per-tensor norms the last norm launch left.
     const double *emu_partials() const { return tables_.partials; }
     float emu_tensor_norm(std::size_t k) const { return norms_.as<const float>()[k]; }

@@ -54,8 +54,12 @@ small_only+="scale_one_chunk_per_block write_run_skips_a_chunk warp_walk_half_st
 # the lane pass's windows needs it: the other mutants run without it, that
 # one runs it alone (and the unmutated kernels both).
 windows='EmuGrid.AnyFoldWindowGivesTheSameBits'
-filter+="-$windows"
 window_only=" window_restarts_runs "
+# Likewise the scale kernel as a dependent launch: its test alone, for the
+# mutant of the wait (and the unmutated kernels).
+dependent='EmuGrid.DependentScaleLaunchGivesThePlainLaunchsBits'
+dependent_only=" scale_reads_before_wait "
+filter+="-$windows:$dependent"
 
 # Make kdir equal to the sources, rewriting only files that differ, so a
 # rebuild recompiles what the previous mutant touched and nothing else.
@@ -146,6 +150,10 @@ plant() {
         mutate chunk_walk.cuh 's/\.vectors <= GCLIP_BLOCK_THREADS;/.vectors <= GCLIP_BLOCK_THREADS + 1;/' ;;
     small_tail_skipped) # a warp's small chunk leaves out its scalar tail
         mutate norm_kernel.cu 's/^\( *\)gclip_visit_scalar<DTYPE, false>(base, head + vectors \* vt::lanes + t, f);$/\1(void)f;/' ;;
+    scale_reads_before_wait) # a dependent scale launch reads the slot's factor before
+        # waiting for the norm kernel: it scales by whatever the slot held
+        mutate scale_kernel.cu 's|^    gclip_wait_prior_grids();$|    /* wait moved below */|'
+        mutate scale_kernel.cu 's|^    const float factor = block_factor;$|    gclip_wait_prior_grids(); const float factor = block_factor;|' ;;
     block_reduce_no_barrier) # thread 0 reads the 32 values before threads 1-31 wrote them
         mutate block_reduce.cuh 's|^    __syncthreads(); /\* the 32 values are in s\[0\.\.31\] \*/$|    /* barrier removed */|' ;;
     *) die "unknown mutant $1" ;;
@@ -155,7 +163,7 @@ plant() {
 # grouped by the file they edit: a rebuild recompiles what the previous
 # mutant and this one touched, once when both edit the same file
 all_mutants=(writes_factor_one per_tensor_writes_factor_one apply_ticket_not_wrapped
-             f64_scaled_in_float
+             f64_scaled_in_float scale_reads_before_wait
              missing_barrier ticket_not_wrapped norm_one_chunk_per_block lane_ticket_not_wrapped
              small_tree_order small_tail_skipped ticket_reset_at_end
              scalars_from_params fold_drops_pieces window_restarts_runs
@@ -214,10 +222,12 @@ cmake -S "$src" -B "$build" -DGCLIP_EMU_KERNEL_DIR="$kdir" -DGCLIP_ENABLE_CUDA=O
     -DGCLIP_BUILD_BENCH=OFF -DGCLIP_BUILD_EXAMPLES=OFF -DCMAKE_BUILD_TYPE=Release \
     >"$work/configure.log" 2>&1 || { tail -40 "$work/configure.log" >&2; die "configure failed"; }
 build_tests unmutated
-if ! run_tests "$work/unmutated.log" || ! run_tests "$work/unmutated-windows.log" "$windows"; then
+if ! run_tests "$work/unmutated.log" || ! run_tests "$work/unmutated-windows.log" "$windows" \
+        || ! run_tests "$work/unmutated-dependent.log" "$dependent"; then
     why "$work/unmutated.log"
     why "$work/unmutated-windows.log"
-    die "the unmutated kernels fail the tests; see $work/unmutated.log and $work/unmutated-windows.log"
+    why "$work/unmutated-dependent.log"
+    die "the unmutated kernels fail the tests; see $work/unmutated*.log"
 fi
 echo "unmutated kernels: tests pass"
 
@@ -230,7 +240,8 @@ for name in "${mutants[@]}"; do
     tests=$filter
     [[ $order_only == *" $name "* ]] && tests=$bitwise
     [[ $window_only == *" $name "* ]] && tests=$windows
-    [[ $small_only == *" $name "* ]] && tests=$small-$windows
+    [[ $dependent_only == *" $name "* ]] && tests=$dependent
+    [[ $small_only == *" $name "* ]] && tests=$small-$windows:$dependent
     run_tests "$work/$name.log" "$tests" || rc=$?
     if [[ $rc -eq 0 ]]; then
         echo "SURVIVED $name: the tests pass with this bug planted"

@@ -91,7 +91,8 @@ namespace {
 constexpr std::size_t kStackBytes = 128 * 1024;
 constexpr unsigned kMaxThreads = 1024;
 
-enum class State { idle, runnable, waiting, done, aborted };
+// grid_wait: in wait_prior_grids() while an earlier launch of its stream runs
+enum class State { idle, runnable, waiting, grid_wait, done, aborted };
 
 struct Slot;
 
@@ -116,6 +117,8 @@ struct Fiber {
     unsigned tid = 0;
 };
 
+struct Stream;
+
 // One kernel launch: its shape, body and the progress of its blocks.
 struct Launch {
     dim3 grid, block;
@@ -126,13 +129,25 @@ struct Launch {
     Section sec;                       // the kernel's __shared__ section
     std::vector<unsigned> order;       // block order, drawn when the launch may start
     std::size_t admitted = 0, retired = 0;
+    std::size_t released = 0; // blocks that called release_dependents() or finished
+    bool dependent = false;   // programmatic dependent launch
+    bool done = false;        // every block finished
+    Stream *stream = nullptr; // its stream while it runs, and its place there
+    std::size_t index = 0;
 };
 
-// The launches of one stream, run in order.
+// The launches of one stream, run in order; `current` is the first that
+// has not finished (a dependent launch may run alongside it).
 struct Stream {
     std::vector<Launch *> launches;
     std::size_t current = 0;
 };
+
+// Whether every launch before `l` in its stream has finished.
+bool prior_done(const Launch &l)
+{
+    return !l.stream || l.stream->current >= l.index;
+}
 
 // A place in the window of resident blocks. Its fibers (and their stacks)
 // are reused by every block that occupies it in turn; a saved context must
@@ -141,6 +156,7 @@ struct Slot {
     std::deque<Fiber> fibers;
     std::vector<State> states; // of the fibers, by thread index (scanned often)
     bool live = false;
+    bool released = false; // the block called release_dependents()
     Launch *launch = nullptr;
     unsigned block = 0; // blockIdx.x of the resident block
     unsigned threads = 0;
@@ -171,6 +187,7 @@ struct Runtime {
     std::string message;
     unsigned launches = 0;
     unsigned last_grid = 0; // blocks of the most recent launch
+    unsigned early = 0;     // dependent blocks admitted before the launch before them ended
     unsigned blocks_run = 0; // selects the garbage pattern
     std::size_t stacks = 0;
     bool recording = false;
@@ -510,8 +527,9 @@ bool release_barrier(Slot &s)
     return true;
 }
 
-constexpr int kPickDone = -1;   // every fiber of the block exited
-constexpr int kPickFailed = -2; // the barrier found divergence
+constexpr int kPickDone = -1;    // every fiber of the block exited
+constexpr int kPickFailed = -2;  // the barrier found divergence, or no block can run
+constexpr int kPickBlocked = -3; // the block's fibers wait for an earlier grid
 
 // The fiber of block `s` to run next: the current one unless it handed its
 // turn on, else the next runnable one in the pass; after the pass a new one
@@ -529,14 +547,23 @@ int pick_in_block(Slot &s)
             s.pos = p;
             return static_cast<int>(s.order[p]);
         }
-        bool runnable = false, all_done = true;
+        bool runnable = false, all_done = true, grid_wait = false;
         for (unsigned t = 0; t < s.threads; ++t) {
             runnable = runnable || s.states[t] == State::runnable;
             all_done = all_done && s.states[t] == State::done;
+            grid_wait = grid_wait || s.states[t] == State::grid_wait;
         }
         p = 0;
         if (runnable)
             continue;
+        if (grid_wait) {
+            if (!prior_done(*s.launch))
+                return kPickBlocked;
+            for (unsigned t = 0; t < s.threads; ++t)
+                if (s.states[t] == State::grid_wait)
+                    s.states[t] = State::runnable;
+            continue;
+        }
         if (all_done) {
             rt().finished = &s;
             return kPickDone;
@@ -562,15 +589,41 @@ Slot *maybe_other_block()
     return r.live[k];
 }
 
+// The next fiber of block `s`, or, when `s` is blocked (its fibers wait for
+// an earlier grid), of the first resident block after it that can run, `s`
+// then naming that block. When none can, the launch fails (kErrDeadlock).
+int pick_any(Slot *&s)
+{
+    int next = pick_in_block(*s);
+    if (next != kPickBlocked)
+        return next;
+    Runtime &r = rt();
+    const std::size_t n = r.live.size();
+    const std::size_t at =
+        static_cast<std::size_t>(std::find(r.live.begin(), r.live.end(), s) - r.live.begin());
+    for (std::size_t k = 1; k < n; ++k) {
+        Slot *o = r.live[(at + k) % n];
+        next = pick_in_block(*o);
+        if (next != kPickBlocked) {
+            s = o;
+            return next;
+        }
+    }
+    record_error(kErrDeadlock, "every resident block waits in wait_prior_grids() for an "
+                               "earlier launch that cannot finish");
+    return kPickFailed;
+}
+
 // The running fiber gives up the processor to the next fiber of block `t`
-// (its own or another resident one), or goes home when `t` has finished
-// or failed.
+// (its own or another resident one, or any that can run if `t` cannot),
+// or goes home when that block has finished or the launch failed.
 void reschedule(Slot &t, bool exiting)
 {
-    const int next = pick_in_block(t);
+    Slot *s = &t;
+    const int next = pick_any(s);
     if (next < 0)
         go_home();
-    switch_to(t.fibers[static_cast<std::size_t>(next)], exiting);
+    switch_to(s->fibers[static_cast<std::size_t>(next)], exiting);
 }
 
 void fiber_main()
@@ -621,6 +674,7 @@ void admit_block(Launch &l, unsigned block)
         s = r.slots.back().get();
     }
     s->live = true;
+    s->released = false;
     s->launch = &l;
     s->block = block;
     s->threads = l.threads;
@@ -644,8 +698,30 @@ void admit_block(Launch &l, unsigned block)
     r.live.push_back(s);
 }
 
-// Fill the window: the next block of a stream whose current launch has
-// blocks left (a seeded choice when several streams have).
+// The launch of `st` whose blocks may enter the window now, or null: the
+// stream's first unfinished launch while it has blocks left, else a
+// dependent launch after it once every block of the launch before it has
+// entered and has released it or finished (its block order drawn then).
+Launch *admissible(Stream &st)
+{
+    for (std::size_t k = st.current; k < st.launches.size(); ++k) {
+        Launch *l = st.launches[k];
+        if (l->admitted == l->grid.x)
+            continue;
+        if (k == st.current)
+            return l;
+        const Launch &p = *st.launches[k - 1];
+        if (!l->dependent || p.admitted < p.grid.x || p.released < p.grid.x)
+            return nullptr;
+        if (l->order.empty())
+            begin_launch(*l);
+        return l;
+    }
+    return nullptr;
+}
+
+// Fill the window: the next block of a stream that has one ready (a seeded
+// choice when several streams have).
 void admit(std::vector<Stream> &streams)
 {
     Runtime &r = rt();
@@ -654,19 +730,19 @@ void admit(std::vector<Stream> &streams)
     std::vector<Launch *> ready;
     while (r.live.size() < window) {
         ready.clear();
-        for (Stream &st : streams) {
-            Launch *l = stream_launch(st);
-            if (l && l->admitted < l->order.size())
+        for (Stream &st : streams)
+            if (Launch *l = admissible(st))
                 ready.push_back(l);
-        }
         if (ready.empty())
             return;
         Launch &l = *ready[ready.size() == 1 ? 0 : below(ready.size())];
+        if (!prior_done(l))
+            ++r.early;
         admit_block(l, l.order[l.admitted++]);
     }
 }
 
-void retire(Slot &s, std::vector<Stream> &streams)
+void retire(Slot &s)
 {
     Runtime &r = rt();
     s.live = false;
@@ -675,14 +751,17 @@ void retire(Slot &s, std::vector<Stream> &streams)
         r.active = nullptr;
     drop_sections(s);
     Launch &l = *s.launch;
-    if (++l.retired < l.order.size())
+    if (!s.released)
+        ++l.released;
+    if (++l.retired < l.grid.x)
         return;
-    for (Stream &st : streams)
-        if (stream_launch(st) == &l) {
-            ++st.current;
-            if (Launch *n = stream_launch(st))
-                begin_launch(*n);
-        }
+    l.done = true;
+    Stream &st = *l.stream;
+    while (st.current < st.launches.size() && st.launches[st.current]->done)
+        ++st.current;
+    Launch *n = stream_launch(st);
+    if (n && n->order.empty())
+        begin_launch(*n);
 }
 
 // Run `f` from the launching thread until some fiber comes back home.
@@ -703,20 +782,26 @@ void enter(Fiber &f)
 int run_streams(std::vector<Stream> &streams)
 {
     Runtime &r = rt();
-    for (Stream &st : streams)
+    for (Stream &st : streams) {
+        for (std::size_t k = 0; k < st.launches.size(); ++k) {
+            st.launches[k]->stream = &st;
+            st.launches[k]->index = k;
+        }
         if (Launch *l = stream_launch(st))
             begin_launch(*l);
+    }
     for (;;) {
         admit(streams);
         if (r.live.empty() || r.failed)
             break;
-        Slot &s = *r.live[r.live.size() == 1 ? 0 : below(r.live.size())];
-        const int next = pick_in_block(s);
+        Slot *ps = r.live[r.live.size() == 1 ? 0 : below(r.live.size())];
+        const int next = pick_any(ps);
+        Slot &s = *ps;
         if (next == kPickFailed)
             break;
         if (next == kPickDone) {
             r.finished = nullptr;
-            retire(s, streams);
+            retire(s);
             continue;
         }
         enter(s.fibers[static_cast<std::size_t>(next)]);
@@ -725,7 +810,7 @@ int run_streams(std::vector<Stream> &streams)
         if (r.finished) {
             Slot *done = r.finished;
             r.finished = nullptr;
-            retire(*done, streams);
+            retire(*done);
         }
     }
     // after an error the fibers of the resident blocks are abandoned
@@ -782,7 +867,12 @@ const char *error_message() { return rt().message.c_str(); }
 void clear_error() { rt().message.clear(); }
 unsigned launch_count() { return rt().launches; }
 unsigned last_grid() { return rt().last_grid; }
-void reset_launch_count() { rt().launches = 0; }
+void reset_launch_count()
+{
+    rt().launches = 0;
+    rt().early = 0;
+}
+unsigned early_blocks() { return rt().early; }
 std::size_t fiber_stacks() { return rt().stacks; }
 
 void fail(int status, const char *fmt, ...)
@@ -824,7 +914,7 @@ int launch(dim3 grid, dim3 block, void (*body)(void *), void *ctx, Section sec)
 bool recording() { return rt().recording; }
 
 int record_launch(dim3 grid, dim3 block, void (*body)(void *), void *ctx,
-                  void (*destroy)(void *), Section sec)
+                  void (*destroy)(void *), Section sec, bool dependent)
 {
     Runtime &r = rt();
     ++r.launches;
@@ -846,6 +936,7 @@ int record_launch(dim3 grid, dim3 block, void (*body)(void *), void *ctx,
     l->grid = grid;
     l->block = block;
     l->threads = block.x;
+    l->dependent = dependent;
     r.recorded[r.recording_stream].push_back(std::move(l));
     return kOk;
 }
@@ -906,6 +997,37 @@ void syncthreads(const char *file, int line)
     f.slot->advance = true;
     Slot *other = maybe_other_block();
     reschedule(other ? *other : *f.slot, false);
+}
+
+void wait_prior_grids()
+{
+    Runtime &r = rt();
+    if (!r.current)
+        return;
+    Fiber &f = *r.current;
+    Slot &own = *f.slot;
+    if (prior_done(*own.launch)) {
+        yield_point();
+        return;
+    }
+    // out of the turns until the earlier launches finish (pick_in_block)
+    own.states[f.tid] = State::grid_wait;
+    own.advance = true;
+    Slot *other = maybe_other_block();
+    reschedule(other ? *other : own, false);
+}
+
+void release_dependents()
+{
+    Runtime &r = rt();
+    if (!r.current)
+        return;
+    Slot &own = *r.current->slot;
+    if (!own.released) {
+        own.released = true;
+        ++own.launch->released;
+    }
+    yield_point();
 }
 
 void yield_point()

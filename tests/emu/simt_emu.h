@@ -58,6 +58,18 @@
 //   blocks interleaved in one window, for code that must survive unordered
 //   streams (see there).
 //
+//   Programmatic dependent launch (GCLIP_LAUNCH_DEPENDENT) is modelled in
+//   the launches recorded by launch_concurrent: a dependent launch's blocks
+//   may enter the window as soon as every block of the launch before it in
+//   its stream has entered and has called release_dependents() or
+//   finished, so they run alongside that launch's last blocks. A thread of
+//   any launch that calls wait_prior_grids() before every earlier launch of
+//   its stream has finished waits (it stays out of the turns) until they
+//   have; a block whose remaining threads all wait so cannot run, and if
+//   no resident block can, the launch fails (kErrDeadlock). A kernel that
+//   reads what the launch before it writes without waiting reads it early,
+//   as on a GPU. Launches run at once by launch() have nothing before them.
+//
 //   uint4 is 16-byte aligned; builds with -fsanitize=alignment report a
 //   vector access through a misaligned uint4 pointer.
 #ifndef GCLIP_SIMT_EMU_H
@@ -170,6 +182,7 @@ enum : int {
     kOk = 0,
     kErrDivergence = 9001,   // __syncthreads not reached by every thread alike
     kErrConfiguration = 9002, // grid or block shape a GPU would reject
+    kErrDeadlock = 9003,      // every resident block waits for an earlier grid
 };
 
 // Status of the most recent launch (or launch_concurrent).
@@ -184,6 +197,10 @@ unsigned launch_count();
 void reset_launch_count();
 // Blocks of the most recent launch (or recorded launch).
 unsigned last_grid();
+// Blocks of dependent launches that entered the window while an earlier
+// launch of their stream was still running, since the last
+// reset_launch_count().
+unsigned early_blocks();
 // Fiber stacks mapped so far (they are reused, never unmapped): at most
 // kMaxResidentBlocks x the largest block launched.
 std::size_t fiber_stacks();
@@ -223,8 +240,9 @@ int launch_concurrent(const std::vector<std::function<void()>> &streams);
 bool recording();
 // Records a launch for launch_concurrent: `ctx` is owned by the emulator and
 // freed with `destroy` after the run. Returns 0 or kErrConfiguration.
+// With `dependent`, a programmatic dependent launch (see the model above).
 int record_launch(dim3 grid, dim3 block, void (*body)(void *), void *ctx,
-                  void (*destroy)(void *), Section sec);
+                  void (*destroy)(void *), Section sec, bool dependent = false);
 
 template <class F>
 void invoke_body(void *f)
@@ -239,16 +257,22 @@ void destroy_body(void *f)
 }
 
 template <class F>
-int launch_fn(dim3 grid, dim3 block, F f, Section sec)
+int launch_fn(dim3 grid, dim3 block, F f, Section sec, bool dependent = false)
 {
     if (recording())
         return record_launch(grid, block, &invoke_body<F>, new F(std::move(f)), &destroy_body<F>,
-                             sec);
+                             sec, dependent);
     return launch(grid, block, &invoke_body<F>, &f, sec);
 }
 
 // Barrier of the current block at call site file:line.
 void syncthreads(const char *file, int line);
+// griddepcontrol.wait: the calling thread waits until every earlier launch
+// of its stream has finished (a switch point either way).
+void wait_prior_grids();
+// griddepcontrol.launch_dependents: the calling thread's block lets the
+// stream's next launch, if dependent, start (once every block has).
+void release_dependents();
 // A point where the schedule may switch fibers or blocks (atomics, fences).
 void yield_point();
 // Records an error and makes the current launch fail.
@@ -344,12 +368,14 @@ namespace gclip_emu {
 // The arguments are evaluated once and converted to the kernel's parameter
 // types, as a CUDA launch copies them; each thread then gets its own copy.
 template <class... P, class... A>
-int launch_kernel(Section sec, dim3 grid, dim3 block, void (*kernel)(P...), A &&...args)
+int launch_kernel(Section sec, bool dependent, dim3 grid, dim3 block, void (*kernel)(P...),
+                  A &&...args)
 {
     std::tuple<std::decay_t<P>...> params(std::forward<A>(args)...);
     // the closure owns the parameters: a recorded launch runs after this returns
     return launch_fn(
-        grid, block, [kernel, params = std::move(params)]() { std::apply(kernel, params); }, sec);
+        grid, block, [kernel, params = std::move(params)]() { std::apply(kernel, params); }, sec,
+        dependent);
 }
 
 } // namespace gclip_emu
@@ -361,7 +387,13 @@ int launch_kernel(Section sec, dim3 grid, dim3 block, void (*kernel)(P...), A &&
     ((void)(stream),                                                                      \
      ::gclip_emu::launch_kernel(::gclip_emu::Section{GCLIP_EMU_CAT(__start_, GCLIP_EMU_SECTION), \
                                                      GCLIP_EMU_CAT(__stop_, GCLIP_EMU_SECTION)}, \
-                                dim3(grid), dim3(block), kernel, ##__VA_ARGS__))
+                                false, dim3(grid), dim3(block), kernel, ##__VA_ARGS__))
+// The same as a programmatic dependent launch when `dependent` is nonzero.
+#define GCLIP_LAUNCH_DEPENDENT(kernel, dependent, grid, block, stream, ...)               \
+    ((void)(stream),                                                                      \
+     ::gclip_emu::launch_kernel(::gclip_emu::Section{GCLIP_EMU_CAT(__start_, GCLIP_EMU_SECTION), \
+                                                     GCLIP_EMU_CAT(__stop_, GCLIP_EMU_SECTION)}, \
+                                (dependent) != 0, dim3(grid), dim3(block), kernel, ##__VA_ARGS__))
 #define GCLIP_LAUNCH_STATUS() (::gclip_emu::last_status())
 
 #endif // GCLIP_SIMT_EMU_H

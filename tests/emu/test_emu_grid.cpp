@@ -54,6 +54,16 @@ const uint32_t kCaps[] = {0, 1, 2, 3, 7, 64};
 
 bool same_bits(float a, float b) { return std::memcmp(&a, &b, sizeof a) == 0; }
 
+// Options that clip these plans (the scale kernel writes), asking for the
+// per-tensor norms (`sentinel`: the harness points them at its buffer).
+gclip_norm_options clipping_options(float *sentinel)
+{
+    gclip_norm_options o = GCLIP_NORM_OPTIONS_INIT;
+    o.max_norm = 0.25f;
+    o.tensor_norms = sentinel;
+    return o;
+}
+
 TEST(EmuGrid, AnyGridGivesTheSameBits)
 {
     for (const Plan &p : kPlans) {
@@ -62,10 +72,8 @@ TEST(EmuGrid, AnyGridGivesTheSameBits)
         for (int32_t op : {int32_t{GCLIP_OP_CLIP_PER_TENSOR}, int32_t{GCLIP_OP_CLIP_NORM},
                            int32_t{GCLIP_OP_CLIP_VALUE}}) {
             SCOPED_TRACE(emu::op_name(op));
-            gclip_norm_options o = GCLIP_NORM_OPTIONS_INIT;
-            o.max_norm = 0.25f; // clips: the scale kernel writes
             float sentinel;
-            o.tensor_norms = &sentinel;
+            const gclip_norm_options o = clipping_options(&sentinel);
             // the CPU path first: reset() gives the device its slot's sequence
             f.reset_host();
             const gclip_status cs = op == GCLIP_OP_CLIP_VALUE ? f.cpu_clamp(0.5f)
@@ -98,6 +106,54 @@ TEST(EmuGrid, AnyGridGivesTheSameBits)
             }
         }
     }
+}
+
+// The scale kernel as a dependent launch (sm_90 and later): its blocks start
+// while the norm kernel's last blocks run and wait for the whole norm grid
+// before they read the factor. Every plan, clip op, grid cap and
+// interleaving schedule gives bitwise what the plain launch gives, which
+// matches the CPU path; and scale blocks did start early.
+TEST(EmuGrid, DependentScaleLaunchGivesThePlainLaunchsBits)
+{
+    unsigned early = 0;
+    for (const Plan &p : kPlans) {
+        if (p.make == kPlans[0].make)
+            continue; // the spanning plan's large chunks: slow, and no new corner
+        SCOPED_TRACE(p.name);
+        emu::Fixture f(p.make(), 4343);
+        for (int32_t op : {int32_t{GCLIP_OP_CLIP_PER_TENSOR}, int32_t{GCLIP_OP_CLIP_NORM}}) {
+            SCOPED_TRACE(emu::op_name(op));
+            float sentinel;
+            const gclip_norm_options o = clipping_options(&sentinel);
+            f.reset_host();
+            ASSERT_EQ(f.cpu_norm_op(o, op), GCLIP_STATUS_SUCCESS) << gclip_last_error();
+            for (uint32_t cap : {0u, 2u, 7u}) {
+                SCOPED_TRACE("cap " + std::to_string(cap));
+                f.set_grid_caps(cap, cap);
+                f.set_dependent_launch(false);
+                f.reset();
+                emu::use(emu::schedules()[0].s);
+                ASSERT_EQ(f.emu_norm_op(o, op), 0) << gclip_emu::error_message();
+                f.expect_norm_op_matches(o, op);
+                const emu::Snapshot plain = f.snapshot();
+                f.set_dependent_launch(true);
+                for (std::size_t s = 1; s < emu::schedules().size(); ++s) {
+                    SCOPED_TRACE(std::string("schedule ") + emu::schedules()[s].name);
+                    f.reset();
+                    emu::use(emu::schedules()[s].s);
+                    ASSERT_EQ(f.emu_norm_op(o, op), 0) << gclip_emu::error_message();
+                    early += gclip_emu::early_blocks();
+                    f.expect_infrastructure();
+                    EXPECT_TRUE(f.snapshot() == plain)
+                        << "the dependent launch changed the results";
+                    if (::testing::Test::HasFailure())
+                        return;
+                }
+                f.set_dependent_launch(false);
+            }
+        }
+    }
+    EXPECT_GT(early, 0u) << "no scale block ever started before the norm kernel ended";
 }
 
 // The CPU twin of the fold, given the kernel's own chunk partials, must

@@ -887,6 +887,110 @@ TEST(EmuConcurrent, UnorderedLaunchesSharingATicketAreCaught)
     EXPECT_GT(ticket_left, 0) << "a reset never lost a concurrent launch's ticket";
 }
 
+// ---- programmatic dependent launch -------------------------------------------------
+
+// The launch before a dependent one: each block counts itself in `started`
+// (after releasing its dependents, if `release`), then, after a few switch
+// points, thread 0 sets done[blockIdx.x].
+__global__ void pdl_producer(unsigned *started, int *done, bool release)
+{
+    if (release)
+        ::gclip_emu::release_dependents();
+    if (threadIdx.x == 0)
+        atomicAdd(started, 1u);
+    __syncthreads();
+    for (int k = 0; k < 3; ++k) {
+        __threadfence();
+        __syncthreads();
+    }
+    if (threadIdx.x == 0)
+        done[blockIdx.x] = 1;
+}
+
+// What one block of the dependent launch saw: producer blocks started when
+// it began, and producer blocks done before and after its wait.
+struct PdlSeen {
+    unsigned started = 0;
+    int before = 0, after = 0;
+};
+
+__global__ void pdl_consumer(const unsigned *started, const int *done, int producers,
+                             PdlSeen *seen)
+{
+    PdlSeen &me = seen[blockIdx.x];
+    auto count = [&] {
+        int n = 0;
+        for (int b = 0; b < producers; ++b)
+            n += done[b];
+        return n;
+    };
+    if (threadIdx.x == 0) {
+        me.started = *started;
+        me.before = count();
+    }
+    ::gclip_emu::wait_prior_grids();
+    // every thread's view after its own wait
+    const int after = count();
+    if (threadIdx.x == kThreads - 1)
+        me.after = after;
+}
+
+struct PdlRun {
+    std::vector<PdlSeen> seen;
+    int status = 0;
+};
+
+PdlRun pdl_run(uint64_t seed, bool dependent, bool release)
+{
+    constexpr int kProducers = 5, kConsumers = 6;
+    unsigned started = 0;
+    std::vector<int> done(kProducers, 0);
+    PdlRun r;
+    r.seen.assign(kConsumers, PdlSeen{});
+    use_schedule(Order::shuffled, Order::shuffled, seed, seed % 2 == 0, 6, 0.5);
+    r.status = gclip_emu::launch_concurrent({[&] {
+        GCLIP_LAUNCH(pdl_producer, kProducers, kThreads, nullptr, &started, done.data(), release);
+        GCLIP_LAUNCH_DEPENDENT(pdl_consumer, dependent, kConsumers, kThreads, nullptr, &started,
+                               done.data(), kProducers, r.seen.data());
+    }});
+    return r;
+}
+
+// A dependent launch starts while the launch before it still runs, never
+// before every block of that launch has started, and its threads see all
+// of that launch's writes once they have waited.
+TEST(EmuDependentLaunch, StartsAlongsideTheLaunchBeforeItAndWaitsForIt)
+{
+    int overlapped = 0;
+    for (uint64_t seed = 1; seed <= 12; ++seed) {
+        const PdlRun r = pdl_run(seed, true, true);
+        ASSERT_EQ(r.status, 0) << gclip_emu::error_message();
+        for (const PdlSeen &s : r.seen) {
+            EXPECT_EQ(s.started, 5u) << "seed " << seed
+                                     << ": a dependent block began before every block before it";
+            EXPECT_EQ(s.after, 5) << "seed " << seed << ": a wait returned early";
+            overlapped += s.before < 5;
+        }
+    }
+    EXPECT_GT(overlapped, 0) << "no dependent block ever ran before the launch before it ended";
+}
+
+// A plain launch, or a dependent one after a launch that never releases it,
+// starts only after the launch before it has finished.
+TEST(EmuDependentLaunch, PlainLaunchesAndUnreleasedOnesStartAfterTheLaunchBefore)
+{
+    for (uint64_t seed = 1; seed <= 6; ++seed) {
+        for (const bool dependent : {false, true}) {
+            const PdlRun r = pdl_run(seed, dependent, !dependent);
+            ASSERT_EQ(r.status, 0) << gclip_emu::error_message();
+            for (const PdlSeen &s : r.seen) {
+                EXPECT_EQ(s.before, 5) << "seed " << seed << (dependent ? ", unreleased" : ", plain");
+                EXPECT_EQ(s.after, 5);
+            }
+        }
+    }
+}
+
 TEST(EmuSanitizers, AlignedVectorLoadWorks)
 {
     float *p = static_cast<float *>(std::aligned_alloc(16, 4 * 4 * kThreads));
