@@ -188,6 +188,7 @@ struct Runtime {
     unsigned launches = 0;
     unsigned last_grid = 0; // blocks of the most recent launch
     unsigned early = 0;     // dependent blocks admitted before the launch before them ended
+    std::vector<Stream> *streams = nullptr; // of the run in progress
     unsigned blocks_run = 0; // selects the garbage pattern
     std::size_t stacks = 0;
     bool recording = false;
@@ -782,6 +783,7 @@ void enter(Fiber &f)
 int run_streams(std::vector<Stream> &streams)
 {
     Runtime &r = rt();
+    r.streams = &streams;
     for (Stream &st : streams) {
         for (std::size_t k = 0; k < st.launches.size(); ++k) {
             st.launches[k]->stream = &st;
@@ -823,6 +825,7 @@ int run_streams(std::vector<Stream> &streams)
     r.owners.clear();
     r.finished = nullptr;
     r.current = nullptr;
+    r.streams = nullptr;
     return r.status;
 }
 
@@ -1025,7 +1028,10 @@ void release_dependents()
     Slot &own = *r.current->slot;
     if (!own.released) {
         own.released = true;
-        ++own.launch->released;
+        // the last block to release lets a dependent launch's blocks in now,
+        // as a GPU launches them, not when a block next leaves the window
+        if (++own.launch->released == own.launch->grid.x && r.streams)
+            admit(*r.streams);
     }
     yield_point();
 }

@@ -120,14 +120,26 @@ struct Pair {
         return np;
     }
 
-    // The CUDA backend's launch sequence of the op.
+    // The CUDA backend's launch sequence of the op. With the scale kernel as
+    // a dependent launch (tables.dependent_launch), the three launches run
+    // as one stream, so that scale blocks start beside the adapt kernel.
     int launch(const gclip_norm_params &np)
     {
-        int rc = gclip_launch_norm(&tables, &np, nullptr);
-        if (rc == 0)
-            rc = gclip_launch_adapt(&tables, &np, nullptr);
-        if (rc == 0 && np.op == GCLIP_OP_ADAPTIVE_CLIP)
-            rc = gclip_launch_adapt_scale(&tables, &np, nullptr);
+        int rc = 0;
+        if (tables.dependent_launch) {
+            rc = gclip_emu::launch_concurrent({[&] {
+                gclip_launch_norm(&tables, &np, nullptr);
+                gclip_launch_adapt(&tables, &np, nullptr);
+                if (np.op == GCLIP_OP_ADAPTIVE_CLIP)
+                    gclip_launch_adapt_scale(&tables, &np, nullptr);
+            }});
+        } else {
+            rc = gclip_launch_norm(&tables, &np, nullptr);
+            if (rc == 0)
+                rc = gclip_launch_adapt(&tables, &np, nullptr);
+            if (rc == 0 && np.op == GCLIP_OP_ADAPTIVE_CLIP)
+                rc = gclip_launch_adapt_scale(&tables, &np, nullptr);
+        }
         EXPECT_EQ(tickets[0], 0u);
         for (unsigned v : fold.ticket)
             EXPECT_EQ(v, 0u) << "a fold lane's ticket is off 0";
@@ -214,17 +226,24 @@ gclip_emu::Schedule schedule_of(int i)
     return varied_schedule(i, 100u);
 }
 
-// Forty eager steps of every method, with spikes and a NaN step, each
-// compared with the CPU path in full.
-TEST(EmuAdaptive, EveryMethodMatchesTheCpuPathBitForBit)
+// `steps` eager steps of every method, with spikes and a NaN step at 23,
+// each compared with the CPU path in full.
+void every_method_matches_the_cpu_path(int steps, bool dependent)
 {
+    gclip_emu::reset_launch_count();
     for (int m = 0; m < kMethods; ++m) {
         SCOPED_TRACE(m);
-        gclip_emu::set_schedule(schedule_of(m));
+        gclip_emu::Schedule sched = schedule_of(m);
+        if (dependent) { // room for the scale blocks beside the last norm and adapt blocks
+            sched.resident_blocks = 8;
+            sched.block_switch_rate = 0.5;
+        }
+        gclip_emu::set_schedule(sched);
         Pair p(mixed_specs(), method(m));
+        p.tables.dependent_launch = dependent ? 1u : 0u;
         std::mt19937_64 rng(40 + static_cast<uint64_t>(m));
         gclip_norm_options base = GCLIP_NORM_OPTIONS_INIT;
-        for (int k = 0; k < 40; ++k) {
+        for (int k = 0; k < steps; ++k) {
             p.fill(rng, k, k == 23);
             const int32_t op = method(m).method == GCLIP_ADAPTIVE_SPIKE_SKIP
                                    ? GCLIP_OP_ADAPTIVE_SKIP
@@ -235,6 +254,22 @@ TEST(EmuAdaptive, EveryMethodMatchesTheCpuPathBitForBit)
         }
     }
     gclip_emu::set_schedule(gclip_emu::Schedule{});
+    if (dependent)
+        EXPECT_GT(gclip_emu::early_blocks(), 0u) << "no scale block started beside the adapt kernel";
+    else
+        EXPECT_EQ(gclip_emu::early_blocks(), 0u);
+}
+
+TEST(EmuAdaptive, EveryMethodMatchesTheCpuPathBitForBit)
+{
+    every_method_matches_the_cpu_path(40, false);
+}
+
+// The same with the scale kernel as a dependent launch after the adapt
+// kernel (sm_90 and later), which releases it at its top.
+TEST(EmuAdaptive, EveryMethodWithADependentScaleLaunchMatchesTheCpuPath)
+{
+    every_method_matches_the_cpu_path(25, true);
 }
 
 // A captured step's stand-in: the parameters are built once, with inv_scale

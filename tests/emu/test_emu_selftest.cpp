@@ -889,16 +889,16 @@ TEST(EmuConcurrent, UnorderedLaunchesSharingATicketAreCaught)
 
 // ---- programmatic dependent launch -------------------------------------------------
 
-// The launch before a dependent one: each block counts itself in `started`
-// (after releasing its dependents, if `release`), then, after a few switch
+// The launch before a dependent one: each block counts itself in `started`,
+// then releases its dependents (if `release`), then, after a few switch
 // points, thread 0 sets done[blockIdx.x].
 __global__ void pdl_producer(unsigned *started, int *done, bool release)
 {
-    if (release)
-        ::gclip_emu::release_dependents();
     if (threadIdx.x == 0)
         atomicAdd(started, 1u);
     __syncthreads();
+    if (release)
+        ::gclip_emu::release_dependents();
     for (int k = 0; k < 3; ++k) {
         __threadfence();
         __syncthreads();
