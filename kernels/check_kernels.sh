@@ -314,8 +314,9 @@ echo "norm_kernel.cu: registers per architecture: $(echo $regs)"
 # Programmatic dependent launch (sm_90 and later, docs/gpu-launch.md): the
 # scale kernel may be scheduled before the norm kernel has finished, so it
 # must wait for the grids before it (griddepcontrol.wait, ACQBULK in the
-# SASS) before any access to global memory; the norm kernel lets it be
-# scheduled (griddepcontrol.launch_dependents, PREEXIT).
+# SASS) before any access to global memory; the norm kernel and the adapt
+# kernel, which it follows, let it be scheduled
+# (griddepcontrol.launch_dependents, PREEXIT).
 # first_before_wait FILE ENTRY WAIT MEMORY: the first line of ENTRY's body in
 # FILE (PTX or SASS text) that matches the regex MEMORY before a line that
 # matches WAIT; "none" if the wait comes first, "nowait" if there is none.
@@ -350,11 +351,13 @@ if [ -n "$cuobjdump" ]; then
     if [ "$r" != none ]; then
         fail "scale_kernel.cu: the sm_90 scale kernel touches global memory before ACQBULK ($r)"
     fi
-    n=$("$cuobjdump" -sass -arch sm_90 "$work/norm_kernel.o" 2>/dev/null | grep -c '[[:space:]]PREEXIT[[:space:]]' || true)
-    echo "norm_kernel.cu: $n PREEXIT in the sm_90 SASS (dependents released)"
-    if [ "${n:-0}" -lt 1 ]; then
-        fail "norm_kernel.cu: no PREEXIT in the sm_90 SASS: the scale kernel's dependent launch waits for the whole grid to exit"
-    fi
+    for k in norm_kernel adapt_kernel; do
+        n=$("$cuobjdump" -sass -arch sm_90 "$work/$k.o" 2>/dev/null | grep -c '[[:space:]]PREEXIT[[:space:]]' || true)
+        echo "$k.cu: $n PREEXIT in the sm_90 SASS (dependents released)"
+        if [ "${n:-0}" -lt 1 ]; then
+            fail "$k.cu: no PREEXIT in the sm_90 SASS: the scale kernel's dependent launch waits for the whole grid to exit"
+        fi
+    done
 fi
 # ---- end of the launch-shape checks
 
