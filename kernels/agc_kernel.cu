@@ -112,10 +112,17 @@ static __global__ void __launch_bounds__(GCLIP_AGC_THREADS)
     __shared__ double gsh[GCLIP_AGC_THREADS];
     __shared__ double factor_sh;
     __shared__ int keep_sh;
-    if (phase == 0)
+    /* The scale launch is a dependent launch on sm_90 and later: the norm
+     * launch lets it be scheduled at once, and it waits for the norm grid
+     * before it reads anything (a no-op for the norm launch, which is
+     * plain). */
+    gclip_wait_prior_grids();
+    if (phase == 0) {
+        gclip_release_dependents();
         gclip_agc_norm_phase(t, params.agc, wsh, gsh);
-    else
+    } else {
         gclip_agc_scale_phase(t, params.agc, factor_sh, keep_sh);
+    }
 }
 
 /* ---- launchers */
@@ -132,6 +139,7 @@ extern "C" int gclip_launch_agc_norm(const gclip_device_tables *t, const gclip_n
 extern "C" int gclip_launch_agc_scale(const gclip_device_tables *t, const gclip_norm_params *np,
                                       gclip_stream stream)
 {
-    return GCLIP_LAUNCH(gclip_agc_kernel, gclip_kernel_grid(np->num_partials), GCLIP_AGC_THREADS,
-                        stream, *t, *np, 1);
+    return GCLIP_LAUNCH_DEPENDENT(gclip_agc_kernel, t->dependent_launch,
+                                  gclip_kernel_grid(np->num_partials), GCLIP_AGC_THREADS, stream,
+                                  *t, *np, 1);
 }

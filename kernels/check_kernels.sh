@@ -316,7 +316,8 @@ echo "norm_kernel.cu: registers per architecture: $(echo $regs)"
 # must wait for the grids before it (griddepcontrol.wait, ACQBULK in the
 # SASS) before any access to global memory; the norm kernel and the adapt
 # kernel, which it follows, let it be scheduled
-# (griddepcontrol.launch_dependents, PREEXIT).
+# (griddepcontrol.launch_dependents, PREEXIT). The same for the AGC kernel,
+# whose scale launch follows its norm launch.
 # first_before_wait FILE ENTRY WAIT MEMORY: the first line of ENTRY's body in
 # FILE (PTX or SASS text) that matches the regex MEMORY before a line that
 # matches WAIT; "none" if the wait comes first, "nowait" if there is none.
@@ -331,27 +332,34 @@ first_before_wait() {
 # (bracketed dots and stars: awk -v would read a backslash as an escape)
 ptx_mem='^[[:space:]]*(@!?%p[0-9]+[[:space:]]+)?(ld|ldu|st|atom|red|prefetch|prefetchu|cp[.]async)([.]|[[:space:]])'
 ptx_local='^[[:space:]]*(@!?%p[0-9]+[[:space:]]+)?(ld|st)\.(param|shared|local|const)'
-if [ -f "$work/scale_kernel.ptx" ]; then
+# The AGC kernel's scale launch is dependent too (one entry for both
+# launches, the wait at its top).
+"$nvcc" "${flags[@]}" -arch=compute_90 -ptx "$src/kernels/agc_kernel.cu" -o "$work/agc_kernel.ptx" \
+    || fail "agc_kernel.cu: PTX generation failed"
+for k in scale_kernel agc_kernel; do
+    [ -f "$work/$k.ptx" ] || continue
     # the body without its .param, .shared, .local and .const accesses
-    grep -vE "$ptx_local" "$work/scale_kernel.ptx" >"$work/scale_kernel.global.ptx" || true
-    r=$(first_before_wait "$work/scale_kernel.global.ptx" gclip_scale_kernel 'griddepcontrol[.]wait' "$ptx_mem")
-    echo "scale_kernel.cu: compute_90 PTX, first global access before griddepcontrol.wait: $r"
+    grep -vE "$ptx_local" "$work/$k.ptx" >"$work/$k.global.ptx" || true
+    r=$(first_before_wait "$work/$k.global.ptx" "gclip_${k}" 'griddepcontrol[.]wait' "$ptx_mem")
+    echo "$k.cu: compute_90 PTX, first global access before griddepcontrol.wait: $r"
     if [ "$r" != none ]; then
-        fail "scale_kernel.cu: the scale kernel touches global memory before griddepcontrol.wait ($r)"
+        fail "$k.cu: gclip_$k touches global memory before griddepcontrol.wait ($r)"
     fi
-fi
+done
 if [ -f "$work/norm_kernel.ptx" ] && ! grep -q 'griddepcontrol\.launch_dependents' "$work/norm_kernel.ptx"; then
     fail "norm_kernel.cu: no griddepcontrol.launch_dependents in the compute_90 PTX"
 fi
 if [ -n "$cuobjdump" ]; then
     sass_mem='^[[:space:]]*/[*][0-9a-f]+[*]/[[:space:]]+(@!?P[0-9T][[:space:]]+)?(LDG|STG|LD|ST|ATOMG|ATOM|RED|REDG|LDGSTS|CCTL)[.[:space:]]'
-    "$cuobjdump" -sass -arch sm_90 "$work/scale_kernel.o" >"$work/scale_kernel.sm_90.sass" 2>&1 || true
-    r=$(first_before_wait "$work/scale_kernel.sm_90.sass" gclip_scale_kernel '[[:space:]]ACQBULK[[:space:]]' "$sass_mem")
-    echo "scale_kernel.cu: sm_90 SASS, first global access before ACQBULK: $r"
-    if [ "$r" != none ]; then
-        fail "scale_kernel.cu: the sm_90 scale kernel touches global memory before ACQBULK ($r)"
-    fi
-    for k in norm_kernel adapt_kernel; do
+    for k in scale_kernel agc_kernel; do
+        "$cuobjdump" -sass -arch sm_90 "$work/$k.o" >"$work/$k.sm_90.sass" 2>&1 || true
+        r=$(first_before_wait "$work/$k.sm_90.sass" "gclip_$k" '[[:space:]]ACQBULK[[:space:]]' "$sass_mem")
+        echo "$k.cu: sm_90 SASS, first global access before ACQBULK: $r"
+        if [ "$r" != none ]; then
+            fail "$k.cu: the sm_90 gclip_$k touches global memory before ACQBULK ($r)"
+        fi
+    done
+    for k in norm_kernel adapt_kernel agc_kernel; do
         n=$("$cuobjdump" -sass -arch sm_90 "$work/$k.o" 2>/dev/null | grep -c '[[:space:]]PREEXIT[[:space:]]' || true)
         echo "$k.cu: $n PREEXIT in the sm_90 SASS (dependents released)"
         if [ "${n:-0}" -lt 1 ]; then

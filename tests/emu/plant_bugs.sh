@@ -55,10 +55,11 @@ small_only+="scale_one_chunk_per_block write_run_skips_a_chunk warp_walk_half_st
 # one runs it alone (and the unmutated kernels both).
 windows='EmuGrid.AnyFoldWindowGivesTheSameBits'
 window_only=" window_restarts_runs "
-# Likewise the scale kernel as a dependent launch: its test alone, for the
-# mutant of the wait (and the unmutated kernels).
+# Likewise the scale launches as dependent launches: their tests alone, for
+# the mutants of the waits (and the unmutated kernels).
 dependent='EmuGrid.DependentScaleLaunchGivesThePlainLaunchsBits'
-dependent_only=" scale_reads_before_wait "
+dependent+=':EmuAgc.WithADependentScaleLaunchEveryNormTypeMatchesTheCpuPath'
+dependent_only=" scale_reads_before_wait agc_scale_without_wait "
 filter+="-$windows:$dependent"
 
 # Make kdir equal to the sources, rewriting only files that differ, so a
@@ -154,6 +155,9 @@ plant() {
         # waiting for the norm kernel: it scales by whatever the slot held
         mutate scale_kernel.cu 's|^    gclip_wait_prior_grids();$|    /* wait moved below */|'
         mutate scale_kernel.cu 's|^    const float factor = block_factor;$|    gclip_wait_prior_grids(); const float factor = block_factor;|' ;;
+    agc_scale_without_wait) # the AGC kernel's dependent scale launch reads the pieces'
+        # sums without waiting for the norm launch that writes them
+        mutate agc_kernel.cu 's|^    gclip_wait_prior_grids();$|    /* wait removed */|' ;;
     block_reduce_no_barrier) # thread 0 reads the 32 values before threads 1-31 wrote them
         mutate block_reduce.cuh 's|^    __syncthreads(); /\* the 32 values are in s\[0\.\.31\] \*/$|    /* barrier removed */|' ;;
     *) die "unknown mutant $1" ;;
@@ -163,7 +167,7 @@ plant() {
 # grouped by the file they edit: a rebuild recompiles what the previous
 # mutant and this one touched, once when both edit the same file
 all_mutants=(writes_factor_one per_tensor_writes_factor_one apply_ticket_not_wrapped
-             f64_scaled_in_float scale_reads_before_wait
+             f64_scaled_in_float scale_reads_before_wait agc_scale_without_wait
              missing_barrier ticket_not_wrapped norm_one_chunk_per_block lane_ticket_not_wrapped
              small_tree_order small_tail_skipped ticket_reset_at_end
              scalars_from_params fold_drops_pieces window_restarts_runs

@@ -93,11 +93,18 @@ struct Pair {
         tables = cpu_plan_tables(emu.plan.get(), tickets, &fold);
     }
 
-    // the CUDA backend's launch sequence of GCLIP_OP_AGC
+    // the CUDA backend's launch sequence of GCLIP_OP_AGC; with the scale
+    // launch dependent (tables.dependent_launch) both run as one stream, the
+    // scale blocks starting beside the norm launch's last blocks
     int launch()
     {
         gclip_norm_params np;
         EXPECT_EQ(gclip_agc_params(emu.agc.get(), &np), GCLIP_STATUS_SUCCESS);
+        if (tables.dependent_launch)
+            return gclip_emu::launch_concurrent({[&] {
+                gclip_launch_agc_norm(&tables, &np, nullptr);
+                gclip_launch_agc_scale(&tables, &np, nullptr);
+            }});
         int rc = gclip_launch_agc_norm(&tables, &np, nullptr);
         if (rc == 0)
             rc = gclip_launch_agc_scale(&tables, &np, nullptr);
@@ -160,18 +167,28 @@ gclip_emu::Schedule schedule_of(int i)
     return varied_schedule(i, 300u);
 }
 
-TEST(EmuAgc, EveryDtypeAndNormTypeMatchesTheCpuPathBitForBit)
+// Two steps of every norm type, with and without non-finite values, each
+// compared with the CPU path in full; `dependent`: the scale launch as a
+// dependent launch (sm_90 and later).
+void every_norm_type_matches_the_cpu_path(bool dependent)
 {
     const float norm_types[] = {2.0f, 1.0f, std::numeric_limits<float>::infinity(), 3.0f};
     int i = 0;
+    gclip_emu::reset_launch_count();
     for (float p : norm_types) {
         for (bool nonfinite : {false, true}) {
             SCOPED_TRACE(testing::Message() << "p " << p << " nonfinite " << nonfinite);
-            gclip_emu::set_schedule(schedule_of(i++));
+            gclip_emu::Schedule sched = schedule_of(i++);
+            if (dependent) {
+                sched.resident_blocks = 8;
+                sched.block_switch_rate = 0.5;
+            }
+            gclip_emu::set_schedule(sched);
             gclip_agc_options o = GCLIP_AGC_OPTIONS_INIT;
             o.norm_type = p;
             o.clip_factor = 0.02;
             Pair pair(shapes(), o);
+            pair.tables.dependent_launch = dependent ? 1u : 0u;
             std::mt19937_64 rng(11 + static_cast<uint64_t>(i));
             for (int step = 0; step < 2; ++step) {
                 pair.fill(rng, nonfinite);
@@ -183,6 +200,20 @@ TEST(EmuAgc, EveryDtypeAndNormTypeMatchesTheCpuPathBitForBit)
         }
     }
     gclip_emu::set_schedule(gclip_emu::Schedule{});
+    if (dependent)
+        EXPECT_GT(gclip_emu::early_blocks(), 0u) << "no scale block started beside the norm launch";
+    else
+        EXPECT_EQ(gclip_emu::early_blocks(), 0u);
+}
+
+TEST(EmuAgc, EveryDtypeAndNormTypeMatchesTheCpuPathBitForBit)
+{
+    every_norm_type_matches_the_cpu_path(false);
+}
+
+TEST(EmuAgc, WithADependentScaleLaunchEveryNormTypeMatchesTheCpuPath)
+{
+    every_norm_type_matches_the_cpu_path(true);
 }
 
 // A plan of empty tensors only: no piece, one scale block that writes the slot.
