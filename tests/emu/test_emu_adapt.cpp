@@ -16,6 +16,7 @@
 #include "gclip_kernels.h"
 #include "simt_emu.h"
 #include "adapt_emu_util.hpp"
+#include "adaptive_methods.hpp"
 
 #include <gtest/gtest.h>
 
@@ -179,47 +180,8 @@ struct Pair {
     }
 };
 
-gclip_adaptive_options method(int which)
-{
-    gclip_adaptive_options o = GCLIP_ADAPTIVE_OPTIONS_INIT;
-    switch (which) {
-    case 0:
-        o.method = GCLIP_ADAPTIVE_ZCLIP;
-        o.zclip_warmup_steps = 6;
-        break;
-    case 1:
-        o.method = GCLIP_ADAPTIVE_ZCLIP;
-        o.zclip_warmup_steps = 4;
-        o.zclip_mode = GCLIP_ZCLIP_PERCENTILE;
-        o.zclip_max_grad_norm = std::numeric_limits<double>::infinity();
-        break;
-    case 2:
-        o.method = GCLIP_ADAPTIVE_AUTOCLIP;
-        o.autoclip_history_length = 9;
-        o.autoclip_quantile = 0.7;
-        break;
-    case 3:
-        o.method = GCLIP_ADAPTIVE_AUTOCLIP;
-        o.autoclip_history_length = 5;
-        o.autoclip_global = 1;
-        o.autoclip_quantile = 0.3;
-        break;
-    case 4:
-        o.method = GCLIP_ADAPTIVE_ADAGC;
-        o.adagc_warmup_steps = 5;
-        o.adagc_lambda_abs = 20.0;
-        break;
-    default:
-        o.method = GCLIP_ADAPTIVE_SPIKE_SKIP;
-        o.spike_window = 12;
-        o.spike_min_values = 5;
-        o.spike_sigma = 3.0;
-        break;
-    }
-    return o;
-}
-
-constexpr int kMethods = 6;
+using adaptive_methods::kMethods;
+using adaptive_methods::method;
 
 gclip_emu::Schedule schedule_of(int i)
 {

@@ -86,9 +86,7 @@ struct Chain {
 Chain make_run(const char *setting)
 {
     Chain r;
-    std::unique_ptr<ScopedSetting> s;
-    if (setting)
-        s = std::make_unique<ScopedSetting>(setting);
+    const ScopedSetting s(setting);
     r.pair = std::make_unique<Paired>(random_specs(64, 120000, 931), 932);
     r.slots = std::make_unique<DeviceBuffer>(sizeof(gclip_device_result) * 4 * kCycles);
     return r;
@@ -131,7 +129,7 @@ protected:
                          << ".x: the scale kernel is a dependent launch from 9.0 only";
         a = std::make_unique<Stream>();
         b = std::make_unique<Stream>();
-        dependent = make_run(nullptr);
+        dependent = make_run("1"); // the default, whatever the environment says
         plain = make_run("0");
     }
     std::unique_ptr<Stream> a, b;
