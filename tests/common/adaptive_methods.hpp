@@ -17,25 +17,20 @@ inline gclip_adaptive_options method(int which)
     gclip_adaptive_options o = GCLIP_ADAPTIVE_OPTIONS_INIT;
     switch (which) {
     case 0:
-        o.method = GCLIP_ADAPTIVE_ZCLIP;
-        o.zclip_warmup_steps = 6;
-        break;
     case 1:
         o.method = GCLIP_ADAPTIVE_ZCLIP;
-        o.zclip_warmup_steps = 4;
-        o.zclip_mode = GCLIP_ZCLIP_PERCENTILE;
-        o.zclip_max_grad_norm = std::numeric_limits<double>::infinity();
+        o.zclip_warmup_steps = which == 0 ? 6 : 4;
+        if (which == 1) {
+            o.zclip_mode = GCLIP_ZCLIP_PERCENTILE;
+            o.zclip_max_grad_norm = std::numeric_limits<double>::infinity();
+        }
         break;
     case 2:
-        o.method = GCLIP_ADAPTIVE_AUTOCLIP;
-        o.autoclip_history_length = 9;
-        o.autoclip_quantile = 0.7;
-        break;
     case 3:
         o.method = GCLIP_ADAPTIVE_AUTOCLIP;
-        o.autoclip_history_length = 5;
-        o.autoclip_global = 1;
-        o.autoclip_quantile = 0.3;
+        o.autoclip_history_length = which == 2 ? 9 : 5;
+        o.autoclip_global = which == 3;
+        o.autoclip_quantile = which == 2 ? 0.7 : 0.3;
         break;
     case 4:
         o.method = GCLIP_ADAPTIVE_ADAGC;

@@ -131,7 +131,6 @@ struct Launch {
     std::size_t admitted = 0, retired = 0;
     std::size_t released = 0; // blocks that called release_dependents() or finished
     bool dependent = false;   // programmatic dependent launch
-    bool done = false;        // every block finished
     Stream *stream = nullptr; // its stream while it runs, and its place there
     std::size_t index = 0;
 };
@@ -756,9 +755,9 @@ void retire(Slot &s)
         ++l.released;
     if (++l.retired < l.grid.x)
         return;
-    l.done = true;
     Stream &st = *l.stream;
-    while (st.current < st.launches.size() && st.launches[st.current]->done)
+    while (st.current < st.launches.size() &&
+           st.launches[st.current]->retired == st.launches[st.current]->grid.x)
         ++st.current;
     Launch *n = stream_launch(st);
     if (n && n->order.empty())

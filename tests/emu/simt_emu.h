@@ -383,17 +383,15 @@ int launch_kernel(Section sec, bool dependent, dim3 grid, dim3 block, void (*ker
 // Runs the whole grid before it returns (or records it, inside
 // launch_concurrent) and evaluates to its status; `stream` is evaluated and
 // ignored.
-#define GCLIP_LAUNCH(kernel, grid, block, stream, ...)                                    \
-    ((void)(stream),                                                                      \
-     ::gclip_emu::launch_kernel(::gclip_emu::Section{GCLIP_EMU_CAT(__start_, GCLIP_EMU_SECTION), \
-                                                     GCLIP_EMU_CAT(__stop_, GCLIP_EMU_SECTION)}, \
-                                false, dim3(grid), dim3(block), kernel, ##__VA_ARGS__))
-// The same as a programmatic dependent launch when `dependent` is nonzero.
+// GCLIP_LAUNCH_DEPENDENT: the same as a programmatic dependent launch when
+// `dependent` is nonzero.
 #define GCLIP_LAUNCH_DEPENDENT(kernel, dependent, grid, block, stream, ...)               \
     ((void)(stream),                                                                      \
      ::gclip_emu::launch_kernel(::gclip_emu::Section{GCLIP_EMU_CAT(__start_, GCLIP_EMU_SECTION), \
                                                      GCLIP_EMU_CAT(__stop_, GCLIP_EMU_SECTION)}, \
                                 (dependent) != 0, dim3(grid), dim3(block), kernel, ##__VA_ARGS__))
+#define GCLIP_LAUNCH(kernel, grid, block, stream, ...) \
+    GCLIP_LAUNCH_DEPENDENT(kernel, 0, grid, block, stream, ##__VA_ARGS__)
 #define GCLIP_LAUNCH_STATUS() (::gclip_emu::last_status())
 
 #endif // GCLIP_SIMT_EMU_H

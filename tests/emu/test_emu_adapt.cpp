@@ -126,21 +126,16 @@ struct Pair {
     // as one stream, so that scale blocks start beside the adapt kernel.
     int launch(const gclip_norm_params &np)
     {
-        int rc = 0;
-        if (tables.dependent_launch) {
-            rc = gclip_emu::launch_concurrent({[&] {
-                gclip_launch_norm(&tables, &np, nullptr);
-                gclip_launch_adapt(&tables, &np, nullptr);
-                if (np.op == GCLIP_OP_ADAPTIVE_CLIP)
-                    gclip_launch_adapt_scale(&tables, &np, nullptr);
-            }});
-        } else {
-            rc = gclip_launch_norm(&tables, &np, nullptr);
-            if (rc == 0)
-                rc = gclip_launch_adapt(&tables, &np, nullptr);
-            if (rc == 0 && np.op == GCLIP_OP_ADAPTIVE_CLIP)
-                rc = gclip_launch_adapt_scale(&tables, &np, nullptr);
-        }
+        auto issue = [&] {
+            int r = gclip_launch_norm(&tables, &np, nullptr);
+            if (r == 0)
+                r = gclip_launch_adapt(&tables, &np, nullptr);
+            if (r == 0 && np.op == GCLIP_OP_ADAPTIVE_CLIP)
+                r = gclip_launch_adapt_scale(&tables, &np, nullptr);
+            return r;
+        };
+        const int rc =
+            tables.dependent_launch ? gclip_emu::launch_concurrent({[&] { issue(); }}) : issue();
         EXPECT_EQ(tickets[0], 0u);
         for (unsigned v : fold.ticket)
             EXPECT_EQ(v, 0u) << "a fold lane's ticket is off 0";

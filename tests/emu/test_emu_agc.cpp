@@ -100,15 +100,11 @@ struct Pair {
     {
         gclip_norm_params np;
         EXPECT_EQ(gclip_agc_params(emu.agc.get(), &np), GCLIP_STATUS_SUCCESS);
-        if (tables.dependent_launch)
-            return gclip_emu::launch_concurrent({[&] {
-                gclip_launch_agc_norm(&tables, &np, nullptr);
-                gclip_launch_agc_scale(&tables, &np, nullptr);
-            }});
-        int rc = gclip_launch_agc_norm(&tables, &np, nullptr);
-        if (rc == 0)
-            rc = gclip_launch_agc_scale(&tables, &np, nullptr);
-        return rc;
+        auto issue = [&] {
+            const int r = gclip_launch_agc_norm(&tables, &np, nullptr);
+            return r != 0 ? r : gclip_launch_agc_scale(&tables, &np, nullptr);
+        };
+        return tables.dependent_launch ? gclip_emu::launch_concurrent({[&] { issue(); }}) : issue();
     }
 
     // seeded data in both copies; rows of either side of the threshold, and
