@@ -73,20 +73,51 @@ static uint32_t cut_grains(const gclip_plan *plan, uint32_t *first)
     return g;
 }
 
-void gclip_cpu_for_chunks(const gclip_plan *plan, gclip_cpu_run_fn fn, const void *arg)
+/* Grains [*lo, *hi) of thread t of n: equal runs, the first ng % n threads
+ * one grain more. Both directions of gclip_cpu_walk_chunks give a thread the
+ * same grains, so the update pass after a read pass finds in each core's
+ * caches what that core read. */
+static void thread_grains(int64_t ng, int t, int n, int64_t *lo, int64_t *hi)
+{
+    const int64_t q = ng / n, r = ng % n;
+    *lo = t * q + (t < r ? t : r);
+    *hi = *lo + q + (t < r);
+}
+
+static void walk_grains(const gclip_cpu_state *st, int64_t lo, int64_t hi, int reverse,
+                        const gclip_plan *plan, gclip_cpu_run_fn fn, const void *arg)
+{
+    const uint32_t *first = st->grain_first;
+    if (!reverse) {
+        if (lo < hi)
+            fn(plan, first[lo], first[hi], arg);
+        return;
+    }
+    for (int64_t k = hi - 1; k >= lo; k--)
+        fn(plan, first[k], first[k + 1], arg);
+}
+
+void gclip_cpu_walk_chunks(const gclip_plan *plan, gclip_cpu_run_fn fn, const void *arg,
+                           int reverse)
 {
     const gclip_cpu_state *st = plan->engine;
     const int threads = gclip_cpu_threads(plan);
     const int64_t ng = st->num_grains;
     if (threads == 1 || ng <= 1) {
-        if (plan->num_chunks > 0)
-            fn(plan, 0, plan->num_chunks, arg);
+        walk_grains(st, 0, ng, reverse, plan, fn, arg);
         return;
     }
-    const uint32_t *first = st->grain_first;
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t k = 0; k < ng; k++)
-        fn(plan, first[k], first[k + 1], arg);
+#pragma omp parallel num_threads(threads)
+    {
+        int64_t lo, hi;
+        thread_grains(ng, omp_get_thread_num(), omp_get_num_threads(), &lo, &hi);
+        walk_grains(st, lo, hi, reverse, plan, fn, arg);
+    }
+}
+
+void gclip_cpu_for_chunks(const gclip_plan *plan, gclip_cpu_run_fn fn, const void *arg)
+{
+    gclip_cpu_walk_chunks(plan, fn, arg, 0);
 }
 
 static gclip_status cpu_init(gclip_plan *plan)

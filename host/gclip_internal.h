@@ -202,6 +202,12 @@ int gclip_cpu_threads(const gclip_plan *plan);
 typedef void (*gclip_cpu_run_fn)(const gclip_plan *plan, uint32_t first, uint32_t last,
                                  const void *arg);
 void gclip_cpu_for_chunks(const gclip_plan *plan, gclip_cpu_run_fn fn, const void *arg);
+/* The same with `reverse` set: each thread takes the same chunks as
+ * gclip_cpu_for_chunks gives it, but its grains last first (each grain's
+ * chunks still in order). The update pass after a read pass walks so: what
+ * the read pass read last, the caches still hold (cpu_backend.c). */
+void gclip_cpu_walk_chunks(const gclip_plan *plan, gclip_cpu_run_fn fn, const void *arg,
+                           int reverse);
 /* The norm's read pass of a run of chunks: each chunk's partial into its
  * slot (arg: a gclip_read_arg), as the norm kernel's block computes it. The
  * generic one is compiled for the machine's baseline and AVX2 (norm_cpu.c). */

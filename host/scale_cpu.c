@@ -337,5 +337,5 @@ void gclip_scale_cpu(gclip_plan *plan, const gclip_norm_params *np)
                          per_tensor ? st->tensor_factor : NULL};
     if (!per_tensor && a.global == 1.0f)
         return;
-    gclip_cpu_for_chunks(plan, scale_run, &a);
+    gclip_cpu_walk_chunks(plan, scale_run, &a, 1);
 }
