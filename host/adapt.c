@@ -416,6 +416,14 @@ static gclip_status check_scalars(const gclip_adaptive *ad, const gclip_adapt_sc
                           "the state's ring position (%u values, next slot %u) does not fit a "
                           "history of %u: the bytes are corrupt",
                           (unsigned)sc->filled, (unsigned)sc->head, (unsigned)h);
+    /* ZClip's warm-up keeps every recorded norm, one per step, until the
+     * history is full */
+    const uint32_t warm = sc->steps < h ? sc->steps : h;
+    if (ad->cfg.method == GCLIP_ADAPTIVE_ZCLIP && sc->filled != warm)
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
+                          "the state holds %u warm-up norms after %u steps; ZClip keeps "
+                          "min(steps, %u): the bytes are corrupt",
+                          (unsigned)sc->filled, (unsigned)sc->steps, (unsigned)h);
     return GCLIP_STATUS_SUCCESS;
 }
 
@@ -440,12 +448,13 @@ gclip_status gclip_adaptive_import(gclip_adaptive *ad, const void *host_buf, siz
     if (h.method != mine.method || h.num_tensors != mine.num_tensors || h.rows != mine.rows ||
         h.history != mine.history || h.state_bytes != mine.state_bytes)
         return gclip_fail(GCLIP_STATUS_MISMATCH,
-                          "the state is of method %u with %u tensors, %u histories of %u; this "
-                          "adaptive is of method %u with %u tensors, %u histories of %u",
+                          "the state is of method %u with %u tensors, %u histories of %u, "
+                          "%llu bytes; this adaptive is of method %u with %u tensors, %u "
+                          "histories of %u, %llu bytes",
                           (unsigned)h.method, (unsigned)h.num_tensors, (unsigned)h.rows,
-                          (unsigned)h.history, (unsigned)mine.method,
+                          (unsigned)h.history, (unsigned long long)h.state_bytes, (unsigned)mine.method,
                           (unsigned)mine.num_tensors, (unsigned)mine.rows,
-                          (unsigned)mine.history);
+                          (unsigned)mine.history, (unsigned long long)mine.state_bytes);
     if (size < sizeof h + h.state_bytes)
         return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
                           "%zu bytes: the state needs %zu", size,

@@ -7,6 +7,7 @@
  * host/agc_cpu.c.
  */
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "gclip_adapt.h"
@@ -70,8 +71,11 @@ static gclip_status check_pairs(const gclip_plan *plan, const gclip_tensor *para
     for (size_t i = 0; i < plan->count; i++) {
         const gclip_tensor_desc *g = &plan->tensors[i];
         gclip_status s = gclip_validate_tensor(&params[i], i);
-        if (s != GCLIP_STATUS_SUCCESS)
-            return s;
+        if (s != GCLIP_STATUS_SUCCESS) {
+            char why[512];
+            snprintf(why, sizeof why, "%s", gclip_last_error());
+            return gclip_fail(s, "params[%zu], the parameter of gradient %zu: %s", i, i, why);
+        }
         if (params[i].numel != g->numel || (int32_t)params[i].dtype != g->dtype)
             return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
                               "parameter %zu has %lld elements of dtype %d; its gradient has "

@@ -107,7 +107,8 @@ void gclip_cpu_walk_chunks(const gclip_plan *plan, gclip_cpu_run_fn fn, const vo
         walk_grains(st, 0, ng, reverse, plan, fn, arg);
         return;
     }
-#pragma omp parallel num_threads(threads)
+    /* no thread without a grain */
+#pragma omp parallel num_threads(threads < ng ? threads : (int)ng)
     {
         int64_t lo, hi;
         thread_grains(ng, omp_get_thread_num(), omp_get_num_threads(), &lo, &hi);

@@ -217,6 +217,8 @@ void gclip_fold_partials_cpu(const gclip_chunk *chunks, uint32_t num_chunks, uin
      * threads: only the barrier between the two passes matters. */
     if (threads < 2 || num_chunks < GCLIP_FOLD_PARALLEL_CHUNKS)
         threads = 1;
+    if (threads > GCLIP_FOLD_LANES)
+        threads = GCLIP_FOLD_LANES; /* no thread without a lane */
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
 #pragma omp for schedule(static)

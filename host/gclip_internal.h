@@ -77,6 +77,7 @@ struct gclip_plan {
     int64_t total_elems;        /* elements of all tensors */
     void **saved_data;          /* [count], old pointers while rebinding */
     int num_threads;            /* CPU plans: OpenMP threads, 0 = default */
+    int accumulated;            /* a gclip_norm_accumulate has been issued */
     void *engine;               /* the backend's own state */
 };
 
@@ -197,6 +198,8 @@ void gclip_fold_partials_cpu(const gclip_chunk *chunks, uint32_t num_chunks, uin
 
 /* OpenMP threads for a CPU plan. */
 int gclip_cpu_threads(const gclip_plan *plan);
+/* The most gclip_plan_set_num_threads accepts (documented in gclip.h). */
+#define GCLIP_CPU_MAX_THREADS 1024
 /* Calls fn(plan, first, last, arg) on runs of contiguous chunks [first, last)
  * covering the plan, on gclip_cpu_threads(plan) threads (cpu_backend.c). */
 typedef void (*gclip_cpu_run_fn)(const gclip_plan *plan, uint32_t first, uint32_t last,

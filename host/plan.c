@@ -205,9 +205,10 @@ gclip_status gclip_plan_set_num_threads(gclip_plan *plan, int num_threads)
     gclip_clear_error();
     if (!plan)
         return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "plan is NULL");
-    if (num_threads < 0)
+    if (num_threads < 0 || num_threads > GCLIP_CPU_MAX_THREADS)
         return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
-                          "num_threads %d must be >= 0 (0 = OpenMP's default)", num_threads);
+                          "num_threads %d must be from 0 (OpenMP's default) to %d", num_threads,
+                          GCLIP_CPU_MAX_THREADS);
     plan->num_threads = num_threads;
     return GCLIP_STATUS_SUCCESS;
 }

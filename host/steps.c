@@ -94,7 +94,10 @@ gclip_status gclip_clip_grad_norm_per_tensor(gclip_plan *plan, const gclip_norm_
 gclip_status gclip_norm_accumulate(gclip_plan *plan, const gclip_norm_options *options,
                                    gclip_stream stream)
 {
-    return norm_step(plan, options, GCLIP_OP_ACCUMULATE, stream);
+    const gclip_status s = norm_step(plan, options, GCLIP_OP_ACCUMULATE, stream);
+    if (s == GCLIP_STATUS_SUCCESS)
+        plan->accumulated = 1;
+    return s;
 }
 
 gclip_status gclip_clip_grads_with_norm(gclip_plan *plan, const gclip_norm_options *options,
@@ -107,6 +110,11 @@ gclip_status gclip_clip_grads_with_norm(gclip_plan *plan, const gclip_norm_optio
         s = no_tensor_norms(options, GCLIP_OP_CLIP_WITH_NORM);
     if (s != GCLIP_STATUS_SUCCESS)
         return s;
+    if (!total_norm_ptr && total_norm < 0.0f)
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
+                          "total_norm %g is negative: a norm is >= 0 (NaN and Inf follow the "
+                          "non-finite policy)",
+                          (double)total_norm);
     step.np.given_norm = total_norm;
     step.np.given_norm_ptr = total_norm_ptr;
     return plan->backend->run(plan, &step, stream);
@@ -130,6 +138,10 @@ gclip_status gclip_norm_finalize(gclip_plan *plan, const gclip_norm_options *opt
     if (count > UINT32_MAX)
         return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "count %zu exceeds %u partials", count,
                           (unsigned)UINT32_MAX);
+    if (count == 0 && !plan->accumulated)
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
+                          "count 0 folds the plan's own partial, but no gclip_norm_accumulate "
+                          "has run on this plan");
     step.np.partials = partials;
     step.np.num_partials = (uint32_t)count;
     return plan->backend->run(plan, &step, stream);
@@ -179,8 +191,8 @@ static int32_t slot_applied(const gclip_result_slot *s)
 {
     if (!(s->flags & GCLIP_RESULT_APPLIES) || s->status != GCLIP_STATUS_SUCCESS || s->failed)
         return 0;
-    if (s->op == GCLIP_OP_CLIP_VALUE)
-        return 1;
+    if (s->op == GCLIP_OP_CLIP_VALUE || s->op == GCLIP_OP_AGC)
+        return 1; /* every element clamped; AGC: each unit by its own factor */
     if (s->nonfinite && !(s->flags & GCLIP_RESULT_PROPAGATE))
         return 0;
     if (s->op == GCLIP_OP_CLIP_PER_TENSOR)
@@ -226,6 +238,11 @@ gclip_status gclip_get_result(gclip_plan *plan, gclip_result *result)
                               "gclip_apply_clip_factor found no pending factor (it follows "
                               "gclip_norm_finalize or gclip_compute_clip_factor, once); "
                               "nothing was written");
+        if (slot.op == GCLIP_OP_CLIP_WITH_NORM && slot.total_norm < 0.0f)
+            return gclip_fail((gclip_status)slot.status,
+                              "%s: the total norm read from total_norm_ptr at execution was %g, "
+                              "negative (a norm is >= 0); nothing was written",
+                              op, (double)slot.total_norm);
         return gclip_fail((gclip_status)slot.status,
                           "%s: max_norm or inv_scale read from device memory at execution was "
                           "out of range (max_norm must be >= 0, inv_scale finite and > 0); "

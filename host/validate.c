@@ -26,6 +26,12 @@ gclip_status gclip_validate_tensor(const gclip_tensor *t, size_t index)
         return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "tensor %zu: numel %lld is too large", index,
                           (long long)t->numel);
     int size = gclip_dtype_size(t->dtype);
+    /* ... and so must the buffer: its end may not wrap past the top */
+    if ((uintptr_t)t->numel * (uintptr_t)size > UINTPTR_MAX - (uintptr_t)t->data)
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
+                          "tensor %zu: %lld elements from %p run past the end of the address "
+                          "space",
+                          index, (long long)t->numel, t->data);
     if ((uintptr_t)t->data % (uintptr_t)size != 0)
         return gclip_fail(GCLIP_STATUS_MISALIGNED,
                           "tensor %zu: data %p is not aligned to its %d-byte elements", index,
@@ -146,7 +152,9 @@ gclip_status gclip_make_params(const gclip_norm_options *options, int32_t op,
     gclip_status s = read_options(options, &o);
     if (s != GCLIP_STATUS_SUCCESS)
         return s;
-    if (!o.max_norm_ptr && (isnan(o.max_norm) || o.max_norm < 0.0f))
+    /* an adaptive step's method decides its threshold: max_norm plays no part */
+    const int uses_max_norm = op != GCLIP_OP_ADAPTIVE_CLIP && op != GCLIP_OP_ADAPTIVE_SKIP;
+    if (uses_max_norm && !o.max_norm_ptr && (isnan(o.max_norm) || o.max_norm < 0.0f))
         return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
                           "max_norm %g must be >= 0 (0 zeroes the gradients, +inf never clips)",
                           (double)o.max_norm);

@@ -227,7 +227,8 @@ typedef struct gclip_result {
                           gclip_compute_clip_factor and gclip_norm_finalize); 1 if none */
     int32_t nonfinite; /* 1 if the total norm (or, per tensor, any tensor norm) was NaN or Inf */
     int32_t has_norm;  /* 0 for value clipping and before the first operation */
-    int32_t applied;   /* 1 if gradients were multiplied by `scale` (scale != 1) or clamped */
+    int32_t applied;   /* 1 if gradients were multiplied by `scale` (scale != 1), by
+                          their own factors (per-tensor clipping, AGC) or clamped */
     gclip_op op;       /* the operation that wrote the slot */
     uint32_t sequence; /* operations executed on the plan so far, replays included */
 } gclip_result;
@@ -313,9 +314,10 @@ GCLIP_API gclip_status gclip_plan_rebind(gclip_plan *plan, void *const *data, si
 GCLIP_API gclip_status gclip_plan_tensor_count(const gclip_plan *plan, size_t *count);
 GCLIP_API gclip_status gclip_plan_device(const gclip_plan *plan, int *device);
 
-/* CPU plans: number of OpenMP threads used (0 = OpenMP's default, or one
- * thread for plans of fewer than 2^18 elements, where starting a team costs
- * more than the work). Results do not depend on it. Ignored by CUDA plans. */
+/* CPU plans: number of OpenMP threads used, 0 to 1024 (0 = OpenMP's
+ * default, or one thread for plans of fewer than 2^18 elements, where
+ * starting a team costs more than the work). Results do not depend on it.
+ * Ignored by CUDA plans. */
 GCLIP_API gclip_status gclip_plan_set_num_threads(gclip_plan *plan, int num_threads);
 
 /* ---- step calls: no allocation, no host synchronization ------------------ */
@@ -347,7 +349,10 @@ GCLIP_API gclip_status gclip_compute_clip_factor(gclip_plan *plan,
  * multiplied by coef * inv_scale, nothing written when that is 1. N is
  * `total_norm`, or the float at `total_norm_ptr` (plan-device memory, read at
  * execution) when that is not NULL. A NaN or Inf N follows the non-finite
- * policy. tensor_norms is not written. One launch. */
+ * policy; a negative N is rejected with GCLIP_STATUS_INVALID_ARGUMENT (from
+ * total_norm_ptr: the slot's status at execution, nothing written), where
+ * PyTorch would flip the gradients' sign. tensor_norms is not written. One
+ * launch. */
 GCLIP_API gclip_status gclip_clip_grads_with_norm(gclip_plan *plan,
                                                   const gclip_norm_options *options,
                                                   float total_norm, const float *total_norm_ptr,
@@ -385,7 +390,7 @@ GCLIP_API gclip_status gclip_norm_accumulate(gclip_plan *plan, const gclip_norm_
 /* Phase 2: fold `count` partials at `partials` (plan-device memory, read at
  * execution, folded in index order) into the norm, coefficient, factor and
  * flags of the result slot; partials == NULL with count == 0 folds the plan's
- * own partial. Partials with another fingerprint than `options` give the
+ * own partial (INVALID_ARGUMENT before any gclip_norm_accumulate). Partials with another fingerprint than `options` give the
  * slot status GCLIP_STATUS_MISMATCH and factor 1. Nothing is written to the
  * gradients. One single-block launch. */
 GCLIP_API gclip_status gclip_norm_finalize(gclip_plan *plan, const gclip_norm_options *options,

@@ -428,7 +428,7 @@ GCLIP_HD void gclip_adapt_commit(gclip_adapt_device *a, const gclip_adapt_input 
     if (record) {
         switch (c->method) {
         case GCLIP_ADAPTIVE_ZCLIP:
-            if (d->warmup)
+            if (d->warmup && s->filled < c->history)
                 a->ring[s->filled++] = in->norm;
             s->mean = d->mean;
             s->var = d->var;

@@ -398,7 +398,11 @@ GCLIP_HD void gclip_given_norm_slot(const gclip_norm_params *np, uint32_t prev_s
 {
     const gclip_scalars sc = gclip_resolve_scalars(np);
     const float n = np->given_norm_ptr ? *np->given_norm_ptr : np->given_norm;
-    gclip_finalize_slot(n, 0, np, &sc, sc.status, prev_sequence, out);
+    /* a negative norm would flip the gradients' sign: rejected, as a
+     * negative max_norm is */
+    const int32_t status =
+        sc.status == GCLIP_STATUS_SUCCESS && n < 0.0f ? GCLIP_STATUS_INVALID_ARGUMENT : sc.status;
+    gclip_finalize_slot(n, 0, np, &sc, status, prev_sequence, out);
 }
 
 /* GCLIP_OP_APPLY: whether the slot holds a factor that is still to be

@@ -9,7 +9,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstring>
 #include <limits>
 #include <memory>
@@ -616,6 +618,62 @@ TEST(AdaptiveValidation, ForeignCheckpointsAreRejectedAndChangeNothing)
     std::vector<unsigned char> small(8);
     EXPECT_EQ(gclip_adaptive_export(q.ad.get(), small.data(), small.size()),
               GCLIP_STATUS_INVALID_ARGUMENT);
+}
+
+// ZClip keeps one warm-up norm per step until its history is full, so a
+// state's count of kept norms is min(steps, history). A state that says
+// otherwise (a full ring before the warm-up is over would make the next
+// warm-up step write past the ring) is refused, and changes nothing; the
+// consistent ones, before, during and after the warm-up, are taken.
+TEST(AdaptiveValidation, ZClipStateWhoseRingDisagreesWithItsStepsIsRefused)
+{
+    std::mt19937_64 rng(5);
+    for (int steps : {0, 2, 3, 6}) { // history 3
+        SCOPED_TRACE("after " + std::to_string(steps) + " steps");
+        Model z({3, 5}, zclip(3, 1.0));
+        for (int k = 0; k < steps; ++k) {
+            fill(z, rng, 1.0f);
+            ASSERT_EQ(z.step(), GCLIP_STATUS_SUCCESS);
+        }
+        const std::vector<unsigned char> good = z.state();
+        const gclip_adapt_scalars sc = z.scalars();
+        ASSERT_EQ(sc.filled, std::min<uint32_t>(sc.steps, 3u));
+        EXPECT_EQ(gclip_adaptive_import(z.ad.get(), good.data(), good.size()), GCLIP_STATUS_SUCCESS)
+            << gclip_last_error();
+        for (uint32_t filled = 0; filled <= 3; ++filled) {
+            if (filled == sc.filled)
+                continue;
+            std::vector<unsigned char> bad = good;
+            std::memcpy(&bad[32 + offsetof(gclip_adapt_scalars, filled)], &filled, 4);
+            EXPECT_EQ(gclip_adaptive_import(z.ad.get(), bad.data(), bad.size()),
+                      GCLIP_STATUS_INVALID_ARGUMENT)
+                << "filled " << filled;
+            EXPECT_NE(std::string(gclip_last_error()).find("corrupt"), std::string::npos);
+            EXPECT_EQ(z.state(), good);
+        }
+        // the state as it was still steps on
+        fill(z, rng, 1.0f);
+        EXPECT_EQ(z.step(), GCLIP_STATUS_SUCCESS);
+    }
+}
+
+// The method decides an adaptive step's threshold: the base options'
+// max_norm is not used, so no value of it is refused.
+TEST(AdaptiveValidation, BaseMaxNormIsNotUsed)
+{
+    std::mt19937_64 rng(6);
+    Model a({3, 5}, zclip(3, 1.0)), b({3, 5}, zclip(3, 1.0));
+    for (int k = 0; k < 6; ++k) {
+        fill(a, rng, 2.0f);
+        for (size_t i = 0; i < a.grads.size(); ++i)
+            std::copy(a.grads[i].begin(), a.grads[i].end(), b.grads[i].begin());
+        ASSERT_EQ(a.step(), GCLIP_STATUS_SUCCESS);
+        gclip_norm_options base = GCLIP_NORM_OPTIONS_INIT;
+        base.max_norm = k % 2 ? -1.0f : NAN;
+        ASSERT_EQ(b.step(&base), GCLIP_STATUS_SUCCESS) << gclip_last_error();
+        EXPECT_EQ(a.grads, b.grads) << "step " << k;
+    }
+    EXPECT_EQ(a.state(), b.state());
 }
 
 } // namespace

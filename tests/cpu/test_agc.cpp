@@ -107,6 +107,11 @@ TEST(Agc, ConformanceVectorsByHand)
     const double want[] = {0.3, 0.4, 0.0, 1e-4};
     for (int i = 0; i < 4; ++i)
         EXPECT_NEAR(pairs[0].get(pairs[0].g, i), want[i], 2e-7 * std::fabs(want[i])) << i;
+    // a step that scaled units reports that it changed the gradients
+    gclip_result res{};
+    ASSERT_EQ(gclip_get_result(r.plan.get(), &res), GCLIP_STATUS_SUCCESS) << gclip_last_error();
+    EXPECT_EQ(res.op, GCLIP_OP_AGC);
+    EXPECT_EQ(res.applied, 1);
 
     std::vector<Pair> bias;
     bias.emplace_back(GCLIP_F32, 1, 2);
@@ -325,6 +330,9 @@ TEST(Agc, InvalidArgumentsAreRejectedAtCreation)
     EXPECT_EQ(gclip_agc_create(&a, plan.get(), &w_f16, &four, &ok), GCLIP_STATUS_INVALID_ARGUMENT);
     gclip_tensor w_null{nullptr, 12, GCLIP_F32};
     EXPECT_EQ(gclip_agc_create(&a, plan.get(), &w_null, &four, &ok), GCLIP_STATUS_INVALID_ARGUMENT);
+    // the message names the parameter, not "tensor 0" (the plan's gradient)
+    EXPECT_NE(std::string(gclip_last_error()).find("params[0]"), std::string::npos)
+        << gclip_last_error();
     gclip_tensor w_odd{pairs[0].w.data() + 1, 12, GCLIP_F32};
     EXPECT_EQ(gclip_agc_create(&a, plan.get(), &w_odd, &four, &ok), GCLIP_STATUS_MISALIGNED);
     EXPECT_EQ(gclip_agc_create(&a, plan.get(), nullptr, &four, &ok), GCLIP_STATUS_INVALID_ARGUMENT);

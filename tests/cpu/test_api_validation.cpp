@@ -7,7 +7,9 @@
 
 #include <gtest/gtest.h>
 
+#include <climits>
 #include <cmath>
+#include <cstdint>
 #include <set>
 #include <string>
 #include <thread>
@@ -233,6 +235,36 @@ TEST_F(Validation, TensorInsideAnotherIsAnOverlap)
     EXPECT_TRUE(testutil::names_index(gclip_last_error(), 1)) << gclip_last_error();
 }
 
+// A buffer whose last byte would lie past the top of the address space
+// (its end wraps around to low addresses) is refused before any overlap
+// test could be fooled by the wrapped end.
+TEST_F(Validation, BufferRunningPastTheAddressSpaceIsRefused)
+{
+    const uintptr_t top = UINTPTR_MAX - 4095; // 4 KiB below the top, aligned
+    std::vector<gclip_tensor> t = {
+        {reinterpret_cast<void *>(top), 1023, GCLIP_F32},  // ends 4 bytes below the top: fits
+        {reinterpret_cast<void *>(top), 1024, GCLIP_F32},  // its end, 2^64, wraps to 0
+        {reinterpret_cast<void *>(top), int64_t(1) << 40, GCLIP_F32}};
+    EXPECT_EQ(create_with({t[0]}), GCLIP_STATUS_SUCCESS) << gclip_last_error();
+    for (size_t k = 1; k < t.size(); ++k) {
+        EXPECT_EQ(create_with({t[k]}), GCLIP_STATUS_INVALID_ARGUMENT) << "numel " << t[k].numel;
+        EXPECT_NE(std::string(gclip_last_error()).find("address space"), std::string::npos)
+            << gclip_last_error();
+        // with a real tensor beside it
+        EXPECT_EQ(create_with({tensors[0], t[k]}), GCLIP_STATUS_INVALID_ARGUMENT);
+    }
+    // a rebind to such a buffer is refused too, and keeps the old pointers
+    std::vector<void *> moved; // tensor 0: 7 f32, 28 bytes
+    for (const gclip_tensor &x : tensors)
+        moved.push_back(x.data);
+    ASSERT_EQ(tensors[0].dtype, GCLIP_F32);
+    moved[0] = reinterpret_cast<void *>(UINTPTR_MAX - 7);
+    expect_rejected(gclip_plan_rebind(plan.get(), moved.data(), moved.size(), nullptr),
+                    GCLIP_STATUS_INVALID_ARGUMENT, "rebind past the top");
+    gclip_norm_options o = testutil::norm_options(1e30f);
+    EXPECT_EQ(gclip_total_norm(plan.get(), &o, nullptr), GCLIP_STATUS_SUCCESS); // old pointers
+}
+
 TEST_F(Validation, AdjacentViewsOfOneBufferAreNotAnOverlap)
 {
     TestBuffer whole(GCLIP_F32, 100);
@@ -360,6 +392,71 @@ TEST_F(Validation, NegativeThreadCount)
     expect_rejected(gclip_plan_set_num_threads(plan.get(), -1), GCLIP_STATUS_INVALID_ARGUMENT, "threads -1");
     expect_rejected(gclip_plan_set_num_threads(nullptr, 2), GCLIP_STATUS_INVALID_ARGUMENT, "threads NULL plan");
     EXPECT_EQ(gclip_plan_set_num_threads(plan.get(), 0), GCLIP_STATUS_SUCCESS);
+}
+
+// More threads than the documented 1024 are refused (OpenMP would fail to
+// start such a team, or overflow a stack trying); 1024 itself runs a step.
+TEST_F(Validation, ThreadCountAboveTheLimit)
+{
+    for (int n : {1025, 100000, INT_MAX}) {
+        expect_rejected(gclip_plan_set_num_threads(plan.get(), n), GCLIP_STATUS_INVALID_ARGUMENT,
+                        ("threads " + std::to_string(n)).c_str());
+        EXPECT_NE(std::string(gclip_last_error()).find("1024"), std::string::npos);
+    }
+    ASSERT_EQ(gclip_plan_set_num_threads(plan.get(), 1024), GCLIP_STATUS_SUCCESS);
+    gclip_norm_options o = testutil::norm_options(1e30f);
+    EXPECT_EQ(gclip_total_norm(plan.get(), &o, nullptr), GCLIP_STATUS_SUCCESS) << gclip_last_error();
+}
+
+// A negative total norm would flip every gradient's sign (PyTorch's
+// clip_grads_with_norm_ does); gclip refuses it as it refuses a negative
+// max_norm, given as a value (the call) or read from memory (the slot).
+TEST_F(Validation, NegativeGivenTotalNorm)
+{
+    gclip_norm_options o = testutil::norm_options(1.0f);
+    for (float n : {-2.0f, -1e-30f, -INFINITY}) {
+        expect_rejected(gclip_clip_grads_with_norm(plan.get(), &o, n, nullptr, nullptr),
+                        GCLIP_STATUS_INVALID_ARGUMENT, ("total_norm " + std::to_string(n)).c_str());
+        EXPECT_NE(std::string(gclip_last_error()).find("negative"), std::string::npos);
+        float held = n; // host memory is the CPU plan's device memory
+        EXPECT_EQ(gclip_clip_grads_with_norm(plan.get(), &o, 0.0f, &held, nullptr),
+                  GCLIP_STATUS_SUCCESS);
+        gclip_status s;
+        const gclip_result r = testutil::result_of(plan.get(), &s);
+        expect_rejected(s, GCLIP_STATUS_INVALID_ARGUMENT, "total_norm_ptr");
+        EXPECT_NE(std::string(gclip_last_error()).find("total_norm_ptr"), std::string::npos)
+            << gclip_last_error();
+        EXPECT_EQ(r.applied, 0);
+    }
+    // -0 is a norm of zero: every gradient times max_norm / eps, as for +0
+    float zero = -0.0f;
+    EXPECT_EQ(gclip_clip_grads_with_norm(plan.get(), &o, 0.0f, &zero, nullptr), GCLIP_STATUS_SUCCESS);
+    gclip_status s;
+    testutil::result_of(plan.get(), &s);
+    EXPECT_EQ(s, GCLIP_STATUS_SUCCESS) << gclip_last_error();
+}
+
+// Finalizing the plan's own partial (count 0) needs an accumulate first:
+// without one the call says so, rather than a mismatch of options.
+TEST(FinalizeOwnPartial, BeforeAnyAccumulateIsRefusedAndSaysWhy)
+{
+    oracle::Rng rng(31);
+    std::vector<TestBuffer> bufs;
+    bufs.emplace_back(GCLIP_F32, 1000);
+    bufs.back().fill(rng, 1.0);
+    PlanPtr plan;
+    ASSERT_EQ(make_plan(plan, oracle::tensors_of(bufs)), GCLIP_STATUS_SUCCESS);
+    gclip_norm_options o = testutil::norm_options(1.0f);
+    EXPECT_EQ(gclip_norm_finalize(plan.get(), &o, nullptr, 0, nullptr), GCLIP_STATUS_INVALID_ARGUMENT);
+    EXPECT_NE(std::string(gclip_last_error()).find("no gclip_norm_accumulate"), std::string::npos)
+        << gclip_last_error();
+    // a total norm is not an accumulate either
+    ASSERT_EQ(gclip_total_norm(plan.get(), &o, nullptr), GCLIP_STATUS_SUCCESS);
+    EXPECT_EQ(gclip_norm_finalize(plan.get(), &o, nullptr, 0, nullptr), GCLIP_STATUS_INVALID_ARGUMENT);
+    ASSERT_EQ(gclip_norm_accumulate(plan.get(), &o, nullptr), GCLIP_STATUS_SUCCESS);
+    ASSERT_EQ(gclip_norm_finalize(plan.get(), &o, nullptr, 0, nullptr), GCLIP_STATUS_SUCCESS);
+    const long double want = oracle::norms(oracle::tensors_of(bufs).data(), 1, 2.0).total;
+    EXPECT_TRUE(oracle::rel_close(testutil::result_of(plan.get()).total_norm, want, 1e-6L));
 }
 
 TEST_F(Validation, NullOutputPointers)
