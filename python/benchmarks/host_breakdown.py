@@ -31,7 +31,7 @@ def main():
     ap.add_argument("--tensors", type=int, default=10000)
     ap.add_argument("--repeat", type=int, default=50)
     args = ap.parse_args()
-    if gt._scanner is None:
+    if gt._scanner_of_thread() is None:
         raise SystemExit("gclip._torch_fast is not built: the drop-ins use the Python scan")
     params = []
     for _ in range(args.tensors):
@@ -39,7 +39,7 @@ def main():
         p.grad = torch.randn(1)
         params.append(p)
     gt.clip_grad_norm_(params, 1e30)  # builds the plan
-    scanner = gt._scanner
+    scanner = gt._scanner_of_thread()
     entry, stream, count = gt._scan_fast(params, True, False)
     plan = entry.plan
     opts = plan.options(1e30, 2.0, 1e-6, 1.0, _lib.PROPAGATE)

@@ -11,6 +11,9 @@ from typing import Optional, Sequence
 from . import _dlpack, _lib
 from ._lib import fn, check
 
+# bytes of one gclip_partial record (double acc, uint32 nonfinite, uint32 fingerprint)
+_PARTIAL_BYTES = 16
+
 _POLICIES = {"skip": _lib.SKIP, "propagate": _lib.PROPAGATE, "error": _lib.ERROR}
 _c_void_p = ctypes.c_void_p
 
@@ -372,12 +375,26 @@ class Clipper:
                       stream=None) -> None:
         """Phase 2: fold `count` partials (an array of gclip_partial records in
         the plan's device memory, e.g. gathered from every rank) into the result
-        slot; None folds the plan's own partial."""
+        slot; None folds the plan's own partial. An array of any dtype is taken
+        as raw bytes (16 per record); `count` 0 then means all of them, and a
+        `count` larger than the array holds is refused. A bare address (int)
+        is trusted to hold `count` records."""
         plan = self._require_plan()
         s = stream_handle(stream)
+        count = int(count)
+        if count < 0:
+            raise ValueError(f"gclip: count {count} must be >= 0")
         ptr = 0
         if partials is not None:
-            ptr = partials if isinstance(partials, int) else _dlpack.describe(partials).ptr
+            if isinstance(partials, int):
+                ptr = partials
+            else:
+                ptr, nbytes = _dlpack.raw_bytes(partials)
+                if count == 0:
+                    count = nbytes // _PARTIAL_BYTES
+                if count * _PARTIAL_BYTES > nbytes:
+                    raise ValueError(f"gclip: count {count} partials need {count * _PARTIAL_BYTES} "
+                                     f"bytes; the array holds {nbytes}")
         plan.finalize(self._opts(plan, max_norm, inv_scale), ptr, count, s)
 
     def apply_clip_factor(self, tensors=None, *, stream=None) -> None:

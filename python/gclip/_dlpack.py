@@ -161,9 +161,15 @@ def describe(x, stream=None) -> ArrayInfo:
         dt = _NP_DTYPES.get(x.dtype.name)
         if dt is None:
             raise TypeError(f"gclip: unsupported dtype {x.dtype} (float32, float16, bfloat16, float64)")
+        if not x.dtype.isnative:
+            raise TypeError(f"gclip: the array's bytes are in non-native order ({x.dtype.str}); "
+                            "convert it with astype(dtype.newbyteorder('='))")
         ai = x.__array_interface__
         ptr, read_only = ai["data"]
         strides = ai.get("strides")
+        if strides is not None and any(s % x.itemsize for s in strides):
+            raise ValueError(f"gclip: strides {tuple(strides)} (bytes) are not whole elements of "
+                             f"{x.itemsize} bytes (a field of a structured array?)")
         dense = True if strides is None else dense_strides(
             x.shape, [s // x.itemsize for s in strides])
         return ArrayInfo(ptr or 0, x.size, dt, -1, not read_only, dense)
@@ -180,6 +186,24 @@ def describe(x, stream=None) -> ArrayInfo:
 
 # ctx id -> (managed tensor, shape array, owner); entries die with the consumer's tensor.
 _live: dict = {}
+
+
+def raw_bytes(x):
+    """(address, bytes) of a dense array of any dtype: the records a
+    communicator gathered (int32, uint8, ...), e.g. gclip_partial records."""
+    mod = type(x).__module__
+    if mod == "numpy":
+        if not x.flags.c_contiguous:
+            raise ValueError("gclip: the partials must be one contiguous array")
+        return x.__array_interface__["data"][0] or 0, x.nbytes
+    if mod.startswith("torch"):
+        if not x.is_contiguous():
+            raise ValueError("gclip: the partials must be one contiguous tensor")
+        return x.data_ptr(), x.numel() * x.element_size()
+    info = describe(x)
+    if not info.dense:
+        raise ValueError("gclip: the partials must be one contiguous array")
+    return info.ptr, info.numel * {_lib.F32: 4, _lib.F16: 2, _lib.BF16: 2, _lib.F64: 8}[info.dtype]
 
 
 @_Deleter

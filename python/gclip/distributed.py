@@ -217,7 +217,7 @@ def _run(split: _Split, norm_type: float, max_norm: float, policy: int, apply: b
     stream = gt._current_stream(dev_index)
 
     counted = gt._bind(split.counted, device, dev_index, stream) if split.counted else \
-        gt._cache.get([], device, dev_index, [])
+        gt._cache_of_thread().get([], device, dev_index, [])
     plan = counted.plan
     plan.run("norm_accumulate", plan.options(1.0, norm_type, 1e-6, 1.0, policy), stream)
     send = torch.empty(_PARTIAL_BYTES, dtype=torch.uint8, device=device)

@@ -27,6 +27,7 @@ max_norm).
 from __future__ import annotations
 
 import math
+import threading
 import types
 import warnings
 from typing import Iterable, List, Optional, Union
@@ -163,7 +164,21 @@ def _use_threads(entry: _PlanEntry, threads: Optional[int] = None) -> None:
         entry.plan.set_num_threads(want)
 
 
-_cache = _PlanCache()
+class _ThreadCaches(threading.local):
+    """Each thread's own plans (and scanner): a plan is rebound to the
+    gradients of every call and its result slot is read after the call, so
+    two threads sharing one would clip each other's gradients."""
+
+    def __init__(self):
+        self.cache = _PlanCache()
+        self.scanner = None
+
+
+_threads = _ThreadCaches()
+
+
+def _cache_of_thread() -> _PlanCache:
+    return _threads.cache
 
 
 class _Scanner:
@@ -193,7 +208,7 @@ class _Scanner:
         if entry is None:
             grads = _grads_list(items, from_params)
             device = grads[0].device
-            entry = _cache.get(grads, device, device_code)
+            entry = _cache_of_thread().get(grads, device, device_code)
             if len(self._sig_plans) >= 32:
                 self._sig_plans.pop(next(iter(self._sig_plans)))
             self._sig_plans[sig] = entry
@@ -206,7 +221,13 @@ class _Scanner:
             raise _lib.error_for(st, "gclip_plan_rebind")
 
 
-_scanner = _Scanner() if _torch_fast is not None else None
+def _scanner_of_thread() -> Optional[_Scanner]:
+    """This thread's scanner (its pointer array and signature table), or
+    None without the C++ extension."""
+    s = _threads.scanner
+    if s is None and _torch_fast is not None:
+        s = _threads.scanner = _Scanner()
+    return s
 
 
 def _grads_list(items, from_params):
@@ -219,24 +240,25 @@ def _scan_fast(items, from_params: bool, fp32_norm: bool):
     """The plan entry, stream and count when the fused gclip path applies to
     these gradients (one CPU/CUDA device, dense, float32 or with fp32_norm
     float16/bfloat16), with their pointers bound; else (None, 0, count)."""
-    count, sig, flags, dev = _scanner.scan(items, from_params)
+    scanner = _scanner_of_thread()
+    count, sig, flags, dev = scanner.scan(items, from_params)
     F = _torch_fast
     ok_dtype = flags & (F.FAST_DTYPES if fp32_norm else F.ALL_F32)
     if count == 0 or not ok_dtype or not (flags & F.ONE_DEVICE) or not (flags & F.DENSE) or dev < -1:
         return None, 0, count
-    if not _scanner.buf[0]:  # no data pointer: an empty tensor, or a DTensor's wrapper
+    if not scanner.buf[0]:  # no data pointer: an empty tensor, or a DTensor's wrapper
         return None, 0, count
-    entry = _scanner.entry(sig, items, from_params, dev)
+    entry = scanner.entry(sig, items, from_params, dev)
     stream = _current_stream(dev)
-    _scanner.rebind(entry, count, stream)
+    scanner.rebind(entry, count, stream)
     return entry, stream, count
 
 
 def _bind(grads: List[Tensor], device: torch.device, dev_index: int, stream: int,
-          dtypes: Optional[list] = None) -> _PlanEntry:
-    """The cached plan for these shapes, dtypes and device, rebound to the
-    gradients' current data pointers."""
-    entry = _cache.get(grads, device, dev_index, dtypes)
+          dtypes: Optional[list] = None, cache: Optional[_PlanCache] = None) -> _PlanEntry:
+    """The cached plan for these shapes, dtypes and device (this thread's
+    cache, or `cache`), rebound to the gradients' current data pointers."""
+    entry = (cache if cache is not None else _cache_of_thread()).get(grads, device, dev_index, dtypes)
     _use_threads(entry)
     try:
         contiguous = all(map(_is_contiguous, grads))
@@ -246,6 +268,18 @@ def _bind(grads: List[Tensor], device: torch.device, dev_index: int, stream: int
         _validate(grads)
     entry.plan.rebind(list(map(_data_ptr, grads)), stream)
     return entry
+
+
+_increment_version = getattr(torch.autograd.graph, "increment_version", None)
+_bump_versions = getattr(_torch_fast, "bump_versions", None)
+
+
+def _written(grads: List[Tensor]) -> None:
+    """Tell autograd that gclip wrote these tensors in place, as PyTorch's
+    own in-place ops do (a graph that saved one of them then refuses to
+    backpropagate through the stale value instead of using it)."""
+    if _increment_version is not None:
+        _increment_version(grads)
 
 
 def _single_device(grads: List[Tensor]):
@@ -380,10 +414,15 @@ def clip_grad_norm_(parameters: _tensor_or_tensors, max_norm: float, norm_type: 
     params = parameters if type(parameters) in (list, tuple) else _as_list(parameters, True)
     norm_type = float(norm_type)
     max_norm = float(max_norm)
-    if _scanner is not None and norm_type > 0 and max_norm >= 0 and not torch.compiler.is_compiling():
+    if _torch_fast is not None and norm_type > 0 and max_norm >= 0 and not torch.compiler.is_compiling():
         entry, stream, count = _scan_fast(params, True, fp32_norm)
         if entry is not None:
-            return _run_clip(entry, stream, max_norm, norm_type, error_if_nonfinite, skip)
+            total = _run_clip(entry, stream, max_norm, norm_type, error_if_nonfinite, skip)
+            if _bump_versions is not None:
+                _bump_versions(params, True)
+            else:
+                _written([p.grad for p in params if p.grad is not None])
+            return total
         if count == 0:
             return torch.tensor(0.0)
     grads = [p.grad for p in params if p.grad is not None]
@@ -427,7 +466,9 @@ def _clip_grad_norm_impl(grads, max_norm, norm_type, error_if_nonfinite, fp32_no
         device, dev_index = single
         stream = _current_stream(dev_index)
         entry = _bind(grads, device, dev_index, stream, dtypes)
-        return _run_clip(entry, stream, max_norm, norm_type, error_if_nonfinite, skip)
+        total = _run_clip(entry, stream, max_norm, norm_type, error_if_nonfinite, skip)
+        _written(grads)
+        return total
     _validate(grads)
     total = _combine(_per_tensor_norms(grads, norm_type, fp32_norm), norm_type, grads[0].device)
     if error_if_nonfinite:
@@ -518,6 +559,7 @@ def _clip_grads_with_norm_impl(grads, max_norm, total_norm, skip):
         opts = plan.options(max_norm, 2.0, 1e-6, 1.0, _lib.SKIP if skip else _lib.PROPAGATE)
         try:
             plan.clip_grads_with_norm(opts, 0.0, tn.data_ptr(), stream)
+            _written(grads)
             return
         except _lib.NotSupportedError:
             pass
@@ -550,6 +592,7 @@ def _clip_grad_value_impl(grads, clip_value):
         stream = _current_stream(dev_index)
         entry = _bind(grads, device, dev_index, stream, dtypes)
         entry.plan.clip_grad_value(clip_value, stream)
+        _written(grads)
         return
     # negative or NaN clip_value, float64, several devices: PyTorch's own clamps
     _validate(grads)
@@ -590,10 +633,15 @@ class Clipper(_core.Clipper):
         device, dev_index = single
         if stream == 0 and dev_index >= 0:
             stream = _current_stream(dev_index)
-        entry = _bind(grads, device, dev_index, stream)
-        # plans are shared with the drop-ins: this Clipper's thread count, or
-        # the plan's own default, for the duration of each call
+        # this Clipper's own plans: a pending factor, the result slot and the
+        # bound pointers are never touched by the drop-ins or another Clipper
+        cache = self.__dict__.get("_plan_cache")
+        if cache is None:
+            cache = self._plan_cache = _PlanCache()
+        entry = _bind(grads, device, dev_index, stream, cache=cache)
         _use_threads(entry, self.num_threads)
+        if writable:
+            _written(grads)
         self.plan = entry.plan
         self._entry = entry
         self._device = device

@@ -107,9 +107,45 @@ PyObject *scan(PyObject *, PyObject *args)
     return Py_BuildValue("(nNli)", count, sig_bytes, flags, static_cast<int>(first_device));
 }
 
+// bump_versions(items, from_params) -> None
+// Increments the autograd version counter of each gradient (from_params: the
+// .grad of each item, skipping None; else the items), as a PyTorch in-place
+// op does: a graph that saved one of them then refuses to backpropagate
+// through the stale value. Tensors without a version counter (inference
+// tensors) are left as they are.
+PyObject *bump_versions(PyObject *, PyObject *args)
+{
+    PyObject *items;
+    int from_params;
+    if (!PyArg_ParseTuple(args, "Op", &items, &from_params))
+        return nullptr;
+    PyObject *it = PyObject_GetIter(items);
+    if (!it)
+        return nullptr;
+    while (PyObject *o = PyIter_Next(it)) {
+        if (THPVariable_Check(o)) {
+            const at::Tensor &v = THPVariable_Unpack(o);
+            const at::Tensor &t = from_params ? v.grad() : v;
+            if (t.defined() && !t.is_inference()) {
+                try {
+                    t.unsafeGetTensorImpl()->bump_version();
+                } catch (...) {
+                }
+            }
+        }
+        Py_DECREF(o);
+    }
+    Py_DECREF(it);
+    if (PyErr_Occurred())
+        return nullptr;
+    Py_RETURN_NONE;
+}
+
 PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS,
      "scan(items, from_params, ptr_address, capacity) -> (count, signature, flags, device)"},
+    {"bump_versions", bump_versions, METH_VARARGS,
+     "bump_versions(items, from_params) -> None: autograd version counters incremented"},
     {nullptr, nullptr, 0, nullptr},
 };
 

@@ -268,10 +268,11 @@ def test_jax_norms_and_functional_clip(rng):
     assert ref_norm([np.asarray(per["w"])], 2) == pytest.approx(0.1, rel=1e-5)
 
 
-def test_torch_clipper_num_threads_reaches_the_shared_plan(rng):
-    # gclip.torch.Clipper shares its plans with the drop-ins: its own thread
-    # count is applied for its calls, the plan's default for theirs, and the
-    # bits do not depend on either
+def test_torch_clipper_keeps_its_own_plans_and_thread_count(rng):
+    # gclip.torch.Clipper's plans are its own: a drop-in call or another
+    # Clipper on gradients of the same shapes uses another plan, so neither
+    # the thread count nor the result slot of one reaches the other, and the
+    # bits depend on neither
     shapes = [(1024, 1100), (300,), (1000, 40)]  # above the one-thread size (2^20)
     base = [torch.from_numpy(rng.standard_normal(s).astype(np.float32)) for s in shapes]
 
@@ -286,23 +287,97 @@ def test_torch_clipper_num_threads_reaches_the_shared_plan(rng):
     p1 = params()
     clipper = gt.Clipper(max_norm=1.0, num_threads=1)
     clipper.clip_grad_norm(p1)
-    n1 = float(clipper.device_result()["norm"])
+    view = clipper.device_result()["norm"]
+    n1 = float(view)
     assert clipper.plan.num_threads == 1
-    shared = clipper.plan
+    mine = clipper.plan
 
     p2 = params()
+    for g in p2:
+        g.grad.mul_(3.0)  # another norm: it must not reach the Clipper's slot
     n2 = gt.clip_grad_norm_(p2, max_norm=1.0)
-    assert shared.num_threads == 0  # the drop-in's default for a plan this size
+    assert mine.num_threads == 1
+    assert float(view) == n1 and clipper.result().total_norm == n1
+    assert abs(float(n2) - 3.0 * n1) <= 1e-5 * float(n2)
 
     p3 = params()
     c3 = gt.Clipper(max_norm=1.0, num_threads=2)
     c3.clip_grad_norm(p3)
     n3 = float(c3.device_result()["norm"])
-    assert shared.num_threads == 2
+    assert c3.plan is not mine and c3.plan.num_threads == 2 and mine.num_threads == 1
 
     expected = ref_norm([b.numpy() for b in base], 2.0)
-    assert float(n1) == float(n2) == float(n3)
-    assert abs(float(n1) - expected) <= 1e-6 * expected
-    for a, b, c in zip(p1, p2, p3):
-        assert torch.equal(a.grad, b.grad) and torch.equal(a.grad, c.grad)
+    assert n1 == n3
+    assert abs(n1 - expected) <= 1e-6 * expected
+    for a, c in zip(p1, p3):
+        assert torch.equal(a.grad, c.grad)
     assert not torch.equal(p1[0].grad, base[0])  # clipped: the norm is far above 1
+
+
+def test_torch_clippers_and_drop_ins_do_not_share_a_pending_factor(rng):
+    # a factor computed by one Clipper is applied to its own gradients, by its
+    # own result, whatever other Clippers or drop-ins did on gradients of the
+    # same shapes in between
+    def model(scale):
+        m = torch.nn.Linear(4, 3)
+        for p in m.parameters():
+            p.grad = torch.from_numpy(rng.standard_normal(tuple(p.shape)).astype(np.float32) * scale)
+        return m
+
+    A, B, C = model(10.0), model(20.0), model(30.0)
+    a0 = [p.grad.clone() for p in A.parameters()]
+    b0 = [p.grad.clone() for p in B.parameters()]
+    na = ref_norm([g.numpy() for g in a0], 2.0)
+    c1, c2 = gt.Clipper(max_norm=1.0), gt.Clipper(max_norm=1.0)
+    c1.compute_clip_factor(A.parameters())
+    c2.compute_clip_factor(B.parameters())
+    gt.get_total_norm([p.grad for p in C.parameters()])
+    gt.clip_grad_norm_(C.parameters(), 1.0)
+    assert abs(c1.result().total_norm - na) <= 1e-6 * na
+    c1.apply_clip_factor()
+    coef = 1.0 / (na + 1e-6)
+    for p, g in zip(A.parameters(), a0):
+        assert torch.allclose(p.grad, g * coef, rtol=1e-6, atol=0)
+    for p, g in zip(B.parameters(), b0):
+        assert torch.equal(p.grad, g)  # c2 has not applied yet
+
+
+def test_norm_finalize_takes_partial_records_of_any_dtype_and_checks_count(rng):
+    x = [np.array([3.0, 4.0], np.float32), np.array([12.0], np.float32)]
+    c = gclip.Clipper(max_norm=1.0)
+    c.norm_accumulate(x)
+    rec = np.from_dlpack(c.partial()).copy()  # int32 records, as gathered
+    two = np.concatenate([rec, rec])
+    c.norm_finalize(two, 2)
+    assert abs(c.result().total_norm - math.sqrt(2 * 169.0)) <= 1e-5
+    c.norm_finalize(two.view(np.uint8))  # count 0: every record of the array
+    assert abs(c.result().total_norm - math.sqrt(2 * 169.0)) <= 1e-5
+    c.norm_finalize(torch.from_numpy(rec))
+    assert abs(c.result().total_norm - 13.0) <= 1e-5
+    with pytest.raises(ValueError, match="count 3 partials need 48 bytes"):
+        c.norm_finalize(two, 3)
+    with pytest.raises(ValueError, match="count"):
+        c.norm_finalize(two, -1)
+    with pytest.raises(ValueError, match="contiguous"):
+        c.norm_finalize(np.concatenate([two, two]).reshape(2, 8)[:, :4])
+    assert abs(c.result().total_norm - 13.0) <= 1e-5  # the refused calls changed nothing
+
+
+def test_numpy_arrays_in_foreign_byte_order_or_with_partial_strides_are_refused():
+    big = np.array([3.0, 4.0], dtype=">f4")
+    rec = np.zeros(4, dtype=[("a", "<f4"), ("b", "<i2")])
+    rec["a"] = [3, 4, 0, 0]
+    rec["b"] = 7
+    before = rec.copy()
+    c = gclip.Clipper(max_norm=1.0)
+    with pytest.raises(TypeError, match="non-native"):
+        c.clip_grad_norm([big])
+    with pytest.raises(ValueError, match="not whole elements"):
+        c.clip_grad_norm([rec["a"]])
+    with pytest.raises(TypeError, match="non-native"):
+        c.total_norm([big])
+    assert big.tolist() == [3.0, 4.0]
+    assert rec.tobytes() == before.tobytes()
+    # an ordinary strided view (whole elements) is still only refused as not dense
+    c.total_norm([np.arange(8, dtype=np.float32)[::2].copy()])
+    assert abs(c.result().total_norm - math.sqrt(0 + 4 + 16 + 36)) <= 1e-5

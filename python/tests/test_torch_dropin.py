@@ -315,3 +315,65 @@ def test_rejected_inputs_change_nothing(rng):
     assert torch.equal(good.grad, before)
     with pytest.raises(ValueError, match="nonfinite"):
         gt.clip_grad_norm_([good], 0.1, nonfinite="maybe")
+
+
+# ---- threads and autograd ------------------------------------------------------------
+
+def _thread_worker(seed, calls, errors, use_list):
+    import threading  # noqa: F401  (run inside a thread)
+    g = torch.Generator().manual_seed(seed)
+    m = torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.Linear(96, 32))
+    for k in range(calls):
+        for p in m.parameters():
+            p.grad = torch.randn(p.shape, generator=g) * (seed + 1)
+        ref = [p.grad.double().numpy().copy() for p in m.parameters()]
+        want = ref_norm(ref, 2.0)
+        coef = min(1.0, 1.0 / (want + 1e-6))
+        params = list(m.parameters()) if use_list else m.parameters()
+        n = float(gt.clip_grad_norm_(params, 1.0))
+        t = float(gt.get_total_norm([p.grad for p in m.parameters()]))
+        if abs(n - want) > 1e-5 * want or abs(t - want * coef) > 1e-4 * want * coef:
+            errors.append(f"seed {seed} call {k}: norm {n} / {t}, want {want}")
+        for p, r in zip(m.parameters(), ref):
+            if not np.allclose(p.grad.double().numpy(), r * coef, rtol=1e-5, atol=0):
+                errors.append(f"seed {seed} call {k}: a gradient is not its own clip")
+                break
+
+
+@pytest.mark.parametrize("use_list", [True, False], ids=["list", "generator"])
+def test_threads_clipping_their_own_models_get_their_own_results(use_list):
+    # each thread clips its own model of the same shapes: every call must see
+    # its own norm and scale its own gradients (one shared plan rebound by
+    # another thread between the bind and the run clipped the wrong model)
+    import threading
+    errors = []
+    threads = [threading.Thread(target=_thread_worker, args=(s, 150, errors, use_list))
+               for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:5]
+
+
+def test_in_place_writes_bump_the_autograd_version():
+    # gclip writes the gradients' memory itself: like PyTorch's in-place ops
+    # it must tell autograd, or a graph that saved the tensor backpropagates
+    # through the clipped values without a word
+    p = torch.nn.Parameter(torch.zeros(2))
+    for call in (lambda ps: gt.clip_grad_norm_(ps, 1.0),
+                 lambda ps: gt.clip_grad_norm_(tuple(ps), 1.0),
+                 lambda ps: gt.clip_grad_value_(ps, 1.0),
+                 lambda ps: gt.clip_grads_with_norm_(ps, 1.0, torch.tensor(5.0))):
+        p.grad = torch.tensor([3.0, 4.0])
+        v0 = p.grad._version
+        call([p])
+        assert p.grad._version > v0
+    w = torch.tensor([3.0, 4.0], requires_grad=True)
+    g = w * 1.0
+    loss = (g * g).sum()
+    q = torch.nn.Parameter(torch.zeros(2))
+    q.grad = g.detach()  # shares g's version counter
+    gt.clip_grad_norm_([q], 1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
