@@ -504,17 +504,28 @@ def get_total_norm(tensors: _tensor_or_tensors, norm_type: float = 2.0,
 def _get_total_norm_impl(tensors, norm_type, error_if_nonfinite, fp32_norm):
     dtypes = list(map(_get_dtype, tensors))
     single = _single_device(tensors)
-    if single is not None and _fast_dtypes(dtypes, fp32_norm) and norm_type > 0:
-        device, dev_index = single
-        stream = _current_stream(dev_index)
-        entry = _bind(tensors, device, dev_index, stream, dtypes)
-        plan = entry.plan
-        plan.run("total_norm", plan.options(1.0, norm_type, 1e-6, 1.0, _lib.PROPAGATE), stream)
-        total = entry.norm_view.clone()
-    else:
-        _validate(tensors)
-        total = _combine(_per_tensor_norms(tensors, norm_type, fp32_norm), norm_type,
-                         tensors[0].device)
+    try:
+        if single is not None and _fast_dtypes(dtypes, fp32_norm) and norm_type > 0:
+            device, dev_index = single
+            stream = _current_stream(dev_index)
+            entry = _bind(tensors, device, dev_index, stream, dtypes)
+            plan = entry.plan
+            plan.run("total_norm", plan.options(1.0, norm_type, 1e-6, 1.0, _lib.PROPAGATE), stream)
+            total = entry.norm_view.clone()
+        else:
+            _validate(tensors)
+            total = _combine(_per_tensor_norms(tensors, norm_type, fp32_norm), norm_type,
+                             tensors[0].device)
+    except _lib.GclipError as e:
+        # a plan's tensors must be disjoint, but a norm only reads: PyTorch
+        # counts a repeated or overlapping tensor as often as it is given, and
+        # so do its own operations, used here for such a list
+        if e.status != _lib.OVERLAP:
+            raise
+        low = (torch.float16, torch.bfloat16)
+        total = _combine([torch.linalg.vector_norm(t.float() if fp32_norm and t.dtype in low else t,
+                                                   norm_type) for t in tensors],
+                         norm_type, tensors[0].device)
     if error_if_nonfinite:
         _raise_if_nonfinite(total, norm_type)
     return total

@@ -377,3 +377,17 @@ def test_in_place_writes_bump_the_autograd_version():
     gt.clip_grad_norm_([q], 1.0)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         loss.backward()
+
+
+@pytest.mark.parametrize("p", [2.0, 1.0, math.inf])
+def test_get_total_norm_of_repeated_or_overlapping_tensors_is_pytorchs(p, rng):
+    # a norm only reads: a tensor given twice counts twice, as in PyTorch
+    g = torch.from_numpy(rng.standard_normal(50).astype(np.float32))
+    x = torch.from_numpy(rng.standard_normal(60).astype(np.float32))
+    for ts in ([g, g], [x[:40], x[20:]], [g, x[:40], x[20:], g]):
+        got = gt.get_total_norm(ts, norm_type=p)
+        want = torch.nn.utils.get_total_norm(ts, norm_type=p)
+        ref = ref_norm([t.numpy() for t in ts], p)
+        assert got.dtype == want.dtype
+        assert abs(float(got) - ref) <= 1e-6 * ref
+        assert abs(float(got) - float(want)) <= 1e-5 * ref
