@@ -452,9 +452,10 @@ gclip_status gclip_adaptive_import(gclip_adaptive *ad, const void *host_buf, siz
                           "%llu bytes; this adaptive is of method %u with %u tensors, %u "
                           "histories of %u, %llu bytes",
                           (unsigned)h.method, (unsigned)h.num_tensors, (unsigned)h.rows,
-                          (unsigned)h.history, (unsigned long long)h.state_bytes, (unsigned)mine.method,
-                          (unsigned)mine.num_tensors, (unsigned)mine.rows,
-                          (unsigned)mine.history, (unsigned long long)mine.state_bytes);
+                          (unsigned)h.history, (unsigned long long)h.state_bytes,
+                          (unsigned)mine.method, (unsigned)mine.num_tensors,
+                          (unsigned)mine.rows, (unsigned)mine.history,
+                          (unsigned long long)mine.state_bytes);
     if (size < sizeof h + h.state_bytes)
         return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
                           "%zu bytes: the state needs %zu", size,

@@ -390,9 +390,10 @@ GCLIP_API gclip_status gclip_norm_accumulate(gclip_plan *plan, const gclip_norm_
 /* Phase 2: fold `count` partials at `partials` (plan-device memory, read at
  * execution, folded in index order) into the norm, coefficient, factor and
  * flags of the result slot; partials == NULL with count == 0 folds the plan's
- * own partial (INVALID_ARGUMENT before any gclip_norm_accumulate). Partials with another fingerprint than `options` give the
- * slot status GCLIP_STATUS_MISMATCH and factor 1. Nothing is written to the
- * gradients. One single-block launch. */
+ * own partial (INVALID_ARGUMENT before any gclip_norm_accumulate). Partials
+ * with another fingerprint than `options` give the slot status
+ * GCLIP_STATUS_MISMATCH and factor 1. Nothing is written to the gradients.
+ * One single-block launch. */
 GCLIP_API gclip_status gclip_norm_finalize(gclip_plan *plan, const gclip_norm_options *options,
                                            const gclip_partial *partials, size_t count,
                                            gclip_stream stream);
