@@ -471,6 +471,14 @@ class AdaptiveClipper(Clipper):
                 f"gradients; this call has {count}. Keep the set of gradients fixed "
                 "(parameters whose .grad is None are left out)")
 
+    def _check_count(self, count: int) -> None:
+        """Raise ValueError, changing nothing, if a per-tensor state held or
+        loaded does not fit `count` gradients."""
+        if self._adaptive is not None:
+            self._check_fits(count, None)
+        elif self._pending is not None:
+            self._check_fits(count, self._pending)
+
     def _get_plan(self, key) -> Plan:
         device, sig = key
         return self._adaptive_for(
@@ -574,6 +582,38 @@ class AdaptiveClipper(Clipper):
 def _torch():
     import torch
     return torch
+
+
+def _gradients_and_owners(model_or_parameters):
+    """The gradients, as _gradients picks them, and the identities of the
+    parameters they belong to (None when some gradient was given as a tensor
+    of its own, whose identity says nothing from one step to the next)."""
+    torch = _torch()
+    x = model_or_parameters
+    items = [x] if isinstance(x, torch.Tensor) else list(
+        x.parameters() if isinstance(x, torch.nn.Module) else x)
+    grads, owners = [], []
+    for t in items:
+        if isinstance(t, torch.nn.Parameter) or (t.requires_grad and t.is_leaf):
+            if t.grad is not None:
+                grads.append(t.grad)
+                owners.append(id(t))
+        else:
+            grads.append(t)  # a gradient given as itself: no owner to follow
+    return grads, (tuple(owners) if len(owners) == len(grads) else None)
+
+
+def _check_owners(clipper, before, now):
+    """`now` if the per-tensor state of `clipper` may go on with the
+    parameters `now`; ValueError, before anything is written, when a
+    per-tensor method's set of parameters with gradients changed (its state
+    slot i would go to another parameter's gradient)."""
+    if before is not None and now is not None and now != before and clipper._per_tensor():
+        raise ValueError(
+            f"gclip: this {clipper.method} clipper keeps a state per tensor; the parameters "
+            "with a gradient changed since the last step (same count, other parameters). "
+            "Keep the set of gradients fixed (parameters whose .grad is None are left out)")
+    return now
 
 
 def _gradients(model_or_parameters) -> list:
@@ -710,9 +750,10 @@ class _OneClipper(_Hyperparameters):
 
     def _step(self, model_or_parameters, inv_scale):
         """The adaptive step; False when there is no gradient."""
-        grads = _gradients(model_or_parameters)
+        grads, owners = _gradients_and_owners(model_or_parameters)
         if not grads:
             return False
+        self._owners = _check_owners(self._clipper, getattr(self, "_owners", None), owners)
         self._clipper.step(grads, inv_scale=inv_scale)
         return True
 
@@ -740,6 +781,7 @@ class _OneClipper(_Hyperparameters):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._clipper.load_state_dict(state_dict)
+        self._owners = None  # the loaded state's tensors are the next step's
 
 
 class ZClip(_OneClipper):
@@ -886,10 +928,21 @@ class QuantileClip(_Hyperparameters):
     def step(self) -> None:
         """Clip the gradients of the parameters in place (no return value,
         as the reference)."""
-        for params, clipper in zip(self._sets, self._clippers):
-            grads = [p.grad for p in params if p.grad is not None]
+        # every group checked before any is clipped: a refused step writes nothing
+        work = []
+        owners = getattr(self, "_owners", None) or [None] * len(self._sets)
+        new_owners = []
+        for k, (params, clipper) in enumerate(zip(self._sets, self._clippers)):
+            with_grad = [p for p in params if p.grad is not None]
+            now = _check_owners(clipper, owners[k], tuple(map(id, with_grad)))
+            if with_grad:
+                clipper._check_count(len(with_grad))
+            new_owners.append(now)
+            work.append((clipper, [p.grad for p in with_grad]))
+        for clipper, grads in work:
             if grads:
                 clipper.step(grads)
+        self._owners = new_owners
 
     def info(self, group: int = 0) -> AdaptiveInfo:
         """The last step's decision of a parameter group (of all parameters
@@ -921,6 +974,7 @@ class QuantileClip(_Hyperparameters):
         installs = [c._prepare_load(s) for c, s in zip(self._clippers, saved)]
         for install in installs:
             install()
+        self._owners = None  # the loaded states' tensors are the next step's
         if not self.global_threshold:
             for g, c in zip(self.parameter_groups, self._clippers):
                 g["quantile"] = c._hp["quantile"]
@@ -1009,6 +1063,10 @@ class AGCClipper(Clipper):
                 raise ValueError(f"gclip: parameter {k} is not dense; pass a contiguous array")
         if units is None:
             units = [_units(getattr(p, "shape", ())) for p in params]
+        units = list(units)
+        if len(units) != len(params):
+            raise ValueError(f"gclip: {len(units)} units for {len(params)} parameters; give one "
+                             "per parameter (rows along dim 0, 1 for ndim <= 1)")
         plan = self._bind(grads, s, True)
         key = (plan.key, tuple((i.ptr, i.numel, i.dtype) for i in infos), tuple(units))
         agc = self._agcs.get(key)

@@ -28,6 +28,9 @@ _SUPPORTED = {"float32", "float16", "bfloat16", "float64"}
 def _leaves(tree):
     leaves, treedef = jax.tree_util.tree_flatten(tree)
     for i, x in enumerate(leaves):
+        if not hasattr(x, "dtype"):
+            raise TypeError(f"gclip: leaf {i} is a {type(x).__name__}, not an array; gclip takes "
+                            "arrays (jax.numpy.asarray makes one)")
         if str(x.dtype) not in _SUPPORTED:
             raise TypeError(f"gclip: leaf {i} has dtype {x.dtype}; gclip takes float32, float16, "
                             "bfloat16 and float64")

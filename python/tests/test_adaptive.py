@@ -872,3 +872,75 @@ def test_cuda_graph_replay_updates_the_state_as_eager_steps(rng):
         assert torch.equal(ref, out)
         assert_grads_equal(grads_of(m_e), grads_of(m_g))
     assert torch.equal(eager.state_dict()["state"], graphed.state_dict()["state"])
+
+
+# ---- a per-tensor state follows its parameters ------------------------------------------
+
+def _swap_step(make, step):
+    # two parameters with gradients, then a different two: same count and
+    # shapes, other parameters
+    p = [torch.nn.Parameter(torch.zeros(3)) for _ in range(3)]
+    clip = make(p)
+    p[0].grad = torch.full((3,), 1.0)
+    p[1].grad = torch.full((3,), 1.0)
+    step(clip, p)
+    p[0].grad = None
+    p[1].grad = torch.full((3,), 1.0)
+    p[2].grad = torch.full((3,), 5.0)
+    return clip, p
+
+
+@pytest.mark.parametrize("name", ["quantile", "adagc"])
+def test_per_tensor_state_refuses_another_set_of_parameters_and_writes_nothing(name):
+    # state slot i belongs to a parameter: given another parameter's gradient
+    # it would clip it by a history that is not its own (autoclip keeps a
+    # state per parameter and does not clip p[2] here)
+    if name == "quantile":
+        make, step = (lambda p: gt.QuantileClip(p, history_length=5)), (lambda c, p: c.step())
+    else:
+        make, step = (lambda p: gt.AdaGC(warmup_steps=0)), (lambda c, p: c.step(p))
+    clip, p = _swap_step(make, step)
+    before = [q.grad.clone() for q in p[1:]]
+    with pytest.raises(ValueError, match="parameters with a gradient changed"):
+        step(clip, p)
+    assert all(torch.equal(q.grad, b) for q, b in zip(p[1:], before))
+    # the same parameters as before go on
+    p[0].grad, p[2].grad = torch.full((3,), 1.0), None
+    step(clip, p)
+
+
+def test_zclip_follows_no_parameter_and_accepts_another_set():
+    clip, p = _swap_step(lambda p: gt.ZClip(), lambda c, p: c.step(p))
+    clip.step(p)  # one global state: any gradients of the same count
+
+
+def test_quantile_clip_groups_are_all_checked_before_any_is_clipped():
+    a, b, c = (torch.nn.Parameter(torch.zeros(n)) for n in (4, 3, 3))
+    qc = gt.QuantileClip([{"params": [a]}, {"params": [b, c]}], history_length=5)
+    g = torch.Generator().manual_seed(4)
+    for _ in range(3):
+        a.grad, b.grad, c.grad = (torch.randn(n, generator=g) for n in (4, 3, 3))
+        qc.step()
+    a.grad = torch.randn(4, generator=g) * 100
+    b.grad, c.grad = torch.randn(3, generator=g), None
+    before, steps = a.grad.clone(), qc.statistics(0)["steps"]
+    with pytest.raises(ValueError):
+        qc.step()
+    assert torch.equal(a.grad, before)
+    assert qc.statistics(0)["steps"] == steps
+
+
+def test_agc_units_must_be_one_per_parameter():
+    P = np.ones((4, 3), np.float32)
+    G = np.ones((4, 3), np.float32) * 10
+    agc = gclip.AGCClipper()
+    for units in ([4, 4], []):
+        with pytest.raises(ValueError, match="units for 1 parameters"):
+            agc.step([P], [G], units=units)
+    assert np.all(G == 10)
+
+
+def test_jax_functions_name_a_leaf_that_is_not_an_array():
+    gj = pytest.importorskip("gclip.jax")
+    with pytest.raises(TypeError, match="leaf 0 is a float"):
+        gj.global_norm([1.0, 2.0])
