@@ -103,6 +103,11 @@ static gclip_status explain_mismatch(gclip_dist_plan *p)
                                "the ranks)");
     const uint32_t mine = p->host_view[p->offsets[0] + (size_t)p->ranks[0]].fingerprint;
     const uint32_t poison = p->poison_value.fingerprint;
+    if (mine == poison)
+        return gclip_dist_fail(GCLIP_STATUS_MISMATCH,
+                               "this rank's own part of the step was rejected or failed, so it "
+                               "sent the poison partial; nothing was written on any rank "
+                               "(its call returned why)");
     char list[512] = "";
     size_t used = 0, named = 0, more = 0;
     for (size_t g = 0; g < p->num_groups; g++)
@@ -149,6 +154,17 @@ static gclip_status finalize_and_apply(gclip_dist_plan *p, const gclip_norm_opti
     return GCLIP_STATUS_SUCCESS;
 }
 
+/* After a step whose local part failed: the finalize of the gathered
+ * partials, which hold this rank's poison, so that the slot says MISMATCH
+ * and no factor of an earlier step stays pending to be applied here alone
+ * (the peers' slots say MISMATCH too). The options are the defaults: the
+ * caller's may be what was rejected. Writes no gradient. */
+static void withdraw_factor(gclip_dist_plan *p, gclip_stream stream)
+{
+    const gclip_norm_options d = gclip_norm_options_default();
+    (void)gclip_norm_finalize(p->apply, &d, p->gather, total_partials(p), stream);
+}
+
 /* The status of the plan's last step, from its result slot: what
  * gclip_dist_get_result returns. */
 static gclip_status slot_status(gclip_dist_plan *p, gclip_result *r)
@@ -193,6 +209,8 @@ static gclip_status run_step(gclip_dist_plan *p, const gclip_norm_options *optio
     s = p->transport->gather(p, stream);
     if (s == GCLIP_STATUS_SUCCESS && local == GCLIP_STATUS_SUCCESS)
         s = finalize_and_apply(p, options, apply, stream);
+    else if (s == GCLIP_STATUS_SUCCESS)
+        withdraw_factor(p, stream);
     const gclip_status e = p->memory->end(p, stream);
     if (local != GCLIP_STATUS_SUCCESS)
         return gclip_dist_fail(local, "%s", local_detail); /* this rank's own failure first */

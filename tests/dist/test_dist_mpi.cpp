@@ -297,6 +297,42 @@ TEST(DistMpi, ARankWhoseOptionsAreRejectedDoesNotLeaveItsPeersWaiting)
     EXPECT_NE(job.w.checksum(), before);
 }
 
+// A factor computed by every rank, then a step whose options one rank's call
+// rejects: no rank may keep the first factor pending, or the rejected rank
+// alone would apply it and the ranks' gradients would part. Every slot says
+// MISMATCH, the rejected rank's saying that its own part failed, and an
+// apply writes nothing anywhere.
+TEST(DistMpi, ARejectedStepLeavesNoEarlierFactorPendingOnAnyRank)
+{
+    const auto &global = global_set(1007);
+    Job job(global, true);
+    const uint64_t before = job.w.checksum();
+    const bool last = world_rank() == world_size() - 1;
+    gclip_norm_options o = options(0.01f, 2.0f);
+    ASSERT_EQ(gclip_dist_compute_clip_factor(job.plan.get(), &o, nullptr), GCLIP_STATUS_SUCCESS)
+        << gclip_dist_last_error();
+    if (last)
+        o.max_norm = -1.0f;
+    const gclip_status s = gclip_dist_compute_clip_factor(job.plan.get(), &o, nullptr);
+    EXPECT_EQ(s, last ? GCLIP_STATUS_INVALID_ARGUMENT : GCLIP_STATUS_MISMATCH);
+    gclip_result r{};
+    EXPECT_EQ(gclip_dist_get_result(job.plan.get(), &r), GCLIP_STATUS_MISMATCH);
+    if (last)
+        EXPECT_NE(std::string(gclip_dist_last_error()).find("this rank's own part"),
+                  std::string::npos)
+            << gclip_dist_last_error();
+    EXPECT_EQ(r.applied, 0);
+    (void)gclip_dist_apply_clip_factor(job.plan.get(), nullptr);
+    EXPECT_NE(gclip_dist_get_result(job.plan.get(), &r), GCLIP_STATUS_SUCCESS); // nothing pending
+    EXPECT_EQ(r.applied, 0);
+    EXPECT_EQ(job.w.checksum(), before) << "rank " << world_rank();
+    // and the job carries on
+    o.max_norm = 0.01f;
+    EXPECT_EQ(gclip_dist_clip_grad_norm(job.plan.get(), &o, nullptr), GCLIP_STATUS_SUCCESS)
+        << gclip_dist_last_error();
+    EXPECT_NE(job.w.checksum(), before);
+}
+
 TEST(DistMpi, GroupsThatDisagreeAreRejectedWhenThePlanIsBuilt)
 {
     if (world_size() < 2)
