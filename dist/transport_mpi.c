@@ -74,6 +74,8 @@ static gclip_status exchange_layouts(uint64_t mine, const MPI_Comm *comms, const
         return gclip_dist_fail(GCLIP_STATUS_OUT_OF_MEMORY, "host allocation failed");
     gclip_status result = GCLIP_STATUS_SUCCESS;
     for (size_t g = 0; g < num_groups; g++) {
+        if (sizes[g] == 0)
+            continue; /* a communicator this rank could not query: no collective on it */
         const int err = MPI_Allgather(&mine, 1, MPI_UINT64_T, words, 1, MPI_UINT64_T, comms[g]);
         if (result != GCLIP_STATUS_SUCCESS)
             continue; /* the first failure's detail is kept */
@@ -112,24 +114,28 @@ gclip_status gclip_dist_plan_create_mpi(gclip_dist_plan **plan, const gclip_dist
         free(sizes);
         return gclip_dist_fail(GCLIP_STATUS_OUT_OF_MEMORY, "host allocation failed");
     }
+    gclip_status st = GCLIP_STATUS_SUCCESS;
     for (size_t g = 0; g < num_groups; g++) {
         int err = comms[g] == MPI_COMM_NULL ? MPI_ERR_COMM : MPI_Comm_rank(comms[g], &ranks[g]);
         if (err == MPI_SUCCESS)
             err = MPI_Comm_size(comms[g], &sizes[g]);
         if (err != MPI_SUCCESS) {
-            /* no collective can be joined on a communicator we cannot query */
-            free(ranks);
-            free(sizes);
-            return mpi_fail(err, "MPI_Comm_rank/MPI_Comm_size of a group's communicator");
+            /* no collective can be joined on a communicator we cannot query
+             * (size 0 marks it); the others still get this rank's failure */
+            sizes[g] = 0;
+            if (st == GCLIP_STATUS_SUCCESS)
+                st = comms[g] == MPI_COMM_NULL
+                         ? gclip_dist_fail(GCLIP_STATUS_INVALID_ARGUMENT,
+                                           "group %zu: the communicator is MPI_COMM_NULL", g)
+                         : mpi_fail(err, "MPI_Comm_rank/MPI_Comm_size of a group's communicator");
         }
     }
 
     gclip_dist_plan *p = NULL;
-    mpi_state *s = calloc(1, sizeof *s);
-    gclip_status st = GCLIP_STATUS_SUCCESS;
+    mpi_state *s = st == GCLIP_STATUS_SUCCESS ? calloc(1, sizeof *s) : NULL;
     if (s)
         s->comms = calloc(num_groups, sizeof *s->comms);
-    if (!s || !s->comms)
+    if (st == GCLIP_STATUS_SUCCESS && (!s || !s->comms))
         st = gclip_dist_fail(GCLIP_STATUS_OUT_OF_MEMORY, "host allocation failed");
     if (st == GCLIP_STATUS_SUCCESS)
         st = gclip_dist_build(&p, tensors, count, GCLIP_DEVICE_CPU, ranks, sizes, num_groups,

@@ -362,6 +362,18 @@ TEST(DistMpi, GroupsThatDisagreeAreRejectedWhenThePlanIsBuilt)
         EXPECT_NE(std::string(gclip_dist_last_error()).find("could not build its plan"),
                   std::string::npos)
             << gclip_dist_last_error();
+
+    // a rank given MPI_COMM_NULL for a later group still joins the first
+    // group's exchange, so its peers there fail too instead of waiting
+    Rank w2 = distw::make_rank(global, layout(false));
+    const std::vector<MPI_Comm> with_null{MPI_COMM_WORLD, last ? MPI_COMM_NULL : MPI_COMM_SELF};
+    EXPECT_EQ(gclip_dist_plan_create_mpi(&p, w2.entries.data(), w2.entries.size(),
+                                         with_null.data(), with_null.size()),
+              last ? GCLIP_STATUS_INVALID_ARGUMENT : GCLIP_STATUS_MISMATCH);
+    EXPECT_EQ(p, nullptr);
+    if (last)
+        EXPECT_NE(std::string(gclip_dist_last_error()).find("MPI_COMM_NULL"), std::string::npos)
+            << gclip_dist_last_error();
 }
 
 TEST(DistMpi, FactorThenApplyEqualsTheClip)
