@@ -263,6 +263,7 @@ gclip_status gclip_dist_accumulate(gclip_dist_plan *plan, const gclip_norm_optio
     gclip_status s = check_plan(plan);
     if (s != GCLIP_STATUS_SUCCESS)
         return s;
+    plan->accumulated = 1; /* its send partial is set, the poison if it failed */
     s = begin_and_accumulate(plan, options, stream);
     const gclip_status e = plan->memory->end(plan, stream);
     return s == GCLIP_STATUS_SUCCESS ? e : s;
@@ -275,6 +276,10 @@ gclip_status gclip_dist_finalize(gclip_dist_plan *plan, const gclip_norm_options
     gclip_status s = check_plan(plan);
     if (s != GCLIP_STATUS_SUCCESS)
         return s;
+    if (!plan->accumulated)
+        return gclip_dist_fail(GCLIP_STATUS_INVALID_ARGUMENT,
+                               "no gclip_dist_accumulate has run on this plan: accumulate, "
+                               "gather the partials, then finalize");
     s = plan->memory->begin(plan, stream);
     if (s == GCLIP_STATUS_SUCCESS)
         s = finalize_and_apply(plan, options, 0, stream);

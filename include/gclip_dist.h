@@ -263,7 +263,8 @@ GCLIP_DIST_API gclip_status gclip_dist_plan_gather_buffer(const gclip_dist_plan 
                                                           size_t *count);
 
 /* Fold the gather buffer, group by group and rank by rank, into the result
- * slot (gclip_norm_finalize). Nothing is written to the gradients. */
+ * slot (gclip_norm_finalize). Nothing is written to the gradients.
+ * INVALID_ARGUMENT before any gclip_dist_accumulate on the plan. */
 GCLIP_DIST_API gclip_status gclip_dist_finalize(gclip_dist_plan *plan,
                                                 const gclip_norm_options *options,
                                                 gclip_stream stream);

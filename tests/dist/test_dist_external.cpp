@@ -364,6 +364,11 @@ TEST(DistExternal, ArgumentsAreCheckedAndNamed)
     DistPlanPtr plan(p);
 
     gclip_norm_options o = options(0.1f, 2.0f);
+    // a finalize before any accumulate says so (it said the options differed)
+    EXPECT_EQ(gclip_dist_finalize(plan.get(), &o, nullptr), GCLIP_STATUS_INVALID_ARGUMENT);
+    EXPECT_NE(std::string(gclip_dist_last_error()).find("no gclip_dist_accumulate"),
+              std::string::npos)
+        << gclip_dist_last_error();
     EXPECT_EQ(gclip_dist_clip_grad_norm(plan.get(), &o, nullptr), GCLIP_STATUS_NOT_SUPPORTED);
     EXPECT_EQ(gclip_dist_accumulate(plan.get(), nullptr, nullptr), GCLIP_STATUS_INVALID_ARGUMENT);
     float norms[64];
