@@ -105,10 +105,8 @@ void gclip_agc_cpu(gclip_plan *plan, const gclip_norm_params *np)
     const gclip_agc_device *a = np->agc;
     const gclip_tensor_desc *tensors = plan->tensors;
     const int64_t n = (int64_t)a->num_pieces;
-    int threads = gclip_cpu_threads(plan);
-    if (threads > n)
-        threads = n > 1 ? (int)n : 1; /* no thread without a piece */
-#pragma omp parallel num_threads(threads) if (n > 1 && threads > 1)
+    const int threads = gclip_cpu_team(plan, n);
+#pragma omp parallel num_threads(threads) if (threads > 1)
     {
         /* A unit of one piece (every row up to 16384 elements) is scaled
          * right after its sums, while its gradient is still in the cache;

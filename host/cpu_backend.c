@@ -23,6 +23,14 @@ int gclip_cpu_threads(const gclip_plan *plan)
     return plan->total_elems < GCLIP_CPU_PARALLEL_ELEMS ? 1 : omp_get_max_threads();
 }
 
+int gclip_cpu_team(const gclip_plan *plan, int64_t items)
+{
+    const int threads = gclip_cpu_threads(plan);
+    if (items >= threads)
+        return threads;
+    return items > 1 ? (int)items : 1;
+}
+
 /* The threads take the chunks in grains: runs of contiguous chunks of about
  * GRAIN_WEIGHT, a chunk weighing its elements plus GCLIP_CPU_CHUNK_WEIGHT.
  * The grains are split among the threads in equal runs (a
@@ -101,14 +109,13 @@ void gclip_cpu_walk_chunks(const gclip_plan *plan, gclip_cpu_run_fn fn, const vo
                            int reverse)
 {
     const gclip_cpu_state *st = plan->engine;
-    const int threads = gclip_cpu_threads(plan);
     const int64_t ng = st->num_grains;
-    if (threads == 1 || ng <= 1) {
+    const int threads = gclip_cpu_team(plan, ng);
+    if (threads == 1) {
         walk_grains(st, 0, ng, reverse, plan, fn, arg);
         return;
     }
-    /* no thread without a grain */
-#pragma omp parallel num_threads(threads < ng ? threads : (int)ng)
+#pragma omp parallel num_threads(threads)
     {
         int64_t lo, hi;
         thread_grains(ng, omp_get_thread_num(), omp_get_num_threads(), &lo, &hi);

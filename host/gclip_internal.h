@@ -198,6 +198,9 @@ void gclip_fold_partials_cpu(const gclip_chunk *chunks, uint32_t num_chunks, uin
 
 /* OpenMP threads for a CPU plan. */
 int gclip_cpu_threads(const gclip_plan *plan);
+/* The threads of a parallel region over `items` pieces of work: the plan's
+ * count, but no thread without a piece (and at least one). */
+int gclip_cpu_team(const gclip_plan *plan, int64_t items);
 /* The most gclip_plan_set_num_threads accepts (documented in gclip.h). */
 #define GCLIP_CPU_MAX_THREADS 1024
 /* Calls fn(plan, first, last, arg) on runs of contiguous chunks [first, last)

@@ -191,9 +191,7 @@ void gclip_tensor_clip_cpu(gclip_plan *plan, const gclip_norm_params *np)
     const gclip_scalars sc = gclip_resolve_scalars(np);
     const gclip_read_arg a = {st->partials, np->kind, np->p};
     const gclip_cpu_run_fn read = gclip_cpu_read_run();
-    int threads = gclip_cpu_threads(plan);
-    if ((uint32_t)threads > plan->num_chunks)
-        threads = plan->num_chunks > 1 ? (int)plan->num_chunks : 1; /* no thread without a chunk */
+    const int threads = gclip_cpu_team(plan, plan->num_chunks);
     if (threads < 2) {
         for (uint32_t s = 0; s < st->num_segments; s++)
             segment_part(plan, s, 0, 1, &a, read, np, &sc);

@@ -445,8 +445,7 @@ class AdaptiveClipper(Clipper):
             return ad
         count = len(key[1])
         carry = self._pending if ad is None else None
-        if ad is not None or carry is not None:
-            self._check_fits(count, carry)
+        self._check_count(count)
         plan = make_plan()
         plan.key = key
         if self.num_threads is not None:
@@ -585,22 +584,13 @@ def _torch():
 
 
 def _gradients_and_owners(model_or_parameters):
-    """The gradients, as _gradients picks them, and the identities of the
-    parameters they belong to (None when some gradient was given as a tensor
-    of its own, whose identity says nothing from one step to the next)."""
+    """The gradients of a module, a tensor or an iterable of tensors, picked
+    as gclip.torch's drop-ins pick them, and their parameters' identities
+    (gclip.torch._grads_and_owners)."""
     torch = _torch()
+    from .torch import _grads_and_owners
     x = model_or_parameters
-    items = [x] if isinstance(x, torch.Tensor) else list(
-        x.parameters() if isinstance(x, torch.nn.Module) else x)
-    grads, owners = [], []
-    for t in items:
-        if isinstance(t, torch.nn.Parameter) or (t.requires_grad and t.is_leaf):
-            if t.grad is not None:
-                grads.append(t.grad)
-                owners.append(id(t))
-        else:
-            grads.append(t)  # a gradient given as itself: no owner to follow
-    return grads, (tuple(owners) if len(owners) == len(grads) else None)
+    return _grads_and_owners(x.parameters() if isinstance(x, torch.nn.Module) else x)
 
 
 def _check_owners(clipper, before, now):
@@ -619,10 +609,7 @@ def _check_owners(clipper, before, now):
 def _gradients(model_or_parameters) -> list:
     """The gradients of a module, a tensor or an iterable of tensors, picked
     as gclip.torch's drop-ins pick them."""
-    torch = _torch()
-    from .torch import _grads_of
-    x = model_or_parameters
-    return _grads_of(x.parameters() if isinstance(x, torch.nn.Module) else x)
+    return _gradients_and_owners(model_or_parameters)[0]
 
 
 _SMALL_PLAN = 1 << 20  # elements below which a CPU plan runs on one thread
@@ -747,13 +734,14 @@ class _OneClipper(_Hyperparameters):
 
     def __init__(self, method: str, hp: dict, nonfinite: str):
         self._clipper = TorchAdaptiveClipper(method, nonfinite=nonfinite, **hp)
+        self._owners = None  # the parameters of the last step (per-tensor methods)
 
     def _step(self, model_or_parameters, inv_scale):
         """The adaptive step; False when there is no gradient."""
         grads, owners = _gradients_and_owners(model_or_parameters)
         if not grads:
             return False
-        self._owners = _check_owners(self._clipper, getattr(self, "_owners", None), owners)
+        self._owners = _check_owners(self._clipper, self._owners, owners)
         self._clipper.step(grads, inv_scale=inv_scale)
         return True
 
@@ -924,13 +912,14 @@ class QuantileClip(_Hyperparameters):
                 "autoclip", nonfinite=nonfinite, quantile=g["quantile"],
                 history_length=g["history_length"]) for g in self.parameter_groups]
         self._clipper = self._clippers[0]
+        self._owners = [None] * len(self._sets)  # each set's parameters at the last step
 
     def step(self) -> None:
         """Clip the gradients of the parameters in place (no return value,
         as the reference)."""
         # every group checked before any is clipped: a refused step writes nothing
         work = []
-        owners = getattr(self, "_owners", None) or [None] * len(self._sets)
+        owners = self._owners
         new_owners = []
         for k, (params, clipper) in enumerate(zip(self._sets, self._clippers)):
             with_grad = [p for p in params if p.grad is not None]
@@ -974,7 +963,7 @@ class QuantileClip(_Hyperparameters):
         installs = [c._prepare_load(s) for c, s in zip(self._clippers, saved)]
         for install in installs:
             install()
-        self._owners = None  # the loaded states' tensors are the next step's
+        self._owners = [None] * len(self._sets)  # the loaded states' are the next step's
         if not self.global_threshold:
             for g, c in zip(self.parameter_groups, self._clippers):
                 g["quantile"] = c._hp["quantile"]

@@ -629,6 +629,12 @@ class Clipper(_core.Clipper):
         optimizer_step_unless(res["nonfinite"])
     """
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # this Clipper's own plans: a pending factor, the result slot and the
+        # bound pointers are never touched by the drop-ins or another Clipper
+        self._plan_cache = _PlanCache()
+
     def _describe(self, tensors, stream):
         grads = _grads_of(tensors)
         _validate(grads)
@@ -644,12 +650,7 @@ class Clipper(_core.Clipper):
         device, dev_index = single
         if stream == 0 and dev_index >= 0:
             stream = _current_stream(dev_index)
-        # this Clipper's own plans: a pending factor, the result slot and the
-        # bound pointers are never touched by the drop-ins or another Clipper
-        cache = self.__dict__.get("_plan_cache")
-        if cache is None:
-            cache = self._plan_cache = _PlanCache()
-        entry = _bind(grads, device, dev_index, stream, cache=cache)
+        entry = _bind(grads, device, dev_index, stream, cache=self._plan_cache)
         _use_threads(entry, self.num_threads)
         if writable:
             _written(grads)
@@ -678,16 +679,25 @@ class Clipper(_core.Clipper):
         return out
 
 
-def _grads_of(tensors) -> List[Tensor]:
+def _grads_and_owners(tensors):
+    """The gradients of parameters (their .grad, None skipped) or tensors
+    (themselves), and the identities of the parameters they belong to (None
+    when some gradient was given as a tensor of its own, whose identity says
+    nothing from one step to the next)."""
     items = [tensors] if isinstance(tensors, Tensor) else list(tensors)
-    out = []
+    out, owners = [], []
     for t in items:
         if isinstance(t, torch.nn.Parameter) or (t.requires_grad and t.is_leaf):
             if t.grad is not None:
                 out.append(t.grad)
+                owners.append(id(t))
         else:
             out.append(t)
-    return out
+    return out, (tuple(owners) if len(owners) == len(out) else None)
+
+
+def _grads_of(tensors) -> List[Tensor]:
+    return _grads_and_owners(tensors)[0]
 
 
 from . import _torch_ops  # noqa: E402,F401  (registers torch.ops.gclip.*)

@@ -269,15 +269,32 @@ TEST(DistMpi, MismatchedOptionsGiveAClearStatusOnEveryRank)
     }
 }
 
+// After a step one rank's options spoiled: good options clip again, on every
+// rank (the gradients were `before` until then).
+void expect_the_job_carries_on(Job &job, uint64_t before)
+{
+    const gclip_norm_options o = options(0.01f, 2.0f);
+    EXPECT_EQ(gclip_dist_clip_grad_norm(job.plan.get(), &o, nullptr), GCLIP_STATUS_SUCCESS)
+        << gclip_dist_last_error();
+    EXPECT_NE(job.w.checksum(), before);
+}
+
+// The last rank's options are rejected (max_norm -1); the others keep them.
+gclip_norm_options options_rejected_on_the_last_rank()
+{
+    gclip_norm_options o = options(0.01f, 2.0f);
+    if (world_rank() == world_size() - 1)
+        o.max_norm = -1.0f;
+    return o;
+}
+
 TEST(DistMpi, ARankWhoseOptionsAreRejectedDoesNotLeaveItsPeersWaiting)
 {
     const auto &global = global_set(1004);
     Job job(global, true);
     const uint64_t before = job.w.checksum();
     const bool last = world_rank() == world_size() - 1;
-    gclip_norm_options o = options(0.01f, 2.0f);
-    if (last)
-        o.max_norm = -1.0f;
+    const gclip_norm_options o = options_rejected_on_the_last_rank();
     const gclip_status s = gclip_dist_clip_grad_norm(job.plan.get(), &o, nullptr);
     if (last) {
         EXPECT_EQ(s, GCLIP_STATUS_INVALID_ARGUMENT);
@@ -290,11 +307,7 @@ TEST(DistMpi, ARankWhoseOptionsAreRejectedDoesNotLeaveItsPeersWaiting)
             << gclip_dist_last_error();
     }
     EXPECT_EQ(job.w.checksum(), before);
-    // and the job carries on
-    o.max_norm = 0.01f;
-    EXPECT_EQ(gclip_dist_clip_grad_norm(job.plan.get(), &o, nullptr), GCLIP_STATUS_SUCCESS)
-        << gclip_dist_last_error();
-    EXPECT_NE(job.w.checksum(), before);
+    expect_the_job_carries_on(job, before);
 }
 
 // A factor computed by every rank, then a step whose options one rank's call
@@ -308,11 +321,10 @@ TEST(DistMpi, ARejectedStepLeavesNoEarlierFactorPendingOnAnyRank)
     Job job(global, true);
     const uint64_t before = job.w.checksum();
     const bool last = world_rank() == world_size() - 1;
-    gclip_norm_options o = options(0.01f, 2.0f);
-    ASSERT_EQ(gclip_dist_compute_clip_factor(job.plan.get(), &o, nullptr), GCLIP_STATUS_SUCCESS)
+    const gclip_norm_options good = options(0.01f, 2.0f);
+    ASSERT_EQ(gclip_dist_compute_clip_factor(job.plan.get(), &good, nullptr), GCLIP_STATUS_SUCCESS)
         << gclip_dist_last_error();
-    if (last)
-        o.max_norm = -1.0f;
+    const gclip_norm_options o = options_rejected_on_the_last_rank();
     const gclip_status s = gclip_dist_compute_clip_factor(job.plan.get(), &o, nullptr);
     EXPECT_EQ(s, last ? GCLIP_STATUS_INVALID_ARGUMENT : GCLIP_STATUS_MISMATCH);
     gclip_result r{};
@@ -326,11 +338,7 @@ TEST(DistMpi, ARejectedStepLeavesNoEarlierFactorPendingOnAnyRank)
     EXPECT_NE(gclip_dist_get_result(job.plan.get(), &r), GCLIP_STATUS_SUCCESS); // nothing pending
     EXPECT_EQ(r.applied, 0);
     EXPECT_EQ(job.w.checksum(), before) << "rank " << world_rank();
-    // and the job carries on
-    o.max_norm = 0.01f;
-    EXPECT_EQ(gclip_dist_clip_grad_norm(job.plan.get(), &o, nullptr), GCLIP_STATUS_SUCCESS)
-        << gclip_dist_last_error();
-    EXPECT_NE(job.w.checksum(), before);
+    expect_the_job_carries_on(job, before);
 }
 
 TEST(DistMpi, GroupsThatDisagreeAreRejectedWhenThePlanIsBuilt)
