@@ -146,6 +146,10 @@ static gclip_status cpu_init(gclip_plan *plan)
         return gclip_fail(GCLIP_STATUS_OUT_OF_MEMORY, "plan: CPU workspace allocation failed");
     cut_grains(plan, st->grain_first);
     fill_spans(plan);
+    int64_t bytes = 0;
+    for (uint32_t c = 0; c < plan->num_chunks; c++)
+        bytes += st->spans[c].bytes;
+    st->read_pairs = bytes > GCLIP_CPU_PAIR_BYTES;
     gclip_status s = gclip_cpu_cut_segments(plan);
     if (s != GCLIP_STATUS_SUCCESS)
         return s;

@@ -55,6 +55,7 @@
 #define NT GCLIP_BLOCK_THREADS /* threads of one norm-kernel block */
 #define WALK_BATCH 4 /* GCLIP_WALK_BATCH of chunk_walk.cuh */
 #define VEC_BYTES GCLIP_VEC_BYTES
+#define PAIR 2 /* large chunks whose batches one thread reads side by side */
 
 /* Element j of the vector at `vec` (16 bytes of dtype), as float. */
 ALWAYS_INLINE float vec_elem(const char *vec, int32_t dtype, int j)
@@ -308,54 +309,80 @@ ALWAYS_INLINE int any_unsafe(gclip_v8u note, int32_t kind)
  * pages read side by side are four short streams that the hardware
  * prefetchers follow poorly: on 64 Ki-element f32 tensors the read pass ran
  * at 0.75-0.78 of a plain read of the same buffer that way, at 0.85-0.88
- * this way (docs/benchmark.md, "The batch's rows in address order"). */
-ALWAYS_INLINE void batch_rows(const char *row, int32_t dtype, int32_t kind, double *acc)
+ * this way (docs/benchmark.md, "The batch's rows in address order").
+ *
+ * batch_rows_of does this for the batches of nc <= PAIR chunks at once
+ * (rows[k], into accs[k]), each pass 128 bytes of one chunk, then of the
+ * next: one thread reads nc sequential streams instead of one. Each
+ * chunk's additions are those of batch_rows, in its order. */
+ALWAYS_INLINE void batch_rows_of(const char *const *rows, int nc, int32_t dtype, int32_t kind,
+                                  double *const *accs)
 {
     const int64_t rs = (int64_t)NT * VEC_BYTES; /* bytes between the batch's rows */
     enum { WB = 2 * VEC_BYTES, WORDS = NT * VEC_BYTES / WB }; /* words_v8f: bytes, per row */
-    gclip_v8f even[WORDS], odd[WORDS]; /* rows 0 + 2, row 1 */
-    float s[NT];
-    gclip_v8u bad = {0, 0, 0, 0, 0, 0, 0, 0};
-    const char *ahead = row + WALK_BATCH * rs;
-    for (int j = 0; j < WORDS; j += 4) {
-        __builtin_prefetch(ahead + j * WB, 0, 3);
-        __builtin_prefetch(ahead + j * WB + 64, 0, 3);
-        for (int i = 0; i < 4; i++)
-            even[j + i] = words_v8f(row + (j + i) * WB, dtype, kind);
+    gclip_v8f even[PAIR][WORDS], odd[PAIR][WORDS]; /* rows 0 + 2, row 1 */
+    float s[PAIR][NT];
+    gclip_v8u bad[PAIR];
+    for (int k = 0; k < nc; k++)
+        bad[k] = (gclip_v8u){0, 0, 0, 0, 0, 0, 0, 0};
+    for (int j = 0; j < WORDS; j += 4)
+        for (int k = 0; k < nc; k++) {
+            const char *row = rows[k], *ahead = row + WALK_BATCH * rs;
+            __builtin_prefetch(ahead + j * WB, 0, 3);
+            __builtin_prefetch(ahead + j * WB + 64, 0, 3);
+            for (int i = 0; i < 4; i++)
+                even[k][j + i] = words_v8f(row + (j + i) * WB, dtype, kind);
+        }
+    for (int j = 0; j < WORDS; j += 4)
+        for (int k = 0; k < nc; k++) {
+            const char *row = rows[k], *ahead = row + WALK_BATCH * rs;
+            __builtin_prefetch(ahead + rs + j * WB, 0, 3);
+            __builtin_prefetch(ahead + rs + j * WB + 64, 0, 3);
+            for (int i = 0; i < 4; i++)
+                odd[k][j + i] = words_v8f(row + rs + (j + i) * WB, dtype, kind);
+        }
+    for (int j = 0; j < WORDS; j += 4)
+        for (int k = 0; k < nc; k++) {
+            const char *row = rows[k], *ahead = row + WALK_BATCH * rs;
+            __builtin_prefetch(ahead + 2 * rs + j * WB, 0, 3);
+            __builtin_prefetch(ahead + 2 * rs + j * WB + 64, 0, 3);
+            for (int i = 0; i < 4; i++)
+                even[k][j + i] = even[k][j + i] + words_v8f(row + 2 * rs + (j + i) * WB, dtype, kind);
+        }
+    for (int j = 0; j < WORDS; j += 4)
+        for (int k = 0; k < nc; k++) {
+            const char *row = rows[k], *ahead = row + WALK_BATCH * rs;
+            __builtin_prefetch(ahead + 3 * rs + j * WB, 0, 3);
+            __builtin_prefetch(ahead + 3 * rs + j * WB + 64, 0, 3);
+            gclip_v8f w[4];
+            for (int i = 0; i < 4; i++)
+                w[i] = even[k][j + i] +
+                       (odd[k][j + i] + words_v8f(row + 3 * rs + (j + i) * WB, dtype, kind));
+            const gclip_v8f g = group_tree_v8f(w[0], w[1], w[2], w[3]);
+            note_excess(&bad[k], excess_v8f(g, kind), kind);
+            memcpy(&s[k][2 * j], &g, sizeof g);
+        }
+    for (int k = 0; k < nc; k++) {
+        double *acc = accs[k];
+        if (!any_unsafe(bad[k], kind)) {
+            for (int t = 0; t < NT; t++)
+                acc[t] = acc[t] + (double)s[k][t];
+            continue;
+        }
+        for (int t = 0; t < NT; t++) {
+            const double g = gclip_group_safe(s[k][t], kind)
+                                 ? (double)s[k][t]
+                                 : group_value(rows[k] + (int64_t)t * VEC_BYTES, rs, WALK_BATCH,
+                                               dtype, kind);
+            acc[t] = acc[t] + g;
+        }
     }
-    for (int j = 0; j < WORDS; j += 4) {
-        __builtin_prefetch(ahead + rs + j * WB, 0, 3);
-        __builtin_prefetch(ahead + rs + j * WB + 64, 0, 3);
-        for (int i = 0; i < 4; i++)
-            odd[j + i] = words_v8f(row + rs + (j + i) * WB, dtype, kind);
-    }
-    for (int j = 0; j < WORDS; j += 4) {
-        __builtin_prefetch(ahead + 2 * rs + j * WB, 0, 3);
-        __builtin_prefetch(ahead + 2 * rs + j * WB + 64, 0, 3);
-        for (int i = 0; i < 4; i++)
-            even[j + i] = even[j + i] + words_v8f(row + 2 * rs + (j + i) * WB, dtype, kind);
-    }
-    for (int j = 0; j < WORDS; j += 4) {
-        __builtin_prefetch(ahead + 3 * rs + j * WB, 0, 3);
-        __builtin_prefetch(ahead + 3 * rs + j * WB + 64, 0, 3);
-        gclip_v8f w[4];
-        for (int i = 0; i < 4; i++)
-            w[i] = even[j + i] + (odd[j + i] + words_v8f(row + 3 * rs + (j + i) * WB, dtype, kind));
-        const gclip_v8f g = group_tree_v8f(w[0], w[1], w[2], w[3]);
-        note_excess(&bad, excess_v8f(g, kind), kind);
-        memcpy(&s[2 * j], &g, sizeof g);
-    }
-    if (!any_unsafe(bad, kind)) {
-        for (int t = 0; t < NT; t++)
-            acc[t] = acc[t] + (double)s[t];
-        return;
-    }
-    for (int t = 0; t < NT; t++) {
-        const double g = gclip_group_safe(s[t], kind)
-                             ? (double)s[t]
-                             : group_value(row + (int64_t)t * VEC_BYTES, rs, WALK_BATCH, dtype, kind);
-        acc[t] = acc[t] + g;
-    }
+}
+
+/* One full batch of one chunk. */
+ALWAYS_INLINE void batch_rows(const char *row, int32_t dtype, int32_t kind, double *acc)
+{
+    batch_rows_of(&row, 1, dtype, kind, &acc);
 }
 
 /* The groups of the r <= 8 threads t..t+r-1 of a row of single vectors, for
@@ -591,44 +618,72 @@ ALWAYS_INLINE int single_row_chunk(const char *row, int nv, int32_t dtype, int32
     return 1;
 }
 
-/* The partial of the n elements from element `begin` of `data` for a sum
- * kind (L2, L1, P). Inlined with constant dtype and kind. */
-ALWAYS_INLINE double gclip_chunk_sum(const void *data, int32_t dtype, int64_t begin, int64_t n,
-                                     int32_t kind, float p)
+/* A chunk's sum between its batches: where its vectors are, and its
+ * threads' accumulators. */
+typedef struct chunk_sum {
+    const char *base, *vec;
+    gclip_split sp;
+    int64_t full; /* batches every thread takes */
+    int slots;
+    double acc[NT];
+} chunk_sum;
+
+/* The sum of the n elements from element `begin` of `data` started: the
+ * accumulators at +0 and the head elements added. Inlined with constant
+ * dtype and kind. */
+ALWAYS_INLINE void chunk_sum_begin(chunk_sum *cs, const void *data, int32_t dtype, int64_t begin,
+                                   int64_t n, int32_t kind, float p)
 {
     const int esize = gclip_dtype_size(dtype);
-    const int lanes = VEC_BYTES / esize;
-    const char *base = (const char *)data + begin * esize;
-    const gclip_split sp = gclip_split_vectors((uintptr_t)base, n, esize);
-    const char *vec = base + sp.head * esize;
-    const int64_t nv = sp.vectors, rs = (int64_t)NT * VEC_BYTES;
-    const int floats = dtype != GCLIP_F64 && kind != GCLIP_KIND_P;
+    cs->base = (const char *)data + begin * esize;
+    cs->sp = gclip_split_vectors((uintptr_t)cs->base, n, esize);
+    cs->vec = cs->base + cs->sp.head * esize;
+    const int64_t nv = cs->sp.vectors;
     /* threads that get an element: the others' accumulators stay +0, and
      * adding +0 changes no sum of terms (never -0), so they are left out */
     int64_t used = nv < NT ? nv : NT;
-    used = sp.head > used ? sp.head : used;
-    used = sp.tail > used ? sp.tail : used;
-    const int slots = tree_slots(used);
-    double acc[NT];
-    zero_slots(acc, slots);
-    for (int t = 0; t < sp.head; t++)
-        acc[t] = gclip_term_add(acc[t], elem_f64(base, dtype, t), kind, p);
+    used = cs->sp.head > used ? cs->sp.head : used;
+    used = cs->sp.tail > used ? cs->sp.tail : used;
+    cs->slots = tree_slots(used);
+    zero_slots(cs->acc, cs->slots);
+    for (int t = 0; t < cs->sp.head; t++)
+        cs->acc[t] = gclip_term_add(cs->acc[t], elem_f64(cs->base, dtype, t), kind, p);
     /* batches every thread takes: thread NT-1 still has v + 3 NT < nv */
-    const int64_t full = nv >= WALK_BATCH * NT ? (nv - WALK_BATCH * NT) / (WALK_BATCH * NT) + 1 : 0;
-    for (int64_t b = 0; b < full; b++) {
-        const char *row = vec + b * WALK_BATCH * rs;
-        if (floats) {
-            batch_rows(row, dtype, kind, acc);
-        } else {
-            for (int t = 0; t < NT; t++)
-                acc[t] = group_elements(acc[t], row + (int64_t)t * VEC_BYTES, rs, WALK_BATCH,
+    cs->full = nv >= WALK_BATCH * NT ? (nv - WALK_BATCH * NT) / (WALK_BATCH * NT) + 1 : 0;
+}
+
+/* Whether the batches are read by batch_rows (the float groups). */
+ALWAYS_INLINE int float_groups(int32_t dtype, int32_t kind)
+{
+    return dtype != GCLIP_F64 && kind != GCLIP_KIND_P;
+}
+
+/* Batch b of the chunk. */
+ALWAYS_INLINE void chunk_sum_batch(chunk_sum *cs, int64_t b, int32_t dtype, int32_t kind, float p)
+{
+    const int64_t rs = (int64_t)NT * VEC_BYTES;
+    const char *row = cs->vec + b * WALK_BATCH * rs;
+    if (float_groups(dtype, kind)) {
+        batch_rows(row, dtype, kind, cs->acc);
+    } else {
+        for (int t = 0; t < NT; t++)
+            cs->acc[t] = group_elements(cs->acc[t], row + (int64_t)t * VEC_BYTES, rs, WALK_BATCH,
                                         dtype, kind, p);
-        }
     }
+}
+
+/* The chunk's partial: after its batches, the rest of its vectors, its tail
+ * elements and the block tree. */
+ALWAYS_INLINE double chunk_sum_end(chunk_sum *cs, int32_t dtype, int32_t kind, float p)
+{
+    const int lanes = VEC_BYTES / gclip_dtype_size(dtype);
+    const int64_t nv = cs->sp.vectors, rs = (int64_t)NT * VEC_BYTES;
+    const int floats = float_groups(dtype, kind);
+    double *acc = cs->acc;
     /* the rest, fewer than 4 NT vectors: threads t < R - 3 NT take one more
      * batch, the others up to 4 single vectors (rows of NT vectors) */
-    const int64_t rest = nv - full * WALK_BATCH * NT;
-    const char *tail_rows = vec + full * WALK_BATCH * rs;
+    const int64_t rest = nv - cs->full * WALK_BATCH * NT;
+    const char *tail_rows = cs->vec + cs->full * WALK_BATCH * rs;
     const int with_batch = rest > (WALK_BATCH - 1) * NT ? (int)(rest - (WALK_BATCH - 1) * NT) : 0;
     for (int t = 0; t < with_batch; t++)
         acc[t] = floats ? acc[t] + group_value(tail_rows + (int64_t)t * VEC_BYTES, rs, WALK_BATCH,
@@ -647,9 +702,55 @@ ALWAYS_INLINE double gclip_chunk_sum(const void *data, int32_t dtype, int64_t be
                 acc[t] = group_elements(acc[t], row + (int64_t)t * VEC_BYTES, rs, 1, dtype, kind, p);
         }
     }
-    for (int t = 0; t < sp.tail; t++)
-        acc[t] = gclip_term_add(acc[t], elem_f64(base, dtype, sp.head + nv * lanes + t), kind, p);
-    return gclip_block_tree_cpu(acc, slots);
+    for (int t = 0; t < cs->sp.tail; t++)
+        acc[t] = gclip_term_add(acc[t], elem_f64(cs->base, dtype, cs->sp.head + nv * lanes + t),
+                                kind, p);
+    return gclip_block_tree_cpu(acc, cs->slots);
+}
+
+/* The partial of the n elements from element `begin` of `data` for a sum
+ * kind (L2, L1, P). Inlined with constant dtype and kind. */
+ALWAYS_INLINE double gclip_chunk_sum(const void *data, int32_t dtype, int64_t begin, int64_t n,
+                                     int32_t kind, float p)
+{
+    chunk_sum cs;
+    chunk_sum_begin(&cs, data, dtype, begin, n, kind, p);
+    for (int64_t b = 0; b < cs.full; b++)
+        chunk_sum_batch(&cs, b, dtype, kind, p);
+    return chunk_sum_end(&cs, dtype, kind, p);
+}
+
+/* The partials of two chunks of the same dtype for L2/L1 of f32/f16/bf16
+ * into out[0] and out[1]: each is gclip_chunk_sum's, bit for bit (every
+ * accumulator takes the same additions in the same order), but the two
+ * chunks' batches are read side by side, so the thread walks two
+ * sequential streams instead of one (docs/benchmark.md, "Two chunks side
+ * by side"). */
+ALWAYS_INLINE void chunk_sum_pair(const void *const data[PAIR], const int64_t begin[PAIR],
+                                  const int64_t n[PAIR], int32_t dtype, int32_t kind,
+                                  double out[PAIR])
+{
+    chunk_sum cs[PAIR];
+    for (int k = 0; k < PAIR; k++)
+        chunk_sum_begin(&cs[k], data[k], dtype, begin[k], n[k], kind, 0.0f);
+    int64_t both = cs[0].full;
+    for (int k = 1; k < PAIR; k++)
+        both = cs[k].full < both ? cs[k].full : both;
+    const int64_t rs = (int64_t)NT * VEC_BYTES;
+    for (int64_t b = 0; b < both; b++) {
+        const char *rows[PAIR];
+        double *accs[PAIR];
+        for (int k = 0; k < PAIR; k++) {
+            rows[k] = cs[k].vec + b * WALK_BATCH * rs;
+            accs[k] = cs[k].acc;
+        }
+        batch_rows_of(rows, PAIR, dtype, kind, accs);
+    }
+    for (int k = 0; k < PAIR; k++) {
+        for (int64_t b = both; b < cs[k].full; b++)
+            chunk_sum_batch(&cs[k], b, dtype, kind, 0.0f);
+        out[k] = chunk_sum_end(&cs[k], dtype, kind, 0.0f);
+    }
 }
 
 /* max|x| of n elements as an integer max of magnitude bits (order free, so
@@ -767,17 +868,68 @@ ALWAYS_INLINE void gclip_prefetch_before(gclip_prefetch_cursor *pc, const gclip_
 #define READ_AHEAD_BYTES 12288
 #define READ_AHEAD_SMALL 1024
 
+/* Whether a chunk is read beside the next one (chunk_sum_pair): f32, f16
+ * or bf16, and at least one batch of every thread. */
+ALWAYS_INLINE int pair_chunk(gclip_cpu_span sp)
+{
+    return sp.dtype != GCLIP_F64 && sp.bytes >= (int64_t)(WALK_BATCH + 1) * NT * VEC_BYTES;
+}
+
+/* Whether a chunk is at most NT whole vectors of f32, f16 or bf16 (the
+ * whole of a small tensor): its start and its size in bytes are multiples
+ * of VEC_BYTES. */
+ALWAYS_INLINE int whole_row(gclip_cpu_span sp)
+{
+    return sp.dtype != GCLIP_F64 && (((uintptr_t)sp.start | (uintptr_t)sp.bytes) % VEC_BYTES) == 0 &&
+           sp.bytes <= NT * VEC_BYTES;
+}
+
+/* Whether chunks c .. c + PAIR - 1 are all in [c, last), pair_chunk and of
+ * one dtype. */
+ALWAYS_INLINE int pair_run(const gclip_cpu_span *spans, uint32_t c, uint32_t last)
+{
+    if (last - c < PAIR)
+        return 0;
+    for (int k = 0; k < PAIR; k++)
+        if (!pair_chunk(spans[c + k]) || spans[c + k].dtype != spans[c].dtype)
+            return 0;
+    return 1;
+}
+
+/* The partials of chunks c and c + 1 (pair_chunk both, same dtype) into
+ * out[0] and out[1], for L2/L1. */
+ALWAYS_INLINE void read_pair(const gclip_plan *plan, uint32_t c, int32_t kind, double out[PAIR])
+{
+    const void *data[PAIR];
+    int64_t begin[PAIR], n[PAIR];
+    int32_t dtype = GCLIP_F32;
+    for (int k = 0; k < PAIR; k++) {
+        const gclip_tensor_desc *t = &plan->tensors[plan->chunks[c + k].tensor];
+        gclip_chunk_range(t->numel, plan->chunks[c + k].index, &begin[k], &n[k]);
+        data[k] = t->data;
+        dtype = t->dtype;
+    }
+    switch (dtype) {
+    case GCLIP_F32: chunk_sum_pair(data, begin, n, GCLIP_F32, kind, out); break;
+    case GCLIP_F16: chunk_sum_pair(data, begin, n, GCLIP_F16, kind, out); break;
+    default: chunk_sum_pair(data, begin, n, GCLIP_BF16, kind, out); break;
+    }
+}
+
 /* The partial of each chunk of [first, last) into its slot, for one kind
  * (inlined with a constant kind), each chunk found from its span. Chunks of
  * at most READ_AHEAD_SMALL bytes are requested READ_AHEAD_BYTES ahead; a
  * larger chunk gives the hardware time, and the cursor starts again after
  * it. A chunk of at most NT whole vectors of f32/f16/bf16, the whole of a
- * small tensor, is tested for first: its start and its size in bytes are
- * multiples of VEC_BYTES. */
+ * small tensor, is tested for first (whole_row). In a plan of more than
+ * GCLIP_CPU_PAIR_BYTES, a large chunk is read beside the next one when both
+ * are large (pair_run); the partials are the same either way. */
 ALWAYS_INLINE void read_chunks_kind(const gclip_plan *plan, uint32_t first, uint32_t last,
                                     double *partials, int32_t kind, float p)
 {
-    const gclip_cpu_span *spans = ((const gclip_cpu_state *)plan->engine)->spans;
+    const gclip_cpu_state *st = plan->engine;
+    const gclip_cpu_span *spans = st->spans;
+    const int pairs = st->read_pairs;
     gclip_prefetch_cursor pc = {first, 0};
     for (uint32_t c = first; c < last; c++) {
         const gclip_cpu_span sp = spans[c];
@@ -786,11 +938,15 @@ ALWAYS_INLINE void read_chunks_kind(const gclip_plan *plan, uint32_t first, uint
                                   READ_AHEAD_SMALL, 1);
         else
             pc.next = 0;
-        if ((kind == GCLIP_KIND_L2 || kind == GCLIP_KIND_L1) && sp.dtype != GCLIP_F64 &&
-            (((uintptr_t)sp.start | (uintptr_t)sp.bytes) % VEC_BYTES) == 0 &&
-            sp.bytes <= NT * VEC_BYTES &&
+        const int sums = kind == GCLIP_KIND_L2 || kind == GCLIP_KIND_L1;
+        if (sums && whole_row(sp) &&
             whole_row_chunk(sp.start, sp.bytes / VEC_BYTES, sp.dtype, kind, &partials[c]))
             continue;
+        if (sums && pairs && pair_run(spans, c, last)) {
+            read_pair(plan, c, kind, &partials[c]);
+            c += PAIR - 1;
+            continue;
+        }
         const gclip_tensor_desc *t = &plan->tensors[plan->chunks[c].tensor];
         int64_t begin, n;
         gclip_chunk_range(t->numel, plan->chunks[c].index, &begin, &n);

@@ -275,3 +275,135 @@ TEST(ReadPass, WholeVectorChunksAreTheBlockTreeOfTheirGroups)
         }
     }
 }
+
+namespace {
+
+// The plan's partials read with its large chunks taken two at a time or one
+// at a time (the CPU state's switch, set as a plan of more than
+// GCLIP_CPU_PAIR_BYTES sets it), the chunks cut into runs at `cuts` as
+// threads take them: a pair never reaches past the end of a run.
+std::vector<double> read_runs(gclip_plan *plan, int32_t kind, bool pairs, bool f16c,
+                              const std::vector<uint32_t> &cuts)
+{
+    auto *st = static_cast<gclip_cpu_state *>(plan->engine);
+    const int was = st->read_pairs;
+    st->read_pairs = pairs;
+    std::vector<double> partials(plan->num_chunks, -1.0);
+    const gclip_read_arg arg = {partials.data(), kind, kind == GCLIP_KIND_L2 ? 2.0f : 1.0f};
+    uint32_t first = 0;
+    std::vector<uint32_t> ends = cuts;
+    ends.push_back(plan->num_chunks);
+    for (uint32_t last : ends) {
+#if GCLIP_TEST_READ_F16C
+        if (f16c)
+            gclip_read_run_f16c(plan, first, last, &arg);
+        else
+            gclip_read_run_generic(plan, first, last, &arg);
+#else
+        (void)f16c;
+        gclip_read_run_generic(plan, first, last, &arg);
+#endif
+        first = last;
+    }
+    st->read_pairs = was;
+    return partials;
+}
+
+} // namespace
+
+// In a plan of more than GCLIP_CPU_PAIR_BYTES the read pass takes large
+// chunks two at a time, reading their batches side by side. Each partial
+// must be bitwise the one the chunk gets alone, whatever pairs the runs
+// make (two chunks of one tensor, the last of one tensor with the first of
+// the next, chunks of different lengths and heads, groups outside the safe
+// range in either chunk of a pair), and within 1e-6 of the long-double sum.
+TEST(ReadPass, LargeChunksReadTwoAtATimeGiveTheSameBits)
+{
+    oracle::Rng rng(2028);
+    const int64_t C = GCLIP_CHUNK_ELEMS;
+    const struct {
+        gclip_dtype dt;
+        int64_t n, offset;
+    } shapes[] = {{GCLIP_F32, 3 * C + 30000, 1}, {GCLIP_F32, 4 * C + 7, 0},
+                  {GCLIP_F32, 2 * C, 3},         {GCLIP_BF16, 5 * C + 40001, 3},
+                  {GCLIP_F16, 5 * C + 123, 2},   {GCLIP_BF16, 2 * C + 9000, 0},
+                  {GCLIP_F32, C + 5000, 2}};
+    std::vector<TestBuffer> bufs;
+    int k = 0;
+    for (const auto &s : shapes) {
+        bufs.emplace_back(s.dt, s.n, s.offset);
+        fill_wide(bufs.back(), rng, k == 2);
+        ++k;
+    }
+    // groups outside the safe range: squares past float's range and below
+    // it, in the first and in the second chunk of pairs, f32 and bf16
+    for (int t : {0, 1, 3, 5})
+        for (int64_t i : {int64_t{5}, C + 777, 2 * C + 4321})
+            if (i < bufs[t].numel())
+                bufs[t].set(i, (i / C) % 2 ? 3e25f : 2e-27f);
+    testutil::PlanPtr plan;
+    ASSERT_EQ(testutil::make_plan(plan, oracle::tensors_of(bufs)), GCLIP_STATUS_SUCCESS);
+    // small enough to stay below the switch: one chunk at a time by default
+    ASSERT_EQ(static_cast<gclip_cpu_state *>(plan->engine)->read_pairs, 0);
+    const std::vector<std::vector<uint32_t>> cuts = {{}, {1}, {3, 4, 9}, {2, 5, 6, 13, 20}};
+    int unsafe_checked = 0;
+    for (const bool f16c : {false, true}) {
+#if GCLIP_TEST_READ_F16C
+        if (f16c && !gclip_cpu_has_f16c())
+            continue;
+#else
+        if (f16c)
+            continue;
+#endif
+        for (const int32_t kind : {GCLIP_KIND_L2, GCLIP_KIND_L1}) {
+            const std::vector<double> one = read_runs(plan.get(), kind, false, f16c, {});
+            for (const auto &cut : cuts) {
+                SCOPED_TRACE(std::string(f16c ? "f16c" : "generic") + " kind " +
+                             std::to_string(kind) + " runs " + std::to_string(cut.size() + 1));
+                const std::vector<double> two = read_runs(plan.get(), kind, true, f16c, cut);
+                for (uint32_t c = 0; c < plan->num_chunks; ++c)
+                    ASSERT_EQ(std::memcmp(&one[c], &two[c], sizeof(double)), 0)
+                        << "chunk " << c << ": " << one[c] << " alone, " << two[c] << " in a pair";
+            }
+            int checked = 0;
+            for (uint32_t c = 0; c < plan->num_chunks; ++c) {
+                const gclip_chunk &ch = plan->chunks[c];
+                int64_t begin, n;
+                gclip_chunk_range(bufs[ch.tensor].numel(), ch.index, &begin, &n);
+                bool finite = true, unsafe = false;
+                for (int64_t i = begin; i < begin + n; ++i) {
+                    const float v = std::fabs(bufs[ch.tensor].get(i));
+                    finite = finite && std::isfinite(v);
+                    unsafe = unsafe || v == 3e25f || v == 2e-27f;
+                }
+                if (!finite) {
+                    EXPECT_FALSE(std::isfinite(one[c])) << "chunk " << c;
+                    continue;
+                }
+                const long double want = chunk_terms(bufs[ch.tensor], begin, n, kind,
+                                                     kind == GCLIP_KIND_L2 ? 2.0f : 1.0f);
+                EXPECT_LE(std::fabs((one[c] - want) / want), 1e-6L) << "chunk " << c;
+                ++checked;
+                unsafe_checked += unsafe;
+            }
+            EXPECT_GT(checked, 20);
+        }
+    }
+    EXPECT_GT(unsafe_checked, 4);
+}
+
+// The switch itself: set for a plan of more than GCLIP_CPU_PAIR_BYTES, not
+// for one of exactly that many (the data is never read).
+TEST(ReadPass, PairsAreTakenAboveTheSizeLimit)
+{
+    const int64_t n = GCLIP_CPU_PAIR_BYTES / 4;
+    for (const int64_t extra : {int64_t{0}, int64_t{1}}) {
+        TestBuffer big(GCLIP_F32, n - 1000), rest(GCLIP_F32, 1000 + extra);
+        std::vector<TestBuffer> bufs;
+        bufs.push_back(std::move(big));
+        bufs.push_back(std::move(rest));
+        testutil::PlanPtr plan;
+        ASSERT_EQ(testutil::make_plan(plan, oracle::tensors_of(bufs)), GCLIP_STATUS_SUCCESS);
+        EXPECT_EQ(static_cast<gclip_cpu_state *>(plan->engine)->read_pairs, extra ? 1 : 0);
+    }
+}
