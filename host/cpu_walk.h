@@ -868,6 +868,22 @@ ALWAYS_INLINE void gclip_prefetch_before(gclip_prefetch_cursor *pc, const gclip_
 #define READ_AHEAD_BYTES 12288
 #define READ_AHEAD_SMALL 1024
 
+/* A partial, or the quiet NaN of positive sign if it is a NaN. Which NaN a
+ * sum ends with is up to the compiler's choices, not the source: LLVM, for
+ * one, turns fabs(x) * fabs(x) into x * x, and a NaN element's sign then
+ * survives into its term in one inlined copy of the walk and not in another.
+ * One NaN keeps a chunk's partial the same whether the chunk is read alone
+ * or beside another, so the norm's bits do not depend on how the threads cut
+ * the chunks into runs. */
+ALWAYS_INLINE double one_nan(double v)
+{
+    if (v == v)
+        return v;
+    const uint64_t q = 0x7ff8000000000000ull;
+    memcpy(&v, &q, sizeof v);
+    return v;
+}
+
 /* Whether a chunk is read beside the next one (chunk_sum_pair): f32, f16
  * or bf16, and at least one batch of every thread. */
 ALWAYS_INLINE int pair_chunk(gclip_cpu_span sp)
@@ -914,6 +930,8 @@ ALWAYS_INLINE void read_pair(const gclip_plan *plan, uint32_t c, int32_t kind, d
     case GCLIP_F16: chunk_sum_pair(data, begin, n, GCLIP_F16, kind, out); break;
     default: chunk_sum_pair(data, begin, n, GCLIP_BF16, kind, out); break;
     }
+    for (int k = 0; k < PAIR; k++)
+        out[k] = one_nan(out[k]);
 }
 
 /* The partial of each chunk of [first, last) into its slot, for one kind
@@ -950,7 +968,7 @@ ALWAYS_INLINE void read_chunks_kind(const gclip_plan *plan, uint32_t first, uint
         const gclip_tensor_desc *t = &plan->tensors[plan->chunks[c].tensor];
         int64_t begin, n;
         gclip_chunk_range(t->numel, plan->chunks[c].index, &begin, &n);
-        partials[c] = gclip_chunk_terms(t, begin, n, kind, p);
+        partials[c] = one_nan(gclip_chunk_terms(t, begin, n, kind, p));
     }
 }
 
