@@ -115,8 +115,8 @@ ALWAYS_INLINE double elem_f64(const char *base, int32_t dtype, int64_t i)
     return (double)gclip_load(base, dtype, i);
 }
 
-/* Eight floats, and their bits: GCC/Clang vector types that the AVX2 clone
- * keeps in one register and the baseline clone in two. The helpers are
+/* Eight floats, and their bits: GCC/Clang vector types that the AVX2 build
+ * keeps in one register and the baseline build in two. The helpers are
  * always inlined, so no vector crosses a call: -Wpsabi's note on passing
  * them without AVX does not apply (GCC gives it at the end of the file that
  * includes this header, so it stays off there; Clang at each use). */
@@ -162,9 +162,13 @@ ALWAYS_INLINE gclip_v8f half_terms_v8f(gclip_v8i h, int32_t dtype, int32_t kind)
         const gclip_v8i normal = (em << 13) + (112 << 23);
         /* subnormal halves: the integer mantissa times 2^-24, exact */
         const gclip_v8f sub = __builtin_convertvector(em, gclip_v8f) * 5.9604644775390625e-8f;
-        const gclip_v8i is_normal = em >= 0x400;
+        /* the masks as sign bits shifted across the lane (em <= 0x7fff, so
+         * the differences do not overflow): without SSE4.1, GCC turned the
+         * comparisons em >= 0x400 and em >= 0x7c00 into a compare and a
+         * conditional move per lane, a third of the baseline build's code */
+        const gclip_v8i is_normal = (0x3ff - em) >> 31;
         mag = (normal & is_normal) | ((gclip_v8i)sub & ~is_normal);
-        mag |= (em >= 0x7c00) & 0x7f800000; /* Inf and NaN stay non-finite */
+        mag |= ((0x7bff - em) >> 31) & 0x7f800000; /* Inf and NaN stay non-finite */
     }
     return term_v8f((gclip_v8f)mag, kind);
 }
@@ -272,7 +276,7 @@ ALWAYS_INLINE void note_excess(gclip_v8u *note, gclip_v8u e, int32_t kind)
 }
 
 /* Whether any lane of m is set: the four 64-bit quarters or'd (fewer
- * instructions than a loop over the eight lanes, in both clones). */
+ * instructions than a loop over the eight lanes, in both builds). */
 ALWAYS_INLINE int any_lane(gclip_v8i m)
 {
     uint64_t q[4];
@@ -379,10 +383,55 @@ ALWAYS_INLINE void batch_rows_of(const char *const *rows, int nc, int32_t dtype,
     }
 }
 
+/* The walk is inlined with constant dtype and kind, but its largest pieces
+ * are compiled once for each (chunks, dtype, kind) and called: batch_rows_of
+ * here, the general walk of a chunk (chunk_sum_of below) and the read pass
+ * of each kind (read_chunks_of). A call per batch of 16 KiB, per chunk or
+ * per run costs nothing measurable, and GCC took 80-120 s on norm_cpu.c when
+ * all of it was one function (its register allocation and redundancy
+ * elimination grow faster than the function), against 15 s this way. */
+#define OUT_OF_LINE static __attribute__((noinline, unused))
+
+#define BATCH_ROWS_OF(nc, dt, k)                                                           \
+    OUT_OF_LINE void batch_rows_##nc##_##dt##_##k(const char *const *rows, double *const *accs) \
+    {                                                                                       \
+        batch_rows_of(rows, nc, GCLIP_##dt, GCLIP_KIND_##k, accs);                          \
+    }
+#define BATCH_ROWS_OF_DTYPE(nc, dt) BATCH_ROWS_OF(nc, dt, L2) BATCH_ROWS_OF(nc, dt, L1)
+BATCH_ROWS_OF_DTYPE(1, F32)
+BATCH_ROWS_OF_DTYPE(1, F16)
+BATCH_ROWS_OF_DTYPE(1, BF16)
+BATCH_ROWS_OF_DTYPE(PAIR, F32)
+BATCH_ROWS_OF_DTYPE(PAIR, F16)
+BATCH_ROWS_OF_DTYPE(PAIR, BF16)
+
+#define BATCH_ROWS_CALL(nc, k) BATCH_ROWS_CALL_EXPANDED(nc, k) /* PAIR expanded */
+#define BATCH_ROWS_CALL_EXPANDED(nc, k)                             \
+    switch (dtype) {                                                \
+    case GCLIP_F32: batch_rows_##nc##_F32_##k(rows, accs); return;  \
+    case GCLIP_F16: batch_rows_##nc##_F16_##k(rows, accs); return;  \
+    default: batch_rows_##nc##_BF16_##k(rows, accs); return;        \
+    }
+
+/* batch_rows_of for nc = 1 or PAIR chunks of f32/f16/bf16, L2 or L1 (all
+ * constants where it is inlined), through the function compiled for them. */
+ALWAYS_INLINE void batch_rows_call(const char *const *rows, int nc, int32_t dtype, int32_t kind,
+                                   double *const *accs)
+{
+    if (nc == 1) {
+        if (kind == GCLIP_KIND_L2)
+            BATCH_ROWS_CALL(1, L2)
+        BATCH_ROWS_CALL(1, L1)
+    }
+    if (kind == GCLIP_KIND_L2)
+        BATCH_ROWS_CALL(PAIR, L2)
+    BATCH_ROWS_CALL(PAIR, L1)
+}
+
 /* One full batch of one chunk. */
 ALWAYS_INLINE void batch_rows(const char *row, int32_t dtype, int32_t kind, double *acc)
 {
-    batch_rows_of(&row, 1, dtype, kind, &acc);
+    batch_rows_call(&row, 1, dtype, kind, &acc);
 }
 
 /* The groups of the r <= 8 threads t..t+r-1 of a row of single vectors, for
@@ -744,7 +793,7 @@ ALWAYS_INLINE void chunk_sum_pair(const void *const data[PAIR], const int64_t be
             rows[k] = cs[k].vec + b * WALK_BATCH * rs;
             accs[k] = cs[k].acc;
         }
-        batch_rows_of(rows, PAIR, dtype, kind, accs);
+        batch_rows_call(rows, PAIR, dtype, kind, accs);
     }
     for (int k = 0; k < PAIR; k++) {
         for (int64_t b = both; b < cs[k].full; b++)
@@ -778,12 +827,26 @@ ALWAYS_INLINE double gclip_chunk_max(const void *data, int32_t dtype, int64_t be
 
 /* ---- the read pass of a run of chunks (norm_cpu.c, norm_cpu_f16c.c) ---- */
 
-#define ACCUMULATE_KIND(dt)                                                           \
-    switch (kind) {                                                                   \
-    case GCLIP_KIND_L2: return gclip_chunk_sum(data, dt, begin, n, GCLIP_KIND_L2, p); \
-    case GCLIP_KIND_L1: return gclip_chunk_sum(data, dt, begin, n, GCLIP_KIND_L1, p); \
-    case GCLIP_KIND_INF: return gclip_chunk_max(data, dt, begin, n);                  \
-    default: return gclip_chunk_sum(data, dt, begin, n, GCLIP_KIND_P, p);             \
+/* gclip_chunk_sum for each dtype and sum kind, compiled once each
+ * (OUT_OF_LINE above). */
+#define CHUNK_SUM_OF(dt, k)                                                                \
+    OUT_OF_LINE double chunk_sum_of_##dt##_##k(const void *data, int64_t begin, int64_t n, \
+                                               float p)                                    \
+    {                                                                                      \
+        return gclip_chunk_sum(data, GCLIP_##dt, begin, n, GCLIP_KIND_##k, p);             \
+    }
+#define CHUNK_SUM_OF_DTYPE(dt) CHUNK_SUM_OF(dt, L2) CHUNK_SUM_OF(dt, L1) CHUNK_SUM_OF(dt, P)
+CHUNK_SUM_OF_DTYPE(F32)
+CHUNK_SUM_OF_DTYPE(F16)
+CHUNK_SUM_OF_DTYPE(BF16)
+CHUNK_SUM_OF_DTYPE(F64)
+
+#define ACCUMULATE_KIND(dt)                                                     \
+    switch (kind) {                                                             \
+    case GCLIP_KIND_L2: return chunk_sum_of_##dt##_L2(data, begin, n, p);       \
+    case GCLIP_KIND_L1: return chunk_sum_of_##dt##_L1(data, begin, n, p);       \
+    case GCLIP_KIND_INF: return gclip_chunk_max(data, GCLIP_##dt, begin, n);    \
+    default: return chunk_sum_of_##dt##_P(data, begin, n, p);                   \
     }
 
 /* The partial of the n elements from `begin` of tensor t (a chunk's range). */
@@ -793,13 +856,13 @@ ALWAYS_INLINE double gclip_chunk_terms(const gclip_tensor_desc *t, int64_t begin
     const void *data = t->data;
     switch (t->dtype) {
     case GCLIP_F32:
-        ACCUMULATE_KIND(GCLIP_F32)
+        ACCUMULATE_KIND(F32)
     case GCLIP_F16:
-        ACCUMULATE_KIND(GCLIP_F16)
+        ACCUMULATE_KIND(F16)
     case GCLIP_F64:
-        ACCUMULATE_KIND(GCLIP_F64)
+        ACCUMULATE_KIND(F64)
     default:
-        ACCUMULATE_KIND(GCLIP_BF16)
+        ACCUMULATE_KIND(BF16)
     }
 }
 
@@ -972,6 +1035,18 @@ ALWAYS_INLINE void read_chunks_kind(const gclip_plan *plan, uint32_t first, uint
     }
 }
 
+/* read_chunks_kind for each kind, compiled once each (OUT_OF_LINE). */
+#define READ_CHUNKS_OF(k)                                                              \
+    OUT_OF_LINE void read_chunks_of_##k(const gclip_plan *plan, uint32_t first,        \
+                                        uint32_t last, double *partials, float p)      \
+    {                                                                                  \
+        read_chunks_kind(plan, first, last, partials, GCLIP_KIND_##k, p);              \
+    }
+READ_CHUNKS_OF(L2)
+READ_CHUNKS_OF(L1)
+READ_CHUNKS_OF(INF)
+READ_CHUNKS_OF(P)
+
 /* The partial of each chunk of [first, last) into its slot. */
 ALWAYS_INLINE void gclip_read_chunks(const gclip_plan *plan, uint32_t first, uint32_t last,
                                      const void *arg)
@@ -979,10 +1054,10 @@ ALWAYS_INLINE void gclip_read_chunks(const gclip_plan *plan, uint32_t first, uin
     const gclip_read_arg *a = arg;
     double *out = a->partials;
     switch (a->kind) {
-    case GCLIP_KIND_L2: read_chunks_kind(plan, first, last, out, GCLIP_KIND_L2, a->p); break;
-    case GCLIP_KIND_L1: read_chunks_kind(plan, first, last, out, GCLIP_KIND_L1, a->p); break;
-    case GCLIP_KIND_INF: read_chunks_kind(plan, first, last, out, GCLIP_KIND_INF, a->p); break;
-    default: read_chunks_kind(plan, first, last, out, GCLIP_KIND_P, a->p); break;
+    case GCLIP_KIND_L2: read_chunks_of_L2(plan, first, last, out, a->p); break;
+    case GCLIP_KIND_L1: read_chunks_of_L1(plan, first, last, out, a->p); break;
+    case GCLIP_KIND_INF: read_chunks_of_INF(plan, first, last, out, a->p); break;
+    default: read_chunks_of_P(plan, first, last, out, a->p); break;
     }
 }
 

@@ -14,11 +14,11 @@
  */
 #include "cpu_walk.h"
 
-/* A run of chunks, each partial into its own slot; the clone is chosen once
- * per run (static: GCC exports the ifunc of a non-static target_clones
- * function whatever its visibility). */
-CPU_CLONES static void read_run(const gclip_plan *plan, uint32_t first, uint32_t last,
-                                const void *arg)
+/* A run of chunks, each partial into its own slot: the read pass for
+ * baseline x86-64 and other CPUs. No AVX2 clone of it: a CPU with AVX2 has
+ * F16C as well and runs norm_cpu_f16c.c's, so this one is also the one the
+ * tests run as the generic build (gclip_read_run_generic). */
+static void read_run(const gclip_plan *plan, uint32_t first, uint32_t last, const void *arg)
 {
     gclip_read_chunks(plan, first, last, arg);
 }
