@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # plant_bugs.sh - shows that the emulator tests catch kernel bugs.
 #
-#   tests/emu/plant_bugs.sh SOURCE_DIR WORK_DIR [MUTANT...]
+#   tests/emu/plant_bugs.sh SOURCE_DIR BUILD_DIR KERNEL_COPY WORK_DIR [MUTANT...]
 #
-# Copies kernels/ to WORK_DIR/kernels, builds the emulator tests against that
-# copy (GCLIP_EMU_KERNEL_DIR) and checks that they pass; then, for each
-# mutant, plants one bug in a fresh copy, rebuilds and checks that the tests
-# FAIL. Exits nonzero if the unmutated kernels fail, if any mutant survives,
-# or if a mutation cannot be applied exactly as written (a kernel edit moved
-# the code it targets: update the pattern here rather than let it pass).
+# BUILD_DIR is a configured build tree with the emulator tests, KERNEL_COPY
+# the copy of kernels/ that its target gclip_emu_mutant_test compiles
+# (tests/emu/CMakeLists.txt). Makes the copy equal to SOURCE_DIR/kernels,
+# builds that program and checks that the tests pass; then, for each
+# mutant, plants one bug in the copy, rebuilds (only the kernels the bug
+# touches) and checks that the tests FAIL. Logs go to WORK_DIR. Exits
+# nonzero if the unmutated kernels fail, if any mutant survives, or if a
+# mutation cannot be applied exactly as written (a kernel edit moved the
+# code it targets: update the pattern here rather than let it pass). Leaves
+# the copy equal to the sources.
 #
 # Environment: GCLIP_MUTANT_JOBS (build jobs, default 2),
 #              GCLIP_MUTANT_SHARDS (test processes side by side, default 2),
@@ -16,13 +20,14 @@
 set -euo pipefail
 
 die() { echo "plant_bugs: $*" >&2; exit 2; }
-[[ $# -ge 2 ]] || die "usage: $0 SOURCE_DIR WORK_DIR [MUTANT...]"
+[[ $# -ge 4 ]] || die "usage: $0 SOURCE_DIR BUILD_DIR KERNEL_COPY WORK_DIR [MUTANT...]"
 src=$(cd "$1" && pwd)
-mkdir -p "$2"
-work=$(cd "$2" && pwd)
-shift 2
-kdir=$work/kernels
-build=$work/build
+build=$(cd "$2" && pwd)
+kdir=$(cd "$3" && pwd)
+mkdir -p "$4"
+work=$(cd "$4" && pwd)
+shift 4
+program=$build/tests/emu/gclip_emu_mutant_test
 jobs=${GCLIP_MUTANT_JOBS:-2}
 limit=${GCLIP_MUTANT_TIMEOUT:-900}
 shards=${GCLIP_MUTANT_SHARDS:-2}
@@ -178,7 +183,7 @@ all_mutants=(writes_factor_one per_tensor_writes_factor_one apply_ticket_not_wra
 if [[ $# -gt 0 ]]; then mutants=("$@"); else mutants=("${all_mutants[@]}"); fi
 
 build_tests() {
-    cmake --build "$build" -j "$jobs" --target gclip_emu_kernels_test >"$work/build.log" 2>&1 \
+    cmake --build "$build" -j "$jobs" --target gclip_emu_mutant_test >"$work/build.log" 2>&1 \
         || { tail -40 "$work/build.log" >&2; die "build failed ($1)"; }
 }
 
@@ -190,7 +195,7 @@ run_tests() {
     local -A running=()
     for ((i = 0; i < shards; i++)); do
         GTEST_TOTAL_SHARDS=$shards GTEST_SHARD_INDEX=$i timeout "$limit" \
-            "$build/tests/emu/gclip_emu_kernels_test" --gtest_filter="$tests" \
+            "$program" --gtest_filter="$tests" \
             --gtest_fail_fast >"$log.$i" 2>&1 &
         running[$!]=$i
     done
@@ -222,9 +227,6 @@ for name in "${mutants[@]}"; do
 done
 name=unmutated
 fresh_copy
-cmake -S "$src" -B "$build" -DGCLIP_EMU_KERNEL_DIR="$kdir" -DGCLIP_ENABLE_CUDA=OFF \
-    -DGCLIP_BUILD_BENCH=OFF -DGCLIP_BUILD_EXAMPLES=OFF -DCMAKE_BUILD_TYPE=Release \
-    >"$work/configure.log" 2>&1 || { tail -40 "$work/configure.log" >&2; die "configure failed"; }
 build_tests unmutated
 if ! run_tests "$work/unmutated.log" || ! run_tests "$work/unmutated-windows.log" "$windows" \
         || ! run_tests "$work/unmutated-dependent.log" "$dependent"; then
