@@ -1,27 +1,32 @@
 #!/usr/bin/env bash
-# check_kernels.sh NVCC SOURCE_DIR WORK_DIR
+# check_kernels.sh NVCC SOURCE_DIR WORK_DIR GENERATED_INCLUDE_DIR [OBJECTS]
 #
-# Compiles every kernel source of SOURCE_DIR/kernels with NVCC for each GPU
-# generation gclip supports (sm_75, sm_80, sm_86, sm_89, sm_90) plus PTX
-# (compute_90), warnings as errors, and fails unless
-#   - ptxas reports 0 bytes stack frame, 0 bytes spill stores and 0 bytes
-#     spill loads for every function of every architecture (a spill or a
-#     stack frame in these memory-bound loops costs local-memory traffic), and
-#     every architecture actually produced its entry function;
+# Static checks of every kernel for each GPU generation gclip supports
+# (sm_75, sm_80, sm_86, sm_89, sm_90) plus PTX (compute_90), read with
+# cuobjdump from the kernels' objects: those of the gclip library when
+# OBJECTS (a ;-separated list, the build's $<TARGET_OBJECTS:gclip_kernels>)
+# holds one that covers all of them, else compiled here by NVCC, warnings
+# as errors. Fails unless
+#   - every function of every architecture has no stack frame and no local
+#     memory (cuobjdump -res-usage STACK:0 LOCAL:0: a spill or a stack frame
+#     in these memory-bound loops costs local-memory traffic), and every
+#     architecture holds the kernel's entry function;
 #   - the PTX of the norm and scale kernels contains 16-byte vector global
 #     loads (ld.global[.nc].v4 of 32-bit lanes): the chunk walk is meant to
-#     read the body of every chunk 16 bytes at a time.
+#     read the body of every chunk 16 bytes at a time;
+#   - and the checks further down.
 # Runs without a GPU. Exit status 0 = all checks passed.
 set -euo pipefail
 
-if [ $# -ne 4 ]; then
-    echo "usage: $0 NVCC SOURCE_DIR WORK_DIR GENERATED_INCLUDE_DIR" >&2
+if [ $# -lt 4 ] || [ $# -gt 5 ]; then
+    echo "usage: $0 NVCC SOURCE_DIR WORK_DIR GENERATED_INCLUDE_DIR [OBJECTS]" >&2
     exit 2
 fi
 nvcc=$1
 src=$2
 work=$3
 gen_include=$4
+objects=${5:-}
 mkdir -p "$work"
 
 archs=(75 80 86 89 90)
@@ -42,47 +47,73 @@ fail() {
     failures=$((failures + 1))
 }
 
+cuobjdump=${GCLIP_CUOBJDUMP:-}
+if [ -z "$cuobjdump" ]; then
+    for c in "$(dirname "$nvcc")/cuobjdump" "$(command -v cuobjdump || true)" \
+             "$HOME"/.cache/gclip/venv/lib/python3*/site-packages/triton/backends/nvidia/bin/cuobjdump; do
+        if [ -n "$c" ] && [ -x "$c" ]; then cuobjdump=$c; break; fi
+    done
+fi
+if [ -z "$cuobjdump" ]; then
+    echo "check_kernels: cuobjdump not found (next to nvcc, on PATH, GCLIP_CUOBJDUMP): nothing can be checked"
+    exit 1
+fi
+
+# covers OBJ: whether OBJ holds SASS for every architecture and compute_90 PTX
+covers() {
+    local listing a
+    listing=$("$cuobjdump" -lelf -lptx "$1" 2>/dev/null) || return 1
+    for a in "${archs[@]}"; do
+        grep -q "sm_$a\.cubin" <<<"$listing" || return 1
+    done
+    grep -q "sm_90\.ptx" <<<"$listing"
+}
+
+# $work/K.o: kernel K's object (a link to the library's, or compiled here);
+# $work/K.res: "ARCH FUNCTION REG STACK SHARED LOCAL" per function and
+# architecture; $work/K.ptx: its PTX.
 for k in "${kernels[@]}"; do
-    log="$work/$k.ptxas.log"
-    if ! "$nvcc" "${flags[@]}" "${gencode[@]}" -Xptxas -v -c "$src/kernels/$k.cu" \
-            -o "$work/$k.o" >"$log" 2>&1; then
-        cat "$log"
+    obj=
+    IFS=';' read -r -a listed <<<"$objects"
+    for o in "${listed[@]}"; do
+        [ "${o##*/}" = "$k.cu.o" ] && obj=$o
+    done
+    rm -f "$work/$k.o"
+    if [ -n "$obj" ] && covers "$obj"; then
+        ln -s "$(cd "$(dirname "$obj")" && pwd)/${obj##*/}" "$work/$k.o"
+        echo "$k.cu: the library's object $obj"
+    elif ! "$nvcc" "${flags[@]}" "${gencode[@]}" -c "$src/kernels/$k.cu" -o "$work/$k.o" \
+            >"$work/$k.nvcc.log" 2>&1; then
+        cat "$work/$k.nvcc.log"
         fail "$k.cu does not compile"
         continue
+    else
+        echo "$k.cu: compiled here (the library's objects do not cover ${archs[*]/#/sm_})"
     fi
-    # ptxas names each entry function with its architecture ("... for 'sm_80'"),
-    # and "Function properties for F" is followed by the line with F's numbers.
-    report=$(awk '
-        /Compiling entry function/ { entries++; arch = $NF; gsub(/\047/, "", arch) }
-        /Function properties for/ { fn = $NF; next }
-        /bytes stack frame/ {
-            line = $0; sub(/^[ \t]+/, "", line)
-            printf "  %-6s %-62s %s\n", arch, fn, line
-            if ($1 != 0 || $5 != 0 || $9 != 0) bad++
-        }
-        END { printf "entries=%d bad=%d\n", entries, bad }' "$log")
+    "$cuobjdump" -res-usage "$work/$k.o" | awk '
+        /arch = / { arch = $3 }
+        /Function [^ ]+:$/ { fn = $2; sub(/:$/, "", fn) }
+        /REG:[0-9]+/ {
+            for (i = 1; i <= NF; i++) { split($i, kv, ":"); v[kv[1]] = kv[2] }
+            print arch, fn, v["REG"], v["STACK"], v["SHARED"], v["LOCAL"]
+        }' >"$work/$k.res"
+    "$cuobjdump" -ptx "$work/$k.o" >"$work/$k.ptx"
     echo "$k.cu:"
-    echo "$report" | grep -v '^entries='
-    summary=$(echo "$report" | tail -n 1)
-    entries=${summary#entries=}
-    entries=${entries%% *}
-    bad=${summary##*bad=}
-    if [ "$entries" -ne "${#archs[@]}" ]; then
-        fail "$k.cu: expected ${#archs[@]} compiled entry functions (one per architecture), ptxas reported $entries"
-    fi
+    awk '{ printf "  %-6s %-62s REG:%s STACK:%s SHARED:%s LOCAL:%s\n", $1, $2, $3, $4, $5, $6 }' "$work/$k.res"
+    bad=$(awk '$4 != 0 || $6 != 0' "$work/$k.res" | wc -l)
     if [ "$bad" -ne 0 ]; then
-        fail "$k.cu: $bad function(s) with a stack frame or spills"
+        fail "$k.cu: $bad function(s) with a stack frame or local memory (spills)"
+    fi
+    entries=$(awk -v k="gclip_$k" 'index($2, k) { print $1 }' "$work/$k.res" | sort -u | tr '\n' ' ')
+    want=$(printf 'sm_%s ' "${archs[@]}")
+    if [ "$entries" != "$want" ]; then
+        fail "$k.cu: the entry function gclip_$k on [${entries% }], expected [${want% }]"
     fi
 done
 
 vector_load='ld\.global(\.[A-Za-z0-9:_]+)*\.v4\.(u32|b32|f32)'
 for k in "${vector_load_kernels[@]}"; do
-    ptx="$work/$k.ptx"
-    if ! "$nvcc" "${flags[@]}" -arch=compute_90 -ptx "$src/kernels/$k.cu" -o "$ptx"; then
-        fail "$k.cu: PTX generation failed"
-        continue
-    fi
-    n=$(grep -cE "$vector_load" "$ptx" || true)
+    n=$(grep -cE "$vector_load" "$work/$k.ptx" || true)
     echo "$k.cu: $n 16-byte vector global loads in the compute_90 PTX"
     if [ "$n" -eq 0 ]; then
         fail "$k.cu: no 16-byte vector global load (ld.global[.nc].v4.{u32,b32,f32}) in its PTX"
@@ -106,16 +137,7 @@ done
 # And: the norm kernel at most 64 registers on sm_90 (4 blocks of 256 threads
 # per SM); spills and stack are checked above for every architecture.
 probe_src="$src/tests/nvcc/walk_probes.cu"
-cuobjdump=${GCLIP_CUOBJDUMP:-}
-if [ -z "$cuobjdump" ]; then
-    for c in "$(dirname "$nvcc")/cuobjdump" "$(command -v cuobjdump || true)" \
-             "$HOME"/.cache/gclip/venv/lib/python3*/site-packages/triton/backends/nvidia/bin/cuobjdump; do
-        if [ -n "$c" ] && [ -x "$c" ]; then cuobjdump=$c; break; fi
-    done
-fi
-regs=$(awk '/Compiling entry function .*gclip_norm_kernel.*sm_90/ { f = 1 }
-            f && /Used [0-9]+ registers/ { for (i = 1; i <= NF; i++) if ($i == "Used") print $(i + 1); exit }' \
-       "$work/norm_kernel.ptxas.log")
+regs=$(awk '$1 == "sm_90" && index($2, "gclip_norm_kernel") { print $3; exit }' "$work/norm_kernel.res")
 echo "norm_kernel.cu: ${regs:-?} registers on sm_90"
 if [ -z "$regs" ] || [ "$regs" -gt 64 ]; then
     fail "norm_kernel.cu: ${regs:-unknown} registers on sm_90, more than 64 (4 blocks per SM)"
@@ -282,10 +304,9 @@ if [ -f "$work/scale_kernel.ptx" ]; then
         fail "scale_kernel.cu: fewer than 4 16-byte loads at some offset 512 x k (k = 1..3) in the PTX: small chunks are not updated a warp each"
     fi
 fi
-smem=$(awk '/Compiling entry function .*gclip_norm_kernel/ { on = 1; arch = $NF; gsub(/\047/, "", arch); next }
-            on && /Used [0-9]+ registers/ {
-                for (i = 1; i <= NF; i++) if ($i == "smem" || $i == "smem,") print arch, $(i - 2)
-                on = 0 }' "$work/norm_kernel.ptxas.log")
+# (cuobjdump's SHARED; on sm_90 it is ptxas's smem plus the 1 KB the
+# runtime reserves, which is added again below: the figure errs high)
+smem=$(awk 'index($2, "gclip_norm_kernel") { print $1, $5 }' "$work/norm_kernel.res")
 while read -r arch bytes; do
     [ -n "$arch" ] || continue
     case $arch in
@@ -302,9 +323,7 @@ done <<<"$smem"
 if [ "$(echo "$smem" | grep -c .)" -ne "${#archs[@]}" ]; then
     fail "norm_kernel.cu: shared memory not reported for every architecture"
 fi
-regs=$(awk '/Compiling entry function .*gclip_norm_kernel/ { on = 1; next }
-            on && /Used [0-9]+ registers/ { for (i = 1; i <= NF; i++) if ($i == "Used") print $(i + 1); on = 0 }' \
-       "$work/norm_kernel.ptxas.log")
+regs=$(awk 'index($2, "gclip_norm_kernel") { print $3 }' "$work/norm_kernel.res")
 for r in $regs; do
     if [ "$r" -gt 128 ]; then
         fail "norm_kernel.cu: $r registers per thread, fewer than two blocks of 256 threads per SM"
@@ -334,8 +353,6 @@ ptx_mem='^[[:space:]]*(@!?%p[0-9]+[[:space:]]+)?(ld|ldu|st|atom|red|prefetch|pre
 ptx_local='^[[:space:]]*(@!?%p[0-9]+[[:space:]]+)?(ld|st)\.(param|shared|local|const)'
 # The AGC kernel's scale launch is dependent too (one entry for both
 # launches, the wait at its top).
-"$nvcc" "${flags[@]}" -arch=compute_90 -ptx "$src/kernels/agc_kernel.cu" -o "$work/agc_kernel.ptx" \
-    || fail "agc_kernel.cu: PTX generation failed"
 for k in scale_kernel agc_kernel; do
     [ -f "$work/$k.ptx" ] || continue
     # the body without its .param, .shared, .local and .const accesses
