@@ -142,60 +142,57 @@ echo "norm_kernel.cu: ${regs:-?} registers on sm_90"
 if [ -z "$regs" ] || [ "$regs" -gt 64 ]; then
     fail "norm_kernel.cu: ${regs:-unknown} registers on sm_90, more than 64 (4 blocks per SM)"
 fi
-if [ -z "$cuobjdump" ]; then
-    fail "cuobjdump not found (next to nvcc, on PATH, GCLIP_CUOBJDUMP): the SASS checks cannot run"
-else
-    for a in 90 80; do
-        obj="$work/walk_probes_sm$a.o"
-        if ! "$nvcc" "${flags[@]}" -gencode "arch=compute_$a,code=sm_$a" -Xptxas -v -c "$probe_src" \
-                -o "$obj" >"$work/walk_probes_sm$a.ptxas.log" 2>&1; then
-            cat "$work/walk_probes_sm$a.ptxas.log"
-            fail "walk_probes.cu does not compile for sm_$a"
-            continue
-        fi
-        if grep -E 'bytes stack frame' "$work/walk_probes_sm$a.ptxas.log" | grep -vq '^ *0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads'; then
-            fail "walk_probes.cu: a probe has a stack frame or spills on sm_$a"
-        fi
-        stat() { "$cuobjdump" -sass -fun "$1" "$obj" | awk -f "$src/tests/nvcc/loop_stats.awk"; }
-        field() { echo "$1" | tr ' ' '\n' | awk -F= -v k="$2" '$1 == k { print $2 }'; }
-        for dt in f32 f16 bf16; do
-            lanes=4; [ "$dt" = f32 ] || lanes=8
-            for kind in l2 l1 inf; do
-                s=$(stat "gclip_probe_norm_${dt}_$kind")
-                loads=$(field "$s" vec_loads); fp64=$(field "$s" fp64)
-                elems=$((loads * lanes))
-                echo "  sm_$a norm $dt $kind: $s ($elems elements per iteration)"
-                if [ "${loads:-0}" -lt 4 ]; then
-                    fail "sm_$a norm $dt $kind: no main loop of 16-byte loads found"
-                elif [ "$kind" = inf ] && [ "$fp64" -ne 0 ]; then
-                    fail "sm_$a norm $dt inf: $fp64 fp64 instructions in the main loop (integer max expected)"
-                elif [ "$kind" != inf ] && [ $((fp64 * 4)) -gt "$elems" ]; then
-                    fail "sm_$a norm $dt $kind: $fp64 fp64 instructions for $elems elements (more than 1/4 per element)"
-                fi
-            done
-        done
-        # no fused multiply-add anywhere in the L2/L1 accumulation (the exact
-        # path and f64 included): the CPU path rounds every product and sum
-        # apart, and a chunk's partial is the same bits on every engine
-        for p in f32_l2 f32_l1 f16_l2 f16_l1 bf16_l2 bf16_l1 f64_l2; do
-            n=$("$cuobjdump" -sass -fun "gclip_probe_norm_$p" "$obj" | grep -cE '[[:space:]](FFMA|DFMA)[[:space:].]' || true)
-            echo "  sm_$a norm $p: ${n:-?} FFMA/DFMA"
-            if [ "${n:-1}" -ne 0 ]; then
-                fail "sm_$a norm $p: $n fused multiply-adds in the accumulation (the CPU path rounds product and sum apart)"
+for a in 90 80; do
+    obj="$work/walk_probes_sm$a.o"
+    if ! "$nvcc" "${flags[@]}" -gencode "arch=compute_$a,code=sm_$a" -Xptxas -v -c "$probe_src" \
+            -o "$obj" >"$work/walk_probes_sm$a.ptxas.log" 2>&1; then
+        cat "$work/walk_probes_sm$a.ptxas.log"
+        fail "walk_probes.cu does not compile for sm_$a"
+        continue
+    fi
+    if grep -E 'bytes stack frame' "$work/walk_probes_sm$a.ptxas.log" | grep -vq '^ *0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads'; then
+        fail "walk_probes.cu: a probe has a stack frame or spills on sm_$a"
+    fi
+    stat() { "$cuobjdump" -sass -fun "$1" "$obj" | awk -f "$src/tests/nvcc/loop_stats.awk"; }
+    field() { echo "$1" | tr ' ' '\n' | awk -F= -v k="$2" '$1 == k { print $2 }'; }
+    for dt in f32 f16 bf16; do
+        lanes=4; [ "$dt" = f32 ] || lanes=8
+        for kind in l2 l1 inf; do
+            s=$(stat "gclip_probe_norm_${dt}_$kind")
+            loads=$(field "$s" vec_loads); fp64=$(field "$s" fp64)
+            elems=$((loads * lanes))
+            echo "  sm_$a norm $dt $kind: $s ($elems elements per iteration)"
+            if [ "${loads:-0}" -lt 4 ]; then
+                fail "sm_$a norm $dt $kind: no main loop of 16-byte loads found"
+            elif [ "$kind" = inf ] && [ "$fp64" -ne 0 ]; then
+                fail "sm_$a norm $dt inf: $fp64 fp64 instructions in the main loop (integer max expected)"
+            elif [ "$kind" != inf ] && [ $((fp64 * 4)) -gt "$elems" ]; then
+                fail "sm_$a norm $dt $kind: $fp64 fp64 instructions for $elems elements (more than 1/4 per element)"
             fi
         done
-        s=$(stat gclip_probe_scale_f16)
-        echo "  sm_$a scale f16: $s (32 elements per iteration)"
-        if [ "$(field "$s" pack)" -lt 16 ] || [ "$(field "$s" cvt16)" -lt 32 ] || [ "$(field "$s" branches)" -gt 4 ]; then
-            fail "sm_$a scale f16: expected 16 paired F2FP packs, 32 HADD2.F32 unpacks and at most 4 branches per 32 elements"
-        fi
-        s=$(stat gclip_probe_scale_bf16)
-        echo "  sm_$a scale bf16: $s (32 elements per iteration)"
-        if [ "$(field "$s" pack)" -lt 16 ] || [ "$(field "$s" branches)" -gt 4 ]; then
-            fail "sm_$a scale bf16: expected 16 paired F2FP.BF16 packs and at most 4 branches per 32 elements"
+    done
+    # no fused multiply-add anywhere in the L2/L1 accumulation (the exact
+    # path and f64 included): the CPU path rounds every product and sum
+    # apart, and a chunk's partial is the same bits on every engine
+    for p in f32_l2 f32_l1 f16_l2 f16_l1 bf16_l2 bf16_l1 f64_l2; do
+        n=$("$cuobjdump" -sass -fun "gclip_probe_norm_$p" "$obj" | grep -cE '[[:space:]](FFMA|DFMA)[[:space:].]' || true)
+        echo "  sm_$a norm $p: ${n:-?} FFMA/DFMA"
+        if [ "${n:-1}" -ne 0 ]; then
+            fail "sm_$a norm $p: $n fused multiply-adds in the accumulation (the CPU path rounds product and sum apart)"
         fi
     done
-fi
+    s=$(stat gclip_probe_scale_f16)
+    echo "  sm_$a scale f16: $s (32 elements per iteration)"
+    if [ "$(field "$s" pack)" -lt 16 ] || [ "$(field "$s" cvt16)" -lt 32 ] || [ "$(field "$s" branches)" -gt 4 ]; then
+        fail "sm_$a scale f16: expected 16 paired F2FP packs, 32 HADD2.F32 unpacks and at most 4 branches per 32 elements"
+    fi
+    s=$(stat gclip_probe_scale_bf16)
+    echo "  sm_$a scale bf16: $s (32 elements per iteration)"
+    if [ "$(field "$s" pack)" -lt 16 ] || [ "$(field "$s" branches)" -gt 4 ]; then
+        fail "sm_$a scale bf16: expected 16 paired F2FP.BF16 packs and at most 4 branches per 32 elements"
+    fi
+done
+
 
 # ---- launch shape: the finalize's fold, the norm kernel's occupancy ----
 # - A fold lane is folded by the block that completes its chunks, found by
@@ -241,11 +238,7 @@ else
     if [ "$n" -ne 0 ]; then
         fail "norm_kernel.cu: $n 8-byte cp.async through L1 in the PTX: partials must be read through L2 only"
     fi
-    # cuobjdump as found for the arithmetic checks (their absence has
-    # already failed the run)
-    if [ -z "$cuobjdump" ]; then
-        :
-    elif sass=$("$cuobjdump" -sass "$work/norm_kernel.o" 2>&1); then
+    if sass=$("$cuobjdump" -sass "$work/norm_kernel.o" 2>&1); then
         count() { # count ARCH REGEX: matching instructions of the norm kernel on ARCH
             echo "$sass" | awk -v want="$1" -v re="$2" '
                 /arch = sm_/ { arch = $NF }
@@ -366,24 +359,22 @@ done
 if [ -f "$work/norm_kernel.ptx" ] && ! grep -q 'griddepcontrol\.launch_dependents' "$work/norm_kernel.ptx"; then
     fail "norm_kernel.cu: no griddepcontrol.launch_dependents in the compute_90 PTX"
 fi
-if [ -n "$cuobjdump" ]; then
-    sass_mem='^[[:space:]]*/[*][0-9a-f]+[*]/[[:space:]]+(@!?P[0-9T][[:space:]]+)?(LDG|STG|LD|ST|ATOMG|ATOM|RED|REDG|LDGSTS|CCTL)[.[:space:]]'
-    for k in scale_kernel agc_kernel; do
-        "$cuobjdump" -sass -arch sm_90 "$work/$k.o" >"$work/$k.sm_90.sass" 2>&1 || true
-        r=$(first_before_wait "$work/$k.sm_90.sass" "gclip_$k" '[[:space:]]ACQBULK[[:space:]]' "$sass_mem")
-        echo "$k.cu: sm_90 SASS, first global access before ACQBULK: $r"
-        if [ "$r" != none ]; then
-            fail "$k.cu: the sm_90 gclip_$k touches global memory before ACQBULK ($r)"
-        fi
-    done
-    for k in norm_kernel adapt_kernel agc_kernel; do
-        n=$("$cuobjdump" -sass -arch sm_90 "$work/$k.o" 2>/dev/null | grep -c '[[:space:]]PREEXIT[[:space:]]' || true)
-        echo "$k.cu: $n PREEXIT in the sm_90 SASS (dependents released)"
-        if [ "${n:-0}" -lt 1 ]; then
-            fail "$k.cu: no PREEXIT in the sm_90 SASS: the scale kernel's dependent launch waits for the whole grid to exit"
-        fi
-    done
-fi
+sass_mem='^[[:space:]]*/[*][0-9a-f]+[*]/[[:space:]]+(@!?P[0-9T][[:space:]]+)?(LDG|STG|LD|ST|ATOMG|ATOM|RED|REDG|LDGSTS|CCTL)[.[:space:]]'
+for k in scale_kernel agc_kernel; do
+    "$cuobjdump" -sass -arch sm_90 "$work/$k.o" >"$work/$k.sm_90.sass" 2>&1 || true
+    r=$(first_before_wait "$work/$k.sm_90.sass" "gclip_$k" '[[:space:]]ACQBULK[[:space:]]' "$sass_mem")
+    echo "$k.cu: sm_90 SASS, first global access before ACQBULK: $r"
+    if [ "$r" != none ]; then
+        fail "$k.cu: the sm_90 gclip_$k touches global memory before ACQBULK ($r)"
+    fi
+done
+for k in norm_kernel adapt_kernel agc_kernel; do
+    n=$("$cuobjdump" -sass -arch sm_90 "$work/$k.o" 2>/dev/null | grep -c '[[:space:]]PREEXIT[[:space:]]' || true)
+    echo "$k.cu: $n PREEXIT in the sm_90 SASS (dependents released)"
+    if [ "${n:-0}" -lt 1 ]; then
+        fail "$k.cu: no PREEXIT in the sm_90 SASS: the scale kernel's dependent launch waits for the whole grid to exit"
+    fi
+done
 # ---- end of the launch-shape checks
 
 if [ "$failures" -ne 0 ]; then
