@@ -36,11 +36,25 @@ cmake --preset asan
 cmake --build --preset asan -j "$jobs"
 ctest --preset asan -j "$jobs"
 
-stage "valgrind memcheck of the cpu and robust suites"
-tests/robust/valgrind.sh build/default
-
-stage "libFuzzer, ${fuzz_seconds}s"
-tests/robust/fuzz.sh "$fuzz_seconds"
+# libFuzzer runs one process on one CPU for a fixed time; memcheck keeps
+# every CPU busy. Side by side, with memcheck's processes at a lower
+# priority so that the fuzzer keeps a CPU of its own, the stage ends about
+# when memcheck does; the fuzzer's output follows memcheck's.
+stage "valgrind memcheck of the cpu and robust suites, beside libFuzzer for ${fuzz_seconds}s"
+fuzz_log=build/fuzz-stage.log
+mkdir -p build
+tests/robust/fuzz.sh "$fuzz_seconds" >"$fuzz_log" 2>&1 &
+fuzz_pid=$!
+valgrind_rc=0
+nice -n 10 tests/robust/valgrind.sh build/default || valgrind_rc=$?
+fuzz_rc=0
+wait "$fuzz_pid" || fuzz_rc=$?
+echo "-- libFuzzer (tests/robust/fuzz.sh $fuzz_seconds):"
+cat "$fuzz_log"
+if [ "$valgrind_rc" -ne 0 ] || [ "$fuzz_rc" -ne 0 ]; then
+    echo "valgrind exit $valgrind_rc, libFuzzer exit $fuzz_rc" >&2
+    exit 1
+fi
 
 stage "scale: a bf16 tensor over 2^31 elements and 100,000 tensors"
 ctest --test-dir build/default -L large --output-on-failure --no-tests=error
