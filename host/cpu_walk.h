@@ -187,23 +187,53 @@ ALWAYS_INLINE gclip_v8f word_halves_v8f(gclip_v8i w, int32_t dtype, int32_t kind
     return half_terms_v8f(lo, dtype, kind) + half_terms_v8f(hi, dtype, kind);
 }
 
-ALWAYS_INLINE gclip_v8f words_v8f(const char *p, int32_t dtype, int32_t kind)
+/* Whether words_lane_v8f leaves the words of a vector in the order
+ * 0 1 4 5 | 2 3 6 7 (f16 in the F16C build) rather than 0..7. */
+ALWAYS_INLINE int words_in_lanes(int32_t dtype)
+{
+#ifdef GCLIP_WALK_F16C
+    return dtype == GCLIP_F16;
+#else
+    (void)dtype;
+    return 0;
+#endif
+}
+
+/* The terms of the eight 32-bit words at p (see words_v8f), in the order
+ * words_in_lanes gives. */
+ALWAYS_INLINE gclip_v8f words_lane_v8f(const char *p, int32_t dtype, int32_t kind)
 {
     if (dtype == GCLIP_F32)
         return term_v8f(load_v8f(p), kind);
 #ifdef GCLIP_WALK_F16C
     if (dtype == GCLIP_F16) {
-        /* halves 0-7 and 8-15 in float; word m is halves 2m and 2m + 1 */
+        /* halves 0-7 and 8-15 in float; word m is halves 2m and 2m + 1.
+         * The even and odd halves are taken within each 128-bit lane
+         * (vshufps), so the sums are words 0 1 4 5 | 2 3 6 7; shuffles
+         * across the lanes took GCC two vpermd and a blend each. */
         const gclip_v8f a = (gclip_v8f)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
         const gclip_v8f b = (gclip_v8f)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 16)));
         const gclip_v8f ta = term_v8f(a, kind), tb = term_v8f(b, kind);
-        return __builtin_shufflevector(ta, tb, 0, 2, 4, 6, 8, 10, 12, 14) +
-               __builtin_shufflevector(ta, tb, 1, 3, 5, 7, 9, 11, 13, 15);
+        return __builtin_shufflevector(ta, tb, 0, 2, 8, 10, 4, 6, 12, 14) +
+               __builtin_shufflevector(ta, tb, 1, 3, 9, 11, 5, 7, 13, 15);
     }
 #endif
     gclip_v8i w;
     memcpy(&w, p, sizeof w);
     return word_halves_v8f(w, dtype, kind);
+}
+
+/* Words 0 1 4 5 | 2 3 6 7 put in order 0..7 (a permute of 64-bit pairs). */
+ALWAYS_INLINE gclip_v8f words_in_order(gclip_v8f w)
+{
+    return __builtin_shufflevector(w, w, 0, 1, 4, 5, 2, 3, 6, 7);
+}
+
+/* The terms of the eight 32-bit words at p, words 0..7 in lanes 0..7. */
+ALWAYS_INLINE gclip_v8f words_v8f(const char *p, int32_t dtype, int32_t kind)
+{
+    const gclip_v8f w = words_lane_v8f(p, dtype, kind);
+    return words_in_lanes(dtype) ? words_in_order(w) : w;
 }
 
 /* The terms of the four 32-bit words of the one vector at p in lanes 0-3,
@@ -247,6 +277,24 @@ ALWAYS_INLINE gclip_v8f group_tree_v8f(gclip_v8f w0, gclip_v8f w1, gclip_v8f w2,
     const gclip_v8f s = __builtin_shufflevector(p01, p23, 0, 2, 8, 10, 4, 6, 12, 14) +
                         __builtin_shufflevector(p01, p23, 1, 3, 9, 11, 5, 7, 13, 15);
     return __builtin_shufflevector(s, s, 0, 4, 1, 5, 2, 6, 3, 7);
+}
+
+/* group_tree_v8f of words in the order 0 1 4 5 | 2 3 6 7 (words_lane_v8f
+ * of f16): thread 2i's words are lanes 0 1 4 5 of wi, thread 2i + 1's
+ * lanes 2 3 6 7, so word q and word q + 2 face each other across the two
+ * 128-bit lanes. The same additions in the same order. */
+ALWAYS_INLINE gclip_v8f group_tree_lanes_v8f(gclip_v8f w0, gclip_v8f w1, gclip_v8f w2,
+                                             gclip_v8f w3)
+{
+    /* per thread (w0 + w2, w1 + w3); lanes: threads 0 0 1 1 2 2 3 3 (+4) */
+    const gclip_v8f p01 = __builtin_shufflevector(w0, w1, 0, 1, 2, 3, 8, 9, 10, 11) +
+                          __builtin_shufflevector(w0, w1, 4, 5, 6, 7, 12, 13, 14, 15);
+    const gclip_v8f p23 = __builtin_shufflevector(w2, w3, 0, 1, 2, 3, 8, 9, 10, 11) +
+                          __builtin_shufflevector(w2, w3, 4, 5, 6, 7, 12, 13, 14, 15);
+    /* lanes: threads 0 1 4 5 2 3 6 7 */
+    const gclip_v8f s = __builtin_shufflevector(p01, p23, 0, 2, 8, 10, 4, 6, 12, 14) +
+                        __builtin_shufflevector(p01, p23, 1, 3, 9, 11, 5, 7, 13, 15);
+    return words_in_order(s);
 }
 
 /* The groups' safety (gclip_group_safe), noted lane by lane. A sum is
@@ -335,7 +383,7 @@ ALWAYS_INLINE void batch_rows_of(const char *const *rows, int nc, int32_t dtype,
             __builtin_prefetch(ahead + j * WB, 0, 3);
             __builtin_prefetch(ahead + j * WB + 64, 0, 3);
             for (int i = 0; i < 4; i++)
-                even[k][j + i] = words_v8f(row + (j + i) * WB, dtype, kind);
+                even[k][j + i] = words_lane_v8f(row + (j + i) * WB, dtype, kind);
         }
     for (int j = 0; j < WORDS; j += 4)
         for (int k = 0; k < nc; k++) {
@@ -343,7 +391,7 @@ ALWAYS_INLINE void batch_rows_of(const char *const *rows, int nc, int32_t dtype,
             __builtin_prefetch(ahead + rs + j * WB, 0, 3);
             __builtin_prefetch(ahead + rs + j * WB + 64, 0, 3);
             for (int i = 0; i < 4; i++)
-                odd[k][j + i] = words_v8f(row + rs + (j + i) * WB, dtype, kind);
+                odd[k][j + i] = words_lane_v8f(row + rs + (j + i) * WB, dtype, kind);
         }
     for (int j = 0; j < WORDS; j += 4)
         for (int k = 0; k < nc; k++) {
@@ -351,7 +399,7 @@ ALWAYS_INLINE void batch_rows_of(const char *const *rows, int nc, int32_t dtype,
             __builtin_prefetch(ahead + 2 * rs + j * WB, 0, 3);
             __builtin_prefetch(ahead + 2 * rs + j * WB + 64, 0, 3);
             for (int i = 0; i < 4; i++)
-                even[k][j + i] = even[k][j + i] + words_v8f(row + 2 * rs + (j + i) * WB, dtype, kind);
+                even[k][j + i] = even[k][j + i] + words_lane_v8f(row + 2 * rs + (j + i) * WB, dtype, kind);
         }
     for (int j = 0; j < WORDS; j += 4)
         for (int k = 0; k < nc; k++) {
@@ -361,8 +409,10 @@ ALWAYS_INLINE void batch_rows_of(const char *const *rows, int nc, int32_t dtype,
             gclip_v8f w[4];
             for (int i = 0; i < 4; i++)
                 w[i] = even[k][j + i] +
-                       (odd[k][j + i] + words_v8f(row + 3 * rs + (j + i) * WB, dtype, kind));
-            const gclip_v8f g = group_tree_v8f(w[0], w[1], w[2], w[3]);
+                       (odd[k][j + i] + words_lane_v8f(row + 3 * rs + (j + i) * WB, dtype, kind));
+            const gclip_v8f g = words_in_lanes(dtype)
+                                    ? group_tree_lanes_v8f(w[0], w[1], w[2], w[3])
+                                    : group_tree_v8f(w[0], w[1], w[2], w[3]);
             note_excess(&bad[k], excess_v8f(g, kind), kind);
             memcpy(&s[k][2 * j], &g, sizeof g);
         }

@@ -6,6 +6,7 @@
 // must agree bit for bit, and each finite partial must be within 1e-6 of the
 // long-double sum of its chunk's terms.
 #include "gclip_internal.h"
+#include "gclip_kernels.h"
 #include "oracle.hpp"
 #include "plan_util.hpp"
 
@@ -71,6 +72,22 @@ std::vector<double> read_partials(gclip_plan *plan, int32_t kind, float p, bool 
 #endif
     gclip_read_run_generic(plan, 0, plan->num_chunks, &arg);
     return partials;
+}
+
+// The generic build's partials, once the F16C build (where this CPU has it)
+// gave the same bits for every chunk.
+std::vector<double> partials_of_both_builds(gclip_plan *plan, int32_t kind, float p)
+{
+    const std::vector<double> a = read_partials(plan, kind, p, false);
+#if GCLIP_TEST_READ_F16C
+    if (gclip_cpu_has_f16c()) {
+        const std::vector<double> f = read_partials(plan, kind, p, true);
+        for (std::size_t c = 0; c < a.size(); ++c)
+            EXPECT_EQ(std::memcmp(&a[c], &f[c], sizeof(double)), 0)
+                << "chunk " << c << ": generic " << a[c] << ", f16c " << f[c];
+    }
+#endif
+    return a;
 }
 
 } // namespace
@@ -169,13 +186,7 @@ TEST(ReadPass, SmallAlignedChunksOfExtremeValues)
         for (const int32_t kind : {GCLIP_KIND_L2, GCLIP_KIND_L1}) {
             SCOPED_TRACE(std::string(oracle::dtype_name(dt)) + " kind " + std::to_string(kind));
             const float p = kind == GCLIP_KIND_L2 ? 2.0f : 1.0f;
-            const std::vector<double> a = read_partials(plan.get(), kind, p, false);
-#if GCLIP_TEST_READ_F16C
-            if (gclip_cpu_has_f16c()) {
-                const std::vector<double> b = read_partials(plan.get(), kind, p, true);
-                ASSERT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(double)), 0);
-            }
-#endif
+            const std::vector<double> a = partials_of_both_builds(plan.get(), kind, p);
             ASSERT_EQ(plan->num_chunks, bufs.size());
             for (uint32_t c = 0; c < plan->num_chunks; ++c) {
                 const TestBuffer &t = bufs[plan->chunks[c].tensor];
@@ -390,6 +401,54 @@ TEST(ReadPass, LargeChunksReadTwoAtATimeGiveTheSameBits)
         }
     }
     EXPECT_GT(unsafe_checked, 4);
+}
+
+// Each of a block's threads sums its own groups into its own accumulator,
+// and the block tree adds the accumulators in a fixed order. Both builds
+// form a thread's group from its words in their own lane orders (the F16C
+// build keeps f16 words as 0 1 4 5 | 2 3 6 7 through the tree), so a group
+// given to another thread's slot would change nothing on data whose
+// accumulators add exactly, as most data's do. Here every thread's elements
+// lie in a binade of their own, spread so widely that the tree's sums round:
+// a group in a wrong slot changes the partial's bits.
+TEST(ReadPass, GroupsOfWidelySpreadThreadsKeepTheirSlots)
+{
+    oracle::Rng rng(2031);
+    const int64_t C = GCLIP_CHUNK_ELEMS;
+    int rounded = 0;
+    for (gclip_dtype dt : {GCLIP_F16, GCLIP_BF16, GCLIP_F32}) {
+        const int lanes = 16 / static_cast<int>(oracle::dtype_size(dt));
+        // f16: the normal binades below 2^15 (where [1, 2) * 2^15 could
+        // round to Inf); bf16 and f32: squares from 2^-60 to 2^62
+        const int lo = dt == GCLIP_F16 ? -14 : -30, hi = dt == GCLIP_F16 ? 14 : 30;
+        int binade[GCLIP_BLOCK_THREADS];
+        for (int &b : binade)
+            b = static_cast<int>(rng.range(lo, hi));
+        std::vector<TestBuffer> bufs;
+        bufs.emplace_back(dt, 2 * C + 5 * 4096, 0); // whole batches from an aligned start
+        TestBuffer &b = bufs.back();
+        for (int64_t i = 0; i < b.numel(); ++i) {
+            const int t = static_cast<int>((i / lanes) % GCLIP_BLOCK_THREADS);
+            const double v = std::ldexp(rng.uniform(1.0, 2.0), binade[t]);
+            b.set(i, static_cast<float>(rng.range(0, 1) ? v : -v));
+        }
+        testutil::PlanPtr plan;
+        ASSERT_EQ(testutil::make_plan(plan, oracle::tensors_of(bufs)), GCLIP_STATUS_SUCCESS);
+        for (const int32_t kind : {GCLIP_KIND_L2, GCLIP_KIND_L1}) {
+            SCOPED_TRACE(std::string(oracle::dtype_name(dt)) + " kind " + std::to_string(kind));
+            const float p = kind == GCLIP_KIND_L2 ? 2.0f : 1.0f;
+            const std::vector<double> a = partials_of_both_builds(plan.get(), kind, p);
+            for (uint32_t c = 0; c < plan->num_chunks; ++c) {
+                int64_t begin, n;
+                gclip_chunk_range(b.numel(), plan->chunks[c].index, &begin, &n);
+                const long double want = chunk_terms(b, begin, n, kind, p);
+                EXPECT_LE(std::fabs((a[c] - want) / want), 1e-6L) << "chunk " << c;
+                // the partial is not the exact sum: the tree's order shows
+                rounded += static_cast<long double>(a[c]) != want;
+            }
+        }
+    }
+    EXPECT_GT(rounded, 6);
 }
 
 // The switch itself: set for a plan of more than GCLIP_CPU_PAIR_BYTES, not
