@@ -244,6 +244,7 @@ static gclip_status initialize(gclip_adaptive *ad)
 gclip_status gclip_adaptive_create(gclip_adaptive **ad, gclip_plan *plan,
                                    const gclip_adaptive_options *options)
 {
+    GCLIP_FP_SCOPE();
     gclip_clear_error();
     if (!ad)
         return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "ad is NULL");
@@ -320,6 +321,7 @@ gclip_status gclip_adaptive_destroy(gclip_adaptive *ad)
 gclip_status gclip_adaptive_step(gclip_adaptive *ad, const gclip_norm_options *base,
                                  gclip_stream stream)
 {
+    GCLIP_FP_SCOPE();
     gclip_clear_error();
     if (!ad)
         return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "ad is NULL");
@@ -345,6 +347,7 @@ gclip_status gclip_adaptive_step(gclip_adaptive *ad, const gclip_norm_options *b
 
 gclip_status gclip_adaptive_get_info(gclip_adaptive *ad, gclip_adaptive_info *info)
 {
+    GCLIP_FP_SCOPE();
     gclip_clear_error();
     if (!ad || !info)
         return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "ad or info is NULL");
@@ -389,6 +392,7 @@ gclip_status gclip_adaptive_state_size(const gclip_adaptive *ad, size_t *size)
 
 gclip_status gclip_adaptive_export(gclip_adaptive *ad, void *host_buf, size_t size)
 {
+    GCLIP_FP_SCOPE();
     gclip_clear_error();
     if (!ad || !host_buf)
         return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "ad or host_buf is NULL");
@@ -429,6 +433,7 @@ static gclip_status check_scalars(const gclip_adaptive *ad, const gclip_adapt_sc
 
 gclip_status gclip_adaptive_import(gclip_adaptive *ad, const void *host_buf, size_t size)
 {
+    GCLIP_FP_SCOPE();
     gclip_clear_error();
     if (!ad || !host_buf)
         return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "ad or host_buf is NULL");

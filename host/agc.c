@@ -166,6 +166,7 @@ static void build_image(unsigned char *image, char *base, const agc_layout *l,
 gclip_status gclip_agc_create(gclip_agc **agc, gclip_plan *plan, const gclip_tensor *params,
                               const int64_t *units, const gclip_agc_options *options)
 {
+    GCLIP_FP_SCOPE();
     gclip_clear_error();
     if (!agc)
         return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "agc is NULL");
@@ -237,6 +238,7 @@ gclip_status gclip_agc_params(const gclip_agc *agc, gclip_norm_params *np)
 
 gclip_status gclip_agc_step(gclip_agc *agc, gclip_stream stream)
 {
+    GCLIP_FP_SCOPE();
     gclip_clear_error();
     if (!agc)
         return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "agc is NULL");

@@ -108,6 +108,7 @@ void gclip_agc_cpu(gclip_plan *plan, const gclip_norm_params *np)
     const int threads = gclip_cpu_team(plan, n);
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
+        GCLIP_FP_SCOPE(); /* this thread's part in the default environment */
         /* A unit of one piece (every row up to 16384 elements) is scaled
          * right after its sums, while its gradient is still in the cache;
          * the factor is the same as after the barrier. */

@@ -117,6 +117,7 @@ void gclip_cpu_walk_chunks(const gclip_plan *plan, gclip_cpu_run_fn fn, const vo
     }
 #pragma omp parallel num_threads(threads)
     {
+        GCLIP_FP_SCOPE(); /* this thread's part in the default environment */
         int64_t lo, hi;
         thread_grains(ng, omp_get_thread_num(), omp_get_num_threads(), &lo, &hi);
         walk_grains(st, lo, hi, reverse, plan, fn, arg);

@@ -221,6 +221,7 @@ void gclip_fold_partials_cpu(const gclip_chunk *chunks, uint32_t num_chunks, uin
         threads = GCLIP_FOLD_LANES; /* no thread without a lane */
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
+        GCLIP_FP_SCOPE(); /* this thread's part in the default environment */
 #pragma omp for schedule(static)
         for (int i = 0; i < GCLIP_FOLD_LANES; i++)
             lane_runs(&f, (uint32_t)i, chunks, num_chunks, partials);

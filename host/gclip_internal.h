@@ -97,6 +97,42 @@ void gclip_clear_error(void);
 /* The name of an op as the API spells it ("gclip_clip_grad_norm"). */
 const char *gclip_op_name(int32_t op);
 
+/* ---- the floating-point environment ----
+ *
+ * The library computes in the default environment whatever the caller's:
+ * round to nearest even, no flush-to-zero, no denormals-are-zero, every
+ * exception masked. Each entry point that computes in floating point (a
+ * step, a result, a fold, an option check) saves the calling thread's
+ * control and status register, sets the default (GCLIP_FP_SCOPE), and puts
+ * the caller's back on every return, its exception flags included; each
+ * CPU thread does the same for its part of a parallel region. So a caller
+ * that flushes denormals (PyTorch's set_flush_denormal) gets the bits any
+ * other caller gets, and one that unmasks FE_INVALID to catch NaNs in its
+ * own code gets a NaN norm or a skipped step, not SIGFPE inside the
+ * library. x86 only (the SSE register, MXCSR); elsewhere the caller's
+ * environment applies. */
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+typedef unsigned int gclip_fp_env;
+#define GCLIP_FP_DEFAULT 0x1f80u /* every exception masked, nearest, no FTZ/DAZ */
+static inline gclip_fp_env gclip_fp_enter(void)
+{
+    gclip_fp_env saved;
+    const gclip_fp_env def = GCLIP_FP_DEFAULT;
+    __asm__ volatile("stmxcsr %0" : "=m"(saved) : : "memory");
+    __asm__ volatile("ldmxcsr %0" : : "m"(def) : "memory");
+    return saved;
+}
+static inline void gclip_fp_leave(const gclip_fp_env *saved)
+{
+    __asm__ volatile("ldmxcsr %0" : : "m"(*saved) : "memory");
+}
+#define GCLIP_FP_SCOPE()                                                              \
+    const gclip_fp_env gclip_fp_saved_ __attribute__((cleanup(gclip_fp_leave), unused)) = \
+        gclip_fp_enter()
+#else
+#define GCLIP_FP_SCOPE() ((void)0)
+#endif
+
 /* ---- host allocation (host/alloc.c): every host allocation goes through
  * here, so that tests can make each one fail in turn. ---- */
 void *gclip_host_alloc(size_t bytes);

@@ -15,6 +15,7 @@ gclip_norm_options gclip_norm_options_default(void)
 
 gclip_status gclip_partial_combine(gclip_partial *a, const gclip_partial *b)
 {
+    GCLIP_FP_SCOPE();
     gclip_clear_error();
     if (!a || !b)
         return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "partial a or b is NULL");
@@ -62,6 +63,7 @@ static gclip_status no_tensor_norms(const gclip_norm_options *options, int32_t o
 static gclip_status norm_step(gclip_plan *plan, const gclip_norm_options *options, int32_t op,
                               gclip_stream stream)
 {
+    GCLIP_FP_SCOPE();
     gclip_step step;
     const gclip_status s = begin_step(plan, options, op, &step);
     return s != GCLIP_STATUS_SUCCESS ? s : plan->backend->run(plan, &step, stream);
@@ -104,6 +106,7 @@ gclip_status gclip_clip_grads_with_norm(gclip_plan *plan, const gclip_norm_optio
                                         float total_norm, const float *total_norm_ptr,
                                         gclip_stream stream)
 {
+    GCLIP_FP_SCOPE();
     gclip_step step;
     gclip_status s = begin_step(plan, options, GCLIP_OP_CLIP_WITH_NORM, &step);
     if (s == GCLIP_STATUS_SUCCESS)
@@ -123,6 +126,7 @@ gclip_status gclip_clip_grads_with_norm(gclip_plan *plan, const gclip_norm_optio
 gclip_status gclip_norm_finalize(gclip_plan *plan, const gclip_norm_options *options,
                                  const gclip_partial *partials, size_t count, gclip_stream stream)
 {
+    GCLIP_FP_SCOPE();
     gclip_step step;
     gclip_status s = begin_step(plan, options, GCLIP_OP_FINALIZE, &step);
     if (s == GCLIP_STATUS_SUCCESS)
@@ -154,6 +158,7 @@ gclip_status gclip_apply_clip_factor(gclip_plan *plan, gclip_stream stream)
 
 gclip_status gclip_clip_grad_value(gclip_plan *plan, float clip_value, gclip_stream stream)
 {
+    GCLIP_FP_SCOPE();
     gclip_step step;
     gclip_status s = begin_step(plan, NULL, GCLIP_OP_CLIP_VALUE, &step);
     if (s != GCLIP_STATUS_SUCCESS)
@@ -202,6 +207,7 @@ static int32_t slot_applied(const gclip_result_slot *s)
 
 gclip_status gclip_get_result(gclip_plan *plan, gclip_result *result)
 {
+    GCLIP_FP_SCOPE();
     gclip_clear_error();
     if (!plan || !result)
         return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "plan or result is NULL");

@@ -198,6 +198,7 @@ void gclip_tensor_clip_cpu(gclip_plan *plan, const gclip_norm_params *np)
     } else {
 #pragma omp parallel num_threads(threads)
         {
+            GCLIP_FP_SCOPE(); /* this thread's part in the default environment */
             const int t = omp_get_thread_num(), n = omp_get_num_threads();
             for (uint32_t s = 0; s < st->num_segments; s++)
                 segment_part(plan, s, t, n, &a, read, np, &sc);

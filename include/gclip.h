@@ -63,7 +63,14 @@
  * Determinism
  *   For a given plan and backend the results are bitwise identical from run
  *   to run, for any CPU thread count and any GPU model: the reduction order
- *   is fixed by the plan's chunk table, never by the hardware.
+ *   is fixed by the plan's chunk table, never by the hardware. Nor by the
+ *   caller's floating-point environment: on x86 every call that computes
+ *   runs with round-to-nearest, without flush-to-zero or denormals-are-zero
+ *   and with every exception masked, on the calling thread and on its CPU
+ *   threads, and puts the caller's environment back, flags included, before
+ *   it returns. A caller that flushes denormals (torch.set_flush_denormal)
+ *   gets the same bits as any other; one that unmasks FE_INVALID gets a NaN
+ *   norm, not SIGFPE.
  */
 #ifndef GCLIP_H
 #define GCLIP_H

@@ -391,3 +391,43 @@ def test_get_total_norm_of_repeated_or_overlapping_tensors_is_pytorchs(p, rng):
         assert got.dtype == want.dtype
         assert abs(float(got) - ref) <= 1e-6 * ref
         assert abs(float(got) - float(want)) <= 1e-5 * ref
+
+
+def test_flush_denormal_mode_changes_no_bit(rng):
+    """torch.set_flush_denormal(True) sets flush-to-zero and
+    denormals-are-zero on this thread. gclip computes in the default
+    environment whatever the caller's, so gradients of subnormal floats give
+    the norm and the clipped bits they give without it, and the caller's mode
+    is still set afterwards."""
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU has no flush-denormal mode")
+    torch.set_flush_denormal(False)
+    shapes = [(64, 33), (1000,), (7,)]
+    # f32 subnormals (below 2^-126), prepared before any mode is set
+    tiny = [(rng.uniform(-1.0, 1.0, s) * 2.0**-128).astype(np.float32) for s in shapes]
+    ref = ref_norm(tiny, 2.0)
+    max_norm = 5e-7  # against eps = 1e-6 in min(1, max_norm / (norm + eps)): a factor of 0.5
+
+    def run(flush):
+        params = [torch.nn.Parameter(torch.zeros(a.shape)) for a in tiny]
+        for q, a in zip(params, tiny):
+            q.grad = torch.from_numpy(a.copy())
+        torch.set_flush_denormal(flush)
+        try:
+            n = gt.clip_grad_norm_(params, max_norm)
+            # torch's own arithmetic still flushes when the mode is on
+            still = float(torch.full((1,), 2.0**-140) * 3.0) == 0.0
+        finally:
+            torch.set_flush_denormal(False)
+        return n, [q.grad.clone() for q in params], still
+
+    n0, g0, still0 = run(False)
+    n1, g1, still1 = run(True)
+    assert not still0 and still1
+    assert n1.item() > 0.0 and abs(n1.item() - ref) <= 1e-6 * ref
+    assert n1.numpy().tobytes() == n0.numpy().tobytes()
+    coef = max_norm / (ref + 1e-6)
+    for a, x0, x1 in zip(tiny, g0, g1):
+        assert x1.numpy().tobytes() == x0.numpy().tobytes()
+        assert np.count_nonzero(x1.numpy()) == np.count_nonzero(a)
+        np.testing.assert_allclose(x1.numpy(), a.astype(np.float64) * coef, rtol=2e-6, atol=1.5e-45)
