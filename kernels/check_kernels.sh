@@ -120,6 +120,24 @@ for k in "${vector_load_kernels[@]}"; do
     fi
 done
 
+# ---- float arithmetic as the CPU path does it ----------------------------------
+# The CPU path keeps subnormals and rounds every float operation correctly,
+# whatever the caller's floating-point mode. Kernels built with
+# --use_fast_math or -ftz=true would flush f32 subnormals (.ftz) and
+# approximate f32 divisions, square roots and reciprocals (.approx), and their
+# bits would part from the CPU path's; the emulator runs the CUDA C source,
+# not the PTX, so only this check sees it. The seed of nvcc's correctly
+# rounded f64 division (rcp.approx.ftz.f64, refined after) is not f32 and
+# stays allowed.
+for k in "${kernels[@]}"; do
+    [ -f "$work/$k.ptx" ] || continue
+    n=$(grep -cE '\.(ftz|approx)(\.[a-z0-9]+)*\.f32([^0-9]|$)' "$work/$k.ptx" || true)
+    echo "$k.cu: $n f32 instructions with .ftz or .approx in the compute_90 PTX"
+    if [ "$n" -ne 0 ]; then
+        fail "$k.cu: $n f32 instructions flush subnormals or approximate (.ftz/.approx): the kernels must be built without --use_fast_math or -ftz=true"
+    fi
+done
+
 # ---- norm arithmetic and conversions (docs/gpu-arithmetic.md) ----------------
 # Static checks of the per-thread arithmetic, from ptxas -v and from the SASS
 # (cuobjdump) of tests/nvcc/walk_probes.cu, whose kernels each run one
