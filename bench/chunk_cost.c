@@ -5,6 +5,7 @@
  * a roofline or peers, so that it runs under callgrind or perf in seconds:
  *
  *   gclip-chunk-cost COUNT NUMEL [f32|f16|bf16] [THREADS] [REPS] [plain] [cold]
+ *                    [value|scale]
  *
  * With `plain`, each repetition is followed by a plain read of the same
  * bytes (bench_read_kernel, the roofline's read: sum of squares, 32-byte
@@ -15,6 +16,14 @@
  * norm and each plain read (bench_evict, as gclip-bench does before each
  * run); without it, what a buffer smaller than the last-level cache leaves
  * there is read again.
+ *
+ * With `value` or `scale`, the update pass is timed instead of the norm:
+ * gclip_clip_grad_value with the bound 0.25 (about half the elements
+ * clamped; the second and later repetitions find them in range and write
+ * them all the same), or gclip_clip_grads_with_norm with a factor of 0.5
+ * and 2 in turn (exact for these values, so the data stays as it was). The
+ * plain pass is then the roofline's in-place scale (bench_scale_kernel),
+ * and GB/s count the bytes read and written.
  *
  * The data is seeded and never zero; the norm is printed so that the work
  * cannot be skipped.
@@ -66,7 +75,9 @@ static void store(void *p, gclip_dtype dt, size_t i, float v)
 int main(int argc, char **argv)
 {
     if (argc < 3) {
-        fprintf(stderr, "usage: %s COUNT NUMEL [f32|f16|bf16] [THREADS] [REPS] [plain] [cold]\n",
+        fprintf(stderr,
+                "usage: %s COUNT NUMEL [f32|f16|bf16] [THREADS] [REPS] [plain] [cold] "
+                "[value|scale]\n",
                 argv[0]);
         return 2;
     }
@@ -77,13 +88,16 @@ int main(int argc, char **argv)
     const int threads = argc > 4 ? atoi(argv[4]) : 1;
     const int reps = argc > 5 ? atoi(argv[5]) : 40;
     int plain = 0, cold = 0;
+    const char *op = "norm";
     for (int i = 6; i < argc; i++) {
         if (!strcmp(argv[i], "plain")) {
             plain = 1;
         } else if (!strcmp(argv[i], "cold")) {
             cold = 1;
+        } else if (!strcmp(argv[i], "value") || !strcmp(argv[i], "scale")) {
+            op = argv[i];
         } else {
-            fprintf(stderr, "unknown word %s (plain, cold)\n", argv[i]);
+            fprintf(stderr, "unknown word %s (plain, cold, value, scale)\n", argv[i]);
             return 2;
         }
     }
@@ -114,6 +128,9 @@ int main(int argc, char **argv)
         return 1;
     }
     const gclip_norm_options o = gclip_norm_options_default();
+    const int update = strcmp(op, "norm") != 0;
+    /* an update reads and writes every byte */
+    const double moved = update ? 2.0 : 1.0;
     double best = 1e30;
     double *ms = malloc(2 * (size_t)reps * sizeof *ms), *plain_ms = ms + reps;
     if (!ms) {
@@ -124,9 +141,16 @@ int main(int argc, char **argv)
     for (int r = 0; r < reps; r++) {
         if (cold)
             bench_evict(buf, stride * count, team);
+        gclip_norm_options so = o; /* coefficient 1 (max_norm far above 1), factor inv_scale */
+        so.max_norm = 1e30f;
+        so.inv_scale = r % 2 ? 2.0f : 0.5f;
         const double a = now();
-        if (gclip_total_norm(plan, &o, NULL) != GCLIP_STATUS_SUCCESS) {
-            fprintf(stderr, "norm: %s\n", gclip_last_error());
+        const gclip_status st = !strcmp(op, "value")   ? gclip_clip_grad_value(plan, 0.25f, NULL)
+                                : !strcmp(op, "scale") ? gclip_clip_grads_with_norm(plan, &so, 1.0f,
+                                                                                     NULL, NULL)
+                                                       : gclip_total_norm(plan, &o, NULL);
+        if (st != GCLIP_STATUS_SUCCESS) {
+            fprintf(stderr, "%s: %s\n", op, gclip_last_error());
             return 1;
         }
         const double s = now() - a;
@@ -136,22 +160,26 @@ int main(int argc, char **argv)
             if (cold)
                 bench_evict(buf, stride * count, team);
             const double b = now();
-            bench_sink = bench_read_kernel((const float *)buf, stride * count / 4, team);
+            if (update)
+                bench_scale_kernel((float *)buf, stride * count / 4, 1.0f, team);
+            else
+                bench_sink = bench_read_kernel((const float *)buf, stride * count / 4, team);
             plain_ms[r] = (now() - b) * 1e3;
         }
     }
     gclip_result res;
     gclip_get_result(plan, &res);
-    printf("%zu x %lld %s, %d thread(s): best of %d %.3f ms, %.1f ns per tensor, %.2f GB/s, "
+    printf("%s, %zu x %lld %s, %d thread(s): best of %d %.3f ms, %.1f ns per tensor, %.2f GB/s, "
            "norm %.7g\n",
-           count, (long long)numel, dts, threads, reps, best * 1e3, best * 1e9 / (double)count,
-           (double)count * (double)numel * (double)esize / best / 1e9, res.total_norm);
+           op, count, (long long)numel, dts, threads, reps, best * 1e3, best * 1e9 / (double)count,
+           moved * (double)count * (double)numel * (double)esize / best / 1e9, res.total_norm);
     if (plain) {
         const double g = bench_stats_of(ms, reps).median_ms;
         const double q = bench_stats_of(plain_ms, reps).median_ms;
-        printf("medians: norm %.3f ms (%.2f GB/s of the buffer), plain read %.3f ms (%.2f GB/s), "
+        const double b = moved * (double)(stride * count);
+        printf("medians: %s %.3f ms (%.2f GB/s of the buffer), plain %s %.3f ms (%.2f GB/s), "
                "ratio %.3f\n",
-               g, (double)(stride * count) / g / 1e6, q, (double)(stride * count) / q / 1e6, q / g);
+               op, g, b / g / 1e6, update ? "in-place scale" : "read", q, b / q / 1e6, q / g);
     }
     free(ms);
     gclip_plan_destroy(plan);

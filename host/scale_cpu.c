@@ -12,6 +12,7 @@
  * 16-bit loops into branchy scalar code, 3 to 10 times slower than memory on
  * 2 cores.
  */
+#include <math.h>
 #include <stdatomic.h>
 
 #include "cpu_walk.h"
@@ -106,9 +107,20 @@ bf16_scale16(__m256i h, __m256 fv, int nan_from)
     return half_nan_where(r, h, _mm256_set1_epi16(0x7f80));
 }
 
+/* How far ahead of itself each stream of a 16-bit update requests its
+ * lines (prefetcht0, one request per 64-byte line). The conversions of a
+ * scale of halves take about three quarters of the time its bytes take to
+ * come from memory on one core, and without the requests the two hardly
+ * overlapped: on a 2-core Xeon (AVX-512, run here on AVX2) the scale of
+ * 1 GiB of bf16 moved 36 GB/s against 58 for f32, and 47-48 GB/s with them
+ * (docs/benchmark.md, "The 16-bit update pass: requests ahead"). */
+#define HALF_AHEAD_BYTES 1024
+
 /* The first `streams` * part elements from `begin`, as that many parts in
  * lockstep, sixteen at a time (inlined with constant streams, bf16 and
- * nan_from, so each loop has no test in it). */
+ * nan_from, so each loop has no test in it but the line's: each of several
+ * streams requests the line HALF_AHEAD_BYTES ahead once per 32 elements;
+ * one stream is a small chunk's, or the rest of a large one). */
 __attribute__((target("avx2,f16c"), always_inline)) static inline void
 scale_half_parts(uint16_t *x, int64_t begin, int64_t part, int streams, __m256 fv, int bf16,
                  int nan_from)
@@ -116,6 +128,8 @@ scale_half_parts(uint16_t *x, int64_t begin, int64_t part, int streams, __m256 f
     for (int64_t i = begin; i < begin + part; i += 16)
         for (int s = 0; s < streams; s++) {
             __m256i *p = (__m256i *)(x + i + s * part);
+            if (streams > 1 && !((i - begin) & 31))
+                _mm_prefetch((const char *)p + HALF_AHEAD_BYTES, _MM_HINT_T0);
             const __m256i h = _mm256_loadu_si256(p);
             _mm256_storeu_si256(p, bf16 ? bf16_scale16(h, fv, nan_from) : f16_scale16(h, fv, nan_from));
         }
@@ -123,11 +137,14 @@ scale_half_parts(uint16_t *x, int64_t begin, int64_t part, int streams, __m256 f
 
 /* How n halves are walked sixteen at a time: STREAMS lockstep parts of
  * *part elements, then *rest elements in one stream after them (all of a
- * chunk of fewer than 16 STREAMS elements). Returns STREAMS * part + rest;
- * the elements from there go through the scalar conversions. */
+ * chunk of fewer than 16 STREAMS elements or of at most ONE_STREAM_BYTES).
+ * Returns STREAMS * part + rest; the elements from there go through the
+ * scalar conversions. */
 static inline int64_t half_split(int64_t n, int64_t *part, int64_t *rest)
 {
-    *part = n / (STREAMS * 16) * 16;
+    /* a chunk of at most ONE_STREAM_BYTES is one stream, as in
+     * gclip_walk_update: update_run has requested its lines already */
+    *part = n * 2 <= ONE_STREAM_BYTES ? 0 : n / (STREAMS * 16) * 16;
     *rest = (n - STREAMS * *part) / 16 * 16;
     return STREAMS * *part + *rest;
 }
@@ -165,38 +182,69 @@ __attribute__((target("avx2,f16c"))) static void walk_scale_half(uint16_t *x, in
 }
 
 /* The clamp of f16 or bf16 elements on their bits, sixteen at a time
- * (clamp_half_parts, as scale_half_parts). An
- * element beyond [-v, v] becomes v or -v rounded to the dtype; the halves'
- * magnitudes are ordered like their bits, so comparing them with the bits
- * `top` of |v| rounded gives the same result: no half lies strictly
- * between |v| and `top`, and an element equal to `top` is what clamping
- * would make it.
- * A NaN becomes the canonical NaN 0x7fff. These are the bits gclip_clamp
- * and the scalar conversions give, with no conversion to float and back
- * (-0 included: v = -0 sends positive elements to -0 and negative ones to
- * +0, as the contract's comparisons do). */
-/* The clamp of the first `streams` * part elements from `begin`, as that
- * many parts in lockstep (inlined with constant streams): an element above
- * `top` in magnitude becomes `above` or `below` by its sign, a NaN (above
- * `inf`) the canonical NaN. */
-__attribute__((target("avx2"), always_inline)) static inline void
-clamp_half_parts(uint16_t *x, int64_t begin, int64_t part, int streams, __m256i top,
-                 __m256i above, __m256i below, __m256i inf)
+ * (clamp_half_parts, as scale_half_parts). An element beyond [-v, v]
+ * becomes v or -v rounded to the dtype; the halves' magnitudes are ordered
+ * like their bits, so comparing them with the bits `top` of |v| rounded
+ * gives the same result: no half lies strictly between |v| and `top`, and
+ * an element equal to `top` is what clamping would make it. A NaN becomes
+ * the canonical NaN 0x7fff. These are the bits gclip_clamp and the scalar
+ * conversions give, with no conversion to float and back.
+ *
+ * For v >= +0 the result is the element's sign over the smaller of its
+ * magnitude and `top` (an unsigned 16-bit min), and NaN's mask puts 0x7fff
+ * in its place: seven one-micro-op instructions per sixteen elements, where
+ * three byte blends (two or three micro-ops each) held the clamp of halves
+ * below the memory's speed (docs/benchmark.md, "The value clamp as min and
+ * max"). v = -0 sends positive elements to -0 and negative ones to +0, as
+ * the contract's comparisons do: the sign flips where the magnitude is
+ * above 0, which the blend form (`neg_zero`) handles. */
+__attribute__((target("avx2"), always_inline)) static inline __m256i
+clamp_half16(__m256i h, __m256i top, __m256i above, __m256i below, __m256i inf, int neg_zero)
 {
     const __m256i magmask = _mm256_set1_epi16(0x7fff);
+    const __m256i mag = _mm256_and_si256(h, magmask);
+    const __m256i nan = _mm256_cmpgt_epi16(mag, inf);
+    if (neg_zero) {
+        const __m256i bound = _mm256_blendv_epi8(above, below, _mm256_srai_epi16(h, 15));
+        const __m256i r = _mm256_blendv_epi8(h, bound, _mm256_cmpgt_epi16(mag, top));
+        return _mm256_blendv_epi8(r, magmask, nan);
+    }
+    /* the sign where h is not NaN; the magnitude, all ones where it is */
+    const __m256i sign = _mm256_andnot_si256(nan, _mm256_andnot_si256(magmask, h));
+    const __m256i m = _mm256_or_si256(_mm256_min_epu16(mag, top), nan);
+    return _mm256_or_si256(sign, _mm256_and_si256(m, magmask));
+}
+
+/* The clamp of the first `streams` * part elements from `begin`, as that
+ * many parts in lockstep (inlined with constant streams and neg_zero), each
+ * stream requesting its lines ahead as scale_half_parts does. */
+__attribute__((target("avx2"), always_inline)) static inline void
+clamp_half_parts(uint16_t *x, int64_t begin, int64_t part, int streams, __m256i top,
+                 __m256i above, __m256i below, __m256i inf, int neg_zero)
+{
     for (int64_t i = begin; i < begin + part; i += 16)
         for (int s = 0; s < streams; s++) {
             __m256i *p = (__m256i *)(x + i + s * part);
+            if (streams > 1 && !((i - begin) & 31))
+                _mm_prefetch((const char *)p + HALF_AHEAD_BYTES, _MM_HINT_T0);
             const __m256i h = _mm256_loadu_si256(p);
-            const __m256i mag = _mm256_and_si256(h, magmask);
-            const __m256i bound = _mm256_blendv_epi8(above, below, _mm256_srai_epi16(h, 15));
-            const __m256i r = _mm256_blendv_epi8(h, bound, _mm256_cmpgt_epi16(mag, top));
-            _mm256_storeu_si256(p, half_nan_where(r, h, inf));
+            _mm256_storeu_si256(p, clamp_half16(h, top, above, below, inf, neg_zero));
         }
 }
 
+__attribute__((target("avx2"), always_inline)) static inline int64_t
+clamp_half_span(uint16_t *x, int64_t n, __m256i top, __m256i above, __m256i below, __m256i inf,
+                int neg_zero)
+{
+    int64_t part, rest;
+    const int64_t done = half_split(n, &part, &rest);
+    clamp_half_parts(x, 0, part, STREAMS, top, above, below, inf, neg_zero);
+    clamp_half_parts(x, STREAMS * part, rest, 1, top, above, below, inf, neg_zero);
+    return done;
+}
+
 __attribute__((target("avx2"))) static void walk_clamp_half_avx2(uint16_t *x, int32_t dtype,
-                                                                 int64_t begin, int64_t n, float v)
+                                                                 int64_t n, float v)
 {
     const int f16 = dtype == GCLIP_F16;
     const float a = v + 0.0f; /* |v|: v >= 0 or -0, made +0 */
@@ -205,11 +253,9 @@ __attribute__((target("avx2"))) static void walk_clamp_half_avx2(uint16_t *x, in
     const __m256i topv = _mm256_set1_epi16((short)top);
     const __m256i above = _mm256_set1_epi16((short)(f16 ? gclip_f32_to_f16(v) : gclip_f32_to_bf16(v)));
     const __m256i below = _mm256_set1_epi16((short)(f16 ? gclip_f32_to_f16(-v) : gclip_f32_to_bf16(-v)));
-    int64_t part, rest;
-    const int64_t done = half_split(n, &part, &rest);
-    clamp_half_parts(x, begin, part, STREAMS, topv, above, below, inf);
-    clamp_half_parts(x, begin + STREAMS * part, rest, 1, topv, above, below, inf);
-    for (int64_t k = begin + done; k < begin + n; k++)
+    const int64_t done = signbit(v) ? clamp_half_span(x, n, topv, above, below, inf, 1)
+                                    : clamp_half_span(x, n, topv, above, below, inf, 0);
+    for (int64_t k = done; k < n; k++)
         gclip_walk_update_one(x, dtype, k, 1, v);
 }
 
@@ -249,7 +295,7 @@ ALWAYS_INLINE void update_chunk(gclip_cpu_span sp, int clamp, float f)
     const int64_t n = sp.bytes / gclip_dtype_size(dtype);
 #ifdef GCLIP_F16C_PATH
     if (clamp && (dtype == GCLIP_F16 || dtype == GCLIP_BF16) && gclip_cpu_has_f16c()) {
-        walk_clamp_half_avx2(data, dtype, 0, n, f);
+        walk_clamp_half_avx2(data, dtype, n, f);
         return;
     }
     if ((dtype == GCLIP_F16 || dtype == GCLIP_BF16) && gclip_cpu_has_f16c()) {

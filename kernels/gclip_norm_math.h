@@ -442,15 +442,29 @@ GCLIP_HD float gclip_tensor_factor(float tensor_norm, const gclip_norm_params *n
 
 /* ---- per-element updates -------------------------------------------------- */
 
+/* x clamped to [-v, v] for v >= 0 or v = -0: x < -v ? -v : (x > v ? v : x).
+ * Written as the upper bound first, then the lower one, each in the operand
+ * order of the x86 min/max instructions (vminps(a, b) = a < b ? a : b, and
+ * the second operand when either is NaN): GCC vectorizes these two into one
+ * vminps and one vmaxps, where the form above took three compares and two
+ * blends per vector and held the f32 clamp below the memory's speed on
+ * AVX2 (docs/benchmark.md, "The value clamp as min and max"). The results
+ * are the same for every x and every v >= 0 or -0: when x < -v, x > v is
+ * false, so the first step keeps x; a NaN x compares false both ways and is
+ * returned unchanged, its payload kept; the signed zeros meet the same
+ * comparisons (tests/cpu/test_core.cpp, ClampIsTheContractsExpression). */
 GCLIP_HD float gclip_clamp(float x, float v)
 {
-    /* NaN compares false both ways and is returned unchanged */
-    return x < -v ? -v : (x > v ? v : x);
+    const float upper = v < x ? v : x;
+    const float lower = -v;
+    return lower > upper ? lower : upper;
 }
 
 GCLIP_HD double gclip_clamp_f64(double x, double v)
 {
-    return x < -v ? -v : (x > v ? v : x);
+    const double upper = v < x ? v : x;
+    const double lower = -v;
+    return lower > upper ? lower : upper;
 }
 
 #endif /* GCLIP_NORM_MATH_H */

@@ -10,6 +10,10 @@
 
 #include <cfloat>
 #include <cmath>
+#include <cstdint>
+#include <random>
+#include <limits>
+#include <cstring>
 #include <vector>
 
 namespace {
@@ -408,6 +412,80 @@ TEST(CoreElementwise, ClampKeepsNanAndBounds)
     EXPECT_TRUE(std::isnan(gclip_clamp(NAN, 1.0f)));
     EXPECT_EQ(gclip_clamp(-INFINITY, 0.0f), 0.0f);
     EXPECT_EQ(gclip_clamp(1e30f, INFINITY), 1e30f);
+}
+
+// The clamp is computed as min then max (gclip_norm_math.h); its bits must be
+// those of the contract's expression for every x and every bound v >= 0 or
+// -0, NaN payloads and signed zeros included.
+template <typename T, typename Bits> Bits bits_of(T x)
+{
+    Bits b;
+    std::memcpy(&b, &x, sizeof b);
+    return b;
+}
+
+template <typename T, typename Bits> T of_bits(Bits b)
+{
+    T x;
+    std::memcpy(&x, &b, sizeof x);
+    return x;
+}
+
+template <typename T, typename Bits> std::vector<T> clamp_inputs(std::mt19937_64 &rng)
+{
+    const T inf = std::numeric_limits<T>::infinity();
+    const T den = std::numeric_limits<T>::denorm_min();
+    const T tiny = std::numeric_limits<T>::min();
+    const T big = std::numeric_limits<T>::max();
+    std::vector<T> xs = {T(0), -T(0), den, -den, tiny, -tiny, T(0.5), T(-0.5), T(1), T(-1),
+                         T(3), T(-3), big, -big, inf, -inf};
+    const int mant = std::numeric_limits<T>::digits - 1;
+    const Bits exp_all = (Bits(~Bits(0)) >> (sizeof(Bits) * 8 - (sizeof(Bits) * 8 - 1 - mant)))
+                         << mant;
+    const Bits sign = Bits(1) << (sizeof(Bits) * 8 - 1);
+    for (Bits payload : {Bits(1), Bits(Bits(1) << (mant - 1)), Bits((Bits(1) << mant) - 1)})
+        for (Bits s : {Bits(0), sign})
+            xs.push_back(of_bits<T, Bits>(Bits(s | exp_all | payload)));
+    const size_t special = xs.size();
+    for (size_t i = 0; i < special; i++) // each special value one ulp either way
+        if (std::isfinite(xs[i])) {
+            xs.push_back(std::nextafter(xs[i], inf));
+            xs.push_back(std::nextafter(xs[i], -inf));
+        }
+    for (int i = 0; i < 4000; i++) // random bit patterns: every exponent, NaN among them
+        xs.push_back(of_bits<T, Bits>(Bits(rng())));
+    return xs;
+}
+
+template <typename T, typename Bits> void expect_clamp_is_contract(T (*clamp)(T, T))
+{
+    std::mt19937_64 rng(20261204);
+    const std::vector<T> xs = clamp_inputs<T, Bits>(rng);
+    std::vector<T> vs = {T(0), -T(0), std::numeric_limits<T>::denorm_min(),
+                         std::numeric_limits<T>::min(), T(1e-30), T(0.5), T(1), T(3),
+                         std::numeric_limits<T>::max(), std::numeric_limits<T>::infinity()};
+    for (int i = 0; i < 20; i++) // random bounds of every magnitude
+        vs.push_back(std::fabs(of_bits<T, Bits>(Bits(rng() >> 2))));
+    for (size_t i = 0; i < 20; i++) // bounds equal to inputs: the ties
+        vs.push_back(std::fabs(xs[xs.size() - 1 - i]));
+    size_t checked = 0;
+    for (T v : vs) {
+        if (std::isnan(v))
+            continue;
+        for (T x : xs) {
+            const T want = x < -v ? -v : (x > v ? v : x);
+            ASSERT_EQ((bits_of<T, Bits>(clamp(x, v))), (bits_of<T, Bits>(want)))
+                << "x=" << x << " v=" << v;
+            checked++;
+        }
+    }
+    EXPECT_GT(checked, size_t(100000));
+}
+
+TEST(CoreElementwise, ClampIsTheContractsExpression)
+{
+    expect_clamp_is_contract<float, uint32_t>(gclip_clamp);
+    expect_clamp_is_contract<double, uint64_t>(gclip_clamp_f64);
 }
 
 } // namespace

@@ -13,6 +13,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -138,6 +139,49 @@ TEST_P(HalfUpdate, ClampOfEveryPatternIsBitExact)
         auto clamp = [=](float x) { return x < -v ? -v : (x > v ? v : x); };
         EXPECT_EQ(check(dt, before, p.data(), clamp, "clamp"), 0)
             << "clip_value " << v << (std::signbit(v) ? " (negative sign)" : "");
+    }
+}
+
+// The same patterns cut into many small tensors: a chunk of at most 16 KiB
+// is updated as one stream (host/scale_cpu.c, half_split), larger ones as
+// four streams and a rest; the lengths straddle both, the 16-element vector
+// and the scalar tail.
+TEST_P(HalfUpdate, SmallTensorsOfEveryPatternAreBitExact)
+{
+    const gclip_dtype dt = GetParam();
+    const size_t lengths[] = {1, 15, 16, 17, 100, 1000, 4095, 8191, 8192, 8193, 8208, 20000};
+    std::mt19937 rng(20261204u);
+    std::uniform_int_distribution<uint32_t> mant(0, (1u << 23) - 1);
+    std::uniform_int_distribution<int> expo(-24, 8);
+    for (int trial = 0; trial < 6; ++trial) {
+        Patterns p(static_cast<size_t>(trial % 3), static_cast<size_t>(trial));
+        std::vector<gclip_tensor> ts;
+        for (size_t at = 0, k = static_cast<size_t>(trial); at < p.numel; ++k) {
+            const size_t n = std::min(lengths[k % (sizeof lengths / sizeof lengths[0])], p.numel - at);
+            ts.push_back(gclip_tensor{p.data() + at, static_cast<int64_t>(n), dt});
+            at += n;
+        }
+        const std::vector<uint16_t> before(p.data(), p.data() + p.numel);
+        testutil::PlanPtr plan;
+        ASSERT_EQ(testutil::make_plan(plan, ts), GCLIP_STATUS_SUCCESS);
+        const float r = std::ldexp(1.0f + static_cast<float>(mant(rng)) * 0x1p-23f, expo(rng));
+        if (trial % 2 == 0) {
+            gclip_norm_options o = gclip_norm_options_default();
+            o.max_norm = 1e30f;
+            o.inv_scale = trial == 4 ? 0.0f : r; // 0: Inf becomes NaN
+            if (trial == 4)
+                o.max_norm = 0.0f, o.inv_scale = 1.0f;
+            ASSERT_EQ(gclip_clip_grads_with_norm(plan.get(), &o, 1.0f, nullptr, nullptr),
+                      GCLIP_STATUS_SUCCESS);
+            const float applied = testutil::result_of(plan.get()).scale;
+            EXPECT_EQ(check(dt, before, p.data(), [=](float x) { return x * applied; }, "scale"), 0)
+                << "factor " << applied;
+        } else {
+            const float v = trial == 5 ? -0.0f : r;
+            ASSERT_EQ(gclip_clip_grad_value(plan.get(), v, nullptr), GCLIP_STATUS_SUCCESS);
+            auto clamp = [=](float x) { return x < -v ? -v : (x > v ? v : x); };
+            EXPECT_EQ(check(dt, before, p.data(), clamp, "clamp"), 0) << "clip_value " << v;
+        }
     }
 }
 
