@@ -671,6 +671,16 @@ ALWAYS_INLINE double tree_of_32(const gclip_v8f g[4])
     return tree_levels_16_to_1(d);
 }
 
+/* How far ahead of its reads a chunk of 33 to NT whole vectors requests
+ * lines into L2 (prefetcht1, the two lines of each eight vectors): the
+ * bytes past the chunk, which in a plan of many such tensors are mostly the
+ * next ones. One core reads such a chunk about as fast from its caches as
+ * from memory, and without the requests the two hardly overlapped: 10,000
+ * tensors of 1,000 f32 read at 0.59-0.61 of a plain read from cold caches
+ * on a 2-core Xeon, 0.74-0.83 with them, and the same from the caches
+ * (docs/benchmark.md, "Whole-vector chunks request the next ones"). */
+#define WHOLE_ROW_AHEAD 4096
+
 /* The partial of a chunk of nv <= NT whole vectors at row, no head or tail
  * element, for L2/L1 of f32/f16/bf16, into *out: thread t's accumulator is
  * +0 plus its one group, which is the group itself (no group is -0), so the
@@ -703,8 +713,12 @@ ALWAYS_INLINE int single_row_chunk(const char *row, int nv, int32_t dtype, int32
     const int slots = tree_slots(nv);
     double acc[NT];
     int t = 0;
-    for (; t + 8 <= nv; t += 8)
+    for (; t + 8 <= nv; t += 8) {
+        const char *ahead = row + (int64_t)t * VEC_BYTES + WHOLE_ROW_AHEAD;
+        __builtin_prefetch(ahead, 0, 2);
+        __builtin_prefetch(ahead + 64, 0, 2);
         store_groups(acc, t, eight_groups(row, t, dtype, kind, &bad));
+    }
     if (t < nv) {
         store_groups(acc, t, few_groups(row, t, nv - t, dtype, kind, &bad));
         t += 8;
@@ -938,16 +952,16 @@ typedef struct gclip_prefetch_cursor {
 
 /* Before walking chunk c of a run ending at `last`, c of `bytes_c` bytes (0
  * when c is left untouched): the lines of the chunks up to `distance` bytes
- * past it requested, into L1 (`into_l1`: the read pass) or L2 (the update
- * pass), each chunk found from its span (gclip_cpu_span); a chunk larger
- * than `largest` is left to the hardware prefetchers but counts towards the
- * distance. Under per-tensor factors `factor` (then `chunks` gives each
- * chunk's tensor), chunks that stay untouched (factor 1) are neither
- * requested nor counted. Inlined with constant distance, size and level. */
+ * past it requested into L2 (prefetcht1), each chunk found from its span
+ * (gclip_cpu_span); a chunk larger than `largest` is left to the hardware
+ * prefetchers but counts towards the distance. Under per-tensor factors
+ * `factor` (then `chunks` gives each chunk's tensor), chunks that stay
+ * untouched (factor 1) are neither requested nor counted. Inlined with
+ * constant distance and size. */
 ALWAYS_INLINE void gclip_prefetch_before(gclip_prefetch_cursor *pc, const gclip_cpu_span *spans,
                                          const gclip_chunk *chunks, uint32_t c, uint32_t last,
                                          const float *factor, int64_t bytes_c, int64_t distance,
-                                         int64_t largest, int into_l1)
+                                         int64_t largest)
 {
     if (pc->next <= c) { /* c itself, on the first call */
         pc->next = c;
@@ -959,12 +973,8 @@ ALWAYS_INLINE void gclip_prefetch_before(gclip_prefetch_cursor *pc, const gclip_
         const gclip_cpu_span sp = spans[pc->next];
         if (sp.bytes <= largest) {
             const char *line = (const char *)((uintptr_t)sp.start & ~(uintptr_t)63);
-            for (; line < sp.start + sp.bytes; line += 64) {
-                if (into_l1)
-                    __builtin_prefetch(line, 0, 3);
-                else
-                    __builtin_prefetch(line, 0, 2);
-            }
+            for (; line < sp.start + sp.bytes; line += 64)
+                __builtin_prefetch(line, 0, 2);
         }
         pc->ahead += sp.bytes;
     }
@@ -972,13 +982,18 @@ ALWAYS_INLINE void gclip_prefetch_before(gclip_prefetch_cursor *pc, const gclip_
 }
 
 /* The read pass requests the lines of the next READ_AHEAD_BYTES of chunks of
- * at most READ_AHEAD_SMALL bytes into L1. A tensor of 100 f32 takes a few
+ * at most READ_AHEAD_SMALL bytes into L2. A tensor of 100 f32 takes a few
  * hundred instructions for its 448 bytes: a thread walking such tensors
  * issues its loads too slowly for the hardware prefetchers to keep ahead
  * of it, and waits on most lines. Chunks of 1 KiB to 4 KiB, requested too,
  * went faster out of the caches and slower in them (docs/benchmark.md,
- * "Small chunks requested ahead, again"). */
-#define READ_AHEAD_BYTES 12288
+ * "Small chunks requested ahead, again"); those of whole vectors request
+ * their successors as they go (WHOLE_ROW_AHEAD). The requests went into L1
+ * (prefetcht0, 12 KiB ahead) until a 2-core Xeon read 100,000 tensors of
+ * 100 f32 at 0.54-0.55 of a plain read that way, and at 0.65-0.67 with
+ * prefetcht1 16 KiB ahead, the same from the caches (docs/benchmark.md,
+ * "Whole-vector chunks request the next ones"). */
+#define READ_AHEAD_BYTES 16384
 #define READ_AHEAD_SMALL 1024
 
 /* A partial, or the quiet NaN of positive sign if it is a NaN. Which NaN a
@@ -1066,7 +1081,7 @@ ALWAYS_INLINE void read_chunks_kind(const gclip_plan *plan, uint32_t first, uint
         const gclip_cpu_span sp = spans[c];
         if (sp.bytes <= READ_AHEAD_SMALL)
             gclip_prefetch_before(&pc, spans, NULL, c, last, NULL, sp.bytes, READ_AHEAD_BYTES,
-                                  READ_AHEAD_SMALL, 1);
+                                  READ_AHEAD_SMALL);
         else
             pc.next = 0;
         const int sums = kind == GCLIP_KIND_L2 || kind == GCLIP_KIND_L1;

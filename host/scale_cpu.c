@@ -316,7 +316,7 @@ ALWAYS_INLINE void update_chunk(gclip_cpu_span sp, int clamp, float f)
  * larger chunk is left to the hardware but counts towards the distance.
  * prefetcht1 measured faster than prefetcht0 and than prefetchw
  * (docs/benchmark.md, "Prefetching into L2"). The read pass has its own
- * distance, size and cache level (READ_AHEAD_BYTES, cpu_walk.h). */
+ * distance and size (READ_AHEAD_BYTES, cpu_walk.h). */
 #define PREFETCH_AHEAD 8192
 
 /* A run of chunks in one call, each chunk found from its span: the dtype
@@ -334,7 +334,7 @@ CPU_CLONES static void update_run(const gclip_plan *plan, uint32_t first, uint32
         const float fc = clamp || !factor ? f : factor[chunks[c].tensor];
         const int touched = clamp || fc != 1.0f;
         gclip_prefetch_before(&pc, spans, chunks, c, last, clamp ? NULL : factor,
-                              touched ? spans[c].bytes : 0, PREFETCH_AHEAD, ONE_STREAM_BYTES, 0);
+                              touched ? spans[c].bytes : 0, PREFETCH_AHEAD, ONE_STREAM_BYTES);
         if (touched)
             update_chunk(spans[c], clamp, fc);
     }
