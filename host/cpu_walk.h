@@ -355,7 +355,10 @@ ALWAYS_INLINE int any_unsafe(gclip_v8u note, int32_t kind)
  *
  * The rows are read one after the other, in address order, their words kept
  * in two 4 KiB arrays (rows 0 + 2, row 1) until row 3 completes the sums;
- * each pass requests the same row of the next batch into L1 (prefetcht0).
+ * each pass requests the same row of the next batch into L2 (prefetcht1:
+ * on a 2-core Xeon a 400 MB f32 tensor read at 0.86-0.88 of a plain read
+ * that way, at 0.82-0.84 with prefetcht0; docs/benchmark.md, "Whole-vector
+ * chunks request the next ones").
  * The additions are those of the tree above, in its order, so the sums are
  * bitwise the same as reading the four rows side by side; but four 4 KiB
  * pages read side by side are four short streams that the hardware
@@ -380,32 +383,32 @@ ALWAYS_INLINE void batch_rows_of(const char *const *rows, int nc, int32_t dtype,
     for (int j = 0; j < WORDS; j += 4)
         for (int k = 0; k < nc; k++) {
             const char *row = rows[k], *ahead = row + WALK_BATCH * rs;
-            __builtin_prefetch(ahead + j * WB, 0, 3);
-            __builtin_prefetch(ahead + j * WB + 64, 0, 3);
+            __builtin_prefetch(ahead + j * WB, 0, 2);
+            __builtin_prefetch(ahead + j * WB + 64, 0, 2);
             for (int i = 0; i < 4; i++)
                 even[k][j + i] = words_lane_v8f(row + (j + i) * WB, dtype, kind);
         }
     for (int j = 0; j < WORDS; j += 4)
         for (int k = 0; k < nc; k++) {
             const char *row = rows[k], *ahead = row + WALK_BATCH * rs;
-            __builtin_prefetch(ahead + rs + j * WB, 0, 3);
-            __builtin_prefetch(ahead + rs + j * WB + 64, 0, 3);
+            __builtin_prefetch(ahead + rs + j * WB, 0, 2);
+            __builtin_prefetch(ahead + rs + j * WB + 64, 0, 2);
             for (int i = 0; i < 4; i++)
                 odd[k][j + i] = words_lane_v8f(row + rs + (j + i) * WB, dtype, kind);
         }
     for (int j = 0; j < WORDS; j += 4)
         for (int k = 0; k < nc; k++) {
             const char *row = rows[k], *ahead = row + WALK_BATCH * rs;
-            __builtin_prefetch(ahead + 2 * rs + j * WB, 0, 3);
-            __builtin_prefetch(ahead + 2 * rs + j * WB + 64, 0, 3);
+            __builtin_prefetch(ahead + 2 * rs + j * WB, 0, 2);
+            __builtin_prefetch(ahead + 2 * rs + j * WB + 64, 0, 2);
             for (int i = 0; i < 4; i++)
                 even[k][j + i] = even[k][j + i] + words_lane_v8f(row + 2 * rs + (j + i) * WB, dtype, kind);
         }
     for (int j = 0; j < WORDS; j += 4)
         for (int k = 0; k < nc; k++) {
             const char *row = rows[k], *ahead = row + WALK_BATCH * rs;
-            __builtin_prefetch(ahead + 3 * rs + j * WB, 0, 3);
-            __builtin_prefetch(ahead + 3 * rs + j * WB + 64, 0, 3);
+            __builtin_prefetch(ahead + 3 * rs + j * WB, 0, 2);
+            __builtin_prefetch(ahead + 3 * rs + j * WB + 64, 0, 2);
             gclip_v8f w[4];
             for (int i = 0; i < 4; i++)
                 w[i] = even[k][j + i] +
