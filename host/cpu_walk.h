@@ -115,6 +115,16 @@ ALWAYS_INLINE double elem_f64(const char *base, int32_t dtype, int64_t i)
     return (double)gclip_load(base, dtype, i);
 }
 
+/* One 64-byte line requested into L2 (prefetcht1): the level of every
+ * request ahead in the read pass (batch_rows_of, single_row_chunk) and of
+ * gclip_prefetch_before; on a 2-core Xeon it read faster from memory than
+ * prefetcht0 everywhere it was tried (docs/benchmark.md, "Whole-vector
+ * chunks request the next ones"). */
+ALWAYS_INLINE void gclip_request_line(const char *line)
+{
+    __builtin_prefetch(line, 0, 2);
+}
+
 /* Eight floats, and their bits: GCC/Clang vector types that the AVX2 build
  * keeps in one register and the baseline build in two. The helpers are
  * always inlined, so no vector crosses a call: -Wpsabi's note on passing
@@ -355,10 +365,9 @@ ALWAYS_INLINE int any_unsafe(gclip_v8u note, int32_t kind)
  *
  * The rows are read one after the other, in address order, their words kept
  * in two 4 KiB arrays (rows 0 + 2, row 1) until row 3 completes the sums;
- * each pass requests the same row of the next batch into L2 (prefetcht1:
- * on a 2-core Xeon a 400 MB f32 tensor read at 0.86-0.88 of a plain read
- * that way, at 0.82-0.84 with prefetcht0; docs/benchmark.md, "Whole-vector
- * chunks request the next ones").
+ * each pass requests the same row of the next batch into L2
+ * (gclip_request_line; a 400 MB f32 tensor read at 0.86-0.88 of a plain
+ * read that way on a 2-core Xeon, at 0.82-0.84 with prefetcht0).
  * The additions are those of the tree above, in its order, so the sums are
  * bitwise the same as reading the four rows side by side; but four 4 KiB
  * pages read side by side are four short streams that the hardware
@@ -383,32 +392,32 @@ ALWAYS_INLINE void batch_rows_of(const char *const *rows, int nc, int32_t dtype,
     for (int j = 0; j < WORDS; j += 4)
         for (int k = 0; k < nc; k++) {
             const char *row = rows[k], *ahead = row + WALK_BATCH * rs;
-            __builtin_prefetch(ahead + j * WB, 0, 2);
-            __builtin_prefetch(ahead + j * WB + 64, 0, 2);
+            gclip_request_line(ahead + j * WB);
+            gclip_request_line(ahead + j * WB + 64);
             for (int i = 0; i < 4; i++)
                 even[k][j + i] = words_lane_v8f(row + (j + i) * WB, dtype, kind);
         }
     for (int j = 0; j < WORDS; j += 4)
         for (int k = 0; k < nc; k++) {
             const char *row = rows[k], *ahead = row + WALK_BATCH * rs;
-            __builtin_prefetch(ahead + rs + j * WB, 0, 2);
-            __builtin_prefetch(ahead + rs + j * WB + 64, 0, 2);
+            gclip_request_line(ahead + rs + j * WB);
+            gclip_request_line(ahead + rs + j * WB + 64);
             for (int i = 0; i < 4; i++)
                 odd[k][j + i] = words_lane_v8f(row + rs + (j + i) * WB, dtype, kind);
         }
     for (int j = 0; j < WORDS; j += 4)
         for (int k = 0; k < nc; k++) {
             const char *row = rows[k], *ahead = row + WALK_BATCH * rs;
-            __builtin_prefetch(ahead + 2 * rs + j * WB, 0, 2);
-            __builtin_prefetch(ahead + 2 * rs + j * WB + 64, 0, 2);
+            gclip_request_line(ahead + 2 * rs + j * WB);
+            gclip_request_line(ahead + 2 * rs + j * WB + 64);
             for (int i = 0; i < 4; i++)
                 even[k][j + i] = even[k][j + i] + words_lane_v8f(row + 2 * rs + (j + i) * WB, dtype, kind);
         }
     for (int j = 0; j < WORDS; j += 4)
         for (int k = 0; k < nc; k++) {
             const char *row = rows[k], *ahead = row + WALK_BATCH * rs;
-            __builtin_prefetch(ahead + 3 * rs + j * WB, 0, 2);
-            __builtin_prefetch(ahead + 3 * rs + j * WB + 64, 0, 2);
+            gclip_request_line(ahead + 3 * rs + j * WB);
+            gclip_request_line(ahead + 3 * rs + j * WB + 64);
             gclip_v8f w[4];
             for (int i = 0; i < 4; i++)
                 w[i] = even[k][j + i] +
@@ -718,8 +727,8 @@ ALWAYS_INLINE int single_row_chunk(const char *row, int nv, int32_t dtype, int32
     int t = 0;
     for (; t + 8 <= nv; t += 8) {
         const char *ahead = row + (int64_t)t * VEC_BYTES + WHOLE_ROW_AHEAD;
-        __builtin_prefetch(ahead, 0, 2);
-        __builtin_prefetch(ahead + 64, 0, 2);
+        gclip_request_line(ahead);
+        gclip_request_line(ahead + 64);
         store_groups(acc, t, eight_groups(row, t, dtype, kind, &bad));
     }
     if (t < nv) {
@@ -977,7 +986,7 @@ ALWAYS_INLINE void gclip_prefetch_before(gclip_prefetch_cursor *pc, const gclip_
         if (sp.bytes <= largest) {
             const char *line = (const char *)((uintptr_t)sp.start & ~(uintptr_t)63);
             for (; line < sp.start + sp.bytes; line += 64)
-                __builtin_prefetch(line, 0, 2);
+                gclip_request_line(line);
         }
         pc->ahead += sp.bytes;
     }

@@ -116,11 +116,19 @@ bf16_scale16(__m256i h, __m256 fv, int nan_from)
  * (docs/benchmark.md, "The 16-bit update pass: requests ahead"). */
 #define HALF_AHEAD_BYTES 1024
 
+/* The request of stream p at element `done` of its part: once per 32
+ * elements (a 64-byte line), and only when there are several streams (one
+ * stream is a small chunk's, requested by update_run, or the rest of a
+ * large one). */
+ALWAYS_INLINE void half_request_ahead(const void *p, int streams, int64_t done)
+{
+    if (streams > 1 && !(done & 31))
+        _mm_prefetch((const char *)p + HALF_AHEAD_BYTES, _MM_HINT_T0);
+}
+
 /* The first `streams` * part elements from `begin`, as that many parts in
  * lockstep, sixteen at a time (inlined with constant streams, bf16 and
- * nan_from, so each loop has no test in it but the line's: each of several
- * streams requests the line HALF_AHEAD_BYTES ahead once per 32 elements;
- * one stream is a small chunk's, or the rest of a large one). */
+ * nan_from, so each loop has no test in it but half_request_ahead's). */
 __attribute__((target("avx2,f16c"), always_inline)) static inline void
 scale_half_parts(uint16_t *x, int64_t begin, int64_t part, int streams, __m256 fv, int bf16,
                  int nan_from)
@@ -128,8 +136,7 @@ scale_half_parts(uint16_t *x, int64_t begin, int64_t part, int streams, __m256 f
     for (int64_t i = begin; i < begin + part; i += 16)
         for (int s = 0; s < streams; s++) {
             __m256i *p = (__m256i *)(x + i + s * part);
-            if (streams > 1 && !((i - begin) & 31))
-                _mm_prefetch((const char *)p + HALF_AHEAD_BYTES, _MM_HINT_T0);
+            half_request_ahead(p, streams, i - begin);
             const __m256i h = _mm256_loadu_si256(p);
             _mm256_storeu_si256(p, bf16 ? bf16_scale16(h, fv, nan_from) : f16_scale16(h, fv, nan_from));
         }
@@ -225,8 +232,7 @@ clamp_half_parts(uint16_t *x, int64_t begin, int64_t part, int streams, __m256i 
     for (int64_t i = begin; i < begin + part; i += 16)
         for (int s = 0; s < streams; s++) {
             __m256i *p = (__m256i *)(x + i + s * part);
-            if (streams > 1 && !((i - begin) & 31))
-                _mm_prefetch((const char *)p + HALF_AHEAD_BYTES, _MM_HINT_T0);
+            half_request_ahead(p, streams, i - begin);
             const __m256i h = _mm256_loadu_si256(p);
             _mm256_storeu_si256(p, clamp_half16(h, top, above, below, inf, neg_zero));
         }
