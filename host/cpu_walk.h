@@ -693,6 +693,26 @@ ALWAYS_INLINE double tree_of_32(const gclip_v8f g[4])
  * (docs/benchmark.md, "Whole-vector chunks request the next ones"). */
 #define WHOLE_ROW_AHEAD 4096
 
+/* The end of a chunk of nv whole vectors whose groups 0..t-1 (t a multiple
+ * of 8, nv - t < 8) are in slots 0..t-1 of acc: the last nv - t groups,
+ * the slots up to tree_slots(nv) at +0, and the tree into *out. Returns 0,
+ * leaving *out as it was, when a group is outside the safe range. */
+ALWAYS_INLINE int row_finish(const char *row, int nv, int t, double *acc, int32_t dtype,
+                             int32_t kind, gclip_v8u bad, double *out)
+{
+    const int slots = tree_slots(nv);
+    if (t < nv) {
+        store_groups(acc, t, few_groups(row, t, nv - t, dtype, kind, &bad));
+        t += 8;
+    }
+    /* t is a multiple of 8 here, and so is slots - t */
+    zero_slots(acc + t, slots - t);
+    if (any_unsafe(bad, kind))
+        return 0;
+    *out = gclip_block_tree_cpu(acc, slots);
+    return 1;
+}
+
 /* The partial of a chunk of nv <= NT whole vectors at row, no head or tail
  * element, for L2/L1 of f32/f16/bf16, into *out: thread t's accumulator is
  * +0 plus its one group, which is the group itself (no group is -0), so the
@@ -722,7 +742,6 @@ ALWAYS_INLINE int single_row_chunk(const char *row, int nv, int32_t dtype, int32
         *out = tree_of_32(g);
         return 1;
     }
-    const int slots = tree_slots(nv);
     double acc[NT];
     int t = 0;
     for (; t + 8 <= nv; t += 8) {
@@ -731,16 +750,39 @@ ALWAYS_INLINE int single_row_chunk(const char *row, int nv, int32_t dtype, int32
         gclip_request_line(ahead + 64);
         store_groups(acc, t, eight_groups(row, t, dtype, kind, &bad));
     }
-    if (t < nv) {
-        store_groups(acc, t, few_groups(row, t, nv - t, dtype, kind, &bad));
-        t += 8;
+    return row_finish(row, nv, t, acc, dtype, kind, bad, out);
+}
+
+/* single_row_chunk of two chunks of one dtype, slot_row both, read side by
+ * side: eight vectors (128 bytes) of one, then eight of the other, as long
+ * as both have eight left, then the rest of each. Each chunk's slots take
+ * the same values as when it is read alone, and its tree is the same, so
+ * the partials are the same bits. ok[k] is 0 where chunk k had a group
+ * outside the safe range (out[k] then left as it was). */
+ALWAYS_INLINE void single_row_pair(const char *ra, int na, const char *rb, int nb, int32_t dtype,
+                                   int32_t kind, double out[2], int ok[2])
+{
+    double acc_a[NT], acc_b[NT];
+    gclip_v8u bad_a = {0, 0, 0, 0, 0, 0, 0, 0}, bad_b = bad_a;
+    const int both = (na < nb ? na : nb) & ~7;
+    int t = 0;
+    for (; t < both; t += 8) {
+        const char *ahead_a = ra + (int64_t)t * VEC_BYTES + WHOLE_ROW_AHEAD;
+        const char *ahead_b = rb + (int64_t)t * VEC_BYTES + WHOLE_ROW_AHEAD;
+        gclip_request_line(ahead_a);
+        gclip_request_line(ahead_a + 64);
+        gclip_request_line(ahead_b);
+        gclip_request_line(ahead_b + 64);
+        store_groups(acc_a, t, eight_groups(ra, t, dtype, kind, &bad_a));
+        store_groups(acc_b, t, eight_groups(rb, t, dtype, kind, &bad_b));
     }
-    /* t is a multiple of 8 here, and so is slots - t */
-    zero_slots(acc + t, slots - t);
-    if (any_unsafe(bad, kind))
-        return 0;
-    *out = gclip_block_tree_cpu(acc, slots);
-    return 1;
+    int ta = t, tb = t;
+    for (; ta + 8 <= na; ta += 8)
+        store_groups(acc_a, ta, eight_groups(ra, ta, dtype, kind, &bad_a));
+    for (; tb + 8 <= nb; tb += 8)
+        store_groups(acc_b, tb, eight_groups(rb, tb, dtype, kind, &bad_b));
+    ok[0] = row_finish(ra, na, ta, acc_a, dtype, kind, bad_a, &out[0]);
+    ok[1] = row_finish(rb, nb, tb, acc_b, dtype, kind, bad_b, &out[1]);
 }
 
 /* A chunk's sum between its batches: where its vectors are, and its
@@ -1040,6 +1082,14 @@ ALWAYS_INLINE int whole_row(gclip_cpu_span sp)
            sp.bytes <= NT * VEC_BYTES;
 }
 
+/* Whether a chunk is read by single_row_chunk's loop over its slots: 33 to
+ * NT whole vectors (whole_row, and more than the 32 vectors kept in
+ * registers). */
+ALWAYS_INLINE int slot_row(gclip_cpu_span sp)
+{
+    return sp.bytes > 32 * VEC_BYTES && whole_row(sp);
+}
+
 /* Whether chunks c .. c + PAIR - 1 are all in [c, last), pair_chunk and of
  * one dtype. */
 ALWAYS_INLINE int pair_run(const gclip_cpu_span *spans, uint32_t c, uint32_t last)
@@ -1074,42 +1124,134 @@ ALWAYS_INLINE void read_pair(const gclip_plan *plan, uint32_t c, int32_t kind, d
         out[k] = one_nan(out[k]);
 }
 
-/* The partial of each chunk of [first, last) into its slot, for one kind
- * (inlined with a constant kind), each chunk found from its span. Chunks of
- * at most READ_AHEAD_SMALL bytes are requested READ_AHEAD_BYTES ahead; a
+/* One walk through a run of chunks: the next chunk, the end, the cursor of
+ * the requests ahead and the bytes read so far. */
+typedef struct read_walk {
+    uint32_t c, last;
+    gclip_prefetch_cursor pc;
+    int64_t done;
+} read_walk;
+
+/* The partial of chunk w->c into its slot (and of w->c + 1 when the two are
+ * read as a pair of large chunks), w moved past them, for one kind. Chunks
+ * of at most READ_AHEAD_SMALL bytes are requested READ_AHEAD_BYTES ahead; a
  * larger chunk gives the hardware time, and the cursor starts again after
  * it. A chunk of at most NT whole vectors of f32/f16/bf16, the whole of a
  * small tensor, is tested for first (whole_row). In a plan of more than
  * GCLIP_CPU_PAIR_BYTES, a large chunk is read beside the next one when both
  * are large (pair_run); the partials are the same either way. */
+ALWAYS_INLINE void read_step(const gclip_plan *plan, read_walk *w, double *partials, int32_t kind,
+                             float p)
+{
+    const gclip_cpu_state *st = plan->engine;
+    const gclip_cpu_span *spans = st->spans;
+    const uint32_t c = w->c;
+    const gclip_cpu_span sp = spans[c];
+    w->c = c + 1;
+    w->done += sp.bytes;
+    if (sp.bytes <= READ_AHEAD_SMALL)
+        gclip_prefetch_before(&w->pc, spans, NULL, c, w->last, NULL, sp.bytes, READ_AHEAD_BYTES,
+                              READ_AHEAD_SMALL);
+    else
+        w->pc.next = 0;
+    const int sums = kind == GCLIP_KIND_L2 || kind == GCLIP_KIND_L1;
+    if (sums && whole_row(sp) &&
+        whole_row_chunk(sp.start, sp.bytes / VEC_BYTES, sp.dtype, kind, &partials[c]))
+        return;
+    if (sums && st->read_pairs && pair_run(spans, c, w->last)) {
+        read_pair(plan, c, kind, &partials[c]);
+        w->c = c + PAIR;
+        w->done += spans[c + 1].bytes;
+        return;
+    }
+    const gclip_tensor_desc *t = &plan->tensors[plan->chunks[c].tensor];
+    int64_t begin, n;
+    gclip_chunk_range(t->numel, plan->chunks[c].index, &begin, &n);
+    partials[c] = one_nan(gclip_chunk_terms(t, begin, n, kind, p));
+}
+
+/* The partials of chunk a->c and b->c, slot_row both and of one dtype, read
+ * side by side (single_row_pair); a chunk with a group outside the safe
+ * range is read again alone by the general walk. */
+ALWAYS_INLINE void read_row_pair(const gclip_plan *plan, read_walk *a, read_walk *b,
+                                 double *partials, int32_t kind, float p)
+{
+    const gclip_cpu_span *spans = ((const gclip_cpu_state *)plan->engine)->spans;
+    const uint32_t c[2] = {a->c, b->c};
+    const gclip_cpu_span sa = spans[c[0]], sb = spans[c[1]];
+    double out[2];
+    int ok[2];
+    switch (sa.dtype) {
+    case GCLIP_F32:
+        single_row_pair(sa.start, sa.bytes / VEC_BYTES, sb.start, sb.bytes / VEC_BYTES, GCLIP_F32,
+                        kind, out, ok);
+        break;
+    case GCLIP_F16:
+        single_row_pair(sa.start, sa.bytes / VEC_BYTES, sb.start, sb.bytes / VEC_BYTES, GCLIP_F16,
+                        kind, out, ok);
+        break;
+    default:
+        single_row_pair(sa.start, sa.bytes / VEC_BYTES, sb.start, sb.bytes / VEC_BYTES, GCLIP_BF16,
+                        kind, out, ok);
+        break;
+    }
+    for (int k = 0; k < 2; k++) {
+        if (ok[k]) {
+            partials[c[k]] = out[k];
+            continue;
+        }
+        const gclip_tensor_desc *t = &plan->tensors[plan->chunks[c[k]].tensor];
+        int64_t begin, n;
+        gclip_chunk_range(t->numel, plan->chunks[c[k]].index, &begin, &n);
+        partials[c[k]] = one_nan(gclip_chunk_terms(t, begin, n, kind, p));
+    }
+    a->c++;
+    b->c++;
+    a->done += sa.bytes;
+    b->done += sb.bytes;
+    a->pc.next = 0;
+    b->pc.next = 0;
+}
+
+/* A run needs at least this many chunks to be walked as two halves. */
+#define TWO_WALKS_MIN 4
+
+/* The partial of each chunk of [first, last) into its slot, for one kind
+ * (inlined with a constant kind), each chunk found from its span. In a plan
+ * of more than GCLIP_CPU_PAIR_BYTES, the sums walk the run as two halves at
+ * once, so that a thread reads two streams of memory where one chunk after
+ * the other would be one: where both halves are at a chunk of 33 to NT
+ * whole vectors of one dtype (a small tensor, slot_row), the two are read
+ * side by side (read_row_pair); otherwise the half with fewer bytes read
+ * goes on by one chunk (read_step), the one not at such a chunk first.
+ * Every chunk's partial is the one it gets read alone. */
 ALWAYS_INLINE void read_chunks_kind(const gclip_plan *plan, uint32_t first, uint32_t last,
                                     double *partials, int32_t kind, float p)
 {
     const gclip_cpu_state *st = plan->engine;
     const gclip_cpu_span *spans = st->spans;
-    const int pairs = st->read_pairs;
-    gclip_prefetch_cursor pc = {first, 0};
-    for (uint32_t c = first; c < last; c++) {
-        const gclip_cpu_span sp = spans[c];
-        if (sp.bytes <= READ_AHEAD_SMALL)
-            gclip_prefetch_before(&pc, spans, NULL, c, last, NULL, sp.bytes, READ_AHEAD_BYTES,
-                                  READ_AHEAD_SMALL);
-        else
-            pc.next = 0;
-        const int sums = kind == GCLIP_KIND_L2 || kind == GCLIP_KIND_L1;
-        if (sums && whole_row(sp) &&
-            whole_row_chunk(sp.start, sp.bytes / VEC_BYTES, sp.dtype, kind, &partials[c]))
-            continue;
-        if (sums && pairs && pair_run(spans, c, last)) {
-            read_pair(plan, c, kind, &partials[c]);
-            c += PAIR - 1;
-            continue;
+    const int sums = kind == GCLIP_KIND_L2 || kind == GCLIP_KIND_L1;
+    read_walk a = {first, last, {first, 0}, 0};
+    if (sums && st->read_pairs && last - first >= TWO_WALKS_MIN) {
+        const uint32_t mid = first + (last - first) / 2;
+        read_walk b = {mid, last, {mid, 0}, 0};
+        a.last = mid;
+        while (a.c < a.last && b.c < b.last) {
+            const gclip_cpu_span sa = spans[a.c], sb = spans[b.c];
+            const int ra = slot_row(sa), rb = slot_row(sb);
+            if (ra && rb && sa.dtype == sb.dtype)
+                read_row_pair(plan, &a, &b, partials, kind, p);
+            else if (ra != rb)
+                read_step(plan, ra ? &b : &a, partials, kind, p);
+            else
+                read_step(plan, a.done <= b.done ? &a : &b, partials, kind, p);
         }
-        const gclip_tensor_desc *t = &plan->tensors[plan->chunks[c].tensor];
-        int64_t begin, n;
-        gclip_chunk_range(t->numel, plan->chunks[c].index, &begin, &n);
-        partials[c] = one_nan(gclip_chunk_terms(t, begin, n, kind, p));
+        while (a.c < a.last)
+            read_step(plan, &a, partials, kind, p);
+        a = b;
     }
+    while (a.c < a.last)
+        read_step(plan, &a, partials, kind, p);
 }
 
 /* read_chunks_kind for each kind, compiled once each (OUT_OF_LINE). */

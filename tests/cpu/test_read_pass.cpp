@@ -320,6 +320,38 @@ std::vector<double> read_runs(gclip_plan *plan, int32_t kind, bool pairs, bool f
     return partials;
 }
 
+// The builds of the read pass this binary can run: the generic one (false),
+// and the F16C one (true) where it is built and the CPU has F16C.
+std::vector<bool> read_builds()
+{
+    std::vector<bool> builds = {false};
+#if GCLIP_TEST_READ_F16C
+    if (gclip_cpu_has_f16c())
+        builds.push_back(true);
+#endif
+    return builds;
+}
+
+// The partials of kind from the one-stream walk, after checking that the
+// walk with read_pairs set, its chunks cut into runs at each of `cuts`,
+// gives every chunk the same bits (the first difference is a failure).
+std::vector<double> same_bits_both_walks(gclip_plan *plan, int32_t kind, bool f16c,
+                                         const std::vector<std::vector<uint32_t>> &cuts)
+{
+    const std::vector<double> one = read_runs(plan, kind, false, f16c, {});
+    for (const auto &cut : cuts) {
+        const std::vector<double> two = read_runs(plan, kind, true, f16c, cut);
+        for (uint32_t c = 0; c < plan->num_chunks; ++c)
+            if (std::memcmp(&one[c], &two[c], sizeof(double)) != 0) {
+                ADD_FAILURE() << (f16c ? "f16c" : "generic") << " kind " << kind << ", "
+                              << cut.size() + 1 << " runs, chunk " << c << ": " << one[c]
+                              << " in one stream, " << two[c] << " in two";
+                break;
+            }
+    }
+    return one;
+}
+
 } // namespace
 
 // In a plan of more than GCLIP_CPU_PAIR_BYTES the read pass takes large
@@ -358,24 +390,9 @@ TEST(ReadPass, LargeChunksReadTwoAtATimeGiveTheSameBits)
     ASSERT_EQ(static_cast<gclip_cpu_state *>(plan->engine)->read_pairs, 0);
     const std::vector<std::vector<uint32_t>> cuts = {{}, {1}, {3, 4, 9}, {2, 5, 6, 13, 20}};
     int unsafe_checked = 0;
-    for (const bool f16c : {false, true}) {
-#if GCLIP_TEST_READ_F16C
-        if (f16c && !gclip_cpu_has_f16c())
-            continue;
-#else
-        if (f16c)
-            continue;
-#endif
+    for (const bool f16c : read_builds()) {
         for (const int32_t kind : {GCLIP_KIND_L2, GCLIP_KIND_L1}) {
-            const std::vector<double> one = read_runs(plan.get(), kind, false, f16c, {});
-            for (const auto &cut : cuts) {
-                SCOPED_TRACE(std::string(f16c ? "f16c" : "generic") + " kind " +
-                             std::to_string(kind) + " runs " + std::to_string(cut.size() + 1));
-                const std::vector<double> two = read_runs(plan.get(), kind, true, f16c, cut);
-                for (uint32_t c = 0; c < plan->num_chunks; ++c)
-                    ASSERT_EQ(std::memcmp(&one[c], &two[c], sizeof(double)), 0)
-                        << "chunk " << c << ": " << one[c] << " alone, " << two[c] << " in a pair";
-            }
+            const std::vector<double> one = same_bits_both_walks(plan.get(), kind, f16c, cuts);
             int checked = 0;
             for (uint32_t c = 0; c < plan->num_chunks; ++c) {
                 const gclip_chunk &ch = plan->chunks[c];
@@ -401,6 +418,84 @@ TEST(ReadPass, LargeChunksReadTwoAtATimeGiveTheSameBits)
         }
     }
     EXPECT_GT(unsafe_checked, 4);
+}
+
+// In a plan of more than GCLIP_CPU_PAIR_BYTES a thread also walks its run
+// as two halves at once, reading the small tensors of the two side by side
+// (33 to 256 whole vectors each) and the other chunks one at a time. Here
+// most tensors are such small ones, of every length in vectors, between
+// tiny tensors, tensors that start or end inside a vector, a few large ones
+// and tensors of the other dtypes, some with groups outside the safe range
+// or an Inf or NaN. Each partial must be bitwise the one the chunk gets in
+// a one-stream walk, however the runs are cut, and within 1e-6 of the
+// long-double sum.
+TEST(ReadPass, SmallTensorsReadSideBySideGiveTheSameBits)
+{
+    oracle::Rng rng(2046);
+    const int64_t C = GCLIP_CHUNK_ELEMS;
+    for (gclip_dtype dt : {GCLIP_F32, GCLIP_BF16, GCLIP_F16}) {
+        SCOPED_TRACE(oracle::dtype_name(dt));
+        std::vector<TestBuffer> bufs;
+        int slot_rows = 0;
+        for (int i = 0; i < 240; ++i) {
+            const int64_t r = rng.range(0, 99);
+            gclip_dtype d = dt;
+            if (r >= 92)
+                d = dt == GCLIP_F32 ? GCLIP_BF16 : GCLIP_F32;
+            const int lanes = 16 / static_cast<int>(oracle::dtype_size(d));
+            if (r < 70) { // 33..256 whole vectors from a 16-byte start
+                bufs.emplace_back(d, rng.range(33, 256) * lanes, 0);
+                slot_rows += d == dt;
+            } else if (r < 78) { // at most 32 whole vectors
+                bufs.emplace_back(d, rng.range(1, 32) * lanes, 0);
+            } else if (r < 86) { // whole vectors from a start inside one
+                bufs.emplace_back(d, rng.range(33, 256) * lanes, rng.range(1, lanes - 1));
+            } else if (r < 90) { // a part of a vector at the end
+                bufs.emplace_back(d, rng.range(33, 256) * lanes + rng.range(1, lanes - 1), 0);
+            } else if (r < 92) {
+                bufs.emplace_back(d, C + rng.range(1, 3 * C), rng.range(0, 3));
+            } else {
+                bufs.emplace_back(d, rng.range(100, 5000), rng.range(0, 2));
+            }
+            TestBuffer &b = bufs.back();
+            fill_wide(b, rng, i % 23 == 7);
+            // a group outside the safe range now and then (f16's squares
+            // stay inside it)
+            if (d != GCLIP_F16 && i % 11 == 4)
+                b.set(rng.range(0, b.numel() - 1), i % 2 ? 3e25f : 2e-27f);
+        }
+        ASSERT_GT(slot_rows, 120);
+        testutil::PlanPtr plan;
+        ASSERT_EQ(testutil::make_plan(plan, oracle::tensors_of(bufs)), GCLIP_STATUS_SUCCESS);
+        const uint32_t nc = plan->num_chunks;
+        const std::vector<std::vector<uint32_t>> cuts = {
+            {}, {nc / 3}, {5, 6, 40, nc / 2 + 1}, {1, 2, 3, 101, 102, nc - 4}};
+        for (const bool f16c : read_builds()) {
+            for (const int32_t kind : {GCLIP_KIND_L2, GCLIP_KIND_L1}) {
+                const std::vector<double> one = same_bits_both_walks(plan.get(), kind, f16c, cuts);
+                int checked = 0, nonfinite = 0;
+                for (uint32_t c = 0; c < nc; ++c) {
+                    const gclip_chunk &ch = plan->chunks[c];
+                    int64_t begin, n;
+                    gclip_chunk_range(bufs[ch.tensor].numel(), ch.index, &begin, &n);
+                    bool finite = true;
+                    for (int64_t i = begin; i < begin + n; ++i)
+                        finite = finite && std::isfinite(bufs[ch.tensor].get(i));
+                    if (!finite) {
+                        EXPECT_FALSE(std::isfinite(one[c])) << "chunk " << c;
+                        ++nonfinite;
+                        continue;
+                    }
+                    const long double want = chunk_terms(bufs[ch.tensor], begin, n, kind,
+                                                         kind == GCLIP_KIND_L2 ? 2.0f : 1.0f);
+                    EXPECT_LE(std::fabs((one[c] - want) / want), 1e-6L) << "chunk " << c;
+                    ++checked;
+                }
+                EXPECT_GT(checked, 200);
+                EXPECT_GT(nonfinite, 0);
+            }
+        }
+    }
 }
 
 // Each of a block's threads sums its own groups into its own accumulator,
