@@ -114,7 +114,7 @@ _roof = None  # the Roof of the CPU device's runs (run_all), None elsewhere
 # Seconds of idle before each roofline repetition. A peer's worker threads
 # stay busy for a while after its step returns: JAX's roofline passes right
 # after `clip-noop` on `one-huge` read 14-16 GB/s where the same passes
-# measured 31 GB/s after its `norm`; with this pause, 29.9-31.5 (20 ms:
+# measured 31 GB/s after its `norm`; with this pause, 29.9-30.8 (20 ms:
 # 28.6). gclip's own passes share its OpenMP threads and need none.
 ROOF_IDLE_S = 0.05
 

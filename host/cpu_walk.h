@@ -1224,7 +1224,10 @@ ALWAYS_INLINE void read_row_pair(const gclip_plan *plan, read_walk *a, read_walk
  * whole vectors of one dtype (a small tensor, slot_row), the two are read
  * side by side (read_row_pair); otherwise the half with fewer bytes read
  * goes on by one chunk (read_step), the one not at such a chunk first.
- * Every chunk's partial is the one it gets read alone. */
+ * Every chunk's partial is the one it gets read alone. 10,000 tensors of
+ * 1,000 f32 read at 0.77-0.78 of a plain read from memory one after the
+ * other, at 0.83-0.87 this way (docs/benchmark.md, "Small tensors in two
+ * streams a thread"). */
 ALWAYS_INLINE void read_chunks_kind(const gclip_plan *plan, uint32_t first, uint32_t last,
                                     double *partials, int32_t kind, float p)
 {
