@@ -193,17 +193,18 @@ typedef struct gclip_cpu_state {
     uint32_t num_segments;
     int64_t *chunk_weight_before; /* [num_chunks + 1] running weight of the chunks before */
     gclip_cpu_span *spans;        /* [num_chunks] where each chunk's bytes are */
-    int read_pairs; /* the read pass walks two streams a thread (cpu_walk.h) */
+    int read_pairs; /* the read and update passes walk two streams a thread */
 } gclip_cpu_state;
 
 /* A plan of more bytes than this has its read pass take large chunks two at
  * a time (cpu_walk.h, chunk_sum_pair) and walk each thread's run as two
  * halves at once, small tensors of the two read side by side
- * (read_chunks_kind): two sequential streams per thread, which move more
- * bytes per second out of memory than one. Below it, the
- * gradients may still be in the last-level cache after the backward pass,
- * where the one-stream walk computes faster (docs/benchmark.md, "Two
- * chunks side by side"). */
+ * (read_chunks_kind), and its update pass do the same with the f32 chunks
+ * of at most 16 KiB (update_run, scale_cpu.c): two sequential streams per
+ * thread, which move more bytes per second out of memory than one. Below
+ * it, the gradients may still be in the last-level cache after the
+ * backward pass, where the one-stream walk computes faster
+ * (docs/benchmark.md, "Two chunks side by side"). */
 #define GCLIP_CPU_PAIR_BYTES ((int64_t)32 << 20)
 
 /* What a chunk weighs when the CPU threads share chunks out: its elements

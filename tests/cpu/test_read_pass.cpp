@@ -561,3 +561,107 @@ TEST(ReadPass, PairsAreTakenAboveTheSizeLimit)
         EXPECT_EQ(static_cast<gclip_cpu_state *>(plan->engine)->read_pairs, extra ? 1 : 0);
     }
 }
+
+// The update pass walks a run as two halves at once in the same plans, and
+// updates the f32 chunks of at most 16 KiB of the two side by side. Every
+// element must get the bits the one-walk update gives it, whatever the run
+// cuts, under a clamp (bounds +0, -0 and positive), a global factor and
+// per-tensor factors (some tensors at factor 1, left untouched); and each
+// f32 element must be the contract's result, computed here: the product
+// correctly rounded to float (the double product of two floats is exact),
+// or the clamp's upper bound, then lower, as gclip_clamp orders them.
+TEST(UpdatePass, SmallTensorsUpdatedSideBySideGiveTheSameBits)
+{
+    oracle::Rng rng(2047);
+    const int64_t C = GCLIP_CHUNK_ELEMS;
+    std::vector<TestBuffer> bufs;
+    int pairable = 0;
+    for (int i = 0; i < 300; ++i) {
+        const int64_t r = rng.range(0, 99);
+        if (r < 70) { // f32 chunks of at most 16 KiB, any start
+            bufs.emplace_back(GCLIP_F32, rng.range(1, 4096), rng.range(0, 3));
+            ++pairable;
+        } else if (r < 80) {
+            bufs.emplace_back(r % 2 ? GCLIP_BF16 : GCLIP_F16, rng.range(1, 9000), rng.range(0, 1));
+        } else if (r < 85) {
+            bufs.emplace_back(GCLIP_F64, rng.range(1, 3000), 0);
+        } else if (r < 88) {
+            bufs.emplace_back(GCLIP_F32, C + rng.range(1, 2 * C), rng.range(0, 3));
+        } else {
+            bufs.emplace_back(GCLIP_F32, rng.range(4097, 20000), rng.range(0, 3));
+        }
+        fill_wide(bufs.back(), rng, i % 13 == 5);
+    }
+    ASSERT_GT(pairable, 180);
+    testutil::PlanPtr plan;
+    ASSERT_EQ(testutil::make_plan(plan, oracle::tensors_of(bufs)), GCLIP_STATUS_SUCCESS);
+    auto *st = static_cast<gclip_cpu_state *>(plan->engine);
+    const uint32_t nc = plan->num_chunks;
+    std::vector<float> factor(bufs.size());
+    for (auto &f : factor)
+        f = rng.range(0, 3) == 0 ? 1.0f : static_cast<float>(rng.uniform(0.05, 1.5));
+    const struct {
+        int clamp;
+        float f;
+        const float *factor;
+    } ops[] = {{1, 0.7f, nullptr},  {1, 0.0f, nullptr}, {1, -0.0f, nullptr},
+               {0, 0.37f, nullptr}, {0, 0.0f, nullptr}, {0, 1.0f, factor.data()}};
+    const std::vector<std::vector<uint32_t>> cuts = {
+        {}, {nc / 3}, {1, 2, 3, 57, 58, nc - 3}, {4, 9, nc / 2, nc / 2 + 5}};
+    const int was = st->read_pairs;
+    int checked = 0;
+    for (const auto &op : ops) {
+        SCOPED_TRACE("clamp " + std::to_string(op.clamp) + " f " + std::to_string(op.f) +
+                     (op.factor ? " per tensor" : ""));
+        // one walk, the whole plan in one run
+        std::vector<TestBuffer> one = bufs;
+        {
+            testutil::PlanPtr p1;
+            ASSERT_EQ(testutil::make_plan(p1, oracle::tensors_of(one)), GCLIP_STATUS_SUCCESS);
+            static_cast<gclip_cpu_state *>(p1->engine)->read_pairs = 0;
+            gclip_update_run_cpu(p1.get(), 0, p1->num_chunks, op.clamp, op.f, op.factor);
+        }
+        for (size_t t = 0; t < bufs.size(); ++t) {
+            if (bufs[t].dtype() != GCLIP_F32)
+                continue;
+            const float f = op.factor ? op.factor[t] : op.f;
+            for (int64_t i = 0; i < bufs[t].numel(); ++i) {
+                const float x = bufs[t].get(i), y = one[t].get(i);
+                float want;
+                if (op.clamp) {
+                    const float upper = f < x ? f : x, lower = -f;
+                    want = lower > upper ? lower : upper;
+                } else {
+                    want = static_cast<float>(static_cast<double>(x) * static_cast<double>(f));
+                }
+                if (std::isnan(want)) {
+                    ASSERT_TRUE(std::isnan(y)) << "tensor " << t << " element " << i;
+                } else {
+                    ASSERT_EQ(std::memcmp(&want, &y, sizeof y), 0)
+                        << "tensor " << t << " element " << i << ": " << x << " -> " << y
+                        << ", want " << want;
+                }
+                ++checked;
+            }
+        }
+        for (const auto &cut : cuts) {
+            std::vector<TestBuffer> two = bufs;
+            testutil::PlanPtr p2;
+            ASSERT_EQ(testutil::make_plan(p2, oracle::tensors_of(two)), GCLIP_STATUS_SUCCESS);
+            static_cast<gclip_cpu_state *>(p2->engine)->read_pairs = 1;
+            uint32_t first = 0;
+            std::vector<uint32_t> ends = cut;
+            ends.push_back(p2->num_chunks);
+            for (uint32_t last : ends) {
+                gclip_update_run_cpu(p2.get(), first, last, op.clamp, op.f, op.factor);
+                first = last;
+            }
+            for (size_t t = 0; t < bufs.size(); ++t)
+                ASSERT_EQ(std::memcmp(one[t].data(), two[t].data(), one[t].bytes()), 0)
+                    << "tensor " << t << " (" << oracle::dtype_name(bufs[t].dtype()) << ", "
+                    << bufs[t].numel() << " elements), " << cut.size() + 1 << " runs";
+        }
+    }
+    st->read_pairs = was;
+    EXPECT_GT(checked, 1000000);
+}
