@@ -374,8 +374,8 @@ ALWAYS_INLINE int pair_update_chunk(gclip_cpu_span sp)
  * chunk-by-chunk requests of the one-stream walk (PREFETCH_AHEAD) made the
  * pairs slower than no requests at all: 10,000 tensors of 1,000 f32 under
  * gclip_clip_grad_value at 0.82-0.83 of an in-place scale with them,
- * 0.91-0.93 with none, 0.95-0.96 with these (docs/benchmark.md, "Small
- * tensors in two streams a thread"). */
+ * 0.91-0.93 with none, 0.95-0.96 with these (docs/benchmark.md, "The
+ * update pass in two streams"). */
 #define PAIR_AHEAD 4096
 
 /* The f32 chunks of w->c and v->c updated side by side: 32 elements (128
@@ -445,9 +445,8 @@ OUT_OF_LINE CPU_CLONES void update_two_walks(const gclip_plan *plan, uint32_t fi
  * first half where neither is. Large chunks are not taken from the two
  * halves in turn: a value clip of 100 tensors of 10^6 f32 that did so ran
  * at 0.70 of an in-place scale, 0.97-1.00 one half after the other. Each
- * half keeps its own requests ahead. static: GCC
- * exports the ifunc of a non-static target_clones function whatever its
- * visibility. */
+ * half keeps its own requests ahead. static: GCC exports the ifunc of a
+ * non-static target_clones function whatever its visibility. */
 CPU_CLONES static void update_run(const gclip_plan *plan, uint32_t first, uint32_t last, int clamp,
                                   float f, const float *factor)
 {
@@ -463,6 +462,7 @@ CPU_CLONES static void update_run(const gclip_plan *plan, uint32_t first, uint32
     const gclip_cpu_span *spans = st->spans;
     gclip_prefetch_cursor pc = {first, 0};
     for (uint32_t c = first; c < last; c++) {
+        /* a global factor is never 1 here (the step returns before) */
         const float fc = clamp || !factor ? f : factor[chunks[c].tensor];
         const int touched = clamp || fc != 1.0f;
         gclip_prefetch_before(&pc, spans, chunks, c, last, clamp ? NULL : factor,
