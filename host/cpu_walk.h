@@ -1004,6 +1004,19 @@ typedef struct gclip_prefetch_cursor {
     int64_t ahead; /* bytes looked at past the chunk being walked */
 } gclip_prefetch_cursor;
 
+/* One of the two halves of a run that the read and update passes walk at
+ * once in a plan of more than GCLIP_CPU_PAIR_BYTES: the next chunk, the
+ * end, the cursor of the requests ahead and the bytes done so far (which
+ * the read pass balances the halves by). A run needs at least
+ * GCLIP_TWO_WALKS_MIN chunks to be walked that way. */
+typedef struct gclip_half_walk {
+    uint32_t c, last;
+    gclip_prefetch_cursor pc;
+    int64_t done;
+} gclip_half_walk;
+
+#define GCLIP_TWO_WALKS_MIN 4
+
 /* Before walking chunk c of a run ending at `last`, c of `bytes_c` bytes (0
  * when c is left untouched): the lines of the chunks up to `distance` bytes
  * past it requested into L2 (prefetcht1), each chunk found from its span
@@ -1124,13 +1137,15 @@ ALWAYS_INLINE void read_pair(const gclip_plan *plan, uint32_t c, int32_t kind, d
         out[k] = one_nan(out[k]);
 }
 
-/* One walk through a run of chunks: the next chunk, the end, the cursor of
- * the requests ahead and the bytes read so far. */
-typedef struct read_walk {
-    uint32_t c, last;
-    gclip_prefetch_cursor pc;
-    int64_t done;
-} read_walk;
+/* Chunk c's partial by the general walk (gclip_chunk_terms), any dtype and
+ * kind, a NaN as one_nan gives it. */
+ALWAYS_INLINE double general_partial(const gclip_plan *plan, uint32_t c, int32_t kind, float p)
+{
+    const gclip_tensor_desc *t = &plan->tensors[plan->chunks[c].tensor];
+    int64_t begin, n;
+    gclip_chunk_range(t->numel, plan->chunks[c].index, &begin, &n);
+    return one_nan(gclip_chunk_terms(t, begin, n, kind, p));
+}
 
 /* The partial of chunk w->c into its slot (and of w->c + 1 when the two are
  * read as a pair of large chunks), w moved past them, for one kind. Chunks
@@ -1140,7 +1155,7 @@ typedef struct read_walk {
  * small tensor, is tested for first (whole_row). In a plan of more than
  * GCLIP_CPU_PAIR_BYTES, a large chunk is read beside the next one when both
  * are large (pair_run); the partials are the same either way. */
-ALWAYS_INLINE void read_step(const gclip_plan *plan, read_walk *w, double *partials, int32_t kind,
+ALWAYS_INLINE void read_step(const gclip_plan *plan, gclip_half_walk *w, double *partials, int32_t kind,
                              float p)
 {
     const gclip_cpu_state *st = plan->engine;
@@ -1164,16 +1179,13 @@ ALWAYS_INLINE void read_step(const gclip_plan *plan, read_walk *w, double *parti
         w->done += spans[c + 1].bytes;
         return;
     }
-    const gclip_tensor_desc *t = &plan->tensors[plan->chunks[c].tensor];
-    int64_t begin, n;
-    gclip_chunk_range(t->numel, plan->chunks[c].index, &begin, &n);
-    partials[c] = one_nan(gclip_chunk_terms(t, begin, n, kind, p));
+    partials[c] = general_partial(plan, c, kind, p);
 }
 
 /* The partials of chunk a->c and b->c, slot_row both and of one dtype, read
  * side by side (single_row_pair); a chunk with a group outside the safe
  * range is read again alone by the general walk. */
-ALWAYS_INLINE void read_row_pair(const gclip_plan *plan, read_walk *a, read_walk *b,
+ALWAYS_INLINE void read_row_pair(const gclip_plan *plan, gclip_half_walk *a, gclip_half_walk *b,
                                  double *partials, int32_t kind, float p)
 {
     const gclip_cpu_span *spans = ((const gclip_cpu_state *)plan->engine)->spans;
@@ -1200,10 +1212,7 @@ ALWAYS_INLINE void read_row_pair(const gclip_plan *plan, read_walk *a, read_walk
             partials[c[k]] = out[k];
             continue;
         }
-        const gclip_tensor_desc *t = &plan->tensors[plan->chunks[c[k]].tensor];
-        int64_t begin, n;
-        gclip_chunk_range(t->numel, plan->chunks[c[k]].index, &begin, &n);
-        partials[c[k]] = one_nan(gclip_chunk_terms(t, begin, n, kind, p));
+        partials[c[k]] = general_partial(plan, c[k], kind, p);
     }
     a->c++;
     b->c++;
@@ -1212,9 +1221,6 @@ ALWAYS_INLINE void read_row_pair(const gclip_plan *plan, read_walk *a, read_walk
     a->pc.next = 0;
     b->pc.next = 0;
 }
-
-/* A run needs at least this many chunks to be walked as two halves. */
-#define TWO_WALKS_MIN 4
 
 /* The partial of each chunk of [first, last) into its slot, for one kind
  * (inlined with a constant kind), each chunk found from its span. In a plan
@@ -1234,10 +1240,10 @@ ALWAYS_INLINE void read_chunks_kind(const gclip_plan *plan, uint32_t first, uint
     const gclip_cpu_state *st = plan->engine;
     const gclip_cpu_span *spans = st->spans;
     const int sums = kind == GCLIP_KIND_L2 || kind == GCLIP_KIND_L1;
-    read_walk a = {first, last, {first, 0}, 0};
-    if (sums && st->read_pairs && last - first >= TWO_WALKS_MIN) {
+    gclip_half_walk a = {first, last, {first, 0}, 0};
+    if (sums && st->read_pairs && last - first >= GCLIP_TWO_WALKS_MIN) {
         const uint32_t mid = first + (last - first) / 2;
-        read_walk b = {mid, last, {mid, 0}, 0};
+        gclip_half_walk b = {mid, last, {mid, 0}, 0};
         a.last = mid;
         while (a.c < a.last && b.c < b.last) {
             const gclip_cpu_span sa = spans[a.c], sb = spans[b.c];

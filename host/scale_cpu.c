@@ -325,17 +325,10 @@ ALWAYS_INLINE void update_chunk(gclip_cpu_span sp, int clamp, float f)
  * distance and size (READ_AHEAD_BYTES, cpu_walk.h). */
 #define PREFETCH_AHEAD 8192
 
-/* One walk through a run of chunks of the update pass: the next chunk, the
- * end and the cursor of the requests ahead. */
-typedef struct update_walk {
-    uint32_t c, last;
-    gclip_prefetch_cursor pc;
-} update_walk;
-
 /* Chunk w->c's factor (a global factor is never 1 here: the step returns
  * before) and whether it is written (*touched); with `request`, the lines
  * of the chunks ahead requested (gclip_prefetch_before). */
-ALWAYS_INLINE float update_begin(const gclip_plan *plan, update_walk *w, int clamp, float f,
+ALWAYS_INLINE float update_begin(const gclip_plan *plan, gclip_half_walk *w, int clamp, float f,
                                  const float *factor, int request, int *touched)
 {
     const gclip_chunk *chunks = plan->chunks;
@@ -350,7 +343,7 @@ ALWAYS_INLINE float update_begin(const gclip_plan *plan, update_walk *w, int cla
 }
 
 /* Chunk w->c updated, w moved past it. */
-ALWAYS_INLINE void update_step(const gclip_plan *plan, update_walk *w, int clamp, float f,
+ALWAYS_INLINE void update_step(const gclip_plan *plan, gclip_half_walk *w, int clamp, float f,
                                const float *factor)
 {
     const gclip_cpu_span sp = ((const gclip_cpu_state *)plan->engine)->spans[w->c];
@@ -381,7 +374,7 @@ ALWAYS_INLINE int pair_update_chunk(gclip_cpu_span sp)
 /* The f32 chunks of w->c and v->c updated side by side: 32 elements (128
  * bytes) of one, then 32 of the other, as long as both have 32 left, then
  * the rest of each. Every element gets the operation it gets alone. */
-ALWAYS_INLINE void update_pair(const gclip_plan *plan, update_walk *w, update_walk *v, int clamp,
+ALWAYS_INLINE void update_pair(const gclip_plan *plan, gclip_half_walk *w, gclip_half_walk *v, int clamp,
                                float f, const float *factor)
 {
     const gclip_cpu_span *spans = ((const gclip_cpu_state *)plan->engine)->spans;
@@ -408,9 +401,6 @@ ALWAYS_INLINE void update_pair(const gclip_plan *plan, update_walk *w, update_wa
     v->c++;
 }
 
-/* A run needs at least this many chunks to be walked as two halves. */
-#define UPDATE_TWO_WALKS_MIN 4
-
 /* The run [first, last) walked as two halves at once (see update_run);
  * out of line, so that the one-walk loop of update_run compiles as it did
  * alone (with this inlined, GCC vectorized its clamp of 800-byte chunks
@@ -421,7 +411,7 @@ OUT_OF_LINE CPU_CLONES void update_two_walks(const gclip_plan *plan, uint32_t fi
 {
     const gclip_cpu_state *st = plan->engine;
     const uint32_t mid = first + (last - first) / 2;
-    update_walk a = {first, mid, {first, 0}}, b = {mid, last, {mid, 0}};
+    gclip_half_walk a = {first, mid, {first, 0}, 0}, b = {mid, last, {mid, 0}, 0};
     while (a.c < a.last && b.c < b.last) {
         const int pa = pair_update_chunk(st->spans[a.c]), pb = pair_update_chunk(st->spans[b.c]);
         if (pa && pb)
@@ -451,7 +441,7 @@ CPU_CLONES static void update_run(const gclip_plan *plan, uint32_t first, uint32
                                   float f, const float *factor)
 {
     const gclip_cpu_state *st = plan->engine;
-    if (st->read_pairs && last - first >= UPDATE_TWO_WALKS_MIN) {
+    if (st->read_pairs && last - first >= GCLIP_TWO_WALKS_MIN) {
         if (clamp)
             update_two_walks(plan, first, last, 1, f, NULL);
         else
