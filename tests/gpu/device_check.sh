@@ -9,7 +9,18 @@
 #      on the suite's small every-op case (GpuSanitizerTest.*);
 #   4. the CUDA bench: gclip-bench --cuda-steps (us per step with no host
 #      sync, eager and graph, against a device-to-device copy; launches per
-#      step) on gpt2-124m, many-small (10,000 x 1,000) and tiny-100k.
+#      step) on gpt2-124m, many-small (10,000 x 1,000) and tiny-100k;
+#   5. the Python package, built for this GPU (pip install --no-build-isolation
+#      into a folder of the build), and its pytest suite with the device;
+#   6. the peer on the same device: PyTorch's foreach clipping timed as the
+#      CUDA bench times gclip (bench/torch_cuda_steps.py), and gclip.torch
+#      against torch.nn.utils call by call (python/benchmarks/bench_clip.py).
+#
+# Stages 5 and 6 need a python3 with PyTorch that sees the device
+# (GCLIP_DEVICE_PYTHON, default python3); GCLIP_DEVICE_CHECK_PYTHON=0 leaves
+# them out. Where GoogleTest is not installed, GCLIP_GTEST_SRC=DIR (its
+# sources, e.g. a copy of /usr/src/googletest) builds it into the build
+# folder first (stage gtest).
 #
 # Every stage has its own time limit and the whole has one; a stage that
 # fails or runs out of time does not stop the next ones (those that need the
@@ -35,7 +46,7 @@ out=$(cd "$out" && pwd)
 build=${GCLIP_DEVICE_BUILD_DIR:-build/device}
 jobs=$(nproc 2>/dev/null || echo 4)
 t_start=$(date +%s)
-total_budget=470                 # seconds, everything included
+total_budget=475                 # seconds, everything included
 deadline=$((t_start + total_budget))
 summary=$out/summary.txt
 filter='GpuSanitizerTest.*'      # the small case the sanitizers run
@@ -75,6 +86,7 @@ elif [ -z "$gpu_desc" ]; then
     fi
 fi
 missing=
+pyexe=${GCLIP_DEVICE_PYTHON:-python3}
 for tool in cmake ctest nvcc timeout; do
     command -v "$tool" >/dev/null 2>&1 || missing="$missing $tool"
 done
@@ -136,6 +148,16 @@ skip() { # NAME WHY
     stage_status=SKIP stage_secs=0 stage_limit=0 stage_note=$2
     finish "$1" -
 }
+
+# 0. GoogleTest from its sources, where it is not installed
+if [ -n "${GCLIP_GTEST_SRC:-}" ]; then
+    gtest_prefix=$(mkdir -p "$build" && cd "$build" && pwd)/_gtest/install
+    stage gtest 60 gtest.log bash -c 'cmake -S "$1" -B "$2/.." -DCMAKE_BUILD_TYPE=Release \
+        -DBUILD_GMOCK=OFF -DCMAKE_INSTALL_PREFIX="$2" && cmake --build "$2/.." -j "$3" &&
+        cmake --install "$2/.."' _ "$GCLIP_GTEST_SRC" "$gtest_prefix" "$jobs"
+    finish gtest gtest.log
+    export CMAKE_PREFIX_PATH="$gtest_prefix${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
+fi
 
 # 1. configure and build
 stage configure 45 configure.log \
@@ -208,6 +230,41 @@ else
     skip bench "no build"
 fi
 
+# 5. the Python package for this GPU, and its tests with the device
+if [ "${GCLIP_DEVICE_CHECK_PYTHON:-1}" = 0 ]; then
+    :
+elif ! "$pyexe" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' \
+        >"$out/python-torch.log" 2>&1; then
+    skip python "$pyexe has no PyTorch that sees the device (python-torch.log)"
+    skip peers "$pyexe has no PyTorch that sees the device"
+else
+    pkg=$(mkdir -p "$build/python" && cd "$build/python" && pwd)
+    stage python 150 python.log bash -c '
+        set -e
+        echo "== pip install (CMAKE_CUDA_ARCHITECTURES=$4)"
+        GCLIP_ENABLE_CUDA=ON "$1" -m pip install --no-build-isolation --no-deps --no-index \
+            --target "$2/site" --upgrade \
+            --config-settings=build-dir="$2/cmake" \
+            --config-settings=cmake.define.CMAKE_CUDA_ARCHITECTURES="$4" ./python
+        echo "== pytest"
+        PYTHONPATH="$2/site" XLA_PYTHON_CLIENT_PREALLOCATE=false "$1" -m pytest -q -rs \
+            -p no:cacheprovider --junitxml="$3/pytest.xml" python/tests' \
+        _ "$pyexe" "$pkg" "$out" "${GCLIP_DEVICE_CUDA_ARCH:-native}"
+    if [ "$stage_status" = PASS ] && grep -q 'needs a CUDA device\|no CUDA device' "$out/python.log"; then
+        stage_status=FAIL
+        stage_note="CUDA tests skipped although the device is there"
+    fi
+    finish python python.log
+    # 6. the peer on the same device, then gclip.torch against torch.nn.utils
+    stage peers 75 peers.log bash -c '
+        set -e
+        "$1" bench/torch_cuda_steps.py --runs 7 --csv "$3/torch-cuda.csv"
+        echo
+        PYTHONPATH="$2/site" "$1" python/benchmarks/bench_clip.py --device cuda --repeat 30' \
+        _ "$pyexe" "$pkg" "$out"
+    finish peers peers.log
+fi
+
 # ---- summary ---------------------------------------------------------------------------
 total=$(($(date +%s) - t_start))
 {
@@ -222,6 +279,11 @@ total=$(($(date +%s) - t_start))
         echo
         echo "CUDA bench (bench-cuda.csv):"
         grep -E '^ *(workload|gpt2|many|tiny)' "$out/bench.log" || true
+    fi
+    if [ -f "$out/torch-cuda.csv" ]; then
+        echo
+        echo "PyTorch on the same device (torch-cuda.csv):"
+        grep -E '^ *(workload|gpt2|many|tiny)' "$out/peers.log" || true
     fi
 } >>"$summary"
 cat "$summary"
