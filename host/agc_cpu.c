@@ -57,7 +57,8 @@ CPU_CLONES static double agc_sum(const void *data, int32_t dtype, int64_t begin,
     }
 }
 
-/* Scale n elements by f (float arithmetic, f64 in double). */
+/* Scale n elements by f (float arithmetic, f64 in double), every NaN
+ * result the canonical NaN as in the kernel (gclip_agc_scaled). */
 CPU_CLONES static void agc_scale(void *data, int32_t dtype, int64_t begin, int64_t n, double f)
 {
     switch (dtype) {
@@ -65,18 +66,18 @@ CPU_CLONES static void agc_scale(void *data, int32_t dtype, int64_t begin, int64
         float *x = (float *)data + begin;
         const float ff = (float)f;
         for (int64_t i = 0; i < n; i++)
-            x[i] = x[i] * ff;
+            x[i] = gclip_agc_scaled(x[i], ff);
         break;
     }
     case GCLIP_F64: {
         double *x = (double *)data + begin;
         for (int64_t i = 0; i < n; i++)
-            x[i] = x[i] * f;
+            x[i] = gclip_agc_scaled64(x[i], f);
         break;
     }
     default:
         for (int64_t i = begin; i < begin + n; i++)
-            gclip_store(data, dtype, i, gclip_load(data, dtype, i) * (float)f);
+            gclip_store(data, dtype, i, gclip_agc_scaled(gclip_load(data, dtype, i), (float)f));
         break;
     }
 }

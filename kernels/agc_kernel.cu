@@ -96,9 +96,9 @@ __device__ __forceinline__ void gclip_agc_scale_phase(const gclip_device_tables 
         const int64_t i = pc.begin + k;
         if (d.dtype == GCLIP_F64) {
             double *x = (double *)d.data + i;
-            *x = gclip_muld(*x, f);
+            *x = gclip_agc_scaled64(*x, f);
         } else {
-            gclip_store(d.data, d.dtype, i, gclip_fmul(gclip_load(d.data, d.dtype, i), (float)f));
+            gclip_store(d.data, d.dtype, i, gclip_agc_scaled(gclip_load(d.data, d.dtype, i), (float)f));
         }
     }
 }

@@ -97,6 +97,30 @@ GCLIP_HD double gclip_agc_factor(const gclip_agc_device *a, int32_t dtype, doubl
     return (double)(max_norm / gclip_clamp_min(g, 1e-6f));
 }
 
+/* An element times its unit's factor as every engine writes it: a NaN
+ * result is the canonical NaN, 0x7fffffff (f32) or 0x7fffffffffffffff
+ * (f64), whatever NaN the arithmetic gave. FP32 arithmetic on the GPU gives
+ * that NaN; x86 keeps a NaN operand's sign and payload and makes 0xffc00000
+ * of Inf * 0, so a unit with NaN or Inf would otherwise leave different
+ * bytes on the two engines. f16 and bf16 results take the canonical half NaN
+ * in their conversion (gclip_store). */
+GCLIP_HD float gclip_agc_scaled(float x, float f)
+{
+    const float r = gclip_fmul(x, f);
+    return r == r ? r : gclip_bits_f32(0x7fffffffu);
+}
+
+GCLIP_HD double gclip_agc_scaled64(double x, double f)
+{
+    const double r = gclip_muld(x, f);
+    if (r == r)
+        return r;
+    const uint64_t u = 0x7fffffffffffffffull;
+    double d;
+    memcpy(&d, &u, sizeof d);
+    return d;
+}
+
 /* The slot of an AGC step, which computes no total norm. */
 GCLIP_HD void gclip_agc_slot(uint32_t prev_sequence, gclip_result_slot *out)
 {

@@ -247,38 +247,55 @@ TEST(Agc, SeededTensorsMatchTheLongDoubleOracle)
 
 // timm's NaN/Inf arithmetic: a NaN in a unit of g or W makes the unit NaN,
 // an Inf gradient norm zeroes the finite elements (Inf * 0 = NaN), an Inf
-// parameter norm keeps the unit; other units are untouched.
+// parameter norm keeps the unit; other units are untouched. Every NaN the
+// step writes is the canonical NaN, the bits FP arithmetic on the GPU gives
+// (x86 would keep the input NaN's sign and payload, and make 0xffc00000 of
+// Inf * 0), so the CPU path and the kernel write the same bytes.
 TEST(Agc, NonFiniteUnitsFollowTimm)
 {
-    std::vector<Pair> pairs;
-    pairs.emplace_back(GCLIP_F32, 5, 4);
-    for (int64_t i = 0; i < 20; ++i) {
-        pairs[0].set(pairs[0].w, i, 1.0 + 0.1 * static_cast<double>(i));
-        pairs[0].set(pairs[0].g, i, 0.5 - 0.05 * static_cast<double>(i));
+    for (gclip_dtype dt : {GCLIP_F32, GCLIP_F64}) {
+        SCOPED_TRACE(dt == GCLIP_F32 ? "f32" : "f64");
+        std::vector<Pair> pairs;
+        pairs.emplace_back(dt, 5, 4);
+        for (int64_t i = 0; i < 20; ++i) {
+            pairs[0].set(pairs[0].w, i, 1.0 + 0.1 * static_cast<double>(i));
+            pairs[0].set(pairs[0].g, i, 0.5 - 0.05 * static_cast<double>(i));
+        }
+        // NaNs of a negative sign and a payload, as the input brings them
+        const double nan = -std::nan("0x5a5");
+        const double inf = std::numeric_limits<double>::infinity();
+        pairs[0].set(pairs[0].g, 1, nan);  // row 0: NaN gradient
+        pairs[0].set(pairs[0].g, 6, inf);  // row 1: Inf gradient
+        pairs[0].set(pairs[0].w, 9, nan);  // row 2: NaN parameter
+        pairs[0].set(pairs[0].w, 13, inf); // row 3: Inf parameter
+        const Pair before = pairs[0];
+        AgcRun r;
+        ASSERT_EQ(r.create(pairs, options(0.01)), GCLIP_STATUS_SUCCESS);
+        ASSERT_EQ(gclip_agc_step(r.agc.get(), nullptr), GCLIP_STATUS_SUCCESS);
+        const Pair &p = pairs[0];
+        const auto canonical_nan = [&](int64_t i) {
+            if (dt == GCLIP_F64) {
+                uint64_t u;
+                std::memcpy(&u, p.g.data() + 8 * i, 8);
+                return u == 0x7fffffffffffffffull;
+            }
+            uint32_t u;
+            std::memcpy(&u, p.g.data() + 4 * i, 4);
+            return u == 0x7fffffffu;
+        };
+        for (int j = 0; j < 4; ++j) {
+            EXPECT_TRUE(canonical_nan(j)) << j;
+            EXPECT_TRUE(j == 2 ? canonical_nan(4 + j) : p.get(p.g, 4 + j) == 0.0) << j;
+            EXPECT_TRUE(canonical_nan(8 + j)) << j;
+            EXPECT_EQ(p.get(p.g, 12 + j), before.get(before.g, 12 + j)) << j;
+        }
+        // row 4 is finite and clipped as the oracle says
+        const OracleUnit u = oracle(before, 4, 0.01, 1e-3, 2.0f);
+        ASSERT_FALSE(u.keep);
+        for (int j = 0; j < 4; ++j)
+            EXPECT_NEAR(p.get(p.g, 16 + j),
+                        before.get(before.g, 16 + j) * static_cast<double>(u.factor), 1e-6);
     }
-    const float nan = std::numeric_limits<float>::quiet_NaN();
-    const float inf = std::numeric_limits<float>::infinity();
-    pairs[0].set(pairs[0].g, 1, nan);  // row 0: NaN gradient
-    pairs[0].set(pairs[0].g, 6, inf);  // row 1: Inf gradient
-    pairs[0].set(pairs[0].w, 9, nan);  // row 2: NaN parameter
-    pairs[0].set(pairs[0].w, 13, inf); // row 3: Inf parameter
-    const Pair before = pairs[0];
-    AgcRun r;
-    ASSERT_EQ(r.create(pairs, options(0.01)), GCLIP_STATUS_SUCCESS);
-    ASSERT_EQ(gclip_agc_step(r.agc.get(), nullptr), GCLIP_STATUS_SUCCESS);
-    const Pair &p = pairs[0];
-    for (int j = 0; j < 4; ++j) {
-        EXPECT_TRUE(std::isnan(p.get(p.g, j))) << j;
-        EXPECT_TRUE(j == 2 ? std::isnan(p.get(p.g, 4 + j)) : p.get(p.g, 4 + j) == 0.0) << j;
-        EXPECT_TRUE(std::isnan(p.get(p.g, 8 + j))) << j;
-        EXPECT_EQ(p.get(p.g, 12 + j), before.get(before.g, 12 + j)) << j;
-    }
-    // row 4 is finite and clipped as the oracle says
-    const OracleUnit u = oracle(before, 4, 0.01, 1e-3, 2.0f);
-    ASSERT_FALSE(u.keep);
-    for (int j = 0; j < 4; ++j)
-        EXPECT_NEAR(p.get(p.g, 16 + j), before.get(before.g, 16 + j) * static_cast<double>(u.factor),
-                    1e-6);
 }
 
 TEST(Agc, InvalidArgumentsAreRejectedAtCreation)
