@@ -209,10 +209,10 @@ extern "C" const char *bench_cuda_device_name(void)
 // replays of a captured graph; the data stays where the previous step left
 // it. Beside it, a device-to-device cudaMemcpyAsync of the same bytes timed
 // the same way, and the kernel launches of one step (the kernel nodes of
-// its captured graph). On devices where the scale kernel is a dependent
+// its captured graph). On devices where the scale kernel can be a dependent
 // launch (compute capability 9.0 and later), clip and clip-noop are also
-// timed by a plan created under GCLIP_DEPENDENT_LAUNCH=0 (modes eager-plain
-// and graph-plain). Writes PREFIX.csv and PREFIX.json.
+// timed by a plan created under GCLIP_DEPENDENT_LAUNCH=1 (modes
+// eager-dependent and graph-dependent). Writes PREFIX.csv and PREFIX.json.
 
 enum steady_op { STEADY_NORM, STEADY_CLIP, STEADY_CLIP_NOOP, STEADY_OPS };
 static const char *const steady_names[STEADY_OPS] = {"norm", "clip", "clip-noop"};
@@ -348,36 +348,36 @@ static int steady_workload(bench_workload *w, int runs, std::vector<steady_row> 
     failed += copy_us <= 0;
     // the last copy left the pristine values in place for the steps
 
-    // The ops with the scale kernel as a dependent launch where the device
-    // has one (compute capability 9.0 and later: gclip's default), then, on
-    // those devices, clip and clip-noop again by a second plan over the same
-    // tensors created under GCLIP_DEPENDENT_LAUNCH=0 (modes eager-plain and
-    // graph-plain): what the dependent launch saves.
+    // The ops with gclip's default, plain launches, then, on devices of
+    // compute capability 9.0 and later, clip and clip-noop again by a second
+    // plan over the same tensors created under GCLIP_DEPENDENT_LAUNCH=1, the
+    // scale kernel a dependent launch (modes eager-dependent and
+    // graph-dependent): what the dependent launch saves or costs.
     int device = 0, major = 0;
     cudaGetDevice(&device);
     cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-    gclip_plan *dependent_plan = c->plan, *plain_plan = nullptr;
+    gclip_plan *plain_plan = c->plan, *dependent_plan = nullptr;
     if (major >= 9) {
         const char *old = std::getenv("GCLIP_DEPENDENT_LAUNCH");
         const std::string kept = old ? old : "";
-        setenv("GCLIP_DEPENDENT_LAUNCH", "0", 1);
-        const gclip_status st = gclip_plan_create(&plain_plan, c->tensors.data(), w->count, 0);
+        setenv("GCLIP_DEPENDENT_LAUNCH", "1", 1);
+        const gclip_status st = gclip_plan_create(&dependent_plan, c->tensors.data(), w->count, 0);
         if (old)
             setenv("GCLIP_DEPENDENT_LAUNCH", kept.c_str(), 1);
         else
             unsetenv("GCLIP_DEPENDENT_LAUNCH");
         if (st != GCLIP_STATUS_SUCCESS) {
-            std::fprintf(stderr, "gclip-bench: %s: plain-launch plan: %s: %s\n", w->name,
+            std::fprintf(stderr, "gclip-bench: %s: dependent-launch plan: %s: %s\n", w->name,
                          gclip_status_string(st), gclip_last_error());
             failed++;
-            plain_plan = nullptr;
+            dependent_plan = nullptr;
         }
     }
-    for (int k = 0; k < STEADY_OPS + (plain_plan ? 2 : 0); k++) {
-        const bool plain = k >= STEADY_OPS;
-        const steady_op op = plain ? (k == STEADY_OPS ? STEADY_CLIP : STEADY_CLIP_NOOP)
-                                   : static_cast<steady_op>(k);
-        c->plan = plain ? plain_plan : dependent_plan;
+    for (int k = 0; k < STEADY_OPS + (dependent_plan ? 2 : 0); k++) {
+        const bool dependent = k >= STEADY_OPS;
+        const steady_op op = dependent ? (k == STEADY_OPS ? STEADY_CLIP : STEADY_CLIP_NOOP)
+                                       : static_cast<steady_op>(k);
+        c->plan = dependent ? dependent_plan : plain_plan;
         const int launches = steady_launches(c, a, op);
         const double per_step = bench_op_bytes(steady_bench_op[op], w->data_bytes);
         auto eager = [&](long i) {
@@ -391,8 +391,8 @@ static int steady_workload(bench_workload *w, int runs, std::vector<steady_row> 
         auto replay = [&](long i) {
             return i % 2 == 1 || (pair && ok(cudaGraphLaunch(pair, c->stream), "graph launch"));
         };
-        const char *const modes[2] = {plain ? "eager-plain" : "eager",
-                                      plain ? "graph-plain" : "graph"};
+        const char *const modes[2] = {dependent ? "eager-dependent" : "eager",
+                                      dependent ? "graph-dependent" : "graph"};
         for (int m = 0; m < 2; m++) {
             const long steps = m ? steps_per_run(c, replay) : steps_per_run(c, eager);
             const double us = steps <= 0 ? -1.0
@@ -414,9 +414,9 @@ static int steady_workload(bench_workload *w, int runs, std::vector<steady_row> 
             failed++;
         }
     }
-    c->plan = dependent_plan;
-    if (plain_plan)
-        gclip_plan_destroy(plain_plan);
+    c->plan = plain_plan;
+    if (dependent_plan)
+        gclip_plan_destroy(dependent_plan);
     im.close(im.ctx);
     return failed;
 }

@@ -59,10 +59,11 @@ extern const gclip_backend gclip_cuda_backend; /* host/cuda_backend.c or host/cu
 int gclip_cuda_visible_devices(void);
 
 /* Whether a CUDA plan launches its scale kernel as a programmatic dependent
- * launch: on devices of compute capability 9.0 and later, unless `setting`
- * (the environment's GCLIP_DEPENDENT_LAUNCH at plan creation, NULL when
- * unset) is "0". Any other setting, "1" included, keeps the default: older
- * devices have no dependent launch to turn on. */
+ * launch: only when `setting` (the environment's GCLIP_DEPENDENT_LAUNCH at
+ * plan creation, NULL when unset) is "1", and only on devices of compute
+ * capability 9.0 and later (older ones have no dependent launch). The
+ * default is a plain launch: on an H200 the dependent one made a clip step
+ * slower (docs/gpu-launch.md). */
 int gclip_dependent_launch_wanted(int compute_major, const char *setting);
 
 struct gclip_plan {

@@ -17,9 +17,7 @@ int gclip_cuda_device_count(void)
 
 int gclip_dependent_launch_wanted(int compute_major, const char *setting)
 {
-    if (setting && strcmp(setting, "0") == 0)
-        return 0;
-    return compute_major >= 9;
+    return compute_major >= 9 && setting && strcmp(setting, "1") == 0;
 }
 
 static void plan_free(gclip_plan *p)

@@ -46,8 +46,8 @@ typedef struct gclip_device_tables {
     uint32_t scale_grid_cap;
     /* Nonzero: the scale kernel is a programmatic dependent launch, so its
      * blocks may be scheduled while the norm kernel's last blocks run and
-     * wait on the device for it to complete (sm_90 and later, unless
-     * GCLIP_DEPENDENT_LAUNCH=0 at plan creation; docs/gpu-launch.md). */
+     * wait on the device for it to complete (sm_90 and later, and only with
+     * GCLIP_DEPENDENT_LAUNCH=1 at plan creation; docs/gpu-launch.md). */
     uint32_t dependent_launch;
 } gclip_device_tables;
 

@@ -3,8 +3,8 @@
 // scheduled while the norm kernel before it still runs, and wait on the
 // device for it; reading the factor or touching a gradient before that wait
 // would use the previous step's factor or race with the norm's reads. Two
-// plans over the same seeded data, one with the dependent launch (the
-// default) and one created under GCLIP_DEPENDENT_LAUNCH=0, run the same
+// plans over the same seeded data, one created under GCLIP_DEPENDENT_LAUNCH=1
+// (the dependent launch) and one under GCLIP_DEPENDENT_LAUNCH=0, run the same
 // chain of steps with no host synchronization, each step's factor different
 // from the one before; every step's result slot and the data at the end must
 // be the same bits. The plain plan's steps are those the other GPU tests
@@ -115,8 +115,8 @@ std::vector<gclip_device_result> slots_of(const Chain &r)
     return s;
 }
 
-// Two chains over the same seeded data, one per stream: `dependent` with
-// the default launch, `plain` created under GCLIP_DEPENDENT_LAUNCH=0.
+// Two chains over the same seeded data, one per stream: `dependent` created
+// under GCLIP_DEPENDENT_LAUNCH=1, `plain` under GCLIP_DEPENDENT_LAUNCH=0.
 class GpuDependentLaunchTest : public GpuTest {
 protected:
     void SetUp() override
@@ -129,7 +129,7 @@ protected:
                          << ".x: the scale kernel is a dependent launch from 9.0 only";
         a = std::make_unique<Stream>();
         b = std::make_unique<Stream>();
-        dependent = make_run("1"); // the default, whatever the environment says
+        dependent = make_run("1");
         plain = make_run("0");
     }
     std::unique_ptr<Stream> a, b;
