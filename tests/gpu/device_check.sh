@@ -3,18 +3,18 @@
 # that stays under 8 minutes on one H200 (docs/device-check.md):
 #
 #   1. configure and build a Release build for this GPU's architecture only
-#      (CMAKE_CUDA_ARCHITECTURES=native) with the GPU suite and gclip-bench;
+#      (CMAKE_CUDA_ARCHITECTURES=native) with the GPU suite and gclip-bench,
+#      gclip a shared library (the one the Python package loads);
 #   2. ctest -L gpu: the whole GPU suite (tests/gpu), JUnit XML kept;
 #   3. compute-sanitizer memcheck (leak check on), racecheck and synccheck
 #      on the suite's small every-op case (GpuSanitizerTest.*);
 #   4. the CUDA bench: gclip-bench --cuda-steps (us per step with no host
 #      sync, eager and graph, against a device-to-device copy; launches per
 #      step) on gpt2-124m, many-small (10,000 x 1,000) and tiny-100k;
-#   5. the Python package, built for this GPU (pip install --no-build-isolation
-#      into a folder of the build), and its pytest suite with the device;
+#   5. the Python package's pytest suite with the device, the package from
+#      python/ loading the build's libgclip.so (GCLIP_LIBRARY);
 #   6. the peer on the same device: PyTorch's foreach clipping timed as the
-#      CUDA bench times gclip (bench/torch_cuda_steps.py), and gclip.torch
-#      against torch.nn.utils call by call (python/benchmarks/bench_clip.py).
+#      CUDA bench times gclip (bench/torch_cuda_steps.py).
 #
 # Stages 5 and 6 need a python3 with PyTorch that sees the device
 # (GCLIP_DEVICE_PYTHON, default python3); GCLIP_DEVICE_CHECK_PYTHON=0 leaves
@@ -46,7 +46,7 @@ out=$(cd "$out" && pwd)
 build=${GCLIP_DEVICE_BUILD_DIR:-build/device}
 jobs=$(nproc 2>/dev/null || echo 4)
 t_start=$(date +%s)
-total_budget=475                 # seconds, everything included
+total_budget=475                 # seconds, everything included (one H200: ~410)
 deadline=$((t_start + total_budget))
 summary=$out/summary.txt
 filter='GpuSanitizerTest.*'      # the small case the sanitizers run
@@ -163,12 +163,12 @@ fi
 stage configure 45 configure.log \
     cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release \
           -DCMAKE_CUDA_ARCHITECTURES="${GCLIP_DEVICE_CUDA_ARCH:-native}" -DGCLIP_ENABLE_CUDA=ON -DGCLIP_BUILD_TESTS=ON -DGCLIP_BUILD_BENCH=ON \
-          -DGCLIP_BUILD_EMU_TESTS=OFF -DGCLIP_BUILD_EXAMPLES=OFF
+          -DGCLIP_BUILD_EMU_TESTS=OFF -DGCLIP_BUILD_EXAMPLES=OFF -DBUILD_SHARED_LIBS=ON
 finish configure configure.log
 built=0
 if [ "$stage_status" = PASS ]; then
-    stage build 165 build.log \
-        cmake --build "$build" -j "$jobs" --target gclip_gpu_tests gclip-bench
+    stage build 200 build.log \
+        cmake --build "$build" -j "$jobs" --target gclip gclip_gpu_tests gclip-bench
     finish build build.log
     [ "$stage_status" = PASS ] && built=1
 else
@@ -237,31 +237,21 @@ elif ! "$pyexe" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() e
         >"$out/python-torch.log" 2>&1; then
     skip python "$pyexe has no PyTorch that sees the device (python-torch.log)"
     skip peers "$pyexe has no PyTorch that sees the device"
+elif [ $built = 0 ]; then
+    skip python "no build"
+    skip peers "no build"
 else
-    pkg=$(mkdir -p "$build/python" && cd "$build/python" && pwd)
-    stage python 150 python.log bash -c '
-        set -e
-        echo "== pip install (CMAKE_CUDA_ARCHITECTURES=$4)"
-        GCLIP_ENABLE_CUDA=ON "$1" -m pip install --no-build-isolation --no-deps --no-index \
-            --target "$2/site" --upgrade \
-            --config-settings=build-dir="$2/cmake" \
-            --config-settings=cmake.define.CMAKE_CUDA_ARCHITECTURES="$4" ./python
-        echo "== pytest"
-        PYTHONPATH="$2/site" XLA_PYTHON_CLIENT_PREALLOCATE=false "$1" -m pytest -q -rs \
-            -p no:cacheprovider --junitxml="$3/pytest.xml" python/tests' \
-        _ "$pyexe" "$pkg" "$out" "${GCLIP_DEVICE_CUDA_ARCH:-native}"
+    lib=$(cd "$build" && pwd)/libgclip.so
+    stage python 120 python.log env PYTHONPATH="$root/python" GCLIP_LIBRARY="$lib" \
+        XLA_PYTHON_CLIENT_PREALLOCATE=false \
+        "$pyexe" -m pytest -q -rs -p no:cacheprovider --junitxml="$out/pytest.xml" python/tests
     if [ "$stage_status" = PASS ] && grep -q 'needs a CUDA device\|no CUDA device' "$out/python.log"; then
         stage_status=FAIL
         stage_note="CUDA tests skipped although the device is there"
     fi
     finish python python.log
-    # 6. the peer on the same device, then gclip.torch against torch.nn.utils
-    stage peers 75 peers.log bash -c '
-        set -e
-        "$1" bench/torch_cuda_steps.py --runs 7 --csv "$3/torch-cuda.csv"
-        echo
-        PYTHONPATH="$2/site" "$1" python/benchmarks/bench_clip.py --device cuda --repeat 30' \
-        _ "$pyexe" "$pkg" "$out"
+    # 6. the peer on the same device
+    stage peers 75 peers.log "$pyexe" bench/torch_cuda_steps.py --runs 7 --csv "$out/torch-cuda.csv"
     finish peers peers.log
 fi
 
