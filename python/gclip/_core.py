@@ -286,6 +286,21 @@ class Clipper:
         self.plan = plan
         return plan
 
+    def _op_stream(self, plan: Plan, stream: int) -> int:
+        """The stream an operation on `plan` is queued on, given the caller's
+        (0 when none was given): here the caller's, 0 being CUDA's legacy
+        default stream. A framework's Clipper takes its current stream for 0,
+        the one its `_bind` rebinds on, so the operation is ordered with the
+        framework's work and is captured with it in a CUDA graph."""
+        return stream
+
+    def _bind_for_op(self, tensors, stream, writable: bool):
+        """(plan, stream) of an operation on `tensors`: bound, and the stream
+        the operation goes on (`_op_stream`)."""
+        s = stream_handle(stream)
+        plan = self._bind(tensors, s, writable)
+        return plan, self._op_stream(plan, s)
+
     def _get_plan(self, key) -> Plan:
         plan = self._plans.get(key)
         if plan is None:
@@ -322,29 +337,25 @@ class Clipper:
     def clip_grad_norm(self, tensors, max_norm=None, *, inv_scale=None, tensor_norms=None,
                        stream=None) -> None:
         """Global-norm clipping in place (gclip_clip_grad_norm)."""
-        s = stream_handle(stream)
-        plan = self._bind(tensors, s, True)
+        plan, s = self._bind_for_op(tensors, stream, True)
         plan.run("clip_grad_norm", self._opts(plan, max_norm, inv_scale, tensor_norms), s)
 
     def total_norm(self, tensors, *, inv_scale=None, tensor_norms=None, stream=None) -> None:
         """The norm only, nothing written (gclip_total_norm). Read-only arrays are fine."""
-        s = stream_handle(stream)
-        plan = self._bind(tensors, s, False)
+        plan, s = self._bind_for_op(tensors, stream, False)
         plan.run("total_norm", self._opts(plan, None, inv_scale, tensor_norms), s)
 
     def compute_clip_factor(self, tensors, max_norm=None, *, inv_scale=None, tensor_norms=None,
                             stream=None) -> None:
         """Norm, coefficient and factor into the result slot, not applied."""
-        s = stream_handle(stream)
-        plan = self._bind(tensors, s, False)
+        plan, s = self._bind_for_op(tensors, stream, False)
         plan.run("compute_clip_factor", self._opts(plan, max_norm, inv_scale, tensor_norms), s)
 
     def clip_grads_with_norm(self, tensors, total_norm, max_norm=None, *, inv_scale=None,
                              stream=None) -> None:
         """Clip with a norm computed elsewhere: a float, or a float32 scalar in
         the plan's device memory (read when the step executes)."""
-        s = stream_handle(stream)
-        plan = self._bind(tensors, s, True)
+        plan, s = self._bind_for_op(tensors, stream, True)
         opts = self._opts(plan, max_norm, inv_scale)
         if _is_number(total_norm):
             plan.clip_grads_with_norm(opts, float(total_norm), 0, s)
@@ -354,21 +365,18 @@ class Clipper:
     def clip_grad_norm_per_tensor(self, tensors, max_norm=None, *, inv_scale=None,
                                   tensor_norms=None, stream=None) -> None:
         """Each tensor clipped to its own norm (Keras clipnorm)."""
-        s = stream_handle(stream)
-        plan = self._bind(tensors, s, True)
+        plan, s = self._bind_for_op(tensors, stream, True)
         plan.run("clip_grad_norm_per_tensor", self._opts(plan, max_norm, inv_scale, tensor_norms), s)
 
     def clip_grad_value(self, tensors, clip_value: float, *, stream=None) -> None:
         """Clamp every element to [-clip_value, clip_value]; NaN stays NaN."""
-        s = stream_handle(stream)
-        plan = self._bind(tensors, s, True)
+        plan, s = self._bind_for_op(tensors, stream, True)
         plan.clip_grad_value(float(clip_value), s)
 
     # phases
     def norm_accumulate(self, tensors, *, inv_scale=None, tensor_norms=None, stream=None) -> None:
         """Phase 1: this rank's partial (see `partial()`), for a reduction elsewhere."""
-        s = stream_handle(stream)
-        plan = self._bind(tensors, s, False)
+        plan, s = self._bind_for_op(tensors, stream, False)
         plan.run("norm_accumulate", self._opts(plan, None, inv_scale, tensor_norms), s)
 
     def norm_finalize(self, partials=None, count: int = 0, *, max_norm=None, inv_scale=None,
@@ -380,7 +388,7 @@ class Clipper:
         `count` larger than the array holds is refused. A bare address (int)
         is trusted to hold `count` records."""
         plan = self._require_plan()
-        s = stream_handle(stream)
+        s = self._op_stream(plan, stream_handle(stream))
         count = int(count)
         if count < 0:
             raise ValueError(f"gclip: count {count} must be >= 0")
@@ -400,8 +408,11 @@ class Clipper:
     def apply_clip_factor(self, tensors=None, *, stream=None) -> None:
         """Phase 3: multiply the gradients by the slot's factor. `tensors`
         rebinds the pointers first (same shapes as the last operation)."""
-        s = stream_handle(stream)
-        plan = self._bind(tensors, s, True) if tensors is not None else self._require_plan()
+        if tensors is not None:
+            plan, s = self._bind_for_op(tensors, stream, True)
+        else:
+            plan = self._require_plan()
+            s = self._op_stream(plan, stream_handle(stream))
         plan.apply_clip_factor(s)
 
     def partial(self) -> "_dlpack.MemoryView":

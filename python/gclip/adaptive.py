@@ -494,8 +494,7 @@ class AdaptiveClipper(Clipper):
         step's threshold(s) from the state, the state's update, the clip.
         Spike step-skip writes no gradient and raises the result slot's
         skip flag instead. No host synchronization."""
-        s = stream_handle(stream)
-        plan = self._bind(tensors, s, True)
+        plan, s = self._bind_for_op(tensors, stream, True)
         self._adaptive.step(self._opts(plan, None, inv_scale), s)
 
     # -- results ------------------------------------------------------------------------------
@@ -646,8 +645,7 @@ class TorchAdaptiveClipper(AdaptiveClipper):
         if ad is None or ad.plan.key != key or not all(map(torch.Tensor.is_contiguous, grads)):
             for g in grads:
                 _gt().describe_tensor(g)  # every check that can reject, before any write
-        if stream == 0 and dev_index >= 0:
-            stream = torch.cuda.current_stream(dev_index).cuda_stream
+        stream = self._op_stream_on(dev_index, stream)
         ptrs = tuple(map(torch.Tensor.data_ptr, grads))
 
         def make_plan():
@@ -664,6 +662,20 @@ class TorchAdaptiveClipper(AdaptiveClipper):
             self._bound = (plan, ptrs)
         self.plan = plan
         return plan
+
+    @staticmethod
+    def _op_stream_on(dev_index: int, stream: int) -> int:
+        if stream == 0 and dev_index >= 0:
+            return _torch().cuda.current_stream(dev_index).cuda_stream
+        return stream
+
+    def _op_stream(self, plan: Plan, stream: int) -> int:
+        # The step goes on the stream _bind rebound on: PyTorch's current
+        # stream when none is given. On the legacy default stream (0) instead,
+        # a step issued while torch.cuda.graph captures its own stream would
+        # run once, eagerly, and be missing from the graph, whose replays
+        # would then only copy out the info record of that one eager step.
+        return self._op_stream_on(plan.device, stream)
 
     def device_info(self) -> dict:
         """The last step's info record as 0-dim tensors on the gradients'
@@ -1057,6 +1069,7 @@ class AGCClipper(Clipper):
             raise ValueError(f"gclip: {len(units)} units for {len(params)} parameters; give one "
                              "per parameter (rows along dim 0, 1 for ndim <= 1)")
         plan = self._bind(grads, s, True)
+        s = self._op_stream(plan, s)
         key = (plan.key, tuple((i.ptr, i.numel, i.dtype) for i in infos), tuple(units))
         agc = self._agcs.get(key)
         if agc is None or agc.plan is not plan:

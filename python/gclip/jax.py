@@ -5,8 +5,14 @@ functional clip that returns new arrays (JAX arrays are immutable).
     norm = gj.global_norm(grads)                              # float
     grads, info = gj.clip_by_global_norm(grads, max_norm=1.0)  # new pytree, ClipResult
 
-Host (CPU) arrays are supported; the functional clip copies each leaf once
-into a writable host buffer, clips it there and hands it back to JAX.
+Host (CPU) arrays: the functional clip copies each leaf once into a writable
+host buffer, clips it there and hands it back to JAX, and `tensor_norms`
+writes a host buffer. Arrays in GPU memory stay there: every output (the
+copies the functional clip writes, the buffer of `tensor_norms`) is a fresh
+JAX array on the leaves' device, written in place through DLPack before
+anything else sees it, and the call waits for gclip's kernels before it
+returns, so JAX's streams never race them. A tree is on one device (leaves on
+several are refused, as by `gclip.Clipper`).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _dlpack
 from ._core import Clipper, ClipResult
 
 __all__ = ["global_norm", "tensor_norms", "clip_by_global_norm", "clip_by_value",
@@ -37,11 +44,35 @@ def _leaves(tree):
     return leaves, treedef
 
 
-def _writable_copies(leaves):
+def _gpu_device(leaves):
+    """The JAX device of the leaves when gclip reads them in CUDA memory (the
+    first leaf decides; a mix is refused by the Clipper), else None: host
+    memory, where outputs are NumPy buffers."""
+    if not leaves or not isinstance(leaves[0], jax.Array):
+        return None
+    if _dlpack.describe(leaves[0]).device < 0:  # CPU, or CUDA pinned host memory
+        return None
+    (device,) = leaves[0].devices()
+    return device
+
+
+def _writable_copies(leaves, device=None):
+    """One writable copy of each leaf: a NumPy array in host memory, or a new
+    JAX buffer on `device` (jnp.array(copy=True) always makes a new buffer,
+    which no other JAX array shares)."""
+    if device is not None:
+        return [jnp.array(x, copy=True) for x in leaves]
     out = []
     for x in leaves:
         out.append(np.array(x, copy=True, order="C"))  # bfloat16: ml_dtypes.bfloat16
     return out
+
+
+def _wait(c: Clipper, device) -> None:
+    """On a GPU: wait for the Clipper's last operation (its kernels run on
+    gclip's stream, not JAX's), before JAX reads what they wrote."""
+    if device is not None and c.plan is not None:
+        c.plan.get_result()
 
 
 def global_norm(tree: Any, norm_type: float = 2.0) -> float:
@@ -55,10 +86,17 @@ def global_norm(tree: Any, norm_type: float = 2.0) -> float:
 def tensor_norms(tree: Any, norm_type: float = 2.0):
     """Each leaf's own p-norm, as a pytree of float32 scalars."""
     leaves, treedef = _leaves(tree)
-    out = np.empty(len(leaves), dtype=np.float32)
+    device = _gpu_device(leaves)
     c = Clipper(norm_type=norm_type, nonfinite="propagate")
+    if device is None:
+        out = np.empty(len(leaves), dtype=np.float32)
+        c.total_norm(leaves, tensor_norms=out)
+        return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(v) for v in out])
+    # a new buffer on the leaves' device, written by the kernel through DLPack
+    out = jnp.zeros(len(leaves), dtype=jnp.float32, device=device)
     c.total_norm(leaves, tensor_norms=out)
-    return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(v) for v in out])
+    _wait(c, device)
+    return jax.tree_util.tree_unflatten(treedef, list(out))
 
 
 def clip_by_global_norm(tree: Any, max_norm: float, norm_type: float = 2.0, *,
@@ -67,7 +105,8 @@ def clip_by_global_norm(tree: Any, max_norm: float, norm_type: float = 2.0, *,
     result (norm before clipping, coefficient, non-finite flag). With the
     default nonfinite="skip" a NaN/Inf norm returns the leaves unchanged."""
     leaves, treedef = _leaves(tree)
-    copies = _writable_copies(leaves)
+    device = _gpu_device(leaves)
+    copies = _writable_copies(leaves, device)
     c = Clipper(max_norm=max_norm, norm_type=norm_type, nonfinite=nonfinite)
     c.clip_grad_norm(copies, inv_scale=inv_scale)
     res = c.result()
@@ -78,7 +117,8 @@ def clip_by_norm_per_leaf(tree: Any, max_norm: float, norm_type: float = 2.0, *,
                           nonfinite: str = "skip") -> Tuple[Any, ClipResult]:
     """Each leaf scaled to its own norm (Keras clipnorm)."""
     leaves, treedef = _leaves(tree)
-    copies = _writable_copies(leaves)
+    device = _gpu_device(leaves)
+    copies = _writable_copies(leaves, device)
     c = Clipper(max_norm=max_norm, norm_type=norm_type, nonfinite=nonfinite)
     c.clip_grad_norm_per_tensor(copies)
     res = c.result()
@@ -88,6 +128,9 @@ def clip_by_norm_per_leaf(tree: Any, max_norm: float, norm_type: float = 2.0, *,
 def clip_by_value(tree: Any, clip_value: float) -> Any:
     """New leaves clamped to [-clip_value, clip_value] (NaN kept)."""
     leaves, treedef = _leaves(tree)
-    copies = _writable_copies(leaves)
-    Clipper().clip_grad_value(copies, clip_value)
+    device = _gpu_device(leaves)
+    copies = _writable_copies(leaves, device)
+    c = Clipper()
+    c.clip_grad_value(copies, clip_value)
+    _wait(c, device)
     return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a) for a in copies])

@@ -659,6 +659,12 @@ class Clipper(_core.Clipper):
         self._device = device
         return entry.plan
 
+    def _op_stream(self, plan, stream):
+        # the stream _bind rebound on: the current CUDA stream when none is given
+        if stream == 0 and plan.device >= 0:
+            return _current_stream(plan.device)
+        return stream
+
     def device_result(self) -> dict:
         """The last operation's result slot as tensors on its device, read with
         no host synchronization: float32 ``norm``, ``coef``, ``scale``, int32

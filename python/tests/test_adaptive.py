@@ -7,7 +7,9 @@ NaN norms that never enter the statistics."""
 
 import io
 import math
+import warnings
 from collections import deque
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -232,28 +234,147 @@ def test_quantileclip_matches_autoclip(rng, case):
     assert clipped > 20
 
 
+# ---- torch.quantile's arithmetic, written out -------------------------------------------
+
+def _round_f32(x: Fraction) -> np.float32:
+    """The float32 nearest to the exact value x (ties to even)."""
+    c = np.float32(float(x))  # within one float32 step of the answer
+    best = None
+    for y in (np.nextafter(c, np.float32(-np.inf)), c, np.nextafter(c, np.float32(np.inf))):
+        err = abs(Fraction(float(y)) - x)
+        if best is None or err < best[0] or (err == best[0] and not int(y.view(np.uint32)) & 1):
+            best = (err, y)
+    return best[1]
+
+
+def _fma_f32(a, b, c) -> np.float32:
+    """a * b + c in float32, rounded once."""
+    return _round_f32(Fraction(float(a)) * Fraction(float(b)) + Fraction(float(c)))
+
+
+def _lerp_f32(start, end, w, fused: bool) -> np.float32:
+    """torch.lerp's two formulas in float32: start + w (end - start) for
+    |w| < 0.5, else end - (end - start)(1 - w); each product and sum rounded
+    once (fused) or the product and the sum rounded separately."""
+    f = np.float32
+    d = f(end - start)
+    if abs(w) < f(0.5):
+        return _fma_f32(w, d, start) if fused else f(start + f(w * d))
+    return _fma_f32(-d, f(f(1) - w), end) if fused else f(end - f(d * f(f(1) - w)))
+
+
+def _quantile_f32(values, q: float, rank_in_double: bool = True, fused: bool = True) -> np.float32:
+    """torch.quantile(values, q) with linear interpolation, in float32 (q a
+    float32, as torch makes it a tensor of the values' dtype): the rank
+    q * (n - 1), in double and its fraction rounded to a float weight (what
+    gclip documents, kernels/gclip_adapt_math.h gclip_quantile) or all in
+    float32 (older PyTorch), and the two neighbours interpolated by lerp."""
+    s = np.sort(np.asarray(values, dtype=np.float32))
+    n, qf = len(s), np.float32(q)
+    if rank_in_double:
+        rank = float(qf) * (n - 1)
+        lo, hi = int(rank), math.ceil(rank)
+        w = np.float32(rank - lo)
+    else:
+        rank = np.float32(qf * np.float32(n - 1))
+        lo, hi = int(rank), int(np.ceil(rank))
+        w = np.float32(rank - np.float32(lo))
+    return _lerp_f32(s[lo], s[hi], w, fused)
+
+
+def _torch_quantile_arithmetic():
+    """(rank_in_double, fused) of the installed PyTorch's CPU torch.quantile,
+    read from torch.quantile itself, or None if it is none of these."""
+    # the lerp: over two values the rank is q itself, in either precision
+    rng = np.random.default_rng(7)
+    pairs = [(np.sort(rng.uniform(0.1, 30.0, 2).astype(np.float32)),
+              float(np.float32(rng.uniform(0.0, 1.0)))) for _ in range(400)]
+    got = [torch.quantile(torch.from_numpy(p), q).numpy().tobytes() for p, q in pairs]
+    lerps = [fused for fused in (True, False)
+             if all(_quantile_f32(p, q, True, fused).tobytes() == g
+                    for (p, q), g in zip(pairs, got))]
+    if not lerps:
+        return None
+    # the rank: a jump of 1e7 after index 899 makes the weight of q=0.9 over
+    # 1000 values visible (double: w = 0.0999761..., float32: 0.0999755...)
+    v = np.arange(1000, dtype=np.float32)
+    v[900:] += np.float32(1e7)
+    got = torch.quantile(torch.from_numpy(v), 0.9).numpy().tobytes()
+    ranks = [r for r in (True, False) if _quantile_f32(v, 0.9, r, lerps[0]).tobytes() == got]
+    if len(ranks) != 1:
+        return None
+    return ranks[0], lerps[0]
+
+
+def test_quantile_reference_is_torch_quantile_arithmetic():
+    """The written-out reference against values worked by hand."""
+    f = np.float32
+    # rank 1.5 over [1, 2, 4]: w = 0.5 takes the second formula, 4 - 2 * 0.5
+    assert _quantile_f32([4, 1, 2], 0.75) == f(3.0)
+    assert _quantile_f32([5.0], 0.3) == f(5.0)
+    assert _quantile_f32([1, 3], 0.0) == f(1.0) and _quantile_f32([1, 3], 1.0) == f(3.0)
+    # rounding to nearest, ties to even
+    assert _round_f32(Fraction(1) + Fraction(1, 2 ** 24)) == f(1.0)
+    assert _round_f32(Fraction(1) + Fraction(3, 2 ** 24)) == f(1 + 2 ** -22)
+    # a * a = 1 + 2^-11 + 2^-24 exactly: fused, + 2^-24 is exact; rounded
+    # separately, both roundings are ties that go to 1 + 2^-11
+    a = f(1 + 2 ** -12)
+    assert _fma_f32(a, a, f(2 ** -24)) == f(1 + 2 ** -11 + 2 ** -23)
+    assert f(f(a * a) + f(2 ** -24)) == f(1 + 2 ** -11)
+    # the rank in float32 loses what double keeps: 0.9 * 999 over a jump
+    v = np.arange(1000, dtype=np.float32)
+    v[900:] += f(1e7)
+    assert abs(float(_quantile_f32(v, 0.9, True)) - float(_quantile_f32(v, 0.9, False))) > 1.0
+
+
 @pytest.mark.parametrize("q", [0.9, 0.1, 0.37, 0.999])
 def test_autoclip_threshold_is_torch_quantile_bitwise_at_history_1000(rng, q):
     """A global history of 1000 norms: after every step the threshold the
-    next step uses is torch.quantile(history, q), bit for bit (the rank in
-    double, the weight in float, torch.lerp's fused formulas)."""
+    next step uses is torch.quantile(history, q) as gclip documents it, bit
+    for bit (the rank in double, the weight in float, torch.lerp's fused
+    formulas), against the formula written out here at every step. The
+    installed torch.quantile must match the same formula with its own
+    arithmetic (probed from it), so gclip's threshold equals it bit for bit
+    when that is gclip's; an older PyTorch that takes the rank in float32
+    (2.11 on CPU) rounds the weight otherwise, and that is reported rather
+    than failed."""
+    arithmetic = _torch_quantile_arithmetic()
+    assert arithmetic is not None, (
+        f"torch {torch.__version__}: torch.quantile is neither the rank in double nor in float32, "
+        "with a fused or a separately rounded lerp")
+    rank_in_double, fused = arithmetic
+    torch_is_gclips = arithmetic == (True, True)
     clipper = gclip.AdaptiveClipper("autoclip", quantile=q, history_length=1000,
                                     global_threshold=True)
     g = np.zeros(64, dtype=np.float32)
     history = deque(maxlen=1000)
-    checked = 0
+    checked, differ, max_ulps = 0, 0, 0
     for k in range(1150):
         g[:] = rng.standard_normal(64).astype(np.float32) * np.float32(rng.uniform(0.1, 3.0))
         norm = float(np.float32(np.sqrt(np.sum(g.astype(np.float64) ** 2))))
         clipper.step([g])
         info = clipper.info()
         if history:
-            want = torch.quantile(torch.tensor(list(history), dtype=torch.float32), q)
-            assert np.float32(info.threshold).tobytes() == want.numpy().tobytes(), k
+            ours = np.float32(info.threshold)
+            assert ours.tobytes() == _quantile_f32(history, q).tobytes(), k
+            want = torch.quantile(torch.tensor(list(history), dtype=torch.float32), q).numpy()
+            assert want.tobytes() == _quantile_f32(history, q, rank_in_double, fused).tobytes(), k
+            if torch_is_gclips:
+                assert ours.tobytes() == want.tobytes(), k
+            elif ours.tobytes() != want.tobytes():
+                differ += 1
+                max_ulps = max(max_ulps, abs(int(ours.view(np.int32)) - int(want.view(np.int32))))
             checked += 1
         history.append(info.total_norm)
         assert info.total_norm == pytest.approx(norm, rel=1e-6)
     assert checked == 1149
+    if not torch_is_gclips:
+        warnings.warn(
+            f"torch {torch.__version__}: torch.quantile takes the rank in "
+            f"{'double' if rank_in_double else 'float32'} with a "
+            f"{'fused' if fused else 'separately rounded'} lerp; gclip's threshold (the rank in "
+            f"double, fused lerp) differs from it at {differ} of {checked} steps for q={q}, by at "
+            f"most {max_ulps} ulp, and equals the formula written out at every step")
 
 
 def test_adagc_matches_pytorch_optimizer(rng):
@@ -845,6 +966,46 @@ def test_cuda_step_does_not_synchronize(rng):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert norm.device.type == "cuda"
+
+
+@needs_cuda
+def test_cuda_steps_queue_on_the_current_stream(rng):
+    """With no stream given, a step goes on PyTorch's current stream: what a
+    side stream reads right after the call is the step's result, even while
+    the default stream is busy (a step queued on the legacy default stream
+    would wait behind the sleep, and the side stream would read the old
+    values)."""
+    stream = list(gradient_stream(rng, 2, base=5.0))
+    side = torch.cuda.Stream()
+    # ZClip: the returned norm is this step's
+    m = make_model("cuda")
+    z = gt.ZClip(warmup_steps=5)
+    set_grads(m, stream[0])
+    z.step(m)
+    for p, g in zip(m.parameters(), stream[1]):
+        p.grad.copy_(torch.from_numpy(g))
+    torch.cuda.synchronize()
+    want = math.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in stream[1]))
+    torch.cuda._sleep(int(2e8))  # the default stream is busy for a while
+    with torch.cuda.stream(side):
+        norm = z.step(m)
+    torch.cuda.synchronize()
+    assert norm.item() == pytest.approx(want, rel=1e-5)
+    # gclip.torch.Clipper: the side stream reads the clipped gradients
+    p = torch.nn.Parameter(torch.zeros(1000, device="cuda"))
+    original = torch.full((1000,), 3.0, device="cuda")
+    p.grad = original.clone()
+    clipper = gt.Clipper(max_norm=1.0)
+    clipper.clip_grad_norm([p])
+    p.grad.copy_(original)
+    torch.cuda.synchronize()
+    torch.cuda._sleep(int(2e8))
+    with torch.cuda.stream(side):
+        clipper.clip_grad_norm([p])
+        seen = p.grad.clone()
+    torch.cuda.synchronize()
+    assert not torch.equal(p.grad, original)
+    assert torch.equal(seen, p.grad)
 
 
 @needs_cuda

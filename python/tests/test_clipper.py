@@ -266,6 +266,43 @@ def test_jax_norms_and_functional_clip(rng):
     np.testing.assert_array_equal(np.asarray(clipped["b"][0]), np.clip(np.asarray(tree["b"][0]), -0.5, 0.5))
     per, _ = gj.clip_by_norm_per_leaf(tree, 0.1)
     assert ref_norm([np.asarray(per["w"])], 2) == pytest.approx(0.1, rel=1e-5)
+    # every output is on the leaves' device (a GPU when JAX arrays live there)
+    leaf_devices = {d for x in jax.tree_util.tree_leaves(tree) for d in x.devices()}
+    for out in (norms, new, clipped, per):
+        for x in jax.tree_util.tree_leaves(out):
+            assert x.devices() == leaf_devices
+
+
+def test_jax_device_path_writes_new_jax_buffers_on_the_leaves_device(rng, monkeypatch):
+    """The path gclip.jax takes for leaves in GPU memory (outputs are new JAX
+    buffers on the leaves' device, written through DLPack), taken here with
+    JAX arrays on whatever device JAX has: same values as the host path, and
+    the input leaves untouched."""
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+    import gclip.jax as gj
+    tree = {"w": jnp.asarray(rng.standard_normal((6, 5)).astype(np.float32) * 3),
+            "b": [jnp.asarray(rng.standard_normal(4).astype(np.float32))]}
+    before = [np.array(x) for x in jax.tree_util.tree_leaves(tree)]
+    host_norms = gj.tensor_norms(tree)
+    host_clip, host_info = gj.clip_by_global_norm(tree, 1.0)
+    host_value = gj.clip_by_value(tree, 0.5)
+    host_per, _ = gj.clip_by_norm_per_leaf(tree, 0.1)
+    real = gj._gpu_device
+    monkeypatch.setattr(gj, "_gpu_device", lambda leaves: real(leaves) or
+                        next(iter(leaves[0].devices())))
+    norms = gj.tensor_norms(tree)
+    clip, info = gj.clip_by_global_norm(tree, 1.0)
+    value = gj.clip_by_value(tree, 0.5)
+    per, _ = gj.clip_by_norm_per_leaf(tree, 0.1)
+    assert info.total_norm == host_info.total_norm
+    for got, want in ((norms, host_norms), (clip, host_clip), (value, host_value), (per, host_per)):
+        for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+            assert isinstance(g, jax.Array)
+            assert g.devices() == tree["w"].devices()
+            np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+    for x, b in zip(jax.tree_util.tree_leaves(tree), before):
+        np.testing.assert_array_equal(np.asarray(x), b)
 
 
 def test_torch_clipper_keeps_its_own_plans_and_thread_count(rng):

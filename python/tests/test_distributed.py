@@ -90,6 +90,12 @@ class _Recorder:
         self.rank = rank
         self.checks = {}
         self.bits = {}
+        self.notes = {}  # check name -> what the installed PyTorch did otherwise
+
+    def note(self, name, text):
+        texts = self.notes.setdefault(name, [])
+        if text not in texts:
+            texts.append(text)
 
     def check(self, name, ok, detail=""):
         prev = self.checks.get(name)
@@ -100,6 +106,25 @@ class _Recorder:
     def close(self, name, got, want, rtol, detail=""):
         ok = (math.isnan(got) and math.isnan(want)) or abs(got - want) <= rtol * max(abs(want), 1e-30)
         self.check(name, ok, f"{detail} got {got!r} want {want!r} (rtol {rtol})")
+
+
+def _check_clipped_against_torch(rec, name, i, placements, g_full, t_full, want):
+    """gclip's clipped gradient `g_full` against torch.nn.utils.clip_grad_norm_'s
+    `t_full` on the same DTensors, where torch's agrees with the float64
+    reference `want`. Where the installed PyTorch's does not (2.11 leaves a
+    Partial gradient unclipped), that is noted with its version and gclip's
+    is held to the reference instead: the check fails when gclip disagrees
+    with the reference, or with a torch that agrees with the reference."""
+    if torch.allclose(t_full.double(), want, rtol=1e-5, atol=1e-7):
+        rec.check(name, torch.allclose(g_full, t_full, rtol=1e-5, atol=1e-7),
+                  f"tensor {i}: max diff {_maxdiff(g_full, t_full)}")
+        return
+    rec.note(name, f"torch {torch.__version__}: clip_grad_norm_ gave tensor {i} {placements} a "
+                   f"max diff of {_maxdiff(t_full.double(), want):.6g} from the float64 "
+                   "reference; gclip's gradient was checked against the reference instead")
+    rec.check(name, torch.allclose(g_full.double(), want, rtol=2e-6, atol=1e-9),
+              f"tensor {i}: max diff {_maxdiff(g_full.double(), want)} from the reference "
+              f"(torch {torch.__version__}'s differs from the reference too)")
 
 
 def _all_bits_equal(rec, name, value):
@@ -153,9 +178,9 @@ def _scenario_1d(rec, ws, rank):
     for i, (tp, gp) in enumerate(zip(tparams, gparams)):
         g_full = gp.grad.full_tensor()
         t_full = tp.grad.full_tensor()
-        rec.check("1d_clipped_grads_match_torch", torch.allclose(g_full, t_full, rtol=1e-5, atol=1e-7),
-                  f"tensor {i}: max diff {_maxdiff(g_full, t_full)}")
         want = fulls[i].double() * coef
+        _check_clipped_against_torch(rec, "1d_clipped_grads_match_torch", i, spec[i][1],
+                                     g_full, t_full, want)
         rec.check("1d_clipped_grads_match_reference",
                   torch.allclose(g_full.double(), want, rtol=2e-6, atol=1e-9),
                   f"tensor {i}: max diff {_maxdiff(g_full.double(), want)}")
@@ -210,10 +235,14 @@ def _scenario_2d(rec, ws, rank):
     rec.close("2d_clip_matches_torch", _as_float(gn), _as_float(tn), 2e-6)
     rec.close("2d_clip_matches_reference", _as_float(gn), _ref_norm(fulls, 2.0), 1e-6)
     _all_bits_equal(rec, "2d_bitwise_across_ranks", gn.to_local())
+    coef = MAX_NORM / (_ref_norm(fulls, 2.0) + 1e-6)
     for i, (tp, gp) in enumerate(zip(tparams, gparams)):
         g_full, t_full = gp.grad.full_tensor(), tp.grad.full_tensor()
-        rec.check("2d_clip_matches_torch", torch.allclose(g_full, t_full, rtol=1e-5, atol=1e-7),
-                  f"tensor {i}: max diff {_maxdiff(g_full, t_full)}")
+        _check_clipped_against_torch(rec, "2d_clip_matches_torch", i, spec[i][1], g_full, t_full,
+                                     fulls[i].double() * coef)
+        rec.check("2d_clip_matches_reference",
+                  torch.allclose(g_full.double(), fulls[i].double() * coef, rtol=2e-6, atol=1e-9),
+                  f"tensor {i}: max diff {_maxdiff(g_full.double(), fulls[i].double() * coef)}")
 
 
 def _scenario_nonfinite(rec, ws, rank):
@@ -368,7 +397,7 @@ def _worker(rank, ws, store, outdir):
         raise
     finally:
         with open(os.path.join(outdir, f"rank{rank}.json"), "w") as f:
-            json.dump({"checks": rec.checks, "bits": rec.bits}, f)
+            json.dump({"checks": rec.checks, "bits": rec.bits, "notes": rec.notes}, f)
     dist.destroy_process_group()
 
 
@@ -410,6 +439,8 @@ def _expect(ws, name, tmp_path_factory):
         assert name in rec["checks"], f"rank {r} did not run check {name}"
         ok, detail = rec["checks"][name]
         assert ok, f"rank {r}: {name}: {detail}"
+    for text in sorted({t for rec in ranks for t in rec.get("notes", {}).get(name, [])}):
+        warnings.warn(text)
 
 
 ws_params = pytest.mark.parametrize("ws", WORLD_SIZES, ids=[f"ws{w}" for w in WORLD_SIZES])
@@ -432,7 +463,10 @@ ws_params = pytest.mark.parametrize("ws", WORLD_SIZES, ids=[f"ws{w}" for w in WO
 def test_dtensor_1d_shard_replicate_partial(ws, name, tmp_path_factory):
     """Shard(0), Shard(1), Replicate and Partial DTensors on a 1-D mesh: the
     norm and the clipped gradients match torch.nn.utils.clip_grad_norm_ on the
-    same DTensors and the float64 reference, bitwise equal on every rank."""
+    same DTensors and the float64 reference, bitwise equal on every rank. A
+    gradient the installed PyTorch clips away from the reference (2.11 leaves
+    the Partial one unclipped) is compared with the reference only, with a
+    warning that names the torch version."""
     _expect(ws, name, tmp_path_factory)
 
 
@@ -442,7 +476,8 @@ def test_dtensor_1d_shard_replicate_partial(ws, name, tmp_path_factory):
 ])
 def test_dtensor_2d_mesh_mix(name, tmp_path_factory):
     """A 2 x 2 mesh with (Shard, Shard), (Shard, Replicate), (Replicate, Shard),
-    (Replicate, Replicate) and (Shard, Partial) gradients."""
+    (Replicate, Replicate) and (Shard, Partial) gradients; the clipped
+    gradients against torch's where torch's match the reference (as in 1-D)."""
     _expect(4, name, tmp_path_factory)
 
 
