@@ -192,7 +192,7 @@ def main():
         w = Workload(name, "cuda")
         copy_us, copy_steps = steady(op_fn(w, "d2d-copy")[0], args.runs)
         copy_gbps = 2 * w.bytes / copy_us / 1e3
-        rows.append((device, name, w.tensors, w.bytes, "d2d-copy", "eager", 1, copy_steps,
+        rows.append((device, name, w.tensors, w.bytes, "d2d-copy", "eager", 0, copy_steps,
                      copy_us, 2 * w.bytes, copy_gbps, copy_gbps))
         for op in ("norm", "clip", "clip-noop"):
             fn, passes = op_fn(w, op)
