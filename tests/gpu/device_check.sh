@@ -230,7 +230,7 @@ else
     skip bench "no build"
 fi
 
-# 5. the Python package for this GPU, and its tests with the device
+# 5. the Python suite with the device, on the build's libgclip.so
 if [ "${GCLIP_DEVICE_CHECK_PYTHON:-1}" = 0 ]; then
     :
 elif ! "$pyexe" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' \
