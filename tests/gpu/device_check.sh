@@ -14,7 +14,11 @@
 #   5. the Python package's pytest suite with the device, the package from
 #      python/ loading the build's libgclip.so (GCLIP_LIBRARY);
 #   6. the peer on the same device: PyTorch's foreach clipping timed as the
-#      CUDA bench times gclip (bench/torch_cuda_steps.py).
+#      CUDA bench times gclip (bench/torch_cuda_steps.py);
+#   7. a profile, for information (it never fails the check): Nsight
+#      Compute's view of one norm kernel of tiny-100k and of many-small
+#      (speed of light, memory, occupancy, launch, warp states), the two
+#      workloads furthest from the copy's speed.
 #
 # Stages 5 and 6 need a python3 with PyTorch that sees the device
 # (GCLIP_DEVICE_PYTHON, default python3); GCLIP_DEVICE_CHECK_PYTHON=0 leaves
@@ -144,6 +148,15 @@ stage() {
 
 finish() { record "$1" "$stage_status" "$stage_secs" "$stage_limit" "$2" "$stage_note"; }
 
+# finish_info NAME LOG: as finish, for a stage that informs and cannot fail
+# the check
+finish_info() {
+    local kept=$failed
+    stage_note="${stage_note:+$stage_note, }for information"
+    finish "$1" "$2"
+    failed=$kept
+}
+
 skip() { # NAME WHY
     stage_status=SKIP stage_secs=0 stage_limit=0 stage_note=$2
     finish "$1" -
@@ -253,6 +266,29 @@ else
     # 6. the peer on the same device
     stage peers 75 peers.log "$pyexe" bench/torch_cuda_steps.py --runs 7 --csv "$out/torch-cuda.csv"
     finish peers peers.log
+fi
+
+# 7. the profile (information only)
+ncu_bin=$(command -v ncu || ls "$(dirname "$(command -v nvcc)")/ncu" /opt/nvidia/nsight-compute/*/ncu \
+          2>/dev/null | head -1)
+if [ $built = 0 ]; then
+    stage_status=SKIP stage_secs=0 stage_limit=0 stage_note="no build"
+    finish_info profile -
+elif [ -z "$ncu_bin" ]; then
+    stage_status=SKIP stage_secs=0 stage_limit=0 stage_note="ncu not found"
+    finish_info profile -
+else
+    stage profile 60 profile.log bash -c '
+        for w in tiny-100k many-small; do
+            echo "== $w: the 11th norm kernel of gclip-bench --cuda-steps"
+            "$1" --clock-control none --kernel-name regex:gclip_norm_kernel \
+                --launch-skip 10 --launch-count 1 \
+                --section SpeedOfLight --section MemoryWorkloadAnalysis \
+                --section Occupancy --section LaunchStats --section WarpStateStats \
+                "$2/bench/gclip-bench" --cuda-steps "$2/profile-$w" --runs 1 --workload "$w" ||
+                exit 1
+        done' _ "$ncu_bin" "$build"
+    finish_info profile profile.log
 fi
 
 # ---- summary ---------------------------------------------------------------------------
