@@ -665,9 +665,8 @@ class TorchAdaptiveClipper(AdaptiveClipper):
 
     @staticmethod
     def _op_stream_on(dev_index: int, stream: int) -> int:
-        if stream == 0 and dev_index >= 0:
-            return _torch().cuda.current_stream(dev_index).cuda_stream
-        return stream
+        # gclip.torch's current-stream lookup (0 on the CPU)
+        return _gt()._current_stream(dev_index) if stream == 0 else stream
 
     def _op_stream(self, plan: Plan, stream: int) -> int:
         # The step goes on the stream _bind rebound on: PyTorch's current

@@ -661,9 +661,7 @@ class Clipper(_core.Clipper):
 
     def _op_stream(self, plan, stream):
         # the stream _bind rebound on: the current CUDA stream when none is given
-        if stream == 0 and plan.device >= 0:
-            return _current_stream(plan.device)
-        return stream
+        return _current_stream(plan.device) if stream == 0 else stream
 
     def device_result(self) -> dict:
         """The last operation's result slot as tensors on its device, read with
