@@ -194,11 +194,13 @@ done:
 /* The grid caps (gclip_device_tables), once per plan: the norm kernel fills
  * every SM at its occupancy; the scale and clamp kernels take two blocks per
  * SM (fewer if fewer fit), which keeps 2 x 256 threads x 4 16-byte loads
- * in flight per SM, enough to stream at full bandwidth, while an unclipped
- * scale launch stays a couple of blocks per SM that read the factor and
- * leave. No step asks the device anything. The same call decides whether the
- * scale kernel is a dependent launch (gclip_dependent_launch_wanted). */
-static gclip_status grid_caps(int device, gclip_device_tables *t)
+ * in flight per SM, enough to stream large chunks at full bandwidth, while
+ * an unclipped scale launch stays a couple of blocks per SM that read the
+ * factor and leave; a plan of mostly small chunks takes as many as fit
+ * (gclip_scale_blocks_wanted). No step asks the device anything. The same
+ * call decides whether the scale kernel is a dependent launch
+ * (gclip_dependent_launch_wanted). */
+static gclip_status grid_caps(int device, const gclip_plan *plan, gclip_device_tables *t)
 {
     int sms = 0, norm_blocks = 0, scale_blocks = 0;
     cudaError_t e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
@@ -218,8 +220,7 @@ static gclip_status grid_caps(int device, gclip_device_tables *t)
         return cuda_fail(e, "cudaDeviceGetAttribute(ComputeCapabilityMajor)", __FILE__, __LINE__);
     t->dependent_launch =
         (uint32_t)gclip_dependent_launch_wanted(major, getenv("GCLIP_DEPENDENT_LAUNCH"));
-    if (scale_blocks > 2)
-        scale_blocks = 2;
+    scale_blocks = gclip_scale_blocks_wanted(scale_blocks, plan);
     t->norm_grid_cap = (uint32_t)(sms > 0 && norm_blocks > 0 ? sms * norm_blocks : 0);
     t->scale_grid_cap = (uint32_t)(sms > 0 && scale_blocks > 0 ? sms * scale_blocks : 0);
     return GCLIP_STATUS_SUCCESS;
@@ -256,7 +257,7 @@ static gclip_status cuda_init(gclip_plan *plan)
     CUDA_TRY(cudaEventCreateWithFlags(&s->done, cudaEventDisableTiming));
     CUDA_TRY(cudaMalloc(&s->block, l.total));
     point_tables(s, plan, &l);
-    st = grid_caps(plan->device, &s->tables);
+    st = grid_caps(plan->device, plan, &s->tables);
     if (st == GCLIP_STATUS_SUCCESS)
         st = upload_initial(s, plan);
 done:

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "gclip_internal.h"
+#include "gclip_kernels.h" /* GCLIP_BLOCK_THREADS: a small chunk's vectors at most */
 
 /* Most chunks a plan may have: chunk indices are 32-bit in the kernels. */
 #define GCLIP_MAX_CHUNKS ((uint64_t)INT32_MAX)
@@ -18,6 +19,21 @@ int gclip_cuda_device_count(void)
 int gclip_dependent_launch_wanted(int compute_major, const char *setting)
 {
     return compute_major >= 9 && setting && strcmp(setting, "1") == 0;
+}
+
+int gclip_scale_blocks_wanted(int occupancy, const gclip_plan *plan)
+{
+    uint32_t small = 0;
+    for (uint32_t c = 0; c < plan->num_chunks; c++) {
+        const gclip_tensor_desc *d = &plan->tensors[plan->chunks[c].tensor];
+        int64_t begin, count;
+        gclip_chunk_range(d->numel, plan->chunks[c].index, &begin, &count);
+        const int es = gclip_dtype_size(d->dtype);
+        const uintptr_t base = (uintptr_t)d->data + (uintptr_t)(begin * es);
+        small += gclip_split_vectors(base, count, es).vectors <= GCLIP_BLOCK_THREADS;
+    }
+    const int wanted = plan->num_chunks > 0 && 2 * (uint64_t)small >= plan->num_chunks ? occupancy : 2;
+    return occupancy < wanted ? occupancy : wanted;
 }
 
 static void plan_free(gclip_plan *p)

@@ -8,7 +8,7 @@
  * then t + 64, 32, 16, 8, 4, 2, 1 (the finalize's fold meets in the same
  * shape). It runs in two steps through shared memory: threads 0-31 each
  * take the eight values t, t + 32, ..., t + 224 (the levels 128, 64, 32),
- * then thread 0 takes those 32 (the levels 16 to 1). Values are combined
+ * then thread 0 takes those 32 (the levels 16 to 1, in registers). Values are combined
  * with gclip_term_combine: a sum for the p-norms, a max that keeps NaN for
  * the Inf-norm.
  *
@@ -28,6 +28,12 @@
 
 static_assert(GCLIP_BLOCK_THREADS == 256, "the tree is written for 256 threads");
 
+#if defined(GCLIP_SIMT_EMULATION)
+#define GCLIP_REDUCE_UNROLL
+#else
+#define GCLIP_REDUCE_UNROLL _Pragma("unroll")
+#endif
+
 struct gclip_reduce_storage {
     double v[GCLIP_BLOCK_THREADS];
 };
@@ -45,14 +51,29 @@ __device__ __forceinline__ double gclip_tree_column(const double (&v)[8], int32_
                               kind);
 }
 
-/* Levels 16, 8, 4, 2, 1 over the 32 columns s[0..31], in place (few live
- * registers); returns the root. */
-__device__ __forceinline__ double gclip_tree_32(double *s, int32_t kind)
+/* Levels 16, 8, 4, 2, 1 over the 32 columns s[0..31]; returns the root.
+ * Level 16's 32 loads are independent, and the levels after it run in
+ * registers: a chain of five combines after one round of shared-memory
+ * loads, where combining in place would wait for a load and a store per
+ * combine, 31 in a row. Each level combines slot i with slot i + h, as the
+ * halving tree does. */
+__device__ __forceinline__ double gclip_tree_32(const double *s, int32_t kind)
 {
-    for (int h = 16; h >= 1; h /= 2)
-        for (int i = 0; i < h; i++)
-            s[i] = gclip_term_combine(s[i], s[i + h], kind);
-    return s[0];
+    double a[16];
+    GCLIP_REDUCE_UNROLL
+    for (int i = 0; i < 16; i++)
+        a[i] = gclip_term_combine(s[i], s[i + 16], kind);
+    /* one loop per level, with constant bounds: unrolled, a[] is registers */
+    GCLIP_REDUCE_UNROLL
+    for (int i = 0; i < 8; i++)
+        a[i] = gclip_term_combine(a[i], a[i + 8], kind);
+    GCLIP_REDUCE_UNROLL
+    for (int i = 0; i < 4; i++)
+        a[i] = gclip_term_combine(a[i], a[i + 4], kind);
+    a[0] = gclip_term_combine(a[0], a[2], kind);
+    a[1] = gclip_term_combine(a[1], a[3], kind);
+    a[0] = gclip_term_combine(a[0], a[1], kind);
+    return a[0];
 }
 
 __device__ __forceinline__ double gclip_block_reduce(gclip_reduce_storage &storage, double v,

@@ -315,6 +315,33 @@ if [ -f "$work/scale_kernel.ptx" ]; then
         fail "scale_kernel.cu: fewer than 4 16-byte loads at some offset 512 x k (k = 1..3) in the PTX: small chunks are not updated a warp each"
     fi
 fi
+# Looking ahead on small chunks (chunk_walk.cuh): the norm kernel's warps
+# find out whether the next step's chunks are small while the step's own
+# loads are in flight, and ask L2 for those chunks' lines
+# (gclip_look_ahead: prefetch.global.L2); the write kernels ask L1 for the
+# next step's chunk table entries (prefetch.global.L1). And a chunk's split
+# into head, vectors and tail, done per chunk and step (eight chunks a
+# thread in the write kernels), is shifts: no integer division in the
+# scale and clamp kernels' PTX (a 64-bit one is a called routine).
+if [ -f "$work/norm_kernel.ptx" ]; then
+    n=$(grep -c 'prefetch\.global\.L2 ' "$work/norm_kernel.ptx" || true)
+    echo "norm_kernel.cu: $n prefetch.global.L2 in the compute_90 PTX (look-ahead)"
+    if [ "$n" -lt 1 ]; then
+        fail "norm_kernel.cu: no prefetch.global.L2 in the PTX: small chunks are not looked ahead"
+    fi
+fi
+for k in scale_kernel clamp_kernel; do
+    [ -f "$work/$k.ptx" ] || continue
+    n=$(grep -c 'prefetch\.global\.L1 ' "$work/$k.ptx" || true)
+    d=$(grep -cE '(div|rem)\.[su](32|64) ' "$work/$k.ptx" || true)
+    echo "$k.cu: $n prefetch.global.L1 and $d integer divisions in the compute_90 PTX"
+    if [ "$n" -lt 1 ]; then
+        fail "$k.cu: no prefetch.global.L1 in the PTX: the next step's table entries are not asked for"
+    fi
+    if [ "$d" -ne 0 ]; then
+        fail "$k.cu: $d integer divisions (div/rem .s32/.u32/.s64/.u64) in the PTX: a chunk's split must be shifts"
+    fi
+done
 # (cuobjdump's SHARED; on sm_90 it is ptxas's smem plus the 1 KB the
 # runtime reserves, which is added again below: the figure errs high)
 smem=$(awk 'index($2, "gclip_norm_kernel") { print $1, $5 }' "$work/norm_kernel.res")

@@ -380,6 +380,27 @@ __device__ __forceinline__ bool gclip_chunk_is_small(const gclip_chunk_view &c)
     return gclip_split_vectors((uintptr_t)c.base, c.count, es).vectors <= GCLIP_BLOCK_THREADS;
 }
 
+/* Whether chunk c (< end, else 0) is small; if it is, lane l of the calling
+ * warp also asks L2 for the chunk's l-th 128-byte line (the first 32 lines:
+ * a small chunk may reach into one or two more, not asked for). The norm kernel
+ * calls it with every lane of a warp on the chunk that warp walks next, one
+ * step ahead: the table loads are broadcasts, and the chunk's data is on its
+ * way from memory while the block finishes the step it is in. */
+__device__ __forceinline__ uint32_t gclip_look_ahead(const gclip_device_tables &t, uint32_t c,
+                                                     uint32_t end)
+{
+    if (c >= end)
+        return 0u;
+    const gclip_chunk_view v = gclip_chunk_at(t, c);
+    if (!gclip_chunk_is_small(v))
+        return 0u;
+    const uintptr_t first_line = (uintptr_t)v.base & ~(uintptr_t)127;
+    const uintptr_t line = first_line + (uintptr_t)128 * (threadIdx.x % 32);
+    if (line < (uintptr_t)v.base + (uintptr_t)v.count * (uintptr_t)gclip_dtype_size(v.dtype))
+        gclip_prefetch_l2((const void *)line);
+    return 1u;
+}
+
 /* How many of chunks c, c + stride, ..., c + 7 stride are small in a row
  * (0 to GCLIP_SMALL_BATCH). Every thread computes it from the same tables,
  * so a block agrees on it without a barrier; the tables are read for the
@@ -402,7 +423,11 @@ __device__ __forceinline__ uint32_t gclip_small_run(const gclip_device_tables &t
  * clamp), each visited once as visit(chunk, by_warp): by the whole block,
  * or, in a run of at least two small chunks, the run's k-th chunk by warp k
  * alone (gclip_walk_chunk_warp). No barrier: a warp with no chunk in a run
- * goes on to the next step. */
+ * goes on to the next step. Before it visits a step's chunks, thread k < 8
+ * asks L1 for the chunk table entry of the next step's k-th chunk (read by
+ * the next gclip_small_run, which then waits for the tensor table only);
+ * the step after a run of n chunks starts n strides on, so this guesses
+ * that the next run is as long as this one. */
 template <class Visit>
 __device__ __forceinline__ void gclip_for_block_chunks(const gclip_device_tables &t, Visit &visit)
 {
@@ -411,6 +436,9 @@ __device__ __forceinline__ void gclip_for_block_chunks(const gclip_device_tables
     for (uint32_t c = blockIdx.x; c < t.num_chunks; c += step * gridDim.x) {
         const uint32_t n = gclip_small_run(t, c, gridDim.x);
         step = n >= 2 ? n : 1;
+        const uint64_t ahead = (uint64_t)c + (uint64_t)(step + threadIdx.x) * gridDim.x;
+        if (threadIdx.x < GCLIP_SMALL_BATCH && ahead < t.num_chunks)
+            gclip_prefetch_l1(&t.chunks[ahead]);
         if (n < 2)
             visit(c, false);
         else if (warp < n)

@@ -20,6 +20,9 @@
  * and these functions:
  *   gclip_prefetch_l1(p)
  *       a hint that the calling thread will soon read the line at p
+ *   gclip_prefetch_l2(p)
+ *       a hint that some thread will soon read the line at p: it is brought
+ *       into L2, not into this SM's L1
  *   gclip_wait_prior_grids()
  *       the calling thread waits until the grids before this one in the
  *       stream have completed and their memory operations are visible to
@@ -29,7 +32,7 @@
  *       this block lets a dependent launch after it be scheduled
  *       (griddepcontrol.launch_dependents from sm_90)
  * The last two do nothing before sm_90; the emulator models them
- * (tests/emu/simt_emu.h) and gclip_prefetch_l1 does nothing there.
+ * (tests/emu/simt_emu.h) and the prefetches do nothing there.
  *
  * Staging of global data into shared memory with no register in between
  * (cp.async, sm_80 and later; callers use them only there):
@@ -57,6 +60,10 @@
 #include "simt_emu.h"
 #define GCLIP_BLOCKS_PER_SM(out, kernel, block) ((void)(kernel), (void)(block), *(out) = 4, 0)
 inline void gclip_prefetch_l1(const void *p)
+{
+    (void)p;
+}
+inline void gclip_prefetch_l2(const void *p)
 {
     (void)p;
 }
@@ -108,6 +115,10 @@ static inline int gclip_launch_ex(void (*kernel)(P...), int dependent, unsigned 
 __device__ __forceinline__ void gclip_prefetch_l1(const void *p)
 {
     asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
+}
+__device__ __forceinline__ void gclip_prefetch_l2(const void *p)
+{
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
 }
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 __device__ __forceinline__ void gclip_wait_prior_grids()

@@ -50,7 +50,11 @@ GCLIP_HD void gclip_chunk_range(int64_t numel, uint32_t index, int64_t *begin, i
 
 /* Split `count` elements of `elem_size` bytes starting at address `addr` into
  * a scalar head (up to the first 16-byte boundary), whole 16-byte vectors and
- * a scalar tail. addr must be aligned to elem_size. */
+ * a scalar tail. addr must be aligned to elem_size, which is 2, 4 or 8 (the
+ * dtypes' sizes): the split is shifts and masks, with no division. The write
+ * kernels split up to eight chunks per step to find runs of small ones, and
+ * a 64-bit division by a size known only at run time is a called routine
+ * on a GPU. */
 typedef struct gclip_split {
     int64_t head;    /* scalar elements before the first vector */
     int64_t vectors; /* number of 16-byte vectors */
@@ -60,14 +64,14 @@ typedef struct gclip_split {
 GCLIP_HD gclip_split gclip_split_vectors(uintptr_t addr, int64_t count, int elem_size)
 {
     gclip_split s;
-    int64_t per_vec = GCLIP_VEC_BYTES / elem_size;
-    int64_t mis = (int64_t)(addr % GCLIP_VEC_BYTES);
-    int64_t head = mis == 0 ? 0 : (GCLIP_VEC_BYTES - mis) / elem_size;
+    const int sh = elem_size == 8 ? 3 : (elem_size == 4 ? 2 : 1); /* log2(elem_size) */
+    /* bytes to the next 16-byte boundary (0 when aligned), in elements */
+    int64_t head = (int64_t)((0u - (unsigned)addr) & (GCLIP_VEC_BYTES - 1)) >> sh;
     if (head > count)
         head = count;
     s.head = head;
-    s.vectors = (count - head) / per_vec;
-    s.tail = count - head - s.vectors * per_vec;
+    s.vectors = (count - head) >> (4 - sh); /* count - head >= 0 */
+    s.tail = count - head - (s.vectors << (4 - sh));
     return s;
 }
 

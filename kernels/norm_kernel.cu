@@ -370,8 +370,15 @@ static __global__ void __launch_bounds__(GCLIP_BLOCK_THREADS, GCLIP_NORM_MIN_BLO
      * launches one block with no chunk: it only finalizes */
     const uint32_t num_chunks = t.num_chunks;
     const uint32_t first = gclip_split_begin(num_chunks, gridDim.x, blockIdx.x);
+    const uint32_t last = gclip_split_begin(num_chunks, gridDim.x, blockIdx.x + 1);
+    const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    {
+        /* warp w looks at chunk first + w: is it small (and on its way to L2)? */
+        const uint32_t small = gclip_look_ahead(t, first + warp, last);
+        if (lane == 0)
+            fin.small[warp] = (unsigned char)small;
+    }
     if (threadIdx.x == 0) {
-        const uint32_t last = gclip_split_begin(num_chunks, gridDim.x, blockIdx.x + 1);
         /* the end of the walk, and the fold lanes whose ranges the block's
          * chunks meet: lanes lane0..lane1 that are not empty (none when
          * lane0 > lane1); kept in shared memory, not in registers across
@@ -381,25 +388,31 @@ static __global__ void __launch_bounds__(GCLIP_BLOCK_THREADS, GCLIP_NORM_MIN_BLO
         fin.lane1 = first < last ? gclip_fold_lane_of(num_chunks, last - 1) : 0u;
     }
     __syncthreads();
-    const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    /* Each step walks chunk c, or the run of small chunks c .. c + n - 1 a
+     * warp each, and looks one step ahead: warp w finds out whether the
+     * next step's chunk w is small (gclip_look_ahead, which also starts
+     * its data on the way to L2) while the step's own loads are in flight,
+     * and publishes it after the step's first barrier, when every thread
+     * has read this step's flags. */
     for (uint32_t c = first; c < fin.walk_end;) {
-        /* warp w looks at chunk c + w: how many of the next chunks are small */
         const uint32_t mine = c + warp;
-        if (lane == 0)
-            fin.small[warp] =
-                (unsigned char)(mine < fin.walk_end && gclip_chunk_is_small(gclip_chunk_at(t, mine)));
-        __syncthreads();
         uint32_t n = 0;
         while (n < GCLIP_SMALL_BATCH && fin.small[n])
             ++n;
         if (n >= 2) {
             /* chunks c .. c + n - 1, one per warp */
+            const uint32_t next = c + n;
+            if (lane == 0 && next + warp < fin.walk_end)
+                gclip_prefetch_l1(&t.chunks[next + warp]);
             if (warp < n) /* the chunk's table entries are in L1 by now */
                 red.v[threadIdx.x] = gclip_small_column_of(gclip_chunk_at(t, mine), params);
+            const uint32_t small = gclip_look_ahead(t, next + warp, fin.walk_end);
             __syncthreads();
+            if (lane == 0)
+                fin.small[warp] = (unsigned char)small;
             if (warp < n && lane == 0)
                 t.partials[mine] = gclip_tree_32(&red.v[threadIdx.x], params.kind);
-            c += n;
+            c = next;
         } else {
             const uint32_t next = c + 1;
             const bool more = next < fin.walk_end;
@@ -407,9 +420,12 @@ static __global__ void __launch_bounds__(GCLIP_BLOCK_THREADS, GCLIP_NORM_MIN_BLO
             const double acc = gclip_thread_terms(gclip_chunk_at(t, c), params);
             if (more)
                 gclip_prefetch_l1(&t.tensors[next_tensor]);
+            const uint32_t small = gclip_look_ahead(t, next + warp, fin.walk_end);
             const double partial = gclip_block_reduce(red, acc, params.kind);
             if (threadIdx.x == 0)
                 t.partials[c] = partial;
+            if (lane == 0)
+                fin.small[warp] = (unsigned char)small;
             c = next;
         }
         __syncthreads(); /* `red` and `fin.small` are reused by the next step */

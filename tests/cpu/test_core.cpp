@@ -145,18 +145,26 @@ TEST(CoreChunks, ChunkRangesTileEveryTensorExactly)
 }
 
 // The split must cover [addr, addr + count*size) exactly, with every vector
-// 16-byte aligned and the head shorter than one vector.
+// 16-byte aligned, the head shorter than one vector and as long as the
+// elements before the first 16-byte boundary, and the tail shorter than one
+// vector; for every dtype size, and counts past 32 bits.
 TEST(CoreSplit, HeadVectorsTailCoverTheRangeWithAlignedVectors)
 {
-    for (int size : {2, 4}) {
+    const int64_t big = (int64_t(1) << 33) + 5;
+    for (int size : {2, 4, 8}) {
         for (uintptr_t addr = 4096; addr < 4096 + 32; addr += size) {
-            for (int64_t count = 0; count < 40; ++count) {
+            const int64_t to_boundary = (int64_t)((16 - addr % 16) % 16) / size;
+            for (int64_t count : {int64_t(0), int64_t(1), int64_t(2), int64_t(3), int64_t(5),
+                                  int64_t(7), int64_t(8), int64_t(9), int64_t(15), int64_t(16),
+                                  int64_t(17), int64_t(31), int64_t(39), int64_t(1000),
+                                  int64_t(65536), big, big + 1, big + 7}) {
                 const gclip_split s = gclip_split_vectors(addr, count, size);
                 ASSERT_GE(s.head, 0);
                 ASSERT_GE(s.vectors, 0);
                 ASSERT_GE(s.tail, 0);
                 ASSERT_EQ(s.head + s.vectors * (16 / size) + s.tail, count);
                 ASSERT_LT(s.tail, 16 / size);
+                ASSERT_EQ(s.head, count < to_boundary ? count : to_boundary) << addr << " " << count;
                 if (s.vectors > 0) {
                     ASSERT_EQ((addr + s.head * size) % 16, 0u) << addr << " " << count;
                     ASSERT_LT(s.head, 16 / size);

@@ -55,6 +55,7 @@ order_only=" block_tree_order small_tree_order "
 small='Ranges/EmuExtreme.PartialsBitwiseAndNormWithinOneInAMillion/SmallChunks:EmuGrid.*'
 small_only=" small_chunk_too_large small_tail_skipped norm_one_chunk_per_block "
 small_only+="scale_one_chunk_per_block write_run_skips_a_chunk warp_walk_half_stride "
+small_only+="look_ahead_wrong_chunk small_flags_before_barrier "
 # The fold-window test is slow under the sanitizers and only a mutant of
 # the lane pass's windows needs it: the other mutants run without it, that
 # one runs it alone (and the unmutated kernels both).
@@ -156,6 +157,13 @@ plant() {
         mutate chunk_walk.cuh 's/\.vectors <= GCLIP_BLOCK_THREADS;/.vectors <= GCLIP_BLOCK_THREADS + 1;/' ;;
     small_tail_skipped) # a warp's small chunk leaves out its scalar tail
         mutate norm_kernel.cu 's/^\( *\)gclip_visit_scalar<DTYPE, false>(base, head + vectors \* vt::lanes + t, f);$/\1(void)f;/' ;;
+    look_ahead_wrong_chunk) # after a run of small chunks, warp w finds out whether
+        # chunk next + w + 1 is small instead of next + w: the next step takes
+        # the wrong chunks a warp each
+        mutate norm_kernel.cu '0,/gclip_look_ahead(t, next + warp, fin\.walk_end);/s//gclip_look_ahead(t, next + warp + 1, fin.walk_end);/' ;;
+    small_flags_before_barrier) # the next step's flags are published before the
+        # step's first barrier, while other warps may still be reading this step's
+        mutate norm_kernel.cu '0,/^\( *\)\(const uint32_t small = gclip_look_ahead(t, next + warp, fin\.walk_end);\)$/s//\1\2 if (lane == 0) fin.small[warp] = (unsigned char)small;/' ;;
     scale_reads_before_wait) # a dependent scale launch reads the slot's factor before
         # waiting for the norm kernel: it scales by whatever the slot held
         mutate scale_kernel.cu 's|^    gclip_wait_prior_grids();$|    /* wait moved below */|'
@@ -174,7 +182,8 @@ plant() {
 all_mutants=(writes_factor_one per_tensor_writes_factor_one apply_ticket_not_wrapped
              f64_scaled_in_float scale_reads_before_wait agc_scale_without_wait
              missing_barrier ticket_not_wrapped norm_one_chunk_per_block lane_ticket_not_wrapped
-             small_tree_order small_tail_skipped ticket_reset_at_end
+             small_tree_order small_tail_skipped look_ahead_wrong_chunk
+             small_flags_before_barrier ticket_reset_at_end
              scalars_from_params fold_drops_pieces window_restarts_runs
              block_tree_order block_reduce_no_barrier
              tail_off_by_one misaligned_vector scale_one_chunk_per_block write_run_skips_a_chunk
