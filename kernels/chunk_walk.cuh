@@ -401,6 +401,21 @@ __device__ __forceinline__ uint32_t gclip_look_ahead(const gclip_device_tables &
     return 1u;
 }
 
+/* The table entries of the steps ahead, asked into L1 by the calling
+ * thread: chunk `entry`'s chunk table entry (read two steps from now) and,
+ * from chunk `desc`'s entry (asked for a step earlier, so in L1 by now),
+ * its tensor descriptor (read next step). An index at or past `end` asks
+ * for nothing. With both, a step's table lookups find L1 where they found
+ * memory twice in a row. */
+__device__ __forceinline__ void gclip_ask_tables(const gclip_device_tables &t, uint64_t desc,
+                                                 uint64_t entry, uint64_t end)
+{
+    if (entry < end)
+        gclip_prefetch_l1(&t.chunks[entry]);
+    if (desc < end)
+        gclip_prefetch_l1(&t.tensors[t.chunks[desc].tensor]);
+}
+
 /* How many of chunks c, c + stride, ..., c + 7 stride are small in a row
  * (0 to GCLIP_SMALL_BATCH). Every thread computes it from the same tables,
  * so a block agrees on it without a barrier; the tables are read for the
@@ -424,10 +439,11 @@ __device__ __forceinline__ uint32_t gclip_small_run(const gclip_device_tables &t
  * or, in a run of at least two small chunks, the run's k-th chunk by warp k
  * alone (gclip_walk_chunk_warp). No barrier: a warp with no chunk in a run
  * goes on to the next step. Before it visits a step's chunks, thread k < 8
- * asks L1 for the chunk table entry of the next step's k-th chunk (read by
- * the next gclip_small_run, which then waits for the tensor table only);
- * the step after a run of n chunks starts n strides on, so this guesses
- * that the next run is as long as this one. */
+ * asks L1 for the tensor descriptor of the next step's k-th chunk and for
+ * the chunk table entry of the k-th chunk of the step after it
+ * (gclip_ask_tables), so that gclip_small_run finds its tables in L1; the
+ * step after a run of n chunks starts n strides on, so this guesses that
+ * the next runs are as long as this one. */
 template <class Visit>
 __device__ __forceinline__ void gclip_for_block_chunks(const gclip_device_tables &t, Visit &visit)
 {
@@ -436,9 +452,10 @@ __device__ __forceinline__ void gclip_for_block_chunks(const gclip_device_tables
     for (uint32_t c = blockIdx.x; c < t.num_chunks; c += step * gridDim.x) {
         const uint32_t n = gclip_small_run(t, c, gridDim.x);
         step = n >= 2 ? n : 1;
-        const uint64_t ahead = (uint64_t)c + (uint64_t)(step + threadIdx.x) * gridDim.x;
-        if (threadIdx.x < GCLIP_SMALL_BATCH && ahead < t.num_chunks)
-            gclip_prefetch_l1(&t.chunks[ahead]);
+        if (threadIdx.x < GCLIP_SMALL_BATCH) {
+            const uint64_t next = (uint64_t)c + (uint64_t)(step + threadIdx.x) * gridDim.x;
+            gclip_ask_tables(t, next, next + (uint64_t)step * gridDim.x, t.num_chunks);
+        }
         if (n < 2)
             visit(c, false);
         else if (warp < n)

@@ -391,9 +391,11 @@ static __global__ void __launch_bounds__(GCLIP_BLOCK_THREADS, GCLIP_NORM_MIN_BLO
     /* Each step walks chunk c, or the run of small chunks c .. c + n - 1 a
      * warp each, and looks one step ahead: warp w finds out whether the
      * next step's chunk w is small (gclip_look_ahead, which also starts
-     * its data on the way to L2) while the step's own loads are in flight,
-     * and publishes it after the step's first barrier, when every thread
-     * has read this step's flags. */
+     * its data on the way to L2) after the step's own loads, and publishes
+     * it after the step's first barrier, when every thread has read this
+     * step's flags. Its tables were asked into L1 earlier (gclip_ask_tables:
+     * the descriptor at the top of this step, the chunk entry a step
+     * before). */
     for (uint32_t c = first; c < fin.walk_end;) {
         const uint32_t mine = c + warp;
         uint32_t n = 0;
@@ -402,8 +404,8 @@ static __global__ void __launch_bounds__(GCLIP_BLOCK_THREADS, GCLIP_NORM_MIN_BLO
         if (n >= 2) {
             /* chunks c .. c + n - 1, one per warp */
             const uint32_t next = c + n;
-            if (lane == 0 && next + warp < fin.walk_end)
-                gclip_prefetch_l1(&t.chunks[next + warp]);
+            if (lane == 0) /* guessing that the next run is n long too */
+                gclip_ask_tables(t, next + warp, (uint64_t)next + n + warp, fin.walk_end);
             if (warp < n) /* the chunk's table entries are in L1 by now */
                 red.v[threadIdx.x] = gclip_small_column_of(gclip_chunk_at(t, mine), params);
             const uint32_t small = gclip_look_ahead(t, next + warp, fin.walk_end);
@@ -417,6 +419,8 @@ static __global__ void __launch_bounds__(GCLIP_BLOCK_THREADS, GCLIP_NORM_MIN_BLO
             const uint32_t next = c + 1;
             const bool more = next < fin.walk_end;
             const uint32_t next_tensor = more ? t.chunks[next].tensor : 0u;
+            if (lane == 0 && warp > 0) /* warp 0's chunk: next_tensor below */
+                gclip_ask_tables(t, next + warp, (uint64_t)next + 1 + warp, fin.walk_end);
             const double acc = gclip_thread_terms(gclip_chunk_at(t, c), params);
             if (more)
                 gclip_prefetch_l1(&t.tensors[next_tensor]);
