@@ -320,7 +320,8 @@ fi
 # loads are in flight, and ask L2 for those chunks' lines
 # (gclip_look_ahead: prefetch.global.L2); the write kernels ask L1 for the
 # next step's tensor descriptors and the chunk entries of the step after
-# (gclip_ask_tables: two prefetch.global.L1). And a chunk's split
+# (gclip_ask_tables: two prefetch.global.L1), and L2 for the next step's
+# small chunks (gclip_look_ahead again). And a chunk's split
 # into head, vectors and tail, done per chunk and step (eight chunks a
 # thread in the write kernels), is shifts: no integer division in the
 # scale and clamp kernels' PTX (a 64-bit one is a called routine).
@@ -334,10 +335,14 @@ fi
 for k in scale_kernel clamp_kernel; do
     [ -f "$work/$k.ptx" ] || continue
     n=$(grep -c 'prefetch\.global\.L1 ' "$work/$k.ptx" || true)
+    n2=$(grep -c 'prefetch\.global\.L2 ' "$work/$k.ptx" || true)
     d=$(grep -cE '(div|rem)\.[su](32|64) ' "$work/$k.ptx" || true)
-    echo "$k.cu: $n prefetch.global.L1 and $d integer divisions in the compute_90 PTX"
+    echo "$k.cu: $n prefetch.global.L1, $n2 prefetch.global.L2 and $d integer divisions in the compute_90 PTX"
     if [ "$n" -lt 2 ]; then
         fail "$k.cu: $n prefetch.global.L1 in the PTX, fewer than 2: the next steps' tables are not asked for"
+    fi
+    if [ "$n2" -lt 1 ]; then
+        fail "$k.cu: no prefetch.global.L2 in the PTX: the next step's small chunks are not asked for"
     fi
     if [ "$d" -ne 0 ]; then
         fail "$k.cu: $d integer divisions (div/rem .s32/.u32/.s64/.u64) in the PTX: a chunk's split must be shifts"

@@ -384,8 +384,9 @@ __device__ __forceinline__ bool gclip_chunk_is_small(const gclip_chunk_view &c)
  * warp also asks L2 for the chunk's l-th 128-byte line (the first 32 lines:
  * a small chunk may reach into one or two more, not asked for). The norm kernel
  * calls it with every lane of a warp on the chunk that warp walks next, one
- * step ahead: the table loads are broadcasts, and the chunk's data is on its
- * way from memory while the block finishes the step it is in. */
+ * step ahead, and the write kernels likewise (gclip_for_block_chunks): the
+ * table loads are broadcasts, and the chunk's data is on its way from
+ * memory while the block finishes the step it is in. */
 __device__ __forceinline__ uint32_t gclip_look_ahead(const gclip_device_tables &t, uint32_t c,
                                                      uint32_t end)
 {
@@ -441,9 +442,11 @@ __device__ __forceinline__ uint32_t gclip_small_run(const gclip_device_tables &t
  * goes on to the next step. Before it visits a step's chunks, thread k < 8
  * asks L1 for the tensor descriptor of the next step's k-th chunk and for
  * the chunk table entry of the k-th chunk of the step after it
- * (gclip_ask_tables), so that gclip_small_run finds its tables in L1; the
- * step after a run of n chunks starts n strides on, so this guesses that
- * the next runs are as long as this one. */
+ * (gclip_ask_tables), so that gclip_small_run finds its tables in L1; after
+ * its visit, warp k asks L2 for the next step's k-th chunk if it is small
+ * (gclip_look_ahead), so that its data is on the way before the step that
+ * updates it. The step after a run of n chunks starts n strides on, so
+ * this guesses that the next runs are as long as this one. */
 template <class Visit>
 __device__ __forceinline__ void gclip_for_block_chunks(const gclip_device_tables &t, Visit &visit)
 {
@@ -460,6 +463,10 @@ __device__ __forceinline__ void gclip_for_block_chunks(const gclip_device_tables
             visit(c, false);
         else if (warp < n)
             visit(c + warp * gridDim.x, true);
+        /* warp w's chunk of the next step, if small, on its way to L2 */
+        const uint64_t mine_next = (uint64_t)c + (uint64_t)(step + warp) * gridDim.x;
+        if (mine_next < t.num_chunks)
+            (void)gclip_look_ahead(t, (uint32_t)mine_next, t.num_chunks);
     }
 }
 
