@@ -16,9 +16,10 @@
 #   6. the peer on the same device: PyTorch's foreach clipping timed as the
 #      CUDA bench times gclip (bench/torch_cuda_steps.py);
 #   7. a profile, for information (it never fails the check): Nsight
-#      Compute's view of one norm kernel of tiny-100k and of many-small
-#      (speed of light, memory, occupancy, launch, warp states), the two
-#      workloads furthest from the copy's speed.
+#      Compute's view of one norm kernel of tiny-100k and of many-small and
+#      of one clipping scale kernel of tiny-100k (speed of light, memory,
+#      occupancy, launch, warp states), the two workloads furthest from the
+#      copy's speed.
 #
 # Stages 5 and 6 need a python3 with PyTorch that sees the device
 # (GCLIP_DEVICE_PYTHON, default python3); GCLIP_DEVICE_CHECK_PYTHON=0 leaves
@@ -278,14 +279,18 @@ elif [ -z "$ncu_bin" ]; then
     stage_status=SKIP stage_secs=0 stage_limit=0 stage_note="ncu not found"
     finish_info profile -
 else
+    # the 11th norm launch is one of the norm op's steps, the 11th scale
+    # launch one of the clip op's (gclip-bench --cuda-steps runs norm, clip,
+    # clip-noop in that order)
     stage profile 60 profile.log bash -c '
-        for w in tiny-100k many-small; do
-            echo "== $w: the 11th norm kernel of gclip-bench --cuda-steps"
-            "$1" --clock-control none --kernel-name regex:gclip_norm_kernel \
+        for wk in tiny-100k:norm tiny-100k:scale many-small:norm; do
+            w=${wk%:*} k=${wk#*:}
+            echo "== $w: the 11th $k kernel of gclip-bench --cuda-steps"
+            "$1" --clock-control none --kernel-name "regex:gclip_${k}_kernel" \
                 --launch-skip 10 --launch-count 1 \
                 --section SpeedOfLight --section MemoryWorkloadAnalysis \
                 --section Occupancy --section LaunchStats --section WarpStateStats \
-                "$2/bench/gclip-bench" --cuda-steps "$2/profile-$w" --runs 1 --workload "$w" ||
+                "$2/bench/gclip-bench" --cuda-steps "$2/profile-$w-$k" --runs 1 --workload "$w" ||
                 exit 1
         done' _ "$ncu_bin" "$build"
     finish_info profile profile.log
