@@ -71,6 +71,9 @@ static_assert(GCLIP_FOLD_LANES == GCLIP_BLOCK_THREADS, "one fold lane per thread
 #define GCLIP_FOLD_STAGE GCLIP_FOLD_BATCH_REG
 #endif
 #define GCLIP_FOLD_WINDOW_MAX (GCLIP_FOLD_STAGE * GCLIP_FOLD_LANES)
+/* Positions of a window whose tensor indices and partials thread 0 loads
+ * together when it folds the lane's share (gclip_fold_lane_pass). */
+#define GCLIP_SHARE_BATCH 4u
 /* 16-byte copies per thread for a window's partials: up to
  * GCLIP_FOLD_WINDOW_MAX / 2 + 1 pairs */
 #define GCLIP_FOLD_PAIR_STEPS ((GCLIP_FOLD_WINDOW_MAX / 2 + 1 + GCLIP_FOLD_LANES - 1) / GCLIP_FOLD_LANES)
@@ -324,21 +327,35 @@ __device__ __forceinline__ void gclip_fold_lane_pass(const gclip_device_tables &
             bool lead_on = leading;
             double share = sh.share;
             double lead = sh.lead;
-            for (uint32_t k = 0; k < n; ++k) {
-                const uint32_t tensor = sh.stage_tensor[k];
-                if (k > 0 && tensor == cur)
-                    continue;
-                if (tensor != cur) {
-                    if (lead_on)
-                        lead = cur_acc;
-                    else
-                        share = gclip_term_combine(share, cur_acc, np.kind);
-                    lead_on = false;
-                    for (uint32_t u = cur + 1u; u < tensor; ++u)
-                        share = gclip_term_combine(share, GCLIP_TERM_ZERO, np.kind);
-                    cur = tensor;
+            /* positions in batches of GCLIP_SHARE_BATCH, each batch's tensor
+             * indices and partials loaded before any is used: one wait for
+             * shared memory a batch rather than one a position; the
+             * combines are the same, in the same order */
+            for (uint32_t k0 = 0; k0 < n; k0 += GCLIP_SHARE_BATCH) {
+                uint32_t tv[GCLIP_SHARE_BATCH];
+                double pv[GCLIP_SHARE_BATCH];
+                GCLIP_FOLD_UNROLL
+                for (uint32_t j = 0; j < GCLIP_SHARE_BATCH; ++j) {
+                    tv[j] = k0 + j < n ? sh.stage_tensor[k0 + j] : 0u;
+                    pv[j] = k0 + j < n ? part[k0 + j] : GCLIP_TERM_ZERO;
                 }
-                cur_acc = part[k];
+                GCLIP_FOLD_UNROLL
+                for (uint32_t j = 0; j < GCLIP_SHARE_BATCH; ++j) {
+                    const uint32_t k = k0 + j, tensor = tv[j];
+                    if (k >= n || (k > 0 && tensor == cur))
+                        continue;
+                    if (tensor != cur) {
+                        if (lead_on)
+                            lead = cur_acc;
+                        else
+                            share = gclip_term_combine(share, cur_acc, np.kind);
+                        lead_on = false;
+                        for (uint32_t u = cur + 1u; u < tensor; ++u)
+                            share = gclip_term_combine(share, GCLIP_TERM_ZERO, np.kind);
+                        cur = tensor;
+                    }
+                    cur_acc = pv[j];
+                }
             }
             if (w == begin) /* prev0 is the tensor before the range */
                 sh.continues = sh.stage_tensor[0] == prev0 ? prev0 : GCLIP_NO_TENSOR;

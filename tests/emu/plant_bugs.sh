@@ -142,6 +142,9 @@ plant() {
     fold_drops_pieces) # the run a lane leaves open is finished without the pieces
         # the following lanes folded
         mutate norm_finalize.cuh 's/^\( *\)acc = gclip_term_combine(acc, sh\.lane\[k\], np\.kind);$/\1(void)sh.lane[k];/' ;;
+    share_batch_drops_a_position) # the lane's share, folded four positions at a
+        # time, leaves out a window's last position
+        mutate norm_finalize.cuh 's/if (k >= n || (k > 0 \&\& tensor == cur))/if (k + 1 >= n || (k > 0 \&\& tensor == cur))/' ;;
     lane_ticket_not_wrapped) # a fold lane's ticket counts up for ever: the next launch
         # finds no block to fold the lane
         mutate norm_kernel.cu 's/atomicInc(&t\.fold->ticket\[lane\], blocks - 1)/atomicAdd(\&t.fold->ticket[lane], 1u)/' ;;
@@ -184,7 +187,7 @@ all_mutants=(writes_factor_one per_tensor_writes_factor_one apply_ticket_not_wra
              missing_barrier ticket_not_wrapped norm_one_chunk_per_block lane_ticket_not_wrapped
              small_tree_order small_tail_skipped look_ahead_wrong_chunk
              small_flags_before_barrier ticket_reset_at_end
-             scalars_from_params fold_drops_pieces window_restarts_runs
+             scalars_from_params fold_drops_pieces window_restarts_runs share_batch_drops_a_position
              block_tree_order block_reduce_no_barrier
              tail_off_by_one misaligned_vector scale_one_chunk_per_block write_run_skips_a_chunk
              warp_walk_half_stride small_chunk_too_large
