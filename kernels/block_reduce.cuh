@@ -8,9 +8,9 @@
  * then t + 64, 32, 16, 8, 4, 2, 1 (the finalize's fold meets in the same
  * shape). It runs in two steps through shared memory: threads 0-31 each
  * take the eight values t, t + 32, ..., t + 224 (the levels 128, 64, 32),
- * then thread 0 takes those 32 (the levels 16 to 1, in registers). Values are combined
- * with gclip_term_combine: a sum for the p-norms, a max that keeps NaN for
- * the Inf-norm.
+ * then thread 0 takes those 32 (the levels 16 to 1, in registers). Values
+ * are combined with gclip_term_combine: a sum for the p-norms, a max that
+ * keeps NaN for the Inf-norm.
  *
  * Usage (every thread of the block calls it, with the same `kind`):
  *
