@@ -395,9 +395,12 @@ __device__ __forceinline__ uint32_t gclip_look_ahead(const gclip_device_tables &
     const gclip_chunk_view v = gclip_chunk_at(t, c);
     if (!gclip_chunk_is_small(v))
         return 0u;
-    const uintptr_t first_line = (uintptr_t)v.base & ~(uintptr_t)127;
-    const uintptr_t line = first_line + (uintptr_t)128 * (threadIdx.x % 32);
-    if (line < (uintptr_t)v.base + (uintptr_t)v.count * (uintptr_t)gclip_dtype_size(v.dtype))
+    /* lane l: the chunk's l-th line, named by an address inside the chunk
+     * (lane 0 by the chunk's start, which may lie past its line's start),
+     * so that no request names memory outside the tensor */
+    const uintptr_t base = (uintptr_t)v.base, lane = threadIdx.x % 32;
+    const uintptr_t line = lane == 0 ? base : (base & ~(uintptr_t)127) + (uintptr_t)128 * lane;
+    if (line < base + (uintptr_t)v.count * (uintptr_t)gclip_dtype_size(v.dtype))
         gclip_prefetch_l2((const void *)line);
     return 1u;
 }

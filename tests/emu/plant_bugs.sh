@@ -55,7 +55,7 @@ order_only=" block_tree_order small_tree_order "
 small='Ranges/EmuExtreme.PartialsBitwiseAndNormWithinOneInAMillion/SmallChunks:EmuGrid.*'
 small_only=" small_chunk_too_large small_tail_skipped norm_one_chunk_per_block "
 small_only+="scale_one_chunk_per_block write_run_skips_a_chunk warp_walk_half_stride "
-small_only+="look_ahead_wrong_chunk small_flags_before_barrier "
+small_only+="look_ahead_wrong_chunk small_flags_before_barrier look_ahead_past_chunk "
 # The fold-window test is slow under the sanitizers and only a mutant of
 # the lane pass's windows needs it: the other mutants run without it, that
 # one runs it alone (and the unmutated kernels both).
@@ -164,6 +164,10 @@ plant() {
         # chunk next + w + 1 is small instead of next + w: the next step takes
         # the wrong chunks a warp each
         mutate norm_kernel.cu '0,/gclip_look_ahead(t, next + warp, fin\.walk_end);/s//gclip_look_ahead(t, next + warp + 1, fin.walk_end);/' ;;
+    look_ahead_past_chunk) # the look-ahead asks for 32 lines whatever the chunk's
+        # size: requests past the end of a small tensor (the emulator's prefetch
+        # reads the byte it names, and AddressSanitizer reports it)
+        mutate chunk_walk.cuh 's/    if (line < base + (uintptr_t)v\.count \* (uintptr_t)gclip_dtype_size(v\.dtype))/    if (line < base + (uintptr_t)4096)/' ;;
     small_flags_before_barrier) # the next step's flags are published before the
         # step's first barrier, while other warps may still be reading this step's
         mutate norm_kernel.cu '0,/^\( *\)\(const uint32_t small = gclip_look_ahead(t, next + warp, fin\.walk_end);\)$/s//\1\2 if (lane == 0) fin.small[warp] = (unsigned char)small;/' ;;
@@ -190,7 +194,7 @@ all_mutants=(writes_factor_one per_tensor_writes_factor_one apply_ticket_not_wra
              scalars_from_params fold_drops_pieces window_restarts_runs share_batch_drops_a_position
              block_tree_order block_reduce_no_barrier
              tail_off_by_one misaligned_vector scale_one_chunk_per_block write_run_skips_a_chunk
-             warp_walk_half_stride small_chunk_too_large
+             warp_walk_half_stride small_chunk_too_large look_ahead_past_chunk
              apply_twice)
 if [[ $# -gt 0 ]]; then mutants=("$@"); else mutants=("${all_mutants[@]}"); fi
 
