@@ -202,7 +202,7 @@ done:
  * (gclip_dependent_launch_wanted). */
 static gclip_status grid_caps(int device, const gclip_plan *plan, gclip_device_tables *t)
 {
-    int sms = 0, norm_blocks = 0, scale_blocks = 0;
+    int sms = 0, norm_blocks = 0, scale_blocks = 0, clamp_blocks = 0;
     cudaError_t e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
     if (e != cudaSuccess)
         return cuda_fail(e, "cudaDeviceGetAttribute(MultiProcessorCount)", __FILE__, __LINE__);
@@ -214,6 +214,14 @@ static gclip_status grid_caps(int device, const gclip_plan *plan, gclip_device_t
     if (e != cudaSuccess)
         return cuda_fail(e, "cudaOccupancyMaxActiveBlocksPerMultiprocessor(scale kernel)",
                          __FILE__, __LINE__);
+    /* the clamp kernel takes the same grid: no more blocks than it fits
+     * either, or the last ones would wait for a second wave */
+    e = (cudaError_t)gclip_clamp_blocks_per_sm(&clamp_blocks);
+    if (e != cudaSuccess)
+        return cuda_fail(e, "cudaOccupancyMaxActiveBlocksPerMultiprocessor(clamp kernel)",
+                         __FILE__, __LINE__);
+    if (clamp_blocks < scale_blocks)
+        scale_blocks = clamp_blocks;
     int major = 0;
     e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
     if (e != cudaSuccess)

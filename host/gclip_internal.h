@@ -66,8 +66,8 @@ int gclip_cuda_visible_devices(void);
  * slower (docs/gpu-launch.md). */
 int gclip_dependent_launch_wanted(int compute_major, const char *setting);
 
-/* Blocks per SM of a CUDA plan's scale and clamp launches, from the scale
- * kernel's occupancy (`occupancy` blocks fit on an SM): two, enough 16-byte
+/* Blocks per SM of a CUDA plan's scale and clamp launches, from their
+ * occupancy (`occupancy` blocks of each fit on an SM): two, enough 16-byte
  * loads in flight per SM to stream large chunks at full bandwidth, unless at
  * least half of the plan's chunks are small (walked a warp each,
  * gclip_chunk_is_small): then as many as fit, since a warp has only its own

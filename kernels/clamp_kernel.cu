@@ -49,3 +49,8 @@ extern "C" int gclip_launch_clamp(const gclip_device_tables *t, float clip_value
     return GCLIP_LAUNCH(gclip_clamp_kernel, gclip_launch_grid(t->num_chunks, t->scale_grid_cap),
                         GCLIP_BLOCK_THREADS, stream, *t, clip_value);
 }
+
+extern "C" int gclip_clamp_blocks_per_sm(int *blocks)
+{
+    return GCLIP_BLOCKS_PER_SM(blocks, gclip_clamp_kernel, GCLIP_BLOCK_THREADS);
+}

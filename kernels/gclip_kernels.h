@@ -84,12 +84,14 @@ int gclip_launch_scale(const gclip_device_tables *t, const gclip_norm_params *np
  * (no norm: total_norm NaN, coef 1, scale 1, nonfinite 0). */
 int gclip_launch_clamp(const gclip_device_tables *t, float clip_value, gclip_stream stream);
 
-/* Blocks per SM of the norm kernel and of the scale kernel at full
- * occupancy (the CUDA runtime's answer for the current device; a fixed 4 in
- * the emulator). Asked once, at plan creation, to cap the grids. Return 0
- * or a cudaError_t. */
+/* Blocks per SM of the norm, scale and clamp kernels at full occupancy
+ * (the CUDA runtime's answer for the current device; a fixed 4 in the
+ * emulator). Asked once, at plan creation, to cap the grids: the scale and
+ * clamp launches share a cap, so it is the smaller of theirs. Return 0 or
+ * a cudaError_t. */
 int gclip_norm_blocks_per_sm(int *blocks);
 int gclip_scale_blocks_per_sm(int *blocks);
+int gclip_clamp_blocks_per_sm(int *blocks);
 
 /* Adapt kernel (GCLIP_OP_ADAPTIVE_*), one block: from the slot the norm
  * kernel left, the per-tensor norms and the adaptive's state (np->adapt),
