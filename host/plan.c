@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "gclip_internal.h"
-#include "gclip_kernels.h" /* GCLIP_BLOCK_THREADS: a small chunk's vectors at most */
+#include "gclip_kernels.h" /* gclip_span_is_small */
 
 /* Most chunks a plan may have: chunk indices are 32-bit in the kernels. */
 #define GCLIP_MAX_CHUNKS ((uint64_t)INT32_MAX)
@@ -28,9 +28,8 @@ int gclip_scale_blocks_wanted(int occupancy, const gclip_plan *plan)
         const gclip_tensor_desc *d = &plan->tensors[plan->chunks[c].tensor];
         int64_t begin, count;
         gclip_chunk_range(d->numel, plan->chunks[c].index, &begin, &count);
-        const int es = gclip_dtype_size(d->dtype);
-        const uintptr_t base = (uintptr_t)d->data + (uintptr_t)(begin * es);
-        small += gclip_split_vectors(base, count, es).vectors <= GCLIP_BLOCK_THREADS;
+        const uintptr_t base = (uintptr_t)d->data + (uintptr_t)(begin * gclip_dtype_size(d->dtype));
+        small += gclip_span_is_small(base, count, d->dtype) != 0;
     }
     const int wanted = plan->num_chunks > 0 && 2 * (uint64_t)small >= plan->num_chunks ? occupancy : 2;
     return occupancy < wanted ? occupancy : wanted;

@@ -376,8 +376,7 @@ __device__ __forceinline__ void gclip_walk_chunk(const gclip_chunk_view &c, F &f
 
 __device__ __forceinline__ bool gclip_chunk_is_small(const gclip_chunk_view &c)
 {
-    const int es = gclip_dtype_size(c.dtype);
-    return gclip_split_vectors((uintptr_t)c.base, c.count, es).vectors <= GCLIP_BLOCK_THREADS;
+    return gclip_span_is_small((uintptr_t)c.base, c.count, c.dtype) != 0;
 }
 
 /* Whether chunk c (< end, else 0) is small; if it is, lane l of the calling

@@ -21,6 +21,16 @@ extern "C" {
 /* Threads per block of every gclip kernel. */
 #define GCLIP_BLOCK_THREADS 256
 
+/* Whether `count` elements of `dtype` from address `base` (a chunk) are
+ * small: at most one 16-byte vector per thread of a block, so the kernels
+ * walk them a warp each (chunk_walk.cuh). Host code asks it too, to size
+ * the write kernels' grid (gclip_scale_blocks_wanted). */
+GCLIP_HD int gclip_span_is_small(uintptr_t base, int64_t count, int32_t dtype)
+{
+    const int es = gclip_dtype_size(dtype);
+    return gclip_split_vectors(base, count, es).vectors <= GCLIP_BLOCK_THREADS;
+}
+
 /* The plan's device-resident tables and workspace. All pointers are device
  * memory. Built once at plan creation: the partials are sized by
  * gclip_partial_slots (one slot per chunk, and a pad), the launch grids by

@@ -19,9 +19,9 @@
  * bits are the same for any grid. What a block pays once rather
  * than per chunk: its launch, the fence and the ticket (and, after its
  * walk, one more fence and the tickets of the fold lanes its range meets,
- * 1 to 3 on the plans of docs/gpu-launch.md, in flight together). While it
- * walks one chunk it already has the next chunk's table entry in flight and
- * asks for that chunk's tensor descriptor before its reduction, so the two
+ * 1 to 3 on the plans of docs/gpu-launch.md, in flight together). At the
+ * top of each step it asks L1 for the next step's tensor descriptors and
+ * the chunk entries of the step after (gclip_ask_tables), so the two
  * dependent table loads of a chunk are off the critical path.
  *
  * The finalize is fused in two passes (norm_finalize.cuh): after its walk,
@@ -417,13 +417,9 @@ static __global__ void __launch_bounds__(GCLIP_BLOCK_THREADS, GCLIP_NORM_MIN_BLO
             c = next;
         } else {
             const uint32_t next = c + 1;
-            const bool more = next < fin.walk_end;
-            const uint32_t next_tensor = more ? t.chunks[next].tensor : 0u;
-            if (lane == 0 && warp > 0) /* warp 0's chunk: next_tensor below */
+            if (lane == 0)
                 gclip_ask_tables(t, next + warp, (uint64_t)next + 1 + warp, fin.walk_end);
             const double acc = gclip_thread_terms(gclip_chunk_at(t, c), params);
-            if (more)
-                gclip_prefetch_l1(&t.tensors[next_tensor]);
             const uint32_t small = gclip_look_ahead(t, next + warp, fin.walk_end);
             const double partial = gclip_block_reduce(red, acc, params.kind);
             if (threadIdx.x == 0)

@@ -157,7 +157,7 @@ plant() {
     small_tree_order) # a warp's small chunk pairs its columns in another order
         mutate norm_kernel.cu 's/    return gclip_term_combine(gclip_term_combine(a\[0\], a\[2\], KIND),/    return gclip_term_combine(gclip_term_combine(a[0], a[1], KIND),/' ;;
     small_chunk_too_large) # a chunk of 257 vectors goes to a warp, which reads 256
-        mutate chunk_walk.cuh 's/\.vectors <= GCLIP_BLOCK_THREADS;/.vectors <= GCLIP_BLOCK_THREADS + 1;/' ;;
+        mutate gclip_kernels.h 's/\.vectors <= GCLIP_BLOCK_THREADS;/.vectors <= GCLIP_BLOCK_THREADS + 1;/' ;;
     small_tail_skipped) # a warp's small chunk leaves out its scalar tail
         mutate norm_kernel.cu 's/^\( *\)gclip_visit_scalar<DTYPE, false>(base, head + vectors \* vt::lanes + t, f);$/\1(void)f;/' ;;
     look_ahead_wrong_chunk) # after a run of small chunks, warp w finds out whether
