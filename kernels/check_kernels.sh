@@ -315,10 +315,10 @@ if [ -f "$work/scale_kernel.ptx" ]; then
         fail "scale_kernel.cu: fewer than 4 16-byte loads at some offset 512 x k (k = 1..3) in the PTX: small chunks are not updated a warp each"
     fi
 fi
-# Looking ahead on small chunks (chunk_walk.cuh): the norm kernel's warps
-# find out whether the next step's chunks are small while the step's own
-# loads are in flight, and ask L2 for those chunks' lines
-# (gclip_look_ahead: prefetch.global.L2); the write kernels ask L1 for the
+# Looking ahead on small chunks (chunk_walk.cuh): each warp of the norm
+# kernel asks L2 for the lines of its next small chunk before it loads the
+# one it is at (gclip_look_ahead: prefetch.global.L2), and meets only its
+# own lanes between them (two __syncwarp: bar.warp.sync); the write kernels ask L1 for the
 # next step's tensor descriptors and the chunk entries of the step after
 # (gclip_ask_tables: two prefetch.global.L1), and L2 for the next step's
 # small chunks (gclip_look_ahead again). And a chunk's split
@@ -330,6 +330,11 @@ if [ -f "$work/norm_kernel.ptx" ]; then
     echo "norm_kernel.cu: $n prefetch.global.L2 in the compute_90 PTX (look-ahead)"
     if [ "$n" -lt 1 ]; then
         fail "norm_kernel.cu: no prefetch.global.L2 in the PTX: small chunks are not looked ahead"
+    fi
+    n=$(grep -c 'bar\.warp\.sync' "$work/norm_kernel.ptx" || true)
+    echo "norm_kernel.cu: $n bar.warp.sync in the compute_90 PTX (warps walk small chunks alone)"
+    if [ "$n" -lt 2 ]; then
+        fail "norm_kernel.cu: fewer than 2 bar.warp.sync in the PTX: a warp's tree is not fenced from its columns"
     fi
 fi
 for k in scale_kernel clamp_kernel; do

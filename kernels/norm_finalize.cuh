@@ -110,7 +110,7 @@ typedef struct gclip_finalize_shared {
     unsigned char mine[GCLIP_FOLD_LANES];
     unsigned int any_mine; /* some mine[] is 1 */
     uint32_t walk_end;     /* the end of the block's chunks (norm_kernel.cu) */
-    unsigned char small[GCLIP_BLOCK_THREADS / 32]; /* the walk: chunk c + w is small */
+    unsigned char small[GCLIP_BLOCK_THREADS]; /* the walk: the window's chunk k is small */
     uint32_t lane0, lane1; /* the lanes the block's chunks meet: lane0..lane1 */
     uint32_t next, current; /* the lane pass loop: where to look next, the lane now */
     /* close */

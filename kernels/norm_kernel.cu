@@ -11,18 +11,18 @@
  * accumulates its elements' norm terms (gclip_term_sum: float groups folded
  * into double, an integer max for the inf-norm), the block
  * reduces them and thread 0 stores the chunk's partial in partials[chunk].
- * Runs of small chunks (at most one vector per thread) go a warp each, up
- * to eight at once, each warp forming exactly the accumulators and tree
- * levels the block would (see "small chunks" below). The slot is the
+ * Small chunks (at most one vector per thread) go a warp each, each warp
+ * going on alone through its share of a window of 256 chunks and forming
+ * exactly the accumulators and tree levels the block would (see "small
+ * chunks" below). The slot is the
  * chunk's index and a chunk's partial has the same bits however it was
  * walked, so which block took which chunk never shows in a result: the
  * bits are the same for any grid. What a block pays once rather
  * than per chunk: its launch, the fence and the ticket (and, after its
  * walk, one more fence and the tickets of the fold lanes its range meets,
- * 1 to 3 on the plans of docs/gpu-launch.md, in flight together). At the
- * top of each step it asks L1 for the next step's tensor descriptors and
- * the chunk entries of the step after (gclip_ask_tables), so the two
- * dependent table loads of a chunk are off the critical path.
+ * 1 to 3 on the plans of docs/gpu-launch.md, in flight together). The two
+ * dependent table loads of a chunk are made for a window of 256 chunks at
+ * once, one chunk a thread, so they are off each chunk's critical path.
  *
  * The finalize is fused in two passes (norm_finalize.cuh): after its walk,
  * the block that completes a fold lane's count folds that lane, and the
@@ -243,14 +243,15 @@ __device__ __forceinline__ double gclip_thread_terms(const gclip_chunk_view &c,
  * f16/bf16 elements, plus a head and a tail of up to 7) gives each thread
  * of a block at most one vector, one head and one tail element: walked by
  * the whole block, most threads would wait for one 16-byte load and the
- * block would pay two barriers for a few kilobytes. So the block walks up
- * to GCLIP_SMALL_BATCH such chunks at once, one per warp. Lane l of a warp
+ * block would pay two barriers for a few kilobytes. So such chunks go a
+ * warp each, and each of the block's GCLIP_SMALL_BATCH warps goes through
+ * its own without waiting for the others. Lane l of a warp
  * forms the accumulators that threads l, l + 32, ..., l + 224 of the block
  * walk would form (the same visitor, fed the same elements in the same
  * order) and combines them as levels 128, 64 and 32 of the block tree do
  * (gclip_tree_column); one thread of the warp then runs levels 16 to 1. A
- * chunk's partial has the same bits whichever way it was walked, so the
- * batches need not be fixed by the plan. */
+ * chunk's partial has the same bits whichever way it was walked, so which
+ * warp walks which chunk, and when, need not be fixed by the plan. */
 
 /* The accumulators of threads lane + 32 k, k in [k0, k0 + A), of the block
  * walk of a small chunk (its split, in 32 bits: a small chunk has at most
@@ -344,6 +345,15 @@ __device__ __forceinline__ double gclip_small_column_of(const gclip_chunk_view &
     }
 }
 
+/* The first position p, p + 8, ... of the window (below GCLIP_BLOCK_THREADS,
+ * else that bound) whose chunk is small: the positions of one warp. */
+__device__ __forceinline__ uint32_t gclip_next_small(const gclip_finalize_shared &fin, uint32_t p)
+{
+    while (p < GCLIP_BLOCK_THREADS && !fin.small[p])
+        p += GCLIP_SMALL_BATCH;
+    return p;
+}
+
 /* At least this many blocks of the norm kernel resident per SM: caps its
  * registers at 64 per thread (docs/gpu-arithmetic.md). */
 #define GCLIP_NORM_MIN_BLOCKS 4
@@ -372,12 +382,6 @@ static __global__ void __launch_bounds__(GCLIP_BLOCK_THREADS, GCLIP_NORM_MIN_BLO
     const uint32_t first = gclip_split_begin(num_chunks, gridDim.x, blockIdx.x);
     const uint32_t last = gclip_split_begin(num_chunks, gridDim.x, blockIdx.x + 1);
     const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    {
-        /* warp w looks at chunk first + w: is it small (and on its way to L2)? */
-        const uint32_t small = gclip_look_ahead(t, first + warp, last);
-        if (lane == 0)
-            fin.small[warp] = (unsigned char)small;
-    }
     if (threadIdx.x == 0) {
         /* the end of the walk, and the fold lanes whose ranges the block's
          * chunks meet: lanes lane0..lane1 that are not empty (none when
@@ -388,47 +392,55 @@ static __global__ void __launch_bounds__(GCLIP_BLOCK_THREADS, GCLIP_NORM_MIN_BLO
         fin.lane1 = first < last ? gclip_fold_lane_of(num_chunks, last - 1) : 0u;
     }
     __syncthreads();
-    /* Each step walks chunk c, or the run of small chunks c .. c + n - 1 a
-     * warp each, and looks one step ahead: warp w finds out whether the
-     * next step's chunk w is small (gclip_look_ahead, which also starts
-     * its data on the way to L2) after the step's own loads, and publishes
-     * it after the step's first barrier, when every thread has read this
-     * step's flags. Its tables were asked into L1 earlier (gclip_ask_tables:
-     * the descriptor at the top of this step, the chunk entry a step
-     * before). */
+    /* The block walks its chunks a window at a time: the chunks whose index
+     * divided by GCLIP_BLOCK_THREADS is the same. Thread k finds out whether
+     * the window's chunk k is small: one round of table loads for the whole
+     * window, which also leaves its chunk entries and tensor descriptors in
+     * L1 for the walk. Then each warp w goes alone through the window's
+     * small chunks at positions w, w + 8, ..., a warp barrier between its
+     * columns and its tree, asking L2 for its next small chunk before it
+     * loads the one it is at (gclip_look_ahead); then the block walks the
+     * window's other chunks together. A chunk's partial has the same bits
+     * however it was walked and goes to the chunk's own slot, so the order
+     * of the walk never shows in a result. */
     for (uint32_t c = first; c < fin.walk_end;) {
-        const uint32_t mine = c + warp;
-        uint32_t n = 0;
-        while (n < GCLIP_SMALL_BATCH && fin.small[n])
-            ++n;
-        if (n >= 2) {
-            /* chunks c .. c + n - 1, one per warp */
-            const uint32_t next = c + n;
-            if (lane == 0) /* guessing that the next run is n long too */
-                gclip_ask_tables(t, next + warp, (uint64_t)next + n + warp, fin.walk_end);
-            if (warp < n) /* the chunk's table entries are in L1 by now */
-                red.v[threadIdx.x] = gclip_small_column_of(gclip_chunk_at(t, mine), params);
-            const uint32_t small = gclip_look_ahead(t, next + warp, fin.walk_end);
-            __syncthreads();
-            if (lane == 0)
-                fin.small[warp] = (unsigned char)small;
-            if (warp < n && lane == 0)
-                t.partials[mine] = gclip_tree_32(&red.v[threadIdx.x], params.kind);
-            c = next;
-        } else {
-            const uint32_t next = c + 1;
-            if (lane == 0)
-                gclip_ask_tables(t, next + warp, (uint64_t)next + 1 + warp, fin.walk_end);
-            const double acc = gclip_thread_terms(gclip_chunk_at(t, c), params);
-            const uint32_t small = gclip_look_ahead(t, next + warp, fin.walk_end);
-            const double partial = gclip_block_reduce(red, acc, params.kind);
-            if (threadIdx.x == 0)
-                t.partials[c] = partial;
-            if (lane == 0)
-                fin.small[warp] = (unsigned char)small;
-            c = next;
+        /* the window: chunks base .. base + GCLIP_BLOCK_THREADS - 1 from c
+         * on (c's position in it is c % GCLIP_BLOCK_THREADS) */
+        const uint32_t base = c - c % GCLIP_BLOCK_THREADS;
+        {
+            const uint32_t k = base + threadIdx.x;
+            fin.small[threadIdx.x] = (unsigned char)(k >= c && k < fin.walk_end &&
+                                                     gclip_chunk_is_small(gclip_chunk_at(t, k)));
         }
-        __syncthreads(); /* `red` and `fin.small` are reused by the next step */
+        __syncthreads(); /* the window's flags are written */
+        for (uint32_t p = gclip_next_small(fin, warp); p < GCLIP_BLOCK_THREADS;
+             p = gclip_next_small(fin, p + GCLIP_SMALL_BATCH)) {
+            {
+                /* found again after the walk: no register kept across it */
+                const uint32_t q = gclip_next_small(fin, p + GCLIP_SMALL_BATCH);
+                if (q < GCLIP_BLOCK_THREADS)
+                    (void)gclip_look_ahead(t, base + q, fin.walk_end);
+            }
+            red.v[threadIdx.x] = gclip_small_column_of(gclip_chunk_at(t, base + p), params);
+            __syncwarp(); /* the warp's 32 columns are in red.v */
+            if (lane == 0)
+                t.partials[base + p] = gclip_tree_32(&red.v[threadIdx.x], params.kind);
+            __syncwarp(); /* lane 0 has read them before they are written again */
+        }
+        __syncthreads(); /* `red` is the block's again */
+        /* the window's other chunks, the block together; c alone is kept
+         * across the walk, and ends at the next window's first chunk */
+        do {
+            if (!fin.small[c % GCLIP_BLOCK_THREADS]) {
+                const double acc = gclip_thread_terms(gclip_chunk_at(t, c), params);
+                const double partial = gclip_block_reduce(red, acc, params.kind);
+                if (threadIdx.x == 0)
+                    t.partials[c] = partial;
+                __syncthreads(); /* `red` is reused by the next chunk */
+            }
+            ++c;
+        } while (c % GCLIP_BLOCK_THREADS != 0 && c < fin.walk_end);
+        __syncthreads(); /* `fin.small` is the next window's */
     }
 
     const uint32_t lane0 = fin.lane0, lane1 = fin.lane1;

@@ -55,7 +55,8 @@ order_only=" block_tree_order small_tree_order "
 small='Ranges/EmuExtreme.PartialsBitwiseAndNormWithinOneInAMillion/SmallChunks:EmuGrid.*'
 small_only=" small_chunk_too_large small_tail_skipped norm_one_chunk_per_block "
 small_only+="scale_one_chunk_per_block write_run_skips_a_chunk warp_walk_half_stride "
-small_only+="look_ahead_wrong_chunk small_flags_before_barrier look_ahead_past_chunk "
+small_only+="small_scan_wrong_chunk small_scan_no_barrier look_ahead_past_chunk "
+small_only+="warp_tree_no_syncwarp warp_columns_overwritten "
 # The fold-window test is slow under the sanitizers and only a mutant of
 # the lane pass's windows needs it: the other mutants run without it, that
 # one runs it alone (and the unmutated kernels both).
@@ -127,9 +128,10 @@ plant() {
         mutate norm_finalize.cuh 's/^\( *\)th\.sc = gclip_resolve_scalars(&np);$/\1th.sc = gclip_resolve_scalars(\&np); th.sc.max_norm = np.max_norm;/' ;;
     f64_scaled_in_float) # f64 elements multiplied in float
         mutate scale_kernel.cu 's/return x \* (double)factor;/return (double)((float)x * factor);/' ;;
-    norm_one_chunk_per_block) # a norm block walks only its first chunk (or first batch
-        # of small chunks): under a capped grid the others' partials are never written
-        mutate norm_kernel.cu 's|^\(        __syncthreads(); /\* .red. and .fin\.small. are reused by the next step \*/\)$|\1 break;|' ;;
+    norm_one_chunk_per_block) # a norm block walks the small chunks of its first
+        # window and then only the first chunk of its range: under a capped
+        # grid the others' partials are never written
+        mutate norm_kernel.cu 's/^            ++c;$/            c = fin.walk_end;/' ;;
     scale_one_chunk_per_block) # a scale or clamp block updates only its first chunk
         # (or first run of small chunks)
         mutate chunk_walk.cuh 's/for (uint32_t c = blockIdx\.x; c < t\.num_chunks; c += step \* gridDim\.x) {/for (uint32_t c = blockIdx.x; c < t.num_chunks; c = t.num_chunks) {/' ;;
@@ -160,17 +162,22 @@ plant() {
         mutate gclip_kernels.h 's/\.vectors <= GCLIP_BLOCK_THREADS;/.vectors <= GCLIP_BLOCK_THREADS + 1;/' ;;
     small_tail_skipped) # a warp's small chunk leaves out its scalar tail
         mutate norm_kernel.cu 's/^\( *\)gclip_visit_scalar<DTYPE, false>(base, head + vectors \* vt::lanes + t, f);$/\1(void)f;/' ;;
-    look_ahead_wrong_chunk) # after a run of small chunks, warp w finds out whether
-        # chunk next + w + 1 is small instead of next + w: the next step takes
-        # the wrong chunks a warp each
-        mutate norm_kernel.cu '0,/gclip_look_ahead(t, next + warp, fin\.walk_end);/s//gclip_look_ahead(t, next + warp + 1, fin.walk_end);/' ;;
+    small_scan_wrong_chunk) # thread k of the window scan flags chunk k + 1, not
+        # chunk k: a warp walks a chunk of the block's as if it were small
+        mutate norm_kernel.cu 's/gclip_chunk_is_small(gclip_chunk_at(t, k))/gclip_chunk_is_small(gclip_chunk_at(t, k + 1 < fin.walk_end ? k + 1 : k))/' ;;
     look_ahead_past_chunk) # the look-ahead asks for 32 lines whatever the chunk's
         # size: requests past the end of a small tensor (the emulator's prefetch
         # reads the byte it names, and AddressSanitizer reports it)
         mutate chunk_walk.cuh 's/    if (line < base + (uintptr_t)v\.count \* (uintptr_t)gclip_dtype_size(v\.dtype))/    if (line < base + (uintptr_t)4096)/' ;;
-    small_flags_before_barrier) # the next step's flags are published before the
-        # step's first barrier, while other warps may still be reading this step's
-        mutate norm_kernel.cu '0,/^\( *\)\(const uint32_t small = gclip_look_ahead(t, next + warp, fin\.walk_end);\)$/s//\1\2 if (lane == 0) fin.small[warp] = (unsigned char)small;/' ;;
+    small_scan_no_barrier) # the warps read the window's flags with no barrier after
+        # the scan that writes them
+        mutate norm_kernel.cu 's|^\( *\)__syncthreads(); /\* the window.s flags are written \*/$|\1/* barrier removed */|' ;;
+    warp_tree_no_syncwarp) # a warp's lane 0 runs the tree before its lanes have
+        # written their columns
+        mutate norm_kernel.cu 's|^\( *\)__syncwarp(); /\* the warp.s 32 columns are in red\.v \*/$|\1/* warp barrier removed */|' ;;
+    warp_columns_overwritten) # a warp's lanes go on to the next chunk and write
+        # its columns before lane 0 has read this one's
+        mutate norm_kernel.cu 's|^\( *\)__syncwarp(); /\* lane 0 has read them before they are written again \*/$|\1/* warp barrier removed */|' ;;
     scale_reads_before_wait) # a dependent scale launch reads the slot's factor before
         # waiting for the norm kernel: it scales by whatever the slot held
         mutate scale_kernel.cu 's|^    gclip_wait_prior_grids();$|    /* wait moved below */|'
@@ -189,8 +196,9 @@ plant() {
 all_mutants=(writes_factor_one per_tensor_writes_factor_one apply_ticket_not_wrapped
              f64_scaled_in_float scale_reads_before_wait agc_scale_without_wait
              missing_barrier ticket_not_wrapped norm_one_chunk_per_block lane_ticket_not_wrapped
-             small_tree_order small_tail_skipped look_ahead_wrong_chunk
-             small_flags_before_barrier ticket_reset_at_end
+             small_tree_order small_tail_skipped small_scan_wrong_chunk
+             small_scan_no_barrier warp_tree_no_syncwarp warp_columns_overwritten
+             ticket_reset_at_end
              scalars_from_params fold_drops_pieces window_restarts_runs share_batch_drops_a_position
              block_tree_order block_reduce_no_barrier
              tail_off_by_one misaligned_vector scale_one_chunk_per_block write_run_skips_a_chunk

@@ -91,8 +91,9 @@ namespace {
 constexpr std::size_t kStackBytes = 128 * 1024;
 constexpr unsigned kMaxThreads = 1024;
 
-// grid_wait: in wait_prior_grids() while an earlier launch of its stream runs
-enum class State { idle, runnable, waiting, grid_wait, done, aborted };
+// grid_wait: in wait_prior_grids() while an earlier launch of its stream runs;
+// warp_waiting: in __syncwarp() while a lane of its warp has not arrived
+enum class State { idle, runnable, waiting, warp_waiting, grid_wait, done, aborted };
 
 struct Slot;
 
@@ -488,6 +489,13 @@ const char *site_name(const Fiber &f, char *buf, std::size_t n)
     return buf;
 }
 
+bool same_site(const Fiber &f, const Fiber &g)
+{
+    // the same __FILE__ literal is mostly the same pointer: strcmp only if not
+    return f.site_line == g.site_line &&
+           (f.site_file == g.site_file || std::strcmp(f.site_file, g.site_file) == 0);
+}
+
 // Every live fiber of the block is waiting: check they all wait at one
 // barrier call site and nobody exited, then release them. Returns false on
 // divergence.
@@ -511,9 +519,7 @@ bool release_barrier(Slot &s)
     }
     for (unsigned t = 0; t < s.threads; ++t) {
         const Fiber &f = s.fibers[t];
-        // the same __FILE__ literal is mostly the same pointer: strcmp only if not
-        if (f.site_line != w.site_line ||
-            (f.site_file != w.site_file && std::strcmp(f.site_file, w.site_file) != 0)) {
+        if (!same_site(f, w)) {
             record_error(kErrDivergence,
                          "divergent __syncthreads in block %u: thread %d waits at %s, thread %u "
                          "at %s",
@@ -524,6 +530,66 @@ bool release_barrier(Slot &s)
     }
     for (unsigned t = 0; t < s.threads; ++t)
         s.states[t] = State::runnable;
+    return true;
+}
+
+// Warp `warp` of block `s` (threads 32 warp .. 32 warp + 31 that exist):
+// when every lane that has not exited waits in __syncwarp, and one does,
+// they must all wait at one call site; then they are released. Returns
+// false on divergence (the error is recorded).
+bool release_warp(Slot &s, unsigned warp)
+{
+    const unsigned begin = warp * 32, end = std::min(s.threads, begin + 32);
+    int first = -1;
+    for (unsigned t = begin; t < end; ++t) {
+        if (s.states[t] == State::warp_waiting) {
+            if (first < 0)
+                first = static_cast<int>(t);
+        } else if (s.states[t] != State::done) {
+            return true; // a lane is still on its way
+        }
+    }
+    if (first < 0)
+        return true;
+    const Fiber &w = s.fibers[static_cast<std::size_t>(first)];
+    for (unsigned t = begin; t < end; ++t) {
+        const Fiber &f = s.fibers[t];
+        if (s.states[t] == State::warp_waiting && !same_site(f, w)) {
+            char a[512], b[512];
+            record_error(kErrDivergence,
+                         "divergent __syncwarp in block %u: thread %d waits at %s, thread %u at %s",
+                         s.block, first, site_name(w, a, sizeof a), t, site_name(f, b, sizeof b));
+            return false;
+        }
+    }
+    for (unsigned t = begin; t < end; ++t)
+        if (s.states[t] == State::warp_waiting)
+            s.states[t] = State::runnable;
+    return true;
+}
+
+// No fiber of block `s` can run: a lane that waits in __syncwarp while a lane
+// of its warp waits at __syncthreads (or has exited, which release_warp
+// handled) would wait forever, as it would on a GPU. Returns false, with the
+// error recorded, when some lane waits so.
+bool check_no_warp_wait(Slot &s)
+{
+    for (unsigned t = 0; t < s.threads; ++t) {
+        if (s.states[t] != State::warp_waiting)
+            continue;
+        const unsigned begin = t / 32 * 32, end = std::min(s.threads, begin + 32);
+        for (unsigned u = begin; u < end; ++u) {
+            if (s.states[u] == State::waiting) {
+                char a[512], b[512];
+                record_error(kErrDivergence,
+                             "divergent __syncwarp in block %u: thread %u waits at __syncwarp at "
+                             "%s, thread %u at __syncthreads at %s",
+                             s.block, t, site_name(s.fibers[t], a, sizeof a), u,
+                             site_name(s.fibers[u], b, sizeof b));
+                return false;
+            }
+        }
+    }
     return true;
 }
 
@@ -568,6 +634,18 @@ int pick_in_block(Slot &s)
             rt().finished = &s;
             return kPickDone;
         }
+        // a warp whose last lane to arrive exited instead
+        bool released = false;
+        for (unsigned w = 0; w * 32 < s.threads; ++w) {
+            if (!release_warp(s, w))
+                return kPickFailed;
+            for (unsigned t = w * 32; t < std::min(s.threads, w * 32 + 32); ++t)
+                released = released || s.states[t] == State::runnable;
+        }
+        if (released)
+            continue;
+        if (!check_no_warp_wait(s))
+            return kPickFailed;
         if (!release_barrier(s))
             return kPickFailed;
         s.order = make_order(s.threads, rt().sched.threads);
@@ -999,6 +1077,40 @@ void syncthreads(const char *file, int line)
     f.slot->advance = true;
     Slot *other = maybe_other_block();
     reschedule(other ? *other : *f.slot, false);
+}
+
+void syncwarp(const char *file, int line, unsigned mask)
+{
+    Runtime &r = rt();
+    if (!r.current) {
+        std::fprintf(stderr, "simt_emu: __syncwarp() outside a kernel at %s:%d\n", file, line);
+        std::abort();
+    }
+    Fiber &f = *r.current;
+    Slot &own = *f.slot;
+    if (mask != 0xffffffffu) {
+        fail(kErrConfiguration, "__syncwarp(0x%08x) at %s:%d: only the full mask is modelled", mask,
+             file, line);
+    }
+    own.states[f.tid] = State::warp_waiting;
+    f.site_file = file;
+    f.site_line = line;
+    own.advance = true;
+    if (!release_warp(own, f.tid / 32)) {
+        own.states[f.tid] = State::aborted; // the launch stops (the error is recorded)
+        go_home();
+    }
+    if (own.states[f.tid] == State::runnable && below(2) == 0) {
+        // The warp this lane completed goes on at once: a new pass starts,
+        // in which it may run ahead of lanes of other warps that have not
+        // reached their next switch point; otherwise the pass goes on and
+        // it runs after them.
+        own.order = make_order(own.threads, r.sched.threads);
+        own.pos = 0;
+        own.advance = false;
+    }
+    Slot *other = maybe_other_block();
+    reschedule(other ? *other : own, false);
 }
 
 void wait_prior_grids()

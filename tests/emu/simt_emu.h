@@ -31,6 +31,15 @@
 //   block that waits for another block to make progress (a spin loop across
 //   blocks) is not supported, as CUDA does not promise co-residency either.
 //
+//   Between barriers the 32 threads of a warp are not in step (as on sm_70
+//   and later, where each thread has its own program counter): __syncwarp()
+//   is a switch point where a thread waits for the other lanes of its warp
+//   (those that have not exited) to reach the same __syncwarp call site.
+//   The lane that completes a warp's barrier either lets the pass go on,
+//   so that the released warp runs after the block's other runnable
+//   threads, or (a seeded coin) starts a new pass, in which the released
+//   warp may run ahead of the others.
+//
 //   __syncthreads() is a barrier that checks the block is convergent: a thread
 //   that exited while others wait, or threads waiting at different barrier
 //   call sites, abort the launch with an error (the launch's status != 0);
@@ -180,7 +189,7 @@ const char *order_name(Order o);
 // Status codes of a launch (0 = success), returned by GCLIP_LAUNCH.
 enum : int {
     kOk = 0,
-    kErrDivergence = 9001,   // __syncthreads not reached by every thread alike
+    kErrDivergence = 9001,   // __syncthreads or __syncwarp not reached by every thread alike
     kErrConfiguration = 9002, // grid or block shape a GPU would reject
     kErrDeadlock = 9003,      // every resident block waits for an earlier grid
 };
@@ -267,6 +276,13 @@ int launch_fn(dim3 grid, dim3 block, F f, Section sec, bool dependent = false)
 
 // Barrier of the current block at call site file:line.
 void syncthreads(const char *file, int line);
+// Barrier of the calling thread's warp (threads 32 w .. 32 w + 31 of its
+// block) at call site file:line: the thread waits until every lane of its
+// warp that has not exited waits at the same call site. Only the full mask
+// is modelled (another fails the launch, kErrConfiguration). A lane that
+// waits here while a lane of its warp waits at __syncthreads, or lanes at
+// different __syncwarp call sites, fail the launch (kErrDivergence).
+void syncwarp(const char *file, int line, unsigned mask = 0xffffffffu);
 // griddepcontrol.wait: the calling thread waits until every earlier launch
 // of its stream has finished (a switch point either way).
 void wait_prior_grids();
@@ -296,6 +312,7 @@ inline T atomic_rmw(T *address, Op op)
 } // namespace gclip_emu
 
 #define __syncthreads() ::gclip_emu::syncthreads(__FILE__, __LINE__)
+#define __syncwarp(...) ::gclip_emu::syncwarp(__FILE__, __LINE__, ##__VA_ARGS__)
 
 inline void __threadfence()
 {

@@ -135,6 +135,67 @@ __global__ void read_at(const float *p, int i, float *out)
         *out = p[i];
 }
 
+// ---- kernels of the warp barrier -------------------------------------------------
+
+constexpr int kWarpBlock = 64; // two warps
+
+// Every thread logs (thread) before and (1000 + thread) after its warp's
+// barrier; warp 0 then waits there a second time.
+__global__ void log_around_warp_barrier()
+{
+    g_log.push_back(static_cast<int>(threadIdx.x));
+    __syncwarp();
+    g_log.push_back(static_cast<int>(1000 + threadIdx.x));
+    if (threadIdx.x < 32)
+        __syncwarp();
+}
+
+// Lane 0 of each warp sums what its lanes wrote; `with_barrier` orders it.
+__global__ void warp_publish_and_read(float *out, bool with_barrier)
+{
+    __shared__ float s[kWarpBlock];
+    s[threadIdx.x] = static_cast<float>(threadIdx.x % 32 + 1);
+    if (with_barrier)
+        __syncwarp();
+    if (threadIdx.x % 32 == 0) {
+        float sum = 0;
+        for (int i = 0; i < 32; ++i)
+            sum += s[threadIdx.x + i];
+        out[blockIdx.x * 2 + threadIdx.x / 32] = sum;
+    }
+}
+
+__global__ void two_warp_barrier_sites()
+{
+    if (threadIdx.x % 2)
+        __syncwarp();
+    else
+        __syncwarp();
+}
+
+// Lane 5 waits at the block barrier while its warp waits at the warp's.
+__global__ void warp_barrier_meets_block_barrier()
+{
+    if (threadIdx.x == 5)
+        __syncthreads();
+    else
+        __syncwarp();
+}
+
+// The last lane of each warp exits first: the others still meet.
+__global__ void warp_barrier_after_an_exit(int *count)
+{
+    if (threadIdx.x % 32 == 31)
+        return;
+    __syncwarp();
+    atomicAdd(count, 1);
+}
+
+__global__ void warp_barrier_with_a_mask()
+{
+    __syncwarp(0x0000ffffu);
+}
+
 // ---- kernels of the resident-block window -----------------------------------------
 
 // Thread 0 of every block appends its block index to `events` four times,
@@ -360,6 +421,82 @@ TEST(EmuBarrier, LaunchAfterAFailedLaunchRunsNormally)
     use_schedule(Order::forward, Order::forward);
     EXPECT_EQ(GCLIP_LAUNCH(log_around_barrier, 3, kThreads, nullptr), 0);
     EXPECT_EQ(g_log.size(), 6u * kThreads);
+}
+
+TEST(EmuWarpBarrier, OrdersTheLanesOfAWarpAndNotTheWarps)
+{
+    bool warps_overlap = false;
+    for (Order o : {Order::forward, Order::reverse, Order::shuffled}) {
+        for (uint64_t seed = 1; seed <= 4; ++seed) {
+            use_schedule(o, Order::forward, seed);
+            ASSERT_EQ(GCLIP_LAUNCH(log_around_warp_barrier, 1, kWarpBlock, nullptr), 0)
+                << gclip_emu::error_message();
+            ASSERT_EQ(g_log.size(), 2u * kWarpBlock);
+            std::vector<std::size_t> before(kWarpBlock), after(kWarpBlock);
+            for (std::size_t i = 0; i < g_log.size(); ++i)
+                (g_log[i] < 1000 ? before[g_log[i]] : after[g_log[i] - 1000]) = i;
+            for (int w = 0; w < 2; ++w) {
+                std::size_t last_before = 0, first_after = SIZE_MAX;
+                for (int l = 0; l < 32; ++l) {
+                    last_before = std::max(last_before, before[w * 32 + l]);
+                    first_after = std::min(first_after, after[w * 32 + l]);
+                }
+                EXPECT_LT(last_before, first_after) << "warp " << w << " order " << int(o);
+            }
+            // a lane of one warp past its barrier before a lane of the other arrives
+            for (int a = 0; a < kWarpBlock; ++a)
+                for (int b = 0; b < kWarpBlock; ++b)
+                    warps_overlap = warps_overlap || (a / 32 != b / 32 && after[a] < before[b]);
+        }
+    }
+    EXPECT_TRUE(warps_overlap) << "the warp barrier behaved as a block barrier in every schedule";
+}
+
+TEST(EmuWarpBarrier, MissingWarpBarrierGivesWrongResultInSomeOrder)
+{
+    std::vector<float> out(4);
+    const float want = 32.0f * 33.0f / 2.0f;
+    for (Order o : {Order::forward, Order::reverse, Order::shuffled}) {
+        use_schedule(o, Order::forward);
+        ASSERT_EQ(GCLIP_LAUNCH(warp_publish_and_read, 2, kWarpBlock, nullptr, out.data(), true), 0);
+        for (float v : out)
+            EXPECT_EQ(v, want);
+    }
+    use_schedule(Order::forward, Order::forward);
+    ASSERT_EQ(GCLIP_LAUNCH(warp_publish_and_read, 2, kWarpBlock, nullptr, out.data(), false), 0);
+    for (float v : out)
+        EXPECT_NE(v, want);
+}
+
+TEST(EmuWarpBarrier, DifferentSitesAndABlockBarrierAreReported)
+{
+    use_schedule(Order::reverse, Order::forward);
+    EXPECT_EQ(GCLIP_LAUNCH(two_warp_barrier_sites, 1, kWarpBlock, nullptr),
+              gclip_emu::kErrDivergence);
+    EXPECT_NE(std::string(gclip_emu::error_message()).find("divergent __syncwarp"),
+              std::string::npos)
+        << gclip_emu::error_message();
+    use_schedule(Order::forward, Order::forward);
+    EXPECT_EQ(GCLIP_LAUNCH(warp_barrier_meets_block_barrier, 1, kWarpBlock, nullptr),
+              gclip_emu::kErrDivergence);
+    EXPECT_NE(std::string(gclip_emu::error_message()).find("thread 5 at __syncthreads"),
+              std::string::npos)
+        << gclip_emu::error_message();
+    use_schedule(Order::forward, Order::forward);
+    EXPECT_EQ(GCLIP_LAUNCH(warp_barrier_with_a_mask, 1, kWarpBlock, nullptr),
+              gclip_emu::kErrConfiguration);
+}
+
+TEST(EmuWarpBarrier, ExitedLanesAndAPartialWarpDoNotBlockIt)
+{
+    for (Order o : {Order::forward, Order::reverse, Order::shuffled}) {
+        int count = 0;
+        use_schedule(o, Order::forward);
+        // 40 threads: a full warp whose lane 31 exits, and a warp of 8 lanes
+        ASSERT_EQ(GCLIP_LAUNCH(warp_barrier_after_an_exit, 2, 40, nullptr, &count), 0)
+            << gclip_emu::error_message();
+        EXPECT_EQ(count, 2 * (31 + 8));
+    }
 }
 
 TEST(EmuShared, MissingBarrierGivesWrongResultInSomeOrder)
