@@ -66,20 +66,24 @@ static gclip_status build_tensor_table(gclip_plan *p, const gclip_tensor *tensor
         gclip_status s = gclip_validate_tensor(&tensors[i], i);
         if (s != GCLIP_STATUS_SUCCESS)
             return s;
+        /* counted in 64 bits and checked before the 32-bit count is kept:
+         * a tensor of 2^48 elements or more has 2^32 chunks or more */
+        const uint64_t n =
+            ((uint64_t)tensors[i].numel + GCLIP_CHUNK_ELEMS - 1) / GCLIP_CHUNK_ELEMS;
+        if (n > GCLIP_MAX_CHUNKS - chunks)
+            return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
+                              "the plan's tensors hold more than %lld elements in all",
+                              (long long)(GCLIP_MAX_CHUNKS * (uint64_t)GCLIP_CHUNK_ELEMS));
         gclip_tensor_desc *d = &p->tensors[i];
         d->data = tensors[i].data;
         d->numel = tensors[i].numel;
         d->dtype = (int32_t)tensors[i].dtype;
-        d->num_chunks = gclip_chunks_for(tensors[i].numel);
+        d->num_chunks = (uint32_t)n;
         d->first_chunk = (uint32_t)chunks;
         p->nonempty += tensors[i].numel > 0;
         p->total_elems += tensors[i].numel;
         d->pad_ = 0;
-        chunks += d->num_chunks;
-        if (chunks > GCLIP_MAX_CHUNKS)
-            return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
-                              "the plan's tensors hold more than %lld elements in all",
-                              (long long)(GCLIP_MAX_CHUNKS * (uint64_t)GCLIP_CHUNK_ELEMS));
+        chunks += n;
     }
     p->num_chunks = (uint32_t)chunks;
     return GCLIP_STATUS_SUCCESS;

@@ -159,6 +159,69 @@ TEST(ClipGradNorm, MaxNormZeroZeroesEveryGradient)
             ASSERT_EQ(b.get(i), 0.0f);
 }
 
+// max_norm 0 and +Inf where the quotient max_norm / (N + eps) meets 0 x Inf:
+// N + eps too small for float's reciprocal (seeded subnormal f32 gradients,
+// eps 0), and N + eps past FLT_MAX (gradients near 3e38, eps 1e38). The
+// factor is what the header promises, 0 and 1, never NaN, for the global
+// and the per-tensor op.
+TEST(ClipGradNorm, MaxNormZeroAndInfinityKeepTheirMeaningWhereTheQuotientIsZeroTimesInf)
+{
+    struct Case {
+        const char *name;
+        float max_norm, eps, lo, hi; // gradient magnitudes in [lo, hi)
+        bool per_tensor;
+        std::vector<int64_t> sizes;
+    };
+    // subnormals: every norm below 2.9e-39, whose reciprocal overflows;
+    // near 3e38: one element, so that N is finite and N + eps is not
+    const std::vector<int64_t> three = {1, 37, 100}, one = {1};
+    const Case cases[] = {
+        {"max_norm 0, subnormal gradients, eps 0", 0.0f, 0.0f, 1e-40f, 2.5e-40f, false, three},
+        {"max_norm 0, subnormal gradients, eps 0, per tensor", 0.0f, 0.0f, 1e-40f, 2.5e-40f, true,
+         three},
+        {"max_norm Inf, a gradient near 3e38, eps 1e38", INFINITY, 1e38f, 2.5e38f, 3e38f, false, one},
+        {"max_norm Inf, a gradient near 3e38, eps 1e38, per tensor", INFINITY, 1e38f, 2.5e38f, 3e38f,
+         true, one},
+    };
+    oracle::Rng rng(305);
+    for (const Case &c : cases) {
+        SCOPED_TRACE(c.name);
+        std::vector<TestBuffer> bufs;
+        for (int64_t n : c.sizes) {
+            bufs.emplace_back(GCLIP_F32, n, 0);
+            for (int64_t i = 0; i < n; ++i) {
+                const float m = static_cast<float>(rng.uniform(c.lo, c.hi));
+                bufs.back().set(i, rng.uniform(0.0, 1.0) < 0.5 ? -m : m);
+            }
+        }
+        const std::vector<TestBuffer> before = bufs;
+        const auto exact = oracle::norms(before, 2.0, 1.0);
+        testutil::PlanPtr plan;
+        ASSERT_EQ(testutil::make_plan(plan, oracle::tensors_of(bufs)), GCLIP_STATUS_SUCCESS);
+        gclip_norm_options o = testutil::norm_options(c.max_norm);
+        o.eps = c.eps;
+        ASSERT_EQ(c.per_tensor ? gclip_clip_grad_norm_per_tensor(plan.get(), &o, nullptr)
+                               : gclip_clip_grad_norm(plan.get(), &o, nullptr),
+                  GCLIP_STATUS_SUCCESS)
+            << gclip_last_error();
+        const gclip_result r = testutil::result_of(plan.get());
+        EXPECT_EQ(r.nonfinite, 0);
+        EXPECT_TRUE(oracle::rel_close(r.total_norm, exact.total, 1e-6L))
+            << r.total_norm << " vs " << static_cast<double>(exact.total);
+        if (!c.per_tensor)
+            EXPECT_EQ(r.clip_coef, c.max_norm == 0.0f ? 0.0f : 1.0f);
+        for (size_t k = 0; k < bufs.size(); ++k)
+            for (int64_t i = 0; i < bufs[k].numel(); ++i) {
+                if (c.max_norm == 0.0f)
+                    ASSERT_EQ(bufs[k].get(i), 0.0f) << "tensor " << k << " element " << i;
+                else
+                    ASSERT_EQ(oracle::float_to_bits(bufs[k].get(i)),
+                              oracle::float_to_bits(before[k].get(i)))
+                        << "tensor " << k << " element " << i;
+            }
+    }
+}
+
 TEST(ClipGradNorm, InvScaleAloneUnscalesWithoutClipping)
 {
     // a loss-scaled gradient set, unscaled in the same pass; no clipping

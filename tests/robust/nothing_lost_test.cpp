@@ -84,6 +84,28 @@ TEST(NothingLost, RejectedPlanCreation)
     }
 }
 
+// A tensor of 2^48 elements or more has 2^32 chunks or more: refused like
+// any plan of more than 2^31 - 1 chunks, not counted modulo 2^32 (which gave
+// 2^48 elements no chunk at all, and 2^48 + 65,536 one). The data is never
+// read: creation refuses it first.
+TEST(NothingLost, TensorOfTwoToThe32ChunksOrMoreIsRefused)
+{
+    auto bufs = gradients(3);
+    const uint64_t before = oracle::checksum(bufs);
+    for (int64_t numel : {int64_t{1} << 48, (int64_t{1} << 48) + 65536, (int64_t{1} << 52) + 1,
+                          (int64_t{1} << 47) + 5}) {
+        SCOPED_TRACE(numel);
+        gclip_tensor t = oracle::tensors_of(bufs)[0];
+        t.numel = numel;
+        gclip_plan *plan = reinterpret_cast<gclip_plan *>(&bufs); // must become NULL
+        EXPECT_EQ(gclip_plan_create(&plan, &t, 1, GCLIP_DEVICE_CPU), GCLIP_STATUS_INVALID_ARGUMENT);
+        EXPECT_EQ(plan, nullptr);
+        EXPECT_NE(std::string(gclip_last_error()).find("elements in all"), std::string::npos)
+            << gclip_last_error();
+    }
+    EXPECT_EQ(oracle::checksum(bufs), before);
+}
+
 TEST(NothingLost, OverlapMessageNamesBothIndices)
 {
     auto bufs = gradients(8);
