@@ -17,6 +17,21 @@ _PARTIAL_BYTES = 16
 _POLICIES = {"skip": _lib.SKIP, "propagate": _lib.PROPAGATE, "error": _lib.ERROR}
 _c_void_p = ctypes.c_void_p
 
+# the thread counts gclip_plan_set_num_threads takes (0: OpenMP's default)
+_MAX_THREADS = 1024
+
+
+def check_num_threads(n) -> int:
+    """`n` as a thread count of a CPU plan (an int from 0 to 1024), checked
+    here: ctypes would pass an out-of-range int cut to 32 bits."""
+    if isinstance(n, bool) or not hasattr(n, "__index__"):
+        raise TypeError(f"gclip: num_threads must be an int, got {type(n).__name__}")
+    n = n.__index__()
+    if not 0 <= n <= _MAX_THREADS:
+        raise ValueError(f"gclip: num_threads = {n}: must be from 0 (OpenMP's default) to "
+                         f"{_MAX_THREADS}")
+    return n
+
 
 def policy_code(name: str) -> int:
     try:
@@ -106,6 +121,7 @@ class Plan:
             raise _lib.error_for(st, "gclip_plan_rebind")
 
     def set_num_threads(self, n: int) -> None:
+        n = check_num_threads(n)
         check(fn.plan_set_num_threads(self.handle, n), "gclip_plan_set_num_threads")
         self.num_threads = n
 
@@ -223,9 +239,14 @@ class DeviceResultView:
 
 
 def _scalar_ptr(x, device: int, what: str) -> int:
-    info = _dlpack.describe(x)
+    need = (f"gclip: {what} in device memory must be a float32 array of >= 1 element, got "
+            f"{getattr(x, 'dtype', type(x).__name__)}")
+    try:
+        info = _dlpack.describe(x, name=what)
+    except TypeError:
+        raise TypeError(need) from None
     if info.dtype != _lib.F32 or info.numel < 1:
-        raise TypeError(f"gclip: {what} in device memory must be a float32 array of >= 1 element")
+        raise TypeError(need + (" with no element" if info.numel < 1 else ""))
     if info.device != device:
         raise ValueError(f"gclip: {what} lives on device {info.device}, the plan on {device}")
     return info.ptr
@@ -258,14 +279,18 @@ class Clipper:
         self.nonfinite = nonfinite
         self._policy = policy_code(nonfinite)
         self.inv_scale = inv_scale
-        self.num_threads = num_threads
+        self.num_threads = None if num_threads is None else check_num_threads(num_threads)
         self._plans: "OrderedDict[tuple, Plan]" = OrderedDict()
         self._max_plans = max_plans
         self.plan: Optional[Plan] = None  # the plan of the last operation
 
+    # whether JAX arrays may be written (gclip.jax's own fresh buffers only)
+    _jax_writable = False
+
     # -- plans -------------------------------------------------------------------
     def _describe(self, tensors, stream):
-        return [_dlpack.describe(t, None) for t in tensors]
+        return [_dlpack.describe(t, None, jax_writable=self._jax_writable, name=f"tensor {k}")
+                for k, t in enumerate(tensors)]
 
     def _bind(self, tensors, stream, writable: bool) -> Plan:
         infos = self._describe(tensors, stream)
@@ -323,7 +348,8 @@ class Clipper:
         is_val, is_ptr = (float(isc), 0) if _is_number(isc) else (1.0, _scalar_ptr(isc, plan.device, "inv_scale"))
         tn = 0
         if tensor_norms is not None:
-            info = _dlpack.describe(tensor_norms)
+            info = _dlpack.describe(tensor_norms, jax_writable=self._jax_writable,
+                                    name="tensor_norms")
             if info.dtype != _lib.F32 or info.numel < plan.count or not info.writable or not info.dense:
                 raise ValueError(f"gclip: tensor_norms must be a writable float32 array of "
                                  f"{plan.count} elements")
@@ -385,7 +411,8 @@ class Clipper:
         the plan's device memory, e.g. gathered from every rank) into the result
         slot; None folds the plan's own partial. An array of any dtype is taken
         as raw bytes (16 per record); `count` 0 then means all of them, and a
-        `count` larger than the array holds is refused. A bare address (int)
+        `count` larger than the array holds, or an array with no record, is
+        refused. A bare address (int)
         is trusted to hold `count` records."""
         plan = self._require_plan()
         s = self._op_stream(plan, stream_handle(stream))
@@ -398,6 +425,10 @@ class Clipper:
                 ptr = partials
             else:
                 ptr, nbytes = _dlpack.raw_bytes(partials)
+                if nbytes < _PARTIAL_BYTES:
+                    raise ValueError(f"gclip: partials holds {nbytes} bytes, less than one "
+                                     f"{_PARTIAL_BYTES}-byte record; pass None to fold the "
+                                     "plan's own partial")
                 if count == 0:
                     count = nbytes // _PARTIAL_BYTES
                 if count * _PARTIAL_BYTES > nbytes:

@@ -12,6 +12,7 @@ slot) as a DLPack tensor, so that any framework can view it without a copy:
 from __future__ import annotations
 
 import ctypes
+import sys
 from typing import NamedTuple
 
 from . import _lib
@@ -105,10 +106,11 @@ def dense_strides(shape, strides) -> bool:
     return True
 
 
-def _from_dltensor(t: DLTensor, read_only: bool) -> ArrayInfo:
+def _from_dltensor(t: DLTensor, read_only: bool, name: str = "the array") -> ArrayInfo:
     key = (t.dtype.code, t.dtype.bits)
     if t.dtype.lanes != 1 or key not in _DTYPES:
-        raise TypeError(f"gclip: unsupported DLPack dtype code={t.dtype.code} bits={t.dtype.bits} "
+        raise TypeError(f"gclip: {name} has unsupported DLPack dtype code={t.dtype.code} "
+                        f"bits={t.dtype.bits} "
                         f"lanes={t.dtype.lanes} (expected float32, float16, bfloat16 or float64)")
     shape = [t.shape[i] for i in range(t.ndim)]
     numel = 1
@@ -125,12 +127,13 @@ def _from_dltensor(t: DLTensor, read_only: bool) -> ArrayInfo:
     elif dev in (KDL_CUDA, KDL_CUDA_MANAGED):
         device = t.device.device_id
     else:
-        raise TypeError(f"gclip: unsupported DLPack device type {dev} (CPU and CUDA only)")
+        raise TypeError(f"gclip: {name} is on unsupported DLPack device type {dev} (CPU and "
+                        "CUDA only)")
     ptr = (t.data or 0) + t.byte_offset
     return ArrayInfo(ptr, numel, _DTYPES[key], device, not read_only, dense)
 
 
-def describe_dlpack(x, stream=None) -> ArrayInfo:
+def describe_dlpack(x, stream=None, name: str = "the array") -> ArrayInfo:
     """Read an array's description through its __dlpack__ capsule. The capsule
     is not consumed: its destructor releases the producer's reference when it
     goes away, and the data stays owned by `x`."""
@@ -144,42 +147,56 @@ def describe_dlpack(x, stream=None) -> ArrayInfo:
         raise
     if _api.PyCapsule_IsValid(cap, b"dltensor_versioned"):
         m = DLManagedTensorVersioned.from_address(_api.PyCapsule_GetPointer(cap, b"dltensor_versioned"))
-        return _from_dltensor(m.dl_tensor, bool(m.flags & FLAG_READ_ONLY))
+        return _from_dltensor(m.dl_tensor, bool(m.flags & FLAG_READ_ONLY), name)
     if _api.PyCapsule_IsValid(cap, b"dltensor"):
         m = DLManagedTensor.from_address(_api.PyCapsule_GetPointer(cap, b"dltensor"))
-        return _from_dltensor(m.dl_tensor, False)
+        return _from_dltensor(m.dl_tensor, False, name)
     raise TypeError("gclip: __dlpack__ returned something that is not a DLPack capsule")
 
 
 _NP_DTYPES = {"float32": _lib.F32, "float16": _lib.F16, "float64": _lib.F64, "bfloat16": _lib.BF16}
 
 
-def describe(x, stream=None) -> ArrayInfo:
-    """Description of a NumPy array, PyTorch tensor or any __dlpack__ array."""
+def is_jax_array(x) -> bool:
+    """Whether `x` is a JAX array (jax is not imported to find out)."""
+    jax = sys.modules.get("jax")
+    return jax is not None and isinstance(x, getattr(jax, "Array", ()))
+
+
+def describe(x, stream=None, *, jax_writable: bool = False, name: str = "the array") -> ArrayInfo:
+    """Description of a NumPy array, PyTorch tensor or any __dlpack__ array
+    (`name`: what a rejection calls it, e.g. "tensor 2" or "max_norm").
+    JAX arrays are immutable, and JAX exports them without DLPack's read-only
+    flag: they are described as read-only unless `jax_writable` (gclip.jax,
+    for the fresh buffers it allocates and writes before anyone sees them)."""
     mod = type(x).__module__
     if mod == "numpy":
         dt = _NP_DTYPES.get(x.dtype.name)
         if dt is None:
-            raise TypeError(f"gclip: unsupported dtype {x.dtype} (float32, float16, bfloat16, float64)")
+            raise TypeError(f"gclip: {name} has unsupported dtype {x.dtype} (float32, float16, "
+                            "bfloat16, float64)")
         if not x.dtype.isnative:
-            raise TypeError(f"gclip: the array's bytes are in non-native order ({x.dtype.str}); "
+            raise TypeError(f"gclip: the bytes of {name} are in non-native order ({x.dtype.str}); "
                             "convert it with astype(dtype.newbyteorder('='))")
         ai = x.__array_interface__
         ptr, read_only = ai["data"]
         strides = ai.get("strides")
         if strides is not None and any(s % x.itemsize for s in strides):
-            raise ValueError(f"gclip: strides {tuple(strides)} (bytes) are not whole elements of "
-                             f"{x.itemsize} bytes (a field of a structured array?)")
+            raise ValueError(f"gclip: the strides {tuple(strides)} (bytes) of {name} are not whole "
+                             f"elements of {x.itemsize} bytes (a field of a structured array?)")
         dense = True if strides is None else dense_strides(
             x.shape, [s // x.itemsize for s in strides])
         return ArrayInfo(ptr or 0, x.size, dt, -1, not read_only, dense)
     if mod.startswith("torch"):
         from . import torch as _gt  # noqa: WPS433 - torch is imported only when given one
-        return _gt.describe_tensor(x)
+        return _gt.describe_tensor(x, name)
     if hasattr(x, "__dlpack__"):
-        return describe_dlpack(x, stream)
-    raise TypeError(f"gclip: expected an array with __dlpack__ (NumPy, PyTorch, CuPy, JAX), "
-                    f"got {type(x).__name__}")
+        info = describe_dlpack(x, stream, name)
+        if info.writable and not jax_writable and is_jax_array(x):
+            info = info._replace(writable=False)
+        return info
+    raise TypeError(f"gclip: {name}: expected an array with __dlpack__ (NumPy, PyTorch, CuPy, "
+                    f"JAX), got {type(x).__name__}")
 
 
 # ---- producer ----------------------------------------------------------------------
@@ -200,7 +217,7 @@ def raw_bytes(x):
         if not x.is_contiguous():
             raise ValueError("gclip: the partials must be one contiguous tensor")
         return x.data_ptr(), x.numel() * x.element_size()
-    info = describe(x)
+    info = describe(x, name="partials")
     if not info.dense:
         raise ValueError("gclip: the partials must be one contiguous array")
     return info.ptr, info.numel * {_lib.F32: 4, _lib.F16: 2, _lib.BF16: 2, _lib.F64: 8}[info.dtype]

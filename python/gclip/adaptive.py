@@ -633,7 +633,7 @@ class TorchAdaptiveClipper(AdaptiveClipper):
         codes = _dtype_codes()
         g0 = grads[0]
         if g0.device.type not in ("cpu", "cuda"):
-            _gt().describe_tensor(g0)  # raises the drop-ins' TypeError
+            _gt().describe_tensor(g0, 0)  # raises the drop-ins' TypeError
         devs = set(map(torch.Tensor.get_device, grads))
         if len(devs) > 1:
             raise ValueError("gclip: the gradients of one step must be on one device, got "
@@ -643,8 +643,8 @@ class TorchAdaptiveClipper(AdaptiveClipper):
         key = (dev_index, tuple(zip(numels, (codes.get(g.dtype) for g in grads))))
         ad = self._adaptive
         if ad is None or ad.plan.key != key or not all(map(torch.Tensor.is_contiguous, grads)):
-            for g in grads:
-                _gt().describe_tensor(g)  # every check that can reject, before any write
+            for i, g in enumerate(grads):
+                _gt().describe_tensor(g, i)  # every check that can reject, before any write
         stream = self._op_stream_on(dev_index, stream)
         ptrs = tuple(map(torch.Tensor.data_ptr, grads))
 
@@ -994,6 +994,9 @@ def agc_hyperparameters(clip_factor=0.01, eps=1e-3, norm_type=2.0) -> tuple:
     return cf, e, nt
 
 
+_INT64_MAX = (1 << 63) - 1
+
+
 def _units(shape) -> int:
     """AGC units of a tensor of `shape`: the size of dim 0, or 1 for ndim <= 1."""
     return int(shape[0]) if len(shape) > 1 else 1
@@ -1057,7 +1060,7 @@ class AGCClipper(Clipper):
         if len(params) != len(grads):
             raise ValueError(f"gclip: {len(params)} parameters for {len(grads)} gradients")
         s = stream_handle(stream)
-        infos = [_dlpack.describe(p, None) for p in params]
+        infos = [_dlpack.describe(p, None, name=f"parameter {k}") for k, p in enumerate(params)]
         for k, i in enumerate(infos):
             if not i.dense:
                 raise ValueError(f"gclip: parameter {k} is not dense; pass a contiguous array")
@@ -1067,6 +1070,7 @@ class AGCClipper(Clipper):
         if len(units) != len(params):
             raise ValueError(f"gclip: {len(units)} units for {len(params)} parameters; give one "
                              "per parameter (rows along dim 0, 1 for ndim <= 1)")
+        units = [_integer(f"units[{k}]", u, 0, _INT64_MAX) for k, u in enumerate(units)]
         plan = self._bind(grads, s, True)
         s = self._op_stream(plan, s)
         key = (plan.key, tuple((i.ptr, i.numel, i.dtype) for i in infos), tuple(units))

@@ -32,6 +32,13 @@ __all__ = ["global_norm", "tensor_norms", "clip_by_global_norm", "clip_by_value"
 _SUPPORTED = {"float32", "float16", "bfloat16", "float64"}
 
 
+class _Clipper(Clipper):
+    """The Clipper of this module: it writes only the fresh buffers allocated
+    here (copies, outputs), never a caller's array, so JAX arrays may be
+    written (gclip.Clipper refuses them: they are immutable)."""
+    _jax_writable = True
+
+
 def _leaves(tree):
     leaves, treedef = jax.tree_util.tree_flatten(tree)
     for i, x in enumerate(leaves):
@@ -50,7 +57,7 @@ def _gpu_device(leaves):
     memory, where outputs are NumPy buffers."""
     if not leaves or not isinstance(leaves[0], jax.Array):
         return None
-    if _dlpack.describe(leaves[0]).device < 0:  # CPU, or CUDA pinned host memory
+    if _dlpack.describe(leaves[0], name="leaf 0").device < 0:  # CPU, or CUDA pinned host memory
         return None
     (device,) = leaves[0].devices()
     return device
@@ -78,7 +85,7 @@ def _wait(c: Clipper, device) -> None:
 def global_norm(tree: Any, norm_type: float = 2.0) -> float:
     """p-norm of all leaves together, exact to 1e-6 (read without copies)."""
     leaves, _ = _leaves(tree)
-    c = Clipper(norm_type=norm_type, nonfinite="propagate")
+    c = _Clipper(norm_type=norm_type, nonfinite="propagate")
     c.total_norm(leaves)
     return c.result().total_norm
 
@@ -87,7 +94,7 @@ def tensor_norms(tree: Any, norm_type: float = 2.0):
     """Each leaf's own p-norm, as a pytree of float32 scalars."""
     leaves, treedef = _leaves(tree)
     device = _gpu_device(leaves)
-    c = Clipper(norm_type=norm_type, nonfinite="propagate")
+    c = _Clipper(norm_type=norm_type, nonfinite="propagate")
     if device is None:
         out = np.empty(len(leaves), dtype=np.float32)
         c.total_norm(leaves, tensor_norms=out)
@@ -107,7 +114,7 @@ def clip_by_global_norm(tree: Any, max_norm: float, norm_type: float = 2.0, *,
     leaves, treedef = _leaves(tree)
     device = _gpu_device(leaves)
     copies = _writable_copies(leaves, device)
-    c = Clipper(max_norm=max_norm, norm_type=norm_type, nonfinite=nonfinite)
+    c = _Clipper(max_norm=max_norm, norm_type=norm_type, nonfinite=nonfinite)
     c.clip_grad_norm(copies, inv_scale=inv_scale)
     res = c.result()
     return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a) for a in copies]), res
@@ -119,7 +126,7 @@ def clip_by_norm_per_leaf(tree: Any, max_norm: float, norm_type: float = 2.0, *,
     leaves, treedef = _leaves(tree)
     device = _gpu_device(leaves)
     copies = _writable_copies(leaves, device)
-    c = Clipper(max_norm=max_norm, norm_type=norm_type, nonfinite=nonfinite)
+    c = _Clipper(max_norm=max_norm, norm_type=norm_type, nonfinite=nonfinite)
     c.clip_grad_norm_per_tensor(copies)
     res = c.result()
     return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a) for a in copies]), res
@@ -130,7 +137,7 @@ def clip_by_value(tree: Any, clip_value: float) -> Any:
     leaves, treedef = _leaves(tree)
     device = _gpu_device(leaves)
     copies = _writable_copies(leaves, device)
-    c = Clipper()
+    c = _Clipper()
     c.clip_grad_value(copies, clip_value)
     _wait(c, device)
     return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a) for a in copies])

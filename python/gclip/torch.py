@@ -78,26 +78,30 @@ def _dense(t: Tensor) -> bool:
     return t.is_contiguous() or _dlpack.dense_strides(t.shape, t.stride())
 
 
-def describe_tensor(t: Tensor) -> _dlpack.ArrayInfo:
-    """gclip's view of one tensor (used by gclip.Clipper for torch tensors)."""
-    _check_tensor(t, 0)
+def describe_tensor(t: Tensor, name: Union[int, str] = "the tensor") -> _dlpack.ArrayInfo:
+    """gclip's view of one tensor (used by gclip.Clipper for torch tensors).
+    `name` is what a rejection calls it: an index names gradient `name`."""
+    _check_tensor(t, name)
     code = _DTYPE_CODES[t.dtype]
     dev = t.get_device() if t.is_cuda else -1
     return _dlpack.ArrayInfo(t.data_ptr(), t.numel(), code, dev, True, _dense(t))
 
 
-def _check_tensor(g: Tensor, index: int) -> None:
+def _check_tensor(g: Tensor, index: Union[int, str]) -> None:
+    """Every check of one tensor; `index` is the gradient's position, or a
+    name (an argument's) for the message."""
+    what = f"gradient {index}" if isinstance(index, int) else index
     if g.layout is not torch.strided:
-        raise TypeError(f"gclip: gradient {index} has layout {g.layout}; gclip takes dense "
+        raise TypeError(f"gclip: {what} has layout {g.layout}; gclip takes dense "
                         "(strided) gradients only, sparse gradients are not supported")
     if g.dtype not in _DTYPE_CODES:
-        raise TypeError(f"gclip: gradient {index} has dtype {g.dtype}; gclip takes float32, "
+        raise TypeError(f"gclip: {what} has dtype {g.dtype}; gclip takes float32, "
                         "float16, bfloat16 and float64")
     if g.device.type not in ("cpu", "cuda"):
-        raise TypeError(f"gclip: gradient {index} is on a '{g.device.type}' device; gclip runs "
+        raise TypeError(f"gclip: {what} is on a '{g.device.type}' device; gclip runs "
                         "on the CPU and on CUDA devices")
     if not _dense(g):
-        raise ValueError(f"gclip: gradient {index} is not dense (shape {tuple(g.shape)}, strides "
+        raise ValueError(f"gclip: {what} is not dense (shape {tuple(g.shape)}, strides "
                          f"{g.stride()}); gclip needs gradients without gaps or overlaps")
 
 
@@ -270,6 +274,19 @@ def _bind(grads: List[Tensor], device: torch.device, dev_index: int, stream: int
     return entry
 
 
+def _bind_disjoint(grads: List[Tensor], device: torch.device, dev_index: int, stream: int,
+                   dtypes: Optional[list] = None) -> Optional[_PlanEntry]:
+    """_bind, or None when the library refuses the list as overlapping (a
+    gradient listed twice, or two sharing memory): the caller then takes
+    PyTorch's arithmetic, which processes each entry in turn."""
+    try:
+        return _bind(grads, device, dev_index, stream, dtypes)
+    except _lib.GclipError as e:
+        if not _is_overlap(e):
+            raise
+        return None
+
+
 _increment_version = getattr(torch.autograd.graph, "increment_version", None)
 _bump_versions = getattr(_torch_fast, "bump_versions", None)
 
@@ -347,8 +364,12 @@ def _combine(norms: List[Tensor], norm_type: float, first_device: torch.device) 
     return torch.linalg.vector_norm(torch.stack([n.to(first_device) for n in norms]), norm_type)
 
 
-def _apply_coef(grads: List[Tensor], max_norm: float, total_norm: Tensor, skip: bool) -> None:
-    """PyTorch's clip_grads_with_norm_ arithmetic, grouped by device and dtype."""
+def _apply_coef(grads: List[Tensor], max_norm: float, total_norm: Tensor, skip: bool,
+                overlapping: bool = False) -> None:
+    """PyTorch's clip_grads_with_norm_ arithmetic, grouped by device and dtype.
+    `overlapping`: the list repeats a gradient (or holds overlapping ones),
+    which is multiplied once for each time it is listed, one tensor after the
+    other, as PyTorch's loop over the list does."""
     clip_coef = max_norm / (total_norm + 1e-6)
     coef = torch.clamp(clip_coef, max=1.0)
     if skip:
@@ -357,7 +378,43 @@ def _apply_coef(grads: List[Tensor], max_norm: float, total_norm: Tensor, skip: 
     for g in grads:
         groups.setdefault((g.device, g.dtype), []).append(g)
     for (device, _), gs in groups.items():
-        torch._foreach_mul_(gs, coef.to(device))
+        c = coef.to(device)
+        if overlapping:
+            for g in gs:
+                g.mul_(c)
+        else:
+            torch._foreach_mul_(gs, c)
+
+
+def _is_overlap(e: "_lib.GclipError") -> bool:
+    """Whether the library refused a list that repeats a gradient or holds
+    overlapping ones (a plan's tensors must be disjoint; PyTorch takes such a
+    list, and its operations, used instead, process each entry in turn)."""
+    return e.status == _lib.OVERLAP
+
+
+def _mark_norm(total: Tensor) -> Tensor:
+    """Mark a total norm computed here (>= 0, or NaN/Inf) with its version, so
+    that clip_grads_with_norm_ may hand it to the library on the device without
+    reading it, for as long as nothing has written it in place."""
+    try:
+        total._gclip_norm_version = total._version
+    except RuntimeError:  # an inference tensor has no version counter
+        pass
+    return total
+
+
+def _library_takes_norm(total_norm: Tensor, tn: Tensor) -> bool:
+    """Whether gclip_clip_grads_with_norm gives PyTorch's result for this norm:
+    the library refuses a negative norm (where PyTorch flips the gradients'
+    sign), so the value must be known not to be negative. `tn` is the norm on
+    the gradients' device; a CPU value is read, a CUDA one only trusted when
+    it is a norm computed by gclip and not written since (reading it would
+    synchronize with the device)."""
+    if tn.device.type == "cpu":
+        return not float(tn) < 0.0
+    version = getattr(total_norm, "_gclip_norm_version", None)
+    return version is not None and version == total_norm._version
 
 
 def _raise_if_nonfinite(total_norm: Tensor, norm_type: float) -> None:
@@ -415,9 +472,15 @@ def clip_grad_norm_(parameters: _tensor_or_tensors, max_norm: float, norm_type: 
     norm_type = float(norm_type)
     max_norm = float(max_norm)
     if _torch_fast is not None and norm_type > 0 and max_norm >= 0 and not torch.compiler.is_compiling():
-        entry, stream, count = _scan_fast(params, True, fp32_norm)
+        try:
+            entry, stream, count = _scan_fast(params, True, fp32_norm)
+        except _lib.GclipError as e:
+            if not _is_overlap(e):
+                raise
+            entry, stream, count = None, 0, -1  # the general path below takes the list
         if entry is not None:
-            total = _run_clip(entry, stream, max_norm, norm_type, error_if_nonfinite, skip)
+            total = _mark_norm(_run_clip(entry, stream, max_norm, norm_type, error_if_nonfinite,
+                                         skip))
             if _bump_versions is not None:
                 _bump_versions(params, True)
             else:
@@ -459,6 +522,19 @@ def _run_clip(entry, stream, max_norm, norm_type, error_if_nonfinite, skip):
 
 
 def _clip_grad_norm_impl(grads, max_norm, norm_type, error_if_nonfinite, fp32_norm, skip):
+    try:
+        return _clip_grad_norm_disjoint(grads, max_norm, norm_type, error_if_nonfinite, fp32_norm,
+                                        skip)
+    except _lib.GclipError as e:  # raised before anything is written
+        if not _is_overlap(e):
+            raise
+    # a repeated gradient counts in the norm and is scaled as often as it is listed
+    total = _get_total_norm_impl(grads, norm_type, error_if_nonfinite, fp32_norm)
+    _apply_coef(grads, max_norm, total, skip, overlapping=True)
+    return total
+
+
+def _clip_grad_norm_disjoint(grads, max_norm, norm_type, error_if_nonfinite, fp32_norm, skip):
     dtypes = list(map(_get_dtype, grads))
     single = _single_device(grads)
     if (single is not None and _fast_dtypes(dtypes, fp32_norm) and norm_type > 0
@@ -468,13 +544,13 @@ def _clip_grad_norm_impl(grads, max_norm, norm_type, error_if_nonfinite, fp32_no
         entry = _bind(grads, device, dev_index, stream, dtypes)
         total = _run_clip(entry, stream, max_norm, norm_type, error_if_nonfinite, skip)
         _written(grads)
-        return total
+        return _mark_norm(total)
     _validate(grads)
     total = _combine(_per_tensor_norms(grads, norm_type, fp32_norm), norm_type, grads[0].device)
     if error_if_nonfinite:
         _raise_if_nonfinite(total, norm_type)
     _apply_coef(grads, max_norm, total, skip)
-    return total
+    return _mark_norm(total)
 
 
 @torch.no_grad()
@@ -528,7 +604,7 @@ def _get_total_norm_impl(tensors, norm_type, error_if_nonfinite, fp32_norm):
                          norm_type, tensors[0].device)
     if error_if_nonfinite:
         _raise_if_nonfinite(total, norm_type)
-    return total
+    return _mark_norm(total)
 
 
 @torch.no_grad()
@@ -536,8 +612,14 @@ def clip_grads_with_norm_(parameters: _tensor_or_tensors, max_norm: float, total
                           foreach: Optional[bool] = None, *, nonfinite: str = "propagate") -> None:
     r"""Scale the gradients by ``min(1, max_norm / (total_norm + 1e-6))``, in
     place, as :func:`torch.nn.utils.clip_grads_with_norm_`. ``total_norm`` is
-    a tensor (e.g. from :func:`get_total_norm`); it is read on the device, with
-    no host synchronization. Returns None."""
+    a tensor (e.g. from :func:`get_total_norm`). Returns None.
+
+    A CUDA ``total_norm`` returned by gclip's :func:`get_total_norm` or
+    :func:`clip_grad_norm_`, and not written since, is read on the device in
+    one fused step, with no host synchronization; any other CUDA tensor (which
+    could hold a negative value, where PyTorch flips the gradients' sign) takes
+    PyTorch's arithmetic, also without synchronization. A CPU ``total_norm``
+    is read on the host."""
     skip = _check_nonfinite_arg(nonfinite)
     params = _as_list(parameters, False)
     grads = [p.grad for p in params if p.grad is not None]
@@ -557,6 +639,7 @@ _HAS_WITH_NORM = _lib.has_function("clip_grads_with_norm") and not _lib.LEGACY
 def _clip_grads_with_norm_impl(grads, max_norm, total_norm, skip):
     if not isinstance(total_norm, Tensor):
         total_norm = torch.tensor(float(total_norm))
+    overlapping = False
     dtypes = list(map(_get_dtype, grads))
     single = _single_device(grads)
     if (_HAS_WITH_NORM and single is not None and _fast_dtypes(dtypes, False) and max_norm >= 0
@@ -564,18 +647,21 @@ def _clip_grads_with_norm_impl(grads, max_norm, total_norm, skip):
         device, dev_index = single
         tn = total_norm if total_norm.device == device else total_norm.to(device)
         tn = tn.contiguous()
-        stream = _current_stream(dev_index)
-        entry = _bind(grads, device, dev_index, stream, dtypes)
-        plan = entry.plan
-        opts = plan.options(max_norm, 2.0, 1e-6, 1.0, _lib.SKIP if skip else _lib.PROPAGATE)
-        try:
-            plan.clip_grads_with_norm(opts, 0.0, tn.data_ptr(), stream)
-            _written(grads)
-            return
-        except _lib.NotSupportedError:
-            pass
+        if _library_takes_norm(total_norm, tn):
+            stream = _current_stream(dev_index)
+            entry = _bind_disjoint(grads, device, dev_index, stream, dtypes)
+            overlapping = entry is None
+            if entry is not None:
+                plan = entry.plan
+                opts = plan.options(max_norm, 2.0, 1e-6, 1.0, _lib.SKIP if skip else _lib.PROPAGATE)
+                try:
+                    plan.clip_grads_with_norm(opts, 0.0, tn.data_ptr(), stream)
+                    _written(grads)
+                    return
+                except _lib.NotSupportedError:
+                    pass
     _validate(grads)
-    _apply_coef(grads, max_norm, total_norm, skip)
+    _apply_coef(grads, max_norm, total_norm, skip, overlapping)
 
 
 @torch.no_grad()
@@ -601,11 +687,13 @@ def _clip_grad_value_impl(grads, clip_value):
     if single is not None and _fast_dtypes(dtypes, True) and clip_value >= 0:
         device, dev_index = single
         stream = _current_stream(dev_index)
-        entry = _bind(grads, device, dev_index, stream, dtypes)
-        entry.plan.clip_grad_value(clip_value, stream)
-        _written(grads)
-        return
-    # negative or NaN clip_value, float64, several devices: PyTorch's own clamps
+        entry = _bind_disjoint(grads, device, dev_index, stream, dtypes)
+        if entry is not None:
+            entry.plan.clip_grad_value(clip_value, stream)
+            _written(grads)
+            return
+    # negative or NaN clip_value, float64, several devices, a repeated gradient
+    # (clamping twice is clamping once): PyTorch's own clamps
     _validate(grads)
     groups = {}
     for g in grads:
@@ -638,7 +726,7 @@ class Clipper(_core.Clipper):
     def _describe(self, tensors, stream):
         grads = _grads_of(tensors)
         _validate(grads)
-        return [describe_tensor(g) for g in grads]
+        return [describe_tensor(g, i) for i, g in enumerate(grads)]
 
     def _bind(self, tensors, stream, writable):
         grads = _grads_of(tensors)
@@ -678,6 +766,8 @@ class Clipper(_core.Clipper):
     def tensor_norms(self, parameters, *, inv_scale=None, stream=None) -> Tensor:
         """Each gradient's own norm (float32, on the gradients' device)."""
         grads = _grads_of(parameters)
+        if not grads:
+            raise ValueError("gclip: no gradients to clip")
         out = torch.empty(len(grads), dtype=torch.float32, device=grads[0].device)
         self.total_norm(grads, inv_scale=inv_scale, tensor_norms=out, stream=stream)
         return out

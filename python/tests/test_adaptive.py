@@ -1101,6 +1101,45 @@ def test_agc_units_must_be_one_per_parameter():
     assert np.all(G == 10)
 
 
+def test_agc_units_out_of_range_are_refused_not_truncated(rng):
+    P = rng.standard_normal((4, 3)).astype(np.float32)
+    G = (rng.standard_normal((4, 3)) * 10).astype(np.float32)
+    G0 = G.copy()
+    agc = gclip.AGCClipper()
+    for u in (2**64 + 2, 2**63, 2**32 + 2, -1):
+        with pytest.raises(ValueError, match=r"units\[0\]"):
+            agc.step([P], [G], units=[u])
+    with pytest.raises(TypeError, match=r"units\[0\]"):
+        agc.step([P], [G], units=[2.0])
+    np.testing.assert_array_equal(G, G0)
+    agc.step([P], [G], units=[np.int64(4)])
+    ref = G0.astype(np.float64)
+    wn = np.maximum(np.linalg.norm(P.astype(np.float64), axis=1, keepdims=True), 1e-3) * 0.01
+    gn = np.linalg.norm(ref, axis=1, keepdims=True)
+    np.testing.assert_allclose(G, np.where(gn < wn, ref, ref * wn / np.maximum(gn, 1e-6)),
+                               rtol=1e-5)
+
+
+def test_num_threads_out_of_range_is_refused_not_truncated(rng):
+    x = [rng.standard_normal(5).astype(np.float32)]
+    for n in (2**32 + 2, 2**31, 1025, -1):
+        with pytest.raises(ValueError, match="num_threads"):
+            gclip.Clipper(num_threads=n)
+        with pytest.raises(ValueError, match="num_threads"):
+            gclip.AGCClipper(num_threads=n)
+    for n in (1.0, True, "2"):
+        with pytest.raises(TypeError, match="num_threads"):
+            gclip.Clipper(num_threads=n)
+    c = gclip.Clipper(num_threads=np.int64(3))
+    c.total_norm(x)
+    assert c.plan.num_threads == 3
+    with pytest.raises(ValueError, match="num_threads"):
+        c.plan.set_num_threads(2**32 + 2)
+    assert c.plan.num_threads == 3
+    assert c.result().total_norm == pytest.approx(float(np.linalg.norm(x[0].astype(np.float64))),
+                                                  rel=1e-6)
+
+
 def test_jax_functions_name_a_leaf_that_is_not_an_array():
     gj = pytest.importorskip("gclip.jax")
     with pytest.raises(TypeError, match="leaf 0 is a float"):

@@ -2,6 +2,7 @@
 arrays, against float64 references."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -305,6 +306,91 @@ def test_jax_device_path_writes_new_jax_buffers_on_the_leaves_device(rng, monkey
         np.testing.assert_array_equal(np.asarray(x), b)
 
 
+def test_clipper_refuses_to_write_jax_arrays(rng):
+    """JAX arrays are immutable (and exported without DLPack's read-only
+    flag): every writing operation of gclip.Clipper refuses them, before
+    anything is written; the norms still read them."""
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+    host = arrays(rng, shapes=((6, 5), (4,)), scale=3.0)
+    xs = [jnp.asarray(x) for x in host]
+    alias = list(xs)
+    before = [np.array(x) for x in xs]
+    ref = ref_norm([x.astype(np.float64) for x in host], 2)
+    ops = [lambda c: c.clip_grad_norm(xs),
+           lambda c: c.clip_grad_value(xs, 0.5),
+           lambda c: c.clip_grad_norm_per_tensor(xs),
+           lambda c: c.clip_grads_with_norm(xs, 2 * ref),
+           lambda c: c.apply_clip_factor(xs)]
+    for op in ops:
+        c = gclip.Clipper(max_norm=0.1)
+        c.compute_clip_factor(xs)
+        with pytest.raises(ValueError, match="read-only.*gclip.jax"):
+            op(c)
+    with pytest.raises(ValueError, match="tensor_norms"):
+        gclip.Clipper().total_norm(host, tensor_norms=jnp.zeros(2, dtype=jnp.float32))
+    for x, y, b in zip(xs, alias, before):
+        np.testing.assert_array_equal(np.asarray(x), b)
+        np.testing.assert_array_equal(np.asarray(y), b)
+    c = gclip.Clipper()
+    c.total_norm(xs)
+    assert c.result().total_norm == pytest.approx(ref, rel=1e-6)
+    assert isinstance(xs[0], jax.Array)
+
+
+def test_torch_clipper_tensor_norms_without_gradients(rng):
+    c = gt.Clipper()
+    for arg in ([], [torch.nn.Parameter(torch.zeros(2))]):
+        with pytest.raises(ValueError, match="no gradients"):
+            c.tensor_norms(arg)
+        with pytest.raises(ValueError, match="no gradients"):
+            c.total_norm(arg)
+    p = torch.nn.Parameter(torch.zeros(7))
+    p.grad = torch.from_numpy(rng.standard_normal(7).astype(np.float32))
+    norms = c.tensor_norms([torch.nn.Parameter(torch.zeros(2)), p])
+    assert norms.shape == (1,)
+    assert float(norms[0]) == pytest.approx(ref_norm([p.grad.numpy()], 2), rel=1e-6)
+
+
+def test_rejections_name_the_offending_tensor_or_argument(rng):
+    good = [torch.from_numpy(rng.standard_normal(s).astype(np.float32)) for s in (3, 2)]
+    before = [g.clone() for g in good]
+    c = gclip.Clipper()
+
+    def raises(exc, pattern, f):
+        with pytest.raises(exc) as info:
+            f()
+        assert re.search(pattern, str(info.value)), str(info.value)
+        assert "gradient 0" not in str(info.value)
+
+    raises(TypeError, r"tensor 2 has dtype torch\.int32",
+           lambda: c.clip_grad_norm(good + [torch.ones(3, dtype=torch.int32)]))
+    raises(ValueError, r"tensor 2 is not dense",
+           lambda: c.clip_grad_norm(good + [torch.ones(6)[::2]]))
+    raises(TypeError, r"tensor 1 has unsupported dtype int32",
+           lambda: c.clip_grad_norm([good[0].numpy(), np.ones(3, np.int32)]))
+    raises(TypeError, r"total_norm .*float32.*torch\.int64",
+           lambda: c.clip_grads_with_norm(good, torch.tensor(13)))
+    raises(TypeError, r"max_norm .*float32.*torch\.float64",
+           lambda: c.clip_grad_norm(good, max_norm=torch.tensor(2.0, dtype=torch.float64)))
+    raises(ValueError, r"inv_scale is not dense",
+           lambda: c.clip_grad_norm(good, inv_scale=torch.ones(4)[::2]))
+    raises(TypeError, r"tensor_norms has dtype torch\.int32",
+           lambda: c.total_norm(good, tensor_norms=torch.ones(2, dtype=torch.int32)))
+    raises(TypeError, r"gradient 1 has dtype torch\.int64",
+           lambda: gt.Clipper().clip_grad_norm([good[0], torch.ones(2, dtype=torch.int64)]))
+    raises(TypeError, r"the tensor has dtype torch\.int32",
+           lambda: gt.describe_tensor(torch.ones(2, dtype=torch.int32)))
+    raises(TypeError, r"gradient 3 has dtype torch\.int32",
+           lambda: gt.describe_tensor(torch.ones(2, dtype=torch.int32), 3))
+    agc_grads = [good[0].numpy(), np.ones(2, np.float32)]
+    raises(TypeError, r"parameter 1 has unsupported dtype int32",
+           lambda: gclip.AGCClipper().step([np.ones(3, np.float32), np.ones(2, np.int32)],
+                                           agc_grads))
+    for g, b in zip(good, before):
+        assert torch.equal(g, b)
+
+
 def test_torch_clipper_keeps_its_own_plans_and_thread_count(rng):
     # gclip.torch.Clipper's plans are its own: a drop-in call or another
     # Clipper on gradients of the same shapes uses another plan, so neither
@@ -398,6 +484,29 @@ def test_norm_finalize_takes_partial_records_of_any_dtype_and_checks_count(rng):
     with pytest.raises(ValueError, match="contiguous"):
         c.norm_finalize(np.concatenate([two, two]).reshape(2, 8)[:, :4])
     assert abs(c.result().total_norm - 13.0) <= 1e-5  # the refused calls changed nothing
+
+
+def test_norm_finalize_refuses_an_array_without_records(rng):
+    # an empty array is not "no partials given" (None): refused alike for
+    # NumPy and PyTorch, and the slot keeps the last result
+    x = arrays(rng, shapes=((9,), (4, 3)), scale=2.0)
+    ref = ref_norm([a.astype(np.float64) for a in x], 2)
+    c = gclip.Clipper(max_norm=1.0)
+    c.norm_accumulate(x)
+    c.norm_finalize()
+    before = c.result()
+    assert before.total_norm == pytest.approx(ref, rel=1e-6)
+    for empty in (np.empty(0, dtype=np.int32), torch.empty(0, dtype=torch.int32),
+                  np.empty((0, 4), dtype=np.int32), torch.zeros(2, dtype=torch.int32)):
+        c.norm_accumulate(x)
+        with pytest.raises(ValueError, match="partials holds .* bytes"):
+            c.norm_finalize(empty)
+        with pytest.raises(ValueError, match="partials holds .* bytes"):
+            c.norm_finalize(empty, 0)
+    assert c.result().sequence == before.sequence + 4
+    assert c.result().op == "accumulate"
+    c.norm_finalize()
+    assert c.result().total_norm == before.total_norm
 
 
 def test_numpy_arrays_in_foreign_byte_order_or_with_partial_strides_are_refused():

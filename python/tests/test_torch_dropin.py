@@ -244,6 +244,116 @@ def test_clip_grads_with_norm_matches_torch(rng, device):
         torch.testing.assert_close(q.grad, q_t.grad)
 
 
+def _assert_same_grads(params, torch_params):
+    for q, q_t in zip(params, torch_params):
+        torch.testing.assert_close(q.grad, q_t.grad, equal_nan=True)
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("max_norm", [0.0, 1.0, math.inf])
+@pytest.mark.parametrize("total", [-5.0, -3e-7, 0.0, math.inf, math.nan])
+def test_clip_grads_with_norm_edge_norms_match_torch(rng, device, max_norm, total):
+    # a negative norm flips the gradients' sign in PyTorch (the library refuses
+    # it); 0, Inf, NaN norms and max_norm 0 / Inf follow PyTorch's arithmetic
+    params = make_params(rng, [(37, 11), (5,), (300,)], torch.float32, device, scale=2.0)
+    params[1].grad[2] = math.inf
+    torch_params = clone_params(params)
+    for where in ("cpu", device):
+        gt.clip_grads_with_norm_(params, max_norm, torch.tensor(total, device=where))
+        torch.nn.utils.clip_grads_with_norm_(torch_params, max_norm,
+                                             torch.tensor(total, device=where))
+        _assert_same_grads(params, torch_params)
+
+
+@pytest.mark.parametrize("device", device_params())
+def test_clip_grads_with_norm_negative_norm_flips_sign(rng, device):
+    params = make_params(rng, [(4, 5), (7,)], torch.float32, device)
+    grads0 = [to_np(q.grad) for q in params]
+    gt.clip_grads_with_norm_(params, 1.5, torch.tensor(-2.0, device=device))
+    coef = 1.5 / (-2.0 + 1e-6)
+    for q, g0 in zip(params, grads0):
+        np.testing.assert_allclose(to_np(q.grad), g0 * coef, rtol=1e-6)
+
+
+@pytest.mark.parametrize("device", device_params())
+def test_clip_grads_with_norm_gclip_norm_written_in_place(rng, device):
+    # a norm gclip returned, then negated in place, is not trusted as a norm
+    params = make_params(rng, [(37, 11), (5,)], torch.float32, device, scale=2.0)
+    torch_params = clone_params(params)
+    total = gt.get_total_norm([q.grad for q in params])
+    total_t = torch.nn.utils.get_total_norm([q.grad for q in torch_params])
+    total.neg_()
+    total_t.neg_()
+    gt.clip_grads_with_norm_(params, 1.0, total)
+    torch.nn.utils.clip_grads_with_norm_(torch_params, 1.0, total_t)
+    _assert_same_grads(params, torch_params)
+    assert float(params[0].grad[0, 0]) * float(torch_params[0].grad[0, 0]) > 0
+    total = gt.clip_grad_norm_(params, 1e9)
+    total_t = torch.nn.utils.clip_grad_norm_(torch_params, 1e9)
+    total.mul_(-0.5)
+    total_t.mul_(-0.5)
+    gt.clip_grads_with_norm_(params, 1.0, total)
+    torch.nn.utils.clip_grads_with_norm_(torch_params, 1.0, total_t)
+    _assert_same_grads(params, torch_params)
+
+
+def _aliased_params(kind, dtype, device, seed):
+    """Parameters whose gradients are not disjoint: one listed twice, two
+    sharing one .grad, or two .grads overlapping in one buffer."""
+    rng = np.random.default_rng(seed)
+
+    def grad(n):
+        return torch.from_numpy(rng.standard_normal(n) * 3).to(dtype=dtype, device=device)
+
+    def param(g):
+        p = torch.nn.Parameter(torch.zeros(g.shape, dtype=dtype, device=device))
+        p.grad = g
+        return p
+
+    no_grad = torch.nn.Parameter(torch.zeros(1, device=device))
+    p, q = param(grad(37)), param(grad(5))
+    if kind == "repeated":
+        return [no_grad, p, q, p]
+    if kind == "shared":
+        return [p, q, param(p.grad)]
+    buf = grad(50)
+    return [param(buf[:30]), q, param(buf[20:])]
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("kind", ["repeated", "shared", "overlapping"])
+def test_aliased_gradients_match_torch(device, dtype, kind):
+    # PyTorch counts a repeated gradient in the norm as often as it is listed
+    # and scales it as often (foreach=False: one tensor after the other)
+    cases = [
+        (lambda ps: gt.clip_grad_norm_(ps, 1.0),
+         lambda ps: torch.nn.utils.clip_grad_norm_(ps, 1.0, foreach=False)),
+        (lambda ps: gt.clip_grad_norm_(ps, 1.0, norm_type=math.inf, nonfinite="skip"),
+         lambda ps: torch.nn.utils.clip_grad_norm_(ps, 1.0, norm_type=math.inf, foreach=False)),
+        (lambda ps: gt.clip_grad_value_(ps, 1.0),
+         lambda ps: torch.nn.utils.clip_grad_value_(ps, 1.0, foreach=False)),
+        (lambda ps: gt.clip_grads_with_norm_(ps, 1.0, torch.tensor(7.0, device=device)),
+         lambda ps: torch.nn.utils.clip_grads_with_norm_(ps, 1.0, torch.tensor(7.0, device=device),
+                                                         foreach=False)),
+    ]
+    for k, (ours, theirs) in enumerate(cases):
+        seed = 100 + k
+        params, torch_params = (_aliased_params(kind, dtype, device, seed) for _ in range(2))
+        before = [q.grad.clone() for q in params if q.grad is not None]
+        r = ours(params)
+        r_t = theirs(torch_params)
+        if r_t is None:
+            assert r is None
+        else:
+            torch.testing.assert_close(r, r_t, rtol=0, atol=0)
+        grads = [q.grad for q in params if q.grad is not None]
+        grads_t = [q.grad for q in torch_params if q.grad is not None]
+        for g, g_t, b in zip(grads, grads_t, before):
+            torch.testing.assert_close(g, g_t, rtol=0, atol=0)
+            assert not torch.equal(g, b)
+
+
 def test_parameters_without_grad_are_skipped_and_empty_inputs(rng):
     params = make_params(rng, [(5,), (6,)], torch.float32, "cpu")
     params.append(torch.nn.Parameter(torch.ones(3)))  # no grad
