@@ -291,12 +291,6 @@ GCLIP_HD float gclip_norm_value(double acc, int32_t kind, float p, float inv_sca
 GCLIP_HD float gclip_clip_coef(float norm, float max_norm, float eps)
 {
     float c = max_norm * (1.0f / (norm + eps));
-    /* 0 x Inf for a finite norm: N + eps too small for a reciprocal (0 when
-     * eps is 0) under max_norm 0, or past FLT_MAX under max_norm +Inf. The
-     * quotient is then 0 and +Inf, so the factor is 0 and 1, as the two
-     * promise; a non-finite norm keeps PyTorch's arithmetic. */
-    if (c != c && norm - norm == 0.0f)
-        c = max_norm == 0.0f ? 0.0f : 1.0f;
     return c > 1.0f ? 1.0f : c;
 }
 
