@@ -281,8 +281,20 @@ gclip_status gclip_dist_finalize(gclip_dist_plan *plan, const gclip_norm_options
                                "no gclip_dist_accumulate has run on this plan: accumulate, "
                                "gather the partials, then finalize");
     s = plan->memory->begin(plan, stream);
-    if (s == GCLIP_STATUS_SUCCESS)
+    if (s == GCLIP_STATUS_SUCCESS) {
         s = finalize_and_apply(plan, options, 0, stream);
+        if (s != GCLIP_STATUS_SUCCESS || plan->poisoned) {
+            /* this rank's accumulate or finalize failed (its poison is in the
+             * gathered partials, or the options were rejected): its slot
+             * says MISMATCH like its peers', so no earlier factor stays
+             * pending here alone; the failure's message is kept */
+            char detail[768];
+            (void)snprintf(detail, sizeof detail, "%s", gclip_dist_last_error());
+            withdraw_factor(plan, stream);
+            if (s != GCLIP_STATUS_SUCCESS)
+                (void)gclip_dist_fail(s, "%s", detail);
+        }
+    }
     const gclip_status e = plan->memory->end(plan, stream);
     return s == GCLIP_STATUS_SUCCESS ? e : s;
 }

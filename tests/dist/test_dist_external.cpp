@@ -269,6 +269,48 @@ TEST(DistExternal, ARankWhoseOptionsAreRejectedPoisonsItsPeers)
         EXPECT_EQ(st[r], GCLIP_STATUS_SUCCESS) << gclip_dist_last_error();
 }
 
+// A step whose factor is computed and left for the optimizer, then a step in
+// which one rank's options are rejected and that rank finalizes with them too
+// (the core refuses them): its slot says MISMATCH like its peers', so the
+// first step's factor is not left pending there to be applied alone.
+TEST(DistExternal, ARejectedStepLeavesNoEarlierFactorPendingOnTheRejectingRank)
+{
+    Job job(47, 3, true);
+    const uint64_t before = job.checksum();
+    const std::vector<gclip_norm_options> good(3, options(0.01f, 2.0f));
+    for (gclip_status s : job.accumulate(good))
+        ASSERT_EQ(s, GCLIP_STATUS_SUCCESS) << gclip_dist_last_error();
+    job.gather();
+    for (int r = 0; r < 3; ++r)
+        ASSERT_EQ(gclip_dist_finalize(job.plans[r].get(), &good[r], nullptr), GCLIP_STATUS_SUCCESS)
+            << gclip_dist_last_error();
+    gclip_result first{};
+    ASSERT_EQ(gclip_dist_get_result(job.plans[0].get(), &first), GCLIP_STATUS_SUCCESS);
+    ASSERT_LT(first.scale, 1.0f); // a factor is pending on every rank
+
+    std::vector<gclip_norm_options> o = good;
+    o[0].norm_type = NAN;
+    const auto acc = job.accumulate(o);
+    EXPECT_EQ(acc[0], GCLIP_STATUS_INVALID_ARGUMENT);
+    job.gather();
+    EXPECT_EQ(gclip_dist_finalize(job.plans[0].get(), &o[0], nullptr),
+              GCLIP_STATUS_INVALID_ARGUMENT);
+    EXPECT_NE(std::string(gclip_dist_last_error()).find("norm_type"), std::string::npos)
+        << gclip_dist_last_error();
+    for (int r = 1; r < 3; ++r)
+        EXPECT_EQ(gclip_dist_finalize(job.plans[r].get(), &o[r], nullptr), GCLIP_STATUS_SUCCESS);
+    for (int r = 0; r < 3; ++r) {
+        SCOPED_TRACE(r);
+        gclip_result res{};
+        EXPECT_EQ(gclip_dist_get_result(job.plans[r].get(), &res), GCLIP_STATUS_MISMATCH);
+        const gclip_device_result *slot = nullptr;
+        ASSERT_EQ(gclip_dist_plan_device_result(job.plans[r].get(), &slot), GCLIP_STATUS_SUCCESS);
+        EXPECT_EQ(slot->status, GCLIP_STATUS_MISMATCH);
+        (void)gclip_dist_apply_clip_factor(job.plans[r].get(), nullptr);
+    }
+    EXPECT_EQ(job.checksum(), before) << "a rank applied a factor";
+}
+
 TEST(DistExternal, FinalizeWithOtherOptionsThanTheAccumulateIsAMismatch)
 {
     Job job(43, 2, false);
