@@ -13,7 +13,7 @@
  *   the core's step contract across ranks:
  *     accumulate  each group's counted tensors into a 16-byte gclip_partial;
  *     gather      every rank's partial of each group, with one all-gather per
- *                 group (ncclAllGather on the step's stream, MPI_Iallgather);
+ *                 group (ncclAllGather on the step's stream, MPI_Allgather);
  *     finalize    fold the gathered partials, group by group and rank by rank,
  *                 into the norm, coefficient and factor (gclip_norm_finalize);
  *     apply       multiply every tensor of the plan by that factor.
