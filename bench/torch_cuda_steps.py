@@ -55,6 +55,11 @@ WORKLOADS = {
 }
 
 
+def say(line, file=sys.stdout):
+    """Print and flush at once, so that a run stopped part way keeps what it printed."""
+    print(line, file=file, flush=True)
+
+
 def numel(shape):
     n = 1
     for d in shape:
@@ -165,70 +170,81 @@ def kernels_per_step(fn):
         names = [e.name for e in prof.events()
                  if str(getattr(e, "device_type", "")).endswith("CUDA")]
     except Exception as e:  # noqa: BLE001 - any profiler failure: say so in the row
-        print(f"torch_cuda_steps: profiler: {e}", file=sys.stderr)
+        say(f"torch_cuda_steps: profiler: {e}", sys.stderr)
         return -1
     kernels = [n for n in names if not n.startswith(("Memcpy", "Memset", "cuda"))]
     return len(kernels) if kernels else -1
+
+
+CSV_HEADER = ("device,workload,tensors,data_bytes,op,mode,launches_per_step,steps_per_run,"
+              "us_per_step,bytes_per_step,gbps,copy_gbps,fraction_of_copy\n")
+
+
+def emit(r, csv):
+    """One result: its line on stdout and, with --csv, its row in the file,
+    both flushed before the next measurement starts."""
+    say(f"{r[1]:<10} {r[4]:<10} {r[5]:<6} {r[6]:>8} {r[7]:>10} {r[8]:>10.3f} "
+        f"{r[10]:>8.1f} {100 * r[10] / r[11]:>7.1f}%")
+    if csv is not None:
+        csv.write(f"\"{r[0]}\",{r[1]},{r[2]},{r[3]},{r[4]},{r[5]},{r[6]},{r[7]},"
+                  f"{r[8]:.3f},{r[9]},{r[10]:.2f},{r[11]:.2f},{r[10] / r[11]:.4f}\n")
+        csv.flush()
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workload", default="gpt2-124m,many-small,tiny-100k")
     ap.add_argument("--runs", type=int, default=7)
-    ap.add_argument("--csv", help="also write the rows to this file")
+    ap.add_argument("--csv", help="also write the rows to this file, each as it is measured")
     args = ap.parse_args()
     if not torch.cuda.is_available():
-        print(f"torch_cuda_steps: no CUDA device visible to torch {torch.__version__}",
-              file=sys.stderr)
+        say(f"torch_cuda_steps: no CUDA device visible to torch {torch.__version__}", sys.stderr)
         return 1
     device = torch.cuda.get_device_name(0)
-    print(f"torch {torch.__version__} foreach clipping, {device}, median of {args.runs} runs")
-    print(f"{'workload':<10} {'op':<10} {'mode':<6} {'launches':>8} {'steps/run':>10} "
-          f"{'us/step':>10} {'GB/s':>8} {'of copy':>8}")
-    rows = []
-    failed = 0
-    for name in args.workload.split(","):
-        t0 = time.perf_counter()
-        w = Workload(name, "cuda")
-        copy_us, copy_steps = steady(op_fn(w, "d2d-copy")[0], args.runs)
-        copy_gbps = 2 * w.bytes / copy_us / 1e3
-        rows.append((device, name, w.tensors, w.bytes, "d2d-copy", "eager", 0, copy_steps,
-                     copy_us, 2 * w.bytes, copy_gbps, copy_gbps))
-        for op in ("norm", "clip", "clip-noop"):
-            fn, passes = op_fn(w, op)
-            w.restore()
-            got = float(fn())
-            if abs(got - w.norm) > 1e-4 * w.norm:
-                print(f"torch_cuda_steps: {name} {op}: norm {got!r}, expected {w.norm!r}",
-                      file=sys.stderr)
-                failed += 1
-            w.restore()
-            kernels = kernels_per_step(fn)
-            w.restore()
-            g = graph_of(fn)
-            for mode, step in (("eager", fn), ("graph", g.replay)):
-                w.restore()
-                us, steps = steady(step, args.runs)
-                moved = passes * w.bytes
-                gbps = moved / us / 1e3
-                rows.append((device, name, w.tensors, w.bytes, op, mode, kernels, steps, us,
-                             moved, gbps, copy_gbps))
-            del g
-        for r in rows:
-            if r[1] == name:
-                print(f"{r[1]:<10} {r[4]:<10} {r[5]:<6} {r[6]:>8} {r[7]:>10} {r[8]:>10.3f} "
-                      f"{r[10]:>8.1f} {100 * r[10] / r[11]:>7.1f}%")
-        print(f"  ({name}: {w.tensors} tensors, {w.bytes / 1e6:.1f} MB, "
-              f"{time.perf_counter() - t0:.1f} s)")
-        del w
-        torch.cuda.empty_cache()
+    csv = None
     if args.csv:
-        with open(args.csv, "w") as f:
-            f.write("device,workload,tensors,data_bytes,op,mode,launches_per_step,steps_per_run,"
-                    "us_per_step,bytes_per_step,gbps,copy_gbps,fraction_of_copy\n")
-            for r in rows:
-                f.write(f"\"{r[0]}\",{r[1]},{r[2]},{r[3]},{r[4]},{r[5]},{r[6]},{r[7]},"
-                        f"{r[8]:.3f},{r[9]},{r[10]:.2f},{r[11]:.2f},{r[10] / r[11]:.4f}\n")
+        csv = open(args.csv, "w")
+        csv.write(CSV_HEADER)
+        csv.flush()
+    say(f"torch {torch.__version__} foreach clipping, {device}, median of {args.runs} runs")
+    say(f"{'workload':<10} {'op':<10} {'mode':<6} {'launches':>8} {'steps/run':>10} "
+        f"{'us/step':>10} {'GB/s':>8} {'of copy':>8}")
+    failed = 0
+    try:
+        for name in args.workload.split(","):
+            t0 = time.perf_counter()
+            w = Workload(name, "cuda")
+            copy_us, copy_steps = steady(op_fn(w, "d2d-copy")[0], args.runs)
+            copy_gbps = 2 * w.bytes / copy_us / 1e3
+            emit((device, name, w.tensors, w.bytes, "d2d-copy", "eager", 0, copy_steps,
+                  copy_us, 2 * w.bytes, copy_gbps, copy_gbps), csv)
+            for op in ("norm", "clip", "clip-noop"):
+                fn, passes = op_fn(w, op)
+                w.restore()
+                got = float(fn())
+                if abs(got - w.norm) > 1e-4 * w.norm:
+                    say(f"torch_cuda_steps: {name} {op}: norm {got!r}, expected {w.norm!r}",
+                        sys.stderr)
+                    failed += 1
+                w.restore()
+                kernels = kernels_per_step(fn)
+                w.restore()
+                g = graph_of(fn)
+                for mode, step in (("eager", fn), ("graph", g.replay)):
+                    w.restore()
+                    us, steps = steady(step, args.runs)
+                    moved = passes * w.bytes
+                    gbps = moved / us / 1e3
+                    emit((device, name, w.tensors, w.bytes, op, mode, kernels, steps, us,
+                          moved, gbps, copy_gbps), csv)
+                del g
+            say(f"  ({name}: {w.tensors} tensors, {w.bytes / 1e6:.1f} MB, "
+                f"{time.perf_counter() - t0:.1f} s)")
+            del w
+            torch.cuda.empty_cache()
+    finally:
+        if csv is not None:
+            csv.close()
     return 1 if failed else 0
 
 

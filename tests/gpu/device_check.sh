@@ -7,7 +7,8 @@
 #      gclip a shared library (the one the Python package loads);
 #   2. ctest -L gpu: the whole GPU suite (tests/gpu), JUnit XML kept;
 #   3. compute-sanitizer memcheck (leak check on), racecheck and synccheck
-#      on the suite's small every-op case (GpuSanitizerTest.*);
+#      on the suite's every-op cases (GpuSanitizerTest.*: a small plan, and
+#      many small tensors for the warps' walks of small chunks);
 #   4. the CUDA bench: gclip-bench --cuda-steps (us per step with no host
 #      sync, eager and graph, against a device-to-device copy; launches per
 #      step) on gpt2-124m, many-small (10,000 x 1,000) and tiny-100k;
@@ -23,18 +24,25 @@
 #
 # Stages 5 and 6 need a python3 with PyTorch that sees the device
 # (GCLIP_DEVICE_PYTHON, default python3); GCLIP_DEVICE_CHECK_PYTHON=0 leaves
-# them out. Where GoogleTest is not installed, GCLIP_GTEST_SRC=DIR (its
-# sources, e.g. a copy of /usr/src/googletest) builds it into the build
-# folder first (stage gtest).
+# them out. GCLIP_GTEST_SRC=DIR (GoogleTest's sources) builds GoogleTest into
+# the build folder first (stage gtest); without it, where GoogleTest is not
+# installed, .devdeps/googletest or /usr/src/googletest is used if present.
+# If the configure still fails, it is run again without the tests (stage
+# configure2), so that the build, bench, python, peers and profile stages
+# still run.
 #
 # Every stage has its own time limit and the whole has one; a stage that
 # fails or runs out of time does not stop the next ones (those that need the
 # build are skipped when it failed). Logs, results and summary.txt (status
-# and wall time per stage) go to OUT_DIR.
+# and wall time per stage, rewritten after every stage) go to OUT_DIR.
 #
 #   bash tests/gpu/device_check.sh [OUT_DIR]
-#     OUT_DIR  default: $OUT if set, else build/device-check
+#     OUT_DIR  default: build/device-check
 #     GCLIP_DEVICE_BUILD_DIR  build folder (default build/device)
+#     GCLIP_DEVICE_CHECK_TGZ  a tarball of OUT_DIR, refreshed after every
+#       stage, with a copy of summary.txt beside it (default:
+#       $OUT/device-check.tgz when $OUT is set; empty: none). It must lie
+#       outside OUT_DIR.
 #   For a dry run of the stages on a machine without a device (the GPU
 #   stage then fails: its tests skip), GCLIP_DEVICE_CHECK_ASSUME_DEVICE=1 and
 #   GCLIP_DEVICE_CUDA_ARCH=90 (native needs a device to detect).
@@ -45,19 +53,34 @@
 set -u -o pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
-out=${1:-${OUT:-build/device-check}}
+out=${1:-build/device-check}
 mkdir -p "$out" || exit 2
 out=$(cd "$out" && pwd)
 build=${GCLIP_DEVICE_BUILD_DIR:-build/device}
 jobs=$(nproc 2>/dev/null || echo 4)
 t_start=$(date +%s)
-total_budget=475                 # seconds, everything included (one H200: ~410)
+total_budget=465                 # seconds, everything included (one H200: ~410)
 deadline=$((t_start + total_budget))
 summary=$out/summary.txt
-filter='GpuSanitizerTest.*'      # the small case the sanitizers run
+filter='GpuSanitizerTest.*'      # the cases the sanitizers run
+test_timeout=75                  # seconds, each GPU test (GCLIP_GPU_TEST_TIMEOUT)
 : >"$out/stages.tsv"
 
+tgz=${GCLIP_DEVICE_CHECK_TGZ-${OUT:+$OUT/device-check.tgz}}
+if [ -n "$tgz" ]; then
+    case $tgz in /*) ;; *) tgz=$root/$tgz ;; esac
+    mkdir -p "$(dirname "$tgz")" && tgz=$(cd "$(dirname "$tgz")" && pwd)/$(basename "$tgz")
+    case $tgz/ in
+    "$out"/*)
+        echo "device_check: $tgz lies inside $out; no tarball kept" >&2
+        tgz= ;;
+    esac
+fi
+
 say() { echo "[$(($(date +%s) - t_start))s] $*"; }
+time_left() { echo $((deadline - $(date +%s))); }
+# probe_limit: 20 s, or less where less is left
+probe_limit() { local t; t=$(time_left); echo $((t < 20 ? t : 20)); }
 
 header() {
     local rev
@@ -71,10 +94,46 @@ header() {
              "cmake: $(cmake --version 2>/dev/null | head -1 | awk '{print $3}' || echo missing)"
         echo
     } >"$summary"
+    head_text=$(cat "$summary")
+}
+
+# pack: OUT_DIR as the tarball GCLIP_DEVICE_CHECK_TGZ, summary.txt beside it
+pack() {
+    [ -n "$tgz" ] || return 0
+    timeout 10 tar -czf "$tgz.part" -C "$(dirname "$out")" "$(basename "$out")" 2>/dev/null &&
+        mv -f "$tgz.part" "$tgz"
+    cp "$summary" "$(dirname "$tgz")/summary.txt" 2>/dev/null
+    return 0
+}
+
+# write_summary [final]: the header, one line per stage so far and, when
+# final, the verdict and the bench tables
+write_summary() {
+    local name status secs limit log note verdict=RUNNING
+    [ "${1:-}" = final ] && verdict=$([ $failed = 0 ] && echo PASS || echo FAIL)
+    {
+        printf '%s\n\n' "$head_text"
+        printf '%-10s %-8s %8s %8s  %s\n' stage status seconds limit "log / note"
+        while IFS=$'\t' read -r name status secs limit log note; do
+            printf '%-10s %-8s %8s %8s  %s%s\n' "$name" "$status" "$secs" "$limit" "$log" \
+                   "${note:+  ($note)}"
+        done <"$out/stages.tsv"
+        printf '%-10s %-8s %8s %8s\n' total "$verdict" "$(($(date +%s) - t_start))" "$total_budget"
+        if [ "$verdict" != RUNNING ] && [ -f "$out/bench-cuda.csv" ]; then
+            echo
+            echo "CUDA bench (bench-cuda.csv):"
+            grep -E '^ *(workload|gpt2|many|tiny)' "$out/bench.log" || true
+        fi
+        if [ "$verdict" != RUNNING ] && [ -f "$out/torch-cuda.csv" ]; then
+            echo
+            echo "PyTorch on the same device (torch-cuda.csv):"
+            grep -E '^ *(workload|gpt2|many|tiny)' "$out/peers.log" || true
+        fi
+    } >"$summary"
 }
 
 # ---- no device, no tools: say so and stop at once ------------------------------
-gpu_desc=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null |
+gpu_desc=$(timeout 20 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null |
            grep -m1 ',')
 if [ -z "$gpu_desc" ] && [ "${GCLIP_DEVICE_CHECK_ASSUME_DEVICE:-0}" = 1 ]; then
     gpu_desc="none detected; a device assumed (GCLIP_DEVICE_CHECK_ASSUME_DEVICE=1: a dry run)"
@@ -87,6 +146,7 @@ elif [ -z "$gpu_desc" ]; then
              "nothing was built or run" >>"$summary"
         echo "device_check: no CUDA device on this machine (nvidia-smi lists none and there is" \
              "no /dev/nvidia*): nothing built or run; exit 77. Summary: $summary" >&2
+        pack
         exit 77
     fi
 fi
@@ -99,9 +159,10 @@ if [ -n "$missing" ]; then
     header
     echo "MISSING TOOLS:$missing; nothing was built or run" >>"$summary"
     echo "device_check: missing$missing (is the CUDA toolkit's bin folder on PATH?); exit 2" >&2
+    pack
     exit 2
 fi
-nvidia-smi >"$out/nvidia-smi.txt" 2>&1 || true
+timeout 20 nvidia-smi >"$out/nvidia-smi.txt" 2>&1 || true
 sanitizer=$(command -v compute-sanitizer ||
             ls "$(dirname "$(command -v nvcc)")/compute-sanitizer" \
                /usr/local/cuda/compute-sanitizer/compute-sanitizer 2>/dev/null | head -1)
@@ -115,6 +176,8 @@ record() {
     printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$out/stages.tsv"
     [ "$2" = PASS ] || failed=1
     say "$1: $2 (${3}s of ${4}s)${6:+, $6}; log $5"
+    write_summary
+    pack
 }
 
 # stage NAME BUDGET LOG COMMAND...: runs COMMAND under the smaller of its
@@ -122,7 +185,7 @@ record() {
 stage() {
     local name=$1 budget=$2 log=$3 left limit t rc
     shift 3
-    left=$((deadline - $(date +%s)))
+    left=$(time_left)
     limit=$((budget < left ? budget : left))
     stage_secs=0
     stage_limit=$limit
@@ -133,7 +196,7 @@ stage() {
     fi
     say "$name (limit ${limit}s) ..."
     t=$(date +%s)
-    timeout --kill-after=10 "$limit" "$@" >"$out/$log" 2>&1
+    timeout --kill-after=3 "$limit" "$@" >"$out/$log" 2>&1
     rc=$?
     stage_secs=$(($(date +%s) - t))
     stage_note=
@@ -163,26 +226,62 @@ skip() { # NAME WHY
     finish "$1" -
 }
 
+# gtest_installed: GoogleTest's header and library under CMAKE_PREFIX_PATH,
+# /usr or /usr/local
+gtest_installed() {
+    local d IFS=:
+    for d in ${CMAKE_PREFIX_PATH:-} /usr /usr/local; do
+        [ -f "$d/include/gtest/gtest.h" ] || continue
+        if compgen -G "$d/lib*/libgtest.*" >/dev/null ||
+           compgen -G "$d/lib/*/libgtest.*" >/dev/null; then
+            return 0
+        fi
+    done
+    return 1
+}
+
 # 0. GoogleTest from its sources, where it is not installed
-if [ -n "${GCLIP_GTEST_SRC:-}" ]; then
+gtest_src=${GCLIP_GTEST_SRC:-}
+if [ -z "$gtest_src" ] && ! gtest_installed; then
+    for d in "$root/.devdeps/googletest" /usr/src/googletest; do
+        if [ -f "$d/CMakeLists.txt" ]; then
+            gtest_src=$d
+            break
+        fi
+    done
+fi
+if [ -n "$gtest_src" ]; then
     gtest_prefix=$(mkdir -p "$build" && cd "$build" && pwd)/_gtest/install
     stage gtest 60 gtest.log bash -c 'cmake -S "$1" -B "$2/.." -DCMAKE_BUILD_TYPE=Release \
         -DBUILD_GMOCK=OFF -DCMAKE_INSTALL_PREFIX="$2" && cmake --build "$2/.." -j "$3" &&
-        cmake --install "$2/.."' _ "$GCLIP_GTEST_SRC" "$gtest_prefix" "$jobs"
+        cmake --install "$2/.."' _ "$gtest_src" "$gtest_prefix" "$jobs"
+    stage_note="${stage_note:+$stage_note, }from $gtest_src"
     finish gtest gtest.log
     export CMAKE_PREFIX_PATH="$gtest_prefix${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
 fi
 
-# 1. configure and build
-stage configure 45 configure.log \
-    cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release \
-          -DCMAKE_CUDA_ARCHITECTURES="${GCLIP_DEVICE_CUDA_ARCH:-native}" -DGCLIP_ENABLE_CUDA=ON -DGCLIP_BUILD_TESTS=ON -DGCLIP_BUILD_BENCH=ON \
-          -DGCLIP_BUILD_EMU_TESTS=OFF -DGCLIP_BUILD_EXAMPLES=OFF -DBUILD_SHARED_LIBS=ON
+# 1. configure and build; where the configure with the tests fails (no
+# GoogleTest), once more without them
+configure=(cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release
+           -DCMAKE_CUDA_ARCHITECTURES="${GCLIP_DEVICE_CUDA_ARCH:-native}" -DGCLIP_ENABLE_CUDA=ON
+           -DGCLIP_GPU_TEST_TIMEOUT="$test_timeout" -DGCLIP_BUILD_BENCH=ON
+           -DGCLIP_BUILD_EMU_TESTS=OFF -DGCLIP_BUILD_EXAMPLES=OFF -DBUILD_SHARED_LIBS=ON)
+tests_built=1
+no_tests=
+stage configure 45 configure.log "${configure[@]}" -DGCLIP_BUILD_TESTS=ON
 finish configure configure.log
+if [ "$stage_status" = FAIL ]; then
+    tests_built=0
+    no_tests="configured without the tests: the configure with them failed (configure.log)"
+    stage configure2 45 configure2.log "${configure[@]}" -DGCLIP_BUILD_TESTS=OFF
+    stage_note="${stage_note:+$stage_note, }GCLIP_BUILD_TESTS=OFF"
+    finish configure2 configure2.log
+fi
 built=0
 if [ "$stage_status" = PASS ]; then
-    stage build 200 build.log \
-        cmake --build "$build" -j "$jobs" --target gclip gclip_gpu_tests gclip-bench
+    targets=(gclip gclip-bench)
+    [ $tests_built = 1 ] && targets+=(gclip_gpu_tests)
+    stage build 200 build.log cmake --build "$build" -j "$jobs" --target "${targets[@]}"
     finish build build.log
     [ "$stage_status" = PASS ] && built=1
 else
@@ -190,12 +289,15 @@ else
 fi
 gpu_tests=$build/tests/gpu/gclip_gpu_tests
 
-# 2. the GPU suite. Several test processes share the device; a test that
-# skipped because no device was usable fails the stage (a test that skipped
-# for want of memory is counted in the note).
-if [ $built = 1 ]; then
+# 2. the GPU suite. Several test processes share the device, each test
+# stopped alone past GCLIP_GPU_TEST_TIMEOUT; a test that skipped because no
+# device was usable fails the stage (a test that skipped for want of memory
+# or of a second device is counted in the note).
+if [ $built = 1 ] && [ $tests_built = 0 ]; then
+    skip gpu-tests "$no_tests"
+elif [ $built = 1 ]; then
     stage gpu-tests 100 ctest-gpu.log \
-        ctest --test-dir "$build" -L gpu -j 4 --timeout 90 --no-tests=error \
+        ctest --test-dir "$build" -L gpu -j 4 --no-tests=error \
               --output-on-failure --output-junit "$out/ctest-gpu.xml"
     skipped=$(grep -c '(Skipped)' "$out/ctest-gpu.log")
     if grep -q 'no CUDA device' "$out/ctest-gpu.xml" 2>/dev/null; then
@@ -209,10 +311,20 @@ else
     skip gpu-tests "no build"
 fi
 
-# 3. compute-sanitizer on the small case; the case must have run, not skipped
+# 3. compute-sanitizer on the filter's cases; every one must have run, not
+# skipped
+cases=0
+if [ $built = 1 ] && [ $tests_built = 1 ] && [ "$(time_left)" -ge 10 ]; then
+    cases=$(timeout "$(probe_limit)" "$gpu_tests" --gtest_filter="$filter" --gtest_list_tests 2>/dev/null |
+            grep -c '^  ')
+fi
 for tool in memcheck racecheck synccheck; do
     if [ $built = 0 ]; then
         skip "$tool" "no build"
+        continue
+    fi
+    if [ $tests_built = 0 ]; then
+        skip "$tool" "$no_tests"
         continue
     fi
     if [ -z "$sanitizer" ]; then
@@ -227,9 +339,10 @@ for tool in memcheck racecheck synccheck; do
         "$sanitizer" --tool "$tool" ${extra[@]+"${extra[@]}"} --error-exitcode 1 \
         --log-file "$out/$tool-report.txt" "$gpu_tests" --gtest_filter="$filter" \
         --gtest_output="xml:$out/$tool-gtest.xml"
-    if [ "$stage_status" = PASS ] && ! grep -q '\[  PASSED  \] 1 test' "$out/$tool.log"; then
+    if [ "$stage_status" = PASS ] &&
+       { [ "$cases" -eq 0 ] || ! grep -q "\[  PASSED  \] $cases test" "$out/$tool.log"; }; then
         stage_status=FAIL
-        stage_note="the case did not run (skipped or filtered out)"
+        stage_note="not every case of $filter ran ($cases listed; skipped or filtered out)"
     fi
     finish "$tool" "$tool.log"
 done
@@ -245,27 +358,35 @@ else
 fi
 
 # 5. the Python suite with the device, on the build's libgclip.so
+torch_rc=0
+if [ "${GCLIP_DEVICE_CHECK_PYTHON:-1}" != 0 ] && [ "$(time_left)" -ge 10 ]; then
+    timeout "$(probe_limit)" "$pyexe" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' \
+        >"$out/python-torch.log" 2>&1
+    torch_rc=$?
+fi
 if [ "${GCLIP_DEVICE_CHECK_PYTHON:-1}" = 0 ]; then
     :
-elif ! "$pyexe" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' \
-        >"$out/python-torch.log" 2>&1; then
-    skip python "$pyexe has no PyTorch that sees the device (python-torch.log)"
-    skip peers "$pyexe has no PyTorch that sees the device"
-elif [ $built = 0 ]; then
-    skip python "no build"
-    skip peers "no build"
+elif [ $torch_rc -ne 0 ]; then
+    why="$pyexe has no PyTorch that sees the device (python-torch.log)"
+    [ $torch_rc -eq 124 ] && why="$pyexe did not say in time whether PyTorch sees the device"
+    skip python "$why"
+    skip peers "$why"
 else
-    lib=$(cd "$build" && pwd)/libgclip.so
-    stage python 120 python.log env PYTHONPATH="$root/python" GCLIP_LIBRARY="$lib" \
-        XLA_PYTHON_CLIENT_PREALLOCATE=false \
-        "$pyexe" -m pytest -q -rs -p no:cacheprovider --junitxml="$out/pytest.xml" python/tests
-    if [ "$stage_status" = PASS ] && grep -q 'needs a CUDA device\|no CUDA device' "$out/python.log"; then
-        stage_status=FAIL
-        stage_note="CUDA tests skipped although the device is there"
+    if [ $built = 0 ]; then
+        skip python "no build"
+    else
+        lib=$(cd "$build" && pwd)/libgclip.so
+        stage python 120 python.log env PYTHONPATH="$root/python" GCLIP_LIBRARY="$lib" \
+            XLA_PYTHON_CLIENT_PREALLOCATE=false \
+            "$pyexe" -m pytest -q -rs -p no:cacheprovider --junitxml="$out/pytest.xml" python/tests
+        if [ "$stage_status" = PASS ] && grep -q 'needs a CUDA device\|no CUDA device' "$out/python.log"; then
+            stage_status=FAIL
+            stage_note="CUDA tests skipped although the device is there"
+        fi
+        finish python python.log
     fi
-    finish python python.log
-    # 6. the peer on the same device
-    stage peers 75 peers.log "$pyexe" bench/torch_cuda_steps.py --runs 7 --csv "$out/torch-cuda.csv"
+    # 6. the peer on the same device: needs PyTorch only
+    stage peers 75 peers.log "$pyexe" -u bench/torch_cuda_steps.py --runs 7 --csv "$out/torch-cuda.csv"
     finish peers peers.log
 fi
 
@@ -297,25 +418,7 @@ else
 fi
 
 # ---- summary ---------------------------------------------------------------------------
-total=$(($(date +%s) - t_start))
-{
-    printf '%-10s %-8s %8s %8s  %s\n' stage status seconds limit "log / note"
-    while IFS=$'\t' read -r name status secs limit log note; do
-        printf '%-10s %-8s %8s %8s  %s%s\n' "$name" "$status" "$secs" "$limit" "$log" \
-               "${note:+  ($note)}"
-    done <"$out/stages.tsv"
-    printf '%-10s %-8s %8s %8s\n' total "$([ $failed = 0 ] && echo PASS || echo FAIL)" \
-           "$total" "$total_budget"
-    if [ -f "$out/bench-cuda.csv" ]; then
-        echo
-        echo "CUDA bench (bench-cuda.csv):"
-        grep -E '^ *(workload|gpt2|many|tiny)' "$out/bench.log" || true
-    fi
-    if [ -f "$out/torch-cuda.csv" ]; then
-        echo
-        echo "PyTorch on the same device (torch-cuda.csv):"
-        grep -E '^ *(workload|gpt2|many|tiny)' "$out/peers.log" || true
-    fi
-} >>"$summary"
+write_summary final
+pack
 cat "$summary"
 exit $failed

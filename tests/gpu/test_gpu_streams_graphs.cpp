@@ -39,7 +39,10 @@ TEST_F(GpuStreamTest, CallerCurrentDeviceIsKept)
 {
     int n = 0;
     ASSERT_EQ(cudaGetDeviceCount(&n), cudaSuccess);
-    const int mine = n - 1; // a device other than the plan's when there are two
+    if (n < 2)
+        GTEST_SKIP() << "needs two CUDA devices (this machine has " << n
+                     << "): the caller's current device must differ from the plan's";
+    const int mine = n - 1; // a device other than the plan's
     GPU_ASSERT_CUDA(cudaSetDevice(0)); // the data and the plan live on device 0
     Paired pair({{GCLIP_F32, 1000, 1}}, 3);
     const OpArgs a = clipping(GCLIP_OP_CLIP_NORM, pair);
