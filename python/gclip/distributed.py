@@ -26,14 +26,19 @@ What counts on this rank, for a DTensor on a device mesh (as PyTorch's own
   (scaling is linear, so the sum is scaled by the same factor).
 
 A mesh of several dimensions is gathered dimension by dimension, last first,
-which leaves every rank of the mesh with the same array in row-major mesh
-order. With ``process_group=``, every tensor given counts on this rank and the
-partials are gathered over that group.
+which leaves every rank of the mesh with the same array in row-major order of
+the mesh coordinates (a dimension's process group lists its ranks by global
+rank; the gathered blocks are put in coordinate order). With
+``process_group=``, every tensor given counts on this rank and the partials are
+gathered over that group, which must contain this rank.
 
 Options that every rank must share: the norm type and the non-finite policy
 travel with each partial, and a rank that meets a foreign one raises
 ``GclipError`` (status MISMATCH) on every rank, writing nothing. ``max_norm``
-is not compared.
+is not compared. A rank that rejects its own input (a non-dense shard, a norm
+type <= 0 with ``process_group=``) joins the gather with a marked partial and
+then raises; on the CPU the other ranks raise the same exception type naming
+it, on CUDA their finalize reports MISMATCH. No rank is left waiting.
 """
 
 from __future__ import annotations
@@ -60,6 +65,11 @@ except ImportError:  # pragma: no cover - torch without DTensor
 _SLOT_WORDS = 10     # gclip_device_result: 10 32-bit words
 _SLOT_STATUS = 6     # index of its `status` word
 _PARTIAL_BYTES = 16  # sizeof(gclip_partial)
+# A rank that rejects its input still joins the gather, with a partial whose
+# fingerprint no options give (its low bits say p = 2, its other bits are none
+# of p = 2's), so that every rank raises instead of waiting for it.
+_REJECTED_FINGERPRINT = -4  # 0xfffffffc as int32
+_REJECTED_KINDS = (ValueError, TypeError, RuntimeError)  # coded 1, 2, 3 in `nonfinite`
 
 
 def is_dtensor(t) -> bool:
@@ -69,8 +79,8 @@ def is_dtensor(t) -> bool:
 def any_dtensor(tensors) -> bool:
     if DTensor is None:
         return False
-    for t in tensors:
-        if isinstance(t, DTensor):
+    for cls in set(map(type, tensors)):
+        if issubclass(cls, DTensor):
             return True
     return False
 
@@ -81,13 +91,14 @@ class _Split:
     """This rank's view of the gradients: the local tensors to scale, those to
     count, and how to gather (a device mesh or a process group)."""
 
-    __slots__ = ("apply", "counted", "mesh", "group")
+    __slots__ = ("apply", "counted", "mesh", "group", "rejected")
 
     def __init__(self, apply, counted, mesh=None, group=None):
         self.apply = apply
         self.counted = counted
         self.mesh = mesh
         self.group = group
+        self.rejected = None  # an exception raised once every rank has joined the gather
 
 
 def _is_sharded(p) -> bool:
@@ -135,10 +146,17 @@ def _split_dtensors(grads: List[Tensor]) -> _Split:
 
 
 def _split_group(grads: List[Tensor], group) -> _Split:
+    if dist.get_rank(group) < 0:
+        raise ValueError(f"gclip: this rank (global rank {dist.get_rank()}) is not a member of "
+                         "process_group; call with a group that contains it, on the group's "
+                         "ranks only")
     for i, g in enumerate(grads):
         if is_dtensor(g):
-            raise TypeError(f"gclip: gradient {i} is a DTensor; process_group= is for plain "
-                            "tensors (DTensors are reduced over their own device mesh)")
+            split = _Split([], [], group=group)
+            split.rejected = TypeError(
+                f"gclip: gradient {i} is a DTensor; process_group= is for plain tensors "
+                "(DTensors are reduced over their own device mesh)")
+            return split
     return _Split(list(grads), list(grads), group=group)
 
 
@@ -179,20 +197,36 @@ def _partial_bytes(entry) -> Tensor:
     return torch.from_dlpack(view).view(torch.uint8)
 
 
+def _mesh_line(mesh, d: int) -> List[int]:
+    """The global ranks along mesh dimension `d` through this rank, in order
+    of their coordinate on `d`."""
+    coord = mesh.get_coordinate()
+    index = tuple(slice(None) if i == d else c for i, c in enumerate(coord))
+    return mesh.mesh[index].reshape(-1).tolist()
+
+
 def _gather(send: Tensor, split: _Split) -> Tensor:
     """Every rank's 16-byte partial, in rank order of the group (row-major
-    order of the mesh), identical on every rank."""
+    order of the mesh coordinates), identical on every rank."""
     if split.mesh is not None:
-        groups = [split.mesh.get_group(d) for d in reversed(range(split.mesh.ndim))]
+        mesh = split.mesh
+        steps = [(mesh.get_group(d), _mesh_line(mesh, d)) for d in reversed(range(mesh.ndim))]
     else:
-        groups = [split.group]
+        steps = [(split.group, None)]
     buf = send
-    for group in groups:
+    for group, line in steps:
         n = dist.get_world_size(group)
         if n == 1:
             continue
         out = torch.empty(n * buf.numel(), dtype=torch.uint8, device=buf.device)
         dist.all_gather_into_tensor(out, buf, group=group)
+        if line is not None:
+            # a mesh dimension's group lists its ranks by global rank, which
+            # need not rise with the coordinate: put the blocks in coordinate order
+            ranks = dist.get_process_group_ranks(group)
+            if ranks != line:
+                blocks = out.view(n, -1)
+                out = torch.cat([blocks[ranks.index(r)] for r in line])
         buf = out
     return buf
 
@@ -201,8 +235,49 @@ def _mismatch_error() -> _lib.GclipError:
     return _lib.GclipError(
         _lib.MISMATCH,
         "gclip: ranks disagree on the norm type or the non-finite policy (a gathered partial "
-        "was made with other options than this rank's); every rank must pass the same "
-        "norm_type, nonfinite and error_if_nonfinite. Nothing was written.")
+        "was made with other options than this rank's, or by a rank that rejected its input); "
+        "every rank must pass the same norm_type, nonfinite and error_if_nonfinite. Nothing "
+        "was written.")
+
+
+def _fallback_device(split: _Split) -> torch.device:
+    """The device of the gather when this rank's tensors cannot say."""
+    if split.mesh is not None:
+        if split.mesh.device_type == "cuda":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device(split.mesh.device_type)
+    return _group_device(split.group)[0]
+
+
+def _join_rejected(split: _Split, error: Exception) -> None:
+    """Join the gather with a rejected partial, so that no peer waits for
+    this rank, then raise `error`."""
+    try:
+        device = _local_device(split)[0]
+    except Exception:
+        device = _fallback_device(split)
+    kind = next((k for k, cls in enumerate(_REJECTED_KINDS, 1) if isinstance(error, cls)), 3)
+    words = torch.tensor([0, 0x7ff80000, kind, _REJECTED_FINGERPRINT], dtype=torch.int32)
+    _gather(words.view(torch.uint8).to(device), split)
+    raise error
+
+
+def _raise_if_rejected(gathered: Tensor, split: _Split) -> None:
+    """On the CPU: raise when a peer joined the gather with a rejected partial
+    (on CUDA, reading would synchronize: finalize reports MISMATCH instead)."""
+    words = gathered.view(torch.int32).view(-1, 4)
+    found = (words[:, 3] == _REJECTED_FINGERPRINT).nonzero().view(-1).tolist()
+    if not found:
+        return
+    if split.mesh is not None:
+        ranks = [split.mesh.mesh.reshape(-1)[i].item() for i in found]
+    else:
+        ranks = [dist.get_global_rank(split.group, i) for i in found]
+    code = int(words[found[0], 2])
+    cls = _REJECTED_KINDS[code - 1] if 1 <= code <= len(_REJECTED_KINDS) else RuntimeError
+    who = f"rank {ranks[0]}" if len(ranks) == 1 else f"ranks {', '.join(map(str, ranks))}"
+    raise cls(f"gclip: {who} rejected its input (the exception raised there says why); "
+              "nothing was written on any rank")
 
 
 def _run(split: _Split, norm_type: float, max_norm: float, policy: int, apply: bool):
@@ -211,21 +286,28 @@ def _run(split: _Split, norm_type: float, max_norm: float, policy: int, apply: b
     from . import torch as gt
 
     every = split.apply + split.counted
-    device, dev_index = _local_device(split)
-    for i, t in enumerate(every):
-        gt._check_tensor(t, i)
-    stream = gt._current_stream(dev_index)
+    try:
+        if split.rejected is not None:
+            raise split.rejected
+        device, dev_index = _local_device(split)
+        for i, t in enumerate(every):
+            gt._check_tensor(t, i)
+        stream = gt._current_stream(dev_index)
 
-    counted = gt._bind(split.counted, device, dev_index, stream) if split.counted else \
-        gt._cache_of_thread().get([], device, dev_index, [])
-    plan = counted.plan
-    plan.run("norm_accumulate", plan.options(1.0, norm_type, 1e-6, 1.0, policy), stream)
-    send = torch.empty(_PARTIAL_BYTES, dtype=torch.uint8, device=device)
-    send.copy_(_partial_bytes(counted))
+        counted = gt._bind(split.counted, device, dev_index, stream) if split.counted else \
+            gt._cache_of_thread().get([], device, dev_index, [])
+        plan = counted.plan
+        plan.run("norm_accumulate", plan.options(1.0, norm_type, 1e-6, 1.0, policy), stream)
+        send = torch.empty(_PARTIAL_BYTES, dtype=torch.uint8, device=device)
+        send.copy_(_partial_bytes(counted))
+        target = gt._bind(split.apply, device, dev_index, stream) if split.apply else counted
+    except Exception as e:
+        _join_rejected(split, e)
     gathered = _gather(send, split)
+    if dev_index < 0:
+        _raise_if_rejected(gathered, split)
     count = gathered.numel() // _PARTIAL_BYTES
 
-    target = gt._bind(split.apply, device, dev_index, stream) if split.apply else counted
     plan = target.plan
     plan.finalize(plan.options(max_norm, norm_type, 1e-6, 1.0, policy), gathered.data_ptr(),
                   count, stream)
@@ -267,6 +349,26 @@ def _split(grads: List[Tensor], process_group) -> _Split:
     return _split_dtensors(grads)
 
 
+def _joinable(group) -> bool:
+    """Whether this rank can take part in a gather over `group`."""
+    try:
+        return dist.is_initialized() and dist.get_rank(group) >= 0
+    except Exception:  # not a process group
+        return False
+
+
+def _reject_options(group, grads: List[Tensor], message: str) -> _Split:
+    """The split of a process_group= call whose options this rank rejects:
+    it joins the gather before raising, when it can."""
+    error = ValueError(message)
+    if not _joinable(group):
+        raise error
+    split = _split_group(grads, group)
+    split.apply, split.counted = [], []
+    split.rejected = error
+    return split
+
+
 def _gclip_takes(grads: List[Tensor], norm_type: float, fp32_norm: bool, is_mesh: bool) -> bool:
     if not (norm_type > 0) or math.isnan(norm_type):
         return False
@@ -285,10 +387,13 @@ def clip_grad_norm(grads: List[Tensor], max_norm: float, norm_type: float,
     is_mesh = process_group is None
     if not _gclip_takes(grads, norm_type, fp32_norm, is_mesh) or max_norm < 0:
         if not is_mesh:
-            raise ValueError(f"gclip: process_group= takes norm types > 0 and max_norm >= 0 "
-                             f"(got norm_type={norm_type}, max_norm={max_norm})")
-        return _torch_clip(grads, max_norm, norm_type, error_if_nonfinite, skip)
-    split = _split(grads, process_group)
+            split = _reject_options(process_group, grads,
+                                    f"gclip: process_group= takes norm types > 0 and max_norm "
+                                    f">= 0 (got norm_type={norm_type}, max_norm={max_norm})")
+        else:
+            return _torch_clip(grads, max_norm, norm_type, error_if_nonfinite, skip)
+    else:
+        split = _split(grads, process_group)
     policy = _lib.ERROR if error_if_nonfinite else (_lib.SKIP if skip else _lib.PROPAGATE)
     target = _run(split, norm_type, max_norm, policy, True)
     device, dev_index = _local_device(split)
@@ -310,9 +415,13 @@ def total_norm(tensors: List[Tensor], norm_type: float, error_if_nonfinite: bool
     is_mesh = process_group is None
     if not _gclip_takes(tensors, norm_type, fp32_norm, is_mesh):
         if not is_mesh:
-            raise ValueError(f"gclip: process_group= takes norm types > 0 (got {norm_type})")
-        return torch.nn.utils.get_total_norm(tensors, norm_type, error_if_nonfinite)
-    split = _split(tensors, process_group)
+            split = _reject_options(process_group, tensors,
+                                    f"gclip: process_group= takes norm types > 0 (got "
+                                    f"{norm_type})")
+        else:
+            return torch.nn.utils.get_total_norm(tensors, norm_type, error_if_nonfinite)
+    else:
+        split = _split(tensors, process_group)
     target = _run(split, norm_type, 1.0, _lib.PROPAGATE, False)
     device, dev_index = _local_device(split)
     norm = _status_checked(target, device, dev_index)

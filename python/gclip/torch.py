@@ -641,7 +641,9 @@ def _clip_grads_with_norm_impl(grads, max_norm, total_norm, skip):
         total_norm = torch.tensor(float(total_norm))
     overlapping = False
     dtypes = list(map(_get_dtype, grads))
-    single = _single_device(grads)
+    # DTensors (FSDP2: get_total_norm, then this) take PyTorch's DTensor arithmetic
+    single = None if _distributed.any_dtensor(grads) or _distributed.is_dtensor(total_norm) \
+        else _single_device(grads)
     if (_HAS_WITH_NORM and single is not None and _fast_dtypes(dtypes, False) and max_norm >= 0
             and total_norm.dtype is torch.float32 and total_norm.numel() == 1):
         device, dev_index = single
@@ -683,7 +685,7 @@ def clip_grad_value_(parameters: _tensor_or_tensors, clip_value: float,
 
 def _clip_grad_value_impl(grads, clip_value):
     dtypes = list(map(_get_dtype, grads))
-    single = _single_device(grads)
+    single = None if _distributed.any_dtensor(grads) else _single_device(grads)
     if single is not None and _fast_dtypes(dtypes, True) and clip_value >= 0:
         device, dev_index = single
         stream = _current_stream(dev_index)
@@ -693,7 +695,7 @@ def _clip_grad_value_impl(grads, clip_value):
             _written(grads)
             return
     # negative or NaN clip_value, float64, several devices, a repeated gradient
-    # (clamping twice is clamping once): PyTorch's own clamps
+    # (clamping twice is clamping once), DTensors: PyTorch's own clamps
     _validate(grads)
     groups = {}
     for g in grads:

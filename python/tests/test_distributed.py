@@ -7,6 +7,7 @@ bits, and the tests below read those records. Data is seeded and never all
 zero; the same full tensors are built on every rank.
 """
 
+import hashlib
 import json
 import math
 import os
@@ -24,6 +25,7 @@ if not dist.is_available():  # pragma: no cover
 pytest.importorskip("torch.distributed.tensor")
 
 import torch.multiprocessing as mp  # noqa: E402
+from torch.distributed.device_mesh import DeviceMesh  # noqa: E402
 from torch.distributed.tensor import (  # noqa: E402
     DTensor, Partial, Replicate, Shard, distribute_tensor, init_device_mesh,
 )
@@ -382,6 +384,216 @@ def _scenario_mismatch(rec, ws, rank):
               "after the mismatch")
 
 
+def _same_on_every_rank(rec, name, value):
+    """Record whether `value` (bits, as a string) is the same on every rank."""
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, value)
+    rec.check(name, len(set(everyone)) == 1, f"per rank {everyone}")
+
+
+def _scenario_custom_mesh(rec, ws, rank):
+    """A 2 x 2 mesh whose global ranks do not rise with the coordinate: the
+    partials are folded in mesh-coordinate order on every rank. Gradients are
+    checked shard by shard (full_tensor() of torch 2.15 puts the shards of
+    such a mesh in another order on some ranks)."""
+    if ws != 4:
+        return
+    mesh = DeviceMesh("cpu", torch.tensor([[0, 3], [1, 2]]))
+    gen = torch.Generator().manual_seed(314)
+    coord = mesh.get_coordinate()
+    # one element per rank, powers of two with seeded exponent and signs, so
+    # that each rank's clipped element is its factor times a power of two; the
+    # float32 sum (p = 1) of a and b is a tie that c and d break upwards, so
+    # a fold of (a, b, c, d) and one of (c, d, b, a) round apart
+    for trial in range(4):
+        e = int(torch.randint(-6, 7, (1,), generator=gen))
+        signs = torch.randint(0, 2, (4,), generator=gen).float() * 2 - 1
+        full = torch.tensor([2.0 ** e, 2.0 ** (e - 24), 2.0 ** (e - 53), 2.0 ** (e - 53)]) * signs
+        exact = math.fsum(abs(x) for x in full.double().tolist())
+        d = distribute_tensor(full.clone(), mesh, [Shard(0), Shard(0)])
+        gn = gt.get_total_norm([d], 1.0)
+        rec.close("custom_mesh_matches_reference", _as_float(gn), exact, 1e-6, f"trial {trial}")
+        _same_on_every_rank(rec, "custom_mesh_bitwise_across_ranks", _bits(float(gn.to_local())))
+        p = torch.nn.Parameter(distribute_tensor(torch.zeros_like(full), mesh, [Shard(0), Shard(0)]))
+        p.grad = distribute_tensor(full.clone(), mesh, [Shard(0), Shard(0)])
+        before = p.grad.to_local().clone()
+        gn = gt.clip_grad_norm_([p], MAX_NORM * 2.0 ** e, 1.0)
+        rec.close("custom_mesh_matches_reference", _as_float(gn), exact, 1e-6, f"trial {trial}")
+        _same_on_every_rank(rec, "custom_mesh_bitwise_across_ranks", _bits(float(gn.to_local())))
+        factor = float(p.grad.to_local()[0]) / float(before[0])
+        _same_on_every_rank(rec, "custom_mesh_bitwise_across_ranks", _bits(factor))
+        want = before.double() * (MAX_NORM * 2.0 ** e / (exact + 1e-6))
+        got = p.grad.to_local().double()
+        rec.check("custom_mesh_matches_reference", torch.allclose(got, want, rtol=2e-6, atol=0),
+                  f"trial {trial} coord {coord}: max diff {_maxdiff(got, want)}")
+
+    spec = [
+        (_full((8, 6), gen), [Shard(0), Shard(1)]),
+        (_full((7, 5), gen, 2.0), [Shard(0), Replicate()]),
+        (_full((9,), gen, 0.25), [Replicate(), Shard(0)]),
+    ]
+    fulls = [f for f, _ in spec]
+    tparams, gparams = _params_like(spec, mesh)
+    before = [q.grad.to_local().clone() for q in gparams]
+    for p in (2.0, 1.0, math.inf, 3.0):
+        gn = gt.get_total_norm([q.grad for q in gparams], p)
+        tn = torch.nn.utils.get_total_norm([q.grad for q in tparams], p)
+        rec.close("custom_mesh_matches_reference", _as_float(gn), _ref_norm(fulls, p), 1e-6,
+                  f"p={p}")
+        rec.close("custom_mesh_matches_reference", _as_float(gn), _as_float(tn), 2e-6,
+                  f"p={p}, torch")
+        _same_on_every_rank(rec, "custom_mesh_bitwise_across_ranks", _bits(float(gn.to_local())))
+    gn = gt.clip_grad_norm_(gparams, MAX_NORM)
+    ref = _ref_norm(fulls, 2.0)
+    rec.close("custom_mesh_matches_reference", _as_float(gn), ref, 1e-6, "clip")
+    _same_on_every_rank(rec, "custom_mesh_bitwise_across_ranks", _bits(float(gn.to_local())))
+    for i, gp in enumerate(gparams):
+        got = gp.grad.to_local().double()
+        want = before[i].double() * (MAX_NORM / (ref + 1e-6))
+        rec.check("custom_mesh_matches_reference", torch.allclose(got, want, rtol=2e-6, atol=1e-9),
+                  f"tensor {i}: max diff {_maxdiff(got, want)}")
+
+
+def _digest(t) -> str:
+    return hashlib.sha256(t.detach().contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def _scenario_dtensor_with_norm_and_value(rec, ws, rank):
+    """The FSDP2 idiom get_total_norm + clip_grads_with_norm_, and
+    clip_grad_value_, on DTensor gradients: PyTorch's result bit for bit."""
+    mesh = init_device_mesh("cpu", (ws,))
+    gen = torch.Generator().manual_seed(808)
+    spec = [(_full((4 * ws, 3), gen), [Shard(0)]), (_full((5,), gen, 2.0), [Replicate()]),
+            (_full((3, 2 * ws + 1), gen), [Shard(1)])]
+    fulls = [f for f, _ in spec]
+    ref = _ref_norm(fulls, 2.0)
+    for nonfinite in ("propagate", "skip"):
+        name = "dtensor_clip_grads_with_norm_matches_torch"
+        tparams, gparams = _params_like(spec, mesh)
+        try:
+            tn = torch.nn.utils.get_total_norm([q.grad for q in tparams])
+            torch.nn.utils.clip_grads_with_norm_(tparams, MAX_NORM, tn)
+            gn = gt.get_total_norm([q.grad for q in gparams])
+            rec.close(name, _as_float(gn), ref, 1e-6, "gclip's norm against the reference")
+            gt.clip_grads_with_norm_(gparams, MAX_NORM, tn, nonfinite=nonfinite)
+            for i, (tp, gp) in enumerate(zip(tparams, gparams)):
+                rec.check(name, isinstance(gp.grad, DTensor), f"tensor {i}: {type(gp.grad)}")
+                g_full, t_full = gp.grad.full_tensor(), tp.grad.full_tensor()
+                rec.check(name, _digest(g_full) == _digest(t_full),
+                          f"{nonfinite} tensor {i}: max diff {_maxdiff(g_full, t_full)}")
+                want = fulls[i].double() * (MAX_NORM / (ref + 1e-6))
+                rec.check(name, torch.allclose(g_full.double(), want, rtol=2e-6, atol=1e-9),
+                          f"tensor {i}: max diff {_maxdiff(g_full.double(), want)} from the reference")
+            # with gclip's own (replicated DTensor) norm, as FSDP2 code does
+            _, gparams = _params_like(spec, mesh)
+            gt.clip_grads_with_norm_(gparams, MAX_NORM, gn, nonfinite=nonfinite)
+            for i, gp in enumerate(gparams):
+                want = fulls[i].double() * (MAX_NORM / (ref + 1e-6))
+                g_full = gp.grad.full_tensor().double()
+                rec.check(name, torch.allclose(g_full, want, rtol=2e-6, atol=1e-9),
+                          f"gclip norm, tensor {i}: max diff {_maxdiff(g_full, want)}")
+        except Exception:
+            rec.check(name, False, traceback.format_exc())
+
+    name = "dtensor_clip_grad_value_matches_torch"
+    tparams, gparams = _params_like(spec, mesh)
+    try:
+        torch.nn.utils.clip_grad_value_(tparams, 0.3)
+        gt.clip_grad_value_(gparams, 0.3)
+        for i, (tp, gp) in enumerate(zip(tparams, gparams)):
+            g_full, t_full = gp.grad.full_tensor(), tp.grad.full_tensor()
+            rec.check(name, isinstance(gp.grad, DTensor) and _digest(g_full) == _digest(t_full),
+                      f"tensor {i}: max diff {_maxdiff(g_full, t_full)}")
+            rec.check(name, torch.equal(g_full, fulls[i].clamp(-0.3, 0.3)), f"tensor {i}")
+    except Exception:
+        rec.check(name, False, traceback.format_exc())
+
+
+def _scenario_not_member(rec, ws, rank):
+    """process_group= a group without this rank: ValueError, nothing written."""
+    group = dist.new_group([0])
+    gen = torch.Generator().manual_seed(77 + rank)
+    shard = _full((6,), gen)
+    q = torch.nn.Parameter(torch.zeros_like(shard))
+    q.grad = shard.clone()
+    name = "pg_not_member_raises"
+    for what, call in (
+        ("total", lambda: gt.get_total_norm([shard], process_group=group)),
+        ("clip", lambda: gt.clip_grad_norm_([q], MAX_NORM, process_group=group)),
+    ):
+        try:
+            gn = call()
+            rec.check(name, rank == 0, f"{what}: no exception on rank {rank}")
+            if rank == 0:
+                rec.close(name, float(gn), _ref_norm([shard], 2.0), 1e-6, what)
+        except Exception as e:
+            rec.check(name, rank != 0 and isinstance(e, ValueError) and "not a member" in str(e),
+                      f"{what}: {type(e).__name__}: {e}")
+    if rank != 0:
+        rec.check(name, torch.equal(q.grad.view(torch.int32), shard.view(torch.int32)),
+                  "a gradient was written")
+
+
+def _scenario_rejected_on_one_rank(rec, ws, rank):
+    """One rank rejects its input before the gather (a non-dense shard, a norm
+    type <= 0): it raises its own error, every other rank raises one naming
+    it, none waits for the collective timeout, and nothing is written."""
+    last = ws - 1
+    mesh = init_device_mesh("cpu", (ws,))
+    gen = torch.Generator().manual_seed(4242)
+    full = _full((2 * ws, 4), gen)
+    mine = torch.tensor_split(full.reshape(-1), ws)[rank].clone()
+    spaced = torch.stack([mine, torch.ones_like(mine)], 1).reshape(-1)  # mine at even indices
+
+    def pg_shard():
+        return spaced[::2] if rank == last else mine.clone()
+
+    def mesh_grad():
+        local = distribute_tensor(full.clone(), mesh, [Shard(0)]).to_local()
+        if rank == last:
+            local = torch.stack([local, torch.ones_like(local)], -1)[..., 0]
+        return DTensor.from_local(local, mesh, [Shard(0)], run_check=False)
+
+    def param(grad):
+        q = torch.nn.Parameter(torch.zeros_like(grad))
+        q.grad = grad
+        return q
+
+    name = "rejected_on_one_rank_raises_everywhere"
+    cases = (
+        ("pg_noncontig_total", lambda g: gt.get_total_norm([g], process_group=dist.group.WORLD),
+         pg_shard, False, "not dense"),
+        ("pg_noncontig_clip", lambda q: gt.clip_grad_norm_([q], MAX_NORM,
+                                                           process_group=dist.group.WORLD),
+         pg_shard, True, "not dense"),
+        ("pg_norm_type", lambda q: gt.clip_grad_norm_([q], MAX_NORM,
+                                                      norm_type=2.0 if rank != last else -1.0,
+                                                      process_group=dist.group.WORLD),
+         lambda: mine.clone(), True, "norm types > 0"),
+        ("mesh_noncontig_clip", lambda q: gt.clip_grad_norm_([q], MAX_NORM), mesh_grad, True,
+         "not dense"),
+    )
+    for what, call, make, as_param, own in cases:
+        grad = make()
+        before = (grad.to_local() if isinstance(grad, DTensor) else grad).clone()
+        arg = param(grad) if as_param else grad
+        try:
+            call(arg)
+            rec.check(name, False, f"{what}: no exception on rank {rank}")
+        except ValueError as e:
+            want = own if rank == last else f"rank {last} rejected its input"
+            rec.check(name, want in str(e), f"{what}: rank {rank}: {e}")
+        except Exception as e:
+            rec.check(name, False, f"{what}: rank {rank}: {type(e).__name__}: {e}")
+        after = arg.grad if as_param else arg
+        after = after.to_local() if isinstance(after, DTensor) else after
+        rec.check(name, torch.equal(before.view(torch.int32), after.view(torch.int32)),
+                  f"{what}: a gradient was written on rank {rank}")
+    # the next call with good input on every rank is whole again
+    gn = gt.get_total_norm([mine], process_group=dist.group.WORLD)
+    rec.close(name, float(gn), _ref_norm([full], 2.0), 1e-6, "after the rejections")
+
+
 def _worker(rank, ws, store, outdir):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=ws,
@@ -389,7 +601,9 @@ def _worker(rank, ws, store, outdir):
     rec = _Recorder(rank)
     try:
         for scenario in (_scenario_1d, _scenario_2d, _scenario_nonfinite,
-                         _scenario_process_group, _scenario_mismatch):
+                         _scenario_process_group, _scenario_mismatch, _scenario_custom_mesh,
+                         _scenario_dtensor_with_norm_and_value, _scenario_not_member,
+                         _scenario_rejected_on_one_rank):
             scenario(rec, ws, rank)
             dist.barrier()
     except Exception:
@@ -516,6 +730,41 @@ def test_mismatched_norm_types_raise_on_every_rank(ws, tmp_path_factory):
     """Rank 0 passes another norm type (or non-finite policy): every rank
     raises GclipError MISMATCH, nothing is written, the next call works."""
     _expect(ws, "mismatch_raises_every_rank", tmp_path_factory)
+
+
+@pytest.mark.parametrize("name", ["custom_mesh_bitwise_across_ranks",
+                                  "custom_mesh_matches_reference"])
+def test_custom_mesh_folds_in_coordinate_order(name, tmp_path_factory):
+    """DeviceMesh("cpu", [[0, 3], [1, 2]]): global ranks do not rise with the
+    mesh coordinate. Every rank folds the partials in row-major coordinate
+    order, so the norm and each rank's factor have the same bits everywhere,
+    on data whose float32 norm depends on that order; the norm matches the
+    float64 reference (and torch's)."""
+    _expect(4, name, tmp_path_factory)
+
+
+@ws_params
+@pytest.mark.parametrize("name", ["dtensor_clip_grads_with_norm_matches_torch",
+                                  "dtensor_clip_grad_value_matches_torch"])
+def test_dtensor_clip_grads_with_norm_and_value(ws, name, tmp_path_factory):
+    """clip_grads_with_norm_ (after get_total_norm, as FSDP2 code does) and
+    clip_grad_value_ take DTensor gradients and give torch's gradients."""
+    _expect(ws, name, tmp_path_factory)
+
+
+@ws_params
+def test_process_group_without_this_rank(ws, tmp_path_factory):
+    """A process_group that does not contain the calling rank: ValueError
+    naming it, gradients untouched; the group's own rank is served."""
+    _expect(ws, "pg_not_member_raises", tmp_path_factory)
+
+
+@ws_params
+def test_input_rejected_on_one_rank_raises_on_every_rank(ws, tmp_path_factory):
+    """A non-dense shard (process_group= and DTensor) or a norm type <= 0
+    (process_group=) on the last rank: that rank raises its own ValueError,
+    the others a ValueError naming it, at once; nothing is written."""
+    _expect(ws, "rejected_on_one_rank_raises_everywhere", tmp_path_factory)
 
 
 def test_results_bitwise_identical_across_runs(tmp_path_factory):
