@@ -18,6 +18,7 @@
 
 #include "gclip.h"
 
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -479,6 +480,19 @@ inline float expected_coef(float norm, float max_norm, float eps)
     const float recip = 1.0f / denom;
     const float c = recip * max_norm;
     return std::isnan(c) ? c : std::fmin(c, 1.0f);
+}
+
+// The coefficient of an operation whose max_norm is given by value
+// (docs/semantics.md): for max_norm 0 and +Inf the operation raises eps to
+// FLT_MIN and lowers it to 1e30, so that 0 x Inf never makes the
+// coefficient of a finite norm NaN (0 and 1 instead).
+inline float expected_op_coef(float norm, float max_norm, float eps)
+{
+    if (max_norm == 0.0f && eps < FLT_MIN)
+        eps = FLT_MIN;
+    else if (max_norm == INFINITY && eps > 1e30f)
+        eps = 1e30f;
+    return expected_coef(norm, max_norm, eps);
 }
 
 // Element after multiplication by `factor`: float product, rounded to the

@@ -348,7 +348,7 @@ void check_norm_op(State &s, int op, const gclip_norm_options &o, const std::vec
     CHECK(rs == (nonfinite && o.nonfinite == GCLIP_NONFINITE_ERROR ? GCLIP_STATUS_NONFINITE : GCLIP_STATUS_SUCCESS));
     const bool skip = nonfinite && o.nonfinite != GCLIP_NONFINITE_PROPAGATE;
     if (op == GLOBAL && !skip) {
-        const float coef = oracle::expected_coef(r.total_norm, o.max_norm, o.eps);
+        const float coef = oracle::expected_op_coef(r.total_norm, o.max_norm, o.eps);
         CHECK(oracle::float_to_bits(r.clip_coef) == oracle::float_to_bits(coef));
         CHECK(oracle::float_to_bits(r.scale) == oracle::float_to_bits(coef * o.inv_scale));
     } else {
@@ -359,7 +359,7 @@ void check_norm_op(State &s, int op, const gclip_norm_options &o, const std::vec
         if (op == GLOBAL)
             f = r.scale;
         else if (op == PER_TENSOR && !skip)
-            f = oracle::expected_coef(pre_norms[i], o.max_norm, o.eps) * o.inv_scale;
+            f = oracle::expected_op_coef(pre_norms[i], o.max_norm, o.eps) * o.inv_scale;
         for (int64_t k = 0; k < s.tensors[i].numel; ++k) {
             const float x = oracle::load(orig[i].data, orig[i].dtype, k);
             if (f == 1.0f) // nothing may be written at all: compare raw bits

@@ -157,7 +157,7 @@ TEST(Large, Bf16TensorOver2Pow31Elements)
     ASSERT_EQ(gclip_get_result(plan.get(), &r), GCLIP_STATUS_SUCCESS);
     EXPECT_TRUE(oracle::rel_close(r.total_norm, want_l2, 1e-6L))
         << r.total_norm << " vs " << static_cast<double>(want_l2);
-    const float coef = oracle::expected_coef(r.total_norm, o.max_norm, o.eps);
+    const float coef = oracle::expected_op_coef(r.total_norm, o.max_norm, o.eps);
     EXPECT_EQ(r.clip_coef, coef);
     EXPECT_EQ(r.scale, coef);
     ASSERT_LT(r.scale, 0.5f);
@@ -216,7 +216,7 @@ TEST(Large, HundredThousandTensors)
     int64_t bad_norms = 0, bad_elems = 0, clipped = 0;
     for (std::size_t i = 0; i < t.size(); ++i) {
         bad_norms += !oracle::rel_close(tn[i], want.per_tensor[i], 1e-6L);
-        const float factor = oracle::expected_coef(tn[i], o.max_norm, o.eps) * o.inv_scale;
+        const float factor = oracle::expected_op_coef(tn[i], o.max_norm, o.eps) * o.inv_scale;
         clipped += factor < o.inv_scale;
         for (int64_t k = 0; k < bufs[i].numel(); ++k) {
             const float e = oracle::expected_scaled(originals[i].get(k), factor, bufs[i].dtype());

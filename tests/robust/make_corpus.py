@@ -115,6 +115,16 @@ seeds = {
     'inv_scale_denorm': seed(32, [tensor(0, 8)], [norm_op(GLOBAL, inv_scale='denorm')], NORMAL),
     'inv_scale_huge': seed(32, [tensor(0, 8)], [norm_op(GLOBAL, inv_scale=1e30, max_norm='inf')], NORMAL),
     'max_norm_zero': seed(32, [tensor(0, 8)], [norm_op(GLOBAL, max_norm='0')], NORMAL),
+    # max_norm 0 with eps 0 over subnormals (N + eps has no float reciprocal)
+    # and max_norm +Inf with eps past FLT_MAX - N: 0 x Inf, coefficients 0 and 1
+    'max_norm_zero_eps_zero': seed(32, [tensor(0, 8)],
+                                   [norm_op(PER_TENSOR, max_norm='0', eps='0'),
+                                    norm_op(GLOBAL, max_norm='0', eps='0')],
+                                   struct.pack('<8I', 1, 2, 3, 0x7fffff, 0x80000001, 5, 6, 7)),
+    'max_norm_inf_eps_huge': seed(16, [tensor(0, 1)],
+                                  [norm_op(GLOBAL, max_norm='inf', eps=('raw', 1e38)),
+                                   norm_op(PER_TENSOR, max_norm='inf', eps=('raw', 1e38))],
+                                  struct.pack('<4f', 3e38, 0, 0, 0)),
     'p_half': seed(32, [tensor(0, 8)], [norm_op(GLOBAL, p=0.5, max_norm=1.0)], NORMAL),
     'p_tiny': seed(32, [tensor(0, 8)], [norm_op(TOTAL, p=('raw', 1e-3))], NORMAL),
     'bad_options': seed(32, [tensor(0, 8)],
