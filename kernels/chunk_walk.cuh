@@ -379,21 +379,21 @@ __device__ __forceinline__ bool gclip_chunk_is_small(const gclip_chunk_view &c)
     return gclip_span_is_small((uintptr_t)c.base, c.count, c.dtype) != 0;
 }
 
-/* Whether chunk c (< end, else 0) is small; if it is, lane l of the calling
- * warp also asks L2 for the chunk's l-th 128-byte line (the first 32 lines:
- * a small chunk may reach into one or two more, not asked for). The norm kernel
- * calls it with every lane of a warp on the chunk that warp walks next, one
- * step ahead, and the write kernels likewise (gclip_for_block_chunks): the
- * table loads are broadcasts, and the chunk's data is on its way from
- * memory while the block finishes the step it is in. */
-__device__ __forceinline__ uint32_t gclip_look_ahead(const gclip_device_tables &t, uint32_t c,
-                                                     uint32_t end)
+/* If chunk c (< end) is small, lane l of the calling warp asks L2 for the
+ * chunk's l-th 128-byte line (the first 32 lines: a small chunk may reach
+ * into one or two more, not asked for). The norm kernel's warps call it on
+ * the small chunk each walks next, before loading the one it is at, and the
+ * write kernels' warps on their next step's chunk (gclip_for_block_chunks):
+ * the table loads are broadcasts, and the chunk's data is on its way from
+ * memory while the warp finishes the chunk it is at. */
+__device__ __forceinline__ void gclip_look_ahead(const gclip_device_tables &t, uint32_t c,
+                                                 uint32_t end)
 {
     if (c >= end)
-        return 0u;
+        return;
     const gclip_chunk_view v = gclip_chunk_at(t, c);
     if (!gclip_chunk_is_small(v))
-        return 0u;
+        return;
     /* lane l: the chunk's l-th line, named by an address inside the chunk
      * (lane 0 by the chunk's start, which may lie past its line's start),
      * so that no request names memory outside the tensor */
@@ -401,7 +401,6 @@ __device__ __forceinline__ uint32_t gclip_look_ahead(const gclip_device_tables &
     const uintptr_t line = lane == 0 ? base : (base & ~(uintptr_t)127) + (uintptr_t)128 * lane;
     if (line < base + (uintptr_t)v.count * (uintptr_t)gclip_dtype_size(v.dtype))
         gclip_prefetch_l2((const void *)line);
-    return 1u;
 }
 
 /* The table entries of the steps ahead, asked into L1 by the calling
@@ -468,7 +467,7 @@ __device__ __forceinline__ void gclip_for_block_chunks(const gclip_device_tables
         /* warp w's chunk of the next step, if small, on its way to L2 */
         const uint64_t mine_next = (uint64_t)c + (uint64_t)(step + warp) * gridDim.x;
         if (mine_next < t.num_chunks)
-            (void)gclip_look_ahead(t, (uint32_t)mine_next, t.num_chunks);
+            gclip_look_ahead(t, (uint32_t)mine_next, t.num_chunks);
     }
 }
 

@@ -470,18 +470,16 @@ TEST(EmuWarpBarrier, MissingWarpBarrierGivesWrongResultInSomeOrder)
 
 TEST(EmuWarpBarrier, DifferentSitesAndABlockBarrierAreReported)
 {
-    use_schedule(Order::reverse, Order::forward);
-    EXPECT_EQ(GCLIP_LAUNCH(two_warp_barrier_sites, 1, kWarpBlock, nullptr),
-              gclip_emu::kErrDivergence);
-    EXPECT_NE(std::string(gclip_emu::error_message()).find("divergent __syncwarp"),
-              std::string::npos)
-        << gclip_emu::error_message();
-    use_schedule(Order::forward, Order::forward);
-    EXPECT_EQ(GCLIP_LAUNCH(warp_barrier_meets_block_barrier, 1, kWarpBlock, nullptr),
-              gclip_emu::kErrDivergence);
-    EXPECT_NE(std::string(gclip_emu::error_message()).find("thread 5 at __syncthreads"),
-              std::string::npos)
-        << gclip_emu::error_message();
+    // the launch fails as divergent, with `what` in the message
+    const auto expect_divergence = [](void (*kernel)(), Order threads, const char *what) {
+        use_schedule(threads, Order::forward);
+        EXPECT_EQ(GCLIP_LAUNCH(kernel, 1, kWarpBlock, nullptr), gclip_emu::kErrDivergence);
+        EXPECT_NE(std::string(gclip_emu::error_message()).find(what), std::string::npos)
+            << gclip_emu::error_message();
+    };
+    expect_divergence(two_warp_barrier_sites, Order::reverse, "divergent __syncwarp");
+    expect_divergence(warp_barrier_meets_block_barrier, Order::forward,
+                      "thread 5 at __syncthreads");
     use_schedule(Order::forward, Order::forward);
     EXPECT_EQ(GCLIP_LAUNCH(warp_barrier_with_a_mask, 1, kWarpBlock, nullptr),
               gclip_emu::kErrConfiguration);
