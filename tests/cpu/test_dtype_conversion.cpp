@@ -174,6 +174,9 @@ TEST_P(HalfUpdate, SmallTensorsOfEveryPatternAreBitExact)
             ASSERT_EQ(gclip_clip_grads_with_norm(plan.get(), &o, 1.0f, nullptr, nullptr),
                       GCLIP_STATUS_SUCCESS);
             const float applied = testutil::result_of(plan.get()).scale;
+            // max_norm 1e30 leaves the coefficient at 1 (the factor is
+            // inv_scale); max_norm 0 makes it 0
+            ASSERT_EQ(applied, trial == 4 ? 0.0f : r);
             EXPECT_EQ(check(dt, before, p.data(), [=](float x) { return x * applied; }, "scale"), 0)
                 << "factor " << applied;
         } else {

@@ -64,8 +64,11 @@ protected:
         const uint64_t other_sum = oracle::checksum(other);
         gclip_norm_options o = testutil::norm_options(r.total_norm / 4);
         ASSERT_EQ(gclip_clip_grad_norm(plan.get(), &o, nullptr), GCLIP_STATUS_SUCCESS) << what;
-        const float factor = testutil::result_of(plan.get()).scale;
+        const gclip_result clipped = testutil::result_of(plan.get());
+        const float factor = clipped.scale;
         ASSERT_LT(factor, 1.0f);
+        EXPECT_EQ(clipped.total_norm, r.total_norm) << what;
+        EXPECT_EQ(factor, oracle::expected_coef(clipped.total_norm, o.max_norm, o.eps)) << what;
         for (size_t k = 0; k < target.size(); ++k)
             for (int64_t i = 0; i < target[k].numel(); ++i)
                 ASSERT_EQ(target[k].get(i),

@@ -402,10 +402,18 @@ TEST(StepContract, F64GradientsAreNormedAndScaledInDouble)
             ASSERT_EQ(oracle::load_f64(bufs[k].data(), i),
                       oracle::load_f64(snap[k].data(), i) * static_cast<double>(c.scale))
                 << k << " " << i;
+    const std::vector<TestBuffer> scaled = bufs;
     ASSERT_EQ(gclip_clip_grad_value(p.get(), 1.0f, nullptr), GCLIP_STATUS_SUCCESS);
+    // each double clamped to [-1, 1] in double: the ones inside kept bit for bit
+    size_t inside = 0;
     for (size_t k = 0; k < bufs.size(); ++k)
-        for (int64_t i = 0; i < bufs[k].numel(); ++i)
-            ASSERT_LE(std::fabs(oracle::load_f64(bufs[k].data(), i)), 1.0) << k << " " << i;
+        for (int64_t i = 0; i < bufs[k].numel(); ++i) {
+            const double x = oracle::load_f64(scaled[k].data(), i);
+            inside += std::fabs(x) < 1.0 ? 1u : 0u;
+            ASSERT_EQ(oracle::load_f64(bufs[k].data(), i), x < -1.0 ? -1.0 : (x > 1.0 ? 1.0 : x))
+                << k << " " << i;
+        }
+    EXPECT_GT(inside, 0u); // the data straddles the bound
 }
 
 } // namespace
