@@ -66,8 +66,11 @@ static gclip_status build_tensor_table(gclip_plan *p, const gclip_tensor *tensor
         gclip_status s = gclip_validate_tensor(&tensors[i], i);
         if (s != GCLIP_STATUS_SUCCESS)
             return s;
-        /* counted in 64 bits and checked before the 32-bit count is kept:
-         * a tensor of 2^48 elements or more has 2^32 chunks or more */
+        /* counted in 64 bits (numel up to 2^63 - 1 makes up to 2^47 chunks)
+         * and checked, with the chunks of the tensors before it, against
+         * GCLIP_MAX_CHUNKS before the 32-bit counts are kept: a tensor of
+         * more than (2^31 - 1) * 65536 elements is refused on its own, and
+         * so is one that takes the plan's total past 2^31 - 1 chunks */
         const uint64_t n =
             ((uint64_t)tensors[i].numel + GCLIP_CHUNK_ELEMS - 1) / GCLIP_CHUNK_ELEMS;
         if (n > GCLIP_MAX_CHUNKS - chunks)

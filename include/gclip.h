@@ -297,7 +297,12 @@ GCLIP_API gclip_status gclip_partial_combine(gclip_partial *a, const gclip_parti
  * ordinal). `tensors` is host memory and is copied; the data stays where it
  * is. count == 0 is allowed (every norm is 0, nothing is written). Rejects
  * tensors that overlap or repeat with GCLIP_STATUS_OVERLAP naming both
- * indices. Allocates the plan's workspace; may synchronize. */
+ * indices. A tensor of n elements takes ceil(n / 65536) chunks, and a plan
+ * of more than 2^31 - 1 chunks in all is refused with
+ * GCLIP_STATUS_INVALID_ARGUMENT: so is any single tensor of more than
+ * (2^31 - 1) * 65536 = 2^47 - 65536 elements, and any set of tensors that
+ * holds more elements than that together. Allocates the plan's workspace;
+ * may synchronize. */
 GCLIP_API gclip_status gclip_plan_create(gclip_plan **plan, const gclip_tensor *tensors,
                                          size_t count, int device);
 
