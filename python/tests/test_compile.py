@@ -44,7 +44,8 @@ def test_ops_are_registered():
 
 
 def test_opcheck():
-    g = [torch.randn(5), torch.randn(3, 2)]
+    gen = torch.Generator().manual_seed(47)
+    g = [torch.randn(5, generator=gen), torch.randn(3, 2, generator=gen)]
     torch.library.opcheck(torch.ops.gclip.clip_grad_norm_.default, (g, 1.0, 2.0, False, False, False))
     torch.library.opcheck(torch.ops.gclip.get_total_norm.default, (g, 2.0, False, False))
     torch.library.opcheck(torch.ops.gclip.clip_grad_value_.default, (g, 0.5))
