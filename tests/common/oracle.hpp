@@ -472,7 +472,7 @@ inline bool rel_close(float got, ld want, ld tol)
 
 // PyTorch's coefficient, in float: min(1, max_norm / (N + eps)), NaN kept.
 // torch evaluates `scalar / tensor` as reciprocal(tensor) * scalar: two float
-// roundings, which the CONFORMANCE.md vector 4 (N = 6, C = 3) tells apart
+// roundings, which PyTorch's vector V4 (N = 6, C = 3; test_conformance.cpp) tells apart
 // from one division.
 inline float expected_coef(float norm, float max_norm, float eps)
 {

@@ -1,5 +1,5 @@
-// Adaptive clipping on the CPU path (include/gclip_adapt.h): the hand-derived
-// vectors of CONFORMANCE.md (ZClip 14 in its three modes, AutoClip 15), the
+// Adaptive clipping on the CPU path (include/gclip_adapt.h): vectors derived
+// by hand (ZClip in its three modes, AutoClip), the
 // warm-up boundary and first step of each method, spikes, NaN norms that
 // must not enter the statistics, checkpoints that resume bit for bit,
 // invalid hyperparameters and foreign checkpoint bytes.
@@ -115,7 +115,7 @@ void fill(Model &m, std::mt19937_64 &rng, float s)
 
 // ---- ZClip --------------------------------------------------------------------
 
-// CONFORMANCE vector 14: warm-up 2, no cap. Norms 1, 3 give mean 2, var 1;
+// A ZClip vector derived by hand: warm-up 2, no cap. Norms 1, 3 give mean 2, var 1;
 // g = 7 is an outlier (z = 4.999995): T = 3.25000125, coef 0.46428583, and
 // the EMAs take in T; g = 2.5 is not clipped.
 TEST(AdaptiveZClip, Vector14ZScoreAdaptiveScaling)
@@ -227,7 +227,7 @@ gclip_adaptive_options autoclip(double q, uint32_t history, int global)
     return o;
 }
 
-// CONFORMANCE vector 15 as QuantileClip computes it: after norms
+// An AutoClip vector, derived by hand as QuantileClip computes it: after norms
 // 1, 2, 3, 4, 10 the 10th percentile is 1.4 and a norm of 10 is clipped by
 // 0.139999986. The first step does not clip (threshold +Inf).
 TEST(AdaptiveAutoClip, Vector15AndFirstStep)

@@ -87,7 +87,7 @@ gclip_agc_options options(double clip_factor, double eps = 1e-3, float p = 2.0f)
     return o;
 }
 
-// CONFORMANCE.md vector 11 in timm's row layout: W = [[3,4],[0,0]],
+// An AGC vector derived by hand, in timm's row layout: W = [[3,4],[0,0]],
 // G = [[3,4],[0,0.001]], clip_factor 0.1: unit norms of W 5 and 0 (-> eps
 // 1e-3), max_norm 0.5 and 1e-4, both units clipped by 0.1. The bias:
 // W = [0,0], G = [3e-5,4e-5], clip_factor 0.01: max_norm 1e-5, ||g|| 5e-5,

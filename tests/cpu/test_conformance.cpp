@@ -1,5 +1,7 @@
-// The PyTorch vectors of CONFORMANCE.md (checked on PyTorch 1.13.1, CPU,
-// float32): the returned norm and the exact fp32 gradients PyTorch printed.
+// Vectors of torch.nn.utils.clip_grad_norm_ / clip_grad_value_ on PyTorch
+// 1.13.1 (CPU, float32): the returned norm and the exact fp32 gradients
+// PyTorch printed (9 significant digits identify a float); the coefficient
+// and gradients are also checked against the oracle's arithmetic.
 // Where gclip deliberately differs (p = 0, negative max_norm, negative
 // clip_value) the call must be rejected with nothing changed.
 #include "oracle.hpp"
@@ -48,6 +50,19 @@ void expect_values(const TestBuffer &b, std::initializer_list<const char *> want
     }
 }
 
+// The same clip by the oracle's arithmetic: the exact norm rounded to float,
+// PyTorch's coefficient and x * coef rounded to float, for every element.
+void expect_oracle(const std::vector<TestBuffer> &before, const std::vector<TestBuffer> &after,
+                   float max_norm, float p)
+{
+    const float n = static_cast<float>(oracle::norms(before, p).total);
+    const float coef = oracle::expected_coef(n, max_norm, testutil::norm_options(max_norm, p).eps);
+    for (size_t k = 0; k < before.size(); ++k)
+        for (int64_t i = 0; i < before[k].numel(); ++i)
+            EXPECT_EQ(after[k].get(i), oracle::expected_scaled(before[k].get(i), coef, GCLIP_F32))
+                << "tensor " << k << " element " << i;
+}
+
 struct ClipRun {
     gclip_status status;        // of the clipping call
     gclip_status result_status; // of gclip_get_result
@@ -73,11 +88,13 @@ ClipRun clip(std::vector<TestBuffer> &bufs, float max_norm, float p,
 TEST(PyTorchVectors, V1_L2Clip)
 {
     auto g = tensors({{3, 4}, {12}});
+    const std::vector<TestBuffer> before = g;
     const ClipRun r = clip(g, 6.5f, 2.0f);
     ASSERT_EQ(r.status, GCLIP_STATUS_SUCCESS);
     EXPECT_EQ(r.result.total_norm, 13.0f);
     expect_values(g[0], {"1.499999881", "1.999999881"});
     expect_values(g[1], {"5.999999523"});
+    expect_oracle(before, g, 6.5f, 2.0f);
 }
 
 TEST(PyTorchVectors, V2_NoClipLeavesGradsBitIdentical)
@@ -94,21 +111,25 @@ TEST(PyTorchVectors, V2_NoClipLeavesGradsBitIdentical)
 TEST(PyTorchVectors, V3_InfNorm)
 {
     auto g = tensors({{-3, 1}, {2, -5}});
+    const std::vector<TestBuffer> before = g;
     const ClipRun r = clip(g, 2.0f, INFINITY);
     ASSERT_EQ(r.status, GCLIP_STATUS_SUCCESS);
     EXPECT_EQ(r.result.total_norm, 5.0f);
     expect_values(g[0], {"-1.199999809", "0.399999917"});
     expect_values(g[1], {"0.799999833", "-1.999999523"});
+    expect_oracle(before, g, 2.0f, INFINITY);
 }
 
 TEST(PyTorchVectors, V4_L1Norm)
 {
     auto g = tensors({{1, -2}, {3}});
+    const std::vector<TestBuffer> before = g;
     const ClipRun r = clip(g, 3.0f, 1.0f);
     ASSERT_EQ(r.status, GCLIP_STATUS_SUCCESS);
     EXPECT_EQ(r.result.total_norm, 6.0f);
     expect_values(g[0], {"0.499999940", "-0.999999881"});
     expect_values(g[1], {"1.499999762"});
+    expect_oracle(before, g, 3.0f, 1.0f);
 }
 
 TEST(PyTorchVectors, V5_ZeroNormTypeIsRejected)

@@ -113,7 +113,7 @@ TEST(StepContract, ClipWithAGivenNormMatchesPyTorchsClipGradsWithNorm)
     EXPECT_EQ(w.op, GCLIP_OP_CLIP_WITH_NORM);
     EXPECT_EQ(w.scale, r.scale);
 
-    // CONFORMANCE vector 1 through the given-norm path: N = 13, C = 6.5
+    // PyTorch's vector V1 (test_conformance.cpp) through the given-norm path: N = 13, C = 6.5
     TestBuffer g1(GCLIP_F32, 2, 0), g2(GCLIP_F32, 1, 1);
     g1.set(0, 3), g1.set(1, 4), g2.set(0, 12);
     std::vector<gclip_tensor> ts = {g1.tensor(), g2.tensor()};
