@@ -56,7 +56,7 @@ void expect_oracle(const std::vector<TestBuffer> &before, const std::vector<Test
                    float max_norm, float p)
 {
     const float n = static_cast<float>(oracle::norms(before, p).total);
-    const float coef = oracle::expected_coef(n, max_norm, testutil::norm_options(max_norm, p).eps);
+    const float coef = oracle::expected_op_coef(n, max_norm, testutil::norm_options(max_norm, p).eps);
     for (size_t k = 0; k < before.size(); ++k)
         for (int64_t i = 0; i < before[k].numel(); ++i)
             EXPECT_EQ(after[k].get(i), oracle::expected_scaled(before[k].get(i), coef, GCLIP_F32))

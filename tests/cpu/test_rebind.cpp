@@ -68,7 +68,7 @@ protected:
         const float factor = clipped.scale;
         ASSERT_LT(factor, 1.0f);
         EXPECT_EQ(clipped.total_norm, r.total_norm) << what;
-        EXPECT_EQ(factor, oracle::expected_coef(clipped.total_norm, o.max_norm, o.eps)) << what;
+        EXPECT_EQ(factor, oracle::expected_op_coef(clipped.total_norm, o.max_norm, o.eps)) << what;
         for (size_t k = 0; k < target.size(); ++k)
             for (int64_t i = 0; i < target[k].numel(); ++i)
                 ASSERT_EQ(target[k].get(i),
