@@ -2,7 +2,6 @@
  * validate.c - checks of tensor lists and options. Every check runs before
  * anything is written, so a rejected call leaves all gradients untouched.
  */
-#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -146,25 +145,6 @@ static gclip_status read_options(const gclip_norm_options *options, gclip_norm_o
     return GCLIP_STATUS_SUCCESS;
 }
 
-/* The eps the coefficient min(1, max_norm * (1 / (N + eps))) is computed
- * with, for a max_norm given by value. Max_norm 0 zeroes and +Inf keeps every
- * finite-norm gradient, but the formula meets 0 x Inf where N + eps has no
- * float reciprocal (eps below FLT_MIN, N tiny or 0) under 0, and where N + eps
- * overflows (eps past 1e30) under +Inf. There eps is moved to FLT_MIN and to
- * 1e30: 1 / (N + eps) is then finite (at most 2^126) and nonzero (N + 1e30
- * rounds to at most FLT_MAX, whose reciprocal is a subnormal), and every
- * other coefficient is what it was, 0 x a finite number and +Inf x a positive
- * one; a non-finite N keeps PyTorch's arithmetic. Done here, once, so the
- * kernels' per-tensor loops pay nothing for it (docs/semantics.md). */
-static float coef_eps(float max_norm, float eps)
-{
-    if (max_norm == 0.0f && eps < FLT_MIN)
-        return FLT_MIN;
-    if (max_norm == INFINITY && eps > 1e30f)
-        return 1e30f;
-    return eps;
-}
-
 gclip_status gclip_make_params(const gclip_norm_options *options, int32_t op,
                                gclip_norm_params *out)
 {
@@ -199,7 +179,9 @@ gclip_status gclip_make_params(const gclip_norm_options *options, int32_t op,
     out->fingerprint = gclip_fingerprint(o.norm_type, (int32_t)o.nonfinite);
     out->p = o.norm_type;
     out->max_norm = o.max_norm;
-    out->eps = uses_max_norm && !o.max_norm_ptr ? coef_eps(o.max_norm, o.eps) : o.eps;
+    /* max_norm 0 and +Inf keep their meaning (gclip_coef_eps): for a value,
+     * once here, so that the kernels' per-tensor fold pays nothing for it */
+    out->eps = uses_max_norm && !o.max_norm_ptr ? gclip_coef_eps(o.max_norm, o.eps) : o.eps;
     out->inv_scale = o.inv_scale;
     out->max_norm_ptr = o.max_norm_ptr;
     out->inv_scale_ptr = o.inv_scale_ptr;

@@ -204,7 +204,8 @@ typedef struct CUstream_st *gclip_stream;
  *                 (unscaled). Memory of the plan's device, written in stream
  *                 order.
  *  max_norm_ptr   optional: read C from this float in the plan's device
- *                 memory when the step executes, instead of `max_norm`.
+ *                 memory when the step executes, instead of `max_norm`; it
+ *                 means what `max_norm` means, 0 and +Inf included.
  *  inv_scale_ptr  optional: the same for inv_scale.
  *                 An out-of-range value read at execution writes no gradient;
  *                 the result slot's status says INVALID_ARGUMENT.

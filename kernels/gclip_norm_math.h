@@ -261,6 +261,27 @@ typedef struct gclip_scalars {
     int32_t status; /* GCLIP_STATUS_SUCCESS or INVALID_ARGUMENT (out of range) */
 } gclip_scalars;
 
+/* The eps the coefficient min(1, max_norm * (1 / (N + eps))) is formed with.
+ * Max_norm 0 zeroes and +Inf keeps every finite-norm gradient, but the
+ * formula meets 0 x Inf where N + eps has no float reciprocal (eps below
+ * FLT_MIN, N tiny or 0) under 0, and where N + eps overflows (eps past 1e30)
+ * under +Inf. There eps is moved to FLT_MIN and to 1e30: 1 / (N + eps) is
+ * then finite (at most 2^126) and nonzero (N + 1e30 rounds to at most
+ * FLT_MAX, whose reciprocal is a subnormal), and every other coefficient is
+ * what it was, 0 x a finite number and +Inf x a positive one; a non-finite
+ * N keeps PyTorch's arithmetic. The host applies it to a max_norm given by
+ * value (gclip_make_params); the coefficient and the per-tensor factors
+ * apply it again (a second time changes nothing) for one read from
+ * max_norm_ptr. */
+GCLIP_HD float gclip_coef_eps(float max_norm, float eps)
+{
+    if (max_norm == 0.0f && eps < gclip_bits_f32(0x00800000u)) /* FLT_MIN */
+        return gclip_bits_f32(0x00800000u);
+    if (gclip_f32_bits(max_norm) == 0x7f800000u && eps > 1e30f) /* +Inf */
+        return 1e30f;
+    return eps;
+}
+
 /* Resolve the scalars; the range checks are those the host applies to values
  * (max_norm >= 0 and not NaN, inv_scale finite and > 0), repeated here for
  * values that only exist at execution. */
@@ -320,7 +341,7 @@ GCLIP_HD void gclip_finalize_slot(float n, uint32_t nonfinite_tensors, const gcl
     float coef = 1.0f, scale = 1.0f;
     if (status == GCLIP_STATUS_SUCCESS && gclip_op_has_coef(np->op) &&
         (!nonfinite || np->policy == GCLIP_NONFINITE_PROPAGATE)) {
-        coef = gclip_clip_coef(n, sc->max_norm, np->eps);
+        coef = gclip_clip_coef(n, sc->max_norm, gclip_coef_eps(sc->max_norm, np->eps));
         scale = coef * sc->inv_scale;
     }
     int32_t flags = GCLIP_RESULT_HAS_NORM;
@@ -430,14 +451,23 @@ GCLIP_HD void gclip_applied_slot(gclip_result_slot *s)
     s->sequence += 1u;
 }
 
-/* Factor of one tensor under per-tensor clipping. `skip_all` is set when a
- * non-finite norm or a bad scalar means nothing may be written. */
-GCLIP_HD float gclip_tensor_factor(float tensor_norm, const gclip_norm_params *np,
-                                   const gclip_scalars *sc, int skip_all)
+/* Factor of one tensor under per-tensor clipping, with the eps given.
+ * `skip_all` is set when a non-finite norm or a bad scalar means nothing may
+ * be written. */
+GCLIP_HD float gclip_tensor_factor_eps(float tensor_norm, float eps, const gclip_scalars *sc,
+                                       int skip_all)
 {
     if (skip_all)
         return 1.0f;
-    return gclip_clip_coef(tensor_norm, sc->max_norm, np->eps) * sc->inv_scale;
+    return gclip_clip_coef(tensor_norm, sc->max_norm, eps) * sc->inv_scale;
+}
+
+/* The same with the step's eps, moved for max_norm 0 and +Inf. */
+GCLIP_HD float gclip_tensor_factor(float tensor_norm, const gclip_norm_params *np,
+                                   const gclip_scalars *sc, int skip_all)
+{
+    return gclip_tensor_factor_eps(tensor_norm, gclip_coef_eps(sc->max_norm, np->eps), sc,
+                                   skip_all);
 }
 
 /* ---- per-element updates -------------------------------------------------- */

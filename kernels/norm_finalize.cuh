@@ -126,6 +126,11 @@ typedef struct gclip_finalize_thread {
     double total;       /* close: this lane's share of the total accumulator */
     unsigned nonfinite; /* tensors it completed whose norm is not finite */
     gclip_scalars sc;   /* max_norm and inv_scale as read at execution */
+    /* per-tensor op: max_norm_ptr gave 0 or +Inf with an eps that
+     * gclip_coef_eps moves; the fold then leaves each tensor's norm in its
+     * factor's place and the close turns the norms into factors, so that the
+     * fold, at the norm kernel's register cap, does not move eps itself */
+    int moved;
 } gclip_finalize_thread;
 
 /* Loads of what other blocks wrote in this launch, through L2: the fences
@@ -134,6 +139,14 @@ __device__ __forceinline__ double gclip_load_cg(const double *p)
 {
 #if defined(GCLIP_SIMT_EMULATION)
     return *(const volatile double *)p;
+#else
+    return __ldcg(p);
+#endif
+}
+__device__ __forceinline__ float gclip_load_cg(const float *p)
+{
+#if defined(GCLIP_SIMT_EMULATION)
+    return *(const volatile float *)p;
 #else
     return __ldcg(p);
 #endif
@@ -159,7 +172,9 @@ __device__ __forceinline__ void gclip_report_tensor(const gclip_device_tables &t
         np.tensor_norms[tensor] = n;
     if (np.op == GCLIP_OP_CLIP_PER_TENSOR)
         t.tensor_factor[tensor] =
-            gclip_tensor_factor(n, &np, &th.sc, th.sc.status != GCLIP_STATUS_SUCCESS);
+            th.moved ? n
+                     : gclip_tensor_factor_eps(n, np.eps, &th.sc,
+                                               th.sc.status != GCLIP_STATUS_SUCCESS);
     th.nonfinite += !gclip_is_finite(n);
 }
 
@@ -271,6 +286,7 @@ __device__ __forceinline__ void gclip_fold_lane_pass(const gclip_device_tables &
     th.total = GCLIP_TERM_ZERO;
     th.nonfinite = 0;
     th.sc = gclip_resolve_scalars(&np); /* the close reads the same */
+    th.moved = gclip_coef_eps(th.sc.max_norm, np.eps) != np.eps;
     if (tid == 0) { /* published by the first window's barrier */
         sh.carried_acc = GCLIP_TERM_ZERO;
         sh.lead = GCLIP_TERM_ZERO;
@@ -443,6 +459,7 @@ __device__ __forceinline__ void gclip_finalize(const gclip_device_tables &t,
     th.total = GCLIP_TERM_ZERO;
     th.nonfinite = 0;
     th.sc = gclip_resolve_scalars(&np);
+    th.moved = gclip_coef_eps(th.sc.max_norm, np.eps) != np.eps;
     if (tid == 0)
         sh.nonfinite = 0; /* published by the barrier inside gclip_fold_close */
 
@@ -475,9 +492,15 @@ __device__ __forceinline__ void gclip_finalize(const gclip_device_tables &t,
     if (np.op != GCLIP_OP_CLIP_PER_TENSOR)
         return;
     __syncthreads(); /* sh.skip_all is set */
-    if (sh.skip_all)
+    if (sh.skip_all) {
         for (uint32_t i = tid; i < t.num_tensors; i += GCLIP_FOLD_LANES)
             t.tensor_factor[i] = 1.0f;
+    } else if (th.moved) { /* the same in every thread: max_norm and eps are */
+        /* each tensor's norm, left by any block's fold: through L2 */
+        for (uint32_t i = tid; i < t.num_tensors; i += GCLIP_FOLD_LANES)
+            t.tensor_factor[i] =
+                gclip_tensor_factor(gclip_load_cg(&t.tensor_factor[i]), &np, &th.sc, 0);
+    }
 }
 
 #endif /* GCLIP_NORM_FINALIZE_CUH */

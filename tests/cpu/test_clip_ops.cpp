@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
+#include <string>
 #include <vector>
 
 using oracle::TestBuffer;
@@ -163,7 +164,8 @@ TEST(ClipGradNorm, MaxNormZeroZeroesEveryGradient)
 // N + eps too small for float's reciprocal (seeded subnormal f32 gradients,
 // eps 0), and N + eps past FLT_MAX (gradients near 3e38, eps 1e38). The
 // factor is what the header promises, 0 and 1, never NaN, for the global
-// and the per-tensor op.
+// and the per-tensor op, with max_norm given by value and read from
+// max_norm_ptr at execution.
 TEST(ClipGradNorm, MaxNormZeroAndInfinityKeepTheirMeaningWhereTheQuotientIsZeroTimesInf)
 {
     struct Case {
@@ -184,8 +186,11 @@ TEST(ClipGradNorm, MaxNormZeroAndInfinityKeepTheirMeaningWhereTheQuotientIsZeroT
          true, one},
     };
     oracle::Rng rng(305);
-    for (const Case &c : cases) {
-        SCOPED_TRACE(c.name);
+    const size_t n_cases = sizeof cases / sizeof cases[0];
+    for (size_t v = 0; v < 2 * n_cases; ++v) {
+        const Case &c = cases[v % n_cases];
+        const bool by_pointer = v >= n_cases;
+        SCOPED_TRACE(std::string(c.name) + (by_pointer ? ", max_norm_ptr" : ", max_norm by value"));
         std::vector<TestBuffer> bufs;
         for (int64_t n : c.sizes) {
             bufs.emplace_back(GCLIP_F32, n, 0);
@@ -200,6 +205,11 @@ TEST(ClipGradNorm, MaxNormZeroAndInfinityKeepTheirMeaningWhereTheQuotientIsZeroT
         ASSERT_EQ(testutil::make_plan(plan, oracle::tensors_of(bufs)), GCLIP_STATUS_SUCCESS);
         gclip_norm_options o = testutil::norm_options(c.max_norm);
         o.eps = c.eps;
+        const float max_norm_cell = c.max_norm;
+        if (by_pointer) {
+            o.max_norm = 1.0f; // not read when the pointer is set
+            o.max_norm_ptr = &max_norm_cell;
+        }
         ASSERT_EQ(c.per_tensor ? gclip_clip_grad_norm_per_tensor(plan.get(), &o, nullptr)
                                : gclip_clip_grad_norm(plan.get(), &o, nullptr),
                   GCLIP_STATUS_SUCCESS)

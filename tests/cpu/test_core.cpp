@@ -220,6 +220,55 @@ TEST(CoreFinalize, CoefficientIsPyTorchsFloatFormula)
     EXPECT_EQ(gclip_clip_coef(5.0f, 0.0f, 1e-6f), 0.0f);
 }
 
+// The eps a step's coefficient is formed with (gclip_coef_eps, for max_norm
+// by value and by pointer alike): with it, a finite norm under max_norm 0
+// gives +0 and under +Inf gives 1, never NaN; every coefficient PyTorch's
+// formula gives a number for (and every one of a non-finite norm) keeps its
+// bits; moving eps twice is moving it once; and the result is the oracle's.
+// Norms from 0 and subnormals to FLT_MAX, Inf and NaN, eps from 0 to
+// FLT_MAX, max_norm 0, +Inf and seeded values.
+TEST(CoreFinalize, CoefficientEpsKeepsMaxNormZeroAndInfinityAndChangesNothingElse)
+{
+    const float sub = std::numeric_limits<float>::denorm_min();
+    const std::vector<float> norms = {0.0f,  sub,    1e-40f, 2.9e-39f, 3e-39f,   1e-30f,
+                                      1e-6f, 1.0f,   6.0f,   1e30f,    3.3e38f, FLT_MAX,
+                                      INFINITY, NAN};
+    const std::vector<float> epss = {0.0f, sub, 1e-39f, FLT_MIN, 1e-6f, 1.0f, 1e30f, 2e30f,
+                                     1e38f, FLT_MAX};
+    std::vector<float> maxes = {0.0f, INFINITY, sub, 1e-30f, 1.0f, 3.0f, FLT_MAX};
+    oracle::Rng rng(23);
+    for (int i = 0; i < 20; ++i)
+        maxes.push_back(static_cast<float>(std::fabs(rng.normal(10.0))));
+    std::vector<float> all_norms = norms;
+    for (int i = 0; i < 200; ++i)
+        all_norms.push_back(static_cast<float>(
+            std::ldexp(rng.uniform(1.0, 2.0), static_cast<int>(rng.range(-149, 127)))));
+    int moved = 0;
+    for (const float n : all_norms)
+        for (const float e : epss)
+            for (const float m : maxes) {
+                const float me = gclip_coef_eps(m, e);
+                ASSERT_TRUE(same_float(gclip_coef_eps(m, me), me)) << "max_norm " << m << " eps " << e;
+                const float got = gclip_clip_coef(n, m, me), plain = gclip_clip_coef(n, m, e);
+                ASSERT_TRUE(same_float(got, oracle::expected_op_coef(n, m, e)))
+                    << "N " << n << " max_norm " << m << " eps " << e << ": " << got;
+                if (std::isfinite(n) && m == 0.0f)
+                    ASSERT_TRUE(same_float(got, 0.0f)) << "N " << n << " eps " << e << ": " << got;
+                if (std::isfinite(n) && std::isinf(m))
+                    ASSERT_EQ(got, 1.0f) << "N " << n << " eps " << e;
+                if (std::isfinite(n))
+                    ASSERT_FALSE(std::isnan(got)) << "N " << n << " max_norm " << m << " eps " << e;
+                if (std::isnan(plain) && std::isfinite(n)) {
+                    ++moved;
+                } else {
+                    ASSERT_TRUE(same_float(got, plain))
+                        << "N " << n << " max_norm " << m << " eps " << e << ": " << got << " vs "
+                        << plain;
+                }
+            }
+    EXPECT_GT(moved, 0) << "no case reached the corner";
+}
+
 gclip_norm_params global_params(float max_norm, float inv_scale, int32_t policy)
 {
     gclip_norm_params np{};

@@ -185,6 +185,10 @@ plant() {
     agc_scale_without_wait) # the AGC kernel's dependent scale launch reads the pieces'
         # sums without waiting for the norm launch that writes them
         mutate agc_kernel.cu 's|^    gclip_wait_prior_grids();$|    /* wait removed */|' ;;
+    moved_norms_left_as_factors) # under the per-tensor op, a max_norm of 0 or +Inf read
+        # at execution with an eps that must move: the close no longer turns the
+        # norms the fold left into factors, so the gradients are scaled by them
+        mutate norm_finalize.cuh 's/} else if (th\.moved) {/} else if (0) {/' ;;
     block_reduce_no_barrier) # thread 0 reads the 32 values before threads 1-31 wrote them
         mutate block_reduce.cuh 's|^    __syncthreads(); /\* the 32 values are in s\[0\.\.31\] \*/$|    /* barrier removed */|' ;;
     *) die "unknown mutant $1" ;;
@@ -199,7 +203,7 @@ all_mutants=(writes_factor_one per_tensor_writes_factor_one apply_ticket_not_wra
              small_tree_order small_tail_skipped small_scan_wrong_chunk
              small_scan_no_barrier warp_tree_no_syncwarp warp_columns_overwritten
              ticket_reset_at_end
-             scalars_from_params fold_drops_pieces window_restarts_runs share_batch_drops_a_position
+             scalars_from_params moved_norms_left_as_factors fold_drops_pieces window_restarts_runs share_batch_drops_a_position
              block_tree_order block_reduce_no_barrier
              tail_off_by_one misaligned_vector scale_one_chunk_per_block write_run_skips_a_chunk
              warp_walk_half_stride small_chunk_too_large look_ahead_past_chunk

@@ -122,7 +122,7 @@ TEST(EmuDeviceScalars, ReplayOfTheSameParamsUsesTheNewValues)
             f.expect_norm_op_matches(o, g.last_op);
             const gclip_result_slot &e = f.emu_result();
             if (g.last_op != GCLIP_OP_CLIP_PER_TENSOR) {
-                const float coef = oracle::expected_coef(e.total_norm, *max_norm, o.eps);
+                const float coef = oracle::expected_op_coef(e.total_norm, *max_norm, o.eps);
                 EXPECT_EQ(e.clip_coef, coef);
                 EXPECT_EQ(e.scale, coef * *inv_scale) << "the factor is not that of this replay's values";
                 EXPECT_NE(e.scale, previous_scale) << "a replay kept the previous values";
@@ -152,7 +152,7 @@ TEST(EmuDeviceScalars, ReplayOfTheSameParamsUsesTheNewValues)
         f.expect_norm_op_matches(o, GCLIP_OP_CLIP_WITH_NORM);
         EXPECT_EQ(f.emu_result().total_norm, *given);
         EXPECT_EQ(f.emu_result().scale,
-                  oracle::expected_coef(*given, *max_norm, o.eps) * *inv_scale);
+                  oracle::expected_op_coef(*given, *max_norm, o.eps) * *inv_scale);
     }
 }
 
@@ -232,6 +232,104 @@ TEST(EmuDeviceScalars, OutOfRangeValueAtExecutionWritesNothing)
             EXPECT_EQ(e.status, GCLIP_STATUS_INVALID_ARGUMENT);
             EXPECT_EQ(e.scale, 1.0f);
             f.expect_slot_matches();
+            if (::testing::Test::HasFailure())
+                return;
+        }
+}
+
+// max_norm 0 and +Inf read from device memory where the quotient
+// max_norm / (N + eps) meets 0 x Inf: gradients whose norm has no float
+// reciprocal (subnormal f32, eps 0) under 0, and one gradient near 3e38
+// with eps 1e38 (N + eps past FLT_MAX) under +Inf. The coefficient and
+// every tensor's factor are 0 and 1, as for the same max_norm given by
+// value, never NaN; 0 zeroes every gradient and +Inf writes nothing. The
+// slot is the CPU path's bit for bit. Catches kernels that form the
+// coefficient of a max_norm read at execution with eps as given.
+TEST(EmuDeviceScalars, MaxNormZeroAndInfinityReadAtExecutionKeepTheirMeaning)
+{
+    emu::DevBuf max_d(sizeof(float));
+    float *max_norm = max_d.as<float>();
+    struct Case {
+        const char *name;
+        float max_norm, eps;
+        std::vector<emu::Spec> specs;
+        double scale; // standard deviation of the seeded data
+    };
+    // small tensors and tensors of several chunks, so that the per-tensor
+    // norms are folded by several blocks as well as by the last one
+    const int64_t ch = GCLIP_CHUNK_ELEMS;
+    std::vector<emu::Spec> many = {{GCLIP_F32, 1, 0},          {GCLIP_F32, 37, 1},
+                                   {GCLIP_F32, 100, 3},        {GCLIP_F32, 2 * ch + 5, 1},
+                                   {GCLIP_BF16, ch - 1, 3},    {GCLIP_F32, ch + 3, 0}};
+    for (int i = 0; i < 30; ++i)
+        many.push_back(emu::Spec{i % 3 ? GCLIP_F32 : GCLIP_BF16, 1 + (i * 389) % 3000, i % 4});
+    // f32 only where the data is subnormal: bf16 rounds 1e-43 to 0 or to its
+    // least subnormal, 9.2e-41, whose squares add up past the corner
+    std::vector<emu::Spec> many_f32 = many;
+    for (emu::Spec &sp : many_f32)
+        sp.dtype = GCLIP_F32;
+    const Case cases[] = {
+        {"max_norm 0, subnormal gradients, eps 0", 0.0f, 0.0f,
+         {{GCLIP_F32, 1, 0}, {GCLIP_F32, 37, 1}, {GCLIP_F32, 100, 3}}, 1e-40},
+        {"max_norm 0, subnormal gradients in many chunks, eps 0", 0.0f, 0.0f, many_f32, 1e-43},
+        {"max_norm Inf, one gradient near 3e38, eps 1e38", kInf, 1e38f, {{GCLIP_F32, 1, 0}}, 1.0},
+        {"max_norm Inf, a gradient near 3e38 among many chunks, eps 1e38", kInf, 1e38f, many,
+         1.0},
+    };
+    const int32_t ops[] = {GCLIP_OP_CLIP_NORM, GCLIP_OP_CLIP_PER_TENSOR, GCLIP_OP_CLIP_FACTOR};
+    std::size_t run = 0;
+    for (const Case &c : cases)
+        for (const int32_t op : ops) {
+            SCOPED_TRACE(std::string(c.name) + ", " + emu::op_name(op));
+            emu::Fixture f(c.specs, 97, c.scale, /*paged=*/true);
+            if (std::isinf(c.max_norm)) {
+                f.set_element(0, 0, -2.8e38f);
+                f.reset_both();
+            }
+            const long double n = emu::oracle_total(f, 2.0f, 1.0f);
+            // the corner this test is about: N finite, N + eps without a
+            // usable float reciprocal
+            ASSERT_TRUE(std::isfinite(static_cast<double>(n)));
+            if (c.max_norm == 0.0f) {
+                ASSERT_LT(static_cast<double>(n), 2.9e-39);
+            } else {
+                ASSERT_TRUE(std::isinf(static_cast<float>(n) + c.eps));
+            }
+            gclip_norm_options o = GCLIP_NORM_OPTIONS_INIT;
+            o.max_norm = 1.0f; // never read: the pointer wins
+            o.max_norm_ptr = max_norm;
+            o.eps = c.eps;
+            *max_norm = c.max_norm;
+            f.reset_host();
+            ASSERT_EQ(f.cpu_norm_op(o, op), GCLIP_STATUS_SUCCESS) << gclip_last_error();
+            if (op == GCLIP_OP_CLIP_FACTOR) {
+                ASSERT_EQ(f.cpu_apply(), GCLIP_STATUS_SUCCESS);
+            }
+            f.reset();
+            in_schedule(run++);
+            f.set_read_only(c.max_norm != 0.0f); // +Inf: not a byte written
+            ASSERT_EQ(f.emu_norm_op(o, op), 0) << gclip_emu::error_message();
+            if (op == GCLIP_OP_CLIP_FACTOR) {
+                ASSERT_EQ(f.emu_apply(), 0) << gclip_emu::error_message();
+            }
+            f.set_read_only(false);
+            f.expect_norm_op_matches(o, op == GCLIP_OP_CLIP_FACTOR ? GCLIP_OP_APPLY : op);
+            f.expect_slot_matches(/*bitwise=*/true);
+            const gclip_result_slot &e = f.emu_result();
+            EXPECT_EQ(e.status, GCLIP_STATUS_SUCCESS);
+            EXPECT_EQ(e.nonfinite, 0);
+            const float want = c.max_norm == 0.0f ? 0.0f : 1.0f;
+            if (op == GCLIP_OP_CLIP_PER_TENSOR) {
+                for (std::size_t k = 0; k < f.count(); ++k)
+                    EXPECT_EQ(f.emu_tensor_factor(k), want) << "tensor " << k;
+            } else {
+                EXPECT_EQ(e.clip_coef, want);
+                EXPECT_EQ(e.scale, want);
+            }
+            if (c.max_norm == 0.0f)
+                f.expect_scaled_by(0.0f);
+            else
+                f.expect_data_unchanged();
             if (::testing::Test::HasFailure())
                 return;
         }
