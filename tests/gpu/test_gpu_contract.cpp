@@ -4,6 +4,7 @@
 // phases across several plans ("ranks"), out-of-range scalars at execution,
 // and long runs of eager steps and replays that must stay bitwise equal.
 #include "gpu_fixture.hpp"
+#include "gclip_tables.h" // GCLIP_CHUNK_ELEMS
 
 #include <cuda_runtime_api.h>
 
@@ -11,6 +12,8 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <string>
+#include <vector>
 
 namespace gpu {
 namespace {
@@ -445,6 +448,88 @@ TEST_F(GpuContractTest, OutOfRangeDeviceScalarWritesNothing)
             if (HasFailure())
                 return;
         }
+}
+
+// max_norm 0 and +Inf read from device memory where max_norm / (N + eps)
+// meets 0 x Inf: subnormal gradients with eps 0 (no float reciprocal of
+// N + eps), and one gradient near 3e38 with eps 1e38 (N + eps past
+// FLT_MAX), in small tensors and tensors of several chunks. Every sequence
+// gives coefficient and factor 0 and 1, never NaN, as the CPU path given the
+// same values behind host pointers: 0 zeroes every gradient, +Inf writes
+// nothing.
+TEST_F(GpuContractTest, MaxNormZeroAndInfinityInDeviceMemoryKeepTheirMeaning)
+{
+    Stream stream;
+    const int64_t ch = GCLIP_CHUNK_ELEMS;
+    std::vector<Spec> specs = {{GCLIP_F32, 1, 0},          {GCLIP_F32, 37, 1},
+                               {GCLIP_F32, 100, 3},        {GCLIP_F32, 2 * ch + 5, 1},
+                               {GCLIP_F32, ch + 3, 0}};
+    for (int i = 0; i < 30; ++i)
+        specs.push_back(Spec{GCLIP_F32, 1 + (i * 389) % 3000, i % 4});
+    struct Case {
+        const char *name;
+        float max_norm, eps;
+        double scale;
+    };
+    const Case cases[] = {{"max_norm 0, subnormal gradients, eps 0", 0.0f, 0.0f, 1e-43},
+                          {"max_norm Inf, a gradient near 3e38, eps 1e38", INFINITY, 1e38f, 1.0}};
+    for (const Case &c : cases) {
+        Paired pair(specs, 331, c.scale);
+        if (std::isinf(c.max_norm))
+            pair.set_element(0, 0, -2.8e38f);
+        pair.reset();
+        const float n = pair.total_norm(2.0f);
+        ASSERT_TRUE(std::isfinite(n)) << c.name;
+        if (c.max_norm == 0.0f) {
+            ASSERT_LT(n, 2.9e-39f) << c.name;
+        } else {
+            ASSERT_TRUE(std::isinf(n + c.eps)) << c.name;
+        }
+        DeviceScalars dev;
+        const float v[3] = {c.max_norm, 1.0f, n};
+        float host[3] = {v[0], v[1], v[2]};
+        dev.set(v, stream.get());
+        gclip_norm_options gpu_o = GCLIP_NORM_OPTIONS_INIT, cpu_o = GCLIP_NORM_OPTIONS_INIT;
+        gpu_o.max_norm = cpu_o.max_norm = 1.0f; // never read: the pointers win
+        gpu_o.eps = cpu_o.eps = c.eps;
+        gpu_o.max_norm_ptr = dev.max_norm();
+        gpu_o.inv_scale_ptr = dev.inv_scale();
+        cpu_o.max_norm_ptr = &host[0];
+        cpu_o.inv_scale_ptr = &host[1];
+        const float want = c.max_norm == 0.0f ? 0.0f : 1.0f;
+        for (const Sequence &seq : pointer_sequences()) {
+            SCOPED_TRACE(std::string(c.name) + ", " + seq.name);
+            pair.reset();
+            ASSERT_EQ(seq.calls(pair.cpu(), cpu_o, &host[2], nullptr), GCLIP_STATUS_SUCCESS)
+                << gclip_last_error();
+            ASSERT_EQ(seq.calls(pair.gpu(), gpu_o, dev.norm(), stream.get()), GCLIP_STATUS_SUCCESS)
+                << gclip_last_error();
+            gclip_status cst, gst;
+            const gclip_result cr = testutil::result_of(pair.cpu(), &cst);
+            const gclip_result gr = testutil::result_of(pair.gpu(), &gst);
+            EXPECT_EQ(gst, GCLIP_STATUS_SUCCESS) << gclip_last_error();
+            EXPECT_EQ(cst, GCLIP_STATUS_SUCCESS);
+            expect_results_close(gr, cr);
+            if (std::strcmp(seq.name, "per_tensor") != 0) {
+                EXPECT_EQ(gr.clip_coef, want);
+                EXPECT_EQ(gr.scale, want);
+            }
+            pair.expect_data_match(true);
+            const auto data = pair.download();
+            if (c.max_norm == 0.0f) {
+                for (std::size_t k = 0; k < pair.count(); ++k) {
+                    const float *x = reinterpret_cast<const float *>(data.data() + pair.offset_of(k));
+                    for (int64_t i = 0; i < pair.specs()[k].numel; ++i)
+                        ASSERT_EQ(x[i], 0.0f) << "tensor " << k << " element " << i;
+                }
+            } else {
+                EXPECT_EQ(std::memcmp(data.data(), pair.pristine_bytes(), pair.bytes()), 0)
+                    << "a gradient was written";
+            }
+            if (HasFailure())
+                return;
+        }
+    }
 }
 
 } // namespace
