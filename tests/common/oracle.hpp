@@ -489,8 +489,8 @@ inline float expected_coef(float norm, float max_norm, float eps)
 // The coefficient of an operation, its max_norm given by value or read
 // from max_norm_ptr (docs/semantics.md), written as eps raised to FLT_MIN
 // under max_norm 0 and lowered to 1e30 under +Inf: 0 x Inf never makes the
-// coefficient of a finite norm NaN (0 and 1 instead). The library replaces
-// the NaN instead (gclip_step_coef); the results are the same bits.
+// coefficient of a finite norm NaN (0 and 1 instead); written here apart
+// from the library's gclip_coef_eps.
 inline float expected_op_coef(float norm, float max_norm, float eps)
 {
     if (max_norm == 0.0f && eps < FLT_MIN)
