@@ -318,13 +318,13 @@ fi
 # Looking ahead on small chunks (chunk_walk.cuh): each warp of the norm
 # kernel asks L2 for the lines of its next small chunk before it loads the
 # one it is at (gclip_look_ahead: prefetch.global.L2), and meets only its
-# own lanes between them (two __syncwarp: bar.warp.sync); the write kernels ask L1 for the
-# next step's tensor descriptors and the chunk entries of the step after
-# (gclip_ask_tables: two prefetch.global.L1), and L2 for the next step's
-# small chunks (gclip_look_ahead again). And a chunk's split
-# into head, vectors and tail, done per chunk and step (eight chunks a
-# thread in the write kernels), is shifts: no integer division in the
-# scale and clamp kernels' PTX (a 64-bit one is a called routine).
+# own lanes between them (two __syncwarp: bar.warp.sync). The write kernels
+# (gclip_for_block_chunks) flag a window of 256 chunks, one a thread, in
+# shared memory (a byte store: st.shared.u8) between two block barriers
+# (bar.sync), and their warps look ahead too (prefetch.global.L2). And a
+# chunk's split into head, vectors and tail, done for every chunk of a
+# window, is shifts: no integer division in the scale and clamp kernels'
+# PTX (a 64-bit one is a called routine).
 if [ -f "$work/norm_kernel.ptx" ]; then
     n=$(grep -c 'prefetch\.global\.L2 ' "$work/norm_kernel.ptx" || true)
     echo "norm_kernel.cu: $n prefetch.global.L2 in the compute_90 PTX (look-ahead)"
@@ -339,15 +339,16 @@ if [ -f "$work/norm_kernel.ptx" ]; then
 fi
 for k in scale_kernel clamp_kernel; do
     [ -f "$work/$k.ptx" ] || continue
-    n=$(grep -c 'prefetch\.global\.L1 ' "$work/$k.ptx" || true)
+    n=$(grep -c 'st\.shared\.u8 ' "$work/$k.ptx" || true)
+    b=$(grep -cE '(bar|barrier)\.sync(\.aligned)? ' "$work/$k.ptx" || true)
     n2=$(grep -c 'prefetch\.global\.L2 ' "$work/$k.ptx" || true)
     d=$(grep -cE '(div|rem)\.[su](32|64) ' "$work/$k.ptx" || true)
-    echo "$k.cu: $n prefetch.global.L1, $n2 prefetch.global.L2 and $d integer divisions in the compute_90 PTX"
-    if [ "$n" -lt 2 ]; then
-        fail "$k.cu: $n prefetch.global.L1 in the PTX, fewer than 2: the next steps' tables are not asked for"
+    echo "$k.cu: $n st.shared.u8, $b block barriers, $n2 prefetch.global.L2 and $d integer divisions in the compute_90 PTX"
+    if [ "$n" -lt 1 ] || [ "$b" -lt 2 ]; then
+        fail "$k.cu: $n st.shared.u8 and $b bar.sync in the PTX: the window's flags are not written to shared memory between two barriers"
     fi
     if [ "$n2" -lt 1 ]; then
-        fail "$k.cu: no prefetch.global.L2 in the PTX: the next step's small chunks are not asked for"
+        fail "$k.cu: no prefetch.global.L2 in the PTX: a warp's next small chunk is not asked for"
     fi
     if [ "$d" -ne 0 ]; then
         fail "$k.cu: $d integer divisions (div/rem .s32/.u32/.s64/.u64) in the PTX: a chunk's split must be shifts"

@@ -368,8 +368,8 @@ __device__ __forceinline__ void gclip_walk_chunk(const gclip_chunk_view &c, F &f
  *
  * A chunk of at most GCLIP_BLOCK_THREADS vectors gives each thread of a
  * block at most one vector: walked by the whole block, most threads would
- * wait for one 16-byte load. The kernels walk runs of such chunks a warp
- * each, up to GCLIP_SMALL_BATCH at once. The write kernels' results do not
+ * wait for one 16-byte load. The kernels walk such chunks a warp each,
+ * the block's GCLIP_SMALL_BATCH warps each its own. The write kernels' results do not
  * depend on who updates an element; the norm kernel forms in each warp the
  * block's own accumulators and tree (norm_kernel.cu). */
 #define GCLIP_SMALL_BATCH (GCLIP_BLOCK_THREADS / 32)
@@ -381,11 +381,11 @@ __device__ __forceinline__ bool gclip_chunk_is_small(const gclip_chunk_view &c)
 
 /* If chunk c (< end) is small, lane l of the calling warp asks L2 for the
  * chunk's l-th 128-byte line (the first 32 lines: a small chunk may reach
- * into one or two more, not asked for). The norm kernel's warps call it on
- * the small chunk each walks next, before loading the one it is at, and the
- * write kernels' warps on their next step's chunk (gclip_for_block_chunks):
- * the table loads are broadcasts, and the chunk's data is on its way from
- * memory while the warp finishes the chunk it is at. */
+ * into one or two more, not asked for). The warps of every kernel call it
+ * on the small chunk each walks next, before loading the one it is at
+ * (norm_kernel.cu, gclip_for_block_chunks): the table loads are broadcasts,
+ * and the chunk's data is on its way from memory while the warp finishes
+ * the chunk it is at. */
 __device__ __forceinline__ void gclip_look_ahead(const gclip_device_tables &t, uint32_t c,
                                                  uint32_t end)
 {
@@ -403,71 +403,98 @@ __device__ __forceinline__ void gclip_look_ahead(const gclip_device_tables &t, u
         gclip_prefetch_l2((const void *)line);
 }
 
-/* The table entries of the steps ahead, asked into L1 by the calling
- * thread: chunk `entry`'s chunk table entry (read two steps from now) and,
- * from chunk `desc`'s entry (asked for a step earlier, so in L1 by now),
- * its tensor descriptor (read next step). An index at or past `end` asks
- * for nothing. With both, a step's table lookups find L1 where they found
- * memory twice in a row. */
-__device__ __forceinline__ void gclip_ask_tables(const gclip_device_tables &t, uint64_t desc,
-                                                 uint64_t entry, uint64_t end)
+/* The write kernels' window (gclip_for_block_chunks), in the kernel's
+ * shared memory: byte k says who updates the window's chunk k. Kept as
+ * words so that the block's pass reads four flags at a time. (A kernel
+ * declares it: the emulator gives each block its own copy only of the
+ * __shared__ variables of a kernel's own body.) */
+#define GCLIP_WINDOW_BLOCK 0u /* the whole block */
+#define GCLIP_WINDOW_WARP 1u  /* one warp: a small chunk */
+#define GCLIP_WINDOW_NONE 2u  /* past the last chunk, as are the window's later ones */
+struct gclip_write_window {
+    uint32_t word[GCLIP_BLOCK_THREADS / 4];
+};
+
+__device__ __forceinline__ uint32_t gclip_window_flag(const gclip_write_window &w, uint32_t p)
 {
-    if (entry < end)
-        gclip_prefetch_l1(&t.chunks[entry]);
-    if (desc < end)
-        gclip_prefetch_l1(&t.tensors[t.chunks[desc].tensor]);
+    return ((const unsigned char *)w.word)[p];
 }
 
-/* How many of chunks c, c + stride, ..., c + 7 stride are small in a row
- * (0 to GCLIP_SMALL_BATCH). Every thread computes it from the same tables,
- * so a block agrees on it without a barrier; the tables are read for the
- * eight chunks at once. */
-__device__ __forceinline__ uint32_t gclip_small_run(const gclip_device_tables &t, uint32_t c,
-                                                    uint32_t stride)
+/* The first of positions p, p + GCLIP_SMALL_BATCH, ... whose chunk is
+ * small, or GCLIP_BLOCK_THREADS: the next chunk of the warp whose positions
+ * these are. */
+__device__ __forceinline__ uint32_t gclip_window_next_small(const gclip_write_window &w,
+                                                            uint32_t p)
 {
-    uint32_t n = 0;
-    bool run = true;
-    GCLIP_UNROLL
-    for (int k = 0; k < GCLIP_SMALL_BATCH; ++k) {
-        const uint64_t ck = (uint64_t)c + (uint64_t)k * stride;
-        run = run && ck < t.num_chunks && gclip_chunk_is_small(gclip_chunk_at(t, (uint32_t)ck));
-        n += run ? 1u : 0u;
+    for (; p < GCLIP_BLOCK_THREADS; p += GCLIP_SMALL_BATCH) {
+        const uint32_t f = gclip_window_flag(w, p);
+        if (f == GCLIP_WINDOW_WARP)
+            return p;
+        if (f == GCLIP_WINDOW_NONE)
+            break;
     }
-    return n;
+    return GCLIP_BLOCK_THREADS;
 }
 
-/* The chunks blockIdx.x, + gridDim.x, ... of a write kernel (scale,
- * clamp), each visited once as visit(chunk, by_warp): by the whole block,
- * or, in a run of at least two small chunks, the run's k-th chunk by warp k
- * alone (gclip_walk_chunk_warp). No barrier: a warp with no chunk in a run
- * goes on to the next step. Before it visits a step's chunks, thread k < 8
- * asks L1 for the tensor descriptor of the next step's k-th chunk and for
- * the chunk table entry of the k-th chunk of the step after it
- * (gclip_ask_tables), so that gclip_small_run finds its tables in L1; after
- * its visit, warp k asks L2 for the next step's k-th chunk if it is small
- * (gclip_look_ahead), so that its data is on the way before the step that
- * updates it. The step after a run of n chunks starts n strides on, so
- * this guesses that the next runs are as long as this one. */
-template <class Visit>
-__device__ __forceinline__ void gclip_for_block_chunks(const gclip_device_tables &t, Visit &visit)
+/* The first position at or after p whose chunk the whole block updates, or
+ * GCLIP_BLOCK_THREADS; four small chunks in a row are passed with one load. */
+__device__ __forceinline__ uint32_t gclip_window_next_block(const gclip_write_window &w,
+                                                            uint32_t p)
 {
-    const uint32_t warp = threadIdx.x / 32;
-    uint32_t step = 1;
-    for (uint32_t c = blockIdx.x; c < t.num_chunks; c += step * gridDim.x) {
-        const uint32_t n = gclip_small_run(t, c, gridDim.x);
-        step = n >= 2 ? n : 1;
-        if (threadIdx.x < GCLIP_SMALL_BATCH) {
-            const uint64_t next = (uint64_t)c + (uint64_t)(step + threadIdx.x) * gridDim.x;
-            gclip_ask_tables(t, next, next + (uint64_t)step * gridDim.x, t.num_chunks);
+    while (p < GCLIP_BLOCK_THREADS) {
+        if (p % 4 == 0 && w.word[p / 4] == 0x01010101u * GCLIP_WINDOW_WARP) {
+            p += 4;
+            continue;
         }
-        if (n < 2)
-            visit(c, false);
-        else if (warp < n)
-            visit(c + warp * gridDim.x, true);
-        /* warp w's chunk of the next step, if small, on its way to L2 */
-        const uint64_t mine_next = (uint64_t)c + (uint64_t)(step + warp) * gridDim.x;
-        if (mine_next < t.num_chunks)
-            gclip_look_ahead(t, (uint32_t)mine_next, t.num_chunks);
+        const uint32_t f = gclip_window_flag(w, p);
+        if (f == GCLIP_WINDOW_BLOCK)
+            return p;
+        if (f == GCLIP_WINDOW_NONE)
+            break;
+        ++p;
+    }
+    return GCLIP_BLOCK_THREADS;
+}
+
+/* The chunks blockIdx.x + i * gridDim.x (i = 0, 1, ...) of a write kernel
+ * (scale, clamp), each visited once as visit(chunk, by_warp). The block
+ * takes them a window of GCLIP_BLOCK_THREADS at a time (i / 256 the same):
+ * thread k reads the tables of the window's chunk k and writes its flag,
+ * one round of table loads for the window that also leaves its chunk
+ * entries and tensor descriptors in L1 for the visits; a barrier; then warp
+ * w updates the window's small chunks at positions w, w + 8, ... alone
+ * (gclip_walk_chunk_warp), asking L2 for its next one before it updates the
+ * one it is at (gclip_look_ahead), and goes on, without waiting for the
+ * other warps, to the window's other chunks, each updated by the whole block
+ * (gclip_walk_chunk); a second barrier before the flags are written again.
+ * An element's update does not depend on who makes it or when. */
+template <class Visit>
+__device__ __forceinline__ void gclip_for_block_chunks(const gclip_device_tables &t,
+                                                       gclip_write_window &win, Visit &visit)
+{
+    const uint64_t stride = gridDim.x, span = (uint64_t)GCLIP_BLOCK_THREADS * stride;
+    const uint32_t warp = threadIdx.x / 32;
+    for (uint64_t first = blockIdx.x; first < t.num_chunks; first += span) {
+        {
+            const uint64_t c = first + (uint64_t)threadIdx.x * stride;
+            uint32_t flag = GCLIP_WINDOW_NONE;
+            if (c < t.num_chunks)
+                flag = gclip_chunk_is_small(gclip_chunk_at(t, (uint32_t)c)) ? GCLIP_WINDOW_WARP
+                                                                            : GCLIP_WINDOW_BLOCK;
+            ((unsigned char *)win.word)[threadIdx.x] = (unsigned char)flag;
+        }
+        __syncthreads(); /* the window's flags are written */
+        for (uint32_t p = gclip_window_next_small(win, warp); p < GCLIP_BLOCK_THREADS;) {
+            const uint32_t q = gclip_window_next_small(win, p + GCLIP_SMALL_BATCH);
+            if (q < GCLIP_BLOCK_THREADS)
+                gclip_look_ahead(t, (uint32_t)(first + q * stride), t.num_chunks);
+            visit((uint32_t)(first + p * stride), true);
+            p = q;
+        }
+        for (uint32_t p = gclip_window_next_block(win, 0); p < GCLIP_BLOCK_THREADS;
+             p = gclip_window_next_block(win, p + 1))
+            visit((uint32_t)(first + p * stride), false);
+        __syncthreads(); /* every thread has read the flags before they are written again */
     }
 }
 

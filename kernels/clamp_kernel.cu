@@ -4,9 +4,9 @@
  * CPU twin: host/clamp_cpu.c.
  *
  * The scale kernel's capped grid, each block walking chunks blockIdx.x,
- * + gridDim.x, ..., runs of small ones a warp each. Block 0 also writes the result slot, since value
- * clipping computes no norm: total_norm NaN, coefficient and scale 1, no
- * non-finite flag. A vector is written back only if clamping changed it
+ * + gridDim.x, ..., 256 at a time, the small ones a warp each. Block 0
+ * also writes the result slot, since value clipping computes no norm:
+ * total_norm NaN, coefficient and scale 1, no non-finite flag. A vector is written back only if clamping changed it
  * (chunk_walk.cuh), so the usual step, where few elements exceed the bound,
  * writes little.
  *
@@ -26,6 +26,7 @@ struct gclip_clamp_to {
 static __global__ void __launch_bounds__(GCLIP_BLOCK_THREADS)
     gclip_clamp_kernel(gclip_device_tables t, float clip_value)
 {
+    __shared__ gclip_write_window win;
     if (blockIdx.x == 0 && threadIdx.x == 0) {
         gclip_result_slot slot;
         gclip_value_slot(t.result->sequence, &slot);
@@ -38,7 +39,7 @@ static __global__ void __launch_bounds__(GCLIP_BLOCK_THREADS)
         else
             gclip_walk_chunk<true>(gclip_chunk_at(t, c), f);
     };
-    gclip_for_block_chunks(t, visit);
+    gclip_for_block_chunks(t, win, visit);
 }
 
 /* ---- launcher */

@@ -18,8 +18,6 @@
  *       blocks of `kernel` one SM holds at once (host code, asked once at
  *       plan creation); evaluates to a status as GCLIP_LAUNCH does
  * and these functions:
- *   gclip_prefetch_l1(p)
- *       a hint that the calling thread will soon read the line at p
  *   gclip_prefetch_l2(p)
  *       a hint that some thread will soon read the line at p: it is brought
  *       into L2, not into this SM's L1
@@ -62,10 +60,6 @@
 /* A prefetch reads one byte of its line here: under AddressSanitizer, a
  * request for memory outside every buffer is reported as the read it would
  * be. */
-inline void gclip_prefetch_l1(const void *p)
-{
-    (void)*(const volatile char *)p;
-}
 inline void gclip_prefetch_l2(const void *p)
 {
     (void)*(const volatile char *)p;
@@ -115,10 +109,6 @@ static inline int gclip_launch_ex(void (*kernel)(P...), int dependent, unsigned 
     gclip_launch_ex(kernel, (dependent), (grid), (block), (cudaStream_t)(stream), __VA_ARGS__)
 #define GCLIP_BLOCKS_PER_SM(out, kernel, block) \
     ((int)cudaOccupancyMaxActiveBlocksPerMultiprocessor((out), (kernel), (block), 0))
-__device__ __forceinline__ void gclip_prefetch_l1(const void *p)
-{
-    asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
-}
 __device__ __forceinline__ void gclip_prefetch_l2(const void *p)
 {
     asm volatile("prefetch.global.L2 [%0];" ::"l"(p));

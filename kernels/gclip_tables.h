@@ -53,8 +53,8 @@ GCLIP_HD void gclip_chunk_range(int64_t numel, uint32_t index, int64_t *begin, i
  * a scalar tail. addr must be aligned to elem_size, which is 2, 4 or 8 (the
  * dtypes' sizes): the split is shifts and masks, with no division. The norm
  * kernel splits a window of GCLIP_BLOCK_THREADS chunks at a time, one chunk
- * a thread, to flag the window's small ones; the write kernels split up to
- * eight chunks a step to find runs of small ones (gclip_small_run). A 64-bit
+ * a thread, to flag the window's small ones, and the write kernels do the
+ * same (gclip_for_block_chunks). A 64-bit
  * division by a size known only at run time is a called routine on a GPU. */
 typedef struct gclip_split {
     int64_t head;    /* scalar elements before the first vector */

@@ -135,28 +135,12 @@ typedef struct gclip_finalize_thread {
 
 /* Loads of what other blocks wrote in this launch, through L2: the fences
  * around the tickets order them after those blocks' fenced stores. */
-__device__ __forceinline__ double gclip_load_cg(const double *p)
+template <class T> __device__ __forceinline__ T gclip_load_cg(const T *p)
 {
 #if defined(GCLIP_SIMT_EMULATION)
-    return *(const volatile double *)p;
+    return *(const volatile T *)p;
 #else
-    return __ldcg(p);
-#endif
-}
-__device__ __forceinline__ float gclip_load_cg(const float *p)
-{
-#if defined(GCLIP_SIMT_EMULATION)
-    return *(const volatile float *)p;
-#else
-    return __ldcg(p);
-#endif
-}
-__device__ __forceinline__ uint32_t gclip_load_cg(const uint32_t *p)
-{
-#if defined(GCLIP_SIMT_EMULATION)
-    return *(const volatile uint32_t *)p;
-#else
-    return __ldcg((const unsigned int *)p);
+    return __ldcg(p); /* double, float and unsigned int (uint32_t) */
 #endif
 }
 

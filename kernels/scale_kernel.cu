@@ -14,8 +14,8 @@
  * can be captured in a CUDA graph. The grid is capped at plan creation
  * (gclip_launch_grid with scale_grid_cap: a couple of blocks per SM, as many
  * as keep enough 16-byte loads in flight to stream at full bandwidth) and
- * each block walks chunks blockIdx.x, + gridDim.x, ..., runs of small ones
- * a warp each (gclip_for_block_chunks); a block whose factor
+ * each block walks chunks blockIdx.x, + gridDim.x, ..., 256 at a time, the
+ * small ones a warp each (gclip_for_block_chunks); a block whose factor
  * is exactly 1 returns before touching any chunk, so an unclipped step is
  * that many blocks that each read one float and leave: it reads and writes
  * no gradient. f16/bf16 are scaled in float and rounded back to nearest
@@ -79,6 +79,7 @@ static __global__ void __launch_bounds__(GCLIP_BLOCK_THREADS)
     gclip_scale_kernel(gclip_device_tables t, gclip_norm_params params)
 {
     __shared__ float block_factor;
+    __shared__ gclip_write_window win;
     const gclip_norm_params np = params;
     /* a dependent launch may start before the kernel before it has
      * finished: nothing in global memory is read or written until it has */
@@ -101,7 +102,7 @@ static __global__ void __launch_bounds__(GCLIP_BLOCK_THREADS)
         else
             gclip_walk_chunk<true>(gclip_chunk_at(t, c), f);
     };
-    gclip_for_block_chunks(t, visit);
+    gclip_for_block_chunks(t, win, visit);
 }
 
 /* ---- launcher */

@@ -54,7 +54,8 @@ order_only=" block_tree_order small_tree_order "
 # that build such plans, alone (the others would run first and pass).
 small='Ranges/EmuExtreme.PartialsBitwiseAndNormWithinOneInAMillion/SmallChunks:EmuGrid.*'
 small_only=" small_chunk_too_large small_tail_skipped norm_one_chunk_per_block "
-small_only+="scale_one_chunk_per_block write_run_skips_a_chunk warp_walk_half_stride "
+small_only+="write_one_window_per_block write_window_skips_its_first_chunk write_word_skip_on_first_flag "
+small_only+="write_scan_no_barrier write_flags_rewritten_early warp_walk_half_stride "
 small_only+="small_scan_wrong_chunk small_scan_no_barrier look_ahead_past_chunk "
 small_only+="warp_tree_no_syncwarp warp_columns_overwritten "
 # The fold-window test is slow under the sanitizers and only a mutant of
@@ -132,12 +133,21 @@ plant() {
         # window and then only the first chunk of its range: under a capped
         # grid the others' partials are never written
         mutate norm_kernel.cu 's/^            ++c;$/            c = fin.walk_end;/' ;;
-    scale_one_chunk_per_block) # a scale or clamp block updates only its first chunk
-        # (or first run of small chunks)
-        mutate chunk_walk.cuh 's/for (uint32_t c = blockIdx\.x; c < t\.num_chunks; c += step \* gridDim\.x) {/for (uint32_t c = blockIdx.x; c < t.num_chunks; c = t.num_chunks) {/' ;;
-    write_run_skips_a_chunk) # after a run of small chunks, a scale or clamp block
-        # steps over the chunk that follows it
-        mutate chunk_walk.cuh 's/step = n >= 2 ? n : 1;/step = n >= 2 ? n + 1 : 1;/' ;;
+    write_one_window_per_block) # a scale or clamp block updates only its first
+        # window of 256 chunks
+        mutate chunk_walk.cuh 's/for (uint64_t first = blockIdx\.x; first < t\.num_chunks; first += span) {/for (uint64_t first = blockIdx.x; first < t.num_chunks; first = t.num_chunks) {/' ;;
+    write_window_skips_its_first_chunk) # the block's pass over a write window's
+        # other chunks starts at its second position
+        mutate chunk_walk.cuh 's/for (uint32_t p = gclip_window_next_block(win, 0); /for (uint32_t p = gclip_window_next_block(win, 1); /' ;;
+    write_word_skip_on_first_flag) # the block's pass skips four positions when the
+        # first of them is small, whatever the other three are
+        mutate chunk_walk.cuh 's/if (p % 4 == 0 \&\& w\.word\[p \/ 4\] == 0x01010101u \* GCLIP_WINDOW_WARP) {/if (p % 4 == 0 \&\& (w.word[p \/ 4] \& 0xffu) == GCLIP_WINDOW_WARP) {/' ;;
+    write_scan_no_barrier) # a write kernel's warps read the window's flags with no
+        # barrier after the scan that writes them
+        mutate chunk_walk.cuh 's|^\( *\)__syncthreads(); /\* the window.s flags are written \*/$|\1/* barrier removed */|' ;;
+    write_flags_rewritten_early) # a write kernel's thread writes the next window's
+        # flag while others still read this window's
+        mutate chunk_walk.cuh 's|^\( *\)__syncthreads(); /\* every thread has read the flags before they are written again \*/$|\1/* barrier removed */|' ;;
     warp_walk_half_stride) # a warp walks its chunk as if it had 16 lanes: lanes
         # 16-31 update vectors lanes 0-15 also update
         mutate chunk_walk.cuh 's/gclip_walk_chunk_by<WRITE, 32>(c, (int64_t)(threadIdx\.x % 32), f);/gclip_walk_chunk_by<WRITE, 16>(c, (int64_t)(threadIdx.x % 32), f);/' ;;
@@ -205,7 +215,9 @@ all_mutants=(writes_factor_one per_tensor_writes_factor_one apply_ticket_not_wra
              ticket_reset_at_end
              scalars_from_params moved_norms_left_as_factors fold_drops_pieces window_restarts_runs share_batch_drops_a_position
              block_tree_order block_reduce_no_barrier
-             tail_off_by_one misaligned_vector scale_one_chunk_per_block write_run_skips_a_chunk
+             tail_off_by_one misaligned_vector write_one_window_per_block
+             write_window_skips_its_first_chunk write_word_skip_on_first_flag
+             write_scan_no_barrier write_flags_rewritten_early
              warp_walk_half_stride small_chunk_too_large look_ahead_past_chunk
              apply_twice)
 if [[ $# -gt 0 ]]; then mutants=("$@"); else mutants=("${all_mutants[@]}"); fi

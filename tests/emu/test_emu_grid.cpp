@@ -9,6 +9,8 @@
 //     and accumulator bit for bit;
 //   - any fold window (the chunks a lane pass copies at once) gives the same
 //     bits, with runs, leading pieces and gaps across windows;
+//   - the write kernels' windows update every chunk once, with small and
+//     larger chunks side by side at every position;
 //   - the launchers use gclip_launch_grid's grid, and an unclipped scale
 //     launch writes nothing whatever its grid.
 #include "emu_harness.hpp"
@@ -253,6 +255,69 @@ TEST(EmuGrid, AnyFoldWindowGivesTheSameBits)
             }
             if (::testing::Test::HasFailure())
                 return;
+        }
+    }
+}
+
+// Runs of 1 to 9 small chunks (at most 256 vectors: a warp each) between
+// runs of 1 to 3 larger ones (the whole block), every dtype, seeded sizes and
+// starts: under a grid of one, two or three blocks each block's chunks fill
+// two or three windows of the write kernels, and small and larger chunks
+// meet at every position of a four-flag word.
+std::vector<Spec> alternating_runs(uint64_t seed, int runs)
+{
+    oracle::Rng rng(seed);
+    const gclip_dtype dts[] = {GCLIP_F32, GCLIP_F16, GCLIP_BF16, GCLIP_F64};
+    std::vector<Spec> v;
+    for (int r = 0; r < runs; ++r) {
+        const int64_t small = rng.range(1, 9), large = rng.range(1, 3);
+        for (int64_t i = 0; i < small + large; ++i) {
+            const gclip_dtype dt = dts[v.size() % 4];
+            const int64_t per_vector = 16 / static_cast<int64_t>(gclip_dtype_size(dt));
+            // small: at most 248 vectors whatever the start; larger: at least 260
+            const int64_t numel = i < small ? rng.range(1, 248 * per_vector)
+                                            : rng.range(260 * per_vector, 300 * per_vector);
+            v.push_back(Spec{dt, numel, static_cast<int>(rng.range(0, 7))});
+        }
+    }
+    return v;
+}
+
+// The write kernels' windows (gclip_for_block_chunks): every chunk of such a
+// plan is scaled or clamped once, bit for bit as the CPU path does it, under
+// grids of one to three blocks (a block's chunks span several windows) and
+// one block per chunk, in several schedules. A chunk visited twice is scaled
+// twice; a chunk left out keeps its value.
+TEST(EmuGrid, WriteWindowsUpdateEveryChunkOnceWhateverItsNeighbours)
+{
+    emu::Fixture f(alternating_runs(6161, 90), 6161);
+    ASSERT_GT(f.num_chunks(), 2u * GCLIP_BLOCK_THREADS) << "one block must cross windows";
+    for (int32_t op : {int32_t{GCLIP_OP_CLIP_NORM}, int32_t{GCLIP_OP_CLIP_PER_TENSOR},
+                       int32_t{GCLIP_OP_CLIP_VALUE}}) {
+        SCOPED_TRACE(emu::op_name(op));
+        float sentinel;
+        const gclip_norm_options o = clipping_options(&sentinel);
+        for (uint32_t cap : {1u, 2u, 3u, 0u}) {
+            for (std::size_t s : {std::size_t{0}, std::size_t{2}}) {
+                SCOPED_TRACE("cap " + std::to_string(cap) + ", schedule " +
+                             emu::schedules()[s].name);
+                f.reset_host();
+                const gclip_status cs = op == GCLIP_OP_CLIP_VALUE ? f.cpu_clamp(0.5f)
+                                                                  : f.cpu_norm_op(o, op);
+                ASSERT_EQ(cs, GCLIP_STATUS_SUCCESS) << gclip_last_error();
+                f.set_grid_caps(cap, cap);
+                f.reset();
+                emu::use(emu::schedules()[s].s);
+                const int rc = op == GCLIP_OP_CLIP_VALUE ? f.emu_clamp(0.5f) : f.emu_norm_op(o, op);
+                ASSERT_EQ(rc, 0) << gclip_emu::error_message();
+                f.expect_infrastructure();
+                if (op == GCLIP_OP_CLIP_VALUE)
+                    f.expect_clamp_matches(0.5f);
+                else
+                    f.expect_norm_op_matches(o, op);
+                if (::testing::Test::HasFailure())
+                    return;
+            }
         }
     }
 }

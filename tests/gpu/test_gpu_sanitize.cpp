@@ -9,8 +9,8 @@
 //   - a plan of many small tensors (about 32 chunks per norm block, almost
 //     all small, a few larger ones among them), so that each norm block's
 //     warps walk several small chunks of a window each, between warp
-//     barriers, and the scale and clamp blocks meet runs of small chunks
-//     that their warps walk alone, asking for the next ones ahead.
+//     barriers, and the scale and clamp blocks flag windows of small
+//     chunks that their warps walk alone, asking for the next ones ahead.
 //
 // The results are checked against the CPU path as in the rest of the suite.
 #include "gpu_fixture.hpp"
@@ -149,7 +149,8 @@ TEST_F(GpuSanitizerTest, EveryOpOnceOnManySmallTensorsEagerAndReplayed)
            "(host/cuda_backend.c): update tests/gpu/test_gpu_sanitize.cpp";
     ASSERT_EQ(chunks, static_cast<uint32_t>(count)) << "a tensor of this plan is one chunk";
     // a norm block's range holds two or more small chunks for each of its 8
-    // warps, and a scale block's grid-stride chunks come in runs
+    // warps, and a scale block's window holds one or more small chunks for
+    // each of its warps
     EXPECT_GE(chunks, 16u * norm_cap) << count << " tensors, norm grid cap " << norm_cap;
     EXPECT_GE(chunks, 8u * scale_cap) << count << " tensors, scale grid cap " << scale_cap;
     if (HasFailure())
@@ -158,8 +159,8 @@ TEST_F(GpuSanitizerTest, EveryOpOnceOnManySmallTensorsEagerAndReplayed)
     every_op_once(pair, stream.get());
     if (HasFailure())
         return;
-    // per-tensor clipping that clips about half the tensors: runs of small
-    // chunks where some are scaled and some left alone
+    // per-tensor clipping that clips about half the tensors: windows of
+    // small chunks where some are scaled and some left alone
     SCOPED_TRACE("per-tensor clipping at the median tensor norm");
     gclip_norm_options o = GCLIP_NORM_OPTIONS_INIT;
     o.max_norm = median_tensor_norm(pair);
