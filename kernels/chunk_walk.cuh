@@ -368,10 +368,10 @@ __device__ __forceinline__ void gclip_walk_chunk(const gclip_chunk_view &c, F &f
  *
  * A chunk of at most GCLIP_BLOCK_THREADS vectors gives each thread of a
  * block at most one vector: walked by the whole block, most threads would
- * wait for one 16-byte load. The kernels walk such chunks a warp each,
- * the block's GCLIP_SMALL_BATCH warps each its own. The write kernels' results do not
- * depend on who updates an element; the norm kernel forms in each warp the
- * block's own accumulators and tree (norm_kernel.cu). */
+ * wait for one 16-byte load. The kernels walk such chunks a warp each, each
+ * of a block's GCLIP_SMALL_BATCH warps its own. The write kernels' results
+ * do not depend on who updates an element; the norm kernel forms in each
+ * warp the block's own accumulators and tree (norm_kernel.cu). */
 #define GCLIP_SMALL_BATCH (GCLIP_BLOCK_THREADS / 32)
 
 __device__ __forceinline__ bool gclip_chunk_is_small(const gclip_chunk_view &c)

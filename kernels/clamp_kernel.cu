@@ -6,9 +6,9 @@
  * The scale kernel's capped grid, each block walking chunks blockIdx.x,
  * + gridDim.x, ..., 256 at a time, the small ones a warp each. Block 0
  * also writes the result slot, since value clipping computes no norm:
- * total_norm NaN, coefficient and scale 1, no non-finite flag. A vector is written back only if clamping changed it
- * (chunk_walk.cuh), so the usual step, where few elements exceed the bound,
- * writes little.
+ * total_norm NaN, coefficient and scale 1, no non-finite flag. A vector is
+ * written back only if clamping changed it (chunk_walk.cuh), so the usual
+ * step, where few elements exceed the bound, writes little.
  *
  * ---- kernels
  */

@@ -54,8 +54,8 @@ GCLIP_HD void gclip_chunk_range(int64_t numel, uint32_t index, int64_t *begin, i
  * dtypes' sizes): the split is shifts and masks, with no division. The norm
  * kernel splits a window of GCLIP_BLOCK_THREADS chunks at a time, one chunk
  * a thread, to flag the window's small ones, and the write kernels do the
- * same (gclip_for_block_chunks). A 64-bit
- * division by a size known only at run time is a called routine on a GPU. */
+ * same (gclip_for_block_chunks). A 64-bit division by a size known only at
+ * run time is a called routine on a GPU. */
 typedef struct gclip_split {
     int64_t head;    /* scalar elements before the first vector */
     int64_t vectors; /* number of 16-byte vectors */
