@@ -405,7 +405,8 @@ __device__ __forceinline__ void gclip_look_ahead(const gclip_device_tables &t, u
 
 /* The write kernels' window (gclip_for_block_chunks), in the kernel's
  * shared memory: byte k says who updates the window's chunk k. Kept as
- * words so that the block's pass reads four flags at a time. (A kernel
+ * words so that the block's pass can pass four small chunks in a row with
+ * one load. (A kernel
  * declares it: the emulator gives each block its own copy only of the
  * __shared__ variables of a kernel's own body.) */
 #define GCLIP_WINDOW_BLOCK 0u /* the whole block */

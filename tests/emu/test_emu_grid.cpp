@@ -261,9 +261,9 @@ TEST(EmuGrid, AnyFoldWindowGivesTheSameBits)
 
 // Runs of 1 to 9 small chunks (at most 256 vectors: a warp each) between
 // runs of 1 to 3 larger ones (the whole block), every dtype, seeded sizes and
-// starts: under a grid of one, two or three blocks each block's chunks fill
-// two or three windows of the write kernels, and small and larger chunks
-// meet at every position of a four-flag word.
+// starts: with more than 768 chunks, under a grid of one, two or three blocks
+// each block's chunks fill two or more windows of the write kernels, and
+// small and larger chunks meet at every position of a four-flag word.
 std::vector<Spec> alternating_runs(uint64_t seed, int runs)
 {
     oracle::Rng rng(seed);
@@ -285,13 +285,13 @@ std::vector<Spec> alternating_runs(uint64_t seed, int runs)
 
 // The write kernels' windows (gclip_for_block_chunks): every chunk of such a
 // plan is scaled or clamped once, bit for bit as the CPU path does it, under
-// grids of one to three blocks (a block's chunks span several windows) and
-// one block per chunk, in several schedules. A chunk visited twice is scaled
-// twice; a chunk left out keeps its value.
+// grids of one to three blocks (each block's chunks span two or more
+// windows) and one block per chunk, in several schedules. A chunk visited
+// twice is scaled twice; a chunk left out keeps its value.
 TEST(EmuGrid, WriteWindowsUpdateEveryChunkOnceWhateverItsNeighbours)
 {
-    emu::Fixture f(alternating_runs(6161, 90), 6161);
-    ASSERT_GT(f.num_chunks(), 2u * GCLIP_BLOCK_THREADS) << "one block must cross windows";
+    emu::Fixture f(alternating_runs(6161, 130), 6161);
+    ASSERT_GT(f.num_chunks(), 3u * GCLIP_BLOCK_THREADS) << "a grid of three must cross windows";
     for (int32_t op : {int32_t{GCLIP_OP_CLIP_NORM}, int32_t{GCLIP_OP_CLIP_PER_TENSOR},
                        int32_t{GCLIP_OP_CLIP_VALUE}}) {
         SCOPED_TRACE(emu::op_name(op));
