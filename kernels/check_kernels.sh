@@ -323,10 +323,9 @@ fi
 # shared memory (a byte store: st.shared.u8) and meet at two block barriers
 # a window (bar.sync: at least 2 in the clamp kernel, 3 in the scale
 # kernel, whose block also meets to read its factor), and their warps look
-# ahead too (prefetch.global.L2). And a
-# chunk's split into head, vectors and tail, done for every chunk of a
-# window, is shifts: no integer division in the scale and clamp kernels'
-# PTX (a 64-bit one is a called routine).
+# ahead too (prefetch.global.L2). And a chunk's split into head, vectors and
+# tail, done for every chunk of a window, is shifts: no integer division in
+# the scale and clamp kernels' PTX (a 64-bit one is a called routine).
 if [ -f "$work/norm_kernel.ptx" ]; then
     n=$(grep -c 'prefetch\.global\.L2 ' "$work/norm_kernel.ptx" || true)
     echo "norm_kernel.cu: $n prefetch.global.L2 in the compute_90 PTX (look-ahead)"
