@@ -159,8 +159,13 @@ static void segment_part(gclip_plan *plan, uint32_t s, int t, int threads,
     const uint32_t c1 = part_begin(st->chunk_weight_before, s0, s1, t + 1, threads);
     if (c0 < c1)
         read(plan, c0, c1, a);
-    /* a barrier of the team (outside a parallel region, of this thread alone) */
+    /* a barrier of this call's own team; none for one thread, which calls
+     * this outside any region of its own: an orphaned barrier there would
+     * bind to the caller's parallel region, if the call is made from one,
+     * and wait for threads that never reach it */
+    if (threads > 1) {
 #pragma omp barrier
+    }
     if (c0 >= c1)
         return;
     /* the tensor continued from the part before, if any */

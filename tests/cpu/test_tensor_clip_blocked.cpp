@@ -18,9 +18,17 @@
 
 #include <gtest/gtest.h>
 
+#include <omp.h>
+
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
 #include <limits>
+#include <mutex>
+#include <thread>
 #include <vector>
 
 using oracle::TestBuffer;
@@ -238,6 +246,76 @@ TEST(TensorClipBlocked, NonFiniteTensorsSpoilOnlyThemselves)
     }
     EXPECT_TRUE(std::isnan(got.norms[nan_at]));
     EXPECT_TRUE(std::isinf(got.norms[inf_at]));
+}
+
+// Calls made from inside the caller's own OpenMP parallel region: each call
+// runs its segments in a team of its own, or alone on one thread, and never
+// waits at a barrier of the caller's team. Two threads of one region clip
+// two plans of different segment counts on one library thread each, and one
+// thread of a region clips under `omp single` while the others wait at the
+// construct's end. Either hung when the one-thread walk met a barrier that
+// bound to the caller's team; a watchdog turns a hang into a failure.
+class Watchdog {
+public:
+    explicit Watchdog(int seconds)
+        : thread_([this, seconds] {
+              std::unique_lock<std::mutex> lock(m_);
+              if (!cv_.wait_for(lock, std::chrono::seconds(seconds), [this] { return done_; })) {
+                  std::fprintf(stderr, "the calls did not return in %d s\n", seconds);
+                  std::_Exit(1);
+              }
+          })
+    {
+    }
+    ~Watchdog()
+    {
+        {
+            std::lock_guard<std::mutex> lock(m_);
+            done_ = true;
+        }
+        cv_.notify_one();
+        thread_.join();
+    }
+
+private:
+    std::mutex m_;
+    std::condition_variable cv_;
+    bool done_ = false;
+    std::thread thread_;
+};
+
+TEST(TensorClipBlocked, CallsFromInsideTheCallersParallelRegionReturnWithTheSameBits)
+{
+    const auto &mixed = mixed_plan();
+    oracle::Rng rng(1210);
+    std::vector<TestBuffer> small;
+    small.emplace_back(GCLIP_F32, 1000, 0);
+    oracle::fill_random(small.back().data(), GCLIP_F32, 1000, rng, 1.0);
+    const Outcome want_mixed = clip(mixed, GCLIP_NONFINITE_SKIP, 2.0f, 0.05f, 1.0f, 1);
+    const Outcome want_small = clip(small, GCLIP_NONFINITE_SKIP, 2.0f, 0.05f, 1.0f, 1);
+    ASSERT_NE(oracle::checksum(want_small.grads), oracle::checksum(small)) << "nothing clipped";
+    for (int threads : {1, 2, 0}) {
+        SCOPED_TRACE("library threads " + std::to_string(threads));
+        Outcome got_mixed, got_small, got_single;
+        {
+            Watchdog dog(120);
+#pragma omp parallel num_threads(2)
+            {
+                if (omp_get_thread_num() == 0)
+                    got_mixed = clip(mixed, GCLIP_NONFINITE_PROPAGATE, 2.0f, 0.05f, 1.0f, threads);
+                else
+                    got_small = clip(small, GCLIP_NONFINITE_PROPAGATE, 2.0f, 0.05f, 1.0f, threads);
+            }
+#pragma omp parallel num_threads(2)
+            {
+#pragma omp single
+                got_single = clip(small, GCLIP_NONFINITE_PROPAGATE, 2.0f, 0.05f, 1.0f, threads);
+            }
+        }
+        expect_same_bits(got_mixed, want_mixed);
+        expect_same_bits(got_small, want_small);
+        expect_same_bits(got_single, want_small);
+    }
 }
 
 } // namespace
