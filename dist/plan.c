@@ -337,8 +337,9 @@ gclip_status gclip_dist_plan_rebind(gclip_dist_plan *plan, void *const *data, si
                                     gclip_stream stream)
 {
     gclip_dist_clear_error();
-    if (!plan || !data)
-        return gclip_dist_fail(GCLIP_STATUS_INVALID_ARGUMENT, "plan or data is NULL");
+    if (!plan || (!data && count > 0))
+        return gclip_dist_fail(GCLIP_STATUS_INVALID_ARGUMENT,
+                               !plan ? "plan is NULL" : "data is NULL and count is not 0");
     if (count != plan->count)
         return gclip_dist_fail(GCLIP_STATUS_INVALID_ARGUMENT,
                                "count %zu, but the plan has %zu tensors", count, plan->count);

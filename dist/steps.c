@@ -185,6 +185,10 @@ static gclip_status begin_and_accumulate(gclip_dist_plan *p, const gclip_norm_op
     const gclip_status s = p->memory->begin(p, stream);
     if (s != GCLIP_STATUS_SUCCESS) {
         p->poisoned = 1;
+        /* the send slots must not keep the last step's partials: the poison
+         * goes there too, if the stream still takes a copy */
+        if (p->send)
+            (void)fill_send_slots(p, stream);
         return s;
     }
     return accumulate_groups(p, options, stream);

@@ -237,6 +237,15 @@ inline int64_t misclipped(const Rank &w, float factor)
     return bad;
 }
 
+// The factor a clipping step applies: the coefficient of the norm it
+// reports (oracle::expected_op_coef, written apart from the library) times
+// inv_scale. Checked against the result's `scale`, and the elements against
+// it, so that a step that reports the wrong factor, or none, fails.
+inline float expected_factor(const gclip_result &r, const gclip_norm_options &o)
+{
+    return oracle::expected_op_coef(r.total_norm, o.max_norm, o.eps) * o.inv_scale;
+}
+
 inline uint32_t bits(float f)
 {
     uint32_t u;

@@ -149,8 +149,11 @@ TEST(DistExternal, EveryRankGetsTheSingleProcessNormBitForBit)
                     EXPECT_EQ(distw::bits(res[r].total_norm), distw::bits(res[0].total_norm));
                     EXPECT_EQ(distw::bits(res[r].scale), distw::bits(res[0].scale));
                     EXPECT_LT(res[r].scale, 1.0f);
+                    EXPECT_EQ(distw::bits(res[r].scale),
+                              distw::bits(distw::expected_factor(res[r], o)));
                     EXPECT_EQ(res[r].applied, 1);
-                    EXPECT_EQ(distw::misclipped(job.ranks[r], res[r].scale), 0) << "rank " << r;
+                    EXPECT_EQ(distw::misclipped(job.ranks[r], distw::expected_factor(res[r], o)), 0)
+                        << "rank " << r;
                 }
             }
 }
@@ -456,6 +459,14 @@ TEST(DistExternal, ARankWithNoTensorsStillContributesAValidPartial)
     gclip_result r;
     ASSERT_EQ(gclip_dist_get_result(empty.get(), &r), GCLIP_STATUS_SUCCESS);
     EXPECT_EQ(r.total_norm, 5.0f);
+    // a rebind of its empty list, as gclip_plan_rebind takes it: no data
+    // pointer is needed for no tensor
+    EXPECT_EQ(gclip_dist_plan_rebind(empty.get(), nullptr, 0, nullptr), GCLIP_STATUS_SUCCESS)
+        << gclip_dist_last_error();
+    EXPECT_EQ(gclip_dist_plan_rebind(empty.get(), nullptr, 1, nullptr),
+              GCLIP_STATUS_INVALID_ARGUMENT);
+    EXPECT_NE(std::string(gclip_dist_last_error()).find("data is NULL"), std::string::npos)
+        << gclip_dist_last_error();
 }
 
 TEST(DistExternal, TheResultNeverHoldsALocalNorm)

@@ -134,7 +134,7 @@ void run_rank(RankRun &run, ncclComm_t comm, int device, const gclip_norm_option
     run.step = gclip_dist_clip_grad_norm(plan.get(), &o, stream);
     run.result = gclip_dist_get_result(plan.get(), &run.r);
     dev.download(run.w);
-    run.misclipped = distw::misclipped(run.w, run.r.scale);
+    run.misclipped = distw::misclipped(run.w, distw::expected_factor(run.r, o));
     plan.reset();
     cudaStreamDestroy(stream);
 }
@@ -159,6 +159,8 @@ TEST_F(NcclTest, OneRankCommunicatorMatchesTheSingleProcessPlan)
         EXPECT_TRUE(oracle::rel_close(run.r.total_norm, want.total, 1e-6L));
         EXPECT_TRUE(oracle::rel_close(run.r.total_norm,
                                       distw::single_process_result(run.w, o).total_norm, 1e-6L));
+        EXPECT_LT(run.r.scale, 1.0f);
+        EXPECT_EQ(distw::bits(run.r.scale), distw::bits(distw::expected_factor(run.r, o)));
         EXPECT_EQ(run.misclipped, 0);
         // a second run gives the same bits
         RankRun again{distw::make_rank(global, Layout{0, 1, 1, false})};
@@ -207,7 +209,9 @@ TEST_F(NcclTest, TheStepIsCapturedInAGraphAndEachReplayMatchesTheEagerStep)
         ASSERT_EQ(gclip_dist_get_result(plan.get(), &r), GCLIP_STATUS_SUCCESS);
         EXPECT_EQ(result_bits(r), result_bits(eager)) << "replay " << replay;
         dev.download(w);
-        EXPECT_EQ(distw::misclipped(w, r.scale), 0);
+        EXPECT_LT(r.scale, 1.0f);
+        EXPECT_EQ(distw::bits(r.scale), distw::bits(distw::expected_factor(r, o)));
+        EXPECT_EQ(distw::misclipped(w, distw::expected_factor(r, o)), 0);
     }
     cudaGraphExecDestroy(exec);
     cudaGraphDestroy(graph);
@@ -281,6 +285,9 @@ TEST_F(NcclTest, SeveralDevicesAgreeBitForBit)
         EXPECT_EQ(runs[r].result, GCLIP_STATUS_SUCCESS);
         EXPECT_TRUE(oracle::rel_close(runs[r].r.total_norm, want.total, 1e-6L));
         EXPECT_EQ(result_bits(runs[r].r), result_bits(runs[0].r)) << "rank " << r;
+        EXPECT_LT(runs[r].r.scale, 1.0f);
+        EXPECT_EQ(distw::bits(runs[r].r.scale),
+                  distw::bits(distw::expected_factor(runs[r].r, options(0.05f, 2.0f))));
         EXPECT_EQ(runs[r].misclipped, 0);
     }
 }
