@@ -280,6 +280,8 @@ class Clipper:
         self._policy = policy_code(nonfinite)
         self.inv_scale = inv_scale
         self.num_threads = None if num_threads is None else check_num_threads(num_threads)
+        if isinstance(max_plans, bool) or not isinstance(max_plans, int) or max_plans < 1:
+            raise ValueError(f"gclip: max_plans must be an int >= 1, got {max_plans!r}")
         self._plans: "OrderedDict[tuple, Plan]" = OrderedDict()
         self._max_plans = max_plans
         self.plan: Optional[Plan] = None  # the plan of the last operation
@@ -289,6 +291,10 @@ class Clipper:
 
     # -- plans -------------------------------------------------------------------
     def _describe(self, tensors, stream):
+        if hasattr(tensors, "__dlpack__"):
+            # one array is one tensor (as torch.nn.utils takes one Tensor),
+            # not the sequence of its rows or elements
+            tensors = [tensors]
         return [_dlpack.describe(t, None, jax_writable=self._jax_writable, name=f"tensor {k}")
                 for k, t in enumerate(tensors)]
 

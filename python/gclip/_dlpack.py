@@ -171,6 +171,13 @@ def describe(x, stream=None, *, jax_writable: bool = False, name: str = "the arr
     for the fresh buffers it allocates and writes before anyone sees them)."""
     mod = type(x).__module__
     if mod == "numpy":
+        if not hasattr(x, "__dlpack__"):
+            # a NumPy scalar (np.float32(3.0)): its __array_interface__ makes
+            # a temporary array that dies with the dict, and a clip could not
+            # write to an immutable scalar anyway
+            raise TypeError(f"gclip: {name} is a NumPy scalar ({type(x).__name__}), which has "
+                            "no memory to read or clip in place; pass an array "
+                            "(numpy.atleast_1d(x))")
         dt = _NP_DTYPES.get(x.dtype.name)
         if dt is None:
             raise TypeError(f"gclip: {name} has unsupported dtype {x.dtype} (float32, float16, "
@@ -210,6 +217,8 @@ def raw_bytes(x):
     communicator gathered (int32, uint8, ...), e.g. gclip_partial records."""
     mod = type(x).__module__
     if mod == "numpy":
+        if not hasattr(x, "__dlpack__"):
+            raise TypeError("gclip: the partials are a NumPy scalar; pass the array of records")
         if not x.flags.c_contiguous:
             raise ValueError("gclip: the partials must be one contiguous array")
         return x.__array_interface__["data"][0] or 0, x.nbytes

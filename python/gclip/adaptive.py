@@ -236,6 +236,19 @@ def _with_tensor_count(data: bytes, count: int) -> bytes:
     return _HEADER.pack(*h) + data[_HEADER.size:]
 
 
+def _check_state(method: str, hp: dict, data: bytes, per_tensor: bool) -> None:
+    """Raise ValueError if `data` is not a whole state of `method` under `hp`
+    (kept until the first step, which loads it for its gradients): it is
+    loaded into an adaptive of as many empty CPU tensors as it names (a
+    per-tensor state holds at least a float per tensor) or, for a global
+    state, of none, and dropped."""
+    count = _header(data)[3] if per_tensor else 0
+    if count > len(data) // 4:
+        raise ValueError(f"gclip: the adaptive state names {count} tensors in {len(data)} bytes")
+    probe = Adaptive(Plan([0] * count, [_lib.F32] * count, _lib.DEVICE_CPU), method, hp)
+    probe.load(data if per_tensor else _with_tensor_count(data, 0))
+
+
 def _ring_in_order(ring: list, filled: int, head: int) -> list:
     return ring[:filled] if filled < len(ring) else ring[head:] + ring[:head]
 
@@ -559,11 +572,13 @@ class AdaptiveClipper(Clipper):
                                  f"{_METHOD_NAMES.get(h[2], h[2])!r}, not {method!r}")
         ad = self._adaptive
         new = None
+        per_tensor = _per_tensor(method, hp)
         if ad is not None:
             new = Adaptive(ad.plan, method, hp)
             if data is not None:
-                per_tensor = _per_tensor(method, hp)
                 new.load(data if per_tensor else _with_tensor_count(data, ad.count))
+        elif data is not None:
+            _check_state(method, hp, data, per_tensor)
 
         def install():
             self._hp = hp

@@ -75,6 +75,33 @@ def _writable_copies(leaves, device=None):
     return out
 
 
+def _readable(leaves, device):
+    """The leaves as one plan reads them: in place, but a copy of a leaf
+    whose bytes an earlier one (in address order) already covers (a pytree
+    may hold one array twice, or two views of one buffer, and a norm counts
+    each leaf, as optax's does), of a NumPy scalar (no memory of its own) and
+    of a leaf that is not dense."""
+    out = list(leaves)
+    spans = []
+    for k, x in enumerate(leaves):
+        if isinstance(x, np.generic):
+            out[k] = np.array(x)
+            continue
+        info = _dlpack.describe(x, name=f"leaf {k}")
+        if not info.dense:
+            out[k] = _writable_copies([x], device)[0]
+        elif info.numel > 0:
+            spans.append((info.ptr, info.ptr + info.numel * x.dtype.itemsize, k))
+    spans.sort()
+    end = 0
+    for start, stop, k in spans:
+        if start < end:
+            out[k] = _writable_copies([leaves[k]], device)[0]
+        else:
+            end = stop
+    return out
+
+
 def _wait(c: Clipper, device) -> None:
     """On a GPU: wait for the Clipper's last operation (its kernels run on
     gclip's stream, not JAX's), before JAX reads what they wrote."""
@@ -83,10 +110,12 @@ def _wait(c: Clipper, device) -> None:
 
 
 def global_norm(tree: Any, norm_type: float = 2.0) -> float:
-    """p-norm of all leaves together, exact to 1e-6 (read without copies)."""
+    """p-norm of all leaves together, exact to 1e-6 (read in place; a leaf
+    that repeats another's bytes, is not dense or is a NumPy scalar is read
+    from a copy)."""
     leaves, _ = _leaves(tree)
     c = _Clipper(norm_type=norm_type, nonfinite="propagate")
-    c.total_norm(leaves)
+    c.total_norm(_readable(leaves, _gpu_device(leaves)))
     return c.result().total_norm
 
 
@@ -94,6 +123,7 @@ def tensor_norms(tree: Any, norm_type: float = 2.0):
     """Each leaf's own p-norm, as a pytree of float32 scalars."""
     leaves, treedef = _leaves(tree)
     device = _gpu_device(leaves)
+    leaves = _readable(leaves, device)
     c = _Clipper(norm_type=norm_type, nonfinite="propagate")
     if device is None:
         out = np.empty(len(leaves), dtype=np.float32)

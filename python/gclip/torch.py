@@ -308,6 +308,12 @@ def _single_device(grads: List[Tensor]):
     device = grads[0].device
     if device.type not in ("cpu", "cuda"):
         _check_tensor(grads[0], 0)
+    if first < 0:
+        # get_device() is -1 on every device but CUDA ("meta" among them):
+        # one not on the CPU is refused here, before its pointer is taken
+        for k, g in enumerate(grads):
+            if not g.is_cpu:
+                _check_tensor(g, k)
     return device, (first if device.type == "cuda" else -1)
 
 

@@ -273,6 +273,62 @@ def test_jax_norms_and_functional_clip(rng):
             assert x.devices() == leaf_devices
 
 
+def test_jax_norms_count_shared_and_overlapping_leaves_as_optax_does(rng):
+    """A pytree may hold one array twice, or views of one buffer; optax's
+    global_norm counts each leaf. The norms read such leaves (and NumPy
+    scalars, and leaves that are not dense) from copies, as the functional
+    clip does, instead of refusing them."""
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+    import gclip.jax as gj
+    optax = pytest.importorskip("optax", minversion="0.2.5")  # optax.tree.norm
+    w = jnp.asarray(rng.standard_normal(7).astype(np.float32))
+    v = jnp.asarray(rng.standard_normal(5).astype(np.float32))
+    base = (rng.standard_normal(12) * 2).astype(np.float32)
+    trees = [[w, w, v], {"a": w, "b": w},
+             [base[0:8], base[4:12]],  # two NumPy views that overlap
+             [base[::3], v],  # not dense
+             [np.float32(rng.standard_normal()), np.float64(rng.standard_normal()), v]]
+    for tree in trees:
+        leaves = [np.asarray(x, dtype=np.float64).reshape(-1)
+                  for x in jax.tree_util.tree_leaves(tree)]
+        ref = ref_norm(leaves, 2)
+        assert gj.global_norm(tree) == pytest.approx(ref, rel=1e-6)
+        assert gj.global_norm(tree) == pytest.approx(
+            float(optax.tree.norm([jnp.asarray(x) for x in leaves])), rel=1e-6)
+        _, info = gj.clip_by_global_norm(tree, 1e-3)
+        assert info.total_norm == gj.global_norm(tree)
+        norms = jax.tree_util.tree_leaves(gj.tensor_norms(tree))
+        for n, x in zip(norms, leaves):
+            assert float(n) == pytest.approx(ref_norm([x], 2), rel=1e-6)
+    before = base.copy()
+    gj.global_norm([base[0:8], base[4:12]])
+    np.testing.assert_array_equal(base, before)
+
+
+def test_numpy_scalars_are_refused_and_one_array_is_one_tensor(rng):
+    """A NumPy scalar has no memory of its own (its array interface is a
+    temporary array): refused with TypeError, nothing read or written. One
+    array given alone is one tensor, as torch.nn.utils takes one Tensor, not
+    the sequence of its rows or elements."""
+    c = gclip.Clipper(1.0)
+    with pytest.raises(TypeError, match=r"tensor 1 is a NumPy scalar"):
+        c.total_norm([np.ones(3, np.float32), np.float32(4.0)])
+    x = (rng.standard_normal(6) * 10).astype(np.float32)
+    want = x.astype(np.float64)
+    c.clip_grad_norm(x)
+    ref = ref_norm([want], 2)
+    assert c.result().total_norm == pytest.approx(ref, rel=1e-6)
+    assert c.result().applied
+    np.testing.assert_allclose(x, want / (ref + 1e-6), rtol=2e-6)
+    m = (rng.standard_normal((3, 4)) * 10).astype(np.float32)
+    c.total_norm(m)
+    assert c.result().total_norm == pytest.approx(ref_norm([m.astype(np.float64)], 2), rel=1e-6)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="max_plans"):
+            gclip.Clipper(1.0, max_plans=bad)
+
+
 def test_jax_device_path_writes_new_jax_buffers_on_the_leaves_device(rng, monkeypatch):
     """The path gclip.jax takes for leaves in GPU memory (outputs are new JAX
     buffers on the leaves' device, written through DLPack), taken here with

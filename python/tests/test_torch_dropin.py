@@ -476,6 +476,33 @@ def test_rejected_inputs_change_nothing(rng):
         gt.clip_grad_norm_([good], 0.1, nonfinite="maybe")
 
 
+def test_a_gradient_on_another_device_is_refused_wherever_it_stands(rng):
+    """A 'meta' tensor (get_device() -1, as a CPU tensor's) after CPU ones,
+    with a plan for these shapes already cached: TypeError naming it, as
+    when it comes first, and nothing written."""
+    def param(g):
+        p = torch.nn.Parameter(torch.zeros(g.shape, dtype=g.dtype, device=g.device))
+        p.grad = g
+        return p
+
+    calls = [lambda ps: gt.clip_grad_norm_(ps, 0.1),
+             lambda ps: gt.clip_grad_value_(ps, 0.1),
+             lambda ps: gt.get_total_norm([p.grad for p in ps]),
+             lambda ps: gt.clip_grads_with_norm_(ps, 0.1, torch.tensor(100.0))]
+    for call in calls:
+        for dtypes in ((torch.float32, torch.float32), (torch.float32, torch.float16)):
+            warm = [param(torch.from_numpy(rng.standard_normal(4).astype(np.float32)).to(d))
+                    for d in dtypes]
+            call(warm)
+            cpu = torch.from_numpy(rng.standard_normal(4).astype(np.float32) * 10).to(dtypes[0])
+            before = cpu.clone()
+            meta = torch.empty(4, dtype=dtypes[1], device="meta")
+            for order in ((cpu, meta), (meta, cpu)):
+                with pytest.raises(TypeError, match="'meta' device"):
+                    call([param(g) for g in order])
+                assert torch.equal(cpu, before)
+
+
 # ---- threads and autograd ------------------------------------------------------------
 
 def _thread_worker(seed, calls, errors, use_list):
