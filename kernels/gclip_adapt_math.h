@@ -98,14 +98,6 @@ GCLIP_HD float gclip_clamp_min(float x, float lo)
     return x < lo ? lo : x;
 }
 
-/* torch.lerp in float: start + w (end - start) for |w| < 0.5, else
- * end - (end - start)(1 - w). */
-GCLIP_HD float gclip_lerpf(float start, float end, float w)
-{
-    const float d = end - start;
-    return fabsf(w) < 0.5f ? start + gclip_fmul(w, d) : end - gclip_fmul(d, 1.0f - w);
-}
-
 /* a * b + c rounded once. */
 GCLIP_HD float gclip_fmaf(float a, float b, float c)
 {
@@ -116,7 +108,8 @@ GCLIP_HD float gclip_fmaf(float a, float b, float c)
 #endif
 }
 
-/* torch.lerp's two formulas, each product and sum rounded once (a fused
+/* torch.lerp in float: start + w (end - start) for |w| < 0.5, else
+ * end - (end - start)(1 - w), each product and sum rounded once (a fused
  * multiply-add), as PyTorch's CPU lerp kernel evaluates them. */
 GCLIP_HD float gclip_lerpf_fused(float start, float end, float w)
 {
@@ -311,7 +304,7 @@ GCLIP_HD float *gclip_adapt_sorted_row(const gclip_adapt_device *a, uint32_t row
 }
 
 /* AutoClip (QuantileClip): the first step does not clip; then the quantile
- * of the stored norms, applied as clip_grad_norm_ with a tensor max_norm. */
+ * of the stored norms, applied as clip_grad_norm_(max_norm=threshold). */
 GCLIP_HD float gclip_autoclip_threshold(const gclip_adapt_device *a, uint32_t row, uint32_t filled)
 {
     if (filled == 0)
@@ -321,8 +314,11 @@ GCLIP_HD float gclip_autoclip_threshold(const gclip_adapt_device *a, uint32_t ro
 
 GCLIP_HD float gclip_autoclip_coef(float threshold, float norm, float eps)
 {
-    /* the first step's +Inf threshold gives 1 for any finite norm */
-    return gclip_clamp_max(threshold / (norm + eps), 1.0f);
+    /* clip_grad_norm_ takes max_norm as a Python float, so the threshold
+     * multiplies the reciprocal of N + eps (gclip_clip_coef: two roundings,
+     * not one division); the first step's +Inf threshold gives 1 for any
+     * finite norm */
+    return gclip_clip_coef(norm, threshold, eps);
 }
 
 /* The global decision (one thread). Reads the state, writes nothing. */
@@ -384,7 +380,7 @@ GCLIP_HD float gclip_adagc_row(const gclip_adapt_device *a, const gclip_adapt_in
     const float num = gclip_fmul(c->adagc_lambda_rel, gclip_clamp_min(a->gamma[i], c->adagc_eps));
     h = gclip_clamp_max(num / gclip_clamp_min(n, c->adagc_eps), 1.0f);
     if (in->record)
-        a->gamma[i] = gclip_lerpf(a->gamma[i], gclip_fmul(n, h), c->adagc_weight);
+        a->gamma[i] = gclip_lerpf_fused(a->gamma[i], gclip_fmul(n, h), c->adagc_weight);
     return h;
 }
 

@@ -8,6 +8,7 @@ NaN norms that never enter the statistics."""
 import dataclasses
 import io
 import math
+import struct
 import warnings
 from collections import deque
 from fractions import Fraction
@@ -378,6 +379,84 @@ def test_autoclip_threshold_is_torch_quantile_bitwise_at_history_1000(rng, q):
             f"most {max_ulps} ulp, and equals the formula written out at every step")
 
 
+def scalar_stream(rng, steps, count):
+    """Seeded single-element gradients: magnitudes drifting around 0.5 with
+    noise, a spike of 5-30x every 37 steps, random signs; never zero. A
+    tensor of one element has the norm |x| exactly in every library, so a
+    reference's coefficient arithmetic can be compared bit for bit."""
+    for k in range(steps):
+        base = 0.5 * (1.0 + 0.3 * math.sin(k / 17.0))
+        xs = []
+        for _ in range(count):
+            x = base * (0.05 + abs(1.0 + 0.25 * rng.standard_normal()))
+            if k % 37 == 36:
+                x *= rng.uniform(5.0, 30.0)
+            xs.append(float(np.float32(x if rng.random() < 0.5 else -x)))
+        yield xs
+
+
+@pytest.mark.parametrize("case", ["local", "global"])
+def test_quantileclip_bit_for_bit_with_autoclip_on_single_elements(rng, case):
+    """The reference clips with clip_grad_norm_(max_norm=threshold), which
+    takes the threshold as a Python float: coef = threshold * (1 / (N +
+    1e-6)), two roundings, not one division. On one-element tensors (exact
+    norms on both sides) every clipped gradient and every history is the
+    reference's, bit for bit."""
+    autoclip = pytest.importorskip("autoclip.torch", reason="the reference package autoclip==0.2.1")
+    count = 3 if case == "local" else 1
+    ref_ps = [torch.zeros(1, requires_grad=True) for _ in range(count)]
+    our_ps = [torch.zeros(1, requires_grad=True) for _ in range(count)]
+    kw = {"quantile": 0.9, "history_length": 40, "global_threshold": case == "global"}
+    ref = autoclip.QuantileClip(ref_ps, **kw)
+    ours = gt.QuantileClip(our_ps, **kw)
+    clipped = 0
+    for k, xs in enumerate(scalar_stream(rng, 400, count)):
+        for p, q, x in zip(ref_ps, our_ps, xs):
+            p.grad = torch.tensor([x], dtype=torch.float32)
+            q.grad = torch.tensor([x], dtype=torch.float32)
+        ref.step()
+        ours.step()
+        for i, (p, q, x) in enumerate(zip(ref_ps, our_ps, xs)):
+            assert torch.equal(q.grad, p.grad), (f"step {k} tensor {i}: {x!r} clipped to "
+                                                 f"{q.grad.item()!r}, the reference "
+                                                 f"{p.grad.item()!r}")
+            clipped += q.grad.item() != x
+        hist = ([ref.state["global_history"]] if case == "global"
+                else [ref.state[p]["history"] for p in ref_ps])
+        mine = ours.statistics()["histories"]
+        assert len(mine) == len(hist)
+        for a, b in zip(mine, hist):
+            assert torch.equal(a, b.reshape(-1)), f"step {k}"
+    assert clipped > 40
+
+
+def test_adagc_bit_for_bit_with_pytorch_optimizer_on_a_single_element(rng):
+    """gamma <- gamma.lerp(||g'||, 1 - beta): PyTorch's lerp rounds each of its
+    formulas once (a fused multiply-add). On a one-element tensor (its norm
+    exact on both sides, and ||g'|| = h ||g|| the reference's too) every
+    clipped gradient and every gamma is the reference's, bit for bit."""
+    po = pytest.importorskip("pytorch_optimizer", reason="the reference package pytorch-optimizer")
+    ref_p = torch.zeros(1, requires_grad=True)
+    our_p = torch.zeros(1, requires_grad=True)
+    ref = po.AdaGC([ref_p], lr=1e-3, betas=(0.0, 0.999), weight_decay=0.0,
+                   warmup_steps=20, lambda_abs=0.45)
+    ours = gt.AdaGC(warmup_steps=20, lambda_abs=0.45)
+    clipped = 0
+    for k, (x,) in enumerate(scalar_stream(rng, 400, 1)):
+        ref_p.grad = torch.tensor([x], dtype=torch.float32)
+        our_p.grad = torch.tensor([x], dtype=torch.float32)
+        ref.step()
+        ours.step([our_p])
+        want = ref.state[ref_p]["exp_avg"]
+        assert torch.equal(our_p.grad, want), (f"step {k}: {x!r} clipped to "
+                                               f"{our_p.grad.item()!r}, the reference "
+                                               f"{want.item()!r}")
+        gamma = ours.statistics()["gamma"]
+        assert torch.equal(gamma.reshape(()), ref.state[ref_p]["gamma"].reshape(())), f"step {k}"
+        clipped += our_p.grad.item() != x and k >= 20
+    assert clipped > 20
+
+
 def test_adagc_matches_pytorch_optimizer(rng):
     po = pytest.importorskip("pytorch_optimizer", reason="the reference package pytorch-optimizer")
     m_ref, m_ours = make_model(), make_model()
@@ -712,6 +791,44 @@ def test_load_state_dict_restores_hyperparameters_and_rejects_foreign_state(rng)
     with pytest.raises(ValueError):
         q2.load_state_dict(q.state_dict())
     assert torch.equal(q2.state_dict()["clippers"][0]["state"], saved["clippers"][0]["state"])
+
+
+def test_a_clipper_that_has_not_stepped_checks_a_loaded_state_whole(rng):
+    """Before its first step a clipper has no tensors to load a state into; it
+    checks the state when it is loaded, as a clipper that has stepped does:
+    a cut or header-corrupted state raises ValueError there and leaves the
+    clipper fresh, and a whole one resumes the saved clipper bit for bit."""
+    m = make_model()
+    for make in (lambda: gt.ZClip(warmup_steps=3), lambda: gt.AdaGC(warmup_steps=3),
+                 lambda: gt.SpikeSkip()):
+        saved = make()
+        for gs in gradient_stream(rng, 6):
+            set_grads(m, gs)
+            saved.step(m)
+        sd = saved.state_dict()
+        raw = bytes(sd["state"].numpy())
+        header = bytearray(raw)
+        struct.pack_into("=I", header, 16, 2 ** 31)  # the histories named
+        for bad in (raw[:-4], raw[:40], bytes(header)):
+            fresh = make()
+            with pytest.raises(ValueError):
+                fresh.load_state_dict(dict(sd, state=torch.frombuffer(bytearray(bad),
+                                                                      dtype=torch.uint8)))
+            assert fresh.state_dict()["state"] is None
+            gs = next(gradient_stream(rng, 1))
+            set_grads(m, gs)
+            fresh.step(m)  # a fresh clipper's first step
+            assert fresh.statistics()["steps"] == 1
+        resumed = make()
+        resumed.load_state_dict(sd)
+        gs = next(gradient_stream(rng, 1))
+        set_grads(m, gs)
+        saved.step(m)
+        want = grads_of(m)
+        set_grads(m, gs)
+        resumed.step(m)
+        assert_grads_equal(grads_of(m), want)
+        assert torch.equal(resumed.state_dict()["state"], saved.state_dict()["state"])
 
 
 # ---- bad input -----------------------------------------------------------------------------

@@ -240,6 +240,8 @@ TEST(AdaptiveAutoClip, Vector15AndFirstStep)
     const float g = m.step_with(10.0f);
     EXPECT_NEAR(m.info().threshold, 1.4f, 1e-7);
     EXPECT_NEAR(m.info().clip_coef, 0.139999986, 2e-8);
+    // clip_grad_norm_ takes the threshold as a Python float: T * (1 / (N + eps))
+    EXPECT_EQ(m.info().clip_coef, m.info().threshold * (1.0f / (10.0f + 1e-6f)));
     EXPECT_EQ(g, 10.0f * m.info().clip_coef);
 }
 
@@ -321,9 +323,10 @@ TEST(AdaptiveAdaGC, WarmupBoundaryAndFirstStep)
     EXPECT_EQ(m.grads[0][0], 5.0f * h0);
     EXPECT_EQ(m.grads[1][0], 0.01f); // h = 1
     EXPECT_EQ(m.info().clipped, 1u);
-    // gamma after the lerp with weight 1 - 0.98
+    // gamma after torch.lerp with weight 1 - 0.98 (< 0.5): start + w (end -
+    // start), the difference rounded, then the product and sum rounded once
     const float w = (float)(1.0 - 0.98);
-    const float g0 = gamma0 + w * (5.0f * h0 - gamma0);
+    const float g0 = std::fma(w, 5.0f * h0 - gamma0, gamma0);
     const std::vector<unsigned char> st = m.state();
     float gamma[2];
     std::memcpy(gamma, st.data() + 32 + sizeof(gclip_adapt_scalars), sizeof gamma);
