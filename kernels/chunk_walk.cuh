@@ -379,21 +379,17 @@ __device__ __forceinline__ bool gclip_chunk_is_small(const gclip_chunk_view &c)
     return gclip_span_is_small((uintptr_t)c.base, c.count, c.dtype) != 0;
 }
 
-/* If chunk c (< end) is small, lane l of the calling warp asks L2 for the
- * chunk's l-th 128-byte line (the first 32 lines: a small chunk may reach
- * into one or two more, not asked for). The warps of every kernel call it
- * on the small chunk each walks next, before loading the one it is at
- * (norm_kernel.cu, gclip_for_block_chunks): the table loads are broadcasts,
- * and the chunk's data is on its way from memory while the warp finishes
- * the chunk it is at. */
-__device__ __forceinline__ void gclip_look_ahead(const gclip_device_tables &t, uint32_t c,
-                                                 uint32_t end)
+/* Lane l of the calling warp asks L2 for the l-th 128-byte line of chunk
+ * c, a small chunk (the first 32 lines: a small chunk may reach into one or
+ * two more, not asked for). The warps of every kernel call it on the small
+ * chunk each walks next, found in the window's flags, before loading the one
+ * it is at (norm_kernel.cu, gclip_for_block_chunks): the table loads are
+ * broadcasts that hit L1 (the window's flags were read from the same
+ * entries), and the chunk's data is on its way from memory while the warp
+ * finishes the chunk it is at. */
+__device__ __forceinline__ void gclip_look_ahead(const gclip_device_tables &t, uint32_t c)
 {
-    if (c >= end)
-        return;
     const gclip_chunk_view v = gclip_chunk_at(t, c);
-    if (!gclip_chunk_is_small(v))
-        return;
     /* lane l: the chunk's l-th line, named by an address inside the chunk
      * (lane 0 by the chunk's start, which may lie past its line's start),
      * so that no request names memory outside the tensor */
@@ -488,7 +484,7 @@ __device__ __forceinline__ void gclip_for_block_chunks(const gclip_device_tables
         for (uint32_t p = gclip_window_next_small(win, warp); p < GCLIP_BLOCK_THREADS;) {
             const uint32_t q = gclip_window_next_small(win, p + GCLIP_SMALL_BATCH);
             if (q < GCLIP_BLOCK_THREADS)
-                gclip_look_ahead(t, (uint32_t)(first + q * stride), t.num_chunks);
+                gclip_look_ahead(t, (uint32_t)(first + q * stride));
             visit((uint32_t)(first + p * stride), true);
             p = q;
         }

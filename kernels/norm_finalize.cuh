@@ -133,6 +133,19 @@ typedef struct gclip_finalize_thread {
     int moved;
 } gclip_finalize_thread;
 
+/* A thread's start in either pass: nothing folded yet, and the scalars as
+ * read at execution (the lane pass and the close read the same). */
+__device__ __forceinline__ gclip_finalize_thread gclip_finalize_thread_start(
+    const gclip_norm_params &np)
+{
+    gclip_finalize_thread th;
+    th.total = GCLIP_TERM_ZERO;
+    th.nonfinite = 0;
+    th.sc = gclip_resolve_scalars(&np);
+    th.moved = gclip_coef_eps(th.sc.max_norm, np.eps) != np.eps;
+    return th;
+}
+
 /* Loads of what other blocks wrote in this launch, through L2: the fences
  * around the tickets order them after those blocks' fenced stores. */
 template <class T> __device__ __forceinline__ T gclip_load_cg(const T *p)
@@ -266,11 +279,7 @@ __device__ __forceinline__ void gclip_fold_lane_pass(const gclip_device_tables &
     const uint32_t end = gclip_fold_lane_begin(num_chunks, lane + 1);
     const uint32_t before = begin > 0 ? t.chunks[begin - 1].tensor : GCLIP_NO_TENSOR;
     const uint32_t window = GCLIP_FOLD_WINDOW;
-    gclip_finalize_thread th;
-    th.total = GCLIP_TERM_ZERO;
-    th.nonfinite = 0;
-    th.sc = gclip_resolve_scalars(&np); /* the close reads the same */
-    th.moved = gclip_coef_eps(th.sc.max_norm, np.eps) != np.eps;
+    gclip_finalize_thread th = gclip_finalize_thread_start(np);
     if (tid == 0) { /* published by the first window's barrier */
         sh.carried_acc = GCLIP_TERM_ZERO;
         sh.lead = GCLIP_TERM_ZERO;
@@ -439,11 +448,7 @@ __device__ __forceinline__ void gclip_finalize(const gclip_device_tables &t,
                                                gclip_finalize_shared &sh)
 {
     const uint32_t tid = threadIdx.x;
-    gclip_finalize_thread th;
-    th.total = GCLIP_TERM_ZERO;
-    th.nonfinite = 0;
-    th.sc = gclip_resolve_scalars(&np);
-    th.moved = gclip_coef_eps(th.sc.max_norm, np.eps) != np.eps;
+    gclip_finalize_thread th = gclip_finalize_thread_start(np);
     if (tid == 0)
         sh.nonfinite = 0; /* published by the barrier inside gclip_fold_close */
 

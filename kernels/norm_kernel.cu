@@ -419,7 +419,7 @@ static __global__ void __launch_bounds__(GCLIP_BLOCK_THREADS, GCLIP_NORM_MIN_BLO
                 /* found again after the walk: no register kept across it */
                 const uint32_t q = gclip_next_small(fin, p + GCLIP_SMALL_BATCH);
                 if (q < GCLIP_BLOCK_THREADS)
-                    gclip_look_ahead(t, base + q, fin.walk_end);
+                    gclip_look_ahead(t, base + q);
             }
             red.v[threadIdx.x] = gclip_small_column_of(gclip_chunk_at(t, base + p), params);
             __syncwarp(); /* the warp's 32 columns are in red.v */
