@@ -64,14 +64,14 @@ def test_clip_grad_norm(norm_type, foreach, device):
     for p, g in zip(layer.parameters(), grads):
         p._grad = g.clone().view_as(p)
     norm_before = compute_norm(norm_type)
-    grads = [p.grad for p in layer.parameters()]
-    total_norm = get_total_norm(grads, norm_type=norm_type, foreach=foreach)
+    live = [p.grad for p in layer.parameters()]
+    total_norm = get_total_norm(live, norm_type=norm_type, foreach=foreach)
     clip_grads_with_norm_(layer.parameters(), max_norm, total_norm, foreach=foreach)
     norm_after = compute_norm(norm_type)
     assert_equal(total_norm, norm_before)
     assert_equal(norm_after, torch.tensor(float(max_norm)))
     assert norm_after <= norm_before
-    compare_scaling(grads)
+    compare_scaling(grads)  # the originals: the live gradients were clipped in place
 
     # Small gradients should be left unchanged
     grads = (torch.rand(10, 10, device=device).div(10000), torch.ones(10, device=device).div(500))

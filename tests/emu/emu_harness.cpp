@@ -249,6 +249,11 @@ void Fixture::set_pristine(std::size_t k, int64_t i, float v)
     oracle::store(pristine_[k].data(), specs_[k].dtype, i, v);
 }
 
+void Fixture::set_pristine_bits16(std::size_t k, int64_t i, uint16_t bits)
+{
+    std::memcpy(pristine_[k].data() + 2 * i, &bits, 2);
+}
+
 void Fixture::reset()
 {
     for (std::size_t k = 0; k < count(); ++k)

@@ -93,6 +93,9 @@ public:
     // Element i of tensor k in the pristine data only: the copies get it at
     // the next reset_both() (many elements set at the cost of one copy).
     void set_pristine(std::size_t k, int64_t i, float v);
+    // The same for a 16-bit element given as its bits (a NaN keeps its sign
+    // and payload, which a float passed through the encoder would not).
+    void set_pristine_bits16(std::size_t k, int64_t i, uint16_t bits);
     // Device data back to the pristine values; workspace, partial, per-tensor
     // norms and every field of the result slot but its sequence refilled with
     // garbage (the tickets stay as they are: no memset between steps).

@@ -194,7 +194,7 @@ TEST(EmuExtremeNaN, HalfNaNsLeaveAsTheCanonicalNaN)
                 const uint16_t payload = static_cast<uint16_t>(rng.range(1, k == 0 ? 0x3ff : 0x7f));
                 const uint16_t h = static_cast<uint16_t>(
                     (rng.range(0, 1) ? 0x8000 : 0) | (k == 0 ? 0x7c00 : 0x7f80) | payload);
-                f.set_pristine(k, i, k == 0 ? oracle::f16_to_float(h) : oracle::bf16_to_float(h));
+                f.set_pristine_bits16(k, i, h);
                 nans[k].push_back(i);
             }
         f.reset_both();

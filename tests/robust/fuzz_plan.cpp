@@ -6,7 +6,9 @@
 // offset (overlaps and misalignment happen), sometimes NULL or with bad sizes
 // and dtypes, options drawn from special values (NaN, Inf, negative,
 // denormal) and a short sequence of operations. The arena bytes are raw input
-// bytes: NaN, Inf, denormals and huge values in every dtype.
+// bytes: NaN, Inf, denormals and huge values in f32, f16 and bf16. (No
+// tensor is f64: the checks below hold elements as floats; the CPU suite
+// runs f64.)
 //
 // Invariants, each violation calls abort():
 //  - the status agrees with an independent model of the validation table
