@@ -89,9 +89,11 @@ static gclip_status check_pairs(const gclip_plan *plan, const gclip_tensor *para
                               "size of dim 0, or 1 for ndim <= 1)",
                               i, (long long)u, (long long)g->numel);
         total += pieces_of(g->numel, u);
-        if (total > UINT32_MAX)
+        /* 2^31 - 1 at most: a piece's two sums sit at 2 * piece in 32-bit
+         * index arithmetic, and one block of a CUDA grid takes a piece */
+        if (total > INT32_MAX)
             return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
-                              "the tensors' units make more than 2^32 - 1 pieces of %lld "
+                              "the tensors' units make more than 2^31 - 1 pieces of %lld "
                               "elements",
                               (long long)GCLIP_AGC_PIECE);
     }

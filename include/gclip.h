@@ -208,7 +208,10 @@ typedef struct CUstream_st *gclip_stream;
  *                 means what `max_norm` means, 0 and +Inf included.
  *  inv_scale_ptr  optional: the same for inv_scale.
  *                 An out-of-range value read at execution writes no gradient;
- *                 the result slot's status says INVALID_ARGUMENT.
+ *                 the result slot's status says INVALID_ARGUMENT. Neither may
+ *                 point into the result slot of the plan it is given to
+ *                 (gclip_plan_device_result): the step rewrites that slot
+ *                 while its blocks read the pointers.
  */
 typedef struct gclip_norm_options {
     size_t size;
