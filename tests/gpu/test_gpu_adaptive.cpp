@@ -81,12 +81,31 @@ public:
         for (std::size_t t = 0; t < host_.size(); ++t)
             GPU_EXPECT_CUDA(cudaMemcpy(dev_[t]->get(), host_[t].data(), host_[t].size(),
                                        cudaMemcpyHostToDevice));
+        // a copy from pageable memory may return before it lands, and the
+        // steps run on a non-blocking stream, which does not wait for it
+        GPU_EXPECT_CUDA(cudaDeviceSynchronize());
     }
-    // Every device byte equals the host's.
-    void expect_equal(const char *what, int step) const
+    // Every device byte equals the host's; with f64_rel > 0, an f64 tensor's
+    // elements need only be within that relative distance (the general-p
+    // norms go through exp2 and log2, whose double bits the GPU's math
+    // library and glibc may round apart, and an f64 unit's factor stays in
+    // double).
+    void expect_equal(const char *what, int step, double f64_rel = 0.0) const
     {
         for (std::size_t t = 0; t < host_.size(); ++t) {
             const std::vector<unsigned char> d = download_bytes(dev_[t]->get(), host_[t].size());
+            if (f64_rel > 0.0 && shapes_[t].dtype == GCLIP_F64) {
+                for (int64_t i = 0; i < shapes_[t].numel(); ++i) {
+                    double a, b;
+                    std::memcpy(&a, d.data() + 8 * i, 8);
+                    std::memcpy(&b, host_[t].data() + 8 * i, 8);
+                    const bool same = std::isnan(a) ? std::isnan(b)
+                                                    : std::fabs(a - b) <= f64_rel * std::fabs(b);
+                    EXPECT_TRUE(same) << what << " " << t << " element " << i << ": " << a
+                                      << " against the CPU path's " << b << " after step " << step;
+                }
+                continue;
+            }
             EXPECT_EQ(std::memcmp(d.data(), host_[t].data(), d.size()), 0)
                 << what << " " << t << " differs from the CPU path's after step " << step;
         }
@@ -226,7 +245,7 @@ using GpuAgcTest = GpuTest;
 
 // Two steps of AGC for every norm type, with and without non-finite values
 // in gradient and parameter rows; rows on both sides of the threshold.
-TEST_F(GpuAgcTest, EveryNormTypeMatchesTheCpuPathBitForBit)
+TEST_F(GpuAgcTest, EveryNormTypeMatchesTheCpuPath)
 {
     Stream stream;
     const float norm_types[] = {2.0f, 1.0f, std::numeric_limits<float>::infinity(), 3.0f};
@@ -266,7 +285,8 @@ TEST_F(GpuAgcTest, EveryNormTypeMatchesTheCpuPathBitForBit)
                 ASSERT_EQ(gclip_agc_step(ag.get(), stream.get()), GCLIP_STATUS_SUCCESS)
                     << gclip_last_error();
                 GPU_ASSERT_CUDA(cudaStreamSynchronize(stream.get()));
-                g.expect_equal("gradient", step);
+                // p = 3: f64 gradients within 1e-14 (a few ulps), the others bit for bit
+                g.expect_equal("gradient", step, p == 3.0f ? 1e-14 : 0.0);
                 w.expect_equal("parameter", step);
                 expect_results_equal(gpu.get(), cpu.get(), step);
                 if (::testing::Test::HasFailure())
