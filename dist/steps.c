@@ -186,9 +186,14 @@ static gclip_status begin_and_accumulate(gclip_dist_plan *p, const gclip_norm_op
     if (s != GCLIP_STATUS_SUCCESS) {
         p->poisoned = 1;
         /* the send slots must not keep the last step's partials: the poison
-         * goes there too, if the stream still takes a copy */
-        if (p->send)
+         * goes there too, if the stream still takes a copy (whose own
+         * failure does not replace the start's message) */
+        if (p->send) {
+            char detail[768];
+            (void)snprintf(detail, sizeof detail, "%s", gclip_dist_last_error());
             (void)fill_send_slots(p, stream);
+            return gclip_dist_fail(s, "%s", detail);
+        }
         return s;
     }
     return accumulate_groups(p, options, stream);

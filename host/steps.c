@@ -29,6 +29,26 @@ gclip_status gclip_partial_combine(gclip_partial *a, const gclip_partial *b)
     return GCLIP_STATUS_SUCCESS;
 }
 
+/* max_norm_ptr and inv_scale_ptr may not point into the plan's own result
+ * slot: the step rewrites the slot while its blocks read them. */
+static gclip_status scalars_outside_slot(const gclip_plan *plan, const gclip_norm_params *np)
+{
+    const uintptr_t slot = (uintptr_t)plan->backend->result_slot(plan);
+    const uintptr_t end = slot + sizeof(gclip_device_result);
+    const float *ptrs[2] = {np->max_norm_ptr, np->inv_scale_ptr};
+    const char *names[2] = {"max_norm_ptr", "inv_scale_ptr"};
+    for (int k = 0; k < 2; k++) {
+        const uintptr_t a = (uintptr_t)ptrs[k];
+        if (ptrs[k] && a + sizeof(float) > slot && a < end)
+            return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
+                              "%s points into this plan's result slot "
+                              "(gclip_plan_device_result), which the step rewrites while it "
+                              "reads the value; copy the value elsewhere first",
+                              names[k]);
+    }
+    return GCLIP_STATUS_SUCCESS;
+}
+
 /* The checks every step call starts with: the plan, the options (required
  * by every op that clips or computes a factor: they carry max_norm), their
  * translation into the step's parameters. */
@@ -46,7 +66,8 @@ static gclip_status begin_step(gclip_plan *plan, const gclip_norm_options *optio
                           gclip_op_name(op));
     step->op = op;
     step->clip_value = 0.0f;
-    return gclip_make_params(options, op, &step->np);
+    const gclip_status s = gclip_make_params(options, op, &step->np);
+    return s != GCLIP_STATUS_SUCCESS ? s : scalars_outside_slot(plan, &step->np);
 }
 
 /* Ops that see no tensor of their own cannot report per-tensor norms. */

@@ -211,7 +211,7 @@ typedef struct CUstream_st *gclip_stream;
  *                 the result slot's status says INVALID_ARGUMENT. Neither may
  *                 point into the result slot of the plan it is given to
  *                 (gclip_plan_device_result): the step rewrites that slot
- *                 while its blocks read the pointers.
+ *                 while its blocks read the pointers (INVALID_ARGUMENT).
  */
 typedef struct gclip_norm_options {
     size_t size;

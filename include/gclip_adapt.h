@@ -253,7 +253,9 @@ typedef struct gclip_agc gclip_agc;
 /* Pair the plan's gradients with their parameters: params[i] has the numel
  * and dtype of the plan's tensor i, in the memory of the plan's device, and
  * units[i] is its number of units (the size of dim 0 for ndim >= 2, else 1;
- * a divisor of numel, >= 1 unless numel is 0). The AGC borrows the plan
+ * a divisor of numel, >= 1 unless numel is 0). The units are cut into
+ * pieces of at most 16,384 elements; more than 2^31 - 1 pieces in all are
+ * refused (INVALID_ARGUMENT). The AGC borrows the plan
  * (destroy the AGC first) and follows its rebinds; the parameters' addresses
  * are fixed at creation. Validates (INVALID_ARGUMENT / MISALIGNED /
  * VERSION_MISMATCH naming the field or tensor), allocates its tables in the

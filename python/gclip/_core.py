@@ -291,9 +291,9 @@ class Clipper:
 
     # -- plans -------------------------------------------------------------------
     def _describe(self, tensors, stream):
-        if hasattr(tensors, "__dlpack__"):
-            # one array is one tensor (as torch.nn.utils takes one Tensor),
-            # not the sequence of its rows or elements
+        if hasattr(tensors, "__dlpack__") or hasattr(tensors, "__array_interface__"):
+            # one array (or NumPy scalar, refused below) is one tensor, as
+            # torch.nn.utils takes one Tensor: not the sequence of its rows
             tensors = [tensors]
         return [_dlpack.describe(t, None, jax_writable=self._jax_writable, name=f"tensor {k}")
                 for k, t in enumerate(tensors)]

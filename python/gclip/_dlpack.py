@@ -171,7 +171,8 @@ def describe(x, stream=None, *, jax_writable: bool = False, name: str = "the arr
     for the fresh buffers it allocates and writes before anyone sees them)."""
     mod = type(x).__module__
     if mod == "numpy":
-        if not hasattr(x, "__dlpack__"):
+        import numpy as np  # loaded already: x is one of its objects
+        if isinstance(x, np.generic):
             # a NumPy scalar (np.float32(3.0)): its __array_interface__ makes
             # a temporary array that dies with the dict, and a clip could not
             # write to an immutable scalar anyway
@@ -217,7 +218,8 @@ def raw_bytes(x):
     communicator gathered (int32, uint8, ...), e.g. gclip_partial records."""
     mod = type(x).__module__
     if mod == "numpy":
-        if not hasattr(x, "__dlpack__"):
+        import numpy as np  # loaded already: x is one of its objects
+        if isinstance(x, np.generic):
             raise TypeError("gclip: the partials are a NumPy scalar; pass the array of records")
         if not x.flags.c_contiguous:
             raise ValueError("gclip: the partials must be one contiguous array")

@@ -27,6 +27,7 @@ max_norm).
 from __future__ import annotations
 
 import math
+import operator
 import threading
 import types
 import warnings
@@ -52,6 +53,8 @@ _get_dtype = Tensor.dtype.__get__
 _numel = Tensor.numel
 _data_ptr = Tensor.data_ptr
 _get_device = Tensor.get_device
+_is_cpu = operator.attrgetter("is_cpu")
+_is_cuda = operator.attrgetter("is_cuda")
 _is_contiguous = Tensor.is_contiguous
 
 _raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
@@ -308,12 +311,16 @@ def _single_device(grads: List[Tensor]):
     device = grads[0].device
     if device.type not in ("cpu", "cuda"):
         _check_tensor(grads[0], 0)
-    if first < 0:
-        # get_device() is -1 on every device but CUDA ("meta" among them):
-        # one not on the CPU is refused here, before its pointer is taken
+    # get_device() is -1 on the CPU and on devices without an index ("meta"),
+    # and an index on CUDA and on other indexed devices (XPU, MPS): every
+    # gradient must be on the first one's device type, or the one that is
+    # not is refused here, before its pointer is taken
+    same = _is_cpu if first < 0 else _is_cuda
+    if not all(map(same, grads)):
         for k, g in enumerate(grads):
-            if not g.is_cpu:
+            if not same(g):
                 _check_tensor(g, k)
+                return None  # a CUDA tensor among CPU ones, or the reverse
     return device, (first if device.type == "cuda" else -1)
 
 

@@ -314,6 +314,8 @@ def test_numpy_scalars_are_refused_and_one_array_is_one_tensor(rng):
     c = gclip.Clipper(1.0)
     with pytest.raises(TypeError, match=r"tensor 1 is a NumPy scalar"):
         c.total_norm([np.ones(3, np.float32), np.float32(4.0)])
+    with pytest.raises(TypeError, match=r"tensor 0 is a NumPy scalar"):
+        c.total_norm(np.float32(4.0))
     x = (rng.standard_normal(6) * 10).astype(np.float32)
     want = x.astype(np.float64)
     c.clip_grad_norm(x)

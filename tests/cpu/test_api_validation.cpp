@@ -387,6 +387,36 @@ TEST_F(Validation, RejectedStepLeavesThePreviousResult)
     EXPECT_EQ(r1.has_norm, r0.has_norm);
 }
 
+// max_norm_ptr and inv_scale_ptr into the plan's own result slot, which the
+// step rewrites while it reads them: refused, naming the field, nothing
+// written; a pointer just past the slot is fine.
+TEST_F(Validation, ScalarPointersIntoThePlansOwnResultSlot)
+{
+    const gclip_device_result *slot = nullptr;
+    ASSERT_EQ(gclip_plan_device_result(plan.get(), &slot), GCLIP_STATUS_SUCCESS);
+    const float *inside[] = {&slot->total_norm, &slot->scale,
+                             reinterpret_cast<const float *>(&slot->sequence)};
+    for (const float *p : inside) {
+        gclip_norm_options o = testutil::norm_options(1e-3f);
+        o.max_norm_ptr = p;
+        expect_rejected(gclip_clip_grad_norm(plan.get(), &o, nullptr),
+                        GCLIP_STATUS_INVALID_ARGUMENT, "max_norm_ptr in the slot");
+        EXPECT_NE(std::string(gclip_last_error()).find("max_norm_ptr"), std::string::npos);
+        o = testutil::norm_options(1e-3f);
+        o.inv_scale_ptr = p;
+        expect_rejected(gclip_compute_clip_factor(plan.get(), &o, nullptr),
+                        GCLIP_STATUS_INVALID_ARGUMENT, "inv_scale_ptr in the slot");
+        EXPECT_NE(std::string(gclip_last_error()).find("inv_scale_ptr"), std::string::npos);
+    }
+    // a value of the caller's own, beside the slot's memory, is taken
+    const float max_norm = 1e30f;
+    gclip_norm_options o = testutil::norm_options(1.0f);
+    o.max_norm_ptr = &max_norm;
+    EXPECT_EQ(gclip_clip_grad_norm(plan.get(), &o, nullptr), GCLIP_STATUS_SUCCESS)
+        << gclip_last_error();
+    EXPECT_EQ(oracle::checksum(bufs), before);
+}
+
 TEST_F(Validation, NegativeThreadCount)
 {
     expect_rejected(gclip_plan_set_num_threads(plan.get(), -1), GCLIP_STATUS_INVALID_ARGUMENT, "threads -1");

@@ -153,7 +153,7 @@ TEST(DistMpi, EqualsTheSingleProcessPlanOnEveryRankBitForBitInEveryRun)
                     << r.total_norm << " vs oracle " << static_cast<double>(want.total);
                 EXPECT_TRUE(oracle::rel_close(r.total_norm, single.total_norm, 1e-6L))
                     << r.total_norm << " vs single process " << single.total_norm;
-                EXPECT_LT(r.scale, 1.0f);
+                EXPECT_LT(r.clip_coef, 1.0f); // clipped (scale also holds inv_scale)
                 EXPECT_EQ(distw::bits(r.scale), distw::bits(distw::expected_factor(r, o)));
                 EXPECT_EQ(r.applied, 1);
                 EXPECT_EQ(distw::misclipped(job.w, distw::expected_factor(r, o)), 0);

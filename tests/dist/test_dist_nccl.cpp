@@ -159,7 +159,7 @@ TEST_F(NcclTest, OneRankCommunicatorMatchesTheSingleProcessPlan)
         EXPECT_TRUE(oracle::rel_close(run.r.total_norm, want.total, 1e-6L));
         EXPECT_TRUE(oracle::rel_close(run.r.total_norm,
                                       distw::single_process_result(run.w, o).total_norm, 1e-6L));
-        EXPECT_LT(run.r.scale, 1.0f);
+        EXPECT_LT(run.r.clip_coef, 1.0f); // clipped (scale also holds inv_scale)
         EXPECT_EQ(distw::bits(run.r.scale), distw::bits(distw::expected_factor(run.r, o)));
         EXPECT_EQ(run.misclipped, 0);
         // a second run gives the same bits

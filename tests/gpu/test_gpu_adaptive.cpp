@@ -99,8 +99,11 @@ public:
                     double a, b;
                     std::memcpy(&a, d.data() + 8 * i, 8);
                     std::memcpy(&b, host_[t].data() + 8 * i, 8);
-                    const bool same = std::isnan(a) ? std::isnan(b)
-                                                    : std::fabs(a - b) <= f64_rel * std::fabs(b);
+                    // the same bits (NaN and Inf included), or two finite
+                    // values that close
+                    const bool same = std::memcmp(&a, &b, 8) == 0 ||
+                                      (std::isfinite(a) && std::isfinite(b) &&
+                                       std::fabs(a - b) <= f64_rel * std::fabs(b));
                     EXPECT_TRUE(same) << what << " " << t << " element " << i << ": " << a
                                       << " against the CPU path's " << b << " after step " << step;
                 }
