@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _dlpack
+from . import _dlpack, _lib
 from ._core import Clipper, ClipResult
 
 __all__ = ["global_norm", "tensor_norms", "clip_by_global_norm", "clip_by_value",
@@ -35,8 +35,43 @@ _SUPPORTED = {"float32", "float16", "bfloat16", "float64"}
 class _Clipper(Clipper):
     """The Clipper of this module: it writes only the fresh buffers allocated
     here (copies, outputs), never a caller's array, so JAX arrays may be
-    written (gclip.Clipper refuses them: they are immutable)."""
+    written (gclip.Clipper refuses them: they are immutable).
+
+    A leaf one plan cannot read as it is is read from a copy (on `device`, the
+    leaves' JAX device, or in host memory when None): a leaf whose bytes an
+    earlier one (in address order) already covers (a pytree may hold one
+    array twice, or two views of one buffer, and a norm counts each leaf, as
+    optax's does), a NumPy scalar (no memory of its own) and a leaf that is
+    not dense. Each leaf is described once; the leaves read, copies
+    included, are kept until the next operation."""
     _jax_writable = True
+
+    def __init__(self, device=None, **kwargs):
+        super().__init__(**kwargs)
+        self._device = device
+        self._read = []
+
+    def _describe(self, tensors, stream):
+        leaves = [np.array(x) if isinstance(x, np.generic) else x for x in tensors]
+        infos = super()._describe(leaves, stream)
+        spans = []
+        for k, info in enumerate(infos):
+            if not info.dense:
+                spans.append((0, 0, k, True))
+            elif info.numel > 0:
+                spans.append((info.ptr, info.ptr + info.numel * _lib.DTYPE_SIZE[info.dtype], k,
+                              False))
+        spans.sort()
+        end = 0
+        for start, stop, k, copy in spans:
+            if copy or start < end:
+                leaves[k] = _writable_copies([leaves[k]], self._device)[0]
+                infos[k] = _dlpack.describe(leaves[k], None, jax_writable=True,
+                                            name=f"tensor {k}")
+            else:
+                end = stop
+        self._read = leaves
+        return infos
 
 
 def _leaves(tree):
@@ -75,33 +110,6 @@ def _writable_copies(leaves, device=None):
     return out
 
 
-def _readable(leaves, device):
-    """The leaves as one plan reads them: in place, but a copy of a leaf
-    whose bytes an earlier one (in address order) already covers (a pytree
-    may hold one array twice, or two views of one buffer, and a norm counts
-    each leaf, as optax's does), of a NumPy scalar (no memory of its own) and
-    of a leaf that is not dense."""
-    out = list(leaves)
-    spans = []
-    for k, x in enumerate(leaves):
-        if isinstance(x, np.generic):
-            out[k] = np.array(x)
-            continue
-        info = _dlpack.describe(x, name=f"leaf {k}")
-        if not info.dense:
-            out[k] = _writable_copies([x], device)[0]
-        elif info.numel > 0:
-            spans.append((info.ptr, info.ptr + info.numel * x.dtype.itemsize, k))
-    spans.sort()
-    end = 0
-    for start, stop, k in spans:
-        if start < end:
-            out[k] = _writable_copies([leaves[k]], device)[0]
-        else:
-            end = stop
-    return out
-
-
 def _wait(c: Clipper, device) -> None:
     """On a GPU: wait for the Clipper's last operation (its kernels run on
     gclip's stream, not JAX's), before JAX reads what they wrote."""
@@ -114,8 +122,8 @@ def global_norm(tree: Any, norm_type: float = 2.0) -> float:
     that repeats another's bytes, is not dense or is a NumPy scalar is read
     from a copy)."""
     leaves, _ = _leaves(tree)
-    c = _Clipper(norm_type=norm_type, nonfinite="propagate")
-    c.total_norm(_readable(leaves, _gpu_device(leaves)))
+    c = _Clipper(_gpu_device(leaves), norm_type=norm_type, nonfinite="propagate")
+    c.total_norm(leaves)
     return c.result().total_norm
 
 
@@ -123,8 +131,7 @@ def tensor_norms(tree: Any, norm_type: float = 2.0):
     """Each leaf's own p-norm, as a pytree of float32 scalars."""
     leaves, treedef = _leaves(tree)
     device = _gpu_device(leaves)
-    leaves = _readable(leaves, device)
-    c = _Clipper(norm_type=norm_type, nonfinite="propagate")
+    c = _Clipper(device, norm_type=norm_type, nonfinite="propagate")
     if device is None:
         out = np.empty(len(leaves), dtype=np.float32)
         c.total_norm(leaves, tensor_norms=out)

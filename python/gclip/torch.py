@@ -308,20 +308,18 @@ def _single_device(grads: List[Tensor]):
     first = devs[0]
     if devs.count(first) != len(devs):
         return None
-    device = grads[0].device
-    if device.type not in ("cpu", "cuda"):
-        _check_tensor(grads[0], 0)
     # get_device() is -1 on the CPU and on devices without an index ("meta"),
     # and an index on CUDA and on other indexed devices (XPU, MPS): every
-    # gradient must be on the first one's device type, or the one that is
-    # not is refused here, before its pointer is taken
+    # gradient, the first one included, must be on the CPU (-1) or on CUDA,
+    # or the first one that is not is refused here, before its pointer is
+    # taken
     same = _is_cpu if first < 0 else _is_cuda
     if not all(map(same, grads)):
         for k, g in enumerate(grads):
             if not same(g):
-                _check_tensor(g, k)
-                return None  # a CUDA tensor among CPU ones, or the reverse
-    return device, (first if device.type == "cuda" else -1)
+                _check_tensor(g, k)  # raises: g is on neither the CPU nor CUDA
+                return None
+    return grads[0].device, first
 
 
 def _fast_dtypes(dtypes, fp32_norm: bool) -> bool:

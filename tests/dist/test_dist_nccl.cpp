@@ -278,7 +278,8 @@ TEST_F(NcclTest, SeveralDevicesAgreeBitForBit)
         GTEST_SKIP() << skip_reason_;
     const int n = std::min(gclip_cuda_device_count(), 4);
     std::vector<RankRun> runs;
-    run_ranks(n, std::vector<gclip_norm_options>(n, options(0.05f, 2.0f)), runs);
+    const gclip_norm_options o = options(0.05f, 2.0f);
+    run_ranks(n, std::vector<gclip_norm_options>(n, o), runs);
     const auto want = distw::reference_norm(runs[0].w, 2.0, 1.0);
     for (int r = 0; r < n; ++r) {
         EXPECT_EQ(runs[r].created, GCLIP_STATUS_SUCCESS);
@@ -287,7 +288,7 @@ TEST_F(NcclTest, SeveralDevicesAgreeBitForBit)
         EXPECT_EQ(result_bits(runs[r].r), result_bits(runs[0].r)) << "rank " << r;
         EXPECT_LT(runs[r].r.scale, 1.0f);
         EXPECT_EQ(distw::bits(runs[r].r.scale),
-                  distw::bits(distw::expected_factor(runs[r].r, options(0.05f, 2.0f))));
+                  distw::bits(distw::expected_factor(runs[r].r, o)));
         EXPECT_EQ(runs[r].misclipped, 0);
     }
 }
