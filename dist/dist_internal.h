@@ -73,6 +73,7 @@ struct gclip_dist_plan {
     gclip_partial poison_value;     /* the same partial, on the host */
     gclip_partial *host_view;       /* [offsets[num_groups]], host: explaining a mismatch */
     int poisoned;                   /* the last accumulate failed: send the poison */
+    int withdrawn;                  /* this rank's last step failed: its slot says MISMATCH */
     int accumulated;                /* a gclip_dist_accumulate has been called */
     const gclip_dist_memory *memory;
     void *memory_state;

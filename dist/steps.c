@@ -108,6 +108,11 @@ static gclip_status explain_mismatch(gclip_dist_plan *p)
                                "this rank's own part of the step was rejected or failed, so it "
                                "sent the poison partial; nothing was written on any rank "
                                "(its call returned why)");
+    if (p->withdrawn)
+        return gclip_dist_fail(GCLIP_STATUS_MISMATCH,
+                               "this rank's finalize was rejected or failed (its call returned "
+                               "why), so no factor is pending here; its partials were sound, "
+                               "so the peers' finalize may have made one");
     char list[512] = "";
     size_t used = 0, named = 0, more = 0;
     for (size_t g = 0; g < p->num_groups; g++)
@@ -146,6 +151,7 @@ static gclip_status finalize_and_apply(gclip_dist_plan *p, const gclip_norm_opti
     gclip_status s = gclip_norm_finalize(p->apply, options, p->gather, total_partials(p), stream);
     if (s != GCLIP_STATUS_SUCCESS)
         return gclip_dist_core_fail(s, "finalize");
+    p->withdrawn = 0;
     if (apply) {
         s = gclip_apply_clip_factor(p->apply, stream);
         if (s != GCLIP_STATUS_SUCCESS)
@@ -154,15 +160,18 @@ static gclip_status finalize_and_apply(gclip_dist_plan *p, const gclip_norm_opti
     return GCLIP_STATUS_SUCCESS;
 }
 
-/* After a step whose local part failed: the finalize of the gathered
- * partials, which hold this rank's poison, so that the slot says MISMATCH
- * and no factor of an earlier step stays pending to be applied here alone
- * (the peers' slots say MISMATCH too). The options are the defaults: the
- * caller's may be what was rejected. Writes no gradient. */
+/* After a step whose local part failed (its accumulate, or its finalize's
+ * options): a finalize of the poison alone, which no valid options match,
+ * so that the slot says MISMATCH and no factor of an earlier step stays
+ * pending to be applied here alone. The options are the defaults: the
+ * caller's may be what was rejected. The gathered partials are not folded:
+ * when only this rank's finalize was rejected they are all sound, and the
+ * defaults would make a factor of them. Writes no gradient. */
 static void withdraw_factor(gclip_dist_plan *p, gclip_stream stream)
 {
     const gclip_norm_options d = gclip_norm_options_default();
-    (void)gclip_norm_finalize(p->apply, &d, p->gather, total_partials(p), stream);
+    (void)gclip_norm_finalize(p->apply, &d, p->poison, 1, stream);
+    p->withdrawn = 1;
 }
 
 /* The status of the plan's last step, from its result slot: what

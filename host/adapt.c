@@ -336,6 +336,9 @@ gclip_status gclip_adaptive_step(gclip_adaptive *ad, const gclip_norm_options *b
     /* the method decides the threshold; the base's max_norm plays no part */
     step.np.max_norm = INFINITY;
     step.np.max_norm_ptr = NULL;
+    s = gclip_check_step_pointers(ad->plan, &step.np);
+    if (s != GCLIP_STATUS_SUCCESS)
+        return s;
     const gclip_adapt_device d = device_image(ad);
     if (ad->cfg.per_tensor)
         step.np.tensor_norms = d.tensor_norms;

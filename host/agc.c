@@ -8,6 +8,7 @@
  */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "gclip_adapt.h"
@@ -101,6 +102,68 @@ static gclip_status check_pairs(const gclip_plan *plan, const gclip_tensor *para
     return GCLIP_STATUS_SUCCESS;
 }
 
+/* One tensor's bytes for the sweep of params_clear_of_gradients. */
+typedef struct agc_range {
+    uintptr_t start, end;
+    size_t index;
+    int param;
+} agc_range;
+
+static int range_before(const void *pa, const void *pb)
+{
+    const agc_range *a = pa, *b = pb;
+    if (a->start != b->start)
+        return a->start < b->start ? -1 : 1;
+    if (a->param != b->param)
+        return a->param - b->param;
+    return a->index < b->index ? -1 : a->index > b->index;
+}
+
+/* OVERLAP when a parameter shares a byte with a gradient: the step scales a
+ * unit's gradient while other units may still read their parameters, so
+ * the result would depend on the order the pieces run in (and on the
+ * thread count). Parameters may share bytes with each other: they are only
+ * read. One sweep in address order, keeping the furthest end of each kind. */
+static gclip_status params_clear_of_gradients(const gclip_plan *plan, const gclip_tensor *params)
+{
+    const size_t n = plan->count;
+    if (n == 0)
+        return GCLIP_STATUS_SUCCESS;
+    agc_range *r = gclip_host_alloc(2 * n * sizeof *r);
+    if (!r)
+        return gclip_fail(GCLIP_STATUS_OUT_OF_MEMORY, "AGC: host allocation failed");
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        const gclip_tensor_desc *g = &plan->tensors[i];
+        if (g->numel == 0)
+            continue;
+        const uintptr_t bytes = (uintptr_t)g->numel * (uintptr_t)gclip_dtype_size(g->dtype);
+        const agc_range rg = {(uintptr_t)g->data, (uintptr_t)g->data + bytes, i, 0};
+        const agc_range rp = {(uintptr_t)params[i].data, (uintptr_t)params[i].data + bytes, i, 1};
+        r[m++] = rg;
+        r[m++] = rp;
+    }
+    qsort(r, m, sizeof *r, range_before);
+    uintptr_t reach[2] = {0, 0};
+    size_t who[2] = {0, 0};
+    gclip_status s = GCLIP_STATUS_SUCCESS;
+    for (size_t k = 0; k < m && s == GCLIP_STATUS_SUCCESS; k++) {
+        const int other = !r[k].param;
+        if (r[k].start < reach[other])
+            s = gclip_fail(GCLIP_STATUS_OVERLAP,
+                           "params[%zu] shares bytes with gradient %zu: a parameter must lie "
+                           "outside every gradient of the plan",
+                           r[k].param ? r[k].index : who[other],
+                           r[k].param ? who[other] : r[k].index);
+        if (r[k].end > reach[r[k].param]) {
+            reach[r[k].param] = r[k].end;
+            who[r[k].param] = r[k].index;
+        }
+    }
+    gclip_host_free(r);
+    return s;
+}
+
 static size_t align8(size_t x)
 {
     return (x + 7u) & ~(size_t)7u;
@@ -186,6 +249,8 @@ gclip_status gclip_agc_create(gclip_agc **agc, gclip_plan *plan, const gclip_ten
         return s;
     uint64_t pieces = 0;
     s = check_pairs(plan, params, units, &pieces);
+    if (s == GCLIP_STATUS_SUCCESS)
+        s = params_clear_of_gradients(plan, params);
     if (s != GCLIP_STATUS_SUCCESS)
         return s;
 

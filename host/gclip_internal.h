@@ -173,6 +173,18 @@ gclip_status gclip_check_overlap(const gclip_tensor_desc *tensors, size_t n, siz
  * handed back addresses in the same order. */
 int gclip_still_disjoint(const gclip_tensor_desc *tensors, const size_t *order, size_t m);
 
+/* OVERLAP when the `bytes` at ptr share a byte with one of the plan's
+ * tensors (binary search over plan->scratch, which lists the non-empty
+ * tensors by address after every plan call); `what` names the range. */
+gclip_status gclip_check_outside_tensors(const gclip_plan *plan, const void *ptr, size_t bytes,
+                                        const char *what);
+
+/* The pointers of a step's parameters checked against the plan: max_norm_ptr
+ * and inv_scale_ptr outside the plan's result slot (the step rewrites it
+ * while its blocks read them), tensor_norms outside the slot and every
+ * tensor (host/steps.c). */
+gclip_status gclip_check_step_pointers(const gclip_plan *plan, const gclip_norm_params *np);
+
 /* Translate and check user options into the step parameters of `op`
  * (options NULL = defaults). */
 gclip_status gclip_make_params(const gclip_norm_options *options, int32_t op,

@@ -191,14 +191,20 @@ gclip_status gclip_plan_rebind(gclip_plan *plan, void *const *data, size_t count
         plan->saved_data[i] = plan->tensors[i].data;
         plan->tensors[i].data = data[i];
     }
-    gclip_status s = gclip_still_disjoint(plan->tensors, plan->scratch, plan->nonempty)
-                         ? GCLIP_STATUS_SUCCESS
-                         : gclip_check_overlap(plan->tensors, count, plan->scratch);
+    const int same_order = gclip_still_disjoint(plan->tensors, plan->scratch, plan->nonempty);
+    gclip_status s = same_order ? GCLIP_STATUS_SUCCESS
+                                : gclip_check_overlap(plan->tensors, count, plan->scratch);
     if (s == GCLIP_STATUS_SUCCESS)
         s = plan->backend->upload_tensors(plan, stream);
-    if (s != GCLIP_STATUS_SUCCESS)
+    if (s != GCLIP_STATUS_SUCCESS) {
         for (size_t i = 0; i < count; i++)
             plan->tensors[i].data = plan->saved_data[i];
+        /* scratch lists the tensors by address after every call (the step
+         * calls search it): sorted again for the old addresses, which were
+         * disjoint, so this check passes */
+        if (!same_order)
+            (void)gclip_check_overlap(plan->tensors, count, plan->scratch);
+    }
     return s;
 }
 

@@ -30,8 +30,9 @@ gclip_status gclip_partial_combine(gclip_partial *a, const gclip_partial *b)
 }
 
 /* max_norm_ptr and inv_scale_ptr may not point into the plan's own result
- * slot: the step rewrites the slot while its blocks read them. */
-static gclip_status scalars_outside_slot(const gclip_plan *plan, const gclip_norm_params *np)
+ * slot: the step rewrites the slot while its blocks read them. tensor_norms
+ * may point neither there nor into a tensor: the step writes it. */
+gclip_status gclip_check_step_pointers(const gclip_plan *plan, const gclip_norm_params *np)
 {
     const uintptr_t slot = (uintptr_t)plan->backend->result_slot(plan);
     const uintptr_t end = slot + sizeof(gclip_device_result);
@@ -46,7 +47,16 @@ static gclip_status scalars_outside_slot(const gclip_plan *plan, const gclip_nor
                               "reads the value; copy the value elsewhere first",
                               names[k]);
     }
-    return GCLIP_STATUS_SUCCESS;
+    if (!np->tensor_norms || plan->count == 0)
+        return GCLIP_STATUS_SUCCESS;
+    const uintptr_t a = (uintptr_t)np->tensor_norms;
+    const size_t bytes = plan->count * sizeof(float);
+    if (a + bytes > slot && a < end)
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
+                          "tensor_norms (%zu floats) overlaps this plan's result slot "
+                          "(gclip_plan_device_result), which the step also writes",
+                          plan->count);
+    return gclip_check_outside_tensors(plan, np->tensor_norms, bytes, "tensor_norms");
 }
 
 /* The checks every step call starts with: the plan, the options (required
@@ -67,7 +77,7 @@ static gclip_status begin_step(gclip_plan *plan, const gclip_norm_options *optio
     step->op = op;
     step->clip_value = 0.0f;
     const gclip_status s = gclip_make_params(options, op, &step->np);
-    return s != GCLIP_STATUS_SUCCESS ? s : scalars_outside_slot(plan, &step->np);
+    return s != GCLIP_STATUS_SUCCESS ? s : gclip_check_step_pointers(plan, &step->np);
 }
 
 /* Ops that see no tensor of their own cannot report per-tensor norms. */

@@ -118,6 +118,31 @@ int gclip_still_disjoint(const gclip_tensor_desc *tensors, const size_t *order, 
     return 1;
 }
 
+gclip_status gclip_check_outside_tensors(const gclip_plan *plan, const void *ptr, size_t bytes,
+                                        const char *what)
+{
+    const uintptr_t a = (uintptr_t)ptr, b = a + bytes;
+    const gclip_tensor_desc *t = plan->tensors;
+    const size_t *order = plan->scratch;
+    /* the first tensor by address that ends past a (disjoint tensors in
+     * address order end in address order too), then whether it starts
+     * before b */
+    size_t lo = 0, hi = plan->nonempty;
+    while (lo < hi) {
+        const size_t mid = lo + (hi - lo) / 2;
+        if (end_of(&t[order[mid]]) > a)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    if (bytes > 0 && lo < plan->nonempty && start_of(&t[order[lo]]) < b)
+        return gclip_fail(GCLIP_STATUS_OVERLAP,
+                          "%s shares bytes with tensor %zu of the plan; it must lie outside "
+                          "every tensor",
+                          what, order[lo]);
+    return GCLIP_STATUS_SUCCESS;
+}
+
 /* Size of the options struct of each version; index 0 is unused. */
 static const size_t options_size_of_version[GCLIP_OPTIONS_VERSION + 1] = {
     0, sizeof(gclip_norm_options)};
@@ -172,6 +197,8 @@ gclip_status gclip_make_params(const gclip_norm_options *options, int32_t op,
         o.nonfinite != GCLIP_NONFINITE_ERROR)
         return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "unknown non-finite policy %d",
                           (int)o.nonfinite);
+    if (o.eps == 0.0f)
+        o.eps = 0.0f; /* -0 as +0: N + eps of a zero norm must not be -0 */
     memset(out, 0, sizeof *out);
     out->kind = gclip_kind_of(o.norm_type);
     out->op = op;

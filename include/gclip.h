@@ -195,14 +195,15 @@ typedef struct CUstream_st *gclip_stream;
  *                 stay in double's normal range and p >= 1e-3.
  *  eps            added to the norm before dividing: coef = min(1, C*(1/(N+eps)))
  *                 in float, rounded as PyTorch rounds it. Default 1e-6
- *                 (PyTorch). Must be finite and >= 0.
+ *                 (PyTorch). Must be finite and >= 0 (-0 counts as +0).
  *  inv_scale      AMP loss-scale factor (1/scale), applied in the same pass.
  *                 The norm reported and clipped is that of the unscaled
  *                 gradients. Must be finite and > 0. Default 1.
  *  nonfinite      the non-finite policy, default GCLIP_NONFINITE_SKIP.
  *  tensor_norms   optional output of `count` floats, each tensor's own p-norm
  *                 (unscaled). Memory of the plan's device, written in stream
- *                 order.
+ *                 order; outside every tensor of the plan (OVERLAP) and its
+ *                 result slot (INVALID_ARGUMENT).
  *  max_norm_ptr   optional: read C from this float in the plan's device
  *                 memory when the step executes, instead of `max_norm`; it
  *                 means what `max_norm` means, 0 and +Inf included.

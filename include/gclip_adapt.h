@@ -255,9 +255,12 @@ typedef struct gclip_agc gclip_agc;
  * units[i] is its number of units (the size of dim 0 for ndim >= 2, else 1;
  * a divisor of numel, >= 1 unless numel is 0). The units are cut into
  * pieces of at most 16,384 elements; more than 2^31 - 1 pieces in all are
- * refused (INVALID_ARGUMENT). The AGC borrows the plan
+ * refused (INVALID_ARGUMENT). A parameter may not share a byte with any
+ * of the plan's gradients (OVERLAP): the step scales some units while
+ * others still read their parameters. The AGC borrows the plan
  * (destroy the AGC first) and follows its rebinds; the parameters' addresses
- * are fixed at creation. Validates (INVALID_ARGUMENT / MISALIGNED /
+ * are fixed at creation, and a rebind must keep the gradients clear of them
+ * (not checked). Validates (INVALID_ARGUMENT / MISALIGNED / OVERLAP /
  * VERSION_MISMATCH naming the field or tensor), allocates its tables in the
  * plan device's memory; may synchronize. On failure *agc is NULL. */
 GCLIP_API gclip_status gclip_agc_create(gclip_agc **agc, gclip_plan *plan,

@@ -54,12 +54,15 @@
  *
  * Bad input on one rank
  *   Options that differ between ranks (norm_type, non-finite policy) are
- *   caught by the fingerprint each partial carries: every rank's finalize
- *   sees a foreign partial, writes nothing and reports GCLIP_STATUS_MISMATCH.
- *   A rank whose own call is rejected (invalid options) or whose accumulate
- *   fails still joins the collectives, with a poisoned partial that no valid
- *   options produce: every rank that shares a group with it reports MISMATCH
- *   and writes nothing, and no rank waits forever.
+ *   caught by the fingerprint each partial carries: the finalize of every
+ *   rank that gathers a foreign partial writes nothing and reports
+ *   GCLIP_STATUS_MISMATCH (total_norm NaN). A rank whose own call is
+ *   rejected (invalid options) or whose accumulate fails still joins the
+ *   collectives, with a poisoned partial that no valid options produce:
+ *   every rank that shares a group with it reports MISMATCH and writes
+ *   nothing, and no rank waits forever. Both travel one gather: with several
+ *   groups, a rank that shares no group with the failing one may clip
+ *   (docs/distributed.md, "One hop"); stop the job on a failed status.
  *
  * Threads
  *   One plan must not be used by two host threads at once; distinct plans
@@ -241,7 +244,8 @@ GCLIP_DIST_API gclip_status gclip_dist_apply_clip_factor(gclip_dist_plan *plan,
 /* Accumulate each group's counted tensors into that group's partial. When
  * the options are rejected or the accumulate fails, the status says why and
  * the partials to send become the plan's poisoned partial, so that the
- * caller still joins its collectives and every other rank sees MISMATCH. */
+ * caller still joins its collectives and every rank that shares a group with
+ * it sees MISMATCH. */
 GCLIP_DIST_API gclip_status gclip_dist_accumulate(gclip_dist_plan *plan,
                                                   const gclip_norm_options *options,
                                                   gclip_stream stream);
@@ -264,7 +268,9 @@ GCLIP_DIST_API gclip_status gclip_dist_plan_gather_buffer(const gclip_dist_plan 
 
 /* Fold the gather buffer, group by group and rank by rank, into the result
  * slot (gclip_norm_finalize). Nothing is written to the gradients.
- * INVALID_ARGUMENT before any gclip_dist_accumulate on the plan. */
+ * INVALID_ARGUMENT before any gclip_dist_accumulate on the plan. When this
+ * call or this rank's accumulate failed, the slot says MISMATCH and holds
+ * no factor, so gclip_dist_apply_clip_factor writes nothing. */
 GCLIP_DIST_API gclip_status gclip_dist_finalize(gclip_dist_plan *plan,
                                                 const gclip_norm_options *options,
                                                 gclip_stream stream);

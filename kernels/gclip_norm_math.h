@@ -408,7 +408,10 @@ GCLIP_HD void gclip_finalize_partials(const gclip_partial *parts, uint32_t count
         mismatch |= gclip_partial_fold(&acc, &parts[i], np->kind);
     const gclip_scalars sc = gclip_resolve_scalars(np);
     const int32_t status = mismatch ? GCLIP_STATUS_MISMATCH : sc.status;
-    const float n = gclip_norm_value(acc.acc, np->kind, np->p, sc.inv_scale);
+    /* a fold that skipped foreign partials has no norm: NaN, not the norm
+     * of the partials that happened to match (which differs rank by rank) */
+    const float n = mismatch ? gclip_bits_f32(0x7fc00000u)
+                             : gclip_norm_value(acc.acc, np->kind, np->p, sc.inv_scale);
     gclip_finalize_slot(n, acc.nonfinite, np, &sc, status, prev_sequence, out);
 }
 
@@ -418,7 +421,10 @@ GCLIP_HD void gclip_given_norm_slot(const gclip_norm_params *np, uint32_t prev_s
                                     gclip_result_slot *out)
 {
     const gclip_scalars sc = gclip_resolve_scalars(np);
-    const float n = np->given_norm_ptr ? *np->given_norm_ptr : np->given_norm;
+    const float given = np->given_norm_ptr ? *np->given_norm_ptr : np->given_norm;
+    /* -0 is the norm 0: as -0, N + eps would be -0 for eps 0 and the
+     * coefficient -Inf */
+    const float n = given == 0.0f ? 0.0f : given;
     /* a negative norm would flip the gradients' sign: rejected, as a
      * negative max_norm is */
     const int32_t status =

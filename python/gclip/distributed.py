@@ -385,7 +385,7 @@ def clip_grad_norm(grads: List[Tensor], max_norm: float, norm_type: float,
     over `process_group`. Returns the global norm on every rank (a replicated
     DTensor for DTensor gradients, a float32 tensor otherwise)."""
     is_mesh = process_group is None
-    if not _gclip_takes(grads, norm_type, fp32_norm, is_mesh) or max_norm < 0:
+    if not _gclip_takes(grads, norm_type, fp32_norm, is_mesh) or not max_norm >= 0:
         if not is_mesh:
             split = _reject_options(process_group, grads,
                                     f"gclip: process_group= takes norm types > 0 and max_norm "
@@ -425,8 +425,16 @@ def total_norm(tensors: List[Tensor], norm_type: float, error_if_nonfinite: bool
     target = _run(split, norm_type, 1.0, _lib.PROPAGATE, False)
     device, dev_index = _local_device(split)
     norm = _status_checked(target, device, dev_index)
-    if error_if_nonfinite and not bool(torch.isfinite(norm)):
-        raise RuntimeError(_nonfinite_message(norm_type))
+    if error_if_nonfinite:
+        # the host waits here anyway: a mismatch is named as such, not as
+        # the NaN that _status_checked puts in its place
+        st, _ = target.plan.get_result()
+        if st == _lib.MISMATCH:
+            raise _mismatch_error()
+        if st not in (_lib.SUCCESS, _lib.NONFINITE):
+            raise _lib.error_for(st, "gclip_norm_finalize")
+        if not bool(torch.isfinite(norm)):
+            raise RuntimeError(_nonfinite_message(norm_type))
     return _wrap(norm, split)
 
 

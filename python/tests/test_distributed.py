@@ -536,7 +536,7 @@ def _scenario_not_member(rec, ws, rank):
 
 def _scenario_rejected_on_one_rank(rec, ws, rank):
     """One rank rejects its input before the gather (a non-dense shard, a norm
-    type <= 0): it raises its own error, every other rank raises one naming
+    type <= 0, a NaN max_norm): it raises its own error, every other rank raises one naming
     it, none waits for the collective timeout, and nothing is written."""
     last = ws - 1
     mesh = init_device_mesh("cpu", (ws,))
@@ -570,6 +570,12 @@ def _scenario_rejected_on_one_rank(rec, ws, rank):
                                                       norm_type=2.0 if rank != last else -1.0,
                                                       process_group=dist.group.WORLD),
          lambda: mine.clone(), True, "norm types > 0"),
+        # NaN fails `max_norm < 0` as it fails `>= 0`: rejected before the
+        # gather like a negative one, not by the finalize after it
+        ("pg_max_norm_nan", lambda q: gt.clip_grad_norm_([q], MAX_NORM if rank != last
+                                                         else math.nan,
+                                                         process_group=dist.group.WORLD),
+         lambda: mine.clone(), True, "max_norm=nan"),
         ("mesh_noncontig_clip", lambda q: gt.clip_grad_norm_([q], MAX_NORM), mesh_grad, True,
          "not dense"),
     )

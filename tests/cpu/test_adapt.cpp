@@ -662,6 +662,37 @@ TEST(AdaptiveValidation, ZClipStateWhoseRingDisagreesWithItsStepsIsRefused)
 
 // The method decides an adaptive step's threshold: the base options'
 // max_norm is not used, so no value of it is refused.
+// inv_scale_ptr may not point into the plan's own result slot, which the
+// step rewrites between the norm pass and the adaptive's update (both read
+// it): refused as in the core's steps, with nothing written.
+TEST(AdaptiveValidation, InvScalePointerIntoTheSlotIsRefused)
+{
+    std::mt19937_64 rng(12);
+    for (gclip_adaptive_method method :
+         {GCLIP_ADAPTIVE_ZCLIP, GCLIP_ADAPTIVE_AUTOCLIP, GCLIP_ADAPTIVE_ADAGC,
+          GCLIP_ADAPTIVE_SPIKE_SKIP}) {
+        gclip_adaptive_options o = gclip_adaptive_options_default();
+        o.method = method;
+        Model m({3, 5}, o);
+        fill(m, rng, 2.0f);
+        const std::vector<std::vector<float>> pristine = m.grads;
+        const std::vector<unsigned char> state = m.state();
+        const gclip_device_result *slot = nullptr;
+        ASSERT_EQ(gclip_plan_device_result(m.plan.get(), &slot), GCLIP_STATUS_SUCCESS);
+        gclip_norm_options base = GCLIP_NORM_OPTIONS_INIT;
+        base.inv_scale_ptr = &slot->total_norm;
+        EXPECT_EQ(m.step(&base), GCLIP_STATUS_INVALID_ARGUMENT) << method;
+        EXPECT_NE(std::string(gclip_last_error()).find("inv_scale_ptr"), std::string::npos)
+            << gclip_last_error();
+        EXPECT_EQ(m.grads, pristine) << method;
+        EXPECT_EQ(m.state(), state) << method;
+        // a float of the caller's own is taken
+        const float inv_scale = 0.5f;
+        base.inv_scale_ptr = &inv_scale;
+        EXPECT_EQ(m.step(&base), GCLIP_STATUS_SUCCESS) << method << ": " << gclip_last_error();
+    }
+}
+
 TEST(AdaptiveValidation, BaseMaxNormIsNotUsed)
 {
     std::mt19937_64 rng(6);

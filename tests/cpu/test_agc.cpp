@@ -365,6 +365,82 @@ TEST(Agc, InvalidArgumentsAreRejectedAtCreation)
     EXPECT_EQ(a, nullptr);
 }
 
+// A parameter that shares bytes with a gradient is refused at creation
+// (OVERLAP): the step scales some units while others read their parameters,
+// so the result would depend on the order the pieces run in. Parameters
+// that share bytes with each other are only read, and are taken.
+TEST(Agc, ParametersInsideGradientsAreRefused)
+{
+    oracle::Rng rng(77);
+    const int64_t n = 3 * 16384;
+    std::vector<float> g0(n), g1(n), w(n);
+    for (auto *v : {&g0, &g1, &w})
+        for (float &x : *v)
+            x = static_cast<float>(rng.normal(1.0));
+    PlanPtr plan;
+    ASSERT_EQ(make_plan(plan, {gclip_tensor{g0.data(), n, GCLIP_F32},
+                               gclip_tensor{g1.data(), n, GCLIP_F32}}),
+              GCLIP_STATUS_SUCCESS);
+    const std::vector<float> p0 = g0, p1 = g1;
+    const int64_t units[2] = {3, 1};
+    const gclip_agc_options o = options(0.01);
+    struct Case {
+        const float *w0, *w1;
+        const char *what;
+    };
+    const Case bad[] = {
+        {g1.data(), g0.data(), "the parameters are the other pair's gradients"},
+        {g0.data(), w.data(), "a parameter is its own gradient"},
+        {w.data(), g1.data() + 5000, "a parameter starts inside a gradient"},
+    };
+    for (const Case &c : bad) {
+        const gclip_tensor params[2] = {{const_cast<float *>(c.w0), n, GCLIP_F32},
+                                        {const_cast<float *>(c.w1), n, GCLIP_F32}};
+        gclip_agc *a = reinterpret_cast<gclip_agc *>(&a);
+        EXPECT_EQ(gclip_agc_create(&a, plan.get(), params, units, &o), GCLIP_STATUS_OVERLAP)
+            << c.what;
+        EXPECT_EQ(a, nullptr) << c.what;
+        EXPECT_NE(std::string(gclip_last_error()).find("params["), std::string::npos)
+            << gclip_last_error();
+    }
+    // within one buffer: a parameter whose last elements are a gradient's
+    // first ones, and one that ends where the gradient starts
+    std::vector<float> arena(3 * n);
+    PlanPtr inner;
+    ASSERT_EQ(make_plan(inner, {gclip_tensor{arena.data() + n, n, GCLIP_F32}}),
+              GCLIP_STATUS_SUCCESS);
+    const gclip_tensor tail{arena.data() + 7, n, GCLIP_F32};
+    gclip_agc *a = nullptr;
+    EXPECT_EQ(gclip_agc_create(&a, inner.get(), &tail, units, &o), GCLIP_STATUS_OVERLAP);
+    const gclip_tensor before_it{arena.data(), n, GCLIP_F32}; // ends where it starts
+    ASSERT_EQ(gclip_agc_create(&a, inner.get(), &before_it, units, &o), GCLIP_STATUS_SUCCESS)
+        << gclip_last_error();
+    gclip_agc_destroy(a);
+
+    // both pairs read the same parameter: taken, and each gradient is
+    // clipped against it as if the two were separate copies
+    const gclip_tensor shared[2] = {{w.data(), n, GCLIP_F32}, {w.data(), n, GCLIP_F32}};
+    a = nullptr;
+    ASSERT_EQ(gclip_agc_create(&a, plan.get(), shared, units, &o), GCLIP_STATUS_SUCCESS)
+        << gclip_last_error();
+    AgcPtr agc(a);
+    std::vector<float> w2 = w;
+    std::vector<float> h0 = p0, h1 = p1;
+    PlanPtr twin;
+    ASSERT_EQ(make_plan(twin, {gclip_tensor{h0.data(), n, GCLIP_F32},
+                               gclip_tensor{h1.data(), n, GCLIP_F32}}),
+              GCLIP_STATUS_SUCCESS);
+    const gclip_tensor copies[2] = {{w.data(), n, GCLIP_F32}, {w2.data(), n, GCLIP_F32}};
+    gclip_agc *b = nullptr;
+    ASSERT_EQ(gclip_agc_create(&b, twin.get(), copies, units, &o), GCLIP_STATUS_SUCCESS);
+    AgcPtr agc_b(b);
+    ASSERT_EQ(gclip_agc_step(agc.get(), nullptr), GCLIP_STATUS_SUCCESS);
+    ASSERT_EQ(gclip_agc_step(agc_b.get(), nullptr), GCLIP_STATUS_SUCCESS);
+    EXPECT_EQ(g0, h0);
+    EXPECT_EQ(g1, h1);
+    EXPECT_NE(g0, p0) << "clip_factor 0.01 of unit-scale data clips";
+}
+
 size_t g_allocations = 0;
 int count_allocations(size_t, size_t)
 {

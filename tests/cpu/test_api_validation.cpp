@@ -417,6 +417,61 @@ TEST_F(Validation, ScalarPointersIntoThePlansOwnResultSlot)
     EXPECT_EQ(oracle::checksum(bufs), before);
 }
 
+// tensor_norms is written by the step: inside a tensor it would overwrite
+// gradients (even under total_norm, which writes none), inside the result
+// slot the slot would overwrite it. Both are refused, and the check still
+// holds after a rebind that failed on overlapping tensors.
+TEST_F(Validation, TensorNormsInsideATensorOrTheSlot)
+{
+    const gclip_device_result *slot = nullptr;
+    ASSERT_EQ(gclip_plan_device_result(plan.get(), &slot), GCLIP_STATUS_SUCCESS);
+    const auto try_all = [&](float *where, gclip_status want, const char *what) {
+        gclip_norm_options o = testutil::norm_options(1e-3f);
+        o.tensor_norms = where;
+        expect_rejected(gclip_total_norm(plan.get(), &o, nullptr), want, what);
+        EXPECT_NE(std::string(gclip_last_error()).find("tensor_norms"), std::string::npos)
+            << gclip_last_error();
+        expect_rejected(gclip_clip_grad_norm(plan.get(), &o, nullptr), want, what);
+        expect_rejected(gclip_clip_grad_norm_per_tensor(plan.get(), &o, nullptr), want, what);
+        expect_rejected(gclip_norm_accumulate(plan.get(), &o, nullptr), want, what);
+    };
+    for (size_t i = 0; i < bufs.size(); ++i) {
+        const std::string at = "tensor " + std::to_string(i);
+        char *start = static_cast<char *>(bufs[i].data());
+        try_all(reinterpret_cast<float *>(start), GCLIP_STATUS_OVERLAP, (at + " start").c_str());
+        // the last float of the range is the tensor's first bytes
+        try_all(reinterpret_cast<float *>(start) - (tensors.size() - 1), GCLIP_STATUS_OVERLAP,
+                (at + ", the range's last float").c_str());
+    }
+    try_all(const_cast<float *>(&slot->scale), GCLIP_STATUS_INVALID_ARGUMENT, "the slot");
+
+    // after a rebind refused for overlapping tensors, every tensor is still
+    // found (the order the plan searches was put back)
+    std::vector<void *> data;
+    for (auto &b : bufs)
+        data.push_back(b.data());
+    std::vector<void *> bad = data;
+    bad[0] = static_cast<char *>(data[3]) + 16; // f32 inside f32: aligned
+    bad[4] = data[3];
+    EXPECT_EQ(gclip_plan_rebind(plan.get(), bad.data(), bad.size(), nullptr), GCLIP_STATUS_OVERLAP);
+    for (size_t i = 0; i < bufs.size(); ++i)
+        try_all(static_cast<float *>(bufs[i].data()), GCLIP_STATUS_OVERLAP,
+                ("after the failed rebind, tensor " + std::to_string(i)).c_str());
+
+    // the caller's own array beside them is taken and holds the norms
+    std::vector<float> norms(tensors.size(), -1.0f);
+    gclip_norm_options o = testutil::norm_options(1e-3f);
+    o.tensor_norms = norms.data();
+    ASSERT_EQ(gclip_total_norm(plan.get(), &o, nullptr), GCLIP_STATUS_SUCCESS)
+        << gclip_last_error();
+    EXPECT_EQ(oracle::checksum(bufs), before);
+    const oracle::Norms want = oracle::norms(bufs, 2.0);
+    for (size_t i = 0; i < bufs.size(); ++i) {
+        const double w = static_cast<double>(want.per_tensor[i]);
+        EXPECT_NEAR(norms[i], w, 1e-6 * w) << i;
+    }
+}
+
 TEST_F(Validation, NegativeThreadCount)
 {
     expect_rejected(gclip_plan_set_num_threads(plan.get(), -1), GCLIP_STATUS_INVALID_ARGUMENT, "threads -1");
@@ -458,12 +513,28 @@ TEST_F(Validation, NegativeGivenTotalNorm)
             << gclip_last_error();
         EXPECT_EQ(r.applied, 0);
     }
-    // -0 is a norm of zero: every gradient times max_norm / eps, as for +0
+    // -0 is a norm of zero, as +0: coefficient min(1, max_norm / eps) = 1,
+    // nothing written; with eps -0 too (taken as +0), max_norm / +0 is +Inf
+    // and the coefficient still 1, where -0 would have given -Inf
     float zero = -0.0f;
-    EXPECT_EQ(gclip_clip_grads_with_norm(plan.get(), &o, 0.0f, &zero, nullptr), GCLIP_STATUS_SUCCESS);
-    gclip_status s;
-    testutil::result_of(plan.get(), &s);
-    EXPECT_EQ(s, GCLIP_STATUS_SUCCESS) << gclip_last_error();
+    for (float eps : {1e-6f, 0.0f, -0.0f}) {
+        o.eps = eps;
+        for (int by_pointer = 0; by_pointer < 2; ++by_pointer) {
+            const std::string what =
+                "eps " + std::to_string(eps) + (std::signbit(eps) ? " (-0)" : "") +
+                (by_pointer ? ", norm -0 read from memory" : ", norm -0 as a value");
+            EXPECT_EQ(gclip_clip_grads_with_norm(plan.get(), &o, by_pointer ? 0.0f : -0.0f,
+                                                 by_pointer ? &zero : nullptr, nullptr),
+                      GCLIP_STATUS_SUCCESS)
+                << what << ": " << gclip_last_error();
+            gclip_status s;
+            const gclip_result r = testutil::result_of(plan.get(), &s);
+            EXPECT_EQ(s, GCLIP_STATUS_SUCCESS) << what << ": " << gclip_last_error();
+            EXPECT_EQ(r.clip_coef, 1.0f) << what;
+            EXPECT_EQ(r.applied, 0) << what;
+            EXPECT_EQ(oracle::checksum(bufs), before) << what << ": a gradient changed";
+        }
+    }
 }
 
 // Finalizing the plan's own partial (count 0) needs an accumulate first:

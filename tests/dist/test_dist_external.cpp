@@ -309,9 +309,61 @@ TEST(DistExternal, ARejectedStepLeavesNoEarlierFactorPendingOnTheRejectingRank)
         const gclip_device_result *slot = nullptr;
         ASSERT_EQ(gclip_dist_plan_device_result(job.plans[r].get(), &slot), GCLIP_STATUS_SUCCESS);
         EXPECT_EQ(slot->status, GCLIP_STATUS_MISMATCH);
+        // no norm: not that of the partials that happened to match, which
+        // differs from rank to rank
+        EXPECT_TRUE(std::isnan(res.total_norm)) << res.total_norm;
         (void)gclip_dist_apply_clip_factor(job.plans[r].get(), nullptr);
     }
     EXPECT_EQ(job.checksum(), before) << "a rank applied a factor";
+}
+
+// A finalize rejected on one rank after a good accumulate and gather (its
+// options: NaN max_norm, NULL, tensor_norms set) leaves that rank's slot at
+// MISMATCH with no factor: its apply writes nothing. The gathered partials
+// were sound, so a finalize of them with default options would have made a
+// factor of max_norm 1.
+TEST(DistExternal, ARejectedFinalizeAfterAGoodGatherLeavesNoFactor)
+{
+    float norms[8];
+    for (int bad = 0; bad < 3; ++bad) {
+        SCOPED_TRACE(bad);
+        Job job(53, 3, true);
+        const std::vector<gclip_norm_options> good(3, options(100.0f, 2.0f));
+        for (gclip_status s : job.accumulate(good))
+            ASSERT_EQ(s, GCLIP_STATUS_SUCCESS) << gclip_dist_last_error();
+        job.gather();
+        gclip_norm_options o = good[0];
+        o.max_norm = NAN;
+        if (bad == 2) {
+            o = good[0];
+            o.tensor_norms = norms;
+        }
+        const uint64_t before = job.checksum();
+        EXPECT_EQ(gclip_dist_finalize(job.plans[0].get(), bad == 1 ? nullptr : &o, nullptr),
+                  GCLIP_STATUS_INVALID_ARGUMENT);
+        gclip_result res{};
+        EXPECT_EQ(gclip_dist_get_result(job.plans[0].get(), &res), GCLIP_STATUS_MISMATCH);
+        EXPECT_NE(std::string(gclip_dist_last_error()).find("finalize was rejected"),
+                  std::string::npos)
+            << gclip_dist_last_error();
+        EXPECT_TRUE(std::isnan(res.total_norm)) << res.total_norm;
+        EXPECT_EQ(res.scale, 1.0f);
+        (void)gclip_dist_apply_clip_factor(job.plans[0].get(), nullptr);
+        EXPECT_EQ(job.checksum(), before) << "the rejecting rank applied a factor";
+        // the next step with good options on every rank is whole again
+        for (gclip_status s : job.accumulate(good))
+            ASSERT_EQ(s, GCLIP_STATUS_SUCCESS) << gclip_dist_last_error();
+        job.gather();
+        for (int r = 0; r < 3; ++r) {
+            ASSERT_EQ(gclip_dist_finalize(job.plans[r].get(), &good[r], nullptr),
+                      GCLIP_STATUS_SUCCESS)
+                << gclip_dist_last_error();
+            EXPECT_EQ(gclip_dist_get_result(job.plans[r].get(), &res), GCLIP_STATUS_SUCCESS);
+            // above the defaults' max_norm 1, so a factor of the defaults
+            // would have clipped
+            EXPECT_GT(res.total_norm, 1.0f);
+        }
+    }
 }
 
 TEST(DistExternal, FinalizeWithOtherOptionsThanTheAccumulateIsAMismatch)

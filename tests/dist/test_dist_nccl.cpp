@@ -245,6 +245,12 @@ TEST_F(NcclTest, NonFiniteSkipsAndRejectedOptionsStillJoinTheCollective)
 
     o.max_norm = -1.0f;
     EXPECT_EQ(gclip_dist_clip_grad_norm(plan.get(), &o, nullptr), GCLIP_STATUS_INVALID_ARGUMENT);
+    // the rejecting rank's slot: MISMATCH, no norm, no factor; nothing written
+    EXPECT_EQ(gclip_dist_get_result(plan.get(), &r), GCLIP_STATUS_MISMATCH);
+    EXPECT_TRUE(std::isnan(r.total_norm)) << r.total_norm;
+    EXPECT_EQ(r.applied, 0);
+    dev.download(w);
+    EXPECT_EQ(w.checksum(), oracle::checksum(w.pristine)) << "the rejected step wrote a gradient";
     o.max_norm = 0.01f;
     EXPECT_EQ(gclip_dist_clip_grad_norm(plan.get(), &o, nullptr), GCLIP_STATUS_SUCCESS);
     plan.reset();
