@@ -25,9 +25,19 @@ typedef struct cuda_state {
     cudaStream_t copy;      /* private, non-blocking: setup and results */
 } cuda_state;
 
+/* The runtime's last error cleared when it is `e`, an error of this call
+ * that its status reports: a caller that checks cudaGetLastError after its
+ * own launches (PyTorch does) must not meet it there. An error the caller
+ * left unread, of another code, stays. */
+static void forget_error(cudaError_t e)
+{
+    if (e != cudaSuccess && cudaPeekAtLastError() == e)
+        (void)cudaGetLastError();
+}
+
 static gclip_status cuda_fail(cudaError_t e, const char *what)
 {
-    (void)cudaGetLastError();
+    forget_error(e);
     return gclip_dist_fail(e == cudaErrorMemoryAllocation ? GCLIP_STATUS_OUT_OF_MEMORY
                                                           : GCLIP_STATUS_CUDA_ERROR,
                            "%s failed: %s (%s)", what, cudaGetErrorName(e),
@@ -64,12 +74,11 @@ static void leave(const device_guard *g)
 static void free_state(cuda_state *s)
 {
     if (s->done)
-        (void)cudaEventDestroy(s->done);
+        forget_error(cudaEventDestroy(s->done));
     if (s->copy)
-        (void)cudaStreamDestroy(s->copy);
+        forget_error(cudaStreamDestroy(s->copy));
     if (s->block)
-        (void)cudaFree(s->block);
-    (void)cudaGetLastError();
+        forget_error(cudaFree(s->block));
     memset(s, 0, sizeof *s);
 }
 

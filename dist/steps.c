@@ -110,9 +110,9 @@ static gclip_status explain_mismatch(gclip_dist_plan *p)
                                "(its call returned why)");
     if (p->withdrawn)
         return gclip_dist_fail(GCLIP_STATUS_MISMATCH,
-                               "this rank's finalize was rejected or failed (its call returned "
-                               "why), so no factor is pending here; its partials were sound, "
-                               "so the peers' finalize may have made one");
+                               "this rank's step failed after its accumulate (in the gather or "
+                               "the finalize; its call returned why), so no factor is pending "
+                               "here; it sent sound partials, so its peers may have made one");
     char list[512] = "";
     size_t used = 0, named = 0, more = 0;
     for (size_t g = 0; g < p->num_groups; g++)
@@ -144,24 +144,8 @@ static gclip_status check_plan(const gclip_dist_plan *p)
     return p ? GCLIP_STATUS_SUCCESS : gclip_dist_fail(GCLIP_STATUS_INVALID_ARGUMENT, "plan is NULL");
 }
 
-/* Finalize (and apply) on the plan of every tensor, from the gather buffer. */
-static gclip_status finalize_and_apply(gclip_dist_plan *p, const gclip_norm_options *options,
-                                       int apply, gclip_stream stream)
-{
-    gclip_status s = gclip_norm_finalize(p->apply, options, p->gather, total_partials(p), stream);
-    if (s != GCLIP_STATUS_SUCCESS)
-        return gclip_dist_core_fail(s, "finalize");
-    p->withdrawn = 0;
-    if (apply) {
-        s = gclip_apply_clip_factor(p->apply, stream);
-        if (s != GCLIP_STATUS_SUCCESS)
-            return gclip_dist_core_fail(s, "apply");
-    }
-    return GCLIP_STATUS_SUCCESS;
-}
-
-/* After a step whose local part failed (its accumulate, or its finalize's
- * options): a finalize of the poison alone, which no valid options match,
+/* After a step whose local part failed (its accumulate, its finalize, or
+ * the gather): a finalize of the poison alone, which no valid options match,
  * so that the slot says MISMATCH and no factor of an earlier step stays
  * pending to be applied here alone. The options are the defaults: the
  * caller's may be what was rejected. The gathered partials are not folded:
@@ -172,6 +156,26 @@ static void withdraw_factor(gclip_dist_plan *p, gclip_stream stream)
     const gclip_norm_options d = gclip_norm_options_default();
     (void)gclip_norm_finalize(p->apply, &d, p->poison, 1, stream);
     p->withdrawn = 1;
+}
+
+/* Finalize (and apply) on the plan of every tensor, from the gather buffer. */
+static gclip_status finalize_and_apply(gclip_dist_plan *p, const gclip_norm_options *options,
+                                       int apply, gclip_stream stream)
+{
+    gclip_status s = gclip_norm_finalize(p->apply, options, p->gather, total_partials(p), stream);
+    if (s != GCLIP_STATUS_SUCCESS) {
+        /* the core's message first: the withdrawal is a core call too */
+        s = gclip_dist_core_fail(s, "finalize");
+        withdraw_factor(p, stream);
+        return s;
+    }
+    p->withdrawn = 0;
+    if (apply) {
+        s = gclip_apply_clip_factor(p->apply, stream);
+        if (s != GCLIP_STATUS_SUCCESS)
+            return gclip_dist_core_fail(s, "apply");
+    }
+    return GCLIP_STATUS_SUCCESS;
 }
 
 /* The status of the plan's last step, from its result slot: what
@@ -226,9 +230,9 @@ static gclip_status run_step(gclip_dist_plan *p, const gclip_norm_options *optio
     /* whatever failed locally, the peers are waiting in the gather: join it */
     s = p->transport->gather(p, stream);
     if (s == GCLIP_STATUS_SUCCESS && local == GCLIP_STATUS_SUCCESS)
-        s = finalize_and_apply(p, options, apply, stream);
-    else if (s == GCLIP_STATUS_SUCCESS)
-        withdraw_factor(p, stream);
+        s = finalize_and_apply(p, options, apply, stream); /* withdraws if its finalize fails */
+    else
+        withdraw_factor(p, stream); /* a local failure, or a failed gather */
     const gclip_status e = p->memory->end(p, stream);
     if (local != GCLIP_STATUS_SUCCESS)
         return gclip_dist_fail(local, "%s", local_detail); /* this rank's own failure first */
@@ -300,18 +304,13 @@ gclip_status gclip_dist_finalize(gclip_dist_plan *plan, const gclip_norm_options
                                "gather the partials, then finalize");
     s = plan->memory->begin(plan, stream);
     if (s == GCLIP_STATUS_SUCCESS) {
+        /* a failed finalize withdraws the factor itself */
         s = finalize_and_apply(plan, options, 0, stream);
-        if (s != GCLIP_STATUS_SUCCESS || plan->poisoned) {
-            /* this rank's accumulate or finalize failed (its poison is in the
-             * gathered partials, or the options were rejected): its slot
-             * says MISMATCH like its peers', so no earlier factor stays
-             * pending here alone; the failure's message is kept */
-            char detail[768];
-            (void)snprintf(detail, sizeof detail, "%s", gclip_dist_last_error());
+        /* this rank's accumulate failed (its poison is in the gathered
+         * partials): its slot says MISMATCH like its peers', and no earlier
+         * factor stays pending here alone */
+        if (s == GCLIP_STATUS_SUCCESS && plan->poisoned)
             withdraw_factor(plan, stream);
-            if (s != GCLIP_STATUS_SUCCESS)
-                (void)gclip_dist_fail(s, "%s", detail);
-        }
     }
     const gclip_status e = plan->memory->end(plan, stream);
     return s == GCLIP_STATUS_SUCCESS ? e : s;

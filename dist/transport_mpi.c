@@ -131,6 +131,9 @@ gclip_status gclip_dist_plan_create_mpi(gclip_dist_plan **plan, const gclip_dist
         }
     }
 
+    /* a NULL `plan` is this rank's own failure: it still joins the exchange */
+    if (st == GCLIP_STATUS_SUCCESS && !plan)
+        st = gclip_dist_fail(GCLIP_STATUS_INVALID_ARGUMENT, "plan is NULL");
     gclip_dist_plan *p = NULL;
     mpi_state *s = st == GCLIP_STATUS_SUCCESS ? calloc(1, sizeof *s) : NULL;
     if (s)

@@ -74,6 +74,16 @@ static void nccl_release(gclip_dist_plan *p)
 
 static const gclip_dist_transport nccl_transport = {"nccl", nccl_gather, nccl_release};
 
+/* The runtime's last error cleared when it is `e`, an error of this call
+ * that its status reports: a caller that checks cudaGetLastError after its
+ * own launches (PyTorch does) must not meet it there. An error the caller
+ * left unread, of another code, stays. */
+static void forget_error(cudaError_t e)
+{
+    if (e != cudaSuccess && cudaPeekAtLastError() == e)
+        (void)cudaGetLastError();
+}
+
 /* As the MPI transport: every rank of every group compares its peers' layout
  * words, and a rank whose plan failed still joins. Setup only: a private
  * stream, a temporary buffer, synchronous. */
@@ -101,8 +111,9 @@ static gclip_status exchange_layouts(uint64_t mine, int device, const ncclComm_t
     for (size_t g = 0; g < num_groups && e == cudaSuccess; g++) {
         const ncclResult_t r = ncclAllGather(dev, dev + 1, 1, ncclUint64, comms[g], stream);
         if (r != ncclSuccess) {
-            result = nccl_fail(r, "ncclAllGather of the group layout", comms[g]);
-            break;
+            if (result == GCLIP_STATUS_SUCCESS)
+                result = nccl_fail(r, "ncclAllGather of the group layout", comms[g]);
+            continue; /* the later groups' peers are waiting in their gathers */
         }
         e = cudaMemcpyAsync(host, dev + 1, (size_t)sizes[g] * sizeof *host,
                             cudaMemcpyDeviceToHost, stream);
@@ -114,11 +125,11 @@ static gclip_status exchange_layouts(uint64_t mine, int device, const ncclComm_t
     if (e != cudaSuccess && result == GCLIP_STATUS_SUCCESS)
         result = gclip_dist_fail(GCLIP_STATUS_CUDA_ERROR, "exchange of the group layout: %s (%s)",
                                  cudaGetErrorName(e), cudaGetErrorString(e));
+    forget_error(e);
     if (dev)
-        (void)cudaFree(dev);
+        forget_error(cudaFree(dev));
     if (stream)
-        (void)cudaStreamDestroy(stream);
-    (void)cudaGetLastError();
+        forget_error(cudaStreamDestroy(stream));
     (void)cudaSetDevice(prev);
     free(host);
     return result;
@@ -177,6 +188,9 @@ gclip_status gclip_dist_plan_create_nccl(gclip_dist_plan **plan, const gclip_dis
         return st;
     }
 
+    /* a NULL `plan` is this rank's own failure: it still joins the exchange */
+    if (st == GCLIP_STATUS_SUCCESS && !plan)
+        st = gclip_dist_fail(GCLIP_STATUS_INVALID_ARGUMENT, "plan is NULL");
     gclip_dist_plan *p = NULL;
     nccl_state *s = calloc(1, sizeof *s);
     if (s)

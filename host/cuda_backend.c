@@ -44,8 +44,19 @@ static const char *base_name(const char *path)
     return slash ? slash + 1 : path;
 }
 
+/* The runtime's last error cleared when it is `e`, an error of this call
+ * that its status reports: a caller that checks cudaGetLastError after its
+ * own launches (PyTorch does) must not meet it there. An error the caller
+ * left unread, of another code, stays. */
+static void forget_error(cudaError_t e)
+{
+    if (e != cudaSuccess && cudaPeekAtLastError() == e)
+        (void)cudaGetLastError();
+}
+
 static gclip_status cuda_fail(cudaError_t e, const char *what, const char *file, int line)
 {
+    forget_error(e);
     gclip_status s = e == cudaErrorMemoryAllocation ? GCLIP_STATUS_OUT_OF_MEMORY
                                                     : GCLIP_STATUS_CUDA_ERROR;
     return gclip_fail(s, "%s failed: %s (%s) at %s:%d", what, cudaGetErrorName(e),
@@ -158,12 +169,11 @@ int gclip_cuda_visible_devices(void)
 static void free_state(gclip_cuda_state *s)
 {
     if (s->done)
-        (void)cudaEventDestroy(s->done);
+        forget_error(cudaEventDestroy(s->done));
     if (s->copy_stream)
-        (void)cudaStreamDestroy(s->copy_stream);
+        forget_error(cudaStreamDestroy(s->copy_stream));
     if (s->block)
-        (void)cudaFree(s->block);
-    (void)cudaGetLastError();
+        forget_error(cudaFree(s->block));
     gclip_host_free(s);
 }
 
@@ -328,6 +338,33 @@ static gclip_status mark_done(gclip_cuda_state *s, gclip_stream stream, int capt
 
 /* ---- rebind ------------------------------------------------------------------------ */
 
+/* INVALID_ARGUMENT when `stream` belongs to another device than the plan's.
+ * A copy into another device's stream is accepted by the runtime, but the
+ * event record after it is not: a rebind would have queued its new table
+ * and then failed, unordered, with the host table put back. The handles of
+ * the current device's default streams need no query (the plan's device is
+ * current here). Without cudaStreamGetDevice (before CUDA 12.8), no check. */
+static gclip_status stream_on_device(gclip_stream stream, int device)
+{
+#if CUDART_VERSION >= 12080
+    const cudaStream_t st = (cudaStream_t)stream;
+    if (st == NULL || st == cudaStreamLegacy || st == cudaStreamPerThread)
+        return GCLIP_STATUS_SUCCESS;
+    int dev = -1;
+    const cudaError_t e = cudaStreamGetDevice(st, &dev);
+    if (e != cudaSuccess)
+        return cuda_fail(e, "cudaStreamGetDevice", __FILE__, __LINE__);
+    if (dev != device)
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
+                          "the stream belongs to CUDA device %d, the plan to device %d", dev,
+                          device);
+#else
+    (void)stream;
+    (void)device;
+#endif
+    return GCLIP_STATUS_SUCCESS;
+}
+
 /* The new table is copied in `stream` order after the plan's previous
  * operation, and the copy becomes the plan's last operation, so operations
  * queued before keep the old pointers and later ones, on any stream, see the
@@ -341,7 +378,9 @@ static gclip_status cuda_upload_tensors(gclip_plan *plan, gclip_stream stream)
     gclip_status st = enter_device(plan->device, &g);
     if (st != GCLIP_STATUS_SUCCESS)
         return st;
-    st = capture_state(stream, &captured);
+    st = stream_on_device(stream, plan->device);
+    if (st == GCLIP_STATUS_SUCCESS)
+        st = capture_state(stream, &captured);
     if (st == GCLIP_STATUS_SUCCESS && captured)
         st = gclip_fail(GCLIP_STATUS_NOT_SUPPORTED,
                         "gclip_plan_rebind on a stream being captured: a graph would keep the "
@@ -453,15 +492,20 @@ static gclip_status cuda_run(gclip_plan *plan, const gclip_step *step, gclip_str
         for (int k = 0; k < lp.n; k++) {
             const cudaError_t err = (cudaError_t)lp.fn[k](&s->tables, &np, stream);
             if (err != cudaSuccess) {
+                forget_error(err);
                 if (k > 0)
                     mark_failed(s, stream);
+                /* an adaptive's statistics are updated by its second launch */
+                const int adapted = k > 1 && (step->op == GCLIP_OP_ADAPTIVE_CLIP ||
+                                              step->op == GCLIP_OP_ADAPTIVE_SKIP);
                 st = gclip_fail(err == cudaErrorMemoryAllocation ? GCLIP_STATUS_OUT_OF_MEMORY
                                                                  : GCLIP_STATUS_CUDA_ERROR,
-                                "%s: %s launch failed: %s (%s); %s", gclip_op_name(step->op),
+                                "%s: %s launch failed: %s (%s); %s%s", gclip_op_name(step->op),
                                 lp.name[k], cudaGetErrorName(err), cudaGetErrorString(err),
                                 k > 0 ? "the norm was computed but no gradient was written, "
                                         "and the result slot is marked failed"
-                                      : "nothing was queued and the result slot is unchanged");
+                                      : "nothing was queued and the result slot is unchanged",
+                                adapted ? "; the adaptive's state already holds this step" : "");
                 break;
             }
             queued++;
@@ -528,8 +572,7 @@ static void cuda_mem_free(const gclip_plan *plan, void *ptr)
     device_guard g;
     const int entered = enter_device(plan->device, &g) == GCLIP_STATUS_SUCCESS;
     if (ptr)
-        (void)cudaFree(ptr);
-    (void)cudaGetLastError();
+        forget_error(cudaFree(ptr));
     if (entered)
         leave_device(&g);
 }

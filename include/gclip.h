@@ -323,7 +323,9 @@ GCLIP_API gclip_status gclip_plan_destroy(gclip_plan *plan);
  * CUDA the new table is copied in `stream` order after the plan's previous
  * operation, so operations already queued (on any stream) keep the old
  * pointers and later ones see the new ones; the call waits only for the
- * previous rebind's copy. Not capturable; allocates nothing. */
+ * previous rebind's copy. `stream` must belong to the plan's device
+ * (INVALID_ARGUMENT otherwise, checked with CUDA 12.8 and newer). Not
+ * capturable; allocates nothing. */
 GCLIP_API gclip_status gclip_plan_rebind(gclip_plan *plan, void *const *data, size_t count,
                                          gclip_stream stream);
 

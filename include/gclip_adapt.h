@@ -177,7 +177,9 @@ GCLIP_API gclip_status gclip_adaptive_destroy(gclip_adaptive *ad);
  * includes inv_scale) and the non-finite policy; its max_norm and
  * max_norm_ptr are not used and its tensor_norms must be NULL.
  * Three launches (norm, adapt, scale); SPIKE_SKIP has two and writes no
- * gradient. No allocation, no host synchronization, capturable.
+ * gradient. No allocation, no host synchronization, capturable. Should the
+ * scale launch fail (CUDA_ERROR, slot marked failed, no gradient written),
+ * the state has already taken in the step's norm: it is not rolled back.
  * The result slot: op GCLIP_OP_ADAPTIVE_CLIP or GCLIP_OP_ADAPTIVE_SKIP,
  * total_norm, and for global methods the coefficient and factor applied
  * (per-tensor methods: 1 and 1, as gclip_clip_grad_norm_per_tensor);

@@ -383,6 +383,47 @@ TEST(DistMpi, GroupsThatDisagreeAreRejectedWhenThePlanIsBuilt)
     if (last)
         EXPECT_NE(std::string(gclip_dist_last_error()).find("MPI_COMM_NULL"), std::string::npos)
             << gclip_dist_last_error();
+
+    // a NULL plan pointer on one rank: its own INVALID_ARGUMENT (no crash),
+    // and the others hear of it in the exchange
+    Rank w3 = distw::make_rank(global, layout(false));
+    p = nullptr;
+    EXPECT_EQ(gclip_dist_plan_create_mpi(last ? nullptr : &p, w3.entries.data(), w3.entries.size(),
+                                         comms.data(), 1),
+              last ? GCLIP_STATUS_INVALID_ARGUMENT : GCLIP_STATUS_MISMATCH);
+    EXPECT_EQ(p, nullptr);
+    if (last)
+        EXPECT_NE(std::string(gclip_dist_last_error()).find("plan is NULL"), std::string::npos)
+            << gclip_dist_last_error();
+}
+
+// A step whose finalize is refused after a good accumulate and gather (here
+// max_norm_ptr into the slot of the plan that finalizes, which the group
+// plans' accumulates do not see) leaves no earlier factor pending: the
+// apply that follows writes nothing, on every rank.
+TEST(DistMpi, AFinalizeRefusedInsideAStepLeavesNoEarlierFactor)
+{
+    const auto &global = global_set(1011);
+    Job job(global, false);
+    ASSERT_NE(job.plan, nullptr);
+    const gclip_norm_options o = options(0.01f, 2.0f);
+    ASSERT_EQ(gclip_dist_compute_clip_factor(job.plan.get(), &o, nullptr), GCLIP_STATUS_SUCCESS)
+        << gclip_dist_last_error();
+    gclip_result r{};
+    ASSERT_EQ(gclip_dist_get_result(job.plan.get(), &r), GCLIP_STATUS_SUCCESS);
+    ASSERT_LT(r.scale, 1.0f) << "the first step must leave a factor pending";
+    const uint64_t before = job.w.checksum();
+    const gclip_device_result *slot = nullptr;
+    ASSERT_EQ(gclip_dist_plan_device_result(job.plan.get(), &slot), GCLIP_STATUS_SUCCESS);
+    gclip_norm_options bad = o;
+    bad.max_norm_ptr = &slot->scale;
+    EXPECT_EQ(gclip_dist_compute_clip_factor(job.plan.get(), &bad, nullptr),
+              GCLIP_STATUS_INVALID_ARGUMENT);
+    EXPECT_NE(std::string(gclip_dist_last_error()).find("max_norm_ptr"), std::string::npos)
+        << gclip_dist_last_error();
+    EXPECT_EQ(gclip_dist_get_result(job.plan.get(), &r), GCLIP_STATUS_MISMATCH);
+    (void)gclip_dist_apply_clip_factor(job.plan.get(), nullptr);
+    EXPECT_EQ(job.w.checksum(), before) << "the earlier factor was applied";
 }
 
 TEST(DistMpi, FactorThenApplyEqualsTheClip)
