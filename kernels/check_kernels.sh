@@ -50,7 +50,7 @@ fail() {
 cuobjdump=${GCLIP_CUOBJDUMP:-}
 if [ -z "$cuobjdump" ]; then
     for c in "$(dirname "$nvcc")/cuobjdump" "$(command -v cuobjdump || true)" \
-             "$HOME"/.cache/gclip/venv/lib/python3*/site-packages/triton/backends/nvidia/bin/cuobjdump; do
+             "${GCLIP_VENV:-$HOME/.cache/gclip/venv}"/lib/python3*/site-packages/triton/backends/nvidia/bin/cuobjdump; do
         if [ -n "$c" ] && [ -x "$c" ]; then cuobjdump=$c; break; fi
     done
 fi

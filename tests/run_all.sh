@@ -26,7 +26,7 @@ cmake --build --preset clang -j "$jobs"
 ctest --preset clang -j "$jobs"
 
 stage "Python package: pytest against PyTorch, NumPy, JAX and the reference packages"
-"$GCLIP_PYTHON" -m pytest -q python/tests
+timeout 1800 "$GCLIP_PYTHON" -m pytest -q -rs python/tests
 
 stage "the emulator catches planted kernel bugs"
 ctest --test-dir build/default -L emu-mutants --output-on-failure --no-tests=error
@@ -46,7 +46,7 @@ mkdir -p build
 tests/robust/fuzz.sh "$fuzz_seconds" >"$fuzz_log" 2>&1 &
 fuzz_pid=$!
 valgrind_rc=0
-nice -n 10 tests/robust/valgrind.sh build/default || valgrind_rc=$?
+nice -n 10 timeout 2400 tests/robust/valgrind.sh build/default || valgrind_rc=$?
 fuzz_rc=0
 wait "$fuzz_pid" || fuzz_rc=$?
 echo "-- libFuzzer (tests/robust/fuzz.sh $fuzz_seconds):"

@@ -13,10 +13,11 @@
 
 # build tools; GoogleTest; clang with libFuzzer and OpenMP (the clang build and
 # the fuzz stage); valgrind; nm (the export check); pkg-config (install check);
-# Open MPI (gclip::dist and its `dist` label); python3-venv (the Python stage)
+# Open MPI (gclip::dist and its `dist` label); python3-venv and python3-dev
+# (the Python stage; the headers build gclip._torch_fast)
 gclip_setup_debian_packages=(cmake g++ make libgtest-dev clang libclang-rt-dev libomp-dev
                              valgrind binutils pkg-config libopenmpi-dev openmpi-bin
-                             python3-venv)
+                             python3-venv python3-dev)
 
 gclip_setup_packages() {
     command -v dpkg >/dev/null 2>&1 || return 0
@@ -53,4 +54,8 @@ gclip_setup_python() {
 
 gclip_setup_packages
 gclip_setup_cuda_path
-gclip_setup_python
+# GCLIP_SETUP_PYTHON=0: the packages and PATH only (enough for the C library,
+# its tests and the main job)
+if [ "${GCLIP_SETUP_PYTHON:-1}" != 0 ]; then
+    gclip_setup_python
+fi

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install a configured gclip build into a temporary prefix, then build and run
-# a consumer against it twice: with find_package(gclip) and with pkg-config,
-# each asking for the version of project() in the top-level CMakeLists.txt.
+# a consumer against it three times: with find_package(gclip) from a C
+# project and from a C++-only one, and with pkg-config, each asking for the
+# version of project() in the top-level CMakeLists.txt.
 set -euo pipefail
 build=${1:?usage: check_install.sh BUILD_DIR}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -15,10 +16,16 @@ cmake -S "$here/consumer" -B "$prefix/consumer-build" -DCMAKE_PREFIX_PATH="$pref
     -DGCLIP_VERSION_WANTED="$version" >/dev/null
 cmake --build "$prefix/consumer-build" >/dev/null
 "$prefix/consumer-build/consumer"
-export PKG_CONFIG_PATH="$prefix/lib/pkgconfig"
+cmake -S "$here/consumer_cxx" -B "$prefix/consumer-cxx-build" -DCMAKE_PREFIX_PATH="$prefix" \
+    -DGCLIP_VERSION_WANTED="$version" >/dev/null
+cmake --build "$prefix/consumer-cxx-build" >/dev/null
+"$prefix/consumer-cxx-build/consumer_cxx"
+pc=$(find "$prefix" -name gclip.pc -print -quit)
+[ -n "$pc" ] || { echo "check_install: no gclip.pc under $prefix" >&2; exit 1; }
+export PKG_CONFIG_PATH=$(dirname "$pc")
 pkg-config --exact-version="$version" gclip ||
     { echo "check_install: pkg-config has gclip $(pkg-config --modversion gclip), not $version" >&2; exit 1; }
 cc -std=c11 "$here/consumer/main.c" $(pkg-config --cflags gclip) \
-   $(pkg-config --libs --static gclip) -L/usr/local/cuda/lib64 -o "$prefix/consumer-pc"
+   $(pkg-config --libs --static gclip) -o "$prefix/consumer-pc"
 "$prefix/consumer-pc"
-echo "install check passed: find_package and pkg-config, version $version"
+echo "install check passed: find_package (C and C++ projects) and pkg-config, version $version"

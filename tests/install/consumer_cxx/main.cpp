@@ -1,0 +1,2 @@
+// The C consumer's check, compiled as C++ against the installed headers.
+#include "../consumer/main.c"
