@@ -437,6 +437,43 @@ for k in norm_kernel adapt_kernel agc_kernel; do
 done
 # ---- end of the launch-shape checks
 
+# ---- memory ordering between blocks (docs/gpu-launch.md) ---------------------
+# The emulator runs every kernel with sequentially consistent memory and
+# makes each atomic and fence a point where threads may switch: a fence
+# removed, an atomic turned into a plain read-modify-write, an L2-only load
+# turned into one through L1 or a cp.async wait removed still gives the
+# right bits there. On a GPU each is a race between blocks. So the
+# compute_90 PTX must hold, per kernel, exactly the fences, atomics, L2-only
+# loads and async-copy waits of the ticket protocols (kernels/norm_kernel.cu,
+# norm_finalize.cuh, scale_kernel.cu, adapt_kernel.cu): a count below means
+# one was lost; a count above means the protocol changed, and this table
+# with it.
+#   norm    membar.gl 5: block partials before the lane tickets, the lane
+#           fold's reader and writer sides, the slot before the norm
+#           ticket, every thread after the last block's barrier;
+#           atom.global.inc 2: the lane tickets and the norm ticket;
+#           atom.shared.add 2: the non-finite counts of a lane and of the
+#           close; ld.global.cg 8: the close's seven run fields and the
+#           per-tensor factors; cp.async.wait_all 1: the window's copies landed
+#   scale   membar.gl 1, atom.global.inc 1: the apply ticket
+#   adapt   atom.shared.add 1: the block's clipped count
+ordering_table="norm_kernel membar.gl 5
+norm_kernel atom.global.inc 2
+norm_kernel atom.shared.add 2
+norm_kernel ld.global.cg 8
+norm_kernel cp.async.wait_all 1
+scale_kernel membar.gl 1
+scale_kernel atom.global.inc 1
+adapt_kernel atom.shared.add 1"
+while read -r k op want; do
+    [ -f "$work/$k.ptx" ] || { fail "$k.cu: no PTX to check its memory ordering"; continue; }
+    n=$(grep -cE "^[[:space:]]*(@%p[0-9]+[[:space:]]+)?${op//./\.}[.[:space:];]" "$work/$k.ptx" || true)
+    echo "$k.cu: $n $op in the compute_90 PTX (expected $want)"
+    if [ "$n" -ne "$want" ]; then
+        fail "$k.cu: $n $op in the compute_90 PTX, expected $want: a fence, atomic, L2-only load or copy wait of the ticket protocols was lost or added (see the table above)"
+    fi
+done <<<"$ordering_table"
+
 if [ "$failures" -ne 0 ]; then
     echo "check_kernels: $failures check(s) failed"
     exit 1

@@ -68,7 +68,11 @@ window_only=" window_restarts_runs "
 dependent='EmuGrid.DependentScaleLaunchGivesThePlainLaunchsBits'
 dependent+=':EmuAgc.WithADependentScaleLaunchEveryNormTypeMatchesTheCpuPath'
 dependent_only=" scale_reads_before_wait agc_scale_without_wait "
-filter+="-$windows:$dependent"
+# The adaptive kernel's mutants: the adaptive tests, compared bit for bit
+# (state and gradients) with the CPU path under several thread orders.
+adapt='EmuAdaptive.EveryMethodMatchesTheCpuPathBitForBit:EmuAdaptive.ThreadOrderDoesNotChangeTheState'
+adapt_only=" adapt_input_no_barrier adapt_commit_no_barrier "
+filter+="-$windows:$dependent:$adapt"
 
 # Make kdir equal to the sources, rewriting only files that differ, so a
 # rebuild recompiles what the previous mutant touched and nothing else.
@@ -199,6 +203,15 @@ plant() {
         # at execution with an eps that must move: the close no longer turns the
         # norms the fold left into factors, so the gradients are scaled by them
         mutate norm_finalize.cuh 's/} else if (th\.moved) {/} else if (0) {/' ;;
+    adapt_input_no_barrier) # the adaptive's rows read the step's input and decision
+        # before thread 0 has written them to shared memory
+        mutate adapt_kernel.cu '/clipped_sh = 0;/,/__syncthreads();/s/__syncthreads();/\/* barrier removed *\//' ;;
+    adapt_commit_no_barrier) # thread 0 commits the state before the other rows have
+        # added their clipped tensors to the block's count
+        mutate adapt_kernel.cu '/every row has read the shared scalars/,/__syncthreads();/s/__syncthreads();/\/* barrier removed *\//' ;;
+    close_leads_no_barrier) # the last block's close reads the lanes' leading pieces
+        # before every thread has put its own in shared memory
+        mutate norm_finalize.cuh 's|^\( *\)__syncthreads(); /\* every leading piece is in shared memory \*/$|\1/* barrier removed */|' ;;
     block_reduce_no_barrier) # thread 0 reads the 32 values before threads 1-31 wrote them
         mutate block_reduce.cuh 's|^    __syncthreads(); /\* the 32 values are in s\[0\.\.31\] \*/$|    /* barrier removed */|' ;;
     *) die "unknown mutant $1" ;;
@@ -214,12 +227,13 @@ all_mutants=(writes_factor_one per_tensor_writes_factor_one apply_ticket_not_wra
              small_scan_no_barrier warp_tree_no_syncwarp warp_columns_overwritten
              ticket_reset_at_end
              scalars_from_params moved_norms_left_as_factors fold_drops_pieces window_restarts_runs share_batch_drops_a_position
+             close_leads_no_barrier
              block_tree_order block_reduce_no_barrier
              tail_off_by_one misaligned_vector write_one_window_per_block
              write_window_skips_its_first_chunk write_word_skip_on_first_flag
              write_scan_no_barrier write_flags_rewritten_early
              warp_walk_half_stride small_chunk_too_large look_ahead_past_chunk
-             apply_twice)
+             apply_twice adapt_input_no_barrier adapt_commit_no_barrier)
 if [[ $# -gt 0 ]]; then mutants=("$@"); else mutants=("${all_mutants[@]}"); fi
 
 build_tests() {
@@ -271,7 +285,7 @@ t0=$SECONDS
 build_tests unmutated
 t1=$SECONDS
 # every test any mutant runs, in one run: its shards share the load better
-if ! run_tests "$work/unmutated.log" "${filter%%-*}:$windows:$dependent"; then
+if ! run_tests "$work/unmutated.log" "${filter%%-*}:$windows:$dependent:$adapt"; then
     why "$work/unmutated.log"
     die "the unmutated kernels fail the tests; see $work/unmutated.log"
 fi
@@ -289,6 +303,7 @@ for name in "${mutants[@]}"; do
     [[ $order_only == *" $name "* ]] && tests=$bitwise
     [[ $window_only == *" $name "* ]] && tests=$windows
     [[ $dependent_only == *" $name "* ]] && tests=$dependent
+    [[ $adapt_only == *" $name "* ]] && tests=$adapt
     [[ $small_only == *" $name "* ]] && tests=$small-$windows:$dependent
     run_tests "$work/$name.log" "$tests" || rc=$?
     when="build $((t1 - t0)) s, tests $((SECONDS - t1)) s"

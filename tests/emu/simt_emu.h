@@ -26,8 +26,13 @@
 //       fiber (or at the next one, if the point handed the turn on).
 //   So a last-block-done ticket is drawn while other blocks are between
 //   their own atomic and the code that acts on it, and a result that depends
-//   on an unsynchronized order of threads or blocks shows up as a difference
-//   between schedules. The atomic's update happens before the switch. A
+//   on an unsynchronized order of threads or blocks, at the granularity of
+//   these switch points, shows up as a difference between schedules. The
+//   atomic's update happens before the switch. Memory is sequentially
+//   consistent: every store is seen at once by every thread, so a missing
+//   fence, a plain read-modify-write in place of an atomic or a load through
+//   L1 in place of an L2-only one gives the right bits here. Those are
+//   checked in the PTX (kernels/check_kernels.sh, "memory ordering"). A
 //   block that waits for another block to make progress (a spin loop across
 //   blocks) is not supported, as CUDA does not promise co-residency either.
 //
