@@ -21,8 +21,10 @@ static size_t total_partials(const gclip_dist_plan *p)
 
 /* Checks the core cannot make for us: a NULL options struct would give
  * defaults to accumulate, and tensor_norms would be indexed per core plan,
- * not per tensor of this plan. */
-static gclip_status check_options(const gclip_norm_options *options)
+ * not per tensor of this plan; max_norm_ptr or inv_scale_ptr inside the
+ * slot of the plan that finalizes would be refused only by its finalize,
+ * after this rank sent sound partials and its peers went on to clip. */
+static gclip_status check_options(const gclip_dist_plan *p, const gclip_norm_options *options)
 {
     if (!options)
         return gclip_dist_fail(GCLIP_STATUS_INVALID_ARGUMENT,
@@ -33,6 +35,20 @@ static gclip_status check_options(const gclip_norm_options *options)
         return gclip_dist_fail(GCLIP_STATUS_INVALID_ARGUMENT,
                                "tensor_norms is set: per-tensor norms are local to a rank; "
                                "compute them with a core plan");
+    const gclip_device_result *slot = NULL;
+    if (options->size >= offsetof(gclip_norm_options, inv_scale_ptr) + sizeof(float *) &&
+        gclip_plan_device_result(p->apply, &slot) == GCLIP_STATUS_SUCCESS) {
+        const uintptr_t a = (uintptr_t)slot, b = a + sizeof *slot;
+        const float *ptrs[2] = {options->max_norm_ptr, options->inv_scale_ptr};
+        const char *names[2] = {"max_norm_ptr", "inv_scale_ptr"};
+        for (int k = 0; k < 2; k++)
+            if (ptrs[k] && (uintptr_t)ptrs[k] + sizeof(float) > a && (uintptr_t)ptrs[k] < b)
+                return gclip_dist_fail(GCLIP_STATUS_INVALID_ARGUMENT,
+                                       "%s points into the plan's result slot "
+                                       "(gclip_dist_plan_device_result), which the step "
+                                       "rewrites while it reads the value",
+                                       names[k]);
+    }
     return GCLIP_STATUS_SUCCESS;
 }
 
@@ -57,7 +73,7 @@ static gclip_status fill_send_slots(gclip_dist_plan *p, gclip_stream stream)
 static gclip_status accumulate_groups(gclip_dist_plan *p, const gclip_norm_options *options,
                                       gclip_stream stream)
 {
-    gclip_status s = check_options(options);
+    gclip_status s = check_options(p, options);
     for (size_t g = 0; g < p->num_groups && s == GCLIP_STATUS_SUCCESS; g++) {
         s = gclip_norm_accumulate(p->counted[g], options, stream);
         if (s != GCLIP_STATUS_SUCCESS) {
@@ -103,7 +119,8 @@ static gclip_status explain_mismatch(gclip_dist_plan *p)
                                "the ranks)");
     const uint32_t mine = p->host_view[p->offsets[0] + (size_t)p->ranks[0]].fingerprint;
     const uint32_t poison = p->poison_value.fingerprint;
-    if (mine == poison)
+    /* this rank's own state first: after a failed gather the buffer is stale */
+    if (p->poisoned || mine == poison)
         return gclip_dist_fail(GCLIP_STATUS_MISMATCH,
                                "this rank's own part of the step was rejected or failed, so it "
                                "sent the poison partial; nothing was written on any rank "
@@ -266,6 +283,12 @@ gclip_status gclip_dist_apply_clip_factor(gclip_dist_plan *plan, gclip_stream st
     gclip_status s = check_plan(plan);
     if (s != GCLIP_STATUS_SUCCESS)
         return s;
+    /* after a failed step no factor may be applied here alone, also when
+     * the withdrawal's own finalize could not be queued */
+    if (plan->withdrawn)
+        return gclip_dist_fail(GCLIP_STATUS_MISMATCH,
+                               "this rank's last step failed (its call returned why): there is "
+                               "no factor to apply; nothing was written");
     s = plan->memory->begin(plan, stream);
     if (s == GCLIP_STATUS_SUCCESS) {
         s = gclip_apply_clip_factor(plan->apply, stream);
@@ -311,6 +334,8 @@ gclip_status gclip_dist_finalize(gclip_dist_plan *plan, const gclip_norm_options
          * factor stays pending here alone */
         if (s == GCLIP_STATUS_SUCCESS && plan->poisoned)
             withdraw_factor(plan, stream);
+    } else {
+        plan->withdrawn = 1; /* nothing could be queued: no factor may be applied */
     }
     const gclip_status e = plan->memory->end(plan, stream);
     return s == GCLIP_STATUS_SUCCESS ? e : s;

@@ -59,6 +59,17 @@ gclip_status gclip_check_step_pointers(const gclip_plan *plan, const gclip_norm_
     return gclip_check_outside_tensors(plan, np->tensor_norms, bytes, "tensor_norms");
 }
 
+/* Ops that see no tensor of their own cannot report per-tensor norms. */
+static gclip_status no_tensor_norms(const gclip_norm_options *options, int32_t op)
+{
+    if (options->tensor_norms)
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
+                          "tensor_norms is set, but %s computes no tensor norm; leave it NULL "
+                          "(gclip_norm_accumulate writes them)",
+                          gclip_op_name(op));
+    return GCLIP_STATUS_SUCCESS;
+}
+
 /* The checks every step call starts with: the plan, the options (required
  * by every op that clips or computes a factor: they carry max_norm), their
  * translation into the step's parameters. */
@@ -76,19 +87,13 @@ static gclip_status begin_step(gclip_plan *plan, const gclip_norm_options *optio
                           gclip_op_name(op));
     step->op = op;
     step->clip_value = 0.0f;
-    const gclip_status s = gclip_make_params(options, op, &step->np);
+    gclip_status s = gclip_make_params(options, op, &step->np);
+    /* ops that write no tensor norms refuse tensor_norms before its
+     * address is looked at */
+    if (s == GCLIP_STATUS_SUCCESS && options &&
+        (op == GCLIP_OP_FINALIZE || op == GCLIP_OP_CLIP_WITH_NORM))
+        s = no_tensor_norms(options, op);
     return s != GCLIP_STATUS_SUCCESS ? s : gclip_check_step_pointers(plan, &step->np);
-}
-
-/* Ops that see no tensor of their own cannot report per-tensor norms. */
-static gclip_status no_tensor_norms(const gclip_norm_options *options, int32_t op)
-{
-    if (options->tensor_norms)
-        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
-                          "tensor_norms is set, but %s computes no tensor norm; leave it NULL "
-                          "(gclip_norm_accumulate writes them)",
-                          gclip_op_name(op));
-    return GCLIP_STATUS_SUCCESS;
 }
 
 static gclip_status norm_step(gclip_plan *plan, const gclip_norm_options *options, int32_t op,
@@ -139,9 +144,7 @@ gclip_status gclip_clip_grads_with_norm(gclip_plan *plan, const gclip_norm_optio
 {
     GCLIP_FP_SCOPE();
     gclip_step step;
-    gclip_status s = begin_step(plan, options, GCLIP_OP_CLIP_WITH_NORM, &step);
-    if (s == GCLIP_STATUS_SUCCESS)
-        s = no_tensor_norms(options, GCLIP_OP_CLIP_WITH_NORM);
+    const gclip_status s = begin_step(plan, options, GCLIP_OP_CLIP_WITH_NORM, &step);
     if (s != GCLIP_STATUS_SUCCESS)
         return s;
     if (!total_norm_ptr && total_norm < 0.0f)
@@ -159,9 +162,7 @@ gclip_status gclip_norm_finalize(gclip_plan *plan, const gclip_norm_options *opt
 {
     GCLIP_FP_SCOPE();
     gclip_step step;
-    gclip_status s = begin_step(plan, options, GCLIP_OP_FINALIZE, &step);
-    if (s == GCLIP_STATUS_SUCCESS)
-        s = no_tensor_norms(options, GCLIP_OP_FINALIZE);
+    const gclip_status s = begin_step(plan, options, GCLIP_OP_FINALIZE, &step);
     if (s != GCLIP_STATUS_SUCCESS)
         return s;
     if (count > 0 && !partials)

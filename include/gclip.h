@@ -411,7 +411,8 @@ GCLIP_API gclip_status gclip_norm_accumulate(gclip_plan *plan, const gclip_norm_
  * flags of the result slot; partials == NULL with count == 0 folds the plan's
  * own partial (INVALID_ARGUMENT before any gclip_norm_accumulate). Partials
  * with another fingerprint than `options` give the slot status
- * GCLIP_STATUS_MISMATCH and factor 1. Nothing is written to the gradients.
+ * GCLIP_STATUS_MISMATCH, factor 1 and no norm (total_norm NaN, so nonfinite
+ * 1). Nothing is written to the gradients.
  * One single-block launch. */
 GCLIP_API gclip_status gclip_norm_finalize(gclip_plan *plan, const gclip_norm_options *options,
                                            const gclip_partial *partials, size_t count,

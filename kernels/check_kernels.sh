@@ -467,7 +467,8 @@ scale_kernel atom.global.inc 1
 adapt_kernel atom.shared.add 1"
 while read -r k op want; do
     [ -f "$work/$k.ptx" ] || { fail "$k.cu: no PTX to check its memory ordering"; continue; }
-    n=$(grep -cE "^[[:space:]]*(@%p[0-9]+[[:space:]]+)?${op//./\.}[.[:space:];]" "$work/$k.ptx" || true)
+    re_op=${op//./\\.}
+    n=$(grep -cE "^[[:space:]]*(@!?%p[0-9]+[[:space:]]+)?$re_op[.[:space:];]" "$work/$k.ptx" || true)
     echo "$k.cu: $n $op in the compute_90 PTX (expected $want)"
     if [ "$n" -ne "$want" ]; then
         fail "$k.cu: $n $op in the compute_90 PTX, expected $want: a fence, atomic, L2-only load or copy wait of the ticket protocols was lost or added (see the table above)"

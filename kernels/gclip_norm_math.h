@@ -422,8 +422,8 @@ GCLIP_HD void gclip_given_norm_slot(const gclip_norm_params *np, uint32_t prev_s
 {
     const gclip_scalars sc = gclip_resolve_scalars(np);
     const float given = np->given_norm_ptr ? *np->given_norm_ptr : np->given_norm;
-    /* -0 is the norm 0: as -0, N + eps would be -0 for eps 0 and the
-     * coefficient -Inf */
+    /* -0 is the norm 0, reported as +0 (eps is never -0: the host takes an
+     * eps of -0 as +0, since -0 + -0 would give the coefficient -Inf) */
     const float n = given == 0.0f ? 0.0f : given;
     /* a negative norm would flip the gradients' sign: rejected, as a
      * negative max_norm is */

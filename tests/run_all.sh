@@ -11,7 +11,7 @@ t_start=$(date +%s)
 stage() { echo; echo "==== [$(( $(date +%s) - t_start ))s] $*"; }
 
 stage "set-up: Debian packages, PATH, the Python environment (tests/setup.sh)"
-. tests/setup.sh
+GCLIP_SETUP_PYTHON=1 . tests/setup.sh # the Python stage needs the environment
 jobs=$(nproc 2>/dev/null || echo 2)
 fuzz_seconds=${GCLIP_FUZZ_SECONDS:-120}
 

@@ -458,6 +458,23 @@ TEST_F(Validation, TensorNormsInsideATensorOrTheSlot)
         try_all(static_cast<float *>(bufs[i].data()), GCLIP_STATUS_OVERLAP,
                 ("after the failed rebind, tensor " + std::to_string(i)).c_str());
 
+    // a range that touches a tensor without sharing a byte is taken: ending
+    // at its first byte, or starting past its last
+    oracle::Rng rng(97);
+    std::vector<float> arena(64 + 7 + 64);
+    for (float &x : arena)
+        x = static_cast<float>(rng.normal(1.0));
+    PlanPtr one;
+    ASSERT_EQ(make_plan(one, {gclip_tensor{arena.data() + 64, 7, GCLIP_F32}}), GCLIP_STATUS_SUCCESS);
+    gclip_norm_options touching = testutil::norm_options(1e-3f);
+    for (float *where : {arena.data() + 63, arena.data() + 64 + 7}) {
+        touching.tensor_norms = where;
+        EXPECT_EQ(gclip_total_norm(one.get(), &touching, nullptr), GCLIP_STATUS_SUCCESS)
+            << gclip_last_error();
+    }
+    touching.tensor_norms = arena.data() + 64 + 6; // the tensor's last float
+    EXPECT_EQ(gclip_total_norm(one.get(), &touching, nullptr), GCLIP_STATUS_OVERLAP);
+
     // the caller's own array beside them is taken and holds the norms
     std::vector<float> norms(tensors.size(), -1.0f);
     gclip_norm_options o = testutil::norm_options(1e-3f);

@@ -397,10 +397,11 @@ TEST(DistMpi, GroupsThatDisagreeAreRejectedWhenThePlanIsBuilt)
             << gclip_dist_last_error();
 }
 
-// A step whose finalize is refused after a good accumulate and gather (here
-// max_norm_ptr into the slot of the plan that finalizes, which the group
-// plans' accumulates do not see) leaves no earlier factor pending: the
-// apply that follows writes nothing, on every rank.
+// A step refused for max_norm_ptr inside the slot of the plan that
+// finalizes (which the group plans' accumulates alone would not see: it is
+// checked before the gather, so the rank sends the poison) leaves no earlier
+// factor pending: the apply that follows is refused and writes nothing, on
+// every rank.
 TEST(DistMpi, AFinalizeRefusedInsideAStepLeavesNoEarlierFactor)
 {
     const auto &global = global_set(1011);
@@ -422,8 +423,13 @@ TEST(DistMpi, AFinalizeRefusedInsideAStepLeavesNoEarlierFactor)
     EXPECT_NE(std::string(gclip_dist_last_error()).find("max_norm_ptr"), std::string::npos)
         << gclip_dist_last_error();
     EXPECT_EQ(gclip_dist_get_result(job.plan.get(), &r), GCLIP_STATUS_MISMATCH);
-    (void)gclip_dist_apply_clip_factor(job.plan.get(), nullptr);
+    EXPECT_EQ(gclip_dist_apply_clip_factor(job.plan.get(), nullptr), GCLIP_STATUS_MISMATCH);
     EXPECT_EQ(job.w.checksum(), before) << "the earlier factor was applied";
+    // the next good step is whole again, and its factor is applied
+    ASSERT_EQ(gclip_dist_compute_clip_factor(job.plan.get(), &o, nullptr), GCLIP_STATUS_SUCCESS)
+        << gclip_dist_last_error();
+    EXPECT_EQ(gclip_dist_apply_clip_factor(job.plan.get(), nullptr), GCLIP_STATUS_SUCCESS);
+    EXPECT_NE(job.w.checksum(), before);
 }
 
 TEST(DistMpi, FactorThenApplyEqualsTheClip)
