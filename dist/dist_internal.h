@@ -115,6 +115,12 @@ gclip_status gclip_dist_fail(gclip_status status, const char *fmt, ...)
     ;
 /* A core call returned `status`: keep its detail, prefixed with `what`. */
 gclip_status gclip_dist_core_fail(gclip_status status, const char *what);
+/* memory_cuda.c (CUDA builds): the runtime's last error cleared when it is
+ * `error` (a cudaError_t), an error of this call that its status reports, so
+ * that a caller checking cudaGetLastError after its own launches (PyTorch
+ * does) does not meet it; an error the caller left unread, of another code,
+ * stays. */
+void gclip_dist_forget_cuda_error(int error);
 
 /* ---- transports ----------------------------------------------------------------- */
 

@@ -25,19 +25,16 @@ typedef struct cuda_state {
     cudaStream_t copy;      /* private, non-blocking: setup and results */
 } cuda_state;
 
-/* The runtime's last error cleared when it is `e`, an error of this call
- * that its status reports: a caller that checks cudaGetLastError after its
- * own launches (PyTorch does) must not meet it there. An error the caller
- * left unread, of another code, stays. */
-static void forget_error(cudaError_t e)
+void gclip_dist_forget_cuda_error(int error)
 {
+    const cudaError_t e = (cudaError_t)error;
     if (e != cudaSuccess && cudaPeekAtLastError() == e)
         (void)cudaGetLastError();
 }
 
 static gclip_status cuda_fail(cudaError_t e, const char *what)
 {
-    forget_error(e);
+    gclip_dist_forget_cuda_error(e);
     return gclip_dist_fail(e == cudaErrorMemoryAllocation ? GCLIP_STATUS_OUT_OF_MEMORY
                                                           : GCLIP_STATUS_CUDA_ERROR,
                            "%s failed: %s (%s)", what, cudaGetErrorName(e),
@@ -74,11 +71,11 @@ static void leave(const device_guard *g)
 static void free_state(cuda_state *s)
 {
     if (s->done)
-        forget_error(cudaEventDestroy(s->done));
+        gclip_dist_forget_cuda_error(cudaEventDestroy(s->done));
     if (s->copy)
-        forget_error(cudaStreamDestroy(s->copy));
+        gclip_dist_forget_cuda_error(cudaStreamDestroy(s->copy));
     if (s->block)
-        forget_error(cudaFree(s->block));
+        gclip_dist_forget_cuda_error(cudaFree(s->block));
     memset(s, 0, sizeof *s);
 }
 

@@ -74,16 +74,6 @@ static void nccl_release(gclip_dist_plan *p)
 
 static const gclip_dist_transport nccl_transport = {"nccl", nccl_gather, nccl_release};
 
-/* The runtime's last error cleared when it is `e`, an error of this call
- * that its status reports: a caller that checks cudaGetLastError after its
- * own launches (PyTorch does) must not meet it there. An error the caller
- * left unread, of another code, stays. */
-static void forget_error(cudaError_t e)
-{
-    if (e != cudaSuccess && cudaPeekAtLastError() == e)
-        (void)cudaGetLastError();
-}
-
 /* As the MPI transport: every rank of every group compares its peers' layout
  * words, and a rank whose plan failed still joins. Setup only: a private
  * stream, a temporary buffer, synchronous. */
@@ -125,11 +115,11 @@ static gclip_status exchange_layouts(uint64_t mine, int device, const ncclComm_t
     if (e != cudaSuccess && result == GCLIP_STATUS_SUCCESS)
         result = gclip_dist_fail(GCLIP_STATUS_CUDA_ERROR, "exchange of the group layout: %s (%s)",
                                  cudaGetErrorName(e), cudaGetErrorString(e));
-    forget_error(e);
+    gclip_dist_forget_cuda_error(e);
     if (dev)
-        forget_error(cudaFree(dev));
+        gclip_dist_forget_cuda_error(cudaFree(dev));
     if (stream)
-        forget_error(cudaStreamDestroy(stream));
+        gclip_dist_forget_cuda_error(cudaStreamDestroy(stream));
     (void)cudaSetDevice(prev);
     free(host);
     return result;
