@@ -300,9 +300,18 @@ GCLIP_HD gclip_scalars gclip_resolve_scalars(const gclip_norm_params *np)
 
 /* A norm as reported: the root of the accumulator times inv_scale, rounded
  * once to float (Inf only if the true value exceeds FLT_MAX). */
+/* A NaN norm as the canonical NaN 0x7fffffff, which a GPU's arithmetic gives
+ * whatever NaN went in, and which x86 keeps through the coefficient and the
+ * factor: the slot's NaN has the same bits on every engine, whichever
+ * element's NaN the accumulator met first. */
+GCLIP_HD float gclip_canonical_norm(float n)
+{
+    return n == n ? n : gclip_bits_f32(0x7fffffffu);
+}
+
 GCLIP_HD float gclip_norm_value(double acc, int32_t kind, float p, float inv_scale)
 {
-    return (float)(gclip_term_root(acc, kind, p) * (double)inv_scale);
+    return gclip_canonical_norm((float)(gclip_term_root(acc, kind, p) * (double)inv_scale));
 }
 
 /* PyTorch's coefficient in float arithmetic: min(1, C / (N + eps)), NaN kept.
@@ -424,7 +433,7 @@ GCLIP_HD void gclip_given_norm_slot(const gclip_norm_params *np, uint32_t prev_s
     const float given = np->given_norm_ptr ? *np->given_norm_ptr : np->given_norm;
     /* -0 is the norm 0, reported as +0 (eps is never -0: the host takes an
      * eps of -0 as +0, since -0 + -0 would give the coefficient -Inf) */
-    const float n = given == 0.0f ? 0.0f : given;
+    const float n = given == 0.0f ? 0.0f : gclip_canonical_norm(given);
     /* a negative norm would flip the gradients' sign: rejected, as a
      * negative max_norm is */
     const int32_t status =

@@ -62,7 +62,7 @@ small_only+="warp_tree_no_syncwarp warp_columns_overwritten "
 # the lane pass's windows needs it: the other mutants run without it, that
 # one runs it alone (and the unmutated kernels both).
 windows='EmuGrid.AnyFoldWindowGivesTheSameBits'
-window_only=" window_restarts_runs "
+window_only=" window_restarts_runs fold_runs_no_barrier fold_refill_no_barrier "
 # Likewise the scale launches as dependent launches: their tests alone, for
 # the mutants of the waits (and the unmutated kernels).
 dependent='EmuGrid.DependentScaleLaunchGivesThePlainLaunchsBits'
@@ -71,8 +71,16 @@ dependent_only=" scale_reads_before_wait agc_scale_without_wait "
 # The adaptive kernel's mutants: the adaptive tests, compared bit for bit
 # (state and gradients) with the CPU path under several thread orders.
 adapt='EmuAdaptive.EveryMethodMatchesTheCpuPathBitForBit:EmuAdaptive.ThreadOrderDoesNotChangeTheState'
-adapt_only=" adapt_input_no_barrier adapt_commit_no_barrier "
-filter+="-$windows:$dependent:$adapt"
+adapt_only=" adapt_input_no_barrier adapt_commit_no_barrier adapt_clipped_dropped "
+# The AGC kernel's mutants: its tests, compared bit for bit with the CPU path.
+agc='EmuAgc.EveryDtypeAndNormTypeMatchesTheCpuPathBitForBit'
+agc+=':EmuAgc.WithADependentScaleLaunchEveryNormTypeMatchesTheCpuPath'
+agc_only=" agc_sums_no_barrier agc_tree_no_barrier agc_factor_no_barrier "
+# The counts of non-finite tensors: the policies' tests and the plan whose
+# fold lanes complete non-finite tensors.
+nonfinite='Policies/EmuNonfinite.*:EmuNonfiniteCount.*'
+nonfinite_only=" close_nonfinite_dropped lane_nonfinite_dropped "
+filter+="-$windows:$dependent:$adapt:$agc:$nonfinite"
 
 # Make kdir equal to the sources, rewriting only files that differ, so a
 # rebuild recompiles what the previous mutant touched and nothing else.
@@ -214,6 +222,60 @@ plant() {
         mutate norm_finalize.cuh 's|^\( *\)__syncthreads(); /\* every leading piece is in shared memory \*/$|\1/* barrier removed */|' ;;
     block_reduce_no_barrier) # thread 0 reads the 32 values before threads 1-31 wrote them
         mutate block_reduce.cuh 's|^    __syncthreads(); /\* the 32 values are in s\[0\.\.31\] \*/$|    /* barrier removed */|' ;;
+    walk_setup_no_barrier) # a norm block's threads read the walk's end before
+        # thread 0 has written it
+        mutate norm_kernel.cu '/fin\.lane1 = first < last/,/__syncthreads();/s/__syncthreads();/\/* barrier removed *\//' ;;
+    red_reused_no_barrier) # the block's next chunk writes `red` before thread 0
+        # has read the last one's values
+        mutate norm_kernel.cu 's|^\( *\)__syncthreads(); /\* .red. is reused by the next chunk \*/$|\1/* barrier removed */|' ;;
+    flags_reused_no_barrier) # the next window's flags are written while threads
+        # still read this window's
+        mutate norm_kernel.cu 's|^\( *\)__syncthreads(); /\* .fin\.small. is the next window.s \*/$|\1/* barrier removed */|' ;;
+    lane_choice_no_barrier) # the threads read the lane to fold before thread 0 has
+        # chosen it
+        mutate norm_kernel.cu '/fin\.next = lane + 1;/,/__syncthreads();/s/__syncthreads();/\/* barrier removed *\//' ;;
+    fold_window_no_barrier) # a lane pass reads its window before it is staged
+        mutate norm_finalize.cuh 's|^\( *\)__syncthreads(); /\* the window and the carried run are in place \*/$|\1/* barrier removed */|' ;;
+    fold_runs_no_barrier) # thread 0 chains the window's runs before the threads
+        # have put their accumulators in place
+        mutate norm_finalize.cuh 's|^\( *\)__syncthreads(); /\* every run.s accumulator is at its first position \*/$|\1/* barrier removed */|' ;;
+    fold_refill_no_barrier) # the next window is staged while thread 0 still
+        # chains this one
+        mutate norm_finalize.cuh 's|^\( *\)__syncthreads(); /\* the window may be refilled \*/$|\1/* barrier removed */|' ;;
+    close_shares_no_barrier) # the close's shares overwrite `sh.lane` while threads
+        # still read the leading pieces there
+        mutate norm_finalize.cuh 's|^\( *\)__syncthreads(); /\* the leading pieces are read: sh\.lane takes the shares \*/$|\1/* barrier removed */|' ;;
+    close_tree_input_no_barrier) # the close's tree reads the shares before every
+        # thread has written its own
+        mutate norm_finalize.cuh '/^    sh\.lane\[tid\] = th\.total;$/{n;s/__syncthreads();/\/* barrier removed *\//}' ;;
+    close_tree_no_barrier) # the close's tree reads a level before the one below
+        # it is complete
+        mutate norm_finalize.cuh 's|^\( *\)__syncthreads(); /\* the last one also completes sh\.nonfinite \*/$|\1/* barrier removed */|' ;;
+    skip_all_no_barrier) # under the per-tensor op the threads read whether to skip
+        # before thread 0 has decided it
+        mutate norm_finalize.cuh 's|^\( *\)__syncthreads(); /\* sh\.skip_all is set \*/$|\1/* barrier removed */|' ;;
+    close_nonfinite_dropped) # the close counts no thread's non-finite terms
+        mutate norm_finalize.cuh 's/^\( *\)atomicAdd(&sh\.nonfinite, th\.nonfinite);$/\1(void)th.nonfinite;/' ;;
+    lane_nonfinite_dropped) # a lane pass counts no thread's non-finite terms
+        mutate norm_finalize.cuh 's/^\( *\)atomicAdd(&sh\.lane_nonfinite, th\.nonfinite);$/\1(void)0;/' ;;
+    block_reduce_input_no_barrier) # threads 0-31 read the block's values before the
+        # others wrote them
+        mutate block_reduce.cuh '/^    s\[t\] = v;$/{n;s/__syncthreads();/\/* barrier removed *\//}' ;;
+    scale_factor_no_barrier) # a scale block's threads read the factor before thread
+        # 0 has read it from the slot
+        mutate scale_kernel.cu '/block_factor = gclip_block_factor(t, np);/{n;s/__syncthreads();/\/* barrier removed *\//}' ;;
+    agc_sums_no_barrier) # an AGC piece's tree reads the threads' sums before they
+        # are all written
+        mutate agc_kernel.cu '/^    gsh\[threadIdx\.x\] = gs;$/{n;s/__syncthreads();/\/* barrier removed *\//}' ;;
+    agc_tree_no_barrier) # an AGC piece's tree reads a level before the one below
+        # it is complete
+        mutate agc_kernel.cu 's/^        __syncthreads();$/        \/* barrier removed *\//' ;;
+    agc_factor_no_barrier) # an AGC block's threads read the unit's factor before
+        # thread 0 has computed it
+        mutate agc_kernel.cu '/keep_sh = keep;/,/__syncthreads();/s/__syncthreads();/\/* barrier removed *\//' ;;
+    adapt_clipped_dropped) # the adaptive kernel's rows no longer count the tensors
+        # they clipped
+        mutate adapt_kernel.cu 's/^\( *\)atomicAdd(&clipped_sh, clipped);$/\1(void)clipped;/' ;;
     *) die "unknown mutant $1" ;;
     esac
 }
@@ -233,7 +295,13 @@ all_mutants=(writes_factor_one per_tensor_writes_factor_one apply_ticket_not_wra
              write_window_skips_its_first_chunk write_word_skip_on_first_flag
              write_scan_no_barrier write_flags_rewritten_early
              warp_walk_half_stride small_chunk_too_large look_ahead_past_chunk
-             apply_twice adapt_input_no_barrier adapt_commit_no_barrier)
+             apply_twice adapt_input_no_barrier adapt_commit_no_barrier adapt_clipped_dropped
+             walk_setup_no_barrier red_reused_no_barrier flags_reused_no_barrier
+             lane_choice_no_barrier fold_window_no_barrier fold_runs_no_barrier
+             fold_refill_no_barrier close_shares_no_barrier close_tree_input_no_barrier
+             close_tree_no_barrier skip_all_no_barrier close_nonfinite_dropped
+             lane_nonfinite_dropped block_reduce_input_no_barrier scale_factor_no_barrier
+             agc_sums_no_barrier agc_tree_no_barrier agc_factor_no_barrier)
 if [[ $# -gt 0 ]]; then mutants=("$@"); else mutants=("${all_mutants[@]}"); fi
 
 build_tests() {
@@ -285,7 +353,7 @@ t0=$SECONDS
 build_tests unmutated
 t1=$SECONDS
 # every test any mutant runs, in one run: its shards share the load better
-if ! run_tests "$work/unmutated.log" "${filter%%-*}:$windows:$dependent:$adapt"; then
+if ! run_tests "$work/unmutated.log" "${filter%%-*}:$windows:$dependent:$adapt:$agc:$nonfinite"; then
     why "$work/unmutated.log"
     die "the unmutated kernels fail the tests; see $work/unmutated.log"
 fi
@@ -304,6 +372,8 @@ for name in "${mutants[@]}"; do
     [[ $window_only == *" $name "* ]] && tests=$windows
     [[ $dependent_only == *" $name "* ]] && tests=$dependent
     [[ $adapt_only == *" $name "* ]] && tests=$adapt
+    [[ $agc_only == *" $name "* ]] && tests=$agc
+    [[ $nonfinite_only == *" $name "* ]] && tests=$nonfinite
     [[ $small_only == *" $name "* ]] && tests=$small-$windows:$dependent
     run_tests "$work/$name.log" "$tests" || rc=$?
     when="build $((t1 - t0)) s, tests $((SECONDS - t1)) s"

@@ -11,6 +11,7 @@
 #include <limits>
 #include <ostream>
 #include <string>
+#include <vector>
 
 namespace {
 
@@ -79,17 +80,21 @@ TEST(EmuClamp, ManyTensorsAndEmptyPlans)
     expect_clamp_everywhere(none, 1.0f); // block 0 still writes the result
 }
 
-// The data is read only while the kernels run: a single store faults.
+// The launches of `op`, the data read only while they run when `read_only`
+// (the fixture's memory paged): a single store faults.
+int run_op(emu::Fixture &f, const gclip_norm_options &o, int32_t op, bool read_only)
+{
+    f.set_read_only(read_only);
+    const int rc = f.emu_norm_op(o, op);
+    f.set_read_only(false);
+    return rc;
+}
+
 void expect_no_write(const std::vector<emu::Spec> &specs, gclip_norm_options o, int32_t op)
 {
     emu::Fixture f(specs, 31, 1.0, /*paged=*/true);
     ASSERT_EQ(f.cpu_norm_op(o, op), GCLIP_STATUS_SUCCESS) << gclip_last_error();
-    auto run = [&] {
-        f.set_read_only(true);
-        const int rc = f.emu_norm_op(o, op);
-        f.set_read_only(false);
-        return rc;
-    };
+    auto run = [&] { return run_op(f, o, op, true); };
     emu::for_every_schedule(f, run, [&] {
         f.expect_norm_op_matches(o, op);
         f.expect_data_unchanged();
@@ -153,12 +158,7 @@ TEST_P(EmuNonfinite, FollowsThePolicyLikeTheCpuPath)
     ASSERT_GT(f.specs()[7].numel, 0);
     f.set_element(7, 0, c.value);
     ASSERT_EQ(f.cpu_norm_op(o, c.op), GCLIP_STATUS_SUCCESS) << gclip_last_error();
-    auto run = [&] {
-        f.set_read_only(!writes);
-        const int rc = f.emu_norm_op(o, c.op);
-        f.set_read_only(false);
-        return rc;
-    };
+    auto run = [&] { return run_op(f, o, c.op, !writes); };
     emu::for_every_schedule(f, run, [&] {
         f.expect_norm_op_matches(o, c.op);
         EXPECT_EQ(f.emu_result().nonfinite, 1);
@@ -196,5 +196,48 @@ std::string nonfinite_name(const ::testing::TestParamInfo<NonfiniteCase> &info)
 
 INSTANTIATE_TEST_SUITE_P(Policies, EmuNonfinite, ::testing::ValuesIn(nonfinite_cases()),
                          nonfinite_name);
+
+// Non-finite tensors that the fold lanes complete, not the last block's
+// close: a plan of several chunks a lane, a NaN, Inf or -Inf in every 37th
+// tensor (half NaNs among them, which convert to the canonical f32 NaN where
+// the CPU path's chunk partials take the positive quiet NaN). The partial
+// counts each such tensor once, as the CPU path does (its count is what a
+// distributed finalize adds up); their norms alone are not finite; the
+// slot's NaN norm has the CPU path's bits; nothing is written.
+TEST(EmuNonfiniteCount, TensorsCompletedInsideFoldLanesAreCounted)
+{
+    emu::Fixture f(emu::mixed_many(37, 1500), 37, 1.0, /*paged=*/true);
+    ASSERT_GE(f.num_chunks(), 3u * GCLIP_FOLD_LANES) << "too few chunks for lanes of several";
+    const float values[] = {kNaN, kInf, -kInf};
+    std::vector<bool> planted(f.count(), false);
+    uint32_t expected = 0;
+    for (std::size_t k = 5; k < f.count(); k += 37) {
+        if (f.specs()[k].numel == 0)
+            continue;
+        f.set_element(k, f.specs()[k].numel / 2, values[expected % 3]);
+        planted[k] = true;
+        ++expected;
+    }
+    ASSERT_GE(expected, 30u);
+    for (int32_t op : {int32_t{GCLIP_OP_CLIP_NORM}, int32_t{GCLIP_OP_CLIP_PER_TENSOR}}) {
+        SCOPED_TRACE(emu::op_name(op));
+        gclip_norm_options o = GCLIP_NORM_OPTIONS_INIT;
+        o.nonfinite = GCLIP_NONFINITE_SKIP;
+        float sentinel;
+        o.tensor_norms = &sentinel;
+        f.reset_host();
+        ASSERT_EQ(f.cpu_norm_op(o, op), GCLIP_STATUS_SUCCESS) << gclip_last_error();
+        ASSERT_EQ(f.cpu_partial().nonfinite, expected);
+        auto run = [&] { return run_op(f, o, op, true); };
+        emu::for_every_schedule(f, run, [&] {
+            f.expect_norm_op_matches(o, op);
+            f.expect_data_unchanged();
+            EXPECT_EQ(f.emu_partial().nonfinite, expected);
+            EXPECT_EQ(f.emu_result().nonfinite, 1u);
+            for (std::size_t k = 0; k < f.count(); ++k)
+                EXPECT_EQ(std::isfinite(f.emu_tensor_norm(k)), !planted[k]) << "tensor " << k;
+        });
+    }
+}
 
 } // namespace
