@@ -23,8 +23,10 @@
 #      copy's speed.
 #
 # Stages 5 and 6 need a python3 with PyTorch that sees the device
-# (GCLIP_DEVICE_PYTHON, default python3); GCLIP_DEVICE_CHECK_PYTHON=0 leaves
-# them out. GCLIP_GTEST_SRC=DIR (GoogleTest's sources) builds GoogleTest into
+# (GCLIP_DEVICE_PYTHON, default python3), stage 5 pytest too; without them
+# they are skipped, which does not fail the check (the summary says so);
+# GCLIP_DEVICE_CHECK_PYTHON=0 leaves them out. Stage 6 measures the peer
+# and informs: it never fails the check. GCLIP_GTEST_SRC=DIR (GoogleTest's sources) builds GoogleTest into
 # the build folder first (stage gtest); without it, where GoogleTest is not
 # installed, .devdeps/googletest or /usr/src/googletest is used if present.
 # If the configure still fails, it is run again without the tests (stage
@@ -34,10 +36,16 @@
 # Every stage has its own time limit and the whole has one; a stage that
 # fails or runs out of time does not stop the next ones (those that need the
 # build are skipped when it failed). Logs, results and summary.txt (status
-# and wall time per stage, rewritten after every stage) go to OUT_DIR.
+# and wall time per stage, rewritten when a stage starts and ends) go to
+# OUT_DIR, which is emptied first if it holds an earlier check's results
+# (any other non-empty folder is refused). Killed from outside (TERM, INT,
+# HUP), the check stops the running stage, records it as KILLED, and writes
+# the summary and the tarball before it exits.
 #
 #   bash tests/gpu/device_check.sh [OUT_DIR]
 #     OUT_DIR  default: build/device-check
+#     GCLIP_DEVICE_CHECK_REV  the commit checked, for the summary where the
+#       sources have no .git (a copy of the work tree)
 #     GCLIP_DEVICE_BUILD_DIR  build folder (default build/device)
 #     GCLIP_DEVICE_CHECK_TGZ  a tarball of OUT_DIR, refreshed after every
 #       stage, with a copy of summary.txt beside it (default:
@@ -48,14 +56,26 @@
 #   GCLIP_DEVICE_CUDA_ARCH=90 (native needs a device to detect).
 #
 # Exit status: 0 every stage passed; 1 a stage failed, timed out or was
-# skipped; 2 a tool the check needs (cmake, nvcc) is missing; 77 no CUDA
-# device on this machine (nothing is built or run; this takes a second).
+# skipped (but for the Python stages and the profile, above); 2 a tool the
+# check needs (cmake, nvcc) is missing, or OUT_DIR holds something else;
+# 77 no CUDA device on this machine (nothing is built or run; this takes a
+# second); 143 killed from outside.
 set -u -o pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
 out=${1:-build/device-check}
 mkdir -p "$out" || exit 2
 out=$(cd "$out" && pwd)
+# an earlier check's results go (a stage this run skips must not show the
+# last run's files); a folder of anything else is not emptied
+if [ -n "$(ls -A "$out")" ]; then
+    if [ -f "$out/stages.tsv" ] || [ -f "$out/summary.txt" ]; then
+        find "$out" -mindepth 1 -delete || exit 2
+    else
+        echo "device_check: $out is not empty and holds no earlier check's results; give an empty or new OUT_DIR" >&2
+        exit 2
+    fi
+fi
 build=${GCLIP_DEVICE_BUILD_DIR:-build/device}
 jobs=$(nproc 2>/dev/null || echo 4)
 t_start=$(date +%s)
@@ -84,12 +104,17 @@ probe_limit() { local t; t=$(time_left); echo $((t < 20 ? t : 20)); }
 
 header() {
     local rev
-    rev=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
-    git -C "$root" diff --quiet HEAD 2>/dev/null || rev="$rev (with uncommitted changes)"
+    if [ -n "${GCLIP_DEVICE_CHECK_REV:-}" ]; then
+        rev="$GCLIP_DEVICE_CHECK_REV (GCLIP_DEVICE_CHECK_REV)"
+    elif rev=$(git -C "$root" rev-parse -q --verify --short HEAD 2>/dev/null); then
+        git -C "$root" diff --quiet HEAD 2>/dev/null || rev="$rev (with uncommitted changes)"
+    else
+        rev="unknown (no .git; GCLIP_DEVICE_CHECK_REV names it)"
+    fi
     {
         echo "gclip device check, $(date -u '+%Y-%m-%d %H:%M:%S UTC'), commit $rev"
         echo "host: $(hostname), $jobs CPUs"
-        echo "device: ${gpu_desc:-none}"
+        echo "device: ${gpu_desc:-none}${compute_mode:+, compute mode $compute_mode}"
         echo "nvcc: $(nvcc --version 2>/dev/null | grep -o 'release [0-9.]*' || echo missing)," \
              "cmake: $(cmake --version 2>/dev/null | head -1 | awk '{print $3}' || echo missing)"
         echo
@@ -118,6 +143,9 @@ write_summary() {
             printf '%-10s %-8s %8s %8s  %s%s\n' "$name" "$status" "$secs" "$limit" "$log" \
                    "${note:+  ($note)}"
         done <"$out/stages.tsv"
+        [ "$verdict" = RUNNING ] && [ -n "${running:-}" ] &&
+            printf '%-10s %-8s %8s %8s  %s\n' "$running" RUNNING "$(($(date +%s) - running_since))" \
+                   "$stage_limit" "$running_log"
         printf '%-10s %-8s %8s %8s\n' total "$verdict" "$(($(date +%s) - t_start))" "$total_budget"
         if [ "$verdict" != RUNNING ] && [ -f "$out/bench-cuda.csv" ]; then
             echo
@@ -167,6 +195,9 @@ if [ -n "$missing" ]; then
     exit 2
 fi
 timeout 20 nvidia-smi >"$out/nvidia-smi.txt" 2>&1 || true
+# a device in exclusive-process mode takes one process at a time: the GPU
+# suite then runs its tests one after another
+compute_mode=$(timeout 20 nvidia-smi --query-gpu=compute_mode --format=csv,noheader 2>/dev/null | head -1)
 sanitizer=$(command -v compute-sanitizer ||
             ls "$(dirname "$(command -v nvcc)")/compute-sanitizer" \
                /usr/local/cuda/compute-sanitizer/compute-sanitizer 2>/dev/null | head -1)
@@ -186,8 +217,11 @@ record() {
 
 # stage NAME BUDGET LOG COMMAND...: runs COMMAND under the smaller of its
 # budget and the time left; sets stage_status (PASS, FAIL, TIMEOUT, SKIP).
+# The command runs in the background, waited for, so that a signal from
+# outside reaches the trap below at once, not when the stage ends.
+running= running_pid= running_since=0 running_log=
 stage() {
-    local name=$1 budget=$2 log=$3 left limit t rc
+    local name=$1 budget=$2 log=$3 left limit rc
     shift 3
     left=$(time_left)
     limit=$((budget < left ? budget : left))
@@ -199,10 +233,15 @@ stage() {
         return
     fi
     say "$name (limit ${limit}s) ..."
-    t=$(date +%s)
-    timeout --kill-after=3 "$limit" "$@" >"$out/$log" 2>&1
+    running=$name running_since=$(date +%s) running_log=$log
+    write_summary
+    pack
+    timeout --kill-after=3 "$limit" "$@" >"$out/$log" 2>&1 &
+    running_pid=$!
+    wait "$running_pid"
     rc=$?
-    stage_secs=$(($(date +%s) - t))
+    running= running_pid=
+    stage_secs=$(($(date +%s) - running_since))
     stage_note=
     if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
         stage_status=TIMEOUT
@@ -216,6 +255,29 @@ stage() {
 
 finish() { record "$1" "$stage_status" "$stage_secs" "$stage_limit" "$2" "$stage_note"; }
 
+# Killed from outside: timeout runs its command in a process group of its
+# own, which a signal to this script does not reach; stop that group, keep
+# what the stage wrote, and say so.
+on_signal() {
+    trap - TERM INT HUP
+    if [ -n "$running_pid" ]; then
+        kill -TERM -- "-$running_pid" 2>/dev/null || kill -TERM "$running_pid" 2>/dev/null
+        sleep 1
+        kill -KILL -- "-$running_pid" 2>/dev/null
+        stage_status=KILLED stage_secs=$(($(date +%s) - running_since))
+        stage_note="the check was stopped from outside during this stage"
+        local name=$running log=$running_log
+        running=
+        finish "$name" "$log"
+    fi
+    failed=1
+    write_summary final
+    pack
+    cat "$summary"
+    exit 143
+}
+trap on_signal TERM INT HUP
+
 # finish_info NAME LOG: as finish, for a stage that informs and cannot fail
 # the check
 finish_info() {
@@ -228,6 +290,11 @@ finish_info() {
 skip() { # NAME WHY
     stage_status=SKIP stage_secs=0 stage_limit=0 stage_note=$2
     finish "$1" -
+}
+
+skip_info() { # NAME WHY: as skip, for a stage whose absence does not fail the check
+    stage_status=SKIP stage_secs=0 stage_limit=0 stage_note=$2
+    finish_info "$1" -
 }
 
 # gtest_installed: GoogleTest's header and library under CMAKE_PREFIX_PATH,
@@ -301,10 +368,19 @@ if [ $built = 1 ] && [ $tests_built = 0 ]; then
     skip gpu-tests "$no_tests"
 elif [ $built = 1 ]; then
     # four test processes share the 16 cores: four OpenMP threads each for
-    # the CPU-path twins (the H200 run measured this stage at 89 s)
-    stage gpu-tests 130 ctest-gpu.log \
-        env OMP_NUM_THREADS=4 ctest --test-dir "$build" -L gpu -j 4 --no-tests=error \
-              --output-on-failure --output-junit "$out/ctest-gpu.xml"
+    # the CPU-path twins (the H200 run measured this stage at 89 s); one
+    # at a time on a device in exclusive-process mode. ctest stops starting
+    # tests 15 s before the stage's limit (--stop-time), so that it ends
+    # and writes its JUnit file rather than being killed
+    parallel=4
+    case ${compute_mode:-} in *[Ee]xclusive*) parallel=1 ;; esac
+    budget=130
+    left=$(time_left)
+    [ "$left" -lt "$budget" ] && budget=$left
+    stop_at=$(date -d "@$(($(date +%s) + budget - 15))" +%H:%M:%S)
+    stage gpu-tests "$budget" ctest-gpu.log \
+        env OMP_NUM_THREADS=4 ctest --test-dir "$build" -L gpu -j "$parallel" --no-tests=error \
+              --stop-time "$stop_at" --output-on-failure --output-junit "$out/ctest-gpu.xml"
     skipped=$(grep -c '(Skipped)' "$out/ctest-gpu.log")
     if grep -q 'no CUDA device' "$out/ctest-gpu.xml" 2>/dev/null; then
         stage_status=FAIL
@@ -337,11 +413,14 @@ for tool in memcheck racecheck synccheck; do
         skip "$tool" "compute-sanitizer not found (PATH, the nvcc folder, /usr/local/cuda)"
         continue
     fi
+    # memcheck's leak check looks at the allocations left when the context
+    # is destroyed: GCLIP_GPU_RESET_AT_EXIT=1 makes the suite reset the
+    # device after its last test (tests/gpu/gpu_fixture.cpp)
     extra=()
     [ "$tool" = memcheck ] && extra=(--leak-check full)
     budget=40
     [ "$tool" = synccheck ] && budget=30
-    stage "$tool" "$budget" "$tool.log" \
+    stage "$tool" "$budget" "$tool.log" env GCLIP_GPU_RESET_AT_EXIT=1 \
         "$sanitizer" --tool "$tool" ${extra[@]+"${extra[@]}"} --error-exitcode 1 \
         --log-file "$out/$tool-report.txt" "$gpu_tests" --gtest_filter="$filter" \
         --gtest_output="xml:$out/$tool-gtest.xml"
@@ -364,22 +443,26 @@ else
 fi
 
 # 5. the Python suite with the device, on the build's libgclip.so
-torch_rc=0
+torch_rc=0 pytest_rc=0
 if [ "${GCLIP_DEVICE_CHECK_PYTHON:-1}" != 0 ] && [ "$(time_left)" -ge 10 ]; then
     timeout "$(probe_limit)" "$pyexe" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' \
         >"$out/python-torch.log" 2>&1
     torch_rc=$?
+    timeout "$(probe_limit)" "$pyexe" -c 'import pytest' >>"$out/python-torch.log" 2>&1
+    pytest_rc=$?
 fi
 if [ "${GCLIP_DEVICE_CHECK_PYTHON:-1}" = 0 ]; then
     :
 elif [ $torch_rc -ne 0 ]; then
     why="$pyexe has no PyTorch that sees the device (python-torch.log)"
     [ $torch_rc -eq 124 ] && why="$pyexe did not say in time whether PyTorch sees the device"
-    skip python "$why"
-    skip peers "$why"
+    skip_info python "$why"
+    skip_info peers "$why"
 else
     if [ $built = 0 ]; then
         skip python "no build"
+    elif [ $pytest_rc -ne 0 ]; then
+        skip_info python "$pyexe has PyTorch but no pytest (python-torch.log)"
     else
         lib=$(cd "$build" && pwd)/libgclip.so
         stage python 120 python.log env PYTHONPATH="$root/python" GCLIP_LIBRARY="$lib" \
@@ -393,7 +476,7 @@ else
     fi
     # 6. the peer on the same device: needs PyTorch only
     stage peers 75 peers.log "$pyexe" -u bench/torch_cuda_steps.py --runs 7 --csv "$out/torch-cuda.csv"
-    finish peers peers.log
+    finish_info peers peers.log
 fi
 
 # 7. the profile (information only)
