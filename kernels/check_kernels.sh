@@ -459,11 +459,13 @@ done
 #   adapt   atom.shared.add 1: the block's clipped count
 # and exactly their barriers (bar.sync; bar.warp.sync for __syncwarp), as
 # inlined: a lost barrier lowers the count. Most lost barriers also fail the
-# emulator's tests (tests/emu/plant_bugs.sh), but not all: without the one
-# after the norm kernel's lane tickets only the fence that follows it reads
-# a stale flag (the emulator's memory is sequentially consistent), and the
-# one after the small chunks ("`red` is the block's again") is also ordered
-# by gclip_block_reduce's first barrier; removing either leaves every
+# emulator's tests (tests/emu/plant_bugs.sh), but not three of the norm
+# kernel's: without the one after the lane tickets only the fence that
+# follows it reads a stale flag, and without the one between the lanes'
+# fences and the block's norm ticket only the order of those fences
+# changes (the emulator's memory is sequentially consistent); the one after
+# the small chunks ("`red` is the block's again") is also ordered by
+# gclip_block_reduce's first barrier. Removing any of them leaves every
 # emulated result the same, and only this count sees it.
 ordering_table="norm_kernel membar.gl 5
 norm_kernel atom.global.inc 2

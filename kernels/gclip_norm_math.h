@@ -298,8 +298,6 @@ GCLIP_HD gclip_scalars gclip_resolve_scalars(const gclip_norm_params *np)
 
 /* ---- coefficient, factor and result slot ------------------------------------ */
 
-/* A norm as reported: the root of the accumulator times inv_scale, rounded
- * once to float (Inf only if the true value exceeds FLT_MAX). */
 /* A NaN norm as the canonical NaN 0x7fffffff, which a GPU's arithmetic gives
  * whatever NaN went in, and which x86 keeps through the coefficient and the
  * factor: the slot's NaN has the same bits on every engine, whichever
@@ -309,6 +307,8 @@ GCLIP_HD float gclip_canonical_norm(float n)
     return n == n ? n : gclip_bits_f32(0x7fffffffu);
 }
 
+/* A norm as reported: the root of the accumulator times inv_scale, rounded
+ * once to float (Inf only if the true value exceeds FLT_MAX). */
 GCLIP_HD float gclip_norm_value(double acc, int32_t kind, float p, float inv_scale)
 {
     return gclip_canonical_norm((float)(gclip_term_root(acc, kind, p) * (double)inv_scale));

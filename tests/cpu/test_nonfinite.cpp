@@ -10,6 +10,8 @@
 
 #include <cfloat>
 #include <cmath>
+#include <cstdio>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -169,6 +171,62 @@ TEST(NonFinitePropagate, NanMakesEveryGradientNan)
     for (const auto &b : bufs)
         for (int64_t i = 0; i < b.numel(); ++i)
             ASSERT_TRUE(std::isnan(b.get(i))) << i;
+}
+
+// A NaN norm has the bits a GPU's arithmetic gives every NaN, 0x7fffffff,
+// whatever NaN was in the data (sign, payload, signaling, or a half's NaN)
+// and for every norm type; so have the coefficient and factor computed
+// from it, and a NaN norm given to gclip_clip_grads_with_norm
+// (docs/semantics.md).
+TEST(NonFiniteNanBits, ANaNNormIsTheCanonicalNaNOnEveryPath)
+{
+    const uint32_t canonical = 0x7fffffffu;
+    const uint32_t f32_nans[] = {0xffc00001u, 0x7fc0002au, 0x7f800123u};
+    for (gclip_dtype dt : {GCLIP_F32, GCLIP_F16}) {
+        for (uint32_t bits : f32_nans) {
+            if (dt == GCLIP_F16 && bits != f32_nans[0])
+                continue; // a half's NaN converts to one float NaN whatever its own bits
+            for (float p : {2.0f, 1.0f, INFINITY, 3.0f}) {
+                char what[64];
+                std::snprintf(what, sizeof what, "%s, NaN 0x%08x, p %g", oracle::dtype_name(dt),
+                              static_cast<unsigned>(bits), static_cast<double>(p));
+                SCOPED_TRACE(what);
+                oracle::Rng rng(420);
+                std::vector<TestBuffer> bufs;
+                bufs.emplace_back(GCLIP_F32, 5000, 1);
+                bufs.emplace_back(dt, 777, 2);
+                for (auto &b : bufs)
+                    b.fill(rng, 2.0);
+                if (dt == GCLIP_F32)
+                    std::memcpy(static_cast<char *>(bufs[1].data()) + 4 * 300, &bits, 4);
+                else
+                    bufs[1].set(300, oracle::bits_to_float(bits));
+                testutil::PlanPtr plan;
+                ASSERT_EQ(testutil::make_plan(plan, oracle::tensors_of(bufs)), GCLIP_STATUS_SUCCESS);
+                std::vector<float> norms(bufs.size());
+                gclip_norm_options o = testutil::norm_options(1.0f, p);
+                o.nonfinite = GCLIP_NONFINITE_PROPAGATE;
+                o.tensor_norms = norms.data();
+                ASSERT_EQ(gclip_total_norm(plan.get(), &o, nullptr), GCLIP_STATUS_SUCCESS);
+                EXPECT_EQ(oracle::float_to_bits(testutil::result_of(plan.get()).total_norm), canonical);
+                EXPECT_EQ(oracle::float_to_bits(norms[1]), canonical);
+                EXPECT_TRUE(std::isfinite(norms[0]));
+                ASSERT_EQ(gclip_clip_grad_norm(plan.get(), &o, nullptr), GCLIP_STATUS_SUCCESS);
+                gclip_result r = testutil::result_of(plan.get());
+                EXPECT_EQ(oracle::float_to_bits(r.total_norm), canonical);
+                EXPECT_EQ(oracle::float_to_bits(r.clip_coef), canonical);
+                EXPECT_EQ(oracle::float_to_bits(r.scale), canonical);
+                o.tensor_norms = nullptr;
+                ASSERT_EQ(gclip_clip_grads_with_norm(plan.get(), &o, oracle::bits_to_float(bits),
+                                                     nullptr, nullptr),
+                          GCLIP_STATUS_SUCCESS);
+                r = testutil::result_of(plan.get());
+                EXPECT_EQ(oracle::float_to_bits(r.total_norm), canonical);
+                EXPECT_EQ(oracle::float_to_bits(r.clip_coef), canonical);
+                EXPECT_EQ(oracle::float_to_bits(r.scale), canonical);
+            }
+        }
+    }
 }
 
 TEST(NonFinitePropagate, PerTensorClipsEachTensorByItsOwnNorm)

@@ -210,15 +210,18 @@ TEST(EmuNonfiniteCount, TensorsCompletedInsideFoldLanesAreCounted)
     ASSERT_GE(f.num_chunks(), 3u * GCLIP_FOLD_LANES) << "too few chunks for lanes of several";
     const float values[] = {kNaN, kInf, -kInf};
     std::vector<bool> planted(f.count(), false);
-    uint32_t expected = 0;
+    uint32_t expected = 0, half_nans = 0;
     for (std::size_t k = 5; k < f.count(); k += 37) {
         if (f.specs()[k].numel == 0)
             continue;
         f.set_element(k, f.specs()[k].numel / 2, values[expected % 3]);
+        const gclip_dtype dt = f.specs()[k].dtype;
+        half_nans += expected % 3 == 0 && (dt == GCLIP_F16 || dt == GCLIP_BF16);
         planted[k] = true;
         ++expected;
     }
     ASSERT_GE(expected, 30u);
+    ASSERT_GE(half_nans, 1u) << "no half's NaN among the planted values";
     for (int32_t op : {int32_t{GCLIP_OP_CLIP_NORM}, int32_t{GCLIP_OP_CLIP_PER_TENSOR}}) {
         SCOPED_TRACE(emu::op_name(op));
         gclip_norm_options o = GCLIP_NORM_OPTIONS_INIT;
@@ -233,7 +236,7 @@ TEST(EmuNonfiniteCount, TensorsCompletedInsideFoldLanesAreCounted)
             f.expect_norm_op_matches(o, op);
             f.expect_data_unchanged();
             EXPECT_EQ(f.emu_partial().nonfinite, expected);
-            EXPECT_EQ(f.emu_result().nonfinite, 1u);
+            EXPECT_EQ(f.emu_result().nonfinite, 1);
             for (std::size_t k = 0; k < f.count(); ++k)
                 EXPECT_EQ(std::isfinite(f.emu_tensor_norm(k)), !planted[k]) << "tensor " << k;
         });

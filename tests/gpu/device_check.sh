@@ -67,15 +67,19 @@ out=${1:-build/device-check}
 mkdir -p "$out" || exit 2
 out=$(cd "$out" && pwd)
 # an earlier check's results go (a stage this run skips must not show the
-# last run's files); a folder of anything else is not emptied
+# last run's files): a folder this script marked as its own is emptied, any
+# other folder that is not empty is refused
+marker=.gclip-device-check
 if [ -n "$(ls -A "$out")" ]; then
-    if [ -f "$out/stages.tsv" ] || [ -f "$out/summary.txt" ]; then
-        find "$out" -mindepth 1 -delete || exit 2
+    if [ -f "$out/$marker" ]; then
+        find "$out" -mindepth 1 -delete ||
+            { echo "device_check: could not empty $out, an earlier check's results" >&2; exit 2; }
     else
-        echo "device_check: $out is not empty and holds no earlier check's results; give an empty or new OUT_DIR" >&2
+        echo "device_check: $out is not empty and is not an earlier check's OUT_DIR; give an empty or new one" >&2
         exit 2
     fi
 fi
+echo "OUT_DIR of tests/gpu/device_check.sh: emptied by the next check given it" >"$out/$marker"
 build=${GCLIP_DEVICE_BUILD_DIR:-build/device}
 jobs=$(nproc 2>/dev/null || echo 4)
 t_start=$(date +%s)
@@ -374,18 +378,24 @@ elif [ $built = 1 ]; then
     # and writes its JUnit file rather than being killed
     parallel=4
     case ${compute_mode:-} in *[Ee]xclusive*) parallel=1 ;; esac
+    # (the stop time only where it lies ahead: ctest takes a past one as
+    # tomorrow's)
     budget=130
     left=$(time_left)
     [ "$left" -lt "$budget" ] && budget=$left
-    stop_at=$(date -d "@$(($(date +%s) + budget - 15))" +%H:%M:%S)
+    stop=()
+    [ "$budget" -gt 30 ] && stop=(--stop-time "$(date -d "@$(($(date +%s) + budget - 15))" +%H:%M:%S)")
     stage gpu-tests "$budget" ctest-gpu.log \
         env OMP_NUM_THREADS=4 ctest --test-dir "$build" -L gpu -j "$parallel" --no-tests=error \
-              --stop-time "$stop_at" --output-on-failure --output-junit "$out/ctest-gpu.xml"
-    skipped=$(grep -c '(Skipped)' "$out/ctest-gpu.log")
-    if grep -q 'no CUDA device' "$out/ctest-gpu.xml" 2>/dev/null; then
+              ${stop[@]+"${stop[@]}"} --output-on-failure --output-junit "$out/ctest-gpu.xml"
+    skipped=$(grep -c '(Skipped)' "$out/ctest-gpu.log" 2>/dev/null)
+    if [ "$stage_status" = PASS ] && grep -qi 'stop time' "$out/ctest-gpu.log" 2>/dev/null; then
+        stage_status=TIMEOUT
+        stage_note="ctest reached its stop time: tests were left unrun (ctest-gpu.log)"
+    elif grep -q 'no CUDA device' "$out/ctest-gpu.xml" 2>/dev/null; then
         stage_status=FAIL
         stage_note="tests skipped for want of a device although nvidia-smi lists one"
-    elif [ "$skipped" -gt 0 ]; then
+    elif [ "${skipped:-0}" -gt 0 ]; then
         stage_note="${stage_note:+$stage_note, }$skipped skipped (see ctest-gpu.log)"
     fi
     finish gpu-tests ctest-gpu.log
@@ -420,7 +430,9 @@ for tool in memcheck racecheck synccheck; do
     [ "$tool" = memcheck ] && extra=(--leak-check full)
     budget=40
     [ "$tool" = synccheck ] && budget=30
-    stage "$tool" "$budget" "$tool.log" env GCLIP_GPU_RESET_AT_EXIT=1 \
+    reset=0
+    [ "$tool" = memcheck ] && reset=1
+    stage "$tool" "$budget" "$tool.log" env GCLIP_GPU_RESET_AT_EXIT=$reset \
         "$sanitizer" --tool "$tool" ${extra[@]+"${extra[@]}"} --error-exitcode 1 \
         --log-file "$out/$tool-report.txt" "$gpu_tests" --gtest_filter="$filter" \
         --gtest_output="xml:$out/$tool-gtest.xml"
@@ -448,8 +460,10 @@ if [ "${GCLIP_DEVICE_CHECK_PYTHON:-1}" != 0 ] && [ "$(time_left)" -ge 10 ]; then
     timeout "$(probe_limit)" "$pyexe" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' \
         >"$out/python-torch.log" 2>&1
     torch_rc=$?
-    timeout "$(probe_limit)" "$pyexe" -c 'import pytest' >>"$out/python-torch.log" 2>&1
-    pytest_rc=$?
+    if [ $torch_rc -eq 0 ] && [ "$(time_left)" -ge 10 ]; then
+        timeout "$(probe_limit)" "$pyexe" -c 'import pytest' >>"$out/python-torch.log" 2>&1
+        pytest_rc=$?
+    fi
 fi
 if [ "${GCLIP_DEVICE_CHECK_PYTHON:-1}" = 0 ]; then
     :
