@@ -44,6 +44,10 @@ DevBuf::DevBuf(std::size_t bytes, std::size_t lead, bool paged) : bytes_(bytes),
     }
     std::memset(base_, 0xff, lead);
     EMU_POISON(base_, lead & ~std::size_t(7));
+    // the rest of the last page is not the buffer's: a read past the end
+    // is reported there as past a malloc'd one
+    if (mapped_)
+        EMU_POISON(base_ + lead + bytes, mapped_ - lead - bytes);
 }
 
 DevBuf::DevBuf(DevBuf &&o) noexcept { *this = std::move(o); }
@@ -67,7 +71,7 @@ void DevBuf::release()
 {
     if (!base_)
         return;
-    EMU_UNPOISON(base_, lead_);
+    EMU_UNPOISON(base_, mapped_ ? mapped_ : lead_);
     if (mapped_)
         munmap(base_, mapped_);
     else

@@ -42,7 +42,8 @@ using specs::Spec;
 // granules are poisoned for ASan. The allocation ends exactly at the last
 // byte, so ASan reports any access past the end. With `paged`, the memory is
 // whole pages that set_read_only() can protect, proving that a launch writes
-// nothing (any store faults).
+// nothing (any store faults); the pages' bytes past the data are poisoned,
+// so ASan reports an access past the end there too.
 class DevBuf {
 public:
     DevBuf() = default;

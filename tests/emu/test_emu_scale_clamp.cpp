@@ -101,6 +101,36 @@ void expect_no_write(const std::vector<emu::Spec> &specs, gclip_norm_options o, 
     });
 }
 
+// A paged buffer's bytes past its data are poisoned: reading them is fatal
+// under ASan, as past an exact-size buffer, so the fixtures that prove a
+// launch writes nothing still catch a kernel that reads past a tensor.
+using EmuDevBufDeathTest = ::testing::Test;
+
+TEST_F(EmuDevBufDeathTest, ReadPastAPagedBufferIsFatal)
+{
+#if defined(__SANITIZE_ADDRESS__)
+    GTEST_FLAG_SET(death_test_style, "threadsafe");
+    {
+        emu::DevBuf b(13, 3, /*paged=*/true);
+        b.fill(0x5a);
+        const volatile unsigned char *p = b.as<const unsigned char>();
+        unsigned sum = 0;
+        for (int i = 0; i < 13; ++i)
+            sum += p[i]; // every byte of the data may be read
+        EXPECT_EQ(sum, 13u * 0x5a);
+    }
+    EXPECT_DEATH(
+        {
+            emu::DevBuf b(13, 3, /*paged=*/true);
+            const volatile unsigned char *p = b.as<const unsigned char>();
+            (void)p[13];
+        },
+        "use-after-poison");
+#else
+    GTEST_SKIP() << "needs AddressSanitizer";
+#endif
+}
+
 TEST(EmuScale, FactorOneWritesNothing)
 {
     gclip_norm_options o = GCLIP_NORM_OPTIONS_INIT;
