@@ -365,11 +365,24 @@ static gclip_status stream_on_device(gclip_stream stream, int device)
     return GCLIP_STATUS_SUCCESS;
 }
 
+/* Whether a rebind changes a pointer: plan.c has swapped the new pointers
+ * in and kept the old ones, which the device table holds, in saved_data. */
+static int pointers_changed(const gclip_plan *plan)
+{
+    for (size_t i = 0; i < plan->count; i++)
+        if (plan->tensors[i].data != plan->saved_data[i])
+            return 1;
+    return 0;
+}
+
 /* The new table is copied in `stream` order after the plan's previous
  * operation, and the copy becomes the plan's last operation, so operations
  * queued before keep the old pointers and later ones, on any stream, see the
  * new ones. A copy from pageable memory has consumed its source when the
- * call returns, so the next rebind may overwrite the host table at once. */
+ * call returns, so the next rebind may overwrite the host table at once.
+ * On a stream being captured only a rebind to the pointers the table holds
+ * is taken: nothing to copy, nothing recorded (frameworks that rebind before
+ * every call can then be captured). */
 static gclip_status cuda_upload_tensors(gclip_plan *plan, gclip_stream stream)
 {
     gclip_cuda_state *s = plan->engine;
@@ -381,10 +394,13 @@ static gclip_status cuda_upload_tensors(gclip_plan *plan, gclip_stream stream)
     st = stream_on_device(stream, plan->device);
     if (st == GCLIP_STATUS_SUCCESS)
         st = capture_state(stream, &captured);
-    if (st == GCLIP_STATUS_SUCCESS && captured)
+    if (st == GCLIP_STATUS_SUCCESS && captured) {
+        if (!pointers_changed(plan))
+            goto done; /* the device table already holds these pointers */
         st = gclip_fail(GCLIP_STATUS_NOT_SUPPORTED,
-                        "gclip_plan_rebind on a stream being captured: a graph would keep the "
-                        "host table's address; rebind before capturing");
+                        "gclip_plan_rebind to new pointers on a stream being captured: a graph "
+                        "would keep the host table's address; rebind before capturing");
+    }
     if (st == GCLIP_STATUS_SUCCESS)
         st = after_previous(s, stream, 0);
     if (st == GCLIP_STATUS_SUCCESS && plan->count > 0)

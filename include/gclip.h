@@ -325,7 +325,9 @@ GCLIP_API gclip_status gclip_plan_destroy(gclip_plan *plan);
  * pointers and later ones see the new ones; the call waits only for the
  * previous rebind's copy. `stream` must belong to the plan's device
  * (INVALID_ARGUMENT otherwise, checked with CUDA 12.8 and newer). Not
- * capturable; allocates nothing. */
+ * capturable, but for a rebind to the pointers the plan already has, which
+ * on a stream being captured records nothing (NOT_SUPPORTED for new
+ * pointers there); allocates nothing. */
 GCLIP_API gclip_status gclip_plan_rebind(gclip_plan *plan, void *const *data, size_t count,
                                          gclip_stream stream);
 

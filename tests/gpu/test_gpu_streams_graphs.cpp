@@ -217,5 +217,57 @@ TEST_F(GpuGraphTest, ReplayAfterRebindUsesTheNewPointers)
     cudaGraphDestroy(graph);
 }
 
+// Frameworks rebind before every call. On a stream being captured a rebind
+// to the pointers the plan has is taken and records nothing; one to new
+// pointers is refused (the graph would keep the host table's address) and
+// leaves the plan as it was; the captured step replays as the eager one.
+TEST_F(GpuGraphTest, RebindToTheSamePointersIsCapturedAsNothing)
+{
+    Stream stream;
+    Paired pair(random_specs(40, 50000, 7), 8);
+    const OpArgs a = clipping(GCLIP_OP_CLIP_NORM, pair);
+    pair.reset();
+    GPU_ASSERT_OK(run_op(pair.gpu(), a, nullptr, stream.get()));
+    const auto eager_data = pair.download();
+
+    std::vector<void *> same, moved;
+    for (const gclip_tensor &t : pair.device_tensors())
+        same.push_back(t.data);
+    DeviceBuffer other(pair.bytes() + 1);
+    for (std::size_t k = 0; k < pair.count(); ++k)
+        moved.push_back(static_cast<unsigned char *>(other.get()) + pair.offset_of(k));
+
+    pair.reset();
+    GPU_ASSERT_CUDA(cudaStreamBeginCapture(stream.get(), cudaStreamCaptureModeGlobal));
+    const gclip_status same_st = gclip_plan_rebind(pair.gpu(), same.data(), same.size(), stream.get());
+    const gclip_status moved_st =
+        gclip_plan_rebind(pair.gpu(), moved.data(), moved.size(), stream.get());
+    const gclip_status step_st = run_op(pair.gpu(), a, nullptr, stream.get());
+    cudaGraph_t graph = nullptr;
+    GPU_ASSERT_CUDA(cudaStreamEndCapture(stream.get(), &graph));
+    EXPECT_EQ(same_st, GCLIP_STATUS_SUCCESS) << "the same pointers under capture";
+    EXPECT_EQ(moved_st, GCLIP_STATUS_NOT_SUPPORTED) << "new pointers under capture";
+    EXPECT_EQ(step_st, GCLIP_STATUS_SUCCESS);
+
+    std::size_t n = 0;
+    GPU_ASSERT_CUDA(cudaGraphGetNodes(graph, nullptr, &n));
+    std::vector<cudaGraphNode_t> nodes(n);
+    GPU_ASSERT_CUDA(cudaGraphGetNodes(graph, nodes.data(), &n));
+    std::size_t kernels = 0;
+    for (cudaGraphNode_t node : nodes) {
+        cudaGraphNodeType t;
+        GPU_ASSERT_CUDA(cudaGraphNodeGetType(node, &t));
+        kernels += t == cudaGraphNodeTypeKernel;
+        EXPECT_NE(t, cudaGraphNodeTypeMemcpy) << "a rebind was recorded";
+    }
+    EXPECT_EQ(kernels, kernels_of(GCLIP_OP_CLIP_NORM));
+
+    GraphExec exec(graph);
+    ASSERT_TRUE(exec.ok());
+    GPU_ASSERT_CUDA(exec.launch(stream.get()));
+    GPU_ASSERT_CUDA(cudaStreamSynchronize(stream.get()));
+    EXPECT_EQ(pair.download(), eager_data) << "the replay did not clip the plan's tensors";
+}
+
 } // namespace
 } // namespace gpu
