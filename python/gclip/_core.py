@@ -295,7 +295,7 @@ class Clipper:
             # one array (or NumPy scalar, refused below) is one tensor, as
             # torch.nn.utils takes one Tensor: not the sequence of its rows
             tensors = [tensors]
-        return [_dlpack.describe(t, None, jax_writable=self._jax_writable, name=f"tensor {k}")
+        return [_dlpack.describe(t, stream, jax_writable=self._jax_writable, name=f"tensor {k}")
                 for k, t in enumerate(tensors)]
 
     def _bind(self, tensors, stream, writable: bool) -> Plan:
@@ -430,7 +430,10 @@ class Clipper:
             if isinstance(partials, int):
                 ptr = partials
             else:
-                ptr, nbytes = _dlpack.raw_bytes(partials)
+                ptr, nbytes, device = _dlpack.raw_bytes(partials)
+                if device != plan.device:
+                    raise ValueError(f"gclip: the partials live on device {device}, the plan on "
+                                     f"{plan.device}; gather them onto the plan's device")
                 if nbytes < _PARTIAL_BYTES:
                     raise ValueError(f"gclip: partials holds {nbytes} bytes, less than one "
                                      f"{_PARTIAL_BYTES}-byte record; pass None to fold the "

@@ -163,6 +163,21 @@ def is_jax_array(x) -> bool:
     return jax is not None and isinstance(x, getattr(jax, "Array", ()))
 
 
+def _consumer_stream(x, stream):
+    """The `stream` to hand a CUDA producer's __dlpack__, so that it orders
+    its pending work before the stream gclip will use: the caller's stream
+    handle when one was given; None (the protocol's legacy default stream,
+    gclip's 0) otherwise and for every other device, whose producers take no
+    stream."""
+    if not stream:
+        return None
+    try:
+        dev_type = int(x.__dlpack_device__()[0])
+    except (AttributeError, TypeError, ValueError, IndexError):
+        return None
+    return stream if dev_type in (2, 13) else None  # kDLCUDA, kDLCUDAManaged
+
+
 def describe(x, stream=None, *, jax_writable: bool = False, name: str = "the array") -> ArrayInfo:
     """Description of a NumPy array, PyTorch tensor or any __dlpack__ array
     (`name`: what a rejection calls it, e.g. "tensor 2" or "max_norm").
@@ -199,7 +214,7 @@ def describe(x, stream=None, *, jax_writable: bool = False, name: str = "the arr
         from . import torch as _gt  # noqa: WPS433 - torch is imported only when given one
         return _gt.describe_tensor(x, name)
     if hasattr(x, "__dlpack__"):
-        info = describe_dlpack(x, stream, name)
+        info = describe_dlpack(x, _consumer_stream(x, stream), name)
         if info.writable and not jax_writable and is_jax_array(x):
             info = info._replace(writable=False)
         return info
@@ -214,8 +229,9 @@ _live: dict = {}
 
 
 def raw_bytes(x):
-    """(address, bytes) of a dense array of any dtype: the records a
-    communicator gathered (int32, uint8, ...), e.g. gclip_partial records."""
+    """(address, bytes, device) of a dense array of any dtype: the records a
+    communicator gathered (int32, uint8, ...), e.g. gclip_partial records;
+    device is a CUDA index or _lib.DEVICE_CPU."""
     mod = type(x).__module__
     if mod == "numpy":
         import numpy as np  # loaded already: x is one of its objects
@@ -223,15 +239,19 @@ def raw_bytes(x):
             raise TypeError("gclip: the partials are a NumPy scalar; pass the array of records")
         if not x.flags.c_contiguous:
             raise ValueError("gclip: the partials must be one contiguous array")
-        return x.__array_interface__["data"][0] or 0, x.nbytes
+        return x.__array_interface__["data"][0] or 0, x.nbytes, _lib.DEVICE_CPU
     if mod.startswith("torch"):
         if not x.is_contiguous():
             raise ValueError("gclip: the partials must be one contiguous tensor")
-        return x.data_ptr(), x.numel() * x.element_size()
+        if x.device.type not in ("cpu", "cuda"):
+            raise TypeError(f"gclip: the partials are on {x.device}; gclip takes CPU or CUDA memory")
+        device = x.device.index if x.device.type == "cuda" else _lib.DEVICE_CPU
+        return x.data_ptr(), x.numel() * x.element_size(), device
     info = describe(x, name="partials")
     if not info.dense:
         raise ValueError("gclip: the partials must be one contiguous array")
-    return info.ptr, info.numel * {_lib.F32: 4, _lib.F16: 2, _lib.BF16: 2, _lib.F64: 8}[info.dtype]
+    nbytes = info.numel * {_lib.F32: 4, _lib.F16: 2, _lib.BF16: 2, _lib.F64: 8}[info.dtype]
+    return info.ptr, nbytes, info.device
 
 
 @_Deleter

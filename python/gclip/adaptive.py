@@ -1087,6 +1087,10 @@ class AGCClipper(Clipper):
                              "per parameter (rows along dim 0, 1 for ndim <= 1)")
         units = [_integer(f"units[{k}]", u, 0, _INT64_MAX) for k, u in enumerate(units)]
         plan = self._bind(grads, s, True)
+        for k, i in enumerate(infos):
+            if i.device != plan.device:
+                raise ValueError(f"gclip: parameter {k} lives on device {i.device}, the gradients "
+                                 f"on {plan.device}")
         s = self._op_stream(plan, s)
         key = (plan.key, tuple((i.ptr, i.numel, i.dtype) for i in infos), tuple(units))
         agc = self._agcs.get(key)

@@ -375,12 +375,37 @@ def _combine(norms: List[Tensor], norm_type: float, first_device: torch.device) 
     return torch.linalg.vector_norm(torch.stack([n.to(first_device) for n in norms]), norm_type)
 
 
+def _spans_overlap(gs: List[Tensor]) -> bool:
+    """Whether two of these tensors may share memory (one listed twice, two
+    views of one storage that meet): each tensor's span, from its first
+    element to its last, is compared; interleaved views count as sharing."""
+    spans = []
+    for g in gs:
+        if g.numel() == 0:
+            continue
+        try:
+            start = g.data_ptr()
+        except RuntimeError:  # no storage (a wrapper subclass): PyTorch's own arithmetic
+            return False
+        last = sum((n - 1) * st for n, st in zip(g.shape, g.stride()))
+        spans.append((start, start + (last + 1) * g.element_size()))
+    spans.sort()
+    end = 0
+    for lo, hi in spans:
+        if lo < end:
+            return True
+        end = max(end, hi)
+    return False
+
+
 def _apply_coef(grads: List[Tensor], max_norm: float, total_norm: Tensor, skip: bool,
                 overlapping: bool = False) -> None:
     """PyTorch's clip_grads_with_norm_ arithmetic, grouped by device and dtype.
-    `overlapping`: the list repeats a gradient (or holds overlapping ones),
-    which is multiplied once for each time it is listed, one tensor after the
-    other, as PyTorch's loop over the list does."""
+    A list that repeats a gradient (or holds overlapping ones: `overlapping`,
+    or found so here on CUDA) is multiplied once for each time a tensor is
+    listed, one tensor after the other, as PyTorch's loop over the list does:
+    on CUDA one fused kernel would read and write the shared memory from two
+    blocks at once."""
     clip_coef = max_norm / (total_norm + 1e-6)
     coef = torch.clamp(clip_coef, max=1.0)
     if skip:
@@ -390,7 +415,7 @@ def _apply_coef(grads: List[Tensor], max_norm: float, total_norm: Tensor, skip: 
         groups.setdefault((g.device, g.dtype), []).append(g)
     for (device, _), gs in groups.items():
         c = coef.to(device)
-        if overlapping:
+        if overlapping or (device.type == "cuda" and _spans_overlap(gs)):
             for g in gs:
                 g.mul_(c)
         else:
@@ -416,14 +441,12 @@ def _mark_norm(total: Tensor) -> Tensor:
 
 
 def _library_takes_norm(total_norm: Tensor, tn: Tensor) -> bool:
-    """Whether gclip_clip_grads_with_norm gives PyTorch's result for this norm:
-    the library refuses a negative norm (where PyTorch flips the gradients'
-    sign), so the value must be known not to be negative. `tn` is the norm on
-    the gradients' device; a CPU value is read, a CUDA one only trusted when
-    it is a norm computed by gclip and not written since (reading it would
-    synchronize with the device)."""
-    if tn.device.type == "cpu":
-        return not float(tn) < 0.0
+    """Whether gclip_clip_grads_with_norm gives PyTorch's result for this CUDA
+    norm: the library refuses a negative norm (where PyTorch flips the
+    gradients' sign), so the value must be known not to be negative. `tn` is
+    the norm on the gradients' device, only trusted when it is a norm computed
+    by gclip and not written since (reading it would synchronize with the
+    device). A CPU norm is read by the caller."""
     version = getattr(total_norm, "_gclip_norm_version", None)
     return version is not None and version == total_norm._version
 
@@ -658,9 +681,16 @@ def _clip_grads_with_norm_impl(grads, max_norm, total_norm, skip):
     if (_HAS_WITH_NORM and single is not None and _fast_dtypes(dtypes, False) and max_norm >= 0
             and total_norm.dtype is torch.float32 and total_norm.numel() == 1):
         device, dev_index = single
-        tn = total_norm if total_norm.device == device else total_norm.to(device)
-        tn = tn.contiguous()
-        if _library_takes_norm(total_norm, tn):
+        if total_norm.device.type == "cpu":
+            # read on the host and passed by value, whatever the gradients' device
+            value, tn = float(total_norm), None
+            takes = not value < 0.0
+        else:
+            value = 0.0
+            tn = total_norm if total_norm.device == device else total_norm.to(device)
+            tn = tn.contiguous()
+            takes = _library_takes_norm(total_norm, tn)
+        if takes:
             stream = _current_stream(dev_index)
             entry = _bind_disjoint(grads, device, dev_index, stream, dtypes)
             overlapping = entry is None
@@ -668,7 +698,8 @@ def _clip_grads_with_norm_impl(grads, max_norm, total_norm, skip):
                 plan = entry.plan
                 opts = plan.options(max_norm, 2.0, 1e-6, 1.0, _lib.SKIP if skip else _lib.PROPAGATE)
                 try:
-                    plan.clip_grads_with_norm(opts, 0.0, tn.data_ptr(), stream)
+                    plan.clip_grads_with_norm(opts, value, 0 if tn is None else tn.data_ptr(),
+                                              stream)
                     _written(grads)
                     return
                 except _lib.NotSupportedError:

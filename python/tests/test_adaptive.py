@@ -686,6 +686,16 @@ def test_agc_clipper_on_numpy_matches_torch(rng):
         gclip.AGCClipper(clip_factor=0.0)
 
 
+@needs_cuda
+def test_agc_clipper_refuses_parameters_on_another_device_than_the_gradients(rng):
+    ws = [torch.ones(4, 3)]
+    gs = [torch.ones(4, 3, device="cuda")]
+    clipper = gclip.AGCClipper(clip_factor=0.02)
+    with pytest.raises(ValueError, match="parameter 0 lives on device -1, the gradients on 0"):
+        clipper.step(ws, gs)
+    assert torch.equal(gs[0], torch.ones(4, 3, device="cuda"))
+
+
 def test_adaptive_clip_grad_single_tensor_and_missing_grad():
     p = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
     p.grad = torch.tensor([3.0, 4.0])

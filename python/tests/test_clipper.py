@@ -10,7 +10,7 @@ import torch
 
 import gclip
 import gclip.torch as gt
-from conftest import device_params, needs_function
+from conftest import device_params, needs_cuda, needs_function
 from test_torch_dropin import ref_norm
 
 
@@ -541,6 +541,49 @@ def test_norm_finalize_takes_partial_records_of_any_dtype_and_checks_count(rng):
     with pytest.raises(ValueError, match="contiguous"):
         c.norm_finalize(np.concatenate([two, two]).reshape(2, 8)[:, :4])
     assert abs(c.result().total_norm - 13.0) <= 1e-5  # the refused calls changed nothing
+
+
+def test_a_cuda_producer_is_handed_the_callers_stream():
+    # a CUDA array's producer orders its pending writes before the stream
+    # given to the DLPack export; CPU producers take none, and gclip's 0
+    # (CUDA's legacy default stream) is the protocol's None
+    from gclip._dlpack import _consumer_stream
+
+    class Exporter:
+        def __init__(self, dev_type):
+            self.dev_type = dev_type
+
+        def __dlpack_device__(self):
+            return (self.dev_type, 0)
+
+    assert _consumer_stream(Exporter(2), 0x1234) == 0x1234      # kDLCUDA
+    assert _consumer_stream(Exporter(13), 0x1234) == 0x1234     # kDLCUDAManaged
+    assert _consumer_stream(Exporter(2), 0) is None
+    assert _consumer_stream(Exporter(2), None) is None
+    assert _consumer_stream(Exporter(1), 0x1234) is None        # kDLCPU
+    assert _consumer_stream(object(), 0x1234) is None
+
+
+def test_norm_finalize_refuses_partials_on_another_device():
+    # the library cannot tell host from device memory: partials on another
+    # device than the plan's are refused before anything runs
+    c = gclip.Clipper(max_norm=1.0)
+    c.norm_accumulate([np.array([3.0, 4.0], np.float32)])
+    with pytest.raises(TypeError, match="CPU or CUDA memory"):
+        c.norm_finalize(torch.empty(8, dtype=torch.int32, device="meta"))
+    assert c.result().op == "accumulate"
+
+
+@needs_cuda
+def test_norm_finalize_refuses_host_partials_for_a_cuda_plan():
+    c = gclip.Clipper(max_norm=1.0)
+    x = [torch.tensor([3.0, 4.0], device="cuda")]
+    c.norm_accumulate(x)
+    rec = torch.from_dlpack(c.partial()).clone()
+    with pytest.raises(ValueError, match="partials live on device -1, the plan on 0"):
+        c.norm_finalize(rec.cpu())
+    c.norm_finalize(rec)
+    assert abs(c.result().total_norm - 5.0) <= 1e-6
 
 
 def test_norm_finalize_refuses_an_array_without_records(rng):

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import device_params
+from conftest import GCLIP_CUDA, device_params
 from gclip.torch import clip_grad_norm_, clip_grad_value_, clip_grads_with_norm_, get_total_norm
 
 
@@ -203,8 +203,8 @@ def test_clip_grad_norm_error_if_nonfinite(device):
                               prefix_finite_grad_param, False)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2,
-                    reason="needs two CUDA devices")
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2 or not GCLIP_CUDA,
+                    reason="needs two CUDA devices and gclip's CUDA backend")
 @pytest.mark.parametrize("foreach", [False, True])
 def test_clip_grad_norm_multi_device(foreach):
     class TestModel(nn.Module):

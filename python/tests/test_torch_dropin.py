@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import gclip.torch as gt
-from conftest import device_params
+from conftest import device_params, needs_cuda
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -401,6 +401,64 @@ def test_aliased_gradients_match_torch(device, dtype, kind):
         for g, g_t, b in zip(grads, grads_t, before):
             torch.testing.assert_close(g, g_t, rtol=0, atol=0)
             assert not torch.equal(g, b)
+
+
+def test_spans_overlap_finds_shared_memory():
+    # the check that sends an aliased list on CUDA to one multiplication per
+    # listed tensor instead of one fused kernel (the CPU's foreach already
+    # goes tensor by tensor): every way two gradients can meet, and none
+    from gclip.torch import _spans_overlap
+    buf = torch.arange(60, dtype=torch.float32)
+    a, b = torch.ones(7), torch.ones(5)
+    m = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+    assert not _spans_overlap([a, b])
+    assert not _spans_overlap([buf[:30], buf[30:]])          # touching, not sharing
+    assert not _spans_overlap([m[:2], m[2:], torch.empty(0), torch.empty(0)])
+    assert _spans_overlap([a, b, a])                          # listed twice
+    assert _spans_overlap([buf[:30], b, buf[29:]])            # one element shared
+    assert _spans_overlap([m[:, :3], m[:, 3:]])               # column blocks interleave
+    assert _spans_overlap([buf[::2], buf[1::2]])              # strided views interleave
+    assert not _spans_overlap([m.t(), b])                     # a transpose spans its matrix
+    assert _spans_overlap([m, m.t()])                         # two views of one matrix
+
+
+@needs_cuda
+def test_drop_ins_are_captured_in_a_cuda_graph(rng):
+    # the drop-ins rebind their cached plan before every call; on a stream
+    # being captured a rebind to the pointers the plan has records nothing,
+    # so steps captured after eager ones (which build the plans) replay as
+    # eager steps, bit for bit, on new gradients copied into the same memory
+    shapes = [(300,), (17, 9), (4096,), (1,)]
+    eager = make_params(rng, shapes, torch.float32, "cuda")
+    graphed = clone_params(eager)
+
+    def steps(ps):
+        n = gt.clip_grad_norm_(ps, 1.0)
+        t = gt.get_total_norm([q.grad for q in ps], 2.0)
+        gt.clip_grads_with_norm_(ps, 0.5, t)
+        gt.clip_grad_value_(ps, 0.01)
+        return n, t
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        steps(graphed)  # the plans are created outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = steps(graphed)
+    for k in range(5):
+        new = [torch.from_numpy(rng.standard_normal(sh) * (0.1 + k)).to(torch.float32) for sh in shapes]
+        for ps in (eager, graphed):
+            for q, g in zip(ps, new):
+                q.grad.copy_(g)
+        ref = steps(eager)
+        graph.replay()
+        torch.cuda.synchronize()
+        for a, b in zip(ref, out):
+            assert torch.equal(a, b)
+        for q, r in zip(graphed, eager):
+            assert torch.equal(q.grad, r.grad)
 
 
 def test_parameters_without_grad_are_skipped_and_empty_inputs(rng):

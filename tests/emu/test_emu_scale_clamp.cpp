@@ -236,7 +236,7 @@ INSTANTIATE_TEST_SUITE_P(Policies, EmuNonfinite, ::testing::ValuesIn(nonfinite_c
 // slot's NaN norm has the CPU path's bits; nothing is written.
 TEST(EmuNonfiniteCount, TensorsCompletedInsideFoldLanesAreCounted)
 {
-    emu::Fixture f(emu::mixed_many(37, 1500), 37, 1.0, /*paged=*/true);
+    emu::Fixture f(emu::mixed_many(37, 900), 37, 1.0, /*paged=*/true);
     ASSERT_GE(f.num_chunks(), 3u * GCLIP_FOLD_LANES) << "too few chunks for lanes of several";
     const float values[] = {kNaN, kInf, -kInf};
     std::vector<bool> planted(f.count(), false);
@@ -250,7 +250,7 @@ TEST(EmuNonfiniteCount, TensorsCompletedInsideFoldLanesAreCounted)
         planted[k] = true;
         ++expected;
     }
-    ASSERT_GE(expected, 30u);
+    ASSERT_GE(expected, 20u);
     ASSERT_GE(half_nans, 1u) << "no half's NaN among the planted values";
     for (int32_t op : {int32_t{GCLIP_OP_CLIP_NORM}, int32_t{GCLIP_OP_CLIP_PER_TENSOR}}) {
         SCOPED_TRACE(emu::op_name(op));
