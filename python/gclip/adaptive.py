@@ -245,8 +245,13 @@ def _check_state(method: str, hp: dict, data: bytes, per_tensor: bool) -> None:
     count = _header(data)[3] if per_tensor else 0
     if count > len(data) // 4:
         raise ValueError(f"gclip: the adaptive state names {count} tensors in {len(data)} bytes")
-    probe = Adaptive(Plan([0] * count, [_lib.F32] * count, _lib.DEVICE_CPU), method, hp)
-    probe.load(data if per_tensor else _with_tensor_count(data, 0))
+    _probe(method, hp, count).load(data if per_tensor else _with_tensor_count(data, 0))
+
+
+def _probe(method: str, hp: dict, count: int) -> "Adaptive":
+    """An adaptive of `method` under `hp` on `count` empty CPU tensors: a
+    state's bytes load into it as into any adaptive of that many tensors."""
+    return Adaptive(Plan([0] * count, [_lib.F32] * count, _lib.DEVICE_CPU), method, hp)
 
 
 def _ring_in_order(ring: list, filled: int, head: int) -> list:
@@ -552,7 +557,11 @@ class AdaptiveClipper(Clipper):
         """Restore hyperparameters and state from `state_dict()`; the next step
         continues bit for bit as the saving clipper would have. Raises
         ValueError, changing nothing, if the dict is not of this method, its
-        hyperparameters are invalid, or its state does not fit."""
+        hyperparameters are invalid, or its state does not fit. After a step,
+        a state of the same hyperparameters is copied into the state in
+        place (a CUDA graph captured before goes on from it); other
+        hyperparameters get a new state, and a graph must be captured again.
+        Waits for the last step; not capturable."""
         self._prepare_load(state_dict)()
 
     def _prepare_load(self, state_dict: dict):
@@ -572,17 +581,34 @@ class AdaptiveClipper(Clipper):
                                  f"{_METHOD_NAMES.get(h[2], h[2])!r}, not {method!r}")
         ad = self._adaptive
         new = None
+        same = None
         per_tensor = _per_tensor(method, hp)
         if ad is not None:
-            new = Adaptive(ad.plan, method, hp)
-            if data is not None:
-                new.load(data if per_tensor else _with_tensor_count(data, ad.count))
+            fitted = None if data is None else \
+                (data if per_tensor else _with_tensor_count(data, ad.count))
+            if hp == self._hp:
+                # Same hyperparameters: the adaptive that has stepped takes the
+                # state in place, so its device memory (which a CUDA graph
+                # captured on it reads and writes) stays where it is. The bytes
+                # are checked on a CPU probe first; the import cannot refuse them.
+                probe = _probe(method, hp, ad.count)
+                if fitted is None:
+                    fitted = probe.export()  # a fresh state
+                else:
+                    probe.load(fitted)
+                same = fitted
+            else:
+                new = Adaptive(ad.plan, method, hp)
+                if fitted is not None:
+                    new.load(fitted)
         elif data is not None:
             _check_state(method, hp, data, per_tensor)
 
         def install():
             self._hp = hp
-            if new is not None:
+            if same is not None:
+                ad.load(same)
+            elif new is not None:
                 self._adaptive = new
                 self._views = None
             else:

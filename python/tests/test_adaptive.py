@@ -730,6 +730,23 @@ def run_step(kind, clipper, model):
 KINDS = ["zclip", "zclip_nocap", "autoclip", "autoclip_global", "adagc", "spike_skip"]
 
 
+def assert_same_steps(kind, a, m_a, b, m_b, grads):
+    """Step clippers a and b on the same gradients: returned values and
+    clipped gradients equal bit for bit; then their states."""
+    for gs in grads:
+        set_grads(m_a, gs)
+        set_grads(m_b, gs)
+        ra, rb = run_step(kind, a, m_a), run_step(kind, b, m_b)
+        if ra is not None:
+            assert torch.equal(ra, rb)
+        assert_grads_equal(grads_of(m_a), grads_of(m_b))
+    sa, sb = a.state_dict(), b.state_dict()
+    if kind.startswith("autoclip"):
+        sa, sb = sa["clippers"][0], sb["clippers"][0]
+    assert torch.equal(sa["state"], sb["state"])
+    assert sa["hyperparameters"] == sb["hyperparameters"]
+
+
 @pytest.mark.parametrize("warm_importer", [False, True], ids=["fresh", "used"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_state_dict_round_trip_resumes_bit_identically(rng, kind, warm_importer):
@@ -750,19 +767,7 @@ def test_state_dict_round_trip_resumes_bit_identically(rng, kind, warm_importer)
     torch.save(a.state_dict(), buf)
     buf.seek(0)
     b.load_state_dict(torch.load(buf, weights_only=True))
-    for gs in stream[23:]:
-        set_grads(m_a, gs)
-        set_grads(m_b, gs)
-        ra, rb = run_step(kind, a, m_a), run_step(kind, b, m_b)
-        if ra is not None:
-            assert torch.equal(ra, rb)
-        assert_grads_equal(grads_of(m_a), grads_of(m_b))
-    sa, sb = a.state_dict(), b.state_dict()
-    key = "clippers" if kind.startswith("autoclip") else None
-    if key:
-        sa, sb = sa[key][0], sb[key][0]
-    assert torch.equal(sa["state"], sb["state"])
-    assert sa["hyperparameters"] == sb["hyperparameters"]
+    assert_same_steps(kind, a, m_a, b, m_b, stream[23:])
 
 
 def test_load_state_dict_restores_hyperparameters_and_rejects_foreign_state(rng):
@@ -801,6 +806,54 @@ def test_load_state_dict_restores_hyperparameters_and_rejects_foreign_state(rng)
     with pytest.raises(ValueError):
         q2.load_state_dict(q.state_dict())
     assert torch.equal(q2.state_dict()["clippers"][0]["state"], saved["clippers"][0]["state"])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_load_state_dict_into_a_stepped_clipper_keeps_its_device_state(rng, kind):
+    """A clipper that has stepped takes a state of the same hyperparameters in
+    place: its info record (and state) stay at their addresses, which a CUDA
+    graph captured on it holds, and it resumes the saver bit for bit. A state
+    saved before the first step resets it in place to a fresh clipper's."""
+    stream = list(gradient_stream(rng, 60, tensor_spikes=True))
+    m_a, m_b, m_f = make_model(), make_model(), make_model()
+    a, b, fresh = build(kind, m_a), build(kind, m_b), build(kind, m_f)
+    unstepped = build(kind, m_f).state_dict()
+    for gs in stream[:20]:
+        set_grads(m_a, gs)
+        run_step(kind, a, m_a)
+    for gs in stream[30:36]:
+        set_grads(m_b, gs)
+        run_step(kind, b, m_b)
+    address = b.device_info()["total_norm"].data_ptr()
+    b.load_state_dict(a.state_dict())
+    assert b.device_info()["total_norm"].data_ptr() == address
+    assert_same_steps(kind, a, m_a, b, m_b, stream[20:40])
+    assert b.device_info()["total_norm"].data_ptr() == address
+    b.load_state_dict(unstepped)
+    assert b.device_info()["total_norm"].data_ptr() == address
+    assert_same_steps(kind, fresh, m_f, b, m_b, stream[40:])
+
+
+def test_load_state_dict_of_other_hyperparameters_into_a_stepped_clipper(rng):
+    """Other hyperparameters need a new state: the stepped clipper builds one
+    and resumes the saver (of those hyperparameters) bit for bit."""
+    stream = list(gradient_stream(rng, 50))
+    m_a, m_b = make_model(), make_model()
+    a = gt.ZClip(warmup_steps=4, alpha=0.9, max_grad_norm=None)
+    b = gt.ZClip(warmup_steps=10)
+    for gs in stream[:15]:
+        set_grads(m_a, gs)
+        a.step(m_a)
+        set_grads(m_b, gs)
+        b.step(m_b)
+    b.load_state_dict(a.state_dict())
+    assert b.alpha == 0.9 and b.warmup_steps == 4 and b.max_grad_norm is None
+    for gs in stream[15:]:
+        set_grads(m_a, gs)
+        set_grads(m_b, gs)
+        assert torch.equal(a.step(m_a), b.step(m_b))
+        assert_grads_equal(grads_of(m_a), grads_of(m_b))
+    assert torch.equal(a.state_dict()["state"], b.state_dict()["state"])
 
 
 def test_a_clipper_that_has_not_stepped_checks_a_loaded_state_whole(rng):
@@ -1252,6 +1305,36 @@ def test_cuda_steps_queue_on_the_current_stream(rng):
     assert torch.equal(seen, p.grad)
 
 
+def _capture(clipper, model):
+    """One eager step of `clipper` on a side stream (it builds the plan and
+    the state outside the capture), then a CUDA graph of its next step:
+    (graph, the step's returned norm in the graph's memory)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        clipper.step(model)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = clipper.step(model)
+    return graph, out
+
+
+def _replay_against_eager(eager, m_e, graph, out, m_g, grads, graphed):
+    """Each step: the eager clipper steps, the graph replays on the same
+    gradients (copied into the captured ones); norms and gradients equal bit
+    for bit, then the two states."""
+    for gs in grads:
+        set_grads(m_e, gs)
+        for p, g in zip(m_g.parameters(), gs):
+            p.grad.copy_(torch.from_numpy(g))
+        ref = eager.step(m_e)
+        graph.replay()
+        assert torch.equal(ref, out)
+        assert_grads_equal(grads_of(m_e), grads_of(m_g))
+    assert torch.equal(eager.state_dict()["state"], graphed.state_dict()["state"])
+
+
 @needs_cuda
 def test_cuda_graph_replay_updates_the_state_as_eager_steps(rng):
     stream = list(gradient_stream(rng, 40))
@@ -1260,23 +1343,24 @@ def test_cuda_graph_replay_updates_the_state_as_eager_steps(rng):
     for m in (m_e, m_g):
         set_grads(m, stream[0])
     eager.step(m_e)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        graphed.step(m_g)  # builds the plan and state outside the capture
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = graphed.step(m_g)
-    for gs in stream[1:]:
-        for m in (m_e, m_g):
-            for p, g in zip(m.parameters(), gs):
-                p.grad.copy_(torch.from_numpy(g))
-        ref = eager.step(m_e)
-        graph.replay()
-        assert torch.equal(ref, out)
-        assert_grads_equal(grads_of(m_e), grads_of(m_g))
-    assert torch.equal(eager.state_dict()["state"], graphed.state_dict()["state"])
+    graph, out = _capture(graphed, m_g)
+    _replay_against_eager(eager, m_e, graph, out, m_g, stream[1:], graphed)
+
+
+@needs_cuda
+def test_a_captured_step_follows_a_state_loaded_after_the_capture(rng):
+    """load_state_dict with the same hyperparameters after a capture: the
+    replays continue from the loaded state, as eager steps from it do."""
+    stream = list(gradient_stream(rng, 30))
+    m_e, m_g = make_model("cuda"), make_model("cuda")
+    eager, graphed = gt.ZClip(warmup_steps=5), gt.ZClip(warmup_steps=5)
+    for gs in stream[:12]:
+        set_grads(m_e, gs)
+        eager.step(m_e)
+    set_grads(m_g, stream[20])
+    graph, out = _capture(graphed, m_g)
+    graphed.load_state_dict(eager.state_dict())
+    _replay_against_eager(eager, m_e, graph, out, m_g, stream[12:], graphed)
 
 
 # ---- a per-tensor state follows its parameters ------------------------------------------
