@@ -6,6 +6,8 @@
 #   GCLIP_VENV           where the environment lives
 #                        (default: $HOME/.cache/gclip/venv, outside the clone)
 #   GCLIP_ENABLE_CUDA    ON/OFF: build the CUDA backend (default: if nvcc is found)
+#   GCLIP_PY_CONSTRAINTS pip constraints file of the third-party packages
+#                        (default: python/constraints.txt; "none": unpinned)
 #   GCLIP_PY_BUILD_DIR   CMake build directory of the package
 #                        (default: $GCLIP_VENV/../build-<hash of the checkout path>)
 #
@@ -18,6 +20,11 @@ python=${PYTHON:-python3}
 
 # Third-party requirements. Changing this list rebuilds the environment.
 requirements=(torch numpy pytest "jax[cpu]" scikit-build-core matplotlib zclip==1.0.0 autoclip==0.2.1 pytorch-optimizer timm)
+# Their versions, and those of everything they pull in, are pinned by
+# python/constraints.txt (GCLIP_PY_CONSTRAINTS=none installs the newest).
+constraints=${GCLIP_PY_CONSTRAINTS:-$root/python/constraints.txt}
+pin=()
+[[ "$constraints" != none ]] && pin=(-c "$constraints")
 stamp_text="gclip-env 1: ${requirements[*]}"
 stamp="$venv/.gclip-env-complete"
 
@@ -32,7 +39,7 @@ else
     "$python" -m venv "$venv"
     start=$(date +%s)
     "$venv/bin/python" -m pip install --quiet --upgrade pip >&2
-    "$venv/bin/python" -m pip install --quiet "${requirements[@]}" >&2
+    "$venv/bin/python" -m pip install --quiet "${pin[@]}" "${requirements[@]}" >&2
     log "third-party packages installed in $(( $(date +%s) - start )) s, $(du -sh "$venv" | cut -f1)"
     printf '%s\n' "$stamp_text" >"$stamp"
 fi
@@ -43,9 +50,15 @@ extras=(optax)
 for pkg in "${extras[@]}"; do
     if ! "$venv/bin/python" -c "import $pkg" 2>/dev/null; then
         log "installing $pkg"
-        "$venv/bin/python" -m pip install --quiet "$pkg" >&2
+        "$venv/bin/python" -m pip install --quiet "${pin[@]}" "$pkg" >&2
     fi
 done
+
+# An environment made before a pin moved (or before the pins) is brought to
+# the pinned versions; when it has them, pip only checks (well under 1 s).
+if (( ${#pin[@]} )); then
+    "$venv/bin/python" -m pip install --quiet "${pin[@]}" "${requirements[@]}" "${extras[@]}" >&2
+fi
 
 # The package itself, from this checkout, every time (CMake rebuilds only
 # what changed in its persistent build directory).
