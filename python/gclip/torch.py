@@ -49,6 +49,7 @@ _tensor_or_tensors = Union[Tensor, Iterable[Tensor]]
 _DTYPE_CODES = {torch.float32: _lib.F32, torch.float16: _lib.F16, torch.bfloat16: _lib.BF16,
                 torch.float64: _lib.F64}
 _FAST_DTYPES = {torch.float32: _lib.F32, torch.float16: _lib.F16, torch.bfloat16: _lib.BF16}
+_LOW_DTYPES = (torch.float16, torch.bfloat16)
 _get_dtype = Tensor.dtype.__get__
 _numel = Tensor.numel
 _data_ptr = Tensor.data_ptr
@@ -106,6 +107,32 @@ def _check_tensor(g: Tensor, index: Union[int, str]) -> None:
     if not _dense(g):
         raise ValueError(f"gclip: {what} is not dense (shape {tuple(g.shape)}, strides "
                          f"{g.stride()}); gclip needs gradients without gaps or overlaps")
+
+
+def _check_memory(grads: List[Tensor]) -> None:
+    """TypeError naming the first non-empty tensor with no memory of its own
+    (a wrapper subclass, a functional or a zero tensor): the library needs a
+    pointer to the data. The paths with PyTorch's arithmetic take them."""
+    for i, g in enumerate(grads):
+        try:
+            ok = g.numel() == 0 or g.data_ptr() != 0
+        except RuntimeError:  # no storage to point at
+            ok = False
+        if not ok:
+            raise TypeError(f"gclip: gradient {i} ({type(g).__name__}) has no memory of its "
+                            "own (a wrapper subclass, a functional or a zero tensor); gclip "
+                            "clips gradients in memory: use torch.nn.utils for these")
+
+
+def _check_writable(grads: List[Tensor]) -> None:
+    """PyTorch refuses an in-place update of an inference tensor outside
+    inference mode; the drop-ins that write refuse it too, before writing."""
+    if torch.is_inference_mode_enabled() or not any(map(Tensor.is_inference, grads)):
+        return
+    i = next(k for k, g in enumerate(grads) if g.is_inference())
+    raise RuntimeError(f"gclip: gradient {i} is an inference tensor: an in-place update to it "
+                       "outside InferenceMode is not allowed, as in PyTorch (clone it first, "
+                       "or clip inside torch.inference_mode())")
 
 
 def _validate(grads: List[Tensor]) -> None:
@@ -253,6 +280,8 @@ def _scan_fast(items, from_params: bool, fp32_norm: bool):
     ok_dtype = flags & (F.FAST_DTYPES if fp32_norm else F.ALL_F32)
     if count == 0 or not ok_dtype or not (flags & F.ONE_DEVICE) or not (flags & F.DENSE) or dev < -1:
         return None, 0, count
+    if not (flags & F.NO_INFERENCE):  # the general path refuses them outside inference mode
+        return None, 0, count
     if not scanner.buf[0]:  # no data pointer: an empty tensor, or a DTensor's wrapper
         return None, 0, count
     entry = scanner.entry(sig, items, from_params, dev)
@@ -265,15 +294,18 @@ def _bind(grads: List[Tensor], device: torch.device, dev_index: int, stream: int
           dtypes: Optional[list] = None, cache: Optional[_PlanCache] = None) -> _PlanEntry:
     """The cached plan for these shapes, dtypes and device (this thread's
     cache, or `cache`), rebound to the gradients' current data pointers."""
-    entry = (cache if cache is not None else _cache_of_thread()).get(grads, device, dev_index, dtypes)
-    _use_threads(entry)
     try:
         contiguous = all(map(_is_contiguous, grads))
-    except RuntimeError:  # sparse and other layouts
-        contiguous = False
-    if not contiguous:
+        ptrs = list(map(_data_ptr, grads))
+    except RuntimeError:  # sparse and other layouts, tensors without storage
+        contiguous, ptrs = False, None
+    if not contiguous or 0 in ptrs:  # a pointer 0 is fine for an empty tensor only
         _validate(grads)
-    entry.plan.rebind(list(map(_data_ptr, grads)), stream)
+        _check_memory(grads)
+        ptrs = list(map(_data_ptr, grads))
+    entry = (cache if cache is not None else _cache_of_thread()).get(grads, device, dev_index, dtypes)
+    _use_threads(entry)
+    entry.plan.rebind(ptrs, stream)
     return entry
 
 
@@ -366,7 +398,9 @@ def _per_tensor_norms(tensors: List[Tensor], norm_type: float, fp32_norm: bool) 
             for t, n in zip(gtensors, buf.unbind(0)):
                 out[id(t)] = n if fp32_norm else n.to(t.dtype)
         for t in others:
-            out[id(t)] = torch.linalg.vector_norm(t, norm_type)
+            # fp32_norm: a float16/bfloat16 norm is computed and returned in float32 here too
+            wide = torch.float32 if fp32_norm and t.dtype in _LOW_DTYPES else None
+            out[id(t)] = torch.linalg.vector_norm(t, norm_type, dtype=wide)
         norms.extend(out[id(t)] for t in group)
     return norms
 
@@ -556,6 +590,7 @@ def _run_clip(entry, stream, max_norm, norm_type, error_if_nonfinite, skip):
 
 
 def _clip_grad_norm_impl(grads, max_norm, norm_type, error_if_nonfinite, fp32_norm, skip):
+    _check_writable(grads)
     try:
         return _clip_grad_norm_disjoint(grads, max_norm, norm_type, error_if_nonfinite, fp32_norm,
                                         skip)
@@ -632,9 +667,10 @@ def _get_total_norm_impl(tensors, norm_type, error_if_nonfinite, fp32_norm):
         # so do its own operations, used here for such a list
         if e.status != _lib.OVERLAP:
             raise
-        low = (torch.float16, torch.bfloat16)
-        total = _combine([torch.linalg.vector_norm(t.float() if fp32_norm and t.dtype in low else t,
-                                                   norm_type) for t in tensors],
+        total = _combine([torch.linalg.vector_norm(
+                              t, norm_type,
+                              dtype=torch.float32 if fp32_norm and t.dtype in _LOW_DTYPES else None)
+                          for t in tensors],
                          norm_type, tensors[0].device)
     if error_if_nonfinite:
         _raise_if_nonfinite(total, norm_type)
@@ -671,6 +707,7 @@ _HAS_WITH_NORM = _lib.has_function("clip_grads_with_norm") and not _lib.LEGACY
 
 
 def _clip_grads_with_norm_impl(grads, max_norm, total_norm, skip):
+    _check_writable(grads)
     if not isinstance(total_norm, Tensor):
         total_norm = torch.tensor(float(total_norm))
     overlapping = False
@@ -726,6 +763,7 @@ def clip_grad_value_(parameters: _tensor_or_tensors, clip_value: float,
 
 
 def _clip_grad_value_impl(grads, clip_value):
+    _check_writable(grads)
     dtypes = list(map(_get_dtype, grads))
     single = None if _distributed.any_dtensor(grads) else _single_device(grads)
     if single is not None and _fast_dtypes(dtypes, True) and clip_value >= 0:

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <vector>
 
+#include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
 
 namespace {
@@ -27,6 +28,13 @@ enum : long {
     kOneDevice = 2,   // every gradient is on the first one's device
     kAllF32 = 4,      // every gradient is float32
     kFastDtypes = 8,  // every gradient is float32, float16 or bfloat16
+    kNoInference = 16,  // no gradient is an inference tensor
+};
+
+// A new reference, released when the scope ends (an exception included).
+struct Owned {
+    PyObject *p;
+    ~Owned() { Py_XDECREF(p); }
 };
 
 int32_t device_code(const at::Tensor &t)
@@ -46,28 +54,31 @@ int32_t device_code(const at::Tensor &t)
 // item and skip None; else take the items themselves.
 PyObject *scan(PyObject *, PyObject *args)
 {
+    // PyTorch's error and warning translation: an accessor that raises (a
+    // tensor subclass's Python code) becomes this call's Python exception,
+    // and a C++ warning (the .grad of a non-leaf) a Python warning
+    HANDLE_TH_ERRORS
     PyObject *items;
     int from_params;
     unsigned long long ptr_address;
     Py_ssize_t capacity;
     if (!PyArg_ParseTuple(args, "OpKn", &items, &from_params, &ptr_address, &capacity))
         return nullptr;
-    PyObject *seq = PySequence_Fast(items, "gclip: expected a list or tuple of tensors");
-    if (!seq)
+    Owned seq{PySequence_Fast(items, "gclip: expected a list or tuple of tensors")};
+    if (!seq.p)
         return nullptr;
-    const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    PyObject **objs = PySequence_Fast_ITEMS(seq);
+    const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq.p);
+    PyObject **objs = PySequence_Fast_ITEMS(seq.p);
     auto *ptrs = reinterpret_cast<uintptr_t *>(static_cast<uintptr_t>(ptr_address));
 
     std::vector<SigEntry> sig;
     sig.reserve(static_cast<size_t>(n));
-    long flags = kDense | kOneDevice | kAllF32 | kFastDtypes;
+    long flags = kDense | kOneDevice | kAllF32 | kFastDtypes | kNoInference;
     int32_t first_device = 0;
     Py_ssize_t count = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *o = objs[i];
         if (!THPVariable_Check(o)) {
-            Py_DECREF(seq);
             PyErr_Format(PyExc_TypeError, "gclip: item %zd is a %s, not a tensor", i,
                          Py_TYPE(o)->tp_name);
             return nullptr;
@@ -87,24 +98,30 @@ PyObject *scan(PyObject *, PyObject *args)
         if (st != c10::ScalarType::Float && st != c10::ScalarType::Half &&
             st != c10::ScalarType::BFloat16)
             flags &= ~kFastDtypes;
+        if (t.is_inference())
+            flags &= ~kNoInference;
         uintptr_t data = 0;
         if (t.layout() != c10::kStrided || !t.has_storage() ||
             !(t.is_contiguous() || t.is_non_overlapping_and_dense())) {
             flags &= ~kDense;
         } else {
             data = reinterpret_cast<uintptr_t>(t.data_ptr());
+            // no memory behind a non-empty tensor (a wrapper subclass, a
+            // functional or zero tensor): the general path explains
+            if (data == 0 && t.numel() > 0)
+                flags &= ~kDense;
         }
         if (ptrs && count < capacity)
             ptrs[count] = data;
         sig.push_back(SigEntry{t.numel(), static_cast<int32_t>(st), dev});
         count++;
     }
-    Py_DECREF(seq);
     PyObject *sig_bytes = PyBytes_FromStringAndSize(reinterpret_cast<const char *>(sig.data()),
                                                     static_cast<Py_ssize_t>(sig.size() * sizeof(SigEntry)));
     if (!sig_bytes)
         return nullptr;
     return Py_BuildValue("(nNli)", count, sig_bytes, flags, static_cast<int>(first_device));
+    END_HANDLE_TH_ERRORS
 }
 
 // bump_versions(items, from_params) -> None
@@ -115,30 +132,32 @@ PyObject *scan(PyObject *, PyObject *args)
 // tensors) are left as they are.
 PyObject *bump_versions(PyObject *, PyObject *args)
 {
+    HANDLE_TH_ERRORS
     PyObject *items;
     int from_params;
     if (!PyArg_ParseTuple(args, "Op", &items, &from_params))
         return nullptr;
-    PyObject *it = PyObject_GetIter(items);
-    if (!it)
+    Owned it{PyObject_GetIter(items)};
+    if (!it.p)
         return nullptr;
-    while (PyObject *o = PyIter_Next(it)) {
-        if (THPVariable_Check(o)) {
-            const at::Tensor &v = THPVariable_Unpack(o);
+    while (PyObject *next = PyIter_Next(it.p)) {
+        Owned o{next};
+        if (THPVariable_Check(o.p)) {
+            const at::Tensor &v = THPVariable_Unpack(o.p);
             const at::Tensor &t = from_params ? v.grad() : v;
             if (t.defined() && !t.is_inference()) {
                 try {
                     t.unsafeGetTensorImpl()->bump_version();
-                } catch (...) {
+                } catch (const c10::Error &) {
+                    // a tensor without a version counter of its own
                 }
             }
         }
-        Py_DECREF(o);
     }
-    Py_DECREF(it);
     if (PyErr_Occurred())
         return nullptr;
     Py_RETURN_NONE;
+    END_HANDLE_TH_ERRORS
 }
 
 PyMethodDef methods[] = {
@@ -163,5 +182,6 @@ PyMODINIT_FUNC PyInit__torch_fast(void)
     PyModule_AddIntConstant(m, "ONE_DEVICE", kOneDevice);
     PyModule_AddIntConstant(m, "ALL_F32", kAllF32);
     PyModule_AddIntConstant(m, "FAST_DTYPES", kFastDtypes);
+    PyModule_AddIntConstant(m, "NO_INFERENCE", kNoInference);
     return m;
 }

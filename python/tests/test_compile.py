@@ -51,6 +51,27 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.gclip.clip_grad_value_.default, (g, 0.5))
 
 
+@pytest.mark.parametrize("dtype,norm_type,fp32_norm", [
+    (torch.float64, 2.0, True), (torch.float64, 2.0, False), (torch.float16, 0.0, True),
+    (torch.bfloat16, -1.0, True), (torch.float16, 2.0, True), (torch.float16, 2.0, False),
+    (torch.bfloat16, float("inf"), False)])
+def test_opcheck_norm_dtypes(dtype, norm_type, fp32_norm):
+    """The fake kernels give the dtype of the real norm: the gradients'
+    dtypes promoted, float16/bfloat16 as float32 under fp32_norm (float64
+    stays float64; norm types <= 0, which PyTorch's kernels compute, too)."""
+    gen = torch.Generator().manual_seed(48)
+    g = [torch.randn(5, generator=gen).to(dtype), torch.randn(3, 2, generator=gen).to(dtype)]
+    args = (g, norm_type, False, fp32_norm)
+    torch.library.opcheck(torch.ops.gclip.get_total_norm.default, args)
+    torch.library.opcheck(torch.ops.gclip.clip_grad_norm_.default,
+                          ([t.clone() for t in g], 1.0, norm_type, False, fp32_norm, False))
+    want = torch.float32 if fp32_norm and dtype != torch.float64 else dtype
+    assert gt.get_total_norm(g, norm_type, fp32_norm=fp32_norm).dtype == want
+    mixed = g + [torch.randn(4, generator=gen)]  # a float32 tensor beside them
+    assert gt.get_total_norm(mixed, norm_type, fp32_norm=fp32_norm).dtype == \
+        torch.promote_types(want, torch.float32)
+
+
 def test_compiled_training_step_matches_eager(rng):
     data = batches(rng, 4)
     eager_model = make_model(0)

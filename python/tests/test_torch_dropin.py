@@ -697,3 +697,103 @@ def test_flush_denormal_mode_changes_no_bit(rng):
         assert x1.numpy().tobytes() == x0.numpy().tobytes()
         assert np.count_nonzero(x1.numpy()) == np.count_nonzero(a)
         np.testing.assert_allclose(x1.numpy(), a.astype(np.float64) * coef, rtol=2e-6, atol=1.5e-45)
+
+
+# ---- tensors the library cannot take, and PyTorch's own refusals ---------------------------
+
+class _NoMemory(torch.Tensor):
+    """A wrapper subclass: a tensor with a shape and no memory of its own;
+    `fail` makes every operation on it raise."""
+
+    @staticmethod
+    def __new__(cls, elem, fail=False):
+        r = torch.Tensor._make_wrapper_subclass(cls, elem.shape, dtype=elem.dtype,
+                                                device=elem.device, strides=elem.stride(),
+                                                dispatch_sizes_strides_policy="strides" if fail
+                                                else None)
+        r.elem, r.fail = elem, fail
+        return r
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        if any(getattr(a, "fail", False) for a in args):
+            raise NotImplementedError(f"_NoMemory does not support {func}")
+        unwrap = lambda a: a.elem if isinstance(a, _NoMemory) else a
+        out = func(*[unwrap(a) for a in args], **{k: unwrap(v) for k, v in (kwargs or {}).items()})
+        return out
+
+
+def _params_with(grads):
+    ps = []
+    for g in grads:
+        p = torch.nn.Parameter(torch.zeros(g.shape, dtype=g.dtype))
+        p.grad = g
+        ps.append(p)
+    return ps
+
+
+def test_an_accessor_that_raises_is_a_python_exception(rng):
+    """A gradient whose metadata accessors run Python code that raises (a
+    tensor subclass): the drop-ins raise that exception (the C++ scan hands it
+    back instead of terminating the process), and nothing is written."""
+    plain = torch.from_numpy(rng.standard_normal(7).astype(np.float32))
+    before = plain.clone()
+    ps = _params_with([plain, _NoMemory(torch.ones(3), fail=True)])
+    with pytest.raises(NotImplementedError, match="_NoMemory does not support"):
+        gt.clip_grad_norm_(ps, 0.1)
+    assert torch.equal(plain, before)
+
+
+def test_a_gradient_without_memory_is_refused_before_anything_is_written(rng):
+    """A wrapper subclass whose data pointer is 0: a TypeError naming it,
+    wherever it stands in the list, before any gradient is written (the
+    library would refuse a NULL pointer with a message about NULL data)."""
+    for order in ("pw", "wp"):
+        plain = torch.from_numpy(rng.standard_normal(7).astype(np.float32) * 5)
+        before = plain.clone()
+        grads = [plain if c == "p" else _NoMemory(torch.full((3,), 5.0)) for c in order]
+        index = order.index("w")
+        for call in (lambda ps: gt.clip_grad_norm_(ps, 0.1),
+                     lambda ps: gt.clip_grad_value_(ps, 0.1),
+                     lambda ps: gt.get_total_norm([p.grad for p in ps])):
+            with pytest.raises(TypeError, match=f"gradient {index} .*no memory of its own"):
+                call(_params_with(grads))
+            assert torch.equal(plain, before)
+
+
+def test_inference_tensors_are_written_only_inside_inference_mode(rng):
+    """PyTorch refuses an in-place update of an inference tensor outside
+    inference mode; the drop-ins that write refuse it too, writing nothing,
+    read it (get_total_norm) and clip it inside inference mode."""
+    data = rng.standard_normal((3, 5)).astype(np.float32) * 4
+    with torch.inference_mode():
+        grads = [torch.from_numpy(d.copy()) for d in data]
+    norm = gt.get_total_norm(grads)
+    torch.testing.assert_close(norm, torch.tensor(float(np.linalg.norm(data.astype(np.float64)))),
+                               rtol=1e-6, atol=0)
+    calls = (lambda ps: gt.clip_grad_norm_(ps, 0.5), lambda ps: gt.clip_grad_value_(ps, 0.5),
+             lambda ps: gt.clip_grads_with_norm_(ps, 0.5, norm))
+    for call in calls:
+        ps = _params_with(grads)
+        with pytest.raises(RuntimeError, match="gradient 0 is an inference tensor"):
+            call(ps)
+        for p, d in zip(ps, data):
+            assert torch.equal(p.grad, torch.from_numpy(d))
+    with torch.inference_mode():
+        ps = _params_with([g.clone() for g in grads])
+        gt.clip_grad_norm_(ps, 0.5)
+    ref = [torch.from_numpy(d.copy()) for d in data]
+    torch.nn.utils.clip_grad_norm_(_params_with(ref), 0.5)
+    for p, r in zip(ps, ref):
+        torch.testing.assert_close(p.grad, r, rtol=1e-6, atol=1e-7)
+
+
+def test_a_non_leaf_gradient_warns_through_python_warnings():
+    """Reading .grad of a non-leaf tensor warns in PyTorch; the C++ scan's
+    warning reaches Python's warnings module (catchable, filterable)."""
+    x = torch.ones(3, requires_grad=True)
+    y = x * 2
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gt.clip_grad_norm_([y], 1.0)
+    assert any(".grad attribute of a Tensor that is not a leaf" in str(w.message) for w in caught)
