@@ -202,6 +202,7 @@ typedef struct bench_record {
     int roofline_interleaved; /* measured between this record's repetitions */
     int launches_per_step; /* CUDA only; -1 elsewhere */
     char policy[12]; /* gclip's non-finite policy ("skip", "propagate"); empty for the others */
+    int check_failed; /* the result or the data after the runs was not the op's */
     char note[96];
 } bench_record;
 

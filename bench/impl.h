@@ -43,6 +43,12 @@ int bench_gclip_check(gclip_plan *plan, const bench_workload *w, bench_op op,
                       const bench_params *p, char *note);
 /* Whether a norm matches the workload's double-precision reference. */
 int bench_norm_matches(double got, double want);
+/* After the runs of `op` on the CPU: the data in `w` must be what one run
+ * of `op` makes of the pristine values (`scale`: the factor the global
+ * clipping ops applied). 0 if it is, else nonzero with a note. Checks every
+ * tensor, or 64 spread over the list (check_output.c). */
+int bench_check_output(const bench_workload *w, bench_op op, const bench_params *p, float scale,
+                       char *note);
 
 #ifdef GCLIP_BENCH_CUDA
 /* gclip on CUDA device 0, timed with CUDA events (cuda_impl.cu). */

@@ -54,13 +54,30 @@ int bench_gclip_check(gclip_plan *plan, const bench_workload *w, bench_op op,
                  w->norm * p->inv_scale);
         return 1;
     }
-    int clipped = r.scale != 1.0f;
+    /* the coefficient, not the factor: unscale-clip's factor includes inv_scale */
+    int clipped = r.clip_coef < 1.0f;
     int want_clip = op == BENCH_CLIP || op == BENCH_UNSCALE_CLIP;
     if ((op == BENCH_CLIP_NOOP || want_clip) && clipped != want_clip) {
-        snprintf(note, 96, "scale %.9g: not in the %s regime", r.scale, bench_op_name(op));
+        snprintf(note, 96, "clip_coef %.9g: not in the %s regime", r.clip_coef,
+                 bench_op_name(op));
         return 1;
     }
     return 0;
+}
+
+/* The regime, then the data itself: what one run of the op makes of the
+ * pristine values (the scale the result slot reports for the global ops). */
+static int cpu_check_output(gclip_plan *plan, const bench_workload *w, bench_op op,
+                            const bench_params *p, char *note)
+{
+    if (bench_gclip_check(plan, w, op, p, note))
+        return 1;
+    gclip_result r;
+    if (gclip_get_result(plan, &r) != GCLIP_STATUS_SUCCESS) {
+        snprintf(note, 96, "get_result: %s", gclip_last_error());
+        return 1;
+    }
+    return bench_check_output(w, op, p, r.scale, note);
 }
 
 static void cpu_prepare(void *vctx, int writes)
@@ -85,7 +102,7 @@ static double cpu_run(void *vctx, bench_op op, const bench_params *p, char *err)
 static int cpu_check(void *vctx, bench_op op, const bench_params *p, char *note)
 {
     gclip_cpu_ctx *c = vctx;
-    return bench_gclip_check(c->plan, c->w, op, p, note);
+    return cpu_check_output(c->plan, c->w, op, p, note);
 }
 
 static int no_launches(void *vctx, bench_op op, const bench_params *p)

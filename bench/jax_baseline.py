@@ -28,13 +28,13 @@ import warnings
 from peer_common import EPS, LOSS_SCALE, ALIGN, DATA_SIGMA, WRITES
 from peer_common import flush_bytes, parse_args, read_shapes, run_all, run_protocol
 
-ARGS = parse_args(__doc__, os.cpu_count())
-if ARGS.threads < (os.cpu_count() or 1):
-    # XLA's CPU thread pool is sized from these flags; they must be set
-    # before jax is imported
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                               " --xla_cpu_multi_thread_eigen=false"
-                               f" intra_op_parallelism_threads={ARGS.threads}")
+ARGS = parse_args(__doc__, len(os.sched_getaffinity(0)))
+_cpus = sorted(os.sched_getaffinity(0))
+if ARGS.threads < len(_cpus):
+    # XLA has no flag for its CPU thread count: it sizes its pools from the
+    # CPUs the process may run on, so the process is bound to --threads of
+    # them before jax is imported
+    os.sched_setaffinity(0, _cpus[:ARGS.threads])
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

@@ -15,6 +15,7 @@ typedef struct naive_ctx {
     bench_workload *w;
     int threads;
     double last_norm;
+    float last_scale; /* the factor of the last global clip (1: none) */
 } naive_ctx;
 
 static double sum_squares(const gclip_tensor *t)
@@ -79,6 +80,7 @@ static void clip_global(naive_ctx *c, const bench_params *p)
     double norm = total_norm(c->w) * p->inv_scale;
     double coef = fmin(1.0, p->max_norm / (norm + EPS));
     float f = (float)(coef * p->inv_scale);
+    c->last_scale = f;
     if (f != 1.0f)
         for (size_t i = 0; i < c->w->count; i++)
             scale(&c->w->tensors[i], f);
@@ -130,14 +132,12 @@ static void naive_prepare(void *vctx, int writes)
 static int naive_check(void *vctx, bench_op op, const bench_params *p, char *note)
 {
     naive_ctx *c = vctx;
-    if (op == BENCH_VALUE)
-        return 0;
-    if (!bench_norm_matches(c->last_norm, c->w->norm * p->inv_scale)) {
+    if (op != BENCH_VALUE && !bench_norm_matches(c->last_norm, c->w->norm * p->inv_scale)) {
         snprintf(note, 96, "norm %.9g differs from reference %.9g", c->last_norm,
                  c->w->norm * p->inv_scale);
         return 1;
     }
-    return 0;
+    return bench_check_output(c->w, op, p, c->last_scale, note);
 }
 
 static int naive_launches(void *vctx, bench_op op, const bench_params *p)

@@ -170,6 +170,8 @@ int bench_write_json(const bench_results *res, const char *path)
             json_string(f, "policy", r->policy);
             fputs(", ", f);
         }
+        if (!strcmp(r->impl, "gclip") || !strcmp(r->impl, "naive"))
+            fprintf(f, "\"check_failed\": %s, ", r->check_failed ? "true" : "false");
         json_string(f, "note", r->note);
         fprintf(f, "}%s\n", i + 1 < res->n ? "," : "");
     }

@@ -25,7 +25,9 @@ runs. The range over the runs follows each median.
 
 Targets (CPU): every op at >= 0.85 of its roofline, and at least as fast as
 the fastest peer of the run; 2x the fastest peer for clip-noop and on
-many-small, where the peers do avoidable work.
+many-small, where the peers do avoidable work. A row with no peer timed
+(--quick, a peer skipped or failed) cannot meet the peer target, and a row
+whose check failed in any run (gclip-bench's check_failed) misses too.
 
 Runs of `gclip-bench --policy propagate` label gclip's rows with the
 policy ("tensor-norm (propagate)"); give the files of one policy at a time.
@@ -104,6 +106,9 @@ def summarize(runs, backend="cpu"):
             "naive_ms": statistics.median(naive) if naive else None,
             "peer_ms": {p: statistics.median(t) for p, t in peer_ms.items() if t},
             "ups": ups, "mem_ups": mem_ups, "judged": judged, "up": med, "fastest": fastest,
+            # gclip-bench's check of the result and the data after the runs
+            "check_failed": any(r.get("check_failed", False) for timed, rows in indexed
+                                for r in rows if r["workload"] == w and r["op"] == op),
         })
     return peers, out
 
@@ -111,10 +116,14 @@ def summarize(runs, backend="cpu"):
 def verdict(row):
     """The targets the row misses (empty when it meets them all)."""
     met = []
+    if row.get("check_failed"):
+        met.append("output check failed")
     if row["ratio"] < ROOFLINE_TARGET:
         met.append(f"roofline < {ROOFLINE_TARGET}")
     want = peer_target(row["workload"], row["op"])
-    if row["fastest"] is not None and row["up"][row["fastest"]] < want:
+    if row["fastest"] is None:
+        met.append("no peer timed")
+    elif row["up"][row["fastest"]] < want:
         met.append(f"< {want:g}x best peer")
     return met
 

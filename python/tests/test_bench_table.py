@@ -92,6 +92,25 @@ def test_a_peer_absent_from_some_runs_is_judged_on_the_runs_it_has(table):
         assert len(row["ups"]["torch-2.15.0"]) == 3
 
 
+def test_a_row_without_a_peer_or_with_a_failed_check_misses_its_target(table):
+    """No peer timed (--quick, a peer skipped or failed): the peer target
+    cannot be met. A gclip record whose check failed in any run (gclip-bench
+    marks it check_failed): the row fails, whatever its speed."""
+    runs = make_runs(5, 2)
+    alone = [[r for r in run if r["impl"] in ("gclip", "naive")] for run in runs]
+    _, rows = table.summarize(alone)
+    assert rows and all(row["fastest"] is None for row in rows)
+    assert all("no peer timed" in table.verdict(row) for row in rows)
+    _, rows = table.summarize(runs)
+    assert not any("no peer timed" in table.verdict(row) for row in rows)
+    assert not any("output check failed" in table.verdict(row) for row in rows)
+    bad = next(r for r in runs[1] if r["impl"] == "gclip")
+    bad["check_failed"] = True
+    _, rows = table.summarize(runs)
+    failed = [row for row in rows if "output check failed" in table.verdict(row)]
+    assert [(row["workload"], row["op"]) for row in failed] == [(bad["workload"], bad["op"])]
+
+
 def test_spread_names_the_range_only_for_several_runs(table):
     assert table.spread([0.9], "{:.2f}") == "0.90"
     assert table.spread([0.95, 0.8, 1.1], "{:.2f}x") == "0.95x (0.80x-1.10x)"

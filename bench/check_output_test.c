@@ -1,0 +1,135 @@
+/*
+ * check_output_test.c - bench_check_output passes the data each op leaves
+ * (gclip's CPU path runs the op) and fails on one element changed, on
+ * seeded random tensors of every dtype.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "impl.h"
+
+enum { TENSORS = 7 };
+static const int64_t numel[TENSORS] = {1000, 37, 4096, 1, 515, 2048, 333};
+static const gclip_dtype dtype[TENSORS] = {GCLIP_F32, GCLIP_F16, GCLIP_BF16, GCLIP_F32,
+                                           GCLIP_F64, GCLIP_F16, GCLIP_BF16};
+static int failures;
+
+static void expect(int cond, const char *what, const char *note)
+{
+    if (!cond) {
+        printf("FAIL: %s (%s)\n", what, note);
+        failures++;
+    }
+}
+
+static size_t bytes_of(gclip_dtype d)
+{
+    return d == GCLIP_F64 ? 8 : d == GCLIP_F32 ? 4 : 2;
+}
+
+/* xorshift normals-ish in [-2, 2), seeded, never all zero */
+static float next(uint64_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return (float)((double)(*s >> 11) * 0x1p-53 * 4.0 - 2.0);
+}
+
+static void store(void *data, gclip_dtype d, int64_t k, float v)
+{
+    if (d == GCLIP_F32)
+        ((float *)data)[k] = v;
+    else if (d == GCLIP_F64)
+        ((double *)data)[k] = v;
+    else
+        ((uint16_t *)data)[k] = bench_half_round(d, v);
+}
+
+int main(void)
+{
+    bench_workload w;
+    memset(&w, 0, sizeof w);
+    gclip_tensor t[TENSORS];
+    size_t offs[TENSORS], total = 0;
+    for (int i = 0; i < TENSORS; i++) {
+        offs[i] = total;
+        total += ((size_t)numel[i] * bytes_of(dtype[i]) + 63) / 64 * 64;
+    }
+    w.data = malloc(total);
+    w.pristine = malloc(total);
+    if (!w.data || !w.pristine)
+        return 2;
+    uint64_t seed = 0x9e3779b97f4a7c15ull;
+    double sum = 0.0, min_tensor = 1e300;
+    for (int i = 0; i < TENSORS; i++) {
+        t[i] = (gclip_tensor){w.data + offs[i], numel[i], dtype[i]};
+        double s = 0.0;
+        for (int64_t k = 0; k < numel[i]; k++) {
+            store(t[i].data, dtype[i], k, next(&seed));
+            double x = dtype[i] == GCLIP_F32   ? ((float *)t[i].data)[k]
+                       : dtype[i] == GCLIP_F64 ? ((double *)t[i].data)[k]
+                                               : bench_half_load(dtype[i], ((uint16_t *)t[i].data)[k]);
+            s += x * x;
+        }
+        sum += s;
+        min_tensor = sqrt(s) < min_tensor ? sqrt(s) : min_tensor;
+    }
+    memcpy(w.pristine, w.data, total);
+    w.count = TENSORS;
+    w.tensors = t;
+    w.arena_bytes = total;
+    w.norm = sqrt(sum);
+    w.min_tensor_norm = min_tensor;
+    w.rms = sqrt(sum / 8067.0);
+
+    gclip_plan *plan = NULL;
+    if (gclip_plan_create(&plan, t, TENSORS, GCLIP_DEVICE_CPU) != GCLIP_STATUS_SUCCESS) {
+        printf("plan: %s\n", gclip_last_error());
+        return 2;
+    }
+    for (int op = 0; op < BENCH_OP_COUNT; op++) {
+        char note[96] = "";
+        bench_params p = bench_params_for(&w, (bench_op)op);
+        memcpy(w.data, w.pristine, total);
+        if (bench_gclip_step(plan, (bench_op)op, &p, NULL) != GCLIP_STATUS_SUCCESS) {
+            printf("FAIL: %s: %s\n", bench_op_name((bench_op)op), gclip_last_error());
+            failures++;
+            continue;
+        }
+        gclip_result r;
+        gclip_get_result(plan, &r);
+        int rc = bench_check_output(&w, (bench_op)op, &p, r.scale, note);
+        expect(rc == 0, bench_op_name((bench_op)op), note);
+        /* one element of each tensor changed in turn: caught, tensor named */
+        for (int i = 0; i < TENSORS; i++) {
+            /* a bit of the middle element's exponent (f16: a high mantissa bit) */
+            unsigned char *b = (unsigned char *)t[i].data +
+                               (size_t)(numel[i] / 2 + 1) * bytes_of(dtype[i]) - 1;
+            const unsigned char saved = *b;
+            *b ^= 0x01;
+            note[0] = 0;
+            rc = bench_check_output(&w, (bench_op)op, &p, r.scale, note);
+            char what[64], want[32];
+            snprintf(what, sizeof what, "%s: tensor %d changed", bench_op_name((bench_op)op), i);
+            snprintf(want, sizeof want, "tensor %d ", i);
+            expect(rc != 0 && strstr(note, want) == note, what, note);
+            *b = saved;
+        }
+        /* a factor one rounding off is caught by the exact ops */
+        if (op == BENCH_CLIP || op == BENCH_UNSCALE_CLIP) {
+            note[0] = 0;
+            rc = bench_check_output(&w, (bench_op)op, &p, nextafterf(r.scale, 1.0f), note);
+            expect(rc != 0, "a factor one ulp off", note);
+        }
+    }
+    gclip_plan_destroy(plan);
+    free(w.data);
+    free(w.pristine);
+    if (failures)
+        printf("%d failures\n", failures);
+    else
+        printf("every op's data checked; every change caught\n");
+    return failures != 0;
+}
