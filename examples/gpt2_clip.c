@@ -1,12 +1,20 @@
 /*
  * gpt2_clip.c - the main job: global-norm clipping of GPT-2 small's 148
  * gradient tensors (124.4 M f32 elements) on the best backend present, as a
- * training loop would call it every step.
+ * training loop calls it every step: the steps are queued with no host wait,
+ * and the result is read once, after the last.
  *
  *   gpt2_clip [--cpu] [--steps N] [--max-norm C]
  *
- * Prints the total norm, the clip coefficient and milliseconds per step.
+ * Step 0 clips at --max-norm (default 1) and prints the norm and the clip
+ * coefficient. The N timed steps then each clip the previous step's output
+ * by a factor 2^(-1/N) (max_norm set on the host from step 0's result, no
+ * result read in between), so every step writes every gradient and the
+ * norm ends at half of step 0's output: the data stays far from the
+ * subnormals whatever N. The program checks that the last step clipped and
+ * that its norm is the one expected, and prints milliseconds per step.
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,19 +44,33 @@ static double now_ms(void)
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
 }
 
+/* For main's calls: report a failed status and leave through `done`. */
 #define CHECK(call)                                                                   \
     do {                                                                              \
         gclip_status s_ = (call);                                                     \
         if (s_ != GCLIP_STATUS_SUCCESS && s_ != GCLIP_STATUS_NONFINITE) {             \
             fprintf(stderr, "%s failed: %s (%s)\n", #call, gclip_status_string(s_),   \
                     gclip_last_error());                                              \
-            return 1;                                                                 \
+            goto done;                                                                \
         }                                                                             \
     } while (0)
 
+/* The plan of `count` tensors laid out in `base` (host) at `data` on
+ * `device`; tensors[i] keeps its offset from `base`. */
+static gclip_status make_plan(gclip_plan **plan, gclip_tensor *tensors, size_t count,
+                              const float *base, float *data, int device)
+{
+    gclip_tensor t[GPT2_SMALL_TENSORS];
+    for (size_t i = 0; i < count; i++) {
+        t[i] = tensors[i];
+        t[i].data = data + ((const float *)tensors[i].data - base);
+    }
+    return gclip_plan_create(plan, t, count, device);
+}
+
 int main(int argc, char **argv)
 {
-    int steps = 20, force_cpu = 0;
+    int steps = 20, force_cpu = 0, rc = 1;
     float max_norm = 1.0f;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--cpu"))
@@ -62,21 +84,18 @@ int main(int argc, char **argv)
             return 2;
         }
     }
+    if (steps < 1 || !(max_norm > 0.0f) || !isfinite(max_norm)) {
+        fprintf(stderr, "--steps must be >= 1 and --max-norm finite and > 0\n");
+        return 2;
+    }
     int64_t numel[GPT2_SMALL_TENSORS];
     size_t count = gpt2_small_numel(numel);
     int64_t total = 0;
     for (size_t i = 0; i < count; i++)
         total += numel[i];
 
-    int device = !force_cpu && gclip_cuda_device_count() > 0 ? 0 : GCLIP_DEVICE_CPU;
-    printf("gclip %d: GPT-2 small, %zu tensors, %lld f32 elements, backend %s\n",
-           gclip_get_version(), count, (long long)total,
-           device == GCLIP_DEVICE_CPU ? "cpu" : "cuda:0");
-    if (device == GCLIP_DEVICE_CPU && !force_cpu)
-        printf("(no CUDA device%s: using the CPU path)\n",
-               gclip_cuda_device_count() == 0 ? " or no CUDA backend" : "");
-
-    /* one arena on the host, copied to the device when there is one */
+    gclip_plan *plan = NULL;
+    float *data = NULL; /* device memory, when the CUDA backend takes the plan */
     float *host = malloc((size_t)total * sizeof(float));
     if (!host) {
         fprintf(stderr, "out of host memory\n");
@@ -91,38 +110,62 @@ int main(int argc, char **argv)
         tensors[i].dtype = GCLIP_F32;
         off += numel[i];
     }
-    float *data = host;
-    if (device != GCLIP_DEVICE_CPU && gpt2_device_upload(host, total, &data) != 0)
-        return 1;
-    for (size_t i = 0; i < count; i++)
-        tensors[i].data = data + ((float *)tensors[i].data - host);
 
-    gclip_plan *plan;
-    CHECK(gclip_plan_create(&plan, tensors, count, device));
+    /* CUDA device 0 when this build and the machine have a usable one, else
+     * the CPU path (a device the build has no kernels for is NOT_SUPPORTED) */
+    int device = GCLIP_DEVICE_CPU;
+    if (!force_cpu && gclip_cuda_device_count() > 0 && gpt2_device_upload(host, total, &data) == 0) {
+        const gclip_status s = make_plan(&plan, tensors, count, host, data, 0);
+        if (s == GCLIP_STATUS_SUCCESS) {
+            device = 0;
+        } else {
+            printf("(cuda:0 not used: %s, %s)\n", gclip_status_string(s), gclip_last_error());
+            gpt2_device_free(data);
+            data = NULL;
+        }
+    }
+    if (device == GCLIP_DEVICE_CPU) {
+        if (!force_cpu)
+            printf("(no usable CUDA device in this build or machine: using the CPU path)\n");
+        CHECK(make_plan(&plan, tensors, count, host, host, GCLIP_DEVICE_CPU));
+    }
+    printf("gclip %d: GPT-2 small, %zu tensors, %lld f32 elements, backend %s\n",
+           gclip_get_version(), count, (long long)total,
+           device == GCLIP_DEVICE_CPU ? "cpu" : "cuda:0");
+
     gclip_norm_options opt = GCLIP_NORM_OPTIONS_INIT;
     opt.max_norm = max_norm;
     gclip_result r;
-
-    /* the first step clips at --max-norm; each timed step then clips the
-     * previous step's output to half its norm, so every step writes */
     CHECK(gclip_clip_grad_norm(plan, &opt, NULL));
     CHECK(gclip_get_result(plan, &r));
     printf("step 0: total_norm %.6g  clip_coef %.6g  nonfinite %d\n", (double)r.total_norm,
            (double)r.clip_coef, r.nonfinite);
-    opt.max_norm = r.total_norm * r.clip_coef * 0.5f;
+    /* the norm of step 0's output, and the timed steps' targets below it */
+    const double start = (double)r.total_norm * (r.clip_coef < 1.0f ? r.clip_coef : 1.0f);
     double t0 = now_ms();
-    for (int s = 0; s < steps; s++) {
+    for (int s = 1; s <= steps; s++) {
+        opt.max_norm = (float)(start * exp2(-(double)s / steps));
         CHECK(gclip_clip_grad_norm(plan, &opt, NULL));
-        CHECK(gclip_get_result(plan, &r));
-        opt.max_norm = r.total_norm * r.clip_coef * 0.5f;
     }
-    double ms = (now_ms() - t0) / (steps > 0 ? steps : 1);
-    printf("last step: total_norm %.6g  clip_coef %.6g\n", (double)r.total_norm,
-           (double)r.clip_coef);
-    printf("%.3f ms per clip step (norm + scale, %d steps, max_norm = half the norm)\n", ms, steps);
-    gclip_plan_destroy(plan);
-    if (data != host)
+    CHECK(gclip_get_result(plan, &r)); /* waits for the last step */
+    double ms = (now_ms() - t0) / steps;
+    const double expected = start * exp2(-(double)(steps - 1) / steps);
+    printf("last step: total_norm %.6g (expected %.6g)  clip_coef %.6g\n",
+           (double)r.total_norm, expected, (double)r.clip_coef);
+    if (!(r.clip_coef < 1.0f) || !(fabs(r.total_norm - expected) <= 1e-4 * expected)) {
+        fprintf(stderr, "the last step did not clip the norm expected\n");
+        goto done;
+    }
+    printf("%.3f ms per clip step (norm + scale, %d steps, each clipping by 2^(-1/%d))\n", ms,
+           steps, steps);
+    rc = 0;
+done:
+    if (plan && gclip_plan_destroy(plan) != GCLIP_STATUS_SUCCESS) {
+        fprintf(stderr, "gclip_plan_destroy failed: %s\n", gclip_last_error());
+        rc = 1;
+    }
+    if (data)
         gpt2_device_free(data);
     free(host);
-    return 0;
+    return rc;
 }

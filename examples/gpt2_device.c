@@ -9,11 +9,15 @@
 int gpt2_device_upload(const float *host, int64_t n, float **device)
 {
     size_t bytes = (size_t)n * sizeof(float);
+    *device = NULL;
     cudaError_t e = cudaMalloc((void **)device, bytes);
     if (e == cudaSuccess)
         e = cudaMemcpy(*device, host, bytes, cudaMemcpyHostToDevice);
     if (e != cudaSuccess) {
         fprintf(stderr, "CUDA: %s\n", cudaGetErrorString(e));
+        if (*device)
+            cudaFree(*device);
+        *device = NULL;
         return 1;
     }
     return 0;

@@ -217,6 +217,19 @@ static gclip_status grid_caps(int device, const gclip_plan *plan, gclip_device_t
     if (e != cudaSuccess)
         return cuda_fail(e, "cudaDeviceGetAttribute(MultiProcessorCount)", __FILE__, __LINE__);
     e = (cudaError_t)gclip_norm_blocks_per_sm(&norm_blocks);
+    if (e == cudaErrorNoKernelImageForDevice || e == cudaErrorInvalidDeviceFunction) {
+        /* the first query of a kernel: a device older than the build's
+         * architectures (sm_75 and newer by default) has no image of it */
+        forget_error(e);
+        int major = 0, minor = 0;
+        (void)cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+        (void)cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+        return gclip_fail(GCLIP_STATUS_NOT_SUPPORTED,
+                          "CUDA device %d (compute capability %d.%d) has no image of gclip's "
+                          "kernels in this build (%s); build for its architecture "
+                          "(CMAKE_CUDA_ARCHITECTURES) or use GCLIP_DEVICE_CPU",
+                          device, major, minor, cudaGetErrorName(e));
+    }
     if (e != cudaSuccess)
         return cuda_fail(e, "cudaOccupancyMaxActiveBlocksPerMultiprocessor(norm kernel)",
                          __FILE__, __LINE__);

@@ -138,9 +138,16 @@ def main():
               f"{max(_finite(norms), default=nan):14.4g} {secs:6.1f}s"
               f"{'' if finite else f'   loss {_what(losses[-1])} at step {len(losses) - 1}'}")
     lt, lg = results["torch"][0], results["gclip"][0]
-    apart = next((i for i, (a, b) in enumerate(zip(lt, lg)) if abs(a - b) > 0.01 * abs(a)), None)
-    print("torch and gclip losses within 1% of each other "
-          + ("at every step" if apart is None else f"up to step {apart - 1}"))
+    # a NaN loss is apart from anything; runs of different lengths are apart
+    # from the shorter one's end
+    apart = next((i for i, (a, b) in enumerate(zip(lt, lg)) if not abs(a - b) <= 0.01 * abs(a)),
+                 None if len(lt) == len(lg) else min(len(lt), len(lg)))
+    if apart is None:
+        print(f"torch and gclip losses within 1% of each other at every step ({len(lt)})")
+    elif apart == 0:
+        print("torch and gclip losses more than 1% apart from the first step")
+    else:
+        print(f"torch and gclip losses within 1% of each other up to step {apart - 1}")
 
     if args.out:
         plot(results, args, baseline)
