@@ -1,7 +1,8 @@
 /*
  * check_output.c - after an op's timed runs, the data it left compared with
  * what that op makes of the pristine values, computed here apart from the
- * implementations.
+ * implementations but for the global clipping ops' factor, which the caller
+ * passes (bench_gclip_check compares gclip's with the workload's norm).
  */
 #include <math.h>
 #include <stdio.h>
@@ -32,6 +33,8 @@ static size_t element_bytes(gclip_dtype dtype)
  * float product or clamp, rounded back to a 16-bit dtype; f64 in double. */
 static double exact(gclip_dtype dtype, double x, bench_op op, float f)
 {
+    if (x != x)
+        return x; /* NaN stays NaN, clamped or scaled */
     if (dtype == GCLIP_F64)
         return op == BENCH_VALUE ? fmin(fmax(x, -(double)f), (double)f) : x * (double)f;
     float y = op == BENCH_VALUE ? fminf(fmaxf((float)x, -f), f) : (float)x * f;
@@ -81,8 +84,10 @@ int bench_check_output(const bench_workload *w, bench_op op, const bench_params 
         for (int64_t k = 0; k < t->numel; k++) {
             const double x = load(orig.data, t->dtype, k), got = load(t->data, t->dtype, k);
             const double want = exact(t->dtype, x, op, f);
+            /* exact: the same value and the same sign of zero, or both NaN */
             const int ok = tolerant ? fabs(got - want) <= rel * fabs(want) + abs_tol
-                                    : (got == want || (got != got && want != want));
+                                    : ((got == want && !signbit(got) == !signbit(want)) ||
+                                       (got != got && want != want));
             if (!ok) {
                 snprintf(note, 96, "tensor %zu element %lld: %.9g, want %.9g", i, (long long)k,
                          got, want);

@@ -62,6 +62,14 @@ int bench_gclip_check(gclip_plan *plan, const bench_workload *w, bench_op op,
                  bench_op_name(op));
         return 1;
     }
+    if (want_clip) { /* the factor from the exact norm: coefficient times inv_scale */
+        const double n = w->norm * p->inv_scale;
+        const double want = fmin(1.0, p->max_norm / (n + 1e-6)) * p->inv_scale;
+        if (!(fabs(r.scale - want) <= 1e-5 * want)) {
+            snprintf(note, 96, "factor %.9g, want %.9g", r.scale, want);
+            return 1;
+        }
+    }
     return 0;
 }
 

@@ -152,7 +152,8 @@ int main(int argc, char **argv)
     const double expected = start * exp2(-(double)(steps - 1) / steps);
     printf("last step: total_norm %.6g (expected %.6g)  clip_coef %.6g\n",
            (double)r.total_norm, expected, (double)r.clip_coef);
-    if (!(r.clip_coef < 1.0f) || !(fabs(r.total_norm - expected) <= 1e-4 * expected)) {
+    /* each step's output is max_norm * N / (N + eps): eps = 1e-6 off, at most */
+    if (!(r.clip_coef < 1.0f) || !(fabs(r.total_norm - expected) <= 1e-4 * expected + 2e-6)) {
         fprintf(stderr, "the last step did not clip the norm expected\n");
         goto done;
     }

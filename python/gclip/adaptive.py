@@ -559,14 +559,17 @@ class AdaptiveClipper(Clipper):
         ValueError, changing nothing, if the dict is not of this method, its
         hyperparameters are invalid, or its state does not fit. After a step,
         a state of the same hyperparameters is copied into the state in
-        place (a CUDA graph captured before goes on from it); other
-        hyperparameters get a new state, and a graph must be captured again.
-        Waits for the last step; not capturable."""
+        place (a CUDA graph captured before goes on from it; `info()` keeps
+        the last step's record until the next step); other hyperparameters
+        get a new state, with a blank info record, and a graph must be
+        captured again. Waits for the last step; not capturable."""
         self._prepare_load(state_dict)()
 
     def _prepare_load(self, state_dict: dict):
         """Check `state_dict` and build what it restores; returns the function
-        that installs it (which cannot fail)."""
+        that installs it (which cannot refuse it: only a device failure of
+        the in-place import, which first waits for the last step, can make it
+        raise)."""
         method = state_dict.get("method")
         if method != self.method:
             raise ValueError(f"gclip: the state dict is of method {method!r}, this clipper "
