@@ -64,6 +64,10 @@ try:  # the C++ scan, built when PyTorch was importable at build time
     from . import _torch_fast
 except ImportError:  # pragma: no cover - depends on the build
     _torch_fast = None
+# Its inlined tensor accessors read the layouts of the PyTorch it was built
+# with: with another PyTorch (upgraded since) the Python scan is used.
+if _torch_fast is not None and getattr(_torch_fast, "TORCH_VERSION", None) != torch.__version__:
+    _torch_fast = None
 
 _SMALL_PLAN = 1 << 20  # elements below which a CPU plan runs on one thread
 
@@ -109,19 +113,23 @@ def _check_tensor(g: Tensor, index: Union[int, str]) -> None:
                          f"{g.stride()}); gclip needs gradients without gaps or overlaps")
 
 
+class _NotInMemory(TypeError):
+    """A non-empty gradient with no memory of its own (a wrapper subclass, a
+    functional or a zero tensor): the library needs a pointer to the data,
+    so the drop-ins take PyTorch's arithmetic, which dispatches to the
+    tensor's own operations, for such a list."""
+
+
 def _check_memory(grads: List[Tensor]) -> None:
-    """TypeError naming the first non-empty tensor with no memory of its own
-    (a wrapper subclass, a functional or a zero tensor): the library needs a
-    pointer to the data. The paths with PyTorch's arithmetic take them."""
+    """_NotInMemory naming the first non-empty tensor with no memory."""
     for i, g in enumerate(grads):
         try:
             ok = g.numel() == 0 or g.data_ptr() != 0
         except RuntimeError:  # no storage to point at
             ok = False
         if not ok:
-            raise TypeError(f"gclip: gradient {i} ({type(g).__name__}) has no memory of its "
-                            "own (a wrapper subclass, a functional or a zero tensor); gclip "
-                            "clips gradients in memory: use torch.nn.utils for these")
+            raise _NotInMemory(f"gclip: gradient {i} ({type(g).__name__}) has no memory of its "
+                               "own (a wrapper subclass, a functional or a zero tensor)")
 
 
 def _check_writable(grads: List[Tensor]) -> None:
@@ -312,11 +320,12 @@ def _bind(grads: List[Tensor], device: torch.device, dev_index: int, stream: int
 def _bind_disjoint(grads: List[Tensor], device: torch.device, dev_index: int, stream: int,
                    dtypes: Optional[list] = None) -> Optional[_PlanEntry]:
     """_bind, or None when the library refuses the list as overlapping (a
-    gradient listed twice, or two sharing memory): the caller then takes
-    PyTorch's arithmetic, which processes each entry in turn."""
+    gradient listed twice, or two sharing memory) or a gradient has no
+    memory: the caller then takes PyTorch's arithmetic, which processes each
+    entry in turn."""
     try:
         return _bind(grads, device, dev_index, stream, dtypes)
-    except _lib.GclipError as e:
+    except (_lib.GclipError, _NotInMemory) as e:
         if not _is_overlap(e):
             raise
         return None
@@ -456,11 +465,13 @@ def _apply_coef(grads: List[Tensor], max_norm: float, total_norm: Tensor, skip: 
             torch._foreach_mul_(gs, c)
 
 
-def _is_overlap(e: "_lib.GclipError") -> bool:
-    """Whether the library refused a list that repeats a gradient or holds
-    overlapping ones (a plan's tensors must be disjoint; PyTorch takes such a
-    list, and its operations, used instead, process each entry in turn)."""
-    return e.status == _lib.OVERLAP
+def _is_overlap(e: Exception) -> bool:
+    """Whether PyTorch's arithmetic takes the list instead: the library
+    refused a list that repeats a gradient or holds overlapping ones (a
+    plan's tensors must be disjoint; PyTorch takes such a list, and its
+    operations process each entry in turn), or a gradient has no memory."""
+    return isinstance(e, _NotInMemory) or (isinstance(e, _lib.GclipError)
+                                           and e.status == _lib.OVERLAP)
 
 
 def _mark_norm(total: Tensor) -> Tensor:
@@ -540,20 +551,25 @@ def clip_grad_norm_(parameters: _tensor_or_tensors, max_norm: float, norm_type: 
     norm_type = float(norm_type)
     max_norm = float(max_norm)
     if _torch_fast is not None and norm_type > 0 and max_norm >= 0 and not torch.compiler.is_compiling():
+        # the scan holds the gradients (the library runs with the GIL
+        # released, while another thread could drop a .grad) until released
         try:
-            entry, stream, count = _scan_fast(params, True, fp32_norm)
-        except _lib.GclipError as e:
-            if not _is_overlap(e):
-                raise
-            entry, stream, count = None, 0, -1  # the general path below takes the list
-        if entry is not None:
-            total = _mark_norm(_run_clip(entry, stream, max_norm, norm_type, error_if_nonfinite,
-                                         skip))
-            if _bump_versions is not None:
-                _bump_versions(params, True)
-            else:
-                _written([p.grad for p in params if p.grad is not None])
-            return total
+            try:
+                entry, stream, count = _scan_fast(params, True, fp32_norm)
+            except (_lib.GclipError, _NotInMemory) as e:
+                if not _is_overlap(e):
+                    raise
+                entry, stream, count = None, 0, -1  # the general path below takes the list
+            if entry is not None:
+                total = _mark_norm(_run_clip(entry, stream, max_norm, norm_type,
+                                             error_if_nonfinite, skip))
+                if _bump_versions is not None:
+                    _bump_versions(params, True)
+                else:
+                    _written([p.grad for p in params if p.grad is not None])
+                return total
+        finally:
+            _torch_fast.release()
         if count == 0:
             return torch.tensor(0.0)
     grads = [p.grad for p in params if p.grad is not None]
@@ -594,7 +610,7 @@ def _clip_grad_norm_impl(grads, max_norm, norm_type, error_if_nonfinite, fp32_no
     try:
         return _clip_grad_norm_disjoint(grads, max_norm, norm_type, error_if_nonfinite, fp32_norm,
                                         skip)
-    except _lib.GclipError as e:  # raised before anything is written
+    except (_lib.GclipError, _NotInMemory) as e:  # raised before anything is written
         if not _is_overlap(e):
             raise
     # a repeated gradient counts in the norm and is scaled as often as it is listed
@@ -661,11 +677,12 @@ def _get_total_norm_impl(tensors, norm_type, error_if_nonfinite, fp32_norm):
             _validate(tensors)
             total = _combine(_per_tensor_norms(tensors, norm_type, fp32_norm), norm_type,
                              tensors[0].device)
-    except _lib.GclipError as e:
+    except (_lib.GclipError, _NotInMemory) as e:
         # a plan's tensors must be disjoint, but a norm only reads: PyTorch
         # counts a repeated or overlapping tensor as often as it is given, and
-        # so do its own operations, used here for such a list
-        if e.status != _lib.OVERLAP:
+        # so do its own operations, used here for such a list (and for
+        # tensors without memory, whose own operations they dispatch to)
+        if not _is_overlap(e):
             raise
         total = _combine([torch.linalg.vector_norm(
                               t, norm_type,

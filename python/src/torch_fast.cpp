@@ -37,6 +37,11 @@ struct Owned {
     ~Owned() { Py_XDECREF(p); }
 };
 
+// The gradients of this thread's last scan, held until release(): the
+// library then runs with the GIL released, and another thread that drops a
+// .grad meanwhile must not free memory it writes.
+thread_local std::vector<at::Tensor> held;
+
 int32_t device_code(const at::Tensor &t)
 {
     const c10::Device d = t.device();
@@ -49,6 +54,7 @@ int32_t device_code(const at::Tensor &t)
 
 // scan(items, from_params, ptr_address, capacity)
 //   -> (count, signature: bytes, flags: int, device: int)
+// Holds the gradients it read until release() (or the next scan).
 // Writes the data pointers of the first `capacity` gradients to the
 // uintptr_t array at ptr_address (0 to skip). from_params: read .grad of each
 // item and skip None; else take the items themselves.
@@ -73,6 +79,7 @@ PyObject *scan(PyObject *, PyObject *args)
 
     std::vector<SigEntry> sig;
     sig.reserve(static_cast<size_t>(n));
+    held.clear();
     long flags = kDense | kOneDevice | kAllF32 | kFastDtypes | kNoInference;
     int32_t first_device = 0;
     Py_ssize_t count = 0;
@@ -113,6 +120,7 @@ PyObject *scan(PyObject *, PyObject *args)
         }
         if (ptrs && count < capacity)
             ptrs[count] = data;
+        held.push_back(t);
         sig.push_back(SigEntry{t.numel(), static_cast<int32_t>(st), dev});
         count++;
     }
@@ -160,9 +168,18 @@ PyObject *bump_versions(PyObject *, PyObject *args)
     END_HANDLE_TH_ERRORS
 }
 
+// release() -> None: drops what the last scan of this thread holds.
+PyObject *release(PyObject *, PyObject *)
+{
+    held.clear();
+    Py_RETURN_NONE;
+}
+
 PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS,
      "scan(items, from_params, ptr_address, capacity) -> (count, signature, flags, device)"},
+    {"release", release, METH_NOARGS,
+     "release() -> None: the gradients held since this thread's last scan are let go"},
     {"bump_versions", bump_versions, METH_VARARGS,
      "bump_versions(items, from_params) -> None: autograd version counters incremented"},
     {nullptr, nullptr, 0, nullptr},
@@ -183,5 +200,8 @@ PyMODINIT_FUNC PyInit__torch_fast(void)
     PyModule_AddIntConstant(m, "ALL_F32", kAllF32);
     PyModule_AddIntConstant(m, "FAST_DTYPES", kFastDtypes);
     PyModule_AddIntConstant(m, "NO_INFERENCE", kNoInference);
+    // the PyTorch whose headers it was built with: its inlined tensor
+    // accessors read that version's layouts
+    PyModule_AddStringConstant(m, "TORCH_VERSION", GCLIP_TORCH_VERSION);
     return m;
 }

@@ -31,8 +31,33 @@ def test_pyproject_version_is_the_package_version():
 def test_torch_fast_path_is_built_in_ci():
     import gclip.torch as gt
     assert gt._torch_fast is not None, (
-        "gclip._torch_fast was not built: the drop-ins run through ctypes only "
-        "(were the Python headers or a C++ compiler missing when the package was built?)")
+        "gclip._torch_fast was not built, or for another PyTorch: the drop-ins run through "
+        "ctypes only (were the Python headers or a C++ compiler missing when the package was "
+        "built?)")
+
+
+def test_the_cpp_scan_is_used_only_with_the_pytorch_it_was_built_against():
+    """gclip._torch_fast records the PyTorch version of its build; gclip.torch
+    drops it (the Python scan takes over) when another version is imported."""
+    import importlib
+    import torch
+    fast = pytest.importorskip("gclip._torch_fast")
+    assert fast.TORCH_VERSION == torch.__version__
+    import gclip.torch as gt
+    assert gt._torch_fast is fast
+    real = torch.__version__
+    try:
+        torch.__version__ = real + "+other"
+        other = importlib.reload(gt)
+        assert other._torch_fast is None
+        p = torch.nn.Parameter(torch.ones(4))
+        p.grad = torch.full((4,), 3.0)
+        torch.testing.assert_close(other.clip_grad_norm_([p], 1.0), torch.tensor(6.0))
+        torch.testing.assert_close(p.grad, torch.full((4,), 3.0 / (6.0 + 1e-6)))
+    finally:
+        torch.__version__ = real
+        importlib.reload(gt)
+    assert gt._torch_fast is fast
 
 
 # What tests/python_env.sh installs and the suite compares against; each is

@@ -718,9 +718,9 @@ class _NoMemory(torch.Tensor):
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
         if any(getattr(a, "fail", False) for a in args):
             raise NotImplementedError(f"_NoMemory does not support {func}")
+        from torch.utils._pytree import tree_map
         unwrap = lambda a: a.elem if isinstance(a, _NoMemory) else a
-        out = func(*[unwrap(a) for a in args], **{k: unwrap(v) for k, v in (kwargs or {}).items()})
-        return out
+        return func(*tree_map(unwrap, args), **tree_map(unwrap, kwargs or {}))
 
 
 def _params_with(grads):
@@ -744,21 +744,39 @@ def test_an_accessor_that_raises_is_a_python_exception(rng):
     assert torch.equal(plain, before)
 
 
-def test_a_gradient_without_memory_is_refused_before_anything_is_written(rng):
-    """A wrapper subclass whose data pointer is 0: a TypeError naming it,
-    wherever it stands in the list, before any gradient is written (the
-    library would refuse a NULL pointer with a message about NULL data)."""
-    for order in ("pw", "wp"):
-        plain = torch.from_numpy(rng.standard_normal(7).astype(np.float32) * 5)
-        before = plain.clone()
-        grads = [plain if c == "p" else _NoMemory(torch.full((3,), 5.0)) for c in order]
-        index = order.index("w")
-        for call in (lambda ps: gt.clip_grad_norm_(ps, 0.1),
-                     lambda ps: gt.clip_grad_value_(ps, 0.1),
-                     lambda ps: gt.get_total_norm([p.grad for p in ps])):
-            with pytest.raises(TypeError, match=f"gradient {index} .*no memory of its own"):
-                call(_params_with(grads))
-            assert torch.equal(plain, before)
+def test_a_gradient_without_memory_takes_pytorchs_arithmetic(rng):
+    """A wrapper subclass whose data pointer is 0 (the library would refuse a
+    NULL pointer): wherever it stands in the list, the drop-ins take
+    PyTorch's arithmetic, which dispatches to its own operations, and give
+    torch.nn.utils' results."""
+    def values(g):
+        return (g.elem if isinstance(g, _NoMemory) else g).clone()
+
+    for order in ("pw", "wp", "ww"):
+        data = [rng.standard_normal(7 if c == "p" else 3).astype(np.float32) * 5 for c in order]
+
+        def make():
+            return _params_with([torch.from_numpy(d.copy()) if c == "p"
+                                 else _NoMemory(torch.from_numpy(d.copy()))
+                                 for c, d in zip(order, data)])
+
+        for ours, theirs in (
+                (lambda ps: gt.clip_grad_norm_(ps, 0.1),
+                 lambda ps: torch.nn.utils.clip_grad_norm_(ps, 0.1)),
+                (lambda ps: gt.clip_grad_value_(ps, 0.1),
+                 lambda ps: torch.nn.utils.clip_grad_value_(ps, 0.1)),
+                (lambda ps: gt.clip_grads_with_norm_(ps, 0.1, torch.tensor(7.0)),
+                 lambda ps: torch.nn.utils.clip_grads_with_norm_(ps, 0.1, torch.tensor(7.0))),
+                (lambda ps: gt.get_total_norm([p.grad for p in ps]),
+                 lambda ps: torch.nn.utils.get_total_norm([p.grad for p in ps]))):
+            a, b = make(), make()
+            ra, rb = ours(a), theirs(b)
+            if rb is None:  # the writing ones wrote: every norm here is above 0.1
+                assert not torch.equal(values(a[0].grad), torch.from_numpy(data[0]))
+            if rb is not None:
+                torch.testing.assert_close(ra, rb, rtol=1e-6, atol=0)
+            for p, q in zip(a, b):
+                torch.testing.assert_close(values(p.grad), values(q.grad), rtol=1e-6, atol=0)
 
 
 def test_inference_tensors_are_written_only_inside_inference_mode(rng):
@@ -797,3 +815,22 @@ def test_a_non_leaf_gradient_warns_through_python_warnings():
         warnings.simplefilter("always")
         gt.clip_grad_norm_([y], 1.0)
     assert any(".grad attribute of a Tensor that is not a leaf" in str(w.message) for w in caught)
+
+
+def test_the_cpp_scan_holds_the_gradients_until_the_step_has_run():
+    """The library runs with the GIL released: another thread may drop a
+    .grad meanwhile. The C++ scan holds each gradient it read (one more use
+    of its TensorImpl) until release(), which clip_grad_norm_ calls after the
+    step, so nothing is held after the call."""
+    fast = getattr(gt, "_torch_fast", None)
+    if fast is None:
+        pytest.skip("gclip._torch_fast is not built")
+    params = _params_with([torch.full((5,), 2.0), torch.full((3, 2), -1.0)])
+    before = [p.grad._use_count() for p in params]
+    fast.scan(params, True, 0, 0)
+    assert [p.grad._use_count() for p in params] == [u + 1 for u in before]
+    fast.release()
+    assert [p.grad._use_count() for p in params] == before
+    gt.clip_grad_norm_(params, 0.5)
+    assert [p.grad._use_count() for p in params] == before
+    assert not torch.equal(params[0].grad, torch.full((5,), 2.0))
