@@ -64,10 +64,26 @@ static double cuda_run(void *vctx, bench_op op, const bench_params *p, char *err
     return ms;
 }
 
+// The norm, the regime and the factor, then the data the runs left, brought
+// into the host arena (which the next host run restores first) and checked
+// as the CPU path's is.
 static int cuda_check(void *vctx, bench_op op, const bench_params *p, char *note)
 {
     cuda_ctx *c = static_cast<cuda_ctx *>(vctx);
-    return bench_gclip_check(c->plan, c->w, op, p, note);
+    if (bench_gclip_check(c->plan, c->w, op, p, note))
+        return 1;
+    gclip_result r;
+    if (gclip_get_result(c->plan, &r) != GCLIP_STATUS_SUCCESS) {
+        std::snprintf(note, 96, "get_result: %s", gclip_last_error());
+        return 1;
+    }
+    c->w->dirty = 1;
+    cudaError_t e = cudaMemcpy(c->w->data, c->data, c->w->arena_bytes, cudaMemcpyDeviceToHost);
+    if (e != cudaSuccess) {
+        std::snprintf(note, 96, "copying the data back: %s", cudaGetErrorString(e));
+        return 1;
+    }
+    return bench_check_output(c->w, op, p, r.scale, note);
 }
 
 // Kernel nodes of a captured graph: the launches the captured work makes.
