@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -326,11 +327,17 @@ class Clipper:
         return stream
 
     def _bind_for_op(self, tensors, stream, writable: bool):
-        """(plan, stream) of an operation on `tensors`: bound, and the stream
-        the operation goes on (`_op_stream`)."""
+        """(plan, stream, arrays) of an operation on `tensors`: bound, the
+        stream the operation goes on (`_op_stream`), and the arrays bound.
+        An iterator is read into a list here; the caller keeps that list
+        until the operation is queued (the plan holds only pointers, and a
+        generator's arrays have no other reference)."""
         s = stream_handle(stream)
+        if not (isinstance(tensors, (list, tuple)) or hasattr(tensors, "__dlpack__")
+                or hasattr(tensors, "__array_interface__")):
+            tensors = list(tensors)
         plan = self._bind(tensors, s, writable)
-        return plan, self._op_stream(plan, s)
+        return plan, self._op_stream(plan, s), tensors
 
     def _get_plan(self, key) -> Plan:
         plan = self._plans.get(key)
@@ -369,25 +376,25 @@ class Clipper:
     def clip_grad_norm(self, tensors, max_norm=None, *, inv_scale=None, tensor_norms=None,
                        stream=None) -> None:
         """Global-norm clipping in place (gclip_clip_grad_norm)."""
-        plan, s = self._bind_for_op(tensors, stream, True)
+        plan, s, _held = self._bind_for_op(tensors, stream, True)
         plan.run("clip_grad_norm", self._opts(plan, max_norm, inv_scale, tensor_norms), s)
 
     def total_norm(self, tensors, *, inv_scale=None, tensor_norms=None, stream=None) -> None:
         """The norm only, nothing written (gclip_total_norm). Read-only arrays are fine."""
-        plan, s = self._bind_for_op(tensors, stream, False)
+        plan, s, _held = self._bind_for_op(tensors, stream, False)
         plan.run("total_norm", self._opts(plan, None, inv_scale, tensor_norms), s)
 
     def compute_clip_factor(self, tensors, max_norm=None, *, inv_scale=None, tensor_norms=None,
                             stream=None) -> None:
         """Norm, coefficient and factor into the result slot, not applied."""
-        plan, s = self._bind_for_op(tensors, stream, False)
+        plan, s, _held = self._bind_for_op(tensors, stream, False)
         plan.run("compute_clip_factor", self._opts(plan, max_norm, inv_scale, tensor_norms), s)
 
     def clip_grads_with_norm(self, tensors, total_norm, max_norm=None, *, inv_scale=None,
                              stream=None) -> None:
         """Clip with a norm computed elsewhere: a float, or a float32 scalar in
         the plan's device memory (read when the step executes)."""
-        plan, s = self._bind_for_op(tensors, stream, True)
+        plan, s, _held = self._bind_for_op(tensors, stream, True)
         opts = self._opts(plan, max_norm, inv_scale)
         if _is_number(total_norm):
             plan.clip_grads_with_norm(opts, float(total_norm), 0, s)
@@ -397,18 +404,18 @@ class Clipper:
     def clip_grad_norm_per_tensor(self, tensors, max_norm=None, *, inv_scale=None,
                                   tensor_norms=None, stream=None) -> None:
         """Each tensor clipped to its own norm (Keras clipnorm)."""
-        plan, s = self._bind_for_op(tensors, stream, True)
+        plan, s, _held = self._bind_for_op(tensors, stream, True)
         plan.run("clip_grad_norm_per_tensor", self._opts(plan, max_norm, inv_scale, tensor_norms), s)
 
     def clip_grad_value(self, tensors, clip_value: float, *, stream=None) -> None:
         """Clamp every element to [-clip_value, clip_value]; NaN stays NaN."""
-        plan, s = self._bind_for_op(tensors, stream, True)
+        plan, s, _held = self._bind_for_op(tensors, stream, True)
         plan.clip_grad_value(float(clip_value), s)
 
     # phases
     def norm_accumulate(self, tensors, *, inv_scale=None, tensor_norms=None, stream=None) -> None:
         """Phase 1: this rank's partial (see `partial()`), for a reduction elsewhere."""
-        plan, s = self._bind_for_op(tensors, stream, False)
+        plan, s, _held = self._bind_for_op(tensors, stream, False)
         plan.run("norm_accumulate", self._opts(plan, None, inv_scale, tensor_norms), s)
 
     def norm_finalize(self, partials=None, count: int = 0, *, max_norm=None, inv_scale=None,
@@ -449,7 +456,7 @@ class Clipper:
         """Phase 3: multiply the gradients by the slot's factor. `tensors`
         rebinds the pointers first (same shapes as the last operation)."""
         if tensors is not None:
-            plan, s = self._bind_for_op(tensors, stream, True)
+            plan, s, _held = self._bind_for_op(tensors, stream, True)
         else:
             plan = self._require_plan()
             s = self._op_stream(plan, stream_handle(stream))
@@ -478,7 +485,19 @@ class Clipper:
 
 
 def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) or type(x).__name__ in ("float32", "float64", "int64", "int32")
+    """Whether `x` is a value read now: a Python or NumPy number, a 0-d NumPy
+    array, or a 0-d JAX array in host memory. Any other array is a scalar in
+    device memory, read when the step executes."""
+    if isinstance(x, (int, float)) or type(x).__name__ in ("float32", "float64", "int64", "int32"):
+        return True
+    np = sys.modules.get("numpy")
+    if np is not None and (isinstance(x, np.generic)
+                           or (isinstance(x, np.ndarray) and x.ndim == 0)):
+        return True
+    devices = getattr(x, "devices", None)
+    if callable(devices) and type(x).__module__.startswith("jax") and getattr(x, "ndim", 1) == 0:
+        return all(d.platform == "cpu" for d in devices())
+    return False
 
 
 def finite(x: float) -> bool:

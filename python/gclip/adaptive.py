@@ -512,7 +512,7 @@ class AdaptiveClipper(Clipper):
         step's threshold(s) from the state, the state's update, the clip.
         Spike step-skip writes no gradient and raises the result slot's
         skip flag instead. No host synchronization."""
-        plan, s = self._bind_for_op(tensors, stream, True)
+        plan, s, _held = self._bind_for_op(tensors, stream, True)
         self._adaptive.step(self._opts(plan, None, inv_scale), s)
 
     # -- results ------------------------------------------------------------------------------

@@ -41,8 +41,8 @@ class _Clipper(Clipper):
     leaves' JAX device, or in host memory when None): a leaf whose bytes an
     earlier one (in address order) already covers (a pytree may hold one
     array twice, or two views of one buffer, and a norm counts each leaf, as
-    optax's does), a NumPy scalar (no memory of its own) and a leaf that is
-    not dense. Each leaf is described once; the leaves read, copies
+    optax's does), a NumPy scalar (no memory of its own), a leaf that is
+    not dense and one whose data is not aligned to its element size. Each leaf is described once; the leaves read, copies
     included, are kept until the next operation."""
     _jax_writable = True
 
@@ -56,7 +56,7 @@ class _Clipper(Clipper):
         infos = super()._describe(leaves, stream)
         spans = []
         for k, info in enumerate(infos):
-            if not info.dense:
+            if not info.dense or info.ptr % _lib.DTYPE_SIZE[info.dtype]:  # gaps, or misaligned
                 spans.append((0, 0, k, True))
             elif info.numel > 0:
                 spans.append((info.ptr, info.ptr + info.numel * _lib.DTYPE_SIZE[info.dtype], k,
@@ -80,33 +80,66 @@ def _leaves(tree):
         if not hasattr(x, "dtype"):
             raise TypeError(f"gclip: leaf {i} is a {type(x).__name__}, not an array; gclip takes "
                             "arrays (jax.numpy.asarray makes one)")
+        if isinstance(x, np.ndarray) and not x.dtype.isnative:  # e.g. '>f4': a native copy
+            x = leaves[i] = x.astype(x.dtype.newbyteorder("="))
         if str(x.dtype) not in _SUPPORTED:
             raise TypeError(f"gclip: leaf {i} has dtype {x.dtype}; gclip takes float32, float16, "
                             "bfloat16 and float64")
     return leaves, treedef
 
 
+def _tree_device(leaves):
+    """The one JAX device of the tree's JAX arrays (None when it has none).
+    Leaves on several devices are refused, as optax's arithmetic refuses
+    them: JAX CPU devices all read as host memory to DLPack, so the Clipper
+    alone would not see it."""
+    devices = set()
+    for x in leaves:
+        if isinstance(x, jax.Array):
+            devices.update(x.devices())
+    if len(devices) > 1:
+        raise ValueError("gclip: the leaves are on several devices "
+                         f"({', '.join(sorted(map(str, devices)))}); put them on one")
+    return devices.pop() if devices else None
+
+
 def _gpu_device(leaves):
-    """The JAX device of the leaves when gclip reads them in CUDA memory (the
-    first leaf decides; a mix is refused by the Clipper), else None: host
-    memory, where outputs are NumPy buffers."""
-    if not leaves or not isinstance(leaves[0], jax.Array):
+    """The JAX device of the leaves when gclip reads them in CUDA memory,
+    else None: host memory, where outputs are NumPy buffers."""
+    device = _tree_device(leaves)
+    if device is None:
         return None
-    if _dlpack.describe(leaves[0], name="leaf 0").device < 0:  # CPU, or CUDA pinned host memory
+    first = next(k for k, x in enumerate(leaves) if isinstance(x, jax.Array))
+    if _dlpack.describe(leaves[first], name=f"leaf {first}").device < 0:  # CPU, pinned host
         return None
-    (device,) = leaves[0].devices()
     return device
 
 
 def _writable_copies(leaves, device=None):
     """One writable copy of each leaf: a NumPy array in host memory, or a new
     JAX buffer on `device` (jnp.array(copy=True) always makes a new buffer,
-    which no other JAX array shares)."""
+    which no other JAX array shares; a leaf that is not a JAX array is put
+    on `device` too, where the Clipper reads the others)."""
     if device is not None:
-        return [jnp.array(x, copy=True) for x in leaves]
+        return [jnp.array(x, copy=True) if isinstance(x, jax.Array)
+                else jnp.array(x, copy=True, device=device) for x in leaves]
     out = []
     for x in leaves:
         out.append(np.array(x, copy=True, order="C"))  # bfloat16: ml_dtypes.bfloat16
+    return out
+
+
+def _outputs(copies, leaves):
+    """The clipped copies as JAX arrays where the leaves were: a host copy of
+    a committed JAX array goes back to its device (committed, as optax's
+    result would be), any other to JAX's default device; a copy already on
+    the GPU is a JAX array."""
+    out = []
+    for a, x in zip(copies, leaves):
+        if isinstance(a, np.ndarray) and isinstance(x, jax.Array) and x.committed:
+            out.append(jax.device_put(a, x.sharding))
+        else:
+            out.append(jnp.asarray(a))
     return out
 
 
@@ -135,7 +168,7 @@ def tensor_norms(tree: Any, norm_type: float = 2.0):
     if device is None:
         out = np.empty(len(leaves), dtype=np.float32)
         c.total_norm(leaves, tensor_norms=out)
-        return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(v) for v in out])
+        return jax.tree_util.tree_unflatten(treedef, _outputs([np.array(v) for v in out], leaves))
     # a new buffer on the leaves' device, written by the kernel through DLPack
     out = jnp.zeros(len(leaves), dtype=jnp.float32, device=device)
     c.total_norm(leaves, tensor_norms=out)
@@ -154,7 +187,7 @@ def clip_by_global_norm(tree: Any, max_norm: float, norm_type: float = 2.0, *,
     c = _Clipper(max_norm=max_norm, norm_type=norm_type, nonfinite=nonfinite)
     c.clip_grad_norm(copies, inv_scale=inv_scale)
     res = c.result()
-    return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a) for a in copies]), res
+    return jax.tree_util.tree_unflatten(treedef, _outputs(copies, leaves)), res
 
 
 def clip_by_norm_per_leaf(tree: Any, max_norm: float, norm_type: float = 2.0, *,
@@ -166,7 +199,7 @@ def clip_by_norm_per_leaf(tree: Any, max_norm: float, norm_type: float = 2.0, *,
     c = _Clipper(max_norm=max_norm, norm_type=norm_type, nonfinite=nonfinite)
     c.clip_grad_norm_per_tensor(copies)
     res = c.result()
-    return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a) for a in copies]), res
+    return jax.tree_util.tree_unflatten(treedef, _outputs(copies, leaves)), res
 
 
 def clip_by_value(tree: Any, clip_value: float) -> Any:
@@ -177,4 +210,4 @@ def clip_by_value(tree: Any, clip_value: float) -> Any:
     c = _Clipper()
     c.clip_grad_value(copies, clip_value)
     _wait(c, device)
-    return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a) for a in copies])
+    return jax.tree_util.tree_unflatten(treedef, _outputs(copies, leaves))

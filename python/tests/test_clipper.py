@@ -627,3 +627,89 @@ def test_numpy_arrays_in_foreign_byte_order_or_with_partial_strides_are_refused(
     # an ordinary strided view (whole elements) is still only refused as not dense
     c.total_norm([np.arange(8, dtype=np.float32)[::2].copy()])
     assert abs(c.result().total_norm - math.sqrt(0 + 4 + 16 + 36)) <= 1e-5
+
+
+def test_a_generator_of_temporary_arrays_lives_until_the_operation_has_run():
+    """The plan holds only pointers: a generator's arrays have no other
+    reference, so the Clipper keeps the list it reads them into until the
+    operation is queued (they were freed first: a segfault on arrays of a
+    million elements, or a plan refusing reused addresses as overlapping)."""
+    sizes = [1_000_000 + 1000 * i for i in range(3)]
+    want = math.sqrt(sum(sizes) * 0.25)
+    for clipper in (gclip.Clipper(max_norm=1.0), gt.Clipper(max_norm=1.0)):
+        make = (lambda n: np.full(n, 0.5, np.float32)) if type(clipper) is gclip.Clipper \
+            else (lambda n: torch.full((n,), 0.5))
+        clipper.total_norm(make(n) for n in sizes)
+        assert abs(clipper.result().total_norm - want) <= 1e-6 * want
+        clipper.clip_grad_norm(make(n) for n in sizes)
+        r = clipper.result()
+        assert r.applied and abs(r.total_norm - want) <= 1e-6 * want
+        small = [make(n) for n in (5, 7, 9)]
+        clipper.total_norm(x + 0 for x in small)  # temporaries of reused sizes
+        assert abs(clipper.result().total_norm - math.sqrt(21 * 0.25)) <= 1e-6
+
+
+def test_jax_host_scalars_misaligned_and_foreign_order_leaves(rng):
+    """gclip.jax reads a NumPy or JAX scalar in host memory as a number (it
+    was taken for a device scalar and refused unless float32), and reads a
+    misaligned or byte-swapped NumPy leaf from a native copy."""
+    pytest.importorskip("jax")
+    import jax.numpy as jnp
+    import gclip.jax as gj
+    g = {"a": rng.standard_normal(40).astype(np.float32) * 3}
+    ref, _ = gj.clip_by_global_norm(g, 1.0)
+    for scalar in (np.array(1.0), np.float16(1.0), jnp.array(1.0), np.array(1.0, np.float32)):
+        got, info = gj.clip_by_global_norm(g, scalar)
+        np.testing.assert_array_equal(np.asarray(got["a"]), np.asarray(ref["a"]))
+        assert info.clip_coef < 1
+    data = rng.standard_normal(10).astype(np.float32)
+    buf = np.zeros(41, np.uint8)
+    buf[1:41] = np.frombuffer(data.tobytes(), np.uint8)
+    misaligned = np.frombuffer(buf, np.float32, count=10, offset=1)
+    assert misaligned.ctypes.data % 4 and np.array_equal(misaligned, data)
+    swapped = data.astype(">f4")
+    want = float(np.linalg.norm(data.astype(np.float64)))
+    for leaf in (misaligned, swapped):
+        assert abs(gj.global_norm([leaf]) - want) <= 1e-6 * want
+        out, info = gj.clip_by_global_norm([leaf], 1.0)
+        np.testing.assert_allclose(np.asarray(out[0]), data / (want + 1e-6), rtol=2e-7)
+    assert np.array_equal(misaligned, data) and np.array_equal(swapped, data)
+
+
+def test_jax_leaves_stay_on_their_device_and_a_mixed_tree_is_refused():
+    """On a JAX with two CPU devices (its own process): the results of a
+    tree committed to device 1 stay there (committed); uncommitted leaves
+    give uncommitted results; a tree on both devices raises ValueError, as
+    optax's arithmetic refuses it, and writes nothing."""
+    pytest.importorskip("jax")
+    import os
+    import subprocess
+    import sys
+    code = r'''
+import jax, jax.numpy as jnp, numpy as np
+import gclip.jax as gj
+d0, d1 = jax.devices()[:2]
+x = jax.device_put(jnp.arange(1.0, 5.0), d1)
+for out in (gj.clip_by_global_norm({"x": x}, 1.0)[0]["x"], gj.clip_by_value({"x": x}, 2.0)["x"],
+            gj.clip_by_norm_per_leaf({"x": x}, 1.0)[0]["x"], gj.tensor_norms({"x": x})["x"]):
+    assert out.devices() == {d1} and out.committed, (out.devices(), out.committed)
+u = jnp.arange(1.0, 5.0)
+out = gj.clip_by_global_norm([u], 1.0)[0][0]
+assert not out.committed and out.devices() == u.devices()
+y = jax.device_put(jnp.arange(3.0), d0)
+for call in (lambda: gj.global_norm([x, y]), lambda: gj.clip_by_global_norm([x, y], 1.0),
+             lambda: gj.clip_by_value([x, y], 1.0), lambda: gj.tensor_norms([x, y])):
+    try:
+        call()
+    except ValueError as e:
+        assert "several devices" in str(e), e
+    else:
+        raise AssertionError("a tree on two devices was taken")
+assert np.array_equal(np.asarray(x), np.arange(1.0, 5.0)) and np.array_equal(np.asarray(y), np.arange(3.0))
+print("ok")
+'''
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               JAX_PLATFORMS="cpu")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr
