@@ -404,9 +404,12 @@ GCLIP_API gclip_status gclip_clip_grad_value(gclip_plan *plan, float clip_value,
 
 /* Phase 1: accumulate the plan's gradients into its partial (the plan's
  * device memory, see gclip_plan_partial) and write tensor_norms if asked.
- * Uses norm_type, nonfinite (for the fingerprint), inv_scale (tensor norms
- * only) and tensor_norms. The result slot gets this plan's local norm with
- * GCLIP_RESULT_LOCAL. One launch. */
+ * Uses norm_type, nonfinite (the fingerprint, and ERROR's status), inv_scale
+ * and tensor_norms: the partial's sum is of the unscaled gradients, but its
+ * non-finite count, the tensor norms and the slot's local norm (flag
+ * GCLIP_RESULT_LOCAL) are of the gradients times inv_scale, so pass
+ * gclip_norm_finalize the same inv_scale (a local norm that overflows float
+ * only unscaled is counted non-finite). One launch. */
 GCLIP_API gclip_status gclip_norm_accumulate(gclip_plan *plan, const gclip_norm_options *options,
                                              gclip_stream stream);
 
@@ -430,7 +433,9 @@ GCLIP_API gclip_status gclip_apply_clip_factor(gclip_plan *plan, gclip_stream st
 
 /* Address of the plan's partial in the memory of its device (valid until the
  * plan is destroyed), for a communicator to gather after
- * gclip_norm_accumulate, in stream order. */
+ * gclip_norm_accumulate, in stream order. Every operation that computes a
+ * norm rewrites it (a gclip_total_norm between an accumulate and a
+ * gclip_norm_finalize of the plan's own partial replaces what it folds). */
 GCLIP_API gclip_status gclip_plan_partial(const gclip_plan *plan, const gclip_partial **partial);
 
 /* ---- results ------------------------------------------------------------ */
