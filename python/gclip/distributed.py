@@ -178,8 +178,16 @@ def _device_of(tensors: List[Tensor]):
 
 
 def _group_device(group):
-    """The device of a rank that holds no tensor: the group's backend decides."""
-    if str(dist.get_backend(group)).lower() == "nccl":
+    """The device of a rank that holds no tensor: the current CUDA device
+    when the group has a backend for CUDA tensors (NCCL, or a "cuda:" entry
+    of a multi-device backend such as "cpu:gloo,cuda:nccl", which
+    init_process_group() without a backend makes) and CUDA is available,
+    else the CPU. Its peers with tensors gather on their tensors' device."""
+    try:
+        config = str(dist.get_backend_config(group)).lower()
+    except Exception:  # an older PyTorch, or no configuration to read
+        config = str(dist.get_backend(group)).lower()
+    if ("nccl" in config or "cuda:" in config) and torch.cuda.is_available():
         index = torch.cuda.current_device()
         return torch.device("cuda", index), index
     return torch.device("cpu"), -1
@@ -367,6 +375,17 @@ def _reject_options(group, grads: List[Tensor], message: str) -> _Split:
     split.apply, split.counted = [], []
     split.rejected = error
     return split
+
+
+def refuse(grads: List[Tensor], group, error: Exception) -> None:
+    """A process_group= call this rank refuses before it has read its options
+    (a bad keyword argument): it joins the gather with a rejected partial, so
+    that its peers raise naming it instead of waiting, then raises `error`."""
+    if not _joinable(group):
+        raise error
+    split = _Split(list(grads), list(grads), group=group)  # gathered on their device
+    split.rejected = error
+    _join_rejected(split, error)
 
 
 def _gclip_takes(grads: List[Tensor], norm_type: float, fp32_norm: bool, is_mesh: bool) -> bool:

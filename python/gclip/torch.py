@@ -543,10 +543,16 @@ def clip_grad_norm_(parameters: _tensor_or_tensors, max_norm: float, norm_type: 
     ``process_group=`` does the same for plain tensors sharded over that
     group (ZeRO style). See gclip.distributed.
     """
-    skip = _check_nonfinite_arg(nonfinite)
     if process_group is not None:
+        try:  # a bad argument still joins the gather: the peers raise instead of waiting
+            skip = _check_nonfinite_arg(nonfinite)
+            max_norm, norm_type = float(max_norm), float(norm_type)
+        except (TypeError, ValueError) as e:
+            params = _as_list(parameters, True)
+            _distributed.refuse([p.grad for p in params if p.grad is not None], process_group, e)
         return _clip_distributed(parameters, max_norm, norm_type, error_if_nonfinite, fp32_norm,
                                  skip, process_group)
+    skip = _check_nonfinite_arg(nonfinite)
     params = parameters if type(parameters) in (list, tuple) else _as_list(parameters, True)
     norm_type = float(norm_type)
     max_norm = float(max_norm)
@@ -651,6 +657,11 @@ def get_total_norm(tensors: _tensor_or_tensors, norm_type: float = 2.0,
     global norm on every rank (see :func:`clip_grad_norm_`).
     """
     tensors = [tensors] if isinstance(tensors, Tensor) else list(tensors)
+    if process_group is not None:
+        try:  # a bad argument still joins the gather: the peers raise instead of waiting
+            norm_type = float(norm_type)
+        except (TypeError, ValueError) as e:
+            _distributed.refuse(tensors, process_group, e)
     norm_type = float(norm_type)
     if process_group is not None or (tensors and _distributed.any_dtensor(tensors)):
         return _distributed.total_norm(tensors, norm_type, error_if_nonfinite, fp32_norm,

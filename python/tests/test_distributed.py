@@ -536,8 +536,9 @@ def _scenario_not_member(rec, ws, rank):
 
 def _scenario_rejected_on_one_rank(rec, ws, rank):
     """One rank rejects its input before the gather (a non-dense shard, a norm
-    type <= 0, a NaN max_norm): it raises its own error, every other rank raises one naming
-    it, none waits for the collective timeout, and nothing is written."""
+    type <= 0, a NaN max_norm, a keyword argument that is not valid): it
+    raises its own error, every other rank raises one naming it, none waits
+    for the collective timeout, and nothing is written."""
     last = ws - 1
     mesh = init_device_mesh("cpu", (ws,))
     gen = torch.Generator().manual_seed(4242)
@@ -578,6 +579,17 @@ def _scenario_rejected_on_one_rank(rec, ws, rank):
          lambda: mine.clone(), True, "max_norm=nan"),
         ("mesh_noncontig_clip", lambda q: gt.clip_grad_norm_([q], MAX_NORM), mesh_grad, True,
          "not dense"),
+        # keyword arguments refused before any option is read: the rank
+        # still joins the gather (it raised at once, its peers waited)
+        ("pg_nonfinite_word", lambda q: gt.clip_grad_norm_(
+            [q], MAX_NORM, nonfinite="propagate" if rank != last else "bogus",
+            process_group=dist.group.WORLD), lambda: mine.clone(), True, "nonfinite must be"),
+        ("pg_max_norm_word", lambda q: gt.clip_grad_norm_(
+            [q], MAX_NORM if rank != last else "one", process_group=dist.group.WORLD),
+         lambda: mine.clone(), True, "could not convert"),
+        ("pg_norm_type_word", lambda g: gt.get_total_norm(
+            [g], norm_type=2.0 if rank != last else "two", process_group=dist.group.WORLD),
+         lambda: mine.clone(), False, "could not convert"),
     )
     for what, call, make, as_param, own in cases:
         grad = make()
@@ -870,3 +882,24 @@ def test_nccl_on_the_current_stream(ws, tmp_path_factory):
         assert abs(rec["pg"] - rec["ref"]) <= 1e-6 * rec["ref"]
         assert abs(rec["dtensor"] - rec["ref"]) <= 1e-6 * rec["ref"]
     assert len({_bits(r["pg"]) for r in recs}) == 1
+
+
+def test_a_rank_without_gradients_gathers_where_the_group_takes_cuda_tensors(monkeypatch):
+    """The device of a rank that holds no gradient: CUDA when the group's
+    backend takes CUDA tensors (NCCL, or a multi-device backend such as the
+    "cpu:gloo,cuda:nccl" of init_process_group() without a backend) and CUDA
+    is available, else the CPU (the backend string alone said "nccl" or not:
+    the multi-device one read as the CPU, while its peers gathered on CUDA)."""
+    from gclip import distributed as gd
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    for config, want in (("cpu:gloo,cuda:nccl", ("cuda", 1)), ("nccl", ("cuda", 1)),
+                         ("cuda:nccl", ("cuda", 1)), ("gloo", ("cpu", -1)),
+                         ("cpu:gloo", ("cpu", -1))):
+        monkeypatch.setattr(gd.dist, "get_backend_config", lambda group, c=config: c)
+        device, index = gd._group_device(None)
+        assert (device.type, index) == want, config
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(gd.dist, "get_backend_config", lambda group: "cpu:gloo,cuda:nccl")
+    device, index = gd._group_device(None)
+    assert (device.type, index) == ("cpu", -1)
