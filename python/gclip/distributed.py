@@ -377,7 +377,7 @@ def _reject_options(group, grads: List[Tensor], message: str) -> _Split:
     return split
 
 
-def refuse(grads: List[Tensor], group, error: Exception) -> None:
+def _refuse(grads: List[Tensor], group, error: Exception) -> None:
     """A process_group= call this rank refuses before it has read its options
     (a bad keyword argument): it joins the gather with a rejected partial, so
     that its peers raise naming it instead of waiting, then raises `error`."""

@@ -549,7 +549,7 @@ def clip_grad_norm_(parameters: _tensor_or_tensors, max_norm: float, norm_type: 
             max_norm, norm_type = float(max_norm), float(norm_type)
         except (TypeError, ValueError) as e:
             params = _as_list(parameters, True)
-            _distributed.refuse([p.grad for p in params if p.grad is not None], process_group, e)
+            _distributed._refuse([p.grad for p in params if p.grad is not None], process_group, e)
         return _clip_distributed(parameters, max_norm, norm_type, error_if_nonfinite, fp32_norm,
                                  skip, process_group)
     skip = _check_nonfinite_arg(nonfinite)
@@ -661,7 +661,7 @@ def get_total_norm(tensors: _tensor_or_tensors, norm_type: float = 2.0,
         try:  # a bad argument still joins the gather: the peers raise instead of waiting
             norm_type = float(norm_type)
         except (TypeError, ValueError) as e:
-            _distributed.refuse(tensors, process_group, e)
+            _distributed._refuse(tensors, process_group, e)
     norm_type = float(norm_type)
     if process_group is not None or (tensors and _distributed.any_dtensor(tensors)):
         return _distributed.total_norm(tensors, norm_type, error_if_nonfinite, fp32_norm,
