@@ -331,10 +331,12 @@ class Clipper:
         stream the operation goes on (`_op_stream`), and the arrays bound.
         An iterator is read into a list here; the caller keeps that list
         until the operation is queued (the plan holds only pointers, and a
-        generator's arrays have no other reference)."""
+        generator's arrays have no other reference). On CUDA, queued is not
+        done: arrays freed then are safe only with an allocator that orders
+        reuse on the stream the work went on (PyTorch's, on its current
+        stream)."""
         s = stream_handle(stream)
-        if not (isinstance(tensors, (list, tuple)) or hasattr(tensors, "__dlpack__")
-                or hasattr(tensors, "__array_interface__")):
+        if hasattr(tensors, "__next__"):  # a generator or another one-shot iterator
             tensors = list(tensors)
         plan = self._bind(tensors, s, writable)
         return plan, self._op_stream(plan, s), tensors

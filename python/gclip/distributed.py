@@ -179,15 +179,16 @@ def _device_of(tensors: List[Tensor]):
 
 def _group_device(group):
     """The device of a rank that holds no tensor: the current CUDA device
-    when the group has a backend for CUDA tensors (NCCL, or a "cuda:" entry
-    of a multi-device backend such as "cpu:gloo,cuda:nccl", which
-    init_process_group() without a backend makes) and CUDA is available,
-    else the CPU. Its peers with tensors gather on their tensors' device."""
+    when the group's backend for CUDA tensors is NCCL (alone, or the
+    "cuda:nccl" of a multi-device backend such as the "cpu:gloo,cuda:nccl"
+    that init_process_group() without a backend makes) and CUDA is
+    available, else the CPU (gloo, whose configuration reads
+    "cpu:gloo,cuda:gloo"). Its peers gather on their tensors' device."""
     try:
         config = str(dist.get_backend_config(group)).lower()
     except Exception:  # an older PyTorch, or no configuration to read
         config = str(dist.get_backend(group)).lower()
-    if ("nccl" in config or "cuda:" in config) and torch.cuda.is_available():
+    if "nccl" in config and torch.cuda.is_available():
         index = torch.cuda.current_device()
         return torch.device("cuda", index), index
     return torch.device("cpu"), -1

@@ -11,8 +11,9 @@ writes a host buffer. Arrays in GPU memory stay there: every output (the
 copies the functional clip writes, the buffer of `tensor_norms`) is a fresh
 JAX array on the leaves' device, written in place through DLPack before
 anything else sees it, and the call waits for gclip's kernels before it
-returns, so JAX's streams never race them. A tree is on one device (leaves on
-several are refused, as by `gclip.Clipper`).
+returns, so JAX's streams never race them. A tree's JAX arrays are on one
+device (leaves on several are refused, as optax's arithmetic refuses them);
+its NumPy leaves are read where its JAX arrays are (copied to the GPU).
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ class _Clipper(Clipper):
     earlier one (in address order) already covers (a pytree may hold one
     array twice, or two views of one buffer, and a norm counts each leaf, as
     optax's does), a NumPy scalar (no memory of its own), a leaf that is
-    not dense and one whose data is not aligned to its element size. Each leaf is described once; the leaves read, copies
+    not dense, one whose data is not aligned to its element size, and, in a
+    tree on a GPU, a leaf in host memory. Each leaf is described once; the leaves read, copies
     included, are kept until the next operation."""
     _jax_writable = True
 
@@ -56,7 +58,8 @@ class _Clipper(Clipper):
         infos = super()._describe(leaves, stream)
         spans = []
         for k, info in enumerate(infos):
-            if not info.dense or info.ptr % _lib.DTYPE_SIZE[info.dtype]:  # gaps, or misaligned
+            on_host = self._device is not None and info.device < 0  # a NumPy leaf, GPU tree
+            if not info.dense or info.ptr % _lib.DTYPE_SIZE[info.dtype] or on_host:
                 spans.append((0, 0, k, True))
             elif info.numel > 0:
                 spans.append((info.ptr, info.ptr + info.numel * _lib.DTYPE_SIZE[info.dtype], k,

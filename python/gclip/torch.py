@@ -129,7 +129,9 @@ def _check_memory(grads: List[Tensor]) -> None:
             ok = False
         if not ok:
             raise _NotInMemory(f"gclip: gradient {i} ({type(g).__name__}) has no memory of its "
-                               "own (a wrapper subclass, a functional or a zero tensor)")
+                               "own (a wrapper subclass, a functional or a zero tensor); where "
+                               "gclip cannot leave it to PyTorch's arithmetic, clip it with "
+                               "torch.nn.utils")
 
 
 def _check_writable(grads: List[Tensor]) -> None:
@@ -547,7 +549,7 @@ def clip_grad_norm_(parameters: _tensor_or_tensors, max_norm: float, norm_type: 
         try:  # a bad argument still joins the gather: the peers raise instead of waiting
             skip = _check_nonfinite_arg(nonfinite)
             max_norm, norm_type = float(max_norm), float(norm_type)
-        except (TypeError, ValueError) as e:
+        except Exception as e:  # ValueError, TypeError, OverflowError, RuntimeError, ...
             params = _as_list(parameters, True)
             _distributed._refuse([p.grad for p in params if p.grad is not None], process_group, e)
         return _clip_distributed(parameters, max_norm, norm_type, error_if_nonfinite, fp32_norm,
@@ -660,7 +662,7 @@ def get_total_norm(tensors: _tensor_or_tensors, norm_type: float = 2.0,
     if process_group is not None:
         try:  # a bad argument still joins the gather: the peers raise instead of waiting
             norm_type = float(norm_type)
-        except (TypeError, ValueError) as e:
+        except Exception as e:  # ValueError, TypeError, OverflowError, RuntimeError, ...
             _distributed._refuse(tensors, process_group, e)
     norm_type = float(norm_type)
     if process_group is not None or (tensors and _distributed.any_dtensor(tensors)):

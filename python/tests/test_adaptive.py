@@ -1510,3 +1510,21 @@ def test_jax_functions_name_a_leaf_that_is_not_an_array():
     gj = pytest.importorskip("gclip.jax")
     with pytest.raises(TypeError, match="leaf 0 is a float"):
         gj.global_norm([1.0, 2.0])
+
+
+def test_the_native_adaptive_clipper_steps_a_module_and_a_generator(rng):
+    """gclip.torch.AdaptiveClipper.step takes a module (its parameters'
+    gradients), a list or a generator of parameters, with the same results."""
+    data = list(gradient_stream(rng, 12))
+    runs = []
+    for how in ("module", "list", "generator"):
+        m = make_model()
+        clipper = gt.AdaptiveClipper("zclip", warmup_steps=3)
+        for gs in data:
+            set_grads(m, gs)
+            clipper.step(m if how == "module" else list(m.parameters()) if how == "list"
+                         else (p for p in m.parameters()))
+        runs.append((grads_of(m), clipper.info().total_norm))
+    for grads, norm in runs[1:]:
+        assert norm == runs[0][1]
+        assert_grads_equal(grads, runs[0][0])

@@ -590,6 +590,10 @@ def _scenario_rejected_on_one_rank(rec, ws, rank):
         ("pg_norm_type_word", lambda g: gt.get_total_norm(
             [g], norm_type=2.0 if rank != last else "two", process_group=dist.group.WORLD),
          lambda: mine.clone(), False, "could not convert"),
+        # an OverflowError there: its peers raise a RuntimeError naming it
+        ("pg_max_norm_overflow", lambda q: gt.clip_grad_norm_(
+            [q], MAX_NORM if rank != last else 10 ** 400, process_group=dist.group.WORLD),
+         lambda: mine.clone(), True, "too large"),
     )
     for what, call, make, as_param, own in cases:
         grad = make()
@@ -598,9 +602,9 @@ def _scenario_rejected_on_one_rank(rec, ws, rank):
         try:
             call(arg)
             rec.check(name, False, f"{what}: no exception on rank {rank}")
-        except ValueError as e:
+        except (ValueError, OverflowError, RuntimeError) as e:
             want = own if rank == last else f"rank {last} rejected its input"
-            rec.check(name, want in str(e), f"{what}: rank {rank}: {e}")
+            rec.check(name, want in str(e), f"{what}: rank {rank}: {type(e).__name__}: {e}")
         except Exception as e:
             rec.check(name, False, f"{what}: rank {rank}: {type(e).__name__}: {e}")
         after = arg.grad if as_param else arg
@@ -886,16 +890,17 @@ def test_nccl_on_the_current_stream(ws, tmp_path_factory):
 
 def test_a_rank_without_gradients_gathers_where_the_group_takes_cuda_tensors(monkeypatch):
     """The device of a rank that holds no gradient: CUDA when the group's
-    backend takes CUDA tensors (NCCL, or a multi-device backend such as the
-    "cpu:gloo,cuda:nccl" of init_process_group() without a backend) and CUDA
-    is available, else the CPU (the backend string alone said "nccl" or not:
-    the multi-device one read as the CPU, while its peers gathered on CUDA)."""
+    backend for CUDA tensors is NCCL (alone, or in the "cpu:gloo,cuda:nccl"
+    of init_process_group() without a backend) and CUDA is available, else
+    the CPU, gloo's "cpu:gloo,cuda:gloo" included (the backend string alone
+    said "nccl" or not: the multi-device one read as the CPU, while its
+    peers gathered on CUDA)."""
     from gclip import distributed as gd
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
     for config, want in (("cpu:gloo,cuda:nccl", ("cuda", 1)), ("nccl", ("cuda", 1)),
                          ("cuda:nccl", ("cuda", 1)), ("gloo", ("cpu", -1)),
-                         ("cpu:gloo", ("cpu", -1))):
+                         ("cpu:gloo", ("cpu", -1)), ("cpu:gloo,cuda:gloo", ("cpu", -1))):
         monkeypatch.setattr(gd.dist, "get_backend_config", lambda group, c=config: c)
         device, index = gd._group_device(None)
         assert (device.type, index) == want, config

@@ -817,11 +817,12 @@ def test_a_non_leaf_gradient_warns_through_python_warnings():
     assert any(".grad attribute of a Tensor that is not a leaf" in str(w.message) for w in caught)
 
 
-def test_the_cpp_scan_holds_the_gradients_until_the_step_has_run():
+def test_the_cpp_scan_holds_the_gradients_until_the_step_has_run(monkeypatch):
     """The library runs with the GIL released: another thread may drop a
     .grad meanwhile. The C++ scan holds each gradient it read (one more use
-    of its TensorImpl) until release(), which clip_grad_norm_ calls after the
-    step, so nothing is held after the call."""
+    of its TensorImpl) until release(): clip_grad_norm_'s step runs while
+    they are held (seen from inside it), and nothing is held after the
+    call, nor after a step that raises."""
     fast = getattr(gt, "_torch_fast", None)
     if fast is None:
         pytest.skip("gclip._torch_fast is not built")
@@ -831,6 +832,19 @@ def test_the_cpp_scan_holds_the_gradients_until_the_step_has_run():
     assert [p.grad._use_count() for p in params] == [u + 1 for u in before]
     fast.release()
     assert [p.grad._use_count() for p in params] == before
+    seen = []
+    real = gt._run_clip
+
+    def run_and_look(*args):
+        seen.append([p.grad._use_count() for p in params])
+        return real(*args)
+
+    monkeypatch.setattr(gt, "_run_clip", run_and_look)
     gt.clip_grad_norm_(params, 0.5)
+    assert seen == [[u + 1 for u in before]]
     assert [p.grad._use_count() for p in params] == before
     assert not torch.equal(params[0].grad, torch.full((5,), 2.0))
+    params[1].grad[0, 0] = math.nan
+    with pytest.raises(RuntimeError, match="non-finite"):
+        gt.clip_grad_norm_(params, 0.5, error_if_nonfinite=True)
+    assert [p.grad._use_count() for p in params] == before
