@@ -151,6 +151,24 @@ static inline uint16_t bench_half_round(gclip_dtype dtype, float f)
     return dtype == GCLIP_F16 ? bench_f16_round(f) : bench_bf16_round(f);
 }
 
+/* Bytes of one element, and element k of `data` as double, for any dtype. */
+static inline size_t bench_dtype_bytes(gclip_dtype dtype)
+{
+    return dtype == GCLIP_F64 ? 8 : dtype == GCLIP_F32 ? 4 : 2;
+}
+
+static inline double bench_load_element(const void *data, gclip_dtype dtype, int64_t k)
+{
+    switch (dtype) {
+    case GCLIP_F32:
+        return ((const float *)data)[k];
+    case GCLIP_F64:
+        return ((const double *)data)[k];
+    default:
+        return bench_half_load(dtype, ((const uint16_t *)data)[k]);
+    }
+}
+
 /* ---- CPU roofline kernels (roofline.c) --------------------------------------- */
 
 void *bench_alloc(size_t bytes);

@@ -12,23 +12,6 @@
 
 #define CHECKED_TENSORS 64
 
-static double load(const void *data, gclip_dtype dtype, int64_t k)
-{
-    switch (dtype) {
-    case GCLIP_F32:
-        return ((const float *)data)[k];
-    case GCLIP_F64:
-        return ((const double *)data)[k];
-    default:
-        return bench_half_load(dtype, ((const uint16_t *)data)[k]);
-    }
-}
-
-static size_t element_bytes(gclip_dtype dtype)
-{
-    return dtype == GCLIP_F64 ? 8 : dtype == GCLIP_F32 ? 4 : 2;
-}
-
 /* x op'd exactly as the library's contract says (docs/semantics.md): a
  * float product or clamp, rounded back to a 16-bit dtype; f64 in double. */
 static double exact(gclip_dtype dtype, double x, bench_op op, float f)
@@ -50,7 +33,7 @@ static float tensor_factor(const gclip_tensor *pristine, float max_norm)
 {
     double s = 0.0;
     for (int64_t k = 0; k < pristine->numel; k++) {
-        const double x = load(pristine->data, pristine->dtype, k);
+        const double x = bench_load_element(pristine->data, pristine->dtype, k);
         s += x * x;
     }
     const float c = max_norm * (1.0f / ((float)sqrt(s) + 1e-6f));
@@ -68,7 +51,7 @@ int bench_check_output(const bench_workload *w, bench_op op, const bench_params 
         gclip_tensor orig = *t;
         orig.data = w->pristine + ((const unsigned char *)t->data - w->data);
         if (op == BENCH_NORM || op == BENCH_CLIP_NOOP) {
-            if (memcmp(t->data, orig.data, (size_t)t->numel * element_bytes(t->dtype))) {
+            if (memcmp(t->data, orig.data, (size_t)t->numel * bench_dtype_bytes(t->dtype))) {
                 snprintf(note, 96, "tensor %zu written by an op that writes nothing", i);
                 return 1;
             }
@@ -82,7 +65,8 @@ int bench_check_output(const bench_workload *w, bench_op op, const bench_params 
         const double rel = t->dtype == GCLIP_F16 ? 0x1p-10 : t->dtype == GCLIP_BF16 ? 0x1p-7 : 4e-6;
         const double abs_tol = t->dtype == GCLIP_F16 ? 0x1p-24 : 0.0;
         for (int64_t k = 0; k < t->numel; k++) {
-            const double x = load(orig.data, t->dtype, k), got = load(t->data, t->dtype, k);
+            const double x = bench_load_element(orig.data, t->dtype, k),
+                         got = bench_load_element(t->data, t->dtype, k);
             const double want = exact(t->dtype, x, op, f);
             /* exact: the same value and the same sign of zero, or both NaN */
             const int ok = tolerant ? fabs(got - want) <= rel * fabs(want) + abs_tol

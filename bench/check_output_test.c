@@ -24,11 +24,6 @@ static void expect(int cond, const char *what, const char *note)
     }
 }
 
-static size_t bytes_of(gclip_dtype d)
-{
-    return d == GCLIP_F64 ? 8 : d == GCLIP_F32 ? 4 : 2;
-}
-
 /* xorshift normals-ish in [-2, 2), seeded, never all zero */
 static float next(uint64_t *s)
 {
@@ -73,7 +68,7 @@ static void run(int ntensors)
     size_t offs[MAX_TENSORS], total = 0;
     for (int i = 0; i < ntensors; i++) {
         offs[i] = total;
-        total += ((size_t)numel[i] * bytes_of(dtype[i]) + 63) / 64 * 64;
+        total += ((size_t)numel[i] * bench_dtype_bytes(dtype[i]) + 63) / 64 * 64;
     }
     w.data = malloc(total);
     w.pristine = malloc(total);
@@ -89,9 +84,7 @@ static void run(int ntensors)
         double s = 0.0;
         for (int64_t k = 0; k < numel[i]; k++) {
             store(t[i].data, dtype[i], k, next(&seed));
-            double x = dtype[i] == GCLIP_F32   ? ((float *)t[i].data)[k]
-                       : dtype[i] == GCLIP_F64 ? ((double *)t[i].data)[k]
-                                               : bench_half_load(dtype[i], ((uint16_t *)t[i].data)[k]);
+            double x = bench_load_element(t[i].data, dtype[i], k);
             s += x * x;
         }
         sum += s;
@@ -134,7 +127,7 @@ static void run(int ntensors)
         for (int i = 0; i < ntensors; i++) {
             /* a bit of the middle element's exponent (f16: a high mantissa bit) */
             unsigned char *b = (unsigned char *)t[i].data +
-                               (size_t)(numel[i] / 2 + 1) * bytes_of(dtype[i]) - 1;
+                               (size_t)(numel[i] / 2 + 1) * bench_dtype_bytes(dtype[i]) - 1;
             const unsigned char saved = *b;
             *b ^= 0x01;
             note[0] = 0;

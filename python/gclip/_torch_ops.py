@@ -16,10 +16,9 @@ def _norm_dtype(grads: List[Tensor], fp32_norm: bool) -> torch.dtype:
     """The dtype of the norm the drop-ins return: the gradients' dtypes
     promoted, float16/bfloat16 counting as float32 under fp32_norm (a
     float64 gradient keeps a float64 norm either way)."""
-    low = (torch.float16, torch.bfloat16)
     dtype = None
     for g in grads:
-        d = torch.float32 if fp32_norm and g.dtype in low else g.dtype
+        d = torch.float32 if fp32_norm and g.dtype in _gt._LOW_DTYPES else g.dtype
         dtype = d if dtype is None else torch.promote_types(dtype, d)
     return dtype
 
