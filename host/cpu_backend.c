@@ -7,6 +7,7 @@
  */
 #include <math.h>
 #include <omp.h>
+#include <pthread.h>
 #include <string.h>
 
 #include "gclip_fold.h"
@@ -16,8 +17,38 @@
  * a team of OpenMP threads costs; the default is then one thread. */
 #define GCLIP_CPU_PARALLEL_ELEMS ((int64_t)1 << 18)
 
+/* A process forked from one whose OpenMP runtime had started a team cannot
+ * start one itself: GNU libgomp's pool in the child still counts the
+ * parent's threads, which fork did not copy, and the first parallel region
+ * waits for them forever. gclip cannot tell whether any library of the
+ * parent (PyTorch, a BLAS) started one, so in every forked child its CPU
+ * steps run on the calling thread; the results do not depend on it. */
+static volatile int forked_child;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void mark_forked_child(void)
+{
+    forked_child = 1;
+}
+
+static void register_atfork(void)
+{
+    pthread_atfork(NULL, NULL, mark_forked_child);
+}
+
+#if defined(__GNUC__)
+/* at load, so that a fork before the first step is seen too */
+__attribute__((constructor)) static void register_atfork_at_load(void)
+{
+    pthread_once(&atfork_once, register_atfork);
+}
+#endif
+
 int gclip_cpu_threads(const gclip_plan *plan)
 {
+    pthread_once(&atfork_once, register_atfork);
+    if (forked_child)
+        return 1;
     if (plan->num_threads > 0)
         return plan->num_threads;
     return plan->total_elems < GCLIP_CPU_PARALLEL_ELEMS ? 1 : omp_get_max_threads();

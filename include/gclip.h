@@ -340,6 +340,9 @@ GCLIP_API gclip_status gclip_plan_device(const gclip_plan *plan, int *device);
 /* CPU plans: number of OpenMP threads used, 0 to 1024 (0 = OpenMP's
  * default, or one thread for plans of fewer than 2^18 elements, where
  * starting a team costs more than the work). Results do not depend on it.
+ * In a process forked from one that had loaded gclip, every CPU step runs
+ * on the calling thread whatever the count: OpenMP cannot start a team in a
+ * forked child whose parent had one (GNU libgomp waits forever).
  * Ignored by CUDA plans. */
 GCLIP_API gclip_status gclip_plan_set_num_threads(gclip_plan *plan, int num_threads);
 

@@ -1,10 +1,16 @@
 // Concurrency: distinct plans used from many threads at once give bitwise the
-// results of a serial run, and gclip_last_error is per thread.
+// results of a serial run, gclip_last_error is per thread, and a forked child
+// clips as its parent does.
 #include "robust_util.hpp"
 
 #include <gtest/gtest.h>
 
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <atomic>
+#include <chrono>
 #include <limits>
 #include <string>
 #include <thread>
@@ -29,14 +35,18 @@ struct Fingerprint {
 };
 
 // Job j: a seeded tensor list and a fixed sequence of operations on its own
-// plan, with `omp_threads` OpenMP threads (0 = default).
-Fingerprint run_job(int j, int omp_threads)
+// plan, with `omp_threads` OpenMP threads (0 = default). `max_numel` 0: the
+// job's own sizes, else up to that many elements in each of 4 tensors.
+Fingerprint run_job(int j, int omp_threads, int64_t max_numel = 0)
 {
     Fingerprint fp;
     const uint64_t seed = 1000 + static_cast<uint64_t>(j);
     // a few jobs have multi-chunk tensors so that OpenMP splits the work
     const bool big = j % 5 == 0;
-    auto bufs = robust::make_buffers(robust::random_specs(big ? 3 : 1 + j % 13, big ? 140000 : 2000, seed), seed);
+    auto bufs = robust::make_buffers(
+        max_numel > 0 ? robust::random_specs(4, max_numel, seed)
+                      : robust::random_specs(big ? 3 : 1 + j % 13, big ? 140000 : 2000, seed),
+        seed);
     const auto t = oracle::tensors_of(bufs);
     robust::Plan plan;
     fp.statuses.push_back(gclip_plan_create(plan.out(), t.data(), t.size(), GCLIP_DEVICE_CPU));
@@ -170,6 +180,44 @@ TEST(Concurrency, FailureElsewhereKeepsMessage)
     EXPECT_FALSE(seen_a.empty());
     EXPECT_FALSE(seen_b.empty());
     EXPECT_NE(seen_a, seen_b);
+}
+
+// A child forked from a process whose OpenMP runtime has run teams (GNU
+// libgomp cannot start one there) runs its steps on one thread: it neither
+// hangs nor computes anything else. The parent gives the child 60 s.
+TEST(Concurrency, ForkedChildClipsWithoutHanging)
+{
+    // tensors of up to 2^19 elements: with 2 threads and with the default
+    // (more than 2^18 elements), parallel regions run here, in the parent,
+    // before the fork
+    constexpr int64_t kLarge = int64_t(1) << 19;
+    const Fingerprint want = run_job(0, 1, kLarge);
+    ASSERT_EQ(want.statuses.front(), GCLIP_STATUS_SUCCESS);
+    ASSERT_TRUE(run_job(0, 2, kLarge) == want);
+    ASSERT_TRUE(run_job(0, 0, kLarge) == want);
+
+    const pid_t pid = fork();
+    ASSERT_GE(pid, 0) << "fork failed";
+    if (pid == 0) {
+        // the child: no gtest assertion here, only an exit code
+        const bool same = run_job(0, 2, kLarge) == want && run_job(0, 0, kLarge) == want;
+        _exit(same ? 0 : 3);
+    }
+    int status = 0;
+    pid_t done = 0;
+    for (int waited_ms = 0; waited_ms < 60000 && done == 0; waited_ms += 10) {
+        done = waitpid(pid, &status, WNOHANG);
+        if (done == 0)
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    if (done == 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+        FAIL() << "the forked child's steps hung for 60 s";
+    }
+    ASSERT_EQ(done, pid);
+    ASSERT_TRUE(WIFEXITED(status)) << "the child ended by signal " << WTERMSIG(status);
+    EXPECT_EQ(WEXITSTATUS(status), 0) << "3: the child's results differ from the parent's";
 }
 
 } // namespace

@@ -19,7 +19,9 @@
 # Left out to keep the run under ~8 minutes on 2 cores (each takes 30 s to
 # 2 min under memcheck; the same code paths run in the remaining cases):
 #   robust  Concurrency.DistinctPlansMatchSerialRun (128 jobs on 8 threads;
-#           the two other Concurrency tests still run)
+#           the two other Concurrency tests still run), and
+#           Concurrency.ForkedChildClipsWithoutHanging (its child, given 60 s
+#           by the wall clock, steps over 10^6 elements)
 #   cpu     NormManyTensors.OneToTenThousandMixedTensors, NormLarge.*,
 #           the f16/bf16 instances of NormBySize (f32 instances run),
 #           ClipGradNorm.ElementsMatchTheOracleForEveryNormAndScale,
@@ -40,7 +42,7 @@ fi
 vg=(valgrind --error-exitcode=99 --leak-check=full --show-leak-kinds=all
     --errors-for-leak-kinds=definite,indirect --num-callers=30
     --suppressions="$here/valgrind.supp")
-slow_robust=Concurrency.DistinctPlansMatchSerialRun
+slow_robust=Concurrency.DistinctPlansMatchSerialRun:Concurrency.ForkedChildClipsWithoutHanging
 slow_cpu=NormManyTensors.OneToTenThousandMixedTensors:NormLarge.*:*NormBySize*/f16_*:*NormBySize*/bf16_*
 slow_cpu+=:ClipGradNorm.ElementsMatchTheOracleForEveryNormAndScale:ClipPerTensor.EachTensorByItsOwnCoefficient
 slow_cpu+=:Determinism.IdenticalBitsForEveryThreadCountAndRun
