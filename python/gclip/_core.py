@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
 import sys
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -253,6 +255,19 @@ def _scalar_ptr(x, device: int, what: str) -> int:
     return info.ptr
 
 
+def _serialized(method):
+    """One operation at a time on a Clipper. Its plans hold one pointer table
+    and one result slot each, and the library runs with the GIL released: a
+    second thread inside the same Clipper between the first one's rebind and
+    its operation would clip the second one's arrays. The second thread waits
+    instead."""
+    @functools.wraps(method)
+    def serialized(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return serialized
+
+
 class Clipper:
     """Gradient clipping for a training loop, on any arrays with __dlpack__.
 
@@ -266,14 +281,19 @@ class Clipper:
 
     Operations are queued on `stream` (CUDA) and never synchronize; `result()`
     waits and decodes, `device_result()` gives views readable on the device.
+
+    Threads may share a Clipper: its operations run one at a time, and
+    `result()` is the last one's, whichever thread ran it. A Clipper holds
+    library plans: it cannot be pickled or copied (make a new one; an
+    adaptive clipper's state travels by `state_dict()`).
     """
 
     def __init__(self, max_norm: float = 1.0, norm_type: float = 2.0, *, eps: float = 1e-6,
                  nonfinite: str = "skip", inv_scale=1.0, num_threads: Optional[int] = None,
                  max_plans: int = 8):
         norm_type = float(norm_type)
-        if not norm_type > 0:
-            raise ValueError(f"gclip: norm_type must be > 0 (2, 1, inf or any p > 0), got {norm_type}")
+        if not _lib.takes_norm_type(norm_type):
+            raise ValueError(f"gclip: norm_type must be {_lib.NORM_TYPE_RANGE}, got {norm_type}")
         self.max_norm = max_norm
         self.norm_type = norm_type
         self.eps = float(eps)
@@ -286,6 +306,16 @@ class Clipper:
         self._plans: "OrderedDict[tuple, Plan]" = OrderedDict()
         self._max_plans = max_plans
         self.plan: Optional[Plan] = None  # the plan of the last operation
+        self._lock = threading.RLock()
+        self._binding = None  # what a framework's _bind read (its gradients), for _bind_for_op
+        self._bound_writable = False  # whether the arrays of the last bind may be written
+
+    def __reduce_ex__(self, protocol):
+        # pickle, copy.copy and copy.deepcopy: a copy would share (copy) or
+        # lose (pickle) the plans, pointer tables and result slots
+        raise TypeError(f"gclip: a {type(self).__name__} holds library plans and cannot be "
+                        "pickled or copied; make a new one with the same arguments (an "
+                        "adaptive clipper's state: state_dict() and load_state_dict())")
 
     # whether JAX arrays may be written (gclip.jax's own fresh buffers only)
     _jax_writable = False
@@ -314,7 +344,9 @@ class Clipper:
                                  "buffers (for JAX use gclip.jax)")
         key = (device, tuple((i.numel, i.dtype) for i in infos))
         plan = self._get_plan(key)
+        self._bound_writable = False  # until the rebind has succeeded
         plan.rebind([i.ptr for i in infos], stream)
+        self._bound_writable = all(i.writable for i in infos)
         self.plan = plan
         return plan
 
@@ -327,19 +359,26 @@ class Clipper:
         return stream
 
     def _bind_for_op(self, tensors, stream, writable: bool):
-        """(plan, stream, arrays) of an operation on `tensors`: bound, the
-        stream the operation goes on (`_op_stream`), and the arrays bound.
-        An iterator is read into a list here; the caller keeps that list
-        until the operation is queued (the plan holds only pointers, and a
-        generator's arrays have no other reference). On CUDA, queued is not
-        done: arrays freed then are safe only with an allocator that orders
-        reuse on the stream the work went on (PyTorch's, on its current
-        stream)."""
+        """(plan, stream, held) of an operation on `tensors`: bound, the
+        stream the operation goes on (`_op_stream`), and what must stay
+        alive until the operation is queued: the arrays given, and the
+        gradients a framework's `_bind` read from parameters (another thread
+        may set a `.grad` to None meanwhile). An iterator is read into a list
+        here (the plan holds only pointers, and a generator's arrays have no
+        other reference). The caller holds `held` until the operation
+        returns. On CUDA, queued is not done: arrays freed then are safe only
+        with an allocator that orders reuse on the stream the work went on
+        (PyTorch's, on its current stream)."""
         s = stream_handle(stream)
         if hasattr(tensors, "__next__"):  # a generator or another one-shot iterator
             tensors = list(tensors)
-        plan = self._bind(tensors, s, writable)
-        return plan, self._op_stream(plan, s), tensors
+        self._binding = None
+        try:
+            plan = self._bind(tensors, s, writable)
+            held = (tensors, self._binding)
+        finally:
+            self._binding = None
+        return plan, self._op_stream(plan, s), held
 
     def _get_plan(self, key) -> Plan:
         plan = self._plans.get(key)
@@ -372,26 +411,32 @@ class Clipper:
                 raise ValueError("gclip: tensor_norms must be on the plan's device")
             tn = info.ptr
         p = self.norm_type if norm_type is None else float(norm_type)
+        if not _lib.takes_norm_type(p):
+            raise ValueError(f"gclip: norm_type must be {_lib.NORM_TYPE_RANGE}, got {p}")
         return plan.options(mn_val, p, self.eps, is_val, self._policy, tn, mn_ptr, is_ptr)
 
     # -- operations ----------------------------------------------------------------
+    @_serialized
     def clip_grad_norm(self, tensors, max_norm=None, *, inv_scale=None, tensor_norms=None,
                        stream=None) -> None:
         """Global-norm clipping in place (gclip_clip_grad_norm)."""
         plan, s, _held = self._bind_for_op(tensors, stream, True)
         plan.run("clip_grad_norm", self._opts(plan, max_norm, inv_scale, tensor_norms), s)
 
+    @_serialized
     def total_norm(self, tensors, *, inv_scale=None, tensor_norms=None, stream=None) -> None:
         """The norm only, nothing written (gclip_total_norm). Read-only arrays are fine."""
         plan, s, _held = self._bind_for_op(tensors, stream, False)
         plan.run("total_norm", self._opts(plan, None, inv_scale, tensor_norms), s)
 
+    @_serialized
     def compute_clip_factor(self, tensors, max_norm=None, *, inv_scale=None, tensor_norms=None,
                             stream=None) -> None:
         """Norm, coefficient and factor into the result slot, not applied."""
         plan, s, _held = self._bind_for_op(tensors, stream, False)
         plan.run("compute_clip_factor", self._opts(plan, max_norm, inv_scale, tensor_norms), s)
 
+    @_serialized
     def clip_grads_with_norm(self, tensors, total_norm, max_norm=None, *, inv_scale=None,
                              stream=None) -> None:
         """Clip with a norm computed elsewhere: a float, or a float32 scalar in
@@ -403,23 +448,27 @@ class Clipper:
         else:
             plan.clip_grads_with_norm(opts, 0.0, _scalar_ptr(total_norm, plan.device, "total_norm"), s)
 
+    @_serialized
     def clip_grad_norm_per_tensor(self, tensors, max_norm=None, *, inv_scale=None,
                                   tensor_norms=None, stream=None) -> None:
         """Each tensor clipped to its own norm (Keras clipnorm)."""
         plan, s, _held = self._bind_for_op(tensors, stream, True)
         plan.run("clip_grad_norm_per_tensor", self._opts(plan, max_norm, inv_scale, tensor_norms), s)
 
+    @_serialized
     def clip_grad_value(self, tensors, clip_value: float, *, stream=None) -> None:
         """Clamp every element to [-clip_value, clip_value]; NaN stays NaN."""
         plan, s, _held = self._bind_for_op(tensors, stream, True)
         plan.clip_grad_value(float(clip_value), s)
 
     # phases
+    @_serialized
     def norm_accumulate(self, tensors, *, inv_scale=None, tensor_norms=None, stream=None) -> None:
         """Phase 1: this rank's partial (see `partial()`), for a reduction elsewhere."""
         plan, s, _held = self._bind_for_op(tensors, stream, False)
         plan.run("norm_accumulate", self._opts(plan, None, inv_scale, tensor_norms), s)
 
+    @_serialized
     def norm_finalize(self, partials=None, count: int = 0, *, max_norm=None, inv_scale=None,
                       stream=None) -> None:
         """Phase 2: fold `count` partials (an array of gclip_partial records in
@@ -454,13 +503,21 @@ class Clipper:
                                      f"bytes; the array holds {nbytes}")
         plan.finalize(self._opts(plan, max_norm, inv_scale), ptr, count, s)
 
+    @_serialized
     def apply_clip_factor(self, tensors=None, *, stream=None) -> None:
         """Phase 3: multiply the gradients by the slot's factor. `tensors`
-        rebinds the pointers first (same shapes as the last operation)."""
+        rebinds the pointers first (same shapes as the last operation).
+        Without `tensors` it writes the arrays of the last operation, which
+        must still be alive (pass them to be sure), and refuses read-only
+        ones."""
         if tensors is not None:
             plan, s, _held = self._bind_for_op(tensors, stream, True)
         else:
             plan = self._require_plan()
+            if not self._bound_writable:
+                raise ValueError("gclip: the arrays of the last operation are read-only; "
+                                 "apply_clip_factor() writes them in place (pass writable "
+                                 "arrays as `tensors`)")
             s = self._op_stream(plan, stream_handle(stream))
         plan.apply_clip_factor(s)
 
@@ -476,6 +533,7 @@ class Clipper:
             raise RuntimeError("gclip: no operation has run on this Clipper yet")
         return self.plan
 
+    @_serialized
     def result(self) -> ClipResult:
         """Wait for the last operation and decode its result. Raises
         NonFiniteError (with `.result`) under nonfinite='error'."""

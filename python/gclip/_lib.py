@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import ctypes
 import glob
+import math
 import os
+import struct
 
 __all__ = [
     "lib", "GclipError", "NotSupportedError", "NonFiniteError", "check",
@@ -337,6 +339,25 @@ try:
     _options_default = lib.gclip_norm_options_default
 except AttributeError:  # pragma: no cover - every released library exports it
     _options_default = None
+
+
+def takes_norm_type(p: float) -> bool:
+    """Whether the library computes the p-norm asked for. It reads norm_type
+    as a float32: p must be > 0 and stay > 0 and finite when rounded to
+    float32 (below about 7e-46 it reads 0, from about 3.4e38 inf), or be inf."""
+    if p == math.inf:
+        return True
+    if not p > 0:
+        return False
+    try:
+        f = struct.unpack("<f", struct.pack("<f", p))[0]
+    except OverflowError:  # rounds past FLT_MAX
+        return False
+    return 0.0 < f < math.inf
+
+
+NORM_TYPE_RANGE = ("> 0 and, unless inf, within float32's range (from about 7e-46 to "
+                   "3.4e38: the library reads a float32)")
 
 
 def default_options() -> NormOptions:

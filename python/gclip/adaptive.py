@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import List, Optional
 
 from . import _dlpack, _lib
-from ._core import Clipper, Plan, stream_handle
+from ._core import Clipper, Plan, _serialized, stream_handle
 from ._lib import fn
 
 __all__ = [
@@ -507,6 +507,7 @@ class AdaptiveClipper(Clipper):
         return self._adaptive
 
     # -- the step ---------------------------------------------------------------------------
+    @_serialized
     def step(self, tensors, *, inv_scale=None, stream=None) -> None:
         """One adaptive step in place (gclip_adaptive_step): the norm, this
         step's threshold(s) from the state, the state's update, the clip.
@@ -516,6 +517,7 @@ class AdaptiveClipper(Clipper):
         self._adaptive.step(self._opts(plan, None, inv_scale), s)
 
     # -- results ------------------------------------------------------------------------------
+    @_serialized
     def info(self) -> AdaptiveInfo:
         """Wait for the last step and decode its info record."""
         return self._require_adaptive().info()
@@ -524,6 +526,7 @@ class AdaptiveClipper(Clipper):
         """DLPack views of the last step's info record (no synchronization)."""
         return AdaptiveInfoView(self._require_adaptive())
 
+    @_serialized
     def statistics(self) -> dict:
         """The state, decoded (waits for the last step): `steps`, and ZClip's
         `initialized`, `mean`, `var`, `buffer`, `spikes`; AutoClip's
@@ -543,6 +546,7 @@ class AdaptiveClipper(Clipper):
     def _state(self) -> Optional[bytes]:
         return self._adaptive.export() if self._adaptive is not None else self._pending
 
+    @_serialized
     def state_dict(self) -> dict:
         """{"method", "hyperparameters", "state"}: the state is the bytes of
         gclip_adaptive_export (None before the first step). Waits for the last
@@ -553,6 +557,7 @@ class AdaptiveClipper(Clipper):
     def _pack(self, data: Optional[bytes]):
         return data
 
+    @_serialized
     def load_state_dict(self, state_dict: dict) -> None:
         """Restore hyperparameters and state from `state_dict()`; the next step
         continues bit for bit as the saving clipper would have. Raises
@@ -702,8 +707,11 @@ class TorchAdaptiveClipper(AdaptiveClipper):
         # The plan is this clipper's own: the same pointers need no new table
         # (a CUDA rebind is a copy, and is refused during graph capture).
         if self._bound != (plan, ptrs):
+            self._bound = None  # until the rebind has succeeded (it may raise, or be interrupted)
             plan.rebind(ptrs, stream)
             self._bound = (plan, ptrs)
+        self._binding = grads  # held until the step returns (_bind_for_op)
+        self._bound_writable = True
         self.plan = plan
         return plan
 
@@ -732,6 +740,7 @@ class TorchAdaptiveClipper(AdaptiveClipper):
                            for k in AdaptiveInfoView.FLOATS + AdaptiveInfoView.INTS}
         return self._views
 
+    @_serialized
     def statistics(self) -> dict:
         torch = _torch()
         out = super().statistics()
@@ -775,6 +784,12 @@ class _Hyperparameters:
         if clipper is not None and name in clipper._hp:
             return clipper._hp[name]
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __reduce_ex__(self, protocol):
+        # pickle, copy.copy and copy.deepcopy: see Clipper.__reduce_ex__
+        raise TypeError(f"gclip: a {type(self).__name__} holds library plans and cannot be "
+                        "pickled or copied; make a new one with the same arguments and carry "
+                        "its state with state_dict() and load_state_dict()")
 
     def __setattr__(self, name, value):
         clipper = self.__dict__.get("_clipper")
@@ -1034,7 +1049,7 @@ def agc_hyperparameters(clip_factor=0.01, eps=1e-3, norm_type=2.0) -> tuple:
     cf = _positive("clip_factor", clip_factor)
     e = _non_negative("eps", eps)
     nt = _real("norm_type", norm_type)
-    _require(nt > 0, "norm_type", norm_type, "> 0 (2, 1, inf or any p > 0)")
+    _require(_lib.takes_norm_type(nt), "norm_type", norm_type, _lib.NORM_TYPE_RANGE)
     return cf, e, nt
 
 
@@ -1099,6 +1114,7 @@ class AGCClipper(Clipper):
         self.clip_factor, self.agc_eps = cf, e
         self._agcs: "dict[tuple, Agc]" = {}
 
+    @_serialized
     def step(self, params, grads, *, units=None, stream=None) -> None:
         params, grads = list(params), list(grads)
         if len(params) != len(grads):
@@ -1202,7 +1218,9 @@ def adaptive_clip_grad(parameters, clip_factor: float = 0.01, eps: float = 1e-3,
     (sparse or strided gradients, a gradient of another dtype). gclip sums a
     unit's norm in double in a fixed order, PyTorch in float in its own, so
     a factor can differ from timm's by a float rounding. Raises ValueError for
-    clip_factor <= 0, eps < 0 or norm_type <= 0 (non-finite included)."""
+    clip_factor <= 0, eps < 0 (either non-finite included), or a norm_type the
+    library cannot read as a float32 p > 0 (<= 0, NaN, below about 7e-46, or
+    finite from about 3.4e38)."""
     torch = _torch()
     clip_factor, eps, norm_type = agc_hyperparameters(clip_factor, eps, norm_type)
     if isinstance(parameters, torch.Tensor):

@@ -105,21 +105,37 @@ def _is_sharded(p) -> bool:
     return p.is_shard() or isinstance(p, _StridedShard)
 
 
+def _mesh_of(grads: List[Tensor]):
+    """The device mesh of the first DTensor among `grads` (None if none)."""
+    return next((g.device_mesh for g in grads if is_dtensor(g)), None)
+
+
 def _split_dtensors(grads: List[Tensor]) -> _Split:
-    mesh = None
-    for i, g in enumerate(grads):
-        if not is_dtensor(g):
-            raise TypeError(f"gclip: gradient {i} is a plain tensor among DTensor gradients; "
-                            "pass all DTensors (on one device mesh) or all plain tensors")
-        if mesh is None:
-            mesh = g.device_mesh
-        elif g.device_mesh != mesh:
-            raise ValueError(f"gclip: gradient {i} is on another device mesh than gradient 0 "
-                             f"({g.device_mesh} vs {mesh}); the gradients of one call must share "
-                             "one mesh")
+    """The split of DTensor gradients. A list this rank refuses (a plain
+    tensor among them, another mesh, a placement gclip does not take) gives
+    a split on the first DTensor's mesh with `rejected` set: the rank joins
+    the gather, so that its peers raise instead of waiting."""
+    mesh = _mesh_of(grads)
     coord = mesh.get_coordinate()
     if coord is None:
         raise ValueError("gclip: this rank is not part of the gradients' device mesh")
+    for i, g in enumerate(grads):
+        if not is_dtensor(g):
+            return _rejected_on(mesh, TypeError(
+                f"gclip: gradient {i} is a plain tensor among DTensor gradients; pass all "
+                "DTensors (on one device mesh) or all plain tensors"))
+        if g.device_mesh != mesh:
+            return _rejected_on(mesh, ValueError(
+                f"gclip: gradient {i} is on another device mesh than the first DTensor "
+                f"({g.device_mesh.device_type} ranks {g.device_mesh.mesh.tolist()} vs "
+                f"{mesh.device_type} ranks {mesh.mesh.tolist()}); the gradients of one call "
+                "must share one mesh"))
+    for i, g in enumerate(grads):
+        for d, p in enumerate(g.placements):
+            if not (_is_sharded(p) or p.is_replicate() or p.is_partial()):
+                return _rejected_on(mesh, TypeError(
+                    f"gclip: gradient {i} has placement {p} on mesh dimension {d}; gclip takes "
+                    "Shard, Replicate and Partial placements"))
     apply, counted = [], []
     for i, g in enumerate(grads):
         placements = tuple(g.placements)
@@ -134,15 +150,17 @@ def _split_dtensors(grads: List[Tensor]) -> _Split:
         for d, p in enumerate(placements):
             if _is_sharded(p):
                 continue
-            if p.is_replicate() or p.is_partial():
-                if coord[d] != 0:
-                    counts = False
-                continue
-            raise TypeError(f"gclip: gradient {i} has placement {p} on mesh dimension {d}; "
-                            "gclip takes Shard, Replicate and Partial placements")
+            if coord[d] != 0:  # Replicate or Partial (reduced above): counted once
+                counts = False
         if counts:
             counted.append(source)
     return _Split(apply, counted, mesh=mesh)
+
+
+def _rejected_on(mesh, error: Exception) -> _Split:
+    split = _Split([], [], mesh=mesh)
+    split.rejected = error
+    return split
 
 
 def _split_group(grads: List[Tensor], group) -> _Split:
@@ -338,7 +356,12 @@ def _status_checked(target, device, dev_index: int) -> Tensor:
 
 def _local_device(split: _Split):
     every = split.apply + split.counted
-    return _device_of(every) if every else _group_device(split.group)
+    if every:
+        return _device_of(every)
+    if split.mesh is not None:
+        device = _fallback_device(split)
+        return device, (device.index if device.type == "cuda" else -1)
+    return _group_device(split.group)
 
 
 def _wrap(norm: Tensor, split: _Split) -> Tensor:
@@ -389,8 +412,20 @@ def _refuse(grads: List[Tensor], group, error: Exception) -> None:
     _join_rejected(split, error)
 
 
+def _refuse_on_mesh(grads: List[Tensor], error: Exception) -> None:
+    """A call on DTensor gradients that this rank refuses before it has read
+    its options (a bad keyword argument): when some gradient is a DTensor
+    and this rank is in its mesh, it joins the mesh's gather with a rejected
+    partial, so that its peers raise naming it instead of waiting. Raises
+    `error` in every case."""
+    mesh = _mesh_of(grads) if DTensor is not None else None
+    if mesh is None or mesh.get_coordinate() is None:
+        raise error
+    _join_rejected(_rejected_on(mesh, error), error)
+
+
 def _gclip_takes(grads: List[Tensor], norm_type: float, fp32_norm: bool, is_mesh: bool) -> bool:
-    if not (norm_type > 0) or math.isnan(norm_type):
+    if not _lib.takes_norm_type(norm_type):
         return False
     if not is_mesh:
         return True
@@ -408,8 +443,9 @@ def clip_grad_norm(grads: List[Tensor], max_norm: float, norm_type: float,
     if not _gclip_takes(grads, norm_type, fp32_norm, is_mesh) or not max_norm >= 0:
         if not is_mesh:
             split = _reject_options(process_group, grads,
-                                    f"gclip: process_group= takes norm types > 0 and max_norm "
-                                    f">= 0 (got norm_type={norm_type}, max_norm={max_norm})")
+                                    f"gclip: process_group= takes norm types "
+                                    f"{_lib.NORM_TYPE_RANGE}, and max_norm >= 0 (got "
+                                    f"norm_type={norm_type}, max_norm={max_norm})")
         else:
             return _torch_clip(grads, max_norm, norm_type, error_if_nonfinite, skip)
     else:
@@ -436,8 +472,8 @@ def total_norm(tensors: List[Tensor], norm_type: float, error_if_nonfinite: bool
     if not _gclip_takes(tensors, norm_type, fp32_norm, is_mesh):
         if not is_mesh:
             split = _reject_options(process_group, tensors,
-                                    f"gclip: process_group= takes norm types > 0 (got "
-                                    f"{norm_type})")
+                                    f"gclip: process_group= takes norm types "
+                                    f"{_lib.NORM_TYPE_RANGE} (got {norm_type})")
         else:
             return torch.nn.utils.get_total_norm(tensors, norm_type, error_if_nonfinite)
     else:

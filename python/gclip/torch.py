@@ -232,6 +232,7 @@ class _Scanner:
     def __init__(self):
         self._sig_plans = {}
         self._grow(1024)
+        self.busy = False  # a scan's pointers and held gradients are in use on this thread
 
     def _grow(self, n):
         import ctypes
@@ -283,7 +284,8 @@ def _grads_list(items, from_params):
 def _scan_fast(items, from_params: bool, fp32_norm: bool):
     """The plan entry, stream and count when the fused gclip path applies to
     these gradients (one CPU/CUDA device, dense, float32 or with fp32_norm
-    float16/bfloat16), with their pointers bound; else (None, 0, count)."""
+    float16/bfloat16), with their pointers bound; else (None, 0, count),
+    count -1 when an item is not a tensor."""
     scanner = _scanner_of_thread()
     count, sig, flags, dev = scanner.scan(items, from_params)
     F = _torch_fast
@@ -386,16 +388,31 @@ def _group_by_device(tensors: List[Tensor]):
     return groups
 
 
+def _torch_order(tensors: List[Tensor]) -> List[Tensor]:
+    """The tensors in the order in which PyTorch's get_total_norm stacks their
+    norms: grouped by (device, dtype), the groups in the order PyTorch's
+    grouping gives them (not the list's: a mixed list's norms are summed in
+    another order, which can change the last bit)."""
+    try:
+        from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
+        groups = _group_tensors_by_device_and_dtype([tensors])
+        return [t for ([ts], _) in groups.values() for t in ts]
+    except Exception:  # a PyTorch without it: first appearance
+        groups = {}
+        for t in tensors:
+            groups.setdefault((t.device, t.dtype), []).append(t)
+        return [t for ts in groups.values() for t in ts]
+
+
 def _per_tensor_norms(tensors: List[Tensor], norm_type: float, fp32_norm: bool) -> List[Tensor]:
-    """One norm per tensor, in PyTorch's order of devices: gclip computes them
-    (float32, exact to 1e-6); rounded to each tensor's dtype unless fp32_norm.
-    float64 tensors and norm types <= 0 use PyTorch's own kernels."""
-    norms: List[Tensor] = []
-    use_gclip = norm_type > 0 and not math.isnan(norm_type)
+    """One norm per tensor, in PyTorch's order (_torch_order): gclip computes
+    them (float32, exact to 1e-6); rounded to each tensor's dtype unless
+    fp32_norm. float64 tensors and norm types <= 0 use PyTorch's own kernels."""
+    out = {}
+    use_gclip = _lib.takes_norm_type(norm_type)
     for device, group in _group_by_device(tensors).items():
         gtensors = [t for t in group if t.dtype in _FAST_DTYPES] if use_gclip else []
         others = [t for t in group if t.dtype not in _FAST_DTYPES] if use_gclip else group
-        out = {}
         if gtensors:
             dev_index = device.index if device.type == "cuda" else -1
             if device.type == "cuda" and dev_index is None:
@@ -408,12 +425,28 @@ def _per_tensor_norms(tensors: List[Tensor], norm_type: float, fp32_norm: bool) 
             plan.run("total_norm", opts, stream)
             for t, n in zip(gtensors, buf.unbind(0)):
                 out[id(t)] = n if fp32_norm else n.to(t.dtype)
+        by_dtype = {}
         for t in others:
+            by_dtype.setdefault(t.dtype, []).append(t)
+        for dtype, ts in by_dtype.items():
             # fp32_norm: a float16/bfloat16 norm is computed and returned in float32 here too
-            wide = torch.float32 if fp32_norm and t.dtype in _LOW_DTYPES else None
-            out[id(t)] = torch.linalg.vector_norm(t, norm_type, dtype=wide)
-        norms.extend(out[id(t)] for t in group)
-    return norms
+            wide = torch.float32 if fp32_norm and dtype in _LOW_DTYPES else None
+            out.update(zip(map(id, ts), _torch_norms(ts, device, norm_type, wide)))
+    return [out[id(t)] for t in _torch_order(tensors)]
+
+
+def _torch_norms(ts: List[Tensor], device: torch.device, norm_type: float, dtype) -> List[Tensor]:
+    """PyTorch's norms of tensors of one device and dtype, by the kernel its
+    get_total_norm picks: the foreach kernel where the device has it (its
+    results differ from vector_norm's for some norm types)."""
+    try:
+        from torch.utils._foreach_utils import _has_foreach_support
+        foreach = _has_foreach_support(ts, device)
+    except Exception:  # a PyTorch without it
+        foreach = False
+    if foreach:
+        return list(torch._foreach_norm(ts, norm_type, dtype=dtype))
+    return [torch.linalg.vector_norm(t, norm_type, dtype=dtype) for t in ts]
 
 
 def _combine(norms: List[Tensor], norm_type: float, first_device: torch.device) -> Tensor:
@@ -554,14 +587,23 @@ def clip_grad_norm_(parameters: _tensor_or_tensors, max_norm: float, norm_type: 
             _distributed._refuse([p.grad for p in params if p.grad is not None], process_group, e)
         return _clip_distributed(parameters, max_norm, norm_type, error_if_nonfinite, fp32_norm,
                                  skip, process_group)
-    skip = _check_nonfinite_arg(nonfinite)
     params = parameters if type(parameters) in (list, tuple) else _as_list(parameters, True)
-    norm_type = float(norm_type)
-    max_norm = float(max_norm)
-    if _torch_fast is not None and norm_type > 0 and max_norm >= 0 and not torch.compiler.is_compiling():
+    try:
+        skip = _check_nonfinite_arg(nonfinite)
+        norm_type = float(norm_type)
+        max_norm = float(max_norm)
+    except Exception as e:  # DTensor gradients: join the mesh's gather, then raise
+        _refuse_dtensors(params, True, e)
+    scanner = _scanner_of_thread()
+    if (scanner is not None and not scanner.busy and _lib.takes_norm_type(norm_type)
+            and max_norm >= 0 and not torch.compiler.is_compiling()):
         # the scan holds the gradients (the library runs with the GIL
-        # released, while another thread could drop a .grad) until released
+        # released, while another thread could drop a .grad) until released;
+        # a call nested in this one on this thread (from a warnings hook, a
+        # signal handler, a finalizer) takes the general path, leaving the
+        # scanner's pointers and held gradients to this one
         try:
+            scanner.busy = True
             try:
                 entry, stream, count = _scan_fast(params, True, fp32_norm)
             except (_lib.GclipError, _NotInMemory) as e:
@@ -578,6 +620,7 @@ def clip_grad_norm_(parameters: _tensor_or_tensors, max_norm: float, norm_type: 
                 return total
         finally:
             _torch_fast.release()
+            scanner.busy = False
         if count == 0:
             return torch.tensor(0.0)
     grads = [p.grad for p in params if p.grad is not None]
@@ -590,6 +633,19 @@ def clip_grad_norm_(parameters: _tensor_or_tensors, max_norm: float, norm_type: 
         return torch.ops.gclip.clip_grad_norm_(grads, max_norm, norm_type, error_if_nonfinite,
                                                 fp32_norm, skip)
     return _clip_grad_norm_impl(grads, max_norm, norm_type, error_if_nonfinite, fp32_norm, skip)
+
+
+def _refuse_dtensors(items, from_params: bool, error: Exception) -> None:
+    """Raise `error`, after joining the gather of a DTensor mesh when the
+    gradients are DTensors (their peers then raise instead of waiting)."""
+    try:
+        grads = [p.grad for p in items if p.grad is not None] if from_params else list(items)
+        dtensors = bool(grads) and _distributed.any_dtensor(grads)
+    except Exception:  # items that are not what they should be: nothing to join
+        dtensors = False
+    if not dtensors:
+        raise error
+    _distributed._refuse_on_mesh(grads, error)
 
 
 def _clip_distributed(parameters, max_norm, norm_type, error_if_nonfinite, fp32_norm, skip,
@@ -630,7 +686,7 @@ def _clip_grad_norm_impl(grads, max_norm, norm_type, error_if_nonfinite, fp32_no
 def _clip_grad_norm_disjoint(grads, max_norm, norm_type, error_if_nonfinite, fp32_norm, skip):
     dtypes = list(map(_get_dtype, grads))
     single = _single_device(grads)
-    if (single is not None and _fast_dtypes(dtypes, fp32_norm) and norm_type > 0
+    if (single is not None and _fast_dtypes(dtypes, fp32_norm) and _lib.takes_norm_type(norm_type)
             and max_norm >= 0):
         device, dev_index = single
         stream = _current_stream(dev_index)
@@ -664,7 +720,10 @@ def get_total_norm(tensors: _tensor_or_tensors, norm_type: float = 2.0,
             norm_type = float(norm_type)
         except Exception as e:  # ValueError, TypeError, OverflowError, RuntimeError, ...
             _distributed._refuse(tensors, process_group, e)
-    norm_type = float(norm_type)
+    try:
+        norm_type = float(norm_type)
+    except Exception as e:  # DTensors: join the mesh's gather, then raise
+        _refuse_dtensors(tensors, False, e)
     if process_group is not None or (tensors and _distributed.any_dtensor(tensors)):
         return _distributed.total_norm(tensors, norm_type, error_if_nonfinite, fp32_norm,
                                        process_group)
@@ -679,7 +738,7 @@ def _get_total_norm_impl(tensors, norm_type, error_if_nonfinite, fp32_norm):
     dtypes = list(map(_get_dtype, tensors))
     single = _single_device(tensors)
     try:
-        if single is not None and _fast_dtypes(dtypes, fp32_norm) and norm_type > 0:
+        if single is not None and _fast_dtypes(dtypes, fp32_norm) and _lib.takes_norm_type(norm_type):
             device, dev_index = single
             stream = _current_stream(dev_index)
             entry = _bind(tensors, device, dev_index, stream, dtypes)
@@ -700,7 +759,7 @@ def _get_total_norm_impl(tensors, norm_type, error_if_nonfinite, fp32_norm):
         total = _combine([torch.linalg.vector_norm(
                               t, norm_type,
                               dtype=torch.float32 if fp32_norm and t.dtype in _LOW_DTYPES else None)
-                          for t in tensors],
+                          for t in _torch_order(tensors)],
                          norm_type, tensors[0].device)
     if error_if_nonfinite:
         _raise_if_nonfinite(total, norm_type)
@@ -726,6 +785,7 @@ def clip_grads_with_norm_(parameters: _tensor_or_tensors, max_norm: float, total
     max_norm = float(max_norm)
     if not grads:
         return None
+    _check_total_norm(total_norm)
     if torch.compiler.is_compiling():
         torch.ops.gclip.clip_grads_with_norm_(grads, max_norm, total_norm, skip)
         return None
@@ -733,13 +793,23 @@ def clip_grads_with_norm_(parameters: _tensor_or_tensors, max_norm: float, total
     return None
 
 
+def _check_total_norm(total_norm) -> None:
+    """What PyTorch's clip_grads_with_norm_ refuses, refused before anything
+    is written (PyTorch's default path raises only after scaling the
+    gradients of its first groups)."""
+    if not isinstance(total_norm, Tensor):
+        raise TypeError(f"gclip: total_norm must be a tensor (as get_total_norm returns), "
+                        f"got {type(total_norm).__name__}")
+    if total_norm.dim() != 0:
+        raise RuntimeError(f"scalar tensor expected to be 0 dim but it has {total_norm.dim()} "
+                           f"dimensions and {total_norm.numel()} elements.")
+
+
 _HAS_WITH_NORM = _lib.has_function("clip_grads_with_norm") and not _lib.LEGACY
 
 
 def _clip_grads_with_norm_impl(grads, max_norm, total_norm, skip):
     _check_writable(grads)
-    if not isinstance(total_norm, Tensor):
-        total_norm = torch.tensor(float(total_norm))
     overlapping = False
     dtypes = list(map(_get_dtype, grads))
     # DTensors (FSDP2: get_total_norm, then this) take PyTorch's DTensor arithmetic
@@ -785,11 +855,24 @@ def clip_grad_value_(parameters: _tensor_or_tensors, clip_value: float,
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return None
+    _check_clip_value(grads, clip_value)
     if torch.compiler.is_compiling():
         torch.ops.gclip.clip_grad_value_(grads, clip_value)
         return None
     _clip_grad_value_impl(grads, clip_value)
     return None
+
+
+def _check_clip_value(grads, clip_value: float) -> None:
+    """PyTorch's clamp refuses a finite bound past a gradient dtype's range;
+    so does gclip, before anything is written (PyTorch's default path raises
+    only after clamping the gradients of its first groups)."""
+    if not math.isfinite(clip_value):
+        return
+    for dtype in {_get_dtype(g) for g in grads}:
+        if dtype.is_floating_point and abs(clip_value) > torch.finfo(dtype).max:
+            torch.zeros(1, dtype=dtype).clamp_(-clip_value, clip_value)  # PyTorch's own error
+            raise RuntimeError(f"value cannot be converted to type {dtype} without overflow")
 
 
 def _clip_grad_value_impl(grads, clip_value):
@@ -833,7 +916,7 @@ class Clipper(_core.Clipper):
         super().__init__(*args, **kwargs)
         # this Clipper's own plans: a pending factor, the result slot and the
         # bound pointers are never touched by the drop-ins or another Clipper
-        self._plan_cache = _PlanCache()
+        self._plan_cache = _PlanCache(self._max_plans)
 
     def _describe(self, tensors, stream):
         grads = _grads_of(tensors)
@@ -851,6 +934,8 @@ class Clipper(_core.Clipper):
         if stream == 0 and dev_index >= 0:
             stream = _current_stream(dev_index)
         entry = _bind(grads, device, dev_index, stream, cache=self._plan_cache)
+        self._binding = grads  # held until the operation returns (_bind_for_op)
+        self._bound_writable = True
         _use_threads(entry, self.num_threads)
         if writable:
             _written(grads)
@@ -863,6 +948,7 @@ class Clipper(_core.Clipper):
         # the stream _bind rebound on: the current CUDA stream when none is given
         return _current_stream(plan.device) if stream == 0 else stream
 
+    @_core._serialized
     def device_result(self) -> dict:
         """The last operation's result slot as tensors on its device, read with
         no host synchronization: float32 ``norm``, ``coef``, ``scale``, int32
@@ -875,6 +961,7 @@ class Clipper(_core.Clipper):
             out["op"] = torch.from_dlpack(view.op)
         return out
 
+    @_core._serialized
     def tensor_norms(self, parameters, *, inv_scale=None, stream=None) -> Tensor:
         """Each gradient's own norm (float32, on the gradients' device)."""
         grads = _grads_of(parameters)

@@ -53,7 +53,8 @@ int32_t device_code(const at::Tensor &t)
 }
 
 // scan(items, from_params, ptr_address, capacity)
-//   -> (count, signature: bytes, flags: int, device: int)
+//   -> (count, signature: bytes, flags: int, device: int); count is -1, and
+//   nothing else is read, when an item is not a tensor
 // Holds the gradients it read until release() (or the next scan).
 // Writes the data pointers of the first `capacity` gradients to the
 // uintptr_t array at ptr_address (0 to skip). from_params: read .grad of each
@@ -86,9 +87,10 @@ PyObject *scan(PyObject *, PyObject *args)
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *o = objs[i];
         if (!THPVariable_Check(o)) {
-            PyErr_Format(PyExc_TypeError, "gclip: item %zd is a %s, not a tensor", i,
-                         Py_TYPE(o)->tp_name);
-            return nullptr;
+            // not a tensor (an object with a .grad, or None): the caller's
+            // general path reads the list as PyTorch does, and says what is wrong
+            held.clear();
+            return Py_BuildValue("(nyli)", static_cast<Py_ssize_t>(-1), "", 0L, 0);
         }
         const at::Tensor &v = THPVariable_Unpack(o);
         const at::Tensor &t = from_params ? v.grad() : v;

@@ -713,3 +713,134 @@ print("ok")
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr
+
+
+# ---- threads, lifetimes and copies -------------------------------------------------------
+
+def test_threads_sharing_a_clipper_each_clip_their_own_arrays(rng):
+    # a Clipper's plan has one pointer table: without its lock, one thread's
+    # rebind between another's rebind and operation clipped the wrong arrays
+    import threading
+    c = gclip.Clipper(max_norm=1.0, num_threads=1)
+    calls = 150
+    failures = []
+
+    def worker(seed):
+        r = np.random.default_rng(seed)
+        for _ in range(calls):
+            xs = [(r.standard_normal(20000) * 10).astype(np.float32)]
+            c.clip_grad_norm(xs)
+            n = float(np.linalg.norm(xs[0].astype(np.float64)))
+            if abs(n - 1.0) > 1e-5:
+                failures.append(n)
+    threads = [threading.Thread(target=worker, args=(s,)) for s in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+
+
+@pytest.mark.parametrize("kind", ["clipper", "adaptive"])
+def test_torch_clippers_hold_the_gradients_they_read_until_the_operation_returns(kind):
+    # the library runs with the GIL released: another thread may set .grad to
+    # None meanwhile; the gradient must stay alive until the operation returns
+    import gc
+    import weakref
+    import gclip._core as core
+    p = torch.nn.Parameter(torch.zeros(1000))
+    p.grad = torch.full((1000,), 3.0)
+    c = gt.Clipper(max_norm=1.0) if kind == "clipper" else gt.AdaptiveClipper("zclip")
+    run = (lambda: c.clip_grad_norm([p])) if kind == "clipper" else (lambda: c.step([p]))
+    run()  # the plan exists
+    p.grad = torch.full((1000,), 3.0)
+    ref = weakref.ref(p.grad)
+    alive = []
+    real_run = core.Plan.run
+    real_step = gclip.adaptive.Adaptive.step
+
+    def drop_then(real):
+        def wrapper(self, *args, **kwargs):
+            p.grad = None  # what another thread may do while the library runs
+            gc.collect()
+            alive.append(ref() is not None)
+            return real(self, *args, **kwargs)
+        return wrapper
+    try:
+        core.Plan.run = drop_then(real_run)
+        gclip.adaptive.Adaptive.step = drop_then(real_step)
+        run()
+    finally:
+        core.Plan.run = real_run
+        gclip.adaptive.Adaptive.step = real_step
+    assert alive and all(alive)
+
+
+def test_adaptive_rebind_interrupted_is_redone(monkeypatch):
+    # a KeyboardInterrupt raised just after the library's rebind (a signal
+    # handler returning) must not leave the clipper believing the old
+    # pointers are bound: the next step on them would write another tensor
+    import gclip._core as core
+    real = core.Plan.rebind
+    fire = [False]
+
+    def rebind(self, ptrs, stream=0):
+        real(self, ptrs, stream)
+        if fire[0]:
+            fire[0] = False
+            raise KeyboardInterrupt
+    monkeypatch.setattr(core.Plan, "rebind", rebind)
+    ac = gt.AdaptiveClipper("zclip", warmup_steps=1, max_grad_norm=1.0)
+    pa, pb = torch.nn.Parameter(torch.zeros(1000)), torch.nn.Parameter(torch.zeros(1000))
+    pa.grad = torch.full((1000,), 0.01)
+    ac.step([pa])
+    pb.grad = torch.full((1000,), 5.0)
+    fire[0] = True
+    with pytest.raises(KeyboardInterrupt):
+        ac.step([pb])
+    pa.grad.fill_(5.0)  # norm 158: a spike, clipped to ZClip's threshold (below max_grad_norm)
+    ac.step([pa])
+    info = ac.info()
+    assert info.total_norm == pytest.approx(158.1139, rel=1e-5) and info.clip_coef < 0.01
+    assert float(pa.grad.norm()) == pytest.approx(158.1139 * info.clip_coef, rel=1e-5)
+    assert torch.equal(pb.grad, torch.full((1000,), 5.0))
+
+
+def test_apply_clip_factor_refuses_the_read_only_arrays_of_the_last_operation(rng):
+    xs = arrays(rng, scale=10.0)
+    for x in xs:
+        x.setflags(write=False)
+    before = [x.copy() for x in xs]
+    c = gclip.Clipper(max_norm=1.0)
+    c.compute_clip_factor(xs)
+    with pytest.raises(ValueError, match="read-only"):
+        c.apply_clip_factor()
+    for x, b in zip(xs, before):
+        np.testing.assert_array_equal(x, b)
+    ws = [b.copy() for b in before]  # writable ones of the same shapes are taken
+    c.apply_clip_factor(ws)
+    assert ref_norm(ws, 2) == pytest.approx(1.0, rel=1e-5)
+    c.compute_clip_factor(ws)  # and a bind of writable arrays may be applied bare
+    c.apply_clip_factor()
+
+
+@pytest.mark.parametrize("make", [
+    lambda: gclip.Clipper(max_norm=1.0), lambda: gt.Clipper(max_norm=1.0),
+    lambda: gclip.AdaptiveClipper("zclip"), lambda: gt.ZClip(), lambda: gclip.AGCClipper(),
+    lambda: gt.QuantileClip([torch.nn.Parameter(torch.zeros(3))])])
+def test_clippers_cannot_be_pickled_or_copied(make):
+    import copy
+    import pickle
+    c = make()
+    for f in (copy.copy, copy.deepcopy, pickle.dumps):
+        with pytest.raises(TypeError, match="cannot be pickled or copied"):
+            f(c)
+
+
+def test_torch_clipper_keeps_max_plans(rng):
+    c = gt.Clipper(max_norm=1.0, max_plans=2)
+    for n in range(1, 6):
+        p = torch.nn.Parameter(torch.zeros(n))
+        p.grad = torch.ones(n)
+        c.clip_grad_norm([p])
+    assert len(c._plan_cache._plans) == 2

@@ -560,6 +560,11 @@ def _scenario_rejected_on_one_rank(rec, ws, rank):
         q.grad = grad
         return q
 
+    def mesh_ok():
+        return distribute_tensor(full.clone(), mesh, [Shard(0)])
+
+    plain = param(torch.ones(3))  # a plain tensor among the last rank's DTensors
+
     name = "rejected_on_one_rank_raises_everywhere"
     cases = (
         ("pg_noncontig_total", lambda g: gt.get_total_norm([g], process_group=dist.group.WORLD),
@@ -594,6 +599,17 @@ def _scenario_rejected_on_one_rank(rec, ws, rank):
         ("pg_max_norm_overflow", lambda q: gt.clip_grad_norm_(
             [q], MAX_NORM if rank != last else 10 ** 400, process_group=dist.group.WORLD),
          lambda: mine.clone(), True, "too large"),
+        # the same on DTensors: the rank joins its mesh's gather
+        ("mesh_nonfinite_word", lambda q: gt.clip_grad_norm_(
+            [q], MAX_NORM, nonfinite="propagate" if rank != last else "bogus"),
+         mesh_ok, True, "nonfinite must be"),
+        ("mesh_max_norm_word", lambda q: gt.clip_grad_norm_(
+            [q], MAX_NORM if rank != last else "one"), mesh_ok, True, "could not convert"),
+        ("mesh_norm_type_word", lambda g: gt.get_total_norm(
+            [g], norm_type=2.0 if rank != last else "two"), mesh_ok, False, "could not convert"),
+        ("mesh_plain_in_list", lambda q: gt.clip_grad_norm_(
+            [q] + ([plain] if rank == last else []), MAX_NORM), mesh_ok, True,
+         "plain tensor among DTensor"),
     )
     for what, call, make, as_param, own in cases:
         grad = make()
@@ -602,7 +618,7 @@ def _scenario_rejected_on_one_rank(rec, ws, rank):
         try:
             call(arg)
             rec.check(name, False, f"{what}: no exception on rank {rank}")
-        except (ValueError, OverflowError, RuntimeError) as e:
+        except (ValueError, TypeError, OverflowError, RuntimeError) as e:
             want = own if rank == last else f"rank {last} rejected its input"
             rec.check(name, want in str(e), f"{what}: rank {rank}: {type(e).__name__}: {e}")
         except Exception as e:
@@ -824,9 +840,10 @@ def test_process_group_without_this_rank(ws, tmp_path_factory):
 
 @ws_params
 def test_input_rejected_on_one_rank_raises_on_every_rank(ws, tmp_path_factory):
-    """A non-dense shard (process_group= and DTensor) or a norm type <= 0
-    (process_group=) on the last rank: that rank raises its own ValueError,
-    the others a ValueError naming it, at once; nothing is written."""
+    """A non-dense shard (process_group= and DTensor), a norm type <= 0
+    (process_group=), a keyword argument that is not valid or a plain tensor
+    among DTensors on the last rank: that rank raises its own error, the
+    others one naming it, at once; nothing is written."""
     _expect(ws, "rejected_on_one_rank_raises_everywhere", tmp_path_factory)
 
 

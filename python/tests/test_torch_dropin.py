@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import gclip
 import gclip.torch as gt
 from conftest import device_params, needs_cuda
 
@@ -848,3 +849,140 @@ def test_the_cpp_scan_holds_the_gradients_until_the_step_has_run(monkeypatch):
     with pytest.raises(RuntimeError, match="non-finite"):
         gt.clip_grad_norm_(params, 0.5, error_if_nonfinite=True)
     assert [p.grad._use_count() for p in params] == before
+
+
+# ---- differences from torch.nn.utils found by a differential fuzz --------------------------
+
+@pytest.mark.parametrize("norm_type", [1e39, 1e300, 1e-46, 1e-300])
+def test_norm_types_the_library_reads_as_0_or_inf_take_pytorchs_arithmetic(rng, norm_type):
+    # the library reads norm_type as a float32: 1e39 would be its inf-norm
+    # and 1e-46 its refused 0; PyTorch computes with the double
+    ours = make_params(rng, [(5,), (3, 4)], torch.float32, "cpu")
+    theirs = clone_params(ours)
+    n_ours = gt.clip_grad_norm_(ours, 1.0, norm_type)
+    n_theirs = torch.nn.utils.clip_grad_norm_(theirs, 1.0, norm_type)
+    assert torch.equal(n_ours, n_theirs) or (n_ours.isnan() and n_theirs.isnan())
+    for a, b in zip(ours, theirs):
+        assert torch.equal(a.grad, b.grad)
+    assert torch.equal(gt.get_total_norm([p.grad for p in ours], norm_type),
+                       torch.nn.utils.get_total_norm([p.grad for p in ours], norm_type))
+
+
+@pytest.mark.parametrize("norm_type", [1e39, 1e-46, 0.0, -1.0, math.nan])
+def test_native_api_refuses_norm_types_it_cannot_read(norm_type):
+    with pytest.raises(ValueError, match="norm_type"):
+        gclip.Clipper(max_norm=1.0, norm_type=norm_type)
+    with pytest.raises(ValueError, match="norm_type"):
+        gclip.AGCClipper(norm_type=norm_type)
+    c = gclip.Clipper(max_norm=1.0)
+    x = np.ones(4, np.float32)
+    with pytest.raises(ValueError, match="norm_type"):
+        c._opts(c._bind([x], 0, False), norm_type=norm_type)
+    assert gclip.Clipper(max_norm=1.0, norm_type=3.0e38).norm_type == 3.0e38
+
+
+def test_clip_value_past_a_dtypes_range_is_refused_before_anything_is_written():
+    # PyTorch's clamp refuses 70000 for float16 after clamping its other
+    # groups; gclip refuses first, on every path
+    for grads, bound in (
+            ([torch.tensor([1e5, -1e5]), torch.tensor([1.0, 2.0], dtype=torch.float16)], 70000.0),
+            ([torch.tensor([1e5, -1e5])], 1e39),                     # the fused path
+            ([torch.tensor([3.0, -3.0], dtype=torch.bfloat16)], 1e39)):
+        params = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
+        for p, g in zip(params, grads):
+            p.grad = g
+        if len(params) > 1:
+            params.append(params[0])  # a repeated gradient: PyTorch's arithmetic
+        before = [p.grad.clone() for p in params]
+        with pytest.raises(RuntimeError, match="without overflow"):
+            gt.clip_grad_value_(params, bound)
+        for p, b in zip(params, before):
+            assert torch.equal(p.grad, b)
+    for dtype, bound in ((torch.float16, 70000.0), (torch.float32, 1e39), (torch.bfloat16, 1e39)):
+        p = torch.nn.Parameter(torch.zeros(2, dtype=dtype))
+        p.grad = torch.ones(2, dtype=dtype)
+        with pytest.raises(RuntimeError, match="without overflow"):
+            torch.nn.utils.clip_grad_value_([p], bound)  # PyTorch refuses each of them
+    # an infinite bound is no bound, as in PyTorch
+    p = torch.nn.Parameter(torch.zeros(2, dtype=torch.float16))
+    p.grad = torch.tensor([1.0, -3.0], dtype=torch.float16)
+    gt.clip_grad_value_([p], math.inf)
+    assert p.grad.tolist() == [1.0, -3.0]
+
+
+def test_total_norm_of_clip_grads_with_norm_must_be_a_0_dim_tensor():
+    def params_of(*vals):
+        ps = [torch.nn.Parameter(torch.zeros(len(v))) for v in vals]
+        for p, v in zip(ps, vals):
+            p.grad = torch.tensor(v)
+        return ps
+    for ps in (params_of([3.0, 4.0]), params_of([3.0, 4.0]) * 2):  # fused, and a repeat
+        before = [p.grad.clone() for p in ps]
+        with pytest.raises(RuntimeError, match="0 dim"):
+            gt.clip_grads_with_norm_(ps, 1.0, torch.tensor([10.0]))
+        with pytest.raises(TypeError):
+            gt.clip_grads_with_norm_(ps, 1.0, 10.0)
+        for p, b in zip(ps, before):
+            assert torch.equal(p.grad, b)
+    with pytest.raises(RuntimeError, match="0 dim"):
+        torch.nn.utils.clip_grads_with_norm_(params_of([3.0, 4.0]), 1.0, torch.tensor([10.0]))
+    with pytest.raises(TypeError):
+        torch.nn.utils.clip_grads_with_norm_(params_of([3.0, 4.0]), 1.0, 10.0)
+
+
+def test_items_that_are_not_tensors_are_read_as_pytorch_reads_them():
+    class Holder:  # anything with a .grad
+        def __init__(self, values):
+            self.grad = torch.tensor(values)
+    ours, theirs = [Holder([3.0, 4.0]), Holder([12.0])], [Holder([3.0, 4.0]), Holder([12.0])]
+    n = gt.clip_grad_norm_(ours, 1.0)
+    assert torch.equal(n, torch.nn.utils.clip_grad_norm_(theirs, 1.0))
+    for a, b in zip(ours, theirs):
+        assert torch.equal(a.grad, b.grad)
+    with pytest.raises(AttributeError):
+        gt.clip_grad_norm_([None], 1.0)
+    with pytest.raises(AttributeError):
+        torch.nn.utils.clip_grad_norm_([None], 1.0)
+
+
+def test_mixed_dtype_norms_are_combined_in_pytorchs_order(rng):
+    # PyTorch stacks the per-tensor norms group by group ((device, dtype),
+    # in its grouping's order), not in list order; float16 and float64 norms
+    # come from the same kernels in both, so the totals are bitwise equal
+    for _ in range(60):
+        tensors = [torch.from_numpy(rng.standard_normal(int(rng.integers(1, 300)))).to(
+                       [torch.float16, torch.float64][int(rng.integers(0, 2))])
+                   for _ in range(int(rng.integers(2, 8)))]
+        assert torch.equal(gt.get_total_norm(tensors, 2.0),
+                           torch.nn.utils.get_total_norm(tensors, 2.0))
+
+
+def test_a_call_nested_in_the_scan_takes_the_general_path():
+    # a warnings hook (here: the warning for a non-leaf tensor's .grad) that
+    # clips runs inside the outer call's scan; it must not take the outer
+    # call's pointers or release its gradients
+    n = 1 << 16
+    p = torch.nn.Parameter(torch.zeros(n))
+    p.grad = torch.full((n,), 1.0)  # norm 256
+    leaf = torch.zeros(3, requires_grad=True)
+    nonleaf = leaf * 2
+    arena = torch.full((n,), 7.0)
+    q = torch.nn.Parameter(torch.zeros(16))
+    q.grad = arena[:16]
+    inner = []
+    old = warnings.showwarning
+
+    def hook(message, category, filename, lineno, file=None, line=None):
+        if not inner:
+            inner.append(float(gt.clip_grad_norm_([q], 1e9)))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = hook
+            total = gt.clip_grad_norm_([nonleaf, p], 1.0)
+    finally:
+        warnings.showwarning = old
+    assert inner == [28.0]
+    assert float(total) == 256.0
+    assert float(p.grad.norm()) == pytest.approx(1.0, rel=1e-6)
+    assert bool((arena == 7.0).all())
