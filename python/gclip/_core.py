@@ -70,12 +70,18 @@ class ClipResult:
     sequence: int
 
 
+def _not_negative(name: str, value: float, why: str) -> None:
+    if value < 0:
+        raise _lib.GclipError(_lib.INVALID_ARGUMENT,
+                              f"gclip: {name} {value!r} must be >= 0 ({why}) [INVALID_ARGUMENT]")
+
+
 class Plan:
     """One gclip plan: fixed element counts and dtypes on one device; the data
     pointers are given again (rebound) before every operation."""
 
-    __slots__ = ("handle", "count", "device", "key", "num_threads", "_ptrs", "_opts", "_result",
-                 "_slot", "_partial", "__weakref__")
+    __slots__ = ("handle", "count", "device", "key", "num_threads", "rebinds", "_ptrs", "_prev",
+                 "_opts", "_result", "_slot", "_partial", "__weakref__")
 
     def __init__(self, numels: Sequence[int], dtypes: Sequence[int], device: int,
                  ptrs: Optional[Sequence[int]] = None):
@@ -100,7 +106,11 @@ class Plan:
         self.device = device
         self.num_threads = 0  # 0: the library's default
         self.key = None
-        self._ptrs = (_c_void_p * max(n, 1))()
+        self._ptrs = (_c_void_p * max(n, 1))()  # the pointers the library holds
+        self._prev = (_c_void_p * max(n, 1))()  # the ones before the last rebind
+        for i in range(n):
+            self._ptrs[i] = descs[i].data
+        self.rebinds = 0  # successful rebinds so far
         self._opts = _lib.default_options()
         self._result = _lib.Result()
         self._slot = None
@@ -117,11 +127,17 @@ class Plan:
 
     # -- pointers ----------------------------------------------------------------
     def rebind(self, ptrs, stream: int = 0) -> None:
-        p = self._ptrs
-        p[: self.count] = ptrs
-        st = fn.plan_rebind(self.handle, p, self.count, stream)
+        new = self._prev  # the spare table (the library copies it, and keeps
+        new[: self.count] = ptrs  # the pointers it held when it refuses)
+        st = fn.plan_rebind(self.handle, new, self.count, stream)
         if st:
             raise _lib.error_for(st, "gclip_plan_rebind")
+        self._prev, self._ptrs = self._ptrs, new
+        self.rebinds += 1
+
+    def previous_pointers(self) -> list:
+        """The pointers the plan held before its last rebind."""
+        return list(self._prev[: self.count])
 
     def set_num_threads(self, n: int) -> None:
         n = check_num_threads(n)
@@ -131,6 +147,9 @@ class Plan:
     # -- options -----------------------------------------------------------------
     def options(self, max_norm=1.0, norm_type=2.0, eps=1e-6, inv_scale=1.0,
                 nonfinite=_lib.SKIP, tensor_norms=0, max_norm_ptr=0, inv_scale_ptr=0):
+        # the library reads float32: a negative value that rounds to -0 would pass its check
+        _not_negative("max_norm", max_norm, "0 zeroes the gradients, +inf never clips")
+        _not_negative("eps", eps, "it keeps the coefficient finite")
         o = self._opts
         o.max_norm = max_norm
         o.norm_type = norm_type
@@ -161,6 +180,7 @@ class Plan:
             raise _lib.error_for(st, "gclip_clip_grads_with_norm")
 
     def clip_grad_value(self, clip_value: float, stream: int = 0) -> None:
+        _not_negative("clip_value", clip_value, "the bound of |g|")
         st = fn.clip_grad_value(self.handle, clip_value, stream)
         if st:
             raise _lib.error_for(st, "gclip_clip_grad_value")
@@ -242,6 +262,9 @@ class DeviceResultView:
 
 
 def _scalar_ptr(x, device: int, what: str) -> int:
+    if not (hasattr(x, "__dlpack__") or hasattr(x, "__array_interface__")):
+        raise TypeError(f"gclip: {what} must be a number or a float32 array in device memory, "
+                        f"got {type(x).__name__}")
     need = (f"gclip: {what} in device memory must be a float32 array of >= 1 element, got "
             f"{getattr(x, 'dtype', type(x).__name__)}")
     try:
@@ -255,16 +278,34 @@ def _scalar_ptr(x, device: int, what: str) -> int:
     return info.ptr
 
 
+def _locked(method):
+    """`method` under `self._lock` (a threading.RLock)."""
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return locked
+
+
 def _serialized(method):
-    """One operation at a time on a Clipper. Its plans hold one pointer table
-    and one result slot each, and the library runs with the GIL released: a
-    second thread inside the same Clipper between the first one's rebind and
-    its operation would clip the second one's arrays. The second thread waits
-    instead."""
+    """One operation at a time on a Clipper, and a refused one undone. Its
+    plans hold one pointer table and one result slot each, and the library
+    runs with the GIL released: a second thread inside the same Clipper
+    between the first one's rebind and its operation would clip the second
+    one's arrays; the second thread waits instead. An operation refused
+    after its bind (its options, the library's checks) leaves the Clipper's
+    last plan and that plan's pointers as they were (`_undo`), so that
+    `result()` and `apply_clip_factor()` still mean the last operation."""
     @functools.wraps(method)
     def serialized(self, *args, **kwargs):
         with self._lock:
-            return method(self, *args, **kwargs)
+            plan = self.plan
+            before = (plan, self._bound_writable, plan.rebinds if plan is not None else 0)
+            try:
+                return method(self, *args, **kwargs)
+            except BaseException:
+                self._undo(before)
+                raise
     return serialized
 
 
@@ -309,6 +350,23 @@ class Clipper:
         self._lock = threading.RLock()
         self._binding = None  # what a framework's _bind read (its gradients), for _bind_for_op
         self._bound_writable = False  # whether the arrays of the last bind may be written
+        self._last_stream = 0  # the stream of the last bind's operation
+
+    def _undo(self, before) -> None:
+        """Put back the last plan, and its pointers when a refused call
+        rebound it (`before`: plan, writable flag and rebind count taken
+        before the call)."""
+        plan, writable, rebinds = before
+        if plan is not None and plan.rebinds != rebinds:
+            try:
+                plan.rebind(plan.previous_pointers(), self._last_stream)
+            except Exception:  # cannot: apply_clip_factor() without tensors refuses instead
+                writable = False
+            self._binding_undone()
+        self.plan, self._bound_writable = plan, writable
+
+    def _binding_undone(self) -> None:
+        """A subclass that remembers what its plans are bound to forgets it."""
 
     def __reduce_ex__(self, protocol):
         # pickle, copy.copy and copy.deepcopy: a copy would share (copy) or
@@ -344,7 +402,6 @@ class Clipper:
                                  "buffers (for JAX use gclip.jax)")
         key = (device, tuple((i.numel, i.dtype) for i in infos))
         plan = self._get_plan(key)
-        self._bound_writable = False  # until the rebind has succeeded
         plan.rebind([i.ptr for i in infos], stream)
         self._bound_writable = all(i.writable for i in infos)
         self.plan = plan
@@ -378,7 +435,8 @@ class Clipper:
             held = (tensors, self._binding)
         finally:
             self._binding = None
-        return plan, self._op_stream(plan, s), held
+        self._last_stream = self._op_stream(plan, s)
+        return plan, self._last_stream, held
 
     def _get_plan(self, key) -> Plan:
         plan = self._plans.get(key)
@@ -515,12 +573,14 @@ class Clipper:
         else:
             plan = self._require_plan()
             if not self._bound_writable:
-                raise ValueError("gclip: the arrays of the last operation are read-only; "
-                                 "apply_clip_factor() writes them in place (pass writable "
-                                 "arrays as `tensors`)")
+                raise ValueError("gclip: apply_clip_factor() without tensors writes the arrays "
+                                 "of the last operation, and those are read-only (or could not "
+                                 "be bound again after a refused call); pass writable arrays as "
+                                 "`tensors`")
             s = self._op_stream(plan, stream_handle(stream))
         plan.apply_clip_factor(s)
 
+    @_serialized
     def partial(self) -> "_dlpack.MemoryView":
         """View of the plan's gclip_partial (16 bytes: double acc, uint32
         nonfinite, uint32 fingerprint) as 4 int32, for a communicator."""
@@ -539,6 +599,7 @@ class Clipper:
         NonFiniteError (with `.result`) under nonfinite='error'."""
         return self._require_plan().result()
 
+    @_serialized
     def device_result(self) -> DeviceResultView:
         """DLPack views of the last plan's result slot (no synchronization)."""
         return DeviceResultView(self._require_plan())

@@ -26,14 +26,16 @@ global_threshold, spike step-skip) moves to the new set; a per-tensor state
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import math
 import struct
+import threading
 from dataclasses import dataclass
 from typing import List, Optional
 
 from . import _dlpack, _lib
-from ._core import Clipper, Plan, _serialized, stream_handle
+from ._core import Clipper, Plan, _locked, _serialized, stream_handle
 from ._lib import fn
 
 __all__ = [
@@ -522,6 +524,7 @@ class AdaptiveClipper(Clipper):
         """Wait for the last step and decode its info record."""
         return self._require_adaptive().info()
 
+    @_serialized
     def device_info(self) -> AdaptiveInfoView:
         """DLPack views of the last step's info record (no synchronization)."""
         return AdaptiveInfoView(self._require_adaptive())
@@ -715,6 +718,9 @@ class TorchAdaptiveClipper(AdaptiveClipper):
         self.plan = plan
         return plan
 
+    def _binding_undone(self) -> None:
+        self._bound = None  # the next step rebinds
+
     @staticmethod
     def _op_stream_on(dev_index: int, stream: int) -> int:
         # gclip.torch's current-stream lookup (0 on the CPU)
@@ -728,6 +734,7 @@ class TorchAdaptiveClipper(AdaptiveClipper):
         # would then only copy out the info record of that one eager step.
         return self._op_stream_on(plan.device, stream)
 
+    @_serialized
     def device_info(self) -> dict:
         """The last step's info record as 0-dim tensors on the gradients'
         device (float32 total_norm, threshold, clip_coef; int32 spike,
@@ -804,6 +811,7 @@ class _OneClipper(_Hyperparameters):
 
     def __init__(self, method: str, hp: dict, nonfinite: str):
         self._clipper = TorchAdaptiveClipper(method, nonfinite=nonfinite, **hp)
+        self._lock = self._clipper._lock  # a step and the record it returns, together
         self._owners = None  # the parameters of the last step (per-tensor methods)
 
     def _step(self, model_or_parameters, inv_scale):
@@ -867,6 +875,7 @@ class ZClip(_OneClipper):
             warmup_steps=warmup_steps, mode=mode, clip_option=clip_option,
             clip_factor=clip_factor, skip_update_on_spike=skip_update_on_spike), nonfinite)
 
+    @_locked  # the step and the record it returns: one thread's
     def step(self, model_or_parameters, *, inv_scale=None):
         """Clip the gradients in place; returns their pre-clip total norm."""
         if not self._step(model_or_parameters, inv_scale):
@@ -898,6 +907,7 @@ class AdaGC(_OneClipper):
         super().__init__("adagc", dict(beta=beta, lambda_abs=lambda_abs, lambda_rel=lambda_rel,
                                        warmup_steps=warmup_steps, eps=eps), nonfinite)
 
+    @_locked  # the step and the record it returns: one thread's
     def step(self, model_or_parameters, *, inv_scale=None):
         if not self._step(model_or_parameters, inv_scale):
             return _torch().tensor(0.0)
@@ -919,6 +929,7 @@ class SpikeSkip(_OneClipper):
         super().__init__("spike_skip", dict(window=window, min_values=min_values, sigma=sigma),
                          "propagate")
 
+    @_locked  # the step and the record it returns: one thread's
     def step(self, model_or_parameters, *, inv_scale=None):
         if not self._step(model_or_parameters, inv_scale):
             return _torch().tensor(0, dtype=_torch().int32)
@@ -983,7 +994,17 @@ class QuantileClip(_Hyperparameters):
                 history_length=g["history_length"]) for g in self.parameter_groups]
         self._clipper = self._clippers[0]
         self._owners = [None] * len(self._sets)  # each set's parameters at the last step
+        self._lock = threading.RLock()  # steps and loads, one at a time
 
+    @contextlib.contextmanager
+    def _all_clippers(self):
+        """Every group's clipper held: a load installs states in place."""
+        with contextlib.ExitStack() as stack:
+            for c in self._clippers:
+                stack.enter_context(c._lock)
+            yield
+
+    @_locked
     def step(self) -> None:
         """Clip the gradients of the parameters in place (no return value,
         as the reference)."""
@@ -1016,10 +1037,12 @@ class QuantileClip(_Hyperparameters):
         gradient (one for global_threshold), oldest first."""
         return self._clippers[group].statistics()
 
+    @_locked
     def state_dict(self) -> dict:
         return {"global_threshold": self.global_threshold,
                 "clippers": [c.state_dict() for c in self._clippers]}
 
+    @_locked
     def load_state_dict(self, state_dict: dict) -> None:
         """Restore the state and hyperparameters of every group; raises
         ValueError, changing nothing, when the dict does not fit."""
@@ -1030,9 +1053,10 @@ class QuantileClip(_Hyperparameters):
                              f"(global_threshold={state_dict.get('global_threshold')}); this "
                              f"QuantileClip has {len(self._clippers)} "
                              f"(global_threshold={self.global_threshold})")
-        installs = [c._prepare_load(s) for c, s in zip(self._clippers, saved)]
-        for install in installs:
-            install()
+        with self._all_clippers():
+            installs = [c._prepare_load(s) for c, s in zip(self._clippers, saved)]
+            for install in installs:
+                install()
         self._owners = [None] * len(self._sets)  # the loaded states' are the next step's
         if not self.global_threshold:
             for g, c in zip(self.parameter_groups, self._clippers):
@@ -1044,7 +1068,8 @@ class QuantileClip(_Hyperparameters):
 
 def agc_hyperparameters(clip_factor=0.01, eps=1e-3, norm_type=2.0) -> tuple:
     """(clip_factor, eps, norm_type) of AGC, validated as gclip_agc_create
-    does: clip_factor finite and > 0, eps finite and >= 0, norm_type > 0 or
+    does: clip_factor finite and > 0, eps finite and >= 0, norm_type > 0 and
+    still so as a float32 (from about 7e-46), finite below about 3.4e38 or
     inf. Raises ValueError or TypeError."""
     cf = _positive("clip_factor", clip_factor)
     e = _non_negative("eps", eps)
@@ -1132,11 +1157,11 @@ class AGCClipper(Clipper):
                              "per parameter (rows along dim 0, 1 for ndim <= 1)")
         units = [_integer(f"units[{k}]", u, 0, _INT64_MAX) for k, u in enumerate(units)]
         plan = self._bind(grads, s, True)
+        self._last_stream = s = self._op_stream(plan, s)
         for k, i in enumerate(infos):
             if i.device != plan.device:
                 raise ValueError(f"gclip: parameter {k} lives on device {i.device}, the gradients "
                                  f"on {plan.device}")
-        s = self._op_stream(plan, s)
         key = (plan.key, tuple((i.ptr, i.numel, i.dtype) for i in infos), tuple(units))
         agc = self._agcs.get(key)
         if agc is None or agc.plan is not plan:

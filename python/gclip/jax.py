@@ -140,7 +140,10 @@ def _outputs(copies, leaves):
     out = []
     for a, x in zip(copies, leaves):
         if isinstance(a, np.ndarray) and isinstance(x, jax.Array) and x.committed:
-            out.append(jax.device_put(a, x.sharding))
+            # a leaf's norm (0-d) cannot take a sharding that splits a dimension:
+            # it goes to the leaf's device (one: a tree on several is refused)
+            same = a.shape == x.shape
+            out.append(jax.device_put(a, x.sharding if same else next(iter(x.devices()))))
         else:
             out.append(jnp.asarray(a))
     return out

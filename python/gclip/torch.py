@@ -26,6 +26,7 @@ max_norm).
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 import threading
@@ -216,6 +217,7 @@ class _ThreadCaches(threading.local):
     def __init__(self):
         self.cache = _PlanCache()
         self.scanner = None
+        self.depth = 0  # drop-in calls in progress on this thread (_one_call)
 
 
 _threads = _ThreadCaches()
@@ -225,6 +227,32 @@ def _cache_of_thread() -> _PlanCache:
     return _threads.cache
 
 
+def _one_call(fn):
+    """A drop-in call. One nested in another on the same thread (from a
+    warnings hook, a signal handler, a finalizer, a tensor subclass's code)
+    gets plans of its own and no fast scan: the outer call's plan may be
+    bound to its gradients and not yet run, and its scan's pointers and held
+    gradients are still in use."""
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        t = _threads
+        if t.depth == 0:
+            t.depth = 1
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                t.depth = 0
+        outer = t.cache
+        t.depth += 1
+        t.cache = _PlanCache(4)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            t.cache = outer
+            t.depth -= 1
+    return call
+
+
 class _Scanner:
     """The C++ scan: one pass over the parameters fills a shared pointer array
     and returns the signature (counts, dtypes, device) that keys the plan."""
@@ -232,7 +260,6 @@ class _Scanner:
     def __init__(self):
         self._sig_plans = {}
         self._grow(1024)
-        self.busy = False  # a scan's pointers and held gradients are in use on this thread
 
     def _grow(self, n):
         import ctypes
@@ -538,14 +565,17 @@ def _raise_if_nonfinite(total_norm: Tensor, norm_type: float) -> None:
 
 # ---- the drop-ins -----------------------------------------------------------------------
 
-def _as_list(parameters, warn_empty_generator: bool) -> list:
+def _as_list(parameters, warn_empty_generator: bool, stacklevel: int = 5) -> list:
+    """`parameters` as a list; the empty-generator warning points `stacklevel`
+    frames up (the caller of a drop-in: _as_list, the drop-in, _one_call,
+    torch.no_grad's wrapper, the caller)."""
     if isinstance(parameters, Tensor):
         return [parameters]
     is_generator = isinstance(parameters, types.GeneratorType)
     parameters = list(parameters)
     if warn_empty_generator and is_generator and len(parameters) == 0:
         warnings.warn("`parameters` is an empty generator, no gradient clipping will occur.",
-                      stacklevel=4)
+                      stacklevel=stacklevel)
     return parameters
 
 
@@ -556,6 +586,7 @@ def _check_nonfinite_arg(nonfinite: str) -> bool:
 
 
 @torch.no_grad()
+@_one_call
 def clip_grad_norm_(parameters: _tensor_or_tensors, max_norm: float, norm_type: float = 2.0,
                     error_if_nonfinite: bool = False, foreach: Optional[bool] = None, *,
                     fp32_norm: bool = False, nonfinite: str = "propagate",
@@ -595,15 +626,12 @@ def clip_grad_norm_(parameters: _tensor_or_tensors, max_norm: float, norm_type: 
     except Exception as e:  # DTensor gradients: join the mesh's gather, then raise
         _refuse_dtensors(params, True, e)
     scanner = _scanner_of_thread()
-    if (scanner is not None and not scanner.busy and _lib.takes_norm_type(norm_type)
+    if (scanner is not None and _threads.depth == 1 and _lib.takes_norm_type(norm_type)
             and max_norm >= 0 and not torch.compiler.is_compiling()):
         # the scan holds the gradients (the library runs with the GIL
         # released, while another thread could drop a .grad) until released;
-        # a call nested in this one on this thread (from a warnings hook, a
-        # signal handler, a finalizer) takes the general path, leaving the
-        # scanner's pointers and held gradients to this one
+        # a nested call (_one_call) takes the general path
         try:
-            scanner.busy = True
             try:
                 entry, stream, count = _scan_fast(params, True, fp32_norm)
             except (_lib.GclipError, _NotInMemory) as e:
@@ -620,7 +648,6 @@ def clip_grad_norm_(parameters: _tensor_or_tensors, max_norm: float, norm_type: 
                 return total
         finally:
             _torch_fast.release()
-            scanner.busy = False
         if count == 0:
             return torch.tensor(0.0)
     grads = [p.grad for p in params if p.grad is not None]
@@ -650,7 +677,7 @@ def _refuse_dtensors(items, from_params: bool, error: Exception) -> None:
 
 def _clip_distributed(parameters, max_norm, norm_type, error_if_nonfinite, fp32_norm, skip,
                       process_group):
-    params = _as_list(parameters, True)
+    params = _as_list(parameters, True, stacklevel=6)
     grads = [p.grad for p in params if p.grad is not None]
     return _distributed.clip_grad_norm(grads, float(max_norm), float(norm_type),
                                        error_if_nonfinite, fp32_norm, skip, process_group)
@@ -703,6 +730,7 @@ def _clip_grad_norm_disjoint(grads, max_norm, norm_type, error_if_nonfinite, fp3
 
 
 @torch.no_grad()
+@_one_call
 def get_total_norm(tensors: _tensor_or_tensors, norm_type: float = 2.0,
                    error_if_nonfinite: bool = False, foreach: Optional[bool] = None, *,
                    fp32_norm: bool = False, process_group=None) -> Tensor:
@@ -767,6 +795,7 @@ def _get_total_norm_impl(tensors, norm_type, error_if_nonfinite, fp32_norm):
 
 
 @torch.no_grad()
+@_one_call
 def clip_grads_with_norm_(parameters: _tensor_or_tensors, max_norm: float, total_norm: Tensor,
                           foreach: Optional[bool] = None, *, nonfinite: str = "propagate") -> None:
     r"""Scale the gradients by ``min(1, max_norm / (total_norm + 1e-6))``, in
@@ -846,6 +875,7 @@ def _clip_grads_with_norm_impl(grads, max_norm, total_norm, skip):
 
 
 @torch.no_grad()
+@_one_call
 def clip_grad_value_(parameters: _tensor_or_tensors, clip_value: float,
                      foreach: Optional[bool] = None) -> None:
     r"""Clamp the gradients to ``[-clip_value, clip_value]`` in place, as
@@ -855,7 +885,6 @@ def clip_grad_value_(parameters: _tensor_or_tensors, clip_value: float,
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return None
-    _check_clip_value(grads, clip_value)
     if torch.compiler.is_compiling():
         torch.ops.gclip.clip_grad_value_(grads, clip_value)
         return None
@@ -863,21 +892,22 @@ def clip_grad_value_(parameters: _tensor_or_tensors, clip_value: float,
     return None
 
 
-def _check_clip_value(grads, clip_value: float) -> None:
+def _check_clip_value(dtypes, clip_value: float) -> None:
     """PyTorch's clamp refuses a finite bound past a gradient dtype's range;
     so does gclip, before anything is written (PyTorch's default path raises
     only after clamping the gradients of its first groups)."""
-    if not math.isfinite(clip_value):
+    if not math.isfinite(clip_value) or abs(clip_value) <= 65504.0:  # float16's largest
         return
-    for dtype in {_get_dtype(g) for g in grads}:
+    for dtype in set(dtypes):
         if dtype.is_floating_point and abs(clip_value) > torch.finfo(dtype).max:
             torch.zeros(1, dtype=dtype).clamp_(-clip_value, clip_value)  # PyTorch's own error
             raise RuntimeError(f"value cannot be converted to type {dtype} without overflow")
 
 
 def _clip_grad_value_impl(grads, clip_value):
-    _check_writable(grads)
     dtypes = list(map(_get_dtype, grads))
+    _check_clip_value(dtypes, clip_value)
+    _check_writable(grads)
     single = None if _distributed.any_dtensor(grads) else _single_device(grads)
     if single is not None and _fast_dtypes(dtypes, True) and clip_value >= 0:
         device, dev_index = single
@@ -913,6 +943,7 @@ class Clipper(_core.Clipper):
     """
 
     def __init__(self, *args, **kwargs):
+        kwargs.setdefault("max_plans", 32)  # a model's parameter sets: more than NumPy code has
         super().__init__(*args, **kwargs)
         # this Clipper's own plans: a pending factor, the result slot and the
         # bound pointers are never touched by the drop-ins or another Clipper

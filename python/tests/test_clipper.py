@@ -844,3 +844,85 @@ def test_torch_clipper_keeps_max_plans(rng):
         p.grad = torch.ones(n)
         c.clip_grad_norm([p])
     assert len(c._plan_cache._plans) == 2
+
+
+def test_zclip_shared_by_threads_returns_each_step_its_own_norm():
+    # the step and the record it returns are one locked unit
+    import sys
+    import threading
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    z = gt.ZClip(warmup_steps=10 ** 6, max_grad_norm=1e30)  # never clips
+    bad = []
+
+    def worker(val):
+        p = torch.nn.Parameter(torch.zeros(4096))
+        for _ in range(1500):
+            p.grad = torch.full((4096,), val)
+            want = float(p.grad.norm())
+            got = float(z.step([p]))
+            if abs(got - want) > 1e-3 * want:
+                bad.append((want, got))
+    try:
+        threads = [threading.Thread(target=worker, args=(v,)) for v in (1.0, 100.0)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert bad == []
+
+
+@pytest.mark.parametrize("refuse", ["library", "python", "other_shapes"])
+def test_a_refused_call_leaves_the_last_operation_in_place(refuse):
+    # a call refused after its arrays were bound must not leave the plan
+    # pointing at them: apply_clip_factor() would write them, and result()
+    # would read another plan
+    a = np.full(4, 10.0, np.float32)
+    b = np.full(4 if refuse != "other_shapes" else 3, 1.0, np.float32)
+    c = gclip.Clipper(max_norm=1.0)
+    c.compute_clip_factor([a])
+    before = c.result()
+    with pytest.raises((gclip.GclipError, ValueError)):
+        if refuse == "python":
+            c.clip_grad_norm([b], tensor_norms=np.zeros(1, np.float64))
+        else:
+            c.clip_grad_norm([b], max_norm=-1.0)
+    assert c.result() == before
+    c.apply_clip_factor()
+    np.testing.assert_array_equal(b, np.ones_like(b))
+    assert float(np.linalg.norm(a.astype(np.float64))) == pytest.approx(1.0, rel=1e-6)
+
+
+def test_a_refused_call_on_torch_clipper_leaves_the_last_operation_in_place():
+    pa, pb = torch.nn.Parameter(torch.zeros(4)), torch.nn.Parameter(torch.zeros(4))
+    pa.grad, pb.grad = torch.full((4,), 10.0), torch.ones(4)
+    c = gt.Clipper(max_norm=1.0)
+    c.compute_clip_factor([pa])
+    with pytest.raises(gclip.GclipError):
+        c.clip_grad_norm([pb], max_norm=-1.0)
+    c.apply_clip_factor()
+    assert torch.equal(pb.grad, torch.ones(4))
+    assert float(pa.grad.norm()) == pytest.approx(1.0, rel=1e-6)
+
+
+def test_negative_values_that_round_to_zero_in_float32_are_refused():
+    x = np.array([0.5, -0.5], np.float32)
+    c = gclip.Clipper()
+    for call in (lambda: c.clip_grad_value([x], -1e-50),
+                 lambda: c.clip_grad_norm([x], max_norm=-1e-50),
+                 lambda: gclip.Clipper(eps=-1e-50).clip_grad_norm([x])):
+        with pytest.raises(gclip.GclipError, match="must be >= 0"):
+            call()
+    np.testing.assert_array_equal(x, [0.5, -0.5])
+
+
+def test_jax_tensor_norms_of_a_committed_sharded_leaf():
+    jax = pytest.importorskip("jax")
+    import gclip.jax as gj
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    mesh = Mesh(np.array(jax.devices()[:1]), ("x",))
+    x = jax.device_put(jax.numpy.arange(4.0, dtype=jax.numpy.float32), NamedSharding(mesh, P("x")))
+    out = gj.tensor_norms({"a": x})["a"]
+    assert out.shape == () and float(out) == pytest.approx(math.sqrt(14.0), rel=1e-6)

@@ -986,3 +986,27 @@ def test_a_call_nested_in_the_scan_takes_the_general_path():
     assert float(total) == 256.0
     assert float(p.grad.norm()) == pytest.approx(1.0, rel=1e-6)
     assert bool((arena == 7.0).all())
+
+
+def test_a_call_nested_between_the_outer_calls_bind_and_run_uses_plans_of_its_own(monkeypatch):
+    # a handler that clips gradients of the same shapes after the outer call
+    # bound its plan, before the plan ran: it must not rebind that plan
+    n = 1000
+    p = torch.nn.Parameter(torch.zeros(n))
+    p.grad = torch.full((n,), 1.0)
+    q = torch.nn.Parameter(torch.zeros(n))
+    q.grad = torch.full((n,), 2.0)
+    real = gt._run_clip
+    inner = []
+
+    def run_clip(entry, *a, **k):
+        if not inner:
+            inner.append(None)  # the nested call runs this too: once only
+            inner[0] = float(gt.clip_grad_norm_([q], 1.0))
+        return real(entry, *a, **k)
+    monkeypatch.setattr(gt, "_run_clip", run_clip)
+    total = gt.clip_grad_norm_([p], 1.0)
+    assert inner == [pytest.approx(math.sqrt(4000.0), rel=1e-6)]
+    assert float(total) == pytest.approx(math.sqrt(1000.0), rel=1e-6)
+    assert float(p.grad.norm()) == pytest.approx(1.0, rel=1e-5)
+    assert float(q.grad.norm()) == pytest.approx(1.0, rel=1e-5)
