@@ -81,7 +81,7 @@ class Plan:
     pointers are given again (rebound) before every operation."""
 
     __slots__ = ("handle", "count", "device", "key", "num_threads", "rebinds", "_ptrs", "_prev",
-                 "_opts", "_result", "_slot", "_partial", "__weakref__")
+                 "_prev_valid", "_opts", "_result", "_slot", "_partial", "__weakref__")
 
     def __init__(self, numels: Sequence[int], dtypes: Sequence[int], device: int,
                  ptrs: Optional[Sequence[int]] = None):
@@ -111,6 +111,7 @@ class Plan:
         for i in range(n):
             self._ptrs[i] = descs[i].data
         self.rebinds = 0  # successful rebinds so far
+        self._prev_valid = False
         self._opts = _lib.default_options()
         self._result = _lib.Result()
         self._slot = None
@@ -131,12 +132,17 @@ class Plan:
         new[: self.count] = ptrs  # the pointers it held when it refuses)
         st = fn.plan_rebind(self.handle, new, self.count, stream)
         if st:
+            self._prev_valid = False  # overwritten by the refused pointers
             raise _lib.error_for(st, "gclip_plan_rebind")
         self._prev, self._ptrs = self._ptrs, new
+        self._prev_valid = True
         self.rebinds += 1
 
     def previous_pointers(self) -> list:
-        """The pointers the plan held before its last rebind."""
+        """The pointers the plan held before its last rebind (ValueError when
+        a refused rebind has overwritten them since)."""
+        if not self._prev_valid:
+            raise ValueError("gclip: the plan's previous pointers are not known")
         return list(self._prev[: self.count])
 
     def set_num_threads(self, n: int) -> None:
@@ -299,13 +305,19 @@ def _serialized(method):
     @functools.wraps(method)
     def serialized(self, *args, **kwargs):
         with self._lock:
+            if self._in_op:  # inside another method of this Clipper: that one undoes
+                return method(self, *args, **kwargs)
             plan = self.plan
-            before = (plan, self._bound_writable, plan.rebinds if plan is not None else 0)
+            before = (plan, self._bound_writable, plan.rebinds if plan is not None else 0,
+                      self._own_state())
+            self._in_op = True
             try:
                 return method(self, *args, **kwargs)
             except BaseException:
                 self._undo(before)
                 raise
+            finally:
+                self._in_op = False
     return serialized
 
 
@@ -351,22 +363,38 @@ class Clipper:
         self._binding = None  # what a framework's _bind read (its gradients), for _bind_for_op
         self._bound_writable = False  # whether the arrays of the last bind may be written
         self._last_stream = 0  # the stream of the last bind's operation
+        self._in_op = False  # inside a _serialized method (the outermost one undoes)
 
     def _undo(self, before) -> None:
         """Put back the last plan, and its pointers when a refused call
-        rebound it (`before`: plan, writable flag and rebind count taken
-        before the call)."""
-        plan, writable, rebinds = before
-        if plan is not None and plan.rebinds != rebinds:
-            try:
+        rebound it (`before`: plan, writable flag, rebind count and
+        `_own_state()` taken before the call; no method rebinds one plan
+        twice, so the pointers before the last rebind are the ones to put
+        back)."""
+        plan, writable, rebinds, own = before
+        restored = False
+        try:
+            if plan is not None and plan.rebinds != rebinds:
                 plan.rebind(plan.previous_pointers(), self._last_stream)
-            except Exception:  # cannot: apply_clip_factor() without tensors refuses instead
-                writable = False
-            self._binding_undone()
-        self.plan, self._bound_writable = plan, writable
+                restored = True
+                self._binding_undone()
+            else:
+                restored = True
+        except BaseException:  # cannot (or interrupted): apply_clip_factor() refuses instead
+            pass
+        finally:
+            self.plan, self._bound_writable = plan, writable and restored
+            self._restore_own_state(own)
 
     def _binding_undone(self) -> None:
         """A subclass that remembers what its plans are bound to forgets it."""
+
+    def _own_state(self):
+        """What a subclass's operation may replace (put back by `_undo`)."""
+        return None
+
+    def _restore_own_state(self, state) -> None:
+        pass
 
     def __reduce_ex__(self, protocol):
         # pickle, copy.copy and copy.deepcopy: a copy would share (copy) or

@@ -456,6 +456,13 @@ class AdaptiveClipper(Clipper):
     def hyperparameters(self) -> dict:
         return dict(self._hp)
 
+    def _own_state(self):
+        # a step on new shapes builds a new Adaptive before it can be refused
+        return (self._adaptive, self._pending, self._views)
+
+    def _restore_own_state(self, state) -> None:
+        self._adaptive, self._pending, self._views = state
+
     # -- the adaptive of a set of tensors -----------------------------------------------------
     def _adaptive_for(self, key, make_plan) -> Adaptive:
         """The adaptive of this set of tensors: the current one, or a new one
@@ -720,6 +727,7 @@ class TorchAdaptiveClipper(AdaptiveClipper):
 
     def _binding_undone(self) -> None:
         self._bound = None  # the next step rebinds
+        super()._binding_undone()
 
     @staticmethod
     def _op_stream_on(dev_index: int, stream: int) -> int:

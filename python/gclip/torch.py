@@ -625,9 +625,10 @@ def clip_grad_norm_(parameters: _tensor_or_tensors, max_norm: float, norm_type: 
         max_norm = float(max_norm)
     except Exception as e:  # DTensor gradients: join the mesh's gather, then raise
         _refuse_dtensors(params, True, e)
-    scanner = _scanner_of_thread()
+    # (a compiled region takes the op below: dynamo does not trace the scanner)
+    scanner = None if torch.compiler.is_compiling() else _scanner_of_thread()
     if (scanner is not None and _threads.depth == 1 and _lib.takes_norm_type(norm_type)
-            and max_norm >= 0 and not torch.compiler.is_compiling()):
+            and max_norm >= 0):
         # the scan holds the gradients (the library runs with the GIL
         # released, while another thread could drop a .grad) until released;
         # a nested call (_one_call) takes the general path

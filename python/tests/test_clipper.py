@@ -856,8 +856,6 @@ def test_zclip_shared_by_threads_returns_each_step_its_own_norm():
     # the step and the record it returns are one locked unit
     import sys
     import threading
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
     z = gt.ZClip(warmup_steps=10 ** 6, max_grad_norm=1e30)  # never clips
     bad = []
 
@@ -869,6 +867,8 @@ def test_zclip_shared_by_threads_returns_each_step_its_own_norm():
             got = float(z.step([p]))
             if abs(got - want) > 1e-3 * want:
                 bad.append((want, got))
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
     try:
         threads = [threading.Thread(target=worker, args=(v,)) for v in (1.0, 100.0)]
         for t in threads:
@@ -893,24 +893,47 @@ def test_a_refused_call_leaves_the_last_operation_in_place(refuse):
     with pytest.raises((gclip.GclipError, ValueError)):
         if refuse == "python":
             c.clip_grad_norm([b], tensor_norms=np.zeros(1, np.float64))
-        else:
-            c.clip_grad_norm([b], max_norm=-1.0)
+        else:  # refused by the library's own check, after the bind
+            c.clip_grad_norm([b], max_norm=math.nan)
     assert c.result() == before
     c.apply_clip_factor()
     np.testing.assert_array_equal(b, np.ones_like(b))
     assert float(np.linalg.norm(a.astype(np.float64))) == pytest.approx(1.0, rel=1e-6)
 
 
-def test_a_refused_call_on_torch_clipper_leaves_the_last_operation_in_place():
+@pytest.mark.parametrize("nested", [False, True])
+def test_a_refused_call_on_torch_clipper_leaves_the_last_operation_in_place(nested):
+    # nested: tensor_norms runs total_norm inside it; the refusal is undone
+    # once, by the outer call (undone twice, the plan went back to the
+    # refused call's pointers)
     pa, pb = torch.nn.Parameter(torch.zeros(4)), torch.nn.Parameter(torch.zeros(4))
-    pa.grad, pb.grad = torch.full((4,), 10.0), torch.ones(4)
+    pa.grad, pb.grad = torch.full((4,), 10.0), torch.full((4,), 3.0)
     c = gt.Clipper(max_norm=1.0)
     c.compute_clip_factor([pa])
-    with pytest.raises(gclip.GclipError):
-        c.clip_grad_norm([pb], max_norm=-1.0)
+    with pytest.raises((gclip.GclipError, TypeError)):
+        if nested:
+            c.tensor_norms([pb], inv_scale="bad")
+        else:
+            c.clip_grad_norm([pb], max_norm=math.nan)
     c.apply_clip_factor()
-    assert torch.equal(pb.grad, torch.ones(4))
+    assert torch.equal(pb.grad, torch.full((4,), 3.0))
     assert float(pa.grad.norm()) == pytest.approx(1.0, rel=1e-6)
+
+
+def test_a_refused_adaptive_step_on_new_shapes_keeps_the_last_steps_record():
+    ac = gt.AdaptiveClipper("zclip", warmup_steps=2)
+    p = torch.nn.Parameter(torch.zeros(8))
+    for v in (1.0, 2.0, 3.0):
+        p.grad = torch.full((8,), v)
+        ac.step([p])
+    info = ac.info()
+    q = torch.nn.Parameter(torch.zeros(5))
+    q.grad = torch.ones(5)
+    with pytest.raises((gclip.GclipError, TypeError)):
+        ac.step([q], inv_scale="bad")  # refused after the new shapes' Adaptive was built
+    assert ac.info() == info
+    assert ac.statistics()["steps"] == 3
+    assert torch.equal(q.grad, torch.ones(5))
 
 
 def test_negative_values_that_round_to_zero_in_float32_are_refused():

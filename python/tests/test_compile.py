@@ -108,3 +108,30 @@ def test_clip_and_step_compile_without_graph_breaks(rng):
     for p, b, g in zip(params, before, ref):
         torch.testing.assert_close(p.grad, g * coef)
         torch.testing.assert_close(p.detach(), b - 0.1 * g * coef)
+
+
+def test_fullgraph_compile_on_a_thread_that_never_clipped_eagerly(rng):
+    """The drop-in's per-thread scanner is made on a thread's first eager
+    call; a compiled region must not trace its construction (ctypes arrays
+    are not traceable), so a fresh thread compiles with fullgraph=True too."""
+    import threading
+    model = make_model(1)
+    x, y = batches(rng, 1)[0]
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    params = list(model.parameters())
+    expected = torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+    out = {}
+
+    def run():
+        try:
+            torch._dynamo.reset()
+            out["norm"] = torch.compile(lambda ps: gt.clip_grad_norm_(ps, 0.1),
+                                        fullgraph=True, backend="aot_eager")(params)
+        except Exception as e:  # reported below, on the test's thread
+            out["error"] = e
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    assert "error" not in out, repr(out.get("error"))
+    torch.testing.assert_close(out["norm"], expected)
