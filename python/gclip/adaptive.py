@@ -457,11 +457,13 @@ class AdaptiveClipper(Clipper):
         return dict(self._hp)
 
     def _own_state(self):
-        # a step on new shapes builds a new Adaptive before it can be refused
-        return (self._adaptive, self._pending, self._views)
+        # a step on new shapes builds a new Adaptive before it can be refused,
+        # and a load (interrupted as it returns) installs hyperparameters with
+        # its state: they are put back together
+        return (self._adaptive, self._pending, self._views, self._hp)
 
     def _restore_own_state(self, state) -> None:
-        self._adaptive, self._pending, self._views = state
+        self._adaptive, self._pending, self._views, self._hp = state
 
     # -- the adaptive of a set of tensors -----------------------------------------------------
     def _adaptive_for(self, key, make_plan) -> Adaptive:

@@ -955,3 +955,30 @@ def test_jax_tensor_norms_of_a_committed_sharded_leaf():
     x = jax.device_put(jax.numpy.arange(4.0, dtype=jax.numpy.float32), NamedSharding(mesh, P("x")))
     out = gj.tensor_norms({"a": x})["a"]
     assert out.shape == () and float(out) == pytest.approx(math.sqrt(14.0), rel=1e-6)
+
+
+def test_a_load_interrupted_as_it_returns_is_undone_whole():
+    # an interrupt that surfaces just after the load installed other
+    # hyperparameters and their state: both are put back, never one of them
+    import _thread
+    ac = gclip.AdaptiveClipper("zclip", warmup_steps=2)
+    a = np.ones(8, np.float32)
+    for v in (1.0, 2.0, 3.0):
+        a[:] = v
+        ac.step([a])
+    other = gclip.AdaptiveClipper("zclip", warmup_steps=7, alpha=0.5)
+    other.step([np.ones(8, np.float32)])
+    real = ac._prepare_load
+
+    def prepare(s):
+        install = real(s)
+
+        def interrupted():
+            install()
+            _thread.interrupt_main()  # raised as install() returns
+        return interrupted
+    ac._prepare_load = prepare
+    with pytest.raises(KeyboardInterrupt):
+        ac.load_state_dict(other.state_dict())
+    assert ac.hyperparameters["warmup_steps"] == 2 and ac.hyperparameters["alpha"] == 0.97
+    assert ac.statistics()["steps"] == 3
