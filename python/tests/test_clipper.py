@@ -717,11 +717,26 @@ print("ok")
 
 # ---- threads, lifetimes and copies -------------------------------------------------------
 
+def run_in_threads(worker, args):
+    """worker(a) for each a, each on its own thread, with a short switch
+    interval so that the threads interleave often."""
+    import sys
+    import threading
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=worker, args=(a,)) for a in args]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+
+
 def test_threads_sharing_a_clipper_each_clip_their_own_arrays(rng):
     # a Clipper's plan has one pointer table: without its lock, one thread's
     # rebind between another's rebind and operation clipped the wrong arrays
-    import sys
-    import threading
     c = gclip.Clipper(max_norm=1.0)
     calls = 200
     failures = []
@@ -734,16 +749,7 @@ def test_threads_sharing_a_clipper_each_clip_their_own_arrays(rng):
             n = float(np.linalg.norm(xs[0].astype(np.float64)))
             if abs(n - 1.0) > 1e-5:
                 failures.append(n)
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        threads = [threading.Thread(target=worker, args=(s,)) for s in (1, 2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        sys.setswitchinterval(old)
+    run_in_threads(worker, (1, 2))
     assert failures == []
 
 
@@ -854,8 +860,6 @@ def test_torch_clipper_keeps_max_plans(rng):
 
 def test_zclip_shared_by_threads_returns_each_step_its_own_norm():
     # the step and the record it returns are one locked unit
-    import sys
-    import threading
     z = gt.ZClip(warmup_steps=10 ** 6, max_grad_norm=1e30)  # never clips
     bad = []
 
@@ -867,16 +871,7 @@ def test_zclip_shared_by_threads_returns_each_step_its_own_norm():
             got = float(z.step([p]))
             if abs(got - want) > 1e-3 * want:
                 bad.append((want, got))
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        threads = [threading.Thread(target=worker, args=(v,)) for v in (1.0, 100.0)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        sys.setswitchinterval(old)
+    run_in_threads(worker, (1.0, 100.0))
     assert bad == []
 
 
