@@ -502,9 +502,7 @@ def _torch_clip(grads, max_norm, norm_type, error_if_nonfinite, skip) -> Tensor:
     coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
     if skip:
         coef = torch.where(torch.isfinite(total), coef, torch.ones_like(coef))
-    groups = {}
-    for g in grads:
-        groups.setdefault((g.device, g.dtype), []).append(g)
-    for (device, _), gs in groups.items():
+    from .torch import _group_by_device_dtype
+    for (device, _), gs in _group_by_device_dtype(grads).items():
         torch._foreach_mul_(gs, coef.to(device))
     return total

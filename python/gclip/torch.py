@@ -415,6 +415,16 @@ def _group_by_device(tensors: List[Tensor]):
     return groups
 
 
+def _group_by_device_dtype(tensors: List[Tensor]):
+    """{(device, dtype): tensors}, the groups in order of first appearance and
+    each in list order: how the PyTorch arithmetic here batches foreach
+    kernels (one kernel takes one device and one dtype)."""
+    groups = {}
+    for t in tensors:
+        groups.setdefault((t.device, t.dtype), []).append(t)
+    return groups
+
+
 def _torch_order(tensors: List[Tensor]) -> List[Tensor]:
     """The tensors in the order in which PyTorch's get_total_norm stacks their
     norms: grouped by (device, dtype), the groups in the order PyTorch's
@@ -425,10 +435,7 @@ def _torch_order(tensors: List[Tensor]) -> List[Tensor]:
         groups = _group_tensors_by_device_and_dtype([tensors])
         return [t for ([ts], _) in groups.values() for t in ts]
     except Exception:  # a PyTorch without it: first appearance
-        groups = {}
-        for t in tensors:
-            groups.setdefault((t.device, t.dtype), []).append(t)
-        return [t for ts in groups.values() for t in ts]
+        return [t for ts in _group_by_device_dtype(tensors).values() for t in ts]
 
 
 def _per_tensor_norms(tensors: List[Tensor], norm_type: float, fp32_norm: bool) -> List[Tensor]:
@@ -515,10 +522,7 @@ def _apply_coef(grads: List[Tensor], max_norm: float, total_norm: Tensor, skip: 
     coef = torch.clamp(clip_coef, max=1.0)
     if skip:
         coef = torch.where(torch.isfinite(total_norm), coef, torch.ones_like(coef))
-    groups = {}
-    for g in grads:
-        groups.setdefault((g.device, g.dtype), []).append(g)
-    for (device, _), gs in groups.items():
+    for (device, _), gs in _group_by_device_dtype(grads).items():
         c = coef.to(device)
         if overlapping or (device.type == "cuda" and _spans_overlap(gs)):
             for g in gs:
@@ -921,10 +925,7 @@ def _clip_grad_value_impl(grads, clip_value):
     # negative or NaN clip_value, float64, several devices, a repeated gradient
     # (clamping twice is clamping once), DTensors: PyTorch's own clamps
     _validate(grads)
-    groups = {}
-    for g in grads:
-        groups.setdefault((g.device, g.dtype), []).append(g)
-    for gs in groups.values():
+    for gs in _group_by_device_dtype(grads).values():
         torch._foreach_clamp_min_(gs, -clip_value)
         torch._foreach_clamp_max_(gs, clip_value)
 
