@@ -221,6 +221,9 @@ typedef struct bench_record {
     int launches_per_step; /* CUDA only; -1 elsewhere */
     char policy[12]; /* gclip's non-finite policy ("skip", "propagate"); empty for the others */
     int check_failed; /* the result or the data after the runs was not the op's */
+    int checked;      /* a peer's record: its script checked its output (peer_common.py) */
+    int has_norm_error;
+    double norm_error; /* a peer's returned norm over the exact one, less 1 */
     char note[96];
 } bench_record;
 

@@ -26,7 +26,8 @@ import time
 import warnings
 
 from peer_common import EPS, LOSS_SCALE, ALIGN, DATA_SIGMA, WRITES
-from peer_common import flush_bytes, parse_args, read_shapes, run_all, run_protocol
+from peer_common import chunks, evict, flush_bytes, parse_args, read_shapes, run_all
+from peer_common import run_check, run_protocol
 
 ARGS = parse_args(__doc__, len(os.sched_getaffinity(0)))
 _cpus = sorted(os.sched_getaffinity(0))
@@ -48,6 +49,7 @@ warnings.filterwarnings("ignore", message=".*donated buffers.*")
 # Larger workloads are reported as not run.
 MAX_JIT_LEAVES = 2000
 DTYPES = {"f32": jnp.float32, "f16": jnp.float16, "bf16": jnp.bfloat16}
+KINDS = {jnp.dtype(v): k for k, v in DTYPES.items()}
 
 
 def tree_norm(tree):
@@ -76,37 +78,61 @@ class Workload:
         del flat
         jax.block_until_ready(self.pristine)
         self.data_bytes = sum(g.size * g.dtype.itemsize for g in self.pristine)
-        sq = [float(np.sum(np.asarray(g, dtype=np.float64) ** 2)) for g in self.pristine]
-        self.norm = sum(sq) ** 0.5
-        self.min_tensor_norm = min(s ** 0.5 for s in sq)
-        self.rms = (sum(sq) / sum(g.size for g in self.pristine)) ** 0.5
-        self.flush_buf = jnp.ones(flush_bytes(self.data_bytes) // 4, jnp.float32)
+        self.kinds = [KINDS[g.dtype] for g in self.pristine]
+        self.sq = [float(np.sum(np.asarray(g, dtype=np.float64) ** 2)) for g in self.pristine]
+        self.norm = sum(self.sq) ** 0.5
+        self.min_tensor_norm = min(s ** 0.5 for s in self.sq)
+        self.rms = (sum(self.sq) / sum(g.size for g in self.pristine)) ** 0.5
+        self.flush_buf = None
         self.flush = jax.jit(lambda b: b + 1.0, donate_argnums=0)
         self.grads = copy_all(self.pristine)
+        self.out = None  # what the last run returned
 
     def prepare(self, fresh):
         """Fresh copies of the pristine gradients when the op consumes its
-        input, then the caches evicted."""
+        input, then the caches evicted: by gclip-bench's own eviction of the
+        gradients where its roofline library is loaded (CPU runs), else by
+        writing a buffer four times their size (at least 128 MiB) through
+        the caches."""
+        self.out = None  # only the last run's output is kept (for the check)
         if fresh:
             self.grads = copy_all(self.pristine)
-        self.flush_buf = self.flush(self.flush_buf)
-        jax.block_until_ready((self.grads, self.flush_buf))
+        jax.block_until_ready(self.grads)
+        if not evict((g.unsafe_buffer_pointer(), g.nbytes) for g in self.grads):
+            if self.flush_buf is None:
+                self.flush_buf = jnp.ones(flush_bytes(self.data_bytes) // 4, jnp.float32)
+            self.flush_buf = self.flush(self.flush_buf)
+            jax.block_until_ready(self.flush_buf)
+
+    def pairs(self):
+        """(pristine, output) values of each leaf for check_output."""
+        def f64(t, a, b):
+            return np.asarray(t).reshape(-1)[a:b].astype(np.float64)
+        for x, y in zip(self.pristine, self.out):
+            if x.size != y.size:  # check_output names the tensor
+                yield [(np.zeros(x.size), np.zeros(y.size))]
+                continue
+            yield chunks(x.size, lambda a, b, x=x, y=y: (f64(x, a, b), f64(y, a, b)))
 
 
 def make_op(w, op):
     """A jitted function of the gradients for `op`, whether it donates them,
-    and a note naming the calls."""
+    a note naming the calls, and the op's arguments for check_output."""
     state = optax.EmptyState()
     if op == "norm":
-        return jax.jit(tree_norm), False, "optax.tree.norm"
+        return jax.jit(tree_norm), False, "optax.tree.norm", {}
     if op in ("clip", "clip-noop"):
-        tx = optax.clip_by_global_norm(0.5 * w.norm if op == "clip" else 2.0 * w.norm)
-        fn, note = (lambda g: tx.update(g, state)[0]), "optax.clip_by_global_norm"
+        max_norm = (0.5 if op == "clip" else 2.0) * w.norm
+        tx = optax.clip_by_global_norm(max_norm)
+        fn, note, op_args = (lambda g: tx.update(g, state)[0]), "optax.clip_by_global_norm", \
+            {"max_norm": max_norm, "eps": 0.0}  # optax divides by the norm itself
     elif op == "value":
         tx = optax.clip(w.rms)
-        fn, note = (lambda g: tx.update(g, state)[0]), "optax.clip"
+        fn, note, op_args = (lambda g: tx.update(g, state)[0]), "optax.clip", \
+            {"clip_value": w.rms}
     elif op == "tensor-norm":
         max_norm = 0.5 * w.min_tensor_norm
+        op_args = {"tensor_max_norm": max_norm}
 
         def fn(g):
             def leaf(t):
@@ -122,9 +148,10 @@ def make_op(w, op):
             unscaled = jax.tree.map(lambda t: t * jnp.asarray(inv, t.dtype), g)
             return tx.update(unscaled, state)[0]
         note = "multiply by 1/scale + optax.clip_by_global_norm"
+        op_args = {"max_norm": 0.5 * w.norm / LOSS_SCALE, "inv_scale": inv, "eps": 0.0}
     else:
         raise ValueError(op)
-    return jax.jit(fn, donate_argnums=0), True, note
+    return jax.jit(fn, donate_argnums=0), True, note, op_args
 
 
 def main():
@@ -141,7 +168,7 @@ def main():
         return
 
     def bench_op(w, op):
-        fn, donates, note = make_op(w, op)
+        fn, donates, note, op_args = make_op(w, op)
 
         def step():
             t0 = time.perf_counter()
@@ -150,8 +177,15 @@ def main():
             ms = (time.perf_counter() - t0) * 1e3
             if donates:
                 w.grads = None  # consumed
+            w.out = out
             return ms
-        return run_protocol(w.prepare, donates, step, args.warmup, args.runs, op), note
+        times = run_protocol(w.prepare, donates, step, args.warmup, args.runs, op)
+        if donates:  # the leaves the last run returned
+            run_check(times, op, w.kinds, w.sq, w.pairs(), None, op_args)
+        else:  # the norm
+            run_check(times, op, w.kinds, w.sq, None, float(w.out), op_args)
+        w.out = None
+        return times, note
 
     run_all(args, devices, lambda d: Workload(shapes, d), bench_op, "jax")
 

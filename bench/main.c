@@ -280,6 +280,8 @@ static void run_peers(const options *o, const limits *lim, const bench_peer *pee
                        r->t.median_ms, r->gbps);
             else
                 printf("  %-12s %-14s %-4s %s\n", r->op, r->impl, r->backend, r->note);
+            if (r->check_failed) /* the time is kept and bench/table.py flags it */
+                printf("  %-12s %-14s %-4s output %s\n", r->op, r->impl, r->backend, r->note);
         }
         printf("  (%s: %.1f s)\n", peers[k].label, (bench_now_ms() - t0) / 1e3);
     }

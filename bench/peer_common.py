@@ -12,7 +12,9 @@ those passes, measured in this process at the minutes the peer ran."""
 import argparse
 import ctypes
 import json
+import math
 import statistics
+import sys
 import time
 
 DATA_SIGMA = 1e-3    # gradient-like magnitude, as the C benchmark
@@ -28,6 +30,18 @@ WRITES = {"clip", "value", "tensor-norm", "unscale-clip"}
 PASSES = {"norm": (1, 0), "clip-noop": (1, 0), "clip": (1, 1), "value": (0, 1),
           "tensor-norm": (1, 1), "unscale-clip": (1, 1)}
 ALL_OPS = "norm,clip,clip-noop,value,tensor-norm,unscale-clip"
+# The output check (check_output): significand bits and smallest subnormal of
+# each gradient dtype, and how far a peer's norm may be from the exact one.
+SIGNIFICAND = {"f32": 24, "f16": 11, "bf16": 8}
+SMALLEST = {"f32": 2.0 ** -149, "f16": 2.0 ** -24, "bf16": 2.0 ** -133}
+# How far a peer's norm, and so its factor, may be off the exact one and
+# still count as the op done. Loose on purpose: PyTorch 2.15's float32 norm
+# on the CPU drifts with the tensor's size (0.27% low for gpt2-124m's 38.6M
+# element embedding, 0.54% for 2^26 elements), and a norm of float16
+# gradients can lose their small squares; each peer's real error is
+# recorded apart (norm_error).
+NORM_BOUND = 2.0 ** -4
+CHECK_CHUNK = 1 << 22     # elements compared at a time (float64 copies of a chunk, not a tensor)
 
 
 def flush_bytes(data_bytes):
@@ -74,7 +88,10 @@ class Roof:
             getattr(lib, name).argtypes = [ctypes.c_void_p]
         lib.bench_roof_bytes.restype = ctypes.c_double
         lib.bench_roof_destroy.argtypes = [ctypes.c_void_p]
+        lib.bench_evict.restype = None
+        lib.bench_evict.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
         self.lib = lib
+        self.threads = threads
         self.roof = lib.bench_roof_create(threads)
         if not self.roof:
             raise MemoryError("roofline buffer")
@@ -98,15 +115,47 @@ class Roof:
             seconds_per_byte += 2 * rws / (2 * self.bytes / statistics.median(rw_ms) / 1e6)
         return (reads + 2 * rws) / seconds_per_byte
 
+    def evict(self, ptr, nbytes):
+        """Take [ptr, ptr + nbytes) out of the caches as gclip-bench takes its
+        gradients out (bench_evict: clflush of every line on x86)."""
+        self.lib.bench_evict(ctypes.c_void_p(ptr), ctypes.c_size_t(nbytes), self.threads)
+
     def close(self):
         self.lib.bench_roof_destroy(self.roof)
         self.roof = None
 
 
+def evict(buffers):
+    """Take the gradients' memory, (address, bytes) pairs, out of the caches
+    as gclip-bench does its own, where the roofline library is loaded (CPU
+    runs from gclip-bench); False elsewhere, where the caller streams its
+    flush buffer through the caches instead."""
+    if _roof is None:
+        return False
+    for ptr, nbytes in buffers:
+        if nbytes:
+            _roof.evict(ptr, nbytes)
+    return True
+
+
+def run_check(times, op, kinds, sq, pairs, norm, args):
+    """times.check from check_output (None: the output is the op's) and
+    times.norm_error; a peer without NumPy cannot check, and its record says
+    so (times.unchecked)."""
+    times.norm_error = norm_error(op, sq, norm, args)
+    try:
+        times.check = check_output(op, kinds, sq, pairs, norm, args)
+    except ImportError as e:
+        times.unchecked = f"not checked: {e}"
+
+
 class Times(list):
-    """The timed runs' ms, and the roofline measured between them (GB/s,
-    None without)."""
+    """The timed runs' ms, the roofline measured between them (GB/s, None
+    without), and the output check's finding (None: passed or not run)."""
     roofline_gbps = None
+    check = None
+    unchecked = None
+    norm_error = None
 
 
 _roof = None  # the Roof of the CPU device's runs (run_all), None elsewhere
@@ -117,6 +166,96 @@ _roof = None  # the Roof of the CPU device's runs (run_all), None elsewhere
 # measured 31 GB/s after its `norm`; with this pause, 29.9-30.8 (20 ms:
 # 28.6). gclip's own passes share its OpenMP threads and need none.
 ROOF_IDLE_S = 0.05
+
+
+def check_output(op, kinds, sq, pairs, norm, args):
+    """Whether a peer's result after its runs is what one run of `op` makes
+    of the pristine data: None if so, else what differs.
+
+    kinds: each tensor's "f32", "f16" or "bf16"; sq: each tensor's exact sum
+    of squares (pristine data, float64); pairs: for each tensor, its
+    (pristine, output) values as flat float64 chunks (chunks()), or None
+    where the op leaves no data to look at (JAX's norm); norm: the total
+    norm the peer returned, or None; args: "max_norm", "clip_value",
+    "tensor_max_norm", "inv_scale", as the op uses, and "eps", what the peer
+    adds to a norm before dividing by it (default EPS, PyTorch's; optax adds
+    none).
+
+    The check asks whether the step did the op, not whether it did it as
+    exactly as gclip: a peer's norm may be off the exact one by NORM_BOUND,
+    and each written tensor may be off the exact one by that much again plus
+    one rounding of its elements (two for unscale-clip's two products),
+    measured as the 2-norm of the difference: a peer's intermediate results can underflow to its
+    dtype's subnormals (optax divides a float16 gradient by the norm before
+    multiplying it by max_norm), which moves single small elements by
+    several of their ulps and the tensor by nothing that matters. Data the
+    op must leave alone (norm, clip-noop) must keep its bits. What fails: a
+    skipped or repeated write, another factor, data not restored between
+    runs, a norm of other data, a NaN. How far the norm is off is reported
+    apart (norm_error)."""
+    import numpy as np  # here: an interpreter without NumPy still times its peer
+    delta = NORM_BOUND
+    exact = math.sqrt(sum(sq))
+    inv = args.get("inv_scale", 1.0) if op == "unscale-clip" else 1.0
+    if norm is not None:
+        want = exact * inv
+        if not abs(norm - want) <= delta * want:
+            return f"norm {norm!r}, the exact one {want!r}"
+    if pairs is None:
+        return None
+    eps = args.get("eps", EPS)
+    if op in ("clip", "unscale-clip"):
+        factor = inv * min(1.0, args["max_norm"] / (exact * inv + eps))
+    writes = op not in ("norm", "clip-noop")
+    for i, (kind, tensor) in enumerate(zip(kinds, pairs)):
+        rounding = 2.0 ** (1 - SIGNIFICAND[kind])
+        rel = {"value": rounding,  # the bound rounded to the dtype
+               "unscale-clip": delta + 2 * rounding}.get(op, delta + rounding)
+        if op == "tensor-norm":
+            factor = min(1.0, args["tensor_max_norm"] / (math.sqrt(sq[i]) + eps))
+        err2 = size2 = 0.0
+        worst = (-1.0, 0, 0.0, 0.0)  # the largest difference: size, element, value, expected
+        n = 0
+        for x, y in tensor:
+            if x.size != y.size:
+                return f"tensor {i}: {y.size} elements from element {n}, expected {x.size}"
+            if not writes:
+                same = (x == y) & (np.signbit(x) == np.signbit(y))
+                if not same.all():
+                    j = int(np.flatnonzero(~same)[0])
+                    return (f"tensor {i} element {n + j}: {y[j]!r}, expected its bits "
+                            f"unchanged ({x[j]!r})")
+            else:
+                expected = np.clip(x, -args["clip_value"], args["clip_value"]) \
+                    if op == "value" else x * factor
+                d = np.abs(y - expected)
+                err2 += float(np.dot(d, d))  # NaN stays NaN
+                size2 += float(np.dot(expected, expected))
+                j = int(np.argmax(d))  # the first NaN, if any
+                if not d[j] <= worst[0]:
+                    worst = (float(d[j]), n + j, float(y[j]), float(expected[j]))
+            n += x.size
+        # and an ulp of each element where it is subnormal
+        if writes and not math.sqrt(err2) <= rel * math.sqrt(size2) + math.sqrt(n) * SMALLEST[kind]:
+            return (f"tensor {i}: off the expected values by "
+                    f"{math.sqrt(err2) / max(math.sqrt(size2), 1e-300):.3g} of their norm, most at "
+                    f"element {worst[1]}: {worst[2]!r}, expected {worst[3]!r}")
+    return None
+
+
+def chunks(numel, pair_at):
+    """One tensor's (pristine, output) values for check_output, as flat
+    float64 chunks of CHECK_CHUNK elements: pair_at(begin, end) gives each."""
+    for a in range(0, numel, CHECK_CHUNK):
+        yield pair_at(a, min(numel, a + CHECK_CHUNK))
+
+
+def norm_error(op, sq, norm, args):
+    """The peer's norm over the exact one, less 1 (None without a norm)."""
+    if norm is None:
+        return None
+    inv = args.get("inv_scale", 1.0) if op == "unscale-clip" else 1.0
+    return norm / (math.sqrt(sum(sq)) * inv) - 1.0
 
 
 def run_protocol(prepare, writes, step, warmup, runs, op=None):
@@ -148,11 +287,20 @@ def record(args, data_bytes, op, device, times, note, impl):
     reads, rws = PASSES[op]
     nbytes = data_bytes * (reads + 2 * rws)
     med = statistics.median(times)
-    return {"workload": args.workload, "op": op, "impl": impl, "backend": device,
-            "threads": args.threads if device == "cpu" else 0,
-            "median_ms": med, "min_ms": min(times), "max_ms": max(times),
-            "bytes": nbytes, "gbps": nbytes / med / 1e6,
-            "roofline_gbps": getattr(times, "roofline_gbps", None), "note": note}
+    rec = {"workload": args.workload, "op": op, "impl": impl, "backend": device,
+           "threads": args.threads if device == "cpu" else 0,
+           "median_ms": med, "min_ms": min(times), "max_ms": max(times),
+           "bytes": nbytes, "gbps": nbytes / med / 1e6,
+           "roofline_gbps": getattr(times, "roofline_gbps", None),
+           "check_failed": getattr(times, "check", None) is not None, "note": note}
+    if rec["check_failed"]:
+        rec["check"] = times.check
+    if getattr(times, "unchecked", None):
+        del rec["check_failed"]
+        rec["unchecked"] = times.unchecked
+    if getattr(times, "norm_error", None) is not None:
+        rec["norm_error"] = times.norm_error  # the peer's norm over the exact one, less 1
+    return rec
 
 
 def run_all(args, devices, make_workload, bench_op, impl):
@@ -172,6 +320,9 @@ def run_all(args, devices, make_workload, bench_op, impl):
                       flush=True)
                 continue
             rec = record(args, w.data_bytes, op, device, times, note, impl)
+            if rec["check_failed"]:
+                print(f"warning: {impl} {args.workload} {op} ({device}): the output check "
+                      f"failed: {rec['check']}", file=sys.stderr, flush=True)
             out.append(rec)
             print(json.dumps(rec), flush=True)
         del w

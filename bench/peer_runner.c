@@ -188,6 +188,17 @@ static int parse_record(const char *line, const bench_peer *peer, bench_record *
     char note[80] = "";
     json_str(line, "note", note, sizeof note);
     snprintf(r->note, sizeof r->note, "%s", note);
+    /* the script's check of its output (absent where it could not check) */
+    if (strstr(line, "\"check_failed\": true")) {
+        r->checked = r->check_failed = 1;
+        char why[160] = "";
+        json_str(line, "check", why, sizeof why);
+        snprintf(r->note, sizeof r->note, "check failed: %.80s", why);
+    } else if (strstr(line, "\"check_failed\": false")) {
+        r->checked = 1;
+    }
+    if (json_num(line, "norm_error", &r->norm_error) == 0)
+        r->has_norm_error = 1;
     return 0;
 }
 

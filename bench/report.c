@@ -170,8 +170,10 @@ int bench_write_json(const bench_results *res, const char *path)
             json_string(f, "policy", r->policy);
             fputs(", ", f);
         }
-        if (!strcmp(r->impl, "gclip") || !strcmp(r->impl, "naive"))
+        if (!strcmp(r->impl, "gclip") || !strcmp(r->impl, "naive") || r->checked)
             fprintf(f, "\"check_failed\": %s, ", r->check_failed ? "true" : "false");
+        if (r->has_norm_error)
+            fprintf(f, "\"norm_error\": %.6g, ", r->norm_error);
         json_string(f, "note", r->note);
         fprintf(f, "}%s\n", i + 1 < res->n ? "," : "");
     }

@@ -27,7 +27,9 @@ Targets (CPU): every op at >= 0.85 of its roofline, and at least as fast as
 the fastest peer of the run; 2x the fastest peer for clip-noop and on
 many-small, where the peers do avoidable work. A row with no peer timed
 (--quick, a peer skipped or failed) cannot meet the peer target, and a row
-whose check failed in any run (gclip-bench's check_failed) misses too.
+whose check failed in any run (gclip-bench's check_failed) misses too. A
+peer whose own output check failed (bench/peer_common.py) keeps its time in
+the comparison, marked (!) and listed under the table.
 
 Runs of `gclip-bench --policy propagate` label gclip's rows with the
 policy ("tensor-norm (propagate)"); give the files of one policy at a time.
@@ -77,6 +79,7 @@ def summarize(runs, backend="cpu"):
         mem_ups = {p: [] for p in peers}  # at the same memory speed
         judged = {p: [] for p in peers}   # the latter where it exists, else the former
         peer_ms = {p: [] for p in peers}
+        peer_checks = {}  # peer -> its output check's finding, in a run where it failed
         for timed, rows in indexed:
             g = next((r for r in rows if r["workload"] == w and r["op"] == op), None)
             if g is None:
@@ -94,6 +97,8 @@ def summarize(runs, backend="cpu"):
                         mem_ups[p].append(mem_up)
                     judged[p].append(mem_up if mem_up is not None else time_up)
                     peer_ms[p].append(r["median_ms"])
+                    if r.get("check_failed"):
+                        peer_checks[p] = r.get("check") or r.get("note", "")
         med = {p: statistics.median(u) for p, u in judged.items() if u}
         # the fastest peer gives the smallest (median) speed-up
         fastest = min(med, key=med.get) if med else None
@@ -106,6 +111,9 @@ def summarize(runs, backend="cpu"):
             "naive_ms": statistics.median(naive) if naive else None,
             "peer_ms": {p: statistics.median(t) for p, t in peer_ms.items() if t},
             "ups": ups, "mem_ups": mem_ups, "judged": judged, "up": med, "fastest": fastest,
+            # the peers whose output check failed: their times stay in the
+            # comparison, flagged (a faster wrong result is still a peer's time)
+            "peer_checks": peer_checks,
             # gclip-bench's check of the result and the data after the runs
             "check_failed": any(r.get("check_failed", False) for timed, rows in indexed
                                 for r in rows if r["workload"] == w and r["op"] == op),
@@ -182,13 +190,20 @@ def main():
             naive = row["naive_ms"]
             cells = [w, op, f"{row['ms']:.2f}", f"**{spread(row['ratios'], '{:.2f}')}**",
                      f"{naive:.1f}" if naive else "-"]
-            cells += [f"{row['peer_ms'][p]:.2f}" if p in row["peer_ms"] else "-" for p in peers]
+            cells += [(f"{row['peer_ms'][p]:.2f}" + (" (!)" if p in row["peer_checks"] else ""))
+                      if p in row["peer_ms"] else "-" for p in peers]
             cells += [speedup_cell(row, p) for p in peers]
         cells.append("yes" if not met else "no")
         print("| " + " | ".join(cells) + " |")
     print(f"\n{len(misses)} rows below target" + (":" if misses else "."))
     for m in misses:
         print(f"- {m}")
+    flagged = [f"- {row['workload']} {row['label']}, {p}: {why}"
+               for row in rows for p, why in row["peer_checks"].items()]
+    if flagged:
+        print(f"\n{len(flagged)} peer results failed their output check (marked (!); "
+              "their times are compared as they are):")
+        print("\n".join(flagged))
 
 
 if __name__ == "__main__":

@@ -20,9 +20,11 @@ import time
 import torch
 
 from peer_common import EPS, LOSS_SCALE, ALIGN, DATA_SIGMA, WRITES
-from peer_common import flush_bytes, parse_args, read_shapes, run_all, run_protocol
+from peer_common import chunks, evict, flush_bytes, parse_args, read_shapes, run_all
+from peer_common import run_check, run_protocol
 
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
+KINDS = {v: k for k, v in DTYPES.items()}
 
 
 class Workload:
@@ -47,28 +49,45 @@ class Workload:
             self.pristine[dtype] = data.to(device=device, dtype=dtype)
             self.flat[dtype] = self.pristine[dtype].clone()
         self.params = []
+        self.pristine_views = []
         for dtype, dims, off, numel in layout:
             # torch.empty leaves the parameter's pages untouched: no memory traffic
             p = torch.nn.Parameter(torch.empty(dims, dtype=dtype, device=device))
             p.grad = self.flat[dtype][off:off + numel].view(dims)
             self.params.append(p)
+            self.pristine_views.append(self.pristine[dtype][off:off + numel].view(dims))
         self.grads = [p.grad for p in self.params]
+        self.kinds = [KINDS[g.dtype] for g in self.grads]
         self.data_bytes = sum(g.numel() * g.element_size() for g in self.grads)
-        sq = [torch.linalg.vector_norm(g, dtype=torch.float64).item() ** 2 for g in self.grads]
-        self.norm = sum(sq) ** 0.5
-        self.min_tensor_norm = min(s ** 0.5 for s in sq)
-        self.rms = (sum(sq) / sum(g.numel() for g in self.grads)) ** 0.5
-        self.flush_buf = torch.ones(flush_bytes(self.data_bytes) // 4, device=device)
+        self.sq = [torch.linalg.vector_norm(g, dtype=torch.float64).item() ** 2
+                   for g in self.grads]
+        self.norm = sum(self.sq) ** 0.5
+        self.min_tensor_norm = min(s ** 0.5 for s in self.sq)
+        self.rms = (sum(self.sq) / sum(g.numel() for g in self.grads)) ** 0.5
+        self.flush_buf = None
         self.dirty = False
 
     def prepare(self, writes):
         """Start from the pristine data (also after a writing op) with the
-        gradients evicted from the caches."""
+        gradients evicted from the caches: by gclip-bench's own eviction
+        where its roofline library is loaded (CPU runs), else by writing a
+        buffer four times their size (at least 128 MiB) through the caches."""
         if writes or self.dirty:
             for dtype, buf in self.flat.items():
                 buf.copy_(self.pristine[dtype])
         self.dirty = writes
-        self.flush_buf.add_(1.0)  # touches every line: evicts the gradients
+        if not evict((b.data_ptr(), b.numel() * b.element_size()) for b in self.flat.values()):
+            if self.flush_buf is None:
+                self.flush_buf = torch.ones(flush_bytes(self.data_bytes) // 4,
+                                            device=self.grads[0].device)
+            self.flush_buf.add_(1.0)  # touches every line: evicts the gradients
+
+    def pairs(self):
+        """(pristine, current) values of each gradient for check_output."""
+        def f64(t, a, b):
+            return t.reshape(-1)[a:b].to("cpu", torch.float64).numpy()
+        for x, g in zip(self.pristine_views, self.grads):
+            yield chunks(g.numel(), lambda a, b, x=x, g=g: (f64(x, a, b), f64(g, a, b)))
 
 
 def total_norm(grads):
@@ -112,35 +131,41 @@ def per_tensor_clip(w, max_norm):
 
 
 def make_op(w, op):
-    """A callable running one step of `op`, and a note naming the torch call."""
+    """A callable running one step of `op` (returning the total norm where
+    the torch call returns one), a note naming the torch call, and the op's
+    arguments for check_output."""
     clip = torch.nn.utils.clip_grad_norm_
     if op == "norm":
-        return lambda: total_norm(w.grads), "total norm as clip_grad_norm_"
-    if op == "clip":
-        return lambda: clip(w.params, 0.5 * w.norm), "clip_grad_norm_"
-    if op == "clip-noop":
-        return lambda: clip(w.params, 2.0 * w.norm), "clip_grad_norm_"
+        return lambda: total_norm(w.grads), "total norm as clip_grad_norm_", {}
+    if op in ("clip", "clip-noop"):
+        max_norm = (0.5 if op == "clip" else 2.0) * w.norm
+        return lambda: clip(w.params, max_norm), "clip_grad_norm_", {"max_norm": max_norm}
     if op == "value":
-        return lambda: torch.nn.utils.clip_grad_value_(w.params, w.rms), "clip_grad_value_"
+        return (lambda: torch.nn.utils.clip_grad_value_(w.params, w.rms)), "clip_grad_value_", \
+            {"clip_value": w.rms}
     if op == "tensor-norm":
-        return per_tensor_clip(w, 0.5 * w.min_tensor_norm)
+        max_norm = 0.5 * w.min_tensor_norm
+        fn, note = per_tensor_clip(w, max_norm)
+        return (lambda: (fn(), None)[1]), note, {"tensor_max_norm": max_norm}
     if op == "unscale-clip":
         unscale, name = unscaler(w)
         max_norm = 0.5 * w.norm / LOSS_SCALE
-        return (lambda: (unscale(), clip(w.params, max_norm))), name + " + clip_grad_norm_"
+        return (lambda: (unscale(), clip(w.params, max_norm))[1]), \
+            name + " + clip_grad_norm_", {"max_norm": max_norm, "inv_scale": 1.0 / LOSS_SCALE}
     raise ValueError(op)
 
 
-def timed(fn, device):
+def timed(fn, device, last):
+    """ms of one call of fn; its return value kept in last["out"]."""
     if device == "cuda":
         start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        fn()
+        last["out"] = fn()
         stop.record()
         stop.synchronize()
         return start.elapsed_time(stop)
     t0 = time.perf_counter()
-    fn()
+    last["out"] = fn()
     return (time.perf_counter() - t0) * 1e3
 
 
@@ -157,14 +182,19 @@ def main():
         devices.append(device)
 
     def bench_op(w, op):
-        fn, note = make_op(w, op)
+        fn, note, op_args = make_op(w, op)
         device = w.grads[0].device.type
+        last = {}
 
         def step():
             if device == "cuda":
                 torch.cuda.synchronize()
-            return timed(fn, device)
-        return run_protocol(w.prepare, op in WRITES, step, args.warmup, args.runs, op), note
+            return timed(fn, device, last)
+        times = run_protocol(w.prepare, op in WRITES, step, args.warmup, args.runs, op)
+        # the data and the norm the last run left
+        norm = None if last["out"] is None else float(last["out"])
+        run_check(times, op, w.kinds, w.sq, w.pairs(), norm, op_args)
+        return times, note
 
     run_all(args, devices, lambda d: Workload(shapes, d), bench_op, "torch")
 

@@ -90,3 +90,195 @@ def test_without_a_roofline_library_nothing_is_paired(pc):
     assert log == ["prepare", "step"] * 4
     assert times.roofline_gbps is None
     assert list(times) == [2.0, 2.0, 2.0]
+
+
+# ---- the peers' output check ------------------------------------------------------------
+
+np = pytest.importorskip("numpy")
+
+
+def low_dtype(kind):
+    """The NumPy dtype a peer would compute a kind in (bf16 from ml_dtypes)."""
+    if kind == "bf16":
+        return pytest.importorskip("ml_dtypes").bfloat16
+    return {"f32": np.float32, "f16": np.float16}[kind]
+
+
+def peer_data(kinds, seed):
+    """Gradient-like data, rounded to each kind, as float64 arrays, and each
+    tensor's exact sum of squares (computed here in float64)."""
+    rng = np.random.default_rng(seed)
+    xs = []
+    for k, kind in enumerate(kinds):
+        n = int(rng.integers(200, 1000))
+        x = rng.standard_normal(n) * 1e-3 * (1 + k % 3)
+        xs.append(x.astype(low_dtype(kind)).astype(np.float64))
+    return xs, [float(np.dot(x, x)) for x in xs]
+
+
+def like_a_peer(op, kinds, xs, args):
+    """What a peer computes, in the gradient dtype: its norm from float32
+    sums (returned where the op returns one) and each tensor times its
+    factor, rounded; PyTorch's arithmetic (eps added to the norm)."""
+    norms = [np.float32(np.sqrt(np.sum(x.astype(np.float32) ** 2, dtype=np.float32))) for x in xs]
+    inv = args.get("inv_scale", 1.0)
+    total = float(np.sqrt(np.sum(np.square(norms, dtype=np.float32)))) * inv
+    outs = []
+    for kind, x, n in zip(kinds, xs, norms):
+        dt = low_dtype(kind)
+        if op in ("norm", "clip-noop"):
+            f = 1.0
+        elif op == "value":
+            c = float(dt(args["clip_value"]))
+            outs.append(np.clip(x, -c, c).astype(dt).astype(np.float64))
+            continue
+        elif op == "tensor-norm":
+            f = min(1.0, args["tensor_max_norm"] / (float(n) + 1e-6))
+        else:
+            f = min(1.0, args["max_norm"] / (total + 1e-6))
+        y = (x * inv).astype(dt).astype(np.float64) if op == "unscale-clip" else x
+        outs.append((y * np.float32(f)).astype(dt).astype(np.float64))
+    return (total if op in ("norm", "clip", "clip-noop", "unscale-clip") else None), outs
+
+
+def in_chunks(pc, pairs):
+    """Each tensor's (pristine, output) pair as check_output takes it: flat
+    chunks, of 128 elements here, so that a tensor spans several."""
+    old, pc.CHECK_CHUNK = pc.CHECK_CHUNK, 128
+    try:
+        return [list(pc.chunks(x.size, lambda a, b, x=x, y=y: (x.ravel()[a:b], y.ravel()[a:b])))
+                for x, y in pairs]
+    finally:
+        pc.CHECK_CHUNK = old
+
+
+def op_args(op, sq):
+    norm = sum(sq) ** 0.5
+    return {"norm": {}, "clip": {"max_norm": 0.5 * norm}, "clip-noop": {"max_norm": 2 * norm},
+            "value": {"clip_value": (sum(sq) / 3000) ** 0.5},
+            "tensor-norm": {"tensor_max_norm": 0.5 * min(s ** 0.5 for s in sq)},
+            "unscale-clip": {"max_norm": 0.5 * norm / 1024, "inv_scale": 1 / 1024}}[op]
+
+
+OPS = ["norm", "clip", "clip-noop", "value", "tensor-norm", "unscale-clip"]
+KIND_SETS = [["f32"] * 5, ["f32", "f16", "f16", "f32"], ["bf16", "f32", "bf16"]]
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("kinds", KIND_SETS)
+def test_the_check_passes_what_a_peer_makes_of_the_data(pc, op, kinds):
+    xs, sq = peer_data(kinds, seed=len(kinds) * 31 + OPS.index(op))
+    args = op_args(op, sq)
+    norm, outs = like_a_peer(op, kinds, xs, args)
+    assert pc.check_output(op, kinds, sq, in_chunks(pc, zip(xs, outs)), norm, args) is None
+    # the norm alone (JAX's norm op returns no data)
+    assert pc.check_output(op, kinds, sq, None, norm, args) is None
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("kinds", KIND_SETS)
+def test_the_check_fails_a_step_that_did_not_do_the_op(pc, op, kinds):
+    xs, sq = peer_data(kinds, seed=len(kinds) * 17 + OPS.index(op))
+    args = op_args(op, sq)
+    norm, outs = like_a_peer(op, kinds, xs, args)
+    pairs = list(zip(xs, outs))
+    # the float32 tensor of largest norm (a float16 one's unscaled values are
+    # subnormal, where the check allows an ulp of each)
+    t = max((i for i, k in enumerate(kinds) if k == "f32"), key=lambda i: sq[i])
+    if op in ("clip", "tensor-norm", "unscale-clip", "value"):
+        # the write skipped on one tensor: its pristine values left
+        skipped = [(x, x.copy() if i == t else y) for i, (x, y) in enumerate(pairs)]
+        assert "tensor" in pc.check_output(op, kinds, sq, in_chunks(pc, skipped), None, args)
+    if op in ("clip", "tensor-norm", "unscale-clip"):
+        # the data not restored between runs: the factor applied twice
+        f = outs[t] / np.where(xs[t] == 0, 1, xs[t])
+        twice = [(x, y * f if i == t else y) for i, (x, y) in enumerate(pairs)]
+        assert "tensor" in pc.check_output(op, kinds, sq, in_chunks(pc, twice), None, args)
+    # the exponent of one tensor's largest element two higher
+    j = int(np.argmax(np.abs(outs[t])))
+    bumped = [(x, y.copy()) for x, y in pairs]
+    bumped[t][1][j] *= 4.0
+    assert f"tensor {t}" in pc.check_output(op, kinds, sq, in_chunks(pc, bumped), None, args)
+    # a NaN
+    nan = [(x, y.copy()) for x, y in pairs]
+    nan[t][1][j] = np.nan
+    assert f"tensor {t}" in pc.check_output(op, kinds, sq, in_chunks(pc, nan), None, args)
+    if norm is not None:
+        # the norm of other data: the largest tensor left out of the sum
+        big = max(sq)
+        other = (norm ** 2 - big * args.get("inv_scale", 1.0) ** 2) ** 0.5
+        assert pc.check_output(op, kinds, sq, in_chunks(pc, pairs), other, args).startswith("norm ")
+
+
+def test_the_factor_follows_the_peer_s_eps(pc):
+    # optax divides by the norm without adding eps: on unscaled gradients of
+    # norm ~1e-6 that is a factor 2 apart from PyTorch's; the check takes the
+    # eps the peer uses
+    kinds = ["f32"] * 3
+    xs, sq = peer_data(kinds, seed=5)
+    inv = 2.0 ** -15
+    args = {"max_norm": 0.5 * sum(sq) ** 0.5 * inv, "inv_scale": inv}
+    exact = sum(sq) ** 0.5 * inv
+    f = inv * args["max_norm"] / exact  # no eps
+    pairs = [(x, (x * f).astype(np.float32).astype(np.float64)) for x in xs]
+    assert pc.check_output("unscale-clip", kinds, sq, in_chunks(pc, pairs), None,
+                           dict(args, eps=0.0)) is None
+    assert "tensor 0" in pc.check_output("unscale-clip", kinds, sq, in_chunks(pc, pairs), None, args)
+
+
+def test_records_carry_the_check_and_the_norm_error(pc):
+    class A:
+        workload, threads = "resnet50", 2
+    times = pc.Times([3.0, 1.0, 2.0])
+    kinds = ["f32", "f32"]
+    xs, sq = peer_data(kinds, seed=9)
+    args = {"max_norm": sum(sq) ** 0.5}
+    exact = sum(sq) ** 0.5
+    pc.run_check(times, "clip", kinds, sq, in_chunks(pc, [(x, x) for x in xs]),
+                 exact * (1 + 3e-6), args)
+    rec = pc.record(A, 100, "clip", "cpu", times, "clip_grad_norm_", "torch")
+    assert rec["check_failed"] is False and "check" not in rec
+    assert rec["norm_error"] == pytest.approx(3e-6, rel=1e-6)
+    times = pc.Times([1.0])
+    pc.run_check(times, "clip", kinds, sq, in_chunks(pc, [(x, 0.5 * x) for x in xs]), None,
+                 args)
+    rec = pc.record(A, 100, "clip", "cpu", times, "clip_grad_norm_", "torch")
+    assert rec["check_failed"] is True and rec["check"].startswith("tensor 0")
+    assert "norm_error" not in rec
+
+
+def test_a_peer_without_numpy_is_timed_and_its_record_says_unchecked(pc, monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_numpy(name, *a, **k):
+        if name == "numpy":
+            raise ImportError("No module named 'numpy'")
+        return real_import(name, *a, **k)
+    monkeypatch.setattr(builtins, "__import__", no_numpy)
+    times = pc.Times([1.0])
+    pc.run_check(times, "norm", ["f32"], [4.0], [], 2.0, {})
+
+    class A:
+        workload, threads = "gpt2-124m", 2
+    rec = pc.record(A, 100, "norm", "cpu", times, "", "torch")
+    assert "check_failed" not in rec and rec["unchecked"].startswith("not checked")
+    assert rec["norm_error"] == 0.0
+
+
+def test_eviction_goes_through_the_roofline_library_when_loaded(pc):
+    pc._roof = None
+    assert pc.evict([(4096, 64)]) is False  # the caller streams its flush buffer
+
+    class Lib:
+        calls = []
+
+    class R:
+        def evict(self, ptr, nbytes):
+            Lib.calls.append((ptr, nbytes))
+    pc._roof = R()
+    try:
+        assert pc.evict(iter([(4096, 64), (8192, 0), (1 << 20, 4096)])) is True
+    finally:
+        pc._roof = None
+    assert Lib.calls == [(4096, 64), (1 << 20, 4096)]

@@ -136,3 +136,28 @@ def test_rows_of_another_policy_are_labelled_with_it(table):
         want = 2.0 if row["op"] == "clip-noop" or w == "many-small" else 1.0
         below = row["fastest"] is not None and row["up"][row["fastest"]] < want
         assert any("best peer" in m for m in met) == below
+
+
+def test_a_peer_whose_output_check_failed_is_flagged_and_still_compared(table, tmp_path,
+                                                                        capsys, monkeypatch):
+    runs = make_runs(11, 2)
+    _, before = table.summarize(runs)
+    bad = next(r for r in runs[1] if r["impl"] == "jax-0.10.2" and r["op"] == "clip-noop")
+    bad["check_failed"] = True
+    bad["check"] = "tensor 3: off the expected values by 1 of their norm"
+    _, rows = table.summarize(runs)
+    flagged = [(row["workload"], row["op"], row["peer_checks"]) for row in rows if row["peer_checks"]]
+    assert flagged == [(bad["workload"], "clip-noop", {"jax-0.10.2": bad["check"]})]
+    # the peer's time stays in the comparison: speed-ups and verdicts as before
+    assert [(row["up"], table.verdict(row)) for row in rows] == \
+        [(row["up"], table.verdict(row)) for row in before]
+    path = tmp_path / "run.json"
+    path.write_text(__import__("json").dumps(runs[1]))
+    monkeypatch.setattr("sys.argv", ["table.py", str(path)])
+    table.main()
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines()
+                if ln.startswith(f"| {bad['workload']} | clip-noop |"))
+    assert f"{bad['median_ms']:.2f} (!)" in line
+    assert out.count("(!)") == 2  # the cell, and the note under the table
+    assert f"- {bad['workload']} clip-noop, jax-0.10.2: {bad['check']}" in out
