@@ -164,23 +164,27 @@ OPS = ["norm", "clip", "clip-noop", "value", "tensor-norm", "unscale-clip"]
 KIND_SETS = [["f32"] * 5, ["f32", "f16", "f16", "f32"], ["bf16", "f32", "bf16"]]
 
 
-@pytest.mark.parametrize("op", OPS)
-@pytest.mark.parametrize("kinds", KIND_SETS)
-def test_the_check_passes_what_a_peer_makes_of_the_data(pc, op, kinds):
+@pytest.fixture(params=[(op, kinds) for kinds in KIND_SETS for op in OPS],
+                ids=lambda p: f"{p[0]}-{'+'.join(p[1])}")
+def peer_case(request):
+    """An op, a list's kinds, its data and sums of squares, the op's
+    arguments, and what a peer returns and leaves."""
+    op, kinds = request.param
     xs, sq = peer_data(kinds, seed=len(kinds) * 31 + OPS.index(op))
     args = op_args(op, sq)
     norm, outs = like_a_peer(op, kinds, xs, args)
+    return op, kinds, xs, sq, args, norm, outs
+
+
+def test_the_check_passes_what_a_peer_makes_of_the_data(pc, peer_case):
+    op, kinds, xs, sq, args, norm, outs = peer_case
     assert pc.check_output(op, kinds, sq, in_chunks(pc, zip(xs, outs)), norm, args) is None
     # the norm alone (JAX's norm op returns no data)
     assert pc.check_output(op, kinds, sq, None, norm, args) is None
 
 
-@pytest.mark.parametrize("op", OPS)
-@pytest.mark.parametrize("kinds", KIND_SETS)
-def test_the_check_fails_a_step_that_did_not_do_the_op(pc, op, kinds):
-    xs, sq = peer_data(kinds, seed=len(kinds) * 17 + OPS.index(op))
-    args = op_args(op, sq)
-    norm, outs = like_a_peer(op, kinds, xs, args)
+def test_the_check_fails_a_step_that_did_not_do_the_op(pc, peer_case):
+    op, kinds, xs, sq, args, norm, outs = peer_case
     pairs = list(zip(xs, outs))
     # the float32 tensor of largest norm (a float16 one's unscaled values are
     # subnormal, where the check allows an ulp of each)
