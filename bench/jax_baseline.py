@@ -108,9 +108,11 @@ class Workload:
         """(pristine, output) values of each leaf for check_output."""
         def f64(t, a, b):
             return np.asarray(t).reshape(-1)[a:b].astype(np.float64)
+        if len(self.out) != len(self.pristine):
+            return  # check_output counts the tensors
         for x, y in zip(self.pristine, self.out):
-            if x.size != y.size:  # check_output names the tensor
-                yield [(np.zeros(x.size), np.zeros(y.size))]
+            if x.size != y.size:  # check_output names the tensor (views of one zero)
+                yield [(np.broadcast_to(0.0, (x.size,)), np.broadcast_to(0.0, (y.size,)))]
                 continue
             yield chunks(x.size, lambda a, b, x=x, y=y: (f64(x, a, b), f64(y, a, b)))
 

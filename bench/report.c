@@ -1,6 +1,7 @@
 /*
  * report.c - the results: the table on stdout and the JSON file.
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -172,8 +173,10 @@ int bench_write_json(const bench_results *res, const char *path)
         }
         if (!strcmp(r->impl, "gclip") || !strcmp(r->impl, "naive") || r->checked)
             fprintf(f, "\"check_failed\": %s, ", r->check_failed ? "true" : "false");
-        if (r->has_norm_error)
+        if (r->has_norm_error && isfinite(r->norm_error))
             fprintf(f, "\"norm_error\": %.6g, ", r->norm_error);
+        else if (r->has_norm_error) /* a NaN or Inf norm: JSON has no such number */
+            fputs("\"norm_error\": null, ", f);
         json_string(f, "note", r->note);
         fprintf(f, "}%s\n", i + 1 < res->n ? "," : "");
     }

@@ -185,7 +185,8 @@ def main():
             f = row["fastest"]
             cells = [w, op, spread(row["ratios"], "{:.2f}"),
                      spread(row["mem_ups"][f], "{:.2f}x") if f and row["mem_ups"][f] else "-",
-                     spread(row["ups"][f], "{:.2f}x") if f else "-", f or "-"]
+                     spread(row["ups"][f], "{:.2f}x") if f else "-",
+                     (f + (" (!)" if f in row["peer_checks"] else "")) if f else "-"]
         else:
             naive = row["naive_ms"]
             cells = [w, op, f"{row['ms']:.2f}", f"**{spread(row['ratios'], '{:.2f}')}**",

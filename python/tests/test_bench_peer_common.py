@@ -202,15 +202,27 @@ def test_the_check_fails_a_step_that_did_not_do_the_op(pc, peer_case):
     j = int(np.argmax(np.abs(outs[t])))
     bumped = [(x, y.copy()) for x, y in pairs]
     bumped[t][1][j] *= 4.0
-    assert f"tensor {t}" in pc.check_output(op, kinds, sq, in_chunks(pc, bumped), None, args)
+    assert f"tensor {t}: off the expected values" in pc.check_output(
+        op, kinds, sq, in_chunks(pc, bumped), None, args) if op not in ("norm", "clip-noop") \
+        else True
+    assert f"element {j}:" in pc.check_output(op, kinds, sq, in_chunks(pc, bumped), None, args)
     # a NaN
     nan = [(x, y.copy()) for x, y in pairs]
     nan[t][1][j] = np.nan
-    assert f"tensor {t}" in pc.check_output(op, kinds, sq, in_chunks(pc, nan), None, args)
+    why = pc.check_output(op, kinds, sq, in_chunks(pc, nan), None, args)
+    assert f"tensor {t}" in why and f"element {j}: nan" in why
+    # a NaN in an early chunk stays the one named when later chunks differ too
+    if op not in ("norm", "clip-noop"):
+        both = [(x, y.copy()) for x, y in nan]
+        both[t][1][-1] = both[t][1][-1] * 8 + 1.0
+        assert f"element {j}: nan" in pc.check_output(op, kinds, sq, in_chunks(pc, both), None,
+                                                      args)
+    # a tensor missing from the output
+    assert pc.check_output(op, kinds, sq, in_chunks(pc, pairs[:-1]), None, args) == \
+        f"{len(kinds) - 1} tensors in the output, expected {len(kinds)}"
     if norm is not None:
-        # the norm of other data: the largest tensor left out of the sum
-        big = max(sq)
-        other = (norm ** 2 - big * args.get("inv_scale", 1.0) ** 2) ** 0.5
+        # the norm of other data: what a clip to half the norm leaves
+        other = 0.5 * norm
         assert pc.check_output(op, kinds, sq, in_chunks(pc, pairs), other, args).startswith("norm ")
 
 
@@ -281,8 +293,37 @@ def test_eviction_goes_through_the_roofline_library_when_loaded(pc):
         def evict(self, ptr, nbytes):
             Lib.calls.append((ptr, nbytes))
     pc._roof = R()
+    x86 = pc.X86
     try:
+        pc.X86 = True
         assert pc.evict(iter([(4096, 64), (8192, 0), (1 << 20, 4096)])) is True
+        assert Lib.calls == [(4096, 64), (1 << 20, 4096)]
+        # elsewhere bench_evict streams its own buffer whatever the range: once
+        pc.X86 = False
+        Lib.calls.clear()
+        assert pc.evict(iter([(4096, 64), (1 << 20, 4096)])) is True
+        assert Lib.calls == [(4096, 64)]
     finally:
         pc._roof = None
-    assert Lib.calls == [(4096, 64), (1 << 20, 4096)]
+        pc.X86 = x86
+
+
+def test_run_all_prints_an_unchecked_record(pc, capsys):
+    # a peer interpreter without NumPy: its records lack check_failed, and
+    # run_all must still print them and go on to the next op
+    class Args:
+        workload, ops, threads, json, roof_lib = "resnet50", "norm,clip", 2, None, None
+
+    class W:
+        data_bytes = 1000
+
+    def bench_op(w, op):
+        times = pc.Times([1.0, 2.0])
+        times.unchecked = "not checked: No module named 'numpy'"
+        return times, op
+    pc.run_all(Args, ["cpu"], lambda d: W(), bench_op, "torch")
+    lines = [__import__("json").loads(ln) for ln in capsys.readouterr().out.splitlines()]
+    assert [(r["op"], r["unchecked"]) for r in lines] == \
+        [("norm", "not checked: No module named 'numpy'"), ("clip", "not checked: No module "
+                                                          "named 'numpy'")]
+    assert not any("check_failed" in r or "error" in r for r in lines)

@@ -161,3 +161,13 @@ def test_a_peer_whose_output_check_failed_is_flagged_and_still_compared(table, t
     assert f"{bad['median_ms']:.2f} (!)" in line
     assert out.count("(!)") == 2  # the cell, and the note under the table
     assert f"- {bad['workload']} clip-noop, jax-0.10.2: {bad['check']}" in out
+    # --compact: the fastest peer's name carries the flag where it is that peer
+    monkeypatch.setattr("sys.argv", ["table.py", "--compact", str(path)])
+    table.main()
+    out = capsys.readouterr().out
+    row = next(r for r in table.summarize([runs[1]])[1]
+               if (r["workload"], r["op"]) == (bad["workload"], "clip-noop"))
+    line = next(ln for ln in out.splitlines()
+                if ln.startswith(f"| {bad['workload']} | clip-noop |"))
+    assert line.split(" | ")[-2] == row["fastest"] + (" (!)" if row["fastest"] == "jax-0.10.2"
+                                                      else "")
