@@ -202,7 +202,7 @@ def main():
     flagged = [f"- {row['workload']} {row['label']}, {p}: {why}"
                for row in rows for p, why in row["peer_checks"].items()]
     if flagged:
-        print(f"\n{len(flagged)} peer results failed their output check (marked (!); "
+        print(f"\nPeer results that failed their output check: {len(flagged)} (marked (!); "
               "their times are compared as they are):")
         print("\n".join(flagged))
 
