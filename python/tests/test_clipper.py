@@ -247,6 +247,39 @@ def test_phases_accumulate_finalize_apply(rng):
         np.testing.assert_allclose(x, g / (ref + 1e-6), rtol=2e-6)
 
 
+def test_jax_clip_by_value_clamps_float64_leaves_to_the_double_bound(rng):
+    """optax.clip clamps a float64 leaf to the double clip_value; the library
+    clamps to the float32 nearest it, which gclip.jax puts right for float64
+    leaves (NaN, -0.0 and the elements between the two bounds included). A
+    float32 leaf keeps the library's clamp, which is the same there."""
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+    import gclip.jax as gj
+    optax = pytest.importorskip("optax", reason="the reference package optax")
+    x = rng.standard_normal(2000) * 0.2
+    x[:3] = [np.nan, -0.0, 0.0]
+    x[3:7] = [0.1, -0.1, 0.100000001, -0.100000001]  # between float64's and float32's 0.1
+    x[7:9] = [1e300, -1e-60]
+    jax.config.update("jax_enable_x64", True)
+    try:
+        tree = {"j": jnp.asarray(x), "n": x.copy(), "f": jnp.asarray(x[9:].astype(np.float32))}
+        for c in (0.1, 0.5, 1e-50, 1e200):
+            out = gj.clip_by_value(tree, c)
+            peer = optax.clip(c).update(tree, optax.EmptyState())[0]
+            want = np.clip(x, -c, c)
+            for k in ("j", "n"):
+                got = np.asarray(out[k])
+                assert got.dtype == np.float64
+                # bit for bit: NaN where NaN, the sign of each zero kept
+                assert got.tobytes() == want.tobytes(), (c, k)
+                assert got.tobytes() == np.asarray(peer[k], dtype=np.float64).tobytes(), (c, k)
+            c32 = np.float32(c) if c < 3e38 else np.float32(np.inf)
+            f = np.asarray(out["f"])
+            assert f.tobytes() == np.clip(x[9:].astype(np.float32), -c32, c32).tobytes(), c
+    finally:
+        jax.config.update("jax_enable_x64", False)
+
+
 def test_jax_norms_and_functional_clip(rng):
     jax = pytest.importorskip("jax")
     import jax.numpy as jnp
