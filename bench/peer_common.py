@@ -199,17 +199,15 @@ def check_output(op, kinds, sq, pairs, norm, args):
     apart (norm_error)."""
     import numpy as np  # here: an interpreter without NumPy still times its peer
     delta = NORM_BOUND
-    exact = math.sqrt(sum(sq))
+    want = op_norm(op, sq, args)
     inv = args.get("inv_scale", 1.0) if op == "unscale-clip" else 1.0
-    if norm is not None:
-        want = exact * inv
-        if not abs(norm - want) <= delta * want:
-            return f"norm {norm!r}, the exact one {want!r}"
+    if norm is not None and not abs(norm - want) <= delta * want:
+        return f"norm {norm!r}, the exact one {want!r}"
     if pairs is None:
         return None
     eps = args.get("eps", EPS)
     if op in ("clip", "unscale-clip"):
-        factor = inv * min(1.0, args["max_norm"] / (exact * inv + eps))
+        factor = inv * min(1.0, args["max_norm"] / (want + eps))
     writes = op not in ("norm", "clip-noop")
     seen = 0
     for i, (kind, tensor) in enumerate(zip(kinds, pairs)):
@@ -258,12 +256,16 @@ def chunks(numel, pair_at):
         yield pair_at(a, min(numel, a + CHECK_CHUNK))
 
 
+def op_norm(op, sq, args):
+    """The exact norm the op measures: the pristine data's, unscaled for
+    unscale-clip."""
+    inv = args.get("inv_scale", 1.0) if op == "unscale-clip" else 1.0
+    return math.sqrt(sum(sq)) * inv
+
+
 def norm_error(op, sq, norm, args):
     """The peer's norm over the exact one, less 1 (None without a norm)."""
-    if norm is None:
-        return None
-    inv = args.get("inv_scale", 1.0) if op == "unscale-clip" else 1.0
-    return norm / (math.sqrt(sum(sq)) * inv) - 1.0
+    return None if norm is None else norm / op_norm(op, sq, args) - 1.0
 
 
 def run_protocol(prepare, writes, step, warmup, runs, op=None):

@@ -498,11 +498,7 @@ def _torch_clip(grads, max_norm, norm_type, error_if_nonfinite, skip) -> Tensor:
     """PyTorch's own DTensor arithmetic, for what gclip does not take here
     (float64, float16/bfloat16 norms rounded to the gradient dtype, norm types
     <= 0, a negative max_norm)."""
+    from . import torch as gt
     total = torch.nn.utils.get_total_norm(grads, norm_type, error_if_nonfinite)
-    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
-    if skip:
-        coef = torch.where(torch.isfinite(total), coef, torch.ones_like(coef))
-    from .torch import _group_by_device_dtype
-    for (device, _), gs in _group_by_device_dtype(grads).items():
-        torch._foreach_mul_(gs, coef.to(device))
+    gt._apply_coef(grads, max_norm, total, skip)  # clip_grads_with_norm_'s arithmetic
     return total
