@@ -509,6 +509,46 @@ def _scenario_dtensor_with_norm_and_value(rec, ws, rank):
         rec.check(name, False, traceback.format_exc())
 
 
+def _scenario_dtensor_torch_fallback(rec, ws, rank):
+    """DTensor gradients gclip leaves to PyTorch's arithmetic (float64, and
+    float16 without fp32_norm): clip_grad_norm_ gives PyTorch's norm and
+    gradients bit for bit, and the float64 ones match the reference."""
+    mesh = init_device_mesh("cpu", (ws,))
+    gen = torch.Generator().manual_seed(4242)
+    name = "dtensor_torch_fallback_matches_torch"
+    for dtype, rtol in ((torch.float64, 1e-12), (torch.float16, 2e-3)):
+        spec = [(_full((4 * ws, 3), gen, 2.0).to(dtype), [Shard(0)]),
+                (_full((7,), gen, 3.0).to(dtype), [Replicate()]),
+                # no empty shard: PyTorch's own inf-norm raises on one
+                (_full((3, 3 * ws + 1), gen).to(dtype), [Shard(1)])]
+        fulls = [f for f, _ in spec]
+        for p, nonfinite in ((2.0, "propagate"), (3.0, "skip"), (math.inf, "propagate")):
+            detail = f"{dtype} p={p} {nonfinite}"
+            try:
+                ref = _ref_norm(fulls, p)
+                max_norm = 0.25 * ref  # every gradient is clipped
+                tparams, gparams = _params_like(spec, mesh)
+                tn = torch.nn.utils.clip_grad_norm_(tparams, max_norm, p)
+                gn = gt.clip_grad_norm_(gparams, max_norm, p, nonfinite=nonfinite)
+                rec.check(name, isinstance(gn, DTensor) and gn.dtype == dtype,
+                          f"{detail}: norm {type(gn)} {gn.dtype}")
+                rec.check(name, _digest(gn.full_tensor().reshape(1)) == _digest(tn.full_tensor().reshape(1)),
+                          f"{detail}: norm {_as_float(gn)!r} torch {_as_float(tn)!r}")
+                rec.close(name, _as_float(gn), ref, rtol, f"{detail}: norm against the reference")
+                for i, (tp, gp) in enumerate(zip(tparams, gparams)):
+                    g_full, t_full = gp.grad.full_tensor(), tp.grad.full_tensor()
+                    rec.check(name, isinstance(gp.grad, DTensor) and g_full.dtype == dtype
+                              and _digest(g_full) == _digest(t_full),
+                              f"{detail} tensor {i}: max diff "
+                              f"{_maxdiff(g_full.double(), t_full.double())}")
+                    want = fulls[i].double() * (max_norm / (ref + 1e-6))
+                    rec.check(name, torch.allclose(g_full.double(), want, rtol=rtol, atol=0),
+                              f"{detail} tensor {i}: max diff "
+                              f"{_maxdiff(g_full.double(), want)} from the reference")
+            except Exception:
+                rec.check(name, False, f"{detail}: {traceback.format_exc()}")
+
+
 def _scenario_not_member(rec, ws, rank):
     """process_group= a group without this rank: ValueError, nothing written."""
     group = dist.new_group([0])
@@ -641,7 +681,8 @@ def _worker(rank, ws, store, outdir):
     try:
         for scenario in (_scenario_1d, _scenario_2d, _scenario_nonfinite,
                          _scenario_process_group, _scenario_mismatch, _scenario_custom_mesh,
-                         _scenario_dtensor_with_norm_and_value, _scenario_not_member,
+                         _scenario_dtensor_with_norm_and_value, _scenario_dtensor_torch_fallback,
+                         _scenario_not_member,
                          _scenario_rejected_on_one_rank):
             scenario(rec, ws, rank)
             dist.barrier()
@@ -829,6 +870,14 @@ def test_dtensor_clip_grads_with_norm_and_value(ws, name, tmp_path_factory):
     """clip_grads_with_norm_ (after get_total_norm, as FSDP2 code does) and
     clip_grad_value_ take DTensor gradients and give torch's gradients."""
     _expect(ws, name, tmp_path_factory)
+
+
+@ws_params
+def test_dtensor_torch_fallback(ws, tmp_path_factory):
+    """float64 DTensor gradients, and float16 ones without fp32_norm, take
+    PyTorch's arithmetic: torch's norm and clipped gradients bit for bit, at
+    p = 2, 3 and inf, with nonfinite="propagate" and "skip"."""
+    _expect(ws, "dtensor_torch_fallback_matches_torch", tmp_path_factory)
 
 
 @ws_params
