@@ -180,6 +180,8 @@ GCLIP_API gclip_status gclip_adaptive_destroy(gclip_adaptive *ad);
  * gradient. No allocation, no host synchronization, capturable. Should the
  * scale launch fail (CUDA_ERROR, slot marked failed, no gradient written),
  * the state has already taken in the step's norm: it is not rolled back.
+ * A step whose slot fails at execution (an out-of-range inv_scale_ptr
+ * value) writes no gradient, changes no state and reports no spike.
  * The result slot: op GCLIP_OP_ADAPTIVE_CLIP or GCLIP_OP_ADAPTIVE_SKIP,
  * total_norm, and for global methods the coefficient and factor applied
  * (per-tensor methods: 1 and 1, as gclip_clip_grad_norm_per_tensor);

@@ -164,8 +164,10 @@ typedef struct gclip_adapt_input {
     float inv_scale;
     float eps;         /* the clip's eps (base options) */
     int32_t policy;    /* gclip_nonfinite_policy */
+    int32_t valid;     /* the slot's status is SUCCESS: the norm and scalars were read */
     int32_t record;    /* the norm is finite and the scalars valid: update the state */
     int32_t apply;     /* factors may differ from 1 (finite, or PROPAGATE) */
+    int32_t pad_;
 } gclip_adapt_input;
 
 /* The global decision of a step (one thread), read by every row. */
@@ -190,8 +192,10 @@ GCLIP_HD gclip_adapt_input gclip_adapt_begin(const gclip_result_slot *slot,
     in.eps = np->eps;
     in.policy = np->policy;
     const int ok = slot->status == GCLIP_STATUS_SUCCESS;
+    in.valid = ok;
     in.record = ok && !slot->nonfinite;
     in.apply = ok && (!slot->nonfinite || np->policy == GCLIP_NONFINITE_PROPAGATE);
+    in.pad_ = 0;
     return in;
 }
 
@@ -321,7 +325,10 @@ GCLIP_HD float gclip_autoclip_coef(float threshold, float norm, float eps)
     return gclip_clip_coef(norm, threshold, eps);
 }
 
-/* The global decision (one thread). Reads the state, writes nothing. */
+/* The global decision (one thread). Reads the state, writes nothing. A
+ * step whose slot carries a failed status (an out-of-range device scalar,
+ * foreign partials) decides nothing: no spike, coefficient 1, NaN
+ * threshold, so that its commit changes no state and raises no skip. */
 GCLIP_HD void gclip_adapt_decide(const gclip_adapt_device *a, const gclip_adapt_input *in,
                                  gclip_adapt_decision *d)
 {
@@ -335,6 +342,8 @@ GCLIP_HD void gclip_adapt_decide(const gclip_adapt_device *a, const gclip_adapt_
     d->pad_ = 0;
     d->mean = 0.0;
     d->var = 0.0;
+    if (!in->valid)
+        return;
     switch (c->method) {
     case GCLIP_ADAPTIVE_ZCLIP:
         gclip_zclip_decide(c, s, a->ring, in, d);

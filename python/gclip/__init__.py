@@ -13,6 +13,7 @@ the functional JAX variant.
 
 from ._lib import (  # noqa: F401
     GclipError,
+    InvalidArgumentError,
     NonFiniteError,
     NotSupportedError,
     cuda_device_count,
@@ -27,7 +28,7 @@ library_version = _version_string()
 
 __all__ = [
     "Clipper", "ClipResult", "DeviceResultView", "Plan",
-    "GclipError", "NonFiniteError", "NotSupportedError",
+    "GclipError", "InvalidArgumentError", "NonFiniteError", "NotSupportedError",
     "cuda_device_count", "has_function", "library_version",
 ]
 __all__ += ["AGCClipper", "AdaptiveClipper", "AdaptiveInfo", "AdaptiveInfoView"]

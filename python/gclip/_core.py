@@ -72,7 +72,7 @@ class ClipResult:
 
 def _not_negative(name: str, value: float, why: str) -> None:
     if value < 0:
-        raise _lib.GclipError(_lib.INVALID_ARGUMENT,
+        raise _lib.InvalidArgumentError(_lib.INVALID_ARGUMENT,
                               f"gclip: {name} {value!r} must be >= 0 ({why}) [INVALID_ARGUMENT]")
 
 

@@ -71,6 +71,11 @@ class NotSupportedError(GclipError):
     """The loaded library or build does not offer this operation (NOT_SUPPORTED)."""
 
 
+class InvalidArgumentError(GclipError, ValueError):
+    """An argument, or a device scalar the library read, was out of range
+    (INVALID_ARGUMENT); nothing was written. Also a ValueError."""
+
+
 class NonFiniteError(GclipError):
     """The total norm was NaN or Inf under the error policy; no gradient was written."""
 
@@ -320,7 +325,8 @@ def last_error() -> str:
 
 def error_for(status: int, what: str) -> GclipError:
     detail = last_error() or status_string(status)
-    cls = {NOT_SUPPORTED: NotSupportedError, NONFINITE: NonFiniteError}.get(status, GclipError)
+    cls = {NOT_SUPPORTED: NotSupportedError, NONFINITE: NonFiniteError,
+           INVALID_ARGUMENT: InvalidArgumentError}.get(status, GclipError)
     return cls(status, f"{what}: {detail} [{STATUS_NAMES.get(status, status)}]")
 
 

@@ -659,9 +659,11 @@ def _check_owners(clipper, before, now):
     per-tensor method's set of parameters with gradients changed (its state
     slot i would go to another parameter's gradient)."""
     if before is not None and now is not None and now != before and clipper._per_tensor():
+        what = ("same count, other parameters" if len(now) == len(before)
+                else f"{len(before)} at the last step, {len(now)} now")
         raise ValueError(
             f"gclip: this {clipper.method} clipper keeps a state per tensor; the parameters "
-            "with a gradient changed since the last step (same count, other parameters). "
+            f"with a gradient changed since the last step ({what}). "
             "Keep the set of gradients fixed (parameters whose .grad is None are left out)")
     return now
 
@@ -686,9 +688,11 @@ class TorchAdaptiveClipper(AdaptiveClipper):
         super().__init__(method, nonfinite=nonfinite, **kwargs)
         self._bound = None  # (plan, pointers) of the last rebind
 
-    def _bind(self, tensors, stream, writable) -> Plan:
+    def _checked(self, grads):
+        """(device index, element counts, plan key) of the gradients of one
+        step, after every check of them that can reject (ValueError or
+        TypeError, nothing written)."""
         torch = _torch()
-        grads = _gradients(tensors)
         if not grads:
             raise ValueError("gclip: no gradients to clip")
         codes = _dtype_codes()
@@ -706,6 +710,12 @@ class TorchAdaptiveClipper(AdaptiveClipper):
         if ad is None or ad.plan.key != key or not all(map(torch.Tensor.is_contiguous, grads)):
             for i, g in enumerate(grads):
                 _gt().describe_tensor(g, i)  # every check that can reject, before any write
+        return dev_index, numels, key
+
+    def _bind(self, tensors, stream, writable) -> Plan:
+        torch = _torch()
+        grads = _gradients(tensors)
+        dev_index, numels, key = self._checked(grads)
         stream = self._op_stream_on(dev_index, stream)
         ptrs = tuple(map(torch.Tensor.data_ptr, grads))
 
@@ -1018,20 +1028,22 @@ class QuantileClip(_Hyperparameters):
     def step(self) -> None:
         """Clip the gradients of the parameters in place (no return value,
         as the reference)."""
-        # every group checked before any is clipped: a refused step writes nothing
+        # every group's gradients checked before any is clipped: a refused
+        # step writes nothing. A group with no gradient is left as it is (its
+        # state and its parameters of the last step), as the reference does.
         work = []
-        owners = self._owners
-        new_owners = []
+        new_owners = list(self._owners)
         for k, (params, clipper) in enumerate(zip(self._sets, self._clippers)):
             with_grad = [p for p in params if p.grad is not None]
-            now = _check_owners(clipper, owners[k], tuple(map(id, with_grad)))
-            if with_grad:
-                clipper._check_count(len(with_grad))
-            new_owners.append(now)
-            work.append((clipper, [p.grad for p in with_grad]))
+            if not with_grad:
+                continue
+            new_owners[k] = _check_owners(clipper, self._owners[k], tuple(map(id, with_grad)))
+            clipper._check_count(len(with_grad))
+            grads = [p.grad for p in with_grad]
+            clipper._checked(grads)
+            work.append((clipper, grads))
         for clipper, grads in work:
-            if grads:
-                clipper.step(grads)
+            clipper.step(grads)
         self._owners = new_owners
 
     def info(self, group: int = 0) -> AdaptiveInfo:

@@ -43,7 +43,8 @@ class _Clipper(Clipper):
     earlier one (in address order) already covers (a pytree may hold one
     array twice, or two views of one buffer, and a norm counts each leaf, as
     optax's does), a NumPy scalar (no memory of its own), a leaf that is
-    not dense, one whose data is not aligned to its element size, and, in a
+    not dense (or whose strides are not whole elements), one whose data is
+    not aligned to its element size, and, in a
     tree on a GPU, a leaf in host memory. Each leaf is described once; the leaves read, copies
     included, are kept until the next operation."""
     _jax_writable = True
@@ -54,7 +55,12 @@ class _Clipper(Clipper):
         self._read = []
 
     def _describe(self, tensors, stream):
-        leaves = [np.array(x) if isinstance(x, np.generic) else x for x in tensors]
+        # a NumPy scalar, and a NumPy view whose strides are not whole
+        # elements (a field of a structured array), which DLPack cannot
+        # describe: a dense copy of their own
+        leaves = [np.array(x) if isinstance(x, np.generic)
+                  else np.ascontiguousarray(x) if isinstance(x, np.ndarray)
+                  and any(s % x.itemsize for s in x.strides) else x for x in tensors]
         infos = super()._describe(leaves, stream)
         spans = []
         for k, info in enumerate(infos):

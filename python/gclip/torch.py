@@ -1009,11 +1009,13 @@ def _grads_and_owners(tensors):
     """The gradients of parameters (their .grad, None skipped) or tensors
     (themselves), and the identities of the parameters they belong to (None
     when some gradient was given as a tensor of its own, whose identity says
-    nothing from one step to the next)."""
+    nothing from one step to the next). A tensor that requires grad, leaf or
+    not, is a parameter, as PyTorch's clip_grad_norm_ reads it: its values
+    are never written."""
     items = [tensors] if isinstance(tensors, Tensor) else list(tensors)
     out, owners = [], []
     for t in items:
-        if isinstance(t, torch.nn.Parameter) or (t.requires_grad and t.is_leaf):
+        if isinstance(t, torch.nn.Parameter) or t.requires_grad:
             if t.grad is not None:
                 out.append(t.grad)
                 owners.append(id(t))

@@ -987,6 +987,115 @@ def test_rejected_step_changes_nothing(rng):
     assert torch.equal(q.state_dict()["clippers"][0]["state"], saved)
 
 
+def test_refused_group_of_a_quantile_clip_leaves_every_group_unclipped(rng):
+    """QuantileClip over two groups whose second gradient has gaps: the step
+    is refused before the first group is clipped or recorded; a retry with a
+    dense gradient then goes on as a twin that never saw the refusal."""
+    m, m_twin = make_model(), make_model()
+    groups = lambda mm: [{"params": list(mm.parameters())[:2]},
+                         {"params": list(mm.parameters())[2:]}]
+    q = gt.QuantileClip(groups(m), quantile=0.0, history_length=5)
+    twin = gt.QuantileClip(groups(m_twin), quantile=0.0, history_length=5)
+    stream = list(gradient_stream(rng, 4))
+    step_in_lockstep("autoclip", q, m, twin, m_twin, stream[:2])
+    saved = q.state_dict()
+    set_grads(m, [g * 20 for g in stream[2]])  # group 0 would be clipped
+    params = list(m.parameters())
+    params[2].grad = torch.randn(4, 32, generator=torch.Generator().manual_seed(5))[:, ::2]
+    before = [p.grad.clone() for p in params]
+    with pytest.raises(ValueError, match="not dense"):
+        q.step()
+    assert_grads_equal([p.grad for p in params], before)
+    for a, b in zip(q.state_dict()["clippers"], saved["clippers"]):
+        assert torch.equal(a["state"], b["state"])
+    step_in_lockstep("autoclip", q, m, twin, m_twin, stream[2:])
+
+
+def test_quantile_clip_without_gradients_does_nothing(rng):
+    """A step where no parameter has a gradient changes nothing, as the
+    reference's; a step that drops some gradients of a per-tensor state is
+    refused with both counts."""
+    m, m_twin = make_model(), make_model()
+    q = gt.QuantileClip(m.parameters(), history_length=5)
+    twin = gt.QuantileClip(m_twin.parameters(), history_length=5)
+    stream = list(gradient_stream(rng, 6))
+    step_in_lockstep("autoclip", q, m, twin, m_twin, stream[:3])
+    saved = q.state_dict()["clippers"][0]["state"]
+    for p in m.parameters():
+        p.grad = None
+    q.step()
+    assert torch.equal(q.state_dict()["clippers"][0]["state"], saved)
+    step_in_lockstep("autoclip", q, m, twin, m_twin, stream[3:5])
+    set_grads(m, stream[5])
+    list(m.parameters())[1].grad = None
+    with pytest.raises(ValueError, match="4 at the last step, 3 now"):
+        q.step()
+
+
+@pytest.mark.parametrize("kind", [k for k in KINDS if not k.startswith("autoclip")])
+def test_tensors_that_require_grad_are_parameters(rng, kind):
+    """A tensor that requires grad but is not a leaf (a parameter moved or
+    cast, as `p.to(...)` gives) is read as PyTorch's clip_grad_norm_ reads
+    it: its .grad, None skipped. Its values are never written."""
+    leaf = torch.nn.Parameter(torch.from_numpy(rng.standard_normal(6).astype(np.float32)))
+    w = leaf * 1.0
+    values = w.detach().clone()
+    (w * 2).sum().backward()
+    clipper = build(kind, None)
+    for _ in range(12):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # PyTorch's non-leaf .grad warning
+            clipper.step([w])
+        assert torch.equal(w.detach(), values)
+    # with retain_grad its .grad is the gradient: clipped as the same
+    # gradient given alone, the tensor's values still untouched
+    w = leaf * 1.0
+    w.retain_grad()
+    (w * 20).sum().backward()
+    alone = w.grad.clone()
+    a, b = build(kind, None), build(kind, None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        a.step([w])
+    b.step([alone])
+    assert torch.equal(w.detach(), values)
+    assert torch.equal(w.grad, alone)
+    if kind in ("zclip", "adagc"):  # their warm-up clips a norm of about 49 to 1
+        assert float(w.grad.norm()) < 1.01
+
+
+@pytest.mark.parametrize("kind", ["zclip", "adagc", "spike_skip"])
+def test_step_failed_at_execution_decides_nothing(rng, kind):
+    """A step whose inv_scale tensor is out of range when it runs (+Inf)
+    fails in the result slot: the gradients, the state and the skip count
+    stay as they were, and no spike is reported, on gradients that are one."""
+    m = make_model()
+    clipper = build(kind, m)
+    stream = list(gradient_stream(rng, 16))
+    for gs in stream[:15]:
+        set_grads(m, gs)
+        clipper.step(m)
+    saved = clipper.state_dict()["state"]
+    skipped = clipper.statistics().get("skipped")
+    spike = [g * 40 for g in stream[15]]
+    set_grads(m, spike)
+    returned = clipper.step(m, inv_scale=torch.tensor(float("inf")))
+    with pytest.raises(gclip.GclipError):
+        clipper.result()
+    assert_grads_equal(grads_of(m), [torch.from_numpy(g) for g in spike])
+    assert torch.equal(clipper.state_dict()["state"], saved)
+    assert clipper.statistics().get("skipped") == skipped
+    assert not clipper.info().spike and not clipper.info().recorded
+    if kind == "spike_skip":
+        assert int(returned) == 0
+    # the same gradients in a valid step are a spike
+    returned = clipper.step(m)
+    if kind != "adagc":
+        assert clipper.info().spike
+    if kind == "spike_skip":
+        assert int(returned) == 1
+
+
 def test_global_state_follows_a_changing_set_of_gradients(rng):
     """Parameters without .grad are left out, as the reference does; the
     state of a global method moves to the new set."""

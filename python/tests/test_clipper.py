@@ -709,6 +709,42 @@ def test_jax_host_scalars_misaligned_and_foreign_order_leaves(rng):
     assert np.array_equal(misaligned, data) and np.array_equal(swapped, data)
 
 
+def test_jax_strided_field_leaves_and_bad_bounds(rng):
+    """A NumPy leaf whose strides are not whole elements (a field of a
+    structured array) is read from a copy by the norms as by the clips, as
+    optax reads it; a negative or NaN max_norm or clip_value raises
+    InvalidArgumentError, a ValueError, leaving the leaves as they were."""
+    pytest.importorskip("jax")
+    optax = pytest.importorskip("optax")
+    import gclip.jax as gj
+    rec = np.zeros(37, dtype=[("a", "<f4"), ("b", "<f2")])
+    rec["a"] = rng.standard_normal(37).astype(np.float32) * 3
+    rec["b"] = rng.standard_normal(37).astype(np.float16)
+    before = rec.copy()
+    leaf, other = rec["a"], rng.standard_normal((3, 4)).astype(np.float32)
+    assert leaf.strides == (6,)
+    tree = {"x": leaf, "y": other}
+    want = ref_norm([leaf, other], 2.0)
+    assert abs(gj.global_norm(tree) - want) <= 1e-6 * want
+    assert abs(gj.global_norm(tree, norm_type=1.0) - ref_norm([leaf, other], 1.0)) <= 1e-6 * want
+    peer = optax.tree.norm if hasattr(optax, "tree") else optax.global_norm
+    assert abs(float(peer(tree)) - want) <= 1e-5 * want
+    norms = gj.tensor_norms(tree)
+    assert abs(float(norms["x"]) - ref_norm([leaf], 2.0)) <= 1e-6 * ref_norm([leaf], 2.0)
+    out, info = gj.clip_by_global_norm(tree, 1.0)
+    np.testing.assert_allclose(np.asarray(out["x"]), leaf / (want + 1e-6), rtol=2e-7)
+    assert np.array_equal(rec, before)
+    for bad in (-1.0, float("nan")):
+        for call in (lambda: gj.clip_by_global_norm(tree, bad),
+                     lambda: gj.clip_by_value(tree, bad),
+                     lambda: gj.clip_by_norm_per_leaf(tree, bad)):
+            with pytest.raises(gclip.InvalidArgumentError) as err:
+                call()
+            assert isinstance(err.value, ValueError) and isinstance(err.value, gclip.GclipError)
+            assert err.value.status_name == "INVALID_ARGUMENT"
+    assert np.array_equal(rec, before) and np.array_equal(tree["y"], other)
+
+
 def test_jax_leaves_stay_on_their_device_and_a_mixed_tree_is_refused():
     """On a JAX with two CPU devices (its own process): the results of a
     tree committed to device 1 stay there (committed); uncommitted leaves

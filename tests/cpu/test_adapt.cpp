@@ -441,6 +441,44 @@ TEST(AdaptiveEveryMethod, NanNormNeverEntersTheStatistics)
     }
 }
 
+// A step whose device inv_scale is out of range at execution (+Inf) is
+// accepted by the call and fails in its slot: every method then leaves the
+// gradients, its state and the skip flag alone, and reports no spike, even
+// on gradients that would have been one.
+TEST(AdaptiveEveryMethod, StepFailedAtExecutionDecidesNothing)
+{
+    for (const gclip_adaptive_options &o : every_method()) {
+        SCOPED_TRACE(o.method);
+        Model m({3, 700, 5}, o);
+        std::mt19937_64 rng(31);
+        for (int k = 0; k < 12; ++k) {
+            train_step(m, rng, k);
+            ASSERT_EQ(m.step(), GCLIP_STATUS_SUCCESS);
+        }
+        const std::vector<unsigned char> before = m.state();
+        fill(m, rng, 50.0f); // a spike for every method that looks for one
+        const std::vector<std::vector<float>> grads = m.grads;
+        const float inf = std::numeric_limits<float>::infinity();
+        gclip_norm_options base = GCLIP_NORM_OPTIONS_INIT;
+        base.inv_scale_ptr = &inf;
+        ASSERT_EQ(m.step(&base), GCLIP_STATUS_SUCCESS) << gclip_last_error();
+        gclip_result r{};
+        EXPECT_EQ(gclip_get_result(m.plan.get(), &r), GCLIP_STATUS_INVALID_ARGUMENT);
+        EXPECT_EQ(m.state(), before);
+        const gclip_adaptive_info info = m.info();
+        EXPECT_EQ(info.spike, 0);
+        EXPECT_EQ(info.recorded, 0);
+        EXPECT_EQ(info.clipped, 0u);
+        EXPECT_EQ(m.slot().flags & GCLIP_RESULT_SKIP_STEP, 0);
+        for (size_t t = 0; t < grads.size(); ++t)
+            EXPECT_EQ(std::memcmp(grads[t].data(), m.grads[t].data(), grads[t].size() * 4), 0);
+        // the same gradients in a valid step: spike skip and ZClip see the spike
+        ASSERT_EQ(m.step(), GCLIP_STATUS_SUCCESS);
+        if (o.method == GCLIP_ADAPTIVE_SPIKE_SKIP || o.method == GCLIP_ADAPTIVE_ZCLIP)
+            EXPECT_EQ(m.info().spike, 1);
+    }
+}
+
 // Under PROPAGATE a NaN norm follows the method's arithmetic (PyTorch-like:
 // gradients become NaN for the clipping methods), still without touching
 // the statistics.

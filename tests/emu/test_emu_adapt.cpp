@@ -232,7 +232,8 @@ TEST(EmuAdaptive, EveryMethodWithADependentScaleLaunchMatchesTheCpuPath)
 // A captured step's stand-in: the parameters are built once, with inv_scale
 // behind a pointer to an emulated device float, and replayed while the
 // float changes. Each replay must update the state as an eager CPU step
-// given that value does.
+// given that value does, and leave it as that step does when the value is
+// out of range (+Inf every seventh step).
 TEST(EmuAdaptive, ReplayOfTheSameParamsUpdatesTheStateAsEagerSteps)
 {
     for (int m = 0; m < kMethods; ++m) {
@@ -251,6 +252,10 @@ TEST(EmuAdaptive, ReplayOfTheSameParamsUpdatesTheStateAsEagerSteps)
             inv_scale_dev = (k % 3 == 0) ? 1.0f : 0.5f;
             gclip_norm_options eager = GCLIP_NORM_OPTIONS_INIT;
             eager.inv_scale = inv_scale_dev;
+            if (k % 7 == 6) { // out of range at execution: the step fails in its slot
+                inv_scale_dev = std::numeric_limits<float>::infinity();
+                eager.inv_scale_ptr = &inv_scale_dev;
+            }
             ASSERT_EQ(gclip_adaptive_step(p.cpu.ad.get(), &eager, nullptr), GCLIP_STATUS_SUCCESS);
             ASSERT_EQ(p.launch(graph), 0) << gclip_emu::error_message();
             p.expect_same(k);
