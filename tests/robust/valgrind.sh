@@ -26,7 +26,11 @@
 #           the f16/bf16 instances of NormBySize (f32 instances run),
 #           ClipGradNorm.ElementsMatchTheOracleForEveryNormAndScale,
 #           ClipPerTensor.EachTensorByItsOwnCoefficient,
-#           Determinism.IdenticalBitsForEveryThreadCountAndRun
+#           Determinism.IdenticalBitsForEveryThreadCountAndRun,
+#           Determinism.ManySmallTensorsIdenticalBitsForEveryThreadCount and
+#           ChunkWalk.ClipOfManyGrainsScalesEveryElementOnceOnAnyThreadCount
+#           (57 s and 40 s: the many-small walk and the grain split run in
+#           NormManyTensors.TenThousandTensors and the other ChunkWalk cases)
 set -uo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -46,6 +50,8 @@ slow_robust=Concurrency.DistinctPlansMatchSerialRun:Concurrency.ForkedChildClips
 slow_cpu=NormManyTensors.OneToTenThousandMixedTensors:NormLarge.*:*NormBySize*/f16_*:*NormBySize*/bf16_*
 slow_cpu+=:ClipGradNorm.ElementsMatchTheOracleForEveryNormAndScale:ClipPerTensor.EachTensorByItsOwnCoefficient
 slow_cpu+=:Determinism.IdenticalBitsForEveryThreadCountAndRun
+slow_cpu+=:Determinism.ManySmallTensorsIdenticalBitsForEveryThreadCount
+slow_cpu+=:ChunkWalk.ClipOfManyGrainsScalesEveryElementOnceOnAnyThreadCount
 # spinning OpenMP workers crawl under valgrind's one-thread-at-a-time scheduler
 export OMP_WAIT_POLICY=passive OMP_NUM_THREADS=2
 
