@@ -1039,7 +1039,7 @@ class QuantileClip(_Hyperparameters):
                 continue
             new_owners[k] = _check_owners(clipper, self._owners[k], tuple(map(id, with_grad)))
             clipper._check_count(len(with_grad))
-            grads = [p.grad for p in with_grad]
+            grads = _gt()._Picked(p.grad for p in with_grad)
             clipper._checked(grads)
             work.append((clipper, grads))
         for clipper, grads in work:

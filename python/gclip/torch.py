@@ -1005,6 +1005,12 @@ class Clipper(_core.Clipper):
         return out
 
 
+class _Picked(list):
+    """Gradients already picked by _grads_and_owners: taken as they are when
+    they come back to it. A gradient can require grad itself (a backward
+    with create_graph=True), and picked again it would read as a parameter."""
+
+
 def _grads_and_owners(tensors):
     """The gradients of parameters (their .grad, None skipped) or tensors
     (themselves), and the identities of the parameters they belong to (None
@@ -1012,6 +1018,8 @@ def _grads_and_owners(tensors):
     nothing from one step to the next). A tensor that requires grad, leaf or
     not, is a parameter, as PyTorch's clip_grad_norm_ reads it: its values
     are never written."""
+    if isinstance(tensors, _Picked):
+        return tensors, None
     items = [tensors] if isinstance(tensors, Tensor) else list(tensors)
     out, owners = [], []
     for t in items:
@@ -1021,7 +1029,7 @@ def _grads_and_owners(tensors):
                 owners.append(id(t))
         else:
             out.append(t)
-    return out, (tuple(owners) if len(owners) == len(out) else None)
+    return _Picked(out), (tuple(owners) if len(owners) == len(out) else None)
 
 
 def _grads_of(tensors) -> List[Tensor]:

@@ -1096,6 +1096,40 @@ def test_step_failed_at_execution_decides_nothing(rng, kind):
         assert int(returned) == 1
 
 
+@pytest.mark.filterwarnings("ignore:Using backward.. with create_graph=True")
+@pytest.mark.parametrize("kind", KINDS)
+def test_gradients_that_require_grad_are_clipped_as_detached_ones(rng, kind):
+    """After backward(create_graph=True) each .grad requires grad itself:
+    every clipper given the parameters clips those gradients bit for bit as
+    a twin clips the same values detached."""
+    m, m_twin = make_model(), make_model()
+    clipper, twin = build(kind, m), build(kind, m_twin)
+    x = torch.from_numpy(rng.standard_normal((5, 8)).astype(np.float32))
+    for k in range(14):
+        for p in m.parameters():
+            p.grad = None
+        scale = 40.0 if k % 6 == 5 else 1.0
+        (m(x * scale) ** 2).sum().backward(create_graph=True)
+        assert all(p.grad.requires_grad for p in m.parameters())
+        set_grads(m_twin, [p.grad.detach().numpy().copy() for p in m.parameters()])
+        ra, rb = run_step(kind, clipper, m), run_step(kind, twin, m_twin)
+        if ra is not None:
+            assert torch.equal(ra, rb)
+        assert_grads_equal([p.grad.detach() for p in m.parameters()], grads_of(m_twin))
+    assert clipper.info().steps == twin.info().steps > 0
+
+
+@pytest.mark.filterwarnings("ignore:Using backward.. with create_graph=True")
+def test_clipper_tensor_norms_of_gradients_that_require_grad(rng):
+    """gclip.torch.Clipper reads parameters whose .grad requires grad."""
+    m = make_model()
+    x = torch.from_numpy(rng.standard_normal((5, 8)).astype(np.float32))
+    (m(x) ** 2).sum().backward(create_graph=True)
+    norms = gt.Clipper(max_norm=1.0).tensor_norms(m.parameters())
+    want = [float(np.linalg.norm(p.grad.detach().double().numpy())) for p in m.parameters()]
+    np.testing.assert_allclose(norms.numpy(), want, rtol=1e-6)
+
+
 def test_global_state_follows_a_changing_set_of_gradients(rng):
     """Parameters without .grad are left out, as the reference does; the
     state of a global method moves to the new set."""
