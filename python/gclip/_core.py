@@ -37,6 +37,9 @@ def check_num_threads(n) -> int:
 
 
 def policy_code(name: str) -> int:
+    if not isinstance(name, str):
+        raise TypeError(f"gclip: nonfinite must be 'skip', 'propagate' or 'error', got a "
+                        f"{type(name).__name__}")
     try:
         return _POLICIES[name]
     except KeyError:
@@ -81,11 +84,16 @@ class Plan:
     pointers are given again (rebound) before every operation."""
 
     __slots__ = ("handle", "count", "device", "key", "num_threads", "rebinds", "_ptrs", "_prev",
-                 "_prev_valid", "_opts", "_result", "_slot", "_partial", "__weakref__")
+                 "_prev_valid", "_opts", "_result", "_slot", "_partial", "_unbound",
+                 "__weakref__")
 
     def __init__(self, numels: Sequence[int], dtypes: Sequence[int], device: int,
                  ptrs: Optional[Sequence[int]] = None):
         n = len(numels)
+        for k, dt in enumerate(dtypes):
+            if dt not in _lib.DTYPE_SIZE:
+                raise ValueError(f"gclip: dtype code {dt!r} of tensor {k} is not one of "
+                                 f"{sorted(_lib.DTYPE_SIZE)}")
         descs = (_lib.Tensor * max(n, 1))()
         for i in range(n):
             d = descs[i]
@@ -111,6 +119,8 @@ class Plan:
         for i in range(n):
             self._ptrs[i] = descs[i].data
         self.rebinds = 0  # successful rebinds so far
+        # placeholder pointers until the first rebind: no operation may run
+        self._unbound = ptrs is None and any(numels)
         self._prev_valid = False
         self._opts = _lib.default_options()
         self._result = _lib.Result()
@@ -136,7 +146,13 @@ class Plan:
             raise _lib.error_for(st, "gclip_plan_rebind")
         self._prev, self._ptrs = self._ptrs, new
         self._prev_valid = True
+        self._unbound = False
         self.rebinds += 1
+
+    def _require_bound(self) -> None:
+        if self._unbound:
+            raise ValueError("gclip: this plan was made without data pointers; rebind() it to "
+                             "the arrays before any operation")
 
     def previous_pointers(self) -> list:
         """The pointers the plan held before its last rebind (ValueError when
@@ -175,17 +191,21 @@ class Plan:
 
     # -- operations (each writes the result slot) ------------------------------------
     def run(self, name: str, opts, stream: int = 0) -> None:
+        self._require_bound()
         st = getattr(fn, name)(self.handle, ctypes.byref(opts), stream)
         if st:
             raise _lib.error_for(st, "gclip_" + name)
 
     def clip_grads_with_norm(self, opts, total_norm: float, total_norm_ptr: int, stream: int = 0):
+        self._require_bound()
+        _not_negative("total_norm", total_norm, "a norm")
         st = fn.clip_grads_with_norm(self.handle, ctypes.byref(opts), total_norm,
                                      total_norm_ptr or None, stream)
         if st:
             raise _lib.error_for(st, "gclip_clip_grads_with_norm")
 
     def clip_grad_value(self, clip_value: float, stream: int = 0) -> None:
+        self._require_bound()
         _not_negative("clip_value", clip_value, "the bound of |g|")
         st = fn.clip_grad_value(self.handle, clip_value, stream)
         if st:
@@ -197,6 +217,7 @@ class Plan:
             raise _lib.error_for(st, "gclip_norm_finalize")
 
     def apply_clip_factor(self, stream: int = 0) -> None:
+        self._require_bound()
         st = fn.apply_clip_factor(self.handle, stream)
         if st:
             raise _lib.error_for(st, "gclip_apply_clip_factor")
@@ -351,7 +372,6 @@ class Clipper:
         self.norm_type = norm_type
         self.eps = float(eps)
         self.nonfinite = nonfinite
-        self._policy = policy_code(nonfinite)
         self.inv_scale = inv_scale
         self.num_threads = None if num_threads is None else check_num_threads(num_threads)
         if isinstance(max_plans, bool) or not isinstance(max_plans, int) or max_plans < 1:
@@ -364,6 +384,17 @@ class Clipper:
         self._bound_writable = False  # whether the arrays of the last bind may be written
         self._last_stream = 0  # the stream of the last bind's operation
         self._in_op = False  # inside a _serialized method (the outermost one undoes)
+
+    @property
+    def nonfinite(self) -> str:
+        """The non-finite policy: "skip", "propagate" or "error" (settable,
+        checked, used from the next operation on)."""
+        return self._nonfinite
+
+    @nonfinite.setter
+    def nonfinite(self, name: str) -> None:
+        self._policy = policy_code(name)
+        self._nonfinite = name
 
     def _undo(self, before) -> None:
         """Put back the last plan, and its pointers when a refused call
@@ -423,8 +454,8 @@ class Clipper:
         device = devices.pop() if devices else _lib.DEVICE_CPU
         for k, i in enumerate(infos):
             if not i.dense:
-                raise ValueError(f"gclip: tensor {k} is not dense (it has gaps or overlaps); "
-                                 "pass a contiguous array")
+                raise ValueError(f"gclip: tensor {k} is not dense (it has gaps, overlaps or "
+                                 "negative strides); pass a contiguous array")
             if writable and not i.writable:
                 raise ValueError(f"gclip: tensor {k} is read-only; in-place clipping needs writable "
                                  "buffers (for JAX use gclip.jax)")
@@ -491,8 +522,8 @@ class Clipper:
             info = _dlpack.describe(tensor_norms, jax_writable=self._jax_writable,
                                     name="tensor_norms")
             if info.dtype != _lib.F32 or info.numel < plan.count or not info.writable or not info.dense:
-                raise ValueError(f"gclip: tensor_norms must be a writable float32 array of "
-                                 f"{plan.count} elements")
+                raise ValueError(f"gclip: tensor_norms must be a writable, contiguous float32 "
+                                 f"array of {plan.count} elements")
             if info.device != plan.device:
                 raise ValueError("gclip: tensor_norms must be on the plan's device")
             tn = info.ptr
@@ -597,7 +628,12 @@ class Clipper:
         must still be alive (pass them to be sure), and refuses read-only
         ones."""
         if tensors is not None:
+            last = self._require_plan()
             plan, s, _held = self._bind_for_op(tensors, stream, True)
+            if plan is not last:  # undone by _serialized: the last plan keeps its factor
+                raise ValueError("gclip: apply_clip_factor(tensors) needs the element counts "
+                                 "and dtypes of the last operation, whose factor it applies; "
+                                 "these tensors have others")
         else:
             plan = self._require_plan()
             if not self._bound_writable:

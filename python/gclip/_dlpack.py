@@ -137,6 +137,42 @@ def describe_dlpack(x, stream=None, name: str = "the array") -> ArrayInfo:
     """Read an array's description through its __dlpack__ capsule. The capsule
     is not consumed: its destructor releases the producer's reference when it
     goes away, and the data stays owned by `x`."""
+    cap, t, read_only = _dltensor_of(x, stream)  # t lives as long as cap
+    info = _from_dltensor(t, read_only, name)
+    del cap
+    return info
+
+
+def _raw_dltensor(t: DLTensor):
+    """(address, bytes, device) of a C-contiguous DLPack tensor of any dtype."""
+    if t.dtype.bits * t.dtype.lanes % 8:
+        raise TypeError(f"gclip: the partials have {t.dtype.bits}-bit elements; pass whole bytes")
+    item = t.dtype.bits * t.dtype.lanes // 8
+    shape = [t.shape[i] for i in range(t.ndim)]
+    numel = 1
+    for s in shape:
+        numel *= s
+    if t.strides and numel:
+        expected = 1
+        for i in reversed(range(t.ndim)):
+            if shape[i] != 1 and t.strides[i] != expected:
+                raise ValueError("gclip: the partials must be one contiguous array")
+            expected *= shape[i]
+    dev = t.device.device_type
+    if dev in (KDL_CPU, KDL_CUDA_HOST):
+        device = _lib.DEVICE_CPU
+    elif dev in (KDL_CUDA, KDL_CUDA_MANAGED):
+        device = t.device.device_id
+    else:
+        raise TypeError(f"gclip: the partials are on unsupported DLPack device type {dev} (CPU "
+                        "and CUDA only)")
+    return (t.data or 0) + t.byte_offset, numel * item, device
+
+
+def _dltensor_of(x, stream=None):
+    """(capsule, DLTensor, read-only flag) of an array's __dlpack__ export:
+    the DLTensor is valid while the capsule is alive (its destructor frees
+    it and releases the producer's reference); the data stays owned by `x`."""
     kwargs = {} if stream is None else {"stream": stream}
     try:
         cap = x.__dlpack__(max_version=(1, 0), **kwargs)
@@ -147,10 +183,10 @@ def describe_dlpack(x, stream=None, name: str = "the array") -> ArrayInfo:
         raise
     if _api.PyCapsule_IsValid(cap, b"dltensor_versioned"):
         m = DLManagedTensorVersioned.from_address(_api.PyCapsule_GetPointer(cap, b"dltensor_versioned"))
-        return _from_dltensor(m.dl_tensor, bool(m.flags & FLAG_READ_ONLY), name)
+        return cap, m.dl_tensor, bool(m.flags & FLAG_READ_ONLY)
     if _api.PyCapsule_IsValid(cap, b"dltensor"):
         m = DLManagedTensor.from_address(_api.PyCapsule_GetPointer(cap, b"dltensor"))
-        return _from_dltensor(m.dl_tensor, False, name)
+        return cap, m.dl_tensor, False
     raise TypeError("gclip: __dlpack__ returned something that is not a DLPack capsule")
 
 
@@ -247,11 +283,13 @@ def raw_bytes(x):
             raise TypeError(f"gclip: the partials are on {x.device}; gclip takes CPU or CUDA memory")
         device = x.device.index if x.device.type == "cuda" else _lib.DEVICE_CPU
         return x.data_ptr(), x.numel() * x.element_size(), device
-    info = describe(x, name="partials")
-    if not info.dense:
-        raise ValueError("gclip: the partials must be one contiguous array")
-    nbytes = info.numel * {_lib.F32: 4, _lib.F16: 2, _lib.BF16: 2, _lib.F64: 8}[info.dtype]
-    return info.ptr, nbytes, info.device
+    if not hasattr(x, "__dlpack__"):
+        raise TypeError(f"gclip: partials: expected an array with __dlpack__ (NumPy, PyTorch, "
+                        f"CuPy, JAX), got {type(x).__name__}")
+    cap, t, _ = _dltensor_of(x)  # t lives as long as cap
+    out = _raw_dltensor(t)
+    del cap
+    return out
 
 
 @_Deleter

@@ -416,26 +416,27 @@ def _group_by_device(tensors: List[Tensor]):
 
 
 def _group_by_device_dtype(tensors: List[Tensor]):
-    """{(device, dtype): tensors}, the groups in order of first appearance and
-    each in list order: how the PyTorch arithmetic here batches foreach
-    kernels (one kernel takes one device and one dtype)."""
-    groups = {}
-    for t in tensors:
-        groups.setdefault((t.device, t.dtype), []).append(t)
-    return groups
+    """{(device, dtype): tensors}, each group in list order, the groups in the
+    order PyTorch's own grouping gives them (not the list's), as its
+    clip_grad_norm_, clip_grads_with_norm_ and clip_grad_value_ batch their
+    foreach kernels: one kernel takes one device and one dtype. The order
+    matters where gradients of two dtypes share memory (the later group's
+    write wins) and in the sum of a mixed list's norms (the last bit)."""
+    try:
+        from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
+        groups = _group_tensors_by_device_and_dtype([tensors])
+        return {key: ts for key, ([ts], _) in groups.items()}
+    except Exception:  # a PyTorch without it: first appearance
+        groups = {}
+        for t in tensors:
+            groups.setdefault((t.device, t.dtype), []).append(t)
+        return groups
 
 
 def _torch_order(tensors: List[Tensor]) -> List[Tensor]:
     """The tensors in the order in which PyTorch's get_total_norm stacks their
-    norms: grouped by (device, dtype), the groups in the order PyTorch's
-    grouping gives them (not the list's: a mixed list's norms are summed in
-    another order, which can change the last bit)."""
-    try:
-        from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
-        groups = _group_tensors_by_device_and_dtype([tensors])
-        return [t for ([ts], _) in groups.values() for t in ts]
-    except Exception:  # a PyTorch without it: first appearance
-        return [t for ts in _group_by_device_dtype(tensors).values() for t in ts]
+    norms (_group_by_device_dtype's)."""
+    return [t for ts in _group_by_device_dtype(tensors).values() for t in ts]
 
 
 def _per_tensor_norms(tensors: List[Tensor], norm_type: float, fp32_norm: bool) -> List[Tensor]:
@@ -964,11 +965,16 @@ class Clipper(_core.Clipper):
         if single is None:
             raise ValueError("gclip: the gradients of one call must be on one device")
         device, dev_index = single
+        if writable:
+            _check_writable(grads)  # an inference tensor, outside inference mode
         if stream == 0 and dev_index >= 0:
             stream = _current_stream(dev_index)
         entry = _bind(grads, device, dev_index, stream, cache=self._plan_cache)
         self._binding = grads  # held until the operation returns (_bind_for_op)
-        self._bound_writable = True
+        # apply_clip_factor() with no tensors writes these: not inference
+        # tensors outside inference mode
+        self._bound_writable = (torch.is_inference_mode_enabled()
+                                or not any(map(Tensor.is_inference, grads)))
         _use_threads(entry, self.num_threads)
         if writable:
             _written(grads)

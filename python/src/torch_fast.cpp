@@ -42,6 +42,16 @@ struct Owned {
 // .grad meanwhile must not free memory it writes.
 thread_local std::vector<at::Tensor> held;
 
+// Whether an item's type reads .grad otherwise than the tensor's own
+// accessor (a subclass's Python property): then the gradient is what that
+// property returns, which only Python can read.
+bool grad_overridden(PyObject *o)
+{
+    static PyObject *name = PyUnicode_InternFromString("grad");
+    static PyObject *own = _PyType_Lookup(reinterpret_cast<PyTypeObject *>(THPVariableClass), name);
+    return _PyType_Lookup(Py_TYPE(o), name) != own;
+}
+
 int32_t device_code(const at::Tensor &t)
 {
     const c10::Device d = t.device();
@@ -86,9 +96,10 @@ PyObject *scan(PyObject *, PyObject *args)
     Py_ssize_t count = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *o = objs[i];
-        if (!THPVariable_Check(o)) {
-            // not a tensor (an object with a .grad, or None): the caller's
-            // general path reads the list as PyTorch does, and says what is wrong
+        if (!THPVariable_Check(o) || (from_params && grad_overridden(o))) {
+            // not a tensor (an object with a .grad, or None), or a tensor
+            // whose .grad is a Python property: the caller's general path
+            // reads the list as PyTorch does, and says what is wrong
             held.clear();
             return Py_BuildValue("(nyli)", static_cast<Py_ssize_t>(-1), "", 0L, 0);
         }
@@ -152,9 +163,16 @@ PyObject *bump_versions(PyObject *, PyObject *args)
         return nullptr;
     while (PyObject *next = PyIter_Next(it.p)) {
         Owned o{next};
-        if (THPVariable_Check(o.p)) {
-            const at::Tensor &v = THPVariable_Unpack(o.p);
-            const at::Tensor &t = from_params ? v.grad() : v;
+        Owned prop{nullptr};  // a .grad read through a subclass's property
+        if (from_params && THPVariable_Check(o.p) && grad_overridden(o.p)) {
+            prop.p = PyObject_GetAttrString(o.p, "grad");
+            if (!prop.p)
+                return nullptr;
+        }
+        PyObject *holder = prop.p ? prop.p : o.p;
+        if (THPVariable_Check(holder)) {
+            const at::Tensor &v = THPVariable_Unpack(holder);
+            const at::Tensor &t = from_params && !prop.p ? v.grad() : v;
             if (t.defined() && !t.is_inference()) {
                 try {
                     t.unsafeGetTensorImpl()->bump_version();

@@ -574,6 +574,14 @@ def test_norm_finalize_takes_partial_records_of_any_dtype_and_checks_count(rng):
     with pytest.raises(ValueError, match="contiguous"):
         c.norm_finalize(np.concatenate([two, two]).reshape(2, 8)[:, :4])
     assert abs(c.result().total_norm - 13.0) <= 1e-5  # the refused calls changed nothing
+    # any DLPack array of records: the Clipper's own int32 view, JAX integers
+    c.norm_accumulate(x)
+    c.norm_finalize(c.partial())
+    assert abs(c.result().total_norm - 13.0) <= 1e-5
+    jnp = pytest.importorskip("jax.numpy")
+    for arr in (jnp.asarray(two), jnp.asarray(two.view(np.uint8))):
+        c.norm_finalize(arr)
+        assert abs(c.result().total_norm - math.sqrt(2 * 169.0)) <= 1e-5
 
 
 def test_a_cuda_producer_is_handed_the_callers_stream():
@@ -1005,10 +1013,72 @@ def test_negative_values_that_round_to_zero_in_float32_are_refused():
     c = gclip.Clipper()
     for call in (lambda: c.clip_grad_value([x], -1e-50),
                  lambda: c.clip_grad_norm([x], max_norm=-1e-50),
+                 lambda: c.clip_grads_with_norm([x], -1e-50),
                  lambda: gclip.Clipper(eps=-1e-50).clip_grad_norm([x])):
-        with pytest.raises(gclip.GclipError, match="must be >= 0"):
+        with pytest.raises(gclip.InvalidArgumentError, match="must be >= 0"):
             call()
     np.testing.assert_array_equal(x, [0.5, -0.5])
+
+
+def test_a_plan_made_without_pointers_refuses_operations_until_rebound(rng):
+    """gclip.Plan without data pointers holds placeholders: every operation
+    raises until rebind() gives it arrays, then runs on them."""
+    from gclip import _lib
+    x = rng.standard_normal(4).astype(np.float32) * 3
+    p = gclip.Plan([4], [_lib.F32], _lib.DEVICE_CPU)
+    for call in (lambda: p.run("total_norm", p.options()),
+                 lambda: p.run("clip_grad_norm", p.options()),
+                 lambda: p.clip_grad_value(0.5),
+                 lambda: p.clip_grads_with_norm(p.options(), 1.0, 0),
+                 lambda: p.apply_clip_factor()):
+        with pytest.raises(ValueError, match="without data pointers"):
+            call()
+    p.rebind([x.ctypes.data])
+    p.run("total_norm", p.options())
+    want = float(np.linalg.norm(x.astype(np.float64)))
+    assert abs(p.result().total_norm - want) <= 1e-6 * want
+    with pytest.raises(ValueError, match="dtype code 7"):
+        gclip.Plan([4], [7], _lib.DEVICE_CPU)
+
+
+def test_apply_clip_factor_refuses_tensors_of_other_shapes(rng):
+    """apply_clip_factor(tensors) applies the last operation's factor: arrays
+    of other shapes are refused, unchanged, and the factor still applies to
+    the last operation's arrays."""
+    c = gclip.Clipper(max_norm=1.0)
+    big = np.full(3, 100.0, np.float32)
+    c.compute_clip_factor([big])
+    a = rng.standard_normal(4).astype(np.float32) * 10
+    a0 = a.copy()
+    c.compute_clip_factor([a])
+    other = np.ones(3, np.float32)
+    with pytest.raises(ValueError, match="last operation"):
+        c.apply_clip_factor([other])
+    np.testing.assert_array_equal(other, 1.0)
+    np.testing.assert_array_equal(a, a0)
+    c.apply_clip_factor([a])
+    want = a0.astype(np.float64) / (np.linalg.norm(a0.astype(np.float64)) + 1e-6)
+    np.testing.assert_allclose(a, want, rtol=2e-7)
+    with pytest.raises(RuntimeError, match="no operation"):
+        gclip.Clipper().apply_clip_factor([a])
+
+
+def test_nonfinite_policy_can_be_changed_and_is_checked():
+    c = gclip.Clipper(max_norm=1.0)
+    x = np.array([np.inf, 1.0], np.float32)
+    c.clip_grad_norm([x])
+    assert c.result().nonfinite
+    c.nonfinite = "error"
+    assert c.nonfinite == "error"
+    c.clip_grad_norm([x])
+    with pytest.raises(gclip.NonFiniteError):
+        c.result()
+    with pytest.raises(ValueError, match="nonfinite"):
+        c.nonfinite = "bogus"
+    with pytest.raises(TypeError, match="nonfinite"):
+        gclip.Clipper(nonfinite=["skip"])
+    assert c.nonfinite == "error"
+    np.testing.assert_array_equal(x, [np.inf, 1.0])
 
 
 def test_jax_tensor_norms_of_a_committed_sharded_leaf():

@@ -660,6 +660,71 @@ def test_get_total_norm_of_repeated_or_overlapping_tensors_is_pytorchs(p, rng):
         assert abs(float(got) - float(want)) <= 1e-5 * ref
 
 
+@pytest.mark.parametrize("reverse", [False, True])
+def test_gradients_of_two_dtypes_sharing_memory_are_written_in_pytorchs_order(reverse, rng):
+    """A float32 gradient that views a float16 one's bytes: each writing
+    drop-in writes the (device, dtype) groups in the order PyTorch's grouping
+    gives, whatever the list's, so the shared bytes end as PyTorch's do."""
+    data = (rng.standard_normal(8) * 4).astype(np.float16)
+
+    def params():
+        h = torch.from_numpy(data.copy())
+        p32 = torch.nn.Parameter(torch.zeros(4))
+        p32.grad = h.view(torch.float32)
+        p16 = torch.nn.Parameter(torch.zeros(8, dtype=torch.float16))
+        p16.grad = h
+        return h, ([p16, p32] if reverse else [p32, p16])
+
+    for ours, theirs in (
+            (lambda ps: gt.clip_grad_value_(ps, 1.0),
+             lambda ps: torch.nn.utils.clip_grad_value_(ps, 1.0)),
+            (lambda ps: gt.clip_grads_with_norm_(ps, 1.0, torch.tensor(7.0)),
+             lambda ps: torch.nn.utils.clip_grads_with_norm_(ps, 1.0, torch.tensor(7.0))),
+            (lambda ps: gt.clip_grad_norm_(ps, 1.0),
+             lambda ps: torch.nn.utils.clip_grad_norm_(ps, 1.0))):
+        h_ours, ps_ours = params()
+        h_theirs, ps_theirs = params()
+        ours(ps_ours)
+        theirs(ps_theirs)
+        assert h_ours.view(torch.int16).tolist() == h_theirs.view(torch.int16).tolist()
+        assert h_ours.view(torch.int16).tolist() != torch.from_numpy(data).view(torch.int16).tolist()
+
+
+def test_a_parameter_whose_grad_is_a_python_property_is_read_through_it(rng):
+    """A Parameter subclass that keeps its gradient behind a .grad property:
+    the drop-ins read the gradient as PyTorch does, through the property
+    (the C++ scan, which reads the tensor's own .grad, hands such a list to
+    the general path)."""
+    class PropParam(torch.nn.Parameter):
+        @property
+        def grad(self):
+            return self.__dict__.get("_g")
+
+        @grad.setter
+        def grad(self, v):
+            self.__dict__["_g"] = v
+
+    data = [(rng.standard_normal(s) * 3).astype(np.float32) for s in ((4, 5), (7,))]
+
+    def params():
+        ps = [PropParam(torch.zeros(d.shape)) for d in data]
+        for q, d in zip(ps, data):
+            q.grad = torch.from_numpy(d.copy())
+        return ps
+
+    for ours, theirs in ((gt.clip_grad_norm_, torch.nn.utils.clip_grad_norm_),
+                         (gt.clip_grad_value_, torch.nn.utils.clip_grad_value_)):
+        a, b = params(), params()
+        ra, rb = ours(a, 1.0), theirs(b, 1.0)
+        if rb is not None:
+            assert abs(float(ra) - float(rb)) <= 1e-6 * float(rb) and float(ra) > 1.0
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x.grad, y.grad, rtol=2e-6, atol=0)
+            assert not torch.equal(x.grad, torch.zeros_like(x.grad))
+    norm = gt.get_total_norm([q.grad for q in params()])
+    assert abs(float(norm) - ref_norm(data, 2.0)) <= 1e-6 * ref_norm(data, 2.0)
+
+
 def test_flush_denormal_mode_changes_no_bit(rng):
     """torch.set_flush_denormal(True) sets flush-to-zero and
     denormals-are-zero on this thread. gclip computes in the default
@@ -782,19 +847,27 @@ def test_a_gradient_without_memory_takes_pytorchs_arithmetic(rng):
 
 def test_inference_tensors_are_written_only_inside_inference_mode(rng):
     """PyTorch refuses an in-place update of an inference tensor outside
-    inference mode; the drop-ins that write refuse it too, writing nothing,
-    read it (get_total_norm) and clip it inside inference mode."""
+    inference mode; the drop-ins and gclip.torch.Clipper's writing calls
+    refuse it too, writing nothing, read it (get_total_norm) and clip it
+    inside inference mode."""
     data = rng.standard_normal((3, 5)).astype(np.float32) * 4
     with torch.inference_mode():
         grads = [torch.from_numpy(d.copy()) for d in data]
     norm = gt.get_total_norm(grads)
     torch.testing.assert_close(norm, torch.tensor(float(np.linalg.norm(data.astype(np.float64)))),
                                rtol=1e-6, atol=0)
+    def factor_then_apply(ps):
+        c = gt.Clipper(max_norm=0.5)
+        c.compute_clip_factor(ps)  # reads only
+        c.apply_clip_factor()
+
     calls = (lambda ps: gt.clip_grad_norm_(ps, 0.5), lambda ps: gt.clip_grad_value_(ps, 0.5),
-             lambda ps: gt.clip_grads_with_norm_(ps, 0.5, norm))
+             lambda ps: gt.clip_grads_with_norm_(ps, 0.5, norm),
+             lambda ps: gt.Clipper(max_norm=0.5).clip_grad_norm(ps),
+             lambda ps: gt.Clipper().clip_grad_value(ps, 0.5), factor_then_apply)
     for call in calls:
         ps = _params_with(grads)
-        with pytest.raises(RuntimeError, match="gradient 0 is an inference tensor"):
+        with pytest.raises((RuntimeError, ValueError), match="inference tensor|read-only"):
             call(ps)
         for p, d in zip(ps, data):
             assert torch.equal(p.grad, torch.from_numpy(d))
