@@ -69,6 +69,10 @@ _PARTIAL_BYTES = 16  # sizeof(gclip_partial)
 # fingerprint no options give (its low bits say p = 2, its other bits are none
 # of p = 2's), so that every rank raises instead of waiting for it.
 _REJECTED_FINGERPRINT = -4  # 0xfffffffc as int32
+# A rank whose DTensor gradients take PyTorch's arithmetic (float64, say)
+# first tells its mesh so with this fingerprint (none of p = 2's either):
+# the call goes on only if every rank says the same.
+_FALLBACK_FINGERPRINT = -8  # 0xfffffff8 as int32
 _REJECTED_KINDS = (ValueError, TypeError, RuntimeError)  # coded 1, 2, 3 in `nonfinite`
 
 
@@ -110,32 +114,47 @@ def _mesh_of(grads: List[Tensor]):
     return next((g.device_mesh for g in grads if is_dtensor(g)), None)
 
 
+def _mesh_on_this_rank(grads: List[Tensor]):
+    mesh = _mesh_of(grads)
+    if mesh.get_coordinate() is None:
+        raise ValueError("gclip: this rank is not part of the gradients' device mesh")
+    return mesh
+
+
+def _dtensor_refusal(grads: List[Tensor], mesh):
+    """Why this rank refuses a list of DTensor gradients on `mesh` (a plain
+    tensor among them, another mesh, a placement gclip does not take), or
+    None."""
+    for i, g in enumerate(grads):
+        if not is_dtensor(g):
+            return TypeError(
+                f"gclip: gradient {i} is a plain tensor among DTensor gradients; pass all "
+                "DTensors (on one device mesh) or all plain tensors")
+        if g.device_mesh != mesh:
+            return ValueError(
+                f"gclip: gradient {i} is on another device mesh than the first DTensor "
+                f"({g.device_mesh.device_type} ranks {g.device_mesh.mesh.tolist()} vs "
+                f"{mesh.device_type} ranks {mesh.mesh.tolist()}); the gradients of one call "
+                "must share one mesh")
+    for i, g in enumerate(grads):
+        for d, p in enumerate(g.placements):
+            if not (_is_sharded(p) or p.is_replicate() or p.is_partial()):
+                return TypeError(
+                    f"gclip: gradient {i} has placement {p} on mesh dimension {d}; gclip takes "
+                    "Shard, Replicate and Partial placements")
+    return None
+
+
 def _split_dtensors(grads: List[Tensor]) -> _Split:
     """The split of DTensor gradients. A list this rank refuses (a plain
     tensor among them, another mesh, a placement gclip does not take) gives
     a split on the first DTensor's mesh with `rejected` set: the rank joins
     the gather, so that its peers raise instead of waiting."""
-    mesh = _mesh_of(grads)
+    mesh = _mesh_on_this_rank(grads)
     coord = mesh.get_coordinate()
-    if coord is None:
-        raise ValueError("gclip: this rank is not part of the gradients' device mesh")
-    for i, g in enumerate(grads):
-        if not is_dtensor(g):
-            return _rejected_on(mesh, TypeError(
-                f"gclip: gradient {i} is a plain tensor among DTensor gradients; pass all "
-                "DTensors (on one device mesh) or all plain tensors"))
-        if g.device_mesh != mesh:
-            return _rejected_on(mesh, ValueError(
-                f"gclip: gradient {i} is on another device mesh than the first DTensor "
-                f"({g.device_mesh.device_type} ranks {g.device_mesh.mesh.tolist()} vs "
-                f"{mesh.device_type} ranks {mesh.mesh.tolist()}); the gradients of one call "
-                "must share one mesh"))
-    for i, g in enumerate(grads):
-        for d, p in enumerate(g.placements):
-            if not (_is_sharded(p) or p.is_replicate() or p.is_partial()):
-                return _rejected_on(mesh, TypeError(
-                    f"gclip: gradient {i} has placement {p} on mesh dimension {d}; gclip takes "
-                    "Shard, Replicate and Partial placements"))
+    error = _dtensor_refusal(grads, mesh)
+    if error is not None:
+        return _rejected_on(mesh, error)
     apply, counted = [], []
     for i, g in enumerate(grads):
         placements = tuple(g.placements)
@@ -262,9 +281,10 @@ def _mismatch_error() -> _lib.GclipError:
     return _lib.GclipError(
         _lib.MISMATCH,
         "gclip: ranks disagree on the norm type or the non-finite policy (a gathered partial "
-        "was made with other options than this rank's, or by a rank that rejected its input); "
-        "every rank must pass the same norm_type, nonfinite and error_if_nonfinite. Nothing "
-        "was written.")
+        "was made with other options than this rank's, by a rank that rejected its input, or "
+        "by a rank whose gradients take PyTorch's arithmetic); every rank must pass the same "
+        "norm_type, nonfinite and error_if_nonfinite, and gradients of the same dtypes. "
+        "Nothing was written.")
 
 
 def _fallback_device(split: _Split) -> torch.device:
@@ -475,6 +495,7 @@ def total_norm(tensors: List[Tensor], norm_type: float, error_if_nonfinite: bool
                                     f"gclip: process_group= takes norm types "
                                     f"{_lib.NORM_TYPE_RANGE} (got {norm_type})")
         else:
+            _agreed_fallback(tensors)
             return torch.nn.utils.get_total_norm(tensors, norm_type, error_if_nonfinite)
     else:
         split = _split(tensors, process_group)
@@ -494,11 +515,39 @@ def total_norm(tensors: List[Tensor], norm_type: float, error_if_nonfinite: bool
     return _wrap(norm, split)
 
 
+def _agreed_fallback(grads: List[Tensor]) -> None:
+    """Before PyTorch's own DTensor arithmetic runs (with collectives of its
+    own), every rank of the mesh says which path it takes, in gclip's 16-byte
+    gather: a rank that refuses its list (a plain tensor among the DTensors,
+    another mesh, a bad option) or takes gclip's path makes every rank
+    raise, instead of leaving its peers waiting in collectives that do not
+    match. Reads the gather on the host (one synchronization on CUDA)."""
+    mesh = _mesh_on_this_rank(grads)
+    split = _Split([], [], mesh=mesh)
+    error = _dtensor_refusal(grads, mesh)
+    if error is not None:
+        _join_rejected(split, error)
+    words = torch.tensor([0, 0, 0, _FALLBACK_FINGERPRINT], dtype=torch.int32)
+    gathered = _gather(words.view(torch.uint8).to(_fallback_device(split)), split).cpu()
+    _raise_if_rejected(gathered, split)
+    marks = gathered.view(torch.int32).view(-1, 4)[:, 3]
+    others = (marks != _FALLBACK_FINGERPRINT).nonzero().view(-1).tolist()
+    if others:
+        ranks = [mesh.mesh.reshape(-1)[i].item() for i in others]
+        raise _lib.GclipError(
+            _lib.MISMATCH,
+            f"gclip: rank(s) {', '.join(map(str, ranks))} computed this norm with gclip, this "
+            "rank with PyTorch's DTensor arithmetic (float64 gradients, float16/bfloat16 ones "
+            "without fp32_norm, a norm type <= 0 or a negative max_norm): every rank must pass "
+            "gradients of the same dtypes and the same options. Nothing was written.")
+
+
 def _torch_clip(grads, max_norm, norm_type, error_if_nonfinite, skip) -> Tensor:
     """PyTorch's own DTensor arithmetic, for what gclip does not take here
     (float64, float16/bfloat16 norms rounded to the gradient dtype, norm types
     <= 0, a negative max_norm)."""
     from . import torch as gt
+    _agreed_fallback(grads)
     total = torch.nn.utils.get_total_norm(grads, norm_type, error_if_nonfinite)
     gt._apply_coef(grads, max_norm, total, skip)  # clip_grads_with_norm_'s arithmetic
     return total

@@ -604,6 +604,10 @@ def _scenario_rejected_on_one_rank(rec, ws, rank):
         return distribute_tensor(full.clone(), mesh, [Shard(0)])
 
     plain = param(torch.ones(3))  # a plain tensor among the last rank's DTensors
+    plain64 = param(torch.ones(3, dtype=torch.float64))
+
+    def mesh_ok64():  # float64: PyTorch's arithmetic, after the ranks agree on it
+        return distribute_tensor(full.double(), mesh, [Shard(0)])
 
     name = "rejected_on_one_rank_raises_everywhere"
     cases = (
@@ -650,6 +654,19 @@ def _scenario_rejected_on_one_rank(rec, ws, rank):
         ("mesh_plain_in_list", lambda q: gt.clip_grad_norm_(
             [q] + ([plain] if rank == last else []), MAX_NORM), mesh_ok, True,
          "plain tensor among DTensor"),
+        # the same where the peers take PyTorch's DTensor arithmetic
+        # (float64), whose collectives are not gclip's gather
+        ("mesh64_plain_in_list", lambda q: gt.clip_grad_norm_(
+            [q] + ([plain64] if rank == last else []), MAX_NORM), mesh_ok64, True,
+         "plain tensor among DTensor"),
+        ("mesh64_plain_in_list_total", lambda g: gt.get_total_norm(
+            [g] + ([plain64.grad] if rank == last else [])), mesh_ok64, False,
+         "plain tensor among DTensor"),
+        ("mesh64_nonfinite_word", lambda q: gt.clip_grad_norm_(
+            [q], MAX_NORM, nonfinite="propagate" if rank != last else "bogus"),
+         mesh_ok64, True, "nonfinite must be"),
+        ("mesh64_max_norm_word", lambda q: gt.clip_grad_norm_(
+            [q], MAX_NORM if rank != last else "one"), mesh_ok64, True, "could not convert"),
     )
     for what, call, make, as_param, own in cases:
         grad = make()
@@ -667,9 +684,56 @@ def _scenario_rejected_on_one_rank(rec, ws, rank):
         after = after.to_local() if isinstance(after, DTensor) else after
         rec.check(name, torch.equal(before.view(torch.int32), after.view(torch.int32)),
                   f"{what}: a gradient was written on rank {rank}")
+    # every rank mixes a float32 DTensor with a plain float64 tensor: each
+    # refuses its own list, nothing is written (PyTorch's arithmetic would
+    # scale the DTensor group, then fail on the mix)
+    q32, q64 = param(mesh_ok()), param(torch.ones(3, dtype=torch.float64) * 5)
+    before = [q32.grad.to_local().clone(), q64.grad.clone()]
+    for what, call in (("mixed_clip", lambda: gt.clip_grad_norm_([q32, q64], MAX_NORM)),
+                       ("mixed_total", lambda: gt.get_total_norm([q32.grad, q64.grad]))):
+        try:
+            call()
+            rec.check(name, False, f"{what}: no exception on rank {rank}")
+        except TypeError as e:
+            rec.check(name, "plain tensor among DTensor" in str(e), f"{what}: rank {rank}: {e}")
+        except Exception as e:
+            rec.check(name, False, f"{what}: rank {rank}: {type(e).__name__}: {e}")
+    rec.check(name, torch.equal(before[0], q32.grad.to_local()) and torch.equal(before[1], q64.grad),
+              f"mixed: a gradient was written on rank {rank}")
+    # the last rank takes gclip's path, the others PyTorch's (float64
+    # gradients, a norm type <= 0, a negative max_norm, bfloat16 without
+    # fp32_norm): every rank raises MISMATCH, nothing is written
+    gclip_here = rank == last
+    cases = (
+        ("dtypes_clip", torch.float64, lambda q: gt.clip_grad_norm_([q], MAX_NORM)),
+        ("dtypes_total", torch.float64, lambda q: gt.get_total_norm([q.grad])),
+        ("norm_type", torch.float32,
+         lambda q: gt.clip_grad_norm_([q], MAX_NORM, norm_type=2.0 if gclip_here else 0.0)),
+        ("max_norm_sign", torch.float32,
+         lambda q: gt.clip_grad_norm_([q], MAX_NORM if gclip_here else -MAX_NORM)),
+        ("fp32_norm", torch.bfloat16,
+         lambda q: gt.clip_grad_norm_([q], MAX_NORM, fp32_norm=gclip_here)),
+    )
+    for what, dtype, call in cases:
+        # made without a collective (distribute_tensor's would not match)
+        local = torch.tensor_split(full, ws)[rank].clone()
+        local = local if rank == last and what.startswith("dtypes") else local.to(dtype)
+        q = param(DTensor.from_local(local, mesh, [Shard(0)], run_check=False))
+        before = q.grad.to_local().clone()
+        try:
+            call(q)
+            rec.check(name, False, f"{what}: no exception on rank {rank}")
+        except gclip.GclipError as e:
+            rec.check(name, e.status_name == "MISMATCH", f"{what}: rank {rank}: {e}")
+        except Exception as e:
+            rec.check(name, False, f"{what}: rank {rank}: {type(e).__name__}: {e}")
+        rec.check(name, torch.equal(before, q.grad.to_local()),
+                  f"{what}: a gradient was written on rank {rank}")
     # the next call with good input on every rank is whole again
     gn = gt.get_total_norm([mine], process_group=dist.group.WORLD)
     rec.close(name, float(gn), _ref_norm([full], 2.0), 1e-6, "after the rejections")
+    gn = gt.get_total_norm([mesh_ok64()])
+    rec.close(name, _as_float(gn), _ref_norm([full.double()], 2.0), 1e-12, "float64 after them")
 
 
 def _worker(rank, ws, store, outdir):
