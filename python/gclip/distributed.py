@@ -517,14 +517,21 @@ def total_norm(tensors: List[Tensor], norm_type: float, error_if_nonfinite: bool
 
 def _agreed_fallback(grads: List[Tensor]) -> None:
     """Before PyTorch's own DTensor arithmetic runs (with collectives of its
-    own), every rank of the mesh says which path it takes, in gclip's 16-byte
-    gather: a rank that refuses its list (a plain tensor among the DTensors,
-    another mesh, a bad option) or takes gclip's path makes every rank
-    raise, instead of leaving its peers waiting in collectives that do not
-    match. Reads the gather on the host (one synchronization on CUDA)."""
+    own): this rank's list is checked as gclip's path checks it (a refused
+    list writes nothing). On a CPU mesh every rank then says which path it
+    takes, in gclip's 16-byte gather, so that a rank that refuses its list
+    (a plain tensor among the DTensors, another mesh, a bad option) or
+    takes gclip's path makes every rank raise, instead of leaving its peers
+    waiting in collectives that do not match. On a CUDA mesh that would
+    take a host synchronization every step: a refused list raises on its
+    rank alone, as on gclip's path before it (its peers wait)."""
     mesh = _mesh_on_this_rank(grads)
     split = _Split([], [], mesh=mesh)
     error = _dtensor_refusal(grads, mesh)
+    if _fallback_device(split).type != "cpu":
+        if error is not None:
+            raise error
+        return
     if error is not None:
         _join_rejected(split, error)
     words = torch.tensor([0, 0, 0, _FALLBACK_FINGERPRINT], dtype=torch.int32)
