@@ -769,7 +769,15 @@ def get_total_norm(tensors: _tensor_or_tensors, norm_type: float = 2.0,
 
 
 def _get_total_norm_impl(tensors, norm_type, error_if_nonfinite, fp32_norm):
-    dtypes = list(map(_get_dtype, tensors))
+    try:
+        dtypes = list(map(_get_dtype, tensors))
+    except TypeError:
+        i = next((k for k, t in enumerate(tensors) if t is None), None)
+        if i is None:
+            raise
+        # PyTorch's get_total_norm raises RuntimeError for a None in the list
+        raise RuntimeError(f"gclip: tensor {i} of the list is None; get_total_norm takes "
+                           "tensors (pass parameters' .grad without the None ones)") from None
     single = _single_device(tensors)
     try:
         if single is not None and _fast_dtypes(dtypes, fp32_norm) and _lib.takes_norm_type(norm_type):

@@ -725,6 +725,12 @@ def test_a_parameter_whose_grad_is_a_python_property_is_read_through_it(rng):
     assert abs(float(norm) - ref_norm(data, 2.0)) <= 1e-6 * ref_norm(data, 2.0)
 
 
+def test_get_total_norm_of_a_list_with_none_raises_runtime_error_as_pytorch():
+    for f in (torch.nn.utils.get_total_norm, gt.get_total_norm):
+        with pytest.raises(RuntimeError):
+            f([torch.ones(2), None])
+
+
 def test_flush_denormal_mode_changes_no_bit(rng):
     """torch.set_flush_denormal(True) sets flush-to-zero and
     denormals-are-zero on this thread. gclip computes in the default
