@@ -3,6 +3,7 @@
  * layout in the plan device's memory, the step call (handed to the plan's
  * backend like any other step), the info record and checkpoints.
  */
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -112,16 +113,23 @@ static gclip_status check_autoclip(const gclip_adaptive_options *o)
     return check_history("autoclip_history_length", o->autoclip_history_length, 1);
 }
 
+/* AdaGC's thresholds and eps are used as floats (make_config): each must
+ * stay finite there, and the thresholds above 0. */
+static int float_positive(double x)
+{
+    return x > 0.0 && x <= FLT_MAX && (float)x > 0.0f;
+}
+
 static gclip_status check_adagc(const gclip_adaptive_options *o)
 {
     if (!(o->adagc_beta >= 0.0 && o->adagc_beta < 1.0))
         return bad("adagc_beta", o->adagc_beta, "in [0, 1)");
-    if (!(o->adagc_lambda_abs > 0.0) || !isfinite(o->adagc_lambda_abs))
-        return bad("adagc_lambda_abs", o->adagc_lambda_abs, "finite and > 0");
-    if (!(o->adagc_lambda_rel > 0.0) || !isfinite(o->adagc_lambda_rel))
-        return bad("adagc_lambda_rel", o->adagc_lambda_rel, "finite and > 0");
-    if (!(o->adagc_eps >= 0.0) || !isfinite(o->adagc_eps))
-        return bad("adagc_eps", o->adagc_eps, "finite and >= 0");
+    if (!float_positive(o->adagc_lambda_abs))
+        return bad("adagc_lambda_abs", o->adagc_lambda_abs, "> 0 and finite as a float");
+    if (!float_positive(o->adagc_lambda_rel))
+        return bad("adagc_lambda_rel", o->adagc_lambda_rel, "> 0 and finite as a float");
+    if (!(o->adagc_eps >= 0.0 && o->adagc_eps <= FLT_MAX))
+        return bad("adagc_eps", o->adagc_eps, ">= 0 and finite as a float");
     return GCLIP_STATUS_SUCCESS;
 }
 

@@ -96,9 +96,9 @@ typedef enum gclip_zclip_clip_option {
  *                          tensor. 0
  * AdaGC
  *  adagc_beta              EMA factor of the thresholds, in [0, 1). 0.98
- *  adagc_lambda_abs        warm-up clip norm, > 0. 1.0
- *  adagc_lambda_rel        relative threshold, > 0. 1.05
- *  adagc_eps               finite and >= 0. 1e-8
+ *  adagc_lambda_abs        warm-up clip norm, > 0 (as a float too). 1.0
+ *  adagc_lambda_rel        relative threshold, > 0 (as a float too). 1.05
+ *  adagc_eps               >= 0 and finite as a float. 1e-8
  *  adagc_warmup_steps      steps with global clipping. 100
  * Spike step-skip
  *  spike_window            norms in the rolling window, 2 .. 2^20. 128

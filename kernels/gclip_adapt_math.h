@@ -321,8 +321,9 @@ GCLIP_HD float gclip_autoclip_coef(float threshold, float norm, float eps)
     /* clip_grad_norm_ takes max_norm as a Python float, so the threshold
      * multiplies the reciprocal of N + eps (gclip_clip_coef: two roundings,
      * not one division); the first step's +Inf threshold gives 1 for any
-     * finite norm */
-    return gclip_clip_coef(norm, threshold, eps);
+     * finite norm, an eps that would overflow N + eps included (the core
+     * ops' gclip_coef_eps) */
+    return gclip_clip_coef(norm, threshold, gclip_coef_eps(threshold, eps));
 }
 
 /* The global decision (one thread). Reads the state, writes nothing. A

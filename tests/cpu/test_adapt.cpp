@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstddef>
 #include <cstring>
@@ -479,6 +480,26 @@ TEST(AdaptiveEveryMethod, StepFailedAtExecutionDecidesNothing)
     }
 }
 
+// AutoClip's first step has an +Inf threshold and clips nothing, whatever
+// the base eps: one that overflows N + eps (FLT_MAX) is held to 1e30, as in
+// the core ops with max_norm +Inf, instead of giving Inf * 0 = NaN factors.
+TEST(AdaptiveAutoClip, FirstStepWithAHugeEpsWritesNothing)
+{
+    for (int global : {0, 1}) {
+        SCOPED_TRACE(global);
+        Model m({4, 3}, autoclip(0.9, 7, global));
+        for (auto &g : m.grads)
+            for (float &x : g)
+                x = 1e32f;
+        const std::vector<std::vector<float>> grads = m.grads;
+        gclip_norm_options base = GCLIP_NORM_OPTIONS_INIT;
+        base.eps = FLT_MAX;
+        ASSERT_EQ(m.step(&base), GCLIP_STATUS_SUCCESS) << gclip_last_error();
+        EXPECT_EQ(m.grads, grads);
+        EXPECT_EQ(m.slot().nonfinite, 0);
+    }
+}
+
 // Under PROPAGATE a NaN norm follows the method's arithmetic (PyTorch-like:
 // gradients become NaN for the clipping methods), still without touching
 // the statistics.
@@ -590,6 +611,16 @@ TEST(AdaptiveValidation, BadHyperparametersAreRejectedByName)
     o = adagc(10);
     o.adagc_beta = 1.0;
     expect_rejected(o, "adagc_beta");
+    // finite as doubles, but Inf or 0 as the floats the step uses
+    o = adagc(10);
+    o.adagc_eps = 1e39;
+    expect_rejected(o, "adagc_eps");
+    o = adagc(10);
+    o.adagc_lambda_abs = 1e39;
+    expect_rejected(o, "adagc_lambda_abs");
+    o = adagc(10);
+    o.adagc_lambda_rel = 1e-50;
+    expect_rejected(o, "adagc_lambda_rel");
     o = spike();
     o.spike_sigma = -6.0;
     expect_rejected(o, "spike_sigma");
