@@ -174,6 +174,10 @@ gclip_status gclip_norm_finalize(gclip_plan *plan, const gclip_norm_options *opt
     if (count > UINT32_MAX)
         return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "count %zu exceeds %u partials", count,
                           (unsigned)UINT32_MAX);
+    if ((uintptr_t)partials % _Alignof(gclip_partial))
+        return gclip_fail(GCLIP_STATUS_MISALIGNED,
+                          "partials at %p: gclip_partial records need %zu-byte alignment",
+                          (const void *)partials, (size_t)_Alignof(gclip_partial));
     if (count == 0 && !plan->accumulated)
         return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
                           "count 0 folds the plan's own partial, but no gclip_norm_accumulate "

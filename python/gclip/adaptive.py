@@ -136,13 +136,28 @@ def _autoclip(hp: dict) -> dict:
                 global_threshold=bool(hp["global_threshold"]))
 
 
+_FLT_MAX = 3.4028234663852886e38
+
+
+def _as_float32(name: str, x, v: float, positive: bool) -> float:
+    """`v`, which the library uses as a float: it must stay finite there (and
+    above 0 when `positive`), as gclip_adaptive_create checks."""
+    f = struct.unpack("f", struct.pack("f", v))[0] if abs(v) <= _FLT_MAX else math.inf
+    _require(math.isfinite(f) and (f > 0 or not positive), name, x,
+             ("> 0 and " if positive else ">= 0 and ") + "finite as a float32")
+    return v
+
+
 def _adagc(hp: dict) -> dict:
     beta = _real("beta", hp["beta"])
     _require(0.0 <= beta < 1.0, "beta", hp["beta"], "in [0, 1)")
-    return dict(beta=beta, lambda_abs=_positive("lambda_abs", hp["lambda_abs"]),
-                lambda_rel=_positive("lambda_rel", hp["lambda_rel"]),
+    return dict(beta=beta,
+                lambda_abs=_as_float32("lambda_abs", hp["lambda_abs"],
+                                       _positive("lambda_abs", hp["lambda_abs"]), True),
+                lambda_rel=_as_float32("lambda_rel", hp["lambda_rel"],
+                                       _positive("lambda_rel", hp["lambda_rel"]), True),
                 warmup_steps=_integer("warmup_steps", hp["warmup_steps"], 0, 2**32 - 1),
-                eps=_non_negative("eps", hp["eps"]))
+                eps=_as_float32("eps", hp["eps"], _non_negative("eps", hp["eps"]), False))
 
 
 def _spike_skip(hp: dict) -> dict:
@@ -715,7 +730,10 @@ class TorchAdaptiveClipper(AdaptiveClipper):
     def _bind(self, tensors, stream, writable) -> Plan:
         torch = _torch()
         grads = _gradients(tensors)
-        dev_index, numels, key = self._checked(grads)
+        checked = getattr(grads, "checked", None)  # QuantileClip checked them just before
+        dev_index, numels, key = checked if checked is not None else self._checked(grads)
+        if writable:
+            _gt()._check_writable(grads)  # an inference tensor, outside inference mode
         stream = self._op_stream_on(dev_index, stream)
         ptrs = tuple(map(torch.Tensor.data_ptr, grads))
 
@@ -1040,7 +1058,7 @@ class QuantileClip(_Hyperparameters):
             new_owners[k] = _check_owners(clipper, self._owners[k], tuple(map(id, with_grad)))
             clipper._check_count(len(with_grad))
             grads = _gt()._Picked(p.grad for p in with_grad)
-            clipper._checked(grads)
+            grads.checked = clipper._checked(grads)  # not checked again by its step
             work.append((clipper, grads))
         for clipper, grads in work:
             clipper.step(grads)

@@ -928,6 +928,10 @@ INVALID = {
     "adagc_lambda_abs_zero": lambda: gt.AdaGC(lambda_abs=0.0),
     "adagc_eps_negative": lambda: gt.AdaGC(eps=-1e-8),
     "adagc_warmup_negative": lambda: gt.AdaGC(warmup_steps=-1),
+    # finite doubles that are Inf or 0 as the float32 the step uses
+    "adagc_eps_past_float32": lambda: gt.AdaGC(eps=1e39),
+    "adagc_lambda_abs_past_float32": lambda: gt.AdaGC(lambda_abs=1e39),
+    "adagc_lambda_rel_below_float32": lambda: gt.AdaGC(lambda_rel=1e-50),
     "spike_window_1": lambda: gt.SpikeSkip(window=1),
     "spike_min_values_above_window": lambda: gt.SpikeSkip(min_values=200),
     "spike_sigma_negative": lambda: gt.SpikeSkip(sigma=-6.0),

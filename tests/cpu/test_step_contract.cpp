@@ -11,6 +11,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <string>
 #include <vector>
 
 using oracle::TestBuffer;
@@ -243,6 +244,33 @@ TEST(StepContract, FinalizeOfTheOwnPartialEqualsTheFactorOp)
     ASSERT_EQ(gclip_apply_clip_factor(t.pa.get(), nullptr), GCLIP_STATUS_SUCCESS);
     ASSERT_EQ(gclip_apply_clip_factor(t.pb.get(), nullptr), GCLIP_STATUS_SUCCESS);
     expect_same_bytes(t.a, t.b);
+}
+
+// gclip_partial holds a double: records at an address that is not a multiple
+// of its alignment (a byte buffer at an odd offset) are refused, with the
+// slot as it was; the same records aligned are folded.
+TEST(StepContract, MisalignedPartialsAreRefused)
+{
+    TwoCopies t(18);
+    gclip_norm_options o = testutil::norm_options(0.3f);
+    ASSERT_EQ(gclip_norm_accumulate(t.pb.get(), &o, nullptr), GCLIP_STATUS_SUCCESS);
+    const gclip_partial *own = nullptr;
+    ASSERT_EQ(gclip_plan_partial(t.pb.get(), &own), GCLIP_STATUS_SUCCESS);
+    alignas(16) unsigned char bytes[sizeof(gclip_partial) * 2 + 16];
+    const gclip_result before = testutil::result_of(t.pb.get());
+    for (size_t offset : {1u, 4u}) {
+        SCOPED_TRACE(offset);
+        std::memcpy(bytes + offset, own, sizeof *own);
+        const auto *moved = reinterpret_cast<const gclip_partial *>(bytes + offset);
+        EXPECT_EQ(gclip_norm_finalize(t.pb.get(), &o, moved, 1, nullptr), GCLIP_STATUS_MISALIGNED);
+        EXPECT_NE(std::string(gclip_last_error()).find("alignment"), std::string::npos);
+        const gclip_result after = testutil::result_of(t.pb.get());
+        EXPECT_EQ(std::memcmp(&before, &after, sizeof before), 0);
+    }
+    std::memcpy(bytes + 8, own, sizeof *own);
+    EXPECT_EQ(gclip_norm_finalize(t.pb.get(), &o, reinterpret_cast<const gclip_partial *>(bytes + 8),
+                                  1, nullptr),
+              GCLIP_STATUS_SUCCESS);
 }
 
 TEST(StepContract, PartialsOfOtherOptionsAreRejectedAndNothingIsWritten)
