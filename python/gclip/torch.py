@@ -973,16 +973,15 @@ class Clipper(_core.Clipper):
         if single is None:
             raise ValueError("gclip: the gradients of one call must be on one device")
         device, dev_index = single
-        if writable:
-            _check_writable(grads)  # an inference tensor, outside inference mode
+        # an inference tensor may be written only inside inference mode
+        may_write = torch.is_inference_mode_enabled() or not any(map(Tensor.is_inference, grads))
+        if writable and not may_write:
+            _check_writable(grads)  # raises PyTorch's error, naming the tensor
         if stream == 0 and dev_index >= 0:
             stream = _current_stream(dev_index)
         entry = _bind(grads, device, dev_index, stream, cache=self._plan_cache)
         self._binding = grads  # held until the operation returns (_bind_for_op)
-        # apply_clip_factor() with no tensors writes these: not inference
-        # tensors outside inference mode
-        self._bound_writable = (torch.is_inference_mode_enabled()
-                                or not any(map(Tensor.is_inference, grads)))
+        self._bound_writable = may_write  # what apply_clip_factor() with no tensors writes
         _use_threads(entry, self.num_threads)
         if writable:
             _written(grads)

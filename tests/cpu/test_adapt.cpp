@@ -412,16 +412,29 @@ void train_step(Model &m, std::mt19937_64 &rng, int k)
     fill(m, rng, (k % 13 == 12) ? 50.0f : 1.0f);
 }
 
+// `steps` training-like steps, each accepted.
+void warm_up(Model &m, std::mt19937_64 &rng, int steps)
+{
+    for (int k = 0; k < steps; ++k) {
+        train_step(m, rng, k);
+        ASSERT_EQ(m.step(), GCLIP_STATUS_SUCCESS);
+    }
+}
+
+void expect_grads_unchanged(const std::vector<std::vector<float>> &before, const Model &m)
+{
+    for (size_t t = 0; t < before.size(); ++t)
+        EXPECT_EQ(std::memcmp(before[t].data(), m.grads[t].data(), before[t].size() * 4), 0)
+            << "tensor " << t;
+}
+
 TEST(AdaptiveEveryMethod, NanNormNeverEntersTheStatistics)
 {
     for (const gclip_adaptive_options &o : every_method()) {
         SCOPED_TRACE(o.method);
         Model m({3, 70000, 5}, o);
         std::mt19937_64 rng(9);
-        for (int k = 0; k < 12; ++k) {
-            train_step(m, rng, k);
-            ASSERT_EQ(m.step(), GCLIP_STATUS_SUCCESS);
-        }
+        warm_up(m, rng, 12);
         const std::vector<unsigned char> before = m.state();
         fill(m, rng, 1.0f);
         m.grads[1][17] = kNaN;
@@ -430,8 +443,7 @@ TEST(AdaptiveEveryMethod, NanNormNeverEntersTheStatistics)
         EXPECT_EQ(m.state(), before);
         EXPECT_EQ(m.slot().nonfinite, 1);
         EXPECT_EQ(m.info().recorded, 0);
-        for (size_t t = 0; t < grads.size(); ++t)
-            EXPECT_EQ(std::memcmp(grads[t].data(), m.grads[t].data(), grads[t].size() * 4), 0);
+        expect_grads_unchanged(grads, m);
         // the error policy reports it
         gclip_norm_options base = GCLIP_NORM_OPTIONS_INIT;
         base.nonfinite = GCLIP_NONFINITE_ERROR;
@@ -452,10 +464,7 @@ TEST(AdaptiveEveryMethod, StepFailedAtExecutionDecidesNothing)
         SCOPED_TRACE(o.method);
         Model m({3, 700, 5}, o);
         std::mt19937_64 rng(31);
-        for (int k = 0; k < 12; ++k) {
-            train_step(m, rng, k);
-            ASSERT_EQ(m.step(), GCLIP_STATUS_SUCCESS);
-        }
+        warm_up(m, rng, 12);
         const std::vector<unsigned char> before = m.state();
         fill(m, rng, 50.0f); // a spike for every method that looks for one
         const std::vector<std::vector<float>> grads = m.grads;
@@ -471,8 +480,7 @@ TEST(AdaptiveEveryMethod, StepFailedAtExecutionDecidesNothing)
         EXPECT_EQ(info.recorded, 0);
         EXPECT_EQ(info.clipped, 0u);
         EXPECT_EQ(m.slot().flags & GCLIP_RESULT_SKIP_STEP, 0);
-        for (size_t t = 0; t < grads.size(); ++t)
-            EXPECT_EQ(std::memcmp(grads[t].data(), m.grads[t].data(), grads[t].size() * 4), 0);
+        expect_grads_unchanged(grads, m);
         // the same gradients in a valid step: spike skip and ZClip see the spike
         ASSERT_EQ(m.step(), GCLIP_STATUS_SUCCESS);
         if (o.method == GCLIP_ADAPTIVE_SPIKE_SKIP || o.method == GCLIP_ADAPTIVE_ZCLIP)
