@@ -47,8 +47,9 @@
  * A chunk's partial is computed exactly as one block of the norm kernel
  * computes it under the emulator (kernels/norm_kernel.cu, gclip_term_sum;
  * kernels/chunk_walk.cuh): GCLIP_BLOCK_THREADS thread accumulators, each fed
- * its head element, its groups of GCLIP_WALK_BATCH vectors v, v + B, ...,
- * its single vectors and its tail element in the walk's order, then the
+ * its groups of GCLIP_WALK_BATCH vectors v, v + B, ..., its single vectors
+ * and its tail element in the walk's order (vectors counted from the
+ * chunk's first element, gclip_split_elements, at any address), then the
  * block reduction's tree (gclip_block_tree_cpu). The same float groups, the
  * same trees, the same order: the partial is bitwise the kernel's. */
 
@@ -796,25 +797,22 @@ typedef struct chunk_sum {
 } chunk_sum;
 
 /* The sum of the n elements from element `begin` of `data` started: the
- * accumulators at +0 and the head elements added. Inlined with constant
- * dtype and kind. */
+ * accumulators at +0 (the element split has no head). Inlined with a
+ * constant dtype. */
 ALWAYS_INLINE void chunk_sum_begin(chunk_sum *cs, const void *data, int32_t dtype, int64_t begin,
-                                   int64_t n, int32_t kind, float p)
+                                   int64_t n)
 {
     const int esize = gclip_dtype_size(dtype);
     cs->base = (const char *)data + begin * esize;
-    cs->sp = gclip_split_vectors((uintptr_t)cs->base, n, esize);
-    cs->vec = cs->base + cs->sp.head * esize;
+    cs->sp = gclip_split_elements(n, esize); /* as the norm kernel splits it */
+    cs->vec = cs->base;
     const int64_t nv = cs->sp.vectors;
     /* threads that get an element: the others' accumulators stay +0, and
      * adding +0 changes no sum of terms (never -0), so they are left out */
     int64_t used = nv < NT ? nv : NT;
-    used = cs->sp.head > used ? cs->sp.head : used;
     used = cs->sp.tail > used ? cs->sp.tail : used;
     cs->slots = tree_slots(used);
     zero_slots(cs->acc, cs->slots);
-    for (int t = 0; t < cs->sp.head; t++)
-        cs->acc[t] = gclip_term_add(cs->acc[t], elem_f64(cs->base, dtype, t), kind, p);
     /* batches every thread takes: thread NT-1 still has v + 3 NT < nv */
     cs->full = nv >= WALK_BATCH * NT ? (nv - WALK_BATCH * NT) / (WALK_BATCH * NT) + 1 : 0;
 }
@@ -870,8 +868,7 @@ ALWAYS_INLINE double chunk_sum_end(chunk_sum *cs, int32_t dtype, int32_t kind, f
         }
     }
     for (int t = 0; t < cs->sp.tail; t++)
-        acc[t] = gclip_term_add(acc[t], elem_f64(cs->base, dtype, cs->sp.head + nv * lanes + t),
-                                kind, p);
+        acc[t] = gclip_term_add(acc[t], elem_f64(cs->base, dtype, nv * lanes + t), kind, p);
     return gclip_block_tree_cpu(acc, cs->slots);
 }
 
@@ -881,7 +878,7 @@ ALWAYS_INLINE double gclip_chunk_sum(const void *data, int32_t dtype, int64_t be
                                      int32_t kind, float p)
 {
     chunk_sum cs;
-    chunk_sum_begin(&cs, data, dtype, begin, n, kind, p);
+    chunk_sum_begin(&cs, data, dtype, begin, n);
     for (int64_t b = 0; b < cs.full; b++)
         chunk_sum_batch(&cs, b, dtype, kind, p);
     return chunk_sum_end(&cs, dtype, kind, p);
@@ -899,7 +896,7 @@ ALWAYS_INLINE void chunk_sum_pair(const void *const data[PAIR], const int64_t be
 {
     chunk_sum cs[PAIR];
     for (int k = 0; k < PAIR; k++)
-        chunk_sum_begin(&cs[k], data[k], dtype, begin[k], n[k], kind, 0.0f);
+        chunk_sum_begin(&cs[k], data[k], dtype, begin[k], n[k]);
     int64_t both = cs[0].full;
     for (int k = 1; k < PAIR; k++)
         both = cs[k].full < both ? cs[k].full : both;
@@ -1087,12 +1084,12 @@ ALWAYS_INLINE int pair_chunk(gclip_cpu_span sp)
 }
 
 /* Whether a chunk is at most NT whole vectors of f32, f16 or bf16 (the
- * whole of a small tensor): its start and its size in bytes are multiples
- * of VEC_BYTES. */
+ * whole of a small tensor): its size in bytes is a multiple of VEC_BYTES.
+ * Its start need not be: the vectors are counted from its first element
+ * (gclip_split_elements) and read with unaligned loads. */
 ALWAYS_INLINE int whole_row(gclip_cpu_span sp)
 {
-    return sp.dtype != GCLIP_F64 && (((uintptr_t)sp.start | (uintptr_t)sp.bytes) % VEC_BYTES) == 0 &&
-           sp.bytes <= NT * VEC_BYTES;
+    return sp.dtype != GCLIP_F64 && sp.bytes % VEC_BYTES == 0 && sp.bytes <= NT * VEC_BYTES;
 }
 
 /* Whether a chunk is read by single_row_chunk's loop over its slots: 33 to

@@ -63,8 +63,9 @@
  * Determinism
  *   For a given plan and backend the results are bitwise identical from run
  *   to run, for any CPU thread count and any GPU model: the reduction order
- *   is fixed by the plan's chunk table and each tensor's address modulo 16
- *   bytes, never by the hardware. Nor by the
+ *   is fixed by the plan's chunk table (each tensor's element count), never
+ *   by the hardware, nor by where a tensor lies: the same values at another
+ *   address (a rebind, a view at another offset) give the same bits. Nor by the
  *   caller's floating-point environment: on x86 every call that computes
  *   runs with round-to-nearest, without flush-to-zero or denormals-are-zero
  *   and with every exception masked, on the calling thread and on its CPU

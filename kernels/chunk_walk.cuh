@@ -2,16 +2,27 @@
  * chunk_walk.cuh - how one block visits the elements of one chunk; shared by
  * the norm (read only), scale and clamp (read-modify-write) kernels.
  *
- * A chunk is split by gclip_split_vectors into a scalar head up to the first
- * 16-byte boundary, a body of whole 16-byte vectors and a scalar tail. The
- * body is always read (and written) with 16-byte accesses whatever the
- * tensor's start address; at most 7 elements at each end go through scalar
- * accesses, so an unaligned tensor never falls back to a scalar loop.
+ * The write passes split a chunk by gclip_split_vectors into a scalar head
+ * up to the first 16-byte boundary, a body of whole 16-byte vectors and a
+ * scalar tail. The body is always written with 16-byte accesses whatever
+ * the tensor's start address; at most 7 elements at each end go through
+ * scalar accesses, so an unaligned tensor never falls back to a scalar
+ * loop. Who writes an element does not show in what is stored.
+ *
+ * The norm's read walk splits a chunk by element index instead
+ * (gclip_split_elements: no head, vectors of 16 bytes' worth of elements
+ * from the chunk's first element, a scalar tail), so that its sums do not
+ * depend on the chunk's address modulo 16. An aligned chunk's vectors are
+ * read with 16-byte loads; a chunk that does not start on a 16-byte
+ * boundary (a view at an odd element, say) has its groups read by the
+ * visitor itself with element-sized loads (gclip_term_sum::group_unaligned):
+ * the same elements in the same groups, more load instructions.
  *
  * Thread i visits head element i, then vectors i, i + B, i + 2B, ... in
- * increasing order, then tail element i. That order is fixed by the chunk
- * and the block size alone, which is what makes each thread's accumulation
- * (and so the block's partial) reproducible.
+ * increasing order, then tail element i. For the norm that order is fixed
+ * by the chunk's element count and the block size alone, which is what
+ * makes each thread's accumulation (and so the block's partial)
+ * reproducible, at any address.
  *
  * Read mode hands the visitor whole groups: the GCLIP_WALK_BATCH vectors a
  * thread loads at once, then each single vector, then each head or tail
@@ -286,8 +297,8 @@ __device__ __forceinline__ void gclip_update_vector(const uint4 &r, uint4 *dst, 
         gclip_store_vec(dst, w);
 }
 
-/* N loaded vectors, vector k living at dst + k * stride: read mode hands
- * them to the visitor as one group (f.group<DTYPE, N>(r, dst, stride)),
+/* N loaded vectors, vector k living at dst + k * stride: read mode
+ * hands them to the visitor as one group (f.group<DTYPE, N>(r, dst, stride)),
  * write mode updates each. */
 template <int DTYPE, bool WRITE, int N, class F>
 __device__ __forceinline__ void gclip_visit_vectors(const uint4 (&r)[N], uint4 *dst, int64_t stride,
@@ -302,34 +313,63 @@ __device__ __forceinline__ void gclip_visit_vectors(const uint4 (&r)[N], uint4 *
     }
 }
 
-/* The walk over one chunk for a known element type by NT threads, this
- * one being thread `tid` of them (a block, or a warp: see below). */
-template <int DTYPE, bool WRITE, int NT, class F>
-__device__ __forceinline__ void gclip_walk_typed(void *base, int64_t count, int64_t tid, F &f)
+/* The walk over one chunk, split as `s` says, for a known element type by
+ * NT threads, this one being thread `tid` of them (a block, or a warp: see
+ * below). ALIGNED: the vectors start on a 16-byte boundary. */
+template <int DTYPE, bool WRITE, int NT, bool ALIGNED, class F>
+__device__ __forceinline__ void gclip_walk_split(void *base, const gclip_split &s, int64_t tid, F &f)
 {
     typedef gclip_vec_traits<DTYPE> vt;
     const int64_t nt = NT;
-    const gclip_split s = gclip_split_vectors((uintptr_t)base, count, vt::elem_bytes);
 
     if (tid < s.head)
         gclip_visit_scalar<DTYPE, WRITE>(base, tid, f);
 
     uint4 *__restrict__ vec = (uint4 *)((char *)base + s.head * vt::elem_bytes);
     int64_t v = tid;
-    for (; v + (GCLIP_WALK_BATCH - 1) * nt < s.vectors; v += GCLIP_WALK_BATCH * nt) {
-        uint4 r[GCLIP_WALK_BATCH];
-        GCLIP_UNROLL
-        for (int k = 0; k < GCLIP_WALK_BATCH; ++k)
-            r[k] = gclip_load_vec(vec + v + k * nt);
-        gclip_visit_vectors<DTYPE, WRITE>(r, vec + v, nt, f);
-    }
-    for (; v < s.vectors; v += nt) {
-        const uint4 r[1] = {gclip_load_vec(vec + v)};
-        gclip_visit_vectors<DTYPE, WRITE>(r, vec + v, nt, f);
+    if constexpr (!WRITE && !ALIGNED) {
+        /* a chunk off a 16-byte boundary: the visitor reads each group
+         * itself with element-sized loads (gclip_term_sum::group_unaligned) */
+        for (; v + (GCLIP_WALK_BATCH - 1) * nt < s.vectors; v += GCLIP_WALK_BATCH * nt)
+            f.template group_unaligned<DTYPE, GCLIP_WALK_BATCH>(vec + v, nt);
+        for (; v < s.vectors; v += nt)
+            f.template group_unaligned<DTYPE, 1>(vec + v, nt);
+    } else {
+        for (; v + (GCLIP_WALK_BATCH - 1) * nt < s.vectors; v += GCLIP_WALK_BATCH * nt) {
+            uint4 r[GCLIP_WALK_BATCH];
+            GCLIP_UNROLL
+            for (int k = 0; k < GCLIP_WALK_BATCH; ++k)
+                r[k] = gclip_load_vec(vec + v + k * nt);
+            gclip_visit_vectors<DTYPE, WRITE>(r, vec + v, nt, f);
+        }
+        for (; v < s.vectors; v += nt) {
+            const uint4 r[1] = {gclip_load_vec(vec + v)};
+            gclip_visit_vectors<DTYPE, WRITE>(r, vec + v, nt, f);
+        }
     }
 
     if (tid < s.tail)
         gclip_visit_scalar<DTYPE, WRITE>(base, s.head + s.vectors * vt::lanes + tid, f);
+}
+
+/* The walk over one chunk for a known element type. Write mode splits it by
+ * address (gclip_split_vectors: every vector access is 16 bytes, whatever
+ * the chunk's alignment), read mode by element index (gclip_split_elements:
+ * the norm's groups do not depend on the chunk's address). */
+template <int DTYPE, bool WRITE, int NT, class F>
+__device__ __forceinline__ void gclip_walk_typed(void *base, int64_t count, int64_t tid, F &f)
+{
+    typedef gclip_vec_traits<DTYPE> vt;
+    if constexpr (WRITE) {
+        const gclip_split s = gclip_split_vectors((uintptr_t)base, count, vt::elem_bytes);
+        gclip_walk_split<DTYPE, true, NT, true>(base, s, tid, f);
+    } else {
+        const gclip_split s = gclip_split_elements(count, vt::elem_bytes);
+        if (((uintptr_t)base & (GCLIP_VEC_BYTES - 1)) == 0)
+            gclip_walk_split<DTYPE, false, NT, true>(base, s, tid, f);
+        else
+            gclip_walk_split<DTYPE, false, NT, false>(base, s, tid, f);
+    }
 }
 
 /* Chunk `c` walked by NT threads, this one being thread `tid` of them. */
@@ -377,6 +417,12 @@ __device__ __forceinline__ void gclip_walk_chunk(const gclip_chunk_view &c, F &f
 __device__ __forceinline__ bool gclip_chunk_is_small(const gclip_chunk_view &c)
 {
     return gclip_span_is_small((uintptr_t)c.base, c.count, c.dtype) != 0;
+}
+
+/* The same for the norm kernel's walk (by element index). */
+__device__ __forceinline__ bool gclip_norm_chunk_is_small(const gclip_chunk_view &c)
+{
+    return gclip_norm_span_is_small(c.count, c.dtype) != 0;
 }
 
 /* Lane l of the calling warp asks L2 for the l-th 128-byte line of chunk

@@ -31,6 +31,15 @@ GCLIP_HD int gclip_span_is_small(uintptr_t base, int64_t count, int32_t dtype)
     return gclip_split_vectors(base, count, es).vectors <= GCLIP_BLOCK_THREADS;
 }
 
+/* The same for the norm kernel, whose walk splits a chunk by element index
+ * (gclip_split_elements): whether it has at most one vector per thread of
+ * a block. */
+GCLIP_HD int gclip_norm_span_is_small(int64_t count, int32_t dtype)
+{
+    const int es = gclip_dtype_size(dtype);
+    return gclip_split_elements(count, es).vectors <= GCLIP_BLOCK_THREADS;
+}
+
 /* The plan's device-resident tables and workspace. All pointers are device
  * memory. Built once at plan creation: the partials are sized by
  * gclip_partial_slots (one slot per chunk, and a pad), the launch grids by

@@ -76,4 +76,23 @@ GCLIP_HD gclip_split gclip_split_vectors(uintptr_t addr, int64_t count, int elem
     return s;
 }
 
+/* The split the norm's reduction walks: by element index, not by address.
+ * Vector k is elements [k L, (k + 1) L) of the chunk (L = 16 / elem_size),
+ * the head is empty and the tail holds the last count mod L elements, so
+ * which elements share a thread and a float group does not depend on where
+ * the chunk lies in memory, and a sum has the same bits at every offset
+ * modulo 16. For a 16-byte aligned chunk it is gclip_split_vectors's split;
+ * for another, the kernels assemble each vector from narrower loads
+ * (chunk_walk.cuh, gclip_load_vec_any). The write passes keep the address
+ * split: what they store does not depend on who stores it. */
+GCLIP_HD gclip_split gclip_split_elements(int64_t count, int elem_size)
+{
+    gclip_split s;
+    const int sh = elem_size == 8 ? 3 : (elem_size == 4 ? 2 : 1); /* log2(elem_size) */
+    s.head = 0;
+    s.vectors = count >> (4 - sh);
+    s.tail = count - (s.vectors << (4 - sh));
+    return s;
+}
+
 #endif /* GCLIP_TABLES_H */

@@ -377,7 +377,17 @@ __device__ __forceinline__ void gclip_fold_lane_pass(const gclip_device_tables &
         __syncthreads(); /* the window may be refilled */
     }
     if (tid == 0) {
+        /* the lane: before sm_90, as the caller's loop keeps it in shared
+         * memory (sh.current, which is `lane`: norm_kernel.cu), so that no
+         * register holds it across the windows. Which of the two keeps the
+         * norm kernel within its 64 registers without a spill differs by
+         * architecture (ptxas's allocation; kernels/check_kernels.sh checks
+         * every one). */
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+        gclip_fold_lane *r = &t.fold->lane[sh.current];
+#else
         gclip_fold_lane *r = &t.fold->lane[lane];
+#endif
         r->lead = sh.leading ? sh.carried_acc : sh.lead;
         r->run_acc = sh.carried_acc;
         r->share = sh.share;

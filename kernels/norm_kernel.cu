@@ -87,10 +87,29 @@ struct gclip_term_sum {
      * added in element order. The group is read again from memory (vector k
      * at src + k * stride), so that the common path need not keep the loaded
      * vectors alive; a group of zeros skips the arithmetic. */
-    template <int DTYPE, int N>
+    template <int DTYPE, int N, bool ALIGNED>
     __device__ __forceinline__ static double exact(const uint4 *src, int64_t stride)
     {
         typedef gclip_vec_traits<DTYPE> vt;
+        if constexpr (!ALIGNED) {
+            /* a group of a chunk that does not start on a 16-byte boundary
+             * (aligned to its elements only): read element by element, each
+             * element added as it is read (in element order, as below; a
+             * group of zeros sums to +0 here too), which holds few
+             * registers */
+            double g = 0.0;
+#if !defined(GCLIP_SIMT_EMULATION)
+#pragma unroll 1
+#endif
+            for (int i = 0; i < vt::lanes * N; ++i) {
+                const volatile void *e = src + (i / vt::lanes) * stride;
+                const float x = DTYPE == GCLIP_F32
+                                    ? ((const volatile float *)e)[i % vt::lanes]
+                                    : gclip_half_to_f32<DTYPE>(((const volatile uint16_t *)e)[i % vt::lanes]);
+                g = gclip_group_exact_add(g, x, KIND);
+            }
+            return g;
+        }
         uint4 r[N];
         uint32_t any = 0;
         GCLIP_UNROLL
@@ -115,6 +134,79 @@ struct gclip_term_sum {
                 g = gclip_group_exact_add(g, x[j], KIND);
         }
         return g;
+    }
+
+    /* The group of N (4 or 1) vectors at src + k * stride of a chunk that
+     * does not start on a 16-byte boundary (src only names an address,
+     * aligned to the elements: nothing is read through it as a 16-byte
+     * type), read element by element, one vector after the other, and
+     * folded as it is read: the value group() gives the same vectors. The
+     * float tree's first level adds vectors k and k + 2 word by word, the
+     * second the two results, so vectors 0 and 2, then 1 and 3, are taken
+     * in turn and only one vector's loads are held at a time (a batch's
+     * element-sized loads at once would not fit the kernel's 64
+     * registers). */
+    template <int DTYPE, int N>
+    __device__ __forceinline__ void group_unaligned(const uint4 *src, int64_t stride)
+    {
+        typedef gclip_vec_traits<DTYPE> vt;
+        if constexpr (KIND == GCLIP_KIND_INF || KIND == GCLIP_KIND_P || DTYPE == GCLIP_F64) {
+            /* order-free max, or group()'s own element-by-element sum */
+#if !defined(GCLIP_SIMT_EMULATION)
+#pragma unroll 1
+#endif
+            for (int i = 0; i < vt::lanes * N; ++i) {
+                const void *e = src + (i / vt::lanes) * stride;
+                if constexpr (DTYPE == GCLIP_F64)
+                    (*this)(((const double *)e)[i % vt::lanes]);
+                else if constexpr (DTYPE == GCLIP_F32)
+                    (*this)(((const float *)e)[i % vt::lanes]);
+                else
+                    (*this)(gclip_half_to_f32<DTYPE>(((const uint16_t *)e)[i % vt::lanes]));
+            }
+        } else {
+            float a[4] = {0.0f, 0.0f, 0.0f, 0.0f}, b[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#if !defined(GCLIP_SIMT_EMULATION)
+#pragma unroll 1
+#endif
+            for (int i = 0; i < N; ++i) {
+                /* vectors 0, 2, 1, 3 of a batch */
+                const int k = N == 4 ? (i & 1) * 2 + (i >> 1) : 0;
+                float t[4];
+                if constexpr (DTYPE == GCLIP_F32) {
+                    const float *q = (const float *)(src + k * stride);
+                    GCLIP_UNROLL
+                    for (int m = 0; m < 4; ++m)
+                        t[m] = gclip_term_f32(q[m], KIND);
+                } else {
+                    const uint16_t *q = (const uint16_t *)(src + k * stride);
+                    GCLIP_UNROLL
+                    for (int m = 0; m < 4; ++m)
+                        t[m] = gclip_fadd(gclip_term_f32(gclip_half_to_f32<DTYPE>(q[2 * m]), KIND),
+                                          gclip_term_f32(gclip_half_to_f32<DTYPE>(q[2 * m + 1]), KIND));
+                }
+                GCLIP_UNROLL
+                for (int m = 0; m < 4; ++m) {
+                    if (i == 0)
+                        a[m] = t[m];
+                    else if (i == 1)
+                        a[m] = gclip_fadd(a[m], t[m]); /* level 8: word m + word m + 8 */
+                    else if (i == 2)
+                        b[m] = t[m];
+                    else
+                        b[m] = gclip_fadd(b[m], t[m]); /* word m + 4 + word m + 12 */
+                }
+            }
+            float c[4];
+            GCLIP_UNROLL
+            for (int m = 0; m < 4; ++m)
+                c[m] = N == 4 ? gclip_fadd(a[m], b[m]) : a[m]; /* level 4 */
+            const float s = gclip_fadd(gclip_fadd(c[0], c[2]), gclip_fadd(c[1], c[3]));
+            if (__builtin_expect(gclip_group_safe(s, KIND), 1))
+                acc = acc + (double)s;
+            else
+                acc = acc + exact<DTYPE, N, false>(src, stride);
+        }
     }
 
     template <int DTYPE, int N>
@@ -198,7 +290,7 @@ struct gclip_term_sum {
             if (__builtin_expect(gclip_group_safe(s, KIND), 1))
                 acc = acc + (double)s;
             else
-                acc = acc + exact<DTYPE, N>(src, stride);
+                acc = acc + exact<DTYPE, N, true>(src, stride);
         }
     }
 
@@ -240,8 +332,9 @@ __device__ __forceinline__ double gclip_thread_terms(const gclip_chunk_view &c,
 /* ---- small chunks, a warp each
  *
  * A chunk of at most GCLIP_BLOCK_THREADS vectors (up to 1,024 f32 or 2,048
- * f16/bf16 elements, plus a head and a tail of up to 7) gives each thread
- * of a block at most one vector, one head and one tail element: walked by
+ * f16/bf16 elements, plus a tail of up to 7: the norm splits a chunk by
+ * element index, with no head) gives each thread of a block at most one
+ * vector and one tail element: walked by
  * the whole block, most threads would wait for one 16-byte load and the
  * block would pay two barriers for a few kilobytes. So such chunks go a
  * warp each, and each of the block's GCLIP_SMALL_BATCH warps goes through
@@ -255,20 +348,24 @@ __device__ __forceinline__ double gclip_thread_terms(const gclip_chunk_view &c,
 
 /* The accumulators of threads lane + 32 k, k in [k0, k0 + A), of the block
  * walk of a small chunk (its split, in 32 bits: a small chunk has at most
- * GCLIP_BLOCK_THREADS vectors; vec: its first whole vector), the A loads
- * issued before any is used. */
-template <int KIND, int DTYPE, int A>
+ * GCLIP_BLOCK_THREADS vectors; vec: its first whole vector, on a 16-byte
+ * boundary when ALIGNED), the A loads issued before any is used. */
+template <int KIND, int DTYPE, int A, bool ALIGNED>
 __device__ __forceinline__ void gclip_small_slots(void *base, int head, int vectors, int tail,
                                                   const uint4 *vec, int k0, float p, double *v)
 {
     typedef gclip_vec_traits<DTYPE> vt;
     const int lane = (int)(threadIdx.x % 32);
+    /* off a 16-byte boundary, each vector is read by the visitor itself
+     * with element-sized loads, as the block walk reads it */
     uint4 r[A];
-    GCLIP_UNROLL
-    for (int k = 0; k < A; ++k) {
-        const int t = lane + 32 * (k0 + k);
-        if (t < vectors)
-            r[k] = gclip_load_vec(vec + t);
+    if constexpr (ALIGNED) {
+        GCLIP_UNROLL
+        for (int k = 0; k < A; ++k) {
+            const int t = lane + 32 * (k0 + k);
+            if (t < vectors)
+                r[k] = gclip_load_vec(vec + t);
+        }
     }
     GCLIP_UNROLL
     for (int k = 0; k < A; ++k) {
@@ -277,8 +374,12 @@ __device__ __forceinline__ void gclip_small_slots(void *base, int head, int vect
         if (t < head)
             gclip_visit_scalar<DTYPE, false>(base, t, f);
         if (t < vectors) {
-            const uint4 one[1] = {r[k]};
-            f.template group<DTYPE, 1>(one, vec + t, GCLIP_BLOCK_THREADS);
+            if constexpr (ALIGNED) {
+                const uint4 one[1] = {r[k]};
+                f.template group<DTYPE, 1>(one, vec + t, GCLIP_BLOCK_THREADS);
+            } else {
+                f.template group_unaligned<DTYPE, 1>(vec + t, GCLIP_BLOCK_THREADS);
+            }
         }
         if (t < tail)
             gclip_visit_scalar<DTYPE, false>(base, head + vectors * vt::lanes + t, f);
@@ -288,12 +389,13 @@ __device__ __forceinline__ void gclip_small_slots(void *base, int head, int vect
 
 /* Column `lane` of the block tree over the small chunk c (levels 128 to 32:
  * gclip_tree_column's combines, each slot k + 4 combined into slot k as
- * soon as it is formed). */
-template <int KIND, int DTYPE>
-__device__ __forceinline__ double gclip_small_column(const gclip_chunk_view &c, float p)
+ * soon as it is formed), split by element index as the block walk splits
+ * it (gclip_split_elements). */
+template <int KIND, int DTYPE, bool ALIGNED>
+__device__ __forceinline__ double gclip_small_column_split(const gclip_chunk_view &c, float p)
 {
     typedef gclip_vec_traits<DTYPE> vt;
-    const gclip_split s = gclip_split_vectors((uintptr_t)c.base, c.count, vt::elem_bytes);
+    const gclip_split s = gclip_split_elements(c.count, vt::elem_bytes);
     const int head = (int)s.head, vectors = (int)s.vectors, tail = (int)s.tail;
     const uint4 *vec = (const uint4 *)((const char *)c.base + head * vt::elem_bytes);
     /* two loads in flight per lane (more spill at the kernel's 64
@@ -302,17 +404,25 @@ __device__ __forceinline__ double gclip_small_column(const gclip_chunk_view &c, 
     double a[4];
     GCLIP_UNROLL
     for (int k = 0; k < 4; k += A)
-        gclip_small_slots<KIND, DTYPE, A>(c.base, head, vectors, tail, vec, k, p, a + k);
+        gclip_small_slots<KIND, DTYPE, A, ALIGNED>(c.base, head, vectors, tail, vec, k, p, a + k);
     GCLIP_UNROLL
     for (int k = 0; k < 4; k += A) {
         double b[A];
-        gclip_small_slots<KIND, DTYPE, A>(c.base, head, vectors, tail, vec, 4 + k, p, b);
+        gclip_small_slots<KIND, DTYPE, A, ALIGNED>(c.base, head, vectors, tail, vec, 4 + k, p, b);
         GCLIP_UNROLL
         for (int j = 0; j < A; ++j)
             a[k + j] = gclip_term_combine(a[k + j], b[j], KIND);
     }
     return gclip_term_combine(gclip_term_combine(a[0], a[2], KIND),
                               gclip_term_combine(a[1], a[3], KIND), KIND);
+}
+
+template <int KIND, int DTYPE>
+__device__ __forceinline__ double gclip_small_column(const gclip_chunk_view &c, float p)
+{
+    if (((uintptr_t)c.base & (GCLIP_VEC_BYTES - 1)) == 0)
+        return gclip_small_column_split<KIND, DTYPE, true>(c, p);
+    return gclip_small_column_split<KIND, DTYPE, false>(c, p);
 }
 
 template <int KIND>
@@ -359,15 +469,17 @@ __device__ __forceinline__ uint32_t gclip_next_small(const gclip_finalize_shared
 #define GCLIP_NORM_MIN_BLOCKS 4
 
 static __global__ void __launch_bounds__(GCLIP_BLOCK_THREADS, GCLIP_NORM_MIN_BLOCKS)
-    gclip_norm_kernel(gclip_device_tables t, gclip_norm_params params)
+    gclip_norm_kernel(gclip_device_tables t, __grid_constant__ const gclip_norm_params params)
 {
     __shared__ gclip_reduce_storage red;
     __shared__ gclip_finalize_shared fin;
     __shared__ unsigned int is_last;
 
-    /* a local copy for the lane pass and the finalize, whose math takes its
-     * address (a kernel parameter whose address escapes would be copied to
-     * the stack); the walk reads `params` itself, from the constant bank */
+    /* a local copy for the lane pass and the finalize; the walk reads
+     * `params` itself, from the constant bank. `params` is a grid constant:
+     * without it the compiler loaded max_norm and inv_scale at the
+     * kernel's start and held them across the walk (a spill on sm_86 and
+     * sm_89 at the 64-register cap) */
     const gclip_norm_params np = params;
 
     /* The scale kernel after this one may be scheduled as soon as every
@@ -410,7 +522,7 @@ static __global__ void __launch_bounds__(GCLIP_BLOCK_THREADS, GCLIP_NORM_MIN_BLO
         {
             const uint32_t k = base + threadIdx.x;
             fin.small[threadIdx.x] = (unsigned char)(k >= c && k < fin.walk_end &&
-                                                     gclip_chunk_is_small(gclip_chunk_at(t, k)));
+                                                     gclip_norm_chunk_is_small(gclip_chunk_at(t, k)));
         }
         __syncthreads(); /* the window's flags are written */
         for (uint32_t p = gclip_next_small(fin, warp); p < GCLIP_BLOCK_THREADS;

@@ -92,6 +92,40 @@ def test_norm_and_clip_match_float64_reference_and_torch(rng, device, p):
         torch.testing.assert_close(q.grad, q_t.grad)
 
 
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_norm_bits_do_not_depend_on_the_offset(rng, device, dtype):
+    # the same values as views at every element offset modulo 16 bytes of
+    # one flat buffer (as in a flat gradient buffer): the same bits for the
+    # total and for each tensor's norm. 300 tensors, so that a reduction
+    # order that depended on the address would show: a float32 norm hides
+    # most such differences, but an order fixed by the address changed tens
+    # of such norms across the offsets
+    sizes = [int(n) for n in rng.integers(5, 3000, 300)] + [70001]
+    values = [torch.from_numpy(rng.standard_normal(n)).to(dtype) for n in sizes]
+    lanes = 16 // torch.empty((), dtype=dtype).element_size()
+    runs = []
+    for shift in range(lanes):
+        flat = torch.zeros(sum(sizes) + lanes * len(sizes), dtype=dtype, device=device)
+        grads, at = [], 0
+        for k, v in enumerate(values):
+            at += (3 * k + shift) % lanes
+            g = flat[at:at + v.numel()]
+            g.copy_(v.to(device))
+            grads.append(g)
+            at += v.numel()
+        bits = []
+        for p in (2.0, 1.0):
+            total = gt.get_total_norm(grads, p, fp32_norm=True)
+            each = torch.stack([gt.get_total_norm([g], p, fp32_norm=True) for g in grads])
+            ref = ref_norm([v.double().numpy() for v in values], p)
+            assert abs(float(total) - ref) <= 1e-6 * ref
+            bits.append((total.cpu().view(torch.int32).item(), each.cpu().view(torch.int32).tolist()))
+        runs.append(bits)
+    for shift in range(1, lanes):
+        assert runs[shift] == runs[0], f"offset {shift}"
+
+
 def test_empty_tensors_contribute_zero(rng):
     params = make_params(rng, [(0,), (4,), (0, 3)], torch.float32, "cpu")
     for p in (2.0, math.inf):

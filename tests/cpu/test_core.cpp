@@ -174,6 +174,28 @@ TEST(CoreSplit, HeadVectorsTailCoverTheRangeWithAlignedVectors)
     }
 }
 
+// The norm's split is by element index: no head, as many whole vectors as
+// the count holds, the rest (fewer than one vector) in the tail; for an
+// aligned address it is the address split.
+TEST(CoreSplit, ElementSplitCountsVectorsFromTheFirstElement)
+{
+    const int64_t big = (int64_t(1) << 33) + 5;
+    for (int size : {2, 4, 8}) {
+        const int64_t lanes = 16 / size;
+        for (int64_t count : {int64_t(0), int64_t(1), int64_t(7), int64_t(8), int64_t(9), int64_t(17),
+                              int64_t(1000), int64_t(1027), int64_t(65536), big, big + 7}) {
+            const gclip_split s = gclip_split_elements(count, size);
+            EXPECT_EQ(s.head, 0);
+            EXPECT_EQ(s.vectors, count / lanes) << size << " " << count;
+            EXPECT_EQ(s.tail, count % lanes) << size << " " << count;
+            const gclip_split a = gclip_split_vectors(4096, count, size);
+            EXPECT_EQ(a.head, s.head);
+            EXPECT_EQ(a.vectors, s.vectors);
+            EXPECT_EQ(a.tail, s.tail);
+        }
+    }
+}
+
 TEST(CoreTerms, AccumulatorsMatchTheLongDoubleOracle)
 {
     oracle::Rng rng(5);

@@ -153,4 +153,58 @@ TEST(Determinism, ManySmallTensorsIdenticalBitsForEveryThreadCount)
         EXPECT_TRUE(run(bufs, 2.0f, threads, false) == nan_ref) << "threads=" << threads;
 }
 
+// The same values at every start offset modulo 16 bytes. The norm's groups
+// are formed by element index (gclip_split_elements), not from the first
+// 16-byte boundary, so the total, every per-tensor norm and the clipped
+// bytes keep their bits wherever the tensors lie. Sizes around one vector,
+// the small chunk (256 vectors), one batch of every thread (1,024 vectors)
+// and the chunk (64 Ki elements); f32 tensors also hold values whose
+// squares overflow a float group, so the exact path is taken too.
+std::vector<TestBuffer> at_offsets(gclip_dtype dt, const std::vector<std::vector<float>> &values, int shift)
+{
+    const int per = 16 / static_cast<int>(oracle::dtype_size(dt));
+    std::vector<TestBuffer> bufs;
+    for (std::size_t k = 0; k < values.size(); ++k) {
+        const int64_t n = static_cast<int64_t>(values[k].size());
+        bufs.emplace_back(dt, n, shift < 0 ? 0 : static_cast<int64_t>((3 * k + shift) % per));
+        for (int64_t i = 0; i < n; ++i)
+            bufs.back().set(i, values[k][i]);
+    }
+    return bufs;
+}
+
+TEST(Determinism, SameBitsAtEveryOffsetModulo16)
+{
+    oracle::Rng rng(502);
+    const int64_t sizes[] = {1,    3,    7,    9,    31,   257,  1023,  1024,         1027,
+                             1031, 2048, 2055, 4096, 4103, 8191, 16389, 65536 + 5, 131072 + 4099};
+    for (gclip_dtype dt : {GCLIP_F32, GCLIP_F16, GCLIP_BF16, GCLIP_F64}) {
+        const int per = 16 / static_cast<int>(oracle::dtype_size(dt));
+        std::vector<std::vector<float>> values;
+        for (int64_t n : sizes) {
+            values.emplace_back(n);
+            const double sd = std::pow(10.0, rng.range(-3, 3));
+            for (auto &v : values.back())
+                v = static_cast<float>(rng.normal(sd));
+            if (dt == GCLIP_F32 && n > 100)
+                for (int j = 0; j < 3; ++j)
+                    values.back()[static_cast<std::size_t>(rng.range(0, n - 1))] = 3e19f; // square > FLT_MAX
+        }
+        const std::vector<TestBuffer> aligned = at_offsets(dt, values, -1);
+        for (float p : {2.0f, 1.0f, 3.0f, INFINITY}) {
+            const Fingerprint ref = run(aligned, p, 2, false);
+            const auto want = oracle::norms(aligned, p, 0.3);
+            EXPECT_TRUE(oracle::rel_close(oracle::bits_to_float(ref.total_bits), want.total, 1e-6L))
+                << "dtype " << dt << " p=" << p;
+            for (int shift = 0; shift < per; ++shift) {
+                const std::vector<TestBuffer> moved = at_offsets(dt, values, shift);
+                const Fingerprint got = run(moved, p, 2, false);
+                EXPECT_EQ(got.total_bits, ref.total_bits) << "dtype " << dt << " p=" << p << " shift " << shift;
+                EXPECT_TRUE(got.tensor_bits == ref.tensor_bits) << "dtype " << dt << " p=" << p << " shift " << shift;
+                EXPECT_EQ(got.data, ref.data) << "dtype " << dt << " p=" << p << " shift " << shift;
+            }
+        }
+    }
+}
+
 } // namespace

@@ -43,6 +43,8 @@ filter+=':EmuScale.FactorOneWritesNothing:EmuClamp.EveryDtypeAroundVectorAndChun
 filter+=':EmuReplay.EmptyPlanStillFinalizes:EmuReplay.ClampReplaysIdentically'
 filter+=':EmuDeviceScalars.*:EmuApply.*:EmuUnorderedStreams.*'
 filter+=':EmuGrid.*'
+# The norm's groups at every offset modulo 16 bytes, compared bit for bit
+filter+=':EmuNormOffsets.*'
 # Partials compared bit for bit: all a mutant that only reorders arithmetic
 # can break, so such mutants run these alone (order_only below).
 bitwise='Ranges/EmuExtreme.PartialsBitwiseAndNormWithinOneInAMillion/HalfExtremes'
@@ -115,9 +117,15 @@ mutate() {
 plant() {
     case $1 in
     tail_off_by_one) # scalar tail reads one element past the chunk
-        mutate chunk_walk.cuh 's/if (tid < s\.tail)/if (tid <= s.tail)/' ;;
+        mutate chunk_walk.cuh 's/^    if (tid < s\.tail)$/    if (tid <= s.tail)/' ;;
     missing_barrier) # other threads read is_last before thread 0 wrote it
         mutate norm_kernel.cu '/is_last = atomicInc/,/__syncthreads();/s/__syncthreads();/\/* barrier removed *\//' ;;
+    unaligned_group_order) # an unaligned f16/bf16 batch folded as vectors 0, 1, 2, 3: another float tree
+        mutate norm_kernel.cu 's/const int k = N == 4 ? (i \& 1) \* 2 + (i >> 1) : 0;/const int k = N == 4 ? i : 0;/' ;;
+    norm_split_by_address) # the norm's block walk splits a chunk by its address: its groups depend on where it lies
+        mutate chunk_walk.cuh 's/const gclip_split s = gclip_split_elements(count, vt::elem_bytes);/const gclip_split s = gclip_split_vectors((uintptr_t)base, count, vt::elem_bytes);/' ;;
+    small_split_by_address) # a warp splits its small chunk by address, the block walk by element index
+        mutate norm_kernel.cu 's/const gclip_split s = gclip_split_elements(c\.count, vt::elem_bytes);/const gclip_split s = gclip_split_vectors((uintptr_t)c.base, c.count, vt::elem_bytes);/' ;;
     misaligned_vector) # vector accesses start at the tensor start, not after the head
         mutate chunk_walk.cuh 's/(char \*)base + s\.head \* vt::elem_bytes)/(char *)base)/' ;;
     ticket_not_wrapped) # the ticket counts up for ever: the next launch finds no last block
@@ -181,12 +189,12 @@ plant() {
     small_tree_order) # a warp's small chunk pairs its columns in another order
         mutate norm_kernel.cu 's/    return gclip_term_combine(gclip_term_combine(a\[0\], a\[2\], KIND),/    return gclip_term_combine(gclip_term_combine(a[0], a[1], KIND),/' ;;
     small_chunk_too_large) # a chunk of 257 vectors goes to a warp, which reads 256
-        mutate gclip_kernels.h 's/\.vectors <= GCLIP_BLOCK_THREADS;/.vectors <= GCLIP_BLOCK_THREADS + 1;/' ;;
+        mutate gclip_kernels.h 's/gclip_split_elements(count, es)\.vectors <= GCLIP_BLOCK_THREADS;/gclip_split_elements(count, es).vectors <= GCLIP_BLOCK_THREADS + 1;/' ;;
     small_tail_skipped) # a warp's small chunk leaves out its scalar tail
         mutate norm_kernel.cu 's/^\( *\)gclip_visit_scalar<DTYPE, false>(base, head + vectors \* vt::lanes + t, f);$/\1(void)f;/' ;;
     small_scan_wrong_chunk) # thread k of the window scan flags chunk k + 1, not
         # chunk k: a warp walks a chunk of the block's as if it were small
-        mutate norm_kernel.cu 's/gclip_chunk_is_small(gclip_chunk_at(t, k))/gclip_chunk_is_small(gclip_chunk_at(t, k + 1 < fin.walk_end ? k + 1 : k))/' ;;
+        mutate norm_kernel.cu 's/gclip_norm_chunk_is_small(gclip_chunk_at(t, k))/gclip_norm_chunk_is_small(gclip_chunk_at(t, k + 1 < fin.walk_end ? k + 1 : k))/' ;;
     look_ahead_past_chunk) # the look-ahead asks for 32 lines whatever the chunk's
         # size: requests past the end of a small tensor (the emulator's prefetch
         # reads the byte it names, and AddressSanitizer reports it)
@@ -285,13 +293,14 @@ plant() {
 all_mutants=(writes_factor_one per_tensor_writes_factor_one apply_ticket_not_wrapped
              f64_scaled_in_float scale_reads_before_wait agc_scale_without_wait
              missing_barrier ticket_not_wrapped norm_one_chunk_per_block lane_ticket_not_wrapped
-             small_tree_order small_tail_skipped small_scan_wrong_chunk
+             small_tree_order small_tail_skipped small_split_by_address small_scan_wrong_chunk
              small_scan_no_barrier warp_tree_no_syncwarp warp_columns_overwritten
              ticket_reset_at_end
              scalars_from_params moved_norms_left_as_factors fold_drops_pieces window_restarts_runs share_batch_drops_a_position
              close_leads_no_barrier
              block_tree_order block_reduce_no_barrier
-             tail_off_by_one misaligned_vector write_one_window_per_block
+             tail_off_by_one misaligned_vector norm_split_by_address unaligned_group_order
+             write_one_window_per_block
              write_window_skips_its_first_chunk write_word_skip_on_first_flag
              write_scan_no_barrier write_flags_rewritten_early
              warp_walk_half_stride small_chunk_too_large look_ahead_past_chunk

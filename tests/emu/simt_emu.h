@@ -105,6 +105,7 @@
 #define __host__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
+#define __grid_constant__
 #define __restrict__
 // Each translation unit puts its __shared__ variables in its own section,
 // GCLIP_EMU_SECTION (the build defines one per kernel source; a C identifier,

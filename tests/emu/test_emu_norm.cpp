@@ -80,6 +80,55 @@ TEST_P(EmuNorm, EveryRowOfTheOpsTableMatchesTheCpuPath)
     }
 }
 
+// The same values at every start offset modulo 16 bytes give the emulated
+// kernels the same bits: the norm walks a chunk by element index
+// (gclip_split_elements), reading a chunk that does not start on a 16-byte
+// boundary with element-sized loads, and its groups are those of an aligned
+// copy. Sizes around one vector, the warp-walked small chunk (256 vectors),
+// one batch of every thread (1,024 vectors) and the chunk; every kind, with
+// per-tensor norms; each run also matches the CPU path.
+TEST(EmuNormOffsets, SameBitsAtEveryOffsetModulo16)
+{
+    const int64_t sizes[] = {1, 3, 9, 257, 1023, 1024, 1027, 2055, 4103, 8191, GCLIP_CHUNK_ELEMS + 5};
+    for (gclip_dtype dt : specs::all_dtypes()) {
+        const int per = 16 / static_cast<int>(oracle::dtype_size(dt));
+        for (float p : {2.0f, 1.0f, 3.0f, INFINITY}) {
+            SCOPED_TRACE("dtype " + std::to_string(dt) + " p " + std::to_string(p));
+            uint32_t total = 0;
+            std::vector<uint32_t> per_tensor;
+            for (int shift = -1; shift < per; ++shift) {
+                std::vector<emu::Spec> specs;
+                for (std::size_t k = 0; k < std::size(sizes); ++k)
+                    specs.push_back({dt, sizes[k], shift < 0 ? 0 : static_cast<int>((3 * k + shift) % per)});
+                emu::Fixture f(specs, 77); // the same values whatever the offsets
+                gclip_norm_options o = GCLIP_NORM_OPTIONS_INIT;
+                o.norm_type = p;
+                o.max_norm = 1.0f;
+                float sentinel;
+                o.tensor_norms = &sentinel;
+                f.reset_host();
+                ASSERT_EQ(f.cpu_norm_op(o, GCLIP_OP_TOTAL_NORM), GCLIP_STATUS_SUCCESS) << gclip_last_error();
+                f.reset();
+                ASSERT_EQ(f.emu_norm_op(o, GCLIP_OP_TOTAL_NORM), 0) << gclip_emu::error_message();
+                f.expect_norm_op_matches(o, GCLIP_OP_TOTAL_NORM);
+                const uint32_t got = oracle::float_to_bits(f.emu_result().total_norm);
+                std::vector<uint32_t> got_tensors;
+                for (std::size_t k = 0; k < specs.size(); ++k)
+                    got_tensors.push_back(oracle::float_to_bits(f.emu_tensor_norm(k)));
+                if (shift < 0) {
+                    total = got;
+                    per_tensor = got_tensors;
+                    continue;
+                }
+                EXPECT_EQ(got, total) << "shift " << shift;
+                EXPECT_TRUE(got_tensors == per_tensor) << "shift " << shift;
+                if (::testing::Test::HasFailure())
+                    return;
+            }
+        }
+    }
+}
+
 std::string param_name(const ::testing::TestParamInfo<Param> &info)
 {
     const auto [shape, op] = info.param;
