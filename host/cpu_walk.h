@@ -789,7 +789,7 @@ ALWAYS_INLINE void single_row_pair(const char *ra, int na, const char *rb, int n
 /* A chunk's sum between its batches: where its vectors are, and its
  * threads' accumulators. */
 typedef struct chunk_sum {
-    const char *base, *vec;
+    const char *base; /* the chunk's first element; vector k starts at base + 16 k */
     gclip_split sp;
     int64_t full; /* batches every thread takes */
     int slots;
@@ -805,7 +805,6 @@ ALWAYS_INLINE void chunk_sum_begin(chunk_sum *cs, const void *data, int32_t dtyp
     const int esize = gclip_dtype_size(dtype);
     cs->base = (const char *)data + begin * esize;
     cs->sp = gclip_split_elements(n, esize); /* as the norm kernel splits it */
-    cs->vec = cs->base;
     const int64_t nv = cs->sp.vectors;
     /* threads that get an element: the others' accumulators stay +0, and
      * adding +0 changes no sum of terms (never -0), so they are left out */
@@ -827,7 +826,7 @@ ALWAYS_INLINE int float_groups(int32_t dtype, int32_t kind)
 ALWAYS_INLINE void chunk_sum_batch(chunk_sum *cs, int64_t b, int32_t dtype, int32_t kind, float p)
 {
     const int64_t rs = (int64_t)NT * VEC_BYTES;
-    const char *row = cs->vec + b * WALK_BATCH * rs;
+    const char *row = cs->base + b * WALK_BATCH * rs;
     if (float_groups(dtype, kind)) {
         batch_rows(row, dtype, kind, cs->acc);
     } else {
@@ -848,7 +847,7 @@ ALWAYS_INLINE double chunk_sum_end(chunk_sum *cs, int32_t dtype, int32_t kind, f
     /* the rest, fewer than 4 NT vectors: threads t < R - 3 NT take one more
      * batch, the others up to 4 single vectors (rows of NT vectors) */
     const int64_t rest = nv - cs->full * WALK_BATCH * NT;
-    const char *tail_rows = cs->vec + cs->full * WALK_BATCH * rs;
+    const char *tail_rows = cs->base + cs->full * WALK_BATCH * rs;
     const int with_batch = rest > (WALK_BATCH - 1) * NT ? (int)(rest - (WALK_BATCH - 1) * NT) : 0;
     for (int t = 0; t < with_batch; t++)
         acc[t] = floats ? acc[t] + group_value(tail_rows + (int64_t)t * VEC_BYTES, rs, WALK_BATCH,
@@ -905,7 +904,7 @@ ALWAYS_INLINE void chunk_sum_pair(const void *const data[PAIR], const int64_t be
         const char *rows[PAIR];
         double *accs[PAIR];
         for (int k = 0; k < PAIR; k++) {
-            rows[k] = cs[k].vec + b * WALK_BATCH * rs;
+            rows[k] = cs[k].base + b * WALK_BATCH * rs;
             accs[k] = cs[k].acc;
         }
         batch_rows_call(rows, PAIR, dtype, kind, accs);
