@@ -10,6 +10,28 @@ cd "$(dirname "$0")/.."
 t_start=$(date +%s)
 stage() { echo; echo "==== [$(( $(date +%s) - t_start ))s] $*"; }
 
+# Two jobs side by side in one stage: `beside LOG CMD...` starts CMD in the
+# background, its output to LOG; after the job in front, `join_beside WHAT
+# FRONT_STATUS` waits for CMD, prints its output under WHAT and fails the
+# stage if either failed.
+beside() {
+    beside_log=$1
+    shift
+    mkdir -p "$(dirname "$beside_log")"
+    "$@" >"$beside_log" 2>&1 &
+    beside_pid=$!
+}
+join_beside() {
+    local rc=0
+    wait "$beside_pid" || rc=$?
+    echo "-- $1:"
+    cat "$beside_log"
+    if [ "$2" -ne 0 ] || [ "$rc" -ne 0 ]; then
+        echo "exit $2, and $rc for $1" >&2
+        exit 1
+    fi
+}
+
 stage "set-up: Debian packages, PATH, the Python environment (tests/setup.sh)"
 GCLIP_SETUP_PYTHON=1 . tests/setup.sh # the Python stage needs the environment
 jobs=$(nproc 2>/dev/null || echo 2)
@@ -28,33 +50,30 @@ ctest --preset clang -j "$jobs"
 stage "Python package: pytest against PyTorch, NumPy, JAX and the reference packages"
 timeout 1800 "$GCLIP_PYTHON" -m pytest -q -rs python/tests
 
-stage "the emulator catches planted kernel bugs"
-ctest --test-dir build/default -L emu-mutants --output-on-failure --no-tests=error
-
-stage "AddressSanitizer + UndefinedBehaviorSanitizer build: cpu and robust labels (emu is sanitized in every build)"
-cmake --preset asan
-cmake --build --preset asan -j "$jobs"
-ctest --preset asan -j "$jobs"
+# Each planted bug rebuilds one kernel source, on one CPU: the sanitizer
+# build and its tests fill the other, at a lower priority so that the
+# planted bugs keep theirs; the sanitizers' output follows.
+asan_stage() {
+    renice -n 10 -p "$BASHPID" >/dev/null 2>&1 || true
+    cmake --preset asan &&
+        cmake --build --preset asan -j "$jobs" &&
+        ctest --preset asan -j "$jobs"
+}
+stage "the emulator catches planted kernel bugs, beside the AddressSanitizer + UndefinedBehaviorSanitizer build and its cpu and robust labels (emu is sanitized in every build)"
+beside build/asan-stage.log asan_stage
+rc=0
+ctest --test-dir build/default -L emu-mutants --output-on-failure --no-tests=error || rc=$?
+join_beside "sanitizers (cmake --preset asan, its build and ctest --preset asan)" "$rc"
 
 # libFuzzer runs one process on one CPU for a fixed time; memcheck keeps
 # every CPU busy. Side by side, with memcheck's processes at a lower
 # priority so that the fuzzer keeps a CPU of its own, the stage ends about
 # when memcheck does; the fuzzer's output follows memcheck's.
 stage "valgrind memcheck of the cpu and robust suites, beside libFuzzer for ${fuzz_seconds}s"
-fuzz_log=build/fuzz-stage.log
-mkdir -p build
-tests/robust/fuzz.sh "$fuzz_seconds" >"$fuzz_log" 2>&1 &
-fuzz_pid=$!
-valgrind_rc=0
-nice -n 10 timeout 2400 tests/robust/valgrind.sh build/default || valgrind_rc=$?
-fuzz_rc=0
-wait "$fuzz_pid" || fuzz_rc=$?
-echo "-- libFuzzer (tests/robust/fuzz.sh $fuzz_seconds):"
-cat "$fuzz_log"
-if [ "$valgrind_rc" -ne 0 ] || [ "$fuzz_rc" -ne 0 ]; then
-    echo "valgrind exit $valgrind_rc, libFuzzer exit $fuzz_rc" >&2
-    exit 1
-fi
+beside build/fuzz-stage.log tests/robust/fuzz.sh "$fuzz_seconds"
+rc=0
+nice -n 10 timeout 2400 tests/robust/valgrind.sh build/default || rc=$?
+join_beside "libFuzzer (tests/robust/fuzz.sh $fuzz_seconds)" "$rc"
 
 stage "scale: a bf16 tensor over 2^31 elements and 100,000 tensors"
 ctest --test-dir build/default -L large --output-on-failure --no-tests=error

@@ -281,6 +281,13 @@ int launch_fn(dim3 grid, dim3 block, F f, Section sec, bool dependent = false)
 }
 
 // Barrier of the current block at call site file:line.
+//
+// Fault injection (tests/emu/plant_bugs.sh): with GCLIP_EMU_DROP_BARRIER set
+// to BASENAME:LINE in the environment, the __syncthreads() or __syncwarp()
+// call at that site (BASENAME: the source file's name without its
+// directory) does nothing, as if its line were deleted from the source: no
+// wait and no switch point. So a missing barrier can be tried without
+// rebuilding the kernels.
 void syncthreads(const char *file, int line);
 // Barrier of the calling thread's warp (threads 32 w .. 32 w + 31 of its
 // block) at call site file:line: the thread waits until every lane of its
