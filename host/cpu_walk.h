@@ -452,7 +452,9 @@ ALWAYS_INLINE void batch_rows_of(const char *const *rows, int nc, int32_t dtype,
  * of each kind (read_chunks_of). A call per batch of 16 KiB, per chunk or
  * per run costs nothing measurable, and GCC took 80-120 s on norm_cpu.c when
  * all of it was one function (its register allocation and redundancy
- * elimination grow faster than the function), against 15 s this way. */
+ * elimination grow faster than the function), against about 20 s this way.
+ * For the same reason read_chunks_kind calls read_step from one place: from
+ * four, GCC took 89 s. */
 #define OUT_OF_LINE static __attribute__((noinline, unused))
 
 #define BATCH_ROWS_OF(nc, dt, k)                                                           \
@@ -1236,27 +1238,33 @@ ALWAYS_INLINE void read_chunks_kind(const gclip_plan *plan, uint32_t first, uint
     const gclip_cpu_state *st = plan->engine;
     const gclip_cpu_span *spans = st->spans;
     const int sums = kind == GCLIP_KIND_L2 || kind == GCLIP_KIND_L1;
-    gclip_half_walk a = {first, last, {first, 0}, 0};
+    gclip_half_walk h[2] = {{first, last, {first, 0}, 0}, {last, last, {last, 0}, 0}};
+    gclip_half_walk *const a = &h[0], *const b = &h[1];
     if (sums && st->read_pairs && last - first >= GCLIP_TWO_WALKS_MIN) {
         const uint32_t mid = first + (last - first) / 2;
-        gclip_half_walk b = {mid, last, {mid, 0}, 0};
-        a.last = mid;
-        while (a.c < a.last && b.c < b.last) {
-            const gclip_cpu_span sa = spans[a.c], sb = spans[b.c];
-            const int ra = slot_row(sa), rb = slot_row(sb);
-            if (ra && rb && sa.dtype == sb.dtype)
-                read_row_pair(plan, &a, &b, partials, kind, p);
-            else if (ra != rb)
-                read_step(plan, ra ? &b : &a, partials, kind, p);
-            else
-                read_step(plan, a.done <= b.done ? &a : &b, partials, kind, p);
-        }
-        while (a.c < a.last)
-            read_step(plan, &a, partials, kind, p);
-        a = b;
+        a->last = mid;
+        b->c = b->pc.next = mid;
     }
-    while (a.c < a.last)
-        read_step(plan, &a, partials, kind, p);
+    /* One call site of read_step, so that it is inlined once: first while
+     * both halves have chunks left, then each half to its end. */
+    for (int k = 0; k < 2;) {
+        gclip_half_walk *w;
+        if (a->c < a->last && b->c < b->last) {
+            const gclip_cpu_span sa = spans[a->c], sb = spans[b->c];
+            const int ra = slot_row(sa), rb = slot_row(sb);
+            if (ra && rb && sa.dtype == sb.dtype) {
+                read_row_pair(plan, a, b, partials, kind, p);
+                continue;
+            }
+            w = ra != rb ? (ra ? b : a) : a->done <= b->done ? a : b;
+        } else if (h[k].c < h[k].last) {
+            w = &h[k];
+        } else {
+            k++;
+            continue;
+        }
+        read_step(plan, w, partials, kind, p);
+    }
 }
 
 /* read_chunks_kind for each kind, compiled once each (OUT_OF_LINE). */
