@@ -27,7 +27,7 @@ join_beside() {
     echo "-- $1:"
     cat "$beside_log"
     if [ "$2" -ne 0 ] || [ "$rc" -ne 0 ]; then
-        echo "exit $2, and $rc for $1" >&2
+        echo "the stage's main job exited $2, and $1 exited $rc" >&2
         exit 1
     fi
 }
