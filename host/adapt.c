@@ -352,7 +352,7 @@ gclip_status gclip_adaptive_step(gclip_adaptive *ad, const gclip_norm_options *b
         step.np.tensor_norms = d.tensor_norms;
     step.np.adapt = (gclip_adapt_device *)ad->mem.ptr;
     step.op = ad->op;
-    step.clip_value = 0.0f;
+    step.clip_value = 0.0;
     return ad->plan->backend->run(ad->plan, &step, stream);
 }
 

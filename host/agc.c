@@ -314,6 +314,6 @@ gclip_status gclip_agc_step(gclip_agc *agc, gclip_stream stream)
     if (s != GCLIP_STATUS_SUCCESS)
         return s;
     step.op = GCLIP_OP_AGC;
-    step.clip_value = 0.0f;
+    step.clip_value = 0.0;
     return agc->plan->backend->run(agc->plan, &step, stream);
 }

@@ -431,9 +431,6 @@ done:
 /* The kernels of each op, in launch order. */
 typedef int (*launcher_fn)(const gclip_device_tables *, const gclip_norm_params *, gclip_stream);
 
-static int launch_clamp_step(const gclip_device_tables *t, const gclip_norm_params *np,
-                             gclip_stream stream);
-
 typedef struct launch_plan {
     int n;
     launcher_fn fn[3];
@@ -461,8 +458,8 @@ static launch_plan launches_of(int32_t op)
         lp.fn[lp.n] = gclip_launch_agc_scale;
         lp.name[lp.n++] = "AGC scale kernel";
         break;
-    case GCLIP_OP_CLIP_VALUE:
-        lp.fn[lp.n] = launch_clamp_step;
+    case GCLIP_OP_CLIP_VALUE: /* its bound is a double: launched by cuda_run */
+        lp.fn[lp.n] = NULL;
         lp.name[lp.n++] = "clamp kernel";
         break;
     case GCLIP_OP_FINALIZE:
@@ -486,13 +483,6 @@ static launch_plan launches_of(int32_t op)
     return lp;
 }
 
-/* The clamp launcher takes its bound in np->max_norm (see cuda_run). */
-static int launch_clamp_step(const gclip_device_tables *t, const gclip_norm_params *np,
-                             gclip_stream stream)
-{
-    return gclip_launch_clamp(t, np->max_norm, stream);
-}
-
 /* After launch k > 0 failed, launch k - 1 has left a slot whose factor was
  * never applied: say so in the slot itself, in stream order. */
 static void mark_failed(gclip_cuda_state *s, gclip_stream stream)
@@ -513,13 +503,13 @@ static gclip_status cuda_run(gclip_plan *plan, const gclip_step *step, gclip_str
     if (st == GCLIP_STATUS_SUCCESS)
         st = after_previous(s, stream, captured);
     if (st == GCLIP_STATUS_SUCCESS) {
-        gclip_norm_params np = step->np;
-        if (step->op == GCLIP_OP_CLIP_VALUE)
-            np.max_norm = step->clip_value;
+        const gclip_norm_params np = step->np;
         const launch_plan lp = launches_of(step->op);
         int queued = 0;
         for (int k = 0; k < lp.n; k++) {
-            const cudaError_t err = (cudaError_t)lp.fn[k](&s->tables, &np, stream);
+            const cudaError_t err =
+                (cudaError_t)(lp.fn[k] ? lp.fn[k](&s->tables, &np, stream)
+                                       : gclip_launch_clamp(&s->tables, step->clip_value, stream));
             if (err != cudaSuccess) {
                 forget_error(err);
                 if (k > 0)

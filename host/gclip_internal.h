@@ -22,7 +22,7 @@ extern "C" {
 typedef struct gclip_step {
     int32_t op;           /* gclip_op */
     gclip_norm_params np; /* every op but GCLIP_OP_CLIP_VALUE; np.op == op */
-    float clip_value;     /* GCLIP_OP_CLIP_VALUE */
+    double clip_value;    /* GCLIP_OP_CLIP_VALUE: f64 elements clamped to it, others to (float) */
 } gclip_step;
 
 /* A backend: what a plan needs from the engine that runs it. The entry
@@ -252,7 +252,7 @@ void gclip_tensor_clip_cpu(gclip_plan *plan, const gclip_norm_params *np);
 double gclip_tensor_acc_cpu(const double *partials, uint32_t num_chunks, uint32_t first,
                             uint32_t end, int32_t kind);
 void gclip_scale_cpu(gclip_plan *plan, const gclip_norm_params *np);    /* scale_kernel.cu */
-void gclip_clamp_cpu(gclip_plan *plan, float clip_value);               /* clamp_kernel.cu */
+void gclip_clamp_cpu(gclip_plan *plan, double clip_value);               /* clamp_kernel.cu */
 
 /* The norm kernel's fold of the chunk partials (kernels/gclip_fold.h), as its
  * last block runs it: per-tensor norms into np->tensor_norms (if set), under
@@ -300,10 +300,11 @@ int gclip_cpu_has_f16c(void);
 /* The norm's read pass of a run of chunks, compiled for AVX2 and F16C
  * (norm_cpu_f16c.c); only called when gclip_cpu_has_f16c(). */
 void gclip_read_run_f16c(const gclip_plan *plan, uint32_t first, uint32_t last, const void *arg);
-/* The update of chunks [first, last): clamped to [-f, f], or scaled by f (or
- * by factor[tensor] when factor is set; factors of exactly 1 write nothing). */
+/* The update of chunks [first, last): clamped to [-f, f] (f64 elements to f,
+ * the others to (float)f), or scaled by the float factor f (or by
+ * factor[tensor] when factor is set; factors of exactly 1 write nothing). */
 void gclip_update_run_cpu(const gclip_plan *plan, uint32_t first, uint32_t last, int clamp,
-                          float f, const float *factor);
+                          double f, const float *factor);
 
 /* ---- adaptive clipping (host/adapt.c, host/adapt_cpu.c, host/adapt_memory.c) ---- */
 

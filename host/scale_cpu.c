@@ -283,29 +283,32 @@ int gclip_cpu_has_f16c(void)
 }
 #endif
 
-#define UPDATE_DTYPE(clamp)                                                      \
-    do {                                                                         \
-        switch (dtype) {                                                         \
-        case GCLIP_F32: gclip_walk_update(data, GCLIP_F32, 0, n, clamp, f); break; \
-        case GCLIP_F16: gclip_walk_update(data, GCLIP_F16, 0, n, clamp, f); break; \
-        case GCLIP_F64: gclip_walk_update(data, GCLIP_F64, 0, n, clamp, f); break; \
-        default: gclip_walk_update(data, GCLIP_BF16, 0, n, clamp, f); break;       \
-        }                                                                        \
+#define UPDATE_DTYPE(clamp)                                                        \
+    do {                                                                           \
+        switch (dtype) {                                                           \
+        case GCLIP_F32: gclip_walk_update(data, GCLIP_F32, 0, n, clamp, f32); break; \
+        case GCLIP_F16: gclip_walk_update(data, GCLIP_F16, 0, n, clamp, f32); break; \
+        case GCLIP_F64: gclip_walk_update_f64((double *)data, n, clamp, f); break;   \
+        default: gclip_walk_update(data, GCLIP_BF16, 0, n, clamp, f32); break;       \
+        }                                                                          \
     } while (0)
 
-/* The elements of one chunk, found from its span. */
-ALWAYS_INLINE void update_chunk(gclip_cpu_span sp, int clamp, float f)
+/* The elements of one chunk, found from its span. f is a float factor, or
+ * the value clip's bound: f64 elements are clamped to it, the others to the
+ * float nearest it. */
+ALWAYS_INLINE void update_chunk(gclip_cpu_span sp, int clamp, double f)
 {
     void *data = sp.start;
     const int32_t dtype = sp.dtype;
     const int64_t n = sp.bytes / gclip_dtype_size(dtype);
+    const float f32 = (float)f;
 #ifdef GCLIP_F16C_PATH
     if (clamp && (dtype == GCLIP_F16 || dtype == GCLIP_BF16) && gclip_cpu_has_f16c()) {
-        walk_clamp_half_avx2(data, dtype, n, f);
+        walk_clamp_half_avx2(data, dtype, n, f32);
         return;
     }
     if ((dtype == GCLIP_F16 || dtype == GCLIP_BF16) && gclip_cpu_has_f16c()) {
-        walk_scale_half(data, dtype, 0, n, f);
+        walk_scale_half(data, dtype, 0, n, f32);
         return;
     }
 #endif
@@ -328,14 +331,14 @@ ALWAYS_INLINE void update_chunk(gclip_cpu_span sp, int clamp, float f)
 /* Chunk w->c's factor (a global factor is never 1 here: the step returns
  * before) and whether it is written (*touched); with `request`, the lines
  * of the chunks ahead requested (gclip_prefetch_before). */
-ALWAYS_INLINE float update_begin(const gclip_plan *plan, gclip_half_walk *w, int clamp, float f,
-                                 const float *factor, int request, int *touched)
+ALWAYS_INLINE double update_begin(const gclip_plan *plan, gclip_half_walk *w, int clamp, double f,
+                                  const float *factor, int request, int *touched)
 {
     const gclip_chunk *chunks = plan->chunks;
     const gclip_cpu_span *spans = ((const gclip_cpu_state *)plan->engine)->spans;
     const uint32_t c = w->c;
-    const float fc = clamp || !factor ? f : factor[chunks[c].tensor];
-    *touched = clamp || fc != 1.0f;
+    const double fc = clamp || !factor ? f : (double)factor[chunks[c].tensor];
+    *touched = clamp || fc != 1.0;
     if (request)
         gclip_prefetch_before(&w->pc, spans, chunks, c, w->last, clamp ? NULL : factor,
                               *touched ? spans[c].bytes : 0, PREFETCH_AHEAD, ONE_STREAM_BYTES);
@@ -343,12 +346,12 @@ ALWAYS_INLINE float update_begin(const gclip_plan *plan, gclip_half_walk *w, int
 }
 
 /* Chunk w->c updated, w moved past it. */
-ALWAYS_INLINE void update_step(const gclip_plan *plan, gclip_half_walk *w, int clamp, float f,
+ALWAYS_INLINE void update_step(const gclip_plan *plan, gclip_half_walk *w, int clamp, double f,
                                const float *factor)
 {
     const gclip_cpu_span sp = ((const gclip_cpu_state *)plan->engine)->spans[w->c];
     int touched;
-    const float fc = update_begin(plan, w, clamp, f, factor, 1, &touched);
+    const double fc = update_begin(plan, w, clamp, f, factor, 1, &touched);
     if (touched)
         update_chunk(sp, clamp, fc);
     w->c++;
@@ -375,13 +378,13 @@ ALWAYS_INLINE int pair_update_chunk(gclip_cpu_span sp)
  * bytes) of one, then 32 of the other, as long as both have 32 left, then
  * the rest of each. Every element gets the operation it gets alone. */
 ALWAYS_INLINE void update_pair(const gclip_plan *plan, gclip_half_walk *w, gclip_half_walk *v, int clamp,
-                               float f, const float *factor)
+                               double f, const float *factor)
 {
     const gclip_cpu_span *spans = ((const gclip_cpu_state *)plan->engine)->spans;
     const gclip_cpu_span sa = spans[w->c], sb = spans[v->c];
     int ta, tb;
-    const float fa = update_begin(plan, w, clamp, f, factor, 0, &ta);
-    const float fb = update_begin(plan, v, clamp, f, factor, 0, &tb);
+    const float fa = (float)update_begin(plan, w, clamp, f, factor, 0, &ta);
+    const float fb = (float)update_begin(plan, v, clamp, f, factor, 0, &tb);
     float *a = (float *)(void *)sa.start, *b = (float *)(void *)sb.start;
     const int64_t na = ta ? sa.bytes / 4 : 0, nb = tb ? sb.bytes / 4 : 0;
     const int64_t both = (na < nb ? na : nb) / 32 * 32;
@@ -406,7 +409,7 @@ ALWAYS_INLINE void update_pair(const gclip_plan *plan, gclip_half_walk *w, gclip
  * alone (with this inlined, GCC vectorized its clamp of 800-byte chunks
  * with lane permutes, at 2.4 times the time in the caches). */
 OUT_OF_LINE CPU_CLONES void update_two_walks(const gclip_plan *plan, uint32_t first,
-                                             uint32_t last, int clamp, float f,
+                                             uint32_t last, int clamp, double f,
                                              const float *factor)
 {
     const gclip_cpu_state *st = plan->engine;
@@ -438,7 +441,7 @@ OUT_OF_LINE CPU_CLONES void update_two_walks(const gclip_plan *plan, uint32_t fi
  * half keeps its own requests ahead. static: GCC exports the ifunc of a
  * non-static target_clones function whatever its visibility. */
 CPU_CLONES static void update_run(const gclip_plan *plan, uint32_t first, uint32_t last, int clamp,
-                                  float f, const float *factor)
+                                  double f, const float *factor)
 {
     const gclip_cpu_state *st = plan->engine;
     if (st->read_pairs && last - first >= GCLIP_TWO_WALKS_MIN) {
@@ -453,8 +456,8 @@ CPU_CLONES static void update_run(const gclip_plan *plan, uint32_t first, uint32
     gclip_prefetch_cursor pc = {first, 0};
     for (uint32_t c = first; c < last; c++) {
         /* a global factor is never 1 here (the step returns before) */
-        const float fc = clamp || !factor ? f : factor[chunks[c].tensor];
-        const int touched = clamp || fc != 1.0f;
+        const double fc = clamp || !factor ? f : (double)factor[chunks[c].tensor];
+        const int touched = clamp || fc != 1.0;
         gclip_prefetch_before(&pc, spans, chunks, c, last, clamp ? NULL : factor,
                               touched ? spans[c].bytes : 0, PREFETCH_AHEAD, ONE_STREAM_BYTES);
         if (touched)
@@ -463,7 +466,7 @@ CPU_CLONES static void update_run(const gclip_plan *plan, uint32_t first, uint32
 }
 
 void gclip_update_run_cpu(const gclip_plan *plan, uint32_t first, uint32_t last, int clamp,
-                          float f, const float *factor)
+                          double f, const float *factor)
 {
     update_run(plan, first, last, clamp, f, factor);
 }

@@ -86,7 +86,7 @@ static gclip_status begin_step(gclip_plan *plan, const gclip_norm_options *optio
                           "(start from GCLIP_NORM_OPTIONS_INIT)",
                           gclip_op_name(op));
     step->op = op;
-    step->clip_value = 0.0f;
+    step->clip_value = 0.0;
     gclip_status s = gclip_make_params(options, op, &step->np);
     /* ops that write no tensor norms refuse tensor_norms before its
      * address is looked at */
@@ -192,19 +192,31 @@ gclip_status gclip_apply_clip_factor(gclip_plan *plan, gclip_stream stream)
     return norm_step(plan, NULL, GCLIP_OP_APPLY, stream);
 }
 
-gclip_status gclip_clip_grad_value(gclip_plan *plan, float clip_value, gclip_stream stream)
+static gclip_status clip_value_step(gclip_plan *plan, double clip_value, gclip_stream stream)
 {
-    GCLIP_FP_SCOPE();
     gclip_step step;
     gclip_status s = begin_step(plan, NULL, GCLIP_OP_CLIP_VALUE, &step);
     if (s != GCLIP_STATUS_SUCCESS)
         return s;
-    if (isnan(clip_value) || clip_value < 0.0f)
+    if (isnan(clip_value) || clip_value < 0.0)
         return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
                           "clip_value %g must be >= 0 (+inf leaves the gradients as they are)",
-                          (double)clip_value);
+                          clip_value);
     step.clip_value = clip_value;
     return plan->backend->run(plan, &step, stream);
+}
+
+gclip_status gclip_clip_grad_value_f64(gclip_plan *plan, double clip_value, gclip_stream stream)
+{
+    GCLIP_FP_SCOPE();
+    return clip_value_step(plan, clip_value, stream);
+}
+
+gclip_status gclip_clip_grad_value(gclip_plan *plan, float clip_value, gclip_stream stream)
+{
+    GCLIP_FP_SCOPE(); /* before the widening: a subnormal bound is kept, and the
+                       * caller's flags are not touched by it */
+    return clip_value_step(plan, (double)clip_value, stream);
 }
 
 gclip_status gclip_plan_partial(const gclip_plan *plan, const gclip_partial **partial)

@@ -401,9 +401,19 @@ GCLIP_API gclip_status gclip_clip_grad_norm_per_tensor(gclip_plan *plan,
 
 /* Value clipping, in place: every element clamped to [-clip_value,
  * clip_value]; NaN stays NaN. clip_value must be >= 0 and not NaN (+Inf is
- * a no-op). One read-write pass, one launch. */
+ * a no-op). One read-write pass, one launch. The same call as
+ * gclip_clip_grad_value_f64 with (double)clip_value. */
 GCLIP_API gclip_status gclip_clip_grad_value(gclip_plan *plan, float clip_value,
                                              gclip_stream stream);
+
+/* Value clipping with the bound in double: f64 elements are clamped to
+ * [-clip_value, clip_value] exactly, f32, f16 and bf16 elements to the
+ * float nearest clip_value (a bound past FLT_MAX rounds to +Inf and leaves
+ * them as they are). So 0.1 clamps float64 gradients to the double 0.1 and
+ * float32 ones to 0.1f, as PyTorch's clip_grad_value_ does. Checks as
+ * gclip_clip_grad_value. */
+GCLIP_API gclip_status gclip_clip_grad_value_f64(gclip_plan *plan, double clip_value,
+                                                 gclip_stream stream);
 
 /* ---- phases: accumulate, (reduce elsewhere), finalize, apply -------------- */
 

@@ -101,7 +101,7 @@ int gclip_launch_scale(const gclip_device_tables *t, const gclip_norm_params *np
 /* Value clipping in one read-write pass (the scale kernel's grid); block 0
  * also writes the result slot
  * (no norm: total_norm NaN, coef 1, scale 1, nonfinite 0). */
-int gclip_launch_clamp(const gclip_device_tables *t, float clip_value, gclip_stream stream);
+int gclip_launch_clamp(const gclip_device_tables *t, double clip_value, gclip_stream stream);
 
 /* Blocks per SM of the norm, scale and clamp kernels at full occupancy
  * (the CUDA runtime's answer for the current device; a fixed 4 in the

@@ -207,9 +207,11 @@ class Plan:
     def clip_grad_value(self, clip_value: float, stream: int = 0) -> None:
         self._require_bound()
         _not_negative("clip_value", clip_value, "the bound of |g|")
-        st = fn.clip_grad_value(self.handle, clip_value, stream)
+        # the bound in double: float64 arrays clamped to it, the others to
+        # the float32 nearest it
+        st = fn.clip_grad_value_f64(self.handle, clip_value, stream)
         if st:
-            raise _lib.error_for(st, "gclip_clip_grad_value")
+            raise _lib.error_for(st, "gclip_clip_grad_value_f64")
 
     def finalize(self, opts, partials_ptr: int, count: int, stream: int = 0) -> None:
         st = fn.norm_finalize(self.handle, ctypes.byref(opts), partials_ptr or None, count, stream)
@@ -574,7 +576,9 @@ class Clipper:
 
     @_serialized
     def clip_grad_value(self, tensors, clip_value: float, *, stream=None) -> None:
-        """Clamp every element to [-clip_value, clip_value]; NaN stays NaN."""
+        """Clamp every element to [-clip_value, clip_value]; NaN stays NaN.
+        float64 arrays are clamped to the double clip_value, the others to
+        the float32 nearest it (as PyTorch's clip_grad_value_)."""
         plan, s, _held = self._bind_for_op(tensors, stream, True)
         plan.clip_grad_value(float(clip_value), s)
 

@@ -250,6 +250,7 @@ _SIGNATURES = {
     "gclip_clip_grads_with_norm": (_S, [_P, _P, ctypes.c_float, _P, _P]),
     "gclip_clip_grad_norm_per_tensor": (_S, [_P, _P, _P]),
     "gclip_clip_grad_value": (_S, [_P, ctypes.c_float, _P]),
+    "gclip_clip_grad_value_f64": (_S, [_P, ctypes.c_double, _P]),
     "gclip_norm_accumulate": (_S, [_P, _P, _P]),
     "gclip_norm_finalize": (_S, [_P, _P, _P, ctypes.c_size_t, _P]),
     "gclip_apply_clip_factor": (_S, [_P, _P]),

@@ -216,30 +216,12 @@ def clip_by_norm_per_leaf(tree: Any, max_norm: float, norm_type: float = 2.0, *,
 
 def clip_by_value(tree: Any, clip_value: float) -> Any:
     """New leaves clamped to [-clip_value, clip_value] (NaN kept); float64
-    leaves to the double clip_value, as optax.clip clamps them."""
+    leaves to the double clip_value, as optax.clip clamps them, the others to
+    the float32 nearest it."""
     leaves, treedef = _leaves(tree)
     device = _gpu_device(leaves)
     copies = _writable_copies(leaves, device)
     c = _Clipper()
     c.clip_grad_value(copies, clip_value)
     _wait(c, device)
-    _clamp_float64_in_double(leaves, copies, float(clip_value), device)
     return jax.tree_util.tree_unflatten(treedef, _outputs(copies, leaves))
-
-
-def _clamp_float64_in_double(leaves, copies, clip_value: float, device) -> None:
-    """The library clamps every dtype to the float32 nearest clip_value
-    (docs/semantics.md); where that is not clip_value itself (0.1, 1e-50,
-    past float32's range), the float64 leaves are clamped again from their
-    own values to the double, as optax.clip does (NaN kept, as there)."""
-    with np.errstate(over="ignore"):
-        if float(np.float32(clip_value)) == clip_value:
-            return
-    for k, x in enumerate(leaves):
-        if np.dtype(x.dtype) != np.float64:
-            continue
-        if isinstance(copies[k], np.ndarray):
-            np.clip(np.asarray(x), -clip_value, clip_value, out=copies[k])
-        else:  # a copy on the GPU: the leaf's values there, clamped by XLA
-            src = x if isinstance(x, jax.Array) else jnp.array(x, device=device)
-            copies[k] = jnp.clip(src, -clip_value, clip_value)

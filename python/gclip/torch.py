@@ -923,7 +923,9 @@ def _clip_grad_value_impl(grads, clip_value):
     _check_clip_value(dtypes, clip_value)
     _check_writable(grads)
     single = None if _distributed.any_dtensor(grads) else _single_device(grads)
-    if single is not None and _fast_dtypes(dtypes, True) and clip_value >= 0:
+    # float64 too: the bound goes to the library as a double, and float64
+    # gradients are clamped to it as PyTorch clamps them
+    if single is not None and all(d in _DTYPE_CODES for d in set(dtypes)) and clip_value >= 0:
         device, dev_index = single
         stream = _current_stream(dev_index)
         entry = _bind_disjoint(grads, device, dev_index, stream, dtypes)
@@ -931,7 +933,7 @@ def _clip_grad_value_impl(grads, clip_value):
             entry.plan.clip_grad_value(clip_value, stream)
             _written(grads)
             return
-    # negative or NaN clip_value, float64, several devices, a repeated gradient
+    # negative or NaN clip_value, several devices, a repeated gradient
     # (clamping twice is clamping once), DTensors: PyTorch's own clamps
     _validate(grads)
     for gs in _group_by_device_dtype(grads).values():

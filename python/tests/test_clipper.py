@@ -85,6 +85,39 @@ def test_numpy_per_tensor_and_value(rng):
     assert not c.result().has_norm
 
 
+@pytest.mark.parametrize("bound", [0.1, 1.0 / 3.0, 0.75, 1e-50, 1e39])
+def test_value_clip_of_float64_uses_the_double_bound_as_pytorch_does(rng, bound):
+    """float64 arrays clamped to the double bound (0.1 itself, not the float32
+    0.10000000149), float32 ones to the float32 nearest it: bit for bit what
+    torch.nn.utils.clip_grad_value_ gives on the same tensors, NaN, infinities
+    and values past float32's range included."""
+    ys = [rng.standard_normal(s) * (0.2 if k % 2 else 3.0)
+          for k, s in enumerate((1000, 3, 4099, 70000))]
+    ys[0][:6] = [np.nan, np.inf, -np.inf, 1e300, -1e300, 0.1000000001]
+    ys += [(rng.standard_normal(777) * 0.2).astype(np.float32)]
+    peer = [torch.tensor(y) for y in ys]
+    for dtype in (torch.float64, torch.float32):
+        if dtype == torch.float32 and bound > 3.5e38:
+            continue  # PyTorch refuses a bound past float32's range for float32 tensors
+        params = [torch.nn.Parameter(torch.zeros_like(t)) for t in peer if t.dtype == dtype]
+        for p_, t in zip(params, [t for t in peer if t.dtype == dtype]):
+            p_.grad = t
+        torch.nn.utils.clip_grad_value_(params, bound)
+    y0 = [y.copy() for y in ys]
+    c = gclip.Clipper()
+    c.clip_grad_value(ys, bound)
+    changed = 0
+    for y, g, t in zip(ys, y0, peer):
+        if y.dtype == np.float64 or bound < 3.5e38:
+            assert y.tobytes() == t.numpy().tobytes(), (bound, y.dtype)
+        b = bound if y.dtype == np.float64 else np.float32(bound) if bound < 3.5e38 else np.inf
+        with np.errstate(invalid="ignore"):
+            want = np.clip(g, -b, b)
+        assert y.tobytes() == want.astype(y.dtype).tobytes()
+        changed += int(np.sum(y != g))
+    assert changed > 0
+
+
 def test_per_tensor_propagate_over_many_segments_matches_float64_and_torch(rng):
     # 6 MB of tensors, so the CPU path clips them segment by segment; a NaN
     # and an Inf spoil only their own tensors (PyTorch's per-tensor
@@ -248,10 +281,9 @@ def test_phases_accumulate_finalize_apply(rng):
 
 
 def test_jax_clip_by_value_clamps_float64_leaves_to_the_double_bound(rng):
-    """optax.clip clamps a float64 leaf to the double clip_value; the library
-    clamps to the float32 nearest it, which gclip.jax puts right for float64
-    leaves (NaN, -0.0 and the elements between the two bounds included). A
-    float32 leaf keeps the library's clamp, which is the same there."""
+    """optax.clip clamps a float64 leaf to the double clip_value, and so does
+    gclip.jax (NaN, -0.0 and the elements between float64's and float32's
+    bound included); a float32 leaf is clamped to the float32 nearest it."""
     jax = pytest.importorskip("jax")
     import jax.numpy as jnp
     import gclip.jax as gj

@@ -305,13 +305,20 @@ def test_conformance_vectors():
 
 
 @pytest.mark.parametrize("device", device_params())
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_clip_grad_value_matches_torch(rng, device, dtype):
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float64])
+@pytest.mark.parametrize("bound", [1.7, 0.1])
+def test_clip_grad_value_matches_torch(rng, device, dtype, bound, monkeypatch):
+    # 0.1 is not a float32: float64 gradients are clamped to the double 0.1
     params = make_params(rng, SHAPES, dtype, device, scale=3.0)
     params[0].grad[0, 0] = math.nan
     torch_params = clone_params(params)
-    gt.clip_grad_value_(params, 1.7)
-    torch.nn.utils.clip_grad_value_(torch_params, 1.7)
+    calls = []
+    real = gclip._core.Plan.clip_grad_value
+    monkeypatch.setattr(gclip._core.Plan, "clip_grad_value",
+                        lambda self, *a: (calls.append(a[0]), real(self, *a))[1])
+    gt.clip_grad_value_(params, bound)
+    assert calls == [bound]  # one library call, every dtype float64 included
+    torch.nn.utils.clip_grad_value_(torch_params, bound)
     for q, q_t in zip(params, torch_params):
         torch.testing.assert_close(q.grad, q_t.grad, equal_nan=True, rtol=0, atol=0)
 

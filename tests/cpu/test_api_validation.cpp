@@ -365,6 +365,8 @@ TEST_F(Validation, NullPlanForEveryStepCall)
         expect_rejected(op.fn(nullptr, &o, nullptr), GCLIP_STATUS_INVALID_ARGUMENT, op.name);
     expect_rejected(gclip_clip_grad_value(nullptr, 1.0f, nullptr), GCLIP_STATUS_INVALID_ARGUMENT,
                     "value NULL plan");
+    expect_rejected(gclip_clip_grad_value_f64(nullptr, 1.0, nullptr),
+                    GCLIP_STATUS_INVALID_ARGUMENT, "value_f64 NULL plan");
 }
 
 TEST_F(Validation, BadClipValue)
@@ -372,6 +374,13 @@ TEST_F(Validation, BadClipValue)
     for (float v : {NAN, -1.0f, -1e-30f, -INFINITY})
         expect_rejected(gclip_clip_grad_value(plan.get(), v, nullptr), GCLIP_STATUS_INVALID_ARGUMENT,
                         ("clip_value " + std::to_string(v)).c_str());
+    // the double bound: also below float's range (-1e-300 would round to -0.0f)
+    for (double v : {static_cast<double>(NAN), -1.0, -1e-300, -static_cast<double>(INFINITY)}) {
+        expect_rejected(gclip_clip_grad_value_f64(plan.get(), v, nullptr),
+                        GCLIP_STATUS_INVALID_ARGUMENT, ("clip_value f64 " + std::to_string(v)).c_str());
+        EXPECT_NE(std::string(gclip_last_error()).find("clip_value"), std::string::npos)
+            << gclip_last_error();
+    }
 }
 
 TEST_F(Validation, RejectedStepLeavesThePreviousResult)

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
+#include <cstdio>
 #include <string>
 #include <vector>
 
@@ -411,6 +412,86 @@ TEST(ClipGradValue, ValueBetweenHalfValuesRoundsTheBound)
     expect_clamped(before, bufs, 0.1f);
     EXPECT_EQ(bufs[0].get(0), oracle::quantize(0.1f, GCLIP_F16));
     EXPECT_EQ(bufs[1].get(1), -oracle::quantize(0.1f, GCLIP_BF16));
+}
+
+// gclip_clip_grad_value_f64: f64 elements clamped to the double bound (PyTorch's
+// clip_grad_value_ on float64), the other dtypes to the float nearest it. The
+// f64 reference is a long-double clamp of each element, written here.
+TEST(ClipGradValue, DoubleBoundClampsF64ExactlyAndTheOthersToTheNearestFloat)
+{
+    const int64_t sizes[] = {1, 3, 8, 9, 100, 2047, 2048, 2049, 65537, 4099, 40000};
+    for (double v : {0.1, 1.0 / 3.0, 2.7182818284590451, 1e39, 1e-50, 0.0}) {
+        char name[40];
+        std::snprintf(name, sizeof name, "bound %.17g", v);
+        SCOPED_TRACE(name);
+        oracle::Rng rng(330);
+        std::vector<TestBuffer> bufs;
+        int k = 0;
+        for (int64_t n : sizes) {
+            bufs.emplace_back(k % 4 == 3 ? GCLIP_F64 : static_cast<gclip_dtype>(k % 3), n, k % 3);
+            bufs.back().fill(rng, k % 2 ? 1.0 : 1e3);
+            ++k;
+        }
+        for (size_t j : {3u, 7u}) { // f64: NaN, infinities, values past float's range
+            const double special[] = {std::nan("0x42"), INFINITY, -INFINITY, 1e300, -1e-60};
+            for (int i = 0; i < 5; ++i)
+                std::memcpy(static_cast<char *>(bufs[j].data()) + 8 * (i * 7 % bufs[j].numel()),
+                            &special[i], 8);
+        }
+        const std::vector<TestBuffer> before = bufs;
+        testutil::PlanPtr plan;
+        ASSERT_EQ(testutil::make_plan(plan, oracle::tensors_of(bufs)), GCLIP_STATUS_SUCCESS);
+        ASSERT_EQ(gclip_clip_grad_value_f64(plan.get(), v, nullptr), GCLIP_STATUS_SUCCESS)
+            << gclip_last_error();
+        size_t f64_at_bound = 0, f64_inside = 0;
+        for (size_t j = 0; j < bufs.size(); ++j) {
+            if (bufs[j].dtype() != GCLIP_F64) {
+                std::vector<TestBuffer> one_before{before[j]}, one_after{bufs[j]};
+                expect_clamped(one_before, one_after, static_cast<float>(v));
+                continue;
+            }
+            const long double b = v;
+            for (int64_t i = 0; i < bufs[j].numel(); ++i) {
+                const long double x = before[j].get_exact(i);
+                const double got = oracle::load_f64(bufs[j].data(), i);
+                if (std::isnan(x)) {
+                    ASSERT_TRUE(std::isnan(got)) << j << " " << i;
+                    continue;
+                }
+                const double want = static_cast<double>(x > b ? b : (x < -b ? -b : x));
+                ASSERT_EQ(got, want) << "tensor " << j << " element " << i << " x=" << (double)x;
+                f64_at_bound += std::fabs(got) == v ? 1u : 0u;
+                f64_inside += std::fabs(x) < b ? 1u : 0u;
+            }
+        }
+        EXPECT_GT(f64_at_bound, 0u); // some f64 elements were clamped
+        if (v > 0.0)
+            EXPECT_GT(f64_inside, 0u); // and some were not
+    }
+}
+
+TEST(ClipGradValue, FloatBoundIsTheDoubleCallWithTheFloatWidened)
+{
+    for (float v : {0.1f, 1.0f, 3e-39f, 0.0f}) {
+        SCOPED_TRACE("bound " + std::to_string(v));
+        std::vector<TestBuffer> a;
+        oracle::Rng rng(331);
+        for (int k = 0; k < 8; ++k) {
+            a.emplace_back(k % 4 == 3 ? GCLIP_F64 : static_cast<gclip_dtype>(k % 3), 1000 + 37 * k,
+                           k % 3);
+            a.back().fill(rng, 0.5);
+        }
+        std::vector<TestBuffer> b = a;
+        testutil::PlanPtr pa, pb;
+        ASSERT_EQ(testutil::make_plan(pa, oracle::tensors_of(a)), GCLIP_STATUS_SUCCESS);
+        ASSERT_EQ(testutil::make_plan(pb, oracle::tensors_of(b)), GCLIP_STATUS_SUCCESS);
+        const uint64_t start = oracle::checksum(a);
+        ASSERT_EQ(gclip_clip_grad_value(pa.get(), v, nullptr), GCLIP_STATUS_SUCCESS);
+        ASSERT_EQ(gclip_clip_grad_value_f64(pb.get(), static_cast<double>(v), nullptr),
+                  GCLIP_STATUS_SUCCESS);
+        EXPECT_NE(oracle::checksum(a), start);
+        EXPECT_EQ(oracle::checksum(a), oracle::checksum(b));
+    }
 }
 
 // ---- the per-tensor norm output of every norm operation ---------------------------------

@@ -164,11 +164,18 @@ std::vector<uint64_t> run_ops(const std::vector<TestBuffer> &init, int threads, 
         step("gclip_apply_clip_factor", [&] { return gclip_apply_clip_factor(p, nullptr); });
     }
     step("gclip_clip_grad_value", [&] { return gclip_clip_grad_value(p, 2e-39f, nullptr); });
+    // a bound that float holds only as a subnormal (2e-39f), and one below it
+    step("gclip_clip_grad_value_f64",
+         [&] { return gclip_clip_grad_value_f64(p, 2.5e-39, nullptr); });
+    step("gclip_clip_grad_value_f64 (below float)",
+         [&] { return gclip_clip_grad_value_f64(p, 1e-50, nullptr); });
     // refused before any work: the checks compare the NaN
     gclip_norm_options bad = testutil::norm_options(NAN);
     step("gclip_clip_grad_norm (NaN max_norm)",
          [&] { return gclip_clip_grad_norm(p, &bad, nullptr); });
     step("gclip_clip_grad_value (NaN)", [&] { return gclip_clip_grad_value(p, NAN, nullptr); });
+    step("gclip_clip_grad_value_f64 (NaN)",
+         [&] { return gclip_clip_grad_value_f64(p, static_cast<double>(NAN), nullptr); });
     return out;
 }
 

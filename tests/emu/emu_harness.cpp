@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -309,7 +310,7 @@ int Fixture::checked(int rc)
     return rc;
 }
 
-int Fixture::emu_launch(const gclip_norm_params &np)
+int Fixture::emu_launch(const gclip_norm_params &np, double clip_value)
 {
     // host/cuda_backend.c, launches_of: the kernels of each op in launch order
     gclip_emu::reset_launch_count();
@@ -341,8 +342,8 @@ int Fixture::emu_launch(const gclip_norm_params &np)
     case GCLIP_OP_FINALIZE:
         rc = checked(gclip_launch_finalize(&tables_, &np, nullptr));
         break;
-    case GCLIP_OP_CLIP_VALUE: /* the backend passes the bound in max_norm */
-        rc = checked(gclip_launch_clamp(&tables_, np.max_norm, nullptr));
+    case GCLIP_OP_CLIP_VALUE: /* its bound, a double, is not in np */
+        rc = checked(gclip_launch_clamp(&tables_, clip_value, nullptr));
         break;
     default:
         throw std::invalid_argument("emu_launch: unknown op");
@@ -383,13 +384,12 @@ int Fixture::emu_apply()
     return emu_launch(np);
 }
 
-int Fixture::emu_clamp(float clip_value)
+int Fixture::emu_clamp(double clip_value)
 {
     gclip_norm_params np;
     if (gclip_make_params(nullptr, GCLIP_OP_CLIP_VALUE, &np) != GCLIP_STATUS_SUCCESS)
         throw std::runtime_error(std::string("gclip_make_params: ") + gclip_last_error());
-    np.max_norm = clip_value;
-    return emu_launch(np);
+    return emu_launch(np, clip_value);
 }
 
 gclip_status Fixture::cpu_norm_op(const gclip_norm_options &o, int32_t op)
@@ -425,9 +425,9 @@ gclip_status Fixture::cpu_finalize(const gclip_norm_options &o, const gclip_part
 
 gclip_status Fixture::cpu_apply() { return gclip_apply_clip_factor(plan_, nullptr); }
 
-gclip_status Fixture::cpu_clamp(float clip_value)
+gclip_status Fixture::cpu_clamp(double clip_value)
 {
-    return gclip_clip_grad_value(plan_, clip_value, nullptr);
+    return gclip_clip_grad_value_f64(plan_, clip_value, nullptr);
 }
 
 const gclip_result_slot &Fixture::cpu_slot() const
@@ -634,9 +634,11 @@ void Fixture::expect_norm_op_matches(const gclip_norm_options &o, int32_t op) co
     }
 }
 
-void Fixture::expect_clamp_matches(float clip_value) const
+void Fixture::expect_clamp_matches(double clip_value) const
 {
-    SCOPED_TRACE(describe() + ", clamp to " + std::to_string(clip_value));
+    char bound[40];
+    std::snprintf(bound, sizeof bound, "%.17g", clip_value);
+    SCOPED_TRACE(describe() + ", clamp to " + bound);
     expect_infrastructure();
     EXPECT_EQ(launches_, 1u);
     const gclip_result_slot &e = emu_result();
@@ -656,8 +658,9 @@ void Fixture::expect_clamp_matches(float clip_value) const
                 ok = same_f64(oracle::load_f64(dev_[k].data(), i), want);
             } else {
                 const float x = oracle::load(pristine_[k].data(), s.dtype, i);
+                // the others to the float nearest the bound
                 ok = same(oracle::load(dev_[k].data(), s.dtype, i),
-                          oracle::expected_clamped(x, clip_value, s.dtype));
+                          oracle::expected_clamped(x, static_cast<float>(clip_value), s.dtype));
             }
             if (!ok) {
                 ADD_FAILURE() << "tensor " << k << " (" << oracle::dtype_name(s.dtype)

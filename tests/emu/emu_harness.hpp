@@ -118,14 +118,15 @@ public:
     // The kernels' launch sequence of np.op, exactly as the CUDA backend
     // issues it. Returns the first nonzero launcher status. After every
     // launch both tickets must be back at 0.
-    int emu_launch(const gclip_norm_params &np);
+    // clip_value: the bound of a CLIP_VALUE launch (not held in np).
+    int emu_launch(const gclip_norm_params &np, double clip_value = 0.0);
     // The same, from options (TOTAL_NORM, CLIP_NORM, CLIP_PER_TENSOR,
     // CLIP_FACTOR, ACCUMULATE) and for the ops with arguments of their own.
     int emu_norm_op(const gclip_norm_options &o, int32_t op);
     int emu_with_norm(const gclip_norm_options &o, float norm, const float *norm_ptr = nullptr);
     int emu_finalize(const gclip_norm_options &o, const gclip_partial *partials, std::size_t n);
     int emu_apply();
-    int emu_clamp(float clip_value);
+    int emu_clamp(double clip_value);
 
     // The same operations by the CPU path, through the public API.
     gclip_status cpu_norm_op(const gclip_norm_options &o, int32_t op);
@@ -134,7 +135,7 @@ public:
     gclip_status cpu_finalize(const gclip_norm_options &o, const gclip_partial *partials,
                               std::size_t n);
     gclip_status cpu_apply();
-    gclip_status cpu_clamp(float clip_value);
+    gclip_status cpu_clamp(double clip_value); // gclip_clip_grad_value_f64
 
     gclip_plan *cpu_plan() const { return plan_; }
     // The plan's emulated device tables, for launches the harness does not
@@ -186,7 +187,7 @@ public:
     // expected arithmetic with the factor the kernels used; guards, tickets
     // and launch count. `op` is the last operation run.
     void expect_norm_op_matches(const gclip_norm_options &o, int32_t op) const;
-    void expect_clamp_matches(float clip_value) const;
+    void expect_clamp_matches(double clip_value) const;
     // The slot field by field against the CPU plan's; `bitwise` also for
     // the norm, coefficient and factor.
     void expect_slot_matches(bool bitwise = false) const;

@@ -86,6 +86,10 @@ agc_only=" agc_sums_no_barrier agc_tree_no_barrier agc_factor_no_barrier "
 # fold lanes complete non-finite tensors.
 nonfinite='Policies/EmuNonfinite.*:EmuNonfiniteCount.*'
 nonfinite_only=" close_nonfinite_dropped lane_nonfinite_dropped "
+# Value clipping's double bound: its test alone, for the mutant that clamps
+# f64 elements to the float bound (and the unmutated kernels).
+clamp64='EmuClamp.DoubleBoundClampsF64ExactlyAndTheOthersToTheNearestFloat'
+clamp64_only=" f64_clamped_to_float "
 filter+="-$windows:$dependent:$adapt:$agc:$nonfinite"
 
 # Make kdir equal to the sources, rewriting only files that differ, so a
@@ -166,6 +170,8 @@ plant() {
         mutate norm_finalize.cuh 's/^\( *\)th\.sc = gclip_resolve_scalars(&np);$/\1th.sc = gclip_resolve_scalars(\&np); th.sc.max_norm = np.max_norm;/' ;;
     f64_scaled_in_float) # f64 elements multiplied in float
         mutate scale_kernel.cu 's/return x \* (double)factor;/return (double)((float)x * factor);/' ;;
+    f64_clamped_to_float) # f64 elements clamped to the float nearest a double bound
+        mutate clamp_kernel.cu 's/return gclip_clamp_f64(x, bound_f64);/return gclip_clamp_f64(x, (double)bound);/' ;;
     norm_one_chunk_per_block) # a norm block walks the small chunks of its first
         # window and then only the first chunk of its range: under a capped
         # grid the others' partials are never written
@@ -308,7 +314,7 @@ plant() {
 # grouped by the file they edit: a rebuild recompiles what the previous
 # mutant and this one touched, once when both edit the same file
 all_mutants=(writes_factor_one per_tensor_writes_factor_one apply_ticket_not_wrapped
-             f64_scaled_in_float scale_reads_before_wait agc_scale_without_wait
+             f64_scaled_in_float scale_reads_before_wait agc_scale_without_wait f64_clamped_to_float
              missing_barrier ticket_not_wrapped norm_one_chunk_per_block lane_ticket_not_wrapped
              small_tree_order small_tail_skipped small_split_by_address small_scan_wrong_chunk
              small_scan_no_barrier warp_tree_no_syncwarp warp_columns_overwritten
@@ -396,7 +402,7 @@ t0=$SECONDS
 build_tests unmutated
 t1=$SECONDS
 # every test any mutant runs, in one run: its shards share the load better
-if ! run_tests "$work/unmutated.log" "${filter%%-*}:$windows:$dependent:$adapt:$agc:$nonfinite"; then
+if ! run_tests "$work/unmutated.log" "${filter%%-*}:$windows:$dependent:$adapt:$agc:$nonfinite:$clamp64"; then
     why "$work/unmutated.log"
     die "the unmutated kernels fail the tests; see $work/unmutated.log"
 fi
@@ -424,6 +430,7 @@ for name in "${ordered[@]}"; do
     [[ $adapt_only == *" $name "* ]] && tests=$adapt
     [[ $agc_only == *" $name "* ]] && tests=$agc
     [[ $nonfinite_only == *" $name "* ]] && tests=$nonfinite
+    [[ $clamp64_only == *" $name "* ]] && tests=$clamp64
     [[ $small_only == *" $name "* ]] && tests=$small-$windows:$dependent
     run_tests "$work/$name.log" "$tests" || rc=$?
     when="$how, tests $((SECONDS - t1)) s"

@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <limits>
 #include <ostream>
 #include <string>
@@ -28,7 +29,7 @@ std::vector<emu::Spec> every_dtype_boundaries()
 }
 
 // Clamp in every schedule; results equal the CPU path's and one another.
-void expect_clamp_everywhere(emu::Fixture &f, float v)
+void expect_clamp_everywhere(emu::Fixture &f, double v)
 {
     f.reset_host();
     ASSERT_EQ(f.cpu_clamp(v), GCLIP_STATUS_SUCCESS) << gclip_last_error();
@@ -48,6 +49,29 @@ TEST(EmuClamp, EveryBoundOfTheTable)
     emu::Fixture f(emu::mixed_many(26, 120), 26);
     for (float v : specs::value_clip_bounds()) {
         SCOPED_TRACE("bound " + specs::bound_name(v));
+        expect_clamp_everywhere(f, v);
+        if (::testing::Test::HasFailure())
+            return;
+    }
+}
+
+// gclip_clip_grad_value_f64: f64 elements clamped to the double bound
+// itself, the other dtypes to the float nearest it. Bounds that float does
+// not hold (0.1, 1/3), one past FLT_MAX (f32 and halves left as they are,
+// f64 infinities brought to it) and one below float's subnormals (0 for
+// them, a tiny bound for f64).
+TEST(EmuClamp, DoubleBoundClampsF64ExactlyAndTheOthersToTheNearestFloat)
+{
+    emu::Fixture f(every_dtype_boundaries(), 27);
+    for (std::size_t k = 0; k + 1 < f.count(); k += 2) {
+        f.set_element(k, 0, kInf);
+        f.set_element(k + 1, 0, -kInf);
+    }
+    for (double v : {0.1, 1.0 / 3.0, 1e39, 1e-50}) {
+        char name[40];
+        std::snprintf(name, sizeof name, "bound %.17g", v);
+        SCOPED_TRACE(name);
+        ASSERT_NE(static_cast<double>(static_cast<float>(v)), v);
         expect_clamp_everywhere(f, v);
         if (::testing::Test::HasFailure())
             return;

@@ -92,7 +92,9 @@ gclip_status run_op(gclip_plan *plan, const OpArgs &a, float *tensor_norms, gcli
         return gclip_clip_grads_with_norm(plan, &o, a.given_norm, nullptr, stream);
     case GCLIP_OP_FINALIZE: return gclip_norm_finalize(plan, &o, nullptr, 0, stream);
     case GCLIP_OP_APPLY: return gclip_apply_clip_factor(plan, stream);
-    default: return gclip_clip_grad_value(plan, a.clip_value, stream);
+    default:
+        return a.value_f64 ? gclip_clip_grad_value_f64(plan, a.clip_value_f64, stream)
+                           : gclip_clip_grad_value(plan, a.clip_value, stream);
     }
 }
 

@@ -120,6 +120,9 @@ struct OpArgs {
     int32_t op = GCLIP_OP_CLIP_NORM;
     gclip_norm_options options = GCLIP_NORM_OPTIONS_INIT;
     float clip_value = 1.0f;
+    // GCLIP_OP_CLIP_VALUE through gclip_clip_grad_value_f64, with this bound
+    bool value_f64 = false;
+    double clip_value_f64 = 1.0;
     float given_norm = 0.0f;
 };
 

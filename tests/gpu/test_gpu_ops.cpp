@@ -50,6 +50,18 @@ TEST_P(GpuOpsTest, EveryRowOfTheOpsTableMatchesCpuPathOnEdgeSizesAndUnalignedSta
             if (HasFailure())
                 return;
         }
+        // a double bound: f64 clamped to it, the others to the float nearest it
+        for (double v : {0.1, 1.0 / 3.0, 1e39, 1e-50}) {
+            SCOPED_TRACE("double bound " + std::to_string(v));
+            pair.reset();
+            OpArgs a;
+            a.op = op;
+            a.value_f64 = true;
+            a.clip_value_f64 = v;
+            pair.run_and_compare(a);
+            if (HasFailure())
+                return;
+        }
         return;
     }
     for (const specs::NormCase &row : specs::norm_cases(op)) {
