@@ -324,12 +324,23 @@ def _serialized(method):
     one's arrays; the second thread waits instead. An operation refused
     after its bind (its options, the library's checks) leaves the Clipper's
     last plan and that plan's pointers as they were (`_undo`), so that
-    `result()` and `apply_clip_factor()` still mean the last operation."""
+    `result()` and `apply_clip_factor()` still mean the last operation.
+
+    Operations do not nest: a call made while another operation of the same
+    Clipper is running on this thread (from a signal handler, a finalizer,
+    an array's __dlpack__) would rebind the plan under that operation, which
+    would then read or write the inner call's arrays. It raises RuntimeError
+    instead (the outer operation is then undone, as any refused one). The
+    methods that build on another one call its body (`_body`), not it."""
     @functools.wraps(method)
     def serialized(self, *args, **kwargs):
         with self._lock:
-            if self._in_op:  # inside another method of this Clipper: that one undoes
-                return method(self, *args, **kwargs)
+            if self._in_op:  # only this thread can be inside: it holds the lock
+                raise RuntimeError(
+                    f"gclip: {type(self).__name__}.{method.__name__} was called while another "
+                    "operation of the same Clipper was running on this thread (from a signal "
+                    "handler, a finalizer or an array's __dlpack__?); operations of one Clipper "
+                    "do not nest, and the outer one is refused and undone")
             plan = self.plan
             before = (plan, self._bound_writable, plan.rebinds if plan is not None else 0,
                       self._own_state())
@@ -342,6 +353,12 @@ def _serialized(method):
             finally:
                 self._in_op = False
     return serialized
+
+
+def _body(method):
+    """The body of a _serialized method, for another operation of the same
+    Clipper to build on while it holds the Clipper."""
+    return method.__wrapped__
 
 
 class Clipper:
@@ -385,7 +402,7 @@ class Clipper:
         self._binding = None  # what a framework's _bind read (its gradients), for _bind_for_op
         self._bound_writable = False  # whether the arrays of the last bind may be written
         self._last_stream = 0  # the stream of the last bind's operation
-        self._in_op = False  # inside a _serialized method (the outermost one undoes)
+        self._in_op = False  # inside a _serialized method (which undoes a refused one)
 
     @property
     def nonfinite(self) -> str:

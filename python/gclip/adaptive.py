@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import List, Optional
 
 from . import _dlpack, _lib
-from ._core import Clipper, Plan, _locked, _serialized, stream_handle
+from ._core import Clipper, Plan, _body, _locked, _serialized, stream_handle
 from ._lib import fn
 
 __all__ = [
@@ -780,7 +780,7 @@ class TorchAdaptiveClipper(AdaptiveClipper):
         They are views: the next step overwrites them."""
         if self._views is None:
             torch = _torch()
-            view = super().device_info()
+            view = _body(AdaptiveClipper.device_info)(self)
             self._views = {k: torch.from_dlpack(getattr(view, k))
                            for k in AdaptiveInfoView.FLOATS + AdaptiveInfoView.INTS}
         return self._views
@@ -788,7 +788,7 @@ class TorchAdaptiveClipper(AdaptiveClipper):
     @_serialized
     def statistics(self) -> dict:
         torch = _torch()
-        out = super().statistics()
+        out = _body(AdaptiveClipper.statistics)(self)
         for k in ("buffer", "gamma", "window"):
             if k in out:
                 out[k] = torch.tensor(out[k], dtype=torch.float32)

@@ -1002,7 +1002,7 @@ class Clipper(_core.Clipper):
         no host synchronization: float32 ``norm``, ``coef``, ``scale``, int32
         ``nonfinite`` (and ``status``, ``op`` with a 0.2 library). They are
         views: the next operation on the same plan overwrites them."""
-        view = super().device_result()
+        view = _core._body(_core.Clipper.device_result)(self)
         out = {k: torch.from_dlpack(getattr(view, k)) for k in ("norm", "coef", "scale", "nonfinite")}
         if not _lib.LEGACY:
             out["status"] = torch.from_dlpack(view.status)
@@ -1016,7 +1016,8 @@ class Clipper(_core.Clipper):
         if not grads:
             raise ValueError("gclip: no gradients to clip")
         out = torch.empty(len(grads), dtype=torch.float32, device=grads[0].device)
-        self.total_norm(grads, inv_scale=inv_scale, tensor_norms=out, stream=stream)
+        _core._body(_core.Clipper.total_norm)(self, grads, inv_scale=inv_scale, tensor_norms=out,
+                                              stream=stream)
         return out
 
 

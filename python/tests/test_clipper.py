@@ -862,6 +862,72 @@ def test_threads_sharing_a_clipper_each_clip_their_own_arrays(rng):
     assert failures == []
 
 
+class _ReentrantArray:
+    """A NumPy array whose __dlpack__ first runs `hook` (once): an operation of
+    the Clipper that is reading it, called from inside that operation."""
+
+    def __init__(self, array, hook):
+        self.array, self.hook = array, hook
+
+    def __dlpack__(self, **kwargs):
+        hook, self.hook = self.hook, None
+        if hook is not None:
+            hook()
+        return self.array.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self.array.__dlpack_device__()
+
+
+@pytest.mark.parametrize("inner", ["clip_grad_norm", "clip_grad_value", "result"])
+def test_an_operation_called_from_inside_another_of_the_same_clipper_is_refused(rng, inner):
+    # such a call (a signal handler, a finalizer, an array's __dlpack__) would
+    # rebind the plan under the outer operation, which would then clip the
+    # inner call's arrays; both raise, the outer one is undone, nothing is
+    # written and the Clipper still works
+    c = gclip.Clipper(max_norm=0.5)
+    first = arrays(rng, scale=3.0)
+    c.clip_grad_norm(first)  # the last operation before the refused one
+    last = c.result()
+    xs, others = arrays(rng, scale=3.0), arrays(rng, scale=3.0)
+    before = [x.copy() for x in xs + others]
+    raised = []
+
+    def hook():
+        with pytest.raises(RuntimeError, match="do not nest") as e:
+            if inner == "result":
+                c.result()
+            else:
+                getattr(c, inner)(others, 0.1)
+        raised.append(e.value)
+        raise e.value
+
+    wrapped = [_ReentrantArray(xs[0], hook)] + xs[1:]
+    with pytest.raises(RuntimeError, match="do not nest"):
+        c.clip_grad_norm(wrapped)
+    assert len(raised) == 1
+    for x, b in zip(xs + others, before):
+        assert x.tobytes() == b.tobytes()
+    assert c.result() == last  # still the operation before the refused one
+    c.clip_grad_norm(xs)  # and the Clipper works on
+    assert c.result().total_norm == pytest.approx(ref_norm([x.astype(np.float64) for x in before[:len(xs)]], 2), rel=1e-6)
+    assert float(np.linalg.norm(np.concatenate([x.ravel() for x in xs]).astype(np.float64))) == pytest.approx(0.5, rel=1e-5)
+
+
+def test_torch_clipper_builds_on_its_own_operations(rng):
+    # tensor_norms and device_result run another operation's body inside
+    # their own: not a nested call
+    c = gt.Clipper(max_norm=1.0)
+    params = [torch.nn.Parameter(torch.zeros(n)) for n in (5, 300)]
+    for p_ in params:
+        p_.grad = torch.from_numpy(rng.standard_normal(p_.numel()).astype(np.float32))
+    norms = c.tensor_norms(params)
+    want = [float(np.linalg.norm(p_.grad.numpy().astype(np.float64))) for p_ in params]
+    assert norms.tolist() == pytest.approx(want, rel=1e-6)
+    view = c.device_result()
+    assert float(view["norm"]) == pytest.approx(math.hypot(*want), rel=1e-6)
+
+
 @pytest.mark.parametrize("kind", ["clipper", "adaptive"])
 def test_torch_clippers_hold_the_gradients_they_read_until_the_operation_returns(kind):
     # the library runs with the GIL released: another thread may set .grad to
