@@ -98,8 +98,9 @@ int gclip_launch_finalize(const gclip_device_tables *t, const gclip_norm_params 
 int gclip_launch_scale(const gclip_device_tables *t, const gclip_norm_params *np,
                        gclip_stream stream);
 
-/* Value clipping in one read-write pass (the scale kernel's grid); block 0
- * also writes the result slot
+/* Value clipping in one read-write pass (the scale kernel's grid): f64
+ * elements clamped to clip_value, the others to the float nearest it;
+ * block 0 also writes the result slot
  * (no norm: total_norm NaN, coef 1, scale 1, nonfinite 0). */
 int gclip_launch_clamp(const gclip_device_tables *t, double clip_value, gclip_stream stream);
 

@@ -73,6 +73,9 @@ class ClipResult:
     sequence: int
 
 
+_HAS_VALUE_F64 = _lib.has_function("clip_grad_value_f64")
+
+
 def _not_negative(name: str, value: float, why: str) -> None:
     if value < 0:
         raise _lib.InvalidArgumentError(_lib.INVALID_ARGUMENT,
@@ -208,10 +211,13 @@ class Plan:
         self._require_bound()
         _not_negative("clip_value", clip_value, "the bound of |g|")
         # the bound in double: float64 arrays clamped to it, the others to
-        # the float32 nearest it
-        st = fn.clip_grad_value_f64(self.handle, clip_value, stream)
+        # the float32 nearest it (a library without the call: float32 for all)
+        if _HAS_VALUE_F64:
+            st = fn.clip_grad_value_f64(self.handle, clip_value, stream)
+        else:
+            st = fn.clip_grad_value(self.handle, clip_value, stream)
         if st:
-            raise _lib.error_for(st, "gclip_clip_grad_value_f64")
+            raise _lib.error_for(st, "gclip_clip_grad_value")
 
     def finalize(self, opts, partials_ptr: int, count: int, stream: int = 0) -> None:
         st = fn.norm_finalize(self.handle, ctypes.byref(opts), partials_ptr or None, count, stream)

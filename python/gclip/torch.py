@@ -923,9 +923,10 @@ def _clip_grad_value_impl(grads, clip_value):
     _check_clip_value(dtypes, clip_value)
     _check_writable(grads)
     single = None if _distributed.any_dtensor(grads) else _single_device(grads)
-    # float64 too: the bound goes to the library as a double, and float64
-    # gradients are clamped to it as PyTorch clamps them
-    if single is not None and all(d in _DTYPE_CODES for d in set(dtypes)) and clip_value >= 0:
+    # float64 too where the library takes the bound as a double: float64
+    # gradients are then clamped to it as PyTorch clamps them
+    ours = _DTYPE_CODES if _core._HAS_VALUE_F64 else _FAST_DTYPES
+    if single is not None and all(d in ours for d in set(dtypes)) and clip_value >= 0:
         device, dev_index = single
         stream = _current_stream(dev_index)
         entry = _bind_disjoint(grads, device, dev_index, stream, dtypes)

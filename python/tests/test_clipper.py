@@ -85,6 +85,7 @@ def test_numpy_per_tensor_and_value(rng):
     assert not c.result().has_norm
 
 
+@needs_function("clip_grad_value_f64")
 @pytest.mark.parametrize("bound", [0.1, 1.0 / 3.0, 0.75, 1e-50, 1e39])
 def test_value_clip_of_float64_uses_the_double_bound_as_pytorch_does(rng, bound):
     """float64 arrays clamped to the double bound (0.1 itself, not the float32
@@ -280,6 +281,7 @@ def test_phases_accumulate_finalize_apply(rng):
         np.testing.assert_allclose(x, g / (ref + 1e-6), rtol=2e-6)
 
 
+@needs_function("clip_grad_value_f64")
 def test_jax_clip_by_value_clamps_float64_leaves_to_the_double_bound(rng):
     """optax.clip clamps a float64 leaf to the double clip_value, and so does
     gclip.jax (NaN, -0.0 and the elements between float64's and float32's
