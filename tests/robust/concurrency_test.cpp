@@ -70,6 +70,7 @@ Fingerprint run_job(int j, int omp_threads, int64_t max_numel = 0)
     o.inv_scale = 0.5f;
     record(gclip_clip_grad_norm_per_tensor(plan.get(), &o, nullptr));
     record(gclip_clip_grad_value(plan.get(), 0.01f, nullptr));
+    record(gclip_clip_grad_value_f64(plan.get(), 0.001 * (1 + j % 3), nullptr));
     o.norm_type = std::numeric_limits<float>::infinity();
     record(gclip_total_norm(plan.get(), &o, nullptr));
     fp.checksum = oracle::checksum(bufs);
@@ -84,7 +85,7 @@ TEST(Concurrency, DistinctPlansMatchSerialRun)
         serial[j] = run_job(j, 1);
     // the serial run itself must be a real clipping run
     ASSERT_EQ(serial[0].statuses.front(), GCLIP_STATUS_SUCCESS);
-    ASSERT_EQ(serial[0].results.size(), 4u);
+    ASSERT_EQ(serial[0].results.size(), 5u);
 
     constexpr int kRounds = 3;
     std::vector<Fingerprint> got(static_cast<std::size_t>(kJobs) * kRounds);

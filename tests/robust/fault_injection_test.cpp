@@ -212,6 +212,7 @@ TEST(FaultInjection, StepCallsAllocateNothing)
     EXPECT_EQ(gclip_clip_grad_norm(plan.get(), &o, nullptr), GCLIP_STATUS_SUCCESS);
     EXPECT_EQ(gclip_clip_grad_norm_per_tensor(plan.get(), &o, nullptr), GCLIP_STATUS_SUCCESS);
     EXPECT_EQ(gclip_clip_grad_value(plan.get(), 0.01f, nullptr), GCLIP_STATUS_SUCCESS);
+    EXPECT_EQ(gclip_clip_grad_value_f64(plan.get(), 0.01, nullptr), GCLIP_STATUS_SUCCESS);
     EXPECT_EQ(gclip_get_result(plan.get(), &r), GCLIP_STATUS_SUCCESS);
     void *data[2] = {other[0].data(), other[1].data()};
     EXPECT_EQ(gclip_plan_rebind(plan.get(), data, 2, nullptr), GCLIP_STATUS_SUCCESS);

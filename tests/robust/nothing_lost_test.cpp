@@ -177,9 +177,13 @@ TEST(NothingLost, RejectedOptions)
     EXPECT_EQ(gclip_clip_grad_norm_per_tensor(f.plan.get(), nullptr, nullptr), GCLIP_STATUS_INVALID_ARGUMENT);
     for (float v : {kNaN, -1.0f, -kInf, -FLT_MIN})
         EXPECT_EQ(gclip_clip_grad_value(f.plan.get(), v, nullptr), GCLIP_STATUS_INVALID_ARGUMENT) << v;
+    for (double v : {static_cast<double>(kNaN), -1.0, -static_cast<double>(kInf), -1e-300})
+        EXPECT_EQ(gclip_clip_grad_value_f64(f.plan.get(), v, nullptr), GCLIP_STATUS_INVALID_ARGUMENT)
+            << v;
     gclip_norm_options o = base;
     EXPECT_EQ(gclip_clip_grad_norm(nullptr, &o, nullptr), GCLIP_STATUS_INVALID_ARGUMENT);
     EXPECT_EQ(gclip_clip_grad_value(nullptr, 0.0f, nullptr), GCLIP_STATUS_INVALID_ARGUMENT);
+    EXPECT_EQ(gclip_clip_grad_value_f64(nullptr, 0.0, nullptr), GCLIP_STATUS_INVALID_ARGUMENT);
     EXPECT_EQ(gclip_get_result(f.plan.get(), nullptr), GCLIP_STATUS_INVALID_ARGUMENT);
     EXPECT_EQ(gclip_plan_set_num_threads(f.plan.get(), -1), GCLIP_STATUS_INVALID_ARGUMENT);
     EXPECT_TRUE(f.unchanged());
