@@ -382,9 +382,10 @@ class Clipper:
     waits and decodes, `device_result()` gives views readable on the device.
 
     Threads may share a Clipper: its operations run one at a time, and
-    `result()` is the last one's, whichever thread ran it. A Clipper holds
-    library plans: it cannot be pickled or copied (make a new one; an
-    adaptive clipper's state travels by `state_dict()`).
+    `result()` is the last one's, whichever thread ran it. They do not nest:
+    one called from inside another on the same thread raises RuntimeError.
+    A Clipper holds library plans: it cannot be pickled or copied (make a
+    new one; an adaptive clipper's state travels by `state_dict()`).
     """
 
     def __init__(self, max_norm: float = 1.0, norm_type: float = 2.0, *, eps: float = 1e-6,
