@@ -6,9 +6,9 @@
 // offset (overlaps and misalignment happen), sometimes NULL or with bad sizes
 // and dtypes, options drawn from special values (NaN, Inf, negative,
 // denormal) and a short sequence of operations. The arena bytes are raw input
-// bytes: NaN, Inf, denormals and huge values in f32, f16 and bf16. (No
-// tensor is f64: the checks below hold elements as floats; the CPU suite
-// runs f64.)
+// bytes: NaN, Inf, denormals and huge values in f32, f16, bf16 and f64 (f64
+// elements are checked as doubles: scaled in double by the float factor,
+// clamped in double; their norms against the long-double oracle).
 //
 // Invariants, each violation calls abort():
 //  - the status agrees with an independent model of the validation table
@@ -189,7 +189,7 @@ void *place(const State &s, uint16_t offset, int64_t numel, gclip_dtype dt)
 gclip_tensor decode_tensor(Reader &in, const State &s)
 {
     const uint8_t mode = in.u8();
-    const gclip_dtype dt = static_cast<gclip_dtype>((mode >> 3) % 3);
+    const gclip_dtype dt = static_cast<gclip_dtype>((mode >> 3) % 4); // F32, F16, BF16, F64
     const uint16_t offset = in.u16();
     const int64_t fit = static_cast<int64_t>(s.size / oracle::dtype_size(dt));
     int64_t numel = fit ? in.u16() % (fit + 1) : 0;
@@ -263,9 +263,9 @@ void check_norm(float got, const gclip_tensor *t, std::size_t n, const gclip_nor
         bool nonfinite = false;
         for (std::size_t k = 0; k < n; ++k)
             for (int64_t i = 0; i < t[k].numel; ++i) {
-                const float x = oracle::load(t[k].data, t[k].dtype, i);
+                const ld x = oracle::load_exact(t[k].data, t[k].dtype, i); // f64 not rounded
                 nonfinite |= !std::isfinite(x);
-                sum += std::pow(std::fabs(static_cast<ld>(x)), static_cast<ld>(p));
+                sum += std::pow(std::fabs(x), static_cast<ld>(p));
                 elems += 1;
             }
         // relative error of the double sum, magnified 1/p times by the root
@@ -284,6 +284,21 @@ void check_norm(float got, const gclip_tensor *t, std::size_t n, const gclip_nor
                      static_cast<double>(got), want, p, static_cast<double>(o.inv_scale));
         std::abort();
     }
+}
+
+// Element k of an f64 tensor must be `want` (NaN matches any NaN).
+void check_element_f64(const gclip_tensor &t, int64_t k, double want)
+{
+    const double got = oracle::load_f64(t.data, k);
+    if (std::isnan(want)) {
+        CHECK(std::isnan(got));
+    } else {
+        uint64_t a, b;
+        std::memcpy(&a, &got, 8);
+        std::memcpy(&b, &want, 8);
+        CHECK(a == b);
+    }
+    ++g_count.elements_checked;
 }
 
 // Element k of tensor t must be `want` (NaN matches any NaN).
@@ -362,13 +377,19 @@ void check_norm_op(State &s, int op, const gclip_norm_options &o, const std::vec
             f = r.scale;
         else if (op == PER_TENSOR && !skip)
             f = oracle::expected_op_coef(pre_norms[i], o.max_norm, o.eps) * o.inv_scale;
+        const std::size_t bytes = static_cast<std::size_t>(s.tensors[i].numel) * oracle::dtype_size(s.tensors[i].dtype);
+        if (f == 1.0f) { // nothing may be written at all
+            CHECK(bytes == 0 || std::memcmp(s.tensors[i].data, orig[i].data, bytes) == 0);
+            continue;
+        }
         for (int64_t k = 0; k < s.tensors[i].numel; ++k) {
-            const float x = oracle::load(orig[i].data, orig[i].dtype, k);
-            if (f == 1.0f) // nothing may be written at all: compare raw bits
-                CHECK(oracle::raw_bits(s.tensors[i].data, s.tensors[i].dtype, k) ==
-                      oracle::raw_bits(orig[i].data, orig[i].dtype, k));
+            if (orig[i].dtype == GCLIP_F64) // scaled in double by the float factor
+                check_element_f64(s.tensors[i], k,
+                                  oracle::load_f64(orig[i].data, k) * static_cast<double>(f));
             else
-                check_element(s.tensors[i], k, oracle::expected_scaled(x, f, orig[i].dtype));
+                check_element(s.tensors[i], k,
+                              oracle::expected_scaled(oracle::load(orig[i].data, orig[i].dtype, k), f,
+                                                      orig[i].dtype));
         }
     }
 }
@@ -409,9 +430,15 @@ void run_op(Reader &in, State &s)
             CHECK(gclip_get_result(s.plan, &r) == GCLIP_STATUS_SUCCESS);
             CHECK(r.has_norm == 0 && std::isnan(r.total_norm) && r.scale == 1.0f && r.nonfinite == 0);
             for (const gclip_tensor &t : s.tensors)
-                for (int64_t k = 0; k < t.numel; ++k)
-                    check_element(t, k, oracle::expected_clamped(
-                                            oracle::load(in_copy(s, before, t).data, t.dtype, k), v, t.dtype));
+                for (int64_t k = 0; k < t.numel; ++k) {
+                    const void *was = in_copy(s, before, t).data;
+                    if (t.dtype == GCLIP_F64) { // clamped in double to the widened bound
+                        const double x = oracle::load_f64(was, k), b = v;
+                        check_element_f64(t, k, std::isnan(x) ? x : x > b ? b : x < -b ? -b : x);
+                    } else {
+                        check_element(t, k, oracle::expected_clamped(oracle::load(was, t.dtype, k), v, t.dtype));
+                    }
+                }
         }
     } else if (op == REBIND) {
         std::vector<gclip_tensor> next = s.tensors;

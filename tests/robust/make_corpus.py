@@ -15,7 +15,7 @@ OP_BYTES = 64
 F = {'0': 0, '-0': 1, 1.0: 2, 2.0: 3, 0.5: 4, 3.0: 5, 'inf': 6, '-inf': 7, 'nan': 8,
      -1.0: 9, 'denorm': 10, 'max': 11, 1e-6: 12, 1e30: 13, 0.01: 14}
 TOTAL, GLOBAL, PER_TENSOR, VALUE, REBIND, THREADS = range(6)
-F32, F16, BF16 = 0, 1, 2
+F32, F16, BF16, F64 = 0, 1, 2, 3
 
 
 def u16(v):
@@ -77,6 +77,10 @@ def h16(*bits):
     return b''.join(struct.pack('<H', b) for b in bits)
 
 
+def f64s(*vals):
+    return b''.join(struct.pack('<d', v) for v in vals)
+
+
 NORMAL = f32s(0.3, -1.25, 2.5, -0.007, 1e-3, 4.0, -3.5, 0.125)
 NAN32, INF32 = float('nan'), float('inf')
 seeds = {
@@ -134,6 +138,13 @@ seeds = {
     'value_clip': seed(64, [tensor(0, 8), tensor(32, 8, BF16)], [value_op(0.01), value_op('nan'),
                                                                  value_op('inf'), value_op('-0')],
                        NORMAL + h16(0x7fc0, 0xff80, 0x4000, 0xc000)),
+    # f64 beside f32: scaled in double by the float factor, and each tensor by its own
+    'clip_f64': seed(128, [tensor(0, 8, F64), tensor(64, 8)],
+                     [norm_op(GLOBAL, max_norm=0.5), norm_op(PER_TENSOR, max_norm=1.0, p=3.0, norms=True)],
+                     f64s(0.3, -1.25, 2.5, -0.007, 1e-3, 4.0, -3.5, 0.125) + NORMAL * 2),
+    # f64 past float's range and below it: clamped in double, then its inf-norm (Inf in float)
+    'value_f64_extremes': seed(64, [tensor(0, 8, F64)], [value_op(0.01), norm_op(TOTAL, p='inf')],
+                               f64s(float('nan'), 1e300, -1e300, 1e-310, -0.0, 0.1, float('inf'), 1e-5)),
     'threads': seed(64, [tensor(0, 16)], [bytes([THREADS, 3]), bytes([THREADS, 0]),
                                           norm_op(GLOBAL, max_norm=0.1)], NORMAL),
     'rebind_ok': seed(128, [tensor(0, 8), tensor(32, 8, F16)],
