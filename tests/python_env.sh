@@ -10,6 +10,13 @@
 #                        (default: python/constraints.txt; "none": unpinned)
 #   GCLIP_PY_BUILD_DIR   CMake build directory of the package
 #                        (default: $GCLIP_VENV/../build-<hash of the checkout path>)
+#   GCLIP_PY_CUDA_ARCHS  CMAKE_CUDA_ARCHITECTURES of the package's CUDA backend;
+#                        "project": the project's list (sm_75 to sm_90 code,
+#                        compute_90 PTX). Default: the project's list when
+#                        nvidia-smi lists a GPU, else 75 (sm_75 code and its
+#                        PTX, which newer GPUs compile when they load it): no
+#                        test runs the kernels without a GPU, and the other
+#                        four generations cost nvcc a minute or more
 #
 # Usage:  PY=$(tests/python_env.sh) && "$PY" -m pytest python/tests
 set -euo pipefail
@@ -64,8 +71,18 @@ fi
 # what changed in its persistent build directory).
 hash=$(printf '%s' "$root" | cksum | cut -d' ' -f1)
 build_dir=${GCLIP_PY_BUILD_DIR:-$(dirname "$venv")/build-$hash}
-log "installing gclip from $root/python (build dir $build_dir)"
+archs=${GCLIP_PY_CUDA_ARCHS:-}
+if [[ -z $archs ]]; then
+    archs=75
+    if timeout 20 nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then archs=project; fi
+fi
+# the project's list: drop a value an earlier run left in the build's cache
+arch_setting=(--config-settings=cmake.args=-UCMAKE_CUDA_ARCHITECTURES)
+if [[ $archs != project ]]; then
+    arch_setting=(--config-settings=cmake.define.CMAKE_CUDA_ARCHITECTURES="$archs")
+fi
+log "installing gclip from $root/python (build dir $build_dir, CUDA architectures: $archs)"
 "$venv/bin/python" -m pip install --quiet --no-build-isolation --no-deps \
-    --config-settings=build-dir="$build_dir" "$root/python" >&2
+    --config-settings=build-dir="$build_dir" "${arch_setting[@]}" "$root/python" >&2
 
 echo "$venv/bin/python"
