@@ -1295,17 +1295,23 @@ ALWAYS_INLINE void gclip_read_chunks(const gclip_plan *plan, uint32_t first, uin
 
 /* Multiply n elements by f, or clamp them to [-f, f], as STREAMS parts in
  * lockstep like the read pass. Inlined with constant dtype and clamp, so
- * each combination is its own vectorized loop. f32, f16 and bf16 (f16/bf16
- * updated in float and rounded back); f64 takes gclip_walk_update_f64,
- * whose bound is a double. */
-ALWAYS_INLINE void gclip_walk_update_one(void *data, int32_t dtype, int64_t k, int clamp, float f)
+ * each combination is its own vectorized loop. f is a float factor (exact
+ * in double) or the value clip's bound: f64 elements are updated in double
+ * against f itself; f32, f16 and bf16 in float against the float nearest f
+ * (f16/bf16 rounded back to their type). */
+ALWAYS_INLINE void gclip_walk_update_one(void *data, int32_t dtype, int64_t k, int clamp, double f)
 {
+    if (dtype == GCLIP_F64) {
+        double *x = data;
+        x[k] = clamp ? gclip_clamp_f64(x[k], f) : x[k] * f;
+        return;
+    }
     const float x = gclip_load(data, dtype, k);
-    gclip_store(data, dtype, k, clamp ? gclip_clamp(x, f) : x * f);
+    gclip_store(data, dtype, k, clamp ? gclip_clamp(x, (float)f) : x * (float)f);
 }
 
 ALWAYS_INLINE void gclip_walk_update(void *data, int32_t dtype, int64_t begin, int64_t n,
-                                     int clamp, float f)
+                                     int clamp, double f)
 {
     if (n * gclip_dtype_size(dtype) <= ONE_STREAM_BYTES) {
         int64_t i = begin;
@@ -1323,34 +1329,6 @@ ALWAYS_INLINE void gclip_walk_update(void *data, int32_t dtype, int64_t begin, i
                 gclip_walk_update_one(data, dtype, i + s * part + j, clamp, f);
     for (int64_t k = begin + STREAMS * part; k < begin + n; k++)
         gclip_walk_update_one(data, dtype, k, clamp, f);
-}
-
-/* gclip_walk_update of n f64 elements, in double: times f (a float factor,
- * exact in double) or clamped to [-f, f] (gclip_clip_grad_value_f64's bound
- * itself, not rounded to float). */
-ALWAYS_INLINE void gclip_walk_update_f64_one(double *x, int64_t k, int clamp, double f)
-{
-    x[k] = clamp ? gclip_clamp_f64(x[k], f) : x[k] * f;
-}
-
-ALWAYS_INLINE void gclip_walk_update_f64(double *x, int64_t n, int clamp, double f)
-{
-    if (n * 8 <= ONE_STREAM_BYTES) {
-        int64_t i = 0;
-        for (; i + LANES <= n; i += LANES)
-            for (int j = 0; j < LANES; j++)
-                gclip_walk_update_f64_one(x, i + j, clamp, f);
-        for (; i < n; i++)
-            gclip_walk_update_f64_one(x, i, clamp, f);
-        return;
-    }
-    const int64_t part = n / (STREAMS * LANES) * LANES;
-    for (int64_t i = 0; i < part; i += LANES)
-        for (int s = 0; s < STREAMS; s++)
-            for (int j = 0; j < LANES; j++)
-                gclip_walk_update_f64_one(x, i + s * part + j, clamp, f);
-    for (int64_t k = STREAMS * part; k < n; k++)
-        gclip_walk_update_f64_one(x, k, clamp, f);
 }
 
 #endif /* GCLIP_CPU_WALK_H */

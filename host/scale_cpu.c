@@ -286,10 +286,10 @@ int gclip_cpu_has_f16c(void)
 #define UPDATE_DTYPE(clamp)                                                        \
     do {                                                                           \
         switch (dtype) {                                                           \
-        case GCLIP_F32: gclip_walk_update(data, GCLIP_F32, 0, n, clamp, f32); break; \
-        case GCLIP_F16: gclip_walk_update(data, GCLIP_F16, 0, n, clamp, f32); break; \
-        case GCLIP_F64: gclip_walk_update_f64((double *)data, n, clamp, f); break;   \
-        default: gclip_walk_update(data, GCLIP_BF16, 0, n, clamp, f32); break;       \
+        case GCLIP_F32: gclip_walk_update(data, GCLIP_F32, 0, n, clamp, f); break;   \
+        case GCLIP_F16: gclip_walk_update(data, GCLIP_F16, 0, n, clamp, f); break;   \
+        case GCLIP_F64: gclip_walk_update(data, GCLIP_F64, 0, n, clamp, f); break;   \
+        default: gclip_walk_update(data, GCLIP_BF16, 0, n, clamp, f); break;         \
         }                                                                          \
     } while (0)
 
@@ -301,14 +301,13 @@ ALWAYS_INLINE void update_chunk(gclip_cpu_span sp, int clamp, double f)
     void *data = sp.start;
     const int32_t dtype = sp.dtype;
     const int64_t n = sp.bytes / gclip_dtype_size(dtype);
-    const float f32 = (float)f;
 #ifdef GCLIP_F16C_PATH
     if (clamp && (dtype == GCLIP_F16 || dtype == GCLIP_BF16) && gclip_cpu_has_f16c()) {
-        walk_clamp_half_avx2(data, dtype, n, f32);
+        walk_clamp_half_avx2(data, dtype, n, (float)f);
         return;
     }
     if ((dtype == GCLIP_F16 || dtype == GCLIP_BF16) && gclip_cpu_has_f16c()) {
-        walk_scale_half(data, dtype, 0, n, f32);
+        walk_scale_half(data, dtype, 0, n, (float)f);
         return;
     }
 #endif
