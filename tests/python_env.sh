@@ -74,7 +74,10 @@ build_dir=${GCLIP_PY_BUILD_DIR:-$(dirname "$venv")/build-$hash}
 archs=${GCLIP_PY_CUDA_ARCHS:-}
 if [[ -z $archs ]]; then
     archs=75
-    if timeout 20 nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then archs=project; fi
+    # read whole first: grep -q quitting early could leave nvidia-smi a
+    # SIGPIPE, which pipefail would count as no GPU
+    gpus=$(timeout 20 nvidia-smi -L 2>/dev/null || true)
+    if grep -q '^GPU ' <<<"$gpus"; then archs=project; fi
 fi
 # the project's list: drop a value an earlier run left in the build's cache
 arch_setting=(--config-settings=cmake.args=-UCMAKE_CUDA_ARCHITECTURES)
