@@ -14,10 +14,11 @@
 # build tools; GoogleTest; clang with libFuzzer and OpenMP (the clang build and
 # the fuzz stage); valgrind; nm (the export check); pkg-config (install check);
 # Open MPI (gclip::dist and its `dist` label); python3-venv and python3-dev
-# (the Python stage; the headers build gclip._torch_fast)
+# (the Python stage; the headers build gclip._torch_fast); ccache (the
+# compiler cache of tests/run_all.sh)
 gclip_setup_debian_packages=(cmake g++ make libgtest-dev clang libclang-rt-dev libomp-dev
                              valgrind binutils pkg-config libopenmpi-dev openmpi-bin
-                             python3-venv python3-dev)
+                             python3-venv python3-dev ccache)
 
 gclip_setup_packages() {
     command -v dpkg >/dev/null 2>&1 || return 0

@@ -16,6 +16,9 @@ root=$(cd "$here/../.." && pwd)
 work=${2:-$root/build/fuzz}
 CC=${CC:-clang}
 CXX=${CXX:-clang++}
+# the compiler launcher of the CMake builds, if the environment names one
+# (tests/run_all.sh: ccache)
+read -ra launch <<<"${CMAKE_C_COMPILER_LAUNCHER:-}"
 
 # objects of this run only: a host file renamed since the last run must not link
 rm -rf "$work/obj"
@@ -35,7 +38,7 @@ jobs=$(nproc 2>/dev/null || echo 2)
 for src in "$root"/host/*.c; do
     [ "$(basename "$src")" = cuda_backend.c ] && continue
     while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do sleep 0.2; done
-    { "$CC" -std=c11 "${san[@]}" -fsanitize=fuzzer-no-link -fopenmp "${inc[@]}" \
+    { "${launch[@]}" "$CC" -std=c11 "${san[@]}" -fsanitize=fuzzer-no-link -fopenmp "${inc[@]}" \
         -c "$src" -o "$work/obj/$(basename "$src" .c).o" || touch "$work/obj/FAILED"; } &
 done
 wait
