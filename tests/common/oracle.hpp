@@ -516,6 +516,14 @@ inline float expected_clamped(float x, float v, gclip_dtype dt)
     return quantize(c, dt);
 }
 
+// An f64 element after value clipping to the double bound [-v, v] (NaN kept).
+inline double expected_clamped_f64(double x, double v)
+{
+    if (std::isnan(x))
+        return x;
+    return x < -v ? -v : (x > v ? v : x);
+}
+
 // Distance between two finite floats of equal sign in units in the last place
 // (0 for identical values, including +0 and -0).
 inline int64_t ulp_distance(float a, float b)

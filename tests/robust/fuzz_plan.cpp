@@ -433,8 +433,7 @@ void run_op(Reader &in, State &s)
                 for (int64_t k = 0; k < t.numel; ++k) {
                     const void *was = in_copy(s, before, t).data;
                     if (t.dtype == GCLIP_F64) { // clamped in double to the widened bound
-                        const double x = oracle::load_f64(was, k), b = v;
-                        check_element_f64(t, k, std::isnan(x) ? x : x > b ? b : x < -b ? -b : x);
+                        check_element_f64(t, k, oracle::expected_clamped_f64(oracle::load_f64(was, k), v));
                     } else {
                         check_element(t, k, oracle::expected_clamped(oracle::load(was, t.dtype, k), v, t.dtype));
                     }
