@@ -737,6 +737,85 @@ TEST(AdaptiveValidation, ZClipStateWhoseRingDisagreesWithItsStepsIsRefused)
     }
 }
 
+// A state's ring position at the edges of its ring: an AutoClip history of
+// 10, full after 12 steps, takes any count of values up to 10 and any next
+// slot up to 9; a count of 11 or a next slot of 10 (one past the ring, where
+// the next step would write) is refused and changes nothing. An export into
+// a buffer one byte short is refused before it writes.
+TEST(AdaptiveValidation, RingPositionsAtTheRingsEdgesAndShortExports)
+{
+    Model q({3, 5}, autoclip(0.5, 10, 1));
+    std::mt19937_64 rng(6);
+    for (int k = 0; k < 12; ++k) {
+        fill(q, rng, 1.0f);
+        ASSERT_EQ(q.step(), GCLIP_STATUS_SUCCESS) << gclip_last_error();
+    }
+    const std::vector<unsigned char> good = q.state();
+    const gclip_adapt_scalars sc = q.scalars();
+    ASSERT_EQ(sc.filled, 10u);
+    const auto with = [&](size_t offset, uint32_t v) {
+        std::vector<unsigned char> b = good;
+        std::memcpy(&b[32 + offset], &v, 4);
+        return b;
+    };
+    for (uint32_t head : {0u, 9u}) {
+        const std::vector<unsigned char> b = with(offsetof(gclip_adapt_scalars, head), head);
+        EXPECT_EQ(gclip_adaptive_import(q.ad.get(), b.data(), b.size()), GCLIP_STATUS_SUCCESS)
+            << "head " << head << ": " << gclip_last_error();
+    }
+    for (uint32_t filled : {1u, 10u}) {
+        const std::vector<unsigned char> b = with(offsetof(gclip_adapt_scalars, filled), filled);
+        EXPECT_EQ(gclip_adaptive_import(q.ad.get(), b.data(), b.size()), GCLIP_STATUS_SUCCESS)
+            << "filled " << filled << ": " << gclip_last_error();
+    }
+    ASSERT_EQ(gclip_adaptive_import(q.ad.get(), good.data(), good.size()), GCLIP_STATUS_SUCCESS);
+    const std::pair<size_t, uint32_t> bad[] = {{offsetof(gclip_adapt_scalars, head), 10u},
+                                               {offsetof(gclip_adapt_scalars, filled), 11u}};
+    for (const auto &[offset, v] : bad) {
+        const std::vector<unsigned char> b = with(offset, v);
+        EXPECT_EQ(gclip_adaptive_import(q.ad.get(), b.data(), b.size()),
+                  GCLIP_STATUS_INVALID_ARGUMENT)
+            << "offset " << offset << " value " << v;
+        EXPECT_NE(std::string(gclip_last_error()).find("corrupt"), std::string::npos)
+            << gclip_last_error();
+        EXPECT_EQ(q.state(), good);
+    }
+    // one byte short: refused, and the byte past the buffer's end untouched
+    std::vector<unsigned char> out(good.size(), 0xa5);
+    EXPECT_EQ(gclip_adaptive_export(q.ad.get(), out.data(), good.size() - 1),
+              GCLIP_STATUS_INVALID_ARGUMENT);
+    EXPECT_EQ(out.back(), 0xa5);
+    EXPECT_EQ(gclip_adaptive_export(q.ad.get(), out.data(), out.size()), GCLIP_STATUS_SUCCESS);
+    EXPECT_EQ(out, good);
+}
+
+// The hyperparameters' bounds: the last value taken and the first refused.
+TEST(AdaptiveValidation, HyperparametersAtTheirBounds)
+{
+    std::vector<float> g(4, 1.0f);
+    PlanPtr plan;
+    ASSERT_EQ(testutil::make_plan(plan, {gclip_tensor{g.data(), 4, GCLIP_F32}}),
+              GCLIP_STATUS_SUCCESS);
+    const auto taken = [&](const gclip_adaptive_options &o, const char *what) {
+        gclip_adaptive *a = nullptr;
+        EXPECT_EQ(gclip_adaptive_create(&a, plan.get(), &o), GCLIP_STATUS_SUCCESS)
+            << what << ": " << gclip_last_error();
+        gclip_adaptive_destroy(a);
+    };
+    // the quantile's ends: the smallest and the largest value in the history
+    taken(autoclip(0.0, 10, 1), "autoclip_quantile 0");
+    taken(autoclip(1.0, 10, 1), "autoclip_quantile 1");
+    // a history of up to 2^20 values
+    taken(autoclip(0.5, 1u << 20, 1), "autoclip_history_length 2^20");
+    expect_rejected(autoclip(0.5, (1u << 20) + 1, 1), "autoclip_history_length");
+    // a standard deviation needs two values
+    gclip_adaptive_options o = spike();
+    o.spike_min_values = 2;
+    taken(o, "spike_min_values 2");
+    o.spike_min_values = 1;
+    expect_rejected(o, "spike_min_values");
+}
+
 // The method decides an adaptive step's threshold: the base options'
 // max_norm is not used, so no value of it is refused.
 // inv_scale_ptr may not point into the plan's own result slot, which the

@@ -453,6 +453,13 @@ TEST_F(Validation, TensorNormsInsideATensorOrTheSlot)
                 (at + ", the range's last float").c_str());
     }
     try_all(const_cast<float *>(&slot->scale), GCLIP_STATUS_INVALID_ARGUMENT, "the slot");
+    // the range's last float is the slot's first bytes, or its first float
+    // the slot's last
+    float *slot_start = reinterpret_cast<float *>(const_cast<gclip_device_result *>(slot));
+    try_all(slot_start - (tensors.size() - 1), GCLIP_STATUS_INVALID_ARGUMENT,
+            "the range's last float in the slot");
+    try_all(reinterpret_cast<float *>(const_cast<gclip_device_result *>(slot + 1)) - 1,
+            GCLIP_STATUS_INVALID_ARGUMENT, "the range's first float in the slot");
 
     // after a rebind refused for overlapping tensors, every tensor is still
     // found (the order the plan searches was put back)
@@ -581,6 +588,17 @@ TEST(FinalizeOwnPartial, BeforeAnyAccumulateIsRefusedAndSaysWhy)
     ASSERT_EQ(gclip_total_norm(plan.get(), &o, nullptr), GCLIP_STATUS_SUCCESS);
     EXPECT_EQ(gclip_norm_finalize(plan.get(), &o, nullptr, 0, nullptr), GCLIP_STATUS_INVALID_ARGUMENT);
     ASSERT_EQ(gclip_norm_accumulate(plan.get(), &o, nullptr), GCLIP_STATUS_SUCCESS);
+    // partials given with a count of 0 are refused, even after an
+    // accumulate: the call cannot tell which the caller meant, and the
+    // result slot keeps the total norm's result
+    const gclip_partial *own = nullptr;
+    ASSERT_EQ(gclip_plan_partial(plan.get(), &own), GCLIP_STATUS_SUCCESS);
+    const gclip_result kept = testutil::result_of(plan.get());
+    EXPECT_EQ(gclip_norm_finalize(plan.get(), &o, own, 0, nullptr), GCLIP_STATUS_INVALID_ARGUMENT);
+    EXPECT_NE(std::string(gclip_last_error()).find("count is 0"), std::string::npos)
+        << gclip_last_error();
+    EXPECT_EQ(oracle::float_to_bits(testutil::result_of(plan.get()).total_norm),
+              oracle::float_to_bits(kept.total_norm));
     ASSERT_EQ(gclip_norm_finalize(plan.get(), &o, nullptr, 0, nullptr), GCLIP_STATUS_SUCCESS);
     const long double want = oracle::norms(oracle::tensors_of(bufs).data(), 1, 2.0).total;
     EXPECT_TRUE(oracle::rel_close(testutil::result_of(plan.get()).total_norm, want, 1e-6L));

@@ -566,7 +566,8 @@ TEST(ReadPass, PairsAreTakenAboveTheSizeLimit)
 // updates the f32 chunks of at most 16 KiB of the two side by side. Every
 // element must get the bits the one-walk update gives it, whatever the run
 // cuts, under a clamp (bounds +0, -0 and positive), a global factor and
-// per-tensor factors (some tensors at factor 1, left untouched); and each
+// per-tensor factors (some tensors at factor 1, whose bits must not change:
+// some hold a signaling NaN, which a multiply by 1 would make quiet); and each
 // f32 element must be the contract's result, computed here: the product
 // correctly rounded to float (the double product of two floats is exact),
 // or the clamp's upper bound, then lower, as gclip_clamp orders them.
@@ -591,6 +592,14 @@ TEST(UpdatePass, SmallTensorsUpdatedSideBySideGiveTheSameBits)
             bufs.emplace_back(GCLIP_F32, rng.range(4097, 20000), rng.range(0, 3));
         }
         fill_wide(bufs.back(), rng, i % 13 == 5);
+        // a signaling NaN, which any multiply makes quiet: a tensor whose
+        // factor is 1 must keep its bits (no write at all)
+        if (bufs.back().dtype() == GCLIP_F32 && i % 4 == 1) {
+            const uint32_t snan = 0x7fa00001u;
+            std::memcpy(static_cast<char *>(bufs.back().data()) +
+                            4 * rng.range(0, bufs.back().numel() - 1),
+                        &snan, 4);
+        }
     }
     ASSERT_GT(pairable, 180);
     testutil::PlanPtr plan;
@@ -609,7 +618,7 @@ TEST(UpdatePass, SmallTensorsUpdatedSideBySideGiveTheSameBits)
     const std::vector<std::vector<uint32_t>> cuts = {
         {}, {nc / 3}, {1, 2, 3, 57, 58, nc - 3}, {4, 9, nc / 2, nc / 2 + 5}};
     const int was = st->read_pairs;
-    int checked = 0;
+    int checked = 0, untouched = 0;
     for (const auto &op : ops) {
         SCOPED_TRACE("clamp " + std::to_string(op.clamp) + " f " + std::to_string(op.f) +
                      (op.factor ? " per tensor" : ""));
@@ -625,6 +634,11 @@ TEST(UpdatePass, SmallTensorsUpdatedSideBySideGiveTheSameBits)
             if (bufs[t].dtype() != GCLIP_F32)
                 continue;
             const float f = op.factor ? op.factor[t] : op.f;
+            if (op.factor && f == 1.0f) {
+                ASSERT_EQ(std::memcmp(bufs[t].data(), one[t].data(), bufs[t].bytes()), 0)
+                    << "tensor " << t << " has factor 1 and was written";
+                ++untouched;
+            }
             for (int64_t i = 0; i < bufs[t].numel(); ++i) {
                 const float x = bufs[t].get(i), y = one[t].get(i);
                 float want;
@@ -664,4 +678,5 @@ TEST(UpdatePass, SmallTensorsUpdatedSideBySideGiveTheSameBits)
     }
     st->read_pairs = was;
     EXPECT_GT(checked, 1000000);
+    EXPECT_GT(untouched, 40);
 }

@@ -10,7 +10,8 @@
 // folded in pieces, not left to right), small tensors share segments and
 // large ones have segments of their own. The values are checked against the
 // long-double oracle too, and a NaN and an Inf in the middle of the plan
-// spoil only their own tensors, as PyTorch's per-tensor arithmetic would.
+// spoil only their own tensors, as PyTorch's per-tensor arithmetic would,
+// also a tensor of several chunks that several threads update.
 #include "gclip_fold.h"
 #include "gclip_internal.h"
 #include "oracle.hpp"
@@ -168,12 +169,25 @@ TEST(TensorClipBlocked, WithoutTensorNormsSameBitsAsTheTwoPassStep)
 
 TEST(TensorClipBlocked, UnscaledSameBitsAsTheTwoPassStep)
 {
-    // with inv_scale every tensor is written, clipped or not
+    // with inv_scale every tensor is written, clipped or not; a loss scale
+    // below 1 (inv_scale 4) gives the unclipped tensors a factor above 1
+    // (every tensor, at max_norm 1e30)
     const auto &bufs = mixed_plan();
-    const float inv = 1.0f / 1024.0f;
-    const Outcome two_pass = clip(bufs, GCLIP_NONFINITE_SKIP, 2.0f, 0.05f, inv, 2);
-    const Outcome blocked = clip(bufs, GCLIP_NONFINITE_PROPAGATE, 2.0f, 0.05f, inv, 2);
-    expect_same_bits(blocked, two_pass);
+    for (float inv : {1.0f / 1024.0f, 4.0f}) {
+        for (float max_norm : {0.05f, 1e30f}) {
+            for (int threads : {2, 3}) {
+                SCOPED_TRACE("inv_scale " + std::to_string(inv) + " max_norm " +
+                             std::to_string(max_norm) + " threads " + std::to_string(threads));
+                const Outcome two_pass =
+                    clip(bufs, GCLIP_NONFINITE_SKIP, 2.0f, max_norm, inv, threads);
+                const Outcome blocked =
+                    clip(bufs, GCLIP_NONFINITE_PROPAGATE, 2.0f, max_norm, inv, threads);
+                expect_same_bits(blocked, two_pass);
+                if (::testing::Test::HasFatalFailure())
+                    return;
+            }
+        }
+    }
 }
 
 TEST(TensorClipBlocked, MatchesTheOracle)
@@ -209,43 +223,54 @@ TEST(TensorClipBlocked, MatchesTheOracle)
 TEST(TensorClipBlocked, NonFiniteTensorsSpoilOnlyThemselves)
 {
     auto bufs = mixed_plan();
-    // a NaN in a small f32 tensor and an Inf in the middle of a tensor of
-    // several chunks, segments apart
-    size_t nan_at = 0, inf_at = 0;
+    // a NaN in a small f32 tensor, an Inf in the middle of a tensor of
+    // several chunks, segments apart, and a NaN in the first chunk of a
+    // later tensor of several chunks: a segment of its own, which two or
+    // three threads share, so that the threads after the first take its
+    // NaN factor for the chunks they update
+    size_t nan_at = 0, inf_at = 0, nan_wide_at = 0;
     for (size_t k = 300; k < bufs.size() && !nan_at; ++k)
         if (bufs[k].dtype() == GCLIP_F32 && bufs[k].numel() > 10 && bufs[k].numel() < kChunk)
             nan_at = k;
     for (size_t k = 0; k < bufs.size() && !inf_at; ++k)
         if (bufs[k].numel() > 2 * kChunk && bufs[k].dtype() != GCLIP_F64)
             inf_at = k;
-    ASSERT_TRUE(nan_at && inf_at);
+    for (size_t k = inf_at + 1; k < bufs.size() && !nan_wide_at; ++k)
+        if (bufs[k].numel() > 2 * kChunk && bufs[k].dtype() != GCLIP_F64)
+            nan_wide_at = k;
+    ASSERT_TRUE(nan_at && inf_at && nan_wide_at);
     bufs[nan_at].set(bufs[nan_at].numel() / 2, std::numeric_limits<float>::quiet_NaN());
     bufs[inf_at].set(kChunk + 7, std::numeric_limits<float>::infinity());
+    bufs[nan_wide_at].set(3, std::numeric_limits<float>::quiet_NaN());
     const oracle::Norms want = oracle::norms(bufs, 2.0);
-    const Outcome got = clip(bufs, GCLIP_NONFINITE_PROPAGATE, 2.0f, 1.0f, 1.0f, 2);
-    EXPECT_EQ(got.r.nonfinite, 1);
-    EXPECT_TRUE(std::isnan(got.r.total_norm));
-    for (size_t k = 0; k < bufs.size(); ++k) {
-        for (int64_t i = 0; i < bufs[k].numel(); ++i) {
-            const float x = bufs[k].get(i), g = got.grads[k].get(i);
-            if (k == nan_at) {
-                ASSERT_TRUE(std::isnan(g)) << i; // coef NaN
-            } else if (k == inf_at) {
-                // coef 1 / (Inf + eps) = 0: finite elements become 0, Inf NaN
-                if (std::isinf(x))
-                    ASSERT_TRUE(std::isnan(g)) << i;
-                else
-                    ASSERT_EQ(g, 0.0f) << i;
-            } else if (bufs[k].dtype() != GCLIP_F64) {
-                ASSERT_TRUE(oracle::rel_close(got.norms[k], want.per_tensor[k], 1e-6L)) << k;
-                const float f = oracle::expected_coef(got.norms[k], 1.0f, 1e-6f);
-                ASSERT_EQ(g, f == 1.0f ? x : oracle::expected_scaled(x, f, bufs[k].dtype()))
-                    << "tensor " << k << " element " << i;
+    for (int threads : {1, 2, 3}) {
+        SCOPED_TRACE("threads " + std::to_string(threads));
+        const Outcome got = clip(bufs, GCLIP_NONFINITE_PROPAGATE, 2.0f, 1.0f, 1.0f, threads);
+        EXPECT_EQ(got.r.nonfinite, 1);
+        EXPECT_TRUE(std::isnan(got.r.total_norm));
+        for (size_t k = 0; k < bufs.size(); ++k) {
+            for (int64_t i = 0; i < bufs[k].numel(); ++i) {
+                const float x = bufs[k].get(i), g = got.grads[k].get(i);
+                if (k == nan_at || k == nan_wide_at) {
+                    ASSERT_TRUE(std::isnan(g)) << "tensor " << k << " element " << i; // coef NaN
+                } else if (k == inf_at) {
+                    // coef 1 / (Inf + eps) = 0: finite elements become 0, Inf NaN
+                    if (std::isinf(x))
+                        ASSERT_TRUE(std::isnan(g)) << i;
+                    else
+                        ASSERT_EQ(g, 0.0f) << i;
+                } else if (bufs[k].dtype() != GCLIP_F64) {
+                    ASSERT_TRUE(oracle::rel_close(got.norms[k], want.per_tensor[k], 1e-6L)) << k;
+                    const float f = oracle::expected_coef(got.norms[k], 1.0f, 1e-6f);
+                    ASSERT_EQ(g, f == 1.0f ? x : oracle::expected_scaled(x, f, bufs[k].dtype()))
+                        << "tensor " << k << " element " << i;
+                }
             }
         }
+        EXPECT_TRUE(std::isnan(got.norms[nan_at]));
+        EXPECT_TRUE(std::isnan(got.norms[nan_wide_at]));
+        EXPECT_TRUE(std::isinf(got.norms[inf_at]));
     }
-    EXPECT_TRUE(std::isnan(got.norms[nan_at]));
-    EXPECT_TRUE(std::isinf(got.norms[inf_at]));
 }
 
 // Calls made from inside the caller's own OpenMP parallel region: each call
