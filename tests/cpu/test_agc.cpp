@@ -363,6 +363,29 @@ TEST(Agc, InvalidArgumentsAreRejectedAtCreation)
     EXPECT_EQ(gclip_agc_step(nullptr, nullptr), GCLIP_STATUS_INVALID_ARGUMENT);
     EXPECT_EQ(gclip_agc_destroy(nullptr), GCLIP_STATUS_SUCCESS);
     EXPECT_EQ(a, nullptr);
+
+    // eps = 0 is taken (a unit of zero weights then clips its gradient to 0)
+    {
+        AgcRun r;
+        EXPECT_EQ(r.create(pairs, options(0.01, 0.0)), GCLIP_STATUS_SUCCESS) << gclip_last_error();
+    }
+    // 2^31 pieces: two tensors of 2^30 elements, one unit per element. The
+    // addresses are never read: the count is refused before any table is made.
+    const int64_t big = int64_t(1) << 30;
+    const uintptr_t at = uintptr_t(1) << 44;
+    PlanPtr huge;
+    ASSERT_EQ(make_plan(huge, {gclip_tensor{reinterpret_cast<void *>(at), big, GCLIP_F32},
+                               gclip_tensor{reinterpret_cast<void *>(at + 4 * big), big, GCLIP_F32}}),
+              GCLIP_STATUS_SUCCESS)
+        << gclip_last_error();
+    const gclip_tensor huge_w[2] = {{reinterpret_cast<void *>(at + 8 * big), big, GCLIP_F32},
+                                    {reinterpret_cast<void *>(at + 12 * big), big, GCLIP_F32}};
+    const int64_t per_element[2] = {big, big};
+    EXPECT_EQ(gclip_agc_create(&a, huge.get(), huge_w, per_element, &ok),
+              GCLIP_STATUS_INVALID_ARGUMENT);
+    EXPECT_NE(std::string(gclip_last_error()).find("2^31 - 1 pieces"), std::string::npos)
+        << gclip_last_error();
+    EXPECT_EQ(a, nullptr);
 }
 
 // A parameter that shares bytes with a gradient is refused at creation
