@@ -69,8 +69,15 @@ cmake --preset clang
 cmake --build --preset clang -j "$jobs"
 ctest --preset clang -j "$jobs"
 
-stage "Python package: pytest against PyTorch, NumPy, JAX and the reference packages"
-timeout 1800 "$GCLIP_PYTHON" -m pytest -q -rs python/tests
+# pytest keeps about one CPU busy; the planted host-code bugs run beside
+# it, in a copy of the tree kept outside the clone (its build and the
+# compiler cache make a later run's rebuilds cheap)
+stage "Python package: pytest against PyTorch, NumPy, JAX and the reference packages, beside the CPU suite's planted host-code bugs"
+beside build/host-mutants.log python3 tests/cpu/plant_host_bugs.py --jobs "$jobs" . \
+    "${GCLIP_HOST_MUTANTS_DIR:-$HOME/.cache/gclip/host-mutants}"
+rc=0
+timeout 1800 "$GCLIP_PYTHON" -m pytest -q -rs python/tests || rc=$?
+join_beside "planted host-code bugs (tests/cpu/plant_host_bugs.py)" "$rc"
 
 # Each planted bug rebuilds one kernel source, on one CPU: the sanitizer
 # build and its tests fill the other, at a lower priority so that the
