@@ -1603,6 +1603,35 @@ def test_quantile_clip_groups_are_all_checked_before_any_is_clipped():
     assert qc.statistics(0)["steps"] == steps
 
 
+def test_quantile_clip_refuses_a_parameter_listed_twice():
+    """A parameter in two places of QuantileClip's groups (within one group
+    or across two) would have two histories and be clipped twice: refused
+    when the clipper is made."""
+    a, b = (torch.nn.Parameter(torch.zeros(n)) for n in (4, 3))
+    for groups in ([a, b, a], [{"params": [a]}, {"params": [b, a]}]):
+        with pytest.raises(ValueError, match="appears twice"):
+            gt.QuantileClip(groups, history_length=5)
+    gt.QuantileClip([{"params": [a]}, {"params": [b]}], history_length=5)  # distinct: taken
+
+
+def test_state_naming_more_tensors_than_its_bytes_hold_is_refused():
+    """A per-tensor state holds at least a float per tensor: a header that
+    names more tensors than that is refused before any clipper is made for
+    it (a probe of that many tensors would be made otherwise)."""
+    m = make_model()
+    saved = gt.AdaGC(warmup_steps=3)
+    for gs in gradient_stream(np.random.default_rng(7), 4):
+        set_grads(m, gs)
+        saved.step(m)
+    sd = saved.state_dict()
+    raw = bytearray(bytes(sd["state"].numpy()))
+    struct.pack_into("=I", raw, 12, len(raw) // 4 + 1)  # the tensors named
+    fresh = gt.AdaGC(warmup_steps=3)
+    with pytest.raises(ValueError, match=f"names {len(raw) // 4 + 1} tensors"):
+        fresh.load_state_dict(dict(sd, state=torch.frombuffer(raw, dtype=torch.uint8)))
+    assert fresh.state_dict()["state"] is None
+
+
 def test_agc_units_must_be_one_per_parameter():
     P = np.ones((4, 3), np.float32)
     G = np.ones((4, 3), np.float32) * 10

@@ -1011,6 +1011,16 @@ def test_apply_clip_factor_refuses_the_read_only_arrays_of_the_last_operation(rn
     assert ref_norm(ws, 2) == pytest.approx(1.0, rel=1e-5)
     c.compute_clip_factor(ws)  # and a bind of writable arrays may be applied bare
     c.apply_clip_factor()
+    # a call refused after it bound other arrays (tensor_norms inside one of
+    # them) puts the read-only ones back, and they are still refused
+    c.compute_clip_factor(xs)
+    others = [b.copy() for b in before]
+    with pytest.raises(gclip.GclipError):
+        c.total_norm(others, tensor_norms=others[3][:len(others)])
+    with pytest.raises(ValueError, match="read-only"):
+        c.apply_clip_factor()
+    for x, b in zip(xs, before):
+        np.testing.assert_array_equal(x, b)
 
 
 @pytest.mark.parametrize("make", [

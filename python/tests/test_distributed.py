@@ -678,6 +678,14 @@ def _scenario_rejected_on_one_rank(rec, ws, rank):
         except (ValueError, TypeError, OverflowError, RuntimeError) as e:
             want = own if rank == last else f"rank {last} rejected its input"
             rec.check(name, want in str(e), f"{what}: rank {rank}: {type(e).__name__}: {e}")
+            # the peers raise the class of the refusal (a ValueError or a
+            # TypeError), a RuntimeError for any other
+            own_cls = {"plain tensor among DTensor": TypeError,
+                       "too large": OverflowError}.get(own, ValueError)
+            peer_cls = own_cls if own_cls in (ValueError, TypeError) else RuntimeError
+            rec.check(name, isinstance(e, own_cls) if rank == last else type(e) is peer_cls,
+                      f"{what}: rank {rank} raised {type(e).__name__}, not "
+                      f"{(own_cls if rank == last else peer_cls).__name__}")
         except Exception as e:
             rec.check(name, False, f"{what}: rank {rank}: {type(e).__name__}: {e}")
         after = arg.grad if as_param else arg

@@ -250,6 +250,37 @@ def test_nonfinite_propagates_by_default_and_skip_keeps_gradients(rng, device):
 
 
 @pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_skip_leaves_gradients_on_pytorchs_arithmetic_too(rng, device, bad):
+    """nonfinite="skip" where the drop-ins take PyTorch's arithmetic: a list
+    that repeats a gradient (a plan's tensors must be disjoint), and a
+    float64 total_norm given to clip_grads_with_norm_. A non-finite norm
+    leaves every gradient's bits as they were; a finite one clips as
+    PyTorch does, the repeated gradient once for each time it is listed."""
+    params = make_params(rng, [(10,), (4, 4)], torch.float32, device, scale=10.0)
+    params[1].grad[2, 1] = bad
+    before = [q.grad.clone() for q in params]
+    n = gt.clip_grad_norm_([params[0], params[1], params[0]], 1.0, nonfinite="skip")
+    assert not math.isfinite(float(n))
+    for q, b in zip(params, before):
+        assert torch.equal(q.grad.view(torch.int32), b.view(torch.int32))
+    for total in (torch.tensor(bad, dtype=torch.float64, device=device),
+                  torch.tensor(bad, dtype=torch.float32, device=device)):
+        gt.clip_grads_with_norm_(params, 1.0, total, nonfinite="skip")
+        for q, b in zip(params, before):
+            assert torch.equal(q.grad.view(torch.int32), b.view(torch.int32)), total.dtype
+    # finite: the repeated gradient scaled twice, as PyTorch's loop does
+    params[1].grad[2, 1] = 0.5
+    torch_params = clone_params(params)
+    n = gt.clip_grad_norm_([params[0], params[1], params[0]], 1.0, nonfinite="skip")
+    n_t = torch.nn.utils.clip_grad_norm_([torch_params[0], torch_params[1], torch_params[0]], 1.0)
+    torch.testing.assert_close(n, n_t)
+    for q, q_t in zip(params, torch_params):
+        torch.testing.assert_close(q.grad, q_t.grad)
+    assert float(n) > 1.0
+
+
+@pytest.mark.parametrize("device", device_params())
 def test_error_if_nonfinite_raises_before_writing(rng, device):
     params = make_params(rng, [(10,), (4, 4)], torch.float32, device, scale=10.0)
     params[0].grad[3] = math.inf
