@@ -20,8 +20,9 @@ change to the code it targets: update the pattern here) or the build failed.
 
 Left out, as they cannot be caught by a test: mutations that change no
 result (a threshold of a walk's speed, which order two equal-cost paths run
-in), and one that makes a thread read a factor another thread writes in the
-same step without a barrier (a race: its outcome depends on timing).
+in, and the others docs/robustness.md names), and one that makes a thread
+read a factor another thread writes in the same step without a barrier (a
+race: its outcome depends on timing).
 """
 
 import argparse
@@ -242,6 +243,13 @@ def copy_tree(src, dst):
         # unchanged files keep their times, so a second run rebuilds nothing
         if not (os.path.exists(d) and open(s, "rb").read() == open(d, "rb").read()):
             shutil.copy2(s, d)
+    # a file an earlier run copied that the sources no longer have goes
+    keep = {os.path.normpath(f) for f in files}
+    for root, _dirs, names in os.walk(dst):
+        for n in names:
+            rel = os.path.normpath(os.path.relpath(os.path.join(root, n), dst))
+            if rel not in keep:
+                os.remove(os.path.join(root, n))
 
 
 def main():

@@ -590,7 +590,7 @@ TEST(FinalizeOwnPartial, BeforeAnyAccumulateIsRefusedAndSaysWhy)
     ASSERT_EQ(gclip_norm_accumulate(plan.get(), &o, nullptr), GCLIP_STATUS_SUCCESS);
     // partials given with a count of 0 are refused, even after an
     // accumulate: the call cannot tell which the caller meant, and the
-    // result slot keeps the total norm's result
+    // result slot keeps what the accumulate wrote
     const gclip_partial *own = nullptr;
     ASSERT_EQ(gclip_plan_partial(plan.get(), &own), GCLIP_STATUS_SUCCESS);
     const gclip_result kept = testutil::result_of(plan.get());

@@ -225,9 +225,10 @@ TEST(TensorClipBlocked, NonFiniteTensorsSpoilOnlyThemselves)
     auto bufs = mixed_plan();
     // a NaN in a small f32 tensor, an Inf in the middle of a tensor of
     // several chunks, segments apart, and a NaN in the first chunk of a
-    // later tensor of several chunks: a segment of its own, which two or
-    // three threads share, so that the threads after the first take its
-    // NaN factor for the chunks they update
+    // later tensor of several chunks, where a thread's part of its segment
+    // can begin: that thread computes the tensor's NaN factor again for the
+    // chunks it updates (a factor applied only when below 1, instead of
+    // when not 1, fails here)
     size_t nan_at = 0, inf_at = 0, nan_wide_at = 0;
     for (size_t k = 300; k < bufs.size() && !nan_at; ++k)
         if (bufs[k].dtype() == GCLIP_F32 && bufs[k].numel() > 10 && bufs[k].numel() < kChunk)
