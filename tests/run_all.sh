@@ -70,14 +70,20 @@ cmake --build --preset clang -j "$jobs"
 ctest --preset clang -j "$jobs"
 
 # pytest keeps about one CPU busy; the planted host-code bugs run beside
-# it, in a copy of the tree kept outside the clone (its build and the
-# compiler cache make a later run's rebuilds cheap)
-stage "Python package: pytest against PyTorch, NumPy, JAX and the reference packages, beside the CPU suite's planted host-code bugs"
-beside build/host-mutants.log python3 tests/cpu/plant_host_bugs.py --jobs "$jobs" . \
-    "${GCLIP_HOST_MUTANTS_DIR:-$HOME/.cache/gclip/host-mutants}"
+# it, in a copy of the tree kept outside the clone (its builds and the
+# compiler cache make a later run's rebuilds cheap): those of the CPU path,
+# under the CPU suite, then those of the CUDA backend, under the emulated
+# CUDA runtime
+host_bugs() {
+    local work=${GCLIP_HOST_MUTANTS_DIR:-$HOME/.cache/gclip/host-mutants}
+    python3 tests/cpu/plant_host_bugs.py --jobs "$jobs" . "$work" &&
+        python3 tests/cpu/plant_host_bugs.py --backend --jobs "$jobs" . "$work"
+}
+stage "Python package: pytest against PyTorch, NumPy, JAX and the reference packages, beside the planted host-code bugs (CPU path and CUDA backend)"
+beside build/host-mutants.log host_bugs
 rc=0
 timeout 1800 "$GCLIP_PYTHON" -m pytest -q -rs python/tests || rc=$?
-join_beside "planted host-code bugs (tests/cpu/plant_host_bugs.py)" "$rc"
+join_beside "planted host-code bugs (tests/cpu/plant_host_bugs.py, then with --backend)" "$rc"
 
 # Each planted bug rebuilds one kernel source, on one CPU: the sanitizer
 # build and its tests fill the other, at a lower priority so that the

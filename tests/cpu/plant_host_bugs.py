@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """plant_host_bugs.py - shows that the CPU suite catches bugs in the host code.
 
-    python3 tests/cpu/plant_host_bugs.py [--jobs N] SOURCE_DIR WORK_DIR [MUTANT...]
+    python3 tests/cpu/plant_host_bugs.py [--jobs N] [--backend] SOURCE_DIR WORK_DIR [MUTANT...]
 
 The kernels have tests/emu/plant_bugs.sh; this is its twin for the C of
 host/: the CPU path's update and segment walks, the validation of pointers
@@ -13,6 +13,14 @@ taken from the environment), builds it and checks that each mutant's tests
 pass on the unchanged copy. Then, for each mutant, it plants one bug in the
 copy, rebuilds and runs the tests named for it, which must FAIL (a crash
 counts), and takes the bug out again. The checkout itself is never written.
+
+With --backend, the bugs are those of BACKEND_MUTANTS, planted in the CUDA
+backend (host/cuda_backend.c), and the tests are the emulator suite's
+programs that run it on the emulated CUDA runtime (tests/emu/cudart_emu.h):
+gclip_emu_backend_test and gclip_emu_gpu_tests, built in WORK_DIR/build-emu
+(logs in WORK_DIR/logs-backend). They need the CUDA Toolkit's headers, not
+a device; without them the build has no such programs, and the run says so
+and exits 0.
 
 Exits 0 when every mutant was caught; 1 when one survived or the unchanged
 copy failed its tests; 2 when a mutation no longer applies exactly once (a
@@ -232,6 +240,72 @@ MUTANTS = [
      "Agc.*"),
 ]
 
+# The CUDA backend's bugs: name, file, exact text, replacement, and the
+# tests that must fail as "BACKEND_FILTER|GPU_FILTER" (gtest filters of
+# gclip_emu_backend_test and gclip_emu_gpu_tests; either may be empty).
+BACKEND_MUTANTS = [
+    ("cuda_error_left_behind", "host/cuda_backend.c",
+     "    forget_error(e);\n    gclip_status s = e ==", "    gclip_status s = e ==",
+     "EmuBackend.*|"),
+    ("block_not_freed", "host/cuda_backend.c",
+     "    if (s->block)\n        forget_error(cudaFree(s->block));", "    (void)0;",
+     "EmuBackend.*|"),
+    ("event_not_destroyed", "host/cuda_backend.c",
+     "    if (s->done)\n        forget_error(cudaEventDestroy(s->done));", "    (void)0;",
+     "EmuBackend.*|"),
+    ("slot_not_marked_failed", "host/cuda_backend.c",
+     "                if (k > 0)\n                    mark_failed(s, stream);", "                (void)0;",
+     "EmuBackend.*|"),
+    ("step_keeps_plans_device", "host/cuda_backend.c",
+     "        }\n    }\n    leave_device(&g);\n    return st;\n}\n\n/* ---- results",
+     "        }\n    }\n    return st;\n}\n\n/* ---- results",
+     "EmuBackend.*|GpuStreamTest.CallerCurrentDeviceIsKept"),
+    ("upload_not_waited_for", "host/cuda_backend.c",
+     "    CUDA_TRY(cudaStreamSynchronize(cs));\ndone:", "done:",
+     "EmuBackend.*|"),
+    ("stream_device_unchecked", "host/cuda_backend.c",
+     "    if (dev != device)\n        return gclip_fail(",
+     "    if (dev != device && 0)\n        return gclip_fail(",
+     "EmuBackend.*|"),
+    ("clip_with_norm_launches_norm", "host/cuda_backend.c",
+     "    case GCLIP_OP_CLIP_WITH_NORM:\n    case GCLIP_OP_APPLY:", "    case GCLIP_OP_APPLY:",
+     "EmuBackend.*|GpuGraphTest.*"),
+    ("captured_wait_not_external", "host/cuda_backend.c",
+     "captured ? cudaEventWaitExternal : cudaEventWaitDefault", "cudaEventWaitDefault",
+     "|GpuGraphTest.*"),
+    ("captured_record_not_external", "host/cuda_backend.c",
+     "captured ? cudaEventRecordExternal\n                                                      : "
+     "cudaEventRecordDefault",
+     "cudaEventRecordDefault",
+     "|GpuGraphTest.*"),
+    ("captured_rebind_to_new_pointers", "host/cuda_backend.c",
+     "        if (!pointers_changed(plan))\n            goto done;", "        goto done;",
+     "|GpuGraphTest.*"),
+    ("launch_error_left_behind", "host/cuda_backend.c",
+     "            if (err != cudaSuccess) {\n                forget_error(err);",
+     "            if (err != cudaSuccess) {",
+     "EmuBackend.*|"),
+    ("no_event_after_failed_launch", "host/cuda_backend.c",
+     "        if (queued > 0) {", "        if (queued > 0 && st == GCLIP_STATUS_SUCCESS) {",
+     "EmuBackend.*|"),
+    ("result_read_without_event", "host/cuda_backend.c",
+     "    CUDA_TRY(cudaEventSynchronize(s->done));\n    /* a private", "    /* a private",
+     "EmuBackend.*|"),
+    ("failed_creation_keeps_device", "host/cuda_backend.c",
+     "        free_state(s);\n    leave_device(&g);",
+     "        free_state(s);\n    if (st == GCLIP_STATUS_SUCCESS)\n        leave_device(&g);",
+     "EmuBackend.*|"),
+    ("allocation_failure_as_cuda_error", "host/cuda_backend.c",
+     "    gclip_status s = e == cudaErrorMemoryAllocation ? GCLIP_STATUS_OUT_OF_MEMORY\n"
+     "                                                    : GCLIP_STATUS_CUDA_ERROR;",
+     "    gclip_status s = GCLIP_STATUS_CUDA_ERROR;",
+     "EmuBackend.*|"),
+    ("mem_alloc_keeps_device", "host/cuda_backend.c",
+     "    CUDA_TRY(cudaMalloc(ptr, bytes));\ndone:\n    leave_device(&g);",
+     "    CUDA_TRY(cudaMalloc(ptr, bytes));\n    return st;\ndone:\n    leave_device(&g);",
+     "EmuBackend.*|"),
+]
+
 
 def run(cmd, log, cwd=None, timeout=None):
     with open(log, "w") as f:
@@ -275,13 +349,18 @@ def main():
     ap.add_argument("work")
     ap.add_argument("mutants", nargs="*")
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--backend", action="store_true",
+                    help="the CUDA backend's bugs, on the emulated runtime")
     a = ap.parse_args()
     src, work = os.path.abspath(a.source), os.path.abspath(a.work)
-    tree, build, logs = (os.path.join(work, d) for d in ("src", "build", "logs"))
+    tree, build, logs = (os.path.join(work, d) for d in
+                         ("src", "build-emu" if a.backend else "build",
+                          "logs-backend" if a.backend else "logs"))
     for d in (tree, logs):
         os.makedirs(d, exist_ok=True)
-    chosen = [m for m in MUTANTS if not a.mutants or m[0] in a.mutants]
-    unknown = set(a.mutants) - {m[0] for m in MUTANTS}
+    pool = BACKEND_MUTANTS if a.backend else MUTANTS
+    chosen = [m for m in pool if not a.mutants or m[0] in a.mutants]
+    unknown = set(a.mutants) - {m[0] for m in pool}
     if unknown:
         print("plant_host_bugs: unknown mutants: " + ", ".join(sorted(unknown)), file=sys.stderr)
         return 2
@@ -297,18 +376,44 @@ def main():
     configure = ["cmake", "-S", tree, "-B", build, "-DCMAKE_BUILD_TYPE=Release",
                  "-DGCLIP_ENABLE_CUDA=OFF", "-DGCLIP_BUILD_BENCH=OFF",
                  "-DGCLIP_BUILD_EXAMPLES=OFF"]
-    target = ["cmake", "--build", build, "-j", str(a.jobs), "--target", "gclip_cpu_tests"]
-    if run(configure, os.path.join(logs, "configure.log")) or \
-            run(target, os.path.join(logs, "build.log")):
+    if a.backend:
+        programs = [os.path.join(build, "tests", "emu", p)
+                    for p in ("gclip_emu_backend_test", "gclip_emu_gpu_tests")]
+        configure += ["-DGCLIP_BUILD_EMU_TESTS=ON", "-DGCLIP_BUILD_EMU_CUDA=ON"]
+    else:
+        programs = [os.path.join(build, "tests", "cpu", "gclip_cpu_tests")]
+    target = ["cmake", "--build", build, "-j", str(a.jobs), "--target"] + \
+        [os.path.basename(p) for p in programs]
+    if run(configure, os.path.join(logs, "configure.log")):
+        print(f"plant_host_bugs: the unchanged copy did not configure (logs in {logs})",
+              file=sys.stderr)
+        return 2
+    if a.backend and not os.path.isdir(os.path.join(build, "tests", "emu", "CMakeFiles",
+                                                    "gclip_emu_backend_test.dir")):
+        print("plant_host_bugs: skipped: no CUDA Toolkit headers, so the build has no "
+              "emulated CUDA backend to plant bugs in")
+        return 0
+    if run(target, os.path.join(logs, "build.log")):
         print(f"plant_host_bugs: the unchanged copy did not build (logs in {logs})",
               file=sys.stderr)
         return 2
-    program = os.path.join(build, "tests", "cpu", "gclip_cpu_tests")
-    filters = ":".join(sorted({m[4] for m in chosen}))
-    if run([program, "--gtest_filter=" + filters, "--gtest_brief=1"],
-           os.path.join(logs, "unchanged.log"), timeout=900):
+
+    def run_tests(tests, log, extra, timeout):
+        """The programs on their filters ("A|B" with --backend); nonzero if
+        any failed."""
+        rc = 0
+        for k, (program, f) in enumerate(zip(programs, tests.split("|"))):
+            if f:
+                rc = rc or run([program, "--gtest_filter=" + f, "--gtest_brief=1"] + extra,
+                               f"{log}.{k}.log", timeout=timeout)
+        return rc
+
+    unchanged = "|".join(":".join(sorted({f for m in chosen
+                                          for f in m[4].split("|")[k:k + 1] if f}))
+                         for k in range(len(programs)))
+    if run_tests(unchanged, os.path.join(logs, "unchanged"), [], 900):
         print("plant_host_bugs: the unchanged copy fails its tests "
-              f"({os.path.join(logs, 'unchanged.log')})", file=sys.stderr)
+              f"(logs in {logs})", file=sys.stderr)
         return 1
     print(f"unchanged copy built and passed in {time.time() - t0:.0f} s")
     survived = []
@@ -322,8 +427,7 @@ def main():
                 print(f"plant_host_bugs: {name} did not build "
                       f"({os.path.join(logs, name + '.build.log')})", file=sys.stderr)
                 return 2
-            rc = run([program, "--gtest_filter=" + tests, "--gtest_fail_fast",
-                      "--gtest_brief=1"], os.path.join(logs, name + ".log"), timeout=600)
+            rc = run_tests(tests, os.path.join(logs, name), ["--gtest_fail_fast"], 600)
         finally:
             open(target_file, "w").write(original)
         verdict = "caught" if rc != 0 else "SURVIVED"

@@ -993,6 +993,17 @@ int launch(dim3 grid, dim3 block, void (*body)(void *), void *ctx, Section sec)
 
 bool recording() { return rt().recording; }
 
+static Interceptor g_interceptor = nullptr;
+void set_interceptor(Interceptor fn) { g_interceptor = fn; }
+Interceptor interceptor() { return g_interceptor; }
+int run_intercepted(const Intercepted *l) { return launch(l->grid, l->block, l->body, l->ctx, l->sec); }
+void free_intercepted(Intercepted *l)
+{
+    if (l->ctx)
+        l->destroy(l->ctx);
+    delete l;
+}
+
 int record_launch(dim3 grid, dim3 block, void (*body)(void *), void *ctx,
                   void (*destroy)(void *), Section sec, bool dependent)
 {

@@ -89,6 +89,8 @@
 #ifndef GCLIP_SIMT_EMU_H
 #define GCLIP_SIMT_EMU_H
 
+#include "emu_intercept.h"
+
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -271,12 +273,27 @@ void destroy_body(void *f)
     delete static_cast<F *>(f);
 }
 
+// A launch handed to the interceptor (emu_intercept.h).
+struct Intercepted {
+    dim3 grid, block;
+    void (*body)(void *);
+    void *ctx;
+    void (*destroy)(void *);
+    Section sec;
+    bool dependent;
+};
+
 template <class F>
-int launch_fn(dim3 grid, dim3 block, F f, Section sec, bool dependent = false)
+int launch_fn(dim3 grid, dim3 block, F f, Section sec, bool dependent = false,
+              const void *stream = nullptr)
 {
     if (recording())
         return record_launch(grid, block, &invoke_body<F>, new F(std::move(f)), &destroy_body<F>,
                              sec, dependent);
+    if (Interceptor ic = interceptor())
+        return ic(new Intercepted{grid, block, &invoke_body<F>, new F(std::move(f)),
+                                  &destroy_body<F>, sec, dependent},
+                  stream);
     return launch(grid, block, &invoke_body<F>, &f, sec);
 }
 
@@ -398,28 +415,28 @@ namespace gclip_emu {
 // The arguments are evaluated once and converted to the kernel's parameter
 // types, as a CUDA launch copies them; each thread then gets its own copy.
 template <class... P, class... A>
-int launch_kernel(Section sec, bool dependent, dim3 grid, dim3 block, void (*kernel)(P...),
-                  A &&...args)
+int launch_kernel(Section sec, bool dependent, const void *stream, dim3 grid, dim3 block,
+                  void (*kernel)(P...), A &&...args)
 {
     std::tuple<std::decay_t<P>...> params(std::forward<A>(args)...);
     // the closure owns the parameters: a recorded launch runs after this returns
     return launch_fn(
         grid, block, [kernel, params = std::move(params)]() { std::apply(kernel, params); }, sec,
-        dependent);
+        dependent, stream);
 }
 
 } // namespace gclip_emu
 
 // Runs the whole grid before it returns (or records it, inside
-// launch_concurrent) and evaluates to its status; `stream` is evaluated and
-// ignored.
+// launch_concurrent, or hands it to the interceptor) and evaluates to its
+// status; `stream` is evaluated and only the interceptor sees it.
 // GCLIP_LAUNCH_DEPENDENT: the same as a programmatic dependent launch when
 // `dependent` is nonzero.
 #define GCLIP_LAUNCH_DEPENDENT(kernel, dependent, grid, block, stream, ...)               \
-    ((void)(stream),                                                                      \
-     ::gclip_emu::launch_kernel(::gclip_emu::Section{GCLIP_EMU_CAT(__start_, GCLIP_EMU_SECTION), \
+    (::gclip_emu::launch_kernel(::gclip_emu::Section{GCLIP_EMU_CAT(__start_, GCLIP_EMU_SECTION), \
                                                      GCLIP_EMU_CAT(__stop_, GCLIP_EMU_SECTION)}, \
-                                (dependent) != 0, dim3(grid), dim3(block), kernel, ##__VA_ARGS__))
+                                (dependent) != 0, (const void *)(stream), dim3(grid),     \
+                                dim3(block), kernel, ##__VA_ARGS__))
 #define GCLIP_LAUNCH(kernel, grid, block, stream, ...) \
     GCLIP_LAUNCH_DEPENDENT(kernel, 0, grid, block, stream, ##__VA_ARGS__)
 #define GCLIP_LAUNCH_STATUS() (::gclip_emu::last_status())
