@@ -388,6 +388,29 @@ static int pointers_changed(const gclip_plan *plan)
     return 0;
 }
 
+/* The new table was queued but the event after it could not be recorded:
+ * plan.c puts the old pointers back in the host table, and this queues them
+ * for the device's, after the new ones in `stream` (the copy from pageable
+ * memory consumes the host table before it returns). Best effort: the
+ * call's status and message are those of the failure before. */
+static void put_old_table_back(gclip_plan *plan, gclip_stream stream)
+{
+    gclip_cuda_state *s = plan->engine;
+    for (size_t i = 0; i < plan->count; i++) {
+        void *p = plan->tensors[i].data;
+        plan->tensors[i].data = plan->saved_data[i];
+        plan->saved_data[i] = p;
+    }
+    forget_error(cudaMemcpyAsync(s->tensors, plan->tensors,
+                                 plan->count * sizeof(gclip_tensor_desc), cudaMemcpyHostToDevice,
+                                 (cudaStream_t)stream));
+    for (size_t i = 0; i < plan->count; i++) {
+        void *p = plan->tensors[i].data;
+        plan->tensors[i].data = plan->saved_data[i];
+        plan->saved_data[i] = p;
+    }
+}
+
 /* The new table is copied in `stream` order after the plan's previous
  * operation, and the copy becomes the plan's last operation, so operations
  * queued before keep the old pointers and later ones, on any stream, see the
@@ -419,8 +442,11 @@ static gclip_status cuda_upload_tensors(gclip_plan *plan, gclip_stream stream)
     if (st == GCLIP_STATUS_SUCCESS && plan->count > 0)
         CUDA_TRY(cudaMemcpyAsync(s->tensors, plan->tensors, plan->count * sizeof(gclip_tensor_desc),
                                  cudaMemcpyHostToDevice, (cudaStream_t)stream));
-    if (st == GCLIP_STATUS_SUCCESS)
+    if (st == GCLIP_STATUS_SUCCESS) {
         st = mark_done(s, stream, 0);
+        if (st != GCLIP_STATUS_SUCCESS)
+            put_old_table_back(plan, stream);
+    }
 done:
     leave_device(&g);
     return st;

@@ -404,6 +404,38 @@ TEST_F(EmuBackend, AFailedLaunchWritesNoGradientAndIsReported)
     expect_clip_right(plan.get(), g, o.max_norm);
 }
 
+// A rebind whose copy or whose event record fails: the call reports it and
+// the plan goes on with the old pointers, on the host and on the device
+// (the next step clips the old tensors and leaves the new ones alone).
+TEST_F(EmuBackend, AFailedRebindLeavesTheOldPointersEverywhere)
+{
+    Grads g(kSizes, 16);
+    Grads h(kSizes, 17);
+    testutil::PlanPtr plan;
+    ASSERT_EQ(testutil::make_plan(plan, g.tensors(), 0), GCLIP_STATUS_SUCCESS) << gclip_last_error();
+    std::vector<void *> fresh;
+    for (const auto &t : h.tensors())
+        fresh.push_back(t.data);
+    for (const char *fn : {"cudaMemcpyAsync", "cudaEventRecordWithFlags", "cudaStreamWaitEvent"}) {
+        SCOPED_TRACE(fn);
+        g.reset();
+        cudart_emu::fail_call(fn, 1, cudaErrorLaunchFailure);
+        EXPECT_EQ(gclip_plan_rebind(plan.get(), fresh.data(), fresh.size(), nullptr),
+                  GCLIP_STATUS_CUDA_ERROR);
+        EXPECT_NE(std::string(gclip_last_error()).find(fn), std::string::npos)
+            << gclip_last_error();
+        expect_clip_right(plan.get(), g, static_cast<float>(g.norm()) * 0.5f);
+        EXPECT_TRUE(h.untouched()) << "the step clipped the tensors of the failed rebind";
+    }
+    // and a rebind that succeeds moves the plan to the new tensors
+    g.reset();
+    ASSERT_EQ(gclip_plan_rebind(plan.get(), fresh.data(), fresh.size(), nullptr),
+              GCLIP_STATUS_SUCCESS)
+        << gclip_last_error();
+    expect_clip_right(plan.get(), h, static_cast<float>(h.norm()) * 0.5f);
+    EXPECT_TRUE(g.untouched());
+}
+
 // An adaptive clipper on a CUDA plan: its state's allocation and
 // upload failing is reported, leaves nothing allocated, and the plan works.
 TEST_F(EmuBackend, AdaptiveStateFailuresLeaveNothing)
