@@ -393,22 +393,23 @@ static int pointers_changed(const gclip_plan *plan)
  * for the device's, after the new ones in `stream` (the copy from pageable
  * memory consumes the host table before it returns). Best effort: the
  * call's status and message are those of the failure before. */
+static void swap_saved_data(gclip_plan *plan)
+{
+    for (size_t i = 0; i < plan->count; i++) {
+        void *p = plan->tensors[i].data;
+        plan->tensors[i].data = plan->saved_data[i];
+        plan->saved_data[i] = p;
+    }
+}
+
 static void put_old_table_back(gclip_plan *plan, gclip_stream stream)
 {
     gclip_cuda_state *s = plan->engine;
-    for (size_t i = 0; i < plan->count; i++) {
-        void *p = plan->tensors[i].data;
-        plan->tensors[i].data = plan->saved_data[i];
-        plan->saved_data[i] = p;
-    }
+    swap_saved_data(plan);
     forget_error(cudaMemcpyAsync(s->tensors, plan->tensors,
                                  plan->count * sizeof(gclip_tensor_desc), cudaMemcpyHostToDevice,
                                  (cudaStream_t)stream));
-    for (size_t i = 0; i < plan->count; i++) {
-        void *p = plan->tensors[i].data;
-        plan->tensors[i].data = plan->saved_data[i];
-        plan->saved_data[i] = p;
-    }
+    swap_saved_data(plan);
 }
 
 /* The new table is copied in `stream` order after the plan's previous

@@ -470,7 +470,7 @@ static const char *error_text(cudaError_t e, bool name)
         return name ? "cudaErrorStreamCaptureImplicit"
                     : "operation would make the legacy stream depend on a capturing blocking stream";
     case cudaErrorIllegalState: return name ? "cudaErrorIllegalState" : "illegal state";
-    default: return name ? "unrecognized error code" : "unrecognized error code";
+    default: return "unrecognized error code";
     }
 }
 
