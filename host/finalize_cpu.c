@@ -1,8 +1,9 @@
 /*
  * finalize_cpu.c - the CPU twins of the finalize: of kernels/finalize_kernel.cu
- * (fold the given partials, or the plan's own, in index order into the
- * result slot), and of the fold the norm kernel's last block runs
- * (kernels/norm_finalize.cuh), used by host/norm_cpu.c.
+ * (fold the given partials, or the plan's own, in the fixed order of
+ * gclip_norm_math.h into the result slot), and of the fold the norm
+ * kernel's last block runs (kernels/norm_finalize.cuh), used by
+ * host/norm_cpu.c.
  */
 #include <string.h>
 

@@ -268,7 +268,7 @@ typedef struct gclip_device_result {
 /* A norm accumulator: what gclip_norm_accumulate leaves in the plan, what a
  * communicator gathers across ranks and what gclip_norm_finalize folds.
  * Fold partials with gclip_partial_combine (host) or let
- * gclip_norm_finalize fold an array of them in index order. */
+ * gclip_norm_finalize fold an array of them (in the order it documents). */
 typedef struct gclip_partial {
     double acc;           /* sum of |x|^p terms (max |x| for p = Inf), not yet rooted or scaled */
     uint32_t nonfinite;   /* tensors whose own norm is NaN or Inf */
@@ -429,9 +429,14 @@ GCLIP_API gclip_status gclip_norm_accumulate(gclip_plan *plan, const gclip_norm_
                                              gclip_stream stream);
 
 /* Phase 2: fold `count` partials at `partials` (plan-device memory, read at
- * execution, folded in index order) into the norm, coefficient, factor and
- * flags of the result slot; partials == NULL with count == 0 folds the plan's
- * own partial (INVALID_ARGUMENT before any gclip_norm_accumulate). Partials
+ * execution) into the norm, coefficient, factor and flags of the result
+ * slot. The order of the fold depends on `count` alone, so one array gives
+ * the same bits on every rank and engine: up to 32 partials, left to right;
+ * above, 1024 runs (run i holds partials [count*i/1024, count*(i+1)/1024)),
+ * each folded left to right, then 32 groups of 32 consecutive runs, then the
+ * 32 groups; each fold runs in index order from a partial of acc 0, as
+ * gclip_partial_combine would. partials == NULL with count == 0 folds the
+ * plan's own partial (INVALID_ARGUMENT before any gclip_norm_accumulate). Partials
  * with another fingerprint than `options` give the slot status
  * GCLIP_STATUS_MISMATCH, factor 1 and no norm (total_norm NaN, so nonfinite
  * 1). Nothing is written to the gradients.

@@ -435,6 +435,44 @@ for k in norm_kernel adapt_kernel agc_kernel; do
         fail "$k.cu: no PREEXIT in the sm_90 SASS: the scale kernel's dependent launch waits for the whole grid to exit"
     fi
 done
+# The finalize of a gathered array (finalize_kernel.cu) folds it in the
+# fixed shape of gclip_norm_math.h, a leaf a thread: its entry must be
+# built for GCLIP_FINALIZE_LEAVES threads (.maxntid in the compute_90 PTX),
+# and hold the leaves' and the groups' folds in shared memory
+# ((LEAVES + FAN) x 16 bytes on every architecture). A fold left to one
+# thread, as a serial chain over every partial, needs neither. And a
+# thread's loads of its leaf's partials do not wait for their fingerprints
+# (gclip_fold_part_take has no branch on the GPU): the sm_90 SASS must hold
+# at least 8 unpredicated 64-bit loads (four partials' acc and
+# nonfinite/fingerprint words, issued together). With the fingerprint
+# compared first, every acc load is predicated on it.
+fan=$(sed -n 's/^#define GCLIP_FINALIZE_FAN \([0-9][0-9]*\)u.*/\1/p' "$src/kernels/gclip_norm_math.h")
+if [ -z "$fan" ]; then
+    fail "GCLIP_FINALIZE_FAN not found in kernels/gclip_norm_math.h"
+elif [ -f "$work/finalize_kernel.ptx" ]; then
+    leaves=$((fan * fan))
+    ntid=$(awk '/[.]entry / { on = index($0, "gclip_finalize_kernel") > 0 }
+                on && /[.]maxntid/ { gsub(/[^0-9 ,]/, ""); split($0, v, ","); print v[1] + 0; exit }' \
+               "$work/finalize_kernel.ptx")
+    echo "finalize_kernel.cu: .maxntid ${ntid:-none} in the compute_90 PTX (a leaf a thread: $leaves)"
+    if [ "${ntid:-0}" -ne "$leaves" ]; then
+        fail "finalize_kernel.cu: the entry is not built for $leaves threads (.maxntid ${ntid:-none}): the fold is not a leaf a thread"
+    fi
+    want_smem=$(((leaves + fan) * 16))
+    while read -r arch bytes; do
+        [ -n "$arch" ] || continue
+        echo "finalize_kernel.cu: $bytes bytes of shared memory on $arch (leaves and groups: $want_smem)"
+        if [ "$bytes" -lt "$want_smem" ]; then
+            fail "finalize_kernel.cu: $bytes bytes of shared memory on $arch, fewer than the $want_smem of the leaves' and groups' folds"
+        fi
+    done < <(awk 'index($2, "gclip_finalize_kernel") { print $1, $5 }' "$work/finalize_kernel.res")
+    n=$("$cuobjdump" -sass -arch sm_90 "$work/finalize_kernel.o" 2>/dev/null |
+        grep -cE '^[[:space:]]*/[*][0-9a-f]+[*]/[[:space:]]+LDG[.]E[.]64[[:space:]]' || true)
+    echo "finalize_kernel.cu: $n unpredicated 64-bit loads in the sm_90 SASS (at least 8)"
+    if [ "${n:-0}" -lt 8 ]; then
+        fail "finalize_kernel.cu: $n unpredicated LDG.E.64 in the sm_90 SASS: a leaf's loads wait for each fingerprint"
+    fi
+fi
 # ---- end of the launch-shape checks
 
 # ---- memory ordering between blocks (docs/gpu-launch.md) ---------------------
@@ -457,6 +495,7 @@ done
 #           per-tensor factors; cp.async.wait_all 1: the window's copies landed
 #   scale   membar.gl 1, atom.global.inc 1: the apply ticket
 #   adapt   atom.shared.add 1: the block's clipped count
+#   finalize bar.sync 2: the leaves, then the groups, folded before they are read
 # and exactly their barriers (bar.sync; bar.warp.sync for __syncwarp), as
 # inlined: a lost barrier lowers the count. Most lost barriers also fail the
 # emulator's tests (tests/emu/plant_bugs.sh), but not three of the norm
@@ -478,6 +517,7 @@ scale_kernel membar.gl 1
 scale_kernel atom.global.inc 1
 scale_kernel bar.sync 3
 clamp_kernel bar.sync 2
+finalize_kernel bar.sync 2
 agc_kernel bar.sync 10
 adapt_kernel atom.shared.add 1
 adapt_kernel bar.sync 2"

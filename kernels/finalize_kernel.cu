@@ -1,30 +1,53 @@
 /*
  * finalize_kernel.cu - the finalize phase on its own (gclip_norm_finalize):
  * fold partials, the plan's own or an array that a communicator gathered
- * (one per rank), in index order into the norm, coefficient, factor and
- * flags of the result slot. CPU twin: host/finalize_cpu.c.
+ * (one per rank), into the norm, coefficient, factor and flags of the
+ * result slot. CPU twin: host/finalize_cpu.c (gclip_finalize_partials).
  *
- * One block, one working thread: the fold is a few dozen dependent adds at
- * most (one partial per rank), and a fixed serial order is what makes the
- * result bitwise identical on every rank whatever the collective did.
+ * One block of GCLIP_FINALIZE_LEAVES threads folds the array in the fixed
+ * shape of gclip_norm_math.h: thread i folds leaf i (a run of at most
+ * ceil(count / 1024) partials, whose addresses it knows before it loads
+ * any), warp 0 folds the 32 groups of 32 leaves, and thread 0 folds the
+ * groups and writes the slot. The order of every combine depends on the
+ * count alone, so the result is bitwise the CPU twin's, and the same on
+ * every rank whatever the collective did; the longest chain of dependent
+ * combines is ceil(count / 1024) + 64, not count.
  *
  * ---- kernels
  */
 #include "gclip_cuda_compat.h"
 #include "gclip_kernels.h"
 
-#define GCLIP_FINALIZE_THREADS 32
+#define GCLIP_FINALIZE_THREADS GCLIP_FINALIZE_LEAVES
 
 static __global__ void __launch_bounds__(GCLIP_FINALIZE_THREADS)
     gclip_finalize_kernel(gclip_device_tables t, gclip_norm_params params)
 {
-    if (threadIdx.x != 0)
-        return;
+    __shared__ gclip_fold_part leaves[GCLIP_FINALIZE_LEAVES];
+    __shared__ gclip_fold_part groups[GCLIP_FINALIZE_FAN];
     const gclip_norm_params np = params;
-    gclip_result_slot slot;
-    gclip_finalize_partials(np.partials, np.num_partials, t.partial, &np, t.result->sequence,
-                            &slot);
-    *t.result = slot;
+    const uint32_t tid = threadIdx.x;
+    if (np.num_partials == 0) {
+        /* the plan's own partial (accumulate, then finalize) */
+        if (tid == 0) {
+            gclip_result_slot slot;
+            gclip_finalize_partials(np.partials, 0, t.partial, &np, t.result->sequence, &slot);
+            *t.result = slot;
+        }
+        return;
+    }
+    leaves[tid] = gclip_finalize_leaf(np.partials, np.num_partials, tid, np.fingerprint, np.kind);
+    __syncthreads(); /* every leaf is in shared memory */
+    if (tid < GCLIP_FINALIZE_FAN)
+        groups[tid] =
+            gclip_fold_parts_in_order(&leaves[tid * GCLIP_FINALIZE_FAN], GCLIP_FINALIZE_FAN, np.kind);
+    __syncthreads(); /* every group is in shared memory */
+    if (tid == 0) {
+        const gclip_fold_part total = gclip_fold_parts_in_order(groups, GCLIP_FINALIZE_FAN, np.kind);
+        gclip_result_slot slot;
+        gclip_finalize_slot_of_fold(&total, &np, t.result->sequence, &slot);
+        *t.result = slot;
+    }
 }
 
 /* ---- launcher */

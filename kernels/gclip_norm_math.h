@@ -400,28 +400,159 @@ GCLIP_HD int gclip_partial_fold(gclip_partial *a, const gclip_partial *b, int32_
     return 0;
 }
 
-/* GCLIP_OP_FINALIZE: fold `count` partials in index order (or the plan's
- * own partial when count is 0) and fill the slot. */
+/* ---- the finalize's fold of an array of partials (GCLIP_OP_FINALIZE) ----
+ * The order of the fold is fixed by the count alone, so every engine and
+ * every rank folds one array to the same bits:
+ *   - leaf i (0 <= i < GCLIP_FINALIZE_LEAVES) folds the run of partials
+ *     [count*i/LEAVES, count*(i+1)/LEAVES) left to right;
+ *   - group g (0 <= g < GCLIP_FINALIZE_FAN) folds leaves FAN*g ... FAN*g+FAN-1
+ *     in order;
+ *   - the result folds the groups in order.
+ * Each fold starts from the zero term, which combines exactly (0 + t = t for
+ * the sums of non-negative terms, and the max keeps t), so an empty leaf
+ * changes no bit. Up to FAN partials every group holds one partial at most,
+ * and the fold is the plain left fold in index order. The kernel gives a
+ * leaf to each thread of one block: the longest chain of dependent combines
+ * is ceil(count/LEAVES) + 2 FAN (80 for 16,384 ranks), where a left fold's is
+ * count. A partial whose fingerprint is not the options' is left out and
+ * marks the fold as a mismatch. */
+#define GCLIP_FINALIZE_FAN 32u
+#define GCLIP_FINALIZE_LEAVES (GCLIP_FINALIZE_FAN * GCLIP_FINALIZE_FAN)
+
+/* A fold in progress: the combined terms, the non-finite tensors, and
+ * whether a foreign partial was met. */
+typedef struct gclip_fold_part {
+    double acc;
+    uint32_t nonfinite;
+    uint32_t mismatch;
+} gclip_fold_part;
+
+GCLIP_HD gclip_fold_part gclip_fold_part_zero(void)
+{
+    gclip_fold_part z;
+    z.acc = GCLIP_TERM_ZERO;
+    z.nonfinite = 0;
+    z.mismatch = 0;
+    return z;
+}
+
+/* a += b, in that order */
+GCLIP_HD void gclip_fold_part_add(gclip_fold_part *a, const gclip_fold_part *b, int32_t kind)
+{
+    a->acc = gclip_term_combine(a->acc, b->acc, kind);
+    a->nonfinite += b->nonfinite;
+    a->mismatch |= b->mismatch;
+}
+
+/* a += partial p, unless p's fingerprint is not `fingerprint`. Without a
+ * branch: a foreign partial adds the zero term, which changes no bit, and
+ * marks the fold. So a GPU issues the loads of several partials before it
+ * compares any fingerprint (a branch on it made every acc load wait for its
+ * fingerprint); on the CPU it costs a sixth more than the branch at 16,384
+ * partials (docs/distributed.md), and every engine runs the same code. */
+GCLIP_HD void gclip_fold_part_take(gclip_fold_part *a, const gclip_partial *p,
+                                   uint32_t fingerprint, int32_t kind)
+{
+    const double acc = p->acc;
+    const uint32_t nonfinite = p->nonfinite;
+    const uint32_t foreign = p->fingerprint != fingerprint;
+    a->acc = gclip_term_combine(a->acc, foreign ? GCLIP_TERM_ZERO : acc, kind);
+    a->nonfinite += foreign ? 0u : nonfinite;
+    a->mismatch |= foreign;
+}
+
+/* First partial of leaf `leaf` (leaf = GCLIP_FINALIZE_LEAVES gives count). */
+GCLIP_HD uint32_t gclip_finalize_leaf_begin(uint32_t count, uint32_t leaf)
+{
+    return (uint32_t)(((uint64_t)count * leaf) / GCLIP_FINALIZE_LEAVES);
+}
+
+/* Leaf `leaf` of the fold of `count` partials. */
+GCLIP_HD gclip_fold_part gclip_finalize_leaf(const gclip_partial *parts, uint32_t count,
+                                             uint32_t leaf, uint32_t fingerprint, int32_t kind)
+{
+    gclip_fold_part a = gclip_fold_part_zero();
+    const uint32_t end = gclip_finalize_leaf_begin(count, leaf + 1u);
+    for (uint32_t i = gclip_finalize_leaf_begin(count, leaf); i < end; i++)
+        gclip_fold_part_take(&a, &parts[i], fingerprint, kind);
+    return a;
+}
+
+/* Left fold of n folds in progress from the zero term: a group of leaves,
+ * or the groups. */
+GCLIP_HD gclip_fold_part gclip_fold_parts_in_order(const gclip_fold_part *p, uint32_t n,
+                                                   int32_t kind)
+{
+    gclip_fold_part a = gclip_fold_part_zero();
+    for (uint32_t i = 0; i < n; i++)
+        gclip_fold_part_add(&a, &p[i], kind);
+    return a;
+}
+
+/* The whole fold of `count` partials in the order above, on one thread (the
+ * finalize's CPU twin). Group g holds partials [count*g/FAN,
+ * count*(g+1)/FAN). Up to LEAVES partials a leaf holds one at most, and a
+ * leaf of one partial is that partial (0 + t = t), so a group is the left
+ * fold of its partials: taken so, without the leaves. */
+GCLIP_HD gclip_fold_part gclip_fold_partials(const gclip_partial *parts, uint32_t count,
+                                             uint32_t fingerprint, int32_t kind)
+{
+    gclip_fold_part total = gclip_fold_part_zero();
+    if (count <= GCLIP_FINALIZE_FAN) {
+        /* a group holds one partial at most: the left fold, group by group */
+        for (uint32_t i = 0; i < count; i++)
+            gclip_fold_part_take(&total, &parts[i], fingerprint, kind);
+        return total;
+    }
+    for (uint32_t g = 0; g < GCLIP_FINALIZE_FAN; g++) {
+        gclip_fold_part group = gclip_fold_part_zero();
+        if (count <= GCLIP_FINALIZE_LEAVES) {
+            const uint32_t end = gclip_finalize_leaf_begin(count, (g + 1u) * GCLIP_FINALIZE_FAN);
+            for (uint32_t i = gclip_finalize_leaf_begin(count, g * GCLIP_FINALIZE_FAN); i < end;
+                 i++)
+                gclip_fold_part_take(&group, &parts[i], fingerprint, kind);
+        } else {
+            uint32_t begin = gclip_finalize_leaf_begin(count, g * GCLIP_FINALIZE_FAN);
+            for (uint32_t l = g * GCLIP_FINALIZE_FAN; l < (g + 1u) * GCLIP_FINALIZE_FAN; l++) {
+                const uint32_t end = gclip_finalize_leaf_begin(count, l + 1u);
+                gclip_fold_part leaf = gclip_fold_part_zero();
+                for (uint32_t i = begin; i < end; i++)
+                    gclip_fold_part_take(&leaf, &parts[i], fingerprint, kind);
+                gclip_fold_part_add(&group, &leaf, kind);
+                begin = end;
+            }
+        }
+        gclip_fold_part_add(&total, &group, kind);
+    }
+    return total;
+}
+
+/* The slot of GCLIP_OP_FINALIZE from its fold. */
+GCLIP_HD void gclip_finalize_slot_of_fold(const gclip_fold_part *total,
+                                          const gclip_norm_params *np, uint32_t prev_sequence,
+                                          gclip_result_slot *out)
+{
+    const gclip_scalars sc = gclip_resolve_scalars(np);
+    const int32_t status = total->mismatch ? GCLIP_STATUS_MISMATCH : sc.status;
+    /* a fold that skipped foreign partials has no norm: NaN, not the norm
+     * of the partials that happened to match (which differs rank by rank) */
+    const float n = total->mismatch ? gclip_bits_f32(0x7fc00000u)
+                                    : gclip_norm_value(total->acc, np->kind, np->p, sc.inv_scale);
+    gclip_finalize_slot(n, total->nonfinite, np, &sc, status, prev_sequence, out);
+}
+
+/* GCLIP_OP_FINALIZE on one thread: fold `count` partials in the order above
+ * (or the plan's own partial when count is 0) and fill the slot. */
 GCLIP_HD void gclip_finalize_partials(const gclip_partial *parts, uint32_t count,
                                       const gclip_partial *own, const gclip_norm_params *np,
                                       uint32_t prev_sequence, gclip_result_slot *out)
 {
-    gclip_partial acc;
-    acc.acc = GCLIP_TERM_ZERO;
-    acc.nonfinite = 0;
-    acc.fingerprint = np->fingerprint;
-    int mismatch = 0;
+    gclip_fold_part total = gclip_fold_part_zero();
     if (count == 0)
-        mismatch = gclip_partial_fold(&acc, own, np->kind);
-    for (uint32_t i = 0; i < count; i++)
-        mismatch |= gclip_partial_fold(&acc, &parts[i], np->kind);
-    const gclip_scalars sc = gclip_resolve_scalars(np);
-    const int32_t status = mismatch ? GCLIP_STATUS_MISMATCH : sc.status;
-    /* a fold that skipped foreign partials has no norm: NaN, not the norm
-     * of the partials that happened to match (which differs rank by rank) */
-    const float n = mismatch ? gclip_bits_f32(0x7fc00000u)
-                             : gclip_norm_value(acc.acc, np->kind, np->p, sc.inv_scale);
-    gclip_finalize_slot(n, acc.nonfinite, np, &sc, status, prev_sequence, out);
+        gclip_fold_part_take(&total, own, np->fingerprint, np->kind);
+    else
+        total = gclip_fold_partials(parts, count, np->fingerprint, np->kind);
+    gclip_finalize_slot_of_fold(&total, np, prev_sequence, out);
 }
 
 /* GCLIP_OP_CLIP_WITH_NORM: the slot, and so the factor, from a norm computed

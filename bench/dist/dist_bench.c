@@ -23,7 +23,7 @@
  * The collective's share is allgather / dist clip; gather - allgather is
  * time spent waiting for the slowest rank (load imbalance, or ranks that
  * share a core). With --fold, rank 0 also
- * times gclip_norm_finalize over 1,024 and 16,384 partials (the serial fold
+ * times gclip_norm_finalize over 1,024 and 16,384 partials (the fold
  * every rank runs after the all-gather), on a CPU plan.
  *
  * Every clip step clips and writes every element, and the values stay put:

@@ -9,8 +9,9 @@ when the gradients are DTensors (FSDP2, tensor parallel) or when a
 2. gather: every rank's partial is all-gathered with
    ``torch.distributed.all_gather_into_tensor`` (a uint8 tensor; gloo on the
    CPU, NCCL on the current CUDA stream, no host synchronization);
-3. finalize: ``gclip_norm_finalize`` folds the gathered array in rank order,
-   so the norm, coefficient and factor are bitwise identical on every rank;
+3. finalize: ``gclip_norm_finalize`` folds the gathered array (in rank
+   order) in a shape fixed by its length, so the norm, coefficient and
+   factor are bitwise identical on every rank;
 4. apply: ``gclip_apply_clip_factor`` scales this rank's local gradients.
 
 What counts on this rank, for a DTensor on a device mesh (as PyTorch's own

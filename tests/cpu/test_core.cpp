@@ -8,6 +8,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
@@ -439,6 +440,121 @@ TEST(CorePartials, FoldInIndexOrderAndRejectForeignFingerprints)
     gclip_finalize_partials(nan_parts, 2, nullptr, &np, 0u, &s);
     EXPECT_EQ(s.nonfinite, 1);
     EXPECT_EQ(s.scale, 1.0f);
+}
+
+// The finalize's fold of an array of partials, against a reference of its
+// documented shape written here: leaf i of 1024 sums the partials
+// [n*i/1024, n*(i+1)/1024) left to right, group g sums leaves 32g..32g+31,
+// the total sums the 32 groups (max in place of sum for p = Inf). Bitwise for
+// counts on each side of 32 and 1024 and up to 100,003; up to 32 partials
+// it is the left fold in index order. Accumulators spread over 2^-40..2^40,
+// so the order shows in the bits: some count above 32 must differ from the
+// left fold (else the comparison could not tell the shapes apart). Within
+// 1e-12 of the long-double sum, non-finite counts summed exactly.
+namespace {
+struct RefFold {
+    double acc = 0.0;
+    uint64_t nonfinite = 0;
+};
+double ref_combine(double a, double b, bool max)
+{
+    if (!max)
+        return a + b;
+    return (std::isnan(b) || b > a) ? b : a;
+}
+RefFold ref_shape_fold(const std::vector<gclip_partial> &v, bool max)
+{
+    const std::size_t n = v.size();
+    RefFold total;
+    for (std::size_t g = 0; g < 32; ++g) {
+        double group = 0.0;
+        for (std::size_t l = 32 * g; l < 32 * g + 32; ++l) {
+            double leaf = 0.0;
+            for (std::size_t i = n * l / 1024; i < n * (l + 1) / 1024; ++i) {
+                leaf = ref_combine(leaf, v[i].acc, max);
+                total.nonfinite += v[i].nonfinite;
+            }
+            group = ref_combine(group, leaf, max);
+        }
+        total.acc = ref_combine(total.acc, group, max);
+    }
+    return total;
+}
+double ref_left_fold(const std::vector<gclip_partial> &v, bool max)
+{
+    double a = 0.0;
+    for (const gclip_partial &x : v)
+        a = ref_combine(a, x.acc, max);
+    return a;
+}
+uint64_t bits_of(double d)
+{
+    uint64_t u;
+    std::memcpy(&u, &d, sizeof u);
+    return u;
+}
+} // namespace
+
+TEST(CorePartials, TheFinalizeFoldsLeavesThenGroupsInAFixedOrder)
+{
+    std::mt19937_64 rng(4242);
+    std::uniform_real_distribution<double> mant(1.0, 2.0);
+    std::uniform_int_distribution<int> expo(-40, 40);
+    std::uniform_int_distribution<uint32_t> nf(0, 3);
+    int differs_from_left_fold = 0;
+    for (uint32_t n : {1u, 2u, 7u, 31u, 32u, 33u, 64u, 100u, 1000u, 1023u, 1024u, 1025u, 3000u,
+                       16384u, 100003u}) {
+        for (float p : {2.0f, INFINITY}) {
+            SCOPED_TRACE("count " + std::to_string(n) + ", p = " + std::to_string(p));
+            const bool max = std::isinf(p);
+            const uint32_t fp = gclip_fingerprint(p, GCLIP_NONFINITE_SKIP);
+            std::vector<gclip_partial> v(n);
+            long double exact = 0.0L;
+            for (gclip_partial &x : v) {
+                x = gclip_partial{std::ldexp(mant(rng), expo(rng)), nf(rng), fp};
+                exact = max ? std::max(exact, static_cast<long double>(x.acc))
+                            : exact + static_cast<long double>(x.acc);
+            }
+            const int32_t kind = max ? GCLIP_KIND_INF : GCLIP_KIND_L2;
+            const gclip_fold_part got = gclip_fold_partials(v.data(), n, fp, kind);
+            const RefFold want = ref_shape_fold(v, max);
+            EXPECT_EQ(bits_of(got.acc), bits_of(want.acc)) << got.acc << " vs " << want.acc;
+            EXPECT_EQ(got.nonfinite, static_cast<uint32_t>(want.nonfinite));
+            EXPECT_EQ(got.mismatch, 0u);
+            EXPECT_LE(std::fabs(static_cast<long double>(got.acc) - exact), 1e-12L * exact);
+            const double left = ref_left_fold(v, max);
+            if (n <= 32)
+                EXPECT_EQ(bits_of(got.acc), bits_of(left)) << "not the left fold";
+            else if (bits_of(want.acc) != bits_of(left))
+                ++differs_from_left_fold;
+
+            // the slot: through the one-thread finalize, the norm of that fold
+            gclip_norm_params np = global_params(1.0f, 1.0f, GCLIP_NONFINITE_SKIP);
+            np.op = GCLIP_OP_FINALIZE;
+            np.kind = kind;
+            np.p = p;
+            np.fingerprint = fp;
+            for (gclip_partial &x : v)
+                x.nonfinite = 0;
+            gclip_result_slot s{};
+            gclip_finalize_partials(v.data(), n, nullptr, &np, 0u, &s);
+            EXPECT_EQ(s.status, GCLIP_STATUS_SUCCESS);
+            const float norm = static_cast<float>(max ? want.acc : std::sqrt(want.acc));
+            EXPECT_EQ(s.total_norm, norm);
+
+            // a foreign partial in the first, a middle or the last leaf
+            for (uint32_t at : {0u, n / 2, n - 1}) {
+                v[at].fingerprint = gclip_fingerprint(1.0f, GCLIP_NONFINITE_SKIP);
+                EXPECT_EQ(gclip_fold_partials(v.data(), n, fp, kind).mismatch, 1u) << at;
+                gclip_finalize_partials(v.data(), n, nullptr, &np, 0u, &s);
+                EXPECT_EQ(s.status, GCLIP_STATUS_MISMATCH) << at;
+                EXPECT_TRUE(std::isnan(s.total_norm)) << at;
+                EXPECT_EQ(s.scale, 1.0f) << at;
+                v[at].fingerprint = fp;
+            }
+        }
+    }
+    EXPECT_GE(differs_from_left_fold, 5) << "the data cannot tell the fold's shape from a left fold";
 }
 
 TEST(CoreApply, AFactorIsAppliedOnceAtMost)

@@ -90,6 +90,9 @@ nonfinite_only=" close_nonfinite_dropped lane_nonfinite_dropped "
 # f64 elements to the float bound (and the unmutated kernels).
 clamp64='EmuClamp.DoubleBoundClampsF64ExactlyAndTheOthersToTheNearestFloat'
 clamp64_only=" f64_clamped_to_float "
+# The finalize of a gathered array: its test of many partials alone.
+finalize='EmuFinalize.*'
+finalize_only=" finalize_group_skips_a_leaf finalize_leaves_no_barrier finalize_groups_no_barrier "
 filter+="-$windows:$dependent:$adapt:$agc:$nonfinite"
 
 # Make kdir equal to the sources, rewriting only files that differ, so a
@@ -307,6 +310,15 @@ plant() {
     adapt_clipped_dropped) # the adaptive kernel's rows no longer count the tensors
         # they clipped
         mutate adapt_kernel.cu 's/^\( *\)atomicAdd(&clipped_sh, clipped);$/\1(void)clipped;/' ;;
+    finalize_group_skips_a_leaf) # a group of the finalize's fold leaves out its
+        # last leaf
+        mutate finalize_kernel.cu 's/(&leaves\[tid \* GCLIP_FINALIZE_FAN\], GCLIP_FINALIZE_FAN, np\.kind)/(\&leaves[tid * GCLIP_FINALIZE_FAN], GCLIP_FINALIZE_FAN - 1u, np.kind)/' ;;
+    finalize_leaves_no_barrier) # the finalize's groups read leaves that other
+        # threads have not written yet
+        mutate finalize_kernel.cu 's|^\( *\)__syncthreads(); /\* every leaf is in shared memory \*/$|\1/* barrier removed */|' ;;
+    finalize_groups_no_barrier) # the finalize's total reads groups that warp 0 has
+        # not written yet
+        mutate finalize_kernel.cu 's|^\( *\)__syncthreads(); /\* every group is in shared memory \*/$|\1/* barrier removed */|' ;;
     *) die "unknown mutant $1" ;;
     esac
 }
@@ -333,7 +345,8 @@ all_mutants=(writes_factor_one per_tensor_writes_factor_one apply_ticket_not_wra
              fold_refill_no_barrier close_shares_no_barrier close_tree_input_no_barrier
              close_tree_no_barrier skip_all_no_barrier close_nonfinite_dropped
              lane_nonfinite_dropped block_reduce_input_no_barrier scale_factor_no_barrier
-             agc_sums_no_barrier agc_tree_no_barrier agc_factor_no_barrier)
+             agc_sums_no_barrier agc_tree_no_barrier agc_factor_no_barrier
+             finalize_group_skips_a_leaf finalize_leaves_no_barrier finalize_groups_no_barrier)
 if [[ $# -gt 0 ]]; then mutants=("$@"); else mutants=("${all_mutants[@]}"); fi
 
 build_tests() {
@@ -402,7 +415,7 @@ t0=$SECONDS
 build_tests unmutated
 t1=$SECONDS
 # every test any mutant runs, in one run: its shards share the load better
-if ! run_tests "$work/unmutated.log" "${filter%%-*}:$windows:$dependent:$adapt:$agc:$nonfinite:$clamp64"; then
+if ! run_tests "$work/unmutated.log" "${filter%%-*}:$windows:$dependent:$adapt:$agc:$nonfinite:$clamp64:$finalize"; then
     why "$work/unmutated.log"
     die "the unmutated kernels fail the tests; see $work/unmutated.log"
 fi
@@ -431,6 +444,7 @@ for name in "${ordered[@]}"; do
     [[ $agc_only == *" $name "* ]] && tests=$agc
     [[ $nonfinite_only == *" $name "* ]] && tests=$nonfinite
     [[ $clamp64_only == *" $name "* ]] && tests=$clamp64
+    [[ $finalize_only == *" $name "* ]] && tests=$finalize
     [[ $small_only == *" $name "* ]] && tests=$small-$windows:$dependent
     run_tests "$work/$name.log" "$tests" || rc=$?
     when="$how, tests $((SECONDS - t1)) s"

@@ -7,11 +7,13 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <functional>
 #include <limits>
 #include <memory>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -546,6 +548,102 @@ TEST(EmuFinalize, ForeignPartialsAreRejectedAndNothingIsWritten)
             f.cpu_result(&st);
             EXPECT_EQ(st, GCLIP_STATUS_MISMATCH);
         }
+    }
+}
+
+// A gathered array of many partials, as a large group gives: the finalize
+// kernel folds it in its fixed shape (1024 leaves, 32 groups of 32, then the
+// groups), a leaf a thread. For counts on each side of 32 and of 1024, for
+// the sum (p = 2, 1, 3) and the max (p = Inf), its slot is bitwise the CPU
+// finalize's, and the norm is the long-double oracle's within 1e-6 (a leaf
+// or a group left out or folded twice moves it by about 1/1024 or more).
+// Non-finite partials in the last leaf reach the slot; a foreign partial in
+// the first, a middle or the last leaf gives MISMATCH and factor 1.
+TEST(EmuFinalize, LargeGatheredArraysGiveTheCpuFinalizeBitwise)
+{
+    emu::Fixture f(contract_plan(97), 97);
+    std::mt19937_64 rng(9701);
+    std::uniform_real_distribution<double> mant(0.5, 2.0);
+    std::uniform_int_distribution<int> expo(-6, 6);
+    std::size_t run = 0;
+    for (uint32_t count : {1u, 31u, 32u, 33u, 1000u, 1024u, 1025u, 4099u, 70001u}) {
+        emu::DevBuf buf(count * sizeof(gclip_partial));
+        gclip_partial *parts = buf.as<gclip_partial>();
+        for (float p : {2.0f, 1.0f, kInf, 3.0f}) {
+            SCOPED_TRACE("count " + std::to_string(count) + ", p = " + std::to_string(p));
+            gclip_norm_options o = GCLIP_NORM_OPTIONS_INIT;
+            o.norm_type = p;
+            const uint32_t fp = gclip_fingerprint(p, o.nonfinite);
+            long double exact = 0.0L;
+            for (uint32_t i = 0; i < count; ++i) {
+                const double acc = std::ldexp(mant(rng), expo(rng));
+                parts[i] = gclip_partial{acc, 0u, fp};
+                exact = std::isinf(p) ? std::max(exact, static_cast<long double>(acc))
+                                      : exact + static_cast<long double>(acc);
+            }
+            const long double want = std::isinf(p) ? exact : std::pow(exact, 1.0L / p);
+            o.max_norm = static_cast<float>(want / 3.0L); // clips
+            f.reset_host();
+            ASSERT_EQ(f.cpu_finalize(o, parts, count), GCLIP_STATUS_SUCCESS) << gclip_last_error();
+            f.reset();
+            in_schedule(run++);
+            ASSERT_EQ(f.emu_finalize(o, parts, count), 0) << gclip_emu::error_message();
+            EXPECT_EQ(f.launches(), 1u);
+            const gclip_result_slot fin = f.emu_result();
+            EXPECT_EQ(fin.status, GCLIP_STATUS_SUCCESS);
+            EXPECT_TRUE(oracle::rel_close(fin.total_norm, want, 1e-6L))
+                << fin.total_norm << " vs the oracle's " << static_cast<double>(want);
+            EXPECT_LT(fin.scale, 0.5f);
+            f.expect_slot_matches(/*bitwise=*/true);
+            if (::testing::Test::HasFailure())
+                return;
+        }
+        gclip_norm_options o = GCLIP_NORM_OPTIONS_INIT;
+        o.max_norm = 1e-3f;
+        const uint32_t fp = gclip_fingerprint(2.0f, o.nonfinite);
+        for (uint32_t i = 0; i < count; ++i)
+            parts[i] = gclip_partial{std::ldexp(mant(rng), expo(rng)), 0u, fp};
+        // non-finite partials in the last leaf (and the first, when it is
+        // the only one)
+        parts[count - 1] = gclip_partial{static_cast<double>(kInf), 2u, fp};
+        for (gclip_nonfinite_policy policy : {GCLIP_NONFINITE_SKIP, GCLIP_NONFINITE_PROPAGATE}) {
+            SCOPED_TRACE("count " + std::to_string(count) + ", an Inf, policy " +
+                         std::to_string(policy));
+            o.nonfinite = policy;
+            const uint32_t pfp = gclip_fingerprint(2.0f, policy);
+            for (uint32_t i = 0; i < count; ++i)
+                parts[i].fingerprint = pfp;
+            f.reset_host();
+            ASSERT_EQ(f.cpu_finalize(o, parts, count), GCLIP_STATUS_SUCCESS) << gclip_last_error();
+            f.reset();
+            in_schedule(run++);
+            ASSERT_EQ(f.emu_finalize(o, parts, count), 0) << gclip_emu::error_message();
+            EXPECT_EQ(f.emu_result().nonfinite, 1);
+            EXPECT_TRUE(std::isinf(f.emu_result().total_norm));
+            f.expect_slot_matches(/*bitwise=*/true);
+        }
+        o.nonfinite = GCLIP_NONFINITE_SKIP;
+        for (uint32_t i = 0; i < count; ++i)
+            parts[i].fingerprint = fp;
+        parts[count - 1].acc = 1.0;
+        parts[count - 1].nonfinite = 0;
+        for (uint32_t at : {0u, count / 2, count - 1}) {
+            SCOPED_TRACE("count " + std::to_string(count) + ", a foreign partial at " +
+                         std::to_string(at));
+            parts[at].fingerprint = gclip_fingerprint(1.0f, GCLIP_NONFINITE_SKIP);
+            f.reset_host();
+            ASSERT_EQ(f.cpu_finalize(o, parts, count), GCLIP_STATUS_SUCCESS) << gclip_last_error();
+            f.reset();
+            in_schedule(run++);
+            ASSERT_EQ(f.emu_finalize(o, parts, count), 0) << gclip_emu::error_message();
+            EXPECT_EQ(f.emu_result().status, GCLIP_STATUS_MISMATCH);
+            EXPECT_EQ(f.emu_result().scale, 1.0f);
+            EXPECT_TRUE(std::isnan(f.emu_result().total_norm));
+            f.expect_slot_matches(/*bitwise=*/true);
+            parts[at].fingerprint = fp;
+        }
+        if (::testing::Test::HasFailure())
+            return;
     }
 }
 
