@@ -146,15 +146,40 @@ def _dtensor_refusal(grads: List[Tensor], mesh):
     return None
 
 
+def _partial_reduced(g, mesh):
+    """The DTensor `g` with its Partial dimensions reduced (DTensor's own
+    collective over each), as PyTorch does before a norm."""
+    return g.redistribute(mesh, [Replicate() if p.is_partial() else p for p in g.placements])
+
+
+def _reduce_partials_as_peers_do(grads: List[Tensor], mesh) -> None:
+    """Before a rank that refuses its list joins the gather: the reductions
+    its peers run first, one for each Partial gradient on `mesh` (with
+    placements gclip takes), in list order, so that the next collective of
+    every rank is the gather. Their results are dropped. This matches the
+    peers when their lists differ from this rank's only in gradients that
+    are not Partial (a plain tensor added, say); a Partial gradient that only
+    the peers hold still leaves them waiting in its reduction."""
+    for g in grads:
+        if not is_dtensor(g) or g.device_mesh != mesh:
+            continue
+        placements = tuple(g.placements)
+        takes = all(_is_sharded(p) or p.is_replicate() or p.is_partial() for p in placements)
+        if takes and any(p.is_partial() for p in placements):
+            _partial_reduced(g, mesh)
+
+
 def _split_dtensors(grads: List[Tensor]) -> _Split:
     """The split of DTensor gradients. A list this rank refuses (a plain
     tensor among them, another mesh, a placement gclip does not take) gives
     a split on the first DTensor's mesh with `rejected` set: the rank joins
-    the gather, so that its peers raise instead of waiting."""
+    the reductions of Partial gradients and the gather, so that its peers
+    raise instead of waiting."""
     mesh = _mesh_on_this_rank(grads)
     coord = mesh.get_coordinate()
     error = _dtensor_refusal(grads, mesh)
     if error is not None:
+        _reduce_partials_as_peers_do(grads, mesh)
         return _rejected_on(mesh, error)
     apply, counted = [], []
     for i, g in enumerate(grads):
@@ -163,9 +188,7 @@ def _split_dtensors(grads: List[Tensor]) -> _Split:
         apply.append(local)
         source = local
         if any(p.is_partial() for p in placements):
-            reduced = g.redistribute(mesh, [Replicate() if p.is_partial() else p
-                                            for p in placements])
-            source = reduced.to_local()
+            source = _partial_reduced(g, mesh).to_local()
         counts = True
         for d, p in enumerate(placements):
             if _is_sharded(p):
@@ -436,12 +459,13 @@ def _refuse(grads: List[Tensor], group, error: Exception) -> None:
 def _refuse_on_mesh(grads: List[Tensor], error: Exception) -> None:
     """A call on DTensor gradients that this rank refuses before it has read
     its options (a bad keyword argument): when some gradient is a DTensor
-    and this rank is in its mesh, it joins the mesh's gather with a rejected
-    partial, so that its peers raise naming it instead of waiting. Raises
-    `error` in every case."""
+    and this rank is in its mesh, it joins the reductions of Partial
+    gradients and the mesh's gather with a rejected partial, so that its
+    peers raise naming it instead of waiting. Raises `error` in every case."""
     mesh = _mesh_of(grads) if DTensor is not None else None
     if mesh is None or mesh.get_coordinate() is None:
         raise error
+    _reduce_partials_as_peers_do(grads, mesh)
     _join_rejected(_rejected_on(mesh, error), error)
 
 

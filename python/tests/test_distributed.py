@@ -609,6 +609,9 @@ def _scenario_rejected_on_one_rank(rec, ws, rank):
     def mesh_ok64():  # float64: PyTorch's arithmetic, after the ranks agree on it
         return distribute_tensor(full.double(), mesh, [Shard(0)])
 
+    def mesh_partial():  # the peers reduce it with DTensor's collective first
+        return _partial_dtensor(full, mesh, [Partial()])
+
     name = "rejected_on_one_rank_raises_everywhere"
     cases = (
         ("pg_noncontig_total", lambda g: gt.get_total_norm([g], process_group=dist.group.WORLD),
@@ -654,6 +657,19 @@ def _scenario_rejected_on_one_rank(rec, ws, rank):
         ("mesh_plain_in_list", lambda q: gt.clip_grad_norm_(
             [q] + ([plain] if rank == last else []), MAX_NORM), mesh_ok, True,
          "plain tensor among DTensor"),
+        # the same where the peers hold Partial gradients, which they reduce
+        # with DTensor's collective before the gather: the rejecting rank
+        # joins those reductions first (its list differs from theirs only in
+        # a gradient that is not Partial)
+        ("mesh_partial_plain_in_list", lambda q: gt.clip_grad_norm_(
+            [q] + ([plain] if rank == last else []), MAX_NORM), mesh_partial, True,
+         "plain tensor among DTensor"),
+        ("mesh_partial_plain_first_total", lambda g: gt.get_total_norm(
+            ([plain.grad] if rank == last else []) + [g]), mesh_partial, False,
+         "plain tensor among DTensor"),
+        ("mesh_partial_nonfinite_word", lambda q: gt.clip_grad_norm_(
+            [q], MAX_NORM, nonfinite="propagate" if rank != last else "bogus"),
+         mesh_partial, True, "nonfinite must be"),
         # the same where the peers take PyTorch's DTensor arithmetic
         # (float64), whose collectives are not gclip's gather
         ("mesh64_plain_in_list", lambda q: gt.clip_grad_norm_(
