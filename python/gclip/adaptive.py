@@ -1085,7 +1085,9 @@ class QuantileClip(_Hyperparameters):
     @_locked
     def load_state_dict(self, state_dict: dict) -> None:
         """Restore the state and hyperparameters of every group; raises
-        ValueError, changing nothing, when the dict does not fit."""
+        ValueError, changing nothing, when the dict does not fit. Should a
+        group's import fail on the device, the groups before it are put
+        back as they were and the error is raised."""
         saved = state_dict.get("clippers", ())
         if bool(state_dict.get("global_threshold")) != self.global_threshold or \
                 len(saved) != len(self._clippers):
@@ -1095,8 +1097,21 @@ class QuantileClip(_Hyperparameters):
                              f"(global_threshold={self.global_threshold})")
         with self._all_clippers():
             installs = [c._prepare_load(s) for c, s in zip(self._clippers, saved)]
-            for install in installs:
-                install()
+            # what puts each group back as it is, should a later group's
+            # in-place import fail on the device: a load is whole or nothing
+            undos = [c._prepare_load(c.state_dict()) for c in self._clippers]
+            done = 0
+            try:
+                for install in installs:
+                    install()
+                    done += 1
+            except BaseException:
+                for undo in reversed(undos[:done]):
+                    try:
+                        undo()
+                    except Exception:  # the device failed again: the error raised says so
+                        pass
+                raise
         self._owners = [None] * len(self._sets)  # the loaded states' are the next step's
         if not self.global_threshold:
             for g, c in zip(self.parameter_groups, self._clippers):

@@ -1015,6 +1015,53 @@ def test_refused_group_of_a_quantile_clip_leaves_every_group_unclipped(rng):
     step_in_lockstep("autoclip", q, m, twin, m_twin, stream[2:])
 
 
+def test_a_quantile_clip_load_that_fails_on_the_device_changes_no_group(rng, monkeypatch):
+    """QuantileClip over two groups loads each group's state in place; the
+    second group's import fails (a device failure, injected): the error is
+    raised, the first group is put back as it was, and both go on as a twin
+    that never saw the load."""
+    m, m_twin, m_other = make_model(), make_model(), make_model()
+    groups = lambda mm: [{"params": list(mm.parameters())[:2]},
+                         {"params": list(mm.parameters())[2:]}]
+    q = gt.QuantileClip(groups(m), quantile=0.5, history_length=5)
+    twin = gt.QuantileClip(groups(m_twin), quantile=0.5, history_length=5)
+    other = gt.QuantileClip(groups(m_other), quantile=0.5, history_length=5)
+    stream = list(gradient_stream(rng, 10, tensor_spikes=True))
+    step_in_lockstep("autoclip", q, m, twin, m_twin, stream[:4])
+    for gs in stream[4:7]:  # other histories, the same hyperparameters
+        set_grads(m_other, gs)
+        other.step()
+    target = other.state_dict()
+    saved = q.state_dict()
+    assert any(not torch.equal(a["state"], b["state"])
+               for a, b in zip(saved["clippers"], target["clippers"]))
+    first, second = q._clippers[0]._adaptive, q._clippers[1]._adaptive
+    adaptive_cls = type(second)
+    real_load = adaptive_cls.load
+    imports = []  # the in-place imports into q's groups (not the CPU probes)
+
+    def failing_load(self, data):
+        if self is first or self is second:
+            imports.append(self)
+            if self is second:
+                raise RuntimeError("gclip: injected device failure of the import")
+        return real_load(self, data)
+
+    monkeypatch.setattr(adaptive_cls, "load", failing_load)
+    with pytest.raises(RuntimeError, match="injected device failure"):
+        q.load_state_dict(target)
+    assert imports == [first, second, first]  # the first group is put back
+    monkeypatch.setattr(adaptive_cls, "load", real_load)
+    for a, b in zip(q.state_dict()["clippers"], saved["clippers"]):
+        assert torch.equal(a["state"], b["state"])
+        assert a["hyperparameters"] == b["hyperparameters"]
+    step_in_lockstep("autoclip", q, m, twin, m_twin, stream[4:])
+    # and without the failure the same load installs every group
+    q.load_state_dict(target)
+    for a, b in zip(q.state_dict()["clippers"], target["clippers"]):
+        assert torch.equal(a["state"], b["state"])
+
+
 def test_quantile_clip_without_gradients_does_nothing(rng):
     """A step where no parameter has a gradient changes nothing, as the
     reference's; a step that drops some gradients of a per-tensor state is
