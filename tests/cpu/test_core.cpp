@@ -4,6 +4,7 @@
 // arithmetic.
 #include "gclip_norm_math.h"
 #include "gclip_tables.h"
+#include "fold_reference.hpp"
 #include "oracle.hpp"
 
 #include <gtest/gtest.h>
@@ -443,7 +444,7 @@ TEST(CorePartials, FoldInIndexOrderAndRejectForeignFingerprints)
 }
 
 // The finalize's fold of an array of partials, against a reference of its
-// documented shape written here: leaf i of 1024 sums the partials
+// documented shape (tests/common/fold_reference.hpp): leaf i of 1024 sums the partials
 // [n*i/1024, n*(i+1)/1024) left to right, group g sums leaves 32g..32g+31,
 // the total sums the 32 groups (max in place of sum for p = Inf). Bitwise for
 // counts on each side of 32 and 1024 and up to 100,003; up to 32 partials
@@ -452,41 +453,6 @@ TEST(CorePartials, FoldInIndexOrderAndRejectForeignFingerprints)
 // left fold (else the comparison could not tell the shapes apart). Within
 // 1e-12 of the long-double sum, non-finite counts summed exactly.
 namespace {
-struct RefFold {
-    double acc = 0.0;
-    uint64_t nonfinite = 0;
-};
-double ref_combine(double a, double b, bool max)
-{
-    if (!max)
-        return a + b;
-    return (std::isnan(b) || b > a) ? b : a;
-}
-RefFold ref_shape_fold(const std::vector<gclip_partial> &v, bool max)
-{
-    const std::size_t n = v.size();
-    RefFold total;
-    for (std::size_t g = 0; g < 32; ++g) {
-        double group = 0.0;
-        for (std::size_t l = 32 * g; l < 32 * g + 32; ++l) {
-            double leaf = 0.0;
-            for (std::size_t i = n * l / 1024; i < n * (l + 1) / 1024; ++i) {
-                leaf = ref_combine(leaf, v[i].acc, max);
-                total.nonfinite += v[i].nonfinite;
-            }
-            group = ref_combine(group, leaf, max);
-        }
-        total.acc = ref_combine(total.acc, group, max);
-    }
-    return total;
-}
-double ref_left_fold(const std::vector<gclip_partial> &v, bool max)
-{
-    double a = 0.0;
-    for (const gclip_partial &x : v)
-        a = ref_combine(a, x.acc, max);
-    return a;
-}
 uint64_t bits_of(double d)
 {
     uint64_t u;
@@ -517,12 +483,12 @@ TEST(CorePartials, TheFinalizeFoldsLeavesThenGroupsInAFixedOrder)
             }
             const int32_t kind = max ? GCLIP_KIND_INF : GCLIP_KIND_L2;
             const gclip_fold_part got = gclip_fold_partials(v.data(), n, fp, kind);
-            const RefFold want = ref_shape_fold(v, max);
+            const foldref::Fold want = foldref::shape_fold(v, max);
             EXPECT_EQ(bits_of(got.acc), bits_of(want.acc)) << got.acc << " vs " << want.acc;
             EXPECT_EQ(got.nonfinite, static_cast<uint32_t>(want.nonfinite));
             EXPECT_EQ(got.mismatch, 0u);
             EXPECT_LE(std::fabs(static_cast<long double>(got.acc) - exact), 1e-12L * exact);
-            const double left = ref_left_fold(v, max);
+            const double left = foldref::left_fold(v, max);
             if (n <= 32)
                 EXPECT_EQ(bits_of(got.acc), bits_of(left)) << "not the left fold";
             else if (bits_of(want.acc) != bits_of(left))

@@ -4,6 +4,7 @@
 // These tests pin down the logic the MPI and NCCL transports share: roles,
 // groups, the fold order, the poison, mismatch reports and argument checks.
 #include "dist_world.hpp"
+#include "fold_reference.hpp"
 #include "plan_util.hpp"
 
 #include <gtest/gtest.h>
@@ -127,6 +128,34 @@ gclip_norm_options options(float max_norm, float p, float inv_scale = 1.0f)
     return o;
 }
 
+// One step of `job` at norm type p (max_norm 0.05, inv_scale 0.5): every
+// rank succeeds with the oracle's norm and the single-process plan's within
+// 1e-6, the same bits of norm and factor as rank 0, a factor that clips and
+// was applied, and every element of its own clipped by it. The results.
+std::vector<gclip_result> expect_one_agreeing_step(Job &job, float p)
+{
+    const gclip_norm_options o = options(0.05f, p, 0.5f);
+    const auto want = distw::reference_norm(job.ranks[0], p, 0.5);
+    const gclip_result single = distw::single_process_result(job.ranks[0], o);
+    std::vector<gclip_result> res;
+    std::vector<gclip_status> st;
+    job.step(o, res, st);
+    for (int r = 0; r < job.size(); ++r) {
+        EXPECT_EQ(st[r], GCLIP_STATUS_SUCCESS) << gclip_dist_last_error();
+        EXPECT_TRUE(oracle::rel_close(res[r].total_norm, want.total, 1e-6L))
+            << res[r].total_norm << " vs " << static_cast<double>(want.total);
+        EXPECT_TRUE(oracle::rel_close(res[r].total_norm, single.total_norm, 1e-6L));
+        EXPECT_EQ(distw::bits(res[r].total_norm), distw::bits(res[0].total_norm));
+        EXPECT_EQ(distw::bits(res[r].scale), distw::bits(res[0].scale));
+        EXPECT_LT(res[r].clip_coef, 1.0f); // clipped (scale also holds inv_scale)
+        EXPECT_EQ(distw::bits(res[r].scale), distw::bits(distw::expected_factor(res[r], o)));
+        EXPECT_EQ(res[r].applied, 1);
+        EXPECT_EQ(distw::misclipped(job.ranks[r], distw::expected_factor(res[r], o)), 0)
+            << "rank " << r;
+    }
+    return res;
+}
+
 TEST(DistExternal, EveryRankGetsTheSingleProcessNormBitForBit)
 {
     for (bool two_groups : {false, true})
@@ -135,27 +164,32 @@ TEST(DistExternal, EveryRankGetsTheSingleProcessNormBitForBit)
                 SCOPED_TRACE(testing::Message() << "size " << size << " p " << p << " groups "
                                                 << (two_groups ? 2 : 1));
                 Job job(100 + size, size, two_groups);
-                const gclip_norm_options o = options(0.05f, p, 0.5f);
-                const auto want = distw::reference_norm(job.ranks[0], p, 0.5);
-                const gclip_result single = distw::single_process_result(job.ranks[0], o);
-                std::vector<gclip_result> res;
-                std::vector<gclip_status> st;
-                job.step(o, res, st);
-                for (int r = 0; r < size; ++r) {
-                    EXPECT_EQ(st[r], GCLIP_STATUS_SUCCESS) << gclip_dist_last_error();
-                    EXPECT_TRUE(oracle::rel_close(res[r].total_norm, want.total, 1e-6L))
-                        << res[r].total_norm << " vs " << static_cast<double>(want.total);
-                    EXPECT_TRUE(oracle::rel_close(res[r].total_norm, single.total_norm, 1e-6L));
-                    EXPECT_EQ(distw::bits(res[r].total_norm), distw::bits(res[0].total_norm));
-                    EXPECT_EQ(distw::bits(res[r].scale), distw::bits(res[0].scale));
-                    EXPECT_LT(res[r].clip_coef, 1.0f); // clipped (scale also holds inv_scale)
-                    EXPECT_EQ(distw::bits(res[r].scale),
-                              distw::bits(distw::expected_factor(res[r], o)));
-                    EXPECT_EQ(res[r].applied, 1);
-                    EXPECT_EQ(distw::misclipped(job.ranks[r], distw::expected_factor(res[r], o)), 0)
-                        << "rank " << r;
-                }
+                expect_one_agreeing_step(job, p);
             }
+}
+
+// Groups of more than 32 ranks, whose finalize folds the gathered partials
+// in groups of leaves rather than one after the other: as above, and rank
+// 0's norm (so every rank's) has the bits of the documented fold of its
+// gather buffer (tests/common/fold_reference.hpp), computed here.
+TEST(DistExternal, LargeGroupsGiveEveryRankTheFoldOfTheGatheredPartials)
+{
+    for (int size : {33, 70})
+        for (float p : {2.0f, 1.0f, INFINITY}) {
+            SCOPED_TRACE(testing::Message() << "size " << size << " p " << p);
+            Job job(300 + size, size, false);
+            const std::vector<gclip_result> res = expect_one_agreeing_step(job, p);
+            gclip_partial *buf = nullptr;
+            size_t n = 0;
+            ASSERT_EQ(gclip_dist_plan_gather_buffer(job.plans[0].get(), 0, &buf, &n),
+                      GCLIP_STATUS_SUCCESS);
+            ASSERT_EQ(n, static_cast<size_t>(size));
+            const foldref::Fold fold = foldref::shape_fold(buf, n, std::isinf(p));
+            const double root = p == 2.0f ? std::sqrt(fold.acc) : fold.acc;
+            EXPECT_EQ(distw::bits(res[0].total_norm), distw::bits(static_cast<float>(root * 0.5)));
+            if (::testing::Test::HasFailure())
+                return;
+        }
 }
 
 TEST(DistExternal, ReplicatedAndTiedTensorsCountOnce)
