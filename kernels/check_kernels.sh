@@ -442,7 +442,7 @@ done
 # ((LEAVES + FAN) x 16 bytes on every architecture). A fold left to one
 # thread, as a serial chain over every partial, needs neither. And a
 # thread's loads of its leaf's partials do not wait for their fingerprints
-# (gclip_fold_part_take has no branch on the GPU): the sm_90 SASS must hold
+# (gclip_fold_part_take has no branch): the sm_90 SASS must hold
 # at least 8 unpredicated 64-bit loads (four partials' acc and
 # nonfinite/fingerprint words, issued together). With the fingerprint
 # compared first, every acc load is predicated on it.

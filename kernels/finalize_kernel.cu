@@ -6,9 +6,9 @@
  *
  * One block of GCLIP_FINALIZE_LEAVES threads folds the array in the fixed
  * shape of gclip_norm_math.h: thread i folds leaf i (a run of at most
- * ceil(count / 1024) partials, whose addresses it knows before it loads
- * any), warp 0 folds the 32 groups of 32 leaves, and thread 0 folds the
- * groups and writes the slot. The order of every combine depends on the
+ * ceil(count / 1024) partials, taken without a branch, so that the loads
+ * of several are issued together), warp 0 folds the 32 groups of 32
+ * leaves, and thread 0 folds the groups and writes the slot. The order of every combine depends on the
  * count alone, so the result is bitwise the CPU twin's, and the same on
  * every rank whatever the collective did; the longest chain of dependent
  * combines is ceil(count / 1024) + 64, not count.
