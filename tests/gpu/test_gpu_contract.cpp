@@ -8,10 +8,12 @@
 
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -415,6 +417,72 @@ TEST_F(GpuContractTest, FinalizeOfGatheredPartialsAcrossRanks)
         const auto dev = pr.download();
         EXPECT_EQ(std::memcmp(dev.data(), pr.pristine_bytes(), pr.bytes()), 0)
             << "rank " << r << " was written";
+    }
+}
+
+// A gathered array of many partials (a large group): the device finalize
+// folds it a leaf a thread in the shape the CPU folds it one partial after
+// the other, so norm, coefficient and factor are bitwise the CPU finalize's
+// of the same array, for counts on each side of 32 and of 1,024 and p = 2,
+// 1, Inf (p = 3 takes exp2/log2, whose last bit may differ on the device);
+// the norm is the long-double sum's within 1e-6. A foreign partial in the
+// last leaf makes the slot say MISMATCH, factor 1.
+TEST_F(GpuContractTest, LargeGatheredArraysFoldToTheCpuFinalizesBits)
+{
+    Stream stream;
+    Paired pair(random_specs(8, 1000, 80), 81);
+    std::mt19937_64 rng(8201);
+    std::uniform_real_distribution<double> mant(0.5, 2.0);
+    std::uniform_int_distribution<int> expo(-6, 6);
+    // a partial's fingerprint, as an accumulate with these options makes it
+    const auto fingerprint_of = [&](const gclip_norm_options &o) {
+        EXPECT_EQ(gclip_norm_accumulate(pair.cpu(), &o, nullptr), GCLIP_STATUS_SUCCESS);
+        const gclip_partial *own = nullptr;
+        EXPECT_EQ(gclip_plan_partial(pair.cpu(), &own), GCLIP_STATUS_SUCCESS);
+        return own ? own->fingerprint : 0u;
+    };
+    for (uint32_t count : {33u, 1000u, 1025u, 70001u}) {
+        DeviceBuffer buf(count * sizeof(gclip_partial));
+        gclip_partial *dev_parts = buf.as<gclip_partial>();
+        std::vector<gclip_partial> parts(count);
+        for (float p : {2.0f, 1.0f, INFINITY}) {
+            SCOPED_TRACE("count " + std::to_string(count) + ", p " + std::to_string(p));
+            gclip_norm_options o = GCLIP_NORM_OPTIONS_INIT;
+            o.norm_type = p;
+            const uint32_t fp = fingerprint_of(o);
+            long double exact = 0.0L;
+            for (gclip_partial &x : parts) {
+                x = gclip_partial{std::ldexp(mant(rng), expo(rng)), 0u, fp};
+                exact = std::isinf(p) ? std::max(exact, static_cast<long double>(x.acc))
+                                      : exact + static_cast<long double>(x.acc);
+            }
+            const long double want = p == 2.0f ? std::sqrt(exact) : exact;
+            o.max_norm = static_cast<float>(want / 3.0L);
+            GPU_ASSERT_CUDA(cudaMemcpyAsync(dev_parts, parts.data(), count * sizeof(gclip_partial),
+                                            cudaMemcpyHostToDevice, stream.get()));
+            GPU_ASSERT_OK(gclip_norm_finalize(pair.gpu(), &o, dev_parts, count, stream.get()));
+            gclip_result gr;
+            GPU_ASSERT_OK(gclip_get_result(pair.gpu(), &gr));
+            GPU_ASSERT_OK(gclip_norm_finalize(pair.cpu(), &o, parts.data(), count, nullptr));
+            const gclip_result cr = testutil::result_of(pair.cpu());
+            EXPECT_EQ(std::memcmp(&gr.total_norm, &cr.total_norm, 3 * sizeof(float)), 0)
+                << "gpu " << gr.total_norm << " cpu " << cr.total_norm;
+            EXPECT_TRUE(oracle::rel_close(gr.total_norm, want, 1e-6L))
+                << gr.total_norm << " vs " << static_cast<double>(want);
+            EXPECT_LT(gr.clip_coef, 0.5f);
+
+            gclip_norm_options l3 = o;
+            l3.norm_type = 3.0f;
+            parts[count - 1].fingerprint = fingerprint_of(l3);
+            ASSERT_NE(parts[count - 1].fingerprint, fp);
+            GPU_ASSERT_CUDA(cudaMemcpyAsync(dev_parts, parts.data(), count * sizeof(gclip_partial),
+                                            cudaMemcpyHostToDevice, stream.get()));
+            GPU_ASSERT_OK(gclip_norm_finalize(pair.gpu(), &o, dev_parts, count, stream.get()));
+            EXPECT_EQ(gclip_get_result(pair.gpu(), &gr), GCLIP_STATUS_MISMATCH);
+            EXPECT_EQ(gr.scale, 1.0f);
+            if (::testing::Test::HasFailure())
+                return;
+        }
     }
 }
 
