@@ -642,6 +642,10 @@ class AdaptiveClipper(Clipper):
         def install():
             self._hp = hp
             if same is not None:
+                if self._adaptive is not ad:
+                    # undoing a load that gave this clipper a new state (see
+                    # QuantileClip.load_state_dict): the state of before
+                    self._adaptive, self._views = ad, None
                 ad.load(same)
             elif new is not None:
                 self._adaptive = new

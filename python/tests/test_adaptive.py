@@ -1015,20 +1015,25 @@ def test_refused_group_of_a_quantile_clip_leaves_every_group_unclipped(rng):
     step_in_lockstep("autoclip", q, m, twin, m_twin, stream[2:])
 
 
-def test_a_quantile_clip_load_that_fails_on_the_device_changes_no_group(rng, monkeypatch):
+@pytest.mark.parametrize("first_group", ["same", "other"])
+def test_a_quantile_clip_load_that_fails_on_the_device_changes_no_group(rng, monkeypatch,
+                                                                         first_group):
     """QuantileClip over two groups loads each group's state in place; the
     second group's import fails (a device failure, injected): the error is
     raised, the first group is put back as it was, and both go on as a twin
-    that never saw the load."""
+    that never saw the load. The first group's loaded state has the same
+    hyperparameters (imported in place) or another quantile (a new state,
+    which the undo must drop for the one of before)."""
     m, m_twin, m_other = make_model(), make_model(), make_model()
-    groups = lambda mm: [{"params": list(mm.parameters())[:2]},
-                         {"params": list(mm.parameters())[2:]}]
+    q0 = 0.5 if first_group == "same" else 0.75
+    groups = lambda mm, q=0.5: [{"params": list(mm.parameters())[:2], "quantile": q},
+                                {"params": list(mm.parameters())[2:]}]
     q = gt.QuantileClip(groups(m), quantile=0.5, history_length=5)
     twin = gt.QuantileClip(groups(m_twin), quantile=0.5, history_length=5)
-    other = gt.QuantileClip(groups(m_other), quantile=0.5, history_length=5)
+    other = gt.QuantileClip(groups(m_other, q0), quantile=0.5, history_length=5)
     stream = list(gradient_stream(rng, 10, tensor_spikes=True))
     step_in_lockstep("autoclip", q, m, twin, m_twin, stream[:4])
-    for gs in stream[4:7]:  # other histories, the same hyperparameters
+    for gs in stream[4:7]:  # other histories
         set_grads(m_other, gs)
         other.step()
     target = other.state_dict()
@@ -1050,16 +1055,22 @@ def test_a_quantile_clip_load_that_fails_on_the_device_changes_no_group(rng, mon
     monkeypatch.setattr(adaptive_cls, "load", failing_load)
     with pytest.raises(RuntimeError, match="injected device failure"):
         q.load_state_dict(target)
-    assert imports == [first, second, first]  # the first group is put back
+    # the first group is put back: imported again in place, or its state of
+    # before taken back from the new one
+    assert imports == ([first, second, first] if first_group == "same" else [second, first])
     monkeypatch.setattr(adaptive_cls, "load", real_load)
+    assert q._clippers[0]._adaptive is first and q._clippers[1]._adaptive is second
+    assert [g["quantile"] for g in q.parameter_groups] == [0.5, 0.5]
     for a, b in zip(q.state_dict()["clippers"], saved["clippers"]):
         assert torch.equal(a["state"], b["state"])
         assert a["hyperparameters"] == b["hyperparameters"]
     step_in_lockstep("autoclip", q, m, twin, m_twin, stream[4:])
     # and without the failure the same load installs every group
     q.load_state_dict(target)
+    assert [g["quantile"] for g in q.parameter_groups] == [q0, 0.5]
     for a, b in zip(q.state_dict()["clippers"], target["clippers"]):
         assert torch.equal(a["state"], b["state"])
+        assert a["hyperparameters"] == b["hyperparameters"]
 
 
 def test_quantile_clip_without_gradients_does_nothing(rng):
