@@ -29,6 +29,7 @@
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -250,6 +251,41 @@ gclip_result without_sequence(gclip_result r);
 
 using specs::edge_specs;
 using specs::random_specs;
+
+// Whether this build of the suite runs on the emulated CUDA runtime
+// (tests/emu builds it with GCLIP_GPU_SUITE_EMULATED=1).
+#ifndef GCLIP_GPU_SUITE_EMULATED
+#define GCLIP_GPU_SUITE_EMULATED 0
+#endif
+constexpr bool kEmulated = GCLIP_GPU_SUITE_EMULATED != 0;
+
+// The tensors of a test whose point is a long run of steps, replays or
+// streams, not the sizes of its tensors: random_specs(count, max_numel,
+// seed) on a device. The emulated runtime runs every thread of a step in
+// turn, so there a run has a twentieth as many tensors (at least 4) of at
+// most a tenth the elements: the same steps, replays and streams as
+// written, on less data (tensors of several chunks are the table tests').
+inline std::vector<Spec> long_run_specs(std::size_t count, int64_t max_numel, uint64_t seed)
+{
+    if (!kEmulated)
+        return random_specs(count, max_numel, seed);
+    return random_specs(count / 20 < 4 ? 4 : count / 20, max_numel / 10, seed);
+}
+
+// The edge sizes of a test that runs every row of a table on them:
+// edge_specs(dtype, mixed) on a device. On the emulated runtime, without
+// the four tensors of a million elements, which hold three quarters of the
+// elements; the tensors of three chunks and five elements still cross
+// chunk ends at every start offset.
+inline std::vector<Spec> table_specs(gclip_dtype dtype, bool mixed)
+{
+    std::vector<Spec> v = edge_specs(dtype, mixed);
+    if (kEmulated)
+        v.erase(std::remove_if(v.begin(), v.end(),
+                               [](const Spec &s) { return s.numel > 3 * specs::kChunkElems + 5; }),
+                v.end());
+    return v;
+}
 
 } // namespace gpu
 

@@ -218,7 +218,7 @@ TEST_F(GpuContractTest, GetResultFollowsCaptureEagerCallsAndReplays)
 TEST_F(GpuContractTest, TicketsBackAtZeroAfterManyReplays)
 {
     Stream stream;
-    Paired pair(random_specs(200, 150000, 41), 42);
+    Paired pair(long_run_specs(200, 150000, 41), 42);
     gclip_norm_options o = GCLIP_NORM_OPTIONS_INIT;
     o.max_norm = INFINITY; // factors exactly 1: the replays write no gradient
     const Steps steps = {steps_for(GCLIP_OP_TOTAL_NORM, o)[0], steps_for(GCLIP_OP_CLIP_FACTOR, o)[0],
@@ -268,7 +268,7 @@ TEST_F(GpuContractTest, TicketsBackAtZeroAfterManyReplays)
 TEST_F(GpuContractTest, ThousandEagerStepsAndReplaysEqualTheFirstBitwise)
 {
     Stream stream;
-    Paired pair(random_specs(100, 200000, 31), 32);
+    Paired pair(long_run_specs(100, 200000, 31), 32);
     OpArgs clip;
     clip.op = GCLIP_OP_CLIP_NORM;
     clip.options.max_norm = 0.5f * pair.total_norm(2.0f);

@@ -38,7 +38,7 @@ class GpuOpsTest : public GpuTest, public ::testing::WithParamInterface<OpCase> 
 TEST_P(GpuOpsTest, EveryRowOfTheOpsTableMatchesCpuPathOnEdgeSizesAndUnalignedStarts)
 {
     const auto [op, mix] = GetParam();
-    Paired pair(edge_specs(dtype_of(mix), mix == Mix::mixed), 1234, 2.0);
+    Paired pair(table_specs(dtype_of(mix), mix == Mix::mixed), 1234, 2.0);
     if (op == GCLIP_OP_CLIP_VALUE) {
         for (float v : specs::value_clip_bounds()) {
             SCOPED_TRACE("bound " + specs::bound_name(v));
@@ -190,7 +190,7 @@ TEST_F(GpuNonFiniteTest, EveryPolicyMatchesCpuPath)
              {GCLIP_NONFINITE_SKIP, GCLIP_NONFINITE_PROPAGATE, GCLIP_NONFINITE_ERROR})
             for (int32_t op : {GCLIP_OP_CLIP_NORM, GCLIP_OP_CLIP_PER_TENSOR, GCLIP_OP_CLIP_FACTOR,
                                GCLIP_OP_FINALIZE, GCLIP_OP_CLIP_WITH_NORM}) {
-                Paired pair(edge_specs(GCLIP_F32, true), 55);
+                Paired pair(table_specs(GCLIP_F32, true), 55);
                 pair.set_element(20, 3, bad);
                 pair.reset();
                 gclip_norm_options o = GCLIP_NORM_OPTIONS_INIT;

@@ -124,7 +124,7 @@ const int kSteps = 1000;
 TEST_F(GpuOrderingTest, ThousandEagerStepsWithoutHostSyncEqualTheFirst)
 {
     Stream stream;
-    Paired pair(random_specs(48, 150000, 901), 902);
+    Paired pair(long_run_specs(48, 150000, 901), 902);
     const OpArgs clip = clipping(GCLIP_OP_CLIP_NORM, pair);
     StepRecorder rec(pair, kSteps, 50);
     for (int i = 0; i < kSteps; ++i) {
@@ -146,7 +146,7 @@ TEST_F(GpuOrderingTest, ThousandEagerStepsWithoutHostSyncEqualTheFirst)
 TEST_F(GpuOrderingTest, ThousandGraphReplaysWithoutHostSyncEqualTheFirst)
 {
     Stream stream;
-    Paired pair(random_specs(48, 150000, 903), 904);
+    Paired pair(long_run_specs(48, 150000, 903), 904);
     OpArgs clip = clipping(GCLIP_OP_CLIP_PER_TENSOR, pair);
     clip.options.max_norm = 1e-3f;
     GPU_ASSERT_CUDA(cudaStreamBeginCapture(stream.get(), cudaStreamCaptureModeGlobal));
@@ -221,7 +221,7 @@ std::pair<gclip_result, std::vector<unsigned char>> run_chain(Paired &pair, int 
 TEST_F(GpuOrderingTest, OnePlanFromTwoStreamsEagerAndReplayedIsOrderedByThePlan)
 {
     Stream s1, s2, s3;
-    Paired pair(random_specs(64, 300000, 905), 906);
+    Paired pair(long_run_specs(64, 300000, 905), 906);
     const Steps cycle = mutating_cycle();
     std::vector<std::unique_ptr<GraphExec>> graphs;
     for (const OpArgs &a : cycle) {
@@ -255,7 +255,7 @@ TEST_F(GpuOrderingTest, OnePlanFromTwoStreamsEagerAndReplayedIsOrderedByThePlan)
 TEST_F(GpuOrderingTest, TwoPlansOverlappingOnTwoStreamsDoNotInterfere)
 {
     Stream s1, s2;
-    Paired p1(random_specs(200, 400000, 907), 908), p2(random_specs(150, 400000, 909), 910);
+    Paired p1(long_run_specs(200, 400000, 907), 908), p2(long_run_specs(150, 400000, 909), 910);
     const Steps chain = mutating_cycle();
     const int kChain = 500;
     auto run = [&](Paired &pair, const Steps &c, int i, cudaStream_t s) {

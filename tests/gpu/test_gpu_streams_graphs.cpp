@@ -66,7 +66,7 @@ TEST_F(GpuStreamTest, CallerCurrentDeviceIsKept)
 TEST_F(GpuStreamTest, OnePlanOnTwoStreamsInTurnIsOrderedByThePlan)
 {
     Stream a, b, one;
-    Paired pair(random_specs(64, 400000, 17), 18);
+    Paired pair(long_run_specs(64, 400000, 17), 18);
     gclip_norm_options o = GCLIP_NORM_OPTIONS_INIT;
     o.max_norm = 0.9f * pair.total_norm(2.0f);
     // each step reads the gradients the previous step wrote
