@@ -110,6 +110,11 @@ def _is_sharded(p) -> bool:
     return p.is_shard() or isinstance(p, _StridedShard)
 
 
+def _placement_taken(p) -> bool:
+    """Whether gclip takes the DTensor placement `p`."""
+    return _is_sharded(p) or p.is_replicate() or p.is_partial()
+
+
 def _mesh_of(grads: List[Tensor]):
     """The device mesh of the first DTensor among `grads` (None if none)."""
     return next((g.device_mesh for g in grads if is_dtensor(g)), None)
@@ -139,7 +144,7 @@ def _dtensor_refusal(grads: List[Tensor], mesh):
                 "must share one mesh")
     for i, g in enumerate(grads):
         for d, p in enumerate(g.placements):
-            if not (_is_sharded(p) or p.is_replicate() or p.is_partial()):
+            if not _placement_taken(p):
                 return TypeError(
                     f"gclip: gradient {i} has placement {p} on mesh dimension {d}; gclip takes "
                     "Shard, Replicate and Partial placements")
@@ -164,8 +169,8 @@ def _reduce_partials_as_peers_do(grads: List[Tensor], mesh) -> None:
         if not is_dtensor(g) or g.device_mesh != mesh:
             continue
         placements = tuple(g.placements)
-        takes = all(_is_sharded(p) or p.is_replicate() or p.is_partial() for p in placements)
-        if takes and any(p.is_partial() for p in placements):
+        if all(_placement_taken(p) for p in placements) and \
+                any(p.is_partial() for p in placements):
             _partial_reduced(g, mesh)
 
 

@@ -264,7 +264,8 @@ constexpr bool kEmulated = GCLIP_GPU_SUITE_EMULATED != 0;
 // seed) on a device. The emulated runtime runs every thread of a step in
 // turn, so there a run has a twentieth as many tensors (at least 4) of at
 // most a tenth the elements: the same steps, replays and streams as
-// written, on less data (tensors of several chunks are the table tests').
+// written, on less data. (Tensors of several chunks are left to the tests
+// of table_specs below.)
 inline std::vector<Spec> long_run_specs(std::size_t count, int64_t max_numel, uint64_t seed)
 {
     if (!kEmulated)
