@@ -457,6 +457,41 @@ def test_adagc_bit_for_bit_with_pytorch_optimizer_on_a_single_element(rng):
     assert clipped > 20
 
 
+def test_adagc_eps_zero_and_zero_gradients_as_the_reference(rng):
+    """eps = 0 passes validation, as in the reference: an all-zero gradient
+    in the warm-up leaves gamma at 0, and that tensor's gradient is zeroed
+    at every step after the warm-up; an all-zero gradient after the warm-up gives 0 / 0, and gamma
+    and the gradient turn NaN for good. Two one-element tensors (exact norms
+    on both sides), the second zeroed at steps 2 and 9, the first never:
+    each gradient and gamma is the reference's, NaN for NaN."""
+    po = pytest.importorskip("pytorch_optimizer", reason="the reference package pytorch-optimizer")
+    ref_ps = [torch.zeros(1, requires_grad=True) for _ in range(2)]
+    our_ps = [torch.zeros(1, requires_grad=True) for _ in range(2)]
+    ref = po.AdaGC(ref_ps, lr=1e-3, betas=(0.0, 0.999), weight_decay=0.0,
+                   warmup_steps=5, lambda_abs=0.45, eps=0.0)
+    ours = gt.AdaGC(warmup_steps=5, lambda_abs=0.45, eps=0.0)
+    xs = rng.standard_normal((14, 2)).astype(np.float32) + np.float32(0.5)
+    xs[2, 1] = xs[9, 1] = 0.0
+    for k in range(len(xs)):
+        for rp, op, x in zip(ref_ps, our_ps, xs[k]):
+            rp.grad = torch.tensor([x])
+            op.grad = torch.tensor([x])
+        ref.step()
+        ours.step(our_ps)
+        gamma = ours.statistics()["gamma"].reshape(-1)
+        for i, (rp, op) in enumerate(zip(ref_ps, our_ps)):
+            want = ref.state[rp]["exp_avg"]
+            assert torch.equal(op.grad, want) or (op.grad.isnan().all() and want.isnan().all()), \
+                f"step {k} tensor {i}: {op.grad.item()!r}, the reference {want.item()!r}"
+            g_ref = ref.state[rp]["gamma"].reshape(())
+            assert torch.equal(gamma[i], g_ref) or (gamma[i].isnan() and g_ref.isnan()), \
+                f"step {k} tensor {i}: gamma {gamma[i].item()!r}, the reference {g_ref.item()!r}"
+        if 4 <= k < 9:  # after the warm-up (steps 0-3), zeroed: its gamma is 0 since step 2
+            assert our_ps[1].grad.item() == 0.0 and our_ps[0].grad.item() != 0.0, f"step {k}"
+        if k >= 9:
+            assert our_ps[1].grad.isnan().all() and not our_ps[0].grad.isnan().any(), f"step {k}"
+
+
 def test_adagc_matches_pytorch_optimizer(rng):
     po = pytest.importorskip("pytorch_optimizer", reason="the reference package pytorch-optimizer")
     m_ref, m_ours = make_model(), make_model()
