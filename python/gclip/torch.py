@@ -772,12 +772,17 @@ def _get_total_norm_impl(tensors, norm_type, error_if_nonfinite, fp32_norm):
     try:
         dtypes = list(map(_get_dtype, tensors))
     except TypeError:
-        i = next((k for k, t in enumerate(tensors) if t is None), None)
+        i = next((k for k, t in enumerate(tensors) if not isinstance(t, Tensor)), None)
         if i is None:
             raise
-        # PyTorch's get_total_norm raises RuntimeError for a None in the list
-        raise RuntimeError(f"gclip: tensor {i} of the list is None; get_total_norm takes "
-                           "tensors (pass parameters' .grad without the None ones)") from None
+        bad = tensors[i]
+        msg = (f"gclip: tensor {i} of the list is "
+               f"{'None' if bad is None else 'a ' + type(bad).__name__}; get_total_norm takes "
+               "tensors (pass parameters' .grad without the None ones)")
+        # the exception types of PyTorch's get_total_norm: it reads the first
+        # item's device (AttributeError), then groups the list by device and
+        # dtype (RuntimeError for a None, TypeError for any other object)
+        raise (AttributeError if i == 0 else RuntimeError if bad is None else TypeError)(msg) from None
     single = _single_device(tensors)
     try:
         if single is not None and _fast_dtypes(dtypes, fp32_norm) and _lib.takes_norm_type(norm_type):

@@ -798,10 +798,25 @@ def test_a_parameter_whose_grad_is_a_python_property_is_read_through_it(rng):
     assert abs(float(norm) - ref_norm(data, 2.0)) <= 1e-6 * ref_norm(data, 2.0)
 
 
-def test_get_total_norm_of_a_list_with_none_raises_runtime_error_as_pytorch():
+@pytest.mark.parametrize("items, error", [
+    (("t", None), RuntimeError), ((None, "t"), AttributeError), ((None,), AttributeError),
+    ((1.0, "t"), AttributeError), (("t", 1.0), TypeError), (("t", "t", "x"), TypeError),
+])
+def test_get_total_norm_of_a_list_with_a_non_tensor_raises_as_pytorch(items, error):
+    """A None or another object among the tensors: PyTorch's exception type
+    (its message differs), gclip's naming the item; nothing is written."""
+    def make():
+        torch.manual_seed(0)
+        return [torch.randn(3) if x == "t" else x for x in items]  # "t": a tensor
     for f in (torch.nn.utils.get_total_norm, gt.get_total_norm):
-        with pytest.raises(RuntimeError):
-            f([torch.ones(2), None])
+        with pytest.raises(error):
+            f(make())
+    lst = make()
+    before = [x.clone() for x in lst if isinstance(x, torch.Tensor)]
+    k = next(i for i, x in enumerate(lst) if not isinstance(x, torch.Tensor))
+    with pytest.raises(error, match=f"gclip: tensor {k} of the list is "):
+        gt.get_total_norm(lst)
+    assert all(torch.equal(a, b) for a, b in zip(before, [x for x in lst if isinstance(x, torch.Tensor)]))
 
 
 def test_flush_denormal_mode_changes_no_bit(rng):
