@@ -461,26 +461,53 @@ def _refuse(grads: List[Tensor], group, error: Exception) -> None:
     _join_rejected(split, error)
 
 
-def _refuse_on_mesh(grads: List[Tensor], error: Exception) -> None:
+def _refuse_on_mesh(grads: List[Tensor], error: Exception, norm_type=2.0, fp32_norm=False,
+                    max_norm=0.0) -> None:
     """A call on DTensor gradients that this rank refuses before it has read
     its options (a bad keyword argument): when some gradient is a DTensor
-    and this rank is in its mesh, it joins the reductions of Partial
-    gradients and the mesh's gather with a rejected partial, so that its
-    peers raise naming it instead of waiting. Raises `error` in every case."""
+    and this rank is in its mesh, it joins the collectives its peers run
+    before they would see its refusal, with a rejected partial, so that they
+    raise naming it instead of waiting: on gclip's path the reductions of
+    Partial gradients and the mesh's gather, on PyTorch's (a CPU mesh) the
+    gather alone. The path is the one this rank's DTensors and the options
+    it could read would take (an option it could not read is taken to be
+    one gclip takes). Raises `error` in every case."""
     mesh = _mesh_of(grads) if DTensor is not None else None
     if mesh is None or mesh.get_coordinate() is None:
         raise error
-    _reduce_partials_as_peers_do(grads, mesh)
-    _join_rejected(_rejected_on(mesh, error), error)
+
+    def readable(x, default):
+        try:
+            return float(x)
+        except Exception:
+            return default
+    try:
+        fp32 = bool(fp32_norm)
+    except Exception:
+        fp32 = False
+    if _gclip_takes(grads, readable(norm_type, 2.0), fp32, True) and \
+            readable(max_norm, 0.0) >= 0:
+        _reduce_partials_as_peers_do(grads, mesh)
+        _join_rejected(_rejected_on(mesh, error), error)
+    split = _rejected_on(mesh, error)
+    if _fallback_device(split).type != "cpu":
+        raise error  # PyTorch's path on a CUDA mesh: its peers agree on nothing first
+    _join_rejected(split, error)
 
 
 def _gclip_takes(grads: List[Tensor], norm_type: float, fp32_norm: bool, is_mesh: bool) -> bool:
+    """Whether gclip's path takes the call. On a mesh the dtypes are those
+    of the DTensors on the first DTensor's mesh: a plain tensor or a second
+    mesh among them is refused on gclip's path, and a rank that refuses its
+    list must take the path its peers take (the collectives it joins before
+    raising are that path's)."""
     if not _lib.takes_norm_type(norm_type):
         return False
     if not is_mesh:
         return True
     allowed = (torch.float32, torch.float16, torch.bfloat16) if fp32_norm else (torch.float32,)
-    return all(g.dtype in allowed for g in grads)
+    mesh = _mesh_of(grads)
+    return all(g.dtype in allowed for g in grads if is_dtensor(g) and g.device_mesh == mesh)
 
 
 def clip_grad_norm(grads: List[Tensor], max_norm: float, norm_type: float,

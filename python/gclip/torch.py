@@ -629,7 +629,8 @@ def clip_grad_norm_(parameters: _tensor_or_tensors, max_norm: float, norm_type: 
         norm_type = float(norm_type)
         max_norm = float(max_norm)
     except Exception as e:  # DTensor gradients: join the mesh's gather, then raise
-        _refuse_dtensors(params, True, e)
+        _refuse_dtensors(params, True, e, norm_type=norm_type, fp32_norm=fp32_norm,
+                         max_norm=max_norm)
     # (a compiled region takes the op below: dynamo does not trace the scanner)
     scanner = None if torch.compiler.is_compiling() else _scanner_of_thread()
     if (scanner is not None and _threads.depth == 1 and _lib.takes_norm_type(norm_type)
@@ -668,9 +669,11 @@ def clip_grad_norm_(parameters: _tensor_or_tensors, max_norm: float, norm_type: 
     return _clip_grad_norm_impl(grads, max_norm, norm_type, error_if_nonfinite, fp32_norm, skip)
 
 
-def _refuse_dtensors(items, from_params: bool, error: Exception) -> None:
+def _refuse_dtensors(items, from_params: bool, error: Exception, **options) -> None:
     """Raise `error`, after joining the gather of a DTensor mesh when the
-    gradients are DTensors (their peers then raise instead of waiting)."""
+    gradients are DTensors (their peers then raise instead of waiting).
+    `options`: norm_type, fp32_norm, max_norm as given (they say which path
+    the peers take)."""
     try:
         grads = [p.grad for p in items if p.grad is not None] if from_params else list(items)
         dtensors = bool(grads) and _distributed.any_dtensor(grads)
@@ -678,7 +681,7 @@ def _refuse_dtensors(items, from_params: bool, error: Exception) -> None:
         dtensors = False
     if not dtensors:
         raise error
-    _distributed._refuse_on_mesh(grads, error)
+    _distributed._refuse_on_mesh(grads, error, **options)
 
 
 def _clip_distributed(parameters, max_norm, norm_type, error_if_nonfinite, fp32_norm, skip,
@@ -757,7 +760,7 @@ def get_total_norm(tensors: _tensor_or_tensors, norm_type: float = 2.0,
     try:
         norm_type = float(norm_type)
     except Exception as e:  # DTensors: join the mesh's gather, then raise
-        _refuse_dtensors(tensors, False, e)
+        _refuse_dtensors(tensors, False, e, norm_type=norm_type, fp32_norm=fp32_norm)
     if process_group is not None or (tensors and _distributed.any_dtensor(tensors)):
         return _distributed.total_norm(tensors, norm_type, error_if_nonfinite, fp32_norm,
                                        process_group)

@@ -612,6 +612,9 @@ def _scenario_rejected_on_one_rank(rec, ws, rank):
     def mesh_partial():  # the peers reduce it with DTensor's collective first
         return _partial_dtensor(full, mesh, [Partial()])
 
+    def mesh_partial64():  # float64: PyTorch's path, whose first collective is gclip's gather
+        return _partial_dtensor(full.double(), mesh, [Partial()])
+
     name = "rejected_on_one_rank_raises_everywhere"
     cases = (
         ("pg_noncontig_total", lambda g: gt.get_total_norm([g], process_group=dist.group.WORLD),
@@ -670,6 +673,22 @@ def _scenario_rejected_on_one_rank(rec, ws, rank):
         ("mesh_partial_nonfinite_word", lambda q: gt.clip_grad_norm_(
             [q], MAX_NORM, nonfinite="propagate" if rank != last else "bogus"),
          mesh_partial, True, "nonfinite must be"),
+        # the path is the DTensors' own: a plain float64 tensor among float32
+        # Partial DTensors still takes gclip's (the reductions, then the
+        # gather), and a bad keyword with float64 Partial DTensors PyTorch's
+        # (the gather, no reduction before it)
+        ("mesh_partial_plain64_in_list", lambda q: gt.clip_grad_norm_(
+            [q] + ([plain64] if rank == last else []), MAX_NORM), mesh_partial, True,
+         "plain tensor among DTensor"),
+        ("mesh_partial_plain64_in_list_total", lambda g: gt.get_total_norm(
+            [g] + ([plain64.grad] if rank == last else [])), mesh_partial, False,
+         "plain tensor among DTensor"),
+        ("mesh64_partial_nonfinite_word", lambda q: gt.clip_grad_norm_(
+            [q], MAX_NORM, nonfinite="propagate" if rank != last else "bogus"),
+         mesh_partial64, True, "nonfinite must be"),
+        ("mesh64_partial_norm_type_word", lambda g: gt.get_total_norm(
+            [g], norm_type=2.0 if rank != last else "two"), mesh_partial64, False,
+         "could not convert"),
         # the same where the peers take PyTorch's DTensor arithmetic
         # (float64), whose collectives are not gclip's gather
         ("mesh64_plain_in_list", lambda q: gt.clip_grad_norm_(
