@@ -327,6 +327,15 @@ ALWAYS_INLINE void update_chunk(gclip_cpu_span sp, int clamp, double f)
  * distance and size (READ_AHEAD_BYTES, cpu_walk.h). */
 #define PREFETCH_AHEAD 8192
 
+/* Whether a clamp to [-f, f] can change a chunk of `dtype`: not where the
+ * bound it is compared with (the double for f64, the float nearest it for
+ * the others) is +Inf. Such a chunk is left alone, NaN payloads included
+ * (a half's NaN is written back as the canonical NaN). */
+ALWAYS_INLINE int clamp_touches(int32_t dtype, double f)
+{
+    return dtype == GCLIP_F64 ? f != INFINITY : (float)f != INFINITY;
+}
+
 /* Chunk w->c's factor (a global factor is never 1 here: the step returns
  * before) and whether it is written (*touched); with `request`, the lines
  * of the chunks ahead requested (gclip_prefetch_before). */
@@ -337,7 +346,7 @@ ALWAYS_INLINE double update_begin(const gclip_plan *plan, gclip_half_walk *w, in
     const gclip_cpu_span *spans = ((const gclip_cpu_state *)plan->engine)->spans;
     const uint32_t c = w->c;
     const double fc = clamp || !factor ? f : (double)factor[chunks[c].tensor];
-    *touched = clamp || fc != 1.0;
+    *touched = clamp ? clamp_touches(spans[c].dtype, f) : fc != 1.0;
     if (request)
         gclip_prefetch_before(&w->pc, spans, chunks, c, w->last, clamp ? NULL : factor,
                               *touched ? spans[c].bytes : 0, PREFETCH_AHEAD, ONE_STREAM_BYTES);
@@ -456,7 +465,7 @@ CPU_CLONES static void update_run(const gclip_plan *plan, uint32_t first, uint32
     for (uint32_t c = first; c < last; c++) {
         /* a global factor is never 1 here (the step returns before) */
         const double fc = clamp || !factor ? f : (double)factor[chunks[c].tensor];
-        const int touched = clamp || fc != 1.0;
+        const int touched = clamp ? clamp_touches(spans[c].dtype, f) : fc != 1.0;
         gclip_prefetch_before(&pc, spans, chunks, c, last, clamp ? NULL : factor,
                               touched ? spans[c].bytes : 0, PREFETCH_AHEAD, ONE_STREAM_BYTES);
         if (touched)

@@ -38,10 +38,16 @@ static __global__ void __launch_bounds__(GCLIP_BLOCK_THREADS)
     }
     const gclip_clamp_to f = {clip_value, clip_value_f64};
     auto visit = [&](uint32_t c, bool by_warp) {
+        const gclip_chunk_view v = gclip_chunk_at(t, c);
+        /* a bound of +Inf where the chunk compares (a bound past FLT_MAX for
+         * f32 and halves) changes nothing: the chunk is left alone, NaN
+         * payloads included (a half's NaN would be stored canonical) */
+        if (v.dtype == GCLIP_F64 ? f.bound_f64 == INFINITY : f.bound == INFINITY)
+            return;
         if (by_warp)
-            gclip_walk_chunk_warp<true>(gclip_chunk_at(t, c), f);
+            gclip_walk_chunk_warp<true>(v, f);
         else
-            gclip_walk_chunk<true>(gclip_chunk_at(t, c), f);
+            gclip_walk_chunk<true>(v, f);
     };
     gclip_for_block_chunks(t, win, visit);
 }

@@ -470,6 +470,90 @@ TEST(ClipGradValue, DoubleBoundClampsF64ExactlyAndTheOthersToTheNearestFloat)
     }
 }
 
+// A bound that rounds to +Inf in float (past FLT_MAX, or +Inf itself)
+// changes no f32, f16 or bf16 element: their bits stay as they were, NaNs
+// of either sign and any payload included (a half written back would hold
+// the canonical NaN). f64 elements are still clamped to the double bound,
+// their NaN payloads kept. Every tensor holds signed NaNs with payloads,
+// infinities and random values; the expected bits are written here.
+TEST(ClipGradValue, BoundPastFloatLeavesEveryBitOfTheOtherDtypes)
+{
+    const int64_t sizes[] = {1, 7, 8, 33, 100, 2049, 4099, 40000};
+    for (double v : {static_cast<double>(INFINITY), 1e39, 3.5e38, 1e300}) {
+        char name[40];
+        std::snprintf(name, sizeof name, "bound %.17g", v);
+        SCOPED_TRACE(name);
+        oracle::Rng rng(337);
+        std::vector<TestBuffer> bufs;
+        for (int k = 0; k < 16; ++k) {
+            const int64_t n = sizes[k % 8];
+            bufs.emplace_back(k % 4 == 3 ? GCLIP_F64 : static_cast<gclip_dtype>(k % 3), n, k % 3);
+            bufs.back().fill(rng, k % 2 ? 1.0 : 1e30);
+            char *d = static_cast<char *>(bufs.back().data());
+            for (int i = 0; i < 6; ++i) {
+                const int64_t at = (i * 5 + k) % n;
+                switch (bufs.back().dtype()) {
+                case GCLIP_F16: {
+                    const uint16_t b[] = {0xfe01, 0x7c01, 0x7d55, 0xfc00, 0x7c00, 0x7bff};
+                    std::memcpy(d + 2 * at, &b[i], 2);
+                    break;
+                }
+                case GCLIP_BF16: {
+                    const uint16_t b[] = {0xffc1, 0x7f81, 0x7fa5, 0xff80, 0x7f80, 0x7f7f};
+                    std::memcpy(d + 2 * at, &b[i], 2);
+                    break;
+                }
+                case GCLIP_F32: {
+                    const uint32_t b[] = {0xffc00001u, 0x7f800001u, 0x7fa5a5a5u,
+                                          0xff800000u, 0x7f800000u, 0x7f7fffffu};
+                    std::memcpy(d + 4 * at, &b[i], 4);
+                    break;
+                }
+                default: {
+                    const uint64_t b[] = {0xfff8000000000001ull, 0x7ff0000000000001ull,
+                                          0x7ff5a5a5a5a5a5a5ull, 0xfff0000000000000ull,
+                                          0x7ff0000000000000ull, 0x7fefffffffffffffull};
+                    std::memcpy(d + 8 * at, &b[i], 8);
+                    break;
+                }
+                }
+            }
+        }
+        const std::vector<TestBuffer> before = bufs;
+        testutil::PlanPtr plan;
+        ASSERT_EQ(testutil::make_plan(plan, oracle::tensors_of(bufs)), GCLIP_STATUS_SUCCESS);
+        ASSERT_EQ(gclip_clip_grad_value_f64(plan.get(), v, nullptr), GCLIP_STATUS_SUCCESS)
+            << gclip_last_error();
+        size_t f64_clamped = 0;
+        for (size_t j = 0; j < bufs.size(); ++j) {
+            const size_t bytes = static_cast<size_t>(bufs[j].numel()) * oracle::dtype_size(bufs[j].dtype());
+            if (bufs[j].dtype() != GCLIP_F64) {
+                EXPECT_EQ(std::memcmp(bufs[j].data(), before[j].data(), bytes), 0)
+                    << "tensor " << j << " (" << oracle::dtype_name(bufs[j].dtype()) << ") was changed";
+                continue;
+            }
+            for (int64_t i = 0; i < bufs[j].numel(); ++i) {
+                uint64_t xb, gb;
+                std::memcpy(&xb, static_cast<const char *>(before[j].data()) + 8 * i, 8);
+                std::memcpy(&gb, static_cast<const char *>(bufs[j].data()) + 8 * i, 8);
+                double x, want;
+                std::memcpy(&x, &xb, 8);
+                if (std::isnan(x)) {
+                    ASSERT_EQ(gb, xb) << "tensor " << j << " element " << i << ": a NaN's bits";
+                    continue;
+                }
+                want = x > v ? v : (x < -v ? -v : x);
+                uint64_t wb;
+                std::memcpy(&wb, &want, 8);
+                ASSERT_EQ(gb, wb) << "tensor " << j << " element " << i << " x=" << x;
+                f64_clamped += want != x;
+            }
+        }
+        if (v != static_cast<double>(INFINITY))
+            EXPECT_GT(f64_clamped, 0u); // the f64 infinities (and 1e300 past 3.5e38) came to the bound
+    }
+}
+
 TEST(ClipGradValue, FloatBoundIsTheDoubleCallWithTheFloatWidened)
 {
     for (float v : {0.1f, 1.0f, 3e-39f, 0.0f}) {

@@ -259,6 +259,15 @@ void Fixture::set_pristine_bits16(std::size_t k, int64_t i, uint16_t bits)
     std::memcpy(pristine_[k].data() + 2 * i, &bits, 2);
 }
 
+void Fixture::set_pristine_bits(std::size_t k, int64_t i, uint64_t bits)
+{
+    const std::size_t size = oracle::dtype_size(specs_[k].dtype);
+    unsigned char b[8];
+    for (std::size_t j = 0; j < 8; ++j)
+        b[j] = static_cast<unsigned char>(bits >> (8 * j));
+    std::memcpy(pristine_[k].data() + size * static_cast<std::size_t>(i), b, size);
+}
+
 void Fixture::reset()
 {
     for (std::size_t k = 0; k < count(); ++k)

@@ -97,6 +97,8 @@ public:
     // The same for a 16-bit element given as its bits (a NaN keeps its sign
     // and payload, which a float passed through the encoder would not).
     void set_pristine_bits16(std::size_t k, int64_t i, uint16_t bits);
+    // An element of any dtype given as its bits (the low bytes of `bits`).
+    void set_pristine_bits(std::size_t k, int64_t i, uint64_t bits);
     // Device data back to the pristine values; workspace, partial, per-tensor
     // norms and every field of the result slot but its sequence refilled with
     // garbage (the tickets stay as they are: no memset between steps).

@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <limits>
 #include <ostream>
 #include <string>
@@ -73,6 +74,52 @@ TEST(EmuClamp, DoubleBoundClampsF64ExactlyAndTheOthersToTheNearestFloat)
         SCOPED_TRACE(name);
         ASSERT_NE(static_cast<double>(static_cast<float>(v)), v);
         expect_clamp_everywhere(f, v);
+        if (::testing::Test::HasFailure())
+            return;
+    }
+}
+
+// A bound that rounds to +Inf in float (+Inf itself, or past FLT_MAX)
+// leaves f32 and half chunks alone: every bit as it was, NaNs of either
+// sign and any payload included (a half stored back would hold the
+// canonical NaN), as on the CPU path. f64 chunks are still clamped to the
+// double bound, NaN payloads kept.
+TEST(EmuClamp, BoundPastFloatLeavesEveryBitOfTheOtherDtypes)
+{
+    emu::Fixture f(every_dtype_boundaries(), 28, 1e3);
+    for (std::size_t k = 0; k < f.count(); ++k) {
+        const int64_t n = f.specs()[k].numel;
+        if (n == 0)
+            continue;
+        for (int i = 0; i < 6; ++i) {
+            static const uint64_t f16[] = {0xfe01, 0x7c01, 0x7d55, 0xfc00, 0x7c00, 0x7bff};
+            static const uint64_t bf16[] = {0xffc1, 0x7f81, 0x7fa5, 0xff80, 0x7f80, 0x7f7f};
+            static const uint64_t f32[] = {0xffc00001u, 0x7f800001u, 0x7fa5a5a5u,
+                                           0xff800000u, 0x7f800000u, 0x7f7fffffu};
+            static const uint64_t f64[] = {0xfff8000000000001ull, 0x7ff0000000000001ull,
+                                           0x7ff5a5a5a5a5a5a5ull, 0xfff0000000000000ull,
+                                           0x7ff0000000000000ull, 0x7fefffffffffffffull};
+            const gclip_dtype dt = f.specs()[k].dtype;
+            const uint64_t bits = dt == GCLIP_F16 ? f16[i] : dt == GCLIP_BF16 ? bf16[i]
+                                  : dt == GCLIP_F32 ? f32[i] : f64[i];
+            f.set_pristine_bits(k, (i * 7 + static_cast<int64_t>(k)) % n, bits);
+        }
+    }
+    f.reset_both();
+    for (double v : {static_cast<double>(kInf), 1e39, 3.5e38, 1e300}) {
+        char name[40];
+        std::snprintf(name, sizeof name, "bound %.17g", v);
+        SCOPED_TRACE(name);
+        expect_clamp_everywhere(f, v);
+        for (std::size_t k = 0; k < f.count(); ++k) {
+            if (f.specs()[k].dtype == GCLIP_F64)
+                continue;
+            const std::size_t bytes = static_cast<std::size_t>(f.specs()[k].numel) *
+                                      oracle::dtype_size(f.specs()[k].dtype);
+            ASSERT_EQ(std::memcmp(f.device_data(k), f.pristine_data(k), bytes), 0)
+                << "tensor " << k << " (" << oracle::dtype_name(f.specs()[k].dtype)
+                << ") was changed";
+        }
         if (::testing::Test::HasFailure())
             return;
     }
