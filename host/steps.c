@@ -31,7 +31,9 @@ gclip_status gclip_partial_combine(gclip_partial *a, const gclip_partial *b)
 
 /* max_norm_ptr and inv_scale_ptr may not point into the plan's own result
  * slot: the step rewrites the slot while its blocks read them. tensor_norms
- * may point neither there nor into a tensor: the step writes it. */
+ * may point neither there nor into a tensor: the step writes it. All three
+ * must be aligned to a float (checked last: a range inside a tensor is
+ * named as such). */
 gclip_status gclip_check_step_pointers(const gclip_plan *plan, const gclip_norm_params *np)
 {
     const uintptr_t slot = (uintptr_t)plan->backend->result_slot(plan);
@@ -47,16 +49,27 @@ gclip_status gclip_check_step_pointers(const gclip_plan *plan, const gclip_norm_
                               "reads the value; copy the value elsewhere first",
                               names[k]);
     }
-    if (!np->tensor_norms || plan->count == 0)
-        return GCLIP_STATUS_SUCCESS;
-    const uintptr_t a = (uintptr_t)np->tensor_norms;
-    const size_t bytes = plan->count * sizeof(float);
-    if (a + bytes > slot && a < end)
-        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
-                          "tensor_norms (%zu floats) overlaps this plan's result slot "
-                          "(gclip_plan_device_result), which the step also writes",
-                          plan->count);
-    return gclip_check_outside_tensors(plan, np->tensor_norms, bytes, "tensor_norms");
+    if (np->tensor_norms && plan->count > 0) {
+        const uintptr_t a = (uintptr_t)np->tensor_norms;
+        const size_t bytes = plan->count * sizeof(float);
+        if (a + bytes > slot && a < end)
+            return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT,
+                              "tensor_norms (%zu floats) overlaps this plan's result slot "
+                              "(gclip_plan_device_result), which the step also writes",
+                              plan->count);
+        const gclip_status s =
+            gclip_check_outside_tensors(plan, np->tensor_norms, bytes, "tensor_norms");
+        if (s != GCLIP_STATUS_SUCCESS)
+            return s;
+    }
+    /* the kernels load and store them as floats */
+    const void *const floats[3] = {np->max_norm_ptr, np->inv_scale_ptr, np->tensor_norms};
+    static const char *const float_names[3] = {"max_norm_ptr", "inv_scale_ptr", "tensor_norms"};
+    for (int k = 0; k < 3; k++)
+        if ((uintptr_t)floats[k] % _Alignof(float))
+            return gclip_fail(GCLIP_STATUS_MISALIGNED, "%s at %p: a float needs %zu-byte alignment",
+                              float_names[k], floats[k], (size_t)_Alignof(float));
+    return GCLIP_STATUS_SUCCESS;
 }
 
 /* Ops that see no tensor of their own cannot report per-tensor norms. */
@@ -152,6 +165,10 @@ gclip_status gclip_clip_grads_with_norm(gclip_plan *plan, const gclip_norm_optio
                           "total_norm %g is negative: a norm is >= 0 (NaN and Inf follow the "
                           "non-finite policy)",
                           (double)total_norm);
+    if ((uintptr_t)total_norm_ptr % _Alignof(float))
+        return gclip_fail(GCLIP_STATUS_MISALIGNED,
+                          "total_norm_ptr at %p: a float needs %zu-byte alignment",
+                          (const void *)total_norm_ptr, (size_t)_Alignof(float));
     step.np.given_norm = total_norm;
     step.np.given_norm_ptr = total_norm_ptr;
     return plan->backend->run(plan, &step, stream);

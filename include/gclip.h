@@ -215,6 +215,8 @@ typedef struct CUstream_st *gclip_stream;
  *                 point into the result slot of the plan it is given to
  *                 (gclip_plan_device_result): the step rewrites that slot
  *                 while its blocks read the pointers (INVALID_ARGUMENT).
+ *                 tensor_norms, max_norm_ptr and inv_scale_ptr must be
+ *                 aligned to a float (MISALIGNED).
  */
 typedef struct gclip_norm_options {
     size_t size;
@@ -379,8 +381,8 @@ GCLIP_API gclip_status gclip_compute_clip_factor(gclip_plan *plan,
  * execution) when that is not NULL. A NaN or Inf N follows the non-finite
  * policy; a negative N is rejected with GCLIP_STATUS_INVALID_ARGUMENT (from
  * total_norm_ptr: the slot's status at execution, nothing written), where
- * PyTorch would flip the gradients' sign. tensor_norms is not written. One
- * launch. */
+ * PyTorch would flip the gradients' sign. total_norm_ptr must be aligned to
+ * a float (MISALIGNED). tensor_norms is not written. One launch. */
 GCLIP_API gclip_status gclip_clip_grads_with_norm(gclip_plan *plan,
                                                   const gclip_norm_options *options,
                                                   float total_norm, const float *total_norm_ptr,

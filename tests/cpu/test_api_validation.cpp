@@ -2,6 +2,7 @@
 // status, a non-empty detail message, and a checksum over every gradient
 // proving that nothing was written. Also the library queries (version,
 // status strings, device ordinals).
+#include "gclip_adapt.h"
 #include "oracle.hpp"
 #include "plan_util.hpp"
 
@@ -10,6 +11,7 @@
 #include <climits>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <set>
 #include <string>
 #include <thread>
@@ -421,6 +423,71 @@ TEST_F(Validation, ScalarPointersIntoThePlansOwnResultSlot)
     const float max_norm = 1e30f;
     gclip_norm_options o = testutil::norm_options(1.0f);
     o.max_norm_ptr = &max_norm;
+    EXPECT_EQ(gclip_clip_grad_norm(plan.get(), &o, nullptr), GCLIP_STATUS_SUCCESS)
+        << gclip_last_error();
+    EXPECT_EQ(oracle::checksum(bufs), before);
+}
+
+// The float pointers of the options (max_norm_ptr, inv_scale_ptr,
+// tensor_norms) and clip_grads_with_norm's total_norm_ptr must be aligned
+// to a float, as a kernel's load or store of them needs: each at 1, 2 and 3
+// bytes past a float is refused with MISALIGNED naming it, under every
+// step that takes it (an adaptive's base options included), and nothing is
+// written; at the float itself each is taken.
+TEST_F(Validation, MisalignedFloatPointersAreRefused)
+{
+    alignas(16) unsigned char mem[128] = {}; // floats at 16, 32; tensor_norms at 64
+    const float one = 1e30f, big_scale = 1.0f;
+    std::memcpy(mem + 16, &one, 4); // for max_norm_ptr and total_norm_ptr
+    std::memcpy(mem + 32, &big_scale, 4);
+    for (int off : {1, 2, 3}) {
+        SCOPED_TRACE("offset " + std::to_string(off));
+        const auto named = [](const char *name) {
+            EXPECT_NE(std::string(gclip_last_error()).find(name), std::string::npos)
+                << gclip_last_error();
+        };
+        gclip_norm_options o = testutil::norm_options(1e-3f);
+        o.max_norm_ptr = reinterpret_cast<const float *>(mem + 16 + off);
+        expect_rejected(gclip_clip_grad_norm(plan.get(), &o, nullptr), GCLIP_STATUS_MISALIGNED,
+                        "clip_grad_norm, max_norm_ptr");
+        named("max_norm_ptr");
+        expect_rejected(gclip_compute_clip_factor(plan.get(), &o, nullptr),
+                        GCLIP_STATUS_MISALIGNED, "compute_clip_factor, max_norm_ptr");
+        o = testutil::norm_options(1e-3f);
+        o.inv_scale_ptr = reinterpret_cast<const float *>(mem + 32 + off);
+        expect_rejected(gclip_clip_grad_norm_per_tensor(plan.get(), &o, nullptr),
+                        GCLIP_STATUS_MISALIGNED, "per-tensor, inv_scale_ptr");
+        named("inv_scale_ptr");
+        o = testutil::norm_options(1e-3f);
+        o.tensor_norms = reinterpret_cast<float *>(mem + 64 + off);
+        expect_rejected(gclip_total_norm(plan.get(), &o, nullptr), GCLIP_STATUS_MISALIGNED,
+                        "total_norm, tensor_norms");
+        named("tensor_norms");
+        expect_rejected(gclip_clip_grad_norm(plan.get(), &o, nullptr), GCLIP_STATUS_MISALIGNED,
+                        "clip_grad_norm, tensor_norms");
+        o = testutil::norm_options(1e-3f);
+        expect_rejected(gclip_clip_grads_with_norm(plan.get(), &o, 0.0f,
+                                                   reinterpret_cast<const float *>(mem + 16 + off),
+                                                   nullptr),
+                        GCLIP_STATUS_MISALIGNED, "clip_grads_with_norm, total_norm_ptr");
+        named("total_norm_ptr");
+        gclip_adaptive_options ao = GCLIP_ADAPTIVE_OPTIONS_INIT;
+        ao.method = GCLIP_ADAPTIVE_ZCLIP;
+        gclip_adaptive *ad = nullptr;
+        ASSERT_EQ(gclip_adaptive_create(&ad, plan.get(), &ao), GCLIP_STATUS_SUCCESS)
+            << gclip_last_error();
+        o = testutil::norm_options(1e-3f);
+        o.inv_scale_ptr = reinterpret_cast<const float *>(mem + 32 + off);
+        expect_rejected(gclip_adaptive_step(ad, &o, nullptr), GCLIP_STATUS_MISALIGNED,
+                        "adaptive step, inv_scale_ptr");
+        named("inv_scale_ptr");
+        gclip_adaptive_destroy(ad);
+    }
+    // aligned, each is taken: max_norm 1e30 and a total norm of 1e30 clip nothing
+    gclip_norm_options o = testutil::norm_options(1e-3f);
+    o.max_norm_ptr = reinterpret_cast<const float *>(mem + 16);
+    o.inv_scale_ptr = reinterpret_cast<const float *>(mem + 32);
+    o.tensor_norms = reinterpret_cast<float *>(mem + 64);
     EXPECT_EQ(gclip_clip_grad_norm(plan.get(), &o, nullptr), GCLIP_STATUS_SUCCESS)
         << gclip_last_error();
     EXPECT_EQ(oracle::checksum(bufs), before);
