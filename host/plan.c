@@ -118,9 +118,11 @@ gclip_status gclip_plan_create(gclip_plan **plan, const gclip_tensor *tensors, s
     *plan = NULL;
     if (!tensors && count > 0)
         return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "tensors is NULL but count is %zu", count);
-    if (count > UINT32_MAX)
-        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "count %zu exceeds %u tensors", count,
-                          (unsigned)UINT32_MAX);
+    /* the kernels' loops over the tensors step a 32-bit index by up to 1024:
+     * it must not wrap past the count */
+    if (count > INT32_MAX)
+        return gclip_fail(GCLIP_STATUS_INVALID_ARGUMENT, "count %zu exceeds %d tensors", count,
+                          INT32_MAX);
     gclip_status s = check_device(device);
     if (s != GCLIP_STATUS_SUCCESS)
         return s;

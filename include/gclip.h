@@ -310,9 +310,10 @@ GCLIP_API gclip_status gclip_partial_combine(gclip_partial *a, const gclip_parti
  * of more than 2^31 - 1 chunks in all is refused with
  * GCLIP_STATUS_INVALID_ARGUMENT: so is any single tensor of more than
  * (2^31 - 1) * 65536 = 2^47 - 65536 elements, and any set of tensors that
- * holds more elements than that together. A CUDA device that this build
- * has no kernel image for (older than its CUDA architectures, sm_75 and
- * newer by default) is GCLIP_STATUS_NOT_SUPPORTED. Allocates the plan's
+ * holds more elements than that together; so is a count above 2^31 - 1
+ * (the kernels' 32-bit loops over the tensors must not wrap). A CUDA
+ * device that this build has no kernel image for (older than its CUDA
+ * architectures, sm_75 and newer by default) is GCLIP_STATUS_NOT_SUPPORTED. Allocates the plan's
  * workspace; may synchronize. */
 GCLIP_API gclip_status gclip_plan_create(gclip_plan **plan, const gclip_tensor *tensors,
                                          size_t count, int device);

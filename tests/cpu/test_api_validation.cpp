@@ -130,6 +130,26 @@ TEST_F(Validation, NullPlanPointer)
                     GCLIP_STATUS_INVALID_ARGUMENT, "plan NULL");
 }
 
+// A count the kernels' 32-bit loops over the tensors could wrap past is
+// refused before the list is read (the array here is five tensors long);
+// 2^31 - 1 itself passes the count check and fails on the list (NULL).
+TEST_F(Validation, CountAboveInt32Max)
+{
+    gclip_plan *p = reinterpret_cast<gclip_plan *>(&p);
+    for (size_t count : {static_cast<size_t>(INT32_MAX) + 1, static_cast<size_t>(UINT32_MAX),
+                         static_cast<size_t>(UINT32_MAX) + 1}) {
+        expect_rejected(gclip_plan_create(&p, tensors.data(), count, GCLIP_DEVICE_CPU),
+                        GCLIP_STATUS_INVALID_ARGUMENT, "count above INT32_MAX");
+        EXPECT_NE(std::string(gclip_last_error()).find("exceeds"), std::string::npos)
+            << gclip_last_error();
+        EXPECT_EQ(p, nullptr);
+    }
+    expect_rejected(gclip_plan_create(&p, nullptr, INT32_MAX, GCLIP_DEVICE_CPU),
+                    GCLIP_STATUS_INVALID_ARGUMENT, "INT32_MAX tensors, NULL list");
+    EXPECT_NE(std::string(gclip_last_error()).find("tensors is NULL"), std::string::npos)
+        << gclip_last_error();
+}
+
 TEST_F(Validation, NullListWithPositiveCount)
 {
     gclip_plan *p = reinterpret_cast<gclip_plan *>(&p);
