@@ -388,7 +388,9 @@ GCLIP_HD float gclip_adagc_row(const gclip_adapt_device *a, const gclip_adapt_in
         return h;
     }
     const float num = gclip_fmul(c->adagc_lambda_rel, gclip_clamp_min(a->gamma[i], c->adagc_eps));
-    h = gclip_clamp_max(num / gclip_clamp_min(n, c->adagc_eps), 1.0f);
+    /* 0 / 0 (eps 0, gamma and the norm 0) as the canonical NaN, the GPU's
+     * (x86 makes 0xffc00000): gamma and the gradients keep it on every engine */
+    h = gclip_canonical_norm(gclip_clamp_max(num / gclip_clamp_min(n, c->adagc_eps), 1.0f));
     if (in->record)
         a->gamma[i] = gclip_lerpf_fused(a->gamma[i], gclip_fmul(n, h), c->adagc_weight);
     return h;

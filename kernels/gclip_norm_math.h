@@ -317,11 +317,13 @@ GCLIP_HD float gclip_norm_value(double acc, int32_t kind, float p, float inv_sca
 /* PyTorch's coefficient in float arithmetic: min(1, C / (N + eps)), NaN kept.
  * PyTorch evaluates `max_norm / tensor` as max_norm * reciprocal(tensor), which
  * differs from a true division by an ulp for some inputs (N = 6, C = 3), so
- * the same two roundings are used here. */
+ * the same two roundings are used here. A NaN coefficient is the canonical
+ * NaN: a NaN norm's already, and the one that Inf * 0 makes (C = +Inf and
+ * N = Inf), which a GPU gives as 0x7fffffff and x86 as 0xffc00000. */
 GCLIP_HD float gclip_clip_coef(float norm, float max_norm, float eps)
 {
     float c = max_norm * (1.0f / (norm + eps));
-    return c > 1.0f ? 1.0f : c;
+    return c > 1.0f ? 1.0f : gclip_canonical_norm(c);
 }
 
 /* Whether the op's own factor is applied to the gradients (by the op itself or

@@ -334,6 +334,54 @@ TEST(AdaptiveAdaGC, WarmupBoundaryAndFirstStep)
     EXPECT_EQ(gamma[0], g0);
 }
 
+// NaNs the coefficients make from numbers (0 / 0, Inf * 0) are the canonical
+// NaN 0x7fffffff, as a GPU's arithmetic makes them (x86 makes 0xffc00000),
+// so the CPU path and the kernels keep the same bits in the state and the
+// gradients: AdaGC with eps 0 past its warm-up, where a tensor's gamma and
+// norm are both 0 (SKIP, a finite norm); AutoClip's first coefficient from an
+// Inf norm under PROPAGATE (its threshold is +Inf then).
+uint32_t bits_of(float f)
+{
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    return u;
+}
+
+TEST(AdaptiveNaNBits, CoefficientsMadeFromNumbersAreTheCanonicalNaN)
+{
+    gclip_adaptive_options o = adagc(2);
+    o.adagc_eps = 0.0f;
+    Model m({3, 2}, o);
+    const float x[][2] = {{0.0f, 0.5f}, {0.0f, 0.25f}, {0.0f, 0.25f}, {1.5f, 0.25f}};
+    for (int k = 0; k < 4; ++k) {
+        for (float &v : m.grads[0])
+            v = x[k][0];
+        for (float &v : m.grads[1])
+            v = x[k][1];
+        ASSERT_EQ(m.step(), GCLIP_STATUS_SUCCESS) << gclip_last_error();
+    }
+    // step 1 (t = 2, past the warm-up of 2): gamma 0 (from step 0) and norm 0
+    // give 0 / 0 for tensor 0, whose gamma then holds the NaN; step 3 scales
+    // its 1.5s by it
+    const std::vector<unsigned char> st = m.state();
+    float gamma[2];
+    std::memcpy(gamma, st.data() + 32 + sizeof(gclip_adapt_scalars), sizeof gamma);
+    EXPECT_EQ(bits_of(gamma[0]), 0x7fffffffu);
+    EXPECT_TRUE(std::isfinite(gamma[1]));
+    for (float v : m.grads[0])
+        EXPECT_EQ(bits_of(v), 0x7fffffffu);
+    for (float v : m.grads[1])
+        EXPECT_TRUE(std::isfinite(v));
+
+    Model a({4}, autoclip(0.5, 8, 1));
+    a.grads[0] = {1.0f, std::numeric_limits<float>::infinity(), 2.0f, 3.0f};
+    gclip_norm_options base = GCLIP_NORM_OPTIONS_INIT;
+    base.nonfinite = GCLIP_NONFINITE_PROPAGATE;
+    ASSERT_EQ(a.step(&base), GCLIP_STATUS_SUCCESS) << gclip_last_error();
+    EXPECT_EQ(bits_of(a.info().clip_coef), 0x7fffffffu);
+    EXPECT_EQ(bits_of(a.grads[0][0]), 0x7fffffffu); // 1 * NaN
+}
+
 // ---- spike step-skip -------------------------------------------------------------
 
 gclip_adaptive_options spike()

@@ -229,6 +229,42 @@ TEST(NonFiniteNanBits, ANaNNormIsTheCanonicalNaNOnEveryPath)
     }
 }
 
+// max_norm +Inf and an Inf norm under PROPAGATE: Inf * (1 / Inf) = Inf * 0,
+// a NaN made from numbers, which is the canonical NaN (a GPU's, where x86
+// makes 0xffc00000) in the slot, in each tensor's factor and so in the
+// finite elements it scales.
+TEST(NonFiniteNanBits, InfTimesZeroIsTheCanonicalNaN)
+{
+    const uint32_t canonical = 0x7fffffffu;
+    oracle::Rng rng(421);
+    std::vector<TestBuffer> bufs;
+    bufs.emplace_back(GCLIP_F32, 300, 1);
+    bufs.emplace_back(GCLIP_F32, 70000, 0);
+    for (auto &b : bufs)
+        b.fill(rng, 2.0);
+    bufs[1].set(123, INFINITY);
+    const std::vector<TestBuffer> pristine = bufs;
+    testutil::PlanPtr plan;
+    ASSERT_EQ(testutil::make_plan(plan, oracle::tensors_of(bufs)), GCLIP_STATUS_SUCCESS);
+    gclip_norm_options o = testutil::norm_options(INFINITY);
+    o.nonfinite = GCLIP_NONFINITE_PROPAGATE;
+    ASSERT_EQ(gclip_clip_grad_norm(plan.get(), &o, nullptr), GCLIP_STATUS_SUCCESS);
+    gclip_result r = testutil::result_of(plan.get());
+    EXPECT_EQ(r.total_norm, INFINITY);
+    EXPECT_EQ(oracle::float_to_bits(r.clip_coef), canonical);
+    EXPECT_EQ(oracle::float_to_bits(r.scale), canonical);
+    EXPECT_EQ(oracle::float_to_bits(bufs[0].get(7)), canonical);
+    // per tensor: tensor 1's own norm is Inf; tensor 0's is finite and kept
+    bufs = pristine;
+    ASSERT_EQ(gclip_plan_rebind(plan.get(),
+                                std::vector<void *>{bufs[0].data(), bufs[1].data()}.data(), 2,
+                                nullptr),
+              GCLIP_STATUS_SUCCESS);
+    ASSERT_EQ(gclip_clip_grad_norm_per_tensor(plan.get(), &o, nullptr), GCLIP_STATUS_SUCCESS);
+    EXPECT_EQ(oracle::float_to_bits(bufs[1].get(5)), canonical);
+    EXPECT_EQ(std::memcmp(bufs[0].data(), pristine[0].data(), 300 * 4), 0);
+}
+
 TEST(NonFinitePropagate, PerTensorClipsEachTensorByItsOwnNorm)
 {
     // tensor 1 holds an Inf: its coefficient is 0 (Inf -> NaN); the clean
