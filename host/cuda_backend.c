@@ -339,14 +339,22 @@ static gclip_status after_previous(gclip_cuda_state *s, gclip_stream stream, int
 }
 
 /* Mark the end of an operation; in a captured stream the record is a node of
- * the graph, so that each replay records the event when it runs. */
-static gclip_status mark_done(gclip_cuda_state *s, gclip_stream stream, int captured)
+ * the graph, so that each replay records the event when it runs. `quiet`:
+ * the operation has failed already and said why; a failed record then
+ * keeps that message (a launch that fails in a capture invalidates it, and
+ * the record after it fails too). */
+static gclip_status mark_done(gclip_cuda_state *s, gclip_stream stream, int captured, int quiet)
 {
     cudaError_t e = cudaEventRecordWithFlags(s->done, (cudaStream_t)stream,
                                              captured ? cudaEventRecordExternal
                                                       : cudaEventRecordDefault);
-    return e == cudaSuccess ? GCLIP_STATUS_SUCCESS
-                            : cuda_fail(e, "cudaEventRecordWithFlags", __FILE__, __LINE__);
+    if (e == cudaSuccess)
+        return GCLIP_STATUS_SUCCESS;
+    if (quiet) {
+        forget_error(e);
+        return GCLIP_STATUS_CUDA_ERROR;
+    }
+    return cuda_fail(e, "cudaEventRecordWithFlags", __FILE__, __LINE__);
 }
 
 /* ---- rebind ------------------------------------------------------------------------ */
@@ -444,7 +452,7 @@ static gclip_status cuda_upload_tensors(gclip_plan *plan, gclip_stream stream)
         CUDA_TRY(cudaMemcpyAsync(s->tensors, plan->tensors, plan->count * sizeof(gclip_tensor_desc),
                                  cudaMemcpyHostToDevice, (cudaStream_t)stream));
     if (st == GCLIP_STATUS_SUCCESS) {
-        st = mark_done(s, stream, 0);
+        st = mark_done(s, stream, 0, 0);
         if (st != GCLIP_STATUS_SUCCESS)
             put_old_table_back(plan, stream);
     }
@@ -539,7 +547,10 @@ static gclip_status cuda_run(gclip_plan *plan, const gclip_step *step, gclip_str
                                        : gclip_launch_clamp(&s->tables, step->clip_value, stream));
             if (err != cudaSuccess) {
                 forget_error(err);
-                if (k > 0)
+                /* the first launch wrote the slot, but AGC's: its unit norms
+                 * go to the workspace, and its scale launch writes the slot */
+                const int slot_written = k > 0 && step->op != GCLIP_OP_AGC;
+                if (slot_written)
                     mark_failed(s, stream);
                 /* an adaptive's statistics are updated by its second launch */
                 const int adapted = k > 1 && (step->op == GCLIP_OP_ADAPTIVE_CLIP ||
@@ -548,9 +559,11 @@ static gclip_status cuda_run(gclip_plan *plan, const gclip_step *step, gclip_str
                                                                  : GCLIP_STATUS_CUDA_ERROR,
                                 "%s: %s launch failed: %s (%s); %s%s", gclip_op_name(step->op),
                                 lp.name[k], cudaGetErrorName(err), cudaGetErrorString(err),
-                                k > 0 ? "the norm was computed but no gradient was written, "
-                                        "and the result slot is marked failed"
-                                      : "nothing was queued and the result slot is unchanged",
+                                slot_written ? "the norm was computed but no gradient was "
+                                               "written, and the result slot is marked failed"
+                                : k > 0 ? "no gradient was written and the result slot is "
+                                          "unchanged"
+                                        : "nothing was queued and the result slot is unchanged",
                                 adapted ? "; the adaptive's state already holds this step" : "");
                 break;
             }
@@ -558,7 +571,7 @@ static gclip_status cuda_run(gclip_plan *plan, const gclip_step *step, gclip_str
         }
         /* whatever was queued is the plan's last operation */
         if (queued > 0) {
-            const gclip_status m = mark_done(s, stream, captured);
+            const gclip_status m = mark_done(s, stream, captured, st != GCLIP_STATUS_SUCCESS);
             if (st == GCLIP_STATUS_SUCCESS)
                 st = m;
         }

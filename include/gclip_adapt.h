@@ -277,7 +277,9 @@ GCLIP_API gclip_status gclip_agc_destroy(gclip_agc *agc);
 /* One AGC step in place: two launches (unit norms, then scaling), no
  * allocation, no host synchronization, capturable; ordered with the plan's
  * other operations. The result slot: op GCLIP_OP_AGC, total_norm NaN,
- * clip_coef and scale 1 (each unit has its own factor), flags APPLIES. */
+ * clip_coef and scale 1 (each unit has its own factor), flags APPLIES; the
+ * scaling launch writes it, so should that launch fail (CUDA_ERROR), no
+ * gradient is written and the slot is the previous operation's, unchanged. */
 GCLIP_API gclip_status gclip_agc_step(gclip_agc *agc, gclip_stream stream);
 
 #ifdef __cplusplus

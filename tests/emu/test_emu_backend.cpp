@@ -401,7 +401,77 @@ TEST_F(EmuBackend, AFailedLaunchWritesNoGradientAndIsReported)
     EXPECT_NE(std::string(gclip_last_error()).find("cudaEventRecordWithFlags"), std::string::npos)
         << gclip_last_error();
 
+    // a failed second launch, then a failed record (as a launch that fails
+    // in a capture leaves it): the launch's status and message are kept
+    for (cudaError_t err : {cudaErrorLaunchOutOfResources, cudaErrorMemoryAllocation}) {
+        cudart_emu::fail_launch(2, err);
+        cudart_emu::fail_call("cudaEventRecordWithFlags", 1, cudaErrorLaunchFailure);
+        EXPECT_EQ(gclip_clip_grad_norm(plan.get(), &o, nullptr),
+                  err == cudaErrorMemoryAllocation ? GCLIP_STATUS_OUT_OF_MEMORY
+                                                   : GCLIP_STATUS_CUDA_ERROR);
+        msg = gclip_last_error();
+        EXPECT_NE(msg.find("scale kernel"), std::string::npos) << msg;
+        EXPECT_NE(msg.find(cudaGetErrorName(err)), std::string::npos) << msg;
+        EXPECT_EQ(msg.find("cudaEventRecordWithFlags"), std::string::npos) << msg;
+        EXPECT_EQ(cudaPeekAtLastError(), cudaSuccess);
+        EXPECT_TRUE(g.untouched());
+    }
+
     expect_clip_right(plan.get(), g, o.max_norm);
+}
+
+// AGC's first launch writes the unit norms only; its scaling launch writes
+// the slot. Should that launch fail, no gradient is written and the slot is
+// the previous operation's, unchanged: not marked failed (a clip that did
+// scale the gradients would then read as failed and not applied).
+TEST_F(EmuBackend, AFailedAgcScalingLaunchLeavesThePreviousSlot)
+{
+    Grads g(kSizes, 18);
+    Grads w(kSizes, 19);
+    testutil::PlanPtr plan;
+    ASSERT_EQ(testutil::make_plan(plan, g.tensors(), 0), GCLIP_STATUS_SUCCESS) << gclip_last_error();
+    gclip_agc_options ao = GCLIP_AGC_OPTIONS_INIT;
+    const std::vector<int64_t> units(kSizes.size(), 1);
+    gclip_agc *agc = nullptr;
+    ASSERT_EQ(gclip_agc_create(&agc, plan.get(), w.tensors().data(), units.data(), &ao),
+              GCLIP_STATUS_SUCCESS)
+        << gclip_last_error();
+    const ld exact = g.norm();
+    gclip_norm_options o = testutil::norm_options(static_cast<float>(exact) * 0.5f);
+    for (int applies : {1, 0}) {
+        SCOPED_TRACE(applies ? "after a clip" : "after a factor computed");
+        g.reset();
+        ASSERT_EQ(applies ? gclip_clip_grad_norm(plan.get(), &o, nullptr)
+                          : gclip_compute_clip_factor(plan.get(), &o, nullptr),
+                  GCLIP_STATUS_SUCCESS);
+        gclip_result before{};
+        ASSERT_EQ(gclip_get_result(plan.get(), &before), GCLIP_STATUS_SUCCESS);
+        EXPECT_EQ(before.applied, applies);
+        const auto download_all = [&] {
+            std::vector<std::vector<float>> v;
+            for (std::size_t k = 0; k < kSizes.size(); ++k)
+                v.push_back(g.download(k));
+            return v;
+        };
+        const std::vector<std::vector<float>> data = download_all();
+        cudart_emu::fail_launch(2, cudaErrorLaunchOutOfResources);
+        EXPECT_EQ(gclip_agc_step(agc, nullptr), GCLIP_STATUS_CUDA_ERROR);
+        const std::string msg = gclip_last_error();
+        EXPECT_NE(msg.find("AGC scale kernel"), std::string::npos) << msg;
+        EXPECT_NE(msg.find("result slot is unchanged"), std::string::npos) << msg;
+        EXPECT_EQ(cudaPeekAtLastError(), cudaSuccess);
+        EXPECT_TRUE(download_all() == data) << "a gradient was written";
+        gclip_result after{};
+        EXPECT_EQ(gclip_get_result(plan.get(), &after), GCLIP_STATUS_SUCCESS) << gclip_last_error();
+        EXPECT_EQ(std::memcmp(&after, &before, sizeof after), 0) << "the slot changed";
+    }
+    // the next AGC step runs and writes its own slot
+    ASSERT_EQ(gclip_agc_step(agc, nullptr), GCLIP_STATUS_SUCCESS) << gclip_last_error();
+    gclip_result r{};
+    EXPECT_EQ(gclip_get_result(plan.get(), &r), GCLIP_STATUS_SUCCESS) << gclip_last_error();
+    EXPECT_EQ(r.op, GCLIP_OP_AGC);
+    EXPECT_EQ(r.applied, 1);
+    EXPECT_EQ(gclip_agc_destroy(agc), GCLIP_STATUS_SUCCESS);
 }
 
 // A rebind whose copy or whose event record fails: the call reports it and
