@@ -43,15 +43,31 @@ static gclip_status nccl_fail(ncclResult_t r, const char *what, ncclComm_t comm)
                            last && *last ? ": " : "", last ? last : "");
 }
 
+/* A collective that a nonblocking communicator accepted with ncclInProgress
+ * is issued later by NCCL's own thread: wait on the host until it has been
+ * (the communicator's state leaves ncclInProgress), before anything else is
+ * queued behind it or its buffers are freed. A wait for that thread, not
+ * for the device. Returns the state it ends in. */
+static ncclResult_t wait_issued(ncclComm_t comm)
+{
+    ncclResult_t st = ncclInProgress;
+    while (st == ncclInProgress)
+        if (ncclCommGetAsyncError(comm, &st) != ncclSuccess)
+            return ncclInternalError;
+    return st;
+}
+
 static gclip_status nccl_gather(gclip_dist_plan *p, gclip_stream stream)
 {
     nccl_state *s = p->transport_state;
     gclip_status result = GCLIP_STATUS_SUCCESS;
     /* every group is issued even after a failure: the peers wait in each */
     for (size_t g = 0; g < p->num_groups; g++) {
-        const ncclResult_t r = ncclAllGather(gclip_dist_send_address(p, g), p->gather + p->offsets[g],
-                                             sizeof(gclip_partial), ncclUint8, s->comms[g],
-                                             (cudaStream_t)stream);
+        ncclResult_t r = ncclAllGather(gclip_dist_send_address(p, g), p->gather + p->offsets[g],
+                                       sizeof(gclip_partial), ncclUint8, s->comms[g],
+                                       (cudaStream_t)stream);
+        if (r == ncclInProgress) /* a nonblocking communicator plan creation could not tell */
+            r = wait_issued(s->comms[g]);
         if (r != ncclSuccess && result == GCLIP_STATUS_SUCCESS)
             result = nccl_fail(r, "ncclAllGather of the partials", s->comms[g]);
     }
@@ -98,25 +114,65 @@ static gclip_status exchange_layouts(uint64_t mine, int device, const ncclComm_t
         e = cudaMalloc((void **)&dev, ((size_t)largest + 1) * sizeof *dev);
     if (e == cudaSuccess)
         e = cudaMemcpyAsync(dev, &mine, sizeof mine, cudaMemcpyHostToDevice, stream);
-    for (size_t g = 0; g < num_groups && e == cudaSuccess; g++) {
-        const ncclResult_t r = ncclAllGather(dev, dev + 1, 1, ncclUint64, comms[g], stream);
+    int stuck = 0; /* a communicator failed while the device may still use `dev` */
+    for (size_t g = 0; g < num_groups && e == cudaSuccess && !stuck; g++) {
+        ncclResult_t r = ncclAllGather(dev, dev + 1, 1, ncclUint64, comms[g], stream);
+        if (r == ncclInProgress) {
+            /* nonblocking: refused, once the gather is issued (its peers
+             * wait in it, and `dev` must outlive it) */
+            r = wait_issued(comms[g]);
+            if (r != ncclSuccess) { /* it may be queued, never to end */
+                if (result == GCLIP_STATUS_SUCCESS)
+                    result = nccl_fail(r, "ncclAllGather of the group layout", comms[g]);
+                stuck = 1;
+                break;
+            }
+            if (result == GCLIP_STATUS_SUCCESS)
+                result = nccl_fail(ncclInProgress, "ncclAllGather of the group layout", comms[g]);
+        }
         if (r != ncclSuccess) {
             if (result == GCLIP_STATUS_SUCCESS)
                 result = nccl_fail(r, "ncclAllGather of the group layout", comms[g]);
             continue; /* the later groups' peers are waiting in their gathers */
         }
-        e = cudaMemcpyAsync(host, dev + 1, (size_t)sizes[g] * sizeof *host,
-                            cudaMemcpyDeviceToHost, stream);
-        if (e == cudaSuccess)
+        /* the stream polled until the gather has run, and the communicator
+         * with it: a gather whose communicator fails (a peer or the network
+         * lost) never completes, and a synchronization, or the copy to
+         * pageable memory below (which waits for the stream), would wait for
+         * it for ever */
+        while (e == cudaSuccess && (e = cudaStreamQuery(stream)) == cudaErrorNotReady) {
+            gclip_dist_forget_cuda_error(e);
+            ncclResult_t st = ncclSuccess;
+            if (ncclCommGetAsyncError(comms[g], &st) != ncclSuccess)
+                st = ncclInternalError;
+            if (st != ncclSuccess && st != ncclInProgress) {
+                if (result == GCLIP_STATUS_SUCCESS)
+                    result = gclip_dist_fail(
+                        GCLIP_STATUS_INTERNAL_ERROR,
+                        "ncclAllGather of the group layout of group %zu: the communicator failed "
+                        "(%s); abort it (ncclCommAbort) and make a new one",
+                        g, ncclGetErrorString(st));
+                stuck = 1;
+                e = cudaSuccess;
+                break;
+            }
+        }
+        if (e == cudaSuccess && !stuck)
+            e = cudaMemcpyAsync(host, dev + 1, (size_t)sizes[g] * sizeof *host,
+                                cudaMemcpyDeviceToHost, stream);
+        if (e == cudaSuccess && !stuck)
             e = cudaStreamSynchronize(stream);
-        if (e == cudaSuccess && result == GCLIP_STATUS_SUCCESS)
+        if (e == cudaSuccess && !stuck && result == GCLIP_STATUS_SUCCESS)
             result = gclip_dist_check_layout(host, sizes[g], (int)g);
     }
     if (e != cudaSuccess && result == GCLIP_STATUS_SUCCESS)
         result = gclip_dist_fail(GCLIP_STATUS_CUDA_ERROR, "exchange of the group layout: %s (%s)",
                                  cudaGetErrorName(e), cudaGetErrorString(e));
     gclip_dist_forget_cuda_error(e);
-    if (dev)
+    /* after a failed communicator the gather may never end: cudaFree would
+     * wait for it, so its few bytes are left (the stream is destroyed once
+     * its work ends) */
+    if (dev && !stuck)
         gclip_dist_forget_cuda_error(cudaFree(dev));
     if (stream)
         gclip_dist_forget_cuda_error(cudaStreamDestroy(stream));

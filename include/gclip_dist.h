@@ -44,7 +44,8 @@
  *   synchronization, no allocation, capturable in a CUDA graph. A step waits
  *   for the plan's previous step (an event, also across streams and graph
  *   replays). The collective is one ncclAllGather of 16 bytes per rank and
- *   group; the fold is serial, so the cost grows with the rank count (see
+ *   group; the gathered partials are folded in the fixed shape of
+ *   gclip_norm_finalize (gclip.h), whose cost grows with the rank count (see
  *   docs/distributed.md for the measured fold and the cost model).
  *
  * Ordering (MPI)
@@ -169,7 +170,10 @@ GCLIP_DIST_API gclip_status gclip_dist_plan_create_mpi(gclip_dist_plan **plan,
 #if defined(NCCL_MAJOR)
 /* A CUDA plan on `device` whose partials are gathered with NCCL. Each
  * communicator must be blocking (the default config) and bound to `device`;
- * the caller keeps them alive until the plan is destroyed. Collective over
+ * a nonblocking one is refused (NOT_SUPPORTED) where NCCL says so (its
+ * gather answers ncclInProgress), and one that fails during the exchange
+ * (INTERNAL_ERROR) is the caller's to abort (ncclCommAbort). The caller
+ * keeps them alive until the plan is destroyed. Collective over
  * every communicator as gclip_dist_plan_create_mpi; allocates the gather
  * buffer (16 bytes per rank and group) and synchronizes. One rank per
  * device and per host thread: the step calls enqueue kernels between the
