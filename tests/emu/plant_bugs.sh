@@ -89,7 +89,8 @@ nonfinite_only=" close_nonfinite_dropped lane_nonfinite_dropped "
 # Value clipping's double bound: its test alone, for the mutant that clamps
 # f64 elements to the float bound (and the unmutated kernels).
 clamp64='EmuClamp.DoubleBoundClampsF64ExactlyAndTheOthersToTheNearestFloat'
-clamp64_only=" f64_clamped_to_float "
+clamp64+=':EmuClamp.BoundPastFloatLeavesEveryBitOfTheOtherDtypes'
+clamp64_only=" f64_clamped_to_float clamp_walks_past_float "
 # The finalize of a gathered array: its test of many partials alone.
 finalize='EmuFinalize.*'
 finalize_only=" finalize_group_skips_a_leaf finalize_leaves_no_barrier finalize_groups_no_barrier "
@@ -175,6 +176,10 @@ plant() {
         mutate scale_kernel.cu 's/return x \* (double)factor;/return (double)((float)x * factor);/' ;;
     f64_clamped_to_float) # f64 elements clamped to the float nearest a double bound
         mutate clamp_kernel.cu 's/return gclip_clamp_f64(x, bound_f64);/return gclip_clamp_f64(x, (double)bound);/' ;;
+    clamp_walks_past_float) # a chunk whose bound is +Inf where it compares (past
+        # FLT_MAX for f32 and halves) is walked anyway: its halves' NaNs are
+        # stored back canonical
+        mutate clamp_kernel.cu 's/if (v\.dtype == GCLIP_F64 ? f\.bound_f64 == INFINITY : f\.bound == INFINITY)/if (0)/' ;;
     norm_one_chunk_per_block) # a norm block walks the small chunks of its first
         # window and then only the first chunk of its range: under a capped
         # grid the others' partials are never written
@@ -327,6 +332,7 @@ plant() {
 # mutant and this one touched, once when both edit the same file
 all_mutants=(writes_factor_one per_tensor_writes_factor_one apply_ticket_not_wrapped
              f64_scaled_in_float scale_reads_before_wait agc_scale_without_wait f64_clamped_to_float
+             clamp_walks_past_float
              missing_barrier ticket_not_wrapped norm_one_chunk_per_block lane_ticket_not_wrapped
              small_tree_order small_tail_skipped small_split_by_address small_scan_wrong_chunk
              small_scan_no_barrier warp_tree_no_syncwarp warp_columns_overwritten
