@@ -296,6 +296,17 @@ class DeviceResultView:
             self.sequence = mk(plan, addr + 32, dev, "int32")
 
 
+def _real(name: str, x) -> float:
+    """x as a Python float; None, strings, bytes and bools are refused (float()
+    would take "0.5" and True), as is anything float() cannot read."""
+    if isinstance(x, (bool, str, bytes)):
+        raise TypeError(f"gclip: {name} must be a number, got {type(x).__name__}")
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        raise TypeError(f"gclip: {name} must be a number, got {type(x).__name__}") from None
+
+
 def _scalar_ptr(x, device: int, what: str) -> int:
     if not (hasattr(x, "__dlpack__") or hasattr(x, "__array_interface__")):
         raise TypeError(f"gclip: {what} must be a number or a float32 array in device memory, "
@@ -391,12 +402,12 @@ class Clipper:
     def __init__(self, max_norm: float = 1.0, norm_type: float = 2.0, *, eps: float = 1e-6,
                  nonfinite: str = "skip", inv_scale=1.0, num_threads: Optional[int] = None,
                  max_plans: int = 8):
-        norm_type = float(norm_type)
+        norm_type = _real("norm_type", norm_type)
         if not _lib.takes_norm_type(norm_type):
             raise ValueError(f"gclip: norm_type must be {_lib.NORM_TYPE_RANGE}, got {norm_type}")
         self.max_norm = max_norm
         self.norm_type = norm_type
-        self.eps = float(eps)
+        self.eps = _real("eps", eps)
         self.nonfinite = nonfinite
         self.inv_scale = inv_scale
         self.num_threads = None if num_threads is None else check_num_threads(num_threads)
@@ -553,7 +564,7 @@ class Clipper:
             if info.device != plan.device:
                 raise ValueError("gclip: tensor_norms must be on the plan's device")
             tn = info.ptr
-        p = self.norm_type if norm_type is None else float(norm_type)
+        p = self.norm_type if norm_type is None else _real("norm_type", norm_type)
         if not _lib.takes_norm_type(p):
             raise ValueError(f"gclip: norm_type must be {_lib.NORM_TYPE_RANGE}, got {p}")
         return plan.options(mn_val, p, self.eps, is_val, self._policy, tn, mn_ptr, is_ptr)
@@ -604,7 +615,7 @@ class Clipper:
         float64 arrays are clamped to the double clip_value, the others to
         the float32 nearest it (as PyTorch's clip_grad_value_)."""
         plan, s, _held = self._bind_for_op(tensors, stream, True)
-        plan.clip_grad_value(float(clip_value), s)
+        plan.clip_grad_value(_real("clip_value", clip_value), s)
 
     # phases
     @_serialized

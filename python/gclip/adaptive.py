@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import List, Optional
 
 from . import _dlpack, _lib
-from ._core import Clipper, Plan, _body, _locked, _serialized, stream_handle
+from ._core import Clipper, Plan, _body, _locked, _real, _serialized, stream_handle
 from ._lib import fn
 
 __all__ = [
@@ -64,15 +64,6 @@ _MAX_HISTORY = 1 << 20  # longest history, window or warm-up buffer of the C lib
 
 
 # ---- hyperparameters -------------------------------------------------------------------
-
-def _real(name: str, x) -> float:
-    if isinstance(x, (bool, str, bytes)):
-        raise TypeError(f"gclip: {name} must be a number, got {type(x).__name__}")
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        raise TypeError(f"gclip: {name} must be a number, got {type(x).__name__}") from None
-
 
 def _integer(name: str, x, lo: int, hi: int) -> int:
     if isinstance(x, bool) or not hasattr(x, "__index__"):

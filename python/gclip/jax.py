@@ -11,9 +11,10 @@ writes a host buffer. Arrays in GPU memory stay there: every output (the
 copies the functional clip writes, the buffer of `tensor_norms`) is a fresh
 JAX array on the leaves' device, written in place through DLPack before
 anything else sees it, and the call waits for gclip's kernels before it
-returns, so JAX's streams never race them. A tree's JAX arrays are on one
-device (leaves on several are refused, as optax's arithmetic refuses them);
-its NumPy leaves are read where its JAX arrays are (copied to the GPU).
+returns, so JAX's streams never race them. A tree's committed JAX arrays are
+on one device (leaves committed to several are refused, as optax's
+arithmetic refuses them); its uncommitted and NumPy leaves are read where
+the committed ones are (copied there), as JAX's arithmetic moves them.
 """
 
 from __future__ import annotations
@@ -64,8 +65,11 @@ class _Clipper(Clipper):
         infos = super()._describe(leaves, stream)
         spans = []
         for k, info in enumerate(infos):
-            on_host = self._device is not None and info.device < 0  # a NumPy leaf, GPU tree
-            if not info.dense or info.ptr % _lib.DTYPE_SIZE[info.dtype] or on_host:
+            # in a tree on a GPU: a NumPy leaf, or an uncommitted array on another device
+            elsewhere = self._device is not None and (
+                info.device < 0 or isinstance(leaves[k], jax.Array)
+                and self._device not in leaves[k].devices())
+            if not info.dense or info.ptr % _lib.DTYPE_SIZE[info.dtype] or elsewhere:
                 spans.append((0, 0, k, True))
             elif info.numel > 0:
                 spans.append((info.ptr, info.ptr + info.numel * _lib.DTYPE_SIZE[info.dtype], k,
@@ -98,27 +102,31 @@ def _leaves(tree):
 
 
 def _tree_device(leaves):
-    """The one JAX device of the tree's JAX arrays (None when it has none).
-    Leaves on several devices are refused, as optax's arithmetic refuses
-    them: JAX CPU devices all read as host memory to DLPack, so the Clipper
-    alone would not see it."""
-    devices = set()
+    """The one JAX device of the tree (None when it has no JAX array) and
+    whether a leaf is committed to it. As in JAX's arithmetic (and so
+    optax's), uncommitted arrays follow the device the committed ones are
+    on; committed leaves on several devices are refused, as are uncommitted
+    ones on several with none committed: JAX CPU devices all read as host
+    memory to DLPack, so the Clipper alone would not see it."""
+    committed, uncommitted = set(), set()
     for x in leaves:
         if isinstance(x, jax.Array):
-            devices.update(x.devices())
+            (committed if x.committed else uncommitted).update(x.devices())
+    devices = committed or uncommitted
     if len(devices) > 1:
         raise ValueError("gclip: the leaves are on several devices "
                          f"({', '.join(sorted(map(str, devices)))}); put them on one")
-    return devices.pop() if devices else None
+    return (next(iter(devices)) if devices else None), bool(committed)
 
 
 def _gpu_device(leaves):
     """The JAX device of the leaves when gclip reads them in CUDA memory,
     else None: host memory, where outputs are NumPy buffers."""
-    device = _tree_device(leaves)
+    device, _ = _tree_device(leaves)
     if device is None:
         return None
-    first = next(k for k, x in enumerate(leaves) if isinstance(x, jax.Array))
+    first = next(k for k, x in enumerate(leaves)
+                 if isinstance(x, jax.Array) and device in x.devices())
     if _dlpack.describe(leaves[first], name=f"leaf {first}").device < 0:  # CPU, pinned host
         return None
     return device
@@ -127,10 +135,11 @@ def _gpu_device(leaves):
 def _writable_copies(leaves, device=None):
     """One writable copy of each leaf: a NumPy array in host memory, or a new
     JAX buffer on `device` (jnp.array(copy=True) always makes a new buffer,
-    which no other JAX array shares; a leaf that is not a JAX array is put
-    on `device` too, where the Clipper reads the others)."""
+    which no other JAX array shares; a leaf that is not a JAX array, or is
+    an uncommitted one elsewhere, is put on `device` too, where the Clipper
+    reads the others)."""
     if device is not None:
-        return [jnp.array(x, copy=True) if isinstance(x, jax.Array)
+        return [jnp.array(x, copy=True) if isinstance(x, jax.Array) and device in x.devices()
                 else jnp.array(x, copy=True, device=device) for x in leaves]
     out = []
     for x in leaves:
@@ -139,17 +148,24 @@ def _writable_copies(leaves, device=None):
 
 
 def _outputs(copies, leaves):
-    """The clipped copies as JAX arrays where the leaves were: a host copy of
-    a committed JAX array goes back to its device (committed, as optax's
-    result would be), any other to JAX's default device; a copy already on
-    the GPU is a JAX array."""
+    """The clipped copies as JAX arrays where optax's results would be: a
+    host copy of a committed JAX array goes back to its device, committed;
+    in a tree with a committed leaf, the others' go to that device, committed
+    too (JAX's arithmetic moves uncommitted operands there); in a tree with
+    none, to JAX's default device. A copy already on the GPU is a JAX array
+    on the tree's device."""
+    device, committed = _tree_device(leaves)
     out = []
     for a, x in zip(copies, leaves):
-        if isinstance(a, np.ndarray) and isinstance(x, jax.Array) and x.committed:
+        if not isinstance(a, np.ndarray):
+            out.append(a)
+        elif isinstance(x, jax.Array) and x.committed:
             # a leaf's norm (0-d) cannot take a sharding that splits a dimension:
             # it goes to the leaf's device (one: a tree on several is refused)
             same = a.shape == x.shape
-            out.append(jax.device_put(a, x.sharding if same else next(iter(x.devices()))))
+            out.append(jax.device_put(a, x.sharding if same else device))
+        elif committed:
+            out.append(jax.device_put(a, device))
         else:
             out.append(jnp.asarray(a))
     return out

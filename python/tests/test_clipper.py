@@ -787,12 +787,44 @@ def test_jax_strided_field_leaves_and_bad_bounds(rng):
     assert np.array_equal(rec, before) and np.array_equal(tree["y"], other)
 
 
+def test_arguments_that_are_not_numbers_are_refused_by_name(rng):
+    """norm_type, eps and clip_value must be numbers: None, a string (which
+    float() would read) and a bool raise a TypeError naming the argument,
+    from the Clipper as from gclip.jax, before anything is written."""
+    xs = arrays(rng, shapes=((5, 3), (4,)), scale=3.0)
+    before = [x.copy() for x in xs]
+    for bad in (None, "0.5", b"2", True):
+        for name, call in (("norm_type", lambda: gclip.Clipper(1.0, norm_type=bad)),
+                           ("eps", lambda: gclip.Clipper(1.0, eps=bad)),
+                           ("clip_value", lambda: gclip.Clipper().clip_grad_value(xs, bad))):
+            with pytest.raises(TypeError, match=f"gclip: {name} must be a number"):
+                call()
+    for x, b in zip(xs, before):
+        assert np.array_equal(x, b)
+    pytest.importorskip("jax")
+    import gclip.jax as gj
+    tree = {"a": xs[0], "b": xs[1]}
+    for bad in (None, "1", True):
+        for name, call in (("norm_type", lambda: gj.global_norm(tree, bad)),
+                           ("norm_type", lambda: gj.tensor_norms(tree, bad)),
+                           ("clip_value", lambda: gj.clip_by_value(tree, bad)),
+                           ("norm_type", lambda: gj.clip_by_global_norm(tree, 1.0, bad))):
+            with pytest.raises(TypeError, match=f"gclip: {name} must be a number"):
+                call()
+    for x, b in zip(xs, before):
+        assert np.array_equal(x, b)
+    assert gclip.Clipper(1.0, norm_type=np.float32(1.0)).norm_type == 1.0  # NumPy numbers pass
+
+
 def test_jax_leaves_stay_on_their_device_and_a_mixed_tree_is_refused():
     """On a JAX with two CPU devices (its own process): the results of a
     tree committed to device 1 stay there (committed); uncommitted leaves
     give uncommitted results; a tree on both devices raises ValueError, as
-    optax's arithmetic refuses it, and writes nothing."""
+    optax's arithmetic refuses it, and writes nothing. Uncommitted leaves
+    and NumPy leaves beside a leaf committed to device 1 follow it there, as
+    in optax: the same norms, and every result on device 1, committed."""
     pytest.importorskip("jax")
+    pytest.importorskip("optax")
     import os
     import subprocess
     import sys
@@ -817,6 +849,27 @@ for call in (lambda: gj.global_norm([x, y]), lambda: gj.clip_by_global_norm([x, 
     else:
         raise AssertionError("a tree on two devices was taken")
 assert np.array_equal(np.asarray(x), np.arange(1.0, 5.0)) and np.array_equal(np.asarray(y), np.arange(3.0))
+import optax
+rng = np.random.default_rng(7)
+mixed = {"a": jax.device_put(jnp.asarray(rng.standard_normal(6).astype(np.float32)) * 3, d1),
+         "u": jnp.asarray(rng.standard_normal(5).astype(np.float32)),
+         "n": rng.standard_normal(4).astype(np.float32)}
+assert mixed["a"].committed and not mixed["u"].committed
+want = float(np.sqrt(sum(np.sum(np.asarray(v, np.float64) ** 2) for v in mixed.values())))
+assert abs(gj.global_norm(mixed) - want) <= 1e-6 * want, (gj.global_norm(mixed), want)
+peer = optax.clip_by_global_norm(1.0).update(mixed, optax.EmptyState())[0]
+for out in (gj.clip_by_global_norm(mixed, 1.0)[0], gj.clip_by_value(mixed, 0.5),
+            gj.clip_by_norm_per_leaf(mixed, 1.0)[0], gj.tensor_norms(mixed)):
+    for k, v in out.items():
+        assert v.devices() == {d1} and v.committed, (k, v.devices(), v.committed)
+got = gj.clip_by_global_norm(mixed, 1.0)[0]
+for k in mixed:
+    assert peer[k].devices() == {d1}
+    np.testing.assert_allclose(np.asarray(got[k]), np.asarray(peer[k]), rtol=2e-6)
+norms = gj.tensor_norms(mixed)
+for k, v in mixed.items():
+    w = float(np.linalg.norm(np.asarray(v, np.float64)))
+    assert abs(float(norms[k]) - w) <= 1e-6 * w
 print("ok")
 '''
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
