@@ -219,7 +219,8 @@ def describe(x, stream=None, *, jax_writable: bool = False, name: str = "the arr
     (`name`: what a rejection calls it, e.g. "tensor 2" or "max_norm").
     JAX arrays are immutable, and JAX exports them without DLPack's read-only
     flag: they are described as read-only unless `jax_writable` (gclip.jax,
-    for the fresh buffers it allocates and writes before anyone sees them)."""
+    for the fresh buffers it allocates and writes before anyone sees them),
+    and then as writable, whatever flag a later JAX may set."""
     mod = type(x).__module__
     if mod == "numpy":
         import numpy as np  # loaded already: x is one of its objects
@@ -251,8 +252,8 @@ def describe(x, stream=None, *, jax_writable: bool = False, name: str = "the arr
         return _gt.describe_tensor(x, name)
     if hasattr(x, "__dlpack__"):
         info = describe_dlpack(x, _consumer_stream(x, stream), name)
-        if info.writable and not jax_writable and is_jax_array(x):
-            info = info._replace(writable=False)
+        if is_jax_array(x):
+            info = info._replace(writable=jax_writable)
         return info
     raise TypeError(f"gclip: {name}: expected an array with __dlpack__ (NumPy, PyTorch, CuPy, "
                     f"JAX), got {type(x).__name__}")

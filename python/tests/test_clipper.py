@@ -430,6 +430,37 @@ def test_jax_device_path_writes_new_jax_buffers_on_the_leaves_device(rng, monkey
         np.testing.assert_array_equal(np.asarray(x), b)
 
 
+def test_jax_device_path_takes_its_buffers_flagged_read_only(rng, monkeypatch):
+    """Should JAX export its arrays with DLPack's read-only flag, the GPU path
+    of gclip.jax still writes the fresh buffers it made (and gclip.Clipper
+    still refuses to write JAX arrays): taken here with JAX arrays on
+    whatever device JAX has, every capsule of a JAX array flagged read-only."""
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+    import gclip.jax as gj
+    from gclip import _dlpack
+    tree = [jnp.asarray(rng.standard_normal((6, 5)).astype(np.float32) * 3),
+            jnp.asarray(rng.standard_normal(4).astype(np.float32))]
+    host_clip, host_info = gj.clip_by_global_norm(tree, 1.0)
+    host_norms = gj.tensor_norms(tree)
+    real_of, real_dev = _dlpack._dltensor_of, gj._gpu_device
+
+    def flagged(x, stream=None):
+        cap, t, read_only = real_of(x, stream)
+        return cap, t, read_only or _dlpack.is_jax_array(x)
+    monkeypatch.setattr(_dlpack, "_dltensor_of", flagged)
+    monkeypatch.setattr(gj, "_gpu_device", lambda leaves: real_dev(leaves) or
+                        next(iter(leaves[0].devices())))
+    clip, info = gj.clip_by_global_norm(tree, 1.0)
+    norms = gj.tensor_norms(tree)
+    assert info.total_norm == host_info.total_norm
+    for got, want in ((clip, host_clip), (norms, host_norms)):
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+    with pytest.raises(ValueError, match="read-only"):
+        gclip.Clipper(1.0).clip_grad_norm(tree)
+
+
 def test_clipper_refuses_to_write_jax_arrays(rng):
     """JAX arrays are immutable (and exported without DLPack's read-only
     flag): every writing operation of gclip.Clipper refuses them, before
