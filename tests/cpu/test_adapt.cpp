@@ -5,6 +5,7 @@
 // invalid hyperparameters and foreign checkpoint bytes.
 #include "gclip_adapt.h"
 #include "gclip_adapt_math.h"
+#include "oracle.hpp"
 #include "plan_util.hpp"
 
 #include <gtest/gtest.h>
@@ -340,13 +341,6 @@ TEST(AdaptiveAdaGC, WarmupBoundaryAndFirstStep)
 // gradients: AdaGC with eps 0 past its warm-up, where a tensor's gamma and
 // norm are both 0 (SKIP, a finite norm); AutoClip's first coefficient from an
 // Inf norm under PROPAGATE (its threshold is +Inf then).
-uint32_t bits_of(float f)
-{
-    uint32_t u;
-    std::memcpy(&u, &f, 4);
-    return u;
-}
-
 TEST(AdaptiveNaNBits, CoefficientsMadeFromNumbersAreTheCanonicalNaN)
 {
     gclip_adaptive_options o = adagc(2);
@@ -366,10 +360,10 @@ TEST(AdaptiveNaNBits, CoefficientsMadeFromNumbersAreTheCanonicalNaN)
     const std::vector<unsigned char> st = m.state();
     float gamma[2];
     std::memcpy(gamma, st.data() + 32 + sizeof(gclip_adapt_scalars), sizeof gamma);
-    EXPECT_EQ(bits_of(gamma[0]), 0x7fffffffu);
+    EXPECT_EQ(oracle::float_to_bits(gamma[0]), 0x7fffffffu);
     EXPECT_TRUE(std::isfinite(gamma[1]));
     for (float v : m.grads[0])
-        EXPECT_EQ(bits_of(v), 0x7fffffffu);
+        EXPECT_EQ(oracle::float_to_bits(v), 0x7fffffffu);
     for (float v : m.grads[1])
         EXPECT_TRUE(std::isfinite(v));
 
@@ -378,8 +372,8 @@ TEST(AdaptiveNaNBits, CoefficientsMadeFromNumbersAreTheCanonicalNaN)
     gclip_norm_options base = GCLIP_NORM_OPTIONS_INIT;
     base.nonfinite = GCLIP_NONFINITE_PROPAGATE;
     ASSERT_EQ(a.step(&base), GCLIP_STATUS_SUCCESS) << gclip_last_error();
-    EXPECT_EQ(bits_of(a.info().clip_coef), 0x7fffffffu);
-    EXPECT_EQ(bits_of(a.grads[0][0]), 0x7fffffffu); // 1 * NaN
+    EXPECT_EQ(oracle::float_to_bits(a.info().clip_coef), 0x7fffffffu);
+    EXPECT_EQ(oracle::float_to_bits(a.grads[0][0]), 0x7fffffffu); // 1 * NaN
 }
 
 // ---- spike step-skip -------------------------------------------------------------
