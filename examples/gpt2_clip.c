@@ -11,8 +11,12 @@
  * by a factor 2^(-1/N) (max_norm set on the host from step 0's result, no
  * result read in between), so every step writes every gradient and the
  * norm ends at half of step 0's output: the data stays far from the
- * subnormals whatever N. The program checks that the last step clipped and
- * that its norm is the one expected, and prints milliseconds per step.
+ * subnormals whatever N. The program checks step 0's norm against the exact
+ * norm of the data (a double sum on the host, 1e-6), follows every step's
+ * expected norm and coefficient, eps included, checks the last step's
+ * against them, and the norm of the data it leaves (read back once, after
+ * the timed steps) against the one expected, to 1e-5; then prints
+ * milliseconds per step. Any difference exits 1.
  */
 #include <math.h>
 #include <stdio.h>
@@ -42,6 +46,28 @@ static double now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
+}
+
+/* The exact 2-norm of n floats: a double sum of squares (relative error
+ * about n * 2^-53, far below the library's 1e-6 for GPT-2's 124 M). */
+static double norm2(const float *x, int64_t n)
+{
+    double s = 0.0;
+    for (int64_t i = 0; i < n; i++)
+        s += (double)x[i] * (double)x[i];
+    return sqrt(s);
+}
+
+/* The max_norm of timed step s of n: 2^(-s/n) of step 0's output norm. */
+static float target(double start, int s, int n)
+{
+    return (float)(start * exp2(-(double)s / n));
+}
+
+/* |got - want| <= rel * |want| (false for NaN) */
+static int close_to(double got, double want, double rel)
+{
+    return fabs(got - want) <= rel * fabs(want);
 }
 
 /* For main's calls: report a failed status and leave through `done`. */
@@ -84,8 +110,10 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (steps < 1 || !(max_norm > 0.0f) || !isfinite(max_norm)) {
-        fprintf(stderr, "--steps must be >= 1 and --max-norm finite and > 0\n");
+    /* below 1e-3 the norm's eps (1e-6) would make the timed steps' factors
+     * other than 2^(-1/N), and far below it the data subnormal */
+    if (steps < 1 || !(max_norm >= 1e-3f) || !isfinite(max_norm)) {
+        fprintf(stderr, "--steps must be >= 1 and --max-norm finite and >= 1e-3\n");
         return 2;
     }
     int64_t numel[GPT2_SMALL_TENSORS];
@@ -110,6 +138,8 @@ int main(int argc, char **argv)
         tensors[i].dtype = GCLIP_F32;
         off += numel[i];
     }
+
+    const double exact = norm2(host, total); /* before any step */
 
     /* CUDA device 0 when this build and the machine have a usable one, else
      * the CPU path (a device the build has no kernels for is NOT_SUPPORTED) */
@@ -138,23 +168,42 @@ int main(int argc, char **argv)
     gclip_result r;
     CHECK(gclip_clip_grad_norm(plan, &opt, NULL));
     CHECK(gclip_get_result(plan, &r));
-    printf("step 0: total_norm %.6g  clip_coef %.6g  nonfinite %d\n", (double)r.total_norm,
-           (double)r.clip_coef, r.nonfinite);
+    printf("step 0: total_norm %.6g (exact %.6g)  clip_coef %.6g  nonfinite %d\n",
+           (double)r.total_norm, exact, (double)r.clip_coef, r.nonfinite);
+    if (r.nonfinite || !close_to(r.total_norm, exact, 1e-6)) {
+        fprintf(stderr, "step 0's norm is not the data's\n");
+        goto done;
+    }
     /* the norm of step 0's output, and the timed steps' targets below it */
     const double start = (double)r.total_norm * (r.clip_coef < 1.0f ? r.clip_coef : 1.0f);
     double t0 = now_ms();
     for (int s = 1; s <= steps; s++) {
-        opt.max_norm = (float)(start * exp2(-(double)s / steps));
+        opt.max_norm = target(start, s, steps);
         CHECK(gclip_clip_grad_norm(plan, &opt, NULL));
     }
     CHECK(gclip_get_result(plan, &r)); /* waits for the last step */
     double ms = (now_ms() - t0) / steps;
-    const double expected = start * exp2(-(double)(steps - 1) / steps);
-    printf("last step: total_norm %.6g (expected %.6g)  clip_coef %.6g\n",
-           (double)r.total_norm, expected, (double)r.clip_coef);
-    /* each step's output is max_norm * N / (N + eps): eps = 1e-6 off, at most */
-    if (!(r.clip_coef < 1.0f) || !(fabs(r.total_norm - expected) <= 1e-4 * expected + 2e-6)) {
+    /* Each step's output norm is n * min(1, max_norm / (n + eps)) of its
+     * input's norm n: the last step reads the output of the one before it,
+     * and the data end at its own output. */
+    const double eps = (double)opt.eps;
+    double before_last = start;
+    for (int s = 1; s < steps; s++)
+        before_last *= fmin(1.0, (double)target(start, s, steps) / (before_last + eps));
+    const double coef = fmin(1.0, (double)target(start, steps, steps) / (before_last + eps));
+    const double after = before_last * coef;
+    printf("last step: total_norm %.6g (expected %.6g)  clip_coef %.6g (expected %.6g)\n",
+           (double)r.total_norm, before_last, (double)r.clip_coef, coef);
+    if (!close_to(r.total_norm, before_last, 1e-5) || !close_to(r.clip_coef, coef, 1e-5)) {
         fprintf(stderr, "the last step did not clip the norm expected\n");
+        goto done;
+    }
+    if (data && gpt2_device_download(data, total, host) != 0)
+        goto done;
+    const double left = norm2(host, total);
+    printf("the data's norm after the last step: %.6g (expected %.6g)\n", left, after);
+    if (!close_to(left, after, 1e-5)) {
+        fprintf(stderr, "the data were not clipped to the norm expected\n");
         goto done;
     }
     printf("%.3f ms per clip step (norm + scale, %d steps, each clipping by 2^(-1/%d))\n", ms,

@@ -23,6 +23,16 @@ int gpt2_device_upload(const float *host, int64_t n, float **device)
     return 0;
 }
 
+int gpt2_device_download(const float *device, int64_t n, float *host)
+{
+    cudaError_t e = cudaMemcpy(host, device, (size_t)n * sizeof(float), cudaMemcpyDeviceToHost);
+    if (e != cudaSuccess) {
+        fprintf(stderr, "CUDA: %s\n", cudaGetErrorString(e));
+        return 1;
+    }
+    return 0;
+}
+
 void gpt2_device_free(float *device)
 {
     cudaFree(device);
@@ -33,6 +43,15 @@ int gpt2_device_upload(const float *host, int64_t n, float **device)
     (void)host;
     (void)n;
     (void)device;
+    fprintf(stderr, "built without CUDA\n");
+    return 1;
+}
+
+int gpt2_device_download(const float *device, int64_t n, float *host)
+{
+    (void)device;
+    (void)n;
+    (void)host;
     fprintf(stderr, "built without CUDA\n");
     return 1;
 }
