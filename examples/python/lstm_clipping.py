@@ -18,6 +18,10 @@ Each run prints the loss and the gradient norm (before clipping) every
 `--print-every` steps; the script then compares the runs with the trivial
 baseline (predicting each step's mean, which knows nothing about the input)
 and writes a plot of both curves (PNG, docs/lstm-clipping.png by default).
+It exits 1 when the gclip run does not do its job: its loss or gradient
+norm turns non-finite, its first gradient norm is not torch's (1e-6: same
+weights, same batch), or it ends above the baseline while the torch run
+ends below it.
 The model is small, so it runs on one CPU thread (--threads); the three runs
 take well under a minute on a 2-core machine.
 
@@ -31,6 +35,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 import time
 
 import torch
@@ -111,6 +116,13 @@ def main():
                     help="torch threads (a model this small runs fastest on one)")
     ap.add_argument("--out", default=DEFAULT_OUT, help="the PNG to write ('' for none)")
     args = ap.parse_args()
+    for name in ("steps", "batch", "hidden", "print_every", "threads"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.length < 2:
+        ap.error("--length must be >= 2 (one marked position in each half)")
+    if not (args.max_norm > 0 and math.isfinite(args.max_norm)):
+        ap.error("--max-norm must be finite and > 0")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     init_state = Model(args.hidden).state_dict()
@@ -151,6 +163,25 @@ def main():
 
     if args.out:
         plot(results, args, baseline)
+    return check(results, baseline, tail)
+
+
+def check(results, baseline, tail):
+    """0 when the gclip run did its job, else 1 (with what went wrong)."""
+    (lg, ng, _), (lt, nt, _) = results["gclip"], results["torch"]
+    problems = []
+    if not all(math.isfinite(v) for v in lg + ng):
+        problems.append("the gclip run's loss or gradient norm turned non-finite")
+    if not abs(ng[0] - nt[0]) <= 1e-6 * abs(nt[0]):
+        problems.append(f"the first gradient norms differ: gclip {ng[0]!r}, torch {nt[0]!r}")
+    mean_t = sum(lt[-tail:]) / len(lt[-tail:])
+    mean_g = sum(lg[-tail:]) / len(lg[-tail:])
+    if mean_t < baseline and not mean_g < baseline:
+        problems.append(f"the gclip run ends at loss {mean_g:.4g}, above the baseline "
+                        f"{baseline:.4g}, where the torch run ends below it ({mean_t:.4g})")
+    for p in problems:
+        print(f"FAILED: {p}")
+    return 1 if problems else 0
 
 
 def _finite(values):
@@ -222,4 +253,4 @@ def plot(results, args, baseline):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -72,3 +72,50 @@ _REFERENCES = ("torch", "numpy", "jax", "optax", "zclip", "autoclip.torch",
 def test_reference_packages_import_in_ci(name):
     import importlib
     importlib.import_module(name)
+
+
+# ---- the examples check what they show ---------------------------------------------
+
+_EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples" / "python"
+
+
+def _run_example(source: str, name: str, *args: str, tmp_path):
+    import subprocess
+    import sys
+    script = tmp_path / name
+    script.write_text(source)
+    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True,
+                          timeout=600, cwd=tmp_path)
+
+
+@pytest.mark.parametrize("name, args, change", [
+    # the update applied whatever the flag: the bad step writes Inf into the weights
+    ("skip_nonfinite_step.py", (), ('keep = res["nonfinite"] == 0', "keep = torch.tensor(True)")),
+    # the gclip run not clipped: its loss overflows as the unclipped run's does
+    ("lstm_clipping.py", ("--steps", "60", "--out", "", "--print-every", "100"),
+     ("gt.clip_grad_norm_(model.parameters(), args.max_norm)",
+      "gt.clip_grad_norm_(model.parameters(), 1e30)")),
+])
+def test_examples_pass_and_fail_when_what_they_show_is_broken(name, args, change, tmp_path):
+    """Each Python example exits 0 as it is, and 1 with the one line it
+    demonstrates broken: its checks can fail."""
+    path = _EXAMPLES / name
+    if not path.is_file():
+        pytest.skip(f"no {path} beside the tests")
+    source = path.read_text()
+    good = _run_example(source, name, *args, tmp_path=tmp_path)
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert source.count(change[0]) == 1
+    bad = _run_example(source.replace(change[0], change[1]), name, *args, tmp_path=tmp_path)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert "FAILED" in bad.stdout
+
+
+def test_lstm_example_refuses_bad_arguments(tmp_path):
+    path = _EXAMPLES / "lstm_clipping.py"
+    if not path.is_file():
+        pytest.skip(f"no {path} beside the tests")
+    for args in (("--steps", "0"), ("--print-every", "0"), ("--length", "1"),
+                 ("--max-norm", "0")):
+        r = _run_example(path.read_text(), "lstm_clipping.py", *args, tmp_path=tmp_path)
+        assert r.returncode == 2 and "error: --" in r.stderr, (args, r.stderr)
