@@ -151,15 +151,18 @@ int bench_write_json(const bench_results *res, const char *path)
         json_string(f, "backend", r->backend);
         fputs(", ", f);
         fprintf(f, "\"threads\": %d, ", r->threads);
+        /* the figures the verdicts compare, at full precision: a ratio rounded
+         * to 0.85 from below would pass the roofline target */
         if (has_time(r))
             fprintf(f,
-                    "\"median_ms\": %.6g, \"min_ms\": %.6g, \"max_ms\": %.6g, \"bytes\": %.0f, "
-                    "\"gbps\": %.6g, \"roofline_gbps\": %.6g, \"ratio\": %.4g, ",
+                    "\"median_ms\": %.17g, \"min_ms\": %.17g, \"max_ms\": %.17g, "
+                    "\"bytes\": %.0f, \"gbps\": %.17g, \"roofline_gbps\": %.17g, "
+                    "\"ratio\": %.17g, ",
                     r->t.median_ms, r->t.min_ms, r->t.max_ms, r->bytes, r->gbps,
                     r->roofline_gbps, r->gbps / r->roofline_gbps);
         else
             fprintf(f, "\"median_ms\": null, \"min_ms\": null, \"max_ms\": null, "
-                       "\"bytes\": %.0f, \"gbps\": null, \"roofline_gbps\": %.6g, "
+                       "\"bytes\": %.0f, \"gbps\": null, \"roofline_gbps\": %.17g, "
                        "\"ratio\": null, ",
                     r->bytes, r->roofline_gbps);
         fprintf(f, "\"roofline_interleaved\": %s, ", r->roofline_interleaved ? "true" : "false");

@@ -27,7 +27,9 @@ Targets (CPU): every op at >= 0.85 of its roofline, and at least as fast as
 the fastest peer of the run; 2x the fastest peer for clip-noop and on
 many-small, where the peers do avoidable work. A row with no peer timed
 (--quick, a peer skipped or failed) cannot meet the peer target, and a row
-whose check failed in any run (gclip-bench's check_failed) misses too. A
+whose check failed in any run (gclip-bench's check_failed) misses too, as
+does a row that has no time in some run (the op failed there, its note
+says why, or the run lacks it). A
 peer whose own output check failed (bench/peer_common.py) keeps its time in
 the comparison, marked (!) and listed under the table.
 
@@ -47,10 +49,11 @@ def peer_target(workload, op):
 
 
 def index(records, backend):
-    """(workload, op, impl) -> record with a time, and gclip's rows in run order."""
+    """(workload, op, impl) -> record with a time, and gclip's records in run
+    order, those that did not run (median_ms null: the op failed) included."""
     records = [r for r in records if r["backend"] == backend]
     timed = {(r["workload"], r["op"], r["impl"]): r for r in records if r.get("median_ms")}
-    rows = [r for r in records if r["impl"] == "gclip" and r.get("median_ms")]
+    rows = [r for r in records if r["impl"] == "gclip"]
     return timed, rows
 
 
@@ -65,24 +68,32 @@ def speedups(g, peer):
 
 
 def summarize(runs, backend="cpu"):
-    """One entry per gclip row of the first run: the per-run figures
-    (ratio, and speed-up over each peer present in that run) and their
-    medians. `runs` is a list of record lists, one per gclip-bench run."""
+    """One entry per gclip row of any run, in the order they first appear:
+    the per-run figures (ratio, and speed-up over each peer present in that
+    run) and their medians. A run in which the row has no time (the op
+    failed, or the run lacks it) is listed in "untimed", and the row misses
+    its targets. `runs` is a list of record lists, one per gclip-bench run."""
     indexed = [index(run, backend) for run in runs]
     peers = list(dict.fromkeys(r["impl"] for run in runs for r in run
                                if r["backend"] == backend and r["impl"] not in FIXED))
+    first = {}
+    for _, rows in indexed:
+        for r in rows:
+            first.setdefault((r["workload"], r["op"]), r)
     out = []
-    for row in indexed[0][1]:
+    for row in first.values():
         w, op = row["workload"], row["op"]
-        ratios, ms, naive = [], [], []
+        ratios, ms, naive, untimed = [], [], [], []
         ups = {p: [] for p in peers}      # in time
         mem_ups = {p: [] for p in peers}  # at the same memory speed
         judged = {p: [] for p in peers}   # the latter where it exists, else the former
         peer_ms = {p: [] for p in peers}
         peer_checks = {}  # peer -> its output check's finding, in a run where it failed
-        for timed, rows in indexed:
+        for k, (timed, rows) in enumerate(indexed):
             g = next((r for r in rows if r["workload"] == w and r["op"] == op), None)
-            if g is None:
+            if g is None or not g.get("median_ms"):
+                why = "absent" if g is None else (g.get("note") or "no time")
+                untimed.append(f"run {k + 1}: {why}")
                 continue
             ratios.append(g["ratio"])
             ms.append(g["median_ms"])
@@ -106,8 +117,9 @@ def summarize(runs, backend="cpu"):
         label = op if row.get("policy", "skip") == "skip" else f"{op} ({row['policy']})"
         out.append({
             "workload": w, "op": op, "label": label, "runs": len(ratios),
-            "ratio": statistics.median(ratios), "ratios": ratios,
-            "ms": statistics.median(ms),
+            "untimed": untimed,
+            "ratio": statistics.median(ratios) if ratios else None, "ratios": ratios,
+            "ms": statistics.median(ms) if ms else None,
             "naive_ms": statistics.median(naive) if naive else None,
             "peer_ms": {p: statistics.median(t) for p, t in peer_ms.items() if t},
             "ups": ups, "mem_ups": mem_ups, "judged": judged, "up": med, "fastest": fastest,
@@ -124,9 +136,12 @@ def summarize(runs, backend="cpu"):
 def verdict(row):
     """The targets the row misses (empty when it meets them all)."""
     met = []
+    if row.get("untimed"):
+        met.append(f"not timed in {len(row['untimed'])} of "
+                   f"{len(row['untimed']) + row['runs']} runs ({'; '.join(row['untimed'])})")
     if row.get("check_failed"):
         met.append("output check failed")
-    if row["ratio"] < ROOFLINE_TARGET:
+    if row["ratio"] is not None and row["ratio"] < ROOFLINE_TARGET:
         met.append(f"roofline < {ROOFLINE_TARGET}")
     want = peer_target(row["workload"], row["op"])
     if row["fastest"] is None:
@@ -137,7 +152,9 @@ def verdict(row):
 
 
 def spread(values, fmt):
-    """'median' for one value, 'median (min-max)' for several."""
+    """'median' for one value, 'median (min-max)' for several, '-' for none."""
+    if not values:
+        return "-"
     m = fmt.format(statistics.median(values))
     if len(values) < 2:
         return m
@@ -189,7 +206,8 @@ def main():
                      (f + (" (!)" if f in row["peer_checks"] else "")) if f else "-"]
         else:
             naive = row["naive_ms"]
-            cells = [w, op, f"{row['ms']:.2f}", f"**{spread(row['ratios'], '{:.2f}')}**",
+            cells = [w, op, f"{row['ms']:.2f}" if row["ms"] is not None else "-",
+                     f"**{spread(row['ratios'], '{:.2f}')}**",
                      f"{naive:.1f}" if naive else "-"]
             cells += [(f"{row['peer_ms'][p]:.2f}" + (" (!)" if p in row["peer_checks"] else ""))
                       if p in row["peer_ms"] else "-" for p in peers]

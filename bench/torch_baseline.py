@@ -82,6 +82,14 @@ class Workload:
                                             device=self.grads[0].device)
             self.flush_buf.add_(1.0)  # touches every line: evicts the gradients
 
+    def unrestored(self):
+        """None when every gradient buffer holds the pristine bits, else
+        which does not (run_protocol calls it before the last run)."""
+        for dtype, buf in self.flat.items():
+            if not torch.equal(buf.view(torch.uint8), self.pristine[dtype].view(torch.uint8)):
+                return f"the {dtype} gradients were not restored before the last run"
+        return None
+
     def pairs(self):
         """(pristine, current) values of each gradient for check_output."""
         def f64(t, a, b):
@@ -190,7 +198,8 @@ def main():
             if device == "cuda":
                 torch.cuda.synchronize()
             return timed(fn, device, last)
-        times = run_protocol(w.prepare, op in WRITES, step, args.warmup, args.runs, op)
+        times = run_protocol(w.prepare, op in WRITES, step, args.warmup, args.runs, op,
+                             w.unrestored)
         # the data and the norm the last run left
         norm = None if last["out"] is None else float(last["out"])
         run_check(times, op, w.kinds, w.sq, w.pairs(), norm, op_args)

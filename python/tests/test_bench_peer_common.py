@@ -194,10 +194,19 @@ def test_the_check_fails_a_step_that_did_not_do_the_op(pc, peer_case):
         skipped = [(x, x.copy() if i == t else y) for i, (x, y) in enumerate(pairs)]
         assert "tensor" in pc.check_output(op, kinds, sq, in_chunks(pc, skipped), None, args)
     if op in ("clip", "tensor-norm", "unscale-clip"):
-        # the data not restored between runs: the factor applied twice
-        f = outs[t] / np.where(xs[t] == 0, 1, xs[t])
-        twice = [(x, y * f if i == t else y) for i, (x, y) in enumerate(pairs)]
-        assert "tensor" in pc.check_output(op, kinds, sq, in_chunks(pc, twice), None, args)
+        # the data not restored between runs: a second run of the op on what
+        # the first left. unscale-clip unscales twice, which the check sees;
+        # clip and tensor-norm find the norm at max_norm already and change
+        # next to nothing, which it cannot see: run_protocol's unrestored()
+        # does (test_a_missed_restore_fails_the_peer_s_check below)
+        _, again = like_a_peer(op, kinds, outs, args)
+        twice = list(zip(xs, again))
+        found = pc.check_output(op, kinds, sq, in_chunks(pc, twice), None, args)
+        if op == "unscale-clip":
+            assert "tensor" in found
+        else:
+            assert found is None
+            assert max(np.max(np.abs(a - y)) / np.max(np.abs(y)) for a, y in zip(again, outs)) < 1e-3
     # the exponent of one tensor's largest element two higher
     j = int(np.argmax(np.abs(outs[t])))
     bumped = [(x, y.copy()) for x, y in pairs]
@@ -261,6 +270,49 @@ def test_records_carry_the_check_and_the_norm_error(pc):
     rec = pc.record(A, 100, "clip", "cpu", times, "clip_grad_norm_", "torch")
     assert rec["check_failed"] is True and rec["check"].startswith("tensor 0")
     assert "norm_error" not in rec
+
+
+@pytest.mark.parametrize("restores", [True, False])
+def test_a_missed_restore_fails_the_peer_s_check(pc, restores):
+    """unrestored() runs once, after the last run's prepare() and before its
+    step; what it finds is the record's check, whatever the output check
+    would say."""
+    class A:
+        workload, threads = "resnet50", 2
+    kinds = ["f32", "f32"]
+    xs, sq = peer_data(kinds, seed=17)
+    data = [x.copy() for x in xs]
+    args = {"max_norm": 0.5 * sum(sq) ** 0.5}
+    log = []
+
+    def prepare(writes):
+        log.append("prepare")
+        if restores:
+            for d, x in zip(data, xs):
+                d[:] = x
+
+    def step():
+        log.append("step")
+        _, outs = like_a_peer("clip", kinds, data, args)
+        for d, y in zip(data, outs):
+            d[:] = y
+        return 1.0
+
+    def unrestored():
+        log.append("unrestored")
+        same = all(np.array_equal(d, x) for d, x in zip(data, xs))
+        return None if same else "the float32 gradients were not restored before the last run"
+    times = pc.run_protocol(prepare, True, step, 1, 3, None, unrestored)
+    assert log == ["prepare", "step"] * 3 + ["prepare", "unrestored", "step"]
+    pc.run_check(times, "clip", kinds, sq, in_chunks(pc, list(zip(xs, data))), None, args)
+    rec = pc.record(A, 100, "clip", "cpu", times, "clip_grad_norm_", "torch")
+    if restores:
+        assert rec["check_failed"] is False
+    else:
+        assert rec["check_failed"] is True and "not restored" in rec["check"]
+        # the output check alone passes what the unrestored runs left
+        assert pc.check_output("clip", kinds, sq, in_chunks(pc, list(zip(xs, data))), None,
+                               args) is None
 
 
 def test_a_peer_without_numpy_is_timed_and_its_record_says_unchecked(pc, monkeypatch):

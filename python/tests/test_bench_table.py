@@ -111,9 +111,39 @@ def test_a_row_without_a_peer_or_with_a_failed_check_misses_its_target(table):
     assert [(row["workload"], row["op"]) for row in failed] == [(bad["workload"], bad["op"])]
 
 
+@pytest.mark.parametrize("failed_run", [0, 1])
+def test_a_gclip_op_that_did_not_run_is_listed_and_misses(table, failed_run, tmp_path, capsys,
+                                                          monkeypatch):
+    """A gclip op that failed in a run (gclip-bench keeps its record, with
+    median_ms null and the reason in its note) keeps its row, whichever run
+    failed, and misses its targets; the other runs' figures still show."""
+    runs = make_runs(13, 2)
+    bad = next(r for r in runs[failed_run] if r["impl"] == "gclip" and r["op"] == "clip-noop")
+    bad.update(median_ms=None, ratio=None, note="clip failed: OUT_OF_MEMORY")
+    _, rows = table.summarize(runs)
+    assert len(rows) == 4
+    row = next(r for r in rows if (r["workload"], r["op"]) == (bad["workload"], "clip-noop"))
+    assert row["runs"] == 1 and len(row["ratios"]) == 1
+    assert row["untimed"] == [f"run {failed_run + 1}: clip failed: OUT_OF_MEMORY"]
+    assert any(m.startswith("not timed in 1 of 2 runs") for m in table.verdict(row))
+    others = [r for r in rows if r is not row]
+    assert all(r["runs"] == 2 and not r["untimed"] for r in others)
+    # a run alone with the failed op: its row is printed, below target
+    path = tmp_path / "run.json"
+    path.write_text(__import__("json").dumps(runs[failed_run]))
+    monkeypatch.setattr("sys.argv", ["table.py", str(path)])
+    table.main()
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines()
+                if ln.startswith(f"| {bad['workload']} | clip-noop |"))
+    assert line.endswith("| no |") and "| - |" in line
+    assert f"- {bad['workload']} clip-noop: not timed in 1 of 1 runs" in out
+
+
 def test_spread_names_the_range_only_for_several_runs(table):
     assert table.spread([0.9], "{:.2f}") == "0.90"
     assert table.spread([0.95, 0.8, 1.1], "{:.2f}x") == "0.95x (0.80x-1.10x)"
+    assert table.spread([], "{:.2f}") == "-"
 
 
 def test_rows_of_another_policy_are_labelled_with_it(table):
