@@ -221,15 +221,20 @@ done
 # - The lane pass copies a window of partials and tensor indices before
 #   folding any of it, so it waits for memory once per window. From sm_80
 #   the window is copied with cp.async: the compute_90 PTX of the norm
-#   kernel must hold at least GCLIP_FOLD_BATCH / 2 16-byte L2-only copies
+#   kernel must hold at least ceil(GCLIP_FOLD_BATCH / 2) 16-byte L2-only copies
 #   (cp.async.cg.shared.global ..., 16: the partials, in pairs) and at least
 #   GCLIP_FOLD_BATCH 4-byte ones (the tensor indices), and no 8-byte
 #   cp.async: a partial copied through L1 could be a stale copy of a
 #   sector the next lane shares. The sm_90 SASS must hold at least
-#   GCLIP_FOLD_BATCH / 2 LDGSTS ... BYPASS.128. On sm_75 the batch goes
+#   ceil(GCLIP_FOLD_BATCH / 2) LDGSTS ... BYPASS.128 (a window of
+#   GCLIP_FOLD_BATCH partials per lane takes GCLIP_FOLD_PAIR_STEPS pair
+#   copies per thread, at least that many). On sm_75 the batch goes
 #   through registers with ld.global.cg: its SASS must hold at least
-#   GCLIP_FOLD_BATCH_REG LDG.E.64.STRONG.GPU. A fold that gates each chunk
-#   on a load of the table has one of each.
+#   GCLIP_FOLD_BATCH_REG LDG.E.64.STRONG.GPU from a register's address
+#   alone ([Rn]: the batch's partials, each at its own index; the close's
+#   five lane-record loads, [Rn+0x400] and on, are always there and are not
+#   counted). A fold that gates each chunk on a load of the table has one
+#   of each.
 # - The norm kernel's static shared memory (the window included) lets
 #   four blocks of GCLIP_BLOCK_THREADS share an SM on every architecture
 #   (per SM: 64 KB on sm_75, 164 KB on sm_80, 100 KB on sm_86/sm_89, 228 KB
@@ -244,8 +249,8 @@ if [ -z "$fold_batch" ] || [ -z "$fold_batch_reg" ]; then
 else
     n=$(grep -cE 'cp\.async\.cg\.shared\.global.*, 16;' "$work/norm_kernel.ptx" || true)
     echo "norm_kernel.cu: $n 16-byte L2-only cp.async in the compute_90 PTX (fold batch $fold_batch)"
-    if [ "$n" -lt $((fold_batch / 2)) ]; then
-        fail "norm_kernel.cu: $n paired partial copies in the PTX, fewer than GCLIP_FOLD_BATCH/2=$((fold_batch / 2))"
+    if [ "$n" -lt $(((fold_batch + 1) / 2)) ]; then
+        fail "norm_kernel.cu: $n paired partial copies in the PTX, fewer than ceil(GCLIP_FOLD_BATCH/2)=$(((fold_batch + 1) / 2))"
     fi
     n=$(grep -cE 'cp\.async\.ca\.shared\.global.*, 4;' "$work/norm_kernel.ptx" || true)
     echo "norm_kernel.cu: $n 4-byte cp.async in the compute_90 PTX (tensor indices)"
@@ -271,11 +276,11 @@ else
         fi
         n=$(count sm_90 'LDGSTS[.A-Z0-9]*BYPASS\.128')
         echo "norm_kernel.cu: $n 16-byte L2-only LDGSTS in the sm_90 SASS (fold batch $fold_batch, partials in pairs)"
-        if [ "$n" -lt $((fold_batch / 2)) ]; then
-            fail "norm_kernel.cu: $n paired partial copies (LDGSTS BYPASS.128) in the sm_90 SASS, fewer than GCLIP_FOLD_BATCH/2=$((fold_batch / 2))"
+        if [ "$n" -lt $(((fold_batch + 1) / 2)) ]; then
+            fail "norm_kernel.cu: $n paired partial copies (LDGSTS BYPASS.128) in the sm_90 SASS, fewer than ceil(GCLIP_FOLD_BATCH/2)=$(((fold_batch + 1) / 2))"
         fi
-        n=$(count sm_75 'LDG\.E\.64\.STRONG\.GPU')
-        echo "norm_kernel.cu: $n 64-bit L2 loads (LDG.E.64.STRONG.GPU) in the sm_75 SASS (batch $fold_batch_reg through registers)"
+        n=$(count sm_75 'LDG[.]E[.]64[.]STRONG[.]GPU R[0-9]+, [[]R[0-9]+[]]')
+        echo "norm_kernel.cu: $n 64-bit L2 loads (LDG.E.64.STRONG.GPU) at [Rn] in the sm_75 SASS (batch $fold_batch_reg through registers)"
         if [ "$n" -lt "$fold_batch_reg" ]; then
             fail "norm_kernel.cu: $n batched partial loads in the sm_75 SASS, fewer than GCLIP_FOLD_BATCH_REG=$fold_batch_reg"
         fi
