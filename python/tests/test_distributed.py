@@ -138,6 +138,36 @@ def _all_bits_equal(rec, name, value):
     rec.bits.setdefault(name, []).append(mine)
 
 
+def _factors_applied(before, after):
+    """The float32 factors s near after / before with after == before * s bit
+    for bit (float32 products), as sorted hex strings: the factors that
+    account for what a rank did to its piece (None for a piece with no
+    nonzero element, which tells nothing)."""
+    b, a = before.reshape(-1).float(), after.reshape(-1).float()
+    if b.numel() == 0 or not bool(b.abs().max() > 0):
+        return None
+    j = int(b.abs().argmax())
+    s = torch.tensor(float(a[j]) / float(b[j]), dtype=torch.float32)
+    found, down, up = [s], s, s
+    for _ in range(4):
+        down = torch.nextafter(down, torch.tensor(-math.inf))
+        up = torch.nextafter(up, torch.tensor(math.inf))
+        found += [down, up]
+    return sorted(_bits(c) for c in found
+                  if torch.equal((b * c).view(torch.int32), a.view(torch.int32)))
+
+
+def _one_factor_on_every_rank(rec, name, before, after):
+    """Record whether every rank's piece is its piece before times one float32
+    factor, the same on every rank (a gathered tensor could not tell: every
+    rank would gather the same bytes whatever each applied)."""
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, _factors_applied(before, after))
+    told = [set(f) for f in everyone if f is not None]
+    rec.check(name, bool(told) and all(told) and bool(set.intersection(*told)),
+              f"factors per rank {everyone}")
+
+
 def _as_float(norm):
     if isinstance(norm, DTensor):
         norm = norm.full_tensor()
@@ -172,6 +202,7 @@ def _scenario_1d(rec, ws, rank):
         _all_bits_equal(rec, "1d_total_norm_bitwise_across_ranks", gn.to_local())
 
     tn = torch.nn.utils.clip_grad_norm_(tparams, MAX_NORM)
+    before = [gp.grad.to_local().clone() for gp in gparams]
     gn = gt.clip_grad_norm_(gparams, MAX_NORM)
     rec.close("1d_clip_norm_matches_torch", _as_float(gn), _as_float(tn), 2e-6)
     rec.close("1d_clip_norm_matches_reference", _as_float(gn), ref, 1e-6)
@@ -186,8 +217,8 @@ def _scenario_1d(rec, ws, rank):
         rec.check("1d_clipped_grads_match_reference",
                   torch.allclose(g_full.double(), want, rtol=2e-6, atol=1e-9),
                   f"tensor {i}: max diff {_maxdiff(g_full.double(), want)}")
-        _all_bits_equal(rec, "1d_clipped_grads_bitwise_across_ranks",
-                        float(gp.grad.full_tensor().double().sum()))
+        _one_factor_on_every_rank(rec, "1d_clipped_grads_bitwise_across_ranks", before[i],
+                                  gp.grad.to_local())
 
     # a shard that is empty on some ranks (3 rows over 4 ranks); PyTorch's
     # _foreach_norm rejects p = inf on an empty tensor, so only the reference
