@@ -10,8 +10,8 @@
  * step's time is the slowest rank's; the median over S steps is printed.
  *   local clip    gclip_clip_grad_norm on this rank's shard alone (no
  *                 collective: what clipping costs without the reduction)
- *   dist clip     gclip_dist_clip_grad_norm (accumulate, MPI_Iallgather,
- *                 finalize, apply)
+ *   dist clip     gclip_dist_clip_grad_norm (accumulate, the transport's
+ *                 blocking MPI_Allgather, finalize, apply)
  *   dist norm     gclip_dist_compute_clip_factor (no write pass)
  *   allgather     MPI_Allgather of one 16-byte partial per rank alone
  * and the phases of dist clip, run on a plan without a transport so that

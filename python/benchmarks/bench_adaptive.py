@@ -157,7 +157,6 @@ def main():
                          "ratio": t[n] / t["plain-" + regime]})
             print(f"gclip threads={threads or 'default':7} {n:16s} {t[n] * 1e3:9.2f} ms  "
                   f"{rows[-1]['ratio']:5.2f}x plain-{regime}", flush=True)
-        plain = t["plain-clip"]
     refs = {} if args.skip_references else reference_methods(model, params)
     if refs:
         for fn in refs.values():
@@ -166,12 +165,17 @@ def main():
                 fn()
         names = list(refs)
         times = timeit([refs[n] for n in names], max(3, args.repeat // 2), nothing, restore)
-        ours = {r["method"]: r["ms"] for r in rows if r["threads"] == "default"}
+        # each reference against gclip's same method at the last thread
+        # setting run (the default, 0, unless --threads leaves it out)
+        ours_threads = rows[-1]["threads"]
+        ours = {r["method"]: r["ms"] for r in rows
+                if r["side"] == "gclip" and r["threads"] == ours_threads}
         for n, tm in zip(names, times):
-            mine = ours.get(n, plain * 1e3)
+            mine = ours[n]
             rows.append({"side": "reference", "threads": torch.get_num_threads(), "method": n,
-                         "ms": tm * 1e3, "gclip_ms": mine, "speedup": tm * 1e3 / mine})
-            print(f"reference {n:16s} {tm * 1e3:9.2f} ms  gclip (default threads) "
+                         "ms": tm * 1e3, "gclip_ms": mine, "gclip_threads": ours_threads,
+                         "speedup": tm * 1e3 / mine})
+            print(f"reference {n:16s} {tm * 1e3:9.2f} ms  gclip ({ours_threads} threads) "
                   f"{mine:9.2f} ms  {tm * 1e3 / mine:5.2f}x", flush=True)
     load = os.getloadavg()[0]
     machine = {"torch": torch.__version__, "gclip": gclip.library_version, "cpus": os.cpu_count(),
@@ -189,7 +193,7 @@ def main():
             cells = [f"{x['ms']:.1f} ms | {x['ratio']:.2f}x" if x else "- | -" for x in (one, dflt)]
             print(f"| {n} | {(one or dflt)['regime']} | {cells[0]} | {cells[1]} |")
         if refs:
-            print("\n| reference | reference | gclip (default threads) | gclip speedup |")
+            print(f"\n| reference | reference | gclip ({ours_threads} threads) | gclip speedup |")
             print("|---|---:|---:|---:|")
             for r in rows:
                 if r["side"] == "reference":
