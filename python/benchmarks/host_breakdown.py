@@ -4,10 +4,12 @@
 
 With N one-element CPU gradients (the data costs nothing) it times the whole
 drop-in call and, separately, its parts: the C++ scan of the parameter list
-(gradient pointers, counts, dtypes, device), gclip_plan_rebind (the new
-pointers, with the overlap check), the gclip call itself (norm, coefficient,
-result slot) and the clone of the returned norm; what the whole call takes
-beyond their sum is Python. Each is measured with warm caches (back-to-back
+(gradient pointers, counts, dtypes, device), the lookup of the cached plan
+for that signature, gclip_plan_rebind (the new pointers, with the overlap
+check), the gclip call itself (norm, coefficient, result slot), the clone
+of the returned norm and the C++ loop that bumps every gradient's version
+counter (autograd's record of the in-place write); what the whole call
+takes beyond their sum is Python. Each is measured with warm caches (back-to-back
 calls) and right after a 64 MB write that evicts them, as after a backward
 pass (then every part pays for its own misses, and the parts add up to more
 than the whole call). Needs the C++ module gclip._torch_fast; the parts are internals of
@@ -41,14 +43,19 @@ def main():
     gt.clip_grad_norm_(params, 1e30)  # builds the plan
     scanner = gt._scanner_of_thread()
     entry, stream, count = gt._scan_fast(params, True, False)
+    _, sig, _, dev = scanner.scan(params, True)
     plan = entry.plan
+    if gt._bump_versions is None:
+        raise SystemExit("gclip._torch_fast has no bump_versions: rebuild the package")
     opts = plan.options(1e30, 2.0, 1e-6, 1.0, _lib.PROPAGATE)
     parts = {
         "whole call": lambda: gt.clip_grad_norm_(params, 1e30),
         "scan (C++)": lambda: scanner.scan(params, True),
+        "plan lookup": lambda: scanner.entry(sig, params, True, dev),
         "rebind (C)": lambda: scanner.rebind(entry, count, stream),
         "clip (C)": lambda: plan.run("clip_grad_norm", opts, stream),
         "norm clone": lambda: entry.norm_view.clone(),
+        "versions (C++)": lambda: gt._bump_versions(params, True),
     }
     junk = torch.empty(16 << 20)
 
