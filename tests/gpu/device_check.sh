@@ -12,20 +12,20 @@
 #   4. the CUDA bench: gclip-bench --cuda-steps (us per step with no host
 #      sync, eager and graph, against a device-to-device copy; launches per
 #      step) on gpt2-124m, many-small (10,000 x 1,000) and tiny-100k;
-#   5. the Python package's pytest suite with the device, the package from
-#      python/ loading the build's libgclip.so (GCLIP_LIBRARY);
-#   6. the peer on the same device: PyTorch's foreach clipping timed as the
-#      CUDA bench times gclip (bench/torch_cuda_steps.py);
-#   7. a profile, for information (it never fails the check): Nsight
+#   5. a profile, for information (it never fails the check): Nsight
 #      Compute's view of one norm kernel of tiny-100k and of many-small and
 #      of one clipping scale kernel of tiny-100k (speed of light, memory,
 #      occupancy, launch, warp states), the two workloads furthest from the
-#      copy's speed.
+#      copy's speed;
+#   6. the Python package's pytest suite with the device, the package from
+#      python/ loading the build's libgclip.so (GCLIP_LIBRARY);
+#   7. the peer on the same device: PyTorch's foreach clipping timed as the
+#      CUDA bench times gclip (bench/torch_cuda_steps.py).
 #
-# Stages 5 and 6 need a python3 with PyTorch that sees the device
-# (GCLIP_DEVICE_PYTHON, default python3), stage 5 pytest too; without them
+# Stages 6 and 7 need a python3 with PyTorch that sees the device
+# (GCLIP_DEVICE_PYTHON, default python3), stage 6 pytest too; without them
 # they are skipped, which does not fail the check (the summary says so);
-# GCLIP_DEVICE_CHECK_PYTHON=0 leaves them out. Stage 6 measures the peer
+# GCLIP_DEVICE_CHECK_PYTHON=0 leaves them out. Stage 7 measures the peer
 # and informs: it never fails the check. GCLIP_GTEST_SRC=DIR (GoogleTest's sources) builds GoogleTest into
 # the build folder first (stage gtest); without it, where GoogleTest is not
 # installed, .devdeps/googletest or /usr/src/googletest is used if present.
@@ -389,9 +389,11 @@ elif [ $built = 1 ]; then
         env OMP_NUM_THREADS=4 ctest --test-dir "$build" -L gpu -j "$parallel" --no-tests=error \
               ${stop[@]+"${stop[@]}"} --output-on-failure --output-junit "$out/ctest-gpu.xml"
     skipped=$(grep -c '(Skipped)' "$out/ctest-gpu.log" 2>/dev/null)
-    if [ "$stage_status" = PASS ] && grep -qi 'stop time' "$out/ctest-gpu.log" 2>/dev/null; then
+    # at its stop time ctest also cuts the tests still running short (they
+    # read "Timeout") and exits non-zero: the log says which happened
+    if grep -q 'stop time has been passed' "$out/ctest-gpu.log" 2>/dev/null; then
         stage_status=TIMEOUT
-        stage_note="ctest reached its stop time: tests were left unrun (ctest-gpu.log)"
+        stage_note="ctest reached its stop time: the tests then running were cut off (they read Timeout) and the rest left unrun; failures before it are in ctest-gpu.log"
     elif grep -q 'no CUDA device' "$out/ctest-gpu.xml" 2>/dev/null; then
         stage_status=FAIL
         stage_note="tests skipped for want of a device although nvidia-smi lists one"
@@ -454,7 +456,35 @@ else
     skip bench "no build"
 fi
 
-# 5. the Python suite with the device, on the build's libgclip.so
+# 5. the profile (information only), before the Python stages, whose
+# time on a slower machine could otherwise leave it none
+ncu_bin=$(command -v ncu || ls "$(dirname "$(command -v nvcc)")/ncu" /opt/nvidia/nsight-compute/*/ncu \
+          2>/dev/null | head -1)
+if [ $built = 0 ]; then
+    stage_status=SKIP stage_secs=0 stage_limit=0 stage_note="no build"
+    finish_info profile -
+elif [ -z "$ncu_bin" ]; then
+    stage_status=SKIP stage_secs=0 stage_limit=0 stage_note="ncu not found"
+    finish_info profile -
+else
+    # the 11th norm launch is one of the norm op's steps, the 11th scale
+    # launch one of the clip op's (gclip-bench --cuda-steps runs norm, clip,
+    # clip-noop in that order)
+    stage profile 60 profile.log bash -c '
+        for wk in tiny-100k:norm tiny-100k:scale many-small:norm; do
+            w=${wk%:*} k=${wk#*:}
+            echo "== $w: the 11th $k kernel of gclip-bench --cuda-steps"
+            "$1" --clock-control none --kernel-name "regex:gclip_${k}_kernel" \
+                --launch-skip 10 --launch-count 1 \
+                --section SpeedOfLight --section MemoryWorkloadAnalysis \
+                --section Occupancy --section LaunchStats --section WarpStateStats \
+                "$2/bench/gclip-bench" --cuda-steps "$2/profile-$w-$k" --runs 1 --workload "$w" ||
+                exit 1
+        done' _ "$ncu_bin" "$build"
+    finish_info profile profile.log
+fi
+
+# 6. the Python suite with the device, on the build's libgclip.so
 torch_rc=0 pytest_rc=0
 if [ "${GCLIP_DEVICE_CHECK_PYTHON:-1}" != 0 ] && [ "$(time_left)" -ge 10 ]; then
     timeout "$(probe_limit)" "$pyexe" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' \
@@ -488,36 +518,9 @@ else
         fi
         finish python python.log
     fi
-    # 6. the peer on the same device: needs PyTorch only
+    # 7. the peer on the same device: needs PyTorch only
     stage peers 75 peers.log "$pyexe" -u bench/torch_cuda_steps.py --runs 7 --csv "$out/torch-cuda.csv"
     finish_info peers peers.log
-fi
-
-# 7. the profile (information only)
-ncu_bin=$(command -v ncu || ls "$(dirname "$(command -v nvcc)")/ncu" /opt/nvidia/nsight-compute/*/ncu \
-          2>/dev/null | head -1)
-if [ $built = 0 ]; then
-    stage_status=SKIP stage_secs=0 stage_limit=0 stage_note="no build"
-    finish_info profile -
-elif [ -z "$ncu_bin" ]; then
-    stage_status=SKIP stage_secs=0 stage_limit=0 stage_note="ncu not found"
-    finish_info profile -
-else
-    # the 11th norm launch is one of the norm op's steps, the 11th scale
-    # launch one of the clip op's (gclip-bench --cuda-steps runs norm, clip,
-    # clip-noop in that order)
-    stage profile 60 profile.log bash -c '
-        for wk in tiny-100k:norm tiny-100k:scale many-small:norm; do
-            w=${wk%:*} k=${wk#*:}
-            echo "== $w: the 11th $k kernel of gclip-bench --cuda-steps"
-            "$1" --clock-control none --kernel-name "regex:gclip_${k}_kernel" \
-                --launch-skip 10 --launch-count 1 \
-                --section SpeedOfLight --section MemoryWorkloadAnalysis \
-                --section Occupancy --section LaunchStats --section WarpStateStats \
-                "$2/bench/gclip-bench" --cuda-steps "$2/profile-$w-$k" --runs 1 --workload "$w" ||
-                exit 1
-        done' _ "$ncu_bin" "$build"
-    finish_info profile profile.log
 fi
 
 # ---- summary ---------------------------------------------------------------------------
