@@ -110,8 +110,29 @@ def _check_tensor(g: Tensor, index: Union[int, str]) -> None:
         raise TypeError(f"gclip: {what} is on a '{g.device.type}' device; gclip runs "
                         "on the CPU and on CUDA devices")
     if not _dense(g):
-        raise ValueError(f"gclip: {what} is not dense (shape {tuple(g.shape)}, strides "
-                         f"{g.stride()}); gclip needs gradients without gaps or overlaps")
+        raise (_Gapped if _no_overlap(g) else ValueError)(
+            f"gclip: {what} is not dense (shape {tuple(g.shape)}, strides {g.stride()}); gclip "
+            "needs gradients without gaps or overlaps")
+
+
+def _no_overlap(t: Tensor) -> bool:
+    """Whether no two elements of a strided tensor share memory: its
+    dimensions of more than one element, by increasing stride, each step
+    past the last element the smaller ones reach."""
+    reach = 1  # the highest offset so far, plus one
+    for stride, n in sorted((st, n) for n, st in zip(t.shape, t.stride()) if n > 1):
+        if stride < reach:
+            return False
+        reach += stride * (n - 1)
+    return True
+
+
+class _Gapped(ValueError):
+    """A gradient with gaps between its elements but no element shared (a
+    strided view such as x[:, ::2]): the library reads dense gradients only,
+    so the drop-ins take PyTorch's arithmetic for a list holding one, as
+    PyTorch takes it; gclip.torch.Clipper, process_group= and the adaptive
+    clippers refuse it with this ValueError."""
 
 
 class _NotInMemory(TypeError):
@@ -146,10 +167,15 @@ def _check_writable(grads: List[Tensor]) -> None:
                        "or clip inside torch.inference_mode())")
 
 
-def _validate(grads: List[Tensor]) -> None:
-    """Every check that can reject the input, run before anything is written."""
+def _validate(grads: List[Tensor], gaps: bool = False) -> None:
+    """Every check that can reject the input, run before anything is written;
+    with `gaps`, gradients with gaps pass (PyTorch's arithmetic takes them)."""
     for i, g in enumerate(grads):
-        _check_tensor(g, i)
+        try:
+            _check_tensor(g, i)
+        except _Gapped:
+            if not gaps:
+                raise
 
 
 # ---- plan cache of the drop-ins -------------------------------------------------------
@@ -356,7 +382,7 @@ def _bind_disjoint(grads: List[Tensor], device: torch.device, dev_index: int, st
     entry in turn."""
     try:
         return _bind(grads, device, dev_index, stream, dtypes)
-    except (_lib.GclipError, _NotInMemory) as e:
+    except _TORCH_TAKES as e:
         if not _is_overlap(e):
             raise
         return None
@@ -439,12 +465,14 @@ def _torch_order(tensors: List[Tensor]) -> List[Tensor]:
     return [t for ts in _group_by_device_dtype(tensors).values() for t in ts]
 
 
-def _per_tensor_norms(tensors: List[Tensor], norm_type: float, fp32_norm: bool) -> List[Tensor]:
+def _per_tensor_norms(tensors: List[Tensor], norm_type: float, fp32_norm: bool,
+                      torch_only: bool = False) -> List[Tensor]:
     """One norm per tensor, in PyTorch's order (_torch_order): gclip computes
     them (float32, exact to 1e-6); rounded to each tensor's dtype unless
-    fp32_norm. float64 tensors and norm types <= 0 use PyTorch's own kernels."""
+    fp32_norm. float64 tensors, norm types <= 0 and, with `torch_only`, every
+    tensor use PyTorch's own kernels, as its get_total_norm picks them."""
     out = {}
-    use_gclip = _lib.takes_norm_type(norm_type)
+    use_gclip = _lib.takes_norm_type(norm_type) and not torch_only
     for device, group in _group_by_device(tensors).items():
         gtensors = [t for t in group if t.dtype in _FAST_DTYPES] if use_gclip else []
         others = [t for t in group if t.dtype not in _FAST_DTYPES] if use_gclip else group
@@ -536,9 +564,14 @@ def _is_overlap(e: Exception) -> bool:
     """Whether PyTorch's arithmetic takes the list instead: the library
     refused a list that repeats a gradient or holds overlapping ones (a
     plan's tensors must be disjoint; PyTorch takes such a list, and its
-    operations process each entry in turn), or a gradient has no memory."""
-    return isinstance(e, _NotInMemory) or (isinstance(e, _lib.GclipError)
-                                           and e.status == _lib.OVERLAP)
+    operations process each entry in turn), or a gradient has no memory or
+    has gaps (_Gapped)."""
+    return isinstance(e, (_NotInMemory, _Gapped)) or (isinstance(e, _lib.GclipError)
+                                                      and e.status == _lib.OVERLAP)
+
+
+# what _is_overlap may find PyTorch's arithmetic takes
+_TORCH_TAKES = (_lib.GclipError, _NotInMemory, _Gapped)
 
 
 def _mark_norm(total: Tensor) -> Tensor:
@@ -641,7 +674,7 @@ def clip_grad_norm_(parameters: _tensor_or_tensors, max_norm: float, norm_type: 
         try:
             try:
                 entry, stream, count = _scan_fast(params, True, fp32_norm)
-            except (_lib.GclipError, _NotInMemory) as e:
+            except _TORCH_TAKES as e:
                 if not _is_overlap(e):
                     raise
                 entry, stream, count = None, 0, -1  # the general path below takes the list
@@ -710,10 +743,11 @@ def _clip_grad_norm_impl(grads, max_norm, norm_type, error_if_nonfinite, fp32_no
     try:
         return _clip_grad_norm_disjoint(grads, max_norm, norm_type, error_if_nonfinite, fp32_norm,
                                         skip)
-    except (_lib.GclipError, _NotInMemory) as e:  # raised before anything is written
+    except _TORCH_TAKES as e:  # raised before anything is written
         if not _is_overlap(e):
             raise
-    # a repeated gradient counts in the norm and is scaled as often as it is listed
+    # a repeated gradient counts in the norm and is scaled as often as it is
+    # listed; gradients with gaps are scaled by PyTorch's own operations
     total = _get_total_norm_impl(grads, norm_type, error_if_nonfinite, fp32_norm)
     _apply_coef(grads, max_norm, total, skip, overlapping=True)
     return total
@@ -799,17 +833,16 @@ def _get_total_norm_impl(tensors, norm_type, error_if_nonfinite, fp32_norm):
             _validate(tensors)
             total = _combine(_per_tensor_norms(tensors, norm_type, fp32_norm), norm_type,
                              tensors[0].device)
-    except (_lib.GclipError, _NotInMemory) as e:
+    except _TORCH_TAKES as e:
         # a plan's tensors must be disjoint, but a norm only reads: PyTorch
         # counts a repeated or overlapping tensor as often as it is given, and
         # so do its own operations, used here for such a list (and for
-        # tensors without memory, whose own operations they dispatch to)
+        # tensors without memory, whose own operations they dispatch to, and
+        # tensors with gaps)
         if not _is_overlap(e):
             raise
-        total = _combine([torch.linalg.vector_norm(
-                              t, norm_type,
-                              dtype=torch.float32 if fp32_norm and t.dtype in _LOW_DTYPES else None)
-                          for t in _torch_order(tensors)],
+        _validate(tensors, gaps=True)
+        total = _combine(_per_tensor_norms(tensors, norm_type, fp32_norm, torch_only=True),
                          norm_type, tensors[0].device)
     if error_if_nonfinite:
         _raise_if_nonfinite(total, norm_type)
@@ -892,7 +925,7 @@ def _clip_grads_with_norm_impl(grads, max_norm, total_norm, skip):
                     return
                 except _lib.NotSupportedError:
                     pass
-    _validate(grads)
+    _validate(grads, gaps=True)
     _apply_coef(grads, max_norm, total_norm, skip, overlapping)
 
 
@@ -943,8 +976,9 @@ def _clip_grad_value_impl(grads, clip_value):
             _written(grads)
             return
     # negative or NaN clip_value, several devices, a repeated gradient
-    # (clamping twice is clamping once), DTensors: PyTorch's own clamps
-    _validate(grads)
+    # (clamping twice is clamping once), gradients with gaps, DTensors:
+    # PyTorch's own clamps
+    _validate(grads, gaps=True)
     for gs in _group_by_device_dtype(grads).values():
         torch._foreach_clamp_min_(gs, -clip_value)
         torch._foreach_clamp_max_(gs, clip_value)

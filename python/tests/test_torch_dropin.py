@@ -614,10 +614,15 @@ def test_channels_last_gradients(rng):
 def test_rejected_inputs_change_nothing(rng):
     good = make_params(rng, [(6,)], torch.float32, "cpu")[0]
     before = good.grad.clone()
-    strided = torch.nn.Parameter(torch.zeros(4, 3))
-    strided.grad = torch.from_numpy(rng.standard_normal((4, 6)).astype(np.float32))[:, ::2]
-    with pytest.raises(ValueError, match="not dense"):
-        gt.clip_grad_norm_([good, strided], 0.1)
+    # a gradient whose elements share memory (stride 0): PyTorch would raise
+    # only when it writes, after scaling the gradients before it
+    expanded = torch.nn.Parameter(torch.zeros(4, 3))
+    expanded.grad = torch.from_numpy(rng.standard_normal((1, 3)).astype(np.float32)).expand(4, 3)
+    for call in (lambda ps: gt.clip_grad_norm_(ps, 0.1), lambda ps: gt.clip_grad_value_(ps, 0.1),
+                 lambda ps: gt.clip_grads_with_norm_(ps, 0.1, torch.tensor(5.0)),
+                 lambda ps: gt.get_total_norm([q.grad for q in ps])):
+        with pytest.raises(ValueError, match="gradient 1 is not dense"):
+            call([good, expanded])
     assert torch.equal(good.grad, before)
     sparse = torch.nn.Parameter(torch.zeros(5))
     sparse.grad = torch.sparse_coo_tensor([[1, 3]], [2.0, -1.0], (5,))
@@ -628,6 +633,104 @@ def test_rejected_inputs_change_nothing(rng):
     assert torch.equal(good.grad, before)
     with pytest.raises(ValueError, match="nonfinite"):
         gt.clip_grad_norm_([good], 0.1, nonfinite="maybe")
+
+
+def _gapped_params(dtype, device, seed):
+    """Three parameters whose gradients are views with gaps into one buffer
+    (the even columns; columns 1, 5 and 9 as the rows of a transpose) around
+    a dense one,
+    and the buffer."""
+    rng = np.random.default_rng(seed)
+    base = torch.from_numpy(rng.standard_normal((6, 10)) * 3).to(dtype=dtype, device=device)
+    dense = torch.from_numpy(rng.standard_normal(7) * 3).to(dtype=dtype, device=device)
+    params = []
+    for g in (base[:, ::2], dense, base.t()[1::4]):
+        p = torch.nn.Parameter(torch.zeros(g.shape, dtype=dtype, device=device))
+        p.grad = g
+        params.append(p)
+    return base, params
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_gradients_with_gaps_take_pytorchs_arithmetic(device, dtype):
+    """Gradients with gaps (x[:, ::2]; autograd does not make them, an
+    assignment to .grad can): the drop-ins give PyTorch's results bit for
+    bit, leave the elements between them as they were, and agree with the
+    float64 reference."""
+    tol = {torch.float32: 1e-5, torch.float64: 1e-12}.get(dtype, 2 * torch.finfo(dtype).eps)
+
+    def f64(t):
+        return t.detach().cpu().double().numpy().copy()  # float64 on the CPU: no copy made
+
+    cases = [
+        ("clip_grad_norm_", lambda ps: gt.clip_grad_norm_(ps, 1.0),
+         lambda ps: torch.nn.utils.clip_grad_norm_(ps, 1.0)),
+        ("clip_grad_norm_ inf", lambda ps: gt.clip_grad_norm_(ps, 1.0, norm_type=math.inf),
+         lambda ps: torch.nn.utils.clip_grad_norm_(ps, 1.0, norm_type=math.inf)),
+        ("clip_grad_value_", lambda ps: gt.clip_grad_value_(ps, 0.5),
+         lambda ps: torch.nn.utils.clip_grad_value_(ps, 0.5)),
+        ("clip_grads_with_norm_",
+         lambda ps: gt.clip_grads_with_norm_(ps, 1.0, torch.tensor(9.0, device=device)),
+         lambda ps: torch.nn.utils.clip_grads_with_norm_(ps, 1.0, torch.tensor(9.0, device=device))),
+        ("get_total_norm", lambda ps: gt.get_total_norm([q.grad for q in ps], norm_type=1.0),
+         lambda ps: torch.nn.utils.get_total_norm([q.grad for q in ps], norm_type=1.0)),
+    ]
+    for k, (name, ours, theirs) in enumerate(cases):
+        base, params = _gapped_params(dtype, device, 300 + k)
+        base_t, params_t = _gapped_params(dtype, device, 300 + k)
+        views = [f64(q.grad) for q in params]
+        outside = torch.ones(base.shape, dtype=torch.bool, device=device)
+        outside[:, ::2] = False
+        outside.t()[1::4] = False
+        before_outside = base[outside].clone()
+        r, r_t = ours(params), theirs(params_t)
+        if r_t is None:
+            assert r is None, name
+        else:
+            assert r.dtype == r_t.dtype and torch.equal(r, r_t), (name, r, r_t)
+        assert torch.equal(base, base_t), name
+        assert all(torch.equal(q.grad, q_t.grad) for q, q_t in zip(params, params_t)), name
+        assert torch.equal(base[outside], before_outside), name
+        got = [f64(q.grad) for q in params]
+        p = math.inf if name.endswith("inf") else 1.0 if name == "get_total_norm" else 2.0
+        ref = ref_norm(views, p)
+        if r is not None:
+            assert abs(float(r) - ref) <= tol * ref, (name, float(r), ref)
+        if name.startswith("clip_grad_norm_") or name == "clip_grads_with_norm_":
+            # PyTorch's coefficient is in the norm's dtype: float32 for the given 9.0
+            coef = (float(np.float32(1.0) / (np.float32(9.0) + np.float32(1e-6)))
+                    if name == "clip_grads_with_norm_" else 1.0 / (ref + 1e-6))
+            assert coef < 1.0
+            for g, v in zip(got, views):
+                np.testing.assert_allclose(g, v * coef, rtol=4 * tol, atol=0)
+        elif name == "clip_grad_value_":
+            for g, v in zip(got, views):
+                np.testing.assert_array_equal(g, np.clip(v, -0.5, 0.5))
+            assert any((np.abs(v) > 0.5).any() for v in views)
+        else:
+            assert all(np.array_equal(g, v) for g, v in zip(got, views)), name
+
+
+def test_which_strided_layouts_share_memory():
+    from gclip.torch import _no_overlap
+    x = torch.zeros(6, 10)
+    flat = torch.zeros(20)
+    assert _no_overlap(x[:, ::2]) and _no_overlap(x.t()[1::3]) and _no_overlap(x[::2, 1:4])
+    assert _no_overlap(flat.as_strided((2, 2), (3, 1)))       # rows 3 apart, 2 long: a gap
+    assert _no_overlap(flat.as_strided((3, 1), (2, 0)))       # a stride-0 dim of one element
+    assert not _no_overlap(flat.as_strided((3, 3), (1, 1)))   # sliding windows share elements
+    assert not _no_overlap(flat.as_strided((2, 3), (2, 1)))   # rows 2 apart, 3 long
+    assert not _no_overlap(torch.zeros(1, 4).expand(3, 4))
+
+
+def test_clipper_still_refuses_gradients_with_gaps():
+    _, params = _gapped_params(torch.float32, "cpu", 7)
+    grads = [q.grad for q in params]
+    before = [g.clone() for g in grads]
+    with pytest.raises(ValueError, match="gradient 0 is not dense"):
+        gt.Clipper().clip_grad_norm(grads)
+    assert all(torch.equal(g, b) for g, b in zip(grads, before))
 
 
 def test_a_gradient_on_another_device_is_refused_wherever_it_stands(rng):
