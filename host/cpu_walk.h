@@ -688,12 +688,15 @@ ALWAYS_INLINE double tree_of_32(const gclip_v8f g[4])
 
 /* How far ahead of its reads a chunk of 33 to NT whole vectors requests
  * lines into L2 (prefetcht1, the two lines of each eight vectors): the
- * bytes past the chunk, which in a plan of many such tensors are mostly the
- * next ones. One core reads such a chunk about as fast from its caches as
- * from memory, and without the requests the two hardly overlapped: 10,000
- * tensors of 1,000 f32 read at 0.59-0.61 of a plain read from cold caches
- * on a 2-core Xeon, 0.74-0.83 with them, and the same from the caches
- * (docs/benchmark.md, "Whole-vector chunks request the next ones"). */
+ * bytes past the chunk, which in a plan of many such tensors packed in one
+ * buffer are mostly the next ones. One core reads such a chunk about as
+ * fast from its caches as from memory, and without the requests the two
+ * hardly overlapped: 10,000 tensors of 1,000 f32 read at 0.59-0.61 of a
+ * plain read from cold caches on a 2-core Xeon, 0.74-0.83 with them, and
+ * the same from the caches (docs/benchmark.md, "Whole-vector chunks request
+ * the next ones"). Where the next chunk the walk reads starts elsewhere
+ * (tensors allocated one by one, with other data between them), the
+ * requests follow it instead (row_ahead). */
 #define WHOLE_ROW_AHEAD 4096
 
 /* The end of a chunk of nv whole vectors whose groups 0..t-1 (t a multiple
@@ -723,9 +726,10 @@ ALWAYS_INLINE int row_finish(const char *row, int nv, int t, double *acc, int32_
  * nv % 8 as eight with +0 in the slots past nv, which is what those slots
  * hold. Up to 32 vectors the slots stay in registers. Returns 0, leaving
  * *out as it was and the chunk to the general walk (gclip_chunk_sum), when
- * a group is outside the safe range. */
-ALWAYS_INLINE int single_row_chunk(const char *row, int nv, int32_t dtype, int32_t kind,
-                                   double *out)
+ * a group is outside the safe range. Past 32 vectors, the lines from
+ * `ahead` (row_ahead) are requested as the vectors are read. */
+ALWAYS_INLINE int single_row_chunk(const char *row, int nv, const char *ahead, int32_t dtype,
+                                   int32_t kind, double *out)
 {
     gclip_v8u bad = {0, 0, 0, 0, 0, 0, 0, 0};
     if (nv <= 32) {
@@ -748,9 +752,9 @@ ALWAYS_INLINE int single_row_chunk(const char *row, int nv, int32_t dtype, int32
     double acc[NT];
     int t = 0;
     for (; t + 8 <= nv; t += 8) {
-        const char *ahead = row + (int64_t)t * VEC_BYTES + WHOLE_ROW_AHEAD;
-        gclip_request_line(ahead);
-        gclip_request_line(ahead + 64);
+        const char *line = ahead + (int64_t)t * VEC_BYTES;
+        gclip_request_line(line);
+        gclip_request_line(line + 64);
         store_groups(acc, t, eight_groups(row, t, dtype, kind, &bad));
     }
     return row_finish(row, nv, t, acc, dtype, kind, bad, out);
@@ -762,7 +766,8 @@ ALWAYS_INLINE int single_row_chunk(const char *row, int nv, int32_t dtype, int32
  * the same values as when it is read alone, and its tree is the same, so
  * the partials are the same bits. ok[k] is 0 where chunk k had a group
  * outside the safe range (out[k] then left as it was). */
-ALWAYS_INLINE void single_row_pair(const char *ra, int na, const char *rb, int nb, int32_t dtype,
+ALWAYS_INLINE void single_row_pair(const char *ra, int na, const char *rb, int nb,
+                                   const char *ahead_a, const char *ahead_b, int32_t dtype,
                                    int32_t kind, double out[2], int ok[2])
 {
     double acc_a[NT], acc_b[NT];
@@ -770,12 +775,12 @@ ALWAYS_INLINE void single_row_pair(const char *ra, int na, const char *rb, int n
     const int both = (na < nb ? na : nb) & ~7;
     int t = 0;
     for (; t < both; t += 8) {
-        const char *ahead_a = ra + (int64_t)t * VEC_BYTES + WHOLE_ROW_AHEAD;
-        const char *ahead_b = rb + (int64_t)t * VEC_BYTES + WHOLE_ROW_AHEAD;
-        gclip_request_line(ahead_a);
-        gclip_request_line(ahead_a + 64);
-        gclip_request_line(ahead_b);
-        gclip_request_line(ahead_b + 64);
+        const char *line_a = ahead_a + (int64_t)t * VEC_BYTES;
+        const char *line_b = ahead_b + (int64_t)t * VEC_BYTES;
+        gclip_request_line(line_a);
+        gclip_request_line(line_a + 64);
+        gclip_request_line(line_b);
+        gclip_request_line(line_b + 64);
         store_groups(acc_a, t, eight_groups(ra, t, dtype, kind, &bad_a));
         store_groups(acc_b, t, eight_groups(rb, t, dtype, kind, &bad_b));
     }
@@ -985,13 +990,13 @@ ALWAYS_INLINE double gclip_chunk_terms(const gclip_tensor_desc *t, int64_t begin
 
 /* The partial of a chunk of whole vectors, at most NT of them, of
  * f32/f16/bf16 for L2/L1 (single_row_chunk with a constant dtype). */
-ALWAYS_INLINE int whole_row_chunk(const char *row, int nv, int32_t dtype, int32_t kind,
-                                  double *out)
+ALWAYS_INLINE int whole_row_chunk(const char *row, int nv, const char *ahead, int32_t dtype,
+                                  int32_t kind, double *out)
 {
     switch (dtype) {
-    case GCLIP_F32: return single_row_chunk(row, nv, GCLIP_F32, kind, out);
-    case GCLIP_F16: return single_row_chunk(row, nv, GCLIP_F16, kind, out);
-    default: return single_row_chunk(row, nv, GCLIP_BF16, kind, out);
+    case GCLIP_F32: return single_row_chunk(row, nv, ahead, GCLIP_F32, kind, out);
+    case GCLIP_F16: return single_row_chunk(row, nv, ahead, GCLIP_F16, kind, out);
+    default: return single_row_chunk(row, nv, ahead, GCLIP_BF16, kind, out);
     }
 }
 
@@ -1101,6 +1106,24 @@ ALWAYS_INLINE int slot_row(gclip_cpu_span sp)
     return sp.bytes > 32 * VEC_BYTES && whole_row(sp);
 }
 
+/* Where a walk at chunk c of a run ending at `last` requests lines while it
+ * reads c by single_row_chunk (line k of c's vectors: line k from here):
+ * WHOLE_ROW_AHEAD bytes past c's start where the chunk it reads next starts
+ * within them, or c is the run's last; else that next chunk's start. On
+ * 10,000 tensors of 1,000 f32 allocated by PyTorch one by one, 9 KB apart,
+ * a clip_grad_norm_ call that writes nothing took 8.0 ms on one thread
+ * (median of 8 processes, 5.7-12.6) where the bytes past each chunk took
+ * 9.7 ms (8.8-10.7), host time included; on such tensors packed 4,032 bytes
+ * apart, always the next chunk's start read at 0.94 of a plain read where
+ * the bytes past took 1.00 (medians of 12 runs, 2 threads). */
+ALWAYS_INLINE const char *row_ahead(const gclip_cpu_span *spans, uint32_t c, uint32_t last)
+{
+    const char *row = spans[c].start;
+    if (c + 1 < last && (spans[c + 1].start < row || spans[c + 1].start > row + WHOLE_ROW_AHEAD))
+        return spans[c + 1].start;
+    return row + WHOLE_ROW_AHEAD;
+}
+
 /* Whether chunks c .. c + PAIR - 1 are all in [c, last), pair_chunk and of
  * one dtype. */
 ALWAYS_INLINE int pair_run(const gclip_cpu_span *spans, uint32_t c, uint32_t last)
@@ -1169,7 +1192,8 @@ ALWAYS_INLINE void read_step(const gclip_plan *plan, gclip_half_walk *w, double 
         w->pc.next = 0;
     const int sums = kind == GCLIP_KIND_L2 || kind == GCLIP_KIND_L1;
     if (sums && whole_row(sp) &&
-        whole_row_chunk(sp.start, sp.bytes / VEC_BYTES, sp.dtype, kind, &partials[c]))
+        whole_row_chunk(sp.start, sp.bytes / VEC_BYTES, row_ahead(spans, c, w->last), sp.dtype,
+                        kind, &partials[c]))
         return;
     if (sums && st->read_pairs && pair_run(spans, c, w->last)) {
         read_pair(plan, c, kind, &partials[c]);
@@ -1189,20 +1213,22 @@ ALWAYS_INLINE void read_row_pair(const gclip_plan *plan, gclip_half_walk *a, gcl
     const gclip_cpu_span *spans = ((const gclip_cpu_state *)plan->engine)->spans;
     const uint32_t c[2] = {a->c, b->c};
     const gclip_cpu_span sa = spans[c[0]], sb = spans[c[1]];
+    const char *ahead_a = row_ahead(spans, c[0], a->last);
+    const char *ahead_b = row_ahead(spans, c[1], b->last);
     double out[2];
     int ok[2];
     switch (sa.dtype) {
     case GCLIP_F32:
-        single_row_pair(sa.start, sa.bytes / VEC_BYTES, sb.start, sb.bytes / VEC_BYTES, GCLIP_F32,
-                        kind, out, ok);
+        single_row_pair(sa.start, sa.bytes / VEC_BYTES, sb.start, sb.bytes / VEC_BYTES, ahead_a,
+                        ahead_b, GCLIP_F32, kind, out, ok);
         break;
     case GCLIP_F16:
-        single_row_pair(sa.start, sa.bytes / VEC_BYTES, sb.start, sb.bytes / VEC_BYTES, GCLIP_F16,
-                        kind, out, ok);
+        single_row_pair(sa.start, sa.bytes / VEC_BYTES, sb.start, sb.bytes / VEC_BYTES, ahead_a,
+                        ahead_b, GCLIP_F16, kind, out, ok);
         break;
     default:
-        single_row_pair(sa.start, sa.bytes / VEC_BYTES, sb.start, sb.bytes / VEC_BYTES, GCLIP_BF16,
-                        kind, out, ok);
+        single_row_pair(sa.start, sa.bytes / VEC_BYTES, sb.start, sb.bytes / VEC_BYTES, ahead_a,
+                        ahead_b, GCLIP_BF16, kind, out, ok);
         break;
     }
     for (int k = 0; k < 2; k++) {
