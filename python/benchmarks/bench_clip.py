@@ -7,6 +7,10 @@ Workloads (the targets of the Python package):
   host-148      GPT-2 small's tensor count with 1-element tensors: host time per
                 clip_grad_norm_ call (target <= 50 us)
   host-10000    10,000 1-element tensors (target <= 1.5 ms)
+  host-10000-value, host-10000-with-norm, host-10000-total-norm
+                the same gradients through clip_grad_value_ (bound 1e30),
+                clip_grads_with_norm_ (max_norm 1e30, total_norm 1: a factor
+                of 1) and get_total_norm (target <= 1.5 ms each)
   many-10000    10,000 tensors of 1,000 float32 elements on the CPU, clipped
                 (max_norm 1, restored before every call):
                 gclip.torch.clip_grad_norm_ >= 5x torch's
@@ -104,7 +108,7 @@ def main():
     rows = []
 
     def compare(name, params, max_norm, target_ratio=None, target_us=None, repeat=args.repeat,
-                restore=False):
+                restore=False, calls=None):
         setup = None
         if restore:  # put the original gradients back before each call
             saved = [p.grad.clone() for p in params]
@@ -113,9 +117,10 @@ def main():
                 with torch.no_grad():
                     for p, g in zip(params, saved):
                         p.grad.copy_(g)
-        t_g, t_t = timeit([lambda: gt.clip_grad_norm_(params, max_norm),
-                           lambda: torch.nn.utils.clip_grad_norm_(params, max_norm)],
-                          repeat, sync, setup, args.alternate)
+        if calls is None:  # (gclip's call, torch's)
+            calls = (lambda: gt.clip_grad_norm_(params, max_norm),
+                     lambda: torch.nn.utils.clip_grad_norm_(params, max_norm))
+        t_g, t_t = timeit(list(calls), repeat, sync, setup, args.alternate)
         row = {"workload": name, "tensors": len(params), "gclip_us": t_g * 1e6,
                "torch_us": t_t * 1e6, "speedup": t_t / t_g}
         if target_ratio is not None:
@@ -133,7 +138,21 @@ def main():
     # host overhead: 1-element tensors, huge max_norm so nothing is written
     compare("host-148", make_params([(1,)] * 148, dev, 1.0), 1e30, target_us=50,
             repeat=max(args.repeat, 200))
-    compare("host-10000", make_params([(1,)] * 10000, dev, 1.0), 1e30, target_us=1500)
+    host = make_params([(1,)] * 10000, dev, 1.0)
+    compare("host-10000", host, 1e30, target_us=1500)
+    # the other drop-ins, on the same gradients, writing nothing (clip_grad_value_
+    # clamps to a bound above every value, clip_grads_with_norm_ scales by 1)
+    one = torch.tensor(1.0, device=dev)
+    host_grads = [p.grad for p in host]
+    compare("host-10000-value", host, None, target_us=1500,
+            calls=(lambda: gt.clip_grad_value_(host, 1e30),
+                   lambda: torch.nn.utils.clip_grad_value_(host, 1e30)))
+    compare("host-10000-with-norm", host, None, target_us=1500,
+            calls=(lambda: gt.clip_grads_with_norm_(host, 1e30, one),
+                   lambda: torch.nn.utils.clip_grads_with_norm_(host, 1e30, one)))
+    compare("host-10000-total-norm", host, None, target_us=1500,
+            calls=(lambda: gt.get_total_norm(host_grads),
+                   lambda: torch.nn.utils.get_total_norm(host_grads)))
     if dev.type == "cpu":
         params = make_params([(1000,)] * 10000, dev, 1.0)
         compare("many-10000", params, 1.0, target_ratio=5, restore=True)

@@ -355,6 +355,38 @@ def _scan_fast(items, from_params: bool, fp32_norm: bool):
     return entry, stream, count
 
 
+def _scanned_call(items, from_params: bool, fp32_norm: bool, run, writes: bool):
+    """A drop-in's fused path: `run(entry, stream)` on the cached plan bound
+    to these gradients by the C++ scan, where _scan_fast takes them and no
+    other drop-in call of this thread is under way (_one_call). `run`
+    returns (done, result); when done and `writes`, the gradients' version
+    counters are bumped. Returns (done, result, count): count as _scan_fast
+    gives it (0: no gradient), -1 where the scan did not run or the library
+    left the list to PyTorch's arithmetic (_is_overlap). The scan holds the
+    gradients while the library runs with the GIL released (another thread
+    could drop a .grad meanwhile), until released here."""
+    if _threads.depth != 1 or torch.compiler.is_compiling() or _scanner_of_thread() is None:
+        return False, None, -1  # (a compiled region takes the op: dynamo does not trace the scan)
+    try:
+        try:
+            entry, stream, count = _scan_fast(items, from_params, fp32_norm)
+        except _TORCH_TAKES as e:
+            if not _is_overlap(e):
+                raise
+            return False, None, -1
+        if entry is None:
+            return False, None, count
+        done, result = run(entry, stream)
+        if done and writes:
+            if _bump_versions is not None:
+                _bump_versions(items, from_params)
+            else:
+                _written(_grads_list(items, from_params))
+        return done, result, count
+    finally:
+        _torch_fast.release()
+
+
 def _bind(grads: List[Tensor], device: torch.device, dev_index: int, stream: int,
           dtypes: Optional[list] = None, cache: Optional[_PlanCache] = None) -> _PlanEntry:
     """The cached plan for these shapes, dtypes and device (this thread's
@@ -664,30 +696,14 @@ def clip_grad_norm_(parameters: _tensor_or_tensors, max_norm: float, norm_type: 
     except Exception as e:  # DTensor gradients: join the mesh's gather, then raise
         _refuse_dtensors(params, True, e, norm_type=norm_type, fp32_norm=fp32_norm,
                          max_norm=max_norm)
-    # (a compiled region takes the op below: dynamo does not trace the scanner)
-    scanner = None if torch.compiler.is_compiling() else _scanner_of_thread()
-    if (scanner is not None and _threads.depth == 1 and _lib.takes_norm_type(norm_type)
-            and max_norm >= 0):
-        # the scan holds the gradients (the library runs with the GIL
-        # released, while another thread could drop a .grad) until released;
-        # a nested call (_one_call) takes the general path
-        try:
-            try:
-                entry, stream, count = _scan_fast(params, True, fp32_norm)
-            except _TORCH_TAKES as e:
-                if not _is_overlap(e):
-                    raise
-                entry, stream, count = None, 0, -1  # the general path below takes the list
-            if entry is not None:
-                total = _mark_norm(_run_clip(entry, stream, max_norm, norm_type,
-                                             error_if_nonfinite, skip))
-                if _bump_versions is not None:
-                    _bump_versions(params, True)
-                else:
-                    _written([p.grad for p in params if p.grad is not None])
-                return total
-        finally:
-            _torch_fast.release()
+    if _lib.takes_norm_type(norm_type) and max_norm >= 0:
+        done, total, count = _scanned_call(
+            params, True, fp32_norm,
+            lambda entry, stream: (True, _mark_norm(_run_clip(entry, stream, max_norm, norm_type,
+                                                              error_if_nonfinite, skip))),
+            writes=True)
+        if done:
+            return total
         if count == 0:
             return torch.tensor(0.0)
     grads = [p.grad for p in params if p.grad is not None]
@@ -802,6 +818,17 @@ def get_total_norm(tensors: _tensor_or_tensors, norm_type: float = 2.0,
         return torch.tensor(0.0)
     if torch.compiler.is_compiling():
         return torch.ops.gclip.get_total_norm(tensors, norm_type, error_if_nonfinite, fp32_norm)
+    if _lib.takes_norm_type(norm_type):
+        def run(entry, stream):
+            plan = entry.plan
+            plan.run("total_norm", plan.options(1.0, norm_type, 1e-6, 1.0, _lib.PROPAGATE), stream)
+            return True, entry.norm_view.clone()
+
+        done, total, _ = _scanned_call(tensors, False, fp32_norm, run, writes=False)
+        if done:
+            if error_if_nonfinite:
+                _raise_if_nonfinite(total, norm_type)
+            return _mark_norm(total)
     return _get_total_norm_impl(tensors, norm_type, error_if_nonfinite, fp32_norm)
 
 
@@ -864,9 +891,18 @@ def clip_grads_with_norm_(parameters: _tensor_or_tensors, max_norm: float, total
     PyTorch's arithmetic, also without synchronization. A CPU ``total_norm``
     is read on the host."""
     skip = _check_nonfinite_arg(nonfinite)
-    params = _as_list(parameters, False)
-    grads = [p.grad for p in params if p.grad is not None]
+    params = parameters if type(parameters) in (list, tuple) else _as_list(parameters, False)
     max_norm = float(max_norm)
+    if (_HAS_WITH_NORM and max_norm >= 0 and isinstance(total_norm, Tensor)
+            and total_norm.dim() == 0 and total_norm.dtype is torch.float32
+            and not _distributed.is_dtensor(total_norm)):
+        def run(entry, stream):
+            return _run_with_norm(entry, stream, max_norm, total_norm, skip), None
+
+        done, _, count = _scanned_call(params, True, False, run, writes=True)
+        if done or count == 0:
+            return None
+    grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return None
     _check_total_norm(total_norm)
@@ -892,6 +928,38 @@ def _check_total_norm(total_norm) -> None:
 _HAS_WITH_NORM = _lib.has_function("clip_grads_with_norm") and not _lib.LEGACY
 
 
+def _norm_arg(total_norm: Tensor, device: torch.device):
+    """How gclip_clip_grads_with_norm takes a float32 0-dim total_norm for
+    gradients on `device`: (value, None) for a norm on the CPU, read on the
+    host and passed by value whatever the gradients' device; (0.0, the norm
+    on their device) for a CUDA norm the library may read (_library_takes_norm);
+    None where PyTorch's arithmetic must take it (a negative norm, where
+    PyTorch flips the gradients' sign)."""
+    if total_norm.device.type == "cpu":
+        value = float(total_norm)
+        return None if value < 0.0 else (value, None)
+    tn = total_norm if total_norm.device == device else total_norm.to(device)
+    tn = tn.contiguous()
+    return (0.0, tn) if _library_takes_norm(total_norm, tn) else None
+
+
+def _run_with_norm(entry: _PlanEntry, stream: int, max_norm: float, total_norm: Tensor,
+                   skip: bool) -> bool:
+    """gclip_clip_grads_with_norm on a bound plan; False, with nothing
+    written, where the library or the norm leaves it to PyTorch's arithmetic."""
+    arg = _norm_arg(total_norm, entry.norm_view.device)
+    if arg is None:
+        return False
+    value, tn = arg
+    plan = entry.plan
+    opts = plan.options(max_norm, 2.0, 1e-6, 1.0, _lib.SKIP if skip else _lib.PROPAGATE)
+    try:
+        plan.clip_grads_with_norm(opts, value, 0 if tn is None else tn.data_ptr(), stream)
+    except _lib.NotSupportedError:
+        return False
+    return True
+
+
 def _clip_grads_with_norm_impl(grads, max_norm, total_norm, skip):
     _check_writable(grads)
     overlapping = False
@@ -900,31 +968,15 @@ def _clip_grads_with_norm_impl(grads, max_norm, total_norm, skip):
     single = None if _distributed.any_dtensor(grads) or _distributed.is_dtensor(total_norm) \
         else _single_device(grads)
     if (_HAS_WITH_NORM and single is not None and _fast_dtypes(dtypes, False) and max_norm >= 0
-            and total_norm.dtype is torch.float32 and total_norm.numel() == 1):
+            and total_norm.dtype is torch.float32 and total_norm.numel() == 1
+            and _norm_arg(total_norm, single[0]) is not None):
         device, dev_index = single
-        if total_norm.device.type == "cpu":
-            # read on the host and passed by value, whatever the gradients' device
-            value, tn = float(total_norm), None
-            takes = not value < 0.0
-        else:
-            value = 0.0
-            tn = total_norm if total_norm.device == device else total_norm.to(device)
-            tn = tn.contiguous()
-            takes = _library_takes_norm(total_norm, tn)
-        if takes:
-            stream = _current_stream(dev_index)
-            entry = _bind_disjoint(grads, device, dev_index, stream, dtypes)
-            overlapping = entry is None
-            if entry is not None:
-                plan = entry.plan
-                opts = plan.options(max_norm, 2.0, 1e-6, 1.0, _lib.SKIP if skip else _lib.PROPAGATE)
-                try:
-                    plan.clip_grads_with_norm(opts, value, 0 if tn is None else tn.data_ptr(),
-                                              stream)
-                    _written(grads)
-                    return
-                except _lib.NotSupportedError:
-                    pass
+        stream = _current_stream(dev_index)
+        entry = _bind_disjoint(grads, device, dev_index, stream, dtypes)
+        overlapping = entry is None
+        if entry is not None and _run_with_norm(entry, stream, max_norm, total_norm, skip):
+            _written(grads)
+            return
     _validate(grads, gaps=True)
     _apply_coef(grads, max_norm, total_norm, skip, overlapping)
 
@@ -935,8 +987,18 @@ def clip_grad_value_(parameters: _tensor_or_tensors, clip_value: float,
                      foreach: Optional[bool] = None) -> None:
     r"""Clamp the gradients to ``[-clip_value, clip_value]`` in place, as
     :func:`torch.nn.utils.clip_grad_value_` (NaN stays NaN). Returns None."""
-    params = _as_list(parameters, False)
+    params = parameters if type(parameters) in (list, tuple) else _as_list(parameters, False)
     clip_value = float(clip_value)
+    # a bound that none of the gradients' dtypes refuses (_check_clip_value):
+    # float32, float16 and bfloat16 up to float16's largest and for +inf,
+    # float32 alone up to its own largest
+    if 0.0 <= clip_value <= _F32_MAX or clip_value == math.inf:
+        done, _, count = _scanned_call(
+            params, True, clip_value <= 65504.0 or clip_value == math.inf,
+            lambda entry, stream: (True, entry.plan.clip_grad_value(clip_value, stream)),
+            writes=True)
+        if done or count == 0:
+            return None
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return None
@@ -945,6 +1007,9 @@ def clip_grad_value_(parameters: _tensor_or_tensors, clip_value: float,
         return None
     _clip_grad_value_impl(grads, clip_value)
     return None
+
+
+_F32_MAX = float(torch.finfo(torch.float32).max)
 
 
 def _check_clip_value(dtypes, clip_value: float) -> None:

@@ -1125,6 +1125,77 @@ def test_the_cpp_scan_holds_the_gradients_until_the_step_has_run(monkeypatch):
     assert [p.grad._use_count() for p in params] == before
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_each_drop_in_takes_the_cpp_scan_where_the_library_serves_the_list(monkeypatch, dtype):
+    """A list of gradients of one dtype on the CPU: every drop-in that the
+    library serves for it binds its plan through the C++ scan (the Python
+    path's _bind is not called) and holds the gradients only while it runs.
+    Each result is torch.nn.utils' (bit
+    for bit where no norm is computed; a norm within 1e-6 of the float64
+    one, and the gradients scaled by it)."""
+    fast = getattr(gt, "_torch_fast", None)
+    if fast is None:
+        pytest.skip("gclip._torch_fast is not built")
+    rng = np.random.default_rng(41)
+    f32 = dtype is torch.float32
+    cases = [  # (name, the library serves it, ours, theirs)
+        ("clip_grad_norm_", f32, lambda ps: gt.clip_grad_norm_(ps, 1.0),
+         lambda ps: torch.nn.utils.clip_grad_norm_(ps, 1.0)),
+        ("value 0.75", True, lambda ps: gt.clip_grad_value_(ps, 0.75),
+         lambda ps: torch.nn.utils.clip_grad_value_(ps, 0.75)),
+        ("value inf", True, lambda ps: gt.clip_grad_value_(ps, math.inf),
+         lambda ps: torch.nn.utils.clip_grad_value_(ps, math.inf)),
+        # past float16's range: float32 only (PyTorch refuses it for float16)
+        ("value 1e30", f32, lambda ps: gt.clip_grad_value_(ps, 1e30),
+         lambda ps: torch.nn.utils.clip_grad_value_(ps, 1e30)),
+        ("clip_grads_with_norm_", f32, lambda ps: gt.clip_grads_with_norm_(ps, 1.0, torch.tensor(40.0)),
+         lambda ps: torch.nn.utils.clip_grads_with_norm_(ps, 1.0, torch.tensor(40.0))),
+        ("get_total_norm", f32, lambda ps: gt.get_total_norm([q.grad for q in ps], 3.0),
+         lambda ps: torch.nn.utils.get_total_norm([q.grad for q in ps], 3.0)),
+    ]
+    real_bind = gt._bind
+    for name, served, ours, theirs in cases:
+        mine = _params_with([torch.from_numpy(rng.standard_normal(s) * 2).to(dtype)
+                             for s in [(300,), (7, 9), (1,), (64,)]])
+        torch_params = clone_params(mine)
+        data = [to_np(q.grad) for q in mine]
+        before = [q.grad._use_count() for q in mine]
+        bound = []
+
+        def bind(*a, **k):
+            bound.append(None)
+            return real_bind(*a, **k)
+        monkeypatch.setattr(gt, "_bind", bind)
+        try:
+            r = ours(mine)
+        except RuntimeError as e:  # value 1e30 on float16/bfloat16: PyTorch's own error
+            assert not served and "overflow" in str(e), name
+            assert all(np.array_equal(to_np(q.grad), d) for q, d in zip(mine, data))
+            continue
+        finally:
+            monkeypatch.undo()
+        assert [q.grad._use_count() for q in mine] == before, name
+        if not served:
+            continue  # the Python path (or PyTorch's arithmetic): tested above
+        assert not bound, name
+        r_t = theirs(torch_params)
+        if name.startswith("value") or name == "clip_grads_with_norm_":
+            assert r is None and r_t is None
+            assert all(torch.equal(q.grad, q_t.grad) for q, q_t in zip(mine, torch_params)), name
+            continue
+        p = 3.0 if name == "get_total_norm" else 2.0
+        ref = ref_norm(data, p)
+        assert r.dtype == r_t.dtype and abs(float(r) - ref) <= 1e-6 * ref, name
+        assert abs(float(r_t) - ref) <= 1e-5 * ref, name
+        if name == "clip_grad_norm_":
+            coef = 1.0 / (ref + 1e-6)
+            for q, q_t, d in zip(mine, torch_params, data):
+                np.testing.assert_allclose(to_np(q.grad), d * coef, rtol=2e-6, atol=0)
+                torch.testing.assert_close(q.grad, q_t.grad, rtol=4e-6, atol=0)
+        else:
+            assert all(np.array_equal(to_np(q.grad), d) for q, d in zip(mine, data))
+
+
 # ---- differences from torch.nn.utils found by a differential fuzz --------------------------
 
 @pytest.mark.parametrize("norm_type", [1e39, 1e300, 1e-46, 1e-300])
