@@ -1107,21 +1107,31 @@ ALWAYS_INLINE int slot_row(gclip_cpu_span sp)
 }
 
 /* Where a walk at chunk c of a run ending at `last` requests lines while it
- * reads c by single_row_chunk (line k of c's vectors: line k from here):
- * WHOLE_ROW_AHEAD bytes past c's start where the chunk it reads next starts
- * within them, or c is the run's last; else that next chunk's start. On
- * 10,000 tensors of 1,000 f32 allocated by PyTorch one by one, 9 KB apart,
- * a clip_grad_norm_ call that writes nothing took 8.0 ms on one thread
- * (median of 8 processes, 5.7-12.6) where the bytes past each chunk took
- * 9.7 ms (8.8-10.7), host time included; on such tensors packed 4,032 bytes
- * apart, always the next chunk's start read at 0.94 of a plain read where
- * the bytes past took 1.00 (medians of 12 runs, 2 threads). */
+ * reads or writes c, byte k of c going with the line of byte k from here:
+ * `distance` bytes past c's start where the chunk it walks next starts
+ * within them, or c is the run's last; else that next chunk's start. In a
+ * plan of small tensors packed in one buffer the bytes past a chunk are
+ * mostly the next ones; tensors allocated one by one have other data
+ * between them. On 10,000 tensors of 1,000 f32 allocated by PyTorch one by
+ * one, 9 KB apart, a clip_grad_norm_ call that writes nothing took 8.0 ms
+ * on one thread (median of 8 processes, 5.7-12.6) where the bytes past each
+ * chunk took 9.7 ms (8.8-10.7), host time included; on such tensors packed
+ * 4,032 bytes apart, always the next chunk's start read at 0.94 of a plain
+ * read where the bytes past took 1.00 (medians of 12 runs, 2 threads). */
+ALWAYS_INLINE const char *gclip_walk_ahead(const gclip_cpu_span *spans, uint32_t c, uint32_t last,
+                                           int64_t distance)
+{
+    const char *start = spans[c].start;
+    if (c + 1 < last && (spans[c + 1].start < start || spans[c + 1].start > start + distance))
+        return spans[c + 1].start;
+    return start + distance;
+}
+
+/* Where the read pass requests lines while it reads chunk c by
+ * single_row_chunk (gclip_walk_ahead). */
 ALWAYS_INLINE const char *row_ahead(const gclip_cpu_span *spans, uint32_t c, uint32_t last)
 {
-    const char *row = spans[c].start;
-    if (c + 1 < last && (spans[c + 1].start < row || spans[c + 1].start > row + WHOLE_ROW_AHEAD))
-        return spans[c + 1].start;
-    return row + WHOLE_ROW_AHEAD;
+    return gclip_walk_ahead(spans, c, last, WHOLE_ROW_AHEAD);
 }
 
 /* Whether chunks c .. c + PAIR - 1 are all in [c, last), pair_chunk and of
