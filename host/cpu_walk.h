@@ -1168,7 +1168,9 @@ ALWAYS_INLINE const char *gclip_walk_ahead(const gclip_cpu_span *spans, uint32_t
                                            int64_t distance)
 {
     const char *start = spans[c].start;
-    if (c + 1 < last && (spans[c + 1].start < start || spans[c + 1].start > start + distance))
+    /* the next chunk's distance from c's start, as unsigned: one that
+     * starts before c wraps past `distance` */
+    if (c + 1 < last && (uintptr_t)spans[c + 1].start - (uintptr_t)start > (uintptr_t)distance)
         return spans[c + 1].start;
     return start + distance;
 }

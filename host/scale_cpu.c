@@ -375,8 +375,8 @@ ALWAYS_INLINE int pair_update_chunk(gclip_cpu_span sp)
 /* How far ahead of its writes a pair of chunks updated side by side
  * requests lines into L2: with each 128 bytes of each chunk, the two lines
  * this many bytes on (in a plan of such chunks packed in one buffer, mostly
- * the next ones), or as many bytes into the next chunk where that one starts
- * elsewhere (gclip_walk_ahead). The
+ * the next ones), or those at the same offset in the chunk the walk writes
+ * next where that one starts elsewhere (gclip_walk_ahead). The
  * chunk-by-chunk requests of the one-stream walk (PREFETCH_AHEAD) made the
  * pairs slower than no requests at all: 10,000 tensors of 1,000 f32 under
  * gclip_clip_grad_value at 0.82-0.83 of an in-place scale with them,
