@@ -387,8 +387,8 @@ ALWAYS_INLINE void batch_rows_of(const char *const *rows, int nc, int words, int
                                   int32_t kind, double *const *accs)
 {
     const int64_t rs = (int64_t)NT * VEC_BYTES; /* bytes between the batch's rows */
-    enum { WB = 2 * VEC_BYTES, WORDS = NT * VEC_BYTES / WB }; /* words_v8f: bytes, per row */
-    gclip_v8f even[PAIR][WORDS], odd[PAIR][WORDS]; /* rows 0 + 2, row 1 */
+    enum { WB = 2 * VEC_BYTES }; /* words_v8f's bytes */
+    gclip_v8f even[PAIR][WORDS_PER_ROW], odd[PAIR][WORDS_PER_ROW]; /* rows 0 + 2, row 1 */
     float s[PAIR][NT];
     gclip_v8u bad[PAIR];
     for (int k = 0; k < nc; k++)

@@ -968,8 +968,7 @@ def _clip_grads_with_norm_impl(grads, max_norm, total_norm, skip):
     single = None if _distributed.any_dtensor(grads) or _distributed.is_dtensor(total_norm) \
         else _single_device(grads)
     if (_HAS_WITH_NORM and single is not None and _fast_dtypes(dtypes, False) and max_norm >= 0
-            and total_norm.dtype is torch.float32 and total_norm.numel() == 1
-            and _norm_arg(total_norm, single[0]) is not None):
+            and total_norm.dtype is torch.float32 and total_norm.numel() == 1):
         device, dev_index = single
         stream = _current_stream(dev_index)
         entry = _bind_disjoint(grads, device, dev_index, stream, dtypes)
