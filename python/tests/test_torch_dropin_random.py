@@ -18,7 +18,8 @@ Each case runs PyTorch and gclip on copies of the same list. The checks:
   the exact one (a unit of float16 or bfloat16);
 * the gradients clip_grad_norm_ leaves are PyTorch's clip_grads_with_norm_
   applied with the norm gclip returned, bit for bit, and clip_grad_value_
-  and clip_grads_with_norm_ leave PyTorch's bits."""
+  and clip_grads_with_norm_ leave PyTorch's bits;
+* clip_grad_norm_'s own options on the same lists (the second test)."""
 
 import math
 import os
@@ -309,3 +310,44 @@ def test_the_random_lists_hold_what_they_are_said_to():
         seen |= {"non-finite" for g in grads if not torch.isfinite(g).all()}
     assert seen >= {torch.float32, torch.float16, torch.bfloat16, torch.float64, "no grad",
                     "repeated", "empty", "0-dim", "gaps", "transposed", "non-finite"}, seen
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("seed", range(CASES))
+def test_random_lists_with_gclips_own_options(seed, device):
+    """fp32_norm=True and nonfinite="skip" on the same lists. With fp32_norm a
+    list of float32/float16/bfloat16 gradients on the library's path gets a
+    float32 norm within 1e-6 of the exact one (float16 norms past 65504
+    included), and its gradients are PyTorch's clip_grads_with_norm_ with that
+    norm; "skip" leaves every bit of every gradient where the norm is NaN or
+    Inf, and does what the default does otherwise."""
+    rng, params = make_case(seed, device)
+    max_norm = max_norm_of(rng)
+    p = rng.choice([2.0, 2.0, 1.0, math.inf, 0.5, 3.0])
+    fp32_norm, skip = rng.random() < 0.6, rng.random() < 0.6
+    ours, plain = copy_params(params), copy_params(params)
+    ok, norm = outcome(gt.clip_grad_norm_, ours, max_norm, p, fp32_norm=fp32_norm,
+                       nonfinite="skip" if skip else "propagate")
+    p_ok, p_norm = outcome(gt.clip_grad_norm_, plain, max_norm, p, fp32_norm=fp32_norm)
+    assert ok == p_ok and (ok or norm == p_norm), (norm, p_norm)
+    if not ok:
+        return
+    assert same_bits(norm, p_norm)
+    grads = grads_of(params)
+    if skip and not math.isfinite(float(norm)):
+        for a, b in zip(grads, grads_of(ours)):
+            assert same_bits(a, b)
+    else:
+        for a, b in zip(grads_of(plain), grads_of(ours)):
+            assert same_bits(a, b)
+    fast = grads and all(g.dtype in FAST for g in grads)
+    if fp32_norm and fast and max_norm >= 0 and path_of(grads, p, max_norm) != "torch":
+        assert norm.dtype is torch.float32
+        exact = exact_norm(grads, p)
+        if math.isfinite(exact) and exact < 3.4e38:
+            assert abs(float(norm) - exact) <= 1e-6 * exact + 1e-44, (float(norm), exact)
+        expected = copy_params(params)
+        torch.nn.utils.clip_grads_with_norm_(expected, max_norm, norm)
+        if not (skip and not math.isfinite(float(norm))):
+            for a, b in zip(grads_of(expected), grads_of(ours)):
+                assert same_bits(a, b)
