@@ -889,7 +889,9 @@ def clip_grads_with_norm_(parameters: _tensor_or_tensors, max_norm: float, total
     one fused step, with no host synchronization; any other CUDA tensor (which
     could hold a negative value, where PyTorch flips the gradients' sign) takes
     PyTorch's arithmetic, also without synchronization. A CPU ``total_norm``
-    is read on the host."""
+    is read on the host; with CPU gradients, float16 and bfloat16 ones
+    included, PyTorch's coefficient computed in its dtype (float32, float16
+    or bfloat16) multiplies them in one library call."""
     skip = _check_nonfinite_arg(nonfinite)
     params = parameters if type(parameters) in (list, tuple) else _as_list(parameters, False)
     max_norm = float(max_norm)
@@ -900,6 +902,15 @@ def clip_grads_with_norm_(parameters: _tensor_or_tensors, max_norm: float, total
             return _run_with_norm(entry, stream, max_norm, total_norm, skip), None
 
         done, _, count = _scanned_call(params, True, False, run, writes=True)
+        if done or count == 0:
+            return None
+    factor = None if torch.compiler.is_compiling() else _host_factor(max_norm, total_norm, skip)
+    if factor is not None:
+        def run_factor(entry, stream):
+            return _run_with_factor(entry, stream, factor), None
+
+        # float16/bfloat16 CPU gradients, or a float16/bfloat16 CPU norm
+        done, _, count = _scanned_call(params, True, True, run_factor, writes=True)
         if done or count == 0:
             return None
     grads = [p.grad for p in params if p.grad is not None]
@@ -960,6 +971,50 @@ def _run_with_norm(entry: _PlanEntry, stream: int, max_norm: float, total_norm: 
     return True
 
 
+def _host_factor(max_norm: float, total_norm, skip: bool) -> Optional[float]:
+    """The factor PyTorch's clip_grads_with_norm_ multiplies CPU gradients by,
+    for a 0-dim CPU `total_norm` of float32, float16 or bfloat16: its clamped
+    coefficient, computed in the norm's dtype by PyTorch's own operations,
+    which its CPU multiply uses as that float32 number whatever the
+    gradients' dtype (a 0-dim gradient too: the two 0-dim operands promote to
+    float32 at least). None where it is not in [0, 1] (a NaN norm, a negative
+    norm or bound: PyTorch's arithmetic takes those) or the norm is not such
+    a tensor (a float64 coefficient multiplies a 0-dim gradient in double,
+    and any other gradient rounded to float32: PyTorch's arithmetic takes it)."""
+    if not (_HAS_WITH_NORM and isinstance(total_norm, Tensor) and total_norm.dim() == 0
+            and total_norm.device.type == "cpu" and total_norm.dtype in _NORM_DTYPES
+            and type(total_norm) is Tensor):
+        return None
+    if skip and not math.isfinite(float(total_norm)):
+        return 1.0
+    coef = torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
+    factor = float(coef.to(torch.float32))
+    # -0 (a bound of -0.0) flips the sign of PyTorch's zeros: its arithmetic takes it
+    return factor if 0.0 <= factor <= 1.0 and math.copysign(1.0, factor) > 0 else None
+
+
+_NORM_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _run_with_factor(entry: _PlanEntry, stream: int, factor: float) -> bool:
+    """Every gradient of a CPU plan multiplied by `factor` (one rounding per
+    element, to its dtype, as PyTorch's CPU multiply by a 0-dim tensor rounds
+    it), nothing written when it is 1: gclip_clip_grads_with_norm with the
+    norm 1, eps 0 and max_norm `factor`, whose coefficient factor * (1 / 1)
+    is `factor` itself. False, with nothing written, for a plan on another
+    device: a CUDA multiply's rounding of the coefficient is PyTorch's
+    arithmetic's to give."""
+    if entry.norm_view.device.type != "cpu":
+        return False
+    plan = entry.plan
+    opts = plan.options(factor, 2.0, 0.0, 1.0, _lib.PROPAGATE)
+    try:
+        plan.clip_grads_with_norm(opts, 1.0, 0, stream)
+    except _lib.NotSupportedError:
+        return False
+    return True
+
+
 def _clip_grads_with_norm_impl(grads, max_norm, total_norm, skip):
     _check_writable(grads)
     overlapping = False
@@ -974,6 +1029,15 @@ def _clip_grads_with_norm_impl(grads, max_norm, total_norm, skip):
         entry = _bind_disjoint(grads, device, dev_index, stream, dtypes)
         overlapping = entry is None
         if entry is not None and _run_with_norm(entry, stream, max_norm, total_norm, skip):
+            _written(grads)
+            return
+    factor = None if single is None or single[0].type != "cpu" or overlapping \
+        or not _fast_dtypes(dtypes, True) else _host_factor(max_norm, total_norm, skip)
+    if factor is not None:
+        device, dev_index = single
+        entry = _bind_disjoint(grads, device, dev_index, 0, dtypes)
+        overlapping = entry is None
+        if entry is not None and _run_with_factor(entry, 0, factor):
             _written(grads)
             return
     _validate(grads, gaps=True)

@@ -1148,7 +1148,7 @@ def test_each_drop_in_takes_the_cpp_scan_where_the_library_serves_the_list(monke
         # past float16's range: float32 only (PyTorch refuses it for float16)
         ("value 1e30", f32, lambda ps: gt.clip_grad_value_(ps, 1e30),
          lambda ps: torch.nn.utils.clip_grad_value_(ps, 1e30)),
-        ("clip_grads_with_norm_", f32, lambda ps: gt.clip_grads_with_norm_(ps, 1.0, torch.tensor(40.0)),
+        ("clip_grads_with_norm_", True, lambda ps: gt.clip_grads_with_norm_(ps, 1.0, torch.tensor(40.0)),
          lambda ps: torch.nn.utils.clip_grads_with_norm_(ps, 1.0, torch.tensor(40.0))),
         ("get_total_norm", f32, lambda ps: gt.get_total_norm([q.grad for q in ps], 3.0),
          lambda ps: torch.nn.utils.get_total_norm([q.grad for q in ps], 3.0)),
@@ -1194,6 +1194,83 @@ def test_each_drop_in_takes_the_cpp_scan_where_the_library_serves_the_list(monke
                 torch.testing.assert_close(q.grad, q_t.grad, rtol=4e-6, atol=0)
         else:
             assert all(np.array_equal(to_np(q.grad), d) for q, d in zip(mine, data))
+
+
+LOW_LISTS = {"float16": [torch.float16] * 3, "bfloat16": [torch.bfloat16] * 3,
+             "mixed": [torch.float16, torch.float32, torch.bfloat16]}
+
+
+@pytest.mark.parametrize("grads", sorted(LOW_LISTS))
+@pytest.mark.parametrize("norm_dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("skip", [False, True])
+def test_clip_grads_with_norm_of_cpu_gradients_of_any_dtype_is_one_library_call(
+        monkeypatch, grads, norm_dtype, skip):
+    """float16/bfloat16 (or mixed) CPU gradients, or a float16/bfloat16 norm:
+    PyTorch's coefficient, computed in the norm's dtype, multiplies every
+    gradient in one library call (nothing written where it is 1), with
+    PyTorch's bits, 0-dim gradients included; a NaN or negative coefficient
+    and a bound of -0.0 take PyTorch's arithmetic, as PyTorch gives them."""
+    rng = np.random.default_rng(77)
+    shapes = [(300,), (), (7, 9)]
+    calls = []
+    real = gt._run_with_factor
+
+    def spy(entry, stream, factor):
+        done = real(entry, stream, factor)
+        calls.append((factor, done))
+        return done
+    monkeypatch.setattr(gt, "_run_with_factor", spy)
+    for total in [40.0, 0.5, 1e-3, 0.0, math.inf, math.nan, -2.0]:
+        for max_norm in [1.0, 0.0, math.inf, -0.0]:
+            grads0 = [torch.from_numpy(np.asarray(rng.standard_normal(s) * 3)).to(dt)
+                      for s, dt in zip(shapes, LOW_LISTS[grads])]
+            for scan in (True, False):  # the C++ scan, and the Python path it falls back to
+                mine = _params_with([g.clone() for g in grads0])
+                theirs = _params_with([g.clone() for g in grads0])
+                norm = torch.tensor(total, dtype=norm_dtype)
+                del calls[:]
+                if scan:
+                    gt.clip_grads_with_norm_(mine, max_norm, norm,
+                                             nonfinite="skip" if skip else "propagate")
+                else:
+                    gt._clip_grads_with_norm_impl([q.grad for q in mine], max_norm, norm, skip)
+                if skip and not math.isfinite(total):
+                    expected = grads0
+                else:
+                    torch.nn.utils.clip_grads_with_norm_(theirs, max_norm, norm)
+                    expected = [q.grad for q in theirs]
+                case = (grads, norm_dtype, skip, total, max_norm, scan)
+                for q, e in zip(mine, expected):
+                    assert q.grad.dtype == e.dtype and q.grad.shape == e.shape, case
+                    assert torch.equal(q.grad.isnan(), e.isnan()), case
+                    assert torch.equal(q.grad.nan_to_num(), e.nan_to_num()), case
+                    zeros = e == 0
+                    assert torch.equal(torch.signbit(q.grad[zeros]), torch.signbit(e[zeros])), case
+                # PyTorch's coefficient, in the norm's dtype
+                coef = float(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
+                skipped = skip and not math.isfinite(total)
+                fused = skipped or (coef >= 0 and math.copysign(1.0, coef) > 0)
+                assert [done for _, done in calls] == ([True] if fused else []), case
+                if fused:
+                    assert calls[0][0] == (1.0 if skipped else coef), case
+
+
+def test_clip_grads_with_norm_leaves_a_float64_norm_and_cuda_plans_to_pytorch(monkeypatch):
+    """A float64 norm's coefficient multiplies a 0-dim gradient in double
+    and the others rounded to float32: PyTorch's arithmetic takes it, and
+    the results are PyTorch's."""
+    calls = []
+    real = gt._run_with_factor
+    monkeypatch.setattr(gt, "_run_with_factor", lambda *a: calls.append(a) or real(*a))
+    grads0 = [torch.tensor(-843.1119384765625), torch.tensor([188.84938049316406, -237.86])]
+    for dt in (torch.float32, torch.float16):
+        mine = _params_with([g.to(dt) for g in grads0])
+        theirs = _params_with([g.to(dt) for g in grads0])
+        norm = torch.tensor(1e30, dtype=torch.float64)
+        gt.clip_grads_with_norm_(mine, 1e6, norm)
+        torch.nn.utils.clip_grads_with_norm_(theirs, 1e6, norm)
+        assert all(torch.equal(q.grad, t.grad) for q, t in zip(mine, theirs))
+    assert not calls
 
 
 # ---- differences from torch.nn.utils found by a differential fuzz --------------------------
