@@ -784,7 +784,15 @@ def _clip_grad_norm_disjoint(grads, max_norm, norm_type, error_if_nonfinite, fp3
     total = _combine(_per_tensor_norms(grads, norm_type, fp32_norm), norm_type, grads[0].device)
     if error_if_nonfinite:
         _raise_if_nonfinite(total, norm_type)
-    _apply_coef(grads, max_norm, total, skip)
+    # CPU gradients of float32/float16/bfloat16 (a norm rounded to float16 or
+    # bfloat16, or a norm type <= 0): PyTorch's coefficient, multiplied by
+    # the library, which writes nothing when it is 1
+    factor = None if single is None or single[0].type != "cpu" or not _fast_dtypes(dtypes, True) \
+        else _host_factor(max_norm, total, skip)
+    if factor is None or not _run_with_factor(_bind(grads, *single, 0, dtypes), 0, factor):
+        _apply_coef(grads, max_norm, total, skip)
+    else:
+        _written(grads)
     return _mark_norm(total)
 
 

@@ -1255,6 +1255,38 @@ def test_clip_grads_with_norm_of_cpu_gradients_of_any_dtype_is_one_library_call(
                     assert calls[0][0] == (1.0 if skipped else coef), case
 
 
+@pytest.mark.parametrize("grads", sorted(LOW_LISTS))
+@pytest.mark.parametrize("norm_type", [2.0, 1.0, math.inf, 0.0])
+def test_clip_grad_norm_of_low_precision_cpu_gradients_writes_only_to_clip(
+        monkeypatch, grads, norm_type):
+    """clip_grad_norm_ on float16/bfloat16 (or mixed) CPU gradients, whose
+    norm PyTorch's arithmetic rounds to their dtype (or counts, p = 0): the
+    library multiplies them by PyTorch's coefficient in one call, writing
+    nothing when it is 1, and the gradients are PyTorch's
+    clip_grads_with_norm_ with the norm returned, bit for bit."""
+    rng = np.random.default_rng(78)
+    calls = []
+    real = gt._run_with_factor
+
+    def spy(entry, stream, factor):
+        calls.append(factor)
+        return real(entry, stream, factor)
+    monkeypatch.setattr(gt, "_run_with_factor", spy)
+    monkeypatch.setattr(gt, "_apply_coef", None)  # PyTorch's multiply is not reached
+    for max_norm in [1e-3, 1e9]:
+        grads0 = [torch.from_numpy(np.asarray(rng.standard_normal(s) * 3)).to(dt)
+                  for s, dt in zip([(300,), (), (7, 9)], LOW_LISTS[grads])]
+        mine = _params_with([g.clone() for g in grads0])
+        expected = _params_with([g.clone() for g in grads0])
+        del calls[:]
+        norm = gt.clip_grad_norm_(mine, max_norm, norm_type)
+        assert len(calls) == 1 and (calls[0] == 1.0) == (max_norm == 1e9)
+        torch.nn.utils.clip_grads_with_norm_(expected, max_norm, norm)
+        assert all(torch.equal(q.grad, e.grad) for q, e in zip(mine, expected))
+        if max_norm == 1e9:
+            assert all(torch.equal(q.grad, g) for q, g in zip(mine, grads0))
+
+
 def test_clip_grads_with_norm_leaves_a_float64_norm_and_cuda_plans_to_pytorch(monkeypatch):
     """A float64 norm's coefficient multiplies a 0-dim gradient in double
     and the others rounded to float32: PyTorch's arithmetic takes it, and
