@@ -18,6 +18,10 @@ Workloads (the targets of the Python package):
                 gclip writes nothing, torch still multiplies by 1 (no target)
   gpt2-clip     GPT-2 small's 148 gradient shapes, clipping (>= 1x torch)
   gpt2-noop     the same, max_norm above the norm (>= 2x torch)
+  gpt2-bf16-noop, gpt2-bf16-with-norm-noop  (CPU)
+                the same shapes in bfloat16, nothing clipped, through
+                clip_grad_norm_ and through clip_grads_with_norm_ with
+                PyTorch's bfloat16 norm (no target)
 
 Each number is the median of `repeat` timings of one call (host-148 takes at
 least 200). gclip and torch take turns so that both see the same machine: by
@@ -56,12 +60,12 @@ def gpt2_shapes():
     return shapes  # 148 tensors, 124.4 M elements
 
 
-def make_params(shapes, device, scale):
+def make_params(shapes, device, scale, dtype=torch.float32):
     g = torch.Generator(device="cpu").manual_seed(0)
     params = []
     for s in shapes:
-        p = torch.nn.Parameter(torch.empty(s, device=device))
-        p.grad = (torch.randn(s, generator=g) * scale).to(device)
+        p = torch.nn.Parameter(torch.empty(s, device=device, dtype=dtype))
+        p.grad = (torch.randn(s, generator=g) * scale).to(device=device, dtype=dtype)
         params.append(p)
     return params
 
@@ -130,7 +134,7 @@ def main():
             row["target"] = f"<= {target_us} us"
             row["met"] = row["gclip_us"] <= target_us
         rows.append(row)
-        print(f"{name:12s} {len(params):6d} tensors  gclip {row['gclip_us']:10.1f} us  "
+        print(f"{name:24s} {len(params):6d} tensors  gclip {row['gclip_us']:10.1f} us  "
               f"torch {row['torch_us']:10.1f} us  {row['speedup']:6.2f}x  "
               f"{row.get('target', '')} {'met' if row.get('met') else 'NOT met' if 'met' in row else ''}",
               flush=True)
@@ -163,6 +167,15 @@ def main():
         # clipping: a max_norm far below the norm, so every call scales (and
         # writes) every gradient
         compare("gpt2-clip", params, 1e-20, target_ratio=1, restore=True)
+        if dev.type == "cpu":
+            # bfloat16 gradients, nothing clipped: PyTorch's arithmetic rounds
+            # the norm to bfloat16, and the library applies its coefficient
+            params = make_params(gpt2_shapes(), dev, 1e-3, torch.bfloat16)
+            compare("gpt2-bf16-noop", params, 1e30)
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+            compare("gpt2-bf16-with-norm-noop", params, None,
+                    calls=(lambda: gt.clip_grads_with_norm_(params, 1e30, norm),
+                           lambda: torch.nn.utils.clip_grads_with_norm_(params, 1e30, norm)))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     machine = {"device": str(dev), "torch": torch.__version__,
                "gclip": gt._lib.version_string(), "cpus": os.cpu_count(),
