@@ -1287,7 +1287,7 @@ def test_clip_grad_norm_of_low_precision_cpu_gradients_writes_only_to_clip(
             assert all(torch.equal(q.grad, g) for q, g in zip(mine, grads0))
 
 
-def test_clip_grads_with_norm_leaves_a_float64_norm_and_cuda_plans_to_pytorch(monkeypatch):
+def test_clip_grads_with_norm_leaves_a_float64_norm_to_pytorch(monkeypatch):
     """A float64 norm's coefficient multiplies a 0-dim gradient in double
     and the others rounded to float32: PyTorch's arithmetic takes it, and
     the results are PyTorch's."""
