@@ -181,10 +181,11 @@ def _validate(grads: List[Tensor], gaps: bool = False) -> None:
 # ---- plan cache of the drop-ins -------------------------------------------------------
 
 class _PlanEntry:
-    __slots__ = ("plan", "norm_view", "norms_buf", "default_threads")
+    __slots__ = ("plan", "norm_view", "norms_buf", "default_threads", "all_f32")
 
-    def __init__(self, plan: Plan, device: torch.device):
+    def __init__(self, plan: Plan, device: torch.device, all_f32: bool):
         self.plan = plan
+        self.all_f32 = all_f32  # every tensor float32
         addr = plan.slot_address()
         if device.type == "cpu":
             import ctypes
@@ -219,7 +220,7 @@ class _PlanCache:
             plan = Plan(list(numels), codes, dev_index, list(map(_data_ptr, grads)))
             if dev_index < 0 and sum(numels) < _SMALL_PLAN:
                 plan.set_num_threads(1)  # a parallel region costs more than the work
-            entry = _PlanEntry(plan, device)
+            entry = _PlanEntry(plan, device, all(d is torch.float32 for d in dtypes))
             entry.default_threads = plan.num_threads
             if len(self._plans) >= self._capacity:
                 self._plans.pop(next(iter(self._plans)))
@@ -903,22 +904,23 @@ def clip_grads_with_norm_(parameters: _tensor_or_tensors, max_norm: float, total
     skip = _check_nonfinite_arg(nonfinite)
     params = parameters if type(parameters) in (list, tuple) else _as_list(parameters, False)
     max_norm = float(max_norm)
-    if (_HAS_WITH_NORM and max_norm >= 0 and isinstance(total_norm, Tensor)
-            and total_norm.dim() == 0 and total_norm.dtype is torch.float32
-            and not _distributed.is_dtensor(total_norm)):
+    # one library call: float32 gradients and a float32 norm (the library
+    # computes the coefficient), or CPU gradients of float32/float16/bfloat16
+    # and a CPU norm (PyTorch's coefficient, _host_factor)
+    with_norm = (_HAS_WITH_NORM and max_norm >= 0 and isinstance(total_norm, Tensor)
+                 and total_norm.dim() == 0 and total_norm.dtype is torch.float32
+                 and not _distributed.is_dtensor(total_norm))
+    host = _host_norm(total_norm)
+    if with_norm or host:
         def run(entry, stream):
-            return _run_with_norm(entry, stream, max_norm, total_norm, skip), None
+            if with_norm and entry.all_f32 and _run_with_norm(entry, stream, max_norm, total_norm,
+                                                              skip):
+                return True, None
+            factor = _host_factor(max_norm, total_norm, skip) \
+                if host and entry.norm_view.device.type == "cpu" else None
+            return factor is not None and _run_with_factor(entry, stream, factor), None
 
-        done, _, count = _scanned_call(params, True, False, run, writes=True)
-        if done or count == 0:
-            return None
-    factor = None if torch.compiler.is_compiling() else _host_factor(max_norm, total_norm, skip)
-    if factor is not None:
-        def run_factor(entry, stream):
-            return _run_with_factor(entry, stream, factor), None
-
-        # float16/bfloat16 CPU gradients, or a float16/bfloat16 CPU norm
-        done, _, count = _scanned_call(params, True, True, run_factor, writes=True)
+        done, _, count = _scanned_call(params, True, host, run, writes=True)
         if done or count == 0:
             return None
     grads = [p.grad for p in params if p.grad is not None]
@@ -989,9 +991,7 @@ def _host_factor(max_norm: float, total_norm, skip: bool) -> Optional[float]:
     norm or bound: PyTorch's arithmetic takes those) or the norm is not such
     a tensor (a float64 coefficient multiplies a 0-dim gradient in double,
     and any other gradient rounded to float32: PyTorch's arithmetic takes it)."""
-    if not (_HAS_WITH_NORM and isinstance(total_norm, Tensor) and total_norm.dim() == 0
-            and total_norm.device.type == "cpu" and total_norm.dtype in _NORM_DTYPES
-            and type(total_norm) is Tensor):
+    if not _host_norm(total_norm):
         return None
     if skip and not math.isfinite(float(total_norm)):
         return 1.0
@@ -1002,6 +1002,13 @@ def _host_factor(max_norm: float, total_norm, skip: bool) -> Optional[float]:
 
 
 _NORM_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _host_norm(total_norm) -> bool:
+    """Whether _host_factor reads this total_norm: a plain 0-dim CPU tensor
+    of float32, float16 or bfloat16."""
+    return (_HAS_WITH_NORM and type(total_norm) is Tensor and total_norm.dim() == 0
+            and total_norm.device.type == "cpu" and total_norm.dtype in _NORM_DTYPES)
 
 
 def _run_with_factor(entry: _PlanEntry, stream: int, factor: float) -> bool:
