@@ -19,7 +19,8 @@ Each case runs PyTorch and gclip on copies of the same list. The checks:
 * the gradients clip_grad_norm_ leaves are PyTorch's clip_grads_with_norm_
   applied with the norm gclip returned, bit for bit, and clip_grad_value_
   and clip_grads_with_norm_ leave PyTorch's bits;
-* clip_grad_norm_'s own options on the same lists (the second test)."""
+* clip_grad_norm_'s own options on the same lists (the second test);
+* gclip.torch.Clipper, the native API, on the same lists (the third)."""
 
 import math
 import os
@@ -352,4 +353,92 @@ def test_random_lists_with_gclips_own_options(seed, device):
         torch.nn.utils.clip_grads_with_norm_(expected, max_norm, norm)
         if not (skip and not math.isfinite(float(norm))):
             for a, b in zip(grads_of(expected), grads_of(ours)):
+                assert same_bits(a, b)
+
+
+def clipper_takes(grads):
+    """What gclip.torch.Clipper takes (docs/python.md): at least one gradient,
+    none with gaps between its elements, none listed twice."""
+    full = [g for g in grads if g.numel()]
+    gaps = any(not g.is_contiguous() and not (g.dim() == 2 and g.t().is_contiguous())
+               for g in full)
+    return bool(grads) and not gaps and len({id(g) for g in full}) == len(full)
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("seed", range(CASES))
+def test_random_lists_through_the_clipper(seed, device):
+    """gclip.torch.Clipper, the native API, on the same lists. A list it
+    refuses raises before anything is written. On a list it takes:
+    clip_grad_norm's norm is within 1e-6 of the exact one, and it is the
+    float32 norm clip_grad_norm_(fp32_norm=True) returns with the same
+    non-finite policy, gradients included, bit for bit, where that call takes
+    the same library call (float32, float16 and bfloat16 gradients); the
+    gradients are PyTorch's clip_grads_with_norm_ with the Clipper's norm
+    (float64 ones too), or untouched under "skip" when it is not finite; and
+    clip_grad_value clamps as the library says it does, which is
+    clip_grad_value_'s bits wherever the drop-in takes the bound."""
+    rng, params = make_case(seed, device)
+    grads = grads_of(params)
+    ours = copy_params(params)
+    if rng.random() < 0.7:
+        max_norm = max_norm_of(rng)
+        p = rng.choice([2.0, 2.0, 1.0, math.inf, 0.5, 3.0])
+        policy = rng.choice(["skip", "skip", "propagate"])
+        clipper = gt.Clipper(max_norm=max_norm, norm_type=p, nonfinite=policy)
+        ok, res = outcome(clipper.clip_grad_norm, ours)
+        if not (clipper_takes(grads) and max_norm >= 0):
+            assert not ok, "the Clipper took a list it refuses"
+            for a, b in zip(grads, grads_of(ours)):
+                assert same_bits(a, b)
+            return
+        assert ok, res
+        norm = clipper.result().total_norm
+        exact = exact_norm(grads, p)
+        if math.isnan(exact):
+            assert math.isnan(norm)
+        elif exact < 3.4e38:
+            assert abs(norm - exact) <= 1e-6 * exact + 2.0 ** -150, (norm, exact)
+        else:
+            assert norm == math.inf or abs(norm - exact) <= 1e-6 * exact, (norm, exact)
+        if policy == "skip" and not math.isfinite(norm):
+            for a, b in zip(grads, grads_of(ours)):
+                assert same_bits(a, b)
+        else:
+            expected = copy_params(params)
+            torch.nn.utils.clip_grads_with_norm_(expected, max_norm,
+                                                 torch.tensor(norm, dtype=torch.float32))
+            for a, b in zip(grads_of(expected), grads_of(ours)):
+                assert same_bits(a, b)
+        if all(g.dtype in FAST for g in grads):
+            dropin = copy_params(params)
+            d_norm = gt.clip_grad_norm_(dropin, max_norm, p, fp32_norm=True, nonfinite=policy)
+            assert d_norm.dtype is torch.float32
+            assert same_bits(d_norm, torch.tensor(norm, dtype=torch.float32)), (d_norm, norm)
+            for a, b in zip(grads_of(dropin), grads_of(ours)):
+                assert same_bits(a, b)
+    else:
+        bound = rng.choice([0.0, 1e-3, 0.5, 100.0, 7e4, math.inf])
+        clipper = gt.Clipper()
+        ok, res = outcome(clipper.clip_grad_value, ours, bound)
+        if not clipper_takes(grads):
+            assert not ok, "the Clipper took a list it refuses"
+            for a, b in zip(grads, grads_of(ours)):
+                assert same_bits(a, b)
+            return
+        assert ok, res
+        # float64 gradients clamped to the bound, the others in float32 to the
+        # float32 nearest it, rounded back to their dtype (docs/python.md)
+        for g, ours_g in zip(grads, grads_of(ours)):
+            if g.dtype is torch.float64:
+                want = g.clamp(-bound, bound)
+            else:
+                b32 = float(torch.tensor(bound, dtype=torch.float32))
+                want = g.float().clamp(-b32, b32).to(g.dtype)
+            assert same_bits(want, ours_g), (g.dtype, bound)
+        # the drop-in, where it takes the bound (it refuses one past a
+        # gradient dtype's range, as PyTorch does), gives the same bits
+        dropin = copy_params(params)
+        if outcome(gt.clip_grad_value_, dropin, bound)[0]:
+            for a, b in zip(grads_of(dropin), grads_of(ours)):
                 assert same_bits(a, b)
