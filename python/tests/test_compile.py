@@ -1,6 +1,9 @@
 """torch.library registration: torch.compile of a training step that clips
 with gclip.torch gives the eager result."""
 
+import math
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -135,3 +138,56 @@ def test_fullgraph_compile_on_a_thread_that_never_clipped_eagerly(rng):
     t.join()
     assert "error" not in out, repr(out.get("error"))
     torch.testing.assert_close(out["norm"], expected)
+
+
+# GCLIP_TEST_COMPILED_LISTS: how many of test_torch_dropin_random's lists
+# (seeds 0 to N - 1) go through torch.compile
+COMPILED_CASES = int(os.environ.get("GCLIP_TEST_COMPILED_LISTS", "40"))
+
+
+@pytest.mark.parametrize("seed", range(COMPILED_CASES))
+def test_random_lists_compiled_give_the_eager_bits(seed):
+    """test_torch_dropin_random's seeded lists (mixed dtypes, layouts with gaps,
+    missing and repeated gradients, non-finite elements) through one of the
+    four drop-ins compiled (aot_eager) and eager: the same exception, or the
+    same norm and gradients bit for bit; a call that raises writes nothing."""
+    from test_torch_dropin_random import (copy_params, grads_of, make_case, max_norm_of,
+                                          outcome, same_bits)
+    rng, params = make_case(seed, "cpu")
+    op = rng.choice(["norm", "value", "with_norm", "total"])
+    if op == "norm":
+        max_norm, p = max_norm_of(rng), rng.choice([2.0, 1.0, math.inf, 0.5, 3.0])
+
+        def fn(ps):
+            return gt.clip_grad_norm_(ps, max_norm, p)
+    elif op == "value":
+        bound = rng.choice([0.0, 1e-3, 0.5, 100.0, math.inf])
+
+        def fn(ps):
+            return gt.clip_grad_value_(ps, bound)
+    elif op == "with_norm":
+        max_norm = max_norm_of(rng)
+        total = torch.tensor(rng.choice([0.0, 1e-3, 1.0, 10.0, math.inf, math.nan]))
+
+        def fn(ps):
+            return gt.clip_grads_with_norm_(ps, max_norm, total)
+    else:
+        p = rng.choice([2.0, 1.0, math.inf, 3.0])
+
+        def fn(ps):
+            return gt.get_total_norm(grads_of(ps), p)
+    eager, compiled = copy_params(params), copy_params(params)
+    torch._dynamo.reset()
+    e_ok, e_res = outcome(fn, eager)
+    c_ok, c_res = outcome(torch.compile(fn, backend="aot_eager"), compiled)
+    assert e_ok == c_ok, (e_res, c_res)
+    if not e_ok:
+        assert e_res.split(":")[0] == c_res.split(":")[0], (e_res, c_res)  # the type
+        for a, b in zip(grads_of(params), grads_of(compiled)):
+            assert same_bits(a, b)
+        return
+    assert (e_res is None) == (c_res is None)
+    if e_res is not None:
+        assert same_bits(e_res, c_res), (e_res, c_res)
+    for a, b in zip(grads_of(eager), grads_of(compiled)):
+        assert same_bits(a, b)
