@@ -20,7 +20,7 @@ Each case runs PyTorch and gclip on copies of the same list. The checks:
   applied with the norm gclip returned, bit for bit, and clip_grad_value_
   and clip_grads_with_norm_ leave PyTorch's bits;
 * clip_grad_norm_'s own options on the same lists (the second test);
-* gclip.torch.Clipper, the native API, on the same lists (the third)."""
+* gclip.torch.Clipper, the native API, on the same lists (the last two)."""
 
 import math
 import os
@@ -442,3 +442,59 @@ def test_random_lists_through_the_clipper(seed, device):
         if outcome(gt.clip_grad_value_, dropin, bound)[0]:
             for a, b in zip(grads_of(dropin), grads_of(ours)):
                 assert same_bits(a, b)
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("seed", range(CASES))
+def test_random_lists_through_the_clipper_per_tensor_with_inv_scale(seed, device):
+    """gclip.torch.Clipper.clip_grad_norm_per_tensor on the same lists, with
+    tensor_norms and an inv_scale (AMP's unscale, fused): a power of two, so
+    that the exact norm of the unscaled values is inv_scale times the exact
+    norm. A list it refuses raises and writes nothing. Otherwise, as
+    docs/semantics.md gives it: each tensor's norm and the global one within
+    1e-6 of the exact ones; under "skip" with any of them not finite nothing
+    written; else tensor i multiplied by min(1, max_norm / (N_i + 1e-6))
+    (PyTorch's arithmetic) times inv_scale, in float32 for float32, float16
+    and bfloat16 and rounded back, in double for float64."""
+    rng, params = make_case(seed, device)
+    grads = grads_of(params)
+    ours = copy_params(params)
+    max_norm = rng.choice([1e-3, 1.0, 5.0])
+    p = rng.choice([2.0, 1.0, math.inf, 3.0])
+    inv = 2.0 ** rng.choice([0, -4, -16, 3])
+    policy = rng.choice(["skip", "propagate"])
+    norms = torch.full((max(len(grads), 1),), -1.0, dtype=torch.float32, device=device)
+    clipper = gt.Clipper(max_norm=max_norm, norm_type=p, nonfinite=policy)
+    ok, res = outcome(clipper.clip_grad_norm_per_tensor, ours, inv_scale=inv, tensor_norms=norms)
+    if not clipper_takes(grads):
+        assert not ok, "the Clipper took a list it refuses"
+        for a, b in zip(grads, grads_of(ours)):
+            assert same_bits(a, b)
+        return
+    assert ok, res
+
+    def near_exact(value, exact):
+        if math.isnan(exact):
+            return math.isnan(value)
+        if exact >= 3.4e38:
+            return value == math.inf or abs(value - exact) <= 1e-6 * exact
+        return abs(value - exact) <= 1e-6 * exact + 2.0 ** -150
+
+    total = clipper.result().total_norm
+    assert near_exact(total, inv * exact_norm(grads, p)), (total, inv * exact_norm(grads, p))
+    got = norms.cpu()
+    for k, g in enumerate(grads):
+        want = inv * exact_norm([g], p)
+        assert near_exact(float(got[k]), want), (k, float(got[k]), want)
+    if policy == "skip" and not (torch.isfinite(got).all() and math.isfinite(total)):
+        for a, b in zip(grads, grads_of(ours)):
+            assert same_bits(a, b)
+        return
+    for k, (g, out) in enumerate(zip(grads, grads_of(ours))):
+        coef = torch.clamp(max_norm / (got[k] + 1e-6), max=1.0)
+        factor = (coef * torch.tensor(inv, dtype=torch.float32)).to(g.device)
+        if g.dtype is torch.float64:
+            want = g * factor.double()
+        else:
+            want = (g.float() * factor).to(g.dtype)
+        assert same_bits(want, out), (k, g.dtype, float(factor))
