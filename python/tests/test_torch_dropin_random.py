@@ -365,6 +365,28 @@ def clipper_takes(grads):
     return bool(grads) and not gaps and len({id(g) for g in full}) == len(full)
 
 
+def clipper_outcome(ok, res, grads, ours, takes):
+    """A call the Clipper should refuse raised and wrote nothing (False); one
+    it should take did not raise (True)."""
+    if not takes:
+        assert not ok, "the Clipper took what it refuses"
+        for a, b in zip(grads, grads_of(ours)):
+            assert same_bits(a, b)
+        return False
+    assert ok, res
+    return True
+
+
+def near_exact(value, exact):
+    """A float32 norm against the exact one: within 1e-6 (and half the
+    subnormals' spacing), Inf allowed past float32's range."""
+    if math.isnan(exact):
+        return math.isnan(value)
+    if exact >= 3.4e38:
+        return value == math.inf or abs(value - exact) <= 1e-6 * exact
+    return abs(value - exact) <= 1e-6 * exact + 2.0 ** -150
+
+
 @pytest.mark.parametrize("device", device_params())
 @pytest.mark.parametrize("seed", range(CASES))
 def test_random_lists_through_the_clipper(seed, device):
@@ -387,20 +409,10 @@ def test_random_lists_through_the_clipper(seed, device):
         policy = rng.choice(["skip", "skip", "propagate"])
         clipper = gt.Clipper(max_norm=max_norm, norm_type=p, nonfinite=policy)
         ok, res = outcome(clipper.clip_grad_norm, ours)
-        if not (clipper_takes(grads) and max_norm >= 0):
-            assert not ok, "the Clipper took a list it refuses"
-            for a, b in zip(grads, grads_of(ours)):
-                assert same_bits(a, b)
+        if not clipper_outcome(ok, res, grads, ours, clipper_takes(grads) and max_norm >= 0):
             return
-        assert ok, res
         norm = clipper.result().total_norm
-        exact = exact_norm(grads, p)
-        if math.isnan(exact):
-            assert math.isnan(norm)
-        elif exact < 3.4e38:
-            assert abs(norm - exact) <= 1e-6 * exact + 2.0 ** -150, (norm, exact)
-        else:
-            assert norm == math.inf or abs(norm - exact) <= 1e-6 * exact, (norm, exact)
+        assert near_exact(norm, exact_norm(grads, p)), (norm, exact_norm(grads, p))
         if policy == "skip" and not math.isfinite(norm):
             for a, b in zip(grads, grads_of(ours)):
                 assert same_bits(a, b)
@@ -421,12 +433,8 @@ def test_random_lists_through_the_clipper(seed, device):
         bound = rng.choice([0.0, 1e-3, 0.5, 100.0, 7e4, math.inf])
         clipper = gt.Clipper()
         ok, res = outcome(clipper.clip_grad_value, ours, bound)
-        if not clipper_takes(grads):
-            assert not ok, "the Clipper took a list it refuses"
-            for a, b in zip(grads, grads_of(ours)):
-                assert same_bits(a, b)
+        if not clipper_outcome(ok, res, grads, ours, clipper_takes(grads)):
             return
-        assert ok, res
         # float64 gradients clamped to the bound, the others in float32 to the
         # float32 nearest it, rounded back to their dtype (docs/python.md)
         for g, ours_g in zip(grads, grads_of(ours)):
@@ -466,20 +474,8 @@ def test_random_lists_through_the_clipper_per_tensor_with_inv_scale(seed, device
     norms = torch.full((max(len(grads), 1),), -1.0, dtype=torch.float32, device=device)
     clipper = gt.Clipper(max_norm=max_norm, norm_type=p, nonfinite=policy)
     ok, res = outcome(clipper.clip_grad_norm_per_tensor, ours, inv_scale=inv, tensor_norms=norms)
-    if not clipper_takes(grads):
-        assert not ok, "the Clipper took a list it refuses"
-        for a, b in zip(grads, grads_of(ours)):
-            assert same_bits(a, b)
+    if not clipper_outcome(ok, res, grads, ours, clipper_takes(grads)):
         return
-    assert ok, res
-
-    def near_exact(value, exact):
-        if math.isnan(exact):
-            return math.isnan(value)
-        if exact >= 3.4e38:
-            return value == math.inf or abs(value - exact) <= 1e-6 * exact
-        return abs(value - exact) <= 1e-6 * exact + 2.0 ** -150
-
     total = clipper.result().total_norm
     assert near_exact(total, inv * exact_norm(grads, p)), (total, inv * exact_norm(grads, p))
     got = norms.cpu()
