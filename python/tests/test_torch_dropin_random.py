@@ -392,7 +392,10 @@ def near_exact(value, exact):
 def test_random_lists_through_the_clipper(seed, device):
     """gclip.torch.Clipper, the native API, on the same lists. A list it
     refuses raises before anything is written. On a list it takes:
-    clip_grad_norm's norm is within 1e-6 of the exact one, and it is the
+    clip_grad_norm's norm is within 1e-6 of the exact one, the same step in
+    phases (compute_clip_factor, which writes nothing, then
+    apply_clip_factor) and clip_grads_with_norm given that norm leave the
+    same bits, and the norm is the
     float32 norm clip_grad_norm_(fp32_norm=True) returns with the same
     non-finite policy, gradients included, bit for bit, where that call takes
     the same library call (float32, float16 and bfloat16 gradients); the
@@ -411,8 +414,23 @@ def test_random_lists_through_the_clipper(seed, device):
         ok, res = outcome(clipper.clip_grad_norm, ours)
         if not clipper_outcome(ok, res, grads, ours, clipper_takes(grads) and max_norm >= 0):
             return
-        norm = clipper.result().total_norm
+        result = clipper.result()
+        norm = result.total_norm
         assert near_exact(norm, exact_norm(grads, p)), (norm, exact_norm(grads, p))
+        # the same step in phases: the factor computed (nothing written), then
+        # applied; and the norm given back to clip_grads_with_norm
+        phased, given = copy_params(params), copy_params(params)
+        other = gt.Clipper(max_norm=max_norm, norm_type=p, nonfinite=policy)
+        other.compute_clip_factor(phased)
+        for a, b in zip(grads, grads_of(phased)):
+            assert same_bits(a, b)
+        factor_result = other.result()
+        other.apply_clip_factor()
+        other.clip_grads_with_norm(given, norm)
+        assert (factor_result.clip_coef, factor_result.scale) == (result.clip_coef, result.scale) \
+            or math.isnan(result.scale) and math.isnan(factor_result.scale)
+        for a, b, c in zip(grads_of(ours), grads_of(phased), grads_of(given)):
+            assert same_bits(a, b) and same_bits(a, c)
         if policy == "skip" and not math.isfinite(norm):
             for a, b in zip(grads, grads_of(ours)):
                 assert same_bits(a, b)
