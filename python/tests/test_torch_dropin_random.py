@@ -392,17 +392,17 @@ def near_exact(value, exact):
 def test_random_lists_through_the_clipper(seed, device):
     """gclip.torch.Clipper, the native API, on the same lists. A list it
     refuses raises before anything is written. On a list it takes:
-    clip_grad_norm's norm is within 1e-6 of the exact one, the same step in
+    clip_grad_norm's norm is within 1e-6 of the exact one; the same step in
     phases (compute_clip_factor, which writes nothing, then
     apply_clip_factor) and clip_grads_with_norm given that norm leave the
-    same bits, and the norm is the
-    float32 norm clip_grad_norm_(fp32_norm=True) returns with the same
-    non-finite policy, gradients included, bit for bit, where that call takes
-    the same library call (float32, float16 and bfloat16 gradients); the
-    gradients are PyTorch's clip_grads_with_norm_ with the Clipper's norm
-    (float64 ones too), or untouched under "skip" when it is not finite; and
-    clip_grad_value clamps as the library says it does, which is
-    clip_grad_value_'s bits wherever the drop-in takes the bound."""
+    same bits; the norm is the float32 norm clip_grad_norm_(fp32_norm=True)
+    returns with the same non-finite policy, gradients included, bit for
+    bit, where that call takes the same library call (float32, float16 and
+    bfloat16 gradients); the gradients are PyTorch's clip_grads_with_norm_
+    with the Clipper's norm (float64 ones too), or untouched under "skip"
+    when it is not finite; and clip_grad_value clamps as the library says it
+    does, which is clip_grad_value_'s bits wherever the drop-in takes the
+    bound."""
     rng, params = make_case(seed, device)
     grads = grads_of(params)
     ours = copy_params(params)
