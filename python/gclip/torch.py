@@ -788,8 +788,7 @@ def _clip_grad_norm_disjoint(grads, max_norm, norm_type, error_if_nonfinite, fp3
     # CPU gradients of float32/float16/bfloat16 (a norm rounded to float16 or
     # bfloat16, or a norm type <= 0): PyTorch's coefficient, multiplied by
     # the library, which writes nothing when it is 1
-    factor = None if single is None or single[0].type != "cpu" or not _fast_dtypes(dtypes, True) \
-        else _host_factor(max_norm, total, skip)
+    factor = _cpu_factor(single, dtypes, max_norm, total, skip)
     if factor is None or not _run_with_factor(_bind(grads, *single, 0, dtypes), 0, factor):
         _apply_coef(grads, max_norm, total, skip)
     else:
@@ -1001,6 +1000,15 @@ def _host_factor(max_norm: float, total_norm, skip: bool) -> Optional[float]:
     return factor if 0.0 <= factor <= 1.0 and math.copysign(1.0, factor) > 0 else None
 
 
+def _cpu_factor(single, dtypes, max_norm: float, total_norm, skip: bool) -> Optional[float]:
+    """_host_factor for gradients on one CPU device (`single`, as
+    _single_device gives it), all float32, float16 or bfloat16; None for
+    any other list."""
+    if single is None or single[0].type != "cpu" or not _fast_dtypes(dtypes, True):
+        return None
+    return _host_factor(max_norm, total_norm, skip)
+
+
 _NORM_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -1046,8 +1054,7 @@ def _clip_grads_with_norm_impl(grads, max_norm, total_norm, skip):
         if entry is not None and _run_with_norm(entry, stream, max_norm, total_norm, skip):
             _written(grads)
             return
-    factor = None if single is None or single[0].type != "cpu" or overlapping \
-        or not _fast_dtypes(dtypes, True) else _host_factor(max_norm, total_norm, skip)
+    factor = None if overlapping else _cpu_factor(single, dtypes, max_norm, total_norm, skip)
     if factor is not None:
         device, dev_index = single
         entry = _bind_disjoint(grads, device, dev_index, 0, dtypes)

@@ -175,6 +175,16 @@ def path_of(grads, p, max_norm):
     return "combine"
 
 
+def near_exact(value, exact):
+    """A float32 norm against the exact one: within 1e-6 (and half the
+    subnormals' spacing), Inf allowed past float32's range."""
+    if math.isnan(exact):
+        return math.isnan(value)
+    if exact >= 3.4e38:
+        return value == math.inf or abs(value - exact) <= 1e-6 * exact
+    return abs(value - exact) <= 1e-6 * exact + 2.0 ** -150
+
+
 def check_norm(norm, grads, p):
     """gclip's norm of float32 tensors, or of one tensor, against the exact one:
     within 1e-6 (float32, float64), within a unit of the tensor's dtype
@@ -187,12 +197,11 @@ def check_norm(norm, grads, p):
         assert math.isnan(value) if math.isnan(exact) else value == exact
         return
     (dt,) = dtypes
-    if dt in (torch.float32, torch.float64):
-        if exact >= 3.4e38 and dt is torch.float32:
-            assert value == math.inf or abs(value - exact) <= 1e-6 * exact
-        else:
-            # below FLT_MIN also half the subnormals' spacing (docs/semantics.md)
-            assert abs(value - exact) <= 1e-6 * exact + 2.0 ** -150, (value, exact)
+    if dt is torch.float32:
+        assert near_exact(value, exact), (value, exact)
+    elif dt is torch.float64:
+        # below FLT_MIN also half the subnormals' spacing (docs/semantics.md)
+        assert abs(value - exact) <= 1e-6 * exact + 2.0 ** -150, (value, exact)
     else:
         assert within_units(value, exact, dt, 1) or (
             exact > torch.finfo(dt).max and value == math.inf), (value, exact)
@@ -375,16 +384,6 @@ def clipper_outcome(ok, res, grads, ours, takes):
         return False
     assert ok, res
     return True
-
-
-def near_exact(value, exact):
-    """A float32 norm against the exact one: within 1e-6 (and half the
-    subnormals' spacing), Inf allowed past float32's range."""
-    if math.isnan(exact):
-        return math.isnan(value)
-    if exact >= 3.4e38:
-        return value == math.inf or abs(value - exact) <= 1e-6 * exact
-    return abs(value - exact) <= 1e-6 * exact + 2.0 ** -150
 
 
 @pytest.mark.parametrize("device", device_params())
