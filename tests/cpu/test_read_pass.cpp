@@ -432,6 +432,102 @@ std::vector<double> same_bits_both_walks(gclip_plan *plan, int32_t kind, bool f1
 
 } // namespace
 
+// Runs of tensors of at most 32 whole vectors (128 f32, 256 halves) are
+// walked by a loop of their own, which stops at a tensor of another dtype
+// or size and, when a thread walks its run as two halves, hands over to the
+// other half every few kilobytes. Here such tensors come in runs of one
+// dtype and of changing dtypes, between larger tensors and tensors that
+// start inside a vector or end inside one; a few hold a value whose square
+// leaves float's range (a group outside the safe range) or a NaN. In both
+// walks and both builds, each partial of whole vectors from an aligned start
+// whose groups are all safe must be bitwise the block tree of its groups
+// (batch_model), every other finite one within 1e-6 of the long-double sum,
+// and a chunk with a NaN must have a NaN.
+TEST(ReadPass, RunsOfTinyTensorsAreTheBlockTreeOfTheirGroups)
+{
+    oracle::Rng rng(2049);
+    const gclip_dtype dtypes[] = {GCLIP_F32, GCLIP_F16, GCLIP_BF16};
+    std::vector<TestBuffer> bufs;
+    std::vector<bool> modelled; // whole vectors, aligned, every group safe
+    gclip_dtype dt = GCLIP_F32;
+    int tiny = 0, extreme = 0, nan = 0;
+    for (int i = 0; i < 1500; ++i) {
+        if (rng.range(0, 9) == 0) // a run of another dtype
+            dt = dtypes[rng.range(0, 2)];
+        const int64_t lanes = 16 / oracle::dtype_size(dt);
+        const int64_t r = rng.range(0, 99);
+        int64_t numel, offset = 0;
+        if (r < 80) {
+            numel = rng.range(1, 32) * lanes;
+            ++tiny;
+        } else if (r < 90) {
+            numel = rng.range(33, 256) * lanes;
+        } else if (r < 95) {
+            numel = rng.range(1, 32) * lanes;
+            offset = rng.range(1, lanes - 1);
+        } else {
+            numel = rng.range(1, 31) * lanes + rng.range(1, lanes - 1);
+        }
+        bufs.emplace_back(dt, numel, offset);
+        TestBuffer &b = bufs.back();
+        bool safe = offset == 0 && numel % lanes == 0;
+        for (int64_t k = 0; k < numel; ++k) {
+            const float v = spread_value(rng, dt, true);
+            const float a = std::fabs(v);
+            if (a > 1e20f || a < 1e-20f) {
+                safe = false;
+                ++extreme;
+            }
+            b.set(k, v);
+        }
+        if (i % 97 == 13) {
+            b.set(rng.range(0, numel - 1), std::numeric_limits<float>::quiet_NaN());
+            safe = false;
+            ++nan;
+        }
+        modelled.push_back(safe);
+    }
+    ASSERT_GT(tiny, 1000);
+    ASSERT_GT(extreme, 5);
+    testutil::PlanPtr plan;
+    ASSERT_EQ(testutil::make_plan(plan, oracle::tensors_of(bufs)), GCLIP_STATUS_SUCCESS);
+    const uint32_t nc = plan->num_chunks;
+    ASSERT_EQ(nc, bufs.size());
+    const std::vector<std::vector<uint32_t>> cuts = {
+        {}, {nc / 3}, {5, 6, 40, nc / 2 + 1}, {1, 2, 3, 101, 102, nc - 4}};
+    for (const bool f16c : read_builds()) {
+        for (const int32_t kind : {GCLIP_KIND_L2, GCLIP_KIND_L1}) {
+            SCOPED_TRACE(std::string(f16c ? "f16c" : "generic") + " kind " + std::to_string(kind));
+            const std::vector<double> one = same_bits_both_walks(plan.get(), kind, f16c, cuts);
+            int bitwise = 0, near = 0, nonfinite = 0;
+            for (uint32_t c = 0; c < nc; ++c) {
+                const TestBuffer &b = bufs[plan->chunks[c].tensor];
+                bool finite = true;
+                for (int64_t k = 0; k < b.numel(); ++k)
+                    finite = finite && std::isfinite(b.get(k));
+                if (!finite) {
+                    EXPECT_TRUE(std::isnan(one[c])) << "chunk " << c;
+                    ++nonfinite;
+                } else if (modelled[plan->chunks[c].tensor]) {
+                    const int64_t nv = b.numel() * oracle::dtype_size(b.dtype()) / 16;
+                    const double want = batch_model(b, nv, kind);
+                    EXPECT_EQ(std::memcmp(&one[c], &want, sizeof want), 0)
+                        << "chunk " << c << ", " << nv << " vectors: " << one[c] << " vs " << want;
+                    ++bitwise;
+                } else {
+                    const long double want = chunk_terms(b, 0, b.numel(), kind,
+                                                         kind == GCLIP_KIND_L2 ? 2.0f : 1.0f);
+                    EXPECT_LE(std::fabs((one[c] - want) / want), 1e-6L) << "chunk " << c;
+                    ++near;
+                }
+            }
+            EXPECT_GT(bitwise, 900);
+            EXPECT_GT(near, 100);
+            EXPECT_EQ(nonfinite, nan);
+        }
+    }
+}
+
 // In a plan of more than GCLIP_CPU_PAIR_BYTES the read pass takes large
 // chunks two at a time, reading their batches side by side. Each partial
 // must be bitwise the one the chunk gets alone, whatever pairs the runs
