@@ -51,22 +51,28 @@ def peer_target(workload, op):
     return 2.0 if op == "clip-noop" or workload == "many-small" else 1.0
 
 
+# A peer's clip at least this many times its norm's time shows what its
+# write costs (WRITE_SHOWS); where it does not, the peer's arithmetic hides
+# the write, and its times cannot tell whether its clip-noop writes.
+WRITE_SHOWS = 1.25
+
+
 def writes_nothing(workload, peer, indexed):
     """Whether the peer's clip-noop wrote nothing, as gclip's does: in more
     than half of the runs that timed its norm, clip and clip-noop on the
-    workload, its clip-noop took less time than halfway from its norm to its
-    clip. A clip that writes reads the bytes again and writes them after its
-    norm; a clip-noop that writes does as much, and one that does not takes
-    about the norm's time. The times compared are the peer's own, of one
-    run: the one op's extra cost against the other's, whatever the peer's
-    speed."""
+    workload, its clip took at least WRITE_SHOWS times its norm's time and
+    its clip-noop less than halfway from the one to the other. A clip that
+    writes reads the bytes again and writes them after its norm; a clip-noop
+    that writes does as much, and one that does not takes about the norm's
+    time. The times compared are the peer's own, of one run: the one op's
+    extra cost against the other's, whatever the peer's speed."""
     votes = []
     for timed, _ in indexed:
         ms = [timed.get((workload, op, peer), {}).get("median_ms")
               for op in ("norm", "clip", "clip-noop")]
         if all(ms):
             norm, clip, noop = ms
-            votes.append(noop < (norm + clip) / 2)
+            votes.append(clip >= WRITE_SHOWS * norm and noop < (norm + clip) / 2)
     return sum(votes) > len(votes) / 2
 
 

@@ -261,3 +261,39 @@ def test_a_peer_whose_clip_noop_writes_nothing_is_asked_1x_there(table):
     _, rows = table.summarize(runs)
     noop = next(r for r in rows if (r["workload"], r["op"]) == ("gpt2-124m", "clip-noop"))
     assert table.verdict(noop) == ["< 1x quiet"]
+
+
+def test_a_peer_whose_clip_hides_its_write_is_asked_2x(table):
+    """A peer whose arithmetic costs far more than its bytes (a float16 norm
+    done slowly) takes about as long for its clip as for its norm: its times
+    cannot tell whether its clip-noop writes, and 2x is asked of it. Here
+    its clip takes 1.0-1.2 times its norm in each run, its clip-noop about
+    its norm's time."""
+    rng = random.Random(4243)
+    runs = []
+    for _ in range(3):
+        norm = rng.uniform(100.0, 200.0)
+        clip = norm * rng.uniform(1.0, 1.2)
+        noop = norm * rng.uniform(0.97, 1.03)
+        run = [{"workload": "mixed-f16", "op": op, "impl": "slow", "backend": "cpu",
+                "median_ms": ms} for op, ms in (("norm", norm), ("clip", clip), ("clip-noop", noop))]
+        run += [{"workload": "mixed-f16", "op": op, "impl": "gclip", "backend": "cpu",
+                 "median_ms": ms / 1.5, "ratio": 0.9}
+                for op, ms in (("norm", norm), ("clip", clip), ("clip-noop", noop))]
+        runs.append(run)
+    indexed = [table.index(run, "cpu") for run in runs]
+    assert not table.writes_nothing("mixed-f16", "slow", indexed)
+    _, rows = table.summarize(runs)
+    noop = next(r for r in rows if r["op"] == "clip-noop")
+    assert noop["want"] == {"slow": 2.0}
+    assert table.verdict(noop) == ["< 2x slow"]
+    # the same times with its clip at 2.5 times its norm: the write shows,
+    # and the clip-noop did not pay for one
+    for run in runs:
+        pick = {(r["impl"], r["op"]): r for r in run}
+        pick[("slow", "clip")]["median_ms"] = 2.5 * pick[("slow", "norm")]["median_ms"]
+    indexed = [table.index(run, "cpu") for run in runs]
+    assert table.writes_nothing("mixed-f16", "slow", indexed)
+    _, rows = table.summarize(runs)
+    noop = next(r for r in rows if r["op"] == "clip-noop")
+    assert noop["want"] == {"slow": 1.0} and table.verdict(noop) == []
