@@ -1281,11 +1281,12 @@ ALWAYS_INLINE int tiny_row(gclip_cpu_span sp)
  * before each. Each is read as read_step reads it: its lines requested
  * READ_AHEAD_BYTES ahead, then single_row_chunk, or the general walk for a
  * chunk with a group outside the safe range; the partials are the same. A
- * tensor of 100 f32 took about 300 instructions through read_step, half of
+ * tensor of 100 f32 took 295 instructions through read_step, a third of
  * them to find the chunk, keep the two halves' books and choose its path,
- * and a thread was bound by them (it read such tensors out of L3 no faster
- * than out of memory); inlined with a constant dtype and kind, the loop
- * keeps its few values in registers. */
+ * and two threads read such tensors out of L3 hardly faster than out of
+ * memory; inlined with a constant dtype and kind, this loop keeps its few
+ * values in registers, and takes 229 (docs/benchmark.md, "Tiny tensors: a
+ * loop of their own"). */
 ALWAYS_INLINE void tiny_rows(const gclip_plan *plan, gclip_half_walk *w, int64_t limit,
                              double *partials, int32_t dtype, int32_t kind)
 {
@@ -1387,7 +1388,8 @@ ALWAYS_INLINE void read_row_pair(const gclip_plan *plan, gclip_half_walk *a, gcl
  * the other would be one: where both halves are at a chunk of 33 to NT
  * whole vectors of one dtype (a small tensor, slot_row), the two are read
  * side by side (read_row_pair); otherwise the half with fewer bytes read
- * goes on by one chunk (read_step), the one not at such a chunk first.
+ * goes on by one chunk (read_step), the one not at such a chunk first, or
+ * through its run of chunks of at most 32 whole vectors (tiny_rows).
  * Every chunk's partial is the one it gets read alone. 10,000 tensors of
  * 1,000 f32 read at 0.77-0.78 of a plain read from memory one after the
  * other, at 0.83-0.87 this way (docs/benchmark.md, "Small tensors in two
